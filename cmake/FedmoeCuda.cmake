@@ -1,0 +1,40 @@
+# Decides whether the CUDA kernels are built. FEDMOE_CUDA=AUTO builds them when nvcc is found on
+# PATH or in the CUDA Toolkit's standard location; ON makes a missing nvcc an error; OFF skips
+# them. Sets FEDMOE_HAVE_CUDA.
+set(FEDMOE_HAVE_CUDA OFF)
+if(NOT FEDMOE_CUDA MATCHES "^(AUTO|ON|OFF)$")
+  message(FATAL_ERROR "FEDMOE_CUDA must be AUTO, ON or OFF, not '${FEDMOE_CUDA}'")
+endif()
+
+if(NOT FEDMOE_CUDA STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX})
+    find_program(FEDMOE_NVCC nvcc HINTS /usr/local/cuda/bin ENV CUDA_PATH PATH_SUFFIXES bin)
+    if(FEDMOE_NVCC)
+      set(CMAKE_CUDA_COMPILER ${FEDMOE_NVCC} CACHE FILEPATH "CUDA compiler")
+    endif()
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES "80;90" CACHE STRING "CUDA architectures")
+    endif()
+    enable_language(CUDA)
+    # CMake 3.25 knows nvcc only up to C++17; nvcc 12+ takes -std=c++20. The kernels share
+    # headers (std::span) with the C++20 host code, so teach CMake the flag.
+    if(NOT DEFINED CMAKE_CUDA20_STANDARD_COMPILE_OPTION)
+      set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+      set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+    endif()
+    set(CMAKE_CUDA_STANDARD 20)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    find_package(CUDAToolkit REQUIRED)
+    set(FEDMOE_HAVE_CUDA ON)
+    message(STATUS "fedmoe: CUDA kernels on (${CMAKE_CUDA_COMPILER}, "
+                   "architectures ${CMAKE_CUDA_ARCHITECTURES})")
+  elseif(FEDMOE_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "FEDMOE_CUDA=ON but no nvcc was found on PATH or in /usr/local/cuda/bin")
+  else()
+    message(STATUS "fedmoe: CUDA kernels off (no nvcc found)")
+  endif()
+endif()

@@ -1,0 +1,45 @@
+#include "kernels/cuda/device_memory.h"
+
+#include <cuda_runtime_api.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace fedmoe::kernels::cuda {
+namespace {
+
+absl::Status FromCuda(cudaError_t error, const char* what) {
+  if (error == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(error)));
+}
+
+}  // namespace
+
+absl::StatusOr<void*> AllocateDeviceBytes(size_t bytes) {
+  void* pointer = nullptr;
+  if (bytes == 0) return pointer;
+  const cudaError_t error = cudaMalloc(&pointer, bytes);
+  if (error == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc of ", bytes, " bytes failed"));
+  }
+  if (absl::Status status = FromCuda(error, "cudaMalloc"); !status.ok()) return status;
+  return pointer;
+}
+
+void FreeDeviceBytes(void* device_pointer) {
+  if (device_pointer != nullptr) cudaFree(device_pointer);
+}
+
+absl::Status CopyHostToDevice(void* device_destination, const void* host_source, size_t bytes) {
+  return FromCuda(cudaMemcpy(device_destination, host_source, bytes, cudaMemcpyHostToDevice),
+                  "copy to device");
+}
+
+absl::Status CopyDeviceToHost(void* host_destination, const void* device_source, size_t bytes) {
+  return FromCuda(cudaMemcpy(host_destination, device_source, bytes, cudaMemcpyDeviceToHost),
+                  "copy to host");
+}
+
+absl::Status Synchronize() { return FromCuda(cudaDeviceSynchronize(), "device synchronize"); }
+
+}  // namespace fedmoe::kernels::cuda

@@ -1,0 +1,62 @@
+#include "kernels/device.h"
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+#ifdef FEDMOE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace fedmoe::kernels {
+
+std::string_view DeviceName(Device device) {
+  switch (device) {
+    case Device::kCpu:
+      return "cpu";
+    case Device::kCuda:
+      return "cuda";
+  }
+  return "unknown";
+}
+
+bool CudaCompiledIn() {
+#ifdef FEDMOE_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+absl::StatusOr<int> CudaDeviceCount() {
+#ifdef FEDMOE_HAVE_CUDA
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    // Clears the sticky error so that a later probe starts clean.
+    cudaGetLastError();
+    return absl::UnavailableError(
+        absl::StrCat("no usable CUDA device: ", cudaGetErrorString(error)));
+  }
+  return count;
+#else
+  return absl::UnavailableError("this build has no CUDA kernels (configured with FEDMOE_CUDA)");
+#endif
+}
+
+absl::StatusOr<Device> ResolveDevice(std::string_view requested) {
+  if (requested == "cpu") return Device::kCpu;
+  if (requested != "cuda" && requested != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown device '", std::string(requested), "': expected cpu, cuda or auto"));
+  }
+  const absl::StatusOr<int> count = CudaDeviceCount();
+  const bool have_gpu = count.ok() && *count > 0;
+  if (have_gpu) return Device::kCuda;
+  if (requested == "auto") return Device::kCpu;
+  if (!count.ok()) return count.status();
+  return absl::UnavailableError("no usable CUDA device: the driver reports 0 devices");
+}
+
+}  // namespace fedmoe::kernels

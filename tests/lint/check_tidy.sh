@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# clang-tidy, with the checks of .clang-tidy, over fedmoe's own C++ sources (not generated
+# code, not CUDA: clang-tidy would need the CUDA SDK's clang support for .cu files).
+set -euo pipefail
+root=${1:?source dir}
+build_dir=${2:?build dir with compile_commands.json}
+cd "$root"
+mapfile -t files < <(git ls-files --cached --others --exclude-standard -- '*.cc' |
+  while read -r f; do [[ -f "$f" ]] && echo "$f"; done)
+echo "check_tidy: ${#files[@]} files"
+printf '%s\n' "${files[@]}" |
+  xargs -P "${FEDMOE_JOBS:-2}" -n 4 clang-tidy -p "$build_dir" --quiet --warnings-as-errors='*'
+echo "check_tidy: clean"

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds fedmoe and runs every test. The exit status is the tests' result.
+#
+#   tests/run.sh              Release build with -Werror in build/, then ctest
+#   tests/run.sh --sanitize   the same with ASan and UBSan, in build-asan/
+#   tests/run.sh --lint       clang-format over the tree, then clang-tidy over the sources
+#
+# Installs missing Debian packages first (deploy/install-deps.sh). Extra arguments after `--`
+# go to ctest, e.g. `tests/run.sh -- -R Secagg` or `tests/run.sh -- -LE slow`.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+mode=release
+ctest_args=()
+while (($#)); do
+  case "$1" in
+    --sanitize) mode=sanitize ;;
+    --lint) mode=lint ;;
+    --) shift; ctest_args=("$@"); break ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "tests/run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+jobs=${FEDMOE_JOBS:-2}
+"$root/deploy/install-deps.sh"
+
+configure_and_build() {
+  local build_dir=$1; shift
+  cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DFEDMOE_WERROR=ON "$@"
+  cmake --build "$build_dir" -j"$jobs"
+}
+
+case "$mode" in
+  release)
+    configure_and_build "$root/build" -DFEDMOE_SANITIZE=
+    build_dir=$root/build
+    ;;
+  sanitize)
+    configure_and_build "$root/build-asan" -DFEDMOE_SANITIZE=address,undefined
+    build_dir=$root/build-asan
+    # CUDA's runtime maps device memory where ASan keeps its shadow gap.
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:protect_shadow_gap=0:abort_on_error=1}
+    export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+    ;;
+  lint)
+    "$root/tests/lint/check_format.sh" "$root"
+    # clang-tidy reads the compile commands of a configured tree; generated headers must exist.
+    configure_and_build "$root/build" -DFEDMOE_SANITIZE=
+    exec "$root/tests/lint/check_tidy.sh" "$root" "$root/build"
+    ;;
+esac
+
+ctest --test-dir "$build_dir" --output-on-failure -j"$jobs" --timeout 900 "${ctest_args[@]}"
