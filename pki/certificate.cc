@@ -1,0 +1,215 @@
+#include "pki/certificate.h"
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "pki/private_key.h"
+
+namespace fedmoe::pki {
+namespace {
+
+using internal::BioPtr;
+using internal::GeneralNamesPtr;
+using internal::OpenSslError;
+using internal::X509Ptr;
+using internal::X509StoreCtxPtr;
+using internal::X509StorePtr;
+
+absl::Time FromAsn1Time(const ASN1_TIME* time) {
+  struct tm parts {};
+  if (ASN1_TIME_to_tm(time, &parts) != 1) return absl::InfinitePast();
+  return absl::FromUnixSeconds(timegm(&parts));
+}
+
+constexpr char kHexDigits[] = "0123456789abcdef";
+
+std::string Hex(const unsigned char* data, size_t size) {
+  std::string out;
+  out.reserve(size * 2);
+  for (size_t i = 0; i < size; ++i) {
+    out.push_back(kHexDigits[data[i] >> 4]);
+    out.push_back(kHexDigits[data[i] & 0xf]);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<Certificate> Certificate::FromPem(const std::string& pem) {
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  X509Ptr certificate(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (certificate == nullptr) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument, "not a PEM certificate");
+  }
+  return Certificate(std::move(certificate));
+}
+
+absl::StatusOr<Certificate> Certificate::FromDer(const std::string& der) {
+  const auto* cursor = reinterpret_cast<const unsigned char*>(der.data());
+  X509Ptr certificate(d2i_X509(nullptr, &cursor, static_cast<long>(der.size())));
+  if (certificate == nullptr ||
+      cursor != reinterpret_cast<const unsigned char*>(der.data()) + der.size()) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument, "not a DER certificate");
+  }
+  return Certificate(std::move(certificate));
+}
+
+absl::StatusOr<std::vector<Certificate>> Certificate::BundleFromPem(const std::string& pem) {
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  std::vector<Certificate> bundle;
+  while (X509* next = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
+    bundle.push_back(Certificate(X509Ptr(next)));
+  }
+  ERR_clear_error();  // The loop ends on "no start line", which is not an error here.
+  if (bundle.empty()) return absl::InvalidArgumentError("no PEM certificate in the bundle");
+  return bundle;
+}
+
+absl::StatusOr<Certificate> Certificate::ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read certificate ", path.string()));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  absl::StatusOr<Certificate> certificate = FromPem(contents.str());
+  if (!certificate.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path.string(), ": ", certificate.status().message()));
+  }
+  return certificate;
+}
+
+Certificate::Certificate(const Certificate& other) : certificate_(other.certificate_.get()) {
+  X509_up_ref(certificate_.get());
+}
+
+Certificate& Certificate::operator=(const Certificate& other) {
+  if (this != &other) {
+    X509_up_ref(other.certificate_.get());
+    certificate_.reset(other.certificate_.get());
+  }
+  return *this;
+}
+
+std::string Certificate::ToPem() const {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_X509(bio.get(), certificate_.get());
+  return internal::BioContents(bio.get());
+}
+
+std::string Certificate::ToDer() const {
+  unsigned char* der = nullptr;
+  const int length = i2d_X509(certificate_.get(), &der);
+  if (length <= 0) return {};
+  std::string out(reinterpret_cast<const char*>(der), static_cast<size_t>(length));
+  OPENSSL_free(der);
+  return out;
+}
+
+absl::Status Certificate::WriteFile(const std::filesystem::path& path) const {
+  using std::filesystem::perms;
+  return WriteFileAtomically(
+      path, ToPem(),
+      perms::owner_read | perms::owner_write | perms::group_read | perms::others_read);
+}
+
+std::string Certificate::Sha256Fingerprint() const {
+  const std::string der = ToDer();
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(der.data()), der.size(), digest);
+  return Hex(digest, sizeof(digest));
+}
+
+absl::StatusOr<SpiffeId> Certificate::Identity() const {
+  GeneralNamesPtr names(static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(certificate_.get(), NID_subject_alt_name, nullptr, nullptr)));
+  std::vector<std::string> uris;
+  for (int i = 0; names != nullptr && i < sk_GENERAL_NAME_num(names.get()); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names.get(), i);
+    if (name->type != GEN_URI) continue;
+    const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
+    uris.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
+                      static_cast<size_t>(ASN1_STRING_length(uri)));
+  }
+  if (uris.empty()) return absl::NotFoundError("certificate has no SAN URI identity");
+  if (uris.size() > 1) {
+    return absl::InvalidArgumentError("certificate has more than one SAN URI identity");
+  }
+  return SpiffeId::Parse(uris.front());
+}
+
+absl::Time Certificate::NotBefore() const {
+  return FromAsn1Time(X509_get0_notBefore(certificate_.get()));
+}
+
+absl::Time Certificate::NotAfter() const {
+  return FromAsn1Time(X509_get0_notAfter(certificate_.get()));
+}
+
+std::string Certificate::SerialHex() const {
+  const ASN1_INTEGER* serial = X509_get0_serialNumber(certificate_.get());
+  return Hex(serial->data, static_cast<size_t>(serial->length));
+}
+
+bool Certificate::IsCa() const { return X509_check_ca(certificate_.get()) != 0; }
+
+absl::StatusOr<std::string> NormalizeFingerprint(std::string_view fingerprint) {
+  std::string out;
+  for (char c : fingerprint) {
+    if (c == ':') continue;
+    const char lower = absl::ascii_tolower(static_cast<unsigned char>(c));
+    if (!absl::ascii_isxdigit(static_cast<unsigned char>(lower))) {
+      return absl::InvalidArgumentError(
+          "CA fingerprint must be 64 hex digits (SHA-256), optionally separated by ':'");
+    }
+    out.push_back(lower);
+  }
+  if (out.size() != 2 * SHA256_DIGEST_LENGTH) {
+    return absl::InvalidArgumentError(absl::StrCat("CA fingerprint has ", out.size(),
+                                                   " hex digits; a SHA-256 fingerprint has 64"));
+  }
+  return out;
+}
+
+bool FingerprintsEqual(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+absl::StatusOr<SpiffeId> VerifyPeer(const Certificate& leaf, const Certificate& ca,
+                                    std::string_view federation, Purpose purpose, absl::Time now) {
+  X509StorePtr store(X509_STORE_new());
+  X509StoreCtxPtr context(X509_STORE_CTX_new());
+  if (store == nullptr || context == nullptr || X509_STORE_add_cert(store.get(), ca.get()) != 1 ||
+      X509_STORE_CTX_init(context.get(), store.get(), leaf.get(), nullptr) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal, "certificate verification setup");
+  }
+  X509_STORE_CTX_set_time(context.get(), 0, absl::ToTimeT(now));
+  X509_STORE_CTX_set_flags(context.get(), X509_V_FLAG_X509_STRICT);
+  X509_STORE_CTX_set_purpose(context.get(), purpose == Purpose::kClient ? X509_PURPOSE_SSL_CLIENT
+                                                                        : X509_PURPOSE_SSL_SERVER);
+  if (X509_verify_cert(context.get()) != 1) {
+    const int error = X509_STORE_CTX_get_error(context.get());
+    ERR_clear_error();
+    return absl::UnauthenticatedError(
+        absl::StrCat("certificate rejected: ", X509_verify_cert_error_string(error)));
+  }
+  absl::StatusOr<SpiffeId> identity = leaf.Identity();
+  if (!identity.ok()) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("certificate rejected: ", identity.status().message()));
+  }
+  if (identity->federation != federation) {
+    return absl::UnauthenticatedError(absl::StrCat("certificate rejected: it names federation '",
+                                                   identity->federation, "', not '",
+                                                   std::string(federation), "'"));
+  }
+  return identity;
+}
+
+}  // namespace fedmoe::pki

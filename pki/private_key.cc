@@ -1,0 +1,195 @@
+#include "pki/private_key.h"
+
+#include <fcntl.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/pem.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace fedmoe::pki {
+namespace {
+
+using internal::BioPtr;
+using internal::EvpMdCtxPtr;
+using internal::EvpPkeyPtr;
+using internal::OpenSslError;
+
+absl::Status RequireP256(EVP_PKEY* key) {
+  if (EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) {
+    return absl::InvalidArgumentError("key is not an EC key (fedmoe uses ECDSA P-256)");
+  }
+  char group[64] = {};
+  size_t group_length = 0;
+  if (EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
+                                     &group_length) != 1 ||
+      std::string_view(group, group_length) != "prime256v1") {
+    return absl::InvalidArgumentError(absl::StrCat("EC key on curve '",
+                                                   std::string(group, group_length),
+                                                   "', but fedmoe uses P-256 (prime256v1)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ErrnoError(std::string_view what, const std::filesystem::path& path) {
+  return absl::InternalError(
+      absl::StrCat(std::string(what), " ", path.string(), ": ", std::strerror(errno)));
+}
+
+}  // namespace
+
+absl::StatusOr<PrivateKey> PrivateKey::GenerateP256() {
+  EvpPkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+  if (key == nullptr) return OpenSslError(absl::StatusCode::kInternal, "P-256 key generation");
+  return PrivateKey(std::move(key));
+}
+
+absl::StatusOr<PrivateKey> PrivateKey::FromPem(const std::string& pem) {
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (bio == nullptr) return OpenSslError(absl::StatusCode::kInternal, "BIO_new_mem_buf");
+  EvpPkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  if (key == nullptr) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument, "not a PEM private key");
+  }
+  if (absl::Status status = RequireP256(key.get()); !status.ok()) return status;
+  return PrivateKey(std::move(key));
+}
+
+absl::StatusOr<PrivateKey> PrivateKey::ReadFile(const std::filesystem::path& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) return ErrnoError("cannot stat key file", path);
+  if ((info.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("key file ", path.string(), " is accessible to group or others (mode ",
+                     absl::Hex(info.st_mode & 0777), "); it must be 0600"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return ErrnoError("cannot read key file", path);
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  absl::StatusOr<PrivateKey> key = FromPem(contents.str());
+  if (!key.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key file ", path.string(), ": ", key.status().message()));
+  }
+  return key;
+}
+
+absl::StatusOr<std::string> PrivateKey::ToPem() const {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (bio == nullptr || PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0,
+                                                      nullptr, nullptr) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal, "PEM encoding of private key");
+  }
+  return internal::BioContents(bio.get());
+}
+
+absl::Status PrivateKey::WriteFile(const std::filesystem::path& path) const {
+  absl::StatusOr<std::string> pem = ToPem();
+  if (!pem.ok()) return pem.status();
+  return WriteFileAtomically(
+      path, *pem, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+}
+
+absl::StatusOr<std::string> PrivateKey::PublicKeyDer() const {
+  unsigned char* der = nullptr;
+  const int length = i2d_PUBKEY(key_.get(), &der);
+  if (length <= 0) return OpenSslError(absl::StatusCode::kInternal, "public key encoding");
+  std::string out(reinterpret_cast<const char*>(der), static_cast<size_t>(length));
+  OPENSSL_free(der);
+  return out;
+}
+
+absl::StatusOr<std::string> PrivateKey::Sign(const std::string& message) const {
+  EvpMdCtxPtr context(EVP_MD_CTX_new());
+  size_t length = 0;
+  if (context == nullptr ||
+      EVP_DigestSignInit_ex(context.get(), nullptr, "SHA256", nullptr, nullptr, key_.get(),
+                            nullptr) != 1 ||
+      EVP_DigestSign(context.get(), nullptr, &length,
+                     reinterpret_cast<const unsigned char*>(message.data()), message.size()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal, "ECDSA sign");
+  }
+  std::string signature(length, '\0');
+  if (EVP_DigestSign(context.get(), reinterpret_cast<unsigned char*>(signature.data()), &length,
+                     reinterpret_cast<const unsigned char*>(message.data()), message.size()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal, "ECDSA sign");
+  }
+  signature.resize(length);
+  return signature;
+}
+
+absl::Status VerifySignature(const std::string& public_key_der, const std::string& message,
+                             const std::string& signature_der) {
+  const auto* cursor = reinterpret_cast<const unsigned char*>(public_key_der.data());
+  EvpPkeyPtr key(d2i_PUBKEY(nullptr, &cursor, static_cast<long>(public_key_der.size())));
+  if (key == nullptr) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument, "malformed public key");
+  }
+  if (absl::Status status = RequireP256(key.get()); !status.ok()) return status;
+  EvpMdCtxPtr context(EVP_MD_CTX_new());
+  if (context == nullptr || EVP_DigestVerifyInit_ex(context.get(), nullptr, "SHA256", nullptr,
+                                                    nullptr, key.get(), nullptr) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal, "ECDSA verify setup");
+  }
+  const int verified = EVP_DigestVerify(
+      context.get(), reinterpret_cast<const unsigned char*>(signature_der.data()),
+      signature_der.size(), reinterpret_cast<const unsigned char*>(message.data()), message.size());
+  if (verified != 1) {
+    return OpenSslError(absl::StatusCode::kUnauthenticated, "signature does not verify");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteFileAtomically(const std::filesystem::path& path, const std::string& contents,
+                                 std::filesystem::perms mode) {
+  const std::filesystem::path directory =
+      path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  std::string temp_template =
+      (directory / absl::StrCat(".", path.filename().string(), ".XXXXXX")).string();
+  // mkstemp creates the file 0600, so a secret is never readable by others, even briefly.
+  const int fd = ::mkstemp(temp_template.data());
+  if (fd < 0) return ErrnoError("cannot create a temporary file beside", path);
+  const std::filesystem::path temp_path = temp_template;
+  auto fail = [&](std::string_view what) {
+    absl::Status status = ErrnoError(what, temp_path);
+    ::close(fd);
+    ::unlink(temp_path.c_str());
+    return status;
+  };
+  size_t written = 0;
+  while (written < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail("cannot write");
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (::fchmod(fd, static_cast<mode_t>(mode)) != 0) return fail("cannot chmod");
+  if (::fsync(fd) != 0) return fail("cannot fsync");
+  if (::close(fd) != 0) {
+    ::unlink(temp_path.c_str());
+    return ErrnoError("cannot close", temp_path);
+  }
+  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
+    absl::Status status = ErrnoError("cannot rename into place", path);
+    ::unlink(temp_path.c_str());
+    return status;
+  }
+  const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY);
+  if (directory_fd >= 0) {
+    ::fsync(directory_fd);
+    ::close(directory_fd);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fedmoe::pki
