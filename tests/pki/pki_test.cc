@@ -17,24 +17,14 @@
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
 #include "pki/spiffe_id.h"
+#include "tests/testing_temp_dir.h"
 
 namespace fedmoe::pki {
 namespace {
 
 using ::testing::HasSubstr;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "fedmoe-pki-XXXXXX").string();
-    path_ = ::mkdtemp(pattern.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
+using ::fedmoe::testing::TempDir;
 
 // Runs a shell command and returns its standard output.
 std::string RunCommand(const std::string& command) {

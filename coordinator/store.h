@@ -1,0 +1,129 @@
+// The coordinator's durable state (DESIGN §6): clients and the certificates issued to them,
+// enrollment tokens (as hashes only), revocations, rounds, model versions and the privacy
+// ledger, in one SQLite database in WAL mode.
+//
+// Every write is one transaction; a method either does all it says or nothing. The schema is
+// versioned: Open() applies the migrations a database lacks, in order, each in its own
+// transaction, and refuses a database written by a newer fedmoe. Thread-safe: calls are
+// serialized, since SQLite transactions belong to the connection, not to a thread.
+#ifndef FEDMOE_COORDINATOR_STORE_H_
+#define FEDMOE_COORDINATOR_STORE_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/sqlite.h"
+
+namespace fedmoe::coordinator {
+
+struct ClientRecord {
+  std::string client_id;
+  std::string spiffe_id;
+  std::string client_version;
+  absl::Time enrolled_at;
+  // The newest certificate issued to the client.
+  std::string certificate_serial;
+  absl::Time certificate_not_after;
+  std::optional<absl::Time> last_seen_at;
+  int64_t rounds_participated = 0;
+  std::optional<absl::Time> revoked_at;
+  std::string revocation_reason;
+
+  bool revoked() const { return revoked_at.has_value(); }
+};
+
+enum class TokenState { kUnused, kUsed, kExpired, kRevoked };
+
+struct TokenRecord {
+  std::string token_id;
+  std::string client_id;
+  absl::Time created_at;
+  absl::Time expires_at;
+  std::optional<absl::Time> used_at;
+  std::optional<absl::Time> revoked_at;
+
+  TokenState StateAt(absl::Time now) const;
+};
+
+// What the CA issued, recorded with the client it was issued to.
+struct IssuedCertificate {
+  std::string serial;
+  std::string spiffe_id;
+  absl::Time not_after;
+};
+
+class Store {
+ public:
+  // The newest schema version this build knows.
+  static constexpr int kSchemaVersion = 1;
+
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::filesystem::path& path);
+
+  absl::StatusOr<int> SchemaVersion();
+
+  // Records a new token. Only the hash of its secret is stored.
+  absl::Status AddToken(const TokenRecord& token, const std::string& secret_hash);
+
+  // Consumes a token and records the client it enrolls, atomically: `issue` is called inside
+  // the transaction with the token's client id, and if it fails nothing is recorded and the
+  // token stays usable. Unauthenticated, with a specific message, for an unknown, used,
+  // expired or revoked token or a wrong secret; FailedPrecondition when the client id is
+  // already enrolled or was revoked.
+  absl::StatusOr<ClientRecord> Enroll(
+      const std::string& token_id, const std::string& secret_hash, const std::string& version,
+      absl::Time now,
+      const std::function<absl::StatusOr<IssuedCertificate>(const std::string& client_id)>& issue);
+
+  // Records a renewed certificate for an enrolled, unrevoked client.
+  absl::Status RecordRenewal(const std::string& client_id, const IssuedCertificate& certificate,
+                             absl::Time now);
+
+  // OK when `client_id` is enrolled, not revoked, and `serial` was issued to it.
+  // PermissionDenied otherwise, saying which.
+  absl::Status AuthorizeClient(const std::string& client_id, const std::string& serial);
+
+  // Notes an authenticated call. Cheap to call often: writes at most once a minute per client.
+  absl::Status TouchClient(const std::string& client_id, absl::Time now);
+
+  absl::StatusOr<ClientRecord> GetClient(const std::string& client_id);
+  // Clients in id order after `after_client_id`, at most `limit`.
+  absl::StatusOr<std::vector<ClientRecord>> ListClients(bool include_revoked,
+                                                        const std::string& after_client_id,
+                                                        int limit);
+  // Idempotent: revoking a revoked client returns it unchanged. NotFound for an unknown id.
+  absl::StatusOr<ClientRecord> RevokeClient(const std::string& client_id, const std::string& reason,
+                                            absl::Time now);
+
+  // Tokens newest first, at most `limit`.
+  absl::StatusOr<std::vector<TokenRecord>> ListTokens(int limit);
+  // Idempotent. NotFound for an unknown id; FailedPrecondition for a used token.
+  absl::StatusOr<TokenRecord> RevokeToken(const std::string& token_id, absl::Time now);
+
+  struct ClientCounts {
+    int64_t enrolled = 0;
+    int64_t revoked = 0;
+  };
+  absl::StatusOr<ClientCounts> CountClients();
+
+ private:
+  explicit Store(std::unique_ptr<sqlite::Database> db) : db_(std::move(db)) {}
+  absl::Status Migrate();
+  absl::StatusOr<ClientRecord> GetClientLocked(const std::string& client_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  absl::Mutex mutex_;
+  std::unique_ptr<sqlite::Database> db_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace fedmoe::coordinator
+
+#endif  // FEDMOE_COORDINATOR_STORE_H_

@@ -1,0 +1,234 @@
+// The coordinator's store: migrations, enrollment tokens, the registry and revocation.
+#include "coordinator/store.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "coordinator/enrollment_token.h"
+#include "tests/testing_temp_dir.h"
+
+namespace fedmoe::coordinator {
+namespace {
+
+using ::fedmoe::testing::TempDir;
+using ::testing::HasSubstr;
+
+const absl::Time kNow = absl::FromUnixSeconds(1'800'000'000);
+
+std::string Message(const absl::Status& status) { return std::string(status.message()); }
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto store = Store::Open(dir_.path() / "state.db");
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+  }
+
+  EnrollmentToken AddToken(const std::string& client_id, absl::Duration ttl = absl::Hours(24)) {
+    auto token = GenerateEnrollmentToken();
+    EXPECT_TRUE(token.ok());
+    TokenRecord record{token->token_id, client_id, kNow, kNow + ttl, std::nullopt, std::nullopt};
+    EXPECT_TRUE(store_->AddToken(record, HashTokenSecret(token->secret)).ok());
+    return *token;
+  }
+
+  static auto IssueSerial(const std::string& serial) {
+    return [serial](const std::string& client_id) -> absl::StatusOr<IssuedCertificate> {
+      return IssuedCertificate{serial, "spiffe://fed/client/" + client_id,
+                               kNow + absl::Hours(24 * 30)};
+    };
+  }
+
+  absl::StatusOr<ClientRecord> Enroll(const EnrollmentToken& token, absl::Time now = kNow,
+                                      const std::string& serial = "aa01") {
+    return store_->Enroll(token.token_id, HashTokenSecret(token.secret), "0.1.0", now,
+                          IssueSerial(serial));
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_F(StoreTest, MigrationsApplyOnceAndNewerSchemasAreRefused) {
+  EXPECT_EQ(*store_->SchemaVersion(), Store::kSchemaVersion);
+  store_.reset();
+  auto reopened = Store::Open(dir_.path() / "state.db");
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ(*(*reopened)->SchemaVersion(), Store::kSchemaVersion);
+  reopened->reset();
+
+  auto db = sqlite::Database::Open(dir_.path() / "state.db");
+  ASSERT_TRUE((*db)->Execute("INSERT INTO schema_migrations VALUES (99, 0)").ok());
+  db->reset();
+  auto future = Store::Open(dir_.path() / "state.db");
+  EXPECT_EQ(future.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Message(future.status()), HasSubstr("schema version 99"));
+}
+
+TEST_F(StoreTest, ACorruptDatabaseFileIsAClearError) {
+  const auto path = dir_.path() / "corrupt.db";
+  std::ofstream(path) << std::string(8192, 'x');
+  auto store = Store::Open(path);
+  ASSERT_FALSE(store.ok());
+  EXPECT_THAT(Message(store.status()), HasSubstr("not a usable database"));
+}
+
+TEST_F(StoreTest, EnrollmentConsumesTheTokenAndRecordsTheClient) {
+  const EnrollmentToken token = AddToken("bank-1");
+  auto client = Enroll(token);
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_EQ(client->client_id, "bank-1");
+  EXPECT_EQ(client->spiffe_id, "spiffe://fed/client/bank-1");
+  EXPECT_EQ(client->certificate_serial, "aa01");
+  EXPECT_EQ(client->enrolled_at, kNow);
+  EXPECT_FALSE(client->revoked());
+  EXPECT_TRUE(store_->AuthorizeClient("bank-1", "aa01").ok());
+
+  auto again = Enroll(token);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(Message(again.status()), HasSubstr("already used"));
+  EXPECT_EQ(store_->ListTokens(10)->front().StateAt(kNow), TokenState::kUsed);
+}
+
+TEST_F(StoreTest, EachBadTokenIsRefusedWithItsOwnReason) {
+  const EnrollmentToken expired = AddToken("bank-1", absl::Hours(1));
+  EXPECT_THAT(Message(Enroll(expired, kNow + absl::Hours(2)).status()), HasSubstr("expired"));
+
+  const EnrollmentToken revoked = AddToken("bank-2");
+  ASSERT_TRUE(store_->RevokeToken(revoked.token_id, kNow).ok());
+  EXPECT_THAT(Message(Enroll(revoked).status()), HasSubstr("revoked"));
+
+  const EnrollmentToken real = AddToken("bank-3");
+  EnrollmentToken wrong_secret = real;
+  wrong_secret.secret[0] = wrong_secret.secret[0] == 'a' ? 'b' : 'a';
+  EXPECT_THAT(Message(Enroll(wrong_secret).status()), HasSubstr("not known"));
+  EnrollmentToken unknown = real;
+  unknown.token_id = "0000000000000000";
+  EXPECT_THAT(Message(Enroll(unknown).status()), HasSubstr("not known"));
+
+  // None of the refusals consumed the real token.
+  EXPECT_TRUE(Enroll(real).ok());
+}
+
+TEST_F(StoreTest, AFailedIssueLeavesTheTokenUsable) {
+  const EnrollmentToken token = AddToken("bank-1");
+  auto failed = store_->Enroll(token.token_id, HashTokenSecret(token.secret), "0.1.0", kNow,
+                               [](const std::string&) -> absl::StatusOr<IssuedCertificate> {
+                                 return absl::InvalidArgumentError("bad CSR");
+                               });
+  EXPECT_THAT(Message(failed.status()), HasSubstr("bad CSR"));
+  EXPECT_EQ(store_->GetClient("bank-1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(Enroll(token).ok());
+}
+
+TEST_F(StoreTest, AClientIdEnrollsOnce) {
+  ASSERT_TRUE(Enroll(AddToken("bank-1")).ok());
+  auto second = Enroll(AddToken("bank-1"), kNow, "bb02");
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Message(second.status()), HasSubstr("already enrolled"));
+  ASSERT_TRUE(store_->RevokeClient("bank-1", "left", kNow).ok());
+  EXPECT_THAT(Message(Enroll(AddToken("bank-1"), kNow, "cc03").status()),
+              HasSubstr("revoked; enroll under a new id"));
+}
+
+TEST_F(StoreTest, RevocationTakesEffectAtTheNextAuthorization) {
+  ASSERT_TRUE(Enroll(AddToken("bank-1")).ok());
+  ASSERT_TRUE(store_
+                  ->RecordRenewal("bank-1",
+                                  {"aa02", "spiffe://fed/client/bank-1", kNow + absl::Hours(48)},
+                                  kNow + absl::Hours(1))
+                  .ok());
+  EXPECT_EQ(store_->GetClient("bank-1")->certificate_serial, "aa02");
+  EXPECT_TRUE(store_->AuthorizeClient("bank-1", "aa01").ok()) << "old certificate until expiry";
+  EXPECT_TRUE(store_->AuthorizeClient("bank-1", "aa02").ok());
+  EXPECT_THAT(Message(store_->AuthorizeClient("bank-1", "ffff")), HasSubstr("was not issued"));
+  EXPECT_THAT(Message(store_->AuthorizeClient("nobody", "aa01")), HasSubstr("not enrolled"));
+
+  auto revoked = store_->RevokeClient("bank-1", "key leaked", kNow + absl::Hours(2));
+  ASSERT_TRUE(revoked.ok());
+  EXPECT_TRUE(revoked->revoked());
+  EXPECT_EQ(revoked->revocation_reason, "key leaked");
+  for (const char* serial : {"aa01", "aa02"}) {
+    const absl::Status status = store_->AuthorizeClient("bank-1", serial);
+    EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_THAT(Message(status), HasSubstr("revoked"));
+  }
+  // Idempotent: the first revocation's time and reason stay.
+  auto again = store_->RevokeClient("bank-1", "other", kNow + absl::Hours(3));
+  EXPECT_EQ(again->revocation_reason, "key leaked");
+  EXPECT_EQ(*again->revoked_at, kNow + absl::Hours(2));
+  EXPECT_EQ(store_->RevokeClient("nobody", "x", kNow).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->RecordRenewal("bank-1", {"aa03", "", kNow}, kNow).code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
+TEST_F(StoreTest, ListsPageInIdOrderAndHideRevokedUnlessAsked) {
+  for (const char* id : {"c", "a", "d", "b"}) {
+    ASSERT_TRUE(Enroll(AddToken(id), kNow, std::string("5e") + id).ok());
+  }
+  ASSERT_TRUE(store_->RevokeClient("b", "", kNow).ok());
+  auto ids = [](const std::vector<ClientRecord>& clients) {
+    std::vector<std::string> out;
+    for (const auto& c : clients) out.push_back(c.client_id);
+    return out;
+  };
+  EXPECT_EQ(ids(*store_->ListClients(false, "", 10)), (std::vector<std::string>{"a", "c", "d"}));
+  EXPECT_EQ(ids(*store_->ListClients(true, "", 2)), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(ids(*store_->ListClients(true, "b", 2)), (std::vector<std::string>{"c", "d"}));
+  const auto counts = store_->CountClients();
+  EXPECT_EQ(counts->enrolled, 3);
+  EXPECT_EQ(counts->revoked, 1);
+}
+
+TEST_F(StoreTest, LastSeenIsWrittenAtMostOnceAMinute) {
+  ASSERT_TRUE(Enroll(AddToken("bank-1")).ok());
+  ASSERT_TRUE(store_->TouchClient("bank-1", kNow).ok());
+  ASSERT_TRUE(store_->TouchClient("bank-1", kNow + absl::Seconds(30)).ok());
+  EXPECT_EQ(*store_->GetClient("bank-1")->last_seen_at, kNow);
+  ASSERT_TRUE(store_->TouchClient("bank-1", kNow + absl::Seconds(61)).ok());
+  EXPECT_EQ(*store_->GetClient("bank-1")->last_seen_at, kNow + absl::Seconds(61));
+}
+
+TEST_F(StoreTest, TheDatabaseHoldsNoTokenSecret) {
+  const EnrollmentToken token = AddToken("bank-1");
+  store_.reset();  // Closing may checkpoint the WAL; every file of the directory is read.
+  std::string bytes;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::ostringstream contents;
+    contents << in.rdbuf();
+    bytes += contents.str();
+  }
+  ASSERT_FALSE(bytes.empty());
+  EXPECT_EQ(bytes.find(token.secret), std::string::npos);
+  EXPECT_NE(bytes.find(token.token_id), std::string::npos) << "the id is a non-secret handle";
+  EXPECT_NE(bytes.find(HashTokenSecret(token.secret)), std::string::npos);
+}
+
+TEST(EnrollmentTokenTest, GeneratesDistinctWellFormedTokens) {
+  auto a = GenerateEnrollmentToken();
+  auto b = GenerateEnrollmentToken();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NE(a->secret, b->secret);
+  EXPECT_EQ(a->ToString().size(), 16U + 1U + 64U);
+  auto parsed = ParseEnrollmentToken(a->ToString());
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->token_id, a->token_id);
+  EXPECT_EQ(parsed->secret, a->secret);
+  for (const std::string& bad : {std::string(""), a->token_id, a->ToString() + "0",
+                                 absl::AsciiStrToUpper(a->ToString()), a->secret}) {
+    auto refused = ParseEnrollmentToken(bad);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(Message(refused.status()).find(a->secret), std::string::npos)
+        << "the error never echoes a secret";
+  }
+  EXPECT_EQ(HashTokenSecret("abc").size(), 32U);
+}
+
+}  // namespace
+}  // namespace fedmoe::coordinator
