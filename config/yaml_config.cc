@@ -1,0 +1,161 @@
+#include "config/yaml_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace fedmoe::config {
+
+YamlConfigReader::YamlConfigReader(std::unique_ptr<YAML::Node> root, std::string source)
+    : root_(std::move(root)), source_(std::move(source)) {}
+YamlConfigReader::YamlConfigReader(YamlConfigReader&&) noexcept = default;
+YamlConfigReader& YamlConfigReader::operator=(YamlConfigReader&&) noexcept = default;
+YamlConfigReader::~YamlConfigReader() = default;
+
+absl::StatusOr<YamlConfigReader> YamlConfigReader::FromFile(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config ", path.string()));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return FromString(text.str(), path.string());
+}
+
+absl::StatusOr<YamlConfigReader> YamlConfigReader::FromString(const std::string& text,
+                                                              std::string source_name) {
+  // yaml-cpp reports errors by exception; none may leave this library.
+  try {
+    auto root = std::make_unique<YAML::Node>(YAML::Load(text));
+    if (!root->IsMap() && !root->IsNull()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source_name, ": the configuration must be a mapping of keys to values"));
+    }
+    return YamlConfigReader(std::move(root), std::move(source_name));
+  } catch (const YAML::Exception& error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source_name, ":", error.mark.line + 1, ": not valid YAML: ", error.msg));
+  }
+}
+
+const YAML::Node* YamlConfigReader::Find(std::string_view key) {
+  known_keys_.insert(std::string(key));
+  // Parents of a dotted key are known too.
+  for (size_t dot = key.find('.'); dot != std::string_view::npos; dot = key.find('.', dot + 1)) {
+    known_keys_.insert(std::string(key.substr(0, dot)));
+  }
+  // yaml-cpp's assignment writes through to the referenced node and its non-const operator[]
+  // inserts keys: walk with reset() and const lookups so reading never changes the document.
+  YAML::Node node;
+  node.reset(*root_);
+  const std::vector<std::string> parts = absl::StrSplit(std::string(key), '.');
+  for (const std::string& part : parts) {
+    if (!node.IsMap()) return nullptr;
+    const YAML::Node& parent = node;
+    YAML::Node child = parent[part];
+    if (!child.IsDefined() || child.IsNull()) return nullptr;
+    node.reset(child);
+  }
+  found_.push_back(std::make_unique<YAML::Node>(node));
+  return found_.back().get();
+}
+
+void YamlConfigReader::Error(const YAML::Node* node, std::string_view key, std::string_view why) {
+  const int line = node != nullptr ? node->Mark().line + 1 : 0;
+  errors_.push_back(
+      line > 0 ? absl::StrCat(source_, ":", line, ": ", std::string(key), ": ", std::string(why))
+               : absl::StrCat(source_, ": ", std::string(key), ": ", std::string(why)));
+}
+
+void YamlConfigReader::Read(std::string_view key, std::string* out) {
+  const YAML::Node* node = Find(key);
+  if (node == nullptr) return;
+  if (!node->IsScalar()) return Error(node, key, "expected a string");
+  *out = node->Scalar();
+}
+
+void YamlConfigReader::Read(std::string_view key, int64_t* out) {
+  const YAML::Node* node = Find(key);
+  if (node == nullptr) return;
+  int64_t value = 0;
+  if (!node->IsScalar() || !YAML::convert<int64_t>::decode(*node, value)) {
+    return Error(node, key, absl::StrCat("expected an integer, got '", node->Scalar(), "'"));
+  }
+  *out = value;
+}
+
+void YamlConfigReader::Read(std::string_view key, bool* out) {
+  const YAML::Node* node = Find(key);
+  if (node == nullptr) return;
+  bool value = false;
+  if (!node->IsScalar() || !YAML::convert<bool>::decode(*node, value)) {
+    return Error(node, key, absl::StrCat("expected true or false, got '", node->Scalar(), "'"));
+  }
+  *out = value;
+}
+
+void YamlConfigReader::Read(std::string_view key, double* out) {
+  const YAML::Node* node = Find(key);
+  if (node == nullptr) return;
+  double value = 0;
+  if (!node->IsScalar() || !YAML::convert<double>::decode(*node, value)) {
+    return Error(node, key, absl::StrCat("expected a number, got '", node->Scalar(), "'"));
+  }
+  *out = value;
+}
+
+void YamlConfigReader::Read(std::string_view key, absl::Duration* out) {
+  const YAML::Node* node = Find(key);
+  if (node == nullptr) return;
+  absl::Duration value;
+  if (!node->IsScalar() || !absl::ParseDuration(node->Scalar(), &value)) {
+    return Error(node, key,
+                 absl::StrCat("expected a duration such as 30s, 5m or 720h, got '",
+                              node->IsScalar() ? node->Scalar() : "a non-scalar", "'"));
+  }
+  *out = value;
+}
+
+void YamlConfigReader::Read(std::string_view key, std::vector<std::string>* out) {
+  const YAML::Node* node = Find(key);
+  if (node == nullptr) return;
+  if (!node->IsSequence()) return Error(node, key, "expected a list");
+  std::vector<std::string> values;
+  for (const YAML::Node& item : *node) {
+    if (!item.IsScalar()) return Error(&item, key, "expected a list of strings");
+    values.push_back(item.Scalar());
+  }
+  *out = std::move(values);
+}
+
+void YamlConfigReader::Require(std::string_view key) {
+  if (Find(key) == nullptr) Error(nullptr, key, "is required");
+}
+
+void YamlConfigReader::Invalid(std::string_view key, std::string_view why) {
+  Error(Find(key), key, why);
+}
+
+void YamlConfigReader::CollectUnknown(const YAML::Node& node, const std::string& prefix) {
+  if (!node.IsMap()) return;
+  for (const auto& entry : node) {
+    const std::string key =
+        prefix.empty() ? entry.first.Scalar() : absl::StrCat(prefix, ".", entry.first.Scalar());
+    if (!known_keys_.contains(key)) {
+      Error(&entry.first, key, "unknown key (misspelt, or not an option of this version)");
+      continue;
+    }
+    CollectUnknown(entry.second, key);
+  }
+}
+
+absl::Status YamlConfigReader::Finish() {
+  CollectUnknown(*root_, "");
+  if (errors_.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(errors_, "\n"));
+}
+
+}  // namespace fedmoe::config

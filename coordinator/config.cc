@@ -1,0 +1,240 @@
+#include "coordinator/config.h"
+
+#include <sys/stat.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "config/yaml_config.h"
+#include "coordinator/store.h"
+#include "pki/certificate_authority.h"
+
+namespace fedmoe::coordinator {
+namespace {
+
+std::string ConfigDuration(absl::Duration duration) {
+  // Whole hours read best for certificate lifetimes ("720h"), seconds for the rest.
+  if (duration >= absl::Hours(1) && duration % absl::Hours(1) == absl::ZeroDuration()) {
+    return absl::StrCat(duration / absl::Hours(1), "h");
+  }
+  return absl::FormatDuration(duration);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ValidateHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' is not host:port"));
+  }
+  int port = 0;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 1 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address '", address, "' has no port between 1 and 65535"));
+  }
+  std::string host = address.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host;
+}
+
+absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem::path& path) {
+  absl::StatusOr<config::YamlConfigReader> reader = config::YamlConfigReader::FromFile(path);
+  if (!reader.ok()) return reader.status();
+  CoordinatorConfig config;
+  std::string state_dir;
+  reader->Require("federation");
+  reader->Require("state_dir");
+  reader->Read("federation", &config.federation);
+  reader->Read("state_dir", &state_dir);
+  reader->Read("listen", &config.listen);
+  reader->Read("enroll_listen", &config.enroll_listen);
+  reader->Read("advertise", &config.advertise);
+  reader->Read("certificates.client_validity", &config.client_certificate_validity);
+  reader->Read("certificates.admin_validity", &config.admin_certificate_validity);
+  reader->Read("certificates.server_validity", &config.server_certificate_validity);
+  reader->Read("limits.max_message_bytes", &config.max_message_bytes);
+  reader->Read("limits.max_concurrent_streams", &config.max_concurrent_streams);
+  reader->Read("limits.poll_max_wait", &config.poll_max_wait);
+  reader->Read("keepalive.time", &config.keepalive_time);
+  reader->Read("keepalive.timeout", &config.keepalive_timeout);
+  reader->Read("log_level", &config.log_level);
+  config.state_dir.root = state_dir;
+
+  if (!config.federation.empty()) {
+    if (absl::Status status = pki::ValidateName("federation", config.federation); !status.ok()) {
+      reader->Invalid("federation", std::string(status.message()));
+    }
+  }
+  for (const auto& [key, value] :
+       {std::pair{"listen", &config.listen}, std::pair{"enroll_listen", &config.enroll_listen}}) {
+    if (absl::StatusOr<std::string> host = ValidateHostPort(*value); !host.ok()) {
+      reader->Invalid(key, std::string(host.status().message()));
+    }
+  }
+  if (!config.advertise.empty()) {
+    if (absl::StatusOr<std::string> host = ValidateHostPort(config.advertise); !host.ok()) {
+      reader->Invalid("advertise", std::string(host.status().message()));
+    }
+  }
+  for (const auto& [key, value] :
+       {std::pair{"certificates.client_validity", config.client_certificate_validity},
+        std::pair{"certificates.admin_validity", config.admin_certificate_validity},
+        std::pair{"certificates.server_validity", config.server_certificate_validity}}) {
+    if (value < absl::Hours(1) || value > pki::kMaxLeafValidity) {
+      reader->Invalid(key, "must be between 1h and 9552h (398 days)");
+    }
+  }
+  if (config.max_message_bytes < (1 << 20) + 4096 || config.max_message_bytes > (64 << 20)) {
+    reader->Invalid("limits.max_message_bytes",
+                    "must be between 1 MiB + 4 KiB (a full chunk) and 64 MiB");
+  }
+  if (config.max_concurrent_streams < 1 || config.max_concurrent_streams > 100000) {
+    reader->Invalid("limits.max_concurrent_streams", "must be between 1 and 100000");
+  }
+  if (config.poll_max_wait < absl::Seconds(1) || config.poll_max_wait > absl::Minutes(10)) {
+    reader->Invalid("limits.poll_max_wait", "must be between 1s and 10m");
+  }
+  if (config.keepalive_time < absl::Seconds(10) || config.keepalive_timeout < absl::Seconds(1)) {
+    reader->Invalid("keepalive", "time must be at least 10s and timeout at least 1s");
+  }
+  if (config.log_level != "debug" && config.log_level != "info" && config.log_level != "warning" &&
+      config.log_level != "error") {
+    reader->Invalid("log_level", "must be debug, info, warning or error");
+  }
+  if (absl::Status status = reader->Finish(); !status.ok()) return status;
+  return config;
+}
+
+std::string CoordinatorConfig::ToYaml() const {
+  return absl::StrCat(
+      "# fedmoe coordinator configuration. `fedmoe-coordinator serve --config THIS_FILE`.\n"
+      "# Unknown keys are errors, so a misspelt option never goes unnoticed.\n\n"
+      "# The federation's name: the trust domain of every identity, spiffe://<federation>/...\n"
+      "federation: ",
+      federation,
+      "\n"
+      "# Holds the CA key, the server and admin keys, and the SQLite store. Keep it 0700 and\n"
+      "# back it up (docs: operations).\n"
+      "state_dir: ",
+      state_dir.root.string(),
+      "\n"
+      "# host:port of the mTLS port (federation and admin services, TLS 1.3, client\n"
+      "# certificates required).\n"
+      "listen: ",
+      listen,
+      "\n"
+      "# host:port of the enrollment port (server-authenticated TLS; clients have no\n"
+      "# certificate yet).\n"
+      "enroll_listen: ",
+      enroll_listen,
+      "\n"
+      "# host:port that enrolled clients are told to dial for the mTLS port, when it differs\n"
+      "# from listen (a load balancer, NAT, or a 0.0.0.0 bind). Empty: same as listen.\n"
+      "advertise: \"",
+      advertise,
+      "\"\n\n"
+      "certificates:\n"
+      "  # Lifetime of client certificates; clients renew when a third is left. Max 9552h.\n"
+      "  client_validity: ",
+      ConfigDuration(client_certificate_validity),
+      "\n"
+      "  # Lifetime of the admin certificate issued by `init`.\n"
+      "  admin_validity: ",
+      ConfigDuration(admin_certificate_validity),
+      "\n"
+      "  # Lifetime of the coordinator's own TLS server certificate.\n"
+      "  server_validity: ",
+      ConfigDuration(server_certificate_validity),
+      "\n\n"
+      "limits:\n"
+      "  # Largest gRPC message accepted, in bytes (model and update chunks are 1 MiB).\n"
+      "  max_message_bytes: ",
+      max_message_bytes,
+      "\n"
+      "  # Concurrent streams per connection.\n"
+      "  max_concurrent_streams: ",
+      max_concurrent_streams,
+      "\n"
+      "  # Longest a client's PollTask is held open before an Idle answer.\n"
+      "  poll_max_wait: ",
+      ConfigDuration(poll_max_wait),
+      "\n\n"
+      "keepalive:\n"
+      "  # HTTP/2 pings on idle connections, so dead peers and dropped NAT entries are noticed.\n"
+      "  time: ",
+      ConfigDuration(keepalive_time),
+      "\n"
+      "  timeout: ",
+      ConfigDuration(keepalive_timeout),
+      "\n\n"
+      "# debug, info, warning or error. Logs are JSON lines on stderr.\n"
+      "log_level: ",
+      log_level, "\n");
+}
+
+absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
+  if (absl::Status status = pki::ValidateName("federation", options.federation); !status.ok()) {
+    return status;
+  }
+  for (const std::string* address : {&options.listen, &options.enroll_listen}) {
+    if (absl::StatusOr<std::string> host = ValidateHostPort(*address); !host.ok()) {
+      return host.status();
+    }
+  }
+  const StateDir dir{std::filesystem::absolute(options.state_dir)};
+  std::error_code error;
+  std::filesystem::create_directories(dir.root, error);
+  if (error) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create state directory ", dir.root.string(), ": ", error.message()));
+  }
+  if (std::filesystem::exists(dir.ca_key()) || std::filesystem::exists(dir.store())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state directory ", dir.root.string(),
+        " already holds a federation; choose an empty directory or remove it deliberately"));
+  }
+  ::chmod(dir.root.c_str(), 0700);
+
+  absl::StatusOr<pki::CertificateAuthority> ca =
+      pki::CertificateAuthority::Create(options.federation, options.ca_validity);
+  if (!ca.ok()) return ca.status();
+  CoordinatorConfig config;
+  config.federation = options.federation;
+  config.state_dir = dir;
+  config.listen = options.listen;
+  config.enroll_listen = options.enroll_listen;
+  config.advertise = options.advertise;
+
+  absl::StatusOr<pki::PrivateKey> server_key = pki::PrivateKey::GenerateP256();
+  if (!server_key.ok()) return server_key.status();
+  absl::StatusOr<pki::Certificate> server =
+      ca->IssueServer(*server_key, options.server_hosts, config.server_certificate_validity);
+  if (!server.ok()) return server.status();
+
+  absl::StatusOr<pki::PrivateKey> admin_key = pki::PrivateKey::GenerateP256();
+  if (!admin_key.ok()) return admin_key.status();
+  absl::StatusOr<std::string> admin_csr = pki::MakeCsr(*admin_key, "operator");
+  if (!admin_csr.ok()) return admin_csr.status();
+  absl::StatusOr<pki::Certificate> admin =
+      ca->IssueFromCsr(*admin_csr, {options.federation, pki::IdentityKind::kAdmin, "operator"},
+                       config.admin_certificate_validity);
+  if (!admin.ok()) return admin.status();
+
+  // The store is created first and the CA key last, so a crash part-way leaves a directory
+  // that the "already holds a federation" check refuses rather than a half-made CA.
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(dir.store());
+  if (!store.ok()) return store.status();
+  for (absl::Status status :
+       {server->WriteFile(dir.server_certificate()), server_key->WriteFile(dir.server_key()),
+        admin->WriteFile(dir.admin_certificate()), admin_key->WriteFile(dir.admin_key()),
+        ca->certificate().WriteFile(dir.ca_certificate()), ca->key().WriteFile(dir.ca_key()),
+        pki::WriteFileAtomically(
+            dir.config(), config.ToYaml(),
+            std::filesystem::perms::owner_read | std::filesystem::perms::owner_write)}) {
+    if (!status.ok()) return status;
+  }
+  return InitResult{config, ca->certificate().Sha256Fingerprint()};
+}
+
+}  // namespace fedmoe::coordinator

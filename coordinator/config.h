@@ -1,0 +1,84 @@
+// The coordinator's configuration (coordinator.yaml) and the layout of its state directory.
+// Every option is documented in deploy/examples/coordinator.yaml and in the file `init` writes.
+#ifndef FEDMOE_COORDINATOR_CONFIG_H_
+#define FEDMOE_COORDINATOR_CONFIG_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace fedmoe::coordinator {
+
+// Where the coordinator keeps its state. The directory is 0700; keys inside are 0600.
+struct StateDir {
+  std::filesystem::path root;
+
+  std::filesystem::path ca_certificate() const { return root / "ca.pem"; }
+  std::filesystem::path ca_key() const { return root / "ca.key"; }
+  std::filesystem::path server_certificate() const { return root / "server.pem"; }
+  std::filesystem::path server_key() const { return root / "server.key"; }
+  std::filesystem::path admin_certificate() const { return root / "admin.pem"; }
+  std::filesystem::path admin_key() const { return root / "admin.key"; }
+  std::filesystem::path store() const { return root / "state.db"; }
+  std::filesystem::path config() const { return root / "coordinator.yaml"; }
+};
+
+struct CoordinatorConfig {
+  std::string federation;
+  StateDir state_dir;
+  // The mTLS port: federation and admin services.
+  std::string listen = "127.0.0.1:7443";
+  // The server-TLS enrollment port.
+  std::string enroll_listen = "127.0.0.1:7444";
+  // host:port that enrolled clients are told to dial for the mTLS port; defaults to listen.
+  std::string advertise;
+  absl::Duration client_certificate_validity = absl::Hours(24 * 30);
+  absl::Duration admin_certificate_validity = absl::Hours(24 * 90);
+  absl::Duration server_certificate_validity = absl::Hours(24 * 365);
+  int64_t max_message_bytes = 4 << 20;
+  int64_t max_concurrent_streams = 256;
+  absl::Duration poll_max_wait = absl::Seconds(30);
+  absl::Duration keepalive_time = absl::Seconds(60);
+  absl::Duration keepalive_timeout = absl::Seconds(20);
+  std::string log_level = "info";
+
+  // A client that polled within this window counts as online.
+  absl::Duration online_window() const { return 2 * poll_max_wait; }
+  std::string advertised_endpoint() const { return advertise.empty() ? listen : advertise; }
+
+  // Reads and validates a config file; every problem is reported with its line.
+  static absl::StatusOr<CoordinatorConfig> Load(const std::filesystem::path& path);
+  // The file `init` writes: every option, with a comment saying what it does.
+  std::string ToYaml() const;
+};
+
+// Splits "host:port" ("[::1]:7443" for IPv6) and checks the port. Returns the host.
+absl::StatusOr<std::string> ValidateHostPort(const std::string& address);
+
+struct InitOptions {
+  std::string federation;
+  std::filesystem::path state_dir;
+  // DNS names and IP addresses the server certificate is valid for.
+  std::vector<std::string> server_hosts = {"localhost", "127.0.0.1", "::1"};
+  std::string listen = "127.0.0.1:7443";
+  std::string enroll_listen = "127.0.0.1:7444";
+  std::string advertise;
+  absl::Duration ca_validity = absl::Hours(24 * 3650);
+};
+
+struct InitResult {
+  CoordinatorConfig config;
+  std::string ca_fingerprint;
+};
+
+// Creates a new federation's state directory: the CA, the server and admin certificates, the
+// store and a commented coordinator.yaml. Refuses a directory that already holds a CA.
+absl::StatusOr<InitResult> InitStateDir(const InitOptions& options);
+
+}  // namespace fedmoe::coordinator
+
+#endif  // FEDMOE_COORDINATOR_CONFIG_H_
