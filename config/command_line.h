@@ -1,0 +1,40 @@
+// Subcommand flags for the two CLIs: `--name value`, `--name=value`, repeated flags, boolean
+// switches, and positional arguments, checked against what the subcommand accepts so that a
+// mistyped flag is an error rather than silently ignored.
+#ifndef FEDMOE_CONFIG_COMMAND_LINE_H_
+#define FEDMOE_CONFIG_COMMAND_LINE_H_
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace fedmoe::config {
+
+class CommandLine {
+ public:
+  // `value_flags` take a value; `switches` do not. Both are named without dashes.
+  static absl::StatusOr<CommandLine> Parse(const std::vector<std::string>& args,
+                                           const std::set<std::string>& value_flags,
+                                           const std::set<std::string>& switches);
+
+  bool Has(const std::string& flag) const { return values_.contains(flag); }
+  // The last value given for the flag, or nullopt.
+  std::optional<std::string> Get(const std::string& flag) const;
+  std::string GetOr(const std::string& flag, const std::string& fallback) const;
+  // InvalidArgument naming the flag when it is absent.
+  absl::StatusOr<std::string> Require(const std::string& flag) const;
+  std::vector<std::string> GetAll(const std::string& flag) const;
+  const std::vector<std::string>& positional() const { return positional_; }
+
+ private:
+  std::map<std::string, std::vector<std::string>> values_;
+  std::vector<std::string> positional_;
+};
+
+}  // namespace fedmoe::config
+
+#endif  // FEDMOE_CONFIG_COMMAND_LINE_H_

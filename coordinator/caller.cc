@@ -1,0 +1,53 @@
+#include "coordinator/caller.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace fedmoe::coordinator {
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return {static_cast<grpc::StatusCode>(status.code()), std::string(status.message())};
+}
+
+absl::StatusOr<Caller> CallerAuthorizer::Identify(const grpc::AuthContext& auth) const {
+  const std::vector<grpc::string_ref> pems =
+      auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+  if (pems.empty()) {
+    return absl::UnauthenticatedError("no client certificate: this port requires mutual TLS");
+  }
+  absl::StatusOr<pki::Certificate> certificate =
+      pki::Certificate::FromPem(std::string(pems.front().data(), pems.front().size()));
+  if (!certificate.ok()) return absl::UnauthenticatedError(certificate.status().message());
+  absl::StatusOr<pki::SpiffeId> id =
+      pki::VerifyPeer(*certificate, ca_, federation_, pki::Purpose::kClient);
+  if (!id.ok()) return id.status();
+  return Caller{*id, certificate->SerialHex()};
+}
+
+absl::StatusOr<Caller> CallerAuthorizer::AuthorizeClient(const grpc::AuthContext& auth) const {
+  absl::StatusOr<Caller> caller = Identify(auth);
+  if (!caller.ok()) return caller.status();
+  if (caller->id.kind != pki::IdentityKind::kClient) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(caller->id.ToUri(), " is not a client identity"));
+  }
+  if (absl::Status status = store_->AuthorizeClient(caller->id.name, caller->serial);
+      !status.ok()) {
+    return status;
+  }
+  return caller;
+}
+
+absl::StatusOr<Caller> CallerAuthorizer::AuthorizeAdmin(const grpc::AuthContext& auth) const {
+  absl::StatusOr<Caller> caller = Identify(auth);
+  if (!caller.ok()) return caller.status();
+  if (caller->id.kind != pki::IdentityKind::kAdmin) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(caller->id.ToUri(),
+                     " may not call admin methods: an admin certificate "
+                     "(spiffe://<federation>/admin/<name>) is required"));
+  }
+  return caller;
+}
+
+}  // namespace fedmoe::coordinator

@@ -1,0 +1,45 @@
+// Who is calling: the identity in the TLS peer certificate that gRPC verified against the
+// federation CA, checked again here (federation, purpose) and against the registry on every
+// call, so that a revocation takes effect at the caller's next RPC.
+#ifndef FEDMOE_COORDINATOR_CALLER_H_
+#define FEDMOE_COORDINATOR_CALLER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "coordinator/store.h"
+#include "pki/certificate.h"
+
+namespace fedmoe::coordinator {
+
+struct Caller {
+  pki::SpiffeId id;
+  std::string serial;
+};
+
+class CallerAuthorizer {
+ public:
+  CallerAuthorizer(pki::Certificate ca, std::string federation, Store* store)
+      : ca_(std::move(ca)), federation_(std::move(federation)), store_(store) {}
+
+  // An enrolled, unrevoked client presenting a certificate issued to it.
+  absl::StatusOr<Caller> AuthorizeClient(const grpc::AuthContext& auth) const;
+  // An operator presenting an admin certificate of this federation.
+  absl::StatusOr<Caller> AuthorizeAdmin(const grpc::AuthContext& auth) const;
+
+ private:
+  absl::StatusOr<Caller> Identify(const grpc::AuthContext& auth) const;
+
+  pki::Certificate ca_;
+  std::string federation_;
+  Store* store_;
+};
+
+// absl::Status → grpc::Status, code and message unchanged.
+grpc::Status ToGrpc(const absl::Status& status);
+
+}  // namespace fedmoe::coordinator
+
+#endif  // FEDMOE_COORDINATOR_CALLER_H_

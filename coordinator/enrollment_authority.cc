@@ -1,0 +1,92 @@
+#include "coordinator/enrollment_authority.h"
+
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "logging/log.h"
+
+namespace fedmoe::coordinator {
+
+absl::StatusOr<EnrollmentAuthority::CreatedToken> EnrollmentAuthority::CreateToken(
+    const std::string& client_id, absl::Duration ttl, absl::Time now) {
+  if (absl::Status status = pki::ValidateName("client id", client_id); !status.ok()) {
+    return status;
+  }
+  if (ttl <= absl::ZeroDuration() || ttl > kMaxTokenTtl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token ttl must be in (0, 720h], not ", absl::FormatDuration(ttl)));
+  }
+  if (absl::StatusOr<ClientRecord> existing = store_->GetClient(client_id); existing.ok()) {
+    return absl::FailedPreconditionError(
+        existing->revoked()
+            ? absl::StrCat("client id '", client_id, "' was revoked; enroll under a new id")
+            : absl::StrCat("client id '", client_id, "' is already enrolled"));
+  }
+  absl::StatusOr<EnrollmentToken> token = GenerateEnrollmentToken();
+  if (!token.ok()) return token.status();
+  TokenRecord record{token->token_id, client_id, now, now + ttl, std::nullopt, std::nullopt};
+  if (absl::Status status = store_->AddToken(record, HashTokenSecret(token->secret));
+      !status.ok()) {
+    return status;
+  }
+  LogEvent(LogLevel::kInfo, "token_created")
+      .Field("client_id", client_id)
+      .Field("token_id", token->token_id)
+      .Field("expires_at", absl::FormatTime(record.expires_at));
+  return CreatedToken{*token, record};
+}
+
+absl::StatusOr<EnrollmentAuthority::Enrolled> EnrollmentAuthority::Enroll(
+    const std::string& token, const std::string& csr_der, const std::string& client_version,
+    absl::Time now) {
+  absl::StatusOr<EnrollmentToken> parsed = ParseEnrollmentToken(token);
+  if (!parsed.ok()) return absl::UnauthenticatedError(parsed.status().message());
+  std::optional<pki::Certificate> issued;
+  absl::StatusOr<ClientRecord> client = store_->Enroll(
+      parsed->token_id, HashTokenSecret(parsed->secret), client_version.substr(0, 64), now,
+      [&](const std::string& client_id) -> absl::StatusOr<IssuedCertificate> {
+        const pki::SpiffeId id{ca_.federation(), pki::IdentityKind::kClient, client_id};
+        absl::StatusOr<pki::Certificate> certificate =
+            ca_.IssueFromCsr(csr_der, id, client_certificate_validity_, now);
+        if (!certificate.ok()) return certificate.status();
+        issued = *certificate;
+        return IssuedCertificate{certificate->SerialHex(), id.ToUri(), certificate->NotAfter()};
+      });
+  if (!client.ok()) {
+    LogEvent(LogLevel::kWarning, "enrollment_refused")
+        .Field("token_id", parsed->token_id)
+        .Error(client.status());
+    return client.status();
+  }
+  LogEvent(LogLevel::kInfo, "client_enrolled")
+      .Field("client_id", client->client_id)
+      .Field("serial", client->certificate_serial)
+      .Field("not_after", absl::FormatTime(client->certificate_not_after));
+  return Enrolled{*client, *issued};
+}
+
+absl::StatusOr<pki::Certificate> EnrollmentAuthority::Renew(const std::string& client_id,
+                                                            const std::string& csr_der,
+                                                            absl::Time now) {
+  absl::StatusOr<ClientRecord> client = store_->GetClient(client_id);
+  if (!client.ok()) return client.status();
+  if (client->revoked()) {
+    return absl::PermissionDeniedError(absl::StrCat("client '", client_id, "' is revoked"));
+  }
+  const pki::SpiffeId id{ca_.federation(), pki::IdentityKind::kClient, client_id};
+  absl::StatusOr<pki::Certificate> certificate =
+      ca_.IssueFromCsr(csr_der, id, client_certificate_validity_, now);
+  if (!certificate.ok()) return certificate.status();
+  if (absl::Status status = store_->RecordRenewal(
+          client_id, {certificate->SerialHex(), id.ToUri(), certificate->NotAfter()}, now);
+      !status.ok()) {
+    return status;
+  }
+  LogEvent(LogLevel::kInfo, "certificate_renewed")
+      .Field("client_id", client_id)
+      .Field("serial", certificate->SerialHex())
+      .Field("not_after", absl::FormatTime(certificate->NotAfter()));
+  return certificate;
+}
+
+}  // namespace fedmoe::coordinator

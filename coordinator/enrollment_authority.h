@@ -1,0 +1,57 @@
+// Enrollment, renewal and tokens: the coordinator's CA and store, without any transport.
+// The gRPC services are thin wrappers over this object, which is tested directly.
+#ifndef FEDMOE_COORDINATOR_ENROLLMENT_AUTHORITY_H_
+#define FEDMOE_COORDINATOR_ENROLLMENT_AUTHORITY_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "coordinator/enrollment_token.h"
+#include "coordinator/store.h"
+#include "pki/certificate_authority.h"
+
+namespace fedmoe::coordinator {
+
+// The longest an enrollment token may live.
+inline constexpr absl::Duration kMaxTokenTtl = absl::Hours(24 * 30);
+
+class EnrollmentAuthority {
+ public:
+  EnrollmentAuthority(pki::CertificateAuthority ca, Store* store,
+                      absl::Duration client_certificate_validity)
+      : ca_(std::move(ca)),
+        store_(store),
+        client_certificate_validity_(client_certificate_validity) {}
+
+  struct CreatedToken {
+    EnrollmentToken token;
+    TokenRecord record;
+  };
+  // FailedPrecondition when the client id belongs to an enrolled, unrevoked client.
+  absl::StatusOr<CreatedToken> CreateToken(const std::string& client_id, absl::Duration ttl,
+                                           absl::Time now = absl::Now());
+
+  struct Enrolled {
+    ClientRecord client;
+    pki::Certificate certificate;
+  };
+  // Consumes the token and issues a certificate for the CSR's key, atomically.
+  absl::StatusOr<Enrolled> Enroll(const std::string& token, const std::string& csr_der,
+                                  const std::string& client_version, absl::Time now = absl::Now());
+
+  // A fresh certificate for an enrolled, unrevoked client's new key.
+  absl::StatusOr<pki::Certificate> Renew(const std::string& client_id, const std::string& csr_der,
+                                         absl::Time now = absl::Now());
+
+  const pki::CertificateAuthority& ca() const { return ca_; }
+
+ private:
+  pki::CertificateAuthority ca_;
+  Store* store_;
+  absl::Duration client_certificate_validity_;
+};
+
+}  // namespace fedmoe::coordinator
+
+#endif  // FEDMOE_COORDINATOR_ENROLLMENT_AUTHORITY_H_

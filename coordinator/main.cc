@@ -1,0 +1,384 @@
+// fedmoe-coordinator: the federation's operator CLI and server.
+//
+// Exit status: 0 success, 1 the operation failed (the message says why), 2 bad usage.
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "config/command_line.h"
+#include "coordinator/config.h"
+#include "coordinator/server.h"
+#include "fedmoe/v1/admin.grpc.pb.h"
+#include "logging/log.h"
+#include "pki/certificate.h"
+#include "pki/private_key.h"
+
+namespace fedmoe::coordinator {
+namespace {
+
+using config::CommandLine;
+using google::protobuf::util::TimeUtil;
+
+constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
+
+  init --federation NAME --state-dir DIR [--san HOST ...] [--listen HOST:PORT]
+       [--enroll-listen HOST:PORT] [--advertise HOST:PORT]
+      Create a federation: CA, server and admin certificates, store, coordinator.yaml.
+  serve --config FILE
+      Run the coordinator until SIGTERM or SIGINT.
+  token create --client-id ID [--ttl 24h] [--json]
+      Create a one-time enrollment token; prints it and the CA fingerprint to pin.
+  token list [--json]
+  token revoke TOKEN_ID
+  clients list [--all] [--json]
+  clients revoke CLIENT_ID [--reason TEXT]
+  status [--json]
+
+Admin commands talk to the running coordinator over mTLS with the admin certificate. They find
+it with --state-dir DIR (on the coordinator's host), or --config FILE, and --coordinator
+HOST:PORT overrides the address.
+)";
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "fedmoe-coordinator: error: %s\n", std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+int Fail(const grpc::Status& status) {
+  std::fprintf(stderr, "fedmoe-coordinator: error: %s\n", status.error_message().c_str());
+  return 1;
+}
+
+std::string Time(const google::protobuf::Timestamp& timestamp) {
+  if (timestamp.seconds() == 0 && timestamp.nanos() == 0) return "-";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(timestamp.seconds()),
+                          absl::UTCTimeZone());
+}
+
+std::string Json(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
+}
+
+absl::StatusOr<std::string> ReadText(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The admin's channel to the running coordinator.
+absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CommandLine& flags) {
+  std::filesystem::path config_path;
+  if (auto config = flags.Get("config")) {
+    config_path = *config;
+  } else if (auto dir = flags.Get("state-dir")) {
+    config_path = StateDir{*dir}.config();
+  } else {
+    return absl::InvalidArgumentError(
+        "admin commands need --state-dir DIR (or --config FILE) to find the admin certificate");
+  }
+  absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(config_path);
+  if (!config.ok()) return config.status();
+  const StateDir& dir = config->state_dir;
+  absl::StatusOr<std::string> ca = ReadText(dir.ca_certificate());
+  if (!ca.ok()) return ca.status();
+  absl::StatusOr<std::string> certificate = ReadText(dir.admin_certificate());
+  if (!certificate.ok()) return certificate.status();
+  absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(dir.admin_key());
+  if (!key.ok()) return key.status();
+  absl::StatusOr<std::string> key_pem = key->ToPem();
+  if (!key_pem.ok()) return key_pem.status();
+
+  std::string address = flags.GetOr("coordinator", config->listen);
+  // A wildcard bind is reached through loopback on the coordinator's own host.
+  for (const char* wildcard : {"0.0.0.0:", "[::]:"}) {
+    if (address.rfind(wildcard, 0) == 0) {
+      address = "127.0.0.1:" + address.substr(std::string(wildcard).size());
+    }
+  }
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = *ca;
+  tls.pem_private_key = *key_pem;
+  tls.pem_cert_chain = *certificate;
+  auto channel = grpc::CreateChannel(address, grpc::SslCredentials(tls));
+  return v1::Admin::NewStub(channel);
+}
+
+std::unique_ptr<grpc::ClientContext> AdminContext() {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
+  return context;
+}
+
+int Init(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(
+      args, {"federation", "state-dir", "san", "listen", "enroll-listen", "advertise"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  InitOptions options;
+  auto federation = flags->Require("federation");
+  auto state_dir = flags->Require("state-dir");
+  if (!federation.ok()) return Fail(federation.status());
+  if (!state_dir.ok()) return Fail(state_dir.status());
+  options.federation = *federation;
+  options.state_dir = *state_dir;
+  if (flags->Has("san")) options.server_hosts = flags->GetAll("san");
+  options.listen = flags->GetOr("listen", options.listen);
+  options.enroll_listen = flags->GetOr("enroll-listen", options.enroll_listen);
+  options.advertise = flags->GetOr("advertise", "");
+  absl::StatusOr<InitResult> result = InitStateDir(options);
+  if (!result.ok()) return Fail(result.status());
+  std::printf(
+      "initialized federation '%s' in %s\n"
+      "  config:          %s\n"
+      "  mTLS port:       %s\n"
+      "  enrollment port: %s\n"
+      "  server names:    %s\n"
+      "  CA fingerprint:  %s\n"
+      "start it with: fedmoe-coordinator serve --config %s\n",
+      result->config.federation.c_str(), result->config.state_dir.root.c_str(),
+      result->config.state_dir.config().c_str(), result->config.listen.c_str(),
+      result->config.enroll_listen.c_str(), absl::StrJoin(options.server_hosts, ", ").c_str(),
+      result->ca_fingerprint.c_str(), result->config.state_dir.config().c_str());
+  return 0;
+}
+
+int Serve(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"config"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  auto path = flags->Require("config");
+  if (!path.ok()) return Fail(path.status());
+  absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(*path);
+  if (!config.ok()) return Fail(config.status());
+  if (auto level = ParseLogLevel(config->log_level); level.ok()) SetMinLogLevel(*level);
+
+  // Signals are taken synchronously by this thread; every thread started after this inherits
+  // the mask, so SIGTERM never lands in a gRPC thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<CoordinatorServer>> server = CoordinatorServer::Start(*config);
+  if (!server.ok()) return Fail(server.status());
+  int signal = 0;
+  sigwait(&signals, &signal);
+  LogEvent(LogLevel::kInfo, "shutdown_requested").Field("signal", signal);
+  (*server)->Shutdown(absl::Seconds(5));
+  return 0;
+}
+
+int TokenCommand(const std::vector<std::string>& args) {
+  if (args.empty()) return Fail(absl::InvalidArgumentError("token needs create, list or revoke"));
+  const std::string verb = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  auto flags = CommandLine::Parse(rest, {"client-id", "ttl", "state-dir", "config", "coordinator"},
+                                  {"json"});
+  if (!flags.ok()) return Fail(flags.status());
+  auto stub = DialAdmin(*flags);
+  if (!stub.ok()) return Fail(stub.status());
+  const bool json = flags->Has("json");
+
+  if (verb == "create") {
+    auto client_id = flags->Require("client-id");
+    if (!client_id.ok()) return Fail(client_id.status());
+    absl::Duration ttl = absl::Hours(24);
+    if (!absl::ParseDuration(flags->GetOr("ttl", "24h"), &ttl)) {
+      return Fail(absl::InvalidArgumentError("--ttl must be a duration such as 24h or 90m"));
+    }
+    v1::CreateEnrollmentTokenRequest request;
+    request.set_client_id(*client_id);
+    request.mutable_ttl()->set_seconds(absl::ToInt64Seconds(ttl));
+    v1::CreateEnrollmentTokenResponse response;
+    auto context = AdminContext();
+    if (grpc::Status status = (*stub)->CreateEnrollmentToken(context.get(), request, &response);
+        !status.ok()) {
+      return Fail(status);
+    }
+    if (json) {
+      std::string out = "{\"token\":\"";
+      AppendJsonEscaped(response.token(), out);
+      out += "\",\"token_id\":\"" + response.token_id() + "\",\"client_id\":\"";
+      AppendJsonEscaped(response.client_id(), out);
+      out += "\",\"ca_fingerprint\":\"" + response.ca_fingerprint_sha256() +
+             "\",\"expires_at\":\"" + Time(response.expires_at()) + "\"}";
+      std::printf("%s\n", out.c_str());
+    } else {
+      std::printf(
+          "enrollment token for client '%s' (expires %s):\n\n  %s\n\nCA fingerprint (SHA-256):"
+          "\n\n  %s\n\nGive both to the organisation out of band; on their host:\n"
+          "  fedmoe-client enroll --coordinator HOST:PORT --token TOKEN --ca-fingerprint "
+          "FINGERPRINT --state-dir DIR\n",
+          response.client_id().c_str(), Time(response.expires_at()).c_str(),
+          response.token().c_str(), response.ca_fingerprint_sha256().c_str());
+    }
+    return 0;
+  }
+  if (verb == "list") {
+    v1::ListEnrollmentTokensRequest request;
+    v1::ListEnrollmentTokensResponse response;
+    auto context = AdminContext();
+    if (grpc::Status status = (*stub)->ListEnrollmentTokens(context.get(), request, &response);
+        !status.ok()) {
+      return Fail(status);
+    }
+    if (json) {
+      std::printf("%s\n", Json(response).c_str());
+      return 0;
+    }
+    std::printf("%-16s  %-24s  %-8s  %s\n", "TOKEN ID", "CLIENT", "STATE", "EXPIRES");
+    for (const auto& token : response.tokens()) {
+      std::string state = v1::EnrollmentTokenInfo::State_Name(token.state()).substr(6);
+      std::printf("%-16s  %-24s  %-8s  %s\n", token.token_id().c_str(), token.client_id().c_str(),
+                  absl::AsciiStrToLower(state).c_str(), Time(token.expires_at()).c_str());
+    }
+    return 0;
+  }
+  if (verb == "revoke") {
+    if (flags->positional().size() != 1) {
+      return Fail(absl::InvalidArgumentError("token revoke needs exactly one TOKEN_ID"));
+    }
+    v1::RevokeEnrollmentTokenRequest request;
+    request.set_token_id(flags->positional()[0]);
+    v1::RevokeEnrollmentTokenResponse response;
+    auto context = AdminContext();
+    if (grpc::Status status = (*stub)->RevokeEnrollmentToken(context.get(), request, &response);
+        !status.ok()) {
+      return Fail(status);
+    }
+    std::printf("token %s revoked\n", response.token().token_id().c_str());
+    return 0;
+  }
+  return Fail(absl::InvalidArgumentError(absl::StrCat("unknown token command '", verb, "'")));
+}
+
+int ClientsCommand(const std::vector<std::string>& args) {
+  if (args.empty()) return Fail(absl::InvalidArgumentError("clients needs list or revoke"));
+  const std::string verb = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  auto flags =
+      CommandLine::Parse(rest, {"reason", "state-dir", "config", "coordinator"}, {"json", "all"});
+  if (!flags.ok()) return Fail(flags.status());
+  auto stub = DialAdmin(*flags);
+  if (!stub.ok()) return Fail(stub.status());
+
+  if (verb == "list") {
+    v1::ListClientsResponse all;
+    v1::ListClientsRequest request;
+    request.set_include_revoked(flags->Has("all"));
+    do {
+      v1::ListClientsResponse page;
+      auto context = AdminContext();
+      if (grpc::Status status = (*stub)->ListClients(context.get(), request, &page); !status.ok()) {
+        return Fail(status);
+      }
+      all.mutable_clients()->MergeFrom(page.clients());
+      request.mutable_page()->set_page_token(page.page().next_page_token());
+    } while (!request.page().page_token().empty());
+    if (flags->Has("json")) {
+      std::printf("%s\n", Json(all).c_str());
+      return 0;
+    }
+    std::printf("%-24s  %-8s  %-7s  %-20s  %-20s  %s\n", "CLIENT", "STATE", "ONLINE", "LAST SEEN",
+                "CERT EXPIRES", "ROUNDS");
+    for (const auto& client : all.clients()) {
+      std::printf("%-24s  %-8s  %-7s  %-20s  %-20s  %llu\n", client.client_id().c_str(),
+                  client.state() == v1::ClientInfo::STATE_REVOKED ? "revoked" : "active",
+                  client.online() ? "yes" : "no", Time(client.last_seen_at()).c_str(),
+                  Time(client.certificate_not_after()).c_str(),
+                  static_cast<unsigned long long>(client.rounds_participated()));
+    }
+    std::printf("%d client(s)\n", all.clients_size());
+    return 0;
+  }
+  if (verb == "revoke") {
+    if (flags->positional().size() != 1) {
+      return Fail(absl::InvalidArgumentError("clients revoke needs exactly one CLIENT_ID"));
+    }
+    v1::RevokeClientRequest request;
+    request.set_client_id(flags->positional()[0]);
+    request.set_reason(flags->GetOr("reason", ""));
+    v1::RevokeClientResponse response;
+    auto context = AdminContext();
+    if (grpc::Status status = (*stub)->RevokeClient(context.get(), request, &response);
+        !status.ok()) {
+      return Fail(status);
+    }
+    std::printf("client '%s' revoked at %s; its next call is refused\n",
+                response.client().client_id().c_str(),
+                Time(response.client().revoked_at()).c_str());
+    return 0;
+  }
+  return Fail(absl::InvalidArgumentError(absl::StrCat("unknown clients command '", verb, "'")));
+}
+
+int Status(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"state-dir", "config", "coordinator"}, {"json"});
+  if (!flags.ok()) return Fail(flags.status());
+  auto stub = DialAdmin(*flags);
+  if (!stub.ok()) return Fail(stub.status());
+  v1::GetStatusResponse response;
+  auto context = AdminContext();
+  if (grpc::Status status = (*stub)->GetStatus(context.get(), {}, &response); !status.ok()) {
+    return Fail(status);
+  }
+  if (flags->Has("json")) {
+    std::printf("%s\n", Json(response).c_str());
+    return 0;
+  }
+  std::printf(
+      "federation:      %s\n"
+      "version:         %s\n"
+      "started:         %s\n"
+      "clients:         %u enrolled, %u online, %u revoked\n"
+      "model version:   %llu\n"
+      "rounds:          %llu committed, %llu aborted (stage %s)\n",
+      response.federation().c_str(), response.version().c_str(),
+      Time(response.started_at()).c_str(), response.clients_enrolled(), response.clients_online(),
+      response.clients_revoked(), static_cast<unsigned long long>(response.model_version()),
+      static_cast<unsigned long long>(response.rounds_committed()),
+      static_cast<unsigned long long>(response.rounds_aborted()),
+      absl::AsciiStrToLower(v1::RoundStage_Name(response.current_round_stage()).substr(12))
+          .c_str());
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  RequireTls13();
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::string command = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (command == "init") return Init(rest);
+  if (command == "serve") return Serve(rest);
+  if (command == "token") return TokenCommand(rest);
+  if (command == "clients") return ClientsCommand(rest);
+  if (command == "status") return Status(rest);
+  std::fprintf(stderr, "fedmoe-coordinator: error: unknown command '%s' (try --help)\n",
+               command.c_str());
+  return 2;
+}
+
+}  // namespace
+}  // namespace fedmoe::coordinator
+
+int main(int argc, char** argv) { return fedmoe::coordinator::Main(argc, argv); }

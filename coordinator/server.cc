@@ -1,0 +1,150 @@
+#include "coordinator/server.h"
+
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <stdlib.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "logging/log.h"
+
+namespace fedmoe::coordinator {
+namespace {
+
+absl::StatusOr<std::string> ReadText(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void ApplyLimits(const CoordinatorConfig& config, grpc::ServerBuilder& builder) {
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(config.max_concurrent_streams));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(config.keepalive_time)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(config.keepalive_timeout)));
+  // Clients ping while a long poll is open; allow it as often as they are configured to.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+}
+
+}  // namespace
+
+void RequireTls13() { ::setenv("GRPC_SSL_CIPHER_SUITES", "PSK-AES256-GCM-SHA384", 1); }
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
+    CoordinatorConfig config) {
+  std::unique_ptr<CoordinatorServer> server(new CoordinatorServer());
+  server->config_ = std::move(config);
+  const CoordinatorConfig& cfg = server->config_;
+  const StateDir& dir = cfg.state_dir;
+
+  absl::StatusOr<pki::Certificate> ca_certificate =
+      pki::Certificate::ReadFile(dir.ca_certificate());
+  if (!ca_certificate.ok()) return ca_certificate.status();
+  absl::StatusOr<pki::PrivateKey> ca_key = pki::PrivateKey::ReadFile(dir.ca_key());
+  if (!ca_key.ok()) return ca_key.status();
+  absl::StatusOr<pki::CertificateAuthority> ca =
+      pki::CertificateAuthority::Load(*ca_certificate, std::move(*ca_key));
+  if (!ca.ok()) return ca.status();
+  if (ca->federation() != cfg.federation) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the CA in ", dir.root.string(), " is for federation '", ca->federation(),
+                     "' but the config says '", cfg.federation, "'"));
+  }
+  absl::StatusOr<std::string> server_certificate = ReadText(dir.server_certificate());
+  if (!server_certificate.ok()) return server_certificate.status();
+  absl::StatusOr<pki::PrivateKey> server_key = pki::PrivateKey::ReadFile(dir.server_key());
+  if (!server_key.ok()) return server_key.status();
+  absl::StatusOr<std::string> server_key_pem = server_key->ToPem();
+  if (!server_key_pem.ok()) return server_key_pem.status();
+
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(dir.store());
+  if (!store.ok()) return store.status();
+  server->store_ = std::move(*store);
+  server->authority_ = std::make_unique<EnrollmentAuthority>(std::move(*ca), server->store_.get(),
+                                                             cfg.client_certificate_validity);
+  server->authorizer_ =
+      std::make_unique<CallerAuthorizer>(*ca_certificate, cfg.federation, server->store_.get());
+  server->presence_ = std::make_unique<ClientPresence>(cfg.online_window());
+  server->polls_ = std::make_unique<PollHub>();
+  const ServiceContext context{&cfg,
+                               server->store_.get(),
+                               server->authority_.get(),
+                               server->authorizer_.get(),
+                               server->presence_.get(),
+                               server->polls_.get(),
+                               absl::Now()};
+  server->enrollment_service_ = std::make_unique<EnrollmentService>(context);
+  server->certificates_service_ = std::make_unique<CertificatesService>(context);
+  server->admin_service_ = std::make_unique<AdminService>(context);
+  server->federation_service_ = std::make_unique<FederationService>(context);
+
+  // The chain includes the CA, so that an enrolling client can pin it by fingerprint.
+  const std::string chain = *server_certificate + ca_certificate->ToPem();
+  grpc::EnableDefaultHealthCheckService(true);
+
+  grpc::SslServerCredentialsOptions enrollment_tls(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  enrollment_tls.pem_key_cert_pairs.push_back({*server_key_pem, chain});
+  grpc::ServerBuilder enrollment_builder;
+  enrollment_builder.AddListeningPort(cfg.enroll_listen, grpc::SslServerCredentials(enrollment_tls),
+                                      &server->enrollment_port_);
+  enrollment_builder.RegisterService(server->enrollment_service_.get());
+  ApplyLimits(cfg, enrollment_builder);
+  server->enrollment_server_ = enrollment_builder.BuildAndStart();
+  if (server->enrollment_server_ == nullptr || server->enrollment_port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on enroll_listen ", cfg.enroll_listen,
+                     " (address in use, or not an address of this host)"));
+  }
+
+  grpc::SslServerCredentialsOptions mtls(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  mtls.pem_root_certs = ca_certificate->ToPem();
+  mtls.pem_key_cert_pairs.push_back({*server_key_pem, chain});
+  grpc::ServerBuilder mtls_builder;
+  mtls_builder.AddListeningPort(cfg.listen, grpc::SslServerCredentials(mtls), &server->mtls_port_);
+  mtls_builder.RegisterService(server->certificates_service_.get());
+  mtls_builder.RegisterService(server->admin_service_.get());
+  mtls_builder.RegisterService(server->federation_service_.get());
+  ApplyLimits(cfg, mtls_builder);
+  server->mtls_server_ = mtls_builder.BuildAndStart();
+  if (server->mtls_server_ == nullptr || server->mtls_port_ == 0) {
+    server->enrollment_server_->Shutdown();
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on listen ", cfg.listen,
+                     " (address in use, or not an address of this host)"));
+  }
+  LogEvent(LogLevel::kInfo, "coordinator_started")
+      .Field("federation", cfg.federation)
+      .Field("listen", cfg.listen)
+      .Field("mtls_port", server->mtls_port_)
+      .Field("enroll_listen", cfg.enroll_listen)
+      .Field("enrollment_port", server->enrollment_port_)
+      .Field("ca_fingerprint", ca_certificate->Sha256Fingerprint());
+  return server;
+}
+
+void CoordinatorServer::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (polls_ != nullptr) polls_->Shutdown();
+  const gpr_timespec deadline =
+      gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
+                   gpr_time_from_millis(absl::ToInt64Milliseconds(grace), GPR_TIMESPAN));
+  if (mtls_server_ != nullptr) mtls_server_->Shutdown(deadline);
+  if (enrollment_server_ != nullptr) enrollment_server_->Shutdown(deadline);
+  if (mtls_server_ == nullptr && enrollment_server_ == nullptr) return;
+  LogEvent(LogLevel::kInfo, "coordinator_stopped");
+}
+
+CoordinatorServer::~CoordinatorServer() { Shutdown(absl::Seconds(5)); }
+
+}  // namespace fedmoe::coordinator

@@ -1,0 +1,63 @@
+// The running coordinator: the enrollment port (server-only TLS) and the mTLS port (federation,
+// certificates and admin services), each with the standard gRPC health service, keepalive,
+// and bounded message sizes and concurrent streams.
+#ifndef FEDMOE_COORDINATOR_SERVER_H_
+#define FEDMOE_COORDINATOR_SERVER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "coordinator/config.h"
+#include "coordinator/services.h"
+
+namespace fedmoe::coordinator {
+
+// Restricts both gRPC peers of this process to TLS 1.3. Debian 12's gRPC (1.51) has no API for
+// a minimum TLS version, but it takes the TLS 1.2 cipher list from GRPC_SSL_CIPHER_SUITES:
+// naming only a PSK suite, which needs a pre-shared key that fedmoe never configures, leaves
+// TLS 1.2 nothing to negotiate while TLS 1.3's suites are untouched. Must run before gRPC
+// creates its first credentials; both programs call it first thing in main().
+void RequireTls13();
+
+class CoordinatorServer {
+ public:
+  // Opens the store, loads the CA and server keys from the state directory, and starts
+  // serving. Ports given as 0 are chosen by the kernel (see the port accessors).
+  static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(CoordinatorConfig config);
+
+  CoordinatorServer(const CoordinatorServer&) = delete;
+  CoordinatorServer& operator=(const CoordinatorServer&) = delete;
+  ~CoordinatorServer();
+
+  int mtls_port() const { return mtls_port_; }
+  int enrollment_port() const { return enrollment_port_; }
+
+  // Stops accepting calls, finishes parked polls, and waits up to `grace` for calls in
+  // flight. Committed state is already durable: nothing else needs flushing.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  CoordinatorServer() = default;
+
+  CoordinatorConfig config_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<EnrollmentAuthority> authority_;
+  std::unique_ptr<CallerAuthorizer> authorizer_;
+  std::unique_ptr<ClientPresence> presence_;
+  std::unique_ptr<PollHub> polls_;
+  std::unique_ptr<EnrollmentService> enrollment_service_;
+  std::unique_ptr<CertificatesService> certificates_service_;
+  std::unique_ptr<AdminService> admin_service_;
+  std::unique_ptr<FederationService> federation_service_;
+  std::unique_ptr<grpc::Server> enrollment_server_;
+  std::unique_ptr<grpc::Server> mtls_server_;
+  int mtls_port_ = 0;
+  int enrollment_port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace fedmoe::coordinator
+
+#endif  // FEDMOE_COORDINATOR_SERVER_H_
