@@ -2,8 +2,8 @@
 
 #include <sys/stat.h>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "config/address.h"
 #include "config/yaml_config.h"
 #include "coordinator/store.h"
 #include "pki/certificate_authority.h"
@@ -20,23 +20,6 @@ std::string ConfigDuration(absl::Duration duration) {
 }
 
 }  // namespace
-
-absl::StatusOr<std::string> ValidateHostPort(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' is not host:port"));
-  }
-  int port = 0;
-  if (!absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 1 || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("address '", address, "' has no port between 1 and 65535"));
-  }
-  std::string host = address.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  return host;
-}
 
 absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem::path& path) {
   absl::StatusOr<config::YamlConfigReader> reader = config::YamlConfigReader::FromFile(path);
@@ -68,12 +51,13 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   }
   for (const auto& [key, value] :
        {std::pair{"listen", &config.listen}, std::pair{"enroll_listen", &config.enroll_listen}}) {
-    if (absl::StatusOr<std::string> host = ValidateHostPort(*value); !host.ok()) {
+    if (absl::StatusOr<config::HostPort> host = config::ParseHostPort(*value); !host.ok()) {
       reader->Invalid(key, std::string(host.status().message()));
     }
   }
   if (!config.advertise.empty()) {
-    if (absl::StatusOr<std::string> host = ValidateHostPort(config.advertise); !host.ok()) {
+    if (absl::StatusOr<config::HostPort> host = config::ParseHostPort(config.advertise);
+        !host.ok()) {
       reader->Invalid("advertise", std::string(host.status().message()));
     }
   }
@@ -178,7 +162,7 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
     return status;
   }
   for (const std::string* address : {&options.listen, &options.enroll_listen}) {
-    if (absl::StatusOr<std::string> host = ValidateHostPort(*address); !host.ok()) {
+    if (absl::StatusOr<config::HostPort> host = config::ParseHostPort(*address); !host.ok()) {
       return host.status();
     }
   }

@@ -56,9 +56,6 @@ struct CoordinatorConfig {
   std::string ToYaml() const;
 };
 
-// Splits "host:port" ("[::1]:7443" for IPv6) and checks the port. Returns the host.
-absl::StatusOr<std::string> ValidateHostPort(const std::string& address);
-
 struct InitOptions {
   std::string federation;
   std::filesystem::path state_dir;

@@ -22,6 +22,7 @@
 #include "logging/log.h"
 #include "pki/certificate.h"
 #include "pki/private_key.h"
+#include "pki/tls_policy.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -360,7 +361,7 @@ int Status(const std::vector<std::string>& args) {
 }
 
 int Main(int argc, char** argv) {
-  RequireTls13();
+  pki::RequireTls13ForGrpc();
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::fputs(kUsage, args.empty() ? stderr : stdout);

@@ -2,7 +2,6 @@
 
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
-#include <stdlib.h>
 
 #include <fstream>
 #include <sstream>
@@ -36,8 +35,6 @@ void ApplyLimits(const CoordinatorConfig& config, grpc::ServerBuilder& builder) 
 }
 
 }  // namespace
-
-void RequireTls13() { ::setenv("GRPC_SSL_CIPHER_SUITES", "PSK-AES256-GCM-SHA384", 1); }
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     CoordinatorConfig config) {

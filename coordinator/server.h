@@ -14,13 +14,6 @@
 
 namespace fedmoe::coordinator {
 
-// Restricts both gRPC peers of this process to TLS 1.3. Debian 12's gRPC (1.51) has no API for
-// a minimum TLS version, but it takes the TLS 1.2 cipher list from GRPC_SSL_CIPHER_SUITES:
-// naming only a PSK suite, which needs a pre-shared key that fedmoe never configures, leaves
-// TLS 1.2 nothing to negotiate while TLS 1.3's suites are untouched. Must run before gRPC
-// creates its first credentials; both programs call it first thing in main().
-void RequireTls13();
-
 class CoordinatorServer {
  public:
   // Opens the store, loads the CA and server keys from the state directory, and starts

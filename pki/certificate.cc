@@ -159,6 +159,41 @@ std::string Certificate::SerialHex() const {
 
 bool Certificate::IsCa() const { return X509_check_ca(certificate_.get()) != 0; }
 
+std::string Certificate::PublicKeyDer() const {
+  unsigned char* der = nullptr;
+  const int length = i2d_PUBKEY(X509_get0_pubkey(certificate_.get()), &der);
+  if (length <= 0) return {};
+  std::string out(reinterpret_cast<const char*>(der), static_cast<size_t>(length));
+  OPENSSL_free(der);
+  return out;
+}
+
+absl::StatusOr<std::string> CaFederation(const Certificate& ca) {
+  if (!ca.IsCa()) return absl::InvalidArgumentError("certificate is not a CA certificate");
+  GeneralNamesPtr names(static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(ca.get(), NID_subject_alt_name, nullptr, nullptr)));
+  constexpr std::string_view kScheme = "spiffe://";
+  for (int i = 0; names != nullptr && i < sk_GENERAL_NAME_num(names.get()); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names.get(), i);
+    if (name->type != GEN_URI) continue;
+    const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
+    const std::string text(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
+                           static_cast<size_t>(ASN1_STRING_length(uri)));
+    if (!text.starts_with(kScheme)) continue;
+    const std::string federation = text.substr(kScheme.size());
+    if (absl::Status status = ValidateName("CA federation", federation); !status.ok()) {
+      return status;
+    }
+    return federation;
+  }
+  return absl::InvalidArgumentError("CA certificate names no federation (no spiffe:// SAN URI)");
+}
+
+bool CertificateMatchesHost(const Certificate& certificate, const std::string& host) {
+  if (X509_check_ip_asc(certificate.get(), host.c_str(), 0) == 1) return true;
+  return X509_check_host(certificate.get(), host.data(), host.size(), 0, nullptr) == 1;
+}
+
 absl::StatusOr<std::string> NormalizeFingerprint(std::string_view fingerprint) {
   std::string out;
   for (char c : fingerprint) {

@@ -48,6 +48,8 @@ class Certificate {
   // Lower-case hex.
   std::string SerialHex() const;
   bool IsCa() const;
+  // SubjectPublicKeyInfo, DER: compare with PrivateKey::PublicKeyDer() to match a key.
+  std::string PublicKeyDer() const;
 
   X509* get() const { return certificate_.get(); }
 
@@ -62,6 +64,12 @@ absl::StatusOr<std::string> NormalizeFingerprint(std::string_view fingerprint);
 
 // Compares two normalized fingerprints in constant time.
 bool FingerprintsEqual(std::string_view a, std::string_view b);
+
+// The federation a CA certificate serves: its SAN URI is spiffe://<federation>.
+absl::StatusOr<std::string> CaFederation(const Certificate& ca);
+
+// Whether the certificate is valid for `host`, a DNS name or an IP address.
+bool CertificateMatchesHost(const Certificate& certificate, const std::string& host);
 
 enum class Purpose { kClient, kServer };
 

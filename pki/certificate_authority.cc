@@ -160,24 +160,9 @@ absl::StatusOr<CertificateAuthority> CertificateAuthority::Load(Certificate cert
     return OpenSslError(absl::StatusCode::kInvalidArgument,
                         "the CA key does not match the CA certificate");
   }
-  // The CA's SAN is spiffe://<federation>, without kind and name.
-  GENERAL_NAMES* names = static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(certificate.get(), NID_subject_alt_name, nullptr, nullptr));
-  std::string federation;
-  for (int i = 0; names != nullptr && i < sk_GENERAL_NAME_num(names); ++i) {
-    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
-    if (name->type != GEN_URI) continue;
-    const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
-    std::string text(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
-                     static_cast<size_t>(ASN1_STRING_length(uri)));
-    constexpr std::string_view kScheme = "spiffe://";
-    if (text.starts_with(kScheme)) federation = text.substr(kScheme.size());
-  }
-  GENERAL_NAMES_free(names);
-  if (absl::Status status = ValidateName("CA federation", federation); !status.ok()) {
-    return status;
-  }
-  return CertificateAuthority(std::move(certificate), std::move(key), std::move(federation));
+  absl::StatusOr<std::string> federation = CaFederation(certificate);
+  if (!federation.ok()) return federation.status();
+  return CertificateAuthority(std::move(certificate), std::move(key), std::move(*federation));
 }
 
 absl::StatusOr<Certificate> CertificateAuthority::IssueFromCsr(const std::string& csr_der,

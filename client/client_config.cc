@@ -1,0 +1,76 @@
+#include "client/client_config.h"
+
+#include "absl/strings/str_cat.h"
+#include "config/yaml_config.h"
+#include "pki/spiffe_id.h"
+
+namespace fedmoe::client {
+
+absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& path) {
+  absl::StatusOr<config::YamlConfigReader> reader = config::YamlConfigReader::FromFile(path);
+  if (!reader.ok()) return reader.status();
+  ClientConfig config;
+  std::string state_dir;
+  for (const char* key : {"client_id", "federation", "coordinator", "state_dir"}) {
+    reader->Require(key);
+  }
+  reader->Read("client_id", &config.client_id);
+  reader->Read("federation", &config.federation);
+  reader->Read("coordinator", &config.coordinator);
+  reader->Read("state_dir", &state_dir);
+  reader->Read("poll.max_wait", &config.poll_max_wait);
+  reader->Read("poll.backoff_initial", &config.backoff_initial);
+  reader->Read("poll.backoff_max", &config.backoff_max);
+  reader->Read("log_level", &config.log_level);
+  config.state_dir.root = state_dir;
+  if (!config.client_id.empty()) {
+    if (absl::Status status = pki::ValidateName("client id", config.client_id); !status.ok()) {
+      reader->Invalid("client_id", std::string(status.message()));
+    }
+  }
+  if (config.poll_max_wait < absl::Seconds(1) || config.poll_max_wait > absl::Minutes(10)) {
+    reader->Invalid("poll.max_wait", "must be between 1s and 10m");
+  }
+  if (config.backoff_initial < absl::Milliseconds(10) ||
+      config.backoff_max < config.backoff_initial) {
+    reader->Invalid("poll.backoff_initial",
+                    "must be at least 10ms and no more than poll.backoff_max");
+  }
+  if (config.log_level != "debug" && config.log_level != "info" && config.log_level != "warning" &&
+      config.log_level != "error") {
+    reader->Invalid("log_level", "must be debug, info, warning or error");
+  }
+  if (absl::Status status = reader->Finish(); !status.ok()) return status;
+  return config;
+}
+
+std::string ClientConfig::ToYaml() const {
+  return absl::StrCat(
+      "# fedmoe client daemon configuration, written by `fedmoe-client enroll`.\n"
+      "# Run with: fedmoe-client run --config THIS_FILE. Unknown keys are errors.\n\n"
+      "# The identity this daemon enrolled as; it must match its certificate.\n"
+      "client_id: ",
+      client_id, "\nfederation: ", federation,
+      "\n"
+      "# host:port of the coordinator's mTLS port. The daemon only dials out.\n"
+      "coordinator: ",
+      coordinator,
+      "\n"
+      "# Holds client.key (0600), client.pem, ca.pem and status.json.\n"
+      "state_dir: ",
+      state_dir.root.string(),
+      "\n\n"
+      "poll:\n"
+      "  # Longest the coordinator may hold a poll open (it may cap it lower).\n"
+      "  max_wait: ",
+      absl::FormatDuration(poll_max_wait),
+      "\n"
+      "  # Reconnect backoff after an error: doubles from backoff_initial to backoff_max,\n"
+      "  # with full jitter so that many clients do not reconnect in step.\n"
+      "  backoff_initial: ",
+      absl::FormatDuration(backoff_initial), "\n  backoff_max: ", absl::FormatDuration(backoff_max),
+      "\n\n# debug, info, warning or error. Logs are JSON lines on stderr.\nlog_level: ", log_level,
+      "\n");
+}
+
+}  // namespace fedmoe::client

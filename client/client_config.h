@@ -1,0 +1,45 @@
+// The client daemon's configuration (client.yaml, written by `enroll`) and the layout of its
+// state directory.
+#ifndef FEDMOE_CLIENT_CLIENT_CONFIG_H_
+#define FEDMOE_CLIENT_CLIENT_CONFIG_H_
+
+#include <filesystem>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace fedmoe::client {
+
+// The directory is 0700; the key inside is 0600 and never leaves it.
+struct ClientStateDir {
+  std::filesystem::path root;
+
+  std::filesystem::path key() const { return root / "client.key"; }
+  std::filesystem::path certificate() const { return root / "client.pem"; }
+  std::filesystem::path ca_certificate() const { return root / "ca.pem"; }
+  std::filesystem::path config() const { return root / "client.yaml"; }
+  // Written by the daemon after each poll, read by `fedmoe-client status`.
+  std::filesystem::path status() const { return root / "status.json"; }
+};
+
+struct ClientConfig {
+  std::string client_id;
+  std::string federation;
+  // host:port of the coordinator's mTLS port.
+  std::string coordinator;
+  ClientStateDir state_dir;
+  // How long one PollTask may be held open by the coordinator.
+  absl::Duration poll_max_wait = absl::Seconds(30);
+  // Reconnect backoff: doubles from initial up to max, with full jitter.
+  absl::Duration backoff_initial = absl::Seconds(1);
+  absl::Duration backoff_max = absl::Seconds(60);
+  std::string log_level = "info";
+
+  static absl::StatusOr<ClientConfig> Load(const std::filesystem::path& path);
+  std::string ToYaml() const;
+};
+
+}  // namespace fedmoe::client
+
+#endif  // FEDMOE_CLIENT_CLIENT_CONFIG_H_

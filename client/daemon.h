@@ -1,0 +1,65 @@
+// `fedmoe-client run`: the client daemon. It only dials out: it long-polls the coordinator for
+// its next task over mutual TLS, reconnects by itself with exponential backoff and full jitter
+// after any failure (a coordinator restart included), renews its certificate when less than a
+// third of its lifetime is left, and stops cleanly when asked.
+#ifndef FEDMOE_CLIENT_DAEMON_H_
+#define FEDMOE_CLIENT_DAEMON_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <optional>
+#include <random>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "client/client_config.h"
+#include "fedmoe/v1/enrollment.grpc.pb.h"
+#include "fedmoe/v1/federation.grpc.pb.h"
+#include "pki/certificate.h"
+
+namespace fedmoe::client {
+
+// Exit statuses of `fedmoe-client run`, so that a service manager can tell a revoked client
+// (do not restart) from a crash (restart).
+inline constexpr int kExitRevoked = 3;
+
+class ClientDaemon {
+ public:
+  explicit ClientDaemon(ClientConfig config);
+
+  // Polls until Stop(). Returns OK after Stop(), PermissionDenied when the coordinator refuses
+  // this client (revoked or unknown), or another error that retrying cannot fix.
+  absl::Status Run();
+  // Thread-safe; cancels the poll in flight and wakes a backoff sleep.
+  void Stop();
+
+ private:
+  // Loads key and certificate and builds the mTLS channel.
+  absl::Status Connect();
+  // Finishes or discards a renewal that a crash interrupted (see RenewIfDue).
+  absl::Status RecoverInterruptedRenewal();
+  absl::Status RenewIfDue();
+  // One long poll. Returns its status; OK means the coordinator answered.
+  grpc::Status PollOnce();
+  // Sleeps for the backoff interval unless stopped; returns false if stopped.
+  bool Backoff(int attempt);
+  void WriteStatus(const std::string& state, const std::string& detail);
+
+  ClientConfig config_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Federation::Stub> federation_;
+  std::unique_ptr<v1::Certificates::Stub> certificates_;
+  std::optional<pki::Certificate> certificate_;
+  std::mt19937_64 jitter_;
+  uint64_t polls_answered_ = 0;
+
+  absl::Mutex mutex_;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  grpc::ClientContext* in_flight_ ABSL_GUARDED_BY(mutex_) = nullptr;
+};
+
+}  // namespace fedmoe::client
+
+#endif  // FEDMOE_CLIENT_DAEMON_H_

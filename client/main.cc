@@ -1,0 +1,170 @@
+// fedmoe-client: enrollment, the client daemon, and its local status.
+//
+// Exit status: 0 success, 1 the operation failed (the message says why), 2 bad usage,
+// 3 (run) the coordinator refused this client, e.g. after revocation: do not restart.
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "client/client_config.h"
+#include "client/daemon.h"
+#include "client/enroll.h"
+#include "config/command_line.h"
+#include "logging/log.h"
+#include "pki/certificate.h"
+#include "pki/tls_policy.h"
+
+namespace fedmoe::client {
+namespace {
+
+using config::CommandLine;
+
+constexpr char kUsage[] = R"(usage: fedmoe-client COMMAND [FLAGS]
+
+  enroll --coordinator HOST:PORT --token TOKEN --ca-fingerprint SHA256 --state-dir DIR
+      Join a federation once: HOST:PORT is the coordinator's enrollment port. The key pair is
+      made here and never leaves DIR; the coordinator is trusted only if its CA has the given
+      fingerprint. Writes DIR/client.yaml.
+  run --config FILE
+      Run the daemon until SIGTERM or SIGINT.
+  status (--state-dir DIR | --config FILE) [--json]
+      What this client is enrolled as, and what its daemon last reported.
+)";
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "fedmoe-client: error: %s\n", std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+absl::StatusOr<ClientConfig> LoadConfig(const CommandLine& flags) {
+  if (auto path = flags.Get("config")) return ClientConfig::Load(*path);
+  if (auto dir = flags.Get("state-dir")) return ClientConfig::Load(ClientStateDir{*dir}.config());
+  return absl::InvalidArgumentError("--config FILE or --state-dir DIR is required");
+}
+
+int EnrollCommand(const std::vector<std::string>& args) {
+  auto flags =
+      CommandLine::Parse(args, {"coordinator", "token", "ca-fingerprint", "state-dir"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  EnrollOptions options;
+  for (auto [flag, out] :
+       {std::pair{"coordinator", &options.coordinator}, std::pair{"token", &options.token},
+        std::pair{"ca-fingerprint", &options.ca_fingerprint}}) {
+    auto value = flags->Require(flag);
+    if (!value.ok()) return Fail(value.status());
+    *out = *value;
+  }
+  auto state_dir = flags->Require("state-dir");
+  if (!state_dir.ok()) return Fail(state_dir.status());
+  options.state_dir = *state_dir;
+  absl::StatusOr<ClientConfig> config = Enroll(options);
+  if (!config.ok()) return Fail(config.status());
+  std::printf(
+      "enrolled as '%s' in federation '%s'\n"
+      "  coordinator: %s\n"
+      "  state:       %s (key is 0600 and never leaves it)\n"
+      "start the daemon with: fedmoe-client run --config %s\n",
+      config->client_id.c_str(), config->federation.c_str(), config->coordinator.c_str(),
+      config->state_dir.root.c_str(), config->state_dir.config().c_str());
+  return 0;
+}
+
+int RunCommand(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"config"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  if (!flags->Has("config")) return Fail(absl::InvalidArgumentError("--config is required"));
+  absl::StatusOr<ClientConfig> config = LoadConfig(*flags);
+  if (!config.ok()) return Fail(config.status());
+  if (auto level = ParseLogLevel(config->log_level); level.ok()) SetMinLogLevel(*level);
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  ClientDaemon daemon(*config);
+  std::thread signal_waiter([&daemon, signals] {
+    int signal = 0;
+    sigwait(&signals, &signal);
+    if (signal != 0) {
+      LogEvent(LogLevel::kInfo, "shutdown_requested").Field("signal", signal);
+    }
+    daemon.Stop();
+  });
+  const absl::Status status = daemon.Run();
+  // Wakes the waiter if the daemon ended on its own.
+  pthread_kill(signal_waiter.native_handle(), SIGTERM);
+  signal_waiter.join();
+  if (status.code() == absl::StatusCode::kPermissionDenied) {
+    Fail(status);
+    return kExitRevoked;
+  }
+  return status.ok() ? 0 : Fail(status);
+}
+
+int StatusCommand(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"config", "state-dir"}, {"json"});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<ClientConfig> config = LoadConfig(*flags);
+  if (!config.ok()) return Fail(config.status());
+  absl::StatusOr<pki::Certificate> certificate =
+      pki::Certificate::ReadFile(config->state_dir.certificate());
+  if (!certificate.ok()) return Fail(certificate.status());
+  std::string daemon = "{}";
+  if (std::ifstream in(config->state_dir.status()); in) {
+    std::ostringstream text;
+    text << in.rdbuf();
+    daemon = text.str();
+    while (!daemon.empty() && (daemon.back() == '\n' || daemon.back() == ' ')) daemon.pop_back();
+  }
+  const std::string not_after =
+      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", certificate->NotAfter(), absl::UTCTimeZone());
+  if (flags->Has("json")) {
+    std::string out = "{\"client_id\":\"";
+    AppendJsonEscaped(config->client_id, out);
+    out += "\",\"federation\":\"";
+    AppendJsonEscaped(config->federation, out);
+    out += "\",\"coordinator\":\"";
+    AppendJsonEscaped(config->coordinator, out);
+    out += "\",\"certificate_serial\":\"" + certificate->SerialHex() +
+           "\",\"certificate_not_after\":\"" + not_after + "\",\"daemon\":" + daemon + "}";
+    std::printf("%s\n", out.c_str());
+    return 0;
+  }
+  std::printf(
+      "client:       %s\n"
+      "federation:   %s\n"
+      "coordinator:  %s\n"
+      "certificate:  serial %s, expires %s\n"
+      "daemon:       %s\n",
+      config->client_id.c_str(), config->federation.c_str(), config->coordinator.c_str(),
+      certificate->SerialHex().c_str(), not_after.c_str(), daemon.c_str());
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  pki::RequireTls13ForGrpc();
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::string command = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (command == "enroll") return EnrollCommand(rest);
+  if (command == "run") return RunCommand(rest);
+  if (command == "status") return StatusCommand(rest);
+  std::fprintf(stderr, "fedmoe-client: error: unknown command '%s' (try --help)\n",
+               command.c_str());
+  return 2;
+}
+
+}  // namespace
+}  // namespace fedmoe::client
+
+int main(int argc, char** argv) { return fedmoe::client::Main(argc, argv); }
