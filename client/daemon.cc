@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "client/tls_probe.h"
 #include "logging/log.h"
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
@@ -81,10 +82,19 @@ absl::Status ClientDaemon::Connect() {
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
   arguments.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  // gRPC's own reconnect backoff (up to 120 s by default) would otherwise outlast ours after a
+  // coordinator restart; bound it by the configured backoff.
+  const int backoff_initial_ms =
+      static_cast<int>(absl::ToInt64Milliseconds(config_.backoff_initial));
+  const int backoff_max_ms = static_cast<int>(absl::ToInt64Milliseconds(config_.backoff_max));
+  arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, backoff_initial_ms);
+  arguments.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, backoff_initial_ms);
+  arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff_max_ms);
   channel_ = grpc::CreateCustomChannel(config_.coordinator, grpc::SslCredentials(tls), arguments);
   federation_ = v1::Federation::NewStub(channel_);
   certificates_ = v1::Certificates::NewStub(channel_);
   certificate_ = *certificate;
+  key_ = std::move(*key);
   return absl::OkStatus();
 }
 
@@ -183,6 +193,28 @@ void ClientDaemon::WriteStatus(const std::string& state, const std::string& deta
       .IgnoreError();
 }
 
+std::string ClientDaemon::DiagnoseUnavailable() {
+  absl::Status probe =
+      ProbeMutualTls(config_.coordinator, &*certificate_, &*key_, absl::Seconds(5));
+  if (probe.code() != absl::StatusCode::kPermissionDenied) {
+    return probe.ok() ? "the coordinator accepts connections again" : std::string(probe.message());
+  }
+  // The coordinator refused the certificate; checking it against the CA this client enrolled
+  // with usually says why (expired, or not issued by that CA).
+  std::string why = std::string(probe.message());
+  if (absl::StatusOr<pki::Certificate> ca =
+          pki::Certificate::ReadFile(config_.state_dir.ca_certificate());
+      ca.ok()) {
+    absl::StatusOr<pki::SpiffeId> id =
+        pki::VerifyPeer(*certificate_, *ca, config_.federation, pki::Purpose::kClient);
+    if (!id.ok()) {
+      absl::StrAppend(&why, "; this client's certificate is not valid under the federation CA ",
+                      "it enrolled with: ", id.status().message());
+    }
+  }
+  return why;
+}
+
 absl::Status ClientDaemon::Run() {
   if (absl::Status status = Connect(); !status.ok()) return status;
   LogEvent(LogLevel::kInfo, "daemon_started")
@@ -222,10 +254,14 @@ absl::Status ClientDaemon::Run() {
           absl::StrCat("the coordinator refused this client: ", status.error_message()));
     }
     if (last_state != "disconnected") {
+      // gRPC says only "unavailable" when the coordinator rejects the TLS identity; a direct
+      // handshake hears the alert that says why (expired, unknown CA, ...).
+      std::string detail = status.error_message();
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) detail = DiagnoseUnavailable();
       LogEvent(LogLevel::kWarning, "disconnected")
           .Field("code", static_cast<int>(status.error_code()))
-          .Field("error", status.error_message());
-      WriteStatus("disconnected", status.error_message());
+          .Field("error", detail);
+      WriteStatus("disconnected", detail);
       last_state = "disconnected";
     }
     if (!Backoff(failures++)) break;

@@ -18,6 +18,7 @@
 #include "fedmoe/v1/enrollment.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "pki/certificate.h"
+#include "pki/private_key.h"
 
 namespace fedmoe::client {
 
@@ -46,12 +47,16 @@ class ClientDaemon {
   // Sleeps for the backoff interval unless stopped; returns false if stopped.
   bool Backoff(int attempt);
   void WriteStatus(const std::string& state, const std::string& detail);
+  // Why the coordinator is unavailable to this client, as far as a direct TLS probe and a
+  // local check of the certificate can tell.
+  std::string DiagnoseUnavailable();
 
   ClientConfig config_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Federation::Stub> federation_;
   std::unique_ptr<v1::Certificates::Stub> certificates_;
   std::optional<pki::Certificate> certificate_;
+  std::optional<pki::PrivateKey> key_;
   std::mt19937_64 jitter_;
   uint64_t polls_answered_ = 0;
 

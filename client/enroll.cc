@@ -1,19 +1,11 @@
 #include "client/enroll.h"
 
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
-#include <netdb.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/tls_probe.h"
 #include "config/address.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
 #include "logging/log.h"
@@ -22,70 +14,6 @@
 
 namespace fedmoe::client {
 namespace {
-
-struct SslCtxDeleter {
-  void operator()(SSL_CTX* context) const { SSL_CTX_free(context); }
-};
-struct SslDeleter {
-  void operator()(SSL* ssl) const { SSL_free(ssl); }
-};
-
-// A connected TCP socket, closed on destruction.
-class Socket {
- public:
-  explicit Socket(int fd) : fd_(fd) {}
-  Socket(const Socket&) = delete;
-  Socket& operator=(const Socket&) = delete;
-  ~Socket() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int fd() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-absl::StatusOr<int> Connect(const std::string& host, const std::string& port,
-                            absl::Duration timeout) {
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* addresses = nullptr;
-  if (const int error = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &addresses); error != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot resolve ", host, ": ", ::gai_strerror(error)));
-  }
-  std::string last_error = "no address";
-  int connected = -1;
-  for (addrinfo* address = addresses; address != nullptr; address = address->ai_next) {
-    const int fd = ::socket(address->ai_family, address->ai_socktype, address->ai_protocol);
-    if (fd < 0) continue;
-    timeval tv{};
-    tv.tv_sec = absl::ToInt64Seconds(timeout);
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    if (::connect(fd, address->ai_addr, address->ai_addrlen) == 0) {
-      connected = fd;
-      break;
-    }
-    last_error = std::strerror(errno);
-    ::close(fd);
-  }
-  ::freeaddrinfo(addresses);
-  if (connected < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot connect to ", host, ":", port, ": ", last_error));
-  }
-  return connected;
-}
-
-std::string OpenSslErrorText() {
-  const unsigned long error = ERR_get_error();
-  ERR_clear_error();
-  if (error == 0) return "connection closed during the handshake";
-  char text[256];
-  ERR_error_string_n(error, text, sizeof(text));
-  return text;
-}
 
 absl::Status MakeStateDir(const std::filesystem::path& dir) {
   std::error_code error;
@@ -99,49 +27,6 @@ absl::Status MakeStateDir(const std::filesystem::path& dir) {
 }
 
 }  // namespace
-
-absl::StatusOr<std::vector<pki::Certificate>> FetchServerChain(const std::string& address,
-                                                               absl::Duration timeout) {
-  absl::StatusOr<config::HostPort> parts = config::ParseHostPort(address);
-  if (!parts.ok()) return parts.status();
-  const auto& [host, port] = *parts;
-  absl::StatusOr<int> fd = Connect(host, port, timeout);
-  if (!fd.ok()) return fd.status();
-  Socket socket(*fd);
-
-  std::unique_ptr<SSL_CTX, SslCtxDeleter> context(SSL_CTX_new(TLS_client_method()));
-  if (context == nullptr || SSL_CTX_set_min_proto_version(context.get(), TLS1_3_VERSION) != 1) {
-    return absl::InternalError(absl::StrCat("TLS setup: ", OpenSslErrorText()));
-  }
-  // Verification happens against the pinned fingerprint once the chain is in hand.
-  SSL_CTX_set_verify(context.get(), SSL_VERIFY_NONE, nullptr);
-  std::unique_ptr<SSL, SslDeleter> ssl(SSL_new(context.get()));
-  static constexpr unsigned char kAlpnH2[] = {2, 'h', '2'};
-  SSL_set_alpn_protos(ssl.get(), kAlpnH2, sizeof(kAlpnH2));
-  // SNI carries names only, never IP literals (RFC 6066).
-  unsigned char ip[16];
-  if (inet_pton(AF_INET, host.c_str(), ip) != 1 && inet_pton(AF_INET6, host.c_str(), ip) != 1) {
-    SSL_ctrl(ssl.get(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
-             const_cast<char*>(host.c_str()));
-  }
-  SSL_set_fd(ssl.get(), socket.fd());
-  if (SSL_connect(ssl.get()) != 1) {
-    return absl::UnavailableError(
-        absl::StrCat("TLS 1.3 handshake with ", address, " failed: ", OpenSslErrorText()));
-  }
-  STACK_OF(X509)* presented = SSL_get_peer_cert_chain(ssl.get());
-  std::vector<pki::Certificate> chain;
-  for (int i = 0; presented != nullptr && i < sk_X509_num(presented); ++i) {
-    X509* certificate = sk_X509_value(presented, i);
-    X509_up_ref(certificate);
-    chain.push_back(pki::Certificate::Adopt(pki::internal::X509Ptr(certificate)));
-  }
-  SSL_shutdown(ssl.get());
-  if (chain.empty()) {
-    return absl::UnavailableError(absl::StrCat(address, " presented no certificate"));
-  }
-  return chain;
-}
 
 absl::StatusOr<pki::Certificate> SelectPinnedCa(const std::vector<pki::Certificate>& chain,
                                                 const std::string& fingerprint,

@@ -30,11 +30,6 @@ struct EnrollOptions {
 
 absl::StatusOr<ClientConfig> Enroll(const EnrollOptions& options);
 
-// Connects with TLS 1.3 and returns the certificate chain the server presents, leaf first.
-// Nothing is verified here: the caller decides what to trust.
-absl::StatusOr<std::vector<pki::Certificate>> FetchServerChain(const std::string& address,
-                                                               absl::Duration timeout);
-
 // Finds the CA with the pinned fingerprint in `chain` and checks that the leaf is a server
 // certificate of that CA, valid for `host`. Returns the CA.
 absl::StatusOr<pki::Certificate> SelectPinnedCa(const std::vector<pki::Certificate>& chain,

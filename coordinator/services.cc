@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/wire.h"
 #include "logging/log.h"
 
 namespace fedmoe::coordinator {
@@ -69,38 +70,74 @@ grpc::Status Refuse(std::string_view method, const absl::Status& status) {
   return ToGrpc(status);
 }
 
+// Runs a raw unary method: parse, handle, serialize, finish; a parse failure is answered
+// with its own message.
+template <typename Request, typename Reply, typename Handler>
+grpc::ServerUnaryReactor* RunRaw(grpc::CallbackServerContext* context, std::string_view method,
+                                 const grpc::ByteBuffer* request_bytes,
+                                 grpc::ByteBuffer* reply_bytes, Handler handle) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Request request;
+  if (absl::Status parsed = ParseRequest(*request_bytes, request); !parsed.ok()) {
+    reactor->Finish(Refuse(method, parsed));
+    return reactor;
+  }
+  Reply reply;
+  grpc::Status status = handle(request, reply);
+  if (status.ok()) status = ToGrpc(SerializeReply(reply, *reply_bytes));
+  reactor->Finish(status);
+  return reactor;
+}
+
 }  // namespace
 
-grpc::Status EnrollmentService::Enroll(grpc::ServerContext* /*context*/,
-                                       const v1::EnrollRequest* request,
-                                       v1::EnrollResponse* response) {
-  if (request->csr_der().size() > kMaxCsrBytes) {
+grpc::ServerUnaryReactor* EnrollmentService::Enroll(grpc::CallbackServerContext* context,
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return RunRaw<v1::EnrollRequest, v1::EnrollResponse>(
+      context, "Enroll", request, response,
+      [this](const v1::EnrollRequest& in, v1::EnrollResponse& out) { return Handle(in, out); });
+}
+
+grpc::ServerUnaryReactor* CertificatesService::Renew(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return RunRaw<v1::RenewCertificateRequest, v1::RenewCertificateResponse>(
+      context, "Renew", request, response,
+      [this, context](const v1::RenewCertificateRequest& in, v1::RenewCertificateResponse& out) {
+        return Handle(*context->auth_context(), in, out);
+      });
+}
+
+grpc::Status EnrollmentService::Handle(const v1::EnrollRequest& request,
+                                       v1::EnrollResponse& response) {
+  if (request.csr_der().size() > kMaxCsrBytes) {
     return Refuse("Enroll", absl::InvalidArgumentError("CSR larger than 16 KiB"));
   }
   absl::StatusOr<EnrollmentAuthority::Enrolled> enrolled =
-      context_.authority->Enroll(request->token(), request->csr_der(), request->client_version());
+      context_.authority->Enroll(request.token(), request.csr_der(), request.client_version());
   if (!enrolled.ok()) return ToGrpc(enrolled.status());
-  response->set_client_id(enrolled->client.client_id);
-  response->set_federation(context_.config->federation);
+  response.set_client_id(enrolled->client.client_id);
+  response.set_federation(context_.config->federation);
   FillCertificate(enrolled->certificate, context_.authority->ca().certificate(),
-                  response->mutable_certificate());
-  response->set_federation_endpoint(context_.config->advertised_endpoint());
+                  response.mutable_certificate());
+  response.set_federation_endpoint(context_.config->advertised_endpoint());
   return grpc::Status::OK;
 }
 
-grpc::Status CertificatesService::Renew(grpc::ServerContext* context,
-                                        const v1::RenewCertificateRequest* request,
-                                        v1::RenewCertificateResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
+grpc::Status CertificatesService::Handle(const grpc::AuthContext& auth,
+                                         const v1::RenewCertificateRequest& request,
+                                         v1::RenewCertificateResponse& response) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(auth);
   if (!caller.ok()) return Refuse("Renew", caller.status());
-  if (request->csr_der().size() > kMaxCsrBytes) {
+  if (request.csr_der().size() > kMaxCsrBytes) {
     return Refuse("Renew", absl::InvalidArgumentError("CSR larger than 16 KiB"));
   }
   absl::StatusOr<pki::Certificate> certificate =
-      context_.authority->Renew(caller->id.name, request->csr_der());
+      context_.authority->Renew(caller->id.name, request.csr_der());
   if (!certificate.ok()) return Refuse("Renew", certificate.status());
   FillCertificate(*certificate, context_.authority->ca().certificate(),
-                  response->mutable_certificate());
+                  response.mutable_certificate());
   return grpc::Status::OK;
 }
 
@@ -217,9 +254,14 @@ grpc::Status AdminService::GetStatus(grpc::ServerContext* context,
 }
 
 grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContext* context,
-                                                      const v1::PollTaskRequest* request,
-                                                      v1::PollTaskResponse* response) {
+                                                      const grpc::ByteBuffer* request_bytes,
+                                                      grpc::ByteBuffer* response_bytes) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  v1::PollTaskRequest request;
+  if (absl::Status parsed = ParseRequest(*request_bytes, request); !parsed.ok()) {
+    reactor->Finish(Refuse("PollTask", parsed));
+    return reactor;
+  }
   absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
   if (!caller.ok()) {
     reactor->Finish(Refuse("PollTask", caller.status()));
@@ -230,14 +272,14 @@ grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContex
   context_.presence->PollStarted(caller->id.name, now);
 
   absl::Duration wait = context_.config->poll_max_wait;
-  if (request->has_max_wait()) wait = std::min(wait, FromProto(request->max_wait()));
+  if (request.has_max_wait()) wait = std::min(wait, FromProto(request.max_wait()));
   wait = std::max(wait, absl::ZeroDuration());
   // No round engine hands out tasks yet, so every poll ends Idle when its wait runs out.
-  context_.polls->Park(now + wait, [this, reactor, response, client_id = caller->id.name] {
-    v1::Idle* idle = response->mutable_idle();
-    idle->mutable_retry_after()->set_seconds(1);
+  context_.polls->Park(now + wait, [this, reactor, response_bytes, client_id = caller->id.name] {
+    v1::PollTaskResponse response;
+    response.mutable_idle()->mutable_retry_after()->set_seconds(1);
     context_.presence->PollFinished(client_id, absl::Now());
-    reactor->Finish(grpc::Status::OK);
+    reactor->Finish(ToGrpc(SerializeReply(response, *response_bytes)));
   });
   return reactor;
 }

@@ -28,25 +28,33 @@ struct ServiceContext {
   absl::Time started_at;
 };
 
-// On the enrollment port (server-only TLS).
-class EnrollmentService final : public v1::Enrollment::Service {
+// On the enrollment port (server-only TLS). Raw, so that malformed bytes get a specific error
+// (see wire.h).
+class EnrollmentService final
+    : public v1::Enrollment::WithRawCallbackMethod_Enroll<v1::Enrollment::CallbackService> {
  public:
   explicit EnrollmentService(ServiceContext context) : context_(context) {}
-  grpc::Status Enroll(grpc::ServerContext* context, const v1::EnrollRequest* request,
-                      v1::EnrollResponse* response) override;
+  grpc::ServerUnaryReactor* Enroll(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
 
  private:
+  grpc::Status Handle(const v1::EnrollRequest& request, v1::EnrollResponse& response);
   ServiceContext context_;
 };
 
-// On the mTLS port.
-class CertificatesService final : public v1::Certificates::Service {
+// On the mTLS port. Raw, like EnrollmentService.
+class CertificatesService final
+    : public v1::Certificates::WithRawCallbackMethod_Renew<v1::Certificates::CallbackService> {
  public:
   explicit CertificatesService(ServiceContext context) : context_(context) {}
-  grpc::Status Renew(grpc::ServerContext* context, const v1::RenewCertificateRequest* request,
-                     v1::RenewCertificateResponse* response) override;
+  grpc::ServerUnaryReactor* Renew(grpc::CallbackServerContext* context,
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
 
  private:
+  grpc::Status Handle(const grpc::AuthContext& auth, const v1::RenewCertificateRequest& request,
+                      v1::RenewCertificateResponse& response);
   ServiceContext context_;
 };
 
@@ -75,13 +83,15 @@ class AdminService final : public v1::Admin::Service {
   ServiceContext context_;
 };
 
-// On the mTLS port. PollTask uses the callback API so that a parked long poll holds no thread.
-class FederationService final : public v1::Federation::CallbackService {
+// On the mTLS port. PollTask uses the callback API so that a parked long poll holds no thread,
+// and is raw, like EnrollmentService.
+class FederationService final
+    : public v1::Federation::WithRawCallbackMethod_PollTask<v1::Federation::CallbackService> {
  public:
   explicit FederationService(ServiceContext context) : context_(context) {}
   grpc::ServerUnaryReactor* PollTask(grpc::CallbackServerContext* context,
-                                     const v1::PollTaskRequest* request,
-                                     v1::PollTaskResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
 
  private:
   ServiceContext context_;

@@ -1,0 +1,359 @@
+// Enrollment, mutual TLS, revocation and restarts, with real fedmoe-coordinator and
+// fedmoe-client processes over loopback.
+#include <gmock/gmock.h>
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <future>
+
+#include "absl/strings/str_cat.h"
+#include "client/tls_probe.h"
+#include "fedmoe/v1/admin.pb.h"
+#include "fedmoe/v1/federation.grpc.pb.h"
+#include "pki/certificate_authority.h"
+#include "pki/private_key.h"
+#include "tests/integration/process_harness.h"
+#include "tests/testing_temp_dir.h"
+
+namespace fedmoe::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+mode_t Mode(const std::filesystem::path& path) {
+  struct stat info {};
+  ::stat(path.c_str(), &info);
+  return info.st_mode & 0777;
+}
+
+struct Token {
+  std::string token;
+  std::string fingerprint;
+};
+
+// A coordinator in a fresh state directory on free loopback ports, with short poll waits so
+// that "the next RPC" comes within seconds.
+class FederationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    mtls_address_ = absl::StrCat("127.0.0.1:", FreePort());
+    enroll_address_ = absl::StrCat("127.0.0.1:", FreePort());
+    state_ = dir_.path() / "coordinator";
+    CommandResult init =
+        Coordinator({"init", "--federation", "acme", "--state-dir", state_.string(), "--listen",
+                     mtls_address_, "--enroll-listen", enroll_address_});
+    ASSERT_EQ(init.exit_code, 0) << init.err;
+    ASSERT_TRUE(
+        ReplaceInFile(state_ / "coordinator.yaml", "poll_max_wait: 30s", "poll_max_wait: 2s"));
+    StartCoordinator();
+  }
+
+  void StartCoordinator() {
+    coordinator_ = std::make_unique<Daemon>(
+        std::vector<std::string>{BinaryPath("fedmoe-coordinator"), "serve", "--config",
+                                 (state_ / "coordinator.yaml").string()},
+        dir_.path() / absl::StrCat("coordinator-", ++coordinator_starts_, ".log"));
+    ASSERT_TRUE(WaitFor([&] { return Coordinator({"status"}).exit_code == 0; }, absl::Seconds(20)))
+        << coordinator_->Log();
+  }
+
+  // Runs an admin command against this federation.
+  CommandResult Coordinator(std::vector<std::string> args) {
+    args.insert(args.begin(), BinaryPath("fedmoe-coordinator"));
+    if (args[1] != "init") {
+      args.push_back("--state-dir");
+      args.push_back(state_.string());
+    }
+    return RunCommand(args);
+  }
+
+  Token CreateToken(const std::string& client_id, const std::string& ttl = "1h") {
+    CommandResult result =
+        Coordinator({"token", "create", "--client-id", client_id, "--ttl", ttl, "--json"});
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    google::protobuf::Struct json;
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(result.out, &json).ok()) << result.out;
+    return {json.fields().at("token").string_value(),
+            json.fields().at("ca_fingerprint").string_value()};
+  }
+
+  CommandResult Enroll(const Token& token, const std::filesystem::path& state_dir) {
+    return RunCommand({BinaryPath("fedmoe-client"), "enroll", "--coordinator", enroll_address_,
+                       "--token", token.token, "--ca-fingerprint", token.fingerprint, "--state-dir",
+                       state_dir.string()});
+  }
+
+  // Enrolls `client_id` and tunes its daemon for tests: short polls and backoff.
+  std::filesystem::path EnrollClient(const std::string& client_id) {
+    const std::filesystem::path state_dir = dir_.path() / client_id;
+    CommandResult result = Enroll(CreateToken(client_id), state_dir);
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    const auto config = state_dir / "client.yaml";
+    EXPECT_TRUE(ReplaceInFile(config, "max_wait: 30s", "max_wait: 2s"));
+    EXPECT_TRUE(ReplaceInFile(config, "backoff_initial: 1s", "backoff_initial: 100ms"));
+    EXPECT_TRUE(ReplaceInFile(config, "backoff_max: 1m", "backoff_max: 1s"));
+    return state_dir;
+  }
+
+  std::unique_ptr<Daemon> StartClient(const std::filesystem::path& state_dir) {
+    return std::make_unique<Daemon>(
+        std::vector<std::string>{BinaryPath("fedmoe-client"), "run", "--config",
+                                 (state_dir / "client.yaml").string()},
+        state_dir.parent_path() / (state_dir.filename().string() + ".log"));
+  }
+
+  v1::ListClientsResponse ListClients() {
+    CommandResult result = Coordinator({"clients", "list", "--all", "--json"});
+    v1::ListClientsResponse clients;
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(result.out, &clients).ok());
+    return clients;
+  }
+
+  bool IsOnline(const std::string& client_id) {
+    const v1::ListClientsResponse clients = ListClients();
+    for (const auto& client : clients.clients()) {
+      if (client.client_id() == client_id) return client.online();
+    }
+    return false;
+  }
+
+  // The client's mTLS channel, built the way the daemon builds it.
+  std::shared_ptr<grpc::Channel> ClientChannel(const std::filesystem::path& state_dir) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = ReadFile(state_dir / "ca.pem");
+    tls.pem_private_key = ReadFile(state_dir / "client.key");
+    tls.pem_cert_chain = ReadFile(state_dir / "client.pem");
+    return grpc::CreateChannel(mtls_address_, grpc::SslCredentials(tls));
+  }
+
+  void ExpectCoordinatorUp() {
+    EXPECT_TRUE(coordinator_->running()) << coordinator_->Log();
+    EXPECT_EQ(Coordinator({"status"}).exit_code, 0);
+  }
+
+  TempDir dir_;
+  std::filesystem::path state_;
+  std::string mtls_address_;
+  std::string enroll_address_;
+  std::unique_ptr<Daemon> coordinator_;
+  int coordinator_starts_ = 0;
+};
+
+TEST_F(FederationTest, EnrolledClientRunsAndIsListedOnline) {
+  const Token token = CreateToken("bank-1");
+  const auto state_dir = dir_.path() / "bank-1";
+  CommandResult enrolled = Enroll(token, state_dir);
+  ASSERT_EQ(enrolled.exit_code, 0) << enrolled.err;
+  EXPECT_THAT(enrolled.out, HasSubstr("enrolled as 'bank-1' in federation 'acme'"));
+
+  EXPECT_EQ(Mode(state_dir), 0700);
+  EXPECT_EQ(Mode(state_dir / "client.key"), 0600);
+  EXPECT_EQ(Mode(state_ / "ca.key"), 0600);
+  EXPECT_EQ(Mode(state_ / "admin.key"), 0600);
+  EXPECT_EQ(Mode(state_ / "server.key"), 0600);
+
+  auto daemon = StartClient(state_dir);
+  EXPECT_TRUE(WaitFor([&] { return IsOnline("bank-1"); }, absl::Seconds(15))) << daemon->Log();
+  const auto clients = ListClients();
+  ASSERT_EQ(clients.clients_size(), 1);
+  EXPECT_EQ(clients.clients(0).spiffe_id(), "spiffe://acme/client/bank-1");
+  EXPECT_EQ(clients.clients(0).state(), v1::ClientInfo::STATE_ACTIVE);
+
+  CommandResult status = RunCommand(
+      {BinaryPath("fedmoe-client"), "status", "--state-dir", state_dir.string(), "--json"});
+  EXPECT_EQ(status.exit_code, 0);
+  EXPECT_THAT(status.out, HasSubstr("\"client_id\":\"bank-1\""));
+
+  // SIGTERM: a clean stop, and the daemon says so.
+  daemon->Signal(SIGTERM);
+  EXPECT_EQ(daemon->Wait(absl::Seconds(10)), 0) << daemon->Log();
+  EXPECT_THAT(daemon->Log(), HasSubstr("daemon_stopped"));
+
+  // The store holds the token's hash, never the token.
+  std::string store_bytes;
+  for (const auto& entry : std::filesystem::directory_iterator(state_)) {
+    if (entry.path().filename().string().rfind("state.db", 0) == 0) {
+      store_bytes += ReadFile(entry.path());
+    }
+  }
+  ASSERT_FALSE(store_bytes.empty());
+  const std::string secret = token.token.substr(token.token.find('.') + 1);
+  EXPECT_EQ(store_bytes.find(secret), std::string::npos);
+  // Nor do the logs.
+  EXPECT_EQ(coordinator_->Log().find(secret), std::string::npos);
+  EXPECT_EQ(coordinator_->Log().find("PRIVATE KEY"), std::string::npos);
+}
+
+TEST_F(FederationTest, ReusedAndExpiredTokensAreRefused) {
+  const Token token = CreateToken("bank-1");
+  ASSERT_EQ(Enroll(token, dir_.path() / "first").exit_code, 0);
+  CommandResult reused = Enroll(token, dir_.path() / "second");
+  EXPECT_EQ(reused.exit_code, 1);
+  EXPECT_THAT(reused.err, HasSubstr("enrollment token was already used"));
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() / "second" / "client.key"));
+
+  const Token short_lived = CreateToken("bank-2", "1s");
+  absl::SleepFor(absl::Milliseconds(1500));
+  CommandResult expired = Enroll(short_lived, dir_.path() / "third");
+  EXPECT_EQ(expired.exit_code, 1);
+  EXPECT_THAT(expired.err, HasSubstr("enrollment token expired"));
+  ExpectCoordinatorUp();
+}
+
+TEST_F(FederationTest, AWrongCaFingerprintIsRefusedByTheClient) {
+  Token token = CreateToken("bank-1");
+  token.fingerprint = std::string(64, 'a');
+  CommandResult result = Enroll(token, dir_.path() / "bank-1");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.err, HasSubstr("does not include the CA with the pinned fingerprint"));
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() / "bank-1" / "client.key"));
+  // The token was never sent, so it still works.
+  token.fingerprint = CreateToken("bank-2").fingerprint;
+  EXPECT_EQ(Enroll(token, dir_.path() / "bank-1").exit_code, 0);
+}
+
+TEST_F(FederationTest, ACertificateFromAnotherCaIsRefused) {
+  const auto state_dir = EnrollClient("bank-1");
+  // Same federation name, same client id, but a different CA: an impostor.
+  auto impostor_ca = pki::CertificateAuthority::Create("acme", absl::Hours(24));
+  auto key = pki::PrivateKey::GenerateP256();
+  auto certificate =
+      impostor_ca->IssueFromCsr(*pki::MakeCsr(*key, "bank-1"),
+                                {"acme", pki::IdentityKind::kClient, "bank-1"}, absl::Hours(1));
+  ASSERT_TRUE(certificate.ok());
+  ASSERT_TRUE(key->WriteFile(state_dir / "client.key").ok());
+  ASSERT_TRUE(certificate->WriteFile(state_dir / "client.pem").ok());
+
+  auto daemon = StartClient(state_dir);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return daemon->Log().find("did not accept this client's certificate") != std::string::npos;
+      },
+      absl::Seconds(15)))
+      << daemon->Log();
+  EXPECT_THAT(daemon->Log(), HasSubstr("not valid under the federation CA it enrolled with: "
+                                       "certificate rejected: unable to get local issuer"));
+  ExpectCoordinatorUp();
+}
+
+TEST_F(FederationTest, NoClientCertificateIsRefusedOnTheMtlsPort) {
+  absl::Status probe = client::ProbeMutualTls(mtls_address_, nullptr, nullptr, absl::Seconds(5));
+  EXPECT_EQ(probe.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(probe.message()),
+              HasSubstr("did not accept a connection without a client certificate"));
+
+  // Through gRPC, with server-only TLS, the call never reaches a service.
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = ReadFile(state_ / "ca.pem");
+  auto stub =
+      v1::Federation::NewStub(grpc::CreateChannel(mtls_address_, grpc::SslCredentials(tls)));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::PollTaskResponse response;
+  EXPECT_EQ(stub->PollTask(&context, {}, &response).error_code(), grpc::StatusCode::UNAVAILABLE);
+  ExpectCoordinatorUp();
+}
+
+TEST_F(FederationTest, ARevokedClientIsRefusedAtItsNextRpc) {
+  const auto state_dir = EnrollClient("bank-1");
+  auto daemon = StartClient(state_dir);
+  ASSERT_TRUE(WaitFor([&] { return IsOnline("bank-1"); }, absl::Seconds(15))) << daemon->Log();
+
+  CommandResult revoked = Coordinator({"clients", "revoke", "bank-1", "--reason", "offboarded"});
+  ASSERT_EQ(revoked.exit_code, 0) << revoked.err;
+  // The poll in flight ends within poll_max_wait (2s); the next one is refused.
+  EXPECT_EQ(daemon->Wait(absl::Seconds(15)), 3) << daemon->Log();
+  EXPECT_THAT(daemon->Log(), HasSubstr("client 'bank-1' is revoked"));
+
+  const auto clients = ListClients();
+  ASSERT_EQ(clients.clients_size(), 1);
+  EXPECT_EQ(clients.clients(0).state(), v1::ClientInfo::STATE_REVOKED);
+  EXPECT_EQ(clients.clients(0).revocation_reason(), "offboarded");
+  EXPECT_THAT(Coordinator({"token", "create", "--client-id", "bank-1"}).err,
+              HasSubstr("revoked; enroll under a new id"));
+  ExpectCoordinatorUp();
+}
+
+TEST_F(FederationTest, MalformedAndOversizedMessagesAreRefusedAndTheServerStaysUp) {
+  const auto state_dir = EnrollClient("bank-1");
+  grpc::GenericStub stub(ClientChannel(state_dir));
+  auto call = [&](const std::string& payload) {
+    grpc::Slice slice(payload);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&context, "/fedmoe.v1.Federation/PollTask", grpc::StubOptions(), &request,
+                   &response, [&](grpc::Status status) { done.set_value(status); });
+    return done.get_future().get();
+  };
+  const grpc::Status garbage = call(std::string("\x0f\xff\xff garbage", 12));
+  EXPECT_EQ(garbage.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(garbage.error_message(), HasSubstr("malformed fedmoe.v1.PollTaskRequest: 12 bytes"));
+
+  const grpc::Status oversized = call(std::string(5 << 20, 'x'));
+  EXPECT_EQ(oversized.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << oversized.error_message();
+  EXPECT_THAT(oversized.error_message(), HasSubstr("larger than max"));
+
+  // A well-formed call on the same channel still works.
+  v1::PollTaskRequest request;
+  request.mutable_max_wait()->set_seconds(0);
+  const grpc::Status good = call(request.SerializeAsString());
+  EXPECT_TRUE(good.ok()) << good.error_message();
+  ExpectCoordinatorUp();
+}
+
+TEST_F(FederationTest, TheRegistrySurvivesKill9AndClientsReconnectOnTheirOwn) {
+  const auto first = EnrollClient("bank-1");
+  const auto second = EnrollClient("bank-2");
+  auto daemon_1 = StartClient(first);
+  auto daemon_2 = StartClient(second);
+  ASSERT_TRUE(WaitFor([&] { return IsOnline("bank-1") && IsOnline("bank-2"); }, absl::Seconds(15)));
+
+  coordinator_->Signal(SIGKILL);
+  EXPECT_EQ(coordinator_->Wait(absl::Seconds(5)), 128 + SIGKILL);
+  EXPECT_TRUE(WaitFor([&] { return daemon_1->Log().find("disconnected") != std::string::npos; },
+                      absl::Seconds(10)));
+  StartCoordinator();
+
+  const auto clients = ListClients();
+  ASSERT_EQ(clients.clients_size(), 2);
+  EXPECT_EQ(clients.clients(0).client_id(), "bank-1");
+  EXPECT_EQ(clients.clients(1).client_id(), "bank-2");
+  EXPECT_TRUE(WaitFor([&] { return IsOnline("bank-1") && IsOnline("bank-2"); }, absl::Seconds(20)))
+      << daemon_1->Log() << daemon_2->Log();
+  EXPECT_TRUE(daemon_1->running());
+  EXPECT_TRUE(daemon_2->running());
+}
+
+// Both ports speak TLS 1.3 only.
+TEST_F(FederationTest, Tls12IsRefusedOnBothPorts) {
+  for (const std::string& address : {enroll_address_, mtls_address_}) {
+    const size_t colon = address.rfind(':');
+    BIO* bio = BIO_new_connect(address.c_str());
+    ASSERT_EQ(BIO_do_connect(bio), 1) << address;
+    SSL_CTX* context = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_max_proto_version(context, TLS1_2_VERSION);
+    SSL* ssl = SSL_new(context);
+    SSL_set_bio(ssl, bio, bio);
+    EXPECT_NE(SSL_connect(ssl), 1) << address.substr(0, colon) << " accepted TLS 1.2";
+    ERR_clear_error();
+    SSL_free(ssl);
+    SSL_CTX_free(context);
+  }
+  // The same connection with TLS 1.3 is accepted.
+  EXPECT_TRUE(client::FetchServerChain(enroll_address_, absl::Seconds(5)).ok());
+}
+
+}  // namespace
+}  // namespace fedmoe::testing

@@ -1,0 +1,160 @@
+#include "tests/integration/process_harness.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/time/clock.h"
+
+extern char** environ;
+
+namespace fedmoe::testing {
+namespace {
+
+pid_t Spawn(const std::vector<std::string>& argv, const std::filesystem::path& out,
+            const std::filesystem::path& err) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (err == out) {
+    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  } else {
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  }
+  std::vector<char*> args;
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+int DecodeStatus(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+std::optional<int> WaitPid(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    int status = 0;
+    const pid_t done = ::waitpid(pid, &status, WNOHANG);
+    if (done == pid) return DecodeStatus(status);
+    if (done < 0) return -1;
+    if (absl::Now() >= deadline) return std::nullopt;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+std::filesystem::path TempFile(const std::string& stem) {
+  std::string pattern = (std::filesystem::temp_directory_path() / (stem + "-XXXXXX")).string();
+  const int fd = ::mkstemp(pattern.data());
+  if (fd >= 0) ::close(fd);
+  return pattern;
+}
+
+}  // namespace
+
+std::string BinaryPath(const std::string& name) { return std::string(FEDMOE_BIN_DIR) + "/" + name; }
+
+CommandResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeout) {
+  const std::filesystem::path out = TempFile("fedmoe-out");
+  const std::filesystem::path err = TempFile("fedmoe-err");
+  CommandResult result;
+  const pid_t pid = Spawn(argv, out, err);
+  if (pid > 0) {
+    std::optional<int> code = WaitPid(pid, timeout);
+    if (!code.has_value()) {
+      ::kill(pid, SIGKILL);
+      code = WaitPid(pid, absl::Seconds(5));
+    }
+    result.exit_code = code.value_or(-1);
+  }
+  result.out = ReadFile(out);
+  result.err = ReadFile(err);
+  std::filesystem::remove(out);
+  std::filesystem::remove(err);
+  return result;
+}
+
+Daemon::Daemon(const std::vector<std::string>& argv, std::filesystem::path log)
+    : log_(std::move(log)) {
+  pid_ = Spawn(argv, log_, log_);
+}
+
+Daemon::~Daemon() {
+  if (running()) {
+    ::kill(pid_, SIGKILL);
+    Wait(absl::Seconds(5));
+  }
+}
+
+void Daemon::Signal(int signal) {
+  if (running()) ::kill(pid_, signal);
+}
+
+std::optional<int> Daemon::Wait(absl::Duration timeout) {
+  if (!exit_code_.has_value() && pid_ > 0) exit_code_ = WaitPid(pid_, timeout);
+  return exit_code_;
+}
+
+bool Daemon::running() { return pid_ > 0 && !Wait(absl::ZeroDuration()).has_value(); }
+
+std::string Daemon::Log() const { return ReadFile(log_); }
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  socklen_t length = sizeof(address);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (condition()) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return condition();
+}
+
+std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void WriteFile(const std::filesystem::path& path, const std::string& contents) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << contents;
+}
+
+bool ReplaceInFile(const std::filesystem::path& path, const std::string& from,
+                   const std::string& to) {
+  std::string text = ReadFile(path);
+  const size_t at = text.find(from);
+  if (at == std::string::npos) return false;
+  text.replace(at, from.size(), to);
+  WriteFile(path, text);
+  return true;
+}
+
+}  // namespace fedmoe::testing

@@ -1,0 +1,66 @@
+// Real processes for integration tests: one-shot commands with their output, long-running
+// daemons that can be signalled and killed, and free loopback ports.
+#ifndef FEDMOE_TESTS_INTEGRATION_PROCESS_HARNESS_H_
+#define FEDMOE_TESTS_INTEGRATION_PROCESS_HARNESS_H_
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace fedmoe::testing {
+
+// The path of a program built into build/bin.
+std::string BinaryPath(const std::string& name);
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs a command to completion (killed after `timeout`) and returns its output.
+CommandResult RunCommand(const std::vector<std::string>& argv,
+                         absl::Duration timeout = absl::Seconds(60));
+
+// A background process whose stdout and stderr go to a log file. Killed with SIGKILL when
+// destroyed if still running, so a failing test leaves nothing behind.
+class Daemon {
+ public:
+  Daemon(const std::vector<std::string>& argv, std::filesystem::path log);
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+  ~Daemon();
+
+  void Signal(int signal);
+  // The exit code (128 + signal when killed by one), or nullopt if still running at timeout.
+  std::optional<int> Wait(absl::Duration timeout);
+  bool running();
+  std::string Log() const;
+
+ private:
+  pid_t pid_ = -1;
+  std::optional<int> exit_code_;
+  std::filesystem::path log_;
+};
+
+// A loopback TCP port that was free a moment ago.
+int FreePort();
+
+// Polls `condition` every 50 ms until it holds or `timeout` passes.
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
+
+std::string ReadFile(const std::filesystem::path& path);
+void WriteFile(const std::filesystem::path& path, const std::string& contents);
+// Replaces the first occurrence of `from` in the file; returns false if absent.
+bool ReplaceInFile(const std::filesystem::path& path, const std::string& from,
+                   const std::string& to);
+
+}  // namespace fedmoe::testing
+
+#endif  // FEDMOE_TESTS_INTEGRATION_PROCESS_HARNESS_H_
