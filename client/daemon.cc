@@ -83,12 +83,12 @@ absl::Status ClientDaemon::Connect() {
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
   arguments.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
   // gRPC's own reconnect backoff (up to 120 s by default) would otherwise outlast ours after a
-  // coordinator restart; bound it by the configured backoff.
+  // coordinator restart; bound it by the configured backoff. (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS
+  // is left alone: gRPC also uses it as the connect-and-handshake timeout.)
   const int backoff_initial_ms =
       static_cast<int>(absl::ToInt64Milliseconds(config_.backoff_initial));
   const int backoff_max_ms = static_cast<int>(absl::ToInt64Milliseconds(config_.backoff_max));
   arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, backoff_initial_ms);
-  arguments.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, backoff_initial_ms);
   arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff_max_ms);
   channel_ = grpc::CreateCustomChannel(config_.coordinator, grpc::SslCredentials(tls), arguments);
   federation_ = v1::Federation::NewStub(channel_);
@@ -245,6 +245,10 @@ absl::Status ClientDaemon::Run() {
       absl::MutexLock lock(&mutex_);
       if (stopping_) break;
     }
+    LogEvent(LogLevel::kDebug, "poll_failed")
+        .Field("code", static_cast<int>(status.error_code()))
+        .Field("error", status.error_message())
+        .Field("attempt", failures);
     if (IsRefusal(status.error_code())) {
       WriteStatus("refused", status.error_message());
       LogEvent(LogLevel::kError, "refused_by_coordinator")
@@ -265,6 +269,12 @@ absl::Status ClientDaemon::Run() {
       last_state = "disconnected";
     }
     if (!Backoff(failures++)) break;
+    // A fresh channel dials at once. The old one may sit in gRPC's transient-failure state,
+    // failing every call with a stale error until its own reconnect timer fires, which in
+    // gRPC 1.51 can be many seconds past the coordinator's return.
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      if (absl::Status reconnect = Connect(); !reconnect.ok()) return reconnect;
+    }
   }
   WriteStatus("stopped", "");
   LogEvent(LogLevel::kInfo, "daemon_stopped");
