@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/tls_probe.h"
+#include "coordinator/store.h"
 #include "fedmoe/v1/admin.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "pki/certificate_authority.h"
@@ -334,6 +335,76 @@ TEST_F(FederationTest, TheRegistrySurvivesKill9AndClientsReconnectOnTheirOwn) {
       << daemon_1->Log() << daemon_2->Log();
   EXPECT_TRUE(daemon_1->running());
   EXPECT_TRUE(daemon_2->running());
+}
+
+TEST_F(FederationTest, ClientRenewsItsCertificateWhenAThirdOfItsLifetimeIsLeft) {
+  const auto state_dir = EnrollClient("bank-1");
+  // Replace the client's certificate by one issued two hours ago that ends in five minutes, as
+  // the coordinator's CA would have issued it, and record it in the coordinator's registry.
+  auto ca = pki::CertificateAuthority::Load(*pki::Certificate::ReadFile(state_ / "ca.pem"),
+                                            *pki::PrivateKey::ReadFile(state_ / "ca.key"));
+  ASSERT_TRUE(ca.ok()) << ca.status();
+  auto key = pki::PrivateKey::ReadFile(state_dir / "client.key");
+  auto aging = ca->IssueFromCsr(*pki::MakeCsr(*key, "bank-1"),
+                                {"acme", pki::IdentityKind::kClient, "bank-1"},
+                                absl::Hours(2) + absl::Minutes(5), absl::Now() - absl::Hours(2));
+  ASSERT_TRUE(aging.ok()) << aging.status();
+  {
+    auto store = coordinator::Store::Open(state_ / "state.db");
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE(
+        (*store)
+            ->RecordRenewal("bank-1",
+                            {aging->SerialHex(), "spiffe://acme/client/bank-1", aging->NotAfter()},
+                            absl::Now() - absl::Hours(2))
+            .ok());
+  }
+  ASSERT_TRUE(aging->WriteFile(state_dir / "client.pem").ok());
+
+  auto daemon = StartClient(state_dir);
+  ASSERT_TRUE(
+      WaitFor([&] { return daemon->Log().find("certificate_renewed") != std::string::npos; },
+              absl::Seconds(15)))
+      << daemon->Log();
+  auto renewed = pki::Certificate::ReadFile(state_dir / "client.pem");
+  ASSERT_TRUE(renewed.ok());
+  EXPECT_NE(renewed->SerialHex(), aging->SerialHex());
+  EXPECT_GT(renewed->NotAfter(), absl::Now() + absl::Hours(24 * 29));
+  // A new key pair came with it, still 0600, and the daemon keeps polling with it.
+  EXPECT_NE(*pki::PrivateKey::ReadFile(state_dir / "client.key")->PublicKeyDer(),
+            *key->PublicKeyDer());
+  EXPECT_EQ(Mode(state_dir / "client.key"), 0600);
+  EXPECT_FALSE(std::filesystem::exists(state_dir / "client.key.next"));
+  EXPECT_TRUE(WaitFor([&] { return IsOnline("bank-1"); }, absl::Seconds(10)));
+  const auto clients = ListClients();
+  EXPECT_EQ(clients.clients(0).certificate_serial(), renewed->SerialHex());
+  EXPECT_TRUE(daemon->running());
+}
+
+TEST_F(FederationTest, BothPortsServeTheStandardHealthService) {
+  const auto state_dir = EnrollClient("bank-1");
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = ReadFile(state_ / "ca.pem");
+  for (const auto& channel : {grpc::CreateChannel(enroll_address_, grpc::SslCredentials(tls)),
+                              ClientChannel(state_dir)}) {
+    grpc::GenericStub stub(channel);
+    grpc::Slice empty("");
+    grpc::ByteBuffer request(&empty, 1);  // HealthCheckRequest{service: ""}
+    grpc::ByteBuffer response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                   &response, [&](grpc::Status status) { done.set_value(status); });
+    const grpc::Status status = done.get_future().get();
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(response.Dump(&slices).ok());
+    std::string bytes;
+    for (const auto& slice : slices)
+      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    EXPECT_EQ(bytes, std::string("\x08\x01", 2)) << "HealthCheckResponse{status: SERVING}";
+  }
 }
 
 // Both ports speak TLS 1.3 only.
