@@ -231,13 +231,15 @@ absl::Status ClientDaemon::Run() {
     if (absl::Status status = RenewIfDue(); !status.ok()) {
       LogEvent(LogLevel::kWarning, "renewal_failed").Error(status);
     }
+    // A long poll says nothing until it ends; the channel says at once that mTLS is up.
+    if (last_state != "connected" &&
+        channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Seconds(2)))) {
+      LogEvent(LogLevel::kInfo, "connected").Field("coordinator", config_.coordinator);
+      WriteStatus("connected", "");
+      last_state = "connected";
+    }
     const grpc::Status status = PollOnce();
     if (status.ok()) {
-      if (failures > 0 || last_state != "connected") {
-        LogEvent(LogLevel::kInfo, "connected").Field("coordinator", config_.coordinator);
-        WriteStatus("connected", "");
-        last_state = "connected";
-      }
       failures = 0;
       continue;
     }

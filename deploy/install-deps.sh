@@ -7,7 +7,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config git ca-certificates
+  build-essential cmake pkg-config git ca-certificates python3
   # wire contract and services
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
   # crypto, numerics, foundations
