@@ -1,12 +1,10 @@
 // The documented example configurations load, and document every option the programs write.
+#include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
 #include <set>
 
-#include <gtest/gtest.h>
-
 #include "absl/strings/str_cat.h"
-
 #include "client/client_config.h"
 #include "coordinator/config.h"
 
