@@ -279,7 +279,7 @@ absl::Status ClientDaemon::Run() {
     }
   }
   WriteStatus("stopped", "");
-  LogEvent(LogLevel::kInfo, "daemon_stopped");
+  LogEvent(LogLevel::kInfo, "daemon_stopped").Field("client_id", config_.client_id);
   return absl::OkStatus();
 }
 

@@ -2,8 +2,7 @@
 //
 // Exit status: 0 success, 1 the operation failed (the message says why), 2 bad usage,
 // 3 (run) the coordinator refused this client, e.g. after revocation: do not restart.
-#include <signal.h>
-
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -85,20 +84,22 @@ int RunCommand(const std::vector<std::string>& args) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  // SIGUSR1 only wakes the waiter when the daemon ends on its own.
+  sigaddset(&signals, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   ClientDaemon daemon(*config);
   std::thread signal_waiter([&daemon, signals] {
     int signal = 0;
     sigwait(&signals, &signal);
-    if (signal != 0) {
+    if (signal == SIGTERM || signal == SIGINT) {
       LogEvent(LogLevel::kInfo, "shutdown_requested").Field("signal", signal);
     }
     daemon.Stop();
   });
   const absl::Status status = daemon.Run();
   // Wakes the waiter if the daemon ended on its own.
-  pthread_kill(signal_waiter.native_handle(), SIGTERM);
+  pthread_kill(signal_waiter.native_handle(), SIGUSR1);
   signal_waiter.join();
   if (status.code() == absl::StatusCode::kPermissionDenied) {
     Fail(status);

@@ -4,8 +4,8 @@
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
-#include <signal.h>
 
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -187,7 +187,7 @@ int Serve(const std::vector<std::string>& args) {
 
 int TokenCommand(const std::vector<std::string>& args) {
   if (args.empty()) return Fail(absl::InvalidArgumentError("token needs create, list or revoke"));
-  const std::string verb = args[0];
+  const std::string& verb = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   auto flags = CommandLine::Parse(rest, {"client-id", "ttl", "state-dir", "config", "coordinator"},
                                   {"json"});
@@ -271,7 +271,7 @@ int TokenCommand(const std::vector<std::string>& args) {
 
 int ClientsCommand(const std::vector<std::string>& args) {
   if (args.empty()) return Fail(absl::InvalidArgumentError("clients needs list or revoke"));
-  const std::string verb = args[0];
+  const std::string& verb = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   auto flags =
       CommandLine::Parse(rest, {"reason", "state-dir", "config", "coordinator"}, {"json", "all"});

@@ -139,7 +139,7 @@ void CoordinatorServer::Shutdown(absl::Duration grace) {
   if (mtls_server_ != nullptr) mtls_server_->Shutdown(deadline);
   if (enrollment_server_ != nullptr) enrollment_server_->Shutdown(deadline);
   if (mtls_server_ == nullptr && enrollment_server_ == nullptr) return;
-  LogEvent(LogLevel::kInfo, "coordinator_stopped");
+  LogEvent(LogLevel::kInfo, "coordinator_stopped").Field("federation", config_.federation);
 }
 
 CoordinatorServer::~CoordinatorServer() { Shutdown(absl::Seconds(5)); }

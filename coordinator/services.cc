@@ -13,7 +13,7 @@ namespace {
 
 using google::protobuf::util::TimeUtil;
 
-constexpr size_t kMaxCsrBytes = 16 * 1024;
+constexpr size_t kMaxCsrBytes = size_t{16} * 1024;
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 

@@ -31,7 +31,7 @@ absl::Status SerializeReply(const google::protobuf::Message& reply, grpc::ByteBu
   if (!reply.SerializeToString(&bytes)) {
     return absl::InternalError(absl::StrCat("cannot serialize ", reply.GetTypeName()));
   }
-  grpc::Slice slice(std::move(bytes));
+  grpc::Slice slice(bytes);
   buffer = grpc::ByteBuffer(&slice, 1);
   return absl::OkStatus();
 }

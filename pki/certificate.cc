@@ -205,7 +205,7 @@ absl::StatusOr<std::string> NormalizeFingerprint(std::string_view fingerprint) {
     }
     out.push_back(lower);
   }
-  if (out.size() != 2 * SHA256_DIGEST_LENGTH) {
+  if (out.size() != size_t{2} * SHA256_DIGEST_LENGTH) {
     return absl::InvalidArgumentError(absl::StrCat("CA fingerprint has ", out.size(),
                                                    " hex digits; a SHA-256 fingerprint has 64"));
   }

@@ -198,6 +198,7 @@ absl::StatusOr<Certificate> CertificateAuthority::IssueServer(const PrivateKey& 
     return absl::InvalidArgumentError("a server certificate needs at least one host name or IP");
   }
   std::vector<std::string> sans;
+  sans.reserve(hosts.size());
   for (const std::string& host : hosts) sans.push_back(SanEntry(host));
   return Issue(key.get(), SpiffeId{federation_, IdentityKind::kServer, "coordinator"}, sans,
                validity, now);

@@ -1,6 +1,6 @@
 #include "pki/tls_policy.h"
 
-#include <stdlib.h>
+#include <cstdlib>
 
 namespace fedmoe::pki {
 

@@ -2,8 +2,7 @@
 #ifndef FEDMOE_TESTS_TESTING_TEMP_DIR_H_
 #define FEDMOE_TESTS_TESTING_TEMP_DIR_H_
 
-#include <stdlib.h>
-
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 

@@ -174,6 +174,7 @@ TEST_F(StoreTest, ListsPageInIdOrderAndHideRevokedUnlessAsked) {
   ASSERT_TRUE(store_->RevokeClient("b", "", kNow).ok());
   auto ids = [](const std::vector<ClientRecord>& clients) {
     std::vector<std::string> out;
+    out.reserve(clients.size());
     for (const auto& c : clients) out.push_back(c.client_id);
     return out;
   };

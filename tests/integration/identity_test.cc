@@ -8,9 +8,9 @@
 #include <gtest/gtest.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <signal.h>
 #include <sys/stat.h>
 
+#include <csignal>
 #include <future>
 
 #include "absl/strings/str_cat.h"
@@ -69,7 +69,7 @@ class FederationTest : public ::testing::Test {
   CommandResult Coordinator(std::vector<std::string> args) {
     args.insert(args.begin(), BinaryPath("fedmoe-coordinator"));
     if (args[1] != "init") {
-      args.push_back("--state-dir");
+      args.emplace_back("--state-dir");
       args.push_back(state_.string());
     }
     return RunCommand(args);
@@ -93,7 +93,7 @@ class FederationTest : public ::testing::Test {
 
   // Enrolls `client_id` and tunes its daemon for tests: short polls and backoff.
   std::filesystem::path EnrollClient(const std::string& client_id) {
-    const std::filesystem::path state_dir = dir_.path() / client_id;
+    std::filesystem::path state_dir = dir_.path() / client_id;
     CommandResult result = Enroll(CreateToken(client_id), state_dir);
     EXPECT_EQ(result.exit_code, 0) << result.err;
     const auto config = state_dir / "client.yaml";
@@ -294,12 +294,12 @@ TEST_F(FederationTest, MalformedAndOversizedMessagesAreRefusedAndTheServerStaysU
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     std::promise<grpc::Status> done;
     stub.UnaryCall(&context, "/fedmoe.v1.Federation/PollTask", grpc::StubOptions(), &request,
-                   &response, [&](grpc::Status status) { done.set_value(status); });
+                   &response, [&](const grpc::Status& status) { done.set_value(status); });
     return done.get_future().get();
   };
-  const grpc::Status garbage = call(std::string("\x0f\xff\xff garbage", 12));
+  const grpc::Status garbage = call(std::string("\x0f\xff\xff garbage", 11));
   EXPECT_EQ(garbage.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(garbage.error_message(), HasSubstr("malformed fedmoe.v1.PollTaskRequest: 12 bytes"));
+  EXPECT_THAT(garbage.error_message(), HasSubstr("malformed fedmoe.v1.PollTaskRequest: 11 bytes"));
 
   const grpc::Status oversized = call(std::string(5 << 20, 'x'));
   EXPECT_EQ(oversized.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
@@ -395,7 +395,7 @@ TEST_F(FederationTest, BothPortsServeTheStandardHealthService) {
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     std::promise<grpc::Status> done;
     stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                   &response, [&](grpc::Status status) { done.set_value(status); });
+                   &response, [&](const grpc::Status& status) { done.set_value(status); });
     const grpc::Status status = done.get_future().get();
     ASSERT_TRUE(status.ok()) << status.error_message();
     std::vector<grpc::Slice> slices;

@@ -50,7 +50,7 @@ TEST(LogTest, WritesOneJsonObjectPerEvent) {
       .Field("count", 3)
       .Field("ratio", 0.5)
       .Field("online", true);
-  LogEvent(LogLevel::kWarning, "second");
+  { LogEvent second(LogLevel::kWarning, "second"); }
   const std::string out = capture.Read();
   EXPECT_THAT(out, MatchesRegex(R"(\{"ts":"[0-9T:.-]+Z","level":"info","event":"client_enrolled",)"
                                 R"("client_id":"bank-1","count":3,"ratio":0.5,"online":true\})"
@@ -75,8 +75,8 @@ TEST(LogTest, EscapesSoALineStaysOneLine) {
 TEST(LogTest, LevelsFilter) {
   LogCapture capture;
   SetMinLogLevel(LogLevel::kWarning);
-  LogEvent(LogLevel::kInfo, "dropped");
-  LogEvent(LogLevel::kError, "kept");
+  { LogEvent dropped(LogLevel::kInfo, "dropped"); }
+  { LogEvent kept(LogLevel::kError, "kept"); }
   SetMinLogLevel(LogLevel::kInfo);
   const std::string out = capture.Read();
   EXPECT_THAT(out, Not(HasSubstr("dropped")));
