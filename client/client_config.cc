@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "config/yaml_config.h"
+#include "logging/log.h"
 #include "pki/spiffe_id.h"
 
 namespace fedmoe::client {
@@ -36,9 +37,8 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
     reader->Invalid("poll.backoff_initial",
                     "must be at least 10ms and no more than poll.backoff_max");
   }
-  if (config.log_level != "debug" && config.log_level != "info" && config.log_level != "warning" &&
-      config.log_level != "error") {
-    reader->Invalid("log_level", "must be debug, info, warning or error");
+  if (absl::StatusOr<LogLevel> level = ParseLogLevel(config.log_level); !level.ok()) {
+    reader->Invalid("log_level", std::string(level.status().message()));
   }
   if (absl::Status status = reader->Finish(); !status.ok()) return status;
   return config;

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "client/tls_probe.h"
@@ -13,14 +11,6 @@
 
 namespace fedmoe::client {
 namespace {
-
-absl::StatusOr<std::string> ReadText(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // Errors a retry cannot fix: the coordinator has said no to this identity.
 bool IsRefusal(grpc::StatusCode code) {
@@ -59,11 +49,9 @@ absl::Status ClientDaemon::RecoverInterruptedRenewal() {
 absl::Status ClientDaemon::Connect() {
   const ClientStateDir& dir = config_.state_dir;
   if (absl::Status status = RecoverInterruptedRenewal(); !status.ok()) return status;
-  absl::StatusOr<std::string> ca = ReadText(dir.ca_certificate());
+  absl::StatusOr<pki::Certificate> ca = pki::Certificate::ReadFile(dir.ca_certificate());
   if (!ca.ok()) return ca.status();
-  absl::StatusOr<std::string> certificate_pem = ReadText(dir.certificate());
-  if (!certificate_pem.ok()) return certificate_pem.status();
-  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::FromPem(*certificate_pem);
+  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::ReadFile(dir.certificate());
   if (!certificate.ok()) return certificate.status();
   absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(dir.key());
   if (!key.ok()) return key.status();
@@ -74,9 +62,9 @@ absl::Status ClientDaemon::Connect() {
         dir.certificate().string(), " does not belong to the key in ", dir.key().string()));
   }
   grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = *ca;
+  tls.pem_root_certs = ca->ToPem();
   tls.pem_private_key = *key_pem;
-  tls.pem_cert_chain = *certificate_pem;
+  tls.pem_cert_chain = certificate->ToPem();
   grpc::ChannelArguments arguments;
   // Pings keep NAT and proxy entries alive while a long poll is open.
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);

@@ -6,6 +6,7 @@
 #include "config/address.h"
 #include "config/yaml_config.h"
 #include "coordinator/store.h"
+#include "logging/log.h"
 #include "pki/certificate_authority.h"
 
 namespace fedmoe::coordinator {
@@ -82,9 +83,8 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   if (config.keepalive_time < absl::Seconds(10) || config.keepalive_timeout < absl::Seconds(1)) {
     reader->Invalid("keepalive", "time must be at least 10s and timeout at least 1s");
   }
-  if (config.log_level != "debug" && config.log_level != "info" && config.log_level != "warning" &&
-      config.log_level != "error") {
-    reader->Invalid("log_level", "must be debug, info, warning or error");
+  if (absl::StatusOr<LogLevel> level = ParseLogLevel(config.log_level); !level.ok()) {
+    reader->Invalid("log_level", std::string(level.status().message()));
   }
   if (absl::Status status = reader->Finish(); !status.ok()) return status;
   return config;

@@ -7,9 +7,7 @@
 
 #include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -75,14 +73,6 @@ std::string Json(const google::protobuf::Message& message) {
   return json;
 }
 
-absl::StatusOr<std::string> ReadText(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // The admin's channel to the running coordinator.
 absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CommandLine& flags) {
   std::filesystem::path config_path;
@@ -97,9 +87,10 @@ absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CommandLine& fl
   absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(config_path);
   if (!config.ok()) return config.status();
   const StateDir& dir = config->state_dir;
-  absl::StatusOr<std::string> ca = ReadText(dir.ca_certificate());
+  absl::StatusOr<pki::Certificate> ca = pki::Certificate::ReadFile(dir.ca_certificate());
   if (!ca.ok()) return ca.status();
-  absl::StatusOr<std::string> certificate = ReadText(dir.admin_certificate());
+  absl::StatusOr<pki::Certificate> certificate =
+      pki::Certificate::ReadFile(dir.admin_certificate());
   if (!certificate.ok()) return certificate.status();
   absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(dir.admin_key());
   if (!key.ok()) return key.status();
@@ -114,9 +105,9 @@ absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CommandLine& fl
     }
   }
   grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = *ca;
+  tls.pem_root_certs = ca->ToPem();
   tls.pem_private_key = *key_pem;
-  tls.pem_cert_chain = *certificate;
+  tls.pem_cert_chain = certificate->ToPem();
   auto channel = grpc::CreateChannel(address, grpc::SslCredentials(tls));
   return v1::Admin::NewStub(channel);
 }

@@ -3,22 +3,12 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "logging/log.h"
 
 namespace fedmoe::coordinator {
 namespace {
-
-absl::StatusOr<std::string> ReadText(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 void ApplyLimits(const CoordinatorConfig& config, grpc::ServerBuilder& builder) {
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
@@ -56,7 +46,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
         absl::StrCat("the CA in ", dir.root.string(), " is for federation '", ca->federation(),
                      "' but the config says '", cfg.federation, "'"));
   }
-  absl::StatusOr<std::string> server_certificate = ReadText(dir.server_certificate());
+  absl::StatusOr<pki::Certificate> server_certificate =
+      pki::Certificate::ReadFile(dir.server_certificate());
   if (!server_certificate.ok()) return server_certificate.status();
   absl::StatusOr<pki::PrivateKey> server_key = pki::PrivateKey::ReadFile(dir.server_key());
   if (!server_key.ok()) return server_key.status();
@@ -85,7 +76,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   server->federation_service_ = std::make_unique<FederationService>(context);
 
   // The chain includes the CA, so that an enrolling client can pin it by fingerprint.
-  const std::string chain = *server_certificate + ca_certificate->ToPem();
+  const std::string chain = server_certificate->ToPem() + ca_certificate->ToPem();
   grpc::EnableDefaultHealthCheckService(true);
 
   grpc::SslServerCredentialsOptions enrollment_tls(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);

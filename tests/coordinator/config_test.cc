@@ -97,7 +97,7 @@ TEST(CoordinatorConfigTest, ReportsEveryProblemWithItsLine) {
   EXPECT_THAT(message, HasSubstr("c.yaml:3: listen: address '127.0.0.1:99999' has no port"));
   EXPECT_THAT(message, HasSubstr("c.yaml:5: limits.poll_max_wait: expected a duration"));
   EXPECT_THAT(message, HasSubstr("c.yaml:6: limits.max_concurent_streams: unknown key"));
-  EXPECT_THAT(message, HasSubstr("c.yaml:7: log_level: must be debug"));
+  EXPECT_THAT(message, HasSubstr("c.yaml:7: log_level: unknown log level 'loud'"));
 }
 
 TEST(CoordinatorConfigTest, RequiredKeysAndSyntaxErrors) {
