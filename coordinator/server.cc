@@ -3,7 +3,6 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 
-
 #include "absl/strings/str_cat.h"
 #include "logging/log.h"
 
