@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/tls_probe.h"
 #include "coordinator/store.h"
-#include "fedmoe/v1/admin.pb.h"
+#include "fedmoe/v1/admin.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
@@ -335,6 +335,20 @@ TEST_F(FederationTest, TheRegistrySurvivesKill9AndClientsReconnectOnTheirOwn) {
       << daemon_1->Log() << daemon_2->Log();
   EXPECT_TRUE(daemon_1->running());
   EXPECT_TRUE(daemon_2->running());
+}
+
+TEST_F(FederationTest, AdminMethodsNeedAnAdminCertificate) {
+  const auto state_dir = EnrollClient("bank-1");
+  auto stub = v1::Admin::NewStub(ClientChannel(state_dir));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::RevokeClientRequest request;
+  request.set_client_id("bank-1");
+  v1::RevokeClientResponse response;
+  const grpc::Status status = stub->RevokeClient(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(), HasSubstr("an admin certificate"));
+  EXPECT_EQ(ListClients().clients(0).state(), v1::ClientInfo::STATE_ACTIVE);
 }
 
 TEST_F(FederationTest, ClientRenewsItsCertificateWhenAThirdOfItsLifetimeIsLeft) {
