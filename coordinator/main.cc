@@ -5,11 +5,14 @@
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include <charconv>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -21,6 +24,7 @@
 #include "pki/certificate.h"
 #include "pki/private_key.h"
 #include "pki/tls_policy.h"
+#include "privacy/rdp_accountant.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -42,6 +46,11 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
   clients list [--all] [--json]
   clients revoke CLIENT_ID [--reason TEXT]
   status [--json]
+  privacy epsilon --noise-multiplier Z --sampling-rate Q --rounds R --delta D
+      Print {"epsilon":…, "order":…}: the (ε, δ) of R rounds of the Poisson-subsampled
+      Gaussian mechanism, by RDP accounting. Needs no running coordinator.
+  privacy noise --target-epsilon E --sampling-rate Q --rounds R --delta D
+      Print {"noise_multiplier":…}: the smallest Z that keeps R rounds within ε = E.
 
 Admin commands talk to the running coordinator over mTLS with the admin certificate. They find
 it with --state-dir DIR (on the coordinator's host), or --config FILE, and --coordinator
@@ -351,6 +360,77 @@ int Status(const std::vector<std::string>& args) {
   return 0;
 }
 
+// Shortest text that reads back as the same double, as JSON wants it.
+std::string JsonNumber(double value) {
+  char buffer[32];
+  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  return std::string(buffer, result.ptr);
+}
+
+absl::StatusOr<double> DoubleFlag(const CommandLine& flags, const std::string& name) {
+  absl::StatusOr<std::string> text = flags.Require(name);
+  if (!text.ok()) return text.status();
+  double value = 0;
+  if (!absl::SimpleAtod(*text, &value) || !std::isfinite(value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, " must be a number, not '", *text, "'"));
+  }
+  return value;
+}
+
+int PrivacyCommand(const std::vector<std::string>& args) {
+  if (args.empty()) return Fail(absl::InvalidArgumentError("privacy needs epsilon or noise"));
+  const std::string& verb = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  auto flags = CommandLine::Parse(
+      rest, {"noise-multiplier", "target-epsilon", "sampling-rate", "rounds", "delta"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<double> q = DoubleFlag(*flags, "sampling-rate");
+  if (!q.ok()) return Fail(q.status());
+  absl::StatusOr<double> delta = DoubleFlag(*flags, "delta");
+  if (!delta.ok()) return Fail(delta.status());
+  absl::StatusOr<std::string> rounds_text = flags->Require("rounds");
+  if (!rounds_text.ok()) return Fail(rounds_text.status());
+  int64_t rounds = 0;
+  if (!absl::SimpleAtoi(*rounds_text, &rounds)) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--rounds must be a whole number, not '", *rounds_text, "'")));
+  }
+  if (absl::Status status = privacy::ValidatePrivacyArguments(*q, rounds, *delta); !status.ok()) {
+    return Fail(status);
+  }
+  if (verb == "epsilon") {
+    absl::StatusOr<double> z = DoubleFlag(*flags, "noise-multiplier");
+    if (!z.ok()) return Fail(z.status());
+    if (*z < 0) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--noise-multiplier must not be negative, not ", *z)));
+    }
+    if (*z == 0) {
+      return Fail(
+          absl::InvalidArgumentError("--noise-multiplier 0 adds no noise: epsilon is infinite"));
+    }
+    privacy::RdpAccountant accountant;
+    if (absl::Status status = accountant.AddSubsampledGaussian(*q, *z, rounds); !status.ok()) {
+      return Fail(status);
+    }
+    absl::StatusOr<privacy::PrivacyLoss> loss = accountant.Epsilon(*delta);
+    if (!loss.ok()) return Fail(loss.status());
+    std::printf("{\"epsilon\":%s,\"order\":%s}\n", JsonNumber(loss->epsilon).c_str(),
+                JsonNumber(loss->order).c_str());
+    return 0;
+  }
+  if (verb == "noise") {
+    absl::StatusOr<double> target = DoubleFlag(*flags, "target-epsilon");
+    if (!target.ok()) return Fail(target.status());
+    absl::StatusOr<double> z = privacy::NoiseMultiplierForEpsilon(*target, *q, rounds, *delta);
+    if (!z.ok()) return Fail(z.status());
+    std::printf("{\"noise_multiplier\":%s}\n", JsonNumber(*z).c_str());
+    return 0;
+  }
+  return Fail(absl::InvalidArgumentError(absl::StrCat("unknown privacy command '", verb, "'")));
+}
+
 int Main(int argc, char** argv) {
   pki::RequireTls13ForGrpc();
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -365,6 +445,7 @@ int Main(int argc, char** argv) {
   if (command == "token") return TokenCommand(rest);
   if (command == "clients") return ClientsCommand(rest);
   if (command == "status") return Status(rest);
+  if (command == "privacy") return PrivacyCommand(rest);
   std::fprintf(stderr, "fedmoe-coordinator: error: unknown command '%s' (try --help)\n",
                command.c_str());
   return 2;

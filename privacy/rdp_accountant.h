@@ -1,0 +1,70 @@
+// Rényi-DP accounting for the federation's privacy ledger (DESIGN §5).
+//
+// A round that samples each client independently with probability q (Poisson sampling) and
+// adds Gaussian noise of standard deviation z·C to a sum of updates clipped to L2 norm C is the
+// Poisson-subsampled Gaussian mechanism with noise multiplier z. Its RDP at order α is computed
+// exactly as Mironov, Talwar and Zhang (2019) give it: a finite binomial sum for integer α, and
+// two converging series for fractional α. Rounds compose by adding RDP order by order, with
+// different (q, z) per round if need be, and the total converts to (ε, δ) with the conversion of
+// Canonne, Kamath and Steinke (2020) / Balle et al. (2020), minimised over the orders.
+#ifndef FEDMOE_PRIVACY_RDP_ACCOUNTANT_H_
+#define FEDMOE_PRIVACY_RDP_ACCOUNTANT_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace fedmoe::privacy {
+
+// The orders α the ledger tracks: dense at small α, where the optimum lies for large ε, and
+// up to 512 for small ε and many rounds.
+const std::vector<double>& DefaultRdpOrders();
+
+// RDP of one Poisson-subsampled Gaussian step at order α > 1. q in [0, 1]; noise multiplier
+// z ≥ 0 (z = 0 gives +∞ unless q = 0). InvalidArgument for arguments outside those ranges.
+absl::StatusOr<double> SubsampledGaussianRdp(double sampling_rate, double noise_multiplier,
+                                             double order);
+
+struct PrivacyLoss {
+  double epsilon;
+  // The order at which the conversion attained epsilon.
+  double order;
+};
+
+// The (ε, δ) guarantee implied by RDP values rdp[i] at orders[i], minimised over the orders.
+absl::StatusOr<PrivacyLoss> RdpToEpsilon(std::span<const double> orders,
+                                         std::span<const double> rdp, double delta);
+
+// Accumulates rounds. Copyable value type; the ledger stores orders() and rdp().
+class RdpAccountant {
+ public:
+  explicit RdpAccountant(std::vector<double> orders = DefaultRdpOrders());
+
+  // Adds `rounds` rounds of the Poisson-subsampled Gaussian with these parameters.
+  absl::Status AddSubsampledGaussian(double sampling_rate, double noise_multiplier,
+                                     int64_t rounds = 1);
+  // Adds RDP computed elsewhere (one value per order), e.g. for distributed mechanisms.
+  absl::Status AddRdp(std::span<const double> rdp);
+
+  absl::StatusOr<PrivacyLoss> Epsilon(double delta) const;
+  const std::vector<double>& orders() const { return orders_; }
+  const std::vector<double>& rdp() const { return rdp_; }
+
+ private:
+  std::vector<double> orders_;
+  std::vector<double> rdp_;
+};
+
+// The smallest noise multiplier (to a relative 1e-6) whose ε after `rounds` rounds at rate q
+// is at most `target_epsilon` at δ.
+absl::StatusOr<double> NoiseMultiplierForEpsilon(double target_epsilon, double sampling_rate,
+                                                 int64_t rounds, double delta);
+
+// Checks the arguments of an (ε, δ) question, with a message naming the bad one.
+absl::Status ValidatePrivacyArguments(double sampling_rate, int64_t rounds, double delta);
+
+}  // namespace fedmoe::privacy
+
+#endif  // FEDMOE_PRIVACY_RDP_ACCOUNTANT_H_
