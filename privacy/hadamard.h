@@ -1,0 +1,47 @@
+// The randomized Hadamard rotation of distributed DP (DESIGN §4): x ↦ H·D·x / √n, where D
+// holds seeded random signs, H is the n×n Walsh–Hadamard matrix and n the dimension padded to a
+// power of two. It is orthonormal, so it keeps L2 norms, and it spreads a vector's energy
+// evenly over the coordinates, which keeps per-coordinate rounding and modular wrap-around
+// small. The seed is public and fresh per round.
+#ifndef FEDMOE_PRIVACY_HADAMARD_H_
+#define FEDMOE_PRIVACY_HADAMARD_H_
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace fedmoe::privacy {
+
+// In place, unnormalised, O(n log n). n must be a power of two.
+void FastWalshHadamard(std::span<double> data);
+
+class RandomizedHadamard {
+ public:
+  // `seed` is 32 bytes (PrivacySpec.rotation_seed).
+  static absl::StatusOr<RandomizedHadamard> Create(size_t dimension, std::string_view seed);
+
+  size_t dimension() const { return dimension_; }
+  size_t padded_dimension() const { return padded_dimension_; }
+
+  // `input` has dimension() values, `output` padded_dimension().
+  absl::Status Rotate(std::span<const double> input, std::span<double> output) const;
+  // The inverse: `input` has padded_dimension() values, `output` dimension() (the padding,
+  // which a rotated sum fills with noise, is dropped).
+  absl::Status Unrotate(std::span<const double> input, std::span<double> output) const;
+
+ private:
+  RandomizedHadamard(size_t dimension, size_t padded, std::vector<uint64_t> sign_bits)
+      : dimension_(dimension), padded_dimension_(padded), sign_bits_(std::move(sign_bits)) {}
+  double Sign(size_t i) const { return ((sign_bits_[i / 64] >> (i % 64)) & 1) ? -1.0 : 1.0; }
+
+  size_t dimension_;
+  size_t padded_dimension_;
+  std::vector<uint64_t> sign_bits_;
+};
+
+}  // namespace fedmoe::privacy
+
+#endif  // FEDMOE_PRIVACY_HADAMARD_H_

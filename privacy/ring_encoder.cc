@@ -1,0 +1,148 @@
+#include "privacy/ring_encoder.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "privacy/noise.h"
+
+namespace fedmoe::privacy {
+namespace {
+
+// Conditional randomized rounding tries again while the rounded norm exceeds the bound; with
+// β = e^-0.5 a retry is rare, and this many in a row means the parameters are wrong.
+constexpr int kMaxRoundingAttempts = 1000;
+
+uint64_t RingMask(int bits) { return bits == 64 ? ~uint64_t{0} : (uint64_t{1} << bits) - 1; }
+
+}  // namespace
+
+double ClipToL2Norm(std::span<float> values, double clip_norm) {
+  double squared = 0;
+  for (float value : values) squared += static_cast<double>(value) * value;
+  const double norm = std::sqrt(squared);
+  if (norm > clip_norm && norm > 0) {
+    const auto factor = static_cast<float>(clip_norm / norm);
+    for (float& value : values) value *= factor;
+  }
+  return norm;
+}
+
+double RoundedNormBound(double norm, size_t dimension, double beta) {
+  const double d = static_cast<double>(dimension);
+  const double unconditional = norm + std::sqrt(d);
+  if (beta <= 0.0) return unconditional;
+  const double conditional_squared =
+      norm * norm + d / 4.0 + std::sqrt(2.0 * std::log(1.0 / beta)) * (norm + std::sqrt(d) / 2.0);
+  return std::min(unconditional, std::sqrt(conditional_squared));
+}
+
+absl::StatusOr<RingEncoder> RingEncoder::Create(size_t dimension, RingEncoding encoding) {
+  if (!(encoding.clip_norm > 0) || !(encoding.scale > 0)) {
+    return absl::InvalidArgumentError("clip norm and scale must be positive");
+  }
+  if (!(encoding.rounding_beta >= 0 && encoding.rounding_beta < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rounding beta must be in [0, 1), not ", encoding.rounding_beta));
+  }
+  if (encoding.ring_bits < 16 || encoding.ring_bits > 62) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ring bits must be between 16 and 62, not ", encoding.ring_bits));
+  }
+  if (encoding.mechanism != NoiseMechanism::kNone && !(encoding.local_noise_variance > 0)) {
+    return absl::InvalidArgumentError("a noise mechanism needs a positive noise variance");
+  }
+  absl::StatusOr<RandomizedHadamard> rotation =
+      RandomizedHadamard::Create(dimension, encoding.rotation_seed);
+  if (!rotation.ok()) return rotation.status();
+  return RingEncoder(std::move(*rotation), std::move(encoding));
+}
+
+absl::StatusOr<std::vector<uint64_t>> RingEncoder::Encode(std::span<const float> update,
+                                                          SecureRandom& random) const {
+  if (update.size() != dimension()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("update has ", update.size(), " values; the encoder expects ", dimension()));
+  }
+  std::vector<float> clipped(update.begin(), update.end());
+  ClipToL2Norm(clipped, encoding_.clip_norm);
+  std::vector<double> input(clipped.begin(), clipped.end());
+  std::vector<double> rotated(encoded_dimension());
+  if (absl::Status status = rotation_.Rotate(input, rotated); !status.ok()) return status;
+
+  double scaled_squared = 0;
+  for (double& value : rotated) {
+    value *= encoding_.scale;
+    scaled_squared += value * value;
+  }
+  const double bound =
+      RoundedNormBound(std::sqrt(scaled_squared), rotated.size(), encoding_.rounding_beta);
+  std::vector<int64_t> rounded(rotated.size());
+  bool within_bound = false;
+  for (int attempt = 0; attempt < kMaxRoundingAttempts && !within_bound; ++attempt) {
+    double rounded_squared = 0;
+    for (size_t i = 0; i < rotated.size(); ++i) {
+      const double floor = std::floor(rotated[i]);
+      // Up with probability equal to the fractional part: unbiased.
+      const bool up = random.Bernoulli(rotated[i] - floor);
+      rounded[i] = static_cast<int64_t>(floor) + (up ? 1 : 0);
+      rounded_squared += static_cast<double>(rounded[i]) * static_cast<double>(rounded[i]);
+    }
+    within_bound = rounded_squared <= bound * bound;
+  }
+  if (!within_bound) {
+    return absl::InternalError(
+        "conditional randomized rounding never met its norm bound: check scale and beta");
+  }
+
+  const uint64_t mask = RingMask(encoding_.ring_bits);
+  std::vector<uint64_t> encoded(rounded.size());
+  for (size_t i = 0; i < rounded.size(); ++i) {
+    int64_t value = rounded[i];
+    switch (encoding_.mechanism) {
+      case NoiseMechanism::kNone:
+        break;
+      case NoiseMechanism::kDiscreteGaussian:
+        value += SampleDiscreteGaussian(encoding_.local_noise_variance, random);
+        break;
+      case NoiseMechanism::kSkellam:
+        value += SampleSkellam(encoding_.local_noise_variance / 2.0, random);
+        break;
+    }
+    // Two's complement makes the reduction mod 2^b a mask, for negative values too.
+    encoded[i] = static_cast<uint64_t>(value) & mask;
+  }
+  return encoded;
+}
+
+absl::StatusOr<std::vector<double>> RingEncoder::DecodeSum(std::span<const uint64_t> sum) const {
+  if (sum.size() != encoded_dimension()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sum has ", sum.size(), " values; encodings have ", encoded_dimension()));
+  }
+  const int bits = encoding_.ring_bits;
+  const uint64_t mask = RingMask(bits);
+  const uint64_t half = uint64_t{1} << (bits - 1);
+  std::vector<double> centred(sum.size());
+  for (size_t i = 0; i < sum.size(); ++i) {
+    const uint64_t value = sum[i] & mask;
+    const auto signed_value = value >= half ? static_cast<int64_t>(value) - (int64_t{1} << bits)
+                                            : static_cast<int64_t>(value);
+    centred[i] = static_cast<double>(signed_value) / encoding_.scale;
+  }
+  std::vector<double> decoded(dimension());
+  if (absl::Status status = rotation_.Unrotate(centred, decoded); !status.ok()) return status;
+  return decoded;
+}
+
+absl::Status RingEncoder::AddInRing(std::span<uint64_t> sum, std::span<const uint64_t> values,
+                                    int bits) {
+  if (sum.size() != values.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adding ", values.size(), " values to a sum of ", sum.size()));
+  }
+  const uint64_t mask = RingMask(bits);
+  for (size_t i = 0; i < sum.size(); ++i) sum[i] = (sum[i] + values[i]) & mask;
+  return absl::OkStatus();
+}
+
+}  // namespace fedmoe::privacy

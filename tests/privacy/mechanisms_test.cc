@@ -1,0 +1,330 @@
+// The privacy mechanisms against exact distributions and stated statistical bounds.
+//
+// Sampler checks draw 10^6 values and compare with the exact probability mass function summed
+// here (the discrete Gaussian's by definition, the Skellam's through the modified Bessel
+// function), with tolerances of five standard errors, so a correct sampler fails with
+// probability below 10^-6 per check.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <numeric>
+
+#include "privacy/hadamard.h"
+#include "privacy/noise.h"
+#include "privacy/ring_encoder.h"
+#include "privacy/secure_random.h"
+
+namespace fedmoe::privacy {
+namespace {
+
+constexpr int kDraws = 1'000'000;
+
+SecureRandom TestRandom(char tag) {
+  return *SecureRandom::FromSeed(std::string(32, tag), "fedmoe/test");
+}
+
+// Exact moments and tail of a symmetric pmf on the integers, given unnormalised log weights.
+struct Exact {
+  double variance = 0;
+  double tail = 0;  // P(|X| ≥ tail_from)
+  std::map<int64_t, double> pmf;
+};
+
+template <typename LogWeight>
+Exact ExactDistribution(LogWeight log_weight, int64_t support, int64_t tail_from) {
+  Exact exact;
+  double total = 0;
+  for (int64_t x = -support; x <= support; ++x) total += std::exp(log_weight(x));
+  for (int64_t x = -support; x <= support; ++x) {
+    const double p = std::exp(log_weight(x)) / total;
+    exact.pmf[x] = p;
+    exact.variance += p * static_cast<double>(x) * static_cast<double>(x);
+    if (std::abs(x) >= tail_from) exact.tail += p;
+  }
+  return exact;
+}
+
+template <typename Sampler>
+void CheckSampler(Sampler sample, const Exact& exact, int64_t tail_from, const char* name) {
+  double sum = 0;
+  double sum_squares = 0;
+  int64_t tail_count = 0;
+  std::map<int64_t, int64_t> counts;
+  for (int i = 0; i < kDraws; ++i) {
+    const int64_t x = sample();
+    sum += static_cast<double>(x);
+    sum_squares += static_cast<double>(x) * static_cast<double>(x);
+    if (std::abs(x) >= tail_from) ++tail_count;
+    if (std::abs(x) <= 3) ++counts[x];
+  }
+  const double n = kDraws;
+  const double mean = sum / n;
+  const double variance = sum_squares / n - mean * mean;
+  const double sd = std::sqrt(exact.variance);
+  EXPECT_NEAR(mean, 0.0, 5 * sd / std::sqrt(n)) << name;
+  // The sample variance's standard error is about √(2/n)·σ² for these near-normal laws.
+  EXPECT_NEAR(variance, exact.variance, 5 * std::sqrt(2.0 / n) * exact.variance) << name;
+  const double tail_se = std::sqrt(exact.tail * (1 - exact.tail) / n);
+  EXPECT_NEAR(tail_count / n, exact.tail, 5 * tail_se + 1e-6) << name << " tail";
+  for (const auto& [x, count] : counts) {
+    const double p = exact.pmf.at(x);
+    EXPECT_NEAR(count / n, p, 5 * std::sqrt(p * (1 - p) / n) + 1e-6) << name << " P(" << x << ")";
+  }
+}
+
+TEST(NoiseTest, BernoulliExpMinusHasProbabilityExpMinusGamma) {
+  SecureRandom random = TestRandom('b');
+  for (double gamma : {0.0, 0.3, 1.0, 2.7}) {
+    int64_t ones = 0;
+    const int draws = 200000;
+    for (int i = 0; i < draws; ++i) ones += SampleBernoulliExpMinus(gamma, random) ? 1 : 0;
+    const double p = std::exp(-gamma);
+    EXPECT_NEAR(ones / static_cast<double>(draws), p, 5 * std::sqrt(p * (1 - p) / draws) + 1e-9)
+        << "gamma=" << gamma;
+  }
+}
+
+TEST(NoiseTest, DiscreteGaussianMatchesItsExactDistribution) {
+  for (double sigma_squared : {0.6, 4.0, 250.0}) {
+    SecureRandom random = TestRandom('g');
+    const double sigma = std::sqrt(sigma_squared);
+    const auto tail_from = static_cast<int64_t>(std::ceil(3 * sigma));
+    const Exact exact = ExactDistribution(
+        [&](int64_t x) { return -static_cast<double>(x * x) / (2 * sigma_squared); },
+        static_cast<int64_t>(40 * sigma) + 10, tail_from);
+    CheckSampler([&] { return SampleDiscreteGaussian(sigma_squared, random); }, exact, tail_from,
+                 "discrete gaussian");
+  }
+}
+
+TEST(NoiseTest, SkellamMatchesItsExactDistribution) {
+  for (double mu : {0.8, 3.0, 50.0}) {
+    SecureRandom random = TestRandom('s');
+    // P(k) = e^(-2μ) I_|k|(2μ); the common factor cancels in the normalisation.
+    const auto tail_from = static_cast<int64_t>(std::ceil(3 * std::sqrt(2 * mu)));
+    const Exact exact = ExactDistribution(
+        [&](int64_t k) {
+          return std::log(std::cyl_bessel_i(static_cast<double>(std::abs(k)), 2 * mu));
+        },
+        static_cast<int64_t>(30 * std::sqrt(2 * mu)) + 20, tail_from);
+    EXPECT_NEAR(exact.variance, 2 * mu, 1e-6 * mu);
+    CheckSampler([&] { return SampleSkellam(mu, random); }, exact, tail_from, "skellam");
+  }
+}
+
+TEST(NoiseTest, ContinuousGaussianHasItsMomentsAndTail) {
+  SecureRandom random = TestRandom('n');
+  const double sigma = 2.5;
+  double sum = 0;
+  double sum_squares = 0;
+  int64_t beyond_two_sigma = 0;
+  for (int i = 0; i < kDraws; ++i) {
+    const double x = SampleGaussian(sigma, random);
+    sum += x;
+    sum_squares += x * x;
+    beyond_two_sigma += std::abs(x) > 2 * sigma ? 1 : 0;
+  }
+  const double n = kDraws;
+  EXPECT_NEAR(sum / n, 0.0, 5 * sigma / std::sqrt(n));
+  EXPECT_NEAR(sum_squares / n, sigma * sigma, 5 * std::sqrt(2.0 / n) * sigma * sigma);
+  const double p = std::erfc(2 / std::sqrt(2.0));
+  EXPECT_NEAR(beyond_two_sigma / n, p, 5 * std::sqrt(p * (1 - p) / n));
+}
+
+TEST(SecureRandomTest, SeededStreamsRepeatAndPurposesSeparate) {
+  SecureRandom a = TestRandom('x');
+  SecureRandom b = TestRandom('x');
+  SecureRandom other = *SecureRandom::FromSeed(std::string(32, 'x'), "another purpose");
+  EXPECT_EQ(a(), b());
+  EXPECT_NE(a(), other());
+  auto system_1 = SecureRandom::FromSystem();
+  auto system_2 = SecureRandom::FromSystem();
+  EXPECT_NE((*system_1)(), (*system_2)());
+  EXPECT_FALSE(SecureRandom::FromSeed("short", "x").ok());
+  // UniformBelow is uniform: a chi-square over 7 cells.
+  std::vector<int64_t> cells(7);
+  for (int i = 0; i < 700000; ++i) ++cells[a.UniformBelow(7)];
+  double chi_square = 0;
+  for (int64_t count : cells) chi_square += std::pow(count - 100000.0, 2) / 100000.0;
+  EXPECT_LT(chi_square, 22.46);  // The 0.999 quantile of χ² with 6 degrees of freedom.
+}
+
+TEST(HadamardTest, FastTransformMatchesTheHadamardMatrix) {
+  for (size_t n : {1, 2, 8, 32}) {
+    std::vector<double> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = std::sin(1.0 + static_cast<double>(i));
+    std::vector<double> fast = x;
+    FastWalshHadamard(fast);
+    for (size_t row = 0; row < n; ++row) {
+      double expected = 0;
+      // H[row][col] = (-1)^popcount(row & col), Sylvester's construction.
+      for (size_t col = 0; col < n; ++col) {
+        expected += (std::popcount(row & col) % 2 ? -1.0 : 1.0) * x[col];
+      }
+      EXPECT_NEAR(fast[row], expected, 1e-12) << "n=" << n << " row=" << row;
+    }
+  }
+}
+
+TEST(HadamardTest, RotationKeepsNormsAndInvertsExactly) {
+  const std::string seed(32, 'r');
+  for (size_t d : {1, 5, 1000, 4096, 100003}) {
+    auto rotation = RandomizedHadamard::Create(d, seed);
+    ASSERT_TRUE(rotation.ok());
+    EXPECT_EQ(rotation->padded_dimension(), std::bit_ceil(d));
+    std::vector<double> x(d);
+    SecureRandom random = TestRandom('h');
+    for (double& v : x) v = random.UniformDouble() - 0.5;
+    std::vector<double> y(rotation->padded_dimension());
+    ASSERT_TRUE(rotation->Rotate(x, y).ok());
+    const double norm_x = std::sqrt(std::inner_product(x.begin(), x.end(), x.begin(), 0.0));
+    const double norm_y = std::sqrt(std::inner_product(y.begin(), y.end(), y.begin(), 0.0));
+    EXPECT_NEAR(norm_y, norm_x, 1e-12 * norm_x) << "d=" << d;
+    std::vector<double> back(d);
+    ASSERT_TRUE(rotation->Unrotate(y, back).ok());
+    for (size_t i = 0; i < d; ++i) ASSERT_NEAR(back[i], x[i], 1e-12) << "d=" << d << " i=" << i;
+  }
+  // The same seed gives the same rotation; another seed another.
+  auto a = RandomizedHadamard::Create(64, seed);
+  auto b = RandomizedHadamard::Create(64, std::string(32, 's'));
+  // A dense input, so that the output depends on every sign (a basis vector would show only
+  // one sign, the same under half of all seeds).
+  std::vector<double> dense(64);
+  std::iota(dense.begin(), dense.end(), 1.0);
+  std::vector<double> ya(64);
+  std::vector<double> yb(64);
+  std::vector<double> ya_again(64);
+  ASSERT_TRUE(a->Rotate(dense, ya).ok());
+  ASSERT_TRUE(b->Rotate(dense, yb).ok());
+  ASSERT_TRUE(RandomizedHadamard::Create(64, seed)->Rotate(dense, ya_again).ok());
+  EXPECT_EQ(ya, ya_again);
+  EXPECT_NE(ya, yb);
+  EXPECT_FALSE(a->Rotate(std::vector<double>(63), ya).ok());
+}
+
+TEST(RingEncoderTest, ClippingScalesDownOnlyWhatIsTooLong) {
+  std::vector<float> long_vector = {3, 4};
+  EXPECT_DOUBLE_EQ(ClipToL2Norm(long_vector, 1.0), 5.0);
+  EXPECT_NEAR(long_vector[0], 0.6, 1e-7);
+  EXPECT_NEAR(long_vector[1], 0.8, 1e-7);
+  std::vector<float> short_vector = {0.3F, 0.4F};
+  ClipToL2Norm(short_vector, 1.0);
+  EXPECT_EQ(short_vector, (std::vector<float>{0.3F, 0.4F}));
+}
+
+TEST(RingEncoderTest, RoundingIsUnbiasedAndRespectsItsNormBound) {
+  RingEncoding encoding;
+  encoding.clip_norm = 10.0;
+  encoding.scale = 4.0;
+  encoding.rounding_beta = std::exp(-0.5);
+  auto encoder = RingEncoder::Create(50, encoding);
+  ASSERT_TRUE(encoder.ok());
+  std::vector<float> update(50);
+  for (size_t i = 0; i < update.size(); ++i) update[i] = std::cos(static_cast<float>(i)) * 0.7F;
+  SecureRandom random = TestRandom('u');
+  const int trials = 4000;
+  std::vector<double> mean(50, 0.0);
+  for (int t = 0; t < trials; ++t) {
+    auto encoded = encoder->Encode(update, random);
+    ASSERT_TRUE(encoded.ok()) << encoded.status();
+    auto decoded = encoder->DecodeSum(*encoded);
+    ASSERT_TRUE(decoded.ok());
+    for (size_t i = 0; i < 50; ++i) mean[i] += (*decoded)[i] / trials;
+  }
+  // Each decoded coordinate's rounding error has standard deviation at most 1/(2γ) per
+  // rotated coordinate, so the mean over the trials is within 5/(2γ√trials) of the input.
+  for (size_t i = 0; i < 50; ++i) {
+    EXPECT_NEAR(mean[i], update[i], 5.0 / (2 * encoding.scale * std::sqrt(trials))) << i;
+  }
+  EXPECT_GT(RoundedNormBound(10, 64, 0.0), RoundedNormBound(10, 64, std::exp(-0.5)));
+}
+
+TEST(RingEncoderTest, NoisedSumDecodesToTheTrueSumWithinThePredictedNoise) {
+  // Five clients, each adding discrete Gaussian noise of variance σ² in scaled units, in a
+  // 32-bit ring. The decoded sum's error per coordinate has variance
+  //   (n·σ² + rounding variance) / γ²,
+  // with the rounding variance between 0 and n/4 per rotated coordinate.
+  const int clients = 5;
+  const size_t d = 4096;
+  for (NoiseMechanism mechanism : {NoiseMechanism::kDiscreteGaussian, NoiseMechanism::kSkellam}) {
+    RingEncoding encoding;
+    encoding.clip_norm = 1.0;
+    encoding.scale = 1024.0;
+    encoding.rounding_beta = std::exp(-0.5);
+    encoding.mechanism = mechanism;
+    encoding.local_noise_variance = 400.0;
+    encoding.ring_bits = 32;
+    encoding.rotation_seed = std::string(32, 'e');
+    auto encoder = RingEncoder::Create(d, encoding);
+    ASSERT_TRUE(encoder.ok());
+    SecureRandom random = TestRandom('c');
+    std::vector<double> truth(d, 0.0);
+    std::vector<uint64_t> sum(encoder->encoded_dimension(), 0);
+    for (int c = 0; c < clients; ++c) {
+      std::vector<float> update(d);
+      for (float& v : update) v = static_cast<float>(random.UniformDouble() - 0.5) * 0.05F;
+      ClipToL2Norm(update, encoding.clip_norm);
+      for (size_t i = 0; i < d; ++i) truth[i] += update[i];
+      auto encoded = encoder->Encode(update, random);
+      ASSERT_TRUE(encoded.ok());
+      ASSERT_TRUE(RingEncoder::AddInRing(sum, *encoded, encoding.ring_bits).ok());
+    }
+    auto decoded = encoder->DecodeSum(sum);
+    ASSERT_TRUE(decoded.ok());
+    double error_sum = 0;
+    double error_squares = 0;
+    for (size_t i = 0; i < d; ++i) {
+      const double error = (*decoded)[i] - truth[i];
+      error_sum += error;
+      error_squares += error * error;
+    }
+    const double gamma2 = encoding.scale * encoding.scale;
+    const double low = clients * encoding.local_noise_variance / gamma2;
+    const double high = (clients * encoding.local_noise_variance + clients / 4.0) / gamma2;
+    const double variance = error_squares / d;
+    const double se = std::sqrt(2.0 / d);
+    EXPECT_GT(variance, low * (1 - 5 * se));
+    EXPECT_LT(variance, high * (1 + 5 * se));
+    EXPECT_NEAR(error_sum / d, 0.0, 5 * std::sqrt(high / d));
+  }
+}
+
+TEST(RingEncoderTest, ModularWrapAroundIsUndoneByTheDecoder) {
+  // Values that wrap the 16-bit ring individually still sum correctly.
+  RingEncoding encoding;
+  encoding.clip_norm = 100.0;
+  encoding.scale = 100.0;
+  encoding.ring_bits = 16;
+  auto encoder = RingEncoder::Create(1, encoding);
+  SecureRandom random = TestRandom('w');
+  std::vector<uint64_t> sum(1, 0);
+  for (float value : {-50.0F, -70.0F, 30.0F}) {
+    auto encoded = encoder->Encode(std::vector<float>{value}, random);
+    ASSERT_TRUE(encoded.ok());
+    EXPECT_LT((*encoded)[0], uint64_t{1} << 16);
+    ASSERT_TRUE(RingEncoder::AddInRing(sum, *encoded, 16).ok());
+  }
+  EXPECT_NEAR((*encoder->DecodeSum(sum))[0], -90.0, 1e-9);
+}
+
+TEST(RingEncoderTest, BadParametersAndLengthsAreRefused) {
+  RingEncoding encoding;
+  encoding.ring_bits = 8;
+  EXPECT_FALSE(RingEncoder::Create(4, encoding).ok());
+  encoding.ring_bits = 32;
+  encoding.mechanism = NoiseMechanism::kSkellam;
+  EXPECT_FALSE(RingEncoder::Create(4, encoding).ok());
+  encoding.mechanism = NoiseMechanism::kNone;
+  encoding.rotation_seed = "short";
+  EXPECT_FALSE(RingEncoder::Create(4, encoding).ok());
+  encoding.rotation_seed = std::string(32, '\0');
+  auto encoder = RingEncoder::Create(4, encoding);
+  SecureRandom random = TestRandom('z');
+  EXPECT_FALSE(encoder->Encode(std::vector<float>(3), random).ok());
+  EXPECT_FALSE(encoder->DecodeSum(std::vector<uint64_t>(3)).ok());
+}
+
+}  // namespace
+}  // namespace fedmoe::privacy
