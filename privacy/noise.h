@@ -10,6 +10,9 @@
 
 namespace fedmoe::privacy {
 
+// The integer noise a client adds in distributed DP.
+enum class NoiseMechanism { kNone, kDiscreteGaussian, kSkellam };
+
 // Bernoulli(exp(-gamma)) for gamma ≥ 0, using only Bernoulli draws of probabilities in [0, 1]
 // (CKS20, Algorithm 1), so that no exp() of a large argument is ever rounded.
 bool SampleBernoulliExpMinus(double gamma, SecureRandom& random);

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "privacy/hadamard.h"
+#include "privacy/noise.h"
 #include "privacy/secure_random.h"
 
 namespace fedmoe::privacy {
@@ -24,8 +25,6 @@ double ClipToL2Norm(std::span<float> values, double clip_norm);
 // L2 norm and dimension (KLS21): min{(norm + √d)², norm² + d/4 + √(2 ln(1/β))·(norm + √d/2)},
 // square-rooted. β = 0 leaves only the first, unconditional bound.
 double RoundedNormBound(double norm, size_t dimension, double beta);
-
-enum class NoiseMechanism { kNone, kDiscreteGaussian, kSkellam };
 
 struct RingEncoding {
   // C: the L2 norm each update is clipped to.

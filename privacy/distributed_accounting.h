@@ -1,0 +1,53 @@
+// RDP of a round of distributed DP: each surviving client adds integer noise (discrete
+// Gaussian or Skellam) to its scaled, rounded update, and only the sum is decoded.
+//
+// What is accounted is the noise actually present: the survivors' shares, not the planned
+// cohort's, so a round with dropouts costs more. The per-round RDP without sampling is
+// Kairouz, Liu, Steinke (2021), Prop. 14, for the sum of discrete Gaussians, and Agarwal,
+// Kairouz, Liu (2021) for the Skellam sum; Poisson sampling of the cohort is then accounted
+// with the general amplification bound of Zhu and Wang (2019), Thm. 5, at integer orders (a
+// fractional order takes its ceiling's value, which is an upper bound since RDP grows with
+// the order).
+#ifndef FEDMOE_PRIVACY_DISTRIBUTED_ACCOUNTING_H_
+#define FEDMOE_PRIVACY_DISTRIBUTED_ACCOUNTING_H_
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "privacy/noise.h"
+
+namespace fedmoe::privacy {
+
+struct DistributedRound {
+  NoiseMechanism mechanism = NoiseMechanism::kDiscreteGaussian;
+  // Poisson sampling rate of the cohort.
+  double sampling_rate = 1.0;
+  // Variance of each client's noise share, in scaled (integer) units.
+  double local_noise_variance = 0.0;
+  // Clients whose noise share is in the decoded sum.
+  int64_t survivors = 0;
+  // L2 norm bound of one client's scaled, rounded contribution (RoundedNormBound(γC, d, β)).
+  double l2_sensitivity = 0.0;
+  // Length of the encoded vector (the rotation's padded dimension).
+  int64_t dimension = 0;
+};
+
+// RDP of one such round at each order.
+absl::StatusOr<std::vector<double>> DistributedRoundRdp(const DistributedRound& round,
+                                                        std::span<const double> orders);
+
+// The noise multiplier of a continuous Gaussian with the same total variance, for the ledger's
+// effective_noise_multiplier: √(survivors · local variance) / L2 sensitivity.
+double EffectiveNoiseMultiplier(const DistributedRound& round);
+
+// Zhu and Wang (2019), Thm. 5: RDP at integer order α ≥ 2 of a mechanism with RDP curve
+// `rdp_at` (defined on integers ≥ 2) under Poisson sampling at rate q.
+double PoissonSubsampledRdpBound(int alpha, double sampling_rate,
+                                 const std::function<double(int)>& rdp_at);
+
+}  // namespace fedmoe::privacy
+
+#endif  // FEDMOE_PRIVACY_DISTRIBUTED_ACCOUNTING_H_
