@@ -53,4 +53,9 @@ double SampleGaussian(double sigma, SecureRandom& random) {
   return normal(random);
 }
 
+void AddCentralGaussianNoise(std::span<double> sum, double sigma, SecureRandom& random) {
+  std::normal_distribution<double> normal(0.0, sigma);
+  for (double& value : sum) value += normal(random);
+}
+
 }  // namespace fedmoe::privacy

@@ -5,6 +5,7 @@
 #define FEDMOE_PRIVACY_NOISE_H_
 
 #include <cstdint>
+#include <span>
 
 #include "privacy/secure_random.h"
 
@@ -30,6 +31,10 @@ int64_t SampleSkellam(double mu, SecureRandom& random);
 
 // N(0, σ²) on the reals, for central DP.
 double SampleGaussian(double sigma, SecureRandom& random);
+
+// The central Gaussian mechanism: adds N(0, σ²) to every coordinate of a decoded sum, on the
+// coordinator, after unmasking (PrivacySpec MODE_CENTRAL). σ = z·C for noise multiplier z.
+void AddCentralGaussianNoise(std::span<double> sum, double sigma, SecureRandom& random);
 
 }  // namespace fedmoe::privacy
 

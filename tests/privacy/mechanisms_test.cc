@@ -133,6 +133,21 @@ TEST(NoiseTest, ContinuousGaussianHasItsMomentsAndTail) {
   EXPECT_NEAR(beyond_two_sigma / n, p, 5 * std::sqrt(p * (1 - p) / n));
 }
 
+TEST(NoiseTest, CentralGaussianNoiseIsAddedToEveryCoordinate) {
+  SecureRandom random = TestRandom('m');
+  std::vector<double> sum(200000, 3.0);
+  AddCentralGaussianNoise(sum, 0.5, random);
+  double mean = 0;
+  double squares = 0;
+  for (double value : sum) {
+    mean += (value - 3.0) / static_cast<double>(sum.size());
+    squares += (value - 3.0) * (value - 3.0) / static_cast<double>(sum.size());
+  }
+  const double n = static_cast<double>(sum.size());
+  EXPECT_NEAR(mean, 0.0, 5 * 0.5 / std::sqrt(n));
+  EXPECT_NEAR(squares, 0.25, 5 * std::sqrt(2.0 / n) * 0.25);
+}
+
 TEST(SecureRandomTest, SeededStreamsRepeatAndPurposesSeparate) {
   SecureRandom a = TestRandom('x');
   SecureRandom b = TestRandom('x');
