@@ -1,5 +1,6 @@
 #include "privacy/hadamard.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 
@@ -8,18 +9,61 @@
 
 namespace fedmoe::privacy {
 
+namespace {
+
+// Butterflies of one pass over [begin, begin + size), pairing elements `half` apart.
+void Radix2Pass(double* data, size_t size, size_t half) {
+  for (size_t block = 0; block < size; block += 2 * half) {
+    double* left = data + block;
+    double* right = left + half;
+    for (size_t i = 0; i < half; ++i) {
+      const double a = left[i];
+      const double b = right[i];
+      left[i] = a + b;
+      right[i] = a - b;
+    }
+  }
+}
+
+// Two passes (strides `half` and 2·`half`) in one sweep over memory.
+void Radix4Pass(double* data, size_t size, size_t half) {
+  for (size_t block = 0; block < size; block += 4 * half) {
+    double* p0 = data + block;
+    double* p1 = p0 + half;
+    double* p2 = p1 + half;
+    double* p3 = p2 + half;
+    for (size_t i = 0; i < half; ++i) {
+      const double a = p0[i] + p1[i];
+      const double b = p0[i] - p1[i];
+      const double c = p2[i] + p3[i];
+      const double d = p2[i] - p3[i];
+      p0[i] = a + c;
+      p1[i] = b + d;
+      p2[i] = a - c;
+      p3[i] = b - d;
+    }
+  }
+}
+
+// Passes with strides below this run block by block while the block is in L1/L2 cache.
+constexpr size_t kCacheBlock = 2048;
+
+}  // namespace
+
 void FastWalshHadamard(std::span<double> data) {
   const size_t n = data.size();
-  for (size_t half = 1; half < n; half *= 2) {
-    for (size_t block = 0; block < n; block += 2 * half) {
-      double* left = data.data() + block;
-      double* right = left + half;
-      for (size_t i = 0; i < half; ++i) {
-        const double a = left[i];
-        const double b = right[i];
-        left[i] = a + b;
-        right[i] = a - b;
-      }
+  const size_t block = std::min(n, kCacheBlock);
+  for (size_t start = 0; start < n; start += block) {
+    for (size_t half = 1; half < block; half *= 2) Radix2Pass(data.data() + start, block, half);
+  }
+  // The wide strides stream through memory: two passes per sweep halve the traffic.
+  for (size_t half = block; half < n;) {
+    if (half * 4 <= n) {
+      Radix4Pass(data.data(), n, half);
+      half *= 4;
+    } else {
+      Radix2Pass(data.data(), n, half);
+      half *= 2;
     }
   }
 }
@@ -38,19 +82,32 @@ absl::StatusOr<RandomizedHadamard> RandomizedHadamard::Create(size_t dimension,
   return RandomizedHadamard(dimension, padded, std::move(bits));
 }
 
-absl::Status RandomizedHadamard::Rotate(std::span<const double> input,
-                                        std::span<double> output) const {
+template <typename T>
+absl::Status RandomizedHadamard::RotateImpl(std::span<const T> input, double multiplier,
+                                            std::span<double> output) const {
   if (input.size() != dimension_ || output.size() != padded_dimension_) {
     return absl::InvalidArgumentError(
         absl::StrCat("rotation of dimension ", dimension_, " (padded ", padded_dimension_, ") got ",
                      input.size(), " values in and room for ", output.size()));
   }
-  for (size_t i = 0; i < dimension_; ++i) output[i] = Sign(i) * input[i];
+  // 1/√n goes in before the transform, with the caller's multiplier: one pass fewer.
+  const double scale = multiplier / std::sqrt(static_cast<double>(padded_dimension_));
+  for (size_t i = 0; i < dimension_; ++i) {
+    output[i] = Sign(i) * scale * static_cast<double>(input[i]);
+  }
   for (size_t i = dimension_; i < padded_dimension_; ++i) output[i] = 0.0;
   FastWalshHadamard(output);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(padded_dimension_));
-  for (double& value : output) value *= scale;
   return absl::OkStatus();
+}
+
+absl::Status RandomizedHadamard::Rotate(std::span<const double> input,
+                                        std::span<double> output) const {
+  return RotateImpl(input, 1.0, output);
+}
+
+absl::Status RandomizedHadamard::RotateScaled(std::span<const float> input, double multiplier,
+                                              std::span<double> output) const {
+  return RotateImpl(input, multiplier, output);
 }
 
 absl::Status RandomizedHadamard::Unrotate(std::span<const double> input,

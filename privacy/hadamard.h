@@ -28,6 +28,9 @@ class RandomizedHadamard {
 
   // `input` has dimension() values, `output` padded_dimension().
   absl::Status Rotate(std::span<const double> input, std::span<double> output) const;
+  // Rotates multiplier·input, with the multiplication folded into the first pass.
+  absl::Status RotateScaled(std::span<const float> input, double multiplier,
+                            std::span<double> output) const;
   // The inverse: `input` has padded_dimension() values, `output` dimension() (the padding,
   // which a rotated sum fills with noise, is dropped).
   absl::Status Unrotate(std::span<const double> input, std::span<double> output) const;
@@ -36,6 +39,9 @@ class RandomizedHadamard {
   RandomizedHadamard(size_t dimension, size_t padded, std::vector<uint64_t> sign_bits)
       : dimension_(dimension), padded_dimension_(padded), sign_bits_(std::move(sign_bits)) {}
   double Sign(size_t i) const { return ((sign_bits_[i / 64] >> (i % 64)) & 1) ? -1.0 : 1.0; }
+  template <typename T>
+  absl::Status RotateImpl(std::span<const T> input, double multiplier,
+                          std::span<double> output) const;
 
   size_t dimension_;
   size_t padded_dimension_;

@@ -63,27 +63,33 @@ absl::StatusOr<std::vector<uint64_t>> RingEncoder::Encode(std::span<const float>
     return absl::InvalidArgumentError(
         absl::StrCat("update has ", update.size(), " values; the encoder expects ", dimension()));
   }
-  std::vector<float> clipped(update.begin(), update.end());
-  ClipToL2Norm(clipped, encoding_.clip_norm);
-  std::vector<double> input(clipped.begin(), clipped.end());
+  // Clipping and scaling by γ are one multiplier, folded into the rotation's first pass.
+  double squared = 0;
+  for (float value : update) squared += static_cast<double>(value) * value;
+  const double norm = std::sqrt(squared);
+  const double clip = norm > encoding_.clip_norm ? encoding_.clip_norm / norm : 1.0;
   std::vector<double> rotated(encoded_dimension());
-  if (absl::Status status = rotation_.Rotate(input, rotated); !status.ok()) return status;
-
-  double scaled_squared = 0;
-  for (double& value : rotated) {
-    value *= encoding_.scale;
-    scaled_squared += value * value;
+  if (absl::Status status = rotation_.RotateScaled(update, clip * encoding_.scale, rotated);
+      !status.ok()) {
+    return status;
   }
   const double bound =
-      RoundedNormBound(std::sqrt(scaled_squared), rotated.size(), encoding_.rounding_beta);
+      RoundedNormBound(norm * clip * encoding_.scale, rotated.size(), encoding_.rounding_beta);
+
+  // Rounding needs no cryptographic precision: 32 random bits per coordinate decide it, two
+  // coordinates per 64-bit draw. (The privacy guarantee rests on the norm bound, which is
+  // checked, not on the rounding probabilities.)
   std::vector<int64_t> rounded(rotated.size());
   bool within_bound = false;
   for (int attempt = 0; attempt < kMaxRoundingAttempts && !within_bound; ++attempt) {
     double rounded_squared = 0;
+    uint64_t bits = 0;
     for (size_t i = 0; i < rotated.size(); ++i) {
+      if (i % 2 == 0) bits = random();
+      const auto uniform = static_cast<double>((bits >> (32 * (i % 2))) & 0xffffffffU);
       const double floor = std::floor(rotated[i]);
       // Up with probability equal to the fractional part: unbiased.
-      const bool up = random.Bernoulli(rotated[i] - floor);
+      const bool up = uniform < (rotated[i] - floor) * 0x1.0p32;
       rounded[i] = static_cast<int64_t>(floor) + (up ? 1 : 0);
       rounded_squared += static_cast<double>(rounded[i]) * static_cast<double>(rounded[i]);
     }
