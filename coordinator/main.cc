@@ -364,7 +364,7 @@ int Status(const std::vector<std::string>& args) {
 std::string JsonNumber(double value) {
   char buffer[32];
   const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
-  return std::string(buffer, result.ptr);
+  return {buffer, result.ptr};
 }
 
 absl::StatusOr<double> DoubleFlag(const CommandLine& flags, const std::string& name) {

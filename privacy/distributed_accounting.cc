@@ -27,11 +27,11 @@ double DistributedDiscreteGaussianRdp(const DistributedRound& round, double alph
   const double sigma_squared = round.local_noise_variance;
   double tau = 0;
   for (int64_t k = 1; k < round.survivors; ++k) {
-    const double kd = static_cast<double>(k);
+    const auto kd = static_cast<double>(k);
     tau += std::exp(-2.0 * M_PI * M_PI * sigma_squared * kd / (kd + 1.0));
   }
   tau *= 10.0;
-  const double d = static_cast<double>(round.dimension);
+  const auto d = static_cast<double>(round.dimension);
   const double total_sd = std::sqrt(static_cast<double>(round.survivors) * sigma_squared);
   const double l2 = round.l2_sensitivity / total_sd;
   // Integer vectors have ‖x‖₁ ≤ min(√d·‖x‖₂, ‖x‖₂²).
@@ -45,7 +45,7 @@ double DistributedDiscreteGaussianRdp(const DistributedRound& round, double alph
 // AKL21 for Skellam noise of total variance V = survivors · local variance, in integer units.
 double DistributedSkellamRdp(const DistributedRound& round, double alpha) {
   const double variance = static_cast<double>(round.survivors) * round.local_noise_variance;
-  const double d = static_cast<double>(round.dimension);
+  const auto d = static_cast<double>(round.dimension);
   const double l2 = round.l2_sensitivity;
   const double l1 = l2 * std::min(std::sqrt(d), l2);
   return alpha * l2 * l2 / (2.0 * variance) +

@@ -28,7 +28,7 @@ double ClipToL2Norm(std::span<float> values, double clip_norm) {
 }
 
 double RoundedNormBound(double norm, size_t dimension, double beta) {
-  const double d = static_cast<double>(dimension);
+  const auto d = static_cast<double>(dimension);
   const double unconditional = norm + std::sqrt(d);
   if (beta <= 0.0) return unconditional;
   const double conditional_squared =

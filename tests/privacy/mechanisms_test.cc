@@ -143,7 +143,7 @@ TEST(NoiseTest, CentralGaussianNoiseIsAddedToEveryCoordinate) {
     mean += (value - 3.0) / static_cast<double>(sum.size());
     squares += (value - 3.0) * (value - 3.0) / static_cast<double>(sum.size());
   }
-  const double n = static_cast<double>(sum.size());
+  const auto n = static_cast<double>(sum.size());
   EXPECT_NEAR(mean, 0.0, 5 * 0.5 / std::sqrt(n));
   EXPECT_NEAR(squares, 0.25, 5 * std::sqrt(2.0 / n) * 0.25);
 }
