@@ -34,10 +34,7 @@ constexpr char kUsage[] = R"(usage: fedmoe-client COMMAND [FLAGS]
       What this client is enrolled as, and what its daemon last reported.
 )";
 
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "fedmoe-client: error: %s\n", std::string(status.message()).c_str());
-  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-}
+int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-client", status); }
 
 absl::StatusOr<ClientConfig> LoadConfig(const CommandLine& flags) {
   if (auto path = flags.Get("config")) return ClientConfig::Load(*path);
@@ -150,19 +147,9 @@ int StatusCommand(const std::vector<std::string>& args) {
 
 int Main(int argc, char** argv) {
   pki::RequireTls13ForGrpc();
-  std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-    std::fputs(kUsage, args.empty() ? stderr : stdout);
-    return args.empty() ? 2 : 0;
-  }
-  const std::string command = args[0];
-  const std::vector<std::string> rest(args.begin() + 1, args.end());
-  if (command == "enroll") return EnrollCommand(rest);
-  if (command == "run") return RunCommand(rest);
-  if (command == "status") return StatusCommand(rest);
-  std::fprintf(stderr, "fedmoe-client: error: unknown command '%s' (try --help)\n",
-               command.c_str());
-  return 2;
+  return config::RunSubcommands(
+      "fedmoe-client", kUsage, argc, argv,
+      {{"enroll", EnrollCommand}, {"run", RunCommand}, {"status", StatusCommand}});
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "config/command_line.h"
 
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
 
 namespace fedmoe::config {
@@ -62,6 +64,26 @@ absl::StatusOr<std::string> CommandLine::Require(const std::string& flag) const 
 std::vector<std::string> CommandLine::GetAll(const std::string& flag) const {
   auto it = values_.find(flag);
   return it == values_.end() ? std::vector<std::string>{} : it->second;
+}
+
+int RunSubcommands(const std::string& program, const char* usage, int argc, char** argv,
+                   const std::vector<Subcommand>& commands) {
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(usage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  for (const Subcommand& command : commands) {
+    if (command.name == args[0]) return command.run(rest);
+  }
+  return ReportFailure(program, absl::InvalidArgumentError(
+                                    absl::StrCat("unknown command '", args[0], "' (try --help)")));
+}
+
+int ReportFailure(const std::string& program, const absl::Status& status) {
+  std::fprintf(stderr, "%s: error: %s\n", program.c_str(), std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
 }  // namespace fedmoe::config

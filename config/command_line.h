@@ -4,6 +4,7 @@
 #ifndef FEDMOE_CONFIG_COMMAND_LINE_H_
 #define FEDMOE_CONFIG_COMMAND_LINE_H_
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -34,6 +35,19 @@ class CommandLine {
   std::map<std::string, std::vector<std::string>> values_;
   std::vector<std::string> positional_;
 };
+
+// A CLI's commands: `program COMMAND [FLAGS]`, with --help, and exit status 2 for bad usage.
+struct Subcommand {
+  std::string name;
+  std::function<int(const std::vector<std::string>& args)> run;
+};
+
+int RunSubcommands(const std::string& program, const char* usage, int argc, char** argv,
+                   const std::vector<Subcommand>& commands);
+
+// Prints "PROGRAM: error: MESSAGE" on one line and returns the exit status: 2 for invalid
+// arguments (bad usage), 1 for everything else.
+int ReportFailure(const std::string& program, const absl::Status& status);
 
 }  // namespace fedmoe::config
 

@@ -57,14 +57,12 @@ it with --state-dir DIR (on the coordinator's host), or --config FILE, and --coo
 HOST:PORT overrides the address.
 )";
 
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "fedmoe-coordinator: error: %s\n", std::string(status.message()).c_str());
-  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-}
+int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-coordinator", status); }
 
+// A failed admin RPC: the coordinator's message, and exit status 1 (the call, not its
+// arguments, failed).
 int Fail(const grpc::Status& status) {
-  std::fprintf(stderr, "fedmoe-coordinator: error: %s\n", status.error_message().c_str());
-  return 1;
+  return config::ReportFailure("fedmoe-coordinator", absl::UnknownError(status.error_message()));
 }
 
 std::string Time(const google::protobuf::Timestamp& timestamp) {
@@ -433,22 +431,13 @@ int PrivacyCommand(const std::vector<std::string>& args) {
 
 int Main(int argc, char** argv) {
   pki::RequireTls13ForGrpc();
-  std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-    std::fputs(kUsage, args.empty() ? stderr : stdout);
-    return args.empty() ? 2 : 0;
-  }
-  const std::string command = args[0];
-  const std::vector<std::string> rest(args.begin() + 1, args.end());
-  if (command == "init") return Init(rest);
-  if (command == "serve") return Serve(rest);
-  if (command == "token") return TokenCommand(rest);
-  if (command == "clients") return ClientsCommand(rest);
-  if (command == "status") return Status(rest);
-  if (command == "privacy") return PrivacyCommand(rest);
-  std::fprintf(stderr, "fedmoe-coordinator: error: unknown command '%s' (try --help)\n",
-               command.c_str());
-  return 2;
+  return config::RunSubcommands("fedmoe-coordinator", kUsage, argc, argv,
+                                {{"init", Init},
+                                 {"serve", Serve},
+                                 {"token", TokenCommand},
+                                 {"clients", ClientsCommand},
+                                 {"status", Status},
+                                 {"privacy", PrivacyCommand}});
 }
 
 }  // namespace
