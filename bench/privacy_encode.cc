@@ -80,8 +80,9 @@ BENCHMARK(BM_Rotate)->Unit(benchmark::kMillisecond);
 void BM_DiscreteGaussianNoise(benchmark::State& state) {
   privacy::SecureRandom random = *privacy::SecureRandom::FromSystem();
   std::vector<int64_t> noise(kDimension);
+  const privacy::DiscreteGaussianSampler sampler(1.0e4);
   for (auto _ : state) {
-    for (int64_t& x : noise) x = privacy::SampleDiscreteGaussian(1.0e4, random);
+    for (int64_t& x : noise) x = sampler.Sample(random);
     benchmark::DoNotOptimize(noise.data());
   }
   SetConfiguration(state, "discrete gaussian sampling only");

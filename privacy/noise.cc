@@ -6,41 +6,58 @@
 namespace fedmoe::privacy {
 
 bool SampleBernoulliExpMinus(double gamma, SecureRandom& random) {
-  // exp(-γ) = exp(-1)^⌊γ⌋ · exp(-(γ - ⌊γ⌋)): every factor is a draw with γ' in [0, 1].
-  while (gamma > 1.0) {
-    if (!SampleBernoulliExpMinus(1.0, random)) return false;
-    gamma -= 1.0;
-  }
-  // For γ in [0, 1]: the first K with Bernoulli(γ/K) = 0 is odd with probability exp(-γ).
-  int64_t k = 1;
-  while (random.Bernoulli(gamma / static_cast<double>(k))) ++k;
-  return (k % 2) == 1;
+  // e^-γ underflows to 0 beyond γ ≈ 745; a 53-bit uniform is never below anything smaller
+  // than 2^-53 anyway.
+  return random.UniformDouble() < std::exp(-gamma);
 }
 
-int64_t SampleDiscreteLaplace(int64_t t, SecureRandom& random) {
-  while (true) {
-    const auto u = static_cast<int64_t>(random.UniformBelow(static_cast<uint64_t>(t)));
-    if (!SampleBernoulliExpMinus(static_cast<double>(u) / static_cast<double>(t), random)) {
-      continue;
+namespace {
+
+const double kExpMinusOne = std::exp(-1.0);
+// Scales up to this are tabulated: a table of 2^20 doubles is 8 MiB.
+constexpr int64_t kMaxTabulatedScale = int64_t{1} << 20;
+
+}  // namespace
+
+DiscreteGaussianSampler::DiscreteGaussianSampler(double sigma_squared)
+    : sigma_squared_(sigma_squared),
+      t_(static_cast<int64_t>(std::floor(std::sqrt(sigma_squared))) + 1),
+      center_(sigma_squared / static_cast<double>(t_)) {
+  if (t_ <= kMaxTabulatedScale) {
+    exp_minus_u_over_t_.resize(static_cast<size_t>(t_));
+    for (int64_t u = 0; u < t_; ++u) {
+      exp_minus_u_over_t_[static_cast<size_t>(u)] =
+          std::exp(-static_cast<double>(u) / static_cast<double>(t_));
     }
-    int64_t v = 0;
-    while (SampleBernoulliExpMinus(1.0, random)) ++v;
-    const int64_t magnitude = u + t * v;
+  }
+}
+
+int64_t DiscreteGaussianSampler::SampleDiscreteLaplace(SecureRandom& random) const {
+  while (true) {
+    const auto u = static_cast<int64_t>(random.UniformBelow(static_cast<uint64_t>(t_)));
+    const double keep = exp_minus_u_over_t_.empty()
+                            ? std::exp(-static_cast<double>(u) / static_cast<double>(t_))
+                            : exp_minus_u_over_t_[static_cast<size_t>(u)];
+    if (!(random.UniformDouble() < keep)) continue;
+    int64_t v = 0;  // Geometric: P(v ≥ k) = e^-k.
+    while (random.UniformDouble() < kExpMinusOne) ++v;
+    const int64_t magnitude = u + t_ * v;
     const bool negative = random.Bernoulli(0.5);
     if (negative && magnitude == 0) continue;  // Zero would otherwise be drawn twice as often.
     return negative ? -magnitude : magnitude;
   }
 }
 
-int64_t SampleDiscreteGaussian(double sigma_squared, SecureRandom& random) {
-  const double sigma = std::sqrt(sigma_squared);
-  const auto t = static_cast<int64_t>(std::floor(sigma)) + 1;
-  const double center = sigma_squared / static_cast<double>(t);
+int64_t DiscreteGaussianSampler::Sample(SecureRandom& random) const {
   while (true) {
-    const int64_t y = SampleDiscreteLaplace(t, random);
-    const double distance = std::abs(static_cast<double>(y)) - center;
-    if (SampleBernoulliExpMinus(distance * distance / (2.0 * sigma_squared), random)) return y;
+    const int64_t y = SampleDiscreteLaplace(random);
+    const double distance = std::abs(static_cast<double>(y)) - center_;
+    if (SampleBernoulliExpMinus(distance * distance / (2.0 * sigma_squared_), random)) return y;
   }
+}
+
+int64_t SampleDiscreteGaussian(double sigma_squared, SecureRandom& random) {
+  return DiscreteGaussianSampler(sigma_squared).Sample(random);
 }
 
 int64_t SampleSkellam(double mu, SecureRandom& random) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "privacy/secure_random.h"
 
@@ -14,16 +15,37 @@ namespace fedmoe::privacy {
 // The integer noise a client adds in distributed DP.
 enum class NoiseMechanism { kNone, kDiscreteGaussian, kSkellam };
 
-// Bernoulli(exp(-gamma)) for gamma ≥ 0, using only Bernoulli draws of probabilities in [0, 1]
-// (CKS20, Algorithm 1), so that no exp() of a large argument is ever rounded.
+// Bernoulli(exp(-gamma)) for gamma ≥ 0: a 53-bit uniform compared with e^-γ in double
+// precision. CKS20's Algorithm 1 builds the same draw from Bernoulli(γ/k) draws to stay in
+// exact arithmetic; with double-precision uniforms that buys no exactness, and it costs three
+// uniforms where this costs one.
 bool SampleBernoulliExpMinus(double gamma, SecureRandom& random);
 
-// The discrete Laplace distribution with scale t ≥ 1: P(x) ∝ exp(-|x|/t) (CKS20, Algorithm 2).
-int64_t SampleDiscreteLaplace(int64_t t, SecureRandom& random);
+// The discrete Gaussian N_Z(0, σ²): P(x) ∝ exp(-x²/(2σ²)) on the integers, by CKS20's
+// Algorithm 3: a discrete Laplace proposal of scale t = ⌊σ⌋ + 1 (Algorithm 2) accepted with
+// probability exp(-(|y| - σ²/t)²/(2σ²)). The algorithm is exact given exact Bernoulli draws;
+// here each Bernoulli compares a 53-bit uniform with a probability in double precision, so
+// each draw follows the law to within about 2^-52.
+//
+// Built once per σ², which it tabulates (e^(-u/t) for the proposal's u < t, and e^-1), so a
+// draw costs a handful of uniforms and one exp().
+class DiscreteGaussianSampler {
+ public:
+  // σ² > 0.
+  explicit DiscreteGaussianSampler(double sigma_squared);
+  int64_t Sample(SecureRandom& random) const;
+  // The proposal alone: P(x) ∝ exp(-|x|/t).
+  int64_t SampleDiscreteLaplace(SecureRandom& random) const;
 
-// The discrete Gaussian N_Z(0, σ²): P(x) ∝ exp(-x²/(2σ²)) on the integers (CKS20,
-// Algorithm 3). σ² > 0. The algorithm is exact given exact Bernoulli draws; here each
-// Bernoulli(p) compares p with a 53-bit uniform.
+ private:
+  double sigma_squared_;
+  int64_t t_;
+  double center_;
+  // e^(-u/t) for u < t, when t is small enough to tabulate; computed otherwise.
+  std::vector<double> exp_minus_u_over_t_;
+};
+
+// One draw; prefer a DiscreteGaussianSampler for many draws with the same σ².
 int64_t SampleDiscreteGaussian(double sigma_squared, SecureRandom& random);
 
 // Skellam(μ, μ) = Poisson(μ) - Poisson(μ): mean 0, variance 2μ. μ > 0.

@@ -1,6 +1,12 @@
 #include "privacy/ring_encoder.h"
 
+#include <openssl/crypto.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <numeric>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "privacy/noise.h"
@@ -13,6 +19,24 @@ namespace {
 constexpr int kMaxRoundingAttempts = 1000;
 
 uint64_t RingMask(int bits) { return bits == 64 ? ~uint64_t{0} : (uint64_t{1} << bits) - 1; }
+
+// Below this many values a second thread costs more than it saves.
+constexpr size_t kMinValuesPerShard = size_t{1} << 15;
+
+size_t ShardCount(size_t values) {
+  const size_t cores = std::max(1U, std::thread::hardware_concurrency());
+  return std::clamp<size_t>(values / kMinValuesPerShard, 1, std::min<size_t>(cores, 16));
+}
+
+// Runs work(0..shards-1), shard 0 on the calling thread.
+template <typename Work>
+void RunShards(size_t shards, Work& work) {
+  std::vector<std::thread> threads;
+  threads.reserve(shards - 1);
+  for (size_t s = 1; s < shards; ++s) threads.emplace_back([&work, s] { work(s); });
+  work(0);
+  for (std::thread& thread : threads) thread.join();
+}
 
 }  // namespace
 
@@ -76,23 +100,52 @@ absl::StatusOr<std::vector<uint64_t>> RingEncoder::Encode(std::span<const float>
   const double bound =
       RoundedNormBound(norm * clip * encoding_.scale, rotated.size(), encoding_.rounding_beta);
 
+  // Rounding and noise run in shards on all cores, each shard drawing from its own stream
+  // keyed by 32 bytes of the caller's stream.
+  const size_t size = rotated.size();
+  const size_t shards = ShardCount(size);
+  std::vector<SecureRandom> streams;
+  streams.reserve(shards);
+  for (size_t s = 0; s < shards; ++s) {
+    std::string seed(32, '\0');
+    for (size_t w = 0; w < 4; ++w) {
+      const uint64_t word = random();
+      std::memcpy(seed.data() + 8 * w, &word, 8);
+    }
+    absl::StatusOr<SecureRandom> stream = SecureRandom::FromSeed(seed, "fedmoe/v1/encode-shard");
+    OPENSSL_cleanse(seed.data(), seed.size());
+    if (!stream.ok()) return stream.status();
+    streams.push_back(std::move(*stream));
+  }
+  auto shard_begin = [&](size_t s) { return s * size / shards; };
+
   // Rounding needs no cryptographic precision: 32 random bits per coordinate decide it, two
   // coordinates per 64-bit draw. (The privacy guarantee rests on the norm bound, which is
   // checked, not on the rounding probabilities.)
-  std::vector<int64_t> rounded(rotated.size());
-  bool within_bound = false;
-  for (int attempt = 0; attempt < kMaxRoundingAttempts && !within_bound; ++attempt) {
+  // Rounded values are kept as two's-complement words in the output, which noise and the
+  // reduction mod 2^b then update in place.
+  std::vector<uint64_t> encoded(size);
+  std::vector<double> shard_squared(shards);
+  auto round_shard = [&](size_t s) {
+    SecureRandom& stream = streams[s];
     double rounded_squared = 0;
     uint64_t bits = 0;
-    for (size_t i = 0; i < rotated.size(); ++i) {
-      if (i % 2 == 0) bits = random();
-      const auto uniform = static_cast<double>((bits >> (32 * (i % 2))) & 0xffffffffU);
+    for (size_t i = shard_begin(s), k = 0; i < shard_begin(s + 1); ++i, ++k) {
+      if (k % 2 == 0) bits = stream();
+      const auto uniform = static_cast<double>((bits >> (32 * (k % 2))) & 0xffffffffU);
       const double floor = std::floor(rotated[i]);
       // Up with probability equal to the fractional part: unbiased.
       const bool up = uniform < (rotated[i] - floor) * 0x1.0p32;
-      rounded[i] = static_cast<int64_t>(floor) + (up ? 1 : 0);
-      rounded_squared += static_cast<double>(rounded[i]) * static_cast<double>(rounded[i]);
+      const int64_t value = static_cast<int64_t>(floor) + (up ? 1 : 0);
+      encoded[i] = static_cast<uint64_t>(value);
+      rounded_squared += static_cast<double>(value) * static_cast<double>(value);
     }
+    shard_squared[s] = rounded_squared;
+  };
+  bool within_bound = false;
+  for (int attempt = 0; attempt < kMaxRoundingAttempts && !within_bound; ++attempt) {
+    RunShards(shards, round_shard);
+    const double rounded_squared = std::accumulate(shard_squared.begin(), shard_squared.end(), 0.0);
     within_bound = rounded_squared <= bound * bound;
   }
   if (!within_bound) {
@@ -101,22 +154,28 @@ absl::StatusOr<std::vector<uint64_t>> RingEncoder::Encode(std::span<const float>
   }
 
   const uint64_t mask = RingMask(encoding_.ring_bits);
-  std::vector<uint64_t> encoded(rounded.size());
-  for (size_t i = 0; i < rounded.size(); ++i) {
-    int64_t value = rounded[i];
-    switch (encoding_.mechanism) {
-      case NoiseMechanism::kNone:
-        break;
-      case NoiseMechanism::kDiscreteGaussian:
-        value += SampleDiscreteGaussian(encoding_.local_noise_variance, random);
-        break;
-      case NoiseMechanism::kSkellam:
-        value += SampleSkellam(encoding_.local_noise_variance / 2.0, random);
-        break;
+  const DiscreteGaussianSampler discrete_gaussian(
+      encoding_.mechanism == NoiseMechanism::kDiscreteGaussian ? encoding_.local_noise_variance
+                                                               : 1.0);
+  auto noise_shard = [&](size_t s) {
+    SecureRandom& stream = streams[s];
+    for (size_t i = shard_begin(s); i < shard_begin(s + 1); ++i) {
+      auto value = static_cast<int64_t>(encoded[i]);
+      switch (encoding_.mechanism) {
+        case NoiseMechanism::kNone:
+          break;
+        case NoiseMechanism::kDiscreteGaussian:
+          value += discrete_gaussian.Sample(stream);
+          break;
+        case NoiseMechanism::kSkellam:
+          value += SampleSkellam(encoding_.local_noise_variance / 2.0, stream);
+          break;
+      }
+      // Two's complement makes the reduction mod 2^b a mask, for negative values too.
+      encoded[i] = static_cast<uint64_t>(value) & mask;
     }
-    // Two's complement makes the reduction mod 2^b a mask, for negative values too.
-    encoded[i] = static_cast<uint64_t>(value) & mask;
-  }
+  };
+  RunShards(shards, noise_shard);
   return encoded;
 }
 

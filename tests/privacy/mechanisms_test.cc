@@ -94,9 +94,19 @@ TEST(NoiseTest, DiscreteGaussianMatchesItsExactDistribution) {
     const Exact exact = ExactDistribution(
         [&](int64_t x) { return -static_cast<double>(x * x) / (2 * sigma_squared); },
         static_cast<int64_t>(40 * sigma) + 10, tail_from);
-    CheckSampler([&] { return SampleDiscreteGaussian(sigma_squared, random); }, exact, tail_from,
-                 "discrete gaussian");
+    const DiscreteGaussianSampler sampler(sigma_squared);
+    CheckSampler([&] { return sampler.Sample(random); }, exact, tail_from, "discrete gaussian");
   }
+}
+
+TEST(NoiseTest, DiscreteLaplaceProposalMatchesItsExactDistribution) {
+  // σ² = 30 gives the proposal scale t = 6: P(x) ∝ exp(-|x|/6).
+  const DiscreteGaussianSampler sampler(30.0);
+  SecureRandom random = TestRandom('l');
+  const Exact exact =
+      ExactDistribution([](int64_t x) { return -std::abs(static_cast<double>(x)) / 6.0; }, 400, 18);
+  CheckSampler([&] { return sampler.SampleDiscreteLaplace(random); }, exact, 18,
+               "discrete laplace");
 }
 
 TEST(NoiseTest, SkellamMatchesItsExactDistribution) {
