@@ -93,7 +93,7 @@ absl::Status RandomizedHadamard::RotateImpl(std::span<const T> input, double mul
   // 1/√n goes in before the transform, with the caller's multiplier: one pass fewer.
   const double scale = multiplier / std::sqrt(static_cast<double>(padded_dimension_));
   for (size_t i = 0; i < dimension_; ++i) {
-    output[i] = Sign(i) * scale * static_cast<double>(input[i]);
+    output[i] = ApplySign(i, scale * static_cast<double>(input[i]));
   }
   for (size_t i = dimension_; i < padded_dimension_; ++i) output[i] = 0.0;
   FastWalshHadamard(output);
@@ -121,7 +121,7 @@ absl::Status RandomizedHadamard::Unrotate(std::span<const double> input,
   std::vector<double> work(input.begin(), input.end());
   FastWalshHadamard(work);
   const double scale = 1.0 / std::sqrt(static_cast<double>(padded_dimension_));
-  for (size_t i = 0; i < dimension_; ++i) output[i] = Sign(i) * work[i] * scale;
+  for (size_t i = 0; i < dimension_; ++i) output[i] = ApplySign(i, work[i] * scale);
   return absl::OkStatus();
 }
 
