@@ -54,13 +54,6 @@ void SecureRandom::Refill() {
   position_ = 0;
 }
 
-SecureRandom::result_type SecureRandom::operator()() {
-  if (position_ == kBufferWords) Refill();
-  return buffer_[position_++];
-}
-
-double SecureRandom::UniformDouble() { return static_cast<double>((*this)() >> 11) * 0x1.0p-53; }
-
 namespace {
 __extension__ using Uint128 = unsigned __int128;
 }  // namespace

@@ -33,10 +33,14 @@ class SecureRandom {
 
   static constexpr result_type min() { return 0; }
   static constexpr result_type max() { return std::numeric_limits<result_type>::max(); }
-  result_type operator()();
+  // Inline: the samplers call these several times per value.
+  result_type operator()() {
+    if (position_ == kBufferWords) Refill();
+    return buffer_[position_++];
+  }
 
   // Uniform in [0, 1), with 53 random bits.
-  double UniformDouble();
+  double UniformDouble() { return static_cast<double>((*this)() >> 11) * 0x1.0p-53; }
   // Uniform in [0, bound), without modulo bias. bound ≥ 1.
   uint64_t UniformBelow(uint64_t bound);
   bool Bernoulli(double probability) { return UniformDouble() < probability; }

@@ -124,6 +124,23 @@ TEST(NoiseTest, SkellamMatchesItsExactDistribution) {
   }
 }
 
+TEST(NoiseTest, SkellamAtTheScaleOfRealNoiseHasItsMoments) {
+  // μ = 5000 (variance 10^4, as in the benchmark): the Bessel pmf overflows here, so the check
+  // is on the moments, which for a Skellam are exact: mean 0, variance 2μ, excess kurtosis 1/(2μ).
+  SecureRandom random = TestRandom('k');
+  const double mu = 5000.0;
+  double sum = 0;
+  double squares = 0;
+  for (int i = 0; i < kDraws; ++i) {
+    const auto x = static_cast<double>(SampleSkellam(mu, random));
+    sum += x;
+    squares += x * x;
+  }
+  const double n = kDraws;
+  EXPECT_NEAR(sum / n, 0.0, 5 * std::sqrt(2 * mu / n));
+  EXPECT_NEAR(squares / n, 2 * mu, 5 * std::sqrt(2.0 / n) * 2 * mu);
+}
+
 TEST(NoiseTest, ContinuousGaussianHasItsMomentsAndTail) {
   SecureRandom random = TestRandom('n');
   const double sigma = 2.5;
