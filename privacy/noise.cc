@@ -6,9 +6,11 @@
 namespace fedmoe::privacy {
 
 bool SampleBernoulliExpMinus(double gamma, SecureRandom& random) {
-  // e^-γ underflows to 0 beyond γ ≈ 745; a 53-bit uniform is never below anything smaller
-  // than 2^-53 anyway.
-  return random.UniformDouble() < std::exp(-gamma);
+  const double v = random.UniformDouble();
+  // Squeeze: 1 - γ ≤ e^-γ ≤ 1/(1 + γ) decides most draws without an exp().
+  if (v < 1.0 - gamma) return true;
+  if (v * (1.0 + gamma) >= 1.0) return false;
+  return v < std::exp(-gamma);
 }
 
 namespace {
