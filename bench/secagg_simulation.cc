@@ -189,11 +189,11 @@ absl::StatusOr<SimulationResult> RunSimulation(const SimulationConfig& config) {
   absl::StatusOr<std::vector<uint64_t>> sum = server_timed([&] { return server->Finish(); });
   result.server_seconds = server_seconds;
   result.survivors = static_cast<uint32_t>(survivors.size());
+  // Over the survivors: the clients that went through every stage.
   double total_seconds = 0;
   uint64_t total_bytes = 0;
   uint32_t participants = 0;
-  for (uint32_t id = 1; id <= config.clients; ++id) {
-    if (client_bytes[id] == 0) continue;
+  for (uint32_t id : survivors) {
     total_seconds += client_seconds[id];
     total_bytes += client_bytes[id];
     ++participants;

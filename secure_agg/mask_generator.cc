@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -95,14 +96,17 @@ absl::Status MaskGenerator::Apply(std::span<uint64_t> values, bool subtract) {
   }
   const uint64_t mask = (uint64_t{1} << bits_) - 1;
   const size_t word_bytes = bits_ <= 32 ? 4 : 8;
-  keystream_.resize(kChunkValues * word_bytes);
+  // One scratch buffer per thread, not per generator: a client holds a generator per
+  // neighbour, and only one expands at a time.
+  thread_local std::vector<unsigned char> keystream;
+  keystream.resize(kChunkValues * 8);
   for (size_t done = 0; done < values.size();) {
     const size_t count = std::min(kChunkValues, values.size() - done);
     const size_t bytes = count * word_bytes;
     // The keystream is the encryption of zeros.
-    std::memset(keystream_.data(), 0, bytes);
+    std::memset(keystream.data(), 0, bytes);
     int written = 0;
-    if (EVP_EncryptUpdate(cipher_.get(), keystream_.data(), &written, keystream_.data(),
+    if (EVP_EncryptUpdate(cipher_.get(), keystream.data(), &written, keystream.data(),
                           static_cast<int>(bytes)) != 1) {
       return absl::InternalError("AES-128-CTR keystream failed");
     }
@@ -110,13 +114,13 @@ absl::Status MaskGenerator::Apply(std::span<uint64_t> values, bool subtract) {
     if (word_bytes == 4) {
       for (size_t i = 0; i < count; ++i) {
         uint32_t word = 0;
-        std::memcpy(&word, keystream_.data() + 4 * i, 4);
+        std::memcpy(&word, keystream.data() + 4 * i, 4);
         out[i] = (subtract ? out[i] - word : out[i] + word) & mask;
       }
     } else {
       for (size_t i = 0; i < count; ++i) {
         uint64_t word = 0;
-        std::memcpy(&word, keystream_.data() + 8 * i, 8);
+        std::memcpy(&word, keystream.data() + 8 * i, 8);
         out[i] = (subtract ? out[i] - word : out[i] + word) & mask;
       }
     }

@@ -68,7 +68,6 @@ class MaskGenerator {
   uint64_t length_;
   int bits_;
   uint64_t position_ = 0;
-  std::vector<unsigned char> keystream_;
 };
 
 // The raw AES-128-CTR keystream for a key and 16-byte initial counter block, for known-answer

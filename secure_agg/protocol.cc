@@ -229,9 +229,8 @@ absl::Status SecAggClient::ReceiveShares(const std::vector<SealedShares>& incomi
     absl::StatusOr<std::string> plaintext =
         Open(*key, bundle.ciphertext, ShareContext(setup_, bundle.sender, participant_));
     if (!plaintext.ok()) {
-      return absl::Status(plaintext.status().code(),
-                          absl::StrCat("shares from participant ", bundle.sender, ": ",
-                                       plaintext.status().message()));
+      return {plaintext.status().code(), absl::StrCat("shares from participant ", bundle.sender,
+                                                      ": ", plaintext.status().message())};
     }
     if (plaintext->size() != 8 + 2 * kShamirShareBytes ||
         ReadBigEndian32(*plaintext) != bundle.sender ||
