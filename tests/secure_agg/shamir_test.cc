@@ -33,7 +33,8 @@ TEST(Field61Test, MatchesPlain128BitArithmetic) {
 
 std::string Secret(char seed) {
   std::string secret(32, '\0');
-  for (size_t i = 0; i < secret.size(); ++i) secret[i] = static_cast<char>(seed * 31 + i * 7);
+  for (size_t i = 0; i < secret.size(); ++i)
+    secret[i] = static_cast<char>(static_cast<size_t>(seed) * 31 + i * 7);
   return secret;
 }
 
@@ -73,6 +74,7 @@ TEST(ShamirTest, OneSetOfCoefficientsRecoversManySecrets) {
     std::map<uint64_t, Share> by_holder;
     for (const Share& share : *shares) by_holder[share.x] = share;
     std::vector<Share> revealed;
+    revealed.reserve(revealers.size());
     for (uint64_t x : revealers) revealed.push_back(by_holder[x]);
     EXPECT_EQ(*RecoverSecret(revealed, *coefficients), Secret(seed));
   }
@@ -96,8 +98,9 @@ TEST(ShamirTest, SharesOfDifferentSecretsLookAlike) {
   for (int t = 0; t < trials; ++t) {
     auto shares = ShareSecret(Secret(static_cast<char>(t % 2)), 2, std::vector<uint64_t>{7, 8});
     for (int limb = 0; limb < 5; ++limb) {
-      EXPECT_LE(static_cast<unsigned char>((*shares)[0].value[8 * limb]), 0x1f);
-      counts[static_cast<unsigned char>((*shares)[0].value[8 * limb + 7])] += 1;
+      const auto offset = static_cast<size_t>(8 * limb);
+      EXPECT_LE(static_cast<unsigned char>((*shares)[0].value[offset]), 0x1f);
+      counts[static_cast<unsigned char>((*shares)[0].value[offset + 7])] += 1;
     }
   }
   const double expected = 5.0 * trials / 256;
