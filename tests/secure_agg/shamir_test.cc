@@ -98,7 +98,7 @@ TEST(ShamirTest, SharesOfDifferentSecretsLookAlike) {
   for (int t = 0; t < trials; ++t) {
     auto shares = ShareSecret(Secret(static_cast<char>(t % 2)), 2, std::vector<uint64_t>{7, 8});
     for (int limb = 0; limb < 5; ++limb) {
-      const auto offset = static_cast<size_t>(8 * limb);
+      const size_t offset = size_t{8} * static_cast<size_t>(limb);
       EXPECT_LE(static_cast<unsigned char>((*shares)[0].value[offset]), 0x1f);
       counts[static_cast<unsigned char>((*shares)[0].value[offset + 7])] += 1;
     }
