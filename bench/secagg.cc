@@ -93,6 +93,7 @@ void BM_Round(benchmark::State& state) {
   state.counters["server_seconds"] = result.server_seconds;
   state.counters["bytes_per_client"] = static_cast<double>(result.bytes_per_client);
   state.counters["masked_input_bytes"] = static_cast<double>(config.dimension) * 4;
+  state.counters["server_state_mb"] = static_cast<double>(result.server_state_bytes) / (1 << 20);
   // Of the whole process, which also holds every client's state and input.
   state.counters["process_peak_rss_mb"] = static_cast<double>(usage.ru_maxrss) / 1024.0;
   state.SetLabel("whole round in one process");

@@ -39,12 +39,13 @@ int Main(int argc, char** argv) {
   std::printf(
       "{\"correct\":%s,\"completed\":%s,\"clients\":%u,\"survivors\":%u,\"dim\":%llu,"
       "\"bits\":%d,\"neighbors\":%u,\"threshold\":%u,\"dropout\":%g,\"client_mask_seconds\":%.6f,"
-      "\"server_seconds\":%.6f,\"peak_rss_mb\":%.1f,\"bytes_per_client\":%llu}\n",
+      "\"server_seconds\":%.6f,\"server_state_mb\":%.2f,\"peak_rss_mb\":%.1f,"
+      "\"bytes_per_client\":%llu}\n",
       result->correct ? "true" : "false", result->completed ? "true" : "false", config.clients,
       result->survivors, static_cast<unsigned long long>(config.dimension), config.bits,
       result->degree, result->threshold, config.dropout_rate, result->client_mask_seconds,
-      result->server_seconds, usage.ru_maxrss / 1024.0,
-      static_cast<unsigned long long>(result->bytes_per_client));
+      result->server_seconds, static_cast<double>(result->server_state_bytes) / (1 << 20),
+      usage.ru_maxrss / 1024.0, static_cast<unsigned long long>(result->bytes_per_client));
   return result->completed && result->correct ? 0 : 1;
 }
 

@@ -186,6 +186,7 @@ absl::StatusOr<SimulationResult> RunSimulation(const SimulationConfig& config) {
       return s;
     }
   }
+  result.server_state_bytes = server->StateBytes();
   absl::StatusOr<std::vector<uint64_t>> sum = server_timed([&] { return server->Finish(); });
   result.server_seconds = server_seconds;
   result.survivors = static_cast<uint32_t>(survivors.size());

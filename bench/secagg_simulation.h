@@ -41,7 +41,9 @@ struct SimulationResult {
   uint32_t threshold = 0;
   double client_mask_seconds = 0;  // Mean over clients: stages 1-4 of one client.
   double server_seconds = 0;
-  uint64_t bytes_per_client = 0;  // Mean bytes a client sends, at b bits per value.
+  uint64_t bytes_per_client = 0;
+  // The server's round state at its largest (just before unmasking finishes).
+  uint64_t server_state_bytes = 0;  // Mean bytes a client sends, at b bits per value.
 };
 
 // Spreads `dropout_rate` of the clients over the four stages at random (seeded).

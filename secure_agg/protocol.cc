@@ -524,6 +524,26 @@ absl::Status SecAggServer::ReceiveRevealedShares(const RevealedShares& shares) {
   return absl::OkStatus();
 }
 
+size_t SecAggServer::StateBytes() const {
+  size_t bytes = sum_.capacity() * sizeof(uint64_t);
+  for (uint32_t id = 1; id <= graph_.num_participants(); ++id) {
+    bytes += graph_.Neighbors(id).capacity() * sizeof(uint32_t);
+  }
+  for (const auto& [id, keys] : advertised_) {
+    bytes += sizeof(keys) + keys.cipher_public_key.capacity() + keys.mask_public_key.capacity() +
+             keys.signature.capacity();
+  }
+  for (const auto& [id, bundles] : shares_by_sender_) {
+    for (const SealedShares& bundle : bundles)
+      bytes += sizeof(bundle) + bundle.ciphertext.capacity();
+  }
+  for (const auto& [id, revealed] : revealed_) {
+    bytes += (revealed.self_mask_shares.size() + revealed.mask_key_shares.size()) *
+             (sizeof(uint32_t) + kShamirShareBytes + 32);
+  }
+  return bytes;
+}
+
 absl::StatusOr<std::vector<uint64_t>> SecAggServer::Finish() {
   if (stage_ != 4) return absl::FailedPreconditionError("the unmask stage is not open");
   const auto threshold = static_cast<int>(setup_.threshold);

@@ -170,6 +170,10 @@ class SecAggServer {
 
   const std::set<uint32_t>& survivors() const { return masked_input_; }
 
+  // The bytes the server's round state holds: the running sum, the graph, the advertised keys,
+  // the sealed bundles and the revealed shares. O(d + n·k), whatever the cohort's inputs.
+  size_t StateBytes() const;
+
  private:
   SecAggServer(RoundSetup setup, NeighborGraph graph)
       : setup_(std::move(setup)), graph_(std::move(graph)), sum_(setup_.length, 0) {}
