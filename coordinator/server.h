@@ -39,13 +39,15 @@ class CoordinatorServer {
   std::unique_ptr<EnrollmentAuthority> authority_;
   std::unique_ptr<CallerAuthorizer> authorizer_;
   std::unique_ptr<ClientPresence> presence_;
-  std::unique_ptr<PollHub> polls_;
   std::unique_ptr<EnrollmentService> enrollment_service_;
   std::unique_ptr<CertificatesService> certificates_service_;
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<FederationService> federation_service_;
   std::unique_ptr<grpc::Server> enrollment_server_;
   std::unique_ptr<grpc::Server> mtls_server_;
+  // Declared after the servers so that it is destroyed first: its thread finishes the parked
+  // polls while the servers and the services they call back into still exist.
+  std::unique_ptr<PollHub> polls_;
   int mtls_port_ = 0;
   int enrollment_port_ = 0;
   bool shut_down_ = false;
