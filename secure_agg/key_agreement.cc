@@ -1,13 +1,12 @@
 #include "secure_agg/key_agreement.h"
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/kdf.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "secure_agg/hkdf.h"
 
 namespace fedmoe::secure_agg {
 namespace {
@@ -22,17 +21,6 @@ struct CipherDeleter {
 struct PkeyContextDeleter {
   void operator()(EVP_PKEY_CTX* context) const { EVP_PKEY_CTX_free(context); }
 };
-struct KdfDeleter {
-  void operator()(EVP_KDF* kdf) const { EVP_KDF_free(kdf); }
-};
-struct KdfContextDeleter {
-  void operator()(EVP_KDF_CTX* context) const { EVP_KDF_CTX_free(context); }
-};
-
-void AppendBigEndian(uint64_t value, int bytes, std::string& out) {
-  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xff));
-}
-
 const unsigned char* Bytes(std::string_view text) {
   return reinterpret_cast<const unsigned char*>(text.data());
 }
@@ -42,13 +30,7 @@ const unsigned char* Bytes(std::string_view text) {
 absl::StatusOr<X25519KeyPair> X25519KeyPair::Generate() {
   std::unique_ptr<EVP_PKEY, KeyDeleter> key(EVP_PKEY_Q_keygen(nullptr, nullptr, "X25519"));
   if (key == nullptr) return absl::InternalError("X25519 key generation failed");
-  std::string public_key(kKeyBytes, '\0');
-  size_t length = public_key.size();
-  if (EVP_PKEY_get_raw_public_key(key.get(), reinterpret_cast<unsigned char*>(public_key.data()),
-                                  &length) != 1) {
-    return absl::InternalError("X25519 public key export failed");
-  }
-  return X25519KeyPair(std::move(key), std::move(public_key));
+  return Adopt(std::move(key));
 }
 
 absl::StatusOr<X25519KeyPair> X25519KeyPair::FromPrivateKey(std::string_view private_key) {
@@ -59,6 +41,10 @@ absl::StatusOr<X25519KeyPair> X25519KeyPair::FromPrivateKey(std::string_view pri
   std::unique_ptr<EVP_PKEY, KeyDeleter> key(
       EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, nullptr, Bytes(private_key), kKeyBytes));
   if (key == nullptr) return absl::InvalidArgumentError("not a usable X25519 private key");
+  return Adopt(std::move(key));
+}
+
+absl::StatusOr<X25519KeyPair> X25519KeyPair::Adopt(std::unique_ptr<EVP_PKEY, KeyDeleter> key) {
   std::string public_key(kKeyBytes, '\0');
   size_t length = public_key.size();
   if (EVP_PKEY_get_raw_public_key(key.get(), reinterpret_cast<unsigned char*>(public_key.data()),
@@ -107,24 +93,7 @@ absl::StatusOr<std::string> DerivePairKey(std::string_view shared_secret,
   AppendBigEndian(round_id, 8, info);
   AppendBigEndian(std::min(participant_a, participant_b), 4, info);
   AppendBigEndian(std::max(participant_a, participant_b), 4, info);
-  std::unique_ptr<EVP_KDF, KdfDeleter> kdf(EVP_KDF_fetch(nullptr, "HKDF", nullptr));
-  if (kdf == nullptr) return absl::InternalError("OpenSSL has no HKDF");
-  std::unique_ptr<EVP_KDF_CTX, KdfContextDeleter> context(EVP_KDF_CTX_new(kdf.get()));
-  char digest[] = "SHA256";
-  std::string ikm(shared_secret);
-  std::string salt(session_id);
-  const OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, ikm.data(), ikm.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, salt.data(), salt.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
-      OSSL_PARAM_construct_end()};
-  std::string key(kKeyBytes, '\0');
-  const int derived = EVP_KDF_derive(context.get(), reinterpret_cast<unsigned char*>(key.data()),
-                                     key.size(), params);
-  OPENSSL_cleanse(ikm.data(), ikm.size());
-  if (derived != 1) return absl::InternalError("HKDF-SHA256 derivation failed");
-  return key;
+  return HkdfSha256(shared_secret, session_id, info, kKeyBytes);
 }
 
 absl::StatusOr<std::string> Seal(std::string_view key, std::string_view plaintext,

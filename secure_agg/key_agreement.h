@@ -37,6 +37,8 @@ class X25519KeyPair {
   struct KeyDeleter {
     void operator()(EVP_PKEY* key) const { EVP_PKEY_free(key); }
   };
+  // Takes a key and reads its public half.
+  static absl::StatusOr<X25519KeyPair> Adopt(std::unique_ptr<EVP_PKEY, KeyDeleter> key);
   X25519KeyPair(std::unique_ptr<EVP_PKEY, KeyDeleter> key, std::string public_key)
       : key_(std::move(key)), public_key_(std::move(public_key)) {}
 

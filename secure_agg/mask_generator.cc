@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "secure_agg/hkdf.h"
 
 namespace fedmoe::secure_agg {
 namespace {
@@ -16,17 +17,6 @@ namespace {
 constexpr char kInfoLabel[] = "fedmoe/v1/prg";
 // Values expanded per EVP call: large enough to amortise the call, small enough for L1/L2.
 constexpr size_t kChunkValues = 8192;
-
-void AppendBigEndian(uint64_t value, int bytes, std::string& out) {
-  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xff));
-}
-
-struct KdfDeleter {
-  void operator()(EVP_KDF* kdf) const { EVP_KDF_free(kdf); }
-};
-struct KdfContextDeleter {
-  void operator()(EVP_KDF_CTX* context) const { EVP_KDF_CTX_free(context); }
-};
 
 // HKDF-SHA256 → 16-byte AES key ‖ 16-byte initial counter block.
 absl::StatusOr<std::string> DeriveKeyAndCounter(std::string_view seed, const MaskDomain& domain) {
@@ -38,24 +28,7 @@ absl::StatusOr<std::string> DeriveKeyAndCounter(std::string_view seed, const Mas
   AppendBigEndian(domain.length, 8, info);
   AppendBigEndian(static_cast<uint64_t>(domain.bits), 1, info);
 
-  std::unique_ptr<EVP_KDF, KdfDeleter> kdf(EVP_KDF_fetch(nullptr, "HKDF", nullptr));
-  if (kdf == nullptr) return absl::InternalError("OpenSSL has no HKDF");
-  std::unique_ptr<EVP_KDF_CTX, KdfContextDeleter> context(EVP_KDF_CTX_new(kdf.get()));
-  char digest[] = "SHA256";
-  std::string ikm(seed);
-  std::string salt = domain.session_id;
-  const OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, ikm.data(), ikm.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, salt.data(), salt.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
-      OSSL_PARAM_construct_end()};
-  std::string output(32, '\0');
-  const int derived = EVP_KDF_derive(context.get(), reinterpret_cast<unsigned char*>(output.data()),
-                                     output.size(), params);
-  OPENSSL_cleanse(ikm.data(), ikm.size());
-  if (derived != 1) return absl::InternalError("HKDF-SHA256 derivation failed");
-  return output;
+  return HkdfSha256(seed, domain.session_id, info, 32);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "secure_agg/hkdf.h"
 
 namespace fedmoe::secure_agg {
 namespace {
@@ -14,10 +15,6 @@ constexpr char kShareEncryption[] = "share-encryption";
 constexpr char kPairwiseMask[] = "pairwise-mask";
 constexpr size_t kKeyBytes = 32;
 constexpr size_t kMaxSealedBytes = 1024;
-
-void AppendBigEndian(uint64_t value, int bytes, std::string& out) {
-  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xff));
-}
 
 uint32_t ReadBigEndian32(std::string_view bytes) {
   uint32_t value = 0;

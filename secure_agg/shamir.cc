@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "secure_agg/hkdf.h"
 
 namespace fedmoe::secure_agg {
 namespace {
@@ -44,10 +45,6 @@ std::array<uint64_t, kLimbs> SplitSecret(std::string_view secret) {
     }
   }
   return limbs;
-}
-
-void AppendBigEndian64(uint64_t value, std::string& out) {
-  for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xff));
 }
 
 absl::StatusOr<std::array<uint64_t, kLimbs>> ParseShare(const Share& share) {
@@ -135,7 +132,7 @@ absl::StatusOr<std::vector<Share>> ShareSecret(std::string_view secret, int thre
       for (size_t degree = coefficients.size(); degree-- > 0;) {
         y = Field61::Add(Field61::Multiply(y, x), coefficients[degree][limb]);
       }
-      AppendBigEndian64(y, share.value);
+      AppendBigEndian(y, 8, share.value);
     }
     shares.push_back(std::move(share));
   }
