@@ -79,20 +79,6 @@ std::string SanEntry(const std::string& host) {
   return absl::StrCat(is_ip ? "IP:" : "DNS:", host);
 }
 
-absl::Status RequireP256(EVP_PKEY* key) {
-  if (EVP_PKEY_get_base_id(key) != EVP_PKEY_EC || EVP_PKEY_get_bits(key) != 256 ||
-      !EVP_PKEY_is_a(key, "EC")) {
-    return absl::InvalidArgumentError("CSR key is not ECDSA P-256");
-  }
-  char group[64] = {};
-  size_t length = 0;
-  if (EVP_PKEY_get_group_name(key, group, sizeof(group), &length) != 1 ||
-      std::string_view(group, length) != "prime256v1") {
-    return absl::InvalidArgumentError("CSR key is not ECDSA P-256");
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<std::string> MakeCsr(const PrivateKey& key, std::string_view common_name) {
@@ -182,7 +168,10 @@ absl::StatusOr<Certificate> CertificateAuthority::IssueFromCsr(const std::string
   if (subject_key == nullptr) {
     return OpenSslError(absl::StatusCode::kInvalidArgument, "CSR has no usable public key");
   }
-  if (absl::Status status = RequireP256(subject_key); !status.ok()) return status;
+  if (absl::Status status = internal::RequireP256(subject_key); !status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CSR key is not ECDSA P-256: ", status.message()));
+  }
   if (X509_REQ_verify(request.get(), subject_key) != 1) {
     return OpenSslError(absl::StatusCode::kInvalidArgument,
                         "CSR signature does not verify against its own key");

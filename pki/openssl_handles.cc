@@ -1,6 +1,9 @@
 #include "pki/openssl_handles.h"
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+
+#include "absl/strings/str_cat.h"
 
 namespace fedmoe::pki::internal {
 
@@ -14,6 +17,22 @@ absl::Status OpenSslError(absl::StatusCode code, std::string_view what) {
   }
   ERR_clear_error();
   return {code, message};
+}
+
+absl::Status RequireP256(EVP_PKEY* key) {
+  if (EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) {
+    return absl::InvalidArgumentError("key is not an EC key (fedmoe uses ECDSA P-256)");
+  }
+  char group[64] = {};
+  size_t group_length = 0;
+  if (EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
+                                     &group_length) != 1 ||
+      std::string_view(group, group_length) != "prime256v1") {
+    return absl::InvalidArgumentError(absl::StrCat("EC key on curve '",
+                                                   std::string(group, group_length),
+                                                   "', but fedmoe uses P-256 (prime256v1)"));
+  }
+  return absl::OkStatus();
 }
 
 std::string BioContents(BIO* bio) {

@@ -40,6 +40,9 @@ using BignumPtr = std::unique_ptr<BIGNUM, Deleter<BN_free>>;
 // does not leak into the next call's message.
 absl::Status OpenSslError(absl::StatusCode code, std::string_view what);
 
+// OK for an ECDSA P-256 key; InvalidArgument naming what the key is otherwise.
+absl::Status RequireP256(EVP_PKEY* key);
+
 // The bytes a memory BIO holds.
 std::string BioContents(BIO* bio);
 

@@ -1,7 +1,6 @@
 #include "pki/private_key.h"
 
 #include <fcntl.h>
-#include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/pem.h>
 #include <sys/stat.h>
@@ -21,22 +20,7 @@ using internal::BioPtr;
 using internal::EvpMdCtxPtr;
 using internal::EvpPkeyPtr;
 using internal::OpenSslError;
-
-absl::Status RequireP256(EVP_PKEY* key) {
-  if (EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) {
-    return absl::InvalidArgumentError("key is not an EC key (fedmoe uses ECDSA P-256)");
-  }
-  char group[64] = {};
-  size_t group_length = 0;
-  if (EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
-                                     &group_length) != 1 ||
-      std::string_view(group, group_length) != "prime256v1") {
-    return absl::InvalidArgumentError(absl::StrCat("EC key on curve '",
-                                                   std::string(group, group_length),
-                                                   "', but fedmoe uses P-256 (prime256v1)"));
-  }
-  return absl::OkStatus();
-}
+using internal::RequireP256;
 
 absl::Status ErrnoError(std::string_view what, const std::filesystem::path& path) {
   return absl::InternalError(
