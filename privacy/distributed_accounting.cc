@@ -5,21 +5,12 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "privacy/log_space.h"
 
 namespace fedmoe::privacy {
 namespace {
 
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
-
-double LogAdd(double a, double b) {
-  if (a == -kInfinity) return b;
-  if (b == -kInfinity) return a;
-  return std::max(a, b) + std::log1p(std::exp(-std::abs(a - b)));
-}
-
-double LogBinomial(int n, int k) {
-  return std::lgamma(n + 1.0) - std::lgamma(k + 1.0) - std::lgamma(n - k + 1.0);
-}
 
 // KLS21 Prop. 14 for the sum of `survivors` discrete Gaussians of variance σ² each: the sum is
 // close to, but not exactly, a discrete Gaussian; τ measures the gap.

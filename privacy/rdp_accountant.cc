@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "privacy/log_space.h"
 
 namespace fedmoe::privacy {
 namespace {
@@ -13,21 +14,6 @@ constexpr double kInfinity = std::numeric_limits<double>::infinity();
 // A series term below e^-40 of A_α (which is at least 1) no longer changes it in double.
 constexpr double kNegligibleLogTerm = -40.0;
 constexpr int kMaxSeriesTerms = 100000;
-
-// log(e^a + e^b), exact for -∞ arguments.
-double LogAdd(double a, double b) {
-  if (a == -kInfinity) return b;
-  if (b == -kInfinity) return a;
-  const double high = std::max(a, b);
-  return high + std::log1p(std::exp(-std::abs(a - b)));
-}
-
-// log(e^a - e^b) for a ≥ b.
-double LogSub(double a, double b) {
-  if (b == -kInfinity) return a;
-  if (b >= a) return -kInfinity;
-  return a + std::log1p(-std::exp(b - a));
-}
 
 // log(erfc(x)), accurate where erfc underflows: the asymptotic expansion takes over at x = 25.
 double LogErfc(double x) {
@@ -44,9 +30,8 @@ double LogAInteger(double q, double sigma, int alpha) {
   double log_a = -kInfinity;
   const double log_q = std::log(q);
   const double log_1mq = std::log1p(-q);
-  const double lgamma_alpha = std::lgamma(alpha + 1.0);
   for (int k = 0; k <= alpha; ++k) {
-    const double log_binomial = lgamma_alpha - std::lgamma(k + 1.0) - std::lgamma(alpha - k + 1.0);
+    const double log_binomial = LogBinomial(alpha, k);
     const double kd = k;
     const double term =
         log_binomial + (alpha - kd) * log_1mq + kd * log_q + (kd * kd - kd) / (2.0 * sigma * sigma);
