@@ -2,12 +2,12 @@
 // and its stages, beside a client's SecAgg+ masking of the same vector with k = 8 neighbours.
 #include <vector>
 
+#include "bench/client_masking.h"
 #include "bench/json_lines_reporter.h"
 #include "privacy/hadamard.h"
 #include "privacy/noise.h"
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
-#include "secure_agg/mask_generator.h"
 
 namespace fedmoe::bench {
 namespace {
@@ -88,21 +88,8 @@ BENCHMARK(BM_DiscreteGaussianNoise)->Unit(benchmark::kMillisecond);
 void BM_SecAggMasking(benchmark::State& state) {
   const auto neighbors = static_cast<uint32_t>(state.range(0));
   std::vector<uint64_t> vector(kDimension, 7);
-  const std::string seed(32, 's');
-  secure_agg::MaskDomain domain;
-  domain.session_id = std::string(32, 'i');
-  domain.length = kDimension;
-  domain.bits = kRingBits;
   for (auto _ : state) {
-    domain.purpose = secure_agg::MaskPurpose::kSelfMask;
-    domain.first_participant = 1;
-    domain.second_participant = 0;
-    (void)secure_agg::MaskGenerator::Create(seed, domain)->Add(vector);
-    domain.purpose = secure_agg::MaskPurpose::kPairwiseMask;
-    for (uint32_t peer = 2; peer < neighbors + 2; ++peer) {
-      domain.second_participant = peer;
-      (void)secure_agg::MaskGenerator::Create(seed, domain)->Add(vector);
-    }
+    MaskAsOneClient(vector, neighbors, kRingBits);
     benchmark::DoNotOptimize(vector.data());
   }
   SetConfiguration(state, "secagg+ masking: self mask and k pairwise masks");

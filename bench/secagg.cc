@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "bench/client_masking.h"
 #include "bench/json_lines_reporter.h"
 #include "bench/secagg_simulation.h"
 #include "secure_agg/mask_generator.h"
@@ -41,18 +42,8 @@ void BM_ClientMasking(benchmark::State& state) {
   const uint64_t dimension = 1 << 20;
   const int bits = 32;
   std::vector<uint64_t> vector(dimension, 7);
-  secure_agg::MaskDomain domain{
-      std::string(32, 'i'), 1, secure_agg::MaskPurpose::kSelfMask, 1, 0, dimension, bits};
-  const std::string seed(32, 's');
   for (auto _ : state) {
-    domain.purpose = secure_agg::MaskPurpose::kSelfMask;
-    domain.second_participant = 0;
-    (void)secure_agg::MaskGenerator::Create(seed, domain)->Add(vector);
-    domain.purpose = secure_agg::MaskPurpose::kPairwiseMask;
-    for (uint32_t peer = 2; peer < neighbors + 2; ++peer) {
-      domain.second_participant = peer;
-      (void)secure_agg::MaskGenerator::Create(seed, domain)->Add(vector);
-    }
+    MaskAsOneClient(vector, neighbors, bits);
     benchmark::DoNotOptimize(vector.data());
   }
   const double masks = neighbors + 1.0;

@@ -4,16 +4,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/testing_hex.h"
+
 namespace fedmoe::secure_agg {
 namespace {
 
-std::string FromHex(std::string_view hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(std::string(hex.substr(i, 2)), nullptr, 16)));
-  }
-  return out;
-}
+using ::fedmoe::testing::FromHex;
 
 TEST(X25519Test, MatchesRfc7748Section6_1) {
   auto alice = X25519KeyPair::FromPrivateKey(

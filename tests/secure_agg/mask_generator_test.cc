@@ -7,16 +7,12 @@
 
 #include <random>
 
+#include "tests/testing_hex.h"
+
 namespace fedmoe::secure_agg {
 namespace {
 
-std::string FromHex(std::string_view hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(std::string(hex.substr(i, 2)), nullptr, 16)));
-  }
-  return out;
-}
+using ::fedmoe::testing::FromHex;
 
 TEST(Aes128CtrTest, MatchesNistSp800_38aF51) {
   // NIST SP 800-38A, F.5.1 CTR-AES128.Encrypt: keystream = plaintext XOR ciphertext.
