@@ -417,19 +417,22 @@ absl::Status SecAggServer::ReceiveShares(uint32_t sender, const std::vector<Seal
 
 absl::Status SecAggServer::CloseShareKeys() {
   if (stage_ != 2) return absl::FailedPreconditionError("the share-keys stage is not open");
-  for (const auto& [sender, shares] : shares_by_sender_) shared_.insert(sender);
+  // From here on bundles are only fetched by recipient: re-file them once, rather than scan
+  // every sender's bundles for each of n recipients.
+  for (auto& [sender, shares] : shares_by_sender_) {
+    shared_.insert(sender);
+    for (SealedShares& bundle : shares) {
+      shares_by_recipient_[bundle.recipient].push_back(std::move(bundle));
+    }
+  }
+  shares_by_sender_.clear();
   stage_ = 3;
   return absl::OkStatus();
 }
 
 std::vector<SealedShares> SecAggServer::SharesFor(uint32_t participant) const {
-  std::vector<SealedShares> incoming;
-  for (const auto& [sender, shares] : shares_by_sender_) {
-    for (const SealedShares& bundle : shares) {
-      if (bundle.recipient == participant) incoming.push_back(bundle);
-    }
-  }
-  return incoming;
+  auto incoming = shares_by_recipient_.find(participant);
+  return incoming == shares_by_recipient_.end() ? std::vector<SealedShares>{} : incoming->second;
 }
 
 absl::Status SecAggServer::ReceiveMaskedChunk(uint32_t participant, uint64_t first_value,
@@ -530,7 +533,7 @@ size_t SecAggServer::StateBytes() const {
     bytes += sizeof(keys) + keys.cipher_public_key.capacity() + keys.mask_public_key.capacity() +
              keys.signature.capacity();
   }
-  for (const auto& [id, bundles] : shares_by_sender_) {
+  for (const auto& [id, bundles] : shares_by_recipient_) {
     for (const SealedShares& bundle : bundles)
       bytes += sizeof(bundle) + bundle.ciphertext.capacity();
   }

@@ -182,7 +182,9 @@ class SecAggServer {
   NeighborGraph graph_;
   int stage_ = 1;
   std::map<uint32_t, AdvertisedKeys> advertised_;
+  // Filled during the share stage, then re-filed by recipient when it closes.
   std::map<uint32_t, std::vector<SealedShares>> shares_by_sender_;
+  std::map<uint32_t, std::vector<SealedShares>> shares_by_recipient_;
   std::set<uint32_t> shared_;
   std::map<uint32_t, uint64_t> received_values_;
   std::set<uint32_t> masked_input_;
