@@ -8,6 +8,7 @@
 #include "logging/log.h"
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
+#include "storage/atomic_file.h"
 
 namespace fedmoe::client {
 namespace {
@@ -176,8 +177,8 @@ void ClientDaemon::WriteStatus(const std::string& state, const std::string& deta
   absl::StrAppend(&json, "\",\"updated_at\":\"", absl::FormatTime(absl::Now()),
                   "\",\"polls_answered\":", polls_answered_, "}\n");
   using std::filesystem::perms;
-  pki::WriteFileAtomically(config_.state_dir.status(), json,
-                           perms::owner_read | perms::owner_write | perms::group_read)
+  storage::WriteFileAtomically(config_.state_dir.status(), json,
+                               perms::owner_read | perms::owner_write | perms::group_read)
       .IgnoreError();
 }
 

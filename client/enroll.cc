@@ -11,6 +11,7 @@
 #include "logging/log.h"
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
+#include "storage/atomic_file.h"
 
 namespace fedmoe::client {
 namespace {
@@ -138,10 +139,11 @@ absl::StatusOr<ClientConfig> Enroll(const EnrollOptions& options) {
 
   using std::filesystem::perms;
   if (absl::Status status = MakeStateDir(dir.root); !status.ok()) return status;
-  for (absl::Status status : {key->WriteFile(dir.key()), certificate->WriteFile(dir.certificate()),
-                              ca->WriteFile(dir.ca_certificate()),
-                              pki::WriteFileAtomically(dir.config(), config.ToYaml(),
-                                                       perms::owner_read | perms::owner_write)}) {
+  for (absl::Status status :
+       {key->WriteFile(dir.key()), certificate->WriteFile(dir.certificate()),
+        ca->WriteFile(dir.ca_certificate()),
+        storage::WriteFileAtomically(dir.config(), config.ToYaml(),
+                                     perms::owner_read | perms::owner_write)}) {
     if (!status.ok()) return status;
   }
   LogEvent(LogLevel::kInfo, "enrolled")

@@ -8,6 +8,7 @@
 #include "coordinator/store.h"
 #include "logging/log.h"
 #include "pki/certificate_authority.h"
+#include "storage/atomic_file.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -213,7 +214,7 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
        {server->WriteFile(dir.server_certificate()), server_key->WriteFile(dir.server_key()),
         admin->WriteFile(dir.admin_certificate()), admin_key->WriteFile(dir.admin_key()),
         ca->certificate().WriteFile(dir.ca_certificate()), ca->key().WriteFile(dir.ca_key()),
-        pki::WriteFileAtomically(
+        storage::WriteFileAtomically(
             dir.config(), config.ToYaml(),
             std::filesystem::perms::owner_read | std::filesystem::perms::owner_write)}) {
     if (!status.ok()) return status;

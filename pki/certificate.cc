@@ -11,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "pki/private_key.h"
+#include "storage/atomic_file.h"
 
 namespace fedmoe::pki {
 namespace {
@@ -114,7 +115,7 @@ std::string Certificate::ToDer() const {
 
 absl::Status Certificate::WriteFile(const std::filesystem::path& path) const {
   using std::filesystem::perms;
-  return WriteFileAtomically(
+  return storage::WriteFileAtomically(
       path, ToPem(),
       perms::owner_read | perms::owner_write | perms::group_read | perms::others_read);
 }

@@ -1,10 +1,8 @@
 #include "pki/private_key.h"
 
-#include <fcntl.h>
 #include <openssl/ec.h>
 #include <openssl/pem.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -12,6 +10,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "storage/atomic_file.h"
 
 namespace fedmoe::pki {
 namespace {
@@ -78,7 +77,7 @@ absl::StatusOr<std::string> PrivateKey::ToPem() const {
 absl::Status PrivateKey::WriteFile(const std::filesystem::path& path) const {
   absl::StatusOr<std::string> pem = ToPem();
   if (!pem.ok()) return pem.status();
-  return WriteFileAtomically(
+  return storage::WriteFileAtomically(
       path, *pem, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
 }
 
@@ -128,50 +127,6 @@ absl::Status VerifySignature(const std::string& public_key_der, const std::strin
       signature_der.size(), reinterpret_cast<const unsigned char*>(message.data()), message.size());
   if (verified != 1) {
     return OpenSslError(absl::StatusCode::kUnauthenticated, "signature does not verify");
-  }
-  return absl::OkStatus();
-}
-
-absl::Status WriteFileAtomically(const std::filesystem::path& path, const std::string& contents,
-                                 std::filesystem::perms mode) {
-  const std::filesystem::path directory =
-      path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-  std::string temp_template =
-      (directory / absl::StrCat(".", path.filename().string(), ".XXXXXX")).string();
-  // mkstemp creates the file 0600, so a secret is never readable by others, even briefly.
-  const int fd = ::mkstemp(temp_template.data());
-  if (fd < 0) return ErrnoError("cannot create a temporary file beside", path);
-  const std::filesystem::path temp_path = temp_template;
-  auto fail = [&](std::string_view what) {
-    absl::Status status = ErrnoError(what, temp_path);
-    ::close(fd);
-    ::unlink(temp_path.c_str());
-    return status;
-  };
-  size_t written = 0;
-  while (written < contents.size()) {
-    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail("cannot write");
-    }
-    written += static_cast<size_t>(n);
-  }
-  if (::fchmod(fd, static_cast<mode_t>(mode)) != 0) return fail("cannot chmod");
-  if (::fsync(fd) != 0) return fail("cannot fsync");
-  if (::close(fd) != 0) {
-    ::unlink(temp_path.c_str());
-    return ErrnoError("cannot close", temp_path);
-  }
-  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
-    absl::Status status = ErrnoError("cannot rename into place", path);
-    ::unlink(temp_path.c_str());
-    return status;
-  }
-  const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY);
-  if (directory_fd >= 0) {
-    ::fsync(directory_fd);
-    ::close(directory_fd);
   }
   return absl::OkStatus();
 }

@@ -51,12 +51,6 @@ class PrivateKey {
 absl::Status VerifySignature(const std::string& public_key_der, const std::string& message,
                              const std::string& signature_der);
 
-// Writes `contents` to `path` atomically with the given mode: a temporary file in the same
-// directory, fsync, rename, fsync of the directory. A crash leaves the old file or the new one,
-// never a torn one.
-absl::Status WriteFileAtomically(const std::filesystem::path& path, const std::string& contents,
-                                 std::filesystem::perms mode);
-
 }  // namespace fedmoe::pki
 
 #endif  // FEDMOE_PKI_PRIVATE_KEY_H_
