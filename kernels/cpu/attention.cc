@@ -1,0 +1,65 @@
+#include "kernels/cpu/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu/eigen_maps.h"
+
+namespace fedmoe::kernels::cpu {
+
+using internal::ConstStridedMap;
+using internal::StridedMap;
+using internal::View;
+
+void CausalAttentionForward(const float* q, const float* k, const float* v, float* out,
+                            float* probs, const AttentionShape& shape) {
+  const int64_t seq_len = shape.seq_len;
+  const int64_t head_dim = shape.head_dim;
+  const int64_t q_width = shape.heads * head_dim;
+  const int64_t kv_width = shape.kv_heads * head_dim;
+  const int64_t group = shape.heads / shape.kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const auto rows = static_cast<Eigen::Index>(seq_len);
+  const auto cols = static_cast<Eigen::Index>(head_dim);
+
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t pair = 0; pair < shape.batch * shape.heads; ++pair) {
+    const int64_t sequence = pair / shape.heads;
+    const int64_t head = pair % shape.heads;
+    const int64_t kv_head = head / group;
+    const int64_t first_row = sequence * seq_len;
+    const ConstStridedMap q_head(q + first_row * q_width + head * head_dim, rows, cols,
+                                 Eigen::OuterStride<>(q_width));
+    const ConstStridedMap k_head(k + first_row * kv_width + kv_head * head_dim, rows, cols,
+                                 Eigen::OuterStride<>(kv_width));
+    const ConstStridedMap v_head(v + first_row * kv_width + kv_head * head_dim, rows, cols,
+                                 Eigen::OuterStride<>(kv_width));
+    StridedMap out_head(out + first_row * q_width + head * head_dim, rows, cols,
+                        Eigen::OuterStride<>(q_width));
+    auto p = View(probs + pair * seq_len * seq_len, seq_len, seq_len);
+
+    p.noalias() = (q_head * k_head.transpose()) * scale;
+    for (int64_t i = 0; i < seq_len; ++i) {
+      // Visible keys for query i: max(0, i − window + 1) ≤ j ≤ i.
+      const int64_t first_visible =
+          shape.sliding_window > 0 ? std::max<int64_t>(0, i - shape.sliding_window + 1) : 0;
+      auto row = p.row(static_cast<Eigen::Index>(i));
+      const auto visible = row.segment(first_visible, i - first_visible + 1);
+      const float max_score = visible.maxCoeff();
+      float total = 0.0f;
+      for (int64_t j = 0; j < seq_len; ++j) {
+        if (j < first_visible || j > i) {
+          row(j) = 0.0f;
+          continue;
+        }
+        row(j) = std::exp(row(j) - max_score);
+        total += row(j);
+      }
+      row /= total;
+    }
+    out_head.noalias() = p * v_head;
+  }
+}
+
+}  // namespace fedmoe::kernels::cpu

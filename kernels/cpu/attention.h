@@ -1,0 +1,29 @@
+// Causal multi-head attention with grouped KV heads (GQA) on the host.
+#ifndef FEDMOE_KERNELS_CPU_ATTENTION_H_
+#define FEDMOE_KERNELS_CPU_ATTENTION_H_
+
+#include <cstdint>
+
+namespace fedmoe::kernels::cpu {
+
+struct AttentionShape {
+  int64_t batch = 0;
+  int64_t seq_len = 0;
+  int64_t heads = 0;
+  // Each KV head serves heads / kv_heads consecutive query heads, as Hugging Face's repeat_kv.
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  // Keys more than this many positions back are masked (Mixtral's sliding window); 0 is none.
+  int64_t sliding_window = 0;
+};
+
+// q [batch·seq_len, heads·head_dim], k and v [batch·seq_len, kv_heads·head_dim], all after RoPE.
+// Writes out [batch·seq_len, heads·head_dim] = softmax(q·kᵀ/√head_dim + causal mask)·v, and the
+// attention probabilities probs [batch, heads, seq_len, seq_len] (zero above the diagonal) for
+// the backward pass. Parallel over (sequence, head) pairs.
+void CausalAttentionForward(const float* q, const float* k, const float* v, float* out,
+                            float* probs, const AttentionShape& shape);
+
+}  // namespace fedmoe::kernels::cpu
+
+#endif  // FEDMOE_KERNELS_CPU_ATTENTION_H_

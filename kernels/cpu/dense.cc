@@ -1,0 +1,83 @@
+#include "kernels/cpu/dense.h"
+
+#include <cmath>
+
+#include "kernels/cpu/eigen_maps.h"
+
+namespace fedmoe::kernels::cpu {
+
+using internal::View;
+
+void LinearForward(const float* in, const float* weight, float* out, int64_t rows,
+                   int64_t in_features, int64_t out_features) {
+  View(out, rows, out_features).noalias() =
+      View(in, rows, in_features) * View(weight, out_features, in_features).transpose();
+}
+
+void RmsNormForward(const float* in, const float* weight, float* out, float* rstd, int64_t rows,
+                    int64_t width, float eps) {
+  const auto weights = View(weight, 1, width).array();
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const auto x = View(in + row * width, 1, width);
+    const float inverse_rms = 1.0f / std::sqrt(x.squaredNorm() / static_cast<float>(width) + eps);
+    rstd[row] = inverse_rms;
+    View(out + row * width, 1, width).array() = x.array() * inverse_rms * weights;
+  }
+}
+
+RopeTable::RopeTable(int64_t max_positions, int64_t head_dim, double theta)
+    : max_positions_(max_positions), head_dim_(head_dim) {
+  const int64_t half = head_dim / 2;
+  cos_.resize(static_cast<size_t>(max_positions * half));
+  sin_.resize(cos_.size());
+  for (int64_t position = 0; position < max_positions; ++position) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double inverse_frequency =
+          std::pow(theta, -static_cast<double>(2 * i) / static_cast<double>(head_dim));
+      const double angle = static_cast<double>(position) * inverse_frequency;
+      cos_[static_cast<size_t>(position * half + i)] = static_cast<float>(std::cos(angle));
+      sin_[static_cast<size_t>(position * half + i)] = static_cast<float>(std::sin(angle));
+    }
+  }
+}
+
+void RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads, const RopeTable& table) {
+  const int64_t head_dim = table.head_dim();
+  const int64_t half = head_dim / 2;
+  const int64_t rows = batch * seq_len;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t position = row % seq_len;
+    const float* cos = table.cos(position);
+    const float* sin = table.sin(position);
+    for (int64_t head = 0; head < heads; ++head) {
+      float* h = x + (row * heads + head) * head_dim;
+      for (int64_t i = 0; i < half; ++i) {
+        const float first = h[i];
+        const float second = h[i + half];
+        h[i] = first * cos[i] - second * sin[i];
+        h[i + half] = second * cos[i] + first * sin[i];
+      }
+    }
+  }
+}
+
+void SwiGluForward(const float* gate, const float* up, float* out, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void SwiGluMlpForward(const float* in, const float* w1, const float* w3, const float* w2,
+                      float* gate, float* up, float* act, float* out, int64_t rows, int64_t width,
+                      int64_t inner) {
+  LinearForward(in, w1, gate, rows, width, inner);
+  LinearForward(in, w3, up, rows, width, inner);
+  SwiGluForward(gate, up, act, rows * inner);
+  LinearForward(act, w2, out, rows, inner, width);
+}
+
+}  // namespace fedmoe::kernels::cpu

@@ -1,0 +1,59 @@
+// Row-wise dense kernels of a transformer block on the host: linear layers, RMSNorm, rotate-half
+// RoPE and the SwiGLU gate. Activations are row-major [rows, width] float arrays, one row per
+// token; weights are in the Hugging Face layout ([out_features, in_features] for a linear).
+//
+// Preconditions (sizes, non-overlapping buffers) are the caller's: the model validates shapes
+// once per pass, so the kernels do not re-check them per call. Each kernel parallelises over
+// rows (OpenMP) or inside its GEMM (Eigen), with CpuThreads() threads.
+#ifndef FEDMOE_KERNELS_CPU_DENSE_H_
+#define FEDMOE_KERNELS_CPU_DENSE_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace fedmoe::kernels::cpu {
+
+// out[rows, out_features] = in[rows, in_features] · weightᵀ, as torch.nn.Linear without bias.
+void LinearForward(const float* in, const float* weight, float* out, int64_t rows,
+                   int64_t in_features, int64_t out_features);
+
+// out = in / sqrt(mean(in²) + eps) ⊙ weight, per row. Stores each row's 1/rms in rstd[rows]
+// for the backward pass.
+void RmsNormForward(const float* in, const float* weight, float* out, float* rstd, int64_t rows,
+                    int64_t width, float eps);
+
+// cos and sin of position·θ^(−2i/head_dim), i < head_dim/2, for positions [0, max_positions).
+class RopeTable {
+ public:
+  RopeTable(int64_t max_positions, int64_t head_dim, double theta);
+  int64_t max_positions() const { return max_positions_; }
+  int64_t head_dim() const { return head_dim_; }
+  const float* cos(int64_t position) const { return &cos_[position * (head_dim_ / 2)]; }
+  const float* sin(int64_t position) const { return &sin_[position * (head_dim_ / 2)]; }
+
+ private:
+  int64_t max_positions_;
+  int64_t head_dim_;
+  std::vector<float> cos_;
+  std::vector<float> sin_;
+};
+
+// Rotates, in place, the heads of x[batch·seq_len, heads·head_dim] by their position in the
+// sequence (row % seq_len): the rotate-half form, x·cos + rotate_half(x)·sin, where
+// rotate_half pairs element i with element i + head_dim/2. Needs seq_len ≤ table.max_positions().
+void RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads, const RopeTable& table);
+
+// out = silu(gate) ⊙ up over n values, where silu(g) = g·sigmoid(g).
+void SwiGluForward(const float* gate, const float* up, float* out, int64_t n);
+
+// The two-layer gated MLP of one expert over a block of rows:
+//   gate = in·w1ᵀ, up = in·w3ᵀ, act = silu(gate) ⊙ up, out = act·w2ᵀ,
+// with w1, w3 [inner, width] and w2 [width, inner]. gate, up and act [rows, inner] are kept for
+// the backward pass.
+void SwiGluMlpForward(const float* in, const float* w1, const float* w3, const float* w2,
+                      float* gate, float* up, float* act, float* out, int64_t rows, int64_t width,
+                      int64_t inner);
+
+}  // namespace fedmoe::kernels::cpu
+
+#endif  // FEDMOE_KERNELS_CPU_DENSE_H_

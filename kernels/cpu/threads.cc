@@ -1,0 +1,17 @@
+#include "kernels/cpu/threads.h"
+
+#include <omp.h>
+
+#include <Eigen/Core>
+
+namespace fedmoe::kernels::cpu {
+
+void SetCpuThreads(int threads) {
+  const int resolved = threads >= 1 ? threads : omp_get_num_procs();
+  omp_set_num_threads(resolved);
+  Eigen::setNbThreads(resolved);
+}
+
+int CpuThreads() { return omp_get_max_threads(); }
+
+}  // namespace fedmoe::kernels::cpu

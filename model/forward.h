@@ -1,0 +1,87 @@
+// The batched forward pass of the Mixtral architecture on the CPU kernels, keeping every
+// activation the backward pass and the routing views need.
+//
+// Per layer, on rows = batch·seq_len tokens:
+//   h = x + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))), n1 = rmsnorm(x)
+//   y = h + Σ_{e ∈ topk} w_e·expert_e(n2) + shared(n2),                       n2 = rmsnorm(h)
+// where the router takes softmax over all experts, keeps the top k and renormalises their
+// weights, and each expert runs once over the tokens routed to it (gather, run, scatter-add).
+#ifndef FEDMOE_MODEL_FORWARD_H_
+#define FEDMOE_MODEL_FORWARD_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/cpu/moe_routing.h"
+#include "model/parameters.h"
+
+namespace fedmoe::model {
+
+// One layer's saved activations. Widths: H hidden, Q = heads·head_dim, K = kv_heads·head_dim,
+// E experts, k experts per token, I expert inner, S shared inner.
+struct LayerActivations {
+  std::vector<float> input;             // [rows, H] the residual stream entering the layer
+  std::vector<float> attention_norm;    // [rows, H]
+  std::vector<float> attention_rstd;    // [rows]
+  std::vector<float> q;                 // [rows, Q] after RoPE
+  std::vector<float> k;                 // [rows, K] after RoPE
+  std::vector<float> v;                 // [rows, K]
+  std::vector<float> attention_probs;   // [batch, heads, seq_len, seq_len]
+  std::vector<float> attention_output;  // [rows, Q] before o_proj
+  std::vector<float> residual;          // [rows, H] after the attention block
+  std::vector<float> moe_norm;          // [rows, H]
+  std::vector<float> moe_rstd;          // [rows]
+  std::vector<float> router_logits;     // [rows, E]
+  std::vector<float> router_probs;      // [rows, E]
+  std::vector<int32_t> expert_index;    // [rows, k]
+  std::vector<float> expert_weight;     // [rows, k], renormalised
+  kernels::cpu::ExpertPermutation permutation;
+  std::vector<float> expert_input;   // [rows·k, H] grouped by expert
+  std::vector<float> expert_gate;    // [rows·k, I]
+  std::vector<float> expert_up;      // [rows·k, I]
+  std::vector<float> expert_act;     // [rows·k, I]
+  std::vector<float> expert_output;  // [rows·k, H]
+  std::vector<float> shared_gate;    // [rows, S]
+  std::vector<float> shared_up;      // [rows, S]
+  std::vector<float> shared_act;     // [rows, S]
+};
+
+// Everything one pass computed. Reusing one ForwardPass across calls reuses its buffers.
+struct ForwardPass {
+  int64_t batch = 0;
+  int64_t seq_len = 0;
+  std::vector<int32_t> tokens;  // [rows]
+  std::vector<LayerActivations> layers;
+  std::vector<float> final_input;  // [rows, H] the residual stream after the last layer
+  std::vector<float> final_norm;   // [rows, H]
+  std::vector<float> final_rstd;   // [rows]
+  std::vector<float> logits;       // [rows, vocab]
+
+  int64_t rows() const { return batch * seq_len; }
+};
+
+// Runs the model over `batch` sequences of `seq_len` tokens each (tokens is [batch, seq_len],
+// row-major). InvalidArgument for a token id outside the vocabulary, a length that does not
+// match, or seq_len beyond max_position_embeddings.
+absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t> tokens,
+                     int64_t batch, int64_t seq_len, ForwardPass& pass);
+
+// The sum of next-token cross-entropies (nats) over the pass: position t of each sequence
+// predicts token t + 1, and targets[row] < 0 excludes a row. targets is [rows], usually the
+// tokens shifted left by one with −1 at each sequence's end. Returns {sum, counted rows}.
+struct LossSum {
+  double total = 0;
+  int64_t predictions = 0;
+};
+LossSum CrossEntropy(const ForwardPass& pass, std::span<const int32_t> targets, int64_t vocab_size);
+
+// The targets for plain next-token prediction over pass.tokens: each row's next token inside
+// its sequence, and −1 for the last position of each sequence.
+std::vector<int32_t> NextTokenTargets(std::span<const int32_t> tokens, int64_t batch,
+                                      int64_t seq_len);
+
+}  // namespace fedmoe::model
+
+#endif  // FEDMOE_MODEL_FORWARD_H_

@@ -1,0 +1,19 @@
+// Standard random initialisation of a new model, as Hugging Face's MixtralPreTrainedModel does:
+// every linear and embedding weight from N(0, initializer_range²), every norm weight 1.
+#ifndef FEDMOE_MODEL_INIT_H_
+#define FEDMOE_MODEL_INIT_H_
+
+#include <cstdint>
+
+#include "model/parameters.h"
+
+namespace fedmoe::model {
+
+// The same config and seed give the same values, bit for bit, with the same math library: each
+// tensor draws from its own stream (seed, tensor index), with a fixed generator and Box–Muller
+// rather than the standard library's implementation-defined distributions.
+ModelParameters InitializeModel(const MoeConfig& config, uint64_t seed);
+
+}  // namespace fedmoe::model
+
+#endif  // FEDMOE_MODEL_INIT_H_
