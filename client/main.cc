@@ -12,6 +12,7 @@
 #include "client/client_config.h"
 #include "client/daemon.h"
 #include "client/enroll.h"
+#include "client/model_commands.h"
 #include "config/command_line.h"
 #include "logging/log.h"
 #include "pki/certificate.h"
@@ -147,9 +148,12 @@ int StatusCommand(const std::vector<std::string>& args) {
 
 int Main(int argc, char** argv) {
   pki::RequireTls13ForGrpc();
-  return config::RunSubcommands(
-      "fedmoe-client", kUsage, argc, argv,
-      {{"enroll", EnrollCommand}, {"run", RunCommand}, {"status", StatusCommand}});
+  const std::string usage = absl::StrCat(kUsage, kModelUsage);
+  return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,
+                                {{"enroll", EnrollCommand},
+                                 {"run", RunCommand},
+                                 {"status", StatusCommand},
+                                 {"model", ModelCommand}});
 }
 
 }  // namespace

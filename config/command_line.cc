@@ -1,7 +1,9 @@
 #include "config/command_line.h"
 
+#include <cmath>
 #include <cstdio>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace fedmoe::config {
@@ -59,6 +61,39 @@ absl::StatusOr<std::string> CommandLine::Require(const std::string& flag) const 
     return absl::InvalidArgumentError(absl::StrCat("--", flag, " is required"));
   }
   return *value;
+}
+
+absl::StatusOr<int64_t> CommandLine::IntOr(const std::string& flag, int64_t fallback,
+                                           int64_t min, int64_t max) const {
+  if (!Has(flag)) return fallback;
+  return RequireInt(flag, min, max);
+}
+
+absl::StatusOr<int64_t> CommandLine::RequireInt(const std::string& flag, int64_t min,
+                                                int64_t max) const {
+  absl::StatusOr<std::string> text = Require(flag);
+  if (!text.ok()) return text.status();
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(*text, &value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must be a whole number, not '", *text, "'"));
+  }
+  if (value < min || value > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must be between ", min, " and ", max, ", not ", value));
+  }
+  return value;
+}
+
+absl::StatusOr<double> CommandLine::RequireDouble(const std::string& flag) const {
+  absl::StatusOr<std::string> text = Require(flag);
+  if (!text.ok()) return text.status();
+  double value = 0;
+  if (!absl::SimpleAtod(*text, &value) || !std::isfinite(value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must be a number, not '", *text, "'"));
+  }
+  return value;
 }
 
 std::vector<std::string> CommandLine::GetAll(const std::string& flag) const {

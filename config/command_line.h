@@ -4,6 +4,7 @@
 #ifndef FEDMOE_CONFIG_COMMAND_LINE_H_
 #define FEDMOE_CONFIG_COMMAND_LINE_H_
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
@@ -29,6 +30,13 @@ class CommandLine {
   // InvalidArgument naming the flag when it is absent.
   absl::StatusOr<std::string> Require(const std::string& flag) const;
   std::vector<std::string> GetAll(const std::string& flag) const;
+  // A whole-number flag in [min, max], or `fallback` when absent. InvalidArgument naming the
+  // flag for text that is not a number or a number out of range.
+  absl::StatusOr<int64_t> IntOr(const std::string& flag, int64_t fallback, int64_t min,
+                                int64_t max) const;
+  absl::StatusOr<int64_t> RequireInt(const std::string& flag, int64_t min, int64_t max) const;
+  // A finite floating-point flag.
+  absl::StatusOr<double> RequireDouble(const std::string& flag) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
  private:

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -365,17 +366,6 @@ std::string JsonNumber(double value) {
   return {buffer, result.ptr};
 }
 
-absl::StatusOr<double> DoubleFlag(const CommandLine& flags, const std::string& name) {
-  absl::StatusOr<std::string> text = flags.Require(name);
-  if (!text.ok()) return text.status();
-  double value = 0;
-  if (!absl::SimpleAtod(*text, &value) || !std::isfinite(value)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", name, " must be a number, not '", *text, "'"));
-  }
-  return value;
-}
-
 int PrivacyCommand(const std::vector<std::string>& args) {
   if (args.empty()) return Fail(absl::InvalidArgumentError("privacy needs epsilon or noise"));
   const std::string& verb = args[0];
@@ -383,22 +373,20 @@ int PrivacyCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(
       rest, {"noise-multiplier", "target-epsilon", "sampling-rate", "rounds", "delta"}, {});
   if (!flags.ok()) return Fail(flags.status());
-  absl::StatusOr<double> q = DoubleFlag(*flags, "sampling-rate");
+  absl::StatusOr<double> q = flags->RequireDouble("sampling-rate");
   if (!q.ok()) return Fail(q.status());
-  absl::StatusOr<double> delta = DoubleFlag(*flags, "delta");
+  absl::StatusOr<double> delta = flags->RequireDouble("delta");
   if (!delta.ok()) return Fail(delta.status());
-  absl::StatusOr<std::string> rounds_text = flags->Require("rounds");
-  if (!rounds_text.ok()) return Fail(rounds_text.status());
-  int64_t rounds = 0;
-  if (!absl::SimpleAtoi(*rounds_text, &rounds)) {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--rounds must be a whole number, not '", *rounds_text, "'")));
-  }
+  absl::StatusOr<int64_t> rounds_flag =
+      flags->RequireInt("rounds", std::numeric_limits<int64_t>::min(),
+                        std::numeric_limits<int64_t>::max());
+  if (!rounds_flag.ok()) return Fail(rounds_flag.status());
+  const int64_t rounds = *rounds_flag;
   if (absl::Status status = privacy::ValidatePrivacyArguments(*q, rounds, *delta); !status.ok()) {
     return Fail(status);
   }
   if (verb == "epsilon") {
-    absl::StatusOr<double> z = DoubleFlag(*flags, "noise-multiplier");
+    absl::StatusOr<double> z = flags->RequireDouble("noise-multiplier");
     if (!z.ok()) return Fail(z.status());
     if (*z < 0) {
       return Fail(absl::InvalidArgumentError(
@@ -419,7 +407,7 @@ int PrivacyCommand(const std::vector<std::string>& args) {
     return 0;
   }
   if (verb == "noise") {
-    absl::StatusOr<double> target = DoubleFlag(*flags, "target-epsilon");
+    absl::StatusOr<double> target = flags->RequireDouble("target-epsilon");
     if (!target.ok()) return Fail(target.status());
     absl::StatusOr<double> z = privacy::NoiseMultiplierForEpsilon(*target, *q, rounds, *delta);
     if (!z.ok()) return Fail(z.status());

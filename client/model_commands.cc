@@ -1,0 +1,302 @@
+#include "client/model_commands.h"
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "config/command_line.h"
+#include "kernels/cpu/threads.h"
+#include "model/checkpoint.h"
+#include "model/evaluation.h"
+#include "model/forward.h"
+#include "model/init.h"
+#include "model/tokenizer.h"
+
+namespace fedmoe::client {
+namespace {
+
+using config::CommandLine;
+using Json = nlohmann::json;
+
+// Real inputs are far below these; they only keep a typo from allocating the machine away.
+constexpr int64_t kMaxSeqLen = int64_t{1} << 20;
+constexpr int64_t kMaxBatch = 4096;
+constexpr int64_t kMaxThreads = 1024;
+
+int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-client", status); }
+
+std::string JsonLine(const Json& json) {
+  return json.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+absl::Status ApplyThreads(const CommandLine& flags) {
+  absl::StatusOr<int64_t> threads = flags.IntOr("threads", 0, 0, kMaxThreads);
+  if (!threads.ok()) return threads.status();
+  kernels::cpu::SetCpuThreads(static_cast<int>(*threads));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+// A token as operators read it: printable ASCII as is, everything else escaped.
+std::string Printable(std::string_view bytes) {
+  std::string out;
+  for (const char c : bytes) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (byte >= 0x20 && byte < 0x7f) {
+      out.push_back(c);
+    } else {
+      out += absl::StrFormat("\\x%02x", byte);
+    }
+  }
+  return out;
+}
+
+int EvalCommand(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"model", "data", "seq-len", "batch", "threads"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<std::string> model_dir = flags->Require("model");
+  if (!model_dir.ok()) return Fail(model_dir.status());
+  absl::StatusOr<std::string> data_path = flags->Require("data");
+  if (!data_path.ok()) return Fail(data_path.status());
+  absl::StatusOr<int64_t> seq_len = flags->IntOr("seq-len", 128, 2, kMaxSeqLen);
+  if (!seq_len.ok()) return Fail(seq_len.status());
+  absl::StatusOr<int64_t> batch = flags->IntOr("batch", 8, 1, kMaxBatch);
+  if (!batch.ok()) return Fail(batch.status());
+  if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
+
+  absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(*model_dir);
+  if (!parameters.ok()) return Fail(parameters.status());
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
+      model::LoadTokenizer(*model_dir, parameters->config().vocab_size);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  absl::StatusOr<std::string> text = ReadWholeFile(*data_path);
+  if (!text.ok()) return Fail(text.status());
+  absl::StatusOr<std::vector<int32_t>> tokens = (*tokenizer)->Encode(*text);
+  if (!tokens.ok()) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat(*data_path, ": ", std::string(tokens.status().message()))));
+  }
+  absl::StatusOr<model::Evaluation> evaluation =
+      model::Evaluate(*parameters, *tokens, *seq_len, *batch);
+  if (!evaluation.ok()) {
+    return Fail(absl::Status(evaluation.status().code(),
+                             absl::StrCat(*data_path, ": ",
+                                          std::string(evaluation.status().message()))));
+  }
+  std::printf("%s\n",
+              JsonLine({{"loss", evaluation->loss}, {"tokens", evaluation->predictions}}).c_str());
+  return 0;
+}
+
+int InitCommand(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"config", "out", "seed", "dtype"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<std::string> config_path = flags->Require("config");
+  if (!config_path.ok()) return Fail(config_path.status());
+  absl::StatusOr<std::string> out = flags->Require("out");
+  if (!out.ok()) return Fail(out.status());
+  absl::StatusOr<int64_t> seed = flags->IntOr("seed", 0, 0, std::numeric_limits<int64_t>::max());
+  if (!seed.ok()) return Fail(seed.status());
+  model::SaveOptions options;
+  const std::string dtype = flags->GetOr("dtype", "f32");
+  if (dtype == "bf16") {
+    options.dtype = model::DType::kBF16;
+  } else if (dtype != "f32") {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--dtype must be f32 or bf16, not '", dtype, "'")));
+  }
+  absl::StatusOr<model::MoeConfig> config = model::LoadMoeConfig(*config_path);
+  if (!config.ok()) return Fail(config.status());
+  const model::ModelParameters parameters =
+      model::InitializeModel(*config, static_cast<uint64_t>(*seed));
+  if (absl::Status status = model::SaveModel(parameters, *out, options); !status.ok()) {
+    return Fail(status);
+  }
+  std::printf("initialised %lld parameters (seed %lld) in %s\n",
+              static_cast<long long>(parameters.layout().total_size()),
+              static_cast<long long>(*seed), out->c_str());
+  return 0;
+}
+
+int InspectCommand(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"model"}, {"json"});
+  if (!flags.ok()) return Fail(flags.status());
+  std::string model_dir = flags->GetOr("model", "");
+  if (model_dir.empty() && flags->positional().size() == 1) model_dir = flags->positional()[0];
+  if (model_dir.empty()) {
+    return Fail(absl::InvalidArgumentError("model inspect needs a model directory"));
+  }
+  absl::StatusOr<model::MoeConfig> config = model::LoadMoeConfig(model_dir + "/config.json");
+  if (!config.ok()) return Fail(config.status());
+  absl::StatusOr<uint64_t> disk_bytes = model::CheckpointBytes(model_dir);
+  if (!disk_bytes.ok()) return Fail(disk_bytes.status());
+  const model::ModelLayout layout(*config);
+  std::map<std::string, int64_t> by_role;
+  for (const model::TensorSpec& spec : layout.tensors()) {
+    by_role[std::string(model::TensorRoleName(spec.role))] += spec.size;
+  }
+  const int64_t per_expert = 3 * config->hidden_size * config->intermediate_size;
+  // Parameters one token touches: everything but the routed experts it was not sent to.
+  const int64_t active =
+      layout.total_size() - config->num_hidden_layers *
+                                (config->num_local_experts - config->num_experts_per_tok) *
+                                per_expert;
+  if (flags->Has("json")) {
+    Json json = {{"parameters", layout.total_size()},
+                 {"active_parameters_per_token", active},
+                 {"layers", config->num_hidden_layers},
+                 {"routed_experts_per_layer", config->num_local_experts},
+                 {"experts_per_token", config->num_experts_per_tok},
+                 {"shared_experts_per_layer", config->n_shared_experts},
+                 {"parameters_per_routed_expert", per_expert},
+                 {"tensors", layout.tensors().size()},
+                 {"checkpoint_bytes", *disk_bytes},
+                 {"f32_bytes", layout.total_size() * 4},
+                 {"parameters_by_role", by_role}};
+    std::printf("%s\n", JsonLine(json).c_str());
+    return 0;
+  }
+  std::printf("model:       %s\n", model_dir.c_str());
+  std::printf("parameters:  %lld (%lld active per token)\n",
+              static_cast<long long>(layout.total_size()), static_cast<long long>(active));
+  std::printf("layers:      %lld, hidden %lld, heads %lld (KV %lld), head_dim %lld\n",
+              static_cast<long long>(config->num_hidden_layers),
+              static_cast<long long>(config->hidden_size),
+              static_cast<long long>(config->num_attention_heads),
+              static_cast<long long>(config->num_key_value_heads),
+              static_cast<long long>(config->head_dim));
+  std::printf("experts:     %lld routed per layer, top-%lld, %lld shared; %lld parameters each\n",
+              static_cast<long long>(config->num_local_experts),
+              static_cast<long long>(config->num_experts_per_tok),
+              static_cast<long long>(config->n_shared_experts),
+              static_cast<long long>(per_expert));
+  for (const auto& [role, count] : by_role) {
+    std::printf("  %-15s %lld\n", role.c_str(), static_cast<long long>(count));
+  }
+  std::printf("bytes:       %llu on disk, %lld as f32 in memory\n",
+              static_cast<unsigned long long>(*disk_bytes),
+              static_cast<long long>(layout.total_size() * 4));
+  return 0;
+}
+
+int TraceCommand(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"model", "text", "threads"}, {"json"});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<std::string> model_dir = flags->Require("model");
+  if (!model_dir.ok()) return Fail(model_dir.status());
+  absl::StatusOr<std::string> text = flags->Require("text");
+  if (!text.ok()) return Fail(text.status());
+  if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
+  absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(*model_dir);
+  if (!parameters.ok()) return Fail(parameters.status());
+  const model::MoeConfig& config = parameters->config();
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
+      model::LoadTokenizer(*model_dir, config.vocab_size);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  absl::StatusOr<std::vector<int32_t>> tokens = (*tokenizer)->Encode(*text);
+  if (!tokens.ok()) return Fail(tokens.status());
+  if (tokens->empty()) return Fail(absl::InvalidArgumentError("--text has no tokens"));
+  model::ForwardPass pass;
+  const auto count = static_cast<int64_t>(tokens->size());
+  if (absl::Status status = model::Forward(*parameters, *tokens, 1, count, pass); !status.ok()) {
+    return Fail(status);
+  }
+
+  const int64_t top_k = config.num_experts_per_tok;
+  Json rows = Json::array();
+  for (int64_t position = 0; position < count; ++position) {
+    const int32_t id = (*tokens)[static_cast<size_t>(position)];
+    absl::StatusOr<std::string> token_text = (*tokenizer)->Decode(std::span(&id, 1));
+    Json layers = Json::array();
+    for (const model::LayerActivations& layer : pass.layers) {
+      Json experts = Json::array();
+      Json weights = Json::array();
+      for (int64_t j = 0; j < top_k; ++j) {
+        experts.push_back(layer.expert_index[static_cast<size_t>(position * top_k + j)]);
+        weights.push_back(layer.expert_weight[static_cast<size_t>(position * top_k + j)]);
+      }
+      layers.push_back({{"experts", experts}, {"weights", weights}});
+    }
+    rows.push_back({{"position", position},
+                    {"id", id},
+                    {"text", token_text.ok() ? *token_text : ""},
+                    {"layers", layers}});
+  }
+  if (flags->Has("json")) {
+    std::printf("%s\n", JsonLine({{"tokens", rows}}).c_str());
+    return 0;
+  }
+  std::printf("%-5s %-10s", "pos", "token");
+  for (size_t layer = 0; layer < pass.layers.size(); ++layer) {
+    std::printf(" | layer %-*zu", static_cast<int>(top_k * 10 - 5), layer);
+  }
+  std::printf("\n");
+  std::vector<std::vector<int64_t>> load(pass.layers.size(),
+                                         std::vector<int64_t>(config.num_local_experts, 0));
+  for (const Json& row : rows) {
+    std::printf("%-5lld %-10s", static_cast<long long>(row["position"].get<int64_t>()),
+                absl::StrCat("'", Printable(row["text"].get<std::string>()), "'").c_str());
+    for (size_t layer = 0; layer < pass.layers.size(); ++layer) {
+      std::printf(" |");
+      const Json& choice = row["layers"][layer];
+      for (int64_t j = 0; j < top_k; ++j) {
+        const int expert = choice["experts"][j].get<int>();
+        ++load[layer][static_cast<size_t>(expert)];
+        std::printf(" e%-3d %.3f", expert, choice["weights"][j].get<double>());
+      }
+    }
+    std::printf("\n");
+  }
+  std::printf("expert load (share of this text's token slots):\n");
+  for (size_t layer = 0; layer < load.size(); ++layer) {
+    std::printf("  layer %zu:", layer);
+    for (size_t e = 0; e < load[layer].size(); ++e) {
+      std::printf(" e%zu %.0f%%", e,
+                  100.0 * static_cast<double>(load[layer][e]) / static_cast<double>(count * top_k));
+    }
+    std::printf("\n");
+  }
+  return 0;
+}
+
+}  // namespace
+
+const char kModelUsage[] = R"(  model eval --model DIR --data FILE [--seq-len N] [--batch B] [--threads T]
+      Mean next-token loss of FILE's text in windows of N tokens (default 128), as one JSON
+      line {"loss": nats, "tokens": predictions}.
+  model init --config FILE --out DIR [--seed S] [--dtype f32|bf16]
+      A new model from a Mixtral config.json with standard random weights.
+  model inspect DIR [--json]
+      Parameters (total, per token, by role), experts and bytes of a model directory.
+  model trace --model DIR --text TEXT [--json] [--threads T]
+      For each token and layer, the experts the router chose and their weights.
+)";
+
+int ModelCommand(const std::vector<std::string>& args) {
+  if (args.empty()) {
+    return Fail(absl::InvalidArgumentError("model needs eval, init, inspect or trace"));
+  }
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (args[0] == "eval") return EvalCommand(rest);
+  if (args[0] == "init") return InitCommand(rest);
+  if (args[0] == "inspect") return InspectCommand(rest);
+  if (args[0] == "trace") return TraceCommand(rest);
+  return Fail(absl::InvalidArgumentError(absl::StrCat("unknown model command '", args[0], "'")));
+}
+
+}  // namespace fedmoe::client

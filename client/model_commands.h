@@ -1,0 +1,18 @@
+// `fedmoe-client model ...`: evaluate, create, inspect and trace a model directory without a
+// federation, for the ML engineers who prepare and check checkpoints.
+#ifndef FEDMOE_CLIENT_MODEL_COMMANDS_H_
+#define FEDMOE_CLIENT_MODEL_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+namespace fedmoe::client {
+
+extern const char kModelUsage[];
+
+// args start with the verb (eval, init, inspect, trace). Returns the process exit status.
+int ModelCommand(const std::vector<std::string>& args);
+
+}  // namespace fedmoe::client
+
+#endif  // FEDMOE_CLIENT_MODEL_COMMANDS_H_
