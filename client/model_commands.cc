@@ -94,9 +94,9 @@ int EvalCommand(const std::vector<std::string>& args) {
   absl::StatusOr<model::Evaluation> evaluation =
       model::Evaluate(*parameters, *tokens, *seq_len, *batch);
   if (!evaluation.ok()) {
-    return Fail(absl::Status(evaluation.status().code(),
-                             absl::StrCat(*data_path, ": ",
-                                          std::string(evaluation.status().message()))));
+    return Fail(
+        absl::Status(evaluation.status().code(),
+                     absl::StrCat(*data_path, ": ", std::string(evaluation.status().message()))));
   }
   std::printf("%s\n",
               JsonLine({{"loss", evaluation->loss}, {"tokens", evaluation->predictions}}).c_str());
@@ -117,8 +117,8 @@ int InitCommand(const std::vector<std::string>& args) {
   if (dtype == "bf16") {
     options.dtype = model::DType::kBF16;
   } else if (dtype != "f32") {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--dtype must be f32 or bf16, not '", dtype, "'")));
+    return Fail(
+        absl::InvalidArgumentError(absl::StrCat("--dtype must be f32 or bf16, not '", dtype, "'")));
   }
   absl::StatusOr<model::MoeConfig> config = model::LoadMoeConfig(*config_path);
   if (!config.ok()) return Fail(config.status());
@@ -152,10 +152,9 @@ int InspectCommand(const std::vector<std::string>& args) {
   }
   const int64_t per_expert = 3 * config->hidden_size * config->intermediate_size;
   // Parameters one token touches: everything but the routed experts it was not sent to.
-  const int64_t active =
-      layout.total_size() - config->num_hidden_layers *
-                                (config->num_local_experts - config->num_experts_per_tok) *
-                                per_expert;
+  const int64_t active = layout.total_size() -
+                         config->num_hidden_layers *
+                             (config->num_local_experts - config->num_experts_per_tok) * per_expert;
   if (flags->Has("json")) {
     Json json = {{"parameters", layout.total_size()},
                  {"active_parameters_per_token", active},
@@ -183,8 +182,7 @@ int InspectCommand(const std::vector<std::string>& args) {
   std::printf("experts:     %lld routed per layer, top-%lld, %lld shared; %lld parameters each\n",
               static_cast<long long>(config->num_local_experts),
               static_cast<long long>(config->num_experts_per_tok),
-              static_cast<long long>(config->n_shared_experts),
-              static_cast<long long>(per_expert));
+              static_cast<long long>(config->n_shared_experts), static_cast<long long>(per_expert));
   for (const auto& [role, count] : by_role) {
     std::printf("  %-15s %lld\n", role.c_str(), static_cast<long long>(count));
   }
@@ -276,7 +274,8 @@ int TraceCommand(const std::vector<std::string>& args) {
 
 }  // namespace
 
-const char kModelUsage[] = R"(  model eval --model DIR --data FILE [--seq-len N] [--batch B] [--threads T]
+const char kModelUsage[] =
+    R"(  model eval --model DIR --data FILE [--seq-len N] [--batch B] [--threads T]
       Mean next-token loss of FILE's text in windows of N tokens (default 128), as one JSON
       line {"loss": nats, "tokens": predictions}.
   model init --config FILE --out DIR [--seed S] [--dtype f32|bf16]

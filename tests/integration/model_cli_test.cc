@@ -1,0 +1,187 @@
+// `fedmoe-client model eval|init|inspect|trace` as real processes (DESIGN §8).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/checkpoint.h"
+#include "model/evaluation.h"
+#include "model/tokenizer.h"
+#include "tests/integration/process_harness.h"
+#include "tests/testing_temp_dir.h"
+
+namespace fedmoe::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using Json = nlohmann::json;
+
+constexpr char kTinyConfig[] = R"({"vocab_size": 258, "hidden_size": 64,
+  "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+  "num_key_value_heads": 2, "num_local_experts": 8, "num_experts_per_tok": 2,
+  "n_shared_experts": 1, "max_position_embeddings": 256, "eos_token_id": 256,
+  "initializer_range": 0.1})";
+
+CommandResult Model(std::vector<std::string> args) {
+  args.insert(args.begin(), {BinaryPath("fedmoe-client"), "model"});
+  return RunCommand(args);
+}
+
+int Lines(const std::string& text) {
+  return static_cast<int>(std::count(text.begin(), text.end(), '\n'));
+}
+
+class ModelCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    WriteFile(dir_.path() / "config.json", kTinyConfig);
+    const CommandResult init = Model({"init", "--config", (dir_.path() / "config.json").string(),
+                                      "--out", model_dir(), "--seed", "5"});
+    ASSERT_EQ(init.exit_code, 0) << init.err;
+    EXPECT_THAT(init.out, HasSubstr("initialised"));
+    std::string text;
+    for (int i = 0; i < 30; ++i) text += "Invoice " + std::to_string(1000 + i) + " is due.\n";
+    WriteFile(data(), text.substr(0, 300));
+  }
+
+  std::string model_dir() const { return (dir_.path() / "model").string(); }
+  std::string data() const { return (dir_.path() / "data.txt").string(); }
+
+  TempDir dir_;
+};
+
+TEST_F(ModelCliTest, EvalPrintsTheLossOfTheContractsWindows) {
+  const CommandResult eval =
+      Model({"eval", "--model", model_dir(), "--data", data(), "--seq-len", "64"});
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  ASSERT_EQ(Lines(eval.out), 1);
+  const Json json = Json::parse(eval.out);
+  // 300 bytes: four windows of 64 (63 predictions each) and a tail of 44 (43).
+  EXPECT_EQ(json.at("tokens").get<int64_t>(), 4 * 63 + 43);
+
+  absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(model_dir());
+  ASSERT_TRUE(parameters.ok()) << parameters.status();
+  const std::string text = ReadFile(data());
+  std::vector<int32_t> tokens(text.begin(), text.end());
+  absl::StatusOr<model::Evaluation> expected = model::Evaluate(*parameters, tokens, 64);
+  ASSERT_TRUE(expected.ok());
+  EXPECT_NEAR(json.at("loss").get<double>(), expected->loss, 1e-9 * expected->loss);
+  // An untrained model is close to uniform over the 258 ids.
+  EXPECT_NEAR(json.at("loss").get<double>(), std::log(258.0), 0.5);
+
+  const CommandResult default_window = Model({"eval", "--model", model_dir(), "--data", data()});
+  ASSERT_EQ(default_window.exit_code, 0) << default_window.err;
+  EXPECT_EQ(Json::parse(default_window.out).at("tokens").get<int64_t>(), 2 * 127 + 43);
+}
+
+TEST_F(ModelCliTest, InspectCountsWhatInitWrote) {
+  const CommandResult inspect = Model({"inspect", model_dir(), "--json"});
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  const Json json = Json::parse(inspect.out);
+  absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(model_dir());
+  ASSERT_TRUE(parameters.ok());
+  EXPECT_EQ(json.at("parameters").get<int64_t>(), parameters->layout().total_size());
+  EXPECT_EQ(json.at("parameters_per_routed_expert").get<int64_t>(), 3 * 64 * 96);
+  EXPECT_EQ(json.at("parameters_by_role").at("routed_experts").get<int64_t>(), 2 * 8 * 3 * 64 * 96);
+  EXPECT_EQ(json.at("parameters_by_role").at("shared_experts").get<int64_t>(), 2 * 3 * 64 * 96);
+  EXPECT_GT(json.at("checkpoint_bytes").get<int64_t>(), 4 * parameters->layout().total_size());
+
+  const CommandResult human = Model({"inspect", model_dir()});
+  ASSERT_EQ(human.exit_code, 0) << human.err;
+  EXPECT_THAT(human.out, HasSubstr("8 routed per layer, top-2, 1 shared"));
+}
+
+TEST_F(ModelCliTest, TraceShowsEachTokensExpertsAndWeights) {
+  const CommandResult trace =
+      Model({"trace", "--model", model_dir(), "--text", "Pay invoice 12", "--json"});
+  ASSERT_EQ(trace.exit_code, 0) << trace.err;
+  const Json tokens = Json::parse(trace.out).at("tokens");
+  ASSERT_EQ(tokens.size(), 14u);
+  EXPECT_EQ(tokens[0].at("text"), "P");
+  for (const Json& token : tokens) {
+    ASSERT_EQ(token.at("layers").size(), 2u);
+    for (const Json& layer : token.at("layers")) {
+      ASSERT_EQ(layer.at("experts").size(), 2u);
+      EXPECT_NE(layer.at("experts")[0], layer.at("experts")[1]);
+      const double sum =
+          layer.at("weights")[0].get<double>() + layer.at("weights")[1].get<double>();
+      EXPECT_NEAR(sum, 1.0, 1e-6);
+      EXPECT_GE(layer.at("weights")[0].get<double>(), layer.at("weights")[1].get<double>());
+    }
+  }
+  const CommandResult table = Model({"trace", "--model", model_dir(), "--text", "Pay"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_THAT(table.out, HasSubstr("expert load"));
+  EXPECT_THAT(table.out, HasSubstr("'P'"));
+}
+
+TEST_F(ModelCliTest, Bf16CheckpointsEvaluateLikeTheirF32Source) {
+  const std::string bf16_dir = (dir_.path() / "bf16").string();
+  ASSERT_EQ(Model({"init", "--config", (dir_.path() / "config.json").string(), "--out", bf16_dir,
+                   "--seed", "5", "--dtype", "bf16"})
+                .exit_code,
+            0);
+  const CommandResult f32 = Model({"eval", "--model", model_dir(), "--data", data()});
+  const CommandResult bf16 = Model({"eval", "--model", bf16_dir, "--data", data()});
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
+  EXPECT_NEAR(Json::parse(bf16.out).at("loss").get<double>(),
+              Json::parse(f32.out).at("loss").get<double>(), 1e-2);
+}
+
+TEST_F(ModelCliTest, BadInputGetsOneSpecificLineAndChangesNothing) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+    int exit_code;
+  };
+  const std::string corrupt_dir = (dir_.path() / "corrupt").string();
+  std::filesystem::create_directories(corrupt_dir);
+  std::filesystem::copy_file(model_dir() + "/config.json", corrupt_dir + "/config.json");
+  WriteFile(corrupt_dir + "/model.safetensors",
+            ReadFile(model_dir() + "/model.safetensors").substr(0, 5000));
+  WriteFile(dir_.path() / "one_byte.txt", "x");
+  WriteFile(dir_.path() / "bad_config.json", R"({"vocab_size": 258, "hidden_size": 64})");
+  for (const Case& c : {
+           Case{{"eval", "--model", model_dir(), "--data", data(), "--seq-len", "1"},
+                "--seq-len must be between 2 and",
+                2},
+           Case{{"eval", "--model", model_dir(), "--data", data(), "--seq-len", "many"},
+                "--seq-len must be a whole number, not 'many'",
+                2},
+           Case{{"eval", "--model", model_dir(), "--data", data(), "--seq-len", "300"},
+                "seq_len 300 is beyond max_position_embeddings 256",
+                2},
+           Case{{"eval", "--model", corrupt_dir, "--data", data()},
+                "not a valid safetensors file",
+                2},
+           Case{{"eval", "--model", model_dir(), "--data", (dir_.path() / "one_byte.txt").string()},
+                "the data has 1 tokens; evaluation needs at least 2",
+                2},
+           Case{{"eval", "--model", model_dir(), "--data", "/nonexistent"}, "cannot read", 1},
+           Case{{"eval", "--model", "/nonexistent", "--data", data()}, "config.json", 1},
+           Case{{"init", "--config", (dir_.path() / "bad_config.json").string(), "--out",
+                 (dir_.path() / "never").string()},
+                "missing required key \"intermediate_size\"",
+                2},
+           Case{{"init", "--config", (dir_.path() / "config.json").string(), "--out",
+                 (dir_.path() / "never").string(), "--dtype", "f8"},
+                "--dtype must be f32 or bf16",
+                2},
+           Case{{"trace", "--model", model_dir()}, "--text is required", 2},
+           Case{{"frobnicate"}, "unknown model command 'frobnicate'", 2},
+       }) {
+    const CommandResult result = Model(c.args);
+    EXPECT_EQ(result.exit_code, c.exit_code) << c.message << "\n" << result.err;
+    EXPECT_THAT(result.err, HasSubstr(c.message));
+    EXPECT_EQ(Lines(result.err), 1) << result.err;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() / "never"));
+  // The good model is untouched by all of that.
+  EXPECT_EQ(Model({"eval", "--model", model_dir(), "--data", data()}).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace fedmoe::testing
