@@ -12,6 +12,8 @@ packages=(
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
   # crypto, numerics, foundations
   libssl-dev openssl libeigen3-dev libabsl-dev
+  # model: checkpoint headers, config.json and tokenizer.json; the BPE pre-tokenizer regex
+  nlohmann-json3-dev libpcre2-dev
   # state and configuration
   libsqlite3-dev sqlite3 libyaml-cpp-dev
   # tests and benchmarks

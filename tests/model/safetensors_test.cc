@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -177,6 +178,38 @@ TEST(SafetensorsTest, EveryTruncationOfAValidFileIsAnErrorNotACrash) {
     WriteRaw(dir.path() / "cut", bytes.substr(0, length));
     EXPECT_FALSE(SafetensorsFile::Open(dir.path() / "cut").ok()) << length;
   }
+}
+
+TEST(SafetensorsTest, RandomlyCorruptedHeadersAreErrorsOrSafeToRead) {
+  testing::TempDir dir;
+  const std::vector<float> values(12, 0.5f);
+  const std::vector<TensorToWrite> tensors = {{"weight", {3, 4}, values},
+                                              {"bias", {4}, std::span(values).first(4)}};
+  const fs::path good = dir.path() / "good.safetensors";
+  ASSERT_TRUE(WriteSafetensors(good, tensors, DType::kF16).ok());
+  std::ifstream in(good, std::ios::binary);
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  const std::string bytes = contents.str();
+  std::mt19937 generator(1234);
+  int opened = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::string mutated = bytes;
+    // Corrupt one to three bytes of the length prefix or the JSON header.
+    const size_t header_end = bytes.size() - 32;
+    for (int flips = 1 + trial % 3; flips > 0; --flips) {
+      mutated[generator() % header_end] = static_cast<char>(generator() % 256);
+    }
+    WriteRaw(dir.path() / "mutated", mutated);
+    absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(dir.path() / "mutated");
+    if (!file.ok()) continue;
+    ++opened;
+    for (const SafetensorsEntry& entry : file->entries()) {
+      std::vector<float> out(static_cast<size_t>(entry.element_count()));
+      (void)file->ReadFloats(entry, out);  // Must stay inside the mapping (ASan checks).
+    }
+  }
+  EXPECT_LT(opened, 3000) << "the corruptions should be caught, not all ignored";
 }
 
 TEST(SafetensorsTest, WriterRefusesDuplicateNamesAndShapeMismatches) {
