@@ -63,8 +63,8 @@ absl::StatusOr<std::string> CommandLine::Require(const std::string& flag) const 
   return *value;
 }
 
-absl::StatusOr<int64_t> CommandLine::IntOr(const std::string& flag, int64_t fallback,
-                                           int64_t min, int64_t max) const {
+absl::StatusOr<int64_t> CommandLine::IntOr(const std::string& flag, int64_t fallback, int64_t min,
+                                           int64_t max) const {
   if (!Has(flag)) return fallback;
   return RequireInt(flag, min, max);
 }

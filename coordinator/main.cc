@@ -377,9 +377,8 @@ int PrivacyCommand(const std::vector<std::string>& args) {
   if (!q.ok()) return Fail(q.status());
   absl::StatusOr<double> delta = flags->RequireDouble("delta");
   if (!delta.ok()) return Fail(delta.status());
-  absl::StatusOr<int64_t> rounds_flag =
-      flags->RequireInt("rounds", std::numeric_limits<int64_t>::min(),
-                        std::numeric_limits<int64_t>::max());
+  absl::StatusOr<int64_t> rounds_flag = flags->RequireInt(
+      "rounds", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max());
   if (!rounds_flag.ok()) return Fail(rounds_flag.status());
   const int64_t rounds = *rounds_flag;
   if (absl::Status status = privacy::ValidatePrivacyArguments(*q, rounds, *delta); !status.ok()) {
