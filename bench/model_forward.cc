@@ -47,7 +47,7 @@ const Shape kShapes[] = {
 // Matmul FLOPs per token (2 per multiply-add): the dense projections, the router, k experts,
 // the output head, and causal attention's two products over on average seq_len / 2 keys.
 double ForwardFlopsPerToken(const model::MoeConfig& c, int64_t seq_len) {
-  const double hidden = static_cast<double>(c.hidden_size);
+  const auto hidden = static_cast<double>(c.hidden_size);
   const double attention_projections =
       hidden * static_cast<double>(2 * c.query_width() + 2 * c.key_value_width());
   const double experts = static_cast<double>(c.num_experts_per_tok) * 3.0 * hidden *
@@ -79,7 +79,7 @@ void BM_Forward(benchmark::State& state) {
     benchmark::DoNotOptimize(pass.logits.data());
   }
   const auto tokens_per_step = static_cast<double>(tokens.size());
-  const double iterations = static_cast<double>(state.iterations());
+  const auto iterations = static_cast<double>(state.iterations());
   state.counters["tokens_per_second"] =
       benchmark::Counter(tokens_per_step * iterations, benchmark::Counter::kIsRate);
   state.counters["gflop_per_second"] = benchmark::Counter(

@@ -188,7 +188,7 @@ int InspectCommand(const std::vector<std::string>& args) {
   }
   std::printf("bytes:       %llu on disk, %lld as f32 in memory\n",
               static_cast<unsigned long long>(*disk_bytes),
-              static_cast<long long>(layout.total_size() * 4));
+              static_cast<long long>(layout.total_size()) * 4);
   return 0;
 }
 

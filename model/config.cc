@@ -94,8 +94,8 @@ class ConfigFields {
   const Json& object_;
 };
 
-absl::Status Inconsistent(std::string message) {
-  return absl::InvalidArgumentError(std::move(message));
+absl::Status Inconsistent(const std::string& message) {
+  return absl::InvalidArgumentError(message);
 }
 
 absl::Status CheckConsistency(const MoeConfig& config, bool head_dim_given) {

@@ -15,10 +15,10 @@ using StridedMap = Eigen::Map<RowMatrix, Eigen::Unaligned, Eigen::OuterStride<>>
 using ConstStridedMap = Eigen::Map<const RowMatrix, Eigen::Unaligned, Eigen::OuterStride<>>;
 
 inline ConstMatrixMap View(const float* data, int64_t rows, int64_t cols) {
-  return ConstMatrixMap(data, static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+  return {data, static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols)};
 }
 inline MatrixMap View(float* data, int64_t rows, int64_t cols) {
-  return MatrixMap(data, static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+  return {data, static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols)};
 }
 
 }  // namespace fedmoe::kernels::cpu::internal

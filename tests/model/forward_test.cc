@@ -91,7 +91,7 @@ TEST_P(TinyModelTest, LogitsLossAndRoutingMatchTheNaiveDoubleReference) {
     const LayerActivations& activations = pass.layers[static_cast<size_t>(layer)];
     for (int64_t row = 0; row < kBatch * kSeqLen; ++row) {
       for (int64_t j = 0; j < config.num_experts_per_tok; ++j) {
-        const size_t slot = static_cast<size_t>(row * config.num_experts_per_tok + j);
+        const auto slot = static_cast<size_t>(row * config.num_experts_per_tok + j);
         EXPECT_EQ(activations.expert_index[slot], reference.experts[layer][row][j])
             << "layer " << layer << " row " << row;
         EXPECT_NEAR(activations.expert_weight[slot], reference.weights[layer][row][j], 1e-5);
@@ -114,7 +114,7 @@ INSTANTIATE_TEST_SUITE_P(Configurations, TinyModelTest,
 TEST(ForwardTest, SequencesInABatchDoNotSeeEachOther) {
   const MoeConfig config = TinyConfig({"gqa", 4, 2, 2, 1});
   const ModelParameters parameters = InitializeModel(config, 3);
-  const std::vector<int32_t> tokens = RandomTokens(2 * 7, config.vocab_size, 5);
+  const std::vector<int32_t> tokens = RandomTokens(int64_t{2} * 7, config.vocab_size, 5);
   ForwardPass together;
   ASSERT_TRUE(Forward(parameters, tokens, 2, 7, together).ok());
   for (int64_t sequence = 0; sequence < 2; ++sequence) {
@@ -131,7 +131,7 @@ TEST(ForwardTest, SequencesInABatchDoNotSeeEachOther) {
 TEST(ForwardTest, OneThreadAndTwoThreadsAgree) {
   const MoeConfig config = TinyConfig({"gqa", 4, 2, 2, 1});
   const ModelParameters parameters = InitializeModel(config, 3);
-  const std::vector<int32_t> tokens = RandomTokens(4 * 16, config.vocab_size, 9);
+  const std::vector<int32_t> tokens = RandomTokens(int64_t{4} * 16, config.vocab_size, 9);
   ForwardPass one;
   ForwardPass two;
   kernels::cpu::SetCpuThreads(1);

@@ -1,7 +1,7 @@
 #include "model/safetensors.h"
 
+#include <bit>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -32,6 +32,14 @@ std::string FileWithHeader(const std::string& header, const std::string& data) {
   return bytes + header + data;
 }
 
+// Bit patterns, so that a round trip is checked exactly (−0.0 included), not just by value.
+std::vector<uint32_t> Bits(std::span<const float> values) {
+  std::vector<uint32_t> bits;
+  bits.reserve(values.size());
+  for (const float value : values) bits.push_back(std::bit_cast<uint32_t>(value));
+  return bits;
+}
+
 std::string OpenError(const fs::path& path) {
   absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path);
   EXPECT_FALSE(file.ok());
@@ -56,7 +64,7 @@ TEST(SafetensorsTest, RoundTripsF32ExactlyWithMetadata) {
   EXPECT_EQ(entry->shape, (std::vector<int64_t>{2, 3}));
   std::vector<float> read(6);
   ASSERT_TRUE(file->ReadFloats(*entry, read).ok());
-  EXPECT_EQ(std::memcmp(read.data(), a.data(), sizeof(float) * 6), 0);
+  EXPECT_EQ(Bits(read), Bits(a));
   std::vector<float> wrong_size(5);
   EXPECT_FALSE(file->ReadFloats(*entry, wrong_size).ok());
 }
@@ -254,9 +262,7 @@ TEST(CheckpointTest, SingleFileAndShardedCheckpointsRoundTrip) {
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     EXPECT_EQ(loaded->config().ToJson(), original.config().ToJson());
     ASSERT_EQ(loaded->values().size(), original.values().size());
-    EXPECT_EQ(std::memcmp(loaded->values().data(), original.values().data(),
-                          original.values().size() * sizeof(float)),
-              0);
+    EXPECT_EQ(Bits(loaded->values()), Bits(original.values()));
   }
 }
 

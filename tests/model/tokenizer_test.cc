@@ -107,7 +107,6 @@ TEST(BpeTokenizerTest, DecodeInvertsEncodeThroughTheByteAlphabet) {
   const auto tokenizer = Make(HelloWorld());
   // "é" is the bytes C3 A9, whose byte-level characters are "Ã" and "©".
   for (const std::string text : {"hello world", "héllo", "world hello!"}) {
-    std::string with_only_known = text;
     absl::StatusOr<Ids> ids = tokenizer->Encode(text);
     ASSERT_TRUE(ids.ok()) << ids.status();
     absl::StatusOr<std::string> decoded = tokenizer->Decode(*ids);
