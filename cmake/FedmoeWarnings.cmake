@@ -8,7 +8,7 @@ function(fedmoe_warnings target)
     $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra --Werror=all-warnings>)
   # GCC 12's AVX-512 intrinsics self-initialise their "undefined" operands, which its own
   # -Wmaybe-uninitialized then reports wherever Eigen inlines them (GCC bug 105593, fixed in 13).
-  if(FEDMOE_NATIVE_ARCH AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU"
+  if(FEDMOE_NATIVE AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU"
      AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wno-maybe-uninitialized>)
   endif()
