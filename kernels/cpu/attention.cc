@@ -62,4 +62,56 @@ void CausalAttentionForward(const float* q, const float* k, const float* v, floa
   }
 }
 
+void CausalAttentionBackward(const float* q, const float* k, const float* v, const float* probs,
+                             const float* d_out, float* d_q, float* d_k, float* d_v,
+                             const AttentionShape& shape) {
+  const int64_t seq_len = shape.seq_len;
+  const int64_t head_dim = shape.head_dim;
+  const int64_t q_width = shape.heads * head_dim;
+  const int64_t kv_width = shape.kv_heads * head_dim;
+  const int64_t group = shape.heads / shape.kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const auto rows = static_cast<Eigen::Index>(seq_len);
+  const auto cols = static_cast<Eigen::Index>(head_dim);
+
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t pair = 0; pair < shape.batch * shape.kv_heads; ++pair) {
+    const int64_t sequence = pair / shape.kv_heads;
+    const int64_t kv_head = pair % shape.kv_heads;
+    const int64_t first_row = sequence * seq_len;
+    const ConstStridedMap k_head(k + first_row * kv_width + kv_head * head_dim, rows, cols,
+                                 Eigen::OuterStride<>(kv_width));
+    const ConstStridedMap v_head(v + first_row * kv_width + kv_head * head_dim, rows, cols,
+                                 Eigen::OuterStride<>(kv_width));
+    StridedMap d_k_head(d_k + first_row * kv_width + kv_head * head_dim, rows, cols,
+                        Eigen::OuterStride<>(kv_width));
+    StridedMap d_v_head(d_v + first_row * kv_width + kv_head * head_dim, rows, cols,
+                        Eigen::OuterStride<>(kv_width));
+    d_k_head.setZero();
+    d_v_head.setZero();
+    internal::RowMatrix d_scores(rows, rows);
+    for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
+      const ConstStridedMap q_head(q + first_row * q_width + head * head_dim, rows, cols,
+                                   Eigen::OuterStride<>(q_width));
+      const ConstStridedMap d_out_head(d_out + first_row * q_width + head * head_dim, rows, cols,
+                                       Eigen::OuterStride<>(q_width));
+      StridedMap d_q_head(d_q + first_row * q_width + head * head_dim, rows, cols,
+                          Eigen::OuterStride<>(q_width));
+      const auto p =
+          View(probs + (sequence * shape.heads + head) * seq_len * seq_len, seq_len, seq_len);
+      d_v_head.noalias() += p.transpose() * d_out_head;
+      // dP = dO·vᵀ, then the softmax backward: dS = P ⊙ (dP − rowsum(P ⊙ dP)). Masked entries
+      // have P = 0, so they get no gradient.
+      d_scores.noalias() = d_out_head * v_head.transpose();
+      for (Eigen::Index i = 0; i < rows; ++i) {
+        const float dot = p.row(i).dot(d_scores.row(i));
+        d_scores.row(i) = (p.row(i).array() * (d_scores.row(i).array() - dot)).matrix();
+      }
+      d_scores *= scale;
+      d_q_head.noalias() = d_scores * k_head;
+      d_k_head.noalias() += d_scores.transpose() * q_head;
+    }
+  }
+}
+
 }  // namespace fedmoe::kernels::cpu

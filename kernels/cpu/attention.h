@@ -24,6 +24,13 @@ struct AttentionShape {
 void CausalAttentionForward(const float* q, const float* k, const float* v, float* out,
                             float* probs, const AttentionShape& shape);
 
+// Gradients of q, k and v (after RoPE) from the saved probabilities. Writes (does not add)
+// d_q, d_k and d_v. Parallel over (sequence, KV head) pairs, so the query heads that share a KV
+// head add into its gradient from one thread.
+void CausalAttentionBackward(const float* q, const float* k, const float* v, const float* probs,
+                             const float* d_out, float* d_q, float* d_k, float* d_v,
+                             const AttentionShape& shape);
+
 }  // namespace fedmoe::kernels::cpu
 
 #endif  // FEDMOE_KERNELS_CPU_ATTENTION_H_

@@ -26,4 +26,21 @@ int64_t CrossEntropyForward(const float* logits, const int32_t* targets, float* 
   return counted;
 }
 
+void CrossEntropyBackward(const float* logits, const int32_t* targets, float* d_logits,
+                          int64_t rows, int64_t vocab, float scale) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    auto d = View(d_logits + row * vocab, 1, vocab).array();
+    if (targets[row] < 0) {
+      d.setZero();
+      continue;
+    }
+    const auto z = View(logits + row * vocab, 1, vocab).array();
+    const float max_logit = z.maxCoeff();
+    d = (z - max_logit).exp();
+    d *= scale / d.sum();
+    d(targets[row]) -= scale;
+  }
+}
+
 }  // namespace fedmoe::kernels::cpu

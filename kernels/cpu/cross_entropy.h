@@ -13,6 +13,11 @@ namespace fedmoe::kernels::cpu {
 int64_t CrossEntropyForward(const float* logits, const int32_t* targets, float* losses,
                             int64_t rows, int64_t vocab);
 
+// d_logits[row] = scale·(softmax(logits[row]) − onehot(target)) for counted rows and 0 for
+// the others (writes, does not add). scale is usually 1 / (counted rows in the whole batch).
+void CrossEntropyBackward(const float* logits, const int32_t* targets, float* d_logits,
+                          int64_t rows, int64_t vocab, float scale);
+
 }  // namespace fedmoe::kernels::cpu
 
 #endif  // FEDMOE_KERNELS_CPU_CROSS_ENTROPY_H_

@@ -15,6 +15,18 @@ void LinearForward(const float* in, const float* weight, float* out, int64_t row
       View(in, rows, in_features) * View(weight, out_features, in_features).transpose();
 }
 
+void LinearBackward(const float* in, const float* weight, const float* d_out, float* d_in,
+                    float* d_weight, int64_t rows, int64_t in_features, int64_t out_features) {
+  const auto gradient = View(d_out, rows, out_features);
+  if (d_in != nullptr) {
+    View(d_in, rows, in_features).noalias() += gradient * View(weight, out_features, in_features);
+  }
+  if (d_weight != nullptr) {
+    View(d_weight, out_features, in_features).noalias() +=
+        gradient.transpose() * View(in, rows, in_features);
+  }
+}
+
 void RmsNormForward(const float* in, const float* weight, float* out, float* rstd, int64_t rows,
                     int64_t width, float eps) {
   const auto weights = View(weight, 1, width).array();
@@ -24,6 +36,28 @@ void RmsNormForward(const float* in, const float* weight, float* out, float* rst
     const float inverse_rms = 1.0f / std::sqrt(x.squaredNorm() / static_cast<float>(width) + eps);
     rstd[row] = inverse_rms;
     View(out + row * width, 1, width).array() = x.array() * inverse_rms * weights;
+  }
+}
+
+void RmsNormBackward(const float* in, const float* weight, const float* rstd, const float* d_out,
+                     float* d_in, float* d_weight, int64_t rows, int64_t width) {
+  // y = x·r·w with r = (mean(x²) + eps)^(−1/2), so
+  // dx = r·(w⊙dy) − x·r³/width·Σ(w⊙dy⊙x) and dw = Σ_rows dy⊙x·r.
+  const auto weights = View(weight, 1, width).array();
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const auto x = View(in + row * width, 1, width).array();
+    const auto dy = View(d_out + row * width, 1, width).array();
+    const float r = rstd[row];
+    const float projection = (weights * dy * x).sum();
+    View(d_in + row * width, 1, width).array() +=
+        r * weights * dy - x * (r * r * r * projection / static_cast<float>(width));
+  }
+  if (d_weight == nullptr) return;
+  auto d_weights = View(d_weight, 1, width).array();
+  for (int64_t row = 0; row < rows; ++row) {
+    d_weights += View(d_out + row * width, 1, width).array() *
+                 View(in + row * width, 1, width).array() * rstd[row];
   }
 }
 
@@ -64,6 +98,28 @@ void RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads, const 
   }
 }
 
+void RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
+                  const RopeTable& table) {
+  const int64_t head_dim = table.head_dim();
+  const int64_t half = head_dim / 2;
+  const int64_t rows = batch * seq_len;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t position = row % seq_len;
+    const float* cos = table.cos(position);
+    const float* sin = table.sin(position);
+    for (int64_t head = 0; head < heads; ++head) {
+      float* h = d_x + (row * heads + head) * head_dim;
+      for (int64_t i = 0; i < half; ++i) {
+        const float first = h[i];
+        const float second = h[i + half];
+        h[i] = first * cos[i] + second * sin[i];
+        h[i + half] = second * cos[i] - first * sin[i];
+      }
+    }
+  }
+}
+
 void SwiGluForward(const float* gate, const float* up, float* out, int64_t n) {
   // Blocks of Eigen arrays, so exp runs in the vector units and threads split the blocks.
   constexpr int64_t kBlock = 16384;
@@ -76,6 +132,22 @@ void SwiGluForward(const float* gate, const float* up, float* out, int64_t n) {
   }
 }
 
+void SwiGluBackward(const float* gate, const float* up, const float* d_out, float* d_gate,
+                    float* d_up, int64_t n) {
+  constexpr int64_t kBlock = 16384;
+#pragma omp parallel for schedule(static) if (n > 4 * kBlock)
+  for (int64_t first = 0; first < n; first += kBlock) {
+    const int64_t count = std::min(kBlock, n - first);
+    const auto g = View(gate + first, 1, count).array();
+    const auto dy = View(d_out + first, 1, count).array();
+    const Eigen::Array<float, 1, Eigen::Dynamic> sigmoid = 1.0f / (1.0f + (-g).exp());
+    View(d_up + first, 1, count).array() = dy * g * sigmoid;
+    // d silu(g)/dg = σ(g)·(1 + g·(1 − σ(g))).
+    View(d_gate + first, 1, count).array() =
+        dy * View(up + first, 1, count).array() * sigmoid * (1.0f + g * (1.0f - sigmoid));
+  }
+}
+
 void SwiGluMlpForward(const float* in, const float* w1, const float* w3, const float* w2,
                       float* gate, float* up, float* act, float* out, int64_t rows, int64_t width,
                       int64_t inner) {
@@ -83,6 +155,17 @@ void SwiGluMlpForward(const float* in, const float* w1, const float* w3, const f
   LinearForward(in, w3, up, rows, width, inner);
   SwiGluForward(gate, up, act, rows * inner);
   LinearForward(act, w2, out, rows, inner, width);
+}
+
+void SwiGluMlpBackward(const float* in, const float* w1, const float* w3, const float* w2,
+                       const float* gate, const float* up, const float* act, const float* d_out,
+                       float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_gate,
+                       float* d_up, float* d_act, int64_t rows, int64_t width, int64_t inner) {
+  std::fill(d_act, d_act + rows * inner, 0.0f);
+  LinearBackward(act, w2, d_out, d_act, d_w2, rows, inner, width);
+  SwiGluBackward(gate, up, d_act, d_gate, d_up, rows * inner);
+  LinearBackward(in, w1, d_gate, d_in, d_w1, rows, width, inner);
+  LinearBackward(in, w3, d_up, d_in, d_w3, rows, width, inner);
 }
 
 }  // namespace fedmoe::kernels::cpu

@@ -1,6 +1,12 @@
 // Row-wise dense kernels of a transformer block on the host: linear layers, RMSNorm, rotate-half
-// RoPE and the SwiGLU gate. Activations are row-major [rows, width] float arrays, one row per
-// token; weights are in the Hugging Face layout ([out_features, in_features] for a linear).
+// RoPE and the SwiGLU gate, each a forward/backward pair. Activations are row-major
+// [rows, width] float arrays, one row per token; weights are in the Hugging Face layout
+// ([out_features, in_features] for a linear).
+//
+// Backward kernels ADD into the gradients of inputs and weights (d_in += ..., d_weight += ...),
+// so a tensor used twice (the residual stream) collects both contributions and gradient
+// accumulation over micro-batches is free; callers zero them first. A null weight gradient
+// skips that product (a frozen weight).
 //
 // Preconditions (sizes, non-overlapping buffers) are the caller's: the model validates shapes
 // once per pass, so the kernels do not re-check them per call. Each kernel parallelises over
@@ -17,10 +23,16 @@ namespace fedmoe::kernels::cpu {
 void LinearForward(const float* in, const float* weight, float* out, int64_t rows,
                    int64_t in_features, int64_t out_features);
 
+void LinearBackward(const float* in, const float* weight, const float* d_out, float* d_in,
+                    float* d_weight, int64_t rows, int64_t in_features, int64_t out_features);
+
 // out = in / sqrt(mean(in²) + eps) ⊙ weight, per row. Stores each row's 1/rms in rstd[rows]
 // for the backward pass.
 void RmsNormForward(const float* in, const float* weight, float* out, float* rstd, int64_t rows,
                     int64_t width, float eps);
+
+void RmsNormBackward(const float* in, const float* weight, const float* rstd, const float* d_out,
+                     float* d_in, float* d_weight, int64_t rows, int64_t width);
 
 // cos and sin of position·θ^(−2i/head_dim), i < head_dim/2, for positions [0, max_positions).
 class RopeTable {
@@ -43,8 +55,16 @@ class RopeTable {
 // rotate_half pairs element i with element i + head_dim/2. Needs seq_len ≤ table.max_positions().
 void RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads, const RopeTable& table);
 
+// The inverse rotation, in place on the gradient: RoPE is orthogonal, so its backward is its
+// transpose.
+void RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
+                  const RopeTable& table);
+
 // out = silu(gate) ⊙ up over n values, where silu(g) = g·sigmoid(g).
 void SwiGluForward(const float* gate, const float* up, float* out, int64_t n);
+// Writes (does not add) d_gate and d_up.
+void SwiGluBackward(const float* gate, const float* up, const float* d_out, float* d_gate,
+                    float* d_up, int64_t n);
 
 // The two-layer gated MLP of one expert over a block of rows:
 //   gate = in·w1ᵀ, up = in·w3ᵀ, act = silu(gate) ⊙ up, out = act·w2ᵀ,
@@ -53,6 +73,12 @@ void SwiGluForward(const float* gate, const float* up, float* out, int64_t n);
 void SwiGluMlpForward(const float* in, const float* w1, const float* w3, const float* w2,
                       float* gate, float* up, float* act, float* out, int64_t rows, int64_t width,
                       int64_t inner);
+// Backward of SwiGluMlpForward. d_gate, d_up and d_act [rows, inner] are scratch. Null weight
+// gradients are skipped.
+void SwiGluMlpBackward(const float* in, const float* w1, const float* w3, const float* w2,
+                       const float* gate, const float* up, const float* act, const float* d_out,
+                       float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_gate,
+                       float* d_up, float* d_act, int64_t rows, int64_t width, int64_t inner);
 
 }  // namespace fedmoe::kernels::cpu
 

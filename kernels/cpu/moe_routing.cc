@@ -82,4 +82,58 @@ void CombineExpertOutputs(const float* expert_out, const float* expert_weight,
   }
 }
 
+void RouterTopKBackward(const float* probs, const int32_t* expert_index,
+                        const float* d_expert_weight, const float* d_probs, float* d_logits,
+                        int64_t rows, int64_t experts, int64_t top_k) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* p = probs + row * experts;
+    const int32_t* chosen = expert_index + row * top_k;
+    const float* d_weight = d_expert_weight + row * top_k;
+    float* d_z = d_logits + row * experts;
+    // Gradient on the probabilities, first from the balance loss, then through
+    // w_j = p_j / S with S = Σ_chosen p: dp_e = (dw_e − Σ_j dw_j·w_j) / S for chosen e.
+    for (int64_t e = 0; e < experts; ++e)
+      d_z[e] = d_probs != nullptr ? d_probs[row * experts + e] : 0.0f;
+    float total = 0.0f;
+    for (int64_t j = 0; j < top_k; ++j) total += p[chosen[j]];
+    float weighted = 0.0f;
+    for (int64_t j = 0; j < top_k; ++j) weighted += d_weight[j] * p[chosen[j]] / total;
+    for (int64_t j = 0; j < top_k; ++j) d_z[chosen[j]] += (d_weight[j] - weighted) / total;
+    // Softmax backward: dz = p ⊙ (dp − ⟨p, dp⟩).
+    float dot = 0.0f;
+    for (int64_t e = 0; e < experts; ++e) dot += p[e] * d_z[e];
+    for (int64_t e = 0; e < experts; ++e) d_z[e] = p[e] * (d_z[e] - dot);
+  }
+}
+
+void GatherByExpertBackward(const float* d_permuted, const ExpertPermutation& permutation,
+                            float* d_in, int64_t rows, int64_t top_k, int64_t width) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    auto destination = View(d_in + row * width, 1, width);
+    for (int64_t j = 0; j < top_k; ++j) {
+      destination +=
+          View(d_permuted + permutation.permuted_slot[row * top_k + j] * width, 1, width);
+    }
+  }
+}
+
+void CombineExpertOutputsBackward(const float* expert_out, const float* expert_weight,
+                                  const ExpertPermutation& permutation, const float* d_out,
+                                  float* d_expert_out, float* d_expert_weight, int64_t rows,
+                                  int64_t top_k, int64_t width) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const auto upstream = View(d_out + row * width, 1, width);
+    for (int64_t j = 0; j < top_k; ++j) {
+      const int64_t slot = row * top_k + j;
+      const int64_t permuted = permutation.permuted_slot[slot];
+      View(d_expert_out + permuted * width, 1, width) = expert_weight[slot] * upstream;
+      d_expert_weight[slot] =
+          (upstream.array() * View(expert_out + permuted * width, 1, width).array()).sum();
+    }
+  }
+}
+
 }  // namespace fedmoe::kernels::cpu
