@@ -1,0 +1,285 @@
+#include "model/backward.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/dense.h"
+#include "kernels/cpu/moe_routing.h"
+
+namespace fedmoe::model {
+namespace {
+
+namespace cpu = kernels::cpu;
+
+template <typename T>
+T* Zeroed(std::vector<T>& buffer, int64_t size) {
+  buffer.assign(static_cast<size_t>(size), T{});
+  return buffer.data();
+}
+
+template <typename T>
+T* Sized(std::vector<T>& buffer, int64_t size) {
+  buffer.resize(static_cast<size_t>(size));
+  return buffer.data();
+}
+
+// L_bal of one layer and, when `d_probs` is given, its gradient scaled by `scale` with respect
+// to the router probabilities (the same for every row).
+double LayerBalance(const LayerActivations& layer, int64_t rows, int64_t experts, int64_t top_k,
+                    double scale, float* d_probs) {
+  std::vector<double> counts(static_cast<size_t>(experts), 0.0);
+  for (const int32_t e : layer.expert_index) counts[static_cast<size_t>(e)] += 1;
+  std::vector<double> mean_probs(static_cast<size_t>(experts), 0.0);
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t e = 0; e < experts; ++e) {
+      mean_probs[static_cast<size_t>(e)] +=
+          layer.router_probs[static_cast<size_t>(row * experts + e)];
+    }
+  }
+  const double fraction_scale = static_cast<double>(experts) / static_cast<double>(top_k * rows);
+  double loss = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    const double f = fraction_scale * counts[static_cast<size_t>(e)];
+    loss += f * mean_probs[static_cast<size_t>(e)] / static_cast<double>(rows);
+    if (d_probs != nullptr) {
+      const auto gradient = static_cast<float>(scale * f / static_cast<double>(rows));
+      for (int64_t row = 0; row < rows; ++row) d_probs[row * experts + e] = gradient;
+    }
+  }
+  return loss;
+}
+
+}  // namespace
+
+bool TrainableSet::Includes(TensorRole role) const {
+  switch (role) {
+    case TensorRole::kRoutedExpert:
+      return routed_experts;
+    case TensorRole::kSharedExpert:
+      return shared_experts;
+    case TensorRole::kRouter:
+      return router;
+    case TensorRole::kAttention:
+      return attention;
+    case TensorRole::kNorm:
+      return norms;
+    case TensorRole::kEmbedding:
+      return embeddings;
+    case TensorRole::kOutput:
+      return output;
+  }
+  return false;
+}
+
+absl::StatusOr<TrainableSet> TrainableSet::Parse(std::string_view list) {
+  TrainableSet set{false, false, false, false, false, false, false};
+  for (const absl::string_view raw : absl::StrSplit(std::string(list), ',')) {
+    const std::string item(raw);
+    if (item == "routed_experts") {
+      set.routed_experts = true;
+    } else if (item == "shared_experts") {
+      set.shared_experts = true;
+    } else if (item == "experts") {
+      set.routed_experts = set.shared_experts = true;
+    } else if (item == "router") {
+      set.router = true;
+    } else if (item == "attention") {
+      set.attention = true;
+    } else if (item == "norms") {
+      set.norms = true;
+    } else if (item == "embeddings") {
+      set.embeddings = true;
+    } else if (item == "output") {
+      set.output = true;
+    } else if (item == "all") {
+      set = TrainableSet{true, true, true, true, true, true, true};
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown trainable part '", item,
+          "' (routed_experts, shared_experts, experts, router, attention, norms, embeddings, "
+          "output, all)"));
+    }
+  }
+  return set;
+}
+
+LossBreakdown ComputeLoss(const ModelParameters& parameters, const ForwardPass& pass,
+                          std::span<const int32_t> targets, const BackwardOptions& options) {
+  const MoeConfig& config = parameters.config();
+  const LossSum sum = CrossEntropy(pass, targets, config.vocab_size);
+  LossBreakdown loss;
+  loss.cross_entropy = sum.total / options.predictions_in_step;
+  loss.predictions = sum.predictions;
+  for (const LayerActivations& layer : pass.layers) {
+    loss.balance_per_layer += LayerBalance(layer, pass.rows(), config.num_local_experts,
+                                           config.num_experts_per_tok, 0, nullptr);
+  }
+  loss.balance_per_layer /= static_cast<double>(pass.layers.size());
+  loss.balance = options.balance_coefficient * loss.balance_per_layer * options.step_share;
+  return loss;
+}
+
+absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const ForwardPass& pass,
+                                       std::span<const int32_t> targets,
+                                       const TrainableSet& trainable,
+                                       const BackwardOptions& options, std::span<float> gradients,
+                                       BackwardScratch& s) {
+  const MoeConfig& config = parameters.config();
+  const ModelLayout& layout = parameters.layout();
+  const int64_t rows = pass.rows();
+  if (static_cast<int64_t>(targets.size()) != rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("got ", targets.size(), " targets for ", rows, " positions"));
+  }
+  if (static_cast<int64_t>(gradients.size()) != layout.total_size()) {
+    return absl::InvalidArgumentError("the gradient buffer does not match the model's layout");
+  }
+  const int64_t hidden = config.hidden_size;
+  const int64_t vocab = config.vocab_size;
+  const int64_t experts = config.num_local_experts;
+  const int64_t top_k = config.num_experts_per_tok;
+  const int64_t inner = config.intermediate_size;
+  const int64_t q_width = config.query_width();
+  const int64_t kv_width = config.key_value_width();
+  const int64_t slots = rows * top_k;
+  auto grad = [&](int64_t offset, TensorRole role) -> float* {
+    return trainable.Includes(role) ? gradients.data() + offset : nullptr;
+  };
+
+  LossBreakdown loss = ComputeLoss(parameters, pass, targets, options);
+
+  // The output head and the final norm.
+  float* d_logits = Sized(s.d_logits, rows * vocab);
+  cpu::CrossEntropyBackward(pass.logits.data(), targets.data(), d_logits, rows, vocab,
+                            static_cast<float>(1.0 / options.predictions_in_step));
+  const TensorRole head_role =
+      config.tie_word_embeddings ? TensorRole::kEmbedding : TensorRole::kOutput;
+  float* d_norm = Zeroed(s.d_norm, rows * hidden);
+  cpu::LinearBackward(pass.final_norm.data(), parameters.at(layout.lm_head()), d_logits, d_norm,
+                      grad(layout.lm_head(), head_role), rows, hidden, vocab);
+  float* d_stream = Zeroed(s.d_stream, rows * hidden);
+  cpu::RmsNormBackward(pass.final_input.data(), parameters.at(layout.final_norm()),
+                       pass.final_rstd.data(), d_norm, d_stream,
+                       grad(layout.final_norm(), TensorRole::kNorm), rows, hidden);
+
+  // Below this layer nothing needs a gradient, so the walk stops there.
+  int64_t lowest_needed = config.num_hidden_layers;
+  for (const TensorSpec& spec : layout.tensors()) {
+    if (spec.layer >= 0 && trainable.Includes(spec.role)) {
+      lowest_needed = std::min(lowest_needed, spec.layer);
+    }
+  }
+  if (trainable.embeddings) lowest_needed = 0;
+
+  const cpu::RopeTable rope(pass.seq_len, config.head_dim, config.rope_theta);
+  const double balance_scale = options.balance_coefficient * options.step_share /
+                               static_cast<double>(config.num_hidden_layers);
+  for (int64_t i = config.num_hidden_layers - 1; i >= lowest_needed; --i) {
+    const LayerActivations& layer = pass.layers[static_cast<size_t>(i)];
+    const LayerOffsets& w = layout.layer(i);
+
+    // MoE block: out = residual + shared(n2) + Σ_j w_j·expert_j(n2), n2 = rmsnorm(residual).
+    float* d_residual = Sized(s.d_residual, rows * hidden);
+    std::copy(d_stream, d_stream + rows * hidden, d_residual);
+    float* d_n2 = Zeroed(s.d_norm, rows * hidden);
+    if (config.n_shared_experts > 0) {
+      const int64_t shared_inner = config.shared_inner_size();
+      cpu::SwiGluMlpBackward(
+          layer.moe_norm.data(), parameters.at(w.shared.w1), parameters.at(w.shared.w3),
+          parameters.at(w.shared.w2), layer.shared_gate.data(), layer.shared_up.data(),
+          layer.shared_act.data(), d_stream, d_n2, grad(w.shared.w1, TensorRole::kSharedExpert),
+          grad(w.shared.w3, TensorRole::kSharedExpert),
+          grad(w.shared.w2, TensorRole::kSharedExpert), Sized(s.d_gate, rows * shared_inner),
+          Sized(s.d_up, rows * shared_inner), Sized(s.d_act, rows * shared_inner), rows, hidden,
+          shared_inner);
+    }
+    float* d_expert_out = Sized(s.d_expert_out, slots * hidden);
+    float* d_expert_weight = Sized(s.d_expert_weight, slots);
+    cpu::CombineExpertOutputsBackward(layer.expert_output.data(), layer.expert_weight.data(),
+                                      layer.permutation, d_stream, d_expert_out, d_expert_weight,
+                                      rows, top_k, hidden);
+    float* d_expert_in = Zeroed(s.d_expert_in, slots * hidden);
+    float* d_gate = Sized(s.d_gate, slots * inner);
+    float* d_up = Sized(s.d_up, slots * inner);
+    float* d_act = Sized(s.d_act, slots * inner);
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t count = layer.permutation.tokens_for(e);
+      if (count == 0) continue;
+      const int64_t first = layer.permutation.offsets[static_cast<size_t>(e)];
+      const ExpertOffsets& expert = w.experts[static_cast<size_t>(e)];
+      cpu::SwiGluMlpBackward(
+          layer.expert_input.data() + first * hidden, parameters.at(expert.w1),
+          parameters.at(expert.w3), parameters.at(expert.w2),
+          layer.expert_gate.data() + first * inner, layer.expert_up.data() + first * inner,
+          layer.expert_act.data() + first * inner, d_expert_out + first * hidden,
+          d_expert_in + first * hidden, grad(expert.w1, TensorRole::kRoutedExpert),
+          grad(expert.w3, TensorRole::kRoutedExpert), grad(expert.w2, TensorRole::kRoutedExpert),
+          d_gate + first * inner, d_up + first * inner, d_act + first * inner, count, hidden,
+          inner);
+    }
+    cpu::GatherByExpertBackward(d_expert_in, layer.permutation, d_n2, rows, top_k, hidden);
+    float* d_probs = nullptr;
+    if (options.balance_coefficient > 0) {
+      d_probs = Sized(s.d_router_probs, rows * experts);
+      LayerBalance(layer, rows, experts, top_k, balance_scale, d_probs);
+    }
+    float* d_router_logits = Sized(s.d_router_logits, rows * experts);
+    cpu::RouterTopKBackward(layer.router_probs.data(), layer.expert_index.data(), d_expert_weight,
+                            d_probs, d_router_logits, rows, experts, top_k);
+    cpu::LinearBackward(layer.moe_norm.data(), parameters.at(w.router), d_router_logits, d_n2,
+                        grad(w.router, TensorRole::kRouter), rows, hidden, experts);
+    cpu::RmsNormBackward(layer.residual.data(), parameters.at(w.post_attention_layernorm),
+                         layer.moe_rstd.data(), d_n2, d_residual,
+                         grad(w.post_attention_layernorm, TensorRole::kNorm), rows, hidden);
+
+    // Attention block: residual = input + o_proj(attention(...)). At the lowest layer it is
+    // needed only for its own trainable weights.
+    const bool need_input_gradient = i > lowest_needed || trainable.embeddings;
+    if (!need_input_gradient && !trainable.attention && !trainable.norms) break;
+    std::copy(d_residual, d_residual + rows * hidden, d_stream);  // the skip connection
+    float* d_attention = Zeroed(s.d_attention, rows * q_width);
+    cpu::LinearBackward(layer.attention_output.data(), parameters.at(w.o_proj), d_residual,
+                        d_attention, grad(w.o_proj, TensorRole::kAttention), rows, q_width, hidden);
+    const cpu::AttentionShape shape{.batch = pass.batch,
+                                    .seq_len = pass.seq_len,
+                                    .heads = config.num_attention_heads,
+                                    .kv_heads = config.num_key_value_heads,
+                                    .head_dim = config.head_dim,
+                                    .sliding_window = config.sliding_window};
+    float* d_q = Sized(s.d_q, rows * q_width);
+    float* d_k = Sized(s.d_k, rows * kv_width);
+    float* d_v = Sized(s.d_v, rows * kv_width);
+    cpu::CausalAttentionBackward(layer.q.data(), layer.k.data(), layer.v.data(),
+                                 layer.attention_probs.data(), d_attention, d_q, d_k, d_v, shape);
+    cpu::RopeBackward(d_q, pass.batch, pass.seq_len, config.num_attention_heads, rope);
+    cpu::RopeBackward(d_k, pass.batch, pass.seq_len, config.num_key_value_heads, rope);
+    float* d_n1 = Zeroed(s.d_norm, rows * hidden);
+    const float* n1 = layer.attention_norm.data();
+    cpu::LinearBackward(n1, parameters.at(w.q_proj), d_q, d_n1,
+                        grad(w.q_proj, TensorRole::kAttention), rows, hidden, q_width);
+    cpu::LinearBackward(n1, parameters.at(w.k_proj), d_k, d_n1,
+                        grad(w.k_proj, TensorRole::kAttention), rows, hidden, kv_width);
+    cpu::LinearBackward(n1, parameters.at(w.v_proj), d_v, d_n1,
+                        grad(w.v_proj, TensorRole::kAttention), rows, hidden, kv_width);
+    cpu::RmsNormBackward(layer.input.data(), parameters.at(w.input_layernorm),
+                         layer.attention_rstd.data(), d_n1, d_stream,
+                         grad(w.input_layernorm, TensorRole::kNorm), rows, hidden);
+  }
+
+  if (trainable.embeddings && lowest_needed == 0) {
+    float* d_embeddings = gradients.data() + layout.embed_tokens();
+    // Serial: two rows with the same token add into the same embedding row.
+    for (int64_t row = 0; row < rows; ++row) {
+      float* destination =
+          d_embeddings + static_cast<int64_t>(pass.tokens[static_cast<size_t>(row)]) * hidden;
+      const float* source = d_stream + row * hidden;
+      for (int64_t h = 0; h < hidden; ++h) destination[h] += source[h];
+    }
+  }
+  return loss;
+}
+
+}  // namespace fedmoe::model

@@ -1,0 +1,82 @@
+// The training loss and its gradient: next-token cross-entropy plus the expert load-balancing
+// loss, back-propagated through every layer the trainable tensors need.
+//
+// The balance loss is the Switch Transformer / DeepSeekMoE form, per MoE layer
+//   L_bal = Σ_e f_e · P_e,  f_e = E/(k·N) · (token slots routed to e),  P_e = mean_t p_t,e,
+// which is 1 when routing is uniform; the model's balance term is coefficient × the mean of
+// L_bal over layers. f_e is a count and passes no gradient; P_e does, through the router's
+// softmax.
+#ifndef FEDMOE_MODEL_BACKWARD_H_
+#define FEDMOE_MODEL_BACKWARD_H_
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/forward.h"
+#include "model/parameters.h"
+
+namespace fedmoe::model {
+
+// Which tensors are trained (and, in a federation, sent). The default is DESIGN §4's update
+// spec: routed experts, shared experts and routers; attention, norms and embeddings frozen.
+struct TrainableSet {
+  bool routed_experts = true;
+  bool shared_experts = true;
+  bool router = true;
+  bool attention = false;
+  bool norms = false;
+  bool embeddings = false;  // includes a tied output head
+  bool output = false;
+
+  bool Includes(TensorRole role) const;
+  // "experts,router" style lists of: routed_experts, shared_experts, experts (both), router,
+  // attention, norms, embeddings, output, all.
+  static absl::StatusOr<TrainableSet> Parse(std::string_view list);
+};
+
+struct LossBreakdown {
+  // Σ cross-entropy / normaliser, so micro-batches of one step add up to the step's mean.
+  double cross_entropy = 0;
+  int64_t predictions = 0;
+  // coefficient × mean over layers of L_bal, times the micro-batch's share of the step.
+  double balance = 0;
+  // The unweighted mean over layers of L_bal (1 is perfectly balanced), for progress lines.
+  double balance_per_layer = 0;
+  double total() const { return cross_entropy + balance; }
+};
+
+struct BackwardOptions {
+  double balance_coefficient = 0;
+  // The number of predictions in the whole optimizer step (all micro-batches): the
+  // cross-entropy mean's denominator.
+  double predictions_in_step = 1;
+  // This micro-batch's share of the step, weighting its balance term (1 / micro-batches).
+  double step_share = 1;
+};
+
+// Reusable buffers, so a training loop allocates once.
+struct BackwardScratch {
+  std::vector<float> d_logits, d_stream, d_norm, d_residual, d_attention, d_q, d_k, d_v;
+  std::vector<float> d_expert_out, d_expert_in, d_expert_weight, d_router_probs, d_router_logits;
+  std::vector<float> d_gate, d_up, d_act;
+};
+
+// Adds the gradient of the loss of `pass` (targets as in CrossEntropy) into `gradients`, which
+// has the parameters' layout; only tensors in `trainable` are written. Returns the loss.
+absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const ForwardPass& pass,
+                                       std::span<const int32_t> targets,
+                                       const TrainableSet& trainable,
+                                       const BackwardOptions& options, std::span<float> gradients,
+                                       BackwardScratch& scratch);
+
+// The loss alone (no gradient), as Backward computes it: for finite-difference checks and
+// validation.
+LossBreakdown ComputeLoss(const ModelParameters& parameters, const ForwardPass& pass,
+                          std::span<const int32_t> targets, const BackwardOptions& options);
+
+}  // namespace fedmoe::model
+
+#endif  // FEDMOE_MODEL_BACKWARD_H_

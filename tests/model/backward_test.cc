@@ -1,0 +1,172 @@
+// The whole model's gradient (cross-entropy plus the balance loss, through the router's top-k
+// and renormalisation) against central finite differences of the loss.
+#include "model/backward.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/init.h"
+
+namespace fedmoe::model {
+namespace {
+
+MoeConfig TinyConfig(bool shared, bool tied, int64_t kv_heads) {
+  MoeConfig config;
+  config.vocab_size = 23;
+  config.hidden_size = 16;
+  config.intermediate_size = 12;
+  config.num_hidden_layers = 2;
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = kv_heads;
+  config.head_dim = 4;
+  config.num_local_experts = 4;
+  config.num_experts_per_tok = 2;
+  config.n_shared_experts = shared ? 1 : 0;
+  config.shared_expert_intermediate_size = shared ? 8 : 0;
+  config.tie_word_embeddings = tied;
+  config.rope_theta = 10000;
+  config.max_position_embeddings = 32;
+  config.initializer_range = 0.3;
+  return config;
+}
+
+std::vector<int32_t> Tokens(int64_t count, int64_t vocab, uint32_t seed) {
+  std::mt19937 generator(seed);
+  std::vector<int32_t> tokens(static_cast<size_t>(count));
+  for (int32_t& t : tokens) t = static_cast<int32_t>(generator() % static_cast<uint32_t>(vocab));
+  return tokens;
+}
+
+struct Case {
+  const char* name;
+  bool shared;
+  bool tied;
+  int64_t kv_heads;
+};
+
+class ModelGradientTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ModelGradientTest, EveryTensorMatchesFiniteDifferences) {
+  const Case c = GetParam();
+  ModelParameters parameters = InitializeModel(TinyConfig(c.shared, c.tied, c.kv_heads), 21);
+  const MoeConfig& config = parameters.config();
+  constexpr int64_t kBatch = 2;
+  constexpr int64_t kSeqLen = 6;
+  const std::vector<int32_t> tokens = Tokens(kBatch * kSeqLen, config.vocab_size, 4);
+  std::vector<int32_t> targets = NextTokenTargets(tokens, kBatch, kSeqLen);
+  targets[2] = -1;  // a masked position, as in SFT
+  BackwardOptions options;
+  options.balance_coefficient = 0.5;
+  options.predictions_in_step = 9;
+
+  ForwardPass pass;
+  ASSERT_TRUE(Forward(parameters, tokens, kBatch, kSeqLen, pass).ok());
+  std::vector<float> gradients(parameters.values().size(), 0.0f);
+  BackwardScratch scratch;
+  TrainableSet everything = *TrainableSet::Parse("all");
+  absl::StatusOr<LossBreakdown> loss =
+      Backward(parameters, pass, targets, everything, options, gradients, scratch);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  EXPECT_EQ(loss->predictions, 9);
+  EXPECT_GT(loss->balance, 0.4) << "balance term near its uniform value of 0.5";
+
+  // Loss at perturbed parameters; also reports whether any routing choice changed, since the
+  // top-k choice is piecewise constant and a finite difference across a switch means nothing.
+  auto evaluate = [&](std::vector<int32_t>* routing) {
+    ForwardPass perturbed;
+    EXPECT_TRUE(Forward(parameters, tokens, kBatch, kSeqLen, perturbed).ok());
+    routing->clear();
+    for (const LayerActivations& layer : perturbed.layers) {
+      routing->insert(routing->end(), layer.expert_index.begin(), layer.expert_index.end());
+    }
+    return ComputeLoss(parameters, perturbed, targets, options).total();
+  };
+
+  std::mt19937 generator(99);
+  int checked = 0;
+  int skipped = 0;
+  for (const TensorSpec& spec : parameters.layout().tensors()) {
+    for (int sample = 0; sample < 3; ++sample) {
+      const int64_t index = spec.offset + static_cast<int64_t>(generator() % spec.size);
+      const float saved = parameters.values()[index];
+      constexpr float kStep = 2e-3f;
+      std::vector<int32_t> routing_plus;
+      std::vector<int32_t> routing_minus;
+      parameters.values()[index] = saved + kStep;
+      const double plus = evaluate(&routing_plus);
+      parameters.values()[index] = saved - kStep;
+      const double minus = evaluate(&routing_minus);
+      parameters.values()[index] = saved;
+      if (routing_plus != routing_minus) {
+        ++skipped;
+        continue;
+      }
+      const double numeric = (plus - minus) / (2.0 * kStep);
+      EXPECT_NEAR(gradients[index], numeric, 1e-3 + 3e-2 * std::abs(numeric))
+          << spec.name << " [" << index - spec.offset << "]";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 3 * static_cast<int>(parameters.layout().tensors().size()) - 6) << skipped;
+}
+
+INSTANTIATE_TEST_SUITE_P(Configurations, ModelGradientTest,
+                         ::testing::Values(Case{"gqa_shared", true, false, 2},
+                                           Case{"mha_tied", false, true, 4}),
+                         [](const ::testing::TestParamInfo<Case>& test) {
+                           return test.param.name;
+                         });
+
+TEST(BackwardTest, FrozenTensorsGetNoGradientAndAccumulationAddsUp) {
+  const ModelParameters parameters = InitializeModel(TinyConfig(true, false, 2), 3);
+  const std::vector<int32_t> tokens = Tokens(4 * 6, 23, 8);
+  const std::vector<int32_t> targets = NextTokenTargets(tokens, 4, 6);
+  const TrainableSet default_set;
+  BackwardScratch scratch;
+
+  // One batch of 4 sequences...
+  ForwardPass whole;
+  ASSERT_TRUE(Forward(parameters, tokens, 4, 6, whole).ok());
+  std::vector<float> one_step(parameters.values().size(), 0.0f);
+  BackwardOptions options{.balance_coefficient = 0.0, .predictions_in_step = 20};
+  ASSERT_TRUE(Backward(parameters, whole, targets, default_set, options, one_step, scratch).ok());
+
+  // ... equals two micro-batches of 2 accumulated into one gradient.
+  std::vector<float> accumulated(parameters.values().size(), 0.0f);
+  for (int half = 0; half < 2; ++half) {
+    const std::span<const int32_t> part = std::span(tokens).subspan(half * 12, 12);
+    const std::span<const int32_t> part_targets = std::span(targets).subspan(half * 12, 12);
+    ForwardPass pass;
+    ASSERT_TRUE(Forward(parameters, part, 2, 6, pass).ok());
+    options.step_share = 0.5;
+    ASSERT_TRUE(
+        Backward(parameters, pass, part_targets, default_set, options, accumulated, scratch).ok());
+  }
+  for (const TensorSpec& spec : parameters.layout().tensors()) {
+    double magnitude = 0;
+    for (int64_t i = spec.offset; i < spec.offset + spec.size; ++i) {
+      magnitude += std::abs(one_step[i]);
+      ASSERT_NEAR(one_step[i], accumulated[i], 1e-5) << spec.name;
+    }
+    if (default_set.Includes(spec.role)) {
+      EXPECT_GT(magnitude, 0) << spec.name;
+    } else {
+      EXPECT_EQ(magnitude, 0) << spec.name << " is frozen";
+    }
+  }
+}
+
+TEST(BackwardTest, TrainableSetParsing) {
+  absl::StatusOr<TrainableSet> set = TrainableSet::Parse("experts,attention");
+  ASSERT_TRUE(set.ok());
+  EXPECT_TRUE(set->routed_experts && set->shared_experts && set->attention);
+  EXPECT_FALSE(set->router || set->embeddings);
+  EXPECT_EQ(TrainableSet::Parse("experts,brains").status().message(),
+            "unknown trainable part 'brains' (routed_experts, shared_experts, experts, router, "
+            "attention, norms, embeddings, output, all)");
+}
+
+}  // namespace
+}  // namespace fedmoe::model
