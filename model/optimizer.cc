@@ -1,0 +1,75 @@
+#include "model/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+namespace fedmoe::model {
+
+AdamW::AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOptions options)
+    : options_(options),
+      first_moment_(static_cast<size_t>(layout.total_size()), 0.0f),
+      second_moment_(static_cast<size_t>(layout.total_size()), 0.0f) {
+  for (const TensorSpec& spec : layout.tensors()) {
+    if (trainable.Includes(spec.role)) {
+      ranges_.push_back({spec.offset, spec.size, spec.role != TensorRole::kNorm});
+    }
+  }
+}
+
+void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, double lr) {
+  ++steps_;
+  const double correction1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
+  const double correction2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
+  const auto beta1 = static_cast<float>(options_.beta1);
+  const auto beta2 = static_cast<float>(options_.beta2);
+  const auto step_size = static_cast<float>(lr / correction1);
+  const auto root_correction2 = static_cast<float>(std::sqrt(correction2));
+  const auto epsilon = static_cast<float>(options_.epsilon);
+  for (const Range& range : ranges_) {
+    const float decay = range.decay ? static_cast<float>(lr * options_.weight_decay) : 0.0f;
+    float* theta = parameters.data() + range.offset;
+    const float* g = gradients.data() + range.offset;
+    float* m = first_moment_.data() + range.offset;
+    float* v = second_moment_.data() + range.offset;
+#pragma omp parallel for schedule(static) if (range.size > 65536)
+    for (int64_t i = 0; i < range.size; ++i) {
+      m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
+      v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
+      theta[i] -= decay * theta[i] + step_size * m[i] / (std::sqrt(v[i]) / root_correction2 + epsilon);
+    }
+  }
+}
+
+double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Schedule schedule,
+                    double min_ratio) {
+  if (step < warmup) return peak * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  if (schedule == Schedule::kConstant || total <= warmup + 1) return peak;
+  const double progress =
+      static_cast<double>(step - warmup) / static_cast<double>(total - warmup - 1);
+  const double minimum = peak * min_ratio;
+  return minimum +
+         (peak - minimum) * 0.5 * (1.0 + std::cos(std::numbers::pi * std::min(progress, 1.0)));
+}
+
+double ClipGlobalNorm(const ModelLayout& layout, const TrainableSet& trainable,
+                      std::span<float> gradients, double max_norm) {
+  double squares = 0;
+  for (const TensorSpec& spec : layout.tensors()) {
+    if (!trainable.Includes(spec.role)) continue;
+    for (int64_t i = spec.offset; i < spec.offset + spec.size; ++i) {
+      squares += static_cast<double>(gradients[i]) * gradients[i];
+    }
+  }
+  const double norm = std::sqrt(squares);
+  if (max_norm > 0 && norm > max_norm) {
+    const auto scale = static_cast<float>(max_norm / norm);
+    for (const TensorSpec& spec : layout.tensors()) {
+      if (!trainable.Includes(spec.role)) continue;
+      for (int64_t i = spec.offset; i < spec.offset + spec.size; ++i) gradients[i] *= scale;
+    }
+  }
+  return norm;
+}
+
+}  // namespace fedmoe::model

@@ -1,0 +1,60 @@
+// The local optimizer: AdamW with decoupled weight decay over the trainable tensors, a
+// learning-rate schedule (linear warmup, then cosine decay or constant), and global-norm
+// gradient clipping.
+#ifndef FEDMOE_MODEL_OPTIMIZER_H_
+#define FEDMOE_MODEL_OPTIMIZER_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "model/backward.h"
+#include "model/parameters.h"
+
+namespace fedmoe::model {
+
+struct AdamWOptions {
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double epsilon = 1e-8;
+  // Decoupled (Loshchilov & Hutter): θ ← θ − lr·(m̂/(√v̂ + ε) + λ·θ). Not applied to norms.
+  double weight_decay = 0.01;
+};
+
+class AdamW {
+ public:
+  AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOptions options);
+
+  // One update of the trainable tensors with these gradients at learning rate `lr`.
+  void Step(std::span<float> parameters, std::span<const float> gradients, double lr);
+  int64_t steps() const { return steps_; }
+
+ private:
+  struct Range {
+    int64_t offset;
+    int64_t size;
+    bool decay;
+  };
+  std::vector<Range> ranges_;
+  AdamWOptions options_;
+  std::vector<float> first_moment_;
+  std::vector<float> second_moment_;
+  int64_t steps_ = 0;
+};
+
+enum class Schedule { kCosine, kConstant };
+
+// The learning rate at optimizer step `step` (0-based) of `total`: a linear warmup from
+// peak/warmup to peak over `warmup` steps, then cosine decay to peak·min_ratio at the last
+// step, or constant.
+double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Schedule schedule,
+                    double min_ratio);
+
+// Scales the trainable gradients down so their joint L2 norm is at most max_norm (no-op for
+// max_norm ≤ 0). Returns the norm before clipping.
+double ClipGlobalNorm(const ModelLayout& layout, const TrainableSet& trainable,
+                      std::span<float> gradients, double max_norm);
+
+}  // namespace fedmoe::model
+
+#endif  // FEDMOE_MODEL_OPTIMIZER_H_

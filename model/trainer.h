@@ -1,0 +1,86 @@
+// Local fine-tuning: the loop that [rounds] runs on each client between global models, and that
+// `fedmoe-client train` runs by hand.
+#ifndef FEDMOE_MODEL_TRAINER_H_
+#define FEDMOE_MODEL_TRAINER_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "model/backward.h"
+#include "model/data.h"
+#include "model/optimizer.h"
+#include "model/parameters.h"
+#include "model/tokenizer.h"
+
+namespace fedmoe::model {
+
+struct TrainOptions {
+  int64_t steps = 100;
+  int64_t batch_size = 8;
+  int64_t seq_len = 128;
+  // Micro-batches per optimizer step.
+  int64_t gradient_accumulation = 1;
+  double learning_rate = 1e-3;
+  // −1: min(100, steps / 10).
+  int64_t warmup_steps = -1;
+  Schedule schedule = Schedule::kCosine;
+  double min_learning_rate_ratio = 0.1;
+  AdamWOptions adamw;
+  double max_gradient_norm = 1.0;
+  // −1: the config's router_aux_loss_coef.
+  double balance_coefficient = -1;
+  TrainableSet trainable;
+  uint64_t seed = 0;
+  // Validation every this many steps (0: only at the end), over at most this many batches.
+  int64_t eval_every = 50;
+  int64_t eval_batches = 8;
+  double validation_fraction = 0.05;
+};
+
+struct StepReport {
+  int64_t step = 0;  // 1-based
+  int64_t steps = 0;
+  double loss = 0;           // cross-entropy of this step, nats
+  double balance = 0;        // mean L_bal over layers (1 = uniform)
+  double learning_rate = 0;
+  double gradient_norm = 0;  // before clipping
+  double tokens_per_second = 0;
+  double elapsed_seconds = 0;
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  // Mean cross-entropy over the last min(10, steps) steps.
+  double train_loss = 0;
+  // Cross-entropy on the validation split after the last step; NaN when it is empty.
+  double val_loss = 0;
+  double tokens_per_second = 0;
+  int64_t tokens = 0;
+  DataCounts data;
+};
+
+struct TrainCallbacks {
+  std::function<void(const StepReport&)> on_step;
+  std::function<void(int64_t step, double val_loss)> on_validation;
+  std::function<void(std::string_view)> on_data_warning;
+};
+
+// Trains `parameters` in place on the directory's training split.
+absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& tokenizer,
+                                  const std::filesystem::path& data_directory,
+                                  const TrainOptions& options,
+                                  const TrainCallbacks& callbacks = {});
+
+// Mean cross-entropy over up to max_batches batches of the validation split (all with
+// max_batches ≤ 0); NaN when the split is empty.
+absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters,
+                                      const Tokenizer& tokenizer,
+                                      const std::filesystem::path& data_directory,
+                                      const DataOptions& data_options, int64_t max_batches);
+
+}  // namespace fedmoe::model
+
+#endif  // FEDMOE_MODEL_TRAINER_H_
