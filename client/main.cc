@@ -148,11 +148,12 @@ int StatusCommand(const std::vector<std::string>& args) {
 
 int Main(int argc, char** argv) {
   pki::RequireTls13ForGrpc();
-  const std::string usage = absl::StrCat(kUsage, kModelUsage);
+  const std::string usage = absl::StrCat(kUsage, kTrainUsage, kModelUsage);
   return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,
                                 {{"enroll", EnrollCommand},
                                  {"run", RunCommand},
                                  {"status", StatusCommand},
+                                 {"train", TrainCommand},
                                  {"model", ModelCommand}});
 }
 

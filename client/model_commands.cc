@@ -1,19 +1,24 @@
 #include "client/model_commands.h"
 
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/train_options.h"
 #include "config/command_line.h"
 #include "kernels/cpu/threads.h"
 #include "model/checkpoint.h"
 #include "model/evaluation.h"
 #include "model/forward.h"
 #include "model/init.h"
+#include "model/trainer.h"
 #include "model/tokenizer.h"
 
 namespace fedmoe::client {
@@ -272,7 +277,130 @@ int TraceCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+std::string Duration(double seconds) {
+  const auto whole = static_cast<int64_t>(std::max(0.0, seconds));
+  if (whole >= 3600) return absl::StrFormat("%dh%02dm", whole / 3600, (whole / 60) % 60);
+  if (whole >= 60) return absl::StrFormat("%dm%02ds", whole / 60, whole % 60);
+  return absl::StrFormat("%ds", whole);
+}
+
+Json NumberOrNull(double value) { return std::isfinite(value) ? Json(value) : Json(nullptr); }
+
 }  // namespace
+
+const char kTrainUsage[] =
+    R"(  train --model DIR --data DIR --steps N --out DIR [--batch-size B] [--seq-len T]
+        [--lr LR] [--seed S] [--threads T] [--log-every K] [--config FILE]
+      Fine-tune DIR's model on the .txt, .md and .jsonl files under --data and write the
+      result to --out. Settings come from --config (YAML, see deploy/examples/train.yaml),
+      then the flags. Prints progress; the last line is JSON
+      {"steps", "train_loss", "val_loss", "tokens_per_second", ...}.
+)";
+
+int TrainCommand(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args,
+                                  {"model", "data", "steps", "out", "batch-size", "seq-len", "lr",
+                                   "seed", "threads", "log-every", "config"},
+                                  {});
+  if (!flags.ok()) return Fail(flags.status());
+  model::TrainOptions options;
+  int64_t threads = 0;
+  if (auto path = flags->Get("config")) {
+    absl::StatusOr<config::YamlConfigReader> reader = config::YamlConfigReader::FromFile(*path);
+    if (!reader.ok()) return Fail(reader.status());
+    ReadTrainOptions(*reader, "", &options, &threads);
+    if (absl::Status status = reader->Finish(); !status.ok()) return Fail(status);
+  }
+  for (const char* required : {"model", "data", "out"}) {
+    if (!flags->Has(required)) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat("--", required, " is required")));
+    }
+  }
+  if (!flags->Has("steps") && !flags->Has("config")) {
+    return Fail(absl::InvalidArgumentError("--steps is required"));
+  }
+  struct IntFlag {
+    const char* name;
+    int64_t* out;
+    int64_t min;
+    int64_t max;
+  };
+  int64_t seed = static_cast<int64_t>(options.seed);
+  int64_t log_every = 10;
+  for (const IntFlag& flag : {IntFlag{"steps", &options.steps, 1, int64_t{1} << 40},
+                              IntFlag{"batch-size", &options.batch_size, 1, kMaxBatch},
+                              IntFlag{"seq-len", &options.seq_len, 2, kMaxSeqLen},
+                              IntFlag{"seed", &seed, 0, std::numeric_limits<int64_t>::max()},
+                              IntFlag{"threads", &threads, 0, kMaxThreads},
+                              IntFlag{"log-every", &log_every, 1, int64_t{1} << 40}}) {
+    absl::StatusOr<int64_t> value = flags->IntOr(flag.name, *flag.out, flag.min, flag.max);
+    if (!value.ok()) return Fail(value.status());
+    *flag.out = *value;
+  }
+  options.seed = static_cast<uint64_t>(seed);
+  if (flags->Has("lr")) {
+    absl::StatusOr<double> lr = flags->RequireDouble("lr");
+    if (!lr.ok()) return Fail(lr.status());
+    if (*lr <= 0) return Fail(absl::InvalidArgumentError("--lr must be positive"));
+    options.learning_rate = *lr;
+  }
+  kernels::cpu::SetCpuThreads(static_cast<int>(threads));
+
+  const std::string model_dir = *flags->Get("model");
+  const std::string out_dir = *flags->Get("out");
+  absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(model_dir);
+  if (!parameters.ok()) return Fail(parameters.status());
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
+      model::LoadTokenizer(model_dir, parameters->config().vocab_size);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+
+  model::TrainCallbacks callbacks;
+  callbacks.on_data_warning = [](std::string_view warning) {
+    std::fprintf(stderr, "fedmoe-client: warning: %s\n", std::string(warning).c_str());
+  };
+  callbacks.on_step = [log_every](const model::StepReport& report) {
+    if (report.step != 1 && report.step != report.steps && report.step % log_every != 0) return;
+    const double eta = report.elapsed_seconds / static_cast<double>(report.step) *
+                       static_cast<double>(report.steps - report.step);
+    std::printf("step %lld/%lld  loss %.4f  balance %.3f  lr %.2e  grad %.3f  tok/s %.0f  eta %s\n",
+                static_cast<long long>(report.step), static_cast<long long>(report.steps),
+                report.loss, report.balance, report.learning_rate, report.gradient_norm,
+                report.tokens_per_second, Duration(eta).c_str());
+    std::fflush(stdout);
+  };
+  callbacks.on_validation = [](int64_t step, double loss) {
+    std::printf("validation at step %lld: loss %.4f\n", static_cast<long long>(step), loss);
+    std::fflush(stdout);
+  };
+  absl::StatusOr<model::TrainResult> result =
+      model::Train(*parameters, **tokenizer, *flags->Get("data"), options, callbacks);
+  if (!result.ok()) return Fail(result.status());
+  if (absl::Status status = model::SaveModel(*parameters, out_dir); !status.ok()) {
+    return Fail(status);
+  }
+  const std::filesystem::path tokenizer_file = std::filesystem::path(model_dir) / "tokenizer.json";
+  if (std::filesystem::exists(tokenizer_file)) {
+    std::error_code error;
+    std::filesystem::copy_file(tokenizer_file, std::filesystem::path(out_dir) / "tokenizer.json",
+                               std::filesystem::copy_options::overwrite_existing, error);
+    if (error) {
+      return Fail(absl::InternalError(absl::StrCat("cannot copy tokenizer.json: ", error.message())));
+    }
+  }
+  std::printf("checkpoint: %s\n", out_dir.c_str());
+  const Json summary = {{"steps", result->steps},
+                        {"train_loss", NumberOrNull(result->train_loss)},
+                        {"val_loss", NumberOrNull(result->val_loss)},
+                        {"tokens_per_second", result->tokens_per_second},
+                        {"tokens", result->tokens},
+                        {"files", result->data.files},
+                        {"documents", result->data.documents},
+                        {"sft_examples", result->data.sft_examples},
+                        {"skipped_files", result->data.skipped_files},
+                        {"skipped_lines", result->data.skipped_lines}};
+  std::printf("%s\n", JsonLine(summary).c_str());
+  return 0;
+}
 
 const char kModelUsage[] =
     R"(  model eval --model DIR --data FILE [--seq-len N] [--batch B] [--threads T]

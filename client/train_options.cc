@@ -1,0 +1,76 @@
+#include "client/train_options.h"
+
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+
+namespace fedmoe::client {
+
+void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefix,
+                      model::TrainOptions* options, int64_t* threads) {
+  auto key = [&prefix](const char* name) { return prefix + name; };
+  auto at_least = [&](const char* name, int64_t value, int64_t minimum) {
+    if (value < minimum) reader.Invalid(key(name), "must be at least " + std::to_string(minimum));
+  };
+  reader.Read(key("steps"), &options->steps);
+  at_least("steps", options->steps, 1);
+  reader.Read(key("batch_size"), &options->batch_size);
+  at_least("batch_size", options->batch_size, 1);
+  reader.Read(key("seq_len"), &options->seq_len);
+  at_least("seq_len", options->seq_len, 2);
+  reader.Read(key("gradient_accumulation"), &options->gradient_accumulation);
+  at_least("gradient_accumulation", options->gradient_accumulation, 1);
+  reader.Read(key("learning_rate"), &options->learning_rate);
+  if (!(options->learning_rate > 0)) reader.Invalid(key("learning_rate"), "must be positive");
+  reader.Read(key("warmup_steps"), &options->warmup_steps);
+  std::string schedule = options->schedule == model::Schedule::kCosine ? "cosine" : "constant";
+  reader.Read(key("schedule"), &schedule);
+  if (schedule == "cosine") {
+    options->schedule = model::Schedule::kCosine;
+  } else if (schedule == "constant") {
+    options->schedule = model::Schedule::kConstant;
+  } else {
+    reader.Invalid(key("schedule"), "must be cosine or constant");
+  }
+  reader.Read(key("min_learning_rate_ratio"), &options->min_learning_rate_ratio);
+  if (options->min_learning_rate_ratio < 0 || options->min_learning_rate_ratio > 1) {
+    reader.Invalid(key("min_learning_rate_ratio"), "must be in [0, 1]");
+  }
+  reader.Read(key("weight_decay"), &options->adamw.weight_decay);
+  if (options->adamw.weight_decay < 0) reader.Invalid(key("weight_decay"), "must not be negative");
+  reader.Read(key("beta1"), &options->adamw.beta1);
+  reader.Read(key("beta2"), &options->adamw.beta2);
+  for (const auto& [name, beta] : {std::pair{"beta1", options->adamw.beta1},
+                                   std::pair{"beta2", options->adamw.beta2}}) {
+    if (!(beta >= 0 && beta < 1)) reader.Invalid(key(name), "must be in [0, 1)");
+  }
+  reader.Read(key("max_gradient_norm"), &options->max_gradient_norm);
+  reader.Read(key("balance_coefficient"), &options->balance_coefficient);
+  std::vector<std::string> trainable;
+  reader.Read(key("trainable"), &trainable);
+  if (!trainable.empty()) {
+    absl::StatusOr<model::TrainableSet> set =
+        model::TrainableSet::Parse(absl::StrJoin(trainable, ","));
+    if (set.ok()) {
+      options->trainable = *set;
+    } else {
+      reader.Invalid(key("trainable"), std::string(set.status().message()));
+    }
+  }
+  int64_t seed = static_cast<int64_t>(options->seed);
+  reader.Read(key("seed"), &seed);
+  at_least("seed", seed, 0);
+  options->seed = static_cast<uint64_t>(seed);
+  reader.Read(key("eval_every"), &options->eval_every);
+  at_least("eval_every", options->eval_every, 0);
+  reader.Read(key("eval_batches"), &options->eval_batches);
+  reader.Read(key("validation_fraction"), &options->validation_fraction);
+  if (!(options->validation_fraction >= 0 && options->validation_fraction < 1)) {
+    reader.Invalid(key("validation_fraction"), "must be in [0, 1)");
+  }
+  reader.Read(key("threads"), threads);
+  at_least("threads", *threads, 0);
+}
+
+}  // namespace fedmoe::client

@@ -1,0 +1,21 @@
+// Local training settings from YAML: a `train --config FILE` file, or (for the daemon) a
+// section of client.yaml. Every key is optional and defaults to model::TrainOptions.
+#ifndef FEDMOE_CLIENT_TRAIN_OPTIONS_H_
+#define FEDMOE_CLIENT_TRAIN_OPTIONS_H_
+
+#include <string>
+
+#include "config/yaml_config.h"
+#include "model/trainer.h"
+
+namespace fedmoe::client {
+
+// Reads the keys under `prefix` ("" for the top level, "training." for a section) into
+// *options, recording range errors on the reader; the caller's Finish() reports them.
+// Also reads `threads` into *threads (0: every core).
+void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefix,
+                      model::TrainOptions* options, int64_t* threads);
+
+}  // namespace fedmoe::client
+
+#endif  // FEDMOE_CLIENT_TRAIN_OPTIONS_H_
