@@ -18,8 +18,8 @@
 #include "model/evaluation.h"
 #include "model/forward.h"
 #include "model/init.h"
-#include "model/trainer.h"
 #include "model/tokenizer.h"
+#include "model/trainer.h"
 
 namespace fedmoe::client {
 namespace {
@@ -384,7 +384,8 @@ int TrainCommand(const std::vector<std::string>& args) {
     std::filesystem::copy_file(tokenizer_file, std::filesystem::path(out_dir) / "tokenizer.json",
                                std::filesystem::copy_options::overwrite_existing, error);
     if (error) {
-      return Fail(absl::InternalError(absl::StrCat("cannot copy tokenizer.json: ", error.message())));
+      return Fail(
+          absl::InternalError(absl::StrCat("cannot copy tokenizer.json: ", error.message())));
     }
   }
   std::printf("checkpoint: %s\n", out_dir.c_str());

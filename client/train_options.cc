@@ -41,8 +41,8 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
   if (options->adamw.weight_decay < 0) reader.Invalid(key("weight_decay"), "must not be negative");
   reader.Read(key("beta1"), &options->adamw.beta1);
   reader.Read(key("beta2"), &options->adamw.beta2);
-  for (const auto& [name, beta] : {std::pair{"beta1", options->adamw.beta1},
-                                   std::pair{"beta2", options->adamw.beta2}}) {
+  for (const auto& [name, beta] :
+       {std::pair{"beta1", options->adamw.beta1}, std::pair{"beta2", options->adamw.beta2}}) {
     if (!(beta >= 0 && beta < 1)) reader.Invalid(key(name), "must be in [0, 1)");
   }
   reader.Read(key("max_gradient_norm"), &options->max_gradient_norm);

@@ -14,14 +14,14 @@ namespace {
 
 namespace cpu = kernels::cpu;
 
-template <typename T>
-T* Zeroed(std::vector<T>& buffer, int64_t size) {
-  buffer.assign(static_cast<size_t>(size), T{});
+template <typename Buffer>
+auto* Zeroed(Buffer& buffer, int64_t size) {
+  buffer.assign(static_cast<size_t>(size), typename Buffer::value_type{});
   return buffer.data();
 }
 
-template <typename T>
-T* Sized(std::vector<T>& buffer, int64_t size) {
+template <typename Buffer>
+auto* Sized(Buffer& buffer, int64_t size) {
   buffer.resize(static_cast<size_t>(size));
   return buffer.data();
 }

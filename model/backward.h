@@ -15,10 +15,13 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/cpu/aligned.h"
 #include "model/forward.h"
 #include "model/parameters.h"
 
 namespace fedmoe::model {
+
+using kernels::cpu::AlignedFloats;
 
 // Which tensors are trained (and, in a federation, sent). The default is DESIGN §4's update
 // spec: routed experts, shared experts and routers; attention, norms and embeddings frozen.
@@ -59,9 +62,9 @@ struct BackwardOptions {
 
 // Reusable buffers, so a training loop allocates once.
 struct BackwardScratch {
-  std::vector<float> d_logits, d_stream, d_norm, d_residual, d_attention, d_q, d_k, d_v;
-  std::vector<float> d_expert_out, d_expert_in, d_expert_weight, d_router_probs, d_router_logits;
-  std::vector<float> d_gate, d_up, d_act;
+  AlignedFloats d_logits, d_stream, d_norm, d_residual, d_attention, d_q, d_k, d_v;
+  AlignedFloats d_expert_out, d_expert_in, d_expert_weight, d_router_probs, d_router_logits;
+  AlignedFloats d_gate, d_up, d_act;
 };
 
 // Adds the gradient of the loss of `pass` (targets as in CrossEntropy) into `gradients`, which

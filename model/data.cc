@@ -91,8 +91,7 @@ void DataStream::Warn(int64_t line, std::string_view why) {
 
 bool DataStream::InSplit(int64_t line) const {
   const uint64_t bucket = Fnv1a(absl::StrCat(current_name_, ":", line)) % 1'000'000;
-  const bool validation =
-      static_cast<double>(bucket) < options_.validation_fraction * 1'000'000.0;
+  const bool validation = static_cast<double>(bucket) < options_.validation_fraction * 1'000'000.0;
   return validation == (split_ == Split::kValidation);
 }
 
@@ -181,8 +180,9 @@ void DataStream::ReadJsonLine(const std::string& line) {
   const nlohmann::json* prompt = text_field("prompt");
   const nlohmann::json* response = text_field("response");
   if (text == nullptr && (prompt == nullptr || response == nullptr)) {
-    Warn(line_number_, "expected {\"text\": ...} or {\"prompt\": ..., \"response\": ...}, "
-                       "line skipped");
+    Warn(line_number_,
+         "expected {\"text\": ...} or {\"prompt\": ..., \"response\": ...}, "
+         "line skipped");
     return;
   }
   if (!InSplit(line_number_)) return;
@@ -205,7 +205,8 @@ void DataStream::AddText(std::string_view text) {
   const auto length = static_cast<size_t>(options_.seq_len);
   while (pending_.size() >= length + 1) {
     Sequence sequence;
-    sequence.tokens.assign(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(length));
+    sequence.tokens.assign(pending_.begin(),
+                           pending_.begin() + static_cast<std::ptrdiff_t>(length));
     sequence.targets.assign(pending_.begin() + 1,
                             pending_.begin() + static_cast<std::ptrdiff_t>(length) + 1);
     packed_.push_back(std::move(sequence));
@@ -245,15 +246,15 @@ void DataStream::AddExample(std::string_view prompt, std::string_view response) 
 void DataStream::BucketExamples(bool flush) {
   const auto pool = static_cast<size_t>(kBucketPoolBatches * options_.batch_size);
   if (examples_.empty() || (!flush && examples_.size() < pool)) return;
-  std::stable_sort(examples_.begin(), examples_.end(), [](const auto& a, const auto& b) {
-    return a.tokens.size() < b.tokens.size();
-  });
+  std::stable_sort(examples_.begin(), examples_.end(),
+                   [](const auto& a, const auto& b) { return a.tokens.size() < b.tokens.size(); });
   std::vector<std::vector<Sequence>> groups;
   const auto batch = static_cast<size_t>(options_.batch_size);
   for (size_t first = 0; first < examples_.size(); first += batch) {
     const size_t last = std::min(examples_.size(), first + batch);
-    groups.emplace_back(std::make_move_iterator(examples_.begin() + static_cast<std::ptrdiff_t>(first)),
-                        std::make_move_iterator(examples_.begin() + static_cast<std::ptrdiff_t>(last)));
+    groups.emplace_back(
+        std::make_move_iterator(examples_.begin() + static_cast<std::ptrdiff_t>(first)),
+        std::make_move_iterator(examples_.begin() + static_cast<std::ptrdiff_t>(last)));
   }
   examples_.clear();
   if (split_ == Split::kTrain) std::shuffle(groups.begin(), groups.end(), random_);
@@ -267,7 +268,17 @@ bool DataStream::TakeBatch(Batch& batch, bool flush) {
     rows = std::move(example_batches_.front());
     example_batches_.pop_front();
   } else {
-    if (flush && split_ == Split::kValidation && pending_.size() >= 2) {
+    const auto wanted = static_cast<size_t>(options_.batch_size);
+    const size_t buffered =
+        split_ == Split::kTrain ? static_cast<size_t>(kShuffleBufferBatches) * wanted : wanted;
+    if (!packed_.empty() && (flush || packed_.size() >= buffered)) {
+      while (rows.size() < wanted && !packed_.empty()) {
+        size_t pick = 0;
+        if (split_ == Split::kTrain) pick = random_() % packed_.size();
+        rows.push_back(std::move(packed_[pick]));
+        packed_.erase(packed_.begin() + static_cast<std::ptrdiff_t>(pick));
+      }
+    } else if (flush && split_ == Split::kValidation && pending_.size() >= 2) {
       // The validation tail: one last, shorter sequence so no held-out token is lost.
       Sequence tail;
       tail.tokens.assign(pending_.begin(), pending_.end() - 1);
@@ -275,17 +286,7 @@ bool DataStream::TakeBatch(Batch& batch, bool flush) {
       pending_.clear();
       rows.push_back(std::move(tail));
     } else {
-      const auto wanted = static_cast<size_t>(options_.batch_size);
-      const size_t buffered = split_ == Split::kTrain
-                                  ? static_cast<size_t>(kShuffleBufferBatches) * wanted
-                                  : wanted;
-      if (packed_.empty() || (!flush && packed_.size() < buffered)) return false;
-      while (rows.size() < wanted && !packed_.empty()) {
-        size_t pick = 0;
-        if (split_ == Split::kTrain) pick = random_() % packed_.size();
-        rows.push_back(std::move(packed_[pick]));
-        packed_.erase(packed_.begin() + static_cast<std::ptrdiff_t>(pick));
-      }
+      return false;
     }
   }
   size_t longest = 0;
@@ -296,8 +297,10 @@ bool DataStream::TakeBatch(Batch& batch, bool flush) {
   batch.targets.assign(rows.size() * longest, -1);
   batch.predictions = 0;
   for (size_t r = 0; r < rows.size(); ++r) {
-    std::copy(rows[r].tokens.begin(), rows[r].tokens.end(), batch.tokens.begin() + static_cast<std::ptrdiff_t>(r * longest));
-    std::copy(rows[r].targets.begin(), rows[r].targets.end(), batch.targets.begin() + static_cast<std::ptrdiff_t>(r * longest));
+    std::copy(rows[r].tokens.begin(), rows[r].tokens.end(),
+              batch.tokens.begin() + static_cast<std::ptrdiff_t>(r * longest));
+    std::copy(rows[r].targets.begin(), rows[r].targets.end(),
+              batch.targets.begin() + static_cast<std::ptrdiff_t>(r * longest));
     for (const int32_t target : rows[r].targets) batch.predictions += target >= 0 ? 1 : 0;
   }
   ++yielded_this_epoch_;
@@ -314,8 +317,7 @@ absl::StatusOr<bool> DataStream::Next(Batch& batch) {
     if (yielded_this_epoch_ == 0) {
       return absl::FailedPreconditionError(absl::StrCat(
           root_.string(), " yields no training batches (", counts_.documents, " documents, ",
-          counts_.sft_examples, " examples; too little text for seq_len ", options_.seq_len,
-          "?)"));
+          counts_.sft_examples, " examples; too little text for seq_len ", options_.seq_len, "?)"));
     }
     ++epoch_;
     yielded_this_epoch_ = 0;

@@ -116,8 +116,8 @@ class DataStream {
   std::string paragraph_;
   int64_t paragraph_line_ = 0;
 
-  std::vector<int32_t> pending_;  // packed tokens not yet cut into a sequence
-  std::vector<Sequence> packed_;  // the shuffle buffer of packed sequences
+  std::vector<int32_t> pending_;    // packed tokens not yet cut into a sequence
+  std::vector<Sequence> packed_;    // the shuffle buffer of packed sequences
   std::vector<Sequence> examples_;  // supervised examples waiting to be bucketed
   std::deque<std::vector<Sequence>> example_batches_;
   int64_t epoch_ = 0;

@@ -13,8 +13,8 @@ namespace {
 
 namespace cpu = kernels::cpu;
 
-template <typename T>
-T* Sized(std::vector<T>& buffer, int64_t size) {
+template <typename Buffer>
+auto* Sized(Buffer& buffer, int64_t size) {
   buffer.resize(static_cast<size_t>(size));
   return buffer.data();
 }
@@ -89,7 +89,7 @@ void AttentionBlock(const ModelParameters& parameters, const LayerOffsets& weigh
 
 // The MoE half of a layer: layer.residual → out.
 void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, int64_t rows,
-              LayerActivations& layer, std::vector<float>& out) {
+              LayerActivations& layer, AlignedFloats& out) {
   const MoeConfig& config = parameters.config();
   const int64_t hidden = config.hidden_size;
   const int64_t experts = config.num_local_experts;
@@ -128,7 +128,7 @@ void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, in
   out.assign(layer.residual.begin(), layer.residual.end());
   if (config.n_shared_experts > 0) {
     const int64_t shared_inner = config.shared_inner_size();
-    std::vector<float> shared_out(static_cast<size_t>(rows * hidden));
+    AlignedFloats shared_out(static_cast<size_t>(rows * hidden));
     cpu::SwiGluMlpForward(
         norm, parameters.at(weights.shared.w1), parameters.at(weights.shared.w3),
         parameters.at(weights.shared.w2), Sized(layer.shared_gate, rows * shared_inner),
@@ -156,7 +156,7 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
   pass.tokens.assign(tokens.begin(), tokens.end());
   pass.layers.resize(static_cast<size_t>(config.num_hidden_layers));
 
-  std::vector<float>& embedded = pass.layers.front().input;
+  AlignedFloats& embedded = pass.layers.front().input;
   float* x = Sized(embedded, rows * hidden);
   const float* embeddings = parameters.at(layout.embed_tokens());
 #pragma omp parallel for schedule(static)
@@ -169,9 +169,9 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     LayerActivations& layer = pass.layers[static_cast<size_t>(i)];
     AttentionBlock(parameters, layout.layer(i), rope, batch, seq_len, layer);
-    std::vector<float>& next = i + 1 < config.num_hidden_layers
-                                   ? pass.layers[static_cast<size_t>(i + 1)].input
-                                   : pass.final_input;
+    AlignedFloats& next = i + 1 < config.num_hidden_layers
+                              ? pass.layers[static_cast<size_t>(i + 1)].input
+                              : pass.final_input;
     MoeBlock(parameters, layout.layer(i), rows, layer, next);
   }
 
@@ -186,7 +186,7 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
 
 LossSum CrossEntropy(const ForwardPass& pass, std::span<const int32_t> targets,
                      int64_t vocab_size) {
-  std::vector<float> losses(static_cast<size_t>(pass.rows()));
+  AlignedFloats losses(static_cast<size_t>(pass.rows()));
   LossSum sum;
   sum.predictions = cpu::CrossEntropyForward(pass.logits.data(), targets.data(), losses.data(),
                                              pass.rows(), vocab_size);

@@ -14,38 +14,41 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/cpu/aligned.h"
 #include "kernels/cpu/moe_routing.h"
 #include "model/parameters.h"
 
 namespace fedmoe::model {
 
+using kernels::cpu::AlignedFloats;
+
 // One layer's saved activations. Widths: H hidden, Q = heads·head_dim, K = kv_heads·head_dim,
 // E experts, k experts per token, I expert inner, S shared inner.
 struct LayerActivations {
-  std::vector<float> input;             // [rows, H] the residual stream entering the layer
-  std::vector<float> attention_norm;    // [rows, H]
-  std::vector<float> attention_rstd;    // [rows]
-  std::vector<float> q;                 // [rows, Q] after RoPE
-  std::vector<float> k;                 // [rows, K] after RoPE
-  std::vector<float> v;                 // [rows, K]
-  std::vector<float> attention_probs;   // [batch, heads, seq_len, seq_len]
-  std::vector<float> attention_output;  // [rows, Q] before o_proj
-  std::vector<float> residual;          // [rows, H] after the attention block
-  std::vector<float> moe_norm;          // [rows, H]
-  std::vector<float> moe_rstd;          // [rows]
-  std::vector<float> router_logits;     // [rows, E]
-  std::vector<float> router_probs;      // [rows, E]
-  std::vector<int32_t> expert_index;    // [rows, k]
-  std::vector<float> expert_weight;     // [rows, k], renormalised
+  AlignedFloats input;                // [rows, H] the residual stream entering the layer
+  AlignedFloats attention_norm;       // [rows, H]
+  AlignedFloats attention_rstd;       // [rows]
+  AlignedFloats q;                    // [rows, Q] after RoPE
+  AlignedFloats k;                    // [rows, K] after RoPE
+  AlignedFloats v;                    // [rows, K]
+  AlignedFloats attention_probs;      // [batch, heads, seq_len, seq_len]
+  AlignedFloats attention_output;     // [rows, Q] before o_proj
+  AlignedFloats residual;             // [rows, H] after the attention block
+  AlignedFloats moe_norm;             // [rows, H]
+  AlignedFloats moe_rstd;             // [rows]
+  AlignedFloats router_logits;        // [rows, E]
+  AlignedFloats router_probs;         // [rows, E]
+  std::vector<int32_t> expert_index;  // [rows, k]
+  AlignedFloats expert_weight;        // [rows, k], renormalised
   kernels::cpu::ExpertPermutation permutation;
-  std::vector<float> expert_input;   // [rows·k, H] grouped by expert
-  std::vector<float> expert_gate;    // [rows·k, I]
-  std::vector<float> expert_up;      // [rows·k, I]
-  std::vector<float> expert_act;     // [rows·k, I]
-  std::vector<float> expert_output;  // [rows·k, H]
-  std::vector<float> shared_gate;    // [rows, S]
-  std::vector<float> shared_up;      // [rows, S]
-  std::vector<float> shared_act;     // [rows, S]
+  AlignedFloats expert_input;   // [rows·k, H] grouped by expert
+  AlignedFloats expert_gate;    // [rows·k, I]
+  AlignedFloats expert_up;      // [rows·k, I]
+  AlignedFloats expert_act;     // [rows·k, I]
+  AlignedFloats expert_output;  // [rows·k, H]
+  AlignedFloats shared_gate;    // [rows, S]
+  AlignedFloats shared_up;      // [rows, S]
+  AlignedFloats shared_act;     // [rows, S]
 };
 
 // Everything one pass computed. Reusing one ForwardPass across calls reuses its buffers.
@@ -54,10 +57,10 @@ struct ForwardPass {
   int64_t seq_len = 0;
   std::vector<int32_t> tokens;  // [rows]
   std::vector<LayerActivations> layers;
-  std::vector<float> final_input;  // [rows, H] the residual stream after the last layer
-  std::vector<float> final_norm;   // [rows, H]
-  std::vector<float> final_rstd;   // [rows]
-  std::vector<float> logits;       // [rows, vocab]
+  AlignedFloats final_input;  // [rows, H] the residual stream after the last layer
+  AlignedFloats final_norm;   // [rows, H]
+  AlignedFloats final_rstd;   // [rows]
+  AlignedFloats logits;       // [rows, vocab]
 
   int64_t rows() const { return batch * seq_len; }
 };

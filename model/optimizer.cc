@@ -36,7 +36,8 @@ void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, 
     for (int64_t i = 0; i < range.size; ++i) {
       m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
       v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
-      theta[i] -= decay * theta[i] + step_size * m[i] / (std::sqrt(v[i]) / root_correction2 + epsilon);
+      theta[i] -=
+          decay * theta[i] + step_size * m[i] / (std::sqrt(v[i]) / root_correction2 + epsilon);
     }
   }
 }

@@ -37,8 +37,8 @@ class AdamW {
   };
   std::vector<Range> ranges_;
   AdamWOptions options_;
-  std::vector<float> first_moment_;
-  std::vector<float> second_moment_;
+  kernels::cpu::AlignedFloats first_moment_;
+  kernels::cpu::AlignedFloats second_moment_;
   int64_t steps_ = 0;
 };
 

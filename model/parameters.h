@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kernels/cpu/aligned.h"
 #include "model/config.h"
 
 namespace fedmoe::model {
@@ -108,7 +109,7 @@ class ModelParameters {
  private:
   MoeConfig config_;
   ModelLayout layout_;
-  std::vector<float> values_;
+  kernels::cpu::AlignedFloats values_;
 };
 
 }  // namespace fedmoe::model

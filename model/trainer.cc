@@ -40,8 +40,7 @@ absl::Status CheckOptions(const MoeConfig& config, const TrainOptions& options) 
 
 }  // namespace
 
-absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters,
-                                      const Tokenizer& tokenizer,
+absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters, const Tokenizer& tokenizer,
                                       const std::filesystem::path& data_directory,
                                       const DataOptions& data_options, int64_t max_batches) {
   DataOptions options = data_options;
@@ -85,17 +84,15 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
       DataStream::Open(data_directory, tokenizer, Split::kTrain, data_options);
   if (!stream.ok()) return stream.status();
 
-  const int64_t warmup = options.warmup_steps >= 0
-                             ? options.warmup_steps
-                             : std::min<int64_t>(100, options.steps / 10);
+  const int64_t warmup =
+      options.warmup_steps >= 0 ? options.warmup_steps : std::min<int64_t>(100, options.steps / 10);
   BackwardOptions loss_options;
-  loss_options.balance_coefficient = options.balance_coefficient >= 0
-                                         ? options.balance_coefficient
-                                         : config.router_aux_loss_coef;
+  loss_options.balance_coefficient =
+      options.balance_coefficient >= 0 ? options.balance_coefficient : config.router_aux_loss_coef;
   loss_options.step_share = 1.0 / static_cast<double>(options.gradient_accumulation);
 
   AdamW optimizer(parameters.layout(), options.trainable, options.adamw);
-  std::vector<float> gradients(parameters.values().size());
+  AlignedFloats gradients(parameters.values().size());
   std::vector<Batch> micro_batches(static_cast<size_t>(options.gradient_accumulation));
   ForwardPass pass;
   BackwardScratch scratch;
@@ -122,9 +119,8 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
           !status.ok()) {
         return status;
       }
-      absl::StatusOr<LossBreakdown> loss = Backward(parameters, pass, batch.targets,
-                                                    options.trainable, loss_options, gradients,
-                                                    scratch);
+      absl::StatusOr<LossBreakdown> loss = Backward(
+          parameters, pass, batch.targets, options.trainable, loss_options, gradients, scratch);
       if (!loss.ok()) return loss.status();
       step_loss.cross_entropy += loss->cross_entropy;
       step_loss.balance_per_layer += loss->balance_per_layer * loss_options.step_share;
@@ -139,20 +135,21 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
     if (recent_losses.size() > 10) recent_losses.pop_front();
     const double elapsed = SecondsSince(start) - validation_seconds;
     if (callbacks.on_step) {
-      callbacks.on_step(StepReport{.step = step + 1,
-                                   .steps = options.steps,
-                                   .loss = step_loss.cross_entropy,
-                                   .balance = step_loss.balance_per_layer,
-                                   .learning_rate = lr,
-                                   .gradient_norm = norm,
-                                   .tokens_per_second = static_cast<double>(result.tokens) / elapsed,
-                                   .elapsed_seconds = elapsed});
+      callbacks.on_step(
+          StepReport{.step = step + 1,
+                     .steps = options.steps,
+                     .loss = step_loss.cross_entropy,
+                     .balance = step_loss.balance_per_layer,
+                     .learning_rate = lr,
+                     .gradient_norm = norm,
+                     .tokens_per_second = static_cast<double>(result.tokens) / elapsed,
+                     .elapsed_seconds = elapsed});
     }
     const bool last = step + 1 == options.steps;
     if (last || (options.eval_every > 0 && (step + 1) % options.eval_every == 0)) {
       const Clock::time_point validation_start = Clock::now();
-      absl::StatusOr<double> val = ValidationLoss(parameters, tokenizer, data_directory,
-                                                  data_options, options.eval_batches);
+      absl::StatusOr<double> val =
+          ValidationLoss(parameters, tokenizer, data_directory, data_options, options.eval_batches);
       validation_seconds += SecondsSince(validation_start);
       if (!val.ok()) return val.status();
       result.val_loss = *val;

@@ -43,8 +43,8 @@ struct TrainOptions {
 struct StepReport {
   int64_t step = 0;  // 1-based
   int64_t steps = 0;
-  double loss = 0;           // cross-entropy of this step, nats
-  double balance = 0;        // mean L_bal over layers (1 = uniform)
+  double loss = 0;     // cross-entropy of this step, nats
+  double balance = 0;  // mean L_bal over layers (1 = uniform)
   double learning_rate = 0;
   double gradient_norm = 0;  // before clipping
   double tokens_per_second = 0;
@@ -76,8 +76,7 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
 
 // Mean cross-entropy over up to max_batches batches of the validation split (all with
 // max_batches ≤ 0); NaN when the split is empty.
-absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters,
-                                      const Tokenizer& tokenizer,
+absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters, const Tokenizer& tokenizer,
                                       const std::filesystem::path& data_directory,
                                       const DataOptions& data_options, int64_t max_batches);
 
