@@ -1,0 +1,225 @@
+// Training throughput of the CPU path, side by side with a straightforward PyTorch eager
+// implementation of the same model and step (bench/torch_reference.py, run by this program
+// with the same threads, batch and sequence length), and the GFLOP/s of the expert matrix
+// products beside a plain Eigen SGEMM of the same shapes. One JSON object per line.
+//
+//   build/bin/train_step [--config tiny|small|all] [--steps N] [--threads T] [--no-torch]
+#include <Eigen/Core>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/aligned.h"
+#include "kernels/cpu/dense.h"
+#include "kernels/cpu/threads.h"
+#include "model/backward.h"
+#include "model/init.h"
+#include "model/optimizer.h"
+
+namespace fedmoe::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Json = nlohmann::json;
+using kernels::cpu::AlignedFloats;
+
+struct Shape {
+  std::string name;
+  int64_t hidden, layers, heads, kv_heads, inner, batch, seq_len;
+};
+
+const Shape kShapes[] = {{"tiny", 64, 2, 4, 2, 128, 16, 128}, {"small", 512, 4, 8, 4, 1408, 8, 256}};
+
+model::MoeConfig ConfigOf(const Shape& shape) {
+  model::MoeConfig config;
+  config.vocab_size = 258;
+  config.hidden_size = shape.hidden;
+  config.intermediate_size = shape.inner;
+  config.num_hidden_layers = shape.layers;
+  config.num_attention_heads = shape.heads;
+  config.num_key_value_heads = shape.kv_heads;
+  config.head_dim = shape.hidden / shape.heads;
+  config.num_local_experts = 8;
+  config.num_experts_per_tok = 2;
+  config.max_position_embeddings = 4096;
+  config.eos_token_id = 256;
+  return config;
+}
+
+double Seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// One optimizer step as the trainer takes it: forward, backward (default trainable set,
+// balance loss on), clipping and AdamW.
+double TrainTokensPerSecond(const Shape& shape, int steps) {
+  model::ModelParameters parameters = model::InitializeModel(ConfigOf(shape), 1);
+  std::mt19937 generator(3);
+  std::vector<int32_t> tokens(static_cast<size_t>(shape.batch * (shape.seq_len + 1)));
+  for (int32_t& t : tokens) t = static_cast<int32_t>(generator() % 256);
+  std::vector<int32_t> inputs;
+  std::vector<int32_t> targets;
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    const auto row = tokens.begin() + b * (shape.seq_len + 1);
+    inputs.insert(inputs.end(), row, row + shape.seq_len);
+    targets.insert(targets.end(), row + 1, row + shape.seq_len + 1);
+  }
+  const model::TrainableSet trainable;
+  model::AdamW optimizer(parameters.layout(), trainable, {});
+  AlignedFloats gradients(parameters.values().size());
+  model::ForwardPass pass;
+  model::BackwardScratch scratch;
+  model::BackwardOptions options{.balance_coefficient = 0.02,
+                                 .predictions_in_step = static_cast<double>(targets.size())};
+  auto step = [&] {
+    std::fill(gradients.begin(), gradients.end(), 0.0f);
+    if (!model::Forward(parameters, inputs, shape.batch, shape.seq_len, pass).ok()) std::abort();
+    if (!model::Backward(parameters, pass, targets, trainable, options, gradients, scratch).ok()) {
+      std::abort();
+    }
+    model::ClipGlobalNorm(parameters.layout(), trainable, gradients, 1.0);
+    optimizer.Step(parameters.values(), gradients, 1e-3);
+  };
+  step();  // warm-up: buffers are allocated once, as in a training run
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < steps; ++i) step();
+  return static_cast<double>(shape.batch * shape.seq_len * steps) / Seconds(start);
+}
+
+// The expert products of one MoE layer's forward and backward with balanced routing: per
+// expert, 3 GEMMs forward and 6 backward (input and weight gradients), each 2·n·hidden·inner
+// FLOPs, against Eigen SGEMM on the same [n, hidden] × [hidden, inner] shape.
+Json ExpertProducts(const Shape& shape, int repeats) {
+  const int64_t experts = 8;
+  const int64_t rows = shape.batch * shape.seq_len * 2 / experts;  // top-2, balanced
+  const int64_t h = shape.hidden;
+  const int64_t inner = shape.inner;
+  std::mt19937 generator(5);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  auto random = [&](int64_t n) {
+    AlignedFloats values(static_cast<size_t>(n));
+    for (float& v : values) v = normal(generator);
+    return values;
+  };
+  const AlignedFloats in = random(rows * h), w1 = random(inner * h), w3 = random(inner * h),
+                      w2 = random(h * inner), d_out = random(rows * h);
+  AlignedFloats gate(rows * inner), up(rows * inner), act(rows * inner), out(rows * h),
+      d_in(rows * h), d_w1(inner * h), d_w3(inner * h), d_w2(h * inner), d_gate(rows * inner),
+      d_up(rows * inner), d_act(rows * inner);
+  auto expert_pass = [&] {
+    kernels::cpu::SwiGluMlpForward(in.data(), w1.data(), w3.data(), w2.data(), gate.data(),
+                                   up.data(), act.data(), out.data(), rows, h, inner);
+    kernels::cpu::SwiGluMlpBackward(in.data(), w1.data(), w3.data(), w2.data(), gate.data(),
+                                    up.data(), act.data(), d_out.data(), d_in.data(), d_w1.data(),
+                                    d_w3.data(), d_w2.data(), d_gate.data(), d_up.data(),
+                                    d_act.data(), rows, h, inner);
+  };
+  expert_pass();
+  Clock::time_point start = Clock::now();
+  for (int i = 0; i < repeats; ++i) expert_pass();
+  const double expert_seconds = Seconds(start) / repeats;
+  const double expert_flops = 9.0 * 2.0 * static_cast<double>(rows * h * inner);
+
+  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const RowMatrix a = RowMatrix::Random(rows, h);
+  const RowMatrix b = RowMatrix::Random(inner, h);
+  RowMatrix c(rows, inner);
+  c.noalias() = a * b.transpose();
+  start = Clock::now();
+  for (int i = 0; i < 9 * repeats; ++i) c.noalias() = a * b.transpose();
+  const double sgemm_seconds = Seconds(start) / (9 * repeats);
+  const double sgemm_flops = 2.0 * static_cast<double>(rows * h * inner);
+  const double expert_rate = expert_flops / expert_seconds * 1e-9;
+  const double sgemm_rate = sgemm_flops / sgemm_seconds * 1e-9;
+  return {{"benchmark", "expert_products"},
+          {"config", shape.name},
+          {"rows_per_expert", rows},
+          {"hidden", h},
+          {"inner", inner},
+          {"expert_gflop_per_second", expert_rate},
+          {"sgemm_gflop_per_second", sgemm_rate},
+          {"ratio_to_sgemm", expert_rate / sgemm_rate},
+          {"threads", kernels::cpu::CpuThreads()}};
+}
+
+// Runs bench/torch_reference.py and returns its JSON line, or null when PyTorch is missing.
+Json TorchReference(const Shape& shape, int steps, int threads) {
+  const std::string command = std::string("/usr/bin/python3 ") + FEDMOE_SOURCE_DIR +
+                              "/bench/torch_reference.py --config " + shape.name +
+                              " --batch " + std::to_string(shape.batch) + " --seq-len " +
+                              std::to_string(shape.seq_len) + " --steps " + std::to_string(steps) +
+                              " --threads " + std::to_string(threads) + " 2>/dev/null";
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
+  if (pipe == nullptr) return nullptr;
+  std::string output;
+  char buffer[4096];
+  while (std::fgets(buffer, sizeof(buffer), pipe.get()) != nullptr) output += buffer;
+  const Json json = Json::parse(output, nullptr, /*allow_exceptions=*/false);
+  return json.is_discarded() ? Json(nullptr) : json;
+}
+
+int Main(int argc, char** argv) {
+  std::string only = "all";
+  int steps = 5;
+  int threads = 0;
+  bool torch = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--config" && i + 1 < argc) {
+      only = argv[++i];
+    } else if (arg == "--steps" && i + 1 < argc) {
+      steps = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--threads" && i + 1 < argc) {
+      threads = std::max(0, std::atoi(argv[++i]));
+    } else if (arg == "--no-torch") {
+      torch = false;
+    } else {
+      std::fprintf(stderr, "usage: train_step [--config tiny|small|all] [--steps N] "
+                           "[--threads T] [--no-torch]\n");
+      return 2;
+    }
+  }
+  kernels::cpu::SetCpuThreads(threads);
+  for (const Shape& shape : kShapes) {
+    if (only != "all" && only != shape.name) continue;
+    const double ours = TrainTokensPerSecond(shape, steps);
+    Json line = {{"benchmark", "train_step"},     {"config", shape.name},
+                 {"batch", shape.batch},          {"seq_len", shape.seq_len},
+                 {"hidden", shape.hidden},        {"layers", shape.layers},
+                 {"experts", 8},                  {"top_k", 2},
+                 {"threads", kernels::cpu::CpuThreads()}, {"tokens_per_second", ours}};
+    std::printf("%s\n", line.dump().c_str());
+    std::printf("%s\n", ExpertProducts(shape, 3).dump().c_str());
+    if (torch) {
+      const Json reference = TorchReference(shape, steps, kernels::cpu::CpuThreads());
+      if (reference.is_null()) {
+        std::printf("%s\n", Json{{"benchmark", "torch_train_step"},
+                                 {"config", shape.name},
+                                 {"error", "PyTorch not available (apt install python3-torch)"}}
+                                .dump()
+                                .c_str());
+        continue;
+      }
+      std::printf("%s\n", reference.dump().c_str());
+      const double theirs = reference.at("tokens_per_second").get<double>();
+      std::printf("%s\n", Json{{"benchmark", "train_step_vs_torch"},
+                               {"config", shape.name},
+                               {"fedmoe_tokens_per_second", ours},
+                               {"torch_tokens_per_second", theirs},
+                               {"ratio", ours / theirs}}
+                              .dump()
+                              .c_str());
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace fedmoe::bench
+
+int main(int argc, char** argv) { return fedmoe::bench::Main(argc, argv); }
