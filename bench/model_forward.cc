@@ -131,4 +131,7 @@ BENCHMARK(BM_EigenSgemm)
 }  // namespace
 }  // namespace fedmoe::bench
 
-int main(int argc, char** argv) { return fedmoe::bench::RunBenchmarks(argc, argv); }
+int main(int argc, char** argv) {
+  fedmoe::kernels::cpu::RetainFreedMemory();
+  return fedmoe::bench::RunBenchmarks(argc, argv);
+}

@@ -14,6 +14,7 @@
 #include "client/enroll.h"
 #include "client/model_commands.h"
 #include "config/command_line.h"
+#include "kernels/cpu/threads.h"
 #include "logging/log.h"
 #include "pki/certificate.h"
 #include "pki/tls_policy.h"
@@ -148,6 +149,7 @@ int StatusCommand(const std::vector<std::string>& args) {
 
 int Main(int argc, char** argv) {
   pki::RequireTls13ForGrpc();
+  kernels::cpu::RetainFreedMemory();
   const std::string usage = absl::StrCat(kUsage, kTrainUsage, kModelUsage);
   return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,
                                 {{"enroll", EnrollCommand},

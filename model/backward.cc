@@ -181,6 +181,12 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     const LayerActivations& layer = pass.layers[static_cast<size_t>(i)];
     const LayerOffsets& w = layout.layer(i);
 
+    // At the lowest layer, with nothing trainable below the MoE block's own weights, the
+    // gradient does not need to go past them: skip the products that would carry it.
+    const bool need_input_gradient = i > lowest_needed || trainable.embeddings;
+    const bool need_moe_input_gradient =
+        need_input_gradient || trainable.attention || trainable.norms;
+
     // MoE block: out = residual + shared(n2) + Σ_j w_j·expert_j(n2), n2 = rmsnorm(residual).
     float* d_residual = Sized(s.d_residual, rows * hidden);
     std::copy(d_stream, d_stream + rows * hidden, d_residual);
@@ -190,7 +196,8 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
       cpu::SwiGluMlpBackward(
           layer.moe_norm.data(), parameters.at(w.shared.w1), parameters.at(w.shared.w3),
           parameters.at(w.shared.w2), layer.shared_gate.data(), layer.shared_up.data(),
-          layer.shared_act.data(), d_stream, d_n2, grad(w.shared.w1, TensorRole::kSharedExpert),
+          layer.shared_act.data(), d_stream, need_moe_input_gradient ? d_n2 : nullptr,
+          grad(w.shared.w1, TensorRole::kSharedExpert),
           grad(w.shared.w3, TensorRole::kSharedExpert),
           grad(w.shared.w2, TensorRole::kSharedExpert), Sized(s.d_gate, rows * shared_inner),
           Sized(s.d_up, rows * shared_inner), Sized(s.d_act, rows * shared_inner), rows, hidden,
@@ -215,12 +222,14 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
           parameters.at(expert.w3), parameters.at(expert.w2),
           layer.expert_gate.data() + first * inner, layer.expert_up.data() + first * inner,
           layer.expert_act.data() + first * inner, d_expert_out + first * hidden,
-          d_expert_in + first * hidden, grad(expert.w1, TensorRole::kRoutedExpert),
-          grad(expert.w3, TensorRole::kRoutedExpert), grad(expert.w2, TensorRole::kRoutedExpert),
-          d_gate + first * inner, d_up + first * inner, d_act + first * inner, count, hidden,
-          inner);
+          need_moe_input_gradient ? d_expert_in + first * hidden : nullptr,
+          grad(expert.w1, TensorRole::kRoutedExpert), grad(expert.w3, TensorRole::kRoutedExpert),
+          grad(expert.w2, TensorRole::kRoutedExpert), d_gate + first * inner, d_up + first * inner,
+          d_act + first * inner, count, hidden, inner);
     }
-    cpu::GatherByExpertBackward(d_expert_in, layer.permutation, d_n2, rows, top_k, hidden);
+    if (need_moe_input_gradient) {
+      cpu::GatherByExpertBackward(d_expert_in, layer.permutation, d_n2, rows, top_k, hidden);
+    }
     float* d_probs = nullptr;
     if (options.balance_coefficient > 0) {
       d_probs = Sized(s.d_router_probs, rows * experts);
@@ -229,16 +238,16 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     float* d_router_logits = Sized(s.d_router_logits, rows * experts);
     cpu::RouterTopKBackward(layer.router_probs.data(), layer.expert_index.data(), d_expert_weight,
                             d_probs, d_router_logits, rows, experts, top_k);
-    cpu::LinearBackward(layer.moe_norm.data(), parameters.at(w.router), d_router_logits, d_n2,
+    cpu::LinearBackward(layer.moe_norm.data(), parameters.at(w.router), d_router_logits,
+                        need_moe_input_gradient ? d_n2 : nullptr,
                         grad(w.router, TensorRole::kRouter), rows, hidden, experts);
+    if (!need_moe_input_gradient) break;
     cpu::RmsNormBackward(layer.residual.data(), parameters.at(w.post_attention_layernorm),
                          layer.moe_rstd.data(), d_n2, d_residual,
                          grad(w.post_attention_layernorm, TensorRole::kNorm), rows, hidden);
 
     // Attention block: residual = input + o_proj(attention(...)). At the lowest layer it is
     // needed only for its own trainable weights.
-    const bool need_input_gradient = i > lowest_needed || trainable.embeddings;
-    if (!need_input_gradient && !trainable.attention && !trainable.norms) break;
     std::copy(d_residual, d_residual + rows * hidden, d_stream);  // the skip connection
     float* d_attention = Zeroed(s.d_attention, rows * q_width);
     cpu::LinearBackward(layer.attention_output.data(), parameters.at(w.o_proj), d_residual,

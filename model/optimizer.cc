@@ -17,7 +17,8 @@ AdamW::AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOpti
   }
 }
 
-void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, double lr) {
+void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, double lr,
+                 double gradient_scale) {
   ++steps_;
   const double correction1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
   const double correction2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
@@ -26,6 +27,7 @@ void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, 
   const auto step_size = static_cast<float>(lr / correction1);
   const auto root_correction2 = static_cast<float>(std::sqrt(correction2));
   const auto epsilon = static_cast<float>(options_.epsilon);
+  const auto scale = static_cast<float>(gradient_scale);
   for (const Range& range : ranges_) {
     const float decay = range.decay ? static_cast<float>(lr * options_.weight_decay) : 0.0f;
     float* theta = parameters.data() + range.offset;
@@ -34,8 +36,9 @@ void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, 
     float* v = second_moment_.data() + range.offset;
 #pragma omp parallel for schedule(static) if (range.size > 65536)
     for (int64_t i = 0; i < range.size; ++i) {
-      m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
-      v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
+      const float gradient = scale * g[i];
+      m[i] = beta1 * m[i] + (1.0f - beta1) * gradient;
+      v[i] = beta2 * v[i] + (1.0f - beta2) * gradient * gradient;
       theta[i] -=
           decay * theta[i] + step_size * m[i] / (std::sqrt(v[i]) / root_correction2 + epsilon);
     }
@@ -53,22 +56,33 @@ double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Sc
          (peak - minimum) * 0.5 * (1.0 + std::cos(std::numbers::pi * std::min(progress, 1.0)));
 }
 
-double ClipGlobalNorm(const ModelLayout& layout, const TrainableSet& trainable,
-                      std::span<float> gradients, double max_norm) {
+double GradientNorm(const ModelLayout& layout, const TrainableSet& trainable,
+                    std::span<const float> gradients) {
   double squares = 0;
   for (const TensorSpec& spec : layout.tensors()) {
     if (!trainable.Includes(spec.role)) continue;
-    for (int64_t i = spec.offset; i < spec.offset + spec.size; ++i) {
-      squares += static_cast<double>(gradients[i]) * gradients[i];
-    }
+    const float* g = gradients.data() + spec.offset;
+    // Per tensor in float (vectorised), summed across tensors in double.
+    float tensor_squares = 0;
+#pragma omp parallel for schedule(static) reduction(+ : tensor_squares) if (spec.size > 65536)
+    for (int64_t i = 0; i < spec.size; ++i) tensor_squares += g[i] * g[i];
+    squares += tensor_squares;
   }
-  const double norm = std::sqrt(squares);
-  if (max_norm > 0 && norm > max_norm) {
-    const auto scale = static_cast<float>(max_norm / norm);
-    for (const TensorSpec& spec : layout.tensors()) {
-      if (!trainable.Includes(spec.role)) continue;
-      for (int64_t i = spec.offset; i < spec.offset + spec.size; ++i) gradients[i] *= scale;
-    }
+  return std::sqrt(squares);
+}
+
+double ClipScale(double norm, double max_norm) {
+  return max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0;
+}
+
+double ClipGlobalNorm(const ModelLayout& layout, const TrainableSet& trainable,
+                      std::span<float> gradients, double max_norm) {
+  const double norm = GradientNorm(layout, trainable, gradients);
+  const auto scale = static_cast<float>(ClipScale(norm, max_norm));
+  if (scale == 1.0f) return norm;
+  for (const TensorSpec& spec : layout.tensors()) {
+    if (!trainable.Includes(spec.role)) continue;
+    for (int64_t i = spec.offset; i < spec.offset + spec.size; ++i) gradients[i] *= scale;
   }
   return norm;
 }

@@ -25,8 +25,10 @@ class AdamW {
  public:
   AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOptions options);
 
-  // One update of the trainable tensors with these gradients at learning rate `lr`.
-  void Step(std::span<float> parameters, std::span<const float> gradients, double lr);
+  // One update of the trainable tensors with gradient_scale × these gradients at learning rate
+  // `lr` (the scale applies clipping without another pass over the gradients).
+  void Step(std::span<float> parameters, std::span<const float> gradients, double lr,
+            double gradient_scale = 1.0);
   int64_t steps() const { return steps_; }
 
  private:
@@ -49,6 +51,14 @@ enum class Schedule { kCosine, kConstant };
 // step, or constant.
 double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Schedule schedule,
                     double min_ratio);
+
+// The joint L2 norm of the trainable gradients.
+double GradientNorm(const ModelLayout& layout, const TrainableSet& trainable,
+                    std::span<const float> gradients);
+
+// The factor that brings a gradient of this norm down to max_norm: min(1, max_norm / norm), or 1
+// for max_norm ≤ 0.
+double ClipScale(double norm, double max_norm);
 
 // Scales the trainable gradients down so their joint L2 norm is at most max_norm (no-op for
 // max_norm ≤ 0). Returns the norm before clipping.

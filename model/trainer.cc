@@ -125,11 +125,10 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
       step_loss.cross_entropy += loss->cross_entropy;
       step_loss.balance_per_layer += loss->balance_per_layer * loss_options.step_share;
     }
-    const double norm = ClipGlobalNorm(parameters.layout(), options.trainable, gradients,
-                                       options.max_gradient_norm);
+    const double norm = GradientNorm(parameters.layout(), options.trainable, gradients);
     const double lr = LearningRate(step, options.steps, warmup, options.learning_rate,
                                    options.schedule, options.min_learning_rate_ratio);
-    optimizer.Step(parameters.values(), gradients, lr);
+    optimizer.Step(parameters.values(), gradients, lr, ClipScale(norm, options.max_gradient_norm));
 
     recent_losses.push_back(step_loss.cross_entropy);
     if (recent_losses.size() > 10) recent_losses.pop_front();

@@ -74,7 +74,7 @@ void SwiGluMlpForward(const float* in, const float* w1, const float* w3, const f
                       float* gate, float* up, float* act, float* out, int64_t rows, int64_t width,
                       int64_t inner);
 // Backward of SwiGluMlpForward. d_gate, d_up and d_act [rows, inner] are scratch. Null weight
-// gradients are skipped.
+// gradients, and a null d_in, are skipped.
 void SwiGluMlpBackward(const float* in, const float* w1, const float* w3, const float* w2,
                        const float* gate, const float* up, const float* act, const float* d_out,
                        float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_gate,

@@ -1,5 +1,6 @@
 #include "kernels/cpu/threads.h"
 
+#include <malloc.h>
 #include <omp.h>
 
 #include <Eigen/Core>
@@ -13,5 +14,11 @@ void SetCpuThreads(int threads) {
 }
 
 int CpuThreads() { return omp_get_max_threads(); }
+
+void RetainFreedMemory() {
+  constexpr int kLargeBlock = 1 << 30;
+  mallopt(M_MMAP_THRESHOLD, kLargeBlock);
+  mallopt(M_TRIM_THRESHOLD, kLargeBlock);
+}
 
 }  // namespace fedmoe::kernels::cpu

@@ -11,6 +11,12 @@ namespace fedmoe::kernels::cpu {
 void SetCpuThreads(int threads);
 int CpuThreads();
 
+// Keeps freed large blocks in the process for reuse instead of returning them to the OS.
+// Eigen allocates its GEMM packing buffers per product, and glibc serves blocks of that size
+// with fresh mmaps by default, so every product paid for page faults and zeroing (a tenth of a
+// training step). Process-wide; programs that run the kernels call it once at start.
+void RetainFreedMemory();
+
 }  // namespace fedmoe::kernels::cpu
 
 #endif  // FEDMOE_KERNELS_CPU_THREADS_H_
