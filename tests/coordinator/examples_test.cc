@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/client_config.h"
+#include "client/train_options.h"
+#include "config/yaml_config.h"
 #include "coordinator/config.h"
 
 namespace fedmoe {
@@ -49,6 +51,42 @@ TEST(ExampleConfigTest, ClientExampleLoadsAndCoversEveryOption) {
   defaults.state_dir.root = "/x";
   EXPECT_EQ(KeyPaths(YAML::Load(defaults.ToYaml())),
             KeyPaths(YAML::LoadFile(kExamples + "client.yaml")));
+}
+
+TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
+  absl::StatusOr<config::YamlConfigReader> reader =
+      config::YamlConfigReader::FromFile(kExamples + "train.yaml");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  model::TrainOptions options;
+  int64_t threads = 7;
+  client::ReadTrainOptions(*reader, "", &options, &threads);
+  ASSERT_TRUE(reader->Finish().ok()) << reader->Finish();
+  const model::TrainOptions defaults;
+  EXPECT_EQ(options.steps, defaults.steps);
+  EXPECT_EQ(options.batch_size, defaults.batch_size);
+  EXPECT_EQ(options.seq_len, defaults.seq_len);
+  EXPECT_EQ(options.learning_rate, defaults.learning_rate);
+  EXPECT_EQ(options.warmup_steps, defaults.warmup_steps);
+  EXPECT_EQ(options.adamw.beta2, defaults.adamw.beta2);
+  EXPECT_EQ(options.adamw.weight_decay, defaults.adamw.weight_decay);
+  EXPECT_EQ(options.balance_coefficient, defaults.balance_coefficient);
+  EXPECT_EQ(options.validation_fraction, defaults.validation_fraction);
+  EXPECT_EQ(options.trainable.routed_experts, defaults.trainable.routed_experts);
+  EXPECT_EQ(options.trainable.attention, defaults.trainable.attention);
+  EXPECT_EQ(threads, 0);
+
+  // A bad value is reported against its line.
+  absl::StatusOr<config::YamlConfigReader> bad = config::YamlConfigReader::FromString(
+      "steps: 10\nschedule: linear\ntrainable: [experts, brains]\n", "bad.yaml");
+  ASSERT_TRUE(bad.ok());
+  client::ReadTrainOptions(*bad, "", &options, &threads);
+  const absl::Status status = bad->Finish();
+  EXPECT_NE(status.message().find("bad.yaml:2: schedule: must be cosine or constant"),
+            std::string::npos)
+      << status;
+  EXPECT_NE(status.message().find("bad.yaml:3: trainable: unknown trainable part 'brains'"),
+            std::string::npos)
+      << status;
 }
 
 }  // namespace
