@@ -55,9 +55,16 @@ double Seconds(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+struct StepTimes {
+  double tokens_per_second = 0;
+  double forward = 0;
+  double backward = 0;
+  double optimizer = 0;
+};
+
 // One optimizer step as the trainer takes it: forward, backward (default trainable set,
 // balance loss on), clipping and AdamW.
-double TrainTokensPerSecond(const Shape& shape, int steps) {
+StepTimes TrainStep(const Shape& shape, int steps) {
   model::ModelParameters parameters = model::InitializeModel(ConfigOf(shape), 1);
   std::mt19937 generator(3);
   std::vector<int32_t> tokens(static_cast<size_t>(shape.batch * (shape.seq_len + 1)));
@@ -76,19 +83,32 @@ double TrainTokensPerSecond(const Shape& shape, int steps) {
   model::BackwardScratch scratch;
   model::BackwardOptions options{.balance_coefficient = 0.02,
                                  .predictions_in_step = static_cast<double>(targets.size())};
+  StepTimes times;
   auto step = [&] {
-    std::fill(gradients.begin(), gradients.end(), 0.0f);
+    Clock::time_point phase = Clock::now();
     if (!model::Forward(parameters, inputs, shape.batch, shape.seq_len, pass).ok()) std::abort();
+    times.forward += Seconds(phase);
+    phase = Clock::now();
+    std::fill(gradients.begin(), gradients.end(), 0.0f);
     if (!model::Backward(parameters, pass, targets, trainable, options, gradients, scratch).ok()) {
       std::abort();
     }
+    times.backward += Seconds(phase);
+    phase = Clock::now();
     const double norm = model::GradientNorm(parameters.layout(), trainable, gradients);
     optimizer.Step(parameters.values(), gradients, 1e-3, model::ClipScale(norm, 1.0));
+    times.optimizer += Seconds(phase);
   };
   step();  // warm-up: buffers are allocated once, as in a training run
+  times = StepTimes{};
   const Clock::time_point start = Clock::now();
   for (int i = 0; i < steps; ++i) step();
-  return static_cast<double>(shape.batch * shape.seq_len * steps) / Seconds(start);
+  times.tokens_per_second =
+      static_cast<double>(shape.batch * shape.seq_len * steps) / Seconds(start);
+  times.forward /= steps;
+  times.backward /= steps;
+  times.optimizer /= steps;
+  return times;
 }
 
 // The expert products of one MoE layer's forward and backward with balanced routing: per
@@ -189,7 +209,8 @@ int Main(int argc, char** argv) {
   kernels::cpu::RetainFreedMemory();
   for (const Shape& shape : kShapes) {
     if (only != "all" && only != shape.name) continue;
-    const double ours = TrainTokensPerSecond(shape, steps);
+    const StepTimes times = TrainStep(shape, steps);
+    const double ours = times.tokens_per_second;
     Json line = {{"benchmark", "train_step"},
                  {"config", shape.name},
                  {"batch", shape.batch},
@@ -199,7 +220,10 @@ int Main(int argc, char** argv) {
                  {"experts", 8},
                  {"top_k", 2},
                  {"threads", kernels::cpu::CpuThreads()},
-                 {"tokens_per_second", ours}};
+                 {"tokens_per_second", ours},
+                 {"forward_seconds", times.forward},
+                 {"backward_seconds", times.backward},
+                 {"optimizer_seconds", times.optimizer}};
     std::printf("%s\n", line.dump().c_str());
     std::printf("%s\n", ExpertProducts(shape, 3).dump().c_str());
     if (torch) {
