@@ -254,4 +254,12 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace fedmoe::bench
 
-int main(int argc, char** argv) { return fedmoe::bench::Main(argc, argv); }
+int main(int argc, char** argv) {
+  // nlohmann::json reports malformed PyTorch output by throwing; a benchmark says so and stops.
+  try {
+    return fedmoe::bench::Main(argc, argv);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "train_step: %s\n", error.what());
+    return 1;
+  }
+}

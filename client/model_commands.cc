@@ -325,7 +325,7 @@ int TrainCommand(const std::vector<std::string>& args) {
     int64_t min;
     int64_t max;
   };
-  int64_t seed = static_cast<int64_t>(options.seed);
+  auto seed = static_cast<int64_t>(options.seed);
   int64_t log_every = 10;
   for (const IntFlag& flag : {IntFlag{"steps", &options.steps, 1, int64_t{1} << 40},
                               IntFlag{"batch-size", &options.batch_size, 1, kMaxBatch},

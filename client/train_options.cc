@@ -58,7 +58,7 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
       reader.Invalid(key("trainable"), std::string(set.status().message()));
     }
   }
-  int64_t seed = static_cast<int64_t>(options->seed);
+  auto seed = static_cast<int64_t>(options->seed);
   reader.Read(key("seed"), &seed);
   at_least("seed", seed, 0);
   options->seed = static_cast<uint64_t>(seed);

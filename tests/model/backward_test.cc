@@ -125,7 +125,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(BackwardTest, FrozenTensorsGetNoGradientAndAccumulationAddsUp) {
   const ModelParameters parameters = InitializeModel(TinyConfig(true, false, 2), 3);
-  const std::vector<int32_t> tokens = Tokens(4 * 6, 23, 8);
+  const std::vector<int32_t> tokens = Tokens(int64_t{4} * 6, 23, 8);
   const std::vector<int32_t> targets = NextTokenTargets(tokens, 4, 6);
   const TrainableSet default_set;
   BackwardScratch scratch;
@@ -140,8 +140,10 @@ TEST(BackwardTest, FrozenTensorsGetNoGradientAndAccumulationAddsUp) {
   // ... equals two micro-batches of 2 accumulated into one gradient.
   std::vector<float> accumulated(parameters.values().size(), 0.0f);
   for (int half = 0; half < 2; ++half) {
-    const std::span<const int32_t> part = std::span(tokens).subspan(half * 12, 12);
-    const std::span<const int32_t> part_targets = std::span(targets).subspan(half * 12, 12);
+    const std::span<const int32_t> part =
+        std::span(tokens).subspan(static_cast<size_t>(half) * 12, 12);
+    const std::span<const int32_t> part_targets =
+        std::span(targets).subspan(static_cast<size_t>(half) * 12, 12);
     ForwardPass pass;
     ASSERT_TRUE(Forward(parameters, part, 2, 6, pass).ok());
     options.step_share = 0.5;
