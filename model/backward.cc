@@ -8,6 +8,7 @@
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/moe_routing.h"
+#include "model/internal/expert_schedule.h"
 
 namespace fedmoe::model {
 namespace {
@@ -212,9 +213,8 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     float* d_gate = Sized(s.d_gate, slots * inner);
     float* d_up = Sized(s.d_up, slots * inner);
     float* d_act = Sized(s.d_act, slots * inner);
-    for (int64_t e = 0; e < experts; ++e) {
+    internal::ForEachExpert(layer.permutation, experts, [&](int64_t e) {
       const int64_t count = layer.permutation.tokens_for(e);
-      if (count == 0) continue;
       const int64_t first = layer.permutation.offsets[static_cast<size_t>(e)];
       const ExpertOffsets& expert = w.experts[static_cast<size_t>(e)];
       cpu::SwiGluMlpBackward(
@@ -226,7 +226,8 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
           grad(expert.w1, TensorRole::kRoutedExpert), grad(expert.w3, TensorRole::kRoutedExpert),
           grad(expert.w2, TensorRole::kRoutedExpert), d_gate + first * inner, d_up + first * inner,
           d_act + first * inner, count, hidden, inner);
-    }
+    });
+
     if (need_moe_input_gradient) {
       cpu::GatherByExpertBackward(d_expert_in, layer.permutation, d_n2, rows, top_k, hidden);
     }

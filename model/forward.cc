@@ -7,6 +7,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dense.h"
+#include "model/internal/expert_schedule.h"
 
 namespace fedmoe::model {
 namespace {
@@ -114,16 +115,15 @@ void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, in
   float* up = Sized(layer.expert_up, slots * inner);
   float* act = Sized(layer.expert_act, slots * inner);
   float* expert_out = Sized(layer.expert_output, slots * hidden);
-  for (int64_t e = 0; e < experts; ++e) {
+  internal::ForEachExpert(layer.permutation, experts, [&](int64_t e) {
     const int64_t count = layer.permutation.tokens_for(e);
-    if (count == 0) continue;
     const int64_t first = layer.permutation.offsets[static_cast<size_t>(e)];
     const ExpertOffsets& expert = weights.experts[static_cast<size_t>(e)];
     cpu::SwiGluMlpForward(grouped + first * hidden, parameters.at(expert.w1),
                           parameters.at(expert.w3), parameters.at(expert.w2), gate + first * inner,
                           up + first * inner, act + first * inner, expert_out + first * hidden,
                           count, hidden, inner);
-  }
+  });
 
   out.assign(layer.residual.begin(), layer.residual.end());
   if (config.n_shared_experts > 0) {
