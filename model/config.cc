@@ -37,25 +37,11 @@ class ConfigFields {
   }
 
   absl::Status OptionalPositiveDouble(std::string_view key, double& out) const {
-    if (!object_.contains(key) || object_.at(key).is_null()) return absl::OkStatus();
-    const Json& value = object_.at(key);
-    if (!value.is_number() || !std::isfinite(value.get<double>()) || value.get<double>() <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(Quoted(key), " must be a positive number, got ", value.dump()));
-    }
-    out = value.get<double>();
-    return absl::OkStatus();
+    return OptionalDouble(key, /*zero_allowed=*/false, out);
   }
 
   absl::Status OptionalNonNegativeDouble(std::string_view key, double& out) const {
-    if (!object_.contains(key) || object_.at(key).is_null()) return absl::OkStatus();
-    const Json& value = object_.at(key);
-    if (!value.is_number() || !std::isfinite(value.get<double>()) || value.get<double>() < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(Quoted(key), " must be a non-negative number, got ", value.dump()));
-    }
-    out = value.get<double>();
-    return absl::OkStatus();
+    return OptionalDouble(key, /*zero_allowed=*/true, out);
   }
 
   absl::Status OptionalBool(std::string_view key, bool& out) const {
@@ -70,6 +56,22 @@ class ConfigFields {
   }
 
  private:
+  absl::Status OptionalDouble(std::string_view key, bool zero_allowed, double& out) const {
+    if (!object_.contains(key) || object_.at(key).is_null()) return absl::OkStatus();
+    const Json& value = object_.at(key);
+    const bool in_range = value.is_number() && std::isfinite(value.get<double>()) &&
+                          (zero_allowed ? value.get<double>() >= 0 : value.get<double>() > 0);
+    if (!in_range) {
+      return absl::InvalidArgumentError(absl::StrCat(Quoted(key),
+                                                     zero_allowed
+                                                         ? " must be a non-negative number, got "
+                                                         : " must be a positive number, got ",
+                                                     value.dump()));
+    }
+    out = value.get<double>();
+    return absl::OkStatus();
+  }
+
   absl::Status Int(std::string_view key, int64_t min, int64_t max, int64_t& out) const {
     const Json& value = object_.at(key);
     if (!value.is_number_integer()) {

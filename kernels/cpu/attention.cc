@@ -12,31 +12,51 @@ using internal::ConstStridedMap;
 using internal::StridedMap;
 using internal::View;
 
+namespace {
+
+// One head of one sequence inside a [batch·seq_len, heads·head_dim] activation: seq_len rows of
+// head_dim values, width apart.
+class HeadSlicer {
+ public:
+  HeadSlicer(const AttentionShape& shape, int64_t heads)
+      : shape_(shape), width_(heads * shape.head_dim) {}
+
+  ConstStridedMap operator()(const float* data, int64_t sequence, int64_t head) const {
+    return {data + Offset(sequence, head), Rows(), Cols(), Eigen::OuterStride<>(width_)};
+  }
+  StridedMap operator()(float* data, int64_t sequence, int64_t head) const {
+    return {data + Offset(sequence, head), Rows(), Cols(), Eigen::OuterStride<>(width_)};
+  }
+
+ private:
+  int64_t Offset(int64_t sequence, int64_t head) const {
+    return sequence * shape_.seq_len * width_ + head * shape_.head_dim;
+  }
+  Eigen::Index Rows() const { return static_cast<Eigen::Index>(shape_.seq_len); }
+  Eigen::Index Cols() const { return static_cast<Eigen::Index>(shape_.head_dim); }
+
+  const AttentionShape& shape_;
+  int64_t width_;
+};
+
+}  // namespace
+
 void CausalAttentionForward(const float* q, const float* k, const float* v, float* out,
                             float* probs, const AttentionShape& shape) {
   const int64_t seq_len = shape.seq_len;
-  const int64_t head_dim = shape.head_dim;
-  const int64_t q_width = shape.heads * head_dim;
-  const int64_t kv_width = shape.kv_heads * head_dim;
   const int64_t group = shape.heads / shape.kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  const auto rows = static_cast<Eigen::Index>(seq_len);
-  const auto cols = static_cast<Eigen::Index>(head_dim);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+  const HeadSlicer query_head(shape, shape.heads);
+  const HeadSlicer key_value_head(shape, shape.kv_heads);
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t pair = 0; pair < shape.batch * shape.heads; ++pair) {
     const int64_t sequence = pair / shape.heads;
     const int64_t head = pair % shape.heads;
-    const int64_t kv_head = head / group;
-    const int64_t first_row = sequence * seq_len;
-    const ConstStridedMap q_head(q + first_row * q_width + head * head_dim, rows, cols,
-                                 Eigen::OuterStride<>(q_width));
-    const ConstStridedMap k_head(k + first_row * kv_width + kv_head * head_dim, rows, cols,
-                                 Eigen::OuterStride<>(kv_width));
-    const ConstStridedMap v_head(v + first_row * kv_width + kv_head * head_dim, rows, cols,
-                                 Eigen::OuterStride<>(kv_width));
-    StridedMap out_head(out + first_row * q_width + head * head_dim, rows, cols,
-                        Eigen::OuterStride<>(q_width));
+    const ConstStridedMap q_head = query_head(q, sequence, head);
+    const ConstStridedMap k_head = key_value_head(k, sequence, head / group);
+    const ConstStridedMap v_head = key_value_head(v, sequence, head / group);
+    StridedMap out_head = query_head(out, sequence, head);
     auto p = View(probs + pair * seq_len * seq_len, seq_len, seq_len);
 
     p.noalias() = (q_head * k_head.transpose()) * scale;
@@ -66,37 +86,27 @@ void CausalAttentionBackward(const float* q, const float* k, const float* v, con
                              const float* d_out, float* d_q, float* d_k, float* d_v,
                              const AttentionShape& shape) {
   const int64_t seq_len = shape.seq_len;
-  const int64_t head_dim = shape.head_dim;
-  const int64_t q_width = shape.heads * head_dim;
-  const int64_t kv_width = shape.kv_heads * head_dim;
   const int64_t group = shape.heads / shape.kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
   const auto rows = static_cast<Eigen::Index>(seq_len);
-  const auto cols = static_cast<Eigen::Index>(head_dim);
+  const HeadSlicer query_head(shape, shape.heads);
+  const HeadSlicer key_value_head(shape, shape.kv_heads);
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t pair = 0; pair < shape.batch * shape.kv_heads; ++pair) {
     const int64_t sequence = pair / shape.kv_heads;
     const int64_t kv_head = pair % shape.kv_heads;
-    const int64_t first_row = sequence * seq_len;
-    const ConstStridedMap k_head(k + first_row * kv_width + kv_head * head_dim, rows, cols,
-                                 Eigen::OuterStride<>(kv_width));
-    const ConstStridedMap v_head(v + first_row * kv_width + kv_head * head_dim, rows, cols,
-                                 Eigen::OuterStride<>(kv_width));
-    StridedMap d_k_head(d_k + first_row * kv_width + kv_head * head_dim, rows, cols,
-                        Eigen::OuterStride<>(kv_width));
-    StridedMap d_v_head(d_v + first_row * kv_width + kv_head * head_dim, rows, cols,
-                        Eigen::OuterStride<>(kv_width));
+    const ConstStridedMap k_head = key_value_head(k, sequence, kv_head);
+    const ConstStridedMap v_head = key_value_head(v, sequence, kv_head);
+    StridedMap d_k_head = key_value_head(d_k, sequence, kv_head);
+    StridedMap d_v_head = key_value_head(d_v, sequence, kv_head);
     d_k_head.setZero();
     d_v_head.setZero();
     internal::RowMatrix d_scores(rows, rows);
     for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
-      const ConstStridedMap q_head(q + first_row * q_width + head * head_dim, rows, cols,
-                                   Eigen::OuterStride<>(q_width));
-      const ConstStridedMap d_out_head(d_out + first_row * q_width + head * head_dim, rows, cols,
-                                       Eigen::OuterStride<>(q_width));
-      StridedMap d_q_head(d_q + first_row * q_width + head * head_dim, rows, cols,
-                          Eigen::OuterStride<>(q_width));
+      const ConstStridedMap q_head = query_head(q, sequence, head);
+      const ConstStridedMap d_out_head = query_head(d_out, sequence, head);
+      StridedMap d_q_head = query_head(d_q, sequence, head);
       const auto p =
           View(probs + (sequence * shape.heads + head) * seq_len * seq_len, seq_len, seq_len);
       d_v_head.noalias() += p.transpose() * d_out_head;

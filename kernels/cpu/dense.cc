@@ -9,6 +9,19 @@ namespace fedmoe::kernels::cpu {
 
 using internal::View;
 
+namespace {
+
+// Calls body(first, count) over [0, n) in blocks: Eigen arrays of one block keep exp and the
+// arithmetic in the vector units, and large ranges split their blocks across threads.
+template <typename Body>
+void ForEachBlock(int64_t n, const Body& body) {
+  constexpr int64_t kBlock = 16384;
+#pragma omp parallel for schedule(static) if (n > 4 * kBlock)
+  for (int64_t first = 0; first < n; first += kBlock) body(first, std::min(kBlock, n - first));
+}
+
+}  // namespace
+
 void LinearForward(const float* in, const float* weight, float* out, int64_t rows,
                    int64_t in_features, int64_t out_features) {
   View(out, rows, out_features).noalias() =
@@ -77,7 +90,12 @@ RopeTable::RopeTable(int64_t max_positions, int64_t head_dim, double theta)
   }
 }
 
-void RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads, const RopeTable& table) {
+namespace {
+
+// Rotates each (i, i + head_dim/2) pair of every head by the position's angle; direction −1
+// rotates back by the same angle, which is RoPE's transpose and so its backward.
+void RotateHalves(float* x, int64_t batch, int64_t seq_len, int64_t heads, const RopeTable& table,
+                  float direction) {
   const int64_t head_dim = table.head_dim();
   const int64_t half = head_dim / 2;
   const int64_t rows = batch * seq_len;
@@ -91,53 +109,36 @@ void RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads, const 
       for (int64_t i = 0; i < half; ++i) {
         const float first = h[i];
         const float second = h[i + half];
-        h[i] = first * cos[i] - second * sin[i];
-        h[i + half] = second * cos[i] + first * sin[i];
+        const float signed_sin = direction * sin[i];
+        h[i] = first * cos[i] - second * signed_sin;
+        h[i + half] = second * cos[i] + first * signed_sin;
       }
     }
   }
+}
+
+}  // namespace
+
+void RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads, const RopeTable& table) {
+  RotateHalves(x, batch, seq_len, heads, table, 1.0f);
 }
 
 void RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
                   const RopeTable& table) {
-  const int64_t head_dim = table.head_dim();
-  const int64_t half = head_dim / 2;
-  const int64_t rows = batch * seq_len;
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < rows; ++row) {
-    const int64_t position = row % seq_len;
-    const float* cos = table.cos(position);
-    const float* sin = table.sin(position);
-    for (int64_t head = 0; head < heads; ++head) {
-      float* h = d_x + (row * heads + head) * head_dim;
-      for (int64_t i = 0; i < half; ++i) {
-        const float first = h[i];
-        const float second = h[i + half];
-        h[i] = first * cos[i] + second * sin[i];
-        h[i + half] = second * cos[i] - first * sin[i];
-      }
-    }
-  }
+  RotateHalves(d_x, batch, seq_len, heads, table, -1.0f);
 }
 
 void SwiGluForward(const float* gate, const float* up, float* out, int64_t n) {
-  // Blocks of Eigen arrays, so exp runs in the vector units and threads split the blocks.
-  constexpr int64_t kBlock = 16384;
-#pragma omp parallel for schedule(static) if (n > 4 * kBlock)
-  for (int64_t first = 0; first < n; first += kBlock) {
-    const int64_t count = std::min(kBlock, n - first);
+  ForEachBlock(n, [&](int64_t first, int64_t count) {
     const auto g = View(gate + first, 1, count).array();
     View(out + first, 1, count).array() =
         g / (1.0f + (-g).exp()) * View(up + first, 1, count).array();
-  }
+  });
 }
 
 void SwiGluBackward(const float* gate, const float* up, const float* d_out, float* d_gate,
                     float* d_up, int64_t n) {
-  constexpr int64_t kBlock = 16384;
-#pragma omp parallel for schedule(static) if (n > 4 * kBlock)
-  for (int64_t first = 0; first < n; first += kBlock) {
-    const int64_t count = std::min(kBlock, n - first);
+  ForEachBlock(n, [&](int64_t first, int64_t count) {
     const auto g = View(gate + first, 1, count).array();
     const auto dy = View(d_out + first, 1, count).array();
     const Eigen::Array<float, 1, Eigen::Dynamic> sigmoid = 1.0f / (1.0f + (-g).exp());
@@ -145,7 +146,7 @@ void SwiGluBackward(const float* gate, const float* up, const float* d_out, floa
     // d silu(g)/dg = σ(g)·(1 + g·(1 − σ(g))).
     View(d_gate + first, 1, count).array() =
         dy * View(up + first, 1, count).array() * sigmoid * (1.0f + g * (1.0f - sigmoid));
-  }
+  });
 }
 
 void SwiGluMlpForward(const float* in, const float* w1, const float* w3, const float* w2,
