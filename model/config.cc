@@ -148,6 +148,12 @@ absl::StatusOr<MoeConfig> ParseMoeConfig(std::string_view json_text) {
         absl::StrCat("\"model_type\" is ", object.at("model_type").dump(),
                      "; fedmoe computes the Mixtral architecture (\"mixtral\")"));
   }
+  if (object.contains("hidden_act") &&
+      (!object.at("hidden_act").is_string() || object.at("hidden_act") != "silu")) {
+    return absl::InvalidArgumentError(absl::StrCat("\"hidden_act\" is ",
+                                                   object.at("hidden_act").dump(),
+                                                   "; Mixtral's experts use \"silu\" (SwiGLU)"));
+  }
   if (object.contains("rope_scaling") && !object.at("rope_scaling").is_null()) {
     return absl::InvalidArgumentError(
         "\"rope_scaling\" is set, and fedmoe implements only plain RoPE");

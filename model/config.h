@@ -55,7 +55,8 @@ struct MoeConfig {
 // required key, a wrong type, a value out of range, or keys that disagree (heads that do not
 // divide the hidden size, more experts per token than experts, ...). Unknown keys are ignored,
 // as Hugging Face's loader does; features that would change the arithmetic and that fedmoe does
-// not implement (rope_scaling, a model_type other than mixtral) are refused.
+// not implement (rope_scaling, a hidden_act other than silu, a model_type other than mixtral)
+// are refused.
 absl::StatusOr<MoeConfig> ParseMoeConfig(std::string_view json_text);
 
 // Reads and parses a config.json file; errors are prefixed with the file's path.

@@ -107,6 +107,8 @@ TEST(MoeConfigTest, EachProblemIsASpecificError) {
   EXPECT_EQ(ErrorOf(With(kTiny, R"("model_type": "qwen2_moe")")),
             "\"model_type\" is \"qwen2_moe\"; fedmoe computes the Mixtral architecture "
             "(\"mixtral\")");
+  EXPECT_EQ(ErrorOf(With(kTiny, R"("hidden_act": "gelu")")),
+            "\"hidden_act\" is \"gelu\"; Mixtral's experts use \"silu\" (SwiGLU)");
   EXPECT_EQ(ErrorOf(With(kTiny, R"("rope_scaling": {"type": "linear", "factor": 2})")),
             "\"rope_scaling\" is set, and fedmoe implements only plain RoPE");
   EXPECT_EQ(ErrorOf(With(kTiny, R"("n_shared_experts": 1, "shared_expert_intermediate_size": 0)")),
