@@ -1,5 +1,6 @@
 #include "model/optimizer.h"
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <numbers>
@@ -34,13 +35,20 @@ void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, 
     const float* g = gradients.data() + range.offset;
     float* m = first_moment_.data() + range.offset;
     float* v = second_moment_.data() + range.offset;
-#pragma omp parallel for schedule(static) if (range.size > 65536)
-    for (int64_t i = 0; i < range.size; ++i) {
-      const float gradient = scale * g[i];
-      m[i] = beta1 * m[i] + (1.0f - beta1) * gradient;
-      v[i] = beta2 * v[i] + (1.0f - beta2) * gradient * gradient;
-      theta[i] -=
-          decay * theta[i] + step_size * m[i] / (std::sqrt(v[i]) / root_correction2 + epsilon);
+    // Eigen arrays in blocks: a plain loop calling std::sqrt stays scalar, because the compiler
+    // must keep sqrt's errno behaviour, and the update was then compute-bound.
+    constexpr int64_t kBlock = 16384;
+#pragma omp parallel for schedule(static) if (range.size > 4 * kBlock)
+    for (int64_t first = 0; first < range.size; first += kBlock) {
+      const auto count = static_cast<Eigen::Index>(std::min(kBlock, range.size - first));
+      const Eigen::ArrayXf gradient = scale * Eigen::Map<const Eigen::ArrayXf>(g + first, count);
+      Eigen::Map<Eigen::ArrayXf> moment1(m + first, count);
+      Eigen::Map<Eigen::ArrayXf> moment2(v + first, count);
+      Eigen::Map<Eigen::ArrayXf> values(theta + first, count);
+      moment1 = beta1 * moment1 + (1.0f - beta1) * gradient;
+      moment2 = beta2 * moment2 + (1.0f - beta2) * gradient.square();
+      values -=
+          decay * values + step_size * moment1 / (moment2.sqrt() / root_correction2 + epsilon);
     }
   }
 }

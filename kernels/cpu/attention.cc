@@ -65,18 +65,13 @@ void CausalAttentionForward(const float* q, const float* k, const float* v, floa
       const int64_t first_visible =
           shape.sliding_window > 0 ? std::max<int64_t>(0, i - shape.sliding_window + 1) : 0;
       auto row = p.row(static_cast<Eigen::Index>(i));
-      const auto visible = row.segment(first_visible, i - first_visible + 1);
+      // Eigen's array exp, so the softmax runs in the vector units.
+      auto visible = row.segment(first_visible, i - first_visible + 1).array();
       const float max_score = visible.maxCoeff();
-      float total = 0.0f;
-      for (int64_t j = 0; j < seq_len; ++j) {
-        if (j < first_visible || j > i) {
-          row(j) = 0.0f;
-          continue;
-        }
-        row(j) = std::exp(row(j) - max_score);
-        total += row(j);
-      }
-      row /= total;
+      visible = (visible - max_score).exp();
+      visible /= visible.sum();
+      row.head(first_visible).setZero();
+      row.tail(seq_len - 1 - i).setZero();
     }
     out_head.noalias() = p * v_head;
   }
