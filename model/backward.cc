@@ -107,11 +107,11 @@ absl::StatusOr<TrainableSet> TrainableSet::Parse(std::string_view list) {
   return set;
 }
 
-LossBreakdown ComputeLoss(const ModelParameters& parameters, const ForwardPass& pass,
-                          std::span<const int32_t> targets, const BackwardOptions& options) {
-  const MoeConfig& config = parameters.config();
-  const LossSum sum = CrossEntropy(pass, targets, config.vocab_size);
-  LossBreakdown loss;
+namespace {
+
+// Fills the cross-entropy part of `loss` from a sum, and the balance part from the pass.
+void FillLoss(const MoeConfig& config, const ForwardPass& pass, const LossSum& sum,
+              const BackwardOptions& options, LossBreakdown& loss) {
   loss.cross_entropy = sum.total / options.predictions_in_step;
   loss.predictions = sum.predictions;
   for (const LayerActivations& layer : pass.layers) {
@@ -120,6 +120,15 @@ LossBreakdown ComputeLoss(const ModelParameters& parameters, const ForwardPass& 
   }
   loss.balance_per_layer /= static_cast<double>(pass.layers.size());
   loss.balance = options.balance_coefficient * loss.balance_per_layer * options.step_share;
+}
+
+}  // namespace
+
+LossBreakdown ComputeLoss(const ModelParameters& parameters, const ForwardPass& pass,
+                          std::span<const int32_t> targets, const BackwardOptions& options) {
+  LossBreakdown loss;
+  FillLoss(parameters.config(), pass, CrossEntropy(pass, targets, parameters.config().vocab_size),
+           options, loss);
   return loss;
 }
 
@@ -150,12 +159,16 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     return trainable.Includes(role) ? gradients.data() + offset : nullptr;
   };
 
-  LossBreakdown loss = ComputeLoss(parameters, pass, targets, options);
-
-  // The output head and the final norm.
+  // The loss, the output head and the final norm.
   float* d_logits = Sized(s.d_logits, rows * vocab);
-  cpu::CrossEntropyBackward(pass.logits.data(), targets.data(), d_logits, rows, vocab,
-                            static_cast<float>(1.0 / options.predictions_in_step));
+  float* losses = Sized(s.losses, rows);
+  LossSum sum;
+  sum.predictions =
+      cpu::CrossEntropyBackward(pass.logits.data(), targets.data(), d_logits, losses, rows, vocab,
+                                static_cast<float>(1.0 / options.predictions_in_step));
+  for (int64_t row = 0; row < rows; ++row) sum.total += losses[row];
+  LossBreakdown loss;
+  FillLoss(config, pass, sum, options, loss);
   const TensorRole head_role =
       config.tie_word_embeddings ? TensorRole::kEmbedding : TensorRole::kOutput;
   float* d_norm = Zeroed(s.d_norm, rows * hidden);
@@ -209,7 +222,7 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     cpu::CombineExpertOutputsBackward(layer.expert_output.data(), layer.expert_weight.data(),
                                       layer.permutation, d_stream, d_expert_out, d_expert_weight,
                                       rows, top_k, hidden);
-    float* d_expert_in = Zeroed(s.d_expert_in, slots * hidden);
+    float* d_expert_in = need_moe_input_gradient ? Zeroed(s.d_expert_in, slots * hidden) : nullptr;
     float* d_gate = Sized(s.d_gate, slots * inner);
     float* d_up = Sized(s.d_up, slots * inner);
     float* d_act = Sized(s.d_act, slots * inner);
@@ -222,7 +235,7 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
           parameters.at(expert.w3), parameters.at(expert.w2),
           layer.expert_gate.data() + first * inner, layer.expert_up.data() + first * inner,
           layer.expert_act.data() + first * inner, d_expert_out + first * hidden,
-          need_moe_input_gradient ? d_expert_in + first * hidden : nullptr,
+          d_expert_in != nullptr ? d_expert_in + first * hidden : nullptr,
           grad(expert.w1, TensorRole::kRoutedExpert), grad(expert.w3, TensorRole::kRoutedExpert),
           grad(expert.w2, TensorRole::kRoutedExpert), d_gate + first * inner, d_up + first * inner,
           d_act + first * inner, count, hidden, inner);

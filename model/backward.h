@@ -62,7 +62,7 @@ struct BackwardOptions {
 
 // Reusable buffers, so a training loop allocates once.
 struct BackwardScratch {
-  AlignedFloats d_logits, d_stream, d_norm, d_residual, d_attention, d_q, d_k, d_v;
+  AlignedFloats losses, d_logits, d_stream, d_norm, d_residual, d_attention, d_q, d_k, d_v;
   AlignedFloats d_expert_out, d_expert_in, d_expert_weight, d_router_probs, d_router_logits;
   AlignedFloats d_gate, d_up, d_act;
 };

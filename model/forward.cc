@@ -125,16 +125,18 @@ void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, in
                           count, hidden, inner);
   });
 
-  out.assign(layer.residual.begin(), layer.residual.end());
+  // out = residual (+ the shared experts), then the routed experts are combined into it.
+  out.resize(static_cast<size_t>(rows * hidden));
   if (config.n_shared_experts > 0) {
     const int64_t shared_inner = config.shared_inner_size();
-    AlignedFloats shared_out(static_cast<size_t>(rows * hidden));
     cpu::SwiGluMlpForward(
         norm, parameters.at(weights.shared.w1), parameters.at(weights.shared.w3),
         parameters.at(weights.shared.w2), Sized(layer.shared_gate, rows * shared_inner),
         Sized(layer.shared_up, rows * shared_inner), Sized(layer.shared_act, rows * shared_inner),
-        shared_out.data(), rows, hidden, shared_inner);
-    AddInto(out.data(), shared_out.data(), rows * hidden);
+        out.data(), rows, hidden, shared_inner);
+    AddInto(out.data(), layer.residual.data(), rows * hidden);
+  } else {
+    std::copy(layer.residual.begin(), layer.residual.end(), out.begin());
   }
   cpu::CombineExpertOutputs(expert_out, layer.expert_weight.data(), layer.permutation, out.data(),
                             rows, top_k, hidden);

@@ -26,21 +26,27 @@ int64_t CrossEntropyForward(const float* logits, const int32_t* targets, float* 
   return counted;
 }
 
-void CrossEntropyBackward(const float* logits, const int32_t* targets, float* d_logits,
-                          int64_t rows, int64_t vocab, float scale) {
-#pragma omp parallel for schedule(static)
+int64_t CrossEntropyBackward(const float* logits, const int32_t* targets, float* d_logits,
+                             float* losses, int64_t rows, int64_t vocab, float scale) {
+  int64_t counted = 0;
+#pragma omp parallel for schedule(static) reduction(+ : counted)
   for (int64_t row = 0; row < rows; ++row) {
     auto d = View(d_logits + row * vocab, 1, vocab).array();
     if (targets[row] < 0) {
       d.setZero();
+      losses[row] = 0.0f;
       continue;
     }
     const auto z = View(logits + row * vocab, 1, vocab).array();
     const float max_logit = z.maxCoeff();
     d = (z - max_logit).exp();
-    d *= scale / d.sum();
+    const float total = d.sum();
+    losses[row] = max_logit + std::log(total) - z(targets[row]);
+    d *= scale / total;
     d(targets[row]) -= scale;
+    ++counted;
   }
+  return counted;
 }
 
 }  // namespace fedmoe::kernels::cpu

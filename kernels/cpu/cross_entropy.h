@@ -15,8 +15,11 @@ int64_t CrossEntropyForward(const float* logits, const int32_t* targets, float* 
 
 // d_logits[row] = scale·(softmax(logits[row]) − onehot(target)) for counted rows and 0 for
 // the others (writes, does not add). scale is usually 1 / (counted rows in the whole batch).
-void CrossEntropyBackward(const float* logits, const int32_t* targets, float* d_logits,
-                          int64_t rows, int64_t vocab, float scale);
+// The softmax it needs also gives the loss, so it writes losses[rows] as CrossEntropyForward
+// does and returns the number of counted rows, sparing a training step a second pass over the
+// logits.
+int64_t CrossEntropyBackward(const float* logits, const int32_t* targets, float* d_logits,
+                             float* losses, int64_t rows, int64_t vocab, float scale);
 
 }  // namespace fedmoe::kernels::cpu
 

@@ -162,8 +162,9 @@ void SwiGluMlpBackward(const float* in, const float* w1, const float* w3, const 
                        const float* gate, const float* up, const float* act, const float* d_out,
                        float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_gate,
                        float* d_up, float* d_act, int64_t rows, int64_t width, int64_t inner) {
-  std::fill(d_act, d_act + rows * inner, 0.0f);
-  LinearBackward(act, w2, d_out, d_act, d_w2, rows, inner, width);
+  // d_act is written, not accumulated: it is scratch, so no zeroing pass first.
+  View(d_act, rows, inner).noalias() = View(d_out, rows, width) * View(w2, width, inner);
+  LinearBackward(act, w2, d_out, /*d_in=*/nullptr, d_w2, rows, inner, width);
   SwiGluBackward(gate, up, d_act, d_gate, d_up, rows * inner);
   LinearBackward(in, w1, d_gate, d_in, d_w1, rows, width, inner);
   LinearBackward(in, w3, d_up, d_in, d_w3, rows, width, inner);

@@ -181,7 +181,15 @@ TEST(CpuBackwardTest, CrossEntropy) {
     return std::accumulate(losses.begin(), losses.end(), 0.0) / 3.0;
   };
   std::vector<float> d_logits(logits.size());
-  CrossEntropyBackward(logits.data(), targets.data(), d_logits.data(), rows, vocab, 1.0f / 3.0f);
+  std::vector<float> backward_losses(rows);
+  EXPECT_EQ(CrossEntropyBackward(logits.data(), targets.data(), d_logits.data(),
+                                 backward_losses.data(), rows, vocab, 1.0f / 3.0f),
+            3);
+  objective();
+  for (int64_t row = 0; row < rows; ++row) {
+    EXPECT_NEAR(backward_losses[row], losses[row], 1e-6)
+        << "the loss backward reports, row " << row;
+  }
   ExpectGradientMatches(logits, d_logits, objective, "d_logits", {.samples = 44});
   for (int64_t v = 0; v < vocab; ++v) EXPECT_EQ(d_logits[vocab + v], 0.0f) << "ignored row";
 }
