@@ -83,16 +83,4 @@ double ClipScale(double norm, double max_norm) {
   return max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0;
 }
 
-double ClipGlobalNorm(const ModelLayout& layout, const TrainableSet& trainable,
-                      std::span<float> gradients, double max_norm) {
-  const double norm = GradientNorm(layout, trainable, gradients);
-  const auto scale = static_cast<float>(ClipScale(norm, max_norm));
-  if (scale == 1.0f) return norm;
-  for (const TensorSpec& spec : layout.tensors()) {
-    if (!trainable.Includes(spec.role)) continue;
-    for (int64_t i = spec.offset; i < spec.offset + spec.size; ++i) gradients[i] *= scale;
-  }
-  return norm;
-}
-
 }  // namespace fedmoe::model

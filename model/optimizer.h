@@ -60,11 +60,6 @@ double GradientNorm(const ModelLayout& layout, const TrainableSet& trainable,
 // for max_norm ≤ 0.
 double ClipScale(double norm, double max_norm);
 
-// Scales the trainable gradients down so their joint L2 norm is at most max_norm (no-op for
-// max_norm ≤ 0). Returns the norm before clipping.
-double ClipGlobalNorm(const ModelLayout& layout, const TrainableSet& trainable,
-                      std::span<float> gradients, double max_norm);
-
 }  // namespace fedmoe::model
 
 #endif  // FEDMOE_MODEL_OPTIMIZER_H_

@@ -118,15 +118,18 @@ TEST(OptimizerTest, ScheduleWarmsUpThenDecays) {
   EXPECT_DOUBLE_EQ(LearningRate(9, 100, 10, 1.0, Schedule::kCosine, 0.1), 1.0);
   EXPECT_DOUBLE_EQ(LearningRate(10, 100, 10, 1.0, Schedule::kCosine, 0.1), 1.0);
   EXPECT_NEAR(LearningRate(99, 100, 10, 1.0, Schedule::kCosine, 0.1), 0.1, 1e-12);
-  const double middle = 0.1 + 0.9 * 0.5 * (1 + std::cos(std::numbers::pi * 44.5 / 89.0));
   EXPECT_NEAR(LearningRate(54, 100, 10, 1.0, Schedule::kCosine, 0.1),
               0.1 + 0.9 * 0.5 * (1 + std::cos(std::numbers::pi * 44.0 / 89.0)), 1e-12);
-  EXPECT_GT(middle, 0.1);
+  // After the warmup the rate only falls, and stays above its floor until the last step.
+  EXPECT_GT(LearningRate(30, 100, 10, 1.0, Schedule::kCosine, 0.1),
+            LearningRate(60, 100, 10, 1.0, Schedule::kCosine, 0.1));
+  EXPECT_GT(LearningRate(98, 100, 10, 1.0, Schedule::kCosine, 0.1), 0.1);
   EXPECT_DOUBLE_EQ(LearningRate(70, 100, 10, 2.0, Schedule::kConstant, 0.1), 2.0);
 }
 
 TEST(OptimizerTest, ClippingBoundsTheGlobalNormOfTrainableTensorsOnly) {
   ModelParameters parameters(TinyConfig());
+  ModelParameters prescaled_parameters(TinyConfig());
   std::vector<float> gradients(parameters.values().size(), 0.0f);
   const TensorSpec& router =
       *parameters.layout().Find("model.layers.1.block_sparse_moe.gate.weight");
@@ -134,10 +137,27 @@ TEST(OptimizerTest, ClippingBoundsTheGlobalNormOfTrainableTensorsOnly) {
   gradients[router.offset] = 3.0f;
   gradients[router.offset + 1] = 4.0f;
   gradients[embedding.offset] = 100.0f;  // frozen: neither counted nor scaled
-  const double norm = ClipGlobalNorm(parameters.layout(), TrainableSet{}, gradients, 1.0);
+  const double norm = GradientNorm(parameters.layout(), TrainableSet{}, gradients);
   EXPECT_DOUBLE_EQ(norm, 5.0);
-  EXPECT_FLOAT_EQ(gradients[router.offset], 0.6f);
-  EXPECT_FLOAT_EQ(gradients[router.offset + 1], 0.8f);
+  const double scale = ClipScale(norm, 1.0);
+  EXPECT_FLOAT_EQ(static_cast<float>(scale * gradients[router.offset]), 0.6f);
+  EXPECT_FLOAT_EQ(static_cast<float>(scale * gradients[router.offset + 1]), 0.8f);
+  EXPECT_EQ(ClipScale(0.5, 1.0), 1.0) << "a norm under the bound is left alone";
+  EXPECT_EQ(ClipScale(5.0, 0.0), 1.0) << "a bound of 0 turns clipping off";
+
+  // The trainer clips inside the AdamW pass: two steps with the scale equal two steps on
+  // gradients scaled beforehand, and the frozen embedding moves in neither.
+  std::vector<float> prescaled = gradients;
+  for (float& g : prescaled) g = static_cast<float>(g * scale);
+  AdamW with_scale(parameters.layout(), TrainableSet{}, {});
+  AdamW without_scale(parameters.layout(), TrainableSet{}, {});
+  for (int step = 0; step < 2; ++step) {
+    with_scale.Step(parameters.values(), gradients, 0.01, scale);
+    without_scale.Step(prescaled_parameters.values(), prescaled, 0.01);
+  }
+  EXPECT_FLOAT_EQ(parameters.values()[router.offset], prescaled_parameters.values()[router.offset]);
+  EXPECT_NE(parameters.values()[router.offset], 0.0f);
+  EXPECT_EQ(parameters.values()[embedding.offset], 0.0f);
   EXPECT_EQ(gradients[embedding.offset], 100.0f);
 }
 
