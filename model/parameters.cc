@@ -81,6 +81,7 @@ int64_t ModelLayout::Add(std::string name, std::vector<int64_t> shape, TensorRol
   int64_t size = 1;
   for (const int64_t dimension : shape) size *= dimension;
   const int64_t offset = total_size_;
+  index_.emplace(name, tensors_.size());
   tensors_.push_back(
       TensorSpec{std::move(name), std::move(shape), role, layer, expert, offset, size});
   total_size_ += size;
@@ -88,10 +89,8 @@ int64_t ModelLayout::Add(std::string name, std::vector<int64_t> shape, TensorRol
 }
 
 const TensorSpec* ModelLayout::Find(std::string_view name) const {
-  for (const TensorSpec& spec : tensors_) {
-    if (spec.name == name) return &spec;
-  }
-  return nullptr;
+  const auto found = index_.find(std::string(name));
+  return found == index_.end() ? nullptr : &tensors_[found->second];
 }
 
 ModelParameters::ModelParameters(const MoeConfig& config)

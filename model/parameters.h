@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/cpu/aligned.h"
@@ -79,6 +80,8 @@ class ModelLayout {
               int64_t expert = -1);
 
   std::vector<TensorSpec> tensors_;
+  // Name → index into tensors_: a checkpoint load looks up every tensor by name.
+  std::unordered_map<std::string, size_t> index_;
   int64_t total_size_ = 0;
   int64_t embed_tokens_ = 0;
   std::vector<LayerOffsets> layers_;
