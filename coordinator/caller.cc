@@ -21,7 +21,7 @@ absl::StatusOr<Caller> CallerAuthorizer::Identify(const grpc::AuthContext& auth)
   absl::StatusOr<pki::SpiffeId> id =
       pki::VerifyPeer(*certificate, ca_, federation_, pki::Purpose::kClient);
   if (!id.ok()) return id.status();
-  return Caller{*id, certificate->SerialHex()};
+  return Caller{*id, certificate->SerialHex(), certificate->ToDer()};
 }
 
 absl::StatusOr<Caller> CallerAuthorizer::AuthorizeClient(const grpc::AuthContext& auth) const {

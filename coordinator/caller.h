@@ -17,6 +17,8 @@ namespace fedmoe::coordinator {
 struct Caller {
   pki::SpiffeId id;
   std::string serial;
+  // The verified peer certificate, DER: relayed to peers with advertised keys (DESIGN §3.3).
+  std::string certificate_der;
 };
 
 class CallerAuthorizer {

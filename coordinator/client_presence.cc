@@ -1,5 +1,7 @@
 #include "coordinator/client_presence.h"
 
+#include <algorithm>
+
 namespace fedmoe::coordinator {
 
 void ClientPresence::PollStarted(const std::string& client_id, absl::Time now) {
@@ -36,6 +38,16 @@ int ClientPresence::CountOnline(absl::Time now) const {
   absl::ReaderMutexLock lock(&mutex_);
   int online = 0;
   for (const auto& [id, presence] : clients_) online += IsOnlineLocked(presence, now) ? 1 : 0;
+  return online;
+}
+
+std::vector<std::string> ClientPresence::OnlineClients(absl::Time now) const {
+  absl::ReaderMutexLock lock(&mutex_);
+  std::vector<std::string> online;
+  for (const auto& [client_id, presence] : clients_) {
+    if (IsOnlineLocked(presence, now)) online.push_back(client_id);
+  }
+  std::sort(online.begin(), online.end());
   return online;
 }
 

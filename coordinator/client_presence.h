@@ -5,6 +5,7 @@
 #define FEDMOE_COORDINATOR_CLIENT_PRESENCE_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -23,6 +24,8 @@ class ClientPresence {
 
   bool IsOnline(const std::string& client_id, absl::Time now) const;
   int CountOnline(absl::Time now) const;
+  // The online clients, in id order (so that cohort sampling does not depend on hash order).
+  std::vector<std::string> OnlineClients(absl::Time now) const;
 
  private:
   struct Presence {

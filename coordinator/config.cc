@@ -44,6 +44,7 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   reader->Read("keepalive.time", &config.keepalive_time);
   reader->Read("keepalive.timeout", &config.keepalive_timeout);
   reader->Read("log_level", &config.log_level);
+  ReadRoundPolicy(*reader, &config.rounds);
   config.state_dir.root = state_dir;
 
   if (!config.federation.empty()) {
@@ -155,7 +156,7 @@ std::string CoordinatorConfig::ToYaml() const {
       "\n\n"
       "# debug, info, warning or error. Logs are JSON lines on stderr.\n"
       "log_level: ",
-      log_level, "\n");
+      log_level, "\n\n", RoundPolicyYaml(rounds));
 }
 
 absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {

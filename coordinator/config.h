@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "coordinator/round_policy.h"
 
 namespace fedmoe::coordinator {
 
@@ -25,6 +26,8 @@ struct StateDir {
   std::filesystem::path admin_key() const { return root / "admin.key"; }
   std::filesystem::path store() const { return root / "state.db"; }
   std::filesystem::path config() const { return root / "coordinator.yaml"; }
+  // Published model versions, one directory each (v1, v2, ...).
+  std::filesystem::path models() const { return root / "models"; }
 };
 
 struct CoordinatorConfig {
@@ -45,6 +48,7 @@ struct CoordinatorConfig {
   absl::Duration keepalive_time = absl::Seconds(60);
   absl::Duration keepalive_timeout = absl::Seconds(20);
   std::string log_level = "info";
+  RoundPolicy rounds;
 
   // A client that polled within this window counts as online.
   absl::Duration online_window() const { return 2 * poll_max_wait; }

@@ -22,8 +22,13 @@ class PollHub {
   // Runs every parked callback, then stops the thread.
   ~PollHub();
 
-  // `expire` runs once, on the hub's thread, at `deadline`, or at shutdown if that is sooner.
-  void Park(absl::Time deadline, std::function<void()> expire);
+  // Called on the hub's thread with expired = true at the deadline (or shutdown), when it must
+  // finish the call; and with expired = false after WakeAll(), when it may finish it (returning
+  // true) or stay parked (false).
+  using Callback = std::function<bool(bool expired)>;
+  void Park(absl::Time deadline, Callback callback);
+  // Offers every parked poll a chance to finish: the round moved on, so some may have a task.
+  void WakeAll();
   // Runs every parked callback now and refuses new ones (they run at once).
   void Shutdown();
   size_t parked() const;
@@ -32,8 +37,9 @@ class PollHub {
   void Serve();
 
   mutable absl::Mutex mutex_;
-  std::multimap<absl::Time, std::function<void()>> parked_ ABSL_GUARDED_BY(mutex_);
+  std::multimap<absl::Time, Callback> parked_ ABSL_GUARDED_BY(mutex_);
   bool shutting_down_ ABSL_GUARDED_BY(mutex_) = false;
+  bool wake_requested_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread thread_;
 };
 

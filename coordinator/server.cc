@@ -62,12 +62,17 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       std::make_unique<CallerAuthorizer>(*ca_certificate, cfg.federation, server->store_.get());
   server->presence_ = std::make_unique<ClientPresence>(cfg.online_window());
   server->polls_ = std::make_unique<PollHub>();
+  absl::StatusOr<std::unique_ptr<RoundEngine>> rounds = RoundEngine::Create(
+      &cfg, server->store_.get(), server->presence_.get(), server->polls_.get(), *ca_certificate);
+  if (!rounds.ok()) return rounds.status();
+  server->rounds_ = std::move(*rounds);
   const ServiceContext context{&cfg,
                                server->store_.get(),
                                server->authority_.get(),
                                server->authorizer_.get(),
                                server->presence_.get(),
                                server->polls_.get(),
+                               server->rounds_.get(),
                                absl::Now()};
   server->enrollment_service_ = std::make_unique<EnrollmentService>(context);
   server->certificates_service_ = std::make_unique<CertificatesService>(context);
@@ -109,6 +114,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
         absl::StrCat("cannot listen on listen ", cfg.listen,
                      " (address in use, or not an address of this host)"));
   }
+  server->rounds_->Start();
   LogEvent(LogLevel::kInfo, "coordinator_started")
       .Field("federation", cfg.federation)
       .Field("listen", cfg.listen)
@@ -122,6 +128,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 void CoordinatorServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  if (rounds_ != nullptr) rounds_->Stop();
   if (polls_ != nullptr) polls_->Shutdown();
   const gpr_timespec deadline =
       gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),

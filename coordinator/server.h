@@ -39,6 +39,7 @@ class CoordinatorServer {
   std::unique_ptr<EnrollmentAuthority> authority_;
   std::unique_ptr<CallerAuthorizer> authorizer_;
   std::unique_ptr<ClientPresence> presence_;
+  std::unique_ptr<RoundEngine> rounds_;
   std::unique_ptr<EnrollmentService> enrollment_service_;
   std::unique_ptr<CertificatesService> certificates_service_;
   std::unique_ptr<AdminService> admin_service_;

@@ -3,8 +3,11 @@
 #include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
+#include <fstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "secure_agg/packing.h"
 #include "coordinator/wire.h"
 #include "logging/log.h"
 
@@ -249,7 +252,82 @@ grpc::Status AdminService::GetStatus(grpc::ServerContext* context,
   response->set_clients_enrolled(static_cast<uint32_t>(counts->enrolled));
   response->set_clients_online(static_cast<uint32_t>(context_.presence->CountOnline(absl::Now())));
   response->set_clients_revoked(static_cast<uint32_t>(counts->revoked));
-  response->set_current_round_stage(v1::ROUND_STAGE_WAITING);
+  const RoundEngine::Snapshot rounds = context_.rounds->snapshot();
+  response->set_model_version(rounds.model_version);
+  response->set_current_round_id(rounds.round_id);
+  response->set_current_round_stage(rounds.stage);
+  absl::StatusOr<Store::RoundCounts> round_counts = context_.store->CountRounds();
+  if (!round_counts.ok()) return ToGrpc(round_counts.status());
+  response->set_rounds_committed(static_cast<uint64_t>(round_counts->committed));
+  response->set_rounds_aborted(static_cast<uint64_t>(round_counts->aborted));
+  response->set_epsilon_spent(rounds.epsilon_spent);
+  response->set_privacy_delta(context_.config->rounds.delta);
+  response->set_target_epsilon(context_.config->rounds.target_epsilon);
+  response->set_rounds_paused_reason(rounds.paused_reason);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ListRounds(grpc::ServerContext* context,
+                                      const v1::ListRoundsRequest* request,
+                                      v1::ListRoundsResponse* response) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
+  if (!caller.ok()) return Refuse("ListRounds", caller.status());
+  const int page_size = PageSize(request->page());
+  int64_t before = 0;
+  if (!request->page().page_token().empty() &&
+      !absl::SimpleAtoi(request->page().page_token(), &before)) {
+    return Refuse("ListRounds", absl::InvalidArgumentError("page_token is not from ListRounds"));
+  }
+  absl::StatusOr<std::vector<RoundRecord>> rounds = context_.store->ListRounds(before, page_size);
+  if (!rounds.ok()) return ToGrpc(rounds.status());
+  const RoundEngine::Snapshot live = context_.rounds->snapshot();
+  for (const RoundRecord& record : *rounds) {
+    v1::RoundInfo* info = response->add_rounds();
+    info->set_round_id(static_cast<uint64_t>(record.round_id));
+    v1::RoundStage stage = v1::ROUND_STAGE_UNSPECIFIED;
+    v1::RoundStage_Parse(absl::StrCat("ROUND_STAGE_", record.stage), &stage);
+    info->set_stage(stage);
+    info->set_cohort_size(static_cast<uint32_t>(record.cohort_size));
+    info->set_survivors(static_cast<uint32_t>(record.survivors));
+    SetTimestamp(record.started_at, info->mutable_started_at());
+    if (record.finished_at.has_value()) SetTimestamp(*record.finished_at, info->mutable_finished_at());
+    info->set_base_model_version(static_cast<uint64_t>(record.base_model_version));
+    info->set_committed_model_version(
+        static_cast<uint64_t>(record.committed_model_version.value_or(0)));
+    info->set_epsilon_after(record.epsilon_after.value_or(live.epsilon_spent));
+    info->set_abort_reason(record.abort_reason);
+  }
+  if (static_cast<int>(rounds->size()) == page_size) {
+    response->mutable_page()->set_next_page_token(absl::StrCat(rounds->back().round_id));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::GetPrivacyLedger(grpc::ServerContext* context,
+                                            const v1::GetPrivacyLedgerRequest* /*request*/,
+                                            v1::GetPrivacyLedgerResponse* response) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
+  if (!caller.ok()) return Refuse("GetPrivacyLedger", caller.status());
+  absl::StatusOr<std::vector<LedgerEntry>> entries = context_.store->Ledger();
+  if (!entries.ok()) return ToGrpc(entries.status());
+  for (const LedgerEntry& entry : *entries) {
+    v1::PrivacyLedgerEntry* out = response->add_entries();
+    out->set_round_id(static_cast<uint64_t>(entry.round_id));
+    out->set_sampling_rate(entry.sampling_rate);
+    out->set_planned_noise_multiplier(entry.planned_noise_multiplier);
+    out->set_effective_noise_multiplier(entry.effective_noise_multiplier);
+    out->set_mechanism(entry.mechanism);
+    out->set_mode(entry.mode);
+    for (double order : entry.orders) out->add_orders(order);
+    for (double rdp : entry.rdp) out->add_rdp(rdp);
+    out->set_epsilon_after(entry.epsilon_after);
+    out->set_delta(entry.delta);
+    out->set_best_order(entry.best_order);
+    SetTimestamp(entry.committed_at, out->mutable_committed_at());
+  }
+  response->set_epsilon_spent(context_.rounds->snapshot().epsilon_spent);
+  response->set_delta(context_.config->rounds.delta);
+  response->set_target_epsilon(context_.config->rounds.target_epsilon);
   return grpc::Status::OK;
 }
 
@@ -274,14 +352,187 @@ grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContex
   absl::Duration wait = context_.config->poll_max_wait;
   if (request.has_max_wait()) wait = std::min(wait, FromProto(request.max_wait()));
   wait = std::max(wait, absl::ZeroDuration());
-  // No round engine hands out tasks yet, so every poll ends Idle when its wait runs out.
-  context_.polls->Park(now + wait, [this, reactor, response_bytes, client_id = caller->id.name] {
+  // Answers with the caller's task if it has one; otherwise, once the wait is over, Idle.
+  auto answer = [this, reactor, response_bytes, request,
+                 client_id = caller->id.name](bool expired) -> bool {
+    std::optional<v1::PollTaskResponse> task = context_.rounds->NextTask(client_id, request);
+    if (!task.has_value() && !expired) return false;
     v1::PollTaskResponse response;
-    response.mutable_idle()->mutable_retry_after()->set_seconds(1);
+    if (task.has_value()) {
+      response = std::move(*task);
+    } else {
+      response.mutable_idle()->mutable_retry_after()->set_seconds(1);
+      response.mutable_idle()->set_latest_model_version(context_.rounds->snapshot().model_version);
+    }
     context_.presence->PollFinished(client_id, absl::Now());
     reactor->Finish(ToGrpc(SerializeReply(response, *response_bytes)));
-  });
+    return true;
+  };
+  if (!answer(false)) context_.polls->Park(now + wait, std::move(answer));
   return reactor;
+}
+
+namespace {
+
+// Runs a raw unary stage method for an authorized client.
+template <typename Request, typename Handler>
+grpc::ServerUnaryReactor* RunStage(grpc::CallbackServerContext* context, std::string_view method,
+                                   CallerAuthorizer* authorizer,
+                                   const grpc::ByteBuffer* request_bytes,
+                                   grpc::ByteBuffer* reply_bytes, Handler handle) {
+  return RunRaw<Request, v1::StageAck>(
+      context, method, request_bytes, reply_bytes,
+      [&](const Request& request, v1::StageAck& reply) {
+        absl::StatusOr<Caller> caller = authorizer->AuthorizeClient(*context->auth_context());
+        if (!caller.ok()) return Refuse(method, caller.status());
+        absl::StatusOr<v1::StageAck> ack = handle(*caller, request);
+        if (!ack.ok()) return Refuse(method, ack.status());
+        reply = std::move(*ack);
+        return grpc::Status::OK;
+      });
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* FederationService::AdvertiseKeys(grpc::CallbackServerContext* context,
+                                                           const grpc::ByteBuffer* request,
+                                                           grpc::ByteBuffer* response) {
+  return RunStage<v1::AdvertiseKeysRequest>(
+      context, "AdvertiseKeys", context_.authorizer, request, response,
+      [this](const Caller& caller, const v1::AdvertiseKeysRequest& in) {
+        return context_.rounds->AdvertiseKeys(caller.id.name, caller.certificate_der, in);
+      });
+}
+
+grpc::ServerUnaryReactor* FederationService::ShareKeys(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
+  return RunStage<v1::ShareKeysRequest>(
+      context, "ShareKeys", context_.authorizer, request, response,
+      [this](const Caller& caller, const v1::ShareKeysRequest& in) {
+        return context_.rounds->ShareKeys(caller.id.name, in);
+      });
+}
+
+grpc::ServerUnaryReactor* FederationService::Unmask(grpc::CallbackServerContext* context,
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return RunStage<v1::UnmaskRequest>(context, "Unmask", context_.authorizer, request, response,
+                                     [this](const Caller& caller, const v1::UnmaskRequest& in) {
+                                       return context_.rounds->Unmask(caller.id.name, in);
+                                     });
+}
+
+grpc::Status FederationService::GetModelManifest(grpc::ServerContext* context,
+                                                 const v1::GetModelManifestRequest* request,
+                                                 v1::ModelManifest* response) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
+  if (!caller.ok()) return Refuse("GetModelManifest", caller.status());
+  absl::StatusOr<ModelVersionRecord> record = context_.rounds->Model(request->version());
+  if (!record.ok()) return ToGrpc(record.status());
+  absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(*record);
+  if (!manifest.ok()) return ToGrpc(manifest.status());
+  *response = std::move(*manifest);
+  return grpc::Status::OK;
+}
+
+grpc::Status FederationService::DownloadModel(grpc::ServerContext* context,
+                                              const v1::DownloadModelRequest* request,
+                                              grpc::ServerWriter<v1::ModelChunk>* writer) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
+  if (!caller.ok()) return Refuse("DownloadModel", caller.status());
+  absl::StatusOr<ModelVersionRecord> record = context_.rounds->Model(request->version());
+  if (!record.ok()) return ToGrpc(record.status());
+  absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(*record);
+  if (!manifest.ok()) return ToGrpc(manifest.status());
+  const v1::ModelFile* file = nullptr;
+  for (const v1::ModelFile& candidate : manifest->files()) {
+    if (candidate.name() == request->file_name()) file = &candidate;
+  }
+  if (file == nullptr) {
+    return Refuse("DownloadModel",
+                  absl::NotFoundError(absl::StrCat("model version ", record->version,
+                                                   " has no file named '", request->file_name(),
+                                                   "'")));
+  }
+  if (request->offset() > file->size_bytes()) {
+    return Refuse("DownloadModel", absl::OutOfRangeError(absl::StrCat(
+                                       "offset ", request->offset(), " is past the end of ",
+                                       file->name(), " (", file->size_bytes(), " bytes)")));
+  }
+  std::ifstream in(context_.rounds->ModelDirectory(*record) / file->name(), std::ios::binary);
+  if (!in) return ToGrpc(absl::InternalError(absl::StrCat("cannot open ", file->name())));
+  in.seekg(static_cast<std::streamoff>(request->offset()));
+  constexpr uint64_t kMaxChunk = uint64_t{1} << 20;
+  const uint64_t chunk_bytes =
+      request->max_chunk_bytes() == 0 ? kMaxChunk : std::min<uint64_t>(request->max_chunk_bytes(), kMaxChunk);
+  uint64_t offset = request->offset();
+  v1::ModelChunk chunk;
+  chunk.set_file_size(file->size_bytes());
+  chunk.set_file_sha256(file->sha256());
+  std::string buffer;
+  while (offset < file->size_bytes()) {
+    if (context->IsCancelled()) return grpc::Status::CANCELLED;
+    const uint64_t n = std::min(chunk_bytes, file->size_bytes() - offset);
+    buffer.resize(n);
+    if (!in.read(buffer.data(), static_cast<std::streamsize>(n))) {
+      return ToGrpc(absl::DataLossError(absl::StrCat(file->name(), " is shorter than its manifest says")));
+    }
+    chunk.set_offset(offset);
+    chunk.set_data(buffer);
+    if (!writer->Write(chunk)) return grpc::Status::CANCELLED;
+    offset += n;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status FederationService::UploadMaskedInput(grpc::ServerContext* context,
+                                                  grpc::ServerReader<v1::MaskedInputChunk>* reader,
+                                                  v1::StageAck* response) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
+  if (!caller.ok()) return Refuse("UploadMaskedInput", caller.status());
+  v1::MaskedInputChunk chunk;
+  std::vector<uint64_t> values;
+  bool any = false;
+  uint64_t round_id = 0;
+  while (reader->Read(&chunk)) {
+    if (any && chunk.round_id() != round_id) {
+      return Refuse("UploadMaskedInput",
+                    absl::InvalidArgumentError("a masked-input stream changed its round id"));
+    }
+    round_id = chunk.round_id();
+    any = true;
+    absl::StatusOr<int> bits = context_.rounds->OpenRingBits(chunk.round_id());
+    if (!bits.ok()) return Refuse("UploadMaskedInput", bits.status());
+    const uint64_t max_values = (uint64_t{8} << 20) / static_cast<uint64_t>(*bits);
+    if (chunk.value_count() == 0 || chunk.value_count() > max_values) {
+      return Refuse("UploadMaskedInput",
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "a chunk must carry 1 to ", max_values, " values, not ", chunk.value_count())));
+    }
+    values.resize(chunk.value_count());
+    if (absl::Status status = secure_agg::UnpackValues(chunk.packed_values(), *bits, values);
+        !status.ok()) {
+      return Refuse("UploadMaskedInput", status);
+    }
+    absl::StatusOr<v1::StageAck> ack =
+        context_.rounds->MaskedInputChunk(caller->id.name, chunk, values);
+    if (!ack.ok()) return Refuse("UploadMaskedInput", ack.status());
+    *response = std::move(*ack);
+  }
+  if (!any) {
+    return Refuse("UploadMaskedInput", absl::InvalidArgumentError("the upload carried no chunk"));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status FederationService::GetRoundStatus(grpc::ServerContext* context,
+                                               const v1::GetRoundStatusRequest* request,
+                                               v1::RoundStatus* response) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
+  if (!caller.ok()) return Refuse("GetRoundStatus", caller.status());
+  *response = context_.rounds->RoundStatusFor(caller->id.name, request->round_id());
+  return grpc::Status::OK;
 }
 
 }  // namespace fedmoe::coordinator

@@ -10,6 +10,7 @@
 #include "coordinator/config.h"
 #include "coordinator/enrollment_authority.h"
 #include "coordinator/poll_hub.h"
+#include "coordinator/round_engine.h"
 #include "coordinator/store.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
@@ -25,6 +26,7 @@ struct ServiceContext {
   CallerAuthorizer* authorizer;
   ClientPresence* presence;
   PollHub* polls;
+  RoundEngine* rounds;
   absl::Time started_at;
 };
 
@@ -77,21 +79,51 @@ class AdminService final : public v1::Admin::Service {
                             v1::RevokeClientResponse* response) override;
   grpc::Status GetStatus(grpc::ServerContext* context, const v1::GetStatusRequest* request,
                          v1::GetStatusResponse* response) override;
+  grpc::Status ListRounds(grpc::ServerContext* context, const v1::ListRoundsRequest* request,
+                          v1::ListRoundsResponse* response) override;
+  grpc::Status GetPrivacyLedger(grpc::ServerContext* context,
+                                const v1::GetPrivacyLedgerRequest* request,
+                                v1::GetPrivacyLedgerResponse* response) override;
 
  private:
   void FillClient(const ClientRecord& record, v1::ClientInfo* out) const;
   ServiceContext context_;
 };
 
-// On the mTLS port. PollTask uses the callback API so that a parked long poll holds no thread,
-// and is raw, like EnrollmentService.
-class FederationService final
-    : public v1::Federation::WithRawCallbackMethod_PollTask<v1::Federation::CallbackService> {
+// On the mTLS port. PollTask uses the callback API so that a parked long poll holds no thread.
+// The unary stage methods are raw, like EnrollmentService, so a malformed message gets a
+// specific error; the streams and the small queries use the synchronous API.
+using FederationBase = v1::Federation::WithRawCallbackMethod_PollTask<
+    v1::Federation::WithRawCallbackMethod_AdvertiseKeys<v1::Federation::WithRawCallbackMethod_ShareKeys<
+        v1::Federation::WithRawCallbackMethod_Unmask<v1::Federation::Service>>>>;
+
+class FederationService final : public FederationBase {
  public:
   explicit FederationService(ServiceContext context) : context_(context) {}
   grpc::ServerUnaryReactor* PollTask(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* AdvertiseKeys(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ShareKeys(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Unmask(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::Status GetModelManifest(grpc::ServerContext* context,
+                                const v1::GetModelManifestRequest* request,
+                                v1::ModelManifest* response) override;
+  grpc::Status DownloadModel(grpc::ServerContext* context,
+                             const v1::DownloadModelRequest* request,
+                             grpc::ServerWriter<v1::ModelChunk>* writer) override;
+  grpc::Status UploadMaskedInput(grpc::ServerContext* context,
+                                 grpc::ServerReader<v1::MaskedInputChunk>* reader,
+                                 v1::StageAck* response) override;
+  grpc::Status GetRoundStatus(grpc::ServerContext* context,
+                              const v1::GetRoundStatusRequest* request,
+                              v1::RoundStatus* response) override;
 
  private:
   ServiceContext context_;

@@ -61,10 +61,55 @@ struct IssuedCertificate {
   absl::Time not_after;
 };
 
+// A published model version: its files live in StateDir::models() / directory.
+struct ModelVersionRecord {
+  int64_t version = 0;
+  // Raw SHA-256 of model.safetensors.
+  std::string weights_sha256;
+  std::string directory;
+  int64_t size_bytes = 0;
+  absl::Time created_at;
+  // The round that produced it; none for the initial model.
+  std::optional<int64_t> round_id;
+  // One line per file: "name size sha256-hex".
+  std::string files;
+};
+
+// Round stages are stored by name: "SELECTED", ..., "COMMITTED", "ABORTED".
+struct RoundRecord {
+  int64_t round_id = 0;
+  std::string stage;
+  int64_t cohort_size = 0;
+  int64_t survivors = 0;
+  absl::Time started_at;
+  std::optional<absl::Time> finished_at;
+  int64_t base_model_version = 0;
+  std::optional<int64_t> committed_model_version;
+  std::optional<double> epsilon_after;
+  std::string abort_reason;
+};
+
+// One committed round's privacy cost (admin.proto PrivacyLedgerEntry).
+struct LedgerEntry {
+  int64_t round_id = 0;
+  double sampling_rate = 0;
+  double planned_noise_multiplier = 0;
+  double effective_noise_multiplier = 0;
+  std::string mechanism;
+  std::string mode;
+  std::vector<double> orders;
+  // This round's RDP at each order.
+  std::vector<double> rdp;
+  double epsilon_after = 0;
+  double delta = 0;
+  double best_order = 0;
+  absl::Time committed_at;
+};
+
 class Store {
  public:
   // The newest schema version this build knows.
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::filesystem::path& path);
 
@@ -113,6 +158,34 @@ class Store {
     int64_t revoked = 0;
   };
   absl::StatusOr<ClientCounts> CountClients();
+
+  // The model with this version, or the newest with version 0; nullopt when there is none.
+  absl::StatusOr<std::optional<ModelVersionRecord>> GetModel(int64_t version);
+  // Publishes the federation's first model (no round produced it).
+  absl::Status AddInitialModel(const ModelVersionRecord& model);
+
+  // At start-up: every round not COMMITTED or ABORTED becomes ABORTED with `reason`. Returns
+  // how many there were.
+  absl::StatusOr<int64_t> AbortUnfinishedRounds(const std::string& reason, absl::Time now);
+  // 0 when no round was ever started.
+  absl::StatusOr<int64_t> LastRoundId();
+  absl::Status StartRound(const RoundRecord& round);
+  absl::Status UpdateRoundStage(int64_t round_id, const std::string& stage, int64_t survivors);
+  absl::Status AbortRound(int64_t round_id, const std::string& reason, int64_t survivors,
+                          absl::Time now);
+  // One transaction: the new model version, the round's COMMITTED row, its ledger entry, and
+  // each survivor's participation count. FailedPrecondition if the round is not open.
+  absl::Status CommitRound(int64_t round_id, const std::vector<std::string>& survivors,
+                           const ModelVersionRecord& model, const LedgerEntry& ledger);
+  // Rounds newest first with ids below `before_round_id` (all with 0), at most `limit`.
+  absl::StatusOr<std::vector<RoundRecord>> ListRounds(int64_t before_round_id, int limit);
+  // Every entry, oldest first.
+  absl::StatusOr<std::vector<LedgerEntry>> Ledger();
+  struct RoundCounts {
+    int64_t committed = 0;
+    int64_t aborted = 0;
+  };
+  absl::StatusOr<RoundCounts> CountRounds();
 
  private:
   explicit Store(std::unique_ptr<sqlite::Database> db) : db_(std::move(db)) {}

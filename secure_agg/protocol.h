@@ -169,6 +169,11 @@ class SecAggServer {
   absl::StatusOr<std::vector<uint64_t>> Finish();
 
   const std::set<uint32_t>& survivors() const { return masked_input_; }
+  // How many values of a participant's masked input the sum holds (to resume an upload).
+  uint64_t ValuesReceived(uint32_t participant) const {
+    auto found = received_values_.find(participant);
+    return found == received_values_.end() ? 0 : found->second;
+  }
 
   // The bytes the server's round state holds: the running sum, the graph, the advertised keys,
   // the sealed bundles and the revealed shares. O(d + n·k), whatever the cohort's inputs.

@@ -1,6 +1,7 @@
 #include "storage/atomic_file.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -98,14 +99,52 @@ absl::Status AtomicFileWriter::Commit() {
     return status;
   }
   // The rename is durable only once the directory entry is.
+  SyncParentDirectory(path_);
+  return absl::OkStatus();
+}
+
+void SyncParentDirectory(const std::filesystem::path& path) {
   const std::filesystem::path directory =
-      path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");
+      path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
   const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY);
   if (directory_fd >= 0) {
     ::fsync(directory_fd);
     ::close(directory_fd);
   }
+}
+
+absl::Status RenameDurably(const std::filesystem::path& from, const std::filesystem::path& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) return ErrnoError("cannot rename into place", to);
+  SyncParentDirectory(to);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> FileSha256(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open", path);
+  EVP_MD_CTX* context = EVP_MD_CTX_new();
+  bool ok = context != nullptr && EVP_DigestInit_ex(context, EVP_sha256(), nullptr) == 1;
+  std::string buffer(size_t{1} << 20, '\0');
+  while (ok) {
+    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      absl::Status status = ErrnoError("cannot read", path);
+      EVP_MD_CTX_free(context);
+      ::close(fd);
+      return status;
+    }
+    if (n == 0) break;
+    ok = EVP_DigestUpdate(context, buffer.data(), static_cast<size_t>(n)) == 1;
+  }
+  std::string digest(32, '\0');
+  unsigned int length = 0;
+  ok = ok && EVP_DigestFinal_ex(context, reinterpret_cast<unsigned char*>(digest.data()),
+                                &length) == 1 && length == 32;
+  EVP_MD_CTX_free(context);
+  ::close(fd);
+  if (!ok) return absl::InternalError("OpenSSL's SHA-256 failed");
+  return digest;
 }
 
 absl::Status WriteFileAtomically(const std::filesystem::path& path, std::string_view contents,

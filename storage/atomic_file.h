@@ -51,6 +51,16 @@ class AtomicFileWriter {
 absl::Status WriteFileAtomically(const std::filesystem::path& path, std::string_view contents,
                                  std::filesystem::perms mode);
 
+// fsyncs the directory holding `path`, so that a rename or creation there is durable.
+void SyncParentDirectory(const std::filesystem::path& path);
+
+// rename(2), then fsync of the target's directory. Renames whole directories too, which is how
+// a model version appears all at once.
+absl::Status RenameDurably(const std::filesystem::path& from, const std::filesystem::path& to);
+
+// The raw 32-byte SHA-256 of a file's contents, read in 1 MiB blocks.
+absl::StatusOr<std::string> FileSha256(const std::filesystem::path& path);
+
 }  // namespace fedmoe::storage
 
 #endif  // FEDMOE_STORAGE_ATOMIC_FILE_H_

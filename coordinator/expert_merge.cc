@@ -1,0 +1,119 @@
+#include "coordinator/expert_merge.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace fedmoe::coordinator {
+
+absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
+                                         const v1::UpdateSpec& spec, int64_t survivors,
+                                         double expert_weight_floor) {
+  const v1::UpdateLayout& layout = spec.layout();
+  if (decoded.size() != layout.plain_values()) {
+    return absl::InvalidArgumentError(absl::StrCat("the decoded sum has ", decoded.size(),
+                                                   " values; the layout has ",
+                                                   layout.plain_values()));
+  }
+  if (survivors < 1) return absl::InvalidArgumentError("a merge needs at least one survivor");
+  if (!(layout.expert_weights_scale() > 0)) {
+    return absl::InvalidArgumentError("the layout's expert_weights_scale is not positive");
+  }
+  const size_t layers = layout.num_moe_layers();
+  const size_t experts = layout.num_experts();
+  MergedUpdate merged;
+  merged.delta.assign(layout.delta_values(), 0.0f);
+  merged.expert_weight_sums.assign(layers, std::vector<double>(experts, 0.0));
+  merged.expert_token_slots.assign(layers, std::vector<double>(experts, 0.0));
+  for (size_t l = 0; l < layers; ++l) {
+    for (size_t e = 0; e < experts; ++e) {
+      merged.expert_weight_sums[l][e] =
+          decoded[layout.expert_weights_offset() + l * experts + e] / layout.expert_weights_scale();
+      merged.expert_token_slots[l][e] =
+          decoded[layout.histogram_offset() + l * experts + e] * layout.histogram_scale();
+    }
+  }
+  merged.untouched.assign(static_cast<size_t>(spec.trainable_tensors_size()), false);
+  const double mean_divisor = static_cast<double>(survivors);
+  for (int i = 0; i < spec.trainable_tensors_size(); ++i) {
+    const v1::TrainableTensor& tensor = spec.trainable_tensors(i);
+    const uint64_t end = i + 1 < spec.trainable_tensors_size()
+                             ? spec.trainable_tensors(i + 1).offset()
+                             : layout.delta_values();
+    if (tensor.offset() > end || end > layout.delta_values()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", tensor.name(),
+                                                     " lies outside the update vector"));
+    }
+    double divisor = mean_divisor;
+    if (tensor.role() == v1::TrainableTensor::ROLE_ROUTED_EXPERT) {
+      if (tensor.layer() >= layers || tensor.expert() >= experts) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor ", tensor.name(), " names expert ", tensor.expert(), " of layer ",
+                         tensor.layer(), ", outside the layout"));
+      }
+      const double weight = merged.expert_weight_sums[tensor.layer()][tensor.expert()];
+      if (weight < expert_weight_floor) {
+        ++merged.experts_untouched;
+        merged.untouched[static_cast<size_t>(i)] = true;
+        continue;  // Its Δ stays zero: the expert is left as it was.
+      }
+      ++merged.experts_merged;
+      divisor = weight;
+    }
+    for (uint64_t k = tensor.offset(); k < end; ++k) {
+      merged.delta[k] = static_cast<float>(decoded[k] / divisor);
+    }
+  }
+  // Each routed expert has three tensors; count experts, not tensors.
+  merged.experts_merged /= 3;
+  merged.experts_untouched /= 3;
+  return merged;
+}
+
+void ServerOptimizer::RestoreMoments(std::vector<float> first, std::vector<float> second) {
+  if (first.size() != second.size()) return;
+  first_ = std::move(first);
+  second_ = std::move(second);
+}
+
+absl::Status ServerOptimizer::Apply(const v1::UpdateSpec& spec, const MergedUpdate& update,
+                                    model::ModelParameters& parameters) {
+  const size_t size = update.delta.size();
+  if (adaptive() && first_.size() != size) {
+    first_.assign(size, 0.0f);
+    second_.assign(size, 0.0f);
+  }
+  const double lr = policy_.server_learning_rate;
+  for (int i = 0; i < spec.trainable_tensors_size(); ++i) {
+    const v1::TrainableTensor& wire = spec.trainable_tensors(i);
+    const model::TensorSpec* tensor = parameters.layout().Find(wire.name());
+    if (tensor == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the global model has no tensor ", wire.name()));
+    }
+    if (wire.offset() + static_cast<uint64_t>(tensor->size) > size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", wire.name(), " lies outside the merged update"));
+    }
+    if (static_cast<size_t>(i) < update.untouched.size() && update.untouched[static_cast<size_t>(i)]) {
+      continue;
+    }
+    std::span<float> values = parameters.tensor(*tensor);
+    for (size_t k = 0; k < values.size(); ++k) {
+      const size_t at = wire.offset() + k;
+      const float delta = update.delta[at];
+      if (!adaptive()) {
+        values[k] += static_cast<float>(lr * delta);
+        continue;
+      }
+      first_[at] = static_cast<float>(policy_.server_beta1 * first_[at] +
+                                      (1 - policy_.server_beta1) * delta);
+      second_[at] = static_cast<float>(policy_.server_beta2 * second_[at] +
+                                       (1 - policy_.server_beta2) * delta * delta);
+      values[k] += static_cast<float>(lr * first_[at] / (std::sqrt(second_[at]) + policy_.server_tau));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fedmoe::coordinator

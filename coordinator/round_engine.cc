@@ -1,0 +1,1049 @@
+#include "coordinator/round_engine.h"
+
+#include <google/protobuf/util/time_util.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "coordinator/update_spec.h"
+#include "logging/log.h"
+#include "model/checkpoint.h"
+#include "pki/private_key.h"
+#include "privacy/distributed_accounting.h"
+#include "privacy/noise.h"
+#include "privacy/ring_encoder.h"
+#include "privacy/secure_random.h"
+#include "secure_agg/neighbor_graph.h"
+
+namespace fedmoe::coordinator {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+google::protobuf::Timestamp ToTimestamp(absl::Time time) {
+  return TimeUtil::MillisecondsToTimestamp(absl::ToUnixMillis(time));
+}
+
+bool Terminal(v1::RoundStage stage) {
+  return stage == v1::ROUND_STAGE_COMMITTED || stage == v1::ROUND_STAGE_ABORTED;
+}
+
+v1::RoundStage StageFromName(std::string_view name) {
+  for (int stage = v1::ROUND_STAGE_WAITING; stage <= v1::ROUND_STAGE_ABORTED; ++stage) {
+    if (StageName(static_cast<v1::RoundStage>(stage)) == name) {
+      return static_cast<v1::RoundStage>(stage);
+    }
+  }
+  return v1::ROUND_STAGE_UNSPECIFIED;
+}
+
+absl::StatusOr<std::string> RandomBytes(size_t count) {
+  std::string bytes(count, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(bytes.data()), static_cast<int>(count)) != 1) {
+    return absl::InternalError("OpenSSL's random generator failed");
+  }
+  return bytes;
+}
+
+// SHA-256("fedmoe/v1/session" ‖ federation ‖ round id, 8 bytes big-endian ‖ spec).
+absl::StatusOr<std::string> SessionId(const std::string& federation, uint64_t round_id,
+                                      const v1::UpdateSpec& spec) {
+  std::string spec_bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&spec_bytes);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    if (!spec.SerializeToCodedStream(&coded)) {
+      return absl::InternalError("cannot serialize the update spec");
+    }
+  }
+  std::string input = absl::StrCat("fedmoe/v1/session", federation);
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    input.push_back(static_cast<char>((round_id >> shift) & 0xff));
+  }
+  input += spec_bytes;
+  std::string digest(32, '\0');
+  unsigned int length = 0;
+  if (EVP_Digest(input.data(), input.size(), reinterpret_cast<unsigned char*>(digest.data()),
+                 &length, EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("OpenSSL's SHA-256 failed");
+  }
+  return digest;
+}
+
+std::string ExpertLoadText(const std::vector<std::vector<double>>& weights) {
+  // Per layer, each expert's share of the summed routing weight, in percent.
+  std::string text;
+  for (size_t layer = 0; layer < weights.size(); ++layer) {
+    double total = 0;
+    for (double w : weights[layer]) total += std::max(0.0, w);
+    absl::StrAppend(&text, layer == 0 ? "" : "; ", "layer ", layer, ":");
+    for (double w : weights[layer]) {
+      absl::StrAppend(&text, " ", absl::StrFormat("%.0f%%", total > 0 ? 100 * std::max(0.0, w) / total : 0.0));
+    }
+  }
+  return text;
+}
+
+}  // namespace
+
+const char* StageName(v1::RoundStage stage) {
+  switch (stage) {
+    case v1::ROUND_STAGE_WAITING:
+      return "WAITING";
+    case v1::ROUND_STAGE_SELECTED:
+      return "SELECTED";
+    case v1::ROUND_STAGE_KEYS_ADVERTISED:
+      return "KEYS_ADVERTISED";
+    case v1::ROUND_STAGE_KEYS_SHARED:
+      return "KEYS_SHARED";
+    case v1::ROUND_STAGE_MASKED_COLLECTED:
+      return "MASKED_COLLECTED";
+    case v1::ROUND_STAGE_UNMASKED:
+      return "UNMASKED";
+    case v1::ROUND_STAGE_COMMITTED:
+      return "COMMITTED";
+    case v1::ROUND_STAGE_ABORTED:
+      return "ABORTED";
+    default:
+      return "UNSPECIFIED";
+  }
+}
+
+RoundEngine::RoundEngine(const CoordinatorConfig* config, Store* store, ClientPresence* presence,
+                         PollHub* polls, pki::Certificate ca)
+    : config_(config),
+      policy_(config->rounds),
+      store_(store),
+      presence_(presence),
+      polls_(polls),
+      ca_(std::move(ca)),
+      models_(config->state_dir.models()),
+      server_optimizer_(config->rounds) {}
+
+absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const CoordinatorConfig* config,
+                                                                 Store* store,
+                                                                 ClientPresence* presence,
+                                                                 PollHub* polls,
+                                                                 pki::Certificate ca) {
+  std::unique_ptr<RoundEngine> engine(
+      new RoundEngine(config, store, presence, polls, std::move(ca)));
+  if (absl::Status status = engine->Load(); !status.ok()) return status;
+  return engine;
+}
+
+absl::Status RoundEngine::Load() {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<int64_t> aborted =
+      store_->AbortUnfinishedRounds("the coordinator restarted during the round", absl::Now());
+  if (!aborted.ok()) return aborted.status();
+  if (*aborted > 0) {
+    LogEvent(LogLevel::kWarning, "rounds_aborted_at_start").Field("rounds", *aborted);
+  }
+  absl::StatusOr<int64_t> last_round = store_->LastRoundId();
+  if (!last_round.ok()) return last_round.status();
+  last_round_id_ = static_cast<uint64_t>(*last_round);
+
+  absl::StatusOr<std::optional<ModelVersionRecord>> latest = store_->GetModel(0);
+  if (!latest.ok()) return latest.status();
+  if (absl::Status status = models_.RemoveUnpublished(latest->has_value() ? (*latest)->version : 0);
+      !status.ok()) {
+    return status;
+  }
+  if (!latest->has_value()) {
+    if (policy_.initial_model.empty()) {
+      paused_reason_ = "no model is published: set model.initial in coordinator.yaml";
+      return absl::OkStatus();
+    }
+    absl::StatusOr<model::ModelParameters> initial = model::LoadModel(policy_.initial_model);
+    if (!initial.ok()) {
+      return absl::Status(initial.status().code(),
+                          absl::StrCat("model.initial: ", initial.status().message()));
+    }
+    const std::filesystem::path tokenizer = policy_.initial_model / "tokenizer.json";
+    absl::StatusOr<ModelVersionRecord> record =
+        models_.Write(1, *initial, std::filesystem::exists(tokenizer) ? tokenizer : "",
+                      std::nullopt, std::nullopt);
+    if (!record.ok()) return record.status();
+    if (absl::Status status = store_->AddInitialModel(*record); !status.ok()) return status;
+    LogEvent(LogLevel::kInfo, "model_published")
+        .Field("version", record->version)
+        .Field("source", policy_.initial_model.string());
+    *latest = *record;
+  }
+  global_record_ = **latest;
+  absl::StatusOr<model::ModelParameters> global = model::LoadModel(models_.Directory(global_record_));
+  if (!global.ok()) return global.status();
+  global_.emplace(std::move(*global));
+  if (server_optimizer_.adaptive()) {
+    if (auto moments = models_.ReadServerMoments(global_record_); moments.ok()) {
+      server_optimizer_.RestoreMoments(std::move(moments->first), std::move(moments->second));
+    }
+  }
+  absl::StatusOr<std::vector<LedgerEntry>> ledger = store_->Ledger();
+  if (!ledger.ok()) return ledger.status();
+  for (const LedgerEntry& entry : *ledger) {
+    if (entry.rdp.size() != accountant_.orders().size()) {
+      return absl::DataLossError(absl::StrCat("the privacy ledger entry of round ", entry.round_id,
+                                              " has ", entry.rdp.size(), " orders, not ",
+                                              accountant_.orders().size()));
+    }
+    if (absl::Status status = accountant_.AddRdp(entry.rdp); !status.ok()) return status;
+    epsilon_spent_ = entry.epsilon_after;
+  }
+  absl::StatusOr<Store::RoundCounts> counts = store_->CountRounds();
+  if (!counts.ok()) return counts.status();
+  committed_rounds_ = counts->committed;
+  next_round_at_ = absl::Now();
+  return absl::OkStatus();
+}
+
+void RoundEngine::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void RoundEngine::Stop() {
+  {
+    absl::MutexLock lock(&mutex_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+RoundEngine::~RoundEngine() { Stop(); }
+
+void RoundEngine::Run() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mutex_);
+      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return stopping_; };
+      mutex_.AwaitWithTimeout(absl::Condition(&stopping), absl::Milliseconds(50));
+      if (stopping_) return;
+    }
+    Tick();
+  }
+}
+
+void RoundEngine::Tick() {
+  Round* committing = nullptr;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (round_ == nullptr) {
+      MaybeSelect();
+      return;
+    }
+    MaybeCloseStage();
+    if (round_ != nullptr && round_->stage == v1::ROUND_STAGE_UNMASKED && !committing_) {
+      committing_ = true;
+      committing = round_.get();
+    }
+  }
+  if (committing != nullptr) Commit(*committing);
+}
+
+void RoundEngine::MaybeSelect() {
+  const absl::Time now = absl::Now();
+  if (!global_.has_value() || now < next_round_at_) return;
+  if (policy_.max_rounds > 0 && committed_rounds_ >= policy_.max_rounds) {
+    if (paused_reason_.empty()) {
+      paused_reason_ = absl::StrCat("rounds.max_rounds (", policy_.max_rounds, ") committed");
+      LogEvent(LogLevel::kInfo, "rounds_paused").Field("reason", paused_reason_);
+    }
+    return;
+  }
+  std::vector<std::string> online = presence_->OnlineClients(now);
+  if (static_cast<int64_t>(online.size()) < policy_.min_clients) return;
+
+  // Poisson sampling: each polling client independently with probability q, from OpenSSL's
+  // generator so that nobody can predict or steer the cohort.
+  absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
+  if (!random.ok()) return;
+  std::vector<std::string> cohort;
+  for (const std::string& client_id : online) {
+    if (random->Bernoulli(policy_.sampling_rate)) cohort.push_back(client_id);
+  }
+  const auto n = static_cast<int64_t>(cohort.size());
+  if (n < policy_.min_clients || n > policy_.max_clients) {
+    next_round_at_ = now + absl::Seconds(1);
+    return;
+  }
+  auto round = std::make_unique<Round>();
+  round->id = last_round_id_ + 1;
+  round->started_at = now;
+  round->base = global_record_;
+
+  absl::StatusOr<secure_agg::GraphParameters> graph_parameters = secure_agg::ChooseGraphParameters(
+      static_cast<uint32_t>(n), policy_.dropout_rate, policy_.corrupt_fraction);
+  if (graph_parameters.ok()) {
+    round->degree = graph_parameters->degree;
+    round->threshold = graph_parameters->threshold;
+  } else {
+    round->degree = static_cast<uint32_t>(n - 1);
+    round->threshold = 0;
+  }
+  // A coordinator that tells one neighbour a client dropped and another that it lived gets
+  // one share of each kind from each; t > k/2 keeps that from ever adding up to both secrets.
+  round->threshold = std::max(round->threshold, round->degree / 2 + 1);
+
+  absl::StatusOr<std::string> rotation_seed = RandomBytes(32);
+  absl::StatusOr<std::string> graph_seed = RandomBytes(32);
+  if (!rotation_seed.ok() || !graph_seed.ok()) return;
+  absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(global_record_);
+  if (!manifest.ok()) {
+    LogEvent(LogLevel::kError, "round_not_started").Error(manifest.status());
+    next_round_at_ = now + policy_.interval;
+    return;
+  }
+  absl::StatusOr<v1::UpdateSpec> spec = BuildUpdateSpec(
+      global_->layout(), global_->config(), policy_, *manifest, n, *rotation_seed);
+  if (!spec.ok()) {
+    LogEvent(LogLevel::kError, "round_not_started").Error(spec.status());
+    next_round_at_ = now + policy_.interval;
+    return;
+  }
+  round->spec = std::move(*spec);
+
+  if (policy_.target_epsilon > 0) {
+    absl::StatusOr<std::vector<double>> rdp = RoundRdp(*round, round->threshold);
+    privacy::RdpAccountant next = accountant_;
+    double epsilon = std::numeric_limits<double>::infinity();
+    if (rdp.ok() && next.AddRdp(*rdp).ok()) {
+      if (absl::StatusOr<privacy::PrivacyLoss> loss = next.Epsilon(policy_.delta); loss.ok()) {
+        epsilon = loss->epsilon;
+      }
+    }
+    if (!(epsilon <= policy_.target_epsilon)) {
+      std::string reason = absl::StrFormat(
+          "privacy budget exhausted: another round could take epsilon from %.4g to %.4g, past "
+          "the target %.4g (delta %.3g)",
+          epsilon_spent_, epsilon, policy_.target_epsilon, policy_.delta);
+      if (reason != paused_reason_) {
+        paused_reason_ = reason;
+        LogEvent(LogLevel::kWarning, "rounds_paused").Field("reason", paused_reason_);
+      }
+      next_round_at_ = now + absl::Seconds(5);
+      return;
+    }
+  }
+  paused_reason_.clear();
+
+  absl::StatusOr<std::string> session = SessionId(config_->federation, round->id, round->spec);
+  if (!session.ok()) return;
+  round->session_id = *session;
+  absl::StatusOr<secure_agg::NeighborGraph> graph =
+      secure_agg::NeighborGraph::Create(static_cast<uint32_t>(n), round->degree, *graph_seed);
+  if (!graph.ok()) {
+    LogEvent(LogLevel::kError, "round_not_started").Error(graph.status());
+    next_round_at_ = now + policy_.interval;
+    return;
+  }
+  secure_agg::RoundSetup setup;
+  setup.round_id = round->id;
+  setup.session_id = round->session_id;
+  setup.num_participants = static_cast<uint32_t>(n);
+  setup.threshold = round->threshold;
+  setup.length = round->spec.layout().encoded_values();
+  setup.bits = static_cast<int>(policy_.ring_bits);
+  absl::StatusOr<secure_agg::SecAggServer> secagg = secure_agg::SecAggServer::Create(setup, *graph);
+  if (!secagg.ok()) {
+    LogEvent(LogLevel::kError, "round_not_started").Error(secagg.status());
+    next_round_at_ = now + policy_.interval;
+    return;
+  }
+  round->graph.emplace(std::move(*graph));
+  round->secagg.emplace(std::move(*secagg));
+  for (const std::string& client_id : cohort) {
+    round->participant_ids[client_id] = static_cast<uint32_t>(round->participants.size() + 1);
+    Participant participant;
+    participant.client_id = client_id;
+    round->participants.push_back(std::move(participant));
+  }
+  const absl::Time advertise = now + policy_.timeouts.train;
+  const absl::Time share = advertise + policy_.timeouts.share_keys;
+  const absl::Time masked = share + policy_.timeouts.masked_input;
+  const absl::Time unmask = masked + policy_.timeouts.unmask;
+  *round->deadlines.mutable_advertise_keys() = ToTimestamp(advertise);
+  *round->deadlines.mutable_share_keys() = ToTimestamp(share);
+  *round->deadlines.mutable_masked_input() = ToTimestamp(masked);
+  *round->deadlines.mutable_unmask() = ToTimestamp(unmask);
+  round->stage = v1::ROUND_STAGE_SELECTED;
+  round->stage_deadline = advertise;
+
+  RoundRecord record;
+  record.round_id = static_cast<int64_t>(round->id);
+  record.stage = std::string(StageName(v1::ROUND_STAGE_SELECTED));
+  record.cohort_size = n;
+  record.survivors = n;
+  record.started_at = now;
+  record.base_model_version = global_record_.version;
+  if (absl::Status status = store_->StartRound(record); !status.ok()) {
+    LogEvent(LogLevel::kError, "round_not_started").Error(status);
+    next_round_at_ = now + policy_.interval;
+    return;
+  }
+  last_round_id_ = round->id;
+  LogEvent(LogLevel::kInfo, "round_started")
+      .Field("round_id", round->id)
+      .Field("cohort", n)
+      .Field("online", static_cast<int64_t>(online.size()))
+      .Field("base_model_version", global_record_.version)
+      .Field("degree", static_cast<int64_t>(round->degree))
+      .Field("threshold", static_cast<int64_t>(round->threshold))
+      .Field("update_values", round->spec.layout().encoded_values());
+  round_ = std::move(round);
+  polls_->WakeAll();
+}
+
+int64_t RoundEngine::Live(bool Participant::*done) const {
+  int64_t count = 0;
+  for (const Participant& participant : round_->participants) {
+    if (!participant.dropped && participant.*done) ++count;
+  }
+  return count;
+}
+
+void RoundEngine::EnterStage(v1::RoundStage stage, absl::Time deadline) {
+  round_->stage = stage;
+  round_->stage_deadline = deadline;
+  int64_t survivors = 0;
+  for (const Participant& participant : round_->participants) survivors += !participant.dropped;
+  store_->UpdateRoundStage(static_cast<int64_t>(round_->id), std::string(StageName(stage)), survivors)
+      .IgnoreError();  // The row is informative until commit; a restart aborts the round anyway.
+  LogEvent(LogLevel::kInfo, "round_stage")
+      .Field("round_id", round_->id)
+      .Field("stage", StageName(stage))
+      .Field("participants", survivors);
+  polls_->WakeAll();
+}
+
+void RoundEngine::MaybeCloseStage() {
+  Round& round = *round_;
+  const absl::Time now = absl::Now();
+  const bool expired = now >= round.stage_deadline;
+  auto pending = [&](bool Participant::*before, bool Participant::*after) {
+    for (const Participant& participant : round.participants) {
+      if (!participant.dropped && (before == nullptr || participant.*before) && !(participant.*after)) {
+        return true;
+      }
+    }
+    return false;
+  };
+  // Those still expected past a closed stage are the ones that did its part.
+  auto drop_laggards = [&](bool Participant::*done, const char* stage) {
+    for (Participant& participant : round.participants) {
+      if (!participant.dropped && !(participant.*done)) {
+        participant.dropped = true;
+        LogEvent(LogLevel::kInfo, "participant_dropped")
+            .Field("round_id", round.id)
+            .Field("client_id", participant.client_id)
+            .Field("reason", absl::StrCat("missed the ", stage, " deadline"));
+      }
+    }
+  };
+  const auto needed = static_cast<int64_t>(round.threshold) + 1;
+  auto too_few = [&](bool Participant::*done, const char* what) -> bool {
+    const int64_t live = Live(done);
+    if (live >= needed && live >= 2) return false;
+    Abort(absl::StrCat("only ", live, " participants ", what, "; the round needs ",
+                       std::max<int64_t>(needed, 2)));
+    return true;
+  };
+  switch (round.stage) {
+    case v1::ROUND_STAGE_SELECTED:
+      if (!expired && pending(nullptr, &Participant::advertised)) return;
+      drop_laggards(&Participant::advertised, "advertise-keys");
+      if (too_few(&Participant::advertised, "advertised keys")) return;
+      if (absl::Status status = round.secagg->CloseAdvertiseKeys(); !status.ok()) {
+        Abort(std::string(status.message()));
+        return;
+      }
+      EnterStage(v1::ROUND_STAGE_KEYS_ADVERTISED, absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.share_keys())));
+      return;
+    case v1::ROUND_STAGE_KEYS_ADVERTISED:
+      if (!expired && pending(&Participant::advertised, &Participant::shared)) return;
+      drop_laggards(&Participant::shared, "share-keys");
+      if (too_few(&Participant::shared, "shared keys")) return;
+      if (absl::Status status = round.secagg->CloseShareKeys(); !status.ok()) {
+        Abort(std::string(status.message()));
+        return;
+      }
+      EnterStage(v1::ROUND_STAGE_KEYS_SHARED, absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.masked_input())));
+      return;
+    case v1::ROUND_STAGE_KEYS_SHARED:
+      if (!expired && pending(&Participant::shared, &Participant::uploaded)) return;
+      drop_laggards(&Participant::uploaded, "masked-input");
+      if (absl::Status status = round.secagg->CloseMaskedInput(); !status.ok()) {
+        Abort(std::string(status.message()));
+        return;
+      }
+      if (too_few(&Participant::uploaded, "uploaded their masked input")) return;
+      EnterStage(v1::ROUND_STAGE_MASKED_COLLECTED, absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.unmask())));
+      return;
+    case v1::ROUND_STAGE_MASKED_COLLECTED:
+      if (!expired && pending(&Participant::uploaded, &Participant::unmasked)) return;
+      // Late unmaskers are not dropped from the sum: their masked input is in it, and the
+      // others' shares can still remove its masks.
+      round.stage = v1::ROUND_STAGE_UNMASKED;
+      store_->UpdateRoundStage(static_cast<int64_t>(round.id), "UNMASKED", Live(&Participant::uploaded))
+          .IgnoreError();
+      return;
+    default:
+      return;
+  }
+}
+
+void RoundEngine::Abort(const std::string& reason) {
+  Round& round = *round_;
+  int64_t survivors = 0;
+  for (const Participant& participant : round.participants) survivors += !participant.dropped;
+  store_->AbortRound(static_cast<int64_t>(round.id), reason, survivors, absl::Now()).IgnoreError();
+  LogEvent(LogLevel::kWarning, "round_aborted")
+      .Field("round_id", round.id)
+      .Field("stage", StageName(round.stage))
+      .Field("reason", reason);
+  finished_ = Finished();
+  finished_.id = round.id;
+  finished_.outcome = v1::ROUND_STAGE_ABORTED;
+  finished_.abort_reason = reason;
+  for (const Participant& participant : round.participants) finished_.cohort[participant.client_id] = true;
+  round_.reset();
+  next_round_at_ = absl::Now() + policy_.interval;
+  polls_->WakeAll();
+}
+
+absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(const Round& round,
+                                                          int64_t survivors) const {
+  const std::vector<double>& orders = accountant_.orders();
+  const v1::PrivacySpec& privacy = round.spec.privacy();
+  std::vector<double> rdp(orders.size(), std::numeric_limits<double>::infinity());
+  switch (privacy.mode()) {
+    case v1::PrivacySpec::MODE_CENTRAL:
+      for (size_t i = 0; i < orders.size(); ++i) {
+        absl::StatusOr<double> value = privacy::SubsampledGaussianRdp(
+            policy_.sampling_rate, privacy.noise_multiplier(), orders[i]);
+        if (!value.ok()) return value.status();
+        rdp[i] = *value;
+      }
+      return rdp;
+    case v1::PrivacySpec::MODE_DISTRIBUTED: {
+      privacy::DistributedRound distributed;
+      distributed.mechanism = privacy.mechanism() == v1::PrivacySpec::MECHANISM_SKELLAM
+                                  ? privacy::NoiseMechanism::kSkellam
+                                  : privacy::NoiseMechanism::kDiscreteGaussian;
+      distributed.sampling_rate = policy_.sampling_rate;
+      distributed.local_noise_variance = privacy.local_noise_stddev() * privacy.local_noise_stddev();
+      distributed.survivors = survivors;
+      distributed.dimension = static_cast<int64_t>(round.spec.layout().encoded_values());
+      distributed.l2_sensitivity = privacy::RoundedNormBound(
+          privacy.scale() * privacy.clip_norm(), static_cast<size_t>(distributed.dimension),
+          privacy.rounding_beta());
+      return privacy::DistributedRoundRdp(distributed, orders);
+    }
+    default:
+      return rdp;  // No noise: no privacy.
+  }
+}
+
+void RoundEngine::Commit(Round& round) {
+  const absl::Time started = absl::Now();
+  auto fail = [&](const absl::Status& status) {
+    absl::MutexLock lock(&mutex_);
+    committing_ = false;
+    Abort(absl::StrCat("commit failed: ", status.message()));
+  };
+  absl::StatusOr<std::vector<uint64_t>> sum = round.secagg->Finish();
+  if (!sum.ok()) return fail(sum.status());
+  std::vector<std::string> survivors;
+  for (uint32_t participant : round.secagg->survivors()) {
+    survivors.push_back(round.participants[participant - 1].client_id);
+  }
+  const v1::UpdateSpec& spec = round.spec;
+  absl::StatusOr<privacy::RingEncoder> decoder = privacy::RingEncoder::Create(
+      spec.layout().plain_values(), EncodingFromSpec(spec, static_cast<int>(policy_.ring_bits)));
+  if (!decoder.ok()) return fail(decoder.status());
+  absl::StatusOr<std::vector<double>> decoded = decoder->DecodeSum(*sum);
+  sum->clear();
+  sum->shrink_to_fit();
+  if (!decoded.ok()) return fail(decoded.status());
+  if (spec.privacy().mode() == v1::PrivacySpec::MODE_CENTRAL) {
+    absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
+    if (!random.ok()) return fail(random.status());
+    privacy::AddCentralGaussianNoise(*decoded,
+                                     spec.privacy().noise_multiplier() * spec.privacy().clip_norm(),
+                                     *random);
+  }
+  absl::StatusOr<MergedUpdate> merged = MergeUpdate(
+      *decoded, spec, static_cast<int64_t>(survivors.size()), policy_.expert_weight_floor);
+  decoded->clear();
+  decoded->shrink_to_fit();
+  if (!merged.ok()) return fail(merged.status());
+
+  // The optimizer's moments change only if the round commits.
+  const std::vector<float> first = server_optimizer_.first_moment();
+  const std::vector<float> second = server_optimizer_.second_moment();
+  model::ModelParameters next = *global_;
+  if (absl::Status status = server_optimizer_.Apply(spec, *merged, next); !status.ok()) {
+    server_optimizer_.RestoreMoments(first, second);
+    return fail(status);
+  }
+  absl::StatusOr<std::vector<double>> rdp = RoundRdp(round, static_cast<int64_t>(survivors.size()));
+  privacy::RdpAccountant accountant;
+  double epsilon = std::numeric_limits<double>::infinity();
+  double best_order = 0;
+  {
+    absl::MutexLock lock(&mutex_);
+    accountant = accountant_;
+  }
+  if (!rdp.ok()) return fail(rdp.status());
+  if (absl::Status status = accountant.AddRdp(*rdp); !status.ok()) return fail(status);
+  if (absl::StatusOr<privacy::PrivacyLoss> loss = accountant.Epsilon(policy_.delta); loss.ok()) {
+    epsilon = loss->epsilon;
+    best_order = loss->order;
+  }
+  const std::filesystem::path tokenizer = models_.Directory(round.base) / "tokenizer.json";
+  std::optional<std::pair<std::span<const float>, std::span<const float>>> moments;
+  if (server_optimizer_.adaptive()) {
+    moments.emplace(server_optimizer_.first_moment(), server_optimizer_.second_moment());
+  }
+  absl::StatusOr<ModelVersionRecord> record =
+      models_.Write(round.base.version + 1, next,
+                    std::filesystem::exists(tokenizer) ? tokenizer : std::filesystem::path(),
+                    static_cast<int64_t>(round.id), moments);
+  if (!record.ok()) {
+    server_optimizer_.RestoreMoments(first, second);
+    return fail(record.status());
+  }
+  LedgerEntry entry;
+  entry.round_id = static_cast<int64_t>(round.id);
+  entry.sampling_rate = policy_.sampling_rate;
+  entry.planned_noise_multiplier = spec.privacy().noise_multiplier();
+  entry.effective_noise_multiplier = spec.privacy().noise_multiplier();
+  if (spec.privacy().mode() == v1::PrivacySpec::MODE_DISTRIBUTED) {
+    privacy::DistributedRound distributed;
+    distributed.local_noise_variance =
+        spec.privacy().local_noise_stddev() * spec.privacy().local_noise_stddev();
+    distributed.survivors = static_cast<int64_t>(survivors.size());
+    distributed.l2_sensitivity = privacy::RoundedNormBound(
+        spec.privacy().scale() * spec.privacy().clip_norm(), spec.layout().encoded_values(),
+        spec.privacy().rounding_beta());
+    entry.effective_noise_multiplier = privacy::EffectiveNoiseMultiplier(distributed);
+  }
+  entry.mechanism = std::string(MechanismName(spec.privacy().mechanism()));
+  entry.mode = std::string(PrivacyModeName(spec.privacy().mode()));
+  entry.orders = accountant.orders();
+  entry.rdp = *rdp;
+  entry.epsilon_after = epsilon;
+  entry.delta = policy_.delta;
+  entry.best_order = best_order;
+  entry.committed_at = absl::Now();
+  if (absl::Status status = store_->CommitRound(static_cast<int64_t>(round.id), survivors, *record, entry);
+      !status.ok()) {
+    server_optimizer_.RestoreMoments(first, second);
+    models_.RemoveUnpublished(round.base.version).IgnoreError();
+    return fail(status);
+  }
+  global_ = std::move(next);
+  absl::MutexLock lock(&mutex_);
+  global_record_ = *record;
+  accountant_ = std::move(accountant);
+  epsilon_spent_ = epsilon;
+  ++committed_rounds_;
+  LogEvent(LogLevel::kInfo, "round_committed")
+      .Field("round_id", round.id)
+      .Field("model_version", record->version)
+      .Field("cohort", static_cast<int64_t>(round.participants.size()))
+      .Field("survivors", static_cast<int64_t>(survivors.size()))
+      .Field("experts_merged", merged->experts_merged)
+      .Field("experts_untouched", merged->experts_untouched)
+      .Field("epsilon", epsilon)
+      .Field("delta", policy_.delta)
+      .Field("expert_load", ExpertLoadText(merged->expert_weight_sums))
+      .Field("commit_seconds", absl::ToDoubleSeconds(absl::Now() - started))
+      .Field("round_seconds", absl::ToDoubleSeconds(absl::Now() - round.started_at));
+  finished_ = Finished();
+  finished_.id = round.id;
+  finished_.outcome = v1::ROUND_STAGE_COMMITTED;
+  finished_.new_model_version = static_cast<uint64_t>(record->version);
+  for (const Participant& participant : round.participants) finished_.cohort[participant.client_id] = true;
+  round_.reset();
+  committing_ = false;
+  next_round_at_ = absl::Now() + policy_.interval;
+  polls_->WakeAll();
+}
+
+absl::StatusOr<RoundEngine::Participant*> RoundEngine::Submitter(const std::string& client_id,
+                                                                 uint64_t round_id,
+                                                                 v1::RoundStage open_stage) {
+  if (round_ == nullptr || round_->id != round_id) {
+    if (round_ == nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("round ", round_id, " is not open; no round is open"));
+    }
+    return absl::FailedPreconditionError(absl::StrCat("round ", round_id,
+                                                      " is not open; the open round is ",
+                                                      round_->id, " at stage ",
+                                                      StageName(round_->stage)));
+  }
+  auto found = round_->participant_ids.find(client_id);
+  if (found == round_->participant_ids.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this client is not in the cohort of round ", round_id));
+  }
+  Participant& participant = round_->participants[found->second - 1];
+  if (participant.dropped) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this client was dropped from round ", round_id));
+  }
+  if (round_->stage != open_stage) {
+    if (round_->stage > open_stage) {
+      return absl::DeadlineExceededError(absl::StrCat("the ", StageName(open_stage),
+                                                      " stage of round ", round_id,
+                                                      " has closed"));
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", round_id, " is at stage ", StageName(round_->stage), ", not yet ",
+        StageName(open_stage)));
+  }
+  return &participant;
+}
+
+void RoundEngine::Drop(Participant& participant, const absl::Status& why) {
+  participant.dropped = true;
+  LogEvent(LogLevel::kWarning, "participant_dropped")
+      .Field("round_id", round_->id)
+      .Field("client_id", participant.client_id)
+      .Field("reason", std::string(why.message()));
+}
+
+absl::StatusOr<v1::StageAck> RoundEngine::AdvertiseKeys(const std::string& client_id,
+                                                        const std::string& certificate_der,
+                                                        const v1::AdvertiseKeysRequest& request) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Participant*> participant =
+      Submitter(client_id, request.round_id(), v1::ROUND_STAGE_SELECTED);
+  if (!participant.ok()) return participant.status();
+  const uint32_t id = round_->participant_ids[client_id];
+  auto refuse = [&](absl::Status status) {
+    Drop(**participant, status);
+    return status;
+  };
+  if (request.cipher_public_key().size() != 32 || request.mask_public_key().size() != 32) {
+    return refuse(absl::InvalidArgumentError("X25519 public keys are 32 bytes"));
+  }
+  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::FromDer(certificate_der);
+  if (!certificate.ok()) return refuse(certificate.status());
+  const std::string message = secure_agg::AdvertisedKeysMessage(
+      round_->session_id, id, request.cipher_public_key(), request.mask_public_key());
+  if (absl::Status verified =
+          pki::VerifySignature(certificate->PublicKeyDer(), message, request.signature());
+      !verified.ok()) {
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("the advertised keys' signature does not verify: ", verified.message())));
+  }
+  const bool duplicate = (*participant)->advertised;
+  if (absl::Status status = round_->secagg->ReceiveAdvertisedKeys(secure_agg::AdvertisedKeys{
+          id, request.cipher_public_key(), request.mask_public_key(), request.signature()});
+      !status.ok()) {
+    return refuse(status);
+  }
+  (*participant)->advertised = true;
+  (*participant)->certificate_der = certificate_der;
+  v1::StageAck ack;
+  ack.set_round_id(round_->id);
+  ack.set_stage(v1::ROUND_STAGE_KEYS_ADVERTISED);
+  ack.set_duplicate(duplicate);
+  return ack;
+}
+
+absl::StatusOr<v1::StageAck> RoundEngine::ShareKeys(const std::string& client_id,
+                                                    const v1::ShareKeysRequest& request) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Participant*> participant =
+      Submitter(client_id, request.round_id(), v1::ROUND_STAGE_KEYS_ADVERTISED);
+  if (!participant.ok()) return participant.status();
+  const uint32_t id = round_->participant_ids[client_id];
+  std::vector<secure_agg::SealedShares> shares;
+  shares.reserve(static_cast<size_t>(request.shares_size()));
+  for (const v1::EncryptedShares& bundle : request.shares()) {
+    shares.push_back({id, bundle.peer_participant_id(), bundle.ciphertext()});
+  }
+  const bool duplicate = (*participant)->shared;
+  if (absl::Status status = round_->secagg->ReceiveShares(id, shares); !status.ok()) {
+    Drop(**participant, status);
+    return status;
+  }
+  (*participant)->shared = true;
+  v1::StageAck ack;
+  ack.set_round_id(round_->id);
+  ack.set_stage(v1::ROUND_STAGE_KEYS_SHARED);
+  ack.set_duplicate(duplicate);
+  return ack;
+}
+
+absl::StatusOr<int> RoundEngine::OpenRingBits(uint64_t round_id) {
+  absl::MutexLock lock(&mutex_);
+  if (round_ == nullptr || round_->id != round_id) {
+    return absl::FailedPreconditionError(absl::StrCat("round ", round_id, " is not open"));
+  }
+  return static_cast<int>(policy_.ring_bits);
+}
+
+absl::StatusOr<v1::StageAck> RoundEngine::MaskedInputChunk(const std::string& client_id,
+                                                           const v1::MaskedInputChunk& chunk,
+                                                           std::span<const uint64_t> values) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Participant*> participant =
+      Submitter(client_id, chunk.round_id(), v1::ROUND_STAGE_KEYS_SHARED);
+  if (!participant.ok()) return participant.status();
+  const uint32_t id = round_->participant_ids[client_id];
+  const uint64_t expected = round_->spec.layout().encoded_values();
+  if (chunk.total_values() != expected) {
+    absl::Status status = absl::InvalidArgumentError(absl::StrCat(
+        "the masked input has ", chunk.total_values(), " values; round ", round_->id,
+        " expects ", expected));
+    Drop(**participant, status);
+    return status;
+  }
+  const bool duplicate = (*participant)->uploaded;
+  if (absl::Status status = round_->secagg->ReceiveMaskedChunk(id, chunk.first_value(), values);
+      !status.ok()) {
+    if (status.code() != absl::StatusCode::kOutOfRange) Drop(**participant, status);
+    return status;
+  }
+  const uint64_t received = round_->secagg->ValuesReceived(id);
+  if (received == expected) (*participant)->uploaded = true;
+  v1::StageAck ack;
+  ack.set_round_id(round_->id);
+  ack.set_stage(v1::ROUND_STAGE_MASKED_COLLECTED);
+  ack.set_duplicate(duplicate);
+  ack.set_values_received(received);
+  return ack;
+}
+
+absl::StatusOr<v1::StageAck> RoundEngine::Unmask(const std::string& client_id,
+                                                 const v1::UnmaskRequest& request) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Participant*> participant =
+      Submitter(client_id, request.round_id(), v1::ROUND_STAGE_MASKED_COLLECTED);
+  if (!participant.ok()) return participant.status();
+  if (!(*participant)->uploaded) {
+    return absl::FailedPreconditionError("this client's masked input is not in the sum");
+  }
+  secure_agg::RevealedShares revealed;
+  revealed.participant = round_->participant_ids[client_id];
+  for (const v1::RevealedShare& share : request.self_mask_shares()) {
+    revealed.self_mask_shares[share.owner_participant_id()] = share.share();
+  }
+  for (const v1::RevealedShare& share : request.mask_key_shares()) {
+    revealed.mask_key_shares[share.owner_participant_id()] = share.share();
+  }
+  const bool duplicate = (*participant)->unmasked;
+  if (absl::Status status = round_->secagg->ReceiveRevealedShares(revealed); !status.ok()) {
+    Drop(**participant, status);
+    return status;
+  }
+  (*participant)->unmasked = true;
+  v1::StageAck ack;
+  ack.set_round_id(round_->id);
+  ack.set_stage(v1::ROUND_STAGE_UNMASKED);
+  ack.set_duplicate(duplicate);
+  return ack;
+}
+
+std::optional<v1::PollTaskResponse> RoundEngine::NextTask(const std::string& client_id,
+                                                          const v1::PollTaskRequest& request) {
+  absl::MutexLock lock(&mutex_);
+  const bool withdrew = request.known_stage() == v1::ROUND_STAGE_ABORTED;
+  if (round_ != nullptr) {
+    if (auto found = round_->participant_ids.find(client_id);
+        found != round_->participant_ids.end()) {
+      const uint32_t id = found->second;
+      Participant& participant = round_->participants[id - 1];
+      if (withdrew && request.known_round_id() == round_->id && !participant.dropped &&
+          round_->stage < v1::ROUND_STAGE_UNMASKED) {
+        Drop(participant, absl::CancelledError("the client withdrew (it lost its round state)"));
+      }
+      if (participant.dropped) return std::nullopt;
+      v1::PollTaskResponse response;
+      switch (round_->stage) {
+        case v1::ROUND_STAGE_SELECTED:
+          if (participant.advertised) return std::nullopt;
+          {
+            v1::JoinRoundTask* join = response.mutable_join_round();
+            join->set_round_id(round_->id);
+            *join->mutable_update_spec() = round_->spec;
+            v1::SecAggParameters* secagg = join->mutable_secagg();
+            secagg->set_participant_id(id);
+            secagg->set_num_participants(static_cast<uint32_t>(round_->participants.size()));
+            for (uint32_t neighbor : round_->graph->Neighbors(id)) secagg->add_neighbors(neighbor);
+            secagg->set_threshold(round_->threshold);
+            secagg->set_ring_bits(static_cast<uint32_t>(policy_.ring_bits));
+            secagg->set_session_id(round_->session_id);
+            secagg->set_shamir_field(v1::SecAggParameters::SHAMIR_FIELD_MERSENNE61);
+            secagg->set_prg(v1::SecAggParameters::PRG_AES128_CTR_HKDF_SHA256);
+            *join->mutable_deadlines() = round_->deadlines;
+          }
+          return response;
+        case v1::ROUND_STAGE_KEYS_ADVERTISED:
+          if (!participant.advertised || participant.shared) return std::nullopt;
+          {
+            v1::ShareKeysTask* task = response.mutable_share_keys();
+            task->set_round_id(round_->id);
+            for (const secure_agg::AdvertisedKeys& keys : round_->secagg->KeysFor(id)) {
+              v1::AdvertisedKeys* out = task->add_neighbor_keys();
+              out->set_participant_id(keys.participant);
+              out->set_cipher_public_key(keys.cipher_public_key);
+              out->set_mask_public_key(keys.mask_public_key);
+              out->set_signature(keys.signature);
+              out->set_certificate_der(round_->participants[keys.participant - 1].certificate_der);
+            }
+          }
+          return response;
+        case v1::ROUND_STAGE_KEYS_SHARED:
+          if (!participant.shared || participant.uploaded) return std::nullopt;
+          {
+            v1::MaskedInputTask* task = response.mutable_masked_input();
+            task->set_round_id(round_->id);
+            for (const secure_agg::SealedShares& bundle : round_->secagg->SharesFor(id)) {
+              v1::EncryptedShares* out = task->add_incoming_shares();
+              out->set_peer_participant_id(bundle.sender);
+              out->set_ciphertext(bundle.ciphertext);
+            }
+          }
+          return response;
+        case v1::ROUND_STAGE_MASKED_COLLECTED:
+          if (!participant.uploaded || participant.unmasked) return std::nullopt;
+          {
+            v1::UnmaskTask* task = response.mutable_unmask();
+            task->set_round_id(round_->id);
+            const secure_agg::UnmaskRequest unmask = round_->secagg->UnmaskRequestFor(id);
+            for (uint32_t alive : unmask.alive) task->add_alive_neighbors(alive);
+            for (uint32_t dropped : unmask.dropped) task->add_dropped_neighbors(dropped);
+          }
+          return response;
+        default:
+          return std::nullopt;
+      }
+    }
+  }
+  const bool knows_end = Terminal(request.known_stage());
+  if (finished_.id != 0 && finished_.cohort.contains(client_id) &&
+      (request.known_round_id() < finished_.id ||
+       (request.known_round_id() == finished_.id && !knows_end))) {
+    v1::PollTaskResponse response;
+    v1::RoundFinished* finished = response.mutable_round_finished();
+    finished->set_round_id(finished_.id);
+    finished->set_outcome(finished_.outcome);
+    finished->set_new_model_version(finished_.new_model_version);
+    finished->set_abort_reason(finished_.abort_reason);
+    return response;
+  }
+  // A client still inside a round this coordinator no longer runs (it restarted): tell it how
+  // that round ended, from the store.
+  if (request.known_round_id() != 0 && !knows_end && request.known_round_id() != finished_.id &&
+      (round_ == nullptr || request.known_round_id() != round_->id)) {
+    v1::PollTaskResponse response;
+    v1::RoundFinished* finished = response.mutable_round_finished();
+    finished->set_round_id(request.known_round_id());
+    finished->set_outcome(v1::ROUND_STAGE_ABORTED);
+    finished->set_abort_reason("the round is no longer open");
+    if (absl::StatusOr<std::vector<RoundRecord>> rounds =
+            store_->ListRounds(static_cast<int64_t>(request.known_round_id()) + 1, 1);
+        rounds.ok() && !rounds->empty() &&
+        rounds->front().round_id == static_cast<int64_t>(request.known_round_id())) {
+      const RoundRecord& record = rounds->front();
+      finished->set_outcome(StageFromName(record.stage) == v1::ROUND_STAGE_COMMITTED
+                                ? v1::ROUND_STAGE_COMMITTED
+                                : v1::ROUND_STAGE_ABORTED);
+      finished->set_new_model_version(
+          static_cast<uint64_t>(record.committed_model_version.value_or(0)));
+      finished->set_abort_reason(record.abort_reason);
+    }
+    return response;
+  }
+  return std::nullopt;
+}
+
+v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64_t round_id) {
+  absl::MutexLock lock(&mutex_);
+  v1::RoundStatus status;
+  if (round_ != nullptr && (round_id == 0 || round_id == round_->id)) {
+    status.set_round_id(round_->id);
+    status.set_stage(round_->stage);
+    status.set_cohort_size(static_cast<uint32_t>(round_->participants.size()));
+    uint32_t survivors = 0;
+    for (const Participant& participant : round_->participants) survivors += !participant.dropped;
+    status.set_survivors(survivors);
+    *status.mutable_started_at() = ToTimestamp(round_->started_at);
+    *status.mutable_stage_deadline() = ToTimestamp(round_->stage_deadline);
+    status.set_base_model_version(static_cast<uint64_t>(round_->base.version));
+    if (auto found = round_->participant_ids.find(client_id);
+        found != round_->participant_ids.end()) {
+      const Participant& participant = round_->participants[found->second - 1];
+      status.set_caller_selected(true);
+      v1::RoundStage completed = v1::ROUND_STAGE_UNSPECIFIED;
+      if (participant.advertised) completed = v1::ROUND_STAGE_KEYS_ADVERTISED;
+      if (participant.shared) completed = v1::ROUND_STAGE_KEYS_SHARED;
+      if (participant.uploaded) completed = v1::ROUND_STAGE_MASKED_COLLECTED;
+      if (participant.unmasked) completed = v1::ROUND_STAGE_UNMASKED;
+      status.set_caller_completed_stage(completed);
+      if (round_->secagg.has_value() && round_->stage == v1::ROUND_STAGE_KEYS_SHARED) {
+        status.set_caller_values_received(round_->secagg->ValuesReceived(found->second));
+      }
+    }
+    return status;
+  }
+  const int64_t wanted = round_id == 0 ? static_cast<int64_t>(last_round_id_) : static_cast<int64_t>(round_id);
+  absl::StatusOr<std::vector<RoundRecord>> rounds = store_->ListRounds(wanted + 1, 1);
+  if (rounds.ok() && !rounds->empty() && rounds->front().round_id == wanted) {
+    const RoundRecord& record = rounds->front();
+    status.set_round_id(static_cast<uint64_t>(record.round_id));
+    status.set_stage(StageFromName(record.stage));
+    status.set_cohort_size(static_cast<uint32_t>(record.cohort_size));
+    status.set_survivors(static_cast<uint32_t>(record.survivors));
+    *status.mutable_started_at() = ToTimestamp(record.started_at);
+    status.set_base_model_version(static_cast<uint64_t>(record.base_model_version));
+    status.set_committed_model_version(
+        static_cast<uint64_t>(record.committed_model_version.value_or(0)));
+    status.set_abort_reason(record.abort_reason);
+  }
+  return status;
+}
+
+absl::StatusOr<ModelVersionRecord> RoundEngine::Model(uint64_t version) {
+  absl::StatusOr<std::optional<ModelVersionRecord>> record =
+      store_->GetModel(static_cast<int64_t>(version));
+  if (!record.ok()) return record.status();
+  if (!record->has_value()) {
+    return absl::NotFoundError(version == 0 ? std::string("no model is published yet")
+                                            : absl::StrCat("model version ", version,
+                                                           " is not published"));
+  }
+  return **record;
+}
+
+RoundEngine::Snapshot RoundEngine::snapshot() {
+  absl::MutexLock lock(&mutex_);
+  Snapshot snapshot;
+  snapshot.model_version = static_cast<uint64_t>(global_record_.version);
+  snapshot.epsilon_spent = epsilon_spent_;
+  snapshot.paused_reason = paused_reason_;
+  if (round_ != nullptr) {
+    snapshot.round_id = round_->id;
+    snapshot.stage = round_->stage;
+  } else if (finished_.id != 0) {
+    snapshot.round_id = finished_.id;
+    snapshot.stage = finished_.outcome;
+  } else {
+    snapshot.round_id = last_round_id_;
+    snapshot.stage = last_round_id_ == 0 ? v1::ROUND_STAGE_WAITING : v1::ROUND_STAGE_ABORTED;
+  }
+  return snapshot;
+}
+
+}  // namespace fedmoe::coordinator

@@ -1,0 +1,186 @@
+// The coordinator's round state machine (DESIGN §3):
+//   WAITING → SELECTED → KEYS_ADVERTISED → KEYS_SHARED → MASKED_COLLECTED → UNMASKED →
+//   COMMITTED, or ABORTED from any of them.
+// One thread drives it: it samples a cohort when enough clients poll, closes each stage at
+// its deadline or as soon as every live participant has done its part, and merges and
+// commits. The RPC handlers only record submissions. Stage names follow what has closed: in
+// SELECTED the cohort trains and advertises keys, in KEYS_ADVERTISED it shares keys, in
+// KEYS_SHARED it uploads masked inputs, in MASKED_COLLECTED it reveals shares.
+//
+// Memory is O(model + cohort·neighbours): one running sum of the masked inputs, the global
+// model, and per participant its keys and share bundles, whatever the cohort size.
+//
+// Durability (DESIGN §6): a round's row is written when it starts and at each stage; the new
+// version, the ledger entry and the COMMITTED row are one transaction after the checkpoint is
+// on disk. At start-up every unfinished round becomes ABORTED.
+#ifndef FEDMOE_COORDINATOR_ROUND_ENGINE_H_
+#define FEDMOE_COORDINATOR_ROUND_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/client_presence.h"
+#include "coordinator/config.h"
+#include "coordinator/expert_merge.h"
+#include "coordinator/model_repository.h"
+#include "coordinator/poll_hub.h"
+#include "coordinator/store.h"
+#include "fedmoe/v1/federation.pb.h"
+#include "model/parameters.h"
+#include "pki/certificate.h"
+#include "privacy/rdp_accountant.h"
+#include "secure_agg/protocol.h"
+
+namespace fedmoe::coordinator {
+
+const char* StageName(v1::RoundStage stage);
+
+class RoundEngine {
+ public:
+  struct Snapshot {
+    uint64_t round_id = 0;
+    v1::RoundStage stage = v1::ROUND_STAGE_WAITING;
+    uint64_t model_version = 0;
+    double epsilon_spent = 0;
+    // Why no round starts (budget spent, max_rounds reached, no model); empty otherwise.
+    std::string paused_reason;
+  };
+
+  // Aborts rounds a crash left open, removes unpublished model directories, publishes the
+  // initial model if there is none yet, and loads the newest version and the ledger.
+  static absl::StatusOr<std::unique_ptr<RoundEngine>> Create(const CoordinatorConfig* config,
+                                                             Store* store, ClientPresence* presence,
+                                                             PollHub* polls, pki::Certificate ca);
+  RoundEngine(const RoundEngine&) = delete;
+  RoundEngine& operator=(const RoundEngine&) = delete;
+  ~RoundEngine();
+
+  void Start();
+  // Stops the driving thread; an open round stays in the store as it is, and the next start
+  // aborts it.
+  void Stop();
+
+  // The caller's next task, or nullopt when it has none now.
+  std::optional<v1::PollTaskResponse> NextTask(const std::string& client_id,
+                                               const v1::PollTaskRequest& request);
+  absl::StatusOr<v1::StageAck> AdvertiseKeys(const std::string& client_id,
+                                             const std::string& certificate_der,
+                                             const v1::AdvertiseKeysRequest& request);
+  absl::StatusOr<v1::StageAck> ShareKeys(const std::string& client_id,
+                                         const v1::ShareKeysRequest& request);
+  // One chunk of a masked-input stream; `values` are the chunk's unpacked values.
+  absl::StatusOr<v1::StageAck> MaskedInputChunk(const std::string& client_id,
+                                                const v1::MaskedInputChunk& chunk,
+                                                std::span<const uint64_t> values);
+  absl::StatusOr<v1::StageAck> Unmask(const std::string& client_id,
+                                      const v1::UnmaskRequest& request);
+  v1::RoundStatus RoundStatusFor(const std::string& client_id, uint64_t round_id);
+  // The ring width of the open round's uploads, or FailedPrecondition when none is open.
+  absl::StatusOr<int> OpenRingBits(uint64_t round_id);
+
+  // Version 0: the newest.
+  absl::StatusOr<ModelVersionRecord> Model(uint64_t version);
+  std::filesystem::path ModelDirectory(const ModelVersionRecord& record) const {
+    return models_.Directory(record);
+  }
+  Snapshot snapshot();
+
+ private:
+  struct Participant {
+    std::string client_id;
+    std::string certificate_der;
+    bool dropped = false;
+    bool advertised = false;
+    bool shared = false;
+    bool uploaded = false;
+    bool unmasked = false;
+  };
+  struct Round {
+    uint64_t id = 0;
+    v1::RoundStage stage = v1::ROUND_STAGE_SELECTED;
+    absl::Time started_at;
+    absl::Time stage_deadline;
+    v1::StageDeadlines deadlines;
+    ModelVersionRecord base;
+    v1::UpdateSpec spec;
+    std::string session_id;
+    uint32_t degree = 0;
+    uint32_t threshold = 0;
+    std::optional<secure_agg::NeighborGraph> graph;
+    std::optional<secure_agg::SecAggServer> secagg;
+    std::vector<Participant> participants;  // Index: participant id − 1.
+    absl::flat_hash_map<std::string, uint32_t> participant_ids;
+  };
+  // The last finished round, so that its cohort hears how it ended.
+  struct Finished {
+    uint64_t id = 0;
+    v1::RoundStage outcome = v1::ROUND_STAGE_UNSPECIFIED;
+    uint64_t new_model_version = 0;
+    std::string abort_reason;
+    absl::flat_hash_map<std::string, bool> cohort;
+  };
+
+  RoundEngine(const CoordinatorConfig* config, Store* store, ClientPresence* presence,
+              PollHub* polls, pki::Certificate ca);
+  absl::Status Load();
+  void Run();
+  void Tick();
+  // Starts a round if the policy allows one now.
+  void MaybeSelect() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void MaybeCloseStage() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void Abort(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void EnterStage(v1::RoundStage stage, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Unmasks, merges, checkpoints and commits; runs without the lock held (the round is in
+  // UNMASKED, which no submission can change).
+  void Commit(Round& round);
+  // ε after one more round planned with these parameters and the fewest survivors that can
+  // commit it, for the budget check; and the RDP that round adds.
+  absl::StatusOr<std::vector<double>> RoundRdp(const Round& round, int64_t survivors) const;
+  // The participant behind a submission for `round_id`, or why there is none.
+  absl::StatusOr<Participant*> Submitter(const std::string& client_id, uint64_t round_id,
+                                         v1::RoundStage open_stage)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // A participant that sent something malformed or contradictory leaves the round.
+  void Drop(Participant& participant, const absl::Status& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  int64_t Live(bool Participant::*done) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  const CoordinatorConfig* config_;
+  const RoundPolicy& policy_;
+  Store* store_;
+  ClientPresence* presence_;
+  PollHub* polls_;
+  pki::Certificate ca_;
+  ModelRepository models_;
+
+  absl::Mutex mutex_;
+  std::unique_ptr<Round> round_ ABSL_GUARDED_BY(mutex_);
+  Finished finished_ ABSL_GUARDED_BY(mutex_);
+  bool committing_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::Time next_round_at_ ABSL_GUARDED_BY(mutex_);
+  uint64_t last_round_id_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::string paused_reason_ ABSL_GUARDED_BY(mutex_);
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+
+  // Owned by the driving thread (and Load); the lock guards the fields readers see.
+  std::optional<model::ModelParameters> global_;
+  ModelVersionRecord global_record_ ABSL_GUARDED_BY(mutex_);
+  privacy::RdpAccountant accountant_ ABSL_GUARDED_BY(mutex_);
+  double epsilon_spent_ ABSL_GUARDED_BY(mutex_) = 0;
+  int64_t committed_rounds_ ABSL_GUARDED_BY(mutex_) = 0;
+  ServerOptimizer server_optimizer_;
+  std::thread thread_;
+};
+
+}  // namespace fedmoe::coordinator
+
+#endif  // FEDMOE_COORDINATOR_ROUND_ENGINE_H_

@@ -1,0 +1,126 @@
+#include "coordinator/update_spec.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace fedmoe::coordinator {
+namespace {
+
+v1::TrainableTensor::Role WireRole(model::TensorRole role) {
+  switch (role) {
+    case model::TensorRole::kRoutedExpert:
+      return v1::TrainableTensor::ROLE_ROUTED_EXPERT;
+    case model::TensorRole::kSharedExpert:
+      return v1::TrainableTensor::ROLE_SHARED_EXPERT;
+    case model::TensorRole::kRouter:
+      return v1::TrainableTensor::ROLE_ROUTER;
+    default:
+      return v1::TrainableTensor::ROLE_OTHER;
+  }
+}
+
+uint64_t NextPowerOfTwo(uint64_t value) {
+  uint64_t power = 1;
+  while (power < value) power <<= 1;
+  return power;
+}
+
+}  // namespace
+
+double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, double clip_norm,
+                   double noise_multiplier) {
+  const auto n = static_cast<double>(clients);
+  const auto d = static_cast<double>(encoded_values);
+  const double headroom = std::ldexp(1.0, static_cast<int>(ring_bits) - 1) / 9.0 - std::sqrt(n);
+  const double spread = clip_norm * std::sqrt(n * n / d + noise_multiplier * noise_multiplier);
+  return std::max(1.0, headroom / spread);
+}
+
+absl::StatusOr<v1::UpdateSpec> BuildUpdateSpec(const model::ModelLayout& layout,
+                                               const model::MoeConfig& config,
+                                               const RoundPolicy& policy,
+                                               const v1::ModelManifest& base, int64_t clients,
+                                               const std::string& rotation_seed) {
+  v1::UpdateSpec spec;
+  *spec.mutable_base_model() = base;
+  uint64_t offset = 0;
+  for (const model::TensorSpec& tensor : layout.tensors()) {
+    if (!policy.trainable.Includes(tensor.role)) continue;
+    v1::TrainableTensor* out = spec.add_trainable_tensors();
+    out->set_name(tensor.name);
+    for (int64_t dimension : tensor.shape) out->add_shape(static_cast<uint64_t>(dimension));
+    out->set_role(WireRole(tensor.role));
+    out->set_layer(tensor.layer >= 0 ? static_cast<uint32_t>(tensor.layer) : 0);
+    out->set_expert(tensor.expert >= 0 ? static_cast<uint32_t>(tensor.expert) : 0);
+    out->set_offset(offset);
+    offset += static_cast<uint64_t>(tensor.size);
+  }
+  if (offset == 0) return absl::InvalidArgumentError("rounds.trainable selects no tensor");
+
+  const auto layers = static_cast<uint64_t>(config.num_hidden_layers);
+  const auto experts = static_cast<uint64_t>(config.num_local_experts);
+  v1::UpdateLayout* update = spec.mutable_layout();
+  update->set_delta_values(offset);
+  update->set_num_moe_layers(static_cast<uint32_t>(layers));
+  update->set_num_experts(static_cast<uint32_t>(experts));
+  update->set_expert_weights_offset(offset);
+  update->set_histogram_offset(offset + layers * experts);
+  update->set_histogram_values(layers * experts);
+  update->set_metrics_offset(offset + 2 * layers * experts);
+  update->set_metrics_values(0);
+  update->set_plain_values(offset + 2 * layers * experts);
+  update->set_encoded_values(NextPowerOfTwo(update->plain_values()));
+  // Each layer's w has L2 norm at most 1, and its histogram at most the layer's token slots.
+  const double root_layers = std::sqrt(static_cast<double>(layers));
+  update->set_expert_weights_scale(policy.expert_weights_share * policy.clip_norm / root_layers);
+  const v1::LocalTrainingConfig& training = policy.training;
+  const double slots_per_layer = static_cast<double>(training.steps()) *
+                                 training.gradient_accumulation() * training.batch_size() *
+                                 training.seq_len() * static_cast<double>(config.num_experts_per_tok);
+  update->set_histogram_scale(slots_per_layer * root_layers /
+                              (policy.histogram_share * policy.clip_norm));
+
+  *spec.mutable_training() = policy.training;
+  v1::PrivacySpec* privacy = spec.mutable_privacy();
+  privacy->set_mode(policy.privacy_mode);
+  privacy->set_mechanism(policy.privacy_mode == v1::PrivacySpec::MODE_NONE
+                             ? v1::PrivacySpec::MECHANISM_UNSPECIFIED
+                             : policy.mechanism);
+  privacy->set_clip_norm(policy.clip_norm);
+  const double z = policy.privacy_mode == v1::PrivacySpec::MODE_NONE ? 0.0 : policy.noise_multiplier;
+  privacy->set_noise_multiplier(z);
+  const double scale = ChooseScale(policy.ring_bits, clients,
+                                   static_cast<int64_t>(update->encoded_values()),
+                                   policy.clip_norm, z);
+  privacy->set_scale(scale);
+  privacy->set_expected_survivors(static_cast<uint32_t>(clients));
+  if (policy.privacy_mode == v1::PrivacySpec::MODE_DISTRIBUTED) {
+    privacy->set_local_noise_stddev(z * policy.clip_norm * scale /
+                                    std::sqrt(static_cast<double>(clients)));
+  }
+  privacy->set_rounding_beta(policy.rounding_beta);
+  privacy->set_rotation_seed(rotation_seed);
+  privacy->set_rotate(true);
+  spec.set_collect_metrics(false);
+  return spec;
+}
+
+privacy::RingEncoding EncodingFromSpec(const v1::UpdateSpec& spec, int ring_bits) {
+  const v1::PrivacySpec& privacy = spec.privacy();
+  privacy::RingEncoding encoding;
+  encoding.clip_norm = privacy.clip_norm();
+  encoding.scale = privacy.scale();
+  encoding.rounding_beta = privacy.rounding_beta();
+  encoding.ring_bits = ring_bits;
+  encoding.rotation_seed = privacy.rotation_seed();
+  if (privacy.mode() == v1::PrivacySpec::MODE_DISTRIBUTED) {
+    encoding.mechanism = privacy.mechanism() == v1::PrivacySpec::MECHANISM_SKELLAM
+                             ? privacy::NoiseMechanism::kSkellam
+                             : privacy::NoiseMechanism::kDiscreteGaussian;
+    encoding.local_noise_variance = privacy.local_noise_stddev() * privacy.local_noise_stddev();
+  }
+  return encoding;
+}
+
+}  // namespace fedmoe::coordinator

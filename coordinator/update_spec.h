@@ -1,0 +1,39 @@
+// What a round asks of its clients (DESIGN §3.1, §4): the trainable tensors in canonical order,
+// the layout of the update vector, and its clipping, scaling and noise, fixed when the cohort
+// is selected and identical for every participant.
+#ifndef FEDMOE_COORDINATOR_UPDATE_SPEC_H_
+#define FEDMOE_COORDINATOR_UPDATE_SPEC_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "coordinator/round_policy.h"
+#include "fedmoe/v1/federation.pb.h"
+#include "model/parameters.h"
+#include "privacy/ring_encoder.h"
+
+namespace fedmoe::coordinator {
+
+// γ: the largest scale at which the ring sum of `clients` encoded updates (each of L2 norm
+// `clip_norm` before scaling) plus the noise of multiplier z still stays inside
+// (−2^(b−1), 2^(b−1)) with overwhelming probability: nine standard deviations of the
+// per-coordinate sum (signal in the worst, aligned case n·C/√d, noise z·C, rounding √n/2).
+double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, double clip_norm,
+                   double noise_multiplier);
+
+// The update spec of a round with `clients` participants from `base` (whose layout is given).
+// `rotation_seed` is 32 fresh public bytes.
+absl::StatusOr<v1::UpdateSpec> BuildUpdateSpec(const model::ModelLayout& layout,
+                                               const model::MoeConfig& config,
+                                               const RoundPolicy& policy,
+                                               const v1::ModelManifest& base, int64_t clients,
+                                               const std::string& rotation_seed);
+
+// The ring encoding a spec describes, as the coordinator decodes it. Clients build theirs from
+// the same fields (client/update.h).
+privacy::RingEncoding EncodingFromSpec(const v1::UpdateSpec& spec, int ring_bits);
+
+}  // namespace fedmoe::coordinator
+
+#endif  // FEDMOE_COORDINATOR_UPDATE_SPEC_H_
