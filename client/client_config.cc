@@ -23,6 +23,16 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   reader->Read("poll.backoff_initial", &config.backoff_initial);
   reader->Read("poll.backoff_max", &config.backoff_max);
   reader->Read("log_level", &config.log_level);
+  std::string data;
+  reader->Read("training.data", &data);
+  config.data = data;
+  reader->Read("training.threads", &config.threads);
+  if (config.threads < 0 || config.threads > 1024) {
+    reader->Invalid("training.threads", "must be between 0 (all cores) and 1024");
+  }
+  if (!config.data.empty() && !std::filesystem::is_directory(config.data)) {
+    reader->Invalid("training.data", absl::StrCat(config.data.string(), " is not a directory"));
+  }
   config.state_dir.root = state_dir;
   if (!config.client_id.empty()) {
     if (absl::Status status = pki::ValidateName("client id", config.client_id); !status.ok()) {
@@ -70,7 +80,16 @@ std::string ClientConfig::ToYaml() const {
       "  backoff_initial: ",
       absl::FormatDuration(backoff_initial), "\n  backoff_max: ", absl::FormatDuration(backoff_max),
       "\n\n# debug, info, warning or error. Logs are JSON lines on stderr.\nlog_level: ", log_level,
-      "\n");
+      "\n\n"
+      "training:\n"
+      "  # The private data this client fine-tunes on (.txt, .md, .jsonl); it never leaves this\n"
+      "  # machine. Empty: the daemon takes part in no round.\n"
+      "  data: \"",
+      data.string(),
+      "\"\n"
+      "  # CPU threads for local training; 0 uses every core.\n"
+      "  threads: ",
+      threads, "\n");
 }
 
 }  // namespace fedmoe::client

@@ -21,6 +21,8 @@ struct ClientStateDir {
   std::filesystem::path config() const { return root / "client.yaml"; }
   // Written by the daemon after each poll, read by `fedmoe-client status`.
   std::filesystem::path status() const { return root / "status.json"; }
+  // The global models this client downloaded: v<N>/, the newest two.
+  std::filesystem::path models() const { return root / "models"; }
 };
 
 struct ClientConfig {
@@ -35,6 +37,11 @@ struct ClientConfig {
   absl::Duration backoff_initial = absl::Seconds(1);
   absl::Duration backoff_max = absl::Seconds(60);
   std::string log_level = "info";
+  // The organisation's private training data: a directory of .txt, .md and .jsonl files. It
+  // never leaves this machine. Empty: the daemon polls but withdraws from rounds.
+  std::filesystem::path data;
+  // CPU threads for local training; 0: all cores.
+  int64_t threads = 0;
 
   static absl::StatusOr<ClientConfig> Load(const std::filesystem::path& path);
   std::string ToYaml() const;

@@ -4,7 +4,16 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/model_sync.h"
 #include "client/tls_probe.h"
+#include "client/update.h"
+#include "kernels/cpu/threads.h"
+#include "model/checkpoint.h"
+#include "model/tokenizer.h"
+#include "model/trainer.h"
+#include "privacy/ring_encoder.h"
+#include "privacy/secure_random.h"
 #include "logging/log.h"
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
@@ -133,6 +142,9 @@ grpc::Status ClientDaemon::PollOnce() {
   request.mutable_max_wait()->set_seconds(absl::ToInt64Seconds(config_.poll_max_wait));
   request.mutable_capabilities()->set_software_version(FEDMOE_VERSION);
   request.mutable_capabilities()->set_device("cpu");
+  request.set_known_round_id(known_round_);
+  request.set_known_stage(known_stage_);
+  request.set_local_model_version(progress_.model_version);
   v1::PollTaskResponse response;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -151,6 +163,7 @@ grpc::Status ClientDaemon::PollOnce() {
     ++polls_answered_;
     LogEvent(LogLevel::kDebug, "poll_answered")
         .Field("task", response.task_case() == v1::PollTaskResponse::kIdle ? "idle" : "task");
+    HandleTask(response);
   }
   return status;
 }
@@ -175,11 +188,177 @@ void ClientDaemon::WriteStatus(const std::string& state, const std::string& deta
   json += "\",\"detail\":\"";
   AppendJsonEscaped(detail, json);
   absl::StrAppend(&json, "\",\"updated_at\":\"", absl::FormatTime(absl::Now()),
-                  "\",\"polls_answered\":", polls_answered_, "}\n");
+                  "\",\"polls_answered\":", polls_answered_,
+                  ",\"model_version\":", progress_.model_version,
+                  ",\"last_round\":", progress_.last_round, ",\"last_outcome\":\"");
+  AppendJsonEscaped(progress_.last_outcome, json);
+  absl::StrAppend(&json, "\",\"rounds_joined\":", progress_.rounds_joined,
+                  ",\"rounds_committed\":", progress_.rounds_committed,
+                  ",\"local_training\":{\"steps\":", progress_.train_steps,
+                  ",\"tokens\":", progress_.train_tokens,
+                  ",\"loss\":", absl::StrFormat("%.6g", progress_.train_loss),
+                  ",\"seconds\":", absl::StrFormat("%.3f", progress_.train_seconds),
+                  "},\"bytes_sent_last_round\":", progress_.bytes_sent_last_round, "}\n");
   using std::filesystem::perms;
   storage::WriteFileAtomically(config_.state_dir.status(), json,
                                perms::owner_read | perms::owner_write | perms::group_read)
       .IgnoreError();
+}
+
+void ClientDaemon::Withdraw(uint64_t round_id, const absl::Status& why) {
+  LogEvent(LogLevel::kWarning, "round_left").Field("round_id", round_id).Error(why);
+  // Reported on the next poll: the coordinator stops offering this round's tasks.
+  known_round_ = round_id;
+  known_stage_ = v1::ROUND_STAGE_ABORTED;
+  participant_.reset();
+  encoded_update_.clear();
+  progress_.last_round = round_id;
+  progress_.last_outcome = absl::StrCat("left: ", why.message());
+  WriteStatus("connected", "");
+}
+
+absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
+  if (config_.data.empty()) {
+    return absl::FailedPreconditionError("no training.data is configured in client.yaml");
+  }
+  const v1::UpdateSpec& spec = task.update_spec();
+  absl::StatusOr<std::filesystem::path> directory =
+      SyncModel(*federation_, spec.base_model(), config_.state_dir.models());
+  if (!directory.ok()) return directory.status();
+  progress_.model_version = spec.base_model().version();
+  absl::StatusOr<model::ModelParameters> global = model::LoadModel(*directory);
+  if (!global.ok()) return global.status();
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
+      model::LoadTokenizer(*directory, global->config().vocab_size);
+  if (!tokenizer.ok()) return tokenizer.status();
+  model::ModelParameters local = *global;
+  // Clients must draw different batches; the mix is private to this client.
+  absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
+  if (!random.ok()) return random.status();
+  const model::TrainOptions options =
+      TrainOptionsFromSpec(global->layout(), spec, (*random)());
+  LogEvent(LogLevel::kInfo, "local_training_started")
+      .Field("round_id", task.round_id())
+      .Field("model_version", spec.base_model().version())
+      .Field("steps", options.steps);
+  absl::StatusOr<model::TrainResult> trained =
+      model::Train(local, **tokenizer, config_.data, options);
+  if (!trained.ok()) return trained.status();
+  progress_.train_steps = trained->steps;
+  progress_.train_tokens = trained->tokens;
+  progress_.train_loss = trained->train_loss;
+  progress_.train_seconds =
+      trained->tokens_per_second > 0 ? static_cast<double>(trained->tokens) / trained->tokens_per_second : 0;
+  // The loss stays here: it goes into the log and status.json, never to the coordinator.
+  LogEvent(LogLevel::kInfo, "local_training_finished")
+      .Field("round_id", task.round_id())
+      .Field("train_loss", trained->train_loss)
+      .Field("tokens", trained->tokens)
+      .Field("tokens_per_second", trained->tokens_per_second);
+
+  absl::StatusOr<std::vector<float>> update =
+      BuildPlainUpdate(*global, local, trained->expert_slots, spec);
+  if (!update.ok()) return update.status();
+  absl::StatusOr<privacy::RingEncoder> encoder = privacy::RingEncoder::Create(
+      update->size(), EncodingFromSpec(spec, static_cast<int>(task.secagg().ring_bits())));
+  if (!encoder.ok()) return encoder.status();
+  absl::StatusOr<std::vector<uint64_t>> encoded = encoder->Encode(*update, *random);
+  if (!encoded.ok()) return encoded.status();
+  absl::StatusOr<pki::Certificate> ca = pki::Certificate::ReadFile(config_.state_dir.ca_certificate());
+  if (!ca.ok()) return ca.status();
+  absl::StatusOr<std::unique_ptr<RoundParticipant>> participant =
+      RoundParticipant::Create(task, ParticipantIdentity{&*key_, *ca, config_.federation});
+  if (!participant.ok()) return participant.status();
+  if (absl::Status status = (*participant)->AdvertiseKeys(*federation_); !status.ok()) {
+    return status;
+  }
+  participant_ = std::move(*participant);
+  encoded_update_ = std::move(*encoded);
+  known_round_ = task.round_id();
+  known_stage_ = v1::ROUND_STAGE_KEYS_ADVERTISED;
+  ++progress_.rounds_joined;
+  return absl::OkStatus();
+}
+
+void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
+  auto in_round = [this](uint64_t round_id) {
+    return participant_ != nullptr && participant_->round_id() == round_id;
+  };
+  switch (response.task_case()) {
+    case v1::PollTaskResponse::kJoinRound: {
+      const v1::JoinRoundTask& task = response.join_round();
+      participant_.reset();
+      WriteStatus("training", absl::StrCat("round ", task.round_id()));
+      if (absl::Status status = JoinRound(task); !status.ok()) {
+        Withdraw(task.round_id(), status);
+        return;
+      }
+      WriteStatus("in_round", absl::StrCat("round ", task.round_id(), ": keys advertised"));
+      return;
+    }
+    case v1::PollTaskResponse::kShareKeys: {
+      const uint64_t round_id = response.share_keys().round_id();
+      if (!in_round(round_id)) {
+        return Withdraw(round_id, absl::FailedPreconditionError("this client holds no state for the round"));
+      }
+      if (absl::Status status = participant_->ShareKeys(*federation_, response.share_keys());
+          !status.ok()) {
+        return Withdraw(round_id, status);
+      }
+      known_stage_ = v1::ROUND_STAGE_KEYS_SHARED;
+      return;
+    }
+    case v1::PollTaskResponse::kMaskedInput: {
+      const uint64_t round_id = response.masked_input().round_id();
+      if (!in_round(round_id)) {
+        return Withdraw(round_id, absl::FailedPreconditionError("this client holds no state for the round"));
+      }
+      if (absl::Status status = participant_->UploadMaskedInput(
+              *federation_, response.masked_input(), std::move(encoded_update_));
+          !status.ok()) {
+        return Withdraw(round_id, status);
+      }
+      encoded_update_.clear();
+      known_stage_ = v1::ROUND_STAGE_MASKED_COLLECTED;
+      return;
+    }
+    case v1::PollTaskResponse::kUnmask: {
+      const uint64_t round_id = response.unmask().round_id();
+      if (!in_round(round_id)) {
+        return Withdraw(round_id, absl::FailedPreconditionError("this client holds no state for the round"));
+      }
+      if (absl::Status status = participant_->Unmask(*federation_, response.unmask());
+          !status.ok()) {
+        return Withdraw(round_id, status);
+      }
+      known_stage_ = v1::ROUND_STAGE_UNMASKED;
+      return;
+    }
+    case v1::PollTaskResponse::kRoundFinished: {
+      const v1::RoundFinished& finished = response.round_finished();
+      if (participant_ != nullptr) progress_.bytes_sent_last_round = participant_->bytes_sent();
+      participant_.reset();
+      encoded_update_.clear();
+      known_round_ = finished.round_id();
+      known_stage_ = finished.outcome();
+      progress_.last_round = finished.round_id();
+      if (finished.outcome() == v1::ROUND_STAGE_COMMITTED) {
+        ++progress_.rounds_committed;
+        progress_.last_outcome =
+            absl::StrCat("committed, model version ", finished.new_model_version());
+      } else {
+        progress_.last_outcome = absl::StrCat("aborted: ", finished.abort_reason());
+      }
+      LogEvent(LogLevel::kInfo, "round_finished")
+          .Field("round_id", finished.round_id())
+          .Field("outcome", progress_.last_outcome)
+          .Field("bytes_sent", progress_.bytes_sent_last_round);
+      WriteStatus("connected", "");
+      return;
+    }
+    default:
+      return;
+  }
 }
 
 std::string ClientDaemon::DiagnoseUnavailable() {
@@ -206,6 +385,8 @@ std::string ClientDaemon::DiagnoseUnavailable() {
 
 absl::Status ClientDaemon::Run() {
   if (absl::Status status = Connect(); !status.ok()) return status;
+  if (config_.threads > 0) kernels::cpu::SetCpuThreads(static_cast<int>(config_.threads));
+  progress_.model_version = NewestLocalVersion(config_.state_dir.models());
   LogEvent(LogLevel::kInfo, "daemon_started")
       .Field("client_id", config_.client_id)
       .Field("coordinator", config_.coordinator)

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "client/client_config.h"
+#include "client/round_participant.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "pki/certificate.h"
@@ -47,6 +48,12 @@ class ClientDaemon {
   // Sleeps for the backoff interval unless stopped; returns false if stopped.
   bool Backoff(int attempt);
   void WriteStatus(const std::string& state, const std::string& detail);
+  // Carries out a task PollTask returned; a failure takes this client out of the round.
+  void HandleTask(const v1::PollTaskResponse& response);
+  // Syncs the model, trains on the local data, builds, clips and encodes the update, and
+  // advertises keys (DESIGN §3.2–§4).
+  absl::Status JoinRound(const v1::JoinRoundTask& task);
+  void Withdraw(uint64_t round_id, const absl::Status& why);
   // Why the coordinator is unavailable to this client, as far as a direct TLS probe and a
   // local check of the certificate can tell.
   std::string DiagnoseUnavailable();
@@ -59,6 +66,26 @@ class ClientDaemon {
   std::optional<pki::PrivateKey> key_;
   std::mt19937_64 jitter_;
   uint64_t polls_answered_ = 0;
+
+  // The round this client is in, if any, and its encoded update until it is uploaded.
+  std::unique_ptr<RoundParticipant> participant_;
+  std::vector<uint64_t> encoded_update_;
+  // Reported on every poll, so the coordinator knows what this client has done.
+  uint64_t known_round_ = 0;
+  v1::RoundStage known_stage_ = v1::ROUND_STAGE_UNSPECIFIED;
+  // What `fedmoe-client status` shows of the local progress.
+  struct Progress {
+    uint64_t model_version = 0;
+    uint64_t last_round = 0;
+    std::string last_outcome;
+    uint64_t rounds_joined = 0;
+    uint64_t rounds_committed = 0;
+    int64_t train_steps = 0;
+    int64_t train_tokens = 0;
+    double train_loss = 0;
+    double train_seconds = 0;
+    uint64_t bytes_sent_last_round = 0;
+  } progress_;
 
   absl::Mutex mutex_;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;

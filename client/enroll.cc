@@ -136,6 +136,7 @@ absl::StatusOr<ClientConfig> Enroll(const EnrollOptions& options) {
     config.coordinator = absl::StrCat(host, ":", advertised->port);
   }
   config.state_dir = dir;
+  if (!options.data.empty()) config.data = std::filesystem::absolute(options.data);
 
   using std::filesystem::perms;
   if (absl::Status status = MakeStateDir(dir.root); !status.ok()) return status;

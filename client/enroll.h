@@ -25,6 +25,8 @@ struct EnrollOptions {
   std::string token;
   std::string ca_fingerprint;
   std::filesystem::path state_dir;
+  // Written into client.yaml as training.data; may be empty.
+  std::filesystem::path data;
   absl::Duration timeout = absl::Seconds(20);
 };
 

@@ -46,7 +46,7 @@ absl::StatusOr<ClientConfig> LoadConfig(const CommandLine& flags) {
 
 int EnrollCommand(const std::vector<std::string>& args) {
   auto flags =
-      CommandLine::Parse(args, {"coordinator", "token", "ca-fingerprint", "state-dir"}, {});
+      CommandLine::Parse(args, {"coordinator", "token", "ca-fingerprint", "state-dir", "data"}, {});
   if (!flags.ok()) return Fail(flags.status());
   EnrollOptions options;
   for (auto [flag, out] :
@@ -59,6 +59,7 @@ int EnrollCommand(const std::vector<std::string>& args) {
   auto state_dir = flags->Require("state-dir");
   if (!state_dir.ok()) return Fail(state_dir.status());
   options.state_dir = *state_dir;
+  options.data = flags->Get("data").value_or("");
   absl::StatusOr<ClientConfig> config = Enroll(options);
   if (!config.ok()) return Fail(config.status());
   std::printf(

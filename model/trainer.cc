@@ -98,6 +98,8 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   BackwardScratch scratch;
   std::deque<double> recent_losses;
   TrainResult result;
+  result.expert_slots.assign(static_cast<size_t>(config.num_hidden_layers),
+                             std::vector<int64_t>(static_cast<size_t>(config.num_local_experts), 0));
   const Clock::time_point start = Clock::now();
   // Throughput counts training only, not the periodic validation passes.
   double validation_seconds = 0;
@@ -118,6 +120,12 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
       if (absl::Status status = Forward(parameters, batch.tokens, batch.batch, batch.seq_len, pass);
           !status.ok()) {
         return status;
+      }
+      for (size_t layer = 0; layer < pass.layers.size(); ++layer) {
+        const std::vector<int64_t>& offsets = pass.layers[layer].permutation.offsets;
+        for (size_t expert = 0; expert + 1 < offsets.size(); ++expert) {
+          result.expert_slots[layer][expert] += offsets[expert + 1] - offsets[expert];
+        }
       }
       absl::StatusOr<LossBreakdown> loss = Backward(
           parameters, pass, batch.targets, options.trainable, loss_options, gradients, scratch);

@@ -60,6 +60,9 @@ struct TrainResult {
   double tokens_per_second = 0;
   int64_t tokens = 0;
   DataCounts data;
+  // Routed token slots per [layer][expert] over all training forward passes: the client's
+  // routing histogram, from which a federated update weights each expert (DESIGN §4).
+  std::vector<std::vector<int64_t>> expert_slots;
 };
 
 struct TrainCallbacks {

@@ -1,0 +1,257 @@
+#include "client/round_participant.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "logging/log.h"
+#include "secure_agg/packing.h"
+
+namespace fedmoe::client {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+absl::Status FromGrpc(const grpc::Status& status, const char* what) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      absl::StrCat(what, ": ", status.error_message()));
+}
+
+// Calls `call` until it succeeds, fails for good, or `deadline` passes; waits 0.5 s, 1 s, 2 s,
+// ... (at most 8 s) between attempts.
+template <typename Call>
+grpc::Status WithRetries(absl::Time deadline, Call call) {
+  absl::Duration wait = absl::Milliseconds(500);
+  while (true) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Minutes(5))));
+    grpc::Status status = call(context);
+    if (status.ok() || !IsRetryable(status) || absl::Now() + wait >= deadline) return status;
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(wait));
+    wait = std::min(wait * 2, absl::Seconds(8));
+  }
+}
+
+}  // namespace
+
+bool IsRetryable(const grpc::Status& status) {
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+         status.error_code() == grpc::StatusCode::ABORTED ||
+         status.error_code() == grpc::StatusCode::UNKNOWN;
+}
+
+absl::StatusOr<std::unique_ptr<RoundParticipant>> RoundParticipant::Create(
+    const v1::JoinRoundTask& task, ParticipantIdentity identity) {
+  const v1::SecAggParameters& parameters = task.secagg();
+  if (parameters.shamir_field() != v1::SecAggParameters::SHAMIR_FIELD_MERSENNE61 ||
+      parameters.prg() != v1::SecAggParameters::PRG_AES128_CTR_HKDF_SHA256) {
+    return absl::UnimplementedError("the round asks for a Shamir field or PRG this client lacks");
+  }
+  std::unique_ptr<RoundParticipant> participant(new RoundParticipant(task, std::move(identity)));
+  secure_agg::RoundSetup setup;
+  setup.round_id = task.round_id();
+  setup.session_id = parameters.session_id();
+  setup.num_participants = parameters.num_participants();
+  setup.threshold = parameters.threshold();
+  setup.length = task.update_spec().layout().encoded_values();
+  setup.bits = static_cast<int>(parameters.ring_bits());
+  std::vector<uint32_t> neighbors(parameters.neighbors().begin(), parameters.neighbors().end());
+  participant->peer_certificates_ = std::make_shared<std::map<uint32_t, std::string>>();
+  const pki::PrivateKey* key = participant->identity_.key;
+  // The verifier outlives nothing it captures by pointer: the map and CA are shared or copied.
+  auto certificates = participant->peer_certificates_;
+  pki::Certificate ca = participant->identity_.ca;
+  std::string federation = participant->identity_.federation;
+  secure_agg::SignatureVerifier verify =
+      [certificates, ca, federation](uint32_t peer, std::string_view message,
+                                     std::string_view signature) -> absl::Status {
+    auto found = certificates->find(peer);
+    if (found == certificates->end()) {
+      return absl::PermissionDeniedError(absl::StrCat("no certificate for participant ", peer));
+    }
+    absl::StatusOr<pki::Certificate> certificate = pki::Certificate::FromDer(found->second);
+    if (!certificate.ok()) return certificate.status();
+    absl::StatusOr<pki::SpiffeId> id =
+        pki::VerifyPeer(*certificate, ca, federation, pki::Purpose::kClient);
+    if (!id.ok()) {
+      return absl::PermissionDeniedError(absl::StrCat("participant ", peer,
+                                                      "'s certificate is not a federation "
+                                                      "client's: ",
+                                                      id.status().message()));
+    }
+    return pki::VerifySignature(certificate->PublicKeyDer(), std::string(message),
+                                std::string(signature));
+  };
+  absl::StatusOr<secure_agg::SecAggClient> client = secure_agg::SecAggClient::Create(
+      setup, parameters.participant_id(), std::move(neighbors),
+      [key](std::string_view message) { return key->Sign(std::string(message)); },
+      std::move(verify));
+  if (!client.ok()) return client.status();
+  participant->secagg_ = std::make_unique<secure_agg::SecAggClient>(std::move(*client));
+  return participant;
+}
+
+absl::Time RoundParticipant::Deadline(const google::protobuf::Timestamp& stage_deadline) const {
+  return absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(stage_deadline));
+}
+
+absl::Status RoundParticipant::AdvertiseKeys(v1::Federation::StubInterface& stub) {
+  absl::StatusOr<secure_agg::AdvertisedKeys> keys = secagg_->AdvertiseKeys();
+  if (!keys.ok()) return keys.status();
+  v1::AdvertiseKeysRequest request;
+  request.set_round_id(round_id());
+  request.set_cipher_public_key(keys->cipher_public_key);
+  request.set_mask_public_key(keys->mask_public_key);
+  request.set_signature(keys->signature);
+  v1::StageAck ack;
+  grpc::Status status =
+      WithRetries(Deadline(task_.deadlines().advertise_keys()), [&](grpc::ClientContext& context) {
+        bytes_sent_ += request.ByteSizeLong();
+        return stub.AdvertiseKeys(&context, request, &ack);
+      });
+  if (!status.ok()) return FromGrpc(status, "AdvertiseKeys");
+  completed_ = v1::ROUND_STAGE_KEYS_ADVERTISED;
+  return absl::OkStatus();
+}
+
+absl::Status RoundParticipant::ShareKeys(v1::Federation::StubInterface& stub,
+                                         const v1::ShareKeysTask& task) {
+  std::vector<secure_agg::AdvertisedKeys> neighbor_keys;
+  for (const v1::AdvertisedKeys& keys : task.neighbor_keys()) {
+    (*peer_certificates_)[keys.participant_id()] = keys.certificate_der();
+    neighbor_keys.push_back({keys.participant_id(), keys.cipher_public_key(),
+                             keys.mask_public_key(), keys.signature()});
+  }
+  absl::StatusOr<std::vector<secure_agg::SealedShares>> sealed = secagg_->ShareKeys(neighbor_keys);
+  if (!sealed.ok()) return sealed.status();
+  v1::ShareKeysRequest request;
+  request.set_round_id(round_id());
+  for (const secure_agg::SealedShares& bundle : *sealed) {
+    v1::EncryptedShares* out = request.add_shares();
+    out->set_peer_participant_id(bundle.recipient);
+    out->set_ciphertext(bundle.ciphertext);
+  }
+  v1::StageAck ack;
+  grpc::Status status =
+      WithRetries(Deadline(task_.deadlines().share_keys()), [&](grpc::ClientContext& context) {
+        bytes_sent_ += request.ByteSizeLong();
+        return stub.ShareKeys(&context, request, &ack);
+      });
+  if (!status.ok()) return FromGrpc(status, "ShareKeys");
+  completed_ = v1::ROUND_STAGE_KEYS_SHARED;
+  return absl::OkStatus();
+}
+
+absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& stub,
+                                                 const v1::MaskedInputTask& task,
+                                                 std::vector<uint64_t> encoded) {
+  if (encoded.size() != task_.update_spec().layout().encoded_values()) {
+    return absl::InvalidArgumentError(absl::StrCat("the encoded update has ", encoded.size(),
+                                                   " values; the round expects ",
+                                                   task_.update_spec().layout().encoded_values()));
+  }
+  std::vector<secure_agg::SealedShares> incoming;
+  for (const v1::EncryptedShares& bundle : task.incoming_shares()) {
+    incoming.push_back({bundle.peer_participant_id(), task_.secagg().participant_id(),
+                        bundle.ciphertext()});
+  }
+  if (absl::Status status = secagg_->ReceiveShares(incoming); !status.ok()) return status;
+  if (absl::Status status = secagg_->MaskChunk(encoded); !status.ok()) return status;
+  masked_ = std::move(encoded);
+
+  const absl::Time deadline = Deadline(task_.deadlines().masked_input());
+  uint64_t next = 0;
+  absl::Duration wait = absl::Milliseconds(500);
+  while (true) {
+    absl::Status status = StreamFrom(stub, next, deadline);
+    if (status.ok()) break;
+    if (!IsRetryable(grpc::Status(static_cast<grpc::StatusCode>(status.code()), "")) ||
+        absl::Now() + wait >= deadline) {
+      return status;
+    }
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(wait));
+    wait = std::min(wait * 2, absl::Seconds(8));
+    // Resume where the coordinator's sum stopped; chunks below it would be skipped anyway.
+    v1::GetRoundStatusRequest request;
+    request.set_round_id(round_id());
+    v1::RoundStatus round_status;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    if (stub.GetRoundStatus(&context, request, &round_status).ok()) {
+      next = round_status.caller_values_received();
+    }
+  }
+  completed_ = v1::ROUND_STAGE_MASKED_COLLECTED;
+  return absl::OkStatus();
+}
+
+absl::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub,
+                                          uint64_t first_value, absl::Time deadline) {
+  const int bits = static_cast<int>(task_.secagg().ring_bits());
+  // At most 1 MiB of packed values, a multiple of 8 so that chunks start on byte boundaries.
+  const uint64_t per_chunk = ((uint64_t{8} << 20) / static_cast<uint64_t>(bits)) / 8 * 8;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(deadline));
+  v1::StageAck ack;
+  std::unique_ptr<grpc::ClientWriterInterface<v1::MaskedInputChunk>> writer =
+      stub.UploadMaskedInput(&context, &ack);
+  v1::MaskedInputChunk chunk;
+  chunk.set_round_id(round_id());
+  chunk.set_total_values(masked_.size());
+  for (uint64_t offset = first_value; offset < masked_.size(); offset += per_chunk) {
+    const uint64_t count = std::min<uint64_t>(per_chunk, masked_.size() - offset);
+    chunk.set_first_value(offset);
+    chunk.set_value_count(static_cast<uint32_t>(count));
+    if (absl::Status status = secure_agg::PackValues(
+            std::span<const uint64_t>(masked_).subspan(offset, count), bits,
+            *chunk.mutable_packed_values());
+        !status.ok()) {
+      return status;
+    }
+    bytes_sent_ += chunk.ByteSizeLong();
+    if (!writer->Write(chunk)) break;  // The status below says why.
+  }
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpc(status, "UploadMaskedInput");
+  if (ack.values_received() != masked_.size()) {
+    return absl::UnavailableError(absl::StrCat("the coordinator holds ", ack.values_received(),
+                                               " of ", masked_.size(), " values"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RoundParticipant::Unmask(v1::Federation::StubInterface& stub,
+                                      const v1::UnmaskTask& task) {
+  secure_agg::UnmaskRequest unmask;
+  unmask.alive.assign(task.alive_neighbors().begin(), task.alive_neighbors().end());
+  unmask.dropped.assign(task.dropped_neighbors().begin(), task.dropped_neighbors().end());
+  absl::StatusOr<secure_agg::RevealedShares> revealed = secagg_->Unmask(unmask);
+  if (!revealed.ok()) return revealed.status();
+  v1::UnmaskRequest request;
+  request.set_round_id(round_id());
+  for (const auto& [owner, share] : revealed->self_mask_shares) {
+    v1::RevealedShare* out = request.add_self_mask_shares();
+    out->set_owner_participant_id(owner);
+    out->set_share(share);
+  }
+  for (const auto& [owner, share] : revealed->mask_key_shares) {
+    v1::RevealedShare* out = request.add_mask_key_shares();
+    out->set_owner_participant_id(owner);
+    out->set_share(share);
+  }
+  v1::StageAck ack;
+  grpc::Status status =
+      WithRetries(Deadline(task_.deadlines().unmask()), [&](grpc::ClientContext& context) {
+        bytes_sent_ += request.ByteSizeLong();
+        return stub.Unmask(&context, request, &ack);
+      });
+  if (!status.ok()) return FromGrpc(status, "Unmask");
+  completed_ = v1::ROUND_STAGE_UNMASKED;
+  return absl::OkStatus();
+}
+
+}  // namespace fedmoe::client

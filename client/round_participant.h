@@ -1,0 +1,77 @@
+// One client's SecAgg+ conversation in one round (DESIGN §3.3): sign and advertise two X25519
+// keys, seal Shamir shares for the neighbours, mask the encoded update and stream it, reveal
+// the shares the coordinator needs. The daemon drives it from PollTask's tasks; the federation
+// load generator (bench/federation) drives many of them.
+//
+// Each call is idempotent on the coordinator's side, so a transport failure is retried with
+// backoff until the stage's deadline, and a broken upload resumes where the sum stopped.
+#ifndef FEDMOE_CLIENT_ROUND_PARTICIPANT_H_
+#define FEDMOE_CLIENT_ROUND_PARTICIPANT_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "fedmoe/v1/federation.grpc.pb.h"
+#include "pki/certificate.h"
+#include "pki/private_key.h"
+#include "secure_agg/protocol.h"
+
+namespace fedmoe::client {
+
+struct ParticipantIdentity {
+  // The client's enrolled key: it signs the advertised keys.
+  const pki::PrivateKey* key = nullptr;
+  // Peers' certificates are checked against this CA and federation before their signatures.
+  pki::Certificate ca;
+  std::string federation;
+};
+
+class RoundParticipant {
+ public:
+  static absl::StatusOr<std::unique_ptr<RoundParticipant>> Create(const v1::JoinRoundTask& task,
+                                                                  ParticipantIdentity identity);
+
+  uint64_t round_id() const { return task_.round_id(); }
+  const v1::JoinRoundTask& task() const { return task_; }
+  // The last stage this participant completed (UNSPECIFIED before AdvertiseKeys).
+  v1::RoundStage completed() const { return completed_; }
+  // Request bytes sent so far (serialized messages), for the bytes-per-round report.
+  uint64_t bytes_sent() const { return bytes_sent_; }
+
+  absl::Status AdvertiseKeys(v1::Federation::StubInterface& stub);
+  absl::Status ShareKeys(v1::Federation::StubInterface& stub, const v1::ShareKeysTask& task);
+  // Masks `encoded` (UpdateLayout.encoded_values ring elements) and streams it.
+  absl::Status UploadMaskedInput(v1::Federation::StubInterface& stub,
+                                 const v1::MaskedInputTask& task, std::vector<uint64_t> encoded);
+  absl::Status Unmask(v1::Federation::StubInterface& stub, const v1::UnmaskTask& task);
+
+ private:
+  RoundParticipant(v1::JoinRoundTask task, ParticipantIdentity identity)
+      : task_(std::move(task)), identity_(std::move(identity)) {}
+  absl::Time Deadline(const google::protobuf::Timestamp& stage_deadline) const;
+  // Streams masked_ from the coordinator's next expected value.
+  absl::Status StreamFrom(v1::Federation::StubInterface& stub, uint64_t first_value,
+                          absl::Time deadline);
+
+  v1::JoinRoundTask task_;
+  ParticipantIdentity identity_;
+  std::unique_ptr<secure_agg::SecAggClient> secagg_;
+  // Neighbours' certificates, by participant id, for verifying their advertised keys.
+  std::shared_ptr<std::map<uint32_t, std::string>> peer_certificates_;
+  std::vector<uint64_t> masked_;
+  v1::RoundStage completed_ = v1::ROUND_STAGE_UNSPECIFIED;
+  uint64_t bytes_sent_ = 0;
+};
+
+// Whether a failed stage RPC may be retried (transport trouble) or means the client is out of
+// the round (the coordinator refused, dropped it, or the stage closed).
+bool IsRetryable(const grpc::Status& status);
+
+}  // namespace fedmoe::client
+
+#endif  // FEDMOE_CLIENT_ROUND_PARTICIPANT_H_

@@ -1,0 +1,164 @@
+#include "client/update.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace fedmoe::client {
+
+absl::StatusOr<std::vector<float>> BuildPlainUpdate(
+    const model::ModelParameters& global, const model::ModelParameters& local,
+    const std::vector<std::vector<int64_t>>& expert_slots, const v1::UpdateSpec& spec) {
+  const v1::UpdateLayout& layout = spec.layout();
+  const size_t layers = layout.num_moe_layers();
+  const size_t experts = layout.num_experts();
+  if (expert_slots.size() != layers) {
+    return absl::InvalidArgumentError(absl::StrCat("routing counts cover ", expert_slots.size(),
+                                                   " layers; the spec has ", layers));
+  }
+  if (layout.plain_values() != layout.delta_values() + 2 * layers * experts ||
+      layout.expert_weights_offset() != layout.delta_values() ||
+      layout.histogram_offset() != layout.delta_values() + layers * experts ||
+      !(layout.expert_weights_scale() > 0) || !(layout.histogram_scale() > 0)) {
+    return absl::InvalidArgumentError("the update layout is inconsistent");
+  }
+  std::vector<std::vector<double>> weights(layers, std::vector<double>(experts, 0.0));
+  for (size_t l = 0; l < layers; ++l) {
+    if (expert_slots[l].size() != experts) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", l, " routing counts cover ",
+                                                     expert_slots[l].size(), " experts, not ",
+                                                     experts));
+    }
+    int64_t total = 0;
+    for (int64_t slots : expert_slots[l]) total += slots;
+    for (size_t e = 0; e < experts; ++e) {
+      weights[l][e] = total > 0 ? static_cast<double>(expert_slots[l][e]) / static_cast<double>(total) : 0.0;
+    }
+  }
+  std::vector<float> update(layout.plain_values(), 0.0f);
+  uint64_t expected_offset = 0;
+  for (const v1::TrainableTensor& wire : spec.trainable_tensors()) {
+    const model::TensorSpec* tensor = global.layout().Find(wire.name());
+    if (tensor == nullptr || local.layout().Find(wire.name()) == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("the model has no tensor ", wire.name()));
+    }
+    bool same_shape = static_cast<size_t>(wire.shape_size()) == tensor->shape.size();
+    for (size_t d = 0; same_shape && d < tensor->shape.size(); ++d) {
+      same_shape = wire.shape(static_cast<int>(d)) == static_cast<uint64_t>(tensor->shape[d]);
+    }
+    if (!same_shape || wire.offset() != expected_offset ||
+        wire.offset() + static_cast<uint64_t>(tensor->size) > layout.delta_values()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", wire.name(), " does not match the spec's shape or offset"));
+    }
+    double factor = 1.0;
+    if (wire.role() == v1::TrainableTensor::ROLE_ROUTED_EXPERT) {
+      if (wire.layer() >= layers || wire.expert() >= experts) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", wire.name(),
+                                                       " names an expert outside the layout"));
+      }
+      factor = weights[wire.layer()][wire.expert()];
+    }
+    std::span<const float> before = global.tensor(*tensor);
+    std::span<const float> after = local.tensor(*local.layout().Find(wire.name()));
+    float* out = update.data() + wire.offset();
+    for (size_t k = 0; k < before.size(); ++k) {
+      out[k] = static_cast<float>(factor * (static_cast<double>(after[k]) - before[k]));
+    }
+    expected_offset += static_cast<uint64_t>(tensor->size);
+  }
+  if (expected_offset != layout.delta_values()) {
+    return absl::InvalidArgumentError("the spec's tensors do not fill delta_values");
+  }
+  for (size_t l = 0; l < layers; ++l) {
+    for (size_t e = 0; e < experts; ++e) {
+      update[layout.expert_weights_offset() + l * experts + e] =
+          static_cast<float>(weights[l][e] * layout.expert_weights_scale());
+      update[layout.histogram_offset() + l * experts + e] =
+          static_cast<float>(static_cast<double>(expert_slots[l][e]) / layout.histogram_scale());
+    }
+  }
+  return update;
+}
+
+model::TrainableSet TrainableFromSpec(const model::ModelLayout& layout,
+                                      const v1::UpdateSpec& spec) {
+  model::TrainableSet set;
+  set.routed_experts = set.shared_experts = set.router = false;
+  for (const v1::TrainableTensor& wire : spec.trainable_tensors()) {
+    const model::TensorSpec* tensor = layout.Find(wire.name());
+    if (tensor == nullptr) continue;
+    switch (tensor->role) {
+      case model::TensorRole::kRoutedExpert:
+        set.routed_experts = true;
+        break;
+      case model::TensorRole::kSharedExpert:
+        set.shared_experts = true;
+        break;
+      case model::TensorRole::kRouter:
+        set.router = true;
+        break;
+      case model::TensorRole::kAttention:
+        set.attention = true;
+        break;
+      case model::TensorRole::kNorm:
+        set.norms = true;
+        break;
+      case model::TensorRole::kEmbedding:
+        set.embeddings = true;
+        break;
+      case model::TensorRole::kOutput:
+        set.output = true;
+        break;
+    }
+  }
+  return set;
+}
+
+model::TrainOptions TrainOptionsFromSpec(const model::ModelLayout& layout,
+                                         const v1::UpdateSpec& spec, uint64_t client_seed) {
+  const v1::LocalTrainingConfig& training = spec.training();
+  model::TrainOptions options;
+  options.steps = training.steps();
+  options.batch_size = training.batch_size();
+  options.seq_len = training.seq_len();
+  options.gradient_accumulation = std::max<int64_t>(1, training.gradient_accumulation());
+  options.learning_rate = training.learning_rate();
+  options.warmup_steps = training.warmup_steps();
+  options.schedule = training.schedule() == v1::LocalTrainingConfig::LEARNING_RATE_SCHEDULE_CONSTANT
+                         ? model::Schedule::kConstant
+                         : model::Schedule::kCosine;
+  options.min_learning_rate_ratio =
+      training.learning_rate() > 0
+          ? std::clamp(training.min_learning_rate() / training.learning_rate(), 0.0, 1.0)
+          : 0.0;
+  options.adamw.weight_decay = training.weight_decay();
+  options.adamw.beta1 = training.adam_beta1();
+  options.adamw.beta2 = training.adam_beta2();
+  options.adamw.epsilon = training.adam_epsilon();
+  options.max_gradient_norm = training.gradient_clip_norm();
+  options.balance_coefficient = training.load_balance_coefficient();
+  options.trainable = TrainableFromSpec(layout, spec);
+  options.seed = training.seed() ^ client_seed;
+  // Validation is the operator's business (`model eval`); a round only trains.
+  options.eval_every = 0;
+  options.eval_batches = 1;
+  return options;
+}
+
+privacy::RingEncoding EncodingFromSpec(const v1::UpdateSpec& spec, int ring_bits) {
+  const v1::PrivacySpec& privacy = spec.privacy();
+  privacy::RingEncoding encoding;
+  encoding.clip_norm = privacy.clip_norm();
+  encoding.scale = privacy.scale();
+  encoding.rounding_beta = privacy.rounding_beta();
+  encoding.ring_bits = ring_bits;
+  encoding.rotation_seed = privacy.rotation_seed();
+  if (privacy.mode() == v1::PrivacySpec::MODE_DISTRIBUTED) {
+    encoding.mechanism = privacy.mechanism() == v1::PrivacySpec::MECHANISM_SKELLAM
+                             ? privacy::NoiseMechanism::kSkellam
+                             : privacy::NoiseMechanism::kDiscreteGaussian;
+    encoding.local_noise_variance = privacy.local_noise_stddev() * privacy.local_noise_stddev();
+  }
+  return encoding;
+}
+
+}  // namespace fedmoe::client
