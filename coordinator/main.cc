@@ -15,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "config/command_line.h"
@@ -47,6 +48,10 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
   clients list [--all] [--json]
   clients revoke CLIENT_ID [--reason TEXT]
   status [--json]
+  rounds list [--limit N] [--json]
+      Rounds, newest first: stage, cohort, survivors, duration, ε after.
+  privacy report [--json]
+      The privacy ledger: each committed round's mechanism, noise and ε after, and the total.
   privacy epsilon --noise-multiplier Z --sampling-rate Q --rounds R --delta D
       Print {"epsilon":…, "order":…}: the (ε, δ) of R rounds of the Poisson-subsampled
       Gaussian mechanism, by RDP accounting. Needs no running coordinator.
@@ -348,14 +353,70 @@ int Status(const std::vector<std::string>& args) {
       "started:         %s\n"
       "clients:         %u enrolled, %u online, %u revoked\n"
       "model version:   %llu\n"
-      "rounds:          %llu committed, %llu aborted (stage %s)\n",
+      "rounds:          %llu committed, %llu aborted (round %llu: %s)\n"
+      "privacy:         epsilon %.4g spent at delta %.3g%s\n"
+      "%s",
       response.federation().c_str(), response.version().c_str(),
       Time(response.started_at()).c_str(), response.clients_enrolled(), response.clients_online(),
       response.clients_revoked(), static_cast<unsigned long long>(response.model_version()),
       static_cast<unsigned long long>(response.rounds_committed()),
       static_cast<unsigned long long>(response.rounds_aborted()),
+      static_cast<unsigned long long>(response.current_round_id()),
       absl::AsciiStrToLower(v1::RoundStage_Name(response.current_round_stage()).substr(12))
-          .c_str());
+          .c_str(),
+      response.epsilon_spent(), response.privacy_delta(),
+      response.target_epsilon() > 0
+          ? absl::StrFormat(" (target %.4g)", response.target_epsilon()).c_str()
+          : "",
+      response.rounds_paused_reason().empty()
+          ? ""
+          : absl::StrCat("rounds paused:   ", response.rounds_paused_reason(), "\n").c_str());
+  return 0;
+}
+
+int RoundsCommand(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] != "list") {
+    return Fail(absl::InvalidArgumentError("rounds needs a command: list"));
+  }
+  auto flags = CommandLine::Parse(std::vector<std::string>(args.begin() + 1, args.end()),
+                                  {"state-dir", "config", "coordinator", "limit"}, {"json"});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<int64_t> limit = flags->IntOr("limit", 20, 1, 1000);
+  if (!limit.ok()) return Fail(limit.status());
+  auto stub = DialAdmin(*flags);
+  if (!stub.ok()) return Fail(stub.status());
+  v1::ListRoundsRequest request;
+  request.mutable_page()->set_page_size(static_cast<uint32_t>(*limit));
+  v1::ListRoundsResponse response;
+  auto context = AdminContext();
+  if (grpc::Status status = (*stub)->ListRounds(context.get(), request, &response); !status.ok()) {
+    return Fail(status);
+  }
+  if (flags->Has("json")) {
+    std::printf("%s\n", Json(response).c_str());
+    return 0;
+  }
+  std::printf("%-6s %-17s %-6s %-9s %-9s %-8s %-10s %s\n", "ROUND", "STAGE", "COHORT",
+              "SURVIVORS", "DURATION", "MODEL", "EPSILON", "NOTE");
+  for (const v1::RoundInfo& round : response.rounds()) {
+    std::string duration = "-";
+    if (round.has_finished_at()) {
+      duration = absl::StrFormat(
+          "%.1fs", static_cast<double>(TimeUtil::TimestampToMilliseconds(round.finished_at()) -
+                                       TimeUtil::TimestampToMilliseconds(round.started_at())) /
+                       1000.0);
+    }
+    const std::string stage =
+        absl::AsciiStrToLower(v1::RoundStage_Name(round.stage()).substr(12));
+    const std::string model =
+        round.committed_model_version() > 0
+            ? absl::StrCat(round.base_model_version(), "->", round.committed_model_version())
+            : absl::StrCat(round.base_model_version());
+    std::printf("%-6llu %-17s %-6u %-9u %-9s %-8s %-10.4g %s\n",
+                static_cast<unsigned long long>(round.round_id()), stage.c_str(),
+                round.cohort_size(), round.survivors(), duration.c_str(), model.c_str(),
+                round.epsilon_after(), round.abort_reason().c_str());
+  }
   return 0;
 }
 
@@ -366,10 +427,45 @@ std::string JsonNumber(double value) {
   return {buffer, result.ptr};
 }
 
+int PrivacyReport(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"state-dir", "config", "coordinator"}, {"json"});
+  if (!flags.ok()) return Fail(flags.status());
+  auto stub = DialAdmin(*flags);
+  if (!stub.ok()) return Fail(stub.status());
+  v1::GetPrivacyLedgerResponse response;
+  auto context = AdminContext();
+  if (grpc::Status status = (*stub)->GetPrivacyLedger(context.get(), {}, &response);
+      !status.ok()) {
+    return Fail(status);
+  }
+  if (flags->Has("json")) {
+    std::printf("%s\n", Json(response).c_str());
+    return 0;
+  }
+  std::printf("%-6s %-12s %-18s %-8s %-9s %-9s %-10s %s\n", "ROUND", "MODE", "MECHANISM", "Q",
+              "Z_PLAN", "Z_EFF", "EPSILON", "ORDER");
+  for (const v1::PrivacyLedgerEntry& entry : response.entries()) {
+    std::printf("%-6llu %-12s %-18s %-8.4g %-9.4g %-9.4g %-10.4g %g\n",
+                static_cast<unsigned long long>(entry.round_id()), entry.mode().c_str(),
+                entry.mechanism().c_str(), entry.sampling_rate(),
+                entry.planned_noise_multiplier(), entry.effective_noise_multiplier(),
+                entry.epsilon_after(), entry.best_order());
+  }
+  std::printf("total: epsilon %.4g at delta %.3g over %d committed rounds%s\n",
+              response.epsilon_spent(), response.delta(), response.entries_size(),
+              response.target_epsilon() > 0
+                  ? absl::StrFormat("; target %.4g", response.target_epsilon()).c_str()
+                  : "");
+  return 0;
+}
+
 int PrivacyCommand(const std::vector<std::string>& args) {
-  if (args.empty()) return Fail(absl::InvalidArgumentError("privacy needs epsilon or noise"));
+  if (args.empty()) {
+    return Fail(absl::InvalidArgumentError("privacy needs epsilon, noise or report"));
+  }
   const std::string& verb = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (verb == "report") return PrivacyReport(rest);
   auto flags = CommandLine::Parse(
       rest, {"noise-multiplier", "target-epsilon", "sampling-rate", "rounds", "delta"}, {});
   if (!flags.ok()) return Fail(flags.status());
@@ -424,6 +520,7 @@ int Main(int argc, char** argv) {
                                  {"token", TokenCommand},
                                  {"clients", ClientsCommand},
                                  {"status", Status},
+                                 {"rounds", RoundsCommand},
                                  {"privacy", PrivacyCommand}});
 }
 
