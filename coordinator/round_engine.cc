@@ -1015,6 +1015,15 @@ v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64
   return status;
 }
 
+void RoundEngine::ClientRevoked(const std::string& client_id) {
+  absl::MutexLock lock(&mutex_);
+  if (round_ == nullptr || round_->stage >= v1::ROUND_STAGE_UNMASKED) return;
+  if (auto found = round_->participant_ids.find(client_id); found != round_->participant_ids.end()) {
+    Participant& participant = round_->participants[found->second - 1];
+    if (!participant.dropped) Drop(participant, absl::PermissionDeniedError("the client was revoked"));
+  }
+}
+
 absl::StatusOr<ModelVersionRecord> RoundEngine::Model(uint64_t version) {
   absl::StatusOr<std::optional<ModelVersionRecord>> record =
       store_->GetModel(static_cast<int64_t>(version));

@@ -88,6 +88,9 @@ class RoundEngine {
   // The ring width of the open round's uploads, or FailedPrecondition when none is open.
   absl::StatusOr<int> OpenRingBits(uint64_t round_id);
 
+  // A revoked client leaves the open round at once, rather than at the stage's deadline.
+  void ClientRevoked(const std::string& client_id);
+
   // Version 0: the newest.
   absl::StatusOr<ModelVersionRecord> Model(uint64_t version);
   std::filesystem::path ModelDirectory(const ModelVersionRecord& record) const {

@@ -231,6 +231,7 @@ grpc::Status AdminService::RevokeClient(grpc::ServerContext* context,
       request->client_id(), request->reason().substr(0, 256), absl::Now());
   if (!client.ok()) return ToGrpc(client.status());
   context_.presence->Forget(client->client_id);
+  context_.rounds->ClientRevoked(client->client_id);
   LogEvent(LogLevel::kInfo, "client_revoked")
       .Field("client_id", client->client_id)
       .Field("by", caller->id.ToUri())
