@@ -9,14 +9,14 @@
 #include "client/tls_probe.h"
 #include "client/update.h"
 #include "kernels/cpu/threads.h"
+#include "logging/log.h"
 #include "model/checkpoint.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
-#include "privacy/ring_encoder.h"
-#include "privacy/secure_random.h"
-#include "logging/log.h"
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
+#include "privacy/ring_encoder.h"
+#include "privacy/secure_random.h"
 #include "storage/atomic_file.h"
 
 namespace fedmoe::client {
@@ -235,8 +235,7 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   // Clients must draw different batches; the mix is private to this client.
   absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
   if (!random.ok()) return random.status();
-  const model::TrainOptions options =
-      TrainOptionsFromSpec(global->layout(), spec, (*random)());
+  const model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, (*random)());
   LogEvent(LogLevel::kInfo, "local_training_started")
       .Field("round_id", task.round_id())
       .Field("model_version", spec.base_model().version())
@@ -247,8 +246,9 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   progress_.train_steps = trained->steps;
   progress_.train_tokens = trained->tokens;
   progress_.train_loss = trained->train_loss;
-  progress_.train_seconds =
-      trained->tokens_per_second > 0 ? static_cast<double>(trained->tokens) / trained->tokens_per_second : 0;
+  progress_.train_seconds = trained->tokens_per_second > 0
+                                ? static_cast<double>(trained->tokens) / trained->tokens_per_second
+                                : 0;
   // The loss stays here: it goes into the log and status.json, never to the coordinator.
   LogEvent(LogLevel::kInfo, "local_training_finished")
       .Field("round_id", task.round_id())
@@ -264,7 +264,8 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   if (!encoder.ok()) return encoder.status();
   absl::StatusOr<std::vector<uint64_t>> encoded = encoder->Encode(*update, *random);
   if (!encoded.ok()) return encoded.status();
-  absl::StatusOr<pki::Certificate> ca = pki::Certificate::ReadFile(config_.state_dir.ca_certificate());
+  absl::StatusOr<pki::Certificate> ca =
+      pki::Certificate::ReadFile(config_.state_dir.ca_certificate());
   if (!ca.ok()) return ca.status();
   absl::StatusOr<std::unique_ptr<RoundParticipant>> participant =
       RoundParticipant::Create(task, ParticipantIdentity{&*key_, *ca, config_.federation});
@@ -299,7 +300,8 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
     case v1::PollTaskResponse::kShareKeys: {
       const uint64_t round_id = response.share_keys().round_id();
       if (!in_round(round_id)) {
-        return Withdraw(round_id, absl::FailedPreconditionError("this client holds no state for the round"));
+        return Withdraw(round_id,
+                        absl::FailedPreconditionError("this client holds no state for the round"));
       }
       if (absl::Status status = participant_->ShareKeys(*federation_, response.share_keys());
           !status.ok()) {
@@ -311,7 +313,8 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
     case v1::PollTaskResponse::kMaskedInput: {
       const uint64_t round_id = response.masked_input().round_id();
       if (!in_round(round_id)) {
-        return Withdraw(round_id, absl::FailedPreconditionError("this client holds no state for the round"));
+        return Withdraw(round_id,
+                        absl::FailedPreconditionError("this client holds no state for the round"));
       }
       if (absl::Status status = participant_->UploadMaskedInput(
               *federation_, response.masked_input(), std::move(encoded_update_));
@@ -325,7 +328,8 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
     case v1::PollTaskResponse::kUnmask: {
       const uint64_t round_id = response.unmask().round_id();
       if (!in_round(round_id)) {
-        return Withdraw(round_id, absl::FailedPreconditionError("this client holds no state for the round"));
+        return Withdraw(round_id,
+                        absl::FailedPreconditionError("this client holds no state for the round"));
       }
       if (absl::Status status = participant_->Unmask(*federation_, response.unmask());
           !status.ok()) {

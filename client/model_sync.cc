@@ -19,7 +19,8 @@ bool PlainFileName(const std::string& name) {
 absl::Status DownloadFile(v1::Federation::StubInterface& stub, uint64_t version,
                           const v1::ModelFile& file, const std::filesystem::path& path) {
   std::error_code error;
-  uint64_t held = std::filesystem::exists(path, error) ? std::filesystem::file_size(path, error) : 0;
+  uint64_t held =
+      std::filesystem::exists(path, error) ? std::filesystem::file_size(path, error) : 0;
   if (held > file.size_bytes()) {
     std::filesystem::remove(path, error);
     held = 0;
@@ -52,8 +53,8 @@ absl::Status DownloadFile(v1::Federation::StubInterface& stub, uint64_t version,
     grpc::Status status = reader->Finish();
     if (!status.ok()) {
       return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                          absl::StrCat("downloading ", file.name(), " stopped at byte ", held,
-                                       ": ", status.error_message()));
+                          absl::StrCat("downloading ", file.name(), " stopped at byte ", held, ": ",
+                                       status.error_message()));
     }
     if (held != file.size_bytes()) {
       return absl::UnavailableError(absl::StrCat("downloading ", file.name(), " stopped at byte ",

@@ -65,9 +65,9 @@ absl::StatusOr<std::unique_ptr<RoundParticipant>> RoundParticipant::Create(
   auto certificates = participant->peer_certificates_;
   pki::Certificate ca = participant->identity_.ca;
   std::string federation = participant->identity_.federation;
-  secure_agg::SignatureVerifier verify =
-      [certificates, ca, federation](uint32_t peer, std::string_view message,
-                                     std::string_view signature) -> absl::Status {
+  secure_agg::SignatureVerifier verify = [certificates, ca, federation](
+                                             uint32_t peer, std::string_view message,
+                                             std::string_view signature) -> absl::Status {
     auto found = certificates->find(peer);
     if (found == certificates->end()) {
       return absl::PermissionDeniedError(absl::StrCat("no certificate for participant ", peer));
@@ -155,8 +155,8 @@ absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& 
   }
   std::vector<secure_agg::SealedShares> incoming;
   for (const v1::EncryptedShares& bundle : task.incoming_shares()) {
-    incoming.push_back({bundle.peer_participant_id(), task_.secagg().participant_id(),
-                        bundle.ciphertext()});
+    incoming.push_back(
+        {bundle.peer_participant_id(), task_.secagg().participant_id(), bundle.ciphertext()});
   }
   if (absl::Status status = secagg_->ReceiveShares(incoming); !status.ok()) return status;
   if (absl::Status status = secagg_->MaskChunk(encoded); !status.ok()) return status;
@@ -188,8 +188,8 @@ absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& 
   return absl::OkStatus();
 }
 
-absl::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub,
-                                          uint64_t first_value, absl::Time deadline) {
+absl::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub, uint64_t first_value,
+                                          absl::Time deadline) {
   const int bits = static_cast<int>(task_.secagg().ring_bits());
   // At most 1 MiB of packed values, a multiple of 8 so that chunks start on byte boundaries.
   const uint64_t per_chunk = ((uint64_t{8} << 20) / static_cast<uint64_t>(bits)) / 8 * 8;
@@ -205,9 +205,9 @@ absl::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub,
     const uint64_t count = std::min<uint64_t>(per_chunk, masked_.size() - offset);
     chunk.set_first_value(offset);
     chunk.set_value_count(static_cast<uint32_t>(count));
-    if (absl::Status status = secure_agg::PackValues(
-            std::span<const uint64_t>(masked_).subspan(offset, count), bits,
-            *chunk.mutable_packed_values());
+    if (absl::Status status =
+            secure_agg::PackValues(std::span<const uint64_t>(masked_).subspan(offset, count), bits,
+                                   *chunk.mutable_packed_values());
         !status.ok()) {
       return status;
     }

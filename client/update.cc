@@ -30,7 +30,8 @@ absl::StatusOr<std::vector<float>> BuildPlainUpdate(
     int64_t total = 0;
     for (int64_t slots : expert_slots[l]) total += slots;
     for (size_t e = 0; e < experts; ++e) {
-      weights[l][e] = total > 0 ? static_cast<double>(expert_slots[l][e]) / static_cast<double>(total) : 0.0;
+      weights[l][e] =
+          total > 0 ? static_cast<double>(expert_slots[l][e]) / static_cast<double>(total) : 0.0;
     }
   }
   std::vector<float> update(layout.plain_values(), 0.0f);
@@ -52,8 +53,8 @@ absl::StatusOr<std::vector<float>> BuildPlainUpdate(
     double factor = 1.0;
     if (wire.role() == v1::TrainableTensor::ROLE_ROUTED_EXPERT) {
       if (wire.layer() >= layers || wire.expert() >= experts) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor ", wire.name(),
-                                                       " names an expert outside the layout"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor ", wire.name(), " names an expert outside the layout"));
       }
       factor = weights[wire.layer()][wire.expert()];
     }

@@ -11,9 +11,8 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
                                          double expert_weight_floor) {
   const v1::UpdateLayout& layout = spec.layout();
   if (decoded.size() != layout.plain_values()) {
-    return absl::InvalidArgumentError(absl::StrCat("the decoded sum has ", decoded.size(),
-                                                   " values; the layout has ",
-                                                   layout.plain_values()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the decoded sum has ", decoded.size(), " values; the layout has ", layout.plain_values()));
   }
   if (survivors < 1) return absl::InvalidArgumentError("a merge needs at least one survivor");
   if (!(layout.expert_weights_scale() > 0)) {
@@ -41,15 +40,15 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
                              ? spec.trainable_tensors(i + 1).offset()
                              : layout.delta_values();
     if (tensor.offset() > end || end > layout.delta_values()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", tensor.name(),
-                                                     " lies outside the update vector"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", tensor.name(), " lies outside the update vector"));
     }
     double divisor = mean_divisor;
     if (tensor.role() == v1::TrainableTensor::ROLE_ROUTED_EXPERT) {
       if (tensor.layer() >= layers || tensor.expert() >= experts) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor ", tensor.name(), " names expert ", tensor.expert(), " of layer ",
-                         tensor.layer(), ", outside the layout"));
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", tensor.name(), " names expert ",
+                                                       tensor.expert(), " of layer ",
+                                                       tensor.layer(), ", outside the layout"));
       }
       const double weight = merged.expert_weight_sums[tensor.layer()][tensor.expert()];
       if (weight < expert_weight_floor) {
@@ -95,7 +94,8 @@ absl::Status ServerOptimizer::Apply(const v1::UpdateSpec& spec, const MergedUpda
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", wire.name(), " lies outside the merged update"));
     }
-    if (static_cast<size_t>(i) < update.untouched.size() && update.untouched[static_cast<size_t>(i)]) {
+    if (static_cast<size_t>(i) < update.untouched.size() &&
+        update.untouched[static_cast<size_t>(i)]) {
       continue;
     }
     std::span<float> values = parameters.tensor(*tensor);
@@ -110,7 +110,8 @@ absl::Status ServerOptimizer::Apply(const v1::UpdateSpec& spec, const MergedUpda
                                       (1 - policy_.server_beta1) * delta);
       second_[at] = static_cast<float>(policy_.server_beta2 * second_[at] +
                                        (1 - policy_.server_beta2) * delta * delta);
-      values[k] += static_cast<float>(lr * first_[at] / (std::sqrt(second_[at]) + policy_.server_tau));
+      values[k] +=
+          static_cast<float>(lr * first_[at] / (std::sqrt(second_[at]) + policy_.server_tau));
     }
   }
   return absl::OkStatus();

@@ -362,8 +362,7 @@ int Status(const std::vector<std::string>& args) {
       static_cast<unsigned long long>(response.rounds_committed()),
       static_cast<unsigned long long>(response.rounds_aborted()),
       static_cast<unsigned long long>(response.current_round_id()),
-      absl::AsciiStrToLower(v1::RoundStage_Name(response.current_round_stage()).substr(12))
-          .c_str(),
+      absl::AsciiStrToLower(v1::RoundStage_Name(response.current_round_stage()).substr(12)).c_str(),
       response.epsilon_spent(), response.privacy_delta(),
       response.target_epsilon() > 0
           ? absl::StrFormat(" (target %.4g)", response.target_epsilon()).c_str()
@@ -396,8 +395,8 @@ int RoundsCommand(const std::vector<std::string>& args) {
     std::printf("%s\n", Json(response).c_str());
     return 0;
   }
-  std::printf("%-6s %-17s %-6s %-9s %-9s %-8s %-10s %s\n", "ROUND", "STAGE", "COHORT",
-              "SURVIVORS", "DURATION", "MODEL", "EPSILON", "NOTE");
+  std::printf("%-6s %-17s %-6s %-9s %-9s %-8s %-10s %s\n", "ROUND", "STAGE", "COHORT", "SURVIVORS",
+              "DURATION", "MODEL", "EPSILON", "NOTE");
   for (const v1::RoundInfo& round : response.rounds()) {
     std::string duration = "-";
     if (round.has_finished_at()) {
@@ -406,8 +405,7 @@ int RoundsCommand(const std::vector<std::string>& args) {
                                        TimeUtil::TimestampToMilliseconds(round.started_at())) /
                        1000.0);
     }
-    const std::string stage =
-        absl::AsciiStrToLower(v1::RoundStage_Name(round.stage()).substr(12));
+    const std::string stage = absl::AsciiStrToLower(v1::RoundStage_Name(round.stage()).substr(12));
     const std::string model =
         round.committed_model_version() > 0
             ? absl::StrCat(round.base_model_version(), "->", round.committed_model_version())
@@ -434,8 +432,7 @@ int PrivacyReport(const std::vector<std::string>& args) {
   if (!stub.ok()) return Fail(stub.status());
   v1::GetPrivacyLedgerResponse response;
   auto context = AdminContext();
-  if (grpc::Status status = (*stub)->GetPrivacyLedger(context.get(), {}, &response);
-      !status.ok()) {
+  if (grpc::Status status = (*stub)->GetPrivacyLedger(context.get(), {}, &response); !status.ok()) {
     return Fail(status);
   }
   if (flags->Has("json")) {
@@ -447,9 +444,8 @@ int PrivacyReport(const std::vector<std::string>& args) {
   for (const v1::PrivacyLedgerEntry& entry : response.entries()) {
     std::printf("%-6llu %-12s %-18s %-8.4g %-9.4g %-9.4g %-10.4g %g\n",
                 static_cast<unsigned long long>(entry.round_id()), entry.mode().c_str(),
-                entry.mechanism().c_str(), entry.sampling_rate(),
-                entry.planned_noise_multiplier(), entry.effective_noise_multiplier(),
-                entry.epsilon_after(), entry.best_order());
+                entry.mechanism().c_str(), entry.sampling_rate(), entry.planned_noise_multiplier(),
+                entry.effective_noise_multiplier(), entry.epsilon_after(), entry.best_order());
   }
   std::printf("total: epsilon %.4g at delta %.3g over %d committed rounds%s\n",
               response.epsilon_spent(), response.delta(), response.entries_size(),

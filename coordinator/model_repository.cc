@@ -56,8 +56,8 @@ absl::StatusOr<ModelVersionRecord> ModelRepository::Write(
     const auto size = static_cast<int64_t>(server_moments->first.size());
     const model::TensorToWrite tensors[] = {{"m", {size}, server_moments->first},
                                             {"v", {size}, server_moments->second}};
-    if (absl::Status status = model::WriteSafetensors(partial / kServerOptimizerFile, tensors,
-                                                      model::DType::kF32);
+    if (absl::Status status =
+            model::WriteSafetensors(partial / kServerOptimizerFile, tensors, model::DType::kF32);
         !status.ok()) {
       return status;
     }
@@ -93,8 +93,7 @@ absl::Status ModelRepository::RemoveUnpublished(int64_t newest_published) {
     const std::string name = entry.path().filename().string();
     int64_t version = 0;
     const bool partial = name.starts_with(".") && name.ends_with(".partial");
-    const bool newer = name.starts_with("v") &&
-                       absl::SimpleAtoi(name.substr(1), &version) &&
+    const bool newer = name.starts_with("v") && absl::SimpleAtoi(name.substr(1), &version) &&
                        version > newest_published;
     if (partial || newer) std::filesystem::remove_all(entry.path(), error);
   }
@@ -129,8 +128,8 @@ absl::StatusOr<v1::ModelManifest> ModelRepository::Manifest(const ModelVersionRe
   v1::ModelManifest manifest;
   manifest.set_version(static_cast<uint64_t>(record.version));
   manifest.set_weights_sha256(record.weights_sha256);
-  *manifest.mutable_published_at() =
-      google::protobuf::util::TimeUtil::MillisecondsToTimestamp(absl::ToUnixMillis(record.created_at));
+  *manifest.mutable_published_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
+      absl::ToUnixMillis(record.created_at));
   const std::vector<std::string> lines = absl::StrSplit(record.files, '\n', absl::SkipEmpty());
   for (const std::string& line : lines) {
     std::vector<std::string> parts = absl::StrSplit(line, ' ');

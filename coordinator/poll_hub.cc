@@ -58,7 +58,8 @@ void PollHub::Serve() {
       }
       if (wake_requested_ && !shutting_down_) {
         wake_requested_ = false;
-        for (auto& [deadline, callback] : parked_) woken.emplace_back(deadline, std::move(callback));
+        for (auto& [deadline, callback] : parked_)
+          woken.emplace_back(deadline, std::move(callback));
         parked_.clear();
       }
       stop = shutting_down_;

@@ -84,7 +84,8 @@ std::string ExpertLoadText(const std::vector<std::vector<double>>& weights) {
     for (double w : weights[layer]) total += std::max(0.0, w);
     absl::StrAppend(&text, layer == 0 ? "" : "; ", "layer ", layer, ":");
     for (double w : weights[layer]) {
-      absl::StrAppend(&text, " ", absl::StrFormat("%.0f%%", total > 0 ? 100 * std::max(0.0, w) / total : 0.0));
+      absl::StrAppend(&text, " ",
+                      absl::StrFormat("%.0f%%", total > 0 ? 100 * std::max(0.0, w) / total : 0.0));
     }
   }
   return text;
@@ -177,7 +178,8 @@ absl::Status RoundEngine::Load() {
     *latest = *record;
   }
   global_record_ = **latest;
-  absl::StatusOr<model::ModelParameters> global = model::LoadModel(models_.Directory(global_record_));
+  absl::StatusOr<model::ModelParameters> global =
+      model::LoadModel(models_.Directory(global_record_));
   if (!global.ok()) return global.status();
   global_.emplace(std::move(*global));
   if (server_optimizer_.adaptive()) {
@@ -299,8 +301,8 @@ void RoundEngine::MaybeSelect() {
     next_round_at_ = now + policy_.interval;
     return;
   }
-  absl::StatusOr<v1::UpdateSpec> spec = BuildUpdateSpec(
-      global_->layout(), global_->config(), policy_, *manifest, n, *rotation_seed);
+  absl::StatusOr<v1::UpdateSpec> spec =
+      BuildUpdateSpec(global_->layout(), global_->config(), policy_, *manifest, n, *rotation_seed);
   if (!spec.ok()) {
     LogEvent(LogLevel::kError, "round_not_started").Error(spec.status());
     next_round_at_ = now + policy_.interval;
@@ -412,7 +414,8 @@ void RoundEngine::EnterStage(v1::RoundStage stage, absl::Time deadline) {
   round_->stage_deadline = deadline;
   int64_t survivors = 0;
   for (const Participant& participant : round_->participants) survivors += !participant.dropped;
-  store_->UpdateRoundStage(static_cast<int64_t>(round_->id), std::string(StageName(stage)), survivors)
+  store_
+      ->UpdateRoundStage(static_cast<int64_t>(round_->id), std::string(StageName(stage)), survivors)
       .IgnoreError();  // The row is informative until commit; a restart aborts the round anyway.
   LogEvent(LogLevel::kInfo, "round_stage")
       .Field("round_id", round_->id)
@@ -427,7 +430,8 @@ void RoundEngine::MaybeCloseStage() {
   const bool expired = now >= round.stage_deadline;
   auto pending = [&](bool Participant::*before, bool Participant::*after) {
     for (const Participant& participant : round.participants) {
-      if (!participant.dropped && (before == nullptr || participant.*before) && !(participant.*after)) {
+      if (!participant.dropped && (before == nullptr || participant.*before) &&
+          !(participant.*after)) {
         return true;
       }
     }
@@ -462,7 +466,9 @@ void RoundEngine::MaybeCloseStage() {
         Abort(std::string(status.message()));
         return;
       }
-      EnterStage(v1::ROUND_STAGE_KEYS_ADVERTISED, absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.share_keys())));
+      EnterStage(
+          v1::ROUND_STAGE_KEYS_ADVERTISED,
+          absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.share_keys())));
       return;
     case v1::ROUND_STAGE_KEYS_ADVERTISED:
       if (!expired && pending(&Participant::advertised, &Participant::shared)) return;
@@ -472,7 +478,9 @@ void RoundEngine::MaybeCloseStage() {
         Abort(std::string(status.message()));
         return;
       }
-      EnterStage(v1::ROUND_STAGE_KEYS_SHARED, absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.masked_input())));
+      EnterStage(
+          v1::ROUND_STAGE_KEYS_SHARED,
+          absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.masked_input())));
       return;
     case v1::ROUND_STAGE_KEYS_SHARED:
       if (!expired && pending(&Participant::shared, &Participant::uploaded)) return;
@@ -482,14 +490,17 @@ void RoundEngine::MaybeCloseStage() {
         return;
       }
       if (too_few(&Participant::uploaded, "uploaded their masked input")) return;
-      EnterStage(v1::ROUND_STAGE_MASKED_COLLECTED, absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.unmask())));
+      EnterStage(v1::ROUND_STAGE_MASKED_COLLECTED,
+                 absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.unmask())));
       return;
     case v1::ROUND_STAGE_MASKED_COLLECTED:
       if (!expired && pending(&Participant::uploaded, &Participant::unmasked)) return;
       // Late unmaskers are not dropped from the sum: their masked input is in it, and the
       // others' shares can still remove its masks.
       round.stage = v1::ROUND_STAGE_UNMASKED;
-      store_->UpdateRoundStage(static_cast<int64_t>(round.id), "UNMASKED", Live(&Participant::uploaded))
+      store_
+          ->UpdateRoundStage(static_cast<int64_t>(round.id), "UNMASKED",
+                             Live(&Participant::uploaded))
           .IgnoreError();
       return;
     default:
@@ -510,7 +521,8 @@ void RoundEngine::Abort(const std::string& reason) {
   finished_.id = round.id;
   finished_.outcome = v1::ROUND_STAGE_ABORTED;
   finished_.abort_reason = reason;
-  for (const Participant& participant : round.participants) finished_.cohort[participant.client_id] = true;
+  for (const Participant& participant : round.participants)
+    finished_.cohort[participant.client_id] = true;
   round_.reset();
   next_round_at_ = absl::Now() + policy_.interval;
   polls_->WakeAll();
@@ -536,7 +548,8 @@ absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(const Round& round,
                                   ? privacy::NoiseMechanism::kSkellam
                                   : privacy::NoiseMechanism::kDiscreteGaussian;
       distributed.sampling_rate = policy_.sampling_rate;
-      distributed.local_noise_variance = privacy.local_noise_stddev() * privacy.local_noise_stddev();
+      distributed.local_noise_variance =
+          privacy.local_noise_stddev() * privacy.local_noise_stddev();
       distributed.survivors = survivors;
       distributed.dimension = static_cast<int64_t>(round.spec.layout().encoded_values());
       distributed.l2_sensitivity = privacy::RoundedNormBound(
@@ -573,9 +586,8 @@ void RoundEngine::Commit(Round& round) {
   if (spec.privacy().mode() == v1::PrivacySpec::MODE_CENTRAL) {
     absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
     if (!random.ok()) return fail(random.status());
-    privacy::AddCentralGaussianNoise(*decoded,
-                                     spec.privacy().noise_multiplier() * spec.privacy().clip_norm(),
-                                     *random);
+    privacy::AddCentralGaussianNoise(
+        *decoded, spec.privacy().noise_multiplier() * spec.privacy().clip_norm(), *random);
   }
   absl::StatusOr<MergedUpdate> merged = MergeUpdate(
       *decoded, spec, static_cast<int64_t>(survivors.size()), policy_.expert_weight_floor);
@@ -628,9 +640,9 @@ void RoundEngine::Commit(Round& round) {
     distributed.local_noise_variance =
         spec.privacy().local_noise_stddev() * spec.privacy().local_noise_stddev();
     distributed.survivors = static_cast<int64_t>(survivors.size());
-    distributed.l2_sensitivity = privacy::RoundedNormBound(
-        spec.privacy().scale() * spec.privacy().clip_norm(), spec.layout().encoded_values(),
-        spec.privacy().rounding_beta());
+    distributed.l2_sensitivity =
+        privacy::RoundedNormBound(spec.privacy().scale() * spec.privacy().clip_norm(),
+                                  spec.layout().encoded_values(), spec.privacy().rounding_beta());
     entry.effective_noise_multiplier = privacy::EffectiveNoiseMultiplier(distributed);
   }
   entry.mechanism = std::string(MechanismName(spec.privacy().mechanism()));
@@ -641,7 +653,8 @@ void RoundEngine::Commit(Round& round) {
   entry.delta = policy_.delta;
   entry.best_order = best_order;
   entry.committed_at = absl::Now();
-  if (absl::Status status = store_->CommitRound(static_cast<int64_t>(round.id), survivors, *record, entry);
+  if (absl::Status status =
+          store_->CommitRound(static_cast<int64_t>(round.id), survivors, *record, entry);
       !status.ok()) {
     server_optimizer_.RestoreMoments(first, second);
     models_.RemoveUnpublished(round.base.version).IgnoreError();
@@ -669,7 +682,8 @@ void RoundEngine::Commit(Round& round) {
   finished_.id = round.id;
   finished_.outcome = v1::ROUND_STAGE_COMMITTED;
   finished_.new_model_version = static_cast<uint64_t>(record->version);
-  for (const Participant& participant : round.participants) finished_.cohort[participant.client_id] = true;
+  for (const Participant& participant : round.participants)
+    finished_.cohort[participant.client_id] = true;
   round_.reset();
   committing_ = false;
   next_round_at_ = absl::Now() + policy_.interval;
@@ -684,10 +698,9 @@ absl::StatusOr<RoundEngine::Participant*> RoundEngine::Submitter(const std::stri
       return absl::FailedPreconditionError(
           absl::StrCat("round ", round_id, " is not open; no round is open"));
     }
-    return absl::FailedPreconditionError(absl::StrCat("round ", round_id,
-                                                      " is not open; the open round is ",
-                                                      round_->id, " at stage ",
-                                                      StageName(round_->stage)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("round ", round_id, " is not open; the open round is ", round_->id,
+                     " at stage ", StageName(round_->stage)));
   }
   auto found = round_->participant_ids.find(client_id);
   if (found == round_->participant_ids.end()) {
@@ -701,13 +714,12 @@ absl::StatusOr<RoundEngine::Participant*> RoundEngine::Submitter(const std::stri
   }
   if (round_->stage != open_stage) {
     if (round_->stage > open_stage) {
-      return absl::DeadlineExceededError(absl::StrCat("the ", StageName(open_stage),
-                                                      " stage of round ", round_id,
-                                                      " has closed"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("the ", StageName(open_stage), " stage of round ", round_id, " has closed"));
     }
-    return absl::FailedPreconditionError(absl::StrCat(
-        "round ", round_id, " is at stage ", StageName(round_->stage), ", not yet ",
-        StageName(open_stage)));
+    return absl::FailedPreconditionError(absl::StrCat("round ", round_id, " is at stage ",
+                                                      StageName(round_->stage), ", not yet ",
+                                                      StageName(open_stage)));
   }
   return &participant;
 }
@@ -803,9 +815,9 @@ absl::StatusOr<v1::StageAck> RoundEngine::MaskedInputChunk(const std::string& cl
   const uint32_t id = round_->participant_ids[client_id];
   const uint64_t expected = round_->spec.layout().encoded_values();
   if (chunk.total_values() != expected) {
-    absl::Status status = absl::InvalidArgumentError(absl::StrCat(
-        "the masked input has ", chunk.total_values(), " values; round ", round_->id,
-        " expects ", expected));
+    absl::Status status = absl::InvalidArgumentError(
+        absl::StrCat("the masked input has ", chunk.total_values(), " values; round ", round_->id,
+                     " expects ", expected));
     Drop(**participant, status);
     return status;
   }
@@ -998,7 +1010,8 @@ v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64
     }
     return status;
   }
-  const int64_t wanted = round_id == 0 ? static_cast<int64_t>(last_round_id_) : static_cast<int64_t>(round_id);
+  const int64_t wanted =
+      round_id == 0 ? static_cast<int64_t>(last_round_id_) : static_cast<int64_t>(round_id);
   absl::StatusOr<std::vector<RoundRecord>> rounds = store_->ListRounds(wanted + 1, 1);
   if (rounds.ok() && !rounds->empty() && rounds->front().round_id == wanted) {
     const RoundRecord& record = rounds->front();
@@ -1018,9 +1031,11 @@ v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64
 void RoundEngine::ClientRevoked(const std::string& client_id) {
   absl::MutexLock lock(&mutex_);
   if (round_ == nullptr || round_->stage >= v1::ROUND_STAGE_UNMASKED) return;
-  if (auto found = round_->participant_ids.find(client_id); found != round_->participant_ids.end()) {
+  if (auto found = round_->participant_ids.find(client_id);
+      found != round_->participant_ids.end()) {
     Participant& participant = round_->participants[found->second - 1];
-    if (!participant.dropped) Drop(participant, absl::PermissionDeniedError("the client was revoked"));
+    if (!participant.dropped)
+      Drop(participant, absl::PermissionDeniedError("the client was revoked"));
   }
 }
 
@@ -1029,9 +1044,9 @@ absl::StatusOr<ModelVersionRecord> RoundEngine::Model(uint64_t version) {
       store_->GetModel(static_cast<int64_t>(version));
   if (!record.ok()) return record.status();
   if (!record->has_value()) {
-    return absl::NotFoundError(version == 0 ? std::string("no model is published yet")
-                                            : absl::StrCat("model version ", version,
-                                                           " is not published"));
+    return absl::NotFoundError(version == 0
+                                   ? std::string("no model is published yet")
+                                   : absl::StrCat("model version ", version, " is not published"));
   }
   return **record;
 }

@@ -154,7 +154,8 @@ class RoundEngine {
                                          v1::RoundStage open_stage)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // A participant that sent something malformed or contradictory leaves the round.
-  void Drop(Participant& participant, const absl::Status& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void Drop(Participant& participant, const absl::Status& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   int64_t Live(bool Participant::*done) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const CoordinatorConfig* config_;

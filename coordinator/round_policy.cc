@@ -74,11 +74,11 @@ void ReadTraining(config::YamlConfigReader& reader, v1::LocalTrainingConfig* tra
             [&](double v) { training->set_adam_epsilon(v); });
   read_real("rounds.training.gradient_clip_norm", training->gradient_clip_norm(), 0.0, 1e9,
             [&](double v) { training->set_gradient_clip_norm(v); });
-  read_real("rounds.training.load_balance_coefficient", training->load_balance_coefficient(),
-            0.0, 100.0, [&](double v) { training->set_load_balance_coefficient(v); });
+  read_real("rounds.training.load_balance_coefficient", training->load_balance_coefficient(), 0.0,
+            100.0, [&](double v) { training->set_load_balance_coefficient(v); });
   std::string schedule =
       training->schedule() == v1::LocalTrainingConfig::LEARNING_RATE_SCHEDULE_CONSTANT ? "constant"
-                                                                                        : "cosine";
+                                                                                       : "cosine";
   reader.Read("rounds.training.schedule", &schedule);
   if (schedule == "cosine") {
     training->set_schedule(v1::LocalTrainingConfig::LEARNING_RATE_SCHEDULE_COSINE);
@@ -166,7 +166,8 @@ void ReadRoundPolicy(config::YamlConfigReader& reader, RoundPolicy* policy) {
   policy->training = DefaultTraining();
   ReadTraining(reader, &policy->training);
 
-  std::string optimizer = policy->server_optimizer == ServerOptimizerKind::kFedAdam ? "fedadam" : "fedavg";
+  std::string optimizer =
+      policy->server_optimizer == ServerOptimizerKind::kFedAdam ? "fedadam" : "fedavg";
   reader.Read("rounds.server_optimizer.kind", &optimizer);
   if (optimizer == "fedavg") {
     policy->server_optimizer = ServerOptimizerKind::kFedAvg;
@@ -181,8 +182,9 @@ void ReadRoundPolicy(config::YamlConfigReader& reader, RoundPolicy* policy) {
   }
   reader.Read("rounds.server_optimizer.beta1", &policy->server_beta1);
   reader.Read("rounds.server_optimizer.beta2", &policy->server_beta2);
-  for (const auto& [key, beta] : {std::pair{"rounds.server_optimizer.beta1", policy->server_beta1},
-                                  std::pair{"rounds.server_optimizer.beta2", policy->server_beta2}}) {
+  for (const auto& [key, beta] :
+       {std::pair{"rounds.server_optimizer.beta1", policy->server_beta1},
+        std::pair{"rounds.server_optimizer.beta2", policy->server_beta2}}) {
     if (!(beta >= 0 && beta < 1)) reader.Invalid(key, "must be in [0, 1)");
   }
   reader.Read("rounds.server_optimizer.tau", &policy->server_tau);
@@ -235,7 +237,8 @@ void ReadRoundPolicy(config::YamlConfigReader& reader, RoundPolicy* policy) {
                    "must be positive unless privacy.mode is none (no noise means no privacy)");
   }
   reader.Read("privacy.delta", &policy->delta);
-  if (!(policy->delta > 0 && policy->delta < 1)) reader.Invalid("privacy.delta", "must be in (0, 1)");
+  if (!(policy->delta > 0 && policy->delta < 1))
+    reader.Invalid("privacy.delta", "must be in (0, 1)");
   reader.Read("privacy.target_epsilon", &policy->target_epsilon);
   if (!(policy->target_epsilon >= 0)) {
     reader.Invalid("privacy.target_epsilon", "must not be negative (0: no budget)");
@@ -286,7 +289,8 @@ std::string RoundPolicyYaml(const RoundPolicy& policy) {
       "  trainable: [experts, router]\n"
       "  training:\n    steps: ",
       t.steps(), "\n    batch_size: ", t.batch_size(), "\n    seq_len: ", t.seq_len(),
-      "\n    learning_rate: ", t.learning_rate(), "\n    min_learning_rate: ", t.min_learning_rate(),
+      "\n    learning_rate: ", t.learning_rate(),
+      "\n    min_learning_rate: ", t.min_learning_rate(),
       "\n    schedule: cosine\n"
       "  server_optimizer:\n    # fedavg (θ += lr·Δ) or fedadam\n    kind: ",
       policy.server_optimizer == ServerOptimizerKind::kFedAdam ? "fedadam" : "fedavg",

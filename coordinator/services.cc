@@ -7,9 +7,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "secure_agg/packing.h"
 #include "coordinator/wire.h"
 #include "logging/log.h"
+#include "secure_agg/packing.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -291,7 +291,8 @@ grpc::Status AdminService::ListRounds(grpc::ServerContext* context,
     info->set_cohort_size(static_cast<uint32_t>(record.cohort_size));
     info->set_survivors(static_cast<uint32_t>(record.survivors));
     SetTimestamp(record.started_at, info->mutable_started_at());
-    if (record.finished_at.has_value()) SetTimestamp(*record.finished_at, info->mutable_finished_at());
+    if (record.finished_at.has_value())
+      SetTimestamp(*record.finished_at, info->mutable_finished_at());
     info->set_base_model_version(static_cast<uint64_t>(record.base_model_version));
     info->set_committed_model_version(
         static_cast<uint64_t>(record.committed_model_version.value_or(0)));
@@ -451,10 +452,9 @@ grpc::Status FederationService::DownloadModel(grpc::ServerContext* context,
     if (candidate.name() == request->file_name()) file = &candidate;
   }
   if (file == nullptr) {
-    return Refuse("DownloadModel",
-                  absl::NotFoundError(absl::StrCat("model version ", record->version,
-                                                   " has no file named '", request->file_name(),
-                                                   "'")));
+    return Refuse("DownloadModel", absl::NotFoundError(absl::StrCat(
+                                       "model version ", record->version, " has no file named '",
+                                       request->file_name(), "'")));
   }
   if (request->offset() > file->size_bytes()) {
     return Refuse("DownloadModel", absl::OutOfRangeError(absl::StrCat(
@@ -465,8 +465,9 @@ grpc::Status FederationService::DownloadModel(grpc::ServerContext* context,
   if (!in) return ToGrpc(absl::InternalError(absl::StrCat("cannot open ", file->name())));
   in.seekg(static_cast<std::streamoff>(request->offset()));
   constexpr uint64_t kMaxChunk = uint64_t{1} << 20;
-  const uint64_t chunk_bytes =
-      request->max_chunk_bytes() == 0 ? kMaxChunk : std::min<uint64_t>(request->max_chunk_bytes(), kMaxChunk);
+  const uint64_t chunk_bytes = request->max_chunk_bytes() == 0
+                                   ? kMaxChunk
+                                   : std::min<uint64_t>(request->max_chunk_bytes(), kMaxChunk);
   uint64_t offset = request->offset();
   v1::ModelChunk chunk;
   chunk.set_file_size(file->size_bytes());
@@ -477,7 +478,8 @@ grpc::Status FederationService::DownloadModel(grpc::ServerContext* context,
     const uint64_t n = std::min(chunk_bytes, file->size_bytes() - offset);
     buffer.resize(n);
     if (!in.read(buffer.data(), static_cast<std::streamsize>(n))) {
-      return ToGrpc(absl::DataLossError(absl::StrCat(file->name(), " is shorter than its manifest says")));
+      return ToGrpc(
+          absl::DataLossError(absl::StrCat(file->name(), " is shorter than its manifest says")));
     }
     chunk.set_offset(offset);
     chunk.set_data(buffer);
@@ -508,8 +510,8 @@ grpc::Status FederationService::UploadMaskedInput(grpc::ServerContext* context,
     const uint64_t max_values = (uint64_t{8} << 20) / static_cast<uint64_t>(*bits);
     if (chunk.value_count() == 0 || chunk.value_count() > max_values) {
       return Refuse("UploadMaskedInput",
-                    absl::InvalidArgumentError(absl::StrCat(
-                        "a chunk must carry 1 to ", max_values, " values, not ", chunk.value_count())));
+                    absl::InvalidArgumentError(absl::StrCat("a chunk must carry 1 to ", max_values,
+                                                            " values, not ", chunk.value_count())));
     }
     values.resize(chunk.value_count());
     if (absl::Status status = secure_agg::UnpackValues(chunk.packed_values(), *bits, values);

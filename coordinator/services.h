@@ -94,8 +94,9 @@ class AdminService final : public v1::Admin::Service {
 // The unary stage methods are raw, like EnrollmentService, so a malformed message gets a
 // specific error; the streams and the small queries use the synchronous API.
 using FederationBase = v1::Federation::WithRawCallbackMethod_PollTask<
-    v1::Federation::WithRawCallbackMethod_AdvertiseKeys<v1::Federation::WithRawCallbackMethod_ShareKeys<
-        v1::Federation::WithRawCallbackMethod_Unmask<v1::Federation::Service>>>>;
+    v1::Federation::WithRawCallbackMethod_AdvertiseKeys<
+        v1::Federation::WithRawCallbackMethod_ShareKeys<
+            v1::Federation::WithRawCallbackMethod_Unmask<v1::Federation::Service>>>>;
 
 class FederationService final : public FederationBase {
  public:
@@ -115,8 +116,7 @@ class FederationService final : public FederationBase {
   grpc::Status GetModelManifest(grpc::ServerContext* context,
                                 const v1::GetModelManifestRequest* request,
                                 v1::ModelManifest* response) override;
-  grpc::Status DownloadModel(grpc::ServerContext* context,
-                             const v1::DownloadModelRequest* request,
+  grpc::Status DownloadModel(grpc::ServerContext* context, const v1::DownloadModelRequest* request,
                              grpc::ServerWriter<v1::ModelChunk>* writer) override;
   grpc::Status UploadMaskedInput(grpc::ServerContext* context,
                                  grpc::ServerReader<v1::MaskedInputChunk>* reader,

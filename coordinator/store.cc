@@ -526,10 +526,11 @@ absl::Status InsertModel(sqlite::Database& db, const ModelVersionRecord& model) 
 absl::StatusOr<std::optional<ModelVersionRecord>> Store::GetModel(int64_t version) {
   absl::MutexLock lock(&mutex_);
   absl::StatusOr<Statement> query =
-      version == 0 ? db_->Prepare(absl::StrCat("SELECT ", kModelColumns,
-                                               " FROM model_versions ORDER BY version DESC LIMIT 1"))
-                   : db_->Prepare(absl::StrCat("SELECT ", kModelColumns,
-                                               " FROM model_versions WHERE version = ?"));
+      version == 0
+          ? db_->Prepare(absl::StrCat("SELECT ", kModelColumns,
+                                      " FROM model_versions ORDER BY version DESC LIMIT 1"))
+          : db_->Prepare(
+                absl::StrCat("SELECT ", kModelColumns, " FROM model_versions WHERE version = ?"));
   if (!query.ok()) return query.status();
   if (version != 0) query->Bind(1, version);
   absl::StatusOr<bool> row = query->Step();
@@ -578,7 +579,8 @@ absl::Status Store::StartRound(const RoundRecord& round) {
       .Run();
 }
 
-absl::Status Store::UpdateRoundStage(int64_t round_id, const std::string& stage, int64_t survivors) {
+absl::Status Store::UpdateRoundStage(int64_t round_id, const std::string& stage,
+                                     int64_t survivors) {
   absl::MutexLock lock(&mutex_);
   absl::StatusOr<Statement> update = db_->Prepare(
       "UPDATE rounds SET stage = ?, survivors = ? WHERE round_id = ? AND "
@@ -654,8 +656,7 @@ absl::Status Store::CommitRound(int64_t round_id, const std::vector<std::string>
 absl::StatusOr<std::vector<RoundRecord>> Store::ListRounds(int64_t before_round_id, int limit) {
   absl::MutexLock lock(&mutex_);
   absl::StatusOr<Statement> query = db_->Prepare(absl::StrCat(
-      "SELECT ", kRoundColumns,
-      " FROM rounds WHERE round_id < ? ORDER BY round_id DESC LIMIT ?"));
+      "SELECT ", kRoundColumns, " FROM rounds WHERE round_id < ? ORDER BY round_id DESC LIMIT ?"));
   if (!query.ok()) return query.status();
   query->Bind(1, before_round_id <= 0 ? std::numeric_limits<int64_t>::max() : before_round_id)
       .Bind(2, static_cast<int64_t>(limit));

@@ -75,9 +75,9 @@ absl::StatusOr<v1::UpdateSpec> BuildUpdateSpec(const model::ModelLayout& layout,
   const double root_layers = std::sqrt(static_cast<double>(layers));
   update->set_expert_weights_scale(policy.expert_weights_share * policy.clip_norm / root_layers);
   const v1::LocalTrainingConfig& training = policy.training;
-  const double slots_per_layer = static_cast<double>(training.steps()) *
-                                 training.gradient_accumulation() * training.batch_size() *
-                                 training.seq_len() * static_cast<double>(config.num_experts_per_tok);
+  const double slots_per_layer =
+      static_cast<double>(training.steps()) * training.gradient_accumulation() *
+      training.batch_size() * training.seq_len() * static_cast<double>(config.num_experts_per_tok);
   update->set_histogram_scale(slots_per_layer * root_layers /
                               (policy.histogram_share * policy.clip_norm));
 
@@ -88,11 +88,12 @@ absl::StatusOr<v1::UpdateSpec> BuildUpdateSpec(const model::ModelLayout& layout,
                              ? v1::PrivacySpec::MECHANISM_UNSPECIFIED
                              : policy.mechanism);
   privacy->set_clip_norm(policy.clip_norm);
-  const double z = policy.privacy_mode == v1::PrivacySpec::MODE_NONE ? 0.0 : policy.noise_multiplier;
+  const double z =
+      policy.privacy_mode == v1::PrivacySpec::MODE_NONE ? 0.0 : policy.noise_multiplier;
   privacy->set_noise_multiplier(z);
-  const double scale = ChooseScale(policy.ring_bits, clients,
-                                   static_cast<int64_t>(update->encoded_values()),
-                                   policy.clip_norm, z);
+  const double scale =
+      ChooseScale(policy.ring_bits, clients, static_cast<int64_t>(update->encoded_values()),
+                  policy.clip_norm, z);
   privacy->set_scale(scale);
   privacy->set_expected_survivors(static_cast<uint32_t>(clients));
   if (policy.privacy_mode == v1::PrivacySpec::MODE_DISTRIBUTED) {

@@ -98,8 +98,9 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   BackwardScratch scratch;
   std::deque<double> recent_losses;
   TrainResult result;
-  result.expert_slots.assign(static_cast<size_t>(config.num_hidden_layers),
-                             std::vector<int64_t>(static_cast<size_t>(config.num_local_experts), 0));
+  result.expert_slots.assign(
+      static_cast<size_t>(config.num_hidden_layers),
+      std::vector<int64_t>(static_cast<size_t>(config.num_local_experts), 0));
   const Clock::time_point start = Clock::now();
   // Throughput counts training only, not the periodic validation passes.
   double validation_seconds = 0;

@@ -139,8 +139,9 @@ absl::StatusOr<std::string> FileSha256(const std::filesystem::path& path) {
   }
   std::string digest(32, '\0');
   unsigned int length = 0;
-  ok = ok && EVP_DigestFinal_ex(context, reinterpret_cast<unsigned char*>(digest.data()),
-                                &length) == 1 && length == 32;
+  ok = ok &&
+       EVP_DigestFinal_ex(context, reinterpret_cast<unsigned char*>(digest.data()), &length) == 1 &&
+       length == 32;
   EVP_MD_CTX_free(context);
   ::close(fd);
   if (!ok) return absl::InternalError("OpenSSL's SHA-256 failed");

@@ -1,9 +1,9 @@
 // Federated rounds end to end (DESIGN §3–§6), with real fedmoe-coordinator and fedmoe-client
 // processes over loopback mutual TLS: local training, distributed DP, SecAgg+, the expert
 // merge, checkpoints, the privacy ledger, revocation, restarts and the privacy budget.
+#include <gmock/gmock.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -77,11 +77,11 @@ class RoundsTest : public ::testing::Test {
     ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(token.out, &json).ok());
     const std::filesystem::path state_dir = dir_.path() / client_id;
     const std::filesystem::path source = FEDMOE_SOURCE_DIR;
-    CommandResult enrolled = RunCommand(
-        {BinaryPath("fedmoe-client"), "enroll", "--coordinator", enroll_address_, "--token",
-         json.fields().at("token").string_value(), "--ca-fingerprint",
-         json.fields().at("ca_fingerprint").string_value(), "--state-dir", state_dir.string(),
-         "--data", (source / "deploy/corpora" / domain).string()});
+    CommandResult enrolled =
+        RunCommand({BinaryPath("fedmoe-client"), "enroll", "--coordinator", enroll_address_,
+                    "--token", json.fields().at("token").string_value(), "--ca-fingerprint",
+                    json.fields().at("ca_fingerprint").string_value(), "--state-dir",
+                    state_dir.string(), "--data", (source / "deploy/corpora" / domain).string()});
     ASSERT_EQ(enrolled.exit_code, 0) << enrolled.err;
     const auto config = state_dir / "client.yaml";
     ASSERT_TRUE(ReplaceInFile(config, "max_wait: 30s", "max_wait: 2s"));
@@ -150,7 +150,8 @@ TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss)
   interval: 1s
   max_rounds: 2
   trainable: [all]
-)", kTraining, R"(privacy:
+)",
+                               kTraining, R"(privacy:
   mode: distributed
   noise_multiplier: 0.001
 )"));
@@ -200,7 +201,8 @@ TEST_F(RoundsTest, AKill9OfTheCoordinatorAbortsTheOpenRoundAndTheNextOneCommits)
   min_clients: 3
   interval: 1s
   max_rounds: 2
-)", kTraining, R"(privacy:
+)",
+                               kTraining, R"(privacy:
   mode: distributed
   noise_multiplier: 0.5
 )"));
@@ -241,7 +243,8 @@ TEST_F(RoundsTest, ARevokedClientIsLeftOutOfTheNextRound) {
   interval: 1s
   timeouts:
     train: 30s
-)", kTraining, R"(privacy:
+)",
+                               kTraining, R"(privacy:
   mode: distributed
   noise_multiplier: 0.5
 )"));
@@ -282,7 +285,8 @@ TEST_F(RoundsTest, AnExhaustedPrivacyBudgetStopsTheRoundsWithAClearStatus) {
   StartFederation(absl::StrCat(R"(rounds:
   min_clients: 3
   interval: 1s
-)", kTraining, R"(privacy:
+)",
+                               kTraining, R"(privacy:
   mode: distributed
   noise_multiplier: 0.5
   target_epsilon: 15
@@ -290,8 +294,7 @@ TEST_F(RoundsTest, AnExhaustedPrivacyBudgetStopsTheRoundsWithAClearStatus) {
   AddClient("bank", "finance");
   AddClient("helpdesk", "it_support");
   AddClient("lawfirm", "contracts");
-  ASSERT_TRUE(WaitFor([&] { return !Status().rounds_paused_reason().empty(); },
-                      absl::Seconds(120)))
+  ASSERT_TRUE(WaitFor([&] { return !Status().rounds_paused_reason().empty(); }, absl::Seconds(120)))
       << coordinator_->Log();
   const v1::GetStatusResponse status = Status();
   EXPECT_THAT(status.rounds_paused_reason(), HasSubstr("privacy budget exhausted"));
