@@ -11,7 +11,9 @@ namespace {
 
 std::string Duration(absl::Duration duration) { return absl::FormatDuration(duration); }
 
-v1::LocalTrainingConfig DefaultTraining() {
+}  // namespace
+
+v1::LocalTrainingConfig DefaultLocalTraining() {
   v1::LocalTrainingConfig training;
   training.set_steps(20);
   training.set_batch_size(4);
@@ -30,6 +32,8 @@ v1::LocalTrainingConfig DefaultTraining() {
   training.set_seed(0);
   return training;
 }
+
+namespace {
 
 void ReadTraining(config::YamlConfigReader& reader, v1::LocalTrainingConfig* training) {
   auto read_count = [&reader](const char* key, int64_t minimum, int64_t maximum, uint32_t value,
@@ -163,7 +167,6 @@ void ReadRoundPolicy(config::YamlConfigReader& reader, RoundPolicy* policy) {
       reader.Invalid("rounds.trainable", std::string(set.status().message()));
     }
   }
-  policy->training = DefaultTraining();
   ReadTraining(reader, &policy->training);
 
   std::string optimizer =

@@ -25,6 +25,9 @@ struct StageTimeouts {
   absl::Duration unmask = absl::Seconds(60);
 };
 
+// Local training of a round unless coordinator.yaml says otherwise.
+v1::LocalTrainingConfig DefaultLocalTraining();
+
 struct RoundPolicy {
   // The model the federation starts from, published as version 1 at the first `serve`.
   std::filesystem::path initial_model;
@@ -42,7 +45,7 @@ struct RoundPolicy {
   StageTimeouts timeouts;
 
   model::TrainableSet trainable;
-  v1::LocalTrainingConfig training;
+  v1::LocalTrainingConfig training = DefaultLocalTraining();
 
   ServerOptimizerKind server_optimizer = ServerOptimizerKind::kFedAvg;
   double server_learning_rate = 1.0;
