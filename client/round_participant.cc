@@ -162,39 +162,34 @@ absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& 
   if (absl::Status status = secagg_->MaskChunk(encoded); !status.ok()) return status;
   masked_ = std::move(encoded);
 
-  const absl::Time deadline = Deadline(task_.deadlines().masked_input());
-  uint64_t next = 0;
-  absl::Duration wait = absl::Milliseconds(500);
-  while (true) {
-    absl::Status status = StreamFrom(stub, next, deadline);
-    if (status.ok()) break;
-    if (!IsRetryable(grpc::Status(static_cast<grpc::StatusCode>(status.code()), "")) ||
-        absl::Now() + wait >= deadline) {
-      return status;
-    }
-    std::this_thread::sleep_for(absl::ToChronoNanoseconds(wait));
-    wait = std::min(wait * 2, absl::Seconds(8));
-    // Resume where the coordinator's sum stopped; chunks below it would be skipped anyway.
-    v1::GetRoundStatusRequest request;
-    request.set_round_id(round_id());
-    v1::RoundStatus round_status;
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-    if (stub.GetRoundStatus(&context, request, &round_status).ok()) {
-      next = round_status.caller_values_received();
-    }
-  }
+  bool first_attempt = true;
+  grpc::Status status =
+      WithRetries(Deadline(task_.deadlines().masked_input()), [&](grpc::ClientContext& context) {
+        uint64_t next = 0;
+        if (!first_attempt) {
+          // Resume where the coordinator's sum stopped; chunks below it would be skipped anyway.
+          v1::GetRoundStatusRequest request;
+          request.set_round_id(round_id());
+          v1::RoundStatus round_status;
+          grpc::ClientContext status_context;
+          status_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+          grpc::Status asked = stub.GetRoundStatus(&status_context, request, &round_status);
+          if (!asked.ok()) return asked;
+          next = round_status.caller_values_received();
+        }
+        first_attempt = false;
+        return StreamFrom(stub, context, next);
+      });
+  if (!status.ok()) return FromGrpc(status, "UploadMaskedInput");
   completed_ = v1::ROUND_STAGE_MASKED_COLLECTED;
   return absl::OkStatus();
 }
 
-absl::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub, uint64_t first_value,
-                                          absl::Time deadline) {
+grpc::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub,
+                                          grpc::ClientContext& context, uint64_t first_value) {
   const int bits = static_cast<int>(task_.secagg().ring_bits());
   // At most 1 MiB of packed values, a multiple of 8 so that chunks start on byte boundaries.
   const uint64_t per_chunk = ((uint64_t{8} << 20) / static_cast<uint64_t>(bits)) / 8 * 8;
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(deadline));
   v1::StageAck ack;
   std::unique_ptr<grpc::ClientWriterInterface<v1::MaskedInputChunk>> writer =
       stub.UploadMaskedInput(&context, &ack);
@@ -205,23 +200,25 @@ absl::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub, u
     const uint64_t count = std::min<uint64_t>(per_chunk, masked_.size() - offset);
     chunk.set_first_value(offset);
     chunk.set_value_count(static_cast<uint32_t>(count));
-    if (absl::Status status =
+    if (absl::Status packed =
             secure_agg::PackValues(std::span<const uint64_t>(masked_).subspan(offset, count), bits,
                                    *chunk.mutable_packed_values());
-        !status.ok()) {
-      return status;
+        !packed.ok()) {
+      context.TryCancel();
+      writer->Finish().IgnoreError();
+      return {grpc::StatusCode::INTERNAL, std::string(packed.message())};
     }
     bytes_sent_ += chunk.ByteSizeLong();
-    if (!writer->Write(chunk)) break;  // The status below says why.
+    if (!writer->Write(chunk)) break;  // Finish() says why.
   }
   writer->WritesDone();
   grpc::Status status = writer->Finish();
-  if (!status.ok()) return FromGrpc(status, "UploadMaskedInput");
-  if (ack.values_received() != masked_.size()) {
-    return absl::UnavailableError(absl::StrCat("the coordinator holds ", ack.values_received(),
-                                               " of ", masked_.size(), " values"));
+  if (status.ok() && ack.values_received() != masked_.size()) {
+    return {grpc::StatusCode::UNAVAILABLE,
+            absl::StrCat("the coordinator holds ", ack.values_received(), " of ", masked_.size(),
+                         " values")};
   }
-  return absl::OkStatus();
+  return status;
 }
 
 absl::Status RoundParticipant::Unmask(v1::Federation::StubInterface& stub,

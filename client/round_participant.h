@@ -54,9 +54,9 @@ class RoundParticipant {
   RoundParticipant(v1::JoinRoundTask task, ParticipantIdentity identity)
       : task_(std::move(task)), identity_(std::move(identity)) {}
   absl::Time Deadline(const google::protobuf::Timestamp& stage_deadline) const;
-  // Streams masked_ from the coordinator's next expected value.
-  absl::Status StreamFrom(v1::Federation::StubInterface& stub, uint64_t first_value,
-                          absl::Time deadline);
+  // Streams masked_ from `first_value`, the coordinator's next expected value.
+  grpc::Status StreamFrom(v1::Federation::StubInterface& stub, grpc::ClientContext& context,
+                          uint64_t first_value);
 
   v1::JoinRoundTask task_;
   ParticipantIdentity identity_;

@@ -1,5 +1,6 @@
 #include "coordinator/expert_merge.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -52,20 +53,27 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
       }
       const double weight = merged.expert_weight_sums[tensor.layer()][tensor.expert()];
       if (weight < expert_weight_floor) {
-        ++merged.experts_untouched;
         merged.untouched[static_cast<size_t>(i)] = true;
         continue;  // Its Δ stays zero: the expert is left as it was.
       }
-      ++merged.experts_merged;
       divisor = weight;
     }
     for (uint64_t k = tensor.offset(); k < end; ++k) {
       merged.delta[k] = static_cast<float>(decoded[k] / divisor);
     }
   }
-  // Each routed expert has three tensors; count experts, not tensors.
-  merged.experts_merged /= 3;
-  merged.experts_untouched /= 3;
+  const bool experts_trained =
+      std::any_of(spec.trainable_tensors().begin(), spec.trainable_tensors().end(),
+                  [](const v1::TrainableTensor& tensor) {
+                    return tensor.role() == v1::TrainableTensor::ROLE_ROUTED_EXPERT;
+                  });
+  for (const std::vector<double>& layer : merged.expert_weight_sums) {
+    for (double weight : layer) {
+      if (experts_trained) {
+        ++(weight < expert_weight_floor ? merged.experts_untouched : merged.experts_merged);
+      }
+    }
+  }
   return merged;
 }
 
@@ -99,19 +107,19 @@ absl::Status ServerOptimizer::Apply(const v1::UpdateSpec& spec, const MergedUpda
       continue;
     }
     std::span<float> values = parameters.tensor(*tensor);
+    const float* delta = update.delta.data() + wire.offset();
+    if (!adaptive()) {
+      for (size_t k = 0; k < values.size(); ++k) values[k] += static_cast<float>(lr * delta[k]);
+      continue;
+    }
+    float* first = first_.data() + wire.offset();
+    float* second = second_.data() + wire.offset();
+    const double beta1 = policy_.server_beta1;
+    const double beta2 = policy_.server_beta2;
     for (size_t k = 0; k < values.size(); ++k) {
-      const size_t at = wire.offset() + k;
-      const float delta = update.delta[at];
-      if (!adaptive()) {
-        values[k] += static_cast<float>(lr * delta);
-        continue;
-      }
-      first_[at] = static_cast<float>(policy_.server_beta1 * first_[at] +
-                                      (1 - policy_.server_beta1) * delta);
-      second_[at] = static_cast<float>(policy_.server_beta2 * second_[at] +
-                                       (1 - policy_.server_beta2) * delta * delta);
-      values[k] +=
-          static_cast<float>(lr * first_[at] / (std::sqrt(second_[at]) + policy_.server_tau));
+      first[k] = static_cast<float>(beta1 * first[k] + (1 - beta1) * delta[k]);
+      second[k] = static_cast<float>(beta2 * second[k] + (1 - beta2) * delta[k] * delta[k]);
+      values[k] += static_cast<float>(lr * first[k] / (std::sqrt(second[k]) + policy_.server_tau));
     }
   }
   return absl::OkStatus();

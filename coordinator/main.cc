@@ -362,7 +362,7 @@ int Status(const std::vector<std::string>& args) {
       static_cast<unsigned long long>(response.rounds_committed()),
       static_cast<unsigned long long>(response.rounds_aborted()),
       static_cast<unsigned long long>(response.current_round_id()),
-      absl::AsciiStrToLower(v1::RoundStage_Name(response.current_round_stage()).substr(12)).c_str(),
+      absl::AsciiStrToLower(StageName(response.current_round_stage())).c_str(),
       response.epsilon_spent(), response.privacy_delta(),
       response.target_epsilon() > 0
           ? absl::StrFormat(" (target %.4g)", response.target_epsilon()).c_str()
@@ -405,7 +405,7 @@ int RoundsCommand(const std::vector<std::string>& args) {
                                        TimeUtil::TimestampToMilliseconds(round.started_at())) /
                        1000.0);
     }
-    const std::string stage = absl::AsciiStrToLower(v1::RoundStage_Name(round.stage()).substr(12));
+    const std::string stage = absl::AsciiStrToLower(StageName(round.stage()));
     const std::string model =
         round.committed_model_version() > 0
             ? absl::StrCat(round.base_model_version(), "->", round.committed_model_version())

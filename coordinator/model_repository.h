@@ -22,7 +22,7 @@
 
 namespace fedmoe::coordinator {
 
-// The files a client downloads, in name order.
+// FedAdam's moments, saved beside the weights; never part of a manifest.
 inline constexpr const char* kServerOptimizerFile = "server_optimizer.safetensors";
 
 class ModelRepository {

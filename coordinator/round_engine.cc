@@ -33,15 +33,6 @@ bool Terminal(v1::RoundStage stage) {
   return stage == v1::ROUND_STAGE_COMMITTED || stage == v1::ROUND_STAGE_ABORTED;
 }
 
-v1::RoundStage StageFromName(std::string_view name) {
-  for (int stage = v1::ROUND_STAGE_WAITING; stage <= v1::ROUND_STAGE_ABORTED; ++stage) {
-    if (StageName(static_cast<v1::RoundStage>(stage)) == name) {
-      return static_cast<v1::RoundStage>(stage);
-    }
-  }
-  return v1::ROUND_STAGE_UNSPECIFIED;
-}
-
 absl::StatusOr<std::string> RandomBytes(size_t count) {
   std::string bytes(count, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(bytes.data()), static_cast<int>(count)) != 1) {
@@ -93,27 +84,16 @@ std::string ExpertLoadText(const std::vector<std::vector<double>>& weights) {
 
 }  // namespace
 
-const char* StageName(v1::RoundStage stage) {
-  switch (stage) {
-    case v1::ROUND_STAGE_WAITING:
-      return "WAITING";
-    case v1::ROUND_STAGE_SELECTED:
-      return "SELECTED";
-    case v1::ROUND_STAGE_KEYS_ADVERTISED:
-      return "KEYS_ADVERTISED";
-    case v1::ROUND_STAGE_KEYS_SHARED:
-      return "KEYS_SHARED";
-    case v1::ROUND_STAGE_MASKED_COLLECTED:
-      return "MASKED_COLLECTED";
-    case v1::ROUND_STAGE_UNMASKED:
-      return "UNMASKED";
-    case v1::ROUND_STAGE_COMMITTED:
-      return "COMMITTED";
-    case v1::ROUND_STAGE_ABORTED:
-      return "ABORTED";
-    default:
-      return "UNSPECIFIED";
-  }
+std::string StageName(v1::RoundStage stage) {
+  constexpr std::string_view kPrefix = "ROUND_STAGE_";
+  std::string name = v1::RoundStage_Name(stage);
+  return name.starts_with(kPrefix) ? name.substr(kPrefix.size()) : name;
+}
+
+v1::RoundStage StageFromName(const std::string& name) {
+  v1::RoundStage stage = v1::ROUND_STAGE_UNSPECIFIED;
+  v1::RoundStage_Parse(absl::StrCat("ROUND_STAGE_", name), &stage);
+  return stage;
 }
 
 RoundEngine::RoundEngine(const CoordinatorConfig* config, Store* store, ClientPresence* presence,
@@ -301,17 +281,18 @@ void RoundEngine::MaybeSelect() {
     next_round_at_ = now + policy_.interval;
     return;
   }
-  absl::StatusOr<v1::UpdateSpec> spec =
+  absl::StatusOr<PlannedUpdate> planned =
       BuildUpdateSpec(global_->layout(), global_->config(), policy_, *manifest, n, *rotation_seed);
-  if (!spec.ok()) {
-    LogEvent(LogLevel::kError, "round_not_started").Error(spec.status());
+  if (!planned.ok()) {
+    LogEvent(LogLevel::kError, "round_not_started").Error(planned.status());
     next_round_at_ = now + policy_.interval;
     return;
   }
-  round->spec = std::move(*spec);
+  round->spec = std::move(planned->spec);
+  round->encoding = std::move(planned->encoding);
 
   if (policy_.target_epsilon > 0) {
-    absl::StatusOr<std::vector<double>> rdp = RoundRdp(*round, round->threshold);
+    absl::StatusOr<std::vector<double>> rdp = RoundRdp(*round, MinimumSurvivors(*round));
     privacy::RdpAccountant next = accountant_;
     double epsilon = std::numeric_limits<double>::infinity();
     if (rdp.ok() && next.AddRdp(*rdp).ok()) {
@@ -378,7 +359,7 @@ void RoundEngine::MaybeSelect() {
 
   RoundRecord record;
   record.round_id = static_cast<int64_t>(round->id);
-  record.stage = std::string(StageName(v1::ROUND_STAGE_SELECTED));
+  record.stage = StageName(v1::ROUND_STAGE_SELECTED);
   record.cohort_size = n;
   record.survivors = n;
   record.started_at = now;
@@ -401,10 +382,14 @@ void RoundEngine::MaybeSelect() {
   polls_->WakeAll();
 }
 
+int64_t RoundEngine::MinimumSurvivors(const Round& round) {
+  return std::max<int64_t>(static_cast<int64_t>(round.threshold) + 1, 2);
+}
+
 int64_t RoundEngine::Live(bool Participant::*done) const {
   int64_t count = 0;
   for (const Participant& participant : round_->participants) {
-    if (!participant.dropped && participant.*done) ++count;
+    if (!participant.dropped && (done == nullptr || participant.*done)) ++count;
   }
   return count;
 }
@@ -412,10 +397,8 @@ int64_t RoundEngine::Live(bool Participant::*done) const {
 void RoundEngine::EnterStage(v1::RoundStage stage, absl::Time deadline) {
   round_->stage = stage;
   round_->stage_deadline = deadline;
-  int64_t survivors = 0;
-  for (const Participant& participant : round_->participants) survivors += !participant.dropped;
-  store_
-      ->UpdateRoundStage(static_cast<int64_t>(round_->id), std::string(StageName(stage)), survivors)
+  const int64_t survivors = Live(nullptr);
+  store_->UpdateRoundStage(static_cast<int64_t>(round_->id), StageName(stage), survivors)
       .IgnoreError();  // The row is informative until commit; a restart aborts the round anyway.
   LogEvent(LogLevel::kInfo, "round_stage")
       .Field("round_id", round_->id)
@@ -441,20 +424,16 @@ void RoundEngine::MaybeCloseStage() {
   auto drop_laggards = [&](bool Participant::*done, const char* stage) {
     for (Participant& participant : round.participants) {
       if (!participant.dropped && !(participant.*done)) {
-        participant.dropped = true;
-        LogEvent(LogLevel::kInfo, "participant_dropped")
-            .Field("round_id", round.id)
-            .Field("client_id", participant.client_id)
-            .Field("reason", absl::StrCat("missed the ", stage, " deadline"));
+        Drop(participant,
+             absl::DeadlineExceededError(absl::StrCat("missed the ", stage, " deadline")));
       }
     }
   };
-  const auto needed = static_cast<int64_t>(round.threshold) + 1;
   auto too_few = [&](bool Participant::*done, const char* what) -> bool {
     const int64_t live = Live(done);
-    if (live >= needed && live >= 2) return false;
+    if (live >= MinimumSurvivors(round)) return false;
     Abort(absl::StrCat("only ", live, " participants ", what, "; the round needs ",
-                       std::max<int64_t>(needed, 2)));
+                       MinimumSurvivors(round)));
     return true;
   };
   switch (round.stage) {
@@ -499,7 +478,7 @@ void RoundEngine::MaybeCloseStage() {
       // others' shares can still remove its masks.
       round.stage = v1::ROUND_STAGE_UNMASKED;
       store_
-          ->UpdateRoundStage(static_cast<int64_t>(round.id), "UNMASKED",
+          ->UpdateRoundStage(static_cast<int64_t>(round.id), StageName(v1::ROUND_STAGE_UNMASKED),
                              Live(&Participant::uploaded))
           .IgnoreError();
       return;
@@ -510,8 +489,7 @@ void RoundEngine::MaybeCloseStage() {
 
 void RoundEngine::Abort(const std::string& reason) {
   Round& round = *round_;
-  int64_t survivors = 0;
-  for (const Participant& participant : round.participants) survivors += !participant.dropped;
+  const int64_t survivors = Live(nullptr);
   store_->AbortRound(static_cast<int64_t>(round.id), reason, survivors, absl::Now()).IgnoreError();
   LogEvent(LogLevel::kWarning, "round_aborted")
       .Field("round_id", round.id)
@@ -542,21 +520,12 @@ absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(const Round& round,
         rdp[i] = *value;
       }
       return rdp;
-    case v1::PrivacySpec::MODE_DISTRIBUTED: {
-      privacy::DistributedRound distributed;
-      distributed.mechanism = privacy.mechanism() == v1::PrivacySpec::MECHANISM_SKELLAM
-                                  ? privacy::NoiseMechanism::kSkellam
-                                  : privacy::NoiseMechanism::kDiscreteGaussian;
-      distributed.sampling_rate = policy_.sampling_rate;
-      distributed.local_noise_variance =
-          privacy.local_noise_stddev() * privacy.local_noise_stddev();
-      distributed.survivors = survivors;
-      distributed.dimension = static_cast<int64_t>(round.spec.layout().encoded_values());
-      distributed.l2_sensitivity = privacy::RoundedNormBound(
-          privacy.scale() * privacy.clip_norm(), static_cast<size_t>(distributed.dimension),
-          privacy.rounding_beta());
-      return privacy::DistributedRoundRdp(distributed, orders);
-    }
+    case v1::PrivacySpec::MODE_DISTRIBUTED:
+      return privacy::DistributedRoundRdp(
+          privacy::DistributedRoundFor(round.encoding,
+                                       static_cast<int64_t>(round.spec.layout().encoded_values()),
+                                       policy_.sampling_rate, survivors),
+          orders);
     default:
       return rdp;  // No noise: no privacy.
   }
@@ -576,8 +545,8 @@ void RoundEngine::Commit(Round& round) {
     survivors.push_back(round.participants[participant - 1].client_id);
   }
   const v1::UpdateSpec& spec = round.spec;
-  absl::StatusOr<privacy::RingEncoder> decoder = privacy::RingEncoder::Create(
-      spec.layout().plain_values(), EncodingFromSpec(spec, static_cast<int>(policy_.ring_bits)));
+  absl::StatusOr<privacy::RingEncoder> decoder =
+      privacy::RingEncoder::Create(spec.layout().plain_values(), round.encoding);
   if (!decoder.ok()) return fail(decoder.status());
   absl::StatusOr<std::vector<double>> decoded = decoder->DecodeSum(*sum);
   sum->clear();
@@ -636,14 +605,10 @@ void RoundEngine::Commit(Round& round) {
   entry.planned_noise_multiplier = spec.privacy().noise_multiplier();
   entry.effective_noise_multiplier = spec.privacy().noise_multiplier();
   if (spec.privacy().mode() == v1::PrivacySpec::MODE_DISTRIBUTED) {
-    privacy::DistributedRound distributed;
-    distributed.local_noise_variance =
-        spec.privacy().local_noise_stddev() * spec.privacy().local_noise_stddev();
-    distributed.survivors = static_cast<int64_t>(survivors.size());
-    distributed.l2_sensitivity =
-        privacy::RoundedNormBound(spec.privacy().scale() * spec.privacy().clip_norm(),
-                                  spec.layout().encoded_values(), spec.privacy().rounding_beta());
-    entry.effective_noise_multiplier = privacy::EffectiveNoiseMultiplier(distributed);
+    entry.effective_noise_multiplier =
+        privacy::EffectiveNoiseMultiplier(privacy::DistributedRoundFor(
+            round.encoding, static_cast<int64_t>(spec.layout().encoded_values()),
+            policy_.sampling_rate, static_cast<int64_t>(survivors.size())));
   }
   entry.mechanism = std::string(MechanismName(spec.privacy().mechanism()));
   entry.mode = std::string(PrivacyModeName(spec.privacy().mode()));
@@ -988,9 +953,7 @@ v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64
     status.set_round_id(round_->id);
     status.set_stage(round_->stage);
     status.set_cohort_size(static_cast<uint32_t>(round_->participants.size()));
-    uint32_t survivors = 0;
-    for (const Participant& participant : round_->participants) survivors += !participant.dropped;
-    status.set_survivors(survivors);
+    status.set_survivors(static_cast<uint32_t>(Live(nullptr)));
     *status.mutable_started_at() = ToTimestamp(round_->started_at);
     *status.mutable_stage_deadline() = ToTimestamp(round_->stage_deadline);
     status.set_base_model_version(static_cast<uint64_t>(round_->base.version));

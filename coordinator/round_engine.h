@@ -39,11 +39,15 @@
 #include "model/parameters.h"
 #include "pki/certificate.h"
 #include "privacy/rdp_accountant.h"
+#include "privacy/ring_encoder.h"
 #include "secure_agg/protocol.h"
 
 namespace fedmoe::coordinator {
 
-const char* StageName(v1::RoundStage stage);
+// The stage's proto name without its prefix ("KEYS_SHARED"), as the store records it.
+std::string StageName(v1::RoundStage stage);
+// The inverse; UNSPECIFIED for an unknown name.
+v1::RoundStage StageFromName(const std::string& name);
 
 class RoundEngine {
  public:
@@ -116,6 +120,8 @@ class RoundEngine {
     v1::StageDeadlines deadlines;
     ModelVersionRecord base;
     v1::UpdateSpec spec;
+    // What spec.privacy() tells the clients, as the coordinator decodes and accounts it.
+    privacy::RingEncoding encoding;
     std::string session_id;
     uint32_t degree = 0;
     uint32_t threshold = 0;
@@ -146,8 +152,7 @@ class RoundEngine {
   // Unmasks, merges, checkpoints and commits; runs without the lock held (the round is in
   // UNMASKED, which no submission can change).
   void Commit(Round& round);
-  // ε after one more round planned with these parameters and the fewest survivors that can
-  // commit it, for the budget check; and the RDP that round adds.
+  // The RDP, at each of the accountant's orders, that the round adds with this many survivors.
   absl::StatusOr<std::vector<double>> RoundRdp(const Round& round, int64_t survivors) const;
   // The participant behind a submission for `round_id`, or why there is none.
   absl::StatusOr<Participant*> Submitter(const std::string& client_id, uint64_t round_id,
@@ -156,7 +161,11 @@ class RoundEngine {
   // A participant that sent something malformed or contradictory leaves the round.
   void Drop(Participant& participant, const absl::Status& why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Live participants that have done `done` (all live ones with nullptr).
   int64_t Live(bool Participant::*done) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The fewest participants a round can commit with: every survivor needs `threshold` live
+  // neighbours. The budget check prices a round at this many (the least noise).
+  static int64_t MinimumSurvivors(const Round& round);
 
   const CoordinatorConfig* config_;
   const RoundPolicy& policy_;

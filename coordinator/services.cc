@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -285,9 +286,7 @@ grpc::Status AdminService::ListRounds(grpc::ServerContext* context,
   for (const RoundRecord& record : *rounds) {
     v1::RoundInfo* info = response->add_rounds();
     info->set_round_id(static_cast<uint64_t>(record.round_id));
-    v1::RoundStage stage = v1::ROUND_STAGE_UNSPECIFIED;
-    v1::RoundStage_Parse(absl::StrCat("ROUND_STAGE_", record.stage), &stage);
-    info->set_stage(stage);
+    info->set_stage(StageFromName(record.stage));
     info->set_cohort_size(static_cast<uint32_t>(record.cohort_size));
     info->set_survivors(static_cast<uint32_t>(record.survivors));
     SetTimestamp(record.started_at, info->mutable_started_at());
@@ -496,25 +495,29 @@ grpc::Status FederationService::UploadMaskedInput(grpc::ServerContext* context,
   if (!caller.ok()) return Refuse("UploadMaskedInput", caller.status());
   v1::MaskedInputChunk chunk;
   std::vector<uint64_t> values;
-  bool any = false;
-  uint64_t round_id = 0;
+  // The first chunk pins the stream's round and ring width; the engine checks every chunk
+  // against the open round anyway.
+  std::optional<uint64_t> round_id;
+  int bits = 0;
+  uint64_t max_values = 0;
   while (reader->Read(&chunk)) {
-    if (any && chunk.round_id() != round_id) {
+    if (!round_id.has_value()) {
+      absl::StatusOr<int> open_bits = context_.rounds->OpenRingBits(chunk.round_id());
+      if (!open_bits.ok()) return Refuse("UploadMaskedInput", open_bits.status());
+      round_id = chunk.round_id();
+      bits = *open_bits;
+      max_values = (uint64_t{8} << 20) / static_cast<uint64_t>(bits);
+    } else if (chunk.round_id() != *round_id) {
       return Refuse("UploadMaskedInput",
                     absl::InvalidArgumentError("a masked-input stream changed its round id"));
     }
-    round_id = chunk.round_id();
-    any = true;
-    absl::StatusOr<int> bits = context_.rounds->OpenRingBits(chunk.round_id());
-    if (!bits.ok()) return Refuse("UploadMaskedInput", bits.status());
-    const uint64_t max_values = (uint64_t{8} << 20) / static_cast<uint64_t>(*bits);
     if (chunk.value_count() == 0 || chunk.value_count() > max_values) {
       return Refuse("UploadMaskedInput",
                     absl::InvalidArgumentError(absl::StrCat("a chunk must carry 1 to ", max_values,
                                                             " values, not ", chunk.value_count())));
     }
     values.resize(chunk.value_count());
-    if (absl::Status status = secure_agg::UnpackValues(chunk.packed_values(), *bits, values);
+    if (absl::Status status = secure_agg::UnpackValues(chunk.packed_values(), bits, values);
         !status.ok()) {
       return Refuse("UploadMaskedInput", status);
     }
@@ -523,7 +526,7 @@ grpc::Status FederationService::UploadMaskedInput(grpc::ServerContext* context,
     if (!ack.ok()) return Refuse("UploadMaskedInput", ack.status());
     *response = std::move(*ack);
   }
-  if (!any) {
+  if (!round_id.has_value()) {
     return Refuse("UploadMaskedInput", absl::InvalidArgumentError("the upload carried no chunk"));
   }
   return grpc::Status::OK;

@@ -469,6 +469,11 @@ ModelVersionRecord ReadModel(const Statement& row) {
   return model;
 }
 
+// An aborted round leaves the ledger as it was: its ε after is the newest entry's.
+constexpr const char* kUnchangedEpsilon =
+    "epsilon_after = COALESCE((SELECT epsilon_after FROM privacy_ledger ORDER BY round_id DESC "
+    "LIMIT 1), 0)";
+
 constexpr const char* kRoundColumns =
     "round_id, stage, cohort_size, survivors, started_at_ms, finished_at_ms, base_model_version, "
     "committed_model_version, epsilon_after, abort_reason";
@@ -547,8 +552,8 @@ absl::Status Store::AddInitialModel(const ModelVersionRecord& model) {
 absl::StatusOr<int64_t> Store::AbortUnfinishedRounds(const std::string& reason, absl::Time now) {
   absl::MutexLock lock(&mutex_);
   absl::StatusOr<Statement> update = db_->Prepare(
-      "UPDATE rounds SET stage = 'ABORTED', finished_at_ms = ?, abort_reason = ? "
-      "WHERE stage NOT IN ('COMMITTED', 'ABORTED')");
+      absl::StrCat("UPDATE rounds SET stage = 'ABORTED', finished_at_ms = ?, abort_reason = ?, ",
+                   kUnchangedEpsilon, " WHERE stage NOT IN ('COMMITTED', 'ABORTED')"));
   if (!update.ok()) return update.status();
   if (absl::Status status = update->Bind(1, ToMillis(now)).Bind(2, reason).Run(); !status.ok()) {
     return status;
@@ -593,8 +598,9 @@ absl::Status Store::AbortRound(int64_t round_id, const std::string& reason, int6
                                absl::Time now) {
   absl::MutexLock lock(&mutex_);
   absl::StatusOr<Statement> update = db_->Prepare(
-      "UPDATE rounds SET stage = 'ABORTED', finished_at_ms = ?, abort_reason = ?, survivors = ? "
-      "WHERE round_id = ? AND stage NOT IN ('COMMITTED', 'ABORTED')");
+      absl::StrCat("UPDATE rounds SET stage = 'ABORTED', finished_at_ms = ?, abort_reason = ?, ",
+                   "survivors = ?, ", kUnchangedEpsilon,
+                   " WHERE round_id = ? AND stage NOT IN ('COMMITTED', 'ABORTED')"));
   if (!update.ok()) return update.status();
   return update->Bind(1, ToMillis(now)).Bind(2, reason).Bind(3, survivors).Bind(4, round_id).Run();
 }

@@ -37,12 +37,13 @@ double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, d
   return std::max(1.0, headroom / spread);
 }
 
-absl::StatusOr<v1::UpdateSpec> BuildUpdateSpec(const model::ModelLayout& layout,
-                                               const model::MoeConfig& config,
-                                               const RoundPolicy& policy,
-                                               const v1::ModelManifest& base, int64_t clients,
-                                               const std::string& rotation_seed) {
-  v1::UpdateSpec spec;
+absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const model::ModelLayout& layout,
+                                              const model::MoeConfig& config,
+                                              const RoundPolicy& policy,
+                                              const v1::ModelManifest& base, int64_t clients,
+                                              const std::string& rotation_seed) {
+  PlannedUpdate planned;
+  v1::UpdateSpec& spec = planned.spec;
   *spec.mutable_base_model() = base;
   uint64_t offset = 0;
   for (const model::TensorSpec& tensor : layout.tensors()) {
@@ -82,46 +83,41 @@ absl::StatusOr<v1::UpdateSpec> BuildUpdateSpec(const model::ModelLayout& layout,
                               (policy.histogram_share * policy.clip_norm));
 
   *spec.mutable_training() = policy.training;
-  v1::PrivacySpec* privacy = spec.mutable_privacy();
-  privacy->set_mode(policy.privacy_mode);
-  privacy->set_mechanism(policy.privacy_mode == v1::PrivacySpec::MODE_NONE
-                             ? v1::PrivacySpec::MECHANISM_UNSPECIFIED
-                             : policy.mechanism);
-  privacy->set_clip_norm(policy.clip_norm);
-  const double z =
-      policy.privacy_mode == v1::PrivacySpec::MODE_NONE ? 0.0 : policy.noise_multiplier;
-  privacy->set_noise_multiplier(z);
-  const double scale =
-      ChooseScale(policy.ring_bits, clients, static_cast<int64_t>(update->encoded_values()),
-                  policy.clip_norm, z);
-  privacy->set_scale(scale);
-  privacy->set_expected_survivors(static_cast<uint32_t>(clients));
-  if (policy.privacy_mode == v1::PrivacySpec::MODE_DISTRIBUTED) {
-    privacy->set_local_noise_stddev(z * policy.clip_norm * scale /
-                                    std::sqrt(static_cast<double>(clients)));
-  }
-  privacy->set_rounding_beta(policy.rounding_beta);
-  privacy->set_rotation_seed(rotation_seed);
-  privacy->set_rotate(true);
-  spec.set_collect_metrics(false);
-  return spec;
-}
 
-privacy::RingEncoding EncodingFromSpec(const v1::UpdateSpec& spec, int ring_bits) {
-  const v1::PrivacySpec& privacy = spec.privacy();
-  privacy::RingEncoding encoding;
-  encoding.clip_norm = privacy.clip_norm();
-  encoding.scale = privacy.scale();
-  encoding.rounding_beta = privacy.rounding_beta();
-  encoding.ring_bits = ring_bits;
-  encoding.rotation_seed = privacy.rotation_seed();
-  if (privacy.mode() == v1::PrivacySpec::MODE_DISTRIBUTED) {
-    encoding.mechanism = privacy.mechanism() == v1::PrivacySpec::MECHANISM_SKELLAM
+  // The encoding first, then the PrivacySpec that tells the clients exactly that.
+  const bool noisy = policy.privacy_mode != v1::PrivacySpec::MODE_NONE;
+  const double z = noisy ? policy.noise_multiplier : 0.0;
+  privacy::RingEncoding& encoding = planned.encoding;
+  encoding.clip_norm = policy.clip_norm;
+  encoding.scale = ChooseScale(policy.ring_bits, clients,
+                               static_cast<int64_t>(update->encoded_values()), policy.clip_norm, z);
+  encoding.rounding_beta = policy.rounding_beta;
+  encoding.ring_bits = static_cast<int>(policy.ring_bits);
+  encoding.rotation_seed = rotation_seed;
+  double local_noise_stddev = 0;
+  if (policy.privacy_mode == v1::PrivacySpec::MODE_DISTRIBUTED) {
+    encoding.mechanism = policy.mechanism == v1::PrivacySpec::MECHANISM_SKELLAM
                              ? privacy::NoiseMechanism::kSkellam
                              : privacy::NoiseMechanism::kDiscreteGaussian;
-    encoding.local_noise_variance = privacy.local_noise_stddev() * privacy.local_noise_stddev();
+    // The clients' shares add up to z·C·γ over the planned cohort.
+    local_noise_stddev =
+        z * policy.clip_norm * encoding.scale / std::sqrt(static_cast<double>(clients));
+    encoding.local_noise_variance = local_noise_stddev * local_noise_stddev;
   }
-  return encoding;
+
+  v1::PrivacySpec* privacy = spec.mutable_privacy();
+  privacy->set_mode(policy.privacy_mode);
+  privacy->set_mechanism(noisy ? policy.mechanism : v1::PrivacySpec::MECHANISM_UNSPECIFIED);
+  privacy->set_clip_norm(encoding.clip_norm);
+  privacy->set_noise_multiplier(z);
+  privacy->set_scale(encoding.scale);
+  privacy->set_expected_survivors(static_cast<uint32_t>(clients));
+  privacy->set_local_noise_stddev(local_noise_stddev);
+  privacy->set_rounding_beta(encoding.rounding_beta);
+  privacy->set_rotation_seed(encoding.rotation_seed);
+  privacy->set_rotate(true);
+  spec.set_collect_metrics(false);
+  return planned;
 }
 
 }  // namespace fedmoe::coordinator

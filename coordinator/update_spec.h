@@ -22,17 +22,20 @@ namespace fedmoe::coordinator {
 double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, double clip_norm,
                    double noise_multiplier);
 
+struct PlannedUpdate {
+  v1::UpdateSpec spec;
+  // The ring encoding the spec's PrivacySpec describes: what the coordinator decodes and
+  // accounts with. Clients read the same encoding back from the spec (client/update.h).
+  privacy::RingEncoding encoding;
+};
+
 // The update spec of a round with `clients` participants from `base` (whose layout is given).
 // `rotation_seed` is 32 fresh public bytes.
-absl::StatusOr<v1::UpdateSpec> BuildUpdateSpec(const model::ModelLayout& layout,
-                                               const model::MoeConfig& config,
-                                               const RoundPolicy& policy,
-                                               const v1::ModelManifest& base, int64_t clients,
-                                               const std::string& rotation_seed);
-
-// The ring encoding a spec describes, as the coordinator decodes it. Clients build theirs from
-// the same fields (client/update.h).
-privacy::RingEncoding EncodingFromSpec(const v1::UpdateSpec& spec, int ring_bits);
+absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const model::ModelLayout& layout,
+                                              const model::MoeConfig& config,
+                                              const RoundPolicy& policy,
+                                              const v1::ModelManifest& base, int64_t clients,
+                                              const std::string& rotation_seed);
 
 }  // namespace fedmoe::coordinator
 

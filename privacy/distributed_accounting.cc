@@ -70,6 +70,20 @@ double EffectiveNoiseMultiplier(const DistributedRound& round) {
          round.l2_sensitivity;
 }
 
+DistributedRound DistributedRoundFor(const RingEncoding& encoding, int64_t encoded_dimension,
+                                     double sampling_rate, int64_t survivors) {
+  DistributedRound round;
+  round.mechanism = encoding.mechanism;
+  round.sampling_rate = sampling_rate;
+  round.local_noise_variance = encoding.local_noise_variance;
+  round.survivors = survivors;
+  round.dimension = encoded_dimension;
+  round.l2_sensitivity =
+      RoundedNormBound(encoding.scale * encoding.clip_norm, static_cast<size_t>(encoded_dimension),
+                       encoding.rounding_beta);
+  return round;
+}
+
 absl::StatusOr<std::vector<double>> DistributedRoundRdp(const DistributedRound& round,
                                                         std::span<const double> orders) {
   if (round.mechanism == NoiseMechanism::kNone) {

@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "privacy/noise.h"
+#include "privacy/ring_encoder.h"
 
 namespace fedmoe::privacy {
 
@@ -34,6 +35,12 @@ struct DistributedRound {
   // Length of the encoded vector (the rotation's padded dimension).
   int64_t dimension = 0;
 };
+
+// The round that `survivors` clients encoding with `encoding` make, as the accountant prices
+// it: their noise shares, and the sensitivity RoundedNormBound(γC, d, β) of the encoded
+// dimension d.
+DistributedRound DistributedRoundFor(const RingEncoding& encoding, int64_t encoded_dimension,
+                                     double sampling_rate, int64_t survivors);
 
 // RDP of one such round at each order.
 absl::StatusOr<std::vector<double>> DistributedRoundRdp(const DistributedRound& round,
