@@ -20,6 +20,7 @@
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
+#include "tests/integration/coordinator_fixture.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
 
@@ -34,80 +35,12 @@ mode_t Mode(const std::filesystem::path& path) {
   return info.st_mode & 0777;
 }
 
-struct Token {
-  std::string token;
-  std::string fingerprint;
-};
-
-// A coordinator in a fresh state directory on free loopback ports, with short poll waits so
-// that "the next RPC" comes within seconds.
-class FederationTest : public ::testing::Test {
+// A coordinator started for every test.
+class FederationTest : public CoordinatorFixture {
  protected:
   void SetUp() override {
-    mtls_address_ = absl::StrCat("127.0.0.1:", FreePort());
-    enroll_address_ = absl::StrCat("127.0.0.1:", FreePort());
-    state_ = dir_.path() / "coordinator";
-    CommandResult init =
-        Coordinator({"init", "--federation", "acme", "--state-dir", state_.string(), "--listen",
-                     mtls_address_, "--enroll-listen", enroll_address_});
-    ASSERT_EQ(init.exit_code, 0) << init.err;
-    ASSERT_TRUE(
-        ReplaceInFile(state_ / "coordinator.yaml", "poll_max_wait: 30s", "poll_max_wait: 2s"));
+    InitCoordinator();
     StartCoordinator();
-  }
-
-  void StartCoordinator() {
-    coordinator_ = std::make_unique<Daemon>(
-        std::vector<std::string>{BinaryPath("fedmoe-coordinator"), "serve", "--config",
-                                 (state_ / "coordinator.yaml").string()},
-        dir_.path() / absl::StrCat("coordinator-", ++coordinator_starts_, ".log"));
-    ASSERT_TRUE(WaitFor([&] { return Coordinator({"status"}).exit_code == 0; }, absl::Seconds(20)))
-        << coordinator_->Log();
-  }
-
-  // Runs an admin command against this federation.
-  CommandResult Coordinator(std::vector<std::string> args) {
-    args.insert(args.begin(), BinaryPath("fedmoe-coordinator"));
-    if (args[1] != "init") {
-      args.emplace_back("--state-dir");
-      args.push_back(state_.string());
-    }
-    return RunCommand(args);
-  }
-
-  Token CreateToken(const std::string& client_id, const std::string& ttl = "1h") {
-    CommandResult result =
-        Coordinator({"token", "create", "--client-id", client_id, "--ttl", ttl, "--json"});
-    EXPECT_EQ(result.exit_code, 0) << result.err;
-    google::protobuf::Struct json;
-    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(result.out, &json).ok()) << result.out;
-    return {json.fields().at("token").string_value(),
-            json.fields().at("ca_fingerprint").string_value()};
-  }
-
-  CommandResult Enroll(const Token& token, const std::filesystem::path& state_dir) {
-    return RunCommand({BinaryPath("fedmoe-client"), "enroll", "--coordinator", enroll_address_,
-                       "--token", token.token, "--ca-fingerprint", token.fingerprint, "--state-dir",
-                       state_dir.string()});
-  }
-
-  // Enrolls `client_id` and tunes its daemon for tests: short polls and backoff.
-  std::filesystem::path EnrollClient(const std::string& client_id) {
-    std::filesystem::path state_dir = dir_.path() / client_id;
-    CommandResult result = Enroll(CreateToken(client_id), state_dir);
-    EXPECT_EQ(result.exit_code, 0) << result.err;
-    const auto config = state_dir / "client.yaml";
-    EXPECT_TRUE(ReplaceInFile(config, "max_wait: 30s", "max_wait: 2s"));
-    EXPECT_TRUE(ReplaceInFile(config, "backoff_initial: 1s", "backoff_initial: 100ms"));
-    EXPECT_TRUE(ReplaceInFile(config, "backoff_max: 1m", "backoff_max: 1s"));
-    return state_dir;
-  }
-
-  std::unique_ptr<Daemon> StartClient(const std::filesystem::path& state_dir) {
-    return std::make_unique<Daemon>(
-        std::vector<std::string>{BinaryPath("fedmoe-client"), "run", "--config",
-                                 (state_dir / "client.yaml").string()},
-        state_dir.parent_path() / (state_dir.filename().string() + ".log"));
   }
 
   v1::ListClientsResponse ListClients() {
@@ -139,13 +72,6 @@ class FederationTest : public ::testing::Test {
     EXPECT_TRUE(coordinator_->running()) << coordinator_->Log();
     EXPECT_EQ(Coordinator({"status"}).exit_code, 0);
   }
-
-  TempDir dir_;
-  std::filesystem::path state_;
-  std::string mtls_address_;
-  std::string enroll_address_;
-  std::unique_ptr<Daemon> coordinator_;
-  int coordinator_starts_ = 0;
 };
 
 TEST_F(FederationTest, EnrolledClientRunsAndIsListedOnline) {

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "fedmoe/v1/admin.pb.h"
+#include "tests/integration/coordinator_fixture.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
 
@@ -23,74 +24,40 @@ namespace {
 
 using ::testing::HasSubstr;
 
-class RoundsTest : public ::testing::Test {
+class RoundsTest : public CoordinatorFixture {
  protected:
-  // A coordinator whose round policy is `rounds_yaml` (the model, rounds, privacy and secagg
+  // A coordinator whose round policy is `rounds_yaml` (the rounds, privacy and secagg
   // sections), over a freshly initialised small MoE.
   void StartFederation(const std::string& rounds_yaml) {
-    mtls_address_ = absl::StrCat("127.0.0.1:", FreePort());
-    enroll_address_ = absl::StrCat("127.0.0.1:", FreePort());
-    state_ = dir_.path() / "coordinator";
     const std::filesystem::path source = FEDMOE_SOURCE_DIR;
     CommandResult model = RunCommand({BinaryPath("fedmoe-client"), "model", "init", "--config",
                                       (source / "deploy/quickstart-model.json").string(), "--out",
                                       (dir_.path() / "initial").string(), "--seed", "3"});
     ASSERT_EQ(model.exit_code, 0) << model.err;
-    CommandResult init =
-        Coordinator({"init", "--federation", "acme", "--state-dir", state_.string(), "--listen",
-                     mtls_address_, "--enroll-listen", enroll_address_});
-    ASSERT_EQ(init.exit_code, 0) << init.err;
+    InitCoordinator();
     const std::filesystem::path config = state_ / "coordinator.yaml";
     std::string text = ReadFile(config);
     text = text.substr(0, text.find("\nmodel:\n"));
     text += absl::StrCat("\nmodel:\n  initial: ", (dir_.path() / "initial").string(), "\n",
                          rounds_yaml);
     WriteFile(config, text);
-    ASSERT_TRUE(ReplaceInFile(config, "poll_max_wait: 30s", "poll_max_wait: 2s"));
     StartCoordinator();
   }
 
-  void StartCoordinator() {
-    coordinator_ = std::make_unique<Daemon>(
-        std::vector<std::string>{BinaryPath("fedmoe-coordinator"), "serve", "--config",
-                                 (state_ / "coordinator.yaml").string()},
-        dir_.path() / absl::StrCat("coordinator-", ++coordinator_starts_, ".log"));
-    ASSERT_TRUE(WaitFor([&] { return Coordinator({"status"}).exit_code == 0; }, absl::Seconds(20)))
-        << coordinator_->Log();
-  }
-
-  CommandResult Coordinator(std::vector<std::string> args) {
-    args.insert(args.begin(), BinaryPath("fedmoe-coordinator"));
-    if (args[1] != "init") {
-      args.emplace_back("--state-dir");
-      args.push_back(state_.string());
-    }
-    return RunCommand(args);
-  }
-
-  // Enrolls `client_id` with the given private data and starts its daemon.
+  // Enrolls `client_id` with `domain`'s bundled corpus as its private data and starts it.
   void AddClient(const std::string& client_id, const std::string& domain) {
-    CommandResult token =
-        Coordinator({"token", "create", "--client-id", client_id, "--ttl", "1h", "--json"});
-    ASSERT_EQ(token.exit_code, 0) << token.err;
-    google::protobuf::Struct json;
-    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(token.out, &json).ok());
-    const std::filesystem::path state_dir = dir_.path() / client_id;
-    const std::filesystem::path source = FEDMOE_SOURCE_DIR;
-    CommandResult enrolled =
-        RunCommand({BinaryPath("fedmoe-client"), "enroll", "--coordinator", enroll_address_,
-                    "--token", json.fields().at("token").string_value(), "--ca-fingerprint",
-                    json.fields().at("ca_fingerprint").string_value(), "--state-dir",
-                    state_dir.string(), "--data", (source / "deploy/corpora" / domain).string()});
-    ASSERT_EQ(enrolled.exit_code, 0) << enrolled.err;
-    const auto config = state_dir / "client.yaml";
-    ASSERT_TRUE(ReplaceInFile(config, "max_wait: 30s", "max_wait: 2s"));
-    ASSERT_TRUE(ReplaceInFile(config, "backoff_initial: 1s", "backoff_initial: 100ms"));
-    ASSERT_TRUE(ReplaceInFile(config, "backoff_max: 1m", "backoff_max: 1s"));
-    ASSERT_TRUE(ReplaceInFile(config, "threads: 0", "threads: 1"));
-    clients_[client_id] = std::make_unique<Daemon>(
-        std::vector<std::string>{BinaryPath("fedmoe-client"), "run", "--config", config.string()},
-        dir_.path() / (client_id + ".log"));
+    const std::filesystem::path data =
+        std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy/corpora" / domain;
+    const std::filesystem::path state_dir = EnrollClient(client_id, {"--data", data.string()});
+    ASSERT_TRUE(ReplaceInFile(state_dir / "client.yaml", "threads: 0", "threads: 1"));
+    clients_[client_id] = StartClient(state_dir);
+  }
+
+  // The three organisations most tests federate.
+  void AddThreeClients() {
+    AddClient("bank", "finance");
+    AddClient("helpdesk", "it_support");
+    AddClient("lawfirm", "contracts");
   }
 
   v1::ListRoundsResponse Rounds() {
@@ -128,12 +95,6 @@ class RoundsTest : public ::testing::Test {
     return json.fields().at("loss").number_value();
   }
 
-  TempDir dir_;
-  std::filesystem::path state_;
-  std::string mtls_address_;
-  std::string enroll_address_;
-  std::unique_ptr<Daemon> coordinator_;
-  int coordinator_starts_ = 0;
   std::map<std::string, std::unique_ptr<Daemon>> clients_;
 };
 
@@ -155,9 +116,7 @@ TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss)
   mode: distributed
   noise_multiplier: 0.001
 )"));
-  AddClient("bank", "finance");
-  AddClient("helpdesk", "it_support");
-  AddClient("lawfirm", "contracts");
+  AddThreeClients();
   ASSERT_TRUE(WaitFor([&] { return Committed() == 2; }, absl::Seconds(240))) << coordinator_->Log();
 
   const v1::ListRoundsResponse rounds = Rounds();
@@ -206,9 +165,7 @@ TEST_F(RoundsTest, AKill9OfTheCoordinatorAbortsTheOpenRoundAndTheNextOneCommits)
   mode: distributed
   noise_multiplier: 0.5
 )"));
-  AddClient("bank", "finance");
-  AddClient("helpdesk", "it_support");
-  AddClient("lawfirm", "contracts");
+  AddThreeClients();
   ASSERT_TRUE(WaitFor([&] { return Committed() == 1; }, absl::Seconds(120))) << coordinator_->Log();
   // Kill it while round 2 is open (it starts a second after round 1 commits).
   ASSERT_TRUE(WaitFor([&] { return Rounds().rounds_size() == 2; }, absl::Seconds(30)));
@@ -248,9 +205,7 @@ TEST_F(RoundsTest, ARevokedClientIsLeftOutOfTheNextRound) {
   mode: distributed
   noise_multiplier: 0.5
 )"));
-  AddClient("bank", "finance");
-  AddClient("helpdesk", "it_support");
-  AddClient("lawfirm", "contracts");
+  AddThreeClients();
   AddClient("insurer", "finance");
   auto committed_with = [&](uint32_t cohort, uint64_t after_round) {
     const v1::ListRoundsResponse rounds = Rounds();
@@ -291,9 +246,7 @@ TEST_F(RoundsTest, AnExhaustedPrivacyBudgetStopsTheRoundsWithAClearStatus) {
   noise_multiplier: 0.5
   target_epsilon: 15
 )"));
-  AddClient("bank", "finance");
-  AddClient("helpdesk", "it_support");
-  AddClient("lawfirm", "contracts");
+  AddThreeClients();
   ASSERT_TRUE(WaitFor([&] { return !Status().rounds_paused_reason().empty(); }, absl::Seconds(120)))
       << coordinator_->Log();
   const v1::GetStatusResponse status = Status();
