@@ -82,8 +82,11 @@ say "preparing the initial global model (a small Mixtral-layout MoE: 2 layers, 4
 # speaks English rather than noise.
 mkdir -p "$work/public"
 cat "$root/README.md" "$root/docs/"*.md > "$work/public/public.md"
+# Every tensor trains here (the default trains only experts and routers, as a federation does).
+printf 'trainable: [all]\n' >"$work/base-train.yaml"
 "$bin/fedmoe-client" train --model "$work/init" --data "$work/public" --out "$work/base" \
-  --steps 400 --batch-size 8 --seq-len 64 --lr 0.01 --log-every 1000 >"$work/base-train.log"
+  --config "$work/base-train.yaml" --steps 400 --batch-size 8 --seq-len 64 --lr 0.01 \
+  --log-every 1000 >"$work/base-train.log"
 echo "    base model: $(tail -1 "$work/base-train.log")"
 
 mtls=127.0.0.1:$(free_port)
