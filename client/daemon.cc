@@ -281,10 +281,17 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   return absl::OkStatus();
 }
 
+void ClientDaemon::RunStage(uint64_t round_id, v1::RoundStage completes,
+                            const std::function<absl::Status()>& step) {
+  if (participant_ == nullptr || participant_->round_id() != round_id) {
+    return Withdraw(round_id,
+                    absl::FailedPreconditionError("this client holds no state for the round"));
+  }
+  if (absl::Status status = step(); !status.ok()) return Withdraw(round_id, status);
+  known_stage_ = completes;
+}
+
 void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
-  auto in_round = [this](uint64_t round_id) {
-    return participant_ != nullptr && participant_->round_id() == round_id;
-  };
   switch (response.task_case()) {
     case v1::PollTaskResponse::kJoinRound: {
       const v1::JoinRoundTask& task = response.join_round();
@@ -297,47 +304,17 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
       WriteStatus("in_round", absl::StrCat("round ", task.round_id(), ": keys advertised"));
       return;
     }
-    case v1::PollTaskResponse::kShareKeys: {
-      const uint64_t round_id = response.share_keys().round_id();
-      if (!in_round(round_id)) {
-        return Withdraw(round_id,
-                        absl::FailedPreconditionError("this client holds no state for the round"));
-      }
-      if (absl::Status status = participant_->ShareKeys(*federation_, response.share_keys());
-          !status.ok()) {
-        return Withdraw(round_id, status);
-      }
-      known_stage_ = v1::ROUND_STAGE_KEYS_SHARED;
-      return;
-    }
-    case v1::PollTaskResponse::kMaskedInput: {
-      const uint64_t round_id = response.masked_input().round_id();
-      if (!in_round(round_id)) {
-        return Withdraw(round_id,
-                        absl::FailedPreconditionError("this client holds no state for the round"));
-      }
-      if (absl::Status status = participant_->UploadMaskedInput(
-              *federation_, response.masked_input(), std::move(encoded_update_));
-          !status.ok()) {
-        return Withdraw(round_id, status);
-      }
-      encoded_update_.clear();
-      known_stage_ = v1::ROUND_STAGE_MASKED_COLLECTED;
-      return;
-    }
-    case v1::PollTaskResponse::kUnmask: {
-      const uint64_t round_id = response.unmask().round_id();
-      if (!in_round(round_id)) {
-        return Withdraw(round_id,
-                        absl::FailedPreconditionError("this client holds no state for the round"));
-      }
-      if (absl::Status status = participant_->Unmask(*federation_, response.unmask());
-          !status.ok()) {
-        return Withdraw(round_id, status);
-      }
-      known_stage_ = v1::ROUND_STAGE_UNMASKED;
-      return;
-    }
+    case v1::PollTaskResponse::kShareKeys:
+      return RunStage(response.share_keys().round_id(), v1::ROUND_STAGE_KEYS_SHARED,
+                      [&] { return participant_->ShareKeys(*federation_, response.share_keys()); });
+    case v1::PollTaskResponse::kMaskedInput:
+      return RunStage(response.masked_input().round_id(), v1::ROUND_STAGE_MASKED_COLLECTED, [&] {
+        return participant_->UploadMaskedInput(*federation_, response.masked_input(),
+                                               std::move(encoded_update_));
+      });
+    case v1::PollTaskResponse::kUnmask:
+      return RunStage(response.unmask().round_id(), v1::ROUND_STAGE_UNMASKED,
+                      [&] { return participant_->Unmask(*federation_, response.unmask()); });
     case v1::PollTaskResponse::kRoundFinished: {
       const v1::RoundFinished& finished = response.round_finished();
       if (participant_ != nullptr) progress_.bytes_sent_last_round = participant_->bytes_sent();

@@ -7,6 +7,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -54,6 +55,10 @@ class ClientDaemon {
   // advertises keys (DESIGN §3.2–§4).
   absl::Status JoinRound(const v1::JoinRoundTask& task);
   void Withdraw(uint64_t round_id, const absl::Status& why);
+  // A later SecAgg+ stage of the round this client is in: `step` does it, and on success the
+  // client reports `completes` on its next poll.
+  void RunStage(uint64_t round_id, v1::RoundStage completes,
+                const std::function<absl::Status()>& step);
   // Why the coordinator is unavailable to this client, as far as a direct TLS probe and a
   // local check of the certificate can tell.
   std::string DiagnoseUnavailable();

@@ -98,6 +98,11 @@ class RoundsTest : public CoordinatorFixture {
   std::map<std::string, std::unique_ptr<Daemon>> clients_;
 };
 
+constexpr char kModerateNoise[] = R"(privacy:
+  mode: distributed
+  noise_multiplier: 0.5
+)";
+
 constexpr char kTraining[] = R"(  training:
     steps: 15
     batch_size: 4
@@ -161,10 +166,7 @@ TEST_F(RoundsTest, AKill9OfTheCoordinatorAbortsTheOpenRoundAndTheNextOneCommits)
   interval: 1s
   max_rounds: 2
 )",
-                               kTraining, R"(privacy:
-  mode: distributed
-  noise_multiplier: 0.5
-)"));
+                               kTraining, kModerateNoise));
   AddThreeClients();
   ASSERT_TRUE(WaitFor([&] { return Committed() == 1; }, absl::Seconds(120))) << coordinator_->Log();
   // Kill it while round 2 is open (it starts a second after round 1 commits).
@@ -201,10 +203,7 @@ TEST_F(RoundsTest, ARevokedClientIsLeftOutOfTheNextRound) {
   timeouts:
     train: 30s
 )",
-                               kTraining, R"(privacy:
-  mode: distributed
-  noise_multiplier: 0.5
-)"));
+                               kTraining, kModerateNoise));
   AddThreeClients();
   AddClient("insurer", "finance");
   auto committed_with = [&](uint32_t cohort, uint64_t after_round) {
