@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/grpc_status.h"
 #include "client/tls_probe.h"
 #include "config/address.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
@@ -99,9 +100,7 @@ absl::StatusOr<ClientConfig> Enroll(const EnrollOptions& options) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoSeconds(options.timeout));
   if (grpc::Status status = stub->Enroll(&context, request, &response); !status.ok()) {
-    return absl::Status(
-        static_cast<absl::StatusCode>(status.error_code()),
-        absl::StrCat("the coordinator refused enrollment: ", status.error_message()));
+    return FromGrpc(status, "the coordinator refused enrollment");
   }
 
   // The reply must be a certificate for this key, of this federation, under the pinned CA.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "client/grpc_status.h"
 #include "logging/log.h"
 #include "storage/atomic_file.h"
 
@@ -52,9 +53,7 @@ absl::Status DownloadFile(v1::Federation::StubInterface& stub, uint64_t version,
     out.close();
     grpc::Status status = reader->Finish();
     if (!status.ok()) {
-      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                          absl::StrCat("downloading ", file.name(), " stopped at byte ", held, ": ",
-                                       status.error_message()));
+      return FromGrpc(status, absl::StrCat("downloading ", file.name(), " stopped at byte ", held));
     }
     if (held != file.size_bytes()) {
       return absl::UnavailableError(absl::StrCat("downloading ", file.name(), " stopped at byte ",

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "client/grpc_status.h"
 #include "logging/log.h"
 #include "secure_agg/packing.h"
 
@@ -13,11 +14,6 @@ namespace fedmoe::client {
 namespace {
 
 using google::protobuf::util::TimeUtil;
-
-absl::Status FromGrpc(const grpc::Status& status, const char* what) {
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(what, ": ", status.error_message()));
-}
 
 // Calls `call` until it succeeds, fails for good, or `deadline` passes; waits 0.5 s, 1 s, 2 s,
 // ... (at most 8 s) between attempts.

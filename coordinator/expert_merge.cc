@@ -34,7 +34,7 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
     }
   }
   merged.untouched.assign(static_cast<size_t>(spec.trainable_tensors_size()), false);
-  const double mean_divisor = static_cast<double>(survivors);
+  const auto mean_divisor = static_cast<double>(survivors);
   for (int i = 0; i < spec.trainable_tensors_size(); ++i) {
     const v1::TrainableTensor& tensor = spec.trainable_tensors(i);
     const uint64_t end = i + 1 < spec.trainable_tensors_size()

@@ -43,7 +43,7 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
 // published version (ModelRepository).
 class ServerOptimizer {
  public:
-  explicit ServerOptimizer(const RoundPolicy& policy) : policy_(policy) {}
+  explicit ServerOptimizer(RoundPolicy policy) : policy_(std::move(policy)) {}
 
   // Replaces the moments (after a restart); ignored unless their length matches the next Δ.
   void RestoreMoments(std::vector<float> first, std::vector<float> second);

@@ -143,8 +143,7 @@ absl::Status RoundEngine::Load() {
     }
     absl::StatusOr<model::ModelParameters> initial = model::LoadModel(policy_.initial_model);
     if (!initial.ok()) {
-      return absl::Status(initial.status().code(),
-                          absl::StrCat("model.initial: ", initial.status().message()));
+      return {initial.status().code(), absl::StrCat("model.initial: ", initial.status().message())};
     }
     const std::filesystem::path tokenizer = policy_.initial_model / "tokenizer.json";
     absl::StatusOr<ModelVersionRecord> record =
