@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/coordinator_channel.h"
 #include "client/model_sync.h"
 #include "client/tls_probe.h"
 #include "client/update.h"
@@ -57,42 +58,14 @@ absl::Status ClientDaemon::RecoverInterruptedRenewal() {
 }
 
 absl::Status ClientDaemon::Connect() {
-  const ClientStateDir& dir = config_.state_dir;
   if (absl::Status status = RecoverInterruptedRenewal(); !status.ok()) return status;
-  absl::StatusOr<pki::Certificate> ca = pki::Certificate::ReadFile(dir.ca_certificate());
-  if (!ca.ok()) return ca.status();
-  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::ReadFile(dir.certificate());
-  if (!certificate.ok()) return certificate.status();
-  absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(dir.key());
-  if (!key.ok()) return key.status();
-  absl::StatusOr<std::string> key_pem = key->ToPem();
-  if (!key_pem.ok()) return key_pem.status();
-  if (certificate->PublicKeyDer() != *key->PublicKeyDer()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        dir.certificate().string(), " does not belong to the key in ", dir.key().string()));
-  }
-  grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = ca->ToPem();
-  tls.pem_private_key = *key_pem;
-  tls.pem_cert_chain = certificate->ToPem();
-  grpc::ChannelArguments arguments;
-  // Pings keep NAT and proxy entries alive while a long poll is open.
-  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
-  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
-  arguments.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
-  // gRPC's own reconnect backoff (up to 120 s by default) would otherwise outlast ours after a
-  // coordinator restart; bound it by the configured backoff. (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS
-  // is left alone: gRPC also uses it as the connect-and-handshake timeout.)
-  const int backoff_initial_ms =
-      static_cast<int>(absl::ToInt64Milliseconds(config_.backoff_initial));
-  const int backoff_max_ms = static_cast<int>(absl::ToInt64Milliseconds(config_.backoff_max));
-  arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, backoff_initial_ms);
-  arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff_max_ms);
-  channel_ = grpc::CreateCustomChannel(config_.coordinator, grpc::SslCredentials(tls), arguments);
+  absl::StatusOr<CoordinatorChannel> dialled = DialCoordinator(config_);
+  if (!dialled.ok()) return dialled.status();
+  channel_ = dialled->channel;
   federation_ = v1::Federation::NewStub(channel_);
   certificates_ = v1::Certificates::NewStub(channel_);
-  certificate_ = *certificate;
-  key_ = std::move(*key);
+  certificate_ = std::move(dialled->certificate);
+  key_ = std::move(dialled->key);
   return absl::OkStatus();
 }
 

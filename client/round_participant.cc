@@ -109,6 +109,8 @@ absl::Status RoundParticipant::AdvertiseKeys(v1::Federation::StubInterface& stub
         return stub.AdvertiseKeys(&context, request, &ack);
       });
   if (!status.ok()) return FromGrpc(status, "AdvertiseKeys");
+  bytes_received_ += ack.ByteSizeLong();
+  advertised_ = std::move(request);
   completed_ = v1::ROUND_STAGE_KEYS_ADVERTISED;
   return absl::OkStatus();
 }
@@ -137,6 +139,7 @@ absl::Status RoundParticipant::ShareKeys(v1::Federation::StubInterface& stub,
         return stub.ShareKeys(&context, request, &ack);
       });
   if (!status.ok()) return FromGrpc(status, "ShareKeys");
+  bytes_received_ += ack.ByteSizeLong();
   completed_ = v1::ROUND_STAGE_KEYS_SHARED;
   return absl::OkStatus();
 }
@@ -177,6 +180,8 @@ absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& 
         return StreamFrom(stub, context, next);
       });
   if (!status.ok()) return FromGrpc(status, "UploadMaskedInput");
+  // The coordinator holds the whole vector now; a retry can no longer need it.
+  std::vector<uint64_t>().swap(masked_);
   completed_ = v1::ROUND_STAGE_MASKED_COLLECTED;
   return absl::OkStatus();
 }
@@ -209,6 +214,7 @@ grpc::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub,
   }
   writer->WritesDone();
   grpc::Status status = writer->Finish();
+  bytes_received_ += ack.ByteSizeLong();
   if (status.ok() && ack.values_received() != masked_.size()) {
     return {grpc::StatusCode::UNAVAILABLE,
             absl::StrCat("the coordinator holds ", ack.values_received(), " of ", masked_.size(),
@@ -243,6 +249,7 @@ absl::Status RoundParticipant::Unmask(v1::Federation::StubInterface& stub,
         return stub.Unmask(&context, request, &ack);
       });
   if (!status.ok()) return FromGrpc(status, "Unmask");
+  bytes_received_ += ack.ByteSizeLong();
   completed_ = v1::ROUND_STAGE_UNMASKED;
   return absl::OkStatus();
 }

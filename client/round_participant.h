@@ -42,6 +42,10 @@ class RoundParticipant {
   v1::RoundStage completed() const { return completed_; }
   // Request bytes sent so far (serialized messages), for the bytes-per-round report.
   uint64_t bytes_sent() const { return bytes_sent_; }
+  // Response bytes received from the stage calls (acknowledgements).
+  uint64_t bytes_received() const { return bytes_received_; }
+  // The AdvertiseKeys message this participant sent (its public keys and their signature).
+  const v1::AdvertiseKeysRequest& advertised() const { return advertised_; }
 
   absl::Status AdvertiseKeys(v1::Federation::StubInterface& stub);
   absl::Status ShareKeys(v1::Federation::StubInterface& stub, const v1::ShareKeysTask& task);
@@ -66,6 +70,8 @@ class RoundParticipant {
   std::vector<uint64_t> masked_;
   v1::RoundStage completed_ = v1::ROUND_STAGE_UNSPECIFIED;
   uint64_t bytes_sent_ = 0;
+  uint64_t bytes_received_ = 0;
+  v1::AdvertiseKeysRequest advertised_;
 };
 
 // Whether a failed stage RPC may be retried (transport trouble) or means the client is out of

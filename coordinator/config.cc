@@ -40,6 +40,7 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   reader->Read("certificates.server_validity", &config.server_certificate_validity);
   reader->Read("limits.max_message_bytes", &config.max_message_bytes);
   reader->Read("limits.max_concurrent_streams", &config.max_concurrent_streams);
+  reader->Read("limits.transport_memory_bytes", &config.transport_memory_bytes);
   reader->Read("limits.poll_max_wait", &config.poll_max_wait);
   reader->Read("keepalive.time", &config.keepalive_time);
   reader->Read("keepalive.timeout", &config.keepalive_timeout);
@@ -78,6 +79,10 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   }
   if (config.max_concurrent_streams < 1 || config.max_concurrent_streams > 100000) {
     reader->Invalid("limits.max_concurrent_streams", "must be between 1 and 100000");
+  }
+  if (config.transport_memory_bytes < (16 << 20) ||
+      config.transport_memory_bytes > (int64_t{64} << 30)) {
+    reader->Invalid("limits.transport_memory_bytes", "must be between 16 MiB and 64 GiB");
   }
   if (config.poll_max_wait < absl::Seconds(1) || config.poll_max_wait > absl::Minutes(10)) {
     reader->Invalid("limits.poll_max_wait", "must be between 1s and 10m");
@@ -141,6 +146,11 @@ std::string CoordinatorConfig::ToYaml() const {
       "  # Concurrent streams per connection.\n"
       "  max_concurrent_streams: ",
       max_concurrent_streams,
+      "\n"
+      "  # gRPC's memory for all connections' buffers together; a busy round slows down rather\n"
+      "  # than growing past it.\n"
+      "  transport_memory_bytes: ",
+      transport_memory_bytes,
       "\n"
       "  # Longest a client's PollTask is held open before an Idle answer.\n"
       "  poll_max_wait: ",

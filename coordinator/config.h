@@ -44,6 +44,10 @@ struct CoordinatorConfig {
   absl::Duration server_certificate_validity = absl::Hours(24 * 365);
   int64_t max_message_bytes = 4 << 20;
   int64_t max_concurrent_streams = 256;
+  // gRPC's memory quota for the mTLS port: read buffers and flow-control windows of every
+  // connection together. Under pressure gRPC shrinks windows and reads less, so a thousand
+  // clients uploading at once slow down instead of growing the coordinator.
+  int64_t transport_memory_bytes = 64 << 20;
   absl::Duration poll_max_wait = absl::Seconds(30);
   absl::Duration keepalive_time = absl::Seconds(60);
   absl::Duration keepalive_timeout = absl::Seconds(20);

@@ -4,6 +4,8 @@
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
+#include <malloc.h>
+#include <sys/resource.h>
 
 #include <charconv>
 #include <cmath>
@@ -19,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "config/command_line.h"
+#include "coordinator/admin_channel.h"
 #include "coordinator/config.h"
 #include "coordinator/server.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
@@ -99,30 +102,7 @@ absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CommandLine& fl
   }
   absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(config_path);
   if (!config.ok()) return config.status();
-  const StateDir& dir = config->state_dir;
-  absl::StatusOr<pki::Certificate> ca = pki::Certificate::ReadFile(dir.ca_certificate());
-  if (!ca.ok()) return ca.status();
-  absl::StatusOr<pki::Certificate> certificate =
-      pki::Certificate::ReadFile(dir.admin_certificate());
-  if (!certificate.ok()) return certificate.status();
-  absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(dir.admin_key());
-  if (!key.ok()) return key.status();
-  absl::StatusOr<std::string> key_pem = key->ToPem();
-  if (!key_pem.ok()) return key_pem.status();
-
-  std::string address = flags.GetOr("coordinator", config->listen);
-  // A wildcard bind is reached through loopback on the coordinator's own host.
-  for (const char* wildcard : {"0.0.0.0:", "[::]:"}) {
-    if (address.rfind(wildcard, 0) == 0) {
-      address = "127.0.0.1:" + address.substr(std::string(wildcard).size());
-    }
-  }
-  grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = ca->ToPem();
-  tls.pem_private_key = *key_pem;
-  tls.pem_cert_chain = certificate->ToPem();
-  auto channel = grpc::CreateChannel(address, grpc::SslCredentials(tls));
-  return v1::Admin::NewStub(channel);
+  return coordinator::DialAdmin(*config, flags.GetOr("coordinator", ""));
 }
 
 std::unique_ptr<grpc::ClientContext> AdminContext() {
@@ -163,6 +143,21 @@ int Init(const std::vector<std::string>& args) {
   return 0;
 }
 
+// Each client holds a connection, so a large federation needs more descriptors than the usual
+// soft limit of 1024. And the coordinator's buffers are large and short-lived (update chunks,
+// the round's sum, model files): glibc's sliding mmap threshold would move them into arenas
+// that fragment and keep RSS high after every round, so they are always mapped and returned,
+// and the arenas are few.
+void PrepareProcessForManyClients() {
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
+  mallopt(M_ARENA_MAX, 4);
+}
+
 int Serve(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args, {"config"}, {});
   if (!flags.ok()) return Fail(flags.status());
@@ -171,6 +166,7 @@ int Serve(const std::vector<std::string>& args) {
   absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(*path);
   if (!config.ok()) return Fail(config.status());
   if (auto level = ParseLogLevel(config->log_level); level.ok()) SetMinLogLevel(*level);
+  PrepareProcessForManyClients();
 
   // Signals are taken synchronously by this thread; every thread started after this inherits
   // the mask, so SIGTERM never lands in a gRPC thread.

@@ -1,6 +1,7 @@
 #include "coordinator/server.h"
 
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,9 @@ void ApplyLimits(const CoordinatorConfig& config, grpc::ServerBuilder& builder) 
   // Clients ping while a long poll is open; allow it as often as they are configured to.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  grpc::ResourceQuota quota("fedmoe-transport");
+  quota.Resize(static_cast<size_t>(config.transport_memory_bytes));
+  builder.SetResourceQuota(quota);
 }
 
 }  // namespace

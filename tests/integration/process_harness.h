@@ -42,6 +42,7 @@ class Daemon {
   std::optional<int> Wait(absl::Duration timeout);
   bool running();
   std::string Log() const;
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;

@@ -1,0 +1,244 @@
+#include "bench/simulated_client.h"
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/enroll.h"
+#include "client/grpc_status.h"
+#include "client/round_participant.h"
+#include "coordinator/admin_channel.h"
+#include "coordinator/config.h"
+#include "secure_agg/packing.h"
+
+namespace fedmoe::simulation {
+namespace {
+
+// Holds one of the process's upload slots for a scope.
+class UploadSlot {
+ public:
+  explicit UploadSlot(std::counting_semaphore<>* slots) : slots_(slots) {
+    if (slots_ != nullptr) slots_->acquire();
+  }
+  ~UploadSlot() {
+    if (slots_ != nullptr) slots_->release();
+  }
+  UploadSlot(const UploadSlot&) = delete;
+  UploadSlot& operator=(const UploadSlot&) = delete;
+
+ private:
+  std::counting_semaphore<>* slots_;
+};
+
+}  // namespace
+
+SimulatedClient::SimulatedClient(client::ClientConfig config, client::CoordinatorChannel channel)
+    : config_(std::move(config)),
+      channel_(std::move(channel)),
+      federation_(v1::Federation::NewStub(channel_.channel)) {}
+
+absl::StatusOr<std::unique_ptr<SimulatedClient>> SimulatedClient::Open(
+    const std::filesystem::path& state_dir) {
+  absl::StatusOr<client::ClientConfig> config =
+      client::ClientConfig::Load(client::ClientStateDir{state_dir}.config());
+  if (!config.ok()) return config.status();
+  absl::StatusOr<client::CoordinatorChannel> channel =
+      client::DialCoordinator(*config, /*own_connection=*/true);
+  if (!channel.ok()) return channel.status();
+  return std::unique_ptr<SimulatedClient>(
+      new SimulatedClient(*std::move(config), *std::move(channel)));
+}
+
+grpc::Status SimulatedClient::Poll(v1::PollTaskResponse& response, RoundReport& report) {
+  v1::PollTaskRequest request;
+  request.mutable_max_wait()->set_seconds(absl::ToInt64Seconds(config_.poll_max_wait));
+  request.mutable_capabilities()->set_software_version("simulated");
+  request.mutable_capabilities()->set_device("cpu");
+  request.set_known_round_id(known_round_);
+  request.set_known_stage(known_stage_);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + config_.poll_max_wait + absl::Seconds(15)));
+  report.bytes_sent += request.ByteSizeLong();
+  grpc::Status status = federation_->PollTask(&context, request, &response);
+  if (status.ok()) report.bytes_received += response.ByteSizeLong();
+  return status;
+}
+
+absl::Status SimulatedClient::SendWrongLength(const v1::JoinRoundTask& task, RoundReport& report) {
+  const uint64_t length = task.update_spec().layout().encoded_values() + 1;
+  const int bits = static_cast<int>(task.secagg().ring_bits());
+  v1::MaskedInputChunk chunk;
+  chunk.set_round_id(task.round_id());
+  chunk.set_total_values(length);
+  chunk.set_first_value(0);
+  chunk.set_value_count(static_cast<uint32_t>(std::min<uint64_t>(length, 4096)));
+  std::vector<uint64_t> values(chunk.value_count(), 1);
+  if (absl::Status status = secure_agg::PackValues(values, bits, *chunk.mutable_packed_values());
+      !status.ok()) {
+    return status;
+  }
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::StageAck ack;
+  auto writer = federation_->UploadMaskedInput(&context, &ack);
+  report.bytes_sent += chunk.ByteSizeLong();
+  writer->Write(chunk);
+  writer->WritesDone();
+  return client::FromGrpc(writer->Finish(), "UploadMaskedInput");
+}
+
+RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBehaviour& behaviour,
+                                      absl::Duration timeout) {
+  RoundReport report;
+  const absl::Time deadline = absl::Now() + timeout;
+  std::unique_ptr<client::RoundParticipant> participant;
+  absl::Duration backoff = config_.backoff_initial;
+  auto account = [&] {
+    if (participant == nullptr) return;
+    report.bytes_sent += participant->bytes_sent();
+    report.bytes_received += participant->bytes_received();
+    report.completed = participant->completed();
+  };
+  // The client gives up its part: the coordinator hears of it at the next poll, as from the
+  // daemon, unless the client vanished.
+  auto leave = [&](absl::Status why) {
+    account();
+    report.error = std::move(why);
+    known_round_ = report.round_id;
+    known_stage_ = v1::ROUND_STAGE_ABORTED;
+    report.finished_at = absl::Now();
+    return report;
+  };
+  while (absl::Now() < deadline) {
+    v1::PollTaskResponse response;
+    if (grpc::Status status = Poll(response, report); !status.ok()) {
+      if (status.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+          status.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+        return leave(client::FromGrpc(status, "PollTask"));
+      }
+      std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
+      backoff = std::min(backoff * 2, config_.backoff_max);
+      continue;
+    }
+    backoff = config_.backoff_initial;
+    auto vanishes_at = [&](v1::RoundStage stage) { return behaviour.vanish_at == stage; };
+    absl::Status step;
+    switch (response.task_case()) {
+      case v1::PollTaskResponse::kJoinRound: {
+        const v1::JoinRoundTask& task = response.join_round();
+        // Polls before selection count toward this round's bytes; nothing else carries over.
+        RoundReport joined_report;
+        joined_report.round_id = task.round_id();
+        joined_report.bytes_sent = report.bytes_sent;
+        joined_report.bytes_received = report.bytes_received;
+        joined_report.selected_at = absl::Now();
+        report = std::move(joined_report);
+        if (vanishes_at(v1::ROUND_STAGE_SELECTED)) return leave(absl::CancelledError("vanished"));
+        absl::StatusOr<std::unique_ptr<client::RoundParticipant>> joined =
+            client::RoundParticipant::Create(
+                task, client::ParticipantIdentity{&channel_.key, channel_.ca, config_.federation});
+        if (!joined.ok()) return leave(joined.status());
+        participant = *std::move(joined);
+        step = participant->AdvertiseKeys(*federation_);
+        known_stage_ = v1::ROUND_STAGE_KEYS_ADVERTISED;
+        break;
+      }
+      case v1::PollTaskResponse::kShareKeys:
+        if (participant == nullptr) continue;
+        if (vanishes_at(v1::ROUND_STAGE_KEYS_ADVERTISED)) {
+          return leave(absl::CancelledError("vanished"));
+        }
+        step = participant->ShareKeys(*federation_, response.share_keys());
+        known_stage_ = v1::ROUND_STAGE_KEYS_SHARED;
+        break;
+      case v1::PollTaskResponse::kMaskedInput: {
+        if (participant == nullptr) continue;
+        if (vanishes_at(v1::ROUND_STAGE_KEYS_SHARED))
+          return leave(absl::CancelledError("vanished"));
+        if (behaviour.misbehaviour == Misbehaviour::kWrongLength) {
+          return leave(SendWrongLength(participant->task(), report));
+        }
+        if (behaviour.misbehaviour == Misbehaviour::kReplayAdvertiseKeys) {
+          grpc::ClientContext context;
+          context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+          v1::StageAck ack;
+          return leave(client::FromGrpc(
+              federation_->AdvertiseKeys(&context, participant->advertised(), &ack),
+              "AdvertiseKeys"));
+        }
+        UploadSlot slot(behaviour.upload_slots);
+        absl::StatusOr<std::vector<uint64_t>> encoded = update(*this, participant->task());
+        if (!encoded.ok()) return leave(encoded.status());
+        step = participant->UploadMaskedInput(*federation_, response.masked_input(),
+                                              *std::move(encoded));
+        known_stage_ = v1::ROUND_STAGE_MASKED_COLLECTED;
+        break;
+      }
+      case v1::PollTaskResponse::kUnmask:
+        if (participant == nullptr) continue;
+        if (vanishes_at(v1::ROUND_STAGE_MASKED_COLLECTED)) {
+          return leave(absl::CancelledError("vanished"));
+        }
+        step = participant->Unmask(*federation_, response.unmask());
+        known_stage_ = v1::ROUND_STAGE_UNMASKED;
+        break;
+      case v1::PollTaskResponse::kRoundFinished: {
+        const v1::RoundFinished& finished = response.round_finished();
+        known_round_ = finished.round_id();
+        known_stage_ = finished.outcome();
+        if (participant == nullptr || finished.round_id() != report.round_id) continue;
+        account();
+        report.outcome = finished.outcome();
+        report.new_model_version = finished.new_model_version();
+        report.abort_reason = finished.abort_reason();
+        report.finished_at = absl::Now();
+        return report;
+      }
+      default:
+        continue;
+    }
+    known_round_ = report.round_id;
+    if (!step.ok()) return leave(step);
+  }
+  return leave(absl::DeadlineExceededError(absl::StrCat(
+      client_id(), " saw no end of its round within ", absl::FormatDuration(timeout))));
+}
+
+absl::StatusOr<std::vector<std::filesystem::path>> EnrollFleet(
+    const std::filesystem::path& coordinator_config, const std::string& enroll_address,
+    const std::filesystem::path& root, const std::string& prefix, int count) {
+  absl::StatusOr<coordinator::CoordinatorConfig> config =
+      coordinator::CoordinatorConfig::Load(coordinator_config);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> admin = coordinator::DialAdmin(*config);
+  if (!admin.ok()) return admin.status();
+  std::vector<std::filesystem::path> directories;
+  for (int i = 1; i <= count; ++i) {
+    const std::string client_id = absl::StrFormat("%s-%05d", prefix, i);
+    std::filesystem::path state_dir = root / client_id;
+    {
+      v1::CreateEnrollmentTokenRequest request;
+      request.set_client_id(client_id);
+      request.mutable_ttl()->set_seconds(3600);
+      v1::CreateEnrollmentTokenResponse token;
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+      if (grpc::Status status = (*admin)->CreateEnrollmentToken(&context, request, &token);
+          !status.ok()) {
+        return client::FromGrpc(status, "CreateEnrollmentToken");
+      }
+      client::EnrollOptions options;
+      options.coordinator = enroll_address;
+      options.token = token.token();
+      options.ca_fingerprint = token.ca_fingerprint_sha256();
+      options.state_dir = state_dir;
+      if (absl::StatusOr<client::ClientConfig> enrolled = client::Enroll(options); !enrolled.ok()) {
+        return enrolled.status();
+      }
+    }
+    directories.push_back(std::move(state_dir));
+  }
+  return directories;
+}
+
+}  // namespace fedmoe::simulation
