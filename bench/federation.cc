@@ -12,9 +12,11 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -318,7 +320,29 @@ int Run(const Flags& flags) {
             clients[i]->RunRound(update, behaviour, absl::Minutes(flags.timeout_minutes * 5));
       });
     }
+    // Peak RSS by the coordinator's stage, sampled every 100 ms: "IDLE" before the round is
+    // selected is what holding the fleet's connections and long polls costs.
+    std::map<std::string, double> rss_by_stage;
+    std::atomic<bool> round_over = false;
+    std::thread sampler([&] {
+      while (!round_over.load()) {
+        grpc::ClientContext context;
+        context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+        v1::GetStatusRequest request;
+        v1::GetStatusResponse status;
+        const double rss = ProcStatusMiB(coordinator.pid(), "VmRSS");
+        if (admin->GetStatus(&context, request, &status).ok()) {
+          const std::string stage = status.current_round_id() == 0
+                                        ? "IDLE"
+                                        : v1::RoundStage_Name(status.current_round_stage());
+          rss_by_stage[stage] = std::max(rss_by_stage[stage], rss);
+        }
+        absl::SleepFor(absl::Milliseconds(100));
+      }
+    });
     for (std::thread& thread : threads) thread.join();
+    round_over = true;
+    sampler.join();
 
     int committed = 0;
     uint64_t sent = 0;
@@ -355,6 +379,7 @@ int Run(const Flags& flags) {
                                           : -1.0},
         {"coordinator_peak_rss_mib", ProcStatusMiB(coordinator.pid(), "VmHWM")},
         {"coordinator_idle_rss_mib", idle_rss_mib},
+        {"coordinator_rss_mib_by_stage", rss_by_stage},
         {"bytes_sent_per_client", static_cast<double>(sent) / n},
         {"bytes_received_per_client", static_cast<double>(received) / n},
         {"enroll_seconds", enroll_seconds},

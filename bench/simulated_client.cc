@@ -121,7 +121,31 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
       continue;
     }
     backoff = config_.backoff_initial;
-    auto vanishes_at = [&](v1::RoundStage stage) { return behaviour.vanish_at == stage; };
+    // The coordinator's stage that each task belongs to.
+    v1::RoundStage stage = v1::ROUND_STAGE_UNSPECIFIED;
+    switch (response.task_case()) {
+      case v1::PollTaskResponse::kJoinRound:
+        stage = v1::ROUND_STAGE_SELECTED;
+        break;
+      case v1::PollTaskResponse::kShareKeys:
+        stage = v1::ROUND_STAGE_KEYS_ADVERTISED;
+        break;
+      case v1::PollTaskResponse::kMaskedInput:
+        stage = v1::ROUND_STAGE_KEYS_SHARED;
+        break;
+      case v1::PollTaskResponse::kUnmask:
+        stage = v1::ROUND_STAGE_MASKED_COLLECTED;
+        break;
+      default:
+        break;
+    }
+    if (stage != v1::ROUND_STAGE_UNSPECIFIED) {
+      if (behaviour.on_task) behaviour.on_task(stage);
+      if (behaviour.vanish_at == stage && (participant != nullptr || response.has_join_round())) {
+        if (response.has_join_round()) report.round_id = response.join_round().round_id();
+        return leave(absl::CancelledError("vanished"));
+      }
+    }
     absl::Status step;
     switch (response.task_case()) {
       case v1::PollTaskResponse::kJoinRound: {
@@ -133,7 +157,6 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
         joined_report.bytes_received = report.bytes_received;
         joined_report.selected_at = absl::Now();
         report = std::move(joined_report);
-        if (vanishes_at(v1::ROUND_STAGE_SELECTED)) return leave(absl::CancelledError("vanished"));
         absl::StatusOr<std::unique_ptr<client::RoundParticipant>> joined =
             client::RoundParticipant::Create(
                 task, client::ParticipantIdentity{&channel_.key, channel_.ca, config_.federation});
@@ -145,16 +168,11 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
       }
       case v1::PollTaskResponse::kShareKeys:
         if (participant == nullptr) continue;
-        if (vanishes_at(v1::ROUND_STAGE_KEYS_ADVERTISED)) {
-          return leave(absl::CancelledError("vanished"));
-        }
         step = participant->ShareKeys(*federation_, response.share_keys());
         known_stage_ = v1::ROUND_STAGE_KEYS_SHARED;
         break;
       case v1::PollTaskResponse::kMaskedInput: {
         if (participant == nullptr) continue;
-        if (vanishes_at(v1::ROUND_STAGE_KEYS_SHARED))
-          return leave(absl::CancelledError("vanished"));
         if (behaviour.misbehaviour == Misbehaviour::kWrongLength) {
           return leave(SendWrongLength(participant->task(), report));
         }
@@ -176,9 +194,6 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
       }
       case v1::PollTaskResponse::kUnmask:
         if (participant == nullptr) continue;
-        if (vanishes_at(v1::ROUND_STAGE_MASKED_COLLECTED)) {
-          return leave(absl::CancelledError("vanished"));
-        }
         step = participant->Unmask(*federation_, response.unmask());
         known_stage_ = v1::ROUND_STAGE_UNMASKED;
         break;

@@ -36,6 +36,9 @@ struct RoundBehaviour {
   // MASKED_COLLECTED (before Unmask). UNSPECIFIED: it stays to the end.
   v1::RoundStage vanish_at = v1::ROUND_STAGE_UNSPECIFIED;
   Misbehaviour misbehaviour = Misbehaviour::kNone;
+  // Called when the task of a stage arrives (the coordinator is at that stage, as for
+  // vanish_at), before the client acts on it: tests hold a round at a stage this way.
+  std::function<void(v1::RoundStage)> on_task;
   // Bounds how many clients of a process mask and upload at once (their masked vectors are the
   // load generator's memory); null: no bound.
   std::counting_semaphore<>* upload_slots = nullptr;

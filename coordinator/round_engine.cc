@@ -583,7 +583,8 @@ void RoundEngine::Commit(Round& round) {
   if (absl::Status status = accountant.AddRdp(*rdp); !status.ok()) return fail(status);
   if (absl::StatusOr<privacy::PrivacyLoss> loss = accountant.Epsilon(policy_.delta); loss.ok()) {
     epsilon = loss->epsilon;
-    best_order = loss->order;
+    // No finite ε (privacy.mode none) has no best order either; the ledger stores 0 then.
+    best_order = std::isnan(loss->order) ? 0 : loss->order;
   }
   const std::filesystem::path tokenizer = models_.Directory(round.base) / "tokenizer.json";
   std::optional<std::pair<std::span<const float>, std::span<const float>>> moments;
@@ -678,8 +679,14 @@ absl::StatusOr<RoundEngine::Participant*> RoundEngine::Submitter(const std::stri
   }
   if (round_->stage != open_stage) {
     if (round_->stage > open_stage) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("the ", StageName(open_stage), " stage of round ", round_id, " has closed"));
+      // A message for a stage that has closed is a replay (or a retry too late to count): the
+      // client's view of the round has diverged, so it takes no further part. Its masked
+      // input, if already in the sum, stays there and is unmasked with the others' shares.
+      absl::Status closed = absl::DeadlineExceededError(
+          absl::StrCat("the ", StageName(open_stage), " stage of round ", round_id,
+                       " has closed; this client is dropped from the round"));
+      Drop(participant, closed);
+      return closed;
     }
     return absl::FailedPreconditionError(absl::StrCat("round ", round_id, " is at stage ",
                                                       StageName(round_->stage), ", not yet ",

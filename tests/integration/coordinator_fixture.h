@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "fedmoe/v1/admin.pb.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
 
@@ -103,6 +104,50 @@ class CoordinatorFixture : public ::testing::Test {
         std::vector<std::string>{BinaryPath("fedmoe-client"), "run", "--config",
                                  (state_dir / "client.yaml").string()},
         state_dir.parent_path() / (state_dir.filename().string() + ".log"));
+  }
+
+  // A coordinator whose round policy is `rounds_yaml` (the rounds, privacy and secagg
+  // sections), over a freshly initialised small MoE.
+  void StartFederation(const std::string& rounds_yaml) {
+    const std::filesystem::path source = FEDMOE_SOURCE_DIR;
+    CommandResult model = RunCommand({BinaryPath("fedmoe-client"), "model", "init", "--config",
+                                      (source / "deploy/quickstart-model.json").string(), "--out",
+                                      (dir_.path() / "initial").string(), "--seed", "3"});
+    ASSERT_EQ(model.exit_code, 0) << model.err;
+    InitCoordinator();
+    const std::filesystem::path config = state_ / "coordinator.yaml";
+    std::string text = ReadFile(config);
+    text = text.substr(0, text.find("\nmodel:\n"));
+    text += absl::StrCat("\nmodel:\n  initial: ", (dir_.path() / "initial").string(), "\n",
+                         rounds_yaml);
+    WriteFile(config, text);
+    StartCoordinator();
+  }
+
+  v1::ListRoundsResponse Rounds() {
+    CommandResult result = Coordinator({"rounds", "list", "--json"});
+    v1::ListRoundsResponse rounds;
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(result.out, &rounds).ok())
+        << result.out;
+    return rounds;
+  }
+
+  int Committed() {
+    int committed = 0;
+    const v1::ListRoundsResponse rounds = Rounds();
+    for (const v1::RoundInfo& round : rounds.rounds()) {
+      committed += round.stage() == v1::ROUND_STAGE_COMMITTED;
+    }
+    return committed;
+  }
+
+  v1::GetStatusResponse Status() {
+    CommandResult result = Coordinator({"status", "--json"});
+    v1::GetStatusResponse status;
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(result.out, &status).ok())
+        << result.out;
+    return status;
   }
 
   TempDir dir_;
