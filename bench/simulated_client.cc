@@ -64,15 +64,16 @@ grpc::Status SimulatedClient::Poll(v1::PollTaskResponse& response, RoundReport& 
   return status;
 }
 
-absl::Status SimulatedClient::SendWrongLength(const v1::JoinRoundTask& task, RoundReport& report) {
-  const uint64_t length = task.update_spec().layout().encoded_values() + 1;
+absl::Status SimulatedClient::SendPartialUpload(const v1::JoinRoundTask& task,
+                                                uint64_t total_values, uint64_t values_sent,
+                                                bool cancel, RoundReport& report) {
   const int bits = static_cast<int>(task.secagg().ring_bits());
   v1::MaskedInputChunk chunk;
   chunk.set_round_id(task.round_id());
-  chunk.set_total_values(length);
+  chunk.set_total_values(total_values);
   chunk.set_first_value(0);
-  chunk.set_value_count(static_cast<uint32_t>(std::min<uint64_t>(length, 4096)));
-  std::vector<uint64_t> values(chunk.value_count(), 1);
+  chunk.set_value_count(static_cast<uint32_t>(values_sent));
+  std::vector<uint64_t> values(values_sent, 1);
   if (absl::Status status = secure_agg::PackValues(values, bits, *chunk.mutable_packed_values());
       !status.ok()) {
     return status;
@@ -83,7 +84,13 @@ absl::Status SimulatedClient::SendWrongLength(const v1::JoinRoundTask& task, Rou
   auto writer = federation_->UploadMaskedInput(&context, &ack);
   report.bytes_sent += chunk.ByteSizeLong();
   writer->Write(chunk);
-  writer->WritesDone();
+  if (cancel) {
+    // Long enough for the chunk to reach the coordinator before the stream breaks.
+    absl::SleepFor(absl::Milliseconds(200));
+    context.TryCancel();
+  } else {
+    writer->WritesDone();
+  }
   return client::FromGrpc(writer->Finish(), "UploadMaskedInput");
 }
 
@@ -173,8 +180,16 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
         break;
       case v1::PollTaskResponse::kMaskedInput: {
         if (participant == nullptr) continue;
+        const uint64_t length = participant->task().update_spec().layout().encoded_values();
         if (behaviour.misbehaviour == Misbehaviour::kWrongLength) {
-          return leave(SendWrongLength(participant->task(), report));
+          // One chunk claiming one value more than the layout has.
+          return leave(SendPartialUpload(participant->task(), length + 1,
+                                         std::min<uint64_t>(length + 1, 4096),
+                                         /*cancel=*/false, report));
+        }
+        if (behaviour.misbehaviour == Misbehaviour::kAbandonUpload) {
+          return leave(SendPartialUpload(participant->task(), length, length / 2,
+                                         /*cancel=*/true, report));
         }
         if (behaviour.misbehaviour == Misbehaviour::kReplayAdvertiseKeys) {
           grpc::ClientContext context;

@@ -28,6 +28,9 @@ enum class Misbehaviour {
   kWrongLength,
   // After its own ShareKeys, sends its AdvertiseKeys message again.
   kReplayAdvertiseKeys,
+  // Streams half of a masked input, then breaks the stream and vanishes, as a client killed
+  // in mid-upload.
+  kAbandonUpload,
 };
 
 struct RoundBehaviour {
@@ -86,7 +89,10 @@ class SimulatedClient {
   SimulatedClient(client::ClientConfig config, client::CoordinatorChannel channel);
   // One long poll; reports the last round and stage this client finished.
   grpc::Status Poll(v1::PollTaskResponse& response, RoundReport& report);
-  absl::Status SendWrongLength(const v1::JoinRoundTask& task, RoundReport& report);
+  // Streams one chunk of `values_sent` values of a vector said to have `total_values`, then
+  // ends the stream, or breaks it when `cancel`.
+  absl::Status SendPartialUpload(const v1::JoinRoundTask& task, uint64_t total_values,
+                                 uint64_t values_sent, bool cancel, RoundReport& report);
 
   client::ClientConfig config_;
   client::CoordinatorChannel channel_;

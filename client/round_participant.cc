@@ -166,7 +166,7 @@ absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& 
       WithRetries(Deadline(task_.deadlines().masked_input()), [&](grpc::ClientContext& context) {
         uint64_t next = 0;
         if (!first_attempt) {
-          // Resume where the coordinator's sum stopped; chunks below it would be skipped anyway.
+          // Ask whether the coordinator took the whole vector before the stream broke.
           v1::GetRoundStatusRequest request;
           request.set_round_id(round_id());
           v1::RoundStatus round_status;
@@ -188,6 +188,9 @@ absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& 
 
 grpc::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub,
                                           grpc::ClientContext& context, uint64_t first_value) {
+  // The coordinator already holds the whole vector (an earlier stream's acknowledgement was
+  // lost); it keeps nothing of an incomplete one.
+  if (first_value >= masked_.size()) return grpc::Status::OK;
   const int bits = static_cast<int>(task_.secagg().ring_bits());
   // At most 1 MiB of packed values, a multiple of 8 so that chunks start on byte boundaries.
   const uint64_t per_chunk = ((uint64_t{8} << 20) / static_cast<uint64_t>(bits)) / 8 * 8;

@@ -4,7 +4,8 @@
 // load generator (bench/federation) drives many of them.
 //
 // Each call is idempotent on the coordinator's side, so a transport failure is retried with
-// backoff until the stage's deadline, and a broken upload resumes where the sum stopped.
+// backoff until the stage's deadline; a broken upload is sent again whole (the coordinator adds
+// a masked vector to its sum only once all of it has arrived).
 #ifndef FEDMOE_CLIENT_ROUND_PARTICIPANT_H_
 #define FEDMOE_CLIENT_ROUND_PARTICIPANT_H_
 
@@ -58,7 +59,7 @@ class RoundParticipant {
   RoundParticipant(v1::JoinRoundTask task, ParticipantIdentity identity)
       : task_(std::move(task)), identity_(std::move(identity)) {}
   absl::Time Deadline(const google::protobuf::Timestamp& stage_deadline) const;
-  // Streams masked_ from `first_value`, the coordinator's next expected value.
+  // Streams masked_ from `first_value`: 0, or its length when the coordinator has it all.
   grpc::Status StreamFrom(v1::Federation::StubInterface& stub, grpc::ClientContext& context,
                           uint64_t first_value);
 

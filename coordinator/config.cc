@@ -41,6 +41,7 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   reader->Read("limits.max_message_bytes", &config.max_message_bytes);
   reader->Read("limits.max_concurrent_streams", &config.max_concurrent_streams);
   reader->Read("limits.transport_memory_bytes", &config.transport_memory_bytes);
+  reader->Read("limits.concurrent_uploads", &config.concurrent_uploads);
   reader->Read("limits.poll_max_wait", &config.poll_max_wait);
   reader->Read("keepalive.time", &config.keepalive_time);
   reader->Read("keepalive.timeout", &config.keepalive_timeout);
@@ -79,6 +80,9 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   }
   if (config.max_concurrent_streams < 1 || config.max_concurrent_streams > 100000) {
     reader->Invalid("limits.max_concurrent_streams", "must be between 1 and 100000");
+  }
+  if (config.concurrent_uploads < 1 || config.concurrent_uploads > 1024) {
+    reader->Invalid("limits.concurrent_uploads", "must be between 1 and 1024");
   }
   if (config.transport_memory_bytes < (16 << 20) ||
       config.transport_memory_bytes > (int64_t{64} << 30)) {
@@ -151,6 +155,10 @@ std::string CoordinatorConfig::ToYaml() const {
       "  # than growing past it.\n"
       "  transport_memory_bytes: ",
       transport_memory_bytes,
+      "\n"
+      "  # Masked inputs received at once; each is held whole (D·b/8 bytes) until complete.\n"
+      "  concurrent_uploads: ",
+      concurrent_uploads,
       "\n"
       "  # Longest a client's PollTask is held open before an Idle answer.\n"
       "  poll_max_wait: ",

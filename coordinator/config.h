@@ -48,6 +48,8 @@ struct CoordinatorConfig {
   // connection together. Under pressure gRPC shrinks windows and reads less, so a thousand
   // clients uploading at once slow down instead of growing the coordinator.
   int64_t transport_memory_bytes = 64 << 20;
+  // Masked inputs staged at once; each holds D·b/8 bytes until it is complete.
+  int64_t concurrent_uploads = 4;
   absl::Duration poll_max_wait = absl::Seconds(30);
   absl::Duration keepalive_time = absl::Seconds(60);
   absl::Duration keepalive_timeout = absl::Seconds(20);

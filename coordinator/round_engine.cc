@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -19,6 +20,7 @@
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
 #include "secure_agg/neighbor_graph.h"
+#include "secure_agg/packing.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -768,43 +770,74 @@ absl::StatusOr<v1::StageAck> RoundEngine::ShareKeys(const std::string& client_id
   return ack;
 }
 
-absl::StatusOr<int> RoundEngine::OpenRingBits(uint64_t round_id) {
-  absl::MutexLock lock(&mutex_);
-  if (round_ == nullptr || round_->id != round_id) {
-    return absl::FailedPreconditionError(absl::StrCat("round ", round_id, " is not open"));
-  }
-  return static_cast<int>(policy_.ring_bits);
+RoundEngine::MaskedUpload::MaskedUpload(MaskedUpload&& other) noexcept
+    : engine_(std::exchange(other.engine_, nullptr)),
+      round_id_(other.round_id_),
+      bits_(other.bits_),
+      total_values_(other.total_values_) {}
+
+RoundEngine::MaskedUpload::~MaskedUpload() {
+  if (engine_ == nullptr) return;
+  absl::MutexLock lock(&engine_->mutex_);
+  --engine_->uploads_in_flight_;
 }
 
-absl::StatusOr<v1::StageAck> RoundEngine::MaskedInputChunk(const std::string& client_id,
-                                                           const v1::MaskedInputChunk& chunk,
-                                                           std::span<const uint64_t> values) {
+absl::StatusOr<RoundEngine::MaskedUpload> RoundEngine::BeginMaskedInput(
+    const std::string& client_id, uint64_t round_id, uint64_t total_values) {
   absl::MutexLock lock(&mutex_);
   absl::StatusOr<Participant*> participant =
-      Submitter(client_id, chunk.round_id(), v1::ROUND_STAGE_KEYS_SHARED);
+      Submitter(client_id, round_id, v1::ROUND_STAGE_KEYS_SHARED);
   if (!participant.ok()) return participant.status();
-  const uint32_t id = round_->participant_ids[client_id];
   const uint64_t expected = round_->spec.layout().encoded_values();
-  if (chunk.total_values() != expected) {
+  if (total_values != expected) {
     absl::Status status = absl::InvalidArgumentError(
-        absl::StrCat("the masked input has ", chunk.total_values(), " values; round ", round_->id,
+        absl::StrCat("the masked input has ", total_values, " values; round ", round_->id,
                      " expects ", expected));
     Drop(**participant, status);
     return status;
   }
-  const bool duplicate = (*participant)->uploaded;
-  if (absl::Status status = round_->secagg->ReceiveMaskedChunk(id, chunk.first_value(), values);
-      !status.ok()) {
-    if (status.code() != absl::StatusCode::kOutOfRange) Drop(**participant, status);
-    return status;
+  const int bits = static_cast<int>(policy_.ring_bits);
+  if ((*participant)->uploaded) return MaskedUpload(nullptr, round_id, bits, expected);
+  if (uploads_in_flight_ >= config_->concurrent_uploads) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(uploads_in_flight_, " masked inputs are streaming already (",
+                     "limits.concurrent_uploads); send again shortly"));
   }
-  const uint64_t received = round_->secagg->ValuesReceived(id);
-  if (received == expected) (*participant)->uploaded = true;
+  ++uploads_in_flight_;
+  return MaskedUpload(this, round_id, bits, expected);
+}
+
+absl::StatusOr<v1::StageAck> RoundEngine::FinishMaskedInput(const std::string& client_id,
+                                                            const MaskedUpload& upload,
+                                                            std::span<const StagedChunk> chunks) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Participant*> participant =
+      Submitter(client_id, upload.round_id(), v1::ROUND_STAGE_KEYS_SHARED);
+  if (!participant.ok()) return participant.status();
+  const uint32_t id = round_->participant_ids[client_id];
+  const bool duplicate = (*participant)->uploaded;
+  if (!duplicate) {
+    std::vector<uint64_t> values;
+    uint64_t offset = 0;
+    for (const StagedChunk& chunk : chunks) {
+      values.resize(chunk.value_count);
+      // The stream's chunks were unpacked once already when they arrived; this cannot fail
+      // unless memory is corrupt, and then the round must not commit a partial sum.
+      absl::Status status = secure_agg::UnpackValues(chunk.packed_values, upload.bits(), values);
+      if (status.ok()) status = round_->secagg->ReceiveMaskedChunk(id, offset, values);
+      if (!status.ok()) {
+        Drop(**participant, status);
+        return status;
+      }
+      offset += chunk.value_count;
+    }
+    (*participant)->uploaded = true;
+  }
   v1::StageAck ack;
   ack.set_round_id(round_->id);
   ack.set_stage(v1::ROUND_STAGE_MASKED_COLLECTED);
   ack.set_duplicate(duplicate);
-  ack.set_values_received(received);
+  ack.set_values_received(round_->secagg->ValuesReceived(id));
   return ack;
 }
 

@@ -82,15 +82,47 @@ class RoundEngine {
                                              const v1::AdvertiseKeysRequest& request);
   absl::StatusOr<v1::StageAck> ShareKeys(const std::string& client_id,
                                          const v1::ShareKeysRequest& request);
-  // One chunk of a masked-input stream; `values` are the chunk's unpacked values.
-  absl::StatusOr<v1::StageAck> MaskedInputChunk(const std::string& client_id,
-                                                const v1::MaskedInputChunk& chunk,
-                                                std::span<const uint64_t> values);
+  // A client's masked input arrives as one stream of chunks, and none of it enters the sum
+  // until the whole vector is here: a client that dies mid-upload must leave nothing behind,
+  // because no share could remove part of a masked vector. Staging costs D·b/8 bytes per
+  // stream, so at most limits.concurrent_uploads stream at once; the others get
+  // RESOURCE_EXHAUSTED and retry. A broken stream starts again from value 0.
+  class MaskedUpload {
+   public:
+    MaskedUpload(MaskedUpload&& other) noexcept;
+    MaskedUpload& operator=(MaskedUpload&&) = delete;
+    MaskedUpload(const MaskedUpload&) = delete;
+    ~MaskedUpload();
+    uint64_t round_id() const { return round_id_; }
+    int bits() const { return bits_; }
+    uint64_t total_values() const { return total_values_; }
+    // The client's vector is already in the sum (a retry whose acknowledgement was lost).
+    bool already_in_sum() const { return engine_ == nullptr; }
+
+   private:
+    friend class RoundEngine;
+    MaskedUpload(RoundEngine* engine, uint64_t round_id, int bits, uint64_t total_values)
+        : engine_(engine), round_id_(round_id), bits_(bits), total_values_(total_values) {}
+    RoundEngine* engine_;  // Holds an upload slot while not null.
+    uint64_t round_id_;
+    int bits_;
+    uint64_t total_values_;
+  };
+  struct StagedChunk {
+    uint32_t value_count = 0;
+    std::string packed_values;
+  };
+  // Checks the caller, the stage and the vector's length (a wrong length drops the client)
+  // before anything is staged.
+  absl::StatusOr<MaskedUpload> BeginMaskedInput(const std::string& client_id, uint64_t round_id,
+                                                uint64_t total_values);
+  // Adds a complete upload (its chunks in order) to the sum.
+  absl::StatusOr<v1::StageAck> FinishMaskedInput(const std::string& client_id,
+                                                 const MaskedUpload& upload,
+                                                 std::span<const StagedChunk> chunks);
   absl::StatusOr<v1::StageAck> Unmask(const std::string& client_id,
                                       const v1::UnmaskRequest& request);
   v1::RoundStatus RoundStatusFor(const std::string& client_id, uint64_t round_id);
-  // The ring width of the open round's uploads, or FailedPrecondition when none is open.
-  absl::StatusOr<int> OpenRingBits(uint64_t round_id);
 
   // A revoked client leaves the open round at once, rather than at the stage's deadline.
   void ClientRevoked(const std::string& client_id);
@@ -179,6 +211,8 @@ class RoundEngine {
   std::unique_ptr<Round> round_ ABSL_GUARDED_BY(mutex_);
   Finished finished_ ABSL_GUARDED_BY(mutex_);
   bool committing_ ABSL_GUARDED_BY(mutex_) = false;
+  // Masked-input streams being staged now (MaskedUpload holds one each).
+  int64_t uploads_in_flight_ ABSL_GUARDED_BY(mutex_) = 0;
   absl::Time next_round_at_ ABSL_GUARDED_BY(mutex_);
   uint64_t last_round_id_ ABSL_GUARDED_BY(mutex_) = 0;
   std::string paused_reason_ ABSL_GUARDED_BY(mutex_);

@@ -494,41 +494,57 @@ grpc::Status FederationService::UploadMaskedInput(grpc::ServerContext* context,
   absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
   if (!caller.ok()) return Refuse("UploadMaskedInput", caller.status());
   v1::MaskedInputChunk chunk;
+  if (!reader->Read(&chunk)) {
+    return Refuse("UploadMaskedInput", absl::InvalidArgumentError("the upload carried no chunk"));
+  }
+  absl::StatusOr<RoundEngine::MaskedUpload> upload =
+      context_.rounds->BeginMaskedInput(caller->id.name, chunk.round_id(), chunk.total_values());
+  if (!upload.ok()) return Refuse("UploadMaskedInput", upload.status());
+  const uint64_t max_values = (uint64_t{8} << 20) / static_cast<uint64_t>(upload->bits());
+  std::vector<RoundEngine::StagedChunk> staged;
   std::vector<uint64_t> values;
-  // The first chunk pins the stream's round and ring width; the engine checks every chunk
-  // against the open round anyway.
-  std::optional<uint64_t> round_id;
-  int bits = 0;
-  uint64_t max_values = 0;
-  while (reader->Read(&chunk)) {
-    if (!round_id.has_value()) {
-      absl::StatusOr<int> open_bits = context_.rounds->OpenRingBits(chunk.round_id());
-      if (!open_bits.ok()) return Refuse("UploadMaskedInput", open_bits.status());
-      round_id = chunk.round_id();
-      bits = *open_bits;
-      max_values = (uint64_t{8} << 20) / static_cast<uint64_t>(bits);
-    } else if (chunk.round_id() != *round_id) {
-      return Refuse("UploadMaskedInput",
-                    absl::InvalidArgumentError("a masked-input stream changed its round id"));
+  uint64_t received = 0;
+  do {
+    if (upload->already_in_sum()) continue;  // Drained; the acknowledgement says so.
+    if (chunk.round_id() != upload->round_id() || chunk.total_values() != upload->total_values()) {
+      return Refuse("UploadMaskedInput", absl::InvalidArgumentError(
+                                             "a masked-input stream changed its round or length"));
     }
-    if (chunk.value_count() == 0 || chunk.value_count() > max_values) {
+    if (chunk.first_value() != received) {
       return Refuse("UploadMaskedInput",
-                    absl::InvalidArgumentError(absl::StrCat("a chunk must carry 1 to ", max_values,
-                                                            " values, not ", chunk.value_count())));
+                    absl::OutOfRangeError(absl::StrCat("a masked-input chunk starts at value ",
+                                                       chunk.first_value(), ", not ", received,
+                                                       "; an upload is sent whole, from value 0")));
     }
+    if (chunk.value_count() == 0 || chunk.value_count() > max_values ||
+        chunk.value_count() > upload->total_values() - received) {
+      return Refuse(
+          "UploadMaskedInput",
+          absl::InvalidArgumentError(absl::StrCat(
+              "a chunk must carry 1 to ", std::min(max_values, upload->total_values() - received),
+              " values, not ", chunk.value_count())));
+    }
+    // Unpacking checks the packed length and that every value fits in b bits.
     values.resize(chunk.value_count());
-    if (absl::Status status = secure_agg::UnpackValues(chunk.packed_values(), bits, values);
+    if (absl::Status status =
+            secure_agg::UnpackValues(chunk.packed_values(), upload->bits(), values);
         !status.ok()) {
       return Refuse("UploadMaskedInput", status);
     }
-    absl::StatusOr<v1::StageAck> ack =
-        context_.rounds->MaskedInputChunk(caller->id.name, chunk, values);
-    if (!ack.ok()) return Refuse("UploadMaskedInput", ack.status());
-    *response = std::move(*ack);
+    received += chunk.value_count();
+    staged.push_back({chunk.value_count(), std::move(*chunk.mutable_packed_values())});
+  } while (reader->Read(&chunk));
+  if (!upload->already_in_sum() && received != upload->total_values()) {
+    // Nothing of it is in the sum; ABORTED tells the client to send it again.
+    return Refuse("UploadMaskedInput",
+                  absl::AbortedError(absl::StrCat("the upload ended after ", received, " of ",
+                                                  upload->total_values(),
+                                                  " values; send it again from value 0")));
   }
-  if (!round_id.has_value()) {
-    return Refuse("UploadMaskedInput", absl::InvalidArgumentError("the upload carried no chunk"));
-  }
+  absl::StatusOr<v1::StageAck> ack =
+      context_.rounds->FinishMaskedInput(caller->id.name, *upload, staged);
+  if (!ack.ok()) return Refuse("UploadMaskedInput", ack.status());
+  *response = *std::move(ack);
   return grpc::Status::OK;
 }
 

@@ -107,8 +107,10 @@ class CoordinatorFixture : public ::testing::Test {
   }
 
   // A coordinator whose round policy is `rounds_yaml` (the rounds, privacy and secagg
-  // sections), over a freshly initialised small MoE.
-  void StartFederation(const std::string& rounds_yaml) {
+  // sections), over a freshly initialised small MoE; `edits` replace text in the rest of
+  // coordinator.yaml.
+  void StartFederation(const std::string& rounds_yaml,
+                       const std::vector<std::pair<std::string, std::string>>& edits = {}) {
     const std::filesystem::path source = FEDMOE_SOURCE_DIR;
     CommandResult model = RunCommand({BinaryPath("fedmoe-client"), "model", "init", "--config",
                                       (source / "deploy/quickstart-model.json").string(), "--out",
@@ -121,6 +123,7 @@ class CoordinatorFixture : public ::testing::Test {
     text += absl::StrCat("\nmodel:\n  initial: ", (dir_.path() / "initial").string(), "\n",
                          rounds_yaml);
     WriteFile(config, text);
+    for (const auto& [from, to] : edits) ASSERT_TRUE(ReplaceInFile(config, from, to)) << from;
     StartCoordinator();
   }
 

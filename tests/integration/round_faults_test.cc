@@ -3,7 +3,8 @@
 // known here, so every committed model is checked against the per-expert weighted mean that
 // this file computes from those updates on its own (DESIGN §4), within the quantisation bound:
 // noise off, then with clients vanishing at each SecAgg+ stage, a kill -9 of the coordinator at
-// each stage, and clients that send a wrong-length vector or replay a stage message.
+// each stage, clients that send a wrong-length vector or replay a stage message, and a client
+// that dies in mid-upload.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -105,7 +106,8 @@ class RoundFaultsTest : public CoordinatorFixture {
  protected:
   // A federation of `clients` simulated clients, without noise (so the committed change can be
   // compared with the plain updates), short stage timeouts, FedAvg at learning rate 1, and
-  // experts and routers trainable. The clip norm is far above the updates' norms.
+  // experts and routers trainable. The clip norm is far above the updates' norms. One masked
+  // input is staged at a time, so concurrent uploads meet RESOURCE_EXHAUSTED and retry.
   void StartNoiselessFederation(int clients, int max_rounds) {
     StartFederation(absl::StrCat("rounds:\n  min_clients: ", clients, "\n  max_clients: ", clients,
                                  "\n  max_rounds: ", max_rounds, R"(
@@ -119,7 +121,8 @@ class RoundFaultsTest : public CoordinatorFixture {
 privacy:
   mode: none
   clip_norm: 10
-)"));
+)"),
+                    {{"concurrent_uploads: 4", "concurrent_uploads: 1"}});
     for (int i = 1; i <= clients; ++i) {
       absl::StatusOr<std::unique_ptr<SimulatedClient>> client =
           SimulatedClient::Open(EnrollClient(absl::StrCat("sim-", i)));
@@ -339,6 +342,24 @@ TEST_F(RoundFaultsTest, WrongLengthAndReplayedMessagesDropTheSenderAndTheRoundCo
   const std::vector<std::string> contributors = Contributors(reports, ClientIds());
   ASSERT_EQ(contributors.size(), 4u);
   EXPECT_EQ(RoundInfoOf(1).survivors(), 4u);
+  ExpectWeightedMean(2, contributors);
+}
+
+TEST_F(RoundFaultsTest, AClientKilledMidUploadLeavesNothingInTheSumAndTheOthersCommit) {
+  // Four clients (threshold 2): the three that finish are enough.
+  StartNoiselessFederation(4, 1);
+  std::vector<RoundBehaviour> behaviours(4);
+  behaviours[3].misbehaviour = Misbehaviour::kAbandonUpload;
+  const std::vector<RoundReport> reports = RunRound(behaviours);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(reports[i].outcome, v1::ROUND_STAGE_COMMITTED)
+        << reports[i].error << reports[i].abort_reason;
+  }
+  EXPECT_EQ(reports[3].error.code(), absl::StatusCode::kCancelled) << reports[3].error;
+  const std::vector<std::string> contributors = Contributors(reports, ClientIds());
+  ASSERT_EQ(contributors.size(), 3u);
+  EXPECT_EQ(RoundInfoOf(1).survivors(), 3u);
+  // Half a masked vector in the sum would make this far from the mean of the other three.
   ExpectWeightedMean(2, contributors);
 }
 
