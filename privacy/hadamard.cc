@@ -112,16 +112,27 @@ absl::Status RandomizedHadamard::RotateScaled(std::span<const float> input, doub
 
 absl::Status RandomizedHadamard::Unrotate(std::span<const double> input,
                                           std::span<double> output) const {
-  if (input.size() != padded_dimension_ || output.size() != dimension_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("inverse rotation of dimension ", dimension_, " (padded ", padded_dimension_,
-                     ") got ", input.size(), " values in and room for ", output.size()));
+  if (output.size() != dimension_) {
+    return absl::InvalidArgumentError(absl::StrCat("inverse rotation of dimension ", dimension_,
+                                                   " got room for ", output.size(), " values"));
+  }
+  std::vector<double> work(input.begin(), input.end());
+  if (absl::Status status = UnrotateInPlace(work); !status.ok()) return status;
+  std::copy(work.begin(), work.end(), output.begin());
+  return absl::OkStatus();
+}
+
+absl::Status RandomizedHadamard::UnrotateInPlace(std::vector<double>& values) const {
+  if (values.size() != padded_dimension_) {
+    return absl::InvalidArgumentError(absl::StrCat("inverse rotation of dimension ", dimension_,
+                                                   " (padded ", padded_dimension_, ") got ",
+                                                   values.size(), " values"));
   }
   // H is symmetric and H·H = n·I, so the inverse of H·D/√n is D·H/√n.
-  std::vector<double> work(input.begin(), input.end());
-  FastWalshHadamard(work);
+  FastWalshHadamard(values);
   const double scale = 1.0 / std::sqrt(static_cast<double>(padded_dimension_));
-  for (size_t i = 0; i < dimension_; ++i) output[i] = ApplySign(i, work[i] * scale);
+  values.resize(dimension_);
+  for (size_t i = 0; i < dimension_; ++i) values[i] = ApplySign(i, values[i] * scale);
   return absl::OkStatus();
 }
 

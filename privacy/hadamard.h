@@ -34,6 +34,9 @@ class RandomizedHadamard {
                             std::span<double> output) const;
   // The inverse: `input` has padded_dimension() values, `output` dimension() (the padding,
   // which a rotated sum fills with noise, is dropped).
+  // The same inverse on a padded vector, in place; `values` is shrunk to the dimension (its
+  // capacity stays), so decoding a large sum needs no second copy of it.
+  absl::Status UnrotateInPlace(std::vector<double>& values) const;
   absl::Status Unrotate(std::span<const double> input, std::span<double> output) const;
 
  private:

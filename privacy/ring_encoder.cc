@@ -194,9 +194,8 @@ absl::StatusOr<std::vector<double>> RingEncoder::DecodeSum(std::span<const uint6
                                             : static_cast<int64_t>(value);
     centred[i] = static_cast<double>(signed_value) / encoding_.scale;
   }
-  std::vector<double> decoded(dimension());
-  if (absl::Status status = rotation_.Unrotate(centred, decoded); !status.ok()) return status;
-  return decoded;
+  if (absl::Status status = rotation_.UnrotateInPlace(centred); !status.ok()) return status;
+  return centred;
 }
 
 absl::Status RingEncoder::AddInRing(std::span<uint64_t> sum, std::span<const uint64_t> values,

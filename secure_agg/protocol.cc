@@ -586,7 +586,10 @@ absl::StatusOr<std::vector<uint64_t>> SecAggServer::Finish() {
     }
     dropped_keys.emplace(participant, std::move(*pair));
   }
-  std::vector<uint64_t> result = sum_;
+  // The masks come off in place: the sum is the round's largest state, and this is its end.
+  std::vector<uint64_t> result = std::move(sum_);
+  sum_.clear();
+  stage_ = 5;
   for (const auto& [survivor, seed] : seeds) {
     absl::StatusOr<MaskGenerator> mask =
         MaskGenerator::Create(seed, SelfMaskDomain(setup_, survivor));

@@ -165,7 +165,8 @@ class SecAggServer {
   // Stage 4.
   absl::Status ReceiveRevealedShares(const RevealedShares& shares);
   // Recovers the secrets, removes every mask and returns Σ x over the survivors, mod 2^bits.
-  // FailedPrecondition, releasing nothing, when some secret lacks `threshold` shares.
+  // FailedPrecondition, releasing nothing, when some secret lacks `threshold` shares. Once the
+  // secrets are recovered the sum is handed over rather than copied, and the round is over.
   absl::StatusOr<std::vector<uint64_t>> Finish();
 
   const std::set<uint32_t>& survivors() const { return masked_input_; }
