@@ -12,12 +12,14 @@
 
 namespace {
 
-constexpr char kUsage[] = "usage: secagg_sim --clients N --dim D --dropout P --bits B --seed S\n";
+constexpr char kUsage[] =
+    "usage: secagg_sim --clients N --dim D --dropout P --bits B --seed S [--server-process]\n";
 
 int Main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
   auto flags = fedmoe::config::CommandLine::Parse(
-      args, {"clients", "dim", "dropout", "bits", "seed", "degree", "threshold"}, {});
+      args, {"clients", "dim", "dropout", "bits", "seed", "degree", "threshold"},
+      {"server-process"});
   if (!flags.ok()) return fedmoe::config::ReportFailure("secagg_sim", flags.status());
   fedmoe::bench::SimulationConfig config;
   bool ok = absl::SimpleAtoi(flags->GetOr("clients", "10"), &config.clients) &&
@@ -31,6 +33,7 @@ int Main(int argc, char** argv) {
     std::fputs(kUsage, stderr);
     return 2;
   }
+  config.server_in_child_process = flags->Has("server-process");
   fedmoe::bench::ChooseDropouts(config);
   auto result = fedmoe::bench::RunSimulation(config);
   if (!result.ok()) return fedmoe::config::ReportFailure("secagg_sim", result.status());
@@ -40,12 +43,13 @@ int Main(int argc, char** argv) {
       "{\"correct\":%s,\"completed\":%s,\"clients\":%u,\"survivors\":%u,\"dim\":%llu,"
       "\"bits\":%d,\"neighbors\":%u,\"threshold\":%u,\"dropout\":%g,\"client_mask_seconds\":%.6f,"
       "\"server_seconds\":%.6f,\"server_state_mb\":%.2f,\"peak_rss_mb\":%.1f,"
-      "\"bytes_per_client\":%llu}\n",
+      "\"bytes_per_client\":%llu,\"server_process_peak_rss_mb\":%.1f}\n",
       result->correct ? "true" : "false", result->completed ? "true" : "false", config.clients,
       result->survivors, static_cast<unsigned long long>(config.dimension), config.bits,
       result->degree, result->threshold, config.dropout_rate, result->client_mask_seconds,
       result->server_seconds, static_cast<double>(result->server_state_bytes) / (1 << 20),
-      usage.ru_maxrss / 1024.0, static_cast<unsigned long long>(result->bytes_per_client));
+      usage.ru_maxrss / 1024.0, static_cast<unsigned long long>(result->bytes_per_client),
+      result->server_peak_rss_mib);
   return result->completed && result->correct ? 0 : 1;
 }
 

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "bench/secagg_server_endpoint.h"
 #include "pki/private_key.h"
 #include "secure_agg/protocol.h"
 
@@ -58,6 +59,18 @@ absl::StatusOr<SimulationResult> RunSimulation(const SimulationConfig& config) {
   setup.threshold = threshold;
   setup.length = config.dimension;
   setup.bits = config.bits;
+  // Forked before the clients' keys and inputs exist, so the child holds only the server.
+  std::unique_ptr<ServerEndpoint> server;
+  if (config.server_in_child_process) {
+    absl::StatusOr<std::unique_ptr<ServerEndpoint>> child = ServerInChildProcess(setup, *graph);
+    if (!child.ok()) return child.status();
+    server = *std::move(child);
+  } else {
+    absl::StatusOr<secure_agg::SecAggServer> created =
+        secure_agg::SecAggServer::Create(setup, *graph);
+    if (!created.ok()) return created.status();
+    server = InProcessServer(*std::move(created));
+  }
 
   // Identity keys: each client signs; everyone verifies against the public key table (what
   // certificates provide in fedmoe).
@@ -76,8 +89,6 @@ absl::StatusOr<SimulationResult> RunSimulation(const SimulationConfig& config) {
         return pki::VerifySignature(key->second, std::string(message), std::string(signature));
       };
 
-  absl::StatusOr<secure_agg::SecAggServer> server = secure_agg::SecAggServer::Create(setup, *graph);
-  if (!server.ok()) return server.status();
   std::map<uint32_t, secure_agg::SecAggClient> clients;
   std::vector<double> client_seconds(config.clients + 1, 0.0);
   std::vector<uint64_t> client_bytes(config.clients + 1, 0);
@@ -135,9 +146,10 @@ absl::StatusOr<SimulationResult> RunSimulation(const SimulationConfig& config) {
   // Stage 2.
   drop(config.drop_before_share);
   for (uint32_t id : live) {
-    const std::vector<AdvertisedKeys> neighbor_keys = server->KeysFor(id);
+    absl::StatusOr<std::vector<AdvertisedKeys>> neighbor_keys = server->KeysFor(id);
+    if (!neighbor_keys.ok()) return neighbor_keys.status();
     absl::StatusOr<std::vector<SealedShares>> sealed =
-        timed(id, [&] { return clients.at(id).ShareKeys(neighbor_keys); });
+        timed(id, [&] { return clients.at(id).ShareKeys(*neighbor_keys); });
     if (!sealed.ok()) return abort_with(sealed.status());
     for (const SealedShares& bundle : *sealed) client_bytes[id] += bundle.ciphertext.size() + 8;
     if (absl::Status s = server_timed([&] { return server->ReceiveShares(id, *sealed); });
@@ -149,8 +161,9 @@ absl::StatusOr<SimulationResult> RunSimulation(const SimulationConfig& config) {
   // Stage 3.
   drop(config.drop_before_masked_input);
   for (uint32_t id : live) {
-    const std::vector<SealedShares> incoming = server->SharesFor(id);
-    if (absl::Status s = timed(id, [&] { return clients.at(id).ReceiveShares(incoming); });
+    absl::StatusOr<std::vector<SealedShares>> incoming = server->SharesFor(id);
+    if (!incoming.ok()) return incoming.status();
+    if (absl::Status s = timed(id, [&] { return clients.at(id).ReceiveShares(*incoming); });
         !s.ok()) {
       return abort_with(s);
     }
@@ -172,13 +185,16 @@ absl::StatusOr<SimulationResult> RunSimulation(const SimulationConfig& config) {
   if (absl::Status s = server_timed([&] { return server->CloseMaskedInput(); }); !s.ok()) {
     return abort_with(s);
   }
-  const std::set<uint32_t> survivors = server->survivors();
+  absl::StatusOr<std::set<uint32_t>> survivors_or = server->Survivors();
+  if (!survivors_or.ok()) return survivors_or.status();
+  const std::set<uint32_t> survivors = *std::move(survivors_or);
   // Stage 4.
   drop(config.drop_before_unmask);
   for (uint32_t id : live) {
-    const secure_agg::UnmaskRequest request = server->UnmaskRequestFor(id);
+    absl::StatusOr<secure_agg::UnmaskRequest> request = server->UnmaskRequestFor(id);
+    if (!request.ok()) return request.status();
     absl::StatusOr<secure_agg::RevealedShares> revealed =
-        timed(id, [&] { return clients.at(id).Unmask(request); });
+        timed(id, [&] { return clients.at(id).Unmask(*request); });
     if (!revealed.ok()) continue;  // A client that refuses drops out of the stage.
     client_bytes[id] += 48 * (revealed->self_mask_shares.size() + revealed->mask_key_shares.size());
     if (absl::Status s = server_timed([&] { return server->ReceiveRevealedShares(*revealed); });
@@ -186,8 +202,15 @@ absl::StatusOr<SimulationResult> RunSimulation(const SimulationConfig& config) {
       return s;
     }
   }
-  result.server_state_bytes = server->StateBytes();
+  absl::StatusOr<uint64_t> state_bytes = server->StateBytes();
+  if (!state_bytes.ok()) return state_bytes.status();
+  result.server_state_bytes = *state_bytes;
   absl::StatusOr<std::vector<uint64_t>> sum = server_timed([&] { return server->Finish(); });
+  if (config.server_in_child_process) {
+    absl::StatusOr<double> peak = server->PeakRssMib();
+    if (!peak.ok()) return peak.status();
+    result.server_peak_rss_mib = *peak;
+  }
   result.server_seconds = server_seconds;
   result.survivors = static_cast<uint32_t>(survivors.size());
   // Over the survivors: the clients that went through every stage.

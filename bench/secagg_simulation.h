@@ -29,6 +29,9 @@ struct SimulationConfig {
   std::set<uint32_t> drop_before_unmask;
   // Values per masked-input chunk.
   uint64_t chunk = 1 << 16;
+  // Runs the server in a child process of its own (every call crosses a socket pair), so
+  // that its peak RSS is measured apart from the clients.
+  bool server_in_child_process = false;
 };
 
 struct SimulationResult {
@@ -43,7 +46,9 @@ struct SimulationResult {
   double server_seconds = 0;
   uint64_t bytes_per_client = 0;
   // The server's round state at its largest (just before unmasking finishes).
-  uint64_t server_state_bytes = 0;  // Mean bytes a client sends, at b bits per value.
+  uint64_t server_state_bytes = 0;
+  // With server_in_child_process: the server process's peak RSS.
+  double server_peak_rss_mib = 0;
 };
 
 // Spreads `dropout_rate` of the clients over the four stages at random (seeded).

@@ -70,6 +70,24 @@ TEST(SecAggRoundTest, EachStageDropoutAloneStillSumsExactly) {
   }
 }
 
+TEST(SecAggRoundTest, AServerInItsOwnProcessSumsExactlyAndReportsItsPeakRss) {
+  // Every message crosses a socket pair, as in secagg_sim --server-process.
+  bench::SimulationConfig config;
+  config.clients = 20;
+  config.dimension = 5000;
+  config.chunk = 1000;
+  config.server_in_child_process = true;
+  bench::ChooseDropouts(config);
+  auto result = bench::RunSimulation(config);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_TRUE(result->completed) << result->abort_reason;
+  EXPECT_TRUE(result->correct);
+  EXPECT_LT(result->survivors, 20U);
+  // The child holds the server alone; it never saw the clients' inputs or keys.
+  EXPECT_GT(result->server_peak_rss_mib, 1.0);
+  EXPECT_LT(result->server_peak_rss_mib, 200.0);
+}
+
 TEST(SecAggRoundTest, BelowTheThresholdTheRoundAbortsAndReleasesNothing) {
   bench::SimulationConfig config;
   config.clients = 10;
