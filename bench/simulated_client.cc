@@ -30,6 +30,22 @@ class UploadSlot {
   std::counting_semaphore<>* slots_;
 };
 
+// The coordinator's stage while it hands out a task; UNSPECIFIED for Idle and RoundFinished.
+v1::RoundStage StageOfTask(const v1::PollTaskResponse& response) {
+  switch (response.task_case()) {
+    case v1::PollTaskResponse::kJoinRound:
+      return v1::ROUND_STAGE_SELECTED;
+    case v1::PollTaskResponse::kShareKeys:
+      return v1::ROUND_STAGE_KEYS_ADVERTISED;
+    case v1::PollTaskResponse::kMaskedInput:
+      return v1::ROUND_STAGE_KEYS_SHARED;
+    case v1::PollTaskResponse::kUnmask:
+      return v1::ROUND_STAGE_MASKED_COLLECTED;
+    default:
+      return v1::ROUND_STAGE_UNSPECIFIED;
+  }
+}
+
 }  // namespace
 
 SimulatedClient::SimulatedClient(client::ClientConfig config, client::CoordinatorChannel channel)
@@ -128,24 +144,7 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
       continue;
     }
     backoff = config_.backoff_initial;
-    // The coordinator's stage that each task belongs to.
-    v1::RoundStage stage = v1::ROUND_STAGE_UNSPECIFIED;
-    switch (response.task_case()) {
-      case v1::PollTaskResponse::kJoinRound:
-        stage = v1::ROUND_STAGE_SELECTED;
-        break;
-      case v1::PollTaskResponse::kShareKeys:
-        stage = v1::ROUND_STAGE_KEYS_ADVERTISED;
-        break;
-      case v1::PollTaskResponse::kMaskedInput:
-        stage = v1::ROUND_STAGE_KEYS_SHARED;
-        break;
-      case v1::PollTaskResponse::kUnmask:
-        stage = v1::ROUND_STAGE_MASKED_COLLECTED;
-        break;
-      default:
-        break;
-    }
+    const v1::RoundStage stage = StageOfTask(response);
     if (stage != v1::ROUND_STAGE_UNSPECIFIED) {
       if (behaviour.on_task) behaviour.on_task(stage);
       if (behaviour.vanish_at == stage && (participant != nullptr || response.has_join_round())) {
