@@ -364,7 +364,7 @@ int Run(const Flags& flags) {
     for (const v1::RoundInfo& candidate : rounds->rounds()) {
       if (candidate.round_id() == reports.front().round_id) info = &candidate;
     }
-    const double n = static_cast<double>(clients.size());
+    const auto n = static_cast<double>(clients.size());
     nlohmann::json line = {
         {"clients", clients.size()},
         {"round", reports.front().round_id},
@@ -415,5 +415,12 @@ int main(int argc, char** argv) {
                  fedmoe::simulation::kUsage);
     return 2;
   }
-  return fedmoe::simulation::Run(*flags);
+  // Threads and the JSON report may throw (out of memory, no more threads); a benchmark says
+  // so and stops.
+  try {
+    return fedmoe::simulation::Run(*flags);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "federation: %s\n", error.what());
+    return 1;
+  }
 }

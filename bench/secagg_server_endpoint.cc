@@ -422,7 +422,7 @@ class ChildProcess : public ServerEndpoint {
     return reply.substr(header);
   }
   template <typename Parse>
-  auto Decode(Writer call, Parse parse)
+  auto Decode(const Writer& call, Parse parse)
       -> absl::StatusOr<decltype(parse(std::declval<Reader&>()))> {
     absl::StatusOr<std::string> payload = Call(call);
     if (!payload.ok()) return payload.status();

@@ -174,7 +174,7 @@ privacy:
         model::LoadModel(state_ / "models" / absl::StrCat("v", version));
     ASSERT_TRUE(before.ok() && after.ok());
     const v1::UpdateSpec& spec = updates_.spec();
-    const double n = static_cast<double>(contributors.size());
+    const auto n = static_cast<double>(contributors.size());
     const double rounding_sd = std::sqrt(n) / (2 * spec.privacy().scale());
     double worst = 0;
     double largest_change = 0;
