@@ -10,6 +10,7 @@
 // beside the targets.
 #include <google/protobuf/util/time_util.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -63,6 +64,22 @@ double ProcStatusMiB(pid_t pid, const std::string& field) {
     }
   }
   return 0;
+}
+
+// User plus system CPU seconds a process has used so far (/proc/<pid>/stat fields 14 and 15).
+double ProcessCpuSeconds(pid_t pid) {
+  std::ifstream stat_file(absl::StrCat("/proc/", pid, "/stat"));
+  std::string text;
+  std::getline(stat_file, text);
+  // The command name may hold spaces; the fields are counted from the ')' that ends it.
+  std::istringstream fields(text.substr(text.rfind(')') + 2));
+  std::string field;
+  double ticks = 0;
+  for (int index = 3; fields >> field; ++index) {
+    if (index == 14 || index == 15) ticks += std::stod(field);
+    if (index == 15) break;
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 // A Mixtral-layout model whose default update (routed and shared experts and routers) has
@@ -312,6 +329,7 @@ int Run(const Flags& flags) {
   int failures = 0;
   for (int64_t round = 0; round < flags.rounds; ++round) {
     std::vector<RoundReport> reports(clients.size());
+    const double cpu_before = ProcessCpuSeconds(coordinator.pid());
     std::vector<std::thread> threads;
     threads.reserve(clients.size());
     for (size_t i = 0; i < clients.size(); ++i) {
@@ -343,6 +361,7 @@ int Run(const Flags& flags) {
     for (std::thread& thread : threads) thread.join();
     round_over = true;
     sampler.join();
+    const double coordinator_cpu_seconds = ProcessCpuSeconds(coordinator.pid()) - cpu_before;
 
     int committed = 0;
     uint64_t sent = 0;
@@ -377,6 +396,7 @@ int Run(const Flags& flags) {
                                                 info->finished_at() - info->started_at())) /
                                                 1000.0
                                           : -1.0},
+        {"coordinator_cpu_seconds", coordinator_cpu_seconds},
         {"coordinator_peak_rss_mib", ProcStatusMiB(coordinator.pid(), "VmHWM")},
         {"coordinator_idle_rss_mib", idle_rss_mib},
         {"coordinator_rss_mib_by_stage", rss_by_stage},
