@@ -283,6 +283,11 @@ int Run(const Flags& flags) {
   }
   yaml = yaml.substr(0, yaml.find("\nmodel:\n")) + "\nmodel:\n  initial: " + model_dir.string() +
          "\n" + RoundPolicyYaml(flags.clients, flags.rounds, flags.bits, flags.timeout_minutes);
+  // Port 0: a free one, so that the bench never collides with a running coordinator.
+  const std::string default_metrics = "listen: \"127.0.0.1:9464\"";
+  if (const size_t at = yaml.find(default_metrics); at != std::string::npos) {
+    yaml.replace(at, default_metrics.size(), "listen: \"127.0.0.1:0\"");
+  }
   std::ofstream(config_path) << yaml;
 
   Daemon coordinator({BinaryPath("fedmoe-coordinator"), "serve", "--config", config_path.string()},

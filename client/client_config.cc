@@ -27,6 +27,7 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   reader->Read("training.data", &data);
   config.data = data;
   reader->Read("training.threads", &config.threads);
+  reader->Read("metrics.listen", &config.metrics_listen);
   if (config.threads < 0 || config.threads > 1024) {
     reader->Invalid("training.threads", "must be between 0 (all cores) and 1024");
   }
@@ -89,7 +90,12 @@ std::string ClientConfig::ToYaml() const {
       "\"\n"
       "  # CPU threads for local training; 0 uses every core.\n"
       "  threads: ",
-      threads, "\n");
+      threads,
+      "\n\n"
+      "metrics:\n"
+      "  # Prometheus /metrics endpoint, host:port; empty turns it off.\n"
+      "  listen: \"",
+      metrics_listen, "\"\n");
 }
 
 }  // namespace fedmoe::client

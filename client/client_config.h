@@ -42,6 +42,8 @@ struct ClientConfig {
   std::filesystem::path data;
   // CPU threads for local training; 0: all cores.
   int64_t threads = 0;
+  // host:port of the Prometheus /metrics endpoint; empty turns it off. Loopback by default.
+  std::string metrics_listen = "127.0.0.1:9465";
 
   static absl::StatusOr<ClientConfig> Load(const std::filesystem::path& path);
   std::string ToYaml() const;

@@ -133,7 +133,7 @@ grpc::Status ClientDaemon::PollOnce() {
     in_flight_ = nullptr;
   }
   if (status.ok()) {
-    ++polls_answered_;
+    ++progress_.polls_answered;
     LogEvent(LogLevel::kDebug, "poll_answered")
         .Field("task", response.task_case() == v1::PollTaskResponse::kIdle ? "idle" : "task");
     HandleTask(response);
@@ -156,12 +156,14 @@ bool ClientDaemon::Backoff(int attempt) {
 }
 
 void ClientDaemon::WriteStatus(const std::string& state, const std::string& detail) {
+  progress_.connected = state != "disconnected" && state != "refused" && state != "stopped";
+  metrics_->Publish(progress_);
   std::string json = "{\"state\":\"";
   AppendJsonEscaped(state, json);
   json += "\",\"detail\":\"";
   AppendJsonEscaped(detail, json);
   absl::StrAppend(&json, "\",\"updated_at\":\"", absl::FormatTime(absl::Now()),
-                  "\",\"polls_answered\":", polls_answered_,
+                  "\",\"polls_answered\":", progress_.polls_answered,
                   ",\"model_version\":", progress_.model_version,
                   ",\"last_round\":", progress_.last_round, ",\"last_outcome\":\"");
   AppendJsonEscaped(progress_.last_outcome, json);
@@ -198,6 +200,7 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   absl::StatusOr<std::filesystem::path> directory =
       SyncModel(*federation_, spec.base_model(), config_.state_dir.models());
   if (!directory.ok()) return directory.status();
+  progress_.last_sync = absl::Now();
   progress_.model_version = spec.base_model().version();
   absl::StatusOr<model::ModelParameters> global = model::LoadModel(*directory);
   if (!global.ok()) return global.status();
@@ -339,6 +342,16 @@ std::string ClientDaemon::DiagnoseUnavailable() {
 
 absl::Status ClientDaemon::Run() {
   if (absl::Status status = Connect(); !status.ok()) return status;
+  if (!config_.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> exposer =
+        metrics::MetricsServer::Start(config_.metrics_listen);
+    if (!exposer.ok()) return exposer.status();
+    metrics_server_ = *std::move(exposer);
+    metrics_server_->Add(metrics_);
+    LogEvent(LogLevel::kInfo, "metrics_served")
+        .Field("address", config_.metrics_listen)
+        .Field("port", metrics_server_->port());
+  }
   if (config_.threads > 0) kernels::cpu::SetCpuThreads(static_cast<int>(config_.threads));
   progress_.model_version = NewestLocalVersion(config_.state_dir.models());
   LogEvent(LogLevel::kInfo, "daemon_started")

@@ -16,9 +16,11 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "client/client_config.h"
+#include "client/client_metrics.h"
 #include "client/round_participant.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
+#include "metrics/metrics_server.h"
 #include "pki/certificate.h"
 #include "pki/private_key.h"
 
@@ -70,7 +72,6 @@ class ClientDaemon {
   std::optional<pki::Certificate> certificate_;
   std::optional<pki::PrivateKey> key_;
   std::mt19937_64 jitter_;
-  uint64_t polls_answered_ = 0;
 
   // The round this client is in, if any, and its encoded update until it is uploaded.
   std::unique_ptr<RoundParticipant> participant_;
@@ -78,19 +79,10 @@ class ClientDaemon {
   // Reported on every poll, so the coordinator knows what this client has done.
   uint64_t known_round_ = 0;
   v1::RoundStage known_stage_ = v1::ROUND_STAGE_UNSPECIFIED;
-  // What `fedmoe-client status` shows of the local progress.
-  struct Progress {
-    uint64_t model_version = 0;
-    uint64_t last_round = 0;
-    std::string last_outcome;
-    uint64_t rounds_joined = 0;
-    uint64_t rounds_committed = 0;
-    int64_t train_steps = 0;
-    int64_t train_tokens = 0;
-    double train_loss = 0;
-    double train_seconds = 0;
-    uint64_t bytes_sent_last_round = 0;
-  } progress_;
+  // What status.json and /metrics show of the local progress.
+  ClientProgress progress_;
+  std::shared_ptr<ClientMetrics> metrics_ = std::make_shared<ClientMetrics>();
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
 
   absl::Mutex mutex_;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;

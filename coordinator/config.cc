@@ -46,6 +46,7 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   reader->Read("keepalive.time", &config.keepalive_time);
   reader->Read("keepalive.timeout", &config.keepalive_timeout);
   reader->Read("log_level", &config.log_level);
+  reader->Read("metrics.listen", &config.metrics_listen);
   ReadRoundPolicy(*reader, &config.rounds);
   config.state_dir.root = state_dir;
 
@@ -174,7 +175,12 @@ std::string CoordinatorConfig::ToYaml() const {
       "\n\n"
       "# debug, info, warning or error. Logs are JSON lines on stderr.\n"
       "log_level: ",
-      log_level, "\n\n", RoundPolicyYaml(rounds));
+      log_level,
+      "\n\n"
+      "metrics:\n"
+      "  # Prometheus /metrics endpoint, host:port; empty turns it off.\n"
+      "  listen: \"",
+      metrics_listen, "\"\n\n", RoundPolicyYaml(rounds));
 }
 
 absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {

@@ -54,6 +54,9 @@ struct CoordinatorConfig {
   absl::Duration keepalive_time = absl::Seconds(60);
   absl::Duration keepalive_timeout = absl::Seconds(20);
   std::string log_level = "info";
+  // host:port of the Prometheus /metrics endpoint; empty turns it off. Loopback by default:
+  // the numbers describe the federation, and the scraper usually runs beside the process.
+  std::string metrics_listen = "127.0.0.1:9464";
   RoundPolicy rounds;
 
   // A client that polled within this window counts as online.

@@ -258,6 +258,7 @@ void RoundEngine::MaybeSelect() {
   auto round = std::make_unique<Round>();
   round->id = last_round_id_ + 1;
   round->started_at = now;
+  round->stage_started_at = now;
   round->base = global_record_;
 
   absl::StatusOr<secure_agg::GraphParameters> graph_parameters = secure_agg::ChooseGraphParameters(
@@ -395,7 +396,14 @@ int64_t RoundEngine::Live(bool Participant::*done) const {
   return count;
 }
 
+void RoundEngine::StageEnded(Round& round) {
+  const absl::Time now = absl::Now();
+  if (metrics_ != nullptr) metrics_->StageClosed(round.stage, now - round.stage_started_at);
+  round.stage_started_at = now;
+}
+
 void RoundEngine::EnterStage(v1::RoundStage stage, absl::Time deadline) {
+  StageEnded(*round_);
   round_->stage = stage;
   round_->stage_deadline = deadline;
   const int64_t survivors = Live(nullptr);
@@ -477,6 +485,7 @@ void RoundEngine::MaybeCloseStage() {
       if (!expired && pending(&Participant::uploaded, &Participant::unmasked)) return;
       // Late unmaskers are not dropped from the sum: their masked input is in it, and the
       // others' shares can still remove its masks.
+      StageEnded(round);
       round.stage = v1::ROUND_STAGE_UNMASKED;
       store_
           ->UpdateRoundStage(static_cast<int64_t>(round.id), StageName(v1::ROUND_STAGE_UNMASKED),
@@ -490,6 +499,10 @@ void RoundEngine::MaybeCloseStage() {
 
 void RoundEngine::Abort(const std::string& reason) {
   Round& round = *round_;
+  StageEnded(round);
+  if (metrics_ != nullptr) {
+    metrics_->RoundEnded(v1::ROUND_STAGE_ABORTED, absl::Now() - round.started_at);
+  }
   const int64_t survivors = Live(nullptr);
   store_->AbortRound(static_cast<int64_t>(round.id), reason, survivors, absl::Now()).IgnoreError();
   LogEvent(LogLevel::kWarning, "round_aborted")
@@ -645,6 +658,10 @@ void RoundEngine::Commit(Round& round) {
       .Field("expert_load", ExpertLoadText(merged->expert_weight_sums))
       .Field("commit_seconds", absl::ToDoubleSeconds(absl::Now() - started))
       .Field("round_seconds", absl::ToDoubleSeconds(absl::Now() - round.started_at));
+  StageEnded(round);
+  if (metrics_ != nullptr) {
+    metrics_->RoundEnded(v1::ROUND_STAGE_COMMITTED, absl::Now() - round.started_at);
+  }
   finished_ = Finished();
   finished_.id = round.id;
   finished_.outcome = v1::ROUND_STAGE_COMMITTED;

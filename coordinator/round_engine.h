@@ -32,6 +32,7 @@
 #include "coordinator/client_presence.h"
 #include "coordinator/config.h"
 #include "coordinator/expert_merge.h"
+#include "coordinator/metrics.h"
 #include "coordinator/model_repository.h"
 #include "coordinator/poll_hub.h"
 #include "coordinator/store.h"
@@ -126,6 +127,11 @@ class RoundEngine {
 
   // A revoked client leaves the open round at once, rather than at the stage's deadline.
   void ClientRevoked(const std::string& client_id);
+  // Stage and round durations go here from now on; null stops them.
+  void SetMetrics(CoordinatorMetrics* metrics) {
+    absl::MutexLock lock(&mutex_);
+    metrics_ = metrics;
+  }
 
   // Version 0: the newest.
   absl::StatusOr<ModelVersionRecord> Model(uint64_t version);
@@ -148,6 +154,8 @@ class RoundEngine {
     uint64_t id = 0;
     v1::RoundStage stage = v1::ROUND_STAGE_SELECTED;
     absl::Time started_at;
+    // When the current stage opened, for its latency.
+    absl::Time stage_started_at;
     absl::Time stage_deadline;
     v1::StageDeadlines deadlines;
     ModelVersionRecord base;
@@ -180,6 +188,8 @@ class RoundEngine {
   void MaybeSelect() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void MaybeCloseStage() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Abort(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Records how long the round's current stage was open, and restarts its clock.
+  void StageEnded(Round& round) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void EnterStage(v1::RoundStage stage, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Unmasks, merges, checkpoints and commits; runs without the lock held (the round is in
   // UNMASKED, which no submission can change).
@@ -211,6 +221,7 @@ class RoundEngine {
   std::unique_ptr<Round> round_ ABSL_GUARDED_BY(mutex_);
   Finished finished_ ABSL_GUARDED_BY(mutex_);
   bool committing_ ABSL_GUARDED_BY(mutex_) = false;
+  CoordinatorMetrics* metrics_ ABSL_GUARDED_BY(mutex_) = nullptr;
   // Masked-input streams being staged now (MaskedUpload holds one each).
   int64_t uploads_in_flight_ ABSL_GUARDED_BY(mutex_) = 0;
   absl::Time next_round_at_ ABSL_GUARDED_BY(mutex_);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "logging/log.h"
+#include "metrics/metrics_server.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -74,14 +75,29 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       &cfg, server->store_.get(), server->presence_.get(), server->polls_.get(), *ca_certificate);
   if (!rounds.ok()) return rounds.status();
   server->rounds_ = std::move(*rounds);
-  const ServiceContext context{&cfg,
-                               server->store_.get(),
-                               server->authority_.get(),
-                               server->authorizer_.get(),
-                               server->presence_.get(),
-                               server->polls_.get(),
-                               server->rounds_.get(),
-                               absl::Now()};
+  ServiceContext context{&cfg,
+                         server->store_.get(),
+                         server->authority_.get(),
+                         server->authorizer_.get(),
+                         server->presence_.get(),
+                         server->polls_.get(),
+                         server->rounds_.get(),
+                         absl::Now()};
+  if (!cfg.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> exposer =
+        metrics::MetricsServer::Start(cfg.metrics_listen);
+    if (!exposer.ok()) return exposer.status();
+    server->metrics_server_ = *std::move(exposer);
+    server->metrics_ = std::make_unique<CoordinatorMetrics>(server->metrics_server_->registry());
+    context.metrics = server->metrics_.get();
+    server->status_metrics_ =
+        std::make_shared<StatusCollectable>([context]() { return CollectStatus(context); });
+    server->metrics_server_->Add(server->status_metrics_);
+    server->rounds_->SetMetrics(server->metrics_.get());
+    LogEvent(LogLevel::kInfo, "metrics_served")
+        .Field("address", cfg.metrics_listen)
+        .Field("port", server->metrics_server_->port());
+  }
   server->enrollment_service_ = std::make_unique<EnrollmentService>(context);
   server->certificates_service_ = std::make_unique<CertificatesService>(context);
   server->admin_service_ = std::make_unique<AdminService>(context);

@@ -10,7 +10,9 @@
 
 #include "absl/status/statusor.h"
 #include "coordinator/config.h"
+#include "coordinator/metrics.h"
 #include "coordinator/services.h"
+#include "metrics/metrics_server.h"
 
 namespace fedmoe::coordinator {
 
@@ -39,6 +41,9 @@ class CoordinatorServer {
   std::unique_ptr<EnrollmentAuthority> authority_;
   std::unique_ptr<CallerAuthorizer> authorizer_;
   std::unique_ptr<ClientPresence> presence_;
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
+  std::unique_ptr<CoordinatorMetrics> metrics_;
+  std::shared_ptr<StatusCollectable> status_metrics_;
   std::unique_ptr<RoundEngine> rounds_;
   std::unique_ptr<EnrollmentService> enrollment_service_;
   std::unique_ptr<CertificatesService> certificates_service_;

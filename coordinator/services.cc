@@ -241,31 +241,39 @@ grpc::Status AdminService::RevokeClient(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+absl::StatusOr<v1::GetStatusResponse> CollectStatus(const ServiceContext& context) {
+  absl::StatusOr<Store::ClientCounts> counts = context.store->CountClients();
+  if (!counts.ok()) return counts.status();
+  absl::StatusOr<Store::RoundCounts> round_counts = context.store->CountRounds();
+  if (!round_counts.ok()) return round_counts.status();
+  v1::GetStatusResponse response;
+  response.set_federation(context.config->federation);
+  response.set_version(FEDMOE_VERSION);
+  SetTimestamp(context.started_at, response.mutable_started_at());
+  response.set_clients_enrolled(static_cast<uint32_t>(counts->enrolled));
+  response.set_clients_online(static_cast<uint32_t>(context.presence->CountOnline(absl::Now())));
+  response.set_clients_revoked(static_cast<uint32_t>(counts->revoked));
+  const RoundEngine::Snapshot rounds = context.rounds->snapshot();
+  response.set_model_version(rounds.model_version);
+  response.set_current_round_id(rounds.round_id);
+  response.set_current_round_stage(rounds.stage);
+  response.set_rounds_committed(static_cast<uint64_t>(round_counts->committed));
+  response.set_rounds_aborted(static_cast<uint64_t>(round_counts->aborted));
+  response.set_epsilon_spent(rounds.epsilon_spent);
+  response.set_privacy_delta(context.config->rounds.delta);
+  response.set_target_epsilon(context.config->rounds.target_epsilon);
+  response.set_rounds_paused_reason(rounds.paused_reason);
+  return response;
+}
+
 grpc::Status AdminService::GetStatus(grpc::ServerContext* context,
                                      const v1::GetStatusRequest* /*request*/,
                                      v1::GetStatusResponse* response) {
   absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
   if (!caller.ok()) return Refuse("GetStatus", caller.status());
-  absl::StatusOr<Store::ClientCounts> counts = context_.store->CountClients();
-  if (!counts.ok()) return ToGrpc(counts.status());
-  response->set_federation(context_.config->federation);
-  response->set_version(FEDMOE_VERSION);
-  SetTimestamp(context_.started_at, response->mutable_started_at());
-  response->set_clients_enrolled(static_cast<uint32_t>(counts->enrolled));
-  response->set_clients_online(static_cast<uint32_t>(context_.presence->CountOnline(absl::Now())));
-  response->set_clients_revoked(static_cast<uint32_t>(counts->revoked));
-  const RoundEngine::Snapshot rounds = context_.rounds->snapshot();
-  response->set_model_version(rounds.model_version);
-  response->set_current_round_id(rounds.round_id);
-  response->set_current_round_stage(rounds.stage);
-  absl::StatusOr<Store::RoundCounts> round_counts = context_.store->CountRounds();
-  if (!round_counts.ok()) return ToGrpc(round_counts.status());
-  response->set_rounds_committed(static_cast<uint64_t>(round_counts->committed));
-  response->set_rounds_aborted(static_cast<uint64_t>(round_counts->aborted));
-  response->set_epsilon_spent(rounds.epsilon_spent);
-  response->set_privacy_delta(context_.config->rounds.delta);
-  response->set_target_epsilon(context_.config->rounds.target_epsilon);
-  response->set_rounds_paused_reason(rounds.paused_reason);
+  absl::StatusOr<v1::GetStatusResponse> status = CollectStatus(context_);
+  if (!status.ok()) return ToGrpc(status.status());
+  *response = *std::move(status);
   return grpc::Status::OK;
 }
 
@@ -336,6 +344,7 @@ grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContex
                                                       const grpc::ByteBuffer* request_bytes,
                                                       grpc::ByteBuffer* response_bytes) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (context_.metrics != nullptr) context_.metrics->BytesReceived(request_bytes->Length());
   v1::PollTaskRequest request;
   if (absl::Status parsed = ParseRequest(*request_bytes, request); !parsed.ok()) {
     reactor->Finish(Refuse("PollTask", parsed));
@@ -366,7 +375,11 @@ grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContex
       response.mutable_idle()->set_latest_model_version(context_.rounds->snapshot().model_version);
     }
     context_.presence->PollFinished(client_id, absl::Now());
-    reactor->Finish(ToGrpc(SerializeReply(response, *response_bytes)));
+    const absl::Status serialized = SerializeReply(response, *response_bytes);
+    if (context_.metrics != nullptr && serialized.ok()) {
+      context_.metrics->BytesSent(response_bytes->Length());
+    }
+    reactor->Finish(ToGrpc(serialized));
     return true;
   };
   if (!answer(false)) context_.polls->Park(now + wait, std::move(answer));
@@ -378,9 +391,11 @@ namespace {
 // Runs a raw unary stage method for an authorized client.
 template <typename Request, typename Handler>
 grpc::ServerUnaryReactor* RunStage(grpc::CallbackServerContext* context, std::string_view method,
-                                   CallerAuthorizer* authorizer,
+                                   const ServiceContext& services,
                                    const grpc::ByteBuffer* request_bytes,
                                    grpc::ByteBuffer* reply_bytes, Handler handle) {
+  CallerAuthorizer* authorizer = services.authorizer;
+  if (services.metrics != nullptr) services.metrics->BytesReceived(request_bytes->Length());
   return RunRaw<Request, v1::StageAck>(
       context, method, request_bytes, reply_bytes,
       [&](const Request& request, v1::StageAck& reply) {
@@ -399,7 +414,7 @@ grpc::ServerUnaryReactor* FederationService::AdvertiseKeys(grpc::CallbackServerC
                                                            const grpc::ByteBuffer* request,
                                                            grpc::ByteBuffer* response) {
   return RunStage<v1::AdvertiseKeysRequest>(
-      context, "AdvertiseKeys", context_.authorizer, request, response,
+      context, "AdvertiseKeys", context_, request, response,
       [this](const Caller& caller, const v1::AdvertiseKeysRequest& in) {
         return context_.rounds->AdvertiseKeys(caller.id.name, caller.certificate_der, in);
       });
@@ -409,7 +424,7 @@ grpc::ServerUnaryReactor* FederationService::ShareKeys(grpc::CallbackServerConte
                                                        const grpc::ByteBuffer* request,
                                                        grpc::ByteBuffer* response) {
   return RunStage<v1::ShareKeysRequest>(
-      context, "ShareKeys", context_.authorizer, request, response,
+      context, "ShareKeys", context_, request, response,
       [this](const Caller& caller, const v1::ShareKeysRequest& in) {
         return context_.rounds->ShareKeys(caller.id.name, in);
       });
@@ -418,7 +433,7 @@ grpc::ServerUnaryReactor* FederationService::ShareKeys(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* FederationService::Unmask(grpc::CallbackServerContext* context,
                                                     const grpc::ByteBuffer* request,
                                                     grpc::ByteBuffer* response) {
-  return RunStage<v1::UnmaskRequest>(context, "Unmask", context_.authorizer, request, response,
+  return RunStage<v1::UnmaskRequest>(context, "Unmask", context_, request, response,
                                      [this](const Caller& caller, const v1::UnmaskRequest& in) {
                                        return context_.rounds->Unmask(caller.id.name, in);
                                      });
@@ -483,6 +498,7 @@ grpc::Status FederationService::DownloadModel(grpc::ServerContext* context,
     chunk.set_offset(offset);
     chunk.set_data(buffer);
     if (!writer->Write(chunk)) return grpc::Status::CANCELLED;
+    if (context_.metrics != nullptr) context_.metrics->BytesSent(chunk.ByteSizeLong());
     offset += n;
   }
   return grpc::Status::OK;
@@ -505,6 +521,7 @@ grpc::Status FederationService::UploadMaskedInput(grpc::ServerContext* context,
   std::vector<uint64_t> values;
   uint64_t received = 0;
   do {
+    if (context_.metrics != nullptr) context_.metrics->BytesReceived(chunk.ByteSizeLong());
     if (upload->already_in_sum()) continue;  // Drained; the acknowledgement says so.
     if (chunk.round_id() != upload->round_id() || chunk.total_values() != upload->total_values()) {
       return Refuse("UploadMaskedInput", absl::InvalidArgumentError(

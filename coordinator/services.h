@@ -9,6 +9,7 @@
 #include "coordinator/client_presence.h"
 #include "coordinator/config.h"
 #include "coordinator/enrollment_authority.h"
+#include "coordinator/metrics.h"
 #include "coordinator/poll_hub.h"
 #include "coordinator/round_engine.h"
 #include "coordinator/store.h"
@@ -28,7 +29,12 @@ struct ServiceContext {
   PollHub* polls;
   RoundEngine* rounds;
   absl::Time started_at;
+  // Null when metrics are off.
+  CoordinatorMetrics* metrics = nullptr;
 };
+
+// What `fedmoe-coordinator status` shows, for the admin API and the /metrics endpoint.
+absl::StatusOr<v1::GetStatusResponse> CollectStatus(const ServiceContext& context);
 
 // On the enrollment port (server-only TLS). Raw, so that malformed bytes get a specific error
 // (see wire.h).

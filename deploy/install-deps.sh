@@ -16,6 +16,8 @@ packages=(
   nlohmann-json3-dev libpcre2-dev
   # state and configuration
   libsqlite3-dev sqlite3 libyaml-cpp-dev
+  # the Prometheus /metrics endpoint of both programs
+  prometheus-cpp-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # style and analysis

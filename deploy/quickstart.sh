@@ -91,16 +91,18 @@ echo "    base model: $(tail -1 "$work/base-train.log")"
 
 mtls=127.0.0.1:$(free_port)
 enroll=127.0.0.1:$(free_port)
+metrics=127.0.0.1:$(free_port)
 state=$work/coordinator
 
 say "creating federation 'quickstart' (CA, server and admin certificates) in $state"
 "$bin/fedmoe-coordinator" init --federation quickstart --state-dir "$state" \
   --listen "$mtls" --enroll-listen "$enroll" >/dev/null
 # The round policy: every client each round, experts and routers trained, distributed DP.
-python3 - "$state/coordinator.yaml" "$work/base" "$rounds" <<'PY'
+python3 - "$state/coordinator.yaml" "$work/base" "$rounds" "$metrics" <<'PY'
 import sys
-path, base, rounds = sys.argv[1:]
+path, base, rounds, metrics = sys.argv[1:]
 text = open(path).read()
+text = text.replace('listen: "127.0.0.1:9464"', f'listen: "{metrics}"')
 text = text[: text.index("\nmodel:\n")] + f"""
 model:
   initial: {base}
@@ -136,7 +138,7 @@ privacy:
 open(path, "w").write(text)
 PY
 
-say "starting the coordinator: mTLS on $mtls, enrollment on $enroll"
+say "starting the coordinator: mTLS on $mtls, enrollment on $enroll, metrics on http://$metrics/metrics"
 "$bin/fedmoe-coordinator" serve --config "$state/coordinator.yaml" 2>"$work/coordinator.log" &
 pids+=($!)
 for _ in $(seq 1 100); do
@@ -157,6 +159,9 @@ for i in 0 1 2; do
   "$bin/fedmoe-client" enroll --coordinator "$enroll" --token "$token" \
     --ca-fingerprint "$fingerprint" --state-dir "$work/$org" --data "$work/data/$domain" \
     2>"$work/$org-enroll.log" | sed 's/^/    /'
+  client_metrics=127.0.0.1:$(free_port)
+  sed -i "s|listen: \"127.0.0.1:9465\"|listen: \"$client_metrics\"|" "$work/$org/client.yaml"
+  echo "    $org's metrics: http://$client_metrics/metrics"
   "$bin/fedmoe-client" run --config "$work/$org/client.yaml" 2>"$work/$org.log" &
   pids+=($!)
 done

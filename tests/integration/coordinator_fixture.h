@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,6 +40,10 @@ class CoordinatorFixture : public ::testing::Test {
     ASSERT_EQ(init.exit_code, 0) << init.err;
     ASSERT_TRUE(
         ReplaceInFile(state_ / "coordinator.yaml", "poll_max_wait: 30s", "poll_max_wait: 2s"));
+    // Tests run in parallel: each coordinator serves /metrics on a port of its own.
+    metrics_address_ = absl::StrCat("127.0.0.1:", FreePort());
+    ASSERT_TRUE(ReplaceInFile(state_ / "coordinator.yaml", "listen: \"127.0.0.1:9464\"",
+                              absl::StrCat("listen: \"", metrics_address_, "\"")));
   }
 
   void StartCoordinator() {
@@ -99,7 +104,13 @@ class CoordinatorFixture : public ::testing::Test {
     return state_dir;
   }
 
+  // Starts `fedmoe-client run`, with its /metrics on a free port (client_metrics_[state_dir]).
   std::unique_ptr<Daemon> StartClient(const std::filesystem::path& state_dir) {
+    const std::string metrics = absl::StrCat("127.0.0.1:", FreePort());
+    if (ReplaceInFile(state_dir / "client.yaml", "listen: \"127.0.0.1:9465\"",
+                      absl::StrCat("listen: \"", metrics, "\""))) {
+      client_metrics_[state_dir.filename().string()] = metrics;
+    }
     return std::make_unique<Daemon>(
         std::vector<std::string>{BinaryPath("fedmoe-client"), "run", "--config",
                                  (state_dir / "client.yaml").string()},
@@ -157,6 +168,9 @@ class CoordinatorFixture : public ::testing::Test {
   std::filesystem::path state_;
   std::string mtls_address_;
   std::string enroll_address_;
+  std::string metrics_address_;
+  // Each started client's /metrics address, by state directory name.
+  std::map<std::string, std::string> client_metrics_;
   std::unique_ptr<Daemon> coordinator_;
   int coordinator_starts_ = 0;
 };

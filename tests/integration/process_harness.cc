@@ -8,7 +8,10 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
+#include <regex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -129,6 +132,81 @@ int FreePort() {
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
   ::close(fd);
   return ntohs(address.sin_port);
+}
+
+bool ScrapeMetrics(const std::string& address, std::map<std::string, double>& samples,
+                   std::string& error) {
+  samples.clear();
+  const size_t colon = address.rfind(':');
+  const int port = std::atoi(address.c_str() + colon + 1);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in peer{};
+  peer.sin_family = AF_INET;
+  peer.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  peer.sin_port = htons(static_cast<uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)) != 0) {
+    ::close(fd);
+    error = "cannot connect to " + address;
+    return false;
+  }
+  const std::string request = "GET /metrics HTTP/1.0\r\nHost: " + address + "\r\n\r\n";
+  if (::write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+    ::close(fd);
+    error = "cannot send the request";
+    return false;
+  }
+  std::string reply;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;) {
+    reply.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  const size_t body = reply.find("\r\n\r\n");
+  if (reply.rfind("HTTP/1.", 0) != 0 || reply.find(" 200 ") == std::string::npos ||
+      body == std::string::npos) {
+    error = "not an HTTP 200 answer: " + reply.substr(0, 80);
+    return false;
+  }
+  static const std::regex kSample(
+      R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"]*",?)*\})? (\S+))");
+  static const std::regex kType(
+      R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped))");
+  std::set<std::string> families;
+  std::istringstream lines(reply.substr(body + 4));
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::smatch match;
+    if (line.empty() || line.rfind("# HELP ", 0) == 0) continue;
+    if (std::regex_match(line, match, kType)) {
+      families.insert(match[1]);
+      continue;
+    }
+    if (!std::regex_match(line, match, kSample)) {
+      error = "malformed line: " + line;
+      return false;
+    }
+    std::string family = match[1];
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      const std::string ending = suffix;
+      if (!families.contains(family) && family.size() > ending.size() &&
+          family.compare(family.size() - ending.size(), ending.size(), ending) == 0) {
+        family.resize(family.size() - ending.size());
+      }
+    }
+    if (!families.contains(family)) {
+      error = "a sample of an undeclared family: " + line;
+      return false;
+    }
+    char* end = nullptr;
+    const std::string value = match[4];
+    const double number = std::strtod(value.c_str(), &end);
+    if (end == value.c_str() || *end != '\0') {
+      error = "not a number: " + line;
+      return false;
+    }
+    samples[line.substr(0, line.rfind(' '))] = number;
+  }
+  return true;
 }
 
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -61,6 +62,14 @@ void WriteFile(const std::filesystem::path& path, const std::string& contents);
 // Replaces the first occurrence of `from` in the file; returns false if absent.
 bool ReplaceInFile(const std::filesystem::path& path, const std::string& from,
                    const std::string& to);
+
+// GET /metrics from a Prometheus endpoint at `address` (127.0.0.1:port) and parse the text
+// exposition format, independently of the library that produced it: every line is a
+// "# HELP"/"# TYPE" comment or a sample `name{labels} value`, and every sample's family was
+// declared by a # TYPE line. Samples are keyed as printed ("name{label=\"v\"}"). Returns
+// false with `error` set when the request fails or a line is malformed.
+bool ScrapeMetrics(const std::string& address, std::map<std::string, double>& samples,
+                   std::string& error);
 
 }  // namespace fedmoe::testing
 

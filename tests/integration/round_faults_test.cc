@@ -363,5 +363,53 @@ TEST_F(RoundFaultsTest, AClientKilledMidUploadLeavesNothingInTheSumAndTheOthersC
   ExpectWeightedMean(2, contributors);
 }
 
+TEST_F(RoundFaultsTest, TheCoordinatorsMetricsFollowTheRoundInThePrometheusTextFormat) {
+  StartNoiselessFederation(3, 1);
+  // Scraped while round 1 waits for masked inputs, then after it commits.
+  std::map<std::string, double> during;
+  std::string error;
+  bool scraped = false;
+  std::once_flag once;
+  std::vector<RoundBehaviour> behaviours(3);
+  for (RoundBehaviour& behaviour : behaviours) {
+    behaviour.on_task = [&](v1::RoundStage stage) {
+      if (stage != v1::ROUND_STAGE_KEYS_SHARED) return;
+      std::call_once(once, [&] { scraped = ScrapeMetrics(metrics_address_, during, error); });
+    };
+  }
+  const std::vector<RoundReport> reports = RunRound(behaviours);
+  ASSERT_EQ(reports[0].outcome, v1::ROUND_STAGE_COMMITTED) << reports[0].error;
+  ASSERT_TRUE(scraped) << error;
+  EXPECT_EQ(during["fedmoe_up"], 1);
+  EXPECT_EQ(during["fedmoe_round_open"], 1);
+  EXPECT_EQ(during["fedmoe_clients{state=\"enrolled\"}"], 3);
+  EXPECT_EQ(during["fedmoe_clients{state=\"online\"}"], 3);
+  EXPECT_EQ(during["fedmoe_model_version"], 1);
+  EXPECT_EQ(during["fedmoe_round_stage_seconds_count{stage=\"SELECTED\"}"], 1);
+  EXPECT_EQ(during["fedmoe_round_stage_seconds_count{stage=\"KEYS_ADVERTISED\"}"], 1);
+  EXPECT_GT(during["fedmoe_transport_bytes_total{direction=\"in\"}"], 0);
+
+  std::map<std::string, double> after;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return ScrapeMetrics(metrics_address_, after, error) &&
+               after["fedmoe_rounds_total{outcome=\"committed\"}"] == 1;
+      },
+      absl::Seconds(10)))
+      << error;
+  EXPECT_EQ(after["fedmoe_round_open"], 0);
+  EXPECT_EQ(after["fedmoe_model_version"], 2);
+  EXPECT_EQ(after["fedmoe_round_seconds_count{outcome=\"committed\"}"], 1);
+  EXPECT_EQ(after["fedmoe_round_stage_seconds_count{stage=\"UNMASKED\"}"], 1);
+  // Each client's masked input alone is 2^18 values at 32 bits.
+  EXPECT_GT(after["fedmoe_transport_bytes_total{direction=\"in\"}"], 3.0 * (1 << 20));
+  // Mode none spends an unbounded ε, and says so.
+  EXPECT_TRUE(std::isinf(after["fedmoe_privacy_epsilon_spent"]));
+  // Nothing about one client is exposed: no sample names a client.
+  for (const auto& [sample, value] : after) {
+    EXPECT_EQ(sample.find("sim-"), std::string::npos) << sample;
+  }
+}
+
 }  // namespace
 }  // namespace fedmoe::testing

@@ -111,6 +111,16 @@ TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss)
   EXPECT_LT(ledger.entries(0).epsilon_after(), ledger.entries(1).epsilon_after());
   EXPECT_DOUBLE_EQ(ledger.epsilon_spent(), ledger.entries(1).epsilon_after());
 
+  // The client's own /metrics agrees with its status.json.
+  std::map<std::string, double> metrics;
+  std::string error;
+  ASSERT_TRUE(ScrapeMetrics(client_metrics_["bank"], metrics, error)) << error;
+  EXPECT_EQ(metrics["fedmoe_client_rounds_total{outcome=\"committed\"}"], 2);
+  EXPECT_EQ(metrics["fedmoe_client_model_version"], 2);
+  EXPECT_GT(metrics["fedmoe_client_tokens_per_second"], 0);
+  EXPECT_GT(metrics["fedmoe_client_last_sync_timestamp_seconds"], 1.7e9);
+  EXPECT_EQ(metrics["fedmoe_client_connected"], 1);
+
   const std::string client_status = ReadFile(dir_.path() / "bank" / "status.json");
   EXPECT_THAT(client_status, HasSubstr("\"rounds_committed\":2"));
   EXPECT_THAT(client_status, HasSubstr("committed, model version 3"));

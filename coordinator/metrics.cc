@@ -1,0 +1,85 @@
+#include "coordinator/metrics.h"
+
+#include "coordinator/round_engine.h"
+#include "metrics/metrics_server.h"
+
+namespace fedmoe::coordinator {
+namespace {
+
+// Seconds: from a quick stage on loopback to a long local-training stage.
+const prometheus::Histogram::BucketBoundaries& StageBuckets() {
+  static const auto* const kBuckets = new prometheus::Histogram::BucketBoundaries{
+      0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800};
+  return *kBuckets;
+}
+
+}  // namespace
+
+CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
+    : stage_seconds_(&prometheus::BuildHistogram()
+                          .Name("fedmoe_round_stage_seconds")
+                          .Help("How long each round stage stayed open, by stage")
+                          .Register(registry)),
+      round_seconds_(&prometheus::BuildHistogram()
+                          .Name("fedmoe_round_seconds")
+                          .Help("Round duration from cohort selection to its end, by outcome")
+                          .Register(registry)) {
+  auto& bytes = prometheus::BuildCounter()
+                    .Name("fedmoe_transport_bytes_total")
+                    .Help("Serialized federation messages on the mTLS port, by direction")
+                    .Register(registry);
+  bytes_in_ = &bytes.Add({{"direction", "in"}});
+  bytes_out_ = &bytes.Add({{"direction", "out"}});
+}
+
+void CoordinatorMetrics::StageClosed(v1::RoundStage stage, absl::Duration took) {
+  stage_seconds_->Add({{"stage", StageName(stage)}}, StageBuckets())
+      .Observe(absl::ToDoubleSeconds(took));
+}
+
+void CoordinatorMetrics::RoundEnded(v1::RoundStage outcome, absl::Duration took) {
+  round_seconds_
+      ->Add({{"outcome", outcome == v1::ROUND_STAGE_COMMITTED ? "committed" : "aborted"}},
+            StageBuckets())
+      .Observe(absl::ToDoubleSeconds(took));
+}
+
+std::vector<prometheus::MetricFamily> StatusCollectable::Collect() const {
+  absl::StatusOr<v1::GetStatusResponse> status = status_();
+  std::vector<prometheus::MetricFamily> families;
+  families.push_back(metrics::Gauge("fedmoe_up", "1 when the coordinator could read its state",
+                                    status.ok() ? 1 : 0));
+  if (!status.ok()) return families;
+  families.push_back(metrics::Labelled(prometheus::MetricType::Gauge, "fedmoe_clients",
+                                       "Clients by state: enrolled (not revoked), online (polled "
+                                       "within twice the poll wait), revoked",
+                                       "state",
+                                       {{"enrolled", status->clients_enrolled()},
+                                        {"online", status->clients_online()},
+                                        {"revoked", status->clients_revoked()}}));
+  families.push_back(metrics::Labelled(
+      prometheus::MetricType::Counter, "fedmoe_rounds_total", "Rounds ended, by outcome", "outcome",
+      {{"committed", static_cast<double>(status->rounds_committed())},
+       {"aborted", static_cast<double>(status->rounds_aborted())}}));
+  families.push_back(metrics::Gauge("fedmoe_model_version", "The newest published model version",
+                                    static_cast<double>(status->model_version())));
+  families.push_back(metrics::Gauge(
+      "fedmoe_round_open", "1 while a round is between selection and its end",
+      status->current_round_id() != 0 && status->current_round_stage() < v1::ROUND_STAGE_COMMITTED
+          ? 1
+          : 0));
+  families.push_back(metrics::Gauge("fedmoe_privacy_epsilon_spent",
+                                    "ε spent over the federation's life, at fedmoe_privacy_delta",
+                                    status->epsilon_spent()));
+  families.push_back(metrics::Gauge("fedmoe_privacy_delta", "The δ at which ε is reported",
+                                    status->privacy_delta()));
+  families.push_back(metrics::Gauge(
+      "fedmoe_privacy_target_epsilon",
+      "The ε budget (0: none); rounds that could pass it do not start", status->target_epsilon()));
+  families.push_back(metrics::Gauge("fedmoe_rounds_paused",
+                                    "1 when rounds are paused (budget, max_rounds)",
+                                    status->rounds_paused_reason().empty() ? 0 : 1));
+  return families;
+}
+
+}  // namespace fedmoe::coordinator
