@@ -158,6 +158,22 @@ void PrepareProcessForManyClients() {
   mallopt(M_ARENA_MAX, 4);
 }
 
+// SIGHUP: re-reads the config. Only log_level applies to the running process; listeners,
+// limits, certificates and the round policy are fixed at start, and the log says so. A bad
+// file changes nothing.
+void ReloadConfig(const std::string& path) {
+  absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(path);
+  if (!config.ok()) {
+    LogEvent(LogLevel::kError, "config_reload_failed").Error(config.status());
+    return;
+  }
+  if (auto level = ParseLogLevel(config->log_level); level.ok()) SetMinLogLevel(*level);
+  LogEvent(LogLevel::kWarning, "config_reloaded")
+      .Field("path", path)
+      .Field("log_level", config->log_level)
+      .Field("note", "only log_level applies now; other settings take effect at the next restart");
+}
+
 int Serve(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args, {"config"}, {});
   if (!flags.ok()) return Fail(flags.status());
@@ -174,12 +190,13 @@ int Serve(const std::vector<std::string>& args) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server = CoordinatorServer::Start(*config);
   if (!server.ok()) return Fail(server.status());
   int signal = 0;
-  sigwait(&signals, &signal);
+  while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) ReloadConfig(*path);
   LogEvent(LogLevel::kInfo, "shutdown_requested").Field("signal", signal);
   (*server)->Shutdown(absl::Seconds(5));
   return 0;

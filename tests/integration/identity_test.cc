@@ -74,6 +74,25 @@ class FederationTest : public CoordinatorFixture {
   }
 };
 
+TEST_F(FederationTest, SighupReloadsTheLogLevelAndABadConfigChangesNothing) {
+  const std::filesystem::path config = state_ / "coordinator.yaml";
+  const std::string good = ReadFile(config);
+  ASSERT_TRUE(ReplaceInFile(config, "log_level: info", "log_level: debug"));
+  coordinator_->Signal(SIGHUP);
+  ASSERT_TRUE(
+      WaitFor([&] { return coordinator_->Log().find("\"config_reloaded\"") != std::string::npos; },
+              absl::Seconds(10)));
+  EXPECT_THAT(coordinator_->Log(), HasSubstr("\"log_level\":\"debug\""));
+  // A broken file is reported in one line and the coordinator keeps serving.
+  WriteFile(config, "federation: [unclosed\n");
+  coordinator_->Signal(SIGHUP);
+  ASSERT_TRUE(
+      WaitFor([&] { return coordinator_->Log().find("config_reload_failed") != std::string::npos; },
+              absl::Seconds(10)));
+  WriteFile(config, good);
+  ExpectCoordinatorUp();
+}
+
 TEST_F(FederationTest, EnrolledClientRunsAndIsListedOnline) {
   const Token token = CreateToken("bank-1");
   const auto state_dir = dir_.path() / "bank-1";
