@@ -34,6 +34,9 @@ constexpr char kUsage[] = R"(usage: fedmoe-client COMMAND [FLAGS]
       Run the daemon until SIGTERM or SIGINT.
   status (--state-dir DIR | --config FILE) [--json]
       What this client is enrolled as, and what its daemon last reported.
+  --check-config FILE
+      Validate a client.yaml without starting anything: prints "FILE: ok", or each problem
+      as FILE:LINE: KEY: what is wrong, and exits 1.
 )";
 
 int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-client", status); }
@@ -155,6 +158,13 @@ int Main(int argc, char** argv) {
   return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,
                                 {{"enroll", EnrollCommand},
                                  {"run", RunCommand},
+                                 {"--check-config",
+                                  [](const std::vector<std::string>& args) {
+                                    return config::CheckConfigFile(
+                                        "fedmoe-client", args, [](const std::string& path) {
+                                          return ClientConfig::Load(path).status();
+                                        });
+                                  }},
                                  {"status", StatusCommand},
                                  {"train", TrainCommand},
                                  {"model", ModelCommand}});

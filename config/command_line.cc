@@ -116,6 +116,19 @@ int RunSubcommands(const std::string& program, const char* usage, int argc, char
                                     absl::StrCat("unknown command '", args[0], "' (try --help)")));
 }
 
+int CheckConfigFile(const std::string& program, const std::vector<std::string>& args,
+                    const std::function<absl::Status(const std::string&)>& load) {
+  if (args.size() != 1) {
+    return ReportFailure(program, absl::InvalidArgumentError("--check-config takes one FILE"));
+  }
+  if (absl::Status status = load(args[0]); !status.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  std::printf("%s: ok\n", args[0].c_str());
+  return 0;
+}
+
 int ReportFailure(const std::string& program, const absl::Status& status) {
   std::fprintf(stderr, "%s: error: %s\n", program.c_str(), std::string(status.message()).c_str());
   return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;

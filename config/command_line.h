@@ -55,6 +55,12 @@ int RunSubcommands(const std::string& program, const char* usage, int argc, char
 
 // Prints "PROGRAM: error: MESSAGE" on one line and returns the exit status: 2 for invalid
 // arguments (bad usage), 1 for everything else.
+// `PROGRAM --check-config FILE`: `load` reads and validates FILE. Prints "FILE: ok" and
+// returns 0, or prints each problem on its own line (FILE:LINE: KEY: what is wrong) and
+// returns 1.
+int CheckConfigFile(const std::string& program, const std::vector<std::string>& args,
+                    const std::function<absl::Status(const std::string&)>& load);
+
 int ReportFailure(const std::string& program, const absl::Status& status);
 
 }  // namespace fedmoe::config

@@ -43,7 +43,10 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
        [--enroll-listen HOST:PORT] [--advertise HOST:PORT]
       Create a federation: CA, server and admin certificates, store, coordinator.yaml.
   serve --config FILE
-      Run the coordinator until SIGTERM or SIGINT.
+      Run the coordinator until SIGTERM or SIGINT; SIGHUP re-reads log_level.
+  --check-config FILE
+      Validate a coordinator.yaml without starting anything: prints "FILE: ok", or each
+      problem as FILE:LINE: KEY: what is wrong, and exits 1.
   token create --client-id ID [--ttl 24h] [--json]
       Create a one-time enrollment token; prints it and the CA fingerprint to pin.
   token list [--json]
@@ -200,6 +203,12 @@ int Serve(const std::vector<std::string>& args) {
   LogEvent(LogLevel::kInfo, "shutdown_requested").Field("signal", signal);
   (*server)->Shutdown(absl::Seconds(5));
   return 0;
+}
+
+int CheckConfig(const std::vector<std::string>& args) {
+  return config::CheckConfigFile("fedmoe-coordinator", args, [](const std::string& path) {
+    return CoordinatorConfig::Load(path).status();
+  });
 }
 
 int TokenCommand(const std::vector<std::string>& args) {
@@ -526,6 +535,7 @@ int Main(int argc, char** argv) {
   return config::RunSubcommands("fedmoe-coordinator", kUsage, argc, argv,
                                 {{"init", Init},
                                  {"serve", Serve},
+                                 {"--check-config", CheckConfig},
                                  {"token", TokenCommand},
                                  {"clients", ClientsCommand},
                                  {"status", Status},
