@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 #include "config/command_line.h"
 #include "coordinator/admin_channel.h"
+#include "coordinator/backup.h"
 #include "coordinator/config.h"
 #include "coordinator/server.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
@@ -44,6 +45,11 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
       Create a federation: CA, server and admin certificates, store, coordinator.yaml.
   serve --config FILE
       Run the coordinator until SIGTERM or SIGINT; SIGHUP re-reads log_level.
+  backup --state-dir DIR --out NEW_DIR
+      Copy the state directory (store snapshot, CA and keys, config, model versions) into
+      NEW_DIR, consistently, while the coordinator runs or not.
+  restore --backup DIR --state-dir NEW_DIR
+      Restore a backup into NEW_DIR and point its coordinator.yaml there; then serve it.
   --check-config FILE
       Validate a coordinator.yaml without starting anything: prints "FILE: ok", or each
       problem as FILE:LINE: KEY: what is wrong, and exits 1.
@@ -202,6 +208,36 @@ int Serve(const std::vector<std::string>& args) {
   while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) ReloadConfig(*path);
   LogEvent(LogLevel::kInfo, "shutdown_requested").Field("signal", signal);
   (*server)->Shutdown(absl::Seconds(5));
+  return 0;
+}
+
+int Backup(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"state-dir", "out"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  auto state_dir = flags->Require("state-dir");
+  if (!state_dir.ok()) return Fail(state_dir.status());
+  auto out = flags->Require("out");
+  if (!out.ok()) return Fail(out.status());
+  absl::StatusOr<BackupSummary> summary = BackupStateDir(StateDir{*state_dir}, *out);
+  if (!summary.ok()) return Fail(summary.status());
+  std::printf("backed up %s to %s: the store, keys, config and %lld model versions (%.1f MB)\n",
+              state_dir->c_str(), out->c_str(), static_cast<long long>(summary->model_versions),
+              static_cast<double>(summary->bytes) / 1e6);
+  return 0;
+}
+
+int Restore(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"backup", "state-dir"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  auto backup = flags->Require("backup");
+  if (!backup.ok()) return Fail(backup.status());
+  auto state_dir = flags->Require("state-dir");
+  if (!state_dir.ok()) return Fail(state_dir.status());
+  if (absl::Status status = RestoreStateDir(*backup, StateDir{*state_dir}); !status.ok()) {
+    return Fail(status);
+  }
+  std::printf("restored %s into %s; start it with: fedmoe-coordinator serve --config %s\n",
+              backup->c_str(), state_dir->c_str(), StateDir{*state_dir}.config().string().c_str());
   return 0;
 }
 
@@ -536,6 +572,8 @@ int Main(int argc, char** argv) {
                                 {{"init", Init},
                                  {"serve", Serve},
                                  {"--check-config", CheckConfig},
+                                 {"backup", Backup},
+                                 {"restore", Restore},
                                  {"token", TokenCommand},
                                  {"clients", ClientsCommand},
                                  {"status", Status},

@@ -132,6 +132,31 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::filesystem::
 
 Database::~Database() { sqlite3_close_v2(db_); }
 
+absl::Status Database::BackupTo(const std::filesystem::path& destination) {
+  sqlite3* raw = nullptr;
+  if (sqlite3_open_v2(destination.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                      nullptr) != SQLITE_OK) {
+    const std::string why = raw != nullptr ? sqlite3_errmsg(raw) : "out of memory";
+    sqlite3_close_v2(raw);
+    return absl::UnavailableError(absl::StrCat("cannot create ", destination.string(), ": ", why));
+  }
+  std::unique_ptr<sqlite3, int (*)(sqlite3*)> target(raw, sqlite3_close_v2);
+  sqlite3_backup* backup = sqlite3_backup_init(target.get(), "main", db_, "main");
+  if (backup == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("cannot start the store backup: ", sqlite3_errmsg(target.get())));
+  }
+  // All pages in one step: a copy of a federation's metadata is small, and one step is one
+  // consistent read snapshot.
+  const int stepped = sqlite3_backup_step(backup, -1);
+  const int finished = sqlite3_backup_finish(backup);
+  if (stepped != SQLITE_DONE || finished != SQLITE_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("the store backup failed: ", sqlite3_errmsg(target.get())));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Statement> Database::Prepare(std::string_view sql) {
   sqlite3_stmt* statement = nullptr;
   const int code =

@@ -73,6 +73,9 @@ class Database {
   // Runs one or more statements that take no parameters.
   absl::Status Execute(std::string_view sql);
   int64_t Changes() const;
+  // A consistent copy of the whole database in a new file, taken with SQLite's online backup
+  // while other connections keep writing (DESIGN: restarts and backups lose nothing).
+  absl::Status BackupTo(const std::filesystem::path& destination);
 
  private:
   explicit Database(sqlite3* db) : db_(db) {}

@@ -363,6 +363,44 @@ TEST_F(RoundFaultsTest, AClientKilledMidUploadLeavesNothingInTheSumAndTheOthersC
   ExpectWeightedMean(2, contributors);
 }
 
+TEST_F(RoundFaultsTest, ABackupTakenWhileServingRestoresTheExactVersionsAndLedger) {
+  StartNoiselessFederation(3, 3);
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_EQ(RunRound()[0].outcome, v1::ROUND_STAGE_COMMITTED);
+  }
+  const std::filesystem::path backup = dir_.path() / "backup";
+  CommandResult backed_up = Coordinator({"backup", "--out", backup.string()});
+  ASSERT_EQ(backed_up.exit_code, 0) << backed_up.err;
+  EXPECT_THAT(backed_up.out, HasSubstr("3 model versions"));
+  const std::string ledger = Coordinator({"privacy", "report", "--json"}).out;
+  const std::string rounds = Coordinator({"rounds", "list", "--json"}).out;
+  const std::string weights = ReadFile(state_ / "models/v3/model.safetensors");
+  // Keys in the backup stay private.
+  EXPECT_EQ(std::filesystem::status(backup / "ca.key").permissions() & std::filesystem::perms::all,
+            std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+
+  // The live federation moves on past the backup, then is lost.
+  ASSERT_EQ(RunRound()[0].outcome, v1::ROUND_STAGE_COMMITTED);
+  ASSERT_EQ(Status().model_version(), 4u);
+  coordinator_->Signal(SIGKILL);
+  coordinator_->Wait(absl::Seconds(10));
+
+  const std::filesystem::path restored = dir_.path() / "restored";
+  CommandResult restore = RunCommand({BinaryPath("fedmoe-coordinator"), "restore", "--backup",
+                                      backup.string(), "--state-dir", restored.string()});
+  ASSERT_EQ(restore.exit_code, 0) << restore.err;
+  state_ = restored;
+  StartCoordinator();
+  EXPECT_EQ(Status().model_version(), 3u);
+  EXPECT_EQ(Coordinator({"privacy", "report", "--json"}).out, ledger);
+  EXPECT_EQ(Coordinator({"rounds", "list", "--json"}).out, rounds);
+  EXPECT_EQ(ReadFile(restored / "models/v3/model.safetensors"), weights);
+  EXPECT_FALSE(std::filesystem::exists(restored / "models/v4"));
+  // And the restored federation carries on from version 3.
+  ASSERT_EQ(RunRound()[0].outcome, v1::ROUND_STAGE_COMMITTED);
+  EXPECT_EQ(Status().model_version(), 4u);
+}
+
 TEST_F(RoundFaultsTest, TheCoordinatorsMetricsFollowTheRoundInThePrometheusTextFormat) {
   StartNoiselessFederation(3, 1);
   // Scraped while round 1 waits for masked inputs, then after it commits.
