@@ -281,12 +281,13 @@ TEST_P(CoordinatorRestartTest, AKill9AtTheStageAbortsTheRoundAndTheNextOneCommit
   StartNoiselessFederation(3, 1);
   // Every client holds round 1 at the stage until the coordinator has been killed and restarted.
   absl::Notification at_stage;
+  std::once_flag first_at_stage;  // Clients reach the stage concurrently; one notifies.
   absl::Notification restarted;
   std::vector<RoundBehaviour> behaviours(3);
   for (RoundBehaviour& behaviour : behaviours) {
     behaviour.on_task = [&](v1::RoundStage stage) {
       if (stage != GetParam() || restarted.HasBeenNotified()) return;
-      if (!at_stage.HasBeenNotified()) at_stage.Notify();
+      std::call_once(first_at_stage, [&] { at_stage.Notify(); });
       restarted.WaitForNotification();
     };
   }

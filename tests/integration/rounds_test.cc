@@ -43,8 +43,10 @@ class RoundsTest : public CoordinatorFixture {
   }
 
   double EvalLoss(const std::filesystem::path& model, const std::filesystem::path& data) {
+    // Minutes, not seconds: under the sanitizers an evaluation is slow.
     CommandResult result = RunCommand({BinaryPath("fedmoe-client"), "model", "eval", "--model",
-                                       model.string(), "--data", data.string(), "--seq-len", "64"});
+                                       model.string(), "--data", data.string(), "--seq-len", "64"},
+                                      absl::Minutes(5));
     EXPECT_EQ(result.exit_code, 0) << result.err;
     google::protobuf::Struct json;
     EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(result.out, &json).ok());
