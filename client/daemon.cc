@@ -15,6 +15,7 @@
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "pki/certificate_authority.h"
+#include "pki/key_pair_files.h"
 #include "pki/private_key.h"
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
@@ -39,26 +40,13 @@ void ClientDaemon::Stop() {
   if (in_flight_ != nullptr) in_flight_->TryCancel();
 }
 
-absl::Status ClientDaemon::RecoverInterruptedRenewal() {
-  const ClientStateDir& dir = config_.state_dir;
-  const std::filesystem::path next_key = dir.root / "client.key.next";
-  const std::filesystem::path next_certificate = dir.root / "client.pem.next";
-  std::error_code error;
-  if (std::filesystem::exists(next_certificate)) {
-    if (std::filesystem::exists(next_key)) std::filesystem::rename(next_key, dir.key(), error);
-    if (!error) std::filesystem::rename(next_certificate, dir.certificate(), error);
-  } else if (std::filesystem::exists(next_key)) {
-    std::filesystem::remove(next_key, error);
-  }
-  if (error) {
-    return absl::InternalError(absl::StrCat("cannot finish the certificate renewal in ",
-                                            dir.root.string(), ": ", error.message()));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status ClientDaemon::Connect() {
-  if (absl::Status status = RecoverInterruptedRenewal(); !status.ok()) return status;
+  // A renewal that a crash interrupted is finished (or discarded) before the key is read.
+  if (absl::Status status =
+          pki::CompleteKeyPairSwap(config_.state_dir.key(), config_.state_dir.certificate());
+      !status.ok()) {
+    return status;
+  }
   absl::StatusOr<CoordinatorChannel> dialled = DialCoordinator(config_);
   if (!dialled.ok()) return dialled.status();
   channel_ = dialled->channel;
@@ -93,17 +81,11 @@ absl::Status ClientDaemon::RenewIfDue() {
   if (renewed->PublicKeyDer() != *key->PublicKeyDer()) {
     return absl::PermissionDeniedError("the renewed certificate is not for the new key");
   }
-  // Both new files are written in full beside the old ones, then renamed into place, key
-  // first. A crash at any point leaves either the old pair, or a complete new pair that
-  // RecoverInterruptedRenewal() moves into place at the next start.
-  const ClientStateDir& dir = config_.state_dir;
-  if (absl::Status status = key->WriteFile(dir.root / "client.key.next"); !status.ok()) {
+  if (absl::Status status = pki::ReplaceKeyPair(*key, *renewed, config_.state_dir.key(),
+                                                config_.state_dir.certificate());
+      !status.ok()) {
     return status;
   }
-  if (absl::Status status = renewed->WriteFile(dir.root / "client.pem.next"); !status.ok()) {
-    return status;
-  }
-  if (absl::Status status = RecoverInterruptedRenewal(); !status.ok()) return status;
   LogEvent(LogLevel::kInfo, "certificate_renewed")
       .Field("serial", renewed->SerialHex())
       .Field("not_after", absl::FormatTime(renewed->NotAfter()));

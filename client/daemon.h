@@ -43,8 +43,6 @@ class ClientDaemon {
  private:
   // Loads key and certificate and builds the mTLS channel.
   absl::Status Connect();
-  // Finishes or discards a renewal that a crash interrupted (see RenewIfDue).
-  absl::Status RecoverInterruptedRenewal();
   absl::Status RenewIfDue();
   // One long poll. Returns its status; OK means the coordinator answered.
   grpc::Status PollOnce();

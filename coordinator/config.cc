@@ -8,6 +8,7 @@
 #include "coordinator/store.h"
 #include "logging/log.h"
 #include "pki/certificate_authority.h"
+#include "pki/key_pair_files.h"
 #include "storage/atomic_file.h"
 
 namespace fedmoe::coordinator {
@@ -245,6 +246,55 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
     if (!status.ok()) return status;
   }
   return InitResult{config, ca->certificate().Sha256Fingerprint()};
+}
+
+absl::StatusOr<RenewedCertificates> RenewCoordinatorCertificates(
+    const CoordinatorConfig& config, std::vector<std::string> server_hosts) {
+  const StateDir& dir = config.state_dir;
+  // Finish a renewal that a crash interrupted before reading anything.
+  for (const auto& [key, certificate] : {std::pair{dir.server_key(), dir.server_certificate()},
+                                         std::pair{dir.admin_key(), dir.admin_certificate()}}) {
+    if (absl::Status status = pki::CompleteKeyPairSwap(key, certificate); !status.ok()) {
+      return status;
+    }
+  }
+  absl::StatusOr<pki::Certificate> ca_certificate =
+      pki::Certificate::ReadFile(dir.ca_certificate());
+  if (!ca_certificate.ok()) return ca_certificate.status();
+  absl::StatusOr<pki::PrivateKey> ca_key = pki::PrivateKey::ReadFile(dir.ca_key());
+  if (!ca_key.ok()) return ca_key.status();
+  absl::StatusOr<pki::CertificateAuthority> ca =
+      pki::CertificateAuthority::Load(*ca_certificate, *std::move(ca_key));
+  if (!ca.ok()) return ca.status();
+  if (server_hosts.empty()) {
+    absl::StatusOr<pki::Certificate> old = pki::Certificate::ReadFile(dir.server_certificate());
+    if (!old.ok()) return old.status();
+    server_hosts = old->ServerHosts();
+  }
+  absl::StatusOr<pki::PrivateKey> server_key = pki::PrivateKey::GenerateP256();
+  if (!server_key.ok()) return server_key.status();
+  absl::StatusOr<pki::Certificate> server =
+      ca->IssueServer(*server_key, server_hosts, config.server_certificate_validity);
+  if (!server.ok()) return server.status();
+  absl::StatusOr<pki::PrivateKey> admin_key = pki::PrivateKey::GenerateP256();
+  if (!admin_key.ok()) return admin_key.status();
+  absl::StatusOr<std::string> admin_csr = pki::MakeCsr(*admin_key, "operator");
+  if (!admin_csr.ok()) return admin_csr.status();
+  absl::StatusOr<pki::Certificate> admin =
+      ca->IssueFromCsr(*admin_csr, {config.federation, pki::IdentityKind::kAdmin, "operator"},
+                       config.admin_certificate_validity);
+  if (!admin.ok()) return admin.status();
+  if (absl::Status status =
+          pki::ReplaceKeyPair(*server_key, *server, dir.server_key(), dir.server_certificate());
+      !status.ok()) {
+    return status;
+  }
+  if (absl::Status status =
+          pki::ReplaceKeyPair(*admin_key, *admin, dir.admin_key(), dir.admin_certificate());
+      !status.ok()) {
+    return status;
+  }
+  return RenewedCertificates{*std::move(server), *std::move(admin)};
 }
 
 }  // namespace fedmoe::coordinator

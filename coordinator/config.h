@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "coordinator/round_policy.h"
+#include "pki/certificate.h"
 
 namespace fedmoe::coordinator {
 
@@ -88,6 +89,19 @@ struct InitResult {
 // Creates a new federation's state directory: the CA, the server and admin certificates, the
 // store and a commented coordinator.yaml. Refuses a directory that already holds a CA.
 absl::StatusOr<InitResult> InitStateDir(const InitOptions& options);
+
+struct RenewedCertificates {
+  pki::Certificate server;
+  pki::Certificate admin;
+};
+
+// Issues the coordinator's server and admin certificates again, each with a new key, from the
+// federation CA in `config`'s state directory, valid for server_validity and admin_validity
+// from now. The server certificate names `server_hosts`, or the old one's names when empty.
+// Each pair is replaced crash-safely (pki/key_pair_files.h). The admin pair works at once; a
+// running coordinator serves the new server certificate from its next start.
+absl::StatusOr<RenewedCertificates> RenewCoordinatorCertificates(
+    const CoordinatorConfig& config, std::vector<std::string> server_hosts);
 
 }  // namespace fedmoe::coordinator
 

@@ -45,6 +45,9 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
       Create a federation: CA, server and admin certificates, store, coordinator.yaml.
   serve --config FILE
       Run the coordinator until SIGTERM or SIGINT; SIGHUP re-reads log_level.
+  certificates renew --state-dir DIR [--san HOST ...]
+      Issue the server and admin certificates again (new keys, full lifetimes) from the
+      federation CA; the server's names stay unless --san is given. Restart to serve it.
   backup --state-dir DIR --out NEW_DIR
       Copy the state directory (store snapshot, CA and keys, config, model versions) into
       NEW_DIR, consistently, while the coordinator runs or not.
@@ -208,6 +211,38 @@ int Serve(const std::vector<std::string>& args) {
   while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) ReloadConfig(*path);
   LogEvent(LogLevel::kInfo, "shutdown_requested").Field("signal", signal);
   (*server)->Shutdown(absl::Seconds(5));
+  return 0;
+}
+
+int CertificatesCommand(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] != "renew") {
+    return Fail(absl::InvalidArgumentError("certificates needs renew"));
+  }
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  auto flags = CommandLine::Parse(rest, {"state-dir", "config", "san"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  std::filesystem::path config_path;
+  if (auto config = flags->Get("config")) {
+    config_path = *config;
+  } else if (auto dir = flags->Get("state-dir")) {
+    config_path = StateDir{*dir}.config();
+  } else {
+    return Fail(absl::InvalidArgumentError("certificates renew needs --state-dir DIR"));
+  }
+  absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(config_path);
+  if (!config.ok()) return Fail(config.status());
+  absl::StatusOr<RenewedCertificates> renewed =
+      RenewCoordinatorCertificates(*config, flags->GetAll("san"));
+  if (!renewed.ok()) return Fail(renewed.status());
+  std::printf(
+      "server certificate: serial %s for %s, expires %s\n"
+      "admin certificate:  serial %s, expires %s\n"
+      "the admin commands use the new admin certificate now; restart the coordinator to serve "
+      "the new server certificate\n",
+      renewed->server.SerialHex().c_str(),
+      absl::StrJoin(renewed->server.ServerHosts(), ", ").c_str(),
+      absl::FormatTime(renewed->server.NotAfter()).c_str(), renewed->admin.SerialHex().c_str(),
+      absl::FormatTime(renewed->admin.NotAfter()).c_str());
   return 0;
 }
 
@@ -572,6 +607,7 @@ int Main(int argc, char** argv) {
                                 {{"init", Init},
                                  {"serve", Serve},
                                  {"--check-config", CheckConfig},
+                                 {"certificates", CertificatesCommand},
                                  {"backup", Backup},
                                  {"restore", Restore},
                                  {"token", TokenCommand},

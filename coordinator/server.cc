@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "logging/log.h"
 #include "metrics/metrics_server.h"
+#include "pki/key_pair_files.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -53,6 +54,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::FailedPreconditionError(
         absl::StrCat("the CA in ", dir.root.string(), " is for federation '", ca->federation(),
                      "' but the config says '", cfg.federation, "'"));
+  }
+  // A `certificates renew` that a crash interrupted is finished before the pair is read.
+  if (absl::Status status = pki::CompleteKeyPairSwap(dir.server_key(), dir.server_certificate());
+      !status.ok()) {
+    return status;
   }
   absl::StatusOr<pki::Certificate> server_certificate =
       pki::Certificate::ReadFile(dir.server_certificate());

@@ -1,9 +1,11 @@
 #include "pki/certificate.h"
 
+#include <arpa/inet.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
+#include <openssl/x509v3.h>
 
 #include <fstream>
 #include <sstream>
@@ -156,6 +158,32 @@ absl::Time Certificate::NotAfter() const {
 std::string Certificate::SerialHex() const {
   const ASN1_INTEGER* serial = X509_get0_serialNumber(certificate_.get());
   return Hex(serial->data, static_cast<size_t>(serial->length));
+}
+
+std::vector<std::string> Certificate::ServerHosts() const {
+  std::vector<std::string> hosts;
+  auto* names = static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(certificate_.get(), NID_subject_alt_name, nullptr, nullptr));
+  if (names == nullptr) return hosts;
+  for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+    if (name->type == GEN_DNS) {
+      const ASN1_IA5STRING* dns = name->d.dNSName;
+      hosts.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(dns)),
+                         static_cast<size_t>(ASN1_STRING_length(dns)));
+    } else if (name->type == GEN_IPADD) {
+      const ASN1_OCTET_STRING* ip = name->d.iPAddress;
+      const int length = ASN1_STRING_length(ip);
+      char text[INET6_ADDRSTRLEN] = {};
+      if ((length == 4 || length == 16) &&
+          inet_ntop(length == 4 ? AF_INET : AF_INET6, ASN1_STRING_get0_data(ip), text,
+                    sizeof text) != nullptr) {
+        hosts.emplace_back(text);
+      }
+    }
+  }
+  GENERAL_NAMES_free(names);
+  return hosts;
 }
 
 bool Certificate::IsCa() const { return X509_check_ca(certificate_.get()) != 0; }

@@ -47,6 +47,9 @@ class Certificate {
   absl::Time NotAfter() const;
   // Lower-case hex.
   std::string SerialHex() const;
+  // The DNS names and IP addresses of the subject alternative names (not the SPIFFE URI), as
+  // IssueServer took them.
+  std::vector<std::string> ServerHosts() const;
   bool IsCa() const;
   // SubjectPublicKeyInfo, DER: compare with PrivateKey::PublicKeyDer() to match a key.
   std::string PublicKeyDer() const;

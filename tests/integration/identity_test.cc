@@ -93,6 +93,39 @@ TEST_F(FederationTest, SighupReloadsTheLogLevelAndABadConfigChangesNothing) {
   ExpectCoordinatorUp();
 }
 
+TEST_F(FederationTest, RenewedServerAndAdminCertificatesServeAfterARestart) {
+  const auto state_dir = dir_.path() / "bank-1";
+  ASSERT_EQ(Enroll(CreateToken("bank-1"), state_dir).exit_code, 0);
+  auto daemon = StartClient(state_dir);
+  ASSERT_TRUE(WaitFor([&] { return IsOnline("bank-1"); }, absl::Seconds(15))) << daemon->Log();
+  const std::string old_server = ReadFile(state_ / "server.pem");
+  const std::string old_admin = ReadFile(state_ / "admin.pem");
+
+  CommandResult renewed = Coordinator({"certificates", "renew"});
+  ASSERT_EQ(renewed.exit_code, 0) << renewed.err;
+  EXPECT_THAT(renewed.out, HasSubstr("for localhost, 127.0.0.1, ::1"));
+  EXPECT_NE(ReadFile(state_ / "server.pem"), old_server);
+  EXPECT_NE(ReadFile(state_ / "admin.pem"), old_admin);
+  EXPECT_EQ(Mode(state_ / "server.key"), 0600);
+  EXPECT_EQ(Mode(state_ / "admin.key"), 0600);
+  // The new admin certificate works against the running coordinator at once.
+  EXPECT_EQ(Coordinator({"status"}).exit_code, 0);
+
+  // After a restart the coordinator serves the new server certificate, and the client, which
+  // trusts the CA rather than one certificate, reconnects by itself.
+  coordinator_->Signal(SIGTERM);
+  ASSERT_EQ(coordinator_->Wait(absl::Seconds(20)), 0);
+  StartCoordinator();
+  absl::StatusOr<std::vector<pki::Certificate>> chain =
+      client::FetchServerChain(mtls_address_, absl::Seconds(5));
+  ASSERT_TRUE(chain.ok()) << chain.status();
+  absl::StatusOr<pki::Certificate> served =
+      pki::Certificate::FromPem(ReadFile(state_ / "server.pem"));
+  ASSERT_TRUE(served.ok());
+  EXPECT_EQ(chain->front().SerialHex(), served->SerialHex());
+  EXPECT_TRUE(WaitFor([&] { return IsOnline("bank-1"); }, absl::Seconds(30))) << daemon->Log();
+}
+
 TEST_F(FederationTest, EnrolledClientRunsAndIsListedOnline) {
   const Token token = CreateToken("bank-1");
   const auto state_dir = dir_.path() / "bank-1";

@@ -15,6 +15,7 @@
 #include "absl/strings/str_replace.h"
 #include "pki/certificate.h"
 #include "pki/certificate_authority.h"
+#include "pki/key_pair_files.h"
 #include "pki/private_key.h"
 #include "pki/spiffe_id.h"
 #include "tests/testing_temp_dir.h"
@@ -335,6 +336,49 @@ TEST(FingerprintTest, NormalizesWhatOperatorsType) {
   EXPECT_TRUE(FingerprintsEqual(lower, lower));
   EXPECT_FALSE(FingerprintsEqual(lower, std::string(63, 'a') + "b"));
   EXPECT_FALSE(FingerprintsEqual(lower, lower.substr(1)));
+}
+
+}  // namespace
+}  // namespace fedmoe::pki
+
+namespace fedmoe::pki {
+namespace {
+
+TEST(KeyPairFilesTest, AnInterruptedSwapIsFinishedOrDiscardedNeverMismatched) {
+  fedmoe::testing::TempDir dir;
+  auto ca = CertificateAuthority::Create("acme", absl::Hours(24));
+  ASSERT_TRUE(ca.ok());
+  auto issue = [&](const PrivateKey& key) {
+    return ca->IssueServer(key, {"localhost", "10.1.2.3", "::1"}, absl::Hours(1));
+  };
+  const auto key_path = dir.path() / "server.key";
+  const auto certificate_path = dir.path() / "server.pem";
+  auto old_key = PrivateKey::GenerateP256();
+  auto old_certificate = issue(*old_key);
+  ASSERT_TRUE(ReplaceKeyPair(*old_key, *old_certificate, key_path, certificate_path).ok());
+  EXPECT_EQ(old_certificate->ServerHosts(),
+            (std::vector<std::string>{"localhost", "10.1.2.3", "::1"}));
+
+  // A crash after both new files were written and the key renamed: the swap completes.
+  auto new_key = PrivateKey::GenerateP256();
+  auto new_certificate = issue(*new_key);
+  ASSERT_TRUE(new_key->WriteFile(key_path).ok());
+  ASSERT_TRUE(new_certificate->WriteFile(dir.path() / "server.pem.next").ok());
+  ASSERT_TRUE(CompleteKeyPairSwap(key_path, certificate_path).ok());
+  auto certificate = Certificate::ReadFile(certificate_path);
+  auto key = PrivateKey::ReadFile(key_path);
+  ASSERT_TRUE(certificate.ok() && key.ok());
+  EXPECT_EQ(certificate->PublicKeyDer(), *key->PublicKeyDer());
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "server.pem.next"));
+
+  // A crash after only the new key was written: it is discarded, the old pair stays.
+  auto stray = PrivateKey::GenerateP256();
+  ASSERT_TRUE(stray->WriteFile(dir.path() / "server.key.next").ok());
+  ASSERT_TRUE(CompleteKeyPairSwap(key_path, certificate_path).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "server.key.next"));
+  key = PrivateKey::ReadFile(key_path);
+  ASSERT_TRUE(key.ok());
+  EXPECT_EQ(certificate->PublicKeyDer(), *key->PublicKeyDer());
 }
 
 }  // namespace
