@@ -6,9 +6,7 @@
 namespace fedmoe::pki {
 namespace {
 
-std::filesystem::path Next(const std::filesystem::path& path) {
-  return std::filesystem::path(path.string() + ".next");
-}
+std::filesystem::path Next(const std::filesystem::path& path) { return {path.string() + ".next"}; }
 
 }  // namespace
 
