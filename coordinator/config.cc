@@ -208,7 +208,22 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
   ::chmod(dir.root.c_str(), 0700);
 
   absl::StatusOr<pki::CertificateAuthority> ca =
-      pki::CertificateAuthority::Create(options.federation, options.ca_validity);
+      absl::InvalidArgumentError("--ca-cert and --ca-key go together");
+  if (options.ca_certificate.empty() && options.ca_key.empty()) {
+    ca = pki::CertificateAuthority::Create(options.federation, options.ca_validity);
+  } else if (!options.ca_certificate.empty() && !options.ca_key.empty()) {
+    absl::StatusOr<pki::Certificate> certificate =
+        pki::Certificate::ReadFile(options.ca_certificate);
+    if (!certificate.ok()) return certificate.status();
+    absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(options.ca_key);
+    if (!key.ok()) return key.status();
+    ca = pki::CertificateAuthority::Load(*std::move(certificate), *std::move(key));
+    if (ca.ok() && ca->federation() != options.federation) {
+      return absl::InvalidArgumentError(absl::StrCat("the CA in ", options.ca_certificate.string(),
+                                                     " is for federation '", ca->federation(),
+                                                     "', not '", options.federation, "'"));
+    }
+  }
   if (!ca.ok()) return ca.status();
   CoordinatorConfig config;
   config.federation = options.federation;

@@ -79,6 +79,10 @@ struct InitOptions {
   std::string enroll_listen = "127.0.0.1:7444";
   std::string advertise;
   absl::Duration ca_validity = absl::Hours(24 * 3650);
+  // An existing federation CA to use instead of making one (for example from a Kubernetes
+  // Secret, or an offline CA ceremony): PEM files, the key 0600. Both or neither.
+  std::filesystem::path ca_certificate;
+  std::filesystem::path ca_key;
 };
 
 struct InitResult {

@@ -41,8 +41,9 @@ using google::protobuf::util::TimeUtil;
 constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
 
   init --federation NAME --state-dir DIR [--san HOST ...] [--listen HOST:PORT]
-       [--enroll-listen HOST:PORT] [--advertise HOST:PORT]
-      Create a federation: CA, server and admin certificates, store, coordinator.yaml.
+       [--enroll-listen HOST:PORT] [--advertise HOST:PORT] [--ca-cert PEM --ca-key PEM]
+      Create a federation: CA, server and admin certificates, store, coordinator.yaml. With
+      --ca-cert and --ca-key, an existing federation CA is used instead of a new one.
   serve --config FILE
       Run the coordinator until SIGTERM or SIGINT; SIGHUP re-reads log_level.
   certificates renew --state-dir DIR [--san HOST ...]
@@ -124,8 +125,10 @@ std::unique_ptr<grpc::ClientContext> AdminContext() {
 }
 
 int Init(const std::vector<std::string>& args) {
-  auto flags = CommandLine::Parse(
-      args, {"federation", "state-dir", "san", "listen", "enroll-listen", "advertise"}, {});
+  auto flags = CommandLine::Parse(args,
+                                  {"federation", "state-dir", "san", "listen", "enroll-listen",
+                                   "advertise", "ca-cert", "ca-key"},
+                                  {});
   if (!flags.ok()) return Fail(flags.status());
   InitOptions options;
   auto federation = flags->Require("federation");
@@ -138,6 +141,8 @@ int Init(const std::vector<std::string>& args) {
   options.listen = flags->GetOr("listen", options.listen);
   options.enroll_listen = flags->GetOr("enroll-listen", options.enroll_listen);
   options.advertise = flags->GetOr("advertise", "");
+  options.ca_certificate = flags->GetOr("ca-cert", "");
+  options.ca_key = flags->GetOr("ca-key", "");
   absl::StatusOr<InitResult> result = InitStateDir(options);
   if (!result.ok()) return Fail(result.status());
   std::printf(

@@ -31,6 +31,36 @@ absl::StatusOr<CoordinatorConfig> LoadText(const TempDir& dir, const std::string
   return CoordinatorConfig::Load(path);
 }
 
+TEST(InitStateDirTest, AnExistingCaOfTheSameFederationIsUsedAndAnotherRefused) {
+  TempDir dir;
+  InitOptions first;
+  first.federation = "acme";
+  first.state_dir = dir.path() / "first";
+  auto created = InitStateDir(first);
+  ASSERT_TRUE(created.ok()) << created.status();
+
+  InitOptions imported = first;
+  imported.state_dir = dir.path() / "second";
+  imported.ca_certificate = first.state_dir / "ca.pem";
+  imported.ca_key = first.state_dir / "ca.key";
+  auto second = InitStateDir(imported);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->ca_fingerprint, created->ca_fingerprint);
+  // The new server certificate chains to the imported CA.
+  auto ca = pki::Certificate::ReadFile(imported.state_dir / "ca.pem");
+  auto server = pki::Certificate::ReadFile(imported.state_dir / "server.pem");
+  ASSERT_TRUE(ca.ok() && server.ok());
+  EXPECT_TRUE(pki::VerifyPeer(*server, *ca, "acme", pki::Purpose::kServer).ok());
+
+  imported.state_dir = dir.path() / "third";
+  imported.federation = "globex";
+  EXPECT_THAT(InitStateDir(imported).status().message(),
+              HasSubstr("is for federation 'acme', not 'globex'"));
+  imported.federation = "acme";
+  imported.ca_key.clear();
+  EXPECT_THAT(InitStateDir(imported).status().message(), HasSubstr("go together"));
+}
+
 TEST(InitStateDirTest, CreatesAWorkingFederation) {
   TempDir dir;
   InitOptions options;
