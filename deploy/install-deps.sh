@@ -8,6 +8,8 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config git ca-certificates python3
+  # tests of the Helm chart parse the rendered YAML
+  python3-yaml
   # wire contract and services
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
   # crypto, numerics, foundations
