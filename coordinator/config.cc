@@ -22,6 +22,35 @@ std::string ConfigDuration(absl::Duration duration) {
   return absl::FormatDuration(duration);
 }
 
+// The coordinator's own identities: a server certificate for `hosts` and the operator's admin
+// certificate, each with a new P-256 key, for the configured lifetimes.
+struct CoordinatorPairs {
+  pki::PrivateKey server_key;
+  pki::Certificate server;
+  pki::PrivateKey admin_key;
+  pki::Certificate admin;
+};
+
+absl::StatusOr<CoordinatorPairs> IssueCoordinatorPairs(const pki::CertificateAuthority& ca,
+                                                       const std::vector<std::string>& hosts,
+                                                       const CoordinatorConfig& config) {
+  absl::StatusOr<pki::PrivateKey> server_key = pki::PrivateKey::GenerateP256();
+  if (!server_key.ok()) return server_key.status();
+  absl::StatusOr<pki::Certificate> server =
+      ca.IssueServer(*server_key, hosts, config.server_certificate_validity);
+  if (!server.ok()) return server.status();
+  absl::StatusOr<pki::PrivateKey> admin_key = pki::PrivateKey::GenerateP256();
+  if (!admin_key.ok()) return admin_key.status();
+  absl::StatusOr<std::string> admin_csr = pki::MakeCsr(*admin_key, "operator");
+  if (!admin_csr.ok()) return admin_csr.status();
+  absl::StatusOr<pki::Certificate> admin =
+      ca.IssueFromCsr(*admin_csr, {config.federation, pki::IdentityKind::kAdmin, "operator"},
+                      config.admin_certificate_validity);
+  if (!admin.ok()) return admin.status();
+  return CoordinatorPairs{*std::move(server_key), *std::move(server), *std::move(admin_key),
+                          *std::move(admin)};
+}
+
 }  // namespace
 
 absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem::path& path) {
@@ -232,28 +261,18 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
   config.enroll_listen = options.enroll_listen;
   config.advertise = options.advertise;
 
-  absl::StatusOr<pki::PrivateKey> server_key = pki::PrivateKey::GenerateP256();
-  if (!server_key.ok()) return server_key.status();
-  absl::StatusOr<pki::Certificate> server =
-      ca->IssueServer(*server_key, options.server_hosts, config.server_certificate_validity);
-  if (!server.ok()) return server.status();
-
-  absl::StatusOr<pki::PrivateKey> admin_key = pki::PrivateKey::GenerateP256();
-  if (!admin_key.ok()) return admin_key.status();
-  absl::StatusOr<std::string> admin_csr = pki::MakeCsr(*admin_key, "operator");
-  if (!admin_csr.ok()) return admin_csr.status();
-  absl::StatusOr<pki::Certificate> admin =
-      ca->IssueFromCsr(*admin_csr, {options.federation, pki::IdentityKind::kAdmin, "operator"},
-                       config.admin_certificate_validity);
-  if (!admin.ok()) return admin.status();
+  absl::StatusOr<CoordinatorPairs> pairs = IssueCoordinatorPairs(*ca, options.server_hosts, config);
+  if (!pairs.ok()) return pairs.status();
 
   // The store is created first and the CA key last, so a crash part-way leaves a directory
   // that the "already holds a federation" check refuses rather than a half-made CA.
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(dir.store());
   if (!store.ok()) return store.status();
   for (absl::Status status :
-       {server->WriteFile(dir.server_certificate()), server_key->WriteFile(dir.server_key()),
-        admin->WriteFile(dir.admin_certificate()), admin_key->WriteFile(dir.admin_key()),
+       {pairs->server.WriteFile(dir.server_certificate()),
+        pairs->server_key.WriteFile(dir.server_key()),
+        pairs->admin.WriteFile(dir.admin_certificate()),
+        pairs->admin_key.WriteFile(dir.admin_key()),
         ca->certificate().WriteFile(dir.ca_certificate()), ca->key().WriteFile(dir.ca_key()),
         storage::WriteFileAtomically(
             dir.config(), config.ToYaml(),
@@ -286,30 +305,19 @@ absl::StatusOr<RenewedCertificates> RenewCoordinatorCertificates(
     if (!old.ok()) return old.status();
     server_hosts = old->ServerHosts();
   }
-  absl::StatusOr<pki::PrivateKey> server_key = pki::PrivateKey::GenerateP256();
-  if (!server_key.ok()) return server_key.status();
-  absl::StatusOr<pki::Certificate> server =
-      ca->IssueServer(*server_key, server_hosts, config.server_certificate_validity);
-  if (!server.ok()) return server.status();
-  absl::StatusOr<pki::PrivateKey> admin_key = pki::PrivateKey::GenerateP256();
-  if (!admin_key.ok()) return admin_key.status();
-  absl::StatusOr<std::string> admin_csr = pki::MakeCsr(*admin_key, "operator");
-  if (!admin_csr.ok()) return admin_csr.status();
-  absl::StatusOr<pki::Certificate> admin =
-      ca->IssueFromCsr(*admin_csr, {config.federation, pki::IdentityKind::kAdmin, "operator"},
-                       config.admin_certificate_validity);
-  if (!admin.ok()) return admin.status();
-  if (absl::Status status =
-          pki::ReplaceKeyPair(*server_key, *server, dir.server_key(), dir.server_certificate());
+  absl::StatusOr<CoordinatorPairs> pairs = IssueCoordinatorPairs(*ca, server_hosts, config);
+  if (!pairs.ok()) return pairs.status();
+  if (absl::Status status = pki::ReplaceKeyPair(pairs->server_key, pairs->server, dir.server_key(),
+                                                dir.server_certificate());
       !status.ok()) {
     return status;
   }
-  if (absl::Status status =
-          pki::ReplaceKeyPair(*admin_key, *admin, dir.admin_key(), dir.admin_certificate());
+  if (absl::Status status = pki::ReplaceKeyPair(pairs->admin_key, pairs->admin, dir.admin_key(),
+                                                dir.admin_certificate());
       !status.ok()) {
     return status;
   }
-  return RenewedCertificates{*std::move(server), *std::move(admin)};
+  return RenewedCertificates{pairs->server, pairs->admin};
 }
 
 }  // namespace fedmoe::coordinator
