@@ -282,23 +282,38 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
   return InitResult{config, ca->certificate().Sha256Fingerprint()};
 }
 
-absl::StatusOr<RenewedCertificates> RenewCoordinatorCertificates(
-    const CoordinatorConfig& config, std::vector<std::string> server_hosts) {
+absl::StatusOr<pki::CertificateAuthority> LoadFederationCa(const CoordinatorConfig& config) {
   const StateDir& dir = config.state_dir;
-  // Finish a renewal that a crash interrupted before reading anything.
+  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::ReadFile(dir.ca_certificate());
+  if (!certificate.ok()) return certificate.status();
+  absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(dir.ca_key());
+  if (!key.ok()) return key.status();
+  absl::StatusOr<pki::CertificateAuthority> ca =
+      pki::CertificateAuthority::Load(*std::move(certificate), *std::move(key));
+  if (!ca.ok()) return ca.status();
+  if (ca->federation() != config.federation) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the CA in ", dir.root.string(), " is for federation '", ca->federation(),
+                     "' but the config says '", config.federation, "'"));
+  }
+  return ca;
+}
+
+absl::Status CompleteCoordinatorKeySwaps(const StateDir& dir) {
   for (const auto& [key, certificate] : {std::pair{dir.server_key(), dir.server_certificate()},
                                          std::pair{dir.admin_key(), dir.admin_certificate()}}) {
     if (absl::Status status = pki::CompleteKeyPairSwap(key, certificate); !status.ok()) {
       return status;
     }
   }
-  absl::StatusOr<pki::Certificate> ca_certificate =
-      pki::Certificate::ReadFile(dir.ca_certificate());
-  if (!ca_certificate.ok()) return ca_certificate.status();
-  absl::StatusOr<pki::PrivateKey> ca_key = pki::PrivateKey::ReadFile(dir.ca_key());
-  if (!ca_key.ok()) return ca_key.status();
-  absl::StatusOr<pki::CertificateAuthority> ca =
-      pki::CertificateAuthority::Load(*ca_certificate, *std::move(ca_key));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RenewedCertificates> RenewCoordinatorCertificates(
+    const CoordinatorConfig& config, std::vector<std::string> server_hosts) {
+  const StateDir& dir = config.state_dir;
+  if (absl::Status status = CompleteCoordinatorKeySwaps(dir); !status.ok()) return status;
+  absl::StatusOr<pki::CertificateAuthority> ca = LoadFederationCa(config);
   if (!ca.ok()) return ca.status();
   if (server_hosts.empty()) {
     absl::StatusOr<pki::Certificate> old = pki::Certificate::ReadFile(dir.server_certificate());

@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "coordinator/round_policy.h"
 #include "pki/certificate.h"
+#include "pki/certificate_authority.h"
 
 namespace fedmoe::coordinator {
 
@@ -93,6 +94,14 @@ struct InitResult {
 // Creates a new federation's state directory: the CA, the server and admin certificates, the
 // store and a commented coordinator.yaml. Refuses a directory that already holds a CA.
 absl::StatusOr<InitResult> InitStateDir(const InitOptions& options);
+
+// The federation CA in the state directory; FailedPrecondition when it is another
+// federation's than the config's.
+absl::StatusOr<pki::CertificateAuthority> LoadFederationCa(const CoordinatorConfig& config);
+
+// Finishes (or discards) a replacement of the server or admin key pair that a crash
+// interrupted (pki/key_pair_files.h). Run before either pair is read.
+absl::Status CompleteCoordinatorKeySwaps(const StateDir& dir);
 
 struct RenewedCertificates {
   pki::Certificate server;

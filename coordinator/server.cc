@@ -42,24 +42,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   const CoordinatorConfig& cfg = server->config_;
   const StateDir& dir = cfg.state_dir;
 
-  absl::StatusOr<pki::Certificate> ca_certificate =
-      pki::Certificate::ReadFile(dir.ca_certificate());
-  if (!ca_certificate.ok()) return ca_certificate.status();
-  absl::StatusOr<pki::PrivateKey> ca_key = pki::PrivateKey::ReadFile(dir.ca_key());
-  if (!ca_key.ok()) return ca_key.status();
-  absl::StatusOr<pki::CertificateAuthority> ca =
-      pki::CertificateAuthority::Load(*ca_certificate, std::move(*ca_key));
+  absl::StatusOr<pki::CertificateAuthority> ca = LoadFederationCa(cfg);
   if (!ca.ok()) return ca.status();
-  if (ca->federation() != cfg.federation) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the CA in ", dir.root.string(), " is for federation '", ca->federation(),
-                     "' but the config says '", cfg.federation, "'"));
-  }
-  // A `certificates renew` that a crash interrupted is finished before the pair is read.
-  if (absl::Status status = pki::CompleteKeyPairSwap(dir.server_key(), dir.server_certificate());
-      !status.ok()) {
-    return status;
-  }
+  const pki::Certificate ca_certificate = ca->certificate();
+  // A `certificates renew` that a crash interrupted is finished before the pairs are read.
+  if (absl::Status status = CompleteCoordinatorKeySwaps(dir); !status.ok()) return status;
   absl::StatusOr<pki::Certificate> server_certificate =
       pki::Certificate::ReadFile(dir.server_certificate());
   if (!server_certificate.ok()) return server_certificate.status();
@@ -74,11 +61,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   server->authority_ = std::make_unique<EnrollmentAuthority>(std::move(*ca), server->store_.get(),
                                                              cfg.client_certificate_validity);
   server->authorizer_ =
-      std::make_unique<CallerAuthorizer>(*ca_certificate, cfg.federation, server->store_.get());
+      std::make_unique<CallerAuthorizer>(ca_certificate, cfg.federation, server->store_.get());
   server->presence_ = std::make_unique<ClientPresence>(cfg.online_window());
   server->polls_ = std::make_unique<PollHub>();
   absl::StatusOr<std::unique_ptr<RoundEngine>> rounds = RoundEngine::Create(
-      &cfg, server->store_.get(), server->presence_.get(), server->polls_.get(), *ca_certificate);
+      &cfg, server->store_.get(), server->presence_.get(), server->polls_.get(), ca_certificate);
   if (!rounds.ok()) return rounds.status();
   server->rounds_ = std::move(*rounds);
   ServiceContext context{&cfg,
@@ -110,7 +97,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   server->federation_service_ = std::make_unique<FederationService>(context);
 
   // The chain includes the CA, so that an enrolling client can pin it by fingerprint.
-  const std::string chain = server_certificate->ToPem() + ca_certificate->ToPem();
+  const std::string chain = server_certificate->ToPem() + ca_certificate.ToPem();
   grpc::EnableDefaultHealthCheckService(true);
 
   grpc::SslServerCredentialsOptions enrollment_tls(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
@@ -129,7 +116,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
   grpc::SslServerCredentialsOptions mtls(
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  mtls.pem_root_certs = ca_certificate->ToPem();
+  mtls.pem_root_certs = ca_certificate.ToPem();
   mtls.pem_key_cert_pairs.push_back({*server_key_pem, chain});
   grpc::ServerBuilder mtls_builder;
   mtls_builder.AddListeningPort(cfg.listen, grpc::SslServerCredentials(mtls), &server->mtls_port_);
@@ -151,7 +138,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       .Field("mtls_port", server->mtls_port_)
       .Field("enroll_listen", cfg.enroll_listen)
       .Field("enrollment_port", server->enrollment_port_)
-      .Field("ca_fingerprint", ca_certificate->Sha256Fingerprint());
+      .Field("ca_fingerprint", ca_certificate.Sha256Fingerprint());
   return server;
 }
 

@@ -104,7 +104,7 @@ TEST(CheckConfigClientTest, TheClientNamesTheProblemWithItsLine) {
   EXPECT_THAT(result.err, HasSubstr(": training.thread: unknown key"));
 }
 
-TEST(CheckConfigClientTest, AMissingFileIsOneClearLine) {
+TEST(CheckConfigFileTest, AMissingFileIsOneClearLine) {
   CommandResult result =
       RunCommand({BinaryPath("fedmoe-coordinator"), "--check-config", "/nonexistent/c.yaml"});
   EXPECT_EQ(result.exit_code, 1);
