@@ -165,7 +165,7 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
         report = std::move(joined_report);
         absl::StatusOr<std::unique_ptr<client::RoundParticipant>> joined =
             client::RoundParticipant::Create(
-                task, client::ParticipantIdentity{&channel_.key, channel_.ca, config_.federation});
+                task, client::ParticipantIdentity{&channel_.key, channel_.trust});
         if (!joined.ok()) return leave(joined.status());
         participant = *std::move(joined);
         step = participant->AdvertiseKeys(*federation_);

@@ -7,8 +7,9 @@ namespace fedmoe::client {
 absl::StatusOr<CoordinatorChannel> DialCoordinator(const ClientConfig& config,
                                                    bool own_connection) {
   const ClientStateDir& dir = config.state_dir;
-  absl::StatusOr<pki::Certificate> ca = pki::Certificate::ReadFile(dir.ca_certificate());
-  if (!ca.ok()) return ca.status();
+  absl::StatusOr<pki::TrustBundle> trust =
+      pki::TrustBundle::ReadFile(dir.ca_certificate(), config.federation);
+  if (!trust.ok()) return trust.status();
   absl::StatusOr<pki::Certificate> certificate = pki::Certificate::ReadFile(dir.certificate());
   if (!certificate.ok()) return certificate.status();
   absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(dir.key());
@@ -20,7 +21,7 @@ absl::StatusOr<CoordinatorChannel> DialCoordinator(const ClientConfig& config,
         dir.certificate().string(), " does not belong to the key in ", dir.key().string()));
   }
   grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = ca->ToPem();
+  tls.pem_root_certs = trust->ToPem();
   tls.pem_private_key = *key_pem;
   tls.pem_cert_chain = certificate->ToPem();
   grpc::ChannelArguments arguments;
@@ -38,7 +39,30 @@ absl::StatusOr<CoordinatorChannel> DialCoordinator(const ClientConfig& config,
   if (own_connection) arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   return CoordinatorChannel{
       grpc::CreateCustomChannel(config.coordinator, grpc::SslCredentials(tls), arguments),
-      *std::move(certificate), *std::move(key), *std::move(ca)};
+      *std::move(certificate), *std::move(key), *std::move(trust)};
+}
+
+absl::StatusOr<std::optional<pki::TrustBundle>> ReceivedTrustBundle(
+    const google::protobuf::RepeatedPtrField<std::string>& ders, const pki::Certificate& issued,
+    const std::string& federation) {
+  if (ders.empty()) return std::nullopt;
+  if (ders.size() > kMaxTrustedCas) {
+    return absl::InvalidArgumentError(absl::StrCat("the coordinator sent ", ders.size(),
+                                                   " CA certificates to trust; at most ",
+                                                   kMaxTrustedCas, " are accepted"));
+  }
+  absl::StatusOr<pki::TrustBundle> bundle =
+      pki::TrustBundle::FromDer(std::vector<std::string>(ders.begin(), ders.end()), federation);
+  if (!bundle.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the coordinator's trust bundle: ", bundle.status().message()));
+  }
+  if (absl::StatusOr<pki::SpiffeId> id = bundle->Verify(issued, pki::Purpose::kClient); !id.ok()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("the issued certificate is not valid under the coordinator's trust bundle: ",
+                     id.status().message()));
+  }
+  return std::optional<pki::TrustBundle>(*std::move(bundle));
 }
 
 }  // namespace fedmoe::client

@@ -4,14 +4,17 @@
 #ifndef FEDMOE_CLIENT_COORDINATOR_CHANNEL_H_
 #define FEDMOE_CLIENT_COORDINATOR_CHANNEL_H_
 
+#include <google/protobuf/repeated_ptr_field.h>
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
+#include <optional>
 
 #include "absl/status/statusor.h"
 #include "client/client_config.h"
 #include "pki/certificate.h"
 #include "pki/private_key.h"
+#include "pki/trust_bundle.h"
 
 namespace fedmoe::client {
 
@@ -19,7 +22,8 @@ struct CoordinatorChannel {
   std::shared_ptr<grpc::Channel> channel;
   pki::Certificate certificate;
   pki::PrivateKey key;
-  pki::Certificate ca;
+  // ca.pem: the CAs this client trusts for the coordinator and its peers.
+  pki::TrustBundle trust;
 };
 
 // FailedPrecondition when the certificate in the state directory is not for its key.
@@ -27,6 +31,17 @@ struct CoordinatorChannel {
 // in one process (the federation load generator) each hold a connection of their own.
 absl::StatusOr<CoordinatorChannel> DialCoordinator(const ClientConfig& config,
                                                    bool own_connection = false);
+
+// The most CAs a coordinator may ask a client to trust at once (a rotation needs two).
+inline constexpr int kMaxTrustedCas = 4;
+
+// The trust bundle a coordinator sent with the certificate it issued (EnrollResponse and
+// RenewCertificateResponse): nullopt when it sent none, as a coordinator from before CA
+// rotation does. InvalidArgument for too many or malformed certificates or a CA of another
+// federation; PermissionDenied when `issued` is not a client certificate under the bundle.
+absl::StatusOr<std::optional<pki::TrustBundle>> ReceivedTrustBundle(
+    const google::protobuf::RepeatedPtrField<std::string>& ders, const pki::Certificate& issued,
+    const std::string& federation);
 
 }  // namespace fedmoe::client
 

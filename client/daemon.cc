@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/coordinator_channel.h"
@@ -54,6 +57,7 @@ absl::Status ClientDaemon::Connect() {
   certificates_ = v1::Certificates::NewStub(channel_);
   certificate_ = std::move(dialled->certificate);
   key_ = std::move(dialled->key);
+  trust_ = std::move(dialled->trust);
   return absl::OkStatus();
 }
 
@@ -61,7 +65,10 @@ absl::Status ClientDaemon::RenewIfDue() {
   const absl::Time not_before = certificate_->NotBefore();
   const absl::Time not_after = certificate_->NotAfter();
   const absl::Time renew_at = not_before + (not_after - not_before) * 2 / 3;
-  if (absl::Now() < renew_at) return absl::OkStatus();
+  const bool expiring = absl::Now() >= renew_at;
+  // Not in the middle of a round: its peers verified the certificate this client advertised.
+  const bool new_trust = !trust_renewal_wanted_.empty() && participant_ == nullptr;
+  if (!expiring && !new_trust) return absl::OkStatus();
 
   absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::GenerateP256();
   if (!key.ok()) return key.status();
@@ -81,14 +88,35 @@ absl::Status ClientDaemon::RenewIfDue() {
   if (renewed->PublicKeyDer() != *key->PublicKeyDer()) {
     return absl::PermissionDeniedError("the renewed certificate is not for the new key");
   }
+  absl::StatusOr<std::optional<pki::TrustBundle>> trust =
+      ReceivedTrustBundle(response.trusted_ca_certificates_der(), *renewed, config_.federation);
+  if (!trust.ok()) return trust.status();
+  if (!trust->has_value()) {
+    if (absl::StatusOr<pki::SpiffeId> id = trust_->Verify(*renewed, pki::Purpose::kClient);
+        !id.ok()) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("the renewed certificate is not valid: ", id.status().message()));
+    }
+  }
+  // The bundle first: a coordinator that sees the new certificate in use counts this client
+  // as holding the bundle that came with it. Trusting an extra CA for a moment is harmless.
+  if (trust->has_value()) {
+    if (absl::Status status = (*trust)->WriteFile(config_.state_dir.ca_certificate());
+        !status.ok()) {
+      return status;
+    }
+  }
   if (absl::Status status = pki::ReplaceKeyPair(*key, *renewed, config_.state_dir.key(),
                                                 config_.state_dir.certificate());
       !status.ok()) {
     return status;
   }
+  if (new_trust) trust_renewed_for_ = std::exchange(trust_renewal_wanted_, "");
   LogEvent(LogLevel::kInfo, "certificate_renewed")
+      .Field("reason", new_trust ? "trust_bundle" : "expiry")
       .Field("serial", renewed->SerialHex())
-      .Field("not_after", absl::FormatTime(renewed->NotAfter()));
+      .Field("not_after", absl::FormatTime(renewed->NotAfter()))
+      .Field("trust_bundle", trust->has_value() ? (*trust)->Digest() : trust_->Digest());
   return Connect();
 }
 
@@ -222,11 +250,8 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   if (!encoder.ok()) return encoder.status();
   absl::StatusOr<std::vector<uint64_t>> encoded = encoder->Encode(*update, *random);
   if (!encoded.ok()) return encoded.status();
-  absl::StatusOr<pki::Certificate> ca =
-      pki::Certificate::ReadFile(config_.state_dir.ca_certificate());
-  if (!ca.ok()) return ca.status();
   absl::StatusOr<std::unique_ptr<RoundParticipant>> participant =
-      RoundParticipant::Create(task, ParticipantIdentity{&*key_, *ca, config_.federation});
+      RoundParticipant::Create(task, ParticipantIdentity{&*key_, *trust_});
   if (!participant.ok()) return participant.status();
   if (absl::Status status = (*participant)->AdvertiseKeys(*federation_); !status.ok()) {
     return status;
@@ -295,12 +320,40 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
       WriteStatus("connected", "");
       return;
     }
+    case v1::PollTaskResponse::kIdle: {
+      const std::string& announced = response.idle().trust_bundle_sha256();
+      if (announced.empty()) return;
+      const std::string digest = absl::BytesToHexString(announced);
+      if (digest != trust_->Digest() && digest != trust_renewed_for_ &&
+          digest != trust_renewal_wanted_) {
+        LogEvent(LogLevel::kInfo, "trust_bundle_announced")
+            .Field("digest", digest)
+            .Field("held", trust_->Digest());
+        trust_renewal_wanted_ = digest;
+      }
+      return;
+    }
     default:
       return;
   }
 }
 
 std::string ClientDaemon::DiagnoseUnavailable() {
+  // A server certificate this client cannot verify: the federation's CA moved on while the
+  // client was away (a CA rotation it missed), or something else answers at the address.
+  if (absl::StatusOr<std::vector<pki::Certificate>> chain =
+          FetchServerChain(config_.coordinator, absl::Seconds(5));
+      chain.ok() && !chain->empty()) {
+    if (absl::StatusOr<pki::SpiffeId> server =
+            trust_->Verify(chain->front(), pki::Purpose::kServer);
+        !server.ok()) {
+      return absl::StrCat(
+          "the coordinator's certificate is not valid under this client's trusted CAs (",
+          server.status().message(),
+          "); if the federation rotated its CA while this client was away, enroll again with "
+          "a new token");
+    }
+  }
   absl::Status probe =
       ProbeMutualTls(config_.coordinator, &*certificate_, &*key_, absl::Seconds(5));
   if (probe.code() != absl::StatusCode::kPermissionDenied) {
@@ -309,11 +362,14 @@ std::string ClientDaemon::DiagnoseUnavailable() {
   // The coordinator refused the certificate; checking it against the CA this client enrolled
   // with usually says why (expired, or not issued by that CA).
   std::string why = std::string(probe.message());
-  if (absl::StatusOr<pki::Certificate> ca =
-          pki::Certificate::ReadFile(config_.state_dir.ca_certificate());
-      ca.ok()) {
-    absl::StatusOr<pki::SpiffeId> id =
-        pki::VerifyPeer(*certificate_, *ca, config_.federation, pki::Purpose::kClient);
+  {
+    absl::StatusOr<pki::SpiffeId> id = trust_->Verify(*certificate_, pki::Purpose::kClient);
+    if (id.ok() && absl::StrContains(why, "unknown ca")) {
+      absl::StrAppend(&why,
+                      "; the coordinator no longer trusts the CA that issued this client's "
+                      "certificate (a CA rotation retired it before this client renewed): "
+                      "enroll again with a new token");
+    }
     if (!id.ok()) {
       absl::StrAppend(&why, "; this client's certificate is not valid under the federation CA ",
                       "it enrolled with: ", id.status().message());

@@ -1,7 +1,8 @@
 // `fedmoe-client run`: the client daemon. It only dials out: it long-polls the coordinator for
 // its next task over mutual TLS, reconnects by itself with exponential backoff and full jitter
 // after any failure (a coordinator restart included), renews its certificate when less than a
-// third of its lifetime is left, and stops cleanly when asked.
+// third of its lifetime is left or when the coordinator announces another trust bundle (a CA
+// rotation), and stops cleanly when asked.
 #ifndef FEDMOE_CLIENT_DAEMON_H_
 #define FEDMOE_CLIENT_DAEMON_H_
 
@@ -69,6 +70,13 @@ class ClientDaemon {
   std::unique_ptr<v1::Certificates::Stub> certificates_;
   std::optional<pki::Certificate> certificate_;
   std::optional<pki::PrivateKey> key_;
+  // ca.pem: the CAs this client trusts.
+  std::optional<pki::TrustBundle> trust_;
+  // Digest (hex) of a trust bundle an Idle answer announced that differs from ours; a renewal
+  // fetches it. The last one renewed for is remembered, so that a coordinator whose answer
+  // does not match its announcement cannot make the client renew on every poll.
+  std::string trust_renewal_wanted_;
+  std::string trust_renewed_for_;
   std::mt19937_64 jitter_;
 
   // The round this client is in, if any, and its encoded update until it is uploaded.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/coordinator_channel.h"
 #include "client/grpc_status.h"
 #include "client/tls_probe.h"
 #include "config/address.h"
@@ -123,6 +124,18 @@ absl::StatusOr<ClientConfig> Enroll(const EnrollOptions& options) {
                                                     response.client_id(), "'"));
   }
 
+  absl::StatusOr<std::optional<pki::TrustBundle>> received = ReceivedTrustBundle(
+      response.trusted_ca_certificates_der(), *certificate, response.federation());
+  if (!received.ok()) return received.status();
+  absl::StatusOr<pki::TrustBundle> trust =
+      received->has_value() ? **std::move(received)
+                            : pki::TrustBundle::Create({*ca}, response.federation());
+  if (!trust.ok()) return trust.status();
+  if (!trust->Contains(ca->Sha256Fingerprint())) {
+    return absl::PermissionDeniedError(
+        "the coordinator's trust bundle leaves out the pinned CA it presented");
+  }
+
   ClientConfig config;
   config.client_id = response.client_id();
   config.federation = response.federation();
@@ -141,7 +154,7 @@ absl::StatusOr<ClientConfig> Enroll(const EnrollOptions& options) {
   if (absl::Status status = MakeStateDir(dir.root); !status.ok()) return status;
   for (absl::Status status :
        {key->WriteFile(dir.key()), certificate->WriteFile(dir.certificate()),
-        ca->WriteFile(dir.ca_certificate()),
+        trust->WriteFile(dir.ca_certificate()),
         storage::WriteFileAtomically(dir.config(), config.ToYaml(),
                                      perms::owner_read | perms::owner_write)}) {
     if (!status.ok()) return status;

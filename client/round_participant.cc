@@ -59,9 +59,8 @@ absl::StatusOr<std::unique_ptr<RoundParticipant>> RoundParticipant::Create(
   const pki::PrivateKey* key = participant->identity_.key;
   // The verifier outlives nothing it captures by pointer: the map and CA are shared or copied.
   auto certificates = participant->peer_certificates_;
-  pki::Certificate ca = participant->identity_.ca;
-  std::string federation = participant->identity_.federation;
-  secure_agg::SignatureVerifier verify = [certificates, ca, federation](
+  pki::TrustBundle trust = participant->identity_.trust;
+  secure_agg::SignatureVerifier verify = [certificates, trust](
                                              uint32_t peer, std::string_view message,
                                              std::string_view signature) -> absl::Status {
     auto found = certificates->find(peer);
@@ -70,8 +69,7 @@ absl::StatusOr<std::unique_ptr<RoundParticipant>> RoundParticipant::Create(
     }
     absl::StatusOr<pki::Certificate> certificate = pki::Certificate::FromDer(found->second);
     if (!certificate.ok()) return certificate.status();
-    absl::StatusOr<pki::SpiffeId> id =
-        pki::VerifyPeer(*certificate, ca, federation, pki::Purpose::kClient);
+    absl::StatusOr<pki::SpiffeId> id = trust.Verify(*certificate, pki::Purpose::kClient);
     if (!id.ok()) {
       return absl::PermissionDeniedError(absl::StrCat("participant ", peer,
                                                       "'s certificate is not a federation "

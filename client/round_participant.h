@@ -20,6 +20,7 @@
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "pki/certificate.h"
 #include "pki/private_key.h"
+#include "pki/trust_bundle.h"
 #include "secure_agg/protocol.h"
 
 namespace fedmoe::client {
@@ -27,9 +28,9 @@ namespace fedmoe::client {
 struct ParticipantIdentity {
   // The client's enrolled key: it signs the advertised keys.
   const pki::PrivateKey* key = nullptr;
-  // Peers' certificates are checked against this CA and federation before their signatures.
-  pki::Certificate ca;
-  std::string federation;
+  // Peers' certificates are checked against these CAs (two during a CA rotation, when peers
+  // may hold certificates from either) and their federation before their signatures.
+  pki::TrustBundle trust;
 };
 
 class RoundParticipant {

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "coordinator/ca_rotation.h"
 #include "pki/certificate.h"
 #include "pki/private_key.h"
 
@@ -10,8 +11,9 @@ namespace fedmoe::coordinator {
 absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CoordinatorConfig& config,
                                                            std::string address) {
   const StateDir& dir = config.state_dir;
-  absl::StatusOr<pki::Certificate> ca = pki::Certificate::ReadFile(dir.ca_certificate());
-  if (!ca.ok()) return ca.status();
+  // Every CA of a rotation: the server certificate may come from either.
+  absl::StatusOr<pki::TrustBundle> trusted = LoadTrustedCas(config);
+  if (!trusted.ok()) return trusted.status();
   absl::StatusOr<pki::Certificate> certificate =
       pki::Certificate::ReadFile(dir.admin_certificate());
   if (!certificate.ok()) return certificate.status();
@@ -27,7 +29,7 @@ absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CoordinatorConf
     }
   }
   grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = ca->ToPem();
+  tls.pem_root_certs = trusted->ToPem();
   tls.pem_private_key = *key_pem;
   tls.pem_cert_chain = certificate->ToPem();
   return v1::Admin::NewStub(grpc::CreateChannel(address, grpc::SslCredentials(tls)));

@@ -87,6 +87,19 @@ absl::StatusOr<BackupSummary> BackupStateDir(const StateDir& from, const fs::pat
       return status;
     }
   }
+  // A CA rotation in progress (coordinator/ca_rotation.h) is part of the state too.
+  const std::pair<fs::path, fs::path> rotation_files[] = {
+      {from.next_ca_certificate(), target.next_ca_certificate()},
+      {from.next_ca_key(), target.next_ca_key()},
+      {from.previous_ca_certificate(), target.previous_ca_certificate()},
+      {from.ca_switch_marker(), target.ca_switch_marker()}};
+  for (const auto& [source, destination] : rotation_files) {
+    if (!fs::exists(source)) continue;
+    if (absl::Status status = CopyPrivate(source, destination, kOwnerReadWrite, summary.bytes);
+        !status.ok()) {
+      return status;
+    }
+  }
   std::error_code error;
   fs::create_directory(target.models(), error);
   fs::permissions(target.models(), kOwnerOnly, error);
@@ -123,6 +136,7 @@ absl::Status RestoreStateDir(const fs::path& backup, const StateDir& to) {
   for (const fs::path& key : {to.ca_key(), to.server_key(), to.admin_key(), to.store()}) {
     fs::permissions(key, kOwnerReadWrite, error);
   }
+  if (fs::exists(to.next_ca_key())) fs::permissions(to.next_ca_key(), kOwnerReadWrite, error);
   // The copied config still names the old directory.
   std::ifstream in(to.config());
   std::ostringstream rewritten;

@@ -18,8 +18,7 @@ absl::StatusOr<Caller> CallerAuthorizer::Identify(const grpc::AuthContext& auth)
   absl::StatusOr<pki::Certificate> certificate =
       pki::Certificate::FromPem(std::string(pems.front().data(), pems.front().size()));
   if (!certificate.ok()) return absl::UnauthenticatedError(certificate.status().message());
-  absl::StatusOr<pki::SpiffeId> id =
-      pki::VerifyPeer(*certificate, ca_, federation_, pki::Purpose::kClient);
+  absl::StatusOr<pki::SpiffeId> id = trust_.Verify(*certificate, pki::Purpose::kClient);
   if (!id.ok()) return id.status();
   return Caller{*id, certificate->SerialHex(), certificate->ToDer()};
 }

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "coordinator/store.h"
 #include "pki/certificate.h"
+#include "pki/trust_bundle.h"
 
 namespace fedmoe::coordinator {
 
@@ -23,8 +24,9 @@ struct Caller {
 
 class CallerAuthorizer {
  public:
-  CallerAuthorizer(pki::Certificate ca, std::string federation, Store* store)
-      : ca_(std::move(ca)), federation_(std::move(federation)), store_(store) {}
+  // `trust`: the CAs whose certificates are accepted (two during a CA rotation).
+  CallerAuthorizer(pki::TrustBundle trust, Store* store)
+      : trust_(std::move(trust)), store_(store) {}
 
   // An enrolled, unrevoked client presenting a certificate issued to it.
   absl::StatusOr<Caller> AuthorizeClient(const grpc::AuthContext& auth) const;
@@ -34,8 +36,7 @@ class CallerAuthorizer {
  private:
   absl::StatusOr<Caller> Identify(const grpc::AuthContext& auth) const;
 
-  pki::Certificate ca_;
-  std::string federation_;
+  pki::TrustBundle trust_;
   Store* store_;
 };
 

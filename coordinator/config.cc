@@ -311,16 +311,24 @@ absl::Status CompleteCoordinatorKeySwaps(const StateDir& dir) {
 
 absl::StatusOr<RenewedCertificates> RenewCoordinatorCertificates(
     const CoordinatorConfig& config, std::vector<std::string> server_hosts) {
-  const StateDir& dir = config.state_dir;
-  if (absl::Status status = CompleteCoordinatorKeySwaps(dir); !status.ok()) return status;
+  if (absl::Status status = CompleteCoordinatorKeySwaps(config.state_dir); !status.ok()) {
+    return status;
+  }
   absl::StatusOr<pki::CertificateAuthority> ca = LoadFederationCa(config);
   if (!ca.ok()) return ca.status();
+  return ReissueCoordinatorCertificates(config, *ca, std::move(server_hosts));
+}
+
+absl::StatusOr<RenewedCertificates> ReissueCoordinatorCertificates(
+    const CoordinatorConfig& config, const pki::CertificateAuthority& ca,
+    std::vector<std::string> server_hosts) {
+  const StateDir& dir = config.state_dir;
   if (server_hosts.empty()) {
     absl::StatusOr<pki::Certificate> old = pki::Certificate::ReadFile(dir.server_certificate());
     if (!old.ok()) return old.status();
     server_hosts = old->ServerHosts();
   }
-  absl::StatusOr<CoordinatorPairs> pairs = IssueCoordinatorPairs(*ca, server_hosts, config);
+  absl::StatusOr<CoordinatorPairs> pairs = IssueCoordinatorPairs(ca, server_hosts, config);
   if (!pairs.ok()) return pairs.status();
   if (absl::Status status = pki::ReplaceKeyPair(pairs->server_key, pairs->server, dir.server_key(),
                                                 dir.server_certificate());

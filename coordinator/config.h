@@ -22,6 +22,13 @@ struct StateDir {
 
   std::filesystem::path ca_certificate() const { return root / "ca.pem"; }
   std::filesystem::path ca_key() const { return root / "ca.key"; }
+  // A CA rotation (coordinator/ca_rotation.h): the incoming CA while the old one still
+  // issues, the outgoing CA's certificate once the new one issues, and the marker of a switch
+  // between the two that a crash may have interrupted.
+  std::filesystem::path next_ca_certificate() const { return root / "ca-next.pem"; }
+  std::filesystem::path next_ca_key() const { return root / "ca-next.key"; }
+  std::filesystem::path previous_ca_certificate() const { return root / "ca-previous.pem"; }
+  std::filesystem::path ca_switch_marker() const { return root / "ca-switch.pending"; }
   std::filesystem::path server_certificate() const { return root / "server.pem"; }
   std::filesystem::path server_key() const { return root / "server.key"; }
   std::filesystem::path admin_certificate() const { return root / "admin.pem"; }
@@ -115,6 +122,10 @@ struct RenewedCertificates {
 // running coordinator serves the new server certificate from its next start.
 absl::StatusOr<RenewedCertificates> RenewCoordinatorCertificates(
     const CoordinatorConfig& config, std::vector<std::string> server_hosts);
+// The same from a given CA: the CA rotation's switch issues both pairs from the new CA.
+absl::StatusOr<RenewedCertificates> ReissueCoordinatorCertificates(
+    const CoordinatorConfig& config, const pki::CertificateAuthority& ca,
+    std::vector<std::string> server_hosts);
 
 }  // namespace fedmoe::coordinator
 

@@ -36,6 +36,13 @@ absl::StatusOr<EnrollmentAuthority::CreatedToken> EnrollmentAuthority::CreateTok
   return CreatedToken{*token, record};
 }
 
+IssuedCertificate EnrollmentAuthority::Record(const pki::Certificate& certificate) const {
+  absl::StatusOr<pki::SpiffeId> id = certificate.Identity();
+  return IssuedCertificate{certificate.SerialHex(), id.ok() ? id->ToUri() : std::string(),
+                           certificate.NotAfter(), ca_.certificate().Sha256Fingerprint(),
+                           trust_.Fingerprints()};
+}
+
 absl::StatusOr<EnrollmentAuthority::Enrolled> EnrollmentAuthority::Enroll(
     const std::string& token, const std::string& csr_der, const std::string& client_version,
     absl::Time now) {
@@ -50,7 +57,7 @@ absl::StatusOr<EnrollmentAuthority::Enrolled> EnrollmentAuthority::Enroll(
             ca_.IssueFromCsr(csr_der, id, client_certificate_validity_, now);
         if (!certificate.ok()) return certificate.status();
         issued = *certificate;
-        return IssuedCertificate{certificate->SerialHex(), id.ToUri(), certificate->NotAfter()};
+        return Record(*certificate);
       });
   if (!client.ok()) {
     LogEvent(LogLevel::kWarning, "enrollment_refused")
@@ -77,8 +84,7 @@ absl::StatusOr<pki::Certificate> EnrollmentAuthority::Renew(const std::string& c
   absl::StatusOr<pki::Certificate> certificate =
       ca_.IssueFromCsr(csr_der, id, client_certificate_validity_, now);
   if (!certificate.ok()) return certificate.status();
-  if (absl::Status status = store_->RecordRenewal(
-          client_id, {certificate->SerialHex(), id.ToUri(), certificate->NotAfter()}, now);
+  if (absl::Status status = store_->RecordRenewal(client_id, Record(*certificate), now);
       !status.ok()) {
     return status;
   }

@@ -10,6 +10,7 @@
 #include "coordinator/enrollment_token.h"
 #include "coordinator/store.h"
 #include "pki/certificate_authority.h"
+#include "pki/trust_bundle.h"
 
 namespace fedmoe::coordinator {
 
@@ -18,9 +19,11 @@ inline constexpr absl::Duration kMaxTokenTtl = absl::Hours(24 * 30);
 
 class EnrollmentAuthority {
  public:
-  EnrollmentAuthority(pki::CertificateAuthority ca, Store* store,
+  // `ca` issues; `trust` is the bundle sent with every certificate (ca first).
+  EnrollmentAuthority(pki::CertificateAuthority ca, pki::TrustBundle trust, Store* store,
                       absl::Duration client_certificate_validity)
       : ca_(std::move(ca)),
+        trust_(std::move(trust)),
         store_(store),
         client_certificate_validity_(client_certificate_validity) {}
 
@@ -45,9 +48,13 @@ class EnrollmentAuthority {
                                          absl::Time now = absl::Now());
 
   const pki::CertificateAuthority& ca() const { return ca_; }
+  const pki::TrustBundle& trust() const { return trust_; }
 
  private:
+  IssuedCertificate Record(const pki::Certificate& certificate) const;
+
   pki::CertificateAuthority ca_;
+  pki::TrustBundle trust_;
   Store* store_;
   absl::Duration client_certificate_validity_;
 };

@@ -23,6 +23,7 @@
 #include "config/command_line.h"
 #include "coordinator/admin_channel.h"
 #include "coordinator/backup.h"
+#include "coordinator/ca_rotation.h"
 #include "coordinator/config.h"
 #include "coordinator/server.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
@@ -49,6 +50,14 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
   certificates renew --state-dir DIR [--san HOST ...]
       Issue the server and admin certificates again (new keys, full lifetimes) from the
       federation CA; the server's names stay unless --san is given. Restart to serve it.
+  ca status --state-dir DIR [--json]
+  ca begin --state-dir DIR [--ca-cert PEM --ca-key PEM] [--validity 87600h]
+  ca switch --state-dir DIR [--force]
+  ca retire --state-dir DIR [--force]
+      Rotate the federation CA in three steps, each followed by a restart: begin trusts a new
+      CA beside the old one; switch makes it issue once every client holds it; retire drops
+      the old CA once every client uses a certificate from the new one. switch and retire
+      name the clients that have not moved and refuse, unless --force cuts them off.
   backup --state-dir DIR --out NEW_DIR
       Copy the state directory (store snapshot, CA and keys, config, model versions) into
       NEW_DIR, consistently, while the coordinator runs or not.
@@ -219,6 +228,20 @@ int Serve(const std::vector<std::string>& args) {
   return 0;
 }
 
+// The config an offline command works on: --config FILE, or the one in --state-dir DIR.
+absl::StatusOr<CoordinatorConfig> OfflineConfig(const CommandLine& flags,
+                                                const std::string& command) {
+  std::filesystem::path config_path;
+  if (auto config = flags.Get("config")) {
+    config_path = *config;
+  } else if (auto dir = flags.Get("state-dir")) {
+    config_path = StateDir{*dir}.config();
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(command, " needs --state-dir DIR"));
+  }
+  return CoordinatorConfig::Load(config_path);
+}
+
 int CertificatesCommand(const std::vector<std::string>& args) {
   if (args.empty() || args[0] != "renew") {
     return Fail(absl::InvalidArgumentError("certificates needs renew"));
@@ -226,15 +249,7 @@ int CertificatesCommand(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   auto flags = CommandLine::Parse(rest, {"state-dir", "config", "san"}, {});
   if (!flags.ok()) return Fail(flags.status());
-  std::filesystem::path config_path;
-  if (auto config = flags->Get("config")) {
-    config_path = *config;
-  } else if (auto dir = flags->Get("state-dir")) {
-    config_path = StateDir{*dir}.config();
-  } else {
-    return Fail(absl::InvalidArgumentError("certificates renew needs --state-dir DIR"));
-  }
-  absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(config_path);
+  absl::StatusOr<CoordinatorConfig> config = OfflineConfig(*flags, "certificates renew");
   if (!config.ok()) return Fail(config.status());
   absl::StatusOr<RenewedCertificates> renewed =
       RenewCoordinatorCertificates(*config, flags->GetAll("san"));
@@ -248,6 +263,84 @@ int CertificatesCommand(const std::vector<std::string>& args) {
       absl::StrJoin(renewed->server.ServerHosts(), ", ").c_str(),
       absl::FormatTime(renewed->server.NotAfter()).c_str(), renewed->admin.SerialHex().c_str(),
       absl::FormatTime(renewed->admin.NotAfter()).c_str());
+  return 0;
+}
+
+void PrintCaRotationStatus(const CaRotationStatus& status, bool json) {
+  if (json) {
+    std::printf(
+        "{\"phase\":\"%s\",\"issuing_ca\":\"%s\",\"other_ca\":\"%s\","
+        "\"clients_not_moved\":[%s]}\n",
+        std::string(CaRotationPhaseName(status.phase)).c_str(), status.issuer_fingerprint.c_str(),
+        status.other_fingerprint.c_str(),
+        absl::StrJoin(status.clients_not_moved, ",", [](std::string* out, const std::string& id) {
+          absl::StrAppend(out, "\"", id, "\"");
+        }).c_str());
+    return;
+  }
+  std::printf("phase: %s\nissuing CA: %s\n", std::string(CaRotationPhaseName(status.phase)).c_str(),
+              status.issuer_fingerprint.c_str());
+  switch (status.phase) {
+    case CaRotationPhase::kNone:
+      std::printf("no CA rotation in progress\n");
+      return;
+    case CaRotationPhase::kNewCaTrusted:
+      std::printf("new CA (trusted, not issuing yet): %s\n", status.other_fingerprint.c_str());
+      break;
+    case CaRotationPhase::kNewCaIssuing:
+      std::printf("old CA (still trusted): %s\n", status.other_fingerprint.c_str());
+      break;
+  }
+  if (status.clients_not_moved.empty()) {
+    std::printf("every client has moved; the next step may run\n");
+  } else {
+    std::printf("clients not moved yet (%zu): %s\n", status.clients_not_moved.size(),
+                absl::StrJoin(status.clients_not_moved, ", ").c_str());
+  }
+}
+
+int CaCommand(const std::vector<std::string>& args) {
+  const std::string verb = args.empty() ? "" : args[0];
+  const std::vector<std::string> rest(args.begin() + (args.empty() ? 0 : 1), args.end());
+  auto flags = CommandLine::Parse(rest, {"state-dir", "config", "ca-cert", "ca-key", "validity"},
+                                  {"force", "json"});
+  if (!flags.ok()) return Fail(flags.status());
+  if (verb != "status" && verb != "begin" && verb != "switch" && verb != "retire") {
+    return Fail(absl::InvalidArgumentError("ca needs status, begin, switch or retire"));
+  }
+  absl::StatusOr<CoordinatorConfig> config = OfflineConfig(*flags, "ca " + verb);
+  if (!config.ok()) return Fail(config.status());
+  constexpr char kRestart[] =
+      "restart the coordinator to apply it; clients follow at their next poll";
+  if (verb == "begin") {
+    BeginCaRotationOptions options;
+    options.ca_certificate = flags->GetOr("ca-cert", "");
+    options.ca_key = flags->GetOr("ca-key", "");
+    if (!absl::ParseDuration(flags->GetOr("validity", "87600h"), &options.validity) ||
+        options.validity <= absl::ZeroDuration()) {
+      return Fail(
+          absl::InvalidArgumentError("--validity must be a positive duration, e.g. 87600h"));
+    }
+    absl::StatusOr<std::string> fingerprint = BeginCaRotation(*config, options);
+    if (!fingerprint.ok()) return Fail(fingerprint.status());
+    std::printf("new CA %s is trusted beside the old one, which still issues; %s\n",
+                fingerprint->c_str(), kRestart);
+  } else if (verb == "switch") {
+    absl::StatusOr<std::string> fingerprint = SwitchCa(*config, flags->Has("force"));
+    if (!fingerprint.ok()) return Fail(fingerprint.status());
+    std::printf(
+        "CA %s issues now (server and admin certificates re-issued from it, the old "
+        "CA's key destroyed); %s\n",
+        fingerprint->c_str(), kRestart);
+  } else if (verb == "retire") {
+    absl::StatusOr<std::string> fingerprint = RetireCa(*config, flags->Has("force"));
+    if (!fingerprint.ok()) return Fail(fingerprint.status());
+    std::printf("old CA %s is no longer trusted; %s\n", fingerprint->c_str(), kRestart);
+  } else {
+    absl::StatusOr<CaRotationStatus> status = GetCaRotationStatus(*config);
+    if (!status.ok()) return Fail(status.status());
+    PrintCaRotationStatus(*status, flags->Has("json"));
+  }
   return 0;
 }
 
@@ -613,6 +706,7 @@ int Main(int argc, char** argv) {
                                  {"serve", Serve},
                                  {"--check-config", CheckConfig},
                                  {"certificates", CertificatesCommand},
+                                 {"ca", CaCommand},
                                  {"backup", Backup},
                                  {"restore", Restore},
                                  {"token", TokenCommand},

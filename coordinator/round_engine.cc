@@ -99,23 +99,20 @@ v1::RoundStage StageFromName(const std::string& name) {
 }
 
 RoundEngine::RoundEngine(const CoordinatorConfig* config, Store* store, ClientPresence* presence,
-                         PollHub* polls, pki::Certificate ca)
+                         PollHub* polls)
     : config_(config),
       policy_(config->rounds),
       store_(store),
       presence_(presence),
       polls_(polls),
-      ca_(std::move(ca)),
       models_(config->state_dir.models()),
       server_optimizer_(config->rounds) {}
 
 absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const CoordinatorConfig* config,
                                                                  Store* store,
                                                                  ClientPresence* presence,
-                                                                 PollHub* polls,
-                                                                 pki::Certificate ca) {
-  std::unique_ptr<RoundEngine> engine(
-      new RoundEngine(config, store, presence, polls, std::move(ca)));
+                                                                 PollHub* polls) {
+  std::unique_ptr<RoundEngine> engine(new RoundEngine(config, store, presence, polls));
   if (absl::Status status = engine->Load(); !status.ok()) return status;
   return engine;
 }

@@ -65,7 +65,7 @@ class RoundEngine {
   // initial model if there is none yet, and loads the newest version and the ledger.
   static absl::StatusOr<std::unique_ptr<RoundEngine>> Create(const CoordinatorConfig* config,
                                                              Store* store, ClientPresence* presence,
-                                                             PollHub* polls, pki::Certificate ca);
+                                                             PollHub* polls);
   RoundEngine(const RoundEngine&) = delete;
   RoundEngine& operator=(const RoundEngine&) = delete;
   ~RoundEngine();
@@ -180,7 +180,7 @@ class RoundEngine {
   };
 
   RoundEngine(const CoordinatorConfig* config, Store* store, ClientPresence* presence,
-              PollHub* polls, pki::Certificate ca);
+              PollHub* polls);
   absl::Status Load();
   void Run();
   void Tick();
@@ -214,7 +214,6 @@ class RoundEngine {
   Store* store_;
   ClientPresence* presence_;
   PollHub* polls_;
-  pki::Certificate ca_;
   ModelRepository models_;
 
   absl::Mutex mutex_;

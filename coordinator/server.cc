@@ -5,6 +5,7 @@
 #include <grpcpp/security/server_credentials.h>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/ca_rotation.h"
 #include "logging/log.h"
 #include "metrics/metrics_server.h"
 #include "pki/key_pair_files.h"
@@ -33,6 +34,22 @@ void ApplyLimits(const CoordinatorConfig& config, grpc::ServerBuilder& builder) 
   builder.SetResourceQuota(quota);
 }
 
+// The CA of the bundle that issued the server certificate. Checked at the certificate's own
+// start of validity: which CA signed it is the question here, not whether it has expired
+// (an expired one is still served, and clients say so precisely).
+absl::StatusOr<pki::Certificate> ServerCertificateCa(const pki::Certificate& server,
+                                                     const pki::TrustBundle& trust) {
+  for (const pki::Certificate& ca : trust.certificates()) {
+    if (pki::VerifyPeer(server, ca, trust.federation(), pki::Purpose::kServer, server.NotBefore())
+            .ok()) {
+      return ca;
+    }
+  }
+  return absl::FailedPreconditionError(
+      "the server certificate was not issued by a CA of this federation; run "
+      "`fedmoe-coordinator certificates renew`");
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
@@ -42,9 +59,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   const CoordinatorConfig& cfg = server->config_;
   const StateDir& dir = cfg.state_dir;
 
-  absl::StatusOr<pki::CertificateAuthority> ca = LoadFederationCa(cfg);
-  if (!ca.ok()) return ca.status();
-  const pki::Certificate ca_certificate = ca->certificate();
+  absl::StatusOr<FederationTrust> trust = LoadFederationTrust(cfg);
+  if (!trust.ok()) return trust.status();
   // A `certificates renew` that a crash interrupted is finished before the pairs are read.
   if (absl::Status status = CompleteCoordinatorKeySwaps(dir); !status.ok()) return status;
   absl::StatusOr<pki::Certificate> server_certificate =
@@ -58,14 +74,14 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(dir.store());
   if (!store.ok()) return store.status();
   server->store_ = std::move(*store);
-  server->authority_ = std::make_unique<EnrollmentAuthority>(std::move(*ca), server->store_.get(),
-                                                             cfg.client_certificate_validity);
-  server->authorizer_ =
-      std::make_unique<CallerAuthorizer>(ca_certificate, cfg.federation, server->store_.get());
+  server->authority_ =
+      std::make_unique<EnrollmentAuthority>(std::move(trust->issuer), trust->bundle,
+                                            server->store_.get(), cfg.client_certificate_validity);
+  server->authorizer_ = std::make_unique<CallerAuthorizer>(trust->bundle, server->store_.get());
   server->presence_ = std::make_unique<ClientPresence>(cfg.online_window());
   server->polls_ = std::make_unique<PollHub>();
   absl::StatusOr<std::unique_ptr<RoundEngine>> rounds = RoundEngine::Create(
-      &cfg, server->store_.get(), server->presence_.get(), server->polls_.get(), ca_certificate);
+      &cfg, server->store_.get(), server->presence_.get(), server->polls_.get());
   if (!rounds.ok()) return rounds.status();
   server->rounds_ = std::move(*rounds);
   ServiceContext context{&cfg,
@@ -96,8 +112,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   server->admin_service_ = std::make_unique<AdminService>(context);
   server->federation_service_ = std::make_unique<FederationService>(context);
 
-  // The chain includes the CA, so that an enrolling client can pin it by fingerprint.
-  const std::string chain = server_certificate->ToPem() + ca_certificate.ToPem();
+  // The chain includes the CA, so that an enrolling client can pin it by fingerprint. That is
+  // the issuing CA, except after a switch that a crash cut short (coordinator/ca_rotation.h).
+  absl::StatusOr<pki::Certificate> server_ca =
+      ServerCertificateCa(*server_certificate, trust->bundle);
+  if (!server_ca.ok()) return server_ca.status();
+  const std::string chain = server_certificate->ToPem() + server_ca->ToPem();
   grpc::EnableDefaultHealthCheckService(true);
 
   grpc::SslServerCredentialsOptions enrollment_tls(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
@@ -116,7 +136,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
   grpc::SslServerCredentialsOptions mtls(
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  mtls.pem_root_certs = ca_certificate.ToPem();
+  mtls.pem_root_certs = trust->bundle.ToPem();
   mtls.pem_key_cert_pairs.push_back({*server_key_pem, chain});
   grpc::ServerBuilder mtls_builder;
   mtls_builder.AddListeningPort(cfg.listen, grpc::SslServerCredentials(mtls), &server->mtls_port_);
@@ -138,7 +158,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       .Field("mtls_port", server->mtls_port_)
       .Field("enroll_listen", cfg.enroll_listen)
       .Field("enrollment_port", server->enrollment_port_)
-      .Field("ca_fingerprint", ca_certificate.Sha256Fingerprint());
+      .Field("ca_fingerprint", trust->bundle.issuer().Sha256Fingerprint())
+      .Field("ca_rotation", CaRotationPhaseName(trust->phase));
   return server;
 }
 

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <optional>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "coordinator/wire.h"
@@ -27,6 +28,11 @@ void SetTimestamp(absl::Time time, google::protobuf::Timestamp* out) {
 
 absl::Duration FromProto(const google::protobuf::Duration& duration) {
   return absl::Seconds(duration.seconds()) + absl::Nanoseconds(duration.nanos());
+}
+
+void FillTrustBundle(const pki::TrustBundle& trust,
+                     google::protobuf::RepeatedPtrField<std::string>* out) {
+  for (std::string& der : trust.Der()) out->Add(std::move(der));
 }
 
 void FillCertificate(const pki::Certificate& certificate, const pki::Certificate& ca,
@@ -126,6 +132,7 @@ grpc::Status EnrollmentService::Handle(const v1::EnrollRequest& request,
   FillCertificate(enrolled->certificate, context_.authority->ca().certificate(),
                   response.mutable_certificate());
   response.set_federation_endpoint(context_.config->advertised_endpoint());
+  FillTrustBundle(context_.authority->trust(), response.mutable_trusted_ca_certificates_der());
   return grpc::Status::OK;
 }
 
@@ -142,6 +149,7 @@ grpc::Status CertificatesService::Handle(const grpc::AuthContext& auth,
   if (!certificate.ok()) return Refuse("Renew", certificate.status());
   FillCertificate(*certificate, context_.authority->ca().certificate(),
                   response.mutable_certificate());
+  FillTrustBundle(context_.authority->trust(), response.mutable_trusted_ca_certificates_der());
   return grpc::Status::OK;
 }
 
@@ -340,6 +348,10 @@ grpc::Status AdminService::GetPrivacyLedger(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+FederationService::FederationService(ServiceContext context)
+    : context_(context),
+      trust_bundle_sha256_(absl::HexStringToBytes(context.authority->trust().Digest())) {}
+
 grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request_bytes,
                                                       grpc::ByteBuffer* response_bytes) {
@@ -373,6 +385,7 @@ grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContex
     } else {
       response.mutable_idle()->mutable_retry_after()->set_seconds(1);
       response.mutable_idle()->set_latest_model_version(context_.rounds->snapshot().model_version);
+      response.mutable_idle()->set_trust_bundle_sha256(trust_bundle_sha256_);
     }
     context_.presence->PollFinished(client_id, absl::Now());
     const absl::Status serialized = SerializeReply(response, *response_bytes);

@@ -106,7 +106,7 @@ using FederationBase = v1::Federation::WithRawCallbackMethod_PollTask<
 
 class FederationService final : public FederationBase {
  public:
-  explicit FederationService(ServiceContext context) : context_(context) {}
+  explicit FederationService(ServiceContext context);
   grpc::ServerUnaryReactor* PollTask(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
@@ -133,6 +133,8 @@ class FederationService final : public FederationBase {
 
  private:
   ServiceContext context_;
+  // Announced in every Idle answer (raw 32 bytes), so clients notice a CA rotation.
+  std::string trust_bundle_sha256_;
 };
 
 }  // namespace fedmoe::coordinator

@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
 namespace fedmoe::coordinator {
@@ -88,6 +89,13 @@ CREATE TABLE privacy_ledger (
     R"sql(
 ALTER TABLE model_versions ADD COLUMN files TEXT NOT NULL DEFAULT '';
 )sql",
+    // 3: which CA issued each certificate, the trust bundle sent with it, and when the client
+    // first presented it, so that a CA rotation can tell which clients have moved.
+    R"sql(
+ALTER TABLE certificates ADD COLUMN issuer_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE certificates ADD COLUMN trust_bundle TEXT NOT NULL DEFAULT '';
+ALTER TABLE certificates ADD COLUMN first_used_at_ms INTEGER;
+)sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion);
 
@@ -139,13 +147,15 @@ TokenRecord ReadToken(const Statement& row) {
 absl::Status InsertCertificate(sqlite::Database& db, const std::string& client_id,
                                const IssuedCertificate& certificate, absl::Time now) {
   absl::StatusOr<Statement> insert = db.Prepare(
-      "INSERT INTO certificates (serial, client_id, issued_at_ms, not_after_ms) "
-      "VALUES (?, ?, ?, ?)");
+      "INSERT INTO certificates (serial, client_id, issued_at_ms, not_after_ms, issuer_sha256, "
+      "trust_bundle) VALUES (?, ?, ?, ?, ?, ?)");
   if (!insert.ok()) return insert.status();
   return insert->Bind(1, certificate.serial)
       .Bind(2, client_id)
       .Bind(3, ToMillis(now))
       .Bind(4, ToMillis(certificate.not_after))
+      .Bind(5, certificate.issuer_fingerprint)
+      .Bind(6, absl::StrJoin(certificate.trust_bundle, ","))
       .Run();
 }
 
@@ -311,7 +321,9 @@ absl::Status Store::AuthorizeClient(const std::string& client_id, const std::str
   absl::StatusOr<Statement> query = db_->Prepare(
       "SELECT (SELECT revoked_at_ms FROM revocations WHERE client_id = ?1), "
       "EXISTS (SELECT 1 FROM clients WHERE client_id = ?1), "
-      "EXISTS (SELECT 1 FROM certificates WHERE client_id = ?1 AND serial = ?2)");
+      "EXISTS (SELECT 1 FROM certificates WHERE client_id = ?1 AND serial = ?2), "
+      "EXISTS (SELECT 1 FROM certificates WHERE client_id = ?1 AND serial = ?2 "
+      "        AND first_used_at_ms IS NULL)");
   if (!query.ok()) return query.status();
   query->Bind(1, client_id).Bind(2, serial);
   if (absl::StatusOr<bool> row = query->Step(); !row.ok()) return row.status();
@@ -326,7 +338,47 @@ absl::Status Store::AuthorizeClient(const std::string& client_id, const std::str
     return absl::PermissionDeniedError(
         absl::StrCat("certificate serial ", serial, " was not issued to client '", client_id, "'"));
   }
+  if (query->ColumnInt(3) != 0) {
+    // The first call with a certificate: the client holds it, and the trust bundle that came
+    // with it (the client writes the bundle first). Written once per certificate.
+    absl::StatusOr<Statement> used = db_->Prepare(
+        "UPDATE certificates SET first_used_at_ms = ?1 WHERE serial = ?2 AND "
+        "first_used_at_ms IS NULL");
+    if (!used.ok()) return used.status();
+    if (absl::Status status = used->Bind(1, ToMillis(absl::Now())).Bind(2, serial).Run();
+        !status.ok()) {
+      return status;
+    }
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> Store::ClientsWithoutCa(const std::string& fingerprint,
+                                                                 CaHolding holding,
+                                                                 absl::Time now) {
+  absl::MutexLock lock(&mutex_);
+  // A client counts while it could still call: enrolled, unrevoked, its newest certificate
+  // unexpired. It has moved once it has presented a certificate that proves the holding.
+  const char* proof = holding == CaHolding::kIssuedBy
+                          ? "u.issuer_sha256 = ?1"
+                          : "instr(',' || u.trust_bundle || ',', ',' || ?1 || ',') > 0";
+  absl::StatusOr<Statement> query = db_->Prepare(absl::StrCat(
+      "SELECT c.client_id FROM clients c "
+      "WHERE NOT EXISTS (SELECT 1 FROM revocations r WHERE r.client_id = c.client_id) "
+      "AND (SELECT MAX(not_after_ms) FROM certificates WHERE client_id = c.client_id) > ?2 "
+      "AND NOT EXISTS (SELECT 1 FROM certificates u WHERE u.client_id = c.client_id "
+      "                AND u.first_used_at_ms IS NOT NULL AND ",
+      proof, ") ORDER BY c.client_id"));
+  if (!query.ok()) return query.status();
+  query->Bind(1, fingerprint).Bind(2, ToMillis(now));
+  std::vector<std::string> missing;
+  while (true) {
+    absl::StatusOr<bool> row = query->Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    missing.push_back(query->ColumnText(0));
+  }
+  return missing;
 }
 
 absl::Status Store::TouchClient(const std::string& client_id, absl::Time now) {

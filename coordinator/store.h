@@ -59,6 +59,18 @@ struct IssuedCertificate {
   std::string serial;
   std::string spiffe_id;
   absl::Time not_after;
+  // SHA-256 fingerprint of the issuing CA.
+  std::string issuer_fingerprint;
+  // Fingerprints of the trust bundle sent to the client with the certificate.
+  std::vector<std::string> trust_bundle;
+};
+
+// What a client must have shown for a CA rotation to move on (coordinator/ca_rotation.h).
+enum class CaHolding {
+  // It uses a certificate that came with a trust bundle containing the CA.
+  kTrusts,
+  // It uses a certificate issued by the CA.
+  kIssuedBy,
 };
 
 // A published model version: its files live in StateDir::models() / directory.
@@ -109,7 +121,7 @@ struct LedgerEntry {
 class Store {
  public:
   // The newest schema version this build knows.
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::filesystem::path& path);
 
@@ -132,9 +144,15 @@ class Store {
   absl::Status RecordRenewal(const std::string& client_id, const IssuedCertificate& certificate,
                              absl::Time now);
 
-  // OK when `client_id` is enrolled, not revoked, and `serial` was issued to it.
-  // PermissionDenied otherwise, saying which.
+  // OK when `client_id` is enrolled, not revoked, and `serial` was issued to it, and then
+  // records the certificate's first use. PermissionDenied otherwise, saying which.
   absl::Status AuthorizeClient(const std::string& client_id, const std::string& serial);
+
+  // Clients that could still call (enrolled, unrevoked, newest certificate unexpired at
+  // `now`) but have never presented a certificate showing `holding` of the CA with
+  // `fingerprint`, in client id order.
+  absl::StatusOr<std::vector<std::string>> ClientsWithoutCa(const std::string& fingerprint,
+                                                            CaHolding holding, absl::Time now);
 
   // Notes an authenticated call. Cheap to call often: writes at most once a minute per client.
   absl::Status TouchClient(const std::string& client_id, absl::Time now);

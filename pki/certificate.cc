@@ -4,7 +4,6 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
-#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
 #include <fstream>
@@ -20,6 +19,7 @@ namespace {
 
 using internal::BioPtr;
 using internal::GeneralNamesPtr;
+using internal::Hex;
 using internal::OpenSslError;
 using internal::X509Ptr;
 using internal::X509StoreCtxPtr;
@@ -29,18 +29,6 @@ absl::Time FromAsn1Time(const ASN1_TIME* time) {
   struct tm parts {};
   if (ASN1_TIME_to_tm(time, &parts) != 1) return absl::InfinitePast();
   return absl::FromUnixSeconds(timegm(&parts));
-}
-
-constexpr char kHexDigits[] = "0123456789abcdef";
-
-std::string Hex(const unsigned char* data, size_t size) {
-  std::string out;
-  out.reserve(size * 2);
-  for (size_t i = 0; i < size; ++i) {
-    out.push_back(kHexDigits[data[i] >> 4]);
-    out.push_back(kHexDigits[data[i] & 0xf]);
-  }
-  return out;
 }
 
 }  // namespace
@@ -122,12 +110,7 @@ absl::Status Certificate::WriteFile(const std::filesystem::path& path) const {
       perms::owner_read | perms::owner_write | perms::group_read | perms::others_read);
 }
 
-std::string Certificate::Sha256Fingerprint() const {
-  const std::string der = ToDer();
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(der.data()), der.size(), digest);
-  return Hex(digest, sizeof(digest));
-}
+std::string Certificate::Sha256Fingerprint() const { return internal::Sha256Hex(ToDer()); }
 
 absl::StatusOr<SpiffeId> Certificate::Identity() const {
   GeneralNamesPtr names(static_cast<GENERAL_NAMES*>(
@@ -247,10 +230,18 @@ bool FingerprintsEqual(std::string_view a, std::string_view b) {
 
 absl::StatusOr<SpiffeId> VerifyPeer(const Certificate& leaf, const Certificate& ca,
                                     std::string_view federation, Purpose purpose, absl::Time now) {
+  return VerifyPeer(leaf, std::span<const Certificate>(&ca, 1), federation, purpose, now);
+}
+
+absl::StatusOr<SpiffeId> VerifyPeer(const Certificate& leaf, std::span<const Certificate> cas,
+                                    std::string_view federation, Purpose purpose, absl::Time now) {
   X509StorePtr store(X509_STORE_new());
   X509StoreCtxPtr context(X509_STORE_CTX_new());
-  if (store == nullptr || context == nullptr || X509_STORE_add_cert(store.get(), ca.get()) != 1 ||
-      X509_STORE_CTX_init(context.get(), store.get(), leaf.get(), nullptr) != 1) {
+  bool ready = store != nullptr && context != nullptr;
+  for (const Certificate& ca : cas) {
+    ready = ready && X509_STORE_add_cert(store.get(), ca.get()) == 1;
+  }
+  if (!ready || X509_STORE_CTX_init(context.get(), store.get(), leaf.get(), nullptr) != 1) {
     return OpenSslError(absl::StatusCode::kInternal, "certificate verification setup");
   }
   X509_STORE_CTX_set_time(context.get(), 0, absl::ToTimeT(now));

@@ -5,6 +5,7 @@
 #define FEDMOE_PKI_CERTIFICATE_H_
 
 #include <filesystem>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -80,6 +81,10 @@ enum class Purpose { kClient, kServer };
 // `purpose`, and names an identity of `federation`; returns that identity. Each failure gets a
 // specific message (expired, not yet valid, wrong issuer, wrong purpose, foreign federation).
 absl::StatusOr<SpiffeId> VerifyPeer(const Certificate& leaf, const Certificate& ca,
+                                    std::string_view federation, Purpose purpose,
+                                    absl::Time now = absl::Now());
+// The same, accepting a chain to any of `cas` (the two CAs of a rotation's overlap).
+absl::StatusOr<SpiffeId> VerifyPeer(const Certificate& leaf, std::span<const Certificate> cas,
                                     std::string_view federation, Purpose purpose,
                                     absl::Time now = absl::Now());
 

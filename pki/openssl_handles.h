@@ -46,6 +46,12 @@ absl::Status RequireP256(EVP_PKEY* key);
 // The bytes a memory BIO holds.
 std::string BioContents(BIO* bio);
 
+// Lower-case hex of `size` bytes.
+std::string Hex(const unsigned char* data, size_t size);
+
+// SHA-256 of `bytes`, 64 lower-case hex digits.
+std::string Sha256Hex(std::string_view bytes);
+
 }  // namespace fedmoe::pki::internal
 
 #endif  // FEDMOE_PKI_OPENSSL_HANDLES_H_

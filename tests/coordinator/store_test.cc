@@ -15,7 +15,9 @@ namespace fedmoe::coordinator {
 namespace {
 
 using ::fedmoe::testing::TempDir;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 
 const absl::Time kNow = absl::FromUnixSeconds(1'800'000'000);
 
@@ -39,8 +41,11 @@ class StoreTest : public ::testing::Test {
 
   static auto IssueSerial(const std::string& serial) {
     return [serial](const std::string& client_id) -> absl::StatusOr<IssuedCertificate> {
-      return IssuedCertificate{serial, "spiffe://fed/client/" + client_id,
-                               kNow + absl::Hours(24 * 30)};
+      return IssuedCertificate{serial,
+                               "spiffe://fed/client/" + client_id,
+                               kNow + absl::Hours(24 * 30),
+                               "old-ca",
+                               {"old-ca"}};
     };
   }
 
@@ -138,11 +143,13 @@ TEST_F(StoreTest, AClientIdEnrollsOnce) {
 
 TEST_F(StoreTest, RevocationTakesEffectAtTheNextAuthorization) {
   ASSERT_TRUE(Enroll(AddToken("bank-1")).ok());
-  ASSERT_TRUE(store_
-                  ->RecordRenewal("bank-1",
-                                  {"aa02", "spiffe://fed/client/bank-1", kNow + absl::Hours(48)},
-                                  kNow + absl::Hours(1))
-                  .ok());
+  ASSERT_TRUE(
+      store_
+          ->RecordRenewal(
+              "bank-1",
+              {"aa02", "spiffe://fed/client/bank-1", kNow + absl::Hours(48), "old-ca", {"old-ca"}},
+              kNow + absl::Hours(1))
+          .ok());
   EXPECT_EQ(store_->GetClient("bank-1")->certificate_serial, "aa02");
   EXPECT_TRUE(store_->AuthorizeClient("bank-1", "aa01").ok()) << "old certificate until expiry";
   EXPECT_TRUE(store_->AuthorizeClient("bank-1", "aa02").ok());
@@ -163,8 +170,49 @@ TEST_F(StoreTest, RevocationTakesEffectAtTheNextAuthorization) {
   EXPECT_EQ(again->revocation_reason, "key leaked");
   EXPECT_EQ(*again->revoked_at, kNow + absl::Hours(2));
   EXPECT_EQ(store_->RevokeClient("nobody", "x", kNow).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(store_->RecordRenewal("bank-1", {"aa03", "", kNow}, kNow).code(),
+  EXPECT_EQ(store_->RecordRenewal("bank-1", {"aa03", "", kNow, "old-ca", {}}, kNow).code(),
             absl::StatusCode::kPermissionDenied);
+}
+
+// A CA rotation moves on once every client that can still call has *used* a certificate that
+// proves it holds the new CA: issued alone is not enough (the reply may have been lost).
+TEST_F(StoreTest, ClientsWithoutCaCountsOnlyCertificatesInUse) {
+  ASSERT_TRUE(Enroll(AddToken("bank-1"), kNow, "b101").ok());
+  ASSERT_TRUE(Enroll(AddToken("bank-2"), kNow, "b201").ok());
+  ASSERT_TRUE(Enroll(AddToken("gone"), kNow, "g01").ok());
+  ASSERT_TRUE(Enroll(AddToken("lapsed"), kNow, "l01").ok());
+  ASSERT_TRUE(store_->RevokeClient("gone", "left", kNow).ok());
+  const absl::Time later = kNow + absl::Hours(24 * 31);  // "lapsed" has expired by then
+  for (const char* client : {"bank-1", "bank-2"}) {
+    ASSERT_TRUE(store_
+                    ->RecordRenewal(client,
+                                    {std::string(client) + "-n",
+                                     "",
+                                     later + absl::Hours(48),
+                                     "old-ca",
+                                     {"old-ca", "new-ca"}},
+                                    later)
+                    .ok());
+  }
+  auto missing = [&](CaHolding holding) {
+    return *store_->ClientsWithoutCa("new-ca", holding, later + absl::Minutes(1));
+  };
+  EXPECT_THAT(missing(CaHolding::kTrusts), ElementsAre("bank-1", "bank-2"));
+  ASSERT_TRUE(store_->AuthorizeClient("bank-1", "bank-1-n").ok());
+  EXPECT_THAT(missing(CaHolding::kTrusts), ElementsAre("bank-2"));
+  EXPECT_THAT(missing(CaHolding::kIssuedBy), ElementsAre("bank-1", "bank-2"));
+  ASSERT_TRUE(
+      store_
+          ->RecordRenewal("bank-2",
+                          {"bank-2-x", "", later + absl::Hours(48), "new-ca", {"new-ca", "old-ca"}},
+                          later)
+          .ok());
+  ASSERT_TRUE(store_->AuthorizeClient("bank-2", "bank-2-x").ok());
+  EXPECT_THAT(missing(CaHolding::kTrusts), IsEmpty());
+  EXPECT_THAT(missing(CaHolding::kIssuedBy), ElementsAre("bank-1"));
+  // A fingerprint is matched whole, not as a substring of another.
+  EXPECT_THAT(*store_->ClientsWithoutCa("new", CaHolding::kTrusts, later),
+              ElementsAre("bank-1", "bank-2"));
 }
 
 TEST_F(StoreTest, ListsPageInIdOrderAndHideRevokedUnlessAsked) {

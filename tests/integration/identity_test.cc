@@ -344,12 +344,15 @@ TEST_F(FederationTest, ClientRenewsItsCertificateWhenAThirdOfItsLifetimeIsLeft) 
   {
     auto store = coordinator::Store::Open(state_ / "state.db");
     ASSERT_TRUE(store.ok()) << store.status();
-    ASSERT_TRUE(
-        (*store)
-            ->RecordRenewal("bank-1",
-                            {aging->SerialHex(), "spiffe://acme/client/bank-1", aging->NotAfter()},
-                            absl::Now() - absl::Hours(2))
-            .ok());
+    ASSERT_TRUE((*store)
+                    ->RecordRenewal("bank-1",
+                                    {aging->SerialHex(),
+                                     "spiffe://acme/client/bank-1",
+                                     aging->NotAfter(),
+                                     ca->certificate().Sha256Fingerprint(),
+                                     {ca->certificate().Sha256Fingerprint()}},
+                                    absl::Now() - absl::Hours(2))
+                    .ok());
   }
   ASSERT_TRUE(aging->WriteFile(state_dir / "client.pem").ok());
 
