@@ -146,9 +146,23 @@ grpc::Status ClientDaemon::PollOnce() {
     ++progress_.polls_answered;
     LogEvent(LogLevel::kDebug, "poll_answered")
         .Field("task", response.task_case() == v1::PollTaskResponse::kIdle ? "idle" : "task");
+    NoteAnnouncedTrust(response.trust_bundle_sha256());
     HandleTask(response);
   }
   return status;
+}
+
+void ClientDaemon::NoteAnnouncedTrust(const std::string& announced) {
+  if (announced.empty()) return;
+  const std::string digest = absl::BytesToHexString(announced);
+  if (digest == trust_->Digest() || digest == trust_renewed_for_ ||
+      digest == trust_renewal_wanted_) {
+    return;
+  }
+  LogEvent(LogLevel::kInfo, "trust_bundle_announced")
+      .Field("digest", digest)
+      .Field("held", trust_->Digest());
+  trust_renewal_wanted_ = digest;
 }
 
 bool ClientDaemon::Backoff(int attempt) {
@@ -318,19 +332,6 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
           .Field("outcome", progress_.last_outcome)
           .Field("bytes_sent", progress_.bytes_sent_last_round);
       WriteStatus("connected", "");
-      return;
-    }
-    case v1::PollTaskResponse::kIdle: {
-      const std::string& announced = response.idle().trust_bundle_sha256();
-      if (announced.empty()) return;
-      const std::string digest = absl::BytesToHexString(announced);
-      if (digest != trust_->Digest() && digest != trust_renewed_for_ &&
-          digest != trust_renewal_wanted_) {
-        LogEvent(LogLevel::kInfo, "trust_bundle_announced")
-            .Field("digest", digest)
-            .Field("held", trust_->Digest());
-        trust_renewal_wanted_ = digest;
-      }
       return;
     }
     default:

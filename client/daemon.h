@@ -50,6 +50,8 @@ class ClientDaemon {
   // Sleeps for the backoff interval unless stopped; returns false if stopped.
   bool Backoff(int attempt);
   void WriteStatus(const std::string& state, const std::string& detail);
+  // Asks for a renewal when the coordinator's trust bundle differs from this client's.
+  void NoteAnnouncedTrust(const std::string& announced);
   // Carries out a task PollTask returned; a failure takes this client out of the round.
   void HandleTask(const v1::PollTaskResponse& response);
   // Syncs the model, trains on the local data, builds, clips and encodes the update, and
@@ -72,7 +74,7 @@ class ClientDaemon {
   std::optional<pki::PrivateKey> key_;
   // ca.pem: the CAs this client trusts.
   std::optional<pki::TrustBundle> trust_;
-  // Digest (hex) of a trust bundle an Idle answer announced that differs from ours; a renewal
+  // Digest (hex) of a trust bundle a poll answer announced that differs from ours; a renewal
   // fetches it. The last one renewed for is remembered, so that a coordinator whose answer
   // does not match its announcement cannot make the client renew on every poll.
   std::string trust_renewal_wanted_;

@@ -3,7 +3,7 @@
 // command on the state directory followed by a coordinator restart:
 //
 //   begin   a new CA (made here, or from an offline ceremony) is trusted beside the old one,
-//           which still issues. Clients fetch the two-CA bundle when their next Idle poll
+//           which still issues. Clients fetch the two-CA bundle when their next poll answer
 //           announces a bundle digest other than their own (they renew to get it).
 //   switch  once every client that can still call holds the new CA, the new CA issues: the
 //           server and admin certificates are re-issued from it, the old CA's key is

@@ -385,8 +385,8 @@ grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContex
     } else {
       response.mutable_idle()->mutable_retry_after()->set_seconds(1);
       response.mutable_idle()->set_latest_model_version(context_.rounds->snapshot().model_version);
-      response.mutable_idle()->set_trust_bundle_sha256(trust_bundle_sha256_);
     }
+    response.set_trust_bundle_sha256(trust_bundle_sha256_);
     context_.presence->PollFinished(client_id, absl::Now());
     const absl::Status serialized = SerializeReply(response, *response_bytes);
     if (context_.metrics != nullptr && serialized.ok()) {

@@ -133,7 +133,7 @@ class FederationService final : public FederationBase {
 
  private:
   ServiceContext context_;
-  // Announced in every Idle answer (raw 32 bytes), so clients notice a CA rotation.
+  // Announced in every PollTask answer (raw 32 bytes), so clients notice a CA rotation.
   std::string trust_bundle_sha256_;
 };
 

@@ -15,6 +15,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "fedmoe/v1/admin.pb.h"
+#include "pki/certificate.h"
+#include "pki/trust_bundle.h"
 #include "tests/integration/coordinator_fixture.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
@@ -229,6 +231,119 @@ TEST_F(RoundsTest, ARevokedClientIsLeftOutOfTheNextRound) {
   }
   // The revoked daemon was refused and stopped.
   EXPECT_TRUE(WaitFor([&] { return !clients_["insurer"]->running(); }, absl::Seconds(20)));
+}
+
+// A CA rotation from begin to retire while the federation trains: the clients follow by
+// themselves, rounds keep committing on the same model history and ledger, and a client that
+// slept through the overlap is named by every step, cut off only when forced, and told why.
+TEST_F(RoundsTest, ACaRotationKeepsTheFederationItsHistoryAndItsRunningClients) {
+  StartFederation(absl::StrCat(R"(rounds:
+  min_clients: 3
+  interval: 1s
+  timeouts:
+    train: 30s
+)",
+                               kTraining, kModerateNoise));
+  AddThreeClients();
+  const std::filesystem::path away =
+      EnrollClient("away", {"--data", (std::filesystem::path(FEDMOE_SOURCE_DIR) /
+                                       "deploy/corpora/finance")
+                                          .string()});
+  ASSERT_TRUE(WaitFor([&] { return Committed() >= 1; }, absl::Seconds(120))) << coordinator_->Log();
+
+  auto rotation = [&] {
+    CommandResult result = Coordinator({"ca", "status", "--json"});
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    google::protobuf::Struct json;
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(result.out, &json).ok()) << result.out;
+    return json;
+  };
+  auto not_moved = [&] {
+    std::vector<std::string> ids;
+    const google::protobuf::Struct status = rotation();
+    for (const auto& id : status.fields().at("clients_not_moved").list_value().values()) {
+      ids.push_back(id.string_value());
+    }
+    return ids;
+  };
+  auto restart = [&] {
+    coordinator_.reset();
+    StartCoordinator();
+  };
+  auto commits_after = [&](int committed) {
+    return WaitFor([&] { return Committed() > committed; }, absl::Seconds(120));
+  };
+  const std::string old_ca = rotation().fields().at("issuing_ca").string_value();
+  EXPECT_EQ(rotation().fields().at("phase").string_value(), "none");
+  EXPECT_THAT(Coordinator({"ca", "retire"}).err, HasSubstr("no CA rotation is in progress"));
+
+  // begin: a new CA is trusted; nobody holds it until the coordinator announces it.
+  ASSERT_EQ(Coordinator({"ca", "begin"}).exit_code, 0);
+  const std::string new_ca = rotation().fields().at("other_ca").string_value();
+  ASSERT_EQ(new_ca.size(), 64u);
+  EXPECT_NE(new_ca, old_ca);
+  CommandResult early = Coordinator({"ca", "switch"});
+  EXPECT_EQ(early.exit_code, 1);
+  EXPECT_THAT(early.err, HasSubstr("4 client(s) do not hold the new CA yet: away, bank"));
+  restart();
+  ASSERT_TRUE(WaitFor([&] { return not_moved() == std::vector<std::string>{"away"}; },
+                      absl::Seconds(60)))
+      << coordinator_->Log();
+  EXPECT_EQ(pki::TrustBundle::ReadFile(dir_.path() / "bank" / "ca.pem", "acme")->Fingerprints(),
+            (std::vector<std::string>{old_ca, new_ca}));
+
+  // switch: refused while "away" lacks the new CA; forced, it leaves "away" behind.
+  CommandResult refused = Coordinator({"ca", "switch"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_THAT(refused.err, HasSubstr("1 client(s) do not hold the new CA yet: away;"));
+  ASSERT_EQ(Coordinator({"ca", "switch", "--force"}).exit_code, 0);
+  EXPECT_FALSE(std::filesystem::exists(state_ / "ca-next.key"));
+  EXPECT_EQ(pki::Certificate::ReadFile(state_ / "ca.pem")->Sha256Fingerprint(), new_ca);
+  restart();
+  ASSERT_TRUE(WaitFor([&] { return not_moved() == std::vector<std::string>{"away"}; },
+                      absl::Seconds(60)))
+      << coordinator_->Log();
+  // Rounds go on with certificates from the new CA, on the same model history.
+  const int before_retire = Committed();
+  ASSERT_TRUE(commits_after(before_retire)) << coordinator_->Log();
+  for (const char* client : {"bank", "helpdesk", "lawfirm"}) {
+    auto certificate = pki::Certificate::ReadFile(dir_.path() / client / "client.pem");
+    auto ca = pki::Certificate::ReadFile(state_ / "ca.pem");
+    EXPECT_TRUE(pki::VerifyPeer(*certificate, *ca, "acme", pki::Purpose::kClient).ok()) << client;
+  }
+
+  // The client that slept through it cannot verify the coordinator any more, and says why.
+  auto sleeper = StartClient(away);
+  EXPECT_TRUE(WaitFor(
+      [&] { return ReadFile(away / "status.json").find("rotated its CA") != std::string::npos; },
+      absl::Seconds(30)))
+      << sleeper->Log();
+
+  // retire: the old CA is gone from the coordinator and, at their next poll, from the clients.
+  CommandResult blocked = Coordinator({"ca", "retire"});
+  EXPECT_THAT(blocked.err, HasSubstr("1 client(s) still use a certificate from the old CA: away"));
+  ASSERT_EQ(Coordinator({"ca", "retire", "--force"}).exit_code, 0);
+  restart();
+  EXPECT_EQ(rotation().fields().at("phase").string_value(), "none");
+  for (const char* client : {"bank", "helpdesk", "lawfirm"}) {
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          auto trust = pki::TrustBundle::ReadFile(dir_.path() / client / "ca.pem", "acme");
+          return trust.ok() && trust->Fingerprints() == std::vector<std::string>{new_ca};
+        },
+        absl::Seconds(60)))
+        << client;
+  }
+  const int after_retire = Committed();
+  ASSERT_TRUE(commits_after(after_retire)) << coordinator_->Log();
+
+  // One history: model versions and ledger entries run on from before the rotation.
+  const v1::GetStatusResponse status = Status();
+  EXPECT_EQ(static_cast<int>(status.model_version()), Committed() + 1);
+  CommandResult ledger = Coordinator({"privacy", "report", "--json"});
+  v1::GetPrivacyLedgerResponse report;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(ledger.out, &report).ok()) << ledger.out;
+  EXPECT_EQ(report.entries_size(), Committed());
 }
 
 TEST_F(RoundsTest, AnExhaustedPrivacyBudgetStopsTheRoundsWithAClearStatus) {
