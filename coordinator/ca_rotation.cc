@@ -75,15 +75,17 @@ absl::Status RequirePhase(const FederationTrust& trust, CaRotationPhase wanted, 
   const char* hint = "";
   switch (trust.phase) {
     case CaRotationPhase::kNone:
-      hint = "no CA rotation is in progress; start one with `ca rotate begin`";
+      hint = "no CA rotation is in progress; start one with `fedmoe-coordinator ca begin`";
       break;
     case CaRotationPhase::kNewCaTrusted:
-      hint = "the new CA is trusted but does not issue yet; the next step is `ca rotate switch`";
+      hint =
+          "the new CA is trusted but does not issue yet; the next step is `fedmoe-coordinator ca "
+          "switch`";
       break;
     case CaRotationPhase::kNewCaIssuing:
       hint =
           "the new CA issues and the old one is still trusted; the next step is "
-          "`ca rotate retire`";
+          "`fedmoe-coordinator ca retire`";
       break;
   }
   return absl::FailedPreconditionError(absl::StrCat("cannot ", step, ": ", hint));
@@ -110,10 +112,10 @@ absl::Status RequireAllMoved(const std::vector<std::string>& not_moved, const ch
         .Field("clients_not_moved", absl::StrJoin(not_moved, ","));
     return absl::OkStatus();
   }
-  return absl::FailedPreconditionError(
-      absl::StrCat(not_moved.size(), " client(s) ", what, ": ", absl::StrJoin(not_moved, ", "),
-                   "; wait until they have polled (`ca rotate status`), revoke them, or pass "
-                   "--force to cut them off"));
+  return absl::FailedPreconditionError(absl::StrCat(
+      not_moved.size(), " client(s) ", what, ": ", absl::StrJoin(not_moved, ", "),
+      "; wait until they have polled (`fedmoe-coordinator ca status`), revoke them, or pass "
+      "--force to cut them off"));
 }
 
 }  // namespace

@@ -245,10 +245,9 @@ TEST_F(RoundsTest, ACaRotationKeepsTheFederationItsHistoryAndItsRunningClients) 
 )",
                                kTraining, kModerateNoise));
   AddThreeClients();
-  const std::filesystem::path away =
-      EnrollClient("away", {"--data", (std::filesystem::path(FEDMOE_SOURCE_DIR) /
-                                       "deploy/corpora/finance")
-                                          .string()});
+  const std::filesystem::path away = EnrollClient(
+      "away",
+      {"--data", (std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy/corpora/finance").string()});
   ASSERT_TRUE(WaitFor([&] { return Committed() >= 1; }, absl::Seconds(120))) << coordinator_->Log();
 
   auto rotation = [&] {
@@ -286,11 +285,17 @@ TEST_F(RoundsTest, ACaRotationKeepsTheFederationItsHistoryAndItsRunningClients) 
   EXPECT_EQ(early.exit_code, 1);
   EXPECT_THAT(early.err, HasSubstr("4 client(s) do not hold the new CA yet: away, bank"));
   restart();
-  ASSERT_TRUE(WaitFor([&] { return not_moved() == std::vector<std::string>{"away"}; },
-                      absl::Seconds(60)))
+  ASSERT_TRUE(
+      WaitFor([&] { return not_moved() == std::vector<std::string>{"away"}; }, absl::Seconds(60)))
       << coordinator_->Log();
   EXPECT_EQ(pki::TrustBundle::ReadFile(dir_.path() / "bank" / "ca.pem", "acme")->Fingerprints(),
             (std::vector<std::string>{old_ca, new_ca}));
+  // A client enrolling now pins the old CA and is handed both; revoked, it holds nothing back.
+  const std::filesystem::path late = EnrollClient("late");
+  EXPECT_EQ(pki::TrustBundle::ReadFile(late / "ca.pem", "acme")->Fingerprints(),
+            (std::vector<std::string>{old_ca, new_ca}));
+  EXPECT_EQ(not_moved(), (std::vector<std::string>{"away", "late"}));
+  ASSERT_EQ(Coordinator({"clients", "revoke", "late"}).exit_code, 0);
 
   // switch: refused while "away" lacks the new CA; forced, it leaves "away" behind.
   CommandResult refused = Coordinator({"ca", "switch"});
@@ -300,8 +305,8 @@ TEST_F(RoundsTest, ACaRotationKeepsTheFederationItsHistoryAndItsRunningClients) 
   EXPECT_FALSE(std::filesystem::exists(state_ / "ca-next.key"));
   EXPECT_EQ(pki::Certificate::ReadFile(state_ / "ca.pem")->Sha256Fingerprint(), new_ca);
   restart();
-  ASSERT_TRUE(WaitFor([&] { return not_moved() == std::vector<std::string>{"away"}; },
-                      absl::Seconds(60)))
+  ASSERT_TRUE(
+      WaitFor([&] { return not_moved() == std::vector<std::string>{"away"}; }, absl::Seconds(60)))
       << coordinator_->Log();
   // Rounds go on with certificates from the new CA, on the same model history.
   const int before_retire = Committed();

@@ -18,6 +18,7 @@
 #include "pki/key_pair_files.h"
 #include "pki/private_key.h"
 #include "pki/spiffe_id.h"
+#include "pki/trust_bundle.h"
 #include "tests/testing_temp_dir.h"
 
 namespace fedmoe::pki {
@@ -169,6 +170,46 @@ TEST(CertificateAuthorityTest, CaCertificateMatchesOpensslsView) {
   EXPECT_THAT(text, HasSubstr("CA:TRUE, pathlen:0"));
   EXPECT_THAT(text, HasSubstr("Certificate Sign"));
   EXPECT_THAT(text, HasSubstr("ASN1 OID: prime256v1"));
+}
+
+// During a CA rotation a member trusts two CAs: leaves of either verify, the issuer comes
+// first, and the digest that tells members apart changes with the order.
+TEST(TrustBundleTest, AcceptsLeavesOfEitherCaAndItsDigestFollowsTheOrder) {
+  auto old_ca = CertificateAuthority::Create("acme-fed", absl::Hours(24));
+  auto new_ca = CertificateAuthority::Create("acme-fed", absl::Hours(24));
+  auto stranger = CertificateAuthority::Create("acme-fed", absl::Hours(24));
+  ASSERT_TRUE(old_ca.ok() && new_ca.ok() && stranger.ok());
+  auto both = TrustBundle::Create({new_ca->certificate(), old_ca->certificate()}, "acme-fed");
+  auto reversed = TrustBundle::Create({old_ca->certificate(), new_ca->certificate()}, "acme-fed");
+  ASSERT_TRUE(both.ok() && reversed.ok());
+  EXPECT_EQ(both->issuer().Sha256Fingerprint(), new_ca->certificate().Sha256Fingerprint());
+  EXPECT_NE(both->Digest(), reversed->Digest());
+  EXPECT_EQ(both->Digest().size(), 64u);
+  EXPECT_TRUE(both->Contains(old_ca->certificate().Sha256Fingerprint()));
+  EXPECT_FALSE(both->Contains(stranger->certificate().Sha256Fingerprint()));
+
+  for (const CertificateAuthority* ca : {&*old_ca, &*new_ca, &*stranger}) {
+    auto key = PrivateKey::GenerateP256();
+    auto leaf = ca->IssueFromCsr(*MakeCsr(*key, "bank"),
+                                 {"acme-fed", IdentityKind::kClient, "bank"}, absl::Hours(1));
+    ASSERT_TRUE(leaf.ok());
+    EXPECT_EQ(both->Verify(*leaf, Purpose::kClient).ok(), ca != &*stranger);
+  }
+
+  // ca.pem round trip; a file from before rotations (one CA) reads as a bundle of one.
+  TempDir dir;
+  ASSERT_TRUE(both->WriteFile(dir.path() / "ca.pem").ok());
+  auto read = TrustBundle::ReadFile(dir.path() / "ca.pem", "acme-fed");
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->Digest(), both->Digest());
+  ASSERT_TRUE(old_ca->certificate().WriteFile(dir.path() / "single.pem").ok());
+  EXPECT_EQ(TrustBundle::ReadFile(dir.path() / "single.pem", "acme-fed")->Fingerprints().size(),
+            1u);
+  EXPECT_THAT(TrustBundle::ReadFile(dir.path() / "ca.pem", "globex").status().message(),
+              HasSubstr("not 'globex'"));
+  EXPECT_EQ(TrustBundle::ReadFile(dir.path() / "missing.pem", "acme-fed").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_THAT(TrustBundle::Create({}, "acme-fed").status().message(), HasSubstr("at least one"));
 }
 
 TEST(CertificateAuthorityTest, ClientCertificateVerifiesWithOpensslAndVerifyPeer) {
