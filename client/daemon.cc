@@ -91,20 +91,17 @@ absl::Status ClientDaemon::RenewIfDue() {
   absl::StatusOr<std::optional<pki::TrustBundle>> trust =
       ReceivedTrustBundle(response.trusted_ca_certificates_der(), *renewed, config_.federation);
   if (!trust.ok()) return trust.status();
-  if (!trust->has_value()) {
-    if (absl::StatusOr<pki::SpiffeId> id = trust_->Verify(*renewed, pki::Purpose::kClient);
-        !id.ok()) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("the renewed certificate is not valid: ", id.status().message()));
-    }
-  }
-  // The bundle first: a coordinator that sees the new certificate in use counts this client
-  // as holding the bundle that came with it. Trusting an extra CA for a moment is harmless.
   if (trust->has_value()) {
+    // The bundle first: a coordinator that sees the new certificate in use counts this client
+    // as holding the bundle that came with it. Trusting an extra CA for a moment is harmless.
     if (absl::Status status = (*trust)->WriteFile(config_.state_dir.ca_certificate());
         !status.ok()) {
       return status;
     }
+  } else if (absl::StatusOr<pki::SpiffeId> id = trust_->Verify(*renewed, pki::Purpose::kClient);
+             !id.ok()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("the renewed certificate is not valid: ", id.status().message()));
   }
   if (absl::Status status = pki::ReplaceKeyPair(*key, *renewed, config_.state_dir.key(),
                                                 config_.state_dir.certificate());

@@ -52,22 +52,40 @@ absl::Status CompleteCaSwitch(const StateDir& dir) {
   return RemoveDurably(dir.ca_switch_marker());
 }
 
-absl::StatusOr<pki::CertificateAuthority> LoadCaPair(const fs::path& certificate_path,
-                                                     const fs::path& key_path,
-                                                     const std::string& federation) {
-  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::ReadFile(certificate_path);
-  if (!certificate.ok()) return certificate.status();
-  absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(key_path);
-  if (!key.ok()) return key.status();
-  absl::StatusOr<pki::CertificateAuthority> ca =
-      pki::CertificateAuthority::Load(*std::move(certificate), *std::move(key));
-  if (!ca.ok()) return ca.status();
-  if (ca->federation() != federation) {
-    return absl::InvalidArgumentError(absl::StrCat("the CA in ", certificate_path.string(),
-                                                   " is for federation '", ca->federation(),
-                                                   "', not '", federation, "'"));
+// Which rotation files the state directory holds, and so its phase.
+absl::StatusOr<CaRotationPhase> PhaseOnDisk(const StateDir& dir) {
+  const bool next = fs::exists(dir.next_ca_certificate());
+  const bool previous = fs::exists(dir.previous_ca_certificate());
+  if (next && previous) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        dir.root.string(), " holds both ", dir.next_ca_certificate().filename().string(), " and ",
+        dir.previous_ca_certificate().filename().string(),
+        ": a CA rotation began before the previous one was retired"));
   }
-  return ca;
+  if (next) return CaRotationPhase::kNewCaTrusted;
+  if (previous) return CaRotationPhase::kNewCaIssuing;
+  return CaRotationPhase::kNone;
+}
+
+// The issuing CA's certificate, then the other CA of the rotation `phase` is in.
+absl::StatusOr<pki::TrustBundle> TrustedCasWith(const pki::Certificate& issuer,
+                                                CaRotationPhase phase,
+                                                const CoordinatorConfig& config) {
+  const StateDir& dir = config.state_dir;
+  std::vector<pki::Certificate> cas = {issuer};
+  if (phase != CaRotationPhase::kNone) {
+    absl::StatusOr<pki::Certificate> other = pki::Certificate::ReadFile(
+        phase == CaRotationPhase::kNewCaTrusted ? dir.next_ca_certificate()
+                                                : dir.previous_ca_certificate());
+    if (!other.ok()) return other.status();
+    cas.push_back(*std::move(other));
+  }
+  absl::StatusOr<pki::TrustBundle> bundle = pki::TrustBundle::Create(cas, config.federation);
+  if (!bundle.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the CAs in ", dir.root.string(), ": ", bundle.status().message()));
+  }
+  return bundle;
 }
 
 absl::Status RequirePhase(const FederationTrust& trust, CaRotationPhase wanted, const char* step) {
@@ -118,6 +136,20 @@ absl::Status RequireAllMoved(const std::vector<std::string>& not_moved, const ch
       "--force to cut them off"));
 }
 
+// What switch and retire do first: load the trust, check that the rotation is at `from`, and
+// refuse while clients have not moved (`what` they lack), unless forced.
+absl::StatusOr<FederationTrust> StartStep(const CoordinatorConfig& config, CaRotationPhase from,
+                                          const char* step, const char* what, bool force,
+                                          absl::Time now) {
+  absl::StatusOr<FederationTrust> trust = LoadFederationTrust(config);
+  if (!trust.ok()) return trust.status();
+  if (absl::Status status = RequirePhase(*trust, from, step); !status.ok()) return status;
+  absl::StatusOr<std::vector<std::string>> not_moved = ClientsNotMoved(config, *trust, now);
+  if (!not_moved.ok()) return not_moved.status();
+  if (absl::Status status = RequireAllMoved(*not_moved, what, force); !status.ok()) return status;
+  return trust;
+}
+
 }  // namespace
 
 std::string_view CaRotationPhaseName(CaRotationPhase phase) {
@@ -133,43 +165,23 @@ std::string_view CaRotationPhaseName(CaRotationPhase phase) {
 }
 
 absl::StatusOr<pki::TrustBundle> LoadTrustedCas(const CoordinatorConfig& config) {
-  const StateDir& dir = config.state_dir;
-  const bool next = fs::exists(dir.next_ca_certificate());
-  const bool previous = fs::exists(dir.previous_ca_certificate());
-  if (next && previous) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        dir.root.string(), " holds both ", dir.next_ca_certificate().filename().string(), " and ",
-        dir.previous_ca_certificate().filename().string(),
-        ": a CA rotation began before the previous one was retired"));
-  }
-  std::vector<fs::path> paths = {dir.ca_certificate()};
-  if (next) paths.push_back(dir.next_ca_certificate());
-  if (previous) paths.push_back(dir.previous_ca_certificate());
-  std::vector<pki::Certificate> cas;
-  for (const fs::path& path : paths) {
-    absl::StatusOr<pki::Certificate> ca = pki::Certificate::ReadFile(path);
-    if (!ca.ok()) return ca.status();
-    cas.push_back(*std::move(ca));
-  }
-  absl::StatusOr<pki::TrustBundle> bundle = pki::TrustBundle::Create(cas, config.federation);
-  if (!bundle.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the CAs in ", dir.root.string(), ": ", bundle.status().message()));
-  }
-  return bundle;
+  absl::StatusOr<CaRotationPhase> phase = PhaseOnDisk(config.state_dir);
+  if (!phase.ok()) return phase.status();
+  absl::StatusOr<pki::Certificate> issuer =
+      pki::Certificate::ReadFile(config.state_dir.ca_certificate());
+  if (!issuer.ok()) return issuer.status();
+  return TrustedCasWith(*issuer, *phase, config);
 }
 
 absl::StatusOr<FederationTrust> LoadFederationTrust(const CoordinatorConfig& config) {
-  const StateDir& dir = config.state_dir;
-  if (absl::Status status = CompleteCaSwitch(dir); !status.ok()) return status;
+  if (absl::Status status = CompleteCaSwitch(config.state_dir); !status.ok()) return status;
+  absl::StatusOr<CaRotationPhase> phase = PhaseOnDisk(config.state_dir);
+  if (!phase.ok()) return phase.status();
   absl::StatusOr<pki::CertificateAuthority> issuer = LoadFederationCa(config);
   if (!issuer.ok()) return issuer.status();
-  absl::StatusOr<pki::TrustBundle> bundle = LoadTrustedCas(config);
+  absl::StatusOr<pki::TrustBundle> bundle = TrustedCasWith(issuer->certificate(), *phase, config);
   if (!bundle.ok()) return bundle.status();
-  CaRotationPhase phase = CaRotationPhase::kNone;
-  if (fs::exists(dir.next_ca_certificate())) phase = CaRotationPhase::kNewCaTrusted;
-  if (fs::exists(dir.previous_ca_certificate())) phase = CaRotationPhase::kNewCaIssuing;
-  return FederationTrust{*std::move(issuer), *std::move(bundle), phase};
+  return FederationTrust{*std::move(issuer), *std::move(bundle), *phase};
 }
 
 absl::StatusOr<CaRotationStatus> GetCaRotationStatus(const CoordinatorConfig& config,
@@ -178,7 +190,7 @@ absl::StatusOr<CaRotationStatus> GetCaRotationStatus(const CoordinatorConfig& co
   if (!trust.ok()) return trust.status();
   CaRotationStatus status;
   status.phase = trust->phase;
-  const std::vector<std::string> fingerprints = trust->bundle.Fingerprints();
+  const std::vector<std::string>& fingerprints = trust->bundle.Fingerprints();
   status.issuer_fingerprint = fingerprints.front();
   if (fingerprints.size() > 1) status.other_fingerprint = fingerprints[1];
   absl::StatusOr<std::vector<std::string>> not_moved = ClientsNotMoved(config, *trust, now);
@@ -197,12 +209,7 @@ absl::StatusOr<std::string> BeginCaRotation(const CoordinatorConfig& config,
     return status;
   }
   absl::StatusOr<pki::CertificateAuthority> next =
-      absl::InvalidArgumentError("--ca-cert and --ca-key go together");
-  if (options.ca_certificate.empty() && options.ca_key.empty()) {
-    next = pki::CertificateAuthority::Create(config.federation, options.validity);
-  } else if (!options.ca_certificate.empty() && !options.ca_key.empty()) {
-    next = LoadCaPair(options.ca_certificate, options.ca_key, config.federation);
-  }
+      NewOrGivenCa(config.federation, options.ca_certificate, options.ca_key, options.validity);
   if (!next.ok()) return next.status();
   const std::string fingerprint = next->certificate().Sha256Fingerprint();
   if (trust->bundle.Contains(fingerprint)) {
@@ -222,22 +229,13 @@ absl::StatusOr<std::string> BeginCaRotation(const CoordinatorConfig& config,
 
 absl::StatusOr<std::string> SwitchCa(const CoordinatorConfig& config, bool force, absl::Time now) {
   const StateDir& dir = config.state_dir;
-  absl::StatusOr<FederationTrust> trust = LoadFederationTrust(config);
+  absl::StatusOr<FederationTrust> trust =
+      StartStep(config, CaRotationPhase::kNewCaTrusted, "switch to the new CA",
+                "do not hold the new CA yet", force, now);
   if (!trust.ok()) return trust.status();
-  if (absl::Status status =
-          RequirePhase(*trust, CaRotationPhase::kNewCaTrusted, "switch to the new CA");
-      !status.ok()) {
-    return status;
-  }
-  absl::StatusOr<std::vector<std::string>> not_moved = ClientsNotMoved(config, *trust, now);
-  if (!not_moved.ok()) return not_moved.status();
-  if (absl::Status status = RequireAllMoved(*not_moved, "do not hold the new CA yet", force);
-      !status.ok()) {
-    return status;
-  }
   if (absl::Status status = CompleteCoordinatorKeySwaps(dir); !status.ok()) return status;
   absl::StatusOr<pki::CertificateAuthority> next =
-      LoadCaPair(dir.next_ca_certificate(), dir.next_ca_key(), config.federation);
+      LoadCaFiles(dir.next_ca_certificate(), dir.next_ca_key(), config.federation);
   if (!next.ok()) return next.status();
   // The coordinator's own certificates move first. A crash before the marker leaves them
   // issued by the new CA while the old one still issues clients' certificates: both CAs are
@@ -252,30 +250,18 @@ absl::StatusOr<std::string> SwitchCa(const CoordinatorConfig& config, bool force
     return status;
   }
   if (absl::Status status = CompleteCaSwitch(dir); !status.ok()) return status;
-  LogEvent(LogLevel::kInfo, "ca_rotation_switched")
-      .Field("issuing_ca_fingerprint", fingerprint)
-      .Field("clients_cut_off", static_cast<int64_t>(not_moved->size()));
+  LogEvent(LogLevel::kInfo, "ca_rotation_switched").Field("issuing_ca_fingerprint", fingerprint);
   return fingerprint;
 }
 
 absl::StatusOr<std::string> RetireCa(const CoordinatorConfig& config, bool force, absl::Time now) {
-  const StateDir& dir = config.state_dir;
-  absl::StatusOr<FederationTrust> trust = LoadFederationTrust(config);
+  absl::StatusOr<FederationTrust> trust =
+      StartStep(config, CaRotationPhase::kNewCaIssuing, "retire the old CA",
+                "still use a certificate from the old CA", force, now);
   if (!trust.ok()) return trust.status();
-  if (absl::Status status =
-          RequirePhase(*trust, CaRotationPhase::kNewCaIssuing, "retire the old CA");
-      !status.ok()) {
-    return status;
-  }
-  absl::StatusOr<std::vector<std::string>> not_moved = ClientsNotMoved(config, *trust, now);
-  if (!not_moved.ok()) return not_moved.status();
-  if (absl::Status status =
-          RequireAllMoved(*not_moved, "still use a certificate from the old CA", force);
-      !status.ok()) {
-    return status;
-  }
   const std::string retired = trust->bundle.Fingerprints()[1];
-  if (absl::Status status = RemoveDurably(dir.previous_ca_certificate()); !status.ok()) {
+  if (absl::Status status = RemoveDurably(config.state_dir.previous_ca_certificate());
+      !status.ok()) {
     return status;
   }
   LogEvent(LogLevel::kInfo, "ca_rotation_retired").Field("retired_ca_fingerprint", retired);

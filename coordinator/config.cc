@@ -237,22 +237,7 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
   ::chmod(dir.root.c_str(), 0700);
 
   absl::StatusOr<pki::CertificateAuthority> ca =
-      absl::InvalidArgumentError("--ca-cert and --ca-key go together");
-  if (options.ca_certificate.empty() && options.ca_key.empty()) {
-    ca = pki::CertificateAuthority::Create(options.federation, options.ca_validity);
-  } else if (!options.ca_certificate.empty() && !options.ca_key.empty()) {
-    absl::StatusOr<pki::Certificate> certificate =
-        pki::Certificate::ReadFile(options.ca_certificate);
-    if (!certificate.ok()) return certificate.status();
-    absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(options.ca_key);
-    if (!key.ok()) return key.status();
-    ca = pki::CertificateAuthority::Load(*std::move(certificate), *std::move(key));
-    if (ca.ok() && ca->federation() != options.federation) {
-      return absl::InvalidArgumentError(absl::StrCat("the CA in ", options.ca_certificate.string(),
-                                                     " is for federation '", ca->federation(),
-                                                     "', not '", options.federation, "'"));
-    }
-  }
+      NewOrGivenCa(options.federation, options.ca_certificate, options.ca_key, options.ca_validity);
   if (!ca.ok()) return ca.status();
   CoordinatorConfig config;
   config.federation = options.federation;
@@ -282,19 +267,43 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
   return InitResult{config, ca->certificate().Sha256Fingerprint()};
 }
 
-absl::StatusOr<pki::CertificateAuthority> LoadFederationCa(const CoordinatorConfig& config) {
-  const StateDir& dir = config.state_dir;
-  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::ReadFile(dir.ca_certificate());
+absl::StatusOr<pki::CertificateAuthority> LoadCaFiles(const std::filesystem::path& certificate_path,
+                                                      const std::filesystem::path& key_path,
+                                                      const std::string& federation) {
+  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::ReadFile(certificate_path);
   if (!certificate.ok()) return certificate.status();
-  absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(dir.ca_key());
+  absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::ReadFile(key_path);
   if (!key.ok()) return key.status();
   absl::StatusOr<pki::CertificateAuthority> ca =
       pki::CertificateAuthority::Load(*std::move(certificate), *std::move(key));
   if (!ca.ok()) return ca.status();
-  if (ca->federation() != config.federation) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the CA in ", dir.root.string(), " is for federation '", ca->federation(),
-                     "' but the config says '", config.federation, "'"));
+  if (ca->federation() != federation) {
+    return absl::InvalidArgumentError(absl::StrCat("the CA in ", certificate_path.string(),
+                                                   " is for federation '", ca->federation(),
+                                                   "', not '", federation, "'"));
+  }
+  return ca;
+}
+
+absl::StatusOr<pki::CertificateAuthority> NewOrGivenCa(const std::string& federation,
+                                                       const std::filesystem::path& certificate,
+                                                       const std::filesystem::path& key,
+                                                       absl::Duration validity) {
+  if (certificate.empty() && key.empty()) {
+    return pki::CertificateAuthority::Create(federation, validity);
+  }
+  if (certificate.empty() || key.empty()) {
+    return absl::InvalidArgumentError("--ca-cert and --ca-key go together");
+  }
+  return LoadCaFiles(certificate, key, federation);
+}
+
+absl::StatusOr<pki::CertificateAuthority> LoadFederationCa(const CoordinatorConfig& config) {
+  absl::StatusOr<pki::CertificateAuthority> ca =
+      LoadCaFiles(config.state_dir.ca_certificate(), config.state_dir.ca_key(), config.federation);
+  // The state directory and its config disagree: nothing the caller passed is wrong.
+  if (ca.status().code() == absl::StatusCode::kInvalidArgument) {
+    return absl::FailedPreconditionError(ca.status().message());
   }
   return ca;
 }

@@ -102,6 +102,19 @@ struct InitResult {
 // store and a commented coordinator.yaml. Refuses a directory that already holds a CA.
 absl::StatusOr<InitResult> InitStateDir(const InitOptions& options);
 
+// A CA from two PEM files (the key 0600). InvalidArgument when the key does not match the
+// certificate or the CA is not `federation`'s.
+absl::StatusOr<pki::CertificateAuthority> LoadCaFiles(const std::filesystem::path& certificate_path,
+                                                      const std::filesystem::path& key_path,
+                                                      const std::string& federation);
+
+// The CA given as --ca-cert and --ca-key (an offline ceremony, a Kubernetes Secret), or a new
+// one valid for `validity` when neither is given. InvalidArgument for one without the other.
+absl::StatusOr<pki::CertificateAuthority> NewOrGivenCa(const std::string& federation,
+                                                       const std::filesystem::path& certificate,
+                                                       const std::filesystem::path& key,
+                                                       absl::Duration validity);
+
 // The federation CA in the state directory; FailedPrecondition when it is another
 // federation's than the config's.
 absl::StatusOr<pki::CertificateAuthority> LoadFederationCa(const CoordinatorConfig& config);

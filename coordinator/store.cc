@@ -321,9 +321,8 @@ absl::Status Store::AuthorizeClient(const std::string& client_id, const std::str
   absl::StatusOr<Statement> query = db_->Prepare(
       "SELECT (SELECT revoked_at_ms FROM revocations WHERE client_id = ?1), "
       "EXISTS (SELECT 1 FROM clients WHERE client_id = ?1), "
-      "EXISTS (SELECT 1 FROM certificates WHERE client_id = ?1 AND serial = ?2), "
-      "EXISTS (SELECT 1 FROM certificates WHERE client_id = ?1 AND serial = ?2 "
-      "        AND first_used_at_ms IS NULL)");
+      // NULL when the serial was not issued to the client; 1 on its first use.
+      "(SELECT first_used_at_ms IS NULL FROM certificates WHERE client_id = ?1 AND serial = ?2)");
   if (!query.ok()) return query.status();
   query->Bind(1, client_id).Bind(2, serial);
   if (absl::StatusOr<bool> row = query->Step(); !row.ok()) return row.status();
@@ -334,11 +333,11 @@ absl::Status Store::AuthorizeClient(const std::string& client_id, const std::str
   if (!query->ColumnIsNull(0)) {
     return absl::PermissionDeniedError(absl::StrCat("client '", client_id, "' is revoked"));
   }
-  if (query->ColumnInt(2) == 0) {
+  if (query->ColumnIsNull(2)) {
     return absl::PermissionDeniedError(
         absl::StrCat("certificate serial ", serial, " was not issued to client '", client_id, "'"));
   }
-  if (query->ColumnInt(3) != 0) {
+  if (query->ColumnInt(2) != 0) {
     // The first call with a certificate: the client holds it, and the trust bundle that came
     // with it (the client writes the bundle first). Written once per certificate.
     absl::StatusOr<Statement> used = db_->Prepare(

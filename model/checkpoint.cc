@@ -8,8 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "model/internal/read_file.h"
 #include "storage/atomic_file.h"
+#include "storage/read_file.h"
 
 namespace fedmoe::model {
 namespace {
@@ -33,7 +33,7 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
 // Reads the shard names of a sharded checkpoint, checking that each is a plain file name in the
 // model directory.
 absl::StatusOr<std::vector<std::string>> ShardFiles(const fs::path& index_path) {
-  absl::StatusOr<std::string> text = internal::ReadSmallFile(index_path);
+  absl::StatusOr<std::string> text = storage::ReadSmallFile(index_path);
   if (!text.ok()) return text.status();
   const Json index = Json::parse(*text, nullptr, /*allow_exceptions=*/false);
   auto bad = [&](std::string_view why) {

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "model/internal/read_file.h"
+#include "storage/read_file.h"
 
 namespace fedmoe::model {
 namespace {
@@ -201,7 +201,7 @@ absl::StatusOr<MoeConfig> ParseMoeConfig(std::string_view json_text) {
 }
 
 absl::StatusOr<MoeConfig> LoadMoeConfig(const std::filesystem::path& path) {
-  absl::StatusOr<std::string> text = internal::ReadSmallFile(path, uint64_t{1} << 20);
+  absl::StatusOr<std::string> text = storage::ReadSmallFile(path, uint64_t{1} << 20);
   if (!text.ok()) return text.status();
   absl::StatusOr<MoeConfig> config = ParseMoeConfig(*text);
   if (!config.ok()) {

@@ -11,8 +11,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "model/internal/read_file.h"
 #include "model/internal/utf8.h"
+#include "storage/read_file.h"
 
 namespace fedmoe::model {
 namespace {
@@ -483,7 +483,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::
                                                          int64_t model_vocab_size) {
   const std::filesystem::path path = directory / "tokenizer.json";
   if (!std::filesystem::exists(path)) return MakeByteTokenizer(model_vocab_size);
-  absl::StatusOr<std::string> text = internal::ReadSmallFile(path);
+  absl::StatusOr<std::string> text = storage::ReadSmallFile(path);
   if (!text.ok()) return text.status();
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = ParseBpeTokenizer(*text);
   if (!tokenizer.ok()) return tokenizer.status();

@@ -6,13 +6,11 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "pki/private_key.h"
 #include "storage/atomic_file.h"
+#include "storage/read_file.h"
 
 namespace fedmoe::pki {
 namespace {
@@ -64,11 +62,9 @@ absl::StatusOr<std::vector<Certificate>> Certificate::BundleFromPem(const std::s
 }
 
 absl::StatusOr<Certificate> Certificate::ReadFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read certificate ", path.string()));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  absl::StatusOr<Certificate> certificate = FromPem(contents.str());
+  absl::StatusOr<std::string> contents = storage::ReadSmallFile(path, internal::kMaxPemFileBytes);
+  if (!contents.ok()) return contents.status();
+  absl::StatusOr<Certificate> certificate = FromPem(*contents);
   if (!certificate.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(path.string(), ": ", certificate.status().message()));

@@ -8,6 +8,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -45,6 +46,9 @@ absl::Status RequireP256(EVP_PKEY* key);
 
 // The bytes a memory BIO holds.
 std::string BioContents(BIO* bio);
+
+// The largest PEM file (certificate, key or CA bundle) pki reads: they are a few KiB.
+inline constexpr uint64_t kMaxPemFileBytes = uint64_t{1} << 20;
 
 // Lower-case hex of `size` bytes.
 std::string Hex(const unsigned char* data, size_t size);

@@ -6,11 +6,10 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "storage/atomic_file.h"
+#include "storage/read_file.h"
 
 namespace fedmoe::pki {
 namespace {
@@ -53,11 +52,9 @@ absl::StatusOr<PrivateKey> PrivateKey::ReadFile(const std::filesystem::path& pat
         absl::StrCat("key file ", path.string(), " is accessible to group or others (mode ",
                      absl::Hex(info.st_mode & 0777), "); it must be 0600"));
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return ErrnoError("cannot read key file", path);
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  absl::StatusOr<PrivateKey> key = FromPem(contents.str());
+  absl::StatusOr<std::string> contents = storage::ReadSmallFile(path, internal::kMaxPemFileBytes);
+  if (!contents.ok()) return contents.status();
+  absl::StatusOr<PrivateKey> key = FromPem(*contents);
   if (!key.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("key file ", path.string(), ": ", key.status().message()));

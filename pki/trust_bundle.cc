@@ -1,37 +1,40 @@
 #include "pki/trust_bundle.h"
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "storage/atomic_file.h"
+#include "storage/read_file.h"
 
 namespace fedmoe::pki {
 
 absl::StatusOr<TrustBundle> TrustBundle::Create(std::vector<Certificate> cas,
                                                 std::string_view federation) {
   if (cas.empty()) return absl::InvalidArgumentError("a trust bundle needs at least one CA");
-  std::vector<std::string> seen;
+  std::vector<std::string> fingerprints;
+  std::string ders;
   for (const Certificate& ca : cas) {
+    std::string fingerprint = ca.Sha256Fingerprint();
     absl::StatusOr<std::string> served = CaFederation(ca);
     if (!served.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "trust bundle certificate ", ca.Sha256Fingerprint(), ": ", served.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("trust bundle certificate ", fingerprint, ": ", served.status().message()));
     }
     if (*served != federation) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "trust bundle certificate ", ca.Sha256Fingerprint(), " is a CA of federation '", *served,
-          "', not '", std::string(federation), "'"));
+      return absl::InvalidArgumentError(absl::StrCat("trust bundle certificate ", fingerprint,
+                                                     " is a CA of federation '", *served,
+                                                     "', not '", std::string(federation), "'"));
     }
-    std::string fingerprint = ca.Sha256Fingerprint();
-    if (std::find(seen.begin(), seen.end(), fingerprint) != seen.end()) {
+    if (std::find(fingerprints.begin(), fingerprints.end(), fingerprint) != fingerprints.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("trust bundle names CA ", fingerprint, " twice"));
     }
-    seen.push_back(std::move(fingerprint));
+    fingerprints.push_back(std::move(fingerprint));
+    ders += ca.ToDer();
   }
-  return TrustBundle(std::move(cas), std::string(federation));
+  std::string digest = internal::Sha256Hex(ders);
+  return TrustBundle(std::move(cas), std::string(federation), std::move(fingerprints),
+                     std::move(digest));
 }
 
 absl::StatusOr<TrustBundle> TrustBundle::FromDer(const std::vector<std::string>& ders,
@@ -47,11 +50,9 @@ absl::StatusOr<TrustBundle> TrustBundle::FromDer(const std::vector<std::string>&
 
 absl::StatusOr<TrustBundle> TrustBundle::ReadFile(const std::filesystem::path& path,
                                                   std::string_view federation) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read CA bundle ", path.string()));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  absl::StatusOr<std::vector<Certificate>> cas = Certificate::BundleFromPem(contents.str());
+  absl::StatusOr<std::string> contents = storage::ReadSmallFile(path, internal::kMaxPemFileBytes);
+  if (!contents.ok()) return contents.status();
+  absl::StatusOr<std::vector<Certificate>> cas = Certificate::BundleFromPem(*contents);
   if (!cas.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path.string(), ": ", cas.status().message()));
   }
@@ -82,23 +83,9 @@ std::string TrustBundle::ToPem() const {
   return pem;
 }
 
-std::vector<std::string> TrustBundle::Fingerprints() const {
-  std::vector<std::string> fingerprints;
-  fingerprints.reserve(cas_.size());
-  for (const Certificate& ca : cas_) fingerprints.push_back(ca.Sha256Fingerprint());
-  return fingerprints;
-}
-
 bool TrustBundle::Contains(std::string_view fingerprint) const {
-  return std::ranges::any_of(cas_, [&](const Certificate& ca) {
-    return FingerprintsEqual(ca.Sha256Fingerprint(), fingerprint);
-  });
-}
-
-std::string TrustBundle::Digest() const {
-  std::string ders;
-  for (const Certificate& ca : cas_) ders += ca.ToDer();
-  return internal::Sha256Hex(ders);
+  return std::ranges::any_of(
+      fingerprints_, [&](const std::string& held) { return FingerprintsEqual(held, fingerprint); });
 }
 
 absl::StatusOr<SpiffeId> TrustBundle::Verify(const Certificate& leaf, Purpose purpose,

@@ -38,23 +38,30 @@ class TrustBundle {
   std::vector<std::string> Der() const;
   std::string ToPem() const;
   // Lower-case hex SHA-256 fingerprints of the certificates, in order.
-  std::vector<std::string> Fingerprints() const;
+  const std::vector<std::string>& Fingerprints() const { return fingerprints_; }
   bool Contains(std::string_view fingerprint) const;
   // SHA-256 over the certificates' DER encodings in order, 64 lower-case hex digits. Two
   // members hold the same trust exactly when their digests are equal (order included, so a
   // change of issuing CA changes the digest).
-  std::string Digest() const;
+  const std::string& Digest() const { return digest_; }
 
   // VerifyPeer against every CA of the bundle and this bundle's federation.
   absl::StatusOr<SpiffeId> Verify(const Certificate& leaf, Purpose purpose,
                                   absl::Time now = absl::Now()) const;
 
  private:
-  TrustBundle(std::vector<Certificate> cas, std::string federation)
-      : cas_(std::move(cas)), federation_(std::move(federation)) {}
+  TrustBundle(std::vector<Certificate> cas, std::string federation,
+              std::vector<std::string> fingerprints, std::string digest)
+      : cas_(std::move(cas)),
+        federation_(std::move(federation)),
+        fingerprints_(std::move(fingerprints)),
+        digest_(std::move(digest)) {}
 
+  // Immutable, so the hashes are taken once: clients compare the digest on every poll.
   std::vector<Certificate> cas_;
   std::string federation_;
+  std::vector<std::string> fingerprints_;
+  std::string digest_;
 };
 
 }  // namespace fedmoe::pki

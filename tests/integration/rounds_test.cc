@@ -28,13 +28,18 @@ using ::testing::HasSubstr;
 
 class RoundsTest : public CoordinatorFixture {
  protected:
-  // Enrolls `client_id` with `domain`'s bundled corpus as its private data and starts it.
-  void AddClient(const std::string& client_id, const std::string& domain) {
+  // Enrolls `client_id` with `domain`'s bundled corpus as its private data.
+  std::filesystem::path EnrollWithCorpus(const std::string& client_id, const std::string& domain) {
     const std::filesystem::path data =
         std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy/corpora" / domain;
     const std::filesystem::path state_dir = EnrollClient(client_id, {"--data", data.string()});
-    ASSERT_TRUE(ReplaceInFile(state_dir / "client.yaml", "threads: 0", "threads: 1"));
-    clients_[client_id] = StartClient(state_dir);
+    EXPECT_TRUE(ReplaceInFile(state_dir / "client.yaml", "threads: 0", "threads: 1"));
+    return state_dir;
+  }
+
+  // The same, and starts its daemon.
+  void AddClient(const std::string& client_id, const std::string& domain) {
+    clients_[client_id] = StartClient(EnrollWithCorpus(client_id, domain));
   }
 
   // The three organisations most tests federate.
@@ -245,9 +250,7 @@ TEST_F(RoundsTest, ACaRotationKeepsTheFederationItsHistoryAndItsRunningClients) 
 )",
                                kTraining, kModerateNoise));
   AddThreeClients();
-  const std::filesystem::path away = EnrollClient(
-      "away",
-      {"--data", (std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy/corpora/finance").string()});
+  const std::filesystem::path away = EnrollWithCorpus("away", "finance");
   ASSERT_TRUE(WaitFor([&] { return Committed() >= 1; }, absl::Seconds(120))) << coordinator_->Log();
 
   auto rotation = [&] {

@@ -1,4 +1,4 @@
-#include "model/internal/read_file.h"
+#include "storage/read_file.h"
 
 #include <fstream>
 #include <sstream>
@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace fedmoe::model::internal {
+namespace fedmoe::storage {
 
 absl::StatusOr<std::string> ReadSmallFile(const std::filesystem::path& path, uint64_t max_bytes) {
   std::error_code error;
@@ -27,4 +27,4 @@ absl::StatusOr<std::string> ReadSmallFile(const std::filesystem::path& path, uin
   return contents.str();
 }
 
-}  // namespace fedmoe::model::internal
+}  // namespace fedmoe::storage
