@@ -32,7 +32,7 @@ class RoundsTest : public CoordinatorFixture {
   std::filesystem::path EnrollWithCorpus(const std::string& client_id, const std::string& domain) {
     const std::filesystem::path data =
         std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy/corpora" / domain;
-    const std::filesystem::path state_dir = EnrollClient(client_id, {"--data", data.string()});
+    std::filesystem::path state_dir = EnrollClient(client_id, {"--data", data.string()});
     EXPECT_TRUE(ReplaceInFile(state_dir / "client.yaml", "threads: 0", "threads: 1"));
     return state_dir;
   }
@@ -74,6 +74,15 @@ constexpr char kTraining[] = R"(  training:
     seq_len: 64
     learning_rate: 0.01
 )";
+
+// Rounds of three, one after another without end, for tests that act while they run.
+const std::string kRoundAfterRound = absl::StrCat(R"(rounds:
+  min_clients: 3
+  interval: 1s
+  timeouts:
+    train: 30s
+)",
+                                                  kTraining, kModerateNoise);
 
 TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss) {
   StartFederation(absl::StrCat(R"(rounds:
@@ -201,13 +210,7 @@ TEST_F(RoundsTest, AKill9OfAClientMidRoundLeavesTheSurvivorsToCommit) {
 }
 
 TEST_F(RoundsTest, ARevokedClientIsLeftOutOfTheNextRound) {
-  StartFederation(absl::StrCat(R"(rounds:
-  min_clients: 3
-  interval: 1s
-  timeouts:
-    train: 30s
-)",
-                               kTraining, kModerateNoise));
+  StartFederation(kRoundAfterRound);
   AddThreeClients();
   AddClient("insurer", "finance");
   auto committed_with = [&](uint32_t cohort, uint64_t after_round) {
@@ -242,13 +245,7 @@ TEST_F(RoundsTest, ARevokedClientIsLeftOutOfTheNextRound) {
 // themselves, rounds keep committing on the same model history and ledger, and a client that
 // slept through the overlap is named by every step, cut off only when forced, and told why.
 TEST_F(RoundsTest, ACaRotationKeepsTheFederationItsHistoryAndItsRunningClients) {
-  StartFederation(absl::StrCat(R"(rounds:
-  min_clients: 3
-  interval: 1s
-  timeouts:
-    train: 30s
-)",
-                               kTraining, kModerateNoise));
+  StartFederation(kRoundAfterRound);
   AddThreeClients();
   const std::filesystem::path away = EnrollWithCorpus("away", "finance");
   ASSERT_TRUE(WaitFor([&] { return Committed() >= 1; }, absl::Seconds(120))) << coordinator_->Log();
