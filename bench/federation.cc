@@ -1,7 +1,7 @@
 // federation: N simulated clients against a real fedmoe-coordinator process, for an update of
 // about D values (DESIGN §3, issue [rounds]).
 //   build/bin/federation --clients N [--dim D] [--bits B] [--rounds R] [--upload-slots U]
-//                        [--work DIR] [--timeout-minutes M]
+//                        [--parked-polls P] [--work DIR] [--timeout-minutes M]
 // The coordinator runs as its own process from build/bin, with its real store, SecAgg+ relay,
 // decode, expert merge and checkpoint. Each simulated client (bench/simulated_client.h) is
 // enrolled through the enrollment port and holds its own mutual-TLS connection; they do no
@@ -49,7 +49,7 @@ using testing::RunCommand;
 
 constexpr char kUsage[] =
     "usage: federation --clients N [--dim D] [--bits B] [--rounds R] [--upload-slots U] "
-    "[--work DIR] [--timeout-minutes M]\n";
+    "[--parked-polls P] [--work DIR] [--timeout-minutes M]\n";
 
 // A kibibyte-rounded reading of /proc/<pid>/status, e.g. VmHWM (peak RSS) or VmRSS.
 double ProcStatusMiB(pid_t pid, const std::string& field) {
@@ -64,6 +64,20 @@ double ProcStatusMiB(pid_t pid, const std::string& field) {
     }
   }
   return 0;
+}
+
+// Open sockets of a process (its connections, plus a few listeners).
+int ProcSockets(pid_t pid) {
+  int sockets = 0;
+  std::error_code error;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"), error)) {
+    std::error_code ignored;
+    if (std::filesystem::read_symlink(entry.path(), ignored).string().rfind("socket:", 0) == 0) {
+      ++sockets;
+    }
+  }
+  return sockets;
 }
 
 // User plus system CPU seconds a process has used so far (/proc/<pid>/stat fields 14 and 15).
@@ -209,13 +223,17 @@ struct Flags {
   int64_t rounds = 1;
   int64_t upload_slots = 2;
   int64_t timeout_minutes = 60;
+  // 0: the coordinator's default (limits.parked_polls).
+  int64_t parked_polls = 0;
   std::filesystem::path work;
 };
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
-  auto line = config::CommandLine::Parse(
-      args, {"clients", "dim", "bits", "rounds", "upload-slots", "work", "timeout-minutes"}, {});
+  auto line = config::CommandLine::Parse(args,
+                                         {"clients", "dim", "bits", "rounds", "upload-slots",
+                                          "parked-polls", "work", "timeout-minutes"},
+                                         {});
   if (!line.ok()) return line.status();
   Flags flags;
   for (auto [name, target, min, max] : {std::tuple{"clients", &flags.clients, 2, 10000},
@@ -223,6 +241,7 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
                                         {"bits", &flags.bits, 16, 62},
                                         {"rounds", &flags.rounds, 1, 100},
                                         {"upload-slots", &flags.upload_slots, 1, 64},
+                                        {"parked-polls", &flags.parked_polls, 0, 1000000},
                                         {"timeout-minutes", &flags.timeout_minutes, 1, 600}}) {
     absl::StatusOr<int64_t> value = line->IntOr(name, *target, min, max);
     if (!value.ok()) return value.status();
@@ -288,6 +307,13 @@ int Run(const Flags& flags) {
   if (const size_t at = yaml.find(default_metrics); at != std::string::npos) {
     yaml.replace(at, default_metrics.size(), "listen: \"127.0.0.1:0\"");
   }
+  if (flags.parked_polls > 0) {
+    const std::string parked =
+        absl::StrCat("parked_polls: ", coordinator::CoordinatorConfig().parked_polls);
+    if (const size_t at = yaml.find(parked); at != std::string::npos) {
+      yaml.replace(at, parked.size(), absl::StrCat("parked_polls: ", flags.parked_polls));
+    }
+  }
   std::ofstream(config_path) << yaml;
 
   Daemon coordinator({BinaryPath("fedmoe-coordinator"), "serve", "--config", config_path.string()},
@@ -346,6 +372,8 @@ int Run(const Flags& flags) {
     // Peak RSS by the coordinator's stage, sampled every 100 ms: "IDLE" before the round is
     // selected is what holding the fleet's connections and long polls costs.
     std::map<std::string, double> rss_by_stage;
+    std::map<std::string, int> sockets_by_stage;
+    std::map<std::string, uint32_t> parked_by_stage;
     std::atomic<bool> round_over = false;
     std::thread sampler([&] {
       while (!round_over.load()) {
@@ -354,11 +382,14 @@ int Run(const Flags& flags) {
         v1::GetStatusRequest request;
         v1::GetStatusResponse status;
         const double rss = ProcStatusMiB(coordinator.pid(), "VmRSS");
+        const int sockets = ProcSockets(coordinator.pid());
         if (admin->GetStatus(&context, request, &status).ok()) {
           const std::string stage = status.current_round_id() == 0
                                         ? "IDLE"
                                         : v1::RoundStage_Name(status.current_round_stage());
           rss_by_stage[stage] = std::max(rss_by_stage[stage], rss);
+          sockets_by_stage[stage] = std::max(sockets_by_stage[stage], sockets);
+          parked_by_stage[stage] = std::max(parked_by_stage[stage], status.polls_parked());
         }
         absl::SleepFor(absl::Milliseconds(100));
       }
@@ -405,6 +436,8 @@ int Run(const Flags& flags) {
         {"coordinator_peak_rss_mib", ProcStatusMiB(coordinator.pid(), "VmHWM")},
         {"coordinator_idle_rss_mib", idle_rss_mib},
         {"coordinator_rss_mib_by_stage", rss_by_stage},
+        {"coordinator_sockets_by_stage", sockets_by_stage},
+        {"coordinator_parked_polls_by_stage", parked_by_stage},
         {"bytes_sent_per_client", static_cast<double>(sent) / n},
         {"bytes_received_per_client", static_cast<double>(received) / n},
         {"enroll_seconds", enroll_seconds},

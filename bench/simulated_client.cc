@@ -9,6 +9,7 @@
 #include "client/round_participant.h"
 #include "coordinator/admin_channel.h"
 #include "coordinator/config.h"
+#include "logging/log.h"
 #include "secure_agg/packing.h"
 
 namespace fedmoe::simulation {
@@ -52,6 +53,15 @@ SimulatedClient::SimulatedClient(client::ClientConfig config, client::Coordinato
     : config_(std::move(config)),
       channel_(std::move(channel)),
       federation_(v1::Federation::NewStub(channel_.channel)) {}
+
+absl::Status SimulatedClient::Redial() {
+  absl::StatusOr<client::CoordinatorChannel> channel =
+      client::DialCoordinator(config_, /*own_connection=*/true);
+  if (!channel.ok()) return channel.status();
+  channel_ = *std::move(channel);
+  federation_ = v1::Federation::NewStub(channel_.channel);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<SimulatedClient>> SimulatedClient::Open(
     const std::filesystem::path& state_dir) {
@@ -126,6 +136,10 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
   // daemon, unless the client vanished.
   auto leave = [&](absl::Status why) {
     account();
+    LogEvent(LogLevel::kWarning, "simulated_client_left")
+        .Field("client_id", client_id())
+        .Field("round_id", report.round_id)
+        .Error(why);
     report.error = std::move(why);
     known_round_ = report.round_id;
     known_stage_ = v1::ROUND_STAGE_ABORTED;
@@ -222,6 +236,14 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
         report.abort_reason = finished.abort_reason();
         report.finished_at = absl::Now();
         return report;
+      }
+      case v1::PollTaskResponse::kIdle: {
+        const absl::Duration delay = client::NextPollDelay(response.idle(), jitter_);
+        if (delay <= absl::ZeroDuration()) continue;
+        // Deferred: like the daemon, give the connection back while waiting.
+        if (absl::Status redialled = Redial(); !redialled.ok()) return leave(redialled);
+        std::this_thread::sleep_for(absl::ToChronoNanoseconds(delay));
+        continue;
       }
       default:
         continue;

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <random>
 #include <semaphore>
 #include <string>
 #include <vector>
@@ -87,6 +88,8 @@ class SimulatedClient {
 
  private:
   SimulatedClient(client::ClientConfig config, client::CoordinatorChannel channel);
+  // A new channel in place of the old, whose connection closes.
+  absl::Status Redial();
   // One long poll; reports the last round and stage this client finished.
   grpc::Status Poll(v1::PollTaskResponse& response, RoundReport& report);
   // Streams one chunk of `values_sent` values of a vector said to have `total_values`, then
@@ -99,6 +102,7 @@ class SimulatedClient {
   std::unique_ptr<v1::Federation::Stub> federation_;
   uint64_t known_round_ = 0;
   v1::RoundStage known_stage_ = v1::ROUND_STAGE_UNSPECIFIED;
+  std::mt19937_64 jitter_{std::random_device{}()};
 };
 
 // Enrolled state directories under `root` for `count` clients named <prefix>-00001, ...: each

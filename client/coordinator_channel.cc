@@ -1,5 +1,9 @@
 #include "client/coordinator_channel.h"
 
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace fedmoe::client {
@@ -63,6 +67,15 @@ absl::StatusOr<std::optional<pki::TrustBundle>> ReceivedTrustBundle(
                      id.status().message()));
   }
   return std::optional<pki::TrustBundle>(*std::move(bundle));
+}
+
+absl::Duration NextPollDelay(const v1::Idle& idle, std::mt19937_64& jitter) {
+  const absl::Duration retry =
+      std::min(absl::Nanoseconds(
+                   google::protobuf::util::TimeUtil::DurationToNanoseconds(idle.retry_after())),
+               absl::Minutes(10));
+  if (retry <= absl::ZeroDuration()) return absl::ZeroDuration();
+  return retry * std::uniform_real_distribution<double>(0.5, 1.5)(jitter);
 }
 
 }  // namespace fedmoe::client

@@ -9,9 +9,12 @@
 
 #include <memory>
 #include <optional>
+#include <random>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "client/client_config.h"
+#include "fedmoe/v1/federation.pb.h"
 #include "pki/certificate.h"
 #include "pki/private_key.h"
 #include "pki/trust_bundle.h"
@@ -42,6 +45,12 @@ inline constexpr int kMaxTrustedCas = 4;
 absl::StatusOr<std::optional<pki::TrustBundle>> ReceivedTrustBundle(
     const google::protobuf::RepeatedPtrField<std::string>& ders, const pki::Certificate& issued,
     const std::string& federation);
+
+// How long to wait before the next poll after an Idle answer: zero after a full long poll;
+// after a poll the coordinator had no room to hold, its retry_after with ±50% jitter, so that
+// clients told the same thing at once do not return together. Capped at 10 minutes, the
+// longest poll a coordinator may configure, so that no answer parks a client for good.
+absl::Duration NextPollDelay(const v1::Idle& idle, std::mt19937_64& jitter);
 
 }  // namespace fedmoe::client
 

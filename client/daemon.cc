@@ -168,8 +168,10 @@ bool ClientDaemon::Backoff(int attempt) {
       absl::ToDoubleSeconds(config_.backoff_initial) * std::pow(2.0, std::min(attempt, 30)));
   // Full jitter: a uniform wait in [0, ceiling], so a fleet reconnecting after a coordinator
   // restart spreads out instead of arriving in waves.
-  const absl::Duration wait =
-      absl::Seconds(std::uniform_real_distribution<double>(0.0, ceiling)(jitter_));
+  return Pause(absl::Seconds(std::uniform_real_distribution<double>(0.0, ceiling)(jitter_)));
+}
+
+bool ClientDaemon::Pause(absl::Duration wait) {
   absl::MutexLock lock(&mutex_);
   auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return stopping_; };
   mutex_.AwaitWithTimeout(absl::Condition(&stopping), wait);
@@ -331,6 +333,18 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
       WriteStatus("connected", "");
       return;
     }
+    case v1::PollTaskResponse::kIdle: {
+      // The coordinator held as many polls as it may and said when to come back.
+      const absl::Duration delay = NextPollDelay(response.idle(), jitter_);
+      if (delay <= absl::ZeroDuration()) return;
+      // An open connection costs the coordinator memory whether or not it carries a call, so
+      // it is given back while waiting; the next poll dials again.
+      certificates_.reset();
+      federation_.reset();
+      channel_.reset();
+      Pause(delay);
+      return;
+    }
     default:
       return;
   }
@@ -400,6 +414,9 @@ absl::Status ClientDaemon::Run() {
     {
       absl::MutexLock lock(&mutex_);
       if (stopping_) break;
+    }
+    if (channel_ == nullptr) {
+      if (absl::Status status = Connect(); !status.ok()) return status;
     }
     if (absl::Status status = RenewIfDue(); !status.ok()) {
       LogEvent(LogLevel::kWarning, "renewal_failed").Error(status);

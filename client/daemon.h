@@ -1,5 +1,6 @@
 // `fedmoe-client run`: the client daemon. It only dials out: it long-polls the coordinator for
-// its next task over mutual TLS, reconnects by itself with exponential backoff and full jitter
+// its next task over mutual TLS (waiting as told when the coordinator cannot hold the poll),
+// reconnects by itself with exponential backoff and full jitter
 // after any failure (a coordinator restart included), renews its certificate when less than a
 // third of its lifetime is left or when the coordinator announces another trust bundle (a CA
 // rotation), and stops cleanly when asked.
@@ -49,6 +50,8 @@ class ClientDaemon {
   grpc::Status PollOnce();
   // Sleeps for the backoff interval unless stopped; returns false if stopped.
   bool Backoff(int attempt);
+  // Waits, unless the daemon is stopping; false when it is.
+  bool Pause(absl::Duration wait);
   void WriteStatus(const std::string& state, const std::string& detail);
   // Asks for a renewal when the coordinator's trust bundle differs from this client's.
   void NoteAnnouncedTrust(const std::string& announced);

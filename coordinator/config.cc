@@ -73,6 +73,8 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   reader->Read("limits.transport_memory_bytes", &config.transport_memory_bytes);
   reader->Read("limits.concurrent_uploads", &config.concurrent_uploads);
   reader->Read("limits.poll_max_wait", &config.poll_max_wait);
+  reader->Read("limits.parked_polls", &config.parked_polls);
+  reader->Read("limits.deferred_polls_per_second", &config.deferred_polls_per_second);
   reader->Read("keepalive.time", &config.keepalive_time);
   reader->Read("keepalive.timeout", &config.keepalive_timeout);
   reader->Read("log_level", &config.log_level);
@@ -121,6 +123,12 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   }
   if (config.poll_max_wait < absl::Seconds(1) || config.poll_max_wait > absl::Minutes(10)) {
     reader->Invalid("limits.poll_max_wait", "must be between 1s and 10m");
+  }
+  if (config.parked_polls < 1 || config.parked_polls > 1000000) {
+    reader->Invalid("limits.parked_polls", "must be between 1 and 1000000");
+  }
+  if (!(config.deferred_polls_per_second >= 1 && config.deferred_polls_per_second <= 100000)) {
+    reader->Invalid("limits.deferred_polls_per_second", "must be between 1 and 100000");
   }
   if (config.keepalive_time < absl::Seconds(10) || config.keepalive_timeout < absl::Seconds(1)) {
     reader->Invalid("keepalive", "time must be at least 10s and timeout at least 1s");
@@ -194,6 +202,15 @@ std::string CoordinatorConfig::ToYaml() const {
       "  # Longest a client's PollTask is held open before an Idle answer.\n"
       "  poll_max_wait: ",
       ConfigDuration(poll_max_wait),
+      "\n"
+      "  # Polls held open at once; each holds a connection (about 100 KB). Polls beyond it are\n"
+      "  # answered at once, and their clients wait, disconnected, until told to poll again.\n"
+      "  parked_polls: ",
+      parked_polls,
+      "\n"
+      "  # The rate, in all, at which clients whose polls are not held come back.\n"
+      "  deferred_polls_per_second: ",
+      deferred_polls_per_second,
       "\n\n"
       "keepalive:\n"
       "  # HTTP/2 pings on idle connections, so dead peers and dropped NAT entries are noticed.\n"

@@ -542,14 +542,15 @@ int Status(const std::vector<std::string>& args) {
       "federation:      %s\n"
       "version:         %s\n"
       "started:         %s\n"
-      "clients:         %u enrolled, %u online, %u revoked\n"
+      "clients:         %u enrolled, %u online (%u polls held), %u revoked\n"
       "model version:   %llu\n"
       "rounds:          %llu committed, %llu aborted (round %llu: %s)\n"
       "privacy:         epsilon %.4g spent at delta %.3g%s\n"
       "%s",
       response.federation().c_str(), response.version().c_str(),
       Time(response.started_at()).c_str(), response.clients_enrolled(), response.clients_online(),
-      response.clients_revoked(), static_cast<unsigned long long>(response.model_version()),
+      response.polls_parked(), response.clients_revoked(),
+      static_cast<unsigned long long>(response.model_version()),
       static_cast<unsigned long long>(response.rounds_committed()),
       static_cast<unsigned long long>(response.rounds_aborted()),
       static_cast<unsigned long long>(response.current_round_id()),

@@ -30,6 +30,13 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
                     .Register(registry);
   bytes_in_ = &bytes.Add({{"direction", "in"}});
   bytes_out_ = &bytes.Add({{"direction", "out"}});
+  polls_deferred_ = &prometheus::BuildCounter()
+                         .Name("fedmoe_polls_deferred_total")
+                         .Help(
+                             "Client polls answered at once because limits.parked_polls "
+                             "were held; each client was told when to poll again")
+                         .Register(registry)
+                         .Add({});
 }
 
 void CoordinatorMetrics::StageClosed(v1::RoundStage stage, absl::Duration took) {
@@ -76,6 +83,9 @@ std::vector<prometheus::MetricFamily> StatusCollectable::Collect() const {
   families.push_back(metrics::Gauge(
       "fedmoe_privacy_target_epsilon",
       "The ε budget (0: none); rounds that could pass it do not start", status->target_epsilon()));
+  families.push_back(metrics::Gauge("fedmoe_polls_parked",
+                                    "Client polls held open now (at most limits.parked_polls)",
+                                    status->polls_parked()));
   families.push_back(metrics::Gauge("fedmoe_rounds_paused",
                                     "1 when rounds are paused (budget, max_rounds)",
                                     status->rounds_paused_reason().empty() ? 0 : 1));

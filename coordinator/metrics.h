@@ -32,12 +32,15 @@ class CoordinatorMetrics {
   // Serialized message bytes on the mTLS port's federation service.
   void BytesReceived(uint64_t bytes) { bytes_in_->Increment(static_cast<double>(bytes)); }
   void BytesSent(uint64_t bytes) { bytes_out_->Increment(static_cast<double>(bytes)); }
+  // A poll was answered at once: the poll hub was full (coordinator/poll_hub.h).
+  void PollDeferred() { polls_deferred_->Increment(); }
 
  private:
   prometheus::Family<prometheus::Histogram>* stage_seconds_;
   prometheus::Family<prometheus::Histogram>* round_seconds_;
   prometheus::Counter* bytes_in_;
   prometheus::Counter* bytes_out_;
+  prometheus::Counter* polls_deferred_;
 };
 
 // The status numbers `fedmoe-coordinator status` shows, as gauges and counters, read at each

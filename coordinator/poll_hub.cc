@@ -1,25 +1,63 @@
 #include "coordinator/poll_hub.h"
 
+#include <algorithm>
+#include <optional>
 #include <vector>
 
 namespace fedmoe::coordinator {
 
-PollHub::PollHub() : thread_([this] { Serve(); }) {}
+PollHub::PollHub(size_t capacity) : capacity_(capacity), thread_([this] { Serve(); }) {}
 
 PollHub::~PollHub() {
   Shutdown();
   thread_.join();
 }
 
-void PollHub::Park(absl::Time deadline, Callback callback) {
+void PollHub::Park(absl::Time deadline, PollPriority priority, Callback callback,
+                   Abandoned abandoned) {
+  std::vector<Callback> abandoned_polls;
+  std::optional<Callback> refused;
+  // After Shutdown there is no room either, but the client should poll again at once: it will
+  // find the coordinator gone, or back.
+  Reason refusal = Reason::kNoRoom;
   {
     absl::MutexLock lock(&mutex_);
-    if (!shutting_down_) {
-      parked_.emplace(deadline, std::move(callback));
-      return;
+    if (!shutting_down_ && parked_.size() + being_woken_ >= capacity_) {
+      // A client that went away (cancelled, disconnected) would otherwise hold its place
+      // until its deadline.
+      for (auto it = parked_.begin(); it != parked_.end();) {
+        if (it->second.abandoned()) {
+          abandoned_polls.push_back(std::move(it->second.callback));
+          it = parked_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    if (shutting_down_) {
+      refused = std::move(callback);
+      refusal = Reason::kExpired;
+    } else if (parked_.size() + being_woken_ < capacity_) {
+      parked_.emplace(deadline, ParkedPoll{priority, std::move(callback), std::move(abandoned)});
+    } else {
+      auto displaced = parked_.end();
+      for (auto it = parked_.begin(); it != parked_.end(); ++it) {
+        if (it->second.priority < priority &&
+            (displaced == parked_.end() || it->second.priority < displaced->second.priority)) {
+          displaced = it;
+        }
+      }
+      if (displaced == parked_.end()) {
+        refused = std::move(callback);
+      } else {
+        refused = std::move(displaced->second.callback);
+        parked_.erase(displaced);
+        parked_.emplace(deadline, ParkedPoll{priority, std::move(callback), std::move(abandoned)});
+      }
     }
   }
-  callback(true);
+  for (Callback& gone : abandoned_polls) gone(Reason::kExpired);
+  if (refused.has_value()) (*refused)(refusal);
 }
 
 void PollHub::WakeAll() {
@@ -34,13 +72,14 @@ void PollHub::Shutdown() {
 
 size_t PollHub::parked() const {
   absl::MutexLock lock(&mutex_);
-  return parked_.size();
+  return parked_.size() + being_woken_;
 }
 
 void PollHub::Serve() {
   while (true) {
     std::vector<Callback> due;
-    std::vector<std::pair<absl::Time, Callback>> woken;
+    Queue woken;
+    bool waking = false;
     bool stop = false;
     {
       absl::MutexLock lock(&mutex_);
@@ -53,35 +92,52 @@ void PollHub::Serve() {
       mutex_.AwaitWithDeadline(absl::Condition(&ready), wake);
       const absl::Time now = absl::Now();
       while (!parked_.empty() && (shutting_down_ || parked_.begin()->first <= now)) {
-        due.push_back(std::move(parked_.begin()->second));
+        due.push_back(std::move(parked_.begin()->second.callback));
         parked_.erase(parked_.begin());
       }
       if (wake_requested_ && !shutting_down_) {
         wake_requested_ = false;
-        for (auto& [deadline, callback] : parked_)
-          woken.emplace_back(deadline, std::move(callback));
-        parked_.clear();
+        woken.swap(parked_);
+        being_woken_ = woken.size();
+        waking = true;
       }
       stop = shutting_down_;
     }
     // Callbacks run outside the lock: they finish gRPC calls, which may take locks of their own.
-    for (Callback& callback : due) callback(true);
-    std::vector<std::pair<absl::Time, Callback>> still_waiting;
-    for (auto& [deadline, callback] : woken) {
-      if (!callback(false)) still_waiting.emplace_back(deadline, std::move(callback));
+    for (Callback& callback : due) callback(Reason::kExpired);
+    for (auto it = woken.begin(); it != woken.end();) {
+      if (it->second.callback(Reason::kWoken)) {
+        it = woken.erase(it);
+        // Its place is free from now on, not only once every woken poll has had its turn.
+        absl::MutexLock lock(&mutex_);
+        --being_woken_;
+      } else {
+        ++it;
+      }
     }
-    if (!still_waiting.empty()) {
-      absl::MutexLock lock(&mutex_);
-      for (auto& [deadline, callback] : still_waiting) {
+    if (waking) {
+      std::vector<Callback> expired;
+      {
+        absl::MutexLock lock(&mutex_);
+        being_woken_ = 0;
         if (shutting_down_) {
-          due.push_back(std::move(callback));
+          for (auto& [deadline, poll] : woken) expired.push_back(std::move(poll.callback));
         } else {
-          parked_.emplace(deadline, std::move(callback));
+          parked_.merge(woken);
         }
       }
+      for (Callback& callback : expired) callback(Reason::kExpired);
     }
     if (stop) return;
   }
+}
+
+absl::Duration DeferredPollInterval(int online_clients, size_t capacity,
+                                    double deferred_polls_per_second, absl::Duration longest) {
+  const double deferred =
+      std::max(0.0, static_cast<double>(online_clients) - static_cast<double>(capacity));
+  const absl::Duration spread = absl::Seconds(deferred / deferred_polls_per_second);
+  return std::clamp(spread, absl::Seconds(1), std::max(longest, absl::Seconds(1)));
 }
 
 }  // namespace fedmoe::coordinator

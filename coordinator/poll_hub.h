@@ -1,6 +1,13 @@
 // Parks clients' long polls without holding a thread per client: a parked poll is a callback
 // to run at its deadline (or at shutdown), kept in a deadline-ordered queue that one thread
-// serves. This is what lets one coordinator hold thousands of idle clients.
+// serves.
+//
+// The hub holds a bounded number of polls. A parked poll keeps its client's mTLS connection
+// open, and an open connection costs the coordinator about 100 KB of TLS and HTTP/2 buffers
+// that no gRPC option shrinks. A poll that finds no room is answered at once and its client
+// told when to come back (DeferredPollInterval); the client closes its connection while it
+// waits. So between rounds the connections held are the parked polls and a rate-bounded
+// trickle of returning clients, however many clients are enrolled.
 #ifndef FEDMOE_COORDINATOR_POLL_HUB_H_
 #define FEDMOE_COORDINATOR_POLL_HUB_H_
 
@@ -14,34 +21,76 @@
 
 namespace fedmoe::coordinator {
 
+// Which polls keep their place when the hub is full: a client with a stake in the open round
+// learns each stage the moment it opens; one waiting for a round can hear of it later at
+// little cost.
+enum class PollPriority { kAwaitingRound = 0, kInRound = 1 };
+
 class PollHub {
  public:
-  PollHub();
+  // Why a parked poll's callback runs.
+  enum class Reason {
+    // The round moved on: finish the call if the client now has a task (return true), or
+    // stay parked (return false).
+    kWoken,
+    // The poll's deadline passed, or the hub is shutting down: finish the call.
+    kExpired,
+    // No room: the hub was full, or the poll gave its place to one of higher priority.
+    // Finish the call, telling the client to come back later.
+    kNoRoom,
+  };
+  // Its return value counts only for kWoken.
+  using Callback = std::function<bool(Reason)>;
+  // Whether the client has gone (its call was cancelled): such a poll gives up its place.
+  using Abandoned = std::function<bool()>;
+
+  explicit PollHub(size_t capacity);
   PollHub(const PollHub&) = delete;
   PollHub& operator=(const PollHub&) = delete;
   // Runs every parked callback, then stops the thread.
   ~PollHub();
 
-  // Called on the hub's thread with expired = true at the deadline (or shutdown), when it must
-  // finish the call; and with expired = false after WakeAll(), when it may finish it (returning
-  // true) or stay parked (false).
-  using Callback = std::function<bool(bool expired)>;
-  void Park(absl::Time deadline, Callback callback);
+  // Parks a poll until its deadline. When the hub is full, abandoned polls are finished
+  // (kExpired) first; if that frees no place, the poll takes the place of the parked poll of
+  // lowest priority nearest its deadline, if that priority is lower than its own, and that
+  // poll's callback runs with kNoRoom; otherwise its own callback runs with kNoRoom. These
+  // callbacks run on the calling thread.
+  void Park(
+      absl::Time deadline, PollPriority priority, Callback callback,
+      Abandoned abandoned = [] { return false; });
   // Offers every parked poll a chance to finish: the round moved on, so some may have a task.
   void WakeAll();
   // Runs every parked callback now and refuses new ones (they run at once).
   void Shutdown();
   size_t parked() const;
+  size_t capacity() const { return capacity_; }
 
  private:
+  struct ParkedPoll {
+    PollPriority priority;
+    Callback callback;
+    Abandoned abandoned;
+  };
+  using Queue = std::multimap<absl::Time, ParkedPoll>;
+
   void Serve();
 
+  const size_t capacity_;
   mutable absl::Mutex mutex_;
-  std::multimap<absl::Time, Callback> parked_ ABSL_GUARDED_BY(mutex_);
+  Queue parked_ ABSL_GUARDED_BY(mutex_);
+  // Polls taken out of parked_ while their kWoken callbacks run; they still hold their place.
+  size_t being_woken_ ABSL_GUARDED_BY(mutex_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mutex_) = false;
   bool wake_requested_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread thread_;
 };
+
+// How long a client whose poll found no room should wait before it polls again: long enough
+// that the clients the hub cannot hold come back at about `deferred_polls_per_second` in all,
+// and each such poll (often a fresh TLS handshake) stays affordable. Never under a second, and
+// never over `longest`, so that a deferred client still counts as online.
+absl::Duration DeferredPollInterval(int online_clients, size_t capacity,
+                                    double deferred_polls_per_second, absl::Duration longest);
 
 }  // namespace fedmoe::coordinator
 

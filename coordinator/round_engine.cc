@@ -885,9 +885,29 @@ absl::StatusOr<v1::StageAck> RoundEngine::Unmask(const std::string& client_id,
   return ack;
 }
 
+bool RoundEngine::InOpenRound(const std::string& client_id) {
+  absl::MutexLock lock(&mutex_);
+  if (round_ == nullptr) return false;
+  auto found = round_->participant_ids.find(client_id);
+  return found != round_->participant_ids.end() && !round_->participants[found->second - 1].dropped;
+}
+
 std::optional<v1::PollTaskResponse> RoundEngine::NextTask(const std::string& client_id,
                                                           const v1::PollTaskRequest& request) {
   absl::MutexLock lock(&mutex_);
+  // How the last round ended comes before the next round's tasks: a client that heard of
+  // neither (its polls were deferred) learns the outcomes in order.
+  if (finished_.id != 0 && finished_.cohort.contains(client_id) &&
+      (request.known_round_id() < finished_.id ||
+       (request.known_round_id() == finished_.id && !Terminal(request.known_stage())))) {
+    v1::PollTaskResponse response;
+    v1::RoundFinished* finished = response.mutable_round_finished();
+    finished->set_round_id(finished_.id);
+    finished->set_outcome(finished_.outcome);
+    finished->set_new_model_version(finished_.new_model_version);
+    finished->set_abort_reason(finished_.abort_reason);
+    return response;
+  }
   const bool withdrew = request.known_stage() == v1::ROUND_STAGE_ABORTED;
   if (round_ != nullptr) {
     if (auto found = round_->participant_ids.find(client_id);
@@ -962,17 +982,6 @@ std::optional<v1::PollTaskResponse> RoundEngine::NextTask(const std::string& cli
     }
   }
   const bool knows_end = Terminal(request.known_stage());
-  if (finished_.id != 0 && finished_.cohort.contains(client_id) &&
-      (request.known_round_id() < finished_.id ||
-       (request.known_round_id() == finished_.id && !knows_end))) {
-    v1::PollTaskResponse response;
-    v1::RoundFinished* finished = response.mutable_round_finished();
-    finished->set_round_id(finished_.id);
-    finished->set_outcome(finished_.outcome);
-    finished->set_new_model_version(finished_.new_model_version);
-    finished->set_abort_reason(finished_.abort_reason);
-    return response;
-  }
   // A client still inside a round this coordinator no longer runs (it restarted): tell it how
   // that round ended, from the store.
   if (request.known_round_id() != 0 && !knows_end && request.known_round_id() != finished_.id &&

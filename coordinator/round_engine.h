@@ -78,6 +78,8 @@ class RoundEngine {
   // The caller's next task, or nullopt when it has none now.
   std::optional<v1::PollTaskResponse> NextTask(const std::string& client_id,
                                                const v1::PollTaskRequest& request);
+  // Whether the client is in the open round's cohort and has not dropped out.
+  bool InOpenRound(const std::string& client_id);
   absl::StatusOr<v1::StageAck> AdvertiseKeys(const std::string& client_id,
                                              const std::string& certificate_der,
                                              const v1::AdvertiseKeysRequest& request);

@@ -79,7 +79,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
                                             server->store_.get(), cfg.client_certificate_validity);
   server->authorizer_ = std::make_unique<CallerAuthorizer>(trust->bundle, server->store_.get());
   server->presence_ = std::make_unique<ClientPresence>(cfg.online_window());
-  server->polls_ = std::make_unique<PollHub>();
+  server->polls_ = std::make_unique<PollHub>(static_cast<size_t>(cfg.parked_polls));
   absl::StatusOr<std::unique_ptr<RoundEngine>> rounds = RoundEngine::Create(
       &cfg, server->store_.get(), server->presence_.get(), server->polls_.get());
   if (!rounds.ok()) return rounds.status();

@@ -271,6 +271,7 @@ absl::StatusOr<v1::GetStatusResponse> CollectStatus(const ServiceContext& contex
   response.set_privacy_delta(context.config->rounds.delta);
   response.set_target_epsilon(context.config->rounds.target_epsilon);
   response.set_rounds_paused_reason(rounds.paused_reason);
+  response.set_polls_parked(static_cast<uint32_t>(context.polls->parked()));
   return response;
 }
 
@@ -374,17 +375,24 @@ grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContex
   absl::Duration wait = context_.config->poll_max_wait;
   if (request.has_max_wait()) wait = std::min(wait, FromProto(request.max_wait()));
   wait = std::max(wait, absl::ZeroDuration());
-  // Answers with the caller's task if it has one; otherwise, once the wait is over, Idle.
+  // Answers with the caller's task if it has one; otherwise, when the wait is over or the hub
+  // has no room for it, Idle with when to poll again.
   auto answer = [this, reactor, response_bytes, request,
-                 client_id = caller->id.name](bool expired) -> bool {
+                 client_id = caller->id.name](PollHub::Reason reason) -> bool {
     std::optional<v1::PollTaskResponse> task = context_.rounds->NextTask(client_id, request);
-    if (!task.has_value() && !expired) return false;
+    if (!task.has_value() && reason == PollHub::Reason::kWoken) return false;
     v1::PollTaskResponse response;
     if (task.has_value()) {
       response = std::move(*task);
     } else {
-      response.mutable_idle()->mutable_retry_after()->set_seconds(1);
-      response.mutable_idle()->set_latest_model_version(context_.rounds->snapshot().model_version);
+      v1::Idle* idle = response.mutable_idle();
+      // After a full wait the client polls again at once; the hub will have room for it.
+      if (reason == PollHub::Reason::kNoRoom) {
+        *idle->mutable_retry_after() =
+            TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(DeferredPollInterval()));
+        if (context_.metrics != nullptr) context_.metrics->PollDeferred();
+      }
+      idle->set_latest_model_version(context_.rounds->snapshot().model_version);
     }
     response.set_trust_bundle_sha256(trust_bundle_sha256_);
     context_.presence->PollFinished(client_id, absl::Now());
@@ -395,8 +403,26 @@ grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContex
     reactor->Finish(ToGrpc(serialized));
     return true;
   };
-  if (!answer(false)) context_.polls->Park(now + wait, std::move(answer));
+  if (answer(PollHub::Reason::kWoken)) return reactor;
+  const PollPriority priority = context_.rounds->InOpenRound(caller->id.name)
+                                    ? PollPriority::kInRound
+                                    : PollPriority::kAwaitingRound;
+  context_.polls->Park(now + wait, priority, std::move(answer),
+                       [context] { return context->IsCancelled(); });
   return reactor;
+}
+
+absl::Duration FederationService::DeferredPollInterval() {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&deferral_mutex_);
+  // Counting the online clients walks all of them; once a second is often enough.
+  if (now - deferral_computed_at_ >= absl::Seconds(1)) {
+    deferral_interval_ = coordinator::DeferredPollInterval(
+        context_.presence->CountOnline(now), context_.polls->capacity(),
+        context_.config->deferred_polls_per_second, context_.config->poll_max_wait);
+    deferral_computed_at_ = now;
+  }
+  return deferral_interval_;
 }
 
 namespace {

@@ -132,9 +132,15 @@ class FederationService final : public FederationBase {
                               v1::RoundStatus* response) override;
 
  private:
+  // How long a client whose poll the hub could not hold waits before the next.
+  absl::Duration DeferredPollInterval();
+
   ServiceContext context_;
   // Announced in every PollTask answer (raw 32 bytes), so clients notice a CA rotation.
   std::string trust_bundle_sha256_;
+  absl::Mutex deferral_mutex_;
+  absl::Time deferral_computed_at_ ABSL_GUARDED_BY(deferral_mutex_) = absl::InfinitePast();
+  absl::Duration deferral_interval_ ABSL_GUARDED_BY(deferral_mutex_);
 };
 
 }  // namespace fedmoe::coordinator

@@ -56,13 +56,14 @@ class CoordinatorFixture : public ::testing::Test {
   }
 
   // Runs an admin command against this federation.
-  CommandResult Coordinator(std::vector<std::string> args) {
-    args.insert(args.begin(), BinaryPath("fedmoe-coordinator"));
-    if (args[1] != "init") {
-      args.emplace_back("--state-dir");
-      args.push_back(state_.string());
+  CommandResult Coordinator(const std::vector<std::string>& args) {
+    std::vector<std::string> command = {BinaryPath("fedmoe-coordinator")};
+    command.insert(command.end(), args.begin(), args.end());
+    if (args.empty() || args.front() != "init") {
+      command.emplace_back("--state-dir");
+      command.push_back(state_.string());
     }
-    return RunCommand(args);
+    return RunCommand(command);
   }
 
   Token CreateToken(const std::string& client_id, const std::string& ttl = "1h") {

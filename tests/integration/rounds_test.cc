@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "fedmoe/v1/admin.pb.h"
 #include "pki/certificate.h"
@@ -207,6 +208,41 @@ TEST_F(RoundsTest, AKill9OfAClientMidRoundLeavesTheSurvivorsToCommit) {
   EXPECT_EQ(round.cohort_size(), 4u);
   EXPECT_EQ(round.survivors(), 3u);
   EXPECT_EQ(round.committed_model_version(), 2u);
+}
+
+// A coordinator with room for one parked poll: the other clients are told when to come back,
+// wait with their connections closed, and still take part in every stage; and each client
+// hears how a round ended before it is handed the next one.
+TEST_F(RoundsTest, ClientsWhosePollsCannotBeHeldComeBackWhenToldAndCommitEveryRound) {
+  StartFederation(absl::StrCat(R"(rounds:
+  min_clients: 3
+  interval: 1s
+  max_rounds: 2
+)",
+                               kTraining, kModerateNoise),
+                  // Deferred clients come back after 1 to 3 s, so some miss the 1 s between
+                  // rounds and learn of a round's end only after the next has started.
+                  {{"parked_polls: 256", "parked_polls: 1"},
+                   {"deferred_polls_per_second: 100", "deferred_polls_per_second: 1"}});
+  AddThreeClients();
+  ASSERT_TRUE(WaitFor([&] { return Committed() == 2; }, absl::Seconds(240))) << coordinator_->Log();
+  const v1::ListRoundsResponse rounds = Rounds();
+  for (const v1::RoundInfo& round : rounds.rounds()) EXPECT_EQ(round.survivors(), 3u);
+
+  std::map<std::string, double> metrics;
+  std::string error;
+  ASSERT_TRUE(ScrapeMetrics(metrics_address_, metrics, error)) << error;
+  EXPECT_GT(metrics["fedmoe_polls_deferred_total"], 0);
+  EXPECT_LE(metrics["fedmoe_polls_parked"], 1);
+  EXPECT_LE(Status().polls_parked(), 1u);
+
+  for (const char* client : {"bank", "helpdesk", "lawfirm"}) {
+    const std::filesystem::path status = dir_.path() / client / "status.json";
+    EXPECT_TRUE(
+        WaitFor([&] { return absl::StrContains(ReadFile(status), "\"rounds_committed\":2"); },
+                absl::Seconds(30)))
+        << client << ": " << ReadFile(status);
+  }
 }
 
 TEST_F(RoundsTest, ARevokedClientIsLeftOutOfTheNextRound) {
