@@ -203,8 +203,9 @@ std::string CoordinatorConfig::ToYaml() const {
       "  poll_max_wait: ",
       ConfigDuration(poll_max_wait),
       "\n"
-      "  # Polls held open at once; each holds a connection (about 100 KB). Polls beyond it are\n"
-      "  # answered at once, and their clients wait, disconnected, until told to poll again.\n"
+      "  # Polls held open at once from clients waiting for a round; each holds a connection\n"
+      "  # (about 100 KB). Polls beyond it are answered at once, and their clients wait,\n"
+      "  # disconnected, until told to poll again. The open round's members are always held.\n"
       "  parked_polls: ",
       parked_polls,
       "\n"

@@ -60,9 +60,10 @@ struct CoordinatorConfig {
   // Masked inputs staged at once; each holds D·b/8 bytes until it is complete.
   int64_t concurrent_uploads = 4;
   absl::Duration poll_max_wait = absl::Seconds(30);
-  // Polls held open at once (coordinator/poll_hub.h). Each holds a connection, about 100 KB;
-  // beyond this many, polls are answered at once and their clients, told when to come back,
-  // close their connections while they wait.
+  // Polls held open at once from clients waiting for a round (coordinator/poll_hub.h). Each
+  // holds a connection, about 100 KB; beyond this many, polls are answered at once and their
+  // clients, told when to come back, close their connections while they wait. Members of the
+  // open round are always held.
   int64_t parked_polls = 256;
   // How often, in all, the clients whose polls cannot be held may poll.
   double deferred_polls_per_second = 100;

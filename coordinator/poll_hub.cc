@@ -47,7 +47,11 @@ void PollHub::Park(absl::Time deadline, PollPriority priority, Callback callback
           displaced = it;
         }
       }
-      if (displaced == parked_.end()) {
+      if (displaced == parked_.end() && priority == PollPriority::kInRound) {
+        // Cohort members always keep a place: rounds.max_clients bounds them, and a member
+        // that is told to come back slows every stage of the round by the wait.
+        parked_.emplace(deadline, ParkedPoll{priority, std::move(callback), std::move(abandoned)});
+      } else if (displaced == parked_.end()) {
         refused = std::move(callback);
       } else {
         refused = std::move(displaced->second.callback);

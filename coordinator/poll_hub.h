@@ -2,12 +2,13 @@
 // to run at its deadline (or at shutdown), kept in a deadline-ordered queue that one thread
 // serves.
 //
-// The hub holds a bounded number of polls. A parked poll keeps its client's mTLS connection
-// open, and an open connection costs the coordinator about 100 KB of TLS and HTTP/2 buffers
-// that no gRPC option shrinks. A poll that finds no room is answered at once and its client
-// told when to come back (DeferredPollInterval); the client closes its connection while it
-// waits. So between rounds the connections held are the parked polls and a rate-bounded
-// trickle of returning clients, however many clients are enrolled.
+// The hub holds a bounded number of polls from clients waiting for a round. A parked poll
+// keeps its client's mTLS connection open, and an open connection costs the coordinator about
+// 100 KB of TLS and HTTP/2 buffers that no gRPC option shrinks. A waiting client's poll that
+// finds no room is answered at once and its client told when to come back
+// (DeferredPollInterval); the client closes its connection while it waits. So the connections
+// held are the capacity, the open round's cohort, and a rate-bounded trickle of returning
+// clients, however many clients are enrolled.
 #ifndef FEDMOE_COORDINATOR_POLL_HUB_H_
 #define FEDMOE_COORDINATOR_POLL_HUB_H_
 
@@ -51,9 +52,10 @@ class PollHub {
   ~PollHub();
 
   // Parks a poll until its deadline. When the hub is full, abandoned polls are finished
-  // (kExpired) first; if that frees no place, the poll takes the place of the parked poll of
-  // lowest priority nearest its deadline, if that priority is lower than its own, and that
-  // poll's callback runs with kNoRoom; otherwise its own callback runs with kNoRoom. These
+  // (kExpired) first; if that frees no place, a poll in the round takes the place of the
+  // waiting poll nearest its deadline, whose callback runs with kNoRoom, or, with none left to
+  // displace, parks beyond the capacity: the cohort is bounded on its own (rounds.max_clients).
+  // A waiting poll that finds the hub full has its own callback run with kNoRoom. These
   // callbacks run on the calling thread.
   void Park(
       absl::Time deadline, PollPriority priority, Callback callback,
