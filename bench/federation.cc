@@ -1,7 +1,11 @@
 // federation: N simulated clients against a real fedmoe-coordinator process, for an update of
 // about D values (DESIGN §3, issue [rounds]).
 //   build/bin/federation --clients N [--dim D] [--bits B] [--rounds R] [--upload-slots U]
-//                        [--parked-polls P] [--work DIR] [--timeout-minutes M]
+//                        [--parked-polls P] [--wait-seconds S] [--work DIR]
+//                        [--timeout-minutes M]
+// With --wait-seconds, the enrolled fleet first polls for S seconds under a policy that can
+// start no round (what a waiting fleet costs: one JSON line with "phase":"waiting"); then the
+// coordinator restarts, so the rounds' peak RSS is their own.
 // The coordinator runs as its own process from build/bin, with its real store, SecAgg+ relay,
 // decode, expert merge and checkpoint. Each simulated client (bench/simulated_client.h) is
 // enrolled through the enrollment port and holds its own mutual-TLS connection; they do no
@@ -27,6 +31,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "bench/simulated_client.h"
+#include "client/grpc_status.h"
 #include "client/update.h"
 #include "config/command_line.h"
 #include "coordinator/admin_channel.h"
@@ -49,7 +54,7 @@ using testing::RunCommand;
 
 constexpr char kUsage[] =
     "usage: federation --clients N [--dim D] [--bits B] [--rounds R] [--upload-slots U] "
-    "[--parked-polls P] [--work DIR] [--timeout-minutes M]\n";
+    "[--parked-polls P] [--wait-seconds S] [--work DIR] [--timeout-minutes M]\n";
 
 // A kibibyte-rounded reading of /proc/<pid>/status, e.g. VmHWM (peak RSS) or VmRSS.
 double ProcStatusMiB(pid_t pid, const std::string& field) {
@@ -125,10 +130,10 @@ nlohmann::json ModelConfigFor(int64_t dim) {
           {"eos_token_id", 2}};
 }
 
-std::string RoundPolicyYaml(int64_t clients, int64_t rounds, int64_t bits, int64_t minutes) {
+std::string RoundPolicyYaml(int64_t min_clients, int64_t rounds, int64_t bits, int64_t minutes) {
   return absl::StrCat(R"(rounds:
   min_clients: )",
-                      clients, "\n  max_clients: ", clients, R"(
+                      min_clients, "\n  max_clients: ", min_clients, R"(
   sampling_rate: 1.0
   interval: 1s
   max_rounds: )",
@@ -225,15 +230,19 @@ struct Flags {
   int64_t timeout_minutes = 60;
   // 0: the coordinator's default (limits.parked_polls).
   int64_t parked_polls = 0;
+  // Seconds the fleet waits with no round possible before the coordinator is restarted for
+  // the rounds; 0 skips that phase.
+  int64_t wait_seconds = 0;
   std::filesystem::path work;
 };
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
-  auto line = config::CommandLine::Parse(args,
-                                         {"clients", "dim", "bits", "rounds", "upload-slots",
-                                          "parked-polls", "work", "timeout-minutes"},
-                                         {});
+  auto line =
+      config::CommandLine::Parse(args,
+                                 {"clients", "dim", "bits", "rounds", "upload-slots",
+                                  "parked-polls", "wait-seconds", "work", "timeout-minutes"},
+                                 {});
   if (!line.ok()) return line.status();
   Flags flags;
   for (auto [name, target, min, max] : {std::tuple{"clients", &flags.clients, 2, 10000},
@@ -242,6 +251,7 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
                                         {"rounds", &flags.rounds, 1, 100},
                                         {"upload-slots", &flags.upload_slots, 1, 64},
                                         {"parked-polls", &flags.parked_polls, 0, 1000000},
+                                        {"wait-seconds", &flags.wait_seconds, 0, 3600},
                                         {"timeout-minutes", &flags.timeout_minutes, 1, 600}}) {
     absl::StatusOr<int64_t> value = line->IntOr(name, *target, min, max);
     if (!value.ok()) return value.status();
@@ -262,6 +272,62 @@ absl::StatusOr<v1::ListRoundsResponse> ListRounds(v1::Admin::Stub& admin) {
     return absl::UnavailableError(absl::StrCat("ListRounds: ", status.error_message()));
   }
   return response;
+}
+
+// The fleet polls for --wait-seconds under a policy that starts no round; prints what that
+// costs the coordinator: peak and final RSS, sockets and parked polls, overall and over the
+// second half (once the fleet's first polls, which all arrive at once, have settled).
+absl::Status MeasureWaitingFleet(const std::vector<std::unique_ptr<SimulatedClient>>& clients,
+                                 Daemon& coordinator, v1::Admin::Stub& admin, const Flags& flags) {
+  const absl::Duration duration = absl::Seconds(flags.wait_seconds);
+  const absl::Time started = absl::Now();
+  std::vector<std::thread> threads;
+  threads.reserve(clients.size());
+  for (const std::unique_ptr<SimulatedClient>& client : clients) {
+    threads.emplace_back([&client, duration] { client->Wait(duration); });
+  }
+  double settled_rss = 0;
+  int sockets = 0;
+  int settled_sockets = 0;
+  uint32_t parked = 0;
+  while (absl::Now() < started + duration) {
+    const double rss = ProcStatusMiB(coordinator.pid(), "VmRSS");
+    const int open = ProcSockets(coordinator.pid());
+    sockets = std::max(sockets, open);
+    if (absl::Now() >= started + duration / 2) {
+      settled_rss = std::max(settled_rss, rss);
+      settled_sockets = std::max(settled_sockets, open);
+    }
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::GetStatusResponse status;
+    if (admin.GetStatus(&context, v1::GetStatusRequest(), &status).ok()) {
+      parked = std::max(parked, status.polls_parked());
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  for (std::thread& thread : threads) thread.join();
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  v1::GetStatusResponse status;
+  if (grpc::Status got = admin.GetStatus(&context, v1::GetStatusRequest(), &status); !got.ok()) {
+    return client::FromGrpc(got, "GetStatus");
+  }
+  const nlohmann::json line = {
+      {"phase", "waiting"},
+      {"clients", clients.size()},
+      {"seconds", flags.wait_seconds},
+      {"clients_online", status.clients_online()},
+      {"coordinator_peak_rss_mib", ProcStatusMiB(coordinator.pid(), "VmHWM")},
+      {"coordinator_rss_mib_second_half", settled_rss},
+      {"coordinator_rss_mib_at_end", ProcStatusMiB(coordinator.pid(), "VmRSS")},
+      {"coordinator_sockets_max", sockets},
+      {"coordinator_sockets_max_second_half", settled_sockets},
+      {"coordinator_parked_polls_max", parked},
+  };
+  std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+  return absl::OkStatus();
 }
 
 int Run(const Flags& flags) {
@@ -300,8 +366,8 @@ int Run(const Flags& flags) {
     text << std::ifstream(config_path).rdbuf();
     yaml = text.str();
   }
-  yaml = yaml.substr(0, yaml.find("\nmodel:\n")) + "\nmodel:\n  initial: " + model_dir.string() +
-         "\n" + RoundPolicyYaml(flags.clients, flags.rounds, flags.bits, flags.timeout_minutes);
+  yaml =
+      yaml.substr(0, yaml.find("\nmodel:\n")) + "\nmodel:\n  initial: " + model_dir.string() + "\n";
   // Port 0: a free one, so that the bench never collides with a running coordinator.
   const std::string default_metrics = "listen: \"127.0.0.1:9464\"";
   if (const size_t at = yaml.find(default_metrics); at != std::string::npos) {
@@ -314,27 +380,41 @@ int Run(const Flags& flags) {
       yaml.replace(at, parked.size(), absl::StrCat("parked_polls: ", flags.parked_polls));
     }
   }
-  std::ofstream(config_path) << yaml;
-
-  Daemon coordinator({BinaryPath("fedmoe-coordinator"), "serve", "--config", config_path.string()},
-                     flags.work / "coordinator.log");
-  absl::StatusOr<coordinator::CoordinatorConfig> config =
-      coordinator::CoordinatorConfig::Load(config_path);
-  if (!config.ok()) return config::ReportFailure("federation", config.status());
-  // A fresh channel per attempt: one that failed to connect waits out gRPC's reconnect backoff.
+  std::unique_ptr<Daemon> running;
   std::unique_ptr<v1::Admin::Stub> admin;
-  const bool started = testing::WaitFor(
-      [&] {
-        absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> dialled = coordinator::DialAdmin(*config);
-        if (!dialled.ok() || !ListRounds(**dialled).ok()) return false;
-        admin = *std::move(dialled);
-        return true;
-      },
-      absl::Seconds(60));
-  if (!started) {
-    std::fprintf(stderr, "federation: the coordinator did not start:\n%s\n",
-                 coordinator.Log().c_str());
-    return 1;
+  // Starts the coordinator under a policy that needs `min_clients` online to start a round.
+  auto start_coordinator = [&](int64_t min_clients) -> absl::Status {
+    std::ofstream(config_path) << yaml
+                               << RoundPolicyYaml(min_clients, flags.rounds, flags.bits,
+                                                  flags.timeout_minutes);
+    running =
+        std::make_unique<Daemon>(std::vector<std::string>{BinaryPath("fedmoe-coordinator"), "serve",
+                                                          "--config", config_path.string()},
+                                 flags.work / "coordinator.log");
+    absl::StatusOr<coordinator::CoordinatorConfig> config =
+        coordinator::CoordinatorConfig::Load(config_path);
+    if (!config.ok()) return config.status();
+    // A fresh channel per attempt: one that failed to connect waits out gRPC's reconnect
+    // backoff.
+    const bool started = testing::WaitFor(
+        [&] {
+          absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> dialled =
+              coordinator::DialAdmin(*config);
+          if (!dialled.ok() || !ListRounds(**dialled).ok()) return false;
+          admin = *std::move(dialled);
+          return true;
+        },
+        absl::Seconds(60));
+    if (!started) {
+      return absl::UnavailableError(
+          absl::StrCat("the coordinator did not start:\n", running->Log()));
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status status =
+          start_coordinator(flags.wait_seconds > 0 ? flags.clients + 1 : flags.clients);
+      !status.ok()) {
+    return config::ReportFailure("federation", status);
   }
 
   const absl::Time enroll_started = absl::Now();
@@ -348,6 +428,18 @@ int Run(const Flags& flags) {
     clients.push_back(*std::move(client));
   }
   const double enroll_seconds = absl::ToDoubleSeconds(absl::Now() - enroll_started);
+
+  if (flags.wait_seconds > 0) {
+    if (absl::Status status = MeasureWaitingFleet(clients, *running, *admin, flags); !status.ok()) {
+      return config::ReportFailure("federation", status);
+    }
+    running->Signal(SIGTERM);
+    running->Wait(absl::Seconds(30));
+    if (absl::Status status = start_coordinator(flags.clients); !status.ok()) {
+      return config::ReportFailure("federation", status);
+    }
+  }
+  const Daemon& coordinator = *running;
   const double idle_rss_mib = ProcStatusMiB(coordinator.pid(), "VmRSS");
 
   SharedUpdate shared(model_dir);
@@ -458,8 +550,8 @@ int Run(const Flags& flags) {
     std::fflush(stdout);
     if (committed != static_cast<int>(clients.size())) ++failures;
   }
-  coordinator.Signal(SIGTERM);
-  coordinator.Wait(absl::Seconds(30));
+  running->Signal(SIGTERM);
+  running->Wait(absl::Seconds(30));
   return failures == 0 ? 0 : 1;
 }
 

@@ -1,5 +1,6 @@
 #include "bench/simulated_client.h"
 
+#include <algorithm>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -118,6 +119,22 @@ absl::Status SimulatedClient::SendPartialUpload(const v1::JoinRoundTask& task,
     writer->WritesDone();
   }
   return client::FromGrpc(writer->Finish(), "UploadMaskedInput");
+}
+
+void SimulatedClient::Wait(absl::Duration duration) {
+  const absl::Time until = absl::Now() + duration;
+  RoundReport ignored;
+  while (absl::Now() < until) {
+    v1::PollTaskResponse response;
+    absl::Duration pause = absl::ZeroDuration();
+    if (grpc::Status status = Poll(response, ignored); !status.ok()) {
+      pause = config_.backoff_initial;
+    } else if (response.has_idle()) {
+      pause = client::NextPollDelay(response.idle(), jitter_);
+      if (pause > absl::ZeroDuration() && !Redial().ok()) return;
+    }
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(std::min(pause, until - absl::Now())));
+  }
 }
 
 RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBehaviour& behaviour,

@@ -81,6 +81,10 @@ class SimulatedClient {
 
   const std::string& client_id() const { return config_.client_id; }
 
+  // Polls for `duration` as a client waiting for a round does, obeying retry_after; for
+  // measuring what the waiting fleet costs the coordinator, so no round may start meanwhile.
+  void Wait(absl::Duration duration);
+
   // Polls until selected for a round, takes part as `behaviour` says, and returns when that
   // round finishes, the client leaves it, or `timeout` passes (DeadlineExceeded in `error`).
   RoundReport RunRound(const UpdateSource& update, const RoundBehaviour& behaviour,

@@ -7,6 +7,7 @@
 #include <malloc.h>
 #include <sys/resource.h>
 
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <csignal>
@@ -221,8 +222,21 @@ int Serve(const std::vector<std::string>& args) {
 
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server = CoordinatorServer::Start(*config);
   if (!server.ok()) return Fail(server.status());
+  // Every 10 s without a signal, freed heap goes back to the system: a surge of connections
+  // (a fleet reconnecting at once) would otherwise leave its buffers' pages resident for good.
+  const timespec trim_interval{.tv_sec = 10, .tv_nsec = 0};
   int signal = 0;
-  while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) ReloadConfig(*path);
+  while (true) {
+    const int received = sigtimedwait(&signals, nullptr, &trim_interval);
+    if (received == SIGHUP) {
+      ReloadConfig(*path);
+    } else if (received > 0) {
+      signal = received;
+      break;
+    } else if (errno == EAGAIN) {
+      malloc_trim(0);
+    }
+  }
   LogEvent(LogLevel::kInfo, "shutdown_requested").Field("signal", signal);
   (*server)->Shutdown(absl::Seconds(5));
   return 0;
