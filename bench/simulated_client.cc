@@ -121,19 +121,25 @@ absl::Status SimulatedClient::SendPartialUpload(const v1::JoinRoundTask& task,
   return client::FromGrpc(writer->Finish(), "UploadMaskedInput");
 }
 
+absl::Status SimulatedClient::WaitAsTold(const v1::Idle& idle, absl::Time until) {
+  const absl::Duration delay = client::NextPollDelay(idle, jitter_);
+  if (delay <= absl::ZeroDuration()) return absl::OkStatus();
+  // Like the daemon, give the connection back while waiting.
+  if (absl::Status redialled = Redial(); !redialled.ok()) return redialled;
+  std::this_thread::sleep_for(absl::ToChronoNanoseconds(std::min(delay, until - absl::Now())));
+  return absl::OkStatus();
+}
+
 void SimulatedClient::Wait(absl::Duration duration) {
   const absl::Time until = absl::Now() + duration;
   RoundReport ignored;
   while (absl::Now() < until) {
     v1::PollTaskResponse response;
-    absl::Duration pause = absl::ZeroDuration();
     if (grpc::Status status = Poll(response, ignored); !status.ok()) {
-      pause = config_.backoff_initial;
-    } else if (response.has_idle()) {
-      pause = client::NextPollDelay(response.idle(), jitter_);
-      if (pause > absl::ZeroDuration() && !Redial().ok()) return;
+      std::this_thread::sleep_for(absl::ToChronoNanoseconds(config_.backoff_initial));
+    } else if (response.has_idle() && !WaitAsTold(response.idle(), until).ok()) {
+      return;
     }
-    std::this_thread::sleep_for(absl::ToChronoNanoseconds(std::min(pause, until - absl::Now())));
   }
 }
 
@@ -254,14 +260,11 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
         report.finished_at = absl::Now();
         return report;
       }
-      case v1::PollTaskResponse::kIdle: {
-        const absl::Duration delay = client::NextPollDelay(response.idle(), jitter_);
-        if (delay <= absl::ZeroDuration()) continue;
-        // Deferred: like the daemon, give the connection back while waiting.
-        if (absl::Status redialled = Redial(); !redialled.ok()) return leave(redialled);
-        std::this_thread::sleep_for(absl::ToChronoNanoseconds(delay));
+      case v1::PollTaskResponse::kIdle:
+        if (absl::Status waited = WaitAsTold(response.idle(), deadline); !waited.ok()) {
+          return leave(waited);
+        }
         continue;
-      }
       default:
         continue;
     }

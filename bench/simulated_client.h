@@ -94,6 +94,8 @@ class SimulatedClient {
   SimulatedClient(client::ClientConfig config, client::CoordinatorChannel channel);
   // A new channel in place of the old, whose connection closes.
   absl::Status Redial();
+  // After an Idle answer: waits as long as it says (never past `until`), disconnected.
+  absl::Status WaitAsTold(const v1::Idle& idle, absl::Time until);
   // One long poll; reports the last round and stage this client finished.
   grpc::Status Poll(v1::PollTaskResponse& response, RoundReport& report);
   // Streams one chunk of `values_sent` values of a vector said to have `total_values`, then

@@ -112,18 +112,26 @@ std::string Json(const google::protobuf::Message& message) {
   return json;
 }
 
-// The admin's channel to the running coordinator.
-absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CommandLine& flags) {
+// The config a command works on: --config FILE, or the one in --state-dir DIR; `missing` is
+// the error when neither is given.
+absl::StatusOr<CoordinatorConfig> ConfigFromFlags(const CommandLine& flags,
+                                                  const std::string& missing) {
   std::filesystem::path config_path;
   if (auto config = flags.Get("config")) {
     config_path = *config;
   } else if (auto dir = flags.Get("state-dir")) {
     config_path = StateDir{*dir}.config();
   } else {
-    return absl::InvalidArgumentError(
-        "admin commands need --state-dir DIR (or --config FILE) to find the admin certificate");
+    return absl::InvalidArgumentError(missing);
   }
-  absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(config_path);
+  return CoordinatorConfig::Load(config_path);
+}
+
+// The admin's channel to the running coordinator.
+absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CommandLine& flags) {
+  absl::StatusOr<CoordinatorConfig> config = ConfigFromFlags(
+      flags,
+      "admin commands need --state-dir DIR (or --config FILE) to find the admin certificate");
   if (!config.ok()) return config.status();
   return coordinator::DialAdmin(*config, flags.GetOr("coordinator", ""));
 }
@@ -242,20 +250,6 @@ int Serve(const std::vector<std::string>& args) {
   return 0;
 }
 
-// The config an offline command works on: --config FILE, or the one in --state-dir DIR.
-absl::StatusOr<CoordinatorConfig> OfflineConfig(const CommandLine& flags,
-                                                const std::string& command) {
-  std::filesystem::path config_path;
-  if (auto config = flags.Get("config")) {
-    config_path = *config;
-  } else if (auto dir = flags.Get("state-dir")) {
-    config_path = StateDir{*dir}.config();
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(command, " needs --state-dir DIR"));
-  }
-  return CoordinatorConfig::Load(config_path);
-}
-
 int CertificatesCommand(const std::vector<std::string>& args) {
   if (args.empty() || args[0] != "renew") {
     return Fail(absl::InvalidArgumentError("certificates needs renew"));
@@ -263,7 +257,8 @@ int CertificatesCommand(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   auto flags = CommandLine::Parse(rest, {"state-dir", "config", "san"}, {});
   if (!flags.ok()) return Fail(flags.status());
-  absl::StatusOr<CoordinatorConfig> config = OfflineConfig(*flags, "certificates renew");
+  absl::StatusOr<CoordinatorConfig> config =
+      ConfigFromFlags(*flags, "certificates renew needs --state-dir DIR");
   if (!config.ok()) return Fail(config.status());
   absl::StatusOr<RenewedCertificates> renewed =
       RenewCoordinatorCertificates(*config, flags->GetAll("san"));
@@ -322,7 +317,8 @@ int CaCommand(const std::vector<std::string>& args) {
   if (verb != "status" && verb != "begin" && verb != "switch" && verb != "retire") {
     return Fail(absl::InvalidArgumentError("ca needs status, begin, switch or retire"));
   }
-  absl::StatusOr<CoordinatorConfig> config = OfflineConfig(*flags, "ca " + verb);
+  absl::StatusOr<CoordinatorConfig> config =
+      ConfigFromFlags(*flags, absl::StrCat("ca ", verb, " needs --state-dir DIR"));
   if (!config.ok()) return Fail(config.status());
   constexpr char kRestart[] =
       "restart the coordinator to apply it; clients follow at their next poll";

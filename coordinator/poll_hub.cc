@@ -16,13 +16,19 @@ PollHub::~PollHub() {
 void PollHub::Park(absl::Time deadline, PollPriority priority, Callback callback,
                    Abandoned abandoned) {
   std::vector<Callback> abandoned_polls;
-  std::optional<Callback> refused;
-  // After Shutdown there is no room either, but the client should poll again at once: it will
-  // find the coordinator gone, or back.
+  std::optional<Callback> displaced;
+  bool park = false;
+  // A poll refused because the hub shuts down should come back at once: the client will find
+  // the coordinator gone, or back.
   Reason refusal = Reason::kNoRoom;
   {
     absl::MutexLock lock(&mutex_);
-    if (!shutting_down_ && parked_.size() + being_woken_ >= capacity_) {
+    auto full = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return parked_.size() + being_woken_ >= capacity_;
+    };
+    park = !shutting_down_;
+    if (shutting_down_) refusal = Reason::kExpired;
+    if (park && full()) {
       // A client that went away (cancelled, disconnected) would otherwise hold its place
       // until its deadline.
       for (auto it = parked_.begin(); it != parked_.end();) {
@@ -34,34 +40,28 @@ void PollHub::Park(absl::Time deadline, PollPriority priority, Callback callback
         }
       }
     }
-    if (shutting_down_) {
-      refused = std::move(callback);
-      refusal = Reason::kExpired;
-    } else if (parked_.size() + being_woken_ < capacity_) {
-      parked_.emplace(deadline, ParkedPoll{priority, std::move(callback), std::move(abandoned)});
-    } else {
-      auto displaced = parked_.end();
-      for (auto it = parked_.begin(); it != parked_.end(); ++it) {
-        if (it->second.priority < priority &&
-            (displaced == parked_.end() || it->second.priority < displaced->second.priority)) {
-          displaced = it;
-        }
-      }
-      if (displaced == parked_.end() && priority == PollPriority::kInRound) {
+    if (park && full()) {
+      // The queue is in deadline order: the first poll of lower priority is the one nearest
+      // its deadline.
+      auto lower = std::find_if(parked_.begin(), parked_.end(), [priority](const auto& entry) {
+        return entry.second.priority < priority;
+      });
+      if (lower != parked_.end()) {
+        displaced = std::move(lower->second.callback);
+        parked_.erase(lower);
+      } else {
         // Cohort members always keep a place: rounds.max_clients bounds them, and a member
         // that is told to come back slows every stage of the round by the wait.
-        parked_.emplace(deadline, ParkedPoll{priority, std::move(callback), std::move(abandoned)});
-      } else if (displaced == parked_.end()) {
-        refused = std::move(callback);
-      } else {
-        refused = std::move(displaced->second.callback);
-        parked_.erase(displaced);
-        parked_.emplace(deadline, ParkedPoll{priority, std::move(callback), std::move(abandoned)});
+        park = priority == PollPriority::kInRound;
       }
+    }
+    if (park) {
+      parked_.emplace(deadline, ParkedPoll{priority, std::move(callback), std::move(abandoned)});
     }
   }
   for (Callback& gone : abandoned_polls) gone(Reason::kExpired);
-  if (refused.has_value()) (*refused)(refusal);
+  if (displaced.has_value()) (*displaced)(Reason::kNoRoom);
+  if (!park) callback(refusal);
 }
 
 void PollHub::WakeAll() {

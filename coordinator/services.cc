@@ -386,7 +386,7 @@ grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContex
       response = std::move(*task);
     } else {
       v1::Idle* idle = response.mutable_idle();
-      // After a full wait the client polls again at once; the hub will have room for it.
+      // After a full wait the client polls again at once; told there was no room, it waits.
       if (reason == PollHub::Reason::kNoRoom) {
         *idle->mutable_retry_after() =
             TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(DeferredPollInterval()));
