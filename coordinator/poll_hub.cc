@@ -17,6 +17,7 @@ void PollHub::Park(absl::Time deadline, PollPriority priority, Callback callback
                    Abandoned abandoned) {
   std::vector<Callback> abandoned_polls;
   std::optional<Callback> displaced;
+  std::optional<Callback> refused;
   bool park = false;
   // A poll refused because the hub shuts down should come back at once: the client will find
   // the coordinator gone, or back.
@@ -57,11 +58,13 @@ void PollHub::Park(absl::Time deadline, PollPriority priority, Callback callback
     }
     if (park) {
       parked_.emplace(deadline, ParkedPoll{priority, std::move(callback), std::move(abandoned)});
+    } else {
+      refused = std::move(callback);
     }
   }
   for (Callback& gone : abandoned_polls) gone(Reason::kExpired);
   if (displaced.has_value()) (*displaced)(Reason::kNoRoom);
-  if (!park) callback(refusal);
+  if (refused.has_value()) (*refused)(refusal);
 }
 
 void PollHub::WakeAll() {
