@@ -1,5 +1,8 @@
 #include "privacy/noise.h"
 
+#include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
 #include <random>
 
@@ -55,6 +58,217 @@ int64_t DiscreteGaussianSampler::Sample(SecureRandom& random) const {
     const int64_t y = SampleDiscreteLaplace(random);
     const double distance = std::abs(static_cast<double>(y)) - center_;
     if (SampleBernoulliExpMinus(distance * distance / (2.0 * sigma_squared_), random)) return y;
+  }
+}
+
+namespace {
+
+// The first word of a tabulated draw, from the top: column bits, then these fields, then the
+// offset in the cell.
+constexpr int kCoinBits = 12;
+constexpr int kAcceptBits = 12;
+constexpr int kMaxColumnBits = 12;
+// Cells reach this many σ on each side; the mass beyond, below 2^-100, is never drawn.
+constexpr double kTableSigmas = 12.0;
+
+__extension__ using Uint128 = unsigned __int128;
+
+}  // namespace
+
+TabulatedDiscreteGaussian::TabulatedDiscreteGaussian(double sigma_squared, double cells_per_sigma)
+    : sigma_squared_(sigma_squared) {
+  const double sigma = std::sqrt(sigma_squared);
+  // t = 2^k ≤ σ/cells_per_sigma, at least 1.
+  const double widest = sigma / std::clamp(cells_per_sigma, 1.0, 64.0);
+  cell_bits_ = widest < 2.0 ? 0 : static_cast<int>(std::floor(std::log2(widest)));
+  cell_bits_ = std::min(cell_bits_, 62);
+  const int64_t width = cell_width();
+  negative_cells_ =
+      static_cast<int64_t>(std::ceil(kTableSigmas * sigma / static_cast<double>(width))) + 1;
+  column_bits_ = std::bit_width(static_cast<uint64_t>(2 * negative_cells_ - 1));
+  const size_t columns = size_t{1} << column_bits_;
+  one_word_ =
+      column_bits_ <= kMaxColumnBits && cell_bits_ <= 64 - column_bits_ - kCoinBits - kAcceptBits;
+
+  // Cell weights e^(-m²/(2σ²)) in long double, then as integers that sum to exactly
+  // columns·2^64, so that the alias table below is built without rounding.
+  std::vector<long double> weights(columns, 0.0L);
+  long double total = 0;
+  for (size_t c = 0; c < static_cast<size_t>(2 * negative_cells_); ++c) {
+    const auto nearest = static_cast<long double>(CandidateOf(c, 0).value);
+    weights[c] = std::exp(-nearest * nearest / (2.0L * static_cast<long double>(sigma_squared)));
+    total += weights[c];
+  }
+  const long double units = static_cast<long double>(columns) * 0x1.0p64L;
+  std::vector<Uint128> integer_weights(columns);
+  Uint128 assigned = 0;
+  size_t heaviest = 0;
+  for (size_t c = 0; c < columns; ++c) {
+    integer_weights[c] = static_cast<Uint128>(weights[c] / total * units);
+    assigned += integer_weights[c];
+    if (integer_weights[c] > integer_weights[heaviest]) heaviest = c;
+  }
+  const Uint128 capacity = Uint128{1} << 64;
+  integer_weights[heaviest] += static_cast<Uint128>(columns) * capacity - assigned;
+
+  // Vose's alias method: a light column is topped up from a heavy one, which may turn light.
+  threshold_.assign(columns, ~uint64_t{0});
+  alias_.resize(columns);
+  for (size_t c = 0; c < columns; ++c) alias_[c] = c;
+  std::vector<size_t> light;
+  std::vector<size_t> heavy;
+  for (size_t c = 0; c < columns; ++c) {
+    (integer_weights[c] < capacity ? light : heavy).push_back(c);
+  }
+  while (!light.empty() && !heavy.empty()) {
+    const size_t short_column = light.back();
+    light.pop_back();
+    const size_t donor = heavy.back();
+    threshold_[short_column] = static_cast<uint64_t>(integer_weights[short_column]);
+    alias_[short_column] = donor;
+    integer_weights[donor] -= capacity - integer_weights[short_column];
+    if (integer_weights[donor] < capacity) {
+      heavy.pop_back();
+      light.push_back(donor);
+    }
+  }
+  // What is left holds exactly one column's weight (the integers sum exactly), so it keeps
+  // its own cell whatever the coin.
+  packed_.resize(columns);
+  for (size_t c = 0; c < columns; ++c) {
+    packed_[c] = (threshold_[c] >> (64 - kCoinBits)) | (alias_[c] << 16);
+  }
+}
+
+TabulatedDiscreteGaussian::Candidate TabulatedDiscreteGaussian::CandidateOf(uint64_t cell,
+                                                                            uint64_t offset) const {
+  const int64_t j = static_cast<int64_t>(cell) - negative_cells_;
+  const int64_t width = cell_width();
+  // A negative cell counts its offset from its end nearest zero: x = j·t + (t - 1 - offset).
+  const bool negative = j < 0;
+  const auto from_start = static_cast<int64_t>(negative ? (width - 1) - offset : offset);
+  const int64_t value = j * width + from_start;
+  const int64_t nearest = negative ? (-j - 1) * width + 1 : j * width;
+  // x² - m² = offset·(2|m| + offset), exact in integers, then one rounding to double.
+  const auto off = static_cast<double>(offset);
+  const double gamma = off * (2.0 * static_cast<double>(nearest) + off) / (2.0 * sigma_squared_);
+  return {value, gamma};
+}
+
+int64_t TabulatedDiscreteGaussian::Finish(uint64_t word, SecureRandom& random) const {
+  const int accept_shift = 64 - column_bits_ - kCoinBits - kAcceptBits;
+  while (true) {
+    const uint64_t column = word >> (64 - column_bits_);
+    const uint64_t coin = (word >> (64 - column_bits_ - kCoinBits)) & ((1U << kCoinBits) - 1);
+    const uint64_t threshold_top = threshold_[column] >> (64 - kCoinBits);
+    uint64_t cell = alias_[column];
+    if (coin < threshold_top) {
+      cell = column;
+    } else if (coin == threshold_top) {
+      // The coin's next 52 bits decide.
+      const uint64_t rest = random() >> kCoinBits;
+      if (rest < (threshold_[column] & ((uint64_t{1} << (64 - kCoinBits)) - 1))) cell = column;
+    }
+    const uint64_t offset =
+        one_word_ ? word & ((uint64_t{1} << cell_bits_) - 1)
+                  : random() >> (64 - std::max(cell_bits_, 1)) & ((uint64_t{1} << cell_bits_) - 1);
+    const Candidate candidate = CandidateOf(cell, offset);
+    // Keep with probability e^-γ: the uniform's first 12 bits are in the word, the next 64
+    // come now. Double precision decides unless the uniform is within 2^-45 of e^-γ.
+    const auto accept_prefix =
+        static_cast<double>((word >> accept_shift) & ((1U << kAcceptBits) - 1));
+    const uint64_t more = random();
+    const double uniform = (accept_prefix + static_cast<double>(more) * 0x1.0p-64) * 0x1.0p-12;
+    const double keep = std::exp(-candidate.gamma);
+    constexpr double kMargin = 0x1.0p-45;
+    const bool kept =
+        uniform < keep - kMargin ||
+        (uniform <= keep + kMargin &&
+         (static_cast<long double>(accept_prefix) + static_cast<long double>(more) * 0x1.0p-64L) *
+                 0x1.0p-12L <
+             std::exp(-static_cast<long double>(candidate.gamma)));
+    if (kept) return candidate.value;
+    word = random();
+  }
+}
+
+int64_t TabulatedDiscreteGaussian::Sample(SecureRandom& random) const {
+  return Finish(random(), random);
+}
+
+namespace {
+
+// What the branch-free pass over first words needs of a TabulatedDiscreteGaussian.
+struct FirstWordLayout {
+  const uint64_t* packed;
+  int column_bits;
+  int coin_shift;
+  int accept_shift;
+  uint64_t offset_mask;
+  int64_t width;
+  int64_t negative_cells;
+  double gamma_per_unit;
+};
+
+// TabulatedDiscreteGaussian::CandidateOf without branches, for the draws that 12 coin bits and
+// 12 acceptance bits settle: a coin away from its column's threshold, and a uniform surely
+// below a lower bound of e^-γ. The others are flagged. A free function with unaliased pointers, so
+// that the loop vectorises.
+void SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict words, size_t count,
+                      int64_t* __restrict values, uint8_t* __restrict unsettled) {
+  const uint64_t* __restrict packed = layout.packed;
+  constexpr uint64_t kFieldMask = (uint64_t{1} << kCoinBits) - 1;
+  static_assert(kCoinBits == kAcceptBits);
+  for (size_t i = 0; i < count; ++i) {
+    const uint64_t word = words[i];
+    const uint64_t column = word >> (64 - layout.column_bits);
+    const uint64_t coin = (word >> layout.coin_shift) & kFieldMask;
+    const uint64_t entry = packed[column];
+    const uint64_t threshold_top = entry & 0xffff;
+    const uint64_t cell = coin < threshold_top ? column : entry >> 16;
+    const auto j = static_cast<int64_t>(cell) - layout.negative_cells;
+    const int64_t negative = j >> 63;  // all ones for a negative cell
+    const auto offset = static_cast<int64_t>(word & layout.offset_mask);
+    const auto mirror = static_cast<int64_t>(layout.offset_mask) & negative;
+    const int64_t nearest = (j ^ negative) * layout.width + (negative & 1);
+    const auto off = static_cast<double>(offset);
+    const double gamma = off * (2.0 * static_cast<double>(nearest) + off) * layout.gamma_per_unit;
+    const auto accept = static_cast<double>((word >> layout.accept_shift) & kFieldMask);
+    values[i] = j * layout.width + (offset ^ mirror);
+    // 1 - γ + γ²/2 - γ³/6 ≤ e^-γ for γ ≥ 0.
+    const double keep_at_least = 1.0 - gamma * (1.0 - gamma * (0.5 - gamma * (1.0 / 6.0)));
+    unsettled[i] =
+        static_cast<uint8_t>((coin == threshold_top) | (accept + 1.0 > keep_at_least * 0x1.0p12));
+  }
+}
+
+}  // namespace
+
+void TabulatedDiscreteGaussian::Fill(std::span<int64_t> out, SecureRandom& random) const {
+  if (!one_word_) {
+    for (int64_t& value : out) value = Sample(random);
+    return;
+  }
+  const int coin_shift = 64 - column_bits_ - kCoinBits;
+  const FirstWordLayout layout{packed_.data(),
+                               column_bits_,
+                               coin_shift,
+                               coin_shift - kAcceptBits,
+                               (uint64_t{1} << cell_bits_) - 1,
+                               cell_width(),
+                               negative_cells_,
+                               1.0 / (2.0 * sigma_squared_)};
+  constexpr size_t kBatch = 1024;
+  std::array<uint64_t, kBatch> words;
+  std::array<uint8_t, kBatch> unsettled;
+  for (size_t start = 0; start < out.size(); start += kBatch) {
+    const size_t count = std::min(kBatch, out.size() - start);
+    random.Fill(std::span(words.data(), count));
+    int64_t* batch = out.data() + start;
+    SettleFirstWords(layout, words.data(), count, batch, unsettled.data());
+    for (size_t i = 0; i < count; ++i) {
+      if (unsettled[i] != 0) batch[i] = Finish(words[i], random);
+    }
   }
 }
 

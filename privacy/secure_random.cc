@@ -4,6 +4,7 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -45,13 +46,30 @@ absl::StatusOr<SecureRandom> SecureRandom::FromSeed(std::string_view seed,
   return random;
 }
 
+void SecureRandom::WriteKeystream(std::span<uint64_t> words) {
+  // The keystream is the encryption of zeros; CTR mode continues it across calls.
+  constexpr size_t kChunkWords = size_t{1} << 16;
+  for (size_t done = 0; done < words.size(); done += kChunkWords) {
+    const std::span<uint64_t> chunk =
+        words.subspan(done, std::min(kChunkWords, words.size() - done));
+    std::memset(chunk.data(), 0, chunk.size_bytes());
+    auto* bytes = reinterpret_cast<unsigned char*>(chunk.data());
+    int written = 0;
+    EVP_EncryptUpdate(cipher_.get(), bytes, &written, bytes, static_cast<int>(chunk.size_bytes()));
+  }
+}
+
 void SecureRandom::Refill() {
-  // The keystream is the encryption of zeros.
-  std::memset(buffer_.data(), 0, sizeof(buffer_));
-  int written = 0;
-  auto* bytes = reinterpret_cast<unsigned char*>(buffer_.data());
-  EVP_EncryptUpdate(cipher_.get(), bytes, &written, bytes, static_cast<int>(sizeof(buffer_)));
+  WriteKeystream(buffer_);
   position_ = 0;
+}
+
+void SecureRandom::Fill(std::span<uint64_t> words) {
+  size_t done = 0;
+  while (done < words.size() && position_ < kBufferWords) words[done++] = buffer_[position_++];
+  // The rest straight from the cipher, leaving the buffer empty: the same words as refilling
+  // and draining it.
+  WriteKeystream(words.subspan(done));
 }
 
 namespace {

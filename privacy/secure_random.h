@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <span>
 #include <string_view>
 
 #include "absl/status/statusor.h"
@@ -39,6 +40,9 @@ class SecureRandom {
     return buffer_[position_++];
   }
 
+  // words[i] = (*this)(), for every i: the same stream, written in bulk.
+  void Fill(std::span<uint64_t> words);
+
   // Uniform in [0, 1), with 53 random bits.
   double UniformDouble() { return static_cast<double>((*this)() >> 11) * 0x1.0p-53; }
   // Uniform in [0, bound), without modulo bias. bound ≥ 1.
@@ -53,6 +57,7 @@ class SecureRandom {
       : cipher_(std::move(cipher)) {}
   static absl::StatusOr<SecureRandom> FromKey(const unsigned char* key);
   void Refill();
+  void WriteKeystream(std::span<uint64_t> words);
 
   static constexpr size_t kBufferWords = 512;
   std::unique_ptr<EVP_CIPHER_CTX, CipherDeleter> cipher_;

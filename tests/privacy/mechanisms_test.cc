@@ -74,6 +74,32 @@ void CheckSampler(Sampler sample, const Exact& exact, int64_t tail_from, const c
   }
 }
 
+// Every value's frequency against its probability, where the probability is at least 10^-4,
+// so that a table sampler's cells, offsets and acceptance are each seen many times.
+void CheckEveryLikelyValue(const std::vector<int64_t>& draws, const Exact& exact,
+                           const std::string& name) {
+  std::map<int64_t, int64_t> counts;
+  for (int64_t x : draws) ++counts[x];
+  const auto n = static_cast<double>(draws.size());
+  int checked = 0;
+  for (const auto& [x, p] : exact.pmf) {
+    if (p < 1e-4) continue;
+    ++checked;
+    const double observed = static_cast<double>(counts[x]) / n;
+    EXPECT_NEAR(observed, p, 5 * std::sqrt(p * (1 - p) / n)) << name << " P(" << x << ")";
+  }
+  EXPECT_GT(checked, 0) << name;
+}
+
+Exact DiscreteGaussianLaw(double sigma_squared, int64_t tail_from) {
+  const double sigma = std::sqrt(sigma_squared);
+  return ExactDistribution(
+      [&](int64_t x) {
+        return -static_cast<double>(x) * static_cast<double>(x) / (2 * sigma_squared);
+      },
+      static_cast<int64_t>(40 * sigma) + 10, tail_from);
+}
+
 TEST(NoiseTest, BernoulliExpMinusHasProbabilityExpMinusGamma) {
   SecureRandom random = TestRandom('b');
   for (double gamma : {0.0, 0.3, 1.0, 2.7}) {
@@ -91,11 +117,73 @@ TEST(NoiseTest, DiscreteGaussianMatchesItsExactDistribution) {
     SecureRandom random = TestRandom('g');
     const double sigma = std::sqrt(sigma_squared);
     const auto tail_from = static_cast<int64_t>(std::ceil(3 * sigma));
-    const Exact exact = ExactDistribution(
-        [&](int64_t x) { return -static_cast<double>(x * x) / (2 * sigma_squared); },
-        static_cast<int64_t>(40 * sigma) + 10, tail_from);
+    const Exact exact = DiscreteGaussianLaw(sigma_squared, tail_from);
     const DiscreteGaussianSampler sampler(sigma_squared);
     CheckSampler([&] { return sampler.Sample(random); }, exact, tail_from, "discrete gaussian");
+  }
+}
+
+TEST(NoiseTest, TabulatedDiscreteGaussianMatchesItsExactDistribution) {
+  // cells_per_sigma 1 makes cells as wide as σ, so that the in-cell acceptance (and the way
+  // negative cells count their offsets) shapes the law visibly; at 64, cells are single values
+  // for these σ, and the alias table alone is checked.
+  struct Case {
+    double sigma_squared;
+    double cells_per_sigma;
+    int64_t width;
+  };
+  for (const Case& c : {Case{0.6, 64, 1}, Case{4.0, 64, 1}, Case{250.0, 64, 1}, Case{250.0, 1, 8},
+                        Case{4000.0, 1, 32}, Case{4000.0, 4, 8}}) {
+    const TabulatedDiscreteGaussian sampler(c.sigma_squared, c.cells_per_sigma);
+    EXPECT_EQ(sampler.cell_width(), c.width) << c.sigma_squared;
+    const auto tail_from = static_cast<int64_t>(std::ceil(3 * std::sqrt(c.sigma_squared)));
+    const Exact exact = DiscreteGaussianLaw(c.sigma_squared, tail_from);
+    const std::string name = "tabulated σ²=" + std::to_string(c.sigma_squared) +
+                             " cells/σ=" + std::to_string(c.cells_per_sigma);
+    // In bulk, the way the encoder draws...
+    SecureRandom random = TestRandom('t');
+    std::vector<int64_t> draws(kDraws);
+    sampler.Fill(draws, random);
+    size_t next = 0;
+    CheckSampler([&] { return draws[next++]; }, exact, tail_from, name.c_str());
+    CheckEveryLikelyValue(draws, exact, name + " (bulk)");
+    // ...and one at a time, which takes the slow path from the first word.
+    for (int64_t& x : draws) x = sampler.Sample(random);
+    CheckEveryLikelyValue(draws, exact, name + " (single)");
+  }
+}
+
+TEST(NoiseTest, TabulatedDiscreteGaussianAtTheScaleOfRealNoise) {
+  // σ ≈ 1.4·10^8, the local noise of a 32-bit ring with three clients: cells of 2^21 values and
+  // the one-word fast path. The pmf is the continuous normal density to within 10^-16 here, so
+  // the check is on the moments and on the shape in bins of σ/4.
+  const double sigma = 1.4e8;
+  const TabulatedDiscreteGaussian sampler(sigma * sigma);
+  EXPECT_EQ(sampler.cell_width(), int64_t{1} << 21);
+  SecureRandom random = TestRandom('r');
+  std::vector<int64_t> draws(kDraws);
+  sampler.Fill(draws, random);
+  constexpr int kBins = 24;  // [-3σ, 3σ) in quarters of σ
+  std::vector<int64_t> counts(kBins);
+  double sum = 0;
+  double squares = 0;
+  for (int64_t x : draws) {
+    const double scaled = static_cast<double>(x) / sigma;
+    sum += scaled;
+    squares += scaled * scaled;
+    const auto bin = static_cast<int>(std::floor((scaled + 3.0) * 4.0));
+    if (bin >= 0 && bin < kBins) ++counts[static_cast<size_t>(bin)];
+  }
+  const double n = kDraws;
+  EXPECT_NEAR(sum / n, 0.0, 5 / std::sqrt(n));
+  EXPECT_NEAR(squares / n, 1.0, 5 * std::sqrt(2.0 / n));
+  for (int b = 0; b < kBins; ++b) {
+    const double low = -3.0 + b / 4.0;
+    const double p =
+        0.5 * (std::erfc(-(low + 0.25) / std::sqrt(2.0)) - std::erfc(-low / std::sqrt(2.0)));
+    EXPECT_NEAR(static_cast<double>(counts[static_cast<size_t>(b)]) / n, p,
+                5 * std::sqrt(p * (1 - p) / n))
+        << "bin from " << low << "σ";
   }
 }
 
