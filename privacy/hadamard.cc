@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "privacy/secure_random.h"
@@ -11,61 +13,123 @@ namespace fedmoe::privacy {
 
 namespace {
 
-// Butterflies of one pass over [begin, begin + size), pairing elements `half` apart.
-void Radix2Pass(double* data, size_t size, size_t half) {
+// Butterflies of one level over [0, size), pairing elements `half` apart.
+template <typename T>
+void Radix2Pass(T* data, size_t size, size_t half) {
   for (size_t block = 0; block < size; block += 2 * half) {
-    double* left = data + block;
-    double* right = left + half;
+    T* left = data + block;
+    T* right = left + half;
     for (size_t i = 0; i < half; ++i) {
-      const double a = left[i];
-      const double b = right[i];
+      const T a = left[i];
+      const T b = right[i];
       left[i] = a + b;
       right[i] = a - b;
     }
   }
 }
 
-// Two passes (strides `half` and 2·`half`) in one sweep over memory.
-void Radix4Pass(double* data, size_t size, size_t half) {
-  for (size_t block = 0; block < size; block += 4 * half) {
-    double* p0 = data + block;
-    double* p1 = p0 + half;
-    double* p2 = p1 + half;
-    double* p3 = p2 + half;
-    for (size_t i = 0; i < half; ++i) {
-      const double a = p0[i] + p1[i];
-      const double b = p0[i] - p1[i];
-      const double c = p2[i] + p3[i];
-      const double d = p2[i] - p3[i];
-      p0[i] = a + c;
-      p1[i] = b + d;
-      p2[i] = a - c;
-      p3[i] = b - d;
+// Sizes up to this run all their levels block by block, while the block is in L1 cache.
+constexpr size_t kCacheBlock = 2048;
+
+// The levels with halves below a vector's lane count pair lanes of one vector: a shuffle and a
+// select each, in GCC/Clang vector extensions sized to what the target compiles for (so that
+// no vector crosses a call with a different ABI).
+#if defined(__AVX512F__)
+constexpr size_t kVectorBytes = 64;
+#elif defined(__AVX2__)
+constexpr size_t kVectorBytes = 32;
+#else
+constexpr size_t kVectorBytes = 16;
+#endif
+
+template <typename T>
+struct Lanes {
+  using Vector [[gnu::vector_size(kVectorBytes)]] = T;
+  using Mask [[gnu::vector_size(kVectorBytes)]] = int64_t;
+  static constexpr size_t kCount = kVectorBytes / sizeof(T);
+};
+
+template <typename T, size_t kHalf, size_t... kLane>
+void InVectorLevel(typename Lanes<T>::Vector& v, std::index_sequence<kLane...> /*lanes*/) {
+  const typename Lanes<T>::Vector partner = __builtin_shufflevector(v, v, (kLane ^ kHalf)...);
+  const typename Lanes<T>::Mask upper = {((kLane & kHalf) != 0 ? int64_t{-1} : int64_t{0})...};
+  v = upper ? partner - v : partner + v;
+}
+
+template <typename T, size_t kHalf = 1>
+void InVectorLevels(typename Lanes<T>::Vector& v) {
+  if constexpr (kHalf < Lanes<T>::kCount) {
+    InVectorLevel<T, kHalf>(v, std::make_index_sequence<Lanes<T>::kCount>());
+    InVectorLevels<T, kHalf * 2>(v);
+  }
+}
+
+// The levels of halves 1 … lanes/2 over data[0, size), size a multiple of the lanes.
+template <typename T>
+void InVectorPass(T* data, size_t size) {
+  using Vector = typename Lanes<T>::Vector;
+  for (size_t i = 0; i < size; i += Lanes<T>::kCount) {
+    Vector v;
+    std::memcpy(&v, data + i, sizeof(v));
+    InVectorLevels<T>(v);
+    std::memcpy(data + i, &v, sizeof(v));
+  }
+}
+
+// Three levels (halves `half`, 2·`half`, 4·`half`) in one sweep: each group of eight vectors
+// is loaded once and transformed in registers. `half` is a multiple of the lanes.
+template <typename T>
+void Radix8Pass(T* data, size_t size, size_t half) {
+  using Vector = typename Lanes<T>::Vector;
+  for (size_t block = 0; block < size; block += 8 * half) {
+    T* p = data + block;
+    for (size_t i = 0; i < half; i += Lanes<T>::kCount) {
+      Vector x[8];
+      for (size_t k = 0; k < 8; ++k) std::memcpy(&x[k], p + i + k * half, sizeof(Vector));
+      for (size_t stride = 1; stride < 8; stride *= 2) {
+        for (size_t k = 0; k < 8; ++k) {
+          if ((k & stride) != 0) continue;
+          const Vector a = x[k];
+          const Vector b = x[k + stride];
+          x[k] = a + b;
+          x[k + stride] = a - b;
+        }
+      }
+      for (size_t k = 0; k < 8; ++k) std::memcpy(p + i + k * half, &x[k], sizeof(Vector));
     }
   }
 }
 
-// Passes with strides below this run block by block while the block is in L1/L2 cache.
-constexpr size_t kCacheBlock = 2048;
-
 }  // namespace
+
+template <typename T>
+void WalshHadamardLevels(T* data, size_t size, size_t first_half, size_t end_half) {
+  size_t half = first_half;
+  if (half == 1 && end_half >= Lanes<T>::kCount && size % Lanes<T>::kCount == 0) {
+    InVectorPass(data, size);
+    half = Lanes<T>::kCount;
+  }
+  while (half < end_half) {
+    if (half * 8 <= end_half && half % Lanes<T>::kCount == 0) {
+      Radix8Pass(data, size, half);
+      half *= 8;
+    } else {
+      Radix2Pass(data, size, half);
+      half *= 2;
+    }
+  }
+}
+
+template void WalshHadamardLevels(double*, size_t, size_t, size_t);
+template void WalshHadamardLevels(uint64_t*, size_t, size_t, size_t);
 
 void FastWalshHadamard(std::span<double> data) {
   const size_t n = data.size();
   const size_t block = std::min(n, kCacheBlock);
   for (size_t start = 0; start < n; start += block) {
-    for (size_t half = 1; half < block; half *= 2) Radix2Pass(data.data() + start, block, half);
+    WalshHadamardLevels(data.data() + start, block, 1, block);
   }
-  // The wide strides stream through memory: two passes per sweep halve the traffic.
-  for (size_t half = block; half < n;) {
-    if (half * 4 <= n) {
-      Radix4Pass(data.data(), n, half);
-      half *= 4;
-    } else {
-      Radix2Pass(data.data(), n, half);
-      half *= 2;
-    }
-  }
+  WalshHadamardLevels(data.data(), n, block, n);
 }
 
 absl::StatusOr<RandomizedHadamard> RandomizedHadamard::Create(size_t dimension,
@@ -82,32 +146,47 @@ absl::StatusOr<RandomizedHadamard> RandomizedHadamard::Create(size_t dimension,
   return RandomizedHadamard(dimension, padded, std::move(bits));
 }
 
-template <typename T>
-absl::Status RandomizedHadamard::RotateImpl(std::span<const T> input, double multiplier,
-                                            std::span<double> output) const {
+absl::Status RandomizedHadamard::Rotate(std::span<const double> input,
+                                        std::span<double> output) const {
   if (input.size() != dimension_ || output.size() != padded_dimension_) {
     return absl::InvalidArgumentError(
         absl::StrCat("rotation of dimension ", dimension_, " (padded ", padded_dimension_, ") got ",
                      input.size(), " values in and room for ", output.size()));
   }
-  // 1/√n goes in before the transform, with the caller's multiplier: one pass fewer.
-  const double scale = multiplier / std::sqrt(static_cast<double>(padded_dimension_));
-  for (size_t i = 0; i < dimension_; ++i) {
-    output[i] = ApplySign(i, scale * static_cast<double>(input[i]));
-  }
+  // 1/√n goes in before the transform: one pass fewer.
+  const double scale = 1.0 / std::sqrt(static_cast<double>(padded_dimension_));
+  for (size_t i = 0; i < dimension_; ++i) output[i] = ApplySign(i, scale * input[i]);
   for (size_t i = dimension_; i < padded_dimension_; ++i) output[i] = 0.0;
   FastWalshHadamard(output);
   return absl::OkStatus();
 }
 
-absl::Status RandomizedHadamard::Rotate(std::span<const double> input,
-                                        std::span<double> output) const {
-  return RotateImpl(input, 1.0, output);
+namespace {
+
+// out[k] = ±trunc(scale·input[k]), negative where bit first_sign + k of `signs` is set. Unaliased
+// pointers, so that the loop vectorises.
+void SignedFixedPoint(const float* __restrict input, size_t count, const uint64_t* __restrict signs,
+                      size_t first_sign, double scale, uint64_t* __restrict out) {
+  for (size_t k = 0; k < count; ++k) {
+    const size_t bit = first_sign + k;
+    const bool negative = ((signs[bit / 64] >> (bit % 64)) & 1) != 0;
+    const double value = scale * static_cast<double>(input[k]);
+    out[k] = static_cast<uint64_t>(static_cast<int64_t>(negative ? -value : value));
+  }
 }
 
-absl::Status RandomizedHadamard::RotateScaled(std::span<const float> input, double multiplier,
-                                              std::span<double> output) const {
-  return RotateImpl(input, multiplier, output);
+}  // namespace
+
+void RandomizedHadamard::FixedPointBlock(std::span<const float> input, size_t begin,
+                                         double multiplier, int fraction_bits,
+                                         std::span<uint64_t> out) const {
+  const double scale =
+      std::ldexp(multiplier / std::sqrt(static_cast<double>(padded_dimension_)), fraction_bits);
+  const size_t inside = begin < dimension_ ? std::min(out.size(), dimension_ - begin) : 0;
+  // Truncated, off by less than one unit of 2^-F; as two's complement, whose sums in the
+  // transform wrap mod 2^64 exactly as int64 sums would.
+  SignedFixedPoint(input.data() + begin, inside, sign_bits_.data(), begin, scale, out.data());
+  std::fill(out.begin() + static_cast<std::ptrdiff_t>(inside), out.end(), uint64_t{0});
 }
 
 absl::Status RandomizedHadamard::Unrotate(std::span<const double> input,

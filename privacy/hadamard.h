@@ -19,6 +19,14 @@ namespace fedmoe::privacy {
 // In place, unnormalised, O(n log n). n must be a power of two.
 void FastWalshHadamard(std::span<double> data);
 
+// Some levels of that transform over data[0, size): for half = first_half, 2·first_half, …
+// below end_half, the butterflies (a, b) → (a + b, a - b) of elements `half` apart. The levels
+// commute, so a caller may split them to keep its working set in cache: each 2^k-block alone
+// (halves 1 … 2^(k-1)), then across blocks. For double and uint64_t (two's-complement
+// integers, whose sums wrap exactly as int64 sums do).
+template <typename T>
+void WalshHadamardLevels(T* data, size_t size, size_t first_half, size_t end_half);
+
 class RandomizedHadamard {
  public:
   // `seed` is 32 bytes (PrivacySpec.rotation_seed).
@@ -29,9 +37,14 @@ class RandomizedHadamard {
 
   // `input` has dimension() values, `output` padded_dimension().
   absl::Status Rotate(std::span<const double> input, std::span<double> output) const;
-  // Rotates multiplier·input, with the multiplication folded into the first pass.
-  absl::Status RotateScaled(std::span<const float> input, double multiplier,
-                            std::span<double> output) const;
+  // The input of the transform in fixed point, for out.size() coordinates from `begin`:
+  // out[k] = trunc(D·multiplier·input/√n · 2^fraction_bits) at begin + k, as a two's-complement
+  // int64, and 0 in the padding. FastWalshHadamard of the whole vector of these, which a caller
+  // may run in pieces with WalshHadamardLevels, is then the rotation of multiplier·input in
+  // fixed point: exact in integers, its only rounding here.
+  void FixedPointBlock(std::span<const float> input, size_t begin, double multiplier,
+                       int fraction_bits, std::span<uint64_t> out) const;
+
   // The inverse: `input` has padded_dimension() values, `output` dimension() (the padding,
   // which a rotated sum fills with noise, is dropped).
   // The same inverse on a padded vector, in place; `values` is shrunk to the dimension (its
@@ -48,9 +61,6 @@ class RandomizedHadamard {
     const uint64_t flip = ((sign_bits_[i / 64] >> (i % 64)) & 1) << 63;
     return std::bit_cast<double>(std::bit_cast<uint64_t>(value) ^ flip);
   }
-  template <typename T>
-  absl::Status RotateImpl(std::span<const T> input, double multiplier,
-                          std::span<double> output) const;
 
   size_t dimension_;
   size_t padded_dimension_;

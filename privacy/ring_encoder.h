@@ -7,6 +7,7 @@
 #define FEDMOE_PRIVACY_RING_ENCODER_H_
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -53,6 +54,9 @@ class RingEncoder {
 
   absl::StatusOr<std::vector<uint64_t>> Encode(std::span<const float> update,
                                                SecureRandom& random) const;
+  // The same into `encoded`, of encoded_dimension() values, which a caller can reuse.
+  absl::Status EncodeInto(std::span<const float> update, SecureRandom& random,
+                          std::span<uint64_t> encoded) const;
   absl::StatusOr<std::vector<double>> DecodeSum(std::span<const uint64_t> sum) const;
 
   // sum[i] = (sum[i] + values[i]) mod 2^bits.
@@ -65,6 +69,8 @@ class RingEncoder {
 
   RandomizedHadamard rotation_;
   RingEncoding encoding_;
+  // Built once for the encoding's variance when the mechanism is the discrete Gaussian.
+  std::shared_ptr<const TabulatedDiscreteGaussian> discrete_gaussian_;
 };
 
 }  // namespace fedmoe::privacy
