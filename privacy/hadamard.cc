@@ -46,7 +46,13 @@ template <typename T>
 struct Lanes {
   using Vector [[gnu::vector_size(kVectorBytes)]] = T;
   using Mask [[gnu::vector_size(kVectorBytes)]] = int64_t;
+  // For loads and stores at any element: a memcpy into a Vector may go through the stack in
+  // halves, whose reload then stalls on store forwarding.
+  using Unaligned [[gnu::vector_size(kVectorBytes), gnu::aligned(alignof(T)), gnu::may_alias]] = T;
   static constexpr size_t kCount = kVectorBytes / sizeof(T);
+
+  static Vector Load(const T* p) { return *reinterpret_cast<const Unaligned*>(p); }
+  static void Store(T* p, const Vector& v) { *reinterpret_cast<Unaligned*>(p) = v; }
 };
 
 template <typename T, size_t kHalf, size_t... kLane>
@@ -69,10 +75,9 @@ template <typename T>
 void InVectorPass(T* data, size_t size) {
   using Vector = typename Lanes<T>::Vector;
   for (size_t i = 0; i < size; i += Lanes<T>::kCount) {
-    Vector v;
-    std::memcpy(&v, data + i, sizeof(v));
+    Vector v = Lanes<T>::Load(data + i);
     InVectorLevels<T>(v);
-    std::memcpy(data + i, &v, sizeof(v));
+    Lanes<T>::Store(data + i, v);
   }
 }
 
@@ -85,7 +90,7 @@ void Radix8Pass(T* data, size_t size, size_t half) {
     T* p = data + block;
     for (size_t i = 0; i < half; i += Lanes<T>::kCount) {
       Vector x[8];
-      for (size_t k = 0; k < 8; ++k) std::memcpy(&x[k], p + i + k * half, sizeof(Vector));
+      for (size_t k = 0; k < 8; ++k) x[k] = Lanes<T>::Load(p + i + k * half);
       for (size_t stride = 1; stride < 8; stride *= 2) {
         for (size_t k = 0; k < 8; ++k) {
           if ((k & stride) != 0) continue;
@@ -95,7 +100,7 @@ void Radix8Pass(T* data, size_t size, size_t half) {
           x[k + stride] = a - b;
         }
       }
-      for (size_t k = 0; k < 8; ++k) std::memcpy(p + i + k * half, &x[k], sizeof(Vector));
+      for (size_t k = 0; k < 8; ++k) Lanes<T>::Store(p + i + k * half, x[k]);
     }
   }
 }

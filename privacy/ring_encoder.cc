@@ -40,22 +40,14 @@ Range ShardOf(size_t s, size_t shards, size_t count) {
   return {s * count / shards, (s + 1) * count / shards};
 }
 
-// In eight partial sums, so that the loop vectorises without reassociating additions.
-template <typename T>
-double SumOfSquares(std::span<const T> values) {
-  constexpr size_t kLanes = 8;
-  std::array<double, kLanes> partial{};
-  const size_t whole = values.size() - values.size() % kLanes;
-  for (size_t i = 0; i < whole; i += kLanes) {
-    for (size_t lane = 0; lane < kLanes; ++lane) {
-      const auto value = static_cast<double>(values[i + lane]);
-      partial[lane] += value * value;
-    }
+// An OpenMP SIMD reduction, so that the loop vectorises (the order of the additions is free).
+double SumOfSquares(std::span<const float> values) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t i = 0; i < values.size(); ++i) {
+    sum += static_cast<double>(values[i]) * static_cast<double>(values[i]);
   }
-  for (size_t i = whole; i < values.size(); ++i) {
-    partial[0] += static_cast<double>(values[i]) * static_cast<double>(values[i]);
-  }
-  return std::accumulate(partial.begin(), partial.end(), 0.0);
+  return sum;
 }
 
 // The rotation runs in two sweeps over memory: the levels inside blocks of this many
@@ -73,60 +65,74 @@ int FixedPointFractionBits(double scaled_norm, size_t padded_dimension) {
   return std::clamp(static_cast<int>(std::floor(std::log2(room / scaled_norm))), 0, 62);
 }
 
-// Randomized rounding of `count` fixed-point values with F fraction bits to integers: up with
-// probability equal to the fraction. 16 random bits decide, and the 2^-16 of ties draw the
-// rest. Writes two's-complement integers to `out` and returns the sum of their squares.
-double RoundFixedPoint(const uint64_t* fixed, size_t count, int fraction_bits, SecureRandom& random,
-                       uint64_t* out) {
+// One chunk of RoundFixedPoint, the part that 16 random bits decide: values[i] becomes ⌊v⌋ + 1
+// when uniforms[i] is below the fraction's top 16 bits, else ⌊v⌋; ties are flagged. Adds the
+// squares to `squares` and returns the number of ties. Unaliased pointers and an OpenMP SIMD
+// reduction, so that the loop vectorises.
+struct FixedPointLayout {
+  int fraction_bits;
+  uint64_t fraction_mask;
+  // The fraction's top 16 bits are (fraction >> below_top) << above.
+  int below_top;
+  int above;
+};
+
+size_t RoundChunk(const FixedPointLayout layout, uint64_t* __restrict values,
+                  const uint16_t* __restrict uniforms, size_t count, uint8_t* __restrict ties,
+                  double& squares) {
+  size_t tie_count = 0;
+  double sum = 0;
+#pragma omp simd reduction(+ : sum, tie_count)
+  for (size_t i = 0; i < count; ++i) {
+    const uint64_t top = ((values[i] & layout.fraction_mask) >> layout.below_top) << layout.above;
+    const uint64_t up = uniforms[i] < top ? 1 : 0;
+    const uint64_t tie = uniforms[i] == top ? 1 : 0;
+    const int64_t value =
+        (static_cast<int64_t>(values[i]) >> layout.fraction_bits) + static_cast<int64_t>(up);
+    ties[i] = static_cast<uint8_t>(tie);
+    tie_count += tie;
+    values[i] = static_cast<uint64_t>(value);
+    const auto rounded = static_cast<double>(value);
+    sum += rounded * rounded;
+  }
+  squares += sum;
+  return tie_count;
+}
+
+// Randomized rounding of fixed-point values with F fraction bits to integers, in place: up
+// with probability equal to the fraction. 16 random bits decide, and the 2^-16 of ties draw
+// the rest. Leaves two's-complement integers and returns the sum of their squares.
+double RoundFixedPoint(std::span<uint64_t> values, int fraction_bits, SecureRandom& random) {
   constexpr size_t kChunk = 1024;
-  constexpr size_t kLanes = 8;
-  static_assert(kChunk % (4 * kLanes) == 0);
-  const uint64_t fraction_mask = fraction_bits == 0 ? 0 : ~uint64_t{0} >> (64 - fraction_bits);
-  const int below_top = std::max(fraction_bits - 16, 0);
-  const int above = std::max(16 - fraction_bits, 0);
+  const FixedPointLayout layout{fraction_bits,
+                                fraction_bits == 0 ? 0 : ~uint64_t{0} >> (64 - fraction_bits),
+                                std::max(fraction_bits - 16, 0), std::max(16 - fraction_bits, 0)};
   std::array<uint64_t, kChunk / 4> words;
-  std::array<uint8_t, kChunk> tie;
+  std::array<uint16_t, kChunk> uniforms;
+  std::array<uint8_t, kChunk> ties;
+  std::array<uint64_t, kChunk> fractions;
   double squares = 0;
-  for (size_t start = 0; start < count; start += kChunk) {
-    const size_t n = std::min(kChunk, count - start);
-    random.Fill(std::span(words.data(), (n + 3) / 4));
-    const uint64_t* in = fixed + start;
-    uint64_t* rounded = out + start;
-    // Eight partial sums, so that the loop vectorises without reassociating additions.
-    std::array<double, kLanes> partial{};
-    const size_t whole = n - n % kLanes;
-    auto round_one = [&](size_t i) {
-      const uint64_t fraction = in[i] & fraction_mask;
-      const uint64_t top = (fraction >> below_top) << above;
-      const uint64_t uniform = (words[i / 4] >> (16 * (i % 4))) & 0xffff;
-      const int64_t value =
-          (static_cast<int64_t>(in[i]) >> fraction_bits) + (uniform < top ? 1 : 0);
-      tie[i] = static_cast<uint8_t>(uniform == top);
-      rounded[i] = static_cast<uint64_t>(value);
-      return static_cast<double>(value);
-    };
-    for (size_t i = 0; i < whole; i += kLanes) {
-      for (size_t lane = 0; lane < kLanes; ++lane) {
-        const double value = round_one(i + lane);
-        partial[lane] += value * value;
-      }
-    }
-    for (size_t i = whole; i < n; ++i) {
-      const double value = round_one(i);
-      partial[0] += value * value;
-    }
+  for (size_t start = 0; start < values.size(); start += kChunk) {
+    const size_t count = std::min(kChunk, values.size() - start);
+    random.Fill(std::span(words.data(), (count + 3) / 4));
+    std::memcpy(uniforms.data(), words.data(), count * sizeof(uint16_t));
+    uint64_t* chunk = values.data() + start;
+    // The fractions' rest, for ties.
+    if (layout.below_top > 0) std::copy_n(chunk, count, fractions.begin());
+    const size_t tie_count =
+        RoundChunk(layout, chunk, uniforms.data(), count, ties.data(), squares);
     // A tie of the top 16 bits: the uniform is below the fraction when its next bits are below
     // the fraction's rest (none left, and it is not).
-    if (below_top > 0) {
-      const uint64_t rest_mask = (uint64_t{1} << below_top) - 1;
-      for (size_t i = 0; i < n; ++i) {
-        if (tie[i] == 0 || (in[i] & rest_mask) <= (random() >> (64 - below_top))) continue;
-        const auto value = static_cast<double>(static_cast<int64_t>(rounded[i]));
-        rounded[i] += 1;
-        partial[0] += 2 * value + 1;
+    if (tie_count == 0 || layout.below_top == 0) continue;
+    const uint64_t rest_mask = (uint64_t{1} << layout.below_top) - 1;
+    for (size_t i = 0; i < count; ++i) {
+      if (ties[i] == 0 || (fractions[i] & rest_mask) <= (random() >> (64 - layout.below_top))) {
+        continue;
       }
+      const auto value = static_cast<double>(static_cast<int64_t>(chunk[i]));
+      chunk[i] += 1;
+      squares += 2 * value + 1;
     }
-    for (double p : partial) squares += p;
   }
   return squares;
 }
@@ -228,7 +234,6 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
   std::vector<double> shard_squares(shards);
   std::barrier phase_end(static_cast<std::ptrdiff_t>(shards));
   bool within_bound = false;  // written by shard 0 between barriers
-  const uint64_t ring_mask = RingMask(encoding_.ring_bits);
 
   auto run_shard = [&](size_t s) {
     SecureRandom& stream = streams[s];
@@ -256,6 +261,10 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
         WalshHadamardLevels(coordinates.data(), block, 1, block);
       }
       phase_end.arrive_and_wait();
+      // Each slab: the levels across blocks, rounding, then this client's share of the noise
+      // and the reduction mod 2^b (two's complement makes it a mask, for negative values too).
+      // The noise goes in before the norm check, which is on the rounded values: should the
+      // check fail, the noise is thrown away with the rounding, and drawn afresh.
       const Range columns = ShardOf(s, shards, slabs);
       double rounded_squares = 0;
       for (size_t slab = columns.begin; slab < columns.end; ++slab) {
@@ -265,10 +274,11 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
                       slab_width, scratch.begin() + static_cast<std::ptrdiff_t>(r * slab_width));
         }
         WalshHadamardLevels(scratch.data(), scratch.size(), slab_width, scratch.size());
+        rounded_squares += RoundFixedPoint(scratch, fraction_bits, stream);
+        AddNoiseAndWrap(scratch, stream);
         for (size_t r = 0; r < rows; ++r) {
-          rounded_squares +=
-              RoundFixedPoint(scratch.data() + r * slab_width, slab_width, fraction_bits, stream,
-                              encoded.data() + r * block + first_column);
+          std::copy_n(scratch.begin() + static_cast<std::ptrdiff_t>(r * slab_width), slab_width,
+                      encoded.begin() + static_cast<std::ptrdiff_t>(r * block + first_column));
         }
       }
       shard_squares[s] = rounded_squares;
@@ -279,29 +289,6 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
       }
       phase_end.arrive_and_wait();
       if (within_bound) break;
-    }
-    if (!within_bound) return;
-
-    // This client's share of the noise, then the reduction mod 2^b: two's complement makes it
-    // a mask, for negative values too.
-    const Range values = ShardOf(s, shards, size);
-    constexpr size_t kChunk = 1024;
-    std::array<int64_t, kChunk> noise{};
-    for (size_t start = values.begin; start < values.end; start += kChunk) {
-      const std::span<int64_t> chunk(noise.data(), std::min(kChunk, values.end - start));
-      switch (encoding_.mechanism) {
-        case NoiseMechanism::kNone:
-          break;
-        case NoiseMechanism::kDiscreteGaussian:
-          discrete_gaussian_->Fill(chunk, stream);
-          break;
-        case NoiseMechanism::kSkellam:
-          for (int64_t& x : chunk) x = SampleSkellam(encoding_.local_noise_variance / 2.0, stream);
-          break;
-      }
-      for (size_t k = 0; k < chunk.size(); ++k) {
-        encoded[start + k] = (encoded[start + k] + static_cast<uint64_t>(chunk[k])) & ring_mask;
-      }
     }
   };
   std::vector<std::thread> threads;
@@ -314,6 +301,28 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
         "conditional randomized rounding never met its norm bound: check scale and beta");
   }
   return absl::OkStatus();
+}
+
+void RingEncoder::AddNoiseAndWrap(std::span<uint64_t> values, SecureRandom& random) const {
+  const uint64_t ring_mask = RingMask(encoding_.ring_bits);
+  constexpr size_t kChunk = 1024;
+  std::array<int64_t, kChunk> noise{};
+  for (size_t start = 0; start < values.size(); start += kChunk) {
+    const std::span<int64_t> chunk(noise.data(), std::min(kChunk, values.size() - start));
+    switch (encoding_.mechanism) {
+      case NoiseMechanism::kNone:
+        break;
+      case NoiseMechanism::kDiscreteGaussian:
+        discrete_gaussian_->Fill(chunk, random);
+        break;
+      case NoiseMechanism::kSkellam:
+        for (int64_t& x : chunk) x = SampleSkellam(encoding_.local_noise_variance / 2.0, random);
+        break;
+    }
+    for (size_t k = 0; k < chunk.size(); ++k) {
+      values[start + k] = (values[start + k] + static_cast<uint64_t>(chunk[k])) & ring_mask;
+    }
+  }
 }
 
 absl::StatusOr<std::vector<double>> RingEncoder::DecodeSum(std::span<const uint64_t> sum) const {

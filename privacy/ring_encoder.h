@@ -67,6 +67,9 @@ class RingEncoder {
   RingEncoder(RandomizedHadamard rotation, RingEncoding encoding)
       : rotation_(std::move(rotation)), encoding_(std::move(encoding)) {}
 
+  // values[i] = (values[i] + this client's noise) mod 2^b.
+  void AddNoiseAndWrap(std::span<uint64_t> values, SecureRandom& random) const;
+
   RandomizedHadamard rotation_;
   RingEncoding encoding_;
   // Built once for the encoding's variance when the mechanism is the discrete Gaussian.
