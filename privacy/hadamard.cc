@@ -81,18 +81,19 @@ void InVectorPass(T* data, size_t size) {
   }
 }
 
-// Three levels (halves `half`, 2·`half`, 4·`half`) in one sweep: each group of eight vectors
-// is loaded once and transformed in registers. `half` is a multiple of the lanes.
-template <typename T>
-void Radix8Pass(T* data, size_t size, size_t half) {
+// kLevels levels (halves `half` … 2^(kLevels-1)·`half`) in one sweep: each group of 2^kLevels
+// vectors is loaded once and transformed in registers. `half` is a multiple of the lanes.
+template <typename T, size_t kLevels>
+void RadixPass(T* data, size_t size, size_t half) {
   using Vector = typename Lanes<T>::Vector;
-  for (size_t block = 0; block < size; block += 8 * half) {
+  constexpr size_t kGroup = size_t{1} << kLevels;
+  for (size_t block = 0; block < size; block += kGroup * half) {
     T* p = data + block;
     for (size_t i = 0; i < half; i += Lanes<T>::kCount) {
-      Vector x[8];
-      for (size_t k = 0; k < 8; ++k) x[k] = Lanes<T>::Load(p + i + k * half);
-      for (size_t stride = 1; stride < 8; stride *= 2) {
-        for (size_t k = 0; k < 8; ++k) {
+      Vector x[kGroup];
+      for (size_t k = 0; k < kGroup; ++k) x[k] = Lanes<T>::Load(p + i + k * half);
+      for (size_t stride = 1; stride < kGroup; stride *= 2) {
+        for (size_t k = 0; k < kGroup; ++k) {
           if ((k & stride) != 0) continue;
           const Vector a = x[k];
           const Vector b = x[k + stride];
@@ -100,7 +101,7 @@ void Radix8Pass(T* data, size_t size, size_t half) {
           x[k + stride] = a - b;
         }
       }
-      for (size_t k = 0; k < 8; ++k) Lanes<T>::Store(p + i + k * half, x[k]);
+      for (size_t k = 0; k < kGroup; ++k) Lanes<T>::Store(p + i + k * half, x[k]);
     }
   }
 }
@@ -115,11 +116,17 @@ void WalshHadamardLevels(T* data, size_t size, size_t first_half, size_t end_hal
     half = Lanes<T>::kCount;
   }
   while (half < end_half) {
-    if (half * 8 <= end_half && half % Lanes<T>::kCount == 0) {
-      Radix8Pass(data, size, half);
-      half *= 8;
-    } else {
+    if (half % Lanes<T>::kCount != 0) {
       Radix2Pass(data, size, half);
+      half *= 2;
+    } else if (half * 8 <= end_half) {
+      RadixPass<T, 3>(data, size, half);
+      half *= 8;
+    } else if (half * 4 <= end_half) {
+      RadixPass<T, 2>(data, size, half);
+      half *= 4;
+    } else {
+      RadixPass<T, 1>(data, size, half);
       half *= 2;
     }
   }

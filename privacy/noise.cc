@@ -4,6 +4,7 @@
 #include <array>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 namespace fedmoe::privacy {
@@ -214,11 +215,13 @@ struct FirstWordLayout {
 // 12 acceptance bits settle: a coin away from its column's threshold, and a uniform surely
 // below a lower bound of e^-γ. The others are flagged. A free function with unaliased pointers, so
 // that the loop vectorises.
-void SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict words, size_t count,
-                      int64_t* __restrict values, uint8_t* __restrict unsettled) {
+size_t SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict words,
+                        size_t count, int64_t* __restrict values, uint8_t* __restrict unsettled) {
   const uint64_t* __restrict packed = layout.packed;
   constexpr uint64_t kFieldMask = (uint64_t{1} << kCoinBits) - 1;
   static_assert(kCoinBits == kAcceptBits);
+  size_t unsettled_count = 0;
+#pragma omp simd reduction(+ : unsettled_count)
   for (size_t i = 0; i < count; ++i) {
     const uint64_t word = words[i];
     const uint64_t column = word >> (64 - layout.column_bits);
@@ -237,9 +240,11 @@ void SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict w
     values[i] = j * layout.width + (offset ^ mirror);
     // 1 - γ + γ²/2 - γ³/6 ≤ e^-γ for γ ≥ 0.
     const double keep_at_least = 1.0 - gamma * (1.0 - gamma * (0.5 - gamma * (1.0 / 6.0)));
-    unsettled[i] =
-        static_cast<uint8_t>((coin == threshold_top) | (accept + 1.0 > keep_at_least * 0x1.0p12));
+    const bool open = (coin == threshold_top) | (accept + 1.0 > keep_at_least * 0x1.0p12);
+    unsettled[i] = static_cast<uint8_t>(open);
+    unsettled_count += open ? 1 : 0;
   }
+  return unsettled_count;
 }
 
 }  // namespace
@@ -260,14 +265,22 @@ void TabulatedDiscreteGaussian::Fill(std::span<int64_t> out, SecureRandom& rando
                                1.0 / (2.0 * sigma_squared_)};
   constexpr size_t kBatch = 1024;
   std::array<uint64_t, kBatch> words;
-  std::array<uint8_t, kBatch> unsettled;
+  std::array<uint8_t, kBatch> unsettled{};
   for (size_t start = 0; start < out.size(); start += kBatch) {
     const size_t count = std::min(kBatch, out.size() - start);
     random.Fill(std::span(words.data(), count));
     int64_t* batch = out.data() + start;
-    SettleFirstWords(layout, words.data(), count, batch, unsettled.data());
-    for (size_t i = 0; i < count; ++i) {
-      if (unsettled[i] != 0) batch[i] = Finish(words[i], random);
+    size_t open = SettleFirstWords(layout, words.data(), count, batch, unsettled.data());
+    // Eight flags at a time: most batches have a few open draws, at most.
+    for (size_t group = 0; open > 0 && group < count; group += 8) {
+      uint64_t flags = 0;
+      std::memcpy(&flags, unsettled.data() + group, 8);
+      if (flags == 0) continue;
+      for (size_t i = group; i < std::min(group + 8, count); ++i) {
+        if (unsettled[i] == 0) continue;
+        batch[i] = Finish(words[i], random);
+        --open;
+      }
     }
   }
 }

@@ -65,76 +65,47 @@ int FixedPointFractionBits(double scaled_norm, size_t padded_dimension) {
   return std::clamp(static_cast<int>(std::floor(std::log2(room / scaled_norm))), 0, 62);
 }
 
-// One chunk of RoundFixedPoint, the part that 16 random bits decide: values[i] becomes ⌊v⌋ + 1
-// when uniforms[i] is below the fraction's top 16 bits, else ⌊v⌋; ties are flagged. Adds the
-// squares to `squares` and returns the number of ties. Unaliased pointers and an OpenMP SIMD
-// reduction, so that the loop vectorises.
+// Conditional randomized rounding, noise and wrap of fixed-point values with F fraction bits.
 struct FixedPointLayout {
   int fraction_bits;
   uint64_t fraction_mask;
   // The fraction's top 16 bits are (fraction >> below_top) << above.
   int below_top;
   int above;
+  uint64_t ring_mask;
 };
 
-size_t RoundChunk(const FixedPointLayout layout, uint64_t* __restrict values,
-                  const uint16_t* __restrict uniforms, size_t count, uint8_t* __restrict ties,
-                  double& squares) {
+FixedPointLayout LayoutOf(int fraction_bits, int ring_bits) {
+  return {fraction_bits, fraction_bits == 0 ? 0 : ~uint64_t{0} >> (64 - fraction_bits),
+          std::max(fraction_bits - 16, 0), std::max(16 - fraction_bits, 0), RingMask(ring_bits)};
+}
+
+// out[i] = (r + noise[i]) mod 2^b, where r is fixed[i] rounded: ⌊v⌋ + 1 when uniforms[i] is
+// below the fraction's top 16 bits, else ⌊v⌋. Ties of those 16 bits are flagged for the caller
+// to settle. Adds r² to `squares` and returns the number of ties. Unaliased pointers and an
+// OpenMP SIMD reduction, so that the loop vectorises.
+size_t RoundNoiseAndWrap(const FixedPointLayout layout, const uint64_t* __restrict fixed,
+                         const uint16_t* __restrict uniforms, const int64_t* __restrict noise,
+                         size_t count, uint64_t* __restrict out, uint8_t* __restrict ties,
+                         double& squares) {
   size_t tie_count = 0;
   double sum = 0;
 #pragma omp simd reduction(+ : sum, tie_count)
   for (size_t i = 0; i < count; ++i) {
-    const uint64_t top = ((values[i] & layout.fraction_mask) >> layout.below_top) << layout.above;
+    const uint64_t top = ((fixed[i] & layout.fraction_mask) >> layout.below_top) << layout.above;
     const uint64_t up = uniforms[i] < top ? 1 : 0;
     const uint64_t tie = uniforms[i] == top ? 1 : 0;
-    const int64_t value =
-        (static_cast<int64_t>(values[i]) >> layout.fraction_bits) + static_cast<int64_t>(up);
+    const int64_t rounded =
+        (static_cast<int64_t>(fixed[i]) >> layout.fraction_bits) + static_cast<int64_t>(up);
     ties[i] = static_cast<uint8_t>(tie);
     tie_count += tie;
-    values[i] = static_cast<uint64_t>(value);
-    const auto rounded = static_cast<double>(value);
-    sum += rounded * rounded;
+    // Two's complement makes the reduction mod 2^b a mask, for negative values too.
+    out[i] = (static_cast<uint64_t>(rounded) + static_cast<uint64_t>(noise[i])) & layout.ring_mask;
+    const auto value = static_cast<double>(rounded);
+    sum += value * value;
   }
   squares += sum;
   return tie_count;
-}
-
-// Randomized rounding of fixed-point values with F fraction bits to integers, in place: up
-// with probability equal to the fraction. 16 random bits decide, and the 2^-16 of ties draw
-// the rest. Leaves two's-complement integers and returns the sum of their squares.
-double RoundFixedPoint(std::span<uint64_t> values, int fraction_bits, SecureRandom& random) {
-  constexpr size_t kChunk = 1024;
-  const FixedPointLayout layout{fraction_bits,
-                                fraction_bits == 0 ? 0 : ~uint64_t{0} >> (64 - fraction_bits),
-                                std::max(fraction_bits - 16, 0), std::max(16 - fraction_bits, 0)};
-  std::array<uint64_t, kChunk / 4> words;
-  std::array<uint16_t, kChunk> uniforms;
-  std::array<uint8_t, kChunk> ties;
-  std::array<uint64_t, kChunk> fractions;
-  double squares = 0;
-  for (size_t start = 0; start < values.size(); start += kChunk) {
-    const size_t count = std::min(kChunk, values.size() - start);
-    random.Fill(std::span(words.data(), (count + 3) / 4));
-    std::memcpy(uniforms.data(), words.data(), count * sizeof(uint16_t));
-    uint64_t* chunk = values.data() + start;
-    // The fractions' rest, for ties.
-    if (layout.below_top > 0) std::copy_n(chunk, count, fractions.begin());
-    const size_t tie_count =
-        RoundChunk(layout, chunk, uniforms.data(), count, ties.data(), squares);
-    // A tie of the top 16 bits: the uniform is below the fraction when its next bits are below
-    // the fraction's rest (none left, and it is not).
-    if (tie_count == 0 || layout.below_top == 0) continue;
-    const uint64_t rest_mask = (uint64_t{1} << layout.below_top) - 1;
-    for (size_t i = 0; i < count; ++i) {
-      if (ties[i] == 0 || (fractions[i] & rest_mask) <= (random() >> (64 - layout.below_top))) {
-        continue;
-      }
-      const auto value = static_cast<double>(static_cast<int64_t>(chunk[i]));
-      chunk[i] += 1;
-      squares += 2 * value + 1;
-    }
-  }
-  return squares;
 }
 
 }  // namespace
@@ -235,6 +206,51 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
   std::barrier phase_end(static_cast<std::ptrdiff_t>(shards));
   bool within_bound = false;  // written by shard 0 between barriers
 
+  // Rounds, noises and wraps `fixed` (rows of `width` fixed-point values), writing row r to
+  // row_start(r). Returns the sum of the squares of the rounded values.
+  auto RoundIntoRows = [this](std::span<const uint64_t> fixed, size_t width,
+                              const FixedPointLayout& layout, SecureRandom& stream,
+                              const auto& row_start) {
+    constexpr size_t kChunk = 1024;
+    std::array<uint64_t, kChunk / 4> words;
+    std::array<uint16_t, kChunk> uniforms;
+    std::array<int64_t, kChunk> noise;
+    std::array<uint8_t, kChunk> ties;
+    double squares = 0;
+    for (size_t start = 0; start < fixed.size(); start += kChunk) {
+      const size_t count = std::min(kChunk, fixed.size() - start);
+      stream.Fill(std::span(words.data(), (count + 3) / 4));
+      std::memcpy(uniforms.data(), words.data(), count * sizeof(uint16_t));
+      FillNoise(std::span(noise.data(), count), stream);
+      size_t tie_count = 0;
+      // The chunk in pieces that stay within a row.
+      for (size_t i = start; i < start + count;) {
+        const size_t row = i / width;
+        const size_t piece = std::min(start + count, (row + 1) * width) - i;
+        tie_count += RoundNoiseAndWrap(layout, fixed.data() + i, uniforms.data() + (i - start),
+                                       noise.data() + (i - start), piece,
+                                       row_start(row) + i % width, ties.data() + (i - start),
+                                       squares);
+        i += piece;
+      }
+      // A tie of the top 16 bits: the uniform is below the fraction when its next bits are
+      // below the fraction's rest (none left, and it is not).
+      if (tie_count == 0 || layout.below_top == 0) continue;
+      const uint64_t rest_mask = (uint64_t{1} << layout.below_top) - 1;
+      for (size_t k = 0; k < count; ++k) {
+        const size_t i = start + k;
+        if (ties[k] == 0 || (fixed[i] & rest_mask) <= (stream() >> (64 - layout.below_top))) {
+          continue;
+        }
+        uint64_t& out = row_start(i / width)[i % width];
+        out = (out + 1) & layout.ring_mask;
+        const auto rounded = static_cast<double>(static_cast<int64_t>(fixed[i]) >> layout.fraction_bits);
+        squares += 2 * rounded + 1;
+      }
+    }
+    return squares;
+  };
+
   auto run_shard = [&](size_t s) {
     SecureRandom& stream = streams[s];
     const Range inputs = ShardOf(s, shards, update.size());
@@ -246,6 +262,7 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
     const double scaled_norm = norm * clip * encoding_.scale;
     const double bound = RoundedNormBound(scaled_norm, size, encoding_.rounding_beta);
     const int fraction_bits = FixedPointFractionBits(scaled_norm, size);
+    const FixedPointLayout layout = LayoutOf(fraction_bits, encoding_.ring_bits);
     phase_end.arrive_and_wait();  // the sums are read; the rounding may overwrite them
 
     // Clipping and scaling by γ are one multiplier, folded into the fixed-point inputs.
@@ -261,10 +278,10 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
         WalshHadamardLevels(coordinates.data(), block, 1, block);
       }
       phase_end.arrive_and_wait();
-      // Each slab: the levels across blocks, rounding, then this client's share of the noise
-      // and the reduction mod 2^b (two's complement makes it a mask, for negative values too).
-      // The noise goes in before the norm check, which is on the rounded values: should the
-      // check fail, the noise is thrown away with the rounding, and drawn afresh.
+      // Each slab: the levels across blocks, then rounding, this client's share of the noise
+      // and the reduction mod 2^b, written back row by row. The noise goes in before the norm
+      // check, which is on the rounded values: should the check fail, the noise is thrown away
+      // with the rounding, and drawn afresh.
       const Range columns = ShardOf(s, shards, slabs);
       double rounded_squares = 0;
       for (size_t slab = columns.begin; slab < columns.end; ++slab) {
@@ -274,12 +291,9 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
                       slab_width, scratch.begin() + static_cast<std::ptrdiff_t>(r * slab_width));
         }
         WalshHadamardLevels(scratch.data(), scratch.size(), slab_width, scratch.size());
-        rounded_squares += RoundFixedPoint(scratch, fraction_bits, stream);
-        AddNoiseAndWrap(scratch, stream);
-        for (size_t r = 0; r < rows; ++r) {
-          std::copy_n(scratch.begin() + static_cast<std::ptrdiff_t>(r * slab_width), slab_width,
-                      encoded.begin() + static_cast<std::ptrdiff_t>(r * block + first_column));
-        }
+        rounded_squares += RoundIntoRows(scratch, slab_width, layout, stream, [&](size_t r) {
+          return encoded.data() + r * block + first_column;
+        });
       }
       shard_squares[s] = rounded_squares;
       phase_end.arrive_and_wait();
@@ -303,25 +317,17 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
   return absl::OkStatus();
 }
 
-void RingEncoder::AddNoiseAndWrap(std::span<uint64_t> values, SecureRandom& random) const {
-  const uint64_t ring_mask = RingMask(encoding_.ring_bits);
-  constexpr size_t kChunk = 1024;
-  std::array<int64_t, kChunk> noise{};
-  for (size_t start = 0; start < values.size(); start += kChunk) {
-    const std::span<int64_t> chunk(noise.data(), std::min(kChunk, values.size() - start));
-    switch (encoding_.mechanism) {
-      case NoiseMechanism::kNone:
-        break;
-      case NoiseMechanism::kDiscreteGaussian:
-        discrete_gaussian_->Fill(chunk, random);
-        break;
-      case NoiseMechanism::kSkellam:
-        for (int64_t& x : chunk) x = SampleSkellam(encoding_.local_noise_variance / 2.0, random);
-        break;
-    }
-    for (size_t k = 0; k < chunk.size(); ++k) {
-      values[start + k] = (values[start + k] + static_cast<uint64_t>(chunk[k])) & ring_mask;
-    }
+void RingEncoder::FillNoise(std::span<int64_t> noise, SecureRandom& random) const {
+  switch (encoding_.mechanism) {
+    case NoiseMechanism::kNone:
+      std::fill(noise.begin(), noise.end(), int64_t{0});
+      break;
+    case NoiseMechanism::kDiscreteGaussian:
+      discrete_gaussian_->Fill(noise, random);
+      break;
+    case NoiseMechanism::kSkellam:
+      for (int64_t& x : noise) x = SampleSkellam(encoding_.local_noise_variance / 2.0, random);
+      break;
   }
 }
 

@@ -67,8 +67,8 @@ class RingEncoder {
   RingEncoder(RandomizedHadamard rotation, RingEncoding encoding)
       : rotation_(std::move(rotation)), encoding_(std::move(encoding)) {}
 
-  // values[i] = (values[i] + this client's noise) mod 2^b.
-  void AddNoiseAndWrap(std::span<uint64_t> values, SecureRandom& random) const;
+  // This client's integer noise, a draw per value.
+  void FillNoise(std::span<int64_t> noise, SecureRandom& random) const;
 
   RandomizedHadamard rotation_;
   RingEncoding encoding_;
