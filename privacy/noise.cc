@@ -206,7 +206,7 @@ struct FirstWordLayout {
   int coin_shift;
   int accept_shift;
   uint64_t offset_mask;
-  int64_t width;
+  int cell_bits;
   int64_t negative_cells;
   double gamma_per_unit;
 };
@@ -233,11 +233,13 @@ size_t SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict
     const int64_t negative = j >> 63;  // all ones for a negative cell
     const auto offset = static_cast<int64_t>(word & layout.offset_mask);
     const auto mirror = static_cast<int64_t>(layout.offset_mask) & negative;
-    const int64_t nearest = (j ^ negative) * layout.width + (negative & 1);
+    // Cells are 2^cell_bits wide: shifts, not multiplications.
+    const int64_t nearest = ((j ^ negative) << layout.cell_bits) + (negative & 1);
     const auto off = static_cast<double>(offset);
     const double gamma = off * (2.0 * static_cast<double>(nearest) + off) * layout.gamma_per_unit;
     const auto accept = static_cast<double>((word >> layout.accept_shift) & kFieldMask);
-    values[i] = j * layout.width + (offset ^ mirror);
+    values[i] =
+        static_cast<int64_t>(static_cast<uint64_t>(j) << layout.cell_bits) + (offset ^ mirror);
     // 1 - γ + γ²/2 - γ³/6 ≤ e^-γ for γ ≥ 0.
     const double keep_at_least = 1.0 - gamma * (1.0 - gamma * (0.5 - gamma * (1.0 / 6.0)));
     const bool open = (coin == threshold_top) | (accept + 1.0 > keep_at_least * 0x1.0p12);
@@ -260,7 +262,7 @@ void TabulatedDiscreteGaussian::Fill(std::span<int64_t> out, SecureRandom& rando
                                coin_shift,
                                coin_shift - kAcceptBits,
                                (uint64_t{1} << cell_bits_) - 1,
-                               cell_width(),
+                               cell_bits_,
                                negative_cells_,
                                1.0 / (2.0 * sigma_squared_)};
   constexpr size_t kBatch = 1024;

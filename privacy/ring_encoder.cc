@@ -227,10 +227,9 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
       for (size_t i = start; i < start + count;) {
         const size_t row = i / width;
         const size_t piece = std::min(start + count, (row + 1) * width) - i;
-        tie_count += RoundNoiseAndWrap(layout, fixed.data() + i, uniforms.data() + (i - start),
-                                       noise.data() + (i - start), piece,
-                                       row_start(row) + i % width, ties.data() + (i - start),
-                                       squares);
+        tie_count += RoundNoiseAndWrap(
+            layout, fixed.data() + i, uniforms.data() + (i - start), noise.data() + (i - start),
+            piece, row_start(row) + i % width, ties.data() + (i - start), squares);
         i += piece;
       }
       // A tie of the top 16 bits: the uniform is below the fraction when its next bits are
@@ -244,7 +243,8 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
         }
         uint64_t& out = row_start(i / width)[i % width];
         out = (out + 1) & layout.ring_mask;
-        const auto rounded = static_cast<double>(static_cast<int64_t>(fixed[i]) >> layout.fraction_bits);
+        const auto rounded =
+            static_cast<double>(static_cast<int64_t>(fixed[i]) >> layout.fraction_bits);
         squares += 2 * rounded + 1;
       }
     }

@@ -14,14 +14,14 @@ absl::StatusOr<SecureRandom> SecureRandom::FromKey(const unsigned char* key) {
   std::unique_ptr<EVP_CIPHER_CTX, CipherDeleter> cipher(EVP_CIPHER_CTX_new());
   static constexpr unsigned char kZeroIv[16] = {};
   if (cipher == nullptr ||
-      EVP_EncryptInit_ex(cipher.get(), EVP_aes_256_ctr(), nullptr, key, kZeroIv) != 1) {
-    return absl::InternalError("AES-256-CTR setup failed");
+      EVP_EncryptInit_ex(cipher.get(), EVP_aes_128_ctr(), nullptr, key, kZeroIv) != 1) {
+    return absl::InternalError("AES-128-CTR setup failed");
   }
   return SecureRandom(std::move(cipher));
 }
 
 absl::StatusOr<SecureRandom> SecureRandom::FromSystem() {
-  unsigned char key[32];
+  unsigned char key[kKeyBytes];
   if (RAND_priv_bytes(key, sizeof(key)) != 1) {
     return absl::InternalError("OpenSSL's random generator failed");
   }

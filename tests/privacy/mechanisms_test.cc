@@ -422,6 +422,61 @@ TEST(RingEncoderTest, NoisedSumDecodesToTheTrueSumWithinThePredictedNoise) {
   }
 }
 
+// The encoder's fixed-point rotation runs in blocks, column slabs and threads; the double
+// precision Rotate does the whole transform at once. Each encoded value must be the floor or
+// the ceiling of the rotated, scaled value, up to the fixed point's truncation.
+void ExpectEncodingRoundsTheRotation(size_t dimension, double scale, double clip_norm,
+                                     int ring_bits, char seed) {
+  RingEncoding encoding;
+  encoding.clip_norm = clip_norm;
+  encoding.scale = scale;
+  encoding.ring_bits = ring_bits;
+  encoding.rotation_seed = std::string(32, seed);
+  auto encoder = RingEncoder::Create(dimension, encoding);
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  SecureRandom random = TestRandom(seed);
+  std::vector<float> update(dimension);
+  for (float& v : update) v = static_cast<float>(random.UniformDouble() - 0.3);
+  // Longer than the clip norm, so that the clip is folded in too.
+  std::vector<double> clipped(update.begin(), update.end());
+  double squares = 0;
+  for (double v : clipped) squares += v * v;
+  ASSERT_GT(std::sqrt(squares), clip_norm);
+  for (double& v : clipped) v *= clip_norm / std::sqrt(squares) * scale;
+  auto rotation = RandomizedHadamard::Create(dimension, encoding.rotation_seed);
+  std::vector<double> rotated(rotation->padded_dimension());
+  ASSERT_TRUE(rotation->Rotate(clipped, rotated).ok());
+
+  std::vector<uint64_t> encoded(encoder->encoded_dimension());
+  ASSERT_TRUE(encoder->EncodeInto(update, random, encoded).ok());
+  const uint64_t mask = (uint64_t{1} << ring_bits) - 1;
+  const uint64_t half = uint64_t{1} << (ring_bits - 1);
+  size_t rounded_up = 0;
+  for (size_t i = 0; i < encoded.size(); ++i) {
+    ASSERT_LE(encoded[i], mask) << i;
+    const auto value = encoded[i] >= half
+                           ? static_cast<double>(encoded[i]) - std::ldexp(1.0, ring_bits)
+                           : static_cast<double>(encoded[i]);
+    // Within one of the exact value, less the fixed point's and the double transform's errors.
+    ASSERT_LT(std::abs(value - rotated[i]), 1.0 + 1e-3) << "coordinate " << i;
+    rounded_up += value > rotated[i] ? 1 : 0;
+  }
+  // Up about as often as the fractions say: on average half the time for these values.
+  const auto n = static_cast<double>(encoded.size());
+  EXPECT_NEAR(static_cast<double>(rounded_up) / n, 0.5, 5 * 0.5 / std::sqrt(n) + 0.01);
+}
+
+TEST(RingEncoderTest, AMillionValuesInThreadsAreTheRoundedRotation) {
+  // 2^20 - 3 values: padded to 2^20, 512 blocks of 2048, 16 column slabs, a shard per core.
+  ExpectEncodingRoundsTheRotation((size_t{1} << 20) - 3, 3000.0, 2.0, 32, 'm');
+}
+
+TEST(RingEncoderTest, AScaleNearTheRingLeavesFewFractionBitsButStaysExact) {
+  // γ·C = 2^40 in a 48-bit ring: coordinates of about 2^30 and a fixed point of 21 fraction
+  // bits, whose truncation moves a value by at most n·2^-21 = 2^-5 here.
+  ExpectEncodingRoundsTheRotation(1 << 16, std::ldexp(1.0, 39), 2.0, 48, 'f');
+}
+
 TEST(RingEncoderTest, ModularWrapAroundIsUndoneByTheDecoder) {
   // Values that wrap the 16-bit ring individually still sum correctly.
   RingEncoding encoding;
@@ -451,9 +506,17 @@ TEST(RingEncoderTest, BadParametersAndLengthsAreRefused) {
   encoding.rotation_seed = "short";
   EXPECT_FALSE(RingEncoder::Create(4, encoding).ok());
   encoding.rotation_seed = std::string(32, '\0');
+  // A clipped update that could not fit the ring.
+  encoding.scale = std::ldexp(1.0, 32);
+  const absl::Status too_wide = RingEncoder::Create(4, encoding).status();
+  EXPECT_THAT(too_wide.message(), testing::HasSubstr("would not fit the ring")) << too_wide;
+  encoding.scale = 1.0;
   auto encoder = RingEncoder::Create(4, encoding);
   SecureRandom random = TestRandom('z');
   EXPECT_FALSE(encoder->Encode(std::vector<float>(3), random).ok());
+  std::vector<uint64_t> too_short(3);
+  const absl::Status no_room = encoder->EncodeInto(std::vector<float>(4), random, too_short);
+  EXPECT_THAT(no_room.message(), testing::HasSubstr("room for 3 encoded values")) << no_room;
   EXPECT_FALSE(encoder->DecodeSum(std::vector<uint64_t>(3)).ok());
 }
 
