@@ -1,9 +1,11 @@
 // The distributed-DP encoding of a 1M-value update (clip, rotate, scale, round, noise, wrap)
 // and its stages, beside a client's SecAgg+ masking of the same vector with k = 8 neighbours.
+#include <string>
 #include <vector>
 
 #include "bench/client_masking.h"
 #include "bench/json_lines_reporter.h"
+#include "coordinator/update_spec.h"
 #include "privacy/hadamard.h"
 #include "privacy/noise.h"
 #include "privacy/ring_encoder.h"
@@ -32,6 +34,27 @@ void SetConfiguration(benchmark::State& state, const char* mechanism) {
   state.SetLabel(mechanism);
 }
 
+void RunEncoding(benchmark::State& state, const privacy::RingEncoding& encoding,
+                 const char* label) {
+  auto encoder = privacy::RingEncoder::Create(kDimension, encoding);
+  if (!encoder.ok()) {
+    state.SkipWithError(std::string(encoder.status().message()).c_str());
+    return;
+  }
+  privacy::SecureRandom random = *privacy::SecureRandom::FromSystem();
+  const std::vector<float> update = Update();
+  // Encoded into one buffer, as the masking below works on one vector.
+  std::vector<uint64_t> encoded(encoder->encoded_dimension());
+  for (auto _ : state) {
+    if (!encoder->EncodeInto(update, random, encoded).ok()) state.SkipWithError("encoding failed");
+    benchmark::DoNotOptimize(encoded.data());
+  }
+  SetConfiguration(state, label);
+  state.counters["scale"] = encoding.scale;
+  state.counters["local_noise_variance"] = encoding.local_noise_variance;
+}
+
+// γ = 4096 and σ² = 10^4 in scaled units, per mechanism.
 void BM_Encode(benchmark::State& state) {
   const auto mechanism = static_cast<NoiseMechanism>(state.range(0));
   privacy::RingEncoding encoding;
@@ -41,25 +64,33 @@ void BM_Encode(benchmark::State& state) {
   encoding.mechanism = mechanism;
   encoding.local_noise_variance = mechanism == NoiseMechanism::kNone ? 0.0 : 1.0e4;
   encoding.ring_bits = kRingBits;
-  auto encoder = privacy::RingEncoder::Create(kDimension, encoding);
-  privacy::SecureRandom random = *privacy::SecureRandom::FromSystem();
-  const std::vector<float> update = Update();
-  // Encoded into one buffer, as the masking below works on one vector.
-  std::vector<uint64_t> encoded(encoder->encoded_dimension());
-  for (auto _ : state) {
-    if (!encoder->EncodeInto(update, random, encoded).ok()) state.SkipWithError("encoding failed");
-    benchmark::DoNotOptimize(encoded.data());
-  }
-  SetConfiguration(state, mechanism == NoiseMechanism::kNone               ? "no noise"
-                          : mechanism == NoiseMechanism::kDiscreteGaussian ? "discrete gaussian"
-                                                                           : "skellam");
-  state.counters["local_noise_variance"] = encoding.local_noise_variance;
+  RunEncoding(state, encoding,
+              mechanism == NoiseMechanism::kNone               ? "no noise"
+              : mechanism == NoiseMechanism::kDiscreteGaussian ? "discrete gaussian"
+                                                               : "skellam");
 }
 BENCHMARK(BM_Encode)
     ->Arg(static_cast<int>(NoiseMechanism::kNone))
     ->Arg(static_cast<int>(NoiseMechanism::kDiscreteGaussian))
     ->Arg(static_cast<int>(NoiseMechanism::kSkellam))
     ->Unit(benchmark::kMillisecond);
+
+// The encoding a coordinator plans for a cohort of state.range(0) clients (noise multiplier 1,
+// clip norm 1, the default 32-bit ring): γ from coordinator::ChooseScale and each client's
+// share of the discrete Gaussian, σ = γ/√n, about 10^8 for three clients.
+void BM_EncodeAsPlanned(benchmark::State& state) {
+  const int64_t clients = state.range(0);
+  privacy::RingEncoding encoding;
+  encoding.clip_norm = 1.0;
+  encoding.scale = coordinator::ChooseScale(kRingBits, clients, kDimension, 1.0, 1.0);
+  encoding.rounding_beta = 0.6065306597;
+  encoding.mechanism = NoiseMechanism::kDiscreteGaussian;
+  encoding.local_noise_variance = encoding.scale * encoding.scale / static_cast<double>(clients);
+  encoding.ring_bits = kRingBits;
+  RunEncoding(state, encoding, "discrete gaussian, as planned for the cohort");
+  state.counters["clients"] = static_cast<double>(clients);
+}
+BENCHMARK(BM_EncodeAsPlanned)->Arg(3)->Arg(100)->Unit(benchmark::kMillisecond);
 
 void BM_Rotate(benchmark::State& state) {
   auto rotation = privacy::RandomizedHadamard::Create(kDimension, std::string(32, 'r'));
@@ -73,17 +104,38 @@ void BM_Rotate(benchmark::State& state) {
 }
 BENCHMARK(BM_Rotate)->Unit(benchmark::kMillisecond);
 
+// The noise alone, by the exact algorithm one draw at a time (CKS20), and by the table in bulk
+// as the encoder draws it; σ = state.range(0).
 void BM_DiscreteGaussianNoise(benchmark::State& state) {
+  const auto sigma = static_cast<double>(state.range(0));
   privacy::SecureRandom random = *privacy::SecureRandom::FromSystem();
   std::vector<int64_t> noise(kDimension);
-  const privacy::DiscreteGaussianSampler sampler(1.0e4);
+  const privacy::DiscreteGaussianSampler sampler(sigma * sigma);
   for (auto _ : state) {
     for (int64_t& x : noise) x = sampler.Sample(random);
     benchmark::DoNotOptimize(noise.data());
   }
-  SetConfiguration(state, "discrete gaussian sampling only");
+  SetConfiguration(state, "discrete gaussian sampling only, one at a time (CKS20)");
+  state.counters["sigma"] = sigma;
 }
-BENCHMARK(BM_DiscreteGaussianNoise)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DiscreteGaussianNoise)->Arg(100)->Arg(100'000'000)->Unit(benchmark::kMillisecond);
+
+void BM_TabulatedDiscreteGaussianNoise(benchmark::State& state) {
+  const auto sigma = static_cast<double>(state.range(0));
+  privacy::SecureRandom random = *privacy::SecureRandom::FromSystem();
+  std::vector<int64_t> noise(kDimension);
+  const privacy::TabulatedDiscreteGaussian sampler(sigma * sigma);
+  for (auto _ : state) {
+    sampler.Fill(noise, random);
+    benchmark::DoNotOptimize(noise.data());
+  }
+  SetConfiguration(state, "discrete gaussian sampling only, tabulated, in bulk");
+  state.counters["sigma"] = sigma;
+}
+BENCHMARK(BM_TabulatedDiscreteGaussianNoise)
+    ->Arg(100)
+    ->Arg(100'000'000)
+    ->Unit(benchmark::kMillisecond);
 
 // What a client's SecAgg+ masking of the same vector costs: one self mask and k pairwise masks
 // from secure_agg's MaskGenerator (HKDF-derived AES-128-CTR keystreams, added mod 2^b).

@@ -65,8 +65,9 @@ void SecureRandom::Refill() {
 }
 
 void SecureRandom::Fill(std::span<uint64_t> words) {
-  size_t done = 0;
-  while (done < words.size() && position_ < kBufferWords) words[done++] = buffer_[position_++];
+  const size_t done = std::min(words.size(), kBufferWords - position_);
+  std::copy_n(buffer_.begin() + static_cast<std::ptrdiff_t>(position_), done, words.begin());
+  position_ += done;
   // The rest straight from the cipher, leaving the buffer empty: the same words as refilling
   // and draining it.
   WriteKeystream(words.subspan(done));
