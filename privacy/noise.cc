@@ -94,12 +94,19 @@ TabulatedDiscreteGaussian::TabulatedDiscreteGaussian(double sigma_squared, doubl
   // Cell weights e^(-m²/(2σ²)) in long double, then as integers that sum to exactly
   // columns·2^64, so that the alias table below is built without rounding.
   std::vector<long double> weights(columns, 0.0L);
+  // The total by Neumaier's compensated sum: its error would otherwise grow with the ~3000
+  // terms and land, through the integer residue below, on the heaviest cell.
   long double total = 0;
+  long double compensation = 0;
   for (size_t c = 0; c < static_cast<size_t>(2 * negative_cells_); ++c) {
     const auto nearest = static_cast<long double>(CandidateOf(c, 0).value);
     weights[c] = std::exp(-nearest * nearest / (2.0L * static_cast<long double>(sigma_squared)));
-    total += weights[c];
+    const long double sum = total + weights[c];
+    compensation +=
+        std::abs(total) >= weights[c] ? (total - sum) + weights[c] : (weights[c] - sum) + total;
+    total = sum;
   }
+  total += compensation;
   const long double units = static_cast<long double>(columns) * 0x1.0p64L;
   std::vector<Uint128> integer_weights(columns);
   Uint128 assigned = 0;

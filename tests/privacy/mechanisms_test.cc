@@ -299,6 +299,34 @@ TEST(HadamardTest, FastTransformMatchesTheHadamardMatrix) {
   }
 }
 
+TEST(HadamardTest, IntegerLevelsInAnySplitAreTheTransform) {
+  // The encoder's fixed point: two's-complement uint64, levels split into blocks and then
+  // across them, against the matrix product in int64.
+  SecureRandom random = TestRandom('i');
+  for (size_t n : {2, 8, 64, 4096}) {
+    std::vector<int64_t> x(n);
+    for (int64_t& v : x)
+      v = static_cast<int64_t>(random() % (uint64_t{1} << 41)) - (int64_t{1} << 40);
+    std::vector<uint64_t> whole(n);
+    for (size_t i = 0; i < n; ++i) whole[i] = static_cast<uint64_t>(x[i]);
+    std::vector<uint64_t> split = whole;
+    WalshHadamardLevels(whole.data(), n, 1, n);
+    const size_t block = std::min<size_t>(n, 16);
+    for (size_t start = 0; start < n; start += block) {
+      WalshHadamardLevels(split.data() + start, block, 1, block);
+    }
+    WalshHadamardLevels(split.data(), n, block, n);
+    for (size_t row = 0; row < n; ++row) {
+      int64_t expected = 0;
+      for (size_t col = 0; col < n; ++col) {
+        expected += (std::popcount(row & col) % 2 ? -1 : 1) * x[col];
+      }
+      ASSERT_EQ(static_cast<int64_t>(whole[row]), expected) << "n=" << n << " row=" << row;
+      ASSERT_EQ(split[row], whole[row]) << "n=" << n << " row=" << row;
+    }
+  }
+}
+
 TEST(HadamardTest, RotationKeepsNormsAndInvertsExactly) {
   const std::string seed(32, 'r');
   for (size_t d : {1, 5, 1000, 4096, 100003}) {
