@@ -145,14 +145,18 @@ absl::StatusOr<RingEncoder> RingEncoder::Create(size_t dimension, RingEncoding e
   if (encoding.mechanism != NoiseMechanism::kNone && !(encoding.local_noise_variance > 0)) {
     return absl::InvalidArgumentError("a noise mechanism needs a positive noise variance");
   }
-  if (!(encoding.scale * encoding.clip_norm < std::ldexp(1.0, encoding.ring_bits))) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("scale × clip norm is ", encoding.scale * encoding.clip_norm,
-                     ": a clipped update would not fit the ring of 2^", encoding.ring_bits));
-  }
   absl::StatusOr<RandomizedHadamard> rotation =
       RandomizedHadamard::Create(dimension, encoding.rotation_seed);
   if (!rotation.ok()) return rotation.status();
+  // The fixed-point rotation keeps at least log2(n) fraction bits, so that its truncation moves
+  // no coordinate by more than one scaled unit (see FixedPointFractionBits).
+  const auto padded = static_cast<double>(rotation->padded_dimension());
+  const double widest = (std::ldexp(1.0, 62) - padded) / padded;
+  if (!(encoding.scale * encoding.clip_norm < widest)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scale × clip norm is ", encoding.scale * encoding.clip_norm, ": the rotation of ",
+        rotation->padded_dimension(), " values in 64-bit fixed point holds at most ", widest));
+  }
   RingEncoder encoder(std::move(*rotation), std::move(encoding));
   if (encoder.encoding_.mechanism == NoiseMechanism::kDiscreteGaussian) {
     encoder.discrete_gaussian_ =
@@ -208,9 +212,9 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
 
   // Rounds, noises and wraps `fixed` (rows of `width` fixed-point values), writing row r to
   // row_start(r). Returns the sum of the squares of the rounded values.
-  auto RoundIntoRows = [this](std::span<const uint64_t> fixed, size_t width,
-                              const FixedPointLayout& layout, SecureRandom& stream,
-                              const auto& row_start) {
+  auto round_into_rows = [this](std::span<const uint64_t> fixed, size_t width,
+                                const FixedPointLayout& layout, SecureRandom& stream,
+                                const auto& row_start) {
     constexpr size_t kChunk = 1024;
     std::array<uint64_t, kChunk / 4> words;
     std::array<uint16_t, kChunk> uniforms;
@@ -291,7 +295,7 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
                       slab_width, scratch.begin() + static_cast<std::ptrdiff_t>(r * slab_width));
         }
         WalshHadamardLevels(scratch.data(), scratch.size(), slab_width, scratch.size());
-        rounded_squares += RoundIntoRows(scratch, slab_width, layout, stream, [&](size_t r) {
+        rounded_squares += round_into_rows(scratch, slab_width, layout, stream, [&](size_t r) {
           return encoded.data() + r * block + first_column;
         });
       }

@@ -534,10 +534,11 @@ TEST(RingEncoderTest, BadParametersAndLengthsAreRefused) {
   encoding.rotation_seed = "short";
   EXPECT_FALSE(RingEncoder::Create(4, encoding).ok());
   encoding.rotation_seed = std::string(32, '\0');
-  // A clipped update that could not fit the ring.
-  encoding.scale = std::ldexp(1.0, 32);
+  // A scale the 64-bit fixed point of the rotation cannot hold with enough fraction bits.
+  encoding.scale = std::ldexp(1.0, 61);
   const absl::Status too_wide = RingEncoder::Create(4, encoding).status();
-  EXPECT_THAT(too_wide.message(), testing::HasSubstr("would not fit the ring")) << too_wide;
+  EXPECT_THAT(too_wide.message(), testing::HasSubstr("in 64-bit fixed point holds at most"))
+      << too_wide;
   encoding.scale = 1.0;
   auto encoder = RingEncoder::Create(4, encoding);
   SecureRandom random = TestRandom('z');
