@@ -177,9 +177,9 @@ int64_t TabulatedDiscreteGaussian::Finish(uint64_t word, SecureRandom& random) c
       const uint64_t rest = random() >> kCoinBits;
       if (rest < (threshold_[column] & ((uint64_t{1} << (64 - kCoinBits)) - 1))) cell = column;
     }
+    // A cell too wide to share the first word (then cell_bits_ > 28) takes a second one.
     const uint64_t offset =
-        one_word_ ? word & ((uint64_t{1} << cell_bits_) - 1)
-                  : random() >> (64 - std::max(cell_bits_, 1)) & ((uint64_t{1} << cell_bits_) - 1);
+        one_word_ ? word & ((uint64_t{1} << cell_bits_) - 1) : random() >> (64 - cell_bits_);
     const Candidate candidate = CandidateOf(cell, offset);
     // Keep with probability e^-γ: the uniform's first 12 bits are in the word, the next 64
     // come now. Double precision decides unless the uniform is within 2^-45 of e^-γ.

@@ -155,35 +155,39 @@ TEST(NoiseTest, TabulatedDiscreteGaussianMatchesItsExactDistribution) {
 
 TEST(NoiseTest, TabulatedDiscreteGaussianAtTheScaleOfRealNoise) {
   // σ ≈ 1.4·10^8, the local noise of a 32-bit ring with three clients: cells of 2^21 values and
-  // the one-word fast path. The pmf is the continuous normal density to within 10^-16 here, so
-  // the check is on the moments and on the shape in bins of σ/4.
-  const double sigma = 1.4e8;
-  const TabulatedDiscreteGaussian sampler(sigma * sigma);
-  EXPECT_EQ(sampler.cell_width(), int64_t{1} << 21);
-  SecureRandom random = TestRandom('r');
-  std::vector<int64_t> draws(kDraws);
-  sampler.Fill(draws, random);
-  constexpr int kBins = 24;  // [-3σ, 3σ) in quarters of σ
-  std::vector<int64_t> counts(kBins);
-  double sum = 0;
-  double squares = 0;
-  for (int64_t x : draws) {
-    const double scaled = static_cast<double>(x) / sigma;
-    sum += scaled;
-    squares += scaled * scaled;
-    const auto bin = static_cast<int>(std::floor((scaled + 3.0) * 4.0));
-    if (bin >= 0 && bin < kBins) ++counts[static_cast<size_t>(bin)];
-  }
-  const double n = kDraws;
-  EXPECT_NEAR(sum / n, 0.0, 5 / std::sqrt(n));
-  EXPECT_NEAR(squares / n, 1.0, 5 * std::sqrt(2.0 / n));
-  for (int b = 0; b < kBins; ++b) {
-    const double low = -3.0 + b / 4.0;
-    const double p =
-        0.5 * (std::erfc(-(low + 0.25) / std::sqrt(2.0)) - std::erfc(-low / std::sqrt(2.0)));
-    EXPECT_NEAR(static_cast<double>(counts[static_cast<size_t>(b)]) / n, p,
-                5 * std::sqrt(p * (1 - p) / n))
-        << "bin from " << low << "σ";
+  // the one-word fast path. σ = 2^40 (a 62-bit ring): cells of 2^34 values, too wide to share
+  // the first word, so every draw takes its offset from a second one. The pmf is the continuous
+  // normal density to within 10^-16 at these σ, so the check is on the moments and on the
+  // shape in bins of σ/4.
+  for (const auto& [sigma, width] :
+       {std::pair{1.4e8, int64_t{1} << 21}, std::pair{0x1.0p40, int64_t{1} << 34}}) {
+    const TabulatedDiscreteGaussian sampler(sigma * sigma);
+    EXPECT_EQ(sampler.cell_width(), width);
+    SecureRandom random = TestRandom('r');
+    std::vector<int64_t> draws(kDraws);
+    sampler.Fill(draws, random);
+    constexpr int kBins = 24;  // [-3σ, 3σ) in quarters of σ
+    std::vector<int64_t> counts(kBins);
+    double sum = 0;
+    double squares = 0;
+    for (int64_t x : draws) {
+      const double scaled = static_cast<double>(x) / sigma;
+      sum += scaled;
+      squares += scaled * scaled;
+      const auto bin = static_cast<int>(std::floor((scaled + 3.0) * 4.0));
+      if (bin >= 0 && bin < kBins) ++counts[static_cast<size_t>(bin)];
+    }
+    const double n = kDraws;
+    EXPECT_NEAR(sum / n, 0.0, 5 / std::sqrt(n)) << sigma;
+    EXPECT_NEAR(squares / n, 1.0, 5 * std::sqrt(2.0 / n)) << sigma;
+    for (int b = 0; b < kBins; ++b) {
+      const double low = -3.0 + b / 4.0;
+      const double p =
+          0.5 * (std::erfc(-(low + 0.25) / std::sqrt(2.0)) - std::erfc(-low / std::sqrt(2.0)));
+      EXPECT_NEAR(static_cast<double>(counts[static_cast<size_t>(b)]) / n, p,
+                  5 * std::sqrt(p * (1 - p) / n))
+          << "σ = " << sigma << ", bin from " << low << "σ";
+    }
   }
 }
 
