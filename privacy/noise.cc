@@ -298,47 +298,43 @@ int64_t SampleDiscreteGaussian(double sigma_squared, SecureRandom& random) {
   return DiscreteGaussianSampler(sigma_squared).Sample(random);
 }
 
-namespace {
+PoissonSampler::PoissonSampler(double mu)
+    : mu_(mu),
+      limit_(std::exp(-mu)),
+      log_mu_(std::log(mu)),
+      b_(0.931 + 2.53 * std::sqrt(mu)),
+      a_(-0.059 + 0.02483 * b_),
+      log_inverse_alpha_(std::log(1.1239 + 1.1328 / (b_ - 3.4))),
+      v_r_(0.9277 - 3.6224 / (b_ - 2.0)) {}
 
-// Poisson(μ). Small means multiply uniforms until the product falls below e^-μ (Knuth); large
-// ones use Hörmann's transformed rejection with squeeze (PTRS, 1993), which accepts most
-// draws after two uniforms and no logarithm.
-int64_t SamplePoisson(double mu, SecureRandom& random) {
-  if (mu < 10.0) {
-    const double limit = std::exp(-mu);
+int64_t PoissonSampler::Sample(SecureRandom& random) const {
+  if (mu_ < 10.0) {
     int64_t k = 0;
     double product = random.UniformDouble();
-    while (product > limit) {
+    while (product > limit_) {
       ++k;
       product *= random.UniformDouble();
     }
     return k;
   }
-  const double sqrt_mu = std::sqrt(mu);
-  const double log_mu = std::log(mu);
-  const double b = 0.931 + 2.53 * sqrt_mu;
-  const double a = -0.059 + 0.02483 * b;
-  const double inverse_alpha = 1.1239 + 1.1328 / (b - 3.4);
-  const double v_r = 0.9277 - 3.6224 / (b - 2.0);
   while (true) {
     const double u = random.UniformDouble() - 0.5;
     const double v = random.UniformDouble();
     const double us = 0.5 - std::abs(u);
-    const auto k = static_cast<int64_t>(std::floor((2.0 * a / us + b) * u + mu + 0.43));
-    if (us >= 0.07 && v <= v_r) return k;
+    const auto k = static_cast<int64_t>(std::floor((2.0 * a_ / us + b_) * u + mu_ + 0.43));
+    if (us >= 0.07 && v <= v_r_) return k;
     if (k < 0 || (us < 0.013 && v > us)) continue;
     const auto kd = static_cast<double>(k);
-    if (std::log(v) + std::log(inverse_alpha) - std::log(a / (us * us) + b) <=
-        -mu + kd * log_mu - std::lgamma(kd + 1.0)) {
+    if (std::log(v) + log_inverse_alpha_ - std::log(a_ / (us * us) + b_) <=
+        -mu_ + kd * log_mu_ - std::lgamma(kd + 1.0)) {
       return k;
     }
   }
 }
 
-}  // namespace
-
 int64_t SampleSkellam(double mu, SecureRandom& random) {
-  return SamplePoisson(mu, random) - SamplePoisson(mu, random);
+  const PoissonSampler poisson(mu);
+  return poisson.Sample(random) - poisson.Sample(random);
 }
 
 double SampleGaussian(double sigma, SecureRandom& random) {

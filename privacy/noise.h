@@ -107,7 +107,32 @@ class TabulatedDiscreteGaussian {
 // One draw; prefer a DiscreteGaussianSampler for many draws with the same σ².
 int64_t SampleDiscreteGaussian(double sigma_squared, SecureRandom& random);
 
-// Skellam(μ, μ) = Poisson(μ) - Poisson(μ): mean 0, variance 2μ. μ > 0.
+// Poisson(μ), μ > 0. Small means multiply uniforms until the product falls below e^-μ (Knuth);
+// large ones use Hörmann's transformed rejection with squeeze (PTRS, 1993), which accepts most
+// draws after two uniforms and no logarithm. Built once per μ, which it prepares PTRS's
+// constants for.
+//
+// PTRS maps a 53-bit uniform through a continuous transform onto k, so at large μ each k gets
+// about 2^53/(2.5·√μ) of the uniform's values and its probability is off by one value in that
+// many: at μ = 10^16 (σ ≈ 10^8, the scale a 32-bit ring gives) each draw is within only about
+// 2^-23 of the Poisson law in total variation. The discrete Gaussian has no such limit.
+class PoissonSampler {
+ public:
+  explicit PoissonSampler(double mu);
+  int64_t Sample(SecureRandom& random) const;
+
+ private:
+  double mu_;
+  double limit_;
+  double log_mu_;
+  double b_;
+  double a_;
+  double log_inverse_alpha_;
+  double v_r_;
+};
+
+// Skellam(μ, μ) = Poisson(μ) - Poisson(μ): mean 0, variance 2μ. μ > 0. For many draws, take
+// two from one PoissonSampler.
 int64_t SampleSkellam(double mu, SecureRandom& random);
 
 // N(0, σ²) on the reals, for central DP.

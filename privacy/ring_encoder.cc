@@ -163,6 +163,11 @@ absl::StatusOr<RingEncoder> RingEncoder::Create(size_t dimension, RingEncoding e
     encoder.discrete_gaussian_ =
         std::make_shared<const TabulatedDiscreteGaussian>(encoder.encoding_.local_noise_variance);
   }
+  if (encoder.encoding_.mechanism == NoiseMechanism::kSkellam) {
+    // Skellam of variance σ² is the difference of two Poisson(σ²/2) draws.
+    encoder.poisson_ =
+        std::make_shared<const PoissonSampler>(encoder.encoding_.local_noise_variance / 2.0);
+  }
   return encoder;
 }
 
@@ -331,7 +336,7 @@ void RingEncoder::FillNoise(std::span<int64_t> noise, SecureRandom& random) cons
       discrete_gaussian_->Fill(noise, random);
       break;
     case NoiseMechanism::kSkellam:
-      for (int64_t& x : noise) x = SampleSkellam(encoding_.local_noise_variance / 2.0, random);
+      for (int64_t& x : noise) x = poisson_->Sample(random) - poisson_->Sample(random);
       break;
   }
 }

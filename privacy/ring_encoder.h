@@ -72,8 +72,9 @@ class RingEncoder {
 
   RandomizedHadamard rotation_;
   RingEncoding encoding_;
-  // Built once for the encoding's variance when the mechanism is the discrete Gaussian.
+  // Built once for the encoding's variance, for the mechanism it has.
   std::shared_ptr<const TabulatedDiscreteGaussian> discrete_gaussian_;
+  std::shared_ptr<const PoissonSampler> poisson_;
 };
 
 }  // namespace fedmoe::privacy
