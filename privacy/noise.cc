@@ -74,6 +74,10 @@ constexpr double kTableSigmas = 12.0;
 
 __extension__ using Uint128 = unsigned __int128;
 
+// 1 - γ + γ²/2 - γ³/6 ≤ e^-γ ≤ 1 - γ + γ²/2 for γ ≥ 0 (alternating Taylor remainders).
+double KeepAtLeast(double gamma) { return 1.0 - gamma * (1.0 - gamma * (0.5 - gamma / 6.0)); }
+double KeepAtMost(double gamma) { return 1.0 - gamma * (1.0 - gamma * 0.5); }
+
 }  // namespace
 
 TabulatedDiscreteGaussian::TabulatedDiscreteGaussian(double sigma_squared, double cells_per_sigma)
@@ -181,20 +185,28 @@ int64_t TabulatedDiscreteGaussian::Finish(uint64_t word, SecureRandom& random) c
     const uint64_t offset =
         one_word_ ? word & ((uint64_t{1} << cell_bits_) - 1) : random() >> (64 - cell_bits_);
     const Candidate candidate = CandidateOf(cell, offset);
-    // Keep with probability e^-γ: the uniform's first 12 bits are in the word, the next 64
-    // come now. Double precision decides unless the uniform is within 2^-45 of e^-γ.
+    // Keep with probability e^-γ. The uniform's first 12 bits are in the word; the bounds of
+    // e^-γ decide most draws from them alone, then from 64 more bits, and the rest by e^-γ in
+    // double precision, or in long double within 2^-45 of it.
+    constexpr double kMargin = 0x1.0p-45;
+    const double gamma = candidate.gamma;
     const auto accept_prefix =
         static_cast<double>((word >> accept_shift) & ((1U << kAcceptBits) - 1));
+    if ((accept_prefix + 1.0) * 0x1.0p-12 < KeepAtLeast(gamma) - kMargin) {
+      return candidate.value;
+    }
+    if (accept_prefix * 0x1.0p-12 > KeepAtMost(gamma) + kMargin) {
+      word = random();
+      continue;
+    }
     const uint64_t more = random();
     const double uniform = (accept_prefix + static_cast<double>(more) * 0x1.0p-64) * 0x1.0p-12;
-    const double keep = std::exp(-candidate.gamma);
-    constexpr double kMargin = 0x1.0p-45;
-    const bool kept =
-        uniform < keep - kMargin ||
-        (uniform <= keep + kMargin &&
-         (static_cast<long double>(accept_prefix) + static_cast<long double>(more) * 0x1.0p-64L) *
-                 0x1.0p-12L <
-             std::exp(-static_cast<long double>(candidate.gamma)));
+    const double keep = std::exp(-gamma);
+    const bool kept = uniform < keep - kMargin ||
+                      (uniform <= keep + kMargin && (static_cast<long double>(accept_prefix) +
+                                                     static_cast<long double>(more) * 0x1.0p-64L) *
+                                                            0x1.0p-12L <
+                                                        std::exp(-static_cast<long double>(gamma)));
     if (kept) return candidate.value;
     word = random();
   }
@@ -247,8 +259,7 @@ size_t SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict
     const auto accept = static_cast<double>((word >> layout.accept_shift) & kFieldMask);
     values[i] =
         static_cast<int64_t>(static_cast<uint64_t>(j) << layout.cell_bits) + (offset ^ mirror);
-    // 1 - γ + γ²/2 - γ³/6 ≤ e^-γ for γ ≥ 0.
-    const double keep_at_least = 1.0 - gamma * (1.0 - gamma * (0.5 - gamma * (1.0 / 6.0)));
+    const double keep_at_least = KeepAtLeast(gamma);
     const bool open = (coin == threshold_top) | (accept + 1.0 > keep_at_least * 0x1.0p12);
     unsettled[i] = static_cast<uint8_t>(open);
     unsettled_count += open ? 1 : 0;
