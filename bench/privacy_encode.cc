@@ -76,21 +76,30 @@ BENCHMARK(BM_Encode)
     ->Unit(benchmark::kMillisecond);
 
 // The encoding a coordinator plans for a cohort of state.range(0) clients (noise multiplier 1,
-// clip norm 1, the default 32-bit ring): γ from coordinator::ChooseScale and each client's
-// share of the discrete Gaussian, σ = γ/√n, about 10^8 for three clients.
+// clip norm 1, the default 32-bit ring), with the mechanism state.range(1): γ from
+// coordinator::ChooseScale and each client's share of the noise, σ = γ/√n, about 10^8 for
+// three clients (a Skellam mean of about 10^16).
 void BM_EncodeAsPlanned(benchmark::State& state) {
   const int64_t clients = state.range(0);
+  const auto mechanism = static_cast<NoiseMechanism>(state.range(1));
   privacy::RingEncoding encoding;
   encoding.clip_norm = 1.0;
   encoding.scale = coordinator::ChooseScale(kRingBits, clients, kDimension, 1.0, 1.0);
   encoding.rounding_beta = 0.6065306597;
-  encoding.mechanism = NoiseMechanism::kDiscreteGaussian;
+  encoding.mechanism = mechanism;
   encoding.local_noise_variance = encoding.scale * encoding.scale / static_cast<double>(clients);
   encoding.ring_bits = kRingBits;
-  RunEncoding(state, encoding, "discrete gaussian, as planned for the cohort");
+  RunEncoding(state, encoding,
+              mechanism == NoiseMechanism::kSkellam
+                  ? "skellam, as planned for the cohort"
+                  : "discrete gaussian, as planned for the cohort");
   state.counters["clients"] = static_cast<double>(clients);
 }
-BENCHMARK(BM_EncodeAsPlanned)->Arg(3)->Arg(100)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_EncodeAsPlanned)
+    ->Args({3, static_cast<int>(NoiseMechanism::kDiscreteGaussian)})
+    ->Args({100, static_cast<int>(NoiseMechanism::kDiscreteGaussian)})
+    ->Args({3, static_cast<int>(NoiseMechanism::kSkellam)})
+    ->Unit(benchmark::kMillisecond);
 
 void BM_Rotate(benchmark::State& state) {
   auto rotation = privacy::RandomizedHadamard::Create(kDimension, std::string(32, 'r'));
@@ -124,7 +133,7 @@ void BM_TabulatedDiscreteGaussianNoise(benchmark::State& state) {
   const auto sigma = static_cast<double>(state.range(0));
   privacy::SecureRandom random = *privacy::SecureRandom::FromSystem();
   std::vector<int64_t> noise(kDimension);
-  const privacy::TabulatedDiscreteGaussian sampler(sigma * sigma);
+  const privacy::TabulatedNoise sampler = privacy::TabulatedNoise::DiscreteGaussian(sigma * sigma);
   for (auto _ : state) {
     sampler.Fill(noise, random);
     benchmark::DoNotOptimize(noise.data());

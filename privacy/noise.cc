@@ -7,6 +7,8 @@
 #include <cstring>
 #include <random>
 
+#include "absl/strings/str_cat.h"
+
 namespace fedmoe::privacy {
 
 bool SampleBernoulliExpMinus(double gamma, SecureRandom& random) {
@@ -74,15 +76,49 @@ constexpr double kTableSigmas = 12.0;
 
 __extension__ using Uint128 = unsigned __int128;
 
+// γ = G(x) - G(m) for |x| = |m| + offset, without the cancellation of a difference: x² - m²
+// = offset·(2|m| + offset), times c2 + c4·(x² + m²) + c6·(x⁴ + x²m² + m⁴).
+// kQuadratic: c4 = c6 = 0 (the discrete Gaussian), which the vectorised pass keeps lean.
+template <bool kQuadratic = false>
+double GammaOf(const EvenLogWeight& weight, double nearest, double offset) {
+  if constexpr (kQuadratic) return offset * (2.0 * nearest + offset) * weight.c2;
+  const double far = nearest + offset;
+  const double far_squared = far * far;
+  const double near_squared = nearest * nearest;
+  const double quartic_sum =
+      far_squared * far_squared + far_squared * near_squared + near_squared * near_squared;
+  return offset * (2.0 * nearest + offset) *
+         (weight.c2 + weight.c4 * (far_squared + near_squared) + weight.c6 * quartic_sum);
+}
+
 // 1 - γ + γ²/2 - γ³/6 ≤ e^-γ ≤ 1 - γ + γ²/2 for γ ≥ 0 (alternating Taylor remainders).
 double KeepAtLeast(double gamma) { return 1.0 - gamma * (1.0 - gamma * (0.5 - gamma / 6.0)); }
 double KeepAtMost(double gamma) { return 1.0 - gamma * (1.0 - gamma * 0.5); }
 
 }  // namespace
 
-TabulatedDiscreteGaussian::TabulatedDiscreteGaussian(double sigma_squared, double cells_per_sigma)
-    : sigma_squared_(sigma_squared) {
-  const double sigma = std::sqrt(sigma_squared);
+TabulatedNoise TabulatedNoise::DiscreteGaussian(double sigma_squared, double cells_per_sigma) {
+  return TabulatedNoise({.c2 = 1.0 / (2.0 * sigma_squared)}, std::sqrt(sigma_squared),
+                        cells_per_sigma);
+}
+
+absl::StatusOr<TabulatedNoise> TabulatedNoise::Skellam(double mu) {
+  if (!(mu >= kMinTabulatedSkellamMean)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the tabulated Skellam needs a mean of at least 2^24, not ", mu,
+                     ": below it the series for log I_ν(2μ) is not exact enough"));
+  }
+  const double z = 2.0 * mu;
+  const double z2 = z * z;
+  const double z3 = z2 * z;
+  const EvenLogWeight weight{.c2 = 1.0 / (2.0 * z) + 1.0 / (4.0 * z2) + 13.0 / (48.0 * z3),
+                             .c4 = -1.0 / (24.0 * z3) - 1.0 / (8.0 * z2 * z2),
+                             .c6 = 1.0 / (80.0 * z3 * z2)};
+  return TabulatedNoise(weight, std::sqrt(z), 64);
+}
+
+TabulatedNoise::TabulatedNoise(EvenLogWeight log_weight, double sigma, double cells_per_sigma)
+    : log_weight_(log_weight) {
   // t = 2^k ≤ σ/cells_per_sigma, at least 1.
   const double widest = sigma / std::clamp(cells_per_sigma, 1.0, 64.0);
   cell_bits_ = widest < 2.0 ? 0 : static_cast<int>(std::floor(std::log2(widest)));
@@ -95,7 +131,7 @@ TabulatedDiscreteGaussian::TabulatedDiscreteGaussian(double sigma_squared, doubl
   one_word_ =
       column_bits_ <= kMaxColumnBits && cell_bits_ <= 64 - column_bits_ - kCoinBits - kAcceptBits;
 
-  // Cell weights e^(-m²/(2σ²)) in long double, then as integers that sum to exactly
+  // Cell weights e^-G(m) in long double, then as integers that sum to exactly
   // columns·2^64, so that the alias table below is built without rounding.
   std::vector<long double> weights(columns, 0.0L);
   // The total by Neumaier's compensated sum: its error would otherwise grow with the ~3000
@@ -104,7 +140,7 @@ TabulatedDiscreteGaussian::TabulatedDiscreteGaussian(double sigma_squared, doubl
   long double compensation = 0;
   for (size_t c = 0; c < static_cast<size_t>(2 * negative_cells_); ++c) {
     const auto nearest = static_cast<long double>(CandidateOf(c, 0).value);
-    weights[c] = std::exp(-nearest * nearest / (2.0L * static_cast<long double>(sigma_squared)));
+    weights[c] = std::exp(-log_weight_.At(nearest));
     const long double sum = total + weights[c];
     compensation +=
         std::abs(total) >= weights[c] ? (total - sum) + weights[c] : (weights[c] - sum) + total;
@@ -152,8 +188,7 @@ TabulatedDiscreteGaussian::TabulatedDiscreteGaussian(double sigma_squared, doubl
   }
 }
 
-TabulatedDiscreteGaussian::Candidate TabulatedDiscreteGaussian::CandidateOf(uint64_t cell,
-                                                                            uint64_t offset) const {
+TabulatedNoise::Candidate TabulatedNoise::CandidateOf(uint64_t cell, uint64_t offset) const {
   const int64_t j = static_cast<int64_t>(cell) - negative_cells_;
   const int64_t width = cell_width();
   // A negative cell counts its offset from its end nearest zero: x = j·t + (t - 1 - offset).
@@ -161,13 +196,10 @@ TabulatedDiscreteGaussian::Candidate TabulatedDiscreteGaussian::CandidateOf(uint
   const auto from_start = static_cast<int64_t>(negative ? (width - 1) - offset : offset);
   const int64_t value = j * width + from_start;
   const int64_t nearest = negative ? (-j - 1) * width + 1 : j * width;
-  // x² - m² = offset·(2|m| + offset), exact in integers, then one rounding to double.
-  const auto off = static_cast<double>(offset);
-  const double gamma = off * (2.0 * static_cast<double>(nearest) + off) / (2.0 * sigma_squared_);
-  return {value, gamma};
+  return {value, GammaOf(log_weight_, static_cast<double>(nearest), static_cast<double>(offset))};
 }
 
-int64_t TabulatedDiscreteGaussian::Finish(uint64_t word, SecureRandom& random) const {
+int64_t TabulatedNoise::Finish(uint64_t word, SecureRandom& random) const {
   const int accept_shift = 64 - column_bits_ - kCoinBits - kAcceptBits;
   while (true) {
     const uint64_t column = word >> (64 - column_bits_);
@@ -212,9 +244,7 @@ int64_t TabulatedDiscreteGaussian::Finish(uint64_t word, SecureRandom& random) c
   }
 }
 
-int64_t TabulatedDiscreteGaussian::Sample(SecureRandom& random) const {
-  return Finish(random(), random);
-}
+int64_t TabulatedNoise::Sample(SecureRandom& random) const { return Finish(random(), random); }
 
 namespace {
 
@@ -227,13 +257,14 @@ struct FirstWordLayout {
   uint64_t offset_mask;
   int cell_bits;
   int64_t negative_cells;
-  double gamma_per_unit;
+  EvenLogWeight log_weight;
 };
 
-// TabulatedDiscreteGaussian::CandidateOf without branches, for the draws that 12 coin bits and
+// TabulatedNoise::CandidateOf without branches, for the draws that 12 coin bits and
 // 12 acceptance bits settle: a coin away from its column's threshold, and a uniform surely
 // below a lower bound of e^-γ. The others are flagged. A free function with unaliased pointers, so
 // that the loop vectorises.
+template <bool kQuadratic>
 size_t SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict words,
                         size_t count, int64_t* __restrict values, uint8_t* __restrict unsettled) {
   const uint64_t* __restrict packed = layout.packed;
@@ -255,7 +286,7 @@ size_t SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict
     // Cells are 2^cell_bits wide: shifts, not multiplications.
     const int64_t nearest = ((j ^ negative) << layout.cell_bits) + (negative & 1);
     const auto off = static_cast<double>(offset);
-    const double gamma = off * (2.0 * static_cast<double>(nearest) + off) * layout.gamma_per_unit;
+    const double gamma = GammaOf<kQuadratic>(layout.log_weight, static_cast<double>(nearest), off);
     const auto accept = static_cast<double>((word >> layout.accept_shift) & kFieldMask);
     values[i] =
         static_cast<int64_t>(static_cast<uint64_t>(j) << layout.cell_bits) + (offset ^ mirror);
@@ -269,7 +300,7 @@ size_t SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict
 
 }  // namespace
 
-void TabulatedDiscreteGaussian::Fill(std::span<int64_t> out, SecureRandom& random) const {
+void TabulatedNoise::Fill(std::span<int64_t> out, SecureRandom& random) const {
   if (!one_word_) {
     for (int64_t& value : out) value = Sample(random);
     return;
@@ -282,7 +313,8 @@ void TabulatedDiscreteGaussian::Fill(std::span<int64_t> out, SecureRandom& rando
                                (uint64_t{1} << cell_bits_) - 1,
                                cell_bits_,
                                negative_cells_,
-                               1.0 / (2.0 * sigma_squared_)};
+                               log_weight_};
+  const bool quadratic = log_weight_.c4 == 0 && log_weight_.c6 == 0;
   constexpr size_t kBatch = 1024;
   std::array<uint64_t, kBatch> words;
   std::array<uint8_t, kBatch> unsettled{};
@@ -290,7 +322,9 @@ void TabulatedDiscreteGaussian::Fill(std::span<int64_t> out, SecureRandom& rando
     const size_t count = std::min(kBatch, out.size() - start);
     random.Fill(std::span(words.data(), count));
     int64_t* batch = out.data() + start;
-    size_t open = SettleFirstWords(layout, words.data(), count, batch, unsettled.data());
+    size_t open =
+        quadratic ? SettleFirstWords<true>(layout, words.data(), count, batch, unsettled.data())
+                  : SettleFirstWords<false>(layout, words.data(), count, batch, unsettled.data());
     // Eight flags at a time: most batches have a few open draws, at most.
     for (size_t group = 0; open > 0 && group < count; group += 8) {
       uint64_t flags = 0;

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "privacy/secure_random.h"
 
 namespace fedmoe::privacy {
@@ -45,31 +46,54 @@ class DiscreteGaussianSampler {
   std::vector<double> exp_minus_u_over_t_;
 };
 
-// The same law drawn in bulk, at about one 64-bit random word per value, for the noise of a
-// whole update. The integers are cut into cells of t = 2^k consecutive values, with t the
-// largest power of two at most σ/`cells_per_sigma` (t = 1 for small σ), and the cells out to
-// 12σ are tabulated with weights e^(-m²/(2σ²)), m being a cell's value nearest zero. A draw
-// takes a cell from an alias table and a uniform offset in it, and keeps the value x with
-// probability e^(-(x² - m²)/(2σ²)): cell weight times acceptance is proportional to
-// e^(-x²/(2σ²)), which is the discrete Gaussian. At the default resolution about 99% of
-// draws are kept.
+// G(ν) = log P(0) - log P(ν) of a symmetric law on the integers, as the even polynomial
+// c2·ν² + c4·ν⁴ + c6·ν⁶; increasing in |ν| over the range a table covers.
+struct EvenLogWeight {
+  double c2 = 0;
+  double c4 = 0;
+  double c6 = 0;
+  long double At(long double nu) const {
+    const long double square = nu * nu;
+    return square *
+           (static_cast<long double>(c2) + square * (static_cast<long double>(c4) + square * c6));
+  }
+};
+
+// A symmetric integer noise drawn in bulk, at about one 64-bit random word per value, for the
+// noise of a whole update: the discrete Gaussian, and the Skellam at the large means of real
+// rings. The integers are cut into cells of t = 2^k consecutive values, with t the largest
+// power of two at most σ/`cells_per_sigma` (t = 1 for small σ), and the cells out to 12σ are
+// tabulated with weights e^-G(m), m being a cell's value nearest zero. A draw takes a cell from
+// an alias table and a uniform offset in it, and keeps the value x with probability
+// e^-(G(x) - G(m)): cell weight times acceptance is proportional to e^-G(x), which is the law.
+// At the default resolution about 99% of draws are kept.
 //
 // How near it is: the alias table holds integer weights, so its cells follow those weights
-// exactly; they are e^(-m²/(2σ²)) to within about 2^-61 relative (long double, with a
-// compensated total) plus 2^-64 of quantisation. The acceptance probability e^-γ is within
-// γ·2^-51 (γ in double; the comparison itself in long double near the boundary), and γ
-// averages about 0.005. The cut at 12σ drops mass below 2^-100. So each draw is within about
-// 2^-58 of the law in total variation, against about 2^-52 for DiscreteGaussianSampler's
-// double-precision Bernoulli draws, and N draws within N·2^-58.
+// exactly; they are e^-G(m) to within about 2^-61 relative (long double, with a compensated
+// total) plus 2^-64 of quantisation. The acceptance probability e^-γ is within γ·2^-51 (γ in
+// double; the comparison itself in long double near the boundary), and γ averages about
+// 0.005. The cut at 12σ drops mass below 2^-100. So each draw is within about 2^-58 of the
+// law G describes in total variation (against about 2^-52 for DiscreteGaussianSampler's
+// double-precision Bernoulli draws), and N draws within N·2^-58.
 //
 // Most draws are decided by the first word (cell, alias coin, acceptance and offset bits),
 // in a loop without branches that compilers vectorise; the rest (an alias coin or an
 // acceptance too close to call on 12 bits, a rejection, or a cell wider than 2^28 values)
 // are finished one at a time with more words.
-class TabulatedDiscreteGaussian {
+class TabulatedNoise {
  public:
-  // σ² > 0; 1 ≤ cells_per_sigma ≤ 64 (tests pick coarse cells to exercise the acceptance).
-  explicit TabulatedDiscreteGaussian(double sigma_squared, double cells_per_sigma = 64);
+  // The discrete Gaussian N_Z(0, σ²), σ² > 0: G(ν) = ν²/(2σ²). 1 ≤ cells_per_sigma ≤ 64
+  // (tests pick coarse cells to exercise the acceptance).
+  static TabulatedNoise DiscreteGaussian(double sigma_squared, double cells_per_sigma = 64);
+
+  // Skellam(μ, μ), P(ν) = e^(-2μ) I_|ν|(2μ), for μ ≥ kMinTabulatedSkellamMean. With z = 2μ,
+  // Debye's uniform expansion of I_ν(z) gives
+  //   G(ν) = ν²/(2z) + ν²/(4z²) + (13/48)·ν²/z³ - ν⁴/(24z³) - ν⁴/(8z⁴) + ν⁶/(80z⁵),
+  // whose first omitted terms, of order ν⁸/z⁷ and ν⁶/z⁶, are below 10^-13 at that smallest
+  // mean over |ν| ≤ 12√z and shrink as z^-3. (PoissonSampler's PTRS, which the smaller means
+  // keep, is within about 5√μ·2^-53 per draw, 2^-38 at that mean.)
+  static absl::StatusOr<TabulatedNoise> Skellam(double mu);
+  static constexpr double kMinTabulatedSkellamMean = 0x1.0p24;
 
   int64_t Sample(SecureRandom& random) const;
   // out[i] = a fresh draw, for every i.
@@ -77,8 +101,12 @@ class TabulatedDiscreteGaussian {
 
   // t, the cell width.
   int64_t cell_width() const { return int64_t{1} << cell_bits_; }
+  const EvenLogWeight& log_weight() const { return log_weight_; }
 
  private:
+  // σ sets the cells and the cut at 12σ.
+  TabulatedNoise(EvenLogWeight log_weight, double sigma, double cells_per_sigma);
+
   struct Candidate {
     int64_t value;
     // e^-gamma is the probability of keeping the value.
@@ -88,7 +116,7 @@ class TabulatedDiscreteGaussian {
   // Finishes the draw that starts with `word`, drawing more words as it needs them.
   int64_t Finish(uint64_t word, SecureRandom& random) const;
 
-  double sigma_squared_;
+  EvenLogWeight log_weight_;
   int cell_bits_;
   // Cells are [j·t, j·t + t) for j in [-negative_cells_, negative_cells_): column c of the
   // alias table is the cell j = c - negative_cells_.
@@ -112,10 +140,11 @@ int64_t SampleDiscreteGaussian(double sigma_squared, SecureRandom& random);
 // draws after two uniforms and no logarithm. Built once per μ, which it prepares PTRS's
 // constants for.
 //
-// PTRS maps a 53-bit uniform through a continuous transform onto k, so at large μ each k gets
-// about 2^53/(2.5·√μ) of the uniform's values and its probability is off by one value in that
-// many: at μ = 10^16 (σ ≈ 10^8, the scale a 32-bit ring gives) each draw is within only about
-// 2^-23 of the Poisson law in total variation. The discrete Gaussian has no such limit.
+// PTRS maps a 53-bit uniform through a continuous transform onto k, so each k gets about
+// 2^53/(2.5·√μ) of the uniform's values and its probability is off by one value in that many:
+// a draw is within about 5√μ·2^-53 of the Poisson law in total variation, 2^-38 at μ = 2^24
+// but only 2^-23 at μ = 10^16 (σ ≈ 10^8, the scale a 32-bit ring gives). The encoder draws
+// Skellam noise from TabulatedNoise::Skellam from μ = 2^24 up.
 class PoissonSampler {
  public:
   explicit PoissonSampler(double mu);

@@ -159,14 +159,20 @@ absl::StatusOr<RingEncoder> RingEncoder::Create(size_t dimension, RingEncoding e
         rotation->padded_dimension(), " values in 64-bit fixed point holds at most ", widest));
   }
   RingEncoder encoder(std::move(*rotation), std::move(encoding));
+  const double variance = encoder.encoding_.local_noise_variance;
   if (encoder.encoding_.mechanism == NoiseMechanism::kDiscreteGaussian) {
-    encoder.discrete_gaussian_ =
-        std::make_shared<const TabulatedDiscreteGaussian>(encoder.encoding_.local_noise_variance);
+    encoder.table_ =
+        std::make_shared<const TabulatedNoise>(TabulatedNoise::DiscreteGaussian(variance));
   }
+  // Skellam of variance σ² is the difference of two Poisson(σ²/2) draws.
   if (encoder.encoding_.mechanism == NoiseMechanism::kSkellam) {
-    // Skellam of variance σ² is the difference of two Poisson(σ²/2) draws.
-    encoder.poisson_ =
-        std::make_shared<const PoissonSampler>(encoder.encoding_.local_noise_variance / 2.0);
+    if (variance / 2.0 >= TabulatedNoise::kMinTabulatedSkellamMean) {
+      absl::StatusOr<TabulatedNoise> skellam = TabulatedNoise::Skellam(variance / 2.0);
+      if (!skellam.ok()) return skellam.status();
+      encoder.table_ = std::make_shared<const TabulatedNoise>(*std::move(skellam));
+    } else {
+      encoder.poisson_ = std::make_shared<const PoissonSampler>(variance / 2.0);
+    }
   }
   return encoder;
 }
@@ -333,10 +339,14 @@ void RingEncoder::FillNoise(std::span<int64_t> noise, SecureRandom& random) cons
       std::fill(noise.begin(), noise.end(), int64_t{0});
       break;
     case NoiseMechanism::kDiscreteGaussian:
-      discrete_gaussian_->Fill(noise, random);
+      table_->Fill(noise, random);
       break;
     case NoiseMechanism::kSkellam:
-      for (int64_t& x : noise) x = poisson_->Sample(random) - poisson_->Sample(random);
+      if (table_ != nullptr) {
+        table_->Fill(noise, random);
+      } else {
+        for (int64_t& x : noise) x = poisson_->Sample(random) - poisson_->Sample(random);
+      }
       break;
   }
 }
