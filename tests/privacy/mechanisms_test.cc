@@ -466,19 +466,23 @@ TEST(RingEncoderTest, RoundingIsUnbiasedAndRespectsItsNormBound) {
 }
 
 TEST(RingEncoderTest, NoisedSumDecodesToTheTrueSumWithinThePredictedNoise) {
-  // Five clients, each adding discrete Gaussian noise of variance σ² in scaled units, in a
-  // 32-bit ring. The decoded sum's error per coordinate has variance
+  // Five clients, each adding noise of variance σ² in scaled units, in a 32-bit ring. The
+  // decoded sum's error per coordinate has variance
   //   (n·σ² + rounding variance) / γ²,
-  // with the rounding variance between 0 and n/4 per rotated coordinate.
+  // with the rounding variance between 0 and n/4 per rotated coordinate. Skellam of variance
+  // 2^26 (mean 2^25) comes from the table, of variance 400 from PTRS.
   const int clients = 5;
   const size_t d = 4096;
-  for (NoiseMechanism mechanism : {NoiseMechanism::kDiscreteGaussian, NoiseMechanism::kSkellam}) {
+  for (const auto& [mechanism, local_variance] :
+       {std::pair{NoiseMechanism::kDiscreteGaussian, 400.0},
+        std::pair{NoiseMechanism::kSkellam, 400.0},
+        std::pair{NoiseMechanism::kSkellam, 0x1.0p26}}) {
     RingEncoding encoding;
     encoding.clip_norm = 1.0;
     encoding.scale = 1024.0;
     encoding.rounding_beta = std::exp(-0.5);
     encoding.mechanism = mechanism;
-    encoding.local_noise_variance = 400.0;
+    encoding.local_noise_variance = local_variance;
     encoding.ring_bits = 32;
     encoding.rotation_seed = std::string(32, 'e');
     auto encoder = RingEncoder::Create(d, encoding);
