@@ -1,7 +1,5 @@
 #include "privacy/ring_encoder.h"
 
-#include <openssl/crypto.h>
-
 #include <algorithm>
 #include <array>
 #include <barrier>
@@ -202,19 +200,13 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
                          std::min<size_t>(8, block), block);
   const size_t slabs = block / slab_width;
 
-  // Every phase runs in shards on all cores, each drawing from its own stream keyed by 32 bytes
-  // of the caller's stream.
+  // Every phase runs in shards on all cores, each drawing from its own fork of the caller's
+  // stream.
   const size_t shards = ShardCount(size);
   std::vector<SecureRandom> streams;
   streams.reserve(shards);
   for (size_t s = 0; s < shards; ++s) {
-    std::string seed(32, '\0');
-    for (size_t w = 0; w < 4; ++w) {
-      const uint64_t word = random();
-      std::memcpy(seed.data() + 8 * w, &word, 8);
-    }
-    absl::StatusOr<SecureRandom> stream = SecureRandom::FromSeed(seed, "fedmoe/v1/encode-shard");
-    OPENSSL_cleanse(seed.data(), seed.size());
+    absl::StatusOr<SecureRandom> stream = random.Fork();
     if (!stream.ok()) return stream.status();
     streams.push_back(std::move(*stream));
   }

@@ -5,23 +5,37 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <string>
 
 namespace fedmoe::privacy {
 
-absl::StatusOr<SecureRandom> SecureRandom::FromKey(const unsigned char* key) {
+absl::StatusOr<SecureRandom> SecureRandom::FromKey(std::span<const unsigned char> key) {
   std::unique_ptr<EVP_CIPHER_CTX, CipherDeleter> cipher(EVP_CIPHER_CTX_new());
   static constexpr unsigned char kZeroIv[16] = {};
+  const bool short_key = key.size() == kForkKeyBytes;
   if (cipher == nullptr ||
-      EVP_EncryptInit_ex(cipher.get(), EVP_aes_128_ctr(), nullptr, key, kZeroIv) != 1) {
-    return absl::InternalError("AES-128-CTR setup failed");
+      EVP_EncryptInit_ex(cipher.get(), short_key ? EVP_aes_128_ctr() : EVP_aes_256_ctr(), nullptr,
+                         key.data(), kZeroIv) != 1) {
+    return absl::InternalError(short_key ? "AES-128-CTR setup failed" : "AES-256-CTR setup failed");
   }
   return SecureRandom(std::move(cipher));
 }
 
+absl::StatusOr<SecureRandom> SecureRandom::Fork() {
+  std::array<unsigned char, kForkKeyBytes> key;
+  for (size_t half = 0; half < 2; ++half) {
+    const uint64_t word = (*this)();
+    std::memcpy(key.data() + 8 * half, &word, 8);
+  }
+  absl::StatusOr<SecureRandom> child = FromKey(key);
+  OPENSSL_cleanse(key.data(), key.size());
+  return child;
+}
+
 absl::StatusOr<SecureRandom> SecureRandom::FromSystem() {
-  unsigned char key[kKeyBytes];
+  unsigned char key[32];
   if (RAND_priv_bytes(key, sizeof(key)) != 1) {
     return absl::InternalError("OpenSSL's random generator failed");
   }

@@ -1,9 +1,9 @@
-// Random bits for the privacy mechanisms: the AES-128-CTR keystream of OpenSSL's EVP,
-// keyed either from OpenSSL's CSPRNG (the noise and rounding of a real update) or from a
-// 32-byte seed and a purpose string (the public rotation signs of a round, and reproducible
-// tests). A composition of OpenSSL primitives, not a generator of our own. AES-128 rather
-// than AES-256: 128-bit keys are the security level of the masks' own AES-128-CTR streams,
-// and the noise of a 1M-value update takes about 10 MB of keystream, a quarter faster so.
+// Random bits for the privacy mechanisms: the AES-256-CTR keystream of OpenSSL's EVP, keyed
+// either from OpenSSL's CSPRNG (the noise and rounding of a real update) or from a 32-byte
+// seed and a purpose string (the public rotation signs of a round, which every client and the
+// coordinator must derive alike, and reproducible tests), and AES-128-CTR forks of such a
+// stream for bulk private bits. A composition of OpenSSL primitives, not a generator of our
+// own.
 //
 // Satisfies UniformRandomBitGenerator, so <random> distributions can draw from it.
 #ifndef FEDMOE_PRIVACY_SECURE_RANDOM_H_
@@ -28,9 +28,14 @@ class SecureRandom {
 
   // Keyed from RAND_priv_bytes: unpredictable to everyone, this process included.
   static absl::StatusOr<SecureRandom> FromSystem();
-  // Keyed by the first 16 bytes of SHA-256(purpose ‖ 0 ‖ seed), so one seed gives independent
-  // streams per purpose.
+  // Keyed by SHA-256(purpose ‖ 0 ‖ seed), so one seed gives independent streams per purpose.
+  // Part of the protocol where the seed is public (the rotation signs): do not change it.
   static absl::StatusOr<SecureRandom> FromSeed(std::string_view seed, std::string_view purpose);
+
+  // A stream of its own, AES-128-CTR keyed by the next 16 bytes of this one: for the bulk
+  // private bits of an encoding (about 10 MB for a 1M-value update), where a 128-bit key is the
+  // security level of the masks' own AES-128-CTR and a quarter faster than AES-256.
+  absl::StatusOr<SecureRandom> Fork();
 
   SecureRandom(SecureRandom&&) noexcept = default;
   SecureRandom& operator=(SecureRandom&&) noexcept = default;
@@ -53,13 +58,14 @@ class SecureRandom {
   bool Bernoulli(double probability) { return UniformDouble() < probability; }
 
  private:
-  static constexpr size_t kKeyBytes = 16;
+  static constexpr size_t kForkKeyBytes = 16;
   struct CipherDeleter {
     void operator()(EVP_CIPHER_CTX* context) const { EVP_CIPHER_CTX_free(context); }
   };
   explicit SecureRandom(std::unique_ptr<EVP_CIPHER_CTX, CipherDeleter> cipher)
       : cipher_(std::move(cipher)) {}
-  static absl::StatusOr<SecureRandom> FromKey(const unsigned char* key);
+  // AES-128-CTR for a 16-byte key, AES-256-CTR for a 32-byte one.
+  static absl::StatusOr<SecureRandom> FromKey(std::span<const unsigned char> key);
   void Refill();
   void WriteKeystream(std::span<uint64_t> words);
 

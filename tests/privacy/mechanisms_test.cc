@@ -6,6 +6,8 @@
 // probability below 10^-6 per check.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #include <cmath>
 #include <map>
@@ -344,6 +346,49 @@ TEST(SecureRandomTest, SeededStreamsRepeatAndPurposesSeparate) {
   double chi_square = 0;
   for (int64_t count : cells) chi_square += std::pow(count - 100000.0, 2) / 100000.0;
   EXPECT_LT(chi_square, 22.46);  // The 0.999 quantile of χ² with 6 degrees of freedom.
+}
+
+// The AES-CTR keystream of `key` (16 or 32 bytes) over `words` 64-bit words, straight from EVP.
+std::vector<uint64_t> EvpKeystream(const unsigned char* key, size_t key_bytes, size_t words) {
+  std::vector<uint64_t> stream(words, 0);
+  EVP_CIPHER_CTX* cipher = EVP_CIPHER_CTX_new();
+  const unsigned char iv[16] = {};
+  EVP_EncryptInit_ex(cipher, key_bytes == 16 ? EVP_aes_128_ctr() : EVP_aes_256_ctr(), nullptr, key,
+                     iv);
+  auto* bytes = reinterpret_cast<unsigned char*>(stream.data());
+  int written = 0;
+  EVP_EncryptUpdate(cipher, bytes, &written, bytes, static_cast<int>(words * 8));
+  EVP_CIPHER_CTX_free(cipher);
+  return stream;
+}
+
+TEST(SecureRandomTest, SeededStreamsAreTheProtocolsKeystreamAndForksTheirOwn) {
+  // The rotation signs every client and the coordinator derive from a round's public seed:
+  // AES-256-CTR under SHA-256(purpose ‖ 0 ‖ seed). A change here breaks mixed versions.
+  const std::string seed(32, 's');
+  const std::string purpose = "fedmoe/v1/rotation-signs";
+  std::string material = purpose;
+  material.push_back('\0');
+  material += seed;
+  unsigned char key[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(material.data()), material.size(), key);
+  const std::vector<uint64_t> expected = EvpKeystream(key, sizeof(key), 1000);
+  SecureRandom random = *SecureRandom::FromSeed(seed, purpose);
+  std::vector<uint64_t> drawn(1000);
+  drawn[0] = random();  // one word through the buffer, the rest in bulk
+  random.Fill(std::span(drawn).subspan(1));
+  EXPECT_EQ(drawn, expected);
+
+  // A fork is AES-128-CTR under the parent's next 16 bytes, and the parent goes on after them.
+  SecureRandom parent = *SecureRandom::FromSeed(seed, purpose);
+  SecureRandom reference = *SecureRandom::FromSeed(seed, purpose);
+  uint64_t fork_key[2] = {reference(), reference()};
+  SecureRandom child = *parent.Fork();
+  const std::vector<uint64_t> fork_expected =
+      EvpKeystream(reinterpret_cast<const unsigned char*>(fork_key), 16, 3);
+  EXPECT_EQ(child(), fork_expected[0]);
+  EXPECT_EQ(child(), fork_expected[1]);
+  EXPECT_EQ(parent(), reference());
 }
 
 TEST(HadamardTest, FastTransformMatchesTheHadamardMatrix) {
