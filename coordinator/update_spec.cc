@@ -34,7 +34,10 @@ double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, d
   const auto d = static_cast<double>(encoded_values);
   const double headroom = std::ldexp(1.0, static_cast<int>(ring_bits) - 1) / 9.0 - std::sqrt(n);
   const double spread = clip_norm * std::sqrt(n * n / d + noise_multiplier * noise_multiplier);
-  return std::max(1.0, headroom / spread);
+  // Wide rings without noise would allow more than the clients' fixed-point rotation holds.
+  const double largest =
+      privacy::RingEncoder::LargestScaledNorm(static_cast<size_t>(encoded_values)) / clip_norm;
+  return std::min(largest, std::max(1.0, headroom / spread));
 }
 
 absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const model::ModelLayout& layout,

@@ -18,7 +18,8 @@ namespace fedmoe::coordinator {
 // γ: the largest scale at which the ring sum of `clients` encoded updates (each of L2 norm
 // `clip_norm` before scaling) plus the noise of multiplier z still stays inside
 // (−2^(b−1), 2^(b−1)) with overwhelming probability: nine standard deviations of the
-// per-coordinate sum (signal in the worst, aligned case n·C/√d, noise z·C, rounding √n/2).
+// per-coordinate sum (signal in the worst, aligned case n·C/√d, noise z·C, rounding √n/2);
+// and no more than the clients' encoders take (RingEncoder::LargestScaledNorm).
 double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, double clip_norm,
                    double noise_multiplier);
 

@@ -129,6 +129,14 @@ double RoundedNormBound(double norm, size_t dimension, double beta) {
   return std::min(unconditional, std::sqrt(conditional_squared));
 }
 
+double RingEncoder::LargestScaledNorm(size_t padded_dimension) {
+  // The fixed-point rotation keeps at least log2(n) fraction bits, so that its truncation moves
+  // no coordinate by more than one scaled unit (see FixedPointFractionBits), with a margin for
+  // the rounding of this bound.
+  const auto n = static_cast<double>(padded_dimension);
+  return (std::ldexp(1.0, 62) - n) / n * (1.0 - 0x1.0p-20);
+}
+
 absl::StatusOr<RingEncoder> RingEncoder::Create(size_t dimension, RingEncoding encoding) {
   if (!(encoding.clip_norm > 0) || !(encoding.scale > 0)) {
     return absl::InvalidArgumentError("clip norm and scale must be positive");
@@ -147,11 +155,8 @@ absl::StatusOr<RingEncoder> RingEncoder::Create(size_t dimension, RingEncoding e
   absl::StatusOr<RandomizedHadamard> rotation =
       RandomizedHadamard::Create(dimension, encoding.rotation_seed);
   if (!rotation.ok()) return rotation.status();
-  // The fixed-point rotation keeps at least log2(n) fraction bits, so that its truncation moves
-  // no coordinate by more than one scaled unit (see FixedPointFractionBits).
-  const auto padded = static_cast<double>(rotation->padded_dimension());
-  const double widest = (std::ldexp(1.0, 62) - padded) / padded;
-  if (!(encoding.scale * encoding.clip_norm < widest)) {
+  const double widest = LargestScaledNorm(rotation->padded_dimension());
+  if (!(encoding.scale * encoding.clip_norm <= widest)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "scale × clip norm is ", encoding.scale * encoding.clip_norm, ": the rotation of ",
         rotation->padded_dimension(), " values in 64-bit fixed point holds at most ", widest));

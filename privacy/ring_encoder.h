@@ -46,6 +46,10 @@ struct RingEncoding {
 class RingEncoder {
  public:
   static absl::StatusOr<RingEncoder> Create(size_t dimension, RingEncoding encoding);
+  // The largest γ·C an encoder of this padded dimension takes: its rotation runs in 64-bit
+  // fixed point, 2^62/n. Far above what a 32-bit ring needs; a plan for a wide ring without
+  // noise must stay below it.
+  static double LargestScaledNorm(size_t padded_dimension);
 
   size_t dimension() const { return rotation_.dimension(); }
   // The length of an encoding: the dimension padded to a power of two.
