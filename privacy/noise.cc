@@ -161,8 +161,8 @@ TabulatedNoise::TabulatedNoise(EvenLogWeight log_weight, double sigma, double ce
 
   // Vose's alias method: a light column is topped up from a heavy one, which may turn light.
   threshold_.assign(columns, ~uint64_t{0});
-  alias_.resize(columns);
-  for (size_t c = 0; c < columns; ++c) alias_[c] = c;
+  std::vector<uint64_t> alias(columns);
+  for (size_t c = 0; c < columns; ++c) alias[c] = c;
   std::vector<size_t> light;
   std::vector<size_t> heavy;
   for (size_t c = 0; c < columns; ++c) {
@@ -173,7 +173,7 @@ TabulatedNoise::TabulatedNoise(EvenLogWeight log_weight, double sigma, double ce
     light.pop_back();
     const size_t donor = heavy.back();
     threshold_[short_column] = static_cast<uint64_t>(integer_weights[short_column]);
-    alias_[short_column] = donor;
+    alias[short_column] = donor;
     integer_weights[donor] -= capacity - integer_weights[short_column];
     if (integer_weights[donor] < capacity) {
       heavy.pop_back();
@@ -184,7 +184,7 @@ TabulatedNoise::TabulatedNoise(EvenLogWeight log_weight, double sigma, double ce
   // its own cell whatever the coin.
   packed_.resize(columns);
   for (size_t c = 0; c < columns; ++c) {
-    packed_[c] = (threshold_[c] >> (64 - kCoinBits)) | (alias_[c] << 16);
+    packed_[c] = (threshold_[c] >> (64 - kCoinBits)) | (alias[c] << 16);
   }
 }
 
@@ -204,8 +204,8 @@ int64_t TabulatedNoise::Finish(uint64_t word, SecureRandom& random) const {
   while (true) {
     const uint64_t column = word >> (64 - column_bits_);
     const uint64_t coin = (word >> (64 - column_bits_ - kCoinBits)) & ((1U << kCoinBits) - 1);
-    const uint64_t threshold_top = threshold_[column] >> (64 - kCoinBits);
-    uint64_t cell = alias_[column];
+    const uint64_t threshold_top = packed_[column] & 0xffff;
+    uint64_t cell = packed_[column] >> 16;
     if (coin < threshold_top) {
       cell = column;
     } else if (coin == threshold_top) {
@@ -248,7 +248,7 @@ int64_t TabulatedNoise::Sample(SecureRandom& random) const { return Finish(rando
 
 namespace {
 
-// What the branch-free pass over first words needs of a TabulatedDiscreteGaussian.
+// What the branch-free pass over first words needs of a TabulatedNoise.
 struct FirstWordLayout {
   const uint64_t* packed;
   int column_bits;

@@ -122,11 +122,11 @@ class TabulatedNoise {
   // alias table is the cell j = c - negative_cells_.
   int64_t negative_cells_;
   int column_bits_;
-  // Column c keeps its own cell when a 64-bit coin is below threshold_[c], else takes
-  // alias_[c]; full columns are their own alias.
+  // Column c keeps its own cell when a 64-bit coin is below threshold_[c], else takes its
+  // alias; full columns are their own alias.
   std::vector<uint64_t> threshold_;
-  std::vector<uint64_t> alias_;
-  // (threshold >> 52) | alias << 16: what the first word's 12 coin bits need, in one load.
+  // (threshold >> 52) | alias << 16: the alias, and what the first word's 12 coin bits need,
+  // in one load.
   std::vector<uint64_t> packed_;
   // Whether the offset fits in the first word beside the other fields.
   bool one_word_;

@@ -16,7 +16,8 @@ namespace fedmoe::privacy {
 namespace {
 
 // Conditional randomized rounding tries again while the rounded norm exceeds the bound; with
-// β = e^-0.5 a retry is rare, and this many in a row means the parameters are wrong.
+// β = e^-0.5 about one attempt in ten fails at a real ring's scale, and this many in a row
+// means the parameters are wrong.
 constexpr int kMaxRoundingAttempts = 1000;
 
 uint64_t RingMask(int bits) { return bits == 64 ? ~uint64_t{0} : (uint64_t{1} << bits) - 1; }
@@ -110,9 +111,7 @@ size_t RoundNoiseAndWrap(const FixedPointLayout layout, const uint64_t* __restri
 }  // namespace
 
 double ClipToL2Norm(std::span<float> values, double clip_norm) {
-  double squared = 0;
-  for (float value : values) squared += static_cast<double>(value) * value;
-  const double norm = std::sqrt(squared);
+  const double norm = std::sqrt(SumOfSquares(values));
   if (norm > clip_norm && norm > 0) {
     const auto factor = static_cast<float>(clip_norm / norm);
     for (float& value : values) value *= factor;
@@ -331,20 +330,13 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
 }
 
 void RingEncoder::FillNoise(std::span<int64_t> noise, SecureRandom& random) const {
-  switch (encoding_.mechanism) {
-    case NoiseMechanism::kNone:
-      std::fill(noise.begin(), noise.end(), int64_t{0});
-      break;
-    case NoiseMechanism::kDiscreteGaussian:
-      table_->Fill(noise, random);
-      break;
-    case NoiseMechanism::kSkellam:
-      if (table_ != nullptr) {
-        table_->Fill(noise, random);
-      } else {
-        for (int64_t& x : noise) x = poisson_->Sample(random) - poisson_->Sample(random);
-      }
-      break;
+  // Create built the sampler the mechanism needs, or none for no noise.
+  if (table_ != nullptr) {
+    table_->Fill(noise, random);
+  } else if (poisson_ != nullptr) {
+    for (int64_t& x : noise) x = poisson_->Sample(random) - poisson_->Sample(random);
+  } else {
+    std::fill(noise.begin(), noise.end(), int64_t{0});
   }
 }
 

@@ -77,7 +77,8 @@ class RingEncoder {
   RandomizedHadamard rotation_;
   RingEncoding encoding_;
   // Built once for the encoding's variance, for the mechanism it has: a table for the
-  // discrete Gaussian and for Skellam at large means, PTRS for smaller Skellam means.
+  // discrete Gaussian and for Skellam at large means, PTRS for smaller Skellam means, neither
+  // without noise.
   std::shared_ptr<const TabulatedNoise> table_;
   std::shared_ptr<const PoissonSampler> poisson_;
 };
