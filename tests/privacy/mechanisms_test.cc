@@ -156,12 +156,39 @@ TEST(NoiseTest, TabulatedDiscreteGaussianMatchesItsExactDistribution) {
   }
 }
 
+// Draws whose law is the normal N(0, σ²) to well within these checks: mean, variance, and
+// the mass in bins of σ/4 over [-3σ, 3σ), each within five standard errors.
+void ExpectNormalMomentsAndShape(const std::vector<int64_t>& draws, double sigma,
+                                 const std::string& name) {
+  constexpr int kBins = 24;
+  std::vector<int64_t> counts(kBins);
+  double sum = 0;
+  double squares = 0;
+  for (int64_t x : draws) {
+    const double scaled = static_cast<double>(x) / sigma;
+    sum += scaled;
+    squares += scaled * scaled;
+    const auto bin = static_cast<int>(std::floor((scaled + 3.0) * 4.0));
+    if (bin >= 0 && bin < kBins) ++counts[static_cast<size_t>(bin)];
+  }
+  const auto n = static_cast<double>(draws.size());
+  EXPECT_NEAR(sum / n, 0.0, 5 / std::sqrt(n)) << name;
+  EXPECT_NEAR(squares / n, 1.0, 5 * std::sqrt(2.0 / n)) << name;
+  for (int b = 0; b < kBins; ++b) {
+    const double low = -3.0 + b / 4.0;
+    const double p =
+        0.5 * (std::erfc(-(low + 0.25) / std::sqrt(2.0)) - std::erfc(-low / std::sqrt(2.0)));
+    EXPECT_NEAR(static_cast<double>(counts[static_cast<size_t>(b)]) / n, p,
+                5 * std::sqrt(p * (1 - p) / n))
+        << name << ", bin from " << low << "σ";
+  }
+}
+
 TEST(NoiseTest, TabulatedDiscreteGaussianAtTheScaleOfRealNoise) {
   // σ ≈ 1.4·10^8, the local noise of a 32-bit ring with three clients: cells of 2^21 values and
   // the one-word fast path. σ = 2^40 (a 62-bit ring): cells of 2^34 values, too wide to share
   // the first word, so every draw takes its offset from a second one. The pmf is the continuous
-  // normal density to within 10^-16 at these σ, so the check is on the moments and on the
-  // shape in bins of σ/4.
+  // normal density to within 10^-16 at these σ.
   for (const auto& [sigma, width] :
        {std::pair{1.4e8, int64_t{1} << 21}, std::pair{0x1.0p40, int64_t{1} << 34}}) {
     const TabulatedNoise sampler = TabulatedNoise::DiscreteGaussian(sigma * sigma);
@@ -169,28 +196,7 @@ TEST(NoiseTest, TabulatedDiscreteGaussianAtTheScaleOfRealNoise) {
     SecureRandom random = TestRandom('r');
     std::vector<int64_t> draws(kDraws);
     sampler.Fill(draws, random);
-    constexpr int kBins = 24;  // [-3σ, 3σ) in quarters of σ
-    std::vector<int64_t> counts(kBins);
-    double sum = 0;
-    double squares = 0;
-    for (int64_t x : draws) {
-      const double scaled = static_cast<double>(x) / sigma;
-      sum += scaled;
-      squares += scaled * scaled;
-      const auto bin = static_cast<int>(std::floor((scaled + 3.0) * 4.0));
-      if (bin >= 0 && bin < kBins) ++counts[static_cast<size_t>(bin)];
-    }
-    const double n = kDraws;
-    EXPECT_NEAR(sum / n, 0.0, 5 / std::sqrt(n)) << sigma;
-    EXPECT_NEAR(squares / n, 1.0, 5 * std::sqrt(2.0 / n)) << sigma;
-    for (int b = 0; b < kBins; ++b) {
-      const double low = -3.0 + b / 4.0;
-      const double p =
-          0.5 * (std::erfc(-(low + 0.25) / std::sqrt(2.0)) - std::erfc(-low / std::sqrt(2.0)));
-      EXPECT_NEAR(static_cast<double>(counts[static_cast<size_t>(b)]) / n, p,
-                  5 * std::sqrt(p * (1 - p) / n))
-          << "σ = " << sigma << ", bin from " << low << "σ";
-    }
+    ExpectNormalMomentsAndShape(draws, sigma, "σ = " + std::to_string(sigma));
   }
 }
 
@@ -236,22 +242,13 @@ TEST(NoiseTest, TabulatedSkellamHasItsMomentsAndShape) {
   // μ = 2^30: cells of 2^9 values. Skellam's variance is exactly 2μ, and at this mean its pmf is
   // the normal density to within 10^-9 relative in the bins of σ/4 checked here.
   const double mu = 0x1.0p30;
-  const double sigma = std::sqrt(2 * mu);
   const absl::StatusOr<TabulatedNoise> sampler = TabulatedNoise::Skellam(mu);
   ASSERT_TRUE(sampler.ok());
   EXPECT_EQ(sampler->cell_width(), int64_t{1} << 9);
   SecureRandom random = TestRandom('k');
   std::vector<int64_t> draws(kDraws);
   sampler->Fill(draws, random);
-  double sum = 0;
-  double squares = 0;
-  for (int64_t x : draws) {
-    sum += static_cast<double>(x) / sigma;
-    squares += static_cast<double>(x) * static_cast<double>(x) / (sigma * sigma);
-  }
-  const double n = kDraws;
-  EXPECT_NEAR(sum / n, 0.0, 5 / std::sqrt(n));
-  EXPECT_NEAR(squares / n, 1.0, 5 * std::sqrt(2.0 / n));
+  ExpectNormalMomentsAndShape(draws, std::sqrt(2 * mu), "skellam μ = 2^30");
 }
 
 TEST(NoiseTest, DiscreteLaplaceProposalMatchesItsExactDistribution) {
