@@ -274,6 +274,16 @@ absl::StatusOr<v1::ListRoundsResponse> ListRounds(v1::Admin::Stub& admin) {
   return response;
 }
 
+absl::StatusOr<v1::GetStatusResponse> GetStatus(v1::Admin::Stub& admin) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  v1::GetStatusResponse status;
+  if (grpc::Status got = admin.GetStatus(&context, v1::GetStatusRequest(), &status); !got.ok()) {
+    return client::FromGrpc(got, "GetStatus");
+  }
+  return status;
+}
+
 // The fleet polls for --wait-seconds under a policy that starts no round; prints what that
 // costs the coordinator: peak and final RSS, sockets and parked polls, overall and over the
 // second half (once the fleet's first polls, which all arrive at once, have settled).
@@ -298,26 +308,19 @@ absl::Status MeasureWaitingFleet(const std::vector<std::unique_ptr<SimulatedClie
       settled_rss = std::max(settled_rss, rss);
       settled_sockets = std::max(settled_sockets, open);
     }
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-    v1::GetStatusResponse status;
-    if (admin.GetStatus(&context, v1::GetStatusRequest(), &status).ok()) {
-      parked = std::max(parked, status.polls_parked());
+    if (absl::StatusOr<v1::GetStatusResponse> status = GetStatus(admin); status.ok()) {
+      parked = std::max(parked, status->polls_parked());
     }
     absl::SleepFor(absl::Milliseconds(100));
   }
   for (std::thread& thread : threads) thread.join();
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  v1::GetStatusResponse status;
-  if (grpc::Status got = admin.GetStatus(&context, v1::GetStatusRequest(), &status); !got.ok()) {
-    return client::FromGrpc(got, "GetStatus");
-  }
+  absl::StatusOr<v1::GetStatusResponse> status = GetStatus(admin);
+  if (!status.ok()) return status.status();
   const nlohmann::json line = {
       {"phase", "waiting"},
       {"clients", clients.size()},
       {"seconds", flags.wait_seconds},
-      {"clients_online", status.clients_online()},
+      {"clients_online", status->clients_online()},
       {"coordinator_peak_rss_mib", ProcStatusMiB(coordinator.pid(), "VmHWM")},
       {"coordinator_rss_mib_second_half", settled_rss},
       {"coordinator_rss_mib_at_end", ProcStatusMiB(coordinator.pid(), "VmRSS")},
