@@ -3,6 +3,7 @@
 #include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
+#include <functional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -11,15 +12,13 @@
 #include "secure_agg/packing.h"
 
 namespace fedmoe::client {
-namespace {
 
 using google::protobuf::util::TimeUtil;
 
-// Calls `call` until it succeeds, fails for good, or `deadline` passes; waits 0.5 s, 1 s, 2 s,
-// ... (at most 8 s) between attempts.
-template <typename Call>
-grpc::Status WithRetries(absl::Time deadline, Call call) {
-  absl::Duration wait = absl::Milliseconds(500);
+grpc::Status CallWithRetries(absl::Time deadline,
+                             const std::function<grpc::Status(grpc::ClientContext&)>& call,
+                             absl::Duration first_wait) {
+  absl::Duration wait = first_wait;
   while (true) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Minutes(5))));
@@ -30,13 +29,20 @@ grpc::Status WithRetries(absl::Time deadline, Call call) {
   }
 }
 
-}  // namespace
-
 bool IsRetryable(const grpc::Status& status) {
-  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-         status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
-         status.error_code() == grpc::StatusCode::ABORTED ||
-         status.error_code() == grpc::StatusCode::UNKNOWN;
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::ABORTED:
+    case grpc::StatusCode::UNKNOWN:
+    // HTTP/2 reports a stream reset by the peer (RST_STREAM) as INTERNAL, and so does a
+    // coordinator whose storage failed for a moment. Both are worth another try: every stage
+    // call is idempotent, and the stage's deadline bounds the tries.
+    case grpc::StatusCode::INTERNAL:
+      return true;
+    default:
+      return false;
+  }
 }
 
 absl::StatusOr<std::unique_ptr<RoundParticipant>> RoundParticipant::Create(
@@ -101,11 +107,11 @@ absl::Status RoundParticipant::AdvertiseKeys(v1::Federation::StubInterface& stub
   request.set_mask_public_key(keys->mask_public_key);
   request.set_signature(keys->signature);
   v1::StageAck ack;
-  grpc::Status status =
-      WithRetries(Deadline(task_.deadlines().advertise_keys()), [&](grpc::ClientContext& context) {
-        bytes_sent_ += request.ByteSizeLong();
-        return stub.AdvertiseKeys(&context, request, &ack);
-      });
+  grpc::Status status = CallWithRetries(Deadline(task_.deadlines().advertise_keys()),
+                                        [&](grpc::ClientContext& context) {
+                                          bytes_sent_ += request.ByteSizeLong();
+                                          return stub.AdvertiseKeys(&context, request, &ack);
+                                        });
   if (!status.ok()) return FromGrpc(status, "AdvertiseKeys");
   bytes_received_ += ack.ByteSizeLong();
   advertised_ = std::move(request);
@@ -132,7 +138,7 @@ absl::Status RoundParticipant::ShareKeys(v1::Federation::StubInterface& stub,
   }
   v1::StageAck ack;
   grpc::Status status =
-      WithRetries(Deadline(task_.deadlines().share_keys()), [&](grpc::ClientContext& context) {
+      CallWithRetries(Deadline(task_.deadlines().share_keys()), [&](grpc::ClientContext& context) {
         bytes_sent_ += request.ByteSizeLong();
         return stub.ShareKeys(&context, request, &ack);
       });
@@ -160,8 +166,8 @@ absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& 
   masked_ = std::move(encoded);
 
   bool first_attempt = true;
-  grpc::Status status =
-      WithRetries(Deadline(task_.deadlines().masked_input()), [&](grpc::ClientContext& context) {
+  grpc::Status status = CallWithRetries(
+      Deadline(task_.deadlines().masked_input()), [&](grpc::ClientContext& context) {
         uint64_t next = 0;
         if (!first_attempt) {
           // Ask whether the coordinator took the whole vector before the stream broke.
@@ -208,7 +214,8 @@ grpc::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub,
         !packed.ok()) {
       context.TryCancel();
       writer->Finish().IgnoreError();
-      return {grpc::StatusCode::INTERNAL, std::string(packed.message())};
+      // A value outside the ring is this client's own fault: no retry mends it.
+      return {grpc::StatusCode::INVALID_ARGUMENT, std::string(packed.message())};
     }
     bytes_sent_ += chunk.ByteSizeLong();
     if (!writer->Write(chunk)) break;  // Finish() says why.
@@ -245,7 +252,7 @@ absl::Status RoundParticipant::Unmask(v1::Federation::StubInterface& stub,
   }
   v1::StageAck ack;
   grpc::Status status =
-      WithRetries(Deadline(task_.deadlines().unmask()), [&](grpc::ClientContext& context) {
+      CallWithRetries(Deadline(task_.deadlines().unmask()), [&](grpc::ClientContext& context) {
         bytes_sent_ += request.ByteSizeLong();
         return stub.Unmask(&context, request, &ack);
       });

@@ -10,6 +10,7 @@
 #define FEDMOE_CLIENT_ROUND_PARTICIPANT_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -76,9 +77,17 @@ class RoundParticipant {
   v1::AdvertiseKeysRequest advertised_;
 };
 
-// Whether a failed stage RPC may be retried (transport trouble) or means the client is out of
-// the round (the coordinator refused, dropped it, or the stage closed).
+// Whether a failed stage RPC may be retried (transport trouble, a reset stream, a coordinator
+// busy or failing for a moment) or means the client is out of the round (the coordinator
+// refused, dropped it, or the stage closed).
 bool IsRetryable(const grpc::Status& status);
+
+// Calls `call` with a fresh context until it succeeds, fails for good (not IsRetryable), or
+// the next wait would pass `deadline`; waits `first_wait`, then twice as long each time, at
+// most 8 s. Each attempt's own deadline is `deadline`, and at most 5 minutes.
+grpc::Status CallWithRetries(absl::Time deadline,
+                             const std::function<grpc::Status(grpc::ClientContext&)>& call,
+                             absl::Duration first_wait = absl::Milliseconds(500));
 
 }  // namespace fedmoe::client
 
