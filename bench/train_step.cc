@@ -1,7 +1,9 @@
 // Training throughput of the CPU path, side by side with a straightforward PyTorch eager
 // implementation of the same model and step (bench/torch_reference.py, run by this program
 // with the same threads, batch and sequence length), and the GFLOP/s of the expert matrix
-// products beside a plain Eigen SGEMM of the same shapes. One JSON object per line.
+// products beside a plain Eigen SGEMM of the same shapes. Where the CPU multiplies bf16 in
+// hardware, the step and the expert products also run with bf16 expert products
+// (mixed precision), beside the same fp32 PyTorch step. One JSON object per line.
 //
 //   build/bin/train_step [--config tiny|small|all] [--steps N] [--threads T] [--no-torch]
 #include <Eigen/Core>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "kernels/cpu/aligned.h"
+#include "kernels/cpu/bf16.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/threads.h"
 #include "model/backward.h"
@@ -64,7 +67,7 @@ struct StepTimes {
 
 // One optimizer step as the trainer takes it: forward, backward (default trainable set,
 // balance loss on), clipping and AdamW.
-StepTimes TrainStep(const Shape& shape, int steps) {
+StepTimes TrainStep(const Shape& shape, int steps, model::ExpertPrecision precision) {
   model::ModelParameters parameters = model::InitializeModel(ConfigOf(shape), 1);
   std::mt19937 generator(3);
   std::vector<int32_t> tokens(static_cast<size_t>(shape.batch * (shape.seq_len + 1)));
@@ -80,6 +83,7 @@ StepTimes TrainStep(const Shape& shape, int steps) {
   model::AdamW optimizer(parameters.layout(), trainable, {});
   AlignedFloats gradients(parameters.values().size());
   model::ForwardPass pass;
+  pass.expert_precision = precision;
   model::BackwardScratch scratch;
   model::BackwardOptions options{.balance_coefficient = 0.02,
                                  .predictions_in_step = static_cast<double>(targets.size())};
@@ -114,7 +118,7 @@ StepTimes TrainStep(const Shape& shape, int steps) {
 // The expert products of one MoE layer's forward and backward with balanced routing: per
 // expert, 3 GEMMs forward and 6 backward (input and weight gradients), each 2·n·hidden·inner
 // FLOPs, against Eigen SGEMM on the same [n, hidden] × [hidden, inner] shape.
-Json ExpertProducts(const Shape& shape, int repeats) {
+Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
   const int64_t experts = 8;
   const int64_t rows = shape.batch * shape.seq_len * 2 / experts;  // top-2, balanced
   const int64_t h = shape.hidden;
@@ -145,6 +149,35 @@ Json ExpertProducts(const Shape& shape, int repeats) {
   const double expert_seconds = Seconds(start) / repeats;
   const double expert_flops = 9.0 * 2.0 * static_cast<double>(rows * h * inner);
 
+  // The same pass with bf16 products, as mixed-precision training runs it: the rounding of the
+  // weights and of the input is part of the pass.
+  double bf16_seconds = 0;
+  if (with_bf16) {
+    using kernels::cpu::AlignedBf16;
+    using kernels::cpu::ToBf16;
+    AlignedBf16 in_bf16(in.size()), weights_bf16(3 * w1.size()), act_bf16(act.size()),
+        d_out_bf16(d_out.size()), d_gate_bf16(d_gate.size()), d_up_bf16(d_up.size());
+    auto bf16_pass = [&] {
+      const int64_t size = inner * h;
+      ToBf16(w1.data(), weights_bf16.data(), size);
+      ToBf16(w3.data(), weights_bf16.data() + size, size);
+      ToBf16(w2.data(), weights_bf16.data() + 2 * size, size);
+      ToBf16(in.data(), in_bf16.data(), rows * h);
+      ToBf16(d_out.data(), d_out_bf16.data(), rows * h);
+      const kernels::cpu::Bf16* w = weights_bf16.data();
+      kernels::cpu::SwiGluMlpForwardBf16(in_bf16.data(), w, w + size, w + 2 * size, gate.data(),
+                                         up.data(), act_bf16.data(), out.data(), rows, h, inner);
+      kernels::cpu::SwiGluMlpBackwardBf16(
+          in_bf16.data(), w, w + size, w + 2 * size, gate.data(), up.data(), act_bf16.data(),
+          d_out_bf16.data(), d_in.data(), d_w1.data(), d_w3.data(), d_w2.data(), d_act.data(),
+          d_gate.data(), d_up.data(), d_gate_bf16.data(), d_up_bf16.data(), rows, h, inner);
+    };
+    bf16_pass();
+    start = Clock::now();
+    for (int i = 0; i < repeats; ++i) bf16_pass();
+    bf16_seconds = Seconds(start) / repeats;
+  }
+
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const RowMatrix a = RowMatrix::Random(rows, h);
   const RowMatrix b = RowMatrix::Random(inner, h);
@@ -156,15 +189,21 @@ Json ExpertProducts(const Shape& shape, int repeats) {
   const double sgemm_flops = 2.0 * static_cast<double>(rows * h * inner);
   const double expert_rate = expert_flops / expert_seconds * 1e-9;
   const double sgemm_rate = sgemm_flops / sgemm_seconds * 1e-9;
-  return {{"benchmark", "expert_products"},
-          {"config", shape.name},
-          {"rows_per_expert", rows},
-          {"hidden", h},
-          {"inner", inner},
-          {"expert_gflop_per_second", expert_rate},
-          {"sgemm_gflop_per_second", sgemm_rate},
-          {"ratio_to_sgemm", expert_rate / sgemm_rate},
-          {"threads", kernels::cpu::CpuThreads()}};
+  Json result = {{"benchmark", "expert_products"},
+                 {"config", shape.name},
+                 {"rows_per_expert", rows},
+                 {"hidden", h},
+                 {"inner", inner},
+                 {"expert_gflop_per_second", expert_rate},
+                 {"sgemm_gflop_per_second", sgemm_rate},
+                 {"ratio_to_sgemm", expert_rate / sgemm_rate},
+                 {"threads", kernels::cpu::CpuThreads()}};
+  if (with_bf16) {
+    const double bf16_rate = expert_flops / bf16_seconds * 1e-9;
+    result["expert_bf16_gflop_per_second"] = bf16_rate;
+    result["bf16_ratio_to_sgemm"] = bf16_rate / sgemm_rate;
+  }
+  return result;
 }
 
 // Runs bench/torch_reference.py and returns its JSON line, or null when PyTorch is missing.
@@ -207,25 +246,35 @@ int Main(int argc, char** argv) {
   }
   kernels::cpu::SetCpuThreads(threads);
   kernels::cpu::RetainFreedMemory();
+  // fp32 always; bf16 expert products too where the CPU multiplies bf16 in hardware.
+  std::vector<model::ExpertPrecision> precisions = {model::ExpertPrecision::kFloat32};
+  if (kernels::cpu::HasNativeBf16MatMul() && kernels::cpu::CheckBf16MatMul().ok()) {
+    precisions.push_back(model::ExpertPrecision::kBfloat16);
+  }
   for (const Shape& shape : kShapes) {
     if (only != "all" && only != shape.name) continue;
-    const StepTimes times = TrainStep(shape, steps);
-    const double ours = times.tokens_per_second;
-    Json line = {{"benchmark", "train_step"},
-                 {"config", shape.name},
-                 {"batch", shape.batch},
-                 {"seq_len", shape.seq_len},
-                 {"hidden", shape.hidden},
-                 {"layers", shape.layers},
-                 {"experts", 8},
-                 {"top_k", 2},
-                 {"threads", kernels::cpu::CpuThreads()},
-                 {"tokens_per_second", ours},
-                 {"forward_seconds", times.forward},
-                 {"backward_seconds", times.backward},
-                 {"optimizer_seconds", times.optimizer}};
-    std::printf("%s\n", line.dump().c_str());
-    std::printf("%s\n", ExpertProducts(shape, 3).dump().c_str());
+    std::vector<double> ours;
+    for (const model::ExpertPrecision precision : precisions) {
+      const StepTimes times = TrainStep(shape, steps, precision);
+      ours.push_back(times.tokens_per_second);
+      const Json line = {{"benchmark", "train_step"},
+                         {"config", shape.name},
+                         {"expert_precision", model::ExpertPrecisionName(precision)},
+                         {"batch", shape.batch},
+                         {"seq_len", shape.seq_len},
+                         {"hidden", shape.hidden},
+                         {"layers", shape.layers},
+                         {"experts", 8},
+                         {"top_k", 2},
+                         {"threads", kernels::cpu::CpuThreads()},
+                         {"tokens_per_second", times.tokens_per_second},
+                         {"forward_seconds", times.forward},
+                         {"backward_seconds", times.backward},
+                         {"optimizer_seconds", times.optimizer}};
+      std::printf("%s\n", line.dump().c_str());
+      std::fflush(stdout);
+    }
+    std::printf("%s\n", ExpertProducts(shape, 3, precisions.size() > 1).dump().c_str());
     if (torch) {
       const Json reference = TorchReference(shape, steps, kernels::cpu::CpuThreads());
       if (reference.is_null()) {
@@ -238,13 +287,17 @@ int Main(int argc, char** argv) {
       }
       std::printf("%s\n", reference.dump().c_str());
       const double theirs = reference.at("tokens_per_second").get<double>();
-      std::printf("%s\n", Json{{"benchmark", "train_step_vs_torch"},
-                               {"config", shape.name},
-                               {"fedmoe_tokens_per_second", ours},
-                               {"torch_tokens_per_second", theirs},
-                               {"ratio", ours / theirs}}
-                              .dump()
-                              .c_str());
+      for (size_t p = 0; p < precisions.size(); ++p) {
+        std::printf("%s\n", Json{{"benchmark", "train_step_vs_torch"},
+                                 {"config", shape.name},
+                                 {"expert_precision", model::ExpertPrecisionName(precisions[p])},
+                                 {"torch_precision", "fp32"},
+                                 {"fedmoe_tokens_per_second", ours[p]},
+                                 {"torch_tokens_per_second", theirs},
+                                 {"ratio", ours[p] / theirs}}
+                                .dump()
+                                .c_str());
+      }
     }
     std::fflush(stdout);
   }

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "model/forward.h"
 
 namespace fedmoe::client {
 
@@ -42,6 +43,10 @@ struct ClientConfig {
   std::filesystem::path data;
   // CPU threads for local training; 0: all cores.
   int64_t threads = 0;
+  // Of the expert products in local training, resolved for this CPU (training.expert_precision:
+  // auto, fp32 or bf16), and as written, for ToYaml.
+  model::ExpertPrecision expert_precision = model::ExpertPrecision::kFloat32;
+  std::string expert_precision_name = "auto";
   // host:port of the Prometheus /metrics endpoint; empty turns it off. Loopback by default.
   std::string metrics_listen = "127.0.0.1:9465";
 

@@ -234,11 +234,14 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   // Clients must draw different batches; the mix is private to this client.
   absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
   if (!random.ok()) return random.status();
-  const model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, (*random)());
+  model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, (*random)());
+  // The round sets what is trained and how; this machine sets the arithmetic.
+  options.expert_precision = config_.expert_precision;
   LogEvent(LogLevel::kInfo, "local_training_started")
       .Field("round_id", task.round_id())
       .Field("model_version", spec.base_model().version())
-      .Field("steps", options.steps);
+      .Field("steps", options.steps)
+      .Field("expert_precision", model::ExpertPrecisionName(options.expert_precision));
   absl::StatusOr<model::TrainResult> trained =
       model::Train(local, **tokenizer, config_.data, options);
   if (!trained.ok()) return trained.status();

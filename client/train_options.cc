@@ -71,6 +71,19 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
   }
   reader.Read(key("threads"), threads);
   at_least("threads", *threads, 0);
+  ReadExpertPrecision(reader, key("expert_precision"), &options->expert_precision);
+}
+
+void ReadExpertPrecision(config::YamlConfigReader& reader, const std::string& key,
+                         model::ExpertPrecision* precision) {
+  std::string name = "auto";
+  reader.Read(key, &name);
+  absl::StatusOr<model::ExpertPrecision> resolved = model::ResolveExpertPrecision(name);
+  if (resolved.ok()) {
+    *precision = *resolved;
+  } else {
+    reader.Invalid(key, std::string(resolved.status().message()));
+  }
 }
 
 }  // namespace fedmoe::client

@@ -1,5 +1,6 @@
 // Local training settings from YAML: a `train --config FILE` file, or (for the daemon) a
-// section of client.yaml. Every key is optional and defaults to model::TrainOptions.
+// section of client.yaml. Every key is optional and defaults to model::TrainOptions, except
+// expert_precision, which defaults to auto (bf16 expert products where the CPU has them).
 #ifndef FEDMOE_CLIENT_TRAIN_OPTIONS_H_
 #define FEDMOE_CLIENT_TRAIN_OPTIONS_H_
 
@@ -15,6 +16,11 @@ namespace fedmoe::client {
 // Also reads `threads` into *threads (0: every core).
 void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefix,
                       model::TrainOptions* options, int64_t* threads);
+
+// Reads `key` (auto, fp32 or bf16; absent: auto) and resolves it for this CPU into *precision,
+// or records why it cannot be had here.
+void ReadExpertPrecision(config::YamlConfigReader& reader, const std::string& key,
+                         model::ExpertPrecision* precision);
 
 }  // namespace fedmoe::client
 

@@ -14,6 +14,8 @@ packages=(
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
   # crypto, numerics, foundations
   libssl-dev openssl libeigen3-dev libabsl-dev
+  # oneDNN: bf16 matrix products (AMX) for mixed-precision training on the CPU
+  libdnnl-dev
   # model: checkpoint headers, config.json and tokenizer.json; the BPE pre-tokenizer regex
   nlohmann-json3-dev libpcre2-dev
   # state and configuration

@@ -8,12 +8,14 @@
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/moe_routing.h"
+#include "model/internal/expert_mlp.h"
 #include "model/internal/expert_schedule.h"
 
 namespace fedmoe::model {
 namespace {
 
 namespace cpu = kernels::cpu;
+using kernels::cpu::Bf16;
 
 template <typename Buffer>
 auto* Zeroed(Buffer& buffer, int64_t size) {
@@ -205,40 +207,73 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     float* d_residual = Sized(s.d_residual, rows * hidden);
     std::copy(d_stream, d_stream + rows * hidden, d_residual);
     float* d_n2 = Zeroed(s.d_norm, rows * hidden);
+    const ExpertPrecision precision = pass.expert_precision;
+    const bool bf16 = precision == ExpertPrecision::kBfloat16;
     if (config.n_shared_experts > 0) {
       const int64_t shared_inner = config.shared_inner_size();
-      cpu::SwiGluMlpBackward(
-          layer.moe_norm.data(), parameters.at(w.shared.w1), parameters.at(w.shared.w3),
-          parameters.at(w.shared.w2), layer.shared_gate.data(), layer.shared_up.data(),
-          layer.shared_act.data(), d_stream, need_moe_input_gradient ? d_n2 : nullptr,
-          grad(w.shared.w1, TensorRole::kSharedExpert),
-          grad(w.shared.w3, TensorRole::kSharedExpert),
-          grad(w.shared.w2, TensorRole::kSharedExpert), Sized(s.d_gate, rows * shared_inner),
-          Sized(s.d_up, rows * shared_inner), Sized(s.d_act, rows * shared_inner), rows, hidden,
-          shared_inner);
+      Bf16* d_stream_bf16 = nullptr;
+      if (bf16) {
+        d_stream_bf16 = Sized(s.d_out_bf16, rows * hidden);
+        cpu::ToBf16(d_stream, d_stream_bf16, rows * hidden);
+      }
+      internal::ExpertMlpBackward(
+          precision,
+          {parameters.at(w.shared.w1), parameters.at(w.shared.w3), parameters.at(w.shared.w2)},
+          layer.shared_weights_bf16.data(),
+          {.in = layer.moe_norm.data(),
+           .in_bf16 = layer.shared_input_bf16.data(),
+           .gate = layer.shared_gate.data(),
+           .up = layer.shared_up.data(),
+           .act = layer.shared_act.data(),
+           .act_bf16 = layer.shared_act_bf16.data()},
+          {d_stream, d_stream_bf16},
+          {need_moe_input_gradient ? d_n2 : nullptr, grad(w.shared.w1, TensorRole::kSharedExpert),
+           grad(w.shared.w3, TensorRole::kSharedExpert),
+           grad(w.shared.w2, TensorRole::kSharedExpert), Sized(s.d_gate, rows * shared_inner),
+           Sized(s.d_up, rows * shared_inner), Sized(s.d_act, rows * shared_inner),
+           bf16 ? Sized(s.d_gate_bf16, rows * shared_inner) : nullptr,
+           bf16 ? Sized(s.d_up_bf16, rows * shared_inner) : nullptr},
+          rows, hidden, shared_inner);
     }
     float* d_expert_out = Sized(s.d_expert_out, slots * hidden);
     float* d_expert_weight = Sized(s.d_expert_weight, slots);
     cpu::CombineExpertOutputsBackward(layer.expert_output.data(), layer.expert_weight.data(),
                                       layer.permutation, d_stream, d_expert_out, d_expert_weight,
                                       rows, top_k, hidden);
+    Bf16* d_expert_out_bf16 = nullptr;
+    if (bf16) {
+      d_expert_out_bf16 = Sized(s.d_out_bf16, slots * hidden);
+      cpu::ToBf16(d_expert_out, d_expert_out_bf16, slots * hidden);
+    }
     float* d_expert_in = need_moe_input_gradient ? Zeroed(s.d_expert_in, slots * hidden) : nullptr;
     float* d_gate = Sized(s.d_gate, slots * inner);
     float* d_up = Sized(s.d_up, slots * inner);
     float* d_act = Sized(s.d_act, slots * inner);
+    Bf16* d_gate_bf16 = bf16 ? Sized(s.d_gate_bf16, slots * inner) : nullptr;
+    Bf16* d_up_bf16 = bf16 ? Sized(s.d_up_bf16, slots * inner) : nullptr;
     internal::ForEachExpert(layer.permutation, experts, [&](int64_t e) {
       const int64_t count = layer.permutation.tokens_for(e);
       const int64_t first = layer.permutation.offsets[static_cast<size_t>(e)];
       const ExpertOffsets& expert = w.experts[static_cast<size_t>(e)];
-      cpu::SwiGluMlpBackward(
-          layer.expert_input.data() + first * hidden, parameters.at(expert.w1),
-          parameters.at(expert.w3), parameters.at(expert.w2),
-          layer.expert_gate.data() + first * inner, layer.expert_up.data() + first * inner,
-          layer.expert_act.data() + first * inner, d_expert_out + first * hidden,
-          d_expert_in != nullptr ? d_expert_in + first * hidden : nullptr,
-          grad(expert.w1, TensorRole::kRoutedExpert), grad(expert.w3, TensorRole::kRoutedExpert),
-          grad(expert.w2, TensorRole::kRoutedExpert), d_gate + first * inner, d_up + first * inner,
-          d_act + first * inner, count, hidden, inner);
+      // The rows of this expert in a [slots, width] buffer; null stays null (not kept).
+      const auto at = [first](auto* base, int64_t width) {
+        return base == nullptr ? nullptr : base + first * width;
+      };
+      internal::ExpertMlpBackward(
+          precision, {parameters.at(expert.w1), parameters.at(expert.w3), parameters.at(expert.w2)},
+          bf16 ? layer.expert_weights_bf16.data() + e * 3 * inner * hidden : nullptr,
+          {.in = at(layer.expert_input.data(), hidden),
+           .in_bf16 = at(bf16 ? layer.expert_input_bf16.data() : nullptr, hidden),
+           .gate = at(layer.expert_gate.data(), inner),
+           .up = at(layer.expert_up.data(), inner),
+           .act = at(bf16 ? nullptr : layer.expert_act.data(), inner),
+           .act_bf16 = at(bf16 ? layer.expert_act_bf16.data() : nullptr, inner)},
+          {d_expert_out + first * hidden, at(d_expert_out_bf16, hidden)},
+          {at(d_expert_in, hidden), grad(expert.w1, TensorRole::kRoutedExpert),
+           grad(expert.w3, TensorRole::kRoutedExpert), grad(expert.w2, TensorRole::kRoutedExpert),
+           d_gate + first * inner, d_up + first * inner, d_act + first * inner,
+           at(d_gate_bf16, inner), at(d_up_bf16, inner)},
+          count, hidden, inner);
     });
 
     if (need_moe_input_gradient) {

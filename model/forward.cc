@@ -7,12 +7,14 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dense.h"
+#include "model/internal/expert_mlp.h"
 #include "model/internal/expert_schedule.h"
 
 namespace fedmoe::model {
 namespace {
 
 namespace cpu = kernels::cpu;
+using kernels::cpu::Bf16;
 
 template <typename Buffer>
 auto* Sized(Buffer& buffer, int64_t size) {
@@ -90,7 +92,7 @@ void AttentionBlock(const ModelParameters& parameters, const LayerOffsets& weigh
 
 // The MoE half of a layer: layer.residual → out.
 void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, int64_t rows,
-              LayerActivations& layer, AlignedFloats& out) {
+              ExpertPrecision precision, LayerActivations& layer, AlignedFloats& out) {
   const MoeConfig& config = parameters.config();
   const int64_t hidden = config.hidden_size;
   const int64_t experts = config.num_local_experts;
@@ -109,30 +111,60 @@ void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, in
   cpu::BuildExpertPermutation(layer.expert_index.data(), rows, top_k, experts, layer.permutation);
 
   const int64_t slots = rows * top_k;
+  const bool bf16 = precision == ExpertPrecision::kBfloat16;
   float* grouped = Sized(layer.expert_input, slots * hidden);
   cpu::GatherByExpert(norm, layer.permutation, grouped, hidden);
+  Bf16* grouped_bf16 = nullptr;
+  Bf16* act_bf16 = nullptr;
+  Bf16* weights_bf16 = nullptr;
+  if (bf16) {
+    grouped_bf16 = Sized(layer.expert_input_bf16, slots * hidden);
+    cpu::ToBf16(grouped, grouped_bf16, slots * hidden);
+    act_bf16 = Sized(layer.expert_act_bf16, slots * inner);
+    weights_bf16 = Sized(layer.expert_weights_bf16, experts * 3 * inner * hidden);
+  }
   float* gate = Sized(layer.expert_gate, slots * inner);
   float* up = Sized(layer.expert_up, slots * inner);
-  float* act = Sized(layer.expert_act, slots * inner);
+  float* act = bf16 ? nullptr : Sized(layer.expert_act, slots * inner);
   float* expert_out = Sized(layer.expert_output, slots * hidden);
   internal::ForEachExpert(layer.permutation, experts, [&](int64_t e) {
     const int64_t count = layer.permutation.tokens_for(e);
     const int64_t first = layer.permutation.offsets[static_cast<size_t>(e)];
     const ExpertOffsets& expert = weights.experts[static_cast<size_t>(e)];
-    cpu::SwiGluMlpForward(grouped + first * hidden, parameters.at(expert.w1),
-                          parameters.at(expert.w3), parameters.at(expert.w2), gate + first * inner,
-                          up + first * inner, act + first * inner, expert_out + first * hidden,
-                          count, hidden, inner);
+    const internal::ExpertMlpOutputs activations{
+        .in = grouped + first * hidden,
+        .in_bf16 = bf16 ? grouped_bf16 + first * hidden : nullptr,
+        .gate = gate + first * inner,
+        .up = up + first * inner,
+        .act = bf16 ? nullptr : act + first * inner,
+        .act_bf16 = bf16 ? act_bf16 + first * inner : nullptr};
+    internal::ExpertMlpForward(
+        precision, {parameters.at(expert.w1), parameters.at(expert.w3), parameters.at(expert.w2)},
+        bf16 ? weights_bf16 + e * 3 * inner * hidden : nullptr, activations,
+        expert_out + first * hidden, count, hidden, inner);
   });
 
   // out = residual (+ the shared experts), then the routed experts are combined into it.
   out.resize(static_cast<size_t>(rows * hidden));
   if (config.n_shared_experts > 0) {
     const int64_t shared_inner = config.shared_inner_size();
-    cpu::SwiGluMlpForward(
-        norm, parameters.at(weights.shared.w1), parameters.at(weights.shared.w3),
-        parameters.at(weights.shared.w2), Sized(layer.shared_gate, rows * shared_inner),
-        Sized(layer.shared_up, rows * shared_inner), Sized(layer.shared_act, rows * shared_inner),
+    Bf16* norm_bf16 = nullptr;
+    if (bf16) {
+      norm_bf16 = Sized(layer.shared_input_bf16, rows * hidden);
+      cpu::ToBf16(norm, norm_bf16, rows * hidden);
+    }
+    const internal::ExpertMlpOutputs activations{
+        .in = norm,
+        .in_bf16 = norm_bf16,
+        .gate = Sized(layer.shared_gate, rows * shared_inner),
+        .up = Sized(layer.shared_up, rows * shared_inner),
+        .act = bf16 ? nullptr : Sized(layer.shared_act, rows * shared_inner),
+        .act_bf16 = bf16 ? Sized(layer.shared_act_bf16, rows * shared_inner) : nullptr};
+    internal::ExpertMlpForward(
+        precision,
+        {parameters.at(weights.shared.w1), parameters.at(weights.shared.w3),
+         parameters.at(weights.shared.w2)},
+        bf16 ? Sized(layer.shared_weights_bf16, 3 * shared_inner * hidden) : nullptr, activations,
         out.data(), rows, hidden, shared_inner);
     AddInto(out.data(), layer.residual.data(), rows * hidden);
   } else {
@@ -174,7 +206,7 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
     AlignedFloats& next = i + 1 < config.num_hidden_layers
                               ? pass.layers[static_cast<size_t>(i + 1)].input
                               : pass.final_input;
-    MoeBlock(parameters, layout.layer(i), rows, layer, next);
+    MoeBlock(parameters, layout.layer(i), rows, pass.expert_precision, layer, next);
   }
 
   float* final_norm = Sized(pass.final_norm, rows * hidden);
@@ -184,6 +216,24 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
   cpu::LinearForward(final_norm, parameters.at(layout.lm_head()),
                      Sized(pass.logits, rows * config.vocab_size), rows, hidden, config.vocab_size);
   return absl::OkStatus();
+}
+
+absl::StatusOr<ExpertPrecision> ResolveExpertPrecision(std::string_view name) {
+  if (name == "fp32") return ExpertPrecision::kFloat32;
+  if (name == "auto") {
+    return cpu::HasNativeBf16MatMul() && cpu::CheckBf16MatMul().ok() ? ExpertPrecision::kBfloat16
+                                                                     : ExpertPrecision::kFloat32;
+  }
+  if (name == "bf16") {
+    if (absl::Status status = cpu::CheckBf16MatMul(); !status.ok()) return status;
+    return ExpertPrecision::kBfloat16;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown expert precision '", std::string(name), "' (auto, fp32, bf16)"));
+}
+
+std::string_view ExpertPrecisionName(ExpertPrecision precision) {
+  return precision == ExpertPrecision::kBfloat16 ? "bf16" : "fp32";
 }
 
 LossSum CrossEntropy(const ForwardPass& pass, std::span<const int32_t> targets,

@@ -170,4 +170,50 @@ void SwiGluMlpBackward(const float* in, const float* w1, const float* w3, const 
   LinearBackward(in, w3, d_up, d_in, d_w3, rows, width, inner);
 }
 
+void SwiGluMlpForwardBf16(const Bf16* in, const Bf16* w1, const Bf16* w3, const Bf16* w2,
+                          float* gate, float* up, Bf16* act, float* out, int64_t rows,
+                          int64_t width, int64_t inner) {
+  // Weights are [out_features, in_features]: as the right operand of in·wᵀ they are read
+  // transposed, which oneDNN does through strides.
+  Bf16MatMul(in, Storage::kRowMajor, w1, Storage::kTransposed, gate, rows, inner, width, false);
+  Bf16MatMul(in, Storage::kRowMajor, w3, Storage::kTransposed, up, rows, inner, width, false);
+  ForEachBlock(rows * inner, [&](int64_t first, int64_t count) {
+    const auto g = View(gate + first, 1, count).array();
+    const Eigen::Array<float, 1, Eigen::Dynamic> product =
+        g / (1.0f + (-g).exp()) * View(up + first, 1, count).array();
+    ToBf16(product.data(), act + first, count);
+  });
+  Bf16MatMul(act, Storage::kRowMajor, w2, Storage::kTransposed, out, rows, width, inner, false);
+}
+
+void SwiGluMlpBackwardBf16(const Bf16* in, const Bf16* w1, const Bf16* w3, const Bf16* w2,
+                           const float* gate, const float* up, const Bf16* act, const Bf16* d_out,
+                           float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_act,
+                           float* d_gate, float* d_up, Bf16* d_gate_bf16, Bf16* d_up_bf16,
+                           int64_t rows, int64_t width, int64_t inner) {
+  Bf16MatMul(d_out, Storage::kRowMajor, w2, Storage::kRowMajor, d_act, rows, inner, width, false);
+  // Weight gradients: d_w = d_outᵀ·input, the row-major [rows, ·] gradient read transposed.
+  if (d_w2 != nullptr) {
+    Bf16MatMul(d_out, Storage::kTransposed, act, Storage::kRowMajor, d_w2, width, inner, rows,
+               true);
+  }
+  SwiGluBackward(gate, up, d_act, d_gate, d_up, rows * inner);
+  ToBf16(d_gate, d_gate_bf16, rows * inner);
+  ToBf16(d_up, d_up_bf16, rows * inner);
+  if (d_in != nullptr) {
+    Bf16MatMul(d_gate_bf16, Storage::kRowMajor, w1, Storage::kRowMajor, d_in, rows, width, inner,
+               true);
+    Bf16MatMul(d_up_bf16, Storage::kRowMajor, w3, Storage::kRowMajor, d_in, rows, width, inner,
+               true);
+  }
+  if (d_w1 != nullptr) {
+    Bf16MatMul(d_gate_bf16, Storage::kTransposed, in, Storage::kRowMajor, d_w1, inner, width, rows,
+               true);
+  }
+  if (d_w3 != nullptr) {
+    Bf16MatMul(d_up_bf16, Storage::kTransposed, in, Storage::kRowMajor, d_w3, inner, width, rows,
+               true);
+  }
+}
+
 }  // namespace fedmoe::kernels::cpu

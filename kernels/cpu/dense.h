@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/bf16.h"
+
 namespace fedmoe::kernels::cpu {
 
 // out[rows, out_features] = in[rows, in_features] · weightᵀ, as torch.nn.Linear without bias.
@@ -79,6 +81,21 @@ void SwiGluMlpBackward(const float* in, const float* w1, const float* w3, const 
                        const float* gate, const float* up, const float* act, const float* d_out,
                        float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_gate,
                        float* d_up, float* d_act, int64_t rows, int64_t width, int64_t inner);
+
+// SwiGluMlpForward with its three products in bf16 (bf16.h): `in` and the weights come rounded
+// to bf16, gate and up are fp32, and act is kept rounded to bf16, as the backward's weight
+// product takes it. Requires CheckBf16MatMul() to be OK.
+void SwiGluMlpForwardBf16(const Bf16* in, const Bf16* w1, const Bf16* w3, const Bf16* w2,
+                          float* gate, float* up, Bf16* act, float* out, int64_t rows,
+                          int64_t width, int64_t inner);
+// Its backward, with its five products in bf16; gradients accumulate in fp32 as in
+// SwiGluMlpBackward. d_act, d_gate and d_up [rows, inner] are fp32 scratch, d_gate_bf16 and
+// d_up_bf16 their bf16 twins.
+void SwiGluMlpBackwardBf16(const Bf16* in, const Bf16* w1, const Bf16* w3, const Bf16* w2,
+                           const float* gate, const float* up, const Bf16* act, const Bf16* d_out,
+                           float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_act,
+                           float* d_gate, float* d_up, Bf16* d_gate_bf16, Bf16* d_up_bf16,
+                           int64_t rows, int64_t width, int64_t inner);
 
 }  // namespace fedmoe::kernels::cpu
 

@@ -74,10 +74,13 @@ TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
   EXPECT_EQ(options.trainable.routed_experts, defaults.trainable.routed_experts);
   EXPECT_EQ(options.trainable.attention, defaults.trainable.attention);
   EXPECT_EQ(threads, 0);
+  // expert_precision: auto, which is what this CPU's resolution of auto gives.
+  EXPECT_EQ(options.expert_precision, *model::ResolveExpertPrecision("auto"));
 
   // A bad value is reported against its line.
   absl::StatusOr<config::YamlConfigReader> bad = config::YamlConfigReader::FromString(
-      "steps: 10\nschedule: linear\ntrainable: [experts, brains]\n", "bad.yaml");
+      "steps: 10\nschedule: linear\ntrainable: [experts, brains]\nexpert_precision: fp8\n",
+      "bad.yaml");
   ASSERT_TRUE(bad.ok());
   client::ReadTrainOptions(*bad, "", &options, &threads);
   const absl::Status status = bad->Finish();
@@ -85,6 +88,10 @@ TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
             std::string::npos)
       << status;
   EXPECT_NE(status.message().find("bad.yaml:3: trainable: unknown trainable part 'brains'"),
+            std::string::npos)
+      << status;
+  EXPECT_NE(status.message().find(
+                "bad.yaml:4: expert_precision: unknown expert precision 'fp8' (auto, fp32, bf16)"),
             std::string::npos)
       << status;
 }

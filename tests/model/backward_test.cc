@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/bf16.h"
 #include "model/init.h"
 
 namespace fedmoe::model {
@@ -161,6 +162,60 @@ TEST(BackwardTest, FrozenTensorsGetNoGradientAndAccumulationAddsUp) {
     } else {
       EXPECT_EQ(magnitude, 0) << spec.name << " is frozen";
     }
+  }
+}
+
+// Mixed precision against fp32 on the same model and batch: the logits and every trainable
+// tensor's gradient agree to bf16 precision (a few 2^-8 in relative L2 norm). Routed and
+// shared experts both run their products in bf16; the router, attention and norms do not, but
+// their gradients flow through the experts. A misrouted or misread operand would be off by
+// order 1.
+TEST(BackwardTest, Bf16ExpertProductsAgreeWithFp32ToBf16Precision) {
+  if (absl::Status status = kernels::cpu::CheckBf16MatMul(); !status.ok()) {
+    GTEST_SKIP() << status.message();
+  }
+  MoeConfig config = TinyConfig(true, false, 2);
+  config.hidden_size = 32;
+  config.intermediate_size = 48;
+  config.shared_expert_intermediate_size = 40;
+  config.head_dim = 8;
+  config.initializer_range = 0.1;
+  const ModelParameters parameters = InitializeModel(config, 5);
+  const std::vector<int32_t> tokens = Tokens(int64_t{4} * 16, config.vocab_size, 9);
+  const std::vector<int32_t> targets = NextTokenTargets(tokens, 4, 16);
+  const TrainableSet all = *TrainableSet::Parse("all");
+  const BackwardOptions options{.balance_coefficient = 0.02, .predictions_in_step = 60};
+
+  std::vector<std::vector<float>> logits;
+  std::vector<std::vector<float>> gradients;
+  for (const ExpertPrecision precision : {ExpertPrecision::kFloat32, ExpertPrecision::kBfloat16}) {
+    ForwardPass pass;
+    pass.expert_precision = precision;
+    ASSERT_TRUE(Forward(parameters, tokens, 4, 16, pass).ok());
+    logits.emplace_back(pass.logits.begin(), pass.logits.end());
+    BackwardScratch scratch;
+    std::vector<float> gradient(parameters.values().size(), 0.0f);
+    ASSERT_TRUE(Backward(parameters, pass, targets, all, options, gradient, scratch).ok());
+    gradients.push_back(std::move(gradient));
+  }
+  auto relative_difference = [](std::span<const float> actual, std::span<const float> expected) {
+    double difference = 0;
+    double norm = 0;
+    for (size_t i = 0; i < actual.size(); ++i) {
+      difference += (actual[i] - expected[i]) * static_cast<double>(actual[i] - expected[i]);
+      norm += expected[i] * static_cast<double>(expected[i]);
+    }
+    return std::sqrt(difference / norm);
+  };
+  constexpr double kBound = 8 * 0x1.0p-8;
+  EXPECT_LT(relative_difference(logits[1], logits[0]), kBound);
+  EXPECT_GT(relative_difference(logits[1], logits[0]), 0) << "bf16 must round something";
+  for (const TensorSpec& spec : parameters.layout().tensors()) {
+    const auto part = [&spec](const std::vector<float>& values) {
+      return std::span(values).subspan(static_cast<size_t>(spec.offset),
+                                       static_cast<size_t>(spec.size));
+    };
+    EXPECT_LT(relative_difference(part(gradients[1]), part(gradients[0])), kBound) << spec.name;
   }
 }
 
