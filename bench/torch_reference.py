@@ -151,6 +151,9 @@ def main():
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--bf16-autocast", action="store_true",
+                        help="run the forward pass under torch.autocast(bfloat16), PyTorch's "
+                             "mixed precision: matrix products in bf16, master weights fp32")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -165,8 +168,9 @@ def main():
     tokens = torch.randint(0, 256, (args.batch, args.seq_len + 1))
 
     def step():
-        logits, balance = model(tokens[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16_autocast):
+            logits, balance = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
         (loss + 0.02 * balance).backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -180,7 +184,8 @@ def main():
     print(json.dumps({
         "benchmark": "torch_train_step", "config": args.config, "batch": args.batch,
         "seq_len": args.seq_len, "steps": args.steps, "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__, "seconds_per_step": seconds / args.steps,
+        "torch_version": torch.__version__, "precision": "bf16 autocast" if args.bf16_autocast
+        else "fp32", "seconds_per_step": seconds / args.steps,
         "tokens_per_second": args.batch * args.seq_len * args.steps / seconds}))
 
 

