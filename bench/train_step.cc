@@ -6,7 +6,7 @@
 // (mixed precision), beside the same fp32 PyTorch step. One JSON object per line.
 //
 //   build/bin/train_step [--config tiny|small|all] [--steps N] [--threads T] [--no-torch]
-//                        [--expert-precision fp32|bf16|all]
+//                        [--matmul-precision fp32|bf16|all]
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
@@ -68,7 +68,7 @@ struct StepTimes {
 
 // One optimizer step as the trainer takes it: forward, backward (default trainable set,
 // balance loss on), clipping and AdamW.
-StepTimes TrainStep(const Shape& shape, int steps, model::ExpertPrecision precision) {
+StepTimes TrainStep(const Shape& shape, int steps, model::MatMulPrecision precision) {
   model::ModelParameters parameters = model::InitializeModel(ConfigOf(shape), 1);
   std::mt19937 generator(3);
   std::vector<int32_t> tokens(static_cast<size_t>(shape.batch * (shape.seq_len + 1)));
@@ -84,7 +84,7 @@ StepTimes TrainStep(const Shape& shape, int steps, model::ExpertPrecision precis
   model::AdamW optimizer(parameters.layout(), trainable, {});
   AlignedFloats gradients(parameters.values().size());
   model::ForwardPass pass;
-  pass.expert_precision = precision;
+  pass.matmul_precision = precision;
   model::BackwardScratch scratch;
   model::BackwardOptions options{.balance_coefficient = 0.02,
                                  .predictions_in_step = static_cast<double>(targets.size())};
@@ -171,7 +171,7 @@ Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
       kernels::cpu::SwiGluMlpBackwardBf16(
           in_bf16.data(), w, w + size, w + 2 * size, gate.data(), up.data(), act_bf16.data(),
           d_out_bf16.data(), d_in.data(), d_w1.data(), d_w3.data(), d_w2.data(), d_act.data(),
-          d_gate.data(), d_up.data(), d_gate_bf16.data(), d_up_bf16.data(), rows, h, inner);
+          d_gate_bf16.data(), d_up_bf16.data(), rows, h, inner);
     };
     bf16_pass();
     start = Clock::now();
@@ -241,33 +241,33 @@ int Main(int argc, char** argv) {
       threads = std::max(0, std::atoi(argv[++i]));
     } else if (arg == "--no-torch") {
       torch = false;
-    } else if (arg == "--expert-precision" && i + 1 < argc) {
+    } else if (arg == "--matmul-precision" && i + 1 < argc) {
       precision_choice = argv[++i];
     } else {
       std::fprintf(stderr,
                    "usage: train_step [--config tiny|small|all] [--steps N] "
-                   "[--threads T] [--no-torch] [--expert-precision fp32|bf16|all]\n");
+                   "[--threads T] [--no-torch] [--matmul-precision fp32|bf16|all]\n");
       return 2;
     }
   }
   kernels::cpu::SetCpuThreads(threads);
   kernels::cpu::RetainFreedMemory();
   // fp32 always; bf16 expert products too where the CPU multiplies bf16 in hardware.
-  std::vector<model::ExpertPrecision> precisions;
-  if (precision_choice != "bf16") precisions.push_back(model::ExpertPrecision::kFloat32);
+  std::vector<model::MatMulPrecision> precisions;
+  if (precision_choice != "bf16") precisions.push_back(model::MatMulPrecision::kFloat32);
   if (precision_choice != "fp32" && kernels::cpu::HasNativeBf16MatMul() &&
       kernels::cpu::CheckBf16MatMul().ok()) {
-    precisions.push_back(model::ExpertPrecision::kBfloat16);
+    precisions.push_back(model::MatMulPrecision::kBfloat16);
   }
   for (const Shape& shape : kShapes) {
     if (only != "all" && only != shape.name) continue;
     std::vector<double> ours;
-    for (const model::ExpertPrecision precision : precisions) {
+    for (const model::MatMulPrecision precision : precisions) {
       const StepTimes times = TrainStep(shape, steps, precision);
       ours.push_back(times.tokens_per_second);
       const Json line = {{"benchmark", "train_step"},
                          {"config", shape.name},
-                         {"expert_precision", model::ExpertPrecisionName(precision)},
+                         {"matmul_precision", model::MatMulPrecisionName(precision)},
                          {"batch", shape.batch},
                          {"seq_len", shape.seq_len},
                          {"hidden", shape.hidden},
@@ -282,14 +282,14 @@ int Main(int argc, char** argv) {
       std::printf("%s\n", line.dump().c_str());
       std::fflush(stdout);
     }
-    std::printf("%s\n", ExpertProducts(shape, 3, precisions.back() == model::ExpertPrecision::kBfloat16).dump().c_str());
+    std::printf("%s\n", ExpertProducts(shape, 3, precisions.back() == model::MatMulPrecision::kBfloat16).dump().c_str());
     if (torch) {
       // PyTorch in the same precisions: each of ours against its match, and all against the
       // fp32 step, the baseline.
       std::vector<double> theirs;
-      for (const model::ExpertPrecision precision : precisions) {
+      for (const model::MatMulPrecision precision : precisions) {
         const Json reference = TorchReference(shape, steps, kernels::cpu::CpuThreads(),
-                                              precision == model::ExpertPrecision::kBfloat16);
+                                              precision == model::MatMulPrecision::kBfloat16);
         if (reference.is_null()) break;
         std::printf("%s\n", reference.dump().c_str());
         theirs.push_back(reference.at("tokens_per_second").get<double>());
@@ -305,15 +305,15 @@ int Main(int argc, char** argv) {
       for (size_t p = 0; p < precisions.size(); ++p) {
         Json line = {{"benchmark", "train_step_vs_torch"},
                      {"config", shape.name},
-                     {"expert_precision", model::ExpertPrecisionName(precisions[p])},
+                     {"matmul_precision", model::MatMulPrecisionName(precisions[p])},
                      {"fedmoe_tokens_per_second", ours[p]},
-                     {"torch_precision", precisions[p] == model::ExpertPrecision::kBfloat16
+                     {"torch_precision", precisions[p] == model::MatMulPrecision::kBfloat16
                                              ? "bf16 autocast"
                                              : "fp32"},
                      {"torch_tokens_per_second", theirs[p]},
                      {"ratio", ours[p] / theirs[p]}};
-        if (precisions[p] != model::ExpertPrecision::kFloat32 &&
-            precisions.front() == model::ExpertPrecision::kFloat32) {
+        if (precisions[p] != model::MatMulPrecision::kFloat32 &&
+            precisions.front() == model::MatMulPrecision::kFloat32) {
           line["ratio_to_torch_fp32"] = ours[p] / theirs.front();
         }
         std::printf("%s\n", line.dump().c_str());

@@ -43,10 +43,10 @@ struct ClientConfig {
   std::filesystem::path data;
   // CPU threads for local training; 0: all cores.
   int64_t threads = 0;
-  // Of the expert products in local training, resolved for this CPU (training.expert_precision:
+  // Of the expert products in local training, resolved for this CPU (training.matmul_precision:
   // auto, fp32 or bf16), and as written, for ToYaml.
-  model::ExpertPrecision expert_precision = model::ExpertPrecision::kFloat32;
-  std::string expert_precision_name = "auto";
+  model::MatMulPrecision matmul_precision = model::MatMulPrecision::kFloat32;
+  std::string matmul_precision_name = "auto";
   // host:port of the Prometheus /metrics endpoint; empty turns it off. Loopback by default.
   std::string metrics_listen = "127.0.0.1:9465";
 

@@ -236,12 +236,12 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   if (!random.ok()) return random.status();
   model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, (*random)());
   // The round sets what is trained and how; this machine sets the arithmetic.
-  options.expert_precision = config_.expert_precision;
+  options.matmul_precision = config_.matmul_precision;
   LogEvent(LogLevel::kInfo, "local_training_started")
       .Field("round_id", task.round_id())
       .Field("model_version", spec.base_model().version())
       .Field("steps", options.steps)
-      .Field("expert_precision", model::ExpertPrecisionName(options.expert_precision));
+      .Field("matmul_precision", model::MatMulPrecisionName(options.matmul_precision));
   absl::StatusOr<model::TrainResult> trained =
       model::Train(local, **tokenizer, config_.data, options);
   if (!trained.ok()) return trained.status();

@@ -393,7 +393,7 @@ int TrainCommand(const std::vector<std::string>& args) {
                         {"train_loss", NumberOrNull(result->train_loss)},
                         {"val_loss", NumberOrNull(result->val_loss)},
                         {"tokens_per_second", result->tokens_per_second},
-                        {"expert_precision", model::ExpertPrecisionName(options.expert_precision)},
+                        {"matmul_precision", model::MatMulPrecisionName(options.matmul_precision)},
                         {"tokens", result->tokens},
                         {"files", result->data.files},
                         {"documents", result->data.documents},

@@ -71,14 +71,14 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
   }
   reader.Read(key("threads"), threads);
   at_least("threads", *threads, 0);
-  ReadExpertPrecision(reader, key("expert_precision"), &options->expert_precision);
+  ReadMatMulPrecision(reader, key("matmul_precision"), &options->matmul_precision);
 }
 
-void ReadExpertPrecision(config::YamlConfigReader& reader, const std::string& key,
-                         model::ExpertPrecision* precision) {
+void ReadMatMulPrecision(config::YamlConfigReader& reader, const std::string& key,
+                         model::MatMulPrecision* precision) {
   std::string name = "auto";
   reader.Read(key, &name);
-  absl::StatusOr<model::ExpertPrecision> resolved = model::ResolveExpertPrecision(name);
+  absl::StatusOr<model::MatMulPrecision> resolved = model::ResolveMatMulPrecision(name);
   if (resolved.ok()) {
     *precision = *resolved;
   } else {

@@ -1,6 +1,6 @@
 // Local training settings from YAML: a `train --config FILE` file, or (for the daemon) a
 // section of client.yaml. Every key is optional and defaults to model::TrainOptions, except
-// expert_precision, which defaults to auto (bf16 expert products where the CPU has them).
+// matmul_precision, which defaults to auto (bf16 expert products where the CPU has them).
 #ifndef FEDMOE_CLIENT_TRAIN_OPTIONS_H_
 #define FEDMOE_CLIENT_TRAIN_OPTIONS_H_
 
@@ -19,8 +19,8 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
 
 // Reads `key` (auto, fp32 or bf16; absent: auto) and resolves it for this CPU into *precision,
 // or records why it cannot be had here.
-void ReadExpertPrecision(config::YamlConfigReader& reader, const std::string& key,
-                         model::ExpertPrecision* precision);
+void ReadMatMulPrecision(config::YamlConfigReader& reader, const std::string& key,
+                         model::MatMulPrecision* precision);
 
 }  // namespace fedmoe::client
 

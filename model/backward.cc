@@ -8,8 +8,8 @@
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/moe_routing.h"
-#include "model/internal/expert_mlp.h"
 #include "model/internal/expert_schedule.h"
+#include "model/internal/mixed_precision.h"
 
 namespace fedmoe::model {
 namespace {
@@ -207,8 +207,8 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     float* d_residual = Sized(s.d_residual, rows * hidden);
     std::copy(d_stream, d_stream + rows * hidden, d_residual);
     float* d_n2 = Zeroed(s.d_norm, rows * hidden);
-    const ExpertPrecision precision = pass.expert_precision;
-    const bool bf16 = precision == ExpertPrecision::kBfloat16;
+    const MatMulPrecision precision = pass.matmul_precision;
+    const bool bf16 = precision == MatMulPrecision::kBfloat16;
     if (config.n_shared_experts > 0) {
       const int64_t shared_inner = config.shared_inner_size();
       Bf16* d_stream_bf16 = nullptr;
@@ -227,12 +227,15 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
            .act = layer.shared_act.data(),
            .act_bf16 = layer.shared_act_bf16.data()},
           {d_stream, d_stream_bf16},
-          {need_moe_input_gradient ? d_n2 : nullptr, grad(w.shared.w1, TensorRole::kSharedExpert),
-           grad(w.shared.w3, TensorRole::kSharedExpert),
-           grad(w.shared.w2, TensorRole::kSharedExpert), Sized(s.d_gate, rows * shared_inner),
-           Sized(s.d_up, rows * shared_inner), Sized(s.d_act, rows * shared_inner),
-           bf16 ? Sized(s.d_gate_bf16, rows * shared_inner) : nullptr,
-           bf16 ? Sized(s.d_up_bf16, rows * shared_inner) : nullptr},
+          {.d_in = need_moe_input_gradient ? d_n2 : nullptr,
+           .d_w1 = grad(w.shared.w1, TensorRole::kSharedExpert),
+           .d_w3 = grad(w.shared.w3, TensorRole::kSharedExpert),
+           .d_w2 = grad(w.shared.w2, TensorRole::kSharedExpert),
+           .d_act = Sized(s.d_act, rows * shared_inner),
+           .d_gate = bf16 ? nullptr : Sized(s.d_gate, rows * shared_inner),
+           .d_up = bf16 ? nullptr : Sized(s.d_up, rows * shared_inner),
+           .d_gate_bf16 = bf16 ? Sized(s.d_gate_bf16, rows * shared_inner) : nullptr,
+           .d_up_bf16 = bf16 ? Sized(s.d_up_bf16, rows * shared_inner) : nullptr},
           rows, hidden, shared_inner);
     }
     float* d_expert_out = Sized(s.d_expert_out, slots * hidden);
@@ -246,8 +249,8 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
       cpu::ToBf16(d_expert_out, d_expert_out_bf16, slots * hidden);
     }
     float* d_expert_in = need_moe_input_gradient ? Zeroed(s.d_expert_in, slots * hidden) : nullptr;
-    float* d_gate = Sized(s.d_gate, slots * inner);
-    float* d_up = Sized(s.d_up, slots * inner);
+    float* d_gate = bf16 ? nullptr : Sized(s.d_gate, slots * inner);
+    float* d_up = bf16 ? nullptr : Sized(s.d_up, slots * inner);
     float* d_act = Sized(s.d_act, slots * inner);
     Bf16* d_gate_bf16 = bf16 ? Sized(s.d_gate_bf16, slots * inner) : nullptr;
     Bf16* d_up_bf16 = bf16 ? Sized(s.d_up_bf16, slots * inner) : nullptr;
@@ -269,10 +272,15 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
            .act = at(bf16 ? nullptr : layer.expert_act.data(), inner),
            .act_bf16 = at(bf16 ? layer.expert_act_bf16.data() : nullptr, inner)},
           {d_expert_out + first * hidden, at(d_expert_out_bf16, hidden)},
-          {at(d_expert_in, hidden), grad(expert.w1, TensorRole::kRoutedExpert),
-           grad(expert.w3, TensorRole::kRoutedExpert), grad(expert.w2, TensorRole::kRoutedExpert),
-           d_gate + first * inner, d_up + first * inner, d_act + first * inner,
-           at(d_gate_bf16, inner), at(d_up_bf16, inner)},
+          {.d_in = at(d_expert_in, hidden),
+           .d_w1 = grad(expert.w1, TensorRole::kRoutedExpert),
+           .d_w3 = grad(expert.w3, TensorRole::kRoutedExpert),
+           .d_w2 = grad(expert.w2, TensorRole::kRoutedExpert),
+           .d_act = d_act + first * inner,
+           .d_gate = at(d_gate, inner),
+           .d_up = at(d_up, inner),
+           .d_gate_bf16 = at(d_gate_bf16, inner),
+           .d_up_bf16 = at(d_up_bf16, inner)},
           count, hidden, inner);
     });
 
@@ -298,9 +306,21 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     // Attention block: residual = input + o_proj(attention(...)). At the lowest layer it is
     // needed only for its own trainable weights.
     std::copy(d_residual, d_residual + rows * hidden, d_stream);  // the skip connection
+    const internal::AttentionWeightsBf16 place =
+        internal::AttentionWeightsBf16Layout(hidden, q_width, kv_width);
+    // A projection's weight, and its rounded copy from the forward pass.
+    const auto weight = [&](int64_t offset, int64_t at) -> internal::Operand {
+      return {parameters.at(offset), bf16 ? layer.attention_weights_bf16.data() + at : nullptr};
+    };
+    // A gradient as a product's operand: for bf16 also rounded, into `rounded`.
+    const auto gradient_operand = [&](const float* values, int64_t n, AlignedBf16& rounded) {
+      return internal::AsOperand(precision, values, n, bf16 ? Sized(rounded, n) : nullptr);
+    };
     float* d_attention = Zeroed(s.d_attention, rows * q_width);
-    cpu::LinearBackward(layer.attention_output.data(), parameters.at(w.o_proj), d_residual,
-                        d_attention, grad(w.o_proj, TensorRole::kAttention), rows, q_width, hidden);
+    internal::LinearBackward(
+        precision, {layer.attention_output.data(), layer.attention_output_bf16.data()},
+        weight(w.o_proj, place.o), gradient_operand(d_residual, rows * hidden, s.d_out_bf16),
+        d_attention, grad(w.o_proj, TensorRole::kAttention), rows, q_width, hidden);
     const cpu::AttentionShape shape{.batch = pass.batch,
                                     .seq_len = pass.seq_len,
                                     .heads = config.num_attention_heads,
@@ -315,13 +335,16 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     cpu::RopeBackward(d_q, pass.batch, pass.seq_len, config.num_attention_heads, rope);
     cpu::RopeBackward(d_k, pass.batch, pass.seq_len, config.num_key_value_heads, rope);
     float* d_n1 = Zeroed(s.d_norm, rows * hidden);
-    const float* n1 = layer.attention_norm.data();
-    cpu::LinearBackward(n1, parameters.at(w.q_proj), d_q, d_n1,
-                        grad(w.q_proj, TensorRole::kAttention), rows, hidden, q_width);
-    cpu::LinearBackward(n1, parameters.at(w.k_proj), d_k, d_n1,
-                        grad(w.k_proj, TensorRole::kAttention), rows, hidden, kv_width);
-    cpu::LinearBackward(n1, parameters.at(w.v_proj), d_v, d_n1,
-                        grad(w.v_proj, TensorRole::kAttention), rows, hidden, kv_width);
+    const internal::Operand n1{layer.attention_norm.data(), layer.attention_norm_bf16.data()};
+    internal::LinearBackward(precision, n1, weight(w.q_proj, place.q),
+                             gradient_operand(d_q, rows * q_width, s.d_q_bf16), d_n1,
+                             grad(w.q_proj, TensorRole::kAttention), rows, hidden, q_width);
+    internal::LinearBackward(precision, n1, weight(w.k_proj, place.k),
+                             gradient_operand(d_k, rows * kv_width, s.d_k_bf16), d_n1,
+                             grad(w.k_proj, TensorRole::kAttention), rows, hidden, kv_width);
+    internal::LinearBackward(precision, n1, weight(w.v_proj, place.v),
+                             gradient_operand(d_v, rows * kv_width, s.d_v_bf16), d_n1,
+                             grad(w.v_proj, TensorRole::kAttention), rows, hidden, kv_width);
     cpu::RmsNormBackward(layer.input.data(), parameters.at(w.input_layernorm),
                          layer.attention_rstd.data(), d_n1, d_stream,
                          grad(w.input_layernorm, TensorRole::kNorm), rows, hidden);

@@ -65,8 +65,8 @@ struct BackwardScratch {
   AlignedFloats losses, d_logits, d_stream, d_norm, d_residual, d_attention, d_q, d_k, d_v;
   AlignedFloats d_expert_out, d_expert_in, d_expert_weight, d_router_probs, d_router_logits;
   AlignedFloats d_gate, d_up, d_act;
-  // The bf16 operands of the expert products, with ExpertPrecision::kBfloat16.
-  AlignedBf16 d_out_bf16, d_gate_bf16, d_up_bf16;
+  // The bf16 operands of the weight products, with MatMulPrecision::kBfloat16.
+  AlignedBf16 d_out_bf16, d_gate_bf16, d_up_bf16, d_q_bf16, d_k_bf16, d_v_bf16;
 };
 
 // Adds the gradient of the loss of `pass` (targets as in CrossEntropy) into `gradients`, which

@@ -7,8 +7,8 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dense.h"
-#include "model/internal/expert_mlp.h"
 #include "model/internal/expert_schedule.h"
+#include "model/internal/mixed_precision.h"
 
 namespace fedmoe::model {
 namespace {
@@ -55,23 +55,38 @@ absl::Status CheckInputs(const MoeConfig& config, std::span<const int32_t> token
 // The attention half of a layer: layer.input → layer.residual.
 void AttentionBlock(const ModelParameters& parameters, const LayerOffsets& weights,
                     const cpu::RopeTable& rope, int64_t batch, int64_t seq_len,
-                    LayerActivations& layer) {
+                    MatMulPrecision precision, LayerActivations& layer) {
   const MoeConfig& config = parameters.config();
   const int64_t rows = batch * seq_len;
   const int64_t hidden = config.hidden_size;
   const int64_t q_width = config.query_width();
   const int64_t kv_width = config.key_value_width();
+  const bool bf16 = precision == MatMulPrecision::kBfloat16;
 
   float* norm = Sized(layer.attention_norm, rows * hidden);
   cpu::RmsNormForward(layer.input.data(), parameters.at(weights.input_layernorm), norm,
                       Sized(layer.attention_rstd, rows), rows, hidden,
                       static_cast<float>(config.rms_norm_eps));
+  const internal::AttentionWeightsBf16 place =
+      internal::AttentionWeightsBf16Layout(hidden, q_width, kv_width);
+  Bf16* rounded = bf16 ? Sized(layer.attention_weights_bf16, place.total) : nullptr;
+  const auto weight = [&](int64_t offset, int64_t size, int64_t at) {
+    return internal::AsOperand(precision, parameters.at(offset), size,
+                               bf16 ? rounded + at : nullptr);
+  };
+  const internal::Operand q_proj = weight(weights.q_proj, q_width * hidden, place.q);
+  const internal::Operand k_proj = weight(weights.k_proj, kv_width * hidden, place.k);
+  const internal::Operand v_proj = weight(weights.v_proj, kv_width * hidden, place.v);
+  const internal::Operand o_proj = weight(weights.o_proj, hidden * q_width, place.o);
+  const internal::Operand normed =
+      internal::AsOperand(precision, norm, rows * hidden,
+                          bf16 ? Sized(layer.attention_norm_bf16, rows * hidden) : nullptr);
   float* q = Sized(layer.q, rows * q_width);
   float* k = Sized(layer.k, rows * kv_width);
   float* v = Sized(layer.v, rows * kv_width);
-  cpu::LinearForward(norm, parameters.at(weights.q_proj), q, rows, hidden, q_width);
-  cpu::LinearForward(norm, parameters.at(weights.k_proj), k, rows, hidden, kv_width);
-  cpu::LinearForward(norm, parameters.at(weights.v_proj), v, rows, hidden, kv_width);
+  internal::LinearForward(precision, normed, q_proj, q, rows, hidden, q_width);
+  internal::LinearForward(precision, normed, k_proj, k, rows, hidden, kv_width);
+  internal::LinearForward(precision, normed, v_proj, v, rows, hidden, kv_width);
   cpu::RopeForward(q, batch, seq_len, config.num_attention_heads, rope);
   cpu::RopeForward(k, batch, seq_len, config.num_key_value_heads, rope);
 
@@ -86,13 +101,17 @@ void AttentionBlock(const ModelParameters& parameters, const LayerOffsets& weigh
       q, k, v, attended,
       Sized(layer.attention_probs, batch * config.num_attention_heads * seq_len * seq_len), shape);
   float* residual = Sized(layer.residual, rows * hidden);
-  cpu::LinearForward(attended, parameters.at(weights.o_proj), residual, rows, q_width, hidden);
+  internal::LinearForward(
+      precision,
+      internal::AsOperand(precision, attended, rows * q_width,
+                          bf16 ? Sized(layer.attention_output_bf16, rows * q_width) : nullptr),
+      o_proj, residual, rows, q_width, hidden);
   AddInto(residual, layer.input.data(), rows * hidden);
 }
 
 // The MoE half of a layer: layer.residual → out.
 void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, int64_t rows,
-              ExpertPrecision precision, LayerActivations& layer, AlignedFloats& out) {
+              MatMulPrecision precision, LayerActivations& layer, AlignedFloats& out) {
   const MoeConfig& config = parameters.config();
   const int64_t hidden = config.hidden_size;
   const int64_t experts = config.num_local_experts;
@@ -111,7 +130,7 @@ void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, in
   cpu::BuildExpertPermutation(layer.expert_index.data(), rows, top_k, experts, layer.permutation);
 
   const int64_t slots = rows * top_k;
-  const bool bf16 = precision == ExpertPrecision::kBfloat16;
+  const bool bf16 = precision == MatMulPrecision::kBfloat16;
   float* grouped = Sized(layer.expert_input, slots * hidden);
   cpu::GatherByExpert(norm, layer.permutation, grouped, hidden);
   Bf16* grouped_bf16 = nullptr;
@@ -202,11 +221,11 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
   const cpu::RopeTable rope(seq_len, config.head_dim, config.rope_theta);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     LayerActivations& layer = pass.layers[static_cast<size_t>(i)];
-    AttentionBlock(parameters, layout.layer(i), rope, batch, seq_len, layer);
+    AttentionBlock(parameters, layout.layer(i), rope, batch, seq_len, pass.matmul_precision, layer);
     AlignedFloats& next = i + 1 < config.num_hidden_layers
                               ? pass.layers[static_cast<size_t>(i + 1)].input
                               : pass.final_input;
-    MoeBlock(parameters, layout.layer(i), rows, pass.expert_precision, layer, next);
+    MoeBlock(parameters, layout.layer(i), rows, pass.matmul_precision, layer, next);
   }
 
   float* final_norm = Sized(pass.final_norm, rows * hidden);
@@ -218,22 +237,22 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
   return absl::OkStatus();
 }
 
-absl::StatusOr<ExpertPrecision> ResolveExpertPrecision(std::string_view name) {
-  if (name == "fp32") return ExpertPrecision::kFloat32;
+absl::StatusOr<MatMulPrecision> ResolveMatMulPrecision(std::string_view name) {
+  if (name == "fp32") return MatMulPrecision::kFloat32;
   if (name == "auto") {
-    return cpu::HasNativeBf16MatMul() && cpu::CheckBf16MatMul().ok() ? ExpertPrecision::kBfloat16
-                                                                     : ExpertPrecision::kFloat32;
+    return cpu::HasNativeBf16MatMul() && cpu::CheckBf16MatMul().ok() ? MatMulPrecision::kBfloat16
+                                                                     : MatMulPrecision::kFloat32;
   }
   if (name == "bf16") {
     if (absl::Status status = cpu::CheckBf16MatMul(); !status.ok()) return status;
-    return ExpertPrecision::kBfloat16;
+    return MatMulPrecision::kBfloat16;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown expert precision '", std::string(name), "' (auto, fp32, bf16)"));
+      absl::StrCat("unknown matmul precision '", std::string(name), "' (auto, fp32, bf16)"));
 }
 
-std::string_view ExpertPrecisionName(ExpertPrecision precision) {
-  return precision == ExpertPrecision::kBfloat16 ? "bf16" : "fp32";
+std::string_view MatMulPrecisionName(MatMulPrecision precision) {
+  return precision == MatMulPrecision::kBfloat16 ? "bf16" : "fp32";
 }
 
 LossSum CrossEntropy(const ForwardPass& pass, std::span<const int32_t> targets,

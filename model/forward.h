@@ -30,12 +30,12 @@ using kernels::cpu::AlignedFloats;
 // backward. kBfloat16 rounds their operands to bfloat16 and accumulates in fp32
 // (kernels/cpu/bf16.h): mixed-precision training, with master weights, gradients, optimizer
 // state and every other product still in fp32.
-enum class ExpertPrecision { kFloat32, kBfloat16 };
+enum class MatMulPrecision { kFloat32, kBfloat16 };
 
 // "fp32", "bf16", or "auto": bf16 where the CPU multiplies bf16 in hardware (AMX, AVX-512 BF16),
 // fp32 elsewhere. "bf16" on a CPU where oneDNN has no bf16 product is an error.
-absl::StatusOr<ExpertPrecision> ResolveExpertPrecision(std::string_view name);
-std::string_view ExpertPrecisionName(ExpertPrecision precision);
+absl::StatusOr<MatMulPrecision> ResolveMatMulPrecision(std::string_view name);
+std::string_view MatMulPrecisionName(MatMulPrecision precision);
 
 // One layer's saved activations. Widths: H hidden, Q = heads·head_dim, K = kv_heads·head_dim,
 // E experts, k experts per token, I expert inner, S shared inner.
@@ -64,20 +64,23 @@ struct LayerActivations {
   AlignedFloats shared_gate;    // [rows, S]
   AlignedFloats shared_up;      // [rows, S]
   AlignedFloats shared_act;     // [rows, S]
-  // With ExpertPrecision::kBfloat16, the expert products' bf16 operands (expert_act and
+  // With MatMulPrecision::kBfloat16, the weight products' bf16 operands (expert_act and
   // shared_act are then not kept in fp32).
-  AlignedBf16 expert_input_bf16;    // [rows·k, H]
-  AlignedBf16 expert_act_bf16;      // [rows·k, I]
-  AlignedBf16 expert_weights_bf16;  // [E, 3, I·H]: each expert's w1, w3, w2
-  AlignedBf16 shared_input_bf16;    // [rows, H]
-  AlignedBf16 shared_act_bf16;      // [rows, S]
-  AlignedBf16 shared_weights_bf16;  // [3, S·H]
+  AlignedBf16 attention_norm_bf16;     // [rows, H]
+  AlignedBf16 attention_output_bf16;   // [rows, Q]
+  AlignedBf16 attention_weights_bf16;  // q, k, v and o_proj (internal::AttentionWeightsBf16)
+  AlignedBf16 expert_input_bf16;       // [rows·k, H]
+  AlignedBf16 expert_act_bf16;         // [rows·k, I]
+  AlignedBf16 expert_weights_bf16;     // [E, 3, I·H]: each expert's w1, w3, w2
+  AlignedBf16 shared_input_bf16;       // [rows, H]
+  AlignedBf16 shared_act_bf16;         // [rows, S]
+  AlignedBf16 shared_weights_bf16;     // [3, S·H]
 };
 
 // Everything one pass computed. Reusing one ForwardPass across calls reuses its buffers.
 struct ForwardPass {
   // Chosen by the caller before Forward; Backward follows what the pass used.
-  ExpertPrecision expert_precision = ExpertPrecision::kFloat32;
+  MatMulPrecision matmul_precision = MatMulPrecision::kFloat32;
   int64_t batch = 0;
   int64_t seq_len = 0;
   std::vector<int32_t> tokens;  // [rows]

@@ -95,7 +95,7 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   AlignedFloats gradients(parameters.values().size());
   std::vector<Batch> micro_batches(static_cast<size_t>(options.gradient_accumulation));
   ForwardPass pass;
-  pass.expert_precision = options.expert_precision;
+  pass.matmul_precision = options.matmul_precision;
   BackwardScratch scratch;
   std::deque<double> recent_losses;
   TrainResult result;

@@ -35,7 +35,7 @@ struct TrainOptions {
   TrainableSet trainable;
   // Of the expert products while training; validation always runs in fp32, so that its loss
   // means the same on every machine.
-  ExpertPrecision expert_precision = ExpertPrecision::kFloat32;
+  MatMulPrecision matmul_precision = MatMulPrecision::kFloat32;
   uint64_t seed = 0;
   // Validation every this many steps (0: only at the end), over at most this many batches.
   int64_t eval_every = 50;

@@ -39,6 +39,22 @@ class HeadSlicer {
   int64_t width_;
 };
 
+// Query rows go in blocks of this many: a block's scores are computed against the keys its
+// rows can see and no further, which skips most of the masked upper triangle (at 256 positions,
+// 5/8 of the full products).
+constexpr int64_t kQueryBlock = 64;
+
+// The keys [first, first + count) that some row of the query block [start, start + rows) sees.
+struct VisibleKeys {
+  int64_t first;
+  int64_t count;
+};
+VisibleKeys VisibleTo(const AttentionShape& shape, int64_t start, int64_t rows) {
+  const int64_t first =
+      shape.sliding_window > 0 ? std::max<int64_t>(0, start - shape.sliding_window + 1) : 0;
+  return {first, start + rows - first};
+}
+
 }  // namespace
 
 void CausalAttentionForward(const float* q, const float* k, const float* v, float* out,
@@ -59,7 +75,13 @@ void CausalAttentionForward(const float* q, const float* k, const float* v, floa
     StridedMap out_head = query_head(out, sequence, head);
     auto p = View(probs + pair * seq_len * seq_len, seq_len, seq_len);
 
-    p.noalias() = (q_head * k_head.transpose()) * scale;
+    for (int64_t start = 0; start < seq_len; start += kQueryBlock) {
+      const int64_t rows = std::min(kQueryBlock, seq_len - start);
+      const VisibleKeys keys = VisibleTo(shape, start, rows);
+      p.block(start, keys.first, rows, keys.count).noalias() =
+          (q_head.middleRows(start, rows) * k_head.middleRows(keys.first, keys.count).transpose()) *
+          scale;
+    }
     for (int64_t i = 0; i < seq_len; ++i) {
       // Visible keys for query i: max(0, i − window + 1) ≤ j ≤ i.
       const int64_t first_visible =
@@ -70,10 +92,16 @@ void CausalAttentionForward(const float* q, const float* k, const float* v, floa
       const float max_score = visible.maxCoeff();
       visible = (visible - max_score).exp();
       visible /= visible.sum();
+      // Masked entries, computed or not, are zero: the backward pass reads the whole row.
       row.head(first_visible).setZero();
       row.tail(seq_len - 1 - i).setZero();
     }
-    out_head.noalias() = p * v_head;
+    for (int64_t start = 0; start < seq_len; start += kQueryBlock) {
+      const int64_t rows = std::min(kQueryBlock, seq_len - start);
+      const VisibleKeys keys = VisibleTo(shape, start, rows);
+      out_head.middleRows(start, rows).noalias() =
+          p.block(start, keys.first, rows, keys.count) * v_head.middleRows(keys.first, keys.count);
+    }
   }
 }
 
@@ -83,7 +111,6 @@ void CausalAttentionBackward(const float* q, const float* k, const float* v, con
   const int64_t seq_len = shape.seq_len;
   const int64_t group = shape.heads / shape.kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
-  const auto rows = static_cast<Eigen::Index>(seq_len);
   const HeadSlicer query_head(shape, shape.heads);
   const HeadSlicer key_value_head(shape, shape.kv_heads);
 
@@ -97,24 +124,34 @@ void CausalAttentionBackward(const float* q, const float* k, const float* v, con
     StridedMap d_v_head = key_value_head(d_v, sequence, kv_head);
     d_k_head.setZero();
     d_v_head.setZero();
-    internal::RowMatrix d_scores(rows, rows);
+    internal::RowMatrix d_scores(kQueryBlock, seq_len);
     for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
       const ConstStridedMap q_head = query_head(q, sequence, head);
       const ConstStridedMap d_out_head = query_head(d_out, sequence, head);
       StridedMap d_q_head = query_head(d_q, sequence, head);
       const auto p =
           View(probs + (sequence * shape.heads + head) * seq_len * seq_len, seq_len, seq_len);
-      d_v_head.noalias() += p.transpose() * d_out_head;
-      // dP = dO·vᵀ, then the softmax backward: dS = P ⊙ (dP − rowsum(P ⊙ dP)). Masked entries
-      // have P = 0, so they get no gradient.
-      d_scores.noalias() = d_out_head * v_head.transpose();
-      for (Eigen::Index i = 0; i < rows; ++i) {
-        const float dot = p.row(i).dot(d_scores.row(i));
-        d_scores.row(i) = (p.row(i).array() * (d_scores.row(i).array() - dot)).matrix();
+      // Block by block over the query rows, each against the keys it sees: P is zero beyond
+      // them, so the rest contributes nothing.
+      for (int64_t start = 0; start < seq_len; start += kQueryBlock) {
+        const int64_t rows = std::min(kQueryBlock, seq_len - start);
+        const VisibleKeys keys = VisibleTo(shape, start, rows);
+        const auto p_block = p.block(start, keys.first, rows, keys.count);
+        const auto d_out_block = d_out_head.middleRows(start, rows);
+        d_v_head.middleRows(keys.first, keys.count).noalias() += p_block.transpose() * d_out_block;
+        // dP = dO·vᵀ, then the softmax backward: dS = P ⊙ (dP − rowsum(P ⊙ dP)). Masked entries
+        // have P = 0, so they get no gradient.
+        auto d_s = d_scores.block(0, 0, rows, keys.count);
+        d_s.noalias() = d_out_block * v_head.middleRows(keys.first, keys.count).transpose();
+        for (Eigen::Index i = 0; i < rows; ++i) {
+          const float dot = p_block.row(i).dot(d_s.row(i));
+          d_s.row(i) = (p_block.row(i).array() * (d_s.row(i).array() - dot) * scale).matrix();
+        }
+        d_q_head.middleRows(start, rows).noalias() =
+            d_s * k_head.middleRows(keys.first, keys.count);
+        d_k_head.middleRows(keys.first, keys.count).noalias() +=
+            d_s.transpose() * q_head.middleRows(start, rows);
       }
-      d_scores *= scale;
-      d_q_head.noalias() = d_scores * k_head;
-      d_k_head.noalias() += d_scores.transpose() * q_head;
     }
   }
 }

@@ -128,25 +128,49 @@ void RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
   RotateHalves(d_x, batch, seq_len, heads, table, -1.0f);
 }
 
-void SwiGluForward(const float* gate, const float* up, float* out, int64_t n) {
+namespace {
+
+// silu(gate) ⊙ up, block by block: store(first, count, values) receives each block's values as
+// an Eigen expression.
+template <typename Store>
+void SwiGluBlocks(const float* gate, const float* up, int64_t n, const Store& store) {
   ForEachBlock(n, [&](int64_t first, int64_t count) {
     const auto g = View(gate + first, 1, count).array();
-    View(out + first, 1, count).array() =
-        g / (1.0f + (-g).exp()) * View(up + first, 1, count).array();
+    store(first, count, g / (1.0f + (-g).exp()) * View(up + first, 1, count).array());
+  });
+}
+
+// The gradients of out = silu(gate) ⊙ up, block by block: store(first, count, d_gate, d_up)
+// receives each block's two as Eigen expressions.
+template <typename Store>
+void SwiGluGradientBlocks(const float* gate, const float* up, const float* d_out, int64_t n,
+                          const Store& store) {
+  ForEachBlock(n, [&](int64_t first, int64_t count) {
+    const auto g = View(gate + first, 1, count).array();
+    const auto dy = View(d_out + first, 1, count).array();
+    const Eigen::Array<float, 1, Eigen::Dynamic> sigmoid = 1.0f / (1.0f + (-g).exp());
+    // d silu(g)/dg = σ(g)·(1 + g·(1 − σ(g))).
+    store(first, count,
+          dy * View(up + first, 1, count).array() * sigmoid * (1.0f + g * (1.0f - sigmoid)),
+          dy * g * sigmoid);
+  });
+}
+
+}  // namespace
+
+void SwiGluForward(const float* gate, const float* up, float* out, int64_t n) {
+  SwiGluBlocks(gate, up, n, [&](int64_t first, int64_t count, const auto& values) {
+    View(out + first, 1, count).array() = values;
   });
 }
 
 void SwiGluBackward(const float* gate, const float* up, const float* d_out, float* d_gate,
                     float* d_up, int64_t n) {
-  ForEachBlock(n, [&](int64_t first, int64_t count) {
-    const auto g = View(gate + first, 1, count).array();
-    const auto dy = View(d_out + first, 1, count).array();
-    const Eigen::Array<float, 1, Eigen::Dynamic> sigmoid = 1.0f / (1.0f + (-g).exp());
-    View(d_up + first, 1, count).array() = dy * g * sigmoid;
-    // d silu(g)/dg = σ(g)·(1 + g·(1 − σ(g))).
-    View(d_gate + first, 1, count).array() =
-        dy * View(up + first, 1, count).array() * sigmoid * (1.0f + g * (1.0f - sigmoid));
-  });
+  SwiGluGradientBlocks(gate, up, d_out, n,
+                       [&](int64_t first, int64_t count, const auto& d_g, const auto& d_u) {
+                         View(d_gate + first, 1, count).array() = d_g;
+                         View(d_up + first, 1, count).array() = d_u;
+                       });
 }
 
 void SwiGluMlpForward(const float* in, const float* w1, const float* w3, const float* w2,
@@ -170,50 +194,56 @@ void SwiGluMlpBackward(const float* in, const float* w1, const float* w3, const 
   LinearBackward(in, w3, d_up, d_in, d_w3, rows, width, inner);
 }
 
+void LinearForwardBf16(const Bf16* in, const Bf16* weight, float* out, int64_t rows,
+                       int64_t in_features, int64_t out_features) {
+  // The weight is [out_features, in_features]: as the right operand of in·weightᵀ it is read
+  // transposed, which oneDNN does through strides.
+  Bf16MatMul(in, Storage::kRowMajor, weight, Storage::kTransposed, out, rows, out_features,
+             in_features, false);
+}
+
+void LinearBackwardBf16(const Bf16* in, const Bf16* weight, const Bf16* d_out, float* d_in,
+                        float* d_weight, int64_t rows, int64_t in_features, int64_t out_features) {
+  if (d_in != nullptr) {
+    Bf16MatMul(d_out, Storage::kRowMajor, weight, Storage::kRowMajor, d_in, rows, in_features,
+               out_features, true);
+  }
+  // d_outᵀ·in: the row-major [rows, out_features] gradient read transposed.
+  if (d_weight != nullptr) {
+    Bf16MatMul(d_out, Storage::kTransposed, in, Storage::kRowMajor, d_weight, out_features,
+               in_features, rows, true);
+  }
+}
+
 void SwiGluMlpForwardBf16(const Bf16* in, const Bf16* w1, const Bf16* w3, const Bf16* w2,
                           float* gate, float* up, Bf16* act, float* out, int64_t rows,
                           int64_t width, int64_t inner) {
-  // Weights are [out_features, in_features]: as the right operand of in·wᵀ they are read
-  // transposed, which oneDNN does through strides.
-  Bf16MatMul(in, Storage::kRowMajor, w1, Storage::kTransposed, gate, rows, inner, width, false);
-  Bf16MatMul(in, Storage::kRowMajor, w3, Storage::kTransposed, up, rows, inner, width, false);
-  ForEachBlock(rows * inner, [&](int64_t first, int64_t count) {
-    const auto g = View(gate + first, 1, count).array();
-    const Eigen::Array<float, 1, Eigen::Dynamic> product =
-        g / (1.0f + (-g).exp()) * View(up + first, 1, count).array();
-    ToBf16(product.data(), act + first, count);
+  LinearForwardBf16(in, w1, gate, rows, width, inner);
+  LinearForwardBf16(in, w3, up, rows, width, inner);
+  SwiGluBlocks(gate, up, rows * inner, [&](int64_t first, int64_t count, const auto& values) {
+    const Eigen::Array<float, 1, Eigen::Dynamic> block = values;
+    ToBf16(block.data(), act + first, count);
   });
-  Bf16MatMul(act, Storage::kRowMajor, w2, Storage::kTransposed, out, rows, width, inner, false);
+  LinearForwardBf16(act, w2, out, rows, inner, width);
 }
 
 void SwiGluMlpBackwardBf16(const Bf16* in, const Bf16* w1, const Bf16* w3, const Bf16* w2,
                            const float* gate, const float* up, const Bf16* act, const Bf16* d_out,
                            float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_act,
-                           float* d_gate, float* d_up, Bf16* d_gate_bf16, Bf16* d_up_bf16,
-                           int64_t rows, int64_t width, int64_t inner) {
+                           Bf16* d_gate, Bf16* d_up, int64_t rows, int64_t width, int64_t inner) {
+  // d_act is written, not accumulated: it is scratch, so no zeroing pass first.
   Bf16MatMul(d_out, Storage::kRowMajor, w2, Storage::kRowMajor, d_act, rows, inner, width, false);
-  // Weight gradients: d_w = d_outᵀ·input, the row-major [rows, ·] gradient read transposed.
-  if (d_w2 != nullptr) {
-    Bf16MatMul(d_out, Storage::kTransposed, act, Storage::kRowMajor, d_w2, width, inner, rows,
-               true);
-  }
-  SwiGluBackward(gate, up, d_act, d_gate, d_up, rows * inner);
-  ToBf16(d_gate, d_gate_bf16, rows * inner);
-  ToBf16(d_up, d_up_bf16, rows * inner);
-  if (d_in != nullptr) {
-    Bf16MatMul(d_gate_bf16, Storage::kRowMajor, w1, Storage::kRowMajor, d_in, rows, width, inner,
-               true);
-    Bf16MatMul(d_up_bf16, Storage::kRowMajor, w3, Storage::kRowMajor, d_in, rows, width, inner,
-               true);
-  }
-  if (d_w1 != nullptr) {
-    Bf16MatMul(d_gate_bf16, Storage::kTransposed, in, Storage::kRowMajor, d_w1, inner, width, rows,
-               true);
-  }
-  if (d_w3 != nullptr) {
-    Bf16MatMul(d_up_bf16, Storage::kTransposed, in, Storage::kRowMajor, d_w3, inner, width, rows,
-               true);
-  }
+  LinearBackwardBf16(act, w2, d_out, /*d_in=*/nullptr, d_w2, rows, inner, width);
+  // Rounded as they are written: only the products read them.
+  SwiGluGradientBlocks(gate, up, d_act, rows * inner,
+                       [&](int64_t first, int64_t count, const auto& d_g, const auto& d_u) {
+                         const Eigen::Array<float, 1, Eigen::Dynamic> gate_block = d_g;
+                         const Eigen::Array<float, 1, Eigen::Dynamic> up_block = d_u;
+                         ToBf16(gate_block.data(), d_gate + first, count);
+                         ToBf16(up_block.data(), d_up + first, count);
+                       });
+  LinearBackwardBf16(in, w1, d_gate, d_in, d_w1, rows, width, inner);
+  LinearBackwardBf16(in, w3, d_up, d_in, d_w3, rows, width, inner);
 }
 
 }  // namespace fedmoe::kernels::cpu

@@ -82,20 +82,27 @@ void SwiGluMlpBackward(const float* in, const float* w1, const float* w3, const 
                        float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_gate,
                        float* d_up, float* d_act, int64_t rows, int64_t width, int64_t inner);
 
-// SwiGluMlpForward with its three products in bf16 (bf16.h): `in` and the weights come rounded
-// to bf16, gate and up are fp32, and act is kept rounded to bf16, as the backward's weight
-// product takes it. Requires CheckBf16MatMul() to be OK.
+// LinearForward and LinearBackward with bf16 operands (bf16.h), fp32 accumulation and fp32
+// results: out = in·weightᵀ; d_in += d_out·weight and d_weight += d_outᵀ·in, a null one
+// skipped. Require CheckBf16MatMul() to be OK.
+void LinearForwardBf16(const Bf16* in, const Bf16* weight, float* out, int64_t rows,
+                       int64_t in_features, int64_t out_features);
+void LinearBackwardBf16(const Bf16* in, const Bf16* weight, const Bf16* d_out, float* d_in,
+                        float* d_weight, int64_t rows, int64_t in_features, int64_t out_features);
+
+// SwiGluMlpForward with its three products in bf16: `in` and the weights come rounded to bf16,
+// gate and up are fp32, and act is kept rounded to bf16, as the backward's weight product takes
+// it.
 void SwiGluMlpForwardBf16(const Bf16* in, const Bf16* w1, const Bf16* w3, const Bf16* w2,
                           float* gate, float* up, Bf16* act, float* out, int64_t rows,
                           int64_t width, int64_t inner);
 // Its backward, with its five products in bf16; gradients accumulate in fp32 as in
-// SwiGluMlpBackward. d_act, d_gate and d_up [rows, inner] are fp32 scratch, d_gate_bf16 and
-// d_up_bf16 their bf16 twins.
+// SwiGluMlpBackward. d_act [rows, inner] is fp32 scratch; d_gate and d_up [rows, inner] are
+// scratch that takes those gradients rounded to bf16, as the products read them.
 void SwiGluMlpBackwardBf16(const Bf16* in, const Bf16* w1, const Bf16* w3, const Bf16* w2,
                            const float* gate, const float* up, const Bf16* act, const Bf16* d_out,
                            float* d_in, float* d_w1, float* d_w3, float* d_w2, float* d_act,
-                           float* d_gate, float* d_up, Bf16* d_gate_bf16, Bf16* d_up_bf16,
-                           int64_t rows, int64_t width, int64_t inner);
+                           Bf16* d_gate, Bf16* d_up, int64_t rows, int64_t width, int64_t inner);
 
 }  // namespace fedmoe::kernels::cpu
 

@@ -74,12 +74,12 @@ TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
   EXPECT_EQ(options.trainable.routed_experts, defaults.trainable.routed_experts);
   EXPECT_EQ(options.trainable.attention, defaults.trainable.attention);
   EXPECT_EQ(threads, 0);
-  // expert_precision: auto, which is what this CPU's resolution of auto gives.
-  EXPECT_EQ(options.expert_precision, *model::ResolveExpertPrecision("auto"));
+  // matmul_precision: auto, which is what this CPU's resolution of auto gives.
+  EXPECT_EQ(options.matmul_precision, *model::ResolveMatMulPrecision("auto"));
 
   // A bad value is reported against its line.
   absl::StatusOr<config::YamlConfigReader> bad = config::YamlConfigReader::FromString(
-      "steps: 10\nschedule: linear\ntrainable: [experts, brains]\nexpert_precision: fp8\n",
+      "steps: 10\nschedule: linear\ntrainable: [experts, brains]\nmatmul_precision: fp8\n",
       "bad.yaml");
   ASSERT_TRUE(bad.ok());
   client::ReadTrainOptions(*bad, "", &options, &threads);
@@ -91,7 +91,7 @@ TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
             std::string::npos)
       << status;
   EXPECT_NE(status.message().find(
-                "bad.yaml:4: expert_precision: unknown expert precision 'fp8' (auto, fp32, bf16)"),
+                "bad.yaml:4: matmul_precision: unknown matmul precision 'fp8' (auto, fp32, bf16)"),
             std::string::npos)
       << status;
 }

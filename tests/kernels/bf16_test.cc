@@ -164,13 +164,12 @@ TEST(Bf16Test, SwiGluMlpMatchesTheFp32KernelToBf16Precision) {
                        act_b.data(), out_b.data(), rows, width, inner);
   // Gradients add into what is there, as in fp32.
   std::vector<float> d_in_b(rows * width, 1.0f), d_w1_b(inner * width, 1.0f),
-      d_w3_b(inner * width, 1.0f), d_w2_b(width * inner, 1.0f), d_gate_b(rows * inner),
-      d_up_b(rows * inner), d_act_b(rows * inner);
-  std::vector<Bf16> d_gate_h(rows * inner), d_up_h(rows * inner);
+      d_w3_b(inner * width, 1.0f), d_w2_b(width * inner, 1.0f), d_act_b(rows * inner);
+  std::vector<Bf16> d_gate_b(rows * inner), d_up_b(rows * inner);
   SwiGluMlpBackwardBf16(in.data(), w1.data(), w3.data(), w2.data(), gate_b.data(), up_b.data(),
                         act_b.data(), d_out.data(), d_in_b.data(), d_w1_b.data(), d_w3_b.data(),
-                        d_w2_b.data(), d_act_b.data(), d_gate_b.data(), d_up_b.data(),
-                        d_gate_h.data(), d_up_h.data(), rows, width, inner);
+                        d_w2_b.data(), d_act_b.data(), d_gate_b.data(), d_up_b.data(), rows, width,
+                        inner);
   for (std::vector<float>* added : {&d_in_b, &d_w1_b, &d_w3_b, &d_w2_b}) {
     for (float& v : *added) v -= 1.0f;
   }
@@ -182,6 +181,8 @@ TEST(Bf16Test, SwiGluMlpMatchesTheFp32KernelToBf16Precision) {
   EXPECT_LT(RelativeDifference(Widened(act_b), act), kBound);
   EXPECT_LT(RelativeDifference(out_b, out), kBound);
   EXPECT_LT(RelativeDifference(d_act_b, d_act), 1e-6) << "d_out and w2 are exact in bf16";
+  EXPECT_LT(RelativeDifference(Widened(d_gate_b), d_gate), kBound);
+  EXPECT_LT(RelativeDifference(Widened(d_up_b), d_up), kBound);
   EXPECT_LT(RelativeDifference(d_in_b, d_in), kBound);
   EXPECT_LT(RelativeDifference(d_w1_b, d_w1), kBound);
   EXPECT_LT(RelativeDifference(d_w3_b, d_w3), kBound);

@@ -1,5 +1,7 @@
 // Every CPU backward kernel against central finite differences of its forward kernel, through
 // a random linear functional J = ⟨R, out⟩ of the output (so d_out = R).
+#include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
@@ -117,10 +119,66 @@ TEST_P(AttentionBackwardTest, MatchesFiniteDifferences) {
   ExpectGradientMatches(v, dv, objective, "d_v");
 }
 
+// The last two span three of the kernels' 64-row query blocks, the second with a window that
+// crosses their boundaries.
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionBackwardTest,
                          ::testing::Values(AttentionShape{2, 6, 2, 2, 4, 0},
                                            AttentionShape{2, 6, 4, 2, 4, 0},
-                                           AttentionShape{1, 7, 3, 1, 6, 3}));
+                                           AttentionShape{1, 7, 3, 1, 6, 3},
+                                           AttentionShape{1, 150, 2, 1, 4, 0},
+                                           AttentionShape{1, 150, 2, 2, 4, 70}));
+
+// The forward pass against softmax over each query's visible keys, computed directly in double.
+TEST(AttentionForwardTest, MatchesADirectSoftmaxOverTheVisibleKeys) {
+  for (const AttentionShape shape :
+       {AttentionShape{2, 150, 4, 2, 8, 0}, AttentionShape{1, 150, 2, 1, 8, 70}}) {
+    const int64_t rows = shape.batch * shape.seq_len;
+    const int64_t q_width = shape.heads * shape.head_dim;
+    const int64_t kv_width = shape.kv_heads * shape.head_dim;
+    const std::vector<float> q = RandomVector(rows * q_width, 21);
+    const std::vector<float> k = RandomVector(rows * kv_width, 22);
+    const std::vector<float> v = RandomVector(rows * kv_width, 23);
+    std::vector<float> out(q.size());
+    std::vector<float> probs(shape.batch * shape.heads * shape.seq_len * shape.seq_len, -1.0f);
+    CausalAttentionForward(q.data(), k.data(), v.data(), out.data(), probs.data(), shape);
+    const int64_t group = shape.heads / shape.kv_heads;
+    for (int64_t b = 0; b < shape.batch; ++b) {
+      for (int64_t h = 0; h < shape.heads; ++h) {
+        const int64_t kv = h / group;
+        for (int64_t i = 0; i < shape.seq_len; ++i) {
+          const int64_t first =
+              shape.sliding_window > 0 ? std::max<int64_t>(0, i - shape.sliding_window + 1) : 0;
+          std::vector<double> weights(static_cast<size_t>(shape.seq_len), 0.0);
+          double total = 0;
+          for (int64_t j = first; j <= i; ++j) {
+            double score = 0;
+            for (int64_t d = 0; d < shape.head_dim; ++d) {
+              score += static_cast<double>(
+                           q[(b * shape.seq_len + i) * q_width + h * shape.head_dim + d]) *
+                       k[(b * shape.seq_len + j) * kv_width + kv * shape.head_dim + d];
+            }
+            weights[j] = std::exp(score / std::sqrt(static_cast<double>(shape.head_dim)));
+            total += weights[j];
+          }
+          const float* p = &probs[((b * shape.heads + h) * shape.seq_len + i) * shape.seq_len];
+          for (int64_t j = 0; j < shape.seq_len; ++j) {
+            ASSERT_NEAR(p[j], weights[j] / total, 1e-5) << "row " << i << " key " << j;
+          }
+          for (int64_t d = 0; d < shape.head_dim; ++d) {
+            double expected = 0;
+            for (int64_t j = first; j <= i; ++j) {
+              expected += weights[j] / total *
+                          v[(b * shape.seq_len + j) * kv_width + kv * shape.head_dim + d];
+            }
+            ASSERT_NEAR(out[(b * shape.seq_len + i) * q_width + h * shape.head_dim + d], expected,
+                        1e-5)
+                << "row " << i << " dim " << d;
+          }
+        }
+      }
+    }
+  }
+}
 
 TEST(CpuBackwardTest, RouterTopKWithABalanceGradient) {
   const int64_t rows = 7, experts = 6, top_k = 2;

@@ -188,9 +188,9 @@ TEST(BackwardTest, Bf16ExpertProductsAgreeWithFp32ToBf16Precision) {
 
   std::vector<std::vector<float>> logits;
   std::vector<std::vector<float>> gradients;
-  for (const ExpertPrecision precision : {ExpertPrecision::kFloat32, ExpertPrecision::kBfloat16}) {
+  for (const MatMulPrecision precision : {MatMulPrecision::kFloat32, MatMulPrecision::kBfloat16}) {
     ForwardPass pass;
-    pass.expert_precision = precision;
+    pass.matmul_precision = precision;
     ASSERT_TRUE(Forward(parameters, tokens, 4, 16, pass).ok());
     logits.emplace_back(pass.logits.begin(), pass.logits.end());
     BackwardScratch scratch;

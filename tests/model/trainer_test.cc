@@ -44,10 +44,10 @@ TrainOptions Quick(int64_t steps) {
 
 // Both precisions of the expert products train; bf16 skips itself where oneDNN has no bf16
 // product for the CPU.
-class TrainerTest : public ::testing::TestWithParam<ExpertPrecision> {
+class TrainerTest : public ::testing::TestWithParam<MatMulPrecision> {
  protected:
   void SetUp() override {
-    if (GetParam() == ExpertPrecision::kBfloat16) {
+    if (GetParam() == MatMulPrecision::kBfloat16) {
       if (absl::Status status = kernels::cpu::CheckBf16MatMul(); !status.ok()) {
         GTEST_SKIP() << status.message();
       }
@@ -55,7 +55,7 @@ class TrainerTest : public ::testing::TestWithParam<ExpertPrecision> {
   }
   TrainOptions Quick(int64_t steps) const {
     TrainOptions options = model::Quick(steps);
-    options.expert_precision = GetParam();
+    options.matmul_precision = GetParam();
     return options;
   }
 };
@@ -116,10 +116,10 @@ TEST(TrainerPrecisionTest, Bf16ProductsChangeTheStepButOnlyToBf16Precision) {
   }
   const auto tokenizer = MakeByteTokenizer(258);
   std::vector<ModelParameters> trained;
-  for (const ExpertPrecision precision : {ExpertPrecision::kFloat32, ExpertPrecision::kBfloat16}) {
+  for (const MatMulPrecision precision : {MatMulPrecision::kFloat32, MatMulPrecision::kBfloat16}) {
     ModelParameters parameters = InitializeModel(TinyConfig(), 4);
     TrainOptions options = Quick(2);
-    options.expert_precision = precision;
+    options.matmul_precision = precision;
     ASSERT_TRUE(Train(parameters, *tokenizer, kFinance, options).ok());
     trained.push_back(std::move(parameters));
   }
@@ -138,10 +138,10 @@ TEST(TrainerPrecisionTest, Bf16ProductsChangeTheStepButOnlyToBf16Precision) {
   EXPECT_LT(std::sqrt(difference), 0.1 * std::sqrt(moved));
 }
 
-INSTANTIATE_TEST_SUITE_P(ExpertPrecisions, TrainerTest,
-                         ::testing::Values(ExpertPrecision::kFloat32, ExpertPrecision::kBfloat16),
-                         [](const ::testing::TestParamInfo<ExpertPrecision>& test) {
-                           return std::string(ExpertPrecisionName(test.param));
+INSTANTIATE_TEST_SUITE_P(MatMulPrecisions, TrainerTest,
+                         ::testing::Values(MatMulPrecision::kFloat32, MatMulPrecision::kBfloat16),
+                         [](const ::testing::TestParamInfo<MatMulPrecision>& test) {
+                           return std::string(MatMulPrecisionName(test.param));
                          });
 
 TEST(OptimizerTest, AdamWStepMatchesTheFormula) {
