@@ -210,12 +210,11 @@ Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
 // Runs bench/torch_reference.py (in fp32, or under bf16 autocast, PyTorch's mixed precision)
 // and returns its JSON line, or null when PyTorch is missing.
 Json TorchReference(const Shape& shape, int steps, int threads, bool bf16_autocast) {
-  const std::string command = std::string("/usr/bin/python3 ") + FEDMOE_SOURCE_DIR +
-                              "/bench/torch_reference.py --config " + shape.name + " --batch " +
-                              std::to_string(shape.batch) + " --seq-len " +
-                              std::to_string(shape.seq_len) + " --steps " + std::to_string(steps) +
-                              " --threads " + std::to_string(threads) +
-                              (bf16_autocast ? " --bf16-autocast" : "") + " 2>/dev/null";
+  const std::string command =
+      std::string("/usr/bin/python3 ") + FEDMOE_SOURCE_DIR + "/bench/torch_reference.py --config " +
+      shape.name + " --batch " + std::to_string(shape.batch) + " --seq-len " +
+      std::to_string(shape.seq_len) + " --steps " + std::to_string(steps) + " --threads " +
+      std::to_string(threads) + (bf16_autocast ? " --bf16-autocast" : "") + " 2>/dev/null";
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
   if (pipe == nullptr) return nullptr;
   std::string output;
@@ -282,7 +281,10 @@ int Main(int argc, char** argv) {
       std::printf("%s\n", line.dump().c_str());
       std::fflush(stdout);
     }
-    std::printf("%s\n", ExpertProducts(shape, 3, precisions.back() == model::MatMulPrecision::kBfloat16).dump().c_str());
+    std::printf("%s\n",
+                ExpertProducts(shape, 3, precisions.back() == model::MatMulPrecision::kBfloat16)
+                    .dump()
+                    .c_str());
     if (torch) {
       // PyTorch in the same precisions: each of ours against its match, and all against the
       // fp32 step, the baseline.
@@ -303,15 +305,15 @@ int Main(int argc, char** argv) {
         continue;
       }
       for (size_t p = 0; p < precisions.size(); ++p) {
-        Json line = {{"benchmark", "train_step_vs_torch"},
-                     {"config", shape.name},
-                     {"matmul_precision", model::MatMulPrecisionName(precisions[p])},
-                     {"fedmoe_tokens_per_second", ours[p]},
-                     {"torch_precision", precisions[p] == model::MatMulPrecision::kBfloat16
-                                             ? "bf16 autocast"
-                                             : "fp32"},
-                     {"torch_tokens_per_second", theirs[p]},
-                     {"ratio", ours[p] / theirs[p]}};
+        Json line = {
+            {"benchmark", "train_step_vs_torch"},
+            {"config", shape.name},
+            {"matmul_precision", model::MatMulPrecisionName(precisions[p])},
+            {"fedmoe_tokens_per_second", ours[p]},
+            {"torch_precision",
+             precisions[p] == model::MatMulPrecision::kBfloat16 ? "bf16 autocast" : "fp32"},
+            {"torch_tokens_per_second", theirs[p]},
+            {"ratio", ours[p] / theirs[p]}};
         if (precisions[p] != model::MatMulPrecision::kFloat32 &&
             precisions.front() == model::MatMulPrecision::kFloat32) {
           line["ratio_to_torch_fp32"] = ours[p] / theirs.front();

@@ -17,6 +17,7 @@ namespace fedmoe::kernels::cpu {
 namespace {
 
 using testing::RandomVector;
+using testing::RelativeDifference;
 
 Bf16 Round(float value) {
   Bf16 out = 0;
@@ -116,16 +117,6 @@ TEST(Bf16Test, MatMulMatchesADoublePrecisionProduct) {
       }
     }
   }
-}
-
-double RelativeDifference(const std::vector<float>& actual, const std::vector<float>& expected) {
-  double difference = 0;
-  double norm = 0;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    difference += (actual[i] - expected[i]) * static_cast<double>(actual[i] - expected[i]);
-    norm += expected[i] * static_cast<double>(expected[i]);
-  }
-  return std::sqrt(difference / norm);
 }
 
 std::vector<float> Widened(const std::vector<Bf16>& values) {

@@ -1,5 +1,6 @@
 // Central finite differences for gradient tests: the independent reference for every backward
-// pass (kernels and the whole model).
+// pass (kernels and the whole model); and the distance of a lower-precision result from its
+// reference.
 #ifndef FEDMOE_TESTS_KERNELS_GRADIENT_CHECK_H_
 #define FEDMOE_TESTS_KERNELS_GRADIENT_CHECK_H_
 
@@ -7,6 +8,7 @@
 #include <cmath>
 #include <functional>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -62,6 +64,19 @@ inline double Dot(const std::vector<float>& a, const std::vector<float>& b) {
   double sum = 0;
   for (size_t i = 0; i < a.size(); ++i) sum += static_cast<double>(a[i]) * b[i];
   return sum;
+}
+
+// ‖actual − expected‖ / ‖expected‖, in double: how far a result of lower precision is from its
+// reference.
+inline double RelativeDifference(std::span<const float> actual, std::span<const float> expected) {
+  double difference = 0;
+  double norm = 0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double error = static_cast<double>(actual[i]) - expected[i];
+    difference += error * error;
+    norm += static_cast<double>(expected[i]) * expected[i];
+  }
+  return std::sqrt(difference / norm);
 }
 
 }  // namespace fedmoe::testing

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/bf16.h"
 #include "model/init.h"
+#include "tests/kernels/gradient_check.h"
 
 namespace fedmoe::model {
 namespace {
@@ -198,24 +199,16 @@ TEST(BackwardTest, Bf16ExpertProductsAgreeWithFp32ToBf16Precision) {
     ASSERT_TRUE(Backward(parameters, pass, targets, all, options, gradient, scratch).ok());
     gradients.push_back(std::move(gradient));
   }
-  auto relative_difference = [](std::span<const float> actual, std::span<const float> expected) {
-    double difference = 0;
-    double norm = 0;
-    for (size_t i = 0; i < actual.size(); ++i) {
-      difference += (actual[i] - expected[i]) * static_cast<double>(actual[i] - expected[i]);
-      norm += expected[i] * static_cast<double>(expected[i]);
-    }
-    return std::sqrt(difference / norm);
-  };
   constexpr double kBound = 8 * 0x1.0p-8;
-  EXPECT_LT(relative_difference(logits[1], logits[0]), kBound);
-  EXPECT_GT(relative_difference(logits[1], logits[0]), 0) << "bf16 must round something";
+  EXPECT_LT(testing::RelativeDifference(logits[1], logits[0]), kBound);
+  EXPECT_GT(testing::RelativeDifference(logits[1], logits[0]), 0) << "bf16 must round something";
   for (const TensorSpec& spec : parameters.layout().tensors()) {
     const auto part = [&spec](const std::vector<float>& values) {
       return std::span(values).subspan(static_cast<size_t>(spec.offset),
                                        static_cast<size_t>(spec.size));
     };
-    EXPECT_LT(relative_difference(part(gradients[1]), part(gradients[0])), kBound) << spec.name;
+    EXPECT_LT(testing::RelativeDifference(part(gradients[1]), part(gradients[0])), kBound)
+        << spec.name;
   }
 }
 
