@@ -30,7 +30,7 @@ memory::dims StridesOf(Storage storage, memory::dim rows, memory::dim cols) {
 class MatMulPrimitives {
  public:
   static MatMulPrimitives& Get() {
-    static MatMulPrimitives* primitives = new MatMulPrimitives();
+    static auto* primitives = new MatMulPrimitives();
     return *primitives;
   }
 

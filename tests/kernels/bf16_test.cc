@@ -50,7 +50,7 @@ TEST(Bf16Test, RoundsToTheNearestBf16AndTiesToEven) {
   std::vector<Bf16> rounded(values.size());
   ToBf16(values.data(), rounded.data(), static_cast<int64_t>(values.size()));
   for (size_t i = 0; i < values.size(); ++i) {
-    const uint32_t bits = std::bit_cast<uint32_t>(values[i]);
+    const auto bits = std::bit_cast<uint32_t>(values[i]);
     const auto toward_zero = static_cast<Bf16>(bits >> 16);
     const auto away = static_cast<Bf16>(toward_zero + 1);
     const double x = values[i];
