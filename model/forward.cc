@@ -201,6 +201,9 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
   if (absl::Status status = CheckInputs(config, tokens, batch, seq_len); !status.ok()) {
     return status;
   }
+  if (pass.matmul_precision == MatMulPrecision::kBfloat16) {
+    if (absl::Status status = cpu::CheckBf16MatMul(); !status.ok()) return status;
+  }
   const ModelLayout& layout = parameters.layout();
   const int64_t rows = batch * seq_len;
   const int64_t hidden = config.hidden_size;

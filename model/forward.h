@@ -26,10 +26,10 @@ namespace fedmoe::model {
 using kernels::cpu::AlignedBf16;
 using kernels::cpu::AlignedFloats;
 
-// The precision of the expert matrix products (routed and shared experts), forward and
-// backward. kBfloat16 rounds their operands to bfloat16 and accumulates in fp32
-// (kernels/cpu/bf16.h): mixed-precision training, with master weights, gradients, optimizer
-// state and every other product still in fp32.
+// The precision of the weight products, forward and backward: the experts' (routed and
+// shared) and the attention projections. kBfloat16 rounds their operands to bfloat16 and
+// accumulates in fp32 (kernels/cpu/bf16.h): mixed-precision training, with master weights,
+// gradients, optimizer state, the router, attention scores, norms and the loss in fp32.
 enum class MatMulPrecision { kFloat32, kBfloat16 };
 
 // "fp32", "bf16", or "auto": bf16 where the CPU multiplies bf16 in hardware (AMX, AVX-512 BF16),
@@ -94,8 +94,9 @@ struct ForwardPass {
 };
 
 // Runs the model over `batch` sequences of `seq_len` tokens each (tokens is [batch, seq_len],
-// row-major). InvalidArgument for a token id outside the vocabulary, a length that does not
-// match, or seq_len beyond max_position_embeddings.
+// row-major), in pass.matmul_precision. InvalidArgument for a token id outside the vocabulary,
+// a length that does not match, or seq_len beyond max_position_embeddings; Unimplemented for
+// bf16 on a CPU where oneDNN has no bf16 product.
 absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t> tokens,
                      int64_t batch, int64_t seq_len, ForwardPass& pass);
 
