@@ -304,6 +304,8 @@ int TrainCommand(const std::vector<std::string>& args) {
                                   {});
   if (!flags.ok()) return Fail(flags.status());
   model::TrainOptions options;
+  // Without a config file, as with one that leaves it out: auto, resolved for this CPU.
+  options.matmul_precision = *model::ResolveMatMulPrecision("auto");
   int64_t threads = 0;
   if (auto path = flags->Get("config")) {
     absl::StatusOr<config::YamlConfigReader> reader = config::YamlConfigReader::FromFile(*path);
@@ -354,6 +356,11 @@ int TrainCommand(const std::vector<std::string>& args) {
       model::LoadTokenizer(model_dir, parameters->config().vocab_size);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
 
+  // Which arithmetic the products use decides both speed and the last bits of the result.
+  std::printf("training on %d CPU threads, weight products in %s\n", kernels::cpu::CpuThreads(),
+              options.matmul_precision == model::MatMulPrecision::kBfloat16
+                  ? "bf16 with fp32 accumulation (mixed precision)"
+                  : "fp32");
   model::TrainCallbacks callbacks;
   callbacks.on_data_warning = [](std::string_view warning) {
     std::fprintf(stderr, "fedmoe-client: warning: %s\n", std::string(warning).c_str());

@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "model/checkpoint.h"
+#include "model/forward.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
 
@@ -81,6 +83,11 @@ TEST_F(TrainCliTest, TrainsReportsAndWritesACheckpoint) {
     EXPECT_TRUE(std::isfinite(summary.at(key).get<double>())) << key;
   }
   EXPECT_LT(summary.at("val_loss").get<double>(), std::log(258.0)) << "it learned something";
+  // No config file: the products' precision is auto, as this CPU resolves it, and said so.
+  const std::string_view precision =
+      model::MatMulPrecisionName(*model::ResolveMatMulPrecision("auto"));
+  EXPECT_EQ(summary.at("matmul_precision").get<std::string>(), precision);
+  EXPECT_THAT(result.out, HasSubstr(absl::StrCat("weight products in ", std::string(precision))));
   EXPECT_EQ(summary.at("skipped_files").get<int>(), 1);
   EXPECT_EQ(summary.at("skipped_lines").get<int>(), 1);
   EXPECT_THAT(result.err, HasSubstr("warning: qa.jsonl:2: not valid JSON, line skipped"));
