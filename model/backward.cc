@@ -211,22 +211,16 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     const bool bf16 = precision == MatMulPrecision::kBfloat16;
     if (config.n_shared_experts > 0) {
       const int64_t shared_inner = config.shared_inner_size();
-      Bf16* d_stream_bf16 = nullptr;
-      if (bf16) {
-        d_stream_bf16 = Sized(s.d_out_bf16, rows * hidden);
-        cpu::ToBf16(d_stream, d_stream_bf16, rows * hidden);
-      }
       internal::ExpertMlpBackward(
           precision,
           {parameters.at(w.shared.w1), parameters.at(w.shared.w3), parameters.at(w.shared.w2)},
           layer.shared_weights_bf16.data(),
-          {.in = layer.moe_norm.data(),
-           .in_bf16 = layer.shared_input_bf16.data(),
+          {.in = {layer.moe_norm.data(), layer.shared_input_bf16.data()},
            .gate = layer.shared_gate.data(),
            .up = layer.shared_up.data(),
            .act = layer.shared_act.data(),
            .act_bf16 = layer.shared_act_bf16.data()},
-          {d_stream, d_stream_bf16},
+          internal::AsOperand(precision, d_stream, rows * hidden, s.d_out_bf16),
           {.d_in = need_moe_input_gradient ? d_n2 : nullptr,
            .d_w1 = grad(w.shared.w1, TensorRole::kSharedExpert),
            .d_w3 = grad(w.shared.w3, TensorRole::kSharedExpert),
@@ -243,11 +237,9 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     cpu::CombineExpertOutputsBackward(layer.expert_output.data(), layer.expert_weight.data(),
                                       layer.permutation, d_stream, d_expert_out, d_expert_weight,
                                       rows, top_k, hidden);
-    Bf16* d_expert_out_bf16 = nullptr;
-    if (bf16) {
-      d_expert_out_bf16 = Sized(s.d_out_bf16, slots * hidden);
-      cpu::ToBf16(d_expert_out, d_expert_out_bf16, slots * hidden);
-    }
+    const internal::Operand d_expert_out_in =
+        internal::AsOperand(precision, d_expert_out, slots * hidden, s.d_out_bf16);
+    const internal::Operand expert_input{layer.expert_input.data(), layer.expert_input_bf16.data()};
     float* d_expert_in = need_moe_input_gradient ? Zeroed(s.d_expert_in, slots * hidden) : nullptr;
     float* d_gate = bf16 ? nullptr : Sized(s.d_gate, slots * inner);
     float* d_up = bf16 ? nullptr : Sized(s.d_up, slots * inner);
@@ -265,13 +257,12 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
       internal::ExpertMlpBackward(
           precision, {parameters.at(expert.w1), parameters.at(expert.w3), parameters.at(expert.w2)},
           bf16 ? layer.expert_weights_bf16.data() + e * 3 * inner * hidden : nullptr,
-          {.in = at(layer.expert_input.data(), hidden),
-           .in_bf16 = at(bf16 ? layer.expert_input_bf16.data() : nullptr, hidden),
+          {.in = expert_input.From(first * hidden),
            .gate = at(layer.expert_gate.data(), inner),
            .up = at(layer.expert_up.data(), inner),
            .act = at(bf16 ? nullptr : layer.expert_act.data(), inner),
            .act_bf16 = at(bf16 ? layer.expert_act_bf16.data() : nullptr, inner)},
-          {d_expert_out + first * hidden, at(d_expert_out_bf16, hidden)},
+          d_expert_out_in.From(first * hidden),
           {.d_in = at(d_expert_in, hidden),
            .d_w1 = grad(expert.w1, TensorRole::kRoutedExpert),
            .d_w3 = grad(expert.w3, TensorRole::kRoutedExpert),
@@ -312,15 +303,12 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     const auto weight = [&](int64_t offset, int64_t at) -> internal::Operand {
       return {parameters.at(offset), bf16 ? layer.attention_weights_bf16.data() + at : nullptr};
     };
-    // A gradient as a product's operand: for bf16 also rounded, into `rounded`.
-    const auto gradient_operand = [&](const float* values, int64_t n, AlignedBf16& rounded) {
-      return internal::AsOperand(precision, values, n, bf16 ? Sized(rounded, n) : nullptr);
-    };
     float* d_attention = Zeroed(s.d_attention, rows * q_width);
     internal::LinearBackward(
         precision, {layer.attention_output.data(), layer.attention_output_bf16.data()},
-        weight(w.o_proj, place.o), gradient_operand(d_residual, rows * hidden, s.d_out_bf16),
-        d_attention, grad(w.o_proj, TensorRole::kAttention), rows, q_width, hidden);
+        weight(w.o_proj, place.o),
+        internal::AsOperand(precision, d_residual, rows * hidden, s.d_out_bf16), d_attention,
+        grad(w.o_proj, TensorRole::kAttention), rows, q_width, hidden);
     const cpu::AttentionShape shape{.batch = pass.batch,
                                     .seq_len = pass.seq_len,
                                     .heads = config.num_attention_heads,
@@ -337,13 +325,13 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     float* d_n1 = Zeroed(s.d_norm, rows * hidden);
     const internal::Operand n1{layer.attention_norm.data(), layer.attention_norm_bf16.data()};
     internal::LinearBackward(precision, n1, weight(w.q_proj, place.q),
-                             gradient_operand(d_q, rows * q_width, s.d_q_bf16), d_n1,
+                             internal::AsOperand(precision, d_q, rows * q_width, s.d_q_bf16), d_n1,
                              grad(w.q_proj, TensorRole::kAttention), rows, hidden, q_width);
     internal::LinearBackward(precision, n1, weight(w.k_proj, place.k),
-                             gradient_operand(d_k, rows * kv_width, s.d_k_bf16), d_n1,
+                             internal::AsOperand(precision, d_k, rows * kv_width, s.d_k_bf16), d_n1,
                              grad(w.k_proj, TensorRole::kAttention), rows, hidden, kv_width);
     internal::LinearBackward(precision, n1, weight(w.v_proj, place.v),
-                             gradient_operand(d_v, rows * kv_width, s.d_v_bf16), d_n1,
+                             internal::AsOperand(precision, d_v, rows * kv_width, s.d_v_bf16), d_n1,
                              grad(w.v_proj, TensorRole::kAttention), rows, hidden, kv_width);
     cpu::RmsNormBackward(layer.input.data(), parameters.at(w.input_layernorm),
                          layer.attention_rstd.data(), d_n1, d_stream,

@@ -79,8 +79,7 @@ void AttentionBlock(const ModelParameters& parameters, const LayerOffsets& weigh
   const internal::Operand v_proj = weight(weights.v_proj, kv_width * hidden, place.v);
   const internal::Operand o_proj = weight(weights.o_proj, hidden * q_width, place.o);
   const internal::Operand normed =
-      internal::AsOperand(precision, norm, rows * hidden,
-                          bf16 ? Sized(layer.attention_norm_bf16, rows * hidden) : nullptr);
+      internal::AsOperand(precision, norm, rows * hidden, layer.attention_norm_bf16);
   float* q = Sized(layer.q, rows * q_width);
   float* k = Sized(layer.k, rows * kv_width);
   float* v = Sized(layer.v, rows * kv_width);
@@ -103,9 +102,8 @@ void AttentionBlock(const ModelParameters& parameters, const LayerOffsets& weigh
   float* residual = Sized(layer.residual, rows * hidden);
   internal::LinearForward(
       precision,
-      internal::AsOperand(precision, attended, rows * q_width,
-                          bf16 ? Sized(layer.attention_output_bf16, rows * q_width) : nullptr),
-      o_proj, residual, rows, q_width, hidden);
+      internal::AsOperand(precision, attended, rows * q_width, layer.attention_output_bf16), o_proj,
+      residual, rows, q_width, hidden);
   AddInto(residual, layer.input.data(), rows * hidden);
 }
 
@@ -133,15 +131,11 @@ void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, in
   const bool bf16 = precision == MatMulPrecision::kBfloat16;
   float* grouped = Sized(layer.expert_input, slots * hidden);
   cpu::GatherByExpert(norm, layer.permutation, grouped, hidden);
-  Bf16* grouped_bf16 = nullptr;
-  Bf16* act_bf16 = nullptr;
-  Bf16* weights_bf16 = nullptr;
-  if (bf16) {
-    grouped_bf16 = Sized(layer.expert_input_bf16, slots * hidden);
-    cpu::ToBf16(grouped, grouped_bf16, slots * hidden);
-    act_bf16 = Sized(layer.expert_act_bf16, slots * inner);
-    weights_bf16 = Sized(layer.expert_weights_bf16, experts * 3 * inner * hidden);
-  }
+  const internal::Operand grouped_in =
+      internal::AsOperand(precision, grouped, slots * hidden, layer.expert_input_bf16);
+  Bf16* act_bf16 = bf16 ? Sized(layer.expert_act_bf16, slots * inner) : nullptr;
+  Bf16* weights_bf16 =
+      bf16 ? Sized(layer.expert_weights_bf16, experts * 3 * inner * hidden) : nullptr;
   float* gate = Sized(layer.expert_gate, slots * inner);
   float* up = Sized(layer.expert_up, slots * inner);
   float* act = bf16 ? nullptr : Sized(layer.expert_act, slots * inner);
@@ -151,8 +145,7 @@ void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, in
     const int64_t first = layer.permutation.offsets[static_cast<size_t>(e)];
     const ExpertOffsets& expert = weights.experts[static_cast<size_t>(e)];
     const internal::ExpertMlpOutputs activations{
-        .in = grouped + first * hidden,
-        .in_bf16 = bf16 ? grouped_bf16 + first * hidden : nullptr,
+        .in = grouped_in.From(first * hidden),
         .gate = gate + first * inner,
         .up = up + first * inner,
         .act = bf16 ? nullptr : act + first * inner,
@@ -167,14 +160,8 @@ void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, in
   out.resize(static_cast<size_t>(rows * hidden));
   if (config.n_shared_experts > 0) {
     const int64_t shared_inner = config.shared_inner_size();
-    Bf16* norm_bf16 = nullptr;
-    if (bf16) {
-      norm_bf16 = Sized(layer.shared_input_bf16, rows * hidden);
-      cpu::ToBf16(norm, norm_bf16, rows * hidden);
-    }
     const internal::ExpertMlpOutputs activations{
-        .in = norm,
-        .in_bf16 = norm_bf16,
+        .in = internal::AsOperand(precision, norm, rows * hidden, layer.shared_input_bf16),
         .gate = Sized(layer.shared_gate, rows * shared_inner),
         .up = Sized(layer.shared_up, rows * shared_inner),
         .act = bf16 ? nullptr : Sized(layer.shared_act, rows * shared_inner),

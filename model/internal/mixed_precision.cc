@@ -12,6 +12,12 @@ Operand AsOperand(MatMulPrecision precision, const float* values, int64_t n, Bf1
   return {values, rounded};
 }
 
+Operand AsOperand(MatMulPrecision precision, const float* values, int64_t n, AlignedBf16& storage) {
+  if (precision == MatMulPrecision::kFloat32) return {values, nullptr};
+  storage.resize(static_cast<size_t>(n));
+  return AsOperand(precision, values, n, storage.data());
+}
+
 AttentionWeightsBf16 AttentionWeightsBf16Layout(int64_t hidden, int64_t q_width, int64_t kv_width) {
   const int64_t q = 0;
   const int64_t k = q + q_width * hidden;
@@ -45,7 +51,7 @@ void ExpertMlpForward(MatMulPrecision precision, const ExpertMlpWeights& weights
                       Bf16* weights_bf16, const ExpertMlpOutputs& activations, float* out,
                       int64_t rows, int64_t hidden, int64_t inner) {
   if (precision == MatMulPrecision::kFloat32) {
-    cpu::SwiGluMlpForward(activations.in, weights.w1, weights.w3, weights.w2, activations.gate,
+    cpu::SwiGluMlpForward(activations.in.fp32, weights.w1, weights.w3, weights.w2, activations.gate,
                           activations.up, activations.act, out, rows, hidden, inner);
     return;
   }
@@ -58,27 +64,27 @@ void ExpertMlpForward(MatMulPrecision precision, const ExpertMlpWeights& weights
   cpu::ToBf16(weights.w1, w1, size);
   cpu::ToBf16(weights.w3, w3, size);
   cpu::ToBf16(weights.w2, w2, size);
-  cpu::SwiGluMlpForwardBf16(activations.in_bf16, w1, w3, w2, activations.gate, activations.up,
+  cpu::SwiGluMlpForwardBf16(activations.in.bf16, w1, w3, w2, activations.gate, activations.up,
                             activations.act_bf16, out, rows, hidden, inner);
 }
 
 void ExpertMlpBackward(MatMulPrecision precision, const ExpertMlpWeights& weights,
-                       const Bf16* weights_bf16, const ExpertMlpSaved& activations,
-                       const ExpertMlpOutputGradient& output, const ExpertMlpGradients& gradients,
-                       int64_t rows, int64_t hidden, int64_t inner) {
+                       const Bf16* weights_bf16, const ExpertMlpSaved& activations, Operand d_out,
+                       const ExpertMlpGradients& gradients, int64_t rows, int64_t hidden,
+                       int64_t inner) {
   if (precision == MatMulPrecision::kFloat32) {
-    cpu::SwiGluMlpBackward(activations.in, weights.w1, weights.w3, weights.w2, activations.gate,
-                           activations.up, activations.act, output.d_out, gradients.d_in,
-                           gradients.d_w1, gradients.d_w3, gradients.d_w2, gradients.d_gate,
-                           gradients.d_up, gradients.d_act, rows, hidden, inner);
+    cpu::SwiGluMlpBackward(activations.in.fp32, weights.w1, weights.w3, weights.w2,
+                           activations.gate, activations.up, activations.act, d_out.fp32,
+                           gradients.d_in, gradients.d_w1, gradients.d_w3, gradients.d_w2,
+                           gradients.d_gate, gradients.d_up, gradients.d_act, rows, hidden, inner);
     return;
   }
   const int64_t size = inner * hidden;
-  cpu::SwiGluMlpBackwardBf16(activations.in_bf16, weights_bf16, weights_bf16 + size,
+  cpu::SwiGluMlpBackwardBf16(activations.in.bf16, weights_bf16, weights_bf16 + size,
                              weights_bf16 + 2 * size, activations.gate, activations.up,
-                             activations.act_bf16, output.d_out_bf16, gradients.d_in,
-                             gradients.d_w1, gradients.d_w3, gradients.d_w2, gradients.d_act,
-                             gradients.d_gate_bf16, gradients.d_up_bf16, rows, hidden, inner);
+                             activations.act_bf16, d_out.bf16, gradients.d_in, gradients.d_w1,
+                             gradients.d_w3, gradients.d_w2, gradients.d_act, gradients.d_gate_bf16,
+                             gradients.d_up_bf16, rows, hidden, inner);
 }
 
 }  // namespace fedmoe::model::internal

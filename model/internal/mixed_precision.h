@@ -20,10 +20,17 @@ using kernels::cpu::Bf16;
 struct Operand {
   const float* fp32;
   const Bf16* bf16;
+
+  // The operand from its n-th value on (a block of rows); null stays null.
+  Operand From(int64_t n) const {
+    return {fp32 == nullptr ? nullptr : fp32 + n, bf16 == nullptr ? nullptr : bf16 + n};
+  }
 };
 
-// `values` (n of them) as an operand of `precision`: for bf16 also rounded into `rounded`.
+// `values` (n of them) as an operand of `precision`: for bf16 also rounded, into `rounded`, or
+// into `storage` sized to n.
 Operand AsOperand(MatMulPrecision precision, const float* values, int64_t n, Bf16* rounded);
+Operand AsOperand(MatMulPrecision precision, const float* values, int64_t n, AlignedBf16& storage);
 
 // Where each attention projection's rounded copy sits in
 // LayerActivations::attention_weights_bf16: q_proj, k_proj, v_proj, o_proj, one after another.
@@ -48,13 +55,12 @@ struct ExpertMlpWeights {
 };
 
 // One expert's activations over its rows, as the forward pass writes them (Float = float) and
-// the backward pass reads them (Float = const float). The input and act are kept in the
-// precision of the products, `in` and `act` for fp32, `in_bf16` and `act_bf16` for bf16 (the
-// others null); gate and up are fp32 either way.
+// the backward pass reads them (Float = const float). act is kept in the precision of the
+// products, `act` for fp32, `act_bf16` for bf16 (the other null); gate and up are fp32 either
+// way.
 template <typename Float, typename Half>
 struct ExpertMlpActivationsOf {
-  const float* in;
-  const Bf16* in_bf16;
+  Operand in;
   Float* gate;
   Float* up;
   Float* act;
@@ -68,12 +74,6 @@ using ExpertMlpSaved = ExpertMlpActivationsOf<const float, const Bf16>;
 void ExpertMlpForward(MatMulPrecision precision, const ExpertMlpWeights& weights,
                       Bf16* weights_bf16, const ExpertMlpOutputs& activations, float* out,
                       int64_t rows, int64_t hidden, int64_t inner);
-
-// The gradient of the MLP's output in fp32, and for bf16 also rounded.
-struct ExpertMlpOutputGradient {
-  const float* d_out;
-  const Bf16* d_out_bf16;
-};
 
 // Gradients to add into (null: not wanted) and scratch, [rows, inner] each: d_act, and d_gate
 // and d_up in fp32 for fp32 products, in bf16 for bf16 ones.
@@ -90,9 +90,9 @@ struct ExpertMlpGradients {
 };
 
 void ExpertMlpBackward(MatMulPrecision precision, const ExpertMlpWeights& weights,
-                       const Bf16* weights_bf16, const ExpertMlpSaved& activations,
-                       const ExpertMlpOutputGradient& output, const ExpertMlpGradients& gradients,
-                       int64_t rows, int64_t hidden, int64_t inner);
+                       const Bf16* weights_bf16, const ExpertMlpSaved& activations, Operand d_out,
+                       const ExpertMlpGradients& gradients, int64_t rows, int64_t hidden,
+                       int64_t inner);
 
 }  // namespace fedmoe::model::internal
 
