@@ -28,8 +28,8 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   reader->Read("training.data", &data);
   config.data = data;
   reader->Read("training.threads", &config.threads);
-  reader->Read("training.matmul_precision", &config.matmul_precision_name);
-  ReadMatMulPrecision(*reader, "training.matmul_precision", &config.matmul_precision);
+  config.matmul_precision =
+      ReadMatMulPrecision(*reader, "training.matmul_precision", &config.matmul_precision_name);
   reader->Read("metrics.listen", &config.metrics_listen);
   if (config.threads < 0 || config.threads > 1024) {
     reader->Invalid("training.threads", "must be between 0 (all cores) and 1024");
@@ -95,7 +95,7 @@ std::string ClientConfig::ToYaml() const {
       "  threads: ",
       threads,
       "\n"
-      "  # Expert products in bf16 (mixed precision) or fp32; auto: bf16 where the CPU has AMX\n"
+      "  # Weight products in bf16 (mixed precision) or fp32; auto: bf16 where the CPU has AMX\n"
       "  # or AVX-512 BF16.\n"
       "  matmul_precision: ",
       matmul_precision_name,

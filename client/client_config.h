@@ -43,7 +43,7 @@ struct ClientConfig {
   std::filesystem::path data;
   // CPU threads for local training; 0: all cores.
   int64_t threads = 0;
-  // Of the expert products in local training, resolved for this CPU (training.matmul_precision:
+  // Of the weight products in local training, resolved for this CPU (training.matmul_precision:
   // auto, fp32 or bf16), and as written, for ToYaml.
   model::MatMulPrecision matmul_precision = model::MatMulPrecision::kFloat32;
   std::string matmul_precision_name = "auto";

@@ -71,19 +71,18 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
   }
   reader.Read(key("threads"), threads);
   at_least("threads", *threads, 0);
-  ReadMatMulPrecision(reader, key("matmul_precision"), &options->matmul_precision);
+  std::string precision_name;
+  options->matmul_precision = ReadMatMulPrecision(reader, key("matmul_precision"), &precision_name);
 }
 
-void ReadMatMulPrecision(config::YamlConfigReader& reader, const std::string& key,
-                         model::MatMulPrecision* precision) {
-  std::string name = "auto";
-  reader.Read(key, &name);
-  absl::StatusOr<model::MatMulPrecision> resolved = model::ResolveMatMulPrecision(name);
-  if (resolved.ok()) {
-    *precision = *resolved;
-  } else {
-    reader.Invalid(key, std::string(resolved.status().message()));
-  }
+model::MatMulPrecision ReadMatMulPrecision(config::YamlConfigReader& reader, const std::string& key,
+                                           std::string* name) {
+  *name = "auto";
+  reader.Read(key, name);
+  absl::StatusOr<model::MatMulPrecision> resolved = model::ResolveMatMulPrecision(*name);
+  if (resolved.ok()) return *resolved;
+  reader.Invalid(key, std::string(resolved.status().message()));
+  return model::MatMulPrecision::kFloat32;
 }
 
 }  // namespace fedmoe::client

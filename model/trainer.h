@@ -33,7 +33,7 @@ struct TrainOptions {
   // −1: the config's router_aux_loss_coef.
   double balance_coefficient = -1;
   TrainableSet trainable;
-  // Of the expert products while training; validation always runs in fp32, so that its loss
+  // Of the weight products while training; validation always runs in fp32, so that its loss
   // means the same on every machine.
   MatMulPrecision matmul_precision = MatMulPrecision::kFloat32;
   uint64_t seed = 0;

@@ -1,6 +1,6 @@
 // Mixed-precision matrix products on the host: operands rounded to bfloat16, products
 // accumulated and returned in fp32, through oneDNN's matmul (AMX tiles or AVX-512 BF16 dot
-// products where the CPU has them). The expert products of mixed-precision training run on
+// products where the CPU has them). The weight products of mixed-precision training run on
 // them; master weights, gradients and optimizer state stay fp32.
 #ifndef FEDMOE_KERNELS_CPU_BF16_H_
 #define FEDMOE_KERNELS_CPU_BF16_H_
