@@ -339,10 +339,6 @@ void TabulatedNoise::Fill(std::span<int64_t> out, SecureRandom& random) const {
   }
 }
 
-int64_t SampleDiscreteGaussian(double sigma_squared, SecureRandom& random) {
-  return DiscreteGaussianSampler(sigma_squared).Sample(random);
-}
-
 PoissonSampler::PoissonSampler(double mu)
     : mu_(mu),
       limit_(std::exp(-mu)),

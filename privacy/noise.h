@@ -132,9 +132,6 @@ class TabulatedNoise {
   bool one_word_;
 };
 
-// One draw; prefer a DiscreteGaussianSampler for many draws with the same σ².
-int64_t SampleDiscreteGaussian(double sigma_squared, SecureRandom& random);
-
 // Poisson(μ), μ > 0. Small means multiply uniforms until the product falls below e^-μ (Knuth);
 // large ones use Hörmann's transformed rejection with squeeze (PTRS, 1993), which accepts most
 // draws after two uniforms and no logarithm. Built once per μ, which it prepares PTRS's
