@@ -1,10 +1,10 @@
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/axpy.h"
+#include "kernels/cuda/launch.h"
 
 namespace fedmoe::kernels::cuda {
 namespace {
@@ -28,16 +28,9 @@ absl::Status Axpy(float alpha, const DeviceArray<float>& x, DeviceArray<float>& 
   }
   if (x.size() == 0) return absl::OkStatus();
   constexpr int kThreads = 256;
-  constexpr int64_t kMaxBlocks = 4096;
   const auto n = static_cast<int64_t>(x.size());
-  const auto blocks =
-      static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
-  AxpyKernel<<<blocks, kThreads>>>(alpha, x.data(), y.data(), n);
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) {
-    return absl::InternalError(absl::StrCat("axpy launch: ", cudaGetErrorString(error)));
-  }
-  return absl::OkStatus();
+  return Launch("axpy", AxpyKernel, {BlocksFor(n, kThreads), dim3(kThreads)}, alpha,
+                static_cast<const float*>(x.data()), y.data(), n);
 }
 
 }  // namespace fedmoe::kernels::cuda

@@ -1,0 +1,51 @@
+// Kernel launches and CUDA/cuBLAS errors as statuses, the same under nvcc and in the CPU
+// simulator (sim/include/cuda_runtime.h, built with FEDMOE_CUDA_SIM). Included by .cu files only.
+#ifndef FEDMOE_KERNELS_CUDA_LAUNCH_H_
+#define FEDMOE_KERNELS_CUDA_LAUNCH_H_
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace fedmoe::kernels::cuda {
+
+struct LaunchShape {
+  dim3 grid;
+  dim3 block;
+  size_t shared_bytes = 0;
+};
+
+inline absl::Status CudaStatus(cudaError_t error, const char* what) {
+  if (error == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(error)));
+}
+
+// Queues kernel(args...) on the default stream. A launch error comes back at once; an error
+// while it runs, at the next synchronising call.
+template <typename... Params, typename... Args>
+absl::Status Launch(const char* name, void (*kernel)(Params...), const LaunchShape& shape,
+                    Args... args) {
+#ifdef FEDMOE_CUDA_SIM
+  const cudaError_t error =
+      cuda_sim::LaunchKernel(shape.grid, shape.block, shape.shared_bytes, [&] { kernel(args...); });
+#else
+  kernel<<<shape.grid, shape.block, shape.shared_bytes> > >(args...);
+  const cudaError_t error = cudaGetLastError();
+#endif
+  return CudaStatus(error, name);
+}
+
+// Blocks of `threads` covering n items, one item per thread, capped where a grid-stride loop
+// takes over.
+inline dim3 BlocksFor(int64_t n, int threads) {
+  constexpr int64_t kMaxBlocks = 8192;
+  return dim3(static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, kMaxBlocks))));
+}
+
+}  // namespace fedmoe::kernels::cuda
+
+#endif  // FEDMOE_KERNELS_CUDA_LAUNCH_H_

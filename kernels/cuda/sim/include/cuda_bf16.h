@@ -1,0 +1,25 @@
+// The simulator's bfloat16: CUDA's conversions, rounding to nearest even as __float2bfloat16
+// does (through kernels/cpu/bf16.h, which is tested against the definition).
+#ifndef FEDMOE_KERNELS_CUDA_SIM_CUDA_BF16_H_
+#define FEDMOE_KERNELS_CUDA_SIM_CUDA_BF16_H_
+
+#include <cstdint>
+
+#include "cuda_runtime.h"
+#include "kernels/cpu/bf16.h"
+
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+
+inline __nv_bfloat16 __float2bfloat16(float value) {
+  __nv_bfloat16 rounded;
+  fedmoe::kernels::cpu::ToBf16(&value, &rounded.bits, 1);
+  return rounded;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float value) { return __float2bfloat16(value); }
+inline float __bfloat162float(__nv_bfloat16 value) {
+  return fedmoe::kernels::cpu::FromBf16(value.bits);
+}
+
+#endif  // FEDMOE_KERNELS_CUDA_SIM_CUDA_BF16_H_

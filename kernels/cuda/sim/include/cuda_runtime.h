@@ -1,0 +1,189 @@
+// fedmoe's CUDA simulator: the part of the CUDA runtime that fedmoe's kernels use, run on the
+// CPU, so that every kernel also runs (and is tested) on machines without a GPU, such as CI.
+// kernels/cuda/*.cu compile against these headers as plain C++ when FEDMOE_CUDA_SIM is defined.
+//
+// What it models, and how:
+// - A launch runs its blocks one after another. A block's threads are OS threads, so a kernel
+//   that forgets a __syncthreads() races for real (and ThreadSanitizer can see it).
+// - __syncthreads() and the warp primitives are real barriers. A thread that returns leaves
+//   them, as an exited GPU thread does, so its block's barriers wait only for the others.
+// - __shared__ is `static`: one copy shared by the block's threads, reused by the next block,
+//   filled with NaN bytes before each block so that a read before a write shows.
+// - Device memory is host memory; copies are memcpy; streams run everything at once.
+// It does not model the memory model's weaker orderings, timing, or occupancy: it checks a
+// kernel's arithmetic and its synchronisation structure, not its speed.
+#ifndef FEDMOE_KERNELS_CUDA_SIM_CUDA_RUNTIME_H_
+#define FEDMOE_KERNELS_CUDA_SIM_CUDA_RUNTIME_H_
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __shared__ static
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x = 1;
+  unsigned y = 1;
+  unsigned z = 1;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+using uint3 = dim3;
+
+namespace fedmoe::cuda_sim {
+
+extern thread_local dim3 thread_index;
+extern thread_local dim3 block_index;
+extern thread_local dim3 block_dimension;
+extern thread_local dim3 grid_dimension;
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorNoDevice = 100,
+};
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4,
+};
+struct SimStream;
+using cudaStream_t = SimStream*;
+
+cudaError_t cudaMalloc(void** pointer, size_t bytes);
+cudaError_t cudaFree(void* pointer);
+cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes,
+                            cudaMemcpyKind kind, cudaStream_t stream = nullptr);
+cudaError_t cudaMemset(void* destination, int value, size_t bytes);
+cudaError_t cudaMemsetAsync(void* destination, int value, size_t bytes,
+                            cudaStream_t stream = nullptr);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaGetLastError();
+cudaError_t cudaPeekAtLastError();
+const char* cudaGetErrorString(cudaError_t error);
+
+// Whether [pointer, pointer + bytes) lies inside one live cudaMalloc allocation: the simulator's
+// stand-in for the GPU's fault on a host pointer where a device one belongs.
+bool IsDeviceMemory(const void* pointer, size_t bytes);
+
+// Runs `body` as a grid of blocks; what `kernel<<<grid, block, shared_bytes>>>(...)` does.
+// Returns, and records for cudaGetLastError, a configuration error without running anything.
+cudaError_t LaunchKernel(dim3 grid, dim3 block, size_t shared_bytes,
+                         const std::function<void()>& body);
+// The running block's dynamic shared memory (the launch's shared_bytes).
+void* DynamicSharedMemory();
+
+void SyncThreads();
+void SyncWarp();
+// Every lane of the warp publishes `value`, then reads lane `source_lane`'s.
+uint64_t ExchangeInWarp(uint64_t value, unsigned source_lane);
+
+template <typename T>
+T ShuffleFromLane(T value, unsigned source_lane) {
+  static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable_v<T>);
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  bits = ExchangeInWarp(bits, source_lane);
+  T result;
+  std::memcpy(&result, &bits, sizeof(T));
+  return result;
+}
+
+inline unsigned LaneOf() {
+  const dim3& t = thread_index;
+  const dim3& b = block_dimension;
+  return ((t.z * b.y + t.y) * b.x + t.x) % 32;
+}
+
+}  // namespace fedmoe::cuda_sim
+
+using fedmoe::cuda_sim::cudaDeviceSynchronize;
+using fedmoe::cuda_sim::cudaError_t;
+using fedmoe::cuda_sim::cudaErrorInvalidValue;
+using fedmoe::cuda_sim::cudaErrorMemoryAllocation;
+using fedmoe::cuda_sim::cudaFree;
+using fedmoe::cuda_sim::cudaGetErrorString;
+using fedmoe::cuda_sim::cudaGetLastError;
+using fedmoe::cuda_sim::cudaMalloc;
+using fedmoe::cuda_sim::cudaMemcpy;
+using fedmoe::cuda_sim::cudaMemcpyAsync;
+using fedmoe::cuda_sim::cudaMemcpyDeviceToDevice;
+using fedmoe::cuda_sim::cudaMemcpyDeviceToHost;
+using fedmoe::cuda_sim::cudaMemcpyHostToDevice;
+using fedmoe::cuda_sim::cudaMemcpyKind;
+using fedmoe::cuda_sim::cudaMemset;
+using fedmoe::cuda_sim::cudaMemsetAsync;
+using fedmoe::cuda_sim::cudaPeekAtLastError;
+using fedmoe::cuda_sim::cudaStream_t;
+using fedmoe::cuda_sim::cudaStreamSynchronize;
+using fedmoe::cuda_sim::cudaSuccess;
+
+#define threadIdx (::fedmoe::cuda_sim::thread_index)
+#define blockIdx (::fedmoe::cuda_sim::block_index)
+#define blockDim (::fedmoe::cuda_sim::block_dimension)
+#define gridDim (::fedmoe::cuda_sim::grid_dimension)
+constexpr int warpSize = 32;
+
+inline void __syncthreads() { fedmoe::cuda_sim::SyncThreads(); }
+inline void __syncwarp(unsigned /*mask*/ = 0xffffffffU) { fedmoe::cuda_sim::SyncWarp(); }
+
+template <typename T>
+T __shfl_sync(unsigned /*mask*/, T value, int source_lane, int width = 32) {
+  const unsigned lane = fedmoe::cuda_sim::LaneOf();
+  const unsigned base = lane - lane % static_cast<unsigned>(width);
+  return fedmoe::cuda_sim::ShuffleFromLane(
+      value, base + static_cast<unsigned>(source_lane) % static_cast<unsigned>(width));
+}
+template <typename T>
+T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int width = 32) {
+  const unsigned lane = fedmoe::cuda_sim::LaneOf();
+  const unsigned source = lane ^ static_cast<unsigned>(lane_mask);
+  // A source outside the lane's width segment returns the lane's own value, as on the GPU.
+  const auto w = static_cast<unsigned>(width);
+  return fedmoe::cuda_sim::ShuffleFromLane(value, source / w == lane / w ? source : lane);
+}
+template <typename T>
+T __shfl_down_sync(unsigned /*mask*/, T value, unsigned delta, int width = 32) {
+  const unsigned lane = fedmoe::cuda_sim::LaneOf();
+  const auto w = static_cast<unsigned>(width);
+  const unsigned source = lane + delta;
+  return fedmoe::cuda_sim::ShuffleFromLane(value, source / w == lane / w ? source : lane);
+}
+
+// Atomics: std::atomic_ref gives the same indivisible read-modify-write across OS threads.
+template <typename T>
+T atomicAdd(T* address, T value) {
+  return std::atomic_ref<T>(*address).fetch_add(value);
+}
+template <typename T>
+T atomicMax(T* address, T value) {
+  std::atomic_ref<T> target(*address);
+  T seen = target.load();
+  while (seen < value && !target.compare_exchange_weak(seen, value)) {
+  }
+  return seen;
+}
+
+inline float rsqrtf(float x) { return 1.0F / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __saturatef(float x) { return std::clamp(x, 0.0F, 1.0F); }
+
+#endif  // FEDMOE_KERNELS_CUDA_SIM_CUDA_RUNTIME_H_
