@@ -32,7 +32,9 @@ absl::Status Launch(const char* name, void (*kernel)(Params...), const LaunchSha
   const cudaError_t error =
       cuda_sim::LaunchKernel(shape.grid, shape.block, shape.shared_bytes, [&] { kernel(args...); });
 #else
-  kernel<<<shape.grid, shape.block, shape.shared_bytes> > >(args...);
+  // clang-format off: it reads this header as C++, where <<< >>> is no operator.
+  kernel<<<shape.grid, shape.block, shape.shared_bytes>>>(args...);
+  // clang-format on
   const cudaError_t error = cudaGetLastError();
 #endif
   return CudaStatus(error, name);
