@@ -32,7 +32,8 @@ absl::Status Launch(const char* name, void (*kernel)(Params...), const LaunchSha
   const cudaError_t error =
       cuda_sim::LaunchKernel(shape.grid, shape.block, shape.shared_bytes, [&] { kernel(args...); });
 #else
-  // clang-format off: it reads this header as C++, where <<< >>> is no operator.
+  // clang-format reads this header as C++, where <<< >>> is no operator.
+  // clang-format off
   kernel<<<shape.grid, shape.block, shape.shared_bytes>>>(args...);
   // clang-format on
   const cudaError_t error = cudaGetLastError();
