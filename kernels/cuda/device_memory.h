@@ -31,6 +31,8 @@ class DeviceArray {
     return DeviceArray(static_cast<T*>(*pointer), size);
   }
 
+  // Empty: no allocation, size 0.
+  DeviceArray() = default;
   DeviceArray(DeviceArray&& other) noexcept
       : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
   DeviceArray& operator=(DeviceArray&& other) noexcept {

@@ -51,6 +51,7 @@ using fedmoe::cuda_sim::CUBLAS_COMPUTE_32F;
 using fedmoe::cuda_sim::CUBLAS_GEMM_DEFAULT;
 using fedmoe::cuda_sim::CUBLAS_OP_N;
 using fedmoe::cuda_sim::CUBLAS_OP_T;
+using fedmoe::cuda_sim::CUBLAS_STATUS_INVALID_VALUE;
 using fedmoe::cuda_sim::CUBLAS_STATUS_NOT_SUPPORTED;
 using fedmoe::cuda_sim::CUBLAS_STATUS_SUCCESS;
 using fedmoe::cuda_sim::cublasComputeType_t;

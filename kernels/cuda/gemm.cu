@@ -1,0 +1,191 @@
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/launch.h"
+
+namespace fedmoe::kernels::cuda {
+namespace {
+
+absl::Status BlasStatus(cublasStatus_t status, const char* what) {
+  if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cublasGetStatusString(status)));
+}
+
+cudaDataType_t DataTypeOf(ElementType type) {
+  return type == ElementType::kBfloat16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+// Row-major c[m, n] = a[m, k]·b[k, n] is column-major cᵀ[n, m] = bᵀ[n, k]·aᵀ[k, m], and a
+// row-major array is the column-major array of its transpose. So cuBLAS's A is our b and its
+// B our a; an operand stored transposed is read with OP_T.
+struct ColumnMajorCall {
+  cublasOperation_t transa;
+  cublasOperation_t transb;
+  int m, n, k;
+  const void* a;
+  int lda;
+  const void* b;
+  int ldb;
+  void* c;
+  int ldc;
+};
+
+ColumnMajorCall ToColumnMajor(const GemmProblem& p) {
+  const auto m = static_cast<int>(p.m);
+  const auto n = static_cast<int>(p.n);
+  const auto k = static_cast<int>(p.k);
+  return {p.b.transposed ? CUBLAS_OP_T : CUBLAS_OP_N,
+          p.a.transposed ? CUBLAS_OP_T : CUBLAS_OP_N,
+          n,
+          m,
+          k,
+          p.b.data,
+          std::max(1, p.b.transposed ? k : n),
+          p.a.data,
+          std::max(1, p.a.transposed ? m : k),
+          p.c,
+          std::max(1, n)};
+}
+
+bool FitsInt(const GemmProblem& p) {
+  constexpr int64_t kLimit = (int64_t{1} << 31) - 1;
+  return p.m >= 0 && p.n >= 0 && p.k >= 0 && p.m <= kLimit && p.n <= kLimit && p.k <= kLimit;
+}
+
+}  // namespace
+
+struct Blas::State {
+  cublasHandle_t handle = nullptr;
+  // Grouped calls read their pointer arrays from the device: a, b and c pointers, grown as
+  // needed.
+  DeviceArray<const void*> pointers;
+  bool grouped_unsupported = false;
+
+  ~State() {
+    if (handle != nullptr) cublasDestroy(handle);
+  }
+};
+
+Blas::Blas(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Blas::Blas(Blas&&) noexcept = default;
+Blas& Blas::operator=(Blas&&) noexcept = default;
+Blas::~Blas() = default;
+
+absl::StatusOr<Blas> Blas::Create() {
+  auto state = std::make_unique<State>();
+  if (absl::Status status = BlasStatus(cublasCreate(&state->handle), "cublasCreate");
+      !status.ok()) {
+    state->handle = nullptr;
+    return status;
+  }
+  absl::StatusOr<DeviceArray<const void*>> pointers = DeviceArray<const void*>::Allocate(3 * 64);
+  if (!pointers.ok()) return pointers.status();
+  state->pointers = std::move(*pointers);
+  return Blas(std::move(state));
+}
+
+absl::Status Blas::MatMul(const GemmProblem& problem, bool accumulate) {
+  if (!FitsInt(problem)) {
+    return absl::InvalidArgumentError(absl::StrCat("matmul of ", problem.m, "×", problem.k, " by ",
+                                                   problem.k, "×", problem.n,
+                                                   ": sizes must be in [0, 2^31)"));
+  }
+  if (problem.m == 0 || problem.n == 0) return absl::OkStatus();
+  if (problem.k == 0) {
+    if (accumulate) return absl::OkStatus();
+    return CudaStatus(
+        cudaMemset(problem.c, 0, static_cast<size_t>(problem.m * problem.n) * sizeof(float)),
+        "zeroing an empty product");
+  }
+  const ColumnMajorCall call = ToColumnMajor(problem);
+  const float alpha = 1.0F;
+  const float beta = accumulate ? 1.0F : 0.0F;
+  return BlasStatus(cublasGemmEx(state_->handle, call.transa, call.transb, call.m, call.n, call.k,
+                                 &alpha, call.a, DataTypeOf(problem.b.type), call.lda, call.b,
+                                 DataTypeOf(problem.a.type), call.ldb, &beta, call.c, CUDA_R_32F,
+                                 call.ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "cublasGemmEx");
+}
+
+absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool accumulate) {
+  std::vector<ColumnMajorCall> calls;
+  calls.reserve(problems.size());
+  for (const GemmProblem& problem : problems) {
+    if (!FitsInt(problem)) return MatMul(problem, accumulate);  // reports the size error
+    if (problems.front().a.type != problem.a.type || problems.front().b.type != problem.b.type ||
+        problems.front().a.transposed != problem.a.transposed ||
+        problems.front().b.transposed != problem.b.transposed) {
+      return absl::InvalidArgumentError("a grouped matmul's problems share types and storage");
+    }
+    if (problem.m == 0 || problem.n == 0) continue;
+    if (problem.k == 0) {
+      if (absl::Status status = MatMul(problem, accumulate); !status.ok()) return status;
+      continue;
+    }
+    calls.push_back(ToColumnMajor(problem));
+  }
+  if (calls.empty()) return absl::OkStatus();
+  const auto run_one_by_one = [&]() -> absl::Status {
+    for (const GemmProblem& problem : problems) {
+      if (problem.k == 0) continue;  // done above
+      if (absl::Status status = MatMul(problem, accumulate); !status.ok()) return status;
+    }
+    return absl::OkStatus();
+  };
+  if (state_->grouped_unsupported) return run_one_by_one();
+
+  // Each problem its own group of one: the groups may differ in every size.
+  const size_t count = calls.size();
+  std::vector<cublasOperation_t> transa(count), transb(count);
+  std::vector<int> m(count), n(count), k(count), lda(count), ldb(count), ldc(count),
+      group_size(count, 1);
+  std::vector<float> alpha(count, 1.0F), beta(count, accumulate ? 1.0F : 0.0F);
+  std::vector<const void*> pointers(3 * count);
+  for (size_t i = 0; i < count; ++i) {
+    const ColumnMajorCall& call = calls[i];
+    transa[i] = call.transa;
+    transb[i] = call.transb;
+    m[i] = call.m;
+    n[i] = call.n;
+    k[i] = call.k;
+    lda[i] = call.lda;
+    ldb[i] = call.ldb;
+    ldc[i] = call.ldc;
+    pointers[i] = call.a;
+    pointers[count + i] = call.b;
+    pointers[2 * count + i] = call.c;
+  }
+  if (state_->pointers.size() < pointers.size()) {
+    absl::StatusOr<DeviceArray<const void*>> grown =
+        DeviceArray<const void*>::Allocate(pointers.size());
+    if (!grown.ok()) return grown.status();
+    state_->pointers = std::move(*grown);
+  }
+  // A synchronous copy: the host vector is gone once this returns.
+  if (absl::Status status = CopyHostToDevice(state_->pointers.data(), pointers.data(),
+                                             pointers.size() * sizeof(void*));
+      !status.ok()) {
+    return status;
+  }
+  const void* const* device_pointers = state_->pointers.data();
+  const cublasStatus_t status = cublasGemmGroupedBatchedEx(
+      state_->handle, transa.data(), transb.data(), m.data(), n.data(), k.data(), alpha.data(),
+      device_pointers, DataTypeOf(problems.front().b.type), lda.data(), device_pointers + count,
+      DataTypeOf(problems.front().a.type), ldb.data(), beta.data(),
+      const_cast<void* const*>(device_pointers + 2 * count), CUDA_R_32F, ldc.data(),
+      static_cast<int>(count), group_size.data(), CUBLAS_COMPUTE_32F);
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
+    // This cuBLAS has no grouped product for these types: one call per problem from now on
+    // (which reports the problem, should one be at fault).
+    state_->grouped_unsupported = true;
+    return run_one_by_one();
+  }
+  return BlasStatus(status, "cublasGemmGroupedBatchedEx");
+}
+
+}  // namespace fedmoe::kernels::cuda
