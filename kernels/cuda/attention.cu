@@ -1,0 +1,447 @@
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/reduce.cuh"
+
+namespace fedmoe::kernels::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+// A key block (forward, d_q) or a query block (d_k, d_v) has one position per lane.
+constexpr int kLaneBlock = 32;
+
+// Per head_dim: each lane holds head_dim/32 (at least one) of a row's dimensions, and a warp
+// owns this many rows, fewer for wide heads so that the tiles fit 48 KiB of shared memory.
+template <int kHeadDim>
+struct Tiling {
+  static constexpr int kDimsPerLane = (kHeadDim + 31) / 32;
+  static constexpr int kRowsPerWarp = kHeadDim >= 128 ? 2 : 4;
+  static constexpr int kBlockRows = kWarps * kRowsPerWarp;
+  // Rows that lanes read across are padded by one float, off the shared-memory bank stride.
+  static constexpr int kPadded = kHeadDim + 1;
+};
+
+struct Geometry {
+  int64_t seq_len;
+  int64_t heads;
+  int64_t kv_heads;
+  int64_t window;  // 0: none
+  float scale;
+};
+
+__device__ __forceinline__ bool Visible(const Geometry& g, int64_t query, int64_t key) {
+  return key <= query && (g.window == 0 || key > query - g.window);
+}
+
+// The first key any query of [first_query, ...) sees.
+__device__ __forceinline__ int64_t FirstVisibleKey(const Geometry& g, int64_t first_query) {
+  if (g.window == 0) return 0;
+  const int64_t first = first_query - g.window + 1;
+  return first > 0 ? first : 0;
+}
+
+// Copies rows [first, first + count) of one head (width floats apart) into a [count, pitch]
+// tile, zero past seq_len.
+template <int kHeadDim>
+__device__ __forceinline__ void LoadTile(float* tile, int pitch, const float* base, int64_t width,
+                                         int64_t first, int count, int64_t seq_len) {
+  for (int index = threadIdx.x; index < count * kHeadDim; index += blockDim.x) {
+    const int r = index / kHeadDim;
+    const int d = index % kHeadDim;
+    tile[r * pitch + d] = first + r < seq_len ? base[(first + r) * width + d] : 0.0F;
+  }
+}
+
+// grid (query blocks, heads, batch). Warp w owns query rows w·R .. w·R + R − 1 of the block;
+// lanes split the key block for scores and the head's dimensions for the output.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kThreads)
+    FlashForwardKernel(const float* __restrict__ q, const float* __restrict__ k,
+                       const float* __restrict__ v, float* __restrict__ out,
+                       float* __restrict__ logsumexp, Geometry g) {
+  using T = Tiling<kHeadDim>;
+  __shared__ float q_tile[T::kBlockRows * kHeadDim];
+  __shared__ float k_tile[kLaneBlock * T::kPadded];
+  __shared__ float v_tile[kLaneBlock * kHeadDim];
+  const int64_t sequence = blockIdx.z;
+  const int64_t head = blockIdx.y;
+  const int64_t kv_head = head / (g.heads / g.kv_heads);
+  const int64_t first_query = static_cast<int64_t>(blockIdx.x) * T::kBlockRows;
+  const int64_t q_width = g.heads * kHeadDim;
+  const int64_t kv_width = g.kv_heads * kHeadDim;
+  const float* q_base = q + sequence * g.seq_len * q_width + head * kHeadDim;
+  const float* k_base = k + sequence * g.seq_len * kv_width + kv_head * kHeadDim;
+  const float* v_base = v + sequence * g.seq_len * kv_width + kv_head * kHeadDim;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+
+  LoadTile<kHeadDim>(q_tile, kHeadDim, q_base, q_width, first_query, T::kBlockRows, g.seq_len);
+  float running_max[T::kRowsPerWarp];
+  float running_sum[T::kRowsPerWarp];
+  float accumulator[T::kRowsPerWarp][T::kDimsPerLane];
+  for (int r = 0; r < T::kRowsPerWarp; ++r) {
+    running_max[r] = -FLT_MAX;
+    running_sum[r] = 0.0F;
+    for (int i = 0; i < T::kDimsPerLane; ++i) accumulator[r][i] = 0.0F;
+  }
+  const int64_t last_query = first_query + T::kBlockRows - 1;
+  const int64_t first_key = FirstVisibleKey(g, first_query) / kLaneBlock * kLaneBlock;
+  for (int64_t key_block = first_key; key_block <= last_query && key_block < g.seq_len;
+       key_block += kLaneBlock) {
+    __syncthreads();  // the previous block's tiles are read
+    LoadTile<kHeadDim>(k_tile, T::kPadded, k_base, kv_width, key_block, kLaneBlock, g.seq_len);
+    LoadTile<kHeadDim>(v_tile, kHeadDim, v_base, kv_width, key_block, kLaneBlock, g.seq_len);
+    __syncthreads();
+    const int64_t key = key_block + lane;
+    for (int r = 0; r < T::kRowsPerWarp; ++r) {
+      const int row = warp * T::kRowsPerWarp + r;
+      const int64_t query = first_query + row;
+      const bool visible = query < g.seq_len && key < g.seq_len && Visible(g, query, key);
+      float score = -FLT_MAX;
+      if (visible) {
+        float dot = 0.0F;
+        for (int d = 0; d < kHeadDim; ++d)
+          dot += q_tile[row * kHeadDim + d] * k_tile[lane * T::kPadded + d];
+        score = dot * g.scale;
+      }
+      const float block_max = WarpMax(score);
+      if (block_max == -FLT_MAX) continue;  // nothing visible in this block (warp-uniform)
+      const float new_max = fmaxf(running_max[r], block_max);
+      const float p = visible ? expf(score - new_max) : 0.0F;
+      const float correction = expf(running_max[r] - new_max);
+      running_sum[r] = running_sum[r] * correction + WarpSum(p);
+      for (int i = 0; i < T::kDimsPerLane; ++i) accumulator[r][i] *= correction;
+      for (int j = 0; j < kLaneBlock; ++j) {
+        const float p_j = __shfl_sync(kFullWarp, p, j);
+        for (int i = 0; i < T::kDimsPerLane; ++i) {
+          const int d = lane + 32 * i;
+          if (d < kHeadDim) accumulator[r][i] += p_j * v_tile[j * kHeadDim + d];
+        }
+      }
+      running_max[r] = new_max;
+    }
+  }
+  for (int r = 0; r < T::kRowsPerWarp; ++r) {
+    const int64_t query = first_query + warp * T::kRowsPerWarp + r;
+    if (query >= g.seq_len) continue;
+    for (int i = 0; i < T::kDimsPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < kHeadDim) {
+        out[(sequence * g.seq_len + query) * q_width + head * kHeadDim + d] =
+            accumulator[r][i] / running_sum[r];
+      }
+    }
+    if (lane == 0) {
+      logsumexp[(sequence * g.heads + head) * g.seq_len + query] =
+          running_max[r] + logf(running_sum[r]);
+    }
+  }
+}
+
+// delta[sequence, head, query] = ⟨d_out, out⟩ of the row: the softmax backward's row term.
+template <int kHeadDim>
+__global__ void RowDotKernel(const float* __restrict__ out, const float* __restrict__ d_out,
+                             float* __restrict__ delta, Geometry g, int64_t rows) {
+  const int64_t pair = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (pair >= rows * g.heads) return;  // warp-uniform
+  const int64_t row = pair / g.heads;
+  const int64_t head = pair % g.heads;
+  const int64_t at = row * g.heads * kHeadDim + head * kHeadDim;
+  float dot = 0.0F;
+  for (int d = lane; d < kHeadDim; d += 32) dot += out[at + d] * d_out[at + d];
+  dot = WarpSum(dot);
+  const int64_t sequence = row / g.seq_len;
+  const int64_t query = row % g.seq_len;
+  if (lane == 0) delta[(sequence * g.heads + head) * g.seq_len + query] = dot;
+}
+
+// grid (key blocks, kv heads, batch). Warp w owns keys w·R .. w·R + R − 1 of the block and
+// accumulates their d_k and d_v over every query head of the group and every query block that
+// sees them; lanes split a query block for the probabilities and the dimensions for the sums.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kThreads)
+    FlashKeyValueGradientKernel(const float* __restrict__ q, const float* __restrict__ k,
+                                const float* __restrict__ v, const float* __restrict__ logsumexp,
+                                const float* __restrict__ delta, const float* __restrict__ d_out,
+                                float* __restrict__ d_k, float* __restrict__ d_v, Geometry g) {
+  using T = Tiling<kHeadDim>;
+  __shared__ float k_tile[T::kBlockRows * kHeadDim];
+  __shared__ float v_tile[T::kBlockRows * kHeadDim];
+  __shared__ float q_tile[kLaneBlock * T::kPadded];
+  __shared__ float d_out_tile[kLaneBlock * T::kPadded];
+  const int64_t sequence = blockIdx.z;
+  const int64_t kv_head = blockIdx.y;
+  const int64_t group = g.heads / g.kv_heads;
+  const int64_t first_key = static_cast<int64_t>(blockIdx.x) * T::kBlockRows;
+  const int64_t q_width = g.heads * kHeadDim;
+  const int64_t kv_width = g.kv_heads * kHeadDim;
+  const int64_t kv_offset = sequence * g.seq_len * kv_width + kv_head * kHeadDim;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+
+  LoadTile<kHeadDim>(k_tile, kHeadDim, k + kv_offset, kv_width, first_key, T::kBlockRows,
+                     g.seq_len);
+  LoadTile<kHeadDim>(v_tile, kHeadDim, v + kv_offset, kv_width, first_key, T::kBlockRows,
+                     g.seq_len);
+  float d_k_sum[T::kRowsPerWarp][T::kDimsPerLane];
+  float d_v_sum[T::kRowsPerWarp][T::kDimsPerLane];
+  for (int r = 0; r < T::kRowsPerWarp; ++r) {
+    for (int i = 0; i < T::kDimsPerLane; ++i) d_k_sum[r][i] = d_v_sum[r][i] = 0.0F;
+  }
+  const int64_t last_key = first_key + T::kBlockRows - 1;
+  // The last query that sees any key of the block.
+  const int64_t last_query =
+      g.window == 0
+          ? g.seq_len - 1
+          : (last_key + g.window - 1 < g.seq_len - 1 ? last_key + g.window - 1 : g.seq_len - 1);
+  for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
+    const float* q_base = q + sequence * g.seq_len * q_width + head * kHeadDim;
+    const float* d_out_base = d_out + sequence * g.seq_len * q_width + head * kHeadDim;
+    const float* row_lse = logsumexp + (sequence * g.heads + head) * g.seq_len;
+    const float* row_delta = delta + (sequence * g.heads + head) * g.seq_len;
+    for (int64_t query_block = first_key / kLaneBlock * kLaneBlock; query_block <= last_query;
+         query_block += kLaneBlock) {
+      __syncthreads();
+      LoadTile<kHeadDim>(q_tile, T::kPadded, q_base, q_width, query_block, kLaneBlock, g.seq_len);
+      LoadTile<kHeadDim>(d_out_tile, T::kPadded, d_out_base, q_width, query_block, kLaneBlock,
+                         g.seq_len);
+      __syncthreads();
+      const int64_t query = query_block + lane;
+      const float lse = query < g.seq_len ? row_lse[query] : 0.0F;
+      const float row_term = query < g.seq_len ? row_delta[query] : 0.0F;
+      for (int r = 0; r < T::kRowsPerWarp; ++r) {
+        const int row = warp * T::kRowsPerWarp + r;
+        const int64_t key = first_key + row;
+        const bool visible = query < g.seq_len && key < g.seq_len && Visible(g, query, key);
+        float p = 0.0F;
+        float d_score = 0.0F;
+        if (visible) {
+          float dot = 0.0F;
+          float d_p = 0.0F;
+          for (int d = 0; d < kHeadDim; ++d) {
+            dot += q_tile[lane * T::kPadded + d] * k_tile[row * kHeadDim + d];
+            d_p += d_out_tile[lane * T::kPadded + d] * v_tile[row * kHeadDim + d];
+          }
+          p = expf(dot * g.scale - lse);
+          d_score = p * (d_p - row_term) * g.scale;
+        }
+        for (int j = 0; j < kLaneBlock; ++j) {
+          const float p_j = __shfl_sync(kFullWarp, p, j);
+          const float d_score_j = __shfl_sync(kFullWarp, d_score, j);
+          for (int i = 0; i < T::kDimsPerLane; ++i) {
+            const int d = lane + 32 * i;
+            if (d < kHeadDim) {
+              d_v_sum[r][i] += p_j * d_out_tile[j * T::kPadded + d];
+              d_k_sum[r][i] += d_score_j * q_tile[j * T::kPadded + d];
+            }
+          }
+        }
+      }
+    }
+  }
+  for (int r = 0; r < T::kRowsPerWarp; ++r) {
+    const int64_t key = first_key + warp * T::kRowsPerWarp + r;
+    if (key >= g.seq_len) continue;
+    for (int i = 0; i < T::kDimsPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < kHeadDim) {
+        d_k[kv_offset + key * kv_width + d] = d_k_sum[r][i];
+        d_v[kv_offset + key * kv_width + d] = d_v_sum[r][i];
+      }
+    }
+  }
+}
+
+// grid (query blocks, heads, batch): d_q of the block's rows, recomputing each key block's
+// probabilities as the forward pass did.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kThreads)
+    FlashQueryGradientKernel(const float* __restrict__ q, const float* __restrict__ k,
+                             const float* __restrict__ v, const float* __restrict__ logsumexp,
+                             const float* __restrict__ delta, const float* __restrict__ d_out,
+                             float* __restrict__ d_q, Geometry g) {
+  using T = Tiling<kHeadDim>;
+  __shared__ float q_tile[T::kBlockRows * kHeadDim];
+  __shared__ float d_out_tile[T::kBlockRows * kHeadDim];
+  __shared__ float k_tile[kLaneBlock * T::kPadded];
+  __shared__ float v_tile[kLaneBlock * T::kPadded];
+  const int64_t sequence = blockIdx.z;
+  const int64_t head = blockIdx.y;
+  const int64_t kv_head = head / (g.heads / g.kv_heads);
+  const int64_t first_query = static_cast<int64_t>(blockIdx.x) * T::kBlockRows;
+  const int64_t q_width = g.heads * kHeadDim;
+  const int64_t kv_width = g.kv_heads * kHeadDim;
+  const int64_t q_offset = sequence * g.seq_len * q_width + head * kHeadDim;
+  const float* k_base = k + sequence * g.seq_len * kv_width + kv_head * kHeadDim;
+  const float* v_base = v + sequence * g.seq_len * kv_width + kv_head * kHeadDim;
+  const float* row_lse = logsumexp + (sequence * g.heads + head) * g.seq_len;
+  const float* row_delta = delta + (sequence * g.heads + head) * g.seq_len;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+
+  LoadTile<kHeadDim>(q_tile, kHeadDim, q + q_offset, q_width, first_query, T::kBlockRows,
+                     g.seq_len);
+  LoadTile<kHeadDim>(d_out_tile, kHeadDim, d_out + q_offset, q_width, first_query, T::kBlockRows,
+                     g.seq_len);
+  float d_q_sum[T::kRowsPerWarp][T::kDimsPerLane];
+  for (int r = 0; r < T::kRowsPerWarp; ++r) {
+    for (int i = 0; i < T::kDimsPerLane; ++i) d_q_sum[r][i] = 0.0F;
+  }
+  const int64_t last_query = first_query + T::kBlockRows - 1;
+  const int64_t first_key = FirstVisibleKey(g, first_query) / kLaneBlock * kLaneBlock;
+  for (int64_t key_block = first_key; key_block <= last_query && key_block < g.seq_len;
+       key_block += kLaneBlock) {
+    __syncthreads();
+    LoadTile<kHeadDim>(k_tile, T::kPadded, k_base, kv_width, key_block, kLaneBlock, g.seq_len);
+    LoadTile<kHeadDim>(v_tile, T::kPadded, v_base, kv_width, key_block, kLaneBlock, g.seq_len);
+    __syncthreads();
+    const int64_t key = key_block + lane;
+    for (int r = 0; r < T::kRowsPerWarp; ++r) {
+      const int row = warp * T::kRowsPerWarp + r;
+      const int64_t query = first_query + row;
+      const bool visible = query < g.seq_len && key < g.seq_len && Visible(g, query, key);
+      float d_score = 0.0F;
+      if (visible) {
+        float dot = 0.0F;
+        float d_p = 0.0F;
+        for (int d = 0; d < kHeadDim; ++d) {
+          dot += q_tile[row * kHeadDim + d] * k_tile[lane * T::kPadded + d];
+          d_p += d_out_tile[row * kHeadDim + d] * v_tile[lane * T::kPadded + d];
+        }
+        const float p = expf(dot * g.scale - row_lse[query]);
+        d_score = p * (d_p - row_delta[query]) * g.scale;
+      }
+      for (int j = 0; j < kLaneBlock; ++j) {
+        const float d_score_j = __shfl_sync(kFullWarp, d_score, j);
+        for (int i = 0; i < T::kDimsPerLane; ++i) {
+          const int d = lane + 32 * i;
+          if (d < kHeadDim) d_q_sum[r][i] += d_score_j * k_tile[j * T::kPadded + d];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < T::kRowsPerWarp; ++r) {
+    const int64_t query = first_query + warp * T::kRowsPerWarp + r;
+    if (query >= g.seq_len) continue;
+    for (int i = 0; i < T::kDimsPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < kHeadDim) d_q[q_offset + query * q_width + d] = d_q_sum[r][i];
+    }
+  }
+}
+
+Geometry GeometryOf(const AttentionShape& shape) {
+  return {shape.seq_len, shape.heads, shape.kv_heads, shape.sliding_window,
+          1.0F / std::sqrt(static_cast<float>(shape.head_dim))};
+}
+
+unsigned BlocksOf(int64_t positions, int64_t per_block) {
+  return static_cast<unsigned>((positions + per_block - 1) / per_block);
+}
+
+template <int kHeadDim>
+absl::Status Forward(const float* q, const float* k, const float* v, float* out, float* logsumexp,
+                     const AttentionShape& shape) {
+  using T = Tiling<kHeadDim>;
+  return Launch("flash attention forward", FlashForwardKernel<kHeadDim>,
+                {dim3(BlocksOf(shape.seq_len, T::kBlockRows), static_cast<unsigned>(shape.heads),
+                      static_cast<unsigned>(shape.batch)),
+                 dim3(kThreads)},
+                q, k, v, out, logsumexp, GeometryOf(shape));
+}
+
+template <int kHeadDim>
+absl::Status Backward(const float* q, const float* k, const float* v, const float* out,
+                      const float* logsumexp, const float* d_out, float* d_q, float* d_k,
+                      float* d_v, float* delta, const AttentionShape& shape) {
+  using T = Tiling<kHeadDim>;
+  const Geometry geometry = GeometryOf(shape);
+  const int64_t rows = shape.batch * shape.seq_len;
+  if (absl::Status status = Launch("attention row terms", RowDotKernel<kHeadDim>,
+                                   {dim3(BlocksOf(rows * shape.heads, kWarps)), dim3(kThreads)},
+                                   out, d_out, delta, geometry, rows);
+      !status.ok()) {
+    return status;
+  }
+  const auto* row_terms = static_cast<const float*>(delta);
+  if (absl::Status status =
+          Launch("flash attention key and value gradients", FlashKeyValueGradientKernel<kHeadDim>,
+                 {dim3(BlocksOf(shape.seq_len, T::kBlockRows),
+                       static_cast<unsigned>(shape.kv_heads), static_cast<unsigned>(shape.batch)),
+                  dim3(kThreads)},
+                 q, k, v, logsumexp, row_terms, d_out, d_k, d_v, geometry);
+      !status.ok()) {
+    return status;
+  }
+  return Launch("flash attention query gradient", FlashQueryGradientKernel<kHeadDim>,
+                {dim3(BlocksOf(shape.seq_len, T::kBlockRows), static_cast<unsigned>(shape.heads),
+                      static_cast<unsigned>(shape.batch)),
+                 dim3(kThreads)},
+                q, k, v, logsumexp, row_terms, d_out, d_q, geometry);
+}
+
+}  // namespace
+
+absl::Status CheckAttentionShape(const AttentionShape& shape) {
+  const int64_t d = shape.head_dim;
+  if (d != 16 && d != 32 && d != 64 && d != 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GPU attention takes head_dim 16, 32, 64 or 128, not ", d));
+  }
+  if (shape.kv_heads < 1 || shape.heads < 1 || shape.heads % shape.kv_heads != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("heads ", shape.heads, " must be a multiple of kv_heads ", shape.kv_heads));
+  }
+  if (shape.batch < 1 || shape.seq_len < 1 || shape.batch > 65535 || shape.heads > 65535 ||
+      shape.sliding_window < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GPU attention needs 1 to 65535 sequences and heads and a window ≥ 0; got batch ",
+        shape.batch, ", heads ", shape.heads, ", window ", shape.sliding_window));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FlashAttentionForward(const float* q, const float* k, const float* v, float* out,
+                                   float* logsumexp, const AttentionShape& shape) {
+  if (absl::Status status = CheckAttentionShape(shape); !status.ok()) return status;
+  switch (shape.head_dim) {
+    case 16:
+      return Forward<16>(q, k, v, out, logsumexp, shape);
+    case 32:
+      return Forward<32>(q, k, v, out, logsumexp, shape);
+    case 64:
+      return Forward<64>(q, k, v, out, logsumexp, shape);
+    default:
+      return Forward<128>(q, k, v, out, logsumexp, shape);
+  }
+}
+
+int64_t FlashAttentionBackwardScratch(const AttentionShape& shape) {
+  return shape.batch * shape.heads * shape.seq_len;
+}
+
+absl::Status FlashAttentionBackward(const float* q, const float* k, const float* v,
+                                    const float* out, const float* logsumexp, const float* d_out,
+                                    float* d_q, float* d_k, float* d_v, float* scratch,
+                                    const AttentionShape& shape) {
+  if (absl::Status status = CheckAttentionShape(shape); !status.ok()) return status;
+  switch (shape.head_dim) {
+    case 16:
+      return Backward<16>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape);
+    case 32:
+      return Backward<32>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape);
+    case 64:
+      return Backward<64>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape);
+    default:
+      return Backward<128>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape);
+  }
+}
+
+}  // namespace fedmoe::kernels::cuda
