@@ -164,13 +164,13 @@ class Allocations {
 };
 
 Allocations& Live() {
-  static Allocations* allocations = new Allocations();
+  static auto* allocations = new Allocations();
   return *allocations;
 }
 
 // One launch at a time: __shared__ arrays are function statics, shared by whatever runs.
 std::mutex& LaunchMutex() {
-  static std::mutex* mutex = new std::mutex();
+  static auto* mutex = new std::mutex();
   return *mutex;
 }
 

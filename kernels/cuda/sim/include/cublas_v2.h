@@ -5,6 +5,10 @@
 #ifndef FEDMOE_KERNELS_CUDA_SIM_CUBLAS_V2_H_
 #define FEDMOE_KERNELS_CUDA_SIM_CUBLAS_V2_H_
 
+// This header stands in for the CUDA toolkit's, so it declares CUDA's own names, which are
+// reserved identifiers (__global__, __shfl_sync, __nv_bfloat16, ...).
+// NOLINTBEGIN(bugprone-reserved-identifier)
+
 #include <cstdint>
 
 #include "cuda_runtime.h"
@@ -67,5 +71,7 @@ using fedmoe::cuda_sim::cublasStatus_t;
 using fedmoe::cuda_sim::CUDA_R_16BF;
 using fedmoe::cuda_sim::CUDA_R_32F;
 using fedmoe::cuda_sim::cudaDataType_t;
+
+// NOLINTEND(bugprone-reserved-identifier)
 
 #endif  // FEDMOE_KERNELS_CUDA_SIM_CUBLAS_V2_H_

@@ -3,6 +3,10 @@
 #ifndef FEDMOE_KERNELS_CUDA_SIM_CUDA_BF16_H_
 #define FEDMOE_KERNELS_CUDA_SIM_CUDA_BF16_H_
 
+// This header stands in for the CUDA toolkit's, so it declares CUDA's own names, which are
+// reserved identifiers (__global__, __shfl_sync, __nv_bfloat16, ...).
+// NOLINTBEGIN(bugprone-reserved-identifier)
+
 #include <cstdint>
 
 #include "cuda_runtime.h"
@@ -21,5 +25,7 @@ inline __nv_bfloat16 __float2bfloat16_rn(float value) { return __float2bfloat16(
 inline float __bfloat162float(__nv_bfloat16 value) {
   return fedmoe::kernels::cpu::FromBf16(value.bits);
 }
+
+// NOLINTEND(bugprone-reserved-identifier)
 
 #endif  // FEDMOE_KERNELS_CUDA_SIM_CUDA_BF16_H_

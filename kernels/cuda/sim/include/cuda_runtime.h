@@ -15,6 +15,10 @@
 #ifndef FEDMOE_KERNELS_CUDA_SIM_CUDA_RUNTIME_H_
 #define FEDMOE_KERNELS_CUDA_SIM_CUDA_RUNTIME_H_
 
+// This header stands in for the CUDA toolkit's, so it declares CUDA's own names, which are
+// reserved identifiers (__global__, __shfl_sync, __nv_bfloat16, ...).
+// NOLINTBEGIN(bugprone-reserved-identifier)
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -185,5 +189,7 @@ inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float x, float y) { return x / y; }
 inline float __saturatef(float x) { return std::clamp(x, 0.0F, 1.0F); }
+
+// NOLINTEND(bugprone-reserved-identifier)
 
 #endif  // FEDMOE_KERNELS_CUDA_SIM_CUDA_RUNTIME_H_
