@@ -58,6 +58,37 @@ __device__ __forceinline__ void LoadTile(float* tile, int pitch, const float* ba
   }
 }
 
+// A warp's per-row sums, its lanes holding the head's dimensions lane, lane + 32, ...
+template <int kHeadDim>
+using WarpRows = float[Tiling<kHeadDim>::kRowsPerWarp][Tiling<kHeadDim>::kDimsPerLane];
+
+template <int kHeadDim>
+__device__ __forceinline__ void ZeroRows(WarpRows<kHeadDim>& rows) {
+  using T = Tiling<kHeadDim>;
+  for (int r = 0; r < T::kRowsPerWarp; ++r) {
+    for (int i = 0; i < T::kDimsPerLane; ++i) rows[r][i] = 0.0F;
+  }
+}
+
+// Writes the warp's rows, each divided by divisor[r] (null: by 1), to positions first + r of one
+// head (base, width floats apart), leaving out positions past seq_len.
+template <int kHeadDim>
+__device__ __forceinline__ void StoreRows(const WarpRows<kHeadDim>& rows, const float* divisor,
+                                          float* base, int64_t width, int64_t first,
+                                          int64_t seq_len) {
+  using T = Tiling<kHeadDim>;
+  const int lane = threadIdx.x % 32;
+  for (int r = 0; r < T::kRowsPerWarp; ++r) {
+    if (first + r >= seq_len) continue;
+    for (int i = 0; i < T::kDimsPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < kHeadDim) {
+        base[(first + r) * width + d] = divisor == nullptr ? rows[r][i] : rows[r][i] / divisor[r];
+      }
+    }
+  }
+}
+
 // grid (query blocks, heads, batch). Warp w owns query rows w·R .. w·R + R − 1 of the block;
 // lanes split the key block for scores and the head's dimensions for the output.
 template <int kHeadDim>
@@ -84,11 +115,11 @@ __global__ void __launch_bounds__(kThreads)
   LoadTile<kHeadDim>(q_tile, kHeadDim, q_base, q_width, first_query, T::kBlockRows, g.seq_len);
   float running_max[T::kRowsPerWarp];
   float running_sum[T::kRowsPerWarp];
-  float accumulator[T::kRowsPerWarp][T::kDimsPerLane];
+  WarpRows<kHeadDim> accumulator;
+  ZeroRows<kHeadDim>(accumulator);
   for (int r = 0; r < T::kRowsPerWarp; ++r) {
     running_max[r] = -FLT_MAX;
     running_sum[r] = 0.0F;
-    for (int i = 0; i < T::kDimsPerLane; ++i) accumulator[r][i] = 0.0F;
   }
   const int64_t last_query = first_query + T::kBlockRows - 1;
   const int64_t first_key = FirstVisibleKey(g, first_query) / kLaneBlock * kLaneBlock;
@@ -127,18 +158,13 @@ __global__ void __launch_bounds__(kThreads)
       running_max[r] = new_max;
     }
   }
+  const int64_t first_row = first_query + warp * T::kRowsPerWarp;
+  StoreRows<kHeadDim>(accumulator, running_sum,
+                      out + sequence * g.seq_len * q_width + head * kHeadDim, q_width, first_row,
+                      g.seq_len);
   for (int r = 0; r < T::kRowsPerWarp; ++r) {
-    const int64_t query = first_query + warp * T::kRowsPerWarp + r;
-    if (query >= g.seq_len) continue;
-    for (int i = 0; i < T::kDimsPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < kHeadDim) {
-        out[(sequence * g.seq_len + query) * q_width + head * kHeadDim + d] =
-            accumulator[r][i] / running_sum[r];
-      }
-    }
-    if (lane == 0) {
-      logsumexp[(sequence * g.heads + head) * g.seq_len + query] =
+    if (lane == 0 && first_row + r < g.seq_len) {
+      logsumexp[(sequence * g.heads + head) * g.seq_len + first_row + r] =
           running_max[r] + logf(running_sum[r]);
     }
   }
@@ -190,11 +216,10 @@ __global__ void __launch_bounds__(kThreads)
                      g.seq_len);
   LoadTile<kHeadDim>(v_tile, kHeadDim, v + kv_offset, kv_width, first_key, T::kBlockRows,
                      g.seq_len);
-  float d_k_sum[T::kRowsPerWarp][T::kDimsPerLane];
-  float d_v_sum[T::kRowsPerWarp][T::kDimsPerLane];
-  for (int r = 0; r < T::kRowsPerWarp; ++r) {
-    for (int i = 0; i < T::kDimsPerLane; ++i) d_k_sum[r][i] = d_v_sum[r][i] = 0.0F;
-  }
+  WarpRows<kHeadDim> d_k_sum;
+  WarpRows<kHeadDim> d_v_sum;
+  ZeroRows<kHeadDim>(d_k_sum);
+  ZeroRows<kHeadDim>(d_v_sum);
   const int64_t last_key = first_key + T::kBlockRows - 1;
   // The last query that sees any key of the block.
   const int64_t last_query =
@@ -246,17 +271,9 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  for (int r = 0; r < T::kRowsPerWarp; ++r) {
-    const int64_t key = first_key + warp * T::kRowsPerWarp + r;
-    if (key >= g.seq_len) continue;
-    for (int i = 0; i < T::kDimsPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < kHeadDim) {
-        d_k[kv_offset + key * kv_width + d] = d_k_sum[r][i];
-        d_v[kv_offset + key * kv_width + d] = d_v_sum[r][i];
-      }
-    }
-  }
+  const int64_t first_row = first_key + warp * T::kRowsPerWarp;
+  StoreRows<kHeadDim>(d_k_sum, nullptr, d_k + kv_offset, kv_width, first_row, g.seq_len);
+  StoreRows<kHeadDim>(d_v_sum, nullptr, d_v + kv_offset, kv_width, first_row, g.seq_len);
 }
 
 // grid (query blocks, heads, batch): d_q of the block's rows, recomputing each key block's
@@ -290,10 +307,8 @@ __global__ void __launch_bounds__(kThreads)
                      g.seq_len);
   LoadTile<kHeadDim>(d_out_tile, kHeadDim, d_out + q_offset, q_width, first_query, T::kBlockRows,
                      g.seq_len);
-  float d_q_sum[T::kRowsPerWarp][T::kDimsPerLane];
-  for (int r = 0; r < T::kRowsPerWarp; ++r) {
-    for (int i = 0; i < T::kDimsPerLane; ++i) d_q_sum[r][i] = 0.0F;
-  }
+  WarpRows<kHeadDim> d_q_sum;
+  ZeroRows<kHeadDim>(d_q_sum);
   const int64_t last_query = first_query + T::kBlockRows - 1;
   const int64_t first_key = FirstVisibleKey(g, first_query) / kLaneBlock * kLaneBlock;
   for (int64_t key_block = first_key; key_block <= last_query && key_block < g.seq_len;
@@ -327,14 +342,8 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  for (int r = 0; r < T::kRowsPerWarp; ++r) {
-    const int64_t query = first_query + warp * T::kRowsPerWarp + r;
-    if (query >= g.seq_len) continue;
-    for (int i = 0; i < T::kDimsPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < kHeadDim) d_q[q_offset + query * q_width + d] = d_q_sum[r][i];
-    }
-  }
+  StoreRows<kHeadDim>(d_q_sum, nullptr, d_q + q_offset, q_width,
+                      first_query + warp * T::kRowsPerWarp, g.seq_len);
 }
 
 Geometry GeometryOf(const AttentionShape& shape) {
