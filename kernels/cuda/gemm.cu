@@ -61,8 +61,8 @@ bool FitsInt(const GemmProblem& p) {
 
 struct Blas::State {
   cublasHandle_t handle = nullptr;
-  // Grouped calls read their pointer arrays from the device: a, b and c pointers, grown as
-  // needed.
+  // Grouped calls read their pointer arrays from the device: a, b and c pointers, allocated
+  // at the first grouped call and grown as needed.
   DeviceArray<const void*> pointers;
   bool grouped_unsupported = false;
 
@@ -83,9 +83,6 @@ absl::StatusOr<Blas> Blas::Create() {
     state->handle = nullptr;
     return status;
   }
-  absl::StatusOr<DeviceArray<const void*>> pointers = DeviceArray<const void*>::Allocate(3 * 64);
-  if (!pointers.ok()) return pointers.status();
-  state->pointers = std::move(*pointers);
   return Blas(std::move(state));
 }
 

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -15,7 +16,6 @@ namespace fedmoe::kernels::cuda {
 struct LaunchShape {
   dim3 grid;
   dim3 block;
-  size_t shared_bytes = 0;
 };
 
 inline absl::Status CudaStatus(cudaError_t error, const char* what) {
@@ -30,11 +30,11 @@ absl::Status Launch(const char* name, void (*kernel)(Params...), const LaunchSha
                     Args... args) {
 #ifdef FEDMOE_CUDA_SIM
   const cudaError_t error =
-      cuda_sim::LaunchKernel(shape.grid, shape.block, shape.shared_bytes, [&] { kernel(args...); });
+      cuda_sim::LaunchKernel(shape.grid, shape.block, [&] { kernel(args...); });
 #else
   // clang-format reads this header as C++, where <<< >>> is no operator.
   // clang-format off
-  kernel<<<shape.grid, shape.block, shape.shared_bytes>>>(args...);
+  kernel<<<shape.grid, shape.block>>>(args...);
   // clang-format on
   const cudaError_t error = cudaGetLastError();
 #endif

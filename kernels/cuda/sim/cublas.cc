@@ -6,9 +6,8 @@
 
 namespace fedmoe::cuda_sim {
 
-struct SimBlas {
-  cudaStream_t stream = nullptr;
-};
+// A handle holds nothing here: the simulator has one stream and no workspace.
+struct SimBlas {};
 
 namespace {
 
@@ -75,12 +74,6 @@ cublasStatus_t cublasCreate(cublasHandle_t* handle) {
 
 cublasStatus_t cublasDestroy(cublasHandle_t handle) {
   delete handle;
-  return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
-  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  handle->stream = stream;
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -22,8 +22,6 @@ namespace {
 
 constexpr unsigned kWarpSize = 32;
 constexpr unsigned kMaxThreadsPerBlock = 1024;
-// Without an opt-in, a launch gets at most 48 KiB of dynamic shared memory.
-constexpr size_t kMaxDynamicSharedBytes = size_t{48} << 10;
 // Limits of gridDim: x up to 2^31 - 1, y and z up to 65535.
 constexpr uint64_t kMaxGridX = (uint64_t{1} << 31) - 1;
 constexpr unsigned kMaxGridYz = 65535;
@@ -43,12 +41,11 @@ cudaError_t Record(cudaError_t error) {
 // One launch: its blocks run one after another on block_dimension OS threads.
 class GridRun {
  public:
-  GridRun(dim3 grid, dim3 block, size_t shared_bytes)
+  GridRun(dim3 grid, dim3 block)
       : grid_(grid),
         block_(block),
         threads_(block.x * block.y * block.z),
         blocks_(uint64_t{grid.x} * grid.y * grid.z),
-        dynamic_shared_(shared_bytes),
         exchange_(threads_),
         between_blocks_(static_cast<std::ptrdiff_t>(threads_), NextBlock{this}) {
     ResetBlock();
@@ -74,7 +71,6 @@ class GridRun {
     SyncWarp();  // nobody overwrites its slot before every lane has read
     return result;
   }
-  void* DynamicShared() { return dynamic_shared_.data(); }
 
   static thread_local GridRun* current_;
   static thread_local unsigned current_thread_;
@@ -96,7 +92,6 @@ class GridRun {
       warp_barriers_.push_back(std::make_unique<std::barrier<>>(
           static_cast<std::ptrdiff_t>(std::min(kWarpSize, threads_ - first))));
     }
-    std::fill(dynamic_shared_.begin(), dynamic_shared_.end(), static_cast<unsigned char>(0xff));
   }
 
   void Work(unsigned t, const std::function<void()>& body) {
@@ -122,7 +117,6 @@ class GridRun {
   dim3 block_;
   unsigned threads_;
   uint64_t blocks_;
-  std::vector<unsigned char> dynamic_shared_;
   std::vector<uint64_t> exchange_;
   std::unique_ptr<std::barrier<>> block_barrier_;
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers_;
@@ -206,11 +200,6 @@ cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cuda
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes,
-                            cudaMemcpyKind kind, cudaStream_t /*stream*/) {
-  return cudaMemcpy(destination, source, bytes, kind);
-}
-
 cudaError_t cudaMemset(void* destination, int value, size_t bytes) {
   if (bytes == 0) return cudaSuccess;
   if (!Live().Contains(destination, bytes)) return Record(cudaErrorInvalidValue);
@@ -218,15 +207,9 @@ cudaError_t cudaMemset(void* destination, int value, size_t bytes) {
   return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void* destination, int value, size_t bytes, cudaStream_t /*stream*/) {
-  return cudaMemset(destination, value, bytes);
-}
-
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t /*stream*/) { return cudaSuccess; }
 
 cudaError_t cudaGetLastError() { return std::exchange(last_error, cudaSuccess); }
-cudaError_t cudaPeekAtLastError() { return last_error; }
 
 const char* cudaGetErrorString(cudaError_t error) {
   switch (error) {
@@ -238,34 +221,25 @@ const char* cudaGetErrorString(cudaError_t error) {
       return "out of memory";
     case cudaErrorInvalidConfiguration:
       return "invalid configuration argument";
-    case cudaErrorNoDevice:
-      return "no CUDA-capable device is detected";
   }
   return "unrecognized error code";
 }
 
 bool IsDeviceMemory(const void* pointer, size_t bytes) { return Live().Contains(pointer, bytes); }
 
-cudaError_t LaunchKernel(dim3 grid, dim3 block, size_t shared_bytes,
-                         const std::function<void()>& body) {
+cudaError_t LaunchKernel(dim3 grid, dim3 block, const std::function<void()>& body) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > kMaxThreadsPerBlock || block.z > 64 || grid.x == 0 || grid.y == 0 ||
-      grid.z == 0 || grid.x > kMaxGridX || grid.y > kMaxGridYz || grid.z > kMaxGridYz ||
-      shared_bytes > kMaxDynamicSharedBytes) {
+      grid.z == 0 || grid.x > kMaxGridX || grid.y > kMaxGridYz || grid.z > kMaxGridYz) {
     return Record(cudaErrorInvalidConfiguration);
   }
   std::lock_guard lock(LaunchMutex());
-  GridRun run(grid, block, shared_bytes);
+  GridRun run(grid, block);
   run.Run(body);
   return cudaSuccess;
 }
 
-void* DynamicSharedMemory() {
-  return Current("dynamic shared memory outside a kernel").DynamicShared();
-}
-
 void SyncThreads() { Current("__syncthreads outside a kernel").SyncThreads(); }
-void SyncWarp() { Current("__syncwarp outside a kernel").SyncWarp(); }
 uint64_t ExchangeInWarp(uint64_t value, unsigned source_lane) {
   return Current("a warp shuffle outside a kernel").Exchange(value, source_lane);
 }

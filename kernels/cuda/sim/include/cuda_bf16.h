@@ -21,7 +21,6 @@ inline __nv_bfloat16 __float2bfloat16(float value) {
   fedmoe::kernels::cpu::ToBf16(&value, &rounded.bits, 1);
   return rounded;
 }
-inline __nv_bfloat16 __float2bfloat16_rn(float value) { return __float2bfloat16(value); }
 inline float __bfloat162float(__nv_bfloat16 value) {
   return fedmoe::kernels::cpu::FromBf16(value.bits);
 }

@@ -7,9 +7,8 @@
 //   that forgets a __syncthreads() races for real (and ThreadSanitizer can see it).
 // - __syncthreads() and the warp primitives are real barriers. A thread that returns leaves
 //   them, as an exited GPU thread does, so its block's barriers wait only for the others.
-// - __shared__ is `static`: one copy shared by the block's threads, reused by the next block,
-//   filled with NaN bytes before each block so that a read before a write shows.
-// - Device memory is host memory; copies are memcpy; streams run everything at once.
+// - __shared__ is `static`: one copy shared by the block's threads, reused by the next block.
+// - Device memory is host memory; copies are memcpy, done before the call returns.
 // It does not model the memory model's weaker orderings, timing, or occupancy: it checks a
 // kernel's arithmetic and its synchronisation structure, not its speed.
 #ifndef FEDMOE_KERNELS_CUDA_SIM_CUDA_RUNTIME_H_
@@ -56,7 +55,6 @@ enum cudaError_t {
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
-  cudaErrorNoDevice = 100,
 };
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
@@ -65,36 +63,24 @@ enum cudaMemcpyKind {
   cudaMemcpyDeviceToDevice = 3,
   cudaMemcpyDefault = 4,
 };
-struct SimStream;
-using cudaStream_t = SimStream*;
 
 cudaError_t cudaMalloc(void** pointer, size_t bytes);
 cudaError_t cudaFree(void* pointer);
 cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cudaMemcpyKind kind);
-cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes,
-                            cudaMemcpyKind kind, cudaStream_t stream = nullptr);
 cudaError_t cudaMemset(void* destination, int value, size_t bytes);
-cudaError_t cudaMemsetAsync(void* destination, int value, size_t bytes,
-                            cudaStream_t stream = nullptr);
 cudaError_t cudaDeviceSynchronize();
-cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaGetLastError();
-cudaError_t cudaPeekAtLastError();
 const char* cudaGetErrorString(cudaError_t error);
 
 // Whether [pointer, pointer + bytes) lies inside one live cudaMalloc allocation: the simulator's
 // stand-in for the GPU's fault on a host pointer where a device one belongs.
 bool IsDeviceMemory(const void* pointer, size_t bytes);
 
-// Runs `body` as a grid of blocks; what `kernel<<<grid, block, shared_bytes>>>(...)` does.
+// Runs `body` as a grid of blocks; what `kernel<<<grid, block>>>(...)` does.
 // Returns, and records for cudaGetLastError, a configuration error without running anything.
-cudaError_t LaunchKernel(dim3 grid, dim3 block, size_t shared_bytes,
-                         const std::function<void()>& body);
-// The running block's dynamic shared memory (the launch's shared_bytes).
-void* DynamicSharedMemory();
+cudaError_t LaunchKernel(dim3 grid, dim3 block, const std::function<void()>& body);
 
 void SyncThreads();
-void SyncWarp();
 // Every lane of the warp publishes `value`, then reads lane `source_lane`'s.
 uint64_t ExchangeInWarp(uint64_t value, unsigned source_lane);
 
@@ -126,16 +112,11 @@ using fedmoe::cuda_sim::cudaGetErrorString;
 using fedmoe::cuda_sim::cudaGetLastError;
 using fedmoe::cuda_sim::cudaMalloc;
 using fedmoe::cuda_sim::cudaMemcpy;
-using fedmoe::cuda_sim::cudaMemcpyAsync;
 using fedmoe::cuda_sim::cudaMemcpyDeviceToDevice;
 using fedmoe::cuda_sim::cudaMemcpyDeviceToHost;
 using fedmoe::cuda_sim::cudaMemcpyHostToDevice;
 using fedmoe::cuda_sim::cudaMemcpyKind;
 using fedmoe::cuda_sim::cudaMemset;
-using fedmoe::cuda_sim::cudaMemsetAsync;
-using fedmoe::cuda_sim::cudaPeekAtLastError;
-using fedmoe::cuda_sim::cudaStream_t;
-using fedmoe::cuda_sim::cudaStreamSynchronize;
 using fedmoe::cuda_sim::cudaSuccess;
 
 #define threadIdx (::fedmoe::cuda_sim::thread_index)
@@ -145,7 +126,6 @@ using fedmoe::cuda_sim::cudaSuccess;
 constexpr int warpSize = 32;
 
 inline void __syncthreads() { fedmoe::cuda_sim::SyncThreads(); }
-inline void __syncwarp(unsigned /*mask*/ = 0xffffffffU) { fedmoe::cuda_sim::SyncWarp(); }
 
 template <typename T>
 T __shfl_sync(unsigned /*mask*/, T value, int source_lane, int width = 32) {
@@ -162,33 +142,14 @@ T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int width = 32) {
   const auto w = static_cast<unsigned>(width);
   return fedmoe::cuda_sim::ShuffleFromLane(value, source / w == lane / w ? source : lane);
 }
-template <typename T>
-T __shfl_down_sync(unsigned /*mask*/, T value, unsigned delta, int width = 32) {
-  const unsigned lane = fedmoe::cuda_sim::LaneOf();
-  const auto w = static_cast<unsigned>(width);
-  const unsigned source = lane + delta;
-  return fedmoe::cuda_sim::ShuffleFromLane(value, source / w == lane / w ? source : lane);
-}
 
 // Atomics: std::atomic_ref gives the same indivisible read-modify-write across OS threads.
 template <typename T>
 T atomicAdd(T* address, T value) {
   return std::atomic_ref<T>(*address).fetch_add(value);
 }
-template <typename T>
-T atomicMax(T* address, T value) {
-  std::atomic_ref<T> target(*address);
-  T seen = target.load();
-  while (seen < value && !target.compare_exchange_weak(seen, value)) {
-  }
-  return seen;
-}
 
 inline float rsqrtf(float x) { return 1.0F / std::sqrt(x); }
-inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
-inline float __fdividef(float x, float y) { return x / y; }
-inline float __saturatef(float x) { return std::clamp(x, 0.0F, 1.0F); }
 
 // NOLINTEND(bugprone-reserved-identifier)
 
