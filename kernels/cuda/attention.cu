@@ -39,6 +39,20 @@ __device__ __forceinline__ bool Visible(const Geometry& g, int64_t query, int64_
   return key <= query && (g.window == 0 || key > query - g.window);
 }
 
+// Where head `head` of `sequence` starts in a [batch·seq_len, head_count·head_dim] tensor.
+template <int kHeadDim>
+__device__ __forceinline__ int64_t HeadStart(const Geometry& g, int64_t head_count,
+                                             int64_t sequence, int64_t head) {
+  return sequence * g.seq_len * head_count * kHeadDim + head * kHeadDim;
+}
+
+// Where (sequence, head)'s per-position values start in a [batch, heads, seq_len] array (the
+// log-sum-exp and the row terms).
+__device__ __forceinline__ int64_t RowValuesStart(const Geometry& g, int64_t sequence,
+                                                  int64_t head) {
+  return (sequence * g.heads + head) * g.seq_len;
+}
+
 // The first key any query of [first_query, ...) sees.
 __device__ __forceinline__ int64_t FirstVisibleKey(const Geometry& g, int64_t first_query) {
   if (g.window == 0) return 0;
@@ -106,9 +120,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t first_query = static_cast<int64_t>(blockIdx.x) * T::kBlockRows;
   const int64_t q_width = g.heads * kHeadDim;
   const int64_t kv_width = g.kv_heads * kHeadDim;
-  const float* q_base = q + sequence * g.seq_len * q_width + head * kHeadDim;
-  const float* k_base = k + sequence * g.seq_len * kv_width + kv_head * kHeadDim;
-  const float* v_base = v + sequence * g.seq_len * kv_width + kv_head * kHeadDim;
+  const float* q_base = q + HeadStart<kHeadDim>(g, g.heads, sequence, head);
+  const float* k_base = k + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+  const float* v_base = v + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
 
@@ -160,11 +174,11 @@ __global__ void __launch_bounds__(kThreads)
   }
   const int64_t first_row = first_query + warp * T::kRowsPerWarp;
   StoreRows<kHeadDim>(accumulator, running_sum,
-                      out + sequence * g.seq_len * q_width + head * kHeadDim, q_width, first_row,
+                      out + HeadStart<kHeadDim>(g, g.heads, sequence, head), q_width, first_row,
                       g.seq_len);
   for (int r = 0; r < T::kRowsPerWarp; ++r) {
     if (lane == 0 && first_row + r < g.seq_len) {
-      logsumexp[(sequence * g.heads + head) * g.seq_len + first_row + r] =
+      logsumexp[RowValuesStart(g, sequence, head) + first_row + r] =
           running_max[r] + logf(running_sum[r]);
     }
   }
@@ -185,7 +199,7 @@ __global__ void RowDotKernel(const float* __restrict__ out, const float* __restr
   dot = WarpSum(dot);
   const int64_t sequence = row / g.seq_len;
   const int64_t query = row % g.seq_len;
-  if (lane == 0) delta[(sequence * g.heads + head) * g.seq_len + query] = dot;
+  if (lane == 0) delta[RowValuesStart(g, sequence, head) + query] = dot;
 }
 
 // grid (key blocks, kv heads, batch). Warp w owns keys w·R .. w·R + R − 1 of the block and
@@ -208,7 +222,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t first_key = static_cast<int64_t>(blockIdx.x) * T::kBlockRows;
   const int64_t q_width = g.heads * kHeadDim;
   const int64_t kv_width = g.kv_heads * kHeadDim;
-  const int64_t kv_offset = sequence * g.seq_len * kv_width + kv_head * kHeadDim;
+  const int64_t kv_offset = HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
 
@@ -227,10 +241,10 @@ __global__ void __launch_bounds__(kThreads)
           ? g.seq_len - 1
           : (last_key + g.window - 1 < g.seq_len - 1 ? last_key + g.window - 1 : g.seq_len - 1);
   for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
-    const float* q_base = q + sequence * g.seq_len * q_width + head * kHeadDim;
-    const float* d_out_base = d_out + sequence * g.seq_len * q_width + head * kHeadDim;
-    const float* row_lse = logsumexp + (sequence * g.heads + head) * g.seq_len;
-    const float* row_delta = delta + (sequence * g.heads + head) * g.seq_len;
+    const float* q_base = q + HeadStart<kHeadDim>(g, g.heads, sequence, head);
+    const float* d_out_base = d_out + HeadStart<kHeadDim>(g, g.heads, sequence, head);
+    const float* row_lse = logsumexp + RowValuesStart(g, sequence, head);
+    const float* row_delta = delta + RowValuesStart(g, sequence, head);
     for (int64_t query_block = first_key / kLaneBlock * kLaneBlock; query_block <= last_query;
          query_block += kLaneBlock) {
       __syncthreads();
@@ -295,11 +309,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t first_query = static_cast<int64_t>(blockIdx.x) * T::kBlockRows;
   const int64_t q_width = g.heads * kHeadDim;
   const int64_t kv_width = g.kv_heads * kHeadDim;
-  const int64_t q_offset = sequence * g.seq_len * q_width + head * kHeadDim;
-  const float* k_base = k + sequence * g.seq_len * kv_width + kv_head * kHeadDim;
-  const float* v_base = v + sequence * g.seq_len * kv_width + kv_head * kHeadDim;
-  const float* row_lse = logsumexp + (sequence * g.heads + head) * g.seq_len;
-  const float* row_delta = delta + (sequence * g.heads + head) * g.seq_len;
+  const int64_t q_offset = HeadStart<kHeadDim>(g, g.heads, sequence, head);
+  const float* k_base = k + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+  const float* v_base = v + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+  const float* row_lse = logsumexp + RowValuesStart(g, sequence, head);
+  const float* row_delta = delta + RowValuesStart(g, sequence, head);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
 
