@@ -27,31 +27,6 @@ void AddInto(float* destination, const float* source, int64_t n) {
   for (int64_t i = 0; i < n; ++i) destination[i] += source[i];
 }
 
-absl::Status CheckInputs(const MoeConfig& config, std::span<const int32_t> tokens, int64_t batch,
-                         int64_t seq_len) {
-  if (batch < 1 || seq_len < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "a forward pass needs at least one token, got batch ", batch, " and seq_len ", seq_len));
-  }
-  if (static_cast<int64_t>(tokens.size()) != batch * seq_len) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("got ", tokens.size(), " tokens for batch ", batch, " × seq_len ", seq_len));
-  }
-  if (seq_len > config.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("seq_len ", seq_len,
-                                                   " is beyond max_position_embeddings ",
-                                                   config.max_position_embeddings));
-  }
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] < 0 || tokens[i] >= config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token ", tokens[i], " at position ", i,
-                                                     " is outside the vocabulary [0, ",
-                                                     config.vocab_size, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // The attention half of a layer: layer.input → layer.residual.
 void AttentionBlock(const ModelParameters& parameters, const LayerOffsets& weights,
                     const cpu::RopeTable& rope, int64_t batch, int64_t seq_len,
@@ -182,10 +157,35 @@ void MoeBlock(const ModelParameters& parameters, const LayerOffsets& weights, in
 
 }  // namespace
 
+absl::Status CheckTokens(const MoeConfig& config, std::span<const int32_t> tokens, int64_t batch,
+                         int64_t seq_len) {
+  if (batch < 1 || seq_len < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a forward pass needs at least one token, got batch ", batch, " and seq_len ", seq_len));
+  }
+  if (static_cast<int64_t>(tokens.size()) != batch * seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("got ", tokens.size(), " tokens for batch ", batch, " × seq_len ", seq_len));
+  }
+  if (seq_len > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("seq_len ", seq_len,
+                                                   " is beyond max_position_embeddings ",
+                                                   config.max_position_embeddings));
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token ", tokens[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ",
+                                                     config.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t> tokens,
                      int64_t batch, int64_t seq_len, ForwardPass& pass) {
   const MoeConfig& config = parameters.config();
-  if (absl::Status status = CheckInputs(config, tokens, batch, seq_len); !status.ok()) {
+  if (absl::Status status = CheckTokens(config, tokens, batch, seq_len); !status.ok()) {
     return status;
   }
   if (pass.matmul_precision == MatMulPrecision::kBfloat16) {

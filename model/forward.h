@@ -93,6 +93,11 @@ struct ForwardPass {
   int64_t rows() const { return batch * seq_len; }
 };
 
+// OK when `tokens` are batch × seq_len ids inside the vocabulary, with seq_len within
+// max_position_embeddings; otherwise an InvalidArgument that names the first fault.
+absl::Status CheckTokens(const MoeConfig& config, std::span<const int32_t> tokens, int64_t batch,
+                         int64_t seq_len);
+
 // Runs the model over `batch` sequences of `seq_len` tokens each (tokens is [batch, seq_len],
 // row-major), in pass.matmul_precision. InvalidArgument for a token id outside the vocabulary,
 // a length that does not match, or seq_len beyond max_position_embeddings; Unimplemented for

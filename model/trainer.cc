@@ -7,6 +7,10 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "model/training_backend.h"
+#ifdef FEDMOE_TRAIN_WITH_CUDA
+#include "model/cuda_training.h"
+#endif
 
 namespace fedmoe::model {
 namespace {
@@ -38,17 +42,16 @@ absl::Status CheckOptions(const MoeConfig& config, const TrainOptions& options) 
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters, const Tokenizer& tokenizer,
-                                      const std::filesystem::path& data_directory,
-                                      const DataOptions& data_options, int64_t max_batches) {
+// The mean cross-entropy over up to max_batches validation batches, each scored by `evaluate`.
+absl::StatusOr<double> MeanValidationLoss(
+    const std::function<absl::StatusOr<LossSum>(const Batch&)>& evaluate,
+    const Tokenizer& tokenizer, const std::filesystem::path& data_directory,
+    const DataOptions& data_options, int64_t max_batches) {
   DataOptions options = data_options;
   options.warn = nullptr;
   absl::StatusOr<std::unique_ptr<DataStream>> stream =
       DataStream::Open(data_directory, tokenizer, Split::kValidation, options);
   if (!stream.ok()) return stream.status();
-  ForwardPass pass;
   Batch batch;
   double total = 0;
   int64_t predictions = 0;
@@ -56,16 +59,47 @@ absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters, const T
     absl::StatusOr<bool> more = (*stream)->Next(batch);
     if (!more.ok()) return more.status();
     if (!*more) break;
-    if (absl::Status status = Forward(parameters, batch.tokens, batch.batch, batch.seq_len, pass);
-        !status.ok()) {
-      return status;
-    }
-    const LossSum sum = CrossEntropy(pass, batch.targets, parameters.config().vocab_size);
-    total += sum.total;
-    predictions += sum.predictions;
+    absl::StatusOr<LossSum> sum = evaluate(batch);
+    if (!sum.ok()) return sum.status();
+    total += sum->total;
+    predictions += sum->predictions;
   }
   return predictions > 0 ? total / static_cast<double>(predictions)
                          : std::numeric_limits<double>::quiet_NaN();
+}
+
+absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateBackend(ModelParameters& parameters,
+                                                               const TrainOptions& options) {
+  const BackendOptions backend_options{.trainable = options.trainable,
+                                       .adamw = options.adamw,
+                                       .matmul_precision = options.matmul_precision};
+  if (options.device == kernels::Device::kCpu) {
+    return CreateCpuTrainingBackend(parameters, backend_options);
+  }
+#ifdef FEDMOE_TRAIN_WITH_CUDA
+  return CreateCudaTrainingBackend(parameters, backend_options);
+#else
+  return absl::FailedPreconditionError(
+      "this build has no CUDA kernels (nvcc was not found when it was built); use --device cpu");
+#endif
+}
+
+}  // namespace
+
+absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters, const Tokenizer& tokenizer,
+                                      const std::filesystem::path& data_directory,
+                                      const DataOptions& data_options, int64_t max_batches) {
+  ForwardPass pass;
+  return MeanValidationLoss(
+      [&](const Batch& batch) -> absl::StatusOr<LossSum> {
+        if (absl::Status status =
+                Forward(parameters, batch.tokens, batch.batch, batch.seq_len, pass);
+            !status.ok()) {
+          return status;
+        }
+        return CrossEntropy(pass, batch.targets, parameters.config().vocab_size);
+      },
+      tokenizer, data_directory, data_options, max_batches);
 }
 
 absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& tokenizer,
@@ -91,17 +125,11 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
       options.balance_coefficient >= 0 ? options.balance_coefficient : config.router_aux_loss_coef;
   loss_options.step_share = 1.0 / static_cast<double>(options.gradient_accumulation);
 
-  AdamW optimizer(parameters.layout(), options.trainable, options.adamw);
-  AlignedFloats gradients(parameters.values().size());
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> backend = CreateBackend(parameters, options);
+  if (!backend.ok()) return backend.status();
   std::vector<Batch> micro_batches(static_cast<size_t>(options.gradient_accumulation));
-  ForwardPass pass;
-  pass.matmul_precision = options.matmul_precision;
-  BackwardScratch scratch;
   std::deque<double> recent_losses;
   TrainResult result;
-  result.expert_slots.assign(
-      static_cast<size_t>(config.num_hidden_layers),
-      std::vector<int64_t>(static_cast<size_t>(config.num_local_experts), 0));
   const Clock::time_point start = Clock::now();
   // Throughput counts training only, not the periodic validation passes.
   double validation_seconds = 0;
@@ -116,29 +144,17 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
       result.tokens += batch.batch * batch.seq_len;
     }
     loss_options.predictions_in_step = static_cast<double>(std::max<int64_t>(predictions, 1));
-    std::fill(gradients.begin(), gradients.end(), 0.0f);
     LossBreakdown step_loss;
     for (const Batch& batch : micro_batches) {
-      if (absl::Status status = Forward(parameters, batch.tokens, batch.batch, batch.seq_len, pass);
-          !status.ok()) {
-        return status;
-      }
-      for (size_t layer = 0; layer < pass.layers.size(); ++layer) {
-        const std::vector<int64_t>& offsets = pass.layers[layer].permutation.offsets;
-        for (size_t expert = 0; expert + 1 < offsets.size(); ++expert) {
-          result.expert_slots[layer][expert] += offsets[expert + 1] - offsets[expert];
-        }
-      }
-      absl::StatusOr<LossBreakdown> loss = Backward(
-          parameters, pass, batch.targets, options.trainable, loss_options, gradients, scratch);
+      absl::StatusOr<LossBreakdown> loss = (*backend)->AccumulateGradients(batch, loss_options);
       if (!loss.ok()) return loss.status();
       step_loss.cross_entropy += loss->cross_entropy;
       step_loss.balance_per_layer += loss->balance_per_layer * loss_options.step_share;
     }
-    const double norm = GradientNorm(parameters.layout(), options.trainable, gradients);
     const double lr = LearningRate(step, options.steps, warmup, options.learning_rate,
                                    options.schedule, options.min_learning_rate_ratio);
-    optimizer.Step(parameters.values(), gradients, lr, ClipScale(norm, options.max_gradient_norm));
+    absl::StatusOr<double> norm = (*backend)->ApplyGradients(lr, options.max_gradient_norm);
+    if (!norm.ok()) return norm.status();
 
     recent_losses.push_back(step_loss.cross_entropy);
     if (recent_losses.size() > 10) recent_losses.pop_front();
@@ -150,7 +166,7 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
                      .loss = step_loss.cross_entropy,
                      .balance = step_loss.balance_per_layer,
                      .learning_rate = lr,
-                     .gradient_norm = norm,
+                     .gradient_norm = *norm,
                      .tokens_per_second = static_cast<double>(result.tokens) / elapsed,
                      .elapsed_seconds = elapsed});
     }
@@ -158,13 +174,18 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
     if (last || (options.eval_every > 0 && (step + 1) % options.eval_every == 0)) {
       const Clock::time_point validation_start = Clock::now();
       absl::StatusOr<double> val =
-          ValidationLoss(parameters, tokenizer, data_directory, data_options, options.eval_batches);
+          MeanValidationLoss([&](const Batch& batch) { return (*backend)->Evaluate(batch); },
+                             tokenizer, data_directory, data_options, options.eval_batches);
       validation_seconds += SecondsSince(validation_start);
       if (!val.ok()) return val.status();
       result.val_loss = *val;
       if (callbacks.on_validation) callbacks.on_validation(step + 1, *val);
     }
   }
+  if (absl::Status status = (*backend)->CopyParametersTo(parameters); !status.ok()) return status;
+  absl::StatusOr<std::vector<std::vector<int64_t>>> slots = (*backend)->ExpertSlots();
+  if (!slots.ok()) return slots.status();
+  result.expert_slots = std::move(*slots);
   result.steps = options.steps;
   result.train_loss = std::accumulate(recent_losses.begin(), recent_losses.end(), 0.0) /
                       static_cast<double>(recent_losses.size());

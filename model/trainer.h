@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "kernels/device.h"
 #include "model/backward.h"
 #include "model/data.h"
 #include "model/optimizer.h"
@@ -36,6 +37,9 @@ struct TrainOptions {
   // Of the weight products while training; validation always runs in fp32, so that its loss
   // means the same on every machine.
   MatMulPrecision matmul_precision = MatMulPrecision::kFloat32;
+  // Where the steps run (training_backend.h). kCuda needs a library built with nvcc
+  // (fedmoe_train links the CUDA backend then) and a GPU.
+  kernels::Device device = kernels::Device::kCpu;
   uint64_t seed = 0;
   // Validation every this many steps (0: only at the end), over at most this many batches.
   int64_t eval_every = 50;

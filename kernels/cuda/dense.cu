@@ -171,6 +171,24 @@ __global__ void AddIntoKernel(float* __restrict__ destination, const float* __re
   }
 }
 
+// One thread per column, walking the rows in order: the same sum as a serial loop, in double.
+__global__ void SumColumnsKernel(const float* __restrict__ values, int64_t rows, int64_t width,
+                                 double* __restrict__ sums) {
+  const int64_t column = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (column >= width) return;
+  double sum = 0.0;
+  for (int64_t row = 0; row < rows; ++row) sum += static_cast<double>(values[row * width + column]);
+  sums[column] = sum;
+}
+
+__global__ void BroadcastRowKernel(const float* __restrict__ row_values, float* __restrict__ out,
+                                   int64_t n, int64_t width) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    out[i] = row_values[i % width];
+  }
+}
+
 LaunchShape PerRow(int64_t rows) { return {dim3(static_cast<unsigned>(rows)), dim3(kRowThreads)}; }
 LaunchShape PerElement(int64_t n) { return {BlocksFor(n, kElementThreads), dim3(kElementThreads)}; }
 
@@ -256,6 +274,19 @@ absl::Status RoundToBf16(const float* in, DeviceBf16* out, int64_t n) {
 absl::Status AddInto(float* destination, const float* source, int64_t n) {
   if (n == 0) return absl::OkStatus();
   return Launch("add", AddIntoKernel, PerElement(n), destination, source, n);
+}
+
+absl::Status SumColumns(const float* values, int64_t rows, int64_t width, double* sums) {
+  if (width == 0) return absl::OkStatus();
+  return Launch("sum columns", SumColumnsKernel,
+                {BlocksFor(width, kElementThreads), dim3(kElementThreads)}, values, rows, width,
+                sums);
+}
+
+absl::Status BroadcastRow(const float* row_values, float* out, int64_t rows, int64_t width) {
+  if (rows * width == 0) return absl::OkStatus();
+  return Launch("broadcast row", BroadcastRowKernel, PerElement(rows * width), row_values, out,
+                rows * width, width);
 }
 
 }  // namespace fedmoe::kernels::cuda

@@ -40,6 +40,15 @@ absl::Status CopyDeviceToHost(void* host_destination, const void* device_source,
                   "copy to host");
 }
 
+absl::Status CopyDeviceToDevice(void* device_destination, const void* device_source, size_t bytes) {
+  return FromCuda(cudaMemcpy(device_destination, device_source, bytes, cudaMemcpyDeviceToDevice),
+                  "copy on device");
+}
+
+absl::Status ZeroDeviceBytes(void* device_destination, size_t bytes) {
+  return FromCuda(cudaMemset(device_destination, 0, bytes), "zeroing device memory");
+}
+
 absl::Status Synchronize() { return FromCuda(cudaDeviceSynchronize(), "device synchronize"); }
 
 }  // namespace fedmoe::kernels::cuda

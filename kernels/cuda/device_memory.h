@@ -18,6 +18,8 @@ absl::StatusOr<void*> AllocateDeviceBytes(size_t bytes);
 void FreeDeviceBytes(void* device_pointer);
 absl::Status CopyHostToDevice(void* device_destination, const void* host_source, size_t bytes);
 absl::Status CopyDeviceToHost(void* host_destination, const void* device_source, size_t bytes);
+absl::Status CopyDeviceToDevice(void* device_destination, const void* device_source, size_t bytes);
+absl::Status ZeroDeviceBytes(void* device_destination, size_t bytes);
 // Waits for the device's queued work and reports an error raised by any of it.
 absl::Status Synchronize();
 
@@ -59,6 +61,7 @@ class DeviceArray {
     if (host.size() != size_) return SizeMismatch(host.size());
     return CopyDeviceToHost(host.data(), data_, size_ * sizeof(T));
   }
+  absl::Status Zero() { return ZeroDeviceBytes(data_, size_ * sizeof(T)); }
 
  private:
   DeviceArray(T* data, size_t size) : data_(data), size_(size) {}

@@ -1,11 +1,14 @@
 // The simulator's runtime (see include/cuda_runtime.h).
-#include <barrier>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -38,7 +41,41 @@ cudaError_t Record(cudaError_t error) {
   std::abort();
 }
 
-// One launch: its blocks run one after another on block_dimension OS threads.
+// Each simulated GPU thread is a fiber (ucontext) with its own stack, all on the launching
+// OS thread: a block's threads run one at a time, each until it waits at a barrier or returns,
+// and a barrier opens once every thread of its block (or warp) that has not returned waits at
+// it, as an exited GPU thread no longer counts. Fibers cost a context switch where OS threads
+// cost a scheduler round trip per thread per barrier: a training step's few thousand blocks
+// went from seconds to milliseconds. Threads that wait at different barriers (a
+// __syncthreads inside divergent code) abort the run, as the GPU would hang or misbehave.
+
+// Fiber stacks, kept across launches (one launch at a time, see LaunchMutex): mapped on demand,
+// with a guard page below each, so an overflow faults instead of corrupting a neighbour.
+class FiberStacks {
+ public:
+  static constexpr size_t kStackBytes = size_t{256} << 10;
+
+  void* Stack(unsigned index) {
+    while (stacks_.size() <= index) {
+      const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+      void* region = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (region == MAP_FAILED) Fail("cannot map a fiber stack");
+      if (mprotect(region, page, PROT_NONE) != 0) Fail("cannot protect a fiber stack's guard");
+      stacks_.push_back(static_cast<char*>(region) + page);
+    }
+    return stacks_[index];
+  }
+
+ private:
+  std::vector<void*> stacks_;
+};
+
+FiberStacks& Stacks() {
+  static auto* stacks = new FiberStacks();
+  return *stacks;
+}
+
 class GridRun {
  public:
   GridRun(dim3 grid, dim3 block)
@@ -47,22 +84,26 @@ class GridRun {
         threads_(block.x * block.y * block.z),
         blocks_(uint64_t{grid.x} * grid.y * grid.z),
         exchange_(threads_),
-        between_blocks_(static_cast<std::ptrdiff_t>(threads_), NextBlock{this}) {
-    ResetBlock();
-  }
+        fibers_(threads_) {}
 
   void Run(const std::function<void()>& body) {
-    std::vector<std::thread> workers;
-    workers.reserve(threads_);
-    for (unsigned t = 0; t < threads_; ++t)
-      workers.emplace_back([this, t, &body] { Work(t, body); });
-    for (std::thread& worker : workers) worker.join();
+    body_ = &body;
+    current_ = this;
+    block_dimension = block_;
+    grid_dimension = grid_;
+    for (uint64_t b = 0; b < blocks_; ++b) {
+      block_index =
+          dim3(static_cast<unsigned>(b % grid_.x), static_cast<unsigned>((b / grid_.x) % grid_.y),
+               static_cast<unsigned>(b / (uint64_t{grid_.x} * grid_.y)));
+      RunBlock();
+    }
+    current_ = nullptr;
   }
 
-  void SyncThreads() { block_barrier_->arrive_and_wait(); }
-  void SyncWarp() { WarpBarrier().arrive_and_wait(); }
+  void SyncThreads() { Wait(State::kAtBlockBarrier); }
+  void SyncWarp() { Wait(State::kAtWarpBarrier); }
   uint64_t Exchange(uint64_t value, unsigned source_lane) {
-    const unsigned self = current_thread_;
+    const unsigned self = running_;
     const unsigned base = self - self % kWarpSize;
     exchange_[self] = value;
     SyncWarp();
@@ -73,58 +114,106 @@ class GridRun {
   }
 
   static thread_local GridRun* current_;
-  static thread_local unsigned current_thread_;
 
  private:
-  struct NextBlock {
-    GridRun* run;
-    void operator()() noexcept { run->ResetBlock(); }
+  enum class State { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kDone };
+  struct Fiber {
+    ucontext_t context;
+    State state = State::kRunnable;
   };
 
-  std::barrier<>& WarpBarrier() { return *warp_barriers_[current_thread_ / kWarpSize]; }
-
-  // Runs between blocks, while every thread waits: fresh barriers for the next block's
-  // threads, and shared memory that reads as NaN until written.
-  void ResetBlock() {
-    block_barrier_ = std::make_unique<std::barrier<>>(static_cast<std::ptrdiff_t>(threads_));
-    warp_barriers_.clear();
-    for (unsigned first = 0; first < threads_; first += kWarpSize) {
-      warp_barriers_.push_back(std::make_unique<std::barrier<>>(
-          static_cast<std::ptrdiff_t>(std::min(kWarpSize, threads_ - first))));
+  void RunBlock() {
+    for (unsigned t = 0; t < threads_; ++t) PrepareFiber(t);
+    // Odd blocks run their threads in reverse order: a missing barrier between a write and
+    // another thread's read then shows up whichever of the two comes first in the block.
+    const bool reverse = (block_index.x + block_index.y + block_index.z) % 2 == 1;
+    for (;;) {
+      bool ran = false;
+      for (unsigned i = 0; i < threads_; ++i) {
+        const unsigned t = reverse ? threads_ - 1 - i : i;
+        if (fibers_[t].state != State::kRunnable) continue;
+        Resume(t);
+        ran = true;
+      }
+      const bool released = ReleaseBarriers();
+      if (std::all_of(fibers_.begin(), fibers_.end(),
+                      [](const Fiber& fiber) { return fiber.state == State::kDone; })) {
+        return;
+      }
+      if (!ran && !released) Fail("a block's threads wait at different barriers (deadlock)");
     }
   }
 
-  void Work(unsigned t, const std::function<void()>& body) {
-    current_ = this;
-    current_thread_ = t;
-    thread_index = dim3(t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y));
-    block_dimension = block_;
-    grid_dimension = grid_;
-    for (uint64_t b = 0; b < blocks_; ++b) {
-      block_index =
-          dim3(static_cast<unsigned>(b % grid_.x), static_cast<unsigned>((b / grid_.x) % grid_.y),
-               static_cast<unsigned>(b / (uint64_t{grid_.x} * grid_.y)));
-      body();
-      // A finished thread leaves its block's barriers, as an exited GPU thread does.
-      block_barrier_->arrive_and_drop();
-      WarpBarrier().arrive_and_drop();
-      between_blocks_.arrive_and_wait();
+  // Apart from RunBlock's loop: getcontext returns twice, which a caller's locals may not
+  // survive.
+  void PrepareFiber(unsigned t) {
+    Fiber& fiber = fibers_[t];
+    fiber.state = State::kRunnable;
+    if (getcontext(&fiber.context) != 0) Fail("getcontext failed");
+    fiber.context.uc_stack.ss_sp = Stacks().Stack(t);
+    fiber.context.uc_stack.ss_size = FiberStacks::kStackBytes;
+    fiber.context.uc_link = &scheduler_;
+    makecontext(&fiber.context, &GridRun::FiberMain, 0);
+  }
+
+  // Opens the block barrier when every live thread waits at it, and each warp's when every
+  // live thread of that warp does. Returns whether any thread became runnable.
+  bool ReleaseBarriers() {
+    bool released = false;
+    const auto release_where = [&](unsigned first, unsigned end, State barrier) {
+      bool any_waiting = false;
+      for (unsigned t = first; t < end; ++t) {
+        const State state = fibers_[t].state;
+        if (state == barrier) {
+          any_waiting = true;
+        } else if (state != State::kDone) {
+          return;
+        }
+      }
+      if (!any_waiting) return;
+      for (unsigned t = first; t < end; ++t) {
+        if (fibers_[t].state == barrier) fibers_[t].state = State::kRunnable;
+      }
+      released = true;
+    };
+    release_where(0, threads_, State::kAtBlockBarrier);
+    for (unsigned first = 0; first < threads_; first += kWarpSize) {
+      release_where(first, std::min(threads_, first + kWarpSize), State::kAtWarpBarrier);
     }
-    current_ = nullptr;
+    return released;
+  }
+
+  void Resume(unsigned t) {
+    running_ = t;
+    thread_index = dim3(t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y));
+    if (swapcontext(&scheduler_, &fibers_[t].context) != 0) Fail("swapcontext failed");
+  }
+
+  void Wait(State barrier) {
+    Fiber& fiber = fibers_[running_];
+    fiber.state = barrier;
+    if (swapcontext(&fiber.context, &scheduler_) != 0) Fail("swapcontext failed");
+  }
+
+  static void FiberMain() {
+    GridRun* run = current_;
+    (*run->body_)();
+    // Returning resumes uc_link, the scheduler.
+    run->fibers_[run->running_].state = State::kDone;
   }
 
   dim3 grid_;
   dim3 block_;
   unsigned threads_;
   uint64_t blocks_;
+  const std::function<void()>* body_ = nullptr;
   std::vector<uint64_t> exchange_;
-  std::unique_ptr<std::barrier<>> block_barrier_;
-  std::vector<std::unique_ptr<std::barrier<>>> warp_barriers_;
-  std::barrier<NextBlock> between_blocks_;
+  std::vector<Fiber> fibers_;
+  ucontext_t scheduler_{};
+  unsigned running_ = 0;
 };
 
 thread_local GridRun* GridRun::current_ = nullptr;
-thread_local unsigned GridRun::current_thread_ = 0;
 
 GridRun& Current(const char* what) {
   if (GridRun::current_ == nullptr) Fail(what);

@@ -3,10 +3,13 @@
 // kernels/cuda/*.cu compile against these headers as plain C++ when FEDMOE_CUDA_SIM is defined.
 //
 // What it models, and how:
-// - A launch runs its blocks one after another. A block's threads are OS threads, so a kernel
-//   that forgets a __syncthreads() races for real (and ThreadSanitizer can see it).
+// - A launch runs its blocks one after another. A block's threads are fibers on the launching
+//   thread, each run until it waits at a barrier or returns; odd blocks start from the last
+//   thread, so a kernel that forgets a __syncthreads() reads a value before it is written in
+//   one block or the other.
 // - __syncthreads() and the warp primitives are real barriers. A thread that returns leaves
-//   them, as an exited GPU thread does, so its block's barriers wait only for the others.
+//   them, as an exited GPU thread does, so its block's barriers wait only for the others;
+//   threads that wait at different barriers abort the run.
 // - __shared__ is `static`: one copy shared by the block's threads, reused by the next block.
 // - Device memory is host memory; copies are memcpy, done before the call returns.
 // It does not model the memory model's weaker orderings, timing, or occupancy: it checks a

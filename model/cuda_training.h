@@ -1,0 +1,33 @@
+// Local training on one GPU: the CUDA twin of the CPU backend, on kernels/cuda. The whole
+// replica lives on the device: fp32 master weights, their bf16 working copy (bf16 products),
+// the gradient, AdamW's moments, every activation the backward pass reads, and the routing
+// histogram. A step crosses to the host only for what it reports (the losses, the gradient
+// norm) and for each layer's per-expert token counts, which size the grouped expert products.
+//
+// Same arithmetic as forward.h and backward.h, in the same precisions: with bf16 products the
+// experts and the attention projections multiply bf16 operands with fp32 accumulation; the
+// router, the output head, attention scores, norms and the loss stay fp32. Attention is fused
+// (kernels/cuda/attention.h): it keeps each row's log-sum-exp, not the probabilities.
+//
+// Built twice from one source: against the CUDA kernels (fedmoe_model_cuda, with nvcc) and
+// against the CPU simulator of CUDA (fedmoe_model_cuda_sim), where its tests run without a GPU.
+#ifndef FEDMOE_MODEL_CUDA_TRAINING_H_
+#define FEDMOE_MODEL_CUDA_TRAINING_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "model/training_backend.h"
+
+namespace fedmoe::model {
+
+// Uploads `parameters` and allocates the optimizer state on the current device. The caller's
+// parameters are not touched until CopyParametersTo. InvalidArgument for a model the kernels
+// do not take (head_dim other than 16, 32, 64 or 128; more than kMaxExperts experts);
+// ResourceExhausted when the device runs out of memory.
+absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
+    const ModelParameters& parameters, const BackendOptions& options);
+
+}  // namespace fedmoe::model
+
+#endif  // FEDMOE_MODEL_CUDA_TRAINING_H_

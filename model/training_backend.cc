@@ -1,0 +1,101 @@
+#include "model/training_backend.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/bf16.h"
+
+namespace fedmoe::model {
+namespace {
+
+class CpuTrainingBackend : public TrainingBackend {
+ public:
+  CpuTrainingBackend(ModelParameters& parameters, const BackendOptions& options)
+      : parameters_(parameters),
+        options_(options),
+        optimizer_(parameters.layout(), options.trainable, options.adamw),
+        gradients_(parameters.values().size(), 0.0F),
+        expert_slots_(
+            static_cast<size_t>(parameters.config().num_hidden_layers),
+            std::vector<int64_t>(static_cast<size_t>(parameters.config().num_local_experts), 0)) {
+    training_pass_.matmul_precision = options.matmul_precision;
+  }
+
+  absl::StatusOr<LossBreakdown> AccumulateGradients(const Batch& batch,
+                                                    const BackwardOptions& options) override {
+    if (absl::Status status =
+            Forward(parameters_, batch.tokens, batch.batch, batch.seq_len, training_pass_);
+        !status.ok()) {
+      return status;
+    }
+    for (size_t layer = 0; layer < training_pass_.layers.size(); ++layer) {
+      const std::vector<int64_t>& offsets = training_pass_.layers[layer].permutation.offsets;
+      for (size_t expert = 0; expert + 1 < offsets.size(); ++expert) {
+        expert_slots_[layer][expert] += offsets[expert + 1] - offsets[expert];
+      }
+    }
+    return Backward(parameters_, training_pass_, batch.targets, options_.trainable, options,
+                    gradients_, scratch_);
+  }
+
+  absl::StatusOr<double> ApplyGradients(double learning_rate, double max_norm) override {
+    const double norm = GradientNorm(parameters_.layout(), options_.trainable, gradients_);
+    optimizer_.Step(parameters_.values(), gradients_, learning_rate, ClipScale(norm, max_norm));
+    std::fill(gradients_.begin(), gradients_.end(), 0.0F);
+    return norm;
+  }
+
+  absl::StatusOr<LossSum> Evaluate(const Batch& batch) override {
+    if (absl::Status status =
+            Forward(parameters_, batch.tokens, batch.batch, batch.seq_len, evaluation_pass_);
+        !status.ok()) {
+      return status;
+    }
+    return CrossEntropy(evaluation_pass_, batch.targets, parameters_.config().vocab_size);
+  }
+
+  absl::StatusOr<std::vector<std::vector<int64_t>>> ExpertSlots() override { return expert_slots_; }
+
+  absl::Status CopyGradientsTo(std::span<float> gradients) override {
+    if (gradients.size() != gradients_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("a gradient buffer of ", gradients.size(),
+                                                     " values for a model of ", gradients_.size()));
+    }
+    std::copy(gradients_.begin(), gradients_.end(), gradients.begin());
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyParametersTo(ModelParameters& parameters) override {
+    if (&parameters == &parameters_) return absl::OkStatus();
+    if (parameters.values().size() != parameters_.values().size()) {
+      return absl::InvalidArgumentError("the parameters' config differs from the trained model's");
+    }
+    std::copy(parameters_.values().begin(), parameters_.values().end(),
+              parameters.values().begin());
+    return absl::OkStatus();
+  }
+
+ private:
+  ModelParameters& parameters_;
+  BackendOptions options_;
+  AdamW optimizer_;
+  AlignedFloats gradients_;
+  std::vector<std::vector<int64_t>> expert_slots_;
+  ForwardPass training_pass_;
+  // fp32 whatever the training precision, and kept apart so that validation does not resize
+  // the training pass's buffers.
+  ForwardPass evaluation_pass_;
+  BackwardScratch scratch_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCpuTrainingBackend(
+    ModelParameters& parameters, const BackendOptions& options) {
+  if (options.matmul_precision == MatMulPrecision::kBfloat16) {
+    if (absl::Status status = kernels::cpu::CheckBf16MatMul(); !status.ok()) return status;
+  }
+  return std::make_unique<CpuTrainingBackend>(parameters, options);
+}
+
+}  // namespace fedmoe::model

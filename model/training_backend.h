@@ -1,0 +1,65 @@
+// Where local training computes: the steps of model/trainer.h's loop (a micro-batch's gradient,
+// the optimizer step, a validation batch's loss) behind one interface, with a CPU twin (this
+// file, on the kernels/cpu path of forward.h and backward.h) and a CUDA twin
+// (model/cuda_training.h). The loop itself (data, schedule, reporting) is the same for both.
+#ifndef FEDMOE_MODEL_TRAINING_BACKEND_H_
+#define FEDMOE_MODEL_TRAINING_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/backward.h"
+#include "model/data.h"
+#include "model/forward.h"
+#include "model/optimizer.h"
+#include "model/parameters.h"
+
+namespace fedmoe::model {
+
+// What a backend trains and how.
+struct BackendOptions {
+  TrainableSet trainable;
+  AdamWOptions adamw;
+  // Of the weight products while training (forward.h); evaluation is always fp32.
+  MatMulPrecision matmul_precision = MatMulPrecision::kFloat32;
+};
+
+class TrainingBackend {
+ public:
+  virtual ~TrainingBackend() = default;
+
+  // Forward and backward over one micro-batch, adding its gradient into the step's, and its
+  // routed token slots into the routing histogram. Returns its loss (backward.h's breakdown).
+  virtual absl::StatusOr<LossBreakdown> AccumulateGradients(const Batch& batch,
+                                                            const BackwardOptions& options) = 0;
+
+  // Clips the step's gradient to max_norm (≤ 0: no clipping), takes one AdamW step at
+  // `learning_rate` and zeroes the gradient for the next step. Returns the norm before clipping.
+  virtual absl::StatusOr<double> ApplyGradients(double learning_rate, double max_norm) = 0;
+
+  // The summed next-token cross-entropy of a batch under the current parameters, in fp32.
+  virtual absl::StatusOr<LossSum> Evaluate(const Batch& batch) = 0;
+
+  // Routed token slots per [layer][expert] over every AccumulateGradients so far.
+  virtual absl::StatusOr<std::vector<std::vector<int64_t>>> ExpertSlots() = 0;
+
+  // The step's gradient so far, in the parameters' layout (zero outside the trainable set):
+  // for tests that compare backends, and for debugging.
+  virtual absl::Status CopyGradientsTo(std::span<float> gradients) = 0;
+
+  // Writes the trained parameters into `parameters` (same config). A backend that trains a
+  // copy elsewhere (a GPU) copies it back; the CPU one trains the caller's parameters in place.
+  virtual absl::Status CopyParametersTo(ModelParameters& parameters) = 0;
+};
+
+// Trains `parameters` in place on the CPU; they must outlive the backend. Unimplemented for
+// bf16 products on a CPU without them (forward.h).
+absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCpuTrainingBackend(
+    ModelParameters& parameters, const BackendOptions& options);
+
+}  // namespace fedmoe::model
+
+#endif  // FEDMOE_MODEL_TRAINING_BACKEND_H_

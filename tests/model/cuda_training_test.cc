@@ -1,0 +1,291 @@
+// The CUDA training backend against the CPU one: the same micro-batch's loss and every
+// gradient, the optimizer step, the routing histogram and evaluation, in fp32 and in bf16
+// products; then the whole training loop (trainer.h) on both devices.
+//
+// Built twice: cuda_training_sim_test runs the CUDA backend on the CPU simulator of CUDA
+// (always), cuda_training_test on a GPU (skipping itself without one).
+#include "model/cuda_training.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/bf16.h"
+#include "model/init.h"
+#include "model/tokenizer.h"
+#include "model/trainer.h"
+#include "tests/kernels/cuda_test_support.h"
+
+namespace fedmoe::model {
+namespace {
+
+// Small enough for the simulator, with every feature the step has: grouped KV heads, shared
+// experts, a sliding window shorter than the sequence, tied embeddings off.
+MoeConfig SmallConfig() {
+  MoeConfig config;
+  config.vocab_size = 96;
+  config.hidden_size = 64;
+  config.intermediate_size = 48;
+  config.num_hidden_layers = 2;
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = 2;
+  config.head_dim = 16;
+  config.num_local_experts = 6;
+  config.num_experts_per_tok = 2;
+  config.n_shared_experts = 1;
+  config.shared_expert_intermediate_size = 32;
+  config.sliding_window = 9;
+  config.max_position_embeddings = 64;
+  config.eos_token_id = 95;
+  return config;
+}
+
+Batch RandomBatch(const MoeConfig& config, int64_t batch, int64_t seq_len, uint32_t seed) {
+  std::mt19937 generator(seed);
+  Batch result;
+  result.batch = batch;
+  result.seq_len = seq_len;
+  for (int64_t i = 0; i < batch * seq_len; ++i) {
+    result.tokens.push_back(static_cast<int32_t>(generator() % config.vocab_size));
+  }
+  result.targets = NextTokenTargets(result.tokens, batch, seq_len);
+  result.predictions = batch * (seq_len - 1);
+  return result;
+}
+
+BackwardOptions LossOptions(const Batch& batch) {
+  return {.balance_coefficient = 0.05,
+          .predictions_in_step = static_cast<double>(batch.predictions),
+          .step_share = 1.0};
+}
+
+// Every tensor's values within tolerance × the tensor's largest magnitude (gradients of
+// different tensors differ by orders of magnitude, so a tolerance relative to each is fair to
+// the small ones).
+void ExpectTensorsNear(const ModelLayout& layout, const std::vector<float>& actual,
+                       const std::vector<float>& expected, double tolerance,
+                       const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size());
+  for (const TensorSpec& spec : layout.tensors()) {
+    double scale = 0;
+    for (int64_t i = 0; i < spec.size; ++i) {
+      scale = std::max(scale, std::abs(double{expected[static_cast<size_t>(spec.offset + i)]}));
+    }
+    for (int64_t i = 0; i < spec.size; ++i) {
+      const auto at = static_cast<size_t>(spec.offset + i);
+      ASSERT_NEAR(actual[at], expected[at], tolerance * scale + 1e-12)
+          << what << " of " << spec.name << " at " << i << " (tensor scale " << scale << ")";
+    }
+  }
+}
+
+struct Case {
+  MatMulPrecision precision;
+  TrainableSet trainable;
+  const char* name;
+};
+
+// The first step starts from identical parameters: fp32 products agree with the CPU to float
+// rounding, bf16 ones to the rounding of operands that are each rounded the same way on both
+// sides but summed in a different order. The second starts from parameters that already differ
+// a little: AdamW moves each value by about the learning rate whatever the size of its
+// gradient, so a near-zero gradient's rounding noise becomes a visible difference.
+double Tolerance(MatMulPrecision precision, int step) {
+  if (precision == MatMulPrecision::kFloat32) return step == 0 ? 1e-5 : 1e-3;
+  return step == 0 ? 3e-3 : 2e-2;
+}
+
+constexpr double kLearningRate = 1e-2;
+constexpr double kMaxNorm = 0.25;
+
+class CudaTrainingTest : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    FEDMOE_REQUIRE_CUDA();
+    if (GetParam().precision == MatMulPrecision::kBfloat16) {
+      // The CPU reference needs oneDNN's bf16 product; the GPU side does not.
+      if (absl::Status status = kernels::cpu::CheckBf16MatMul(); !status.ok()) {
+        GTEST_SKIP() << "no CPU reference for bf16 here: " << status.message();
+      }
+    }
+  }
+
+  BackendOptions Options() const {
+    return {
+        .trainable = GetParam().trainable, .adamw = {}, .matmul_precision = GetParam().precision};
+  }
+};
+
+TEST_P(CudaTrainingTest, TwoStepsMatchTheCpuBackend) {
+  const MoeConfig config = SmallConfig();
+  ModelParameters cpu_parameters = InitializeModel(config, 7);
+  const ModelParameters initial = cpu_parameters;
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> cpu =
+      CreateCpuTrainingBackend(cpu_parameters, Options());
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu =
+      CreateCudaTrainingBackend(initial, Options());
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const auto size = static_cast<size_t>(initial.layout().total_size());
+
+  for (int step = 0; step < 2; ++step) {
+    SCOPED_TRACE(::testing::Message() << "step " << step);
+    const double tolerance = Tolerance(GetParam().precision, step);
+    const Batch batch = RandomBatch(config, 2, 13, 100 + step);
+    absl::StatusOr<LossBreakdown> cpu_loss = (*cpu)->AccumulateGradients(batch, LossOptions(batch));
+    absl::StatusOr<LossBreakdown> gpu_loss = (*gpu)->AccumulateGradients(batch, LossOptions(batch));
+    ASSERT_TRUE(cpu_loss.ok()) << cpu_loss.status();
+    ASSERT_TRUE(gpu_loss.ok()) << gpu_loss.status();
+    EXPECT_NEAR(gpu_loss->cross_entropy, cpu_loss->cross_entropy, 1e-2 * tolerance);
+    EXPECT_NEAR(gpu_loss->balance_per_layer, cpu_loss->balance_per_layer, 1e-5);
+    EXPECT_NEAR(gpu_loss->balance, cpu_loss->balance, 1e-6);
+    EXPECT_EQ(gpu_loss->predictions, cpu_loss->predictions);
+
+    std::vector<float> cpu_gradients(size), gpu_gradients(size);
+    ASSERT_TRUE((*cpu)->CopyGradientsTo(cpu_gradients).ok());
+    ASSERT_TRUE((*gpu)->CopyGradientsTo(gpu_gradients).ok());
+    ExpectTensorsNear(initial.layout(), gpu_gradients, cpu_gradients, tolerance, "gradient");
+    // Not a vacuous comparison: the trained tensors have gradients, the frozen ones none.
+    for (const TensorSpec& spec : initial.layout().tensors()) {
+      const auto first = cpu_gradients.begin() + spec.offset;
+      const bool any = std::any_of(first, first + spec.size, [](float g) { return g != 0; });
+      if (!GetParam().trainable.Includes(spec.role)) {
+        EXPECT_FALSE(any) << spec.name << " is frozen but has a gradient";
+      }
+    }
+
+    absl::StatusOr<double> cpu_norm = (*cpu)->ApplyGradients(kLearningRate, kMaxNorm);
+    absl::StatusOr<double> gpu_norm = (*gpu)->ApplyGradients(kLearningRate, kMaxNorm);
+    ASSERT_TRUE(cpu_norm.ok() && gpu_norm.ok());
+    EXPECT_GT(*cpu_norm, kMaxNorm) << "the test should exercise clipping";
+    EXPECT_NEAR(*gpu_norm, *cpu_norm, tolerance * *cpu_norm);
+    ASSERT_TRUE((*gpu)->CopyGradientsTo(gpu_gradients).ok());
+    EXPECT_TRUE(std::all_of(gpu_gradients.begin(), gpu_gradients.end(), [](float g) {
+      return g == 0;
+    })) << "a step leaves a zero gradient for the next one";
+  }
+
+  ModelParameters gpu_parameters(config);
+  ASSERT_TRUE((*gpu)->CopyParametersTo(gpu_parameters).ok());
+  std::vector<float> expected(cpu_parameters.values().begin(), cpu_parameters.values().end());
+  std::vector<float> actual(gpu_parameters.values().begin(), gpu_parameters.values().end());
+  // Each value moved by about the learning rate per step; all but a few (the near-zero
+  // gradients, see Tolerance) moved the same on both devices.
+  int64_t apart = 0;
+  for (size_t i = 0; i < size; ++i) {
+    ASSERT_NEAR(actual[i], expected[i], 2 * 2 * kLearningRate) << "parameter " << i;
+    apart += std::abs(actual[i] - expected[i]) > 0.02 * kLearningRate ? 1 : 0;
+  }
+  EXPECT_LT(static_cast<double>(apart), 0.002 * static_cast<double>(size));
+  int64_t moved = 0;
+  for (size_t i = 0; i < size; ++i) moved += actual[i] != initial.values()[i] ? 1 : 0;
+  EXPECT_GT(moved, 0);
+
+  absl::StatusOr<std::vector<std::vector<int64_t>>> cpu_slots = (*cpu)->ExpertSlots();
+  absl::StatusOr<std::vector<std::vector<int64_t>>> gpu_slots = (*gpu)->ExpertSlots();
+  ASSERT_TRUE(cpu_slots.ok() && gpu_slots.ok());
+  EXPECT_EQ(*gpu_slots, *cpu_slots);
+  int64_t routed = 0;
+  for (const int64_t count : gpu_slots->front()) routed += count;
+  EXPECT_EQ(routed, 2 * 2 * 13 * config.num_experts_per_tok);
+
+  // Evaluation is fp32 whatever the training precision, on both devices.
+  const Batch held_out = RandomBatch(config, 3, 11, 7);
+  absl::StatusOr<LossSum> cpu_eval = (*cpu)->Evaluate(held_out);
+  absl::StatusOr<LossSum> gpu_eval = (*gpu)->Evaluate(held_out);
+  ASSERT_TRUE(cpu_eval.ok() && gpu_eval.ok());
+  EXPECT_EQ(gpu_eval->predictions, cpu_eval->predictions);
+  EXPECT_NEAR(gpu_eval->total / gpu_eval->predictions, cpu_eval->total / cpu_eval->predictions,
+              1e-4);
+}
+
+const TrainableSet kEverything{true, true, true, true, true, true, true};
+
+INSTANTIATE_TEST_SUITE_P(
+    PrecisionsAndTrainableSets, CudaTrainingTest,
+    ::testing::Values(Case{MatMulPrecision::kFloat32, kEverything, "fp32_everything"},
+                      Case{MatMulPrecision::kFloat32, TrainableSet{}, "fp32_update_spec"},
+                      Case{MatMulPrecision::kBfloat16, kEverything, "bf16_everything"}),
+    [](const ::testing::TestParamInfo<Case>& test) { return std::string(test.param.name); });
+
+TEST(CudaTrainingErrorsTest, BadBatchesAreRefusedAndTheBackendKeepsWorking) {
+  FEDMOE_REQUIRE_CUDA();
+  const MoeConfig config = SmallConfig();
+  const ModelParameters parameters = InitializeModel(config, 3);
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu = CreateCudaTrainingBackend(parameters, {});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const Batch good = RandomBatch(config, 1, 8, 1);
+
+  Batch bad_token = good;
+  bad_token.tokens[3] = static_cast<int32_t>(config.vocab_size);
+  absl::StatusOr<LossBreakdown> refused = (*gpu)->AccumulateGradients(bad_token, LossOptions(good));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("outside the vocabulary"), std::string::npos)
+      << refused.status();
+
+  Batch bad_target = good;
+  bad_target.targets[0] = static_cast<int32_t>(config.vocab_size + 4);
+  EXPECT_EQ((*gpu)->Evaluate(bad_target).status().code(), absl::StatusCode::kInvalidArgument);
+
+  Batch short_batch = good;
+  short_batch.tokens.pop_back();
+  EXPECT_EQ((*gpu)->Evaluate(short_batch).status().code(), absl::StatusCode::kInvalidArgument);
+
+  absl::StatusOr<LossBreakdown> loss = (*gpu)->AccumulateGradients(good, LossOptions(good));
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  EXPECT_TRUE(std::isfinite(loss->cross_entropy));
+}
+
+TEST(CudaTrainingErrorsTest, AModelTheKernelsDoNotTakeIsRefusedAtCreation) {
+  FEDMOE_REQUIRE_CUDA();
+  MoeConfig config = SmallConfig();
+  config.num_attention_heads = 2;
+  config.num_key_value_heads = 2;
+  config.head_dim = 24;
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu =
+      CreateCudaTrainingBackend(InitializeModel(config, 1), {});
+  EXPECT_EQ(gpu.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(gpu.status().message().find("head_dim"), std::string::npos) << gpu.status();
+}
+
+// The whole loop (data, schedule, clipping, validation, the histogram) on both devices.
+TEST(CudaTrainingLoopTest, TrainOnTheGpuFollowsTrainOnTheCpu) {
+  FEDMOE_REQUIRE_CUDA();
+  MoeConfig config = SmallConfig();
+  config.vocab_size = 258;
+  config.eos_token_id = 256;
+  const std::filesystem::path corpus =
+      std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy" / "corpora" / "finance";
+  const std::unique_ptr<Tokenizer> tokenizer = MakeByteTokenizer(config.vocab_size);
+  TrainOptions options;
+  options.steps = 3;
+  options.batch_size = 2;
+  options.seq_len = 16;
+  options.learning_rate = 3e-3;
+  options.eval_every = 0;
+  options.eval_batches = 2;
+
+  ModelParameters on_cpu = InitializeModel(config, 11);
+  ModelParameters on_gpu = on_cpu;
+  absl::StatusOr<TrainResult> cpu_result = Train(on_cpu, *tokenizer, corpus, options);
+  options.device = kernels::Device::kCuda;
+  absl::StatusOr<TrainResult> gpu_result = Train(on_gpu, *tokenizer, corpus, options);
+  ASSERT_TRUE(cpu_result.ok()) << cpu_result.status();
+  ASSERT_TRUE(gpu_result.ok()) << gpu_result.status();
+  EXPECT_NEAR(gpu_result->train_loss, cpu_result->train_loss, 1e-4);
+  EXPECT_NEAR(gpu_result->val_loss, cpu_result->val_loss, 1e-4);
+  EXPECT_EQ(gpu_result->expert_slots, cpu_result->expert_slots);
+  EXPECT_EQ(gpu_result->tokens, cpu_result->tokens);
+  double largest_difference = 0;
+  for (size_t i = 0; i < on_cpu.values().size(); ++i) {
+    largest_difference =
+        std::max(largest_difference, double{std::abs(on_gpu.values()[i] - on_cpu.values()[i])});
+  }
+  EXPECT_LT(largest_difference, 0.05 * options.learning_rate)
+      << "the GPU's trained parameters came back to the caller's model";
+}
+
+}  // namespace
+}  // namespace fedmoe::model
