@@ -28,8 +28,7 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   reader->Read("training.data", &data);
   config.data = data;
   reader->Read("training.threads", &config.threads);
-  config.matmul_precision =
-      ReadMatMulPrecision(*reader, "training.matmul_precision", &config.matmul_precision_name);
+  ReadComputeSettings(*reader, "training.", &config.compute);
   reader->Read("metrics.listen", &config.metrics_listen);
   if (config.threads < 0 || config.threads > 1024) {
     reader->Invalid("training.threads", "must be between 0 (all cores) and 1024");
@@ -95,10 +94,14 @@ std::string ClientConfig::ToYaml() const {
       "  threads: ",
       threads,
       "\n"
-      "  # Weight products in bf16 (mixed precision) or fp32; auto: bf16 where the CPU has AMX\n"
-      "  # or AVX-512 BF16.\n"
+      "  # Where training runs: cpu, cuda, or auto (the GPU when one answers).\n"
+      "  device: ",
+      compute.device_name,
+      "\n"
+      "  # Weight products in bf16 (mixed precision) or fp32; auto: bf16 on a GPU, and on a CPU\n"
+      "  # with AMX or AVX-512 BF16.\n"
       "  matmul_precision: ",
-      matmul_precision_name,
+      compute.matmul_precision_name,
       "\n\n"
       "metrics:\n"
       "  # Prometheus /metrics endpoint, host:port; empty turns it off.\n"

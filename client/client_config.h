@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/train_options.h"
 #include "model/forward.h"
 
 namespace fedmoe::client {
@@ -43,10 +44,9 @@ struct ClientConfig {
   std::filesystem::path data;
   // CPU threads for local training; 0: all cores.
   int64_t threads = 0;
-  // Of the weight products in local training, resolved for this CPU (training.matmul_precision:
-  // auto, fp32 or bf16), and as written, for ToYaml.
-  model::MatMulPrecision matmul_precision = model::MatMulPrecision::kFloat32;
-  std::string matmul_precision_name = "auto";
+  // Where local training runs and the precision of its weight products (training.device: auto,
+  // cpu or cuda; training.matmul_precision: auto, fp32 or bf16), resolved for this machine.
+  ComputeSettings compute;
   // host:port of the Prometheus /metrics endpoint; empty turns it off. Loopback by default.
   std::string metrics_listen = "127.0.0.1:9465";
 

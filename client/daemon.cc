@@ -121,7 +121,7 @@ grpc::Status ClientDaemon::PollOnce() {
   v1::PollTaskRequest request;
   request.mutable_max_wait()->set_seconds(absl::ToInt64Seconds(config_.poll_max_wait));
   request.mutable_capabilities()->set_software_version(FEDMOE_VERSION);
-  request.mutable_capabilities()->set_device("cpu");
+  request.mutable_capabilities()->set_device(std::string(kernels::DeviceName(config_.compute.device)));
   request.set_known_round_id(known_round_);
   request.set_known_stage(known_stage_);
   request.set_local_model_version(progress_.model_version);
@@ -236,11 +236,13 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   if (!random.ok()) return random.status();
   model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, (*random)());
   // The round sets what is trained and how; this machine sets the arithmetic.
-  options.matmul_precision = config_.matmul_precision;
+  options.device = config_.compute.device;
+  options.matmul_precision = config_.compute.matmul_precision;
   LogEvent(LogLevel::kInfo, "local_training_started")
       .Field("round_id", task.round_id())
       .Field("model_version", spec.base_model().version())
       .Field("steps", options.steps)
+      .Field("device", kernels::DeviceName(options.device))
       .Field("matmul_precision", model::MatMulPrecisionName(options.matmul_precision));
   absl::StatusOr<model::TrainResult> trained =
       model::Train(local, **tokenizer, config_.data, options);

@@ -290,29 +290,40 @@ Json NumberOrNull(double value) { return std::isfinite(value) ? Json(value) : Js
 
 const char kTrainUsage[] =
     R"(  train --model DIR --data DIR --steps N --out DIR [--batch-size B] [--seq-len T]
-        [--lr LR] [--seed S] [--threads T] [--log-every K] [--config FILE]
+        [--lr LR] [--seed S] [--threads T] [--log-every K] [--device cpu|cuda|auto]
+        [--config FILE]
       Fine-tune DIR's model on the .txt, .md and .jsonl files under --data and write the
-      result to --out. Settings come from --config (YAML, see deploy/examples/train.yaml),
-      then the flags. Prints progress; the last line is JSON
+      result to --out, on the GPU (cuda) or the CPU; auto, the default, takes the GPU when one
+      answers. Settings come from --config (YAML, see deploy/examples/train.yaml), then the
+      flags. Prints progress; the last line is JSON
       {"steps", "train_loss", "val_loss", "tokens_per_second", ...}.
 )";
 
 int TrainCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args,
                                   {"model", "data", "steps", "out", "batch-size", "seq-len", "lr",
-                                   "seed", "threads", "log-every", "config"},
+                                   "seed", "threads", "log-every", "device", "config"},
                                   {});
   if (!flags.ok()) return Fail(flags.status());
   model::TrainOptions options;
-  // Without a config file, as with one that leaves it out: auto, resolved for this CPU.
-  options.matmul_precision = *model::ResolveMatMulPrecision("auto");
+  // Without a config file, as with one that leaves them out: auto, resolved for this machine.
+  ComputeSettings compute;
   int64_t threads = 0;
   if (auto path = flags->Get("config")) {
     absl::StatusOr<config::YamlConfigReader> reader = config::YamlConfigReader::FromFile(*path);
     if (!reader.ok()) return Fail(reader.status());
-    ReadTrainOptions(*reader, "", &options, &threads);
+    ReadTrainOptions(*reader, "", &options, &threads, &compute);
     if (absl::Status status = reader->Finish(); !status.ok()) return Fail(status);
   }
+  const std::optional<std::string> device_flag = flags->Get("device");
+  if (device_flag) compute.device_name = *device_flag;
+  if (absl::Status status = compute.Resolve(); !status.ok()) {
+    if (!device_flag) return Fail(status);
+    return Fail(absl::Status(status.code(), absl::StrCat("--device ", *device_flag, ": ",
+                                                         status.message())));
+  }
+  options.device = compute.device;
+  options.matmul_precision = compute.matmul_precision;
   for (const char* required : {"model", "data", "out"}) {
     if (!flags->Has(required)) {
       return Fail(absl::InvalidArgumentError(absl::StrCat("--", required, " is required")));
@@ -357,10 +368,15 @@ int TrainCommand(const std::vector<std::string>& args) {
   if (!tokenizer.ok()) return Fail(tokenizer.status());
 
   // Which arithmetic the products use decides both speed and the last bits of the result.
-  std::printf("training on %d CPU threads, weight products in %s\n", kernels::cpu::CpuThreads(),
-              options.matmul_precision == model::MatMulPrecision::kBfloat16
-                  ? "bf16 with fp32 accumulation (mixed precision)"
-                  : "fp32");
+  const char* precision = options.matmul_precision == model::MatMulPrecision::kBfloat16
+                              ? "bf16 with fp32 accumulation (mixed precision)"
+                              : "fp32";
+  if (options.device == kernels::Device::kCuda) {
+    std::printf("training on the GPU, weight products in %s\n", precision);
+  } else {
+    std::printf("training on %d CPU threads, weight products in %s\n",
+                kernels::cpu::CpuThreads(), precision);
+  }
   model::TrainCallbacks callbacks;
   callbacks.on_data_warning = [](std::string_view warning) {
     std::fprintf(stderr, "fedmoe-client: warning: %s\n", std::string(warning).c_str());
@@ -400,6 +416,7 @@ int TrainCommand(const std::vector<std::string>& args) {
                         {"train_loss", NumberOrNull(result->train_loss)},
                         {"val_loss", NumberOrNull(result->val_loss)},
                         {"tokens_per_second", result->tokens_per_second},
+                        {"device", kernels::DeviceName(options.device)},
                         {"matmul_precision", model::MatMulPrecisionName(options.matmul_precision)},
                         {"tokens", result->tokens},
                         {"files", result->data.files},

@@ -8,7 +8,7 @@
 namespace fedmoe::client {
 
 void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefix,
-                      model::TrainOptions* options, int64_t* threads) {
+                      model::TrainOptions* options, int64_t* threads, ComputeSettings* compute) {
   auto key = [&prefix](const char* name) { return prefix + name; };
   auto at_least = [&](const char* name, int64_t value, int64_t minimum) {
     if (value < minimum) reader.Invalid(key(name), "must be at least " + std::to_string(minimum));
@@ -71,18 +71,40 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
   }
   reader.Read(key("threads"), threads);
   at_least("threads", *threads, 0);
-  std::string precision_name;
-  options->matmul_precision = ReadMatMulPrecision(reader, key("matmul_precision"), &precision_name);
+  ComputeSettings settings;
+  ComputeSettings& resolved = compute != nullptr ? *compute : settings;
+  ReadComputeSettings(reader, prefix, &resolved);
+  options->device = resolved.device;
+  options->matmul_precision = resolved.matmul_precision;
 }
 
-model::MatMulPrecision ReadMatMulPrecision(config::YamlConfigReader& reader, const std::string& key,
-                                           std::string* name) {
-  *name = "auto";
-  reader.Read(key, name);
-  absl::StatusOr<model::MatMulPrecision> resolved = model::ResolveMatMulPrecision(*name);
-  if (resolved.ok()) return *resolved;
-  reader.Invalid(key, std::string(resolved.status().message()));
-  return model::MatMulPrecision::kFloat32;
+absl::Status ComputeSettings::Resolve() {
+  absl::StatusOr<kernels::Device> resolved_device = kernels::ResolveDevice(device_name);
+  if (!resolved_device.ok()) return resolved_device.status();
+  absl::StatusOr<model::MatMulPrecision> precision =
+      model::ResolveMatMulPrecision(matmul_precision_name, *resolved_device);
+  if (!precision.ok()) return precision.status();
+  device = *resolved_device;
+  matmul_precision = *precision;
+  return absl::OkStatus();
+}
+
+void ReadComputeSettings(config::YamlConfigReader& reader, const std::string& prefix,
+                         ComputeSettings* settings) {
+  reader.Read(prefix + "device", &settings->device_name);
+  reader.Read(prefix + "matmul_precision", &settings->matmul_precision_name);
+  const absl::StatusOr<kernels::Device> device = kernels::ResolveDevice(settings->device_name);
+  if (!device.ok()) reader.Invalid(prefix + "device", std::string(device.status().message()));
+  // A precision is checked even when the device is at fault, so both errors come at once.
+  const absl::StatusOr<model::MatMulPrecision> precision = model::ResolveMatMulPrecision(
+      settings->matmul_precision_name, device.ok() ? *device : kernels::Device::kCpu);
+  if (!precision.ok()) {
+    reader.Invalid(prefix + "matmul_precision", std::string(precision.status().message()));
+  }
+  if (device.ok() && precision.ok()) {
+    settings->device = *device;
+    settings->matmul_precision = *precision;
+  }
 }
 
 }  // namespace fedmoe::client

@@ -1,26 +1,44 @@
 // Local training settings from YAML: a `train --config FILE` file, or (for the daemon) a
 // section of client.yaml. Every key is optional and defaults to model::TrainOptions, except
-// matmul_precision, which defaults to auto (bf16 weight products where the CPU has them).
+// device and matmul_precision, which default to auto: the GPU where one answers, and bf16
+// weight products where the device has them.
 #ifndef FEDMOE_CLIENT_TRAIN_OPTIONS_H_
 #define FEDMOE_CLIENT_TRAIN_OPTIONS_H_
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "config/yaml_config.h"
+#include "kernels/device.h"
 #include "model/trainer.h"
 
 namespace fedmoe::client {
 
+// Where local training runs and in which precision: as written (for echoing a config back, and
+// for a flag to override one before resolving), and as resolved for this machine.
+struct ComputeSettings {
+  std::string device_name = "auto";            // cpu, cuda or auto
+  std::string matmul_precision_name = "auto";  // fp32, bf16 or auto
+  kernels::Device device = kernels::Device::kCpu;
+  model::MatMulPrecision matmul_precision = model::MatMulPrecision::kFloat32;
+
+  // Resolves the names: the device first (auto: a GPU when one answers), then the precision for
+  // that device. The error says which setting cannot be had here, and why.
+  absl::Status Resolve();
+};
+
+// Reads `device` and `matmul_precision` under `prefix` and resolves them, recording on the
+// reader why one cannot be had here.
+void ReadComputeSettings(config::YamlConfigReader& reader, const std::string& prefix,
+                         ComputeSettings* settings);
+
 // Reads the keys under `prefix` ("" for the top level, "training." for a section) into
 // *options, recording range errors on the reader; the caller's Finish() reports them.
-// Also reads `threads` into *threads (0: every core).
+// Also reads `threads` into *threads (0: every core), and the device and precision into
+// *compute when given (else they are resolved into *options alone).
 void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefix,
-                      model::TrainOptions* options, int64_t* threads);
-
-// Reads `key` (auto, fp32 or bf16; absent: auto) into *name and returns it resolved for this
-// CPU; where it cannot be had here, records why on the reader (and returns fp32).
-model::MatMulPrecision ReadMatMulPrecision(config::YamlConfigReader& reader, const std::string& key,
-                                           std::string* name);
+                      model::TrainOptions* options, int64_t* threads,
+                      ComputeSettings* compute = nullptr);
 
 }  // namespace fedmoe::client
 

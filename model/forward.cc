@@ -227,8 +227,12 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
   return absl::OkStatus();
 }
 
-absl::StatusOr<MatMulPrecision> ResolveMatMulPrecision(std::string_view name) {
+absl::StatusOr<MatMulPrecision> ResolveMatMulPrecision(std::string_view name,
+                                                       kernels::Device device) {
   if (name == "fp32") return MatMulPrecision::kFloat32;
+  if (device == kernels::Device::kCuda && (name == "auto" || name == "bf16")) {
+    return MatMulPrecision::kBfloat16;
+  }
   if (name == "auto") {
     return cpu::HasNativeBf16MatMul() && cpu::CheckBf16MatMul().ok() ? MatMulPrecision::kBfloat16
                                                                      : MatMulPrecision::kFloat32;

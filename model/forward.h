@@ -19,6 +19,7 @@
 #include "kernels/cpu/aligned.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/moe_routing.h"
+#include "kernels/device.h"
 #include "model/parameters.h"
 
 namespace fedmoe::model {
@@ -32,9 +33,11 @@ using kernels::cpu::AlignedFloats;
 // gradients, optimizer state, the router, attention scores, norms and the loss in fp32.
 enum class MatMulPrecision { kFloat32, kBfloat16 };
 
-// "fp32", "bf16", or "auto": bf16 where the CPU multiplies bf16 in hardware (AMX, AVX-512 BF16),
-// fp32 elsewhere. "bf16" on a CPU where oneDNN has no bf16 product is an error.
-absl::StatusOr<MatMulPrecision> ResolveMatMulPrecision(std::string_view name);
+// "fp32", "bf16", or "auto", for training on `device`. On the CPU, auto is bf16 where it
+// multiplies bf16 in hardware (AMX, AVX-512 BF16) and fp32 elsewhere, and "bf16" on a CPU where
+// oneDNN has no bf16 product is an error. On a GPU, auto is bf16 (tensor cores).
+absl::StatusOr<MatMulPrecision> ResolveMatMulPrecision(
+    std::string_view name, kernels::Device device = kernels::Device::kCpu);
 std::string_view MatMulPrecisionName(MatMulPrecision precision);
 
 // One layer's saved activations. Widths: H hidden, Q = heads·head_dim, K = kv_heads·head_dim,

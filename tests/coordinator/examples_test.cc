@@ -74,12 +74,16 @@ TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
   EXPECT_EQ(options.trainable.routed_experts, defaults.trainable.routed_experts);
   EXPECT_EQ(options.trainable.attention, defaults.trainable.attention);
   EXPECT_EQ(threads, 0);
-  // matmul_precision: auto, which is what this CPU's resolution of auto gives.
-  EXPECT_EQ(options.matmul_precision, *model::ResolveMatMulPrecision("auto"));
+  // device: auto and matmul_precision: auto, as this machine resolves them.
+  const absl::StatusOr<kernels::Device> device = kernels::ResolveDevice("auto");
+  ASSERT_TRUE(device.ok());
+  EXPECT_EQ(options.device, *device);
+  EXPECT_EQ(options.matmul_precision, *model::ResolveMatMulPrecision("auto", *device));
 
   // A bad value is reported against its line.
   absl::StatusOr<config::YamlConfigReader> bad = config::YamlConfigReader::FromString(
-      "steps: 10\nschedule: linear\ntrainable: [experts, brains]\nmatmul_precision: fp8\n",
+      "steps: 10\nschedule: linear\ntrainable: [experts, brains]\nmatmul_precision: fp8\n"
+      "device: tpu\n",
       "bad.yaml");
   ASSERT_TRUE(bad.ok());
   client::ReadTrainOptions(*bad, "", &options, &threads);
@@ -92,6 +96,10 @@ TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
       << status;
   EXPECT_NE(status.message().find(
                 "bad.yaml:4: matmul_precision: unknown matmul precision 'fp8' (auto, fp32, bf16)"),
+            std::string::npos)
+      << status;
+  EXPECT_NE(status.message().find(
+                "bad.yaml:5: device: unknown device 'tpu': expected cpu, cuda or auto"),
             std::string::npos)
       << status;
 }

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/device.h"
 #include "model/checkpoint.h"
 #include "model/forward.h"
 #include "tests/integration/process_harness.h"
@@ -124,10 +126,21 @@ TEST_F(TrainCliTest, BadFlagsAndConfigsAreOneClearLine) {
            Case{{"--steps", "5", "--lr", "-1"}, "--lr must be positive"},
            Case{{"--steps", "5", "--seq-len", "1000"}, "--seq-len must be in [2, 256]"},
            Case{{"--config", (dir_.path() / "typo.yaml").string()}, "typo.yaml:2: learning_rat"},
+           Case{{"--steps", "5", "--device", "tpu"},
+                "--device tpu: unknown device 'tpu': expected cpu, cuda or auto"},
        }) {
     const CommandResult result = Train(c.args);
     EXPECT_NE(result.exit_code, 0) << c.message;
     EXPECT_THAT(result.err, HasSubstr(c.message));
+  }
+  // Asking for the GPU where there is none (or in a build without CUDA) says why, and trains
+  // nothing on the CPU instead.
+  if (!kernels::ResolveDevice("cuda").ok()) {
+    const CommandResult no_gpu = Train({"--steps", "5", "--device", "cuda"});
+    EXPECT_NE(no_gpu.exit_code, 0);
+    EXPECT_THAT(no_gpu.err, HasSubstr("--device cuda: "));
+    EXPECT_EQ(std::count(no_gpu.err.begin(), no_gpu.err.end(), '\n'), 1) << no_gpu.err;
+    EXPECT_FALSE(std::filesystem::exists(out()));
   }
   const CommandResult no_data =
       RunCommand({BinaryPath("fedmoe-client"), "train", "--model", base(), "--data", "/nonexistent",
