@@ -5,8 +5,13 @@
 // hardware, the step and the expert products also run with bf16 weight products (mixed
 // precision), beside PyTorch under bf16 autocast. One JSON object per line.
 //
-//   build/bin/train_step [--config tiny|small|all] [--steps N] [--threads T] [--no-torch]
-//                        [--matmul-precision fp32|bf16|all]
+// With --device cuda, the step on the GPU instead (model/cuda_training.h, bf16 products):
+// tokens/s and model-FLOP utilisation (MFU) against the GPU's dense bf16 peak, for small and
+// medium, the latter too large for the CPU path.
+//
+//   build/bin/train_step [--config tiny|small|medium|all] [--steps N] [--threads T] [--no-torch]
+//                        [--matmul-precision fp32|bf16|all] [--device cpu|cuda]
+//                        [--batch B] [--peak-tflops P]
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
@@ -23,6 +28,11 @@
 #include "model/backward.h"
 #include "model/init.h"
 #include "model/optimizer.h"
+#ifdef FEDMOE_BENCH_CUDA
+#include "kernels/cuda/device_memory.h"
+#include "kernels/device.h"
+#include "model/cuda_training.h"
+#endif
 
 namespace fedmoe::bench {
 namespace {
@@ -33,11 +43,15 @@ using kernels::cpu::AlignedFloats;
 
 struct Shape {
   std::string name;
-  int64_t hidden, layers, heads, kv_heads, inner, batch, seq_len;
+  int64_t hidden, layers, heads, kv_heads, inner, experts, top_k, shared_experts, batch, seq_len;
+  bool on_cpu;  // small enough for the CPU path
 };
 
-const Shape kShapes[] = {{"tiny", 64, 2, 4, 2, 128, 16, 128},
-                         {"small", 512, 4, 8, 4, 1408, 8, 256}};
+// medium is #9's: DeepSeekMoE-like, 4.7B parameters (about 0.7B active per token). The vocabulary
+// is the byte tokenizer's, as for the others.
+const Shape kShapes[] = {{"tiny", 64, 2, 4, 2, 128, 8, 2, 0, 16, 128, true},
+                         {"small", 512, 4, 8, 4, 1408, 8, 2, 0, 8, 256, true},
+                         {"medium", 2048, 8, 16, 16, 1408, 64, 6, 2, 8, 1024, false}};
 
 model::MoeConfig ConfigOf(const Shape& shape) {
   model::MoeConfig config;
@@ -48,11 +62,44 @@ model::MoeConfig ConfigOf(const Shape& shape) {
   config.num_attention_heads = shape.heads;
   config.num_key_value_heads = shape.kv_heads;
   config.head_dim = shape.hidden / shape.heads;
-  config.num_local_experts = 8;
-  config.num_experts_per_tok = 2;
+  config.num_local_experts = shape.experts;
+  config.num_experts_per_tok = shape.top_k;
+  config.n_shared_experts = shape.shared_experts;
+  config.shared_expert_intermediate_size = shape.shared_experts > 0 ? shape.inner : 0;
   config.max_position_embeddings = 4096;
   config.eos_token_id = 256;
   return config;
+}
+
+// The model FLOPs of training on one token (forward and backward, 3× the forward), the MFU
+// convention: every weight product a token takes part in (attention projections, router, its
+// top-k and shared experts, output head), plus the attention scores and their weighted sum over
+// the keys a causal row sees on average. Recomputation in the backward pass is not counted.
+double TrainingFlopsPerToken(const model::MoeConfig& config, int64_t seq_len) {
+  const auto h = static_cast<double>(config.hidden_size);
+  const auto q = static_cast<double>(config.query_width());
+  const auto kv = static_cast<double>(config.key_value_width());
+  const double weights_per_layer =
+      h * q + 2 * h * kv + q * h + h * static_cast<double>(config.num_local_experts) +
+      3 * h *
+          static_cast<double>(config.num_experts_per_tok * config.intermediate_size +
+                              config.shared_inner_size());
+  const double window = config.sliding_window > 0
+                            ? static_cast<double>(std::min(config.sliding_window, seq_len))
+                            : static_cast<double>(seq_len);
+  const double keys = (window + 1) / 2;  // the mean over rows, up to the window
+  const double attention_per_layer = 2 * 2 * keys * q;
+  const double forward =
+      static_cast<double>(config.num_hidden_layers) * (2 * weights_per_layer + attention_per_layer) +
+      2 * h * static_cast<double>(config.vocab_size);
+  return 3 * forward;
+}
+
+std::vector<int32_t> RandomTokens(int64_t count, uint32_t seed) {
+  std::mt19937 generator(seed);
+  std::vector<int32_t> tokens(static_cast<size_t>(count));
+  for (int32_t& t : tokens) t = static_cast<int32_t>(generator() % 256);
+  return tokens;
 }
 
 double Seconds(Clock::time_point start) {
@@ -70,9 +117,7 @@ struct StepTimes {
 // balance loss on), clipping and AdamW.
 StepTimes TrainStep(const Shape& shape, int steps, model::MatMulPrecision precision) {
   model::ModelParameters parameters = model::InitializeModel(ConfigOf(shape), 1);
-  std::mt19937 generator(3);
-  std::vector<int32_t> tokens(static_cast<size_t>(shape.batch * (shape.seq_len + 1)));
-  for (int32_t& t : tokens) t = static_cast<int32_t>(generator() % 256);
+  const std::vector<int32_t> tokens = RandomTokens(shape.batch * (shape.seq_len + 1), 3);
   std::vector<int32_t> inputs;
   std::vector<int32_t> targets;
   for (int64_t b = 0; b < shape.batch; ++b) {
@@ -120,8 +165,8 @@ StepTimes TrainStep(const Shape& shape, int steps, model::MatMulPrecision precis
 // expert, 3 GEMMs forward and 6 backward (input and weight gradients), each 2·n·hidden·inner
 // FLOPs, against Eigen SGEMM on the same [n, hidden] × [hidden, inner] shape.
 Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
-  const int64_t experts = 8;
-  const int64_t rows = shape.batch * shape.seq_len * 2 / experts;  // top-2, balanced
+  const int64_t experts = shape.experts;
+  const int64_t rows = shape.batch * shape.seq_len * shape.top_k / experts;  // balanced
   const int64_t h = shape.hidden;
   const int64_t inner = shape.inner;
   std::mt19937 generator(5);
@@ -207,6 +252,104 @@ Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
   return result;
 }
 
+#ifdef FEDMOE_BENCH_CUDA
+// One optimizer step on the GPU as the trainer takes it (default trainable set, balance loss,
+// clipping, AdamW), in bf16 products, timed over `steps` after one warm-up step.
+Json CudaTrainStep(const Shape& shape, int steps, double peak_tflops) {
+  const model::MoeConfig config = ConfigOf(shape);
+  Json line = {{"benchmark", "train_step"},
+               {"device", "cuda"},
+               {"config", shape.name},
+               {"matmul_precision", "bf16"},
+               {"batch", shape.batch},
+               {"seq_len", shape.seq_len},
+               {"hidden", shape.hidden},
+               {"layers", shape.layers},
+               {"heads", shape.heads},
+               {"experts", shape.experts},
+               {"top_k", shape.top_k},
+               {"shared_experts", shape.shared_experts},
+               {"inner", shape.inner}};
+#ifdef FEDMOE_CUDA_SIM
+  line["gpu"] = "CPU simulator of CUDA (timings mean nothing)";
+#else
+  const absl::StatusOr<std::string> gpu = kernels::CudaDeviceName(0);
+  line["gpu"] = gpu.ok() ? *gpu : std::string(gpu.status().message());
+#endif
+  const model::ModelParameters parameters = model::InitializeModel(config, 1);
+  line["parameters"] = parameters.layout().total_size();
+  const Clock::time_point created = Clock::now();
+  absl::StatusOr<std::unique_ptr<model::TrainingBackend>> backend =
+      model::CreateCudaTrainingBackend(
+          parameters, {.trainable = {}, .adamw = {},
+                       .matmul_precision = model::MatMulPrecision::kBfloat16});
+  if (!backend.ok()) {
+    line["error"] = std::string(backend.status().message());
+    return line;
+  }
+  line["upload_seconds"] = Seconds(created);
+  const std::vector<int32_t> tokens = RandomTokens(shape.batch * (shape.seq_len + 1), 3);
+  model::Batch batch;
+  batch.batch = shape.batch;
+  batch.seq_len = shape.seq_len;
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    const auto row = tokens.begin() + b * (shape.seq_len + 1);
+    batch.tokens.insert(batch.tokens.end(), row, row + shape.seq_len);
+    batch.targets.insert(batch.targets.end(), row + 1, row + shape.seq_len + 1);
+  }
+  batch.predictions = static_cast<int64_t>(batch.targets.size());
+  const model::BackwardOptions options{
+      .balance_coefficient = 0.02, .predictions_in_step = static_cast<double>(batch.predictions)};
+  double gradient_seconds = 0;
+  double optimizer_seconds = 0;
+  double loss = 0;
+  const auto step = [&]() -> absl::Status {
+    Clock::time_point phase = Clock::now();
+    absl::StatusOr<model::LossBreakdown> accumulated =
+        (*backend)->AccumulateGradients(batch, options);
+    if (!accumulated.ok()) return accumulated.status();
+    // The loss comes back to the host once the backward pass has run (it reads the balance
+    // term's counts), so this times forward and backward.
+    loss = accumulated->cross_entropy;
+    gradient_seconds += Seconds(phase);
+    phase = Clock::now();
+    absl::StatusOr<double> norm = (*backend)->ApplyGradients(1e-4, 1.0);
+    if (!norm.ok()) return norm.status();
+    if (absl::Status synced = kernels::cuda::Synchronize(); !synced.ok()) return synced;
+    optimizer_seconds += Seconds(phase);
+    return absl::OkStatus();
+  };
+  if (absl::Status status = step(); !status.ok()) {
+    line["error"] = std::string(status.message());
+    return line;
+  }
+  gradient_seconds = optimizer_seconds = 0;
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < steps; ++i) {
+    if (absl::Status status = step(); !status.ok()) {
+      line["error"] = std::string(status.message());
+      return line;
+    }
+  }
+  const double seconds = Seconds(start) / steps;
+  const auto tokens_per_step = static_cast<double>(shape.batch * shape.seq_len);
+  const double flops = TrainingFlopsPerToken(config, shape.seq_len) * tokens_per_step;
+  line["loss"] = loss;
+  line["steps"] = steps;
+  line["tokens_per_second"] = tokens_per_step / seconds;
+  line["step_seconds"] = seconds;
+  line["forward_backward_seconds"] = gradient_seconds / steps;
+  line["optimizer_seconds"] = optimizer_seconds / steps;
+  line["model_tflop_per_step"] = flops * 1e-12;
+  line["peak_bf16_tflops"] = peak_tflops;
+  line["mfu"] = flops / seconds / (peak_tflops * 1e12);
+  // Without the optimizer, whose cost is per step, not per token: what a larger batch (or
+  // gradient accumulation) approaches.
+  line["mfu_forward_backward"] = flops / (gradient_seconds / steps) / (peak_tflops * 1e12);
+  return line;
+}
+#endif
+
 // Runs bench/torch_reference.py (in fp32, or under bf16 autocast, PyTorch's mixed precision)
 // and returns its JSON line, or null when PyTorch is missing.
 Json TorchReference(const Shape& shape, int steps, int threads, bool bf16_autocast) {
@@ -230,6 +373,10 @@ int Main(int argc, char** argv) {
   int threads = 0;
   bool torch = true;
   std::string precision_choice = "all";
+  std::string device = "cpu";
+  int64_t batch_override = 0;
+  // H100 and H200 SXM: 989 dense bf16 TFLOP/s.
+  double peak_tflops = 989.0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--config" && i + 1 < argc) {
@@ -238,6 +385,13 @@ int Main(int argc, char** argv) {
       steps = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--threads" && i + 1 < argc) {
       threads = std::max(0, std::atoi(argv[++i]));
+    } else if (arg == "--device" && i + 1 < argc &&
+               (std::string(argv[i + 1]) == "cpu" || std::string(argv[i + 1]) == "cuda")) {
+      device = argv[++i];
+    } else if (arg == "--batch" && i + 1 < argc) {
+      batch_override = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--peak-tflops" && i + 1 < argc) {
+      peak_tflops = std::max(1.0, std::atof(argv[++i]));
     } else if (arg == "--no-torch") {
       torch = false;
     } else if (arg == "--matmul-precision" && i + 1 < argc &&
@@ -246,10 +400,34 @@ int Main(int argc, char** argv) {
       precision_choice = argv[++i];
     } else {
       std::fprintf(stderr,
-                   "usage: train_step [--config tiny|small|all] [--steps N] "
-                   "[--threads T] [--no-torch] [--matmul-precision fp32|bf16|all]\n");
+                   "usage: train_step [--config tiny|small|medium|all] [--steps N] "
+                   "[--threads T] [--no-torch] [--matmul-precision fp32|bf16|all] "
+                   "[--device cpu|cuda] [--batch B] [--peak-tflops P]\n");
       return 2;
     }
+  }
+  if (device == "cuda") {
+#ifdef FEDMOE_BENCH_CUDA
+#ifndef FEDMOE_CUDA_SIM
+    if (absl::StatusOr<kernels::Device> gpu = kernels::ResolveDevice("cuda"); !gpu.ok()) {
+      std::fprintf(stderr, "train_step: %s\n", std::string(gpu.status().message()).c_str());
+      return 1;
+    }
+#endif
+    int failures = 0;
+    for (Shape shape : kShapes) {
+      if (only == "all" ? shape.name == "tiny" : only != shape.name) continue;
+      if (batch_override > 0) shape.batch = batch_override;
+      const Json line = CudaTrainStep(shape, steps, peak_tflops);
+      failures += line.contains("error") ? 1 : 0;
+      std::printf("%s\n", line.dump().c_str());
+      std::fflush(stdout);
+    }
+    return failures == 0 ? 0 : 1;
+#else
+    std::fprintf(stderr, "train_step: this build has no CUDA kernels (nvcc was not found)\n");
+    return 1;
+#endif
   }
   kernels::cpu::SetCpuThreads(threads);
   kernels::cpu::RetainFreedMemory();
@@ -264,8 +442,13 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "train_step: this CPU has no bf16 matrix products\n");
     return 1;
   }
-  for (const Shape& shape : kShapes) {
-    if (only != "all" && only != shape.name) continue;
+  for (Shape shape : kShapes) {
+    if (only == "all" ? !shape.on_cpu : only != shape.name) continue;
+    if (!shape.on_cpu) {
+      std::fprintf(stderr, "train_step: %s is for --device cuda\n", shape.name.c_str());
+      return 2;
+    }
+    if (batch_override > 0) shape.batch = batch_override;
     std::vector<double> ours;
     for (const model::MatMulPrecision precision : precisions) {
       const StepTimes times = TrainStep(shape, steps, precision);
@@ -277,8 +460,8 @@ int Main(int argc, char** argv) {
                          {"seq_len", shape.seq_len},
                          {"hidden", shape.hidden},
                          {"layers", shape.layers},
-                         {"experts", 8},
-                         {"top_k", 2},
+                         {"experts", shape.experts},
+                         {"top_k", shape.top_k},
                          {"threads", kernels::cpu::CpuThreads()},
                          {"tokens_per_second", times.tokens_per_second},
                          {"forward_seconds", times.forward},

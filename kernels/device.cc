@@ -45,6 +45,22 @@ absl::StatusOr<int> CudaDeviceCount() {
 #endif
 }
 
+absl::StatusOr<std::string> CudaDeviceName(int index) {
+#ifdef FEDMOE_HAVE_CUDA
+  cudaDeviceProp properties{};
+  const cudaError_t error = cudaGetDeviceProperties(&properties, index);
+  if (error != cudaSuccess) {
+    cudaGetLastError();
+    return absl::UnavailableError(
+        absl::StrCat("no CUDA device ", index, ": ", cudaGetErrorString(error)));
+  }
+  return std::string(properties.name);
+#else
+  return absl::UnavailableError(
+      absl::StrCat("no CUDA device ", index, ": this build has no CUDA kernels"));
+#endif
+}
+
 absl::StatusOr<Device> ResolveDevice(std::string_view requested) {
   if (requested == "cpu") return Device::kCpu;
   if (requested != "cuda" && requested != "auto") {

@@ -3,6 +3,7 @@
 #ifndef FEDMOE_KERNELS_DEVICE_H_
 #define FEDMOE_KERNELS_DEVICE_H_
 
+#include <string>
 #include <string_view>
 
 #include "absl/status/statusor.h"
@@ -20,6 +21,9 @@ bool CudaCompiledIn();
 // and a driver that reports an error are all "no GPU": the error comes back as a status that
 // says which, so callers can log why the GPU is not used.
 absl::StatusOr<int> CudaDeviceCount();
+
+// The name of CUDA device `index` ("NVIDIA H200"), for reports.
+absl::StatusOr<std::string> CudaDeviceName(int index);
 
 // Parses "cpu", "cuda" or "auto" (the --device flag). "auto" picks CUDA when a GPU is present
 // and the CPU otherwise; "cuda" without a GPU is an error that says why there is none.
