@@ -89,9 +89,9 @@ double TrainingFlopsPerToken(const model::MoeConfig& config, int64_t seq_len) {
                             : static_cast<double>(seq_len);
   const double keys = (window + 1) / 2;  // the mean over rows, up to the window
   const double attention_per_layer = 2 * 2 * keys * q;
-  const double forward =
-      static_cast<double>(config.num_hidden_layers) * (2 * weights_per_layer + attention_per_layer) +
-      2 * h * static_cast<double>(config.vocab_size);
+  const double forward = static_cast<double>(config.num_hidden_layers) *
+                             (2 * weights_per_layer + attention_per_layer) +
+                         2 * h * static_cast<double>(config.vocab_size);
   return 3 * forward;
 }
 
@@ -257,18 +257,12 @@ Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
 // clipping, AdamW), in bf16 products, timed over `steps` after one warm-up step.
 Json CudaTrainStep(const Shape& shape, int steps, double peak_tflops) {
   const model::MoeConfig config = ConfigOf(shape);
-  Json line = {{"benchmark", "train_step"},
-               {"device", "cuda"},
-               {"config", shape.name},
-               {"matmul_precision", "bf16"},
-               {"batch", shape.batch},
-               {"seq_len", shape.seq_len},
-               {"hidden", shape.hidden},
-               {"layers", shape.layers},
-               {"heads", shape.heads},
-               {"experts", shape.experts},
-               {"top_k", shape.top_k},
-               {"shared_experts", shape.shared_experts},
+  Json line = {{"benchmark", "train_step"}, {"device", "cuda"},
+               {"config", shape.name},      {"matmul_precision", "bf16"},
+               {"batch", shape.batch},      {"seq_len", shape.seq_len},
+               {"hidden", shape.hidden},    {"layers", shape.layers},
+               {"heads", shape.heads},      {"experts", shape.experts},
+               {"top_k", shape.top_k},      {"shared_experts", shape.shared_experts},
                {"inner", shape.inner}};
 #ifdef FEDMOE_CUDA_SIM
   line["gpu"] = "CPU simulator of CUDA (timings mean nothing)";
@@ -281,8 +275,8 @@ Json CudaTrainStep(const Shape& shape, int steps, double peak_tflops) {
   const Clock::time_point created = Clock::now();
   absl::StatusOr<std::unique_ptr<model::TrainingBackend>> backend =
       model::CreateCudaTrainingBackend(
-          parameters, {.trainable = {}, .adamw = {},
-                       .matmul_precision = model::MatMulPrecision::kBfloat16});
+          parameters,
+          {.trainable = {}, .adamw = {}, .matmul_precision = model::MatMulPrecision::kBfloat16});
   if (!backend.ok()) {
     line["error"] = std::string(backend.status().message());
     return line;

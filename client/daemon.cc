@@ -121,7 +121,8 @@ grpc::Status ClientDaemon::PollOnce() {
   v1::PollTaskRequest request;
   request.mutable_max_wait()->set_seconds(absl::ToInt64Seconds(config_.poll_max_wait));
   request.mutable_capabilities()->set_software_version(FEDMOE_VERSION);
-  request.mutable_capabilities()->set_device(std::string(kernels::DeviceName(config_.compute.device)));
+  request.mutable_capabilities()->set_device(
+      std::string(kernels::DeviceName(config_.compute.device)));
   request.set_known_round_id(known_round_);
   request.set_known_stage(known_stage_);
   request.set_local_model_version(progress_.model_version);

@@ -319,8 +319,8 @@ int TrainCommand(const std::vector<std::string>& args) {
   if (device_flag) compute.device_name = *device_flag;
   if (absl::Status status = compute.Resolve(); !status.ok()) {
     if (!device_flag) return Fail(status);
-    return Fail(absl::Status(status.code(), absl::StrCat("--device ", *device_flag, ": ",
-                                                         status.message())));
+    return Fail(absl::Status(status.code(),
+                             absl::StrCat("--device ", *device_flag, ": ", status.message())));
   }
   options.device = compute.device;
   options.matmul_precision = compute.matmul_precision;
@@ -374,8 +374,8 @@ int TrainCommand(const std::vector<std::string>& args) {
   if (options.device == kernels::Device::kCuda) {
     std::printf("training on the GPU, weight products in %s\n", precision);
   } else {
-    std::printf("training on %d CPU threads, weight products in %s\n",
-                kernels::cpu::CpuThreads(), precision);
+    std::printf("training on %d CPU threads, weight products in %s\n", kernels::cpu::CpuThreads(),
+                precision);
   }
   model::TrainCallbacks callbacks;
   callbacks.on_data_warning = [](std::string_view warning) {

@@ -3,17 +3,77 @@
 
 #include <vector>
 
+#ifndef FEDMOE_CUDA_SIM
+#include <dlfcn.h>
+#endif
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/launch.h"
 
 namespace fedmoe::kernels::cuda {
+
+// The cuBLAS entry points fedmoe calls. The library is loaded at the first Blas::Create, not
+// linked: libcublasLt carries 92 KiB of static thread-local storage, which glibc carves out of
+// every new thread's stack, and threads created with small stacks then fail to start
+// (civetweb's, behind the /metrics endpoint, did, in every process that linked cuBLAS).
+// Loaded with dlopen, the library's thread-local storage is allocated apart from the stacks.
+struct CublasApi {
+  decltype(&cublasCreate) create;
+  decltype(&cublasDestroy) destroy;
+  decltype(&cublasGetStatusString) status_string;
+  // Spelled out: the header overloads cublasGemmEx for C++ callers.
+  cublasStatus_t (*gemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                         const void*, const void*, cudaDataType_t, int, const void*, cudaDataType_t,
+                         int, const void*, void*, cudaDataType_t, int, cublasComputeType_t,
+                         cublasGemmAlgo_t);
+  decltype(&cublasGemmGroupedBatchedEx) grouped_gemm;
+};
+
 namespace {
 
-absl::Status BlasStatus(cublasStatus_t status, const char* what) {
+absl::StatusOr<const CublasApi*> Cublas() {
+#ifdef FEDMOE_CUDA_SIM
+  static const CublasApi api{&cublasCreate, &cublasDestroy, &cublasGetStatusString, &cublasGemmEx,
+                             &cublasGemmGroupedBatchedEx};
+  return &api;
+#else
+  static const absl::StatusOr<CublasApi> loaded = []() -> absl::StatusOr<CublasApi> {
+    void* library = nullptr;
+    std::string errors;
+    // The library CMake found, then the dynamic linker's search for the same soname.
+    for (const char* name : {FEDMOE_CUBLAS_LIBRARY, FEDMOE_CUBLAS_SONAME}) {
+      library = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (library != nullptr) break;
+      absl::StrAppend(&errors, errors.empty() ? "" : "; ", dlerror());
+    }
+    if (library == nullptr) {
+      return absl::UnavailableError(absl::StrCat("cannot load cuBLAS: ", errors));
+    }
+    CublasApi api{};
+    const auto bind = [&](auto& function, const char* symbol) {
+      function =
+          reinterpret_cast<std::remove_reference_t<decltype(function)>>(dlsym(library, symbol));
+      return function != nullptr;
+    };
+    // cublasCreate and cublasDestroy are macros for the _v2 symbols.
+    if (!bind(api.create, "cublasCreate_v2") || !bind(api.destroy, "cublasDestroy_v2") ||
+        !bind(api.status_string, "cublasGetStatusString") || !bind(api.gemm, "cublasGemmEx") ||
+        !bind(api.grouped_gemm, "cublasGemmGroupedBatchedEx")) {
+      return absl::UnavailableError(
+          absl::StrCat("cuBLAS lacks a function fedmoe needs: ", dlerror()));
+    }
+    return api;
+  }();
+  if (!loaded.ok()) return loaded.status();
+  return &*loaded;
+#endif
+}
+
+absl::Status BlasStatus(const CublasApi& api, cublasStatus_t status, const char* what) {
   if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cublasGetStatusString(status)));
+  return absl::InternalError(absl::StrCat(what, ": ", api.status_string(status)));
 }
 
 cudaDataType_t DataTypeOf(ElementType type) {
@@ -60,6 +120,7 @@ bool FitsInt(const GemmProblem& p) {
 }  // namespace
 
 struct Blas::State {
+  const CublasApi* api = nullptr;
   cublasHandle_t handle = nullptr;
   // Grouped calls read their pointer arrays from the device: a, b and c pointers, allocated
   // at the first grouped call and grown as needed.
@@ -67,7 +128,7 @@ struct Blas::State {
   bool grouped_unsupported = false;
 
   ~State() {
-    if (handle != nullptr) cublasDestroy(handle);
+    if (handle != nullptr) api->destroy(handle);
   }
 };
 
@@ -77,8 +138,11 @@ Blas& Blas::operator=(Blas&&) noexcept = default;
 Blas::~Blas() = default;
 
 absl::StatusOr<Blas> Blas::Create() {
+  absl::StatusOr<const CublasApi*> api = Cublas();
+  if (!api.ok()) return api.status();
   auto state = std::make_unique<State>();
-  if (absl::Status status = BlasStatus(cublasCreate(&state->handle), "cublasCreate");
+  state->api = *api;
+  if (absl::Status status = BlasStatus(**api, (*api)->create(&state->handle), "cublasCreate");
       !status.ok()) {
     state->handle = nullptr;
     return status;
@@ -102,11 +166,13 @@ absl::Status Blas::MatMul(const GemmProblem& problem, bool accumulate) {
   const ColumnMajorCall call = ToColumnMajor(problem);
   const float alpha = 1.0F;
   const float beta = accumulate ? 1.0F : 0.0F;
-  return BlasStatus(cublasGemmEx(state_->handle, call.transa, call.transb, call.m, call.n, call.k,
-                                 &alpha, call.a, DataTypeOf(problem.b.type), call.lda, call.b,
-                                 DataTypeOf(problem.a.type), call.ldb, &beta, call.c, CUDA_R_32F,
-                                 call.ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                    "cublasGemmEx");
+  return BlasStatus(
+      *state_->api,
+      state_->api->gemm(state_->handle, call.transa, call.transb, call.m, call.n, call.k, &alpha,
+                        call.a, DataTypeOf(problem.b.type), call.lda, call.b,
+                        DataTypeOf(problem.a.type), call.ldb, &beta, call.c, CUDA_R_32F, call.ldc,
+                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmEx");
 }
 
 absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool accumulate) {
@@ -170,7 +236,7 @@ absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool acc
     return status;
   }
   const void* const* device_pointers = state_->pointers.data();
-  const cublasStatus_t status = cublasGemmGroupedBatchedEx(
+  const cublasStatus_t status = state_->api->grouped_gemm(
       state_->handle, transa.data(), transb.data(), m.data(), n.data(), k.data(), alpha.data(),
       device_pointers, DataTypeOf(problems.front().b.type), lda.data(), device_pointers + count,
       DataTypeOf(problems.front().a.type), ldb.data(), beta.data(),
@@ -182,7 +248,7 @@ absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool acc
     state_->grouped_unsupported = true;
     return run_one_by_one();
   }
-  return BlasStatus(status, "cublasGemmGroupedBatchedEx");
+  return BlasStatus(*state_->api, status, "cublasGemmGroupedBatchedEx");
 }
 
 }  // namespace fedmoe::kernels::cuda

@@ -98,9 +98,9 @@ TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
                 "bad.yaml:4: matmul_precision: unknown matmul precision 'fp8' (auto, fp32, bf16)"),
             std::string::npos)
       << status;
-  EXPECT_NE(status.message().find(
-                "bad.yaml:5: device: unknown device 'tpu': expected cpu, cuda or auto"),
-            std::string::npos)
+  EXPECT_NE(
+      status.message().find("bad.yaml:5: device: unknown device 'tpu': expected cpu, cuda or auto"),
+      std::string::npos)
       << status;
 }
 

@@ -344,6 +344,18 @@ TEST(CudaGemmTest, EveryStorageAndTypeMatchesADoubleProduct) {
   }
 }
 
+// cuBLAS is loaded at run time (gemm.cu): the build's library path or soname resolves and has
+// every entry point. Runs without a GPU too, where only the handle's creation can fail.
+TEST(CudaGemmTest, CublasLoadsWithEveryEntryPoint) {
+  absl::StatusOr<cuda::Blas> blas = cuda::Blas::Create();
+  if (!blas.ok()) {
+    EXPECT_EQ(blas.status().message().find("cannot load cuBLAS"), std::string::npos)
+        << blas.status();
+    EXPECT_EQ(blas.status().message().find("lacks a function"), std::string::npos) << blas.status();
+    EXPECT_NE(blas.status().message().find("cublasCreate"), std::string::npos) << blas.status();
+  }
+}
+
 TEST(CudaGemmTest, GroupedProductsOfDifferentSizes) {
   FEDMOE_REQUIRE_CUDA();
   absl::StatusOr<cuda::Blas> blas = cuda::Blas::Create();

@@ -58,6 +58,7 @@ using fedmoe::cuda_sim::CUBLAS_STATUS_INVALID_VALUE;
 using fedmoe::cuda_sim::CUBLAS_STATUS_NOT_SUPPORTED;
 using fedmoe::cuda_sim::CUBLAS_STATUS_SUCCESS;
 using fedmoe::cuda_sim::cublasComputeType_t;
+using fedmoe::cuda_sim::cublasGemmAlgo_t;
 using fedmoe::cuda_sim::cublasCreate;
 using fedmoe::cuda_sim::cublasDestroy;
 using fedmoe::cuda_sim::cublasGemmEx;
