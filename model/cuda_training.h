@@ -21,10 +21,17 @@
 
 namespace fedmoe::model {
 
-// Uploads `parameters` and allocates the optimizer state on the current device. The caller's
+// With several GPUs (options.devices), training is data-parallel: one replica per GPU, each
+// micro-batch's sequences split among them, their gradients summed with NCCL before every
+// optimizer step, which each replica then takes identically. A micro-batch over n GPUs is
+// gradient accumulation over n smaller micro-batches on one: the same gradient, with the
+// balance loss taken per share (backward.h).
+
+// Uploads `parameters` and allocates the optimizer state on each device used. The caller's
 // parameters are not touched until CopyParametersTo. InvalidArgument for a model the kernels
 // do not take (head_dim other than 16, 32, 64 or 128; more than kMaxExperts experts);
-// ResourceExhausted when the device runs out of memory.
+// ResourceExhausted when a device runs out of memory; Unimplemented for several GPUs in a build
+// without NCCL.
 absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
     const ModelParameters& parameters, const BackendOptions& options);
 

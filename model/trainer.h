@@ -38,7 +38,8 @@ struct TrainOptions {
   // means the same on every machine.
   MatMulPrecision matmul_precision = MatMulPrecision::kFloat32;
   // Where the steps run (training_backend.h). kCuda needs a library built with nvcc
-  // (fedmoe_train links the CUDA backend then) and a GPU.
+  // (fedmoe_train links the CUDA backend then) and a GPU; it trains data-parallel on every
+  // visible GPU (CUDA_VISIBLE_DEVICES chooses them).
   kernels::Device device = kernels::Device::kCpu;
   uint64_t seed = 0;
   // Validation every this many steps (0: only at the end), over at most this many batches.

@@ -25,6 +25,9 @@ struct BackendOptions {
   AdamWOptions adamw;
   // Of the weight products while training (forward.h); evaluation is always fp32.
   MatMulPrecision matmul_precision = MatMulPrecision::kFloat32;
+  // GPUs for data-parallel training (CUDA only): each micro-batch's sequences are split among
+  // them and their gradients summed (NCCL) before every optimizer step. 0: every visible GPU.
+  int devices = 0;
 };
 
 class TrainingBackend {

@@ -49,6 +49,10 @@ absl::Status ZeroDeviceBytes(void* device_destination, size_t bytes) {
   return FromCuda(cudaMemset(device_destination, 0, bytes), "zeroing device memory");
 }
 
+absl::Status SetDevice(int device) {
+  return FromCuda(cudaSetDevice(device), "selecting a CUDA device");
+}
+
 absl::Status Synchronize() { return FromCuda(cudaDeviceSynchronize(), "device synchronize"); }
 
 }  // namespace fedmoe::kernels::cuda

@@ -20,6 +20,9 @@ absl::Status CopyHostToDevice(void* device_destination, const void* host_source,
 absl::Status CopyDeviceToHost(void* host_destination, const void* device_source, size_t bytes);
 absl::Status CopyDeviceToDevice(void* device_destination, const void* device_source, size_t bytes);
 absl::Status ZeroDeviceBytes(void* device_destination, size_t bytes);
+// Makes `device` the calling thread's current device: where its allocations, copies and
+// kernels go.
+absl::Status SetDevice(int device);
 // Waits for the device's queued work and reports an error raised by any of it.
 absl::Status Synchronize();
 

@@ -250,6 +250,86 @@ TEST(CudaTrainingErrorsTest, AModelTheKernelsDoNotTakeIsRefusedAtCreation) {
   EXPECT_NE(gpu.status().message().find("head_dim"), std::string::npos) << gpu.status();
 }
 
+// Data parallelism over two GPUs (two simulated devices on the simulator): a micro-batch split
+// between them trains as gradient accumulation over its two halves on the CPU, step for step.
+TEST(CudaDataParallelTest, TwoGpusMatchGradientAccumulationOverTheHalves) {
+  FEDMOE_REQUIRE_CUDA();
+#ifndef FEDMOE_CUDA_SIM
+  const absl::StatusOr<int> gpus = kernels::CudaDeviceCount();
+  if (!gpus.ok() || *gpus < 2) GTEST_SKIP() << "needs two GPUs";
+#endif
+  const MoeConfig config = SmallConfig();
+  ModelParameters cpu_parameters = InitializeModel(config, 5);
+  const ModelParameters initial = cpu_parameters;
+  const BackendOptions options{.trainable = kEverything,
+                               .adamw = {},
+                               .matmul_precision = MatMulPrecision::kFloat32,
+                               .devices = 2};
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> cpu =
+      CreateCpuTrainingBackend(cpu_parameters, options);
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpus_backend =
+      CreateCudaTrainingBackend(initial, options);
+  ASSERT_TRUE(cpu.ok() && gpus_backend.ok()) << gpus_backend.status();
+  const auto size = static_cast<size_t>(initial.layout().total_size());
+
+  // Three sequences: the first GPU takes two, the second one.
+  const Batch batch = RandomBatch(config, 3, 10, 21);
+  BackwardOptions whole = LossOptions(batch);
+  absl::StatusOr<LossBreakdown> parallel = (*gpus_backend)->AccumulateGradients(batch, whole);
+  ASSERT_TRUE(parallel.ok()) << parallel.status();
+  LossBreakdown accumulated;
+  BackwardOptions half = whole;
+  half.step_share = 0.5;
+  for (const auto& [first, count] : {std::pair<int64_t, int64_t>{0, 2}, {2, 1}}) {
+    Batch part = batch;
+    part.batch = count;
+    part.tokens.assign(batch.tokens.begin() + first * 10,
+                       batch.tokens.begin() + (first + count) * 10);
+    part.targets.assign(batch.targets.begin() + first * 10,
+                        batch.targets.begin() + (first + count) * 10);
+    absl::StatusOr<LossBreakdown> loss = (*cpu)->AccumulateGradients(part, half);
+    ASSERT_TRUE(loss.ok()) << loss.status();
+    accumulated.cross_entropy += loss->cross_entropy;
+    accumulated.balance += loss->balance;
+    accumulated.predictions += loss->predictions;
+  }
+  EXPECT_NEAR(parallel->cross_entropy, accumulated.cross_entropy, 1e-6);
+  EXPECT_NEAR(parallel->balance, accumulated.balance, 1e-7);
+  EXPECT_EQ(parallel->predictions, accumulated.predictions);
+
+  std::vector<float> cpu_gradients(size), gpu_gradients(size);
+  ASSERT_TRUE((*cpu)->CopyGradientsTo(cpu_gradients).ok());
+  ASSERT_TRUE((*gpus_backend)->CopyGradientsTo(gpu_gradients).ok());
+  ExpectTensorsNear(initial.layout(), gpu_gradients, cpu_gradients, 1e-5, "gradient");
+
+  absl::StatusOr<double> cpu_norm = (*cpu)->ApplyGradients(kLearningRate, kMaxNorm);
+  absl::StatusOr<double> gpu_norm = (*gpus_backend)->ApplyGradients(kLearningRate, kMaxNorm);
+  ASSERT_TRUE(cpu_norm.ok() && gpu_norm.ok()) << gpu_norm.status();
+  EXPECT_NEAR(*gpu_norm, *cpu_norm, 1e-5 * *cpu_norm);
+
+  // Both replicas took the step from the summed gradient: the parameters read back (replica 0)
+  // moved as the CPU's did, and the next pass (split again) agrees on the loss.
+  ModelParameters gpu_parameters(config);
+  ASSERT_TRUE((*gpus_backend)->CopyParametersTo(gpu_parameters).ok());
+  int64_t apart = 0;
+  for (size_t i = 0; i < size; ++i) {
+    apart +=
+        std::abs(gpu_parameters.values()[i] - cpu_parameters.values()[i]) > 0.02 * kLearningRate
+            ? 1
+            : 0;
+  }
+  EXPECT_LT(static_cast<double>(apart), 0.002 * static_cast<double>(size));
+  absl::StatusOr<std::vector<std::vector<int64_t>>> cpu_slots = (*cpu)->ExpertSlots();
+  absl::StatusOr<std::vector<std::vector<int64_t>>> gpu_slots = (*gpus_backend)->ExpertSlots();
+  ASSERT_TRUE(cpu_slots.ok() && gpu_slots.ok());
+  EXPECT_EQ(*gpu_slots, *cpu_slots);
+  const Batch next = RandomBatch(config, 2, 10, 22);
+  absl::StatusOr<LossSum> cpu_eval = (*cpu)->Evaluate(next);
+  absl::StatusOr<LossSum> gpu_eval = (*gpus_backend)->Evaluate(next);
+  ASSERT_TRUE(cpu_eval.ok() && gpu_eval.ok());
+  EXPECT_NEAR(gpu_eval->total, cpu_eval->total, 1e-3);
+}
+
 // The whole loop (data, schedule, clipping, validation, the histogram) on both devices.
 TEST(CudaTrainingLoopTest, TrainOnTheGpuFollowsTrainOnTheCpu) {
   FEDMOE_REQUIRE_CUDA();

@@ -298,6 +298,23 @@ cudaError_t cudaMemset(void* destination, int value, size_t bytes) {
 
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
+namespace {
+constexpr int kSimulatedDevices = 8;
+thread_local int current_device = 0;
+}  // namespace
+
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= kSimulatedDevices) return Record(cudaErrorInvalidValue);
+  current_device = device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  if (device == nullptr) return Record(cudaErrorInvalidValue);
+  *device = current_device;
+  return cudaSuccess;
+}
+
 cudaError_t cudaGetLastError() { return std::exchange(last_error, cudaSuccess); }
 
 const char* cudaGetErrorString(cudaError_t error) {

@@ -72,6 +72,10 @@ cudaError_t cudaFree(void* pointer);
 cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemset(void* destination, int value, size_t bytes);
 cudaError_t cudaDeviceSynchronize();
+// The calling thread's current device. Simulated devices share one memory; the index is kept
+// so that code which selects devices runs as on a machine with several.
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaGetDevice(int* device);
 cudaError_t cudaGetLastError();
 const char* cudaGetErrorString(cudaError_t error);
 
@@ -111,6 +115,7 @@ using fedmoe::cuda_sim::cudaError_t;
 using fedmoe::cuda_sim::cudaErrorInvalidValue;
 using fedmoe::cuda_sim::cudaErrorMemoryAllocation;
 using fedmoe::cuda_sim::cudaFree;
+using fedmoe::cuda_sim::cudaGetDevice;
 using fedmoe::cuda_sim::cudaGetErrorString;
 using fedmoe::cuda_sim::cudaGetLastError;
 using fedmoe::cuda_sim::cudaMalloc;
@@ -120,6 +125,7 @@ using fedmoe::cuda_sim::cudaMemcpyDeviceToHost;
 using fedmoe::cuda_sim::cudaMemcpyHostToDevice;
 using fedmoe::cuda_sim::cudaMemcpyKind;
 using fedmoe::cuda_sim::cudaMemset;
+using fedmoe::cuda_sim::cudaSetDevice;
 using fedmoe::cuda_sim::cudaSuccess;
 
 #define threadIdx (::fedmoe::cuda_sim::thread_index)
