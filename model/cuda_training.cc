@@ -96,6 +96,20 @@ struct PassShape {
   cuda::AttentionShape attention;
 };
 
+// A layer's expert weights by kind: w1() is e ↦ expert e's w1 offset, and so on.
+struct ExpertWeights {
+  const LayerOffsets& layer;
+  auto w1() const {
+    return [this](int64_t e) { return layer.experts[static_cast<size_t>(e)].w1; };
+  }
+  auto w2() const {
+    return [this](int64_t e) { return layer.experts[static_cast<size_t>(e)].w2; };
+  }
+  auto w3() const {
+    return [this](int64_t e) { return layer.experts[static_cast<size_t>(e)].w3; };
+  }
+};
+
 class CudaTrainingBackend : public TrainingBackend {
  public:
   // On GPU `device`, with a cuBLAS handle made there.
@@ -288,8 +302,55 @@ class CudaTrainingBackend : public TrainingBackend {
     return status;
   }
 
-  // One product per expert over its block of slots, in one grouped call: make(expert, first
-  // slot, slot count) describes it.
+  // LinearForward and LinearBackward per expert, over each expert's block of slots, with one
+  // grouped cuBLAS call per product: `weight(e)` is expert e's weight [out, in].
+  template <typename WeightOf>
+  absl::Status ExpertLinearForward(const std::vector<int32_t>& offsets, MatrixOperand in,
+                                   WeightOf weight, bool bf16, float* out, int64_t in_features,
+                                   int64_t out_features) {
+    return ExpertProducts(offsets, false, [&](int64_t e, int64_t first, int64_t count) {
+      return GemmProblem{.a = Offset(in, first * in_features),
+                         .b = Weight(weight(e), bf16, /*transposed=*/true),
+                         .c = out + first * out_features,
+                         .m = count,
+                         .n = out_features,
+                         .k = in_features};
+    });
+  }
+
+  // d_in (+)= d_out·weight unless d_in is null; the weight's gradient += d_outᵀ·in when
+  // `train`.
+  template <typename WeightOf>
+  absl::Status ExpertLinearBackward(const std::vector<int32_t>& offsets, MatrixOperand in,
+                                    WeightOf weight, bool bf16, MatrixOperand d_out, float* d_in,
+                                    bool accumulate_d_in, bool train, int64_t in_features,
+                                    int64_t out_features) {
+    absl::Status status;
+    if (d_in != nullptr) {
+      status.Update(
+          ExpertProducts(offsets, accumulate_d_in, [&](int64_t e, int64_t first, int64_t count) {
+            return GemmProblem{.a = Offset(d_out, first * out_features),
+                               .b = Weight(weight(e), bf16, /*transposed=*/false),
+                               .c = d_in + first * in_features,
+                               .m = count,
+                               .n = in_features,
+                               .k = out_features};
+          }));
+    }
+    if (train) {
+      status.Update(ExpertProducts(offsets, true, [&](int64_t e, int64_t first, int64_t count) {
+        return GemmProblem{.a = Transposed(Offset(d_out, first * out_features)),
+                           .b = Offset(in, first * in_features),
+                           .c = gradients_.data() + weight(e),
+                           .m = out_features,
+                           .n = in_features,
+                           .k = count};
+      }));
+    }
+    return status;
+  }
+
+  // One product per expert, in one grouped call: make(expert, first slot, slot count).
   template <typename MakeProblem>
   absl::Status ExpertProducts(const std::vector<int32_t>& offsets, bool accumulate,
                               MakeProblem make) {
@@ -553,33 +614,18 @@ class CudaTrainingBackend : public TrainingBackend {
     const int64_t h = s.hidden;
     const int64_t inner = s.inner;
     // gate = in·w1ᵀ, up = in·w3ᵀ, act = silu(gate)⊙up, out = act·w2ᵀ, per expert.
-    for (const bool is_up : {false, true}) {
-      float* product = is_up ? layer.expert_up.data() : layer.expert_gate.data();
-      status.Update(
-          ExpertProducts(layer.host_offsets, false, [&](int64_t e, int64_t first, int64_t count) {
-            const ExpertOffsets& expert = w.experts[static_cast<size_t>(e)];
-            return GemmProblem{.a = Offset(grouped_in, first * h),
-                               .b = Weight(is_up ? expert.w3 : expert.w1, bf16, true),
-                               .c = product + first * inner,
-                               .m = count,
-                               .n = inner,
-                               .k = h};
-          }));
-    }
+    const std::vector<int32_t>& offsets = layer.host_offsets;
+    const ExpertWeights weights{w};
+    status.Update(ExpertLinearForward(offsets, grouped_in, weights.w1(), bf16,
+                                      layer.expert_gate.data(), h, inner));
+    status.Update(ExpertLinearForward(offsets, grouped_in, weights.w3(), bf16,
+                                      layer.expert_up.data(), h, inner));
     status.Update(cuda::SwiGluForward(layer.expert_gate.data(), layer.expert_up.data(),
                                       DataIf(!bf16, layer.expert_act),
                                       DataIf(bf16, layer.expert_act_bf16), s.slots * inner));
-    const MatrixOperand act =
-        Activation(bf16, layer.expert_act.data(), layer.expert_act_bf16.data());
-    status.Update(
-        ExpertProducts(layer.host_offsets, false, [&](int64_t e, int64_t first, int64_t count) {
-          return GemmProblem{.a = Offset(act, first * inner),
-                             .b = Weight(w.experts[static_cast<size_t>(e)].w2, bf16, true),
-                             .c = layer.expert_output.data() + first * h,
-                             .m = count,
-                             .n = h,
-                             .k = inner};
-        }));
+    status.Update(ExpertLinearForward(
+        offsets, Activation(bf16, layer.expert_act.data(), layer.expert_act_bf16.data()),
+        weights.w2(), bf16, layer.expert_output.data(), inner, h));
 
     // out = residual (+ the shared experts), then the routed experts are combined into it.
     if (s.shared > 0) {
@@ -635,8 +681,9 @@ class CudaTrainingBackend : public TrainingBackend {
     const double fraction_scale =
         static_cast<double>(s.experts) / static_cast<double>(s.top_k * s.rows);
     double total = 0;
-    balance_gradients.assign(layers_.size(), std::vector<float>(static_cast<size_t>(s.experts)));
+    balance_gradients.resize(layers_.size());
     for (size_t i = 0; i < layers_.size(); ++i) {
+      balance_gradients[i].resize(static_cast<size_t>(s.experts));
       const std::vector<int32_t>& offsets = layers_[i].host_offsets;
       double loss = 0;
       for (int64_t e = 0; e < s.experts; ++e) {
@@ -773,60 +820,22 @@ class CudaTrainingBackend : public TrainingBackend {
         Activation(bf16, layer.expert_input.data(), layer.expert_input_bf16.data());
     const bool train_experts = options_.trainable.routed_experts;
     const std::vector<int32_t>& offsets = layer.host_offsets;
-    const auto expert = [&](int64_t e) -> const ExpertOffsets& {
-      return w.experts[static_cast<size_t>(e)];
-    };
-    // d_act = d_out·w2 per expert.
-    status.Update(ExpertProducts(offsets, false, [&](int64_t e, int64_t first, int64_t count) {
-      return GemmProblem{.a = Offset(d_out, first * h),
-                         .b = Weight(expert(e).w2, bf16, false),
-                         .c = g.d_act.data() + first * inner,
-                         .m = count,
-                         .n = inner,
-                         .k = h};
-    }));
-    if (train_experts) {
-      // d_w2 += d_outᵀ·act.
-      status.Update(ExpertProducts(offsets, true, [&](int64_t e, int64_t first, int64_t count) {
-        return GemmProblem{.a = Transposed(Offset(d_out, first * h)),
-                           .b = Offset(act, first * inner),
-                           .c = gradients_.data() + expert(e).w2,
-                           .m = h,
-                           .n = inner,
-                           .k = count};
-      }));
-    }
+    const ExpertWeights weights{w};
+    // d_act = d_out·w2, d_w2 += d_outᵀ·act.
+    status.Update(ExpertLinearBackward(offsets, act, weights.w2(), bf16, d_out, g.d_act.data(),
+                                       false, train_experts, inner, h));
     status.Update(cuda::SwiGluBackward(layer.expert_gate.data(), layer.expert_up.data(),
                                        g.d_act.data(), DataIf(!bf16, g.d_gate),
                                        DataIf(bf16, g.d_gate_bf16), DataIf(!bf16, g.d_up),
                                        DataIf(bf16, g.d_up_bf16), s.slots * inner));
-    const MatrixOperand d_gate = Activation(bf16, g.d_gate.data(), g.d_gate_bf16.data());
-    const MatrixOperand d_up = Activation(bf16, g.d_up.data(), g.d_up_bf16.data());
-    for (const bool is_up : {false, true}) {
-      const MatrixOperand d_product = is_up ? d_up : d_gate;
-      if (need_input_gradient) {
-        // d_in = d_gate·w1 + d_up·w3.
-        status.Update(ExpertProducts(offsets, is_up, [&](int64_t e, int64_t first, int64_t count) {
-          return GemmProblem{.a = Offset(d_product, first * inner),
-                             .b = Weight(is_up ? expert(e).w3 : expert(e).w1, bf16, false),
-                             .c = g.d_expert_in.data() + first * h,
-                             .m = count,
-                             .n = h,
-                             .k = inner};
-        }));
-      }
-      if (train_experts) {
-        // d_w1 += d_gateᵀ·in, d_w3 += d_upᵀ·in.
-        status.Update(ExpertProducts(offsets, true, [&](int64_t e, int64_t first, int64_t count) {
-          return GemmProblem{.a = Transposed(Offset(d_product, first * inner)),
-                             .b = Offset(expert_in, first * h),
-                             .c = gradients_.data() + (is_up ? expert(e).w3 : expert(e).w1),
-                             .m = inner,
-                             .n = h,
-                             .k = count};
-        }));
-      }
-    }
+    // d_in = d_gate·w1 + d_up·w3, d_w1 += d_gateᵀ·in, d_w3 += d_upᵀ·in.
+    float* d_in = need_input_gradient ? g.d_expert_in.data() : nullptr;
+    status.Update(ExpertLinearBackward(offsets, expert_in, weights.w1(), bf16,
+                                       Activation(bf16, g.d_gate.data(), g.d_gate_bf16.data()),
+                                       d_in, false, train_experts, h, inner));
+    status.Update(ExpertLinearBackward(offsets, expert_in, weights.w3(), bf16,
+                                       Activation(bf16, g.d_up.data(), g.d_up_bf16.data()), d_in,
+                                       true, train_experts, h, inner));
     if (need_input_gradient) {
       status.Update(cuda::GatherByExpertBackward(g.d_expert_in.data(), layer.permuted_slot.data(),
                                                  d_n2, rows, s.top_k, h));
