@@ -542,7 +542,7 @@ class CudaTrainingBackend : public TrainingBackend {
 
   absl::Status AttentionBlock(const LayerOffsets& w, const PassShape& s, bool bf16,
                               LayerBuffers& layer) {
-    const float eps = static_cast<float>(config_.rms_norm_eps);
+    const auto eps = static_cast<float>(config_.rms_norm_eps);
     absl::Status status =
         cuda::RmsNormForward(layer.input.data(), Parameter(w.input_layernorm),
                              layer.attention_norm.data(), DataIf(bf16, layer.attention_norm_bf16),

@@ -189,7 +189,9 @@ TEST_P(CudaTrainingTest, TwoStepsMatchTheCpuBackend) {
   EXPECT_EQ(*gpu_slots, *cpu_slots);
   int64_t routed = 0;
   for (const int64_t count : gpu_slots->front()) routed += count;
-  EXPECT_EQ(routed, 2 * 2 * 13 * config.num_experts_per_tok);
+  // Two steps of 2 sequences × 13 tokens, each token routed to top_k experts.
+  const int64_t tokens = 2 * 2 * 13;
+  EXPECT_EQ(routed, tokens * config.num_experts_per_tok);
 
   // Evaluation is fp32 whatever the training precision, on both devices.
   const Batch held_out = RandomBatch(config, 3, 11, 7);

@@ -57,7 +57,7 @@ class FiberStacks {
 
   void* Stack(unsigned index) {
     while (stacks_.size() <= index) {
-      const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+      const auto page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
       void* region = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (region == MAP_FAILED) Fail("cannot map a fiber stack");
