@@ -190,7 +190,7 @@ TEST_P(CudaTrainingTest, TwoStepsMatchTheCpuBackend) {
   int64_t routed = 0;
   for (const int64_t count : gpu_slots->front()) routed += count;
   // Two steps of 2 sequences × 13 tokens, each token routed to top_k experts.
-  const int64_t tokens = 2 * 2 * 13;
+  const int64_t tokens = int64_t{2} * 2 * 13;
   EXPECT_EQ(routed, tokens * config.num_experts_per_tok);
 
   // Evaluation is fp32 whatever the training precision, on both devices.
