@@ -133,7 +133,10 @@ TEST_P(CudaTrainingTest, TwoStepsMatchTheCpuBackend) {
   for (int step = 0; step < 2; ++step) {
     SCOPED_TRACE(::testing::Message() << "step " << step);
     const double tolerance = Tolerance(GetParam().precision, step);
-    const Batch batch = RandomBatch(config, 2, 13, 100 + step);
+    // The second batch has another shape (as dynamic SFT batches do): buffers and RoPE tables
+    // sized for the first must serve it.
+    const Batch batch =
+        step == 0 ? RandomBatch(config, 2, 13, 100) : RandomBatch(config, 3, 9, 101);
     absl::StatusOr<LossBreakdown> cpu_loss = (*cpu)->AccumulateGradients(batch, LossOptions(batch));
     absl::StatusOr<LossBreakdown> gpu_loss = (*gpu)->AccumulateGradients(batch, LossOptions(batch));
     ASSERT_TRUE(cpu_loss.ok()) << cpu_loss.status();
@@ -189,8 +192,8 @@ TEST_P(CudaTrainingTest, TwoStepsMatchTheCpuBackend) {
   EXPECT_EQ(*gpu_slots, *cpu_slots);
   int64_t routed = 0;
   for (const int64_t count : gpu_slots->front()) routed += count;
-  // Two steps of 2 sequences × 13 tokens, each token routed to top_k experts.
-  const int64_t tokens = int64_t{2} * 2 * 13;
+  // 2 × 13 and 3 × 9 tokens, each routed to top_k experts.
+  const int64_t tokens = int64_t{2} * 13 + int64_t{3} * 9;
   EXPECT_EQ(routed, tokens * config.num_experts_per_tok);
 
   // Evaluation is fp32 whatever the training precision, on both devices.

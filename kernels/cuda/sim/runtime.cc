@@ -1,4 +1,10 @@
 // The simulator's runtime (see include/cuda_runtime.h).
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define FEDMOE_SIM_ASAN 1
+#else
+#define FEDMOE_SIM_ASAN 0
+#endif
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -16,10 +22,14 @@
 
 namespace fedmoe::cuda_sim {
 
-thread_local dim3 thread_index;
-thread_local dim3 block_index;
-thread_local dim3 block_dimension;
-thread_local dim3 grid_dimension;
+// Plain globals, not thread_local: one grid runs at a time (LaunchMutex), and its threads are
+// fibers of the launching thread. (Thread-local ones came out null inside fibers in the
+// address,undefined sanitizer build, the fiber annotations notwithstanding; globals need no
+// thread-local lookup.)
+dim3 thread_index;
+dim3 block_index;
+dim3 block_dimension;
+dim3 grid_dimension;
 
 namespace {
 
@@ -113,7 +123,7 @@ class GridRun {
     return result;
   }
 
-  static thread_local GridRun* current_;
+  static GridRun* current_;  // the running grid, under LaunchMutex
 
  private:
   enum class State { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kDone };
@@ -186,20 +196,50 @@ class GridRun {
   void Resume(unsigned t) {
     running_ = t;
     thread_index = dim3(t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y));
+    void* fake_stack = nullptr;
+    StartSwitch(&fake_stack, fibers_[t].context.uc_stack.ss_sp, FiberStacks::kStackBytes);
     if (swapcontext(&scheduler_, &fibers_[t].context) != 0) Fail("swapcontext failed");
+    FinishSwitch(fake_stack, nullptr, nullptr);
   }
 
   void Wait(State barrier) {
     Fiber& fiber = fibers_[running_];
     fiber.state = barrier;
+    void* fake_stack = nullptr;
+    StartSwitch(&fake_stack, scheduler_stack_, scheduler_stack_bytes_);
     if (swapcontext(&fiber.context, &scheduler_) != 0) Fail("swapcontext failed");
+    FinishSwitch(fake_stack, nullptr, nullptr);
   }
 
   static void FiberMain() {
     GridRun* run = current_;
+    // The first switch onto this stack; it tells AddressSanitizer where the scheduler's is.
+    FinishSwitch(nullptr, &run->scheduler_stack_, &run->scheduler_stack_bytes_);
     (*run->body_)();
-    // Returning resumes uc_link, the scheduler.
     run->fibers_[run->running_].state = State::kDone;
+    // Returning resumes uc_link, the scheduler; this stack's fake frames die with the fiber.
+    StartSwitch(nullptr, run->scheduler_stack_, run->scheduler_stack_bytes_);
+  }
+
+  // AddressSanitizer must hear of every switch between stacks, or it takes the fiber's frames
+  // for the thread's and reports (or, for thread-local storage, computes) nonsense.
+  static void StartSwitch(void** fake_stack, const void* bottom, size_t bytes) {
+#if FEDMOE_SIM_ASAN
+    __sanitizer_start_switch_fiber(fake_stack, bottom, bytes);
+#else
+    (void)fake_stack;
+    (void)bottom;
+    (void)bytes;
+#endif
+  }
+  static void FinishSwitch(void* fake_stack, const void** bottom, size_t* bytes) {
+#if FEDMOE_SIM_ASAN
+    __sanitizer_finish_switch_fiber(fake_stack, bottom, bytes);
+#else
+    (void)fake_stack;
+    (void)bottom;
+    (void)bytes;
+#endif
   }
 
   dim3 grid_;
@@ -210,10 +250,12 @@ class GridRun {
   std::vector<uint64_t> exchange_;
   std::vector<Fiber> fibers_;
   ucontext_t scheduler_{};
+  const void* scheduler_stack_ = nullptr;
+  size_t scheduler_stack_bytes_ = 0;
   unsigned running_ = 0;
 };
 
-thread_local GridRun* GridRun::current_ = nullptr;
+GridRun* GridRun::current_ = nullptr;
 
 GridRun& Current(const char* what) {
   if (GridRun::current_ == nullptr) Fail(what);

@@ -48,10 +48,11 @@ using uint3 = dim3;
 
 namespace fedmoe::cuda_sim {
 
-extern thread_local dim3 thread_index;
-extern thread_local dim3 block_index;
-extern thread_local dim3 block_dimension;
-extern thread_local dim3 grid_dimension;
+// The running grid's, set by the simulator as it switches between a block's threads.
+extern dim3 thread_index;
+extern dim3 block_index;
+extern dim3 block_dimension;
+extern dim3 grid_dimension;
 
 enum cudaError_t {
   cudaSuccess = 0,
