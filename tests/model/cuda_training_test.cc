@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ostream>
 #include <random>
 #include <string>
 
@@ -86,6 +87,9 @@ struct Case {
   TrainableSet trainable;
   const char* name;
 };
+
+// Test names and ctest's list show the name, not the struct's bytes.
+void PrintTo(const Case& test_case, std::ostream* out) { *out << test_case.name; }
 
 // The first step starts from identical parameters: fp32 products agree with the CPU to float
 // rounding, bf16 ones to the rounding of operands that are each rounded the same way on both
