@@ -82,10 +82,27 @@ void ExpectTensorsNear(const ModelLayout& layout, const std::vector<float>& actu
   }
 }
 
+// The other arrangement of the model's options: tied embeddings (the output head's gradient and
+// the embedding's add into one tensor), top-1 routing, no shared experts, no window, no
+// grouping of KV heads, head_dim 32.
+MoeConfig OtherConfig() {
+  MoeConfig config = SmallConfig();
+  config.tie_word_embeddings = true;
+  config.num_experts_per_tok = 1;
+  config.n_shared_experts = 0;
+  config.shared_expert_intermediate_size = 0;
+  config.sliding_window = 0;
+  config.num_attention_heads = 2;
+  config.num_key_value_heads = 2;
+  config.head_dim = 32;
+  return config;
+}
+
 struct Case {
   MatMulPrecision precision;
   TrainableSet trainable;
   const char* name;
+  MoeConfig (*config)() = SmallConfig;
 };
 
 // Test names and ctest's list show the name, not the struct's bytes.
@@ -123,7 +140,7 @@ class CudaTrainingTest : public ::testing::TestWithParam<Case> {
 };
 
 TEST_P(CudaTrainingTest, TwoStepsMatchTheCpuBackend) {
-  const MoeConfig config = SmallConfig();
+  const MoeConfig config = GetParam().config();
   ModelParameters cpu_parameters = InitializeModel(config, 7);
   const ModelParameters initial = cpu_parameters;
   absl::StatusOr<std::unique_ptr<TrainingBackend>> cpu =
@@ -216,7 +233,9 @@ INSTANTIATE_TEST_SUITE_P(
     PrecisionsAndTrainableSets, CudaTrainingTest,
     ::testing::Values(Case{MatMulPrecision::kFloat32, kEverything, "fp32_everything"},
                       Case{MatMulPrecision::kFloat32, TrainableSet{}, "fp32_update_spec"},
-                      Case{MatMulPrecision::kBfloat16, kEverything, "bf16_everything"}),
+                      Case{MatMulPrecision::kBfloat16, kEverything, "bf16_everything"},
+                      Case{MatMulPrecision::kFloat32, kEverything, "fp32_other_config",
+                           OtherConfig}),
     [](const ::testing::TestParamInfo<Case>& test) { return std::string(test.param.name); });
 
 TEST(CudaTrainingErrorsTest, BadBatchesAreRefusedAndTheBackendKeepsWorking) {
