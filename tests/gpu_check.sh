@@ -7,8 +7,9 @@
 #
 #   tests/gpu_check.sh [gtest filter] [bench steps]
 #
-# The machine needs fedmoe's Debian packages already installed (deploy/install-deps.sh), since
-# a device machine may have no network to install them.
+# The machine needs fedmoe's Debian packages already installed (deploy/install-deps.sh). The
+# device machines lent to sessions here have CUDA but not those packages and no network: for
+# them, tests/gpu_bundle.sh builds the same run here and packs it to travel.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-$root/gpu-check}
