@@ -369,8 +369,8 @@ int Main(int argc, char** argv) {
   std::string precision_choice = "all";
   std::string device = "cpu";
   int64_t batch_override = 0;
-  // H100 and H200 SXM: 989 dense bf16 TFLOP/s.
-  double peak_tflops = 989.0;
+  // H100 and H200 SXM: 989 dense bf16 TFLOP/s. (Read only by the CUDA bench.)
+  [[maybe_unused]] double peak_tflops = 989.0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--config" && i + 1 < argc) {
@@ -447,20 +447,23 @@ int Main(int argc, char** argv) {
     for (const model::MatMulPrecision precision : precisions) {
       const StepTimes times = TrainStep(shape, steps, precision);
       ours.push_back(times.tokens_per_second);
-      const Json line = {{"benchmark", "train_step"},
-                         {"config", shape.name},
-                         {"matmul_precision", model::MatMulPrecisionName(precision)},
-                         {"batch", shape.batch},
-                         {"seq_len", shape.seq_len},
-                         {"hidden", shape.hidden},
-                         {"layers", shape.layers},
-                         {"experts", shape.experts},
-                         {"top_k", shape.top_k},
-                         {"threads", kernels::cpu::CpuThreads()},
-                         {"tokens_per_second", times.tokens_per_second},
-                         {"forward_seconds", times.forward},
-                         {"backward_seconds", times.backward},
-                         {"optimizer_seconds", times.optimizer}};
+      const Json line = {
+          {"benchmark", "train_step"},
+          {"config", shape.name},
+          {"matmul_precision", model::MatMulPrecisionName(precision)},
+          {"batch", shape.batch},
+          {"seq_len", shape.seq_len},
+          {"hidden", shape.hidden},
+          {"layers", shape.layers},
+          {"experts", shape.experts},
+          {"top_k", shape.top_k},
+          {"threads", kernels::cpu::CpuThreads()},
+          {"tokens_per_second", times.tokens_per_second},
+          {"forward_seconds", times.forward},
+          {"backward_seconds", times.backward},
+          {"optimizer_seconds", times.optimizer},
+          {"model_gflop_per_second",
+           times.tokens_per_second * TrainingFlopsPerToken(ConfigOf(shape), shape.seq_len) * 1e-9}};
       std::printf("%s\n", line.dump().c_str());
       std::fflush(stdout);
     }
