@@ -374,6 +374,8 @@ TEST(CudaTrainingLoopTest, TrainOnTheGpuFollowsTrainOnTheCpu) {
   options.learning_rate = 3e-3;
   options.eval_every = 0;
   options.eval_batches = 2;
+  // Two micro-batches per step: the GPU's gradient and histogram accumulate across passes.
+  options.gradient_accumulation = 2;
 
   ModelParameters on_cpu = InitializeModel(config, 11);
   ModelParameters on_gpu = on_cpu;
