@@ -136,6 +136,14 @@ class CudaTrainingBackend : public TrainingBackend {
     status.Update(Reserve(probability_sums_, counters));
     status.Update(Reserve(norm_partials_, cuda::kSumOfSquaresPartials));
     status.Update(Reserve(norm_squared_, 1));
+    if (absl::IsResourceExhausted(status)) {
+      const double bytes_per_value = training_bf16() ? 18 : 16;
+      return absl::ResourceExhaustedError(
+          absl::StrCat("GPU ", device_, " cannot hold the model: its ", total,
+                       " parameters with their gradient and AdamW state take ",
+                       absl::SixDigits(bytes_per_value * static_cast<double>(total) / (1 << 30)),
+                       " GiB (", status.message(), ")"));
+    }
     if (!status.ok()) return status;
     status.Update(parameters_.CopyFrom(parameters.values()));
     status.Update(gradients_.Zero());
@@ -167,7 +175,9 @@ class CudaTrainingBackend : public TrainingBackend {
     absl::StatusOr<PassShape> shape = Prepare(batch);
     if (!shape.ok()) return shape.status();
     const bool bf16 = training_bf16();
-    if (absl::Status status = ReserveBackward(*shape, bf16); !status.ok()) return status;
+    absl::Status reserved = ReserveForward(*shape, bf16, /*training=*/true);
+    reserved.Update(ReserveBackward(*shape, bf16));
+    if (!reserved.ok()) return BatchTooLarge(*shape, reserved);
     if (absl::Status status = Forward(*shape, bf16, /*training=*/true); !status.ok()) {
       return status;
     }
@@ -209,6 +219,10 @@ class CudaTrainingBackend : public TrainingBackend {
     if (absl::Status selected = cuda::SetDevice(device_); !selected.ok()) return selected;
     absl::StatusOr<PassShape> shape = Prepare(batch);
     if (!shape.ok()) return shape.status();
+    if (absl::Status reserved = ReserveForward(*shape, /*bf16=*/false, /*training=*/false);
+        !reserved.ok()) {
+      return BatchTooLarge(*shape, reserved);
+    }
     if (absl::Status status = Forward(*shape, /*bf16=*/false, /*training=*/false); !status.ok()) {
       return status;
     }
@@ -410,7 +424,7 @@ class CudaTrainingBackend : public TrainingBackend {
     status.Update(Reserve(losses_, shape.rows));
     status.Update(
         Reserve(permutation_scratch_, cuda::ExpertPermutationScratch(shape.slots, shape.experts)));
-    if (!status.ok()) return status;
+    if (!status.ok()) return BatchTooLarge(shape, status);
     status.Update(cuda::CopyHostToDevice(tokens_.data(), batch.tokens.data(),
                                          batch.tokens.size() * sizeof(int32_t)));
     status.Update(cuda::CopyHostToDevice(targets_.data(), batch.targets.data(),
@@ -505,13 +519,42 @@ class CudaTrainingBackend : public TrainingBackend {
     return status;
   }
 
-  // The forward pass over the uploaded tokens. Training keeps every layer's activations and
-  // counts the routing; evaluation reuses the first layer's buffers for all layers.
-  absl::Status Forward(const PassShape& s, bool bf16, bool training) {
+  // The forward pass's buffers: every layer's for training, the first layer's alone (reused by
+  // all) for evaluation.
+  absl::Status ReserveForward(const PassShape& s, bool bf16, bool training) {
+    absl::Status status;
     const size_t kept = training ? layers_.size() : 1;
-    for (size_t i = 0; i < kept; ++i) {
-      if (absl::Status status = ReserveLayer(layers_[i], s, bf16); !status.ok()) return status;
+    for (size_t i = 0; i < kept && status.ok(); ++i) {
+      status.Update(ReserveLayer(layers_[i], s, bf16));
     }
+    return status;
+  }
+
+  // A device out of memory for a batch's activations says so, and what to change. The
+  // half-grown buffers are let go: kept, they would crowd out the next batch, which may be one
+  // that fit before. The model, its gradient and optimizer state stay.
+  absl::Status BatchTooLarge(const PassShape& s, const absl::Status& status) {
+    if (!absl::IsResourceExhausted(status)) return status;
+    for (LayerBuffers& layer : layers_) layer = LayerBuffers();
+    scratch_ = GradientBuffers();
+    tokens_ = DeviceArray<int32_t>();
+    targets_ = DeviceArray<int32_t>();
+    permutation_scratch_ = DeviceArray<int32_t>();
+    for (DeviceArray<float>* buffer :
+         {&final_input_, &final_norm_, &final_rstd_, &logits_, &losses_, &rope_cos_, &rope_sin_}) {
+      *buffer = DeviceArray<float>();
+    }
+    rope_positions_ = 0;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "GPU ", device_, " has no room for the activations of ", s.batch, " sequences of ",
+        s.seq_len, " tokens; lower batch_size or seq_len, or raise gradient_accumulation (",
+        status.message(), ")"));
+  }
+
+  // The forward pass over the uploaded tokens, into buffers ReserveForward sized. Training
+  // keeps every layer's activations and counts the routing; evaluation reuses the first
+  // layer's buffers for all layers.
+  absl::Status Forward(const PassShape& s, bool bf16, bool training) {
     if (absl::Status status =
             cuda::EmbeddingForward(tokens_.data(), Parameter(layout_.embed_tokens()),
                                    layers_[0].input.data(), s.rows, s.hidden);

@@ -18,6 +18,9 @@
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "tests/kernels/cuda_test_support.h"
+#ifdef FEDMOE_CUDA_SIM
+#include "kernels/cuda/sim/control.h"
+#endif
 
 namespace fedmoe::model {
 namespace {
@@ -54,6 +57,12 @@ Batch RandomBatch(const MoeConfig& config, int64_t batch, int64_t seq_len, uint3
   result.targets = NextTokenTargets(result.tokens, batch, seq_len);
   result.predictions = batch * (seq_len - 1);
   return result;
+}
+
+BackendOptions OneGpu() {
+  BackendOptions options;
+  options.devices = 1;
+  return options;
 }
 
 BackwardOptions LossOptions(const Batch& batch) {
@@ -242,7 +251,8 @@ TEST(CudaTrainingErrorsTest, BadBatchesAreRefusedAndTheBackendKeepsWorking) {
   FEDMOE_REQUIRE_CUDA();
   const MoeConfig config = SmallConfig();
   const ModelParameters parameters = InitializeModel(config, 3);
-  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu = CreateCudaTrainingBackend(parameters, {});
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu =
+      CreateCudaTrainingBackend(parameters, OneGpu());
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   const Batch good = RandomBatch(config, 1, 8, 1);
 
@@ -266,6 +276,49 @@ TEST(CudaTrainingErrorsTest, BadBatchesAreRefusedAndTheBackendKeepsWorking) {
   EXPECT_TRUE(std::isfinite(loss->cross_entropy));
 }
 
+#ifdef FEDMOE_CUDA_SIM
+// A device too small for the model, then for a batch, says which and what to change, and the
+// backend goes on with a batch that fits. (The simulator can shrink its devices; a GPU cannot.)
+TEST(CudaTrainingErrorsTest, RunningOutOfDeviceMemoryIsAClearErrorAndLosesNothing) {
+  struct CapacityReset {
+    ~CapacityReset() { cuda_sim::SetDeviceMemoryCapacity(0); }
+  } reset;
+  const MoeConfig config = SmallConfig();
+  const ModelParameters parameters = InitializeModel(config, 3);
+  // fp32 weights, gradient and two moments.
+  const size_t state = parameters.values().size() * 4 * sizeof(float);
+  cuda_sim::SetDeviceMemoryCapacity(state / 2);
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> refused =
+      CreateCudaTrainingBackend(parameters, OneGpu());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.status().message().find("GPU 0 cannot hold the model"), std::string::npos)
+      << refused.status();
+
+  // Room for the model and a small batch, not for 64 sequences of 60 tokens.
+  cuda_sim::SetDeviceMemoryCapacity(state + (size_t{4} << 20));
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu =
+      CreateCudaTrainingBackend(parameters, OneGpu());
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const Batch small = RandomBatch(config, 1, 8, 1);
+  ASSERT_TRUE((*gpu)->AccumulateGradients(small, LossOptions(small)).ok());
+  const Batch large = RandomBatch(config, 64, 60, 2);
+  absl::StatusOr<LossBreakdown> too_large = (*gpu)->AccumulateGradients(large, LossOptions(large));
+  EXPECT_EQ(too_large.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(too_large.status().message().find(
+                "GPU 0 has no room for the activations of 64 sequences of 60 tokens; lower "
+                "batch_size or seq_len"),
+            std::string::npos)
+      << too_large.status();
+  EXPECT_EQ((*gpu)->Evaluate(large).status().code(), absl::StatusCode::kResourceExhausted);
+  // The step's gradient from the small batch is still there, and the backend still trains.
+  std::vector<float> gradients(parameters.values().size());
+  ASSERT_TRUE((*gpu)->CopyGradientsTo(gradients).ok());
+  EXPECT_TRUE(std::any_of(gradients.begin(), gradients.end(), [](float g) { return g != 0; }));
+  EXPECT_TRUE((*gpu)->AccumulateGradients(small, LossOptions(small)).ok());
+  EXPECT_TRUE((*gpu)->ApplyGradients(kLearningRate, kMaxNorm).ok());
+}
+#endif
+
 TEST(CudaTrainingErrorsTest, AModelTheKernelsDoNotTakeIsRefusedAtCreation) {
   FEDMOE_REQUIRE_CUDA();
   MoeConfig config = SmallConfig();
@@ -273,7 +326,7 @@ TEST(CudaTrainingErrorsTest, AModelTheKernelsDoNotTakeIsRefusedAtCreation) {
   config.num_key_value_heads = 2;
   config.head_dim = 24;
   absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu =
-      CreateCudaTrainingBackend(InitializeModel(config, 1), {});
+      CreateCudaTrainingBackend(InitializeModel(config, 1), OneGpu());
   EXPECT_EQ(gpu.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(gpu.status().message().find("head_dim"), std::string::npos) << gpu.status();
 }

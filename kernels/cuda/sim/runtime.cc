@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cuda_runtime.h"
+#include "kernels/cuda/sim/control.h"
 
 namespace fedmoe::cuda_sim {
 
@@ -266,13 +267,21 @@ GridRun& Current(const char* what) {
 // end of one, is an error as on the GPU rather than a silent host copy.
 class Allocations {
  public:
-  void Add(void* pointer, size_t bytes) {
+  // False, allocating nothing, when `device` has no room for `bytes` more.
+  bool Add(void* pointer, size_t bytes, int device) {
     std::lock_guard lock(mutex_);
-    live_[static_cast<const char*>(pointer)] = bytes;
+    if (capacity_ > 0 && used_[device] + bytes > capacity_) return false;
+    live_[static_cast<const char*>(pointer)] = {bytes, device};
+    used_[device] += bytes;
+    return true;
   }
   bool Remove(void* pointer) {
     std::lock_guard lock(mutex_);
-    return live_.erase(static_cast<const char*>(pointer)) == 1;
+    const auto it = live_.find(static_cast<const char*>(pointer));
+    if (it == live_.end()) return false;
+    used_[it->second.device] -= it->second.bytes;
+    live_.erase(it);
+    return true;
   }
   bool Contains(const void* pointer, size_t bytes) {
     std::lock_guard lock(mutex_);
@@ -280,13 +289,26 @@ class Allocations {
     auto it = live_.upper_bound(address);
     if (it == live_.begin()) return false;
     --it;
-    return address + bytes <= it->first + it->second;
+    return address + bytes <= it->first + it->second.bytes;
+  }
+  void SetCapacity(size_t bytes) {
+    std::lock_guard lock(mutex_);
+    capacity_ = bytes;
   }
 
  private:
+  struct Allocation {
+    size_t bytes;
+    int device;
+  };
   std::mutex mutex_;
-  std::map<const char*, size_t> live_;
+  std::map<const char*, Allocation> live_;
+  std::map<int, size_t> used_;
+  size_t capacity_ = 0;  // per device; 0: as much as the host has
 };
+
+// The calling thread's device (cudaSetDevice).
+thread_local int current_device = 0;
 
 Allocations& Live() {
   static auto* allocations = new Allocations();
@@ -307,7 +329,10 @@ cudaError_t cudaMalloc(void** pointer, size_t bytes) {
   void* memory = std::aligned_alloc(
       kAlignment, (std::max<size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment);
   if (memory == nullptr) return Record(cudaErrorMemoryAllocation);
-  Live().Add(memory, bytes);
+  if (!Live().Add(memory, bytes, current_device)) {
+    std::free(memory);
+    return Record(cudaErrorMemoryAllocation);
+  }
   *pointer = memory;
   return cudaSuccess;
 }
@@ -342,7 +367,6 @@ cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 namespace {
 constexpr int kSimulatedDevices = 8;
-thread_local int current_device = 0;
 }  // namespace
 
 cudaError_t cudaSetDevice(int device) {
@@ -374,6 +398,8 @@ const char* cudaGetErrorString(cudaError_t error) {
 }
 
 bool IsDeviceMemory(const void* pointer, size_t bytes) { return Live().Contains(pointer, bytes); }
+
+void SetDeviceMemoryCapacity(size_t bytes) { Live().SetCapacity(bytes); }
 
 cudaError_t LaunchKernel(dim3 grid, dim3 block, const std::function<void()>& body) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
