@@ -33,29 +33,53 @@ auto* Sized(Buffer& buffer, int64_t size) {
 // to the router probabilities (the same for every row).
 double LayerBalance(const LayerActivations& layer, int64_t rows, int64_t experts, int64_t top_k,
                     double scale, float* d_probs) {
-  std::vector<double> counts(static_cast<size_t>(experts), 0.0);
-  for (const int32_t e : layer.expert_index) counts[static_cast<size_t>(e)] += 1;
-  std::vector<double> mean_probs(static_cast<size_t>(experts), 0.0);
+  std::vector<int64_t> slots(static_cast<size_t>(experts), 0);
+  for (const int32_t e : layer.expert_index) ++slots[static_cast<size_t>(e)];
+  std::vector<double> probability_sums(static_cast<size_t>(experts), 0.0);
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t e = 0; e < experts; ++e) {
-      mean_probs[static_cast<size_t>(e)] +=
+      probability_sums[static_cast<size_t>(e)] +=
           layer.router_probs[static_cast<size_t>(row * experts + e)];
     }
   }
-  const double fraction_scale = static_cast<double>(experts) / static_cast<double>(top_k * rows);
-  double loss = 0;
-  for (int64_t e = 0; e < experts; ++e) {
-    const double f = fraction_scale * counts[static_cast<size_t>(e)];
-    loss += f * mean_probs[static_cast<size_t>(e)] / static_cast<double>(rows);
-    if (d_probs != nullptr) {
-      const auto gradient = static_cast<float>(scale * f / static_cast<double>(rows));
-      for (int64_t row = 0; row < rows; ++row) d_probs[row * experts + e] = gradient;
+  std::vector<float> gradient(d_probs != nullptr ? static_cast<size_t>(experts) : 0);
+  const double loss = BalanceLoss(slots, probability_sums, rows, top_k, scale, gradient);
+  if (d_probs != nullptr) {
+    for (int64_t row = 0; row < rows; ++row) {
+      std::copy(gradient.begin(), gradient.end(), d_probs + row * experts);
     }
   }
   return loss;
 }
 
 }  // namespace
+
+double BalanceLoss(std::span<const int64_t> slots, std::span<const double> probability_sums,
+                   int64_t rows, int64_t top_k, double scale,
+                   std::span<float> per_expert_gradient) {
+  const auto experts = static_cast<int64_t>(slots.size());
+  const double fraction_scale = static_cast<double>(experts) / static_cast<double>(top_k * rows);
+  double loss = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    const double f = fraction_scale * static_cast<double>(slots[static_cast<size_t>(e)]);
+    loss += f * probability_sums[static_cast<size_t>(e)] / static_cast<double>(rows);
+    if (!per_expert_gradient.empty()) {
+      per_expert_gradient[static_cast<size_t>(e)] =
+          static_cast<float>(scale * f / static_cast<double>(rows));
+    }
+  }
+  return loss;
+}
+
+int64_t LowestLayerNeedingGradient(const ModelLayout& layout, const MoeConfig& config,
+                                   const TrainableSet& trainable) {
+  if (trainable.embeddings) return 0;
+  int64_t lowest = config.num_hidden_layers;
+  for (const TensorSpec& spec : layout.tensors()) {
+    if (spec.layer >= 0 && trainable.Includes(spec.role)) lowest = std::min(lowest, spec.layer);
+  }
+  return lowest;
+}
 
 bool TrainableSet::Includes(TensorRole role) const {
   switch (role) {
@@ -182,13 +206,7 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
                        grad(layout.final_norm(), TensorRole::kNorm), rows, hidden);
 
   // Below this layer nothing needs a gradient, so the walk stops there.
-  int64_t lowest_needed = config.num_hidden_layers;
-  for (const TensorSpec& spec : layout.tensors()) {
-    if (spec.layer >= 0 && trainable.Includes(spec.role)) {
-      lowest_needed = std::min(lowest_needed, spec.layer);
-    }
-  }
-  if (trainable.embeddings) lowest_needed = 0;
+  const int64_t lowest_needed = LowestLayerNeedingGradient(layout, config, trainable);
 
   const cpu::RopeTable rope(pass.seq_len, config.head_dim, config.rope_theta);
   const double balance_scale = options.balance_coefficient * options.step_share /

@@ -77,6 +77,18 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
                                        const BackwardOptions& options, std::span<float> gradients,
                                        BackwardScratch& scratch);
 
+// L_bal of one layer (above) from its routed token slots per expert and the column sums of its
+// router probabilities over its `rows` tokens, and, unless per_expert_gradient is empty,
+// ∂(scale·L_bal)/∂p[t, e] for each expert e, which is the same for every row t. Each backend
+// gathers the counts and sums its own way; this is the formula both share.
+double BalanceLoss(std::span<const int64_t> slots, std::span<const double> probability_sums,
+                   int64_t rows, int64_t top_k, double scale, std::span<float> per_expert_gradient);
+
+// The lowest layer holding a tensor that is trained (0 with trainable embeddings, the number of
+// layers when none is): the backward walk stops there.
+int64_t LowestLayerNeedingGradient(const ModelLayout& layout, const MoeConfig& config,
+                                   const TrainableSet& trainable);
+
 // The loss alone (no gradient), as Backward computes it: for finite-difference checks and
 // validation.
 LossBreakdown ComputeLoss(const ModelParameters& parameters, const ForwardPass& pass,

@@ -84,7 +84,8 @@ struct GradientBuffers {
   DeviceArray<float> d_expert_weight, d_expert_in;
   DeviceArray<float> d_act, d_gate, d_up;  // [max(slots·I, rows·S)]
   DeviceArray<DeviceBf16> d_gate_bf16, d_up_bf16;
-  DeviceArray<float> balance_gradient, d_probs, d_router_logits;
+  DeviceArray<float> balance_gradient;  // [layers, experts], per step
+  DeviceArray<float> d_probs, d_router_logits;
   DeviceArray<float> norm_scratch, attention_scratch;
 };
 
@@ -511,7 +512,7 @@ class CudaTrainingBackend : public TrainingBackend {
     status.Update(ReserveIf(!bf16, g.d_up, inner_values));
     status.Update(ReserveIf(bf16, g.d_gate_bf16, inner_values));
     status.Update(ReserveIf(bf16, g.d_up_bf16, inner_values));
-    status.Update(Reserve(g.balance_gradient, s.experts));
+    status.Update(Reserve(g.balance_gradient, config_.num_hidden_layers * s.experts));
     status.Update(Reserve(g.d_probs, rows * s.experts));
     status.Update(Reserve(g.d_router_logits, rows * s.experts));
     status.Update(Reserve(g.norm_scratch, cuda::RmsNormBackwardScratch(rows, s.hidden)));
@@ -714,30 +715,31 @@ class CudaTrainingBackend : public TrainingBackend {
     return sum;
   }
 
-  // backward.h's L_bal per layer from the routing counts and the probabilities' column sums,
-  // and, when the balance term is on, each layer's gradient with respect to the probabilities
-  // (one value per expert, the same on every row) into balance_gradients.
-  absl::StatusOr<double> Balance(const PassShape& s, double scale,
-                                 std::vector<std::vector<float>>& balance_gradients) {
+  // backward.h's L_bal averaged over layers, from the routing counts and the probabilities'
+  // column sums; with the balance term on (scale ≠ 0), every layer's gradient with respect to
+  // the probabilities (one value per expert, the same on every row) goes to the device in one
+  // copy, into scratch_.balance_gradient [layers, experts].
+  absl::StatusOr<double> Balance(const PassShape& s, double scale) {
     std::vector<double> sums(probability_sums_.size());
     if (absl::Status status = probability_sums_.CopyTo(sums); !status.ok()) return status;
-    const double fraction_scale =
-        static_cast<double>(s.experts) / static_cast<double>(s.top_k * s.rows);
+    const auto experts = static_cast<size_t>(s.experts);
+    std::vector<float> gradients(scale != 0 ? layers_.size() * experts : 0);
+    std::vector<int64_t> slots(experts);
     double total = 0;
-    balance_gradients.resize(layers_.size());
     for (size_t i = 0; i < layers_.size(); ++i) {
-      balance_gradients[i].resize(static_cast<size_t>(s.experts));
       const std::vector<int32_t>& offsets = layers_[i].host_offsets;
-      double loss = 0;
-      for (int64_t e = 0; e < s.experts; ++e) {
-        const double f = fraction_scale *
-                         (offsets[static_cast<size_t>(e + 1)] - offsets[static_cast<size_t>(e)]);
-        loss += f * sums[i * static_cast<size_t>(s.experts) + static_cast<size_t>(e)] /
-                static_cast<double>(s.rows);
-        balance_gradients[i][static_cast<size_t>(e)] =
-            static_cast<float>(scale * f / static_cast<double>(s.rows));
+      for (size_t e = 0; e < experts; ++e) slots[e] = offsets[e + 1] - offsets[e];
+      total += BalanceLoss(slots, std::span<const double>(sums).subspan(i * experts, experts),
+                           s.rows, s.top_k, scale,
+                           scale != 0 ? std::span<float>(gradients).subspan(i * experts, experts)
+                                      : std::span<float>());
+    }
+    if (scale != 0) {
+      if (absl::Status status = cuda::CopyHostToDevice(
+              scratch_.balance_gradient.data(), gradients.data(), gradients.size() * sizeof(float));
+          !status.ok()) {
+        return status;
       }
-      total += loss;
     }
     return total / static_cast<double>(layers_.size());
   }
@@ -759,8 +761,7 @@ class CudaTrainingBackend : public TrainingBackend {
     if (!sum.ok()) return sum.status();
     const double balance_scale = options.balance_coefficient * options.step_share /
                                  static_cast<double>(config_.num_hidden_layers);
-    std::vector<std::vector<float>> balance_gradients;
-    absl::StatusOr<double> balance = Balance(s, balance_scale, balance_gradients);
+    absl::StatusOr<double> balance = Balance(s, balance_scale);
     if (!balance.ok()) return balance.status();
     LossBreakdown loss;
     loss.cross_entropy = sum->total / options.predictions_in_step;
@@ -782,21 +783,14 @@ class CudaTrainingBackend : public TrainingBackend {
     if (!status.ok()) return status;
 
     // Below this layer nothing needs a gradient, so the walk stops there.
-    int64_t lowest_needed = config_.num_hidden_layers;
-    for (const TensorSpec& spec : layout_.tensors()) {
-      if (spec.layer >= 0 && options_.trainable.Includes(spec.role)) {
-        lowest_needed = std::min(lowest_needed, spec.layer);
-      }
-    }
-    if (options_.trainable.embeddings) lowest_needed = 0;
+    const int64_t lowest_needed = LowestLayerNeedingGradient(layout_, config_, options_.trainable);
     for (int64_t i = config_.num_hidden_layers - 1; i >= lowest_needed; --i) {
       const bool need_input_gradient = i > lowest_needed || options_.trainable.embeddings;
       const bool need_moe_input_gradient =
           need_input_gradient || options_.trainable.attention || options_.trainable.norms;
-      if (absl::Status block = MoeBackward(i, s, bf16, need_moe_input_gradient,
-                                           options.balance_coefficient > 0
-                                               ? &balance_gradients[static_cast<size_t>(i)]
-                                               : nullptr);
+      const float* balance_gradient =
+          balance_scale != 0 ? g.balance_gradient.data() + i * s.experts : nullptr;
+      if (absl::Status block = MoeBackward(i, s, bf16, need_moe_input_gradient, balance_gradient);
           !block.ok()) {
         return block;
       }
@@ -817,7 +811,7 @@ class CudaTrainingBackend : public TrainingBackend {
   // MoE block: out = residual + shared(n2) + Σ_j w_j·expert_j(n2), n2 = rmsnorm(residual), with
   // d_stream the gradient of out. Leaves the gradient of the block's input in d_residual.
   absl::Status MoeBackward(int64_t index, const PassShape& s, bool bf16, bool need_input_gradient,
-                           const std::vector<float>* balance_gradient) {
+                           const float* balance_gradient) {
     GradientBuffers& g = scratch_;
     LayerBuffers& layer = layers_[static_cast<size_t>(index)];
     const LayerOffsets& w = layout_.layer(index);
@@ -886,9 +880,7 @@ class CudaTrainingBackend : public TrainingBackend {
 
     const float* d_probs = nullptr;
     if (balance_gradient != nullptr) {
-      status.Update(g.balance_gradient.CopyFrom(*balance_gradient));
-      status.Update(
-          cuda::BroadcastRow(g.balance_gradient.data(), g.d_probs.data(), rows, s.experts));
+      status.Update(cuda::BroadcastRow(balance_gradient, g.d_probs.data(), rows, s.experts));
       d_probs = g.d_probs.data();
     }
     status.Update(cuda::RouterTopKBackward(layer.router_probs.data(), layer.expert_index.data(),
