@@ -35,6 +35,6 @@ ldd "${bundle}"/bin/* | awk '/=> \//{print $3}' | sort -u |
 # oneDNN alone is 40 MB: the libraries travel compressed and unpack on the device.
 tar -C "$bundle" -cJf "$bundle/lib.tar.xz" lib
 rm -rf "$bundle/lib"
-cp "$root/tests/gpu_bundle_run.sh" "$bundle/run.sh"
+cp "$root/tests/gpu_run.sh" "$bundle/run.sh"
 chmod +x "$bundle/run.sh"
 du -sh "$bundle"

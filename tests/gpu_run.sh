@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# The device side of tests/gpu_bundle.sh (copied into gpu-bundle/ as run.sh): unpacks the
-# carried libraries, finds CUDA's (the toolkit's, else the pip wheels' that PyTorch brings),
-# runs the CUDA kernels' and the training backend's tests, then the GPU bench for small and
-# medium. Writes gpu_check.log, gpu.csv and train_step.jsonl to $OUT (or ./gpu-check) and
-# exits non-zero if a test or the bench failed.
+# Issue #9's device run, on a machine with a GPU: the CUDA kernels' and the training backend's
+# tests, then bench/train_step --device cuda for small and medium (medium also with four
+# micro-batches a step, the memory-bound optimizer amortised). tests/gpu_check.sh calls it after
+# building there; tests/gpu_bundle.sh packs it as gpu-bundle/run.sh beside prebuilt binaries and
+# a lib.tar.xz of the libraries a CUDA-only machine lacks, which it unpacks. CUDA's own libraries
+# come from the toolkit, else from the wheels PyTorch brings. Writes gpu_check.log, gpu.csv and
+# train_step.jsonl to $OUT (or ./gpu-check) and exits non-zero if a test or the bench failed.
 #
-#   gpu-bundle/run.sh [gtest filter] [bench steps]
+#   tests/gpu_run.sh BIN_DIR [gtest filter] [bench steps]
+#   gpu-bundle/run.sh [gtest filter] [bench steps]      (BIN_DIR: the bundle's bin/)
 set -uo pipefail
-bundle=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ -f $here/lib.tar.xz ]]; then
+  bin="$here/bin"
+else
+  bin=${1:?usage: tests/gpu_run.sh BIN_DIR [gtest filter] [bench steps]}
+  shift
+fi
 out=${OUT:-$PWD/gpu-check}
 mkdir -p "$out"
 filter=${1:-*}
@@ -21,35 +30,35 @@ run() {
   [[ $code -eq 0 ]] || status=$code
 }
 
-libraries=/tmp/fedmoe-gpu-bundle-lib
-mkdir -p "$libraries"
-tar -C "$libraries" -xJf "$bundle/lib.tar.xz" --strip-components=1
-cuda_dirs=()
+library_dirs=()
+if [[ -f $here/lib.tar.xz ]]; then
+  mkdir -p /tmp/fedmoe-gpu-bundle-lib
+  tar -C /tmp/fedmoe-gpu-bundle-lib -xJf "$here/lib.tar.xz" --strip-components=1
+  library_dirs+=(/tmp/fedmoe-gpu-bundle-lib)
+fi
 for dir in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
-  [[ -d $dir ]] && cuda_dirs+=("$dir")
+  [[ -d $dir ]] && library_dirs+=("$dir")
 done
-# PyTorch's wheels bring cuBLAS and NCCL where the toolkit lacks them.
-while read -r dir; do cuda_dirs+=("$dir"); done < <(
+while read -r dir; do library_dirs+=("$dir"); done < <(
   python3 -c 'import glob, os, site
 for base in site.getsitepackages():
     for d in sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib"))): print(d)' 2>/dev/null)
-export LD_LIBRARY_PATH="$libraries:$(IFS=:; echo "${cuda_dirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$(IFS=:; echo "${library_dirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$log"
 
 nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv |
   tee "$out/gpu.csv" | tee -a "$log"
-for binary in "$bundle"/bin/*; do
-  if ldd "$binary" | grep -q 'not found'; then
-    ldd "$binary" | grep 'not found' | tee -a "$log"
+for binary in cuda_kernels_test cuda_training_test train_step; do
+  if ldd "$bin/$binary" | grep -q 'not found'; then
+    ldd "$bin/$binary" | grep 'not found' | tee -a "$log"
     status=1
   fi
 done
-run "$bundle/bin/cuda_kernels_test" --gtest_filter="$filter" --gtest_brief=0
-run "$bundle/bin/cuda_training_test" --gtest_filter="$filter" --gtest_brief=0
+run "$bin/cuda_kernels_test" --gtest_filter="$filter" --gtest_brief=0
+run "$bin/cuda_training_test" --gtest_filter="$filter" --gtest_brief=0
 for config in small medium; do
-  run "$bundle/bin/train_step" --device cuda --config "$config" --steps "$steps"
+  run "$bin/train_step" --device cuda --config "$config" --steps "$steps"
 done
-# medium again with four micro-batches a step: the memory-bound optimizer (about 33 ms) amortised.
-run "$bundle/bin/train_step" --device cuda --config medium --steps "$steps" --accumulation 4
+run "$bin/train_step" --device cuda --config medium --steps "$steps" --accumulation 4
 grep '^{.*"benchmark":"train_step"' "$log" >"$out/train_step.jsonl"
 exit "$status"
