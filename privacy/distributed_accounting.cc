@@ -64,6 +64,13 @@ double PoissonSubsampledRdpBound(int alpha, double sampling_rate,
   return std::min(log_sum / (alpha - 1), rdp_at(alpha));
 }
 
+double DistributedRoundTotalVariation(const DistributedRound& round) {
+  const double draws = static_cast<double>(std::max<int64_t>(round.survivors, 0)) *
+                       static_cast<double>(std::max<int64_t>(round.dimension, 0));
+  return std::min(1.0,
+                  draws * NoiseDrawTotalVariation(round.mechanism, round.local_noise_variance));
+}
+
 double EffectiveNoiseMultiplier(const DistributedRound& round) {
   if (round.l2_sensitivity <= 0) return kInfinity;
   return std::sqrt(static_cast<double>(round.survivors) * round.local_noise_variance) /

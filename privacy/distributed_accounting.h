@@ -46,6 +46,10 @@ DistributedRound DistributedRoundFor(const RingEncoding& encoding, int64_t encod
 absl::StatusOr<std::vector<double>> DistributedRoundRdp(const DistributedRound& round,
                                                         std::span<const double> orders);
 
+// How far, in total variation, the survivors' noise can be from the noise DistributedRoundRdp
+// prices: survivors · dimension draws, each within NoiseDrawTotalVariation (at most 1).
+double DistributedRoundTotalVariation(const DistributedRound& round);
+
 // The noise multiplier of a continuous Gaussian with the same total variance, for the ledger's
 // effective_noise_multiplier: √(survivors · local variance) / L2 sensitivity.
 double EffectiveNoiseMultiplier(const DistributedRound& round);

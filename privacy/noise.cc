@@ -71,24 +71,28 @@ namespace {
 constexpr int kCoinBits = 12;
 constexpr int kAcceptBits = 12;
 constexpr int kMaxColumnBits = 12;
-// Cells reach this many σ on each side; the mass beyond, below 2^-100, is never drawn.
+// Cells reach this many σ on each side; the mass beyond, below 2^-107, is never drawn.
 constexpr double kTableSigmas = 12.0;
-
-__extension__ using Uint128 = unsigned __int128;
+// The alias table's weights: each column holds 2^112 units, in 128-bit integers.
+constexpr int kThresholdBits = 112;
+// Decisions taken in double keep this far from the bound they compare with, far wider than
+// double rounding of γ and of e^-γ; nearer ones are taken in quad.
+constexpr double kMargin = 0x1.0p-45;
 
 // γ = G(x) - G(m) for |x| = |m| + offset, without the cancellation of a difference: x² - m²
-// = offset·(2|m| + offset), times c2 + c4·(x² + m²) + c6·(x⁴ + x²m² + m⁴).
-// kQuadratic: c4 = c6 = 0 (the discrete Gaussian), which the vectorised pass keeps lean.
-template <bool kQuadratic = false>
-double GammaOf(const EvenLogWeight& weight, double nearest, double offset) {
-  if constexpr (kQuadratic) return offset * (2.0 * nearest + offset) * weight.c2;
-  const double far = nearest + offset;
-  const double far_squared = far * far;
-  const double near_squared = nearest * nearest;
-  const double quartic_sum =
+// = offset·(2|m| + offset), times c2 + c4·(x² + m²) + c6·(x⁴ + x²m² + m⁴). In double for the
+// fast paths, in quad for the exact one. kQuadratic: c4 = c6 = 0 (the discrete Gaussian),
+// which the vectorised pass keeps lean.
+template <bool kQuadratic = false, typename Real, typename Weight>
+Real GammaOf(const Weight& weight, Real nearest, Real offset) {
+  const Real squares = offset * (Real{2} * nearest + offset);
+  if constexpr (kQuadratic) return squares * weight.c2;
+  const Real far = nearest + offset;
+  const Real far_squared = far * far;
+  const Real near_squared = nearest * nearest;
+  const Real quartic_sum =
       far_squared * far_squared + far_squared * near_squared + near_squared * near_squared;
-  return offset * (2.0 * nearest + offset) *
-         (weight.c2 + weight.c4 * (far_squared + near_squared) + weight.c6 * quartic_sum);
+  return squares * (weight.c2 + weight.c4 * (far_squared + near_squared) + weight.c6 * quartic_sum);
 }
 
 // 1 - γ + γ²/2 - γ³/6 ≤ e^-γ ≤ 1 - γ + γ²/2 for γ ≥ 0 (alternating Taylor remainders).
@@ -97,28 +101,42 @@ double KeepAtMost(double gamma) { return 1.0 - gamma * (1.0 - gamma * 0.5); }
 
 }  // namespace
 
-TabulatedNoise TabulatedNoise::DiscreteGaussian(double sigma_squared, double cells_per_sigma) {
-  return TabulatedNoise({.c2 = 1.0 / (2.0 * sigma_squared)}, std::sqrt(sigma_squared),
-                        cells_per_sigma);
+// libquadmath's exponential (GCC's runtime library). Declared here rather than through
+// <quadmath.h>, which sits in GCC's own include directory, out of Clang's sight.
+extern "C" __float128 expq(__float128 x) noexcept;
+
+TabulatedNoise TabulatedNoise::DiscreteGaussian(double sigma_squared, double cells_per_sigma,
+                                                Decisions decisions) {
+  // 1/(2σ²) rounded down, not to nearest: the law drawn then has a variance of at least σ²,
+  // which the accountant's price at σ² covers (its bounds fall as the variance grows), and the
+  // rounding costs no total variation.
+  double c2 = 1.0 / (2.0 * sigma_squared);
+  if (std::fma(c2, 2.0 * sigma_squared, -1.0) > 0.0) c2 = std::nextafter(c2, 0.0);
+  return TabulatedNoise({.c2 = c2}, std::sqrt(sigma_squared), cells_per_sigma, decisions);
 }
 
-absl::StatusOr<TabulatedNoise> TabulatedNoise::Skellam(double mu) {
+absl::StatusOr<TabulatedNoise> TabulatedNoise::Skellam(double mu, Decisions decisions) {
   if (!(mu >= kMinTabulatedSkellamMean)) {
     return absl::InvalidArgumentError(
         absl::StrCat("the tabulated Skellam needs a mean of at least 2^24, not ", mu,
                      ": below it the series for log I_ν(2μ) is not exact enough"));
   }
-  const double z = 2.0 * mu;
-  const double z2 = z * z;
-  const double z3 = z2 * z;
-  const EvenLogWeight weight{.c2 = 1.0 / (2.0 * z) + 1.0 / (4.0 * z2) + 13.0 / (48.0 * z3),
-                             .c4 = -1.0 / (24.0 * z3) - 1.0 / (8.0 * z2 * z2),
-                             .c6 = 1.0 / (80.0 * z3 * z2)};
-  return TabulatedNoise(weight, std::sqrt(z), 64);
+  const Float128 z = Float128{2} * mu;
+  const Float128 z2 = z * z;
+  const Float128 z3 = z2 * z;
+  const ExactLogWeight weight{.c2 = 1 / (2 * z) + 1 / (4 * z2) + 13 / (48 * z3),
+                              .c4 = -1 / (24 * z3) - 1 / (8 * z2 * z2),
+                              .c6 = 1 / (80 * z3 * z2)};
+  return TabulatedNoise(weight, std::sqrt(2.0 * mu), 64, decisions);
 }
 
-TabulatedNoise::TabulatedNoise(EvenLogWeight log_weight, double sigma, double cells_per_sigma)
-    : log_weight_(log_weight) {
+TabulatedNoise::TabulatedNoise(ExactLogWeight exact, double sigma, double cells_per_sigma,
+                               Decisions decisions)
+    : exact_(exact),
+      log_weight_{.c2 = static_cast<double>(exact.c2),
+                  .c4 = static_cast<double>(exact.c4),
+                  .c6 = static_cast<double>(exact.c6)},
+      decisions_(decisions) {
   // t = 2^k ≤ σ/cells_per_sigma, at least 1.
   const double widest = sigma / std::clamp(cells_per_sigma, 1.0, 64.0);
   cell_bits_ = widest < 2.0 ? 0 : static_cast<int>(std::floor(std::log2(widest)));
@@ -131,23 +149,25 @@ TabulatedNoise::TabulatedNoise(EvenLogWeight log_weight, double sigma, double ce
   one_word_ =
       column_bits_ <= kMaxColumnBits && cell_bits_ <= 64 - column_bits_ - kCoinBits - kAcceptBits;
 
-  // Cell weights e^-G(m) in long double, then as integers that sum to exactly
-  // columns·2^64, so that the alias table below is built without rounding.
-  std::vector<long double> weights(columns, 0.0L);
+  // Cell weights e^-G(m) in quad, then as integers that sum to exactly columns·2^112, so that
+  // the alias table below is built without rounding.
+  std::vector<Float128> weights(columns, 0);
   // The total by Neumaier's compensated sum: its error would otherwise grow with the ~3000
   // terms and land, through the integer residue below, on the heaviest cell.
-  long double total = 0;
-  long double compensation = 0;
+  Float128 total = 0;
+  Float128 compensation = 0;
   for (size_t c = 0; c < static_cast<size_t>(2 * negative_cells_); ++c) {
-    const auto nearest = static_cast<long double>(CandidateOf(c, 0).value);
-    weights[c] = std::exp(-log_weight_.At(nearest));
-    const long double sum = total + weights[c];
-    compensation +=
-        std::abs(total) >= weights[c] ? (total - sum) + weights[c] : (weights[c] - sum) + total;
+    const auto nearest = static_cast<Float128>(CandidateOf(c, 0).value);
+    weights[c] = expq(-GammaOf(exact_, Float128{0}, nearest));
+    const Float128 sum = total + weights[c];
+    const Float128 larger = total >= weights[c] ? total : weights[c];
+    const Float128 smaller = total >= weights[c] ? weights[c] : total;
+    compensation += (larger - sum) + smaller;
     total = sum;
   }
   total += compensation;
-  const long double units = static_cast<long double>(columns) * 0x1.0p64L;
+  const Uint128 capacity = Uint128{1} << kThresholdBits;
+  const Float128 units = static_cast<Float128>(columns) * static_cast<Float128>(capacity);
   std::vector<Uint128> integer_weights(columns);
   Uint128 assigned = 0;
   size_t heaviest = 0;
@@ -156,11 +176,10 @@ TabulatedNoise::TabulatedNoise(EvenLogWeight log_weight, double sigma, double ce
     assigned += integer_weights[c];
     if (integer_weights[c] > integer_weights[heaviest]) heaviest = c;
   }
-  const Uint128 capacity = Uint128{1} << 64;
   integer_weights[heaviest] += static_cast<Uint128>(columns) * capacity - assigned;
 
   // Vose's alias method: a light column is topped up from a heavy one, which may turn light.
-  threshold_.assign(columns, ~uint64_t{0});
+  threshold_.assign(columns, capacity);
   std::vector<uint64_t> alias(columns);
   for (size_t c = 0; c < columns; ++c) alias[c] = c;
   std::vector<size_t> light;
@@ -172,7 +191,7 @@ TabulatedNoise::TabulatedNoise(EvenLogWeight log_weight, double sigma, double ce
     const size_t short_column = light.back();
     light.pop_back();
     const size_t donor = heavy.back();
-    threshold_[short_column] = static_cast<uint64_t>(integer_weights[short_column]);
+    threshold_[short_column] = integer_weights[short_column];
     alias[short_column] = donor;
     integer_weights[donor] -= capacity - integer_weights[short_column];
     if (integer_weights[donor] < capacity) {
@@ -181,10 +200,12 @@ TabulatedNoise::TabulatedNoise(EvenLogWeight log_weight, double sigma, double ce
     }
   }
   // What is left holds exactly one column's weight (the integers sum exactly), so it keeps
-  // its own cell whatever the coin.
+  // its own cell whatever the coin: its threshold is the whole 2^112, whose top is 4096, above
+  // every 12-bit coin.
   packed_.resize(columns);
   for (size_t c = 0; c < columns; ++c) {
-    packed_[c] = (threshold_[c] >> (64 - kCoinBits)) | (alias[c] << 16);
+    packed_[c] =
+        static_cast<uint64_t>(threshold_[c] >> (kThresholdBits - kCoinBits)) | (alias[c] << 16);
   }
 }
 
@@ -196,7 +217,47 @@ TabulatedNoise::Candidate TabulatedNoise::CandidateOf(uint64_t cell, uint64_t of
   const auto from_start = static_cast<int64_t>(negative ? (width - 1) - offset : offset);
   const int64_t value = j * width + from_start;
   const int64_t nearest = negative ? (-j - 1) * width + 1 : j * width;
-  return {value, GammaOf(log_weight_, static_cast<double>(nearest), static_cast<double>(offset))};
+  return {value, nearest,
+          GammaOf(log_weight_, static_cast<double>(nearest), static_cast<double>(offset))};
+}
+
+bool TabulatedNoise::CoinKeepsColumn(uint64_t column, uint64_t coin, SecureRandom& random) const {
+  // 12 bits settle every coin but one in 4096, unless every coin is to be drawn in full; then
+  // 100 more bits are compared with the threshold. A coin equal to it is not below it.
+  const uint64_t threshold_top = packed_[column] & 0xffff;
+  if (decisions_ == Decisions::kFast && coin != threshold_top) return coin < threshold_top;
+  constexpr int kRestBits = kThresholdBits - kCoinBits;
+  const uint64_t first = random();
+  const uint64_t second = random();
+  const Uint128 drawn = (static_cast<Uint128>(coin) << kRestBits) |
+                        (static_cast<Uint128>(first) << (kRestBits - 64)) |
+                        (second >> (128 - kRestBits));
+  return drawn < threshold_[column];
+}
+
+bool TabulatedNoise::Keep(const Candidate& candidate, uint64_t offset, uint64_t accept_prefix,
+                          SecureRandom& random) const {
+  // The uniform's first 12 bits decide most draws against bounds of e^-γ, 64 more bits most of
+  // the rest against e^-γ in double, and the few within 2^-45 of it are decided in quad.
+  const bool fast = decisions_ == Decisions::kFast;
+  const double gamma = candidate.gamma;
+  const auto prefix = static_cast<double>(accept_prefix);
+  if (fast && (prefix + 1.0) * 0x1.0p-12 < KeepAtLeast(gamma) - kMargin) return true;
+  if (fast && prefix * 0x1.0p-12 > KeepAtMost(gamma) + kMargin) return false;
+  const uint64_t more = random();
+  const double uniform = (prefix + static_cast<double>(more) * 0x1.0p-64) * 0x1.0p-12;
+  const double keep = std::exp(-gamma);
+  if (fast && uniform < keep - kMargin) return true;
+  if (fast && uniform > keep + kMargin) return false;
+  const Float128 exact_keep = expq(
+      -GammaOf(exact_, static_cast<Float128>(candidate.nearest), static_cast<Float128>(offset)));
+  if (exact_keep >= 1) return true;
+  // Both as 128-bit fractions: the uniform's bits, and e^-γ rounded down.
+  const Float128 two_to_64 = 0x1.0p64;
+  const auto threshold = static_cast<Uint128>(exact_keep * two_to_64 * two_to_64);
+  const Uint128 bits = (static_cast<Uint128>(accept_prefix) << 116) |
+                       (static_cast<Uint128>(more) << 52) | (random() >> 12);
+  return bits < threshold;
 }
 
 int64_t TabulatedNoise::Finish(uint64_t word, SecureRandom& random) const {
@@ -204,42 +265,14 @@ int64_t TabulatedNoise::Finish(uint64_t word, SecureRandom& random) const {
   while (true) {
     const uint64_t column = word >> (64 - column_bits_);
     const uint64_t coin = (word >> (64 - column_bits_ - kCoinBits)) & ((1U << kCoinBits) - 1);
-    const uint64_t threshold_top = packed_[column] & 0xffff;
-    uint64_t cell = packed_[column] >> 16;
-    if (coin < threshold_top) {
-      cell = column;
-    } else if (coin == threshold_top) {
-      // The coin's next 52 bits decide.
-      const uint64_t rest = random() >> kCoinBits;
-      if (rest < (threshold_[column] & ((uint64_t{1} << (64 - kCoinBits)) - 1))) cell = column;
-    }
+    const uint64_t cell = CoinKeepsColumn(column, coin, random) ? column : packed_[column] >> 16;
     // A cell too wide to share the first word (then cell_bits_ > 28) takes a second one.
     const uint64_t offset =
         one_word_ ? word & ((uint64_t{1} << cell_bits_) - 1) : random() >> (64 - cell_bits_);
     const Candidate candidate = CandidateOf(cell, offset);
-    // Keep with probability e^-γ. The uniform's first 12 bits are in the word; the bounds of
-    // e^-γ decide most draws from them alone, then from 64 more bits, and the rest by e^-γ in
-    // double precision, or in long double within 2^-45 of it.
-    constexpr double kMargin = 0x1.0p-45;
-    const double gamma = candidate.gamma;
-    const auto accept_prefix =
-        static_cast<double>((word >> accept_shift) & ((1U << kAcceptBits) - 1));
-    if ((accept_prefix + 1.0) * 0x1.0p-12 < KeepAtLeast(gamma) - kMargin) {
+    if (Keep(candidate, offset, (word >> accept_shift) & ((1U << kAcceptBits) - 1), random)) {
       return candidate.value;
     }
-    if (accept_prefix * 0x1.0p-12 > KeepAtMost(gamma) + kMargin) {
-      word = random();
-      continue;
-    }
-    const uint64_t more = random();
-    const double uniform = (accept_prefix + static_cast<double>(more) * 0x1.0p-64) * 0x1.0p-12;
-    const double keep = std::exp(-gamma);
-    const bool kept = uniform < keep - kMargin ||
-                      (uniform <= keep + kMargin && (static_cast<long double>(accept_prefix) +
-                                                     static_cast<long double>(more) * 0x1.0p-64L) *
-                                                            0x1.0p-12L <
-                                                        std::exp(-static_cast<long double>(gamma)));
-    if (kept) return candidate.value;
     word = random();
   }
 }
@@ -262,8 +295,8 @@ struct FirstWordLayout {
 
 // TabulatedNoise::CandidateOf without branches, for the draws that 12 coin bits and
 // 12 acceptance bits settle: a coin away from its column's threshold, and a uniform surely
-// below a lower bound of e^-γ. The others are flagged. A free function with unaliased pointers, so
-// that the loop vectorises.
+// below a lower bound of e^-γ (by the margin). The others are flagged. A free function with
+// unaliased pointers, so that the loop vectorises.
 template <bool kQuadratic>
 size_t SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict words,
                         size_t count, int64_t* __restrict values, uint8_t* __restrict unsettled) {
@@ -291,7 +324,8 @@ size_t SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict
     values[i] =
         static_cast<int64_t>(static_cast<uint64_t>(j) << layout.cell_bits) + (offset ^ mirror);
     const double keep_at_least = KeepAtLeast(gamma);
-    const bool open = (coin == threshold_top) | (accept + 1.0 > keep_at_least * 0x1.0p12);
+    const bool open =
+        (coin == threshold_top) | (accept + 1.0 > (keep_at_least - kMargin) * 0x1.0p12);
     unsettled[i] = static_cast<uint8_t>(open);
     unsettled_count += open ? 1 : 0;
   }
@@ -301,7 +335,7 @@ size_t SettleFirstWords(const FirstWordLayout layout, const uint64_t* __restrict
 }  // namespace
 
 void TabulatedNoise::Fill(std::span<int64_t> out, SecureRandom& random) const {
-  if (!one_word_) {
+  if (!one_word_ || decisions_ == Decisions::kExact) {
     for (int64_t& value : out) value = Sample(random);
     return;
   }
@@ -371,6 +405,29 @@ int64_t PoissonSampler::Sample(SecureRandom& random) const {
       return k;
     }
   }
+}
+
+double NoiseDrawTotalVariation(NoiseMechanism mechanism, double variance) {
+  switch (mechanism) {
+    case NoiseMechanism::kNone:
+      return 0.0;
+    case NoiseMechanism::kDiscreteGaussian:
+      return TabulatedNoise::kDrawTotalVariation;
+    case NoiseMechanism::kSkellam: {
+      const double mean = variance / 2.0;
+      if (mean >= TabulatedNoise::kMinTabulatedSkellamMean) {
+        // Plus Debye's series cut after ν⁶/z⁵: its remainder is within 10^-12 of log I_ν at
+        // z = 2^25 (checked in the tests against the Bessel recurrence) and shrinks as z^-3.
+        // Log-weights off by κ move a normalised law by at most 2κ(1 + κ) < 3κ.
+        const double z = 2.0 * mean;
+        return TabulatedNoise::kDrawTotalVariation + 3.0 * 1e-12 * std::pow(0x1.0p25 / z, 3);
+      }
+      // Two Poisson draws, each within 5√μ·2^-53 by PTRS (PoissonSampler's comment); below
+      // μ = 10 a product of at most a few dozen 53-bit uniforms, well within 2^-45.
+      return 2.0 * (mean < 10.0 ? 0x1.0p-45 : 5.0 * std::sqrt(mean) * 0x1.0p-53);
+    }
+  }
+  return 1.0;
 }
 
 int64_t SampleSkellam(double mu, SecureRandom& random) {

@@ -68,13 +68,18 @@ struct EvenLogWeight {
 // e^-(G(x) - G(m)): cell weight times acceptance is proportional to e^-G(x), which is the law.
 // At the default resolution about 99% of draws are kept.
 //
-// How near it is: the alias table holds integer weights, so its cells follow those weights
-// exactly; they are e^-G(m) to within about 2^-61 relative (long double, with a compensated
-// total) plus 2^-64 of quantisation. The acceptance probability e^-γ is within γ·2^-51 (γ in
-// double; the comparison itself in long double near the boundary), and γ averages about
-// 0.005. The cut at 12σ drops mass below 2^-100. So each draw is within about 2^-58 of the
-// law G describes in total variation (against about 2^-52 for DiscreteGaussianSampler's
-// double-precision Bernoulli draws), and N draws within N·2^-58.
+// How near it is: the ledger charges every draw's distance from the law to δ
+// (NoiseDrawTotalVariation), and N draws are within N times it, so a draw must be far nearer
+// than double precision: N reaches 2^40 over a federation's life. Everything that decides a
+// draw is exact or in 113-bit quad precision:
+//   - the cell weights e^-G(m) are computed in quad, with a compensated total, and held as
+//     integers with 112 fraction bits per column, which the alias table splits exactly;
+//   - an alias coin is compared with its column's 112-bit threshold bit for bit;
+//   - the acceptance e^-γ is decided by bounds in double with a 2^-45 margin where they are
+//     clear, and otherwise by a 128-bit uniform against e^-γ in quad;
+//   - the cut at 12σ drops mass below 2^-107.
+// So each draw is within 2^-105 of the law G describes in total variation (against about 2^-52
+// for DiscreteGaussianSampler's double-precision Bernoulli draws).
 //
 // Most draws are decided by the first word (cell, alias coin, acceptance and offset bits),
 // in a loop without branches that compilers vectorise; the rest (an alias coin or an
@@ -84,7 +89,13 @@ class TabulatedNoise {
  public:
   // The discrete Gaussian N_Z(0, σ²), σ² > 0: G(ν) = ν²/(2σ²). 1 ≤ cells_per_sigma ≤ 64
   // (tests pick coarse cells to exercise the acceptance).
-  static TabulatedNoise DiscreteGaussian(double sigma_squared, double cells_per_sigma = 64);
+  // How draws are decided: kFast takes the shortcuts above; kExact decides every alias coin on
+  // all its 112 bits and every acceptance against e^-γ in quad, which is the law by
+  // construction, for tests to check that the shortcuts do not change it.
+  enum class Decisions { kFast, kExact };
+
+  static TabulatedNoise DiscreteGaussian(double sigma_squared, double cells_per_sigma = 64,
+                                         Decisions decisions = Decisions::kFast);
 
   // Skellam(μ, μ), P(ν) = e^(-2μ) I_|ν|(2μ), for μ ≥ kMinTabulatedSkellamMean. With z = 2μ,
   // Debye's uniform expansion of I_ν(z) gives
@@ -92,7 +103,7 @@ class TabulatedNoise {
   // whose first omitted terms, of order ν⁸/z⁷ and ν⁶/z⁶, are below 10^-13 at that smallest
   // mean over |ν| ≤ 12√z and shrink as z^-3. (PoissonSampler's PTRS, which the smaller means
   // keep, is within about 5√μ·2^-53 per draw, 2^-38 at that mean.)
-  static absl::StatusOr<TabulatedNoise> Skellam(double mu);
+  static absl::StatusOr<TabulatedNoise> Skellam(double mu, Decisions decisions = Decisions::kFast);
   static constexpr double kMinTabulatedSkellamMean = 0x1.0p24;
 
   int64_t Sample(SecureRandom& random) const;
@@ -102,34 +113,58 @@ class TabulatedNoise {
   // t, the cell width.
   int64_t cell_width() const { return int64_t{1} << cell_bits_; }
   const EvenLogWeight& log_weight() const { return log_weight_; }
+  // The bound on one draw's total variation from its law (see the class comment).
+  static constexpr double kDrawTotalVariation = 0x1.0p-105;
 
  private:
+  static_assert(__SIZEOF_FLOAT128__ == 16, "the table's weights need GCC's or Clang's __float128");
+  __extension__ using Float128 = __float128;
+  __extension__ using Uint128 = unsigned __int128;
+  // G's coefficients in quad, which define the law; log_weight_ holds them rounded to double
+  // for the vectorised first pass, whose decisions keep a margin far wider than that rounding.
+  struct ExactLogWeight {
+    Float128 c2 = 0;
+    Float128 c4 = 0;
+    Float128 c6 = 0;
+  };
+
   // σ sets the cells and the cut at 12σ.
-  TabulatedNoise(EvenLogWeight log_weight, double sigma, double cells_per_sigma);
+  TabulatedNoise(ExactLogWeight exact, double sigma, double cells_per_sigma, Decisions decisions);
 
   struct Candidate {
     int64_t value;
-    // e^-gamma is the probability of keeping the value.
+    // The value of its cell nearest zero, m.
+    int64_t nearest;
+    // e^-gamma is the probability of keeping the value (γ in double).
     double gamma;
   };
   Candidate CandidateOf(uint64_t cell, uint64_t offset) const;
+  // Whether to keep `candidate` (at `offset` in its cell) when the acceptance uniform starts with
+  // these 12 bits, drawing the rest as the bounds of e^-γ need them.
+  bool Keep(const Candidate& candidate, uint64_t offset, uint64_t accept_prefix,
+            SecureRandom& random) const;
+  // Whether the alias coin that starts with these 12 bits keeps the column's own cell, drawing
+  // its other 100 bits if they are needed.
+  bool CoinKeepsColumn(uint64_t column, uint64_t coin, SecureRandom& random) const;
   // Finishes the draw that starts with `word`, drawing more words as it needs them.
   int64_t Finish(uint64_t word, SecureRandom& random) const;
 
+  ExactLogWeight exact_;
   EvenLogWeight log_weight_;
   int cell_bits_;
   // Cells are [j·t, j·t + t) for j in [-negative_cells_, negative_cells_): column c of the
   // alias table is the cell j = c - negative_cells_.
   int64_t negative_cells_;
   int column_bits_;
-  // Column c keeps its own cell when a 64-bit coin is below threshold_[c], else takes its
-  // alias; full columns are their own alias.
-  std::vector<uint64_t> threshold_;
-  // (threshold >> 52) | alias << 16: the alias, and what the first word's 12 coin bits need,
+  // Column c keeps its own cell when a 112-bit coin is below threshold_[c] (at most 2^112),
+  // else takes its alias; full columns are their own alias.
+  std::vector<Uint128> threshold_;
+  // (threshold >> 100) | alias << 16: the alias, and what the first word's 12 coin bits need,
   // in one load.
   std::vector<uint64_t> packed_;
   // Whether the offset fits in the first word beside the other fields.
   bool one_word_;
+  Decisions decisions_;
 };
 
 // Poisson(μ), μ > 0. Small means multiply uniforms until the product falls below e^-μ (Knuth);
@@ -156,6 +191,13 @@ class PoissonSampler {
   double log_inverse_alpha_;
   double v_r_;
 };
+
+// An upper bound on the total variation between one draw of the noise RingEncoder adds for
+// `mechanism` at this variance and the law the accountant prices; 0 without noise. It follows
+// the encoder's choice of sampler: the table for the discrete Gaussian; for Skellam, the table
+// from a mean of TabulatedNoise::kMinTabulatedSkellamMean up and two PoissonSampler draws below.
+// N draws are within N times this, which the ledger charges to δ (RdpToEpsilon).
+double NoiseDrawTotalVariation(NoiseMechanism mechanism, double variance);
 
 // Skellam(μ, μ) = Poisson(μ) - Poisson(μ): mean 0, variance 2μ. μ > 0. For many draws, take
 // two from one PoissonSampler.

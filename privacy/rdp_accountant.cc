@@ -130,7 +130,8 @@ absl::StatusOr<double> SubsampledGaussianRdp(double sampling_rate, double noise_
 }
 
 absl::StatusOr<PrivacyLoss> RdpToEpsilon(std::span<const double> orders,
-                                         std::span<const double> rdp, double delta) {
+                                         std::span<const double> rdp, double delta,
+                                         double sampler_total_variation) {
   if (orders.size() != rdp.size() || orders.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("got ", orders.size(), " orders but ", rdp.size(), " RDP values"));
@@ -138,6 +139,11 @@ absl::StatusOr<PrivacyLoss> RdpToEpsilon(std::span<const double> orders,
   if (!(delta > 0.0 && delta < 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("delta must be in (0, 1), not ", delta));
   }
+  if (!(sampler_total_variation >= 0.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the samplers' total variation must not be negative, not ", sampler_total_variation));
+  }
+  const double eta = sampler_total_variation;
   PrivacyLoss best{kInfinity, std::numeric_limits<double>::quiet_NaN()};
   for (size_t i = 0; i < orders.size(); ++i) {
     const double alpha = orders[i];
@@ -145,9 +151,28 @@ absl::StatusOr<PrivacyLoss> RdpToEpsilon(std::span<const double> orders,
       return absl::InvalidArgumentError(absl::StrCat("invalid RDP ", rdp[i], " at order ", alpha));
     }
     if (std::isinf(rdp[i])) continue;
-    // Canonne, Kamath, Steinke (2020), Prop. 12; Balle et al. (2020), Thm. 21.
-    const double epsilon = std::max(0.0, rdp[i] + std::log1p(-1.0 / alpha) -
-                                             (std::log(delta) + std::log(alpha)) / (alpha - 1.0));
+    // Canonne, Kamath, Steinke (2020), Prop. 12; Balle et al. (2020), Thm. 21: the ε of this
+    // order at δ₀.
+    auto epsilon_at = [&](double rdp_delta) {
+      return std::max(0.0, rdp[i] + std::log1p(-1.0 / alpha) -
+                               (std::log(rdp_delta) + std::log(alpha)) / (alpha - 1.0));
+    };
+    double epsilon = epsilon_at(delta);
+    if (eta > 0.0) {
+      // The sampler's share (1 + e^ε)·η of δ grows with ε, and the ε of δ₀ = δ - (1 + e^ε)·η
+      // grows as δ₀ shrinks. Iterating from the ε of δ alone climbs to the least ε that
+      // satisfies both, or leaves no δ₀ at all.
+      auto rdp_delta_at = [&](double e) { return delta - (1.0 + std::exp(e)) * eta; };
+      for (int step = 0; step < 200 && rdp_delta_at(epsilon) > 0.0; ++step) {
+        const double next = epsilon_at(rdp_delta_at(epsilon));
+        const bool converged = next - epsilon <= 1e-13 * std::max(1.0, epsilon);
+        epsilon = std::max(epsilon, next);
+        if (converged) break;
+      }
+      // Just above the limit the inequality holds strictly; it is checked, not assumed.
+      epsilon += 1e-9 * std::max(1.0, epsilon);
+      if (!(rdp_delta_at(epsilon) > 0.0 && epsilon_at(rdp_delta_at(epsilon)) <= epsilon)) continue;
+    }
     if (epsilon < best.epsilon) best = {epsilon, alpha};
   }
   return best;
@@ -183,8 +208,17 @@ absl::Status RdpAccountant::AddRdp(std::span<const double> rdp) {
   return absl::OkStatus();
 }
 
+absl::Status RdpAccountant::AddSamplerTotalVariation(double total_variation) {
+  if (!(total_variation >= 0.0 && total_variation <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a total variation must be in [0, 1], not ", total_variation));
+  }
+  sampler_total_variation_ = std::min(1.0, sampler_total_variation_ + total_variation);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<PrivacyLoss> RdpAccountant::Epsilon(double delta) const {
-  return RdpToEpsilon(orders_, rdp_, delta);
+  return RdpToEpsilon(orders_, rdp_, delta, sampler_total_variation_);
 }
 
 absl::StatusOr<double> NoiseMultiplierForEpsilon(double target_epsilon, double sampling_rate,

@@ -34,8 +34,15 @@ struct PrivacyLoss {
 };
 
 // The (ε, δ) guarantee implied by RDP values rdp[i] at orders[i], minimised over the orders.
+//
+// `sampler_total_variation` η bounds how far the noise actually drawn is, in total variation,
+// from the noise the RDP prices (finite-precision samplers; see NoiseDrawTotalVariation). A
+// mechanism within η of an (ε, δ₀)-DP one is (ε, δ₀ + (1 + e^ε)·η)-DP, since every event's
+// probability moves by at most η on each side of the DP inequality. The ε returned is the
+// smallest, over the orders, with δ₀(ε) + (1 + e^ε)·η ≤ δ; +∞ when none is.
 absl::StatusOr<PrivacyLoss> RdpToEpsilon(std::span<const double> orders,
-                                         std::span<const double> rdp, double delta);
+                                         std::span<const double> rdp, double delta,
+                                         double sampler_total_variation = 0.0);
 
 // Accumulates rounds. Copyable value type; the ledger stores orders() and rdp().
 class RdpAccountant {
@@ -47,14 +54,19 @@ class RdpAccountant {
                                      int64_t rounds = 1);
   // Adds RDP computed elsewhere (one value per order), e.g. for distributed mechanisms.
   absl::Status AddRdp(std::span<const double> rdp);
+  // Adds a round's bound on the total variation between the noise drawn and the noise priced
+  // (DistributedRoundTotalVariation). Bounds of independent rounds add.
+  absl::Status AddSamplerTotalVariation(double total_variation);
 
   absl::StatusOr<PrivacyLoss> Epsilon(double delta) const;
   const std::vector<double>& orders() const { return orders_; }
   const std::vector<double>& rdp() const { return rdp_; }
+  double sampler_total_variation() const { return sampler_total_variation_; }
 
  private:
   std::vector<double> orders_;
   std::vector<double> rdp_;
+  double sampler_total_variation_ = 0.0;
 };
 
 // The smallest noise multiplier (to a relative 1e-6) whose ε after `rounds` rounds at rate q

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "privacy/noise.h"
 #include "privacy/rdp_accountant.h"
 
 namespace fedmoe::privacy {
@@ -94,6 +95,32 @@ TEST(DistributedAccountingTest, FewerSurvivorsAndMoreSamplingCostMore) {
   };
   EXPECT_GT(epsilon(5, 0.1), epsilon(10, 0.1));
   EXPECT_GT(epsilon(10, 0.5), epsilon(10, 0.1));
+}
+
+TEST(DistributedAccountingTest, ARoundChargesEachNoiseDrawItsSamplersDistance) {
+  DistributedRound round = Round(NoiseMechanism::kDiscreteGaussian, 0.1, 2.0e16, 3);
+  const double per_draw = NoiseDrawTotalVariation(NoiseMechanism::kDiscreteGaussian, 2.0e16);
+  EXPECT_GT(per_draw, 0.0);
+  EXPECT_EQ(per_draw, TabulatedNoise::kDrawTotalVariation);
+  EXPECT_LE(per_draw, 0x1.0p-100);
+  EXPECT_DOUBLE_EQ(DistributedRoundTotalVariation(round), 3.0 * 65536.0 * per_draw);
+  round.survivors = 6;
+  EXPECT_DOUBLE_EQ(DistributedRoundTotalVariation(round), 6.0 * 65536.0 * per_draw);
+  // Far more draws than a coarse sampler's precision covers: the bound says nothing beyond 1.
+  round.mechanism = NoiseMechanism::kSkellam;
+  round.local_noise_variance = 100;
+  round.dimension = int64_t{1} << 62;
+  EXPECT_EQ(DistributedRoundTotalVariation(round), 1.0);
+  round.mechanism = NoiseMechanism::kNone;
+  EXPECT_EQ(DistributedRoundTotalVariation(round), 0.0);
+
+  // Skellam follows the encoder's sampler: two PTRS draws below the table's smallest mean, far
+  // coarser than the table above it, where the series' remainder fades as z^-3.
+  const double smallest = 2 * TabulatedNoise::kMinTabulatedSkellamMean;
+  const double ptrs = NoiseDrawTotalVariation(NoiseMechanism::kSkellam, smallest * 0.99);
+  EXPECT_NEAR(ptrs, 2 * 5 * std::sqrt(smallest * 0.99 / 2) * 0x1.0p-53, 1e-20);
+  EXPECT_LT(NoiseDrawTotalVariation(NoiseMechanism::kSkellam, smallest), 1e-11);
+  EXPECT_LT(NoiseDrawTotalVariation(NoiseMechanism::kSkellam, 2.0e16), 0x1.0p-100);
 }
 
 TEST(DistributedAccountingTest, BadRoundsAreRefused) {

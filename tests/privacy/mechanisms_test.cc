@@ -156,6 +156,25 @@ TEST(NoiseTest, TabulatedDiscreteGaussianMatchesItsExactDistribution) {
   }
 }
 
+TEST(NoiseTest, TabulatedDiscreteGaussianDecidedInFullIsTheSameLaw) {
+  // Every coin on its 112 bits and every acceptance against e^-γ in quad: the path that the
+  // shortcuts leave only a few draws in 2^12 (coins) or 2^44 (acceptances) to, here taken by
+  // all, with cells as wide as σ so that acceptances shape the law.
+  for (const auto& [sigma_squared, cells_per_sigma] : {std::pair{250.0, 1.0}, {4000.0, 4.0}}) {
+    const TabulatedNoise sampler = TabulatedNoise::DiscreteGaussian(
+        sigma_squared, cells_per_sigma, TabulatedNoise::Decisions::kExact);
+    const auto tail_from = static_cast<int64_t>(std::ceil(3 * std::sqrt(sigma_squared)));
+    const Exact exact = DiscreteGaussianLaw(sigma_squared, tail_from);
+    const std::string name = "decided in full, σ²=" + std::to_string(sigma_squared);
+    SecureRandom random = TestRandom('x');
+    std::vector<int64_t> draws(kDraws);
+    sampler.Fill(draws, random);
+    size_t next = 0;
+    CheckSampler([&] { return draws[next++]; }, exact, tail_from, name.c_str());
+    CheckEveryLikelyValue(draws, exact, name);
+  }
+}
+
 // Draws whose law is the normal N(0, σ²) to well within these checks: mean, variance, and
 // the mass in bins of σ/4 over [-3σ, 3σ), each within five standard errors.
 void ExpectNormalMomentsAndShape(const std::vector<int64_t>& draws, double sigma,
@@ -200,6 +219,21 @@ TEST(NoiseTest, TabulatedDiscreteGaussianAtTheScaleOfRealNoise) {
   }
 }
 
+TEST(NoiseTest, TheDiscreteGaussianTableNeverHasLessVarianceThanAsked) {
+  // 1/(2σ²) is rounded down, so the law drawn is at least as noisy as the one accounted; to
+  // nearest, about half of these would round up.
+  SecureRandom random = TestRandom('v');
+  int exact = 0;
+  for (int i = 0; i < 2000; ++i) {
+    const double sigma_squared = std::ldexp(1.0 + random.UniformDouble(), 4 + i % 50);
+    const double c2 = TabulatedNoise::DiscreteGaussian(sigma_squared).log_weight().c2;
+    EXPECT_LE(std::fma(c2, 2.0 * sigma_squared, -1.0), 0.0) << sigma_squared;
+    EXPECT_GE(c2, std::nextafter(1.0 / (2.0 * sigma_squared), 0.0));
+    exact += std::fma(c2, 2.0 * sigma_squared, -1.0) == 0.0 ? 1 : 0;
+  }
+  EXPECT_LT(exact, 2000);
+}
+
 // log I_0(z) - log I_ν(z) by the ratios r_j = I_(j+1)(z)/I_j(z), which the recurrence
 // 1/r_j = 2(j+1)/z + r_(j+1) gives stably downwards from far above ν (any start is forgotten
 // by a factor e^-(J² - ν²)/z), summed in long double: a reference for the Skellam table's
@@ -225,12 +259,17 @@ TEST(NoiseTest, TheSkellamTablesSeriesIsTheBesselLaw) {
     const std::vector<long double> reference = BesselLogRatios(z, widest);
     const absl::StatusOr<TabulatedNoise> skellam = TabulatedNoise::Skellam(mu);
     ASSERT_TRUE(skellam.ok()) << skellam.status();
-    // The series' first omitted terms are below 10^-13 here; a wrong coefficient of the
-    // ν⁶/z⁵ or ν⁴/z⁴ terms would be off by 10^-12 or more at 2^24, and of ν²/z² by 10^-6.
+    // What NoiseDrawTotalVariation charges the table for: the series' remainder, within
+    // 10^-12 at z = 2^25 and shrinking as z^-3; plus, here, 2^-51 of G for the rounding to
+    // double of the coefficients log_weight() shows (the table decides with them in quad). A wrong
+    // coefficient of the ν⁶/z⁵ or ν⁴/z⁴ terms would be off by 10^-12 or more at 2^24, and of ν²/z²
+    // by 10^-6.
+    const double remainder = 1e-12 * std::pow(0x1.0p25 / z, 3);
     for (double sigmas : {0.0, 0.001, 0.5, 1.0, 3.0, 6.0, 9.0, 12.0}) {
       const auto nu = static_cast<size_t>(sigmas * std::sqrt(z)) + 1;
       const long double series = skellam->log_weight().At(static_cast<long double>(nu));
-      EXPECT_NEAR(static_cast<double>(series), static_cast<double>(reference[nu]), 1e-12)
+      EXPECT_NEAR(static_cast<double>(series), static_cast<double>(reference[nu]),
+                  remainder + 0x1.0p-51 * static_cast<double>(reference[nu]))
           << "μ = " << mu << ", ν = " << nu;
     }
   }

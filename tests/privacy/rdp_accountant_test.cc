@@ -7,8 +7,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace fedmoe::privacy {
 namespace {
@@ -112,6 +114,70 @@ TEST(RdpToEpsilonTest, ReproducesAbadiEtAlsExample) {
   const PrivacyLoss loss = *accountant.Epsilon(1e-5);
   EXPECT_LT(loss.epsilon, 1.26);
   EXPECT_GT(loss.epsilon, 0.9);
+}
+
+// log δ₀ at which CKS20 Prop. 12 turns RDP r at order α into ε, solved for δ₀ here rather than
+// taken from the accountant.
+double LogDeltaOfConversion(double alpha, double rdp, double epsilon) {
+  return (alpha - 1) * (rdp + std::log1p(-1 / alpha) - epsilon) - std::log(alpha);
+}
+
+TEST(RdpToEpsilonTest, ASamplersTotalVariationIsChargedToDelta) {
+  const double delta = 1e-5;
+  for (double z : {1.0, 2.0}) {
+    RdpAccountant plain;
+    ASSERT_TRUE(plain.AddSubsampledGaussian(1.0, z).ok());
+    double previous = plain.Epsilon(delta)->epsilon;
+    for (double eta : {1e-12, 1e-10, 1e-9, 1e-8}) {
+      SCOPED_TRACE(::testing::Message() << "z=" << z << " eta=" << eta);
+      RdpAccountant accountant = plain;
+      ASSERT_TRUE(accountant.AddSamplerTotalVariation(eta).ok());
+      const PrivacyLoss loss = *accountant.Epsilon(delta);
+      ASSERT_TRUE(std::isfinite(loss.epsilon));
+      // Sound against the exact curve of the Gaussian mechanism, with the sampler's share.
+      EXPECT_LE(ExactGaussianDelta(z, loss.epsilon) + (1 + std::exp(loss.epsilon)) * eta, delta);
+      // Sound at the order reported, with δ₀ solved independently of the accountant.
+      const std::vector<double>& orders = accountant.orders();
+      const auto at =
+          static_cast<size_t>(std::find(orders.begin(), orders.end(), loss.order) - orders.begin());
+      ASSERT_LT(at, orders.size());
+      const double charged = (1 + std::exp(loss.epsilon)) * eta;
+      EXPECT_LE(std::exp(LogDeltaOfConversion(loss.order, accountant.rdp()[at], loss.epsilon)),
+                delta - charged);
+      // The least such ε: a little less fails at every order.
+      const double less = loss.epsilon - 1e-6 * std::max(1.0, loss.epsilon);
+      for (size_t i = 0; i < orders.size(); ++i) {
+        EXPECT_GT(std::exp(LogDeltaOfConversion(orders[i], accountant.rdp()[i], less)) +
+                      (1 + std::exp(less)) * eta,
+                  delta)
+            << "alpha=" << orders[i];
+      }
+      // More sampler error costs more.
+      EXPECT_GT(loss.epsilon, previous);
+      previous = loss.epsilon;
+    }
+    // A sampler error that alone takes half of δ leaves no ε at all ((1 + e^ε)·η ≥ 2η).
+    RdpAccountant hopeless = plain;
+    ASSERT_TRUE(hopeless.AddSamplerTotalVariation(delta / 2).ok());
+    EXPECT_TRUE(std::isinf(hopeless.Epsilon(delta)->epsilon));
+  }
+}
+
+TEST(RdpAccountantTest, SamplerTotalVariationsAddAndBadOnesAreRefused) {
+  RdpAccountant accountant;
+  ASSERT_TRUE(accountant.AddSamplerTotalVariation(1e-12).ok());
+  ASSERT_TRUE(accountant.AddSamplerTotalVariation(2e-12).ok());
+  EXPECT_DOUBLE_EQ(accountant.sampler_total_variation(), 3e-12);
+  for (double bad : {-1e-9, 1.5, std::nan("")}) {
+    EXPECT_THAT(std::string(accountant.AddSamplerTotalVariation(bad).message()),
+                HasSubstr("total variation"))
+        << bad;
+  }
+  EXPECT_DOUBLE_EQ(accountant.sampler_total_variation(), 3e-12);
+  const std::vector<double> orders = {2.0};
+  const std::vector<double> rdp = {0.1};
+  EXPECT_THAT(std::string(RdpToEpsilon(orders, rdp, 1e-5, -1.0).status().message()),
+              HasSubstr("total variation"));
 }
 
 TEST(RdpAccountantTest, EpsilonMovesTheRightWayInEveryArgument) {
