@@ -649,10 +649,15 @@ int PrivacyReport(const std::vector<std::string>& args) {
                 entry.mechanism().c_str(), entry.sampling_rate(), entry.planned_noise_multiplier(),
                 entry.effective_noise_multiplier(), entry.epsilon_after(), entry.best_order());
   }
-  std::printf("total: epsilon %.4g at delta %.3g over %d committed rounds%s\n",
+  std::printf("total: epsilon %.4g at delta %.3g over %d committed rounds%s%s\n",
               response.epsilon_spent(), response.delta(), response.entries_size(),
               response.target_epsilon() > 0
                   ? absl::StrFormat("; target %.4g", response.target_epsilon()).c_str()
+                  : "",
+              response.sampler_total_variation() > 0
+                  ? absl::StrFormat("; the samplers' total variation %.3g is charged to delta",
+                                    response.sampler_total_variation())
+                        .c_str()
                   : "");
   return 0;
 }

@@ -174,6 +174,11 @@ absl::Status RoundEngine::Load() {
                                               accountant_.orders().size()));
     }
     if (absl::Status status = accountant_.AddRdp(entry.rdp); !status.ok()) return status;
+    if (absl::Status status = accountant_.AddSamplerTotalVariation(entry.sampler_total_variation);
+        !status.ok()) {
+      return absl::DataLossError(absl::StrCat("the privacy ledger entry of round ", entry.round_id,
+                                              ": ", status.message()));
+    }
     epsilon_spent_ = entry.epsilon_after;
   }
   absl::StatusOr<Store::RoundCounts> counts = store_->CountRounds();
@@ -291,10 +296,13 @@ void RoundEngine::MaybeSelect() {
   round->encoding = std::move(planned->encoding);
 
   if (policy_.target_epsilon > 0) {
+    // The worst case of each: the RDP of the fewest survivors the round can commit with, the
+    // samplers' distance with the whole cohort's noise in the sum.
     absl::StatusOr<std::vector<double>> rdp = RoundRdp(*round, MinimumSurvivors(*round));
     privacy::RdpAccountant next = accountant_;
     double epsilon = std::numeric_limits<double>::infinity();
-    if (rdp.ok() && next.AddRdp(*rdp).ok()) {
+    if (rdp.ok() && next.AddRdp(*rdp).ok() &&
+        next.AddSamplerTotalVariation(RoundSamplerTotalVariation(*round, n)).ok()) {
       if (absl::StatusOr<privacy::PrivacyLoss> loss = next.Epsilon(policy_.delta); loss.ok()) {
         epsilon = loss->epsilon;
       }
@@ -542,6 +550,13 @@ absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(const Round& round,
   }
 }
 
+double RoundEngine::RoundSamplerTotalVariation(const Round& round, int64_t noised) const {
+  if (round.spec.privacy().mode() != v1::PrivacySpec::MODE_DISTRIBUTED) return 0.0;
+  return privacy::DistributedRoundTotalVariation(privacy::DistributedRoundFor(
+      round.encoding, static_cast<int64_t>(round.spec.layout().encoded_values()),
+      policy_.sampling_rate, noised));
+}
+
 void RoundEngine::Commit(Round& round) {
   const absl::Time started = absl::Now();
   auto fail = [&](const absl::Status& status) {
@@ -593,6 +608,12 @@ void RoundEngine::Commit(Round& round) {
   }
   if (!rdp.ok()) return fail(rdp.status());
   if (absl::Status status = accountant.AddRdp(*rdp); !status.ok()) return fail(status);
+  const double sampler_total_variation =
+      RoundSamplerTotalVariation(round, static_cast<int64_t>(survivors.size()));
+  if (absl::Status status = accountant.AddSamplerTotalVariation(sampler_total_variation);
+      !status.ok()) {
+    return fail(status);
+  }
   if (absl::StatusOr<privacy::PrivacyLoss> loss = accountant.Epsilon(policy_.delta); loss.ok()) {
     epsilon = loss->epsilon;
     // No finite ε (privacy.mode none) has no best order either; the ledger stores 0 then.
@@ -630,6 +651,7 @@ void RoundEngine::Commit(Round& round) {
   entry.delta = policy_.delta;
   entry.best_order = best_order;
   entry.committed_at = absl::Now();
+  entry.sampler_total_variation = sampler_total_variation;
   if (absl::Status status =
           store_->CommitRound(static_cast<int64_t>(round.id), survivors, *record, entry);
       !status.ok()) {
@@ -1081,6 +1103,7 @@ RoundEngine::Snapshot RoundEngine::snapshot() {
   Snapshot snapshot;
   snapshot.model_version = static_cast<uint64_t>(global_record_.version);
   snapshot.epsilon_spent = epsilon_spent_;
+  snapshot.sampler_total_variation = accountant_.sampler_total_variation();
   snapshot.paused_reason = paused_reason_;
   if (round_ != nullptr) {
     snapshot.round_id = round_->id;

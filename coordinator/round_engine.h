@@ -57,6 +57,8 @@ class RoundEngine {
     v1::RoundStage stage = v1::ROUND_STAGE_WAITING;
     uint64_t model_version = 0;
     double epsilon_spent = 0;
+    // The ledger's total charge for its samplers, which epsilon_spent accounts for.
+    double sampler_total_variation = 0;
     // Why no round starts (budget spent, max_rounds reached, no model); empty otherwise.
     std::string paused_reason;
   };
@@ -198,6 +200,9 @@ class RoundEngine {
   void Commit(Round& round);
   // The RDP, at each of the accountant's orders, that the round adds with this many survivors.
   absl::StatusOr<std::vector<double>> RoundRdp(const Round& round, int64_t survivors) const;
+  // How far the noise of `noised` clients can be from what RoundRdp prices, in total variation
+  // (0 outside distributed DP, where no client draws noise).
+  double RoundSamplerTotalVariation(const Round& round, int64_t noised) const;
   // The participant behind a submission for `round_id`, or why there is none.
   absl::StatusOr<Participant*> Submitter(const std::string& client_id, uint64_t round_id,
                                          v1::RoundStage open_stage)

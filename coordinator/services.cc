@@ -342,8 +342,11 @@ grpc::Status AdminService::GetPrivacyLedger(grpc::ServerContext* context,
     out->set_delta(entry.delta);
     out->set_best_order(entry.best_order);
     SetTimestamp(entry.committed_at, out->mutable_committed_at());
+    out->set_sampler_total_variation(entry.sampler_total_variation);
   }
-  response->set_epsilon_spent(context_.rounds->snapshot().epsilon_spent);
+  const RoundEngine::Snapshot snapshot = context_.rounds->snapshot();
+  response->set_epsilon_spent(snapshot.epsilon_spent);
+  response->set_sampler_total_variation(snapshot.sampler_total_variation);
   response->set_delta(context_.config->rounds.delta);
   response->set_target_epsilon(context_.config->rounds.target_epsilon);
   return grpc::Status::OK;

@@ -96,6 +96,10 @@ ALTER TABLE certificates ADD COLUMN issuer_sha256 TEXT NOT NULL DEFAULT '';
 ALTER TABLE certificates ADD COLUMN trust_bundle TEXT NOT NULL DEFAULT '';
 ALTER TABLE certificates ADD COLUMN first_used_at_ms INTEGER;
 )sql",
+    // 4: each round's bound on its samplers' distance from the noise the ledger prices.
+    R"sql(
+ALTER TABLE privacy_ledger ADD COLUMN sampler_total_variation REAL NOT NULL DEFAULT 0;
+)sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion);
 
@@ -683,7 +687,8 @@ absl::Status Store::CommitRound(int64_t round_id, const std::vector<std::string>
   absl::StatusOr<Statement> entry = db_->Prepare(
       "INSERT INTO privacy_ledger (round_id, sampling_rate, planned_noise_multiplier, "
       "effective_noise_multiplier, mechanism, mode, orders, rdp, epsilon_after, delta, "
-      "best_order, committed_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      "best_order, committed_at_ms, sampler_total_variation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+      "?, ?, ?)");
   if (!entry.ok()) return entry.status();
   if (absl::Status status = entry->Bind(1, round_id)
                                 .Bind(2, ledger.sampling_rate)
@@ -697,6 +702,7 @@ absl::Status Store::CommitRound(int64_t round_id, const std::vector<std::string>
                                 .Bind(10, ledger.delta)
                                 .Bind(11, ledger.best_order)
                                 .Bind(12, ToMillis(ledger.committed_at))
+                                .Bind(13, ledger.sampler_total_variation)
                                 .Run();
       !status.ok()) {
     return status;
@@ -731,8 +737,8 @@ absl::StatusOr<std::vector<LedgerEntry>> Store::Ledger() {
   absl::MutexLock lock(&mutex_);
   absl::StatusOr<Statement> query = db_->Prepare(
       "SELECT round_id, sampling_rate, planned_noise_multiplier, effective_noise_multiplier, "
-      "mechanism, mode, orders, rdp, epsilon_after, delta, best_order, committed_at_ms "
-      "FROM privacy_ledger ORDER BY round_id");
+      "mechanism, mode, orders, rdp, epsilon_after, delta, best_order, committed_at_ms, "
+      "sampler_total_variation FROM privacy_ledger ORDER BY round_id");
   if (!query.ok()) return query.status();
   std::vector<LedgerEntry> entries;
   while (true) {
@@ -752,6 +758,7 @@ absl::StatusOr<std::vector<LedgerEntry>> Store::Ledger() {
     entry.delta = query->ColumnDouble(9);
     entry.best_order = query->ColumnDouble(10);
     entry.committed_at = FromMillis(query->ColumnInt(11));
+    entry.sampler_total_variation = query->ColumnDouble(12);
     entries.push_back(std::move(entry));
   }
   return entries;

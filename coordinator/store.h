@@ -116,12 +116,16 @@ struct LedgerEntry {
   double delta = 0;
   double best_order = 0;
   absl::Time committed_at;
+  // How far the round's noise can be from the noise `rdp` prices, in total variation
+  // (privacy::DistributedRoundTotalVariation); charged to δ. 0 for rounds committed before
+  // schema 4, which did not record it.
+  double sampler_total_variation = 0;
 };
 
 class Store {
  public:
   // The newest schema version this build knows.
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::filesystem::path& path);
 

@@ -131,8 +131,10 @@ privacy:
   mechanism: discrete_gaussian
   clip_norm: 1.0
   # With three clients and ~230k values per update, noise that keeps epsilon small would
-  # drown the signal: this demo spends a large epsilon, and says so. Real federations have
-  # many more clients per round, which is what makes small epsilon affordable.
+  # drown the signal: this demo has no privacy to speak of, and says so. Its epsilon is
+  # infinite: once the RDP epsilon passes ~45, the noise samplers' finite precision, which
+  # the ledger charges to delta, takes all of delta. Real federations have many more clients
+  # per round, which is what makes small epsilon affordable.
   noise_multiplier: 0.01
   delta: 1.0e-5
   ring_bits: 32
@@ -189,7 +191,7 @@ for line in lines[start:]:
         print(f"    round {e['round_id']}: {e['stage'].lower()} ({e['participants']} participants)")
     elif ev == "round_committed":
         print(f"    round {e['round_id']}: committed model v{e['model_version']} "
-              f"({e['survivors']} survivors, epsilon {e['epsilon']:.4g}, {e['round_seconds']:.1f}s)")
+              f"({e['survivors']} survivors, epsilon {float(e['epsilon']):.4g}, {e['round_seconds']:.1f}s)")
     elif ev == "round_aborted":
         print(f"    round {e['round_id']}: ABORTED: {e['reason']}")
 print(f"#{len(lines)}")
@@ -254,7 +256,7 @@ bytes_per = sum(sent) / len(sent) if sent else 0
 print(f"\n==> federation-wide expert load (share of routing weight, last round; noised by DP)")
 for part in last["expert_load"].split("; "):
     print(f"    {part}")
-print(f"\n==> summary: {rounds} rounds, 3 clients, epsilon {last['epsilon']:.4g} at delta {last['delta']:g}, "
+print(f"\n==> summary: {rounds} rounds, 3 clients, epsilon {float(last['epsilon']):.4g} at delta {last['delta']:g}, "
       f"{bytes_per/1e6:.2f} MB sent per client per round")
 before = sum(losses[0::2]) / 3
 after = sum(losses[1::2]) / 3

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "coordinator/enrollment_token.h"
 #include "tests/testing_temp_dir.h"
 
@@ -257,6 +258,62 @@ TEST_F(StoreTest, TheDatabaseHoldsNoTokenSecret) {
   EXPECT_EQ(bytes.find(token.secret), std::string::npos);
   EXPECT_NE(bytes.find(token.token_id), std::string::npos) << "the id is a non-secret handle";
   EXPECT_NE(bytes.find(HashTokenSecret(token.secret)), std::string::npos);
+}
+
+// Commits round `round_id` on model version round_id + 1 with this ledger entry.
+absl::Status CommitWithLedger(Store& store, int64_t round_id, double sampler_total_variation) {
+  RoundRecord round;
+  round.round_id = round_id;
+  round.stage = "SELECTED";
+  round.cohort_size = 3;
+  round.started_at = kNow;
+  round.base_model_version = round_id;
+  if (absl::Status status = store.StartRound(round); !status.ok()) return status;
+  ModelVersionRecord model;
+  model.version = round_id + 1;
+  model.weights_sha256 = std::string(32, 'w');
+  model.directory = absl::StrCat("models/v", round_id + 1);
+  model.created_at = kNow;
+  model.round_id = round_id;
+  LedgerEntry entry;
+  entry.round_id = round_id;
+  entry.mechanism = "discrete_gaussian";
+  entry.mode = "distributed";
+  entry.orders = {2, 4};
+  entry.rdp = {0.5, 1.0};
+  entry.epsilon_after = 2.0;
+  entry.delta = 1e-5;
+  entry.best_order = 4;
+  entry.committed_at = kNow;
+  entry.sampler_total_variation = sampler_total_variation;
+  return store.CommitRound(round_id, {"bank-1"}, model, entry);
+}
+
+TEST_F(StoreTest, TheLedgerKeepsEachRoundsSamplerChargeAndOlderEntriesCarryNone) {
+  ASSERT_TRUE(Enroll(AddToken("bank-1")).ok());
+  ASSERT_TRUE(CommitWithLedger(*store_, 1, 0x1.8p-40).ok());
+  // The store as schema 3 left it: no sampler column.
+  store_.reset();
+  {
+    auto db = sqlite::Database::Open(dir_.path() / "state.db");
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)
+                    ->Execute("ALTER TABLE privacy_ledger DROP COLUMN sampler_total_variation; "
+                              "DELETE FROM schema_migrations WHERE version = 4")
+                    .ok());
+  }
+  auto reopened = Store::Open(dir_.path() / "state.db");
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  store_ = std::move(*reopened);
+  EXPECT_EQ(*store_->SchemaVersion(), Store::kSchemaVersion);
+  ASSERT_TRUE(CommitWithLedger(*store_, 2, 0x1.8p-40).ok());
+
+  absl::StatusOr<std::vector<LedgerEntry>> ledger = store_->Ledger();
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  ASSERT_EQ(ledger->size(), 2U);
+  EXPECT_EQ((*ledger)[0].sampler_total_variation, 0.0);
+  EXPECT_EQ((*ledger)[1].sampler_total_variation, 0x1.8p-40);
+  EXPECT_THAT((*ledger)[1].rdp, ElementsAre(0.5, 1.0));
 }
 
 TEST(EnrollmentTokenTest, GeneratesDistinctWellFormedTokens) {

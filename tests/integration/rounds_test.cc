@@ -6,6 +6,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <map>
@@ -18,6 +19,8 @@
 #include "fedmoe/v1/admin.pb.h"
 #include "pki/certificate.h"
 #include "pki/trust_bundle.h"
+#include "privacy/noise.h"
+#include "privacy/rdp_accountant.h"
 #include "tests/integration/coordinator_fixture.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
@@ -85,6 +88,38 @@ const std::string kRoundAfterRound = absl::StrCat(R"(rounds:
 )",
                                                   kTraining, kModerateNoise);
 
+// The ledger against a recomputation from its own entries: ε grows round by round, each round
+// charges every noise draw of its three survivors the table sampler's distance from its law,
+// and ε after the last entry is what their summed RDP and charges give at δ.
+void ExpectLedgerRecomputes(const v1::GetPrivacyLedgerResponse& ledger) {
+  ASSERT_GE(ledger.entries_size(), 2);
+  const std::vector<double> orders(ledger.entries(0).orders().begin(),
+                                   ledger.entries(0).orders().end());
+  std::vector<double> rdp(orders.size(), 0.0);
+  double charged = 0;
+  double previous = 0;
+  for (const v1::PrivacyLedgerEntry& entry : ledger.entries()) {
+    ASSERT_EQ(entry.rdp_size(), static_cast<int>(orders.size()));
+    for (size_t i = 0; i < orders.size(); ++i) rdp[i] += entry.rdp(static_cast<int>(i));
+    const double values =
+        entry.sampler_total_variation() / (3 * privacy::TabulatedNoise::kDrawTotalVariation);
+    EXPECT_GT(values, 1000) << "noise on every value of the update";
+    EXPECT_EQ(std::exp2(std::round(std::log2(values))), values)
+        << "the encoded length is a power of two";
+    charged += entry.sampler_total_variation();
+    EXPECT_GT(entry.epsilon_after(), previous);
+    EXPECT_TRUE(std::isfinite(entry.epsilon_after()));
+    previous = entry.epsilon_after();
+  }
+  EXPECT_DOUBLE_EQ(ledger.sampler_total_variation(), charged);
+  absl::StatusOr<privacy::PrivacyLoss> recomputed =
+      privacy::RdpToEpsilon(orders, rdp, ledger.delta(), charged);
+  ASSERT_TRUE(recomputed.ok()) << recomputed.status();
+  EXPECT_NEAR(ledger.epsilon_spent(), recomputed->epsilon, 1e-9 * recomputed->epsilon);
+  EXPECT_GT(ledger.epsilon_spent(), privacy::RdpToEpsilon(orders, rdp, ledger.delta())->epsilon)
+      << "the charge is in the ε reported";
+}
+
 TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss) {
   StartFederation(absl::StrCat(R"(rounds:
   min_clients: 3
@@ -127,8 +162,11 @@ TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss)
   ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(report.out, &ledger).ok());
   ASSERT_EQ(ledger.entries_size(), 2);
   EXPECT_EQ(ledger.entries(0).mode(), "distributed");
-  EXPECT_LT(ledger.entries(0).epsilon_after(), ledger.entries(1).epsilon_after());
   EXPECT_DOUBLE_EQ(ledger.epsilon_spent(), ledger.entries(1).epsilon_after());
+  // Noise this low puts ε where the samplers' distance from their law, charged at (1 + e^ε)
+  // to δ, takes all of δ: no finite ε is certified.
+  EXPECT_TRUE(std::isinf(ledger.epsilon_spent())) << ledger.epsilon_spent();
+  EXPECT_GT(ledger.sampler_total_variation(), 0);
 
   // The client's own /metrics agrees with its status.json.
   std::map<std::string, double> metrics;
@@ -178,6 +216,8 @@ TEST_F(RoundsTest, AKill9OfTheCoordinatorAbortsTheOpenRoundAndTheNextOneCommits)
   v1::GetPrivacyLedgerResponse ledger;
   ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(report.out, &ledger).ok());
   EXPECT_EQ(ledger.entries_size(), 2);
+  // The restarted coordinator took up the first round's charges from the store.
+  ExpectLedgerRecomputes(ledger);
   EXPECT_TRUE(std::filesystem::exists(state_ / "models/v2/model.safetensors"));
 }
 
