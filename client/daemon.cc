@@ -122,7 +122,7 @@ grpc::Status ClientDaemon::PollOnce() {
   request.mutable_max_wait()->set_seconds(absl::ToInt64Seconds(config_.poll_max_wait));
   request.mutable_capabilities()->set_software_version(FEDMOE_VERSION);
   request.mutable_capabilities()->set_device(
-      std::string(kernels::DeviceName(config_.compute.device)));
+      std::string(kernels::DeviceName(training_device_.value_or(config_.compute.device))));
   request.set_known_round_id(known_round_);
   request.set_known_stage(known_stage_);
   request.set_local_model_version(progress_.model_version);
@@ -236,9 +236,18 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
   if (!random.ok()) return random.status();
   model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, (*random)());
-  // The round sets what is trained and how; this machine sets the arithmetic.
-  options.device = config_.compute.device;
-  options.matmul_precision = config_.compute.matmul_precision;
+  // The round sets what is trained and how; this machine sets the arithmetic, for this model.
+  ComputeSettings compute = config_.compute;
+  absl::StatusOr<std::string> fallback = compute.FitToModel(global->config());
+  if (!fallback.ok()) return fallback.status();
+  if (!fallback->empty()) {
+    LogEvent(LogLevel::kWarning, "training_device_fallback")
+        .Field("round_id", task.round_id())
+        .Field("reason", *fallback);
+  }
+  options.device = compute.device;
+  options.matmul_precision = compute.matmul_precision;
+  training_device_ = compute.device;
   LogEvent(LogLevel::kInfo, "local_training_started")
       .Field("round_id", task.round_id())
       .Field("model_version", spec.base_model().version())

@@ -90,6 +90,9 @@ class ClientDaemon {
   // Reported on every poll, so the coordinator knows what this client has done.
   uint64_t known_round_ = 0;
   v1::RoundStage known_stage_ = v1::ROUND_STAGE_UNSPECIFIED;
+  // Where local training runs: the configured device, or the CPU after a GPU that auto chose
+  // could not train the federation's model.
+  std::optional<kernels::Device> training_device_;
   // What status.json and /metrics show of the local progress.
   ClientProgress progress_;
   std::shared_ptr<ClientMetrics> metrics_ = std::make_shared<ClientMetrics>();

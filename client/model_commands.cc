@@ -366,6 +366,11 @@ int TrainCommand(const std::vector<std::string>& args) {
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
       model::LoadTokenizer(model_dir, parameters->config().vocab_size);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
+  absl::StatusOr<std::string> fallback = compute.FitToModel(parameters->config());
+  if (!fallback.ok()) return Fail(fallback.status());
+  if (!fallback->empty()) std::fprintf(stderr, "%s\n", fallback->c_str());
+  options.device = compute.device;
+  options.matmul_precision = compute.matmul_precision;
 
   // Which arithmetic the products use decides both speed and the last bits of the result.
   const char* precision = options.matmul_precision == model::MatMulPrecision::kBfloat16

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace fedmoe::client {
@@ -87,6 +88,21 @@ absl::Status ComputeSettings::Resolve() {
   device = *resolved_device;
   matmul_precision = *precision;
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ComputeSettings::FitToModel(const model::MoeConfig& config) {
+  const absl::Status takes = model::CheckDeviceTakesModel(device, config);
+  if (takes.ok()) return std::string();
+  if (device_name != "auto") {
+    return absl::Status(takes.code(), absl::StrCat("device ", device_name, ": ", takes.message()));
+  }
+  absl::StatusOr<model::MatMulPrecision> precision =
+      model::ResolveMatMulPrecision(matmul_precision_name, kernels::Device::kCpu);
+  if (!precision.ok()) return precision.status();
+  device = kernels::Device::kCpu;
+  matmul_precision = *precision;
+  return absl::StrCat("training on the CPU: the GPU cannot train this model (", takes.message(),
+                      ")");
 }
 
 void ReadComputeSettings(config::YamlConfigReader& reader, const std::string& prefix,

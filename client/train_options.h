@@ -25,6 +25,12 @@ struct ComputeSettings {
   // Resolves the names: the device first (auto: a GPU when one answers), then the precision for
   // that device. The error says which setting cannot be had here, and why.
   absl::Status Resolve();
+
+  // Fits the resolved device to the model about to be trained. A GPU that auto chose but whose
+  // kernels cannot train the model gives way to the CPU, in the precision the name gives
+  // there, and the line returned says so; a GPU asked for by name is an error instead, which
+  // says why. An empty line when nothing changed.
+  absl::StatusOr<std::string> FitToModel(const model::MoeConfig& config);
 };
 
 // Reads `device` and `matmul_precision` under `prefix` and resolves them, recording on the

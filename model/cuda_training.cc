@@ -1130,9 +1130,7 @@ class DataParallelBackend : public TrainingBackend {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
-    const ModelParameters& parameters, const BackendOptions& options) {
-  const MoeConfig& config = parameters.config();
+absl::Status CheckCudaTakesModel(const MoeConfig& config) {
   if (config.num_local_experts > cuda::kMaxExperts) {
     return absl::InvalidArgumentError(absl::StrCat("the CUDA kernels route to at most ",
                                                    cuda::kMaxExperts, " experts, not ",
@@ -1144,7 +1142,14 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
                                        .kv_heads = config.num_key_value_heads,
                                        .head_dim = config.head_dim,
                                        .sliding_window = config.sliding_window};
-  if (absl::Status status = cuda::CheckAttentionShape(one_token); !status.ok()) return status;
+  return cuda::CheckAttentionShape(one_token);
+}
+
+absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
+    const ModelParameters& parameters, const BackendOptions& options) {
+  if (absl::Status status = CheckCudaTakesModel(parameters.config()); !status.ok()) {
+    return status;
+  }
   int devices = options.devices;
   if (devices < 0) {
     return absl::InvalidArgumentError(absl::StrCat("a negative number of GPUs: ", devices));

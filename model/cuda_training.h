@@ -27,11 +27,14 @@ namespace fedmoe::model {
 // gradient accumulation over n smaller micro-batches on one: the same gradient, with the
 // balance loss taken per share (backward.h).
 
+// OK when the CUDA kernels can train a model of this config; else InvalidArgument, saying what
+// they do not take (head_dim other than 16, 32, 64 or 128; more than kMaxExperts experts).
+absl::Status CheckCudaTakesModel(const MoeConfig& config);
+
 // Uploads `parameters` and allocates the optimizer state on each device used. The caller's
 // parameters are not touched until CopyParametersTo. InvalidArgument for a model the kernels
-// do not take (head_dim other than 16, 32, 64 or 128; more than kMaxExperts experts);
-// ResourceExhausted when a device runs out of memory; Unimplemented for several GPUs in a build
-// without NCCL.
+// do not take (CheckCudaTakesModel); ResourceExhausted when a device runs out of memory;
+// Unimplemented for several GPUs in a build without NCCL.
 absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
     const ModelParameters& parameters, const BackendOptions& options);
 

@@ -68,6 +68,13 @@ absl::StatusOr<double> MeanValidationLoss(
                          : std::numeric_limits<double>::quiet_NaN();
 }
 
+#ifndef FEDMOE_TRAIN_WITH_CUDA
+absl::Status NoCudaKernels() {
+  return absl::FailedPreconditionError(
+      "this build has no CUDA kernels (nvcc was not found when it was built); use --device cpu");
+}
+#endif
+
 absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateBackend(ModelParameters& parameters,
                                                                const TrainOptions& options) {
   const BackendOptions backend_options{.trainable = options.trainable,
@@ -79,12 +86,21 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateBackend(ModelParameters& 
 #ifdef FEDMOE_TRAIN_WITH_CUDA
   return CreateCudaTrainingBackend(parameters, backend_options);
 #else
-  return absl::FailedPreconditionError(
-      "this build has no CUDA kernels (nvcc was not found when it was built); use --device cpu");
+  return NoCudaKernels();
 #endif
 }
 
 }  // namespace
+
+absl::Status CheckDeviceTakesModel(kernels::Device device, const MoeConfig& config) {
+  if (device == kernels::Device::kCpu) return absl::OkStatus();
+#ifdef FEDMOE_TRAIN_WITH_CUDA
+  return CheckCudaTakesModel(config);
+#else
+  (void)config;
+  return NoCudaKernels();
+#endif
+}
 
 absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters, const Tokenizer& tokenizer,
                                       const std::filesystem::path& data_directory,

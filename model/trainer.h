@@ -79,6 +79,10 @@ struct TrainCallbacks {
   std::function<void(std::string_view)> on_data_warning;
 };
 
+// OK when `device` can train a model of this config in this build: the CPU always; a GPU when
+// the build has the CUDA kernels and they take the model (CheckCudaTakesModel).
+absl::Status CheckDeviceTakesModel(kernels::Device device, const MoeConfig& config);
+
 // Trains `parameters` in place on the directory's training split.
 absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& tokenizer,
                                   const std::filesystem::path& data_directory,
