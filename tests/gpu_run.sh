@@ -4,8 +4,9 @@
 # micro-batches a step, the memory-bound optimizer amortised). tests/gpu_check.sh calls it after
 # building there; tests/gpu_bundle.sh packs it as gpu-bundle/run.sh beside prebuilt binaries and
 # a lib.tar.xz of the libraries a CUDA-only machine lacks, which it unpacks. CUDA's own libraries
-# come from the toolkit, else from the wheels PyTorch brings. Writes gpu_check.log, gpu.csv and
-# train_step.jsonl to $OUT (or ./gpu-check) and exits non-zero if a test or the bench failed.
+# come from the toolkit, else from the wheels PyTorch brings. Then bench/privacy_encode where the
+# bundle has it (#7's encoding against masking on the host's cores). Writes gpu_check.log,
+# gpu.csv, train_step.jsonl and privacy_encode.jsonl to $OUT (or ./gpu-check) and exits non-zero if a test or the bench failed.
 #
 #   tests/gpu_run.sh BIN_DIR [gtest filter] [bench steps]
 #   gpu-bundle/run.sh [gtest filter] [bench steps]      (BIN_DIR: the bundle's bin/)
@@ -61,4 +62,10 @@ for config in small medium; do
 done
 run "$bin/train_step" --device cuda --config medium --steps "$steps" --accumulation 4
 grep '^{.*"benchmark":"train_step"' "$log" >"$out/train_step.jsonl"
+# #7's ratio on this host's cores: the encoding uses them all, the masking one.
+if [[ -x $bin/privacy_encode ]]; then
+  nproc | tee -a "$log"
+  run "$bin/privacy_encode" --benchmark_filter='BM_Encode/0|BM_EncodeAsPlanned|BM_SecAggMasking'
+  grep '^{.*"benchmark":"BM_' "$log" >"$out/privacy_encode.jsonl"
+fi
 exit "$status"
