@@ -525,36 +525,36 @@ void RoundEngine::Abort(const std::string& reason) {
   polls_->WakeAll();
 }
 
-absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(const Round& round,
-                                                          int64_t survivors) const {
-  const std::vector<double>& orders = accountant_.orders();
+std::optional<privacy::DistributedRound> RoundEngine::PricedRound(const Round& round,
+                                                                  int64_t survivors) const {
   const v1::PrivacySpec& privacy = round.spec.privacy();
-  std::vector<double> rdp(orders.size(), std::numeric_limits<double>::infinity());
+  const auto dimension = static_cast<int64_t>(round.spec.layout().encoded_values());
   switch (privacy.mode()) {
     case v1::PrivacySpec::MODE_CENTRAL:
-      for (size_t i = 0; i < orders.size(); ++i) {
-        absl::StatusOr<double> value = privacy::SubsampledGaussianRdp(
-            policy_.sampling_rate, privacy.noise_multiplier(), orders[i]);
-        if (!value.ok()) return value.status();
-        rdp[i] = *value;
-      }
-      return rdp;
+      return privacy::CentralRoundFor(round.encoding, dimension, policy_.sampling_rate,
+                                      privacy.noise_multiplier());
     case v1::PrivacySpec::MODE_DISTRIBUTED:
-      return privacy::DistributedRoundRdp(
-          privacy::DistributedRoundFor(round.encoding,
-                                       static_cast<int64_t>(round.spec.layout().encoded_values()),
-                                       policy_.sampling_rate, survivors),
-          orders);
+      return privacy::DistributedRoundFor(round.encoding, dimension, policy_.sampling_rate,
+                                          survivors);
     default:
-      return rdp;  // No noise: no privacy.
+      return std::nullopt;
   }
 }
 
+absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(const Round& round,
+                                                          int64_t survivors) const {
+  const std::optional<privacy::DistributedRound> priced = PricedRound(round, survivors);
+  // No noise: no privacy.
+  if (!priced.has_value()) {
+    return std::vector<double>(accountant_.orders().size(),
+                               std::numeric_limits<double>::infinity());
+  }
+  return privacy::DistributedRoundRdp(*priced, accountant_.orders());
+}
+
 double RoundEngine::RoundSamplerTotalVariation(const Round& round, int64_t noised) const {
-  if (round.spec.privacy().mode() != v1::PrivacySpec::MODE_DISTRIBUTED) return 0.0;
-  return privacy::DistributedRoundTotalVariation(privacy::DistributedRoundFor(
-      round.encoding, static_cast<int64_t>(round.spec.layout().encoded_values()),
-      policy_.sampling_rate, noised));
+  const std::optional<privacy::DistributedRound> priced = PricedRound(round, noised);
+  return priced.has_value() ? privacy::DistributedRoundTotalVariation(*priced) : 0.0;
 }
 
 void RoundEngine::Commit(Round& round) {
@@ -571,6 +571,20 @@ void RoundEngine::Commit(Round& round) {
     survivors.push_back(round.participants[participant - 1].client_id);
   }
   const v1::UpdateSpec& spec = round.spec;
+  if (spec.privacy().mode() == v1::PrivacySpec::MODE_CENTRAL) {
+    // Central DP: the coordinator's noise, in the ring before the sum is decoded, where it is
+    // exact integer noise (what CentralRoundFor prices).
+    absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
+    if (!random.ok()) return fail(random.status());
+    const privacy::DistributedRound priced =
+        privacy::CentralRoundFor(round.encoding, static_cast<int64_t>(sum->size()),
+                                 policy_.sampling_rate, spec.privacy().noise_multiplier());
+    if (absl::Status status = privacy::RingEncoder::AddCentralNoise(
+            *sum, round.encoding.ring_bits, priced.local_noise_variance, *random);
+        !status.ok()) {
+      return fail(status);
+    }
+  }
   absl::StatusOr<privacy::RingEncoder> decoder =
       privacy::RingEncoder::Create(spec.layout().plain_values(), round.encoding);
   if (!decoder.ok()) return fail(decoder.status());
@@ -578,12 +592,6 @@ void RoundEngine::Commit(Round& round) {
   sum->clear();
   sum->shrink_to_fit();
   if (!decoded.ok()) return fail(decoded.status());
-  if (spec.privacy().mode() == v1::PrivacySpec::MODE_CENTRAL) {
-    absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
-    if (!random.ok()) return fail(random.status());
-    privacy::AddCentralGaussianNoise(
-        *decoded, spec.privacy().noise_multiplier() * spec.privacy().clip_norm(), *random);
-  }
   absl::StatusOr<MergedUpdate> merged = MergeUpdate(
       *decoded, spec, static_cast<int64_t>(survivors.size()), policy_.expert_weight_floor);
   decoded->clear();
@@ -636,13 +644,10 @@ void RoundEngine::Commit(Round& round) {
   entry.round_id = static_cast<int64_t>(round.id);
   entry.sampling_rate = policy_.sampling_rate;
   entry.planned_noise_multiplier = spec.privacy().noise_multiplier();
-  entry.effective_noise_multiplier = spec.privacy().noise_multiplier();
-  if (spec.privacy().mode() == v1::PrivacySpec::MODE_DISTRIBUTED) {
-    entry.effective_noise_multiplier =
-        privacy::EffectiveNoiseMultiplier(privacy::DistributedRoundFor(
-            round.encoding, static_cast<int64_t>(spec.layout().encoded_values()),
-            policy_.sampling_rate, static_cast<int64_t>(survivors.size())));
-  }
+  const std::optional<privacy::DistributedRound> priced =
+      PricedRound(round, static_cast<int64_t>(survivors.size()));
+  entry.effective_noise_multiplier = priced.has_value() ? privacy::EffectiveNoiseMultiplier(*priced)
+                                                        : spec.privacy().noise_multiplier();
   entry.mechanism = std::string(MechanismName(spec.privacy().mechanism()));
   entry.mode = std::string(PrivacyModeName(spec.privacy().mode()));
   entry.orders = accountant.orders();

@@ -39,6 +39,7 @@
 #include "fedmoe/v1/federation.pb.h"
 #include "model/parameters.h"
 #include "pki/certificate.h"
+#include "privacy/distributed_accounting.h"
 #include "privacy/rdp_accountant.h"
 #include "privacy/ring_encoder.h"
 #include "secure_agg/protocol.h"
@@ -198,6 +199,8 @@ class RoundEngine {
   // Unmasks, merges, checkpoints and commits; runs without the lock held (the round is in
   // UNMASKED, which no submission can change).
   void Commit(Round& round);
+  // The round as the accountant prices it with this many survivors; none without noise.
+  std::optional<privacy::DistributedRound> PricedRound(const Round& round, int64_t survivors) const;
   // The RDP, at each of the accountant's orders, that the round adds with this many survivors.
   absl::StatusOr<std::vector<double>> RoundRdp(const Round& round, int64_t survivors) const;
   // How far the noise of `noised` clients can be from what RoundRdp prices, in total variation

@@ -224,8 +224,9 @@ void ReadRoundPolicy(config::YamlConfigReader& reader, RoundPolicy* policy) {
   } else {
     reader.Invalid("privacy.mechanism", "must be discrete_gaussian or skellam");
   }
+  // The coordinator's noise is the discrete Gaussian, whatever the clients would draw.
   if (policy->privacy_mode == v1::PrivacySpec::MODE_CENTRAL) {
-    policy->mechanism = v1::PrivacySpec::MECHANISM_GAUSSIAN;
+    policy->mechanism = v1::PrivacySpec::MECHANISM_DISCRETE_GAUSSIAN;
   }
   reader.Read("privacy.clip_norm", &policy->clip_norm);
   if (!(policy->clip_norm > 0 && policy->clip_norm < 1e6)) {

@@ -91,6 +91,15 @@ DistributedRound DistributedRoundFor(const RingEncoding& encoding, int64_t encod
   return round;
 }
 
+DistributedRound CentralRoundFor(const RingEncoding& encoding, int64_t encoded_dimension,
+                                 double sampling_rate, double noise_multiplier) {
+  DistributedRound round = DistributedRoundFor(encoding, encoded_dimension, sampling_rate, 1);
+  round.mechanism = NoiseMechanism::kDiscreteGaussian;
+  const double sigma = noise_multiplier * encoding.clip_norm * encoding.scale;
+  round.local_noise_variance = sigma * sigma;
+  return round;
+}
+
 absl::StatusOr<std::vector<double>> DistributedRoundRdp(const DistributedRound& round,
                                                         std::span<const double> orders) {
   if (round.mechanism == NoiseMechanism::kNone) {

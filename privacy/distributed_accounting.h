@@ -42,6 +42,14 @@ struct DistributedRound {
 DistributedRound DistributedRoundFor(const RingEncoding& encoding, int64_t encoded_dimension,
                                      double sampling_rate, int64_t survivors);
 
+// A central round as the accountant prices it: the coordinator's one discrete Gaussian draw of
+// variance (z·C·γ)² per coordinate of the survivors' sum (RingEncoder::AddCentralNoise), with
+// the same sensitivity as a distributed round. That is a distributed round of one noise share
+// holding the whole variance, for which KLS21's bound is the discrete Gaussian's own (τ = 0):
+// α·Δ²/(2σ²), amplified by sampling with the same general bound.
+DistributedRound CentralRoundFor(const RingEncoding& encoding, int64_t encoded_dimension,
+                                 double sampling_rate, double noise_multiplier);
+
 // RDP of one such round at each order.
 absl::StatusOr<std::vector<double>> DistributedRoundRdp(const DistributedRound& round,
                                                         std::span<const double> orders);

@@ -5,7 +5,6 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
-#include <random>
 
 #include "absl/strings/str_cat.h"
 
@@ -433,16 +432,6 @@ double NoiseDrawTotalVariation(NoiseMechanism mechanism, double variance) {
 int64_t SampleSkellam(double mu, SecureRandom& random) {
   const PoissonSampler poisson(mu);
   return poisson.Sample(random) - poisson.Sample(random);
-}
-
-double SampleGaussian(double sigma, SecureRandom& random) {
-  std::normal_distribution<double> normal(0.0, sigma);
-  return normal(random);
-}
-
-void AddCentralGaussianNoise(std::span<double> sum, double sigma, SecureRandom& random) {
-  std::normal_distribution<double> normal(0.0, sigma);
-  for (double& value : sum) value += normal(random);
 }
 
 }  // namespace fedmoe::privacy

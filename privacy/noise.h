@@ -1,6 +1,6 @@
 // Noise for differential privacy: the exact discrete Gaussian of Canonne, Kamath and Steinke
-// (2020), the Skellam distribution (a difference of two Poissons), and the continuous Gaussian
-// of central DP. All draw from SecureRandom.
+// (2020) and the Skellam distribution (a difference of two Poissons), both drawn from
+// SecureRandom. Central DP adds discrete Gaussian noise too, in the ring (ring_encoder.h).
 #ifndef FEDMOE_PRIVACY_NOISE_H_
 #define FEDMOE_PRIVACY_NOISE_H_
 
@@ -202,13 +202,6 @@ double NoiseDrawTotalVariation(NoiseMechanism mechanism, double variance);
 // Skellam(μ, μ) = Poisson(μ) - Poisson(μ): mean 0, variance 2μ. μ > 0. For many draws, take
 // two from one PoissonSampler.
 int64_t SampleSkellam(double mu, SecureRandom& random);
-
-// N(0, σ²) on the reals, for central DP.
-double SampleGaussian(double sigma, SecureRandom& random);
-
-// The central Gaussian mechanism: adds N(0, σ²) to every coordinate of a decoded sum, on the
-// coordinator, after unmasking (PrivacySpec MODE_CENTRAL). σ = z·C for noise multiplier z.
-void AddCentralGaussianNoise(std::span<double> sum, double sigma, SecureRandom& random);
 
 }  // namespace fedmoe::privacy
 

@@ -370,4 +370,29 @@ absl::Status RingEncoder::AddInRing(std::span<uint64_t> sum, std::span<const uin
   return absl::OkStatus();
 }
 
+absl::Status RingEncoder::AddCentralNoise(std::span<uint64_t> sum, int bits, double variance,
+                                          SecureRandom& random) {
+  if (!(variance > 0) || !std::isfinite(variance)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("central noise needs a positive variance, not ", variance));
+  }
+  if (bits < 16 || bits > 62) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ring bits must be between 16 and 62, not ", bits));
+  }
+  const TabulatedNoise table = TabulatedNoise::DiscreteGaussian(variance);
+  const uint64_t mask = RingMask(bits);
+  constexpr size_t kChunk = 4096;
+  std::array<int64_t, kChunk> noise;
+  for (size_t start = 0; start < sum.size(); start += kChunk) {
+    const size_t count = std::min(kChunk, sum.size() - start);
+    table.Fill(std::span(noise.data(), count), random);
+    for (size_t i = 0; i < count; ++i) {
+      // Two's complement makes the reduction mod 2^b a mask, for negative noise too.
+      sum[start + i] = (sum[start + i] + static_cast<uint64_t>(noise[i])) & mask;
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace fedmoe::privacy

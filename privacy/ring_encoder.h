@@ -67,6 +67,14 @@ class RingEncoder {
   static absl::Status AddInRing(std::span<uint64_t> sum, std::span<const uint64_t> values,
                                 int bits);
 
+  // Central DP (PrivacySpec MODE_CENTRAL): adds an exact discrete Gaussian draw of this variance
+  // (scaled units) to every coordinate of a ring sum, mod 2^bits, before it is decoded. Integer
+  // noise from TabulatedNoise rather than floating-point Gaussian noise, whose rounding can
+  // betray the value it is added to (Mironov 2012), and whose distance from its law the ledger
+  // could not bound.
+  static absl::Status AddCentralNoise(std::span<uint64_t> sum, int bits, double variance,
+                                      SecureRandom& random);
+
  private:
   RingEncoder(RandomizedHadamard rotation, RingEncoding encoding)
       : rotation_(std::move(rotation)), encoding_(std::move(encoding)) {}

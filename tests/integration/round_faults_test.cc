@@ -108,7 +108,9 @@ class RoundFaultsTest : public CoordinatorFixture {
   // compared with the plain updates), short stage timeouts, FedAvg at learning rate 1, and
   // experts and routers trainable. The clip norm is far above the updates' norms. One masked
   // input is staged at a time, so concurrent uploads meet RESOURCE_EXHAUSTED and retry.
-  void StartNoiselessFederation(int clients, int max_rounds) {
+  // Without noise unless `privacy` says otherwise (YAML lines under privacy:).
+  void StartNoiselessFederation(int clients, int max_rounds,
+                                const std::string& privacy = "  mode: none\n") {
     StartFederation(absl::StrCat("rounds:\n  min_clients: ", clients, "\n  max_clients: ", clients,
                                  "\n  max_rounds: ", max_rounds, R"(
   interval: 1s
@@ -119,9 +121,9 @@ class RoundFaultsTest : public CoordinatorFixture {
     unmask: 4s
   trainable: [experts, router]
 privacy:
-  mode: none
   clip_norm: 10
-)"),
+)",
+                                 privacy),
                     {{"concurrent_uploads: 4", "concurrent_uploads: 1"}});
     for (int i = 1; i <= clients; ++i) {
       absl::StatusOr<std::unique_ptr<SimulatedClient>> client =
@@ -166,8 +168,11 @@ privacy:
   // share of its routed slots in the layer (unchanged below w_min = 1e-3), routers the mean.
   // Per value, the bound is eight standard deviations of the rounding in the ring sum
   // (√n/(2γ), γ the spec's scale) over the merge's denominator, plus float32 rounding of the
-  // stored weights.
-  void ExpectWeightedMean(uint64_t version, const std::vector<std::string>& contributors) {
+  // stored weights. With central noise of standard deviation `central_noise_sd` (z·C) in the
+  // sum, the differences of the tensors merged as a mean over the survivors, times their
+  // count, are that noise instead: mean 0 and that standard deviation.
+  void ExpectWeightedMean(uint64_t version, const std::vector<std::string>& contributors,
+                          double central_noise_sd = 0) {
     absl::StatusOr<model::ModelParameters> before =
         model::LoadModel(state_ / "models" / absl::StrCat("v", version - 1));
     absl::StatusOr<model::ModelParameters> after =
@@ -179,6 +184,9 @@ privacy:
     double worst = 0;
     double largest_change = 0;
     double largest_bound = 0;
+    double noise_sum = 0;
+    double noise_squares = 0;
+    double noised_values = 0;
     for (const v1::TrainableTensor& tensor : spec.trainable_tensors()) {
       const model::TensorSpec* found = before->layout().Find(tensor.name());
       ASSERT_NE(found, nullptr) << tensor.name();
@@ -211,7 +219,23 @@ privacy:
         worst = std::max(worst, std::abs((new_value - old_value) - expected) / bound);
         largest_change = std::max(largest_change, std::abs(expected));
         largest_bound = std::max(largest_bound, bound);
+        // Routed experts divide by the noised sum of the expert weights; the other tensors by
+        // the survivors' count, so that their differences are the noise alone.
+        if (tensor.role() != v1::TrainableTensor::ROLE_ROUTED_EXPERT) {
+          const double noise = ((new_value - old_value) - expected) * weight_sum;
+          noise_sum += noise;
+          noise_squares += noise * noise;
+          noised_values += 1;
+        }
       }
+    }
+    if (central_noise_sd > 0) {
+      ASSERT_GE(noised_values, 256);
+      EXPECT_NEAR(noise_sum / noised_values, 0.0, 5 * central_noise_sd / std::sqrt(noised_values));
+      // Five standard errors of a standard deviation estimated from this many values.
+      EXPECT_NEAR(std::sqrt(noise_squares / noised_values), central_noise_sd,
+                  5 * central_noise_sd / std::sqrt(2 * noised_values));
+      return;
     }
     EXPECT_LE(worst, 1.0) << "the committed change is off by " << worst << " bounds";
     // The check means something only if the change is far above the bound.
@@ -239,6 +263,17 @@ TEST_F(RoundFaultsTest, WithoutNoiseTheCommittedChangeIsThePerExpertWeightedMean
     EXPECT_EQ(report.new_model_version, 2u);
   }
   ExpectWeightedMean(2, ClientIds());
+}
+
+TEST_F(RoundFaultsTest, CentralNoiseIsAllThatSeparatesTheCommittedChangeFromTheWeightedMean) {
+  // z·C = 0.05·10: the coordinator's discrete Gaussian in the ring, decoded, is N(0, 0.5²)
+  // per value of the sum, far above the rounding (√n/2γ) and the stored floats.
+  StartNoiselessFederation(3, 1, "  mode: central\n  noise_multiplier: 0.05\n");
+  const std::vector<RoundReport> reports = RunRound();
+  for (const RoundReport& report : reports) {
+    ASSERT_EQ(report.outcome, v1::ROUND_STAGE_COMMITTED) << report.error << report.abort_reason;
+  }
+  ExpectWeightedMean(2, ClientIds(), 0.05 * 10);
 }
 
 std::string StageTestName(const ::testing::TestParamInfo<v1::RoundStage>& stage) {

@@ -89,9 +89,10 @@ const std::string kRoundAfterRound = absl::StrCat(R"(rounds:
                                                   kTraining, kModerateNoise);
 
 // The ledger against a recomputation from its own entries: ε grows round by round, each round
-// charges every noise draw of its three survivors the table sampler's distance from its law,
-// and ε after the last entry is what their summed RDP and charges give at δ.
-void ExpectLedgerRecomputes(const v1::GetPrivacyLedgerResponse& ledger) {
+// charges every noise draw the table sampler's distance from its law (one draw per value from
+// each of `noise_sources`: the survivors in distributed DP, the coordinator in central DP), and
+// ε after the last entry is what their summed RDP and charges give at δ.
+void ExpectLedgerRecomputes(const v1::GetPrivacyLedgerResponse& ledger, int noise_sources) {
   ASSERT_GE(ledger.entries_size(), 2);
   const std::vector<double> orders(ledger.entries(0).orders().begin(),
                                    ledger.entries(0).orders().end());
@@ -101,8 +102,8 @@ void ExpectLedgerRecomputes(const v1::GetPrivacyLedgerResponse& ledger) {
   for (const v1::PrivacyLedgerEntry& entry : ledger.entries()) {
     ASSERT_EQ(entry.rdp_size(), static_cast<int>(orders.size()));
     for (size_t i = 0; i < orders.size(); ++i) rdp[i] += entry.rdp(static_cast<int>(i));
-    const double values =
-        entry.sampler_total_variation() / (3 * privacy::TabulatedNoise::kDrawTotalVariation);
+    const double values = entry.sampler_total_variation() /
+                          (noise_sources * privacy::TabulatedNoise::kDrawTotalVariation);
     EXPECT_GT(values, 1000) << "noise on every value of the update";
     EXPECT_EQ(std::exp2(std::round(std::log2(values))), values)
         << "the encoded length is a power of two";
@@ -217,8 +218,36 @@ TEST_F(RoundsTest, AKill9OfTheCoordinatorAbortsTheOpenRoundAndTheNextOneCommits)
   ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(report.out, &ledger).ok());
   EXPECT_EQ(ledger.entries_size(), 2);
   // The restarted coordinator took up the first round's charges from the store.
-  ExpectLedgerRecomputes(ledger);
+  ExpectLedgerRecomputes(ledger, 3);
   EXPECT_TRUE(std::filesystem::exists(state_ / "models/v2/model.safetensors"));
+}
+
+TEST_F(RoundsTest, CentralRoundsAddTheCoordinatorsDiscreteNoiseAndTheLedgerPricesIt) {
+  StartFederation(absl::StrCat(R"(rounds:
+  min_clients: 3
+  interval: 1s
+  max_rounds: 2
+)",
+                               kTraining, R"(privacy:
+  mode: central
+  noise_multiplier: 0.5
+)"));
+  AddThreeClients();
+  ASSERT_TRUE(WaitFor([&] { return Committed() == 2; }, absl::Seconds(120))) << coordinator_->Log();
+  CommandResult report = Coordinator({"privacy", "report", "--json"});
+  ASSERT_EQ(report.exit_code, 0) << report.err;
+  v1::GetPrivacyLedgerResponse ledger;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(report.out, &ledger).ok()) << report.out;
+  ASSERT_EQ(ledger.entries_size(), 2);
+  for (const v1::PrivacyLedgerEntry& entry : ledger.entries()) {
+    EXPECT_EQ(entry.mode(), "central");
+    EXPECT_EQ(entry.mechanism(), "discrete_gaussian");
+    // σ = z·C·γ against the rounded sensitivity, a little above γC.
+    EXPECT_LT(entry.effective_noise_multiplier(), 0.5);
+    EXPECT_GT(entry.effective_noise_multiplier(), 0.45);
+  }
+  // One noise draw per value, the coordinator's.
+  ExpectLedgerRecomputes(ledger, 1);
 }
 
 TEST_F(RoundsTest, AKill9OfAClientMidRoundLeavesTheSurvivorsToCommit) {

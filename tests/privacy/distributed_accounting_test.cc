@@ -123,6 +123,31 @@ TEST(DistributedAccountingTest, ARoundChargesEachNoiseDrawItsSamplersDistance) {
   EXPECT_LT(NoiseDrawTotalVariation(NoiseMechanism::kSkellam, 2.0e16), 0x1.0p-100);
 }
 
+TEST(DistributedAccountingTest, ACentralRoundIsTheDiscreteGaussiansOwnBound) {
+  // One discrete Gaussian of standard deviation z·C·γ on the whole sum: without sampling,
+  // α·Δ²/(2σ²) with Δ the rounded sensitivity, exactly (KLS21 with one share has no τ); and
+  // one noise draw per value to charge.
+  RingEncoding encoding;
+  encoding.clip_norm = 2.0;
+  encoding.scale = 1.0e6;
+  encoding.rounding_beta = std::exp(-0.5);
+  const int64_t dimension = 1 << 16;
+  const DistributedRound round = CentralRoundFor(encoding, dimension, 1.0, 0.8);
+  const double sigma = 0.8 * 2.0 * 1.0e6;
+  const double sensitivity = RoundedNormBound(2.0e6, dimension, std::exp(-0.5));
+  EXPECT_DOUBLE_EQ(round.local_noise_variance, sigma * sigma);
+  EXPECT_EQ(round.survivors, 1);
+  EXPECT_DOUBLE_EQ(round.l2_sensitivity, sensitivity);
+  auto rdp = DistributedRoundRdp(round, kIntegerOrders);
+  ASSERT_TRUE(rdp.ok()) << rdp.status();
+  for (size_t i = 0; i < kIntegerOrders.size(); ++i) {
+    const double closed_form = kIntegerOrders[i] * sensitivity * sensitivity / (2 * sigma * sigma);
+    EXPECT_NEAR((*rdp)[i], closed_form, 1e-12 * closed_form) << "alpha=" << kIntegerOrders[i];
+  }
+  EXPECT_DOUBLE_EQ(DistributedRoundTotalVariation(round),
+                   static_cast<double>(dimension) * TabulatedNoise::kDrawTotalVariation);
+}
+
 TEST(DistributedAccountingTest, BadRoundsAreRefused) {
   DistributedRound round = Round(NoiseMechanism::kDiscreteGaussian, 0.1, 100.0, 0);
   EXPECT_FALSE(DistributedRoundRdp(round, kIntegerOrders).ok());

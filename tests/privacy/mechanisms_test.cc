@@ -332,40 +332,6 @@ TEST(NoiseTest, SkellamAtTheScaleOfRealNoiseHasItsMoments) {
   EXPECT_NEAR(squares / n, 2 * mu, 5 * std::sqrt(2.0 / n) * 2 * mu);
 }
 
-TEST(NoiseTest, ContinuousGaussianHasItsMomentsAndTail) {
-  SecureRandom random = TestRandom('n');
-  const double sigma = 2.5;
-  double sum = 0;
-  double sum_squares = 0;
-  int64_t beyond_two_sigma = 0;
-  for (int i = 0; i < kDraws; ++i) {
-    const double x = SampleGaussian(sigma, random);
-    sum += x;
-    sum_squares += x * x;
-    beyond_two_sigma += std::abs(x) > 2 * sigma ? 1 : 0;
-  }
-  const double n = kDraws;
-  EXPECT_NEAR(sum / n, 0.0, 5 * sigma / std::sqrt(n));
-  EXPECT_NEAR(sum_squares / n, sigma * sigma, 5 * std::sqrt(2.0 / n) * sigma * sigma);
-  const double p = std::erfc(2 / std::sqrt(2.0));
-  EXPECT_NEAR(beyond_two_sigma / n, p, 5 * std::sqrt(p * (1 - p) / n));
-}
-
-TEST(NoiseTest, CentralGaussianNoiseIsAddedToEveryCoordinate) {
-  SecureRandom random = TestRandom('m');
-  std::vector<double> sum(200000, 3.0);
-  AddCentralGaussianNoise(sum, 0.5, random);
-  double mean = 0;
-  double squares = 0;
-  for (double value : sum) {
-    mean += (value - 3.0) / static_cast<double>(sum.size());
-    squares += (value - 3.0) * (value - 3.0) / static_cast<double>(sum.size());
-  }
-  const auto n = static_cast<double>(sum.size());
-  EXPECT_NEAR(mean, 0.0, 5 * 0.5 / std::sqrt(n));
-  EXPECT_NEAR(squares, 0.25, 5 * std::sqrt(2.0 / n) * 0.25);
-}
-
 TEST(SecureRandomTest, SeededStreamsRepeatAndPurposesSeparate) {
   SecureRandom a = TestRandom('x');
   SecureRandom b = TestRandom('x');
@@ -671,6 +637,40 @@ TEST(RingEncoderTest, ModularWrapAroundIsUndoneByTheDecoder) {
     ASSERT_TRUE(RingEncoder::AddInRing(sum, *encoded, 16).ok());
   }
   EXPECT_NEAR((*encoder->DecodeSum(sum))[0], -90.0, 1e-9);
+}
+
+TEST(RingEncoderTest, CentralNoiseIsTheDiscreteGaussianAddedInTheRing) {
+  // A sum sitting just below the top of a 32-bit ring: noise of either sign wraps it, and the
+  // centred difference is the noise itself, which must be the discrete Gaussian: its moments
+  // and its pmf on the likely values (at σ² = 4000, where the table's cells are single values
+  // and the law is checked exactly).
+  for (const auto& [variance, exact_pmf] : {std::pair{4000.0, true}, {1.9e16, false}}) {
+    constexpr int kBits = 32;
+    const uint64_t mask = (uint64_t{1} << kBits) - 1;
+    const uint64_t start = mask - 2;
+    std::vector<uint64_t> sum(kDraws, start);
+    SecureRandom random = TestRandom('c');
+    ASSERT_TRUE(RingEncoder::AddCentralNoise(sum, kBits, variance, random).ok());
+    std::vector<int64_t> noise(sum.size());
+    for (size_t i = 0; i < sum.size(); ++i) {
+      ASSERT_LE(sum[i], mask);
+      // Centred: the difference mod 2^32, read as a signed 32-bit value.
+      noise[i] = static_cast<int32_t>(static_cast<uint32_t>((sum[i] - start) & mask));
+    }
+    const double sigma = std::sqrt(variance);
+    if (exact_pmf) {
+      const auto tail_from = static_cast<int64_t>(std::ceil(3 * sigma));
+      CheckEveryLikelyValue(noise, DiscreteGaussianLaw(variance, tail_from), "central noise");
+    } else {
+      ExpectNormalMomentsAndShape(noise, sigma, "central noise at a 32-bit ring's scale");
+    }
+  }
+  std::vector<uint64_t> sum(4, 0);
+  SecureRandom random = TestRandom('c');
+  EXPECT_THAT(std::string(RingEncoder::AddCentralNoise(sum, 32, 0.0, random).message()),
+              testing::HasSubstr("positive variance"));
+  EXPECT_THAT(std::string(RingEncoder::AddCentralNoise(sum, 70, 1.0, random).message()),
+              testing::HasSubstr("ring bits"));
 }
 
 TEST(RingEncoderTest, BadParametersAndLengthsAreRefused) {
