@@ -175,6 +175,9 @@ TabulatedNoise::TabulatedNoise(ExactLogWeight exact, double sigma, double cells_
     assigned += integer_weights[c];
     if (integer_weights[c] > integer_weights[heaviest]) heaviest = c;
   }
+  // The residue, a few thousand units of 2^124 (each share is rounded in quad, then truncated),
+  // can be of either sign; arithmetic mod 2^128 adds it to the heaviest column, which holds far
+  // more, correctly either way.
   integer_weights[heaviest] += static_cast<Uint128>(columns) * capacity - assigned;
 
   // Vose's alias method: a light column is topped up from a heavy one, which may turn light.
