@@ -6,7 +6,8 @@
 # a lib.tar.xz of the libraries a CUDA-only machine lacks, which it unpacks. CUDA's own libraries
 # come from the toolkit, else from the wheels PyTorch brings. Then bench/privacy_encode where the
 # bundle has it (#7's encoding against masking on the host's cores). Writes gpu_check.log,
-# gpu.csv, train_step.jsonl and privacy_encode.jsonl to $OUT (or ./gpu-check) and exits non-zero if a test or the bench failed.
+# gpu.csv, train_step.jsonl and privacy_encode.jsonl to $OUT (or ./gpu-check) and exits
+# non-zero if a test or a bench failed.
 #
 #   tests/gpu_run.sh BIN_DIR [gtest filter] [bench steps]
 #   gpu-bundle/run.sh [gtest filter] [bench steps]      (BIN_DIR: the bundle's bin/)
