@@ -7,6 +7,7 @@
 #include <malloc.h>
 #include <sys/resource.h>
 
+#include <bit>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -26,6 +27,7 @@
 #include "coordinator/backup.h"
 #include "coordinator/ca_rotation.h"
 #include "coordinator/config.h"
+#include "coordinator/privacy_plan.h"
 #include "coordinator/server.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
 #include "logging/log.h"
@@ -83,6 +85,10 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
       Gaussian mechanism, by RDP accounting. Needs no running coordinator.
   privacy noise --target-epsilon E --sampling-rate Q --rounds R --delta D
       Print {"noise_multiplier":…}: the smallest Z that keeps R rounds within ε = E.
+      Both take --mode distributed|central --clients N --values V to price the rounds as the
+      ledger will: N clients, all surviving, updates of V values (the update_values of a
+      round_started log line), and [--mechanism discrete_gaussian|skellam] [--ring-bits B]
+      [--clip-norm C] [--rounding-beta BETA] as in the coordinator's config (its defaults).
 
 Admin commands talk to the running coordinator over mTLS with the admin certificate. They find
 it with --state-dir DIR (on the coordinator's host), or --config FILE, and --coordinator
@@ -621,7 +627,10 @@ int RoundsCommand(const std::vector<std::string>& args) {
 }
 
 // Shortest text that reads back as the same double, as JSON wants it.
+// JSON has no infinity or NaN: they are written as the strings "inf" and "nan", as the logs
+// write them (an ε no finite number can be claimed for is infinite).
 std::string JsonNumber(double value) {
+  if (!std::isfinite(value)) return std::isnan(value) ? "\"nan\"" : "\"inf\"";
   char buffer[32];
   const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
   return {buffer, result.ptr};
@@ -662,6 +671,82 @@ int PrivacyReport(const std::vector<std::string>& args) {
   return 0;
 }
 
+// `privacy epsilon|noise --mode distributed|central`: a federation's rounds, priced as the ledger
+// will price them (coordinator/privacy_plan.h), from the flags and the config's defaults.
+int PlanFederation(const std::string& verb, const std::string& mode, const CommandLine& flags) {
+  RoundPolicy policy;
+  if (mode == "distributed") {
+    policy.privacy_mode = v1::PrivacySpec::MODE_DISTRIBUTED;
+  } else if (mode == "central") {
+    policy.privacy_mode = v1::PrivacySpec::MODE_CENTRAL;
+  } else {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--mode must be gaussian, distributed or central, not '", mode, "'")));
+  }
+  const std::string mechanism = flags.GetOr("mechanism", "discrete_gaussian");
+  if (mechanism == "skellam" && mode == "distributed") {
+    policy.mechanism = v1::PrivacySpec::MECHANISM_SKELLAM;
+  } else if (mechanism != "discrete_gaussian") {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--mechanism must be discrete_gaussian", mode == "distributed" ? " or skellam" : "", " in ",
+        mode, " mode, not '", mechanism, "'")));
+  }
+  absl::StatusOr<double> q = flags.RequireDouble("sampling-rate");
+  if (!q.ok()) return Fail(q.status());
+  absl::StatusOr<double> delta = flags.RequireDouble("delta");
+  if (!delta.ok()) return Fail(delta.status());
+  constexpr int64_t kMost = std::numeric_limits<int64_t>::max();
+  absl::StatusOr<int64_t> rounds = flags.RequireInt("rounds", 1, kMost);
+  if (!rounds.ok()) return Fail(rounds.status());
+  absl::StatusOr<int64_t> clients = flags.RequireInt("clients", 2, kMost);
+  if (!clients.ok()) return Fail(clients.status());
+  absl::StatusOr<int64_t> values = flags.RequireInt("values", 1, int64_t{1} << 40);
+  if (!values.ok()) return Fail(values.status());
+  policy.sampling_rate = *q;
+  policy.delta = *delta;
+  if (flags.Has("ring-bits")) {
+    absl::StatusOr<int64_t> bits = flags.RequireInt("ring-bits", 16, 62);
+    if (!bits.ok()) return Fail(bits.status());
+    policy.ring_bits = *bits;
+  }
+  for (const auto& [flag, field] : {std::pair{"clip-norm", &policy.clip_norm},
+                                    std::pair{"rounding-beta", &policy.rounding_beta}}) {
+    if (!flags.Has(flag)) continue;
+    absl::StatusOr<double> value = flags.RequireDouble(flag);
+    if (!value.ok()) return Fail(value.status());
+    *field = *value;
+  }
+  if (!(policy.clip_norm > 0) || !(policy.rounding_beta >= 0 && policy.rounding_beta < 1)) {
+    return Fail(
+        absl::InvalidArgumentError("--clip-norm must be above 0 and --rounding-beta in [0, 1)"));
+  }
+  // Updates are encoded at the next power of two.
+  const auto encoded = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(*values)));
+  if (verb == "epsilon") {
+    absl::StatusOr<double> z = flags.RequireDouble("noise-multiplier");
+    if (!z.ok()) return Fail(z.status());
+    policy.noise_multiplier = *z;
+    if (!(*z > 0)) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--noise-multiplier must be above 0 (no noise: epsilon is infinite), not ", *z)));
+    }
+    absl::StatusOr<privacy::PrivacyLoss> loss = PlannedEpsilon(policy, *clients, encoded, *rounds);
+    if (!loss.ok()) return Fail(loss.status());
+    std::printf("{\"epsilon\":%s,\"order\":%s}\n", JsonNumber(loss->epsilon).c_str(),
+                JsonNumber(loss->order).c_str());
+    return 0;
+  }
+  if (verb == "noise") {
+    absl::StatusOr<double> target = flags.RequireDouble("target-epsilon");
+    if (!target.ok()) return Fail(target.status());
+    absl::StatusOr<double> z = PlannedNoiseMultiplier(policy, *target, *clients, encoded, *rounds);
+    if (!z.ok()) return Fail(z.status());
+    std::printf("{\"noise_multiplier\":%s}\n", JsonNumber(*z).c_str());
+    return 0;
+  }
+  return Fail(absl::InvalidArgumentError(absl::StrCat("unknown privacy command '", verb, "'")));
+}
+
 int PrivacyCommand(const std::vector<std::string>& args) {
   if (args.empty()) {
     return Fail(absl::InvalidArgumentError("privacy needs epsilon, noise or report"));
@@ -670,8 +755,22 @@ int PrivacyCommand(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (verb == "report") return PrivacyReport(rest);
   auto flags = CommandLine::Parse(
-      rest, {"noise-multiplier", "target-epsilon", "sampling-rate", "rounds", "delta"}, {});
+      rest,
+      {"noise-multiplier", "target-epsilon", "sampling-rate", "rounds", "delta", "mode", "clients",
+       "values", "mechanism", "ring-bits", "clip-norm", "rounding-beta"},
+      {});
   if (!flags.ok()) return Fail(flags.status());
+  const std::string mode = flags->GetOr("mode", "gaussian");
+  if (mode != "gaussian") return PlanFederation(verb, mode, *flags);
+  for (const char* federation_only :
+       {"clients", "values", "mechanism", "ring-bits", "clip-norm", "rounding-beta"}) {
+    if (flags->Has(federation_only)) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--", federation_only,
+                       " prices a federation's rounds: add --mode distributed or "
+                       "central")));
+    }
+  }
   absl::StatusOr<double> q = flags->RequireDouble("sampling-rate");
   if (!q.ok()) return Fail(q.status());
   absl::StatusOr<double> delta = flags->RequireDouble("delta");

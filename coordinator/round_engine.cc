@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "coordinator/privacy_plan.h"
 #include "coordinator/update_spec.h"
 #include "logging/log.h"
 #include "model/checkpoint.h"
@@ -528,17 +529,9 @@ void RoundEngine::Abort(const std::string& reason) {
 std::optional<privacy::DistributedRound> RoundEngine::PricedRound(const Round& round,
                                                                   int64_t survivors) const {
   const v1::PrivacySpec& privacy = round.spec.privacy();
-  const auto dimension = static_cast<int64_t>(round.spec.layout().encoded_values());
-  switch (privacy.mode()) {
-    case v1::PrivacySpec::MODE_CENTRAL:
-      return privacy::CentralRoundFor(round.encoding, dimension, policy_.sampling_rate,
-                                      privacy.noise_multiplier());
-    case v1::PrivacySpec::MODE_DISTRIBUTED:
-      return privacy::DistributedRoundFor(round.encoding, dimension, policy_.sampling_rate,
-                                          survivors);
-    default:
-      return std::nullopt;
-  }
+  return PriceRound(privacy.mode(), round.encoding,
+                    static_cast<int64_t>(round.spec.layout().encoded_values()),
+                    policy_.sampling_rate, privacy.noise_multiplier(), survivors);
 }
 
 absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(const Round& round,

@@ -26,6 +26,13 @@ uint64_t NextPowerOfTwo(uint64_t value) {
   return power;
 }
 
+// The clients' shares add up to z·C·γ over the planned cohort. The spec sends this standard
+// deviation and clients square it, as the coordinator does, so both hold the same variance.
+double LocalNoiseStddev(const RoundPolicy& policy, double scale, int64_t clients) {
+  return policy.noise_multiplier * policy.clip_norm * scale /
+         std::sqrt(static_cast<double>(clients));
+}
+
 }  // namespace
 
 double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, double clip_norm,
@@ -38,6 +45,26 @@ double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, d
   const double largest =
       privacy::RingEncoder::LargestScaledNorm(static_cast<size_t>(encoded_values)) / clip_norm;
   return std::min(largest, std::max(1.0, headroom / spread));
+}
+
+privacy::RingEncoding PlanEncoding(const RoundPolicy& policy, int64_t clients,
+                                   int64_t encoded_values, const std::string& rotation_seed) {
+  const bool noisy = policy.privacy_mode != v1::PrivacySpec::MODE_NONE;
+  const double z = noisy ? policy.noise_multiplier : 0.0;
+  privacy::RingEncoding encoding;
+  encoding.clip_norm = policy.clip_norm;
+  encoding.scale = ChooseScale(policy.ring_bits, clients, encoded_values, policy.clip_norm, z);
+  encoding.rounding_beta = policy.rounding_beta;
+  encoding.ring_bits = static_cast<int>(policy.ring_bits);
+  encoding.rotation_seed = rotation_seed;
+  if (policy.privacy_mode == v1::PrivacySpec::MODE_DISTRIBUTED) {
+    encoding.mechanism = policy.mechanism == v1::PrivacySpec::MECHANISM_SKELLAM
+                             ? privacy::NoiseMechanism::kSkellam
+                             : privacy::NoiseMechanism::kDiscreteGaussian;
+    const double local_noise_stddev = LocalNoiseStddev(policy, encoding.scale, clients);
+    encoding.local_noise_variance = local_noise_stddev * local_noise_stddev;
+  }
+  return encoding;
 }
 
 absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const model::ModelLayout& layout,
@@ -90,23 +117,12 @@ absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const model::ModelLayout& layout,
   // The encoding first, then the PrivacySpec that tells the clients exactly that.
   const bool noisy = policy.privacy_mode != v1::PrivacySpec::MODE_NONE;
   const double z = noisy ? policy.noise_multiplier : 0.0;
-  privacy::RingEncoding& encoding = planned.encoding;
-  encoding.clip_norm = policy.clip_norm;
-  encoding.scale = ChooseScale(policy.ring_bits, clients,
-                               static_cast<int64_t>(update->encoded_values()), policy.clip_norm, z);
-  encoding.rounding_beta = policy.rounding_beta;
-  encoding.ring_bits = static_cast<int>(policy.ring_bits);
-  encoding.rotation_seed = rotation_seed;
-  double local_noise_stddev = 0;
-  if (policy.privacy_mode == v1::PrivacySpec::MODE_DISTRIBUTED) {
-    encoding.mechanism = policy.mechanism == v1::PrivacySpec::MECHANISM_SKELLAM
-                             ? privacy::NoiseMechanism::kSkellam
-                             : privacy::NoiseMechanism::kDiscreteGaussian;
-    // The clients' shares add up to z·C·γ over the planned cohort.
-    local_noise_stddev =
-        z * policy.clip_norm * encoding.scale / std::sqrt(static_cast<double>(clients));
-    encoding.local_noise_variance = local_noise_stddev * local_noise_stddev;
-  }
+  planned.encoding =
+      PlanEncoding(policy, clients, static_cast<int64_t>(update->encoded_values()), rotation_seed);
+  const privacy::RingEncoding& encoding = planned.encoding;
+  const double local_noise_stddev = policy.privacy_mode == v1::PrivacySpec::MODE_DISTRIBUTED
+                                        ? LocalNoiseStddev(policy, encoding.scale, clients)
+                                        : 0.0;
 
   v1::PrivacySpec* privacy = spec.mutable_privacy();
   privacy->set_mode(policy.privacy_mode);

@@ -23,6 +23,11 @@ namespace fedmoe::coordinator {
 double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, double clip_norm,
                    double noise_multiplier);
 
+// The ring encoding of a round of `clients` with this policy and encoded length: γ from
+// ChooseScale and, in distributed DP, each client's share of the noise z·C·γ.
+privacy::RingEncoding PlanEncoding(const RoundPolicy& policy, int64_t clients,
+                                   int64_t encoded_values, const std::string& rotation_seed);
+
 struct PlannedUpdate {
   v1::UpdateSpec spec;
   // The ring encoding the spec's PrivacySpec describes: what the coordinator decodes and

@@ -226,11 +226,7 @@ absl::StatusOr<double> NoiseMultiplierForEpsilon(double target_epsilon, double s
   if (absl::Status status = ValidatePrivacyArguments(sampling_rate, rounds, delta); !status.ok()) {
     return status;
   }
-  if (!(target_epsilon > 0.0) || std::isinf(target_epsilon)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("target epsilon must be a finite number above 0, not ", target_epsilon));
-  }
-  auto epsilon_at = [&](double z) -> absl::StatusOr<double> {
+  return SmallestNoiseMultiplier(target_epsilon, [&](double z) -> absl::StatusOr<double> {
     RdpAccountant accountant;
     if (absl::Status status = accountant.AddSubsampledGaussian(sampling_rate, z, rounds);
         !status.ok()) {
@@ -239,7 +235,15 @@ absl::StatusOr<double> NoiseMultiplierForEpsilon(double target_epsilon, double s
     absl::StatusOr<PrivacyLoss> loss = accountant.Epsilon(delta);
     if (!loss.ok()) return loss.status();
     return loss->epsilon;
-  };
+  });
+}
+
+absl::StatusOr<double> SmallestNoiseMultiplier(
+    double target_epsilon, const std::function<absl::StatusOr<double>(double)>& epsilon_at) {
+  if (!(target_epsilon > 0.0) || std::isinf(target_epsilon)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("target epsilon must be a finite number above 0, not ", target_epsilon));
+  }
   // ε falls as z grows: find a z that meets the target, then bisect down to the smallest.
   double low = 0.0;
   double high = 1.0;
@@ -249,8 +253,8 @@ absl::StatusOr<double> NoiseMultiplierForEpsilon(double target_epsilon, double s
     low = high;
     high *= 2.0;
     if (high > 1e6) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "no noise multiplier up to 1e6 reaches epsilon ", target_epsilon, " at delta ", delta));
+      return absl::InvalidArgumentError(
+          absl::StrCat("no noise multiplier up to 1e6 reaches epsilon ", target_epsilon));
     }
   }
   while (high - low > 1e-6 * high) {

@@ -11,6 +11,7 @@
 #define FEDMOE_PRIVACY_RDP_ACCOUNTANT_H_
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -73,6 +74,11 @@ class RdpAccountant {
 // is at most `target_epsilon` at δ.
 absl::StatusOr<double> NoiseMultiplierForEpsilon(double target_epsilon, double sampling_rate,
                                                  int64_t rounds, double delta);
+
+// The same search for any ε that falls as the noise multiplier z grows: the smallest z (to a
+// relative 1e-6, up to 1e6) with epsilon_at(z) ≤ target_epsilon.
+absl::StatusOr<double> SmallestNoiseMultiplier(
+    double target_epsilon, const std::function<absl::StatusOr<double>(double)>& epsilon_at);
 
 // Checks the arguments of an (ε, δ) question, with a message naming the bad one.
 absl::Status ValidatePrivacyArguments(double sampling_rate, int64_t rounds, double delta);

@@ -4,6 +4,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_split.h"
 #include "privacy/rdp_accountant.h"
 #include "tests/integration/process_harness.h"
 
@@ -78,6 +79,96 @@ TEST(PrivacyCliTest, BadArgumentsGetOneClearLineAndExitStatus2) {
   CommandResult missing = Privacy({"epsilon", "--sampling-rate", "0.1"});
   EXPECT_EQ(missing.exit_code, 2);
   EXPECT_THAT(missing.err, HasSubstr("--delta is required"));
+}
+
+double EpsilonOf(const std::vector<std::string>& args) {
+  std::vector<std::string> command = {"epsilon"};
+  command.insert(command.end(), args.begin(), args.end());
+  CommandResult result = Privacy(command);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  return ParseJson(result.out).fields().at("epsilon").number_value();
+}
+
+TEST(PrivacyCliTest, AFederationsRoundsAreTheGaussianAtFullSamplingAndDearerBelowIt) {
+  // At q = 1 and noise of 10^8 integer units, the discrete Gaussian noise of a federation's
+  // rounds is the Gaussian to within its rounding: a sensitivity a hair above γC and integer
+  // orders only, which may cost it a few percent of ε, never less than the Gaussian's. Below
+  // full sampling the general amplification bound the ledger uses is looser than the
+  // Gaussian's exact one.
+  const std::vector<std::string> common = {
+      "--noise-multiplier", "2",  "--rounds", "20",    "--delta", "1e-5",
+      "--clients",          "50", "--values", "300000"};
+  auto with = [&](std::vector<std::string> args) {
+    args.insert(args.end(), common.begin(), common.end());
+    return args;
+  };
+  const double gaussian = EpsilonOf(
+      {"--noise-multiplier", "2", "--sampling-rate", "1", "--rounds", "20", "--delta", "1e-5"});
+  for (const char* mode : {"distributed", "central"}) {
+    const double federation = EpsilonOf(with({"--mode", mode, "--sampling-rate", "1"}));
+    EXPECT_GE(federation, gaussian) << mode;
+    EXPECT_LE(federation, 1.03 * gaussian) << mode;
+  }
+  const double sampled_gaussian = EpsilonOf(
+      {"--noise-multiplier", "2", "--sampling-rate", "0.1", "--rounds", "20", "--delta", "1e-5"});
+  const double sampled = EpsilonOf(with({"--mode", "distributed", "--sampling-rate", "0.1"}));
+  EXPECT_GT(sampled, sampled_gaussian);
+  // Fewer clients to share the noise change nothing in central DP; Skellam shares price alike.
+  EXPECT_NEAR(
+      EpsilonOf(with({"--mode", "distributed", "--sampling-rate", "1", "--mechanism", "skellam"})),
+      EpsilonOf(with({"--mode", "distributed", "--sampling-rate", "1"})), 0.01);
+}
+
+TEST(PrivacyCliTest, AFederationWhoseEpsilonCannotBeCertifiedPrintsInf) {
+  // RDP ε near 40 over 2^25 noise draws: the samplers' charge takes all of δ.
+  CommandResult result = Privacy({"epsilon", "--noise-multiplier", "0.8", "--sampling-rate", "1",
+                                  "--rounds", "20", "--delta", "1e-5", "--mode", "distributed",
+                                  "--clients", "50", "--values", "300000"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const google::protobuf::Struct json = ParseJson(result.out);
+  EXPECT_EQ(json.fields().at("epsilon").string_value(), "inf");
+  EXPECT_EQ(json.fields().at("order").string_value(), "nan");
+}
+
+TEST(PrivacyCliTest, NoiseInvertsEpsilonForAFederation) {
+  const std::vector<std::string> federation = {"--sampling-rate", "0.2",  "--rounds", "100",
+                                               "--delta",         "1e-5", "--mode",   "distributed",
+                                               "--clients",       "100",  "--values", "1048576"};
+  std::vector<std::string> noise_args = {"noise", "--target-epsilon", "4"};
+  noise_args.insert(noise_args.end(), federation.begin(), federation.end());
+  CommandResult noise = Privacy(noise_args);
+  ASSERT_EQ(noise.exit_code, 0) << noise.err;
+  const double z = ParseJson(noise.out).fields().at("noise_multiplier").number_value();
+  std::vector<std::string> at_z = {"--noise-multiplier", std::to_string(z)};
+  at_z.insert(at_z.end(), federation.begin(), federation.end());
+  EXPECT_NEAR(EpsilonOf(at_z), 4.0, 2e-3);
+}
+
+TEST(PrivacyCliTest, AFederationsBadArgumentsGetOneClearLine) {
+  const std::vector<std::string> good = {"epsilon", "--noise-multiplier", "1",  "--sampling-rate",
+                                         "0.1",     "--rounds",           "10", "--delta",
+                                         "1e-5"};
+  struct Case {
+    const char* extra;  // flags to add, separated by spaces
+    const char* message;
+  };
+  for (const Case& c : {
+           Case{"--clients 3", "add --mode distributed or central"},
+           Case{"--mode local --clients 3 --values 8",
+                "--mode must be gaussian, distributed or central"},
+           Case{"--mode central --clients 3 --values 8 --mechanism skellam",
+                "--mechanism must be discrete_gaussian in central mode"},
+           Case{"--mode distributed --clients 1 --values 8", "--clients"},
+           Case{"--mode distributed --clients 3", "--values is required"},
+           Case{"--mode distributed --clients 3 --values 8 --ring-bits 80", "--ring-bits"},
+       }) {
+    std::vector<std::string> args = good;
+    for (absl::string_view flag : absl::StrSplit(c.extra, ' ')) args.emplace_back(flag);
+    CommandResult result = Privacy(args);
+    EXPECT_EQ(result.exit_code, 2) << c.message;
+    EXPECT_THAT(result.err, HasSubstr(c.message));
+    EXPECT_EQ(std::count(result.err.begin(), result.err.end(), '\n'), 1) << result.err;
+  }
 }
 
 }  // namespace

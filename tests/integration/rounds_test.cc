@@ -121,6 +121,27 @@ void ExpectLedgerRecomputes(const v1::GetPrivacyLedgerResponse& ledger, int nois
       << "the charge is in the ε reported";
 }
 
+// `privacy epsilon --mode MODE` for the rounds a ledger holds, planned as if before they ran:
+// noise multiplier z, q = 1, δ = 10^-5 and the config's other defaults, three clients, and the
+// encoded length the ledger's first charge implies. The plan must be what the ledger says.
+void ExpectThePlanPredictsTheLedger(const v1::GetPrivacyLedgerResponse& ledger,
+                                    const std::string& mode, double noise_multiplier,
+                                    int noise_sources) {
+  ASSERT_GE(ledger.entries_size(), 1);
+  const double encoded_values = ledger.entries(0).sampler_total_variation() /
+                                (noise_sources * privacy::TabulatedNoise::kDrawTotalVariation);
+  CommandResult plan =
+      RunCommand({BinaryPath("fedmoe-coordinator"), "privacy", "epsilon", "--mode", mode,
+                  "--noise-multiplier", absl::StrCat(noise_multiplier), "--sampling-rate", "1",
+                  "--rounds", absl::StrCat(ledger.entries_size()), "--delta", "1e-5", "--clients",
+                  "3", "--values", absl::StrCat(static_cast<int64_t>(encoded_values))});
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  google::protobuf::Struct json;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(plan.out, &json).ok()) << plan.out;
+  const double planned = json.fields().at("epsilon").number_value();
+  EXPECT_NEAR(ledger.epsilon_spent(), planned, 1e-9 * planned);
+}
+
 TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss) {
   StartFederation(absl::StrCat(R"(rounds:
   min_clients: 3
@@ -219,6 +240,7 @@ TEST_F(RoundsTest, AKill9OfTheCoordinatorAbortsTheOpenRoundAndTheNextOneCommits)
   EXPECT_EQ(ledger.entries_size(), 2);
   // The restarted coordinator took up the first round's charges from the store.
   ExpectLedgerRecomputes(ledger, 3);
+  ExpectThePlanPredictsTheLedger(ledger, "distributed", 0.5, 3);
   EXPECT_TRUE(std::filesystem::exists(state_ / "models/v2/model.safetensors"));
 }
 
@@ -248,6 +270,7 @@ TEST_F(RoundsTest, CentralRoundsAddTheCoordinatorsDiscreteNoiseAndTheLedgerPrice
   }
   // One noise draw per value, the coordinator's.
   ExpectLedgerRecomputes(ledger, 1);
+  ExpectThePlanPredictsTheLedger(ledger, "central", 0.5, 1);
 }
 
 TEST_F(RoundsTest, AKill9OfAClientMidRoundLeavesTheSurvivorsToCommit) {

@@ -1,0 +1,41 @@
+// What rounds cost in privacy, priced as the ledger prices them: for the round engine, and for
+// planning a federation before any round runs (`privacy epsilon --mode distributed|central`).
+#ifndef FEDMOE_COORDINATOR_PRIVACY_PLAN_H_
+#define FEDMOE_COORDINATOR_PRIVACY_PLAN_H_
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "coordinator/round_policy.h"
+#include "fedmoe/v1/federation.pb.h"
+#include "privacy/distributed_accounting.h"
+#include "privacy/rdp_accountant.h"
+#include "privacy/ring_encoder.h"
+
+namespace fedmoe::coordinator {
+
+// A round as the accountant prices it: in distributed DP the survivors' noise shares, each of
+// the encoding's local variance; in central DP the coordinator's one draw of σ = z·C·γ. None
+// without noise (MODE_NONE).
+std::optional<privacy::DistributedRound> PriceRound(v1::PrivacySpec::Mode mode,
+                                                    const privacy::RingEncoding& encoding,
+                                                    int64_t encoded_values, double sampling_rate,
+                                                    double noise_multiplier, int64_t survivors);
+
+// ε at the policy's δ after `rounds` rounds of `clients` clients who all survive, with updates
+// `encoded_values` long (a power of two), in the policy's mode, mechanism, ring and noise:
+// what the ledger will say, its samplers' charge included, if every round goes as planned.
+// Dropouts cost more.
+absl::StatusOr<privacy::PrivacyLoss> PlannedEpsilon(const RoundPolicy& policy, int64_t clients,
+                                                    int64_t encoded_values, int64_t rounds);
+
+// The smallest noise multiplier (to a relative 1e-6) whose PlannedEpsilon is at most
+// `target_epsilon`; the policy's own noise multiplier is ignored.
+absl::StatusOr<double> PlannedNoiseMultiplier(const RoundPolicy& policy, double target_epsilon,
+                                              int64_t clients, int64_t encoded_values,
+                                              int64_t rounds);
+
+}  // namespace fedmoe::coordinator
+
+#endif  // FEDMOE_COORDINATOR_PRIVACY_PLAN_H_
