@@ -152,6 +152,7 @@ int StatusCommand(const std::vector<std::string>& args) {
 }
 
 int Main(int argc, char** argv) {
+  pki::LeaveOpenSslCleanupToProcessExit();
   pki::RequireTls13ForGrpc();
   kernels::cpu::RetainFreedMemory();
   const std::string usage = absl::StrCat(kUsage, kTrainUsage, kModelUsage);

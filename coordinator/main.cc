@@ -815,6 +815,7 @@ int PrivacyCommand(const std::vector<std::string>& args) {
 }
 
 int Main(int argc, char** argv) {
+  pki::LeaveOpenSslCleanupToProcessExit();
   pki::RequireTls13ForGrpc();
   return config::RunSubcommands("fedmoe-coordinator", kUsage, argc, argv,
                                 {{"init", Init},

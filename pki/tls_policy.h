@@ -1,4 +1,4 @@
-// The TLS policy both programs apply to their gRPC connections.
+// The TLS policy both programs apply to their gRPC connections, and OpenSSL's exit.
 #ifndef FEDMOE_PKI_TLS_POLICY_H_
 #define FEDMOE_PKI_TLS_POLICY_H_
 
@@ -10,6 +10,14 @@ namespace fedmoe::pki {
 // TLS 1.2 nothing to negotiate, while TLS 1.3's suites (configured separately in OpenSSL) are
 // untouched. Must run before gRPC creates its first credentials: call it first in main().
 void RequireTls13ForGrpc();
+
+// Stops OpenSSL from freeing its global state in an atexit handler. When a short command returns
+// from main, gRPC's threads can still be tearing down a connection's TLS state, and OpenSSL's
+// cleanup then races them: under load, about 1 admin command in 400 ended in a double free
+// (glibc) or leaked two certificates (LeakSanitizer); none in 3000 without the handler. The
+// process's exit reclaims the memory anyway. Call it first in main(), before anything uses
+// OpenSSL.
+void LeaveOpenSslCleanupToProcessExit();
 
 }  // namespace fedmoe::pki
 
