@@ -299,11 +299,12 @@ void RoundEngine::MaybeSelect() {
   if (policy_.target_epsilon > 0) {
     // The worst case of each: the RDP of the fewest survivors the round can commit with, the
     // samplers' distance with the whole cohort's noise in the sum.
-    absl::StatusOr<std::vector<double>> rdp = RoundRdp(*round, MinimumSurvivors(*round));
+    absl::StatusOr<std::vector<double>> rdp =
+        RoundRdp(PricedRound(*round, MinimumSurvivors(*round)));
     privacy::RdpAccountant next = accountant_;
     double epsilon = std::numeric_limits<double>::infinity();
     if (rdp.ok() && next.AddRdp(*rdp).ok() &&
-        next.AddSamplerTotalVariation(RoundSamplerTotalVariation(*round, n)).ok()) {
+        next.AddSamplerTotalVariation(RoundSamplerTotalVariation(PricedRound(*round, n))).ok()) {
       if (absl::StatusOr<privacy::PrivacyLoss> loss = next.Epsilon(policy_.delta); loss.ok()) {
         epsilon = loss->epsilon;
       }
@@ -534,9 +535,8 @@ std::optional<privacy::DistributedRound> RoundEngine::PricedRound(const Round& r
                     policy_.sampling_rate, privacy.noise_multiplier(), survivors);
 }
 
-absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(const Round& round,
-                                                          int64_t survivors) const {
-  const std::optional<privacy::DistributedRound> priced = PricedRound(round, survivors);
+absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(
+    const std::optional<privacy::DistributedRound>& priced) const {
   // No noise: no privacy.
   if (!priced.has_value()) {
     return std::vector<double>(accountant_.orders().size(),
@@ -545,8 +545,8 @@ absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(const Round& round,
   return privacy::DistributedRoundRdp(*priced, accountant_.orders());
 }
 
-double RoundEngine::RoundSamplerTotalVariation(const Round& round, int64_t noised) const {
-  const std::optional<privacy::DistributedRound> priced = PricedRound(round, noised);
+double RoundEngine::RoundSamplerTotalVariation(
+    const std::optional<privacy::DistributedRound>& priced) {
   return priced.has_value() ? privacy::DistributedRoundTotalVariation(*priced) : 0.0;
 }
 
@@ -564,16 +564,16 @@ void RoundEngine::Commit(Round& round) {
     survivors.push_back(round.participants[participant - 1].client_id);
   }
   const v1::UpdateSpec& spec = round.spec;
+  // What the ledger charges for this round, priced once.
+  const std::optional<privacy::DistributedRound> priced =
+      PricedRound(round, static_cast<int64_t>(survivors.size()));
   if (spec.privacy().mode() == v1::PrivacySpec::MODE_CENTRAL) {
     // Central DP: the coordinator's noise, in the ring before the sum is decoded, where it is
-    // exact integer noise (what CentralRoundFor prices).
+    // exact integer noise of the variance priced.
     absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
     if (!random.ok()) return fail(random.status());
-    const privacy::DistributedRound priced =
-        privacy::CentralRoundFor(round.encoding, static_cast<int64_t>(sum->size()),
-                                 policy_.sampling_rate, spec.privacy().noise_multiplier());
     if (absl::Status status = privacy::RingEncoder::AddCentralNoise(
-            *sum, round.encoding.ring_bits, priced.local_noise_variance, *random);
+            *sum, round.encoding.ring_bits, priced->local_noise_variance, *random);
         !status.ok()) {
       return fail(status);
     }
@@ -599,7 +599,7 @@ void RoundEngine::Commit(Round& round) {
     server_optimizer_.RestoreMoments(first, second);
     return fail(status);
   }
-  absl::StatusOr<std::vector<double>> rdp = RoundRdp(round, static_cast<int64_t>(survivors.size()));
+  absl::StatusOr<std::vector<double>> rdp = RoundRdp(priced);
   privacy::RdpAccountant accountant;
   double epsilon = std::numeric_limits<double>::infinity();
   double best_order = 0;
@@ -609,8 +609,7 @@ void RoundEngine::Commit(Round& round) {
   }
   if (!rdp.ok()) return fail(rdp.status());
   if (absl::Status status = accountant.AddRdp(*rdp); !status.ok()) return fail(status);
-  const double sampler_total_variation =
-      RoundSamplerTotalVariation(round, static_cast<int64_t>(survivors.size()));
+  const double sampler_total_variation = RoundSamplerTotalVariation(priced);
   if (absl::Status status = accountant.AddSamplerTotalVariation(sampler_total_variation);
       !status.ok()) {
     return fail(status);
@@ -637,8 +636,6 @@ void RoundEngine::Commit(Round& round) {
   entry.round_id = static_cast<int64_t>(round.id);
   entry.sampling_rate = policy_.sampling_rate;
   entry.planned_noise_multiplier = spec.privacy().noise_multiplier();
-  const std::optional<privacy::DistributedRound> priced =
-      PricedRound(round, static_cast<int64_t>(survivors.size()));
   entry.effective_noise_multiplier = priced.has_value() ? privacy::EffectiveNoiseMultiplier(*priced)
                                                         : spec.privacy().noise_multiplier();
   entry.mechanism = std::string(MechanismName(spec.privacy().mechanism()));

@@ -201,11 +201,12 @@ class RoundEngine {
   void Commit(Round& round);
   // The round as the accountant prices it with this many survivors; none without noise.
   std::optional<privacy::DistributedRound> PricedRound(const Round& round, int64_t survivors) const;
-  // The RDP, at each of the accountant's orders, that the round adds with this many survivors.
-  absl::StatusOr<std::vector<double>> RoundRdp(const Round& round, int64_t survivors) const;
-  // How far the noise of `noised` clients can be from what RoundRdp prices, in total variation
-  // (0 outside distributed DP, where no client draws noise).
-  double RoundSamplerTotalVariation(const Round& round, int64_t noised) const;
+  // The RDP, at each of the accountant's orders, of a priced round (+∞ without noise).
+  absl::StatusOr<std::vector<double>> RoundRdp(
+      const std::optional<privacy::DistributedRound>& priced) const;
+  // How far the round's noise can be from what RoundRdp prices, in total variation (0 without
+  // noise).
+  static double RoundSamplerTotalVariation(const std::optional<privacy::DistributedRound>& priced);
   // The participant behind a submission for `round_id`, or why there is none.
   absl::StatusOr<Participant*> Submitter(const std::string& client_id, uint64_t round_id,
                                          v1::RoundStage open_stage)

@@ -114,7 +114,7 @@ TabulatedNoise TabulatedNoise::DiscreteGaussian(double sigma_squared, double cel
   return TabulatedNoise({.c2 = c2}, std::sqrt(sigma_squared), cells_per_sigma, decisions);
 }
 
-absl::StatusOr<TabulatedNoise> TabulatedNoise::Skellam(double mu, Decisions decisions) {
+absl::StatusOr<TabulatedNoise> TabulatedNoise::Skellam(double mu) {
   if (!(mu >= kMinTabulatedSkellamMean)) {
     return absl::InvalidArgumentError(
         absl::StrCat("the tabulated Skellam needs a mean of at least 2^24, not ", mu,
@@ -126,7 +126,7 @@ absl::StatusOr<TabulatedNoise> TabulatedNoise::Skellam(double mu, Decisions deci
   const ExactLogWeight weight{.c2 = 1 / (2 * z) + 1 / (4 * z2) + 13 / (48 * z3),
                               .c4 = -1 / (24 * z3) - 1 / (8 * z2 * z2),
                               .c6 = 1 / (80 * z3 * z2)};
-  return TabulatedNoise(weight, std::sqrt(2.0 * mu), 64, decisions);
+  return TabulatedNoise(weight, std::sqrt(2.0 * mu), 64, Decisions::kFast);
 }
 
 TabulatedNoise::TabulatedNoise(ExactLogWeight exact, double sigma, double cells_per_sigma,

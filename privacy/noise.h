@@ -103,7 +103,7 @@ class TabulatedNoise {
   // whose first omitted terms, of order ν⁸/z⁷ and ν⁶/z⁶, are below 10^-13 at that smallest
   // mean over |ν| ≤ 12√z and shrink as z^-3. (PoissonSampler's PTRS, which the smaller means
   // keep, is within about 5√μ·2^-53 per draw, 2^-38 at that mean.)
-  static absl::StatusOr<TabulatedNoise> Skellam(double mu, Decisions decisions = Decisions::kFast);
+  static absl::StatusOr<TabulatedNoise> Skellam(double mu);
   static constexpr double kMinTabulatedSkellamMean = 0x1.0p24;
 
   int64_t Sample(SecureRandom& random) const;
