@@ -584,6 +584,11 @@ class CudaTrainingBackend : public TrainingBackend {
     return status;
   }
 
+  cuda::AttentionArithmetic AttentionArithmeticFor(bool bf16) const {
+    return bf16 && options_.tensor_core_attention ? cuda::AttentionArithmetic::kTensorFloat32
+                                                  : cuda::AttentionArithmetic::kFloat32;
+  }
+
   absl::Status AttentionBlock(const LayerOffsets& w, const PassShape& s, bool bf16,
                               LayerBuffers& layer) {
     const auto eps = static_cast<float>(config_.rms_norm_eps);
@@ -605,7 +610,7 @@ class CudaTrainingBackend : public TrainingBackend {
                                    s.seq_len, config_.num_key_value_heads, config_.head_dim, 1.0F));
     status.Update(cuda::FlashAttentionForward(layer.q.data(), layer.k.data(), layer.v.data(),
                                               layer.attention_output.data(), layer.logsumexp.data(),
-                                              s.attention));
+                                              s.attention, AttentionArithmeticFor(bf16)));
     if (bf16) {
       status.Update(cuda::RoundToBf16(layer.attention_output.data(),
                                       layer.attention_output_bf16.data(), s.rows * s.q_width));
@@ -919,7 +924,7 @@ class CudaTrainingBackend : public TrainingBackend {
     status.Update(cuda::FlashAttentionBackward(
         layer.q.data(), layer.k.data(), layer.v.data(), layer.attention_output.data(),
         layer.logsumexp.data(), g.d_attention.data(), g.d_q.data(), g.d_k.data(), g.d_v.data(),
-        g.attention_scratch.data(), s.attention));
+        g.attention_scratch.data(), s.attention, AttentionArithmeticFor(bf16)));
     status.Update(cuda::RopeRotate(g.d_q.data(), rope_cos_.data(), rope_sin_.data(), s.batch,
                                    s.seq_len, config_.num_attention_heads, config_.head_dim,
                                    -1.0F));

@@ -28,6 +28,11 @@ struct BackendOptions {
   // GPUs for data-parallel training (CUDA only): each micro-batch's sequences are split among
   // them and their gradients summed (NCCL) before every optimizer step. 0: every visible GPU.
   int devices = 0;
+  // CUDA only, with bf16 products: attention's products on the tensor cores, with TF32 operands
+  // (kernels/cuda/attention.h), several times faster than fp32 ones and finer than the bf16
+  // weights around them. False keeps them fp32, as on the CPU, for tests that compare the two
+  // backends number for number. fp32 training always keeps them fp32.
+  bool tensor_core_attention = true;
 };
 
 class TrainingBackend {

@@ -5,11 +5,23 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_tensor_core.h"
+#include "kernels/cuda/attention_tiles.cuh"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/reduce.cuh"
 
 namespace fedmoe::kernels::cuda {
 namespace {
+
+using attention_internal::BlocksOf;
+using attention_internal::FirstVisibleKey;
+using attention_internal::Geometry;
+using attention_internal::GeometryOf;
+using attention_internal::HeadStart;
+using attention_internal::LastSeeingQuery;
+using attention_internal::LoadTile;
+using attention_internal::RowValuesStart;
+using attention_internal::Visible;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
@@ -26,51 +38,6 @@ struct Tiling {
   // Rows that lanes read across are padded by one float, off the shared-memory bank stride.
   static constexpr int kPadded = kHeadDim + 1;
 };
-
-struct Geometry {
-  int64_t seq_len;
-  int64_t heads;
-  int64_t kv_heads;
-  int64_t window;  // 0: none
-  float scale;
-};
-
-__device__ __forceinline__ bool Visible(const Geometry& g, int64_t query, int64_t key) {
-  return key <= query && (g.window == 0 || key > query - g.window);
-}
-
-// Where head `head` of `sequence` starts in a [batch·seq_len, head_count·head_dim] tensor.
-template <int kHeadDim>
-__device__ __forceinline__ int64_t HeadStart(const Geometry& g, int64_t head_count,
-                                             int64_t sequence, int64_t head) {
-  return sequence * g.seq_len * head_count * kHeadDim + head * kHeadDim;
-}
-
-// Where (sequence, head)'s per-position values start in a [batch, heads, seq_len] array (the
-// log-sum-exp and the row terms).
-__device__ __forceinline__ int64_t RowValuesStart(const Geometry& g, int64_t sequence,
-                                                  int64_t head) {
-  return (sequence * g.heads + head) * g.seq_len;
-}
-
-// The first key any query of [first_query, ...) sees.
-__device__ __forceinline__ int64_t FirstVisibleKey(const Geometry& g, int64_t first_query) {
-  if (g.window == 0) return 0;
-  const int64_t first = first_query - g.window + 1;
-  return first > 0 ? first : 0;
-}
-
-// Copies rows [first, first + count) of one head (width floats apart) into a [count, pitch]
-// tile, zero past seq_len.
-template <int kHeadDim>
-__device__ __forceinline__ void LoadTile(float* tile, int pitch, const float* base, int64_t width,
-                                         int64_t first, int count, int64_t seq_len) {
-  for (int index = threadIdx.x; index < count * kHeadDim; index += blockDim.x) {
-    const int r = index / kHeadDim;
-    const int d = index % kHeadDim;
-    tile[r * pitch + d] = first + r < seq_len ? base[(first + r) * width + d] : 0.0F;
-  }
-}
 
 // A warp's per-row sums, its lanes holding the head's dimensions lane, lane + 32, ...
 template <int kHeadDim>
@@ -235,11 +202,7 @@ __global__ void __launch_bounds__(kThreads)
   ZeroRows<kHeadDim>(d_k_sum);
   ZeroRows<kHeadDim>(d_v_sum);
   const int64_t last_key = first_key + T::kBlockRows - 1;
-  // The last query that sees any key of the block.
-  const int64_t last_query =
-      g.window == 0
-          ? g.seq_len - 1
-          : (last_key + g.window - 1 < g.seq_len - 1 ? last_key + g.window - 1 : g.seq_len - 1);
+  const int64_t last_query = LastSeeingQuery(g, last_key);
   for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
     const float* q_base = q + HeadStart<kHeadDim>(g, g.heads, sequence, head);
     const float* d_out_base = d_out + HeadStart<kHeadDim>(g, g.heads, sequence, head);
@@ -360,15 +323,6 @@ __global__ void __launch_bounds__(kThreads)
                       first_query + warp * T::kRowsPerWarp, g.seq_len);
 }
 
-Geometry GeometryOf(const AttentionShape& shape) {
-  return {shape.seq_len, shape.heads, shape.kv_heads, shape.sliding_window,
-          1.0F / std::sqrt(static_cast<float>(shape.head_dim))};
-}
-
-unsigned BlocksOf(int64_t positions, int64_t per_block) {
-  return static_cast<unsigned>((positions + per_block - 1) / per_block);
-}
-
 template <int kHeadDim>
 absl::Status Forward(const float* q, const float* k, const float* v, float* out, float* logsumexp,
                      const AttentionShape& shape) {
@@ -383,7 +337,8 @@ absl::Status Forward(const float* q, const float* k, const float* v, float* out,
 template <int kHeadDim>
 absl::Status Backward(const float* q, const float* k, const float* v, const float* out,
                       const float* logsumexp, const float* d_out, float* d_q, float* d_k,
-                      float* d_v, float* delta, const AttentionShape& shape) {
+                      float* d_v, float* delta, const AttentionShape& shape,
+                      AttentionArithmetic arithmetic) {
   using T = Tiling<kHeadDim>;
   const Geometry geometry = GeometryOf(shape);
   const int64_t rows = shape.batch * shape.seq_len;
@@ -394,6 +349,10 @@ absl::Status Backward(const float* q, const float* k, const float* v, const floa
     return status;
   }
   const auto* row_terms = static_cast<const float*>(delta);
+  if (arithmetic == AttentionArithmetic::kTensorFloat32) {
+    return attention_internal::TensorCoreBackward(q, k, v, logsumexp, row_terms, d_out, d_q, d_k,
+                                                  d_v, shape);
+  }
   if (absl::Status status =
           Launch("flash attention key and value gradients", FlashKeyValueGradientKernel<kHeadDim>,
                  {dim3(BlocksOf(shape.seq_len, T::kBlockRows),
@@ -432,8 +391,12 @@ absl::Status CheckAttentionShape(const AttentionShape& shape) {
 }
 
 absl::Status FlashAttentionForward(const float* q, const float* k, const float* v, float* out,
-                                   float* logsumexp, const AttentionShape& shape) {
+                                   float* logsumexp, const AttentionShape& shape,
+                                   AttentionArithmetic arithmetic) {
   if (absl::Status status = CheckAttentionShape(shape); !status.ok()) return status;
+  if (arithmetic == AttentionArithmetic::kTensorFloat32) {
+    return attention_internal::TensorCoreForward(q, k, v, out, logsumexp, shape);
+  }
   switch (shape.head_dim) {
     case 16:
       return Forward<16>(q, k, v, out, logsumexp, shape);
@@ -453,17 +416,21 @@ int64_t FlashAttentionBackwardScratch(const AttentionShape& shape) {
 absl::Status FlashAttentionBackward(const float* q, const float* k, const float* v,
                                     const float* out, const float* logsumexp, const float* d_out,
                                     float* d_q, float* d_k, float* d_v, float* scratch,
-                                    const AttentionShape& shape) {
+                                    const AttentionShape& shape, AttentionArithmetic arithmetic) {
   if (absl::Status status = CheckAttentionShape(shape); !status.ok()) return status;
   switch (shape.head_dim) {
     case 16:
-      return Backward<16>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape);
+      return Backward<16>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,
+                          arithmetic);
     case 32:
-      return Backward<32>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape);
+      return Backward<32>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,
+                          arithmetic);
     case 64:
-      return Backward<64>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape);
+      return Backward<64>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,
+                          arithmetic);
     default:
-      return Backward<128>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape);
+      return Backward<128>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,
+                           arithmetic);
   }
 }
 

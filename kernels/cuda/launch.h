@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -16,6 +17,8 @@ namespace fedmoe::kernels::cuda {
 struct LaunchShape {
   dim3 grid;
   dim3 block;
+  // Bytes of `extern __shared__` memory per block (DynamicSharedMemory).
+  size_t dynamic_shared_bytes = 0;
 };
 
 inline absl::Status CudaStatus(cudaError_t error, const char* what) {
@@ -29,16 +32,38 @@ template <typename... Params, typename... Args>
 absl::Status Launch(const char* name, void (*kernel)(Params...), const LaunchShape& shape,
                     Args... args) {
 #ifdef FEDMOE_CUDA_SIM
-  const cudaError_t error =
-      cuda_sim::LaunchKernel(shape.grid, shape.block, [&] { kernel(args...); });
+  const cudaError_t error = cuda_sim::LaunchKernel(
+      shape.grid, shape.block, shape.dynamic_shared_bytes, [&] { kernel(args...); });
 #else
+  // Past 48 KiB a kernel must opt in to its dynamic shared memory.
+  constexpr size_t kDefaultDynamicSharedLimit = size_t{48} << 10;
+  if (shape.dynamic_shared_bytes > kDefaultDynamicSharedLimit) {
+    if (absl::Status status =
+            CudaStatus(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(shape.dynamic_shared_bytes)),
+                       name);
+        !status.ok()) {
+      return status;
+    }
+  }
   // clang-format reads this header as C++, where <<< >>> is no operator.
   // clang-format off
-  kernel<<<shape.grid, shape.block>>>(args...);
+  kernel<<<shape.grid, shape.block, shape.dynamic_shared_bytes>>>(args...);
   // clang-format on
   const cudaError_t error = cudaGetLastError();
 #endif
   return CudaStatus(error, name);
+}
+
+// The block's `extern __shared__` memory, as T: what a launch's dynamic_shared_bytes sized.
+template <typename T>
+__device__ __forceinline__ T* DynamicSharedMemory() {
+#ifdef FEDMOE_CUDA_SIM
+  return static_cast<T*>(cuda_sim::DynamicSharedMemory());
+#else
+  extern __shared__ __align__(128) unsigned char dynamic_shared[];
+  return reinterpret_cast<T*>(dynamic_shared);
+#endif
 }
 
 // Blocks of `threads` covering n items, one item per thread, capped where a grid-stride loop

@@ -91,6 +91,24 @@ void ExpectTensorsNear(const ModelLayout& layout, const std::vector<float>& actu
   }
 }
 
+// The largest |actual − expected| of any tensor, as a fraction of that tensor's largest
+// magnitude (ExpectTensorsNear's measure).
+double WorstErrorOfTensorScale(const ModelLayout& layout, const std::vector<float>& actual,
+                               const std::vector<float>& expected) {
+  double worst = 0;
+  for (const TensorSpec& spec : layout.tensors()) {
+    double scale = 0;
+    double error = 0;
+    for (int64_t i = 0; i < spec.size; ++i) {
+      const auto at = static_cast<size_t>(spec.offset + i);
+      scale = std::max(scale, std::abs(double{expected[at]}));
+      error = std::max(error, std::abs(double{actual[at]} - expected[at]));
+    }
+    if (scale > 0) worst = std::max(worst, error / scale);
+  }
+  return worst;
+}
+
 // The other arrangement of the model's options: tied embeddings (the output head's gradient and
 // the embedding's add into one tensor), top-1 routing, no shared experts, no window, no
 // grouping of KV heads, head_dim 32.
@@ -127,6 +145,14 @@ double Tolerance(MatMulPrecision precision, int step) {
   return step == 0 ? 3e-3 : 2e-2;
 }
 
+// bf16 products with tensor-core attention against the CPU's fp32 attention, first step.
+// TF32 moves attention's outputs by about 1e-3 of their scale; where that pushes an activation
+// across a bf16 rounding boundary, it moves by a bf16 step (2^-8), so every tensor's gradient
+// lands some 5e-3 of its scale away (measured on the simulator: at most 6.7e-3, every tensor
+// alike; the loss 7e-5), where fp32 attention gave 8e-4.
+constexpr double kTensorCoreLossTolerance = 3e-4;
+constexpr double kTensorCoreGradientTolerance = 1.5e-2;
+
 constexpr double kLearningRate = 1e-2;
 constexpr double kMaxNorm = 0.25;
 
@@ -142,9 +168,13 @@ class CudaTrainingTest : public ::testing::TestWithParam<Case> {
     }
   }
 
+  // Attention stays fp32 on the GPU, as on the CPU, so that everything else compares at the
+  // tolerances above; its tensor-core arithmetic has its own test below.
   BackendOptions Options() const {
-    return {
-        .trainable = GetParam().trainable, .adamw = {}, .matmul_precision = GetParam().precision};
+    return {.trainable = GetParam().trainable,
+            .adamw = {},
+            .matmul_precision = GetParam().precision,
+            .tensor_core_attention = false};
   }
 };
 
@@ -246,6 +276,53 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{MatMulPrecision::kFloat32, kEverything, "fp32_other_config",
                            OtherConfig}),
     [](const ::testing::TestParamInfo<Case>& test) { return std::string(test.param.name); });
+
+// bf16 training's default on a GPU: attention's products on the tensor cores, with TF32
+// operands. A step from the CPU's parameters stays near the CPU's (whose attention is fp32)
+// by TF32's rounding, well inside the bf16 products' own; and it is not the fp32-attention
+// step under another name.
+TEST(CudaTrainingTensorCoreTest, Bf16StepWithTensorCoreAttentionStaysNearTheCpu) {
+  FEDMOE_REQUIRE_CUDA();
+  if (absl::Status status = kernels::cpu::CheckBf16MatMul(); !status.ok()) {
+    GTEST_SKIP() << "no CPU reference for bf16 here: " << status.message();
+  }
+  const MoeConfig config = SmallConfig();
+  const ModelParameters parameters = InitializeModel(config, 7);
+  BackendOptions options{
+      .trainable = kEverything, .adamw = {}, .matmul_precision = MatMulPrecision::kBfloat16};
+  ASSERT_TRUE(options.tensor_core_attention) << "the default this test is about";
+  ModelParameters cpu_parameters = parameters;
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> cpu =
+      CreateCpuTrainingBackend(cpu_parameters, options);
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> tensor_cores =
+      CreateCudaTrainingBackend(parameters, options);
+  options.tensor_core_attention = false;
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> fp32_attention =
+      CreateCudaTrainingBackend(parameters, options);
+  ASSERT_TRUE(cpu.ok() && tensor_cores.ok() && fp32_attention.ok());
+
+  const Batch batch = RandomBatch(config, 2, 13, 100);
+  const auto size = static_cast<size_t>(parameters.layout().total_size());
+  std::vector<float> cpu_gradients(size), gradients(size), fp32_attention_gradients(size);
+  absl::StatusOr<LossBreakdown> cpu_loss = (*cpu)->AccumulateGradients(batch, LossOptions(batch));
+  absl::StatusOr<LossBreakdown> loss =
+      (*tensor_cores)->AccumulateGradients(batch, LossOptions(batch));
+  ASSERT_TRUE(cpu_loss.ok() && loss.ok());
+  ASSERT_TRUE((*fp32_attention)->AccumulateGradients(batch, LossOptions(batch)).ok());
+  ASSERT_TRUE((*cpu)->CopyGradientsTo(cpu_gradients).ok());
+  ASSERT_TRUE((*tensor_cores)->CopyGradientsTo(gradients).ok());
+  ASSERT_TRUE((*fp32_attention)->CopyGradientsTo(fp32_attention_gradients).ok());
+
+  EXPECT_NEAR(loss->cross_entropy, cpu_loss->cross_entropy, kTensorCoreLossTolerance);
+  EXPECT_NEAR(loss->balance, cpu_loss->balance, 1e-4);
+  EXPECT_LE(WorstErrorOfTensorScale(parameters.layout(), gradients, cpu_gradients),
+            kTensorCoreGradientTolerance);
+  EXPECT_NE(gradients, fp32_attention_gradients);
+  absl::StatusOr<std::vector<std::vector<int64_t>>> cpu_slots = (*cpu)->ExpertSlots();
+  absl::StatusOr<std::vector<std::vector<int64_t>>> slots = (*tensor_cores)->ExpertSlots();
+  ASSERT_TRUE(cpu_slots.ok() && slots.ok());
+  EXPECT_EQ(*slots, *cpu_slots);
+}
 
 TEST(CudaTrainingErrorsTest, BadBatchesAreRefusedAndTheBackendKeepsWorking) {
   FEDMOE_REQUIRE_CUDA();

@@ -39,6 +39,9 @@ constexpr unsigned kMaxThreadsPerBlock = 1024;
 // Limits of gridDim: x up to 2^31 - 1, y and z up to 65535.
 constexpr uint64_t kMaxGridX = (uint64_t{1} << 31) - 1;
 constexpr unsigned kMaxGridYz = 65535;
+// A block's dynamic shared memory on Hopper, the most any GPU we build for lets a kernel opt
+// into (Ampere: 163 KiB).
+constexpr size_t kMaxDynamicSharedBytes = size_t{227} << 10;
 
 thread_local cudaError_t last_error = cudaSuccess;
 
@@ -89,12 +92,15 @@ FiberStacks& Stacks() {
 
 class GridRun {
  public:
-  GridRun(dim3 grid, dim3 block)
+  GridRun(dim3 grid, dim3 block, size_t dynamic_shared_bytes)
       : grid_(grid),
         block_(block),
         threads_(block.x * block.y * block.z),
         blocks_(uint64_t{grid.x} * grid.y * grid.z),
         exchange_(threads_),
+        gather_(size_t{threads_} * kMaxGatherBytes),
+        dynamic_shared_bytes_(dynamic_shared_bytes),
+        dynamic_shared_(kSharedAlignment + dynamic_shared_bytes),
         fibers_(threads_) {}
 
   void Run(const std::function<void()>& body) {
@@ -106,9 +112,18 @@ class GridRun {
       block_index =
           dim3(static_cast<unsigned>(b % grid_.x), static_cast<unsigned>((b / grid_.x) % grid_.y),
                static_cast<unsigned>(b / (uint64_t{grid_.x} * grid_.y)));
+      // Dynamic shared memory starts each block as NaN, so a read before any write shows.
+      float* shared = static_cast<float*>(DynamicShared());
+      std::fill(shared, shared + dynamic_shared_bytes_ / sizeof(float), std::nanf(""));
       RunBlock();
     }
     current_ = nullptr;
+  }
+
+  // Aligned as the GPU's (to 128 bytes, where warp matrix loads need 32).
+  void* DynamicShared() {
+    const auto at = reinterpret_cast<uintptr_t>(dynamic_shared_.data());
+    return dynamic_shared_.data() + (kSharedAlignment - at % kSharedAlignment) % kSharedAlignment;
   }
 
   void SyncThreads() { Wait(State::kAtBlockBarrier); }
@@ -124,6 +139,27 @@ class GridRun {
     return result;
   }
 
+  // Every lane of the warp publishes `bytes` from `mine`; each then reads all 32 contributions,
+  // lane by lane, into `everyone`. Warp-wide matrix operations need the full warp, so a lane
+  // that has exited, or a warp cut short by the block's size, aborts the run.
+  void GatherWarp(const void* mine, size_t bytes, void* everyone) {
+    if (bytes > kMaxGatherBytes) Fail("a warp gather of more than 64 bytes a lane");
+    const unsigned self = running_;
+    const unsigned base = self - self % kWarpSize;
+    if (base + kWarpSize > threads_) Fail("a warp-wide matrix operation in a partial warp");
+    std::memcpy(&gather_[self * kMaxGatherBytes], mine, bytes);
+    SyncWarp();
+    for (unsigned lane = 0; lane < kWarpSize; ++lane) {
+      if (fibers_[base + lane].state == State::kDone) {
+        Fail("a warp-wide matrix operation after a lane of the warp returned");
+      }
+      std::memcpy(static_cast<char*>(everyone) + lane * bytes,
+                  &gather_[(base + lane) * kMaxGatherBytes], bytes);
+    }
+    SyncWarp();  // nobody overwrites its slot before every lane has read
+  }
+
+  static constexpr size_t kMaxGatherBytes = 64;
   static GridRun* current_;  // the running grid, under LaunchMutex
 
  private:
@@ -249,6 +285,10 @@ class GridRun {
   uint64_t blocks_;
   const std::function<void()>* body_ = nullptr;
   std::vector<uint64_t> exchange_;
+  std::vector<unsigned char> gather_;
+  static constexpr size_t kSharedAlignment = 128;
+  size_t dynamic_shared_bytes_;
+  std::vector<unsigned char> dynamic_shared_;
   std::vector<Fiber> fibers_;
   ucontext_t scheduler_{};
   const void* scheduler_stack_ = nullptr;
@@ -401,21 +441,31 @@ bool IsDeviceMemory(const void* pointer, size_t bytes) { return Live().Contains(
 
 void SetDeviceMemoryCapacity(size_t bytes) { Live().SetCapacity(bytes); }
 
-cudaError_t LaunchKernel(dim3 grid, dim3 block, const std::function<void()>& body) {
+cudaError_t LaunchKernel(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+                         const std::function<void()>& body) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > kMaxThreadsPerBlock || block.z > 64 || grid.x == 0 || grid.y == 0 ||
-      grid.z == 0 || grid.x > kMaxGridX || grid.y > kMaxGridYz || grid.z > kMaxGridYz) {
+      grid.z == 0 || grid.x > kMaxGridX || grid.y > kMaxGridYz || grid.z > kMaxGridYz ||
+      dynamic_shared_bytes > kMaxDynamicSharedBytes) {
     return Record(cudaErrorInvalidConfiguration);
   }
   std::lock_guard lock(LaunchMutex());
-  GridRun run(grid, block);
+  GridRun run(grid, block, dynamic_shared_bytes);
   run.Run(body);
   return cudaSuccess;
 }
 
 void SyncThreads() { Current("__syncthreads outside a kernel").SyncThreads(); }
+void SyncWarp() { Current("__syncwarp outside a kernel").SyncWarp(); }
 uint64_t ExchangeInWarp(uint64_t value, unsigned source_lane) {
   return Current("a warp shuffle outside a kernel").Exchange(value, source_lane);
 }
+void GatherInWarp(const void* mine, size_t bytes, void* everyone) {
+  Current("a warp-wide matrix operation outside a kernel").GatherWarp(mine, bytes, everyone);
+}
+void* DynamicSharedMemory() {
+  return Current("dynamic shared memory outside a kernel").DynamicShared();
+}
+[[noreturn]] void FailKernel(const char* what) { Fail(what); }
 
 }  // namespace fedmoe::cuda_sim

@@ -84,13 +84,26 @@ const char* cudaGetErrorString(cudaError_t error);
 // stand-in for the GPU's fault on a host pointer where a device one belongs.
 bool IsDeviceMemory(const void* pointer, size_t bytes);
 
-// Runs `body` as a grid of blocks; what `kernel<<<grid, block>>>(...)` does.
-// Returns, and records for cudaGetLastError, a configuration error without running anything.
-cudaError_t LaunchKernel(dim3 grid, dim3 block, const std::function<void()>& body);
+// Runs `body` as a grid of blocks; what `kernel<<<grid, block, dynamic_shared_bytes>>>(...)`
+// does. Returns, and records for cudaGetLastError, a configuration error without running
+// anything.
+cudaError_t LaunchKernel(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+                         const std::function<void()>& body);
+// The running block's dynamic shared memory (`extern __shared__` on the GPU): the launch's
+// bytes, NaN at the start of each block.
+void* DynamicSharedMemory();
 
 void SyncThreads();
+// Waits for the warp's live lanes (__syncwarp with a full mask).
+void SyncWarp();
 // Every lane of the warp publishes `value`, then reads lane `source_lane`'s.
 uint64_t ExchangeInWarp(uint64_t value, unsigned source_lane);
+// Every lane of the warp publishes `bytes` (at most 64) from `mine`, then reads all 32 lanes'
+// into `everyone`, lane 0 first. The whole warp must take part, as in a warp-wide matrix
+// operation.
+void GatherInWarp(const void* mine, size_t bytes, void* everyone);
+// Aborts the run with `what`, for misuse the GPU would punish with a fault or garbage.
+[[noreturn]] void FailKernel(const char* what);
 
 template <typename T>
 T ShuffleFromLane(T value, unsigned source_lane) {
@@ -136,6 +149,7 @@ using fedmoe::cuda_sim::cudaSuccess;
 constexpr int warpSize = 32;
 
 inline void __syncthreads() { fedmoe::cuda_sim::SyncThreads(); }
+inline void __syncwarp(unsigned /*mask*/ = 0xffffffffU) { fedmoe::cuda_sim::SyncWarp(); }
 
 template <typename T>
 T __shfl_sync(unsigned /*mask*/, T value, int source_lane, int width = 32) {

@@ -1,0 +1,504 @@
+// Flash attention on the tensor cores: every product of a query, key, value or output-gradient
+// tile is a warp matrix multiply (WMMA m16n16k8) with TF32 operands and fp32 accumulators.
+//
+// A warp owns 16 rows (queries, or keys in the key/value gradient) and steps over 16 columns at
+// a time. WMMA leaves unspecified which lane holds which element of an accumulator, so the
+// softmax cannot rescale an accumulated output row in registers, as the fp32 kernel's online
+// softmax does. The forward pass therefore takes two passes over the keys: the first finds each
+// row's log-sum-exp, the second accumulates the already normalised probabilities times the
+// values. That costs one more query-key product than an online softmax, a third more of the
+// forward's arithmetic, and keeps the output in accumulators throughout. The products a lane
+// must see element by element (scores, probabilities) go through a small per-warp scratch
+// tile in shared memory, where the layout is ours.
+//
+// Tiles live in dynamic shared memory (up to about 93 KiB for head_dim 128, so two blocks fit
+// an H100/H200 SM); rows are padded by 4 floats, which keeps WMMA's 16-byte leading-dimension
+// rule and staggers rows across banks.
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <cfloat>
+#include <cstdint>
+#include <type_traits>
+
+#include "absl/status/status.h"
+#include "kernels/cuda/attention_tensor_core.h"
+#include "kernels/cuda/attention_tiles.cuh"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/reduce.cuh"
+
+namespace fedmoe::kernels::cuda::attention_internal {
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+// A warp's rows, and the columns of one step: WMMA's 16 × 16 output.
+constexpr int kTile = 16;
+constexpr int kBlockRows = kWarps * kTile;
+// Each lane sees one row of a 16 × 16 scratch tile, half of its columns.
+constexpr int kLaneColumns = kTile / 2;
+constexpr int kScratchPitch = kTile + 4;
+constexpr int kScratchFloats = kTile * kScratchPitch;
+
+using Accumulator = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+
+template <int kHeadDim>
+__host__ __device__ constexpr int PitchOf() {
+  return kHeadDim + 4;
+}
+
+// c += a·b, a being 16 × depth and b depth × 16 (depth a multiple of 8), each row- or
+// column-major with leading dimension lda or ldb. Operands are rounded to TF32 as they load.
+template <typename LayoutA, typename LayoutB>
+__device__ __forceinline__ void MultiplyAdd(Accumulator& c, const float* a, unsigned lda,
+                                            const float* b, unsigned ldb, int depth) {
+  for (int k = 0; k < depth; k += 8) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LayoutA> a_part;
+    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LayoutB> b_part;
+    if constexpr (std::is_same_v<LayoutA, wmma::row_major>) {
+      wmma::load_matrix_sync(a_part, a + k, lda);
+    } else {
+      wmma::load_matrix_sync(a_part, a + static_cast<int64_t>(k) * lda, lda);
+    }
+    if constexpr (std::is_same_v<LayoutB, wmma::row_major>) {
+      wmma::load_matrix_sync(b_part, b + static_cast<int64_t>(k) * ldb, ldb);
+    } else {
+      wmma::load_matrix_sync(b_part, b + k, ldb);
+    }
+    for (int i = 0; i < a_part.num_elements; ++i) a_part.x[i] = wmma::__float_to_tf32(a_part.x[i]);
+    for (int i = 0; i < b_part.num_elements; ++i) b_part.x[i] = wmma::__float_to_tf32(b_part.x[i]);
+    wmma::mma_sync(c, a_part, b_part, c);
+  }
+}
+
+// The lane's row of a 16 × 16 scratch tile, and the first of its columns.
+__device__ __forceinline__ int LaneRow() { return static_cast<int>(threadIdx.x % 32) / 2; }
+__device__ __forceinline__ int LaneFirstColumn() {
+  return static_cast<int>(threadIdx.x % 2) * kLaneColumns;
+}
+
+// a·bᵀ for 16 rows of a and 16 rows of b, each kHeadDim wide at the tiles' pitch; the lane gets
+// its row's columns. Goes through the warp's scratch tile, free again on return.
+template <int kHeadDim>
+__device__ __forceinline__ void ProductsOfRows(const float* a_rows, const float* b_rows,
+                                               float* scratch, float (&values)[kLaneColumns]) {
+  constexpr int kPitch = PitchOf<kHeadDim>();
+  Accumulator product;
+  wmma::fill_fragment(product, 0.0F);
+  MultiplyAdd<wmma::row_major, wmma::col_major>(product, a_rows, kPitch, b_rows, kPitch, kHeadDim);
+  wmma::store_matrix_sync(scratch, product, kScratchPitch, wmma::mem_row_major);
+  __syncwarp();
+  const float* mine = scratch + LaneRow() * kScratchPitch + LaneFirstColumn();
+  for (int j = 0; j < kLaneColumns; ++j) values[j] = mine[j];
+  __syncwarp();  // read before the scratch is written again
+}
+
+// Writes the lane's values into its place in the scratch tile, for a product to read.
+__device__ __forceinline__ void WriteLaneValues(float* scratch,
+                                                const float (&values)[kLaneColumns]) {
+  float* mine = scratch + LaneRow() * kScratchPitch + LaneFirstColumn();
+  for (int j = 0; j < kLaneColumns; ++j) mine[j] = values[j];
+  __syncwarp();
+}
+
+// Whether any of 16 queries from first_query sees any of 16 keys from first_key. May say yes
+// where none does (the mask then zeroes them); never no where one does.
+__device__ __forceinline__ bool TilesMeet(const Geometry& g, int64_t first_query,
+                                          int64_t first_key) {
+  return first_key <= first_query + kTile - 1 &&
+         (g.window == 0 || first_key + kTile - 1 > first_query - g.window);
+}
+
+// Writes a warp's 16 × kHeadDim result (one accumulator per 16 columns) to rows first.. of one
+// head (base, width floats apart), leaving out rows past seq_len, through `staged`, 16 rows of
+// shared memory at the tiles' pitch that no other warp touches.
+template <int kHeadDim>
+__device__ __forceinline__ void StoreWarpRows(const Accumulator (&parts)[kHeadDim / kTile],
+                                              float* staged, float* base, int64_t width,
+                                              int64_t first, int64_t seq_len) {
+  constexpr int kPitch = PitchOf<kHeadDim>();
+  __syncwarp();  // the warp's last reads of `staged` (as an operand) are done
+  for (int n = 0; n < kHeadDim / kTile; ++n) {
+    wmma::store_matrix_sync(staged + n * kTile, parts[n], kPitch, wmma::mem_row_major);
+  }
+  __syncwarp();
+  for (int index = static_cast<int>(threadIdx.x % 32); index < kTile * kHeadDim; index += 32) {
+    const int r = index / kHeadDim;
+    const int d = index % kHeadDim;
+    if (first + r < seq_len) base[(first + r) * width + d] = staged[r * kPitch + d];
+  }
+}
+
+template <int kHeadDim>
+__device__ __forceinline__ void ZeroParts(Accumulator (&parts)[kHeadDim / kTile]) {
+  for (Accumulator& part : parts) wmma::fill_fragment(part, 0.0F);
+}
+
+// Dynamic shared memory of the forward kernel, in floats: the block's queries, one step's keys
+// and values, and a scratch tile per warp.
+template <int kHeadDim>
+struct ForwardLayout {
+  static constexpr int kPitch = PitchOf<kHeadDim>();
+  static constexpr int kQueries = 0;
+  static constexpr int kKeys = kQueries + kBlockRows * kPitch;
+  static constexpr int kValues = kKeys + kTile * kPitch;
+  static constexpr int kScratch = kValues + kTile * kPitch;
+  static constexpr int kFloats = kScratch + kWarps * kScratchFloats;
+};
+
+// grid (query blocks, heads, batch).
+template <int kHeadDim>
+__global__ void __launch_bounds__(kThreads)
+    TensorCoreForwardKernel(const float* __restrict__ q, const float* __restrict__ k,
+                            const float* __restrict__ v, float* __restrict__ out,
+                            float* __restrict__ logsumexp, Geometry g) {
+  using L = ForwardLayout<kHeadDim>;
+  float* shared = DynamicSharedMemory<float>();
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  float* q_tile = shared + L::kQueries;
+  float* k_tile = shared + L::kKeys;
+  float* v_tile = shared + L::kValues;
+  float* scratch = shared + L::kScratch + warp * kScratchFloats;
+  const int64_t sequence = blockIdx.z;
+  const int64_t head = blockIdx.y;
+  const int64_t kv_head = head / (g.heads / g.kv_heads);
+  const int64_t first_query = static_cast<int64_t>(blockIdx.x) * kBlockRows;
+  const int64_t q_width = g.heads * kHeadDim;
+  const int64_t kv_width = g.kv_heads * kHeadDim;
+  const float* k_base = k + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+  const float* v_base = v + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+
+  LoadTile<kHeadDim>(q_tile, L::kPitch, q + HeadStart<kHeadDim>(g, g.heads, sequence, head),
+                     q_width, first_query, kBlockRows, g.seq_len);
+  float* warp_queries = q_tile + warp * kTile * L::kPitch;
+  const int64_t warp_first_query = first_query + warp * kTile;
+  const int64_t query = warp_first_query + LaneRow();
+  const int64_t key_begin = FirstVisibleKey(g, first_query) / kTile * kTile;
+  const int64_t key_end =
+      first_query + kBlockRows < g.seq_len ? first_query + kBlockRows : g.seq_len;
+  const auto visible = [&](int64_t key) {
+    return query < g.seq_len && key < g.seq_len && Visible(g, query, key);
+  };
+
+  // Pass 1: each row's running maximum and sum of exponentials, so its log-sum-exp. The two
+  // lanes of a row combine their halves with one shuffle.
+  float row_max = -FLT_MAX;
+  float row_sum = 0.0F;
+  for (int64_t first_key = key_begin; first_key < key_end; first_key += kTile) {
+    __syncthreads();  // the previous step's tile is read (and, first time, the queries loaded)
+    LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, kv_width, first_key, kTile, g.seq_len);
+    __syncthreads();
+    if (!TilesMeet(g, warp_first_query, first_key)) continue;  // warp-uniform
+    float scores[kLaneColumns];
+    ProductsOfRows<kHeadDim>(warp_queries, k_tile, scratch, scores);
+    const int64_t lane_first_key = first_key + LaneFirstColumn();
+    float step_max = -FLT_MAX;
+    for (int j = 0; j < kLaneColumns; ++j) {
+      scores[j] = visible(lane_first_key + j) ? scores[j] * g.scale : -FLT_MAX;
+      step_max = fmaxf(step_max, scores[j]);
+    }
+    step_max = fmaxf(step_max, __shfl_xor_sync(kFullWarp, step_max, 1));
+    const float new_max = fmaxf(row_max, step_max);
+    float step_sum = 0.0F;
+    for (int j = 0; j < kLaneColumns; ++j) {
+      if (scores[j] != -FLT_MAX) step_sum += expf(scores[j] - new_max);
+    }
+    step_sum += __shfl_xor_sync(kFullWarp, step_sum, 1);
+    if (new_max != -FLT_MAX) {
+      row_sum = row_sum * expf(row_max - new_max) + step_sum;
+      row_max = new_max;
+    }
+  }
+  const float row_logsumexp = row_max + logf(row_sum);
+  if (threadIdx.x % 2 == 0 && query < g.seq_len) {
+    logsumexp[RowValuesStart(g, sequence, head) + query] = row_logsumexp;
+  }
+
+  // Pass 2: out = Σ over key steps of P·V, P already normalised.
+  Accumulator output[kHeadDim / kTile];
+  ZeroParts<kHeadDim>(output);
+  for (int64_t first_key = key_begin; first_key < key_end; first_key += kTile) {
+    __syncthreads();
+    LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, kv_width, first_key, kTile, g.seq_len);
+    LoadTile<kHeadDim>(v_tile, L::kPitch, v_base, kv_width, first_key, kTile, g.seq_len);
+    __syncthreads();
+    if (!TilesMeet(g, warp_first_query, first_key)) continue;
+    float probabilities[kLaneColumns];
+    ProductsOfRows<kHeadDim>(warp_queries, k_tile, scratch, probabilities);
+    const int64_t lane_first_key = first_key + LaneFirstColumn();
+    for (int j = 0; j < kLaneColumns; ++j) {
+      probabilities[j] =
+          visible(lane_first_key + j) ? expf(probabilities[j] * g.scale - row_logsumexp) : 0.0F;
+    }
+    WriteLaneValues(scratch, probabilities);
+    for (int n = 0; n < kHeadDim / kTile; ++n) {
+      MultiplyAdd<wmma::row_major, wmma::row_major>(output[n], scratch, kScratchPitch,
+                                                    v_tile + n * kTile, L::kPitch, kTile);
+    }
+  }
+  StoreWarpRows<kHeadDim>(output, warp_queries,
+                          out + HeadStart<kHeadDim>(g, g.heads, sequence, head), q_width,
+                          warp_first_query, g.seq_len);
+}
+
+// The query-gradient kernel's shared memory: the block's queries and output gradients, one
+// step's keys and values, a scratch tile per warp.
+template <int kHeadDim>
+struct QueryGradientLayout {
+  static constexpr int kPitch = PitchOf<kHeadDim>();
+  static constexpr int kQueries = 0;
+  static constexpr int kOutputGradients = kQueries + kBlockRows * kPitch;
+  static constexpr int kKeys = kOutputGradients + kBlockRows * kPitch;
+  static constexpr int kValues = kKeys + kTile * kPitch;
+  static constexpr int kScratch = kValues + kTile * kPitch;
+  static constexpr int kFloats = kScratch + kWarps * kScratchFloats;
+};
+
+// grid (query blocks, heads, batch): d_q = Σ over keys of dS·K, with dS = P ⊙ (dO·Vᵀ − row
+// term)·scale and P recomputed from the saved log-sum-exp.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kThreads)
+    TensorCoreQueryGradientKernel(const float* __restrict__ q, const float* __restrict__ k,
+                                  const float* __restrict__ v, const float* __restrict__ logsumexp,
+                                  const float* __restrict__ row_terms,
+                                  const float* __restrict__ d_out, float* __restrict__ d_q,
+                                  Geometry g) {
+  using L = QueryGradientLayout<kHeadDim>;
+  float* shared = DynamicSharedMemory<float>();
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  float* q_tile = shared + L::kQueries;
+  float* d_out_tile = shared + L::kOutputGradients;
+  float* k_tile = shared + L::kKeys;
+  float* v_tile = shared + L::kValues;
+  float* scratch = shared + L::kScratch + warp * kScratchFloats;
+  const int64_t sequence = blockIdx.z;
+  const int64_t head = blockIdx.y;
+  const int64_t kv_head = head / (g.heads / g.kv_heads);
+  const int64_t first_query = static_cast<int64_t>(blockIdx.x) * kBlockRows;
+  const int64_t q_width = g.heads * kHeadDim;
+  const int64_t kv_width = g.kv_heads * kHeadDim;
+  const int64_t q_offset = HeadStart<kHeadDim>(g, g.heads, sequence, head);
+  const float* k_base = k + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+  const float* v_base = v + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+
+  LoadTile<kHeadDim>(q_tile, L::kPitch, q + q_offset, q_width, first_query, kBlockRows, g.seq_len);
+  LoadTile<kHeadDim>(d_out_tile, L::kPitch, d_out + q_offset, q_width, first_query, kBlockRows,
+                     g.seq_len);
+  float* warp_queries = q_tile + warp * kTile * L::kPitch;
+  const float* warp_d_out = d_out_tile + warp * kTile * L::kPitch;
+  const int64_t warp_first_query = first_query + warp * kTile;
+  const int64_t query = warp_first_query + LaneRow();
+  const bool real_row = query < g.seq_len;
+  const float row_logsumexp = real_row ? logsumexp[RowValuesStart(g, sequence, head) + query] : 0;
+  const float row_term = real_row ? row_terms[RowValuesStart(g, sequence, head) + query] : 0;
+  const int64_t key_begin = FirstVisibleKey(g, first_query) / kTile * kTile;
+  const int64_t key_end =
+      first_query + kBlockRows < g.seq_len ? first_query + kBlockRows : g.seq_len;
+
+  Accumulator d_query[kHeadDim / kTile];
+  ZeroParts<kHeadDim>(d_query);
+  for (int64_t first_key = key_begin; first_key < key_end; first_key += kTile) {
+    __syncthreads();
+    LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, kv_width, first_key, kTile, g.seq_len);
+    LoadTile<kHeadDim>(v_tile, L::kPitch, v_base, kv_width, first_key, kTile, g.seq_len);
+    __syncthreads();
+    if (!TilesMeet(g, warp_first_query, first_key)) continue;
+    float scores[kLaneColumns];
+    float d_scores[kLaneColumns];
+    ProductsOfRows<kHeadDim>(warp_queries, k_tile, scratch, scores);
+    ProductsOfRows<kHeadDim>(warp_d_out, v_tile, scratch, d_scores);
+    const int64_t lane_first_key = first_key + LaneFirstColumn();
+    for (int j = 0; j < kLaneColumns; ++j) {
+      const int64_t key = lane_first_key + j;
+      const bool visible = real_row && key < g.seq_len && Visible(g, query, key);
+      const float p = visible ? expf(scores[j] * g.scale - row_logsumexp) : 0.0F;
+      d_scores[j] = p * (d_scores[j] - row_term) * g.scale;
+    }
+    WriteLaneValues(scratch, d_scores);
+    for (int n = 0; n < kHeadDim / kTile; ++n) {
+      MultiplyAdd<wmma::row_major, wmma::row_major>(d_query[n], scratch, kScratchPitch,
+                                                    k_tile + n * kTile, L::kPitch, kTile);
+    }
+  }
+  StoreWarpRows<kHeadDim>(d_query, warp_queries, d_q + q_offset, q_width, warp_first_query,
+                          g.seq_len);
+}
+
+// The key/value-gradient kernel's shared memory: the block's keys and values, one step's
+// queries and output gradients with their log-sum-exps and row terms, and two scratch tiles
+// per warp (Pᵀ and dSᵀ).
+template <int kHeadDim>
+struct KeyValueGradientLayout {
+  static constexpr int kPitch = PitchOf<kHeadDim>();
+  static constexpr int kKeys = 0;
+  static constexpr int kValues = kKeys + kBlockRows * kPitch;
+  static constexpr int kQueries = kValues + kBlockRows * kPitch;
+  static constexpr int kOutputGradients = kQueries + kTile * kPitch;
+  static constexpr int kLogSumExps = kOutputGradients + kTile * kPitch;
+  static constexpr int kRowTerms = kLogSumExps + kTile;
+  static constexpr int kScratch = kRowTerms + kTile;
+  static constexpr int kFloats = kScratch + kWarps * 2 * kScratchFloats;
+};
+
+// grid (key blocks, kv heads, batch): a warp's 16 keys gather d_v = Σ Pᵀ·dO and
+// d_k = Σ dSᵀ·Q over every query head of the group and every query step that sees them, in a
+// fixed order and without atomics.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kThreads)
+    TensorCoreKeyValueGradientKernel(const float* __restrict__ q, const float* __restrict__ k,
+                                     const float* __restrict__ v,
+                                     const float* __restrict__ logsumexp,
+                                     const float* __restrict__ row_terms,
+                                     const float* __restrict__ d_out, float* __restrict__ d_k,
+                                     float* __restrict__ d_v, Geometry g) {
+  using L = KeyValueGradientLayout<kHeadDim>;
+  float* shared = DynamicSharedMemory<float>();
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  float* k_tile = shared + L::kKeys;
+  float* v_tile = shared + L::kValues;
+  float* q_tile = shared + L::kQueries;
+  float* d_out_tile = shared + L::kOutputGradients;
+  float* step_logsumexp = shared + L::kLogSumExps;
+  float* step_row_terms = shared + L::kRowTerms;
+  float* probability_scratch = shared + L::kScratch + warp * 2 * kScratchFloats;
+  float* d_score_scratch = probability_scratch + kScratchFloats;
+  const int64_t sequence = blockIdx.z;
+  const int64_t kv_head = blockIdx.y;
+  const int64_t group = g.heads / g.kv_heads;
+  const int64_t first_key = static_cast<int64_t>(blockIdx.x) * kBlockRows;
+  const int64_t q_width = g.heads * kHeadDim;
+  const int64_t kv_width = g.kv_heads * kHeadDim;
+  const int64_t kv_offset = HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+
+  LoadTile<kHeadDim>(k_tile, L::kPitch, k + kv_offset, kv_width, first_key, kBlockRows, g.seq_len);
+  LoadTile<kHeadDim>(v_tile, L::kPitch, v + kv_offset, kv_width, first_key, kBlockRows, g.seq_len);
+  float* warp_keys = k_tile + warp * kTile * L::kPitch;
+  float* warp_values = v_tile + warp * kTile * L::kPitch;
+  const int64_t warp_first_key = first_key + warp * kTile;
+  const int64_t key = warp_first_key + LaneRow();
+  const int64_t last_query = LastSeeingQuery(g, first_key + kBlockRows - 1);
+
+  Accumulator d_key[kHeadDim / kTile];
+  Accumulator d_value[kHeadDim / kTile];
+  ZeroParts<kHeadDim>(d_key);
+  ZeroParts<kHeadDim>(d_value);
+  for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
+    const int64_t q_offset = HeadStart<kHeadDim>(g, g.heads, sequence, head);
+    const float* head_logsumexp = logsumexp + RowValuesStart(g, sequence, head);
+    const float* head_row_terms = row_terms + RowValuesStart(g, sequence, head);
+    // Queries before the block's first key see none of its keys.
+    for (int64_t first_query = first_key; first_query <= last_query; first_query += kTile) {
+      __syncthreads();
+      LoadTile<kHeadDim>(q_tile, L::kPitch, q + q_offset, q_width, first_query, kTile, g.seq_len);
+      LoadTile<kHeadDim>(d_out_tile, L::kPitch, d_out + q_offset, q_width, first_query, kTile,
+                         g.seq_len);
+      if (threadIdx.x < kTile) {
+        const int64_t step_query = first_query + threadIdx.x;
+        const bool real = step_query < g.seq_len;
+        step_logsumexp[threadIdx.x] = real ? head_logsumexp[step_query] : 0.0F;
+        step_row_terms[threadIdx.x] = real ? head_row_terms[step_query] : 0.0F;
+      }
+      __syncthreads();
+      if (!TilesMeet(g, first_query, warp_first_key)) continue;
+      // Rows are keys and columns queries: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ.
+      float probabilities[kLaneColumns];
+      float d_scores[kLaneColumns];
+      ProductsOfRows<kHeadDim>(warp_keys, q_tile, probability_scratch, probabilities);
+      ProductsOfRows<kHeadDim>(warp_values, d_out_tile, probability_scratch, d_scores);
+      for (int j = 0; j < kLaneColumns; ++j) {
+        const int column = LaneFirstColumn() + j;
+        const int64_t step_query = first_query + column;
+        const bool visible =
+            key < g.seq_len && step_query < g.seq_len && Visible(g, step_query, key);
+        probabilities[j] =
+            visible ? expf(probabilities[j] * g.scale - step_logsumexp[column]) : 0.0F;
+        d_scores[j] = probabilities[j] * (d_scores[j] - step_row_terms[column]) * g.scale;
+      }
+      WriteLaneValues(probability_scratch, probabilities);
+      WriteLaneValues(d_score_scratch, d_scores);
+      for (int n = 0; n < kHeadDim / kTile; ++n) {
+        MultiplyAdd<wmma::row_major, wmma::row_major>(d_value[n], probability_scratch,
+                                                      kScratchPitch, d_out_tile + n * kTile,
+                                                      L::kPitch, kTile);
+        MultiplyAdd<wmma::row_major, wmma::row_major>(d_key[n], d_score_scratch, kScratchPitch,
+                                                      q_tile + n * kTile, L::kPitch, kTile);
+      }
+    }
+  }
+  StoreWarpRows<kHeadDim>(d_key, warp_keys, d_k + kv_offset, kv_width, warp_first_key, g.seq_len);
+  StoreWarpRows<kHeadDim>(d_value, warp_values, d_v + kv_offset, kv_width, warp_first_key,
+                          g.seq_len);
+}
+
+template <typename Layout>
+constexpr size_t SharedBytes() {
+  return static_cast<size_t>(Layout::kFloats) * sizeof(float);
+}
+
+template <int kHeadDim>
+absl::Status Forward(const float* q, const float* k, const float* v, float* out, float* logsumexp,
+                     const cpu::AttentionShape& shape) {
+  return Launch("tensor-core attention forward", TensorCoreForwardKernel<kHeadDim>,
+                {dim3(BlocksOf(shape.seq_len, kBlockRows), static_cast<unsigned>(shape.heads),
+                      static_cast<unsigned>(shape.batch)),
+                 dim3(kThreads), SharedBytes<ForwardLayout<kHeadDim>>()},
+                q, k, v, out, logsumexp, GeometryOf(shape));
+}
+
+template <int kHeadDim>
+absl::Status Backward(const float* q, const float* k, const float* v, const float* logsumexp,
+                      const float* row_terms, const float* d_out, float* d_q, float* d_k,
+                      float* d_v, const cpu::AttentionShape& shape) {
+  const Geometry geometry = GeometryOf(shape);
+  const auto blocks = BlocksOf(shape.seq_len, kBlockRows);
+  const auto batch = static_cast<unsigned>(shape.batch);
+  if (absl::Status status =
+          Launch("tensor-core attention key and value gradients",
+                 TensorCoreKeyValueGradientKernel<kHeadDim>,
+                 {dim3(blocks, static_cast<unsigned>(shape.kv_heads), batch), dim3(kThreads),
+                  SharedBytes<KeyValueGradientLayout<kHeadDim>>()},
+                 q, k, v, logsumexp, row_terms, d_out, d_k, d_v, geometry);
+      !status.ok()) {
+    return status;
+  }
+  return Launch("tensor-core attention query gradient", TensorCoreQueryGradientKernel<kHeadDim>,
+                {dim3(blocks, static_cast<unsigned>(shape.heads), batch), dim3(kThreads),
+                 SharedBytes<QueryGradientLayout<kHeadDim>>()},
+                q, k, v, logsumexp, row_terms, d_out, d_q, geometry);
+}
+
+}  // namespace
+
+absl::Status TensorCoreForward(const float* q, const float* k, const float* v, float* out,
+                               float* logsumexp, const cpu::AttentionShape& shape) {
+  switch (shape.head_dim) {
+    case 16:
+      return Forward<16>(q, k, v, out, logsumexp, shape);
+    case 32:
+      return Forward<32>(q, k, v, out, logsumexp, shape);
+    case 64:
+      return Forward<64>(q, k, v, out, logsumexp, shape);
+    default:
+      return Forward<128>(q, k, v, out, logsumexp, shape);
+  }
+}
+
+absl::Status TensorCoreBackward(const float* q, const float* k, const float* v,
+                                const float* logsumexp, const float* row_terms, const float* d_out,
+                                float* d_q, float* d_k, float* d_v,
+                                const cpu::AttentionShape& shape) {
+  switch (shape.head_dim) {
+    case 16:
+      return Backward<16>(q, k, v, logsumexp, row_terms, d_out, d_q, d_k, d_v, shape);
+    case 32:
+      return Backward<32>(q, k, v, logsumexp, row_terms, d_out, d_q, d_k, d_v, shape);
+    case 64:
+      return Backward<64>(q, k, v, logsumexp, row_terms, d_out, d_q, d_k, d_v, shape);
+    default:
+      return Backward<128>(q, k, v, logsumexp, row_terms, d_out, d_q, d_k, d_v, shape);
+  }
+}
+
+}  // namespace fedmoe::kernels::cuda::attention_internal
