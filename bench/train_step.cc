@@ -11,7 +11,11 @@
 //
 //   build/bin/train_step [--config tiny|small|medium|all] [--steps N] [--threads T] [--no-torch]
 //                        [--matmul-precision fp32|bf16|all] [--device cpu|cuda]
-//                        [--batch B] [--accumulation N] [--peak-tflops P]
+//                        [--batch B] [--accumulation N] [--peak-tflops P] [--attention tf32|fp32]
+//
+// --attention (GPU only): attention's products on the tensor cores with TF32 operands, the
+// bf16 default, or fp32 on the CUDA cores, for the step's difference (bench/attention times
+// the kernels alone).
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
@@ -256,15 +260,24 @@ Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
 // One optimizer step on the GPU as the trainer takes it (default trainable set, balance loss,
 // clipping, AdamW), in bf16 products, over `accumulation` micro-batches, timed over `steps`
 // after one warm-up step. On one GPU: the MFU is per chip.
-Json CudaTrainStep(const Shape& shape, int steps, int accumulation, double peak_tflops) {
+Json CudaTrainStep(const Shape& shape, int steps, int accumulation, double peak_tflops,
+                   bool tensor_core_attention) {
   const model::MoeConfig config = ConfigOf(shape);
-  Json line = {{"benchmark", "train_step"}, {"device", "cuda"},
-               {"config", shape.name},      {"matmul_precision", "bf16"},
-               {"batch", shape.batch},      {"seq_len", shape.seq_len},
-               {"hidden", shape.hidden},    {"layers", shape.layers},
-               {"heads", shape.heads},      {"experts", shape.experts},
-               {"top_k", shape.top_k},      {"shared_experts", shape.shared_experts},
-               {"inner", shape.inner},      {"gradient_accumulation", accumulation}};
+  Json line = {{"benchmark", "train_step"},
+               {"device", "cuda"},
+               {"config", shape.name},
+               {"matmul_precision", "bf16"},
+               {"batch", shape.batch},
+               {"seq_len", shape.seq_len},
+               {"hidden", shape.hidden},
+               {"layers", shape.layers},
+               {"heads", shape.heads},
+               {"experts", shape.experts},
+               {"top_k", shape.top_k},
+               {"shared_experts", shape.shared_experts},
+               {"inner", shape.inner},
+               {"gradient_accumulation", accumulation},
+               {"attention", tensor_core_attention ? "tf32 tensor cores" : "fp32"}};
 #ifdef FEDMOE_CUDA_SIM
   line["gpu"] = "CPU simulator of CUDA (timings mean nothing)";
 #else
@@ -279,7 +292,8 @@ Json CudaTrainStep(const Shape& shape, int steps, int accumulation, double peak_
                                        {.trainable = {},
                                         .adamw = {},
                                         .matmul_precision = model::MatMulPrecision::kBfloat16,
-                                        .devices = 1});
+                                        .devices = 1,
+                                        .tensor_core_attention = tensor_core_attention});
   if (!backend.ok()) {
     line["error"] = std::string(backend.status().message());
     return line;
@@ -381,6 +395,7 @@ int Main(int argc, char** argv) {
   [[maybe_unused]] int accumulation = 1;  // read only by the CUDA bench
   // H100 and H200 SXM: 989 dense bf16 TFLOP/s. (Read only by the CUDA bench.)
   [[maybe_unused]] double peak_tflops = 989.0;
+  [[maybe_unused]] bool tensor_core_attention = true;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--config" && i + 1 < argc) {
@@ -398,6 +413,9 @@ int Main(int argc, char** argv) {
       accumulation = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--peak-tflops" && i + 1 < argc) {
       peak_tflops = std::max(1.0, std::atof(argv[++i]));
+    } else if (arg == "--attention" && i + 1 < argc &&
+               (std::string(argv[i + 1]) == "tf32" || std::string(argv[i + 1]) == "fp32")) {
+      tensor_core_attention = std::string(argv[++i]) == "tf32";
     } else if (arg == "--no-torch") {
       torch = false;
     } else if (arg == "--matmul-precision" && i + 1 < argc &&
@@ -408,7 +426,8 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: train_step [--config tiny|small|medium|all] [--steps N] "
                    "[--threads T] [--no-torch] [--matmul-precision fp32|bf16|all] "
-                   "[--device cpu|cuda] [--batch B] [--accumulation N] [--peak-tflops P]\n");
+                   "[--device cpu|cuda] [--batch B] [--accumulation N] [--peak-tflops P] "
+                   "[--attention tf32|fp32]\n");
       return 2;
     }
   }
@@ -424,7 +443,8 @@ int Main(int argc, char** argv) {
     for (Shape shape : kShapes) {
       if (only == "all" ? shape.name == "tiny" : only != shape.name) continue;
       if (batch_override > 0) shape.batch = batch_override;
-      const Json line = CudaTrainStep(shape, steps, accumulation, peak_tflops);
+      const Json line =
+          CudaTrainStep(shape, steps, accumulation, peak_tflops, tensor_core_attention);
       failures += line.contains("error") ? 1 : 0;
       std::printf("%s\n", line.dump().c_str());
       std::fflush(stdout);

@@ -5,9 +5,9 @@
 # bench for Hopper (sm_90) and a generic x86-64 CPU (not -march=native: the GPU host's CPU may
 # lack this one's instructions), and writes gpu-bundle/ with the binaries, the shared
 # libraries they need that a CUDA image does not have (abseil, oneDNN, ...), and run.sh, which
-# runs the kernels' and the training tests, then bench/train_step --device cuda for small and
-# medium, into $OUT; and bench/privacy_encode, #7's encoding against masking, on the device
-# host's many cores. The CPU baseline is x86-64-v3 (AVX2, FMA), which any GPU server has.
+# runs the kernels' and the training tests, bench/attention, then bench/train_step --device
+# cuda for small and medium, into $OUT; and bench/privacy_encode, #7's encoding against
+# masking, on the device host's many cores. The CPU baseline is x86-64-v3 (AVX2, FMA), which any GPU server has.
 #
 #   tests/gpu_bundle.sh                 build and pack (gpu-bundle/, about 20 MB compressed)
 #   gpu-bundle/run.sh [gtest filter]    on the GPU machine, from the repository root
@@ -17,7 +17,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build="$root/build-gpu-bundle"
 bundle="$root/gpu-bundle"
-targets=(cuda_kernels_test cuda_training_test train_step privacy_encode)
+targets=(cuda_kernels_test cuda_training_test attention train_step privacy_encode)
 
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFEDMOE_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DFEDMOE_NATIVE=OFF -DFEDMOE_MARCH=x86-64-v3 \

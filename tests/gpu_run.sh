@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Issue #9's device run, on a machine with a GPU: the CUDA kernels' and the training backend's
-# tests, then bench/train_step --device cuda for small and medium (medium also with four
-# micro-batches a step, the memory-bound optimizer amortised). tests/gpu_check.sh calls it after
+# tests, bench/attention (the attention kernels, fp32 beside TF32), then bench/train_step
+# --device cuda for small and medium (medium also with four micro-batches a step, the
+# memory-bound optimizer amortised, and last with fp32 attention, for the step's difference). tests/gpu_check.sh calls it after
 # building there; tests/gpu_bundle.sh packs it as gpu-bundle/run.sh beside prebuilt binaries and
 # a lib.tar.xz of the libraries a CUDA-only machine lacks, which it unpacks. CUDA's own libraries
 # come from the toolkit, else from the wheels PyTorch brings. Then bench/privacy_encode where the
 # bundle has it (#7's encoding against masking on the host's cores). Writes gpu_check.log,
 # gpu.csv, train_step.jsonl and privacy_encode.jsonl to $OUT (or ./gpu-check) and exits
-# non-zero if a test or a bench failed.
+# non-zero if a test or a bench failed. attention.jsonl too. Everything is also in
+# gpu_check.log as it happens, so a run cut short keeps what it measured.
 #
 #   tests/gpu_run.sh BIN_DIR [gtest filter] [bench steps]
 #   gpu-bundle/run.sh [gtest filter] [bench steps]      (BIN_DIR: the bundle's bin/)
@@ -50,7 +52,7 @@ echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$log"
 
 nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv |
   tee "$out/gpu.csv" | tee -a "$log"
-for binary in cuda_kernels_test cuda_training_test train_step; do
+for binary in cuda_kernels_test cuda_training_test attention train_step; do
   if ldd "$bin/$binary" | grep -q 'not found'; then
     ldd "$bin/$binary" | grep 'not found' | tee -a "$log"
     status=1
@@ -58,10 +60,13 @@ for binary in cuda_kernels_test cuda_training_test train_step; do
 done
 run "$bin/cuda_kernels_test" --gtest_filter="$filter" --gtest_brief=0
 run "$bin/cuda_training_test" --gtest_filter="$filter" --gtest_brief=0
+run "$bin/attention" --config all --iterations 20
+grep '^{.*"benchmark":"attention"' "$log" >"$out/attention.jsonl"
 for config in small medium; do
   run "$bin/train_step" --device cuda --config "$config" --steps "$steps"
 done
 run "$bin/train_step" --device cuda --config medium --steps "$steps" --accumulation 4
+run "$bin/train_step" --device cuda --config medium --steps "$steps" --attention fp32
 grep '^{.*"benchmark":"train_step"' "$log" >"$out/train_step.jsonl"
 # #7's ratio on this host's cores: the encoding uses them all, the masking one.
 if [[ -x $bin/privacy_encode ]]; then
