@@ -35,6 +35,13 @@ absl::Status CopyHostToDevice(void* device_destination, const void* host_source,
                   "copy to device");
 }
 
+absl::Status QueueCopyHostToDevice(void* device_destination, const void* host_source,
+                                   size_t bytes) {
+  return FromCuda(
+      cudaMemcpyAsync(device_destination, host_source, bytes, cudaMemcpyHostToDevice, nullptr),
+      "queued copy to device");
+}
+
 absl::Status CopyDeviceToHost(void* host_destination, const void* device_source, size_t bytes) {
   return FromCuda(cudaMemcpy(host_destination, device_source, bytes, cudaMemcpyDeviceToHost),
                   "copy to host");

@@ -17,6 +17,11 @@ namespace fedmoe::kernels::cuda {
 absl::StatusOr<void*> AllocateDeviceBytes(size_t bytes);
 void FreeDeviceBytes(void* device_pointer);
 absl::Status CopyHostToDevice(void* device_destination, const void* host_source, size_t bytes);
+// Queues a copy from pageable host memory (a std::vector's, say) behind the work already queued
+// on the default stream, without waiting for that work as CopyHostToDevice does: the runtime
+// stages a pageable source before returning, so the caller may reuse it at once. Not for
+// page-locked sources, which the GPU would read only when the copy runs.
+absl::Status QueueCopyHostToDevice(void* device_destination, const void* host_source, size_t bytes);
 absl::Status CopyDeviceToHost(void* host_destination, const void* device_source, size_t bytes);
 absl::Status CopyDeviceToDevice(void* device_destination, const void* device_source, size_t bytes);
 absl::Status ZeroDeviceBytes(void* device_destination, size_t bytes);

@@ -229,9 +229,12 @@ absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool acc
     if (!grown.ok()) return grown.status();
     state_->pointers = std::move(*grown);
   }
-  // A synchronous copy: the host vector is gone once this returns.
-  if (absl::Status status = CopyHostToDevice(state_->pointers.data(), pointers.data(),
-                                             pointers.size() * sizeof(void*));
+  // Queued, not synchronous: a synchronous copy would wait for the GPU to drain at every
+  // grouped product. Stream order still keeps the previous grouped product's reads of these
+  // device pointers ahead of this overwrite, and the (pageable) host vector is staged before
+  // the call returns.
+  if (absl::Status status = QueueCopyHostToDevice(state_->pointers.data(), pointers.data(),
+                                                  pointers.size() * sizeof(void*));
       !status.ok()) {
     return status;
   }

@@ -396,6 +396,11 @@ cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cuda
   return cudaSuccess;
 }
 
+cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes,
+                            cudaMemcpyKind kind, cudaStream_t /*stream*/) {
+  return cudaMemcpy(destination, source, bytes, kind);
+}
+
 cudaError_t cudaMemset(void* destination, int value, size_t bytes) {
   if (bytes == 0) return cudaSuccess;
   if (!Live().Contains(destination, bytes)) return Record(cudaErrorInvalidValue);

@@ -71,6 +71,11 @@ enum cudaMemcpyKind {
 cudaError_t cudaMalloc(void** pointer, size_t bytes);
 cudaError_t cudaFree(void* pointer);
 cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cudaMemcpyKind kind);
+// Streams are not modelled: work runs as it is queued, so an asynchronous copy is a copy.
+struct SimStream;
+using cudaStream_t = SimStream*;
+cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes,
+                            cudaMemcpyKind kind, cudaStream_t stream);
 cudaError_t cudaMemset(void* destination, int value, size_t bytes);
 cudaError_t cudaDeviceSynchronize();
 // The calling thread's current device. Simulated devices share one memory; the index is kept
@@ -134,12 +139,14 @@ using fedmoe::cuda_sim::cudaGetErrorString;
 using fedmoe::cuda_sim::cudaGetLastError;
 using fedmoe::cuda_sim::cudaMalloc;
 using fedmoe::cuda_sim::cudaMemcpy;
+using fedmoe::cuda_sim::cudaMemcpyAsync;
 using fedmoe::cuda_sim::cudaMemcpyDeviceToDevice;
 using fedmoe::cuda_sim::cudaMemcpyDeviceToHost;
 using fedmoe::cuda_sim::cudaMemcpyHostToDevice;
 using fedmoe::cuda_sim::cudaMemcpyKind;
 using fedmoe::cuda_sim::cudaMemset;
 using fedmoe::cuda_sim::cudaSetDevice;
+using fedmoe::cuda_sim::cudaStream_t;
 using fedmoe::cuda_sim::cudaSuccess;
 
 #define threadIdx (::fedmoe::cuda_sim::thread_index)

@@ -7,10 +7,9 @@
 
 #include <cstddef>
 
-namespace fedmoe::cuda_sim {
+#include "cuda_runtime.h"
 
-struct SimStream;
-using cudaStream_t = SimStream*;
+namespace fedmoe::cuda_sim {
 
 struct SimComm;
 using ncclComm_t = SimComm*;
@@ -33,7 +32,6 @@ ncclResult_t ncclAllReduce(const void* send, void* receive, size_t count, ncclDa
 
 }  // namespace fedmoe::cuda_sim
 
-using fedmoe::cuda_sim::cudaStream_t;
 using fedmoe::cuda_sim::ncclAllReduce;
 using fedmoe::cuda_sim::ncclComm_t;
 using fedmoe::cuda_sim::ncclCommDestroy;
