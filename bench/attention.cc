@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -239,4 +240,12 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace fedmoe::bench
 
-int main(int argc, char** argv) { return fedmoe::bench::Main(argc, argv); }
+int main(int argc, char** argv) {
+  // nlohmann::json throws on misuse; a benchmark says so and stops.
+  try {
+    return fedmoe::bench::Main(argc, argv);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "attention: %s\n", error.what());
+    return 1;
+  }
+}

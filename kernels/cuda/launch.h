@@ -70,8 +70,8 @@ __device__ __forceinline__ T* DynamicSharedMemory() {
 // takes over.
 inline dim3 BlocksFor(int64_t n, int threads) {
   constexpr int64_t kMaxBlocks = 8192;
-  return dim3(static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, kMaxBlocks))));
+  return {static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, kMaxBlocks)))};
 }
 
 }  // namespace fedmoe::kernels::cuda

@@ -27,6 +27,10 @@ using testing::Download;
 using testing::RandomVector;
 using testing::Upload;
 
+// Elements of a 16 × 8 operand and of a 16 × 16 product.
+constexpr size_t kOperandSize = size_t{16} * 8;
+constexpr size_t kProductSize = size_t{16} * 16;
+
 using Accumulator = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
 using OperandA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
 using OperandB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
@@ -55,11 +59,11 @@ float RoundToTf32(float value) {
 }
 
 TEST(CudaSimulatorTest, WarpMatrixProductIsTheProductOfTf32Operands) {
-  const std::vector<float> a = RandomVector(16 * 8, 1);
-  const std::vector<float> b = RandomVector(16 * 8, 2);
+  const std::vector<float> a = RandomVector(kOperandSize, 1);
+  const std::vector<float> b = RandomVector(kOperandSize, 2);
   const auto device_a = Upload(a);
   const auto device_b = Upload(b);
-  auto device_c = Upload(std::vector<float>(16 * 16, NAN));
+  auto device_c = Upload(std::vector<float>(kProductSize, NAN));
   ASSERT_TRUE(Launch("product", ProductKernel, {dim3(1), dim3(32)}, device_a.data(),
                      device_b.data(), device_c.data())
                   .ok());
@@ -86,9 +90,9 @@ void OffsetProductKernel(const float* a, const float* b, float* c) {
 }
 
 TEST(CudaSimulatorDeathTest, MisalignedOperandsAbortAsTheGpuWouldFault) {
-  const auto device_a = Upload(std::vector<float>(16 * 8 + 1, 1.0F));
-  const auto device_b = Upload(std::vector<float>(16 * 8, 1.0F));
-  auto device_c = Upload(std::vector<float>(16 * 16));
+  const auto device_a = Upload(std::vector<float>(kOperandSize + 1, 1.0F));
+  const auto device_b = Upload(std::vector<float>(kOperandSize, 1.0F));
+  auto device_c = Upload(std::vector<float>(kProductSize));
   EXPECT_DEATH(
       {
         (void)Launch("misaligned", OffsetProductKernel, {dim3(1), dim3(32)}, device_a.data(),
@@ -101,33 +105,33 @@ TEST(CudaSimulatorDeathTest, MisalignedOperandsAbortAsTheGpuWouldFault) {
 // it, some are still the NaN the tile started as, as other lanes have not written theirs.
 template <bool kSynchronise>
 void StoreThenReadKernel(float* seen_by_lane_zero) {
-  float* tile = DynamicSharedMemory<float>();
+  auto* tile = DynamicSharedMemory<float>();
   Accumulator ones;
   wmma::fill_fragment(ones, 1.0F);
   wmma::store_matrix_sync(tile, ones, 16, wmma::mem_row_major);
   if constexpr (kSynchronise) __syncwarp();
   if (threadIdx.x == 0) {
-    for (int i = 0; i < 256; ++i) seen_by_lane_zero[i] = tile[i];
+    for (size_t i = 0; i < kProductSize; ++i) seen_by_lane_zero[i] = tile[i];
   }
 }
 
 TEST(CudaSimulatorTest, AStoreIsSeenByOtherLanesOnlyAfterTheWarpSynchronises) {
   const auto count_ones = [](const std::vector<float>& values) {
-    int ones = 0;
+    size_t ones = 0;
     for (float value : values) ones += value == 1.0F ? 1 : 0;
     return ones;
   };
-  auto seen = Upload(std::vector<float>(256, 0.0F));
+  auto seen = Upload(std::vector<float>(kProductSize, 0.0F));
   ASSERT_TRUE(Launch("synchronised", StoreThenReadKernel<true>,
-                     {dim3(1), dim3(32), 256 * sizeof(float)}, seen.data())
+                     {dim3(1), dim3(32), kProductSize * sizeof(float)}, seen.data())
                   .ok());
-  EXPECT_EQ(count_ones(Download(seen)), 256);
+  EXPECT_EQ(count_ones(Download(seen)), kProductSize);
   ASSERT_TRUE(Launch("unsynchronised", StoreThenReadKernel<false>,
-                     {dim3(1), dim3(32), 256 * sizeof(float)}, seen.data())
+                     {dim3(1), dim3(32), kProductSize * sizeof(float)}, seen.data())
                   .ok());
   const std::vector<float> unsynchronised = Download(seen);
-  EXPECT_LT(count_ones(unsynchronised), 256);
-  EXPECT_TRUE(std::isnan(unsynchronised[255]) || std::isnan(unsynchronised[0]));
+  EXPECT_LT(count_ones(unsynchronised), kProductSize);
+  EXPECT_TRUE(std::isnan(unsynchronised[kProductSize - 1]) || std::isnan(unsynchronised[0]));
 }
 
 void TouchSharedKernel(float* first) {

@@ -113,7 +113,7 @@ class GridRun {
           dim3(static_cast<unsigned>(b % grid_.x), static_cast<unsigned>((b / grid_.x) % grid_.y),
                static_cast<unsigned>(b / (uint64_t{grid_.x} * grid_.y)));
       // Dynamic shared memory starts each block as NaN, so a read before any write shows.
-      float* shared = static_cast<float*>(DynamicShared());
+      auto* shared = static_cast<float*>(DynamicShared());
       std::fill(shared, shared + dynamic_shared_bytes_ / sizeof(float), std::nanf(""));
       RunBlock();
     }
