@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels/cpu/aligned.h"
@@ -122,6 +123,22 @@ double FrozenWeightGradientFlopsPerToken(const model::MoeConfig& config,
   const bool head_trained = config.tie_word_embeddings ? trainable.embeddings : trainable.output;
   const double frozen_head = head_trained ? 0 : h * static_cast<double>(config.vocab_size);
   return 2 * (static_cast<double>(config.num_hidden_layers) * frozen_per_layer + frozen_head);
+}
+
+// A train_step line's start: the benchmark, the shape and the product precision.
+Json StepLine(const Shape& shape, std::string_view matmul_precision) {
+  return {{"benchmark", "train_step"},
+          {"config", shape.name},
+          {"matmul_precision", matmul_precision},
+          {"batch", shape.batch},
+          {"seq_len", shape.seq_len},
+          {"hidden", shape.hidden},
+          {"layers", shape.layers},
+          {"heads", shape.heads},
+          {"experts", shape.experts},
+          {"top_k", shape.top_k},
+          {"shared_experts", shape.shared_experts},
+          {"inner", shape.inner}};
 }
 
 std::vector<int32_t> RandomTokens(int64_t count, uint32_t seed) {
@@ -288,21 +305,10 @@ Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
 Json CudaTrainStep(const Shape& shape, int steps, int accumulation, double peak_tflops,
                    bool tensor_core_attention) {
   const model::MoeConfig config = ConfigOf(shape);
-  Json line = {{"benchmark", "train_step"},
-               {"device", "cuda"},
-               {"config", shape.name},
-               {"matmul_precision", "bf16"},
-               {"batch", shape.batch},
-               {"seq_len", shape.seq_len},
-               {"hidden", shape.hidden},
-               {"layers", shape.layers},
-               {"heads", shape.heads},
-               {"experts", shape.experts},
-               {"top_k", shape.top_k},
-               {"shared_experts", shape.shared_experts},
-               {"inner", shape.inner},
+  Json line = StepLine(shape, "bf16");
+  line.update({{"device", "cuda"},
                {"gradient_accumulation", accumulation},
-               {"attention", tensor_core_attention ? "tf32 tensor cores" : "fp32"}};
+               {"attention", tensor_core_attention ? "tf32 tensor cores" : "fp32"}});
 #ifdef FEDMOE_CUDA_SIM
   line["gpu"] = "CPU simulator of CUDA (timings mean nothing)";
 #else
@@ -511,23 +517,15 @@ int Main(int argc, char** argv) {
     for (const model::MatMulPrecision precision : precisions) {
       const StepTimes times = TrainStep(shape, steps, precision);
       ours.push_back(times.tokens_per_second);
-      const Json line = {
-          {"benchmark", "train_step"},
-          {"config", shape.name},
-          {"matmul_precision", model::MatMulPrecisionName(precision)},
-          {"batch", shape.batch},
-          {"seq_len", shape.seq_len},
-          {"hidden", shape.hidden},
-          {"layers", shape.layers},
-          {"experts", shape.experts},
-          {"top_k", shape.top_k},
-          {"threads", kernels::cpu::CpuThreads()},
-          {"tokens_per_second", times.tokens_per_second},
-          {"forward_seconds", times.forward},
-          {"backward_seconds", times.backward},
-          {"optimizer_seconds", times.optimizer},
-          {"model_gflop_per_second",
-           times.tokens_per_second * TrainingFlopsPerToken(ConfigOf(shape), shape.seq_len) * 1e-9}};
+      Json line = StepLine(shape, model::MatMulPrecisionName(precision));
+      line.update({{"threads", kernels::cpu::CpuThreads()},
+                   {"tokens_per_second", times.tokens_per_second},
+                   {"forward_seconds", times.forward},
+                   {"backward_seconds", times.backward},
+                   {"optimizer_seconds", times.optimizer},
+                   {"model_gflop_per_second",
+                    times.tokens_per_second *
+                        TrainingFlopsPerToken(ConfigOf(shape), shape.seq_len) * 1e-9}});
       std::printf("%s\n", line.dump().c_str());
       std::fflush(stdout);
     }

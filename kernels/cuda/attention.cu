@@ -22,6 +22,7 @@ using attention_internal::LastSeeingQuery;
 using attention_internal::LoadTile;
 using attention_internal::RowValuesStart;
 using attention_internal::Visible;
+using attention_internal::WithHeadDim;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
@@ -397,16 +398,9 @@ absl::Status FlashAttentionForward(const float* q, const float* k, const float* 
   if (arithmetic == AttentionArithmetic::kTensorFloat32) {
     return attention_internal::TensorCoreForward(q, k, v, out, logsumexp, shape);
   }
-  switch (shape.head_dim) {
-    case 16:
-      return Forward<16>(q, k, v, out, logsumexp, shape);
-    case 32:
-      return Forward<32>(q, k, v, out, logsumexp, shape);
-    case 64:
-      return Forward<64>(q, k, v, out, logsumexp, shape);
-    default:
-      return Forward<128>(q, k, v, out, logsumexp, shape);
-  }
+  return WithHeadDim(shape.head_dim, [&]<int kHeadDim>() {
+    return Forward<kHeadDim>(q, k, v, out, logsumexp, shape);
+  });
 }
 
 int64_t FlashAttentionBackwardScratch(const AttentionShape& shape) {
@@ -418,20 +412,10 @@ absl::Status FlashAttentionBackward(const float* q, const float* k, const float*
                                     float* d_q, float* d_k, float* d_v, float* scratch,
                                     const AttentionShape& shape, AttentionArithmetic arithmetic) {
   if (absl::Status status = CheckAttentionShape(shape); !status.ok()) return status;
-  switch (shape.head_dim) {
-    case 16:
-      return Backward<16>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,
-                          arithmetic);
-    case 32:
-      return Backward<32>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,
-                          arithmetic);
-    case 64:
-      return Backward<64>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,
-                          arithmetic);
-    default:
-      return Backward<128>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,
-                           arithmetic);
-  }
+  return WithHeadDim(shape.head_dim, [&]<int kHeadDim>() {
+    return Backward<kHeadDim>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,
+                              arithmetic);
+  });
 }
 
 }  // namespace fedmoe::kernels::cuda

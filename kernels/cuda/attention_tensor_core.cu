@@ -136,6 +136,37 @@ __device__ __forceinline__ void ZeroParts(Accumulator (&parts)[kHeadDim / kTile]
   for (Accumulator& part : parts) wmma::fill_fragment(part, 0.0F);
 }
 
+// Where a block of the forward or query-gradient kernel works (grid: query blocks, heads,
+// batch): its head's offsets, its first query, and the key steps [key_begin, key_end) it walks.
+struct QueryBlock {
+  int64_t sequence;
+  int64_t head;
+  int64_t first_query;
+  int64_t q_width;
+  int64_t kv_width;
+  int64_t q_offset;
+  int64_t kv_offset;
+  int64_t key_begin;
+  int64_t key_end;
+};
+
+template <int kHeadDim>
+__device__ __forceinline__ QueryBlock QueryBlockOf(const Geometry& g) {
+  const int64_t sequence = blockIdx.z;
+  const int64_t head = blockIdx.y;
+  const int64_t first_query = static_cast<int64_t>(blockIdx.x) * kBlockRows;
+  const int64_t end = first_query + kBlockRows;
+  return {.sequence = sequence,
+          .head = head,
+          .first_query = first_query,
+          .q_width = g.heads * kHeadDim,
+          .kv_width = g.kv_heads * kHeadDim,
+          .q_offset = HeadStart<kHeadDim>(g, g.heads, sequence, head),
+          .kv_offset = HeadStart<kHeadDim>(g, g.kv_heads, sequence, head / (g.heads / g.kv_heads)),
+          .key_begin = FirstVisibleKey(g, first_query) / kTile * kTile,
+          .key_end = end < g.seq_len ? end : g.seq_len};
+}
+
 // Dynamic shared memory of the forward kernel, in floats: the block's queries, one step's keys
 // and values, and a scratch tile per warp.
 template <int kHeadDim>
@@ -161,23 +192,15 @@ __global__ void __launch_bounds__(kThreads)
   float* k_tile = shared + L::kKeys;
   float* v_tile = shared + L::kValues;
   float* scratch = shared + L::kScratch + warp * kScratchFloats;
-  const int64_t sequence = blockIdx.z;
-  const int64_t head = blockIdx.y;
-  const int64_t kv_head = head / (g.heads / g.kv_heads);
-  const int64_t first_query = static_cast<int64_t>(blockIdx.x) * kBlockRows;
-  const int64_t q_width = g.heads * kHeadDim;
-  const int64_t kv_width = g.kv_heads * kHeadDim;
-  const float* k_base = k + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
-  const float* v_base = v + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+  const QueryBlock block = QueryBlockOf<kHeadDim>(g);
+  const float* k_base = k + block.kv_offset;
+  const float* v_base = v + block.kv_offset;
 
-  LoadTile<kHeadDim>(q_tile, L::kPitch, q + HeadStart<kHeadDim>(g, g.heads, sequence, head),
-                     q_width, first_query, kBlockRows, g.seq_len);
+  LoadTile<kHeadDim>(q_tile, L::kPitch, q + block.q_offset, block.q_width, block.first_query,
+                     kBlockRows, g.seq_len);
   float* warp_queries = q_tile + warp * kTile * L::kPitch;
-  const int64_t warp_first_query = first_query + warp * kTile;
+  const int64_t warp_first_query = block.first_query + warp * kTile;
   const int64_t query = warp_first_query + LaneRow();
-  const int64_t key_begin = FirstVisibleKey(g, first_query) / kTile * kTile;
-  const int64_t key_end =
-      first_query + kBlockRows < g.seq_len ? first_query + kBlockRows : g.seq_len;
   const auto visible = [&](int64_t key) {
     return query < g.seq_len && key < g.seq_len && Visible(g, query, key);
   };
@@ -186,9 +209,9 @@ __global__ void __launch_bounds__(kThreads)
   // lanes of a row combine their halves with one shuffle.
   float row_max = -FLT_MAX;
   float row_sum = 0.0F;
-  for (int64_t first_key = key_begin; first_key < key_end; first_key += kTile) {
+  for (int64_t first_key = block.key_begin; first_key < block.key_end; first_key += kTile) {
     __syncthreads();  // the previous step's tile is read (and, first time, the queries loaded)
-    LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, kv_width, first_key, kTile, g.seq_len);
+    LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, block.kv_width, first_key, kTile, g.seq_len);
     __syncthreads();
     if (!TilesMeet(g, warp_first_query, first_key)) continue;  // warp-uniform
     float scores[kLaneColumns];
@@ -213,16 +236,16 @@ __global__ void __launch_bounds__(kThreads)
   }
   const float row_logsumexp = row_max + logf(row_sum);
   if (threadIdx.x % 2 == 0 && query < g.seq_len) {
-    logsumexp[RowValuesStart(g, sequence, head) + query] = row_logsumexp;
+    logsumexp[RowValuesStart(g, block.sequence, block.head) + query] = row_logsumexp;
   }
 
   // Pass 2: out = Σ over key steps of P·V, P already normalised.
   Accumulator output[kHeadDim / kTile];
   ZeroParts<kHeadDim>(output);
-  for (int64_t first_key = key_begin; first_key < key_end; first_key += kTile) {
+  for (int64_t first_key = block.key_begin; first_key < block.key_end; first_key += kTile) {
     __syncthreads();
-    LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, kv_width, first_key, kTile, g.seq_len);
-    LoadTile<kHeadDim>(v_tile, L::kPitch, v_base, kv_width, first_key, kTile, g.seq_len);
+    LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, block.kv_width, first_key, kTile, g.seq_len);
+    LoadTile<kHeadDim>(v_tile, L::kPitch, v_base, block.kv_width, first_key, kTile, g.seq_len);
     __syncthreads();
     if (!TilesMeet(g, warp_first_query, first_key)) continue;
     float probabilities[kLaneColumns];
@@ -238,8 +261,7 @@ __global__ void __launch_bounds__(kThreads)
                                                     v_tile + n * kTile, L::kPitch, kTile);
     }
   }
-  StoreWarpRows<kHeadDim>(output, warp_queries,
-                          out + HeadStart<kHeadDim>(g, g.heads, sequence, head), q_width,
+  StoreWarpRows<kHeadDim>(output, warp_queries, out + block.q_offset, block.q_width,
                           warp_first_query, g.seq_len);
 }
 
@@ -273,36 +295,29 @@ __global__ void __launch_bounds__(kThreads)
   float* k_tile = shared + L::kKeys;
   float* v_tile = shared + L::kValues;
   float* scratch = shared + L::kScratch + warp * kScratchFloats;
-  const int64_t sequence = blockIdx.z;
-  const int64_t head = blockIdx.y;
-  const int64_t kv_head = head / (g.heads / g.kv_heads);
-  const int64_t first_query = static_cast<int64_t>(blockIdx.x) * kBlockRows;
-  const int64_t q_width = g.heads * kHeadDim;
-  const int64_t kv_width = g.kv_heads * kHeadDim;
-  const int64_t q_offset = HeadStart<kHeadDim>(g, g.heads, sequence, head);
-  const float* k_base = k + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
-  const float* v_base = v + HeadStart<kHeadDim>(g, g.kv_heads, sequence, kv_head);
+  const QueryBlock block = QueryBlockOf<kHeadDim>(g);
+  const float* k_base = k + block.kv_offset;
+  const float* v_base = v + block.kv_offset;
 
-  LoadTile<kHeadDim>(q_tile, L::kPitch, q + q_offset, q_width, first_query, kBlockRows, g.seq_len);
-  LoadTile<kHeadDim>(d_out_tile, L::kPitch, d_out + q_offset, q_width, first_query, kBlockRows,
-                     g.seq_len);
+  LoadTile<kHeadDim>(q_tile, L::kPitch, q + block.q_offset, block.q_width, block.first_query,
+                     kBlockRows, g.seq_len);
+  LoadTile<kHeadDim>(d_out_tile, L::kPitch, d_out + block.q_offset, block.q_width,
+                     block.first_query, kBlockRows, g.seq_len);
   float* warp_queries = q_tile + warp * kTile * L::kPitch;
   const float* warp_d_out = d_out_tile + warp * kTile * L::kPitch;
-  const int64_t warp_first_query = first_query + warp * kTile;
+  const int64_t warp_first_query = block.first_query + warp * kTile;
   const int64_t query = warp_first_query + LaneRow();
   const bool real_row = query < g.seq_len;
-  const float row_logsumexp = real_row ? logsumexp[RowValuesStart(g, sequence, head) + query] : 0;
-  const float row_term = real_row ? row_terms[RowValuesStart(g, sequence, head) + query] : 0;
-  const int64_t key_begin = FirstVisibleKey(g, first_query) / kTile * kTile;
-  const int64_t key_end =
-      first_query + kBlockRows < g.seq_len ? first_query + kBlockRows : g.seq_len;
+  const int64_t row_values = RowValuesStart(g, block.sequence, block.head);
+  const float row_logsumexp = real_row ? logsumexp[row_values + query] : 0;
+  const float row_term = real_row ? row_terms[row_values + query] : 0;
 
   Accumulator d_query[kHeadDim / kTile];
   ZeroParts<kHeadDim>(d_query);
-  for (int64_t first_key = key_begin; first_key < key_end; first_key += kTile) {
+  for (int64_t first_key = block.key_begin; first_key < block.key_end; first_key += kTile) {
     __syncthreads();
-    LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, kv_width, first_key, kTile, g.seq_len);
-    LoadTile<kHeadDim>(v_tile, L::kPitch, v_base, kv_width, first_key, kTile, g.seq_len);
+    LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, block.kv_width, first_key, kTile, g.seq_len);
+    LoadTile<kHeadDim>(v_tile, L::kPitch, v_base, block.kv_width, first_key, kTile, g.seq_len);
     __syncthreads();
     if (!TilesMeet(g, warp_first_query, first_key)) continue;
     float scores[kLaneColumns];
@@ -322,8 +337,8 @@ __global__ void __launch_bounds__(kThreads)
                                                     k_tile + n * kTile, L::kPitch, kTile);
     }
   }
-  StoreWarpRows<kHeadDim>(d_query, warp_queries, d_q + q_offset, q_width, warp_first_query,
-                          g.seq_len);
+  StoreWarpRows<kHeadDim>(d_query, warp_queries, d_q + block.q_offset, block.q_width,
+                          warp_first_query, g.seq_len);
 }
 
 // The key/value-gradient kernel's shared memory: the block's keys and values, one step's
@@ -473,32 +488,18 @@ absl::Status Backward(const float* q, const float* k, const float* v, const floa
 
 absl::Status TensorCoreForward(const float* q, const float* k, const float* v, float* out,
                                float* logsumexp, const cpu::AttentionShape& shape) {
-  switch (shape.head_dim) {
-    case 16:
-      return Forward<16>(q, k, v, out, logsumexp, shape);
-    case 32:
-      return Forward<32>(q, k, v, out, logsumexp, shape);
-    case 64:
-      return Forward<64>(q, k, v, out, logsumexp, shape);
-    default:
-      return Forward<128>(q, k, v, out, logsumexp, shape);
-  }
+  return WithHeadDim(shape.head_dim, [&]<int kHeadDim>() {
+    return Forward<kHeadDim>(q, k, v, out, logsumexp, shape);
+  });
 }
 
 absl::Status TensorCoreBackward(const float* q, const float* k, const float* v,
                                 const float* logsumexp, const float* row_terms, const float* d_out,
                                 float* d_q, float* d_k, float* d_v,
                                 const cpu::AttentionShape& shape) {
-  switch (shape.head_dim) {
-    case 16:
-      return Backward<16>(q, k, v, logsumexp, row_terms, d_out, d_q, d_k, d_v, shape);
-    case 32:
-      return Backward<32>(q, k, v, logsumexp, row_terms, d_out, d_q, d_k, d_v, shape);
-    case 64:
-      return Backward<64>(q, k, v, logsumexp, row_terms, d_out, d_q, d_k, d_v, shape);
-    default:
-      return Backward<128>(q, k, v, logsumexp, row_terms, d_out, d_q, d_k, d_v, shape);
-  }
+  return WithHeadDim(shape.head_dim, [&]<int kHeadDim>() {
+    return Backward<kHeadDim>(q, k, v, logsumexp, row_terms, d_out, d_q, d_k, d_v, shape);
+  });
 }
 
 }  // namespace fedmoe::kernels::cuda::attention_internal

@@ -26,6 +26,22 @@ inline Geometry GeometryOf(const cpu::AttentionShape& shape) {
           1.0F / std::sqrt(static_cast<float>(shape.head_dim))};
 }
 
+// Calls body.template operator()<head_dim>() for the head_dims the kernels are built for (16,
+// 32, 64, 128; CheckAttentionShape has refused any other, which goes to 128).
+template <typename Body>
+auto WithHeadDim(int64_t head_dim, Body&& body) {
+  switch (head_dim) {
+    case 16:
+      return body.template operator()<16>();
+    case 32:
+      return body.template operator()<32>();
+    case 64:
+      return body.template operator()<64>();
+    default:
+      return body.template operator()<128>();
+  }
+}
+
 inline unsigned BlocksOf(int64_t positions, int64_t per_block) {
   return static_cast<unsigned>((positions + per_block - 1) / per_block);
 }
