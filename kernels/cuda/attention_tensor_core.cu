@@ -103,6 +103,17 @@ __device__ __forceinline__ void WriteLaneValues(float* scratch,
   __syncwarp();
 }
 
+// parts += the scratch tile (16 × 16) times 16 rows of a tile (kHeadDim wide, at the tiles'
+// pitch), one accumulator per 16 of the head's columns: P·V, dS·K, Pᵀ·dO and dSᵀ·Q.
+template <int kHeadDim>
+__device__ __forceinline__ void AddScratchTimesRows(Accumulator (&parts)[kHeadDim / kTile],
+                                                    const float* scratch, const float* rows) {
+  for (int n = 0; n < kHeadDim / kTile; ++n) {
+    MultiplyAdd<wmma::row_major, wmma::row_major>(parts[n], scratch, kScratchPitch,
+                                                  rows + n * kTile, PitchOf<kHeadDim>(), kTile);
+  }
+}
+
 // Whether any of 16 queries from first_query sees any of 16 keys from first_key. May say yes
 // where none does (the mask then zeroes them); never no where one does.
 __device__ __forceinline__ bool TilesMeet(const Geometry& g, int64_t first_query,
@@ -256,10 +267,7 @@ __global__ void __launch_bounds__(kThreads)
           visible(lane_first_key + j) ? expf(probabilities[j] * g.scale - row_logsumexp) : 0.0F;
     }
     WriteLaneValues(scratch, probabilities);
-    for (int n = 0; n < kHeadDim / kTile; ++n) {
-      MultiplyAdd<wmma::row_major, wmma::row_major>(output[n], scratch, kScratchPitch,
-                                                    v_tile + n * kTile, L::kPitch, kTile);
-    }
+    AddScratchTimesRows<kHeadDim>(output, scratch, v_tile);
   }
   StoreWarpRows<kHeadDim>(output, warp_queries, out + block.q_offset, block.q_width,
                           warp_first_query, g.seq_len);
@@ -332,10 +340,7 @@ __global__ void __launch_bounds__(kThreads)
       d_scores[j] = p * (d_scores[j] - row_term) * g.scale;
     }
     WriteLaneValues(scratch, d_scores);
-    for (int n = 0; n < kHeadDim / kTile; ++n) {
-      MultiplyAdd<wmma::row_major, wmma::row_major>(d_query[n], scratch, kScratchPitch,
-                                                    k_tile + n * kTile, L::kPitch, kTile);
-    }
+    AddScratchTimesRows<kHeadDim>(d_query, scratch, k_tile);
   }
   StoreWarpRows<kHeadDim>(d_query, warp_queries, d_q + block.q_offset, block.q_width,
                           warp_first_query, g.seq_len);
@@ -433,13 +438,8 @@ __global__ void __launch_bounds__(kThreads)
       }
       WriteLaneValues(probability_scratch, probabilities);
       WriteLaneValues(d_score_scratch, d_scores);
-      for (int n = 0; n < kHeadDim / kTile; ++n) {
-        MultiplyAdd<wmma::row_major, wmma::row_major>(d_value[n], probability_scratch,
-                                                      kScratchPitch, d_out_tile + n * kTile,
-                                                      L::kPitch, kTile);
-        MultiplyAdd<wmma::row_major, wmma::row_major>(d_key[n], d_score_scratch, kScratchPitch,
-                                                      q_tile + n * kTile, L::kPitch, kTile);
-      }
+      AddScratchTimesRows<kHeadDim>(d_value, probability_scratch, d_out_tile);
+      AddScratchTimesRows<kHeadDim>(d_key, d_score_scratch, q_tile);
     }
   }
   StoreWarpRows<kHeadDim>(d_key, warp_keys, d_k + kv_offset, kv_width, warp_first_key, g.seq_len);
