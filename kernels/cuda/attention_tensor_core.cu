@@ -6,8 +6,9 @@
 // softmax cannot rescale an accumulated output row in registers, as the fp32 kernel's online
 // softmax does. The forward pass therefore takes two passes over the keys: the first finds each
 // row's log-sum-exp, the second accumulates the already normalised probabilities times the
-// values. That costs one more query-key product than an online softmax, a third more of the
-// forward's arithmetic, and keeps the output in accumulators throughout. The products a lane
+// values. That costs one more query-key product than an online softmax (three products where
+// it takes two; the backward pass's seven are unchanged), and keeps the output in accumulators
+// throughout. The products a lane
 // must see element by element (scores, probabilities) go through a small per-warp scratch
 // tile in shared memory, where the layout is ours.
 //
