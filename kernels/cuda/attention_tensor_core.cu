@@ -50,28 +50,33 @@ __host__ __device__ constexpr int PitchOf() {
   return kHeadDim + 4;
 }
 
-// c += a·b, a being 16 × depth and b depth × 16 (depth a multiple of 8), each row- or
-// column-major with leading dimension lda or ldb. Operands are rounded to TF32 as they load.
-template <typename LayoutA, typename LayoutB>
-__device__ __forceinline__ void MultiplyAdd(Accumulator& c, const float* a, unsigned lda,
-                                            const float* b, unsigned ldb, int depth) {
-  for (int k = 0; k < depth; k += 8) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LayoutA> a_part;
-    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LayoutB> b_part;
-    if constexpr (std::is_same_v<LayoutA, wmma::row_major>) {
-      wmma::load_matrix_sync(a_part, a + k, lda);
-    } else {
-      wmma::load_matrix_sync(a_part, a + static_cast<int64_t>(k) * lda, lda);
-    }
-    if constexpr (std::is_same_v<LayoutB, wmma::row_major>) {
-      wmma::load_matrix_sync(b_part, b + static_cast<int64_t>(k) * ldb, ldb);
-    } else {
-      wmma::load_matrix_sync(b_part, b + k, ldb);
-    }
-    for (int i = 0; i < a_part.num_elements; ++i) a_part.x[i] = wmma::__float_to_tf32(a_part.x[i]);
-    for (int i = 0; i < b_part.num_elements; ++i) b_part.x[i] = wmma::__float_to_tf32(b_part.x[i]);
-    wmma::mma_sync(c, a_part, b_part, c);
+template <typename Layout>
+using OperandA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, Layout>;
+template <typename Layout>
+using OperandB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, Layout>;
+
+// Loads an operand fragment and rounds it to TF32.
+template <typename Fragment>
+__device__ __forceinline__ void LoadTf32(Fragment& fragment, const float* at, unsigned ld) {
+  wmma::load_matrix_sync(fragment, at, ld);
+  for (int i = 0; i < fragment.num_elements; ++i) {
+    fragment.x[i] = wmma::__float_to_tf32(fragment.x[i]);
   }
+}
+
+// 16 rows of a tile (kHeadDim wide, at the tiles' pitch) as the left operand of a product over
+// the head's dimensions, one fragment per 8 of them: loaded once and kept in registers where a
+// block multiplies the same rows by every step's tile.
+template <int kHeadDim>
+struct RowOperands {
+  OperandA<wmma::row_major> parts[kHeadDim / 8];
+};
+
+template <int kHeadDim>
+__device__ __forceinline__ void LoadRowOperands(RowOperands<kHeadDim>& operands,
+                                                const float* rows) {
+  for (int k = 0; k < kHeadDim / 8; ++k)
+    LoadTf32(operands.parts[k], rows + k * 8, PitchOf<kHeadDim>());
 }
 
 // The lane's row of a 16 × 16 scratch tile, and the first of its columns.
@@ -80,20 +85,48 @@ __device__ __forceinline__ int LaneFirstColumn() {
   return static_cast<int>(threadIdx.x % 2) * kLaneColumns;
 }
 
-// a·bᵀ for 16 rows of a and 16 rows of b, each kHeadDim wide at the tiles' pitch; the lane gets
-// its row's columns. Goes through the warp's scratch tile, free again on return.
-template <int kHeadDim>
-__device__ __forceinline__ void ProductsOfRows(const float* a_rows, const float* b_rows,
-                                               float* scratch, float (&values)[kLaneColumns]) {
-  constexpr int kPitch = PitchOf<kHeadDim>();
-  Accumulator product;
-  wmma::fill_fragment(product, 0.0F);
-  MultiplyAdd<wmma::row_major, wmma::col_major>(product, a_rows, kPitch, b_rows, kPitch, kHeadDim);
+// Hands each lane its row's columns of `product`, through the warp's scratch tile, which is
+// free again on return.
+__device__ __forceinline__ void LaneValuesOf(const Accumulator& product, float* scratch,
+                                             float (&values)[kLaneColumns]) {
   wmma::store_matrix_sync(scratch, product, kScratchPitch, wmma::mem_row_major);
   __syncwarp();
   const float* mine = scratch + LaneRow() * kScratchPitch + LaneFirstColumn();
   for (int j = 0; j < kLaneColumns; ++j) values[j] = mine[j];
   __syncwarp();  // read before the scratch is written again
+}
+
+// a·bᵀ for 16 rows a (in registers) and 16 rows b of a tile, each kHeadDim wide; the lane gets
+// its row's columns.
+template <int kHeadDim>
+__device__ __forceinline__ void ProductsOfRows(const RowOperands<kHeadDim>& a, const float* b_rows,
+                                               float* scratch, float (&values)[kLaneColumns]) {
+  Accumulator product;
+  wmma::fill_fragment(product, 0.0F);
+  for (int k = 0; k < kHeadDim / 8; ++k) {
+    // Column-major Bᵀ: b's rows, read across.
+    OperandB<wmma::col_major> b;
+    LoadTf32(b, b_rows + k * 8, PitchOf<kHeadDim>());
+    wmma::mma_sync(product, a.parts[k], b, product);
+  }
+  LaneValuesOf(product, scratch, values);
+}
+
+// The same with a's rows in shared memory, loaded step by step (for kernels that cannot spare
+// the registers to keep them).
+template <int kHeadDim>
+__device__ __forceinline__ void ProductsOfRows(const float* a_rows, const float* b_rows,
+                                               float* scratch, float (&values)[kLaneColumns]) {
+  Accumulator product;
+  wmma::fill_fragment(product, 0.0F);
+  for (int k = 0; k < kHeadDim / 8; ++k) {
+    OperandA<wmma::row_major> a;
+    OperandB<wmma::col_major> b;
+    LoadTf32(a, a_rows + k * 8, PitchOf<kHeadDim>());
+    LoadTf32(b, b_rows + k * 8, PitchOf<kHeadDim>());
+    wmma::mma_sync(product, a, b, product);
+  }
+  LaneValuesOf(product, scratch, values);
 }
 
 // Writes the lane's values into its place in the scratch tile, for a product to read.
@@ -105,13 +138,21 @@ __device__ __forceinline__ void WriteLaneValues(float* scratch,
 }
 
 // parts += the scratch tile (16 × 16) times 16 rows of a tile (kHeadDim wide, at the tiles'
-// pitch), one accumulator per 16 of the head's columns: P·V, dS·K, Pᵀ·dO and dSᵀ·Q.
+// pitch), one accumulator per 16 of the head's columns: P·V, dS·K, Pᵀ·dO and dSᵀ·Q. The
+// scratch tile's two operand fragments load once for all of them.
 template <int kHeadDim>
 __device__ __forceinline__ void AddScratchTimesRows(Accumulator (&parts)[kHeadDim / kTile],
                                                     const float* scratch, const float* rows) {
+  constexpr int kPitch = PitchOf<kHeadDim>();
+  OperandA<wmma::row_major> left[2];
+  LoadTf32(left[0], scratch, kScratchPitch);
+  LoadTf32(left[1], scratch + 8, kScratchPitch);
   for (int n = 0; n < kHeadDim / kTile; ++n) {
-    MultiplyAdd<wmma::row_major, wmma::row_major>(parts[n], scratch, kScratchPitch,
-                                                  rows + n * kTile, PitchOf<kHeadDim>(), kTile);
+    for (int k = 0; k < 2; ++k) {
+      OperandB<wmma::row_major> right;
+      LoadTf32(right, rows + k * 8 * kPitch + n * kTile, kPitch);
+      wmma::mma_sync(parts[n], left[k], right, parts[n]);
+    }
   }
 }
 
@@ -211,6 +252,10 @@ __global__ void __launch_bounds__(kThreads)
   LoadTile<kHeadDim>(q_tile, L::kPitch, q + block.q_offset, block.q_width, block.first_query,
                      kBlockRows, g.seq_len);
   float* warp_queries = q_tile + warp * kTile * L::kPitch;
+  __syncthreads();
+  // Every key step multiplies the same queries: they stay in registers.
+  RowOperands<kHeadDim> queries;
+  LoadRowOperands<kHeadDim>(queries, warp_queries);
   const int64_t warp_first_query = block.first_query + warp * kTile;
   const int64_t query = warp_first_query + LaneRow();
   const auto visible = [&](int64_t key) {
@@ -227,7 +272,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (!TilesMeet(g, warp_first_query, first_key)) continue;  // warp-uniform
     float scores[kLaneColumns];
-    ProductsOfRows<kHeadDim>(warp_queries, k_tile, scratch, scores);
+    ProductsOfRows<kHeadDim>(queries, k_tile, scratch, scores);
     const int64_t lane_first_key = first_key + LaneFirstColumn();
     float step_max = -FLT_MAX;
     for (int j = 0; j < kLaneColumns; ++j) {
@@ -261,7 +306,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (!TilesMeet(g, warp_first_query, first_key)) continue;
     float probabilities[kLaneColumns];
-    ProductsOfRows<kHeadDim>(warp_queries, k_tile, scratch, probabilities);
+    ProductsOfRows<kHeadDim>(queries, k_tile, scratch, probabilities);
     const int64_t lane_first_key = first_key + LaneFirstColumn();
     for (int j = 0; j < kLaneColumns; ++j) {
       probabilities[j] =
@@ -314,6 +359,11 @@ __global__ void __launch_bounds__(kThreads)
                      block.first_query, kBlockRows, g.seq_len);
   float* warp_queries = q_tile + warp * kTile * L::kPitch;
   const float* warp_d_out = d_out_tile + warp * kTile * L::kPitch;
+  __syncthreads();
+  // The queries in registers, as in the forward pass; the output gradients stay in shared
+  // memory, as both would not fit the registers without spilling.
+  RowOperands<kHeadDim> queries;
+  LoadRowOperands<kHeadDim>(queries, warp_queries);
   const int64_t warp_first_query = block.first_query + warp * kTile;
   const int64_t query = warp_first_query + LaneRow();
   const bool real_row = query < g.seq_len;
@@ -331,7 +381,7 @@ __global__ void __launch_bounds__(kThreads)
     if (!TilesMeet(g, warp_first_query, first_key)) continue;
     float scores[kLaneColumns];
     float d_scores[kLaneColumns];
-    ProductsOfRows<kHeadDim>(warp_queries, k_tile, scratch, scores);
+    ProductsOfRows<kHeadDim>(queries, k_tile, scratch, scores);
     ProductsOfRows<kHeadDim>(warp_d_out, v_tile, scratch, d_scores);
     const int64_t lane_first_key = first_key + LaneFirstColumn();
     for (int j = 0; j < kLaneColumns; ++j) {
