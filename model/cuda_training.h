@@ -6,8 +6,10 @@
 //
 // Same arithmetic as forward.h and backward.h, in the same precisions: with bf16 products the
 // experts and the attention projections multiply bf16 operands with fp32 accumulation; the
-// router, the output head, attention scores, norms and the loss stay fp32. Attention is fused
-// (kernels/cuda/attention.h): it keeps each row's log-sum-exp, not the probabilities.
+// router, the output head, norms and the loss stay fp32. Attention is fused
+// (kernels/cuda/attention.h): it keeps each row's log-sum-exp, not the probabilities; with bf16
+// products it runs on the tensor cores with TF32 operands unless
+// BackendOptions::tensor_core_attention is off, with fp32 ones it is fp32 as on the CPU.
 //
 // Built twice from one source: against the CUDA kernels (fedmoe_model_cuda, with nvcc) and
 // against the CPU simulator of CUDA (fedmoe_model_cuda_sim), where its tests run without a GPU.

@@ -20,7 +20,6 @@
 
 #include <cfloat>
 #include <cstdint>
-#include <type_traits>
 
 #include "absl/status/status.h"
 #include "kernels/cuda/attention_tensor_core.h"
@@ -267,7 +266,7 @@ __global__ void __launch_bounds__(kThreads)
   float row_max = -FLT_MAX;
   float row_sum = 0.0F;
   for (int64_t first_key = block.key_begin; first_key < block.key_end; first_key += kTile) {
-    __syncthreads();  // the previous step's tile is read (and, first time, the queries loaded)
+    __syncthreads();  // the previous step's tile is read
     LoadTile<kHeadDim>(k_tile, L::kPitch, k_base, block.kv_width, first_key, kTile, g.seq_len);
     __syncthreads();
     if (!TilesMeet(g, warp_first_query, first_key)) continue;  // warp-uniform

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <ostream>
 #include <random>
 #include <string>
@@ -92,7 +93,8 @@ void ExpectTensorsNear(const ModelLayout& layout, const std::vector<float>& actu
 }
 
 // The largest |actual − expected| of any tensor, as a fraction of that tensor's largest
-// magnitude (ExpectTensorsNear's measure).
+// magnitude (ExpectTensorsNear's measure). A tensor that should be all zero (a frozen one) and
+// is not counts as infinitely far.
 double WorstErrorOfTensorScale(const ModelLayout& layout, const std::vector<float>& actual,
                                const std::vector<float>& expected) {
   double worst = 0;
@@ -104,7 +106,11 @@ double WorstErrorOfTensorScale(const ModelLayout& layout, const std::vector<floa
       scale = std::max(scale, std::abs(double{expected[at]}));
       error = std::max(error, std::abs(double{actual[at]} - expected[at]));
     }
-    if (scale > 0) worst = std::max(worst, error / scale);
+    if (scale > 0) {
+      worst = std::max(worst, error / scale);
+    } else if (error > 1e-12) {
+      return std::numeric_limits<double>::infinity();
+    }
   }
   return worst;
 }

@@ -133,11 +133,6 @@ void load_matrix_sync(fragment<matrix_b, 16, 16, 8, precision::tf32, Layout>& b,
                       const float* pointer, unsigned ldm) {
   sim::Load(b, pointer, ldm, std::is_same_v<Layout, row_major>);
 }
-inline void load_matrix_sync(fragment<accumulator, 16, 16, 8, float>& c, const float* pointer,
-                             unsigned ldm, layout_t layout) {
-  sim::Load(c, pointer, ldm, layout == mem_row_major);
-}
-
 inline void store_matrix_sync(float* pointer, const fragment<accumulator, 16, 16, 8, float>& c,
                               unsigned ldm, layout_t layout) {
   sim::CheckOperand(pointer, ldm);
