@@ -425,6 +425,7 @@ class CudaTrainingBackend : public TrainingBackend {
     status.Update(Reserve(losses_, shape.rows));
     status.Update(
         Reserve(permutation_scratch_, cuda::ExpertPermutationScratch(shape.slots, shape.experts)));
+    status.Update(Reserve(column_sum_scratch_, cuda::SumColumnsScratch(shape.rows, shape.experts)));
     if (!status.ok()) return BatchTooLarge(shape, status);
     status.Update(cuda::CopyHostToDevice(tokens_.data(), batch.tokens.data(),
                                          batch.tokens.size() * sizeof(int32_t)));
@@ -541,6 +542,7 @@ class CudaTrainingBackend : public TrainingBackend {
     tokens_ = DeviceArray<int32_t>();
     targets_ = DeviceArray<int32_t>();
     permutation_scratch_ = DeviceArray<int32_t>();
+    column_sum_scratch_ = DeviceArray<double>();
     for (DeviceArray<float>* buffer :
          {&final_input_, &final_norm_, &final_rstd_, &logits_, &losses_, &rope_cos_, &rope_sin_}) {
       *buffer = DeviceArray<float>();
@@ -641,6 +643,7 @@ class CudaTrainingBackend : public TrainingBackend {
         layer.slot_token.data(), layer.permuted_slot.data(), permutation_scratch_.data()));
     if (training) {
       status.Update(cuda::SumColumns(layer.router_probs.data(), s.rows, s.experts,
+                                     column_sum_scratch_.data(),
                                      probability_sums_.data() + index * s.experts));
       status.Update(cuda::AddExpertCounts(layer.offsets.data(), s.experts,
                                           expert_counts_.data() + index * s.experts));
@@ -981,6 +984,7 @@ class CudaTrainingBackend : public TrainingBackend {
   DeviceArray<double> norm_partials_, norm_squared_;
   DeviceArray<int64_t> expert_counts_;    // [layers, experts]
   DeviceArray<double> probability_sums_;  // [layers, experts] of the last training pass
+  DeviceArray<double> column_sum_scratch_;
 
   DeviceArray<int32_t> tokens_, targets_, permutation_scratch_;
   DeviceArray<float> rope_cos_, rope_sin_;

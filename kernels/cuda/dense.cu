@@ -74,13 +74,21 @@ __global__ void RmsNormWeightPartialsKernel(const float* __restrict__ in,
   partials[chunk * width + column] = sum;
 }
 
-__global__ void AddColumnSumsKernel(const float* __restrict__ partials, int64_t chunks,
-                                    int64_t width, float* __restrict__ sums) {
+// sums[i] (+)= Σ over the chunks, in chunk order. The loads do not depend on the running sum,
+// so unrolled they are in flight together.
+template <typename T, bool kAccumulate>
+__global__ void AddColumnSumsKernel(const T* __restrict__ partials, int64_t chunks, int64_t width,
+                                    T* __restrict__ sums) {
   const int64_t column = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (column >= width) return;
-  float sum = 0.0F;
+  T sum = 0;
+  FEDMOE_UNROLL_BY(8)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partials[chunk * width + column];
-  sums[column] += sum;
+  if (kAccumulate) {
+    sums[column] += sum;
+  } else {
+    sums[column] = sum;
+  }
 }
 
 __global__ void RopeRotateKernel(float* __restrict__ x, const float* __restrict__ cos,
@@ -171,14 +179,23 @@ __global__ void AddIntoKernel(float* __restrict__ destination, const float* __re
   }
 }
 
-// One thread per column, walking the rows in order: the same sum as a serial loop, in double.
-__global__ void SumColumnsKernel(const float* __restrict__ values, int64_t rows, int64_t width,
-                                 double* __restrict__ sums) {
-  const int64_t column = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (column >= width) return;
-  double sum = 0.0;
-  for (int64_t row = 0; row < rows; ++row) sum += static_cast<double>(values[row * width + column]);
-  sums[column] = sum;
+// partials[chunk, j] = Σ over the chunk's rows of values[row, j], in double: a thread per
+// (chunk, column), so a narrow matrix (a router's 64 experts) still occupies the GPU.
+__global__ void ColumnChunkSumsKernel(const float* __restrict__ values, int64_t rows, int64_t width,
+                                      double* __restrict__ partials) {
+  const int64_t chunks = (rows + kRowsPerPartial - 1) / kRowsPerPartial;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < chunks * width;
+       t += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t column = t % width;
+    const int64_t first = t / width * kRowsPerPartial;
+    const int64_t last = rows < first + kRowsPerPartial ? rows : first + kRowsPerPartial;
+    double sum = 0.0;
+    FEDMOE_UNROLL_BY(8)
+    for (int64_t row = first; row < last; ++row) {
+      sum += static_cast<double>(values[row * width + column]);
+    }
+    partials[t] = sum;
+  }
 }
 
 __global__ void BroadcastRowKernel(const float* __restrict__ row_values, float* __restrict__ out,
@@ -224,7 +241,7 @@ absl::Status RmsNormBackward(const float* in, const float* weight, const float* 
       !status.ok()) {
     return status;
   }
-  return Launch("rmsnorm weight gradient sum", AddColumnSumsKernel,
+  return Launch("rmsnorm weight gradient sum", AddColumnSumsKernel<float, true>,
                 {dim3(column_blocks), dim3(kElementThreads)}, static_cast<const float*>(scratch),
                 chunks, width, d_weight);
 }
@@ -276,11 +293,20 @@ absl::Status AddInto(float* destination, const float* source, int64_t n) {
   return Launch("add", AddIntoKernel, PerElement(n), destination, source, n);
 }
 
-absl::Status SumColumns(const float* values, int64_t rows, int64_t width, double* sums) {
+int64_t SumColumnsScratch(int64_t rows, int64_t width) { return PartialChunks(rows) * width; }
+
+absl::Status SumColumns(const float* values, int64_t rows, int64_t width, double* scratch,
+                        double* sums) {
   if (width == 0) return absl::OkStatus();
-  return Launch("sum columns", SumColumnsKernel,
-                {BlocksFor(width, kElementThreads), dim3(kElementThreads)}, values, rows, width,
-                sums);
+  const int64_t chunks = PartialChunks(rows);
+  if (absl::Status status = Launch("sum columns", ColumnChunkSumsKernel, PerElement(chunks * width),
+                                   values, rows, width, scratch);
+      !status.ok()) {
+    return status;
+  }
+  return Launch("sum columns of chunks", AddColumnSumsKernel<double, false>,
+                {BlocksFor(width, kElementThreads), dim3(kElementThreads)},
+                static_cast<const double*>(scratch), chunks, width, sums);
 }
 
 absl::Status BroadcastRow(const float* row_values, float* out, int64_t rows, int64_t width) {

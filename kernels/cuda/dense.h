@@ -58,9 +58,12 @@ absl::Status RoundToBf16(const float* in, DeviceBf16* out, int64_t n);
 // destination[i] += source[i].
 absl::Status AddInto(float* destination, const float* source, int64_t n);
 
-// sums[j] = Σ_row values[row, j] over [rows, width], in double and in row order: the bits a
-// serial host loop gets. One thread per column, so for narrow matrices (a router's experts).
-absl::Status SumColumns(const float* values, int64_t rows, int64_t width, double* sums);
+// The scratch SumColumns needs, in doubles.
+int64_t SumColumnsScratch(int64_t rows, int64_t width);
+// sums[j] = Σ_row values[row, j] over [rows, width], in double, summed in a fixed order (64-row
+// chunks, then the chunks), so runs repeat bit for bit.
+absl::Status SumColumns(const float* values, int64_t rows, int64_t width, double* scratch,
+                        double* sums);
 
 // out[row, j] = row_values[j] for every row of [rows, width].
 absl::Status BroadcastRow(const float* row_values, float* out, int64_t rows, int64_t width);

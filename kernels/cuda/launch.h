@@ -12,6 +12,19 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
+// Loop unrolling for nvcc: FEDMOE_UNROLL unrolls a loop of constant trip count fully,
+// FEDMOE_UNROLL_BY(n) n times. Unrolled, the loads of later iterations need not wait on the
+// arithmetic of earlier ones, which is what keeps enough of them in flight. The simulator's host
+// compiler chooses for itself.
+#ifdef FEDMOE_CUDA_SIM
+#define FEDMOE_UNROLL
+#define FEDMOE_UNROLL_BY(n)
+#else
+#define FEDMOE_PRAGMA(text) _Pragma(#text)
+#define FEDMOE_UNROLL FEDMOE_PRAGMA(unroll)
+#define FEDMOE_UNROLL_BY(n) FEDMOE_PRAGMA(unroll n)
+#endif
+
 namespace fedmoe::kernels::cuda {
 
 struct LaunchShape {

@@ -12,6 +12,11 @@ namespace fedmoe::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// Values each thread takes per tile. The norm reads one array, so it keeps more loads in flight
+// per thread: its grid is small and fixed (kSumOfSquaresPartials blocks, for a fixed order),
+// and memory only runs at full speed with some 4 MB of loads outstanding on an H100/H200.
+constexpr int kNormValuesPerThread = 16;
+constexpr int kAdamWValuesPerThread = 4;
 
 // The range holding joint index i: the last r with firsts[r] ≤ i.
 __device__ __forceinline__ int64_t RangeOf(const int64_t* firsts, int64_t count, int64_t i) {
@@ -28,18 +33,67 @@ __device__ __forceinline__ int64_t RangeOf(const int64_t* firsts, int64_t count,
   return low;
 }
 
-// A fixed grid of kSumOfSquaresPartials blocks, each striding over the joint index space, so
-// the additions happen in the same order on every run.
+template <int kPerThread>
+constexpr int64_t kTileValues = int64_t{kThreads} * kPerThread;
+
+template <int kPerThread>
+int64_t TilesOf(int64_t total) {
+  return (total + kTileValues<kPerThread> - 1) / kTileValues<kPerThread>;
+}
+
+// Where this thread's values of one tile of the joint index space lie in memory: thread t takes
+// values t, t + kThreads, …, so each step of j is one coalesced access. at[j] is −1 past the
+// end. Ranges hold whole tensors, so nearly every tile lies inside one and maps by one shift,
+// found with one search per tile; a tile across a boundary searches per value.
+template <int kPerThread>
+__device__ __forceinline__ void LocateTile(const int64_t* __restrict__ offsets,
+                                           const int64_t* __restrict__ firsts, int64_t count,
+                                           int64_t total, int64_t tile, int64_t (&at)[kPerThread],
+                                           int64_t (&range)[kPerThread]) {
+  const int64_t begin = tile * kTileValues<kPerThread>;
+  const int64_t end =
+      total - begin < kTileValues<kPerThread> ? total : begin + kTileValues<kPerThread>;
+  const int64_t first_range = RangeOf(firsts, count, begin);
+  if (firsts[first_range + 1] >= end) {
+    const int64_t shift = offsets[first_range] - firsts[first_range];
+    FEDMOE_UNROLL
+    for (int j = 0; j < kPerThread; ++j) {
+      const int64_t i = begin + int64_t{j} * kThreads + threadIdx.x;
+      at[j] = i < end ? i + shift : -1;
+      range[j] = first_range;
+    }
+  } else {
+    FEDMOE_UNROLL
+    for (int j = 0; j < kPerThread; ++j) {
+      const int64_t i = begin + int64_t{j} * kThreads + threadIdx.x;
+      const int64_t r = RangeOf(firsts, count, i < end ? i : begin);
+      at[j] = i < end ? offsets[r] + (i - firsts[r]) : -1;
+      range[j] = r;
+    }
+  }
+}
+
+// A fixed grid of kSumOfSquaresPartials blocks, block b taking tiles b, b + grid, …, so the
+// additions happen in the same order on every run and every GPU.
 __global__ void SumOfSquaresPartialsKernel(const float* __restrict__ values,
                                            const int64_t* __restrict__ offsets,
                                            const int64_t* __restrict__ firsts, int64_t count,
-                                           int64_t total, double* __restrict__ partials) {
+                                           int64_t total, int64_t tiles,
+                                           double* __restrict__ partials) {
   double sum = 0.0;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const int64_t r = RangeOf(firsts, count, i);
-    const double v = values[offsets[r] + (i - firsts[r])];
-    sum += v * v;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int64_t at[kNormValuesPerThread];
+    int64_t range[kNormValuesPerThread];
+    LocateTile(offsets, firsts, count, total, tile, at, range);
+    // All loads first, then the additions: the loads are what take the time.
+    float loaded[kNormValuesPerThread];
+    FEDMOE_UNROLL
+    for (int j = 0; j < kNormValuesPerThread; ++j) loaded[j] = at[j] >= 0 ? values[at[j]] : 0.0F;
+    FEDMOE_UNROLL
+    for (int j = 0; j < kNormValuesPerThread; ++j) {
+      const double v = loaded[j];
+      sum += v * v;
+    }
   }
   sum = BlockSum(sum);
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
@@ -58,30 +112,47 @@ __global__ void AdamWKernel(float* __restrict__ parameters,
                             const float* __restrict__ gradients, float* __restrict__ m,
                             float* __restrict__ v, const int64_t* __restrict__ offsets,
                             const int64_t* __restrict__ firsts, const uint8_t* __restrict__ decays,
-                            int64_t count, int64_t total, AdamWStep step,
+                            int64_t count, int64_t total, int64_t tiles, AdamWStep step,
                             const double* __restrict__ norm_squared) {
   float scale = 1.0F;
   if (step.max_norm > 0.0F) {
     const double norm = sqrt(*norm_squared);
     if (norm > step.max_norm) scale = static_cast<float>(step.max_norm / norm);
   }
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const int64_t r = RangeOf(firsts, count, i);
-    const int64_t at = offsets[r] + (i - firsts[r]);
-    const float g = scale * gradients[at];
-    const float first = step.beta1 * m[at] + (1.0F - step.beta1) * g;
-    const float second = step.beta2 * v[at] + (1.0F - step.beta2) * g * g;
-    m[at] = first;
-    v[at] = second;
-    const float theta = parameters[at];
-    const float decay = decays[r] != 0 ? step.decay : 0.0F;
-    const float updated =
-        theta - (decay * theta +
-                 step.step_size * first / (sqrtf(second) / step.root_correction2 + step.epsilon));
-    parameters[at] = updated;
-    if (parameters_bf16 != nullptr) {
-      reinterpret_cast<__nv_bfloat16*>(parameters_bf16)[at] = __float2bfloat16(updated);
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int64_t at[kAdamWValuesPerThread];
+    int64_t range[kAdamWValuesPerThread];
+    LocateTile(offsets, firsts, count, total, tile, at, range);
+    // Every load of the tile before any store, so they are in flight together.
+    float gradient[kAdamWValuesPerThread];
+    float first[kAdamWValuesPerThread];
+    float second[kAdamWValuesPerThread];
+    float theta[kAdamWValuesPerThread];
+    FEDMOE_UNROLL
+    for (int j = 0; j < kAdamWValuesPerThread; ++j) {
+      if (at[j] < 0) continue;
+      gradient[j] = gradients[at[j]];
+      first[j] = m[at[j]];
+      second[j] = v[at[j]];
+      theta[j] = parameters[at[j]];
+    }
+    FEDMOE_UNROLL
+    for (int j = 0; j < kAdamWValuesPerThread; ++j) {
+      if (at[j] < 0) continue;
+      const float g = scale * gradient[j];
+      first[j] = step.beta1 * first[j] + (1.0F - step.beta1) * g;
+      second[j] = step.beta2 * second[j] + (1.0F - step.beta2) * g * g;
+      m[at[j]] = first[j];
+      v[at[j]] = second[j];
+      const float decay = decays[range[j]] != 0 ? step.decay : 0.0F;
+      const float updated =
+          theta[j] -
+          (decay * theta[j] +
+           step.step_size * first[j] / (sqrtf(second[j]) / step.root_correction2 + step.epsilon));
+      parameters[at[j]] = updated;
+      if (parameters_bf16 != nullptr) {
+        reinterpret_cast<__nv_bfloat16*>(parameters_bf16)[at[j]] = __float2bfloat16(updated);
+      }
     }
   }
 }
@@ -139,10 +210,10 @@ absl::StatusOr<DeviceRanges> DeviceRanges::Create(std::span<const ParameterRange
 
 absl::Status SumOfSquares(const float* values, const DeviceRanges& ranges, double* partials,
                           double* norm_squared) {
-  if (absl::Status status =
-          Launch("sum of squares", SumOfSquaresPartialsKernel,
-                 {dim3(kSumOfSquaresPartials), dim3(kThreads)}, values, ranges.offsets(),
-                 ranges.firsts(), ranges.count(), ranges.total(), partials);
+  if (absl::Status status = Launch(
+          "sum of squares", SumOfSquaresPartialsKernel,
+          {dim3(kSumOfSquaresPartials), dim3(kThreads)}, values, ranges.offsets(), ranges.firsts(),
+          ranges.count(), ranges.total(), TilesOf<kNormValuesPerThread>(ranges.total()), partials);
       !status.ok()) {
     return status;
   }
@@ -157,10 +228,11 @@ absl::Status AdamWUpdate(float* parameters, DeviceBf16* parameters_bf16, const f
   if (step.max_norm > 0.0F && norm_squared == nullptr) {
     return absl::InvalidArgumentError("clipping needs the gradient norm");
   }
-  return Launch("adamw", AdamWKernel, {BlocksFor(ranges.total(), kThreads), dim3(kThreads)},
-                parameters, parameters_bf16, gradients, first_moment, second_moment,
-                ranges.offsets(), ranges.firsts(), ranges.decay(), ranges.count(), ranges.total(),
-                step, norm_squared);
+  const int64_t tiles = TilesOf<kAdamWValuesPerThread>(ranges.total());
+  return Launch("adamw", AdamWKernel, {BlocksFor(tiles, 1), dim3(kThreads)}, parameters,
+                parameters_bf16, gradients, first_moment, second_moment, ranges.offsets(),
+                ranges.firsts(), ranges.decay(), ranges.count(), ranges.total(), tiles, step,
+                norm_squared);
 }
 
 }  // namespace fedmoe::kernels::cuda

@@ -55,7 +55,7 @@ class DeviceRanges {
 inline constexpr int64_t kSumOfSquaresPartials = 256;
 
 // *norm_squared = Σ over the ranges of values² in double, in a fixed order (the same bits every
-// run). partials holds kSumOfSquaresPartials doubles.
+// run, on any GPU). partials holds kSumOfSquaresPartials doubles.
 absl::Status SumOfSquares(const float* values, const DeviceRanges& ranges, double* partials,
                           double* norm_squared);
 

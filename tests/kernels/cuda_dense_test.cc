@@ -1,9 +1,11 @@
 // The CUDA row-wise kernels (axpy, RMSNorm, RoPE, SwiGLU, embeddings, bf16 rounding) against
-// their CPU twins on random inputs. Tolerances allow for a different order of float additions
-// (a few ulp of the largest term) and fused multiply-adds, nothing more.
+// their CPU twins on random inputs, and the column sums and row broadcast against plain loops.
+// Tolerances allow for a different order of float additions (a few ulp of the largest term) and
+// fused multiply-adds, nothing more.
 #include <algorithm>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -243,6 +245,47 @@ TEST(CudaDenseTest, AddInto) {
   std::vector<float> sum(1000);
   for (size_t i = 0; i < sum.size(); ++i) sum[i] = a[i] + b[i];
   ExpectAllNear(Download(device_a), sum, 0, 0, "sum");
+}
+
+TEST(CudaDenseTest, SumColumnsIsTheDoubleSumAndRepeatsBitForBit) {
+  FEDMOE_REQUIRE_CUDA();
+  // A narrow matrix like a router's probabilities, with a last chunk of rows that is not full,
+  // and a wide one whose columns span several blocks.
+  for (const auto& [rows, width] : {std::pair<int64_t, int64_t>{1000, 5}, {130, 300}}) {
+    const std::vector<float> values = RandomVector(rows * width, 7);
+    std::vector<double> expected(width, 0.0);
+    for (int64_t row = 0; row < rows; ++row) {
+      for (int64_t j = 0; j < width; ++j) expected[j] += values[row * width + j];
+    }
+    const auto device_values = Upload(values);
+    auto scratch = Upload(std::vector<double>(cuda::SumColumnsScratch(rows, width), 0.0));
+    auto sums = Upload(std::vector<double>(width, -1.0));
+    ASSERT_TRUE(
+        cuda::SumColumns(device_values.data(), rows, width, scratch.data(), sums.data()).ok());
+    const std::vector<double> first = Download(sums);
+    for (int64_t j = 0; j < width; ++j) {
+      // Only the order of the double additions differs from the reference.
+      EXPECT_NEAR(first[j], expected[j], 1e-12 * static_cast<double>(rows)) << "column " << j;
+    }
+    ASSERT_TRUE(
+        cuda::SumColumns(device_values.data(), rows, width, scratch.data(), sums.data()).ok());
+    const std::vector<double> second = Download(sums);
+    EXPECT_EQ(std::memcmp(first.data(), second.data(), first.size() * sizeof(double)), 0);
+  }
+}
+
+TEST(CudaDenseTest, BroadcastRowFillsEveryRow) {
+  FEDMOE_REQUIRE_CUDA();
+  const std::vector<float> row = RandomVector(kWidth, 8);
+  const auto device_row = Upload(row);
+  auto out = Upload(std::vector<float>(kRows * kWidth, 0.0F));
+  ASSERT_TRUE(cuda::BroadcastRow(device_row.data(), out.data(), kRows, kWidth).ok());
+  const std::vector<float> broadcast = Download(out);
+  for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t j = 0; j < kWidth; ++j) {
+      ASSERT_EQ(broadcast[r * kWidth + j], row[j]) << "row " << r << " column " << j;
+    }
+  }
 }
 
 }  // namespace
