@@ -19,6 +19,7 @@
 #include <mma.h>
 
 #include <cfloat>
+#include <cstddef>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -74,7 +75,7 @@ struct RowOperands {
 template <int kHeadDim>
 __device__ __forceinline__ void LoadRowOperands(RowOperands<kHeadDim>& operands,
                                                 const float* rows) {
-  for (int k = 0; k < kHeadDim / 8; ++k)
+  for (ptrdiff_t k = 0; k < kHeadDim / 8; ++k)
     LoadTf32(operands.parts[k], rows + k * 8, PitchOf<kHeadDim>());
 }
 
@@ -90,7 +91,8 @@ __device__ __forceinline__ void LaneValuesOf(const Accumulator& product, float* 
                                              float (&values)[kLaneColumns]) {
   wmma::store_matrix_sync(scratch, product, kScratchPitch, wmma::mem_row_major);
   __syncwarp();
-  const float* mine = scratch + LaneRow() * kScratchPitch + LaneFirstColumn();
+  const float* mine =
+      scratch + static_cast<ptrdiff_t>(LaneRow()) * kScratchPitch + LaneFirstColumn();
   for (int j = 0; j < kLaneColumns; ++j) values[j] = mine[j];
   __syncwarp();  // read before the scratch is written again
 }
@@ -102,7 +104,7 @@ __device__ __forceinline__ void ProductsOfRows(const RowOperands<kHeadDim>& a, c
                                                float* scratch, float (&values)[kLaneColumns]) {
   Accumulator product;
   wmma::fill_fragment(product, 0.0F);
-  for (int k = 0; k < kHeadDim / 8; ++k) {
+  for (ptrdiff_t k = 0; k < kHeadDim / 8; ++k) {
     // Column-major Bᵀ: b's rows, read across.
     OperandB<wmma::col_major> b;
     LoadTf32(b, b_rows + k * 8, PitchOf<kHeadDim>());
@@ -118,7 +120,7 @@ __device__ __forceinline__ void ProductsOfRows(const float* a_rows, const float*
                                                float* scratch, float (&values)[kLaneColumns]) {
   Accumulator product;
   wmma::fill_fragment(product, 0.0F);
-  for (int k = 0; k < kHeadDim / 8; ++k) {
+  for (ptrdiff_t k = 0; k < kHeadDim / 8; ++k) {
     OperandA<wmma::row_major> a;
     OperandB<wmma::col_major> b;
     LoadTf32(a, a_rows + k * 8, PitchOf<kHeadDim>());
@@ -131,7 +133,7 @@ __device__ __forceinline__ void ProductsOfRows(const float* a_rows, const float*
 // Writes the lane's values into its place in the scratch tile, for a product to read.
 __device__ __forceinline__ void WriteLaneValues(float* scratch,
                                                 const float (&values)[kLaneColumns]) {
-  float* mine = scratch + LaneRow() * kScratchPitch + LaneFirstColumn();
+  float* mine = scratch + static_cast<ptrdiff_t>(LaneRow()) * kScratchPitch + LaneFirstColumn();
   for (int j = 0; j < kLaneColumns; ++j) mine[j] = values[j];
   __syncwarp();
 }
@@ -146,8 +148,8 @@ __device__ __forceinline__ void AddScratchTimesRows(Accumulator (&parts)[kHeadDi
   OperandA<wmma::row_major> left[2];
   LoadTf32(left[0], scratch, kScratchPitch);
   LoadTf32(left[1], scratch + 8, kScratchPitch);
-  for (int n = 0; n < kHeadDim / kTile; ++n) {
-    for (int k = 0; k < 2; ++k) {
+  for (ptrdiff_t n = 0; n < kHeadDim / kTile; ++n) {
+    for (ptrdiff_t k = 0; k < 2; ++k) {
       OperandB<wmma::row_major> right;
       LoadTf32(right, rows + k * 8 * kPitch + n * kTile, kPitch);
       wmma::mma_sync(parts[n], left[k], right, parts[n]);
@@ -172,7 +174,7 @@ __device__ __forceinline__ void StoreWarpRows(const Accumulator (&parts)[kHeadDi
                                               int64_t first, int64_t seq_len) {
   constexpr int kPitch = PitchOf<kHeadDim>();
   __syncwarp();  // the warp's last reads of `staged` (as an operand) are done
-  for (int n = 0; n < kHeadDim / kTile; ++n) {
+  for (ptrdiff_t n = 0; n < kHeadDim / kTile; ++n) {
     wmma::store_matrix_sync(staged + n * kTile, parts[n], kPitch, wmma::mem_row_major);
   }
   __syncwarp();
@@ -238,7 +240,7 @@ __global__ void __launch_bounds__(kThreads)
                             const float* __restrict__ v, float* __restrict__ out,
                             float* __restrict__ logsumexp, Geometry g) {
   using L = ForwardLayout<kHeadDim>;
-  float* shared = DynamicSharedMemory<float>();
+  auto* shared = DynamicSharedMemory<float>();
   const int warp = static_cast<int>(threadIdx.x / 32);
   float* q_tile = shared + L::kQueries;
   float* k_tile = shared + L::kKeys;
@@ -255,7 +257,7 @@ __global__ void __launch_bounds__(kThreads)
   // Every key step multiplies the same queries: they stay in registers.
   RowOperands<kHeadDim> queries;
   LoadRowOperands<kHeadDim>(queries, warp_queries);
-  const int64_t warp_first_query = block.first_query + warp * kTile;
+  const int64_t warp_first_query = block.first_query + int64_t{warp} * kTile;
   const int64_t query = warp_first_query + LaneRow();
   const auto visible = [&](int64_t key) {
     return query < g.seq_len && key < g.seq_len && Visible(g, query, key);
@@ -281,8 +283,8 @@ __global__ void __launch_bounds__(kThreads)
     step_max = fmaxf(step_max, __shfl_xor_sync(kFullWarp, step_max, 1));
     const float new_max = fmaxf(row_max, step_max);
     float step_sum = 0.0F;
-    for (int j = 0; j < kLaneColumns; ++j) {
-      if (scores[j] != -FLT_MAX) step_sum += expf(scores[j] - new_max);
+    for (const float score : scores) {
+      if (score != -FLT_MAX) step_sum += expf(score - new_max);
     }
     step_sum += __shfl_xor_sync(kFullWarp, step_sum, 1);
     if (new_max != -FLT_MAX) {
@@ -341,7 +343,7 @@ __global__ void __launch_bounds__(kThreads)
                                   const float* __restrict__ d_out, float* __restrict__ d_q,
                                   Geometry g) {
   using L = QueryGradientLayout<kHeadDim>;
-  float* shared = DynamicSharedMemory<float>();
+  auto* shared = DynamicSharedMemory<float>();
   const int warp = static_cast<int>(threadIdx.x / 32);
   float* q_tile = shared + L::kQueries;
   float* d_out_tile = shared + L::kOutputGradients;
@@ -363,7 +365,7 @@ __global__ void __launch_bounds__(kThreads)
   // memory, as both would not fit the registers without spilling.
   RowOperands<kHeadDim> queries;
   LoadRowOperands<kHeadDim>(queries, warp_queries);
-  const int64_t warp_first_query = block.first_query + warp * kTile;
+  const int64_t warp_first_query = block.first_query + int64_t{warp} * kTile;
   const int64_t query = warp_first_query + LaneRow();
   const bool real_row = query < g.seq_len;
   const int64_t row_values = RowValuesStart(g, block.sequence, block.head);
@@ -424,7 +426,7 @@ __global__ void __launch_bounds__(kThreads)
                                      const float* __restrict__ d_out, float* __restrict__ d_k,
                                      float* __restrict__ d_v, Geometry g) {
   using L = KeyValueGradientLayout<kHeadDim>;
-  float* shared = DynamicSharedMemory<float>();
+  auto* shared = DynamicSharedMemory<float>();
   const int warp = static_cast<int>(threadIdx.x / 32);
   float* k_tile = shared + L::kKeys;
   float* v_tile = shared + L::kValues;
@@ -446,7 +448,7 @@ __global__ void __launch_bounds__(kThreads)
   LoadTile<kHeadDim>(v_tile, L::kPitch, v + kv_offset, kv_width, first_key, kBlockRows, g.seq_len);
   float* warp_keys = k_tile + warp * kTile * L::kPitch;
   float* warp_values = v_tile + warp * kTile * L::kPitch;
-  const int64_t warp_first_key = first_key + warp * kTile;
+  const int64_t warp_first_key = first_key + int64_t{warp} * kTile;
   const int64_t key = warp_first_key + LaneRow();
   const int64_t last_query = LastSeeingQuery(g, first_key + kBlockRows - 1);
 

@@ -90,8 +90,8 @@ __global__ void SumOfSquaresPartialsKernel(const float* __restrict__ values,
     FEDMOE_UNROLL
     for (int j = 0; j < kNormValuesPerThread; ++j) loaded[j] = at[j] >= 0 ? values[at[j]] : 0.0F;
     FEDMOE_UNROLL
-    for (int j = 0; j < kNormValuesPerThread; ++j) {
-      const double v = loaded[j];
+    for (const float value : loaded) {
+      const double v = value;
       sum += v * v;
     }
   }
