@@ -20,6 +20,7 @@
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -36,6 +37,7 @@
 #include "model/optimizer.h"
 #ifdef FEDMOE_BENCH_CUDA
 #include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/profile.h"
 #include "kernels/device.h"
 #include "model/cuda_training.h"
 #endif
@@ -299,6 +301,28 @@ Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
 }
 
 #ifdef FEDMOE_BENCH_CUDA
+// One more step, with every kernel, product, copy and memset timed on the GPU: where the step's
+// time goes, and (gpu_seconds against step_seconds) how long the GPU waited on the host.
+Json ProfiledStep(const std::function<absl::Status()>& step) {
+  kernels::cuda::SetKernelProfiling(true);
+  const Clock::time_point start = Clock::now();
+  const absl::Status status = step();
+  const double step_seconds = Seconds(start);
+  kernels::cuda::SetKernelProfiling(false);
+  absl::StatusOr<std::vector<kernels::cuda::KernelTime>> times =
+      kernels::cuda::CollectKernelProfile();
+  if (!status.ok() || !times.ok()) {
+    return {{"error", std::string((status.ok() ? times.status() : status).message())}};
+  }
+  Json by_name = Json::array();
+  double gpu_seconds = 0;
+  for (const kernels::cuda::KernelTime& time : *times) {
+    by_name.push_back({{"name", time.name}, {"calls", time.calls}, {"seconds", time.seconds}});
+    gpu_seconds += time.seconds;
+  }
+  return {{"step_seconds", step_seconds}, {"gpu_seconds", gpu_seconds}, {"kernels", by_name}};
+}
+
 // One optimizer step on the GPU as the trainer takes it (default trainable set, balance loss,
 // clipping, AdamW), in bf16 products, over `accumulation` micro-batches, timed over `steps`
 // after one warm-up step. On one GPU: the MFU is per chip.
@@ -401,6 +425,7 @@ Json CudaTrainStep(const Shape& shape, int steps, int accumulation, double peak_
       flops - FrozenWeightGradientFlopsPerToken(config, model::TrainableSet{}) * tokens_per_step;
   line["trained_tflop_per_step"] = trained_flops * 1e-12;
   line["mfu_trained_set"] = trained_flops / seconds / (peak_tflops * 1e12);
+  line["kernel_profile"] = ProfiledStep(step);
   return line;
 }
 #endif

@@ -9,7 +9,8 @@
 # bundle has it (#7's encoding against masking on the host's cores). Writes gpu_check.log,
 # gpu.csv, train_step.jsonl and privacy_encode.jsonl to $OUT (or ./gpu-check) and exits
 # non-zero if a test or a bench failed. attention.jsonl too. Everything is also in
-# gpu_check.log as it happens, so a run cut short keeps what it measured.
+# gpu_check.log as it happens, so a run cut short keeps what it measured. Each train_step line
+# ends with one more step's kernel profile (kernels/cuda/profile.h), summarised in the log.
 #
 #   tests/gpu_run.sh BIN_DIR [gtest filter] [bench steps]
 #   gpu-bundle/run.sh [gtest filter] [bench steps]      (BIN_DIR: the bundle's bin/)
@@ -68,6 +69,20 @@ done
 run "$bin/train_step" --device cuda --config medium --steps "$steps" --accumulation 4
 run "$bin/train_step" --device cuda --config medium --steps "$steps" --attention fp32
 grep '^{.*"benchmark":"train_step"' "$log" >"$out/train_step.jsonl"
+# Each line's profiled step, readable: where the GPU's time went, longest first.
+python3 - "$out/train_step.jsonl" <<'SUMMARY' 2>&1 | tee -a "$log"
+import json, sys
+for text in open(sys.argv[1]):
+    line = json.loads(text)
+    profile = line.get("kernel_profile") or {}
+    if "kernels" not in profile:
+        continue
+    print(f'{line["config"]}, {line["gradient_accumulation"]} micro-batch(es), attention '
+          f'{line["attention"]}: step {profile["step_seconds"] * 1e3:.1f} ms, GPU busy '
+          f'{profile["gpu_seconds"] * 1e3:.1f} ms')
+    for kernel in profile["kernels"][:20]:
+        print(f'  {kernel["seconds"] * 1e3:9.2f} ms {kernel["calls"]:6d}  {kernel["name"]}')
+SUMMARY
 # #7's ratio on this host's cores: the encoding uses them all, the masking one.
 if [[ -x $bin/privacy_encode ]]; then
   nproc | tee -a "$log"

@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/profile.h"
 
 namespace fedmoe::kernels::cuda {
 namespace {
@@ -31,28 +32,33 @@ void FreeDeviceBytes(void* device_pointer) {
 }
 
 absl::Status CopyHostToDevice(void* device_destination, const void* host_source, size_t bytes) {
+  const ProfiledScope profiled("copy to device");
   return FromCuda(cudaMemcpy(device_destination, host_source, bytes, cudaMemcpyHostToDevice),
                   "copy to device");
 }
 
 absl::Status QueueCopyHostToDevice(void* device_destination, const void* host_source,
                                    size_t bytes) {
+  const ProfiledScope profiled("queued copy to device");
   return FromCuda(
       cudaMemcpyAsync(device_destination, host_source, bytes, cudaMemcpyHostToDevice, nullptr),
       "queued copy to device");
 }
 
 absl::Status CopyDeviceToHost(void* host_destination, const void* device_source, size_t bytes) {
+  const ProfiledScope profiled("copy to host");
   return FromCuda(cudaMemcpy(host_destination, device_source, bytes, cudaMemcpyDeviceToHost),
                   "copy to host");
 }
 
 absl::Status CopyDeviceToDevice(void* device_destination, const void* device_source, size_t bytes) {
+  const ProfiledScope profiled("copy on device");
   return FromCuda(cudaMemcpy(device_destination, device_source, bytes, cudaMemcpyDeviceToDevice),
                   "copy on device");
 }
 
 absl::Status ZeroDeviceBytes(void* device_destination, size_t bytes) {
+  const ProfiledScope profiled("zeroing device memory");
   return FromCuda(cudaMemset(device_destination, 0, bytes), "zeroing device memory");
 }
 

@@ -166,6 +166,7 @@ absl::Status Blas::MatMul(const GemmProblem& problem, bool accumulate) {
   const ColumnMajorCall call = ToColumnMajor(problem);
   const float alpha = 1.0F;
   const float beta = accumulate ? 1.0F : 0.0F;
+  const ProfiledScope profiled("cublasGemmEx");
   return BlasStatus(
       *state_->api,
       state_->api->gemm(state_->handle, call.transa, call.transb, call.m, call.n, call.k, &alpha,
@@ -239,12 +240,16 @@ absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool acc
     return status;
   }
   const void* const* device_pointers = state_->pointers.data();
-  const cublasStatus_t status = state_->api->grouped_gemm(
-      state_->handle, transa.data(), transb.data(), m.data(), n.data(), k.data(), alpha.data(),
-      device_pointers, DataTypeOf(problems.front().b.type), lda.data(), device_pointers + count,
-      DataTypeOf(problems.front().a.type), ldb.data(), beta.data(),
-      const_cast<void* const*>(device_pointers + 2 * count), CUDA_R_32F, ldc.data(),
-      static_cast<int>(count), group_size.data(), CUBLAS_COMPUTE_32F);
+  cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+  {
+    const ProfiledScope profiled("cublasGemmGroupedBatchedEx");
+    status = state_->api->grouped_gemm(
+        state_->handle, transa.data(), transb.data(), m.data(), n.data(), k.data(), alpha.data(),
+        device_pointers, DataTypeOf(problems.front().b.type), lda.data(), device_pointers + count,
+        DataTypeOf(problems.front().a.type), ldb.data(), beta.data(),
+        const_cast<void* const*>(device_pointers + 2 * count), CUDA_R_32F, ldc.data(),
+        static_cast<int>(count), group_size.data(), CUBLAS_COMPUTE_32F);
+  }
   if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
     // This cuBLAS has no grouped product for these types: one call per problem from now on
     // (which reports the problem, should one be at fault).

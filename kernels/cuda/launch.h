@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/profile.h"
 
 // Loop unrolling for nvcc: FEDMOE_UNROLL unrolls a loop of constant trip count fully,
 // FEDMOE_UNROLL_BY(n) n times. Unrolled, the loads of later iterations need not wait on the
@@ -44,6 +45,7 @@ inline absl::Status CudaStatus(cudaError_t error, const char* what) {
 template <typename... Params, typename... Args>
 absl::Status Launch(const char* name, void (*kernel)(Params...), const LaunchShape& shape,
                     Args... args) {
+  const ProfiledScope profiled(name);
 #ifdef FEDMOE_CUDA_SIM
   const cudaError_t error = cuda_sim::LaunchKernel(
       shape.grid, shape.block, shape.dynamic_shared_bytes, [&] { kernel(args...); });

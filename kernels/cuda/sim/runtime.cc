@@ -10,11 +10,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -409,6 +411,41 @@ cudaError_t cudaMemset(void* destination, int value, size_t bytes) {
 }
 
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+struct SimEvent {
+  std::optional<std::chrono::steady_clock::time_point> recorded_at;
+};
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  if (event == nullptr) return Record(cudaErrorInvalidValue);
+  *event = new SimEvent;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t /*stream*/) {
+  if (event == nullptr) return Record(cudaErrorInvalidValue);
+  event->recorded_at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return event == nullptr ? Record(cudaErrorInvalidValue) : cudaSuccess;
+}
+
+cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, cudaEvent_t stop) {
+  if (milliseconds == nullptr || start == nullptr || stop == nullptr || !start->recorded_at ||
+      !stop->recorded_at) {
+    return Record(cudaErrorInvalidValue);
+  }
+  *milliseconds =
+      std::chrono::duration<float, std::milli>(*stop->recorded_at - *start->recorded_at).count();
+  return cudaSuccess;
+}
 
 namespace {
 constexpr int kSimulatedDevices = 8;

@@ -78,6 +78,16 @@ cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes,
                             cudaMemcpyKind kind, cudaStream_t stream);
 cudaError_t cudaMemset(void* destination, int value, size_t bytes);
 cudaError_t cudaDeviceSynchronize();
+// An event holds the host's clock at its recording: work runs as it is queued, so that is when
+// the work queued before it finished.
+struct SimEvent;
+using cudaEvent_t = SimEvent*;
+cudaError_t cudaEventCreate(cudaEvent_t* event);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
+cudaError_t cudaEventSynchronize(cudaEvent_t event);
+// cudaErrorInvalidValue unless both events were recorded, which the CUDA runtime refuses too.
+cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, cudaEvent_t stop);
 // The calling thread's current device. Simulated devices share one memory; the index is kept
 // so that code which selects devices runs as on a machine with several.
 cudaError_t cudaSetDevice(int device);
@@ -133,6 +143,12 @@ using fedmoe::cuda_sim::cudaDeviceSynchronize;
 using fedmoe::cuda_sim::cudaError_t;
 using fedmoe::cuda_sim::cudaErrorInvalidValue;
 using fedmoe::cuda_sim::cudaErrorMemoryAllocation;
+using fedmoe::cuda_sim::cudaEvent_t;
+using fedmoe::cuda_sim::cudaEventCreate;
+using fedmoe::cuda_sim::cudaEventDestroy;
+using fedmoe::cuda_sim::cudaEventElapsedTime;
+using fedmoe::cuda_sim::cudaEventRecord;
+using fedmoe::cuda_sim::cudaEventSynchronize;
 using fedmoe::cuda_sim::cudaFree;
 using fedmoe::cuda_sim::cudaGetDevice;
 using fedmoe::cuda_sim::cudaGetErrorString;
