@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -119,19 +120,50 @@ bool Daemon::running() { return pid_ > 0 && !Wait(absl::ZeroDuration()).has_valu
 
 std::string Daemon::Log() const { return ReadFile(log_); }
 
-int FreePort() {
+namespace {
+
+// Binds a loopback socket to `port` (0: the kernel chooses), closes it, and returns the port it
+// had, or 0 if the bind failed.
+int BindLoopback(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
-    ::close(fd);
-    return 0;
-  }
+  address.sin_port = htons(static_cast<uint16_t>(port));
   socklen_t length = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+                     ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
   ::close(fd);
-  return ntohs(address.sin_port);
+  return bound ? ntohs(address.sin_port) : 0;
+}
+
+// The first port the kernel hands to outgoing connections (32768 by default).
+int FirstEphemeralPort() {
+  std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+  int first = 32768;
+  range >> first;
+  return first;
+}
+
+}  // namespace
+
+int FreePort() {
+  // Ports below the ephemeral range: a port the kernel chose would be one it may give the next
+  // outgoing connection (another test's client, say) before the daemon meant to bind it does.
+  // Random, so that tests running side by side rarely try the same one.
+  static std::mt19937 random(std::random_device{}() ^ static_cast<unsigned>(::getpid()));
+  const int first_ephemeral = FirstEphemeralPort();
+  constexpr int kLowest = 10000;
+  if (first_ephemeral > kLowest + 1000) {
+    std::uniform_int_distribution<int> port(kLowest, first_ephemeral - 1);
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      const int candidate = port(random);
+      if (BindLoopback(candidate) != 0) return candidate;
+    }
+  }
+  // An unusual range: let the kernel choose, and accept the race.
+  return BindLoopback(0);
 }
 
 bool ScrapeMetrics(const std::string& address, std::map<std::string, double>& samples,

@@ -51,7 +51,7 @@ class Daemon {
   std::filesystem::path log_;
 };
 
-// A loopback TCP port that was free a moment ago.
+// A loopback TCP port that was free a moment ago, from below the ephemeral range.
 int FreePort();
 
 // Polls `condition` every 50 ms until it holds or `timeout` passes.
