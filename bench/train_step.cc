@@ -13,10 +13,12 @@
 //   build/bin/train_step [--config tiny|small|medium|all] [--steps N] [--threads T] [--no-torch]
 //                        [--matmul-precision fp32|bf16|all] [--device cpu|cuda]
 //                        [--batch B] [--accumulation N] [--peak-tflops P] [--attention tf32|fp32]
+//                        [--expert-products grouped|streams]
 //
 // --attention (GPU only): attention's products on the tensor cores with TF32 operands, the
 // bf16 default, or fp32 on the CUDA cores, for the step's difference (bench/attention times
-// the kernels alone).
+// the kernels alone). --expert-products (GPU only): each layer's expert products as one grouped
+// cuBLAS call, the default, or one product each on concurrent streams.
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
@@ -300,6 +302,15 @@ Json ExpertProducts(const Shape& shape, int repeats, bool with_bf16) {
   return result;
 }
 
+// The GPU step's settings (read only by the CUDA bench).
+struct CudaStepChoices {
+  int accumulation = 1;
+  // H100 and H200 SXM: 989 dense bf16 TFLOP/s.
+  double peak_tflops = 989.0;
+  bool tensor_core_attention = true;
+  bool concurrent_expert_products = false;
+};
+
 #ifdef FEDMOE_BENCH_CUDA
 // One more step, with every kernel, product, copy and memset timed on the GPU: where the step's
 // time goes, and (gpu_seconds against step_seconds) how long the GPU waited on the host.
@@ -326,13 +337,17 @@ Json ProfiledStep(const std::function<absl::Status()>& step) {
 // One optimizer step on the GPU as the trainer takes it (default trainable set, balance loss,
 // clipping, AdamW), in bf16 products, over `accumulation` micro-batches, timed over `steps`
 // after one warm-up step. On one GPU: the MFU is per chip.
-Json CudaTrainStep(const Shape& shape, int steps, int accumulation, double peak_tflops,
-                   bool tensor_core_attention) {
+Json CudaTrainStep(const Shape& shape, int steps, const CudaStepChoices& choices) {
+  const int accumulation = choices.accumulation;
+  const double peak_tflops = choices.peak_tflops;
   const model::MoeConfig config = ConfigOf(shape);
   Json line = StepLine(shape, "bf16");
   line.update({{"device", "cuda"},
                {"gradient_accumulation", accumulation},
-               {"attention", tensor_core_attention ? "tf32 tensor cores" : "fp32"}});
+               {"attention", choices.tensor_core_attention ? "tf32 tensor cores" : "fp32"},
+               {"expert_products", choices.concurrent_expert_products
+                                       ? "one cublasGemmEx each, on concurrent streams"
+                                       : "one grouped cuBLAS call"}});
 #ifdef FEDMOE_CUDA_SIM
   line["gpu"] = "CPU simulator of CUDA (timings mean nothing)";
 #else
@@ -343,12 +358,13 @@ Json CudaTrainStep(const Shape& shape, int steps, int accumulation, double peak_
   line["parameters"] = parameters.layout().total_size();
   const Clock::time_point created = Clock::now();
   absl::StatusOr<std::unique_ptr<model::TrainingBackend>> backend =
-      model::CreateCudaTrainingBackend(parameters,
-                                       {.trainable = {},
-                                        .adamw = {},
-                                        .matmul_precision = model::MatMulPrecision::kBfloat16,
-                                        .devices = 1,
-                                        .tensor_core_attention = tensor_core_attention});
+      model::CreateCudaTrainingBackend(
+          parameters, {.trainable = {},
+                       .adamw = {},
+                       .matmul_precision = model::MatMulPrecision::kBfloat16,
+                       .devices = 1,
+                       .tensor_core_attention = choices.tensor_core_attention,
+                       .concurrent_expert_products = choices.concurrent_expert_products});
   if (!backend.ok()) {
     line["error"] = std::string(backend.status().message());
     return line;
@@ -455,10 +471,7 @@ int Main(int argc, char** argv) {
   std::string precision_choice = "all";
   std::string device = "cpu";
   int64_t batch_override = 0;
-  [[maybe_unused]] int accumulation = 1;  // read only by the CUDA bench
-  // H100 and H200 SXM: 989 dense bf16 TFLOP/s. (Read only by the CUDA bench.)
-  [[maybe_unused]] double peak_tflops = 989.0;
-  [[maybe_unused]] bool tensor_core_attention = true;
+  [[maybe_unused]] CudaStepChoices cuda_choices;  // read only by the CUDA bench
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--config" && i + 1 < argc) {
@@ -473,12 +486,15 @@ int Main(int argc, char** argv) {
     } else if (arg == "--batch" && i + 1 < argc) {
       batch_override = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--accumulation" && i + 1 < argc) {
-      accumulation = std::max(1, std::atoi(argv[++i]));
+      cuda_choices.accumulation = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--peak-tflops" && i + 1 < argc) {
-      peak_tflops = std::max(1.0, std::atof(argv[++i]));
+      cuda_choices.peak_tflops = std::max(1.0, std::atof(argv[++i]));
     } else if (arg == "--attention" && i + 1 < argc &&
                (std::string(argv[i + 1]) == "tf32" || std::string(argv[i + 1]) == "fp32")) {
-      tensor_core_attention = std::string(argv[++i]) == "tf32";
+      cuda_choices.tensor_core_attention = std::string(argv[++i]) == "tf32";
+    } else if (arg == "--expert-products" && i + 1 < argc &&
+               (std::string(argv[i + 1]) == "grouped" || std::string(argv[i + 1]) == "streams")) {
+      cuda_choices.concurrent_expert_products = std::string(argv[++i]) == "streams";
     } else if (arg == "--no-torch") {
       torch = false;
     } else if (arg == "--matmul-precision" && i + 1 < argc &&
@@ -490,7 +506,7 @@ int Main(int argc, char** argv) {
                    "usage: train_step [--config tiny|small|medium|all] [--steps N] "
                    "[--threads T] [--no-torch] [--matmul-precision fp32|bf16|all] "
                    "[--device cpu|cuda] [--batch B] [--accumulation N] [--peak-tflops P] "
-                   "[--attention tf32|fp32]\n");
+                   "[--attention tf32|fp32] [--expert-products grouped|streams]\n");
       return 2;
     }
   }
@@ -506,8 +522,7 @@ int Main(int argc, char** argv) {
     for (Shape shape : kShapes) {
       if (only == "all" ? shape.name == "tiny" : only != shape.name) continue;
       if (batch_override > 0) shape.batch = batch_override;
-      const Json line =
-          CudaTrainStep(shape, steps, accumulation, peak_tflops, tensor_core_attention);
+      const Json line = CudaTrainStep(shape, steps, cuda_choices);
       failures += line.contains("error") ? 1 : 0;
       std::printf("%s\n", line.dump().c_str());
       std::fflush(stdout);

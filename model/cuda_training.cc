@@ -1171,7 +1171,9 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
   for (int device = 0; device < devices; ++device) {
     // The handle belongs to the device current when it is made.
     if (absl::Status status = cuda::SetDevice(device); !status.ok()) return status;
-    absl::StatusOr<cuda::Blas> blas = cuda::Blas::Create();
+    absl::StatusOr<cuda::Blas> blas = cuda::Blas::Create(
+        options.concurrent_expert_products ? cuda::GroupedProducts::kConcurrentStreams
+                                           : cuda::GroupedProducts::kGroupedCall);
     if (!blas.ok()) return blas.status();
     replicas.push_back(
         std::make_unique<CudaTrainingBackend>(parameters, options, device, std::move(*blas)));

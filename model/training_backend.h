@@ -33,6 +33,10 @@ struct BackendOptions {
   // weights around them. False keeps them fp32, as on the CPU, for tests that compare the two
   // backends number for number. fp32 training always keeps them fp32.
   bool tensor_core_attention = true;
+  // CUDA only: each layer's expert products as one cuBLAS product each on concurrent streams,
+  // rather than one grouped call (kernels/cuda/gemm.h's GroupedProducts). The same products;
+  // which runs faster is for a GPU to say (bench/train_step --expert-products).
+  bool concurrent_expert_products = false;
 };
 
 class TrainingBackend {

@@ -2,7 +2,8 @@
 # Issue #9's device run, on a machine with a GPU: the CUDA kernels' and the training backend's
 # tests, bench/attention (the attention kernels, fp32 beside TF32), then bench/train_step
 # --device cuda for small and medium (medium also with four micro-batches a step, the
-# memory-bound optimizer amortised, and last with fp32 attention, for the step's difference). tests/gpu_check.sh calls it after
+# memory-bound optimizer amortised, with the expert products on concurrent streams instead of
+# one grouped call, and last with fp32 attention, for the step's difference). tests/gpu_check.sh calls it after
 # building there; tests/gpu_bundle.sh packs it as gpu-bundle/run.sh beside prebuilt binaries and
 # a lib.tar.xz of the libraries a CUDA-only machine lacks, which it unpacks. CUDA's own libraries
 # come from the toolkit, else from the wheels PyTorch brings. Then bench/privacy_encode where the
@@ -67,6 +68,7 @@ for config in small medium; do
   run "$bin/train_step" --device cuda --config "$config" --steps "$steps"
 done
 run "$bin/train_step" --device cuda --config medium --steps "$steps" --accumulation 4
+run "$bin/train_step" --device cuda --config medium --steps "$steps" --expert-products streams
 run "$bin/train_step" --device cuda --config medium --steps "$steps" --attention fp32
 grep '^{.*"benchmark":"train_step"' "$log" >"$out/train_step.jsonl"
 # Each line's profiled step, readable: where the GPU's time went, longest first.
@@ -78,8 +80,8 @@ for text in open(sys.argv[1]):
     if "kernels" not in profile:
         continue
     print(f'{line["config"]}, {line["gradient_accumulation"]} micro-batch(es), attention '
-          f'{line["attention"]}: step {profile["step_seconds"] * 1e3:.1f} ms, GPU busy '
-          f'{profile["gpu_seconds"] * 1e3:.1f} ms')
+          f'{line["attention"]}, expert products {line.get("expert_products")}: step '
+          f'{profile["step_seconds"] * 1e3:.1f} ms, GPU busy {profile["gpu_seconds"] * 1e3:.1f} ms')
     for kernel in profile["kernels"][:20]:
         print(f'  {kernel["seconds"] * 1e3:9.2f} ms {kernel["calls"]:6d}  {kernel["name"]}')
 SUMMARY

@@ -1,6 +1,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <vector>
 
 #ifndef FEDMOE_CUDA_SIM
@@ -29,14 +30,19 @@ struct CublasApi {
                          int, const void*, void*, cudaDataType_t, int, cublasComputeType_t,
                          cublasGemmAlgo_t);
   decltype(&cublasGemmGroupedBatchedEx) grouped_gemm;
+  decltype(&cublasSetStream) set_stream;
 };
 
 namespace {
 
 absl::StatusOr<const CublasApi*> Cublas() {
 #ifdef FEDMOE_CUDA_SIM
-  static const CublasApi api{&cublasCreate, &cublasDestroy, &cublasGetStatusString, &cublasGemmEx,
-                             &cublasGemmGroupedBatchedEx};
+  static const CublasApi api{&cublasCreate,
+                             &cublasDestroy,
+                             &cublasGetStatusString,
+                             &cublasGemmEx,
+                             &cublasGemmGroupedBatchedEx,
+                             &cublasSetStream};
   return &api;
 #else
   static const absl::StatusOr<CublasApi> loaded = []() -> absl::StatusOr<CublasApi> {
@@ -57,10 +63,11 @@ absl::StatusOr<const CublasApi*> Cublas() {
           reinterpret_cast<std::remove_reference_t<decltype(function)>>(dlsym(library, symbol));
       return function != nullptr;
     };
-    // cublasCreate and cublasDestroy are macros for the _v2 symbols.
+    // cublasCreate, cublasDestroy and cublasSetStream are macros for the _v2 symbols.
     if (!bind(api.create, "cublasCreate_v2") || !bind(api.destroy, "cublasDestroy_v2") ||
         !bind(api.status_string, "cublasGetStatusString") || !bind(api.gemm, "cublasGemmEx") ||
-        !bind(api.grouped_gemm, "cublasGemmGroupedBatchedEx")) {
+        !bind(api.grouped_gemm, "cublasGemmGroupedBatchedEx") ||
+        !bind(api.set_stream, "cublasSetStream_v2")) {
       return absl::UnavailableError(
           absl::StrCat("cuBLAS lacks a function fedmoe needs: ", dlerror()));
     }
@@ -119,17 +126,39 @@ bool FitsInt(const GemmProblem& p) {
 
 }  // namespace
 
+// A stream of its own for some of a group's products, with a cuBLAS handle bound to it (each
+// handle has its own workspace, which concurrent products must not share).
+struct ProductLane {
+  cublasHandle_t handle = nullptr;
+  cudaStream_t stream = nullptr;
+  cudaEvent_t done = nullptr;  // recorded after the lane's products
+};
+
 struct Blas::State {
   const CublasApi* api = nullptr;
   cublasHandle_t handle = nullptr;
+  GroupedProducts grouped = GroupedProducts::kGroupedCall;
   // Grouped calls read their pointer arrays from the device: a, b and c pointers, allocated
   // at the first grouped call and grown as needed.
   DeviceArray<const void*> pointers;
   bool grouped_unsupported = false;
+  // kConcurrentStreams: created at the first group.
+  std::vector<ProductLane> lanes;
+  cudaEvent_t ready = nullptr;  // recorded on the default stream before a group's products
 
   ~State() {
+    for (ProductLane& lane : lanes) {
+      if (lane.handle != nullptr) api->destroy(lane.handle);
+      if (lane.stream != nullptr) cudaStreamDestroy(lane.stream);
+      if (lane.done != nullptr) cudaEventDestroy(lane.done);
+    }
+    if (ready != nullptr) cudaEventDestroy(ready);
     if (handle != nullptr) api->destroy(handle);
   }
+
+  absl::Status MatMulOn(cublasHandle_t on, const GemmProblem& problem, bool accumulate) const;
+  absl::Status CreateLanes();
+  absl::Status RunOnLanes(std::span<const GemmProblem> problems, bool accumulate);
 };
 
 Blas::Blas(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -137,11 +166,12 @@ Blas::Blas(Blas&&) noexcept = default;
 Blas& Blas::operator=(Blas&&) noexcept = default;
 Blas::~Blas() = default;
 
-absl::StatusOr<Blas> Blas::Create() {
+absl::StatusOr<Blas> Blas::Create(GroupedProducts grouped) {
   absl::StatusOr<const CublasApi*> api = Cublas();
   if (!api.ok()) return api.status();
   auto state = std::make_unique<State>();
   state->api = *api;
+  state->grouped = grouped;
   if (absl::Status status = BlasStatus(**api, (*api)->create(&state->handle), "cublasCreate");
       !status.ok()) {
     state->handle = nullptr;
@@ -151,6 +181,11 @@ absl::StatusOr<Blas> Blas::Create() {
 }
 
 absl::Status Blas::MatMul(const GemmProblem& problem, bool accumulate) {
+  return state_->MatMulOn(state_->handle, problem, accumulate);
+}
+
+absl::Status Blas::State::MatMulOn(cublasHandle_t on, const GemmProblem& problem,
+                                   bool accumulate) const {
   if (!FitsInt(problem)) {
     return absl::InvalidArgumentError(absl::StrCat("matmul of ", problem.m, "×", problem.k, " by ",
                                                    problem.k, "×", problem.n,
@@ -166,19 +201,21 @@ absl::Status Blas::MatMul(const GemmProblem& problem, bool accumulate) {
   const ColumnMajorCall call = ToColumnMajor(problem);
   const float alpha = 1.0F;
   const float beta = accumulate ? 1.0F : 0.0F;
-  const ProfiledScope profiled("cublasGemmEx");
+  // Timed by the caller on another stream: events on the default one would not bracket it.
+  const ProfiledScope profiled(on == handle ? "cublasGemmEx" : nullptr);
   return BlasStatus(
-      *state_->api,
-      state_->api->gemm(state_->handle, call.transa, call.transb, call.m, call.n, call.k, &alpha,
-                        call.a, DataTypeOf(problem.b.type), call.lda, call.b,
-                        DataTypeOf(problem.a.type), call.ldb, &beta, call.c, CUDA_R_32F, call.ldc,
-                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      *api,
+      api->gemm(on, call.transa, call.transb, call.m, call.n, call.k, &alpha, call.a,
+                DataTypeOf(problem.b.type), call.lda, call.b, DataTypeOf(problem.a.type), call.ldb,
+                &beta, call.c, CUDA_R_32F, call.ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
       "cublasGemmEx");
 }
 
 absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool accumulate) {
   std::vector<ColumnMajorCall> calls;
+  std::vector<GemmProblem> runnable;  // the problems with work: m, n and k above 0
   calls.reserve(problems.size());
+  runnable.reserve(problems.size());
   for (const GemmProblem& problem : problems) {
     if (!FitsInt(problem)) return MatMul(problem, accumulate);  // reports the size error
     if (problems.front().a.type != problem.a.type || problems.front().b.type != problem.b.type ||
@@ -192,11 +229,14 @@ absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool acc
       continue;
     }
     calls.push_back(ToColumnMajor(problem));
+    runnable.push_back(problem);
   }
   if (calls.empty()) return absl::OkStatus();
+  if (state_->grouped == GroupedProducts::kConcurrentStreams) {
+    return state_->RunOnLanes(runnable, accumulate);
+  }
   const auto run_one_by_one = [&]() -> absl::Status {
-    for (const GemmProblem& problem : problems) {
-      if (problem.k == 0) continue;  // done above
+    for (const GemmProblem& problem : runnable) {
       if (absl::Status status = MatMul(problem, accumulate); !status.ok()) return status;
     }
     return absl::OkStatus();
@@ -257,6 +297,70 @@ absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool acc
     return run_one_by_one();
   }
   return BlasStatus(*state_->api, status, "cublasGemmGroupedBatchedEx");
+}
+
+absl::Status Blas::State::CreateLanes() {
+  lanes.resize(kProductLanes);
+  absl::Status status = CudaStatus(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming),
+                                   "an event for concurrent products");
+  for (ProductLane& lane : lanes) {
+    if (!status.ok()) break;
+    status.Update(CudaStatus(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking),
+                             "a stream for concurrent products"));
+    status.Update(CudaStatus(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming),
+                             "an event for concurrent products"));
+    if (!status.ok()) break;
+    status.Update(BlasStatus(*api, api->create(&lane.handle), "cublasCreate"));
+    if (!status.ok()) {
+      lane.handle = nullptr;
+      break;
+    }
+    status.Update(BlasStatus(*api, api->set_stream(lane.handle, lane.stream), "cublasSetStream"));
+  }
+  return status;  // on failure the destructor releases what was made
+}
+
+absl::Status Blas::State::RunOnLanes(std::span<const GemmProblem> problems, bool accumulate) {
+  if (lanes.empty()) {
+    if (absl::Status status = CreateLanes(); !status.ok()) return status;
+  }
+  // Largest first, each onto the lane with the least work so far, so the lanes end together.
+  std::vector<size_t> order(problems.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  const auto work = [&](size_t i) {
+    return static_cast<double>(problems[i].m) * static_cast<double>(problems[i].n) *
+           static_cast<double>(problems[i].k);
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return work(x) > work(y); });
+  std::vector<std::vector<size_t>> assigned(lanes.size());
+  std::vector<double> load(lanes.size(), 0.0);
+  for (const size_t i : order) {
+    const auto lane =
+        static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    assigned[lane].push_back(i);
+    load[lane] += work(i);
+  }
+
+  const ProfiledScope profiled("cublasGemmEx on concurrent streams");
+  // Fork: each lane starts after the default stream's work so far (the operands, and c when
+  // accumulating). Join: the default stream's later work waits for every lane that ran. A lane
+  // that started is joined even when a product fails, so nothing later overtakes its work.
+  absl::Status status = CudaStatus(cudaEventRecord(ready, nullptr), "fork concurrent products");
+  for (size_t lane = 0; lane < lanes.size() && status.ok(); ++lane) {
+    if (assigned[lane].empty()) continue;
+    status.Update(
+        CudaStatus(cudaStreamWaitEvent(lanes[lane].stream, ready, 0), "fork concurrent products"));
+    for (const size_t i : assigned[lane]) {
+      if (!status.ok()) break;
+      status.Update(MatMulOn(lanes[lane].handle, problems[i], accumulate));
+    }
+    status.Update(CudaStatus(cudaEventRecord(lanes[lane].done, lanes[lane].stream),
+                             "join concurrent products"));
+    status.Update(
+        CudaStatus(cudaStreamWaitEvent(nullptr, lanes[lane].done, 0), "join concurrent products"));
+  }
+  return status;
 }
 
 }  // namespace fedmoe::kernels::cuda

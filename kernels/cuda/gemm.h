@@ -33,19 +33,34 @@ struct GemmProblem {
   int64_t k = 0;
 };
 
+// How GroupedMatMul runs a group of products.
+enum class GroupedProducts {
+  // One cublasGemmGroupedBatchedEx call, or one cublasGemmEx per product where this cuBLAS has
+  // no grouped product for the types.
+  kGroupedCall,
+  // One cublasGemmEx per product, spread over kProductLanes streams that run side by side, then
+  // joined back into the default stream. cuBLAS's grouped kernels use warp-level MMA, not
+  // Hopper's warpgroup MMA, while one expert's product alone (some 768 rows in `medium`) covers
+  // only about half an H200's SMs; side by side, several fill it. Which is faster is for a GPU
+  // to say (bench/train_step --expert-products).
+  kConcurrentStreams,
+};
+
+inline constexpr int kProductLanes = 4;
+
 // A cuBLAS handle and the device scratch for grouped pointer arrays. One per thread that
 // queues work.
 class Blas {
  public:
-  static absl::StatusOr<Blas> Create();
+  static absl::StatusOr<Blas> Create(GroupedProducts grouped = GroupedProducts::kGroupedCall);
   Blas(Blas&&) noexcept;
   Blas& operator=(Blas&&) noexcept;
   ~Blas();
 
   absl::Status MatMul(const GemmProblem& problem, bool accumulate);
-  // Every problem, as one grouped call where cuBLAS offers it for these types, else one call
-  // each. All share a, b's types and storage. Problems with m or n of 0 are skipped; k of 0
-  // zeroes c unless accumulating.
+  // Every problem, as the handle's GroupedProducts says. All share a, b's types and storage.
+  // Problems with m or n of 0 are skipped; k of 0 zeroes c unless accumulating. Ordered with
+  // the default stream's work before and after it, whichever way it runs.
   absl::Status GroupedMatMul(std::span<const GemmProblem> problems, bool accumulate);
 
  private:

@@ -68,7 +68,7 @@ void SetKernelProfiling(bool on) { TheProfile().on.store(on); }
 
 ProfiledScope::ProfiledScope(const char* name) {
   Profile& profile = TheProfile();
-  if (!profile.on.load(std::memory_order_relaxed)) return;
+  if (name == nullptr || !profile.on.load(std::memory_order_relaxed)) return;
   if (cudaGetDevice(&device_) != cudaSuccess) return;
   cudaEvent_t start = TakeEvent(profile, device_);
   if (start == nullptr) return;

@@ -26,7 +26,7 @@ void SetKernelProfiling(bool on);
 absl::StatusOr<std::vector<KernelTime>> CollectKernelProfile();
 
 // Times the GPU work its owner queues on the current device's default stream between its
-// construction and destruction, under `name` (a string literal: it is kept).
+// construction and destruction, under `name` (a string literal: it is kept; null: not timed).
 class ProfiledScope {
  public:
   explicit ProfiledScope(const char* name);

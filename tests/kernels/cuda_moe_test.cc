@@ -21,6 +21,7 @@ namespace fedmoe::kernels {
 namespace {
 
 using testing::Download;
+using testing::DownloadInStreamOrder;
 using testing::ExpectAllNear;
 using testing::RandomVector;
 using testing::Upload;
@@ -366,9 +367,11 @@ TEST(CudaGemmTest, CublasLoadsWithEveryEntryPoint) {
 }
 #endif
 
-TEST(CudaGemmTest, GroupedProductsOfDifferentSizes) {
+class CudaGroupedGemmTest : public ::testing::TestWithParam<cuda::GroupedProducts> {};
+
+TEST_P(CudaGroupedGemmTest, ProductsOfDifferentSizes) {
   FEDMOE_REQUIRE_CUDA();
-  absl::StatusOr<cuda::Blas> blas = cuda::Blas::Create();
+  absl::StatusOr<cuda::Blas> blas = cuda::Blas::Create(GetParam());
   ASSERT_TRUE(blas.ok()) << blas.status();
   // Expert-like: the token count varies, an expert with no tokens zeroes or keeps its output;
   // more problems than the scratch first holds.
@@ -400,14 +403,32 @@ TEST(CudaGemmTest, GroupedProductsOfDifferentSizes) {
   }
   ASSERT_TRUE(blas->GroupedMatMul(problems, true).ok());
   for (size_t p = 0; p < rows.size(); ++p) {
-    std::vector<float> c = Download(c_device[p]);
+    std::vector<float> c = DownloadInStreamOrder(c_device[p]);
     c.resize(static_cast<size_t>(rows[p] * n));
     ExpectAllNear(c, c_expected[p], 1e-4, 1e-5, "grouped problem " + std::to_string(p));
+  }
+  // Again, overwriting: the products replace c, and an expert without rows keeps its c.
+  ASSERT_TRUE(blas->GroupedMatMul(problems, false).ok());
+  for (size_t p = 0; p < rows.size(); ++p) {
+    std::vector<float> c = DownloadInStreamOrder(c_device[p]);
+    c.resize(static_cast<size_t>(rows[p] * n));
+    std::vector<float> expected = c_expected[p];
+    for (float& v : expected) v -= 2.0F;
+    ExpectAllNear(c, expected, 1e-4, 1e-5, "overwriting problem " + std::to_string(p));
   }
   // Mixed storage in one group is refused.
   problems[1].a.transposed = true;
   EXPECT_EQ(blas->GroupedMatMul(problems, true).code(), absl::StatusCode::kInvalidArgument);
 }
+
+INSTANTIATE_TEST_SUITE_P(GroupedCallAndConcurrentStreams, CudaGroupedGemmTest,
+                         ::testing::Values(cuda::GroupedProducts::kGroupedCall,
+                                           cuda::GroupedProducts::kConcurrentStreams),
+                         [](const ::testing::TestParamInfo<cuda::GroupedProducts>& param_info) {
+                           return param_info.param == cuda::GroupedProducts::kGroupedCall
+                                      ? "GroupedCall"
+                                      : "ConcurrentStreams";
+                         });
 
 }  // namespace
 }  // namespace fedmoe::kernels

@@ -1,7 +1,8 @@
 // The CUDA simulator's own promises, where the kernel tests would not notice them broken: warp
 // matrix products against a double reference, CUDA's rules for their operands enforced, a
-// store not visible to other lanes before the warp synchronises, and dynamic shared memory
-// (NaN at each block's start, refused past the hardware's limit).
+// store not visible to other lanes before the warp synchronises, dynamic shared memory (NaN at
+// each block's start, refused past the hardware's limit), and work on a created stream held back
+// until something waits for it.
 #include <cuda_runtime.h>
 #include <mma.h>
 
@@ -24,6 +25,7 @@ namespace wmma = nvcuda::wmma;
 using cuda::DynamicSharedMemory;
 using cuda::Launch;
 using testing::Download;
+using testing::DownloadInStreamOrder;
 using testing::RandomVector;
 using testing::Upload;
 
@@ -148,6 +150,40 @@ TEST(CudaSimulatorTest, DynamicSharedMemoryStartsAsNanAndHasTheHardwareLimit) {
       Launch("too much", TouchSharedKernel, {dim3(1), dim3(32), size_t{228} << 10}, first.data());
   EXPECT_EQ(refused.code(), absl::StatusCode::kInternal);
   EXPECT_NE(refused.message().find("too much"), std::string::npos) << refused;
+}
+
+TEST(CudaSimulatorTest, WorkOnAStreamIsSeenOnlyOnceSomethingWaitsForIt) {
+  const std::vector<float> before(64, 1.0F);
+  const std::vector<float> after(64, 2.0F);
+  auto device = Upload(before);
+  cudaStream_t stream = nullptr;
+  cudaEvent_t done = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), cudaSuccess);
+
+  ASSERT_EQ(cudaMemcpyAsync(device.data(), after.data(), after.size() * sizeof(float),
+                            cudaMemcpyHostToDevice, stream),
+            cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(done, stream), cudaSuccess);
+  // A synchronous copy does not wait for a non-blocking stream: a consumer that forgot the
+  // join reads the old values.
+  EXPECT_EQ(DownloadInStreamOrder(device), before);
+  ASSERT_EQ(cudaStreamWaitEvent(nullptr, done, 0), cudaSuccess);
+  EXPECT_EQ(DownloadInStreamOrder(device), after);
+
+  // The device's synchronisation runs what is still queued, and so does the stream's end.
+  ASSERT_EQ(cudaMemcpyAsync(device.data(), before.data(), before.size() * sizeof(float),
+                            cudaMemcpyHostToDevice, stream),
+            cudaSuccess);
+  EXPECT_EQ(DownloadInStreamOrder(device), after);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(DownloadInStreamOrder(device), before);
+  ASSERT_EQ(cudaMemcpyAsync(device.data(), after.data(), after.size() * sizeof(float),
+                            cudaMemcpyHostToDevice, stream),
+            cudaSuccess);
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+  EXPECT_EQ(DownloadInStreamOrder(device), after);
+  ASSERT_EQ(cudaEventDestroy(done), cudaSuccess);
 }
 
 }  // namespace

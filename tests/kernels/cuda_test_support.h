@@ -54,6 +54,15 @@ std::vector<T> Download(const kernels::cuda::DeviceArray<T>& device) {
   return host;
 }
 
+// A copy ordered after the default stream's work only, as a kernel's consumer would be: what
+// other streams did shows only if it was joined into the default stream.
+template <typename T>
+std::vector<T> DownloadInStreamOrder(const kernels::cuda::DeviceArray<T>& device) {
+  std::vector<T> host(device.size());
+  EXPECT_TRUE(device.CopyTo(host).ok());
+  return host;
+}
+
 // Every |actual - expected| ≤ absolute + relative·|expected|, reporting the first miss.
 inline void ExpectAllNear(const std::vector<float>& actual, const std::vector<float>& expected,
                           double absolute, double relative, const std::string& name) {

@@ -136,6 +136,7 @@ struct Case {
   TrainableSet trainable;
   const char* name;
   MoeConfig (*config)() = SmallConfig;
+  bool concurrent_expert_products = false;
 };
 
 // Test names and ctest's list show the name, not the struct's bytes.
@@ -180,7 +181,8 @@ class CudaTrainingTest : public ::testing::TestWithParam<Case> {
     return {.trainable = GetParam().trainable,
             .adamw = {},
             .matmul_precision = GetParam().precision,
-            .tensor_core_attention = false};
+            .tensor_core_attention = false,
+            .concurrent_expert_products = GetParam().concurrent_expert_products};
   }
 };
 
@@ -280,7 +282,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{MatMulPrecision::kFloat32, TrainableSet{}, "fp32_update_spec"},
                       Case{MatMulPrecision::kBfloat16, kEverything, "bf16_everything"},
                       Case{MatMulPrecision::kFloat32, kEverything, "fp32_other_config",
-                           OtherConfig}),
+                           OtherConfig},
+                      Case{MatMulPrecision::kBfloat16, TrainableSet{},
+                           "bf16_update_spec_concurrent_expert_products", SmallConfig, true}),
     [](const ::testing::TestParamInfo<Case>& test) { return std::string(test.param.name); });
 
 // bf16 training's default on a GPU: attention's products on the tensor cores, with TF32

@@ -6,8 +6,10 @@
 
 namespace fedmoe::cuda_sim {
 
-// A handle holds nothing here: the simulator has one stream and no workspace.
-struct SimBlas {};
+// A handle holds its stream (cublasSetStream); the simulator needs no workspace.
+struct SimBlas {
+  cudaStream_t stream = nullptr;
+};
 
 namespace {
 
@@ -27,12 +29,11 @@ void Store(void* base, cudaDataType_t type, int64_t index, double value) {
 bool Known(cudaDataType_t type) { return type == CUDA_R_32F || type == CUDA_R_16BF; }
 bool Known(cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T; }
 
-// One column-major product C = α·op(A)·op(B) + β·C, checked as cuBLAS checks it: the leading
-// dimensions must cover the stored rows (at least 1).
-cublasStatus_t Gemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
-                    float alpha, const void* a, cudaDataType_t a_type, int lda, const void* b,
-                    cudaDataType_t b_type, int ldb, float beta, void* c, cudaDataType_t c_type,
-                    int ldc) {
+// The arguments of one column-major product C = α·op(A)·op(B) + β·C, checked as cuBLAS checks
+// them: the leading dimensions must cover the stored rows (at least 1).
+cublasStatus_t CheckGemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                         const void* a, cudaDataType_t a_type, int lda, const void* b,
+                         cudaDataType_t b_type, int ldb, void* c, cudaDataType_t c_type, int ldc) {
   if (!Known(transa) || !Known(transb) || !Known(a_type) || !Known(b_type) || !Known(c_type)) {
     return CUBLAS_STATUS_NOT_SUPPORTED;
   }
@@ -47,6 +48,14 @@ cublasStatus_t Gemm(cublasOperation_t transa, cublasOperation_t transb, int m, i
   if (!IsDeviceMemory(c, 1) || (k > 0 && (!IsDeviceMemory(a, 1) || !IsDeviceMemory(b, 1)))) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// The product itself, in double, of arguments CheckGemm passed.
+void ComputeGemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                 float alpha, const void* a, cudaDataType_t a_type, int lda, const void* b,
+                 cudaDataType_t b_type, int ldb, float beta, void* c, cudaDataType_t c_type,
+                 int ldc) {
   for (int j = 0; j < n; ++j) {
     for (int i = 0; i < m; ++i) {
       double sum = 0;
@@ -61,7 +70,19 @@ cublasStatus_t Gemm(cublasOperation_t transa, cublasOperation_t transb, int m, i
       Store(c, c_type, c_index, alpha * sum + previous);
     }
   }
-  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t Gemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                    float alpha, const void* a, cudaDataType_t a_type, int lda, const void* b,
+                    cudaDataType_t b_type, int ldb, float beta, void* c, cudaDataType_t c_type,
+                    int ldc) {
+  const cublasStatus_t status =
+      CheckGemm(transa, transb, m, n, k, a, a_type, lda, b, b_type, ldb, c, c_type, ldc);
+  if (status == CUBLAS_STATUS_SUCCESS) {
+    ComputeGemm(transa, transb, m, n, k, alpha, a, a_type, lda, b, b_type, ldb, beta, c, c_type,
+                ldc);
+  }
+  return status;
 }
 
 }  // namespace
@@ -74,6 +95,12 @@ cublasStatus_t cublasCreate(cublasHandle_t* handle) {
 
 cublasStatus_t cublasDestroy(cublasHandle_t handle) {
   delete handle;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  handle->stream = stream;
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -99,8 +126,17 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cublasGemmAlgo_t /*algo*/) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
   if (compute_type != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
-  return Gemm(transa, transb, m, n, k, *static_cast<const float*>(alpha), a, a_type, lda, b, b_type,
-              ldb, *static_cast<const float*>(beta), c, c_type, ldc);
+  const cublasStatus_t status =
+      CheckGemm(transa, transb, m, n, k, a, a_type, lda, b, b_type, ldb, c, c_type, ldc);
+  if (status != CUBLAS_STATUS_SUCCESS) return status;
+  // The scalars are read now (host pointer mode); the product runs with the stream's work.
+  const float alpha_value = *static_cast<const float*>(alpha);
+  const float beta_value = *static_cast<const float*>(beta);
+  QueueOnStream(handle->stream, [=] {
+    ComputeGemm(transa, transb, m, n, k, alpha_value, a, a_type, lda, b, b_type, ldb, beta_value, c,
+                c_type, ldc);
+  });
+  return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasGemmGroupedBatchedEx(
@@ -113,6 +149,9 @@ cublasStatus_t cublasGemmGroupedBatchedEx(
     cublasComputeType_t compute_type) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
   if (compute_type != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  // It reads the device pointer arrays as it is called, which on a created stream would be too
+  // early for a copy queued there; fedmoe calls it on the default stream only.
+  if (handle->stream != nullptr) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (group_count < 0) return CUBLAS_STATUS_INVALID_VALUE;
   int problems = 0;
   for (int g = 0; g < group_count; ++g) problems += std::max(group_size[g], 0);

@@ -13,10 +13,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -379,8 +381,88 @@ cudaError_t cudaMalloc(void** pointer, size_t bytes) {
   return cudaSuccess;
 }
 
+// Work queued on a created stream waits until something waits for it: an event on the stream
+// that another stream or the host waits for, the device's synchronisation, cudaFree (which
+// synchronises on the GPU too), or the stream's destruction. Synchronous copies do not wait
+// for it, as on the GPU, where they order only the legacy default stream (and created streams
+// are non-blocking). So a consumer that forgets to join a stream reads what was there before.
+struct SimStream {
+  int device = 0;
+  std::mutex mutex;  // held while the queue runs: a stream's work runs in order
+  std::deque<std::function<void()>> pending;
+  uint64_t queued = 0;  // items ever queued
+  uint64_t run = 0;     // items ever run
+};
+
+namespace {
+
+struct Streams {
+  std::mutex mutex;
+  std::set<SimStream*> live;
+};
+
+Streams& LiveStreams() {
+  static auto* streams = new Streams();
+  return *streams;
+}
+
+// Runs the stream's work up to (not including) item `until`.
+void RunStream(SimStream& stream, uint64_t until) {
+  const std::lock_guard lock(stream.mutex);
+  while (stream.run < until && !stream.pending.empty()) {
+    std::function<void()> work = std::move(stream.pending.front());
+    stream.pending.pop_front();
+    work();
+    ++stream.run;
+  }
+}
+
+void RunStreamsOf(int device) {
+  std::vector<SimStream*> streams;
+  {
+    const std::lock_guard lock(LiveStreams().mutex);
+    for (SimStream* stream : LiveStreams().live) {
+      if (stream->device == device) streams.push_back(stream);
+    }
+  }
+  for (SimStream* stream : streams) RunStream(*stream, UINT64_MAX);
+}
+
+}  // namespace
+
+void QueueOnStream(cudaStream_t stream, std::function<void()> work) {
+  if (stream == nullptr) {
+    work();
+    return;
+  }
+  const std::lock_guard lock(stream->mutex);
+  stream->pending.push_back(std::move(work));
+  ++stream->queued;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned /*flags*/) {
+  if (stream == nullptr) return Record(cudaErrorInvalidValue);
+  *stream = new SimStream;
+  (*stream)->device = current_device;
+  const std::lock_guard lock(LiveStreams().mutex);
+  LiveStreams().live.insert(*stream);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  if (stream == nullptr) return Record(cudaErrorInvalidValue);
+  RunStream(*stream, UINT64_MAX);
+  {
+    const std::lock_guard lock(LiveStreams().mutex);
+    LiveStreams().live.erase(stream);
+  }
+  delete stream;
+  return cudaSuccess;
+}
+
 cudaError_t cudaFree(void* pointer) {
   if (pointer == nullptr) return cudaSuccess;
+  RunStreamsOf(current_device);
   if (!Live().Remove(pointer)) return Record(cudaErrorInvalidValue);
   std::free(pointer);
   return cudaSuccess;
@@ -399,8 +481,18 @@ cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cuda
 }
 
 cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes,
-                            cudaMemcpyKind kind, cudaStream_t /*stream*/) {
-  return cudaMemcpy(destination, source, bytes, kind);
+                            cudaMemcpyKind kind, cudaStream_t stream) {
+  if (stream == nullptr || bytes == 0) return cudaMemcpy(destination, source, bytes, kind);
+  // The arguments are checked now; a host source is staged now, as the runtime stages a
+  // pageable one; the copy itself runs with the stream's work.
+  if (kind != cudaMemcpyHostToDevice) return Record(cudaErrorInvalidValue);
+  if (!Live().Contains(destination, bytes)) return Record(cudaErrorInvalidValue);
+  std::vector<char> staged(static_cast<const char*>(source),
+                           static_cast<const char*>(source) + bytes);
+  QueueOnStream(stream, [destination, staged = std::move(staged)] {
+    std::memcpy(destination, staged.data(), staged.size());
+  });
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void* destination, int value, size_t bytes) {
@@ -410,15 +502,41 @@ cudaError_t cudaMemset(void* destination, int value, size_t bytes) {
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() {
+  RunStreamsOf(current_device);
+  return cudaSuccess;
+}
 
 struct SimEvent {
   std::optional<std::chrono::steady_clock::time_point> recorded_at;
+  // Recorded on a created stream: the work before it is that stream's first `position` items.
+  SimStream* stream = nullptr;
+  uint64_t position = 0;
 };
+
+namespace {
+
+// Runs what the event waits for.
+void Reach(const SimEvent& event) {
+  if (event.stream != nullptr) RunStream(*event.stream, event.position);
+}
+
+}  // namespace
 
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
   if (event == nullptr) return Record(cudaErrorInvalidValue);
   *event = new SimEvent;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned /*flags*/) {
+  return cudaEventCreate(event);
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t /*stream*/, cudaEvent_t event, unsigned /*flags*/) {
+  if (event == nullptr) return Record(cudaErrorInvalidValue);
+  // Running the awaited work now is as late as any waiter may see it done.
+  Reach(*event);
   return cudaSuccess;
 }
 
@@ -427,14 +545,21 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t /*stream*/) {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (event == nullptr) return Record(cudaErrorInvalidValue);
   event->recorded_at = std::chrono::steady_clock::now();
+  event->stream = stream;
+  if (stream != nullptr) {
+    const std::lock_guard lock(stream->mutex);
+    event->position = stream->queued;
+  }
   return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  return event == nullptr ? Record(cudaErrorInvalidValue) : cudaSuccess;
+  if (event == nullptr) return Record(cudaErrorInvalidValue);
+  Reach(*event);
+  return cudaSuccess;
 }
 
 cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, cudaEvent_t stop) {

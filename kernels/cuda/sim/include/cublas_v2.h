@@ -30,6 +30,8 @@ using cublasHandle_t = SimBlas*;
 
 cublasStatus_t cublasCreate(cublasHandle_t* handle);
 cublasStatus_t cublasDestroy(cublasHandle_t handle);
+// Products on the handle then queue on `stream` (see cuda_runtime.h).
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream);
 const char* cublasGetStatusString(cublasStatus_t status);
 
 cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
@@ -66,6 +68,7 @@ using fedmoe::cuda_sim::cublasGemmGroupedBatchedEx;
 using fedmoe::cuda_sim::cublasGetStatusString;
 using fedmoe::cuda_sim::cublasHandle_t;
 using fedmoe::cuda_sim::cublasOperation_t;
+using fedmoe::cuda_sim::cublasSetStream;
 using fedmoe::cuda_sim::cublasStatus_t;
 using fedmoe::cuda_sim::CUDA_R_16BF;
 using fedmoe::cuda_sim::CUDA_R_32F;

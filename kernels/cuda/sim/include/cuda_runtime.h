@@ -11,7 +11,8 @@
 //   them, as an exited GPU thread does, so its block's barriers wait only for the others;
 //   threads that wait at different barriers abort the run.
 // - __shared__ is `static`: one copy shared by the block's threads, reused by the next block.
-// - Device memory is host memory; copies are memcpy, done before the call returns.
+// - Device memory is host memory; copies are memcpy, done before the call returns, except
+//   queued ones on a created stream (below).
 // It does not model the memory model's weaker orderings, timing, or occupancy: it checks a
 // kernel's arithmetic and its synchronisation structure, not its speed.
 #ifndef FEDMOE_KERNELS_CUDA_SIM_CUDA_RUNTIME_H_
@@ -71,9 +72,19 @@ enum cudaMemcpyKind {
 cudaError_t cudaMalloc(void** pointer, size_t bytes);
 cudaError_t cudaFree(void* pointer);
 cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cudaMemcpyKind kind);
-// Streams are not modelled: work runs as it is queued, so an asynchronous copy is a copy.
+// Streams: work on the default stream (null) runs as it is queued. Work on a created stream
+// waits until something waits for it (an event recorded after it that a stream or the host
+// waits on, cudaDeviceSynchronize, cudaFree or the stream's end): as late as the GPU may run
+// it, so a missing join shows as stale data. Synchronous copies do not wait for created
+// streams, as on the GPU with non-blocking ones.
 struct SimStream;
 using cudaStream_t = SimStream*;
+constexpr unsigned cudaStreamNonBlocking = 1;
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+// The simulator's own: queues `work` on `stream`, or runs it now on the default stream.
+void QueueOnStream(cudaStream_t stream, std::function<void()> work);
+// On a created stream only host-to-device copies are taken (the source is staged at the call).
 cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes,
                             cudaMemcpyKind kind, cudaStream_t stream);
 cudaError_t cudaMemset(void* destination, int value, size_t bytes);
@@ -82,8 +93,12 @@ cudaError_t cudaDeviceSynchronize();
 // the work queued before it finished.
 struct SimEvent;
 using cudaEvent_t = SimEvent*;
+constexpr unsigned cudaEventDisableTiming = 2;
 cudaError_t cudaEventCreate(cudaEvent_t* event);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
+// Later work on `stream` waits for the work before the event.
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags = 0);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
 // cudaErrorInvalidValue unless both events were recorded, which the CUDA runtime refuses too.
@@ -145,7 +160,9 @@ using fedmoe::cuda_sim::cudaErrorInvalidValue;
 using fedmoe::cuda_sim::cudaErrorMemoryAllocation;
 using fedmoe::cuda_sim::cudaEvent_t;
 using fedmoe::cuda_sim::cudaEventCreate;
+using fedmoe::cuda_sim::cudaEventCreateWithFlags;
 using fedmoe::cuda_sim::cudaEventDestroy;
+using fedmoe::cuda_sim::cudaEventDisableTiming;
 using fedmoe::cuda_sim::cudaEventElapsedTime;
 using fedmoe::cuda_sim::cudaEventRecord;
 using fedmoe::cuda_sim::cudaEventSynchronize;
@@ -163,6 +180,10 @@ using fedmoe::cuda_sim::cudaMemcpyKind;
 using fedmoe::cuda_sim::cudaMemset;
 using fedmoe::cuda_sim::cudaSetDevice;
 using fedmoe::cuda_sim::cudaStream_t;
+using fedmoe::cuda_sim::cudaStreamCreateWithFlags;
+using fedmoe::cuda_sim::cudaStreamDestroy;
+using fedmoe::cuda_sim::cudaStreamNonBlocking;
+using fedmoe::cuda_sim::cudaStreamWaitEvent;
 using fedmoe::cuda_sim::cudaSuccess;
 
 #define threadIdx (::fedmoe::cuda_sim::thread_index)
