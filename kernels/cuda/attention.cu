@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r < T::kRowsPerWarp; ++r) {
       const int row = warp * T::kRowsPerWarp + r;
       const int64_t query = first_query + row;
-      const bool visible = query < g.seq_len && key < g.seq_len && Visible(g, query, key);
+      const bool visible = Visible(g, query, key);
       float score = -FLT_MAX;
       if (visible) {
         float dot = 0.0F;
@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int r = 0; r < T::kRowsPerWarp; ++r) {
         const int row = warp * T::kRowsPerWarp + r;
         const int64_t key = first_key + row;
-        const bool visible = query < g.seq_len && key < g.seq_len && Visible(g, query, key);
+        const bool visible = Visible(g, query, key);
         float p = 0.0F;
         float d_score = 0.0F;
         if (visible) {
@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r < T::kRowsPerWarp; ++r) {
       const int row = warp * T::kRowsPerWarp + r;
       const int64_t query = first_query + row;
-      const bool visible = query < g.seq_len && key < g.seq_len && Visible(g, query, key);
+      const bool visible = Visible(g, query, key);
       float d_score = 0.0F;
       if (visible) {
         float dot = 0.0F;

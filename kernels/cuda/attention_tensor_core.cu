@@ -259,9 +259,6 @@ __global__ void __launch_bounds__(kThreads)
   LoadRowOperands<kHeadDim>(queries, warp_queries);
   const int64_t warp_first_query = block.first_query + int64_t{warp} * kTile;
   const int64_t query = warp_first_query + LaneRow();
-  const auto visible = [&](int64_t key) {
-    return query < g.seq_len && key < g.seq_len && Visible(g, query, key);
-  };
 
   // Pass 1: each row's running maximum and sum of exponentials, so its log-sum-exp. The two
   // lanes of a row combine their halves with one shuffle.
@@ -277,7 +274,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t lane_first_key = first_key + LaneFirstColumn();
     float step_max = -FLT_MAX;
     for (int j = 0; j < kLaneColumns; ++j) {
-      scores[j] = visible(lane_first_key + j) ? scores[j] * g.scale : -FLT_MAX;
+      scores[j] = Visible(g, query, lane_first_key + j) ? scores[j] * g.scale : -FLT_MAX;
       step_max = fmaxf(step_max, scores[j]);
     }
     step_max = fmaxf(step_max, __shfl_xor_sync(kFullWarp, step_max, 1));
@@ -310,8 +307,9 @@ __global__ void __launch_bounds__(kThreads)
     ProductsOfRows<kHeadDim>(queries, k_tile, scratch, probabilities);
     const int64_t lane_first_key = first_key + LaneFirstColumn();
     for (int j = 0; j < kLaneColumns; ++j) {
-      probabilities[j] =
-          visible(lane_first_key + j) ? expf(probabilities[j] * g.scale - row_logsumexp) : 0.0F;
+      probabilities[j] = Visible(g, query, lane_first_key + j)
+                             ? expf(probabilities[j] * g.scale - row_logsumexp)
+                             : 0.0F;
     }
     WriteLaneValues(scratch, probabilities);
     AddScratchTimesRows<kHeadDim>(output, scratch, v_tile);
@@ -386,9 +384,8 @@ __global__ void __launch_bounds__(kThreads)
     ProductsOfRows<kHeadDim>(warp_d_out, v_tile, scratch, d_scores);
     const int64_t lane_first_key = first_key + LaneFirstColumn();
     for (int j = 0; j < kLaneColumns; ++j) {
-      const int64_t key = lane_first_key + j;
-      const bool visible = real_row && key < g.seq_len && Visible(g, query, key);
-      const float p = visible ? expf(scores[j] * g.scale - row_logsumexp) : 0.0F;
+      const float p =
+          Visible(g, query, lane_first_key + j) ? expf(scores[j] * g.scale - row_logsumexp) : 0.0F;
       d_scores[j] = p * (d_scores[j] - row_term) * g.scale;
     }
     WriteLaneValues(scratch, d_scores);
@@ -482,10 +479,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < kLaneColumns; ++j) {
         const int column = LaneFirstColumn() + j;
         const int64_t step_query = first_query + column;
-        const bool visible =
-            key < g.seq_len && step_query < g.seq_len && Visible(g, step_query, key);
-        probabilities[j] =
-            visible ? expf(probabilities[j] * g.scale - step_logsumexp[column]) : 0.0F;
+        probabilities[j] = Visible(g, step_query, key)
+                               ? expf(probabilities[j] * g.scale - step_logsumexp[column])
+                               : 0.0F;
         d_scores[j] = probabilities[j] * (d_scores[j] - step_row_terms[column]) * g.scale;
       }
       WriteLaneValues(probability_scratch, probabilities);

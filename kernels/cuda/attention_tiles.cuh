@@ -46,8 +46,11 @@ inline unsigned BlocksOf(int64_t positions, int64_t per_block) {
   return static_cast<unsigned>((positions + per_block - 1) / per_block);
 }
 
+// Whether row `query` attends to `key`: causally, within the window, and only for a row inside
+// the sequence, as a tile's padding rows past its end attend to nothing. A key past the end
+// is then excluded too, since it comes after every real row.
 __device__ __forceinline__ bool Visible(const Geometry& g, int64_t query, int64_t key) {
-  return key <= query && (g.window == 0 || key > query - g.window);
+  return query < g.seq_len && key <= query && (g.window == 0 || key > query - g.window);
 }
 
 // Where head `head` of `sequence` starts in a [batch·seq_len, head_count·head_dim] tensor.
