@@ -84,7 +84,7 @@ __global__ void AddColumnSumsKernel(const T* __restrict__ partials, int64_t chun
   T sum = 0;
   FEDMOE_UNROLL_BY(8)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partials[chunk * width + column];
-  if (kAccumulate) {
+  if constexpr (kAccumulate) {
     sums[column] += sum;
   } else {
     sums[column] = sum;

@@ -212,9 +212,7 @@ absl::Status Blas::State::MatMulOn(cublasHandle_t on, const GemmProblem& problem
 }
 
 absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool accumulate) {
-  std::vector<ColumnMajorCall> calls;
   std::vector<GemmProblem> runnable;  // the problems with work: m, n and k above 0
-  calls.reserve(problems.size());
   runnable.reserve(problems.size());
   for (const GemmProblem& problem : problems) {
     if (!FitsInt(problem)) return MatMul(problem, accumulate);  // reports the size error
@@ -228,10 +226,9 @@ absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool acc
       if (absl::Status status = MatMul(problem, accumulate); !status.ok()) return status;
       continue;
     }
-    calls.push_back(ToColumnMajor(problem));
     runnable.push_back(problem);
   }
-  if (calls.empty()) return absl::OkStatus();
+  if (runnable.empty()) return absl::OkStatus();
   if (state_->grouped == GroupedProducts::kConcurrentStreams) {
     return state_->RunOnLanes(runnable, accumulate);
   }
@@ -244,14 +241,14 @@ absl::Status Blas::GroupedMatMul(std::span<const GemmProblem> problems, bool acc
   if (state_->grouped_unsupported) return run_one_by_one();
 
   // Each problem its own group of one: the groups may differ in every size.
-  const size_t count = calls.size();
+  const size_t count = runnable.size();
   std::vector<cublasOperation_t> transa(count), transb(count);
   std::vector<int> m(count), n(count), k(count), lda(count), ldb(count), ldc(count),
       group_size(count, 1);
   std::vector<float> alpha(count, 1.0F), beta(count, accumulate ? 1.0F : 0.0F);
   std::vector<const void*> pointers(3 * count);
   for (size_t i = 0; i < count; ++i) {
-    const ColumnMajorCall& call = calls[i];
+    const ColumnMajorCall call = ToColumnMajor(runnable[i]);
     transa[i] = call.transa;
     transb[i] = call.transb;
     m[i] = call.m;
