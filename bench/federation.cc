@@ -200,16 +200,16 @@ class SharedUpdate {
     std::vector<std::vector<int64_t>> slots(
         static_cast<size_t>(config.num_hidden_layers),
         std::vector<int64_t>(static_cast<size_t>(config.num_local_experts), 100));
-    absl::StatusOr<std::vector<float>> plain =
+    absl::StatusOr<client::PlainUpdate> plain =
         client::BuildPlainUpdate(*global, local, slots, task.update_spec());
     if (!plain.ok()) return plain.status();
     absl::StatusOr<privacy::RingEncoder> encoder = privacy::RingEncoder::Create(
-        plain->size(),
+        plain->values.size(),
         client::EncodingFromSpec(task.update_spec(), static_cast<int>(task.secagg().ring_bits())));
     if (!encoder.ok()) return encoder.status();
     absl::StatusOr<privacy::SecureRandom> noise = privacy::SecureRandom::FromSystem();
     if (!noise.ok()) return noise.status();
-    return encoder->Encode(*plain, *noise);
+    return encoder->Encode(plain->values, *noise);
   }
 
   std::filesystem::path model_;

@@ -270,13 +270,18 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
       .Field("tokens", trained->tokens)
       .Field("tokens_per_second", trained->tokens_per_second);
 
-  absl::StatusOr<std::vector<float>> update =
+  absl::StatusOr<PlainUpdate> update =
       BuildPlainUpdate(*global, local, trained->expert_slots, spec);
   if (!update.ok()) return update.status();
+  // How far clipping cut this site's Δ: the operator's cue to tune privacy.clip_norm.
+  LogEvent(LogLevel::kInfo, "update_clipped")
+      .Field("round_id", task.round_id())
+      .Field("delta_norm", update->delta_norm)
+      .Field("delta_clip_norm", spec.layout().delta_clip_norm());
   absl::StatusOr<privacy::RingEncoder> encoder = privacy::RingEncoder::Create(
-      update->size(), EncodingFromSpec(spec, static_cast<int>(task.secagg().ring_bits())));
+      update->values.size(), EncodingFromSpec(spec, static_cast<int>(task.secagg().ring_bits())));
   if (!encoder.ok()) return encoder.status();
-  absl::StatusOr<std::vector<uint64_t>> encoded = encoder->Encode(*update, *random);
+  absl::StatusOr<std::vector<uint64_t>> encoded = encoder->Encode(update->values, *random);
   if (!encoded.ok()) return encoded.status();
   absl::StatusOr<std::unique_ptr<RoundParticipant>> participant =
       RoundParticipant::Create(task, ParticipantIdentity{&*key_, *trust_});

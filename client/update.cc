@@ -1,12 +1,52 @@
 #include "client/update.h"
 
+#include <cmath>
+#include <span>
+
 #include "absl/strings/str_cat.h"
 
 namespace fedmoe::client {
 
-absl::StatusOr<std::vector<float>> BuildPlainUpdate(
-    const model::ModelParameters& global, const model::ModelParameters& local,
-    const std::vector<std::vector<int64_t>>& expert_slots, const v1::UpdateSpec& spec) {
+namespace {
+
+// The site's own check that the spec's three bounds fold into the clip norm, so that the
+// vector it sends is within C whatever the coordinator chose (DESIGN §5: the site does not
+// trust the coordinator with its privacy).
+absl::Status CheckNormBudget(const v1::UpdateSpec& spec, int64_t experts_per_token) {
+  const v1::UpdateLayout& layout = spec.layout();
+  const double clip_norm = spec.privacy().clip_norm();
+  if (!(layout.delta_clip_norm() > 0) || !(layout.expert_weights_norm_bound() > 0) ||
+      !(layout.histogram_norm_bound() > 0)) {
+    return absl::InvalidArgumentError(
+        "the update layout lacks its norm bounds (delta_clip_norm, expert_weights_norm_bound, "
+        "histogram_norm_bound): the coordinator predates bounded expert weights");
+  }
+  const double budget = layout.delta_clip_norm() * layout.delta_clip_norm() +
+                        layout.expert_weights_norm_bound() * layout.expert_weights_norm_bound() +
+                        layout.histogram_norm_bound() * layout.histogram_norm_bound();
+  if (!(budget <= clip_norm * clip_norm * (1 + 1e-9))) {
+    return absl::InvalidArgumentError(absl::StrCat("the update layout's norm bounds add up to ",
+                                                   std::sqrt(budget), ", above the clip norm ",
+                                                   clip_norm));
+  }
+  const double largest_weights_norm =
+      layout.expert_weights_scale() * std::sqrt(static_cast<double>(layout.num_moe_layers()) /
+                                                static_cast<double>(experts_per_token));
+  if (!(largest_weights_norm <= layout.expert_weights_norm_bound() * (1 + 1e-9))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the expert weights can reach L2 norm ", largest_weights_norm, " at scale ",
+                     layout.expert_weights_scale(), ", above the layout's bound ",
+                     layout.expert_weights_norm_bound()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& global,
+                                             const model::ModelParameters& local,
+                                             const std::vector<std::vector<int64_t>>& expert_slots,
+                                             const v1::UpdateSpec& spec) {
   const v1::UpdateLayout& layout = spec.layout();
   const size_t layers = layout.num_moe_layers();
   const size_t experts = layout.num_experts();
@@ -20,6 +60,8 @@ absl::StatusOr<std::vector<float>> BuildPlainUpdate(
       !(layout.expert_weights_scale() > 0) || !(layout.histogram_scale() > 0)) {
     return absl::InvalidArgumentError("the update layout is inconsistent");
   }
+  const int64_t experts_per_token = global.config().num_experts_per_tok;
+  if (absl::Status status = CheckNormBudget(spec, experts_per_token); !status.ok()) return status;
   std::vector<std::vector<double>> weights(layers, std::vector<double>(experts, 0.0));
   for (size_t l = 0; l < layers; ++l) {
     if (expert_slots[l].size() != experts) {
@@ -34,7 +76,12 @@ absl::StatusOr<std::vector<float>> BuildPlainUpdate(
           total > 0 ? static_cast<double>(expert_slots[l][e]) / static_cast<double>(total) : 0.0;
     }
   }
-  std::vector<float> update(layout.plain_values(), 0.0f);
+  PlainUpdate plain;
+  std::vector<float>& update = plain.values;
+  update.assign(layout.plain_values(), 0.0f);
+  // Δ first, unweighted, for its norm; each routed expert's factor is applied with the clip.
+  std::vector<double> factors;
+  factors.reserve(static_cast<size_t>(spec.trainable_tensors_size()));
   uint64_t expected_offset = 0;
   for (const v1::TrainableTensor& wire : spec.trainable_tensors()) {
     const model::TensorSpec* tensor = global.layout().Find(wire.name());
@@ -58,16 +105,29 @@ absl::StatusOr<std::vector<float>> BuildPlainUpdate(
       }
       factor = weights[wire.layer()][wire.expert()];
     }
+    factors.push_back(factor);
     std::span<const float> before = global.tensor(*tensor);
     std::span<const float> after = local.tensor(*local.layout().Find(wire.name()));
     float* out = update.data() + wire.offset();
-    for (size_t k = 0; k < before.size(); ++k) {
-      out[k] = static_cast<float>(factor * (static_cast<double>(after[k]) - before[k]));
-    }
+    for (size_t k = 0; k < before.size(); ++k) out[k] = after[k] - before[k];
     expected_offset += static_cast<uint64_t>(tensor->size);
   }
   if (expected_offset != layout.delta_values()) {
     return absl::InvalidArgumentError("the spec's tensors do not fill delta_values");
+  }
+  // Clipping before the weighting bounds every merged tensor's change by C_Δ, and leaves the
+  // expert weights, the merge's divisors, as they are (DESIGN §4.3).
+  plain.delta_norm = privacy::ClipToL2Norm(std::span<float>(update.data(), layout.delta_values()),
+                                           layout.delta_clip_norm());
+  for (int i = 0; i < spec.trainable_tensors_size(); ++i) {
+    const double factor = factors[static_cast<size_t>(i)];
+    if (factor == 1.0) continue;
+    const uint64_t end = i + 1 < spec.trainable_tensors_size()
+                             ? spec.trainable_tensors(i + 1).offset()
+                             : layout.delta_values();
+    for (uint64_t k = spec.trainable_tensors(i).offset(); k < end; ++k) {
+      update[k] = static_cast<float>(factor * update[k]);
+    }
   }
   for (size_t l = 0; l < layers; ++l) {
     for (size_t e = 0; e < experts; ++e) {
@@ -77,7 +137,12 @@ absl::StatusOr<std::vector<float>> BuildPlainUpdate(
           static_cast<float>(static_cast<double>(expert_slots[l][e]) / layout.histogram_scale());
     }
   }
-  return update;
+  const std::span<float> histogram(update.data() + layout.histogram_offset(),
+                                   layout.histogram_values());
+  // More slots than the spec's training makes (a longer run than planned) cannot widen the
+  // histogram's share of the norm.
+  privacy::ClipToL2Norm(histogram, layout.histogram_norm_bound());
+  return plain;
 }
 
 model::TrainableSet TrainableFromSpec(const model::ModelLayout& layout,

@@ -1,8 +1,8 @@
 // The client's side of DESIGN §4: from the global model and the locally trained replica to the
 // plain update vector the round's spec describes, and the ring encoding it is sent in.
 //
-//   [ Δ of the spec's tensors, each routed expert's block × w_e | w · expert_weights_scale |
-//     routing histogram / histogram_scale ]
+//   [ clip(Δ of the spec's tensors, C_Δ), each routed expert's block × w_e |
+//     w · expert_weights_scale | clip(routing histogram / histogram_scale) ]
 //
 // w_e is the fraction of this client's routed token slots in a layer that went to expert e.
 #ifndef FEDMOE_CLIENT_UPDATE_H_
@@ -20,11 +20,22 @@
 
 namespace fedmoe::client {
 
-// `expert_slots` is TrainResult::expert_slots. InvalidArgument when the spec names a tensor the
-// models lack or with another shape, or its layout disagrees with the tensors.
-absl::StatusOr<std::vector<float>> BuildPlainUpdate(
-    const model::ModelParameters& global, const model::ModelParameters& local,
-    const std::vector<std::vector<int64_t>>& expert_slots, const v1::UpdateSpec& spec);
+struct PlainUpdate {
+  // plain_values() values, with L2 norm at most the spec's clip norm C.
+  std::vector<float> values;
+  // ‖Δ‖ before it was clipped to the layout's delta_clip_norm; stays on the site (its log).
+  double delta_norm = 0;
+};
+
+// `expert_slots` is TrainResult::expert_slots. Δ is clipped to delta_clip_norm before each
+// routed block is scaled by w_e, and the histogram to histogram_norm_bound, so every part keeps
+// its own bound and the whole vector is within C by construction. InvalidArgument when the spec
+// names a tensor the models lack or with another shape, its layout disagrees with the tensors,
+// or its norm bounds do not fold into the clip norm.
+absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& global,
+                                             const model::ModelParameters& local,
+                                             const std::vector<std::vector<int64_t>>& expert_slots,
+                                             const v1::UpdateSpec& spec);
 
 // The trainable set that trains exactly the spec's tensor roles.
 model::TrainableSet TrainableFromSpec(const model::ModelLayout& layout, const v1::UpdateSpec& spec);

@@ -7,9 +7,16 @@
 
 namespace fedmoe::coordinator {
 
+double ExpertWeightFloor(const v1::UpdateLayout& layout, double configured_floor,
+                         double sum_noise_stddev) {
+  const double weight_noise_stddev =
+      layout.expert_weights_scale() > 0 ? sum_noise_stddev / layout.expert_weights_scale() : 0.0;
+  return std::max(configured_floor, 2.0 * weight_noise_stddev);
+}
+
 absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
                                          const v1::UpdateSpec& spec, int64_t survivors,
-                                         double expert_weight_floor) {
+                                         double configured_floor, double sum_noise_stddev) {
   const v1::UpdateLayout& layout = spec.layout();
   if (decoded.size() != layout.plain_values()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -21,7 +28,12 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
   }
   const size_t layers = layout.num_moe_layers();
   const size_t experts = layout.num_experts();
+  if (!(sum_noise_stddev >= 0)) {
+    return absl::InvalidArgumentError("the sum's noise standard deviation is not a number >= 0");
+  }
   MergedUpdate merged;
+  merged.expert_weight_floor = ExpertWeightFloor(layout, configured_floor, sum_noise_stddev);
+  const double expert_weight_floor = merged.expert_weight_floor;
   merged.delta.assign(layout.delta_values(), 0.0f);
   merged.expert_weight_sums.assign(layers, std::vector<double>(experts, 0.0));
   merged.expert_token_slots.assign(layers, std::vector<double>(experts, 0.0));

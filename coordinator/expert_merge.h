@@ -2,8 +2,12 @@
 // the change applied to the global model.
 //
 // A routed expert's merged update is Σ_u w_ue·Δ_ue / Σ_u w_ue (clients already scaled their
-// block by w_ue, so the sum holds the numerator); an expert whose summed weight is below
-// w_min is left as it was, because nobody used it or only noise says anybody did. Routers,
+// block by w_ue, so the sum holds the numerator). Clients clip Δ to C_Δ before that weighting
+// and send w outside any clipping, so the quotient is a weighted mean of clipped deltas and its
+// norm is at most C_Δ. An expert whose summed weight is below the floor is left as it was:
+// nobody used it, or only noise says anybody did. The floor is the configured w_min, raised to
+// two standard deviations of the noise in a summed weight, so no divisor is one that noise
+// could have made (dividing noise by near-zero was what ruined noised federations). Routers,
 // shared experts and any other trainable tensor take the mean over the survivors. The summed
 // weights and routing histogram give the federation's expert load, never one client's.
 #ifndef FEDMOE_COORDINATOR_EXPERT_MERGE_H_
@@ -31,12 +35,22 @@ struct MergedUpdate {
   std::vector<bool> untouched;
   int64_t experts_merged = 0;
   int64_t experts_untouched = 0;
+  // The floor the merge applied (ExpertWeightFloor).
+  double expert_weight_floor = 0;
 };
 
-// `decoded` has spec.layout().plain_values() values (RingEncoder::DecodeSum of the sum).
+// The summed expert weight below which an expert is left as it was: max(w_min, 2·σ_w), where
+// σ_w = sum_noise_stddev / expert_weights_scale is the noise's standard deviation in a summed
+// weight. An expert nobody used shows a noised weight above the floor with probability 2.3%.
+double ExpertWeightFloor(const v1::UpdateLayout& layout, double configured_floor,
+                         double sum_noise_stddev);
+
+// `decoded` has spec.layout().plain_values() values (RingEncoder::DecodeSum of the sum);
+// `sum_noise_stddev` is the standard deviation of the DP noise in each decoded value (0 without
+// noise). Without noise, every merged tensor's change has L2 norm at most delta_clip_norm.
 absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
                                          const v1::UpdateSpec& spec, int64_t survivors,
-                                         double expert_weight_floor);
+                                         double expert_weight_floor, double sum_noise_stddev);
 
 // FedAvg (θ += η·Δ) or FedAdam (Reddi et al. 2021: Δ as the pseudo-gradient, θ += η·m/(√v+τ)),
 // applied to the spec's tensors of `parameters`. FedAdam's moments persist with each

@@ -585,8 +585,16 @@ void RoundEngine::Commit(Round& round) {
   sum->clear();
   sum->shrink_to_fit();
   if (!decoded.ok()) return fail(decoded.status());
-  absl::StatusOr<MergedUpdate> merged = MergeUpdate(
-      *decoded, spec, static_cast<int64_t>(survivors.size()), policy_.expert_weight_floor);
+  // The noise in each decoded value: the survivors' shares (or the coordinator's one draw),
+  // back in update units.
+  const double sum_noise_stddev =
+      priced.has_value()
+          ? std::sqrt(static_cast<double>(priced->survivors) * priced->local_noise_variance) /
+                round.encoding.scale
+          : 0.0;
+  absl::StatusOr<MergedUpdate> merged =
+      MergeUpdate(*decoded, spec, static_cast<int64_t>(survivors.size()),
+                  policy_.expert_weight_floor, sum_noise_stddev);
   decoded->clear();
   decoded->shrink_to_fit();
   if (!merged.ok()) return fail(merged.status());
@@ -667,6 +675,7 @@ void RoundEngine::Commit(Round& round) {
       .Field("survivors", static_cast<int64_t>(survivors.size()))
       .Field("experts_merged", merged->experts_merged)
       .Field("experts_untouched", merged->experts_untouched)
+      .Field("expert_weight_floor", merged->expert_weight_floor)
       .Field("epsilon", epsilon)
       .Field("delta", policy_.delta)
       .Field("expert_load", ExpertLoadText(merged->expert_weight_sums))

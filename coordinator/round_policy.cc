@@ -203,6 +203,13 @@ void ReadRoundPolicy(config::YamlConfigReader& reader, RoundPolicy* policy) {
         std::pair{"rounds.histogram_share", policy->histogram_share}}) {
     if (!(share > 0 && share < 1)) reader.Invalid(key, "must be in (0, 1)");
   }
+  if (!(policy->expert_weights_share * policy->expert_weights_share +
+            policy->histogram_share * policy->histogram_share <
+        0.5)) {
+    reader.Invalid("rounds.expert_weights_share",
+                   "with rounds.histogram_share, takes half the clip norm's square or more, "
+                   "leaving Δ too little (their squares must add up to less than 0.5)");
+  }
 
   std::string mode(PrivacyModeName(policy->privacy_mode));
   reader.Read("privacy.mode", &mode);

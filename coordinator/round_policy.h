@@ -53,11 +53,13 @@ struct RoundPolicy {
   double server_beta1 = 0.9;
   double server_beta2 = 0.99;
   double server_tau = 1e-3;
-  // w_min of the expert merge: an expert whose summed routing weight is below it is left as
-  // it was (nobody used it, or only noise says anybody did).
+  // w_min of the expert merge: an expert whose summed routing weight is below it, or below two
+  // standard deviations of the noise in a summed weight where that is higher, is left as it
+  // was (nobody used it, or only noise says anybody did).
   double expert_weight_floor = 1e-3;
   // Fractions of the clip norm C that the expert weights and the routing histogram may take
-  // (each is scaled so that its largest possible norm is this share of C).
+  // (each is scaled so that its largest possible norm is this share of C). Δ is clipped to
+  // C·√(1 − expert_weights_share² − histogram_share²), so the three fold into C.
   double expert_weights_share = 0.25;
   double histogram_share = 0.05;
 

@@ -102,15 +102,34 @@ absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const model::ModelLayout& layout,
   update->set_metrics_values(0);
   update->set_plain_values(offset + 2 * layers * experts);
   update->set_encoded_values(NextPowerOfTwo(update->plain_values()));
-  // Each layer's w has L2 norm at most 1, and its histogram at most the layer's token slots.
-  const double root_layers = std::sqrt(static_cast<double>(layers));
-  update->set_expert_weights_scale(policy.expert_weights_share * policy.clip_norm / root_layers);
+  // The three parts of the plain vector share the clip norm C, each with a bound of its own,
+  // so that clipping never rescales the expert weights the merge divides by (DESIGN §4.3):
+  //   Δ, clipped to C_Δ before the routed blocks are weighted (w_e ≤ 1 keeps them within it);
+  //   w·scale: a token's k slots go to k different experts, so w_e ≤ 1/k and each layer's w
+  //     has L2 norm at most 1/√k;
+  //   the histogram / scale: a layer's slot counts have L2 norm at most its slots in a round.
+  // C_Δ² + (share_w·C)² + (share_h·C)² = C².
+  const double weight_norm_per_unit_scale =
+      std::sqrt(static_cast<double>(layers) / static_cast<double>(config.num_experts_per_tok));
+  const double weights_bound = policy.expert_weights_share * policy.clip_norm;
+  const double histogram_bound = policy.histogram_share * policy.clip_norm;
+  update->set_expert_weights_scale(weights_bound / weight_norm_per_unit_scale);
+  update->set_expert_weights_norm_bound(weights_bound);
   const v1::LocalTrainingConfig& training = policy.training;
   const double slots_per_layer =
       static_cast<double>(training.steps()) * training.gradient_accumulation() *
       training.batch_size() * training.seq_len() * static_cast<double>(config.num_experts_per_tok);
-  update->set_histogram_scale(slots_per_layer * root_layers /
-                              (policy.histogram_share * policy.clip_norm));
+  update->set_histogram_scale(slots_per_layer * std::sqrt(static_cast<double>(layers)) /
+                              histogram_bound);
+  update->set_histogram_norm_bound(histogram_bound);
+  const double delta_share_squared = 1.0 -
+                                     policy.expert_weights_share * policy.expert_weights_share -
+                                     policy.histogram_share * policy.histogram_share;
+  if (!(delta_share_squared > 0)) {
+    return absl::InvalidArgumentError(
+        "rounds.expert_weights_share² + rounds.histogram_share² leave no clip norm for Δ");
+  }
+  update->set_delta_clip_norm(policy.clip_norm * std::sqrt(delta_share_squared));
 
   *spec.mutable_training() = policy.training;
 

@@ -82,18 +82,19 @@ class KnownUpdates {
     for (size_t i = 0; i < known.delta.size(); ++i) {
       known.delta[i] = static_cast<double>(local.values()[i]) - global->values()[i];
     }
-    absl::StatusOr<std::vector<float>> plain =
+    absl::StatusOr<client::PlainUpdate> plain =
         client::BuildPlainUpdate(*global, local, known.slots, spec);
     if (!plain.ok()) return plain.status();
     absl::StatusOr<privacy::RingEncoder> encoder = privacy::RingEncoder::Create(
-        plain->size(), client::EncodingFromSpec(spec, static_cast<int>(task.secagg().ring_bits())));
+        plain->values.size(),
+        client::EncodingFromSpec(spec, static_cast<int>(task.secagg().ring_bits())));
     if (!encoder.ok()) return encoder.status();
     absl::StatusOr<privacy::SecureRandom> rounding = privacy::SecureRandom::FromSystem();
     if (!rounding.ok()) return rounding.status();
     std::lock_guard<std::mutex> lock(mutex_);
     spec_ = spec;
     updates_[client_id] = std::move(known);
-    return encoder->Encode(*plain, *rounding);
+    return encoder->Encode(plain->values, *rounding);
   }
 
   std::filesystem::path models_;
