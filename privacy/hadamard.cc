@@ -155,6 +155,7 @@ absl::StatusOr<RandomizedHadamard> RandomizedHadamard::Create(size_t dimension,
   const size_t padded = std::bit_ceil(dimension);
   std::vector<uint64_t> bits((padded + 63) / 64);
   for (uint64_t& word : bits) word = (*random)();
+  if (absl::Status status = random->status(); !status.ok()) return status;
   return RandomizedHadamard(dimension, padded, std::move(bits));
 }
 

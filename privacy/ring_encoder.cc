@@ -322,6 +322,11 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
   for (size_t s = 1; s < shards; ++s) threads.emplace_back(run_shard, s);
   run_shard(0);
   for (std::thread& thread : threads) thread.join();
+  // Rounding and noise from a failed keystream would be no noise at all: the encoding is
+  // discarded, and with it the round, never sent.
+  for (const SecureRandom& stream : streams) {
+    if (absl::Status status = stream.status(); !status.ok()) return status;
+  }
   if (!within_bound) {
     return absl::InternalError(
         "conditional randomized rounding never met its norm bound: check scale and beta");
@@ -392,7 +397,8 @@ absl::Status RingEncoder::AddCentralNoise(std::span<uint64_t> sum, int bits, dou
       sum[start + i] = (sum[start + i] + static_cast<uint64_t>(noise[i])) & mask;
     }
   }
-  return absl::OkStatus();
+  // The caller discards the sum, and aborts the round, rather than decode it without noise.
+  return random.status();
 }
 
 }  // namespace fedmoe::privacy

@@ -29,6 +29,10 @@ absl::StatusOr<SecureRandom> SecureRandom::Fork() {
     const uint64_t word = (*this)();
     std::memcpy(key.data() + 8 * half, &word, 8);
   }
+  if (!status().ok()) {
+    OPENSSL_cleanse(key.data(), key.size());
+    return status();
+  }
   absl::StatusOr<SecureRandom> child = FromKey(key);
   OPENSSL_cleanse(key.data(), key.size());
   return child;
@@ -69,8 +73,23 @@ void SecureRandom::WriteKeystream(std::span<uint64_t> words) {
     std::memset(chunk.data(), 0, chunk.size_bytes());
     auto* bytes = reinterpret_cast<unsigned char*>(chunk.data());
     int written = 0;
-    EVP_EncryptUpdate(cipher_.get(), bytes, &written, bytes, static_cast<int>(chunk.size_bytes()));
+    if (EVP_EncryptUpdate(cipher_.get(), bytes, &written, bytes,
+                          static_cast<int>(chunk.size_bytes())) != 1 ||
+        static_cast<size_t>(written) != chunk.size_bytes()) {
+      failed_ = true;
+    }
   }
+}
+
+absl::Status SecureRandom::status() const {
+  if (!failed_) return absl::OkStatus();
+  return absl::InternalError(
+      "OpenSSL's AES-CTR keystream failed: the random bits drawn since are not random");
+}
+
+void SecureRandom::BreakCipherForTesting() {
+  EVP_CIPHER_CTX_reset(cipher_.get());
+  position_ = kBufferWords;
 }
 
 void SecureRandom::Refill() {

@@ -5,7 +5,10 @@
 // stream for bulk private bits. A composition of OpenSSL primitives, not a generator of our
 // own.
 //
-// Satisfies UniformRandomBitGenerator, so <random> distributions can draw from it.
+// Satisfies UniformRandomBitGenerator, so <random> distributions can draw from it. A draw cannot
+// return an error, so a keystream failure is sticky instead: status() reports it from then on,
+// and every consumer (encoding, central noise, rotation signs, forks) checks it before its
+// output is used. The words drawn after a failure are not random and must be discarded.
 #ifndef FEDMOE_PRIVACY_SECURE_RANDOM_H_
 #define FEDMOE_PRIVACY_SECURE_RANDOM_H_
 
@@ -51,6 +54,14 @@ class SecureRandom {
   // words[i] = (*this)(), for every i: the same stream, written in bulk.
   void Fill(std::span<uint64_t> words);
 
+  // Ok while every keystream block so far came from the cipher; Internal after a failure, for
+  // good.
+  absl::Status status() const;
+
+  // Resets the cipher context, so that the next keystream block fails in OpenSSL itself: for
+  // tests of the failure path, which real hardware does not produce on demand.
+  void BreakCipherForTesting();
+
   // Uniform in [0, 1), with 53 random bits.
   double UniformDouble() { return static_cast<double>((*this)() >> 11) * 0x1.0p-53; }
   // Uniform in [0, bound), without modulo bias. bound ≥ 1.
@@ -73,6 +84,7 @@ class SecureRandom {
   std::unique_ptr<EVP_CIPHER_CTX, CipherDeleter> cipher_;
   std::array<uint64_t, kBufferWords> buffer_{};
   size_t position_ = kBufferWords;
+  bool failed_ = false;
 };
 
 }  // namespace fedmoe::privacy

@@ -80,7 +80,8 @@ absl::Status MaskGenerator::Apply(std::span<uint64_t> values, bool subtract) {
     std::memset(keystream.data(), 0, bytes);
     int written = 0;
     if (EVP_EncryptUpdate(cipher_.get(), keystream.data(), &written, keystream.data(),
-                          static_cast<int>(bytes)) != 1) {
+                          static_cast<int>(bytes)) != 1 ||
+        static_cast<size_t>(written) != bytes) {
       return absl::InternalError("AES-128-CTR keystream failed");
     }
     uint64_t* out = values.data() + done;
@@ -117,7 +118,8 @@ absl::StatusOr<std::string> Aes128CtrKeystream(std::string_view key, std::string
       EVP_EncryptInit_ex(cipher.get(), EVP_aes_128_ctr(), nullptr,
                          reinterpret_cast<const unsigned char*>(key.data()),
                          reinterpret_cast<const unsigned char*>(counter.data())) != 1 ||
-      EVP_EncryptUpdate(cipher.get(), data, &written, data, static_cast<int>(bytes)) != 1) {
+      EVP_EncryptUpdate(cipher.get(), data, &written, data, static_cast<int>(bytes)) != 1 ||
+      static_cast<size_t>(written) != bytes) {
     return absl::InternalError("AES-128-CTR keystream failed");
   }
   return stream;

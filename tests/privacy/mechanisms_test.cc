@@ -400,6 +400,45 @@ TEST(SecureRandomTest, SeededStreamsAreTheProtocolsKeystreamAndForksTheirOwn) {
   EXPECT_EQ(parent(), reference());
 }
 
+// A keystream that OpenSSL failed to produce would be all zeros: no noise and no rounding, and
+// nothing in the output to show it. The failure is kept and reported by everything downstream.
+TEST(SecureRandomTest, AKeystreamFailureIsReportedNotHidden) {
+  SecureRandom random = *SecureRandom::FromSeed(std::string(32, 'f'), "test");
+  EXPECT_TRUE(random.status().ok());
+  random.BreakCipherForTesting();
+  std::vector<uint64_t> words(1000);
+  random.Fill(words);
+  EXPECT_EQ(random.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(random.status().message()), ::testing::HasSubstr("keystream failed"));
+  // Sticky, and a fork of a failed stream is refused.
+  (void)random();
+  EXPECT_FALSE(random.status().ok());
+  EXPECT_FALSE(random.Fork().ok());
+
+  // The encoder refuses to produce an encoding from it, noised or not.
+  RingEncoding encoding;
+  encoding.mechanism = NoiseMechanism::kDiscreteGaussian;
+  encoding.local_noise_variance = 100;
+  encoding.scale = 100;
+  const RingEncoder encoder = *RingEncoder::Create(64, encoding);
+  const std::vector<float> update(64, 0.01F);
+  absl::StatusOr<std::vector<uint64_t>> encoded = encoder.Encode(update, random);
+  EXPECT_EQ(encoded.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(encoded.status().message()), ::testing::HasSubstr("keystream failed"));
+
+  // So does the coordinator's central noise, which would otherwise decode a noiseless sum.
+  SecureRandom central = *SecureRandom::FromSeed(std::string(32, 'c'), "test");
+  central.BreakCipherForTesting();
+  std::vector<uint64_t> sum(10000, 5);
+  const absl::Status noised = RingEncoder::AddCentralNoise(sum, 32, 1e6, central);
+  EXPECT_EQ(noised.code(), absl::StatusCode::kInternal);
+
+  // A healthy stream is unaffected by the checks.
+  SecureRandom healthy = *SecureRandom::FromSeed(std::string(32, 'h'), "test");
+  EXPECT_TRUE(encoder.Encode(update, healthy).ok());
+  EXPECT_TRUE(RingEncoder::AddCentralNoise(sum, 32, 1e6, healthy).ok());
+}
+
 TEST(HadamardTest, FastTransformMatchesTheHadamardMatrix) {
   // 4096 and 8192 reach past the cache block into the radix-2 and radix-4 sweeps.
   for (size_t n : {1, 2, 8, 32, 4096, 8192}) {
