@@ -13,9 +13,17 @@ namespace {
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 
 // KLS21 Prop. 14 for the sum of `survivors` discrete Gaussians of variance σ² each: the sum is
-// close to, but not exactly, a discrete Gaussian; τ measures the gap.
+// close to, but not exactly, a discrete Gaussian; τ measures the gap. The proposition assumes
+// σ ≥ 1/2. A second bound holds for every σ: the sum is the sensitive sum plus one client's
+// discrete Gaussian, with the other shares added afterwards, which is post-processing; and a
+// discrete Gaussian of any σ has the Gaussian's RDP α·Δ²/(2σ²) (Canonne, Kamath, Steinke
+// 2020). The round is charged the smaller of the two where both hold, and the one-share bound
+// alone below σ = 1/2: sound, and dear, so small shares are charged dearly rather than wrongly.
 double DistributedDiscreteGaussianRdp(const DistributedRound& round, double alpha) {
   const double sigma_squared = round.local_noise_variance;
+  const double one_share =
+      alpha * round.l2_sensitivity * round.l2_sensitivity / (2.0 * sigma_squared);
+  if (sigma_squared < kSmallestProvenShareVariance) return one_share;
   double tau = 0;
   for (int64_t k = 1; k < round.survivors; ++k) {
     const auto kd = static_cast<double>(k);
@@ -30,7 +38,7 @@ double DistributedDiscreteGaussianRdp(const DistributedRound& round, double alph
   const double first = alpha / 2.0 * l2 * l2 + tau * d;
   const double second = alpha / 2.0 * (l2 * l2 + 2.0 * l1 * tau + tau * tau * d);
   const double third = alpha / 2.0 * std::pow(l2 + std::sqrt(d) * tau, 2);
-  return std::min({first, second, third});
+  return std::min({first, second, third, one_share});
 }
 
 // AKL21 for Skellam noise of total variance V = survivors · local variance, in integer units.

@@ -22,6 +22,11 @@
 
 namespace fedmoe::privacy {
 
+// KLS21 Prop. 14 holds for shares of standard deviation at least 1/2. Discrete Gaussian shares
+// of less variance are priced as one share alone, a bound that holds for any σ and also caps
+// the proposition's where it is tighter (distributed_accounting.cc says why).
+inline constexpr double kSmallestProvenShareVariance = 0.25;
+
 struct DistributedRound {
   NoiseMechanism mechanism = NoiseMechanism::kDiscreteGaussian;
   // Poisson sampling rate of the cohort.

@@ -59,14 +59,44 @@ TEST(DistributedAccountingTest, SkellamMatchesItsPublishedFormula) {
 }
 
 TEST(DistributedAccountingTest, SmallDiscreteGaussianSharesPayForTheGapToAGaussian) {
-  // With σ² = 0.1 per client, the sum of discrete Gaussians is far from one: τ > 0 and the
-  // RDP exceeds the Gaussian form.
-  DistributedRound round = Round(NoiseMechanism::kDiscreteGaussian, 1.0, 0.1, 100);
+  // With σ² = 0.3 per client (σ ≈ 0.55, inside KLS21's σ ≥ 1/2), the sum of discrete
+  // Gaussians is far from one: τ > 0 and the RDP exceeds the Gaussian form.
+  DistributedRound round = Round(NoiseMechanism::kDiscreteGaussian, 1.0, 0.3, 100);
   round.l2_sensitivity = 2.0;
   round.dimension = 16;
   const double z = EffectiveNoiseMultiplier(round);
   const double rdp = (*DistributedRoundRdp(round, std::vector<double>{4.0}))[0];
   EXPECT_GT(rdp, 4.0 / (2 * z * z) * 1.01);
+}
+
+TEST(DistributedAccountingTest, SharesBelowHalfAStandardDeviationArePricedAsOneShare) {
+  // KLS21 Prop. 14 does not cover σ < 1/2. Such rounds are charged the RDP of a single share,
+  // α·Δ²/(2σ²), whatever the number of survivors.
+  for (double variance : {0.1, 0.2499}) {
+    DistributedRound round = Round(NoiseMechanism::kDiscreteGaussian, 1.0, variance, 100);
+    round.l2_sensitivity = 2.0;
+    round.dimension = 16;
+    for (double alpha : {2.0, 4.0, 32.0}) {
+      const double rdp = (*DistributedRoundRdp(round, std::vector<double>{alpha}))[0];
+      EXPECT_NEAR(rdp, alpha * 4.0 / (2 * variance), 1e-12 * rdp) << variance;
+    }
+  }
+  // From σ = 1/2 on the proposition applies, and the charge is the smaller bound: at σ² = 1/4
+  // its τ·d (about 119) is above one share's α·Δ²/(2σ²) = 32, which stays; at σ² = 1 the
+  // proposition's (τ·d about 0.06, plus α·Δ²/(2·100)) is far below one share's 8.
+  auto rdp_at_four = [](double variance) {
+    DistributedRound round = Round(NoiseMechanism::kDiscreteGaussian, 1.0, variance, 100);
+    round.l2_sensitivity = 2.0;
+    round.dimension = 16;
+    return (*DistributedRoundRdp(round, std::vector<double>{4.0}))[0];
+  };
+  EXPECT_NEAR(rdp_at_four(0.25), 32.0, 1e-12);
+  EXPECT_LT(rdp_at_four(1.0), 1.0);
+  EXPECT_GT(rdp_at_four(1.0), 4.0 * 4.0 / (2 * 100.0));
+  // One survivor (and central rounds) is one discrete Gaussian: exact for any σ.
+  DistributedRound single = Round(NoiseMechanism::kDiscreteGaussian, 1.0, 0.1, 1);
+  single.l2_sensitivity = 2.0;
+  EXPECT_NEAR((*DistributedRoundRdp(single, std::vector<double>{4.0}))[0], 4.0 * 4.0 / 0.2, 1e-9);
 }
 
 TEST(DistributedAccountingTest, TheSubsamplingBoundIsSoundForTheGaussian) {
