@@ -45,6 +45,7 @@ class CommandLine {
 };
 
 // A CLI's commands: `program COMMAND [FLAGS]`, with --help, and exit status 2 for bad usage.
+// `--help` or `-h` anywhere after a command prints that command's entry of `usage` and exits 0.
 struct Subcommand {
   std::string name;
   std::function<int(const std::vector<std::string>& args)> run;
@@ -52,6 +53,12 @@ struct Subcommand {
 
 int RunSubcommands(const std::string& program, const char* usage, int argc, char** argv,
                    const std::vector<Subcommand>& commands);
+
+// The entries of `usage` (a program's whole usage text) for the command `words` ("ca begin",
+// "train"): each header line "  WORDS ..." whose words start with `words`, its wrapped flag
+// lines, and the description that follows a run of headers of the same command. Empty when no
+// header matches. One usage text serves the program's --help and every command's.
+std::string CommandUsage(const std::string& usage, const std::vector<std::string>& words);
 
 // Prints "PROGRAM: error: MESSAGE" on one line and returns the exit status: 2 for invalid
 // arguments (bad usage), 1 for everything else.
