@@ -8,8 +8,9 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config git ca-certificates python3
-  # tests of the Helm chart parse the rendered YAML
-  python3-yaml
+  # tests of the Helm chart: Go's text/template (Helm's engine) renders it, and the rendered
+  # YAML is parsed
+  python3-yaml golang-go
   # wire contract and services
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
   # crypto, numerics, foundations

@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Renders deploy/helm/fedmoe-coordinator and checks the Kubernetes objects it makes.
 
-With `helm` on PATH this uses `helm template`. Debian has no helm, so otherwise it renders
-with the small part of Helm's template language that the chart restricts itself to:
+With `helm` on PATH this uses `helm template`. Debian has no helm, but it has Go, whose
+text/template is the engine Helm renders with: tests/deploy/helm_render.go runs the chart
+through it (with Sprig's `quote`, the one Sprig function the chart uses). The test also
+renders with its own interpreter of the small part of the template language that the chart
+restricts itself to, and fails unless both give the same objects:
   - values and release fields (.Values.a.b, .Release.Name, .Release.Namespace,
     .Chart.AppVersion);
   - `| quote`;
   - if / if not / else / end;
   - `{{-` and `-}}` whitespace trimming.
 Anything else in a template fails the test, so the chart cannot drift out of what is checked.
+Without Go the subset alone renders; the last line of output names the renderer that ran.
 Every document must parse as YAML. The objects are checked for each CA option (new CA,
 existing Secret, Secret from values) and for a storage class.
     tests/deploy/helm_render_test.py SOURCE_DIR
@@ -24,6 +28,7 @@ import tempfile
 import yaml
 
 CHART = pathlib.Path(sys.argv[1]) / "deploy/helm/fedmoe-coordinator"
+GO_RENDERER = pathlib.Path(sys.argv[1]) / "tests/deploy/helm_render.go"
 RELEASE, NAMESPACE = "fed", "federation"
 ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
 
@@ -108,6 +113,34 @@ def render(text, context):
     return "".join(out)
 
 
+GO_BUILD = tempfile.TemporaryDirectory()
+go_renderer = None
+
+
+def render_with_go(context):
+    """The chart rendered by Go's text/template, or None without Go."""
+    global go_renderer
+    go = shutil.which("go")
+    if not go:
+        return None
+    if go_renderer is None:
+        binary = pathlib.Path(GO_BUILD.name) / "helm_render"
+        environment = {"PATH": "/usr/bin:/bin", "HOME": GO_BUILD.name, "GOCACHE": f"{GO_BUILD.name}/cache",
+                       "GOPATH": f"{GO_BUILD.name}/path", "GO111MODULE": "off", "GOFLAGS": "", "CGO_ENABLED": "0"}
+        subprocess.run([go, "build", "-o", str(binary), str(GO_RENDERER)], check=True, env=environment)
+        go_renderer = binary
+    return subprocess.run([str(go_renderer), str(CHART)], input=json.dumps(context), check=True,
+                          capture_output=True, text=True).stdout
+
+
+def parse(text):
+    found = {}
+    for document in yaml.safe_load_all(text):
+        if document:
+            found[(document["kind"], document["metadata"]["name"])] = document
+    return found
+
+
 def objects(overrides):
     """All rendered objects, by (kind, name)."""
     helm = shutil.which("helm")
@@ -127,11 +160,12 @@ def objects(overrides):
         }
         text = "\n---\n".join(render(path.read_text(), context)
                               for path in sorted((CHART / "templates").glob("*.yaml")))
-    found = {}
-    for document in yaml.safe_load_all(text):
-        if document:
-            found[(document["kind"], document["metadata"]["name"])] = document
-    return found
+        go_text = render_with_go(context)
+        if go_text is not None:
+            expect(parse(go_text) == parse(text),
+                   f"Go's text/template and the subset interpreter disagree for values {overrides}")
+            text = go_text
+    return parse(text)
 
 
 failures = []
@@ -191,6 +225,11 @@ expect(claim["spec"].get("storageClassName") == "fast", "the storage class is us
 
 for failure in failures:
     print("FAIL:", failure)
-print(f"rendered with {'helm' if shutil.which('helm') else 'the template subset'}; "
-      f"{len(failures)} failures")
+if shutil.which("helm"):
+    renderer = "helm template"
+elif shutil.which("go"):
+    renderer = "Go's text/template (tests/deploy/helm_render.go), compared with the template subset"
+else:
+    renderer = "the template subset only (no helm, no go: install golang-go to render with Go)"
+print(f"rendered with {renderer}; {len(failures)} failures")
 sys.exit(1 if failures else 0)
