@@ -17,7 +17,12 @@ namespace fedmoe::client {
 
 // The daemon's local progress, as status.json and /metrics report it.
 struct ClientProgress {
+  // The newest model version held locally (the /metrics gauge).
   uint64_t model_version = 0;
+  // The version the last local training started from, and the newest version this client
+  // knows the federation committed (from a round it finished, or its newest download).
+  uint64_t trained_from_version = 0;
+  uint64_t latest_committed_version = 0;
   uint64_t last_round = 0;
   std::string last_outcome;
   uint64_t rounds_joined = 0;

@@ -188,7 +188,8 @@ void ClientDaemon::WriteStatus(const std::string& state, const std::string& deta
   AppendJsonEscaped(detail, json);
   absl::StrAppend(&json, "\",\"updated_at\":\"", absl::FormatTime(absl::Now()),
                   "\",\"polls_answered\":", progress_.polls_answered,
-                  ",\"model_version\":", progress_.model_version,
+                  ",\"trained_from_version\":", progress_.trained_from_version,
+                  ",\"latest_committed_version\":", progress_.latest_committed_version,
                   ",\"last_round\":", progress_.last_round, ",\"last_outcome\":\"");
   AppendJsonEscaped(progress_.last_outcome, json);
   absl::StrAppend(&json, "\",\"rounds_joined\":", progress_.rounds_joined,
@@ -226,6 +227,9 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   if (!directory.ok()) return directory.status();
   progress_.last_sync = absl::Now();
   progress_.model_version = spec.base_model().version();
+  progress_.trained_from_version = spec.base_model().version();
+  progress_.latest_committed_version =
+      std::max(progress_.latest_committed_version, spec.base_model().version());
   absl::StatusOr<model::ModelParameters> global = model::LoadModel(*directory);
   if (!global.ok()) return global.status();
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
@@ -341,6 +345,8 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
       progress_.last_round = finished.round_id();
       if (finished.outcome() == v1::ROUND_STAGE_COMMITTED) {
         ++progress_.rounds_committed;
+        progress_.latest_committed_version =
+            std::max(progress_.latest_committed_version, finished.new_model_version());
         progress_.last_outcome =
             absl::StrCat("committed, model version ", finished.new_model_version());
       } else {
@@ -424,6 +430,7 @@ absl::Status ClientDaemon::Run() {
   }
   if (config_.threads > 0) kernels::cpu::SetCpuThreads(static_cast<int>(config_.threads));
   progress_.model_version = NewestLocalVersion(config_.state_dir.models());
+  progress_.latest_committed_version = progress_.model_version;
   LogEvent(LogLevel::kInfo, "daemon_started")
       .Field("client_id", config_.client_id)
       .Field("coordinator", config_.coordinator)

@@ -203,6 +203,9 @@ TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss)
   const std::string client_status = ReadFile(dir_.path() / "bank" / "status.json");
   EXPECT_THAT(client_status, HasSubstr("\"rounds_committed\":2"));
   EXPECT_THAT(client_status, HasSubstr("committed, model version 3"));
+  // Trained from version 2 in the second round; version 3 is what that round committed.
+  EXPECT_THAT(client_status, HasSubstr("\"trained_from_version\":2"));
+  EXPECT_THAT(client_status, HasSubstr("\"latest_committed_version\":3"));
 }
 
 TEST_F(RoundsTest, AKill9OfTheCoordinatorAbortsTheOpenRoundAndTheNextOneCommits) {
