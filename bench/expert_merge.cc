@@ -184,17 +184,7 @@ absl::StatusOr<nlohmann::json> Federate(const Settings& settings, bool old_desig
     if (!merged.ok()) return merged.status();
     model::ModelParameters next = global;
     if (absl::Status status = optimizer.Apply(spec, *merged, next); !status.ok()) return status;
-    double largest = 0;
-    for (const v1::TrainableTensor& wire : spec.trainable_tensors()) {
-      const model::TensorSpec* tensor = global.layout().Find(wire.name());
-      double squared = 0;
-      for (int64_t k = 0; k < tensor->size; ++k) {
-        const double change = static_cast<double>(next.values()[tensor->offset + k]) -
-                              global.values()[tensor->offset + k];
-        squared += change * change;
-      }
-      largest = std::max(largest, std::sqrt(squared));
-    }
+    const double largest = coordinator::LargestTensorChange(spec, global, next);
     global = std::move(next);
     absl::StatusOr<double> loss = HeldOutLoss(global, tokenizer);
     if (!loss.ok()) return loss.status();

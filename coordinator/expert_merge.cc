@@ -89,6 +89,25 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
   return merged;
 }
 
+double LargestTensorChange(const v1::UpdateSpec& spec, const model::ModelParameters& before,
+                           const model::ModelParameters& after) {
+  double largest = 0;
+  for (const v1::TrainableTensor& wire : spec.trainable_tensors()) {
+    const model::TensorSpec* tensor = before.layout().Find(wire.name());
+    const model::TensorSpec* changed = after.layout().Find(wire.name());
+    if (tensor == nullptr || changed == nullptr || tensor->size != changed->size) continue;
+    const std::span<const float> old_values = before.tensor(*tensor);
+    const std::span<const float> new_values = after.tensor(*changed);
+    double squared = 0;
+    for (size_t k = 0; k < old_values.size(); ++k) {
+      const double change = static_cast<double>(new_values[k]) - old_values[k];
+      squared += change * change;
+    }
+    largest = std::max(largest, std::sqrt(squared));
+  }
+  return largest;
+}
+
 void ServerOptimizer::RestoreMoments(std::vector<float> first, std::vector<float> second) {
   if (first.size() != second.size()) return;
   first_ = std::move(first);

@@ -52,6 +52,11 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
                                          const v1::UpdateSpec& spec, int64_t survivors,
                                          double expert_weight_floor, double sum_noise_stddev);
 
+// The largest L2 norm of any spec tensor's change from `before` to `after`: how far a round
+// moved the model, at most η·delta_clip_norm without noise. Tensors the models lack count 0.
+double LargestTensorChange(const v1::UpdateSpec& spec, const model::ModelParameters& before,
+                           const model::ModelParameters& after);
+
 // FedAvg (θ += η·Δ) or FedAdam (Reddi et al. 2021: Δ as the pseudo-gradient, θ += η·m/(√v+τ)),
 // applied to the spec's tensors of `parameters`. FedAdam's moments persist with each
 // published version (ModelRepository).

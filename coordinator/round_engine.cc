@@ -662,6 +662,7 @@ void RoundEngine::Commit(Round& round) {
     models_.RemoveUnpublished(round.base.version).IgnoreError();
     return fail(status);
   }
+  const double largest_tensor_change = LargestTensorChange(spec, *global_, next);
   global_ = std::move(next);
   absl::MutexLock lock(&mutex_);
   global_record_ = *record;
@@ -676,6 +677,7 @@ void RoundEngine::Commit(Round& round) {
       .Field("experts_merged", merged->experts_merged)
       .Field("experts_untouched", merged->experts_untouched)
       .Field("expert_weight_floor", merged->expert_weight_floor)
+      .Field("largest_tensor_change", largest_tensor_change)
       .Field("epsilon", epsilon)
       .Field("delta", policy_.delta)
       .Field("expert_load", ExpertLoadText(merged->expert_weight_sums))

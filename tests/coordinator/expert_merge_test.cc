@@ -356,6 +356,8 @@ TEST(ExpertMergeBoundTest, ARoundMovesEveryMergedTensorByAtMostTheClipNormTimesT
   }
   // The bound is tight: the pushed expert's weighted mean of clipped deltas reaches it.
   EXPECT_GT(largest, 0.95 * bound);
+  // What the coordinator logs for a round is this largest change.
+  EXPECT_NEAR(LargestTensorChange(spec, global, next), largest, 1e-12 * largest);
 }
 
 TEST(ExpertMergeBoundTest, AClientRefusesBoundsThatDoNotFoldIntoTheClipNorm) {
