@@ -108,7 +108,9 @@ class RoundFaultsTest : public CoordinatorFixture {
   // A federation of `clients` simulated clients, without noise (so the committed change can be
   // compared with the plain updates), short stage timeouts, FedAvg at learning rate 1, and
   // experts and routers trainable. The clip norm is far above the updates' norms. One masked
-  // input is staged at a time, so concurrent uploads meet RESOURCE_EXHAUSTED and retry.
+  // input is staged at a time, so concurrent uploads meet RESOURCE_EXHAUSTED and retry; the
+  // masked-input stage has 8 s for those retries, since 4 s once ran out under ctest -j2 while
+  // the CUDA simulator tests took both cores.
   // Without noise unless `privacy` says otherwise (YAML lines under privacy:).
   void StartNoiselessFederation(int clients, int max_rounds,
                                 const std::string& privacy = "  mode: none\n") {
@@ -118,7 +120,7 @@ class RoundFaultsTest : public CoordinatorFixture {
   timeouts:
     train: 4s
     share_keys: 4s
-    masked_input: 4s
+    masked_input: 8s
     unmask: 4s
   trainable: [experts, router]
 privacy:
