@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "client/update.h"
 #include "config/command_line.h"
+#include "coordinator/privacy_plan.h"
 #include "coordinator/update_spec.h"
 #include "model/config.h"
 #include "model/init.h"
@@ -138,9 +139,10 @@ absl::StatusOr<nlohmann::json> Federate(const Settings& settings, bool old_desig
   absl::StatusOr<privacy::RingEncoder> encoder =
       privacy::RingEncoder::Create(spec.layout().plain_values(), planned->encoding);
   if (!encoder.ok()) return encoder.status();
-  const double sum_noise_stddev =
-      std::sqrt(static_cast<double>(sites) * planned->encoding.local_noise_variance) /
-      planned->encoding.scale;
+  const double sum_noise_stddev = coordinator::DecodedNoiseStddev(
+      coordinator::PriceRound(policy.privacy_mode, planned->encoding,
+                              static_cast<int64_t>(spec.layout().encoded_values()), 1.0, z, sites),
+      planned->encoding);
 
   model::ModelParameters global = base;
   coordinator::ServerOptimizer optimizer(policy);

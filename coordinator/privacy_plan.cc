@@ -1,5 +1,6 @@
 #include "coordinator/privacy_plan.h"
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,13 @@ std::optional<privacy::DistributedRound> PriceRound(v1::PrivacySpec::Mode mode,
     default:
       return std::nullopt;
   }
+}
+
+double DecodedNoiseStddev(const std::optional<privacy::DistributedRound>& priced,
+                          const privacy::RingEncoding& encoding) {
+  if (!priced.has_value()) return 0.0;
+  return std::sqrt(static_cast<double>(priced->survivors) * priced->local_noise_variance) /
+         encoding.scale;
 }
 
 absl::StatusOr<privacy::PrivacyLoss> PlannedEpsilon(const RoundPolicy& policy, int64_t clients,

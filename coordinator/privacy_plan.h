@@ -23,6 +23,12 @@ std::optional<privacy::DistributedRound> PriceRound(v1::PrivacySpec::Mode mode,
                                                     int64_t encoded_values, double sampling_rate,
                                                     double noise_multiplier, int64_t survivors);
 
+// The standard deviation of the noise in each value of the decoded sum, in update units: the
+// priced round's total noise, √(survivors · local variance), divided by the encoding's γ. 0
+// without noise. What the expert merge's floor is measured against.
+double DecodedNoiseStddev(const std::optional<privacy::DistributedRound>& priced,
+                          const privacy::RingEncoding& encoding);
+
 // ε at the policy's δ after `rounds` rounds of `clients` clients who all survive, with updates
 // `encoded_values` long (a power of two), in the policy's mode, mechanism, ring and noise:
 // what the ledger will say, its samplers' charge included, if every round goes as planned.

@@ -585,16 +585,9 @@ void RoundEngine::Commit(Round& round) {
   sum->clear();
   sum->shrink_to_fit();
   if (!decoded.ok()) return fail(decoded.status());
-  // The noise in each decoded value: the survivors' shares (or the coordinator's one draw),
-  // back in update units.
-  const double sum_noise_stddev =
-      priced.has_value()
-          ? std::sqrt(static_cast<double>(priced->survivors) * priced->local_noise_variance) /
-                round.encoding.scale
-          : 0.0;
   absl::StatusOr<MergedUpdate> merged =
       MergeUpdate(*decoded, spec, static_cast<int64_t>(survivors.size()),
-                  policy_.expert_weight_floor, sum_noise_stddev);
+                  policy_.expert_weight_floor, DecodedNoiseStddev(priced, round.encoding));
   decoded->clear();
   decoded->shrink_to_fit();
   if (!merged.ok()) return fail(merged.status());

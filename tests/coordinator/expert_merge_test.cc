@@ -13,6 +13,7 @@
 
 #include "client/update.h"
 #include "coordinator/model_repository.h"
+#include "coordinator/privacy_plan.h"
 #include "coordinator/update_spec.h"
 #include "model/init.h"
 #include "privacy/ring_encoder.h"
@@ -190,6 +191,24 @@ TEST_F(ExpertMergeTest, NoiseRaisesTheFloorToTwoStandardDeviationsOfASummedWeigh
   EXPECT_FALSE(MergeUpdate(sum, spec_, 3, 1e-3, -1.0).ok());
   EXPECT_FALSE(MergeUpdate(sum, spec_, 0, 1e-3, 0.0).ok());
   EXPECT_FALSE(MergeUpdate(std::vector<double>(sum.size() - 1), spec_, 3, 1e-3, 0.0).ok());
+}
+
+TEST(DecodedNoiseStddevTest, IsTheTotalNoiseOfThePricedRoundInUpdateUnits) {
+  privacy::RingEncoding encoding;
+  encoding.clip_norm = 2.0;
+  encoding.scale = 1000.0;
+  encoding.mechanism = privacy::NoiseMechanism::kDiscreteGaussian;
+  encoding.local_noise_variance = 250.0 * 250.0;
+  // Distributed: four survivors' shares of σ = 250 add up to σ = 500 in scaled units.
+  EXPECT_NEAR(
+      DecodedNoiseStddev(PriceRound(v1::PrivacySpec::MODE_DISTRIBUTED, encoding, 1024, 1.0, 0.7, 4),
+                         encoding),
+      0.5, 1e-12);
+  // Central: the coordinator's one draw of z·C·γ is z·C = 1.4 in update units.
+  EXPECT_NEAR(DecodedNoiseStddev(
+                  PriceRound(v1::PrivacySpec::MODE_CENTRAL, encoding, 1024, 1.0, 0.7, 4), encoding),
+              1.4, 1e-12);
+  EXPECT_EQ(DecodedNoiseStddev(std::nullopt, encoding), 0.0);
 }
 
 // Three versions of FedAdam (Reddi et al. 2021) by hand, in double: m ← β1·m + (1−β1)·Δ,
