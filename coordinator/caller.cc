@@ -46,6 +46,10 @@ absl::StatusOr<Caller> CallerAuthorizer::AuthorizeAdmin(const grpc::AuthContext&
                      " may not call admin methods: an admin certificate "
                      "(spiffe://<federation>/admin/<name>) is required"));
   }
+  if (absl::Status status = store_->AuthorizeAdmin(caller->id.name, caller->serial, absl::Now());
+      !status.ok()) {
+    return status;
+  }
   return caller;
 }
 

@@ -95,4 +95,27 @@ absl::StatusOr<pki::Certificate> EnrollmentAuthority::Renew(const std::string& c
   return certificate;
 }
 
+absl::StatusOr<pki::Certificate> EnrollmentAuthority::AddAdmin(const std::string& name,
+                                                               const std::string& csr_der,
+                                                               const std::string& added_by,
+                                                               absl::Duration validity,
+                                                               absl::Time now) {
+  if (absl::Status status = pki::ValidateName("admin name", name); !status.ok()) return status;
+  std::optional<pki::Certificate> issued;
+  absl::Status added = store_->AddAdmin(name, added_by, now, [&]() -> absl::StatusOr<std::string> {
+    const pki::SpiffeId id{ca_.federation(), pki::IdentityKind::kAdmin, name};
+    absl::StatusOr<pki::Certificate> certificate = ca_.IssueFromCsr(csr_der, id, validity, now);
+    if (!certificate.ok()) return certificate.status();
+    issued = *certificate;
+    return certificate->SerialHex();
+  });
+  if (!added.ok()) return added;
+  LogEvent(LogLevel::kInfo, "admin_added")
+      .Field("name", name)
+      .Field("by", added_by)
+      .Field("serial", issued->SerialHex())
+      .Field("not_after", absl::FormatTime(issued->NotAfter()));
+  return *std::move(issued);
+}
+
 }  // namespace fedmoe::coordinator

@@ -47,6 +47,12 @@ class EnrollmentAuthority {
   absl::StatusOr<pki::Certificate> Renew(const std::string& client_id, const std::string& csr_der,
                                          absl::Time now = absl::Now());
 
+  // An admin certificate for a new operator `name`, valid for `validity`; `added_by` is the
+  // calling admin's name. AlreadyExists for a name the federation has known.
+  absl::StatusOr<pki::Certificate> AddAdmin(const std::string& name, const std::string& csr_der,
+                                            const std::string& added_by, absl::Duration validity,
+                                            absl::Time now = absl::Now());
+
   const pki::CertificateAuthority& ca() const { return ca_; }
   const pki::TrustBundle& trust() const { return trust_; }
 

@@ -35,6 +35,7 @@
 #include "pki/private_key.h"
 #include "pki/tls_policy.h"
 #include "privacy/rdp_accountant.h"
+#include "storage/read_file.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -75,6 +76,14 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
   token revoke TOKEN_ID
   clients list [--all] [--json]
   clients revoke CLIENT_ID [--reason TEXT]
+  admins add NAME --out DIR
+      Issue an admin certificate for another operator: a new key, the certificate, the CAs to
+      trust and the coordinator's address go to DIR (the key 0600). That operator runs admin
+      commands with --admin-dir DIR.
+  admins list [--json]
+  admins revoke NAME [--reason TEXT]
+      Refuse every certificate of operator NAME from its next call on, for good. An admin
+      cannot revoke itself.
   status [--json]
   rounds list [--limit N] [--json]
       Rounds, newest first: stage, cohort, survivors, duration, ε after.
@@ -90,9 +99,9 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
       round_started log line), and [--mechanism discrete_gaussian|skellam] [--ring-bits B]
       [--clip-norm C] [--rounding-beta BETA] as in the coordinator's config (its defaults).
 
-Admin commands talk to the running coordinator over mTLS with the admin certificate. They find
-it with --state-dir DIR (on the coordinator's host), or --config FILE, and --coordinator
-HOST:PORT overrides the address.
+Admin commands talk to the running coordinator over mTLS with an admin certificate. They find
+it with --state-dir DIR (on the coordinator's host), or --config FILE, or --admin-dir DIR (from
+`admins add`), and --coordinator HOST:PORT overrides the address.
 )";
 
 int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-coordinator", status); }
@@ -133,8 +142,12 @@ absl::StatusOr<CoordinatorConfig> ConfigFromFlags(const CommandLine& flags,
   return CoordinatorConfig::Load(config_path);
 }
 
-// The admin's channel to the running coordinator.
+// The admin's channel to the running coordinator: with the credentials of `admins add`'s
+// --out directory, or with the operator's own from the state directory.
 absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const CommandLine& flags) {
+  if (auto admin_dir = flags.Get("admin-dir")) {
+    return coordinator::DialAdmin(AdminCredentials{*admin_dir}, flags.GetOr("coordinator", ""));
+  }
   absl::StatusOr<CoordinatorConfig> config = ConfigFromFlags(
       flags,
       "admin commands need --state-dir DIR (or --config FILE) to find the admin certificate");
@@ -400,8 +413,8 @@ int TokenCommand(const std::vector<std::string>& args) {
   if (args.empty()) return Fail(absl::InvalidArgumentError("token needs create, list or revoke"));
   const std::string& verb = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
-  auto flags = CommandLine::Parse(rest, {"client-id", "ttl", "state-dir", "config", "coordinator"},
-                                  {"json"});
+  auto flags = CommandLine::Parse(
+      rest, {"client-id", "ttl", "state-dir", "config", "admin-dir", "coordinator"}, {"json"});
   if (!flags.ok()) return Fail(flags.status());
   auto stub = DialAdmin(*flags);
   if (!stub.ok()) return Fail(stub.status());
@@ -484,8 +497,8 @@ int ClientsCommand(const std::vector<std::string>& args) {
   if (args.empty()) return Fail(absl::InvalidArgumentError("clients needs list or revoke"));
   const std::string& verb = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
-  auto flags =
-      CommandLine::Parse(rest, {"reason", "state-dir", "config", "coordinator"}, {"json", "all"});
+  auto flags = CommandLine::Parse(
+      rest, {"reason", "state-dir", "config", "admin-dir", "coordinator"}, {"json", "all"});
   if (!flags.ok()) return Fail(flags.status());
   auto stub = DialAdmin(*flags);
   if (!stub.ok()) return Fail(stub.status());
@@ -540,8 +553,131 @@ int ClientsCommand(const std::vector<std::string>& args) {
   return Fail(absl::InvalidArgumentError(absl::StrCat("unknown clients command '", verb, "'")));
 }
 
+// Where the new operator should dial: --coordinator, else the address this command used, else
+// the endpoint the coordinator advertises to clients.
+absl::StatusOr<std::string> AdminAddress(const CommandLine& flags) {
+  if (auto address = flags.Get("coordinator")) return *address;
+  if (auto admin_dir = flags.Get("admin-dir")) {
+    absl::StatusOr<std::string> written =
+        storage::ReadSmallFile(AdminCredentials{*admin_dir}.address(), 1024);
+    if (!written.ok()) return written.status();
+    return std::string(absl::StripAsciiWhitespace(*written));
+  }
+  absl::StatusOr<CoordinatorConfig> config =
+      ConfigFromFlags(flags, "admins add needs --state-dir DIR, --config FILE or --admin-dir DIR");
+  if (!config.ok()) return config.status();
+  return config->advertised_endpoint();
+}
+
+void PrintAdmins(const v1::ListAdminsResponse& admins) {
+  std::printf("%-24s  %-8s  %-20s  %-16s  %s\n", "ADMIN", "STATE", "LAST SEEN", "ADDED BY",
+              "REVOKED BY");
+  for (const v1::AdminInfo& admin : admins.admins()) {
+    std::printf("%-24s  %-8s  %-20s  %-16s  %s\n", admin.name().c_str(),
+                admin.revoked() ? "revoked" : "active", Time(admin.last_seen_at()).c_str(),
+                admin.added_by().empty() ? "-" : admin.added_by().c_str(),
+                admin.revoked_by().empty() ? "-" : admin.revoked_by().c_str());
+  }
+  std::printf("%d admin(s)\n", admins.admins_size());
+}
+
+// `admins add`: the new operator's key never leaves this host, and the directory it gets is
+// all it needs to dial the coordinator.
+int AddAdmin(const CommandLine& flags, v1::Admin::Stub& stub) {
+  if (flags.positional().size() != 1) {
+    return Fail(absl::InvalidArgumentError("admins add needs exactly one NAME"));
+  }
+  absl::StatusOr<std::string> out = flags.Require("out");
+  if (!out.ok()) return Fail(out.status());
+  const AdminCredentials credentials{*out};
+  if (std::filesystem::exists(credentials.key())) {
+    return Fail(absl::AlreadyExistsError(
+        absl::StrCat(credentials.key().string(), " exists; choose a new --out directory")));
+  }
+  const std::string& name = flags.positional()[0];
+  absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::GenerateP256();
+  if (!key.ok()) return Fail(key.status());
+  absl::StatusOr<std::string> csr = pki::MakeCsr(*key, name);
+  if (!csr.ok()) return Fail(csr.status());
+  v1::AddAdminRequest request;
+  request.set_name(name);
+  request.set_csr_der(*csr);
+  v1::AddAdminResponse response;
+  auto context = AdminContext();
+  if (grpc::Status status = stub.AddAdmin(context.get(), request, &response); !status.ok()) {
+    return Fail(status);
+  }
+  absl::StatusOr<pki::Certificate> certificate =
+      pki::Certificate::FromDer(response.certificate().certificate_der());
+  if (!certificate.ok()) return Fail(certificate.status());
+  std::vector<std::string> trusted(response.trusted_ca_certificates_der().begin(),
+                                   response.trusted_ca_certificates_der().end());
+  absl::StatusOr<pki::SpiffeId> id = certificate->Identity();
+  if (!id.ok()) return Fail(id.status());
+  absl::StatusOr<pki::TrustBundle> trust = pki::TrustBundle::FromDer(trusted, id->federation);
+  if (!trust.ok()) return Fail(trust.status());
+  absl::StatusOr<std::string> address = AdminAddress(flags);
+  if (!address.ok()) return Fail(address.status());
+  if (absl::Status status =
+          WriteAdminCredentials(credentials, *key, *certificate, *trust, *address);
+      !status.ok()) {
+    return Fail(status);
+  }
+  std::printf(
+      "admin '%s' added: serial %s, expires %s\n"
+      "its key, certificate, trusted CAs and the coordinator's address are in %s; it runs admin "
+      "commands with --admin-dir %s\n",
+      name.c_str(), certificate->SerialHex().c_str(),
+      absl::FormatTime(certificate->NotAfter()).c_str(), out->c_str(), out->c_str());
+  return 0;
+}
+
+int AdminsCommand(const std::vector<std::string>& args) {
+  if (args.empty()) return Fail(absl::InvalidArgumentError("admins needs add, list or revoke"));
+  const std::string& verb = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  auto flags = CommandLine::Parse(
+      rest, {"reason", "out", "state-dir", "config", "admin-dir", "coordinator"}, {"json"});
+  if (!flags.ok()) return Fail(flags.status());
+  auto stub = DialAdmin(*flags);
+  if (!stub.ok()) return Fail(stub.status());
+  if (verb == "add") return AddAdmin(*flags, **stub);
+  if (verb == "list") {
+    v1::ListAdminsResponse response;
+    auto context = AdminContext();
+    if (grpc::Status status = (*stub)->ListAdmins(context.get(), {}, &response); !status.ok()) {
+      return Fail(status);
+    }
+    if (flags->Has("json")) {
+      std::printf("%s\n", Json(response).c_str());
+    } else {
+      PrintAdmins(response);
+    }
+    return 0;
+  }
+  if (verb == "revoke") {
+    if (flags->positional().size() != 1) {
+      return Fail(absl::InvalidArgumentError("admins revoke needs exactly one NAME"));
+    }
+    v1::RevokeAdminRequest request;
+    request.set_name(flags->positional()[0]);
+    request.set_reason(flags->GetOr("reason", ""));
+    v1::RevokeAdminResponse response;
+    auto context = AdminContext();
+    if (grpc::Status status = (*stub)->RevokeAdmin(context.get(), request, &response);
+        !status.ok()) {
+      return Fail(status);
+    }
+    std::printf("admin '%s' revoked at %s; its next call is refused\n",
+                response.admin().name().c_str(), Time(response.admin().revoked_at()).c_str());
+    return 0;
+  }
+  return Fail(absl::InvalidArgumentError(absl::StrCat("unknown admins command '", verb, "'")));
+}
+
 int Status(const std::vector<std::string>& args) {
-  auto flags = CommandLine::Parse(args, {"state-dir", "config", "coordinator"}, {"json"});
+  auto flags =
+      CommandLine::Parse(args, {"state-dir", "config", "admin-dir", "coordinator"}, {"json"});
   if (!flags.ok()) return Fail(flags.status());
   auto stub = DialAdmin(*flags);
   if (!stub.ok()) return Fail(stub.status());
@@ -585,8 +721,9 @@ int RoundsCommand(const std::vector<std::string>& args) {
   if (args.empty() || args[0] != "list") {
     return Fail(absl::InvalidArgumentError("rounds needs a command: list"));
   }
-  auto flags = CommandLine::Parse(std::vector<std::string>(args.begin() + 1, args.end()),
-                                  {"state-dir", "config", "coordinator", "limit"}, {"json"});
+  auto flags =
+      CommandLine::Parse(std::vector<std::string>(args.begin() + 1, args.end()),
+                         {"state-dir", "config", "admin-dir", "coordinator", "limit"}, {"json"});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<int64_t> limit = flags->IntOr("limit", 20, 1, 1000);
   if (!limit.ok()) return Fail(limit.status());
@@ -637,7 +774,8 @@ std::string JsonNumber(double value) {
 }
 
 int PrivacyReport(const std::vector<std::string>& args) {
-  auto flags = CommandLine::Parse(args, {"state-dir", "config", "coordinator"}, {"json"});
+  auto flags =
+      CommandLine::Parse(args, {"state-dir", "config", "admin-dir", "coordinator"}, {"json"});
   if (!flags.ok()) return Fail(flags.status());
   auto stub = DialAdmin(*flags);
   if (!stub.ok()) return Fail(stub.status());
@@ -827,6 +965,7 @@ int Main(int argc, char** argv) {
                                  {"restore", Restore},
                                  {"token", TokenCommand},
                                  {"clients", ClientsCommand},
+                                 {"admins", AdminsCommand},
                                  {"status", Status},
                                  {"rounds", RoundsCommand},
                                  {"privacy", PrivacyCommand}});

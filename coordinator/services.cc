@@ -249,6 +249,71 @@ grpc::Status AdminService::RevokeClient(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+void FillAdmin(const AdminRecord& record, v1::AdminInfo* out) {
+  out->set_name(record.name);
+  out->set_revoked(record.revoked());
+  SetTimestamp(record.first_seen_at, out->mutable_first_seen_at());
+  if (record.last_seen_at.has_value()) {
+    SetTimestamp(*record.last_seen_at, out->mutable_last_seen_at());
+  }
+  out->set_certificate_serial(record.last_serial);
+  out->set_added_by(record.added_by);
+  if (record.revoked_at.has_value()) SetTimestamp(*record.revoked_at, out->mutable_revoked_at());
+  out->set_revoked_by(record.revoked_by);
+  out->set_revocation_reason(record.reason);
+}
+
+grpc::Status AdminService::AddAdmin(grpc::ServerContext* context,
+                                    const v1::AddAdminRequest* request,
+                                    v1::AddAdminResponse* response) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
+  if (!caller.ok()) return Refuse("AddAdmin", caller.status());
+  if (request->csr_der().size() > kMaxCsrBytes) {
+    return Refuse("AddAdmin", absl::InvalidArgumentError("csr_der is larger than 16 KiB"));
+  }
+  absl::StatusOr<pki::Certificate> certificate =
+      context_.authority->AddAdmin(request->name(), request->csr_der(), caller->id.name,
+                                   context_.config->admin_certificate_validity);
+  if (!certificate.ok()) return Refuse("AddAdmin", certificate.status());
+  FillCertificate(*certificate, context_.authority->ca().certificate(),
+                  response->mutable_certificate());
+  FillTrustBundle(context_.authority->trust(), response->mutable_trusted_ca_certificates_der());
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ListAdmins(grpc::ServerContext* context,
+                                      const v1::ListAdminsRequest* /*request*/,
+                                      v1::ListAdminsResponse* response) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
+  if (!caller.ok()) return Refuse("ListAdmins", caller.status());
+  absl::StatusOr<std::vector<AdminRecord>> admins = context_.store->ListAdmins();
+  if (!admins.ok()) return ToGrpc(admins.status());
+  for (const AdminRecord& admin : *admins) FillAdmin(admin, response->add_admins());
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::RevokeAdmin(grpc::ServerContext* context,
+                                       const v1::RevokeAdminRequest* request,
+                                       v1::RevokeAdminResponse* response) {
+  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
+  if (!caller.ok()) return Refuse("RevokeAdmin", caller.status());
+  if (request->name() == caller->id.name) {
+    return Refuse("RevokeAdmin",
+                  absl::FailedPreconditionError(absl::StrCat(
+                      "admin '", caller->id.name,
+                      "' may not revoke itself; another admin must (add one with `admins add`)")));
+  }
+  absl::StatusOr<AdminRecord> admin = context_.store->RevokeAdmin(
+      request->name(), request->reason().substr(0, 256), caller->id.name, absl::Now());
+  if (!admin.ok()) return Refuse("RevokeAdmin", admin.status());
+  LogEvent(LogLevel::kInfo, "admin_revoked")
+      .Field("name", admin->name)
+      .Field("by", caller->id.ToUri())
+      .Field("reason", admin->reason);
+  FillAdmin(*admin, response->mutable_admin());
+  return grpc::Status::OK;
+}
+
 absl::StatusOr<v1::GetStatusResponse> CollectStatus(const ServiceContext& context) {
   absl::StatusOr<Store::ClientCounts> counts = context.store->CountClients();
   if (!counts.ok()) return counts.status();

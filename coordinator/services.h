@@ -90,6 +90,12 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status GetPrivacyLedger(grpc::ServerContext* context,
                                 const v1::GetPrivacyLedgerRequest* request,
                                 v1::GetPrivacyLedgerResponse* response) override;
+  grpc::Status AddAdmin(grpc::ServerContext* context, const v1::AddAdminRequest* request,
+                        v1::AddAdminResponse* response) override;
+  grpc::Status ListAdmins(grpc::ServerContext* context, const v1::ListAdminsRequest* request,
+                          v1::ListAdminsResponse* response) override;
+  grpc::Status RevokeAdmin(grpc::ServerContext* context, const v1::RevokeAdminRequest* request,
+                           v1::RevokeAdminResponse* response) override;
 
  private:
   void FillClient(const ClientRecord& record, v1::ClientInfo* out) const;

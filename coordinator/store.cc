@@ -100,6 +100,19 @@ ALTER TABLE certificates ADD COLUMN first_used_at_ms INTEGER;
     R"sql(
 ALTER TABLE privacy_ledger ADD COLUMN sampler_total_variation REAL NOT NULL DEFAULT 0;
 )sql",
+    // 5: operator identities, so that an admin certificate can be revoked like a client's.
+    R"sql(
+CREATE TABLE admins (
+  name TEXT PRIMARY KEY,
+  first_seen_at_ms INTEGER NOT NULL,
+  last_seen_at_ms INTEGER,
+  last_serial TEXT NOT NULL DEFAULT '',
+  added_by TEXT NOT NULL DEFAULT '',
+  revoked_at_ms INTEGER,
+  revoked_by TEXT NOT NULL DEFAULT '',
+  reason TEXT NOT NULL DEFAULT ''
+);
+)sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion);
 
@@ -132,6 +145,23 @@ ClientRecord ReadClient(const Statement& row) {
   client.certificate_serial = row.ColumnText(8);
   client.certificate_not_after = FromMillis(row.ColumnInt(9));
   return client;
+}
+
+constexpr char kAdminColumns[] =
+    "name, first_seen_at_ms, last_seen_at_ms, last_serial, added_by, revoked_at_ms, revoked_by, "
+    "reason";
+
+AdminRecord ReadAdmin(const Statement& row) {
+  AdminRecord admin;
+  admin.name = row.ColumnText(0);
+  admin.first_seen_at = FromMillis(row.ColumnInt(1));
+  admin.last_seen_at = FromOptionalMillis(row.ColumnOptionalInt(2));
+  admin.last_serial = row.ColumnText(3);
+  admin.added_by = row.ColumnText(4);
+  admin.revoked_at = FromOptionalMillis(row.ColumnOptionalInt(5));
+  admin.revoked_by = row.ColumnText(6);
+  admin.reason = row.ColumnText(7);
+  return admin;
 }
 
 constexpr char kTokenColumns[] =
@@ -391,6 +421,93 @@ absl::Status Store::TouchClient(const std::string& client_id, absl::Time now) {
       "(last_seen_at_ms IS NULL OR last_seen_at_ms < ?1 - 60000)");
   if (!update.ok()) return update.status();
   return update->Bind(1, ToMillis(now)).Bind(2, client_id).Run();
+}
+
+absl::Status Store::AuthorizeAdmin(const std::string& name, const std::string& serial,
+                                   absl::Time now) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<std::optional<AdminRecord>> admin = FindAdminLocked(name);
+  if (!admin.ok()) return admin.status();
+  if (admin->has_value() && (*admin)->revoked()) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "admin '", name, "' is revoked", (*admin)->reason.empty() ? "" : ": ", (*admin)->reason));
+  }
+  // The CA vouches for an admin name the store has not seen yet (the operator's own, written by
+  // `init`); its first call records it so that it can be listed and revoked.
+  absl::StatusOr<Statement> upsert = db_->Prepare(
+      "INSERT INTO admins (name, first_seen_at_ms, last_seen_at_ms, last_serial) "
+      "VALUES (?1, ?2, ?2, ?3) ON CONFLICT(name) DO UPDATE SET last_seen_at_ms = ?2, "
+      "last_serial = ?3");
+  if (!upsert.ok()) return upsert.status();
+  return upsert->Bind(1, name).Bind(2, ToMillis(now)).Bind(3, serial).Run();
+}
+
+absl::Status Store::AddAdmin(const std::string& name, const std::string& added_by, absl::Time now,
+                             const std::function<absl::StatusOr<std::string>()>& issue) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<std::optional<AdminRecord>> admin = FindAdminLocked(name);
+  if (!admin.ok()) return admin.status();
+  if (admin->has_value()) {
+    return absl::AlreadyExistsError(absl::StrCat("admin '", name, "' already exists",
+                                                 (*admin)->revoked() ? " and is revoked" : "",
+                                                 "; choose another name"));
+  }
+  absl::StatusOr<std::string> serial = issue();
+  if (!serial.ok()) return serial.status();
+  absl::StatusOr<Statement> insert = db_->Prepare(
+      "INSERT INTO admins (name, first_seen_at_ms, last_serial, added_by) VALUES (?, ?, ?, ?)");
+  if (!insert.ok()) return insert.status();
+  return insert->Bind(1, name).Bind(2, ToMillis(now)).Bind(3, *serial).Bind(4, added_by).Run();
+}
+
+absl::StatusOr<std::vector<AdminRecord>> Store::ListAdmins() {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Statement> query =
+      db_->Prepare(absl::StrCat("SELECT ", kAdminColumns, " FROM admins ORDER BY name"));
+  if (!query.ok()) return query.status();
+  std::vector<AdminRecord> admins;
+  while (true) {
+    absl::StatusOr<bool> row = query->Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    admins.push_back(ReadAdmin(*query));
+  }
+  return admins;
+}
+
+absl::StatusOr<AdminRecord> Store::RevokeAdmin(const std::string& name, const std::string& reason,
+                                               const std::string& revoked_by, absl::Time now) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<std::optional<AdminRecord>> admin = FindAdminLocked(name);
+  if (!admin.ok()) return admin.status();
+  if (!admin->has_value()) {
+    return absl::NotFoundError(absl::StrCat("no admin '", name,
+                                            "': an admin is known once it was added or has "
+                                            "called; see `admins list`"));
+  }
+  if ((*admin)->revoked()) return **admin;
+  absl::StatusOr<Statement> update = db_->Prepare(
+      "UPDATE admins SET revoked_at_ms = ?, revoked_by = ?, reason = ? WHERE name = ?");
+  if (!update.ok()) return update.status();
+  if (absl::Status status =
+          update->Bind(1, ToMillis(now)).Bind(2, revoked_by).Bind(3, reason).Bind(4, name).Run();
+      !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<std::optional<AdminRecord>> revoked = FindAdminLocked(name);
+  if (!revoked.ok()) return revoked.status();
+  return **revoked;
+}
+
+absl::StatusOr<std::optional<AdminRecord>> Store::FindAdminLocked(const std::string& name) {
+  absl::StatusOr<Statement> query =
+      db_->Prepare(absl::StrCat("SELECT ", kAdminColumns, " FROM admins WHERE name = ?"));
+  if (!query.ok()) return query.status();
+  query->Bind(1, name);
+  absl::StatusOr<bool> row = query->Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return std::nullopt;
+  return ReadAdmin(*query);
 }
 
 absl::StatusOr<ClientRecord> Store::GetClient(const std::string& client_id) {

@@ -41,6 +41,24 @@ struct ClientRecord {
   bool revoked() const { return revoked_at.has_value(); }
 };
 
+// An operator identity (spiffe://<federation>/admin/<name>). Revocation is by name and for
+// good: every certificate the CA issued or will issue for the name is refused.
+struct AdminRecord {
+  std::string name;
+  // When it was added by another admin, or first called (the operator that `init` made).
+  absl::Time first_seen_at;
+  std::optional<absl::Time> last_seen_at;
+  // The certificate of its latest call, or the one `admins add` issued.
+  std::string last_serial;
+  // The admin that added it; empty for one first seen calling.
+  std::string added_by;
+  std::optional<absl::Time> revoked_at;
+  std::string revoked_by;
+  std::string reason;
+
+  bool revoked() const { return revoked_at.has_value(); }
+};
+
 enum class TokenState { kUnused, kUsed, kExpired, kRevoked };
 
 struct TokenRecord {
@@ -125,7 +143,7 @@ struct LedgerEntry {
 class Store {
  public:
   // The newest schema version this build knows.
-  static constexpr int kSchemaVersion = 4;
+  static constexpr int kSchemaVersion = 5;
 
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::filesystem::path& path);
 
@@ -160,6 +178,20 @@ class Store {
 
   // Notes an authenticated call. Cheap to call often: writes at most once a minute per client.
   absl::Status TouchClient(const std::string& client_id, absl::Time now);
+
+  // OK unless admin `name` is revoked (PermissionDenied, with the reason). Records the call:
+  // an admin name not seen before becomes known, so that it can be listed and revoked.
+  absl::Status AuthorizeAdmin(const std::string& name, const std::string& serial, absl::Time now);
+  // Records a new admin `name` with the certificate `issue` makes (it returns the serial),
+  // calling `issue` only for a name never known: AlreadyExists otherwise, revoked or not, since
+  // a revoked name never comes back.
+  absl::Status AddAdmin(const std::string& name, const std::string& added_by, absl::Time now,
+                        const std::function<absl::StatusOr<std::string>()>& issue);
+  // In name order.
+  absl::StatusOr<std::vector<AdminRecord>> ListAdmins();
+  // Idempotent. NotFound for a name never added nor seen.
+  absl::StatusOr<AdminRecord> RevokeAdmin(const std::string& name, const std::string& reason,
+                                          const std::string& revoked_by, absl::Time now);
 
   absl::StatusOr<ClientRecord> GetClient(const std::string& client_id);
   // Clients in id order after `after_client_id`, at most `limit`.
@@ -213,6 +245,8 @@ class Store {
   explicit Store(std::unique_ptr<sqlite::Database> db) : db_(std::move(db)) {}
   absl::Status Migrate();
   absl::StatusOr<ClientRecord> GetClientLocked(const std::string& client_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  absl::StatusOr<std::optional<AdminRecord>> FindAdminLocked(const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   absl::Mutex mutex_;

@@ -329,6 +329,58 @@ TEST_F(FederationTest, AdminMethodsNeedAnAdminCertificate) {
   EXPECT_EQ(ListClients().clients(0).state(), v1::ClientInfo::STATE_ACTIVE);
 }
 
+TEST_F(FederationTest, AnAdminIsAddedListedAndRevokedAtItsNextRpcEvenAfterARestart) {
+  const std::filesystem::path auditor = dir_.path() / "auditor";
+  CommandResult added = Coordinator({"admins", "add", "auditor", "--out", auditor.string()});
+  ASSERT_EQ(added.exit_code, 0) << added.err;
+  EXPECT_EQ(Mode(auditor / "admin.key"), 0600u);
+  // The new operator needs nothing of the coordinator's state directory.
+  const std::vector<std::string> as_auditor = {BinaryPath("fedmoe-coordinator"), "status",
+                                               "--admin-dir", auditor.string()};
+  CommandResult status = RunCommand(as_auditor);
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+
+  CommandResult listed = Coordinator({"admins", "list", "--json"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  v1::ListAdminsResponse admins;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(listed.out, &admins).ok());
+  ASSERT_EQ(admins.admins_size(), 2) << listed.out;
+  EXPECT_EQ(admins.admins(0).name(), "auditor");
+  EXPECT_EQ(admins.admins(0).added_by(), "operator");
+  EXPECT_TRUE(admins.admins(0).has_last_seen_at());
+  EXPECT_EQ(admins.admins(1).name(), "operator");
+  EXPECT_FALSE(admins.admins(1).revoked());
+
+  // A name is never issued twice, and no admin can lock the federation out by revoking itself.
+  CommandResult again =
+      Coordinator({"admins", "add", "auditor", "--out", (dir_.path() / "again").string()});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_THAT(again.err, HasSubstr("admin 'auditor' already exists"));
+  CommandResult self = RunCommand({BinaryPath("fedmoe-coordinator"), "admins", "revoke", "auditor",
+                                   "--admin-dir", auditor.string()});
+  EXPECT_EQ(self.exit_code, 1);
+  EXPECT_THAT(self.err, HasSubstr("may not revoke itself"));
+  EXPECT_EQ(Coordinator({"admins", "revoke", "nobody"}).exit_code, 1);
+
+  CommandResult revoked = Coordinator({"admins", "revoke", "auditor", "--reason", "left"});
+  ASSERT_EQ(revoked.exit_code, 0) << revoked.err;
+  status = RunCommand(as_auditor);
+  EXPECT_EQ(status.exit_code, 1);
+  EXPECT_THAT(status.err, HasSubstr("admin 'auditor' is revoked: left"));
+  EXPECT_EQ(Coordinator({"status"}).exit_code, 0);
+
+  // The revocation is in the store, not in memory.
+  coordinator_->Signal(SIGKILL);
+  coordinator_->Wait(absl::Seconds(10));
+  StartCoordinator();
+  status = RunCommand(as_auditor);
+  EXPECT_EQ(status.exit_code, 1);
+  EXPECT_THAT(status.err, HasSubstr("admin 'auditor' is revoked"));
+  CommandResult readded =
+      Coordinator({"admins", "add", "auditor", "--out", (dir_.path() / "readded").string()});
+  EXPECT_THAT(readded.err, HasSubstr("already exists and is revoked"));
+}
+
 TEST_F(FederationTest, ClientRenewsItsCertificateWhenAThirdOfItsLifetimeIsLeft) {
   const auto state_dir = EnrollClient("bank-1");
   // Replace the client's certificate by one issued two hours ago that ends in five minutes, as
