@@ -202,7 +202,8 @@ RoundReport SimulatedClient::RunRound(const UpdateSource& update, const RoundBeh
         report = std::move(joined_report);
         absl::StatusOr<std::unique_ptr<client::RoundParticipant>> joined =
             client::RoundParticipant::Create(
-                task, client::ParticipantIdentity{&channel_.key, channel_.trust});
+                task, client::ParticipantIdentity{&channel_.key, channel_.trust,
+                                                  /*peer_keys=*/{}});
         if (!joined.ok()) return leave(joined.status());
         participant = *std::move(joined);
         step = participant->AdvertiseKeys(*federation_);

@@ -23,6 +23,8 @@ struct ClientStateDir {
   std::filesystem::path config() const { return root / "client.yaml"; }
   // Written by the daemon after each poll, read by `fedmoe-client status`.
   std::filesystem::path status() const { return root / "status.json"; }
+  // SecAgg+ peers' keys, trusted on first use (client/peer_keys.h).
+  std::filesystem::path peer_keys() const { return root / "peer-keys"; }
   // The global models this client downloaded: v<N>/, the newest two.
   std::filesystem::path models() const { return root / "models"; }
 };

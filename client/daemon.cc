@@ -18,6 +18,7 @@
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "pki/certificate_authority.h"
+#include "pki/key_change.h"
 #include "pki/key_pair_files.h"
 #include "pki/private_key.h"
 #include "privacy/ring_encoder.h"
@@ -74,8 +75,16 @@ absl::Status ClientDaemon::RenewIfDue() {
   if (!key.ok()) return key.status();
   absl::StatusOr<std::string> csr = pki::MakeCsr(*key, config_.client_id);
   if (!csr.ok()) return csr.status();
+  absl::StatusOr<std::string> new_public_key = key->PublicKeyDer();
+  if (!new_public_key.ok()) return new_public_key.status();
+  // The old key vouches for the new one, so that peers who pinned it accept the change.
+  absl::StatusOr<pki::KeyChange> change = pki::SignKeyChange(
+      *key_, pki::SpiffeId{config_.federation, pki::IdentityKind::kClient, config_.client_id},
+      *new_public_key);
+  if (!change.ok()) return change.status();
   v1::RenewCertificateRequest request;
   request.set_csr_der(*csr);
+  request.set_key_change_signature(change->signature);
   v1::RenewCertificateResponse response;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
@@ -287,8 +296,8 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   if (!encoder.ok()) return encoder.status();
   absl::StatusOr<std::vector<uint64_t>> encoded = encoder->Encode(update->values, *random);
   if (!encoded.ok()) return encoded.status();
-  absl::StatusOr<std::unique_ptr<RoundParticipant>> participant =
-      RoundParticipant::Create(task, ParticipantIdentity{&*key_, *trust_});
+  absl::StatusOr<std::unique_ptr<RoundParticipant>> participant = RoundParticipant::Create(
+      task, ParticipantIdentity{&*key_, *trust_, config_.state_dir.peer_keys()});
   if (!participant.ok()) return participant.status();
   if (absl::Status status = (*participant)->AdvertiseKeys(*federation_); !status.ok()) {
     return status;

@@ -13,6 +13,7 @@
 #include "client/daemon.h"
 #include "client/enroll.h"
 #include "client/model_commands.h"
+#include "client/peer_keys.h"
 #include "config/command_line.h"
 #include "kernels/cpu/threads.h"
 #include "logging/log.h"
@@ -34,6 +35,11 @@ constexpr char kUsage[] = R"(usage: fedmoe-client COMMAND [FLAGS]
       Run the daemon until SIGTERM or SIGINT.
   status (--state-dir DIR | --config FILE) [--json]
       What this client is enrolled as, and what its daemon last reported.
+  peers list (--state-dir DIR | --config FILE)
+  peers forget CLIENT_ID (--state-dir DIR | --config FILE)
+      The key this site pinned for each SecAgg+ peer on first sight. A round in which a peer
+      shows another key, without a change signed by the pinned one, is refused. forget drops
+      a pin, once the peer's operator confirmed out of band that it lost its key.
   --check-config FILE
       Validate a client.yaml without starting anything: prints "FILE: ok", or each problem
       as FILE:LINE: KEY: what is wrong, and exits 1.
@@ -151,6 +157,37 @@ int StatusCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+int PeersCommand(const std::vector<std::string>& args) {
+  if (args.empty()) return Fail(absl::InvalidArgumentError("peers needs list or forget"));
+  const std::string& verb = args[0];
+  auto flags = CommandLine::Parse({args.begin() + 1, args.end()}, {"config", "state-dir"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<ClientConfig> config = LoadConfig(*flags);
+  if (!config.ok()) return Fail(config.status());
+  absl::StatusOr<PeerKeyPins> pins = PeerKeyPins::Load(config->state_dir.peer_keys());
+  if (!pins.ok()) return Fail(pins.status());
+  if (verb == "list") {
+    std::printf("%-24s  %s\n", "PEER", "PUBLIC KEY SHA-256");
+    for (const auto& [peer, fingerprint] : pins->pins()) {
+      std::printf("%-24s  %s\n", peer.c_str(), fingerprint.c_str());
+    }
+    std::printf("%zu peer(s)\n", pins->pins().size());
+    return 0;
+  }
+  if (verb == "forget") {
+    if (flags->positional().size() != 1) {
+      return Fail(absl::InvalidArgumentError("peers forget needs exactly one CLIENT_ID"));
+    }
+    const std::string& peer = flags->positional()[0];
+    if (absl::Status status = pins->Forget(peer); !status.ok()) return Fail(status);
+    if (absl::Status status = pins->Save(); !status.ok()) return Fail(status);
+    std::printf("forgot the key of peer '%s'; the next key it shows is trusted on first use\n",
+                peer.c_str());
+    return 0;
+  }
+  return Fail(absl::InvalidArgumentError(absl::StrCat("unknown peers command '", verb, "'")));
+}
+
 int Main(int argc, char** argv) {
   pki::LeaveOpenSslCleanupToProcessExit();
   pki::RequireTls13ForGrpc();
@@ -167,6 +204,7 @@ int Main(int argc, char** argv) {
                                         });
                                   }},
                                  {"status", StatusCommand},
+                                 {"peers", PeersCommand},
                                  {"train", TrainCommand},
                                  {"model", ModelCommand}});
 }

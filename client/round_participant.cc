@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/grpc_status.h"
 #include "logging/log.h"
+#include "pki/key_change.h"
 #include "secure_agg/packing.h"
 
 namespace fedmoe::client {
@@ -127,8 +128,14 @@ absl::Status RoundParticipant::ShareKeys(v1::Federation::StubInterface& stub,
     neighbor_keys.push_back({keys.participant_id(), keys.cipher_public_key(),
                              keys.mask_public_key(), keys.signature()});
   }
+  absl::StatusOr<std::optional<PeerKeyPins>> pins = CheckPeerKeys(task);
+  if (!pins.ok()) return pins.status();
   absl::StatusOr<std::vector<secure_agg::SealedShares>> sealed = secagg_->ShareKeys(neighbor_keys);
   if (!sealed.ok()) return sealed.status();
+  // Every neighbour's signature verified: its key is worth remembering.
+  if (pins->has_value()) {
+    if (absl::Status status = (*pins)->Save(); !status.ok()) return status;
+  }
   v1::ShareKeysRequest request;
   request.set_round_id(round_id());
   for (const secure_agg::SealedShares& bundle : *sealed) {
@@ -146,6 +153,42 @@ absl::Status RoundParticipant::ShareKeys(v1::Federation::StubInterface& stub,
   bytes_received_ += ack.ByteSizeLong();
   completed_ = v1::ROUND_STAGE_KEYS_SHARED;
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<PeerKeyPins>> RoundParticipant::CheckPeerKeys(
+    const v1::ShareKeysTask& task) const {
+  if (identity_.peer_keys.empty()) return std::nullopt;
+  absl::StatusOr<PeerKeyPins> pins = PeerKeyPins::Load(identity_.peer_keys);
+  if (!pins.ok()) return pins.status();
+  for (const v1::AdvertisedKeys& keys : task.neighbor_keys()) {
+    absl::StatusOr<pki::Certificate> certificate =
+        pki::Certificate::FromDer(keys.certificate_der());
+    if (!certificate.ok()) return certificate.status();
+    absl::StatusOr<pki::SpiffeId> peer =
+        identity_.trust.Verify(*certificate, pki::Purpose::kClient);
+    if (!peer.ok()) {
+      return absl::PermissionDeniedError(absl::StrCat("participant ", keys.participant_id(),
+                                                      "'s certificate is not a federation "
+                                                      "client's: ",
+                                                      peer.status().message()));
+    }
+    std::vector<pki::KeyChange> changes;
+    for (const v1::KeyChange& change : keys.key_changes()) {
+      changes.push_back(
+          {change.old_public_key_der(), change.new_public_key_der(), change.signature()});
+    }
+    absl::StatusOr<PeerKeyPins::Outcome> outcome =
+        pins->Check(*peer, certificate->PublicKeyDer(), changes);
+    if (!outcome.ok()) return outcome.status();
+    if (*outcome != PeerKeyPins::Outcome::kKnown) {
+      LogEvent(LogLevel::kInfo,
+               *outcome == PeerKeyPins::Outcome::kPinned ? "peer_key_pinned" : "peer_key_changed")
+          .Field("round_id", round_id())
+          .Field("peer", peer->name)
+          .Field("public_key_sha256", pins->pins().at(peer->name));
+    }
+  }
+  return std::optional<PeerKeyPins>(*std::move(pins));
 }
 
 absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& stub,

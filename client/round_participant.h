@@ -10,14 +10,17 @@
 #define FEDMOE_CLIENT_ROUND_PARTICIPANT_H_
 
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/peer_keys.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "pki/certificate.h"
 #include "pki/private_key.h"
@@ -32,6 +35,9 @@ struct ParticipantIdentity {
   // Peers' certificates are checked against these CAs (two during a CA rotation, when peers
   // may hold certificates from either) and their federation before their signatures.
   pki::TrustBundle trust;
+  // The peer-keys file (client/peer_keys.h): each neighbour's key must match its pin or reach
+  // it through signed key changes. Empty only in simulations, which pin nothing.
+  std::filesystem::path peer_keys;
 };
 
 class RoundParticipant {
@@ -61,6 +67,10 @@ class RoundParticipant {
   RoundParticipant(v1::JoinRoundTask task, ParticipantIdentity identity)
       : task_(std::move(task)), identity_(std::move(identity)) {}
   absl::Time Deadline(const google::protobuf::Timestamp& stage_deadline) const;
+  // Each neighbour's key against the site's pins (nullopt without a peer-keys file): the pins
+  // as they would be after the round, or PermissionDenied naming a peer whose key changed
+  // without its old key's word.
+  absl::StatusOr<std::optional<PeerKeyPins>> CheckPeerKeys(const v1::ShareKeysTask& task) const;
   // Streams masked_ from `first_value`: 0, or its length when the coordinator has it all.
   grpc::Status StreamFrom(v1::Federation::StubInterface& stub, grpc::ClientContext& context,
                           uint64_t first_value);

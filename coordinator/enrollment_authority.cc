@@ -38,9 +38,13 @@ absl::StatusOr<EnrollmentAuthority::CreatedToken> EnrollmentAuthority::CreateTok
 
 IssuedCertificate EnrollmentAuthority::Record(const pki::Certificate& certificate) const {
   absl::StatusOr<pki::SpiffeId> id = certificate.Identity();
-  return IssuedCertificate{certificate.SerialHex(), id.ok() ? id->ToUri() : std::string(),
-                           certificate.NotAfter(), ca_.certificate().Sha256Fingerprint(),
-                           trust_.Fingerprints()};
+  return IssuedCertificate{certificate.SerialHex(),
+                           id.ok() ? id->ToUri() : std::string(),
+                           certificate.NotAfter(),
+                           ca_.certificate().Sha256Fingerprint(),
+                           trust_.Fingerprints(),
+                           certificate.PublicKeyDer(),
+                           std::nullopt};
 }
 
 absl::StatusOr<EnrollmentAuthority::Enrolled> EnrollmentAuthority::Enroll(
@@ -72,9 +76,10 @@ absl::StatusOr<EnrollmentAuthority::Enrolled> EnrollmentAuthority::Enroll(
   return Enrolled{*client, *issued};
 }
 
-absl::StatusOr<pki::Certificate> EnrollmentAuthority::Renew(const std::string& client_id,
-                                                            const std::string& csr_der,
-                                                            absl::Time now) {
+absl::StatusOr<pki::Certificate> EnrollmentAuthority::Renew(
+    const std::string& client_id, const std::string& csr_der,
+    const std::string& current_public_key_der, const std::string& key_change_signature,
+    absl::Time now) {
   absl::StatusOr<ClientRecord> client = store_->GetClient(client_id);
   if (!client.ok()) return client.status();
   if (client->revoked()) {
@@ -84,8 +89,20 @@ absl::StatusOr<pki::Certificate> EnrollmentAuthority::Renew(const std::string& c
   absl::StatusOr<pki::Certificate> certificate =
       ca_.IssueFromCsr(csr_der, id, client_certificate_validity_, now);
   if (!certificate.ok()) return certificate.status();
-  if (absl::Status status = store_->RecordRenewal(client_id, Record(*certificate), now);
-      !status.ok()) {
+  // Peers pin the old key; without the old key's word for the new one they would refuse it.
+  IssuedCertificate record = Record(*certificate);
+  record.key_change =
+      pki::KeyChange{current_public_key_der, record.public_key_der, key_change_signature};
+  if (key_change_signature.empty()) {
+    return absl::InvalidArgumentError(
+        "the renewal carries no key_change_signature (the old key's signature over the new "
+        "key), which the client's SecAgg+ peers need; upgrade fedmoe-client");
+  }
+  if (absl::Status status = pki::VerifyKeyChange(id, *record.key_change); !status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key_change_signature is not the current key's over the new key: ", status.message()));
+  }
+  if (absl::Status status = store_->RecordRenewal(client_id, record, now); !status.ok()) {
     return status;
   }
   LogEvent(LogLevel::kInfo, "certificate_renewed")

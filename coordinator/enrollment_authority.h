@@ -43,8 +43,12 @@ class EnrollmentAuthority {
   absl::StatusOr<Enrolled> Enroll(const std::string& token, const std::string& csr_der,
                                   const std::string& client_version, absl::Time now = absl::Now());
 
-  // A fresh certificate for an enrolled, unrevoked client's new key.
+  // A fresh certificate for an enrolled, unrevoked client's new key, which the key of the
+  // certificate it calls with (`current_public_key_der`) vouches for with
+  // `key_change_signature` (pki/key_change.h); InvalidArgument without it.
   absl::StatusOr<pki::Certificate> Renew(const std::string& client_id, const std::string& csr_der,
+                                         const std::string& current_public_key_der,
+                                         const std::string& key_change_signature,
                                          absl::Time now = absl::Now());
 
   // An admin certificate for a new operator `name`, valid for `validity`; `added_by` is the

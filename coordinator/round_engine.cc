@@ -28,6 +28,10 @@ namespace {
 
 using google::protobuf::util::TimeUtil;
 
+// A client renews about every two thirds of a certificate lifetime, so 64 changes reach back
+// years; a peer that pinned a key older than that is refused and asks its operator.
+constexpr int kRelayedKeyChanges = 64;
+
 google::protobuf::Timestamp ToTimestamp(absl::Time time) {
   return TimeUtil::MillisecondsToTimestamp(absl::ToUnixMillis(time));
 }
@@ -765,6 +769,9 @@ absl::StatusOr<v1::StageAck> RoundEngine::AdvertiseKeys(const std::string& clien
     return refuse(absl::InvalidArgumentError(
         absl::StrCat("the advertised keys' signature does not verify: ", verified.message())));
   }
+  absl::StatusOr<std::vector<pki::KeyChange>> key_changes =
+      store_->KeyChanges(client_id, kRelayedKeyChanges);
+  if (!key_changes.ok()) return key_changes.status();
   const bool duplicate = (*participant)->advertised;
   if (absl::Status status = round_->secagg->ReceiveAdvertisedKeys(secure_agg::AdvertisedKeys{
           id, request.cipher_public_key(), request.mask_public_key(), request.signature()});
@@ -773,6 +780,7 @@ absl::StatusOr<v1::StageAck> RoundEngine::AdvertiseKeys(const std::string& clien
   }
   (*participant)->advertised = true;
   (*participant)->certificate_der = certificate_der;
+  (*participant)->key_changes = *std::move(key_changes);
   v1::StageAck ack;
   ack.set_round_id(round_->id);
   ack.set_stage(v1::ROUND_STAGE_KEYS_ADVERTISED);
@@ -971,7 +979,14 @@ std::optional<v1::PollTaskResponse> RoundEngine::NextTask(const std::string& cli
               out->set_cipher_public_key(keys.cipher_public_key);
               out->set_mask_public_key(keys.mask_public_key);
               out->set_signature(keys.signature);
-              out->set_certificate_der(round_->participants[keys.participant - 1].certificate_der);
+              const Participant& peer = round_->participants[keys.participant - 1];
+              out->set_certificate_der(peer.certificate_der);
+              for (const pki::KeyChange& change : peer.key_changes) {
+                v1::KeyChange* relayed = out->add_key_changes();
+                relayed->set_old_public_key_der(change.old_public_key_der);
+                relayed->set_new_public_key_der(change.new_public_key_der);
+                relayed->set_signature(change.signature);
+              }
             }
           }
           return response;

@@ -149,6 +149,8 @@ class RoundEngine {
   struct Participant {
     std::string client_id;
     std::string certificate_der;
+    // Relayed with its advertised keys, for peers that pinned an older key of it.
+    std::vector<pki::KeyChange> key_changes;
     bool dropped = false;
     bool advertised = false;
     bool shared = false;

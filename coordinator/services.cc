@@ -144,8 +144,10 @@ grpc::Status CertificatesService::Handle(const grpc::AuthContext& auth,
   if (request.csr_der().size() > kMaxCsrBytes) {
     return Refuse("Renew", absl::InvalidArgumentError("CSR larger than 16 KiB"));
   }
-  absl::StatusOr<pki::Certificate> certificate =
-      context_.authority->Renew(caller->id.name, request.csr_der());
+  absl::StatusOr<pki::Certificate> current = pki::Certificate::FromDer(caller->certificate_der);
+  if (!current.ok()) return Refuse("Renew", current.status());
+  absl::StatusOr<pki::Certificate> certificate = context_.authority->Renew(
+      caller->id.name, request.csr_der(), current->PublicKeyDer(), request.key_change_signature());
   if (!certificate.ok()) return Refuse("Renew", certificate.status());
   FillCertificate(*certificate, context_.authority->ca().certificate(),
                   response.mutable_certificate());

@@ -113,6 +113,13 @@ CREATE TABLE admins (
   reason TEXT NOT NULL DEFAULT ''
 );
 )sql",
+    // 6: each certificate's public key and, for a renewal, the change from the previous key
+    // signed by it, which the client's SecAgg+ peers check against the key they pinned.
+    R"sql(
+ALTER TABLE certificates ADD COLUMN public_key_der BLOB NOT NULL DEFAULT x'';
+ALTER TABLE certificates ADD COLUMN previous_public_key_der BLOB;
+ALTER TABLE certificates ADD COLUMN key_change_signature BLOB;
+)sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion);
 
@@ -182,15 +189,23 @@ absl::Status InsertCertificate(sqlite::Database& db, const std::string& client_i
                                const IssuedCertificate& certificate, absl::Time now) {
   absl::StatusOr<Statement> insert = db.Prepare(
       "INSERT INTO certificates (serial, client_id, issued_at_ms, not_after_ms, issuer_sha256, "
-      "trust_bundle) VALUES (?, ?, ?, ?, ?, ?)");
+      "trust_bundle, public_key_der, previous_public_key_der, key_change_signature) "
+      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
   if (!insert.ok()) return insert.status();
-  return insert->Bind(1, certificate.serial)
+  insert->Bind(1, certificate.serial)
       .Bind(2, client_id)
       .Bind(3, ToMillis(now))
       .Bind(4, ToMillis(certificate.not_after))
       .Bind(5, certificate.issuer_fingerprint)
       .Bind(6, absl::StrJoin(certificate.trust_bundle, ","))
-      .Run();
+      .BindBlob(7, certificate.public_key_der);
+  if (certificate.key_change.has_value()) {
+    insert->BindBlob(8, certificate.key_change->old_public_key_der)
+        .BindBlob(9, certificate.key_change->signature);
+  } else {
+    insert->BindNull(8).BindNull(9);
+  }
+  return insert->Run();
 }
 
 }  // namespace
@@ -348,6 +363,26 @@ absl::Status Store::RecordRenewal(const std::string& client_id,
     return status;
   }
   return transaction->Commit();
+}
+
+absl::StatusOr<std::vector<pki::KeyChange>> Store::KeyChanges(const std::string& client_id,
+                                                              int limit) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Statement> query = db_->Prepare(
+      "SELECT previous_public_key_der, public_key_der, key_change_signature FROM ("
+      "SELECT previous_public_key_der, public_key_der, key_change_signature, issued_at_ms, rowid "
+      "FROM certificates WHERE client_id = ? AND key_change_signature IS NOT NULL "
+      "ORDER BY issued_at_ms DESC, rowid DESC LIMIT ?) ORDER BY issued_at_ms, rowid");
+  if (!query.ok()) return query.status();
+  query->Bind(1, client_id).Bind(2, int64_t{limit});
+  std::vector<pki::KeyChange> changes;
+  while (true) {
+    absl::StatusOr<bool> row = query->Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    changes.push_back({query->ColumnBlob(0), query->ColumnBlob(1), query->ColumnBlob(2)});
+  }
+  return changes;
 }
 
 absl::Status Store::AuthorizeClient(const std::string& client_id, const std::string& serial) {

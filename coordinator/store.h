@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "coordinator/sqlite.h"
+#include "pki/key_change.h"
 
 namespace fedmoe::coordinator {
 
@@ -81,6 +82,10 @@ struct IssuedCertificate {
   std::string issuer_fingerprint;
   // Fingerprints of the trust bundle sent to the client with the certificate.
   std::vector<std::string> trust_bundle;
+  // The certificate's SubjectPublicKeyInfo, DER.
+  std::string public_key_der = {};
+  // On renewal: the change from the previous certificate's key, signed by that key.
+  std::optional<pki::KeyChange> key_change = std::nullopt;
 };
 
 // What a client must have shown for a CA rotation to move on (coordinator/ca_rotation.h).
@@ -143,7 +148,7 @@ struct LedgerEntry {
 class Store {
  public:
   // The newest schema version this build knows.
-  static constexpr int kSchemaVersion = 5;
+  static constexpr int kSchemaVersion = 6;
 
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::filesystem::path& path);
 
@@ -165,6 +170,9 @@ class Store {
   // Records a renewed certificate for an enrolled, unrevoked client.
   absl::Status RecordRenewal(const std::string& client_id, const IssuedCertificate& certificate,
                              absl::Time now);
+
+  // The client's signed key changes, oldest first, at most the latest `limit`.
+  absl::StatusOr<std::vector<pki::KeyChange>> KeyChanges(const std::string& client_id, int limit);
 
   // OK when `client_id` is enrolled, not revoked, and `serial` was issued to it, and then
   // records the certificate's first use. PermissionDenied otherwise, saying which.

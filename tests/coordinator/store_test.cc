@@ -299,7 +299,11 @@ TEST_F(StoreTest, TheLedgerKeepsEachRoundsSamplerChargeAndOlderEntriesCarryNone)
     ASSERT_TRUE(db.ok());
     ASSERT_TRUE((*db)
                     ->Execute("ALTER TABLE privacy_ledger DROP COLUMN sampler_total_variation; "
-                              "DELETE FROM schema_migrations WHERE version = 4")
+                              "DROP TABLE admins; "
+                              "ALTER TABLE certificates DROP COLUMN public_key_der; "
+                              "ALTER TABLE certificates DROP COLUMN previous_public_key_der; "
+                              "ALTER TABLE certificates DROP COLUMN key_change_signature; "
+                              "DELETE FROM schema_migrations WHERE version >= 4")
                     .ok());
   }
   auto reopened = Store::Open(dir_.path() / "state.db");

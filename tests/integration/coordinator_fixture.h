@@ -15,7 +15,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/store.h"
 #include "fedmoe/v1/admin.pb.h"
+#include "pki/certificate_authority.h"
+#include "pki/private_key.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
 
@@ -103,6 +106,35 @@ class CoordinatorFixture : public ::testing::Test {
     EXPECT_TRUE(ReplaceInFile(config, "backoff_initial: 1s", "backoff_initial: 100ms"));
     EXPECT_TRUE(ReplaceInFile(config, "backoff_max: 1m", "backoff_max: 1s"));
     return state_dir;
+  }
+
+  // Replaces the client's certificate by one for the same key, issued two hours ago and ending
+  // in five minutes, as the coordinator's CA would have issued it, and records it in the
+  // coordinator's registry: the client's daemon renews as soon as it starts.
+  pki::Certificate AgeClientCertificate(const std::filesystem::path& state_dir,
+                                        const std::string& client_id) {
+    auto ca = pki::CertificateAuthority::Load(*pki::Certificate::ReadFile(state_ / "ca.pem"),
+                                              *pki::PrivateKey::ReadFile(state_ / "ca.key"));
+    EXPECT_TRUE(ca.ok()) << ca.status();
+    auto key = pki::PrivateKey::ReadFile(state_dir / "client.key");
+    auto aging = ca->IssueFromCsr(*pki::MakeCsr(*key, client_id),
+                                  {"acme", pki::IdentityKind::kClient, client_id},
+                                  absl::Hours(2) + absl::Minutes(5), absl::Now() - absl::Hours(2));
+    EXPECT_TRUE(aging.ok()) << aging.status();
+    auto store = coordinator::Store::Open(state_ / "state.db");
+    EXPECT_TRUE(store.ok()) << store.status();
+    EXPECT_TRUE((*store)
+                    ->RecordRenewal(client_id,
+                                    {aging->SerialHex(),
+                                     absl::StrCat("spiffe://acme/client/", client_id),
+                                     aging->NotAfter(),
+                                     ca->certificate().Sha256Fingerprint(),
+                                     {ca->certificate().Sha256Fingerprint()},
+                                     aging->PublicKeyDer()},
+                                    absl::Now() - absl::Hours(2))
+                    .ok());
+    EXPECT_TRUE(aging->WriteFile(state_dir / "client.pem").ok());
+    return *aging;
   }
 
   // Starts `fedmoe-client run`, with its /metrics on a free port (client_metrics_[state_dir]).

@@ -383,30 +383,8 @@ TEST_F(FederationTest, AnAdminIsAddedListedAndRevokedAtItsNextRpcEvenAfterAResta
 
 TEST_F(FederationTest, ClientRenewsItsCertificateWhenAThirdOfItsLifetimeIsLeft) {
   const auto state_dir = EnrollClient("bank-1");
-  // Replace the client's certificate by one issued two hours ago that ends in five minutes, as
-  // the coordinator's CA would have issued it, and record it in the coordinator's registry.
-  auto ca = pki::CertificateAuthority::Load(*pki::Certificate::ReadFile(state_ / "ca.pem"),
-                                            *pki::PrivateKey::ReadFile(state_ / "ca.key"));
-  ASSERT_TRUE(ca.ok()) << ca.status();
   auto key = pki::PrivateKey::ReadFile(state_dir / "client.key");
-  auto aging = ca->IssueFromCsr(*pki::MakeCsr(*key, "bank-1"),
-                                {"acme", pki::IdentityKind::kClient, "bank-1"},
-                                absl::Hours(2) + absl::Minutes(5), absl::Now() - absl::Hours(2));
-  ASSERT_TRUE(aging.ok()) << aging.status();
-  {
-    auto store = coordinator::Store::Open(state_ / "state.db");
-    ASSERT_TRUE(store.ok()) << store.status();
-    ASSERT_TRUE((*store)
-                    ->RecordRenewal("bank-1",
-                                    {aging->SerialHex(),
-                                     "spiffe://acme/client/bank-1",
-                                     aging->NotAfter(),
-                                     ca->certificate().Sha256Fingerprint(),
-                                     {ca->certificate().Sha256Fingerprint()}},
-                                    absl::Now() - absl::Hours(2))
-                    .ok());
-  }
-  ASSERT_TRUE(aging->WriteFile(state_dir / "client.pem").ok());
+  const pki::Certificate aging = AgeClientCertificate(state_dir, "bank-1");
 
   auto daemon = StartClient(state_dir);
   ASSERT_TRUE(
@@ -415,7 +393,7 @@ TEST_F(FederationTest, ClientRenewsItsCertificateWhenAThirdOfItsLifetimeIsLeft) 
       << daemon->Log();
   auto renewed = pki::Certificate::ReadFile(state_dir / "client.pem");
   ASSERT_TRUE(renewed.ok());
-  EXPECT_NE(renewed->SerialHex(), aging->SerialHex());
+  EXPECT_NE(renewed->SerialHex(), aging.SerialHex());
   EXPECT_GT(renewed->NotAfter(), absl::Now() + absl::Hours(24 * 29));
   // A new key pair came with it, still 0600, and the daemon keeps polling with it.
   EXPECT_NE(*pki::PrivateKey::ReadFile(state_dir / "client.key")->PublicKeyDer(),

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,8 @@
 #include "absl/strings/str_cat.h"
 #include "fedmoe/v1/admin.pb.h"
 #include "pki/certificate.h"
+#include "pki/key_change.h"
+#include "pki/private_key.h"
 #include "pki/trust_bundle.h"
 #include "privacy/noise.h"
 #include "privacy/rdp_accountant.h"
@@ -371,6 +374,67 @@ TEST_F(RoundsTest, ARevokedClientIsLeftOutOfTheNextRound) {
   }
   // The revoked daemon was refused and stopped.
   EXPECT_TRUE(WaitFor([&] { return !clients_["insurer"]->running(); }, absl::Seconds(20)));
+}
+
+// Each site pins its peers' keys on first sight. A peer's renewal (a new key, vouched for by
+// the old one) moves the pin through the chain the coordinator relays; a key the site cannot
+// reach from its pin, as a coordinator minting a certificate for the peer's id would show, makes
+// the site refuse the round and name the peer.
+TEST_F(RoundsTest, SitesPinPeerKeysFollowSignedRenewalsAndRefuseAnUnprovenKeyChange) {
+  StartFederation(kRoundAfterRound);
+  AddThreeClients();
+  const std::filesystem::path bank = dir_.path() / "bank";
+  const std::filesystem::path helpdesk = dir_.path() / "helpdesk";
+  auto pins = [&](const std::filesystem::path& state_dir) {
+    std::map<std::string, std::string> pinned;
+    std::istringstream lines(ReadFile(state_dir / "peer-keys"));
+    for (std::string peer, fingerprint; lines >> peer >> fingerprint;) {
+      if (peer != "#") pinned[peer] = fingerprint;
+      std::getline(lines, peer);
+    }
+    return pinned;
+  };
+  auto key_fingerprint = [](const std::filesystem::path& state_dir) {
+    return pki::PublicKeyFingerprint(
+        *pki::PrivateKey::ReadFile(state_dir / "client.key")->PublicKeyDer());
+  };
+  ASSERT_TRUE(WaitFor([&] { return Committed() >= 1; }, absl::Seconds(120))) << coordinator_->Log();
+  ASSERT_EQ(pins(bank).count("helpdesk"), 1u) << ReadFile(bank / "peer-keys");
+  EXPECT_EQ(pins(bank)["helpdesk"], key_fingerprint(helpdesk));
+  EXPECT_EQ(pins(bank).count("lawfirm"), 1u);
+
+  // helpdesk renews with a new key.
+  clients_["helpdesk"]->Signal(SIGTERM);
+  ASSERT_TRUE(clients_["helpdesk"]->Wait(absl::Seconds(30)).has_value());
+  AgeClientCertificate(helpdesk, "helpdesk");
+  const std::string old_key = key_fingerprint(helpdesk);
+  clients_["helpdesk"] = StartClient(helpdesk);
+  ASSERT_TRUE(
+      WaitFor([&] { return absl::StrContains(clients_["helpdesk"]->Log(), "certificate_renewed"); },
+              absl::Seconds(30)))
+      << clients_["helpdesk"]->Log();
+  ASSERT_NE(key_fingerprint(helpdesk), old_key);
+  const int committed = Committed();
+  ASSERT_TRUE(WaitFor([&] { return Committed() > committed + 1; }, absl::Seconds(180)))
+      << coordinator_->Log();
+  EXPECT_THAT(clients_["bank"]->Log(), HasSubstr("peer_key_changed"));
+  EXPECT_EQ(pins(bank)["helpdesk"], key_fingerprint(helpdesk));
+
+  // bank's pin for lawfirm no longer matches what the coordinator relays for lawfirm.
+  clients_["bank"]->Signal(SIGTERM);
+  ASSERT_TRUE(clients_["bank"]->Wait(absl::Seconds(30)).has_value());
+  const std::string lawfirm_key = pins(bank)["lawfirm"];
+  ASSERT_TRUE(ReplaceInFile(bank / "peer-keys", lawfirm_key, std::string(64, 'b')));
+  clients_["bank"] = StartClient(bank);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return absl::StrContains(clients_["bank"]->Log(), "peer 'lawfirm' presents key sha256:");
+      },
+      absl::Seconds(180)))
+      << clients_["bank"]->Log();
+  EXPECT_THAT(clients_["bank"]->Log(), HasSubstr("round_left"));
+  // The refusal moved no pin.
+  EXPECT_EQ(pins(bank)["lawfirm"], std::string(64, 'b'));
 }
 
 // A CA rotation from begin to retire while the federation trains: the clients follow by
