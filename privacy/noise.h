@@ -177,6 +177,17 @@ class TabulatedNoise {
 // a draw is within about 5√μ·2^-53 of the Poisson law in total variation, 2^-38 at μ = 2^24
 // but only 2^-23 at μ = 10^16 (σ ≈ 10^8, the scale a 32-bit ring gives). The encoder draws
 // Skellam noise from TabulatedNoise::Skellam from μ = 2^24 up.
+//
+// The rarer draws that neither squeeze decides compare log v + log(1/α) − log(a/u_s² + b)
+// with log P(k), and rounding in either side moves each k's acceptance, so its probability, by
+// a factor e^(±Δ), Δ the comparison's worst error; the law then moves by at most 2Δ in total
+// variation. The left side is at most 0 and, unless v or u_s is 0 (then k is refused or
+// accepted whatever the rounding), at least −(37 + 74 + log a) (v, u_s ≥ 2^-53), above −130
+// for μ up to 10^16. So only log P(k) ≥ −130 matters, and there PoissonLogProbability keeps
+// every term's magnitude below 140 and loses at most 32 ulps of it (3·10^-13); with the left
+// side's own few ulps of at most 130, Δ < 2^-40, hence kPtrsAcceptanceTotalVariation. The textbook
+// −μ + k·log μ − lgamma(k + 1) cancels terms of about μ·log μ (10^8 at μ = 2^23) and errs by up to
+// 10^-8.
 class PoissonSampler {
  public:
   explicit PoissonSampler(double mu);
@@ -191,6 +202,14 @@ class PoissonSampler {
   double log_inverse_alpha_;
   double v_r_;
 };
+
+// log P(X = k) for X ~ Poisson(μ), μ ≥ 10, k ≥ 0, within 2^-40 absolutely wherever it is at
+// least −130: Stirling's series with the μ·log μ terms cancelled analytically (see
+// PoissonSampler).
+double PoissonLogProbability(int64_t k, double mu);
+
+// What rounding in PTRS's acceptance test may add to one draw's total variation (2Δ, Δ < 2^-40).
+inline constexpr double kPtrsAcceptanceTotalVariation = 0x1.0p-39;
 
 // An upper bound on the total variation between one draw of the noise RingEncoder adds for
 // `mechanism` at this variance and the law the accountant prices; 0 without noise. It follows
