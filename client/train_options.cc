@@ -34,20 +34,36 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
   } else {
     reader.Invalid(key("schedule"), "must be cosine or constant");
   }
-  reader.Read(key("min_learning_rate_ratio"), &options->min_learning_rate_ratio);
-  if (options->min_learning_rate_ratio < 0 || options->min_learning_rate_ratio > 1) {
-    reader.Invalid(key("min_learning_rate_ratio"), "must be in [0, 1]");
+  const std::string ratio_key = reader.Renamed(
+      key("min_learning_rate_ratio"), key("min_learning_rate"), "as a share of learning_rate");
+  if (ratio_key == key("min_learning_rate_ratio")) {
+    reader.Read(ratio_key, &options->min_learning_rate_ratio);
+  } else {
+    double min_learning_rate = options->min_learning_rate_ratio * options->learning_rate;
+    reader.Read(ratio_key, &min_learning_rate);
+    options->min_learning_rate_ratio = min_learning_rate / options->learning_rate;
+  }
+  if (!(options->min_learning_rate_ratio >= 0 && options->min_learning_rate_ratio <= 1)) {
+    reader.Invalid(ratio_key, "must be in [0, 1] (of learning_rate)");
   }
   reader.Read(key("weight_decay"), &options->adamw.weight_decay);
   if (options->adamw.weight_decay < 0) reader.Invalid(key("weight_decay"), "must not be negative");
   reader.Read(key("beta1"), &options->adamw.beta1);
   reader.Read(key("beta2"), &options->adamw.beta2);
+  reader.Read(key("epsilon"), &options->adamw.epsilon);
+  if (!(options->adamw.epsilon > 0)) reader.Invalid(key("epsilon"), "must be positive");
   for (const auto& [name, beta] :
        {std::pair{"beta1", options->adamw.beta1}, std::pair{"beta2", options->adamw.beta2}}) {
     if (!(beta >= 0 && beta < 1)) reader.Invalid(key(name), "must be in [0, 1)");
   }
-  reader.Read(key("max_gradient_norm"), &options->max_gradient_norm);
-  reader.Read(key("balance_coefficient"), &options->balance_coefficient);
+  reader.Read(reader.Renamed(key("max_gradient_norm"), key("gradient_clip_norm")),
+              &options->max_gradient_norm);
+  const std::string balance =
+      reader.Renamed(key("load_balance_coefficient"), key("balance_coefficient"));
+  reader.Read(balance, &options->balance_coefficient);
+  if (options->balance_coefficient < 0 && options->balance_coefficient != -1) {
+    reader.Invalid(balance, "must be -1 (the model's router_aux_loss_coef) or at least 0");
+  }
   std::vector<std::string> trainable;
   reader.Read(key("trainable"), &trainable);
   if (!trainable.empty()) {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "logging/log.h"
 
 namespace fedmoe::config {
 
@@ -152,7 +153,29 @@ void YamlConfigReader::CollectUnknown(const YAML::Node& node, const std::string&
   }
 }
 
+std::string YamlConfigReader::Renamed(std::string_view key, std::string_view former,
+                                      std::string_view how) {
+  const std::string name(key);
+  const std::string former_name(former);
+  const YAML::Node* current = Find(key);
+  const YAML::Node* old = Find(former);
+  if (old == nullptr) return name;
+  if (current != nullptr) {
+    Error(old, former,
+          absl::StrCat("is the former name of ", name, ", which is set too; remove it"));
+    return name;
+  }
+  warnings_.push_back(
+      absl::StrCat(source_, ":", old->Mark().line + 1, ": ", former_name, ": renamed ", name,
+                   how.empty() ? std::string() : absl::StrCat(" (", std::string(how), ")"),
+                   "; the former name still works, but write the new one"));
+  return former_name;
+}
+
 absl::Status YamlConfigReader::Finish() {
+  for (const std::string& warning : warnings_) {
+    LogEvent(LogLevel::kWarning, "config_key_renamed").Field("detail", warning);
+  }
   CollectUnknown(*root_, "");
   if (errors_.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrJoin(errors_, "\n"));

@@ -1,7 +1,8 @@
 // Strict reading of the YAML configuration files of both programs. A reader is asked for the
 // keys it knows, by dotted path ("limits.poll_max_wait"); at the end, Finish() reports every
 // problem at once, each on its own line as "FILE:LINE: KEY: what is wrong", including keys
-// nobody asked for (typos are errors, not silently ignored settings).
+// nobody asked for (typos are errors, not silently ignored settings). Finish() logs a warning
+// (config_key_renamed) for each renamed key still written under its former name.
 #ifndef FEDMOE_CONFIG_YAML_CONFIG_H_
 #define FEDMOE_CONFIG_YAML_CONFIG_H_
 
@@ -46,6 +47,14 @@ class YamlConfigReader {
   // Records an error against a key that was read but whose value is unacceptable.
   void Invalid(std::string_view key, std::string_view why);
 
+  // The key to read for a setting named `key` that used to be called `former`: `former` when
+  // only it is present, which records a warning that names the new key (warnings()); `key`
+  // otherwise. Both present is an error. `how` tells the reader how to convert, if the
+  // meaning changed too.
+  std::string Renamed(std::string_view key, std::string_view former, std::string_view how = "");
+  // Each "FILE:LINE: KEY: ..." warning so far: a former name in use.
+  const std::vector<std::string>& warnings() const { return warnings_; }
+
   // OK, or InvalidArgument listing every problem, one per line.
   absl::Status Finish();
 
@@ -61,6 +70,7 @@ class YamlConfigReader {
   std::string source_;
   std::set<std::string> known_keys_;
   std::vector<std::string> errors_;
+  std::vector<std::string> warnings_;
 };
 
 }  // namespace fedmoe::config

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "model/trainer.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -14,22 +15,28 @@ std::string Duration(absl::Duration duration) { return absl::FormatDuration(dura
 }  // namespace
 
 v1::LocalTrainingConfig DefaultLocalTraining() {
+  // The one set of defaults train.yaml documents (model::TrainOptions), with the autos a round
+  // can resolve here: the warmup from the steps.
+  const model::TrainOptions defaults;
   v1::LocalTrainingConfig training;
-  training.set_steps(20);
-  training.set_batch_size(4);
-  training.set_seq_len(64);
-  training.set_gradient_accumulation(1);
-  training.set_learning_rate(1e-3);
-  training.set_min_learning_rate(1e-4);
-  training.set_warmup_steps(0);
-  training.set_schedule(v1::LocalTrainingConfig::LEARNING_RATE_SCHEDULE_COSINE);
-  training.set_weight_decay(0.0);
-  training.set_adam_beta1(0.9);
-  training.set_adam_beta2(0.999);
-  training.set_adam_epsilon(1e-8);
-  training.set_gradient_clip_norm(1.0);
-  training.set_load_balance_coefficient(0.01);
-  training.set_seed(0);
+  training.set_steps(static_cast<uint32_t>(defaults.steps));
+  training.set_batch_size(static_cast<uint32_t>(defaults.batch_size));
+  training.set_seq_len(static_cast<uint32_t>(defaults.seq_len));
+  training.set_gradient_accumulation(static_cast<uint32_t>(defaults.gradient_accumulation));
+  training.set_learning_rate(defaults.learning_rate);
+  training.set_min_learning_rate(defaults.min_learning_rate_ratio * defaults.learning_rate);
+  training.set_warmup_steps(static_cast<uint32_t>(model::WarmupSteps(defaults)));
+  training.set_schedule(defaults.schedule == model::Schedule::kConstant
+                            ? v1::LocalTrainingConfig::LEARNING_RATE_SCHEDULE_CONSTANT
+                            : v1::LocalTrainingConfig::LEARNING_RATE_SCHEDULE_COSINE);
+  training.set_weight_decay(defaults.adamw.weight_decay);
+  training.set_adam_beta1(defaults.adamw.beta1);
+  training.set_adam_beta2(defaults.adamw.beta2);
+  training.set_adam_epsilon(defaults.adamw.epsilon);
+  training.set_gradient_clip_norm(defaults.max_gradient_norm);
+  // −1, the model's router_aux_loss_coef, which each client's trainer looks up.
+  training.set_load_balance_coefficient(defaults.balance_coefficient);
+  training.set_seed(defaults.seed);
   return training;
 }
 
@@ -54,8 +61,18 @@ void ReadTraining(config::YamlConfigReader& reader, v1::LocalTrainingConfig* tra
              [&](uint32_t v) { training->set_seq_len(v); });
   read_count("rounds.training.gradient_accumulation", 1, 4096, training->gradient_accumulation(),
              [&](uint32_t v) { training->set_gradient_accumulation(v); });
-  read_count("rounds.training.warmup_steps", 0, 1'000'000, training->warmup_steps(),
-             [&](uint32_t v) { training->set_warmup_steps(v); });
+  // −1: min(100, steps / 10), as in train.yaml.
+  int64_t warmup = -1;
+  reader.Read("rounds.training.warmup_steps", &warmup);
+  if (warmup < -1 || warmup > 1'000'000) {
+    reader.Invalid("rounds.training.warmup_steps",
+                   "must be -1 (min(100, steps / 10)) or 0 to 1000000");
+  } else {
+    model::TrainOptions resolved;
+    resolved.steps = training->steps();
+    resolved.warmup_steps = warmup;
+    training->set_warmup_steps(static_cast<uint32_t>(model::WarmupSteps(resolved)));
+  }
   auto read_real = [&reader](const char* key, double value, double low, double high, auto set) {
     reader.Read(key, &value);
     if (!(value >= low && value <= high)) {
@@ -64,10 +81,23 @@ void ReadTraining(config::YamlConfigReader& reader, v1::LocalTrainingConfig* tra
     }
     set(value);
   };
+  // The floor follows the learning rate: the default is a ratio, as in train.yaml.
+  const double default_ratio = training->min_learning_rate() / training->learning_rate();
   read_real("rounds.training.learning_rate", training->learning_rate(), 1e-12, 10.0,
             [&](double v) { training->set_learning_rate(v); });
-  read_real("rounds.training.min_learning_rate", training->min_learning_rate(), 0.0, 10.0,
-            [&](double v) { training->set_min_learning_rate(v); });
+  training->set_min_learning_rate(default_ratio * training->learning_rate());
+  // The former absolute min_learning_rate still works.
+  const std::string ratio_key =
+      reader.Renamed("rounds.training.min_learning_rate_ratio", "rounds.training.min_learning_rate",
+                     "as a share of learning_rate");
+  if (ratio_key == "rounds.training.min_learning_rate_ratio") {
+    read_real(ratio_key.c_str(), training->min_learning_rate() / training->learning_rate(), 0.0,
+              1.0,
+              [&](double v) { training->set_min_learning_rate(v * training->learning_rate()); });
+  } else {
+    read_real(ratio_key.c_str(), training->min_learning_rate(), 0.0, training->learning_rate(),
+              [&](double v) { training->set_min_learning_rate(v); });
+  }
   read_real("rounds.training.weight_decay", training->weight_decay(), 0.0, 1.0,
             [&](double v) { training->set_weight_decay(v); });
   read_real("rounds.training.beta1", training->adam_beta1(), 0.0, 0.999999,
@@ -76,10 +106,17 @@ void ReadTraining(config::YamlConfigReader& reader, v1::LocalTrainingConfig* tra
             [&](double v) { training->set_adam_beta2(v); });
   read_real("rounds.training.epsilon", training->adam_epsilon(), 1e-20, 1.0,
             [&](double v) { training->set_adam_epsilon(v); });
-  read_real("rounds.training.gradient_clip_norm", training->gradient_clip_norm(), 0.0, 1e9,
+  const std::string clip_key =
+      reader.Renamed("rounds.training.max_gradient_norm", "rounds.training.gradient_clip_norm");
+  read_real(clip_key.c_str(), training->gradient_clip_norm(), 0.0, 1e9,
             [&](double v) { training->set_gradient_clip_norm(v); });
-  read_real("rounds.training.load_balance_coefficient", training->load_balance_coefficient(), 0.0,
-            100.0, [&](double v) { training->set_load_balance_coefficient(v); });
+  const std::string balance_key = reader.Renamed("rounds.training.load_balance_coefficient",
+                                                 "rounds.training.balance_coefficient");
+  read_real(balance_key.c_str(), training->load_balance_coefficient(), -1.0, 100.0,
+            [&](double v) { training->set_load_balance_coefficient(v); });
+  if (training->load_balance_coefficient() < 0 && training->load_balance_coefficient() != -1) {
+    reader.Invalid(balance_key, "must be -1 (the model's router_aux_loss_coef) or at least 0");
+  }
   std::string schedule =
       training->schedule() == v1::LocalTrainingConfig::LEARNING_RATE_SCHEDULE_CONSTANT ? "constant"
                                                                                        : "cosine";
@@ -301,7 +338,7 @@ std::string RoundPolicyYaml(const RoundPolicy& policy) {
       "  training:\n    steps: ",
       t.steps(), "\n    batch_size: ", t.batch_size(), "\n    seq_len: ", t.seq_len(),
       "\n    learning_rate: ", t.learning_rate(),
-      "\n    min_learning_rate: ", t.min_learning_rate(),
+      "\n    min_learning_rate_ratio: ", t.min_learning_rate() / t.learning_rate(),
       "\n    schedule: cosine\n"
       "  server_optimizer:\n    # fedavg (θ += lr·Δ) or fedadam\n    kind: ",
       policy.server_optimizer == ServerOptimizerKind::kFedAdam ? "fedadam" : "fedavg",

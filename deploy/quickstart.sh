@@ -122,7 +122,7 @@ rounds:
     batch_size: 8
     seq_len: 64
     learning_rate: 0.004
-    min_learning_rate: 0.0004
+    min_learning_rate_ratio: 0.1
   server_optimizer:
     kind: fedavg
     learning_rate: 1.0
@@ -151,6 +151,10 @@ for _ in $(seq 1 100); do
 done
 "$bin/fedmoe-coordinator" status --state-dir "$state" >/dev/null
 
+# Three daemons on one host: each gets a third of the cores (at least one), instead of each
+# taking them all (threads: 0) and the three fighting over them.
+share=$(( $(nproc) / 3 ))
+(( share >= 1 )) || share=1
 for i in 0 1 2; do
   org=${orgs[$i]}
   domain=${domains[$i]}
@@ -165,7 +169,10 @@ for i in 0 1 2; do
     2>"$work/$org-enroll.log" | sed 's/^/    /'
   client_metrics=127.0.0.1:$(free_port)
   sed -i "s|listen: \"127.0.0.1:9465\"|listen: \"$client_metrics\"|" "$work/$org/client.yaml"
-  echo "    $org's metrics: http://$client_metrics/metrics"
+  sed -i "s|threads: 0|threads: $share|" "$work/$org/client.yaml"
+  grep -q "threads: $share" "$work/$org/client.yaml" ||
+    { echo "quickstart: cannot set threads in $org's client.yaml" >&2; exit 1; }
+  echo "    $org's metrics: http://$client_metrics/metrics; $share CPU thread(s)"
   "$bin/fedmoe-client" run --config "$work/$org/client.yaml" 2>"$work/$org.log" &
   pids+=($!)
 done

@@ -134,8 +134,7 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
       DataStream::Open(data_directory, tokenizer, Split::kTrain, data_options);
   if (!stream.ok()) return stream.status();
 
-  const int64_t warmup =
-      options.warmup_steps >= 0 ? options.warmup_steps : std::min<int64_t>(100, options.steps / 10);
+  const int64_t warmup = WarmupSteps(options);
   BackwardOptions loss_options;
   loss_options.balance_coefficient =
       options.balance_coefficient >= 0 ? options.balance_coefficient : config.router_aux_loss_coef;

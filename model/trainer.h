@@ -3,6 +3,7 @@
 #ifndef FEDMOE_MODEL_TRAINER_H_
 #define FEDMOE_MODEL_TRAINER_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -18,6 +19,9 @@
 
 namespace fedmoe::model {
 
+// The defaults below are the one set both vocabularies share: train.yaml (`fedmoe-client train`)
+// and a round policy's `training:` block (coordinator/round_policy.cc derives its defaults from
+// a default TrainOptions), under the same key names.
 struct TrainOptions {
   int64_t steps = 100;
   int64_t batch_size = 8;
@@ -31,7 +35,7 @@ struct TrainOptions {
   double min_learning_rate_ratio = 0.1;
   AdamWOptions adamw;
   double max_gradient_norm = 1.0;
-  // −1: the config's router_aux_loss_coef.
+  // −1: the config's router_aux_loss_coef. (load_balance_coefficient in YAML.)
   double balance_coefficient = -1;
   TrainableSet trainable;
   // Of the weight products while training; validation always runs in fp32, so that its loss
@@ -47,6 +51,13 @@ struct TrainOptions {
   int64_t eval_batches = 8;
   double validation_fraction = 0.05;
 };
+
+// The warmup a run takes: warmup_steps, or with −1, min(100, steps / 10). Inline: the
+// coordinator resolves a round's warmup with it and does not link the trainer.
+inline int64_t WarmupSteps(const TrainOptions& options) {
+  return options.warmup_steps >= 0 ? options.warmup_steps
+                                   : std::min<int64_t>(100, options.steps / 10);
+}
 
 struct StepReport {
   int64_t step = 0;  // 1-based

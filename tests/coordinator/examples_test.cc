@@ -5,10 +5,13 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "client/client_config.h"
 #include "client/train_options.h"
 #include "config/yaml_config.h"
 #include "coordinator/config.h"
+#include "coordinator/round_policy.h"
+#include "model/trainer.h"
 
 namespace fedmoe {
 namespace {
@@ -102,6 +105,107 @@ TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
       status.message().find("bad.yaml:5: device: unknown device 'tpu': expected cpu, cuda or auto"),
       std::string::npos)
       << status;
+}
+
+// train.yaml and a round policy's `rounds.training:` block: one set of keys, one set of
+// defaults, and the former names still accepted, with a warning that points at the line.
+model::TrainOptions ReadTrainYaml(const std::string& text) {
+  absl::StatusOr<config::YamlConfigReader> reader =
+      config::YamlConfigReader::FromString(text, "train.yaml");
+  EXPECT_TRUE(reader.ok());
+  model::TrainOptions options;
+  int64_t threads = 0;
+  client::ReadTrainOptions(*reader, "", &options, &threads);
+  EXPECT_TRUE(reader->Finish().ok()) << reader->Finish();
+  return options;
+}
+
+v1::LocalTrainingConfig ReadRoundTraining(const std::string& keys,
+                                          std::vector<std::string>* warnings = nullptr) {
+  std::string text = "rounds:\n  training:\n";
+  for (absl::string_view line : absl::StrSplit(keys, '\n', absl::SkipEmpty())) {
+    absl::StrAppend(&text, "    ", line, "\n");
+  }
+  absl::StatusOr<config::YamlConfigReader> reader =
+      config::YamlConfigReader::FromString(text, "coordinator.yaml");
+  EXPECT_TRUE(reader.ok());
+  coordinator::RoundPolicy policy;
+  coordinator::ReadRoundPolicy(*reader, &policy);
+  EXPECT_TRUE(reader->Finish().ok()) << reader->Finish();
+  if (warnings != nullptr) *warnings = reader->warnings();
+  return policy.training;
+}
+
+void ExpectSameTraining(const model::TrainOptions& options,
+                        const v1::LocalTrainingConfig& training) {
+  EXPECT_EQ(training.steps(), options.steps);
+  EXPECT_EQ(training.batch_size(), options.batch_size);
+  EXPECT_EQ(training.seq_len(), options.seq_len);
+  EXPECT_EQ(training.gradient_accumulation(), options.gradient_accumulation);
+  EXPECT_EQ(training.learning_rate(), options.learning_rate);
+  EXPECT_EQ(training.warmup_steps(), model::WarmupSteps(options));
+  EXPECT_EQ(training.schedule() == v1::LocalTrainingConfig::LEARNING_RATE_SCHEDULE_CONSTANT,
+            options.schedule == model::Schedule::kConstant);
+  EXPECT_DOUBLE_EQ(training.min_learning_rate(),
+                   options.min_learning_rate_ratio * options.learning_rate);
+  EXPECT_EQ(training.weight_decay(), options.adamw.weight_decay);
+  EXPECT_EQ(training.adam_beta1(), options.adamw.beta1);
+  EXPECT_EQ(training.adam_beta2(), options.adamw.beta2);
+  EXPECT_EQ(training.adam_epsilon(), options.adamw.epsilon);
+  EXPECT_EQ(training.gradient_clip_norm(), options.max_gradient_norm);
+  EXPECT_EQ(training.load_balance_coefficient(), options.balance_coefficient);
+  EXPECT_EQ(training.seed(), options.seed);
+}
+
+TEST(TrainingVocabularyTest, TrainYamlAndTheRoundPolicyShareKeysAndDefaults) {
+  ExpectSameTraining(model::TrainOptions{}, coordinator::DefaultLocalTraining());
+  ExpectSameTraining(ReadTrainYaml("steps: 30\n"), ReadRoundTraining("steps: 30\n"));
+  const std::string every_key =
+      "steps: 7\nbatch_size: 3\nseq_len: 32\ngradient_accumulation: 2\nlearning_rate: 0.01\n"
+      "warmup_steps: 2\nschedule: constant\nmin_learning_rate_ratio: 0.2\nweight_decay: 0.1\n"
+      "beta1: 0.8\nbeta2: 0.99\nepsilon: 1.0e-6\nmax_gradient_norm: 0.5\n"
+      "load_balance_coefficient: 0.02\nseed: 9\n";
+  const model::TrainOptions options = ReadTrainYaml(every_key);
+  EXPECT_EQ(options.adamw.epsilon, 1.0e-6);
+  EXPECT_EQ(options.balance_coefficient, 0.02);
+  ExpectSameTraining(options, ReadRoundTraining(every_key));
+}
+
+TEST(TrainingVocabularyTest, FormerNamesStillWorkAndWarnWithTheirLine) {
+  std::vector<std::string> warnings;
+  const v1::LocalTrainingConfig training = ReadRoundTraining(
+      "learning_rate: 0.01\nmin_learning_rate: 0.002\ngradient_clip_norm: 0.5\n", &warnings);
+  EXPECT_DOUBLE_EQ(training.min_learning_rate(), 0.002);
+  EXPECT_EQ(training.gradient_clip_norm(), 0.5);
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_EQ(warnings[0],
+            "coordinator.yaml:4: rounds.training.min_learning_rate: renamed "
+            "rounds.training.min_learning_rate_ratio (as a share of learning_rate); the former "
+            "name still works, but write the new one");
+
+  absl::StatusOr<config::YamlConfigReader> reader = config::YamlConfigReader::FromString(
+      "learning_rate: 0.002\nmin_learning_rate: 0.001\nbalance_coefficient: 0.03\n", "t.yaml");
+  ASSERT_TRUE(reader.ok());
+  model::TrainOptions options;
+  int64_t threads = 0;
+  client::ReadTrainOptions(*reader, "", &options, &threads);
+  ASSERT_TRUE(reader->Finish().ok()) << reader->Finish();
+  EXPECT_DOUBLE_EQ(options.min_learning_rate_ratio, 0.5);
+  EXPECT_EQ(options.balance_coefficient, 0.03);
+  ASSERT_EQ(reader->warnings().size(), 2u);
+  EXPECT_NE(reader->warnings()[1].find("t.yaml:3: balance_coefficient: renamed "
+                                       "load_balance_coefficient"),
+            std::string::npos);
+
+  // Both names at once is a mistake, not a choice.
+  absl::StatusOr<config::YamlConfigReader> both = config::YamlConfigReader::FromString(
+      "max_gradient_norm: 1\ngradient_clip_norm: 2\n", "both.yaml");
+  ASSERT_TRUE(both.ok());
+  client::ReadTrainOptions(*both, "", &options, &threads);
+  EXPECT_NE(both->Finish().message().find("both.yaml:2: gradient_clip_norm: is the former name "
+                                          "of max_gradient_norm, which is set too"),
+            std::string::npos)
+      << both->Finish();
 }
 
 }  // namespace
