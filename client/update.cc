@@ -54,6 +54,12 @@ absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& globa
     return absl::InvalidArgumentError(absl::StrCat("routing counts cover ", expert_slots.size(),
                                                    " layers; the spec has ", layers));
   }
+  // The local loss and token counts stay on the site (architecture.md, "What leaves a site").
+  if (spec.collect_metrics() || layout.metrics_values() != 0) {
+    return absl::InvalidArgumentError(
+        "the round asks for this site's training metrics (collect_metrics); fedmoe sends none, "
+        "so the coordinator is not a fedmoe one or was changed");
+  }
   if (layout.plain_values() != layout.delta_values() + 2 * layers * experts ||
       layout.expert_weights_offset() != layout.delta_values() ||
       layout.histogram_offset() != layout.delta_values() + layers * experts ||

@@ -379,7 +379,7 @@ TEST(ExpertMergeBoundTest, ARoundMovesEveryMergedTensorByAtMostTheClipNormTimesT
   EXPECT_NEAR(LargestTensorChange(spec, global, next), largest, 1e-12 * largest);
 }
 
-TEST(ExpertMergeBoundTest, AClientRefusesBoundsThatDoNotFoldIntoTheClipNorm) {
+TEST(ExpertMergeBoundTest, AClientRefusesBoundsThatDoNotFoldIntoTheClipNormAndMetricsRequests) {
   const model::ModelParameters global = model::InitializeModel(TinyConfig(), 3);
   RoundPolicy policy;
   v1::UpdateSpec spec = SpecFor(global, policy, 3);
@@ -405,6 +405,13 @@ TEST(ExpertMergeBoundTest, AClientRefusesBoundsThatDoNotFoldIntoTheClipNorm) {
   old_coordinator.mutable_layout()->clear_delta_clip_norm();
   refused = client::BuildPlainUpdate(global, global, slots, old_coordinator);
   EXPECT_NE(refused.status().message().find("lacks its norm bounds"), std::string::npos)
+      << refused.status();
+
+  // The local loss stays on the site, whatever a round asks.
+  v1::UpdateSpec curious = spec;
+  curious.set_collect_metrics(true);
+  refused = client::BuildPlainUpdate(global, global, slots, curious);
+  EXPECT_NE(refused.status().message().find("fedmoe sends none"), std::string::npos)
       << refused.status();
 }
 
