@@ -35,6 +35,12 @@ absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> Dial(const pki::TrustBundle& tr
 
 }  // namespace
 
+absl::StatusOr<std::string> ReadAdminAddress(const AdminCredentials& credentials) {
+  absl::StatusOr<std::string> written = storage::ReadSmallFile(credentials.address(), 1024);
+  if (!written.ok()) return written.status();
+  return std::string(absl::StripAsciiWhitespace(*written));
+}
+
 absl::Status WriteAdminCredentials(const AdminCredentials& credentials, const pki::PrivateKey& key,
                                    const pki::Certificate& certificate,
                                    const pki::TrustBundle& trusted, const std::string& address) {
@@ -70,9 +76,9 @@ absl::Status WriteAdminCredentials(const AdminCredentials& credentials, const pk
 absl::StatusOr<std::unique_ptr<v1::Admin::Stub>> DialAdmin(const AdminCredentials& credentials,
                                                            std::string address) {
   if (address.empty()) {
-    absl::StatusOr<std::string> written = storage::ReadSmallFile(credentials.address(), 1024);
+    absl::StatusOr<std::string> written = ReadAdminAddress(credentials);
     if (!written.ok()) return written.status();
-    address = std::string(absl::StripAsciiWhitespace(*written));
+    address = *std::move(written);
   }
   // The CAs are those of the admin certificate's own federation.
   absl::StatusOr<pki::Certificate> certificate =

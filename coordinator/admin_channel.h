@@ -31,6 +31,9 @@ struct AdminCredentials {
   std::filesystem::path address() const { return dir / "coordinator-address"; }
 };
 
+// The coordinator address written into the credentials directory.
+absl::StatusOr<std::string> ReadAdminAddress(const AdminCredentials& credentials);
+
 // Writes `credentials`' files: the key first (0600), the address last.
 absl::Status WriteAdminCredentials(const AdminCredentials& credentials, const pki::PrivateKey& key,
                                    const pki::Certificate& certificate,

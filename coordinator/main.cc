@@ -35,7 +35,6 @@
 #include "pki/private_key.h"
 #include "pki/tls_policy.h"
 #include "privacy/rdp_accountant.h"
-#include "storage/read_file.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -557,12 +556,8 @@ int ClientsCommand(const std::vector<std::string>& args) {
 // the endpoint the coordinator advertises to clients.
 absl::StatusOr<std::string> AdminAddress(const CommandLine& flags) {
   if (auto address = flags.Get("coordinator")) return *address;
-  if (auto admin_dir = flags.Get("admin-dir")) {
-    absl::StatusOr<std::string> written =
-        storage::ReadSmallFile(AdminCredentials{*admin_dir}.address(), 1024);
-    if (!written.ok()) return written.status();
-    return std::string(absl::StripAsciiWhitespace(*written));
-  }
+  if (auto admin_dir = flags.Get("admin-dir"))
+    return ReadAdminAddress(AdminCredentials{*admin_dir});
   absl::StatusOr<CoordinatorConfig> config =
       ConfigFromFlags(flags, "admins add needs --state-dir DIR, --config FILE or --admin-dir DIR");
   if (!config.ok()) return config.status();
