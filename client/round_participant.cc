@@ -46,6 +46,31 @@ bool IsRetryable(const grpc::Status& status) {
   }
 }
 
+namespace {
+
+struct PeerCertificate {
+  pki::Certificate certificate;
+  pki::SpiffeId id;
+};
+
+// A neighbour's certificate (DER), checked against the federation's CAs as a client's.
+absl::StatusOr<PeerCertificate> VerifyPeerCertificate(const pki::TrustBundle& trust,
+                                                      uint32_t participant_id,
+                                                      const std::string& certificate_der) {
+  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::FromDer(certificate_der);
+  if (!certificate.ok()) return certificate.status();
+  absl::StatusOr<pki::SpiffeId> id = trust.Verify(*certificate, pki::Purpose::kClient);
+  if (!id.ok()) {
+    return absl::PermissionDeniedError(absl::StrCat("participant ", participant_id,
+                                                    "'s certificate is not a federation "
+                                                    "client's: ",
+                                                    id.status().message()));
+  }
+  return PeerCertificate{*std::move(certificate), *std::move(id)};
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<RoundParticipant>> RoundParticipant::Create(
     const v1::JoinRoundTask& task, ParticipantIdentity identity) {
   const v1::SecAggParameters& parameters = task.secagg();
@@ -74,16 +99,9 @@ absl::StatusOr<std::unique_ptr<RoundParticipant>> RoundParticipant::Create(
     if (found == certificates->end()) {
       return absl::PermissionDeniedError(absl::StrCat("no certificate for participant ", peer));
     }
-    absl::StatusOr<pki::Certificate> certificate = pki::Certificate::FromDer(found->second);
-    if (!certificate.ok()) return certificate.status();
-    absl::StatusOr<pki::SpiffeId> id = trust.Verify(*certificate, pki::Purpose::kClient);
-    if (!id.ok()) {
-      return absl::PermissionDeniedError(absl::StrCat("participant ", peer,
-                                                      "'s certificate is not a federation "
-                                                      "client's: ",
-                                                      id.status().message()));
-    }
-    return pki::VerifySignature(certificate->PublicKeyDer(), std::string(message),
+    absl::StatusOr<PeerCertificate> verified = VerifyPeerCertificate(trust, peer, found->second);
+    if (!verified.ok()) return verified.status();
+    return pki::VerifySignature(verified->certificate.PublicKeyDer(), std::string(message),
                                 std::string(signature));
   };
   absl::StatusOr<secure_agg::SecAggClient> client = secure_agg::SecAggClient::Create(
@@ -161,31 +179,24 @@ absl::StatusOr<std::optional<PeerKeyPins>> RoundParticipant::CheckPeerKeys(
   absl::StatusOr<PeerKeyPins> pins = PeerKeyPins::Load(identity_.peer_keys);
   if (!pins.ok()) return pins.status();
   for (const v1::AdvertisedKeys& keys : task.neighbor_keys()) {
-    absl::StatusOr<pki::Certificate> certificate =
-        pki::Certificate::FromDer(keys.certificate_der());
-    if (!certificate.ok()) return certificate.status();
-    absl::StatusOr<pki::SpiffeId> peer =
-        identity_.trust.Verify(*certificate, pki::Purpose::kClient);
-    if (!peer.ok()) {
-      return absl::PermissionDeniedError(absl::StrCat("participant ", keys.participant_id(),
-                                                      "'s certificate is not a federation "
-                                                      "client's: ",
-                                                      peer.status().message()));
-    }
+    absl::StatusOr<PeerCertificate> verified =
+        VerifyPeerCertificate(identity_.trust, keys.participant_id(), keys.certificate_der());
+    if (!verified.ok()) return verified.status();
+    const pki::SpiffeId& peer = verified->id;
     std::vector<pki::KeyChange> changes;
     for (const v1::KeyChange& change : keys.key_changes()) {
       changes.push_back(
           {change.old_public_key_der(), change.new_public_key_der(), change.signature()});
     }
     absl::StatusOr<PeerKeyPins::Outcome> outcome =
-        pins->Check(*peer, certificate->PublicKeyDer(), changes);
+        pins->Check(peer, verified->certificate.PublicKeyDer(), changes);
     if (!outcome.ok()) return outcome.status();
     if (*outcome != PeerKeyPins::Outcome::kKnown) {
       LogEvent(LogLevel::kInfo,
                *outcome == PeerKeyPins::Outcome::kPinned ? "peer_key_pinned" : "peer_key_changed")
           .Field("round_id", round_id())
-          .Field("peer", peer->name)
-          .Field("public_key_sha256", pins->pins().at(peer->name));
+          .Field("peer", peer.name)
+          .Field("public_key_sha256", pins->pins().at(peer.name));
     }
   }
   return std::optional<PeerKeyPins>(*std::move(pins));

@@ -85,19 +85,19 @@ absl::StatusOr<pki::Certificate> EnrollmentAuthority::Renew(
   if (client->revoked()) {
     return absl::PermissionDeniedError(absl::StrCat("client '", client_id, "' is revoked"));
   }
-  const pki::SpiffeId id{ca_.federation(), pki::IdentityKind::kClient, client_id};
-  absl::StatusOr<pki::Certificate> certificate =
-      ca_.IssueFromCsr(csr_der, id, client_certificate_validity_, now);
-  if (!certificate.ok()) return certificate.status();
   // Peers pin the old key; without the old key's word for the new one they would refuse it.
-  IssuedCertificate record = Record(*certificate);
-  record.key_change =
-      pki::KeyChange{current_public_key_der, record.public_key_der, key_change_signature};
   if (key_change_signature.empty()) {
     return absl::InvalidArgumentError(
         "the renewal carries no key_change_signature (the old key's signature over the new "
         "key), which the client's SecAgg+ peers need; upgrade fedmoe-client");
   }
+  const pki::SpiffeId id{ca_.federation(), pki::IdentityKind::kClient, client_id};
+  absl::StatusOr<pki::Certificate> certificate =
+      ca_.IssueFromCsr(csr_der, id, client_certificate_validity_, now);
+  if (!certificate.ok()) return certificate.status();
+  IssuedCertificate record = Record(*certificate);
+  record.key_change =
+      pki::KeyChange{current_public_key_der, record.public_key_der, key_change_signature};
   if (absl::Status status = pki::VerifyKeyChange(id, *record.key_change); !status.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "key_change_signature is not the current key's over the new key: ", status.message()));

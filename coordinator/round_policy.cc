@@ -85,18 +85,16 @@ void ReadTraining(config::YamlConfigReader& reader, v1::LocalTrainingConfig* tra
   const double default_ratio = training->min_learning_rate() / training->learning_rate();
   read_real("rounds.training.learning_rate", training->learning_rate(), 1e-12, 10.0,
             [&](double v) { training->set_learning_rate(v); });
-  training->set_min_learning_rate(default_ratio * training->learning_rate());
   // The former absolute min_learning_rate still works.
   const std::string ratio_key =
       reader.Renamed("rounds.training.min_learning_rate_ratio", "rounds.training.min_learning_rate",
                      "as a share of learning_rate");
   if (ratio_key == "rounds.training.min_learning_rate_ratio") {
-    read_real(ratio_key.c_str(), training->min_learning_rate() / training->learning_rate(), 0.0,
-              1.0,
+    read_real(ratio_key.c_str(), default_ratio, 0.0, 1.0,
               [&](double v) { training->set_min_learning_rate(v * training->learning_rate()); });
   } else {
-    read_real(ratio_key.c_str(), training->min_learning_rate(), 0.0, training->learning_rate(),
-              [&](double v) { training->set_min_learning_rate(v); });
+    read_real(ratio_key.c_str(), default_ratio * training->learning_rate(), 0.0,
+              training->learning_rate(), [&](double v) { training->set_min_learning_rate(v); });
   }
   read_real("rounds.training.weight_decay", training->weight_decay(), 0.0, 1.0,
             [&](double v) { training->set_weight_decay(v); });
