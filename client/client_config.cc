@@ -5,6 +5,7 @@
 #include "config/yaml_config.h"
 #include "logging/log.h"
 #include "pki/spiffe_id.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::client {
 
@@ -33,7 +34,7 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   if (config.threads < 0 || config.threads > 1024) {
     reader->Invalid("training.threads", "must be between 0 (all cores) and 1024");
   }
-  if (!config.data.empty() && !std::filesystem::is_directory(config.data)) {
+  if (!config.data.empty() && !storage::IsDirectory(config.data)) {
     reader->Invalid("training.data", absl::StrCat(config.data.string(), " is not a directory"));
   }
   config.state_dir.root = state_dir;

@@ -14,6 +14,7 @@
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
 #include "storage/atomic_file.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::client {
 namespace {
@@ -70,7 +71,7 @@ absl::StatusOr<pki::Certificate> SelectPinnedCa(const std::vector<pki::Certifica
 
 absl::StatusOr<ClientConfig> Enroll(const EnrollOptions& options) {
   const ClientStateDir dir{std::filesystem::absolute(options.state_dir)};
-  if (std::filesystem::exists(dir.key())) {
+  if (storage::PathExists(dir.key())) {
     return absl::FailedPreconditionError(absl::StrCat(
         dir.root.string(), " already holds an enrolled client; use a fresh --state-dir"));
   }

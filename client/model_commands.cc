@@ -20,6 +20,7 @@
 #include "model/init.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::client {
 namespace {
@@ -407,7 +408,7 @@ int TrainCommand(const std::vector<std::string>& args) {
     return Fail(status);
   }
   const std::filesystem::path tokenizer_file = std::filesystem::path(model_dir) / "tokenizer.json";
-  if (std::filesystem::exists(tokenizer_file)) {
+  if (storage::PathExists(tokenizer_file)) {
     std::error_code error;
     std::filesystem::copy_file(tokenizer_file, std::filesystem::path(out_dir) / "tokenizer.json",
                                std::filesystem::copy_options::overwrite_existing, error);

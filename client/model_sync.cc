@@ -8,6 +8,7 @@
 #include "client/grpc_status.h"
 #include "logging/log.h"
 #include "storage/atomic_file.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::client {
 namespace {
@@ -90,7 +91,7 @@ absl::StatusOr<std::filesystem::path> SyncModel(v1::Federation::StubInterface& s
                                                 const v1::ModelManifest& manifest,
                                                 const std::filesystem::path& models_root) {
   const std::filesystem::path final_directory = models_root / absl::StrCat("v", manifest.version());
-  if (std::filesystem::exists(final_directory)) return final_directory;
+  if (storage::PathExists(final_directory)) return final_directory;
   const std::filesystem::path partial =
       models_root / absl::StrCat(".v", manifest.version(), ".partial");
   std::error_code error;

@@ -9,6 +9,7 @@
 #include "coordinator/sqlite.h"
 #include "coordinator/store.h"
 #include "storage/atomic_file.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -56,7 +57,7 @@ bool IsVersionDirectory(const fs::directory_entry& entry) {
 }  // namespace
 
 absl::StatusOr<BackupSummary> BackupStateDir(const StateDir& from, const fs::path& to) {
-  if (!fs::exists(from.store())) {
+  if (!storage::PathExists(from.store())) {
     return absl::NotFoundError(
         absl::StrCat(from.root.string(), " holds no store (state.db); is it a state directory?"));
   }
@@ -94,7 +95,7 @@ absl::StatusOr<BackupSummary> BackupStateDir(const StateDir& from, const fs::pat
       {from.previous_ca_certificate(), target.previous_ca_certificate()},
       {from.ca_switch_marker(), target.ca_switch_marker()}};
   for (const auto& [source, destination] : rotation_files) {
-    if (!fs::exists(source)) continue;
+    if (!storage::PathExists(source)) continue;
     if (absl::Status status = CopyPrivate(source, destination, kOwnerReadWrite, summary.bytes);
         !status.ok()) {
       return status;
@@ -124,7 +125,7 @@ absl::StatusOr<BackupSummary> BackupStateDir(const StateDir& from, const fs::pat
 
 absl::Status RestoreStateDir(const fs::path& backup, const StateDir& to) {
   const StateDir source{backup};
-  if (!fs::exists(source.store()) || !fs::exists(source.config())) {
+  if (!storage::PathExists(source.store()) || !storage::PathExists(source.config())) {
     return absl::NotFoundError(
         absl::StrCat(backup.string(), " is not a backup (no state.db or coordinator.yaml)"));
   }
@@ -136,7 +137,8 @@ absl::Status RestoreStateDir(const fs::path& backup, const StateDir& to) {
   for (const fs::path& key : {to.ca_key(), to.server_key(), to.admin_key(), to.store()}) {
     fs::permissions(key, kOwnerReadWrite, error);
   }
-  if (fs::exists(to.next_ca_key())) fs::permissions(to.next_ca_key(), kOwnerReadWrite, error);
+  if (storage::PathExists(to.next_ca_key()))
+    fs::permissions(to.next_ca_key(), kOwnerReadWrite, error);
   // The copied config still names the old directory.
   std::ifstream in(to.config());
   std::ostringstream rewritten;

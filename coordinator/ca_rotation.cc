@@ -7,6 +7,7 @@
 #include "coordinator/store.h"
 #include "logging/log.h"
 #include "storage/atomic_file.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -28,21 +29,22 @@ absl::Status RemoveDurably(const fs::path& path) {
 // crash at any point ends in the same place: the old CA's certificate kept as the previous
 // one, the new CA's key over the old key (which destroys it), the new certificate as ca.pem.
 absl::Status CompleteCaSwitch(const StateDir& dir) {
-  if (!fs::exists(dir.ca_switch_marker())) return absl::OkStatus();
-  if (fs::exists(dir.next_ca_certificate()) && !fs::exists(dir.previous_ca_certificate())) {
+  if (!storage::PathExists(dir.ca_switch_marker())) return absl::OkStatus();
+  if (storage::PathExists(dir.next_ca_certificate()) &&
+      !storage::PathExists(dir.previous_ca_certificate())) {
     if (absl::Status status =
             storage::RenameDurably(dir.ca_certificate(), dir.previous_ca_certificate());
         !status.ok()) {
       return status;
     }
   }
-  if (fs::exists(dir.next_ca_key())) {
+  if (storage::PathExists(dir.next_ca_key())) {
     if (absl::Status status = storage::RenameDurably(dir.next_ca_key(), dir.ca_key());
         !status.ok()) {
       return status;
     }
   }
-  if (fs::exists(dir.next_ca_certificate())) {
+  if (storage::PathExists(dir.next_ca_certificate())) {
     if (absl::Status status =
             storage::RenameDurably(dir.next_ca_certificate(), dir.ca_certificate());
         !status.ok()) {
@@ -54,8 +56,8 @@ absl::Status CompleteCaSwitch(const StateDir& dir) {
 
 // Which rotation files the state directory holds, and so its phase.
 absl::StatusOr<CaRotationPhase> PhaseOnDisk(const StateDir& dir) {
-  const bool next = fs::exists(dir.next_ca_certificate());
-  const bool previous = fs::exists(dir.previous_ca_certificate());
+  const bool next = storage::PathExists(dir.next_ca_certificate());
+  const bool previous = storage::PathExists(dir.previous_ca_certificate());
   if (next && previous) {
     return absl::FailedPreconditionError(absl::StrCat(
         dir.root.string(), " holds both ", dir.next_ca_certificate().filename().string(), " and ",

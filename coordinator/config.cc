@@ -10,6 +10,7 @@
 #include "pki/certificate_authority.h"
 #include "pki/key_pair_files.h"
 #include "storage/atomic_file.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -247,7 +248,7 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
     return absl::PermissionDeniedError(
         absl::StrCat("cannot create state directory ", dir.root.string(), ": ", error.message()));
   }
-  if (std::filesystem::exists(dir.ca_key()) || std::filesystem::exists(dir.store())) {
+  if (storage::PathExists(dir.ca_key()) || storage::PathExists(dir.store())) {
     return absl::FailedPreconditionError(absl::StrCat(
         "state directory ", dir.root.string(),
         " already holds a federation; choose an empty directory or remove it deliberately"));

@@ -35,6 +35,7 @@
 #include "pki/private_key.h"
 #include "pki/tls_policy.h"
 #include "privacy/rdp_accountant.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -585,7 +586,7 @@ int AddAdmin(const CommandLine& flags, v1::Admin::Stub& stub) {
   absl::StatusOr<std::string> out = flags.Require("out");
   if (!out.ok()) return Fail(out.status());
   const AdminCredentials credentials{*out};
-  if (std::filesystem::exists(credentials.key())) {
+  if (storage::PathExists(credentials.key())) {
     return Fail(absl::AlreadyExistsError(
         absl::StrCat(credentials.key().string(), " exists; choose a new --out directory")));
   }

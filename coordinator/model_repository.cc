@@ -12,6 +12,7 @@
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
 #include "storage/atomic_file.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -69,7 +70,7 @@ absl::StatusOr<ModelVersionRecord> ModelRepository::Write(
   record.round_id = round_id;
   for (const char* file : kClientFiles) {
     const std::filesystem::path path = partial / file;
-    if (!std::filesystem::exists(path)) continue;
+    if (!storage::PathExists(path)) continue;
     absl::StatusOr<std::string> digest = storage::FileSha256(path);
     if (!digest.ok()) return digest.status();
     const auto size = static_cast<int64_t>(std::filesystem::file_size(path, error));
@@ -107,7 +108,7 @@ absl::Status ModelRepository::RemoveUnpublished(int64_t newest_published) {
 absl::StatusOr<std::pair<std::vector<float>, std::vector<float>>>
 ModelRepository::ReadServerMoments(const ModelVersionRecord& record) const {
   const std::filesystem::path path = Directory(record) / kServerOptimizerFile;
-  if (!std::filesystem::exists(path)) {
+  if (!storage::PathExists(path)) {
     return absl::NotFoundError(absl::StrCat(path.string(), " does not exist"));
   }
   absl::StatusOr<model::SafetensorsFile> file = model::SafetensorsFile::Open(path);

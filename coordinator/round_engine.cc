@@ -22,6 +22,7 @@
 #include "privacy/secure_random.h"
 #include "secure_agg/neighbor_graph.h"
 #include "secure_agg/packing.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -150,9 +151,8 @@ absl::Status RoundEngine::Load() {
       return {initial.status().code(), absl::StrCat("model.initial: ", initial.status().message())};
     }
     const std::filesystem::path tokenizer = policy_.initial_model / "tokenizer.json";
-    absl::StatusOr<ModelVersionRecord> record =
-        models_.Write(1, *initial, std::filesystem::exists(tokenizer) ? tokenizer : "",
-                      std::nullopt, std::nullopt);
+    absl::StatusOr<ModelVersionRecord> record = models_.Write(
+        1, *initial, storage::PathExists(tokenizer) ? tokenizer : "", std::nullopt, std::nullopt);
     if (!record.ok()) return record.status();
     if (absl::Status status = store_->AddInitialModel(*record); !status.ok()) return status;
     LogEvent(LogLevel::kInfo, "model_published")
@@ -631,7 +631,7 @@ void RoundEngine::Commit(Round& round) {
   }
   absl::StatusOr<ModelVersionRecord> record =
       models_.Write(round.base.version + 1, next,
-                    std::filesystem::exists(tokenizer) ? tokenizer : std::filesystem::path(),
+                    storage::PathExists(tokenizer) ? tokenizer : std::filesystem::path(),
                     static_cast<int64_t>(round.id), moments);
   if (!record.ok()) {
     server_optimizer_.RestoreMoments(first, second);

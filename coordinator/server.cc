@@ -55,12 +55,7 @@ absl::StatusOr<pki::Certificate> ServerCertificateCa(const pki::Certificate& ser
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     CoordinatorConfig config) {
   std::unique_ptr<CoordinatorServer> server(new CoordinatorServer());
-  server->config_ = std::move(config);
-  const CoordinatorConfig& cfg = server->config_;
-  const StateDir& dir = cfg.state_dir;
-
-  absl::StatusOr<FederationTrust> trust = LoadFederationTrust(cfg);
-  if (!trust.ok()) return trust.status();
+  const StateDir dir = config.state_dir;
   // A `certificates renew` that a crash interrupted is finished before the pairs are read.
   if (absl::Status status = CompleteCoordinatorKeySwaps(dir); !status.ok()) return status;
   absl::StatusOr<pki::Certificate> server_certificate =
@@ -71,27 +66,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   absl::StatusOr<std::string> server_key_pem = server_key->ToPem();
   if (!server_key_pem.ok()) return server_key_pem.status();
 
-  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(dir.store());
-  if (!store.ok()) return store.status();
-  server->store_ = std::move(*store);
-  server->authority_ =
-      std::make_unique<EnrollmentAuthority>(std::move(trust->issuer), trust->bundle,
-                                            server->store_.get(), cfg.client_certificate_validity);
-  server->authorizer_ = std::make_unique<CallerAuthorizer>(trust->bundle, server->store_.get());
-  server->presence_ = std::make_unique<ClientPresence>(cfg.online_window());
-  server->polls_ = std::make_unique<PollHub>(static_cast<size_t>(cfg.parked_polls));
-  absl::StatusOr<std::unique_ptr<RoundEngine>> rounds = RoundEngine::Create(
-      &cfg, server->store_.get(), server->presence_.get(), server->polls_.get());
-  if (!rounds.ok()) return rounds.status();
-  server->rounds_ = std::move(*rounds);
-  ServiceContext context{&cfg,
-                         server->store_.get(),
-                         server->authority_.get(),
-                         server->authorizer_.get(),
-                         server->presence_.get(),
-                         server->polls_.get(),
-                         server->rounds_.get(),
-                         absl::Now()};
+  absl::StatusOr<std::unique_ptr<CoordinatorCore>> core = CoordinatorCore::Open(std::move(config));
+  if (!core.ok()) return core.status();
+  server->core_ = *std::move(core);
+  const CoordinatorConfig& cfg = server->core_->config();
+  const pki::TrustBundle& trust = server->core_->trust_bundle();
+  ServiceContext context = server->core_->context();
   if (!cfg.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> exposer =
         metrics::MetricsServer::Start(cfg.metrics_listen);
@@ -102,20 +82,21 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     server->status_metrics_ =
         std::make_shared<StatusCollectable>([context]() { return CollectStatus(context); });
     server->metrics_server_->Add(server->status_metrics_);
-    server->rounds_->SetMetrics(server->metrics_.get());
+    server->core_->rounds().SetMetrics(server->metrics_.get());
     LogEvent(LogLevel::kInfo, "metrics_served")
         .Field("address", cfg.metrics_listen)
         .Field("port", server->metrics_server_->port());
   }
-  server->enrollment_service_ = std::make_unique<EnrollmentService>(context);
-  server->certificates_service_ = std::make_unique<CertificatesService>(context);
-  server->admin_service_ = std::make_unique<AdminService>(context);
-  server->federation_service_ = std::make_unique<FederationService>(context);
+  server->api_ = std::make_unique<CoordinatorApi>(context);
+  server->enrollment_service_ = std::make_unique<EnrollmentService>(server->api_.get());
+  server->certificates_service_ = std::make_unique<CertificatesService>(server->api_.get());
+  server->admin_service_ = std::make_unique<AdminService>(server->api_.get());
+  server->federation_service_ =
+      std::make_unique<FederationService>(server->api_.get(), context.metrics);
 
   // The chain includes the CA, so that an enrolling client can pin it by fingerprint. That is
   // the issuing CA, except after a switch that a crash cut short (coordinator/ca_rotation.h).
-  absl::StatusOr<pki::Certificate> server_ca =
-      ServerCertificateCa(*server_certificate, trust->bundle);
+  absl::StatusOr<pki::Certificate> server_ca = ServerCertificateCa(*server_certificate, trust);
   if (!server_ca.ok()) return server_ca.status();
   const std::string chain = server_certificate->ToPem() + server_ca->ToPem();
   grpc::EnableDefaultHealthCheckService(true);
@@ -136,7 +117,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
   grpc::SslServerCredentialsOptions mtls(
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  mtls.pem_root_certs = trust->bundle.ToPem();
+  mtls.pem_root_certs = trust.ToPem();
   mtls.pem_key_cert_pairs.push_back({*server_key_pem, chain});
   grpc::ServerBuilder mtls_builder;
   mtls_builder.AddListeningPort(cfg.listen, grpc::SslServerCredentials(mtls), &server->mtls_port_);
@@ -151,32 +132,38 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
         absl::StrCat("cannot listen on listen ", cfg.listen,
                      " (address in use, or not an address of this host)"));
   }
-  server->rounds_->Start();
+  server->core_->rounds().Start();
   LogEvent(LogLevel::kInfo, "coordinator_started")
       .Field("federation", cfg.federation)
       .Field("listen", cfg.listen)
       .Field("mtls_port", server->mtls_port_)
       .Field("enroll_listen", cfg.enroll_listen)
       .Field("enrollment_port", server->enrollment_port_)
-      .Field("ca_fingerprint", trust->bundle.issuer().Sha256Fingerprint())
-      .Field("ca_rotation", CaRotationPhaseName(trust->phase));
+      .Field("ca_fingerprint", trust.issuer().Sha256Fingerprint())
+      .Field("ca_rotation", CaRotationPhaseName(server->core_->ca_rotation_phase()));
   return server;
 }
 
 void CoordinatorServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
-  if (rounds_ != nullptr) rounds_->Stop();
-  if (polls_ != nullptr) polls_->Shutdown();
+  if (core_ != nullptr) {
+    core_->rounds().Stop();
+    core_->polls().Shutdown();
+  }
   const gpr_timespec deadline =
       gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
                    gpr_time_from_millis(absl::ToInt64Milliseconds(grace), GPR_TIMESPAN));
   if (mtls_server_ != nullptr) mtls_server_->Shutdown(deadline);
   if (enrollment_server_ != nullptr) enrollment_server_->Shutdown(deadline);
   if (mtls_server_ == nullptr && enrollment_server_ == nullptr) return;
-  LogEvent(LogLevel::kInfo, "coordinator_stopped").Field("federation", config_.federation);
+  LogEvent(LogLevel::kInfo, "coordinator_stopped").Field("federation", core_->config().federation);
 }
 
-CoordinatorServer::~CoordinatorServer() { Shutdown(absl::Seconds(5)); }
+CoordinatorServer::~CoordinatorServer() {
+  Shutdown(absl::Seconds(5));
+  // Its scrapes read the core's parts, which go before it otherwise.
+  metrics_server_.reset();
+}
 
 }  // namespace fedmoe::coordinator

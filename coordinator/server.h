@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "coordinator/config.h"
+#include "coordinator/core.h"
 #include "coordinator/metrics.h"
 #include "coordinator/services.h"
 #include "metrics/metrics_server.h"
@@ -36,24 +37,19 @@ class CoordinatorServer {
  private:
   CoordinatorServer() = default;
 
-  CoordinatorConfig config_;
-  std::unique_ptr<Store> store_;
-  std::unique_ptr<EnrollmentAuthority> authority_;
-  std::unique_ptr<CallerAuthorizer> authorizer_;
-  std::unique_ptr<ClientPresence> presence_;
   std::unique_ptr<metrics::MetricsServer> metrics_server_;
   std::unique_ptr<CoordinatorMetrics> metrics_;
   std::shared_ptr<StatusCollectable> status_metrics_;
-  std::unique_ptr<RoundEngine> rounds_;
+  std::unique_ptr<CoordinatorApi> api_;
   std::unique_ptr<EnrollmentService> enrollment_service_;
   std::unique_ptr<CertificatesService> certificates_service_;
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<FederationService> federation_service_;
   std::unique_ptr<grpc::Server> enrollment_server_;
   std::unique_ptr<grpc::Server> mtls_server_;
-  // Declared after the servers so that it is destroyed first: its thread finishes the parked
+  // Declared after the servers so that it is destroyed first: its poll hub finishes the parked
   // polls while the servers and the services they call back into still exist.
-  std::unique_ptr<PollHub> polls_;
+  std::unique_ptr<CoordinatorCore> core_;
   int mtls_port_ = 0;
   int enrollment_port_ = 0;
   bool shut_down_ = false;

@@ -1,84 +1,9 @@
 #include "coordinator/services.h"
 
-#include <google/protobuf/util/time_util.h>
-
-#include <algorithm>
-#include <fstream>
-#include <optional>
-
-#include "absl/strings/escaping.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
 #include "coordinator/wire.h"
-#include "logging/log.h"
-#include "secure_agg/packing.h"
 
 namespace fedmoe::coordinator {
 namespace {
-
-using google::protobuf::util::TimeUtil;
-
-constexpr size_t kMaxCsrBytes = size_t{16} * 1024;
-constexpr int kDefaultPageSize = 100;
-constexpr int kMaxPageSize = 1000;
-
-void SetTimestamp(absl::Time time, google::protobuf::Timestamp* out) {
-  *out = TimeUtil::MillisecondsToTimestamp(absl::ToUnixMillis(time));
-}
-
-absl::Duration FromProto(const google::protobuf::Duration& duration) {
-  return absl::Seconds(duration.seconds()) + absl::Nanoseconds(duration.nanos());
-}
-
-void FillTrustBundle(const pki::TrustBundle& trust,
-                     google::protobuf::RepeatedPtrField<std::string>* out) {
-  for (std::string& der : trust.Der()) out->Add(std::move(der));
-}
-
-void FillCertificate(const pki::Certificate& certificate, const pki::Certificate& ca,
-                     v1::CertificateBundle* out) {
-  out->set_certificate_der(certificate.ToDer());
-  out->set_ca_certificate_der(ca.ToDer());
-  SetTimestamp(certificate.NotBefore(), out->mutable_not_before());
-  SetTimestamp(certificate.NotAfter(), out->mutable_not_after());
-  if (absl::StatusOr<pki::SpiffeId> id = certificate.Identity(); id.ok()) {
-    out->set_spiffe_id(id->ToUri());
-  }
-}
-
-int PageSize(const v1::PageRequest& page) {
-  if (page.page_size() == 0) return kDefaultPageSize;
-  return static_cast<int>(std::min<uint32_t>(page.page_size(), kMaxPageSize));
-}
-
-v1::EnrollmentTokenInfo::State ToProto(TokenState state) {
-  switch (state) {
-    case TokenState::kUnused:
-      return v1::EnrollmentTokenInfo::STATE_UNUSED;
-    case TokenState::kUsed:
-      return v1::EnrollmentTokenInfo::STATE_USED;
-    case TokenState::kExpired:
-      return v1::EnrollmentTokenInfo::STATE_EXPIRED;
-    case TokenState::kRevoked:
-      return v1::EnrollmentTokenInfo::STATE_REVOKED;
-  }
-  return v1::EnrollmentTokenInfo::STATE_UNSPECIFIED;
-}
-
-void FillToken(const TokenRecord& record, absl::Time now, v1::EnrollmentTokenInfo* out) {
-  out->set_token_id(record.token_id);
-  out->set_client_id(record.client_id);
-  out->set_state(ToProto(record.StateAt(now)));
-  SetTimestamp(record.created_at, out->mutable_created_at());
-  SetTimestamp(record.expires_at, out->mutable_expires_at());
-  if (record.used_at.has_value()) SetTimestamp(*record.used_at, out->mutable_used_at());
-}
-
-// Logs a refused call in one line: which method, and why.
-grpc::Status Refuse(std::string_view method, const absl::Status& status) {
-  LogEvent(LogLevel::kWarning, "call_refused").Field("method", method).Error(status);
-  return ToGrpc(status);
-}
 
 // Runs a raw unary method: parse, handle, serialize, finish; a parse failure is answered
 // with its own message.
@@ -89,11 +14,11 @@ grpc::ServerUnaryReactor* RunRaw(grpc::CallbackServerContext* context, std::stri
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Request request;
   if (absl::Status parsed = ParseRequest(*request_bytes, request); !parsed.ok()) {
-    reactor->Finish(Refuse(method, parsed));
+    reactor->Finish(RefuseCall(method, parsed));
     return reactor;
   }
   Reply reply;
-  grpc::Status status = handle(request, reply);
+  grpc::Status status = handle(*context->auth_context(), request, reply);
   if (status.ok()) status = ToGrpc(SerializeReply(reply, *reply_bytes));
   reactor->Finish(status);
   return reactor;
@@ -106,7 +31,9 @@ grpc::ServerUnaryReactor* EnrollmentService::Enroll(grpc::CallbackServerContext*
                                                     grpc::ByteBuffer* response) {
   return RunRaw<v1::EnrollRequest, v1::EnrollResponse>(
       context, "Enroll", request, response,
-      [this](const v1::EnrollRequest& in, v1::EnrollResponse& out) { return Handle(in, out); });
+      [this](const grpc::AuthContext&, const v1::EnrollRequest& in, v1::EnrollResponse& out) {
+        return api_->Enroll(in, out);
+      });
 }
 
 grpc::ServerUnaryReactor* CertificatesService::Renew(grpc::CallbackServerContext* context,
@@ -114,573 +41,161 @@ grpc::ServerUnaryReactor* CertificatesService::Renew(grpc::CallbackServerContext
                                                      grpc::ByteBuffer* response) {
   return RunRaw<v1::RenewCertificateRequest, v1::RenewCertificateResponse>(
       context, "Renew", request, response,
-      [this, context](const v1::RenewCertificateRequest& in, v1::RenewCertificateResponse& out) {
-        return Handle(*context->auth_context(), in, out);
-      });
-}
-
-grpc::Status EnrollmentService::Handle(const v1::EnrollRequest& request,
-                                       v1::EnrollResponse& response) {
-  if (request.csr_der().size() > kMaxCsrBytes) {
-    return Refuse("Enroll", absl::InvalidArgumentError("CSR larger than 16 KiB"));
-  }
-  absl::StatusOr<EnrollmentAuthority::Enrolled> enrolled =
-      context_.authority->Enroll(request.token(), request.csr_der(), request.client_version());
-  if (!enrolled.ok()) return ToGrpc(enrolled.status());
-  response.set_client_id(enrolled->client.client_id);
-  response.set_federation(context_.config->federation);
-  FillCertificate(enrolled->certificate, context_.authority->ca().certificate(),
-                  response.mutable_certificate());
-  response.set_federation_endpoint(context_.config->advertised_endpoint());
-  FillTrustBundle(context_.authority->trust(), response.mutable_trusted_ca_certificates_der());
-  return grpc::Status::OK;
-}
-
-grpc::Status CertificatesService::Handle(const grpc::AuthContext& auth,
-                                         const v1::RenewCertificateRequest& request,
-                                         v1::RenewCertificateResponse& response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(auth);
-  if (!caller.ok()) return Refuse("Renew", caller.status());
-  if (request.csr_der().size() > kMaxCsrBytes) {
-    return Refuse("Renew", absl::InvalidArgumentError("CSR larger than 16 KiB"));
-  }
-  absl::StatusOr<pki::Certificate> current = pki::Certificate::FromDer(caller->certificate_der);
-  if (!current.ok()) return Refuse("Renew", current.status());
-  absl::StatusOr<pki::Certificate> certificate = context_.authority->Renew(
-      caller->id.name, request.csr_der(), current->PublicKeyDer(), request.key_change_signature());
-  if (!certificate.ok()) return Refuse("Renew", certificate.status());
-  FillCertificate(*certificate, context_.authority->ca().certificate(),
-                  response.mutable_certificate());
-  FillTrustBundle(context_.authority->trust(), response.mutable_trusted_ca_certificates_der());
-  return grpc::Status::OK;
+      [this](const grpc::AuthContext& peer, const v1::RenewCertificateRequest& in,
+             v1::RenewCertificateResponse& out) { return api_->Renew(peer, in, out); });
 }
 
 grpc::Status AdminService::CreateEnrollmentToken(grpc::ServerContext* context,
                                                  const v1::CreateEnrollmentTokenRequest* request,
                                                  v1::CreateEnrollmentTokenResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("CreateEnrollmentToken", caller.status());
-  absl::StatusOr<EnrollmentAuthority::CreatedToken> created =
-      context_.authority->CreateToken(request->client_id(), FromProto(request->ttl()));
-  if (!created.ok()) return ToGrpc(created.status());
-  response->set_token(created->token.ToString());
-  response->set_token_id(created->token.token_id);
-  response->set_client_id(created->record.client_id);
-  SetTimestamp(created->record.expires_at, response->mutable_expires_at());
-  response->set_ca_fingerprint_sha256(context_.authority->ca().certificate().Sha256Fingerprint());
-  return grpc::Status::OK;
+  return api_->CreateEnrollmentToken(*context->auth_context(), *request, *response);
 }
 
 grpc::Status AdminService::ListEnrollmentTokens(grpc::ServerContext* context,
                                                 const v1::ListEnrollmentTokensRequest* request,
                                                 v1::ListEnrollmentTokensResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("ListEnrollmentTokens", caller.status());
-  absl::StatusOr<std::vector<TokenRecord>> tokens =
-      context_.store->ListTokens(PageSize(request->page()));
-  if (!tokens.ok()) return ToGrpc(tokens.status());
-  const absl::Time now = absl::Now();
-  for (const TokenRecord& token : *tokens) FillToken(token, now, response->add_tokens());
-  return grpc::Status::OK;
+  return api_->ListEnrollmentTokens(*context->auth_context(), *request, *response);
 }
 
 grpc::Status AdminService::RevokeEnrollmentToken(grpc::ServerContext* context,
                                                  const v1::RevokeEnrollmentTokenRequest* request,
                                                  v1::RevokeEnrollmentTokenResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("RevokeEnrollmentToken", caller.status());
-  const absl::Time now = absl::Now();
-  absl::StatusOr<TokenRecord> token = context_.store->RevokeToken(request->token_id(), now);
-  if (!token.ok()) return ToGrpc(token.status());
-  FillToken(*token, now, response->mutable_token());
-  LogEvent(LogLevel::kInfo, "token_revoked")
-      .Field("token_id", token->token_id)
-      .Field("by", caller->id.ToUri());
-  return grpc::Status::OK;
-}
-
-void AdminService::FillClient(const ClientRecord& record, v1::ClientInfo* out) const {
-  out->set_client_id(record.client_id);
-  out->set_spiffe_id(record.spiffe_id);
-  out->set_state(record.revoked() ? v1::ClientInfo::STATE_REVOKED : v1::ClientInfo::STATE_ACTIVE);
-  SetTimestamp(record.enrolled_at, out->mutable_enrolled_at());
-  SetTimestamp(record.certificate_not_after, out->mutable_certificate_not_after());
-  out->set_certificate_serial(record.certificate_serial);
-  if (record.last_seen_at.has_value()) {
-    SetTimestamp(*record.last_seen_at, out->mutable_last_seen_at());
-  }
-  out->set_online(!record.revoked() && context_.presence->IsOnline(record.client_id, absl::Now()));
-  out->set_rounds_participated(static_cast<uint64_t>(record.rounds_participated));
-  out->set_client_version(record.client_version);
-  if (record.revoked_at.has_value()) SetTimestamp(*record.revoked_at, out->mutable_revoked_at());
-  out->set_revocation_reason(record.revocation_reason);
+  return api_->RevokeEnrollmentToken(*context->auth_context(), *request, *response);
 }
 
 grpc::Status AdminService::ListClients(grpc::ServerContext* context,
                                        const v1::ListClientsRequest* request,
                                        v1::ListClientsResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("ListClients", caller.status());
-  const int page_size = PageSize(request->page());
-  // The page token is the last client id of the previous page.
-  absl::StatusOr<std::vector<ClientRecord>> clients = context_.store->ListClients(
-      request->include_revoked(), request->page().page_token(), page_size);
-  if (!clients.ok()) return ToGrpc(clients.status());
-  for (const ClientRecord& client : *clients) FillClient(client, response->add_clients());
-  if (static_cast<int>(clients->size()) == page_size) {
-    response->mutable_page()->set_next_page_token(clients->back().client_id);
-  }
-  return grpc::Status::OK;
+  return api_->ListClients(*context->auth_context(), *request, *response);
 }
 
 grpc::Status AdminService::RevokeClient(grpc::ServerContext* context,
                                         const v1::RevokeClientRequest* request,
                                         v1::RevokeClientResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("RevokeClient", caller.status());
-  absl::StatusOr<ClientRecord> client = context_.store->RevokeClient(
-      request->client_id(), request->reason().substr(0, 256), absl::Now());
-  if (!client.ok()) return ToGrpc(client.status());
-  context_.presence->Forget(client->client_id);
-  context_.rounds->ClientRevoked(client->client_id);
-  LogEvent(LogLevel::kInfo, "client_revoked")
-      .Field("client_id", client->client_id)
-      .Field("by", caller->id.ToUri())
-      .Field("reason", client->revocation_reason);
-  FillClient(*client, response->mutable_client());
-  return grpc::Status::OK;
-}
-
-void FillAdmin(const AdminRecord& record, v1::AdminInfo* out) {
-  out->set_name(record.name);
-  out->set_revoked(record.revoked());
-  SetTimestamp(record.first_seen_at, out->mutable_first_seen_at());
-  if (record.last_seen_at.has_value()) {
-    SetTimestamp(*record.last_seen_at, out->mutable_last_seen_at());
-  }
-  out->set_certificate_serial(record.last_serial);
-  out->set_added_by(record.added_by);
-  if (record.revoked_at.has_value()) SetTimestamp(*record.revoked_at, out->mutable_revoked_at());
-  out->set_revoked_by(record.revoked_by);
-  out->set_revocation_reason(record.reason);
-}
-
-grpc::Status AdminService::AddAdmin(grpc::ServerContext* context,
-                                    const v1::AddAdminRequest* request,
-                                    v1::AddAdminResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("AddAdmin", caller.status());
-  if (request->csr_der().size() > kMaxCsrBytes) {
-    return Refuse("AddAdmin", absl::InvalidArgumentError("csr_der is larger than 16 KiB"));
-  }
-  absl::StatusOr<pki::Certificate> certificate =
-      context_.authority->AddAdmin(request->name(), request->csr_der(), caller->id.name,
-                                   context_.config->admin_certificate_validity);
-  if (!certificate.ok()) return Refuse("AddAdmin", certificate.status());
-  FillCertificate(*certificate, context_.authority->ca().certificate(),
-                  response->mutable_certificate());
-  FillTrustBundle(context_.authority->trust(), response->mutable_trusted_ca_certificates_der());
-  return grpc::Status::OK;
-}
-
-grpc::Status AdminService::ListAdmins(grpc::ServerContext* context,
-                                      const v1::ListAdminsRequest* /*request*/,
-                                      v1::ListAdminsResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("ListAdmins", caller.status());
-  absl::StatusOr<std::vector<AdminRecord>> admins = context_.store->ListAdmins();
-  if (!admins.ok()) return ToGrpc(admins.status());
-  for (const AdminRecord& admin : *admins) FillAdmin(admin, response->add_admins());
-  return grpc::Status::OK;
-}
-
-grpc::Status AdminService::RevokeAdmin(grpc::ServerContext* context,
-                                       const v1::RevokeAdminRequest* request,
-                                       v1::RevokeAdminResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("RevokeAdmin", caller.status());
-  if (request->name() == caller->id.name) {
-    return Refuse("RevokeAdmin",
-                  absl::FailedPreconditionError(absl::StrCat(
-                      "admin '", caller->id.name,
-                      "' may not revoke itself; another admin must (add one with `admins add`)")));
-  }
-  absl::StatusOr<AdminRecord> admin = context_.store->RevokeAdmin(
-      request->name(), request->reason().substr(0, 256), caller->id.name, absl::Now());
-  if (!admin.ok()) return Refuse("RevokeAdmin", admin.status());
-  LogEvent(LogLevel::kInfo, "admin_revoked")
-      .Field("name", admin->name)
-      .Field("by", caller->id.ToUri())
-      .Field("reason", admin->reason);
-  FillAdmin(*admin, response->mutable_admin());
-  return grpc::Status::OK;
-}
-
-absl::StatusOr<v1::GetStatusResponse> CollectStatus(const ServiceContext& context) {
-  absl::StatusOr<Store::ClientCounts> counts = context.store->CountClients();
-  if (!counts.ok()) return counts.status();
-  absl::StatusOr<Store::RoundCounts> round_counts = context.store->CountRounds();
-  if (!round_counts.ok()) return round_counts.status();
-  v1::GetStatusResponse response;
-  response.set_federation(context.config->federation);
-  response.set_version(FEDMOE_VERSION);
-  SetTimestamp(context.started_at, response.mutable_started_at());
-  response.set_clients_enrolled(static_cast<uint32_t>(counts->enrolled));
-  response.set_clients_online(static_cast<uint32_t>(context.presence->CountOnline(absl::Now())));
-  response.set_clients_revoked(static_cast<uint32_t>(counts->revoked));
-  const RoundEngine::Snapshot rounds = context.rounds->snapshot();
-  response.set_model_version(rounds.model_version);
-  response.set_current_round_id(rounds.round_id);
-  response.set_current_round_stage(rounds.stage);
-  response.set_rounds_committed(static_cast<uint64_t>(round_counts->committed));
-  response.set_rounds_aborted(static_cast<uint64_t>(round_counts->aborted));
-  response.set_epsilon_spent(rounds.epsilon_spent);
-  response.set_privacy_delta(context.config->rounds.delta);
-  response.set_target_epsilon(context.config->rounds.target_epsilon);
-  response.set_rounds_paused_reason(rounds.paused_reason);
-  response.set_polls_parked(static_cast<uint32_t>(context.polls->parked()));
-  return response;
+  return api_->RevokeClient(*context->auth_context(), *request, *response);
 }
 
 grpc::Status AdminService::GetStatus(grpc::ServerContext* context,
-                                     const v1::GetStatusRequest* /*request*/,
+                                     const v1::GetStatusRequest* request,
                                      v1::GetStatusResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("GetStatus", caller.status());
-  absl::StatusOr<v1::GetStatusResponse> status = CollectStatus(context_);
-  if (!status.ok()) return ToGrpc(status.status());
-  *response = *std::move(status);
-  return grpc::Status::OK;
+  return api_->GetStatus(*context->auth_context(), *request, *response);
 }
 
 grpc::Status AdminService::ListRounds(grpc::ServerContext* context,
                                       const v1::ListRoundsRequest* request,
                                       v1::ListRoundsResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("ListRounds", caller.status());
-  const int page_size = PageSize(request->page());
-  int64_t before = 0;
-  if (!request->page().page_token().empty() &&
-      !absl::SimpleAtoi(request->page().page_token(), &before)) {
-    return Refuse("ListRounds", absl::InvalidArgumentError("page_token is not from ListRounds"));
-  }
-  absl::StatusOr<std::vector<RoundRecord>> rounds = context_.store->ListRounds(before, page_size);
-  if (!rounds.ok()) return ToGrpc(rounds.status());
-  const RoundEngine::Snapshot live = context_.rounds->snapshot();
-  for (const RoundRecord& record : *rounds) {
-    v1::RoundInfo* info = response->add_rounds();
-    info->set_round_id(static_cast<uint64_t>(record.round_id));
-    info->set_stage(StageFromName(record.stage));
-    info->set_cohort_size(static_cast<uint32_t>(record.cohort_size));
-    info->set_survivors(static_cast<uint32_t>(record.survivors));
-    SetTimestamp(record.started_at, info->mutable_started_at());
-    if (record.finished_at.has_value())
-      SetTimestamp(*record.finished_at, info->mutable_finished_at());
-    info->set_base_model_version(static_cast<uint64_t>(record.base_model_version));
-    info->set_committed_model_version(
-        static_cast<uint64_t>(record.committed_model_version.value_or(0)));
-    info->set_epsilon_after(record.epsilon_after.value_or(live.epsilon_spent));
-    info->set_abort_reason(record.abort_reason);
-  }
-  if (static_cast<int>(rounds->size()) == page_size) {
-    response->mutable_page()->set_next_page_token(absl::StrCat(rounds->back().round_id));
-  }
-  return grpc::Status::OK;
+  return api_->ListRounds(*context->auth_context(), *request, *response);
 }
 
 grpc::Status AdminService::GetPrivacyLedger(grpc::ServerContext* context,
-                                            const v1::GetPrivacyLedgerRequest* /*request*/,
+                                            const v1::GetPrivacyLedgerRequest* request,
                                             v1::GetPrivacyLedgerResponse* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeAdmin(*context->auth_context());
-  if (!caller.ok()) return Refuse("GetPrivacyLedger", caller.status());
-  absl::StatusOr<std::vector<LedgerEntry>> entries = context_.store->Ledger();
-  if (!entries.ok()) return ToGrpc(entries.status());
-  for (const LedgerEntry& entry : *entries) {
-    v1::PrivacyLedgerEntry* out = response->add_entries();
-    out->set_round_id(static_cast<uint64_t>(entry.round_id));
-    out->set_sampling_rate(entry.sampling_rate);
-    out->set_planned_noise_multiplier(entry.planned_noise_multiplier);
-    out->set_effective_noise_multiplier(entry.effective_noise_multiplier);
-    out->set_mechanism(entry.mechanism);
-    out->set_mode(entry.mode);
-    for (double order : entry.orders) out->add_orders(order);
-    for (double rdp : entry.rdp) out->add_rdp(rdp);
-    out->set_epsilon_after(entry.epsilon_after);
-    out->set_delta(entry.delta);
-    out->set_best_order(entry.best_order);
-    SetTimestamp(entry.committed_at, out->mutable_committed_at());
-    out->set_sampler_total_variation(entry.sampler_total_variation);
-  }
-  const RoundEngine::Snapshot snapshot = context_.rounds->snapshot();
-  response->set_epsilon_spent(snapshot.epsilon_spent);
-  response->set_sampler_total_variation(snapshot.sampler_total_variation);
-  response->set_delta(context_.config->rounds.delta);
-  response->set_target_epsilon(context_.config->rounds.target_epsilon);
-  return grpc::Status::OK;
+  return api_->GetPrivacyLedger(*context->auth_context(), *request, *response);
 }
 
-FederationService::FederationService(ServiceContext context)
-    : context_(context),
-      trust_bundle_sha256_(absl::HexStringToBytes(context.authority->trust().Digest())) {}
+grpc::Status AdminService::AddAdmin(grpc::ServerContext* context,
+                                    const v1::AddAdminRequest* request,
+                                    v1::AddAdminResponse* response) {
+  return api_->AddAdmin(*context->auth_context(), *request, *response);
+}
+
+grpc::Status AdminService::ListAdmins(grpc::ServerContext* context,
+                                      const v1::ListAdminsRequest* request,
+                                      v1::ListAdminsResponse* response) {
+  return api_->ListAdmins(*context->auth_context(), *request, *response);
+}
+
+grpc::Status AdminService::RevokeAdmin(grpc::ServerContext* context,
+                                       const v1::RevokeAdminRequest* request,
+                                       v1::RevokeAdminResponse* response) {
+  return api_->RevokeAdmin(*context->auth_context(), *request, *response);
+}
 
 grpc::ServerUnaryReactor* FederationService::PollTask(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request_bytes,
                                                       grpc::ByteBuffer* response_bytes) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (context_.metrics != nullptr) context_.metrics->BytesReceived(request_bytes->Length());
+  if (metrics_ != nullptr) metrics_->BytesReceived(request_bytes->Length());
   v1::PollTaskRequest request;
   if (absl::Status parsed = ParseRequest(*request_bytes, request); !parsed.ok()) {
-    reactor->Finish(Refuse("PollTask", parsed));
+    reactor->Finish(RefuseCall("PollTask", parsed));
     return reactor;
   }
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
-  if (!caller.ok()) {
-    reactor->Finish(Refuse("PollTask", caller.status()));
-    return reactor;
-  }
-  const absl::Time now = absl::Now();
-  context_.store->TouchClient(caller->id.name, now).IgnoreError();
-  context_.presence->PollStarted(caller->id.name, now);
-
-  absl::Duration wait = context_.config->poll_max_wait;
-  if (request.has_max_wait()) wait = std::min(wait, FromProto(request.max_wait()));
-  wait = std::max(wait, absl::ZeroDuration());
-  // Answers with the caller's task if it has one; otherwise, when the wait is over or the hub
-  // has no room for it, Idle with when to poll again.
-  auto answer = [this, reactor, response_bytes, request,
-                 client_id = caller->id.name](PollHub::Reason reason) -> bool {
-    std::optional<v1::PollTaskResponse> task = context_.rounds->NextTask(client_id, request);
-    if (!task.has_value() && reason == PollHub::Reason::kWoken) return false;
-    v1::PollTaskResponse response;
-    if (task.has_value()) {
-      response = std::move(*task);
-    } else {
-      v1::Idle* idle = response.mutable_idle();
-      // After a full wait the client polls again at once; told there was no room, it waits.
-      if (reason == PollHub::Reason::kNoRoom) {
-        *idle->mutable_retry_after() =
-            TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(DeferredPollInterval()));
-        if (context_.metrics != nullptr) context_.metrics->PollDeferred();
-      }
-      idle->set_latest_model_version(context_.rounds->snapshot().model_version);
-    }
-    response.set_trust_bundle_sha256(trust_bundle_sha256_);
-    context_.presence->PollFinished(client_id, absl::Now());
-    const absl::Status serialized = SerializeReply(response, *response_bytes);
-    if (context_.metrics != nullptr && serialized.ok()) {
-      context_.metrics->BytesSent(response_bytes->Length());
-    }
-    reactor->Finish(ToGrpc(serialized));
-    return true;
-  };
-  if (answer(PollHub::Reason::kWoken)) return reactor;
-  const PollPriority priority = context_.rounds->InOpenRound(caller->id.name)
-                                    ? PollPriority::kInRound
-                                    : PollPriority::kAwaitingRound;
-  context_.polls->Park(now + wait, priority, std::move(answer),
-                       [context] { return context->IsCancelled(); });
+  api_->PollTask(
+      *context->auth_context(), request,
+      [this, reactor, response_bytes](absl::StatusOr<v1::PollTaskResponse> response) {
+        if (!response.ok()) {
+          reactor->Finish(ToGrpc(response.status()));
+          return;
+        }
+        const absl::Status serialized = SerializeReply(*response, *response_bytes);
+        if (metrics_ != nullptr && serialized.ok()) metrics_->BytesSent(response_bytes->Length());
+        reactor->Finish(ToGrpc(serialized));
+      },
+      [context] { return context->IsCancelled(); });
   return reactor;
 }
-
-absl::Duration FederationService::DeferredPollInterval() {
-  const absl::Time now = absl::Now();
-  absl::MutexLock lock(&deferral_mutex_);
-  // Counting the online clients walks all of them; once a second is often enough.
-  if (now - deferral_computed_at_ >= absl::Seconds(1)) {
-    deferral_interval_ = coordinator::DeferredPollInterval(
-        context_.presence->CountOnline(now), context_.polls->capacity(),
-        context_.config->deferred_polls_per_second, context_.config->poll_max_wait);
-    deferral_computed_at_ = now;
-  }
-  return deferral_interval_;
-}
-
-namespace {
-
-// Runs a raw unary stage method for an authorized client.
-template <typename Request, typename Handler>
-grpc::ServerUnaryReactor* RunStage(grpc::CallbackServerContext* context, std::string_view method,
-                                   const ServiceContext& services,
-                                   const grpc::ByteBuffer* request_bytes,
-                                   grpc::ByteBuffer* reply_bytes, Handler handle) {
-  CallerAuthorizer* authorizer = services.authorizer;
-  if (services.metrics != nullptr) services.metrics->BytesReceived(request_bytes->Length());
-  return RunRaw<Request, v1::StageAck>(
-      context, method, request_bytes, reply_bytes,
-      [&](const Request& request, v1::StageAck& reply) {
-        absl::StatusOr<Caller> caller = authorizer->AuthorizeClient(*context->auth_context());
-        if (!caller.ok()) return Refuse(method, caller.status());
-        absl::StatusOr<v1::StageAck> ack = handle(*caller, request);
-        if (!ack.ok()) return Refuse(method, ack.status());
-        reply = std::move(*ack);
-        return grpc::Status::OK;
-      });
-}
-
-}  // namespace
 
 grpc::ServerUnaryReactor* FederationService::AdvertiseKeys(grpc::CallbackServerContext* context,
                                                            const grpc::ByteBuffer* request,
                                                            grpc::ByteBuffer* response) {
-  return RunStage<v1::AdvertiseKeysRequest>(
-      context, "AdvertiseKeys", context_, request, response,
-      [this](const Caller& caller, const v1::AdvertiseKeysRequest& in) {
-        return context_.rounds->AdvertiseKeys(caller.id.name, caller.certificate_der, in);
+  if (metrics_ != nullptr) metrics_->BytesReceived(request->Length());
+  return RunRaw<v1::AdvertiseKeysRequest, v1::StageAck>(
+      context, "AdvertiseKeys", request, response,
+      [this](const grpc::AuthContext& peer, const v1::AdvertiseKeysRequest& in, v1::StageAck& out) {
+        return api_->AdvertiseKeys(peer, in, out);
       });
 }
 
 grpc::ServerUnaryReactor* FederationService::ShareKeys(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request,
                                                        grpc::ByteBuffer* response) {
-  return RunStage<v1::ShareKeysRequest>(
-      context, "ShareKeys", context_, request, response,
-      [this](const Caller& caller, const v1::ShareKeysRequest& in) {
-        return context_.rounds->ShareKeys(caller.id.name, in);
+  if (metrics_ != nullptr) metrics_->BytesReceived(request->Length());
+  return RunRaw<v1::ShareKeysRequest, v1::StageAck>(
+      context, "ShareKeys", request, response,
+      [this](const grpc::AuthContext& peer, const v1::ShareKeysRequest& in, v1::StageAck& out) {
+        return api_->ShareKeys(peer, in, out);
       });
 }
 
 grpc::ServerUnaryReactor* FederationService::Unmask(grpc::CallbackServerContext* context,
                                                     const grpc::ByteBuffer* request,
                                                     grpc::ByteBuffer* response) {
-  return RunStage<v1::UnmaskRequest>(context, "Unmask", context_, request, response,
-                                     [this](const Caller& caller, const v1::UnmaskRequest& in) {
-                                       return context_.rounds->Unmask(caller.id.name, in);
-                                     });
+  if (metrics_ != nullptr) metrics_->BytesReceived(request->Length());
+  return RunRaw<v1::UnmaskRequest, v1::StageAck>(
+      context, "Unmask", request, response,
+      [this](const grpc::AuthContext& peer, const v1::UnmaskRequest& in, v1::StageAck& out) {
+        return api_->Unmask(peer, in, out);
+      });
 }
 
 grpc::Status FederationService::GetModelManifest(grpc::ServerContext* context,
                                                  const v1::GetModelManifestRequest* request,
                                                  v1::ModelManifest* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
-  if (!caller.ok()) return Refuse("GetModelManifest", caller.status());
-  absl::StatusOr<ModelVersionRecord> record = context_.rounds->Model(request->version());
-  if (!record.ok()) return ToGrpc(record.status());
-  absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(*record);
-  if (!manifest.ok()) return ToGrpc(manifest.status());
-  *response = std::move(*manifest);
-  return grpc::Status::OK;
+  return api_->GetModelManifest(*context->auth_context(), *request, *response);
 }
 
 grpc::Status FederationService::DownloadModel(grpc::ServerContext* context,
                                               const v1::DownloadModelRequest* request,
                                               grpc::ServerWriter<v1::ModelChunk>* writer) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
-  if (!caller.ok()) return Refuse("DownloadModel", caller.status());
-  absl::StatusOr<ModelVersionRecord> record = context_.rounds->Model(request->version());
-  if (!record.ok()) return ToGrpc(record.status());
-  absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(*record);
-  if (!manifest.ok()) return ToGrpc(manifest.status());
-  const v1::ModelFile* file = nullptr;
-  for (const v1::ModelFile& candidate : manifest->files()) {
-    if (candidate.name() == request->file_name()) file = &candidate;
-  }
-  if (file == nullptr) {
-    return Refuse("DownloadModel", absl::NotFoundError(absl::StrCat(
-                                       "model version ", record->version, " has no file named '",
-                                       request->file_name(), "'")));
-  }
-  if (request->offset() > file->size_bytes()) {
-    return Refuse("DownloadModel", absl::OutOfRangeError(absl::StrCat(
-                                       "offset ", request->offset(), " is past the end of ",
-                                       file->name(), " (", file->size_bytes(), " bytes)")));
-  }
-  std::ifstream in(context_.rounds->ModelDirectory(*record) / file->name(), std::ios::binary);
-  if (!in) return ToGrpc(absl::InternalError(absl::StrCat("cannot open ", file->name())));
-  in.seekg(static_cast<std::streamoff>(request->offset()));
-  constexpr uint64_t kMaxChunk = uint64_t{1} << 20;
-  const uint64_t chunk_bytes = request->max_chunk_bytes() == 0
-                                   ? kMaxChunk
-                                   : std::min<uint64_t>(request->max_chunk_bytes(), kMaxChunk);
-  uint64_t offset = request->offset();
-  v1::ModelChunk chunk;
-  chunk.set_file_size(file->size_bytes());
-  chunk.set_file_sha256(file->sha256());
-  std::string buffer;
-  while (offset < file->size_bytes()) {
-    if (context->IsCancelled()) return grpc::Status::CANCELLED;
-    const uint64_t n = std::min(chunk_bytes, file->size_bytes() - offset);
-    buffer.resize(n);
-    if (!in.read(buffer.data(), static_cast<std::streamsize>(n))) {
-      return ToGrpc(
-          absl::DataLossError(absl::StrCat(file->name(), " is shorter than its manifest says")));
-    }
-    chunk.set_offset(offset);
-    chunk.set_data(buffer);
-    if (!writer->Write(chunk)) return grpc::Status::CANCELLED;
-    if (context_.metrics != nullptr) context_.metrics->BytesSent(chunk.ByteSizeLong());
-    offset += n;
-  }
-  return grpc::Status::OK;
+  return api_->DownloadModel(
+      *context->auth_context(), *request,
+      [writer](const v1::ModelChunk& chunk) { return writer->Write(chunk); },
+      [context] { return context->IsCancelled(); });
 }
 
 grpc::Status FederationService::UploadMaskedInput(grpc::ServerContext* context,
                                                   grpc::ServerReader<v1::MaskedInputChunk>* reader,
                                                   v1::StageAck* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
-  if (!caller.ok()) return Refuse("UploadMaskedInput", caller.status());
-  v1::MaskedInputChunk chunk;
-  if (!reader->Read(&chunk)) {
-    return Refuse("UploadMaskedInput", absl::InvalidArgumentError("the upload carried no chunk"));
-  }
-  absl::StatusOr<RoundEngine::MaskedUpload> upload =
-      context_.rounds->BeginMaskedInput(caller->id.name, chunk.round_id(), chunk.total_values());
-  if (!upload.ok()) return Refuse("UploadMaskedInput", upload.status());
-  const uint64_t max_values = (uint64_t{8} << 20) / static_cast<uint64_t>(upload->bits());
-  std::vector<RoundEngine::StagedChunk> staged;
-  std::vector<uint64_t> values;
-  uint64_t received = 0;
-  do {
-    if (context_.metrics != nullptr) context_.metrics->BytesReceived(chunk.ByteSizeLong());
-    if (upload->already_in_sum()) continue;  // Drained; the acknowledgement says so.
-    if (chunk.round_id() != upload->round_id() || chunk.total_values() != upload->total_values()) {
-      return Refuse("UploadMaskedInput", absl::InvalidArgumentError(
-                                             "a masked-input stream changed its round or length"));
-    }
-    if (chunk.first_value() != received) {
-      return Refuse("UploadMaskedInput",
-                    absl::OutOfRangeError(absl::StrCat("a masked-input chunk starts at value ",
-                                                       chunk.first_value(), ", not ", received,
-                                                       "; an upload is sent whole, from value 0")));
-    }
-    if (chunk.value_count() == 0 || chunk.value_count() > max_values ||
-        chunk.value_count() > upload->total_values() - received) {
-      return Refuse(
-          "UploadMaskedInput",
-          absl::InvalidArgumentError(absl::StrCat(
-              "a chunk must carry 1 to ", std::min(max_values, upload->total_values() - received),
-              " values, not ", chunk.value_count())));
-    }
-    // Unpacking checks the packed length and that every value fits in b bits.
-    values.resize(chunk.value_count());
-    if (absl::Status status =
-            secure_agg::UnpackValues(chunk.packed_values(), upload->bits(), values);
-        !status.ok()) {
-      return Refuse("UploadMaskedInput", status);
-    }
-    received += chunk.value_count();
-    staged.push_back({chunk.value_count(), std::move(*chunk.mutable_packed_values())});
-  } while (reader->Read(&chunk));
-  if (!upload->already_in_sum() && received != upload->total_values()) {
-    // Nothing of it is in the sum; ABORTED tells the client to send it again.
-    return Refuse("UploadMaskedInput",
-                  absl::AbortedError(absl::StrCat("the upload ended after ", received, " of ",
-                                                  upload->total_values(),
-                                                  " values; send it again from value 0")));
-  }
-  absl::StatusOr<v1::StageAck> ack =
-      context_.rounds->FinishMaskedInput(caller->id.name, *upload, staged);
-  if (!ack.ok()) return Refuse("UploadMaskedInput", ack.status());
-  *response = *std::move(ack);
-  return grpc::Status::OK;
+  return api_->UploadMaskedInput(
+      *context->auth_context(),
+      [reader](v1::MaskedInputChunk& chunk) { return reader->Read(&chunk); }, *response);
 }
 
 grpc::Status FederationService::GetRoundStatus(grpc::ServerContext* context,
                                                const v1::GetRoundStatusRequest* request,
                                                v1::RoundStatus* response) {
-  absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(*context->auth_context());
-  if (!caller.ok()) return Refuse("GetRoundStatus", caller.status());
-  *response = context_.rounds->RoundStatusFor(caller->id.name, request->round_id());
-  return grpc::Status::OK;
+  return api_->GetRoundStatus(*context->auth_context(), *request, *response);
 }
 
 }  // namespace fedmoe::coordinator

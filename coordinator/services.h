@@ -1,75 +1,47 @@
-// The coordinator's gRPC services. Each is a thin translation between wire messages and the
-// plain objects beneath (EnrollmentAuthority, Store, ClientPresence), which carry the logic.
+// The coordinator's gRPC services: shells over CoordinatorApi (api.h), which holds what each
+// method does. A shell parses the request, hands it with the call's TLS peer to the API, and
+// finishes the call with the reply.
 #ifndef FEDMOE_COORDINATOR_SERVICES_H_
 #define FEDMOE_COORDINATOR_SERVICES_H_
 
-#include <string>
-
-#include "coordinator/caller.h"
-#include "coordinator/client_presence.h"
-#include "coordinator/config.h"
-#include "coordinator/enrollment_authority.h"
-#include "coordinator/metrics.h"
-#include "coordinator/poll_hub.h"
-#include "coordinator/round_engine.h"
-#include "coordinator/store.h"
+#include "coordinator/api.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
 
 namespace fedmoe::coordinator {
 
-// Everything the services share; owned by the server, outliving every call.
-struct ServiceContext {
-  const CoordinatorConfig* config;
-  Store* store;
-  EnrollmentAuthority* authority;
-  CallerAuthorizer* authorizer;
-  ClientPresence* presence;
-  PollHub* polls;
-  RoundEngine* rounds;
-  absl::Time started_at;
-  // Null when metrics are off.
-  CoordinatorMetrics* metrics = nullptr;
-};
-
-// What `fedmoe-coordinator status` shows, for the admin API and the /metrics endpoint.
-absl::StatusOr<v1::GetStatusResponse> CollectStatus(const ServiceContext& context);
-
 // On the enrollment port (server-only TLS). Raw, so that malformed bytes get a specific error
 // (see wire.h).
 class EnrollmentService final
     : public v1::Enrollment::WithRawCallbackMethod_Enroll<v1::Enrollment::CallbackService> {
  public:
-  explicit EnrollmentService(ServiceContext context) : context_(context) {}
+  explicit EnrollmentService(CoordinatorApi* api) : api_(api) {}
   grpc::ServerUnaryReactor* Enroll(grpc::CallbackServerContext* context,
                                    const grpc::ByteBuffer* request,
                                    grpc::ByteBuffer* response) override;
 
  private:
-  grpc::Status Handle(const v1::EnrollRequest& request, v1::EnrollResponse& response);
-  ServiceContext context_;
+  CoordinatorApi* api_;
 };
 
 // On the mTLS port. Raw, like EnrollmentService.
 class CertificatesService final
     : public v1::Certificates::WithRawCallbackMethod_Renew<v1::Certificates::CallbackService> {
  public:
-  explicit CertificatesService(ServiceContext context) : context_(context) {}
+  explicit CertificatesService(CoordinatorApi* api) : api_(api) {}
   grpc::ServerUnaryReactor* Renew(grpc::CallbackServerContext* context,
                                   const grpc::ByteBuffer* request,
                                   grpc::ByteBuffer* response) override;
 
  private:
-  grpc::Status Handle(const grpc::AuthContext& auth, const v1::RenewCertificateRequest& request,
-                      v1::RenewCertificateResponse& response);
-  ServiceContext context_;
+  CoordinatorApi* api_;
 };
 
 // On the mTLS port; every method requires an admin certificate.
 class AdminService final : public v1::Admin::Service {
  public:
-  explicit AdminService(ServiceContext context) : context_(context) {}
+  explicit AdminService(CoordinatorApi* api) : api_(api) {}
   grpc::Status CreateEnrollmentToken(grpc::ServerContext* context,
                                      const v1::CreateEnrollmentTokenRequest* request,
                                      v1::CreateEnrollmentTokenResponse* response) override;
@@ -98,8 +70,7 @@ class AdminService final : public v1::Admin::Service {
                            v1::RevokeAdminResponse* response) override;
 
  private:
-  void FillClient(const ClientRecord& record, v1::ClientInfo* out) const;
-  ServiceContext context_;
+  CoordinatorApi* api_;
 };
 
 // On the mTLS port. PollTask uses the callback API so that a parked long poll holds no thread.
@@ -112,7 +83,8 @@ using FederationBase = v1::Federation::WithRawCallbackMethod_PollTask<
 
 class FederationService final : public FederationBase {
  public:
-  explicit FederationService(ServiceContext context);
+  FederationService(CoordinatorApi* api, CoordinatorMetrics* metrics)
+      : api_(api), metrics_(metrics) {}
   grpc::ServerUnaryReactor* PollTask(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
@@ -138,15 +110,9 @@ class FederationService final : public FederationBase {
                               v1::RoundStatus* response) override;
 
  private:
-  // How long a client whose poll the hub could not hold waits before the next.
-  absl::Duration DeferredPollInterval();
-
-  ServiceContext context_;
-  // Announced in every PollTask answer (raw 32 bytes), so clients notice a CA rotation.
-  std::string trust_bundle_sha256_;
-  absl::Mutex deferral_mutex_;
-  absl::Time deferral_computed_at_ ABSL_GUARDED_BY(deferral_mutex_) = absl::InfinitePast();
-  absl::Duration deferral_interval_ ABSL_GUARDED_BY(deferral_mutex_);
+  CoordinatorApi* api_;
+  // Null when metrics are off; counts the bytes of the raw methods, which only the shell sees.
+  CoordinatorMetrics* metrics_;
 };
 
 }  // namespace fedmoe::coordinator

@@ -27,6 +27,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # style and analysis
   clang-format clang-tidy
+  # fuzzing (tests/fuzz.sh): clang with libFuzzer and the sanitizer runtimes, and clang's OpenMP
+  clang libclang-rt-dev libomp-dev
 )
 
 missing=()

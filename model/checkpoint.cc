@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "storage/atomic_file.h"
+#include "storage/file_status.h"
 #include "storage/read_file.h"
 
 namespace fedmoe::model {
@@ -64,7 +65,7 @@ absl::StatusOr<ModelParameters> LoadModel(const fs::path& directory) {
   ModelParameters parameters(*config);
 
   std::vector<SafetensorsFile> files;
-  if (fs::exists(directory / kIndexFile)) {
+  if (storage::PathExists(directory / kIndexFile)) {
     absl::StatusOr<std::vector<std::string>> shards = ShardFiles(directory / kIndexFile);
     if (!shards.ok()) return shards.status();
     for (const std::string& shard : *shards) {
@@ -175,7 +176,7 @@ absl::Status SaveModel(const ModelParameters& parameters, const fs::path& direct
 
 absl::StatusOr<uint64_t> CheckpointBytes(const fs::path& directory) {
   std::vector<std::string> files = {kSingleFile};
-  if (fs::exists(directory / kIndexFile)) {
+  if (storage::PathExists(directory / kIndexFile)) {
     absl::StatusOr<std::vector<std::string>> shards = ShardFiles(directory / kIndexFile);
     if (!shards.ok()) return shards.status();
     files = *std::move(shards);

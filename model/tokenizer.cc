@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/internal/utf8.h"
+#include "storage/file_status.h"
 #include "storage/read_file.h"
 
 namespace fedmoe::model {
@@ -371,11 +372,25 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromJson(const Json&
   }
   tokenizer->id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
   tokenizer->is_special_.assign(tokenizer->id_to_token_.size(), false);
+  // Two tokens behind one id would decode one as the other: refused, not guessed between. An
+  // added token may repeat its own vocab entry (GPT-2's <|endoftext|> is in both).
+  std::vector<bool> assigned(tokenizer->id_to_token_.size(), false);
+  auto assign = [&](const std::string& token, int32_t id) -> absl::Status {
+    const auto slot = static_cast<size_t>(id);
+    if (assigned[slot] && tokenizer->id_to_token_[slot] != token) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokenizer.json: \"", tokenizer->id_to_token_[slot], "\" and \"", token,
+                       "\" both have id ", id, "; each id must name one token"));
+    }
+    assigned[slot] = true;
+    tokenizer->id_to_token_[slot] = token;
+    return absl::OkStatus();
+  };
   for (const auto& [token, id] : tokenizer->vocab_) {
-    tokenizer->id_to_token_[static_cast<size_t>(id)] = token;
+    if (absl::Status status = assign(token, id); !status.ok()) return status;
   }
   for (const AddedToken& token : added) {
-    tokenizer->id_to_token_[static_cast<size_t>(token.id)] = token.content;
+    if (absl::Status status = assign(token.content, token.id); !status.ok()) return status;
     tokenizer->is_special_[static_cast<size_t>(token.id)] = true;
   }
   tokenizer->added_tokens_ = std::move(added);
@@ -482,7 +497,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseBpeTokenizer(std::string_view to
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::path& directory,
                                                          int64_t model_vocab_size) {
   const std::filesystem::path path = directory / "tokenizer.json";
-  if (!std::filesystem::exists(path)) return MakeByteTokenizer(model_vocab_size);
+  if (!storage::PathExists(path)) return MakeByteTokenizer(model_vocab_size);
   absl::StatusOr<std::string> text = storage::ReadSmallFile(path);
   if (!text.ok()) return text.status();
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = ParseBpeTokenizer(*text);

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "storage/atomic_file.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::pki {
 namespace {
@@ -25,15 +26,15 @@ absl::Status CompleteKeyPairSwap(const std::filesystem::path& key_path,
   const std::filesystem::path next_key = Next(key_path);
   const std::filesystem::path next_certificate = Next(certificate_path);
   std::error_code error;
-  if (std::filesystem::exists(next_certificate)) {
-    if (std::filesystem::exists(next_key)) {
+  if (storage::PathExists(next_certificate)) {
+    if (storage::PathExists(next_key)) {
       if (absl::Status status = storage::RenameDurably(next_key, key_path); !status.ok()) {
         return status;
       }
     }
     return storage::RenameDurably(next_certificate, certificate_path);
   }
-  if (std::filesystem::exists(next_key)) std::filesystem::remove(next_key, error);
+  if (storage::PathExists(next_key)) std::filesystem::remove(next_key, error);
   if (error) {
     return absl::InternalError(
         absl::StrCat("cannot discard ", next_key.string(), ": ", error.message()));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds fedmoe and runs every test. The exit status is the tests' result.
 #
-#   tests/run.sh              Release build with -Werror in build/, then ctest
+#   tests/run.sh              Release build with -Werror in build/, then ctest, then each
+#                             fuzz target for a few seconds (tests/fuzz.sh, a clang tree)
 #   tests/run.sh --sanitize   the same with ASan and UBSan, in build-asan/
 #   tests/run.sh --lint       clang-format over the tree, then clang-tidy over the sources
 #
@@ -17,7 +18,7 @@ while (($#)); do
     --sanitize) mode=sanitize ;;
     --lint) mode=lint ;;
     --) shift; ctest_args=("$@"); break ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "tests/run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -55,5 +56,15 @@ esac
 # Tests run side by side, each with OpenMP threads for every core. Threads that spin at their
 # barriers (GOMP's default) then steal the cores the other test needs: the unit tests took
 # 67 s with spinning and 16 s with waiting threads asleep.
+status=0
 OMP_WAIT_POLICY=PASSIVE \
-  ctest --test-dir "$build_dir" --output-on-failure -j"$jobs" --timeout 900 "${ctest_args[@]}"
+  ctest --test-dir "$build_dir" --output-on-failure -j"$jobs" --timeout 900 "${ctest_args[@]}" ||
+  status=$?
+
+# The libFuzzer targets, a few seconds each, so that they keep building with clang and their
+# seeds keep passing under the sanitizers; a selection of tests (`-- ARGS`) skips them.
+# `tests/fuzz.sh 600` is the real run.
+if [[ "$mode" == release && ${#ctest_args[@]} -eq 0 ]]; then
+  "$root/tests/fuzz.sh" "${FEDMOE_FUZZ_SECONDS:-5}" || status=1
+fi
+exit "$status"

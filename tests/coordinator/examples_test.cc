@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
+#include <filesystem>
+#include <fstream>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +14,7 @@
 #include "coordinator/config.h"
 #include "coordinator/round_policy.h"
 #include "model/trainer.h"
+#include "tests/testing_temp_dir.h"
 
 namespace fedmoe {
 namespace {
@@ -54,6 +57,18 @@ TEST(ExampleConfigTest, ClientExampleLoadsAndCoversEveryOption) {
   defaults.state_dir.root = "/x";
   EXPECT_EQ(KeyPaths(YAML::Load(defaults.ToYaml())),
             KeyPaths(YAML::LoadFile(kExamples + "client.yaml")));
+}
+
+// Found by tests/fuzz/config_fuzz.cc: std::filesystem::is_directory threw for a path longer
+// than PATH_MAX, and the uncaught exception took the daemon down.
+TEST(ExampleConfigTest, AClientDataPathTheSystemCannotLookAtIsAnErrorNotACrash) {
+  testing::TempDir dir;
+  const std::filesystem::path path = dir.path() / "client.yaml";
+  std::ofstream(path) << "client_id: bank\nfederation: acme\ncoordinator: h:1\nstate_dir: /x\n"
+                      << "training:\n  data: /" << std::string(5000, 'd') << "\n";
+  absl::StatusOr<client::ClientConfig> config = client::ClientConfig::Load(path);
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("training.data"), std::string::npos) << config.status();
 }
 
 TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {

@@ -19,25 +19,12 @@
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
 #include "tests/testing_temp_dir.h"
+#include "tests/testing_tiny_model.h"
 
 namespace fedmoe::coordinator {
 namespace {
 
-model::MoeConfig TinyConfig() {
-  model::MoeConfig config;
-  config.vocab_size = 8;
-  config.hidden_size = 4;
-  config.intermediate_size = 2;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 1;
-  config.num_key_value_heads = 1;
-  config.head_dim = 4;
-  config.num_local_experts = 3;
-  config.num_experts_per_tok = 2;
-  config.n_shared_experts = 1;
-  config.shared_expert_intermediate_size = 2;
-  return config;
-}
+using testing::TinyMoeConfig;
 
 v1::UpdateSpec SpecFor(const model::ModelParameters& model, const RoundPolicy& policy,
                        int64_t clients) {
@@ -93,7 +80,7 @@ std::vector<double> RandomDelta(size_t size, std::mt19937_64& random) {
 
 class ExpertMergeTest : public ::testing::Test {
  protected:
-  ExpertMergeTest() : model_(model::InitializeModel(TinyConfig(), 7)) {
+  ExpertMergeTest() : model_(model::InitializeModel(TinyMoeConfig(), 7)) {
     spec_ = SpecFor(model_, policy_, 3);
     std::mt19937_64 random(11);
     const size_t delta_values = spec_.layout().delta_values();
@@ -304,7 +291,7 @@ TEST_F(ExpertMergeTest, FedAdamMatchesAHandComputationAcrossARestart) {
 // more than η·C_Δ ≤ η·C. Before Δ was clipped ahead of the weighting, clipping the whole vector
 // by one factor cancelled in the merge's quotient, and that expert moved by η·141.
 TEST(ExpertMergeBoundTest, ARoundMovesEveryMergedTensorByAtMostTheClipNormTimesTheServerRate) {
-  const model::ModelParameters global = model::InitializeModel(TinyConfig(), 3);
+  const model::ModelParameters global = model::InitializeModel(TinyMoeConfig(), 3);
   RoundPolicy policy;
   policy.privacy_mode = v1::PrivacySpec::MODE_NONE;
   policy.clip_norm = 0.5;
@@ -380,7 +367,7 @@ TEST(ExpertMergeBoundTest, ARoundMovesEveryMergedTensorByAtMostTheClipNormTimesT
 }
 
 TEST(ExpertMergeBoundTest, AClientRefusesBoundsThatDoNotFoldIntoTheClipNormAndMetricsRequests) {
-  const model::ModelParameters global = model::InitializeModel(TinyConfig(), 3);
+  const model::ModelParameters global = model::InitializeModel(TinyMoeConfig(), 3);
   RoundPolicy policy;
   v1::UpdateSpec spec = SpecFor(global, policy, 3);
   const std::vector<std::vector<int64_t>> slots(2, std::vector<int64_t>{1, 1, 0});

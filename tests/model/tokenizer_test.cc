@@ -179,6 +179,15 @@ TEST(BpeTokenizerTest, RefusesWhatItWouldGetWrong) {
   bad_merge["model"]["merges"].push_back("x y");
   EXPECT_NE(ParseBpeTokenizer(bad_merge.dump()).status().message().find("not in the vocab"),
             std::string::npos);
+  // Found by tests/fuzz/tokenizer_fuzz.cc: "o" would have encoded as 2 and decoded as "l".
+  Json shared_id = Json::parse(HelloWorld().ToJson());
+  shared_id["model"]["vocab"]["o"] = 2;
+  EXPECT_NE(ParseBpeTokenizer(shared_id.dump()).status().message().find("both have id 2"),
+            std::string::npos);
+  TokenizerSpec clashing_added = HelloWorld();
+  clashing_added.added = {{3, "<|endoftext|>"}};
+  EXPECT_NE(ParseBpeTokenizer(clashing_added.ToJson()).status().message().find("both have id 3"),
+            std::string::npos);
   Json wrong_type = Json::parse(HelloWorld().ToJson());
   wrong_type["pre_tokenizer"]["type"] = 7;
   EXPECT_FALSE(ParseBpeTokenizer(wrong_type.dump()).ok());
