@@ -14,6 +14,7 @@
 #include "client/enroll.h"
 #include "client/model_commands.h"
 #include "client/peer_keys.h"
+#include "client/privacy_commands.h"
 #include "config/command_line.h"
 #include "kernels/cpu/threads.h"
 #include "logging/log.h"
@@ -192,7 +193,7 @@ int Main(int argc, char** argv) {
   pki::LeaveOpenSslCleanupToProcessExit();
   pki::RequireTls13ForGrpc();
   kernels::cpu::RetainFreedMemory();
-  const std::string usage = absl::StrCat(kUsage, kTrainUsage, kModelUsage);
+  const std::string usage = absl::StrCat(kUsage, kTrainUsage, kModelUsage, kPrivacyUsage);
   return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,
                                 {{"enroll", EnrollCommand},
                                  {"run", RunCommand},
@@ -206,7 +207,8 @@ int Main(int argc, char** argv) {
                                  {"status", StatusCommand},
                                  {"peers", PeersCommand},
                                  {"train", TrainCommand},
-                                 {"model", ModelCommand}});
+                                 {"model", ModelCommand},
+                                 {"privacy", PrivacyCommand}});
 }
 
 }  // namespace

@@ -48,6 +48,54 @@ TEST(PrivacyCliTest, NoiseInvertsEpsilon) {
   EXPECT_NEAR(ParseJson(epsilon.out).fields().at("epsilon").number_value(), 3.0, 1e-3);
 }
 
+// `fedmoe-client privacy plan`: a site's record-level DP-SGD plan, checked against the
+// accountant: the noise it names meets the target, and 0.1% less noise would not.
+TEST(PrivacyCliTest, ClientPlanNamesTheSmallestNoiseThatKeepsTheRecordBudget) {
+  CommandResult plan =
+      RunCommand({BinaryPath("fedmoe-client"), "privacy", "plan", "--records", "10000", "--batch",
+                  "100", "--steps", "1000", "--delta", "1e-5", "--target-epsilon", "4"});
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  EXPECT_EQ(std::count(plan.out.begin(), plan.out.end(), '\n'), 1);
+  const google::protobuf::Struct json = ParseJson(plan.out);
+  const double sigma = json.fields().at("noise_multiplier").number_value();
+  EXPECT_DOUBLE_EQ(json.fields().at("sampling_rate").number_value(), 0.01);
+  privacy::RdpAccountant enough;
+  ASSERT_TRUE(enough.AddSubsampledGaussian(0.01, sigma, 1000).ok());
+  const privacy::PrivacyLoss loss = *enough.Epsilon(1e-5);
+  EXPECT_LE(loss.epsilon, 4.0);
+  EXPECT_GT(loss.epsilon, 3.99);
+  EXPECT_DOUBLE_EQ(json.fields().at("epsilon").number_value(), loss.epsilon);
+  privacy::RdpAccountant less;
+  ASSERT_TRUE(less.AddSubsampledGaussian(0.01, sigma * 0.999, 1000).ok());
+  EXPECT_GT(less.Epsilon(1e-5)->epsilon, 4.0);
+
+  const std::vector<std::string> good = {"--records",        "10000", "--batch", "100",
+                                         "--steps",          "1000",  "--delta", "1e-5",
+                                         "--target-epsilon", "4"};
+  struct Case {
+    std::string flag;
+    std::string value;
+    std::string message;
+  };
+  for (const Case& c :
+       {Case{"--delta", "0.001", "at most 1/records (1e-04 for 10000 records)"},
+        Case{"--delta", "0", "--delta must be above 0"},
+        Case{"--batch", "20000", "--batch must be between 1 and 10000"},
+        Case{"--steps", "0", "--steps must be between 1"},
+        Case{"--target-epsilon", "-1", "--target-epsilon must be a positive number"},
+        Case{"--records", "many", "--records"}}) {
+    std::vector<std::string> args = {BinaryPath("fedmoe-client"), "privacy", "plan"};
+    for (size_t i = 0; i < good.size(); i += 2) {
+      args.push_back(good[i]);
+      args.push_back(good[i] == c.flag ? c.value : good[i + 1]);
+    }
+    const CommandResult bad = RunCommand(args);
+    EXPECT_EQ(bad.exit_code, 2) << c.flag << " " << c.value;
+    EXPECT_THAT(bad.err, HasSubstr(c.message)) << c.flag << " " << c.value;
+    EXPECT_EQ(std::count(bad.err.begin(), bad.err.end(), '\n'), 1) << bad.err;
+  }
+}
+
 TEST(PrivacyCliTest, BadArgumentsGetOneClearLineAndExitStatus2) {
   const std::vector<std::string> good = {"--noise-multiplier", "1",  "--sampling-rate", "0.1",
                                          "--rounds",           "10", "--delta",         "1e-5"};
