@@ -133,7 +133,10 @@ void YamlConfigReader::Read(std::string_view key, std::vector<std::string>* out)
 }
 
 void YamlConfigReader::Require(std::string_view key) {
-  if (Find(key) == nullptr) Error(nullptr, key, "is required");
+  const YAML::Node* node = Find(key);
+  if (node == nullptr) return Error(nullptr, key, "is required");
+  // `client_id: ""`, or a tag with nothing after it, is present but says nothing.
+  if (node->IsScalar() && node->Scalar().empty()) Error(node, key, "is required and is empty");
 }
 
 void YamlConfigReader::Invalid(std::string_view key, std::string_view why) {

@@ -42,7 +42,7 @@ class YamlConfigReader {
   // Durations are written as absl does: "30s", "5m", "720h", "1h30m".
   void Read(std::string_view key, absl::Duration* out);
   void Read(std::string_view key, std::vector<std::string>* out);
-  // Records an error when the key is absent.
+  // Records an error when the key is absent, or its value is an empty scalar.
   void Require(std::string_view key);
   // Records an error against a key that was read but whose value is unacceptable.
   void Invalid(std::string_view key, std::string_view why);

@@ -1071,6 +1071,9 @@ v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64
     }
     return status;
   }
+  // Round ids are the store's int64 rows, and the lookup asks for the one after: an id from
+  // there up names no round (the request fuzzer sent 2^63 - 1, and wanted + 1 overflowed).
+  if (round_id >= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return status;
   const int64_t wanted =
       round_id == 0 ? static_cast<int64_t>(last_round_id_) : static_cast<int64_t>(round_id);
   absl::StatusOr<std::vector<RoundRecord>> rounds = store_->ListRounds(wanted + 1, 1);

@@ -71,6 +71,27 @@ TEST(ExampleConfigTest, AClientDataPathTheSystemCannotLookAtIsAnErrorNotACrash) 
   EXPECT_NE(config.status().message().find("training.data"), std::string::npos) << config.status();
 }
 
+// Found by tests/fuzz/config_fuzz.cc: a required key whose value is empty (a bare YAML tag)
+// passed Require, and the client loaded with no client id.
+TEST(ExampleConfigTest, ARequiredKeyWithAnEmptyValueIsAnError) {
+  testing::TempDir dir;
+  const std::filesystem::path client = dir.path() / "client.yaml";
+  std::ofstream(client) << "client_id: !bank\nfederation: acme\ncoordinator: h:1\nstate_dir: /x\n";
+  absl::StatusOr<client::ClientConfig> loaded = client::ClientConfig::Load(client);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_NE(loaded.status().message().find("client_id: is required and is empty"),
+            std::string::npos)
+      << loaded.status();
+  const std::filesystem::path coordinator = dir.path() / "coordinator.yaml";
+  std::ofstream(coordinator) << "federation: \"\"\nstate_dir: /x\n";
+  absl::StatusOr<coordinator::CoordinatorConfig> config =
+      coordinator::CoordinatorConfig::Load(coordinator);
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("federation: is required and is empty"),
+            std::string::npos)
+      << config.status();
+}
+
 TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
   absl::StatusOr<config::YamlConfigReader> reader =
       config::YamlConfigReader::FromFile(kExamples + "train.yaml");
