@@ -1,12 +1,12 @@
 #include "client/privacy_commands.h"
 
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "config/command_line.h"
+#include "logging/log.h"
 #include "privacy/rdp_accountant.h"
 
 namespace fedmoe::client {
@@ -26,13 +26,6 @@ using config::CommandLine;
 
 int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-client", status); }
 
-// Shortest text that reads back as the same double.
-std::string Number(double value) {
-  char buffer[32];
-  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
-  return {buffer, result.ptr};
-}
-
 int PlanCommand(const CommandLine& flags) {
   constexpr int64_t kMost = std::numeric_limits<int64_t>::max();
   absl::StatusOr<int64_t> records = flags.RequireInt("records", 1, kMost);
@@ -49,8 +42,8 @@ int PlanCommand(const CommandLine& flags) {
   // (ε, δ) with δ ≥ 1/N is met by publishing a random record whole: no guarantee at all.
   if (!(*delta > 0 && *delta <= per_record)) {
     return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--delta must be above 0 and at most 1/records (", Number(per_record), " for ",
-                     *records, " records), not ", Number(*delta),
+        absl::StrCat("--delta must be above 0 and at most 1/records (", JsonNumber(per_record),
+                     " for ", *records, " records), not ", JsonNumber(*delta),
                      ": a larger delta is met by releasing one record whole")));
   }
   if (!(*target > 0 && std::isfinite(*target))) {
@@ -69,9 +62,9 @@ int PlanCommand(const CommandLine& flags) {
   std::printf(
       "{\"noise_multiplier\":%s,\"epsilon\":%s,\"order\":%s,\"sampling_rate\":%s,"
       "\"records\":%lld,\"batch\":%lld,\"steps\":%lld,\"delta\":%s}\n",
-      Number(*sigma).c_str(), Number(loss->epsilon).c_str(), Number(loss->order).c_str(),
-      Number(q).c_str(), static_cast<long long>(*records), static_cast<long long>(*batch),
-      static_cast<long long>(*steps), Number(*delta).c_str());
+      JsonNumber(*sigma).c_str(), JsonNumber(loss->epsilon).c_str(),
+      JsonNumber(loss->order).c_str(), JsonNumber(q).c_str(), static_cast<long long>(*records),
+      static_cast<long long>(*batch), static_cast<long long>(*steps), JsonNumber(*delta).c_str());
   return 0;
 }
 

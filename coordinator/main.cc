@@ -759,16 +759,6 @@ int RoundsCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
-// Shortest text that reads back as the same double, as JSON wants it.
-// JSON has no infinity or NaN: they are written as the strings "inf" and "nan", as the logs
-// write them (an ε no finite number can be claimed for is infinite).
-std::string JsonNumber(double value) {
-  if (!std::isfinite(value)) return std::isnan(value) ? "\"nan\"" : "\"inf\"";
-  char buffer[32];
-  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
-  return {buffer, result.ptr};
-}
-
 int PrivacyReport(const std::vector<std::string>& args) {
   auto flags =
       CommandLine::Parse(args, {"state-dir", "config", "admin-dir", "coordinator"}, {"json"});

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -150,6 +151,13 @@ LogEvent& LogEvent::Field(std::string_view key, bool value) {
 LogEvent& LogEvent::Error(const absl::Status& status) {
   Field("code", absl::StatusCodeToString(status.code()));
   return Field("error", std::string(status.message()));
+}
+
+std::string JsonNumber(double value) {
+  if (!std::isfinite(value)) return std::isnan(value) ? "\"nan\"" : "\"inf\"";
+  char buffer[32];
+  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  return {buffer, result.ptr};
 }
 
 }  // namespace fedmoe

@@ -57,6 +57,11 @@ class LogEvent {
 // Appends `text` to `out` as the inside of a JSON string.
 void AppendJsonEscaped(std::string_view text, std::string& out);
 
+// The shortest text that reads back as the same double, as a JSON value. JSON has no infinity
+// or NaN: they are the strings "inf" and "nan", as the logs write them (an ε no finite number
+// can be claimed for is infinite).
+std::string JsonNumber(double value);
+
 }  // namespace fedmoe
 
 #endif  // FEDMOE_LOGGING_LOG_H_

@@ -56,9 +56,9 @@ for target in "${targets[@]}"; do
   "$build/bin/fuzz_$target" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=4096 \
     -print_final_stats=1 -artifact_prefix="$crashes/" "$corpus" "$root/tests/fuzz/corpus/$target" \
     >"$log" 2>&1 || status=$?
-  stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
-  runs=$(stat number_of_executed_units)
-  rate=$(stat average_exec_per_sec)
+  final_stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
+  runs=$(final_stat number_of_executed_units)
+  rate=$(final_stat average_exec_per_sec)
   found=$(find "$crashes" -type f | wc -l)
   printf '{"target": "%s", "seconds": %s, "runs": %s, "execs_per_second": %s, "corpus": %s, "crashes": %s, "exit": %s}\n' \
     "$target" "$seconds" "${runs:-0}" "${rate:-0}" "$(find "$corpus" -type f | wc -l)" "$found" "$status"

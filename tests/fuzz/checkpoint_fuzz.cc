@@ -4,7 +4,6 @@
 //
 // The first byte picks the file (even: the index, odd: config.json); the rest is its content.
 #include <algorithm>
-#include <fstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -59,14 +58,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       reinterpret_cast<const uint8_t*>(saved.config_json.data()), saved.config_json.size());
   const std::span<const uint8_t> kept_index(
       reinterpret_cast<const uint8_t*>(saved.index_json.data()), saved.index_json.size());
-  // Written where LoadModel reads them: the scratch model directory.
-  auto write = [&](const char* name, std::span<const uint8_t> bytes) {
-    std::ofstream out(saved.directory / name, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(bytes.data()),
-              static_cast<std::streamsize>(bytes.size()));
-  };
-  write("config.json", fuzz_config ? content : kept_config);
-  write("model.safetensors.index.json", fuzz_config ? kept_index : content);
+  // The model directory is "model" in the scratch directory (Saved()).
+  fedmoe::fuzz::WriteScratchFile("model/config.json", fuzz_config ? content : kept_config);
+  fedmoe::fuzz::WriteScratchFile("model/model.safetensors.index.json",
+                                 fuzz_config ? kept_index : content);
 
   absl::StatusOr<ModelParameters> loaded = fedmoe::model::LoadModel(saved.directory);
   if (!loaded.ok()) return 0;

@@ -7,7 +7,7 @@
 // promise of caller.h on every call: a peer without a certificate is refused as
 // unauthenticated, a client cannot call admin methods, and an admin cannot act as a client.
 //
-// Input: method (1 byte), identity (1 byte), then the request's wire bytes. For the
+// Input (input_layout.h): method, identity, then the request's wire bytes. For the
 // UploadMaskedInput stream, the bytes are chunks, each a 2-byte little-endian length and that
 // many bytes of a MaskedInputChunk.
 #include <grpcpp/grpcpp.h>
@@ -32,6 +32,7 @@
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
 #include "tests/fuzz/fuzz_support.h"
+#include "tests/fuzz/input_layout.h"
 #include "tests/testing_tiny_model.h"
 
 namespace {
@@ -66,15 +67,13 @@ class PeerCertificate final : public grpc::AuthContext {
 
 enum class Identity { kAdmin, kClient, kNoCertificate };
 
-constexpr int kClients = 3;
-
 struct Federation {
   std::unique_ptr<CoordinatorCore> core;
   std::unique_ptr<CoordinatorApi> api;
   PeerCertificate admin{""};
-  std::array<PeerCertificate, kClients> clients{PeerCertificate(""), PeerCertificate(""),
-                                                PeerCertificate("")};
-  std::array<std::string, kClients> client_ids;
+  std::array<PeerCertificate, fedmoe::fuzz::kRequestClients> clients{
+      PeerCertificate(""), PeerCertificate(""), PeerCertificate("")};
+  std::array<std::string, fedmoe::fuzz::kRequestClients> client_ids;
   PeerCertificate nobody{""};
   int enrolled = 0;
 };
@@ -132,7 +131,7 @@ Federation& TheFederation() {
     made->admin.set_pem(OrDie(fedmoe::pki::Certificate::ReadFile(
                                   made->core->config().state_dir.admin_certificate()))
                             .ToPem());
-    for (int slot = 0; slot < kClients; ++slot) EnrollInto(*made, slot);
+    for (int slot = 0; slot < fedmoe::fuzz::kRequestClients; ++slot) EnrollInto(*made, slot);
     made->core->rounds().Start();
     // The round engine stops before the scratch directory it writes to goes (atexit runs in
     // reverse: the directory's own handler was registered first).
@@ -237,16 +236,17 @@ Outcome Download(CoordinatorApi& api, const grpc::AuthContext& peer,
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Federation& federation = TheFederation();
   if (size < 2) return 0;
-  const uint8_t method = data[0] % 21;
-  const int identity_byte = data[1] % (kClients + 2);
+  using fedmoe::fuzz::RequestMethod;
+  const auto method = static_cast<RequestMethod>(data[0] % fedmoe::fuzz::kRequestMethods);
+  const int identity_byte = data[1] % fedmoe::fuzz::kRequestIdentities;
   const std::span<const uint8_t> bytes(data + 2, size - 2);
   Identity identity = Identity::kClient;
   const grpc::AuthContext* peer = nullptr;
   int slot = -1;
-  if (identity_byte == 0) {
+  if (identity_byte == fedmoe::fuzz::kAdminIdentity) {
     identity = Identity::kAdmin;
     peer = &federation.admin;
-  } else if (identity_byte == kClients + 1) {
+  } else if (identity_byte == fedmoe::fuzz::kNoCertificateIdentity) {
     identity = Identity::kNoCertificate;
     peer = &federation.nobody;
   } else {
@@ -259,7 +259,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   bool admin_method = true;
   std::string_view name;
   switch (method) {
-    case 0: {
+    case RequestMethod::kEnroll: {
       name = "Enroll";
       v1::EnrollRequest request;
       v1::EnrollResponse response;
@@ -270,7 +270,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       return 0;
     }
-    case 1: {
+    case RequestMethod::kRenew: {
       name = "Renew";
       admin_method = false;
       v1::RenewCertificateResponse response;
@@ -284,31 +284,33 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       break;
     }
-#define FEDMOE_ADMIN_CASE(index, Method)                                                           \
-  case index: {                                                                                    \
+#define FEDMOE_ADMIN_CASE(Method)                                                                  \
+  case RequestMethod::k##Method: {                                                                 \
     name = #Method;                                                                                \
     v1::Method##Response response;                                                                 \
     status = CallUnary<v1::Method##Request>(api, &CoordinatorApi::Method, *peer, bytes, response); \
     break;                                                                                         \
   }
-      FEDMOE_ADMIN_CASE(2, CreateEnrollmentToken)
-      FEDMOE_ADMIN_CASE(3, ListEnrollmentTokens)
-      FEDMOE_ADMIN_CASE(4, RevokeEnrollmentToken)
-      FEDMOE_ADMIN_CASE(5, ListClients)
-      FEDMOE_ADMIN_CASE(7, GetStatus)
-      FEDMOE_ADMIN_CASE(8, ListRounds)
-      FEDMOE_ADMIN_CASE(9, GetPrivacyLedger)
-      FEDMOE_ADMIN_CASE(10, AddAdmin)
-      FEDMOE_ADMIN_CASE(11, ListAdmins)
-      FEDMOE_ADMIN_CASE(12, RevokeAdmin)
+      FEDMOE_ADMIN_CASE(CreateEnrollmentToken)
+      FEDMOE_ADMIN_CASE(ListEnrollmentTokens)
+      FEDMOE_ADMIN_CASE(RevokeEnrollmentToken)
+      FEDMOE_ADMIN_CASE(ListClients)
+      FEDMOE_ADMIN_CASE(GetStatus)
+      FEDMOE_ADMIN_CASE(ListRounds)
+      FEDMOE_ADMIN_CASE(GetPrivacyLedger)
+      FEDMOE_ADMIN_CASE(AddAdmin)
+      FEDMOE_ADMIN_CASE(ListAdmins)
+      FEDMOE_ADMIN_CASE(RevokeAdmin)
 #undef FEDMOE_ADMIN_CASE
-    case 6: {
+    case RequestMethod::kRevokeClient: {
       name = "RevokeClient";
       v1::RevokeClientResponse response;
       status = CallUnary<v1::RevokeClientRequest>(api, &CoordinatorApi::RevokeClient, *peer, bytes,
                                                   response);
       // A revoked site is replaced by a new one, so that the run keeps three live clients.
-      for (int revoked = 0; status.has_value() && status->ok() && revoked < kClients; ++revoked) {
+      for (int revoked = 0;
+           status.has_value() && status->ok() && revoked < fedmoe::fuzz::kRequestClients;
+           ++revoked) {
         if (federation.client_ids[revoked] == response.client().client_id()) {
           EnrollInto(federation, revoked);
         }
@@ -318,46 +320,46 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     default: {
       admin_method = false;
       switch (method) {
-        case 13:
+        case RequestMethod::kPollTask:
           name = "PollTask";
           status = Poll(api, *peer, bytes);
           break;
-        case 14: {
+        case RequestMethod::kAdvertiseKeys: {
           name = "AdvertiseKeys";
           v1::StageAck ack;
           status = CallUnary<v1::AdvertiseKeysRequest>(api, &CoordinatorApi::AdvertiseKeys, *peer,
                                                        bytes, ack);
           break;
         }
-        case 15: {
+        case RequestMethod::kShareKeys: {
           name = "ShareKeys";
           v1::StageAck ack;
           status =
               CallUnary<v1::ShareKeysRequest>(api, &CoordinatorApi::ShareKeys, *peer, bytes, ack);
           break;
         }
-        case 16: {
+        case RequestMethod::kUnmask: {
           name = "Unmask";
           v1::StageAck ack;
           status = CallUnary<v1::UnmaskRequest>(api, &CoordinatorApi::Unmask, *peer, bytes, ack);
           break;
         }
-        case 17: {
+        case RequestMethod::kGetModelManifest: {
           name = "GetModelManifest";
           v1::ModelManifest manifest;
           status = CallUnary<v1::GetModelManifestRequest>(api, &CoordinatorApi::GetModelManifest,
                                                           *peer, bytes, manifest);
           break;
         }
-        case 18:
+        case RequestMethod::kDownloadModel:
           name = "DownloadModel";
           status = Download(api, *peer, bytes);
           break;
-        case 19:
+        case RequestMethod::kUploadMaskedInput:
           name = "UploadMaskedInput";
           status = Upload(api, *peer, bytes);
           break;
-        default: {
+        default: {  // RequestMethod::kGetRoundStatus
           name = "GetRoundStatus";
           v1::RoundStatus round;
           status = CallUnary<v1::GetRoundStatusRequest>(api, &CoordinatorApi::GetRoundStatus, *peer,

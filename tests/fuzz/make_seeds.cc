@@ -2,6 +2,8 @@
 // encoded masked uploads and coordinator requests, in the formats as the code writes them
 // today. Run after a format changes: `build/bin/fuzz_make_seeds tests/fuzz/corpus`. The text
 // seeds (YAML configs, tokenizer.json) are kept by hand beside these.
+#include <algorithm>
+#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +22,7 @@
 #include "secure_agg/packing.h"
 #include "storage/read_file.h"
 #include "tests/fuzz/fuzz_support.h"
+#include "tests/fuzz/input_layout.h"
 #include "tests/testing_tiny_model.h"
 
 namespace {
@@ -69,20 +72,15 @@ void CheckpointSeeds(const fs::path& corpus, const fs::path& scratch) {
 }
 
 void RingSeeds(const fs::path& corpus) {
-  struct Parameters {
-    uint8_t dimension, bits, log_scale, clip;
-  };
   int written = 0;
-  for (const Parameters p :
-       {Parameters{.dimension = 9, .bits = 16, .log_scale = 18, .clip = 0},
-        Parameters{.dimension = 99, .bits = 32, .log_scale = 30, .clip = 16},
-        Parameters{.dimension = 255, .bits = 46, .log_scale = 47, .clip = 255}}) {
-    fedmoe::privacy::RingEncoding encoding;
-    const size_t dimension = 1 + p.dimension % 300;
-    encoding.ring_bits = 16 + p.bits % 47;
-    encoding.scale = std::ldexp(1.0, static_cast<int>(p.log_scale % 48) - 8);
-    encoding.clip_norm = 1.0 + p.clip / 16.0;
-    encoding.rotation_seed = std::string(32, static_cast<char>('a' + written));
+  // Dimension, ring bits, log2 γ and clip norm bytes, read as ring_decode_fuzz.cc reads them.
+  for (const std::array<uint8_t, 4> parameters :
+       {std::array<uint8_t, 4>{9, 16, 18, 0}, std::array<uint8_t, 4>{99, 32, 30, 16},
+        std::array<uint8_t, 4>{255, 46, 47, 255}}) {
+    std::array<uint8_t, fedmoe::fuzz::kRingHeaderBytes> header;
+    std::copy(parameters.begin(), parameters.end(), header.begin());
+    std::fill(header.begin() + 4, header.end(), static_cast<uint8_t>('a' + written));
+    const auto [dimension, encoding] = fedmoe::fuzz::ReadRingHeader(header);
     absl::StatusOr<fedmoe::privacy::RingEncoder> encoder =
         fedmoe::privacy::RingEncoder::Create(dimension, encoding);
     Check(encoder.status());
@@ -94,20 +92,24 @@ void RingSeeds(const fs::path& corpus) {
     Check(encoded.status());
     std::string packed;
     Check(fedmoe::secure_agg::PackValues(*encoded, encoding.ring_bits, packed));
-    std::string input = {static_cast<char>(p.dimension), static_cast<char>(p.bits),
-                         static_cast<char>(p.log_scale), static_cast<char>(p.clip)};
-    input += encoding.rotation_seed + packed;
+    std::string input(header.begin(), header.end());
+    input += packed;
     Write(corpus / absl::StrCat("upload-", written++, ".bin"), input);
   }
 }
 
-// Method and identity numbers as coordinator_requests_fuzz.cc reads them; identity 0 is the
-// admin, 1–3 the clients, 4 a peer without a certificate.
-void Request(const fs::path& corpus, int method, int identity,
+using fedmoe::fuzz::RequestMethod;
+
+// Identities as input_layout.h numbers them.
+constexpr int kAdmin = fedmoe::fuzz::kAdminIdentity;
+constexpr int kNoCertificate = fedmoe::fuzz::kNoCertificateIdentity;
+
+void Request(const fs::path& corpus, RequestMethod method, int identity,
              const google::protobuf::Message& request) {
-  std::string input = {static_cast<char>(method), static_cast<char>(identity)};
+  const int number = static_cast<int>(method);
+  std::string input = {static_cast<char>(number), static_cast<char>(identity)};
   input += request.SerializeAsString();
-  Write(corpus / absl::StrCat(request.GetTypeName(), "-", method, "-", identity, ".bin"), input);
+  Write(corpus / absl::StrCat(request.GetTypeName(), "-", number, "-", identity, ".bin"), input);
 }
 
 void CoordinatorSeeds(const fs::path& corpus) {
@@ -115,77 +117,77 @@ void CoordinatorSeeds(const fs::path& corpus) {
   enroll.set_token("fmt1.0123456789abcdef.secret");
   enroll.set_csr_der(std::string(64, '\x30'));
   enroll.set_client_version("1.0");
-  Request(corpus, 0, 4, enroll);
+  Request(corpus, RequestMethod::kEnroll, kNoCertificate, enroll);
   v1::RenewCertificateRequest renew;
   renew.set_csr_der(std::string(64, '\x30'));
   renew.set_key_change_signature(std::string(70, '\x30'));
-  Request(corpus, 1, 1, renew);
+  Request(corpus, RequestMethod::kRenew, 1, renew);
   v1::CreateEnrollmentTokenRequest token;
   token.set_client_id("site-9");
   token.mutable_ttl()->set_seconds(3600);
-  Request(corpus, 2, 0, token);
-  Request(corpus, 3, 0, v1::ListEnrollmentTokensRequest());
+  Request(corpus, RequestMethod::kCreateEnrollmentToken, kAdmin, token);
+  Request(corpus, RequestMethod::kListEnrollmentTokens, kAdmin, v1::ListEnrollmentTokensRequest());
   v1::RevokeEnrollmentTokenRequest revoke_token;
   revoke_token.set_token_id("0123456789abcdef");
-  Request(corpus, 4, 0, revoke_token);
+  Request(corpus, RequestMethod::kRevokeEnrollmentToken, kAdmin, revoke_token);
   v1::ListClientsRequest list_clients;
   list_clients.set_include_revoked(true);
   list_clients.mutable_page()->set_page_size(2);
   list_clients.mutable_page()->set_page_token("site-1");
-  Request(corpus, 5, 0, list_clients);
+  Request(corpus, RequestMethod::kListClients, kAdmin, list_clients);
   v1::RevokeClientRequest revoke_client;
   revoke_client.set_client_id("site-2");
   revoke_client.set_reason("fuzz");
-  Request(corpus, 6, 0, revoke_client);
-  Request(corpus, 6, 1, revoke_client);
-  Request(corpus, 7, 0, v1::GetStatusRequest());
-  Request(corpus, 7, 4, v1::GetStatusRequest());
+  Request(corpus, RequestMethod::kRevokeClient, kAdmin, revoke_client);
+  Request(corpus, RequestMethod::kRevokeClient, 1, revoke_client);
+  Request(corpus, RequestMethod::kGetStatus, kAdmin, v1::GetStatusRequest());
+  Request(corpus, RequestMethod::kGetStatus, kNoCertificate, v1::GetStatusRequest());
   v1::ListRoundsRequest rounds;
   rounds.mutable_page()->set_page_token("5");
-  Request(corpus, 8, 0, rounds);
-  Request(corpus, 9, 0, v1::GetPrivacyLedgerRequest());
+  Request(corpus, RequestMethod::kListRounds, kAdmin, rounds);
+  Request(corpus, RequestMethod::kGetPrivacyLedger, kAdmin, v1::GetPrivacyLedgerRequest());
   v1::AddAdminRequest add_admin;
   add_admin.set_name("second");
   add_admin.set_csr_der(std::string(64, '\x30'));
-  Request(corpus, 10, 0, add_admin);
-  Request(corpus, 11, 0, v1::ListAdminsRequest());
+  Request(corpus, RequestMethod::kAddAdmin, kAdmin, add_admin);
+  Request(corpus, RequestMethod::kListAdmins, kAdmin, v1::ListAdminsRequest());
   v1::RevokeAdminRequest revoke_admin;
   revoke_admin.set_name("operator");
-  Request(corpus, 12, 0, revoke_admin);
-  for (int client = 1; client <= 3; ++client) {
+  Request(corpus, RequestMethod::kRevokeAdmin, kAdmin, revoke_admin);
+  for (int client = 1; client <= fedmoe::fuzz::kRequestClients; ++client) {
     v1::PollTaskRequest poll;
     poll.set_known_round_id(0);
     poll.mutable_max_wait()->set_nanos(1000);
-    Request(corpus, 13, client, poll);
+    Request(corpus, RequestMethod::kPollTask, client, poll);
   }
   v1::AdvertiseKeysRequest advertise;
   advertise.set_round_id(1);
   advertise.set_cipher_public_key(std::string(65, '\x04'));
   advertise.set_mask_public_key(std::string(65, '\x04'));
   advertise.set_signature(std::string(70, '\x30'));
-  Request(corpus, 14, 1, advertise);
+  Request(corpus, RequestMethod::kAdvertiseKeys, 1, advertise);
   v1::ShareKeysRequest share;
   share.set_round_id(1);
   v1::EncryptedShares* shares = share.add_shares();
   shares->set_peer_participant_id(2);
   shares->set_ciphertext(std::string(80, 'c'));
-  Request(corpus, 15, 1, share);
+  Request(corpus, RequestMethod::kShareKeys, 1, share);
   v1::UnmaskRequest unmask;
   unmask.set_round_id(1);
   v1::RevealedShare* revealed = unmask.add_self_mask_shares();
   revealed->set_owner_participant_id(2);
   revealed->set_share(std::string(32, 's'));
-  Request(corpus, 16, 1, unmask);
-  Request(corpus, 17, 2, v1::GetModelManifestRequest());
+  Request(corpus, RequestMethod::kUnmask, 1, unmask);
+  Request(corpus, RequestMethod::kGetModelManifest, 2, v1::GetModelManifestRequest());
   v1::DownloadModelRequest download;
   download.set_file_name("model.safetensors");
   download.set_max_chunk_bytes(1000);
-  Request(corpus, 18, 3, download);
+  Request(corpus, RequestMethod::kDownloadModel, 3, download);
   download.set_file_name("config.json");
   download.set_offset(10);
-  Request(corpus, 18, 1, download);
+  Request(corpus, RequestMethod::kDownloadModel, 1, download);
   // A masked upload of two chunks, each behind its 2-byte length.
-  std::string upload = {19, 1};
+  std::string upload = {static_cast<char>(RequestMethod::kUploadMaskedInput), 1};
   for (uint64_t first : {uint64_t{0}, uint64_t{4}}) {
     v1::MaskedInputChunk chunk;
     chunk.set_round_id(1);
@@ -200,7 +202,7 @@ void CoordinatorSeeds(const fs::path& corpus) {
   Write(corpus / "MaskedInputChunk-19-1.bin", upload);
   v1::GetRoundStatusRequest status;
   status.set_round_id(1);
-  Request(corpus, 20, 2, status);
+  Request(corpus, RequestMethod::kGetRoundStatus, 2, status);
 }
 
 }  // namespace

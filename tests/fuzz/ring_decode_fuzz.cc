@@ -6,8 +6,8 @@
 // (at most two scaled units per rotated coordinate: randomized rounding and the fixed-point
 // truncation), whenever γ·C leaves the ring room.
 //
-// Layout: dimension (1 byte), ring bits (1), log2 γ (1), clip norm (1), rotation seed (32),
-// then the packed values; the same tail read as floats is the update that is round-tripped.
+// Layout: the header of input_layout.h, then the packed values; the same tail read as floats
+// is the update that is round-tripped.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -19,13 +19,12 @@
 #include "privacy/secure_random.h"
 #include "secure_agg/packing.h"
 #include "tests/fuzz/fuzz_support.h"
+#include "tests/fuzz/input_layout.h"
 
 namespace {
 
 using fedmoe::privacy::RingEncoder;
 using fedmoe::privacy::RingEncoding;
-
-constexpr size_t kHeaderBytes = 4 + 32;
 
 double L2Distance(std::span<const double> a, std::span<const float> b) {
   double sum = 0;
@@ -68,16 +67,14 @@ void CheckRoundTrip(const RingEncoder& encoder, std::span<const uint8_t> tail) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size < kHeaderBytes) return 0;
-  RingEncoding encoding;
-  const size_t dimension = 1 + data[0] % 300;
-  encoding.ring_bits = 16 + data[1] % 47;
-  encoding.scale = std::ldexp(1.0, static_cast<int>(data[2] % 48) - 8);
-  encoding.clip_norm = 1.0 + data[3] / 16.0;
-  encoding.rotation_seed.assign(reinterpret_cast<const char*>(data + 4), 32);
+  if (size < fedmoe::fuzz::kRingHeaderBytes) return 0;
+  auto [dimension, encoding] =
+      fedmoe::fuzz::ReadRingHeader(std::span<const uint8_t, fedmoe::fuzz::kRingHeaderBytes>(
+          data, fedmoe::fuzz::kRingHeaderBytes));
   absl::StatusOr<RingEncoder> encoder = RingEncoder::Create(dimension, encoding);
   if (!encoder.ok()) return 0;
-  const std::span<const uint8_t> tail(data + kHeaderBytes, size - kHeaderBytes);
+  const std::span<const uint8_t> tail(data + fedmoe::fuzz::kRingHeaderBytes,
+                                      size - fedmoe::fuzz::kRingHeaderBytes);
   const std::string_view packed(reinterpret_cast<const char*>(tail.data()), tail.size());
 
   const size_t values = encoder->encoded_dimension();
@@ -88,9 +85,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (packed.size() != packed_bytes) {
     FEDMOE_FUZZ_CHECK(!whole.ok(), "an upload of the wrong packed length was unpacked");
   }
-  if (packed.size() >= packed_bytes &&
-      fedmoe::secure_agg::UnpackValues(packed.substr(0, packed_bytes), encoding.ring_bits, masked)
-          .ok()) {
+  // A longer tail still gives an upload of the right length, from its start.
+  const bool unpacked =
+      whole.ok() ||
+      (packed.size() > packed_bytes &&
+       fedmoe::secure_agg::UnpackValues(packed.substr(0, packed_bytes), encoding.ring_bits, masked)
+           .ok());
+  if (unpacked) {
     std::vector<uint64_t> sum(values, 0);
     const absl::Status added = RingEncoder::AddInRing(sum, masked, encoding.ring_bits);
     FEDMOE_FUZZ_CHECK(added.ok(), added.ToString());
