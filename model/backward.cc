@@ -29,14 +29,17 @@ auto* Sized(Buffer& buffer, int64_t size) {
   return buffer.data();
 }
 
-// L_bal of one layer and, when `d_probs` is given, its gradient scaled by `scale` with respect
-// to the router probabilities (the same for every row).
-double LayerBalance(const LayerActivations& layer, int64_t rows, int64_t experts, int64_t top_k,
-                    double scale, float* d_probs) {
+// L_bal of rows [first_row, first_row + rows) of one layer and, when `d_probs` is given (those
+// rows' block), its gradient scaled by `scale` with respect to the router probabilities (the
+// same for every row).
+double LayerBalance(const LayerActivations& layer, int64_t first_row, int64_t rows, int64_t experts,
+                    int64_t top_k, double scale, float* d_probs) {
   std::vector<int64_t> slots(static_cast<size_t>(experts), 0);
-  for (const int32_t e : layer.expert_index) ++slots[static_cast<size_t>(e)];
+  for (int64_t i = first_row * top_k; i < (first_row + rows) * top_k; ++i) {
+    ++slots[static_cast<size_t>(layer.expert_index[static_cast<size_t>(i)])];
+  }
   std::vector<double> probability_sums(static_cast<size_t>(experts), 0.0);
-  for (int64_t row = 0; row < rows; ++row) {
+  for (int64_t row = first_row; row < first_row + rows; ++row) {
     for (int64_t e = 0; e < experts; ++e) {
       probability_sums[static_cast<size_t>(e)] +=
           layer.router_probs[static_cast<size_t>(row * experts + e)];
@@ -141,7 +144,7 @@ void FillLoss(const MoeConfig& config, const ForwardPass& pass, const LossSum& s
   loss.cross_entropy = sum.total / options.predictions_in_step;
   loss.predictions = sum.predictions;
   for (const LayerActivations& layer : pass.layers) {
-    loss.balance_per_layer += LayerBalance(layer, pass.rows(), config.num_local_experts,
+    loss.balance_per_layer += LayerBalance(layer, 0, pass.rows(), config.num_local_experts,
                                            config.num_experts_per_tok, 0, nullptr);
   }
   loss.balance_per_layer /= static_cast<double>(pass.layers.size());
@@ -181,18 +184,60 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
   const int64_t q_width = config.query_width();
   const int64_t kv_width = config.key_value_width();
   const int64_t slots = rows * top_k;
+  PerRecordClipping* const per_record = options.per_record;
+  if (per_record != nullptr) {
+    if (per_record->records().rows() != rows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the records lay out ", per_record->records().rows(), " rows for a pass of ", rows));
+    }
+    if (pass.matmul_precision != MatMulPrecision::kFloat32) {
+      return absl::InvalidArgumentError("per-record clipping takes fp32 products only");
+    }
+    if (trainable.embeddings) {
+      return absl::InvalidArgumentError(
+          "per-record clipping cannot train embeddings (a token's row mixes records)");
+    }
+  }
+  // Where Backward adds a weight's gradient itself; with per-record clipping nowhere, and
+  // `collect` hands the weight's input and output gradient over instead.
   auto grad = [&](int64_t offset, TensorRole role) -> float* {
-    return trainable.Includes(role) ? gradients.data() + offset : nullptr;
+    return per_record == nullptr && trainable.Includes(role) ? gradients.data() + offset : nullptr;
+  };
+  auto collect = [&](int64_t offset, TensorRole role, const float* in, const float* d_out,
+                     int64_t block_rows, int64_t in_features, int64_t out_features,
+                     const int64_t* row_token = nullptr) {
+    if (per_record == nullptr || !trainable.Includes(role)) return;
+    per_record->AddLinear(gradients.data() + offset, in, d_out, block_rows, in_features,
+                          out_features, row_token);
+  };
+  auto collect_norm = [&](int64_t offset, const float* in, const float* rstd, const float* d_out) {
+    if (per_record == nullptr || !trainable.Includes(TensorRole::kNorm)) return;
+    per_record->AddNormWeight(gradients.data() + offset, in, rstd, d_out, rows, hidden);
   };
 
   // The loss, the output head and the final norm.
   float* d_logits = Sized(s.d_logits, rows * vocab);
   float* losses = Sized(s.losses, rows);
   LossSum sum;
-  sum.predictions =
-      cpu::CrossEntropyBackward(pass.logits.data(), targets.data(), d_logits, losses, rows, vocab,
-                                static_cast<float>(1.0 / options.predictions_in_step));
+  sum.predictions = cpu::CrossEntropyBackward(
+      pass.logits.data(), targets.data(), d_logits, losses, rows, vocab,
+      per_record != nullptr ? 1.0F : static_cast<float>(1.0 / options.predictions_in_step));
   for (int64_t row = 0; row < rows; ++row) sum.total += losses[row];
+  if (per_record != nullptr) {
+    // Each record's loss is the mean over its own predictions.
+    const RecordRows& records = per_record->records();
+    for (int64_t r = 0; r < records.records(); ++r) {
+      const int64_t first = records.row_begin[static_cast<size_t>(r)];
+      const int64_t last = records.row_begin[static_cast<size_t>(r) + 1];
+      int64_t predictions = 0;
+      for (int64_t row = first; row < last; ++row) predictions += targets[row] >= 0 ? 1 : 0;
+      if (predictions == 0) continue;
+      const float share = 1.0F / static_cast<float>(predictions);
+      for (float* value = d_logits + first * vocab; value < d_logits + last * vocab; ++value) {
+        *value *= share;
+      }
+    }
+  }
   LossBreakdown loss;
   FillLoss(config, pass, sum, options, loss);
   const TensorRole head_role =
@@ -200,10 +245,12 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
   float* d_norm = Zeroed(s.d_norm, rows * hidden);
   cpu::LinearBackward(pass.final_norm.data(), parameters.at(layout.lm_head()), d_logits, d_norm,
                       grad(layout.lm_head(), head_role), rows, hidden, vocab);
+  collect(layout.lm_head(), head_role, pass.final_norm.data(), d_logits, rows, hidden, vocab);
   float* d_stream = Zeroed(s.d_stream, rows * hidden);
   cpu::RmsNormBackward(pass.final_input.data(), parameters.at(layout.final_norm()),
                        pass.final_rstd.data(), d_norm, d_stream,
                        grad(layout.final_norm(), TensorRole::kNorm), rows, hidden);
+  collect_norm(layout.final_norm(), pass.final_input.data(), pass.final_rstd.data(), d_norm);
 
   // Below this layer nothing needs a gradient, so the walk stops there.
   const int64_t lowest_needed = LowestLayerNeedingGradient(layout, config, trainable);
@@ -249,6 +296,12 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
            .d_gate_bf16 = bf16 ? Sized(s.d_gate_bf16, rows * shared_inner) : nullptr,
            .d_up_bf16 = bf16 ? Sized(s.d_up_bf16, rows * shared_inner) : nullptr},
           rows, hidden, shared_inner);
+      collect(w.shared.w2, TensorRole::kSharedExpert, layer.shared_act.data(), d_stream, rows,
+              shared_inner, hidden);
+      collect(w.shared.w1, TensorRole::kSharedExpert, layer.moe_norm.data(), s.d_gate.data(), rows,
+              hidden, shared_inner);
+      collect(w.shared.w3, TensorRole::kSharedExpert, layer.moe_norm.data(), s.d_up.data(), rows,
+              hidden, shared_inner);
     }
     float* d_expert_out = Sized(s.d_expert_out, slots * hidden);
     float* d_expert_weight = Sized(s.d_expert_weight, slots);
@@ -292,6 +345,20 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
            .d_up_bf16 = at(d_up_bf16, inner)},
           count, hidden, inner);
     });
+    if (per_record != nullptr) {
+      for (int64_t e = 0; e < experts; ++e) {
+        const int64_t count = layer.permutation.tokens_for(e);
+        const int64_t first = layer.permutation.offsets[static_cast<size_t>(e)];
+        const ExpertOffsets& expert = w.experts[static_cast<size_t>(e)];
+        const int64_t* tokens = layer.permutation.slot_token.data() + first;
+        collect(expert.w2, TensorRole::kRoutedExpert, layer.expert_act.data() + first * inner,
+                d_expert_out + first * hidden, count, inner, hidden, tokens);
+        collect(expert.w1, TensorRole::kRoutedExpert, layer.expert_input.data() + first * hidden,
+                d_gate + first * inner, count, hidden, inner, tokens);
+        collect(expert.w3, TensorRole::kRoutedExpert, layer.expert_input.data() + first * hidden,
+                d_up + first * inner, count, hidden, inner, tokens);
+      }
+    }
 
     if (need_moe_input_gradient) {
       cpu::GatherByExpertBackward(d_expert_in, layer.permutation, d_n2, rows, top_k, hidden);
@@ -299,7 +366,17 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     float* d_probs = nullptr;
     if (options.balance_coefficient > 0) {
       d_probs = Sized(s.d_router_probs, rows * experts);
-      LayerBalance(layer, rows, experts, top_k, balance_scale, d_probs);
+      if (per_record == nullptr) {
+        LayerBalance(layer, 0, rows, experts, top_k, balance_scale, d_probs);
+      } else {
+        // Each record's balance term is over its own rows.
+        const RecordRows& records = per_record->records();
+        for (int64_t r = 0; r < records.records(); ++r) {
+          const int64_t first = records.row_begin[static_cast<size_t>(r)];
+          LayerBalance(layer, first, records.row_begin[static_cast<size_t>(r) + 1] - first, experts,
+                       top_k, balance_scale, d_probs + first * experts);
+        }
+      }
     }
     float* d_router_logits = Sized(s.d_router_logits, rows * experts);
     cpu::RouterTopKBackward(layer.router_probs.data(), layer.expert_index.data(), d_expert_weight,
@@ -307,10 +384,13 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     cpu::LinearBackward(layer.moe_norm.data(), parameters.at(w.router), d_router_logits,
                         need_moe_input_gradient ? d_n2 : nullptr,
                         grad(w.router, TensorRole::kRouter), rows, hidden, experts);
+    collect(w.router, TensorRole::kRouter, layer.moe_norm.data(), d_router_logits, rows, hidden,
+            experts);
     if (!need_moe_input_gradient) break;
     cpu::RmsNormBackward(layer.residual.data(), parameters.at(w.post_attention_layernorm),
                          layer.moe_rstd.data(), d_n2, d_residual,
                          grad(w.post_attention_layernorm, TensorRole::kNorm), rows, hidden);
+    collect_norm(w.post_attention_layernorm, layer.residual.data(), layer.moe_rstd.data(), d_n2);
 
     // Attention block: residual = input + o_proj(attention(...)). At the lowest layer it is
     // needed only for its own trainable weights.
@@ -327,6 +407,8 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
         weight(w.o_proj, place.o),
         internal::AsOperand(precision, d_residual, rows * hidden, s.d_out_bf16), d_attention,
         grad(w.o_proj, TensorRole::kAttention), rows, q_width, hidden);
+    collect(w.o_proj, TensorRole::kAttention, layer.attention_output.data(), d_residual, rows,
+            q_width, hidden);
     const cpu::AttentionShape shape{.batch = pass.batch,
                                     .seq_len = pass.seq_len,
                                     .heads = config.num_attention_heads,
@@ -354,6 +436,10 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     cpu::RmsNormBackward(layer.input.data(), parameters.at(w.input_layernorm),
                          layer.attention_rstd.data(), d_n1, d_stream,
                          grad(w.input_layernorm, TensorRole::kNorm), rows, hidden);
+    collect(w.q_proj, TensorRole::kAttention, n1.fp32, d_q, rows, hidden, q_width);
+    collect(w.k_proj, TensorRole::kAttention, n1.fp32, d_k, rows, hidden, kv_width);
+    collect(w.v_proj, TensorRole::kAttention, n1.fp32, d_v, rows, hidden, kv_width);
+    collect_norm(w.input_layernorm, layer.input.data(), layer.attention_rstd.data(), d_n1);
   }
 
   if (trainable.embeddings && lowest_needed == 0) {

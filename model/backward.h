@@ -18,6 +18,7 @@
 #include "kernels/cpu/aligned.h"
 #include "model/forward.h"
 #include "model/parameters.h"
+#include "model/per_record_clipping.h"
 
 namespace fedmoe::model {
 
@@ -58,6 +59,13 @@ struct BackwardOptions {
   double predictions_in_step = 1;
   // This micro-batch's share of the step, weighting its balance term (1 / micro-batches).
   double step_share = 1;
+  // DP-SGD: the loss is a sum over the records that per_record->records() lays out, each
+  // record's loss being the mean cross-entropy over its own predictions plus the balance term
+  // of its own rows (so that no record's gradient depends on another's data), and every
+  // trainable weight's gradient goes to per_record to be clipped record by record instead of
+  // into `gradients` (Finish adds the clipped sum there). predictions_in_step and step_share
+  // then only scale the reported loss. fp32 products only; embeddings cannot be trained.
+  PerRecordClipping* per_record = nullptr;
 };
 
 // Reusable buffers, so a training loop allocates once.

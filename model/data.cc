@@ -36,6 +36,70 @@ uint64_t Fnv1a(std::string_view text) {
 
 }  // namespace
 
+absl::StatusOr<RecordUnit> ParseRecordUnit(std::string_view name) {
+  if (name == "line") return RecordUnit::kLine;
+  if (name == "paragraph") return RecordUnit::kParagraph;
+  if (name == "file") return RecordUnit::kFile;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown record unit '", std::string(name), "' (line, paragraph, file)"));
+}
+
+std::string_view RecordUnitName(RecordUnit unit) {
+  switch (unit) {
+    case RecordUnit::kLine:
+      return "line";
+    case RecordUnit::kParagraph:
+      return "paragraph";
+    case RecordUnit::kFile:
+      return "file";
+  }
+  return "paragraph";
+}
+
+int64_t Record::predictions() const {
+  int64_t count = 0;
+  for (size_t i = 1; i < loss.size(); ++i) count += loss[i];
+  return count;
+}
+
+int64_t Record::windows(int64_t seq_len) const {
+  const auto inputs = static_cast<int64_t>(tokens.size()) - 1;
+  return inputs <= 0 ? 0 : (inputs + seq_len - 1) / seq_len;
+}
+
+absl::StatusOr<RecordSet> ReadRecords(const fs::path& directory, const Tokenizer& tokenizer,
+                                      const DataOptions& options, RecordUnit unit) {
+  absl::StatusOr<std::unique_ptr<DataStream>> stream =
+      DataStream::Open(directory, tokenizer, Split::kTrain, options);
+  if (!stream.ok()) return stream.status();
+  RecordSet set;
+  set.unit = unit;
+  (*stream)->record_set_ = &set;
+  while ((*stream)->Fill()) {
+  }
+  set.counts = (*stream)->counts_;
+  return set;
+}
+
+void DataStream::AppendToRecord(std::span<const int32_t> tokens, int64_t loss_from) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const bool first = open_record_.tokens.empty();
+    open_record_.tokens.push_back(tokens[i]);
+    open_record_.loss.push_back(!first && static_cast<int64_t>(i) >= loss_from ? 1 : 0);
+  }
+  if (record_set_->unit != RecordUnit::kFile) CloseRecord();
+}
+
+void DataStream::CloseRecord() {
+  if (open_record_.tokens.empty()) return;
+  if (open_record_.predictions() == 0) {
+    ++record_set_->empty_records;
+  } else {
+    record_set_->records.push_back(std::move(open_record_));
+  }
+  open_record_ = Record();
+}
+
 absl::StatusOr<std::unique_ptr<DataStream>> DataStream::Open(const fs::path& directory,
                                                              const Tokenizer& tokenizer,
                                                              Split split, DataOptions options) {
@@ -137,6 +201,7 @@ bool DataStream::Fill() {
     if (!std::getline(current_, line)) {
       FinishParagraph();
       current_.close();
+      if (record_set_ != nullptr) CloseRecord();
       continue;
     }
     ++line_number_;
@@ -155,7 +220,11 @@ bool DataStream::Fill() {
     }
     if (paragraph_.empty()) paragraph_line_ = line_number_;
     absl::StrAppend(&paragraph_, line, "\n");
-    if (paragraph_.size() > kMaxParagraphBytes) FinishParagraph();
+    const bool line_records = record_set_ != nullptr && record_set_->unit == RecordUnit::kLine;
+    // A record is never cut: a long paragraph stays one record, however many windows it takes.
+    if (line_records || (record_set_ == nullptr && paragraph_.size() > kMaxParagraphBytes)) {
+      FinishParagraph();
+    }
     return true;
   }
 }
@@ -200,6 +269,11 @@ void DataStream::AddText(std::string_view text) {
     return;
   }
   if (epoch_ == 0) ++counts_.documents;
+  if (record_set_ != nullptr) {
+    tokens->push_back(options_.eos_token);
+    AppendToRecord(*tokens, 0);
+    return;
+  }
   pending_.insert(pending_.end(), tokens->begin(), tokens->end());
   pending_.push_back(options_.eos_token);
   const auto length = static_cast<size_t>(options_.seq_len);
@@ -224,10 +298,16 @@ void DataStream::AddExample(std::string_view prompt, std::string_view response) 
   std::vector<int32_t> all = *prompt_tokens;
   all.insert(all.end(), response_tokens->begin(), response_tokens->end());
   all.push_back(options_.eos_token);
+  const auto prompt_length = static_cast<int64_t>(prompt_tokens->size());
+  if (record_set_ != nullptr) {
+    // A record keeps its whole response, over as many windows as it takes.
+    if (epoch_ == 0) ++counts_.sft_examples;
+    AppendToRecord(all, prompt_length);
+    return;
+  }
   if (static_cast<int64_t>(all.size()) > options_.seq_len + 1) {
     all.resize(static_cast<size_t>(options_.seq_len + 1));
   }
-  const auto prompt_length = static_cast<int64_t>(prompt_tokens->size());
   if (prompt_length + 1 >= static_cast<int64_t>(all.size())) {
     Warn(line_number_, "the prompt fills the whole sequence, example skipped");
     return;

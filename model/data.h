@@ -23,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -63,6 +64,43 @@ struct Batch {
 
 enum class Split { kTrain, kValidation };
 
+// DP-SGD's unit of privacy, the thing whose presence the guarantee hides:
+//   kLine       one line of a .txt/.md file, or one JSONL line;
+//   kParagraph  one blank-line-separated paragraph of a .txt/.md file, or one JSONL line;
+//   kFile       one whole file.
+enum class RecordUnit { kLine, kParagraph, kFile };
+absl::StatusOr<RecordUnit> ParseRecordUnit(std::string_view name);
+std::string_view RecordUnitName(RecordUnit unit);
+
+// One record's tokens in order, and for each position whether predicting its token carries
+// loss (not a prompt's tokens, nor the record's first token, which nothing precedes). Text ends
+// with EOS; a file record's documents follow each other as packing would place them.
+struct Record {
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> loss;
+
+  // Positions with loss.
+  int64_t predictions() const;
+  // Windows of seq_len inputs it needs: ⌈(tokens − 1)/seq_len⌉.
+  int64_t windows(int64_t seq_len) const;
+};
+
+struct RecordSet {
+  RecordUnit unit = RecordUnit::kParagraph;
+  std::vector<Record> records;
+  DataCounts counts;
+  // Records with no position to learn from (a prompt with an empty response, a lone token).
+  int64_t empty_records = 0;
+};
+
+// The training split of a directory as whole records, in memory: DP-SGD samples records, not
+// sequences. Documents go to the validation split as DataStream sends them (so validation
+// still reads what training does not), and a file record is its file's training documents.
+// Skips and warnings as DataStream's.
+absl::StatusOr<RecordSet> ReadRecords(const std::filesystem::path& directory,
+                                      const Tokenizer& tokenizer, const DataOptions& options,
+                                      RecordUnit unit);
+
 class DataStream {
  public:
   // Lists the directory (recursively; other extensions are ignored). InvalidArgument when it has
@@ -85,6 +123,10 @@ class DataStream {
     std::vector<int32_t> targets;
   };
 
+  friend absl::StatusOr<RecordSet> ReadRecords(const std::filesystem::path& directory,
+                                               const Tokenizer& tokenizer,
+                                               const DataOptions& options, RecordUnit unit);
+
   DataStream(std::vector<std::filesystem::path> files, std::filesystem::path root,
              const Tokenizer& tokenizer, Split split, DataOptions options);
 
@@ -98,6 +140,9 @@ class DataStream {
   void ReadJsonLine(const std::string& line);
   void FinishParagraph();
   void BucketExamples(bool flush);
+  // Record mode (ReadRecords): documents join the open record instead of the packer.
+  void AppendToRecord(std::span<const int32_t> tokens, int64_t loss_from);
+  void CloseRecord();
   bool TakeBatch(Batch& batch, bool flush);
 
   std::vector<std::filesystem::path> files_;
@@ -123,6 +168,9 @@ class DataStream {
   int64_t epoch_ = 0;
   int64_t yielded_this_epoch_ = 0;
   DataCounts counts_;
+  // Set in record mode only.
+  RecordSet* record_set_ = nullptr;
+  Record open_record_;
 };
 
 }  // namespace fedmoe::model

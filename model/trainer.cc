@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "model/dp_sgd.h"
 #include "model/training_backend.h"
 #ifdef FEDMOE_TRAIN_WITH_CUDA
 #include "model/cuda_training.h"
@@ -90,6 +91,170 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateBackend(ModelParameters& 
 #endif
 }
 
+// DP-SGD's steps: each draws a Poisson sample of the training records, accumulates their
+// clipped gradients in micro-batches of whole records, and noises and averages the sum.
+class PrivateSteps {
+ public:
+  static absl::StatusOr<std::unique_ptr<PrivateSteps>> Create(
+      const ModelParameters& parameters, const Tokenizer& tokenizer,
+      const std::filesystem::path& data_directory, const DataOptions& data_options,
+      const TrainOptions& options) {
+    const RecordPrivacyOptions& privacy = options.record_privacy;
+    if (privacy.max_record_windows < 1) {
+      return absl::InvalidArgumentError("max_record_windows must be at least 1");
+    }
+    if (options.trainable.embeddings) {
+      return absl::InvalidArgumentError(
+          "DP-SGD cannot train embeddings: an embedding row gathers from every record that uses "
+          "its token, so per-record clipping does not bound it");
+    }
+    if (options.matmul_precision != MatMulPrecision::kFloat32) {
+      return absl::InvalidArgumentError(
+          "DP-SGD's per-record clipping needs fp32 products (matmul_precision: fp32 or auto)");
+    }
+    absl::StatusOr<RecordSet> records =
+        ReadRecords(data_directory, tokenizer, data_options, privacy.unit);
+    if (!records.ok()) return records.status();
+    if (records->records.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          data_directory.string(), " has no training record with text to learn from (unit: ",
+          std::string(RecordUnitName(privacy.unit)), ")"));
+    }
+    int64_t trainable_values = 0;
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    for (const TensorSpec& spec : parameters.layout().tensors()) {
+      if (!options.trainable.Includes(spec.role)) continue;
+      ranges.emplace_back(spec.offset, spec.size);
+      trainable_values += spec.size;
+    }
+    absl::StatusOr<GradientNoise> noise =
+        GradientNoise::Create(privacy.noise_multiplier, privacy.clip_norm, trainable_values);
+    if (!noise.ok()) return noise.status();
+    absl::StatusOr<privacy::SecureRandom> sampling = privacy::SecureRandom::FromSystem();
+    if (!sampling.ok()) return sampling.status();
+    absl::StatusOr<privacy::SecureRandom> noising = privacy::SecureRandom::FromSystem();
+    if (!noising.ok()) return noising.status();
+    const auto record_count = static_cast<int64_t>(records->records.size());
+    const double expected_batch =
+        static_cast<double>(options.batch_size * options.gradient_accumulation);
+    const double rate = std::min(1.0, expected_batch / static_cast<double>(record_count));
+    RecordPrivacySpend spend{.unit = privacy.unit,
+                             .records = record_count,
+                             .sampling_rate = rate,
+                             .noise_multiplier = noise->effective_noise_multiplier(),
+                             .clip_norm = privacy.clip_norm};
+    for (const Record& record : records->records) {
+      if (record.windows(options.seq_len) > privacy.max_record_windows) ++spend.truncated_records;
+    }
+    return std::unique_ptr<PrivateSteps>(new PrivateSteps(
+        std::move(*records), RecordSampler(record_count, rate, std::move(*sampling)),
+        std::move(*noise), std::move(*noising), std::move(ranges), trainable_values,
+        rate * static_cast<double>(record_count), data_options.eos_token, options, spend));
+  }
+
+  // One step's gradient into `backend`, before the optimizer takes it. Returns the loss of the
+  // records taken (mean cross-entropy over their predictions).
+  absl::StatusOr<LossBreakdown> Accumulate(TrainingBackend& backend, BackwardOptions loss_options,
+                                           int64_t& tokens) {
+    absl::StatusOr<std::vector<int64_t>> taken = sampler_.Draw();
+    if (!taken.ok()) return taken.status();
+    // The loss is reported as a sum here, averaged below.
+    loss_options.predictions_in_step = 1;
+    loss_options.step_share = 1;
+    LossBreakdown step;
+    double balance_rows = 0;
+    Batch batch;
+    RecordRows rows;
+    auto flush = [&]() -> absl::Status {
+      if (batch.batch == 0) return absl::OkStatus();
+      absl::StatusOr<LossBreakdown> loss =
+          backend.AccumulateClippedGradients(batch, rows, loss_options, spend_.clip_norm, norms_);
+      if (!loss.ok()) return loss.status();
+      step.cross_entropy += loss->cross_entropy;
+      step.predictions += batch.predictions;
+      step.balance_per_layer += loss->balance_per_layer * static_cast<double>(rows.rows());
+      balance_rows += static_cast<double>(rows.rows());
+      for (const double norm : norms_) spend_.records_clipped += norm > spend_.clip_norm ? 1 : 0;
+      tokens += rows.rows();
+      batch = Batch();
+      rows = RecordRows();
+      return absl::OkStatus();
+    };
+    for (const int64_t index : *taken) {
+      const Record& record = records_.records[static_cast<size_t>(index)];
+      const int64_t windows =
+          std::min(record.windows(options_.seq_len), options_.record_privacy.max_record_windows);
+      if (batch.batch > 0 && batch.batch + windows > options_.batch_size) {
+        if (absl::Status status = flush(); !status.ok()) return status;
+      }
+      AppendRecordWindows(record, options_.seq_len, options_.record_privacy.max_record_windows,
+                          pad_, batch, rows);
+    }
+    if (absl::Status status = flush(); !status.ok()) return status;
+    spend_.records_sampled += static_cast<int64_t>(taken->size());
+
+    absl::StatusOr<std::span<float>> gradients = backend.MutableStepGradients();
+    if (!gradients.ok()) return gradients.status();
+    const auto scale = static_cast<float>(1.0 / expected_batch_);
+    for (const auto& [offset, size] : ranges_) {
+      const std::span<float> tensor =
+          gradients->subspan(static_cast<size_t>(offset), static_cast<size_t>(size));
+      if (absl::Status status = noise_.AddTo(tensor, noise_random_); !status.ok()) return status;
+      for (float& value : tensor) value *= scale;
+    }
+    ++spend_.steps;
+    spend_.sampler_total_variation +=
+        static_cast<double>(trainable_values_) * privacy::TabulatedNoise::kDrawTotalVariation;
+    if (step.predictions > 0) step.cross_entropy /= static_cast<double>(step.predictions);
+    if (balance_rows > 0) step.balance_per_layer /= balance_rows;
+    return step;
+  }
+
+  const RecordPrivacySpend& spend() const { return spend_; }
+  const DataCounts& counts() const { return records_.counts; }
+
+ private:
+  PrivateSteps(RecordSet records, RecordSampler sampler, GradientNoise noise,
+               privacy::SecureRandom noise_random, std::vector<std::pair<int64_t, int64_t>> ranges,
+               int64_t trainable_values, double expected_batch, int32_t pad,
+               const TrainOptions& options, RecordPrivacySpend spend)
+      : records_(std::move(records)),
+        sampler_(std::move(sampler)),
+        noise_(std::move(noise)),
+        noise_random_(std::move(noise_random)),
+        ranges_(std::move(ranges)),
+        trainable_values_(trainable_values),
+        expected_batch_(expected_batch),
+        pad_(pad),
+        options_(options),
+        spend_(spend) {}
+
+  RecordSet records_;
+  RecordSampler sampler_;
+  GradientNoise noise_;
+  privacy::SecureRandom noise_random_;
+  std::vector<std::pair<int64_t, int64_t>> ranges_;
+  int64_t trainable_values_;
+  double expected_batch_;
+  // Fills a record's last window: its rows carry no loss, and causal attention keeps them out
+  // of the record's own positions.
+  int32_t pad_;
+  TrainOptions options_;
+  RecordPrivacySpend spend_;
+  std::vector<double> norms_;
+};
+
+// The routing histogram a private run reports: its expected slots, spread evenly over the
+// experts, which depend on the options alone.
+std::vector<std::vector<int64_t>> PublicExpertSlots(const MoeConfig& config,
+                                                    const TrainOptions& options) {
+  const int64_t slots = options.steps * options.batch_size * options.gradient_accumulation *
+                        options.seq_len * config.num_experts_per_tok;
+  return {static_cast<size_t>(config.num_hidden_layers),
+          std::vector<int64_t>(static_cast<size_t>(config.num_local_experts),
+                               std::max<int64_t>(1, slots / config.num_local_experts))};
+}
+
 }  // namespace
 
 absl::Status CheckDeviceTakesModel(kernels::Device device, const MoeConfig& config) {
@@ -130,9 +295,26 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   data_options.seed = options.seed;
   data_options.eos_token = static_cast<int32_t>(config.eos_token_id);
   data_options.warn = callbacks.on_data_warning;
-  absl::StatusOr<std::unique_ptr<DataStream>> stream =
-      DataStream::Open(data_directory, tokenizer, Split::kTrain, data_options);
-  if (!stream.ok()) return stream.status();
+  // Exactly one of the two feeds the steps.
+  std::unique_ptr<DataStream> stream;
+  std::unique_ptr<PrivateSteps> private_steps;
+  if (options.record_privacy.enabled) {
+    absl::StatusOr<std::unique_ptr<PrivateSteps>> steps =
+        PrivateSteps::Create(parameters, tokenizer, data_directory, data_options, options);
+    if (!steps.ok()) return steps.status();
+    private_steps = std::move(*steps);
+    if (const int64_t truncated = private_steps->spend().truncated_records;
+        truncated > 0 && callbacks.on_data_warning) {
+      callbacks.on_data_warning(absl::StrCat(
+          truncated, " records are longer than ", options.record_privacy.max_record_windows,
+          " windows of ", options.seq_len, " tokens and train on their first windows only"));
+    }
+  } else {
+    absl::StatusOr<std::unique_ptr<DataStream>> opened =
+        DataStream::Open(data_directory, tokenizer, Split::kTrain, data_options);
+    if (!opened.ok()) return opened.status();
+    stream = std::move(*opened);
+  }
 
   const int64_t warmup = WarmupSteps(options);
   BackwardOptions loss_options;
@@ -150,25 +332,35 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   double validation_seconds = 0;
 
   for (int64_t step = 0; step < options.steps; ++step) {
-    // The step's mean is over all its micro-batches' predictions, so read them all first.
-    int64_t predictions = 0;
-    for (Batch& batch : micro_batches) {
-      absl::StatusOr<bool> more = (*stream)->Next(batch);
-      if (!more.ok()) return more.status();
-      predictions += batch.predictions;
-      result.tokens += batch.batch * batch.seq_len;
-    }
-    loss_options.predictions_in_step = static_cast<double>(std::max<int64_t>(predictions, 1));
     LossBreakdown step_loss;
-    for (const Batch& batch : micro_batches) {
-      absl::StatusOr<LossBreakdown> loss = (*backend)->AccumulateGradients(batch, loss_options);
+    if (private_steps != nullptr) {
+      absl::StatusOr<LossBreakdown> loss =
+          private_steps->Accumulate(**backend, loss_options, result.tokens);
       if (!loss.ok()) return loss.status();
-      step_loss.cross_entropy += loss->cross_entropy;
-      step_loss.balance_per_layer += loss->balance_per_layer * loss_options.step_share;
+      step_loss = *loss;
+    } else {
+      // The step's mean is over all its micro-batches' predictions, so read them all first.
+      int64_t predictions = 0;
+      for (Batch& batch : micro_batches) {
+        absl::StatusOr<bool> more = stream->Next(batch);
+        if (!more.ok()) return more.status();
+        predictions += batch.predictions;
+        result.tokens += batch.batch * batch.seq_len;
+      }
+      loss_options.predictions_in_step = static_cast<double>(std::max<int64_t>(predictions, 1));
+      for (const Batch& batch : micro_batches) {
+        absl::StatusOr<LossBreakdown> loss = (*backend)->AccumulateGradients(batch, loss_options);
+        if (!loss.ok()) return loss.status();
+        step_loss.cross_entropy += loss->cross_entropy;
+        step_loss.balance_per_layer += loss->balance_per_layer * loss_options.step_share;
+      }
     }
     const double lr = LearningRate(step, options.steps, warmup, options.learning_rate,
                                    options.schedule, options.min_learning_rate_ratio);
-    absl::StatusOr<double> norm = (*backend)->ApplyGradients(lr, options.max_gradient_norm);
+    // Under DP-SGD the noised gradient is the private release; clipping it again would only
+    // shrink the noise's signal further, so the step takes it as it is.
+    absl::StatusOr<double> norm =
+        (*backend)->ApplyGradients(lr, private_steps != nullptr ? 0.0 : options.max_gradient_norm);
     if (!norm.ok()) return norm.status();
 
     recent_losses.push_back(step_loss.cross_entropy);
@@ -198,15 +390,21 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
     }
   }
   if (absl::Status status = (*backend)->CopyParametersTo(parameters); !status.ok()) return status;
-  absl::StatusOr<std::vector<std::vector<int64_t>>> slots = (*backend)->ExpertSlots();
-  if (!slots.ok()) return slots.status();
-  result.expert_slots = std::move(*slots);
+  if (private_steps != nullptr) {
+    result.expert_slots = PublicExpertSlots(config, options);
+    result.record_privacy = private_steps->spend();
+    result.data = private_steps->counts();
+  } else {
+    absl::StatusOr<std::vector<std::vector<int64_t>>> slots = (*backend)->ExpertSlots();
+    if (!slots.ok()) return slots.status();
+    result.expert_slots = std::move(*slots);
+    result.data = stream->counts();
+  }
   result.steps = options.steps;
   result.train_loss = std::accumulate(recent_losses.begin(), recent_losses.end(), 0.0) /
                       static_cast<double>(recent_losses.size());
   result.tokens_per_second =
       static_cast<double>(result.tokens) / (SecondsSince(start) - validation_seconds);
-  result.data = (*stream)->counts();
   return result;
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string_view>
 
 #include "absl/status/statusor.h"
@@ -18,6 +19,39 @@
 #include "model/tokenizer.h"
 
 namespace fedmoe::model {
+
+// DP-SGD: record-level differential privacy for local training (dp_sgd.h, per_record_clipping.h).
+// Each step takes every record of the training split with probability
+// q = batch_size·gradient_accumulation / records, clips each record's gradient to clip_norm,
+// adds Gaussian noise of standard deviation noise_multiplier·clip_norm to the sum and divides
+// by the expected batch. Micro-batches then hold at most batch_size windows (a record is never
+// split between two), and max_gradient_norm does not apply.
+struct RecordPrivacyOptions {
+  bool enabled = false;
+  double noise_multiplier = 1.0;
+  double clip_norm = 1.0;
+  RecordUnit unit = RecordUnit::kParagraph;
+  // A record longer than this many windows trains on its first ones only (counted, reported).
+  int64_t max_record_windows = 64;
+};
+
+// What a private run spent, for the site's ledger: `steps` Poisson-subsampled Gaussian steps
+// at rate sampling_rate and multiplier noise_multiplier (the effective one the rounding to the
+// noise grid leaves, dp_sgd.h), plus sampler_total_variation for the noise sampler's distance
+// from its law (privacy/noise.h).
+struct RecordPrivacySpend {
+  RecordUnit unit = RecordUnit::kParagraph;
+  int64_t records = 0;
+  int64_t steps = 0;
+  double sampling_rate = 0;
+  double noise_multiplier = 0;
+  double clip_norm = 0;
+  double sampler_total_variation = 0;
+  int64_t truncated_records = 0;
+  // Records taken over all steps, and how many of them were clipped.
+  int64_t records_sampled = 0;
+  int64_t records_clipped = 0;
+};
 
 // The defaults below are the one set both vocabularies share: train.yaml (`fedmoe-client train`)
 // and a round policy's `training:` block (coordinator/round_policy.cc derives its defaults from
@@ -50,6 +84,7 @@ struct TrainOptions {
   int64_t eval_every = 50;
   int64_t eval_batches = 8;
   double validation_fraction = 0.05;
+  RecordPrivacyOptions record_privacy;
 };
 
 // The warmup a run takes: warmup_steps, or with −1, min(100, steps / 10). Inline: the
@@ -81,7 +116,11 @@ struct TrainResult {
   DataCounts data;
   // Routed token slots per [layer][expert] over all training forward passes: the client's
   // routing histogram, from which a federated update weights each expert (DESIGN §4).
+  // Under DP-SGD the counts would reveal records' routing without noise, so it holds the
+  // expected slots of the run's steps spread evenly instead, a number that no record moves.
   std::vector<std::vector<int64_t>> expert_slots;
+  // Set when options.record_privacy.enabled.
+  std::optional<RecordPrivacySpend> record_privacy;
 };
 
 struct TrainCallbacks {

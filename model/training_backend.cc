@@ -38,6 +38,31 @@ class CpuTrainingBackend : public TrainingBackend {
                     gradients_, scratch_);
   }
 
+  absl::StatusOr<LossBreakdown> AccumulateClippedGradients(
+      const Batch& batch, const RecordRows& records, const BackwardOptions& options,
+      double clip_norm, std::vector<double>& record_norms) override {
+    if (absl::Status status =
+            Forward(parameters_, batch.tokens, batch.batch, batch.seq_len, training_pass_);
+        !status.ok()) {
+      return status;
+    }
+    clipping_.Begin(records);
+    BackwardOptions clipped = options;
+    clipped.per_record = &clipping_;
+    absl::StatusOr<LossBreakdown> loss =
+        Backward(parameters_, training_pass_, batch.targets, options_.trainable, clipped,
+                 gradients_, scratch_);
+    if (!loss.ok()) return loss.status();
+    absl::StatusOr<std::vector<double>> norms = clipping_.Finish(clip_norm);
+    if (!norms.ok()) return norms.status();
+    record_norms = std::move(*norms);
+    return loss;
+  }
+
+  absl::StatusOr<std::span<float>> MutableStepGradients() override {
+    return std::span<float>(gradients_.data(), gradients_.size());
+  }
+
   absl::StatusOr<double> ApplyGradients(double learning_rate, double max_norm) override {
     const double norm = GradientNorm(parameters_.layout(), options_.trainable, gradients_);
     optimizer_.Step(parameters_.values(), gradients_, learning_rate, ClipScale(norm, max_norm));
@@ -86,9 +111,22 @@ class CpuTrainingBackend : public TrainingBackend {
   // the training pass's buffers.
   ForwardPass evaluation_pass_;
   BackwardScratch scratch_;
+  PerRecordClipping clipping_;
 };
 
 }  // namespace
+
+absl::StatusOr<LossBreakdown> TrainingBackend::AccumulateClippedGradients(
+    const Batch& /*batch*/, const RecordRows& /*records*/, const BackwardOptions& /*options*/,
+    double /*clip_norm*/, std::vector<double>& /*record_norms*/) {
+  return absl::UnimplementedError(
+      "DP-SGD's per-record clipping runs on the CPU backend in this version; train on the CPU "
+      "(training.device: cpu)");
+}
+
+absl::StatusOr<std::span<float>> TrainingBackend::MutableStepGradients() {
+  return absl::UnimplementedError("this backend keeps its gradients on a device");
+}
 
 absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCpuTrainingBackend(
     ModelParameters& parameters, const BackendOptions& options) {

@@ -48,6 +48,18 @@ class TrainingBackend {
   virtual absl::StatusOr<LossBreakdown> AccumulateGradients(const Batch& batch,
                                                             const BackwardOptions& options) = 0;
 
+  // DP-SGD's micro-batch: forward and backward over a batch whose rows belong to `records`
+  // (backward.h's BackwardOptions::per_record), adding the sum of the records' gradients each
+  // clipped to L2 norm clip_norm. Returns the loss and writes each record's norm before
+  // clipping. Backends without per-record clipping return Unimplemented.
+  virtual absl::StatusOr<LossBreakdown> AccumulateClippedGradients(
+      const Batch& batch, const RecordRows& records, const BackwardOptions& options,
+      double clip_norm, std::vector<double>& record_norms);
+
+  // The step's gradient so far, in place, for DP-SGD's noise; Unimplemented where it lives on
+  // a device.
+  virtual absl::StatusOr<std::span<float>> MutableStepGradients();
+
   // Clips the step's gradient to max_norm (≤ 0: no clipping), takes one AdamW step at
   // `learning_rate` and zeroes the gradient for the next step. Returns the norm before clipping.
   virtual absl::StatusOr<double> ApplyGradients(double learning_rate, double max_norm) = 0;
