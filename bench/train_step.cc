@@ -13,12 +13,22 @@
 //   build/bin/train_step [--config tiny|small|medium|all] [--steps N] [--threads T] [--no-torch]
 //                        [--matmul-precision fp32|bf16|all] [--device cpu|cuda]
 //                        [--batch B] [--accumulation N] [--peak-tflops P] [--attention tf32|fp32]
-//                        [--expert-products grouped|streams]
+//                        [--expert-products grouped|streams] [--dp]
+//
+// --dp: the DP-SGD step (per-record clipping and noise) beside the same step without privacy, on
+// `small` unless --config says otherwise, with 32 records of one 128-token window each (so both
+// steps see the same tokens; a Poisson draw varies around that) and the experts and router
+// trainable: tokens/s and peak RSS, each in a child process of its own so that one's peak does
+// not hide the other's.
 //
 // --attention (GPU only): attention's products on the tensor cores with TF32 operands, the
 // bf16 default, or fp32 on the CUDA cores, for the step's difference (bench/attention times
 // the kernels alone). --expert-products (GPU only): each layer's expert products as one grouped
 // cuBLAS call, the default, or one product each on concurrent streams.
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
@@ -35,8 +45,10 @@
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/threads.h"
 #include "model/backward.h"
+#include "model/dp_sgd.h"
 #include "model/init.h"
 #include "model/optimizer.h"
+#include "model/training_backend.h"
 #ifdef FEDMOE_BENCH_CUDA
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/profile.h"
@@ -209,6 +221,123 @@ StepTimes TrainStep(const Shape& shape, int steps, model::MatMulPrecision precis
   times.backward /= steps;
   times.optimizer /= steps;
   return times;
+}
+
+// One optimizer step through the CPU training backend, as the trainer takes it, with or without
+// DP-SGD, over `records` records of one window each. Returns tokens/s and the process's peak RSS.
+Json BackendStep(const Shape& shape, int steps, int64_t records, bool private_step) {
+  model::ModelParameters parameters = model::InitializeModel(ConfigOf(shape), 1);
+  const std::vector<int32_t> tokens = RandomTokens(records * (shape.seq_len + 1), 3);
+  model::Batch batch;
+  model::RecordRows rows;
+  for (int64_t r = 0; r < records; ++r) {
+    model::Record record;
+    const auto first = tokens.begin() + r * (shape.seq_len + 1);
+    record.tokens.assign(first, first + shape.seq_len + 1);
+    record.loss.assign(record.tokens.size(), 1);
+    record.loss.front() = 0;
+    model::AppendRecordWindows(record, shape.seq_len, 1, 256, batch, rows);
+  }
+  const model::TrainableSet trainable;  // routed experts, shared experts, router
+  model::BackendOptions backend_options;
+  backend_options.trainable = trainable;
+  absl::StatusOr<std::unique_ptr<model::TrainingBackend>> backend =
+      model::CreateCpuTrainingBackend(parameters, backend_options);
+  if (!backend.ok()) std::abort();
+  int64_t trainable_values = 0;
+  for (const model::TensorSpec& spec : parameters.layout().tensors()) {
+    if (trainable.Includes(spec.role)) trainable_values += spec.size;
+  }
+  absl::StatusOr<model::GradientNoise> noise =
+      model::GradientNoise::Create(1.0, 1.0, trainable_values);
+  absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
+  if (!noise.ok() || !random.ok()) std::abort();
+  model::BackwardOptions options{.balance_coefficient = 0.02,
+                                 .predictions_in_step = static_cast<double>(batch.predictions)};
+  std::vector<double> norms;
+  auto step = [&] {
+    if (!private_step) {
+      if (!(*backend)->AccumulateGradients(batch, options).ok()) std::abort();
+      if (!(*backend)->ApplyGradients(1e-3, 1.0).ok()) std::abort();
+      return;
+    }
+    if (!(*backend)->AccumulateClippedGradients(batch, rows, options, 1.0, norms).ok()) {
+      std::abort();
+    }
+    absl::StatusOr<std::span<float>> gradients = (*backend)->MutableStepGradients();
+    if (!gradients.ok()) std::abort();
+    for (const model::TensorSpec& spec : parameters.layout().tensors()) {
+      if (!trainable.Includes(spec.role)) continue;
+      const std::span<float> tensor =
+          gradients->subspan(static_cast<size_t>(spec.offset), static_cast<size_t>(spec.size));
+      if (!noise->AddTo(tensor, *random).ok()) std::abort();
+      for (float& value : tensor) value /= static_cast<float>(records);
+    }
+    if (!(*backend)->ApplyGradients(1e-3, 0.0).ok()) std::abort();
+  };
+  step();
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < steps; ++i) step();
+  const double seconds = Seconds(start);
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return {{"tokens_per_second", static_cast<double>(records * shape.seq_len * steps) / seconds},
+          {"step_seconds", seconds / steps},
+          {"peak_rss_mib", static_cast<double>(usage.ru_maxrss) / 1024.0}};
+}
+
+// BackendStep in a child process, so that its peak RSS is its own.
+Json InChild(const std::function<Json()>& run) {
+  int pipe_ends[2];
+  if (pipe(pipe_ends) != 0) return {{"error", "pipe failed"}};
+  const pid_t child = fork();
+  if (child == 0) {
+    close(pipe_ends[0]);
+    const std::string line = run().dump();
+    const ssize_t written = write(pipe_ends[1], line.data(), line.size());
+    _exit(written == static_cast<ssize_t>(line.size()) ? 0 : 1);
+  }
+  close(pipe_ends[1]);
+  std::string output;
+  char buffer[4096];
+  for (ssize_t n; (n = read(pipe_ends[0], buffer, sizeof(buffer))) > 0;) {
+    output.append(buffer, static_cast<size_t>(n));
+  }
+  close(pipe_ends[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  const Json json = Json::parse(output, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return {{"error", "the child step failed"}};
+  }
+  return json;
+}
+
+int PrivateStepComparison(Shape shape, int steps, int64_t batch_override) {
+  constexpr int64_t kRecords = 32;
+  shape.seq_len = 128;
+  const int64_t records = batch_override > 0 ? batch_override : kRecords;
+  const Json plain = InChild([&] { return BackendStep(shape, steps, records, false); });
+  const Json dp = InChild([&] { return BackendStep(shape, steps, records, true); });
+  if (plain.contains("error") || dp.contains("error")) {
+    std::fprintf(stderr, "train_step: a child step failed\n");
+    return 1;
+  }
+  Json line = {{"benchmark", "train_step_dp"},
+               {"config", shape.name},
+               {"records", records},
+               {"seq_len", shape.seq_len},
+               {"trainable", "routed_experts,shared_experts,router"},
+               {"threads", kernels::cpu::CpuThreads()},
+               {"steps", steps},
+               {"non_private", plain},
+               {"private", dp},
+               {"time_ratio", plain.at("tokens_per_second").get<double>() /
+                                  dp.at("tokens_per_second").get<double>()},
+               {"memory_ratio",
+                dp.at("peak_rss_mib").get<double>() / plain.at("peak_rss_mib").get<double>()}};
+  std::printf("%s\n", line.dump().c_str());
+  return 0;
 }
 
 // The expert products of one MoE layer's forward and backward with balanced routing: per
@@ -471,6 +600,7 @@ int Main(int argc, char** argv) {
   std::string precision_choice = "all";
   std::string device = "cpu";
   int64_t batch_override = 0;
+  bool private_step = false;
   [[maybe_unused]] CudaStepChoices cuda_choices;  // read only by the CUDA bench
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -497,6 +627,8 @@ int Main(int argc, char** argv) {
       cuda_choices.concurrent_expert_products = std::string(argv[++i]) == "streams";
     } else if (arg == "--no-torch") {
       torch = false;
+    } else if (arg == "--dp") {
+      private_step = true;
     } else if (arg == "--matmul-precision" && i + 1 < argc &&
                (std::string(argv[i + 1]) == "fp32" || std::string(argv[i + 1]) == "bf16" ||
                 std::string(argv[i + 1]) == "all")) {
@@ -506,7 +638,7 @@ int Main(int argc, char** argv) {
                    "usage: train_step [--config tiny|small|medium|all] [--steps N] "
                    "[--threads T] [--no-torch] [--matmul-precision fp32|bf16|all] "
                    "[--device cpu|cuda] [--batch B] [--accumulation N] [--peak-tflops P] "
-                   "[--attention tf32|fp32] [--expert-products grouped|streams]\n");
+                   "[--attention tf32|fp32] [--expert-products grouped|streams] [--dp]\n");
       return 2;
     }
   }
@@ -535,6 +667,15 @@ int Main(int argc, char** argv) {
   }
   kernels::cpu::SetCpuThreads(threads);
   kernels::cpu::RetainFreedMemory();
+  if (private_step) {
+    for (const Shape& shape : kShapes) {
+      if (shape.name == (only == "all" ? "small" : only)) {
+        return PrivateStepComparison(shape, steps, batch_override);
+      }
+    }
+    std::fprintf(stderr, "train_step: no config %s\n", only.c_str());
+    return 2;
+  }
   // bf16 only where the CPU multiplies bf16 in hardware: emulated, it measures nothing useful.
   std::vector<model::MatMulPrecision> precisions;
   if (precision_choice != "bf16") precisions.push_back(model::MatMulPrecision::kFloat32);
