@@ -31,6 +31,7 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   reader->Read("training.threads", &config.threads);
   ReadComputeSettings(*reader, "training.", &config.compute);
   reader->Read("metrics.listen", &config.metrics_listen);
+  PrivacyPolicy::Read(*reader, &config.privacy_policy);
   if (config.threads < 0 || config.threads > 1024) {
     reader->Invalid("training.threads", "must be between 0 (all cores) and 1024");
   }
@@ -56,6 +57,12 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   }
   if (absl::Status status = reader->Finish(); !status.ok()) return status;
   return config;
+}
+
+absl::StatusOr<ClientConfig> LoadClientConfig(const config::CommandLine& flags) {
+  if (auto path = flags.Get("config")) return ClientConfig::Load(*path);
+  if (auto dir = flags.Get("state-dir")) return ClientConfig::Load(ClientStateDir{*dir}.config());
+  return absl::InvalidArgumentError("--config FILE or --state-dir DIR is required");
 }
 
 std::string ClientConfig::ToYaml() const {
@@ -107,7 +114,7 @@ std::string ClientConfig::ToYaml() const {
       "metrics:\n"
       "  # Prometheus /metrics endpoint, host:port; empty turns it off.\n"
       "  listen: \"",
-      metrics_listen, "\"\n");
+      metrics_listen, "\"\n\n", privacy_policy.ToYaml());
 }
 
 }  // namespace fedmoe::client

@@ -8,7 +8,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/privacy_policy.h"
 #include "client/train_options.h"
+#include "config/command_line.h"
 #include "model/forward.h"
 
 namespace fedmoe::client {
@@ -27,6 +29,8 @@ struct ClientStateDir {
   std::filesystem::path peer_keys() const { return root / "peer-keys"; }
   // The global models this client downloaded: v<N>/, the newest two.
   std::filesystem::path models() const { return root / "models"; }
+  // The site's record-level privacy ledger (client/record_ledger.h).
+  std::filesystem::path record_ledger() const { return root / "record-privacy.json"; }
 };
 
 struct ClientConfig {
@@ -51,10 +55,15 @@ struct ClientConfig {
   ComputeSettings compute;
   // host:port of the Prometheus /metrics endpoint; empty turns it off. Loopback by default.
   std::string metrics_listen = "127.0.0.1:9465";
+  // The site's privacy floor and record-level budget (privacy_policy.h).
+  PrivacyPolicy privacy_policy;
 
   static absl::StatusOr<ClientConfig> Load(const std::filesystem::path& path);
   std::string ToYaml() const;
 };
+
+// The config that --config FILE names, or the one in --state-dir DIR.
+absl::StatusOr<ClientConfig> LoadClientConfig(const config::CommandLine& flags);
 
 }  // namespace fedmoe::client
 

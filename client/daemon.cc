@@ -15,6 +15,8 @@
 #include "kernels/cpu/threads.h"
 #include "logging/log.h"
 #include "model/checkpoint.h"
+#include "model/data.h"
+#include "model/dp_sgd.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "pki/certificate_authority.h"
@@ -134,6 +136,7 @@ grpc::Status ClientDaemon::PollOnce() {
       std::string(kernels::DeviceName(training_device_.value_or(config_.compute.device))));
   request.set_known_round_id(known_round_);
   request.set_known_stage(known_stage_);
+  if (known_stage_ == v1::ROUND_STAGE_ABORTED) request.set_left_reason(left_reason_);
   request.set_local_model_version(progress_.model_version);
   v1::PollTaskResponse response;
   grpc::ClientContext context;
@@ -207,7 +210,8 @@ void ClientDaemon::WriteStatus(const std::string& state, const std::string& deta
                   ",\"tokens\":", progress_.train_tokens,
                   ",\"loss\":", absl::StrFormat("%.6g", progress_.train_loss),
                   ",\"seconds\":", absl::StrFormat("%.3f", progress_.train_seconds),
-                  "},\"bytes_sent_last_round\":", progress_.bytes_sent_last_round, "}\n");
+                  "},\"bytes_sent_last_round\":", progress_.bytes_sent_last_round,
+                  ",\"record_privacy\":", record_privacy_status_, "}\n");
   using std::filesystem::perms;
   storage::WriteFileAtomically(config_.state_dir.status(), json,
                                perms::owner_read | perms::owner_write | perms::group_read)
@@ -223,6 +227,9 @@ void ClientDaemon::Withdraw(uint64_t round_id, const absl::Status& why) {
   encoded_update_.clear();
   progress_.last_round = round_id;
   progress_.last_outcome = absl::StrCat("left: ", why.message());
+  // One line of at most 256 bytes, as the poll's contract says.
+  left_reason_ = std::string(why.message().substr(0, 256));
+  std::replace(left_reason_.begin(), left_reason_.end(), '\n', ' ');
   WriteStatus("connected", "");
 }
 
@@ -231,6 +238,10 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
     return absl::FailedPreconditionError("no training.data is configured in client.yaml");
   }
   const v1::UpdateSpec& spec = task.update_spec();
+  // The site's floor comes first: a round below it costs no download and no training.
+  if (absl::Status status = CheckRoundAgainstPolicy(config_.privacy_policy, task); !status.ok()) {
+    return status;
+  }
   absl::StatusOr<std::filesystem::path> directory =
       SyncModel(*federation_, spec.base_model(), config_.state_dir.models());
   if (!directory.ok()) return directory.status();
@@ -260,7 +271,10 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   }
   options.device = compute.device;
   options.matmul_precision = compute.matmul_precision;
-  training_device_ = compute.device;
+  absl::StatusOr<DatasetAccount> account =
+      PrepareRecordPrivacy(task.round_id(), *global, **tokenizer, options);
+  if (!account.ok()) return account.status();
+  training_device_ = options.device;
   LogEvent(LogLevel::kInfo, "local_training_started")
       .Field("round_id", task.round_id())
       .Field("model_version", spec.base_model().version())
@@ -283,6 +297,30 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
       .Field("tokens", trained->tokens)
       .Field("tokens_per_second", trained->tokens_per_second);
 
+  // Charged before anything derived from the training exists outside this process: a crash
+  // after this line leaves the round paid for and unsent, never the other way round.
+  if (trained->record_privacy.has_value()) {
+    absl::StatusOr<RecordPrivacyLedger> ledger =
+        RecordPrivacyLedger::Load(config_.state_dir.record_ledger());
+    if (!ledger.ok()) return ledger.status();
+    absl::StatusOr<DatasetAccount> charged =
+        account->With(*trained->record_privacy, task.round_id());
+    if (!charged.ok()) return charged.status();
+    if (absl::Status status = ledger->Record(*charged); !status.ok()) return status;
+    absl::StatusOr<double> epsilon = charged->Epsilon();
+    LogEvent(LogLevel::kInfo, "record_privacy_charged")
+        .Field("round_id", task.round_id())
+        .Field("record_unit", std::string(model::RecordUnitName(charged->unit)))
+        .Field("records", charged->records)
+        .Field("steps", trained->record_privacy->steps)
+        .Field("sampling_rate", trained->record_privacy->sampling_rate)
+        .Field("noise_multiplier", trained->record_privacy->noise_multiplier)
+        .Field("records_clipped", trained->record_privacy->records_clipped)
+        .Field("records_sampled", trained->record_privacy->records_sampled)
+        .Field("record_epsilon", epsilon.ok() ? *epsilon : -1.0)
+        .Field("record_delta", charged->delta);
+    record_privacy_status_ = RecordPrivacyStatus();
+  }
   absl::StatusOr<PlainUpdate> update =
       BuildPlainUpdate(*global, local, trained->expert_slots, spec);
   if (!update.ok()) return update.status();
@@ -308,6 +346,114 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   known_stage_ = v1::ROUND_STAGE_KEYS_ADVERTISED;
   ++progress_.rounds_joined;
   return absl::OkStatus();
+}
+
+absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
+    uint64_t round_id, const model::ModelParameters& global, const model::Tokenizer& tokenizer,
+    model::TrainOptions& options) {
+  const PrivacyPolicy& policy = config_.privacy_policy;
+  options.record_privacy.unit = policy.record_unit;
+  if (!options.record_privacy.enabled) {
+    if (policy.max_record_epsilon > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "privacy policy: the round runs no DP-SGD, so one record's influence on the update is "
+          "unbounded (record-level ε = ∞), past this site's max_record_epsilon ",
+          JsonNumber(policy.max_record_epsilon)));
+    }
+    return DatasetAccount();
+  }
+  // Per-record clipping runs on the CPU, in fp32; a configured GPU or bf16 is not silently
+  // replaced, an automatic choice is.
+  if (options.device != kernels::Device::kCpu) {
+    if (config_.compute.device_name != "auto") {
+      return absl::FailedPreconditionError(
+          "the round runs DP-SGD, whose per-record clipping runs on the CPU in this version; "
+          "set training.device to auto or cpu");
+    }
+    options.device = kernels::Device::kCpu;
+    LogEvent(LogLevel::kWarning, "training_device_fallback")
+        .Field("round_id", round_id)
+        .Field("reason", "DP-SGD's per-record clipping runs on the CPU");
+  }
+  if (options.matmul_precision != model::MatMulPrecision::kFloat32) {
+    if (config_.compute.matmul_precision_name == "bf16") {
+      return absl::FailedPreconditionError(
+          "the round runs DP-SGD, whose per-record clipping needs fp32 products; set "
+          "training.matmul_precision to auto or fp32");
+    }
+    options.matmul_precision = model::MatMulPrecision::kFloat32;
+  }
+  model::DataOptions data_options;
+  data_options.seq_len = options.seq_len;
+  data_options.validation_fraction = options.validation_fraction;
+  data_options.eos_token = static_cast<int32_t>(global.config().eos_token_id);
+  absl::StatusOr<model::RecordSet> records =
+      model::ReadRecords(config_.data, tokenizer, data_options, policy.record_unit);
+  if (!records.ok()) return records.status();
+  const auto record_count = static_cast<int64_t>(records->records.size());
+  absl::StatusOr<RecordPrivacyLedger> ledger =
+      RecordPrivacyLedger::Load(config_.state_dir.record_ledger());
+  if (!ledger.ok()) return ledger.status();
+  const std::string dataset = std::filesystem::absolute(config_.data).string();
+  DatasetAccount account = ledger->Account(
+      dataset, policy.record_unit,
+      policy.record_delta > 0 ? policy.record_delta : DefaultRecordDelta(record_count));
+  if (account.exhausted) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("privacy policy: dataset ", dataset, " has spent its record-level budget (",
+                     JsonNumber(policy.max_record_epsilon), "); it is not trained on again"));
+  }
+  if (policy.max_record_epsilon > 0) {
+    // The round's charge as it will be made: the spend Train reports, computed ahead.
+    int64_t trainable_values = 0;
+    for (const model::TensorSpec& spec : global.layout().tensors()) {
+      if (options.trainable.Includes(spec.role)) trainable_values += spec.size;
+    }
+    const double expected = static_cast<double>(options.batch_size * options.gradient_accumulation);
+    model::RecordPrivacySpend planned{
+        .unit = policy.record_unit,
+        .records = record_count,
+        .steps = options.steps,
+        .sampling_rate =
+            std::min(1.0, expected / static_cast<double>(std::max<int64_t>(record_count, 1))),
+        .noise_multiplier = model::GradientNoise::EffectiveNoiseMultiplier(
+            options.record_privacy.noise_multiplier, options.record_privacy.clip_norm,
+            std::max<int64_t>(trainable_values, 1)),
+        .clip_norm = options.record_privacy.clip_norm,
+        .sampler_total_variation = static_cast<double>(options.steps) *
+                                   static_cast<double>(trainable_values) *
+                                   privacy::TabulatedNoise::kDrawTotalVariation};
+    absl::StatusOr<DatasetAccount> after = account.With(planned, round_id);
+    if (!after.ok()) return after.status();
+    absl::StatusOr<double> before_epsilon = account.Epsilon();
+    absl::StatusOr<double> after_epsilon = after->Epsilon();
+    if (!before_epsilon.ok()) return before_epsilon.status();
+    if (!after_epsilon.ok()) return after_epsilon.status();
+    if (*after_epsilon > policy.max_record_epsilon) {
+      account.exhausted = true;
+      if (absl::Status status = ledger->Record(account); !status.ok()) return status;
+      record_privacy_status_ = RecordPrivacyStatus();
+      LogEvent(LogLevel::kWarning, "record_budget_exhausted")
+          .Field("round_id", round_id)
+          .Field("dataset", dataset)
+          .Field("record_epsilon", *before_epsilon)
+          .Field("record_epsilon_after_round", *after_epsilon)
+          .Field("max_record_epsilon", policy.max_record_epsilon);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "privacy policy: this round would take dataset ", dataset, "'s record-level ε from ",
+          JsonNumber(*before_epsilon), " to ", JsonNumber(*after_epsilon),
+          " (δ = ", JsonNumber(account.delta), "), past max_record_epsilon ",
+          JsonNumber(policy.max_record_epsilon), "; the dataset is not trained on again"));
+    }
+  }
+  return account;
+}
+
+std::string ClientDaemon::RecordPrivacyStatus() const {
+  absl::StatusOr<RecordPrivacyLedger> ledger =
+      RecordPrivacyLedger::Load(config_.state_dir.record_ledger());
+  if (!ledger.ok()) return "[]";
+  return AccountsJson(*ledger, config_.privacy_policy.max_record_epsilon);
 }
 
 void ClientDaemon::RunStage(uint64_t round_id, v1::RoundStage completes,
@@ -427,6 +573,14 @@ std::string ClientDaemon::DiagnoseUnavailable() {
 
 absl::Status ClientDaemon::Run() {
   if (absl::Status status = Connect(); !status.ok()) return status;
+  // A ledger that cannot be read stops the daemon here rather than at its first round: no
+  // round may train on privacy it cannot account for.
+  if (absl::StatusOr<RecordPrivacyLedger> ledger =
+          RecordPrivacyLedger::Load(config_.state_dir.record_ledger());
+      !ledger.ok()) {
+    return ledger.status();
+  }
+  record_privacy_status_ = RecordPrivacyStatus();
   if (!config_.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> exposer =
         metrics::MetricsServer::Start(config_.metrics_listen);

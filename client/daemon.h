@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/client_config.h"
 #include "client/client_metrics.h"
+#include "client/record_ledger.h"
 #include "client/round_participant.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
@@ -61,6 +62,15 @@ class ClientDaemon {
   // advertises keys (DESIGN §3.2–§4).
   absl::Status JoinRound(const v1::JoinRoundTask& task);
   void Withdraw(uint64_t round_id, const absl::Status& why);
+  // DP-SGD's part of joining: sets the record unit and a device that clips per record, and
+  // refuses a round that would take the dataset past the site's record-level budget (or one
+  // without DP-SGD when the site has a budget). Returns the dataset's account before the round.
+  absl::StatusOr<DatasetAccount> PrepareRecordPrivacy(uint64_t round_id,
+                                                      const model::ModelParameters& global,
+                                                      const model::Tokenizer& tokenizer,
+                                                      model::TrainOptions& options);
+  // The record-level ledger's accounts for status.json, as a JSON array.
+  std::string RecordPrivacyStatus() const;
   // A later SecAgg+ stage of the round this client is in: `step` does it, and on success the
   // client reports `completes` on its next poll.
   void RunStage(uint64_t round_id, v1::RoundStage completes,
@@ -90,11 +100,15 @@ class ClientDaemon {
   // Reported on every poll, so the coordinator knows what this client has done.
   uint64_t known_round_ = 0;
   v1::RoundStage known_stage_ = v1::ROUND_STAGE_UNSPECIFIED;
+  // Why this client left known_round_ on its own, sent with the polls that report it.
+  std::string left_reason_;
   // Where local training runs: the configured device, or the CPU after a GPU that auto chose
   // could not train the federation's model.
   std::optional<kernels::Device> training_device_;
   // What status.json and /metrics show of the local progress.
   ClientProgress progress_;
+  // status.json's record_privacy array, refreshed at each charge or refusal.
+  std::string record_privacy_status_ = "[]";
   std::shared_ptr<ClientMetrics> metrics_ = std::make_shared<ClientMetrics>();
   std::unique_ptr<metrics::MetricsServer> metrics_server_;
 

@@ -48,12 +48,6 @@ constexpr char kUsage[] = R"(usage: fedmoe-client COMMAND [FLAGS]
 
 int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-client", status); }
 
-absl::StatusOr<ClientConfig> LoadConfig(const CommandLine& flags) {
-  if (auto path = flags.Get("config")) return ClientConfig::Load(*path);
-  if (auto dir = flags.Get("state-dir")) return ClientConfig::Load(ClientStateDir{*dir}.config());
-  return absl::InvalidArgumentError("--config FILE or --state-dir DIR is required");
-}
-
 int EnrollCommand(const std::vector<std::string>& args) {
   auto flags =
       CommandLine::Parse(args, {"coordinator", "token", "ca-fingerprint", "state-dir", "data"}, {});
@@ -86,7 +80,7 @@ int RunCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args, {"config"}, {});
   if (!flags.ok()) return Fail(flags.status());
   if (!flags->Has("config")) return Fail(absl::InvalidArgumentError("--config is required"));
-  absl::StatusOr<ClientConfig> config = LoadConfig(*flags);
+  absl::StatusOr<ClientConfig> config = LoadClientConfig(*flags);
   if (!config.ok()) return Fail(config.status());
   if (auto level = ParseLogLevel(config->log_level); level.ok()) SetMinLogLevel(*level);
 
@@ -121,7 +115,7 @@ int RunCommand(const std::vector<std::string>& args) {
 int StatusCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args, {"config", "state-dir"}, {"json"});
   if (!flags.ok()) return Fail(flags.status());
-  absl::StatusOr<ClientConfig> config = LoadConfig(*flags);
+  absl::StatusOr<ClientConfig> config = LoadClientConfig(*flags);
   if (!config.ok()) return Fail(config.status());
   absl::StatusOr<pki::Certificate> certificate =
       pki::Certificate::ReadFile(config->state_dir.certificate());
@@ -163,7 +157,7 @@ int PeersCommand(const std::vector<std::string>& args) {
   const std::string& verb = args[0];
   auto flags = CommandLine::Parse({args.begin() + 1, args.end()}, {"config", "state-dir"}, {});
   if (!flags.ok()) return Fail(flags.status());
-  absl::StatusOr<ClientConfig> config = LoadConfig(*flags);
+  absl::StatusOr<ClientConfig> config = LoadClientConfig(*flags);
   if (!config.ok()) return Fail(config.status());
   absl::StatusOr<PeerKeyPins> pins = PeerKeyPins::Load(config->state_dir.peer_keys());
   if (!pins.ok()) return Fail(pins.status());

@@ -86,6 +86,27 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
   if (!(options->validation_fraction >= 0 && options->validation_fraction < 1)) {
     reader.Invalid(key("validation_fraction"), "must be in [0, 1)");
   }
+  // DP-SGD: on with a positive multiplier.
+  reader.Read(key("record_noise_multiplier"), &options->record_privacy.noise_multiplier);
+  if (!(options->record_privacy.noise_multiplier >= 0) ||
+      !std::isfinite(options->record_privacy.noise_multiplier)) {
+    reader.Invalid(key("record_noise_multiplier"), "must be 0 (no DP-SGD) or positive");
+  }
+  options->record_privacy.enabled = options->record_privacy.noise_multiplier > 0;
+  reader.Read(key("record_clip_norm"), &options->record_privacy.clip_norm);
+  if (!(options->record_privacy.clip_norm > 0) ||
+      !std::isfinite(options->record_privacy.clip_norm)) {
+    reader.Invalid(key("record_clip_norm"), "must be positive");
+  }
+  std::string unit(model::RecordUnitName(options->record_privacy.unit));
+  reader.Read(key("record_unit"), &unit);
+  if (absl::StatusOr<model::RecordUnit> parsed = model::ParseRecordUnit(unit); parsed.ok()) {
+    options->record_privacy.unit = *parsed;
+  } else {
+    reader.Invalid(key("record_unit"), std::string(parsed.status().message()));
+  }
+  reader.Read(key("max_record_windows"), &options->record_privacy.max_record_windows);
+  at_least("max_record_windows", options->record_privacy.max_record_windows, 1);
   reader.Read(key("threads"), threads);
   at_least("threads", *threads, 0);
   ComputeSettings settings;

@@ -209,6 +209,9 @@ model::TrainOptions TrainOptionsFromSpec(const model::ModelLayout& layout,
   options.max_gradient_norm = training.gradient_clip_norm();
   options.balance_coefficient = training.load_balance_coefficient();
   options.trainable = TrainableFromSpec(layout, spec);
+  options.record_privacy.enabled = training.record_noise_multiplier() > 0;
+  options.record_privacy.noise_multiplier = training.record_noise_multiplier();
+  options.record_privacy.clip_norm = training.record_clip_norm();
   options.seed = training.seed() ^ client_seed;
   // Validation is the operator's business (`model eval`); a round only trains.
   options.eval_every = 0;

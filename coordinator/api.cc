@@ -352,6 +352,7 @@ grpc::Status CoordinatorApi::ListRounds(const grpc::AuthContext& peer,
         static_cast<uint64_t>(record.committed_model_version.value_or(0)));
     info->set_epsilon_after(record.epsilon_after.value_or(live.epsilon_spent));
     info->set_abort_reason(record.abort_reason);
+    for (const std::string& line : record.left_reasons) info->add_left_reasons(line);
   }
   if (static_cast<int>(rounds->size()) == page_size) {
     response.mutable_page()->set_next_page_token(absl::StrCat(rounds->back().round_id));

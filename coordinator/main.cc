@@ -755,6 +755,9 @@ int RoundsCommand(const std::vector<std::string>& args) {
                 static_cast<unsigned long long>(round.round_id()), stage.c_str(),
                 round.cohort_size(), round.survivors(), duration.c_str(), model.c_str(),
                 round.epsilon_after(), round.abort_reason().c_str());
+    for (const std::string& left : round.left_reasons()) {
+      std::printf("%-6s left: %s\n", "", left.c_str());
+    }
   }
   return 0;
 }

@@ -945,7 +945,16 @@ std::optional<v1::PollTaskResponse> RoundEngine::NextTask(const std::string& cli
       Participant& participant = round_->participants[id - 1];
       if (withdrew && request.known_round_id() == round_->id && !participant.dropped &&
           round_->stage < v1::ROUND_STAGE_UNMASKED) {
-        Drop(participant, absl::CancelledError("the client withdrew (it lost its round state)"));
+        const std::string reason = PrintableLine(request.left_reason(), 256);
+        Drop(participant,
+             absl::CancelledError(reason.empty() ? "the client withdrew (it lost its round state)"
+                                                 : absl::StrCat("the client left: ", reason)));
+        if (!reason.empty()) {
+          store_
+              ->AddLeftReason(static_cast<int64_t>(round_->id),
+                              absl::StrCat(client_id, ": ", reason))
+              .IgnoreError();
+        }
       }
       if (participant.dropped) return std::nullopt;
       v1::PollTaskResponse response;

@@ -37,6 +37,9 @@ v1::LocalTrainingConfig DefaultLocalTraining() {
   // −1, the model's router_aux_loss_coef, which each client's trainer looks up.
   training.set_load_balance_coefficient(defaults.balance_coefficient);
   training.set_seed(defaults.seed);
+  // DP-SGD stays off unless the policy sets a multiplier; its clip norm has the trainer's default.
+  training.set_record_noise_multiplier(0);
+  training.set_record_clip_norm(defaults.record_privacy.clip_norm);
   return training;
 }
 
@@ -126,6 +129,10 @@ void ReadTraining(config::YamlConfigReader& reader, v1::LocalTrainingConfig* tra
   } else {
     reader.Invalid("rounds.training.schedule", "must be cosine or constant");
   }
+  read_real("rounds.training.record_noise_multiplier", training->record_noise_multiplier(), 0.0,
+            1e6, [&](double v) { training->set_record_noise_multiplier(v); });
+  read_real("rounds.training.record_clip_norm", training->record_clip_norm(), 1e-9, 1e9,
+            [&](double v) { training->set_record_clip_norm(v); });
   auto seed = static_cast<int64_t>(training->seed());
   reader.Read("rounds.training.seed", &seed);
   if (seed < 0) reader.Invalid("rounds.training.seed", "must not be negative");

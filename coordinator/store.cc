@@ -120,6 +120,11 @@ ALTER TABLE certificates ADD COLUMN public_key_der BLOB NOT NULL DEFAULT x'';
 ALTER TABLE certificates ADD COLUMN previous_public_key_der BLOB;
 ALTER TABLE certificates ADD COLUMN key_change_signature BLOB;
 )sql",
+    // 7: why clients left a round on their own (a site's privacy policy refusing its spec),
+    // one "client: reason" line each.
+    R"sql(
+ALTER TABLE rounds ADD COLUMN left_reasons TEXT NOT NULL DEFAULT '';
+)sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion);
 
@@ -683,7 +688,7 @@ constexpr const char* kUnchangedEpsilon =
 
 constexpr const char* kRoundColumns =
     "round_id, stage, cohort_size, survivors, started_at_ms, finished_at_ms, base_model_version, "
-    "committed_model_version, epsilon_after, abort_reason";
+    "committed_model_version, epsilon_after, abort_reason, left_reasons";
 
 RoundRecord ReadRound(const Statement& row) {
   RoundRecord round;
@@ -697,6 +702,9 @@ RoundRecord ReadRound(const Statement& row) {
   round.committed_model_version = row.ColumnOptionalInt(7);
   if (!row.ColumnIsNull(8)) round.epsilon_after = row.ColumnDouble(8);
   round.abort_reason = row.ColumnText(9);
+  for (const absl::string_view line : absl::StrSplit(row.ColumnText(10), '\n', absl::SkipEmpty())) {
+    round.left_reasons.emplace_back(line);
+  }
   return round;
 }
 
@@ -799,6 +807,14 @@ absl::Status Store::UpdateRoundStage(int64_t round_id, const std::string& stage,
       "stage NOT IN ('COMMITTED', 'ABORTED')");
   if (!update.ok()) return update.status();
   return update->Bind(1, stage).Bind(2, survivors).Bind(3, round_id).Run();
+}
+
+absl::Status Store::AddLeftReason(int64_t round_id, const std::string& line) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Statement> update = db_->Prepare(
+      "UPDATE rounds SET left_reasons = left_reasons || ? || char(10) WHERE round_id = ?");
+  if (!update.ok()) return update.status();
+  return update->Bind(1, line).Bind(2, round_id).Run();
 }
 
 absl::Status Store::AbortRound(int64_t round_id, const std::string& reason, int64_t survivors,

@@ -122,6 +122,8 @@ struct RoundRecord {
   std::optional<int64_t> committed_model_version;
   std::optional<double> epsilon_after;
   std::string abort_reason;
+  // "client: reason" for each client that left the round on its own and said why.
+  std::vector<std::string> left_reasons;
 };
 
 // One committed round's privacy cost (admin.proto PrivacyLedgerEntry).
@@ -148,7 +150,7 @@ struct LedgerEntry {
 class Store {
  public:
   // The newest schema version this build knows.
-  static constexpr int kSchemaVersion = 6;
+  static constexpr int kSchemaVersion = 7;
 
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::filesystem::path& path);
 
@@ -233,6 +235,8 @@ class Store {
   absl::StatusOr<int64_t> LastRoundId();
   absl::Status StartRound(const RoundRecord& round);
   absl::Status UpdateRoundStage(int64_t round_id, const std::string& stage, int64_t survivors);
+  // Appends one "client: reason" line (no newline in it) to the round's left_reasons.
+  absl::Status AddLeftReason(int64_t round_id, const std::string& line);
   absl::Status AbortRound(int64_t round_id, const std::string& reason, int64_t survivors,
                           absl::Time now);
   // One transaction: the new model version, the round's COMMITTED row, its ledger entry, and

@@ -160,4 +160,12 @@ std::string JsonNumber(double value) {
   return {buffer, result.ptr};
 }
 
+std::string PrintableLine(std::string_view text, size_t max_bytes) {
+  std::string line(text.substr(0, max_bytes));
+  for (char& c : line) {
+    if (c < 0x20 || c > 0x7e) c = '?';
+  }
+  return line;
+}
+
 }  // namespace fedmoe

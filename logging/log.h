@@ -62,6 +62,10 @@ void AppendJsonEscaped(std::string_view text, std::string& out);
 // can be claimed for is infinite).
 std::string JsonNumber(double value);
 
+// Text from a peer made safe to store and show: at most max_bytes, every byte outside printable
+// ASCII (control characters, terminal escapes, newlines, any UTF-8) replaced by '?'.
+std::string PrintableLine(std::string_view text, size_t max_bytes);
+
 }  // namespace fedmoe
 
 #endif  // FEDMOE_LOGGING_LOG_H_

@@ -58,6 +58,15 @@ int64_t AppendRecordWindows(const Record& record, int64_t seq_len, int64_t max_w
   return windows;
 }
 
+namespace {
+
+// k of the grid Δ = C·2^-k, the coarsest with Δ·√d/2 ≤ C·2^-11.
+int GridBits(int64_t values) {
+  return 11 + static_cast<int>(std::ceil(0.5 * std::log2(static_cast<double>(values))));
+}
+
+}  // namespace
+
 absl::StatusOr<GradientNoise> GradientNoise::Create(double noise_multiplier, double clip_norm,
                                                     int64_t values) {
   if (!(noise_multiplier > 0) || !std::isfinite(noise_multiplier)) {
@@ -69,13 +78,18 @@ absl::StatusOr<GradientNoise> GradientNoise::Create(double noise_multiplier, dou
         absl::StrCat("the record clip norm must be positive, not ", clip_norm));
   }
   if (values < 1) return absl::InvalidArgumentError("nothing is trained, so nothing is noised");
-  // Δ = C·2^-k with Δ·√d/2 ≤ C·2^-11.
-  const int bits = 11 + static_cast<int>(std::ceil(0.5 * std::log2(static_cast<double>(values))));
-  const double grid = std::ldexp(clip_norm, -bits);
-  const double sensitivity = clip_norm + grid * std::sqrt(static_cast<double>(values)) / 2;
+  const int bits = GridBits(values);
   const double sigma_in_steps = std::ldexp(noise_multiplier, bits);
-  return GradientNoise(grid, noise_multiplier * clip_norm / sensitivity,
+  return GradientNoise(std::ldexp(clip_norm, -bits),
+                       EffectiveNoiseMultiplier(noise_multiplier, clip_norm, values),
                        privacy::TabulatedNoise::DiscreteGaussian(sigma_in_steps * sigma_in_steps));
+}
+
+double GradientNoise::EffectiveNoiseMultiplier(double noise_multiplier, double clip_norm,
+                                               int64_t values) {
+  const double grid = std::ldexp(clip_norm, -GridBits(values));
+  const double sensitivity = clip_norm + grid * std::sqrt(static_cast<double>(values)) / 2;
+  return noise_multiplier * clip_norm / sensitivity;
 }
 
 absl::Status GradientNoise::AddTo(std::span<float> values, privacy::SecureRandom& random) {

@@ -58,6 +58,9 @@ class GradientNoise {
   // Rounds each value to the grid and adds Δ·N_Z(0, (σC/Δ)²).
   absl::Status AddTo(std::span<float> values, privacy::SecureRandom& random);
 
+  // What Create(...).effective_noise_multiplier() will be, without building the sampler.
+  static double EffectiveNoiseMultiplier(double noise_multiplier, double clip_norm, int64_t values);
+
   double grid() const { return grid_; }
   // σ·C/C': what the ledger charges.
   double effective_noise_multiplier() const { return effective_noise_multiplier_; }

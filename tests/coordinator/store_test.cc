@@ -303,6 +303,7 @@ TEST_F(StoreTest, TheLedgerKeepsEachRoundsSamplerChargeAndOlderEntriesCarryNone)
                               "ALTER TABLE certificates DROP COLUMN public_key_der; "
                               "ALTER TABLE certificates DROP COLUMN previous_public_key_der; "
                               "ALTER TABLE certificates DROP COLUMN key_change_signature; "
+                              "ALTER TABLE rounds DROP COLUMN left_reasons; "
                               "DELETE FROM schema_migrations WHERE version >= 4")
                     .ok());
   }
