@@ -108,6 +108,16 @@ class CoordinatorFixture : public ::testing::Test {
     return state_dir;
   }
 
+  // Enrolls `client_id` with `domain`'s bundled corpus as its private data, training on one
+  // thread.
+  std::filesystem::path EnrollWithCorpus(const std::string& client_id, const std::string& domain) {
+    const std::filesystem::path data =
+        std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy/corpora" / domain;
+    std::filesystem::path state_dir = EnrollClient(client_id, {"--data", data.string()});
+    EXPECT_TRUE(ReplaceInFile(state_dir / "client.yaml", "threads: 0", "threads: 1"));
+    return state_dir;
+  }
+
   // Replaces the client's certificate by one for the same key, issued two hours ago and ending
   // in five minutes, as the coordinator's CA would have issued it, and records it in the
   // coordinator's registry: the client's daemon renews as soon as it starts.

@@ -35,16 +35,7 @@ using ::testing::HasSubstr;
 
 class RoundsTest : public CoordinatorFixture {
  protected:
-  // Enrolls `client_id` with `domain`'s bundled corpus as its private data.
-  std::filesystem::path EnrollWithCorpus(const std::string& client_id, const std::string& domain) {
-    const std::filesystem::path data =
-        std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy/corpora" / domain;
-    std::filesystem::path state_dir = EnrollClient(client_id, {"--data", data.string()});
-    EXPECT_TRUE(ReplaceInFile(state_dir / "client.yaml", "threads: 0", "threads: 1"));
-    return state_dir;
-  }
-
-  // The same, and starts its daemon.
+  // EnrollWithCorpus, and starts its daemon.
   void AddClient(const std::string& client_id, const std::string& domain) {
     clients_[client_id] = StartClient(EnrollWithCorpus(client_id, domain));
   }
