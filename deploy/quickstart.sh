@@ -2,14 +2,17 @@
 # Runs a whole fedmoe federation on this machine (DESIGN §9): a coordinator with throwaway PKI
 # on loopback ports, and three organisations' client daemons, each enrolled with its own
 # one-time token and holding its own private corpus (deploy/corpora: finance, IT support,
-# contracts). The federation runs five rounds with mutual TLS, SecAgg+ and distributed DP
-# (discrete Gaussian noise added by the clients before masking), then prints each domain's
-# held-out loss before and after, the ε spent, bytes sent per client per round and the
-# federation-wide expert load. The last line is one JSON object.
+# contracts). The federation runs five rounds with mutual TLS, SecAgg+, record-level DP on
+# every site (DP-SGD: each site clips every record's gradient and adds Gaussian noise at each
+# local step, and charges its own ledger) and distributed client-level DP (discrete Gaussian
+# noise added by the clients before masking), then prints each domain's held-out loss before
+# and after, each site's record-level ε, the client-level ε, bytes sent per client per round
+# and the federation-wide expert load. The last line is one JSON object.
 #
-#   deploy/quickstart.sh            build if needed, run five rounds, summarise, shut down
-#   deploy/quickstart.sh --keep     leave the federation running until Ctrl-C
-#   FEDMOE_ROUNDS=N                 run N rounds instead of five
+#   deploy/quickstart.sh              build if needed, run five rounds, summarise, shut down
+#   deploy/quickstart.sh --keep       leave the federation running until Ctrl-C
+#   deploy/quickstart.sh --no-dp-sgd  the same run without DP-SGD, to see what it costs
+#   FEDMOE_ROUNDS=N                   run N rounds instead of five
 #
 # Installs missing Debian packages first (deploy/install-deps.sh). Everything it starts is
 # stopped when it exits, however it exits, and its state lives in a fresh temporary directory,
@@ -18,10 +21,14 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 keep=0
+# DP-SGD's noise multiplier: at 32 of about 780 records per step, 200 steps in five rounds cost
+# each site a record-level ε of 7.1 at δ = 0.1/records (`fedmoe-client privacy plan`).
+record_noise=0.75
 for arg in "$@"; do
   case "$arg" in
     --keep) keep=1 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-dp-sgd) record_noise=0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "quickstart: unknown option '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -98,9 +105,9 @@ say "creating federation 'quickstart' (CA, server and admin certificates) in $st
 "$bin/fedmoe-coordinator" init --federation quickstart --state-dir "$state" \
   --listen "$mtls" --enroll-listen "$enroll" >/dev/null
 # The round policy: every client each round, experts and routers trained, distributed DP.
-python3 - "$state/coordinator.yaml" "$work/base" "$rounds" "$metrics" <<'PY'
+python3 - "$state/coordinator.yaml" "$work/base" "$rounds" "$metrics" "$record_noise" <<'PY'
 import sys
-path, base, rounds, metrics = sys.argv[1:]
+path, base, rounds, metrics, record_noise = sys.argv[1:]
 text = open(path).read()
 text = text.replace('listen: "127.0.0.1:9464"', f'listen: "{metrics}"')
 text = text[: text.index("\nmodel:\n")] + f"""
@@ -115,26 +122,34 @@ rounds:
   timeouts:
     train: 5m
   trainable: [experts, router]
-  # At 0.01 the merged model came out worse than it started in one run of three (held-out
-  # 2.72 -> 2.75; the others 2.53, 2.48); at 0.004 three runs gave 2.450-2.457.
+  # DP-SGD's noise is σ·C per step whatever the batch, while the signal grows with it, so its
+  # batches are larger than a plain run's (32 records, each all its 64-token windows). Tried
+  # over five rounds: 10 steps of 64 records moved no domain's loss by more than 0.015 at any
+  # learning rate from 0.002 to 0.1; 40 steps of 32 at 0.004 fell 0.008-0.013, at 0.01
+  # 0.008-0.023.
   training:
     steps: 40
-    batch_size: 8
+    batch_size: 32
     seq_len: 64
-    learning_rate: 0.004
+    learning_rate: 0.01
     min_learning_rate_ratio: 0.1
+    record_noise_multiplier: {record_noise}
+    record_clip_norm: 1.0
   server_optimizer:
     kind: fedavg
-    learning_rate: 1.0
+    learning_rate: 0.1
 privacy:
   mode: distributed
   mechanism: discrete_gaussian
-  clip_norm: 1.0
-  # With three clients and ~230k values per update, noise that keeps epsilon small would
-  # drown the signal: this demo has no privacy to speak of, and says so. Its epsilon is
-  # infinite: once the RDP epsilon passes ~45, the noise samplers' finite precision, which
-  # the ledger charges to delta, takes all of delta. Real federations have many more clients
-  # per round, which is what makes small epsilon affordable.
+  # Per-site updates are clipped this far. DP-SGD's noise makes a site's change long (most of
+  # its norm is noise, which the merge averages down): at 1.0 the clipping left too little
+  # signal for any domain to improve by more than 0.001.
+  clip_norm: 20.0
+  # Client-level DP (one whole site's data) needs many sites per round: with three and ~230k
+  # values per update, noise that kept this epsilon small would drown the signal, so it is
+  # infinite here (once the RDP epsilon passes ~45 the noise samplers' finite precision, which
+  # the ledger charges to delta, takes all of delta). What protects each site's records is
+  # DP-SGD above, whose epsilon each site keeps in its own ledger.
   noise_multiplier: 0.01
   delta: 1.0e-5
   ring_bits: 32
@@ -170,6 +185,13 @@ for i in 0 1 2; do
   client_metrics=127.0.0.1:$(free_port)
   sed -i "s|listen: \"127.0.0.1:9465\"|listen: \"$client_metrics\"|" "$work/$org/client.yaml"
   sed -i "s|threads: 0|threads: $share|" "$work/$org/client.yaml"
+  if [[ "$record_noise" != 0 ]]; then
+    # Each site's own floor: no round below this σ, and a record-level budget of ε = 8.
+    sed -i -e "s|min_record_noise_multiplier: 0|min_record_noise_multiplier: $record_noise|" \
+      -e "s|max_record_epsilon: 0|max_record_epsilon: 8|" "$work/$org/client.yaml"
+    grep -q "max_record_epsilon: 8" "$work/$org/client.yaml" ||
+      { echo "quickstart: cannot set $org's privacy policy" >&2; exit 1; }
+  fi
   grep -q "threads: $share" "$work/$org/client.yaml" ||
     { echo "quickstart: cannot set threads in $org's client.yaml" >&2; exit 1; }
   echo "    $org's metrics: http://$client_metrics/metrics; $share CPU thread(s)"
@@ -177,7 +199,11 @@ for i in 0 1 2; do
   pids+=($!)
 done
 
-say "running $rounds rounds (each: sync model, train 40 steps locally, clip, noise, mask, merge)"
+if [[ "$record_noise" != 0 ]]; then
+  say "running $rounds rounds (each: sync model, 40 DP-SGD steps of 32 records, clip, noise, mask, merge)"
+else
+  say "running $rounds rounds (each: sync model, 40 steps of 32 records, clip, noise, mask, merge)"
+fi
 committed=0
 last_line=0
 for _ in $(seq 1 1200); do
@@ -223,6 +249,11 @@ say "fedmoe-coordinator privacy report"
 "$bin/fedmoe-coordinator" privacy report --state-dir "$state"
 say "fedmoe-client status (${orgs[0]})"
 "$bin/fedmoe-client" status --state-dir "$work/${orgs[0]}"
+say "fedmoe-client privacy report (${orgs[0]}): its own record-level ledger"
+"$bin/fedmoe-client" privacy report --state-dir "$work/${orgs[0]}"
+for org in "${orgs[@]}"; do
+  "$bin/fedmoe-client" privacy report --json --state-dir "$work/$org" >"$work/$org-record-privacy.json"
+done
 
 say "held-out loss per domain, initial vs final global model"
 final_version=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["model_version"])' \
@@ -260,15 +291,40 @@ for org in orgs:
         if e.get("event") == "round_finished" and e.get("bytes_sent", 0) > 0:
             sent.append(e["bytes_sent"])
 bytes_per = sum(sent) / len(sent) if sent else 0
+import math
+# Each site's record-level ε from its own ledger; None where a site ran no DP-SGD.
+record = {}
+for org in orgs:
+    datasets = json.load(open(f"{work}/{org}-record-privacy.json"))["datasets"]
+    record[org] = datasets[0]["epsilon"] if datasets else None
+    if record[org] is None and datasets:
+        record[org] = math.inf
+def number(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
 print(f"\n==> federation-wide expert load (share of routing weight, last round; noised by DP)")
 for part in last["expert_load"].split("; "):
     print(f"    {part}")
-print(f"\n==> summary: {rounds} rounds, 3 clients, epsilon {float(last['epsilon']):.4g} at delta {last['delta']:g}, "
+print(f"\n==> record-level privacy per site (DP-SGD, each site's own ledger)")
+for org in orgs:
+    datasets = json.load(open(f"{work}/{org}-record-privacy.json"))["datasets"]
+    if not datasets:
+        print(f"    {org}: no DP-SGD: one record's influence is unbounded (record-level epsilon infinite)")
+        continue
+    d = datasets[0]
+    print(f"    {org}: epsilon {record[org]:.3g} at delta {d['delta']:.3g} over {d['steps']} steps "
+          f"(q = {d['sampling_rate']:.3g}, sigma = {d['noise_multiplier']:.3g}, C = {d['clip_norm']:g}, "
+          f"record: {d['unit']}, {d['records']} records)")
+print(f"\n==> summary: {rounds} rounds, 3 clients, client-level epsilon {float(last['epsilon']):.4g} at delta {last['delta']:g}, "
       f"{bytes_per/1e6:.2f} MB sent per client per round")
 before = sum(losses[0::2]) / 3
 after = sum(losses[1::2]) / 3
+finite = [e for e in record.values() if e is not None]
+record_epsilon = number(max(finite)) if len(finite) == len(record) else None
 print(json.dumps({"rounds": rounds, "clients": 3, "loss_before": round(before, 4),
-                  "loss_after": round(after, 4), "epsilon": last["epsilon"],
+                  "loss_after": round(after, 4),
+                  "losses": {d: [losses[2 * i], losses[2 * i + 1]] for i, d in enumerate(["finance", "it_support", "contracts"])},
+                  "record_epsilon": record_epsilon, "epsilon": number(last["epsilon"]),
                   "delta": last["delta"], "bytes_per_client_round": round(bytes_per)}))
 PY
 

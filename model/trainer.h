@@ -28,7 +28,7 @@ namespace fedmoe::model {
 // split between two), and max_gradient_norm does not apply.
 struct RecordPrivacyOptions {
   bool enabled = false;
-  double noise_multiplier = 1.0;
+  double noise_multiplier = 0;
   double clip_norm = 1.0;
   RecordUnit unit = RecordUnit::kParagraph;
   // A record longer than this many windows trains on its first ones only (counted, reported).
