@@ -4,9 +4,11 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "privacy/rdp_accountant.h"
 #include "tests/integration/process_harness.h"
+#include "tests/testing_temp_dir.h"
 
 namespace fedmoe::testing {
 namespace {
@@ -217,6 +219,39 @@ TEST(PrivacyCliTest, AFederationsBadArgumentsGetOneClearLine) {
     EXPECT_THAT(result.err, HasSubstr(c.message));
     EXPECT_EQ(std::count(result.err.begin(), result.err.end(), '\n'), 1) << result.err;
   }
+}
+
+}  // namespace
+}  // namespace fedmoe::testing
+
+namespace fedmoe::testing {
+namespace {
+
+// `fedmoe-client privacy report` on a state directory with no client.yaml, with a ledger it
+// cannot read, and with none yet: one clear line for the first two, a plain answer for the last.
+TEST(PrivacyCliTest, ClientReportRefusesWhatItCannotReadAndSaysWhenNothingIsSpent) {
+  TempDir dir;
+  CommandResult missing = RunCommand(
+      {BinaryPath("fedmoe-client"), "privacy", "report", "--state-dir", dir.path().string()});
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_THAT(missing.err, HasSubstr("client.yaml"));
+  EXPECT_EQ(std::count(missing.err.begin(), missing.err.end(), '\n'), 1) << missing.err;
+
+  WriteFile(dir.path() / "client.yaml",
+            absl::StrCat("client_id: bank\nfederation: acme\ncoordinator: 127.0.0.1:1\n"
+                         "state_dir: ",
+                         dir.path().string(), "\nprivacy_policy:\n  record: line\n"));
+  CommandResult empty = RunCommand({BinaryPath("fedmoe-client"), "privacy", "report", "--json",
+                                    "--state-dir", dir.path().string()});
+  ASSERT_EQ(empty.exit_code, 0) << empty.err;
+  EXPECT_EQ(empty.out, "{\"record_unit\":\"line\",\"datasets\":[]}\n");
+
+  WriteFile(dir.path() / "record-privacy.json", "{\"version\": 1, \"datasets\": 7}");
+  CommandResult broken = RunCommand(
+      {BinaryPath("fedmoe-client"), "privacy", "report", "--state-dir", dir.path().string()});
+  EXPECT_NE(broken.exit_code, 0);
+  EXPECT_THAT(broken.err, HasSubstr("record-privacy.json is not a record-privacy ledger"));
+  EXPECT_EQ(std::count(broken.err.begin(), broken.err.end(), '\n'), 1) << broken.err;
 }
 
 }  // namespace
