@@ -262,8 +262,19 @@ void RoundEngine::MaybeSelect() {
     next_round_at_ = now + absl::Seconds(1);
     return;
   }
+  // A cohort outside the range was drawn again, so membership of the one kept is not at rate
+  // q: the ledger charges the conditioned rate.
+  absl::StatusOr<double> charged_rate = privacy::ConditionedSamplingRate(
+      static_cast<int64_t>(online.size()), policy_.sampling_rate, policy_.min_clients,
+      policy_.max_clients);
+  if (!charged_rate.ok()) {
+    LogEvent(LogLevel::kError, "round_not_started").Error(charged_rate.status());
+    next_round_at_ = now + policy_.interval;
+    return;
+  }
   auto round = std::make_unique<Round>();
   round->id = last_round_id_ + 1;
+  round->sampling_rate = *charged_rate;
   round->started_at = now;
   round->stage_started_at = now;
   round->base = global_record_;
@@ -536,7 +547,7 @@ std::optional<privacy::DistributedRound> RoundEngine::PricedRound(const Round& r
   const v1::PrivacySpec& privacy = round.spec.privacy();
   return PriceRound(privacy.mode(), round.encoding,
                     static_cast<int64_t>(round.spec.layout().encoded_values()),
-                    policy_.sampling_rate, privacy.noise_multiplier(), survivors);
+                    round.sampling_rate, privacy.noise_multiplier(), survivors);
 }
 
 absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(
@@ -639,7 +650,7 @@ void RoundEngine::Commit(Round& round) {
   }
   LedgerEntry entry;
   entry.round_id = static_cast<int64_t>(round.id);
-  entry.sampling_rate = policy_.sampling_rate;
+  entry.sampling_rate = round.sampling_rate;
   entry.planned_noise_multiplier = spec.privacy().noise_multiplier();
   entry.effective_noise_multiplier = priced.has_value() ? privacy::EffectiveNoiseMultiplier(*priced)
                                                         : spec.privacy().noise_multiplier();

@@ -172,6 +172,9 @@ class RoundEngine {
     std::string session_id;
     uint32_t degree = 0;
     uint32_t threshold = 0;
+    // The rate the ledger charges: the policy's q as the size-conditioned draw really took it
+    // (privacy::ConditionedSamplingRate over the clients online when it was drawn).
+    double sampling_rate = 1;
     std::optional<secure_agg::NeighborGraph> graph;
     std::optional<secure_agg::SecAggServer> secagg;
     std::vector<Participant> participants;  // Index: participant id − 1.

@@ -221,6 +221,53 @@ absl::StatusOr<PrivacyLoss> RdpAccountant::Epsilon(double delta) const {
   return RdpToEpsilon(orders_, rdp_, delta, sampler_total_variation_);
 }
 
+namespace {
+
+// log P[Bin(n, q) ∈ [low, high]], for 0 < q < 1.
+double LogBinomialRange(int64_t n, double q, int64_t low, int64_t high) {
+  double log_mass = -kInfinity;
+  const double log_q = std::log(q);
+  const double log_1mq = std::log1p(-q);
+  for (int64_t k = std::max<int64_t>(low, 0); k <= std::min(high, n); ++k) {
+    const auto kd = static_cast<double>(k);
+    log_mass = LogAdd(log_mass, LogBinomial(static_cast<double>(n), kd) + kd * log_q +
+                                    static_cast<double>(n - k) * log_1mq);
+  }
+  return log_mass;
+}
+
+}  // namespace
+
+absl::StatusOr<double> ConditionedSamplingRate(int64_t population, double sampling_rate,
+                                               int64_t min_size, int64_t max_size) {
+  if (population < 1 || !(sampling_rate > 0 && sampling_rate <= 1) || min_size < 1 ||
+      max_size < min_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a conditioned draw needs a population of at least 1, a rate in (0, 1] and "
+        "1 ≤ min ≤ max; got ",
+        population, ", ", sampling_rate, ", [", min_size, ", ", max_size, "]"));
+  }
+  if (population < min_size) {
+    return absl::InvalidArgumentError(absl::StrCat("no cohort of ", min_size,
+                                                   " can be drawn from ", population, " clients"));
+  }
+  // Everyone, every time: the kept cohort is the population, when it fits.
+  if (sampling_rate == 1) {
+    if (population > max_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a cohort of all ", population, " clients is never at most ", max_size));
+    }
+    return 1.0;
+  }
+  const double log_kept = LogBinomialRange(population, sampling_rate, min_size, max_size);
+  const double log_kept_with_member =
+      LogBinomialRange(population - 1, sampling_rate, min_size - 1, max_size - 1);
+  if (log_kept == -kInfinity) {
+    return absl::InvalidArgumentError("no cohort size in the range has any probability");
+  }
+  return std::min(1.0, sampling_rate * std::exp(log_kept_with_member - log_kept));
+}
+
 absl::StatusOr<double> NoiseMultiplierForEpsilon(double target_epsilon, double sampling_rate,
                                                  int64_t rounds, double delta) {
   if (absl::Status status = ValidatePrivacyArguments(sampling_rate, rounds, delta); !status.ok()) {

@@ -80,6 +80,17 @@ absl::StatusOr<double> NoiseMultiplierForEpsilon(double target_epsilon, double s
 absl::StatusOr<double> SmallestNoiseMultiplier(
     double target_epsilon, const std::function<absl::StatusOr<double>(double)>& epsilon_at);
 
+// Poisson sampling at rate q over a population of n, where a cohort whose size falls outside
+// [min_size, max_size] is discarded and drawn again: the probability that a given member is in
+// the cohort that is kept,
+//   q·P[Bin(n − 1, q) ∈ [min_size − 1, max_size − 1]] / P[Bin(n, q) ∈ [min_size, max_size]].
+// With the population public and a member's data present or zeroed out as the neighbouring
+// relation, the member's presence moves neither the draw nor the others' law, so the round is
+// exactly the Poisson-subsampled Gaussian at this rate, which can be above q (min_size binding)
+// or below it (max_size binding). InvalidArgument when no kept cohort is possible.
+absl::StatusOr<double> ConditionedSamplingRate(int64_t population, double sampling_rate,
+                                               int64_t min_size, int64_t max_size);
+
 // Checks the arguments of an (ε, δ) question, with a message naming the bad one.
 absl::Status ValidatePrivacyArguments(double sampling_rate, int64_t rounds, double delta);
 

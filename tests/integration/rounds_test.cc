@@ -270,6 +270,29 @@ TEST_F(RoundsTest, CentralRoundsAddTheCoordinatorsDiscreteNoiseAndTheLedgerPrice
   ExpectThePlanPredictsTheLedger(ledger, "central", 0.5, 1);
 }
 
+// Three clients online, q = 1/2 and a minimum cohort of three: only the draws that take all
+// three are kept, so every member of every round was in it with probability 1, not 1/2, and the
+// ledger must charge that (it charged q before the conditioned rate was priced).
+TEST_F(RoundsTest, TheLedgerChargesTheRateTheSizeConditionedDrawReallyHas) {
+  StartFederation(absl::StrCat(R"(rounds:
+  min_clients: 3
+  sampling_rate: 0.5
+  max_rounds: 1
+  interval: 1s
+  timeouts:
+    train: 30s
+)",
+                               kTraining, kModerateNoise));
+  AddThreeClients();
+  ASSERT_TRUE(WaitFor([&] { return Committed() == 1; }, absl::Seconds(180))) << coordinator_->Log();
+  CommandResult report = Coordinator({"privacy", "report", "--json"});
+  ASSERT_EQ(report.exit_code, 0) << report.err;
+  v1::GetPrivacyLedgerResponse ledger;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(report.out, &ledger).ok()) << report.out;
+  ASSERT_EQ(ledger.entries_size(), 1);
+  EXPECT_DOUBLE_EQ(ledger.entries(0).sampling_rate(), 1.0);
+}
+
 TEST_F(RoundsTest, AKill9OfAClientMidRoundLeavesTheSurvivorsToCommit) {
   // Four clients: a complete graph of degree 3 and threshold 2, so three survivors suffice.
   StartFederation(absl::StrCat(R"(rounds:

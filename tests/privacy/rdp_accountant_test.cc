@@ -247,3 +247,47 @@ TEST(PrivacyArgumentsTest, EachBadArgumentIsNamed) {
 
 }  // namespace
 }  // namespace fedmoe::privacy
+
+namespace fedmoe::privacy {
+namespace {
+
+// P[member in kept cohort] by enumerating every cohort of a small population.
+double EnumeratedConditionedRate(int n, double q, int min_size, int max_size) {
+  double kept = 0;
+  double kept_with_member = 0;
+  for (uint32_t cohort = 0; cohort < (1U << n); ++cohort) {
+    const int size = __builtin_popcount(cohort);
+    if (size < min_size || size > max_size) continue;
+    const double probability = std::pow(q, size) * std::pow(1 - q, n - size);
+    kept += probability;
+    if (cohort & 1U) kept_with_member += probability;
+  }
+  return kept_with_member / kept;
+}
+
+TEST(ConditionedSamplingRateTest, MatchesEveryCohortEnumerated) {
+  for (const auto& [n, q, low, high] : std::vector<std::tuple<int, double, int, int>>{
+           {3, 0.5, 3, 1000}, {4, 0.9, 3, 3}, {10, 0.3, 2, 10}, {12, 0.2, 2, 4}, {8, 0.6, 5, 6}}) {
+    absl::StatusOr<double> rate = ConditionedSamplingRate(n, q, low, high);
+    ASSERT_TRUE(rate.ok()) << rate.status();
+    EXPECT_NEAR(*rate, EnumeratedConditionedRate(n, q, low, high), 1e-12)
+        << n << " " << q << " [" << low << ", " << high << "]";
+  }
+  // Three clients online and a minimum of three: every kept cohort holds everyone.
+  EXPECT_DOUBLE_EQ(*ConditionedSamplingRate(3, 0.5, 3, 1000), 1.0);
+  // A binding maximum takes members less often than q.
+  EXPECT_NEAR(*ConditionedSamplingRate(4, 0.9, 3, 3), 0.75, 1e-12);
+  // Far from the bounds, the conditioning changes q by nothing measurable.
+  EXPECT_NEAR(*ConditionedSamplingRate(10000, 0.01, 2, 1000), 0.01, 1e-12);
+  EXPECT_DOUBLE_EQ(*ConditionedSamplingRate(7, 1.0, 3, 10), 1.0);
+}
+
+TEST(ConditionedSamplingRateTest, ImpossibleDrawsAreRefused) {
+  EXPECT_FALSE(ConditionedSamplingRate(2, 0.5, 3, 10).ok());
+  EXPECT_FALSE(ConditionedSamplingRate(12, 1.0, 3, 10).ok());
+  EXPECT_FALSE(ConditionedSamplingRate(5, 0.0, 1, 3).ok());
+  EXPECT_FALSE(ConditionedSamplingRate(5, 0.5, 4, 3).ok());
+}
+
+}  // namespace
+}  // namespace fedmoe::privacy
