@@ -31,6 +31,8 @@
 #include "coordinator/server.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
 #include "logging/log.h"
+#include "model/config.h"
+#include "model/parameters.h"
 #include "pki/certificate.h"
 #include "pki/private_key.h"
 #include "pki/tls_policy.h"
@@ -405,7 +407,25 @@ int Restore(const std::vector<std::string>& args) {
 
 int CheckConfig(const std::vector<std::string>& args) {
   return config::CheckConfigFile("fedmoe-coordinator", args, [](const std::string& path) {
-    return CoordinatorConfig::Load(path).status();
+    absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(path);
+    if (!config.ok()) return config.status();
+    // The noise's share of a round, for the smallest cohort, when the initial model says how
+    // many values a round trains.
+    const RoundPolicy& policy = config->rounds;
+    if (absl::StatusOr<model::MoeConfig> model =
+            model::LoadMoeConfig(policy.initial_model / "config.json");
+        model.ok()) {
+      int64_t values = 0;
+      const model::ModelLayout layout(*model);
+      for (const model::TensorSpec& spec : layout.tensors()) {
+        if (policy.trainable.Includes(spec.role)) values += spec.size;
+      }
+      if (const std::string warning = NoiseWarning(policy, policy.min_clients, values);
+          !warning.empty()) {
+        std::fprintf(stderr, "%s: warning: %s\n", path.c_str(), warning.c_str());
+      }
+    }
+    return absl::OkStatus();
   });
 }
 

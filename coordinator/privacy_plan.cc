@@ -1,10 +1,13 @@
 #include "coordinator/privacy_plan.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "coordinator/update_spec.h"
 
 namespace fedmoe::coordinator {
@@ -70,6 +73,25 @@ absl::StatusOr<privacy::PrivacyLoss> PlannedEpsilon(const RoundPolicy& policy, i
     return status;
   }
   return accountant.Epsilon(policy.delta);
+}
+
+double MergedSignalToNoise(double noise_multiplier, int64_t clients, int64_t values) {
+  if (!(noise_multiplier > 0)) return std::numeric_limits<double>::infinity();
+  return static_cast<double>(clients) /
+         (noise_multiplier * std::sqrt(static_cast<double>(std::max<int64_t>(values, 1))));
+}
+
+std::string NoiseWarning(const RoundPolicy& policy, int64_t clients, int64_t values) {
+  if (policy.privacy_mode == v1::PrivacySpec::MODE_NONE) return "";
+  const double ratio = MergedSignalToNoise(policy.noise_multiplier, clients, values);
+  if (ratio >= kLowSignalToNoise) return "";
+  return absl::StrCat("client-level noise will drown the model: with z = ", policy.noise_multiplier,
+                      ", ", clients, " clients per round and ", values,
+                      " trained values, the merged update's noise norm is ",
+                      absl::StrFormat("%.3g", 1 / ratio),
+                      " times the largest change the clients can make together (signal to noise ",
+                      absl::StrFormat("%.3g", ratio), ", below ", kLowSignalToNoise,
+                      "); more clients per round, fewer trained values or a smaller z raise it");
 }
 
 absl::StatusOr<double> PlannedNoiseMultiplier(const RoundPolicy& policy, double target_epsilon,

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "coordinator/round_policy.h"
@@ -41,6 +42,21 @@ absl::StatusOr<privacy::PrivacyLoss> PlannedEpsilon(const RoundPolicy& policy, i
 absl::StatusOr<double> PlannedNoiseMultiplier(const RoundPolicy& policy, double target_epsilon,
                                               int64_t clients, int64_t encoded_values,
                                               int64_t rounds);
+
+// How much of a merged round is signal: the largest change the merge can take (every client's
+// clipped update pointing the same way, norm C after the mean) against the client-level
+// noise's norm after the mean (z·C per value of the sum, over `values` values, divided by the
+// `clients` averaged): clients / (z·√values). +∞ without noise.
+double MergedSignalToNoise(double noise_multiplier, int64_t clients, int64_t values);
+
+// Below this, even a unanimous federation's round is less than a tenth of its noise, and the
+// model is expected to get worse (the quickstart's z = 0.3 and z = 1.0 drove it below uniform
+// guessing): --check-config and every round start say so in one line.
+inline constexpr double kLowSignalToNoise = 0.1;
+
+// That line, for `clients` per round and `values` trained values, or empty when the ratio is
+// at least kLowSignalToNoise or the policy adds no noise.
+std::string NoiseWarning(const RoundPolicy& policy, int64_t clients, int64_t values);
 
 }  // namespace fedmoe::coordinator
 

@@ -264,9 +264,9 @@ void RoundEngine::MaybeSelect() {
   }
   // A cohort outside the range was drawn again, so membership of the one kept is not at rate
   // q: the ledger charges the conditioned rate.
-  absl::StatusOr<double> charged_rate = privacy::ConditionedSamplingRate(
-      static_cast<int64_t>(online.size()), policy_.sampling_rate, policy_.min_clients,
-      policy_.max_clients);
+  absl::StatusOr<double> charged_rate =
+      privacy::ConditionedSamplingRate(static_cast<int64_t>(online.size()), policy_.sampling_rate,
+                                       policy_.min_clients, policy_.max_clients);
   if (!charged_rate.ok()) {
     LogEvent(LogLevel::kError, "round_not_started").Error(charged_rate.status());
     next_round_at_ = now + policy_.interval;
@@ -402,6 +402,13 @@ void RoundEngine::MaybeSelect() {
       .Field("degree", static_cast<int64_t>(round->degree))
       .Field("threshold", static_cast<int64_t>(round->threshold))
       .Field("update_values", round->spec.layout().encoded_values());
+  if (const std::string warning =
+          NoiseWarning(policy_, n, static_cast<int64_t>(round->spec.layout().delta_values()));
+      !warning.empty()) {
+    LogEvent(LogLevel::kWarning, "noise_drowns_update")
+        .Field("round_id", round->id)
+        .Field("reason", warning);
+  }
   round_ = std::move(round);
   polls_->WakeAll();
 }
@@ -546,8 +553,8 @@ std::optional<privacy::DistributedRound> RoundEngine::PricedRound(const Round& r
                                                                   int64_t survivors) const {
   const v1::PrivacySpec& privacy = round.spec.privacy();
   return PriceRound(privacy.mode(), round.encoding,
-                    static_cast<int64_t>(round.spec.layout().encoded_values()),
-                    round.sampling_rate, privacy.noise_multiplier(), survivors);
+                    static_cast<int64_t>(round.spec.layout().encoded_values()), round.sampling_rate,
+                    privacy.noise_multiplier(), survivors);
 }
 
 absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(

@@ -113,3 +113,46 @@ TEST(CheckConfigFileTest, AMissingFileIsOneClearLine) {
 
 }  // namespace
 }  // namespace fedmoe::testing
+
+namespace fedmoe::testing {
+namespace {
+
+// The example with the quickstart's model as its initial one and client-level noise z: a
+// warning line when the noise is sure to drown the merged rounds, none when it is not, and the
+// config passes either way.
+TEST(CheckConfigNoiseTest, NoiseThatDrownsTheModelIsWarnedAboutInOneLine) {
+  TempDir dir;
+  const std::filesystem::path model = dir.path() / "model";
+  ASSERT_EQ(
+      RunCommand(
+          {BinaryPath("fedmoe-client"), "model", "init", "--config",
+           (std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy/quickstart-model.json").string(),
+           "--out", model.string()})
+          .exit_code,
+      0);
+  for (const auto& [z, warned] : {std::pair{"1.0", true}, {"0.01", false}}) {
+    std::string text = ReadFile(kExamples / "coordinator.yaml");
+    const size_t initial = text.find("  initial: ");
+    ASSERT_NE(initial, std::string::npos);
+    text.replace(initial, text.find('\n', initial) - initial, "  initial: " + model.string());
+    const size_t noise = text.find("  noise_multiplier: ");
+    ASSERT_NE(noise, std::string::npos);
+    text.replace(noise, text.find('\n', noise) - noise, std::string("  noise_multiplier: ") + z);
+    const std::filesystem::path file = dir.path() / "coordinator.yaml";
+    WriteFile(file, text);
+    CommandResult result =
+        RunCommand({BinaryPath("fedmoe-coordinator"), "--check-config", file.string()});
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_THAT(result.out, HasSubstr(": ok"));
+    if (warned) {
+      EXPECT_THAT(result.err, HasSubstr("warning: client-level noise will drown the model: with "
+                                        "z = 1, "));
+      EXPECT_EQ(std::count(result.err.begin(), result.err.end(), '\n'), 1) << result.err;
+    } else {
+      EXPECT_EQ(result.err, "");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fedmoe::testing
