@@ -3,6 +3,7 @@
 #include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <optional>
 
@@ -10,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "logging/log.h"
+#include "privacy/rdp_accountant.h"
 #include "secure_agg/packing.h"
 
 namespace fedmoe::coordinator {
@@ -388,6 +390,15 @@ grpc::Status CoordinatorApi::GetPrivacyLedger(const grpc::AuthContext& peer,
   response.set_sampler_total_variation(snapshot.sampler_total_variation);
   response.set_delta(context_.config->rounds.delta);
   response.set_target_epsilon(context_.config->rounds.target_epsilon);
+  if (!entries->empty() && !std::isfinite(snapshot.epsilon_spent)) {
+    const std::vector<double>& orders = entries->front().orders;
+    std::vector<double> total(orders.size(), 0.0);
+    for (const LedgerEntry& entry : *entries) {
+      for (size_t i = 0; i < total.size() && i < entry.rdp.size(); ++i) total[i] += entry.rdp[i];
+    }
+    response.set_epsilon_note(privacy::ExplainInfiniteEpsilon(
+        orders, total, context_.config->rounds.delta, snapshot.sampler_total_variation));
+  }
   return grpc::Status::OK;
 }
 

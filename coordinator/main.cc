@@ -815,6 +815,9 @@ int PrivacyReport(const std::vector<std::string>& args) {
                                     response.sampler_total_variation())
                         .c_str()
                   : "");
+  if (!response.epsilon_note().empty()) {
+    std::printf("epsilon is infinite: %s\n", response.epsilon_note().c_str());
+  }
   return 0;
 }
 

@@ -238,24 +238,45 @@ double LogBinomialRange(int64_t n, double q, int64_t low, int64_t high) {
 
 }  // namespace
 
+std::string ExplainInfiniteEpsilon(std::span<const double> orders, std::span<const double> rdp,
+                                   double delta, double sampler_total_variation) {
+  absl::StatusOr<PrivacyLoss> with_charge =
+      RdpToEpsilon(orders, rdp, delta, sampler_total_variation);
+  if (!with_charge.ok() || std::isfinite(with_charge->epsilon)) return "";
+  if (std::all_of(rdp.begin(), rdp.end(), [](double value) { return std::isinf(value); })) {
+    return "no noise bounds one participant's influence (a round ran without noise): every "
+           "order's Rényi divergence is infinite";
+  }
+  // Some order is finite, so the noise alone converts to a finite ε: the charge is what failed.
+  absl::StatusOr<PrivacyLoss> noise_alone = RdpToEpsilon(orders, rdp, delta);
+  if (!noise_alone.ok()) return std::string(noise_alone.status().message());
+  const double charge_at = (1 + std::exp(noise_alone->epsilon)) * sampler_total_variation;
+  return absl::StrCat("the samplers' term took delta: the noise alone gives epsilon ",
+                      noise_alone->epsilon, " at delta ", delta, ", but their total variation ",
+                      sampler_total_variation, " is charged as (1 + e^epsilon) times itself, ",
+                      charge_at, " there, and no epsilon above ln(delta / total variation - 1) = ",
+                      std::log(delta / sampler_total_variation - 1),
+                      " can be certified; more noise per round brings epsilon below that");
+}
+
 absl::StatusOr<double> ConditionedSamplingRate(int64_t population, double sampling_rate,
                                                int64_t min_size, int64_t max_size) {
   if (population < 1 || !(sampling_rate > 0 && sampling_rate <= 1) || min_size < 1 ||
       max_size < min_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "a conditioned draw needs a population of at least 1, a rate in (0, 1] and "
-        "1 ≤ min ≤ max; got ",
-        population, ", ", sampling_rate, ", [", min_size, ", ", max_size, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("a conditioned draw needs a population of at least 1, a rate in (0, 1] and "
+                     "1 ≤ min ≤ max; got ",
+                     population, ", ", sampling_rate, ", [", min_size, ", ", max_size, "]"));
   }
   if (population < min_size) {
-    return absl::InvalidArgumentError(absl::StrCat("no cohort of ", min_size,
-                                                   " can be drawn from ", population, " clients"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("no cohort of ", min_size, " can be drawn from ", population, " clients"));
   }
   // Everyone, every time: the kept cohort is the population, when it fits.
   if (sampling_rate == 1) {
     if (population > max_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a cohort of all ", population, " clients is never at most ", max_size));
+      return absl::InvalidArgumentError(
+          absl::StrCat("a cohort of all ", population, " clients is never at most ", max_size));
     }
     return 1.0;
   }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -44,6 +45,13 @@ struct PrivacyLoss {
 absl::StatusOr<PrivacyLoss> RdpToEpsilon(std::span<const double> orders,
                                          std::span<const double> rdp, double delta,
                                          double sampler_total_variation = 0.0);
+
+// Why RdpToEpsilon(orders, rdp, delta, sampler_total_variation) is +∞, in one line: no noise
+// at all (every order infinite), or, since any finite order converts to a finite ε, the
+// samplers' charge (1 + e^ε)·η taking all of δ at the ε the noise alone gives. Empty when ε is
+// finite.
+std::string ExplainInfiniteEpsilon(std::span<const double> orders, std::span<const double> rdp,
+                                   double delta, double sampler_total_variation);
 
 // Accumulates rounds. Copyable value type; the ledger stores orders() and rdp().
 class RdpAccountant {

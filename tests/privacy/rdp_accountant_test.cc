@@ -291,3 +291,28 @@ TEST(ConditionedSamplingRateTest, ImpossibleDrawsAreRefused) {
 
 }  // namespace
 }  // namespace fedmoe::privacy
+
+namespace fedmoe::privacy {
+namespace {
+
+TEST(ExplainInfiniteEpsilonTest, NamesTheTermThatTookDelta) {
+  const std::vector<double>& orders = DefaultRdpOrders();
+  RdpAccountant small_noise;
+  ASSERT_TRUE(small_noise.AddSubsampledGaussian(1.0, 0.05, 5).ok());
+  // The noise alone: a finite but large epsilon; the charge of 2^-60 then takes δ = 10^-5.
+  ASSERT_TRUE(std::isfinite(RdpToEpsilon(orders, small_noise.rdp(), 1e-5)->epsilon));
+  ASSERT_TRUE(std::isinf(RdpToEpsilon(orders, small_noise.rdp(), 1e-5, 0x1.0p-60)->epsilon));
+  EXPECT_THAT(ExplainInfiniteEpsilon(orders, small_noise.rdp(), 1e-5, 0x1.0p-60),
+              ::testing::HasSubstr("the samplers' term took delta"));
+
+  const std::vector<double> none(orders.size(), std::numeric_limits<double>::infinity());
+  EXPECT_THAT(ExplainInfiniteEpsilon(orders, none, 1e-5, 0),
+              ::testing::HasSubstr("a round ran without noise"));
+
+  RdpAccountant fine;
+  ASSERT_TRUE(fine.AddSubsampledGaussian(0.01, 1.1, 100).ok());
+  EXPECT_EQ(ExplainInfiniteEpsilon(orders, fine.rdp(), 1e-5, 1e-20), "");
+}
+
+}  // namespace
+}  // namespace fedmoe::privacy
