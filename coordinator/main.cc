@@ -100,6 +100,9 @@ constexpr char kUsage[] = R"(usage: fedmoe-coordinator COMMAND [FLAGS]
       ledger will: N clients, all surviving, updates of V values (the update_values of a
       round_started log line), and [--mechanism discrete_gaussian|skellam] [--ring-bits B]
       [--clip-norm C] [--rounding-beta BETA] as in the coordinator's config (its defaults).
+      With --config FILE (a coordinator.yaml), every setting comes from that federation's
+      config, the update's values from its initial model, so that the answer is what its
+      ledger will say after R rounds of N clients; flags still override.
 
 Admin commands talk to the running coordinator over mTLS with an admin certificate. They find
 it with --state-dir DIR (on the coordinator's host), or --config FILE, or --admin-dir DIR (from
@@ -821,10 +824,28 @@ int PrivacyReport(const std::vector<std::string>& args) {
   return 0;
 }
 
+// The values of one round's update (before the encoder pads them to a power of two): the
+// initial model's trained tensors, and each MoE layer's expert weights and histogram.
+absl::StatusOr<int64_t> UpdateValuesOf(const RoundPolicy& policy) {
+  absl::StatusOr<model::MoeConfig> model =
+      model::LoadMoeConfig(policy.initial_model / "config.json");
+  if (!model.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--values is needed: the config's initial model cannot be read (",
+                     model.status().message(), ")"));
+  }
+  const model::ModelLayout layout(*model);
+  int64_t values = 2 * model->num_hidden_layers * model->num_local_experts;
+  for (const model::TensorSpec& spec : layout.tensors()) {
+    if (policy.trainable.Includes(spec.role)) values += spec.size;
+  }
+  return values;
+}
+
 // `privacy epsilon|noise --mode distributed|central`: a federation's rounds, priced as the ledger
 // will price them (coordinator/privacy_plan.h), from the flags and the config's defaults.
-int PlanFederation(const std::string& verb, const std::string& mode, const CommandLine& flags) {
-  RoundPolicy policy;
+int PlanFederation(const std::string& verb, RoundPolicy policy, const std::string& mode,
+                   const CommandLine& flags) {
   if (mode == "distributed") {
     policy.privacy_mode = v1::PrivacySpec::MODE_DISTRIBUTED;
   } else if (mode == "central") {
@@ -833,27 +854,35 @@ int PlanFederation(const std::string& verb, const std::string& mode, const Comma
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--mode must be gaussian, distributed or central, not '", mode, "'")));
   }
-  const std::string mechanism = flags.GetOr("mechanism", "discrete_gaussian");
+  const std::string mechanism = flags.GetOr("mechanism", MechanismName(policy.mechanism));
   if (mechanism == "skellam" && mode == "distributed") {
     policy.mechanism = v1::PrivacySpec::MECHANISM_SKELLAM;
-  } else if (mechanism != "discrete_gaussian") {
+  } else if (mechanism == "discrete_gaussian") {
+    policy.mechanism = v1::PrivacySpec::MECHANISM_DISCRETE_GAUSSIAN;
+  } else {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         "--mechanism must be discrete_gaussian", mode == "distributed" ? " or skellam" : "", " in ",
         mode, " mode, not '", mechanism, "'")));
   }
-  absl::StatusOr<double> q = flags.RequireDouble("sampling-rate");
-  if (!q.ok()) return Fail(q.status());
-  absl::StatusOr<double> delta = flags.RequireDouble("delta");
-  if (!delta.ok()) return Fail(delta.status());
+  // With --config the federation's own settings are the defaults, so the plan is what its
+  // ledger will say; a flag still overrides.
+  const bool configured = flags.Has("config");
+  for (const auto& [flag, field] :
+       {std::pair{"sampling-rate", &policy.sampling_rate}, std::pair{"delta", &policy.delta}}) {
+    if (configured && !flags.Has(flag)) continue;
+    absl::StatusOr<double> value = flags.RequireDouble(flag);
+    if (!value.ok()) return Fail(value.status());
+    *field = *value;
+  }
   constexpr int64_t kMost = std::numeric_limits<int64_t>::max();
   absl::StatusOr<int64_t> rounds = flags.RequireInt("rounds", 1, kMost);
   if (!rounds.ok()) return Fail(rounds.status());
   absl::StatusOr<int64_t> clients = flags.RequireInt("clients", 2, kMost);
   if (!clients.ok()) return Fail(clients.status());
-  absl::StatusOr<int64_t> values = flags.RequireInt("values", 1, int64_t{1} << 40);
+  absl::StatusOr<int64_t> values = configured && !flags.Has("values")
+                                       ? UpdateValuesOf(policy)
+                                       : flags.RequireInt("values", 1, int64_t{1} << 40);
   if (!values.ok()) return Fail(values.status());
-  policy.sampling_rate = *q;
-  policy.delta = *delta;
   if (flags.Has("ring-bits")) {
     absl::StatusOr<int64_t> bits = flags.RequireInt("ring-bits", 16, 62);
     if (!bits.ok()) return Fail(bits.status());
@@ -873,7 +902,9 @@ int PlanFederation(const std::string& verb, const std::string& mode, const Comma
   // Updates are encoded at the next power of two.
   const auto encoded = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(*values)));
   if (verb == "epsilon") {
-    absl::StatusOr<double> z = flags.RequireDouble("noise-multiplier");
+    absl::StatusOr<double> z = configured && !flags.Has("noise-multiplier")
+                                   ? absl::StatusOr<double>(policy.noise_multiplier)
+                                   : flags.RequireDouble("noise-multiplier");
     if (!z.ok()) return Fail(z.status());
     policy.noise_multiplier = *z;
     if (!(*z > 0)) {
@@ -907,11 +938,18 @@ int PrivacyCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(
       rest,
       {"noise-multiplier", "target-epsilon", "sampling-rate", "rounds", "delta", "mode", "clients",
-       "values", "mechanism", "ring-bits", "clip-norm", "rounding-beta"},
+       "values", "mechanism", "ring-bits", "clip-norm", "rounding-beta", "config"},
       {});
   if (!flags.ok()) return Fail(flags.status());
+  if (auto path = flags->Get("config")) {
+    absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(*path);
+    if (!config.ok()) return Fail(config.status());
+    return PlanFederation(verb, config->rounds,
+                          flags->GetOr("mode", PrivacyModeName(config->rounds.privacy_mode)),
+                          *flags);
+  }
   const std::string mode = flags->GetOr("mode", "gaussian");
-  if (mode != "gaussian") return PlanFederation(verb, mode, *flags);
+  if (mode != "gaussian") return PlanFederation(verb, RoundPolicy(), mode, *flags);
   for (const char* federation_only :
        {"clients", "values", "mechanism", "ring-bits", "clip-norm", "rounding-beta"}) {
     if (flags->Has(federation_only)) {

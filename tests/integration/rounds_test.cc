@@ -268,6 +268,15 @@ TEST_F(RoundsTest, CentralRoundsAddTheCoordinatorsDiscreteNoiseAndTheLedgerPrice
   // One noise draw per value, the coordinator's.
   ExpectLedgerRecomputes(ledger, 1);
   ExpectThePlanPredictsTheLedger(ledger, "central", 0.5, 1);
+  // The same from the federation's own config, with nothing else given.
+  CommandResult plan =
+      RunCommand({BinaryPath("fedmoe-coordinator"), "privacy", "epsilon", "--config",
+                  (state_ / "coordinator.yaml").string(), "--rounds", "2", "--clients", "3"});
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  google::protobuf::Struct json;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(plan.out, &json).ok()) << plan.out;
+  EXPECT_NEAR(json.fields().at("epsilon").number_value(), ledger.epsilon_spent(),
+              1e-9 * ledger.epsilon_spent());
 }
 
 // Three clients online, q = 1/2 and a minimum cohort of three: only the draws that take all
