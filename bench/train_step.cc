@@ -264,15 +264,17 @@ Json BackendStep(const Shape& shape, int steps, int64_t records, bool private_st
     if (!(*backend)->AccumulateClippedGradients(batch, rows, options, 1.0, norms).ok()) {
       std::abort();
     }
-    absl::StatusOr<std::span<float>> gradients = (*backend)->MutableStepGradients();
-    if (!gradients.ok()) std::abort();
-    for (const model::TensorSpec& spec : parameters.layout().tensors()) {
-      if (!trainable.Includes(spec.role)) continue;
-      const std::span<float> tensor =
-          gradients->subspan(static_cast<size_t>(spec.offset), static_cast<size_t>(spec.size));
-      if (!noise->AddTo(tensor, *random).ok()) std::abort();
-      for (float& value : tensor) value /= static_cast<float>(records);
-    }
+    const absl::Status noised = (*backend)->UpdateStepGradients([&](std::span<float> gradients) {
+      for (const model::TensorSpec& spec : parameters.layout().tensors()) {
+        if (!trainable.Includes(spec.role)) continue;
+        const std::span<float> tensor =
+            gradients.subspan(static_cast<size_t>(spec.offset), static_cast<size_t>(spec.size));
+        if (absl::Status status = noise->AddTo(tensor, *random); !status.ok()) return status;
+        for (float& value : tensor) value /= static_cast<float>(records);
+      }
+      return absl::OkStatus();
+    });
+    if (!noised.ok()) std::abort();
     if (!(*backend)->ApplyGradients(1e-3, 0.0).ok()) std::abort();
   };
   step();

@@ -362,19 +362,8 @@ absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
     }
     return DatasetAccount();
   }
-  // Per-record clipping runs on the CPU, in fp32; a configured GPU or bf16 is not silently
-  // replaced, an automatic choice is.
-  if (options.device != kernels::Device::kCpu) {
-    if (config_.compute.device_name != "auto") {
-      return absl::FailedPreconditionError(
-          "the round runs DP-SGD, whose per-record clipping runs on the CPU in this version; "
-          "set training.device to auto or cpu");
-    }
-    options.device = kernels::Device::kCpu;
-    LogEvent(LogLevel::kWarning, "training_device_fallback")
-        .Field("round_id", round_id)
-        .Field("reason", "DP-SGD's per-record clipping runs on the CPU");
-  }
+  // Per-record clipping runs in fp32; a configured bf16 is not silently replaced, an automatic
+  // choice is.
   if (options.matmul_precision != model::MatMulPrecision::kFloat32) {
     if (config_.compute.matmul_precision_name == "bf16") {
       return absl::FailedPreconditionError(

@@ -114,15 +114,9 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
   ReadComputeSettings(reader, prefix, &resolved);
   options->device = resolved.device;
   options->matmul_precision = resolved.matmul_precision;
-  // Per-record clipping runs on the CPU in fp32: an automatic choice yields to it (the names
-  // change, so that a later Resolve() agrees), an explicit other one is an error.
+  // Per-record clipping runs in fp32: an automatic choice yields to it (the name changes, so
+  // that a later Resolve() agrees), an explicit bf16 is an error.
   if (options->record_privacy.enabled) {
-    if (resolved.device_name == "auto") {
-      resolved.device_name = "cpu";
-      resolved.device = options->device = kernels::Device::kCpu;
-    } else if (options->device != kernels::Device::kCpu) {
-      reader.Invalid(key("device"), "DP-SGD (record_noise_multiplier > 0) trains on the CPU");
-    }
     if (resolved.matmul_precision_name == "auto") {
       resolved.matmul_precision_name = "fp32";
       resolved.matmul_precision = options->matmul_precision = model::MatMulPrecision::kFloat32;

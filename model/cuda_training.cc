@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/axpy.h"
 #include "kernels/cuda/collectives.h"
 #include "kernels/cuda/cross_entropy.h"
 #include "kernels/cuda/dense.h"
@@ -183,6 +184,85 @@ class CudaTrainingBackend : public TrainingBackend {
       return status;
     }
     return Backward(*shape, batch, options, bf16);
+  }
+
+  // One backward pass per record, each into a buffer of its own whose norm is taken on the
+  // device; the clipped gradient is then added to the step's. The Gram norms and book-keeping
+  // of the CPU twin (per_record_clipping.h) are not on the GPU yet: this is its materialised
+  // form, exact and simple, and slower where records are many and short.
+  absl::StatusOr<LossBreakdown> AccumulateClippedGradients(
+      const Batch& batch, const RecordRows& records, const BackwardOptions& options,
+      double clip_norm, std::vector<double>& record_norms) override {
+    if (training_bf16()) {
+      return absl::InvalidArgumentError("per-record clipping takes fp32 products only");
+    }
+    if (options_.trainable.embeddings) {
+      return absl::InvalidArgumentError(
+          "per-record clipping cannot train embeddings (a token's row mixes records)");
+    }
+    if (records.rows() != batch.batch * batch.seq_len) {
+      return absl::InvalidArgumentError(absl::StrCat("the records lay out ", records.rows(),
+                                                     " rows for a batch of ",
+                                                     batch.batch * batch.seq_len));
+    }
+    if (absl::Status selected = cuda::SetDevice(device_); !selected.ok()) return selected;
+    const auto total = static_cast<int64_t>(gradients_.size());
+    if (static_cast<int64_t>(record_gradients_.size()) < total) {
+      if (absl::Status status = Reserve(record_gradients_, total); !status.ok()) return status;
+      if (absl::Status status = record_gradients_.Zero(); !status.ok()) return status;
+    }
+    record_norms.clear();
+    LossBreakdown step;
+    double balance_rows = 0;
+    for (int64_t r = 0; r < records.records(); ++r) {
+      const int64_t first = records.row_begin[static_cast<size_t>(r)];
+      const int64_t last = records.row_begin[static_cast<size_t>(r) + 1];
+      if (first % batch.seq_len != 0 || last % batch.seq_len != 0) {
+        return absl::InvalidArgumentError("a record does not hold whole windows");
+      }
+      Batch own;
+      own.batch = (last - first) / batch.seq_len;
+      own.seq_len = batch.seq_len;
+      own.tokens.assign(batch.tokens.begin() + first, batch.tokens.begin() + last);
+      own.targets.assign(batch.targets.begin() + first, batch.targets.begin() + last);
+      for (const int32_t target : own.targets) own.predictions += target >= 0 ? 1 : 0;
+      BackwardOptions alone = options;
+      alone.per_record = nullptr;
+      alone.step_share = 1;
+      alone.predictions_in_step = static_cast<double>(std::max<int64_t>(own.predictions, 1));
+      // The pass adds into gradients_: for this record, that is the zeroed buffer of its own.
+      std::swap(gradients_, record_gradients_);
+      absl::StatusOr<LossBreakdown> loss = AccumulateGradients(own, alone);
+      std::swap(gradients_, record_gradients_);
+      if (!loss.ok()) return loss.status();
+      absl::Status status = cuda::SumOfSquares(record_gradients_.data(), *trainable_ranges_,
+                                               norm_partials_.data(), norm_squared_.data());
+      double norm_squared = 0;
+      status.Update(norm_squared_.CopyTo({&norm_squared, 1}));
+      if (!status.ok()) return status;
+      const double norm = std::sqrt(norm_squared);
+      record_norms.push_back(norm);
+      status.Update(cuda::Axpy(static_cast<float>(norm > clip_norm ? clip_norm / norm : 1.0),
+                               record_gradients_, gradients_));
+      status.Update(record_gradients_.Zero());
+      if (!status.ok()) return status;
+      step.cross_entropy += loss->cross_entropy * alone.predictions_in_step;
+      step.predictions += loss->predictions;
+      step.balance_per_layer += loss->balance_per_layer * static_cast<double>(last - first);
+      balance_rows += static_cast<double>(last - first);
+    }
+    step.cross_entropy /= options.predictions_in_step;
+    if (balance_rows > 0) step.balance_per_layer /= balance_rows;
+    return step;
+  }
+
+  absl::Status UpdateStepGradients(
+      const std::function<absl::Status(std::span<float>)>& update) override {
+    if (absl::Status selected = cuda::SetDevice(device_); !selected.ok()) return selected;
+    std::vector<float> host(gradients_.size());
+    if (absl::Status status = gradients_.CopyTo(host); !status.ok()) return status;
+    if (absl::Status status = update(host); !status.ok()) return status;
+    return gradients_.CopyFrom(host);
   }
 
   absl::StatusOr<double> ApplyGradients(double learning_rate, double max_norm) override {
@@ -978,6 +1058,8 @@ class CudaTrainingBackend : public TrainingBackend {
   std::vector<GemmProblem> problems_;
 
   DeviceArray<float> parameters_, gradients_, first_moment_, second_moment_;
+  // DP-SGD: one record's gradient at a time, allocated at the first private micro-batch.
+  DeviceArray<float> record_gradients_;
   DeviceArray<DeviceBf16> parameters_bf16_;
   std::unique_ptr<cuda::DeviceRanges> trainable_ranges_;
   int64_t steps_ = 0;
@@ -1059,6 +1141,20 @@ class DataParallelBackend : public TrainingBackend {
 
   absl::StatusOr<LossSum> Evaluate(const Batch& batch) override {
     return replicas_.front()->Evaluate(batch);
+  }
+
+  // DP-SGD runs on the first GPU alone: the others' gradients stay zero, so the sum that
+  // ApplyGradients takes over the GPUs is its clipped, noised sum.
+  absl::StatusOr<LossBreakdown> AccumulateClippedGradients(
+      const Batch& batch, const RecordRows& records, const BackwardOptions& options,
+      double clip_norm, std::vector<double>& record_norms) override {
+    return replicas_.front()->AccumulateClippedGradients(batch, records, options, clip_norm,
+                                                         record_norms);
+  }
+
+  absl::Status UpdateStepGradients(
+      const std::function<absl::Status(std::span<float>)>& update) override {
+    return replicas_.front()->UpdateStepGradients(update);
   }
 
   absl::StatusOr<std::vector<std::vector<int64_t>>> ExpertSlots() override {

@@ -193,14 +193,20 @@ class PrivateSteps {
     if (absl::Status status = flush(); !status.ok()) return status;
     spend_.records_sampled += static_cast<int64_t>(taken->size());
 
-    absl::StatusOr<std::span<float>> gradients = backend.MutableStepGradients();
-    if (!gradients.ok()) return gradients.status();
     const auto scale = static_cast<float>(1.0 / expected_batch_);
-    for (const auto& [offset, size] : ranges_) {
-      const std::span<float> tensor =
-          gradients->subspan(static_cast<size_t>(offset), static_cast<size_t>(size));
-      if (absl::Status status = noise_.AddTo(tensor, noise_random_); !status.ok()) return status;
-      for (float& value : tensor) value *= scale;
+    if (absl::Status status = backend.UpdateStepGradients([&](std::span<float> gradients) {
+          for (const auto& [offset, size] : ranges_) {
+            const std::span<float> tensor =
+                gradients.subspan(static_cast<size_t>(offset), static_cast<size_t>(size));
+            if (absl::Status added = noise_.AddTo(tensor, noise_random_); !added.ok()) {
+              return added;
+            }
+            for (float& value : tensor) value *= scale;
+          }
+          return absl::OkStatus();
+        });
+        !status.ok()) {
+      return status;
     }
     ++spend_.steps;
     spend_.sampler_total_variation +=

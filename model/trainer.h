@@ -25,7 +25,8 @@ namespace fedmoe::model {
 // q = batch_size·gradient_accumulation / records, clips each record's gradient to clip_norm,
 // adds Gaussian noise of standard deviation noise_multiplier·clip_norm to the sum and divides
 // by the expected batch. Micro-batches then hold at most batch_size windows (a record is never
-// split between two), and max_gradient_norm does not apply.
+// split between two), and max_gradient_norm does not apply. Both backends clip (the CPU by Gram
+// norms, the GPU by one backward pass per record), in fp32 products.
 struct RecordPrivacyOptions {
   bool enabled = false;
   double noise_multiplier = 0;

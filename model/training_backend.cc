@@ -59,8 +59,9 @@ class CpuTrainingBackend : public TrainingBackend {
     return loss;
   }
 
-  absl::StatusOr<std::span<float>> MutableStepGradients() override {
-    return std::span<float>(gradients_.data(), gradients_.size());
+  absl::Status UpdateStepGradients(
+      const std::function<absl::Status(std::span<float>)>& update) override {
+    return update(std::span<float>(gradients_.data(), gradients_.size()));
   }
 
   absl::StatusOr<double> ApplyGradients(double learning_rate, double max_norm) override {
@@ -115,18 +116,6 @@ class CpuTrainingBackend : public TrainingBackend {
 };
 
 }  // namespace
-
-absl::StatusOr<LossBreakdown> TrainingBackend::AccumulateClippedGradients(
-    const Batch& /*batch*/, const RecordRows& /*records*/, const BackwardOptions& /*options*/,
-    double /*clip_norm*/, std::vector<double>& /*record_norms*/) {
-  return absl::UnimplementedError(
-      "DP-SGD's per-record clipping runs on the CPU backend in this version; train on the CPU "
-      "(training.device: cpu)");
-}
-
-absl::StatusOr<std::span<float>> TrainingBackend::MutableStepGradients() {
-  return absl::UnimplementedError("this backend keeps its gradients on a device");
-}
 
 absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCpuTrainingBackend(
     ModelParameters& parameters, const BackendOptions& options) {

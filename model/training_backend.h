@@ -6,6 +6,7 @@
 #define FEDMOE_MODEL_TRAINING_BACKEND_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -49,16 +50,21 @@ class TrainingBackend {
                                                             const BackwardOptions& options) = 0;
 
   // DP-SGD's micro-batch: forward and backward over a batch whose rows belong to `records`
-  // (backward.h's BackwardOptions::per_record), adding the sum of the records' gradients each
-  // clipped to L2 norm clip_norm. Returns the loss and writes each record's norm before
-  // clipping. Backends without per-record clipping return Unimplemented.
+  // (each record's windows side by side), adding the sum of the records' gradients each clipped
+  // to L2 norm clip_norm. Each record's loss is its mean cross-entropy plus its own balance term
+  // (backward.h's BackwardOptions::per_record). Returns the loss with its cross-entropy summed
+  // over the records' predictions and divided by options.predictions_in_step, and writes each
+  // record's norm before clipping. The CPU takes norms by Gram matrices where cheaper
+  // (per_record_clipping.h); the GPU runs one backward pass per record into a buffer of its
+  // own. fp32 products only.
   virtual absl::StatusOr<LossBreakdown> AccumulateClippedGradients(
       const Batch& batch, const RecordRows& records, const BackwardOptions& options,
-      double clip_norm, std::vector<double>& record_norms);
+      double clip_norm, std::vector<double>& record_norms) = 0;
 
-  // The step's gradient so far, in place, for DP-SGD's noise; Unimplemented where it lives on
-  // a device.
-  virtual absl::StatusOr<std::span<float>> MutableStepGradients();
+  // Hands the step's gradient so far, in the parameters' layout, to `update` to change in place
+  // (DP-SGD's noise and averaging), where it lives: the GPU copies it out and back.
+  virtual absl::Status UpdateStepGradients(
+      const std::function<absl::Status(std::span<float>)>& update) = 0;
 
   // Clips the step's gradient to max_norm (≤ 0: no clipping), takes one AdamW step at
   // `learning_rate` and zeroes the gradient for the next step. Returns the norm before clipping.

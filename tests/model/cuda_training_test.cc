@@ -334,6 +334,73 @@ TEST(CudaTrainingTensorCoreTest, Bf16StepWithTensorCoreAttentionStaysNearTheCpu)
   EXPECT_EQ(*slots, *cpu_slots);
 }
 
+// DP-SGD's micro-batch: three records of one to three windows, each clipped, on the GPU (one
+// backward pass per record) against the CPU (Gram norms and book-keeping): the same norms, the
+// same clipped sum, and the noise step's round trip through host memory.
+TEST(CudaRecordClippingTest, ClippedSumsMatchTheCpuBackend) {
+  FEDMOE_REQUIRE_CUDA();
+  const MoeConfig config = SmallConfig();
+  ModelParameters cpu_parameters = InitializeModel(config, 9);
+  const ModelParameters initial = cpu_parameters;
+  BackendOptions options = OneGpu();
+  options.trainable = *TrainableSet::Parse("experts,router,attention,norms");
+  options.tensor_core_attention = false;
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> cpu =
+      CreateCpuTrainingBackend(cpu_parameters, options);
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu =
+      CreateCudaTrainingBackend(initial, options);
+  ASSERT_TRUE(cpu.ok() && gpu.ok());
+  const Batch whole = RandomBatch(config, 6, 8, 300);
+  RecordRows records;
+  for (const int64_t windows : {3, 1, 2}) {
+    records.row_begin.push_back(records.row_begin.back() + windows * whole.seq_len);
+  }
+  const BackwardOptions loss{.balance_coefficient = 0.05, .predictions_in_step = 1};
+  std::vector<double> cpu_norms, gpu_norms;
+  // A clip norm between the records' norms, from a first CPU pass.
+  ASSERT_TRUE((*cpu)->AccumulateClippedGradients(whole, records, loss, 1e9, cpu_norms).ok());
+  ASSERT_EQ(cpu_norms.size(), 3U);
+  const double clip = 0.5 * (*std::min_element(cpu_norms.begin(), cpu_norms.end()) +
+                             *std::max_element(cpu_norms.begin(), cpu_norms.end()));
+  const auto size = static_cast<size_t>(initial.layout().total_size());
+  ASSERT_TRUE((*cpu)
+                  ->UpdateStepGradients([](std::span<float> gradients) {
+                    std::fill(gradients.begin(), gradients.end(), 0.0F);
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  absl::StatusOr<LossBreakdown> cpu_loss =
+      (*cpu)->AccumulateClippedGradients(whole, records, loss, clip, cpu_norms);
+  absl::StatusOr<LossBreakdown> gpu_loss =
+      (*gpu)->AccumulateClippedGradients(whole, records, loss, clip, gpu_norms);
+  ASSERT_TRUE(cpu_loss.ok()) << cpu_loss.status();
+  ASSERT_TRUE(gpu_loss.ok()) << gpu_loss.status();
+  EXPECT_NEAR(gpu_loss->cross_entropy, cpu_loss->cross_entropy, 1e-4 * cpu_loss->cross_entropy);
+  ASSERT_EQ(gpu_norms.size(), 3U);
+  int clipped = 0;
+  for (size_t r = 0; r < 3; ++r) {
+    EXPECT_NEAR(gpu_norms[r], cpu_norms[r], 1e-4 * cpu_norms[r]) << "record " << r;
+    clipped += cpu_norms[r] > clip ? 1 : 0;
+  }
+  EXPECT_GT(clipped, 0);
+  EXPECT_LT(clipped, 3);
+  std::vector<float> cpu_gradients(size), gpu_gradients(size);
+  ASSERT_TRUE((*cpu)->CopyGradientsTo(cpu_gradients).ok());
+  ASSERT_TRUE((*gpu)->CopyGradientsTo(gpu_gradients).ok());
+  ExpectTensorsNear(initial.layout(), gpu_gradients, cpu_gradients, 1e-4, "clipped sum");
+
+  // What the trainer does with the sum (noise, averaging) reaches the GPU's copy.
+  ASSERT_TRUE((*gpu)
+                  ->UpdateStepGradients([](std::span<float> gradients) {
+                    for (float& g : gradients) g *= 2;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  ASSERT_TRUE((*gpu)->CopyGradientsTo(gpu_gradients).ok());
+  for (float& g : cpu_gradients) g *= 2;
+  ExpectTensorsNear(initial.layout(), gpu_gradients, cpu_gradients, 1e-4, "updated sum");
+}
+
 TEST(CudaTrainingErrorsTest, BadBatchesAreRefusedAndTheBackendKeepsWorking) {
   FEDMOE_REQUIRE_CUDA();
   const MoeConfig config = SmallConfig();
