@@ -254,14 +254,17 @@ Json BackendStep(const Shape& shape, int steps, int64_t records, bool private_st
   if (!noise.ok() || !random.ok()) std::abort();
   model::BackwardOptions options{.balance_coefficient = 0.02,
                                  .predictions_in_step = static_cast<double>(batch.predictions)};
-  std::vector<double> norms;
+  model::PrivateBatch released;
+  released.routing_sum.assign(static_cast<size_t>(parameters.config().num_hidden_layers *
+                                                  parameters.config().num_local_experts),
+                              0.0);
   auto step = [&] {
     if (!private_step) {
       if (!(*backend)->AccumulateGradients(batch, options).ok()) std::abort();
       if (!(*backend)->ApplyGradients(1e-3, 1.0).ok()) std::abort();
       return;
     }
-    if (!(*backend)->AccumulateClippedGradients(batch, rows, options, 1.0, norms).ok()) {
+    if (!(*backend)->AccumulateClippedGradients(batch, rows, options, 1.0, 0.25, released).ok()) {
       std::abort();
     }
     const absl::Status noised = (*backend)->UpdateStepGradients([&](std::span<float> gradients) {

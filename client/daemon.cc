@@ -394,10 +394,8 @@ absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
   }
   if (policy.max_record_epsilon > 0) {
     // The round's charge as it will be made: the spend Train reports, computed ahead.
-    int64_t trainable_values = 0;
-    for (const model::TensorSpec& spec : global.layout().tensors()) {
-      if (options.trainable.Includes(spec.role)) trainable_values += spec.size;
-    }
+    const int64_t released_values =
+        model::PrivateReleaseValues(global.layout(), global.config(), options.trainable);
     const double expected = static_cast<double>(options.batch_size * options.gradient_accumulation);
     model::RecordPrivacySpend planned{
         .unit = policy.record_unit,
@@ -407,10 +405,10 @@ absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
             std::min(1.0, expected / static_cast<double>(std::max<int64_t>(record_count, 1))),
         .noise_multiplier = model::GradientNoise::EffectiveNoiseMultiplier(
             options.record_privacy.noise_multiplier, options.record_privacy.clip_norm,
-            std::max<int64_t>(trainable_values, 1)),
+            released_values),
         .clip_norm = options.record_privacy.clip_norm,
         .sampler_total_variation = static_cast<double>(options.steps) *
-                                   static_cast<double>(trainable_values) *
+                                   static_cast<double>(released_values) *
                                    privacy::TabulatedNoise::kDrawTotalVariation};
     absl::StatusOr<DatasetAccount> after = account.With(planned, round_id);
     if (!after.ok()) return after.status();

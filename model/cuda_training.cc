@@ -190,9 +190,11 @@ class CudaTrainingBackend : public TrainingBackend {
   // device; the clipped gradient is then added to the step's. The Gram norms and book-keeping
   // of the CPU twin (per_record_clipping.h) are not on the GPU yet: this is its materialised
   // form, exact and simple, and slower where records are many and short.
-  absl::StatusOr<LossBreakdown> AccumulateClippedGradients(
-      const Batch& batch, const RecordRows& records, const BackwardOptions& options,
-      double clip_norm, std::vector<double>& record_norms) override {
+  absl::StatusOr<LossBreakdown> AccumulateClippedGradients(const Batch& batch,
+                                                           const RecordRows& records,
+                                                           const BackwardOptions& options,
+                                                           double clip_norm, double routing_scale,
+                                                           PrivateBatch& out) override {
     if (training_bf16()) {
       return absl::InvalidArgumentError("per-record clipping takes fp32 products only");
     }
@@ -211,7 +213,9 @@ class CudaTrainingBackend : public TrainingBackend {
       if (absl::Status status = Reserve(record_gradients_, total); !status.ok()) return status;
       if (absl::Status status = record_gradients_.Zero(); !status.ok()) return status;
     }
-    record_norms.clear();
+    out.record_norms.clear();
+    // A record's routed slots are what its pass adds to the histogram counters.
+    std::vector<int64_t> counts_before(expert_counts_.size()), counts_after(expert_counts_.size());
     LossBreakdown step;
     double balance_rows = 0;
     for (int64_t r = 0; r < records.records(); ++r) {
@@ -231,17 +235,22 @@ class CudaTrainingBackend : public TrainingBackend {
       alone.step_share = 1;
       alone.predictions_in_step = static_cast<double>(std::max<int64_t>(own.predictions, 1));
       // The pass adds into gradients_: for this record, that is the zeroed buffer of its own.
+      if (absl::Status status = expert_counts_.CopyTo(counts_before); !status.ok()) return status;
       std::swap(gradients_, record_gradients_);
       absl::StatusOr<LossBreakdown> loss = AccumulateGradients(own, alone);
       std::swap(gradients_, record_gradients_);
       if (!loss.ok()) return loss.status();
+      if (absl::Status status = expert_counts_.CopyTo(counts_after); !status.ok()) return status;
+      for (size_t i = 0; i < counts_after.size(); ++i) counts_after[i] -= counts_before[i];
+      AddRecordRouting(counts_after, (last - first) * config_.num_experts_per_tok, routing_scale,
+                       out.routing_sum);
       absl::Status status = cuda::SumOfSquares(record_gradients_.data(), *trainable_ranges_,
                                                norm_partials_.data(), norm_squared_.data());
       double norm_squared = 0;
       status.Update(norm_squared_.CopyTo({&norm_squared, 1}));
       if (!status.ok()) return status;
       const double norm = std::sqrt(norm_squared);
-      record_norms.push_back(norm);
+      out.record_norms.push_back(norm);
       status.Update(cuda::Axpy(static_cast<float>(norm > clip_norm ? clip_norm / norm : 1.0),
                                record_gradients_, gradients_));
       status.Update(record_gradients_.Zero());
@@ -1145,11 +1154,13 @@ class DataParallelBackend : public TrainingBackend {
 
   // DP-SGD runs on the first GPU alone: the others' gradients stay zero, so the sum that
   // ApplyGradients takes over the GPUs is its clipped, noised sum.
-  absl::StatusOr<LossBreakdown> AccumulateClippedGradients(
-      const Batch& batch, const RecordRows& records, const BackwardOptions& options,
-      double clip_norm, std::vector<double>& record_norms) override {
+  absl::StatusOr<LossBreakdown> AccumulateClippedGradients(const Batch& batch,
+                                                           const RecordRows& records,
+                                                           const BackwardOptions& options,
+                                                           double clip_norm, double routing_scale,
+                                                           PrivateBatch& out) override {
     return replicas_.front()->AccumulateClippedGradients(batch, records, options, clip_norm,
-                                                         record_norms);
+                                                         routing_scale, out);
   }
 
   absl::Status UpdateStepGradients(

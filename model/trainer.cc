@@ -120,15 +120,14 @@ class PrivateSteps {
           data_directory.string(), " has no training record with text to learn from (unit: ",
           std::string(RecordUnitName(privacy.unit)), ")"));
     }
-    int64_t trainable_values = 0;
     std::vector<std::pair<int64_t, int64_t>> ranges;
     for (const TensorSpec& spec : parameters.layout().tensors()) {
-      if (!options.trainable.Includes(spec.role)) continue;
-      ranges.emplace_back(spec.offset, spec.size);
-      trainable_values += spec.size;
+      if (options.trainable.Includes(spec.role)) ranges.emplace_back(spec.offset, spec.size);
     }
+    const int64_t released_values =
+        PrivateReleaseValues(parameters.layout(), parameters.config(), options.trainable);
     absl::StatusOr<GradientNoise> noise =
-        GradientNoise::Create(privacy.noise_multiplier, privacy.clip_norm, trainable_values);
+        GradientNoise::Create(privacy.noise_multiplier, privacy.clip_norm, released_values);
     if (!noise.ok()) return noise.status();
     absl::StatusOr<privacy::SecureRandom> sampling = privacy::SecureRandom::FromSystem();
     if (!sampling.ok()) return sampling.status();
@@ -148,8 +147,9 @@ class PrivateSteps {
     }
     return std::unique_ptr<PrivateSteps>(new PrivateSteps(
         std::move(*records), RecordSampler(record_count, rate, std::move(*sampling)),
-        std::move(*noise), std::move(*noising), std::move(ranges), trainable_values,
-        rate * static_cast<double>(record_count), data_options.eos_token, options, spend));
+        std::move(*noise), std::move(*noising), std::move(ranges), released_values,
+        rate * static_cast<double>(record_count), data_options.eos_token, parameters.config(),
+        options, spend));
   }
 
   // One step's gradient into `backend`, before the optimizer takes it. Returns the loss of the
@@ -165,16 +165,20 @@ class PrivateSteps {
     double balance_rows = 0;
     Batch batch;
     RecordRows rows;
+    PrivateBatch released;
+    released.routing_sum.assign(routing_total_.size(), 0.0);
     auto flush = [&]() -> absl::Status {
       if (batch.batch == 0) return absl::OkStatus();
-      absl::StatusOr<LossBreakdown> loss =
-          backend.AccumulateClippedGradients(batch, rows, loss_options, spend_.clip_norm, norms_);
+      absl::StatusOr<LossBreakdown> loss = backend.AccumulateClippedGradients(
+          batch, rows, loss_options, gradient_clip_norm_, routing_scale_, released);
       if (!loss.ok()) return loss.status();
       step.cross_entropy += loss->cross_entropy;
       step.predictions += batch.predictions;
       step.balance_per_layer += loss->balance_per_layer * static_cast<double>(rows.rows());
       balance_rows += static_cast<double>(rows.rows());
-      for (const double norm : norms_) spend_.records_clipped += norm > spend_.clip_norm ? 1 : 0;
+      for (const double norm : released.record_norms) {
+        spend_.records_clipped += norm > gradient_clip_norm_ ? 1 : 0;
+      }
       tokens += rows.rows();
       batch = Batch();
       rows = RecordRows();
@@ -208,9 +212,13 @@ class PrivateSteps {
         !status.ok()) {
       return status;
     }
+    // The routing sum is released with the same noise, as the gradient's last values.
+    std::vector<float> routing(released.routing_sum.begin(), released.routing_sum.end());
+    if (absl::Status status = noise_.AddTo(routing, noise_random_); !status.ok()) return status;
+    for (size_t i = 0; i < routing.size(); ++i) routing_total_[i] += routing[i];
     ++spend_.steps;
     spend_.sampler_total_variation +=
-        static_cast<double>(trainable_values_) * privacy::TabulatedNoise::kDrawTotalVariation;
+        static_cast<double>(released_values_) * privacy::TabulatedNoise::kDrawTotalVariation;
     if (step.predictions > 0) step.cross_entropy /= static_cast<double>(step.predictions);
     if (balance_rows > 0) step.balance_per_layer /= balance_rows;
     return step;
@@ -219,49 +227,76 @@ class PrivateSteps {
   const RecordPrivacySpend& spend() const { return spend_; }
   const DataCounts& counts() const { return records_.counts; }
 
+  // The routing histogram the update carries: the run's noised routing sums, as slot counts
+  // (each record's part summed to one per layer, times the slots a one-window record routes),
+  // negatives read as zero.
+  std::vector<std::vector<int64_t>> NoisyExpertSlots() const {
+    const auto experts = static_cast<size_t>(config_.num_local_experts);
+    const double slots_per_unit =
+        static_cast<double>(options_.seq_len * config_.num_experts_per_tok) / routing_scale_;
+    std::vector<std::vector<int64_t>> slots(static_cast<size_t>(config_.num_hidden_layers),
+                                            std::vector<int64_t>(experts, 0));
+    for (size_t i = 0; i < routing_total_.size(); ++i) {
+      slots[i / experts][i % experts] =
+          std::llround(std::max(0.0, routing_total_[i]) * slots_per_unit);
+    }
+    return slots;
+  }
+
  private:
   PrivateSteps(RecordSet records, RecordSampler sampler, GradientNoise noise,
                privacy::SecureRandom noise_random, std::vector<std::pair<int64_t, int64_t>> ranges,
-               int64_t trainable_values, double expected_batch, int32_t pad,
+               int64_t released_values, double expected_batch, int32_t pad, const MoeConfig& config,
                const TrainOptions& options, RecordPrivacySpend spend)
       : records_(std::move(records)),
         sampler_(std::move(sampler)),
         noise_(std::move(noise)),
         noise_random_(std::move(noise_random)),
         ranges_(std::move(ranges)),
-        trainable_values_(trainable_values),
+        released_values_(released_values),
         expected_batch_(expected_batch),
         pad_(pad),
+        config_(config),
         options_(options),
-        spend_(spend) {}
+        spend_(spend),
+        gradient_clip_norm_(spend.clip_norm *
+                            std::sqrt(1 - kRoutingShareOfClipNorm * kRoutingShareOfClipNorm)),
+        routing_scale_(kRoutingShareOfClipNorm * spend.clip_norm /
+                       std::sqrt(static_cast<double>(config.num_hidden_layers))),
+        routing_total_(static_cast<size_t>(config.num_hidden_layers * config.num_local_experts),
+                       0.0) {}
 
   RecordSet records_;
   RecordSampler sampler_;
   GradientNoise noise_;
   privacy::SecureRandom noise_random_;
   std::vector<std::pair<int64_t, int64_t>> ranges_;
-  int64_t trainable_values_;
+  int64_t released_values_;
   double expected_batch_;
   // Fills a record's last window: its rows carry no loss, and causal attention keeps them out
   // of the record's own positions.
   int32_t pad_;
+  MoeConfig config_;
   TrainOptions options_;
   RecordPrivacySpend spend_;
-  std::vector<double> norms_;
+  // One record's release is its gradient clipped to gradient_clip_norm_ and its routing
+  // fractions times routing_scale_ (L2 at most share·C): together at most C, the sensitivity
+  // the noise is sized for.
+  double gradient_clip_norm_;
+  double routing_scale_;
+  std::vector<double> routing_total_;
 };
 
-// The routing histogram a private run reports: its expected slots, spread evenly over the
-// experts, which depend on the options alone.
-std::vector<std::vector<int64_t>> PublicExpertSlots(const MoeConfig& config,
-                                                    const TrainOptions& options) {
-  const int64_t slots = options.steps * options.batch_size * options.gradient_accumulation *
-                        options.seq_len * config.num_experts_per_tok;
-  return {static_cast<size_t>(config.num_hidden_layers),
-          std::vector<int64_t>(static_cast<size_t>(config.num_local_experts),
-                               std::max<int64_t>(1, slots / config.num_local_experts))};
-}
-
 }  // namespace
+
+int64_t PrivateReleaseValues(const ModelLayout& layout, const MoeConfig& config,
+                             const TrainableSet& trainable) {
+  int64_t values = config.num_hidden_layers * config.num_local_experts;
+  for (const TensorSpec& spec : layout.tensors()) {
+    if (trainable.Includes(spec.role)) values += spec.size;
+  }
+  return values;
+}
 
 absl::Status CheckDeviceTakesModel(kernels::Device device, const MoeConfig& config) {
   if (device == kernels::Device::kCpu) return absl::OkStatus();
@@ -397,7 +432,7 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   }
   if (absl::Status status = (*backend)->CopyParametersTo(parameters); !status.ok()) return status;
   if (private_steps != nullptr) {
-    result.expert_slots = PublicExpertSlots(config, options);
+    result.expert_slots = private_steps->NoisyExpertSlots();
     result.record_privacy = private_steps->spend();
     result.data = private_steps->counts();
   } else {

@@ -36,6 +36,17 @@ struct RecordPrivacyOptions {
   int64_t max_record_windows = 64;
 };
 
+// Under DP-SGD each record releases its gradient and its routing fractions (the share of its
+// slots each expert took, per layer) as one vector of L2 norm at most record_clip_norm: the
+// fractions are scaled to norm at most this share of it, the gradient clipped to the rest,
+// √(1 − share²) of it. So the MoE merge still weights experts by use, at no extra privacy cost.
+inline constexpr double kRoutingShareOfClipNorm = 0.25;
+
+// The values one private step releases and noises: the trainable tensors and the routing sum
+// ([layers, experts]).
+int64_t PrivateReleaseValues(const ModelLayout& layout, const MoeConfig& config,
+                             const TrainableSet& trainable);
+
 // What a private run spent, for the site's ledger: `steps` Poisson-subsampled Gaussian steps
 // at rate sampling_rate and multiplier noise_multiplier (the effective one the rounding to the
 // noise grid leaves, dp_sgd.h), plus sampler_total_variation for the noise sampler's distance
@@ -117,8 +128,9 @@ struct TrainResult {
   DataCounts data;
   // Routed token slots per [layer][expert] over all training forward passes: the client's
   // routing histogram, from which a federated update weights each expert (DESIGN §4).
-  // Under DP-SGD the counts would reveal records' routing without noise, so it holds the
-  // expected slots of the run's steps spread evenly instead, a number that no record moves.
+  // Under DP-SGD the raw counts would reveal records' routing, so each record's routing
+  // fractions are released with its gradient instead (a share kRoutingShareOfClipNorm of the
+  // clip norm, noised with it) and this holds their noisy sum in slot units.
   std::vector<std::vector<int64_t>> expert_slots;
   // Set when options.record_privacy.enabled.
   std::optional<RecordPrivacySpend> record_privacy;

@@ -38,9 +38,11 @@ class CpuTrainingBackend : public TrainingBackend {
                     gradients_, scratch_);
   }
 
-  absl::StatusOr<LossBreakdown> AccumulateClippedGradients(
-      const Batch& batch, const RecordRows& records, const BackwardOptions& options,
-      double clip_norm, std::vector<double>& record_norms) override {
+  absl::StatusOr<LossBreakdown> AccumulateClippedGradients(const Batch& batch,
+                                                           const RecordRows& records,
+                                                           const BackwardOptions& options,
+                                                           double clip_norm, double routing_scale,
+                                                           PrivateBatch& out) override {
     if (absl::Status status =
             Forward(parameters_, batch.tokens, batch.batch, batch.seq_len, training_pass_);
         !status.ok()) {
@@ -55,7 +57,24 @@ class CpuTrainingBackend : public TrainingBackend {
     if (!loss.ok()) return loss.status();
     absl::StatusOr<std::vector<double>> norms = clipping_.Finish(clip_norm);
     if (!norms.ok()) return norms.status();
-    record_norms = std::move(*norms);
+    out.record_norms = std::move(*norms);
+    const MoeConfig& config = parameters_.config();
+    const int64_t top_k = config.num_experts_per_tok;
+    std::vector<int64_t> slots(
+        static_cast<size_t>(config.num_hidden_layers * config.num_local_experts));
+    for (int64_t r = 0; r < records.records(); ++r) {
+      const int64_t first = records.row_begin[static_cast<size_t>(r)];
+      const int64_t last = records.row_begin[static_cast<size_t>(r) + 1];
+      std::fill(slots.begin(), slots.end(), 0);
+      for (size_t l = 0; l < training_pass_.layers.size(); ++l) {
+        const std::vector<int32_t>& chosen = training_pass_.layers[l].expert_index;
+        for (int64_t i = first * top_k; i < last * top_k; ++i) {
+          ++slots[l * static_cast<size_t>(config.num_local_experts) +
+                  static_cast<size_t>(chosen[static_cast<size_t>(i)])];
+        }
+      }
+      AddRecordRouting(slots, (last - first) * top_k, routing_scale, out.routing_sum);
+    }
     return loss;
   }
 
@@ -116,6 +135,15 @@ class CpuTrainingBackend : public TrainingBackend {
 };
 
 }  // namespace
+
+void AddRecordRouting(std::span<const int64_t> slots, int64_t slots_per_layer, double routing_scale,
+                      std::vector<double>& routing_sum) {
+  if (slots_per_layer <= 0) return;
+  const double scale = routing_scale / static_cast<double>(slots_per_layer);
+  for (size_t i = 0; i < slots.size() && i < routing_sum.size(); ++i) {
+    routing_sum[i] += scale * static_cast<double>(slots[i]);
+  }
+}
 
 absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCpuTrainingBackend(
     ModelParameters& parameters, const BackendOptions& options) {

@@ -40,6 +40,22 @@ struct BackendOptions {
   bool concurrent_expert_products = false;
 };
 
+// What a DP-SGD micro-batch reports besides its loss.
+struct PrivateBatch {
+  // Each record's gradient norm before clipping, in record order.
+  std::vector<double> record_norms;
+  // [layers·experts], added to: Σ over the records of routing_scale times the record's routing
+  // fractions (its slots routed to each expert of a layer over its slots in that layer). Each
+  // record's part has L2 norm at most routing_scale·√layers, whatever the record, so the sum
+  // can be noised with the gradient (trainer.cc).
+  std::vector<double> routing_sum;
+};
+
+// Adds routing_scale times one record's routing fractions to `routing_sum`, from its slots per
+// [layer, expert] (`slots`, layers·experts of them) and `slots_per_layer` = its rows × top-k.
+void AddRecordRouting(std::span<const int64_t> slots, int64_t slots_per_layer, double routing_scale,
+                      std::vector<double>& routing_sum);
+
 class TrainingBackend {
  public:
   virtual ~TrainingBackend() = default;
@@ -51,15 +67,16 @@ class TrainingBackend {
 
   // DP-SGD's micro-batch: forward and backward over a batch whose rows belong to `records`
   // (each record's windows side by side), adding the sum of the records' gradients each clipped
-  // to L2 norm clip_norm. Each record's loss is its mean cross-entropy plus its own balance term
-  // (backward.h's BackwardOptions::per_record). Returns the loss with its cross-entropy summed
-  // over the records' predictions and divided by options.predictions_in_step, and writes each
-  // record's norm before clipping. The CPU takes norms by Gram matrices where cheaper
-  // (per_record_clipping.h); the GPU runs one backward pass per record into a buffer of its
+  // to L2 norm clip_norm, and their routing fractions times routing_scale into
+  // out.routing_sum (sized by the caller). Each record's loss is its mean cross-entropy plus its
+  // own balance term (backward.h's BackwardOptions::per_record). Returns the loss with its
+  // cross-entropy summed over the records' predictions and divided by options.predictions_in_step,
+  // and writes each record's norm before clipping. The CPU takes norms by Gram matrices where
+  // cheaper (per_record_clipping.h); the GPU runs one backward pass per record into a buffer of its
   // own. fp32 products only.
   virtual absl::StatusOr<LossBreakdown> AccumulateClippedGradients(
       const Batch& batch, const RecordRows& records, const BackwardOptions& options,
-      double clip_norm, std::vector<double>& record_norms) = 0;
+      double clip_norm, double routing_scale, PrivateBatch& out) = 0;
 
   // Hands the step's gradient so far, in the parameters' layout, to `update` to change in place
   // (DP-SGD's noise and averaging), where it lives: the GPU copies it out and back.

@@ -356,12 +356,22 @@ TEST(CudaRecordClippingTest, ClippedSumsMatchTheCpuBackend) {
     records.row_begin.push_back(records.row_begin.back() + windows * whole.seq_len);
   }
   const BackwardOptions loss{.balance_coefficient = 0.05, .predictions_in_step = 1};
-  std::vector<double> cpu_norms, gpu_norms;
+  const auto routing_values =
+      static_cast<size_t>(config.num_hidden_layers * config.num_local_experts);
+  PrivateBatch cpu_out, gpu_out;
+  cpu_out.routing_sum.assign(routing_values, 0.0);
   // A clip norm between the records' norms, from a first CPU pass.
-  ASSERT_TRUE((*cpu)->AccumulateClippedGradients(whole, records, loss, 1e9, cpu_norms).ok());
-  ASSERT_EQ(cpu_norms.size(), 3U);
-  const double clip = 0.5 * (*std::min_element(cpu_norms.begin(), cpu_norms.end()) +
-                             *std::max_element(cpu_norms.begin(), cpu_norms.end()));
+  ASSERT_TRUE((*cpu)->AccumulateClippedGradients(whole, records, loss, 1e9, 1.0, cpu_out).ok());
+  const std::vector<double> cpu_first_norms = cpu_out.record_norms;
+  ASSERT_EQ(cpu_first_norms.size(), 3U);
+  const double clip = 0.5 * (*std::min_element(cpu_first_norms.begin(), cpu_first_norms.end()) +
+                             *std::max_element(cpu_first_norms.begin(), cpu_first_norms.end()));
+  // Each record's fractions sum to one per layer: three records, two layers.
+  double routed = 0;
+  for (const double value : cpu_out.routing_sum) routed += value;
+  EXPECT_NEAR(routed, 3.0 * config.num_hidden_layers, 1e-9);
+  cpu_out.routing_sum.assign(routing_values, 0.0);
+  gpu_out.routing_sum.assign(routing_values, 0.0);
   const auto size = static_cast<size_t>(initial.layout().total_size());
   ASSERT_TRUE((*cpu)
                   ->UpdateStepGradients([](std::span<float> gradients) {
@@ -370,9 +380,15 @@ TEST(CudaRecordClippingTest, ClippedSumsMatchTheCpuBackend) {
                   })
                   .ok());
   absl::StatusOr<LossBreakdown> cpu_loss =
-      (*cpu)->AccumulateClippedGradients(whole, records, loss, clip, cpu_norms);
+      (*cpu)->AccumulateClippedGradients(whole, records, loss, clip, 0.5, cpu_out);
   absl::StatusOr<LossBreakdown> gpu_loss =
-      (*gpu)->AccumulateClippedGradients(whole, records, loss, clip, gpu_norms);
+      (*gpu)->AccumulateClippedGradients(whole, records, loss, clip, 0.5, gpu_out);
+  const std::vector<double>& cpu_norms = cpu_out.record_norms;
+  const std::vector<double>& gpu_norms = gpu_out.record_norms;
+  // The same routing, so the same fractions (routing is discrete: equal choices, equal sums).
+  for (size_t i = 0; i < routing_values; ++i) {
+    EXPECT_NEAR(gpu_out.routing_sum[i], cpu_out.routing_sum[i], 1e-12) << "routing " << i;
+  }
   ASSERT_TRUE(cpu_loss.ok()) << cpu_loss.status();
   ASSERT_TRUE(gpu_loss.ok()) << gpu_loss.status();
   EXPECT_NEAR(gpu_loss->cross_entropy, cpu_loss->cross_entropy, 1e-4 * cpu_loss->cross_entropy);
