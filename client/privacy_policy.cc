@@ -6,22 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "logging/log.h"
+#include "proto/privacy_names.h"
 
 namespace fedmoe::client {
 namespace {
-
-const char* ModeName(v1::PrivacySpec::Mode mode) {
-  switch (mode) {
-    case v1::PrivacySpec::MODE_NONE:
-      return "none";
-    case v1::PrivacySpec::MODE_CENTRAL:
-      return "central";
-    case v1::PrivacySpec::MODE_DISTRIBUTED:
-      return "distributed";
-    default:
-      return "unspecified";
-  }
-}
 
 absl::Status Refuse(std::string why) {
   return absl::FailedPreconditionError(absl::StrCat("privacy policy: ", why));
@@ -114,7 +102,7 @@ absl::Status CheckRoundAgainstPolicy(const PrivacyPolicy& policy, const v1::Join
         " is below this site's min_record_noise_multiplier ",
         JsonNumber(policy.min_record_noise_multiplier)));
   }
-  const std::string mode = ModeName(privacy.mode());
+  const std::string mode = PrivacyModeName(privacy.mode());
   if (std::find(policy.accepted_modes.begin(), policy.accepted_modes.end(), mode) ==
       policy.accepted_modes.end()) {
     return Refuse(absl::StrCat("client-level mode ", mode, " is not in accepted_modes [",

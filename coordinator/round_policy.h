@@ -12,6 +12,7 @@
 #include "config/yaml_config.h"
 #include "fedmoe/v1/federation.pb.h"
 #include "model/backward.h"
+#include "proto/privacy_names.h"
 
 namespace fedmoe::coordinator {
 
@@ -84,9 +85,6 @@ void ReadRoundPolicy(config::YamlConfigReader& reader, RoundPolicy* policy);
 
 // The sections as `init` writes them, commented.
 std::string RoundPolicyYaml(const RoundPolicy& policy);
-
-const char* PrivacyModeName(v1::PrivacySpec::Mode mode);
-const char* MechanismName(v1::PrivacySpec::Mechanism mechanism);
 
 }  // namespace fedmoe::coordinator
 
