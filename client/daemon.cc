@@ -380,6 +380,8 @@ absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
       model::ReadRecords(config_.data, tokenizer, data_options, policy.record_unit);
   if (!records.ok()) return records.status();
   const auto record_count = static_cast<int64_t>(records->records.size());
+  // Train takes them as read here, rather than reading and tokenizing the data again.
+  options.record_privacy.records = std::make_shared<const model::RecordSet>(std::move(*records));
   absl::StatusOr<RecordPrivacyLedger> ledger =
       RecordPrivacyLedger::Load(config_.state_dir.record_ledger());
   if (!ledger.ok()) return ledger.status();

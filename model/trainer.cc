@@ -112,9 +112,15 @@ class PrivateSteps {
       return absl::InvalidArgumentError(
           "DP-SGD's per-record clipping needs fp32 products (matmul_precision: fp32 or auto)");
     }
-    absl::StatusOr<RecordSet> records =
-        ReadRecords(data_directory, tokenizer, data_options, privacy.unit);
-    if (!records.ok()) return records.status();
+    std::shared_ptr<const RecordSet> records = privacy.records;
+    if (records == nullptr) {
+      absl::StatusOr<RecordSet> read =
+          ReadRecords(data_directory, tokenizer, data_options, privacy.unit);
+      if (!read.ok()) return read.status();
+      records = std::make_shared<const RecordSet>(std::move(*read));
+    } else if (records->unit != privacy.unit) {
+      return absl::InvalidArgumentError("the records given were read with another record unit");
+    }
     if (records->records.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           data_directory.string(), " has no training record with text to learn from (unit: ",
@@ -146,7 +152,7 @@ class PrivateSteps {
       if (record.windows(options.seq_len) > privacy.max_record_windows) ++spend.truncated_records;
     }
     return std::unique_ptr<PrivateSteps>(new PrivateSteps(
-        std::move(*records), RecordSampler(record_count, rate, std::move(*sampling)),
+        std::move(records), RecordSampler(record_count, rate, std::move(*sampling)),
         std::move(*noise), std::move(*noising), std::move(ranges), released_values,
         rate * static_cast<double>(record_count), data_options.eos_token, parameters.config(),
         options, spend));
@@ -185,7 +191,7 @@ class PrivateSteps {
       return absl::OkStatus();
     };
     for (const int64_t index : *taken) {
-      const Record& record = records_.records[static_cast<size_t>(index)];
+      const Record& record = records_->records[static_cast<size_t>(index)];
       const int64_t windows =
           std::min(record.windows(options_.seq_len), options_.record_privacy.max_record_windows);
       if (batch.batch > 0 && batch.batch + windows > options_.batch_size) {
@@ -225,7 +231,7 @@ class PrivateSteps {
   }
 
   const RecordPrivacySpend& spend() const { return spend_; }
-  const DataCounts& counts() const { return records_.counts; }
+  const DataCounts& counts() const { return records_->counts; }
 
   // The routing histogram the update carries: the run's noised routing sums, as slot counts
   // (each record's part summed to one per layer, times the slots a one-window record routes),
@@ -244,7 +250,7 @@ class PrivateSteps {
   }
 
  private:
-  PrivateSteps(RecordSet records, RecordSampler sampler, GradientNoise noise,
+  PrivateSteps(std::shared_ptr<const RecordSet> records, RecordSampler sampler, GradientNoise noise,
                privacy::SecureRandom noise_random, std::vector<std::pair<int64_t, int64_t>> ranges,
                int64_t released_values, double expected_batch, int32_t pad, const MoeConfig& config,
                const TrainOptions& options, RecordPrivacySpend spend)
@@ -266,7 +272,7 @@ class PrivateSteps {
         routing_total_(static_cast<size_t>(config.num_hidden_layers * config.num_local_experts),
                        0.0) {}
 
-  RecordSet records_;
+  std::shared_ptr<const RecordSet> records_;
   RecordSampler sampler_;
   GradientNoise noise_;
   privacy::SecureRandom noise_random_;

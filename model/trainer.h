@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string_view>
 
@@ -34,6 +35,9 @@ struct RecordPrivacyOptions {
   RecordUnit unit = RecordUnit::kParagraph;
   // A record longer than this many windows trains on its first ones only (counted, reported).
   int64_t max_record_windows = 64;
+  // The training split already read as records of `unit` (the daemon reads them to price a
+  // round before it trains); null: Train reads them.
+  std::shared_ptr<const RecordSet> records;
 };
 
 // Under DP-SGD each record releases its gradient and its routing fractions (the share of its

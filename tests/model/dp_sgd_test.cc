@@ -333,6 +333,22 @@ TEST(PrivateTrainingTest, TrainsReportsItsSpendAndNoisesTheRouting) {
   }
   EXPECT_GT(total_slots, 0);
 
+  // Records read beforehand (as the daemon does to price a round) are what it trains on; read
+  // with another unit they are refused.
+  DataOptions data;
+  data.seq_len = options.seq_len;
+  data.eos_token = 256;
+  absl::StatusOr<RecordSet> lines = ReadRecords(corpus, *tokenizer, data, RecordUnit::kLine);
+  ASSERT_TRUE(lines.ok()) << lines.status();
+  options.record_privacy.unit = RecordUnit::kLine;
+  options.record_privacy.records = std::make_shared<const RecordSet>(*lines);
+  absl::StatusOr<TrainResult> given = Train(parameters, *tokenizer, corpus, options);
+  ASSERT_TRUE(given.ok()) << given.status();
+  EXPECT_EQ(given->record_privacy->records, static_cast<int64_t>(lines->records.size()));
+  options.record_privacy.unit = RecordUnit::kFile;
+  EXPECT_FALSE(Train(parameters, *tokenizer, corpus, options).ok());
+  options.record_privacy.records = nullptr;
+
   options.trainable = *TrainableSet::Parse("embeddings");
   absl::StatusOr<TrainResult> refused = Train(parameters, *tokenizer, corpus, options);
   ASSERT_FALSE(refused.ok());
