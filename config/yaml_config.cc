@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -145,9 +146,19 @@ void YamlConfigReader::Invalid(std::string_view key, std::string_view why) {
 
 void YamlConfigReader::CollectUnknown(const YAML::Node& node, const std::string& prefix) {
   if (!node.IsMap()) return;
+  // yaml-cpp keeps every pair of a map, but a lookup finds only the first: a key set twice
+  // would silently lose its second value.
+  absl::flat_hash_map<std::string, int> first_line;
   for (const auto& entry : node) {
     const std::string key =
         prefix.empty() ? entry.first.Scalar() : absl::StrCat(prefix, ".", entry.first.Scalar());
+    if (const auto [earlier, inserted] = first_line.emplace(key, entry.first.Mark().line + 1);
+        !inserted) {
+      Error(&entry.first, key,
+            absl::StrCat("set twice (first at line ", earlier->second,
+                         "); only the first would count, so remove one"));
+      continue;
+    }
     if (!known_keys_.contains(key)) {
       Error(&entry.first, key, "unknown key (misspelt, or not an option of this version)");
       continue;

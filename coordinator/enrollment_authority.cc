@@ -54,7 +54,7 @@ absl::StatusOr<EnrollmentAuthority::Enrolled> EnrollmentAuthority::Enroll(
   if (!parsed.ok()) return absl::UnauthenticatedError(parsed.status().message());
   std::optional<pki::Certificate> issued;
   absl::StatusOr<ClientRecord> client = store_->Enroll(
-      parsed->token_id, HashTokenSecret(parsed->secret), client_version.substr(0, 64), now,
+      parsed->token_id, HashTokenSecret(parsed->secret), PrintableLine(client_version, 64), now,
       [&](const std::string& client_id) -> absl::StatusOr<IssuedCertificate> {
         const pki::SpiffeId id{ca_.federation(), pki::IdentityKind::kClient, client_id};
         absl::StatusOr<pki::Certificate> certificate =

@@ -1,5 +1,11 @@
 #include "coordinator/sqlite.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -107,7 +113,37 @@ std::optional<int64_t> Statement::ColumnOptionalInt(int index) const {
   return ColumnInt(index);
 }
 
+namespace {
+
+// The store holds hashed tokens, the registry and the privacy ledger: owner-only, like the keys
+// beside it. SQLite gives its -wal and -shm files the database file's mode, so the database is
+// created 0600 before SQLite opens it, and an older one (and its WAL) is narrowed to 0600.
+absl::Status RestrictToOwner(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot open store ", path.string(), ": ", std::strerror(errno)));
+  }
+  const int changed = ::fchmod(fd, 0600);
+  ::close(fd);
+  if (changed != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot make store ", path.string(), " owner-only: ", std::strerror(errno)));
+  }
+  for (const char* suffix : {"-wal", "-shm"}) {
+    const std::string companion = path.string() + suffix;
+    if (::chmod(companion.c_str(), 0600) != 0 && errno != ENOENT) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot make ", companion, " owner-only: ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::filesystem::path& path) {
+  if (absl::Status status = RestrictToOwner(path); !status.ok()) return status;
   sqlite3* raw = nullptr;
   const int code =
       sqlite3_open_v2(path.c_str(), &raw,
@@ -133,6 +169,7 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::filesystem::
 Database::~Database() { sqlite3_close_v2(db_); }
 
 absl::Status Database::BackupTo(const std::filesystem::path& destination) {
+  if (absl::Status status = RestrictToOwner(destination); !status.ok()) return status;
   sqlite3* raw = nullptr;
   if (sqlite3_open_v2(destination.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
                       nullptr) != SQLITE_OK) {

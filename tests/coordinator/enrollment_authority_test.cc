@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "pki/certificate_authority.h"
 #include "pki/key_change.h"
 #include "tests/testing_temp_dir.h"
@@ -73,6 +75,22 @@ TEST_F(EnrollmentAuthorityTest, ARenewalNeedsTheOldKeysSignatureOverTheNewKey) {
   EXPECT_EQ((*store_->KeyChanges("bank-1", 64))[1].old_public_key_der, new_public);
   ASSERT_EQ(store_->KeyChanges("bank-1", 1)->size(), 1u);
   EXPECT_EQ((*store_->KeyChanges("bank-1", 1))[0].old_public_key_der, new_public);
+}
+
+// The version string is the client's own words: stored as one printable line of at most 64
+// bytes, so that newlines and terminal escapes never reach an operator's screen or the log.
+TEST_F(EnrollmentAuthorityTest, TheClientVersionIsStoredAsOnePrintableLine) {
+  auto token = authority_->CreateToken("bank-1", absl::Hours(1));
+  ASSERT_TRUE(token.ok());
+  const std::string version = "1.0\n\x1b[2J\x1b[31mowned" + std::string(100, 'x');
+  ASSERT_TRUE(
+      authority_->Enroll(token->token.ToString(), Csr(*pki::PrivateKey::GenerateP256()), version)
+          .ok());
+  const std::string stored = store_->GetClient("bank-1")->client_version;
+  EXPECT_EQ(stored.size(), 64U);
+  EXPECT_EQ(stored.rfind("1.0??[2J?[31mowned", 0), 0U) << stored;
+  EXPECT_TRUE(
+      std::all_of(stored.begin(), stored.end(), [](char c) { return c >= 0x20 && c <= 0x7e; }));
 }
 
 TEST_F(EnrollmentAuthorityTest, AnAdminNameIsIssuedOnceAndNeverAfterItsRevocation) {

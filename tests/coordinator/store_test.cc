@@ -3,6 +3,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <fstream>
 #include <sstream>
@@ -339,6 +340,42 @@ TEST(EnrollmentTokenTest, GeneratesDistinctWellFormedTokens) {
         << "the error never echoes a secret";
   }
   EXPECT_EQ(HashTokenSecret("abc").size(), 32U);
+}
+
+}  // namespace
+}  // namespace fedmoe::coordinator
+
+namespace fedmoe::coordinator {
+namespace {
+
+mode_t ModeOf(const std::filesystem::path& path) {
+  struct stat info {};
+  return ::stat(path.c_str(), &info) == 0 ? info.st_mode & 0777 : 0;
+}
+
+// The store and its WAL hold hashed tokens, the registry and the privacy ledger: 0600, like
+// the keys beside them, whether new or left 0644 by an older version.
+TEST(StoreFileModeTest, TheStoreAndItsWalAreOwnerOnly) {
+  fedmoe::testing::TempDir dir;
+  const std::filesystem::path path = dir.path() / "state.db";
+  {
+    absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto token = GenerateEnrollmentToken();
+    ASSERT_TRUE(token.ok());
+    const absl::Time now = absl::Now();
+    ASSERT_TRUE((*store)
+                    ->AddToken({token->token_id, "bank-1", now, now + absl::Hours(1), std::nullopt,
+                                std::nullopt},
+                               HashTokenSecret(token->secret))
+                    .ok());
+    EXPECT_EQ(ModeOf(path), 0600U);
+    EXPECT_EQ(ModeOf(path.string() + "-wal"), 0600U);
+  }
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
+  absl::StatusOr<std::unique_ptr<Store>> reopened = Store::Open(path);
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ(ModeOf(path), 0600U);
 }
 
 }  // namespace

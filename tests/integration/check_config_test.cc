@@ -87,7 +87,10 @@ INSTANTIATE_TEST_SUITE_P(
                                    ": privacy.mode: must be distributed, central or none"},
                       BrokenConfig{"MissingRequired", "federation: acme-federation\n", "",
                                    "coordinator.yaml: federation: is required"},
-                      BrokenConfig{"NotYaml", "", "federation: [unclosed\n", ":2: not valid YAML"}),
+                      BrokenConfig{"NotYaml", "", "federation: [unclosed\n", ":2: not valid YAML"},
+                      BrokenConfig{"DuplicateKey", "  ring_bits: 32",
+                                   "  ring_bits: 32\n  ring_bits: 20",
+                                   ": privacy.ring_bits: set twice (first at line"}),
     [](const ::testing::TestParamInfo<BrokenConfig>& broken) { return broken.param.name; });
 
 TEST(CheckConfigClientTest, TheClientNamesTheProblemWithItsLine) {
