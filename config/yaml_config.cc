@@ -72,10 +72,28 @@ void YamlConfigReader::Error(const YAML::Node* node, std::string_view key, std::
                : absl::StrCat(source_, ": ", std::string(key), ": ", std::string(why)));
 }
 
+namespace {
+
+// What an error says it got: a scalar quoted, cut to a line's worth (a 10 MB value is not
+// echoed whole) and made printable; "a list" or "a mapping" otherwise.
+std::string Shown(const YAML::Node& node) {
+  if (node.IsSequence()) return "a list";
+  if (node.IsMap()) return "a mapping";
+  if (!node.IsScalar()) return "nothing";
+  constexpr size_t kShownBytes = 64;
+  const std::string& value = node.Scalar();
+  std::string shown = absl::StrCat("'", PrintableLine(value, kShownBytes), "'");
+  if (value.size() > kShownBytes) absl::StrAppend(&shown, "... (", value.size(), " bytes)");
+  return shown;
+}
+
+}  // namespace
+
 void YamlConfigReader::Read(std::string_view key, std::string* out) {
   const YAML::Node* node = Find(key);
   if (node == nullptr) return;
-  if (!node->IsScalar()) return Error(node, key, "expected a string");
+  if (!node->IsScalar())
+    return Error(node, key, absl::StrCat("expected a string, got ", Shown(*node)));
   *out = node->Scalar();
 }
 
@@ -84,7 +102,7 @@ void YamlConfigReader::Read(std::string_view key, int64_t* out) {
   if (node == nullptr) return;
   int64_t value = 0;
   if (!node->IsScalar() || !YAML::convert<int64_t>::decode(*node, value)) {
-    return Error(node, key, absl::StrCat("expected an integer, got '", node->Scalar(), "'"));
+    return Error(node, key, absl::StrCat("expected an integer, got ", Shown(*node)));
   }
   *out = value;
 }
@@ -94,7 +112,7 @@ void YamlConfigReader::Read(std::string_view key, bool* out) {
   if (node == nullptr) return;
   bool value = false;
   if (!node->IsScalar() || !YAML::convert<bool>::decode(*node, value)) {
-    return Error(node, key, absl::StrCat("expected true or false, got '", node->Scalar(), "'"));
+    return Error(node, key, absl::StrCat("expected true or false, got ", Shown(*node)));
   }
   *out = value;
 }
@@ -104,7 +122,7 @@ void YamlConfigReader::Read(std::string_view key, double* out) {
   if (node == nullptr) return;
   double value = 0;
   if (!node->IsScalar() || !YAML::convert<double>::decode(*node, value)) {
-    return Error(node, key, absl::StrCat("expected a number, got '", node->Scalar(), "'"));
+    return Error(node, key, absl::StrCat("expected a number, got ", Shown(*node)));
   }
   *out = value;
 }
@@ -115,8 +133,7 @@ void YamlConfigReader::Read(std::string_view key, absl::Duration* out) {
   absl::Duration value;
   if (!node->IsScalar() || !absl::ParseDuration(node->Scalar(), &value)) {
     return Error(node, key,
-                 absl::StrCat("expected a duration such as 30s, 5m or 720h, got '",
-                              node->IsScalar() ? node->Scalar() : "a non-scalar", "'"));
+                 absl::StrCat("expected a duration such as 30s, 5m or 720h, got ", Shown(*node)));
   }
   *out = value;
 }

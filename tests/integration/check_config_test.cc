@@ -88,6 +88,13 @@ INSTANTIATE_TEST_SUITE_P(
                       BrokenConfig{"MissingRequired", "federation: acme-federation\n", "",
                                    "coordinator.yaml: federation: is required"},
                       BrokenConfig{"NotYaml", "", "federation: [unclosed\n", ":2: not valid YAML"},
+                      BrokenConfig{"ListForANumber", "  min_clients: 3", "  min_clients: [1, 2]",
+                                   ": rounds.min_clients: expected an integer, got a list"},
+                      BrokenConfig{"HugeValue", "  min_clients: 3",
+                                   "  min_clients: " + std::string(10 << 20, '9') + "x",
+                                   ": rounds.min_clients: expected an integer, got '999999999999"
+                                   "9999999999999999999999999999999999999999999999999999'... "
+                                   "(10485761 bytes)"},
                       BrokenConfig{"DuplicateKey", "  ring_bits: 32",
                                    "  ring_bits: 32\n  ring_bits: 20",
                                    ": privacy.ring_bits: set twice (first at line"}),
