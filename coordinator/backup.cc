@@ -54,14 +54,8 @@ bool IsVersionDirectory(const fs::directory_entry& entry) {
          name.find_first_not_of("0123456789", 1) == std::string::npos;
 }
 
-}  // namespace
-
-absl::StatusOr<BackupSummary> BackupStateDir(const StateDir& from, const fs::path& to) {
-  if (!storage::PathExists(from.store())) {
-    return absl::NotFoundError(
-        absl::StrCat(from.root.string(), " holds no store (state.db); is it a state directory?"));
-  }
-  if (absl::Status status = CreatePrivateDirectory(to); !status.ok()) return status;
+// Copies everything into `to`, which exists and is empty.
+absl::StatusOr<BackupSummary> WriteBackup(const StateDir& from, const fs::path& to) {
   const StateDir target{to};
   BackupSummary summary;
   // The store first: every version it names was written before its commit, so it is on disk
@@ -103,7 +97,12 @@ absl::StatusOr<BackupSummary> BackupStateDir(const StateDir& from, const fs::pat
   }
   std::error_code error;
   fs::create_directory(target.models(), error);
+  if (error) return FromError(error, absl::StrCat("cannot create ", target.models().string()));
   fs::permissions(target.models(), kOwnerOnly, error);
+  if (error)
+    return FromError(error, absl::StrCat("cannot make ", target.models().string(), " private"));
+  // A federation that has published no model yet has no versions to copy.
+  if (!storage::IsDirectory(from.models())) return summary;
   for (const fs::directory_entry& entry : fs::directory_iterator(from.models(), error)) {
     // Hidden .v<N>.partial directories are unfinished writes: never part of a backup.
     if (!IsVersionDirectory(entry)) continue;
@@ -120,6 +119,23 @@ absl::StatusOr<BackupSummary> BackupStateDir(const StateDir& from, const fs::pat
     ++summary.model_versions;
   }
   if (error) return FromError(error, absl::StrCat("cannot list ", from.models().string()));
+  return summary;
+}
+
+}  // namespace
+
+absl::StatusOr<BackupSummary> BackupStateDir(const StateDir& from, const fs::path& to) {
+  if (!storage::PathExists(from.store())) {
+    return absl::NotFoundError(
+        absl::StrCat(from.root.string(), " holds no store (state.db); is it a state directory?"));
+  }
+  if (absl::Status status = CreatePrivateDirectory(to); !status.ok()) return status;
+  absl::StatusOr<BackupSummary> summary = WriteBackup(from, to);
+  // Half a backup restores into half a federation: a failed one leaves nothing behind.
+  if (!summary.ok()) {
+    std::error_code ignored;
+    fs::remove_all(to, ignored);
+  }
   return summary;
 }
 
