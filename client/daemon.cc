@@ -16,7 +16,6 @@
 #include "logging/log.h"
 #include "model/checkpoint.h"
 #include "model/data.h"
-#include "model/dp_sgd.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "pki/certificate_authority.h"
@@ -396,22 +395,8 @@ absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
   }
   if (policy.max_record_epsilon > 0) {
     // The round's charge as it will be made: the spend Train reports, computed ahead.
-    const int64_t released_values =
-        model::PrivateReleaseValues(global.layout(), global.config(), options.trainable);
-    const double expected = static_cast<double>(options.batch_size * options.gradient_accumulation);
-    model::RecordPrivacySpend planned{
-        .unit = policy.record_unit,
-        .records = record_count,
-        .steps = options.steps,
-        .sampling_rate =
-            std::min(1.0, expected / static_cast<double>(std::max<int64_t>(record_count, 1))),
-        .noise_multiplier = model::GradientNoise::EffectiveNoiseMultiplier(
-            options.record_privacy.noise_multiplier, options.record_privacy.clip_norm,
-            released_values),
-        .clip_norm = options.record_privacy.clip_norm,
-        .sampler_total_variation = static_cast<double>(options.steps) *
-                                   static_cast<double>(released_values) *
-                                   privacy::TabulatedNoise::kDrawTotalVariation};
+    const model::RecordPrivacySpend planned =
+        model::PlannedRecordPrivacySpend(global.layout(), global.config(), options, record_count);
     absl::StatusOr<DatasetAccount> after = account.With(planned, round_id);
     if (!after.ok()) return after.status();
     absl::StatusOr<double> before_epsilon = account.Epsilon();

@@ -140,14 +140,12 @@ class PrivateSteps {
     absl::StatusOr<privacy::SecureRandom> noising = privacy::SecureRandom::FromSystem();
     if (!noising.ok()) return noising.status();
     const auto record_count = static_cast<int64_t>(records->records.size());
-    const double expected_batch =
-        static_cast<double>(options.batch_size * options.gradient_accumulation);
-    const double rate = std::min(1.0, expected_batch / static_cast<double>(record_count));
-    RecordPrivacySpend spend{.unit = privacy.unit,
-                             .records = record_count,
-                             .sampling_rate = rate,
-                             .noise_multiplier = noise->effective_noise_multiplier(),
-                             .clip_norm = privacy.clip_norm};
+    // The run's spend grows step by step from the plan's rate and multiplier.
+    RecordPrivacySpend spend =
+        PlannedRecordPrivacySpend(parameters.layout(), parameters.config(), options, record_count);
+    spend.steps = 0;
+    spend.sampler_total_variation = 0;
+    const double rate = spend.sampling_rate;
     for (const Record& record : records->records) {
       if (record.windows(options.seq_len) > privacy.max_record_windows) ++spend.truncated_records;
     }
@@ -294,6 +292,25 @@ class PrivateSteps {
 };
 
 }  // namespace
+
+RecordPrivacySpend PlannedRecordPrivacySpend(const ModelLayout& layout, const MoeConfig& config,
+                                             const TrainOptions& options, int64_t records) {
+  const RecordPrivacyOptions& privacy = options.record_privacy;
+  const int64_t released = PrivateReleaseValues(layout, config, options.trainable);
+  const double expected_batch =
+      static_cast<double>(options.batch_size * options.gradient_accumulation);
+  return {.unit = privacy.unit,
+          .records = records,
+          .steps = options.steps,
+          .sampling_rate =
+              std::min(1.0, expected_batch / static_cast<double>(std::max<int64_t>(records, 1))),
+          .noise_multiplier = GradientNoise::EffectiveNoiseMultiplier(privacy.noise_multiplier,
+                                                                      privacy.clip_norm, released),
+          .clip_norm = privacy.clip_norm,
+          .sampler_total_variation = static_cast<double>(options.steps) *
+                                     static_cast<double>(released) *
+                                     privacy::TabulatedNoise::kDrawTotalVariation};
+}
 
 int64_t PrivateReleaseValues(const ModelLayout& layout, const MoeConfig& config,
                              const TrainableSet& trainable) {

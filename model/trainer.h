@@ -103,6 +103,12 @@ struct TrainOptions {
   RecordPrivacyOptions record_privacy;
 };
 
+// What a private run of `options` over `records` records will report once all its steps are
+// taken (no records truncated or clipped yet): the daemon prices a round with it before it
+// trains, and the run starts from it, so that the two cannot disagree.
+RecordPrivacySpend PlannedRecordPrivacySpend(const ModelLayout& layout, const MoeConfig& config,
+                                             const TrainOptions& options, int64_t records);
+
 // The warmup a run takes: warmup_steps, or with −1, min(100, steps / 10). Inline: the
 // coordinator resolves a round's warmup with it and does not link the trainer.
 inline int64_t WarmupSteps(const TrainOptions& options) {

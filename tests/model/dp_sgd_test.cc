@@ -320,6 +320,13 @@ TEST(PrivateTrainingTest, TrainsReportsItsSpendAndNoisesTheRouting) {
   EXPECT_DOUBLE_EQ(spend.sampling_rate, 4.0 / static_cast<double>(spend.records));
   EXPECT_NEAR(spend.noise_multiplier, 1.1, 1.1e-3);
   EXPECT_TRUE(std::isfinite(result->train_loss));
+  // What the daemon prices a round at before it trains is what the run then reports.
+  const RecordPrivacySpend planned =
+      PlannedRecordPrivacySpend(parameters.layout(), config, options, spend.records);
+  EXPECT_EQ(planned.steps, spend.steps);
+  EXPECT_EQ(planned.sampling_rate, spend.sampling_rate);
+  EXPECT_EQ(planned.noise_multiplier, spend.noise_multiplier);
+  EXPECT_DOUBLE_EQ(planned.sampler_total_variation, spend.sampler_total_variation);
   // The noised routing histogram, in slot units: as many as the layers and experts, none
   // negative, and not all zero (the records' fractions are a quarter of the clip norm).
   ASSERT_EQ(result->expert_slots.size(), static_cast<size_t>(config.num_hidden_layers));
