@@ -32,6 +32,7 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   ReadComputeSettings(*reader, "training.", &config.compute);
   reader->Read("metrics.listen", &config.metrics_listen);
   PrivacyPolicy::Read(*reader, &config.privacy_policy);
+  PersonalizationSettings::Read(*reader, &config.personalization);
   if (config.threads < 0 || config.threads > 1024) {
     reader->Invalid("training.threads", "must be between 0 (all cores) and 1024");
   }
@@ -114,7 +115,7 @@ std::string ClientConfig::ToYaml() const {
       "metrics:\n"
       "  # Prometheus /metrics endpoint, host:port; empty turns it off.\n"
       "  listen: \"",
-      metrics_listen, "\"\n\n", privacy_policy.ToYaml());
+      metrics_listen, "\"\n\n", privacy_policy.ToYaml(), "\n", personalization.ToYaml());
 }
 
 }  // namespace fedmoe::client

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/personal_model.h"
 #include "client/privacy_policy.h"
 #include "client/train_options.h"
 #include "config/command_line.h"
@@ -31,6 +32,8 @@ struct ClientStateDir {
   std::filesystem::path models() const { return root / "models"; }
   // The site's record-level privacy ledger (client/record_ledger.h).
   std::filesystem::path record_ledger() const { return root / "record-privacy.json"; }
+  // The site's personal model (client/personal_model.h).
+  std::filesystem::path personal() const { return root / "personal"; }
 };
 
 struct ClientConfig {
@@ -57,6 +60,8 @@ struct ClientConfig {
   std::string metrics_listen = "127.0.0.1:9465";
   // The site's privacy floor and record-level budget (privacy_policy.h).
   PrivacyPolicy privacy_policy;
+  // The site's personal model: private experts, a Ditto copy, or none (personal_model.h).
+  PersonalizationSettings personalization;
 
   static absl::StatusOr<ClientConfig> Load(const std::filesystem::path& path);
   std::string ToYaml() const;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/coordinator_channel.h"
+#include "client/grpc_status.h"
 #include "client/model_sync.h"
 #include "client/tls_probe.h"
 #include "client/update.h"
@@ -16,6 +17,7 @@
 #include "logging/log.h"
 #include "model/checkpoint.h"
 #include "model/data.h"
+#include "model/personal.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "pki/certificate_authority.h"
@@ -254,14 +256,25 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
       model::LoadTokenizer(*directory, global->config().vocab_size);
   if (!tokenizer.ok()) return tokenizer.status();
-  model::ModelParameters local = *global;
   // Clients must draw different batches; the mix is private to this client.
   absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
   if (!random.ok()) return random.status();
+  // With private experts the round trains the personal model (the global one plus the site's
+  // experts); only its global part is sent.
+  const bool private_experts = config_.personalization.mode == PersonalMode::kPrivateExperts;
+  const PersonalModelStore personal_store(config_.state_dir.personal());
+  std::optional<PersonalModelInfo> held_personal;
+  absl::StatusOr<model::ModelParameters> start =
+      private_experts ? PrivateExpertsStart(config_.personalization, personal_store, *global,
+                                            (*random)(), &held_personal)
+                      : *global;
+  if (!start.ok()) return start.status();
+  model::ModelParameters local = *std::move(start);
   model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, (*random)());
+  if (private_experts) options.private_experts = config_.personalization.private_experts;
   // The round sets what is trained and how; this machine sets the arithmetic, for this model.
   ComputeSettings compute = config_.compute;
-  absl::StatusOr<std::string> fallback = compute.FitToModel(global->config());
+  absl::StatusOr<std::string> fallback = compute.FitToModel(local.config());
   if (!fallback.ok()) return fallback.status();
   if (!fallback->empty()) {
     LogEvent(LogLevel::kWarning, "training_device_fallback")
@@ -271,7 +284,7 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   options.device = compute.device;
   options.matmul_precision = compute.matmul_precision;
   absl::StatusOr<DatasetAccount> account =
-      PrepareRecordPrivacy(task.round_id(), *global, **tokenizer, options);
+      PrepareRecordPrivacy(task.round_id(), local, **tokenizer, options);
   if (!account.ok()) return account.status();
   training_device_ = options.device;
   LogEvent(LogLevel::kInfo, "local_training_started")
@@ -320,8 +333,18 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
         .Field("record_delta", charged->delta);
     record_privacy_status_ = RecordPrivacyStatus();
   }
+  last_round_options_ = options;
+  if (private_experts) {
+    if (absl::Status status = KeepPrivateExperts(
+            *global, local, *directory, spec.base_model().version(), held_personal, trained->steps);
+        !status.ok()) {
+      return status;
+    }
+  }
+  // From the global part alone: the private experts and their router rows are not in the model
+  // it reads, and their routed slots are not in the counts.
   absl::StatusOr<PlainUpdate> update =
-      BuildPlainUpdate(*global, local, trained->expert_slots, spec);
+      BuildUpdateFromTrained(*global, local, trained->expert_slots, spec);
   if (!update.ok()) return update.status();
   // How far clipping cut this site's Δ: the operator's cue to tune privacy.clip_norm.
   LogEvent(LogLevel::kInfo, "update_clipped")
@@ -423,6 +446,70 @@ absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
   return account;
 }
 
+absl::Status ClientDaemon::KeepPrivateExperts(const model::ModelParameters& global,
+                                              const model::ModelParameters& trained,
+                                              const std::filesystem::path& global_directory,
+                                              uint64_t global_version,
+                                              const std::optional<PersonalModelInfo>& held,
+                                              int64_t steps) {
+  absl::StatusOr<model::ModelParameters> personal =
+      model::ComposePersonal(global, config_.personalization.private_experts, &trained, /*seed=*/0);
+  if (!personal.ok()) return personal.status();
+  PersonalModelInfo info;
+  info.mode = PersonalMode::kPrivateExperts;
+  info.global_experts = global.config().num_local_experts;
+  info.private_experts = config_.personalization.private_experts;
+  info.global_version = global_version;
+  info.rounds_trained = (held.has_value() ? held->rounds_trained : 0) + 1;
+  info.local_steps = (held.has_value() ? held->local_steps : 0) + steps;
+  if (absl::Status status =
+          PersonalModelStore(config_.state_dir.personal()).Save(*personal, info, global_directory);
+      !status.ok()) {
+    return status;
+  }
+  personal_version_ = std::max(personal_version_, global_version);
+  LogEvent(LogLevel::kInfo, "personal_model_saved")
+      .Field("mode", "private_experts")
+      .Field("global_version", global_version)
+      .Field("private_experts", info.private_experts)
+      .Field("rounds_trained", info.rounds_trained);
+  return absl::OkStatus();
+}
+
+void ClientDaemon::RefreshPersonalModel(uint64_t version) {
+  if (config_.personalization.mode == PersonalMode::kNone || version <= personal_version_ ||
+      federation_ == nullptr) {
+    return;
+  }
+  personal_version_ = version;
+  absl::Status status = [&]() -> absl::Status {
+    v1::GetModelManifestRequest request;
+    request.set_version(version);
+    v1::ModelManifest manifest;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    if (grpc::Status got = federation_->GetModelManifest(&context, request, &manifest); !got.ok()) {
+      return FromGrpc(got, "GetModelManifest");
+    }
+    absl::StatusOr<std::filesystem::path> directory =
+        SyncModel(*federation_, manifest, config_.state_dir.models());
+    if (!directory.ok()) return directory.status();
+    progress_.model_version = std::max(progress_.model_version, version);
+    return RefreshPersonal(config_.personalization,
+                           PersonalModelStore(config_.state_dir.personal()), version, *directory,
+                           config_.data, last_round_options_);
+  }();
+  if (!status.ok()) {
+    LogEvent(LogLevel::kWarning, "personal_model_not_refreshed")
+        .Field("global_version", version)
+        .Error(status);
+    return;
+  }
+  LogEvent(LogLevel::kInfo, "personal_model_updated")
+      .Field("mode", std::string(PersonalModeName(config_.personalization.mode)))
+      .Field("global_version", version);
+}
+
 std::string ClientDaemon::RecordPrivacyStatus() const {
   absl::StatusOr<RecordPrivacyLedger> ledger =
       RecordPrivacyLedger::Load(config_.state_dir.record_ledger());
@@ -485,10 +572,17 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
           .Field("round_id", finished.round_id())
           .Field("outcome", progress_.last_outcome)
           .Field("bytes_sent", progress_.bytes_sent_last_round);
+      if (finished.outcome() == v1::ROUND_STAGE_COMMITTED) {
+        RefreshPersonalModel(finished.new_model_version());
+      }
       WriteStatus("connected", "");
       return;
     }
     case v1::PollTaskResponse::kIdle: {
+      // A version published while this site sat out a round still reaches its personal model.
+      if (response.idle().latest_model_version() > personal_version_) {
+        RefreshPersonalModel(response.idle().latest_model_version());
+      }
       // The coordinator held as many polls as it may and said when to come back.
       const absl::Duration delay = NextPollDelay(response.idle(), jitter_);
       if (delay <= absl::ZeroDuration()) return;
@@ -568,6 +662,13 @@ absl::Status ClientDaemon::Run() {
   if (config_.threads > 0) kernels::cpu::SetCpuThreads(static_cast<int>(config_.threads));
   progress_.model_version = NewestLocalVersion(config_.state_dir.models());
   progress_.latest_committed_version = progress_.model_version;
+  if (const PersonalModelStore store(config_.state_dir.personal()); store.Exists()) {
+    absl::StatusOr<PersonalModelInfo> personal = store.Info();
+    if (!personal.ok()) return personal.status();
+    if (personal->mode == config_.personalization.mode) {
+      personal_version_ = personal->global_version;
+    }
+  }
   LogEvent(LogLevel::kInfo, "daemon_started")
       .Field("client_id", config_.client_id)
       .Field("coordinator", config_.coordinator)

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/client_config.h"
 #include "client/client_metrics.h"
+#include "client/personal_model.h"
 #include "client/record_ledger.h"
 #include "client/round_participant.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
@@ -69,6 +70,17 @@ class ClientDaemon {
                                                       const model::ModelParameters& global,
                                                       const model::Tokenizer& tokenizer,
                                                       model::TrainOptions& options);
+  // Saves the personal model after a round trained it under private experts: the round's base
+  // global model plus the private experts and router rows of `trained`.
+  absl::Status KeepPrivateExperts(const model::ModelParameters& global,
+                                  const model::ModelParameters& trained,
+                                  const std::filesystem::path& global_directory,
+                                  uint64_t global_version,
+                                  const std::optional<PersonalModelInfo>& held, int64_t steps);
+  // Brings the personal model to a newly published global version (personal_model.h's
+  // RefreshPersonal), downloading the version first. Tried once per version; a failure is
+  // logged, and the site keeps the personal model it has.
+  void RefreshPersonalModel(uint64_t version);
   // The record-level ledger's accounts for status.json, as a JSON array.
   std::string RecordPrivacyStatus() const;
   // A later SecAgg+ stage of the round this client is in: `step` does it, and on success the
@@ -107,6 +119,10 @@ class ClientDaemon {
   std::optional<kernels::Device> training_device_;
   // What status.json and /metrics show of the local progress.
   ClientProgress progress_;
+  // The last round's training settings, which a Ditto refresh reuses for its steps.
+  std::optional<model::TrainOptions> last_round_options_;
+  // The newest global version the personal model was brought to, or tried.
+  uint64_t personal_version_ = 0;
   // status.json's record_privacy array, refreshed at each charge or refusal.
   std::string record_privacy_status_ = "[]";
   std::shared_ptr<ClientMetrics> metrics_ = std::make_shared<ClientMetrics>();

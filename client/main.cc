@@ -2,6 +2,7 @@
 //
 // Exit status: 0 success, 1 the operation failed (the message says why), 2 bad usage,
 // 3 (run) the coordinator refused this client, e.g. after revocation: do not restart.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "client/daemon.h"
 #include "client/enroll.h"
 #include "client/model_commands.h"
+#include "client/model_sync.h"
 #include "client/peer_keys.h"
 #include "client/privacy_commands.h"
 #include "config/command_line.h"
@@ -35,7 +37,13 @@ constexpr char kUsage[] = R"(usage: fedmoe-client COMMAND [FLAGS]
   run --config FILE
       Run the daemon until SIGTERM or SIGINT.
   status (--state-dir DIR | --config FILE) [--json]
-      What this client is enrolled as, and what its daemon last reported.
+      What this client is enrolled as, the global and personal models it holds, and what its
+      daemon last reported.
+  personal show (--state-dir DIR | --config FILE) [--json]
+  personal reset (--state-dir DIR | --config FILE)
+      The site's personal model (personalization: in client.yaml): what it holds, or remove
+      it, private experts included, so that the next round starts fresh ones. Stop the daemon
+      before a reset.
   peers list (--state-dir DIR | --config FILE)
   peers forget CLIENT_ID (--state-dir DIR | --config FILE)
       The key this site pinned for each SecAgg+ peer on first sight. A round in which a peer
@@ -112,6 +120,34 @@ int RunCommand(const std::vector<std::string>& args) {
   return status.ok() ? 0 : Fail(status);
 }
 
+// The personal model's personal.json as one JSON value (null when there is none).
+absl::StatusOr<std::string> PersonalJson(const ClientConfig& config) {
+  const PersonalModelStore store(config.state_dir.personal());
+  if (!store.Exists()) return std::string("null");
+  absl::StatusOr<PersonalModelInfo> info = store.Info();
+  if (!info.ok()) return info.status();
+  std::string json = info->ToJson();
+  json.erase(std::remove(json.begin(), json.end(), '\n'), json.end());
+  return json;
+}
+
+std::string PersonalLine(const ClientConfig& config) {
+  const PersonalModelStore store(config.state_dir.personal());
+  const std::string configured =
+      absl::StrCat("configured: ", std::string(PersonalModeName(config.personalization.mode)));
+  if (!store.Exists()) return absl::StrCat("none yet (", configured, ")");
+  absl::StatusOr<PersonalModelInfo> info = store.Info();
+  if (!info.ok()) return std::string(info.status().message());
+  const std::string what =
+      info->mode == PersonalMode::kPrivateExperts
+          ? absl::StrCat("global model v", info->global_version, " plus ", info->private_experts,
+                         " private experts per layer")
+          : absl::StrCat("a Ditto copy pulled toward global model v", info->global_version);
+  return absl::StrCat(what, ", trained locally in ", info->rounds_trained, " rounds (",
+                      info->local_steps, " steps), in ", store.directory().string(), "; ",
+                      configured);
+}
+
 int StatusCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args, {"config", "state-dir"}, {"json"});
   if (!flags.ok()) return Fail(flags.status());
@@ -129,6 +165,9 @@ int StatusCommand(const std::vector<std::string>& args) {
   }
   const std::string not_after =
       absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", certificate->NotAfter(), absl::UTCTimeZone());
+  const uint64_t global_version = NewestLocalVersion(config->state_dir.models());
+  absl::StatusOr<std::string> personal = PersonalJson(*config);
+  if (!personal.ok()) return Fail(personal.status());
   if (flags->Has("json")) {
     std::string out = "{\"client_id\":\"";
     AppendJsonEscaped(config->client_id, out);
@@ -137,7 +176,9 @@ int StatusCommand(const std::vector<std::string>& args) {
     out += "\",\"coordinator\":\"";
     AppendJsonEscaped(config->coordinator, out);
     out += "\",\"certificate_serial\":\"" + certificate->SerialHex() +
-           "\",\"certificate_not_after\":\"" + not_after + "\",\"daemon\":" + daemon + "}";
+           "\",\"certificate_not_after\":\"" + not_after +
+           "\",\"global_model_version\":" + std::to_string(global_version) +
+           ",\"personal_model\":" + *personal + ",\"daemon\":" + daemon + "}";
     std::printf("%s\n", out.c_str());
     return 0;
   }
@@ -146,10 +187,45 @@ int StatusCommand(const std::vector<std::string>& args) {
       "federation:   %s\n"
       "coordinator:  %s\n"
       "certificate:  serial %s, expires %s\n"
+      "global model: %s\n"
+      "personal:     %s\n"
       "daemon:       %s\n",
       config->client_id.c_str(), config->federation.c_str(), config->coordinator.c_str(),
-      certificate->SerialHex().c_str(), not_after.c_str(), daemon.c_str());
+      certificate->SerialHex().c_str(), not_after.c_str(),
+      global_version > 0 ? absl::StrCat("v", global_version).c_str() : "none yet",
+      PersonalLine(*config).c_str(), daemon.c_str());
   return 0;
+}
+
+int PersonalCommand(const std::vector<std::string>& args) {
+  if (args.empty()) return Fail(absl::InvalidArgumentError("personal needs show or reset"));
+  const std::string& verb = args[0];
+  auto flags =
+      CommandLine::Parse({args.begin() + 1, args.end()}, {"config", "state-dir"}, {"json"});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<ClientConfig> config = LoadClientConfig(*flags);
+  if (!config.ok()) return Fail(config.status());
+  if (verb == "show") {
+    if (flags->Has("json")) {
+      absl::StatusOr<std::string> personal = PersonalJson(*config);
+      if (!personal.ok()) return Fail(personal.status());
+      std::printf("%s\n", personal->c_str());
+    } else {
+      std::printf("%s\n", PersonalLine(*config).c_str());
+    }
+    return 0;
+  }
+  if (verb == "reset") {
+    const PersonalModelStore store(config->state_dir.personal());
+    const bool held = store.Exists();
+    if (absl::Status status = store.Reset(); !status.ok()) return Fail(status);
+    std::printf(held ? "removed the personal model in %s; the next round starts fresh private "
+                       "experts\n"
+                     : "no personal model in %s; nothing to remove\n",
+                store.directory().c_str());
+    return 0;
+  }
+  return Fail(absl::InvalidArgumentError(absl::StrCat("unknown personal command '", verb, "'")));
 }
 
 int PeersCommand(const std::vector<std::string>& args) {
@@ -200,6 +276,7 @@ int Main(int argc, char** argv) {
                                   }},
                                  {"status", StatusCommand},
                                  {"peers", PeersCommand},
+                                 {"personal", PersonalCommand},
                                  {"train", TrainCommand},
                                  {"model", ModelCommand},
                                  {"privacy", PrivacyCommand}});

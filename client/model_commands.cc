@@ -11,6 +11,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/client_config.h"
+#include "client/model_sync.h"
+#include "client/personal_model.h"
 #include "client/train_options.h"
 #include "config/command_line.h"
 #include "kernels/cpu/threads.h"
@@ -72,10 +75,50 @@ std::string Printable(std::string_view bytes) {
   return out;
 }
 
+// The model a command reads: --model DIR, or an enrolled site's (--state-dir or --config): its
+// personal model when it has one, else its newest global one; --personal or --global choose.
+absl::StatusOr<std::string> ChosenModel(const CommandLine& flags) {
+  const bool personal = flags.Has("personal");
+  const bool global = flags.Has("global");
+  if (personal && global) {
+    return absl::InvalidArgumentError("--personal and --global exclude each other");
+  }
+  if (auto model = flags.Get("model")) {
+    if (personal || global || flags.Has("state-dir") || flags.Has("config")) {
+      return absl::InvalidArgumentError(
+          "--model names the model itself; --state-dir or --config (with --personal or "
+          "--global) choose one of an enrolled site's instead");
+    }
+    return *model;
+  }
+  if (!flags.Has("state-dir") && !flags.Has("config")) {
+    return absl::InvalidArgumentError(
+        "--model DIR, or an enrolled site's --state-dir DIR or --config FILE, is required");
+  }
+  absl::StatusOr<ClientConfig> config = LoadClientConfig(flags);
+  if (!config.ok()) return config.status();
+  const PersonalModelStore store(config->state_dir.personal());
+  if (!global && store.Exists()) return store.directory().string();
+  if (personal) {
+    return absl::NotFoundError(absl::StrCat(
+        "this site has no personal model yet (", store.directory().string(),
+        "): it is made by the first round trained with personalization.mode private_experts, "
+        "or the first committed round under ditto"));
+  }
+  const uint64_t version = NewestLocalVersion(config->state_dir.models());
+  if (version == 0) {
+    return absl::NotFoundError(absl::StrCat("this site holds no global model yet (",
+                                            config->state_dir.models().string(), ")"));
+  }
+  return (config->state_dir.models() / absl::StrCat("v", version)).string();
+}
+
 int EvalCommand(const std::vector<std::string>& args) {
-  auto flags = CommandLine::Parse(args, {"model", "data", "seq-len", "batch", "threads"}, {});
+  auto flags = CommandLine::Parse(
+      args, {"model", "state-dir", "config", "data", "seq-len", "batch", "threads"},
+      {"personal", "global"});
   if (!flags.ok()) return Fail(flags.status());
-  absl::StatusOr<std::string> model_dir = flags->Require("model");
+  absl::StatusOr<std::string> model_dir = ChosenModel(*flags);
   if (!model_dir.ok()) return Fail(model_dir.status());
   absl::StatusOr<std::string> data_path = flags->Require("data");
   if (!data_path.ok()) return Fail(data_path.status());
@@ -104,8 +147,10 @@ int EvalCommand(const std::vector<std::string>& args) {
         absl::Status(evaluation.status().code(),
                      absl::StrCat(*data_path, ": ", std::string(evaluation.status().message()))));
   }
-  std::printf("%s\n",
-              JsonLine({{"loss", evaluation->loss}, {"tokens", evaluation->predictions}}).c_str());
+  std::printf("%s\n", JsonLine({{"loss", evaluation->loss},
+                                {"tokens", evaluation->predictions},
+                                {"model", *model_dir}})
+                          .c_str());
   return 0;
 }
 
@@ -199,9 +244,10 @@ int InspectCommand(const std::vector<std::string>& args) {
 }
 
 int TraceCommand(const std::vector<std::string>& args) {
-  auto flags = CommandLine::Parse(args, {"model", "text", "threads"}, {"json"});
+  auto flags = CommandLine::Parse(args, {"model", "state-dir", "config", "text", "threads"},
+                                  {"json", "personal", "global"});
   if (!flags.ok()) return Fail(flags.status());
-  absl::StatusOr<std::string> model_dir = flags->Require("model");
+  absl::StatusOr<std::string> model_dir = ChosenModel(*flags);
   if (!model_dir.ok()) return Fail(model_dir.status());
   absl::StatusOr<std::string> text = flags->Require("text");
   if (!text.ok()) return Fail(text.status());
@@ -435,14 +481,17 @@ int TrainCommand(const std::vector<std::string>& args) {
 }
 
 const char kModelUsage[] =
-    R"(  model eval --model DIR --data FILE [--seq-len N] [--batch B] [--threads T]
+    R"(  model eval MODEL --data FILE [--seq-len N] [--batch B] [--threads T]
       Mean next-token loss of FILE's text in windows of N tokens (default 128), as one JSON
-      line {"loss": nats, "tokens": predictions}.
+      line {"loss": nats, "tokens": predictions, "model": DIR}.
+      MODEL is --model DIR, or an enrolled site's (--state-dir DIR | --config FILE): its
+      personal model when it has one, else its newest global model; add --personal or
+      --global to choose. A personal model's experts past the global ones are the site's own.
   model init --config FILE --out DIR [--seed S] [--dtype f32|bf16]
       A new model from a Mixtral config.json with standard random weights.
   model inspect DIR [--json]
       Parameters (total, per token, by role), experts and bytes of a model directory.
-  model trace --model DIR --text TEXT [--json] [--threads T]
+  model trace MODEL --text TEXT [--json] [--threads T]
       For each token and layer, the experts the router chose and their weights.
 )";
 

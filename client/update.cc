@@ -4,6 +4,7 @@
 #include <span>
 
 #include "absl/strings/str_cat.h"
+#include "model/personal.h"
 
 namespace fedmoe::client {
 
@@ -149,6 +150,19 @@ absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& globa
   // histogram's share of the norm.
   privacy::ClipToL2Norm(histogram, layout.histogram_norm_bound());
   return plain;
+}
+
+absl::StatusOr<PlainUpdate> BuildUpdateFromTrained(
+    const model::ModelParameters& global, const model::ModelParameters& local,
+    const std::vector<std::vector<int64_t>>& expert_slots, const v1::UpdateSpec& spec) {
+  if (local.config().num_local_experts == global.config().num_local_experts) {
+    return BuildPlainUpdate(global, local, expert_slots, spec);
+  }
+  absl::StatusOr<model::ModelParameters> global_part = model::GlobalPart(local, global.config());
+  if (!global_part.ok()) return global_part.status();
+  return BuildPlainUpdate(global, *global_part,
+                          model::GlobalExpertSlots(expert_slots, global.config().num_local_experts),
+                          spec);
 }
 
 model::TrainableSet TrainableFromSpec(const model::ModelLayout& layout,

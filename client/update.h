@@ -37,6 +37,14 @@ absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& globa
                                              const std::vector<std::vector<int64_t>>& expert_slots,
                                              const v1::UpdateSpec& spec);
 
+// BuildPlainUpdate for a round that trained `local`, the global model or a personal model with
+// private experts (model/personal.h). For a personal model it reads only the global part and
+// the slots routed to global experts, so nothing of the private experts or their router rows
+// can reach the update, and the update has the global model's layout whatever their number.
+absl::StatusOr<PlainUpdate> BuildUpdateFromTrained(
+    const model::ModelParameters& global, const model::ModelParameters& local,
+    const std::vector<std::vector<int64_t>>& expert_slots, const v1::UpdateSpec& spec);
+
 // The trainable set that trains exactly the spec's tensor roles.
 model::TrainableSet TrainableFromSpec(const model::ModelLayout& layout, const v1::UpdateSpec& spec);
 

@@ -12,7 +12,12 @@
 #   deploy/quickstart.sh              build if needed, run five rounds, summarise, shut down
 #   deploy/quickstart.sh --keep       leave the federation running until Ctrl-C
 #   deploy/quickstart.sh --no-dp-sgd  the same run without DP-SGD, to see what it costs
+#   deploy/quickstart.sh --personal=MODE
+#                                     each site's personal model: private_experts (the
+#                                     default: 2 private experts per layer), ditto, or none
 #   FEDMOE_ROUNDS=N                   run N rounds instead of five
+#   FEDMOE_QUICKSTART_OUT=DIR         keep the base, final global and personal models, the
+#                                     data and held-out splits in DIR (bench/personalization.sh)
 #
 # Installs missing Debian packages first (deploy/install-deps.sh). Everything it starts is
 # stopped when it exits, however it exits, and its state lives in a fresh temporary directory,
@@ -24,11 +29,13 @@ keep=0
 # DP-SGD's noise multiplier: at 32 of about 780 records per step, 200 steps in five rounds cost
 # each site a record-level ε of 7.1 at δ = 0.1/records (`fedmoe-client privacy plan`).
 record_noise=0.75
+personal=private_experts
 for arg in "$@"; do
   case "$arg" in
     --keep) keep=1 ;;
     --no-dp-sgd) record_noise=0 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --personal=private_experts|--personal=ditto|--personal=none) personal=${arg#--personal=} ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "quickstart: unknown option '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -192,6 +199,13 @@ for i in 0 1 2; do
     grep -q "max_record_epsilon: 8" "$work/$org/client.yaml" ||
       { echo "quickstart: cannot set $org's privacy policy" >&2; exit 1; }
   fi
+  # Ditto refreshes with as many steps as a round trains.
+  sed -i -e "s|^  mode: none|  mode: $personal|" \
+    -e "s|^  private_experts: .*|  private_experts: ${FEDMOE_PRIVATE_EXPERTS:-2}|" \
+    -e "s|^  ditto_steps: .*|  ditto_steps: 40|" \
+    -e "s|^  ditto_lambda: .*|  ditto_lambda: ${FEDMOE_DITTO_LAMBDA:-0.1}|" "$work/$org/client.yaml"
+  grep -q "^  mode: $personal" "$work/$org/client.yaml" ||
+    { echo "quickstart: cannot set $org's personalization" >&2; exit 1; }
   grep -q "threads: $share" "$work/$org/client.yaml" ||
     { echo "quickstart: cannot set threads in $org's client.yaml" >&2; exit 1; }
   echo "    $org's metrics: http://$client_metrics/metrics; $share CPU thread(s)"
@@ -268,6 +282,44 @@ for domain in "${domains[@]}"; do
   losses+=("$before" "$after")
 done
 
+# Each site's personal model, once its daemon has brought it to the final global version.
+: >"$work/personal-losses"
+if [[ "$personal" != none ]]; then
+  say "each site's own held-out data: final global model vs its personal model ($personal)"
+  for i in 0 1 2; do
+    org=${orgs[$i]}
+    domain=${domains[$i]}
+    for _ in $(seq 1 600); do
+      version=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["global_version"])' \
+        "$work/$org/personal/personal.json" 2>/dev/null || echo 0)
+      ((version >= final_version)) && break
+      sleep 0.2
+    done
+    ((version >= final_version)) ||
+      { echo "quickstart: $org's personal model did not reach v$final_version" >&2; exit 1; }
+    global_loss=$(json_field loss <<<"$("$bin/fedmoe-client" model eval \
+      --model "$state/models/v$final_version" --data "$work/heldout-$domain.txt" --seq-len 64)")
+    personal_loss=$(json_field loss <<<"$("$bin/fedmoe-client" model eval \
+      --model "$work/$org/personal" --data "$work/heldout-$domain.txt" --seq-len 64)")
+    printf '    %-14s %-12s global %.4f   personal %.4f nats\n' "$org" "$domain" \
+      "$global_loss" "$personal_loss"
+    echo "$domain $personal_loss" >>"$work/personal-losses"
+  done
+fi
+if [[ -n "${FEDMOE_QUICKSTART_OUT:-}" ]]; then
+  out=$FEDMOE_QUICKSTART_OUT
+  mkdir -p "$out"
+  cp -r "$work/base" "$out/base"
+  cp -r "$state/models/v$final_version" "$out/global"
+  cp -r "$work/data" "$out/data"
+  cp "$work"/heldout-*.txt "$out/"
+  for org in "${orgs[@]}"; do
+    [[ -d "$work/$org/personal" ]] && cp -r "$work/$org/personal" "$out/personal-$org"
+  done
+  printf '%s\n' "${orgs[@]}" >"$out/orgs"
+  printf '%s\n' "${domains[@]}" >"$out/domains"
+fi
+
 python3 - "$work/coordinator.log" "$rounds" "${losses[@]}" "$work" "${orgs[@]}" <<'PY'
 import json, sys
 log, rounds = sys.argv[1], int(sys.argv[2])
@@ -321,8 +373,12 @@ before = sum(losses[0::2]) / 3
 after = sum(losses[1::2]) / 3
 finite = [e for e in record.values() if e is not None]
 record_epsilon = number(max(finite)) if len(finite) == len(record) else None
+personal = dict(line.split() for line in open(f"{work}/personal-losses") if line.strip())
+personal_after = (round(sum(float(v) for v in personal.values()) / len(personal), 4)
+                  if personal else None)
 print(json.dumps({"rounds": rounds, "clients": 3, "loss_before": round(before, 4),
-                  "loss_after": round(after, 4),
+                  "loss_after": round(after, 4), "personal_loss_after": personal_after,
+                  "personal_losses": {d: float(v) for d, v in personal.items()},
                   "losses": {d: [losses[2 * i], losses[2 * i + 1]] for i, d in enumerate(["finance", "it_support", "contracts"])},
                   "record_epsilon": record_epsilon, "epsilon": number(last["epsilon"]),
                   "delta": last["delta"], "bytes_per_client_round": round(bytes_per)}))

@@ -33,7 +33,7 @@ auto* Sized(Buffer& buffer, int64_t size) {
 // rows' block), its gradient scaled by `scale` with respect to the router probabilities (the
 // same for every row).
 double LayerBalance(const LayerActivations& layer, int64_t first_row, int64_t rows, int64_t experts,
-                    int64_t top_k, double scale, float* d_probs) {
+                    int64_t top_k, int64_t private_experts, double scale, float* d_probs) {
   std::vector<int64_t> slots(static_cast<size_t>(experts), 0);
   for (int64_t i = first_row * top_k; i < (first_row + rows) * top_k; ++i) {
     ++slots[static_cast<size_t>(layer.expert_index[static_cast<size_t>(i)])];
@@ -46,7 +46,8 @@ double LayerBalance(const LayerActivations& layer, int64_t first_row, int64_t ro
     }
   }
   std::vector<float> gradient(d_probs != nullptr ? static_cast<size_t>(experts) : 0);
-  const double loss = BalanceLoss(slots, probability_sums, rows, top_k, scale, gradient);
+  const double loss =
+      BalanceLoss(slots, probability_sums, rows, top_k, scale, gradient, private_experts);
   if (d_probs != nullptr) {
     for (int64_t row = 0; row < rows; ++row) {
       std::copy(gradient.begin(), gradient.end(), d_probs + row * experts);
@@ -58,12 +59,23 @@ double LayerBalance(const LayerActivations& layer, int64_t first_row, int64_t ro
 }  // namespace
 
 double BalanceLoss(std::span<const int64_t> slots, std::span<const double> probability_sums,
-                   int64_t rows, int64_t top_k, double scale,
-                   std::span<float> per_expert_gradient) {
+                   int64_t rows, int64_t top_k, double scale, std::span<float> per_expert_gradient,
+                   int64_t private_experts) {
   const auto experts = static_cast<int64_t>(slots.size());
-  const double fraction_scale = static_cast<double>(experts) / static_cast<double>(top_k * rows);
+  const int64_t first_private = experts - std::clamp<int64_t>(private_experts, 0, experts);
+  // Each group's f_e: its size over the slots routed into it. With one group those are all
+  // k·rows slots, the plain Switch form.
+  auto group_fraction_scale = [&](int64_t begin, int64_t end) {
+    int64_t routed = 0;
+    for (int64_t e = begin; e < end; ++e) routed += slots[static_cast<size_t>(e)];
+    if (first_private == experts) routed = top_k * rows;
+    return routed > 0 ? static_cast<double>(end - begin) / static_cast<double>(routed) : 0.0;
+  };
+  const double global_scale = group_fraction_scale(0, first_private);
+  const double private_scale = group_fraction_scale(first_private, experts);
   double loss = 0;
   for (int64_t e = 0; e < experts; ++e) {
+    const double fraction_scale = e < first_private ? global_scale : private_scale;
     const double f = fraction_scale * static_cast<double>(slots[static_cast<size_t>(e)]);
     loss += f * probability_sums[static_cast<size_t>(e)] / static_cast<double>(rows);
     if (!per_expert_gradient.empty()) {
@@ -144,8 +156,9 @@ void FillLoss(const MoeConfig& config, const ForwardPass& pass, const LossSum& s
   loss.cross_entropy = sum.total / options.predictions_in_step;
   loss.predictions = sum.predictions;
   for (const LayerActivations& layer : pass.layers) {
-    loss.balance_per_layer += LayerBalance(layer, 0, pass.rows(), config.num_local_experts,
-                                           config.num_experts_per_tok, 0, nullptr);
+    loss.balance_per_layer +=
+        LayerBalance(layer, 0, pass.rows(), config.num_local_experts, config.num_experts_per_tok,
+                     options.private_experts, 0, nullptr);
   }
   loss.balance_per_layer /= static_cast<double>(pass.layers.size());
   loss.balance = options.balance_coefficient * loss.balance_per_layer * options.step_share;
@@ -367,14 +380,15 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     if (options.balance_coefficient > 0) {
       d_probs = Sized(s.d_router_probs, rows * experts);
       if (per_record == nullptr) {
-        LayerBalance(layer, 0, rows, experts, top_k, balance_scale, d_probs);
+        LayerBalance(layer, 0, rows, experts, top_k, options.private_experts, balance_scale,
+                     d_probs);
       } else {
         // Each record's balance term is over its own rows.
         const RecordRows& records = per_record->records();
         for (int64_t r = 0; r < records.records(); ++r) {
           const int64_t first = records.row_begin[static_cast<size_t>(r)];
           LayerBalance(layer, first, records.row_begin[static_cast<size_t>(r) + 1] - first, experts,
-                       top_k, balance_scale, d_probs + first * experts);
+                       top_k, options.private_experts, balance_scale, d_probs + first * experts);
         }
       }
     }

@@ -6,6 +6,12 @@
 // which is 1 when routing is uniform; the model's balance term is coefficient × the mean of
 // L_bal over layers. f_e is a count and passes no gradient; P_e does, through the router's
 // softmax.
+//
+// A personal model's private experts (model/personal.h) are balanced as a group of their own:
+// f_e is then e's share of the slots routed into its group, times the group's size. Routing
+// uniform within each group gives L_bal = 1 and no gradient whatever the split between the
+// groups, so the router is pushed to spread load over the global experts and over the private
+// ones, and left free to learn, token by token, how much to rely on each.
 #ifndef FEDMOE_MODEL_BACKWARD_H_
 #define FEDMOE_MODEL_BACKWARD_H_
 
@@ -66,6 +72,9 @@ struct BackwardOptions {
   // into `gradients` (Finish adds the clipped sum there). predictions_in_step and step_share
   // then only scale the reported loss. fp32 products only; embeddings cannot be trained.
   PerRecordClipping* per_record = nullptr;
+  // The last this many experts of each layer are a site's private experts, balanced as their
+  // own group (above); 0: one group.
+  int64_t private_experts = 0;
 };
 
 // Reusable buffers, so a training loop allocates once.
@@ -89,8 +98,10 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
 // router probabilities over its `rows` tokens, and, unless per_expert_gradient is empty,
 // ∂(scale·L_bal)/∂p[t, e] for each expert e, which is the same for every row t. Each backend
 // gathers the counts and sums its own way; this is the formula both share.
+// `private_experts` is BackwardOptions::private_experts.
 double BalanceLoss(std::span<const int64_t> slots, std::span<const double> probability_sums,
-                   int64_t rows, int64_t top_k, double scale, std::span<float> per_expert_gradient);
+                   int64_t rows, int64_t top_k, double scale, std::span<float> per_expert_gradient,
+                   int64_t private_experts = 0);
 
 // The lowest layer holding a tensor that is trained (0 with trainable embeddings, the number of
 // layers when none is): the backward walk stops there.

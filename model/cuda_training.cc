@@ -134,6 +134,7 @@ class CudaTrainingBackend : public TrainingBackend {
     status.Update(Reserve(first_moment_, total));
     status.Update(Reserve(second_moment_, total));
     status.Update(ReserveIf(training_bf16(), parameters_bf16_, total));
+    status.Update(ReserveIf(options_.proximal_coefficient > 0, proximal_anchor_, total));
     status.Update(Reserve(expert_counts_, counters));
     status.Update(Reserve(probability_sums_, counters));
     status.Update(Reserve(norm_partials_, cuda::kSumOfSquaresPartials));
@@ -148,6 +149,9 @@ class CudaTrainingBackend : public TrainingBackend {
     }
     if (!status.ok()) return status;
     status.Update(parameters_.CopyFrom(parameters.values()));
+    if (options_.proximal_coefficient > 0) {
+      status.Update(proximal_anchor_.CopyFrom(options_.proximal_anchor));
+    }
     status.Update(gradients_.Zero());
     status.Update(first_moment_.Zero());
     status.Update(second_moment_.Zero());
@@ -277,6 +281,13 @@ class CudaTrainingBackend : public TrainingBackend {
   absl::StatusOr<double> ApplyGradients(double learning_rate, double max_norm) override {
     if (absl::Status selected = cuda::SetDevice(device_); !selected.ok()) return selected;
     const cuda::DeviceRanges& ranges = *trainable_ranges_;
+    if (options_.proximal_coefficient > 0) {
+      // Ditto's pull toward the anchor, as the CPU twin adds it.
+      const auto pull = static_cast<float>(2 * options_.proximal_coefficient);
+      absl::Status status = cuda::Axpy(pull, parameters_, gradients_);
+      status.Update(cuda::Axpy(-pull, proximal_anchor_, gradients_));
+      if (!status.ok()) return status;
+    }
     if (absl::Status status = cuda::SumOfSquares(gradients_.data(), ranges, norm_partials_.data(),
                                                  norm_squared_.data());
         !status.ok()) {
@@ -816,7 +827,7 @@ class CudaTrainingBackend : public TrainingBackend {
   // column sums; with the balance term on (scale ≠ 0), every layer's gradient with respect to
   // the probabilities (one value per expert, the same on every row) goes to the device in one
   // copy, into scratch_.balance_gradient [layers, experts].
-  absl::StatusOr<double> Balance(const PassShape& s, double scale) {
+  absl::StatusOr<double> Balance(const PassShape& s, double scale, int64_t private_experts) {
     std::vector<double> sums(probability_sums_.size());
     if (absl::Status status = probability_sums_.CopyTo(sums); !status.ok()) return status;
     const auto experts = static_cast<size_t>(s.experts);
@@ -829,7 +840,8 @@ class CudaTrainingBackend : public TrainingBackend {
       total += BalanceLoss(slots, std::span<const double>(sums).subspan(i * experts, experts),
                            s.rows, s.top_k, scale,
                            scale != 0 ? std::span<float>(gradients).subspan(i * experts, experts)
-                                      : std::span<float>());
+                                      : std::span<float>(),
+                           private_experts);
     }
     if (scale != 0) {
       if (absl::Status status = cuda::CopyHostToDevice(
@@ -858,7 +870,7 @@ class CudaTrainingBackend : public TrainingBackend {
     if (!sum.ok()) return sum.status();
     const double balance_scale = options.balance_coefficient * options.step_share /
                                  static_cast<double>(config_.num_hidden_layers);
-    absl::StatusOr<double> balance = Balance(s, balance_scale);
+    absl::StatusOr<double> balance = Balance(s, balance_scale, options.private_experts);
     if (!balance.ok()) return balance.status();
     LossBreakdown loss;
     loss.cross_entropy = sum->total / options.predictions_in_step;
@@ -1069,6 +1081,8 @@ class CudaTrainingBackend : public TrainingBackend {
   DeviceArray<float> parameters_, gradients_, first_moment_, second_moment_;
   // DP-SGD: one record's gradient at a time, allocated at the first private micro-batch.
   DeviceArray<float> record_gradients_;
+  // Ditto's anchor (BackendOptions::proximal_anchor), when its term is on.
+  DeviceArray<float> proximal_anchor_;
   DeviceArray<DeviceBf16> parameters_bf16_;
   std::unique_ptr<cuda::DeviceRanges> trainable_ranges_;
   int64_t steps_ = 0;
@@ -1266,6 +1280,7 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
   if (absl::Status status = CheckCudaTakesModel(parameters.config()); !status.ok()) {
     return status;
   }
+  if (absl::Status status = CheckProximalAnchor(options, parameters); !status.ok()) return status;
   int devices = options.devices;
   if (devices < 0) {
     return absl::InvalidArgumentError(absl::StrCat("a negative number of GPUs: ", devices));

@@ -78,9 +78,17 @@ absl::Status NoCudaKernels() {
 
 absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateBackend(ModelParameters& parameters,
                                                                const TrainOptions& options) {
-  const BackendOptions backend_options{.trainable = options.trainable,
-                                       .adamw = options.adamw,
-                                       .matmul_precision = options.matmul_precision};
+  BackendOptions backend_options;
+  backend_options.trainable = options.trainable;
+  backend_options.adamw = options.adamw;
+  backend_options.matmul_precision = options.matmul_precision;
+  if (options.proximal.coefficient > 0) {
+    if (options.proximal.anchor == nullptr) {
+      return absl::InvalidArgumentError("a proximal term needs the model it pulls toward");
+    }
+    backend_options.proximal_coefficient = options.proximal.coefficient;
+    backend_options.proximal_anchor = options.proximal.anchor->values();
+  }
   if (options.device == kernels::Device::kCpu) {
     return CreateCpuTrainingBackend(parameters, backend_options);
   }
@@ -384,6 +392,7 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   BackwardOptions loss_options;
   loss_options.balance_coefficient =
       options.balance_coefficient >= 0 ? options.balance_coefficient : config.router_aux_loss_coef;
+  loss_options.private_experts = options.private_experts;
   loss_options.step_share = 1.0 / static_cast<double>(options.gradient_accumulation);
 
   absl::StatusOr<std::unique_ptr<TrainingBackend>> backend = CreateBackend(parameters, options);

@@ -69,6 +69,15 @@ struct RecordPrivacySpend {
   int64_t records_clipped = 0;
 };
 
+// Ditto's proximal term (Li et al. 2021): the loss gains coefficient·‖θ − anchor‖² over the
+// trainable tensors, which keeps a site's personal model near the global model it was refreshed
+// from (client/personal_model.h). A coefficient of 0 turns it off.
+struct ProximalTerm {
+  double coefficient = 0;
+  // The same config as the trained parameters.
+  std::shared_ptr<const ModelParameters> anchor;
+};
+
 // The defaults below are the one set both vocabularies share: train.yaml (`fedmoe-client train`)
 // and a round policy's `training:` block (coordinator/round_policy.cc derives its defaults from
 // a default TrainOptions), under the same key names.
@@ -101,6 +110,10 @@ struct TrainOptions {
   int64_t eval_batches = 8;
   double validation_fraction = 0.05;
   RecordPrivacyOptions record_privacy;
+  ProximalTerm proximal;
+  // The last this many experts of each layer are the site's private experts (model/personal.h):
+  // the balance loss balances them as a group apart from the global ones (backward.h).
+  int64_t private_experts = 0;
 };
 
 // What a private run of `options` over `records` records will report once all its steps are

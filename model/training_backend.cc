@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/axpy.h"
 #include "kernels/cpu/bf16.h"
 
 namespace fedmoe::model {
@@ -84,6 +85,13 @@ class CpuTrainingBackend : public TrainingBackend {
   }
 
   absl::StatusOr<double> ApplyGradients(double learning_rate, double max_norm) override {
+    if (options_.proximal_coefficient > 0) {
+      // Outside the trainable tensors θ and the anchor agree, or the optimizer ignores them.
+      const auto pull = static_cast<float>(2 * options_.proximal_coefficient);
+      absl::Status status = kernels::cpu::Axpy(pull, parameters_.values(), gradients_);
+      status.Update(kernels::cpu::Axpy(-pull, options_.proximal_anchor, gradients_));
+      if (!status.ok()) return status;
+    }
     const double norm = GradientNorm(parameters_.layout(), options_.trainable, gradients_);
     optimizer_.Step(parameters_.values(), gradients_, learning_rate, ClipScale(norm, max_norm));
     std::fill(gradients_.begin(), gradients_.end(), 0.0F);
@@ -150,7 +158,21 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCpuTrainingBackend(
   if (options.matmul_precision == MatMulPrecision::kBfloat16) {
     if (absl::Status status = kernels::cpu::CheckBf16MatMul(); !status.ok()) return status;
   }
+  if (absl::Status status = CheckProximalAnchor(options, parameters); !status.ok()) return status;
   return std::make_unique<CpuTrainingBackend>(parameters, options);
+}
+
+absl::Status CheckProximalAnchor(const BackendOptions& options, const ModelParameters& parameters) {
+  if (options.proximal_coefficient < 0) {
+    return absl::InvalidArgumentError("the proximal coefficient must not be negative");
+  }
+  if (options.proximal_coefficient > 0 &&
+      options.proximal_anchor.size() != parameters.values().size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the proximal anchor has ", options.proximal_anchor.size(),
+                     " values for a model of ", parameters.values().size()));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace fedmoe::model

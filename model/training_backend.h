@@ -38,7 +38,15 @@ struct BackendOptions {
   // rather than one grouped call (kernels/cuda/gemm.h's GroupedProducts). The same products;
   // which runs faster is for a GPU to say (bench/train_step --expert-products).
   bool concurrent_expert_products = false;
+  // Ditto's proximal term (trainer.h's ProximalTerm): ApplyGradients adds
+  // 2·proximal_coefficient·(θ − proximal_anchor) to the gradient before it clips and steps. The
+  // anchor is in the parameters' layout and outlives the backend; 0 turns the term off.
+  double proximal_coefficient = 0;
+  std::span<const float> proximal_anchor;
 };
+
+// InvalidArgument when the options' proximal anchor is set and does not fit `parameters`.
+absl::Status CheckProximalAnchor(const BackendOptions& options, const ModelParameters& parameters);
 
 // What a DP-SGD micro-batch reports besides its loss.
 struct PrivateBatch {
