@@ -192,6 +192,8 @@ absl::StatusOr<model::ModelParameters> PersonalModelStore::Load() const {
 absl::Status PersonalModelStore::Save(const model::ModelParameters& personal,
                                       const PersonalModelInfo& info,
                                       const std::filesystem::path& global_directory) const {
+  // An earlier save a crash interrupted is finished first, so that staging can start clean.
+  if (absl::Status status = FinishSwap(); !status.ok()) return status;
   std::error_code error;
   std::filesystem::remove_all(Staging(), error);
   std::filesystem::create_directories(Staging(), error);
@@ -210,7 +212,6 @@ absl::Status PersonalModelStore::Save(const model::ModelParameters& personal,
       !status.ok()) {
     return status;
   }
-  if (absl::Status status = FinishSwap(); !status.ok()) return status;
   if (storage::PathExists(directory_)) {
     if (absl::Status status = storage::RenameDurably(directory_, Retired()); !status.ok()) {
       return status;

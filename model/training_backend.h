@@ -42,7 +42,7 @@ struct BackendOptions {
   // 2·proximal_coefficient·(θ − proximal_anchor) to the gradient before it clips and steps. The
   // anchor is in the parameters' layout and outlives the backend; 0 turns the term off.
   double proximal_coefficient = 0;
-  std::span<const float> proximal_anchor;
+  std::span<const float> proximal_anchor{};
 };
 
 // InvalidArgument when the options' proximal anchor is set and does not fit `parameters`.

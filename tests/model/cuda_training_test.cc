@@ -417,6 +417,46 @@ TEST(CudaRecordClippingTest, ClippedSumsMatchTheCpuBackend) {
   ExpectTensorsNear(initial.layout(), gpu_gradients, cpu_gradients, 1e-4, "updated sum");
 }
 
+// A personal model's step: its last two experts private, balanced as their own group, and
+// Ditto's proximal term pulling toward an anchor. Both are the CPU's arithmetic on the GPU.
+TEST(CudaPersonalModelTest, GroupedBalanceAndTheProximalTermMatchTheCpuBackend) {
+  FEDMOE_REQUIRE_CUDA();
+  const MoeConfig config = SmallConfig();
+  ModelParameters cpu_parameters = InitializeModel(config, 12);
+  const ModelParameters initial = cpu_parameters;
+  ModelParameters anchor = initial;
+  for (float& value : anchor.values()) value -= 0.01F;
+  BackendOptions options = OneGpu();
+  options.trainable = *TrainableSet::Parse("experts,router");
+  options.tensor_core_attention = false;
+  options.proximal_coefficient = 0.3;
+  options.proximal_anchor = anchor.values();
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> cpu =
+      CreateCpuTrainingBackend(cpu_parameters, options);
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu =
+      CreateCudaTrainingBackend(initial, options);
+  ASSERT_TRUE(cpu.ok() && gpu.ok());
+  const Batch batch = RandomBatch(config, 2, 8, 41);
+  BackwardOptions loss = LossOptions(batch);
+  loss.balance_coefficient = 0.5;
+  loss.private_experts = 2;
+  for (int step = 0; step < 2; ++step) {
+    absl::StatusOr<LossBreakdown> cpu_loss = (*cpu)->AccumulateGradients(batch, loss);
+    absl::StatusOr<LossBreakdown> gpu_loss = (*gpu)->AccumulateGradients(batch, loss);
+    ASSERT_TRUE(cpu_loss.ok() && gpu_loss.ok());
+    EXPECT_NEAR(gpu_loss->balance, cpu_loss->balance, 1e-5 * cpu_loss->balance);
+    absl::StatusOr<double> cpu_norm = (*cpu)->ApplyGradients(1e-3, 0);
+    absl::StatusOr<double> gpu_norm = (*gpu)->ApplyGradients(1e-3, 0);
+    ASSERT_TRUE(cpu_norm.ok() && gpu_norm.ok());
+    EXPECT_NEAR(*gpu_norm, *cpu_norm, 1e-4 * *cpu_norm) << "step " << step;
+  }
+  ModelParameters gpu_parameters = initial;
+  ASSERT_TRUE((*gpu)->CopyParametersTo(gpu_parameters).ok());
+  const std::vector<float> expected(cpu_parameters.values().begin(), cpu_parameters.values().end());
+  const std::vector<float> actual(gpu_parameters.values().begin(), gpu_parameters.values().end());
+  ExpectTensorsNear(initial.layout(), actual, expected, 1e-4, "parameters");
+}
+
 TEST(CudaTrainingErrorsTest, BadBatchesAreRefusedAndTheBackendKeepsWorking) {
   FEDMOE_REQUIRE_CUDA();
   const MoeConfig config = SmallConfig();
