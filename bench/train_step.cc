@@ -13,7 +13,12 @@
 //   build/bin/train_step [--config tiny|small|medium|all] [--steps N] [--threads T] [--no-torch]
 //                        [--matmul-precision fp32|bf16|all] [--device cpu|cuda]
 //                        [--batch B] [--accumulation N] [--peak-tflops P] [--attention tf32|fp32]
-//                        [--expert-products grouped|streams] [--dp]
+//                        [--expert-products grouped|streams] [--dp] [--private-experts P]
+//
+// --private-experts P: a site's step with P private experts per layer (model/personal.h) beside
+// the same step on the global model alone, on `small` unless --config says otherwise, each in a
+// child process: tokens/s, peak RSS and trained values, and their ratios (with --dp, both steps
+// are DP-SGD's).
 //
 // --dp: the DP-SGD step (per-record clipping and noise) beside the same step without privacy, on
 // `small` unless --config says otherwise, with 32 records of one 128-token window each (so both
@@ -225,7 +230,11 @@ StepTimes TrainStep(const Shape& shape, int steps, model::MatMulPrecision precis
 
 // One optimizer step through the CPU training backend, as the trainer takes it, with or without
 // DP-SGD, over `records` records of one window each. Returns tokens/s and the process's peak RSS.
-Json BackendStep(const Shape& shape, int steps, int64_t records, bool private_step) {
+// With private_experts > 0 the model has that many more experts per layer, balanced as a site's
+// private ones (model/personal.h).
+Json BackendStep(Shape shape, int steps, int64_t records, bool private_step,
+                 int64_t private_experts = 0) {
+  shape.experts += private_experts;
   model::ModelParameters parameters = model::InitializeModel(ConfigOf(shape), 1);
   const std::vector<int32_t> tokens = RandomTokens(records * (shape.seq_len + 1), 3);
   model::Batch batch;
@@ -253,7 +262,8 @@ Json BackendStep(const Shape& shape, int steps, int64_t records, bool private_st
   absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
   if (!noise.ok() || !random.ok()) std::abort();
   model::BackwardOptions options{.balance_coefficient = 0.02,
-                                 .predictions_in_step = static_cast<double>(batch.predictions)};
+                                 .predictions_in_step = static_cast<double>(batch.predictions),
+                                 .private_experts = private_experts};
   model::PrivateBatch released;
   released.routing_sum.assign(static_cast<size_t>(parameters.config().num_hidden_layers *
                                                   parameters.config().num_local_experts),
@@ -288,6 +298,7 @@ Json BackendStep(const Shape& shape, int steps, int64_t records, bool private_st
   getrusage(RUSAGE_SELF, &usage);
   return {{"tokens_per_second", static_cast<double>(records * shape.seq_len * steps) / seconds},
           {"step_seconds", seconds / steps},
+          {"trainable_values", trainable_values},
           {"peak_rss_mib", static_cast<double>(usage.ru_maxrss) / 1024.0}};
 }
 
@@ -341,6 +352,40 @@ int PrivateStepComparison(Shape shape, int steps, int64_t batch_override) {
                                   dp.at("tokens_per_second").get<double>()},
                {"memory_ratio",
                 dp.at("peak_rss_mib").get<double>() / plain.at("peak_rss_mib").get<double>()}};
+  std::printf("%s\n", line.dump().c_str());
+  return 0;
+}
+
+// A site's step with private experts (model/personal.h) beside the same step on the global model
+// alone, both through the CPU backend, in the same run: what personalization costs.
+int PrivateExpertsComparison(Shape shape, int steps, int64_t batch_override,
+                             int64_t private_experts, bool private_step) {
+  shape.seq_len = 128;
+  const int64_t records = batch_override > 0 ? batch_override : 32;
+  const Json global = InChild([&] { return BackendStep(shape, steps, records, private_step); });
+  const Json personal =
+      InChild([&] { return BackendStep(shape, steps, records, private_step, private_experts); });
+  if (global.contains("error") || personal.contains("error")) {
+    std::fprintf(stderr, "train_step: a child step failed\n");
+    return 1;
+  }
+  auto ratio = [&](const char* key) {
+    return personal.at(key).get<double>() / global.at(key).get<double>();
+  };
+  const Json line = {{"benchmark", "train_step_private_experts"},
+                     {"config", shape.name},
+                     {"experts", shape.experts},
+                     {"private_experts", private_experts},
+                     {"dp_sgd", private_step},
+                     {"records", records},
+                     {"seq_len", shape.seq_len},
+                     {"threads", kernels::cpu::CpuThreads()},
+                     {"steps", steps},
+                     {"global_only", global},
+                     {"with_private_experts", personal},
+                     {"time_ratio", 1.0 / ratio("tokens_per_second")},
+                     {"memory_ratio", ratio("peak_rss_mib")},
+                     {"trainable_values_ratio", ratio("trainable_values")}};
   std::printf("%s\n", line.dump().c_str());
   return 0;
 }
@@ -606,6 +651,7 @@ int Main(int argc, char** argv) {
   std::string device = "cpu";
   int64_t batch_override = 0;
   bool private_step = false;
+  int64_t private_experts = 0;
   [[maybe_unused]] CudaStepChoices cuda_choices;  // read only by the CUDA bench
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -634,6 +680,8 @@ int Main(int argc, char** argv) {
       torch = false;
     } else if (arg == "--dp") {
       private_step = true;
+    } else if (arg == "--private-experts" && i + 1 < argc) {
+      private_experts = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--matmul-precision" && i + 1 < argc &&
                (std::string(argv[i + 1]) == "fp32" || std::string(argv[i + 1]) == "bf16" ||
                 std::string(argv[i + 1]) == "all")) {
@@ -643,7 +691,8 @@ int Main(int argc, char** argv) {
                    "usage: train_step [--config tiny|small|medium|all] [--steps N] "
                    "[--threads T] [--no-torch] [--matmul-precision fp32|bf16|all] "
                    "[--device cpu|cuda] [--batch B] [--accumulation N] [--peak-tflops P] "
-                   "[--attention tf32|fp32] [--expert-products grouped|streams] [--dp]\n");
+                   "[--attention tf32|fp32] [--expert-products grouped|streams] [--dp] "
+                   "[--private-experts P]\n");
       return 2;
     }
   }
@@ -672,6 +721,16 @@ int Main(int argc, char** argv) {
   }
   kernels::cpu::SetCpuThreads(threads);
   kernels::cpu::RetainFreedMemory();
+  if (private_experts > 0) {
+    for (const Shape& shape : kShapes) {
+      if (shape.name == (only == "all" ? "small" : only)) {
+        return PrivateExpertsComparison(shape, steps, batch_override, private_experts,
+                                        private_step);
+      }
+    }
+    std::fprintf(stderr, "train_step: no config %s\n", only.c_str());
+    return 2;
+  }
   if (private_step) {
     for (const Shape& shape : kShapes) {
       if (shape.name == (only == "all" ? "small" : only)) {
