@@ -261,7 +261,9 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   if (!random.ok()) return random.status();
   // With private experts the round trains the personal model (the global one plus the site's
   // experts); only its global part is sent.
-  const bool private_experts = config_.personalization.mode == PersonalMode::kPrivateExperts;
+  const bool private_experts =
+      config_.personalization.mode == PersonalMode::kPrivateExperts &&
+      config_.personalization.private_training == PrivateExpertsTraining::kWithRound;
   const PersonalModelStore personal_store(config_.state_dir.personal());
   std::optional<PersonalModelInfo> held_personal;
   absl::StatusOr<model::ModelParameters> start =

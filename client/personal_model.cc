@@ -85,9 +85,21 @@ void PersonalizationSettings::Read(config::YamlConfigReader& reader,
     reader.Invalid("personalization.private_experts",
                    absl::StrCat("must be between 1 and ", model::kMaxPrivateExperts));
   }
-  reader.Read("personalization.ditto_steps", &settings->ditto_steps);
-  if (settings->ditto_steps < 1 || settings->ditto_steps > 100000) {
-    reader.Invalid("personalization.ditto_steps", "must be between 1 and 100000");
+  std::string training = settings->private_training == PrivateExpertsTraining::kWithRound
+                             ? "with_round"
+                             : "after_commit";
+  reader.Read("personalization.train_private_experts", &training);
+  if (training == "after_commit" || training == "with_round") {
+    settings->private_training = training == "with_round" ? PrivateExpertsTraining::kWithRound
+                                                          : PrivateExpertsTraining::kAfterCommit;
+  } else {
+    reader.Invalid("personalization.train_private_experts",
+                   absl::StrCat("unknown value '", training, "' (after_commit, with_round)"));
+  }
+  reader.Read("personalization.steps", &settings->steps);
+  if (settings->steps < 0 || settings->steps > 100000) {
+    reader.Invalid("personalization.steps",
+                   "must be between 0 (as many as a round trains) and 100000");
   }
   reader.Read("personalization.ditto_lambda", &settings->ditto_lambda);
   if (!(settings->ditto_lambda >= 0) || !std::isfinite(settings->ditto_lambda)) {
@@ -101,13 +113,20 @@ std::string PersonalizationSettings::ToYaml() const {
       "  # The site's personal model, kept in state_dir/personal and used by `model eval`,\n"
       "  # `model trace` and `status`:\n"
       "  #   private_experts: this many routed experts per MoE layer, with router rows of their\n"
-      "  #     own, train with the federation's in every round and never leave this machine;\n"
-      "  #   ditto: after each committed round a personal copy takes ditto_steps local steps,\n"
+      "  #     own, that never leave this machine. after_commit trains them after each\n"
+      "  #     committed round over the new global model held fixed, leaving the round's own\n"
+      "  #     training as it would be without them; with_round trains them inside the round\n"
+      "  #     (no extra pass; under DP-SGD they are then noised with the rest);\n"
+      "  #   ditto: after each committed round a personal copy takes `steps` local steps,\n"
       "  #     pulled toward the new global model by ditto_lambda·‖θ − θ_global‖²;\n"
       "  #   none: the site uses the global model.\n"
       "  mode: ",
       std::string(PersonalModeName(mode)), "\n  private_experts: ", private_experts,
-      "\n  ditto_steps: ", ditto_steps, "\n  ditto_lambda: ", ditto_lambda, "\n");
+      "\n  train_private_experts: ",
+      private_training == PrivateExpertsTraining::kWithRound ? "with_round" : "after_commit",
+      "\n  # Local steps of the pass after each committed round; 0: as many as a round takes.\n"
+      "  steps: ",
+      steps, "\n  ditto_lambda: ", ditto_lambda, "\n");
 }
 
 std::string PersonalModelInfo::ToJson() const {
@@ -274,26 +293,61 @@ absl::Status RefreshPersonal(const PersonalizationSettings& settings,
   if (held.has_value() && held->global_version >= global_version) return absl::OkStatus();
   absl::StatusOr<model::ModelParameters> global = model::LoadModel(global_directory);
   if (!global.ok()) return global.status();
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
+      model::LoadTokenizer(global_directory, global->config().vocab_size);
+  if (!tokenizer.ok()) return tokenizer.status();
+  // The pass's settings: the last round's training, for `steps` steps, without DP-SGD.
+  std::optional<model::TrainOptions> pass;
+  if (round_options.has_value()) {
+    pass = *round_options;
+    if (settings.steps > 0) pass->steps = settings.steps;
+    pass->record_privacy = {};
+    pass->eval_every = 0;
+  }
   if (settings.mode == PersonalMode::kPrivateExperts) {
-    // Nothing trained yet: the first round will make the private experts.
-    if (!held.has_value()) return absl::OkStatus();
-    absl::StatusOr<model::ModelParameters> kept = store.Load();
-    if (!kept.ok()) return kept.status();
-    absl::StatusOr<model::ModelParameters> personal =
-        model::ComposePersonal(*global, settings.private_experts, &*kept, /*seed=*/0);
+    std::optional<model::ModelParameters> kept;
+    if (held.has_value()) {
+      absl::StatusOr<model::ModelParameters> loaded = store.Load();
+      if (!loaded.ok()) return loaded.status();
+      kept = *std::move(loaded);
+    }
+    // Trained with the round, the experts exist once a round made them.
+    const bool after_commit = settings.private_training == PrivateExpertsTraining::kAfterCommit;
+    if (!kept.has_value() && !after_commit) return absl::OkStatus();
+    absl::StatusOr<model::ModelParameters> personal = model::ComposePersonal(
+        *global, settings.private_experts, kept.has_value() ? &*kept : nullptr, global_version);
     if (!personal.ok()) return personal.status();
-    PersonalModelInfo info = *held;
+    PersonalModelInfo info;
+    info.mode = PersonalMode::kPrivateExperts;
+    info.global_experts = global->config().num_local_experts;
+    info.private_experts = settings.private_experts;
     info.global_version = global_version;
+    info.rounds_trained = held.has_value() ? held->rounds_trained : 0;
+    info.local_steps = held.has_value() ? held->local_steps : 0;
+    if (after_commit && pass.has_value()) {
+      pass->private_experts = settings.private_experts;
+      pass->trainable.first_trained_expert = info.global_experts;
+      absl::StatusOr<model::TrainResult> trained =
+          model::Train(*personal, **tokenizer, data, *pass);
+      if (!trained.ok()) return trained.status();
+      ++info.rounds_trained;
+      info.local_steps += trained->steps;
+      LogEvent(LogLevel::kInfo, "personal_model_trained")
+          .Field("mode", "private_experts")
+          .Field("global_version", global_version)
+          .Field("steps", trained->steps)
+          .Field("train_loss", trained->train_loss);
+    }
     return store.Save(*personal, info, global_directory);
   }
   // Ditto: the personal copy's trained tensors continue from where they were; the rest are
   // the new global model's, so that the proximal term is zero outside what trains.
-  if (!round_options.has_value()) {
+  if (!pass.has_value()) {
     return absl::FailedPreconditionError(
         "no round's training settings since the daemon started: the Ditto copy is refreshed "
         "after the next round this site joins");
   }
-  model::TrainOptions options = *round_options;
+  model::TrainOptions options = *pass;
   model::ModelParameters personal = *global;
   if (held.has_value()) {
     absl::StatusOr<model::ModelParameters> previous = store.Load();
@@ -308,12 +362,6 @@ absl::Status RefreshPersonal(const PersonalizationSettings& settings,
       held.reset();
     }
   }
-  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
-      model::LoadTokenizer(global_directory, global->config().vocab_size);
-  if (!tokenizer.ok()) return tokenizer.status();
-  options.steps = settings.ditto_steps;
-  options.record_privacy = {};
-  options.eval_every = 0;
   options.proximal.coefficient = settings.ditto_lambda;
   options.proximal.anchor = std::make_shared<const model::ModelParameters>(*std::move(global));
   absl::StatusOr<model::TrainResult> trained = model::Train(personal, **tokenizer, data, options);

@@ -3,9 +3,11 @@
 //
 // Two ways to make one, chosen in client.yaml's `personalization:` block:
 //  - private experts (model/personal.h): P routed experts per MoE layer, with router rows of
-//    their own, train with the rest in every round and never leave the site. The personal model
-//    is the newest global model plus them; each new global version takes the place of the old
-//    one around them.
+//    their own, that never leave the site. The personal model is the newest global model plus
+//    them. By default they train after each committed round, over the new global model held
+//    fixed (only they and their router rows learn), so the round's own training and what the
+//    site sends are exactly what they would be without them; `with_round` trains them inside
+//    the round's training instead, together with the global tensors, and sends only the latter.
 //  - Ditto (Li et al. 2021): after each committed round, a personal copy of the global model's
 //    shape takes a few local steps from where it was, pulled toward the new global model by a
 //    proximal term λ‖θ − θ_global‖². It never feeds the federation's update.
@@ -27,17 +29,24 @@ namespace fedmoe::client {
 
 enum class PersonalMode { kNone, kPrivateExperts, kDitto };
 
+// When private experts train: after each committed round over the new global model, or inside
+// the round's own training.
+enum class PrivateExpertsTraining { kAfterCommit, kWithRound };
+
 std::string_view PersonalModeName(PersonalMode mode);
 absl::StatusOr<PersonalMode> ParsePersonalMode(std::string_view name);
 
 // client.yaml's `personalization:` block.
 struct PersonalizationSettings {
   PersonalMode mode = PersonalMode::kNone;
-  // Private experts per MoE layer (mode private_experts).
-  int64_t private_experts = 2;
-  // Local steps after each committed round, and the proximal coefficient λ (mode ditto).
-  int64_t ditto_steps = 20;
-  double ditto_lambda = 0.1;
+  // Private experts per MoE layer (mode private_experts), and when they train.
+  int64_t private_experts = 4;
+  PrivateExpertsTraining private_training = PrivateExpertsTraining::kAfterCommit;
+  // Local steps of the pass after each committed round (private experts after_commit, and
+  // ditto); 0: as many as the round's training takes.
+  int64_t steps = 0;
+  // The proximal coefficient λ (mode ditto).
+  double ditto_lambda = 0.01;
 
   static void Read(config::YamlConfigReader& reader, PersonalizationSettings* settings);
   std::string ToYaml() const;
@@ -95,10 +104,12 @@ absl::StatusOr<model::ModelParameters> PrivateExpertsStart(
     const model::ModelParameters& global, uint64_t seed,
     std::optional<PersonalModelInfo>* held_info);
 
-// Brings the personal model to a new global version: private experts are kept around the new
-// global tensors; a Ditto copy takes settings.ditto_steps steps of `round_options` (the last
-// round's training, without DP-SGD: this copy is never released) pulled toward the new global
-// model. Nothing to do for mode none or when the store holds nothing in private-experts mode.
+// Brings the personal model to a new global version. Private experts are kept around the new
+// global tensors and, trained after_commit, take settings.steps steps of `round_options` (the
+// last round's training) with the global tensors frozen; a Ditto copy takes as many, pulled
+// toward the new global model. These passes run without DP-SGD: neither feeds what the site
+// sends. Without round options (no round since the daemon started) private experts are only
+// recomposed, and a Ditto copy waits (FailedPrecondition). Nothing to do for mode none.
 absl::Status RefreshPersonal(const PersonalizationSettings& settings,
                              const PersonalModelStore& store, uint64_t global_version,
                              const std::filesystem::path& global_directory,

@@ -14,7 +14,8 @@
 #   deploy/quickstart.sh --no-dp-sgd  the same run without DP-SGD, to see what it costs
 #   deploy/quickstart.sh --personal=MODE
 #                                     each site's personal model: private_experts (the
-#                                     default: 2 private experts per layer), ditto, or none
+#                                     default: 4 private experts per layer, trained after each
+#                                     committed round), ditto, or none
 #   FEDMOE_ROUNDS=N                   run N rounds instead of five
 #   FEDMOE_QUICKSTART_OUT=DIR         keep the base, final global and personal models, the
 #                                     data and held-out splits in DIR (bench/personalization.sh)
@@ -199,11 +200,13 @@ for i in 0 1 2; do
     grep -q "max_record_epsilon: 8" "$work/$org/client.yaml" ||
       { echo "quickstart: cannot set $org's privacy policy" >&2; exit 1; }
   fi
-  # Ditto refreshes with as many steps as a round trains.
+  # The personalization block as enrolled (4 private experts per layer trained after each
+  # commit, Ditto's λ = 0.01), unless FEDMOE_PRIVATE_EXPERTS, FEDMOE_TRAIN_PRIVATE_EXPERTS
+  # (after_commit, with_round) or FEDMOE_DITTO_LAMBDA say otherwise.
   sed -i -e "s|^  mode: none|  mode: $personal|" \
-    -e "s|^  private_experts: .*|  private_experts: ${FEDMOE_PRIVATE_EXPERTS:-2}|" \
-    -e "s|^  ditto_steps: .*|  ditto_steps: 40|" \
-    -e "s|^  ditto_lambda: .*|  ditto_lambda: ${FEDMOE_DITTO_LAMBDA:-0.1}|" "$work/$org/client.yaml"
+    -e "s|^  private_experts: .*|  private_experts: ${FEDMOE_PRIVATE_EXPERTS:-4}|" \
+    -e "s|^  train_private_experts: .*|  train_private_experts: ${FEDMOE_TRAIN_PRIVATE_EXPERTS:-after_commit}|" \
+    -e "s|^  ditto_lambda: .*|  ditto_lambda: ${FEDMOE_DITTO_LAMBDA:-0.01}|" "$work/$org/client.yaml"
   grep -q "^  mode: $personal" "$work/$org/client.yaml" ||
     { echo "quickstart: cannot set $org's personalization" >&2; exit 1; }
   grep -q "threads: $share" "$work/$org/client.yaml" ||

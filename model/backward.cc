@@ -96,6 +96,27 @@ int64_t LowestLayerNeedingGradient(const ModelLayout& layout, const MoeConfig& c
   return lowest;
 }
 
+std::vector<TrainedRange> TrainedRanges(const ModelLayout& layout, const TrainableSet& trainable) {
+  std::vector<TrainedRange> ranges;
+  for (const TensorSpec& spec : layout.tensors()) {
+    if (!trainable.Includes(spec.role)) continue;
+    const bool decay = spec.role != TensorRole::kNorm;
+    if (trainable.first_trained_expert > 0 && spec.role != TensorRole::kRouter &&
+        !(spec.role == TensorRole::kRoutedExpert &&
+          spec.expert >= trainable.first_trained_expert)) {
+      continue;
+    }
+    if (spec.role == TensorRole::kRouter && trainable.first_trained_expert > 0) {
+      const int64_t row = spec.shape[1];
+      const int64_t frozen = std::min(spec.shape[0], trainable.first_trained_expert) * row;
+      if (frozen < spec.size) ranges.push_back({spec.offset + frozen, spec.size - frozen, decay});
+      continue;
+    }
+    ranges.push_back({spec.offset, spec.size, decay});
+  }
+  return ranges;
+}
+
 bool TrainableSet::Includes(TensorRole role) const {
   switch (role) {
     case TensorRole::kRoutedExpert:

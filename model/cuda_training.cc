@@ -163,10 +163,8 @@ class CudaTrainingBackend : public TrainingBackend {
     if (!status.ok()) return status;
 
     std::vector<cuda::ParameterRange> ranges;
-    for (const TensorSpec& spec : layout_.tensors()) {
-      if (options_.trainable.Includes(spec.role)) {
-        ranges.push_back({spec.offset, spec.size, spec.role != TensorRole::kNorm});
-      }
+    for (const TrainedRange& range : TrainedRanges(layout_, options_.trainable)) {
+      ranges.push_back({range.offset, range.size, range.decay});
     }
     absl::StatusOr<cuda::DeviceRanges> device_ranges = cuda::DeviceRanges::Create(ranges);
     if (!device_ranges.ok()) return device_ranges.status();

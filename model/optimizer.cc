@@ -11,10 +11,8 @@ AdamW::AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOpti
     : options_(options),
       first_moment_(static_cast<size_t>(layout.total_size()), 0.0f),
       second_moment_(static_cast<size_t>(layout.total_size()), 0.0f) {
-  for (const TensorSpec& spec : layout.tensors()) {
-    if (trainable.Includes(spec.role)) {
-      ranges_.push_back({spec.offset, spec.size, spec.role != TensorRole::kNorm});
-    }
+  for (const TrainedRange& range : TrainedRanges(layout, trainable)) {
+    ranges_.push_back({range.offset, range.size, range.decay});
   }
 }
 
@@ -67,8 +65,7 @@ double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Sc
 double GradientNorm(const ModelLayout& layout, const TrainableSet& trainable,
                     std::span<const float> gradients) {
   double squares = 0;
-  for (const TensorSpec& spec : layout.tensors()) {
-    if (!trainable.Includes(spec.role)) continue;
+  for (const TrainedRange& spec : TrainedRanges(layout, trainable)) {
     const float* g = gradients.data() + spec.offset;
     // In double: a float sum over a tensor of a million squares was off by 0.3%. `simd` lets
     // each thread keep vector partial sums; without it the loop was one dependent addition per

@@ -134,6 +134,11 @@ class PrivateSteps {
           data_directory.string(), " has no training record with text to learn from (unit: ",
           std::string(RecordUnitName(privacy.unit)), ")"));
     }
+    if (options.trainable.first_trained_expert > 0) {
+      return absl::InvalidArgumentError(
+          "DP-SGD trains whole tensors; freezing some experts (a personal model's pass) is not "
+          "supported under it");
+    }
     std::vector<std::pair<int64_t, int64_t>> ranges;
     for (const TensorSpec& spec : parameters.layout().tensors()) {
       if (options.trainable.Includes(spec.role)) ranges.emplace_back(spec.offset, spec.size);

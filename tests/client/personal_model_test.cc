@@ -144,24 +144,29 @@ TEST_F(PersonalStoreTest, ARoundStartsFromTheHeldPrivateExperts) {
 
 TEST(PersonalizationSettingsTest, ReadsTheBlockAndRefusesBadValuesByKey) {
   absl::StatusOr<config::YamlConfigReader> reader = config::YamlConfigReader::FromString(
-      "personalization:\n  mode: ditto\n  ditto_steps: 7\n  ditto_lambda: 0.5\n", "client.yaml");
+      "personalization:\n  mode: ditto\n  steps: 7\n  ditto_lambda: 0.5\n"
+      "  train_private_experts: with_round\n",
+      "client.yaml");
   ASSERT_TRUE(reader.ok());
   PersonalizationSettings settings;
   PersonalizationSettings::Read(*reader, &settings);
   ASSERT_TRUE(reader->Finish().ok());
   EXPECT_EQ(settings.mode, PersonalMode::kDitto);
-  EXPECT_EQ(settings.ditto_steps, 7);
+  EXPECT_EQ(settings.steps, 7);
+  EXPECT_EQ(settings.private_training, PrivateExpertsTraining::kWithRound);
   EXPECT_EQ(settings.ditto_lambda, 0.5);
 
   reader = config::YamlConfigReader::FromString(
-      "personalization:\n  mode: federated_magic\n  private_experts: 0\n  ditto_lambda: -1\n",
+      "personalization:\n  mode: federated_magic\n  private_experts: 0\n  ditto_lambda: -1\n"
+      "  train_private_experts: sometimes\n  steps: -4\n",
       "client.yaml");
   ASSERT_TRUE(reader.ok());
   PersonalizationSettings::Read(*reader, &settings);
   const absl::Status status = reader->Finish();
   ASSERT_FALSE(status.ok());
-  for (const char* key : {"personalization.mode", "personalization.private_experts",
-                          "personalization.ditto_lambda"}) {
+  for (const char* key :
+       {"personalization.mode", "personalization.private_experts", "personalization.ditto_lambda",
+        "personalization.train_private_experts", "personalization.steps"}) {
     EXPECT_NE(status.message().find(key), std::string::npos) << key << ": " << status;
   }
   // The block client.yaml is written with reads back as written.

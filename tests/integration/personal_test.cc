@@ -20,7 +20,7 @@ namespace fedmoe::testing {
 namespace {
 
 constexpr char kRounds[] = R"(rounds:
-  min_clients: 2
+  min_clients: 3
   max_rounds: 3
   interval: 1s
   timeouts:
@@ -39,7 +39,7 @@ class PersonalModelTest : public CoordinatorFixture {
     const std::filesystem::path state_dir = EnrollWithCorpus(client_id, domain);
     EXPECT_TRUE(
         ReplaceInFile(state_dir / "client.yaml", "  mode: none", absl::StrCat("  mode: ", mode)));
-    EXPECT_TRUE(ReplaceInFile(state_dir / "client.yaml", "  ditto_steps: 20", "  ditto_steps: 3"));
+    EXPECT_TRUE(ReplaceInFile(state_dir / "client.yaml", "  steps: 0", "  steps: 3"));
     clients_[client_id] = StartClient(state_dir);
     return state_dir;
   }
@@ -69,6 +69,17 @@ TEST_F(PersonalModelTest, PrivateExpertsTrainEveryRoundStayHomeAndSurviveARestar
   StartFederation(kRounds);
   const std::filesystem::path bank = AddClient("bank", "finance", "private_experts");
   AddClient("helpdesk", "it_support", "ditto");
+  const std::filesystem::path lawfirm = dir_.path() / "lawfirm";
+  {
+    const std::filesystem::path state_dir = EnrollWithCorpus("lawfirm", "contracts");
+    ASSERT_TRUE(
+        ReplaceInFile(state_dir / "client.yaml", "  mode: none", "  mode: private_experts"));
+    ASSERT_TRUE(
+        ReplaceInFile(state_dir / "client.yaml", "  private_experts: 4", "  private_experts: 2"));
+    ASSERT_TRUE(ReplaceInFile(state_dir / "client.yaml", "train_private_experts: after_commit",
+                              "train_private_experts: with_round"));
+    clients_["lawfirm"] = StartClient(state_dir);
+  }
   const absl::StatusOr<model::MoeConfig> initial =
       model::LoadMoeConfig(dir_.path() / "initial" / "config.json");
   ASSERT_TRUE(initial.ok());
@@ -81,20 +92,27 @@ TEST_F(PersonalModelTest, PrivateExpertsTrainEveryRoundStayHomeAndSurviveARestar
   const absl::StatusOr<model::MoeConfig> personal_config =
       model::LoadMoeConfig(bank / "personal" / "config.json");
   ASSERT_TRUE(personal_config.ok());
-  EXPECT_EQ(personal_config->num_local_experts, experts + 2);
+  EXPECT_EQ(personal_config->num_local_experts, experts + 4);
 
   ASSERT_TRUE(WaitFor(
       [&] {
         const int64_t version = Status().model_version();
         return Committed() == 3 && Personal("bank").first == static_cast<int64_t>(version) &&
-               Personal("helpdesk").first == static_cast<int64_t>(version);
+               Personal("helpdesk").first == static_cast<int64_t>(version) &&
+               Personal("lawfirm").first == static_cast<int64_t>(version);
       },
       absl::Seconds(180)))
-      << coordinator_->Log() << clients_["bank"]->Log() << clients_["helpdesk"]->Log();
+      << coordinator_->Log() << clients_["bank"]->Log() << clients_["helpdesk"]->Log()
+      << clients_["lawfirm"]->Log();
   const int64_t version = static_cast<int64_t>(Status().model_version());
-  // Every round the bank took part in trained its experts, continuing from the held ones.
+  // Every committed round trained the bank's experts after it and the Ditto copy; every round
+  // the law firm took part in trained its experts with the round. Each continued from the held
+  // ones (a fresh start would count from 1 again).
   EXPECT_EQ(Personal("bank").second, 3);
   EXPECT_EQ(Personal("helpdesk").second, 3);
+  EXPECT_EQ(Personal("lawfirm").second, 3);
+  EXPECT_EQ(model::LoadMoeConfig(lawfirm / "personal" / "config.json")->num_local_experts,
+            experts + 2);
 
   // The federation's model keeps its shape; the Ditto copy has the global one's.
   const absl::StatusOr<model::MoeConfig> published =
@@ -104,10 +122,12 @@ TEST_F(PersonalModelTest, PrivateExpertsTrainEveryRoundStayHomeAndSurviveARestar
   EXPECT_EQ(model::LoadMoeConfig(dir_.path() / "helpdesk" / "personal" / "config.json")
                 ->num_local_experts,
             experts);
-  // Nothing about the private experts in the site's log: no tensor, no expert index past E.
-  const std::string log = clients_["bank"]->Log();
-  EXPECT_EQ(log.find("block_sparse_moe"), std::string::npos);
-  EXPECT_EQ(log.find(absl::StrCat("experts.", experts)), std::string::npos);
+  // Nothing about the private experts in the sites' logs: no tensor, no expert index past E.
+  for (const char* site : {"bank", "lawfirm"}) {
+    const std::string log = clients_[site]->Log();
+    EXPECT_EQ(log.find("block_sparse_moe"), std::string::npos) << site;
+    EXPECT_EQ(log.find(absl::StrCat("experts.", experts)), std::string::npos) << site;
+  }
 
   // status names both models; eval and trace read the personal one unless told otherwise.
   CommandResult status = Client({"status", "--json", "--state-dir", bank.string()});
@@ -117,7 +137,7 @@ TEST_F(PersonalModelTest, PrivateExpertsTrainEveryRoundStayHomeAndSurviveARestar
   EXPECT_NE(status.out.find(absl::StrCat("\"global_version\": ", version)), std::string::npos)
       << status.out;
   status = Client({"status", "--state-dir", bank.string()});
-  EXPECT_NE(status.out.find("plus 2 private experts per layer"), std::string::npos) << status.out;
+  EXPECT_NE(status.out.find("plus 4 private experts per layer"), std::string::npos) << status.out;
   const std::string heldout =
       (std::filesystem::path(FEDMOE_SOURCE_DIR) / "deploy/corpora/finance/documents.txt").string();
   CommandResult personal_eval =

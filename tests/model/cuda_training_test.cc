@@ -428,6 +428,8 @@ TEST(CudaPersonalModelTest, GroupedBalanceAndTheProximalTermMatchTheCpuBackend) 
   for (float& value : anchor.values()) value -= 0.01F;
   BackendOptions options = OneGpu();
   options.trainable = *TrainableSet::Parse("experts,router");
+  // The first four experts are the global ones, frozen as in a personal model's pass.
+  options.trainable.first_trained_expert = 4;
   options.tensor_core_attention = false;
   options.proximal_coefficient = 0.3;
   options.proximal_anchor = anchor.values();
@@ -455,6 +457,14 @@ TEST(CudaPersonalModelTest, GroupedBalanceAndTheProximalTermMatchTheCpuBackend) 
   const std::vector<float> expected(cpu_parameters.values().begin(), cpu_parameters.values().end());
   const std::vector<float> actual(gpu_parameters.values().begin(), gpu_parameters.values().end());
   ExpectTensorsNear(initial.layout(), actual, expected, 1e-4, "parameters");
+  const TensorSpec& frozen =
+      *initial.layout().Find("model.layers.1.block_sparse_moe.experts.3.w2.weight");
+  const TensorSpec& trained =
+      *initial.layout().Find("model.layers.1.block_sparse_moe.experts.5.w2.weight");
+  EXPECT_TRUE(std::equal(gpu_parameters.tensor(frozen).begin(), gpu_parameters.tensor(frozen).end(),
+                         initial.tensor(frozen).begin()));
+  EXPECT_FALSE(std::equal(gpu_parameters.tensor(trained).begin(),
+                          gpu_parameters.tensor(trained).end(), initial.tensor(trained).begin()));
 }
 
 TEST(CudaTrainingErrorsTest, BadBatchesAreRefusedAndTheBackendKeepsWorking) {

@@ -219,6 +219,57 @@ TEST(PersonalModelTest, PrivateRouterRowsMatchFiniteDifferences) {
   EXPECT_GT(nonzero, checked / 2) << "private rows that no token reaches test nothing";
 }
 
+// A personal model's pass after a commit: only the private experts and their router rows move;
+// the global experts, the global rows and every other tensor stay as the federation made them,
+// bit for bit, although the backward pass computes their gradients.
+TEST(PersonalModelTest, APassWithTheGlobalExpertsFrozenMovesOnlyThePrivateOnes) {
+  const ModelParameters global = InitializeModel(GlobalConfig(), 3);
+  ModelParameters personal = *ComposePersonal(global, 2, nullptr, 5);
+  const ModelParameters before = personal;
+  BackendOptions options;
+  options.trainable = *TrainableSet::Parse("experts,router");
+  options.trainable.first_trained_expert = 4;
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> backend =
+      CreateCpuTrainingBackend(personal, options);
+  ASSERT_TRUE(backend.ok());
+  std::mt19937 generator(6);
+  Batch batch;
+  batch.batch = 2;
+  batch.seq_len = 8;
+  for (int i = 0; i < 16; ++i) batch.tokens.push_back(static_cast<int32_t>(generator() % 23));
+  batch.targets = NextTokenTargets(batch.tokens, 2, 8);
+  batch.predictions = 14;
+  BackwardOptions loss;
+  loss.balance_coefficient = 0.1;
+  loss.predictions_in_step = 14;
+  loss.private_experts = 2;
+  for (int step = 0; step < 3; ++step) {
+    ASSERT_TRUE((*backend)->AccumulateGradients(batch, loss).ok());
+    ASSERT_TRUE((*backend)->ApplyGradients(1e-2, 1.0).ok());
+  }
+  const int64_t hidden = global.config().hidden_size;
+  for (const TensorSpec& tensor : personal.layout().tensors()) {
+    const std::span<const float> now = personal.tensor(tensor);
+    const std::span<const float> then = before.tensor(tensor);
+    int64_t frozen_end = tensor.size;  // values [0, frozen_end) must not move
+    if (IsPrivate(tensor, 4)) frozen_end = 0;
+    if (tensor.role == TensorRole::kRouter) frozen_end = 4 * hidden;
+    EXPECT_TRUE(std::equal(now.begin(), now.begin() + frozen_end, then.begin())) << tensor.name;
+    if (frozen_end < tensor.size) {
+      EXPECT_FALSE(std::equal(now.begin() + frozen_end, now.end(), then.begin() + frozen_end))
+          << tensor.name << " did not train";
+    }
+  }
+  // What a run reports about trained values counts only those.
+  int64_t trained = 0;
+  for (const TrainedRange& range : TrainedRanges(personal.layout(), options.trainable)) {
+    trained += range.size;
+  }
+  const MoeConfig& config = global.config();
+  EXPECT_EQ(trained,
+            config.num_hidden_layers * 2 * (3 * config.intermediate_size * hidden + hidden));
+}
+
 // Ditto's term on the CPU backend: one AdamW step with a zero learning-rate-free check of the
 // gradient it adds, 2λ(θ − anchor), through CopyGradientsTo before and after.
 TEST(PersonalModelTest, TheProximalTermAddsTwiceLambdaTimesTheDistance) {
