@@ -8,6 +8,8 @@
 #                 site took in the federation (rounds × 40), with the same batch, sequence
 #                 length, learning rate and trainable tensors, and no DP-SGD (a site training
 #                 alone releases nothing)
+#   (c') alone_constant  the same, at a constant learning rate after the warmup: the schedule of
+#                 the personal model's passes, so that neither side has the better schedule
 #   (d) personal  the site's personal model (private experts or Ditto)
 # Prints the table, then one JSON line.
 #
@@ -29,11 +31,16 @@ bin=$root/build/bin
 mapfile -t orgs <"$out/orgs"
 mapfile -t domains <"$out/domains"
 
-# The site alone: the federation's local training settings, run for all its rounds' steps.
+# The site alone: the federation's local training settings, run for all its rounds' steps, with
+# their cosine schedule and with a constant rate.
+printf 'schedule: constant\n' >"$out/constant.yaml"
 for domain in "${domains[@]}"; do
   "$bin/fedmoe-client" train --model "$out/base" --data "$out/data/$domain" \
     --out "$out/alone-$domain" --steps $((rounds * 40)) --batch-size 32 --seq-len 64 --lr 0.01 \
     --log-every 100000 >"$out/alone-$domain.log"
+  "$bin/fedmoe-client" train --model "$out/base" --data "$out/data/$domain" \
+    --out "$out/alone_constant-$domain" --steps $((rounds * 40)) --batch-size 32 --seq-len 64 \
+    --lr 0.01 --config "$out/constant.yaml" --log-every 100000 >"$out/alone_constant-$domain.log"
 done
 
 loss() {
@@ -43,7 +50,8 @@ loss() {
 : >"$out/losses"
 for i in "${!orgs[@]}"; do
   org=${orgs[$i]}
-  declare -A models=([base]="$out/base" [global]="$out/global" [alone]="$out/alone-${domains[$i]}")
+  declare -A models=([base]="$out/base" [global]="$out/global" [alone]="$out/alone-${domains[$i]}"
+    [alone_constant]="$out/alone_constant-${domains[$i]}")
   [[ -d "$out/personal-$org" ]] && models[personal]="$out/personal-$org"
   for kind in "${!models[@]}"; do
     for domain in "${domains[@]}"; do
@@ -60,7 +68,8 @@ quickstart = open(sys.argv[2]).read()
 table = collections.defaultdict(dict)
 for org, own, kind, domain, value in rows:
     table[(org, own)].setdefault(kind, {})[domain] = float(value)
-kinds = [k for k in ("base", "global", "alone", "personal") if any(k in v for v in table.values())]
+kinds = [k for k in ("base", "global", "alone", "alone_constant", "personal")
+         if any(k in v for v in table.values())]
 print(f"held-out loss (nats per token), {sys.argv[3]} rounds; own domain / mean of the others")
 print(f"{'site':16s} {'domain':12s} " + " ".join(f"{k:>17s}" for k in kinds))
 sites = {}
@@ -81,6 +90,8 @@ if "personal" in kinds:
         o: round(s["personal"]["own"] - s["alone"]["own"], 4) for o, s in sites.items()}
     result["personal_others_minus_alone_others"] = {
         o: round(s["personal"]["others"] - s["alone"]["others"], 4) for o, s in sites.items()}
+    result["personal_own_minus_alone_constant_own"] = {
+        o: round(s["personal"]["own"] - s["alone_constant"]["own"], 4) for o, s in sites.items()}
 for line in quickstart.splitlines()[::-1]:
     if line.startswith("{"):
         result["quickstart"] = json.loads(line)

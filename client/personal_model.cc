@@ -296,11 +296,16 @@ absl::Status RefreshPersonal(const PersonalizationSettings& settings,
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
       model::LoadTokenizer(global_directory, global->config().vocab_size);
   if (!tokenizer.ok()) return tokenizer.status();
-  // The pass's settings: the last round's training, for `steps` steps, without DP-SGD.
+  // The pass's settings: the last round's training, for `steps` steps, without DP-SGD, at a
+  // constant learning rate after the warmup. The passes continue one training across rounds;
+  // a decay restarted in every pass costs that training dearly (measured on the finance
+  // corpus: five 40-step passes reached 1.83 nats under the round's cosine, 1.65 at a constant
+  // rate, against 1.74 and 1.63 for 200 steps in one run).
   std::optional<model::TrainOptions> pass;
   if (round_options.has_value()) {
     pass = *round_options;
     if (settings.steps > 0) pass->steps = settings.steps;
+    pass->schedule = model::Schedule::kConstant;
     pass->record_privacy = {};
     pass->eval_every = 0;
   }
