@@ -24,6 +24,29 @@ inline model::MoeConfig TinyMoeConfig() {
   return config;
 }
 
+// Small enough for finite differences over every tensor, with every feature the backward pass
+// has: routing top-2 of 4, optionally a shared expert, tied embeddings and grouped KV heads, and
+// weights large enough (0.3) that the routing is far from uniform.
+inline model::MoeConfig GradientCheckConfig(bool shared, bool tied, int64_t kv_heads) {
+  model::MoeConfig config;
+  config.vocab_size = 23;
+  config.hidden_size = 16;
+  config.intermediate_size = 12;
+  config.num_hidden_layers = 2;
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = kv_heads;
+  config.head_dim = 4;
+  config.num_local_experts = 4;
+  config.num_experts_per_tok = 2;
+  config.n_shared_experts = shared ? 1 : 0;
+  config.shared_expert_intermediate_size = shared ? 8 : 0;
+  config.tie_word_embeddings = tied;
+  config.rope_theta = 10000;
+  config.max_position_embeddings = 32;
+  config.initializer_range = 0.3;
+  return config;
+}
+
 }  // namespace fedmoe::testing
 
 #endif  // FEDMOE_TESTS_TESTING_TINY_MODEL_H_

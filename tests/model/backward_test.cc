@@ -10,29 +10,10 @@
 #include "kernels/cpu/bf16.h"
 #include "model/init.h"
 #include "tests/kernels/gradient_check.h"
+#include "tests/testing_tiny_model.h"
 
 namespace fedmoe::model {
 namespace {
-
-MoeConfig TinyConfig(bool shared, bool tied, int64_t kv_heads) {
-  MoeConfig config;
-  config.vocab_size = 23;
-  config.hidden_size = 16;
-  config.intermediate_size = 12;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = kv_heads;
-  config.head_dim = 4;
-  config.num_local_experts = 4;
-  config.num_experts_per_tok = 2;
-  config.n_shared_experts = shared ? 1 : 0;
-  config.shared_expert_intermediate_size = shared ? 8 : 0;
-  config.tie_word_embeddings = tied;
-  config.rope_theta = 10000;
-  config.max_position_embeddings = 32;
-  config.initializer_range = 0.3;
-  return config;
-}
 
 std::vector<int32_t> Tokens(int64_t count, int64_t vocab, uint32_t seed) {
   std::mt19937 generator(seed);
@@ -53,7 +34,8 @@ class ModelGradientTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ModelGradientTest, EveryTensorMatchesFiniteDifferences) {
   const Case c = GetParam();
-  ModelParameters parameters = InitializeModel(TinyConfig(c.shared, c.tied, c.kv_heads), 21);
+  ModelParameters parameters =
+      InitializeModel(testing::GradientCheckConfig(c.shared, c.tied, c.kv_heads), 21);
   const MoeConfig& config = parameters.config();
   constexpr int64_t kBatch = 2;
   constexpr int64_t kSeqLen = 6;
@@ -126,7 +108,8 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<Case>& test) { return test.param.name; });
 
 TEST(BackwardTest, FrozenTensorsGetNoGradientAndAccumulationAddsUp) {
-  const ModelParameters parameters = InitializeModel(TinyConfig(true, false, 2), 3);
+  const ModelParameters parameters =
+      InitializeModel(testing::GradientCheckConfig(true, false, 2), 3);
   const std::vector<int32_t> tokens = Tokens(int64_t{4} * 6, 23, 8);
   const std::vector<int32_t> targets = NextTokenTargets(tokens, 4, 6);
   const TrainableSet default_set;
@@ -175,7 +158,7 @@ TEST(BackwardTest, Bf16ExpertProductsAgreeWithFp32ToBf16Precision) {
   if (absl::Status status = kernels::cpu::CheckBf16MatMul(); !status.ok()) {
     GTEST_SKIP() << status.message();
   }
-  MoeConfig config = TinyConfig(true, false, 2);
+  MoeConfig config = testing::GradientCheckConfig(true, false, 2);
   config.hidden_size = 32;
   config.intermediate_size = 48;
   config.shared_expert_intermediate_size = 40;

@@ -12,28 +12,13 @@
 #include "model/init.h"
 #include "model/trainer.h"
 #include "model/training_backend.h"
+#include "tests/testing_tiny_model.h"
 
 namespace fedmoe::model {
 namespace {
 
-MoeConfig GlobalConfig() {
-  MoeConfig config;
-  config.vocab_size = 23;
-  config.hidden_size = 16;
-  config.intermediate_size = 12;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 4;
-  config.num_local_experts = 4;
-  config.num_experts_per_tok = 2;
-  config.n_shared_experts = 1;
-  config.shared_expert_intermediate_size = 8;
-  config.rope_theta = 10000;
-  config.max_position_embeddings = 32;
-  config.initializer_range = 0.3;
-  return config;
-}
+// The global model: the backward tests' configuration, with a shared expert.
+MoeConfig GlobalConfig() { return testing::GradientCheckConfig(true, false, 2); }
 
 bool IsPrivate(const TensorSpec& tensor, int64_t global_experts) {
   return tensor.role == TensorRole::kRoutedExpert && tensor.expert >= global_experts;
