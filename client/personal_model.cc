@@ -331,6 +331,8 @@ absl::Status RefreshPersonal(const PersonalizationSettings& settings,
     info.local_steps = held.has_value() ? held->local_steps : 0;
     if (after_commit && pass.has_value()) {
       pass->private_experts = settings.private_experts;
+      // The site's experts and rows train whatever the round trained of the global model.
+      pass->trainable.routed_experts = pass->trainable.router = true;
       pass->trainable.first_trained_expert = info.global_experts;
       absl::StatusOr<model::TrainResult> trained =
           model::Train(*personal, **tokenizer, data, *pass);
