@@ -177,7 +177,8 @@ absl::Status RestoreStateDir(const fs::path& backup, const StateDir& to) {
   }
   absl::StatusOr<CoordinatorConfig> config = CoordinatorConfig::Load(to.config());
   if (!config.ok()) return config.status();
-  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(to.store());
+  absl::StatusOr<std::unique_ptr<Store>> store =
+      Store::OpenExisting(to.store(), config->federation);
   if (!store.ok()) return store.status();
   return absl::OkStatus();
 }

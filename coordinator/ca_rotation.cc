@@ -115,7 +115,8 @@ absl::StatusOr<std::vector<std::string>> ClientsNotMoved(const CoordinatorConfig
                                                          const FederationTrust& trust,
                                                          absl::Time now) {
   if (trust.phase == CaRotationPhase::kNone) return std::vector<std::string>{};
-  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(config.state_dir.store());
+  absl::StatusOr<std::unique_ptr<Store>> store =
+      Store::OpenExisting(config.state_dir.store(), config.federation);
   if (!store.ok()) return store.status();
   // Before the switch the new CA is the bundle's second; after it, the issuer.
   return trust.phase == CaRotationPhase::kNewCaTrusted

@@ -1,12 +1,39 @@
 #include "coordinator/caller.h"
 
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <iterator>
+
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "logging/log.h"
 
 namespace fedmoe::coordinator {
 
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return {static_cast<grpc::StatusCode>(status.code()), std::string(status.message())};
+  switch (status.code()) {
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kDataLoss: {
+      unsigned char bytes[6] = {};
+      // Not a secret: an id to find one log line by, unpredictable only so that ids from
+      // different coordinators and restarts do not collide.
+      if (RAND_bytes(bytes, sizeof(bytes)) != 1) std::fill(std::begin(bytes), std::end(bytes), 0);
+      const std::string id =
+          absl::BytesToHexString(std::string(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
+      LogEvent(LogLevel::kError, "internal_error")
+          .Field("incident", id)
+          .Field("code", absl::StatusCodeToString(status.code()))
+          .Field("error", std::string(status.message()));
+      return {grpc::StatusCode::INTERNAL,
+              absl::StrCat("the coordinator failed (incident ", id,
+                           "); its operator finds the details under that id in its log")};
+    }
+    default:
+      return {static_cast<grpc::StatusCode>(status.code()), std::string(status.message())};
+  }
 }
 
 absl::StatusOr<Caller> CallerAuthorizer::Identify(const grpc::AuthContext& auth) const {

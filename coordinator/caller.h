@@ -40,7 +40,11 @@ class CallerAuthorizer {
   Store* store_;
 };
 
-// absl::Status → grpc::Status, code and message unchanged.
+// absl::Status → grpc::Status, code and message unchanged, except for the coordinator's own
+// failures (INTERNAL, UNKNOWN, DATA_LOSS: a database error, a damaged file): those reach the
+// caller as INTERNAL with an incident id only, and the log line "internal_error" keeps the
+// details under that id. Their text names tables, SQL and paths that a remote caller has no
+// business reading.
 grpc::Status ToGrpc(const absl::Status& status);
 
 }  // namespace fedmoe::coordinator

@@ -272,6 +272,9 @@ absl::StatusOr<InitResult> InitStateDir(const InitOptions& options) {
   // that the "already holds a federation" check refuses rather than a half-made CA.
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(dir.store());
   if (!store.ok()) return store.status();
+  if (absl::Status status = (*store)->RecordFederation(options.federation); !status.ok()) {
+    return status;
+  }
   for (absl::Status status :
        {pairs->server.WriteFile(dir.server_certificate()),
         pairs->server_key.WriteFile(dir.server_key()),

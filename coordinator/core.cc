@@ -11,7 +11,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorCore>> CoordinatorCore::Open(Coordinat
   if (!trust.ok()) return trust.status();
   core->trust_bundle_ = trust->bundle;
   core->ca_rotation_phase_ = trust->phase;
-  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(cfg.state_dir.store());
+  absl::StatusOr<std::unique_ptr<Store>> store =
+      Store::OpenExisting(cfg.state_dir.store(), cfg.federation);
   if (!store.ok()) return store.status();
   core->store_ = *std::move(store);
   core->authority_ = std::make_unique<EnrollmentAuthority>(

@@ -125,6 +125,14 @@ ALTER TABLE certificates ADD COLUMN key_change_signature BLOB;
     R"sql(
 ALTER TABLE rounds ADD COLUMN left_reasons TEXT NOT NULL DEFAULT '';
 )sql",
+    // 8: the federation the store belongs to, so that a coordinator pointed at another
+    // federation's store refuses it. Stores from before are claimed by their first open.
+    R"sql(
+CREATE TABLE federation (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  name TEXT NOT NULL
+);
+)sql",
 };
 static_assert(std::size(kMigrations) == Store::kSchemaVersion);
 
@@ -228,6 +236,75 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::filesystem::path& 
   std::unique_ptr<Store> store(new Store(std::move(*db)));
   if (absl::Status status = store->Migrate(); !status.ok()) return status;
   return store;
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::OpenExisting(const std::filesystem::path& path,
+                                                           const std::string& federation) {
+  const std::string restore = absl::StrCat(
+      "; restore the state directory from a backup (fedmoe-coordinator restore --from BACKUP "
+      "--state-dir ",
+      path.parent_path().string(), ") rather than start an empty federation");
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path.string(),
+                     " is missing: the state directory holds a federation's configuration "
+                     "and keys but not its store (clients, revocations, tokens, privacy ledger)",
+                     restore));
+  }
+  if (std::filesystem::file_size(path, error) == 0 && !error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path.string(),
+                     " is empty: it holds none of the federation's clients, "
+                     "revocations, tokens or privacy ledger",
+                     restore));
+  }
+  absl::StatusOr<std::unique_ptr<sqlite::Database>> db = sqlite::Database::Open(path);
+  if (!db.ok()) return db.status();
+  {
+    absl::StatusOr<Statement> tables = (*db)->Prepare(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'");
+    if (!tables.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(path.string(), " is not a readable store (",
+                                                        tables.status().message(), ")", restore));
+    }
+    absl::StatusOr<bool> row = tables->Step();
+    if (!row.ok() || tables->ColumnInt(0) == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(path.string(), " holds no fedmoe store", restore));
+    }
+  }
+  std::unique_ptr<Store> store(new Store(std::move(*db)));
+  if (absl::Status status = store->Migrate(); !status.ok()) return status;
+  absl::StatusOr<std::string> owner = store->Federation();
+  if (!owner.ok()) return owner.status();
+  if (owner->empty()) {
+    if (absl::Status status = store->RecordFederation(federation); !status.ok()) return status;
+  } else if (*owner != federation) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path.string(), " is the store of federation '", *owner, "', not of '", federation,
+        "' that this state directory's configuration names; point --state-dir at the right "
+        "directory, or restore this one from its own backup"));
+  }
+  return store;
+}
+
+absl::StatusOr<std::string> Store::Federation() {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Statement> query = db_->Prepare("SELECT name FROM federation WHERE id = 1");
+  if (!query.ok()) return query.status();
+  absl::StatusOr<bool> row = query->Step();
+  if (!row.ok()) return row.status();
+  return *row ? query->ColumnText(0) : std::string();
+}
+
+absl::Status Store::RecordFederation(const std::string& federation) {
+  absl::MutexLock lock(&mutex_);
+  absl::StatusOr<Statement> insert = db_->Prepare(
+      "INSERT INTO federation (id, name) VALUES (1, ?) "
+      "ON CONFLICT (id) DO UPDATE SET name = excluded.name");
+  if (!insert.ok()) return insert.status();
+  return insert->Bind(1, federation).Run();
 }
 
 absl::Status Store::Migrate() {

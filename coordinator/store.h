@@ -150,9 +150,20 @@ struct LedgerEntry {
 class Store {
  public:
   // The newest schema version this build knows.
-  static constexpr int kSchemaVersion = 7;
+  static constexpr int kSchemaVersion = 8;
 
+  // Opens the store at `path`, creating it when missing: for `init`, and for tests.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::filesystem::path& path);
+  // Opens the store of an initialized state directory, for `serve` and the commands that work
+  // on one. A missing or empty file, or one without fedmoe's tables, is FailedPrecondition
+  // naming the path and `restore` as the way out, never a new empty federation; so is the
+  // store of another federation. A store from before schema 8 is claimed for `federation`.
+  static absl::StatusOr<std::unique_ptr<Store>> OpenExisting(const std::filesystem::path& path,
+                                                             const std::string& federation);
+
+  // The federation the store belongs to; empty before it is recorded.
+  absl::StatusOr<std::string> Federation();
+  absl::Status RecordFederation(const std::string& federation);
 
   absl::StatusOr<int> SchemaVersion();
 

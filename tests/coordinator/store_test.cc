@@ -10,6 +10,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "coordinator/caller.h"
 #include "coordinator/enrollment_token.h"
 #include "tests/testing_temp_dir.h"
 
@@ -17,9 +18,11 @@ namespace fedmoe::coordinator {
 namespace {
 
 using ::fedmoe::testing::TempDir;
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 
 const absl::Time kNow = absl::FromUnixSeconds(1'800'000'000);
 
@@ -305,6 +308,7 @@ TEST_F(StoreTest, TheLedgerKeepsEachRoundsSamplerChargeAndOlderEntriesCarryNone)
                               "ALTER TABLE certificates DROP COLUMN previous_public_key_der; "
                               "ALTER TABLE certificates DROP COLUMN key_change_signature; "
                               "ALTER TABLE rounds DROP COLUMN left_reasons; "
+                              "DROP TABLE federation; "
                               "DELETE FROM schema_migrations WHERE version >= 4")
                     .ok());
   }
@@ -320,6 +324,77 @@ TEST_F(StoreTest, TheLedgerKeepsEachRoundsSamplerChargeAndOlderEntriesCarryNone)
   EXPECT_EQ((*ledger)[0].sampler_total_variation, 0.0);
   EXPECT_EQ((*ledger)[1].sampler_total_variation, 0x1.8p-40);
   EXPECT_THAT((*ledger)[1].rdp, ElementsAre(0.5, 1.0));
+}
+
+// An initialized state directory never turns into an empty federation: a missing, empty or
+// foreign store is refused with the path and the way out, and an older store is claimed.
+TEST_F(StoreTest, AStoreThatVanishedOrBelongsElsewhereIsRefusedNotRecreated) {
+  const std::filesystem::path path = dir_.path() / "state.db";
+  ASSERT_TRUE(store_->RecordFederation("acme").ok());
+  ASSERT_TRUE(Enroll(AddToken("bank-1")).ok());
+  store_.reset();
+  absl::StatusOr<std::unique_ptr<Store>> opened = Store::OpenExisting(path, "acme");
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ((*opened)->ListClients(true, "", 10)->size(), 1U);
+  opened->reset();
+
+  absl::StatusOr<std::unique_ptr<Store>> foreign = Store::OpenExisting(path, "globex");
+  ASSERT_EQ(foreign.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(foreign.status().message()),
+              AllOf(HasSubstr(path.string()), HasSubstr("'acme'"), HasSubstr("'globex'")));
+
+  const std::filesystem::path missing = dir_.path() / "gone" / "state.db";
+  absl::StatusOr<std::unique_ptr<Store>> refused = Store::OpenExisting(missing, "acme");
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()),
+              AllOf(HasSubstr(missing.string()), HasSubstr("is missing"),
+                    HasSubstr("fedmoe-coordinator restore")));
+  EXPECT_FALSE(std::filesystem::exists(missing)) << "refusing must not create it";
+
+  const std::filesystem::path empty = dir_.path() / "empty.db";
+  { std::ofstream touch(empty); }
+  refused = Store::OpenExisting(empty, "acme");
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("is empty"));
+  EXPECT_EQ(std::filesystem::file_size(empty), 0U);
+
+  // A database that is SQLite but not ours.
+  const std::filesystem::path other = dir_.path() / "other.db";
+  ASSERT_TRUE((*sqlite::Database::Open(other))->Execute("CREATE TABLE notes (text TEXT)").ok());
+  refused = Store::OpenExisting(other, "acme");
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("holds no fedmoe store"));
+
+  // A store from before schema 8 records no federation: its first open claims it.
+  {
+    auto db = sqlite::Database::Open(path);
+    ASSERT_TRUE((*db)
+                    ->Execute("DROP TABLE federation; DELETE FROM schema_migrations WHERE "
+                              "version = 8")
+                    .ok());
+  }
+  opened = Store::OpenExisting(path, "acme");
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ(*(*opened)->Federation(), "acme");
+}
+
+// A database error reaches a remote caller as an incident id; the SQL and the paths stay in the
+// coordinator's log. A caller's own mistakes keep their specific message.
+TEST(ToGrpcTest, TheCoordinatorsOwnFailuresReachCallersAsAnIncidentId) {
+  const grpc::Status hidden = ToGrpc(absl::InternalError(
+      "sqlite exec failed (database disk image is malformed) in: SELECT secret_sha256 FROM "
+      "enrollment_tokens"));
+  EXPECT_EQ(hidden.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(hidden.error_message(), HasSubstr("incident "));
+  EXPECT_THAT(hidden.error_message(), Not(HasSubstr("sqlite")));
+  EXPECT_THAT(hidden.error_message(), Not(HasSubstr("enrollment_tokens")));
+  const grpc::Status again = ToGrpc(absl::DataLossError("models/v3/model.safetensors is short"));
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_NE(again.error_message(), hidden.error_message()) << "each incident has its own id";
+  EXPECT_THAT(again.error_message(), Not(HasSubstr("safetensors")));
+  const grpc::Status plain = ToGrpc(absl::InvalidArgumentError("the update has 3 values, not 4"));
+  EXPECT_EQ(plain.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(plain.error_message(), "the update has 3 values, not 4");
 }
 
 TEST(EnrollmentTokenTest, GeneratesDistinctWellFormedTokens) {

@@ -10,7 +10,9 @@
 #include <openssl/ssl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <csignal>
+#include <fstream>
 #include <future>
 
 #include "absl/strings/str_cat.h"
@@ -124,6 +126,29 @@ TEST_F(FederationTest, RenewedServerAndAdminCertificatesServeAfterARestart) {
   ASSERT_TRUE(served.ok());
   EXPECT_EQ(chain->front().SerialHex(), served->SerialHex());
   EXPECT_TRUE(WaitFor([&] { return IsOnline("bank-1"); }, absl::Seconds(30))) << daemon->Log();
+}
+
+// A state directory that lost its store refuses to serve, with one line that names the file and
+// the way back, instead of starting an empty federation that has forgotten every client,
+// revocation and ledger entry (#31 item 3).
+TEST_F(FederationTest, AMissingOrEmptyStoreRefusesToServeAndNamesRestore) {
+  coordinator_->Signal(SIGTERM);
+  ASSERT_TRUE(coordinator_->Wait(absl::Seconds(20)).has_value());
+  const std::filesystem::path store = state_ / "state.db";
+  for (const bool empty : {false, true}) {
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      std::filesystem::remove(store.string() + suffix);
+    }
+    if (empty) std::ofstream{store};
+    const CommandResult serve = RunCommand({BinaryPath("fedmoe-coordinator"), "serve", "--config",
+                                            (state_ / "coordinator.yaml").string()});
+    EXPECT_NE(serve.exit_code, 0);
+    EXPECT_THAT(serve.err, HasSubstr(store.string())) << serve.err;
+    EXPECT_THAT(serve.err, HasSubstr(empty ? "is empty" : "is missing"));
+    EXPECT_THAT(serve.err, HasSubstr("fedmoe-coordinator restore"));
+    EXPECT_EQ(std::count(serve.err.begin(), serve.err.end(), '\n'), 1) << serve.err;
+    EXPECT_EQ(std::filesystem::exists(store), empty) << "refusing must not create a store";
+  }
 }
 
 TEST_F(FederationTest, EnrolledClientRunsAndIsListedOnline) {
