@@ -210,6 +210,12 @@ grpc::Status CoordinatorApi::RevokeClient(const grpc::AuthContext& peer,
   if (!client.ok()) return ToGrpc(client.status());
   context_.presence->Forget(client->client_id);
   context_.rounds->ClientRevoked(client->client_id);
+  {
+    absl::MutexLock lock(&revoked_mutex_);
+    revoked_.insert(client->client_id);
+  }
+  // A poll the client has open ends now, refused, instead of at its deadline.
+  context_.polls->WakeAll();
   LogEvent(LogLevel::kInfo, "client_revoked")
       .Field("client_id", client->client_id)
       .Field("by", caller->id.ToUri())
@@ -424,6 +430,12 @@ void CoordinatorApi::PollTask(const grpc::AuthContext& peer, const v1::PollTaskR
   // has no room for it, Idle with when to poll again.
   auto answer = [this, finish = std::move(finish), request,
                  client_id = caller->id.name](PollHub::Reason reason) -> bool {
+    if (RevokedWhilePolling(client_id)) {
+      context_.presence->PollFinished(client_id, absl::Now());
+      finish(absl::PermissionDeniedError(
+          absl::StrCat("client '", client_id, "' is revoked; its open poll ends here")));
+      return true;
+    }
     std::optional<v1::PollTaskResponse> task = context_.rounds->NextTask(client_id, request);
     if (!task.has_value() && reason == PollHub::Reason::kWoken) return false;
     v1::PollTaskResponse response;
@@ -449,6 +461,11 @@ void CoordinatorApi::PollTask(const grpc::AuthContext& peer, const v1::PollTaskR
                                     ? PollPriority::kInRound
                                     : PollPriority::kAwaitingRound;
   context_.polls->Park(now + wait, priority, std::move(answer), std::move(abandoned));
+}
+
+bool CoordinatorApi::RevokedWhilePolling(const std::string& client_id) {
+  absl::MutexLock lock(&revoked_mutex_);
+  return revoked_.contains(client_id);
 }
 
 absl::Duration CoordinatorApi::DeferredPollInterval() {

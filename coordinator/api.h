@@ -14,6 +14,7 @@
 #include <functional>
 #include <string>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -131,7 +132,15 @@ class CoordinatorApi {
   // How long a client whose poll the hub could not hold waits before the next.
   absl::Duration DeferredPollInterval();
 
+  // Whether `client_id` was revoked since this coordinator started: its parked poll ends with a
+  // refusal at once rather than at its deadline.
+  bool RevokedWhilePolling(const std::string& client_id);
+
   ServiceContext context_;
+  absl::Mutex revoked_mutex_;
+  // Clients revoked since the start (a handful: revocations are rare), checked by every parked
+  // poll's answer without a database read.
+  absl::flat_hash_set<std::string> revoked_ ABSL_GUARDED_BY(revoked_mutex_);
   // Announced in every PollTask answer (raw 32 bytes), so clients notice a CA rotation.
   std::string trust_bundle_sha256_;
   absl::Mutex deferral_mutex_;

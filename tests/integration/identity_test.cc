@@ -267,14 +267,25 @@ TEST_F(FederationTest, NoClientCertificateIsRefusedOnTheMtlsPort) {
 }
 
 TEST_F(FederationTest, ARevokedClientIsRefusedAtItsNextRpc) {
+  // Polls held for 30 s on both sides: the one open at the revocation must not run to its end.
+  coordinator_->Signal(SIGTERM);
+  ASSERT_TRUE(coordinator_->Wait(absl::Seconds(20)).has_value());
+  ASSERT_TRUE(
+      ReplaceInFile(state_ / "coordinator.yaml", "poll_max_wait: 2s", "poll_max_wait: 30s"));
+  StartCoordinator();
   const auto state_dir = EnrollClient("bank-1");
+  ASSERT_TRUE(ReplaceInFile(state_dir / "client.yaml", "max_wait: 2s", "max_wait: 30s"));
   auto daemon = StartClient(state_dir);
   ASSERT_TRUE(WaitFor([&] { return IsOnline("bank-1"); }, absl::Seconds(15))) << daemon->Log();
+  // Its first long poll is parked by now.
+  absl::SleepFor(absl::Seconds(1));
 
+  const absl::Time revoking = absl::Now();
   CommandResult revoked = Coordinator({"clients", "revoke", "bank-1", "--reason", "offboarded"});
   ASSERT_EQ(revoked.exit_code, 0) << revoked.err;
-  // The poll in flight ends within poll_max_wait (2s); the next one is refused.
+  // The poll in flight ends at the revocation, refused; the daemon stops as revoked.
   EXPECT_EQ(daemon->Wait(absl::Seconds(15)), 3) << daemon->Log();
+  EXPECT_LT(absl::Now() - revoking, absl::Seconds(10)) << "the open poll ran on";
   EXPECT_THAT(daemon->Log(), HasSubstr("client 'bank-1' is revoked"));
 
   const auto clients = ListClients();
