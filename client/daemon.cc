@@ -457,13 +457,9 @@ absl::Status ClientDaemon::KeepPrivateExperts(const model::ModelParameters& glob
   absl::StatusOr<model::ModelParameters> personal =
       model::ComposePersonal(global, config_.personalization.private_experts, &trained, /*seed=*/0);
   if (!personal.ok()) return personal.status();
-  PersonalModelInfo info;
-  info.mode = PersonalMode::kPrivateExperts;
-  info.global_experts = global.config().num_local_experts;
-  info.private_experts = config_.personalization.private_experts;
-  info.global_version = global_version;
-  info.rounds_trained = (held.has_value() ? held->rounds_trained : 0) + 1;
-  info.local_steps = (held.has_value() ? held->local_steps : 0) + steps;
+  const PersonalModelInfo info =
+      NextPersonalInfo(PersonalMode::kPrivateExperts, global.config().num_local_experts,
+                       config_.personalization.private_experts, global_version, held, steps);
   if (absl::Status status =
           PersonalModelStore(config_.state_dir.personal()).Save(*personal, info, global_directory);
       !status.ok()) {

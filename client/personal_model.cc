@@ -141,6 +141,20 @@ std::string PersonalModelInfo::ToJson() const {
   return json.dump(2) + "\n";
 }
 
+PersonalModelInfo NextPersonalInfo(PersonalMode mode, int64_t global_experts,
+                                   int64_t private_experts, uint64_t global_version,
+                                   const std::optional<PersonalModelInfo>& held,
+                                   int64_t trained_steps) {
+  PersonalModelInfo info;
+  info.mode = mode;
+  info.global_experts = global_experts;
+  info.private_experts = private_experts;
+  info.global_version = global_version;
+  info.rounds_trained = (held.has_value() ? held->rounds_trained : 0) + (trained_steps > 0 ? 1 : 0);
+  info.local_steps = (held.has_value() ? held->local_steps : 0) + trained_steps;
+  return info;
+}
+
 PersonalModelStore::PersonalModelStore(std::filesystem::path directory)
     : directory_(std::move(directory)) {}
 
@@ -322,30 +336,28 @@ absl::Status RefreshPersonal(const PersonalizationSettings& settings,
     absl::StatusOr<model::ModelParameters> personal = model::ComposePersonal(
         *global, settings.private_experts, kept.has_value() ? &*kept : nullptr, global_version);
     if (!personal.ok()) return personal.status();
-    PersonalModelInfo info;
-    info.mode = PersonalMode::kPrivateExperts;
-    info.global_experts = global->config().num_local_experts;
-    info.private_experts = settings.private_experts;
-    info.global_version = global_version;
-    info.rounds_trained = held.has_value() ? held->rounds_trained : 0;
-    info.local_steps = held.has_value() ? held->local_steps : 0;
+    const int64_t global_experts = global->config().num_local_experts;
+    int64_t trained_steps = 0;
     if (after_commit && pass.has_value()) {
       pass->private_experts = settings.private_experts;
       // The site's experts and rows train whatever the round trained of the global model.
       pass->trainable.routed_experts = pass->trainable.router = true;
-      pass->trainable.first_trained_expert = info.global_experts;
+      pass->trainable.first_trained_expert = global_experts;
       absl::StatusOr<model::TrainResult> trained =
           model::Train(*personal, **tokenizer, data, *pass);
       if (!trained.ok()) return trained.status();
-      ++info.rounds_trained;
-      info.local_steps += trained->steps;
+      trained_steps = trained->steps;
       LogEvent(LogLevel::kInfo, "personal_model_trained")
           .Field("mode", "private_experts")
           .Field("global_version", global_version)
           .Field("steps", trained->steps)
           .Field("train_loss", trained->train_loss);
     }
-    return store.Save(*personal, info, global_directory);
+    return store.Save(
+        *personal,
+        NextPersonalInfo(PersonalMode::kPrivateExperts, global_experts, settings.private_experts,
+                         global_version, held, trained_steps),
+        global_directory);
   }
   // Ditto: the personal copy's trained tensors continue from where they were; the rest are
   // the new global model's, so that the proximal term is zero outside what trains.
@@ -373,19 +385,15 @@ absl::Status RefreshPersonal(const PersonalizationSettings& settings,
   options.proximal.anchor = std::make_shared<const model::ModelParameters>(*std::move(global));
   absl::StatusOr<model::TrainResult> trained = model::Train(personal, **tokenizer, data, options);
   if (!trained.ok()) return trained.status();
-  PersonalModelInfo info;
-  info.mode = PersonalMode::kDitto;
-  info.global_experts = personal.config().num_local_experts;
-  info.private_experts = 0;
-  info.global_version = global_version;
-  info.rounds_trained = (held.has_value() ? held->rounds_trained : 0) + 1;
-  info.local_steps = (held.has_value() ? held->local_steps : 0) + trained->steps;
   LogEvent(LogLevel::kInfo, "personal_model_refreshed")
       .Field("mode", "ditto")
       .Field("global_version", global_version)
       .Field("steps", trained->steps)
       .Field("train_loss", trained->train_loss);
-  return store.Save(personal, info, global_directory);
+  return store.Save(personal,
+                    NextPersonalInfo(PersonalMode::kDitto, personal.config().num_local_experts,
+                                     /*private_experts=*/0, global_version, held, trained->steps),
+                    global_directory);
 }
 
 }  // namespace fedmoe::client

@@ -68,6 +68,14 @@ struct PersonalModelInfo {
   std::string ToJson() const;
 };
 
+// The description a save writes: `mode` over global version `global_version`, counting on from
+// `held` (what the store held in this mode, if anything) one more trained round of
+// `trained_steps` steps, or none when trained_steps is 0 (a model only recomposed).
+PersonalModelInfo NextPersonalInfo(PersonalMode mode, int64_t global_experts,
+                                   int64_t private_experts, uint64_t global_version,
+                                   const std::optional<PersonalModelInfo>& held,
+                                   int64_t trained_steps);
+
 // <state>/personal/: a plain Mixtral checkpoint (config.json, model.safetensors, the global
 // model's tokenizer files) plus personal.json. Replaced as a whole: a new one is written beside
 // it and swapped in, so a crash leaves the old model or the new one.

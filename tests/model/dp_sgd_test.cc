@@ -15,27 +15,15 @@
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "tests/testing_temp_dir.h"
+#include "tests/testing_tiny_model.h"
 
 namespace fedmoe::model {
 namespace {
 
+// The gradient tests' configuration, with a vocabulary of 29.
 MoeConfig SmallConfig() {
-  MoeConfig config;
+  MoeConfig config = testing::GradientCheckConfig(/*shared=*/true, /*tied=*/false, 2);
   config.vocab_size = 29;
-  config.hidden_size = 16;
-  config.intermediate_size = 12;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 4;
-  config.num_local_experts = 4;
-  config.num_experts_per_tok = 2;
-  config.n_shared_experts = 1;
-  config.shared_expert_intermediate_size = 8;
-  config.tie_word_embeddings = false;
-  config.rope_theta = 10000;
-  config.max_position_embeddings = 32;
-  config.initializer_range = 0.3;
   return config;
 }
 
