@@ -76,6 +76,15 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   reader->Read("limits.poll_max_wait", &config.poll_max_wait);
   reader->Read("limits.parked_polls", &config.parked_polls);
   reader->Read("limits.deferred_polls_per_second", &config.deferred_polls_per_second);
+  reader->Read("limits.max_connections", &config.max_connections);
+  reader->Read("limits.max_connections_per_peer", &config.max_connections_per_peer);
+  reader->Read("limits.enrollment_connections_per_second",
+               &config.enrollment_connections_per_second);
+  reader->Read("limits.enrollment_bytes_per_connection", &config.enrollment_bytes_per_connection);
+  reader->Read("limits.handshake_timeout", &config.handshake_timeout);
+  reader->Read("limits.polls_per_client", &config.polls_per_client);
+  reader->Read("limits.renewals_per_hour", &config.renewals_per_hour);
+  reader->Read("limits.enrollment_failures_per_minute", &config.enrollment_failures_per_minute);
   reader->Read("keepalive.time", &config.keepalive_time);
   reader->Read("keepalive.timeout", &config.keepalive_timeout);
   reader->Read("log_level", &config.log_level);
@@ -130,6 +139,31 @@ absl::StatusOr<CoordinatorConfig> CoordinatorConfig::Load(const std::filesystem:
   }
   if (!(config.deferred_polls_per_second >= 1 && config.deferred_polls_per_second <= 100000)) {
     reader->Invalid("limits.deferred_polls_per_second", "must be between 1 and 100000");
+  }
+  for (auto [key, value, max] :
+       {std::tuple{"limits.max_connections", config.max_connections, int64_t{10000000}},
+        {"limits.max_connections_per_peer", config.max_connections_per_peer, int64_t{10000000}}}) {
+    if (value < 0 || value > max) reader->Invalid(key, "must be between 0 (no cap) and 10000000");
+  }
+  if (!(config.enrollment_connections_per_second >= 0 &&
+        config.enrollment_connections_per_second <= 100000)) {
+    reader->Invalid("limits.enrollment_connections_per_second",
+                    "must be between 0 (no cap) and 100000");
+  }
+  if (config.enrollment_bytes_per_connection != 0 &&
+      (config.enrollment_bytes_per_connection < 32768 ||
+       config.enrollment_bytes_per_connection > (int64_t{1} << 30))) {
+    reader->Invalid("limits.enrollment_bytes_per_connection",
+                    "must be 0 (no budget) or between 32768 (one enrollment) and 1 GiB");
+  }
+  if (config.handshake_timeout < absl::Seconds(1) || config.handshake_timeout > absl::Minutes(5)) {
+    reader->Invalid("limits.handshake_timeout", "must be between 1s and 5m");
+  }
+  for (auto [key, value] :
+       {std::pair{"limits.polls_per_client", config.polls_per_client},
+        {"limits.renewals_per_hour", config.renewals_per_hour},
+        {"limits.enrollment_failures_per_minute", config.enrollment_failures_per_minute}}) {
+    if (value < 1 || value > 1000000) reader->Invalid(key, "must be between 1 and 1000000");
   }
   if (config.keepalive_time < absl::Seconds(10) || config.keepalive_timeout < absl::Seconds(1)) {
     reader->Invalid("keepalive", "time must be at least 10s and timeout at least 1s");
@@ -213,6 +247,36 @@ std::string CoordinatorConfig::ToYaml() const {
       "  # The rate, in all, at which clients whose polls are not held come back.\n"
       "  deferred_polls_per_second: ",
       deferred_polls_per_second,
+      "\n"
+      "  # Connections open at once on each port, and from one peer address; 0: no cap.\n"
+      "  max_connections: ",
+      max_connections,
+      "\n"
+      "  max_connections_per_peer: ",
+      max_connections_per_peer,
+      "\n"
+      "  # New connections per second from one peer to the enrollment port (0: no cap), and the\n"
+      "  # bytes one enrollment connection may send before it is cut (0: no budget).\n"
+      "  enrollment_connections_per_second: ",
+      enrollment_connections_per_second,
+      "\n"
+      "  enrollment_bytes_per_connection: ",
+      enrollment_bytes_per_connection,
+      "\n"
+      "  # A TLS handshake not finished within this is dropped.\n"
+      "  handshake_timeout: ",
+      ConfigDuration(handshake_timeout),
+      "\n"
+      "  # Fair shares: polls open at once per client, renewals per client per hour, and failed\n"
+      "  # enrollments per peer address per minute.\n"
+      "  polls_per_client: ",
+      polls_per_client,
+      "\n"
+      "  renewals_per_hour: ",
+      renewals_per_hour,
+      "\n"
+      "  enrollment_failures_per_minute: ",
+      enrollment_failures_per_minute,
       "\n\n"
       "keepalive:\n"
       "  # HTTP/2 pings on idle connections, so dead peers and dropped NAT entries are noticed.\n"

@@ -67,6 +67,25 @@ struct CoordinatorConfig {
   int64_t parked_polls = 256;
   // How often, in all, the clients whose polls cannot be held may poll.
   double deferred_polls_per_second = 100;
+  // Connections open at once on each port, and from one peer address on each port
+  // (coordinator/listener.h); 0: no cap.
+  int64_t max_connections = 4096;
+  int64_t max_connections_per_peer = 64;
+  // New connections per second from one peer address on the enrollment port (bursts of four
+  // seconds' worth), and the bytes one enrollment connection may send in all: enrolling takes
+  // a few KiB; an HTTP/2 rapid reset sends far more.
+  double enrollment_connections_per_second = 5;
+  int64_t enrollment_bytes_per_connection = 65536;
+  // A TLS handshake not finished within this is dropped (half-open connections).
+  absl::Duration handshake_timeout = absl::Seconds(10);
+  // Polls one client identity may have open at once; more are refused.
+  int64_t polls_per_client = 2;
+  // Certificate renewals one client identity may make per hour (a daemon renews a few times a
+  // month, and once per CA rotation).
+  int64_t renewals_per_hour = 10;
+  // Failed enrollments per minute from one peer address before its attempts are refused
+  // unchecked until the minute's budget refills.
+  int64_t enrollment_failures_per_minute = 10;
   absl::Duration keepalive_time = absl::Seconds(60);
   absl::Duration keepalive_timeout = absl::Seconds(20);
   std::string log_level = "info";

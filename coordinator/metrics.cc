@@ -53,9 +53,34 @@ void CoordinatorMetrics::RoundEnded(v1::RoundStage outcome, absl::Duration took)
 
 std::vector<prometheus::MetricFamily> StatusCollectable::Collect() const {
   absl::StatusOr<v1::GetStatusResponse> status = status_();
+  const std::vector<PortHealth> ports = ports_();
   std::vector<prometheus::MetricFamily> families;
-  families.push_back(metrics::Gauge("fedmoe_up", "1 when the coordinator could read its state",
-                                    status.ok() ? 1 : 0));
+  bool accepting = true;
+  std::vector<std::pair<std::string, double>> accepting_samples;
+  std::vector<std::pair<std::string, double>> connection_samples;
+  prometheus::MetricFamily refused{"fedmoe_connections_refused_total",
+                                   "Connections refused or cut by the listener, by port and reason",
+                                   prometheus::MetricType::Counter,
+                                   {}};
+  for (const PortHealth& port : ports) {
+    accepting = accepting && port.stats.accepting;
+    accepting_samples.emplace_back(port.name, port.stats.accepting ? 1 : 0);
+    connection_samples.emplace_back(port.name, static_cast<double>(port.stats.open_connections));
+    for (const auto& [reason, count] : port.stats.refused) {
+      prometheus::ClientMetric& metric = refused.metric.emplace_back();
+      metric.label = {{"port", port.name}, {"reason", reason}};
+      metric.counter.value = static_cast<double>(count);
+    }
+  }
+  families.push_back(metrics::Gauge(
+      "fedmoe_up", "1 when the coordinator could read its state and both ports accept connections",
+      status.ok() && accepting ? 1 : 0));
+  families.push_back(metrics::Labelled(prometheus::MetricType::Gauge, "fedmoe_port_accepting",
+                                       "0 while a port cannot accept (no file descriptor free)",
+                                       "port", accepting_samples));
+  families.push_back(metrics::Labelled(prometheus::MetricType::Gauge, "fedmoe_port_connections",
+                                       "Connections open on a port", "port", connection_samples));
+  if (!refused.metric.empty()) families.push_back(std::move(refused));
   if (!status.ok()) return families;
   families.push_back(metrics::Labelled(prometheus::MetricType::Gauge, "fedmoe_clients",
                                        "Clients by state: enrolled (not revoked), online (polled "

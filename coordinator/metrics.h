@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "coordinator/listener.h"
 #include "fedmoe/v1/admin.pb.h"
 #include "fedmoe/v1/federation.pb.h"
 
@@ -47,12 +48,14 @@ class CoordinatorMetrics {
 // scrape through `status` (the admin GetStatus answer).
 class StatusCollectable : public prometheus::Collectable {
  public:
-  explicit StatusCollectable(std::function<absl::StatusOr<v1::GetStatusResponse>()> status)
-      : status_(std::move(status)) {}
+  StatusCollectable(std::function<absl::StatusOr<v1::GetStatusResponse>()> status,
+                    std::function<std::vector<PortHealth>()> ports)
+      : status_(std::move(status)), ports_(std::move(ports)) {}
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
   std::function<absl::StatusOr<v1::GetStatusResponse>()> status_;
+  std::function<std::vector<PortHealth>()> ports_;
 };
 
 }  // namespace fedmoe::coordinator

@@ -21,8 +21,8 @@ packages=(
   nlohmann-json3-dev libpcre2-dev
   # state and configuration
   libsqlite3-dev sqlite3 libyaml-cpp-dev
-  # the Prometheus /metrics endpoint of both programs
-  prometheus-cpp-dev
+  # the Prometheus /metrics and /health endpoint of both programs
+  prometheus-cpp-dev libcivetweb-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # style and analysis
