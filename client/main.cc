@@ -19,6 +19,7 @@
 #include "client/privacy_commands.h"
 #include "config/command_line.h"
 #include "kernels/cpu/threads.h"
+#include "logging/grpc_log.h"
 #include "logging/log.h"
 #include "pki/certificate.h"
 #include "pki/tls_policy.h"
@@ -262,6 +263,7 @@ int PeersCommand(const std::vector<std::string>& args) {
 int Main(int argc, char** argv) {
   pki::LeaveOpenSslCleanupToProcessExit();
   pki::RequireTls13ForGrpc();
+  RouteGrpcLogsToJson();
   kernels::cpu::RetainFreedMemory();
   const std::string usage = absl::StrCat(kUsage, kTrainUsage, kModelUsage, kPrivacyUsage);
   return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,

@@ -86,14 +86,43 @@ grpc::Status RefuseCall(std::string_view method, const absl::Status& status) {
   return ToGrpc(LogRefusal(method, status));
 }
 
-grpc::Status CoordinatorApi::Enroll(const v1::EnrollRequest& request,
+absl::Status CoordinatorApi::Throttled(std::string_view method, const std::string& key,
+                                       absl::Status status) {
+  const std::optional<int64_t> not_logged =
+      refusal_log_.ShouldLog(absl::StrCat(std::string(method), "/", key), absl::Now());
+  if (not_logged.has_value()) {
+    LogEvent(LogLevel::kWarning, "call_refused")
+        .Field("method", method)
+        .Field("caller", key)
+        .Error(status)
+        .Field("not_logged_since_last", *not_logged);
+  }
+  return status;
+}
+
+grpc::Status CoordinatorApi::Enroll(const std::string& peer_address,
+                                    const v1::EnrollRequest& request,
                                     v1::EnrollResponse& response) {
-  if (request.csr_der().size() > kMaxCsrBytes) {
-    return RefuseCall("Enroll", absl::InvalidArgumentError("CSR larger than 16 KiB"));
+  const absl::Time now = absl::Now();
+  if (!enrollment_failures_.HasToken(peer_address, now)) {
+    // Refused before the token is looked at: guessing gets no answer at all.
+    const absl::Duration wait = enrollment_failures_.RetryAfter(peer_address, now);
+    return ToGrpc(Throttled(
+        "Enroll", peer_address,
+        absl::ResourceExhaustedError(absl::StrCat(
+            "too many failed enrollments from ", peer_address, " (limits.enrollment_failures_",
+            "per_minute is ", context_.config->enrollment_failures_per_minute, "); retry in ",
+            absl::FormatDuration(absl::Ceil(wait, absl::Seconds(1)))))));
   }
   absl::StatusOr<EnrollmentAuthority::Enrolled> enrolled =
-      context_.authority->Enroll(request.token(), request.csr_der(), request.client_version());
-  if (!enrolled.ok()) return ToGrpc(enrolled.status());
+      request.csr_der().size() > kMaxCsrBytes
+          ? absl::InvalidArgumentError("CSR larger than 16 KiB")
+          : context_.authority->Enroll(request.token(), request.csr_der(),
+                                       request.client_version());
+  if (!enrolled.ok()) {
+    enrollment_failures_.Take(peer_address, now);
+    return ToGrpc(Throttled("Enroll", peer_address, enrolled.status()));
+  }
   response.set_client_id(enrolled->client.client_id);
   response.set_federation(context_.config->federation);
   FillCertificate(enrolled->certificate, context_.authority->ca().certificate(),
@@ -108,6 +137,17 @@ grpc::Status CoordinatorApi::Renew(const grpc::AuthContext& peer,
                                    v1::RenewCertificateResponse& response) {
   absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(peer);
   if (!caller.ok()) return RefuseCall("Renew", caller.status());
+  if (const absl::Time now = absl::Now(); !renewals_.TryTake(caller->id.name, now)) {
+    return ToGrpc(
+        Throttled("Renew", caller->id.name,
+                  absl::ResourceExhaustedError(absl::StrCat(
+                      "client '", caller->id.name, "' has renewed its certificate ",
+                      context_.config->renewals_per_hour,
+                      " times within the hour (limits.renewals_per_hour); "
+                      "retry in ",
+                      absl::FormatDuration(absl::Ceil(renewals_.RetryAfter(caller->id.name, now),
+                                                      absl::Seconds(1)))))));
+  }
   if (request.csr_der().size() > kMaxCsrBytes) {
     return RefuseCall("Renew", absl::InvalidArgumentError("CSR larger than 16 KiB"));
   }
@@ -410,6 +450,11 @@ grpc::Status CoordinatorApi::GetPrivacyLedger(const grpc::AuthContext& peer,
 
 CoordinatorApi::CoordinatorApi(ServiceContext context)
     : context_(context),
+      renewals_(static_cast<double>(context.config->renewals_per_hour) / 3600.0,
+                static_cast<double>(context.config->renewals_per_hour)),
+      enrollment_failures_(
+          static_cast<double>(context.config->enrollment_failures_per_minute) / 60.0,
+          static_cast<double>(context.config->enrollment_failures_per_minute)),
       trust_bundle_sha256_(absl::HexStringToBytes(context.authority->trust().Digest())) {}
 
 void CoordinatorApi::PollTask(const grpc::AuthContext& peer, const v1::PollTaskRequest& request,
@@ -421,7 +466,18 @@ void CoordinatorApi::PollTask(const grpc::AuthContext& peer, const v1::PollTaskR
   }
   const absl::Time now = absl::Now();
   context_.store->TouchClient(caller->id.name, now).IgnoreError();
-  context_.presence->PollStarted(caller->id.name, now);
+  const int polls_allowed = static_cast<int>(context_.config->polls_per_client);
+  if (!context_.presence->TryStartPoll(caller->id.name, now, polls_allowed)) {
+    // Polls of a daemon that restarted or reconnected may still be parked, abandoned.
+    context_.polls->FinishAbandoned();
+    if (!context_.presence->TryStartPoll(caller->id.name, now, polls_allowed)) {
+      finish(Throttled("PollTask", caller->id.name,
+                       absl::ResourceExhaustedError(absl::StrCat(
+                           "client '", caller->id.name, "' already has ", polls_allowed,
+                           " polls open (limits.polls_per_client); a daemon needs one"))));
+      return;
+    }
+  }
 
   absl::Duration wait = context_.config->poll_max_wait;
   if (request.has_max_wait()) wait = std::min(wait, FromProto(request.max_wait()));

@@ -25,6 +25,7 @@
 #include "coordinator/enrollment_authority.h"
 #include "coordinator/metrics.h"
 #include "coordinator/poll_hub.h"
+#include "coordinator/rate_limiter.h"
 #include "coordinator/round_engine.h"
 #include "coordinator/store.h"
 #include "fedmoe/v1/admin.pb.h"
@@ -61,8 +62,10 @@ class CoordinatorApi {
   CoordinatorApi(const CoordinatorApi&) = delete;
   CoordinatorApi& operator=(const CoordinatorApi&) = delete;
 
-  // The enrollment port: no identity yet, the token is the credential.
-  grpc::Status Enroll(const v1::EnrollRequest& request, v1::EnrollResponse& response);
+  // The enrollment port: no identity yet, the token is the credential. `peer_address` (the
+  // connection's IP address) is what failed attempts are counted and logged by.
+  grpc::Status Enroll(const std::string& peer_address, const v1::EnrollRequest& request,
+                      v1::EnrollResponse& response);
   grpc::Status Renew(const grpc::AuthContext& peer, const v1::RenewCertificateRequest& request,
                      v1::RenewCertificateResponse& response);
 
@@ -136,7 +139,16 @@ class CoordinatorApi {
   // refusal at once rather than at its deadline.
   bool RevokedWhilePolling(const std::string& client_id);
 
+  // Logs a refusal of `method` to `key` (a client, a peer address) at most once per interval,
+  // with how many were not logged, and returns `status`.
+  absl::Status Throttled(std::string_view method, const std::string& key, absl::Status status);
+
   ServiceContext context_;
+  // limits.renewals_per_hour per client identity.
+  KeyedRateLimiter renewals_;
+  // limits.enrollment_failures_per_minute per peer address: charged by failures only.
+  KeyedRateLimiter enrollment_failures_;
+  LogThrottle refusal_log_{absl::Seconds(10)};
   absl::Mutex revoked_mutex_;
   // Clients revoked since the start (a handful: revocations are rare), checked by every parked
   // poll's answer without a database read.

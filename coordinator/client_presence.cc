@@ -11,6 +11,16 @@ void ClientPresence::PollStarted(const std::string& client_id, absl::Time now) {
   presence.last_seen = now;
 }
 
+bool ClientPresence::TryStartPoll(const std::string& client_id, absl::Time now,
+                                  int max_outstanding) {
+  absl::MutexLock lock(&mutex_);
+  Presence& presence = clients_[client_id];
+  presence.last_seen = now;
+  if (presence.outstanding_polls >= max_outstanding) return false;
+  ++presence.outstanding_polls;
+  return true;
+}
+
 void ClientPresence::PollFinished(const std::string& client_id, absl::Time now) {
   absl::MutexLock lock(&mutex_);
   auto it = clients_.find(client_id);

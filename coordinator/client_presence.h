@@ -19,6 +19,9 @@ class ClientPresence {
   explicit ClientPresence(absl::Duration online_window) : online_window_(online_window) {}
 
   void PollStarted(const std::string& client_id, absl::Time now);
+  // PollStarted unless the client already has `max_outstanding` polls open; false then (it
+  // still counts as seen).
+  bool TryStartPoll(const std::string& client_id, absl::Time now, int max_outstanding);
   void PollFinished(const std::string& client_id, absl::Time now);
   void Forget(const std::string& client_id);
 

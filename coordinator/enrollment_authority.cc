@@ -63,12 +63,9 @@ absl::StatusOr<EnrollmentAuthority::Enrolled> EnrollmentAuthority::Enroll(
         issued = *certificate;
         return Record(*certificate);
       });
-  if (!client.ok()) {
-    LogEvent(LogLevel::kWarning, "enrollment_refused")
-        .Field("token_id", parsed->token_id)
-        .Error(client.status());
-    return client.status();
-  }
+  // The caller logs refusals, by peer and at most once per interval (a guessing peer would
+  // otherwise write a line per guess).
+  if (!client.ok()) return client.status();
   LogEvent(LogLevel::kInfo, "client_enrolled")
       .Field("client_id", client->client_id)
       .Field("serial", client->certificate_serial)

@@ -30,6 +30,7 @@
 #include "coordinator/privacy_plan.h"
 #include "coordinator/server.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
+#include "logging/grpc_log.h"
 #include "logging/log.h"
 #include "model/config.h"
 #include "model/parameters.h"
@@ -1005,6 +1006,7 @@ int PrivacyCommand(const std::vector<std::string>& args) {
 int Main(int argc, char** argv) {
   pki::LeaveOpenSslCleanupToProcessExit();
   pki::RequireTls13ForGrpc();
+  RouteGrpcLogsToJson();
   return config::RunSubcommands("fedmoe-coordinator", kUsage, argc, argv,
                                 {{"init", Init},
                                  {"serve", Serve},

@@ -32,14 +32,7 @@ void PollHub::Park(absl::Time deadline, PollPriority priority, Callback callback
     if (park && full()) {
       // A client that went away (cancelled, disconnected) would otherwise hold its place
       // until its deadline.
-      for (auto it = parked_.begin(); it != parked_.end();) {
-        if (it->second.abandoned()) {
-          abandoned_polls.push_back(std::move(it->second.callback));
-          it = parked_.erase(it);
-        } else {
-          ++it;
-        }
-      }
+      abandoned_polls = TakeAbandoned();
     }
     if (park && full()) {
       // The queue is in deadline order: the first poll of lower priority is the one nearest
@@ -65,6 +58,28 @@ void PollHub::Park(absl::Time deadline, PollPriority priority, Callback callback
   for (Callback& gone : abandoned_polls) gone(Reason::kExpired);
   if (displaced.has_value()) (*displaced)(Reason::kNoRoom);
   if (refused.has_value()) (*refused)(refusal);
+}
+
+std::vector<PollHub::Callback> PollHub::TakeAbandoned() {
+  std::vector<Callback> taken;
+  for (auto it = parked_.begin(); it != parked_.end();) {
+    if (it->second.abandoned()) {
+      taken.push_back(std::move(it->second.callback));
+      it = parked_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return taken;
+}
+
+void PollHub::FinishAbandoned() {
+  std::vector<Callback> abandoned_polls;
+  {
+    absl::MutexLock lock(&mutex_);
+    abandoned_polls = TakeAbandoned();
+  }
+  for (Callback& gone : abandoned_polls) gone(Reason::kExpired);
 }
 
 void PollHub::WakeAll() {

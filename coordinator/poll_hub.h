@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -60,6 +61,8 @@ class PollHub {
   void Park(
       absl::Time deadline, PollPriority priority, Callback callback,
       Abandoned abandoned = [] { return false; });
+  // Finishes (kExpired) the parked polls whose clients have gone, on the calling thread.
+  void FinishAbandoned();
   // Offers every parked poll a chance to finish: the round moved on, so some may have a task.
   void WakeAll();
   // Runs every parked callback now and refuses new ones (they run at once).
@@ -76,6 +79,7 @@ class PollHub {
   using Queue = std::multimap<absl::Time, ParkedPoll>;
 
   void Serve();
+  std::vector<Callback> TakeAbandoned() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const size_t capacity_;
   mutable absl::Mutex mutex_;

@@ -181,7 +181,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     server->metrics_server_->SetHealth([self, context]() -> std::optional<std::string> {
       for (const PortHealth& port : self->Ports()) {
         if (!port.stats.accepting) {
-          return absl::StrCat("the ", port.name, " port cannot accept connections (no file "
+          return absl::StrCat("the ", port.name,
+                              " port cannot accept connections (no file "
                               "descriptor free)");
         }
       }

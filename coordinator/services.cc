@@ -26,13 +26,29 @@ grpc::ServerUnaryReactor* RunRaw(grpc::CallbackServerContext* context, std::stri
 
 }  // namespace
 
+std::string PeerAddress(const std::string& grpc_peer) {
+  // "ipv4:10.0.0.7:51234" or "ipv6:[2001:db8::7]:51234": the address without the port.
+  std::string_view address = grpc_peer;
+  if (const size_t scheme = address.find(':'); scheme != std::string_view::npos) {
+    address.remove_prefix(scheme + 1);
+  }
+  if (const size_t port = address.rfind(':'); port != std::string_view::npos) {
+    address = address.substr(0, port);
+  }
+  if (address.size() >= 2 && address.front() == '[' && address.back() == ']') {
+    address = address.substr(1, address.size() - 2);
+  }
+  return std::string(address);
+}
+
 grpc::ServerUnaryReactor* EnrollmentService::Enroll(grpc::CallbackServerContext* context,
                                                     const grpc::ByteBuffer* request,
                                                     grpc::ByteBuffer* response) {
   return RunRaw<v1::EnrollRequest, v1::EnrollResponse>(
       context, "Enroll", request, response,
-      [this](const grpc::AuthContext&, const v1::EnrollRequest& in, v1::EnrollResponse& out) {
-        return api_->Enroll(in, out);
+      [this, peer = PeerAddress(context->peer())](
+          const grpc::AuthContext&, const v1::EnrollRequest& in, v1::EnrollResponse& out) {
+        return api_->Enroll(peer, in, out);
       });
 }
 

@@ -13,6 +13,9 @@ namespace fedmoe::coordinator {
 
 // On the enrollment port (server-only TLS). Raw, so that malformed bytes get a specific error
 // (see wire.h).
+// The IP address of a gRPC peer string ("ipv4:10.0.0.7:51234" gives "10.0.0.7").
+std::string PeerAddress(const std::string& grpc_peer);
+
 class EnrollmentService final
     : public v1::Enrollment::WithRawCallbackMethod_Enroll<v1::Enrollment::CallbackService> {
  public:

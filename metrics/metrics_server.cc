@@ -53,11 +53,9 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   std::call_once(initialized, [] { mg_init_library(0); });
   std::unique_ptr<MetricsServer> server(new MetricsServer());
   server->registry_ = std::make_shared<prometheus::Registry>();
-  const char* options[] = {"listening_ports",    listen.c_str(),
-                           "num_threads",        kWorkerThreads,
-                           "request_timeout_ms", kRequestTimeoutMs,
-                           "enable_keep_alive",  "no",
-                           nullptr};
+  const char* options[] = {
+      "listening_ports", listen.c_str(),      "num_threads", kWorkerThreads, "request_timeout_ms",
+      kRequestTimeoutMs, "enable_keep_alive", "no",          nullptr};
   mg_callbacks callbacks{};
   callbacks.log_message = QuietLog;
   server->context_ = mg_start(&callbacks, nullptr, options);
@@ -65,8 +63,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
     return absl::UnavailableError(
         absl::StrCat("cannot serve metrics on ", listen, " (address in use, or not of this host)"));
   }
-  mg_set_request_handler(server->context_, "/metrics$", &MetricsServer::ServeMetrics,
-                         server.get());
+  mg_set_request_handler(server->context_, "/metrics$", &MetricsServer::ServeMetrics, server.get());
   mg_set_request_handler(server->context_, "/health$", &MetricsServer::ServeHealth, server.get());
   mg_server_port ports[4] = {};
   const int count = mg_get_server_ports(server->context_, 4, ports);

@@ -95,7 +95,7 @@ void EnrollInto(Federation& federation, int slot) {
   request.set_csr_der(OrDie(fedmoe::pki::MakeCsr(key, client_id)));
   request.set_client_version("fuzz");
   v1::EnrollResponse response;
-  const grpc::Status status = federation.api->Enroll(request, response);
+  const grpc::Status status = federation.api->Enroll("127.0.0.1", request, response);
   if (!status.ok()) fedmoe::fuzz::Violated(absl::StrCat("enrollment: ", status.error_message()));
   const fedmoe::pki::Certificate certificate =
       OrDie(fedmoe::pki::Certificate::FromDer(response.certificate().certificate_der()));
@@ -126,6 +126,8 @@ Federation& TheFederation() {
     config.rounds.timeouts = {absl::Seconds(2), absl::Seconds(1), absl::Seconds(1),
                               absl::Seconds(1)};
     config.poll_max_wait = absl::Milliseconds(1);
+    // Every input is a failed enrollment: the per-peer limit would stop looking at them.
+    config.enrollment_failures_per_minute = 1000000;
     made->core = OrDie(CoordinatorCore::Open(std::move(config)));
     made->api = std::make_unique<CoordinatorApi>(made->core->context());
     made->admin.set_pem(OrDie(fedmoe::pki::Certificate::ReadFile(
@@ -265,7 +267,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       v1::EnrollResponse response;
       // No identity to check: the token is the credential, and nobody gave the fuzzer one.
       if (Parse(bytes, request)) {
-        FEDMOE_FUZZ_CHECK(!api.Enroll(request, response).ok(),
+        FEDMOE_FUZZ_CHECK(!api.Enroll("192.0.2.1", request, response).ok(),
                           "Enroll succeeded with a token nobody issued");
       }
       return 0;
