@@ -7,9 +7,11 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -232,6 +234,12 @@ RapidResetReport RapidReset(int port, const std::string& path, int connections,
   std::vector<std::thread> workers;
   for (int worker = 0; worker < connections; ++worker) {
     workers.emplace_back([&] {
+      // A write to a connection the server has closed fails with EPIPE instead of killing the
+      // process; the signal stays pending on this thread, which ends with the attack.
+      sigset_t pipe_signal;
+      sigemptyset(&pipe_signal);
+      sigaddset(&pipe_signal, SIGPIPE);
+      pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
       RapidResetReport mine;
       while (absl::Now() < deadline && (stop == nullptr || !stop->load())) {
         ResetConnection connection(context.get(), port);
@@ -307,8 +315,7 @@ bool TlsPortAnswers(int port, absl::Duration timeout) {
   // The handshake may fail (the mTLS port wants a certificate this probe does not have); what
   // matters is whether the server spoke: a timeout means nobody accepted the connection.
   const int result = SSL_connect(ssl.get());
-  const bool answered = result == 1 || SSL_get_error(ssl.get(), result) == SSL_ERROR_SSL ||
-                        SSL_get_state(ssl.get()) != TLS_ST_CW_CLNT_HELLO;
+  const bool answered = result == 1 || SSL_get_error(ssl.get(), result) == SSL_ERROR_SSL;
   ERR_clear_error();
   ssl.reset();
   close(fd);

@@ -189,9 +189,10 @@ expect(container["args"] == ["serve", "--config", "/var/lib/fedmoe-coordinator/c
        f"serve args: {container['args']}")
 expect({port["name"]: port["containerPort"] for port in container["ports"]}
        == {"mtls": 7443, "enroll": 7444, "metrics": 9464}, "container ports")
-for probe in ("readinessProbe", "livenessProbe"):
-    expect(container[probe]["exec"]["command"][:2] == ["fedmoe-coordinator", "status"],
-           f"{probe} checks the admin gRPC service")
+expect(container["livenessProbe"]["exec"]["command"][:2] == ["fedmoe-coordinator", "status"],
+       "the liveness probe checks the admin gRPC service")
+expect(container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"},
+       f"the readiness probe asks /health: {container['readinessProbe']}")
 claim = statefulset["spec"]["volumeClaimTemplates"][0]
 expect(claim["metadata"]["name"] == "state" and claim["spec"]["resources"]["requests"]["storage"] == "20Gi",
        "a 20Gi state volume per replica")
@@ -205,6 +206,12 @@ expect(f'--san "{RELEASE}.{NAMESPACE}.svc"' in script and '--federation "acme"' 
 service = default[("Service", RELEASE)]
 expect({port["name"]: port["port"] for port in service["spec"]["ports"]} == {"mtls": 7443, "enroll": 7444},
        "the client Service exposes the mTLS and enrollment ports")
+
+expect("externalTrafficPolicy" not in service["spec"], "no traffic policy on a ClusterIP Service")
+exposed = objects({"service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}})[
+    ("Service", RELEASE)]
+expect(exposed["spec"]["externalTrafficPolicy"] == "Local",
+       "a LoadBalancer keeps the clients' addresses for the per-peer limits")
 
 # An existing CA Secret.
 existing = objects({"ca": {"existingSecret": "acme-ca"}})
