@@ -141,6 +141,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   server->enrollment_port_ = server->enrollment_listener_->port();
   enrollment_builder.RegisterService(server->enrollment_service_.get());
   ApplyLimits(cfg, enrollment_builder);
+  // Enrolling takes one call; a connection kept open after it only holds a descriptor. (The
+  // mTLS port keeps gRPC's defaults: its clients hold connections for long polls.)
+  enrollment_builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 30'000);
+  enrollment_builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, 120'000);
+  enrollment_builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 30'000);
   server->enrollment_server_ = enrollment_builder.BuildAndStart();
   if (server->enrollment_server_ == nullptr) {
     return absl::UnavailableError("the enrollment port's gRPC server did not start");

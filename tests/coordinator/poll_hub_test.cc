@@ -112,6 +112,22 @@ TEST(PollHubTest, AnAbandonedPollGivesUpItsPlaceWhenTheHubIsFull) {
   EXPECT_EQ(hub.parked(), 2u);
 }
 
+TEST(PollHubTest, FinishingTheAbandonedPollsLeavesTheOthersParked) {
+  Recorder recorder;
+  PollHub hub(8);
+  std::atomic<bool> gone = false;
+  hub.Park(kFarAway, PollPriority::kAwaitingRound, recorder.Poll("gone"),
+           [&] { return gone.load(); });
+  hub.Park(kFarAway, PollPriority::kAwaitingRound, recorder.Poll("here"), [] { return false; });
+  hub.FinishAbandoned();
+  EXPECT_EQ(hub.parked(), 2u);
+  gone = true;
+  hub.FinishAbandoned();
+  EXPECT_EQ(recorder.Reasons("gone"), std::vector<Reason>{Reason::kExpired});
+  EXPECT_TRUE(recorder.Reasons("here").empty());
+  EXPECT_EQ(hub.parked(), 1u);
+}
+
 TEST(PollHubTest, ADeadlineExpiresThePollAndFreesItsPlace) {
   Recorder recorder;
   PollHub hub(1);
