@@ -73,6 +73,29 @@ std::string RequestHeaderBlock(const std::string& path) {
   return block;
 }
 
+// While alive, a write to a connection the server has closed fails with EPIPE on this thread
+// instead of killing the process; a SIGPIPE raised meanwhile is consumed on the way out.
+class ScopedSigpipeBlock {
+ public:
+  ScopedSigpipeBlock() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_, &previous_);
+  }
+  ~ScopedSigpipeBlock() {
+    const timespec no_wait{};
+    while (sigtimedwait(&pipe_, nullptr, &no_wait) == SIGPIPE) {
+    }
+    pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+  }
+  ScopedSigpipeBlock(const ScopedSigpipeBlock&) = delete;
+  ScopedSigpipeBlock& operator=(const ScopedSigpipeBlock&) = delete;
+
+ private:
+  sigset_t pipe_;
+  sigset_t previous_;
+};
+
 int ConnectLoopback(int port, absl::Duration timeout) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
@@ -234,12 +257,7 @@ RapidResetReport RapidReset(int port, const std::string& path, int connections,
   std::vector<std::thread> workers;
   for (int worker = 0; worker < connections; ++worker) {
     workers.emplace_back([&] {
-      // A write to a connection the server has closed fails with EPIPE instead of killing the
-      // process; the signal stays pending on this thread, which ends with the attack.
-      sigset_t pipe_signal;
-      sigemptyset(&pipe_signal);
-      sigaddset(&pipe_signal, SIGPIPE);
-      pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+      const ScopedSigpipeBlock no_sigpipe;
       RapidResetReport mine;
       while (absl::Now() < deadline && (stop == nullptr || !stop->load())) {
         ResetConnection connection(context.get(), port);
@@ -307,6 +325,7 @@ void ConnectionFlood::CloseAll() {
 }
 
 bool TlsPortAnswers(int port, absl::Duration timeout) {
+  const ScopedSigpipeBlock no_sigpipe;
   const int fd = ConnectLoopback(port, timeout);
   if (fd < 0) return false;
   std::unique_ptr<SSL_CTX, SslContextDeleter> context = ClientContext();

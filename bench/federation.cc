@@ -376,6 +376,20 @@ int Run(const Flags& flags) {
   if (const size_t at = yaml.find(default_metrics); at != std::string::npos) {
     yaml.replace(at, default_metrics.size(), "listen: \"127.0.0.1:0\"");
   }
+  // The whole fleet dials from 127.0.0.1: the per-address limits would see one huge site.
+  {
+    const coordinator::CoordinatorConfig defaults;
+    for (const auto& [key, value] :
+         {std::pair{"max_connections_per_peer", absl::StrCat(defaults.max_connections_per_peer)},
+          {"max_connections", absl::StrCat(defaults.max_connections)},
+          {"enrollment_connections_per_second",
+           absl::StrCat(defaults.enrollment_connections_per_second)}}) {
+      const std::string line = absl::StrCat("\n  ", key, ": ", value, "\n");
+      if (const size_t at = yaml.find(line); at != std::string::npos) {
+        yaml.replace(at, line.size(), absl::StrCat("\n  ", key, ": 0\n"));
+      }
+    }
+  }
   if (flags.parked_polls > 0) {
     const std::string parked =
         absl::StrCat("parked_polls: ", coordinator::CoordinatorConfig().parked_polls);

@@ -157,9 +157,16 @@ int FreePort() {
   constexpr int kLowest = 10000;
   if (first_ephemeral > kLowest + 1000) {
     std::uniform_int_distribution<int> port(kLowest, first_ephemeral - 1);
+    // The ports this process handed out are not bound yet when the next is asked for (a test
+    // takes three before it starts its coordinator): never the same one twice.
+    static std::set<int> handed_out;
     for (int attempt = 0; attempt < 100; ++attempt) {
       const int candidate = port(random);
-      if (BindLoopback(candidate) != 0) return candidate;
+      if (handed_out.contains(candidate)) continue;
+      if (BindLoopback(candidate) != 0) {
+        handed_out.insert(candidate);
+        return candidate;
+      }
     }
   }
   // An unusual range: let the kernel choose, and accept the race.
