@@ -11,7 +11,7 @@
 //
 //   build/bin/expert_merge [--rounds 3] [--steps 40] [--base-steps 300] [--clip-norm 1]
 //                          [--noise 0,0.3,1]
-#include "coordinator/expert_merge.h"
+#include "coordinator/round/expert_merge.h"
 
 #include <cmath>
 #include <cstdio>
@@ -24,8 +24,8 @@
 #include "absl/strings/str_split.h"
 #include "client/update.h"
 #include "config/command_line.h"
-#include "coordinator/privacy_plan.h"
-#include "coordinator/update_spec.h"
+#include "coordinator/round/privacy_plan.h"
+#include "coordinator/round/update_spec.h"
 #include "model/config.h"
 #include "model/init.h"
 #include "model/trainer.h"

@@ -5,7 +5,7 @@
 
 #include "bench/client_masking.h"
 #include "bench/json_lines_reporter.h"
-#include "coordinator/update_spec.h"
+#include "coordinator/round/update_spec.h"
 #include "privacy/hadamard.h"
 #include "privacy/noise.h"
 #include "privacy/ring_encoder.h"

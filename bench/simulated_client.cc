@@ -8,8 +8,8 @@
 #include "client/enroll.h"
 #include "client/grpc_status.h"
 #include "client/round_participant.h"
-#include "coordinator/admin_channel.h"
 #include "coordinator/config.h"
+#include "coordinator/service/admin_channel.h"
 #include "logging/log.h"
 #include "secure_agg/packing.h"
 

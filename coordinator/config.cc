@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "config/address.h"
 #include "config/yaml_config.h"
-#include "coordinator/store.h"
+#include "coordinator/state/store.h"
 #include "logging/log.h"
 #include "pki/certificate_authority.h"
 #include "pki/key_pair_files.h"

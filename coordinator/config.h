@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "coordinator/round_policy.h"
+#include "coordinator/round/round_policy.h"
 #include "pki/certificate.h"
 #include "pki/certificate_authority.h"
 
@@ -22,7 +22,7 @@ struct StateDir {
 
   std::filesystem::path ca_certificate() const { return root / "ca.pem"; }
   std::filesystem::path ca_key() const { return root / "ca.key"; }
-  // A CA rotation (coordinator/ca_rotation.h): the incoming CA while the old one still
+  // A CA rotation (coordinator/identity/ca_rotation.h): the incoming CA while the old one still
   // issues, the outgoing CA's certificate once the new one issues, and the marker of a switch
   // between the two that a crash may have interrupted.
   std::filesystem::path next_ca_certificate() const { return root / "ca-next.pem"; }
@@ -60,7 +60,7 @@ struct CoordinatorConfig {
   // Masked inputs staged at once; each holds D·b/8 bytes until it is complete.
   int64_t concurrent_uploads = 4;
   absl::Duration poll_max_wait = absl::Seconds(30);
-  // Polls held open at once from clients waiting for a round (coordinator/poll_hub.h). Each
+  // Polls held open at once from clients waiting for a round (coordinator/round/poll_hub.h). Each
   // holds a connection, about 100 KB; beyond this many, polls are answered at once and their
   // clients, told when to come back, close their connections while they wait. Members of the
   // open round are always held.
@@ -68,7 +68,7 @@ struct CoordinatorConfig {
   // How often, in all, the clients whose polls cannot be held may poll.
   double deferred_polls_per_second = 100;
   // Connections open at once on each port, and from one peer address on each port
-  // (coordinator/listener.h); 0: no cap.
+  // (coordinator/service/listener.h); 0: no cap.
   int64_t max_connections = 4096;
   int64_t max_connections_per_peer = 64;
   // New connections per second from one peer address on the enrollment port (bursts of four

@@ -9,9 +9,9 @@
 #include <optional>
 
 #include "absl/status/statusor.h"
-#include "coordinator/api.h"
-#include "coordinator/ca_rotation.h"
 #include "coordinator/config.h"
+#include "coordinator/identity/ca_rotation.h"
+#include "coordinator/service/api.h"
 
 namespace fedmoe::coordinator {
 

@@ -79,8 +79,8 @@ struct ProximalTerm {
 };
 
 // The defaults below are the one set both vocabularies share: train.yaml (`fedmoe-client train`)
-// and a round policy's `training:` block (coordinator/round_policy.cc derives its defaults from
-// a default TrainOptions), under the same key names.
+// and a round policy's `training:` block (coordinator/round/round_policy.cc derives its defaults
+// from a default TrainOptions), under the same key names.
 struct TrainOptions {
   int64_t steps = 100;
   int64_t batch_size = 8;

@@ -1,12 +1,12 @@
 // `fedmoe-coordinator backup` of a state directory whose federation has published no model
 // yet, and of one missing a file: the first is a whole backup, the second leaves nothing.
-#include "coordinator/backup.h"
+#include "coordinator/state/backup.h"
 
 #include <gtest/gtest.h>
 
 #include <fstream>
 
-#include "coordinator/store.h"
+#include "coordinator/state/store.h"
 #include "tests/testing_temp_dir.h"
 
 namespace fedmoe::coordinator {

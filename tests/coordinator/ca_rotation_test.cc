@@ -1,7 +1,7 @@
-// CA rotation on a state directory (coordinator/ca_rotation.h): the three steps, what each
+// CA rotation on a state directory (coordinator/identity/ca_rotation.h): the three steps, what each
 // leaves on disk, a switch cut short by a crash at every point, and the trust bundle a client
 // accepts from a coordinator.
-#include "coordinator/ca_rotation.h"
+#include "coordinator/identity/ca_rotation.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

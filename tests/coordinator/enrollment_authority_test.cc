@@ -1,6 +1,6 @@
 // Renewal keeps the old key's word for the new one, which SecAgg+ peers check against the key
 // they pinned; admin names are issued once.
-#include "coordinator/enrollment_authority.h"
+#include "coordinator/identity/enrollment_authority.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

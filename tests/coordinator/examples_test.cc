@@ -12,7 +12,7 @@
 #include "client/train_options.h"
 #include "config/yaml_config.h"
 #include "coordinator/config.h"
-#include "coordinator/round_policy.h"
+#include "coordinator/round/round_policy.h"
 #include "model/trainer.h"
 #include "tests/testing_temp_dir.h"
 

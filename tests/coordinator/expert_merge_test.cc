@@ -1,7 +1,7 @@
 // The expert merge and the server optimizer against hand computations (DESIGN §4), and the
 // bound that makes clipping mean something: without noise, a round moves every merged tensor
 // by at most the clip norm times the server learning rate, however large the sites' deltas.
-#include "coordinator/expert_merge.h"
+#include "coordinator/round/expert_merge.h"
 
 #include <gtest/gtest.h>
 
@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "client/update.h"
-#include "coordinator/model_repository.h"
-#include "coordinator/privacy_plan.h"
-#include "coordinator/update_spec.h"
+#include "coordinator/round/privacy_plan.h"
+#include "coordinator/round/update_spec.h"
+#include "coordinator/state/model_repository.h"
 #include "model/init.h"
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "client/update.h"
-#include "coordinator/expert_merge.h"
-#include "coordinator/update_spec.h"
+#include "coordinator/round/expert_merge.h"
+#include "coordinator/round/update_spec.h"
 #include "model/init.h"
 #include "model/personal.h"
 #include "privacy/ring_encoder.h"

@@ -1,4 +1,4 @@
-#include "coordinator/poll_hub.h"
+#include "coordinator/round/poll_hub.h"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "coordinator/rate_limiter.h"
+#include "coordinator/service/rate_limiter.h"
 
 #include <gtest/gtest.h>
 

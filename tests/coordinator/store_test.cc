@@ -1,5 +1,5 @@
 // The coordinator's store: migrations, enrollment tokens, the registry and revocation.
-#include "coordinator/store.h"
+#include "coordinator/state/store.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -10,8 +10,8 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "coordinator/caller.h"
-#include "coordinator/enrollment_token.h"
+#include "coordinator/identity/caller.h"
+#include "coordinator/identity/enrollment_token.h"
 #include "tests/testing_temp_dir.h"
 
 namespace fedmoe::coordinator {

@@ -1,5 +1,5 @@
 // The scale a coordinator plans against what the clients' encoders take.
-#include "coordinator/update_spec.h"
+#include "coordinator/round/update_spec.h"
 
 #include <gtest/gtest.h>
 

@@ -2,7 +2,7 @@
 """The Grafana dashboard and the runbook name only metrics the programs export.
 
 Every fedmoe_* metric that deploy/grafana/fedmoe.json queries must be registered in
-coordinator/metrics.cc or client/client_metrics.cc and explained in docs/operations.md, and every
+coordinator/service/metrics.cc or client/client_metrics.cc and explained in docs/operations.md, and every
 exported metric must be explained there too.
     tests/deploy/dashboard_test.py SOURCE_DIR
 """
@@ -14,7 +14,7 @@ import sys
 root = pathlib.Path(sys.argv[1])
 dashboard = json.loads((root / "deploy/grafana/fedmoe.json").read_text())
 runbook = (root / "docs/operations.md").read_text()
-sources = (root / "coordinator/metrics.cc").read_text() + (root / "client/client_metrics.cc").read_text()
+sources = (root / "coordinator/service/metrics.cc").read_text() + (root / "client/client_metrics.cc").read_text()
 
 exported = set(re.findall(r'"(fedmoe_[a-z_]+)"', sources))
 queried = set()

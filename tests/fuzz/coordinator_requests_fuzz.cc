@@ -1,8 +1,8 @@
 // Every request the coordinator's mTLS and enrollment ports take, from arbitrary bytes, handed
-// to the same code the gRPC services call (coordinator/api.h) with the identity of a verified
-// TLS peer, and no network. One coordinator lives for the whole run: a real state directory,
-// store, CA and round engine (its thread running), an initial model, three enrolled clients
-// and the operator's admin identity, so that requests meet rounds that open, progress and
+// to the same code the gRPC services call (coordinator/service/api.h) with the identity of a
+// verified TLS peer, and no network. One coordinator lives for the whole run: a real state
+// directory, store, CA and round engine (its thread running), an initial model, three enrolled
+// clients and the operator's admin identity, so that requests meet rounds that open, progress and
 // abort. Beyond crashes, leaks and undefined behaviour, the fuzzer checks the authorization
 // promise of caller.h on every call: a peer without a certificate is refused as
 // unauthenticated, a client cannot call admin methods, and an admin cannot act as a client.
@@ -22,10 +22,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "coordinator/api.h"
 #include "coordinator/config.h"
 #include "coordinator/core.h"
-#include "coordinator/wire.h"
+#include "coordinator/service/api.h"
+#include "coordinator/service/wire.h"
 #include "model/checkpoint.h"
 #include "model/init.h"
 #include "pki/certificate.h"

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "coordinator/store.h"
+#include "coordinator/state/store.h"
 #include "fedmoe/v1/admin.pb.h"
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"

@@ -17,7 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/tls_probe.h"
-#include "coordinator/store.h"
+#include "coordinator/state/store.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "pki/certificate_authority.h"
