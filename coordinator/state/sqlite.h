@@ -15,8 +15,17 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace fedmoe::coordinator::sqlite {
+
+// Times are stored as Unix milliseconds.
+inline int64_t ToMillis(absl::Time time) { return absl::ToUnixMillis(time); }
+inline absl::Time FromMillis(int64_t millis) { return absl::FromUnixMillis(millis); }
+inline std::optional<absl::Time> FromOptionalMillis(const std::optional<int64_t>& millis) {
+  if (!millis.has_value()) return std::nullopt;
+  return FromMillis(*millis);
+}
 
 class Database;
 
