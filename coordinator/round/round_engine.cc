@@ -1,8 +1,6 @@
 #include "coordinator/round/round_engine.h"
 
 #include <google/protobuf/util/time_util.h>
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include <algorithm>
 #include <cmath>
@@ -11,69 +9,22 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "coordinator/round/planner.h"
 #include "coordinator/round/privacy_plan.h"
 #include "coordinator/round/update_spec.h"
 #include "logging/log.h"
 #include "model/checkpoint.h"
-#include "pki/private_key.h"
 #include "privacy/distributed_accounting.h"
 #include "privacy/noise.h"
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
 #include "secure_agg/neighbor_graph.h"
-#include "secure_agg/packing.h"
 #include "storage/file_status.h"
 
 namespace fedmoe::coordinator {
 namespace {
 
 using google::protobuf::util::TimeUtil;
-
-// A client renews about every two thirds of a certificate lifetime, so 64 changes reach back
-// years; a peer that pinned a key older than that is refused and asks its operator.
-constexpr int kRelayedKeyChanges = 64;
-
-google::protobuf::Timestamp ToTimestamp(absl::Time time) {
-  return TimeUtil::MillisecondsToTimestamp(absl::ToUnixMillis(time));
-}
-
-bool Terminal(v1::RoundStage stage) {
-  return stage == v1::ROUND_STAGE_COMMITTED || stage == v1::ROUND_STAGE_ABORTED;
-}
-
-absl::StatusOr<std::string> RandomBytes(size_t count) {
-  std::string bytes(count, '\0');
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(bytes.data()), static_cast<int>(count)) != 1) {
-    return absl::InternalError("OpenSSL's random generator failed");
-  }
-  return bytes;
-}
-
-// SHA-256("fedmoe/v1/session" ‖ federation ‖ round id, 8 bytes big-endian ‖ spec).
-absl::StatusOr<std::string> SessionId(const std::string& federation, uint64_t round_id,
-                                      const v1::UpdateSpec& spec) {
-  std::string spec_bytes;
-  {
-    google::protobuf::io::StringOutputStream stream(&spec_bytes);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    if (!spec.SerializeToCodedStream(&coded)) {
-      return absl::InternalError("cannot serialize the update spec");
-    }
-  }
-  std::string input = absl::StrCat("fedmoe/v1/session", federation);
-  for (int shift = 56; shift >= 0; shift -= 8) {
-    input.push_back(static_cast<char>((round_id >> shift) & 0xff));
-  }
-  input += spec_bytes;
-  std::string digest(32, '\0');
-  unsigned int length = 0;
-  if (EVP_Digest(input.data(), input.size(), reinterpret_cast<unsigned char*>(digest.data()),
-                 &length, EVP_sha256(), nullptr) != 1) {
-    return absl::InternalError("OpenSSL's SHA-256 failed");
-  }
-  return digest;
-}
 
 std::string ExpertLoadText(const std::vector<std::vector<double>>& weights) {
   // Per layer, each expert's share of the summed routing weight, in percent.
@@ -249,51 +200,33 @@ void RoundEngine::MaybeSelect() {
   std::vector<std::string> online = presence_->OnlineClients(now);
   if (static_cast<int64_t>(online.size()) < policy_.min_clients) return;
 
-  // Poisson sampling: each polling client independently with probability q, from OpenSSL's
-  // generator so that nobody can predict or steer the cohort.
+  // OpenSSL's generator, so that nobody can predict or steer the cohort.
   absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
   if (!random.ok()) return;
-  std::vector<std::string> cohort;
-  for (const std::string& client_id : online) {
-    if (random->Bernoulli(policy_.sampling_rate)) cohort.push_back(client_id);
-  }
-  const auto n = static_cast<int64_t>(cohort.size());
-  if (n < policy_.min_clients || n > policy_.max_clients) {
-    next_round_at_ = now + absl::Seconds(1);
-    return;
-  }
-  // A cohort outside the range was drawn again, so membership of the one kept is not at rate
-  // q: the ledger charges the conditioned rate.
-  absl::StatusOr<double> charged_rate =
-      privacy::ConditionedSamplingRate(static_cast<int64_t>(online.size()), policy_.sampling_rate,
-                                       policy_.min_clients, policy_.max_clients);
-  if (!charged_rate.ok()) {
-    LogEvent(LogLevel::kError, "round_not_started").Error(charged_rate.status());
+  absl::StatusOr<std::optional<Cohort>> drawn = DrawCohort(online, policy_, *random);
+  if (!drawn.ok()) {
+    LogEvent(LogLevel::kError, "round_not_started").Error(drawn.status());
     next_round_at_ = now + policy_.interval;
     return;
   }
+  if (!drawn->has_value()) {
+    next_round_at_ = now + absl::Seconds(1);
+    return;
+  }
+  const std::vector<std::string>& cohort = (*drawn)->members;
+  const auto n = static_cast<int64_t>(cohort.size());
   auto round = std::make_unique<Round>();
   round->id = last_round_id_ + 1;
-  round->sampling_rate = *charged_rate;
+  round->sampling_rate = (*drawn)->charged_sampling_rate;
   round->started_at = now;
   round->stage_started_at = now;
   round->base = global_record_;
+  const SecAggShape shape = ChooseSecAggShape(n, policy_);
+  round->degree = shape.degree;
+  round->threshold = shape.threshold;
 
-  absl::StatusOr<secure_agg::GraphParameters> graph_parameters = secure_agg::ChooseGraphParameters(
-      static_cast<uint32_t>(n), policy_.dropout_rate, policy_.corrupt_fraction);
-  if (graph_parameters.ok()) {
-    round->degree = graph_parameters->degree;
-    round->threshold = graph_parameters->threshold;
-  } else {
-    round->degree = static_cast<uint32_t>(n - 1);
-    round->threshold = 0;
-  }
-  // A coordinator that tells one neighbour a client dropped and another that it lived gets
-  // one share of each kind from each; t > k/2 keeps that from ever adding up to both secrets.
-  round->threshold = std::max(round->threshold, round->degree / 2 + 1);
-
-  absl::StatusOr<std::string> rotation_seed = RandomBytes(32);
-  absl::StatusOr<std::string> graph_seed = RandomBytes(32);
+  absl::StatusOr<std::string> rotation_seed = RandomSeed(32);
+  absl::StatusOr<std::string> graph_seed = RandomSeed(32);
   if (!rotation_seed.ok() || !graph_seed.ok()) return;
   absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(global_record_);
   if (!manifest.ok()) {
@@ -370,16 +303,9 @@ void RoundEngine::MaybeSelect() {
     participant.client_id = client_id;
     round->participants.push_back(std::move(participant));
   }
-  const absl::Time advertise = now + policy_.timeouts.train;
-  const absl::Time share = advertise + policy_.timeouts.share_keys;
-  const absl::Time masked = share + policy_.timeouts.masked_input;
-  const absl::Time unmask = masked + policy_.timeouts.unmask;
-  *round->deadlines.mutable_advertise_keys() = ToTimestamp(advertise);
-  *round->deadlines.mutable_share_keys() = ToTimestamp(share);
-  *round->deadlines.mutable_masked_input() = ToTimestamp(masked);
-  *round->deadlines.mutable_unmask() = ToTimestamp(unmask);
+  round->deadlines = ScheduleStages(now, policy_);
   round->stage = v1::ROUND_STAGE_SELECTED;
-  round->stage_deadline = advertise;
+  round->stage_deadline = now + policy_.timeouts.train;
 
   RoundRecord record;
   record.round_id = static_cast<int64_t>(round->id);
@@ -713,453 +639,4 @@ void RoundEngine::Commit(Round& round) {
   next_round_at_ = absl::Now() + policy_.interval;
   polls_->WakeAll();
 }
-
-absl::StatusOr<RoundEngine::Participant*> RoundEngine::Submitter(const std::string& client_id,
-                                                                 uint64_t round_id,
-                                                                 v1::RoundStage open_stage) {
-  if (round_ == nullptr || round_->id != round_id) {
-    if (round_ == nullptr) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("round ", round_id, " is not open; no round is open"));
-    }
-    return absl::FailedPreconditionError(
-        absl::StrCat("round ", round_id, " is not open; the open round is ", round_->id,
-                     " at stage ", StageName(round_->stage)));
-  }
-  auto found = round_->participant_ids.find(client_id);
-  if (found == round_->participant_ids.end()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("this client is not in the cohort of round ", round_id));
-  }
-  Participant& participant = round_->participants[found->second - 1];
-  if (participant.dropped) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("this client was dropped from round ", round_id));
-  }
-  if (round_->stage != open_stage) {
-    if (round_->stage > open_stage) {
-      // A message for a stage that has closed is a replay (or a retry too late to count): the
-      // client's view of the round has diverged, so it takes no further part. Its masked
-      // input, if already in the sum, stays there and is unmasked with the others' shares.
-      absl::Status closed = absl::DeadlineExceededError(
-          absl::StrCat("the ", StageName(open_stage), " stage of round ", round_id,
-                       " has closed; this client is dropped from the round"));
-      Drop(participant, closed);
-      return closed;
-    }
-    return absl::FailedPreconditionError(absl::StrCat("round ", round_id, " is at stage ",
-                                                      StageName(round_->stage), ", not yet ",
-                                                      StageName(open_stage)));
-  }
-  return &participant;
-}
-
-void RoundEngine::Drop(Participant& participant, const absl::Status& why) {
-  participant.dropped = true;
-  LogEvent(LogLevel::kWarning, "participant_dropped")
-      .Field("round_id", round_->id)
-      .Field("client_id", participant.client_id)
-      .Field("reason", std::string(why.message()));
-}
-
-absl::StatusOr<v1::StageAck> RoundEngine::AdvertiseKeys(const std::string& client_id,
-                                                        const std::string& certificate_der,
-                                                        const v1::AdvertiseKeysRequest& request) {
-  absl::MutexLock lock(&mutex_);
-  absl::StatusOr<Participant*> participant =
-      Submitter(client_id, request.round_id(), v1::ROUND_STAGE_SELECTED);
-  if (!participant.ok()) return participant.status();
-  const uint32_t id = round_->participant_ids[client_id];
-  auto refuse = [&](absl::Status status) {
-    Drop(**participant, status);
-    return status;
-  };
-  if (request.cipher_public_key().size() != 32 || request.mask_public_key().size() != 32) {
-    return refuse(absl::InvalidArgumentError("X25519 public keys are 32 bytes"));
-  }
-  absl::StatusOr<pki::Certificate> certificate = pki::Certificate::FromDer(certificate_der);
-  if (!certificate.ok()) return refuse(certificate.status());
-  const std::string message = secure_agg::AdvertisedKeysMessage(
-      round_->session_id, id, request.cipher_public_key(), request.mask_public_key());
-  if (absl::Status verified =
-          pki::VerifySignature(certificate->PublicKeyDer(), message, request.signature());
-      !verified.ok()) {
-    return refuse(absl::InvalidArgumentError(
-        absl::StrCat("the advertised keys' signature does not verify: ", verified.message())));
-  }
-  absl::StatusOr<std::vector<pki::KeyChange>> key_changes =
-      store_->KeyChanges(client_id, kRelayedKeyChanges);
-  if (!key_changes.ok()) return key_changes.status();
-  const bool duplicate = (*participant)->advertised;
-  if (absl::Status status = round_->secagg->ReceiveAdvertisedKeys(secure_agg::AdvertisedKeys{
-          id, request.cipher_public_key(), request.mask_public_key(), request.signature()});
-      !status.ok()) {
-    return refuse(status);
-  }
-  (*participant)->advertised = true;
-  (*participant)->certificate_der = certificate_der;
-  (*participant)->key_changes = *std::move(key_changes);
-  v1::StageAck ack;
-  ack.set_round_id(round_->id);
-  ack.set_stage(v1::ROUND_STAGE_KEYS_ADVERTISED);
-  ack.set_duplicate(duplicate);
-  return ack;
-}
-
-absl::StatusOr<v1::StageAck> RoundEngine::ShareKeys(const std::string& client_id,
-                                                    const v1::ShareKeysRequest& request) {
-  absl::MutexLock lock(&mutex_);
-  absl::StatusOr<Participant*> participant =
-      Submitter(client_id, request.round_id(), v1::ROUND_STAGE_KEYS_ADVERTISED);
-  if (!participant.ok()) return participant.status();
-  const uint32_t id = round_->participant_ids[client_id];
-  std::vector<secure_agg::SealedShares> shares;
-  shares.reserve(static_cast<size_t>(request.shares_size()));
-  for (const v1::EncryptedShares& bundle : request.shares()) {
-    shares.push_back({id, bundle.peer_participant_id(), bundle.ciphertext()});
-  }
-  const bool duplicate = (*participant)->shared;
-  if (absl::Status status = round_->secagg->ReceiveShares(id, shares); !status.ok()) {
-    Drop(**participant, status);
-    return status;
-  }
-  (*participant)->shared = true;
-  v1::StageAck ack;
-  ack.set_round_id(round_->id);
-  ack.set_stage(v1::ROUND_STAGE_KEYS_SHARED);
-  ack.set_duplicate(duplicate);
-  return ack;
-}
-
-RoundEngine::MaskedUpload::MaskedUpload(MaskedUpload&& other) noexcept
-    : engine_(std::exchange(other.engine_, nullptr)),
-      round_id_(other.round_id_),
-      bits_(other.bits_),
-      total_values_(other.total_values_) {}
-
-RoundEngine::MaskedUpload::~MaskedUpload() {
-  if (engine_ == nullptr) return;
-  absl::MutexLock lock(&engine_->mutex_);
-  --engine_->uploads_in_flight_;
-}
-
-absl::StatusOr<RoundEngine::MaskedUpload> RoundEngine::BeginMaskedInput(
-    const std::string& client_id, uint64_t round_id, uint64_t total_values) {
-  absl::MutexLock lock(&mutex_);
-  absl::StatusOr<Participant*> participant =
-      Submitter(client_id, round_id, v1::ROUND_STAGE_KEYS_SHARED);
-  if (!participant.ok()) return participant.status();
-  const uint64_t expected = round_->spec.layout().encoded_values();
-  if (total_values != expected) {
-    absl::Status status = absl::InvalidArgumentError(
-        absl::StrCat("the masked input has ", total_values, " values; round ", round_->id,
-                     " expects ", expected));
-    Drop(**participant, status);
-    return status;
-  }
-  const int bits = static_cast<int>(policy_.ring_bits);
-  if ((*participant)->uploaded) return MaskedUpload(nullptr, round_id, bits, expected);
-  if (uploads_in_flight_ >= config_->concurrent_uploads) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(uploads_in_flight_, " masked inputs are streaming already (",
-                     "limits.concurrent_uploads); send again shortly"));
-  }
-  ++uploads_in_flight_;
-  return MaskedUpload(this, round_id, bits, expected);
-}
-
-absl::StatusOr<v1::StageAck> RoundEngine::FinishMaskedInput(const std::string& client_id,
-                                                            const MaskedUpload& upload,
-                                                            std::span<const StagedChunk> chunks) {
-  absl::MutexLock lock(&mutex_);
-  absl::StatusOr<Participant*> participant =
-      Submitter(client_id, upload.round_id(), v1::ROUND_STAGE_KEYS_SHARED);
-  if (!participant.ok()) return participant.status();
-  const uint32_t id = round_->participant_ids[client_id];
-  const bool duplicate = (*participant)->uploaded;
-  if (!duplicate) {
-    std::vector<uint64_t> values;
-    uint64_t offset = 0;
-    for (const StagedChunk& chunk : chunks) {
-      values.resize(chunk.value_count);
-      // The stream's chunks were unpacked once already when they arrived; this cannot fail
-      // unless memory is corrupt, and then the round must not commit a partial sum.
-      absl::Status status = secure_agg::UnpackValues(chunk.packed_values, upload.bits(), values);
-      if (status.ok()) status = round_->secagg->ReceiveMaskedChunk(id, offset, values);
-      if (!status.ok()) {
-        Drop(**participant, status);
-        return status;
-      }
-      offset += chunk.value_count;
-    }
-    (*participant)->uploaded = true;
-  }
-  v1::StageAck ack;
-  ack.set_round_id(round_->id);
-  ack.set_stage(v1::ROUND_STAGE_MASKED_COLLECTED);
-  ack.set_duplicate(duplicate);
-  ack.set_values_received(round_->secagg->ValuesReceived(id));
-  return ack;
-}
-
-absl::StatusOr<v1::StageAck> RoundEngine::Unmask(const std::string& client_id,
-                                                 const v1::UnmaskRequest& request) {
-  absl::MutexLock lock(&mutex_);
-  absl::StatusOr<Participant*> participant =
-      Submitter(client_id, request.round_id(), v1::ROUND_STAGE_MASKED_COLLECTED);
-  if (!participant.ok()) return participant.status();
-  if (!(*participant)->uploaded) {
-    return absl::FailedPreconditionError("this client's masked input is not in the sum");
-  }
-  secure_agg::RevealedShares revealed;
-  revealed.participant = round_->participant_ids[client_id];
-  for (const v1::RevealedShare& share : request.self_mask_shares()) {
-    revealed.self_mask_shares[share.owner_participant_id()] = share.share();
-  }
-  for (const v1::RevealedShare& share : request.mask_key_shares()) {
-    revealed.mask_key_shares[share.owner_participant_id()] = share.share();
-  }
-  const bool duplicate = (*participant)->unmasked;
-  if (absl::Status status = round_->secagg->ReceiveRevealedShares(revealed); !status.ok()) {
-    Drop(**participant, status);
-    return status;
-  }
-  (*participant)->unmasked = true;
-  v1::StageAck ack;
-  ack.set_round_id(round_->id);
-  ack.set_stage(v1::ROUND_STAGE_UNMASKED);
-  ack.set_duplicate(duplicate);
-  return ack;
-}
-
-bool RoundEngine::InOpenRound(const std::string& client_id) {
-  absl::MutexLock lock(&mutex_);
-  if (round_ == nullptr) return false;
-  auto found = round_->participant_ids.find(client_id);
-  return found != round_->participant_ids.end() && !round_->participants[found->second - 1].dropped;
-}
-
-std::optional<v1::PollTaskResponse> RoundEngine::NextTask(const std::string& client_id,
-                                                          const v1::PollTaskRequest& request) {
-  absl::MutexLock lock(&mutex_);
-  // How the last round ended comes before the next round's tasks: a client that heard of
-  // neither (its polls were deferred) learns the outcomes in order.
-  if (finished_.id != 0 && finished_.cohort.contains(client_id) &&
-      (request.known_round_id() < finished_.id ||
-       (request.known_round_id() == finished_.id && !Terminal(request.known_stage())))) {
-    v1::PollTaskResponse response;
-    v1::RoundFinished* finished = response.mutable_round_finished();
-    finished->set_round_id(finished_.id);
-    finished->set_outcome(finished_.outcome);
-    finished->set_new_model_version(finished_.new_model_version);
-    finished->set_abort_reason(finished_.abort_reason);
-    return response;
-  }
-  const bool withdrew = request.known_stage() == v1::ROUND_STAGE_ABORTED;
-  if (round_ != nullptr) {
-    if (auto found = round_->participant_ids.find(client_id);
-        found != round_->participant_ids.end()) {
-      const uint32_t id = found->second;
-      Participant& participant = round_->participants[id - 1];
-      if (withdrew && request.known_round_id() == round_->id && !participant.dropped &&
-          round_->stage < v1::ROUND_STAGE_UNMASKED) {
-        const std::string reason = PrintableLine(request.left_reason(), 256);
-        Drop(participant,
-             absl::CancelledError(reason.empty() ? "the client withdrew (it lost its round state)"
-                                                 : absl::StrCat("the client left: ", reason)));
-        if (!reason.empty()) {
-          store_
-              ->AddLeftReason(static_cast<int64_t>(round_->id),
-                              absl::StrCat(client_id, ": ", reason))
-              .IgnoreError();
-        }
-      }
-      if (participant.dropped) return std::nullopt;
-      v1::PollTaskResponse response;
-      switch (round_->stage) {
-        case v1::ROUND_STAGE_SELECTED:
-          if (participant.advertised) return std::nullopt;
-          {
-            v1::JoinRoundTask* join = response.mutable_join_round();
-            join->set_round_id(round_->id);
-            *join->mutable_update_spec() = round_->spec;
-            v1::SecAggParameters* secagg = join->mutable_secagg();
-            secagg->set_participant_id(id);
-            secagg->set_num_participants(static_cast<uint32_t>(round_->participants.size()));
-            for (uint32_t neighbor : round_->graph->Neighbors(id)) secagg->add_neighbors(neighbor);
-            secagg->set_threshold(round_->threshold);
-            secagg->set_ring_bits(static_cast<uint32_t>(policy_.ring_bits));
-            secagg->set_session_id(round_->session_id);
-            secagg->set_shamir_field(v1::SecAggParameters::SHAMIR_FIELD_MERSENNE61);
-            secagg->set_prg(v1::SecAggParameters::PRG_AES128_CTR_HKDF_SHA256);
-            *join->mutable_deadlines() = round_->deadlines;
-          }
-          return response;
-        case v1::ROUND_STAGE_KEYS_ADVERTISED:
-          if (!participant.advertised || participant.shared) return std::nullopt;
-          {
-            v1::ShareKeysTask* task = response.mutable_share_keys();
-            task->set_round_id(round_->id);
-            for (const secure_agg::AdvertisedKeys& keys : round_->secagg->KeysFor(id)) {
-              v1::AdvertisedKeys* out = task->add_neighbor_keys();
-              out->set_participant_id(keys.participant);
-              out->set_cipher_public_key(keys.cipher_public_key);
-              out->set_mask_public_key(keys.mask_public_key);
-              out->set_signature(keys.signature);
-              const Participant& peer = round_->participants[keys.participant - 1];
-              out->set_certificate_der(peer.certificate_der);
-              for (const pki::KeyChange& change : peer.key_changes) {
-                v1::KeyChange* relayed = out->add_key_changes();
-                relayed->set_old_public_key_der(change.old_public_key_der);
-                relayed->set_new_public_key_der(change.new_public_key_der);
-                relayed->set_signature(change.signature);
-              }
-            }
-          }
-          return response;
-        case v1::ROUND_STAGE_KEYS_SHARED:
-          if (!participant.shared || participant.uploaded) return std::nullopt;
-          {
-            v1::MaskedInputTask* task = response.mutable_masked_input();
-            task->set_round_id(round_->id);
-            for (const secure_agg::SealedShares& bundle : round_->secagg->SharesFor(id)) {
-              v1::EncryptedShares* out = task->add_incoming_shares();
-              out->set_peer_participant_id(bundle.sender);
-              out->set_ciphertext(bundle.ciphertext);
-            }
-          }
-          return response;
-        case v1::ROUND_STAGE_MASKED_COLLECTED:
-          if (!participant.uploaded || participant.unmasked) return std::nullopt;
-          {
-            v1::UnmaskTask* task = response.mutable_unmask();
-            task->set_round_id(round_->id);
-            const secure_agg::UnmaskRequest unmask = round_->secagg->UnmaskRequestFor(id);
-            for (uint32_t alive : unmask.alive) task->add_alive_neighbors(alive);
-            for (uint32_t dropped : unmask.dropped) task->add_dropped_neighbors(dropped);
-          }
-          return response;
-        default:
-          return std::nullopt;
-      }
-    }
-  }
-  const bool knows_end = Terminal(request.known_stage());
-  // A client still inside a round this coordinator no longer runs (it restarted): tell it how
-  // that round ended, from the store.
-  if (request.known_round_id() != 0 && !knows_end && request.known_round_id() != finished_.id &&
-      (round_ == nullptr || request.known_round_id() != round_->id)) {
-    v1::PollTaskResponse response;
-    v1::RoundFinished* finished = response.mutable_round_finished();
-    finished->set_round_id(request.known_round_id());
-    finished->set_outcome(v1::ROUND_STAGE_ABORTED);
-    finished->set_abort_reason("the round is no longer open");
-    if (absl::StatusOr<std::vector<RoundRecord>> rounds =
-            store_->ListRounds(static_cast<int64_t>(request.known_round_id()) + 1, 1);
-        rounds.ok() && !rounds->empty() &&
-        rounds->front().round_id == static_cast<int64_t>(request.known_round_id())) {
-      const RoundRecord& record = rounds->front();
-      finished->set_outcome(StageFromName(record.stage) == v1::ROUND_STAGE_COMMITTED
-                                ? v1::ROUND_STAGE_COMMITTED
-                                : v1::ROUND_STAGE_ABORTED);
-      finished->set_new_model_version(
-          static_cast<uint64_t>(record.committed_model_version.value_or(0)));
-      finished->set_abort_reason(record.abort_reason);
-    }
-    return response;
-  }
-  return std::nullopt;
-}
-
-v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64_t round_id) {
-  absl::MutexLock lock(&mutex_);
-  v1::RoundStatus status;
-  if (round_ != nullptr && (round_id == 0 || round_id == round_->id)) {
-    status.set_round_id(round_->id);
-    status.set_stage(round_->stage);
-    status.set_cohort_size(static_cast<uint32_t>(round_->participants.size()));
-    status.set_survivors(static_cast<uint32_t>(Live(nullptr)));
-    *status.mutable_started_at() = ToTimestamp(round_->started_at);
-    *status.mutable_stage_deadline() = ToTimestamp(round_->stage_deadline);
-    status.set_base_model_version(static_cast<uint64_t>(round_->base.version));
-    if (auto found = round_->participant_ids.find(client_id);
-        found != round_->participant_ids.end()) {
-      const Participant& participant = round_->participants[found->second - 1];
-      status.set_caller_selected(true);
-      v1::RoundStage completed = v1::ROUND_STAGE_UNSPECIFIED;
-      if (participant.advertised) completed = v1::ROUND_STAGE_KEYS_ADVERTISED;
-      if (participant.shared) completed = v1::ROUND_STAGE_KEYS_SHARED;
-      if (participant.uploaded) completed = v1::ROUND_STAGE_MASKED_COLLECTED;
-      if (participant.unmasked) completed = v1::ROUND_STAGE_UNMASKED;
-      status.set_caller_completed_stage(completed);
-      if (round_->secagg.has_value() && round_->stage == v1::ROUND_STAGE_KEYS_SHARED) {
-        status.set_caller_values_received(round_->secagg->ValuesReceived(found->second));
-      }
-    }
-    return status;
-  }
-  // Round ids are the store's int64 rows, and the lookup asks for the one after: an id from
-  // there up names no round (the request fuzzer sent 2^63 - 1, and wanted + 1 overflowed).
-  if (round_id >= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return status;
-  const int64_t wanted =
-      round_id == 0 ? static_cast<int64_t>(last_round_id_) : static_cast<int64_t>(round_id);
-  absl::StatusOr<std::vector<RoundRecord>> rounds = store_->ListRounds(wanted + 1, 1);
-  if (rounds.ok() && !rounds->empty() && rounds->front().round_id == wanted) {
-    const RoundRecord& record = rounds->front();
-    status.set_round_id(static_cast<uint64_t>(record.round_id));
-    status.set_stage(StageFromName(record.stage));
-    status.set_cohort_size(static_cast<uint32_t>(record.cohort_size));
-    status.set_survivors(static_cast<uint32_t>(record.survivors));
-    *status.mutable_started_at() = ToTimestamp(record.started_at);
-    status.set_base_model_version(static_cast<uint64_t>(record.base_model_version));
-    status.set_committed_model_version(
-        static_cast<uint64_t>(record.committed_model_version.value_or(0)));
-    status.set_abort_reason(record.abort_reason);
-  }
-  return status;
-}
-
-void RoundEngine::ClientRevoked(const std::string& client_id) {
-  absl::MutexLock lock(&mutex_);
-  if (round_ == nullptr || round_->stage >= v1::ROUND_STAGE_UNMASKED) return;
-  if (auto found = round_->participant_ids.find(client_id);
-      found != round_->participant_ids.end()) {
-    Participant& participant = round_->participants[found->second - 1];
-    if (!participant.dropped)
-      Drop(participant, absl::PermissionDeniedError("the client was revoked"));
-  }
-}
-
-absl::StatusOr<ModelVersionRecord> RoundEngine::Model(uint64_t version) {
-  absl::StatusOr<std::optional<ModelVersionRecord>> record =
-      store_->GetModel(static_cast<int64_t>(version));
-  if (!record.ok()) return record.status();
-  if (!record->has_value()) {
-    return absl::NotFoundError(version == 0
-                                   ? std::string("no model is published yet")
-                                   : absl::StrCat("model version ", version, " is not published"));
-  }
-  return **record;
-}
-
-RoundEngine::Snapshot RoundEngine::snapshot() {
-  absl::MutexLock lock(&mutex_);
-  Snapshot snapshot;
-  snapshot.model_version = static_cast<uint64_t>(global_record_.version);
-  snapshot.epsilon_spent = epsilon_spent_;
-  snapshot.sampler_total_variation = accountant_.sampler_total_variation();
-  snapshot.paused_reason = paused_reason_;
-  if (round_ != nullptr) {
-    snapshot.round_id = round_->id;
-    snapshot.stage = round_->stage;
-  } else if (finished_.id != 0) {
-    snapshot.round_id = finished_.id;
-    snapshot.stage = finished_.outcome;
-  } else {
-    snapshot.round_id = last_round_id_;
-    snapshot.stage = last_round_id_ == 0 ? v1::ROUND_STAGE_WAITING : v1::ROUND_STAGE_ABORTED;
-  }
-  return snapshot;
-}
-
 }  // namespace fedmoe::coordinator
