@@ -334,7 +334,18 @@ bool TlsPortAnswers(int port, absl::Duration timeout) {
   // The handshake may fail (the mTLS port wants a certificate this probe does not have); what
   // matters is whether the server spoke: a timeout means nobody accepted the connection.
   const int result = SSL_connect(ssl.get());
-  const bool answered = result == 1 || SSL_get_error(ssl.get(), result) == SSL_ERROR_SSL;
+  // A server that spoke TLS sent its certificate; a connection closed at once (refused by a
+  // cap, shed for lack of descriptors) did not, though OpenSSL 3 reports its EOF as an error
+  // of the protocol.
+  const bool answered = SSL_get0_peer_certificate(ssl.get()) != nullptr;
+  if (result == 1) {
+    // Waits briefly for the server's verdict on this client's (absent) certificate, so that the
+    // server finishes the handshake rather than seeing the connection reset under it.
+    timeval brief{0, 200'000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &brief, sizeof(brief));
+    char byte = 0;
+    SSL_read(ssl.get(), &byte, 1);
+  }
   ERR_clear_error();
   ssl.reset();
   close(fd);

@@ -1,5 +1,7 @@
 #include "coordinator/service/wire.h"
 
+#include <google/protobuf/util/time_util.h>
+
 #include <vector>
 
 namespace fedmoe::coordinator {
@@ -34,6 +36,14 @@ absl::Status SerializeReply(const google::protobuf::Message& reply, grpc::ByteBu
   grpc::Slice slice(bytes);
   buffer = grpc::ByteBuffer(&slice, 1);
   return absl::OkStatus();
+}
+
+void SetTimestamp(absl::Time time, google::protobuf::Timestamp* out) {
+  *out = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(absl::ToUnixMillis(time));
+}
+
+absl::Duration FromProto(const google::protobuf::Duration& duration) {
+  return absl::Seconds(duration.seconds()) + absl::Nanoseconds(duration.nanos());
 }
 
 }  // namespace fedmoe::coordinator

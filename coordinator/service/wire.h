@@ -7,13 +7,16 @@
 #ifndef FEDMOE_COORDINATOR_SERVICE_WIRE_H_
 #define FEDMOE_COORDINATOR_SERVICE_WIRE_H_
 
+#include <google/protobuf/duration.pb.h>
 #include <google/protobuf/message.h>
+#include <google/protobuf/timestamp.pb.h>
 #include <grpcpp/support/byte_buffer.h>
 
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace fedmoe::coordinator {
 
@@ -23,6 +26,10 @@ std::string BufferBytes(const grpc::ByteBuffer& buffer);
 absl::Status ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::Message& request);
 
 absl::Status SerializeReply(const google::protobuf::Message& reply, grpc::ByteBuffer& buffer);
+
+// Times and durations between absl and the wire.
+void SetTimestamp(absl::Time time, google::protobuf::Timestamp* out);
+absl::Duration FromProto(const google::protobuf::Duration& duration);
 
 }  // namespace fedmoe::coordinator
 
