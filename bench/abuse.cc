@@ -49,6 +49,7 @@ using testing::BinaryPath;
 using testing::CommandResult;
 using testing::Daemon;
 using testing::FreePort;
+using testing::ProcStatusMiB;
 using testing::RunCommand;
 
 constexpr char kUsage[] =
@@ -75,20 +76,6 @@ struct Flags {
   int64_t fd_limit = 1024;
   std::filesystem::path work;
 };
-
-double ProcStatusMiB(pid_t pid, const std::string& field) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(field + ":", 0) == 0) {
-      std::istringstream fields(line.substr(field.size() + 1));
-      double kib = 0;
-      fields >> kib;
-      return kib / 1024.0;
-    }
-  }
-  return 0;
-}
 
 int ProcFds(pid_t pid) {
   int fds = 0;

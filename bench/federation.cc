@@ -50,26 +50,12 @@ using testing::BinaryPath;
 using testing::CommandResult;
 using testing::Daemon;
 using testing::FreePort;
+using testing::ProcStatusMiB;
 using testing::RunCommand;
 
 constexpr char kUsage[] =
     "usage: federation --clients N [--dim D] [--bits B] [--rounds R] [--upload-slots U] "
     "[--parked-polls P] [--wait-seconds S] [--work DIR] [--timeout-minutes M]\n";
-
-// A kibibyte-rounded reading of /proc/<pid>/status, e.g. VmHWM (peak RSS) or VmRSS.
-double ProcStatusMiB(pid_t pid, const std::string& field) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(field + ":", 0) == 0) {
-      std::istringstream fields(line.substr(field.size() + 1));
-      double kib = 0;
-      fields >> kib;
-      return kib / 1024.0;
-    }
-  }
-  return 0;
-}
 
 // Open sockets of a process (its connections, plus a few listeners).
 int ProcSockets(pid_t pid) {

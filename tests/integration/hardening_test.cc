@@ -34,15 +34,6 @@ using simulation::TlsPortAnswers;
 
 int PortOf(const std::string& address) { return std::stoi(address.substr(address.rfind(':') + 1)); }
 
-double RssMiB(pid_t pid) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  }
-  return 0;
-}
-
 // The coordinator's log lines that carry `event`.
 std::vector<std::string> Events(const std::string& log, const std::string& event) {
   std::vector<std::string> lines;
@@ -199,12 +190,12 @@ TEST_F(HardeningTest, ConnectionCapsRefuseOnePeerWithOneLogLineAndServeTheOthers
 TEST_F(HardeningTest, RapidResetOnTheEnrollmentPortIsCutAndMemoryStaysBounded) {
   InitCoordinator();
   StartCoordinator();
-  const double idle = RssMiB(coordinator_->pid());
+  const double idle = ProcStatusMiB(coordinator_->pid(), "VmRSS");
   std::atomic<bool> done = false;
   double peak = idle;
   std::thread sampler([&] {
     while (!done) {
-      peak = std::max(peak, RssMiB(coordinator_->pid()));
+      peak = std::max(peak, ProcStatusMiB(coordinator_->pid(), "VmRSS"));
       absl::SleepFor(absl::Milliseconds(50));
     }
   });

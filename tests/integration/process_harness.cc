@@ -148,6 +148,20 @@ int FirstEphemeralPort() {
 
 }  // namespace
 
+double ProcStatusMiB(pid_t pid, const std::string& field) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(field + ":", 0) == 0) {
+      std::istringstream fields(line.substr(field.size() + 1));
+      double kib = 0;
+      fields >> kib;
+      return kib / 1024.0;
+    }
+  }
+  return 0;
+}
+
 int FreePort() {
   // Ports below the ephemeral range: a port the kernel chose would be one it may give the next
   // outgoing connection (another test's client, say) before the daemon meant to bind it does.

@@ -51,6 +51,10 @@ class Daemon {
   std::filesystem::path log_;
 };
 
+// A kibibyte field of /proc/<pid>/status in MiB, e.g. VmRSS (resident) or VmHWM (its peak); 0
+// when the process or the field is gone.
+double ProcStatusMiB(pid_t pid, const std::string& field);
+
 // A loopback TCP port that was free a moment ago, from below the ephemeral range.
 int FreePort();
 
