@@ -227,28 +227,6 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
   return absl::OkStatus();
 }
 
-absl::StatusOr<MatMulPrecision> ResolveMatMulPrecision(std::string_view name,
-                                                       kernels::Device device) {
-  if (name == "fp32") return MatMulPrecision::kFloat32;
-  if (device == kernels::Device::kCuda && (name == "auto" || name == "bf16")) {
-    return MatMulPrecision::kBfloat16;
-  }
-  if (name == "auto") {
-    return cpu::HasNativeBf16MatMul() && cpu::CheckBf16MatMul().ok() ? MatMulPrecision::kBfloat16
-                                                                     : MatMulPrecision::kFloat32;
-  }
-  if (name == "bf16") {
-    if (absl::Status status = cpu::CheckBf16MatMul(); !status.ok()) return status;
-    return MatMulPrecision::kBfloat16;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown matmul precision '", std::string(name), "' (auto, fp32, bf16)"));
-}
-
-std::string_view MatMulPrecisionName(MatMulPrecision precision) {
-  return precision == MatMulPrecision::kBfloat16 ? "bf16" : "fp32";
-}
-
 LossSum CrossEntropy(const ForwardPass& pass, std::span<const int32_t> targets,
                      int64_t vocab_size) {
   AlignedFloats losses(static_cast<size_t>(pass.rows()));

@@ -20,25 +20,13 @@
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/moe_routing.h"
 #include "kernels/device.h"
+#include "model/matmul_precision.h"
 #include "model/parameters.h"
 
 namespace fedmoe::model {
 
 using kernels::cpu::AlignedBf16;
 using kernels::cpu::AlignedFloats;
-
-// The precision of the weight products, forward and backward: the experts' (routed and
-// shared) and the attention projections. kBfloat16 rounds their operands to bfloat16 and
-// accumulates in fp32 (kernels/cpu/bf16.h): mixed-precision training, with master weights,
-// gradients, optimizer state, the router, attention scores, norms and the loss in fp32.
-enum class MatMulPrecision { kFloat32, kBfloat16 };
-
-// "fp32", "bf16", or "auto", for training on `device`. On the CPU, auto is bf16 where it
-// multiplies bf16 in hardware (AMX, AVX-512 BF16) and fp32 elsewhere, and "bf16" on a CPU where
-// oneDNN has no bf16 product is an error. On a GPU, auto is bf16 (tensor cores).
-absl::StatusOr<MatMulPrecision> ResolveMatMulPrecision(
-    std::string_view name, kernels::Device device = kernels::Device::kCpu);
-std::string_view MatMulPrecisionName(MatMulPrecision precision);
 
 // One layer's saved activations. Widths: H hidden, Q = heads·head_dim, K = kv_heads·head_dim,
 // E experts, k experts per token, I expert inner, S shared inner.

@@ -11,7 +11,7 @@
 #include "absl/time/time.h"
 #include "config/yaml_config.h"
 #include "fedmoe/v1/federation.pb.h"
-#include "model/backward.h"
+#include "model/trainable_set.h"
 #include "proto/privacy_names.h"
 
 namespace fedmoe::coordinator {

@@ -9,10 +9,11 @@
 #include <cstdint>
 
 #include "kernels/cpu/bf16.h"
-#include "model/forward.h"
+#include "model/matmul_precision.h"
 
 namespace fedmoe::model::internal {
 
+using kernels::cpu::AlignedBf16;
 using kernels::cpu::Bf16;
 
 // A matrix operand in both precisions: `fp32` for fp32 products, `bf16` (rounded) for bf16
