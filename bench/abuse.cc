@@ -27,8 +27,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "bench/abuse_attacks.h"
-#include "bench/simulated_client.h"
 #include "client/client_config.h"
 #include "client/coordinator_channel.h"
 #include "client/grpc_status.h"
@@ -40,6 +38,8 @@
 #include "pki/certificate_authority.h"
 #include "pki/key_change.h"
 #include "pki/private_key.h"
+#include "simulation/abuse_attacks.h"
+#include "simulation/simulated_client.h"
 #include "tests/integration/process_harness.h"
 
 namespace fedmoe::simulation {

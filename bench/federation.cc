@@ -7,7 +7,7 @@
 // start no round (what a waiting fleet costs: one JSON line with "phase":"waiting"); then the
 // coordinator restarts, so the rounds' peak RSS is their own.
 // The coordinator runs as its own process from build/bin, with its real store, SecAgg+ relay,
-// decode, expert merge and checkpoint. Each simulated client (bench/simulated_client.h) is
+// decode, expert merge and checkpoint. Each simulated client (simulation/simulated_client.h) is
 // enrolled through the enrollment port and holds its own mutual-TLS connection; they do no
 // local training, so the round latency is the protocol's and the coordinator's alone. Prints
 // one JSON line per round: latency, the coordinator's peak RSS (VmHWM) and bytes per client,
@@ -30,7 +30,6 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "bench/simulated_client.h"
 #include "client/grpc_status.h"
 #include "client/update.h"
 #include "config/command_line.h"
@@ -40,6 +39,7 @@
 #include "model/checkpoint.h"
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
+#include "simulation/simulated_client.h"
 #include "tests/integration/process_harness.h"
 
 namespace fedmoe::simulation {

@@ -10,8 +10,8 @@
 
 #include "bench/client_masking.h"
 #include "bench/json_lines_reporter.h"
-#include "bench/secagg_simulation.h"
 #include "secure_agg/mask_generator.h"
+#include "simulation/secagg_simulation.h"
 
 namespace fedmoe::bench {
 namespace {

@@ -7,8 +7,8 @@
 #include <cstdio>
 
 #include "absl/strings/numbers.h"
-#include "bench/secagg_simulation.h"
 #include "config/command_line.h"
+#include "simulation/secagg_simulation.h"
 
 namespace {
 

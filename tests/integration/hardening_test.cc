@@ -1,5 +1,5 @@
 // The coordinator under the attacks of issue [resilience], at small scale: a real coordinator
-// process on loopback, attacked from 127.0.0.2 (bench/abuse_attacks.h) while the legitimate
+// process on loopback, attacked from 127.0.0.2 (simulation/abuse_attacks.h) while the legitimate
 // side works from 127.0.0.1. bench/abuse runs the same attacks at full scale.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -16,13 +16,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "bench/abuse_attacks.h"
 #include "client/client_config.h"
 #include "client/coordinator_channel.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "pki/certificate_authority.h"
 #include "pki/key_change.h"
+#include "simulation/abuse_attacks.h"
 #include "tests/integration/coordinator_fixture.h"
 
 namespace fedmoe::testing {

@@ -1,4 +1,4 @@
-// Rounds under faults, with simulated clients (bench/simulated_client.h) that talk to a real
+// Rounds under faults, with simulated clients (simulation/simulated_client.h) that talk to a real
 // fedmoe-coordinator process over loopback mutual TLS. Each simulated client's plain update is
 // known here, so every committed model is checked against the per-expert weighted mean that
 // this file computes from those updates on its own (DESIGN §4), within the quantisation bound:
@@ -20,11 +20,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "bench/simulated_client.h"
 #include "client/update.h"
 #include "model/checkpoint.h"
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
+#include "simulation/simulated_client.h"
 #include "tests/integration/coordinator_fixture.h"
 
 namespace fedmoe::testing {

@@ -8,8 +8,8 @@
 #include <map>
 #include <random>
 
-#include "bench/secagg_simulation.h"
 #include "pki/private_key.h"
+#include "simulation/secagg_simulation.h"
 
 namespace fedmoe::secure_agg {
 namespace {

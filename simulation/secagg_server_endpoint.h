@@ -2,8 +2,8 @@
 // child process of its own behind a socket pair. The child's peak RSS is the server's alone,
 // apart from the simulated clients' keys, inputs and masked vectors (secagg_sim
 // --server-process).
-#ifndef FEDMOE_BENCH_SECAGG_SERVER_ENDPOINT_H_
-#define FEDMOE_BENCH_SECAGG_SERVER_ENDPOINT_H_
+#ifndef FEDMOE_SIMULATION_SECAGG_SERVER_ENDPOINT_H_
+#define FEDMOE_SIMULATION_SECAGG_SERVER_ENDPOINT_H_
 
 #include <cstdint>
 #include <memory>
@@ -48,4 +48,4 @@ absl::StatusOr<std::unique_ptr<ServerEndpoint>> ServerInChildProcess(
 
 }  // namespace fedmoe::bench
 
-#endif  // FEDMOE_BENCH_SECAGG_SERVER_ENDPOINT_H_
+#endif  // FEDMOE_SIMULATION_SECAGG_SERVER_ENDPOINT_H_

@@ -3,8 +3,8 @@
 // federation load generator (bench/federation) runs a thousand of them in one process against a
 // real coordinator; the rounds integration tests use a few to know every client's plain update
 // and to make clients vanish or misbehave at a chosen stage.
-#ifndef FEDMOE_BENCH_SIMULATED_CLIENT_H_
-#define FEDMOE_BENCH_SIMULATED_CLIENT_H_
+#ifndef FEDMOE_SIMULATION_SIMULATED_CLIENT_H_
+#define FEDMOE_SIMULATION_SIMULATED_CLIENT_H_
 
 #include <cstdint>
 #include <filesystem>
@@ -120,4 +120,4 @@ absl::StatusOr<std::vector<std::filesystem::path>> EnrollFleet(
 
 }  // namespace fedmoe::simulation
 
-#endif  // FEDMOE_BENCH_SIMULATED_CLIENT_H_
+#endif  // FEDMOE_SIMULATION_SIMULATED_CLIENT_H_

@@ -4,8 +4,8 @@
 //
 // The HTTP/2 rapid reset is written frame by frame over OpenSSL's TLS (no HTTP/2 library would
 // send a stream's RST_STREAM before the server has answered it, which is the point).
-#ifndef FEDMOE_BENCH_ABUSE_ATTACKS_H_
-#define FEDMOE_BENCH_ABUSE_ATTACKS_H_
+#ifndef FEDMOE_SIMULATION_ABUSE_ATTACKS_H_
+#define FEDMOE_SIMULATION_ABUSE_ATTACKS_H_
 
 #include <atomic>
 #include <cstdint>
@@ -66,4 +66,4 @@ bool TlsPortAnswers(int port, absl::Duration timeout);
 
 }  // namespace fedmoe::simulation
 
-#endif  // FEDMOE_BENCH_ABUSE_ATTACKS_H_
+#endif  // FEDMOE_SIMULATION_ABUSE_ATTACKS_H_

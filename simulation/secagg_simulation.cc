@@ -1,13 +1,13 @@
-#include "bench/secagg_simulation.h"
+#include "simulation/secagg_simulation.h"
 
 #include <chrono>
 #include <map>
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "bench/secagg_server_endpoint.h"
 #include "pki/private_key.h"
 #include "secure_agg/protocol.h"
+#include "simulation/secagg_server_endpoint.h"
 
 namespace fedmoe::bench {
 namespace {

@@ -1,4 +1,4 @@
-#include "bench/secagg_server_endpoint.h"
+#include "simulation/secagg_server_endpoint.h"
 
 #include <sys/resource.h>
 #include <sys/socket.h>

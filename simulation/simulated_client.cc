@@ -1,4 +1,4 @@
-#include "bench/simulated_client.h"
+#include "simulation/simulated_client.h"
 
 #include <algorithm>
 #include <thread>

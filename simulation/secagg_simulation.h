@@ -2,8 +2,8 @@
 // function call, with chosen participants dropping out before each stage. Used by
 // build/bin/secagg_sim and by the protocol's tests, which compare the result with the plain
 // modular sum of the survivors' inputs.
-#ifndef FEDMOE_BENCH_SECAGG_SIMULATION_H_
-#define FEDMOE_BENCH_SECAGG_SIMULATION_H_
+#ifndef FEDMOE_SIMULATION_SECAGG_SIMULATION_H_
+#define FEDMOE_SIMULATION_SECAGG_SIMULATION_H_
 
 #include <cstdint>
 #include <set>
@@ -58,4 +58,4 @@ absl::StatusOr<SimulationResult> RunSimulation(const SimulationConfig& config);
 
 }  // namespace fedmoe::bench
 
-#endif  // FEDMOE_BENCH_SECAGG_SIMULATION_H_
+#endif  // FEDMOE_SIMULATION_SECAGG_SIMULATION_H_

@@ -1,4 +1,4 @@
-#include "bench/abuse_attacks.h"
+#include "simulation/abuse_attacks.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
