@@ -11,8 +11,8 @@
 #include "client/coordinator_channel.h"
 #include "client/model_sync.h"
 #include "client/tls_probe.h"
-#include "kernels/cpu/threads.h"
 #include "logging/log.h"
+#include "model/compute.h"
 #include "model/personal.h"
 #include "pki/certificate_authority.h"
 #include "pki/key_change.h"
@@ -126,7 +126,7 @@ grpc::Status ClientDaemon::PollOnce() {
   request.mutable_max_wait()->set_seconds(absl::ToInt64Seconds(config_.poll_max_wait));
   request.mutable_capabilities()->set_software_version(FEDMOE_VERSION);
   request.mutable_capabilities()->set_device(
-      std::string(kernels::DeviceName(training_device_.value_or(config_.compute.device))));
+      std::string(model::DeviceName(training_device_.value_or(config_.compute.device))));
   request.set_known_round_id(known_round_);
   request.set_known_stage(known_stage_);
   if (known_stage_ == v1::ROUND_STAGE_ABORTED) request.set_left_reason(left_reason_);
@@ -368,7 +368,7 @@ absl::Status ClientDaemon::Run() {
         .Field("address", config_.metrics_listen)
         .Field("port", metrics_server_->port());
   }
-  if (config_.threads > 0) kernels::cpu::SetCpuThreads(static_cast<int>(config_.threads));
+  if (config_.threads > 0) model::SetCpuThreads(static_cast<int>(config_.threads));
   progress_.model_version = NewestLocalVersion(config_.state_dir.models());
   progress_.latest_committed_version = progress_.model_version;
   if (const PersonalModelStore store(config_.state_dir.personal()); store.Exists()) {

@@ -116,7 +116,7 @@ class ClientDaemon {
   std::string left_reason_;
   // Where local training runs: the configured device, or the CPU after a GPU that auto chose
   // could not train the federation's model.
-  std::optional<kernels::Device> training_device_;
+  std::optional<model::Device> training_device_;
   // What status.json and /metrics show of the local progress.
   ClientProgress progress_;
   // The last round's training settings, which a Ditto refresh reuses for its steps.

@@ -78,7 +78,7 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
       .Field("round_id", task.round_id())
       .Field("model_version", spec.base_model().version())
       .Field("steps", options.steps)
-      .Field("device", kernels::DeviceName(options.device))
+      .Field("device", model::DeviceName(options.device))
       .Field("matmul_precision", model::MatMulPrecisionName(options.matmul_precision));
   absl::StatusOr<model::TrainResult> trained =
       model::Train(local, **tokenizer, config_.data, options);

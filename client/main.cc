@@ -18,9 +18,9 @@
 #include "client/peer_keys.h"
 #include "client/privacy_commands.h"
 #include "config/command_line.h"
-#include "kernels/cpu/threads.h"
 #include "logging/grpc_log.h"
 #include "logging/log.h"
+#include "model/compute.h"
 #include "pki/certificate.h"
 #include "pki/tls_policy.h"
 
@@ -264,7 +264,7 @@ int Main(int argc, char** argv) {
   pki::LeaveOpenSslCleanupToProcessExit();
   pki::RequireTls13ForGrpc();
   RouteGrpcLogsToJson();
-  kernels::cpu::RetainFreedMemory();
+  model::RetainFreedMemory();
   const std::string usage = absl::StrCat(kUsage, kTrainUsage, kModelUsage, kPrivacyUsage);
   return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,
                                 {{"enroll", EnrollCommand},

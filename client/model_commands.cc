@@ -16,8 +16,8 @@
 #include "client/personal_model.h"
 #include "client/train_options.h"
 #include "config/command_line.h"
-#include "kernels/cpu/threads.h"
 #include "model/checkpoint.h"
+#include "model/compute.h"
 #include "model/evaluation.h"
 #include "model/forward.h"
 #include "model/init.h"
@@ -45,7 +45,7 @@ std::string JsonLine(const Json& json) {
 absl::Status ApplyThreads(const CommandLine& flags) {
   absl::StatusOr<int64_t> threads = flags.IntOr("threads", 0, 0, kMaxThreads);
   if (!threads.ok()) return threads.status();
-  kernels::cpu::SetCpuThreads(static_cast<int>(*threads));
+  model::SetCpuThreads(static_cast<int>(*threads));
   return absl::OkStatus();
 }
 
@@ -404,7 +404,7 @@ int TrainCommand(const std::vector<std::string>& args) {
     if (*lr <= 0) return Fail(absl::InvalidArgumentError("--lr must be positive"));
     options.learning_rate = *lr;
   }
-  kernels::cpu::SetCpuThreads(static_cast<int>(threads));
+  model::SetCpuThreads(static_cast<int>(threads));
 
   const std::string model_dir = *flags->Get("model");
   const std::string out_dir = *flags->Get("out");
@@ -423,10 +423,10 @@ int TrainCommand(const std::vector<std::string>& args) {
   const char* precision = options.matmul_precision == model::MatMulPrecision::kBfloat16
                               ? "bf16 with fp32 accumulation (mixed precision)"
                               : "fp32";
-  if (options.device == kernels::Device::kCuda) {
+  if (options.device == model::Device::kCuda) {
     std::printf("training on the GPU, weight products in %s\n", precision);
   } else {
-    std::printf("training on %d CPU threads, weight products in %s\n", kernels::cpu::CpuThreads(),
+    std::printf("training on %d CPU threads, weight products in %s\n", model::CpuThreads(),
                 precision);
   }
   model::TrainCallbacks callbacks;
@@ -468,7 +468,7 @@ int TrainCommand(const std::vector<std::string>& args) {
                         {"train_loss", NumberOrNull(result->train_loss)},
                         {"val_loss", NumberOrNull(result->val_loss)},
                         {"tokens_per_second", result->tokens_per_second},
-                        {"device", kernels::DeviceName(options.device)},
+                        {"device", model::DeviceName(options.device)},
                         {"matmul_precision", model::MatMulPrecisionName(options.matmul_precision)},
                         {"tokens", result->tokens},
                         {"files", result->data.files},

@@ -128,7 +128,7 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
 }
 
 absl::Status ComputeSettings::Resolve() {
-  absl::StatusOr<kernels::Device> resolved_device = kernels::ResolveDevice(device_name);
+  absl::StatusOr<model::Device> resolved_device = model::ResolveDevice(device_name);
   if (!resolved_device.ok()) return resolved_device.status();
   absl::StatusOr<model::MatMulPrecision> precision =
       model::ResolveMatMulPrecision(matmul_precision_name, *resolved_device);
@@ -145,9 +145,9 @@ absl::StatusOr<std::string> ComputeSettings::FitToModel(const model::MoeConfig& 
     return absl::Status(takes.code(), absl::StrCat("device ", device_name, ": ", takes.message()));
   }
   absl::StatusOr<model::MatMulPrecision> precision =
-      model::ResolveMatMulPrecision(matmul_precision_name, kernels::Device::kCpu);
+      model::ResolveMatMulPrecision(matmul_precision_name, model::Device::kCpu);
   if (!precision.ok()) return precision.status();
-  device = kernels::Device::kCpu;
+  device = model::Device::kCpu;
   matmul_precision = *precision;
   return absl::StrCat("training on the CPU: the GPU cannot train this model (", takes.message(),
                       ")");
@@ -157,11 +157,11 @@ void ReadComputeSettings(config::YamlConfigReader& reader, const std::string& pr
                          ComputeSettings* settings) {
   reader.Read(prefix + "device", &settings->device_name);
   reader.Read(prefix + "matmul_precision", &settings->matmul_precision_name);
-  const absl::StatusOr<kernels::Device> device = kernels::ResolveDevice(settings->device_name);
+  const absl::StatusOr<model::Device> device = model::ResolveDevice(settings->device_name);
   if (!device.ok()) reader.Invalid(prefix + "device", std::string(device.status().message()));
   // A precision is checked even when the device is at fault, so both errors come at once.
   const absl::StatusOr<model::MatMulPrecision> precision = model::ResolveMatMulPrecision(
-      settings->matmul_precision_name, device.ok() ? *device : kernels::Device::kCpu);
+      settings->matmul_precision_name, device.ok() ? *device : model::Device::kCpu);
   if (!precision.ok()) {
     reader.Invalid(prefix + "matmul_precision", std::string(precision.status().message()));
   }

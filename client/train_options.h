@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "config/yaml_config.h"
-#include "kernels/device.h"
+#include "model/compute.h"
 #include "model/trainer.h"
 
 namespace fedmoe::client {
@@ -19,7 +19,7 @@ namespace fedmoe::client {
 struct ComputeSettings {
   std::string device_name = "auto";            // cpu, cuda or auto
   std::string matmul_precision_name = "auto";  // fp32, bf16 or auto
-  kernels::Device device = kernels::Device::kCpu;
+  model::Device device = model::Device::kCpu;
   model::MatMulPrecision matmul_precision = model::MatMulPrecision::kFloat32;
 
   // Resolves the names: the device first (auto: a GPU when one answers), then the precision for
