@@ -31,6 +31,7 @@
 #include "pki/certificate.h"
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
+#include "tests/coordinator/fake_peer.h"
 #include "tests/fuzz/fuzz_support.h"
 #include "tests/fuzz/input_layout.h"
 #include "tests/testing_tiny_model.h"
@@ -41,29 +42,7 @@ using fedmoe::coordinator::CoordinatorApi;
 using fedmoe::coordinator::CoordinatorCore;
 namespace v1 = fedmoe::v1;
 
-// The auth context gRPC builds from a verified TLS peer, reduced to what CallerAuthorizer
-// reads: the peer certificate's PEM (none for a peer without one).
-class PeerCertificate final : public grpc::AuthContext {
- public:
-  explicit PeerCertificate(std::string pem) : pem_(std::move(pem)) {}
-  bool IsPeerAuthenticated() const override { return !pem_.empty(); }
-  std::vector<grpc::string_ref> GetPeerIdentity() const override { return {}; }
-  std::string GetPeerIdentityPropertyName() const override { return ""; }
-  std::vector<grpc::string_ref> FindPropertyValues(const std::string& name) const override {
-    if (pem_.empty() || name != GRPC_X509_PEM_CERT_PROPERTY_NAME) return {};
-    return {grpc::string_ref(pem_)};
-  }
-  grpc::AuthPropertyIterator begin() const override { return NoProperties(); }
-  grpc::AuthPropertyIterator end() const override { return NoProperties(); }
-  void AddProperty(const std::string& /*key*/, const grpc::string_ref& /*value*/) override {}
-  bool SetPeerIdentityPropertyName(const std::string& /*name*/) override { return false; }
-  void set_pem(std::string pem) { pem_ = std::move(pem); }
-
- private:
-  // The iterator's only public way to exist is a copy.
-  struct NoProperties : grpc::AuthPropertyIterator {};
-  std::string pem_;
-};
+using fedmoe::testing::PeerCertificate;
 
 enum class Identity { kAdmin, kClient, kNoCertificate };
 
