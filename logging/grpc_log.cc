@@ -3,47 +3,24 @@
 #include <grpc/support/log.h>
 
 #include <cstdint>
-#include <map>
-#include <mutex>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "logging/log.h"
+#include "logging/log_throttle.h"
 
 namespace fedmoe {
 namespace {
 
-constexpr absl::Duration kInterval = absl::Seconds(10);
-// Source locations remembered; gRPC logs from a few hundred at most.
-constexpr size_t kMaxLocations = 1024;
-
-struct Throttle {
-  absl::Time logged_at;
-  int64_t not_logged = 0;
-};
-
 void LogGrpcLine(gpr_log_func_args* args) {
-  static std::mutex mutex;
-  static std::map<std::string, Throttle>* locations = new std::map<std::string, Throttle>();
+  // gRPC logs from a few hundred source lines at most.
+  static LogThrottle* throttle = new LogThrottle(absl::Seconds(10), /*max_keys=*/1024);
   const std::string location =
       absl::StrCat(args->file != nullptr ? args->file : "?", ":", args->line);
-  int64_t not_logged = 0;
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    const absl::Time now = absl::Now();
-    auto found = locations->find(location);
-    if (found != locations->end()) {
-      if (now - found->second.logged_at < kInterval) {
-        ++found->second.not_logged;
-        return;
-      }
-      not_logged = found->second.not_logged;
-      found->second = Throttle{now, 0};
-    } else if (locations->size() < kMaxLocations) {
-      locations->emplace(location, Throttle{now, 0});
-    }
-  }
+  const std::optional<int64_t> not_logged = throttle->ShouldLog(location, absl::Now());
+  if (!not_logged.has_value()) return;
   // gRPC's errors are mostly a peer's (a handshake that failed): warnings of this program.
   const LogLevel level =
       args->severity == GPR_LOG_SEVERITY_ERROR
@@ -52,7 +29,7 @@ void LogGrpcLine(gpr_log_func_args* args) {
   LogEvent(level, "grpc")
       .Field("message", PrintableLine(args->message != nullptr ? args->message : "", 512))
       .Field("source", location)
-      .Field("not_logged_since_last", not_logged);
+      .Field("not_logged_since_last", *not_logged);
 }
 
 }  // namespace

@@ -8,6 +8,12 @@ namespace fedmoe::coordinator {
 KeyedRateLimiter::KeyedRateLimiter(double per_second, double burst, size_t max_keys)
     : per_second_(per_second), burst_(std::max(1.0, burst)), max_keys_(max_keys) {}
 
+double KeyedRateLimiter::TokensAt(const Bucket& bucket, absl::Time now) const {
+  if (now <= bucket.updated) return bucket.tokens;
+  return std::min(burst_,
+                  bucket.tokens + absl::ToDoubleSeconds(now - bucket.updated) * per_second_);
+}
+
 KeyedRateLimiter::Bucket* KeyedRateLimiter::Refilled(const std::string& key, absl::Time now) {
   auto found = buckets_.find(key);
   if (found == buckets_.end()) {
@@ -15,18 +21,15 @@ KeyedRateLimiter::Bucket* KeyedRateLimiter::Refilled(const std::string& key, abs
       // A full bucket says nothing a fresh one would not: forget those.
       absl::erase_if(buckets_, [&](const auto& entry) {
         const Bucket& bucket = entry.second;
-        return bucket.tokens + absl::ToDoubleSeconds(now - bucket.updated) * per_second_ >= burst_;
+        return TokensAt(bucket, now) >= burst_;
       });
       if (buckets_.size() >= max_keys_) return nullptr;
     }
     found = buckets_.emplace(key, Bucket{burst_, now}).first;
   }
   Bucket& bucket = found->second;
-  if (now > bucket.updated) {
-    bucket.tokens =
-        std::min(burst_, bucket.tokens + absl::ToDoubleSeconds(now - bucket.updated) * per_second_);
-    bucket.updated = now;
-  }
+  bucket.tokens = TokensAt(bucket, now);
+  bucket.updated = std::max(bucket.updated, now);
   return &bucket;
 }
 
@@ -57,31 +60,6 @@ absl::Duration KeyedRateLimiter::RetryAfter(const std::string& key, absl::Time n
   if (bucket == nullptr) return absl::Seconds(1.0 / per_second_);
   if (bucket->tokens >= 1) return absl::ZeroDuration();
   return absl::Seconds(std::ceil((1 - bucket->tokens) / per_second_ * 1000) / 1000);
-}
-
-std::optional<int64_t> LogThrottle::ShouldLog(const std::string& key, absl::Time now) {
-  absl::MutexLock lock(&mutex_);
-  auto found = keys_.find(key);
-  if (found == keys_.end()) {
-    if (keys_.size() >= max_keys_) {
-      absl::erase_if(keys_, [&](const auto& entry) {
-        return now - entry.second.logged_at >= interval_ && entry.second.suppressed == 0;
-      });
-      // Still full: the flood comes from more keys than are remembered. One line per
-      // interval for all of them is what the log can take.
-      if (keys_.size() >= max_keys_) return std::nullopt;
-    }
-    keys_.emplace(key, State{now, 0});
-    return 0;
-  }
-  State& state = found->second;
-  if (now - state.logged_at < interval_) {
-    ++state.suppressed;
-    return std::nullopt;
-  }
-  const int64_t suppressed = state.suppressed;
-  state = State{now, 0};
-  return suppressed;
 }
 
 }  // namespace fedmoe::coordinator

@@ -1,5 +1,5 @@
-// Fair shares between callers: token buckets per key (a client identity, a peer address), and
-// a log throttle that turns a flood of refusals into one line per key and interval.
+// Fair shares between callers: token buckets per key (a client identity, a peer address). The
+// refusals they cause are logged through logging/log_throttle.h.
 //
 // Both remember a bounded number of keys, so that an attacker who rotates addresses cannot grow
 // the coordinator: past the bound, keys whose state no longer matters (a full bucket, an
@@ -9,14 +9,16 @@
 #define FEDMOE_COORDINATOR_SERVICE_RATE_LIMITER_H_
 
 #include <cstdint>
-#include <optional>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "logging/log_throttle.h"
 
 namespace fedmoe::coordinator {
+
+using fedmoe::LogThrottle;  // logging/log_throttle.h, shared with gRPC's own lines
 
 class KeyedRateLimiter {
  public:
@@ -37,6 +39,8 @@ class KeyedRateLimiter {
     double tokens = 0;
     absl::Time updated;
   };
+  // The bucket's tokens at `now`, refilled at the rate up to the burst.
+  double TokensAt(const Bucket& bucket, absl::Time now) const;
   // The key's bucket, refilled to `now`; null when the map is full of keys that matter.
   Bucket* Refilled(const std::string& key, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
@@ -45,26 +49,6 @@ class KeyedRateLimiter {
   const size_t max_keys_;
   absl::Mutex mutex_;
   absl::flat_hash_map<std::string, Bucket> buckets_ ABSL_GUARDED_BY(mutex_);
-};
-
-class LogThrottle {
- public:
-  explicit LogThrottle(absl::Duration interval, size_t max_keys = 65536)
-      : interval_(interval), max_keys_(max_keys) {}
-
-  // Whether an event of `key` is logged now: the first of each interval is, with the number of
-  // its key's events that were not logged since the last line; the others only count.
-  std::optional<int64_t> ShouldLog(const std::string& key, absl::Time now);
-
- private:
-  struct State {
-    absl::Time logged_at;
-    int64_t suppressed = 0;
-  };
-  const absl::Duration interval_;
-  const size_t max_keys_;
-  absl::Mutex mutex_;
-  absl::flat_hash_map<std::string, State> keys_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace fedmoe::coordinator
