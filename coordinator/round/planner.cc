@@ -9,6 +9,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "coordinator/round/update_spec.h"
 #include "privacy/rdp_accountant.h"
 #include "secure_agg/neighbor_graph.h"
 
@@ -93,6 +95,60 @@ absl::StatusOr<std::string> RandomSeed(size_t count) {
 
 google::protobuf::Timestamp ToTimestamp(absl::Time time) {
   return google::protobuf::util::TimeUtil::MillisecondsToTimestamp(absl::ToUnixMillis(time));
+}
+
+int64_t MinimumSurvivors(const SecAggShape& shape) {
+  return std::max<int64_t>(static_cast<int64_t>(shape.threshold) + 1, 2);
+}
+
+absl::StatusOr<std::optional<RoundPlan>> PlanRound(
+    uint64_t round_id, const std::vector<std::string>& online, const RoundPolicy& policy,
+    const std::string& federation, const model::ModelParameters& global,
+    const ModelVersionRecord& base, privacy::SecureRandom& random) {
+  absl::StatusOr<std::optional<Cohort>> drawn = DrawCohort(online, policy, random);
+  if (!drawn.ok()) return drawn.status();
+  if (!drawn->has_value()) return std::nullopt;
+  const auto cohort_size = static_cast<int64_t>((*drawn)->members.size());
+  const SecAggShape shape = ChooseSecAggShape(cohort_size, policy);
+
+  absl::StatusOr<std::string> rotation_seed = RandomSeed(32);
+  if (!rotation_seed.ok()) return rotation_seed.status();
+  absl::StatusOr<std::string> graph_seed = RandomSeed(32);
+  if (!graph_seed.ok()) return graph_seed.status();
+  absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(base);
+  if (!manifest.ok()) return manifest.status();
+  absl::StatusOr<PlannedUpdate> update = BuildUpdateSpec(global.layout(), global.config(), policy,
+                                                         *manifest, cohort_size, *rotation_seed);
+  if (!update.ok()) return update.status();
+  absl::StatusOr<std::string> session = SessionId(federation, round_id, update->spec);
+  if (!session.ok()) return session.status();
+  absl::StatusOr<secure_agg::NeighborGraph> graph = secure_agg::NeighborGraph::Create(
+      static_cast<uint32_t>(cohort_size), shape.degree, *graph_seed);
+  if (!graph.ok()) return graph.status();
+
+  RoundTerms terms{.round_id = round_id,
+                   .privacy = update->spec.privacy(),
+                   .encoding = std::move(update->encoding),
+                   .encoded_values = static_cast<int64_t>(update->spec.layout().encoded_values()),
+                   .sampling_rate = (*drawn)->charged_sampling_rate};
+  return RoundPlan{.cohort = std::move((*drawn)->members),
+                   .shape = shape,
+                   .spec = std::move(update->spec),
+                   .terms = std::move(terms),
+                   .session_id = std::move(*session),
+                   .graph = std::move(*graph)};
+}
+
+std::string BudgetPause(const PrivacyLedger& ledger, const RoundPlan& plan,
+                        const RoundPolicy& policy) {
+  if (!(policy.target_epsilon > 0)) return "";
+  const double epsilon = ledger.WorstCaseEpsilonAfter(plan.terms, MinimumSurvivors(plan.shape),
+                                                      static_cast<int64_t>(plan.cohort.size()));
+  if (epsilon <= policy.target_epsilon) return "";
+  return absl::StrFormat(
+      "privacy budget exhausted: another round could take epsilon from %.4g to %.4g, past the "
+      "target %.4g (delta %.3g)",
+      ledger.epsilon_spent(), epsilon, policy.target_epsilon, policy.delta);
 }
 
 }  // namespace fedmoe::coordinator

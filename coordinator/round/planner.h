@@ -3,10 +3,14 @@
 //     ledger charges for it;
 //   - the SecAgg+ graph's degree and threshold for the cohort's size;
 //   - the session id that binds the round to its update spec;
+//   - the update spec and its ring encoding;
+//   - the session id that binds the round to its update spec;
+//   - the neighbour graph;
+//   - whether the privacy budget allows the round;
 //   - the stage deadlines.
 // Each is a function of its inputs (and of OpenSSL's generator, for the cohort and the seeds),
-// so each is tested alone. The round engine (round_engine.h) builds the update spec, checks the
-// privacy budget against the plan, and records the round.
+// so each is tested alone; PlanRound puts them together. The round engine (round_engine.h)
+// records the planned round and runs it.
 #ifndef FEDMOE_COORDINATOR_ROUND_PLANNER_H_
 #define FEDMOE_COORDINATOR_ROUND_PLANNER_H_
 
@@ -19,9 +23,13 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "coordinator/round/privacy_ledger.h"
 #include "coordinator/round/round_policy.h"
+#include "coordinator/state/model_repository.h"
 #include "fedmoe/v1/federation.pb.h"
+#include "model/parameters.h"
 #include "privacy/secure_random.h"
+#include "secure_agg/neighbor_graph.h"
 
 namespace fedmoe::coordinator {
 
@@ -51,6 +59,10 @@ struct SecAggShape {
 // dropped and another that it lived would otherwise gather both of its secrets.
 SecAggShape ChooseSecAggShape(int64_t cohort_size, const RoundPolicy& policy);
 
+// The fewest participants a round of this shape can commit with: every survivor needs
+// `threshold` live neighbours, and a sum of one would be that client's update.
+int64_t MinimumSurvivors(const SecAggShape& shape);
+
 // SHA-256("fedmoe/v1/session" ‖ federation ‖ round id, 8 bytes big-endian ‖ spec, serialized
 // deterministically): what every message of the round is bound to.
 absl::StatusOr<std::string> SessionId(const std::string& federation, uint64_t round_id,
@@ -63,6 +75,31 @@ v1::StageDeadlines ScheduleStages(absl::Time selected_at, const RoundPolicy& pol
 absl::StatusOr<std::string> RandomSeed(size_t count);
 
 google::protobuf::Timestamp ToTimestamp(absl::Time time);
+
+// Everything a round needs before its first message.
+struct RoundPlan {
+  std::vector<std::string> cohort;
+  SecAggShape shape;
+  v1::UpdateSpec spec;
+  // What the ledger prices the round on; terms.encoding is what spec.privacy() describes.
+  RoundTerms terms;
+  std::string session_id;
+  secure_agg::NeighborGraph graph;
+};
+
+// Draws a cohort from `online` and plans round `round_id` of `federation` on the global model
+// `global` (published as `base`). nullopt when the draw is outside [min_clients, max_clients]
+// (draw again soon); an error when the round cannot be planned at all.
+absl::StatusOr<std::optional<RoundPlan>> PlanRound(
+    uint64_t round_id, const std::vector<std::string>& online, const RoundPolicy& policy,
+    const std::string& federation, const model::ModelParameters& global,
+    const ModelVersionRecord& base, privacy::SecureRandom& random);
+
+// Why the planned round must not start under rounds.target_epsilon: its worst case (fewest
+// survivors' RDP, whole cohort's sampler distance) would take the ledger past the target.
+// Empty when it may start, or when no target is set.
+std::string BudgetPause(const PrivacyLedger& ledger, const RoundPlan& plan,
+                        const RoundPolicy& policy);
 
 }  // namespace fedmoe::coordinator
 

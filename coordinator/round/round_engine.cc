@@ -3,22 +3,15 @@
 #include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "coordinator/round/planner.h"
 #include "coordinator/round/privacy_plan.h"
-#include "coordinator/round/update_spec.h"
 #include "logging/log.h"
 #include "model/checkpoint.h"
-#include "privacy/distributed_accounting.h"
-#include "privacy/noise.h"
-#include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
-#include "secure_agg/neighbor_graph.h"
 #include "storage/file_status.h"
 
 namespace fedmoe::coordinator {
@@ -56,20 +49,23 @@ v1::RoundStage StageFromName(const std::string& name) {
 }
 
 RoundEngine::RoundEngine(const CoordinatorConfig* config, Store* store, ClientPresence* presence,
-                         PollHub* polls)
+                         PollHub* polls, const Clock* clock)
     : config_(config),
       policy_(config->rounds),
       store_(store),
       presence_(presence),
       polls_(polls),
+      clock_(clock),
       models_(config->state_dir.models()),
+      ledger_(config->rounds.delta),
       server_optimizer_(config->rounds) {}
 
 absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const CoordinatorConfig* config,
                                                                  Store* store,
                                                                  ClientPresence* presence,
-                                                                 PollHub* polls) {
-  std::unique_ptr<RoundEngine> engine(new RoundEngine(config, store, presence, polls));
+                                                                 PollHub* polls,
+                                                                 const Clock* clock) {
+  std::unique_ptr<RoundEngine> engine(new RoundEngine(config, store, presence, polls, clock));
   if (absl::Status status = engine->Load(); !status.ok()) return status;
   return engine;
 }
@@ -77,7 +73,7 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const Coordinat
 absl::Status RoundEngine::Load() {
   absl::MutexLock lock(&mutex_);
   absl::StatusOr<int64_t> aborted =
-      store_->AbortUnfinishedRounds("the coordinator restarted during the round", absl::Now());
+      store_->AbortUnfinishedRounds("the coordinator restarted during the round", Now());
   if (!aborted.ok()) return aborted.status();
   if (*aborted > 0) {
     LogEvent(LogLevel::kWarning, "rounds_aborted_at_start").Field("rounds", *aborted);
@@ -124,23 +120,12 @@ absl::Status RoundEngine::Load() {
   absl::StatusOr<std::vector<LedgerEntry>> ledger = store_->Ledger();
   if (!ledger.ok()) return ledger.status();
   for (const LedgerEntry& entry : *ledger) {
-    if (entry.rdp.size() != accountant_.orders().size()) {
-      return absl::DataLossError(absl::StrCat("the privacy ledger entry of round ", entry.round_id,
-                                              " has ", entry.rdp.size(), " orders, not ",
-                                              accountant_.orders().size()));
-    }
-    if (absl::Status status = accountant_.AddRdp(entry.rdp); !status.ok()) return status;
-    if (absl::Status status = accountant_.AddSamplerTotalVariation(entry.sampler_total_variation);
-        !status.ok()) {
-      return absl::DataLossError(absl::StrCat("the privacy ledger entry of round ", entry.round_id,
-                                              ": ", status.message()));
-    }
-    epsilon_spent_ = entry.epsilon_after;
+    if (absl::Status status = ledger_.Record(entry); !status.ok()) return status;
   }
   absl::StatusOr<Store::RoundCounts> counts = store_->CountRounds();
   if (!counts.ok()) return counts.status();
   committed_rounds_ = counts->committed;
-  next_round_at_ = absl::Now();
+  next_round_at_ = Now();
   return absl::OkStatus();
 }
 
@@ -188,7 +173,7 @@ void RoundEngine::Tick() {
 }
 
 void RoundEngine::MaybeSelect() {
-  const absl::Time now = absl::Now();
+  const absl::Time now = Now();
   if (!global_.has_value() || now < next_round_at_) return;
   if (policy_.max_rounds > 0 && committed_rounds_ >= policy_.max_rounds) {
     if (paused_reason_.empty()) {
@@ -203,101 +188,55 @@ void RoundEngine::MaybeSelect() {
   // OpenSSL's generator, so that nobody can predict or steer the cohort.
   absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
   if (!random.ok()) return;
-  absl::StatusOr<std::optional<Cohort>> drawn = DrawCohort(online, policy_, *random);
-  if (!drawn.ok()) {
-    LogEvent(LogLevel::kError, "round_not_started").Error(drawn.status());
-    next_round_at_ = now + policy_.interval;
-    return;
-  }
-  if (!drawn->has_value()) {
-    next_round_at_ = now + absl::Seconds(1);
-    return;
-  }
-  const std::vector<std::string>& cohort = (*drawn)->members;
-  const auto n = static_cast<int64_t>(cohort.size());
-  auto round = std::make_unique<Round>();
-  round->id = last_round_id_ + 1;
-  round->sampling_rate = (*drawn)->charged_sampling_rate;
-  round->started_at = now;
-  round->stage_started_at = now;
-  round->base = global_record_;
-  const SecAggShape shape = ChooseSecAggShape(n, policy_);
-  round->degree = shape.degree;
-  round->threshold = shape.threshold;
-
-  absl::StatusOr<std::string> rotation_seed = RandomSeed(32);
-  absl::StatusOr<std::string> graph_seed = RandomSeed(32);
-  if (!rotation_seed.ok() || !graph_seed.ok()) return;
-  absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(global_record_);
-  if (!manifest.ok()) {
-    LogEvent(LogLevel::kError, "round_not_started").Error(manifest.status());
-    next_round_at_ = now + policy_.interval;
-    return;
-  }
-  absl::StatusOr<PlannedUpdate> planned =
-      BuildUpdateSpec(global_->layout(), global_->config(), policy_, *manifest, n, *rotation_seed);
+  absl::StatusOr<std::optional<RoundPlan>> planned = PlanRound(
+      last_round_id_ + 1, online, policy_, config_->federation, *global_, global_record_, *random);
   if (!planned.ok()) {
     LogEvent(LogLevel::kError, "round_not_started").Error(planned.status());
     next_round_at_ = now + policy_.interval;
     return;
   }
-  round->spec = std::move(planned->spec);
-  round->encoding = std::move(planned->encoding);
-
-  if (policy_.target_epsilon > 0) {
-    // The worst case of each: the RDP of the fewest survivors the round can commit with, the
-    // samplers' distance with the whole cohort's noise in the sum.
-    absl::StatusOr<std::vector<double>> rdp =
-        RoundRdp(PricedRound(*round, MinimumSurvivors(*round)));
-    privacy::RdpAccountant next = accountant_;
-    double epsilon = std::numeric_limits<double>::infinity();
-    if (rdp.ok() && next.AddRdp(*rdp).ok() &&
-        next.AddSamplerTotalVariation(RoundSamplerTotalVariation(PricedRound(*round, n))).ok()) {
-      if (absl::StatusOr<privacy::PrivacyLoss> loss = next.Epsilon(policy_.delta); loss.ok()) {
-        epsilon = loss->epsilon;
-      }
+  if (!planned->has_value()) {
+    next_round_at_ = now + absl::Seconds(1);
+    return;
+  }
+  RoundPlan& plan = **planned;
+  if (std::string reason = BudgetPause(ledger_, plan, policy_); !reason.empty()) {
+    if (reason != paused_reason_) {
+      paused_reason_ = std::move(reason);
+      LogEvent(LogLevel::kWarning, "rounds_paused").Field("reason", paused_reason_);
     }
-    if (!(epsilon <= policy_.target_epsilon)) {
-      std::string reason = absl::StrFormat(
-          "privacy budget exhausted: another round could take epsilon from %.4g to %.4g, past "
-          "the target %.4g (delta %.3g)",
-          epsilon_spent_, epsilon, policy_.target_epsilon, policy_.delta);
-      if (reason != paused_reason_) {
-        paused_reason_ = reason;
-        LogEvent(LogLevel::kWarning, "rounds_paused").Field("reason", paused_reason_);
-      }
-      next_round_at_ = now + absl::Seconds(5);
-      return;
-    }
+    next_round_at_ = now + absl::Seconds(5);
+    return;
   }
   paused_reason_.clear();
 
-  absl::StatusOr<std::string> session = SessionId(config_->federation, round->id, round->spec);
-  if (!session.ok()) return;
-  round->session_id = *session;
-  absl::StatusOr<secure_agg::NeighborGraph> graph =
-      secure_agg::NeighborGraph::Create(static_cast<uint32_t>(n), round->degree, *graph_seed);
-  if (!graph.ok()) {
-    LogEvent(LogLevel::kError, "round_not_started").Error(graph.status());
-    next_round_at_ = now + policy_.interval;
-    return;
-  }
+  const auto n = static_cast<int64_t>(plan.cohort.size());
   secure_agg::RoundSetup setup;
-  setup.round_id = round->id;
-  setup.session_id = round->session_id;
+  setup.round_id = plan.terms.round_id;
+  setup.session_id = plan.session_id;
   setup.num_participants = static_cast<uint32_t>(n);
-  setup.threshold = round->threshold;
-  setup.length = round->spec.layout().encoded_values();
+  setup.threshold = plan.shape.threshold;
+  setup.length = plan.spec.layout().encoded_values();
   setup.bits = static_cast<int>(policy_.ring_bits);
-  absl::StatusOr<secure_agg::SecAggServer> secagg = secure_agg::SecAggServer::Create(setup, *graph);
+  absl::StatusOr<secure_agg::SecAggServer> secagg =
+      secure_agg::SecAggServer::Create(setup, plan.graph);
   if (!secagg.ok()) {
     LogEvent(LogLevel::kError, "round_not_started").Error(secagg.status());
     next_round_at_ = now + policy_.interval;
     return;
   }
-  round->graph.emplace(std::move(*graph));
+  auto round = std::make_unique<Round>();
+  round->id = plan.terms.round_id;
+  round->started_at = now;
+  round->stage_started_at = now;
+  round->base = global_record_;
+  round->spec = std::move(plan.spec);
+  round->terms = std::move(plan.terms);
+  round->session_id = std::move(plan.session_id);
+  round->threshold = plan.shape.threshold;
+  round->graph.emplace(std::move(plan.graph));
   round->secagg.emplace(std::move(*secagg));
-  for (const std::string& client_id : cohort) {
+  for (const std::string& client_id : plan.cohort) {
     round->participant_ids[client_id] = static_cast<uint32_t>(round->participants.size() + 1);
     Participant participant;
     participant.client_id = client_id;
@@ -325,7 +264,7 @@ void RoundEngine::MaybeSelect() {
       .Field("cohort", n)
       .Field("online", static_cast<int64_t>(online.size()))
       .Field("base_model_version", global_record_.version)
-      .Field("degree", static_cast<int64_t>(round->degree))
+      .Field("degree", static_cast<int64_t>(plan.shape.degree))
       .Field("threshold", static_cast<int64_t>(round->threshold))
       .Field("update_values", round->spec.layout().encoded_values());
   if (const std::string warning =
@@ -340,7 +279,7 @@ void RoundEngine::MaybeSelect() {
 }
 
 int64_t RoundEngine::MinimumSurvivors(const Round& round) {
-  return std::max<int64_t>(static_cast<int64_t>(round.threshold) + 1, 2);
+  return coordinator::MinimumSurvivors(SecAggShape{.degree = 0, .threshold = round.threshold});
 }
 
 int64_t RoundEngine::Live(bool Participant::*done) const {
@@ -352,7 +291,7 @@ int64_t RoundEngine::Live(bool Participant::*done) const {
 }
 
 void RoundEngine::StageEnded(Round& round) {
-  const absl::Time now = absl::Now();
+  const absl::Time now = Now();
   if (observer_ != nullptr) observer_->StageClosed(round.stage, now - round.stage_started_at);
   round.stage_started_at = now;
 }
@@ -373,7 +312,7 @@ void RoundEngine::EnterStage(v1::RoundStage stage, absl::Time deadline) {
 
 void RoundEngine::MaybeCloseStage() {
   Round& round = *round_;
-  const absl::Time now = absl::Now();
+  const absl::Time now = Now();
   const bool expired = now >= round.stage_deadline;
   auto pending = [&](bool Participant::*before, bool Participant::*after) {
     for (const Participant& participant : round.participants) {
@@ -456,10 +395,10 @@ void RoundEngine::Abort(const std::string& reason) {
   Round& round = *round_;
   StageEnded(round);
   if (observer_ != nullptr) {
-    observer_->RoundEnded(v1::ROUND_STAGE_ABORTED, absl::Now() - round.started_at);
+    observer_->RoundEnded(v1::ROUND_STAGE_ABORTED, Now() - round.started_at);
   }
   const int64_t survivors = Live(nullptr);
-  store_->AbortRound(static_cast<int64_t>(round.id), reason, survivors, absl::Now()).IgnoreError();
+  store_->AbortRound(static_cast<int64_t>(round.id), reason, survivors, Now()).IgnoreError();
   LogEvent(LogLevel::kWarning, "round_aborted")
       .Field("round_id", round.id)
       .Field("stage", StageName(round.stage))
@@ -471,172 +410,94 @@ void RoundEngine::Abort(const std::string& reason) {
   for (const Participant& participant : round.participants)
     finished_.cohort[participant.client_id] = true;
   round_.reset();
-  next_round_at_ = absl::Now() + policy_.interval;
+  next_round_at_ = Now() + policy_.interval;
   polls_->WakeAll();
 }
 
-std::optional<privacy::DistributedRound> RoundEngine::PricedRound(const Round& round,
-                                                                  int64_t survivors) const {
-  const v1::PrivacySpec& privacy = round.spec.privacy();
-  return PriceRound(privacy.mode(), round.encoding,
-                    static_cast<int64_t>(round.spec.layout().encoded_values()), round.sampling_rate,
-                    privacy.noise_multiplier(), survivors);
-}
-
-absl::StatusOr<std::vector<double>> RoundEngine::RoundRdp(
-    const std::optional<privacy::DistributedRound>& priced) const {
-  // No noise: no privacy.
-  if (!priced.has_value()) {
-    return std::vector<double>(accountant_.orders().size(),
-                               std::numeric_limits<double>::infinity());
-  }
-  return privacy::DistributedRoundRdp(*priced, accountant_.orders());
-}
-
-double RoundEngine::RoundSamplerTotalVariation(
-    const std::optional<privacy::DistributedRound>& priced) {
-  return priced.has_value() ? privacy::DistributedRoundTotalVariation(*priced) : 0.0;
-}
-
 void RoundEngine::Commit(Round& round) {
-  const absl::Time started = absl::Now();
+  const absl::Time started = Now();
   auto fail = [&](const absl::Status& status) {
     absl::MutexLock lock(&mutex_);
     committing_ = false;
     Abort(absl::StrCat("commit failed: ", status.message()));
   };
-  absl::StatusOr<std::vector<uint64_t>> sum = round.secagg->Finish();
-  if (!sum.ok()) return fail(sum.status());
-  std::vector<std::string> survivors;
-  for (uint32_t participant : round.secagg->survivors()) {
-    survivors.push_back(round.participants[participant - 1].client_id);
-  }
-  const v1::UpdateSpec& spec = round.spec;
-  // What the ledger charges for this round, priced once.
-  const std::optional<privacy::DistributedRound> priced =
-      PricedRound(round, static_cast<int64_t>(survivors.size()));
-  if (spec.privacy().mode() == v1::PrivacySpec::MODE_CENTRAL) {
-    // Central DP: the coordinator's noise, in the ring before the sum is decoded, where it is
-    // exact integer noise of the variance priced.
-    absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
-    if (!random.ok()) return fail(random.status());
-    if (absl::Status status = privacy::RingEncoder::AddCentralNoise(
-            *sum, round.encoding.ring_bits, priced->local_noise_variance, *random);
-        !status.ok()) {
-      return fail(status);
-    }
-  }
-  absl::StatusOr<privacy::RingEncoder> decoder =
-      privacy::RingEncoder::Create(spec.layout().plain_values(), round.encoding);
-  if (!decoder.ok()) return fail(decoder.status());
-  absl::StatusOr<std::vector<double>> decoded = decoder->DecodeSum(*sum);
-  sum->clear();
-  sum->shrink_to_fit();
-  if (!decoded.ok()) return fail(decoded.status());
-  absl::StatusOr<MergedUpdate> merged =
-      MergeUpdate(*decoded, spec, static_cast<int64_t>(survivors.size()),
-                  policy_.expert_weight_floor, DecodedNoiseStddev(priced, round.encoding));
-  decoded->clear();
-  decoded->shrink_to_fit();
-  if (!merged.ok()) return fail(merged.status());
+  absl::StatusOr<AggregatedRound> aggregated =
+      Aggregate(*round.secagg, round.spec, round.terms, policy_.expert_weight_floor, *global_,
+                server_optimizer_);
+  if (!aggregated.ok()) return fail(aggregated.status());
 
-  // The optimizer's moments change only if the round commits.
-  const std::vector<float> first = server_optimizer_.first_moment();
-  const std::vector<float> second = server_optimizer_.second_moment();
-  model::ModelParameters next = *global_;
-  if (absl::Status status = server_optimizer_.Apply(spec, *merged, next); !status.ok()) {
-    server_optimizer_.RestoreMoments(first, second);
-    return fail(status);
-  }
-  absl::StatusOr<std::vector<double>> rdp = RoundRdp(priced);
-  privacy::RdpAccountant accountant;
-  double epsilon = std::numeric_limits<double>::infinity();
-  double best_order = 0;
+  absl::StatusOr<LedgerEntry> charge;
   {
     absl::MutexLock lock(&mutex_);
-    accountant = accountant_;
+    charge = ledger_.Charge(round.terms, static_cast<int64_t>(aggregated->survivors.size()), Now());
   }
-  if (!rdp.ok()) return fail(rdp.status());
-  if (absl::Status status = accountant.AddRdp(*rdp); !status.ok()) return fail(status);
-  const double sampler_total_variation = RoundSamplerTotalVariation(priced);
-  if (absl::Status status = accountant.AddSamplerTotalVariation(sampler_total_variation);
-      !status.ok()) {
-    return fail(status);
-  }
-  if (absl::StatusOr<privacy::PrivacyLoss> loss = accountant.Epsilon(policy_.delta); loss.ok()) {
-    epsilon = loss->epsilon;
-    // No finite ε (privacy.mode none) has no best order either; the ledger stores 0 then.
-    best_order = std::isnan(loss->order) ? 0 : loss->order;
-  }
+  if (!charge.ok()) return fail(charge.status());
+
   const std::filesystem::path tokenizer = models_.Directory(round.base) / "tokenizer.json";
   std::optional<std::pair<std::span<const float>, std::span<const float>>> moments;
-  if (server_optimizer_.adaptive()) {
-    moments.emplace(server_optimizer_.first_moment(), server_optimizer_.second_moment());
+  if (aggregated->optimizer.adaptive()) {
+    moments.emplace(aggregated->optimizer.first_moment(), aggregated->optimizer.second_moment());
   }
   absl::StatusOr<ModelVersionRecord> record =
-      models_.Write(round.base.version + 1, next,
+      models_.Write(round.base.version + 1, aggregated->next,
                     storage::PathExists(tokenizer) ? tokenizer : std::filesystem::path(),
                     static_cast<int64_t>(round.id), moments);
-  if (!record.ok()) {
-    server_optimizer_.RestoreMoments(first, second);
-    return fail(record.status());
+  if (!record.ok()) return fail(record.status());
+  std::vector<std::string> survivors;
+  for (uint32_t participant : aggregated->survivors) {
+    survivors.push_back(round.participants[participant - 1].client_id);
   }
-  LedgerEntry entry;
-  entry.round_id = static_cast<int64_t>(round.id);
-  entry.sampling_rate = round.sampling_rate;
-  entry.planned_noise_multiplier = spec.privacy().noise_multiplier();
-  entry.effective_noise_multiplier = priced.has_value() ? privacy::EffectiveNoiseMultiplier(*priced)
-                                                        : spec.privacy().noise_multiplier();
-  entry.mechanism = std::string(MechanismName(spec.privacy().mechanism()));
-  entry.mode = std::string(PrivacyModeName(spec.privacy().mode()));
-  entry.orders = accountant.orders();
-  entry.rdp = *rdp;
-  entry.epsilon_after = epsilon;
-  entry.delta = policy_.delta;
-  entry.best_order = best_order;
-  entry.committed_at = absl::Now();
-  entry.sampler_total_variation = sampler_total_variation;
   if (absl::Status status =
-          store_->CommitRound(static_cast<int64_t>(round.id), survivors, *record, entry);
+          store_->CommitRound(static_cast<int64_t>(round.id), survivors, *record, *charge);
       !status.ok()) {
-    server_optimizer_.RestoreMoments(first, second);
     models_.RemoveUnpublished(round.base.version).IgnoreError();
     return fail(status);
   }
-  const double largest_tensor_change = LargestTensorChange(spec, *global_, next);
-  global_ = std::move(next);
+  Publish(round, std::move(*aggregated), *record, *charge, started);
+}
+
+void RoundEngine::Publish(Round& round, AggregatedRound aggregated,
+                          const ModelVersionRecord& record, const LedgerEntry& charge,
+                          absl::Time commit_started) {
+  const double largest_tensor_change = LargestTensorChange(round.spec, *global_, aggregated.next);
+  global_ = std::move(aggregated.next);
+  server_optimizer_ = std::move(aggregated.optimizer);
   absl::MutexLock lock(&mutex_);
-  global_record_ = *record;
-  accountant_ = std::move(accountant);
-  epsilon_spent_ = epsilon;
+  global_record_ = record;
+  if (absl::Status status = ledger_.Record(charge); !status.ok()) {
+    // Charge priced this row against the same ledger a moment ago; it cannot fail here.
+    LogEvent(LogLevel::kError, "ledger_record_failed").Error(status);
+  }
   ++committed_rounds_;
+  const absl::Time now = Now();
+  const MergedUpdate& merged = aggregated.merged;
   LogEvent(LogLevel::kInfo, "round_committed")
       .Field("round_id", round.id)
-      .Field("model_version", record->version)
+      .Field("model_version", record.version)
       .Field("cohort", static_cast<int64_t>(round.participants.size()))
-      .Field("survivors", static_cast<int64_t>(survivors.size()))
-      .Field("experts_merged", merged->experts_merged)
-      .Field("experts_untouched", merged->experts_untouched)
-      .Field("expert_weight_floor", merged->expert_weight_floor)
+      .Field("survivors", static_cast<int64_t>(aggregated.survivors.size()))
+      .Field("experts_merged", merged.experts_merged)
+      .Field("experts_untouched", merged.experts_untouched)
+      .Field("expert_weight_floor", merged.expert_weight_floor)
       .Field("largest_tensor_change", largest_tensor_change)
-      .Field("epsilon", epsilon)
-      .Field("delta", policy_.delta)
-      .Field("expert_load", ExpertLoadText(merged->expert_weight_sums))
-      .Field("commit_seconds", absl::ToDoubleSeconds(absl::Now() - started))
-      .Field("round_seconds", absl::ToDoubleSeconds(absl::Now() - round.started_at));
+      .Field("epsilon", charge.epsilon_after)
+      .Field("delta", charge.delta)
+      .Field("expert_load", ExpertLoadText(merged.expert_weight_sums))
+      .Field("commit_seconds", absl::ToDoubleSeconds(now - commit_started))
+      .Field("round_seconds", absl::ToDoubleSeconds(now - round.started_at));
   StageEnded(round);
   if (observer_ != nullptr) {
-    observer_->RoundEnded(v1::ROUND_STAGE_COMMITTED, absl::Now() - round.started_at);
+    observer_->RoundEnded(v1::ROUND_STAGE_COMMITTED, now - round.started_at);
   }
   finished_ = Finished();
   finished_.id = round.id;
   finished_.outcome = v1::ROUND_STAGE_COMMITTED;
-  finished_.new_model_version = static_cast<uint64_t>(record->version);
+  finished_.new_model_version = static_cast<uint64_t>(record.version);
   for (const Participant& participant : round.participants)
     finished_.cohort[participant.client_id] = true;
   round_.reset();
   committing_ = false;
-  next_round_at_ = absl::Now() + policy_.interval;
+  next_round_at_ = now + policy_.interval;
   polls_->WakeAll();
 }
 }  // namespace fedmoe::coordinator

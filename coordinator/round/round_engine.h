@@ -30,18 +30,18 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "coordinator/config.h"
+#include "coordinator/round/aggregate.h"
 #include "coordinator/round/client_presence.h"
+#include "coordinator/round/clock.h"
 #include "coordinator/round/expert_merge.h"
 #include "coordinator/round/poll_hub.h"
+#include "coordinator/round/privacy_ledger.h"
 #include "coordinator/round/round_observer.h"
 #include "coordinator/state/model_repository.h"
 #include "coordinator/state/store.h"
 #include "fedmoe/v1/federation.pb.h"
 #include "model/parameters.h"
 #include "pki/certificate.h"
-#include "privacy/distributed_accounting.h"
-#include "privacy/rdp_accountant.h"
-#include "privacy/ring_encoder.h"
 #include "secure_agg/protocol.h"
 
 namespace fedmoe::coordinator {
@@ -65,15 +65,22 @@ class RoundEngine {
   };
 
   // Aborts rounds a crash left open, removes unpublished model directories, publishes the
-  // initial model if there is none yet, and loads the newest version and the ledger.
+  // initial model if there is none yet, and loads the newest version and the ledger. Stage
+  // deadlines, round intervals and the store's timestamps follow `clock`.
   static absl::StatusOr<std::unique_ptr<RoundEngine>> Create(const CoordinatorConfig* config,
                                                              Store* store, ClientPresence* presence,
-                                                             PollHub* polls);
+                                                             PollHub* polls,
+                                                             const Clock* clock = &Clock::System());
   RoundEngine(const RoundEngine&) = delete;
   RoundEngine& operator=(const RoundEngine&) = delete;
   ~RoundEngine();
 
+  // Starts the driving thread, which Ticks every 50 ms.
   void Start();
+  // One step of the driving thread: starts a round when the policy allows, closes the open
+  // stage when it is done or past its deadline, and commits an unmasked round. Unit tests on a
+  // fake clock call it themselves instead of Start.
+  void Tick();
   // Stops the driving thread; an open round stays in the store as it is, and the next start
   // aborts it.
   void Stop();
@@ -167,14 +174,11 @@ class RoundEngine {
     v1::StageDeadlines deadlines;
     ModelVersionRecord base;
     v1::UpdateSpec spec;
-    // What spec.privacy() tells the clients, as the coordinator decodes and accounts it.
-    privacy::RingEncoding encoding;
+    // What the ledger prices the round on: spec.privacy(), the ring encoding it describes, and
+    // the rate the cohort was really drawn at.
+    RoundTerms terms;
     std::string session_id;
-    uint32_t degree = 0;
     uint32_t threshold = 0;
-    // The rate the ledger charges: the policy's q as the size-conditioned draw really took it
-    // (privacy::ConditionedSamplingRate over the clients online when it was drawn).
-    double sampling_rate = 1;
     std::optional<secure_agg::NeighborGraph> graph;
     std::optional<secure_agg::SecAggServer> secagg;
     std::vector<Participant> participants;  // Index: participant id − 1.
@@ -190,10 +194,10 @@ class RoundEngine {
   };
 
   RoundEngine(const CoordinatorConfig* config, Store* store, ClientPresence* presence,
-              PollHub* polls);
+              PollHub* polls, const Clock* clock);
   absl::Status Load();
   void Run();
-  void Tick();
+  absl::Time Now() const { return clock_->Now(); }
   // Starts a round if the policy allows one now.
   void MaybeSelect() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void MaybeCloseStage() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -201,17 +205,12 @@ class RoundEngine {
   // Records how long the round's current stage was open, and restarts its clock.
   void StageEnded(Round& round) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void EnterStage(v1::RoundStage stage, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // Unmasks, merges, checkpoints and commits; runs without the lock held (the round is in
-  // UNMASKED, which no submission can change).
+  // Aggregates, charges the ledger, checkpoints and commits; runs without the lock held (the
+  // round is in UNMASKED, which no submission can change).
   void Commit(Round& round);
-  // The round as the accountant prices it with this many survivors; none without noise.
-  std::optional<privacy::DistributedRound> PricedRound(const Round& round, int64_t survivors) const;
-  // The RDP, at each of the accountant's orders, of a priced round (+∞ without noise).
-  absl::StatusOr<std::vector<double>> RoundRdp(
-      const std::optional<privacy::DistributedRound>& priced) const;
-  // How far the round's noise can be from what RoundRdp prices, in total variation (0 without
-  // noise).
-  static double RoundSamplerTotalVariation(const std::optional<privacy::DistributedRound>& priced);
+  // Makes a committed round's model, optimizer and ledger row the engine's own.
+  void Publish(Round& round, AggregatedRound aggregated, const ModelVersionRecord& record,
+               const LedgerEntry& charge, absl::Time commit_started);
   // The participant behind a submission for `round_id`, or why there is none.
   absl::StatusOr<Participant*> Submitter(const std::string& client_id, uint64_t round_id,
                                          v1::RoundStage open_stage)
@@ -221,8 +220,7 @@ class RoundEngine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Live participants that have done `done` (all live ones with nullptr).
   int64_t Live(bool Participant::*done) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // The fewest participants a round can commit with: every survivor needs `threshold` live
-  // neighbours. The budget check prices a round at this many (the least noise).
+  // MinimumSurvivors of the round's SecAgg+ shape.
   static int64_t MinimumSurvivors(const Round& round);
 
   const CoordinatorConfig* config_;
@@ -230,6 +228,7 @@ class RoundEngine {
   Store* store_;
   ClientPresence* presence_;
   PollHub* polls_;
+  const Clock* clock_;
   ModelRepository models_;
 
   absl::Mutex mutex_;
@@ -247,8 +246,7 @@ class RoundEngine {
   // Owned by the driving thread (and Load); the lock guards the fields readers see.
   std::optional<model::ModelParameters> global_;
   ModelVersionRecord global_record_ ABSL_GUARDED_BY(mutex_);
-  privacy::RdpAccountant accountant_ ABSL_GUARDED_BY(mutex_);
-  double epsilon_spent_ ABSL_GUARDED_BY(mutex_) = 0;
+  PrivacyLedger ledger_ ABSL_GUARDED_BY(mutex_);
   int64_t committed_rounds_ ABSL_GUARDED_BY(mutex_) = 0;
   ServerOptimizer server_optimizer_;
   std::thread thread_;

@@ -231,8 +231,8 @@ RoundEngine::Snapshot RoundEngine::snapshot() {
   absl::MutexLock lock(&mutex_);
   Snapshot snapshot;
   snapshot.model_version = static_cast<uint64_t>(global_record_.version);
-  snapshot.epsilon_spent = epsilon_spent_;
-  snapshot.sampler_total_variation = accountant_.sampler_total_variation();
+  snapshot.epsilon_spent = ledger_.epsilon_spent();
+  snapshot.sampler_total_variation = ledger_.sampler_total_variation();
   snapshot.paused_reason = paused_reason_;
   if (round_ != nullptr) {
     snapshot.round_id = round_->id;

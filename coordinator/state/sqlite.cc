@@ -166,6 +166,21 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::filesystem::
   return db;
 }
 
+absl::StatusOr<std::unique_ptr<Database>> Database::OpenInMemory() {
+  sqlite3* raw = nullptr;
+  const int code =
+      sqlite3_open_v2(":memory:", &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
+  std::unique_ptr<Database> db(new Database(raw));
+  if (code != SQLITE_OK) {
+    return absl::UnavailableError(absl::StrCat("cannot open a store in memory: ",
+                                               raw ? sqlite3_errmsg(raw) : "out of memory"));
+  }
+  sqlite3_extended_result_codes(raw, 0);
+  if (absl::Status status = db->Execute("PRAGMA foreign_keys=ON;"); !status.ok()) return status;
+  return db;
+}
+
 Database::~Database() { sqlite3_close_v2(db_); }
 
 absl::Status Database::BackupTo(const std::filesystem::path& destination) {

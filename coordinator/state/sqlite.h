@@ -73,6 +73,8 @@ class Database {
  public:
   // Opens or creates the database in WAL mode with foreign keys on and full fsync on commit.
   static absl::StatusOr<std::unique_ptr<Database>> Open(const std::filesystem::path& path);
+  // A private database in memory, gone when closed: for unit tests of what sits on the store.
+  static absl::StatusOr<std::unique_ptr<Database>> OpenInMemory();
 
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;

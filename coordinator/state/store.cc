@@ -132,7 +132,15 @@ static_assert(std::size(kMigrations) == Store::kSchemaVersion);
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::filesystem::path& path) {
-  absl::StatusOr<std::unique_ptr<sqlite::Database>> db = sqlite::Database::Open(path);
+  return Migrated(sqlite::Database::Open(path));
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::OpenInMemory() {
+  return Migrated(sqlite::Database::OpenInMemory());
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Migrated(
+    absl::StatusOr<std::unique_ptr<sqlite::Database>> db) {
   if (!db.ok()) return db.status();
   std::unique_ptr<Store> store(new Store(std::move(*db)));
   if (absl::Status status = store->Migrate(); !status.ok()) return status;

@@ -154,6 +154,8 @@ class Store {
 
   // Opens the store at `path`, creating it when missing: for `init`, and for tests.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::filesystem::path& path);
+  // A store in memory, gone when destroyed: for unit tests of the round engine.
+  static absl::StatusOr<std::unique_ptr<Store>> OpenInMemory();
   // Opens the store of an initialized state directory, for `serve` and the commands that work
   // on one. A missing or empty file, or one without fedmoe's tables, is FailedPrecondition
   // naming the path and `restore` as the way out, never a new empty federation; so is the
@@ -266,6 +268,9 @@ class Store {
 
  private:
   explicit Store(std::unique_ptr<sqlite::Database> db) : db_(std::move(db)) {}
+  // A store over `db` with every migration applied.
+  static absl::StatusOr<std::unique_ptr<Store>> Migrated(
+      absl::StatusOr<std::unique_ptr<sqlite::Database>> db);
   absl::Status Migrate();
   absl::StatusOr<ClientRecord> GetClientLocked(const std::string& client_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
