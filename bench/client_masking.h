@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "secure_agg/mask_generator.h"
+#include "secure_agg/shared/mask_generator.h"
 
 namespace fedmoe::bench {
 

@@ -10,7 +10,7 @@
 
 #include "bench/client_masking.h"
 #include "bench/json_lines_reporter.h"
-#include "secure_agg/mask_generator.h"
+#include "secure_agg/shared/mask_generator.h"
 #include "simulation/secagg_simulation.h"
 
 namespace fedmoe::bench {

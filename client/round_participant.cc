@@ -10,7 +10,7 @@
 #include "client/grpc_status.h"
 #include "logging/log.h"
 #include "pki/key_change.h"
-#include "secure_agg/packing.h"
+#include "secure_agg/shared/packing.h"
 
 namespace fedmoe::client {
 

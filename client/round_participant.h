@@ -25,7 +25,7 @@
 #include "pki/certificate.h"
 #include "pki/private_key.h"
 #include "pki/trust_bundle.h"
-#include "secure_agg/protocol.h"
+#include "secure_agg/client/secagg_client.h"
 
 namespace fedmoe::client {
 

@@ -6,7 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "pki/private_key.h"
-#include "secure_agg/protocol.h"
+#include "secure_agg/client/secagg_client.h"
+#include "secure_agg/server/secagg_server.h"
 #include "simulation/secagg_server_endpoint.h"
 
 namespace fedmoe::bench {

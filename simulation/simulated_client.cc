@@ -11,7 +11,7 @@
 #include "coordinator/config.h"
 #include "coordinator/service/admin_channel.h"
 #include "logging/log.h"
-#include "secure_agg/packing.h"
+#include "secure_agg/shared/packing.h"
 
 namespace fedmoe::simulation {
 namespace {

@@ -17,7 +17,7 @@
 #include "coordinator/round/privacy_ledger.h"
 #include "fedmoe/v1/federation.pb.h"
 #include "model/parameters.h"
-#include "secure_agg/protocol.h"
+#include "secure_agg/server/secagg_server.h"
 
 namespace fedmoe::coordinator {
 

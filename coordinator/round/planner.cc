@@ -12,7 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "coordinator/round/update_spec.h"
 #include "privacy/rdp_accountant.h"
-#include "secure_agg/neighbor_graph.h"
+#include "secure_agg/shared/neighbor_graph.h"
 
 namespace fedmoe::coordinator {
 

@@ -29,7 +29,7 @@
 #include "fedmoe/v1/federation.pb.h"
 #include "model/parameters.h"
 #include "privacy/secure_random.h"
-#include "secure_agg/neighbor_graph.h"
+#include "secure_agg/shared/neighbor_graph.h"
 
 namespace fedmoe::coordinator {
 

@@ -282,12 +282,9 @@ int64_t RoundEngine::MinimumSurvivors(const Round& round) {
   return coordinator::MinimumSurvivors(SecAggShape{.degree = 0, .threshold = round.threshold});
 }
 
-int64_t RoundEngine::Live(bool Participant::*done) const {
-  int64_t count = 0;
-  for (const Participant& participant : round_->participants) {
-    if (!participant.dropped && (done == nullptr || participant.*done)) ++count;
-  }
-  return count;
+int64_t RoundEngine::Live() const {
+  return std::count_if(round_->participants.begin(), round_->participants.end(),
+                       [](const Participant& participant) { return !participant.dropped; });
 }
 
 void RoundEngine::StageEnded(Round& round) {
@@ -300,7 +297,7 @@ void RoundEngine::EnterStage(v1::RoundStage stage, absl::Time deadline) {
   StageEnded(*round_);
   round_->stage = stage;
   round_->stage_deadline = deadline;
-  const int64_t survivors = Live(nullptr);
+  const int64_t survivors = Live();
   store_->UpdateRoundStage(static_cast<int64_t>(round_->id), StageName(stage), survivors)
       .IgnoreError();  // The row is informative until commit; a restart aborts the round anyway.
   LogEvent(LogLevel::kInfo, "round_stage")
@@ -310,85 +307,66 @@ void RoundEngine::EnterStage(v1::RoundStage stage, absl::Time deadline) {
   polls_->WakeAll();
 }
 
+namespace {
+// Accepted() and the table below rely on the stages' numbers following the round's order.
+static_assert(v1::ROUND_STAGE_KEYS_ADVERTISED == v1::ROUND_STAGE_SELECTED + 1 &&
+              v1::ROUND_STAGE_KEYS_SHARED == v1::ROUND_STAGE_KEYS_ADVERTISED + 1 &&
+              v1::ROUND_STAGE_MASKED_COLLECTED == v1::ROUND_STAGE_KEYS_SHARED + 1 &&
+              v1::ROUND_STAGE_UNMASKED == v1::ROUND_STAGE_MASKED_COLLECTED + 1);
+}  // namespace
+
+const RoundEngine::StageRule* RoundEngine::RuleFor(v1::RoundStage stage) {
+  static constexpr StageRule kStageRules[] = {
+      {v1::ROUND_STAGE_SELECTED, "advertise-keys", "advertised keys",
+       &secure_agg::SecAggServer::CloseAdvertiseKeys, true, v1::ROUND_STAGE_KEYS_ADVERTISED,
+       &v1::StageDeadlines::share_keys, &RoundEngine::JoinTask},
+      {v1::ROUND_STAGE_KEYS_ADVERTISED, "share-keys", "shared keys",
+       &secure_agg::SecAggServer::CloseShareKeys, true, v1::ROUND_STAGE_KEYS_SHARED,
+       &v1::StageDeadlines::masked_input, &RoundEngine::ShareKeysTask},
+      {v1::ROUND_STAGE_KEYS_SHARED, "masked-input", "uploaded their masked input",
+       &secure_agg::SecAggServer::CloseMaskedInput, true, v1::ROUND_STAGE_MASKED_COLLECTED,
+       &v1::StageDeadlines::unmask, &RoundEngine::MaskedInputTask},
+      {v1::ROUND_STAGE_MASKED_COLLECTED, "unmask", "revealed their shares", nullptr, false,
+       v1::ROUND_STAGE_UNMASKED, nullptr, &RoundEngine::UnmaskTask},
+  };
+  for (const StageRule& rule : kStageRules) {
+    if (rule.stage == stage) return &rule;
+  }
+  return nullptr;
+}
+
 void RoundEngine::MaybeCloseStage() {
   Round& round = *round_;
-  const absl::Time now = Now();
-  const bool expired = now >= round.stage_deadline;
-  auto pending = [&](bool Participant::*before, bool Participant::*after) {
-    for (const Participant& participant : round.participants) {
-      if (!participant.dropped && (before == nullptr || participant.*before) &&
-          !(participant.*after)) {
-        return true;
-      }
-    }
-    return false;
-  };
-  // Those still expected past a closed stage are the ones that did its part.
-  auto drop_laggards = [&](bool Participant::*done, const char* stage) {
+  const StageRule* rule = RuleFor(round.stage);
+  if (rule == nullptr) return;
+  const bool waiting = std::any_of(
+      round.participants.begin(), round.participants.end(), [&](const Participant& participant) {
+        return !participant.dropped && !participant.DidItsPartIn(round.stage);
+      });
+  if (waiting && Now() < round.stage_deadline) return;
+  if (rule->drops_laggards) {
     for (Participant& participant : round.participants) {
-      if (!participant.dropped && !(participant.*done)) {
-        Drop(participant,
-             absl::DeadlineExceededError(absl::StrCat("missed the ", stage, " deadline")));
+      if (!participant.dropped && !participant.DidItsPartIn(round.stage)) {
+        Drop(participant, absl::DeadlineExceededError(
+                              absl::StrCat("missed the ", rule->deadline_name, " deadline")));
       }
     }
-  };
-  auto too_few = [&](bool Participant::*done, const char* what) -> bool {
-    const int64_t live = Live(done);
-    if (live >= MinimumSurvivors(round)) return false;
-    Abort(absl::StrCat("only ", live, " participants ", what, "; the round needs ",
-                       MinimumSurvivors(round)));
-    return true;
-  };
-  switch (round.stage) {
-    case v1::ROUND_STAGE_SELECTED:
-      if (!expired && pending(nullptr, &Participant::advertised)) return;
-      drop_laggards(&Participant::advertised, "advertise-keys");
-      if (too_few(&Participant::advertised, "advertised keys")) return;
-      if (absl::Status status = round.secagg->CloseAdvertiseKeys(); !status.ok()) {
-        Abort(std::string(status.message()));
-        return;
-      }
-      EnterStage(
-          v1::ROUND_STAGE_KEYS_ADVERTISED,
-          absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.share_keys())));
-      return;
-    case v1::ROUND_STAGE_KEYS_ADVERTISED:
-      if (!expired && pending(&Participant::advertised, &Participant::shared)) return;
-      drop_laggards(&Participant::shared, "share-keys");
-      if (too_few(&Participant::shared, "shared keys")) return;
-      if (absl::Status status = round.secagg->CloseShareKeys(); !status.ok()) {
-        Abort(std::string(status.message()));
-        return;
-      }
-      EnterStage(
-          v1::ROUND_STAGE_KEYS_SHARED,
-          absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.masked_input())));
-      return;
-    case v1::ROUND_STAGE_KEYS_SHARED:
-      if (!expired && pending(&Participant::shared, &Participant::uploaded)) return;
-      drop_laggards(&Participant::uploaded, "masked-input");
-      if (absl::Status status = round.secagg->CloseMaskedInput(); !status.ok()) {
-        Abort(std::string(status.message()));
-        return;
-      }
-      if (too_few(&Participant::uploaded, "uploaded their masked input")) return;
-      EnterStage(v1::ROUND_STAGE_MASKED_COLLECTED,
-                 absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(round.deadlines.unmask())));
-      return;
-    case v1::ROUND_STAGE_MASKED_COLLECTED:
-      if (!expired && pending(&Participant::uploaded, &Participant::unmasked)) return;
-      // Late unmaskers are not dropped from the sum: their masked input is in it, and the
-      // others' shares can still remove its masks.
-      StageEnded(round);
-      round.stage = v1::ROUND_STAGE_UNMASKED;
-      store_
-          ->UpdateRoundStage(static_cast<int64_t>(round.id), StageName(v1::ROUND_STAGE_UNMASKED),
-                             Live(&Participant::uploaded))
-          .IgnoreError();
-      return;
-    default:
-      return;
   }
+  if (rule->close_secagg != nullptr) {
+    if (absl::Status status = (*round.secagg.*rule->close_secagg)(); !status.ok()) {
+      Abort(std::string(status.message()));
+      return;
+    }
+  }
+  if (rule->drops_laggards && Live() < MinimumSurvivors(round)) {
+    Abort(absl::StrCat("only ", Live(), " participants ", rule->done_phrase, "; the round needs ",
+                       MinimumSurvivors(round)));
+    return;
+  }
+  EnterStage(rule->next, rule->next_deadline == nullptr
+                             ? absl::InfiniteFuture()
+                             : absl::FromUnixMillis(TimeUtil::TimestampToMilliseconds(
+                                   (round.deadlines.*rule->next_deadline)())));
 }
 
 void RoundEngine::Abort(const std::string& reason) {
@@ -397,7 +375,7 @@ void RoundEngine::Abort(const std::string& reason) {
   if (observer_ != nullptr) {
     observer_->RoundEnded(v1::ROUND_STAGE_ABORTED, Now() - round.started_at);
   }
-  const int64_t survivors = Live(nullptr);
+  const int64_t survivors = Live();
   store_->AbortRound(static_cast<int64_t>(round.id), reason, survivors, Now()).IgnoreError();
   LogEvent(LogLevel::kWarning, "round_aborted")
       .Field("round_id", round.id)

@@ -42,7 +42,7 @@
 #include "fedmoe/v1/federation.pb.h"
 #include "model/parameters.h"
 #include "pki/certificate.h"
-#include "secure_agg/protocol.h"
+#include "secure_agg/server/secagg_server.h"
 
 namespace fedmoe::coordinator {
 
@@ -159,10 +159,12 @@ class RoundEngine {
     // Relayed with its advertised keys, for peers that pinned an older key of it.
     std::vector<pki::KeyChange> key_changes;
     bool dropped = false;
-    bool advertised = false;
-    bool shared = false;
-    bool uploaded = false;
-    bool unmasked = false;
+    // The furthest stage this participant's accepted messages took it to: KEYS_ADVERTISED once
+    // its keys are in, ..., UNMASKED once its shares are; UNSPECIFIED before.
+    v1::RoundStage completed = v1::ROUND_STAGE_UNSPECIFIED;
+    // Whether it has done what `stage` asks of it (advertise in SELECTED, share in
+    // KEYS_ADVERTISED, and so on).
+    bool DidItsPartIn(v1::RoundStage stage) const { return completed > stage; }
   };
   struct Round {
     uint64_t id = 0;
@@ -201,6 +203,43 @@ class RoundEngine {
   // Starts a round if the policy allows one now.
   void MaybeSelect() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void MaybeCloseStage() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // How a stage that waits on the cohort runs and closes (round_engine.cc's kStageRules): what its
+  // participants do, what closes with it, and what comes after. Each stage's part is one message,
+  // and a participant's Participant::completed says which it has sent; the stage closes as soon as
+  // every live participant has done its part, or at its deadline.
+  struct StageRule {
+    v1::RoundStage stage;
+    // For the laggards' drop reason ("missed the share-keys deadline") and the abort reason
+    // ("only 2 participants shared keys").
+    const char* deadline_name;
+    const char* done_phrase;
+    // The SecAgg+ stage that closes with this one; null for unmask, whose end is Finish, which
+    // the commit calls.
+    absl::Status (secure_agg::SecAggServer::*close_secagg)();
+    // Whether the stage drops its laggards and needs MinimumSurvivors after them. Not unmask: a
+    // late unmasker's masked input is in the sum, and the others' shares can still remove its
+    // masks; too few shares fail Finish, which aborts the round then.
+    bool drops_laggards;
+    v1::RoundStage next;
+    // The next stage's deadline among the round's; null for UNMASKED, which commits at once.
+    const google::protobuf::Timestamp& (v1::StageDeadlines::*next_deadline)() const;
+    // The task of a participant that has yet to do its part.
+    void (RoundEngine::*task)(uint32_t id, v1::PollTaskResponse& response) const;
+  };
+  static const StageRule* RuleFor(v1::RoundStage stage);
+  // The tasks of the open round's stages, for participant `id`.
+  void JoinTask(uint32_t id, v1::PollTaskResponse& response) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void ShareKeysTask(uint32_t id, v1::PollTaskResponse& response) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void MaskedInputTask(uint32_t id, v1::PollTaskResponse& response) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void UnmaskTask(uint32_t id, v1::PollTaskResponse& response) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Records that `participant` did its part in `open_stage`, and acknowledges it (a duplicate
+  // when it had already).
+  v1::StageAck Accepted(Participant& participant, v1::RoundStage open_stage)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Abort(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Records how long the round's current stage was open, and restarts its clock.
   void StageEnded(Round& round) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -218,8 +257,8 @@ class RoundEngine {
   // A participant that sent something malformed or contradictory leaves the round.
   void Drop(Participant& participant, const absl::Status& why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // Live participants that have done `done` (all live ones with nullptr).
-  int64_t Live(bool Participant::*done) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Participants not dropped from the open round.
+  int64_t Live() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // MinimumSurvivors of the round's SecAgg+ shape.
   static int64_t MinimumSurvivors(const Round& round);
 

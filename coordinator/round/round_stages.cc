@@ -1,12 +1,13 @@
 // The round engine's handlers of the clients' stage messages: AdvertiseKeys, ShareKeys, the
 // masked input and Unmask (round_engine.h).
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/round/round_engine.h"
 #include "logging/log.h"
-#include "secure_agg/packing.h"
+#include "secure_agg/shared/packing.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -57,6 +58,17 @@ absl::StatusOr<RoundEngine::Participant*> RoundEngine::Submitter(const std::stri
   return &participant;
 }
 
+v1::StageAck RoundEngine::Accepted(Participant& participant, v1::RoundStage open_stage) {
+  v1::StageAck ack;
+  ack.set_round_id(round_->id);
+  ack.set_duplicate(participant.DidItsPartIn(open_stage));
+  // The stage this participant's part moves it to: the one after the open stage.
+  const auto reached = static_cast<v1::RoundStage>(open_stage + 1);
+  ack.set_stage(reached);
+  participant.completed = std::max(participant.completed, reached);
+  return ack;
+}
+
 void RoundEngine::Drop(Participant& participant, const absl::Status& why) {
   participant.dropped = true;
   LogEvent(LogLevel::kWarning, "participant_dropped")
@@ -93,20 +105,14 @@ absl::StatusOr<v1::StageAck> RoundEngine::AdvertiseKeys(const std::string& clien
   absl::StatusOr<std::vector<pki::KeyChange>> key_changes =
       store_->KeyChanges(client_id, kRelayedKeyChanges);
   if (!key_changes.ok()) return key_changes.status();
-  const bool duplicate = (*participant)->advertised;
   if (absl::Status status = round_->secagg->ReceiveAdvertisedKeys(secure_agg::AdvertisedKeys{
           id, request.cipher_public_key(), request.mask_public_key(), request.signature()});
       !status.ok()) {
     return refuse(status);
   }
-  (*participant)->advertised = true;
   (*participant)->certificate_der = certificate_der;
   (*participant)->key_changes = *std::move(key_changes);
-  v1::StageAck ack;
-  ack.set_round_id(round_->id);
-  ack.set_stage(v1::ROUND_STAGE_KEYS_ADVERTISED);
-  ack.set_duplicate(duplicate);
-  return ack;
+  return Accepted(**participant, v1::ROUND_STAGE_SELECTED);
 }
 
 absl::StatusOr<v1::StageAck> RoundEngine::ShareKeys(const std::string& client_id,
@@ -121,17 +127,11 @@ absl::StatusOr<v1::StageAck> RoundEngine::ShareKeys(const std::string& client_id
   for (const v1::EncryptedShares& bundle : request.shares()) {
     shares.push_back({id, bundle.peer_participant_id(), bundle.ciphertext()});
   }
-  const bool duplicate = (*participant)->shared;
   if (absl::Status status = round_->secagg->ReceiveShares(id, shares); !status.ok()) {
     Drop(**participant, status);
     return status;
   }
-  (*participant)->shared = true;
-  v1::StageAck ack;
-  ack.set_round_id(round_->id);
-  ack.set_stage(v1::ROUND_STAGE_KEYS_SHARED);
-  ack.set_duplicate(duplicate);
-  return ack;
+  return Accepted(**participant, v1::ROUND_STAGE_KEYS_ADVERTISED);
 }
 
 RoundEngine::MaskedUpload::MaskedUpload(MaskedUpload&& other) noexcept
@@ -161,7 +161,9 @@ absl::StatusOr<RoundEngine::MaskedUpload> RoundEngine::BeginMaskedInput(
     return status;
   }
   const int bits = static_cast<int>(policy_.ring_bits);
-  if ((*participant)->uploaded) return MaskedUpload(nullptr, round_id, bits, expected);
+  if ((*participant)->DidItsPartIn(v1::ROUND_STAGE_KEYS_SHARED)) {
+    return MaskedUpload(nullptr, round_id, bits, expected);
+  }
   if (uploads_in_flight_ >= config_->concurrent_uploads) {
     return absl::ResourceExhaustedError(
         absl::StrCat(uploads_in_flight_, " masked inputs are streaming already (",
@@ -179,8 +181,7 @@ absl::StatusOr<v1::StageAck> RoundEngine::FinishMaskedInput(const std::string& c
       Submitter(client_id, upload.round_id(), v1::ROUND_STAGE_KEYS_SHARED);
   if (!participant.ok()) return participant.status();
   const uint32_t id = round_->participant_ids[client_id];
-  const bool duplicate = (*participant)->uploaded;
-  if (!duplicate) {
+  if (!(*participant)->DidItsPartIn(v1::ROUND_STAGE_KEYS_SHARED)) {
     std::vector<uint64_t> values;
     uint64_t offset = 0;
     for (const StagedChunk& chunk : chunks) {
@@ -195,12 +196,8 @@ absl::StatusOr<v1::StageAck> RoundEngine::FinishMaskedInput(const std::string& c
       }
       offset += chunk.value_count;
     }
-    (*participant)->uploaded = true;
   }
-  v1::StageAck ack;
-  ack.set_round_id(round_->id);
-  ack.set_stage(v1::ROUND_STAGE_MASKED_COLLECTED);
-  ack.set_duplicate(duplicate);
+  v1::StageAck ack = Accepted(**participant, v1::ROUND_STAGE_KEYS_SHARED);
   ack.set_values_received(round_->secagg->ValuesReceived(id));
   return ack;
 }
@@ -211,7 +208,7 @@ absl::StatusOr<v1::StageAck> RoundEngine::Unmask(const std::string& client_id,
   absl::StatusOr<Participant*> participant =
       Submitter(client_id, request.round_id(), v1::ROUND_STAGE_MASKED_COLLECTED);
   if (!participant.ok()) return participant.status();
-  if (!(*participant)->uploaded) {
+  if (!(*participant)->DidItsPartIn(v1::ROUND_STAGE_KEYS_SHARED)) {
     return absl::FailedPreconditionError("this client's masked input is not in the sum");
   }
   secure_agg::RevealedShares revealed;
@@ -222,16 +219,10 @@ absl::StatusOr<v1::StageAck> RoundEngine::Unmask(const std::string& client_id,
   for (const v1::RevealedShare& share : request.mask_key_shares()) {
     revealed.mask_key_shares[share.owner_participant_id()] = share.share();
   }
-  const bool duplicate = (*participant)->unmasked;
   if (absl::Status status = round_->secagg->ReceiveRevealedShares(revealed); !status.ok()) {
     Drop(**participant, status);
     return status;
   }
-  (*participant)->unmasked = true;
-  v1::StageAck ack;
-  ack.set_round_id(round_->id);
-  ack.set_stage(v1::ROUND_STAGE_UNMASKED);
-  ack.set_duplicate(duplicate);
-  return ack;
+  return Accepted(**participant, v1::ROUND_STAGE_MASKED_COLLECTED);
 }
 }  // namespace fedmoe::coordinator

@@ -60,73 +60,11 @@ std::optional<v1::PollTaskResponse> RoundEngine::NextTask(const std::string& cli
         }
       }
       if (participant.dropped) return std::nullopt;
+      const StageRule* rule = RuleFor(round_->stage);
+      if (rule == nullptr || participant.DidItsPartIn(round_->stage)) return std::nullopt;
       v1::PollTaskResponse response;
-      switch (round_->stage) {
-        case v1::ROUND_STAGE_SELECTED:
-          if (participant.advertised) return std::nullopt;
-          {
-            v1::JoinRoundTask* join = response.mutable_join_round();
-            join->set_round_id(round_->id);
-            *join->mutable_update_spec() = round_->spec;
-            v1::SecAggParameters* secagg = join->mutable_secagg();
-            secagg->set_participant_id(id);
-            secagg->set_num_participants(static_cast<uint32_t>(round_->participants.size()));
-            for (uint32_t neighbor : round_->graph->Neighbors(id)) secagg->add_neighbors(neighbor);
-            secagg->set_threshold(round_->threshold);
-            secagg->set_ring_bits(static_cast<uint32_t>(policy_.ring_bits));
-            secagg->set_session_id(round_->session_id);
-            secagg->set_shamir_field(v1::SecAggParameters::SHAMIR_FIELD_MERSENNE61);
-            secagg->set_prg(v1::SecAggParameters::PRG_AES128_CTR_HKDF_SHA256);
-            *join->mutable_deadlines() = round_->deadlines;
-          }
-          return response;
-        case v1::ROUND_STAGE_KEYS_ADVERTISED:
-          if (!participant.advertised || participant.shared) return std::nullopt;
-          {
-            v1::ShareKeysTask* task = response.mutable_share_keys();
-            task->set_round_id(round_->id);
-            for (const secure_agg::AdvertisedKeys& keys : round_->secagg->KeysFor(id)) {
-              v1::AdvertisedKeys* out = task->add_neighbor_keys();
-              out->set_participant_id(keys.participant);
-              out->set_cipher_public_key(keys.cipher_public_key);
-              out->set_mask_public_key(keys.mask_public_key);
-              out->set_signature(keys.signature);
-              const Participant& peer = round_->participants[keys.participant - 1];
-              out->set_certificate_der(peer.certificate_der);
-              for (const pki::KeyChange& change : peer.key_changes) {
-                v1::KeyChange* relayed = out->add_key_changes();
-                relayed->set_old_public_key_der(change.old_public_key_der);
-                relayed->set_new_public_key_der(change.new_public_key_der);
-                relayed->set_signature(change.signature);
-              }
-            }
-          }
-          return response;
-        case v1::ROUND_STAGE_KEYS_SHARED:
-          if (!participant.shared || participant.uploaded) return std::nullopt;
-          {
-            v1::MaskedInputTask* task = response.mutable_masked_input();
-            task->set_round_id(round_->id);
-            for (const secure_agg::SealedShares& bundle : round_->secagg->SharesFor(id)) {
-              v1::EncryptedShares* out = task->add_incoming_shares();
-              out->set_peer_participant_id(bundle.sender);
-              out->set_ciphertext(bundle.ciphertext);
-            }
-          }
-          return response;
-        case v1::ROUND_STAGE_MASKED_COLLECTED:
-          if (!participant.uploaded || participant.unmasked) return std::nullopt;
-          {
-            v1::UnmaskTask* task = response.mutable_unmask();
-            task->set_round_id(round_->id);
-            const secure_agg::UnmaskRequest unmask = round_->secagg->UnmaskRequestFor(id);
-            for (uint32_t alive : unmask.alive) task->add_alive_neighbors(alive);
-            for (uint32_t dropped : unmask.dropped) task->add_dropped_neighbors(dropped);
-          }
-          return response;
-        default:
-          return std::nullopt;
-      }
+      (this->*rule->task)(id, response);
+      return response;
     }
   }
   const bool knows_end = Terminal(request.known_stage());
@@ -163,7 +101,7 @@ v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64
     status.set_round_id(round_->id);
     status.set_stage(round_->stage);
     status.set_cohort_size(static_cast<uint32_t>(round_->participants.size()));
-    status.set_survivors(static_cast<uint32_t>(Live(nullptr)));
+    status.set_survivors(static_cast<uint32_t>(Live()));
     *status.mutable_started_at() = ToTimestamp(round_->started_at);
     *status.mutable_stage_deadline() = ToTimestamp(round_->stage_deadline);
     status.set_base_model_version(static_cast<uint64_t>(round_->base.version));
@@ -171,12 +109,7 @@ v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64
         found != round_->participant_ids.end()) {
       const Participant& participant = round_->participants[found->second - 1];
       status.set_caller_selected(true);
-      v1::RoundStage completed = v1::ROUND_STAGE_UNSPECIFIED;
-      if (participant.advertised) completed = v1::ROUND_STAGE_KEYS_ADVERTISED;
-      if (participant.shared) completed = v1::ROUND_STAGE_KEYS_SHARED;
-      if (participant.uploaded) completed = v1::ROUND_STAGE_MASKED_COLLECTED;
-      if (participant.unmasked) completed = v1::ROUND_STAGE_UNMASKED;
-      status.set_caller_completed_stage(completed);
+      status.set_caller_completed_stage(participant.completed);
       if (round_->secagg.has_value() && round_->stage == v1::ROUND_STAGE_KEYS_SHARED) {
         status.set_caller_values_received(round_->secagg->ValuesReceived(found->second));
       }
@@ -225,6 +158,60 @@ absl::StatusOr<ModelVersionRecord> RoundEngine::Model(uint64_t version) {
                                    : absl::StrCat("model version ", version, " is not published"));
   }
   return **record;
+}
+
+void RoundEngine::JoinTask(uint32_t id, v1::PollTaskResponse& response) const {
+  v1::JoinRoundTask* join = response.mutable_join_round();
+  join->set_round_id(round_->id);
+  *join->mutable_update_spec() = round_->spec;
+  v1::SecAggParameters* secagg = join->mutable_secagg();
+  secagg->set_participant_id(id);
+  secagg->set_num_participants(static_cast<uint32_t>(round_->participants.size()));
+  for (uint32_t neighbor : round_->graph->Neighbors(id)) secagg->add_neighbors(neighbor);
+  secagg->set_threshold(round_->threshold);
+  secagg->set_ring_bits(static_cast<uint32_t>(policy_.ring_bits));
+  secagg->set_session_id(round_->session_id);
+  secagg->set_shamir_field(v1::SecAggParameters::SHAMIR_FIELD_MERSENNE61);
+  secagg->set_prg(v1::SecAggParameters::PRG_AES128_CTR_HKDF_SHA256);
+  *join->mutable_deadlines() = round_->deadlines;
+}
+
+void RoundEngine::ShareKeysTask(uint32_t id, v1::PollTaskResponse& response) const {
+  v1::ShareKeysTask* task = response.mutable_share_keys();
+  task->set_round_id(round_->id);
+  for (const secure_agg::AdvertisedKeys& keys : round_->secagg->KeysFor(id)) {
+    v1::AdvertisedKeys* out = task->add_neighbor_keys();
+    out->set_participant_id(keys.participant);
+    out->set_cipher_public_key(keys.cipher_public_key);
+    out->set_mask_public_key(keys.mask_public_key);
+    out->set_signature(keys.signature);
+    const Participant& peer = round_->participants[keys.participant - 1];
+    out->set_certificate_der(peer.certificate_der);
+    for (const pki::KeyChange& change : peer.key_changes) {
+      v1::KeyChange* relayed = out->add_key_changes();
+      relayed->set_old_public_key_der(change.old_public_key_der);
+      relayed->set_new_public_key_der(change.new_public_key_der);
+      relayed->set_signature(change.signature);
+    }
+  }
+}
+
+void RoundEngine::MaskedInputTask(uint32_t id, v1::PollTaskResponse& response) const {
+  v1::MaskedInputTask* task = response.mutable_masked_input();
+  task->set_round_id(round_->id);
+  for (const secure_agg::SealedShares& bundle : round_->secagg->SharesFor(id)) {
+    v1::EncryptedShares* out = task->add_incoming_shares();
+    out->set_peer_participant_id(bundle.sender);
+    out->set_ciphertext(bundle.ciphertext);
+  }
+}
+
+void RoundEngine::UnmaskTask(uint32_t id, v1::PollTaskResponse& response) const {
+  v1::UnmaskTask* task = response.mutable_unmask();
+  task->set_round_id(round_->id);
+  const secure_agg::UnmaskRequest unmask = round_->secagg->UnmaskRequestFor(id);
+  for (uint32_t alive : unmask.alive) task->add_alive_neighbors(alive);
+  for (uint32_t dropped : unmask.dropped) task->add_dropped_neighbors(dropped);
 }
 
 RoundEngine::Snapshot RoundEngine::snapshot() {

@@ -10,7 +10,7 @@
 #include "coordinator/service/api.h"
 #include "coordinator/service/wire.h"
 #include "logging/log.h"
-#include "secure_agg/packing.h"
+#include "secure_agg/shared/packing.h"
 
 namespace fedmoe::coordinator {
 

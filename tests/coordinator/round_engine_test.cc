@@ -25,8 +25,8 @@
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
 #include "pki/spiffe_id.h"
-#include "secure_agg/packing.h"
-#include "secure_agg/protocol.h"
+#include "secure_agg/shared/packing.h"
+#include "secure_agg/client/secagg_client.h"
 #include "tests/testing_tiny_model.h"
 
 namespace fedmoe::coordinator {

@@ -19,7 +19,7 @@
 #include "model/safetensors.h"
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
-#include "secure_agg/packing.h"
+#include "secure_agg/shared/packing.h"
 #include "storage/read_file.h"
 #include "tests/fuzz/fuzz_support.h"
 #include "tests/fuzz/input_layout.h"

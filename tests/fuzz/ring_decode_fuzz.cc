@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
-#include "secure_agg/packing.h"
+#include "secure_agg/shared/packing.h"
 #include "tests/fuzz/fuzz_support.h"
 #include "tests/fuzz/input_layout.h"
 

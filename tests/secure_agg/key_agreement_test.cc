@@ -1,5 +1,5 @@
 // X25519 against RFC 7748's test vector; pair keys; AES-256-GCM sealing and its refusals.
-#include "secure_agg/key_agreement.h"
+#include "secure_agg/shared/key_agreement.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

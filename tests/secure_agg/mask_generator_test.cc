@@ -1,6 +1,6 @@
 // SecAgg+ masks: the AES-CTR keystream against NIST's known answers, exact unmasking, streaming,
 // domain separation, pairwise cancellation against a plain sum, and uniformity.
-#include "secure_agg/mask_generator.h"
+#include "secure_agg/shared/mask_generator.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -1,5 +1,5 @@
 // The SecAgg+ graph and its parameters.
-#include "secure_agg/neighbor_graph.h"
+#include "secure_agg/shared/neighbor_graph.h"
 
 #include <gtest/gtest.h>
 

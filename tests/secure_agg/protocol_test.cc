@@ -1,14 +1,15 @@
 // The SecAgg+ round: exact sums against the plain modular sum under dropouts at every stage,
 // and a specific refusal for every way a message can be wrong.
-#include "secure_agg/protocol.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <map>
 #include <random>
+#include <set>
 
 #include "pki/private_key.h"
+#include "secure_agg/client/secagg_client.h"
+#include "secure_agg/server/secagg_server.h"
 #include "simulation/secagg_simulation.h"
 
 namespace fedmoe::secure_agg {
@@ -173,6 +174,44 @@ TEST_F(ProtocolTest, ReplayedAndOutOfOrderMessagesGetSpecificErrors) {
   EXPECT_EQ(clients_.at(1).MaskChunk({}).code(), absl::StatusCode::kFailedPrecondition);
 }
 
+TEST_F(ProtocolTest, EachServerStageTakesOnlyItsOwnMessagesAndAFailedCloseKeepsIt) {
+  EXPECT_EQ(server_->stage_name(), "advertise-keys");
+  // Every later stage's messages, before their stage: refused, naming the stage that is open.
+  const absl::Status early_chunk = server_->ReceiveMaskedChunk(1, 0, {});
+  EXPECT_EQ(early_chunk.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Message(early_chunk), HasSubstr("the masked-input stage is not open; the "
+                                              "advertise-keys stage is"));
+  EXPECT_EQ(server_->ReceiveRevealedShares(RevealedShares{}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(server_->Finish().status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(server_->CloseShareKeys().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(server_->survivors().empty());
+
+  Advertise();
+  EXPECT_EQ(server_->stage_name(), "share-keys");
+  // An earlier stage's message, after it closed: refused too.
+  auto keys = clients_.at(1).AdvertiseKeys();
+  EXPECT_EQ(server_->ReceiveAdvertisedKeys(*keys).code(), absl::StatusCode::kFailedPrecondition);
+  Share();
+  EXPECT_EQ(server_->stage_name(), "masked-input");
+
+  std::vector<uint64_t> input(64, 3);
+  ASSERT_TRUE(clients_.at(1).ReceiveShares(server_->SharesFor(1)).ok());
+  ASSERT_TRUE(clients_.at(1).MaskChunk(input).ok());
+  ASSERT_TRUE(server_->ReceiveMaskedChunk(1, 0, std::span<const uint64_t>(input).first(32)).ok());
+  // Half an input in the sum: the stage cannot close, and stays open as it was.
+  EXPECT_EQ(server_->CloseMaskedInput().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(server_->stage_name(), "masked-input");
+  EXPECT_EQ(server_->ValuesReceived(1), 32u);
+  ASSERT_TRUE(
+      server_->ReceiveMaskedChunk(1, 32, std::span<const uint64_t>(input).subspan(32)).ok());
+  EXPECT_TRUE(server_->CloseMaskedInput().ok());
+  EXPECT_EQ(server_->stage_name(), "unmask");
+  EXPECT_EQ(server_->survivors(), std::set<uint32_t>{1});
+  EXPECT_EQ(server_->ValuesReceived(1), 64u);
+  EXPECT_EQ(server_->ValuesReceived(2), 0u);
+}
+
 TEST_F(ProtocolTest, TamperedShareCiphertextsAreRefused) {
   Advertise();
   Share();
@@ -219,7 +258,8 @@ TEST_F(ProtocolTest, ClientsRefuseInconsistentUnmaskRequestsAndNeverRevealTwice)
   std::vector<uint64_t> input(64, 1);
   ASSERT_TRUE(clients_.at(1).ReceiveShares(server_->SharesFor(1)).ok());
   ASSERT_TRUE(clients_.at(1).MaskChunk(input).ok());
-  UnmaskRequest request = server_->UnmaskRequestFor(1);  // Nobody else uploaded: all "dropped".
+  ASSERT_TRUE(server_->CloseMaskedInput().ok());
+  UnmaskRequest request = server_->UnmaskRequestFor(1);  // Nobody uploaded: all "dropped".
   ASSERT_FALSE(request.dropped.empty());
   UnmaskRequest both = request;
   both.alive = {request.dropped[0]};

@@ -1,6 +1,6 @@
 // Shamir sharing over GF(2^61 − 1): the field against 128-bit arithmetic, recovery from every
 // threshold-sized subset, consistency checks, and the share encoding of the wire contract.
-#include "secure_agg/shamir.h"
+#include "secure_agg/shared/shamir.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

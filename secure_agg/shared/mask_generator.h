@@ -10,8 +10,8 @@
 //
 // A generator streams: each Apply() continues where the last stopped, so a vector can be masked
 // or unmasked chunk by chunk without holding the whole mask.
-#ifndef FEDMOE_SECURE_AGG_MASK_GENERATOR_H_
-#define FEDMOE_SECURE_AGG_MASK_GENERATOR_H_
+#ifndef FEDMOE_SECURE_AGG_SHARED_MASK_GENERATOR_H_
+#define FEDMOE_SECURE_AGG_SHARED_MASK_GENERATOR_H_
 
 #include <openssl/evp.h>
 
@@ -77,4 +77,4 @@ absl::StatusOr<std::string> Aes128CtrKeystream(std::string_view key, std::string
 
 }  // namespace fedmoe::secure_agg
 
-#endif  // FEDMOE_SECURE_AGG_MASK_GENERATOR_H_
+#endif  // FEDMOE_SECURE_AGG_SHARED_MASK_GENERATOR_H_

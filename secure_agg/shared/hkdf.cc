@@ -1,4 +1,4 @@
-#include "secure_agg/hkdf.h"
+#include "secure_agg/shared/hkdf.h"
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>

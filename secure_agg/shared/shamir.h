@@ -7,8 +7,8 @@
 // The Mersenne prime makes reduction two shifts and an add, and recovering many secrets from
 // the same set of revealers reuses one set of Lagrange coefficients (LagrangeAtZero), which is
 // what keeps the coordinator's unmasking fast.
-#ifndef FEDMOE_SECURE_AGG_SHAMIR_H_
-#define FEDMOE_SECURE_AGG_SHAMIR_H_
+#ifndef FEDMOE_SECURE_AGG_SHARED_SHAMIR_H_
+#define FEDMOE_SECURE_AGG_SHARED_SHAMIR_H_
 
 #include <cstdint>
 #include <span>
@@ -58,4 +58,4 @@ absl::StatusOr<std::string> RecoverSecret(std::span<const Share> shares, int thr
 
 }  // namespace fedmoe::secure_agg
 
-#endif  // FEDMOE_SECURE_AGG_SHAMIR_H_
+#endif  // FEDMOE_SECURE_AGG_SHARED_SHAMIR_H_

@@ -1,4 +1,4 @@
-#include "secure_agg/mask_generator.h"
+#include "secure_agg/shared/mask_generator.h"
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "secure_agg/hkdf.h"
+#include "secure_agg/shared/hkdf.h"
 
 namespace fedmoe::secure_agg {
 namespace {

@@ -1,8 +1,8 @@
 // The keys of a SecAgg+ round (DESIGN §3): each participant's two X25519 key pairs (one to
 // encrypt shares to it, one for pairwise masks), the agreement between two participants, and
 // the AES-256-GCM sealing of the share bundles the coordinator relays. All OpenSSL 3 EVP.
-#ifndef FEDMOE_SECURE_AGG_KEY_AGREEMENT_H_
-#define FEDMOE_SECURE_AGG_KEY_AGREEMENT_H_
+#ifndef FEDMOE_SECURE_AGG_SHARED_KEY_AGREEMENT_H_
+#define FEDMOE_SECURE_AGG_SHARED_KEY_AGREEMENT_H_
 
 #include <openssl/evp.h>
 
@@ -63,4 +63,4 @@ absl::StatusOr<std::string> Open(std::string_view key, std::string_view sealed,
 
 }  // namespace fedmoe::secure_agg
 
-#endif  // FEDMOE_SECURE_AGG_KEY_AGREEMENT_H_
+#endif  // FEDMOE_SECURE_AGG_SHARED_KEY_AGREEMENT_H_

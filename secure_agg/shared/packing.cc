@@ -1,4 +1,4 @@
-#include "secure_agg/packing.h"
+#include "secure_agg/shared/packing.h"
 
 #include "absl/strings/str_cat.h"
 

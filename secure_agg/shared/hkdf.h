@@ -1,7 +1,7 @@
 // Internal to secure_agg: the key derivation every derived secret of a round goes through, and
 // the fixed-width big-endian encoding its labels and messages use.
-#ifndef FEDMOE_SECURE_AGG_HKDF_H_
-#define FEDMOE_SECURE_AGG_HKDF_H_
+#ifndef FEDMOE_SECURE_AGG_SHARED_HKDF_H_
+#define FEDMOE_SECURE_AGG_SHARED_HKDF_H_
 
 #include <cstdint>
 #include <string>
@@ -20,4 +20,4 @@ void AppendBigEndian(uint64_t value, int bytes, std::string& out);
 
 }  // namespace fedmoe::secure_agg
 
-#endif  // FEDMOE_SECURE_AGG_HKDF_H_
+#endif  // FEDMOE_SECURE_AGG_SHARED_HKDF_H_

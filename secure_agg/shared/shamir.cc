@@ -1,4 +1,4 @@
-#include "secure_agg/shamir.h"
+#include "secure_agg/shared/shamir.h"
 
 #include <openssl/rand.h>
 
@@ -6,7 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "secure_agg/hkdf.h"
+#include "secure_agg/shared/hkdf.h"
 
 namespace fedmoe::secure_agg {
 namespace {

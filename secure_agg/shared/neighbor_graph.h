@@ -5,8 +5,8 @@
 // The graph is a Harary graph (each node joined to the k/2 nearest on either side of a ring)
 // over a random ordering of the participants drawn from a seed; the coordinator draws the seed
 // and sends each client its neighbour list.
-#ifndef FEDMOE_SECURE_AGG_NEIGHBOR_GRAPH_H_
-#define FEDMOE_SECURE_AGG_NEIGHBOR_GRAPH_H_
+#ifndef FEDMOE_SECURE_AGG_SHARED_NEIGHBOR_GRAPH_H_
+#define FEDMOE_SECURE_AGG_SHARED_NEIGHBOR_GRAPH_H_
 
 #include <cstdint>
 #include <string_view>
@@ -57,4 +57,4 @@ class NeighborGraph {
 
 }  // namespace fedmoe::secure_agg
 
-#endif  // FEDMOE_SECURE_AGG_NEIGHBOR_GRAPH_H_
+#endif  // FEDMOE_SECURE_AGG_SHARED_NEIGHBOR_GRAPH_H_

@@ -1,7 +1,7 @@
 // Ring elements on the wire (MaskedInputChunk.packed_values): n values of Z_(2^bits) packed
 // little-endian at exactly `bits` bits each, ceil(n·bits/8) bytes, never as int64.
-#ifndef FEDMOE_SECURE_AGG_PACKING_H_
-#define FEDMOE_SECURE_AGG_PACKING_H_
+#ifndef FEDMOE_SECURE_AGG_SHARED_PACKING_H_
+#define FEDMOE_SECURE_AGG_SHARED_PACKING_H_
 
 #include <cstdint>
 #include <span>
@@ -23,4 +23,4 @@ absl::Status UnpackValues(std::string_view packed, int bits, std::span<uint64_t>
 
 }  // namespace fedmoe::secure_agg
 
-#endif  // FEDMOE_SECURE_AGG_PACKING_H_
+#endif  // FEDMOE_SECURE_AGG_SHARED_PACKING_H_

@@ -1,4 +1,4 @@
-#include "secure_agg/neighbor_graph.h"
+#include "secure_agg/shared/neighbor_graph.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
-#include "secure_agg/mask_generator.h"
+#include "secure_agg/shared/mask_generator.h"
 
 namespace fedmoe::secure_agg {
 namespace {
