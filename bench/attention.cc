@@ -100,7 +100,7 @@ absl::StatusOr<Buffers> Allocate(const AttentionShape& shape) {
   take(b.d_k, DeviceArray<float>::Allocate(kv_size));
   take(b.d_v, DeviceArray<float>::Allocate(kv_size));
   take(b.scratch, DeviceArray<float>::Allocate(
-                      static_cast<size_t>(kernels::cuda::FlashAttentionBackwardScratch(shape))));
+                      static_cast<size_t>(kernels::cuda::CausalAttentionBackwardScratch(shape))));
   if (!status.ok()) return status;
   return b;
 }
@@ -109,11 +109,11 @@ absl::StatusOr<Buffers> Allocate(const AttentionShape& shape) {
 absl::StatusOr<Json> Measure(const AttentionShape& shape, AttentionArithmetic arithmetic,
                              int iterations, Buffers& b) {
   const auto forward = [&] {
-    return kernels::cuda::FlashAttentionForward(b.q.data(), b.k.data(), b.v.data(), b.out.data(),
+    return kernels::cuda::CausalAttentionForward(b.q.data(), b.k.data(), b.v.data(), b.out.data(),
                                                 b.logsumexp.data(), shape, arithmetic);
   };
   const auto backward = [&] {
-    return kernels::cuda::FlashAttentionBackward(
+    return kernels::cuda::CausalAttentionBackward(
         b.q.data(), b.k.data(), b.v.data(), b.out.data(), b.logsumexp.data(), b.d_out.data(),
         b.d_q.data(), b.d_k.data(), b.d_v.data(), b.scratch.data(), shape, arithmetic);
   };

@@ -213,7 +213,7 @@ StepTimes TrainStep(const Shape& shape, int steps, model::MatMulPrecision precis
     times.backward += Seconds(phase);
     phase = Clock::now();
     const double norm = model::GradientNorm(parameters.layout(), trainable, gradients);
-    optimizer.Step(parameters.values(), gradients, 1e-3, model::ClipScale(norm, 1.0));
+    optimizer.Step(parameters.values(), gradients, 1e-3, norm, 1.0);
     times.optimizer += Seconds(phase);
   };
   step();  // warm-up: buffers are allocated once, as in a training run

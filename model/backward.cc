@@ -7,6 +7,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dense.h"
+#include "kernels/cpu/embedding.h"
 #include "kernels/cpu/moe_routing.h"
 #include "model/internal/expert_schedule.h"
 #include "model/internal/mixed_precision.h"
@@ -405,14 +406,8 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
   }
 
   if (trainable.embeddings && lowest_needed == 0) {
-    float* d_embeddings = gradients.data() + layout.embed_tokens();
-    // Serial: two rows with the same token add into the same embedding row.
-    for (int64_t row = 0; row < rows; ++row) {
-      float* destination =
-          d_embeddings + static_cast<int64_t>(pass.tokens[static_cast<size_t>(row)]) * hidden;
-      const float* source = d_stream + row * hidden;
-      for (int64_t h = 0; h < hidden; ++h) destination[h] += source[h];
-    }
+    cpu::EmbeddingBackward(pass.tokens.data(), d_stream, gradients.data() + layout.embed_tokens(),
+                           rows, hidden);
   }
   return loss;
 }

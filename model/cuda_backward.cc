@@ -243,14 +243,14 @@ absl::Status CudaTrainingBackend::AttentionBackward(int64_t index, const PassSha
       Activation(bf16, layer.attention_output.data(), layer.attention_output_bf16.data()),
       Weight(w.o_proj, bf16, false), Activation(bf16, g.d_residual.data(), g.d_out_bf16.data()),
       g.d_attention.data(), false, Gradient(w.o_proj, TensorRole::kAttention), rows, s.q_width, h));
-  status.Update(cuda::FlashAttentionBackward(
+  status.Update(cuda::CausalAttentionBackward(
       layer.q.data(), layer.k.data(), layer.v.data(), layer.attention_output.data(),
       layer.logsumexp.data(), g.d_attention.data(), g.d_q.data(), g.d_k.data(), g.d_v.data(),
       g.attention_scratch.data(), s.attention, AttentionArithmeticFor(bf16)));
-  status.Update(cuda::RopeRotate(g.d_q.data(), rope_cos_.data(), rope_sin_.data(), s.batch,
-                                 s.seq_len, config_.num_attention_heads, config_.head_dim, -1.0F));
-  status.Update(cuda::RopeRotate(g.d_k.data(), rope_cos_.data(), rope_sin_.data(), s.batch,
-                                 s.seq_len, config_.num_key_value_heads, config_.head_dim, -1.0F));
+  status.Update(cuda::RopeBackward(g.d_q.data(), s.batch, s.seq_len, config_.num_attention_heads,
+                                   RopeTable()));
+  status.Update(cuda::RopeBackward(g.d_k.data(), s.batch, s.seq_len, config_.num_key_value_heads,
+                                   RopeTable()));
   const MatrixOperand n1 =
       Activation(bf16, layer.attention_norm.data(), layer.attention_norm_bf16.data());
   struct Projection {

@@ -46,13 +46,13 @@ absl::Status CudaTrainingBackend::AttentionBlock(const LayerOffsets& w, const Pa
                               s.kv_width));
   status.Update(LinearForward(n1, Weight(w.v_proj, bf16, true), layer.v.data(), s.rows, s.hidden,
                               s.kv_width));
-  status.Update(cuda::RopeRotate(layer.q.data(), rope_cos_.data(), rope_sin_.data(), s.batch,
-                                 s.seq_len, config_.num_attention_heads, config_.head_dim, 1.0F));
-  status.Update(cuda::RopeRotate(layer.k.data(), rope_cos_.data(), rope_sin_.data(), s.batch,
-                                 s.seq_len, config_.num_key_value_heads, config_.head_dim, 1.0F));
-  status.Update(cuda::FlashAttentionForward(layer.q.data(), layer.k.data(), layer.v.data(),
-                                            layer.attention_output.data(), layer.logsumexp.data(),
-                                            s.attention, AttentionArithmeticFor(bf16)));
+  status.Update(cuda::RopeForward(layer.q.data(), s.batch, s.seq_len, config_.num_attention_heads,
+                                  RopeTable()));
+  status.Update(cuda::RopeForward(layer.k.data(), s.batch, s.seq_len, config_.num_key_value_heads,
+                                  RopeTable()));
+  status.Update(cuda::CausalAttentionForward(layer.q.data(), layer.k.data(), layer.v.data(),
+                                             layer.attention_output.data(), layer.logsumexp.data(),
+                                             s.attention, AttentionArithmeticFor(bf16)));
   if (bf16) {
     status.Update(cuda::RoundToBf16(layer.attention_output.data(),
                                     layer.attention_output_bf16.data(), s.rows * s.q_width));

@@ -46,7 +46,7 @@ absl::Status CudaTrainingBackend::Initialize(const ModelParameters& parameters) 
   }
   if (!status.ok()) return status;
 
-  std::vector<cuda::ParameterRange> ranges;
+  std::vector<kernels::ParameterRange> ranges;
   for (const TrainedRange& range : TrainedRanges(layout_, options_.trainable)) {
     ranges.push_back({range.offset, range.size, range.decay});
   }
@@ -101,16 +101,9 @@ absl::StatusOr<double> CudaTrainingBackend::ApplyGradients(double learning_rate,
     return status;
   }
   ++steps_;
-  const double correction1 = 1.0 - std::pow(options_.adamw.beta1, static_cast<double>(steps_));
-  const double correction2 = 1.0 - std::pow(options_.adamw.beta2, static_cast<double>(steps_));
-  const cuda::AdamWStep step{
-      .beta1 = static_cast<float>(options_.adamw.beta1),
-      .beta2 = static_cast<float>(options_.adamw.beta2),
-      .epsilon = static_cast<float>(options_.adamw.epsilon),
-      .step_size = static_cast<float>(learning_rate / correction1),
-      .root_correction2 = static_cast<float>(std::sqrt(correction2)),
-      .decay = static_cast<float>(learning_rate * options_.adamw.weight_decay),
-      .max_norm = static_cast<float>(std::max(0.0, max_norm))};
+  const kernels::AdamWStep step =
+      kernels::MakeAdamWStep(options_.adamw.beta1, options_.adamw.beta2, options_.adamw.epsilon,
+                             options_.adamw.weight_decay, learning_rate, steps_, max_norm);
   absl::Status status = cuda::AdamWUpdate(
       parameters_.data(), DataIf(training_bf16(), parameters_bf16_), gradients_.data(),
       first_moment_.data(), second_moment_.data(), ranges, step, norm_squared_.data());
@@ -323,7 +316,7 @@ absl::Status CudaTrainingBackend::ReserveBackward(const PassShape& s, bool bf16)
   status.Update(Reserve(g.d_probs, rows * s.experts));
   status.Update(Reserve(g.d_router_logits, rows * s.experts));
   status.Update(Reserve(g.norm_scratch, cuda::RmsNormBackwardScratch(rows, s.hidden)));
-  status.Update(Reserve(g.attention_scratch, cuda::FlashAttentionBackwardScratch(s.attention)));
+  status.Update(Reserve(g.attention_scratch, cuda::CausalAttentionBackwardScratch(s.attention)));
   return status;
 }
 

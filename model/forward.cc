@@ -7,6 +7,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dense.h"
+#include "kernels/cpu/embedding.h"
 #include "model/internal/expert_schedule.h"
 #include "model/internal/mixed_precision.h"
 
@@ -201,12 +202,7 @@ absl::Status Forward(const ModelParameters& parameters, std::span<const int32_t>
 
   AlignedFloats& embedded = pass.layers.front().input;
   float* x = Sized(embedded, rows * hidden);
-  const float* embeddings = parameters.at(layout.embed_tokens());
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < rows; ++row) {
-    std::memcpy(x + row * hidden, embeddings + static_cast<int64_t>(tokens[row]) * hidden,
-                static_cast<size_t>(hidden) * sizeof(float));
-  }
+  cpu::EmbeddingForward(tokens.data(), parameters.at(layout.embed_tokens()), x, rows, hidden);
 
   const cpu::RopeTable rope(seq_len, config.head_dim, config.rope_theta);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {

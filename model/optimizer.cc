@@ -1,9 +1,10 @@
 #include "model/optimizer.h"
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+
+#include "kernels/cpu/optimizer.h"
 
 namespace fedmoe::model {
 
@@ -17,38 +18,13 @@ AdamW::AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOpti
 }
 
 void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, double lr,
-                 double gradient_scale) {
+                 double gradient_norm, double max_norm) {
   ++steps_;
-  const double correction1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
-  const double correction2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
-  const auto beta1 = static_cast<float>(options_.beta1);
-  const auto beta2 = static_cast<float>(options_.beta2);
-  const auto step_size = static_cast<float>(lr / correction1);
-  const auto root_correction2 = static_cast<float>(std::sqrt(correction2));
-  const auto epsilon = static_cast<float>(options_.epsilon);
-  const auto scale = static_cast<float>(gradient_scale);
-  for (const Range& range : ranges_) {
-    const float decay = range.decay ? static_cast<float>(lr * options_.weight_decay) : 0.0f;
-    float* theta = parameters.data() + range.offset;
-    const float* g = gradients.data() + range.offset;
-    float* m = first_moment_.data() + range.offset;
-    float* v = second_moment_.data() + range.offset;
-    // Eigen arrays in blocks: a plain loop calling std::sqrt stays scalar, because the compiler
-    // must keep sqrt's errno behaviour, and the update was then compute-bound.
-    constexpr int64_t kBlock = 16384;
-#pragma omp parallel for schedule(static) if (range.size > 4 * kBlock)
-    for (int64_t first = 0; first < range.size; first += kBlock) {
-      const auto count = static_cast<Eigen::Index>(std::min(kBlock, range.size - first));
-      const Eigen::ArrayXf gradient = scale * Eigen::Map<const Eigen::ArrayXf>(g + first, count);
-      Eigen::Map<Eigen::ArrayXf> moment1(m + first, count);
-      Eigen::Map<Eigen::ArrayXf> moment2(v + first, count);
-      Eigen::Map<Eigen::ArrayXf> values(theta + first, count);
-      moment1 = beta1 * moment1 + (1.0f - beta1) * gradient;
-      moment2 = beta2 * moment2 + (1.0f - beta2) * gradient.square();
-      values -=
-          decay * values + step_size * moment1 / (moment2.sqrt() / root_correction2 + epsilon);
-    }
-  }
+  const kernels::AdamWStep step =
+      kernels::MakeAdamWStep(options_.beta1, options_.beta2, options_.epsilon,
+                             options_.weight_decay, lr, steps_, max_norm);
+  kernels::cpu::AdamWUpdate(parameters.data(), gradients.data(), first_moment_.data(),
+                            second_moment_.data(), ranges_, step, gradient_norm * gradient_norm);
 }
 
 double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Schedule schedule,

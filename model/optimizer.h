@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/shared/adamw.h"
 #include "model/backward.h"
 #include "model/parameters.h"
 
@@ -25,19 +26,15 @@ class AdamW {
  public:
   AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOptions options);
 
-  // One update of the trainable tensors with gradient_scale × these gradients at learning rate
-  // `lr` (the scale applies clipping without another pass over the gradients).
+  // One update of the trainable tensors at learning rate `lr`, with the gradients scaled down to
+  // max_norm when their joint norm, `gradient_norm` (GradientNorm), is above it (clipping inside
+  // the update, without another pass over the gradients). max_norm ≤ 0: no clipping.
   void Step(std::span<float> parameters, std::span<const float> gradients, double lr,
-            double gradient_scale = 1.0);
+            double gradient_norm = 0, double max_norm = 0);
   int64_t steps() const { return steps_; }
 
  private:
-  struct Range {
-    int64_t offset;
-    int64_t size;
-    bool decay;
-  };
-  std::vector<Range> ranges_;
+  std::vector<kernels::ParameterRange> ranges_;
   AdamWOptions options_;
   kernels::cpu::AlignedFloats first_moment_;
   kernels::cpu::AlignedFloats second_moment_;

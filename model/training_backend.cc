@@ -93,7 +93,7 @@ class CpuTrainingBackend : public TrainingBackend {
       if (!status.ok()) return status;
     }
     const double norm = GradientNorm(parameters_.layout(), options_.trainable, gradients_);
-    optimizer_.Step(parameters_.values(), gradients_, learning_rate, ClipScale(norm, max_norm));
+    optimizer_.Step(parameters_.values(), gradients_, learning_rate, norm, max_norm);
     std::fill(gradients_.begin(), gradients_.end(), 0.0F);
     return norm;
   }

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "kernels/cpu/eigen_maps.h"
+#include "kernels/shared/moe_routing_rows.h"
 
 namespace fedmoe::kernels::cpu {
 
@@ -14,31 +15,8 @@ void RouterTopKForward(const float* logits, float* probs, int32_t* expert_index,
                        float* expert_weight, int64_t rows, int64_t experts, int64_t top_k) {
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
-    const float* z = logits + row * experts;
-    float* p = probs + row * experts;
-    const float max_logit = *std::max_element(z, z + experts);
-    float total = 0.0f;
-    for (int64_t e = 0; e < experts; ++e) {
-      p[e] = std::exp(z[e] - max_logit);
-      total += p[e];
-    }
-    for (int64_t e = 0; e < experts; ++e) p[e] /= total;
-
-    int32_t* chosen = expert_index + row * top_k;
-    float* weight = expert_weight + row * top_k;
-    // Selection by repeated scans: top_k is small (1–8) and experts at most a few hundred.
-    float chosen_total = 0.0f;
-    for (int64_t j = 0; j < top_k; ++j) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < experts; ++e) {
-        if (std::find(chosen, chosen + j, static_cast<int32_t>(e)) != chosen + j) continue;
-        if (best < 0 || p[e] > p[best]) best = e;
-      }
-      chosen[j] = static_cast<int32_t>(best);
-      weight[j] = p[best];
-      chosen_total += p[best];
-    }
-    for (int64_t j = 0; j < top_k; ++j) weight[j] /= chosen_total;
+    RouterTopKForwardRow(logits + row * experts, probs + row * experts, expert_index + row * top_k,
+                         expert_weight + row * top_k, experts, top_k);
   }
 }
 
@@ -87,23 +65,10 @@ void RouterTopKBackward(const float* probs, const int32_t* expert_index,
                         int64_t rows, int64_t experts, int64_t top_k) {
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
-    const float* p = probs + row * experts;
-    const int32_t* chosen = expert_index + row * top_k;
-    const float* d_weight = d_expert_weight + row * top_k;
-    float* d_z = d_logits + row * experts;
-    // Gradient on the probabilities, first from the balance loss, then through
-    // w_j = p_j / S with S = Σ_chosen p: dp_e = (dw_e − Σ_j dw_j·w_j) / S for chosen e.
-    for (int64_t e = 0; e < experts; ++e)
-      d_z[e] = d_probs != nullptr ? d_probs[row * experts + e] : 0.0f;
-    float total = 0.0f;
-    for (int64_t j = 0; j < top_k; ++j) total += p[chosen[j]];
-    float weighted = 0.0f;
-    for (int64_t j = 0; j < top_k; ++j) weighted += d_weight[j] * p[chosen[j]] / total;
-    for (int64_t j = 0; j < top_k; ++j) d_z[chosen[j]] += (d_weight[j] - weighted) / total;
-    // Softmax backward: dz = p ⊙ (dp − ⟨p, dp⟩).
-    float dot = 0.0f;
-    for (int64_t e = 0; e < experts; ++e) dot += p[e] * d_z[e];
-    for (int64_t e = 0; e < experts; ++e) d_z[e] = p[e] * (d_z[e] - dot);
+    RouterTopKBackwardRow(probs + row * experts, expert_index + row * top_k,
+                          d_expert_weight + row * top_k,
+                          d_probs != nullptr ? d_probs + row * experts : nullptr,
+                          d_logits + row * experts, experts, top_k);
   }
 }
 

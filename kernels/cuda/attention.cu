@@ -391,9 +391,9 @@ absl::Status CheckAttentionShape(const AttentionShape& shape) {
   return absl::OkStatus();
 }
 
-absl::Status FlashAttentionForward(const float* q, const float* k, const float* v, float* out,
-                                   float* logsumexp, const AttentionShape& shape,
-                                   AttentionArithmetic arithmetic) {
+absl::Status CausalAttentionForward(const float* q, const float* k, const float* v, float* out,
+                                    float* logsumexp, const AttentionShape& shape,
+                                    AttentionArithmetic arithmetic) {
   if (absl::Status status = CheckAttentionShape(shape); !status.ok()) return status;
   if (arithmetic == AttentionArithmetic::kTensorFloat32) {
     return attention_internal::TensorCoreForward(q, k, v, out, logsumexp, shape);
@@ -403,14 +403,14 @@ absl::Status FlashAttentionForward(const float* q, const float* k, const float* 
   });
 }
 
-int64_t FlashAttentionBackwardScratch(const AttentionShape& shape) {
+int64_t CausalAttentionBackwardScratch(const AttentionShape& shape) {
   return shape.batch * shape.heads * shape.seq_len;
 }
 
-absl::Status FlashAttentionBackward(const float* q, const float* k, const float* v,
-                                    const float* out, const float* logsumexp, const float* d_out,
-                                    float* d_q, float* d_k, float* d_v, float* scratch,
-                                    const AttentionShape& shape, AttentionArithmetic arithmetic) {
+absl::Status CausalAttentionBackward(const float* q, const float* k, const float* v,
+                                     const float* out, const float* logsumexp, const float* d_out,
+                                     float* d_q, float* d_k, float* d_v, float* scratch,
+                                     const AttentionShape& shape, AttentionArithmetic arithmetic) {
   if (absl::Status status = CheckAttentionShape(shape); !status.ok()) return status;
   return WithHeadDim(shape.head_dim, [&]<int kHeadDim>() {
     return Backward<kHeadDim>(q, k, v, out, logsumexp, d_out, d_q, d_k, d_v, scratch, shape,

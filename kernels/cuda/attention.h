@@ -27,20 +27,23 @@ enum class AttentionArithmetic { kFloat32, kTensorFloat32 };
 absl::Status CheckAttentionShape(const AttentionShape& shape);
 
 // out [batch·seq_len, heads·head_dim] = softmax(q·kᵀ/√head_dim + mask)·v, and
-// logsumexp [batch, heads, seq_len] of each row's scaled scores, for the backward pass.
-absl::Status FlashAttentionForward(const float* q, const float* k, const float* v, float* out,
-                                   float* logsumexp, const AttentionShape& shape,
-                                   AttentionArithmetic arithmetic);
+// logsumexp [batch, heads, seq_len] of each row's scaled scores, for the backward pass: the twin
+// of cpu::CausalAttentionForward, by the flash algorithm. The CPU twin keeps the probabilities
+// (seq_len² per head fits its caches at the lengths it trains); this one keeps one value per row
+// and recomputes them tile by tile in the backward pass, which is why their saved state differs.
+absl::Status CausalAttentionForward(const float* q, const float* k, const float* v, float* out,
+                                    float* logsumexp, const AttentionShape& shape,
+                                    AttentionArithmetic arithmetic);
 
-// The floats of scratch FlashAttentionBackward needs.
-int64_t FlashAttentionBackwardScratch(const AttentionShape& shape);
+// The floats of scratch CausalAttentionBackward needs.
+int64_t CausalAttentionBackwardScratch(const AttentionShape& shape);
 // Writes (does not add) d_q, d_k and d_v from the forward pass's out and logsumexp, which
 // must come from a forward pass of the same arithmetic. The query heads that share a KV head
 // add into its gradient inside one block, in a fixed order, so the result repeats bit for bit.
-absl::Status FlashAttentionBackward(const float* q, const float* k, const float* v,
-                                    const float* out, const float* logsumexp, const float* d_out,
-                                    float* d_q, float* d_k, float* d_v, float* scratch,
-                                    const AttentionShape& shape, AttentionArithmetic arithmetic);
+absl::Status CausalAttentionBackward(const float* q, const float* k, const float* v,
+                                     const float* out, const float* logsumexp, const float* d_out,
+                                     float* d_q, float* d_k, float* d_v, float* scratch,
+                                     const AttentionShape& shape, AttentionArithmetic arithmetic);
 
 }  // namespace fedmoe::kernels::cuda
 

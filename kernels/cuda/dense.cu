@@ -211,6 +211,16 @@ LaunchShape PerElement(int64_t n) { return {BlocksFor(n, kElementThreads), dim3(
 
 int64_t PartialChunks(int64_t rows) { return (rows + kRowsPerPartial - 1) / kRowsPerPartial; }
 
+// direction +1 is RoPE, −1 its transpose.
+absl::Status RopeRotate(float* x, int64_t batch, int64_t seq_len, int64_t heads,
+                        const DeviceRopeTable& table, float direction) {
+  const int64_t rows = batch * seq_len;
+  const int64_t pairs = rows * heads * (table.head_dim / 2);
+  if (pairs == 0) return absl::OkStatus();
+  return Launch("rope", RopeRotateKernel, PerElement(pairs), x, table.cos, table.sin, rows, seq_len,
+                heads, table.head_dim, direction);
+}
+
 }  // namespace
 
 absl::Status RmsNormForward(const float* in, const float* weight, float* out, DeviceBf16* out_bf16,
@@ -246,13 +256,14 @@ absl::Status RmsNormBackward(const float* in, const float* weight, const float* 
                 chunks, width, d_weight);
 }
 
-absl::Status RopeRotate(float* x, const float* cos, const float* sin, int64_t batch,
-                        int64_t seq_len, int64_t heads, int64_t head_dim, float direction) {
-  const int64_t rows = batch * seq_len;
-  const int64_t pairs = rows * heads * (head_dim / 2);
-  if (pairs == 0) return absl::OkStatus();
-  return Launch("rope", RopeRotateKernel, PerElement(pairs), x, cos, sin, rows, seq_len, heads,
-                head_dim, direction);
+absl::Status RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads,
+                         const DeviceRopeTable& table) {
+  return RopeRotate(x, batch, seq_len, heads, table, 1.0F);
+}
+
+absl::Status RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
+                          const DeviceRopeTable& table) {
+  return RopeRotate(d_x, batch, seq_len, heads, table, -1.0F);
 }
 
 absl::Status SwiGluForward(const float* gate, const float* up, float* act, DeviceBf16* act_bf16,

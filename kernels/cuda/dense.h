@@ -30,11 +30,20 @@ absl::Status RmsNormBackward(const float* in, const float* weight, const float* 
                              const float* d_out, float* d_in, float* d_weight, float* scratch,
                              int64_t rows, int64_t width);
 
-// Rotates the heads of x [batch·seq_len, heads·head_dim] in place by position (row % seq_len),
-// with cos and sin tables [positions, head_dim/2] (kernels/cpu's RopeTable, copied to the
-// device). direction +1 is RoPE, −1 its transpose (the backward).
-absl::Status RopeRotate(float* x, const float* cos, const float* sin, int64_t batch,
-                        int64_t seq_len, int64_t heads, int64_t head_dim, float direction);
+// The cos and sin tables [positions, head_dim/2] on the device: kernels/cpu's RopeTable, copied.
+struct DeviceRopeTable {
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int64_t head_dim = 0;
+};
+
+// Rotates the heads of x [batch·seq_len, heads·head_dim] in place by position (row % seq_len):
+// the twin of cpu::RopeForward.
+absl::Status RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads,
+                         const DeviceRopeTable& table);
+// The inverse rotation, in place on the gradient (RoPE is orthogonal): cpu::RopeBackward's twin.
+absl::Status RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
+                          const DeviceRopeTable& table);
 
 // act = silu(gate) ⊙ up over n values, into act and/or act_bf16 (either may be null).
 absl::Status SwiGluForward(const float* gate, const float* up, float* act, DeviceBf16* act_bf16,

@@ -5,6 +5,7 @@
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/moe_routing.h"
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/shared/moe_routing_rows.h"
 
 namespace fedmoe::kernels::cuda {
 namespace {
@@ -18,38 +19,15 @@ __device__ __forceinline__ __nv_bfloat16* AsBf16(DeviceBf16* bits) {
 }
 
 // One thread per row: top_k is small and experts a few hundred at most, so the repeated scans
-// of the CPU kernel cost little, and they choose exactly as it does.
+// cost little, and the row math is the CPU kernel's own (kernels/shared/moe_routing_rows.h).
 __global__ void RouterTopKForwardKernel(const float* __restrict__ logits, float* __restrict__ probs,
                                         int32_t* __restrict__ expert_index,
                                         float* __restrict__ expert_weight, int64_t rows,
                                         int64_t experts, int64_t top_k) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= rows) return;
-  const float* z = logits + row * experts;
-  float* p = probs + row * experts;
-  float max_logit = z[0];
-  for (int64_t e = 1; e < experts; ++e) max_logit = z[e] > max_logit ? z[e] : max_logit;
-  float total = 0.0F;
-  for (int64_t e = 0; e < experts; ++e) {
-    p[e] = expf(z[e] - max_logit);
-    total += p[e];
-  }
-  for (int64_t e = 0; e < experts; ++e) p[e] /= total;
-  int32_t* chosen = expert_index + row * top_k;
-  float* weight = expert_weight + row * top_k;
-  float chosen_total = 0.0F;
-  for (int64_t j = 0; j < top_k; ++j) {
-    int64_t best = -1;
-    for (int64_t e = 0; e < experts; ++e) {
-      bool taken = false;
-      for (int64_t i = 0; i < j; ++i) taken = taken || chosen[i] == e;
-      if (!taken && (best < 0 || p[e] > p[best])) best = e;
-    }
-    chosen[j] = static_cast<int32_t>(best);
-    weight[j] = p[best];
-    chosen_total += p[best];
-  }
-  for (int64_t j = 0; j < top_k; ++j) weight[j] /= chosen_total;
+  RouterTopKForwardRow(logits + row * experts, probs + row * experts, expert_index + row * top_k,
+                       expert_weight + row * top_k, experts, top_k);
 }
 
 __global__ void RouterTopKBackwardKernel(const float* __restrict__ probs,
@@ -60,22 +38,10 @@ __global__ void RouterTopKBackwardKernel(const float* __restrict__ probs,
                                          int64_t experts, int64_t top_k) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= rows) return;
-  const float* p = probs + row * experts;
-  const int32_t* chosen = expert_index + row * top_k;
-  const float* d_weight = d_expert_weight + row * top_k;
-  float* d_z = d_logits + row * experts;
-  for (int64_t e = 0; e < experts; ++e)
-    d_z[e] = d_probs != nullptr ? d_probs[row * experts + e] : 0.0F;
-  // w_j = p_j / S over the chosen: dp_e = (dw_e − Σ_j dw_j·w_j) / S for chosen e.
-  float total = 0.0F;
-  for (int64_t j = 0; j < top_k; ++j) total += p[chosen[j]];
-  float weighted = 0.0F;
-  for (int64_t j = 0; j < top_k; ++j) weighted += d_weight[j] * p[chosen[j]] / total;
-  for (int64_t j = 0; j < top_k; ++j) d_z[chosen[j]] += (d_weight[j] - weighted) / total;
-  // Softmax backward: dz = p ⊙ (dp − ⟨p, dp⟩).
-  float dot = 0.0F;
-  for (int64_t e = 0; e < experts; ++e) dot += p[e] * d_z[e];
-  for (int64_t e = 0; e < experts; ++e) d_z[e] = p[e] * (d_z[e] - dot);
+  RouterTopKBackwardRow(probs + row * experts, expert_index + row * top_k,
+                        d_expert_weight + row * top_k,
+                        d_probs != nullptr ? d_probs + row * experts : nullptr,
+                        d_logits + row * experts, experts, top_k);
 }
 
 // counts[chunk, e]: the chunk's slots routed to e.

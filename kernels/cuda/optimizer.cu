@@ -114,11 +114,7 @@ __global__ void AdamWKernel(float* __restrict__ parameters,
                             const int64_t* __restrict__ firsts, const uint8_t* __restrict__ decays,
                             int64_t count, int64_t total, int64_t tiles, AdamWStep step,
                             const double* __restrict__ norm_squared) {
-  float scale = 1.0F;
-  if (step.max_norm > 0.0F) {
-    const double norm = sqrt(*norm_squared);
-    if (norm > step.max_norm) scale = static_cast<float>(step.max_norm / norm);
-  }
+  const float scale = ClipFactor(step.max_norm, *norm_squared);
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     int64_t at[kAdamWValuesPerThread];
     int64_t range[kAdamWValuesPerThread];
@@ -139,16 +135,11 @@ __global__ void AdamWKernel(float* __restrict__ parameters,
     FEDMOE_UNROLL
     for (int j = 0; j < kAdamWValuesPerThread; ++j) {
       if (at[j] < 0) continue;
-      const float g = scale * gradient[j];
-      first[j] = step.beta1 * first[j] + (1.0F - step.beta1) * g;
-      second[j] = step.beta2 * second[j] + (1.0F - step.beta2) * g * g;
-      m[at[j]] = first[j];
-      v[at[j]] = second[j];
       const float decay = decays[range[j]] != 0 ? step.decay : 0.0F;
       const float updated =
-          theta[j] -
-          (decay * theta[j] +
-           step.step_size * first[j] / (sqrtf(second[j]) / step.root_correction2 + step.epsilon));
+          AdamWValue(theta[j], first[j], second[j], scale * gradient[j], step, decay);
+      m[at[j]] = first[j];
+      v[at[j]] = second[j];
       parameters[at[j]] = updated;
       if (parameters_bf16 != nullptr) {
         reinterpret_cast<__nv_bfloat16*>(parameters_bf16)[at[j]] = __float2bfloat16(updated);

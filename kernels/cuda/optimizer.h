@@ -1,7 +1,7 @@
 // The optimizer step on the GPU: the global gradient norm and AdamW with decoupled weight decay
 // and global-norm clipping, over the trainable ranges of one parameter buffer, the twin of
-// model/optimizer.h's AdamW. The clip factor is computed on the device from the norm, so a
-// step needs no round trip to the host.
+// kernels/cpu/optimizer.h's AdamWUpdate, with the same step (kernels/shared/adamw.h). The clip
+// factor is computed on the device from the norm, so a step needs no round trip to the host.
 #ifndef FEDMOE_KERNELS_CUDA_OPTIMIZER_H_
 #define FEDMOE_KERNELS_CUDA_OPTIMIZER_H_
 
@@ -11,14 +11,9 @@
 #include "absl/status/statusor.h"
 #include "kernels/cuda/dense.h"
 #include "kernels/cuda/device_memory.h"
+#include "kernels/shared/adamw.h"
 
 namespace fedmoe::kernels::cuda {
-
-struct ParameterRange {
-  int64_t offset = 0;
-  int64_t size = 0;
-  bool decay = true;  // weight decay applies (not to norms)
-};
 
 // Ranges of a parameter buffer on the device, adjacent ones with the same decay merged (a
 // layer's tensors mostly are), for kernels that walk them as one index space.
@@ -58,19 +53,6 @@ inline constexpr int64_t kSumOfSquaresPartials = 256;
 // run, on any GPU). partials holds kSumOfSquaresPartials doubles.
 absl::Status SumOfSquares(const float* values, const DeviceRanges& ranges, double* partials,
                           double* norm_squared);
-
-struct AdamWStep {
-  float beta1 = 0.9F;
-  float beta2 = 0.999F;
-  float epsilon = 1e-8F;
-  // lr / (1 − β1^t) and √(1 − β2^t): the bias corrections of step t.
-  float step_size = 0;
-  float root_correction2 = 1;
-  // lr · weight decay, for ranges with decay.
-  float decay = 0;
-  // Gradients are scaled by min(1, max_norm / √norm_squared) when max_norm > 0.
-  float max_norm = 0;
-};
 
 // θ ← θ − decay·θ − step_size·m̂/(√v/root_correction2 + ε), with m and v updated from the
 // clipped gradient, over the ranges. Writes θ rounded to bf16 into parameters_bf16 (same

@@ -346,6 +346,9 @@ class CudaTrainingBackend : public TrainingBackend {
 
   DeviceArray<int32_t> tokens_, targets_, permutation_scratch_;
   DeviceArray<float> rope_cos_, rope_sin_;
+  cuda::DeviceRopeTable RopeTable() const {
+    return {.cos = rope_cos_.data(), .sin = rope_sin_.data(), .head_dim = config_.head_dim};
+  }
   int64_t rope_positions_ = 0;
   std::vector<LayerBuffers> layers_;
   DeviceArray<float> final_input_, final_norm_, final_rstd_, logits_, losses_;

@@ -82,9 +82,9 @@ TEST_P(CudaAttentionTest, ForwardAndBackwardMatchTheCpuKernels) {
   const auto device_d_out = Upload(d_out);
   auto device_out = Upload(std::vector<float>(out.size(), NAN));
   auto lse = Upload(std::vector<float>(shape.batch * shape.heads * shape.seq_len, NAN));
-  ASSERT_TRUE(cuda::FlashAttentionForward(device_q.data(), device_k.data(), device_v.data(),
-                                          device_out.data(), lse.data(), shape,
-                                          test_case.arithmetic)
+  ASSERT_TRUE(cuda::CausalAttentionForward(device_q.data(), device_k.data(), device_v.data(),
+                                           device_out.data(), lse.data(), shape,
+                                           test_case.arithmetic)
                   .ok());
   const auto expect_near = [&](const std::vector<float>& actual, const std::vector<float>& expected,
                                const std::string& name) {
@@ -131,11 +131,11 @@ TEST_P(CudaAttentionTest, ForwardAndBackwardMatchTheCpuKernels) {
   auto device_d_q = Upload(std::vector<float>(q.size(), NAN));
   auto device_d_k = Upload(std::vector<float>(k.size(), NAN));
   auto device_d_v = Upload(std::vector<float>(v.size(), NAN));
-  auto scratch = Upload(std::vector<float>(cuda::FlashAttentionBackwardScratch(shape)));
-  ASSERT_TRUE(cuda::FlashAttentionBackward(device_q.data(), device_k.data(), device_v.data(),
-                                           device_out.data(), lse.data(), device_d_out.data(),
-                                           device_d_q.data(), device_d_k.data(), device_d_v.data(),
-                                           scratch.data(), shape, test_case.arithmetic)
+  auto scratch = Upload(std::vector<float>(cuda::CausalAttentionBackwardScratch(shape)));
+  ASSERT_TRUE(cuda::CausalAttentionBackward(device_q.data(), device_k.data(), device_v.data(),
+                                            device_out.data(), lse.data(), device_d_out.data(),
+                                            device_d_q.data(), device_d_k.data(), device_d_v.data(),
+                                            scratch.data(), shape, test_case.arithmetic)
                   .ok());
   expect_near(Download(device_d_q), d_q, "d_q");
   expect_near(Download(device_d_k), d_k, "d_k");

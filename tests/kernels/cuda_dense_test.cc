@@ -134,8 +134,11 @@ TEST(CudaDenseTest, RopeForwardAndBackwardMatchTheCpuKernels) {
       cpu::RopeBackward(expected.data(), batch, seq_len, heads, table);
     }
     auto device_x = Upload(x);
-    ASSERT_TRUE(cuda::RopeRotate(device_x.data(), device_cos.data(), device_sin.data(), batch,
-                                 seq_len, heads, head_dim, direction)
+    const cuda::DeviceRopeTable device_table{
+        .cos = device_cos.data(), .sin = device_sin.data(), .head_dim = head_dim};
+    ASSERT_TRUE((direction > 0
+                     ? cuda::RopeForward(device_x.data(), batch, seq_len, heads, device_table)
+                     : cuda::RopeBackward(device_x.data(), batch, seq_len, heads, device_table))
                     .ok());
     ExpectAllNear(Download(device_x), expected, 1e-6, 1e-6, "rope");
   }

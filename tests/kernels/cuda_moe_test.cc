@@ -198,7 +198,7 @@ TEST(CudaOptimizerTest, NormAndAdamWMatchADoubleReference) {
   // Three ranges, two adjacent (merged), one without decay, and gaps left alone. The kernels
   // walk tiles of 1024 and 4096 values: most lie inside a range, one spans the boundary at
   // 12000 and the last is partly past the end.
-  const std::vector<cuda::ParameterRange> ranges = {
+  const std::vector<kernels::ParameterRange> ranges = {
       {.offset = 0, .size = 9000, .decay = true},
       {.offset = 9000, .size = 3000, .decay = true},
       {.offset = 12500, .size = 5000, .decay = false}};
@@ -233,13 +233,13 @@ TEST(CudaOptimizerTest, NormAndAdamWMatchADoubleReference) {
   const double correction1 = 1 - std::pow(beta1, step_number);
   const double correction2 = 1 - std::pow(beta2, step_number);
   const double max_norm = 0.5 * std::sqrt(squares);
-  const cuda::AdamWStep step{.beta1 = static_cast<float>(beta1),
-                             .beta2 = static_cast<float>(beta2),
-                             .epsilon = static_cast<float>(epsilon),
-                             .step_size = static_cast<float>(lr / correction1),
-                             .root_correction2 = static_cast<float>(std::sqrt(correction2)),
-                             .decay = static_cast<float>(lr * weight_decay),
-                             .max_norm = static_cast<float>(max_norm)};
+  const kernels::AdamWStep step{.beta1 = static_cast<float>(beta1),
+                                .beta2 = static_cast<float>(beta2),
+                                .epsilon = static_cast<float>(epsilon),
+                                .step_size = static_cast<float>(lr / correction1),
+                                .root_correction2 = static_cast<float>(std::sqrt(correction2)),
+                                .decay = static_cast<float>(lr * weight_decay),
+                                .max_norm = static_cast<float>(max_norm)};
   // The reference takes the step's constants as the kernel gets them, in float (1 − 0.9F is
   // 2.4e-7 away from 0.1), so what remains between the two is the kernel's float rounding.
   const double beta1_as_passed = step.beta1;
@@ -281,8 +281,8 @@ TEST(CudaOptimizerTest, NormAndAdamWMatchADoubleReference) {
 
 TEST(CudaOptimizerTest, OverlappingRangesAreRefused) {
   FEDMOE_REQUIRE_CUDA();
-  const std::vector<cuda::ParameterRange> ranges = {{.offset = 0, .size = 10},
-                                                    {.offset = 5, .size = 10}};
+  const std::vector<kernels::ParameterRange> ranges = {{.offset = 0, .size = 10},
+                                                       {.offset = 5, .size = 10}};
   EXPECT_EQ(cuda::DeviceRanges::Create(ranges).status().code(), absl::StatusCode::kInvalidArgument);
 }
 

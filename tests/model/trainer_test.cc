@@ -207,7 +207,7 @@ TEST(OptimizerTest, ClippingBoundsTheGlobalNormOfTrainableTensorsOnly) {
   AdamW with_scale(parameters.layout(), TrainableSet{}, {});
   AdamW without_scale(parameters.layout(), TrainableSet{}, {});
   for (int step = 0; step < 2; ++step) {
-    with_scale.Step(parameters.values(), gradients, 0.01, scale);
+    with_scale.Step(parameters.values(), gradients, 0.01, norm, 1.0);
     without_scale.Step(prescaled_parameters.values(), prescaled, 0.01);
   }
   EXPECT_FLOAT_EQ(parameters.values()[router.offset], prescaled_parameters.values()[router.offset]);
