@@ -18,7 +18,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -26,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "bench/guarded_main.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/device.h"
 
@@ -110,7 +110,7 @@ absl::StatusOr<Json> Measure(const AttentionShape& shape, AttentionArithmetic ar
                              int iterations, Buffers& b) {
   const auto forward = [&] {
     return kernels::cuda::CausalAttentionForward(b.q.data(), b.k.data(), b.v.data(), b.out.data(),
-                                                b.logsumexp.data(), shape, arithmetic);
+                                                 b.logsumexp.data(), shape, arithmetic);
   };
   const auto backward = [&] {
     return kernels::cuda::CausalAttentionBackward(
@@ -241,11 +241,5 @@ int Main(int argc, char** argv) {
 }  // namespace fedmoe::bench
 
 int main(int argc, char** argv) {
-  // nlohmann::json throws on misuse; a benchmark says so and stops.
-  try {
-    return fedmoe::bench::Main(argc, argv);
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "attention: %s\n", error.what());
-    return 1;
-  }
+  return fedmoe::bench::GuardedMain("attention", [&] { return fedmoe::bench::Main(argc, argv); });
 }

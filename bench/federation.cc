@@ -30,6 +30,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/guarded_main.h"
 #include "client/grpc_status.h"
 #include "client/update.h"
 #include "config/command_line.h"
@@ -568,12 +569,5 @@ int main(int argc, char** argv) {
                  fedmoe::simulation::kUsage);
     return 2;
   }
-  // Threads and the JSON report may throw (out of memory, no more threads); a benchmark says
-  // so and stops.
-  try {
-    return fedmoe::simulation::Run(*flags);
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "federation: %s\n", error.what());
-    return 1;
-  }
+  return fedmoe::bench::GuardedMain("federation", [&] { return fedmoe::simulation::Run(*flags); });
 }

@@ -45,6 +45,7 @@
 #include <string_view>
 #include <vector>
 
+#include "bench/guarded_main.h"
 #include "kernels/cpu/aligned.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/dense.h"
@@ -823,11 +824,5 @@ int Main(int argc, char** argv) {
 }  // namespace fedmoe::bench
 
 int main(int argc, char** argv) {
-  // nlohmann::json reports malformed PyTorch output by throwing; a benchmark says so and stops.
-  try {
-    return fedmoe::bench::Main(argc, argv);
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "train_step: %s\n", error.what());
-    return 1;
-  }
+  return fedmoe::bench::GuardedMain("train_step", [&] { return fedmoe::bench::Main(argc, argv); });
 }

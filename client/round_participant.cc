@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/grpc_status.h"
+#include "client/secagg_wire.h"
 #include "logging/log.h"
 #include "pki/key_change.h"
 #include "secure_agg/shared/packing.h"
@@ -79,13 +80,7 @@ absl::StatusOr<std::unique_ptr<RoundParticipant>> RoundParticipant::Create(
     return absl::UnimplementedError("the round asks for a Shamir field or PRG this client lacks");
   }
   std::unique_ptr<RoundParticipant> participant(new RoundParticipant(task, std::move(identity)));
-  secure_agg::RoundSetup setup;
-  setup.round_id = task.round_id();
-  setup.session_id = parameters.session_id();
-  setup.num_participants = parameters.num_participants();
-  setup.threshold = parameters.threshold();
-  setup.length = task.update_spec().layout().encoded_values();
-  setup.bits = static_cast<int>(parameters.ring_bits());
+  const secure_agg::RoundSetup setup = RoundSetupOf(task);
   std::vector<uint32_t> neighbors(parameters.neighbors().begin(), parameters.neighbors().end());
   participant->peer_certificates_ = std::make_shared<std::map<uint32_t, std::string>>();
   const pki::PrivateKey* key = participant->identity_.key;
@@ -120,11 +115,7 @@ absl::Time RoundParticipant::Deadline(const google::protobuf::Timestamp& stage_d
 absl::Status RoundParticipant::AdvertiseKeys(v1::Federation::StubInterface& stub) {
   absl::StatusOr<secure_agg::AdvertisedKeys> keys = secagg_->AdvertiseKeys();
   if (!keys.ok()) return keys.status();
-  v1::AdvertiseKeysRequest request;
-  request.set_round_id(round_id());
-  request.set_cipher_public_key(keys->cipher_public_key);
-  request.set_mask_public_key(keys->mask_public_key);
-  request.set_signature(keys->signature);
+  v1::AdvertiseKeysRequest request = AdvertiseKeysRequestOf(round_id(), *keys);
   v1::StageAck ack;
   grpc::Status status = CallWithRetries(Deadline(task_.deadlines().advertise_keys()),
                                         [&](grpc::ClientContext& context) {
@@ -140,27 +131,19 @@ absl::Status RoundParticipant::AdvertiseKeys(v1::Federation::StubInterface& stub
 
 absl::Status RoundParticipant::ShareKeys(v1::Federation::StubInterface& stub,
                                          const v1::ShareKeysTask& task) {
-  std::vector<secure_agg::AdvertisedKeys> neighbor_keys;
   for (const v1::AdvertisedKeys& keys : task.neighbor_keys()) {
     (*peer_certificates_)[keys.participant_id()] = keys.certificate_der();
-    neighbor_keys.push_back({keys.participant_id(), keys.cipher_public_key(),
-                             keys.mask_public_key(), keys.signature()});
   }
   absl::StatusOr<std::optional<PeerKeyPins>> pins = CheckPeerKeys(task);
   if (!pins.ok()) return pins.status();
-  absl::StatusOr<std::vector<secure_agg::SealedShares>> sealed = secagg_->ShareKeys(neighbor_keys);
+  absl::StatusOr<std::vector<secure_agg::SealedShares>> sealed =
+      secagg_->ShareKeys(NeighbourKeysOf(task));
   if (!sealed.ok()) return sealed.status();
   // Every neighbour's signature verified: its key is worth remembering.
   if (pins->has_value()) {
     if (absl::Status status = (*pins)->Save(); !status.ok()) return status;
   }
-  v1::ShareKeysRequest request;
-  request.set_round_id(round_id());
-  for (const secure_agg::SealedShares& bundle : *sealed) {
-    v1::EncryptedShares* out = request.add_shares();
-    out->set_peer_participant_id(bundle.recipient);
-    out->set_ciphertext(bundle.ciphertext);
-  }
+  const v1::ShareKeysRequest request = ShareKeysRequestOf(round_id(), *sealed);
   v1::StageAck ack;
   grpc::Status status =
       CallWithRetries(Deadline(task_.deadlines().share_keys()), [&](grpc::ClientContext& context) {
@@ -210,12 +193,11 @@ absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& 
                                                    " values; the round expects ",
                                                    task_.update_spec().layout().encoded_values()));
   }
-  std::vector<secure_agg::SealedShares> incoming;
-  for (const v1::EncryptedShares& bundle : task.incoming_shares()) {
-    incoming.push_back(
-        {bundle.peer_participant_id(), task_.secagg().participant_id(), bundle.ciphertext()});
+  if (absl::Status status =
+          secagg_->ReceiveShares(IncomingSharesOf(task, task_.secagg().participant_id()));
+      !status.ok()) {
+    return status;
   }
-  if (absl::Status status = secagg_->ReceiveShares(incoming); !status.ok()) return status;
   if (absl::Status status = secagg_->MaskChunk(encoded); !status.ok()) return status;
   masked_ = std::move(encoded);
 
@@ -287,23 +269,9 @@ grpc::Status RoundParticipant::StreamFrom(v1::Federation::StubInterface& stub,
 
 absl::Status RoundParticipant::Unmask(v1::Federation::StubInterface& stub,
                                       const v1::UnmaskTask& task) {
-  secure_agg::UnmaskRequest unmask;
-  unmask.alive.assign(task.alive_neighbors().begin(), task.alive_neighbors().end());
-  unmask.dropped.assign(task.dropped_neighbors().begin(), task.dropped_neighbors().end());
-  absl::StatusOr<secure_agg::RevealedShares> revealed = secagg_->Unmask(unmask);
+  absl::StatusOr<secure_agg::RevealedShares> revealed = secagg_->Unmask(UnmaskRequestOf(task));
   if (!revealed.ok()) return revealed.status();
-  v1::UnmaskRequest request;
-  request.set_round_id(round_id());
-  for (const auto& [owner, share] : revealed->self_mask_shares) {
-    v1::RevealedShare* out = request.add_self_mask_shares();
-    out->set_owner_participant_id(owner);
-    out->set_share(share);
-  }
-  for (const auto& [owner, share] : revealed->mask_key_shares) {
-    v1::RevealedShare* out = request.add_mask_key_shares();
-    out->set_owner_participant_id(owner);
-    out->set_share(share);
-  }
+  const v1::UnmaskRequest request = UnmaskRequestOf(round_id(), *revealed);
   v1::StageAck ack;
   grpc::Status status =
       CallWithRetries(Deadline(task_.deadlines().unmask()), [&](grpc::ClientContext& context) {

@@ -221,6 +221,15 @@ absl::StatusOr<Statement> Database::Prepare(std::string_view sql) {
   return Statement(db_, statement, std::string(sql));
 }
 
+absl::StatusOr<Statement> Database::QueryRow(std::string_view sql) {
+  absl::StatusOr<Statement> query = Prepare(sql);
+  if (!query.ok()) return query.status();
+  absl::StatusOr<bool> row = query->Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return absl::InternalError(absl::StrCat("no row from: ", std::string(sql)));
+  return query;
+}
+
 absl::Status Database::Execute(std::string_view sql) {
   char* error = nullptr;
   const std::string text(sql);

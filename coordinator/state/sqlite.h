@@ -81,6 +81,9 @@ class Database {
   ~Database();
 
   absl::StatusOr<Statement> Prepare(std::string_view sql);
+  // Prepares a query without parameters that yields one row (an aggregate: COUNT, MAX) and
+  // steps onto it, for its Column* calls.
+  absl::StatusOr<Statement> QueryRow(std::string_view sql);
   // Runs one or more statements that take no parameters.
   absl::Status Execute(std::string_view sql);
   int64_t Changes() const;

@@ -252,9 +252,8 @@ absl::Status Store::Migrate() {
 
 absl::StatusOr<int> Store::SchemaVersion() {
   absl::MutexLock lock(&mutex_);
-  absl::StatusOr<Statement> query = db_->Prepare("SELECT MAX(version) FROM schema_migrations");
+  absl::StatusOr<Statement> query = db_->QueryRow("SELECT MAX(version) FROM schema_migrations");
   if (!query.ok()) return query.status();
-  if (absl::StatusOr<bool> row = query->Step(); !row.ok()) return row.status();
   return static_cast<int>(query->ColumnInt(0));
 }
 

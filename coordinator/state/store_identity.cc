@@ -486,11 +486,10 @@ absl::StatusOr<TokenRecord> Store::RevokeToken(const std::string& token_id, absl
 
 absl::StatusOr<Store::ClientCounts> Store::CountClients() {
   absl::MutexLock lock(&mutex_);
-  absl::StatusOr<Statement> query = db_->Prepare(
+  absl::StatusOr<Statement> query = db_->QueryRow(
       "SELECT (SELECT COUNT(*) FROM clients) - (SELECT COUNT(*) FROM revocations), "
       "(SELECT COUNT(*) FROM revocations)");
   if (!query.ok()) return query.status();
-  if (absl::StatusOr<bool> row = query->Step(); !row.ok()) return row.status();
   return ClientCounts{query->ColumnInt(0), query->ColumnInt(1)};
 }
 

@@ -129,9 +129,8 @@ absl::StatusOr<int64_t> Store::AbortUnfinishedRounds(const std::string& reason, 
 
 absl::StatusOr<int64_t> Store::LastRoundId() {
   absl::MutexLock lock(&mutex_);
-  absl::StatusOr<Statement> query = db_->Prepare("SELECT MAX(round_id) FROM rounds");
+  absl::StatusOr<Statement> query = db_->QueryRow("SELECT MAX(round_id) FROM rounds");
   if (!query.ok()) return query.status();
-  if (absl::StatusOr<bool> row = query->Step(); !row.ok()) return row.status();
   return query->ColumnOptionalInt(0).value_or(0);
 }
 
@@ -285,11 +284,10 @@ absl::StatusOr<std::vector<LedgerEntry>> Store::Ledger() {
 
 absl::StatusOr<Store::RoundCounts> Store::CountRounds() {
   absl::MutexLock lock(&mutex_);
-  absl::StatusOr<Statement> query = db_->Prepare(
+  absl::StatusOr<Statement> query = db_->QueryRow(
       "SELECT COALESCE(SUM(stage = 'COMMITTED'), 0), COALESCE(SUM(stage = 'ABORTED'), 0) "
       "FROM rounds");
   if (!query.ok()) return query.status();
-  if (absl::StatusOr<bool> row = query->Step(); !row.ok()) return row.status();
   return RoundCounts{query->ColumnInt(0), query->ColumnInt(1)};
 }
 

@@ -55,15 +55,28 @@ VisibleKeys VisibleTo(const AttentionShape& shape, int64_t start, int64_t rows) 
   return {first, start + rows - first};
 }
 
+// What both passes derive from the shape.
+struct HeadGeometry {
+  explicit HeadGeometry(const AttentionShape& shape)
+      : seq_len(shape.seq_len),
+        group(shape.heads / shape.kv_heads),
+        scale(1.0f / std::sqrt(static_cast<float>(shape.head_dim))),
+        query_head(shape, shape.heads),
+        key_value_head(shape, shape.kv_heads) {}
+  int64_t seq_len;
+  // Query heads per KV head.
+  int64_t group;
+  // 1/√head_dim.
+  float scale;
+  HeadSlicer query_head;
+  HeadSlicer key_value_head;
+};
+
 }  // namespace
 
 void CausalAttentionForward(const float* q, const float* k, const float* v, float* out,
                             float* probs, const AttentionShape& shape) {
-  const int64_t seq_len = shape.seq_len;
-  const int64_t group = shape.heads / shape.kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
-  const HeadSlicer query_head(shape, shape.heads);
-  const HeadSlicer key_value_head(shape, shape.kv_heads);
+  const auto& [seq_len, group, scale, query_head, key_value_head] = HeadGeometry(shape);
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t pair = 0; pair < shape.batch * shape.heads; ++pair) {
@@ -108,11 +121,7 @@ void CausalAttentionForward(const float* q, const float* k, const float* v, floa
 void CausalAttentionBackward(const float* q, const float* k, const float* v, const float* probs,
                              const float* d_out, float* d_q, float* d_k, float* d_v,
                              const AttentionShape& shape) {
-  const int64_t seq_len = shape.seq_len;
-  const int64_t group = shape.heads / shape.kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
-  const HeadSlicer query_head(shape, shape.heads);
-  const HeadSlicer key_value_head(shape, shape.kv_heads);
+  const auto& [seq_len, group, scale, query_head, key_value_head] = HeadGeometry(shape);
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t pair = 0; pair < shape.batch * shape.kv_heads; ++pair) {

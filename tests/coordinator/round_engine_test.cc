@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/secagg_wire.h"
 #include "coordinator/config.h"
 #include "coordinator/round/client_presence.h"
 #include "coordinator/round/clock.h"
@@ -25,8 +26,8 @@
 #include "pki/certificate_authority.h"
 #include "pki/private_key.h"
 #include "pki/spiffe_id.h"
-#include "secure_agg/shared/packing.h"
 #include "secure_agg/client/secagg_client.h"
+#include "secure_agg/shared/packing.h"
 #include "tests/testing_tiny_model.h"
 
 namespace fedmoe::coordinator {
@@ -88,16 +89,9 @@ class EngineClient {
     join_ = task;
     known_round_ = task.round_id();
     known_stage_ = v1::ROUND_STAGE_SELECTED;
-    secure_agg::RoundSetup setup;
-    setup.round_id = task.round_id();
-    setup.session_id = task.secagg().session_id();
-    setup.num_participants = task.secagg().num_participants();
-    setup.threshold = task.secagg().threshold();
-    setup.length = task.update_spec().layout().encoded_values();
-    setup.bits = static_cast<int>(task.secagg().ring_bits());
     certificates_.clear();
     absl::StatusOr<secure_agg::SecAggClient> client = secure_agg::SecAggClient::Create(
-        setup, task.secagg().participant_id(),
+        client::RoundSetupOf(task), task.secagg().participant_id(),
         {task.secagg().neighbors().begin(), task.secagg().neighbors().end()},
         [this](std::string_view message) { return key_.Sign(std::string(message)); },
         [this](uint32_t peer, std::string_view message, std::string_view signature) {
@@ -120,40 +114,25 @@ class EngineClient {
   bool Advertise(RoundEngine& engine) {
     absl::StatusOr<secure_agg::AdvertisedKeys> keys = secagg_->AdvertiseKeys();
     if (!keys.ok()) return false;
-    v1::AdvertiseKeysRequest request;
-    request.set_round_id(join_.round_id());
-    request.set_cipher_public_key(keys->cipher_public_key);
-    request.set_mask_public_key(keys->mask_public_key);
-    request.set_signature(keys->signature);
-    return Done(engine.AdvertiseKeys(id_, certificate_der_, request));
+    return Done(engine.AdvertiseKeys(id_, certificate_der_,
+                                     client::AdvertiseKeysRequestOf(join_.round_id(), *keys)));
   }
 
   bool Share(RoundEngine& engine, const v1::ShareKeysTask& task) {
-    std::vector<secure_agg::AdvertisedKeys> neighbours;
     for (const v1::AdvertisedKeys& keys : task.neighbor_keys()) {
       certificates_[keys.participant_id()] = keys.certificate_der();
-      neighbours.push_back({keys.participant_id(), keys.cipher_public_key(), keys.mask_public_key(),
-                            keys.signature()});
     }
-    absl::StatusOr<std::vector<secure_agg::SealedShares>> sealed = secagg_->ShareKeys(neighbours);
+    absl::StatusOr<std::vector<secure_agg::SealedShares>> sealed =
+        secagg_->ShareKeys(client::NeighbourKeysOf(task));
     if (!sealed.ok()) return false;
-    v1::ShareKeysRequest request;
-    request.set_round_id(task.round_id());
-    for (const secure_agg::SealedShares& bundle : *sealed) {
-      v1::EncryptedShares* out = request.add_shares();
-      out->set_peer_participant_id(bundle.recipient);
-      out->set_ciphertext(bundle.ciphertext);
-    }
-    return Done(engine.ShareKeys(id_, request));
+    return Done(engine.ShareKeys(id_, client::ShareKeysRequestOf(task.round_id(), *sealed)));
   }
 
   bool Upload(RoundEngine& engine, const v1::MaskedInputTask& task) {
-    std::vector<secure_agg::SealedShares> incoming;
-    for (const v1::EncryptedShares& bundle : task.incoming_shares()) {
-      incoming.push_back(
-          {bundle.peer_participant_id(), join_.secagg().participant_id(), bundle.ciphertext()});
+    if (!secagg_->ReceiveShares(client::IncomingSharesOf(task, join_.secagg().participant_id()))
+             .ok()) {
+      return false;
     }
-    if (!secagg_->ReceiveShares(incoming).ok()) return false;
     std::vector<uint64_t> masked(join_.update_spec().layout().encoded_values(), 0);
     if (!secagg_->MaskChunk(masked).ok()) return false;
     absl::StatusOr<RoundEngine::MaskedUpload> upload =
@@ -173,24 +152,10 @@ class EngineClient {
   }
 
   bool Unmask(RoundEngine& engine, const v1::UnmaskTask& task) {
-    secure_agg::UnmaskRequest unmask;
-    unmask.alive.assign(task.alive_neighbors().begin(), task.alive_neighbors().end());
-    unmask.dropped.assign(task.dropped_neighbors().begin(), task.dropped_neighbors().end());
-    absl::StatusOr<secure_agg::RevealedShares> revealed = secagg_->Unmask(unmask);
+    absl::StatusOr<secure_agg::RevealedShares> revealed =
+        secagg_->Unmask(client::UnmaskRequestOf(task));
     if (!revealed.ok()) return false;
-    v1::UnmaskRequest request;
-    request.set_round_id(task.round_id());
-    for (const auto& [owner, share] : revealed->self_mask_shares) {
-      v1::RevealedShare* out = request.add_self_mask_shares();
-      out->set_owner_participant_id(owner);
-      out->set_share(share);
-    }
-    for (const auto& [owner, share] : revealed->mask_key_shares) {
-      v1::RevealedShare* out = request.add_mask_key_shares();
-      out->set_owner_participant_id(owner);
-      out->set_share(share);
-    }
-    return Done(engine.Unmask(id_, request));
+    return Done(engine.Unmask(id_, client::UnmaskRequestOf(task.round_id(), *revealed)));
   }
 
   std::string id_;
