@@ -3,9 +3,11 @@
 #include <cmath>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "config/enum_names.h"
 #include "logging/log.h"
 #include "model/checkpoint.h"
 #include "model/personal.h"
@@ -50,23 +52,17 @@ absl::Status CopyTokenizerFiles(const std::filesystem::path& from,
 
 }  // namespace
 
+constexpr config::EnumName<PersonalMode> kPersonalModeNames[] = {
+    {PersonalMode::kNone, "none"},
+    {PersonalMode::kPrivateExperts, "private_experts"},
+    {PersonalMode::kDitto, "ditto"}};
+
 std::string_view PersonalModeName(PersonalMode mode) {
-  switch (mode) {
-    case PersonalMode::kNone:
-      return "none";
-    case PersonalMode::kPrivateExperts:
-      return "private_experts";
-    case PersonalMode::kDitto:
-      return "ditto";
-  }
-  return "none";
+  return config::NameOf(kPersonalModeNames, mode, "none");
 }
 
 absl::StatusOr<PersonalMode> ParsePersonalMode(std::string_view name) {
-  for (PersonalMode mode :
-       {PersonalMode::kNone, PersonalMode::kPrivateExperts, PersonalMode::kDitto}) {
-    if (name == PersonalModeName(mode)) return mode;
-  }
+  if (std::optional<PersonalMode> mode = config::ValueOf(kPersonalModeNames, name)) return *mode;
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown personalization mode '", std::string(name), "' (none, private_experts, ditto)"));
 }

@@ -1,9 +1,11 @@
 #include "kernels/device.h"
 
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "config/enum_names.h"
 
 #ifdef FEDMOE_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -11,14 +13,11 @@
 
 namespace fedmoe::kernels {
 
+constexpr config::EnumName<Device> kDeviceNames[] = {{Device::kCpu, "cpu"},
+                                                     {Device::kCuda, "cuda"}};
+
 std::string_view DeviceName(Device device) {
-  switch (device) {
-    case Device::kCpu:
-      return "cpu";
-    case Device::kCuda:
-      return "cuda";
-  }
-  return "unknown";
+  return config::NameOf(kDeviceNames, device, "unknown");
 }
 
 bool CudaCompiledIn() {
@@ -62,8 +61,9 @@ absl::StatusOr<std::string> CudaDeviceName(int index) {
 }
 
 absl::StatusOr<Device> ResolveDevice(std::string_view requested) {
-  if (requested == "cpu") return Device::kCpu;
-  if (requested != "cuda" && requested != "auto") {
+  const std::optional<Device> named = config::ValueOf(kDeviceNames, requested);
+  if (named == Device::kCpu) return Device::kCpu;
+  if (!named.has_value() && requested != "auto") {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown device '", std::string(requested), "': expected cpu, cuda or auto"));
   }

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "config/enum_names.h"
 
 namespace fedmoe {
 namespace {
@@ -17,19 +18,12 @@ namespace {
 std::atomic<int> min_level{static_cast<int>(LogLevel::kInfo)};
 std::atomic<int> log_fd{STDERR_FILENO};
 
-std::string_view LevelName(LogLevel level) {
-  switch (level) {
-    case LogLevel::kDebug:
-      return "debug";
-    case LogLevel::kInfo:
-      return "info";
-    case LogLevel::kWarning:
-      return "warning";
-    case LogLevel::kError:
-      return "error";
-  }
-  return "info";
-}
+constexpr config::EnumName<LogLevel> kLevelNames[] = {{LogLevel::kDebug, "debug"},
+                                                      {LogLevel::kInfo, "info"},
+                                                      {LogLevel::kWarning, "warning"},
+                                                      {LogLevel::kError, "error"}};
+
+std::string_view LevelName(LogLevel level) { return config::NameOf(kLevelNames, level, "info"); }
 
 void AppendKey(std::string_view key, std::string& line) {
   line += ",\"";

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "config/enum_names.h"
 #include "model/internal/utf8.h"
 
 namespace fedmoe::model {
@@ -36,24 +38,18 @@ uint64_t Fnv1a(std::string_view text) {
 
 }  // namespace
 
+constexpr config::EnumName<RecordUnit> kRecordUnitNames[] = {{RecordUnit::kLine, "line"},
+                                                             {RecordUnit::kParagraph, "paragraph"},
+                                                             {RecordUnit::kFile, "file"}};
+
 absl::StatusOr<RecordUnit> ParseRecordUnit(std::string_view name) {
-  if (name == "line") return RecordUnit::kLine;
-  if (name == "paragraph") return RecordUnit::kParagraph;
-  if (name == "file") return RecordUnit::kFile;
+  if (std::optional<RecordUnit> unit = config::ValueOf(kRecordUnitNames, name)) return *unit;
   return absl::InvalidArgumentError(
       absl::StrCat("unknown record unit '", std::string(name), "' (line, paragraph, file)"));
 }
 
 std::string_view RecordUnitName(RecordUnit unit) {
-  switch (unit) {
-    case RecordUnit::kLine:
-      return "line";
-    case RecordUnit::kParagraph:
-      return "paragraph";
-    case RecordUnit::kFile:
-      return "file";
-  }
-  return "paragraph";
+  return config::NameOf(kRecordUnitNames, unit, "paragraph");
 }
 
 int64_t Record::predictions() const {

@@ -1,27 +1,21 @@
 #include "model/parameters.h"
 
 #include "absl/strings/str_cat.h"
+#include "config/enum_names.h"
 
 namespace fedmoe::model {
 
+constexpr config::EnumName<TensorRole> kTensorRoleNames[] = {
+    {TensorRole::kEmbedding, "embedding"},
+    {TensorRole::kAttention, "attention"},
+    {TensorRole::kNorm, "norm"},
+    {TensorRole::kRouter, "router"},
+    {TensorRole::kRoutedExpert, "routed_experts"},
+    {TensorRole::kSharedExpert, "shared_experts"},
+    {TensorRole::kOutput, "output"}};
+
 std::string_view TensorRoleName(TensorRole role) {
-  switch (role) {
-    case TensorRole::kEmbedding:
-      return "embedding";
-    case TensorRole::kAttention:
-      return "attention";
-    case TensorRole::kNorm:
-      return "norm";
-    case TensorRole::kRouter:
-      return "router";
-    case TensorRole::kRoutedExpert:
-      return "routed_experts";
-    case TensorRole::kSharedExpert:
-      return "shared_experts";
-    case TensorRole::kOutput:
-      return "output";
-  }
-  return "unknown";
+  return config::NameOf(kTensorRoleNames, role, "unknown");
 }
 
 ModelLayout::ModelLayout(const MoeConfig& config) {

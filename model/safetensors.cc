@@ -99,15 +99,10 @@ absl::StatusOr<SafetensorsEntry> ParseEntry(const std::string& name, const Json&
 }  // namespace
 
 std::string_view DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "F32";
-    case DType::kF16:
-      return "F16";
-    case DType::kBF16:
-      return "BF16";
-    case DType::kOther:
-      break;
+  // The first entry of a dtype fedmoe computes in is its name; every other dtype is "other".
+  if (dtype == DType::kOther) return "other";
+  for (const DTypeInfo& info : kDTypes) {
+    if (info.dtype == dtype) return info.name;
   }
   return "other";
 }

@@ -1,9 +1,11 @@
 #include "pki/spiffe_id.h"
 
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "config/enum_names.h"
 
 namespace fedmoe::pki {
 namespace {
@@ -16,18 +18,14 @@ bool IsNameChar(char c, bool first) {
   return alnum || (!first && (c == '.' || c == '_' || c == '-'));
 }
 
+constexpr config::EnumName<IdentityKind> kIdentityKindNames[] = {{IdentityKind::kClient, "client"},
+                                                                 {IdentityKind::kAdmin, "admin"},
+                                                                 {IdentityKind::kServer, "server"}};
+
 }  // namespace
 
 std::string_view IdentityKindName(IdentityKind kind) {
-  switch (kind) {
-    case IdentityKind::kClient:
-      return "client";
-    case IdentityKind::kAdmin:
-      return "admin";
-    case IdentityKind::kServer:
-      return "server";
-  }
-  return "unknown";
+  return config::NameOf(kIdentityKindNames, kind, "unknown");
 }
 
 absl::Status ValidateName(std::string_view what, std::string_view name) {
@@ -63,15 +61,9 @@ absl::StatusOr<SpiffeId> SpiffeId::Parse(std::string_view uri) {
   SpiffeId id;
   id.federation = parts[0];
   id.name = parts[2];
-  if (parts[1] == "client") {
-    id.kind = IdentityKind::kClient;
-  } else if (parts[1] == "admin") {
-    id.kind = IdentityKind::kAdmin;
-  } else if (parts[1] == "server") {
-    id.kind = IdentityKind::kServer;
-  } else {
-    return invalid("has an unknown kind (expected client, admin or server)");
-  }
+  const std::optional<IdentityKind> kind = config::ValueOf(kIdentityKindNames, parts[1]);
+  if (!kind.has_value()) return invalid("has an unknown kind (expected client, admin or server)");
+  id.kind = *kind;
   if (absl::Status status = ValidateName("federation", id.federation); !status.ok()) return status;
   if (absl::Status status = ValidateName("name", id.name); !status.ok()) return status;
   return id;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "config/enum_names.h"
 #include "coordinator/state/store.h"
 #include "logging/log.h"
 #include "storage/atomic_file.h"
@@ -155,16 +156,13 @@ absl::StatusOr<FederationTrust> StartStep(const CoordinatorConfig& config, CaRot
 
 }  // namespace
 
+constexpr config::EnumName<CaRotationPhase> kCaRotationPhaseNames[] = {
+    {CaRotationPhase::kNone, "none"},
+    {CaRotationPhase::kNewCaTrusted, "new-ca-trusted"},
+    {CaRotationPhase::kNewCaIssuing, "new-ca-issuing"}};
+
 std::string_view CaRotationPhaseName(CaRotationPhase phase) {
-  switch (phase) {
-    case CaRotationPhase::kNone:
-      return "none";
-    case CaRotationPhase::kNewCaTrusted:
-      return "new-ca-trusted";
-    case CaRotationPhase::kNewCaIssuing:
-      return "new-ca-issuing";
-  }
-  return "unknown";
+  return config::NameOf(kCaRotationPhaseNames, phase, "unknown");
 }
 
 absl::StatusOr<pki::TrustBundle> LoadTrustedCas(const CoordinatorConfig& config) {
