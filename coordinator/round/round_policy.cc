@@ -229,21 +229,18 @@ void ReadRoundPolicy(config::YamlConfigReader& reader, RoundPolicy* policy) {
 
   std::string mode(PrivacyModeName(policy->privacy_mode));
   reader.Read("privacy.mode", &mode);
-  if (mode == "distributed") {
-    policy->privacy_mode = v1::PrivacySpec::MODE_DISTRIBUTED;
-  } else if (mode == "central") {
-    policy->privacy_mode = v1::PrivacySpec::MODE_CENTRAL;
-  } else if (mode == "none") {
-    policy->privacy_mode = v1::PrivacySpec::MODE_NONE;
+  if (const std::optional<v1::PrivacySpec::Mode> named = PrivacyModeNamed(mode)) {
+    policy->privacy_mode = *named;
   } else {
     reader.Invalid("privacy.mode", "must be distributed, central or none");
   }
   std::string mechanism(MechanismName(policy->mechanism));
   reader.Read("privacy.mechanism", &mechanism);
-  if (mechanism == "discrete_gaussian") {
-    policy->mechanism = v1::PrivacySpec::MECHANISM_DISCRETE_GAUSSIAN;
-  } else if (mechanism == "skellam") {
-    policy->mechanism = v1::PrivacySpec::MECHANISM_SKELLAM;
+  // The noise is added to integers in the ring, so only the integer mechanisms can be asked for;
+  // the wire's continuous Gaussian has a name but no encoder.
+  if (const std::optional<v1::PrivacySpec::Mechanism> named = MechanismNamed(mechanism);
+      named.has_value() && *named != v1::PrivacySpec::MECHANISM_GAUSSIAN) {
+    policy->mechanism = *named;
   } else {
     reader.Invalid("privacy.mechanism", "must be discrete_gaussian or skellam");
   }
