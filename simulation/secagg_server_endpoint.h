@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "secure_agg/shared/neighbor_graph.h"
 #include "secure_agg/server/secagg_server.h"
+#include "secure_agg/shared/neighbor_graph.h"
 
 namespace fedmoe::bench {
 
