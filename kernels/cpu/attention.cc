@@ -76,26 +76,27 @@ struct HeadGeometry {
 
 void CausalAttentionForward(const float* q, const float* k, const float* v, float* out,
                             float* probs, const AttentionShape& shape) {
-  const auto& [seq_len, group, scale, query_head, key_value_head] = HeadGeometry(shape);
+  const HeadGeometry geometry(shape);
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t pair = 0; pair < shape.batch * shape.heads; ++pair) {
     const int64_t sequence = pair / shape.heads;
     const int64_t head = pair % shape.heads;
-    const ConstStridedMap q_head = query_head(q, sequence, head);
-    const ConstStridedMap k_head = key_value_head(k, sequence, head / group);
-    const ConstStridedMap v_head = key_value_head(v, sequence, head / group);
-    StridedMap out_head = query_head(out, sequence, head);
-    auto p = View(probs + pair * seq_len * seq_len, seq_len, seq_len);
+    const ConstStridedMap q_head = geometry.query_head(q, sequence, head);
+    const ConstStridedMap k_head = geometry.key_value_head(k, sequence, head / geometry.group);
+    const ConstStridedMap v_head = geometry.key_value_head(v, sequence, head / geometry.group);
+    StridedMap out_head = geometry.query_head(out, sequence, head);
+    auto p = View(probs + pair * geometry.seq_len * geometry.seq_len, geometry.seq_len,
+                  geometry.seq_len);
 
-    for (int64_t start = 0; start < seq_len; start += kQueryBlock) {
-      const int64_t rows = std::min(kQueryBlock, seq_len - start);
+    for (int64_t start = 0; start < geometry.seq_len; start += kQueryBlock) {
+      const int64_t rows = std::min(kQueryBlock, geometry.seq_len - start);
       const VisibleKeys keys = VisibleTo(shape, start, rows);
       p.block(start, keys.first, rows, keys.count).noalias() =
           (q_head.middleRows(start, rows) * k_head.middleRows(keys.first, keys.count).transpose()) *
-          scale;
+          geometry.scale;
     }
-    for (int64_t i = 0; i < seq_len; ++i) {
+    for (int64_t i = 0; i < geometry.seq_len; ++i) {
       // Visible keys for query i: max(0, i − window + 1) ≤ j ≤ i.
       const int64_t first_visible =
           shape.sliding_window > 0 ? std::max<int64_t>(0, i - shape.sliding_window + 1) : 0;
@@ -107,10 +108,10 @@ void CausalAttentionForward(const float* q, const float* k, const float* v, floa
       visible /= visible.sum();
       // Masked entries, computed or not, are zero: the backward pass reads the whole row.
       row.head(first_visible).setZero();
-      row.tail(seq_len - 1 - i).setZero();
+      row.tail(geometry.seq_len - 1 - i).setZero();
     }
-    for (int64_t start = 0; start < seq_len; start += kQueryBlock) {
-      const int64_t rows = std::min(kQueryBlock, seq_len - start);
+    for (int64_t start = 0; start < geometry.seq_len; start += kQueryBlock) {
+      const int64_t rows = std::min(kQueryBlock, geometry.seq_len - start);
       const VisibleKeys keys = VisibleTo(shape, start, rows);
       out_head.middleRows(start, rows).noalias() =
           p.block(start, keys.first, rows, keys.count) * v_head.middleRows(keys.first, keys.count);
@@ -121,29 +122,30 @@ void CausalAttentionForward(const float* q, const float* k, const float* v, floa
 void CausalAttentionBackward(const float* q, const float* k, const float* v, const float* probs,
                              const float* d_out, float* d_q, float* d_k, float* d_v,
                              const AttentionShape& shape) {
-  const auto& [seq_len, group, scale, query_head, key_value_head] = HeadGeometry(shape);
+  const HeadGeometry geometry(shape);
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t pair = 0; pair < shape.batch * shape.kv_heads; ++pair) {
     const int64_t sequence = pair / shape.kv_heads;
     const int64_t kv_head = pair % shape.kv_heads;
-    const ConstStridedMap k_head = key_value_head(k, sequence, kv_head);
-    const ConstStridedMap v_head = key_value_head(v, sequence, kv_head);
-    StridedMap d_k_head = key_value_head(d_k, sequence, kv_head);
-    StridedMap d_v_head = key_value_head(d_v, sequence, kv_head);
+    const ConstStridedMap k_head = geometry.key_value_head(k, sequence, kv_head);
+    const ConstStridedMap v_head = geometry.key_value_head(v, sequence, kv_head);
+    StridedMap d_k_head = geometry.key_value_head(d_k, sequence, kv_head);
+    StridedMap d_v_head = geometry.key_value_head(d_v, sequence, kv_head);
     d_k_head.setZero();
     d_v_head.setZero();
-    internal::RowMatrix d_scores(kQueryBlock, seq_len);
-    for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
-      const ConstStridedMap q_head = query_head(q, sequence, head);
-      const ConstStridedMap d_out_head = query_head(d_out, sequence, head);
-      StridedMap d_q_head = query_head(d_q, sequence, head);
+    internal::RowMatrix d_scores(kQueryBlock, geometry.seq_len);
+    for (int64_t head = kv_head * geometry.group; head < (kv_head + 1) * geometry.group; ++head) {
+      const ConstStridedMap q_head = geometry.query_head(q, sequence, head);
+      const ConstStridedMap d_out_head = geometry.query_head(d_out, sequence, head);
+      StridedMap d_q_head = geometry.query_head(d_q, sequence, head);
       const auto p =
-          View(probs + (sequence * shape.heads + head) * seq_len * seq_len, seq_len, seq_len);
+          View(probs + (sequence * shape.heads + head) * geometry.seq_len * geometry.seq_len,
+               geometry.seq_len, geometry.seq_len);
       // Block by block over the query rows, each against the keys it sees: P is zero beyond
       // them, so the rest contributes nothing.
-      for (int64_t start = 0; start < seq_len; start += kQueryBlock) {
-        const int64_t rows = std::min(kQueryBlock, seq_len - start);
+      for (int64_t start = 0; start < geometry.seq_len; start += kQueryBlock) {
+        const int64_t rows = std::min(kQueryBlock, geometry.seq_len - start);
         const VisibleKeys keys = VisibleTo(shape, start, rows);
         const auto p_block = p.block(start, keys.first, rows, keys.count);
         const auto d_out_block = d_out_head.middleRows(start, rows);
@@ -154,7 +156,8 @@ void CausalAttentionBackward(const float* q, const float* k, const float* v, con
         d_s.noalias() = d_out_block * v_head.middleRows(keys.first, keys.count).transpose();
         for (Eigen::Index i = 0; i < rows; ++i) {
           const float dot = p_block.row(i).dot(d_s.row(i));
-          d_s.row(i) = (p_block.row(i).array() * (d_s.row(i).array() - dot) * scale).matrix();
+          d_s.row(i) =
+              (p_block.row(i).array() * (d_s.row(i).array() - dot) * geometry.scale).matrix();
         }
         d_q_head.middleRows(start, rows).noalias() =
             d_s * k_head.middleRows(keys.first, keys.count);
