@@ -54,8 +54,4 @@ double GradientNorm(const ModelLayout& layout, const TrainableSet& trainable,
   return std::sqrt(squares);
 }
 
-double ClipScale(double norm, double max_norm) {
-  return max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0;
-}
-
 }  // namespace fedmoe::model

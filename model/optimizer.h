@@ -53,10 +53,6 @@ double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Sc
 double GradientNorm(const ModelLayout& layout, const TrainableSet& trainable,
                     std::span<const float> gradients);
 
-// The factor that brings a gradient of this norm down to max_norm: min(1, max_norm / norm), or 1
-// for max_norm ≤ 0.
-double ClipScale(double norm, double max_norm);
-
 }  // namespace fedmoe::model
 
 #endif  // FEDMOE_MODEL_OPTIMIZER_H_

@@ -34,6 +34,21 @@ absl::Status PrivacyLedger::Record(const LedgerEntry& entry) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<privacy::RdpAccountant> PrivacyLedger::AccountantWith(
+    std::span<const double> rdp, double sampler_total_variation) const {
+  privacy::RdpAccountant after = accountant_;
+  if (absl::Status status = after.AddRdp(rdp); !status.ok()) return status;
+  if (absl::Status status = after.AddSamplerTotalVariation(sampler_total_variation); !status.ok()) {
+    return status;
+  }
+  return after;
+}
+
+double PrivacyLedger::SamplerTotalVariation(
+    const std::optional<privacy::DistributedRound>& priced) {
+  return priced.has_value() ? privacy::DistributedRoundTotalVariation(*priced) : 0.0;
+}
+
 absl::StatusOr<std::vector<double>> PrivacyLedger::Rdp(
     const std::optional<privacy::DistributedRound>& priced) const {
   // No noise: no privacy.
@@ -59,19 +74,15 @@ absl::StatusOr<LedgerEntry> PrivacyLedger::Charge(const RoundTerms& terms, int64
   entry.mode = PrivacyModeName(terms.privacy.mode());
   entry.orders = accountant_.orders();
   entry.rdp = std::move(*rdp);
-  entry.sampler_total_variation =
-      priced.has_value() ? privacy::DistributedRoundTotalVariation(*priced) : 0.0;
+  entry.sampler_total_variation = SamplerTotalVariation(priced);
   entry.delta = delta_;
   entry.committed_at = committed_at;
 
-  privacy::RdpAccountant after = accountant_;
-  if (absl::Status status = after.AddRdp(entry.rdp); !status.ok()) return status;
-  if (absl::Status status = after.AddSamplerTotalVariation(entry.sampler_total_variation);
-      !status.ok()) {
-    return status;
-  }
+  absl::StatusOr<privacy::RdpAccountant> after =
+      AccountantWith(entry.rdp, entry.sampler_total_variation);
+  if (!after.ok()) return after.status();
   entry.epsilon_after = std::numeric_limits<double>::infinity();
-  if (absl::StatusOr<privacy::PrivacyLoss> loss = after.Epsilon(delta_); loss.ok()) {
+  if (absl::StatusOr<privacy::PrivacyLoss> loss = after->Epsilon(delta_); loss.ok()) {
     entry.epsilon_after = loss->epsilon;
     // No finite ε (privacy.mode none) has no best order either; the ledger stores 0 then.
     entry.best_order = std::isnan(loss->order) ? 0 : loss->order;
@@ -82,17 +93,11 @@ absl::StatusOr<LedgerEntry> PrivacyLedger::Charge(const RoundTerms& terms, int64
 double PrivacyLedger::WorstCaseEpsilonAfter(const RoundTerms& terms, int64_t fewest_survivors,
                                             int64_t cohort) const {
   absl::StatusOr<std::vector<double>> rdp = Rdp(PriceTerms(terms, fewest_survivors));
-  const std::optional<privacy::DistributedRound> whole_cohort = PriceTerms(terms, cohort);
-  privacy::RdpAccountant after = accountant_;
-  if (!rdp.ok() || !after.AddRdp(*rdp).ok() ||
-      !after
-           .AddSamplerTotalVariation(whole_cohort.has_value()
-                                         ? privacy::DistributedRoundTotalVariation(*whole_cohort)
-                                         : 0.0)
-           .ok()) {
-    return std::numeric_limits<double>::infinity();
-  }
-  absl::StatusOr<privacy::PrivacyLoss> loss = after.Epsilon(delta_);
+  if (!rdp.ok()) return std::numeric_limits<double>::infinity();
+  absl::StatusOr<privacy::RdpAccountant> after =
+      AccountantWith(*rdp, SamplerTotalVariation(PriceTerms(terms, cohort)));
+  if (!after.ok()) return std::numeric_limits<double>::infinity();
+  absl::StatusOr<privacy::PrivacyLoss> loss = after->Epsilon(delta_);
   return loss.ok() ? loss->epsilon : std::numeric_limits<double>::infinity();
 }
 

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -65,6 +66,11 @@ class PrivacyLedger {
   // The RDP at each of the accountant's orders (+∞ at all of them without noise).
   absl::StatusOr<std::vector<double>> Rdp(
       const std::optional<privacy::DistributedRound>& priced) const;
+  // How far a priced round's noise can be from what Rdp prices (0 without noise).
+  static double SamplerTotalVariation(const std::optional<privacy::DistributedRound>& priced);
+  // The accountant as it would be with one more round of this RDP and sampler distance.
+  absl::StatusOr<privacy::RdpAccountant> AccountantWith(std::span<const double> rdp,
+                                                        double sampler_total_variation) const;
 
   double delta_;
   privacy::RdpAccountant accountant_;

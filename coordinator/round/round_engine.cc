@@ -233,7 +233,7 @@ void RoundEngine::MaybeSelect() {
   round->spec = std::move(plan.spec);
   round->terms = std::move(plan.terms);
   round->session_id = std::move(plan.session_id);
-  round->threshold = plan.shape.threshold;
+  round->shape = plan.shape;
   round->graph.emplace(std::move(plan.graph));
   round->secagg.emplace(std::move(*secagg));
   for (const std::string& client_id : plan.cohort) {
@@ -264,8 +264,8 @@ void RoundEngine::MaybeSelect() {
       .Field("cohort", n)
       .Field("online", static_cast<int64_t>(online.size()))
       .Field("base_model_version", global_record_.version)
-      .Field("degree", static_cast<int64_t>(plan.shape.degree))
-      .Field("threshold", static_cast<int64_t>(round->threshold))
+      .Field("degree", static_cast<int64_t>(round->shape.degree))
+      .Field("threshold", static_cast<int64_t>(round->shape.threshold))
       .Field("update_values", round->spec.layout().encoded_values());
   if (const std::string warning =
           NoiseWarning(policy_, n, static_cast<int64_t>(round->spec.layout().delta_values()));
@@ -279,7 +279,7 @@ void RoundEngine::MaybeSelect() {
 }
 
 int64_t RoundEngine::MinimumSurvivors(const Round& round) {
-  return coordinator::MinimumSurvivors(SecAggShape{.degree = 0, .threshold = round.threshold});
+  return coordinator::MinimumSurvivors(round.shape);
 }
 
 int64_t RoundEngine::Live() const {

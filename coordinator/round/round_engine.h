@@ -34,6 +34,7 @@
 #include "coordinator/round/client_presence.h"
 #include "coordinator/round/clock.h"
 #include "coordinator/round/expert_merge.h"
+#include "coordinator/round/planner.h"
 #include "coordinator/round/poll_hub.h"
 #include "coordinator/round/privacy_ledger.h"
 #include "coordinator/round/round_observer.h"
@@ -180,7 +181,7 @@ class RoundEngine {
     // the rate the cohort was really drawn at.
     RoundTerms terms;
     std::string session_id;
-    uint32_t threshold = 0;
+    SecAggShape shape;
     std::optional<secure_agg::NeighborGraph> graph;
     std::optional<secure_agg::SecAggServer> secagg;
     std::vector<Participant> participants;  // Index: participant id − 1.

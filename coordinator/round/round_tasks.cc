@@ -168,7 +168,7 @@ void RoundEngine::JoinTask(uint32_t id, v1::PollTaskResponse& response) const {
   secagg->set_participant_id(id);
   secagg->set_num_participants(static_cast<uint32_t>(round_->participants.size()));
   for (uint32_t neighbor : round_->graph->Neighbors(id)) secagg->add_neighbors(neighbor);
-  secagg->set_threshold(round_->threshold);
+  secagg->set_threshold(round_->shape.threshold);
   secagg->set_ring_bits(static_cast<uint32_t>(policy_.ring_bits));
   secagg->set_session_id(round_->session_id);
   secagg->set_shamir_field(v1::SecAggParameters::SHAMIR_FIELD_MERSENNE61);

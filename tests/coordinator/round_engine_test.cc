@@ -106,7 +106,6 @@ class EngineClient {
   }
 
   bool Done(const absl::StatusOr<v1::StageAck>& ack) {
-    last_error_ = ack.status();
     if (ack.ok()) known_stage_ = ack->stage();
     return ack.ok();
   }
@@ -137,10 +136,7 @@ class EngineClient {
     if (!secagg_->MaskChunk(masked).ok()) return false;
     absl::StatusOr<RoundEngine::MaskedUpload> upload =
         engine.BeginMaskedInput(id_, task.round_id(), masked.size());
-    if (!upload.ok()) {
-      last_error_ = upload.status();
-      return false;
-    }
+    if (!upload.ok()) return false;
     RoundEngine::StagedChunk chunk;
     chunk.value_count = static_cast<uint32_t>(masked.size());
     if (!secure_agg::PackValues(masked, static_cast<int>(join_.secagg().ring_bits()),
@@ -166,7 +162,6 @@ class EngineClient {
   std::unique_ptr<secure_agg::SecAggClient> secagg_;
   uint64_t known_round_ = 0;
   v1::RoundStage known_stage_ = v1::ROUND_STAGE_UNSPECIFIED;
-  absl::Status last_error_;
 };
 
 class RoundEngineTest : public ::testing::Test {

@@ -7,7 +7,9 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/threads.h"
+#include "kernels/shared/adamw.h"
 #include "model/init.h"
+#include "model/optimizer.h"
 
 namespace fedmoe::model {
 namespace {
@@ -194,11 +196,12 @@ TEST(OptimizerTest, ClippingBoundsTheGlobalNormOfTrainableTensorsOnly) {
   gradients[embedding.offset] = 100.0f;  // frozen: neither counted nor scaled
   const double norm = GradientNorm(parameters.layout(), TrainableSet{}, gradients);
   EXPECT_DOUBLE_EQ(norm, 5.0);
-  const double scale = ClipScale(norm, 1.0);
+  // The clip inside AdamW, on either device (kernels/shared/adamw.h).
+  const double scale = kernels::ClipFactor(1.0F, norm * norm);
   EXPECT_FLOAT_EQ(static_cast<float>(scale * gradients[router.offset]), 0.6f);
   EXPECT_FLOAT_EQ(static_cast<float>(scale * gradients[router.offset + 1]), 0.8f);
-  EXPECT_EQ(ClipScale(0.5, 1.0), 1.0) << "a norm under the bound is left alone";
-  EXPECT_EQ(ClipScale(5.0, 0.0), 1.0) << "a bound of 0 turns clipping off";
+  EXPECT_EQ(kernels::ClipFactor(1.0F, 0.25), 1.0F) << "a norm under the bound is left alone";
+  EXPECT_EQ(kernels::ClipFactor(0.0F, 25.0), 1.0F) << "a bound of 0 turns clipping off";
 
   // The trainer clips inside the AdamW pass: two steps with the scale equal two steps on
   // gradients scaled beforehand, and the frozen embedding moves in neither.
