@@ -30,33 +30,6 @@ auto* Sized(Buffer& buffer, int64_t size) {
   return buffer.data();
 }
 
-// L_bal of rows [first_row, first_row + rows) of one layer and, when `d_probs` is given (those
-// rows' block), its gradient scaled by `scale` with respect to the router probabilities (the
-// same for every row).
-double LayerBalance(const LayerActivations& layer, int64_t first_row, int64_t rows, int64_t experts,
-                    int64_t top_k, int64_t private_experts, double scale, float* d_probs) {
-  std::vector<int64_t> slots(static_cast<size_t>(experts), 0);
-  for (int64_t i = first_row * top_k; i < (first_row + rows) * top_k; ++i) {
-    ++slots[static_cast<size_t>(layer.expert_index[static_cast<size_t>(i)])];
-  }
-  std::vector<double> probability_sums(static_cast<size_t>(experts), 0.0);
-  for (int64_t row = first_row; row < first_row + rows; ++row) {
-    for (int64_t e = 0; e < experts; ++e) {
-      probability_sums[static_cast<size_t>(e)] +=
-          layer.router_probs[static_cast<size_t>(row * experts + e)];
-    }
-  }
-  std::vector<float> gradient(d_probs != nullptr ? static_cast<size_t>(experts) : 0);
-  const double loss =
-      BalanceLoss(slots, probability_sums, rows, top_k, scale, gradient, private_experts);
-  if (d_probs != nullptr) {
-    for (int64_t row = 0; row < rows; ++row) {
-      std::copy(gradient.begin(), gradient.end(), d_probs + row * experts);
-    }
-  }
-  return loss;
-}
-
 }  // namespace
 
 double BalanceLoss(std::span<const int64_t> slots, std::span<const double> probability_sums,
@@ -87,6 +60,30 @@ double BalanceLoss(std::span<const int64_t> slots, std::span<const double> proba
   return loss;
 }
 
+double LayerBalance(const LayerActivations& layer, int64_t first_row, int64_t rows, int64_t experts,
+                    int64_t top_k, int64_t private_experts, double scale, float* d_probs) {
+  std::vector<int64_t> slots(static_cast<size_t>(experts), 0);
+  for (int64_t i = first_row * top_k; i < (first_row + rows) * top_k; ++i) {
+    ++slots[static_cast<size_t>(layer.expert_index[static_cast<size_t>(i)])];
+  }
+  std::vector<double> probability_sums(static_cast<size_t>(experts), 0.0);
+  for (int64_t row = first_row; row < first_row + rows; ++row) {
+    for (int64_t e = 0; e < experts; ++e) {
+      probability_sums[static_cast<size_t>(e)] +=
+          layer.router_probs[static_cast<size_t>(row * experts + e)];
+    }
+  }
+  std::vector<float> gradient(d_probs != nullptr ? static_cast<size_t>(experts) : 0);
+  const double loss =
+      BalanceLoss(slots, probability_sums, rows, top_k, scale, gradient, private_experts);
+  if (d_probs != nullptr) {
+    for (int64_t row = 0; row < rows; ++row) {
+      std::copy(gradient.begin(), gradient.end(), d_probs + row * experts);
+    }
+  }
+  return loss;
+}
+
 int64_t LowestLayerNeedingGradient(const ModelLayout& layout, const MoeConfig& config,
                                    const TrainableSet& trainable) {
   if (trainable.embeddings) return 0;
@@ -97,11 +94,9 @@ int64_t LowestLayerNeedingGradient(const ModelLayout& layout, const MoeConfig& c
   return lowest;
 }
 
-namespace {
-
-// Fills the cross-entropy part of `loss` from a sum, and the balance part from the pass.
-void FillLoss(const MoeConfig& config, const ForwardPass& pass, const LossSum& sum,
-              const BackwardOptions& options, LossBreakdown& loss) {
+LossBreakdown LossOf(const MoeConfig& config, const ForwardPass& pass, const LossSum& sum,
+                     const BackwardOptions& options) {
+  LossBreakdown loss;
   loss.cross_entropy = sum.total / options.predictions_in_step;
   loss.predictions = sum.predictions;
   for (const LayerActivations& layer : pass.layers) {
@@ -111,16 +106,13 @@ void FillLoss(const MoeConfig& config, const ForwardPass& pass, const LossSum& s
   }
   loss.balance_per_layer /= static_cast<double>(pass.layers.size());
   loss.balance = options.balance_coefficient * loss.balance_per_layer * options.step_share;
+  return loss;
 }
-
-}  // namespace
 
 LossBreakdown ComputeLoss(const ModelParameters& parameters, const ForwardPass& pass,
                           std::span<const int32_t> targets, const BackwardOptions& options) {
-  LossBreakdown loss;
-  FillLoss(parameters.config(), pass, CrossEntropy(pass, targets, parameters.config().vocab_size),
-           options, loss);
-  return loss;
+  return LossOf(parameters.config(), pass,
+                CrossEntropy(pass, targets, parameters.config().vocab_size), options);
 }
 
 absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const ForwardPass& pass,
@@ -200,8 +192,7 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
       }
     }
   }
-  LossBreakdown loss;
-  FillLoss(config, pass, sum, options, loss);
+  const LossBreakdown loss = LossOf(config, pass, sum, options);
   const TensorRole head_role =
       config.tie_word_embeddings ? TensorRole::kEmbedding : TensorRole::kOutput;
   float* d_norm = Zeroed(s.d_norm, rows * hidden);

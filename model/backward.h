@@ -87,6 +87,17 @@ double BalanceLoss(std::span<const int64_t> slots, std::span<const double> proba
                    int64_t rows, int64_t top_k, double scale, std::span<float> per_expert_gradient,
                    int64_t private_experts = 0);
 
+// L_bal of rows [first_row, first_row + rows) of one layer of a pass and, when `d_probs` is
+// given (those rows' block), its gradient scaled by `scale` with respect to the router
+// probabilities (the same for every row).
+double LayerBalance(const LayerActivations& layer, int64_t first_row, int64_t rows, int64_t experts,
+                    int64_t top_k, int64_t private_experts, double scale, float* d_probs);
+
+// The loss of a pass whose cross-entropies sum to `sum`: the cross-entropy mean and the balance
+// term, as Backward reports them.
+LossBreakdown LossOf(const MoeConfig& config, const ForwardPass& pass, const LossSum& sum,
+                     const BackwardOptions& options);
+
 // The lowest layer holding a tensor that is trained (0 with trainable embeddings, the number of
 // layers when none is): the backward walk stops there.
 int64_t LowestLayerNeedingGradient(const ModelLayout& layout, const MoeConfig& config,

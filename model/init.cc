@@ -22,6 +22,8 @@ double OpenUnit(std::mt19937_64& generator) {
 
 }  // namespace
 
+uint64_t TensorStreamSeed(uint64_t seed, uint64_t index) { return MixSeed(seed ^ MixSeed(index)); }
+
 ModelParameters InitializeModel(const MoeConfig& config, uint64_t seed) {
   ModelParameters parameters(config);
   const std::vector<TensorSpec>& tensors = parameters.layout().tensors();
@@ -33,7 +35,7 @@ ModelParameters InitializeModel(const MoeConfig& config, uint64_t seed) {
       std::fill(values.begin(), values.end(), 1.0f);
       continue;
     }
-    std::mt19937_64 generator(MixSeed(seed ^ MixSeed(index)));
+    std::mt19937_64 generator(TensorStreamSeed(seed, index));
     for (size_t i = 0; i < values.size(); i += 2) {
       const double radius = std::sqrt(-2.0 * std::log(OpenUnit(generator)));
       const double angle = 2.0 * std::numbers::pi * OpenUnit(generator);

@@ -14,6 +14,10 @@ namespace fedmoe::model {
 // rather than the standard library's implementation-defined distributions.
 ModelParameters InitializeModel(const MoeConfig& config, uint64_t seed);
 
+// The seed of tensor `index`'s own stream under `seed` (SplitMix64's finaliser decorrelates the
+// two), for every initialiser that draws tensor by tensor.
+uint64_t TensorStreamSeed(uint64_t seed, uint64_t index);
+
 }  // namespace fedmoe::model
 
 #endif  // FEDMOE_MODEL_INIT_H_

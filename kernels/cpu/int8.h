@@ -1,14 +1,11 @@
 // Weight-only INT8 for a frozen base (issue [peft]): a linear's weight [out_features,
 // in_features] held as symmetric int8 values with one float scale per output row and group of
-// `group_size` input columns (group_size = in_features is one scale per output channel), and
-// the two products a frozen linear takes part in, run on those compact weights.
+// `group_size` input columns (group_size = in_features is one scale per output channel).
 //
 //   w ≈ scale[row, g] · q,  q = round(w / scale) ∈ [−127, 127],  scale = max|w over the group| /
 //   127
 //
-// The products never hold an fp32 copy of the whole weight: they dequantize kInt8TileRows output
-// rows at a time into a small tile and multiply that, so the extra memory is a tile per thread,
-// whatever the model's size.
+// The products on these weights are frozen_linear.h's, which take them as a FrozenWeight view.
 #ifndef FEDMOE_KERNELS_CPU_INT8_H_
 #define FEDMOE_KERNELS_CPU_INT8_H_
 
@@ -17,9 +14,6 @@
 #include <vector>
 
 namespace fedmoe::kernels::cpu {
-
-// Output rows dequantized at once by the products.
-inline constexpr int64_t kInt8TileRows = 64;
 
 struct Int8Matrix {
   int64_t rows = 0;
@@ -46,15 +40,6 @@ void DequantizeInt8(const Int8Matrix& matrix, std::span<float> out);
 // Σ (w − ŵ)² / Σ w² over the matrix: how much of the weight the quantization lost (0 for an
 // all-zero weight). What decides between per-channel and per-group scales.
 double RelativeSquaredError(std::span<const float> weights, const Int8Matrix& matrix);
-
-// out [rows, out_features] = in [rows, in_features] · ŵᵀ, as cpu::LinearForward on the
-// dequantized weight (out_features = matrix.rows, in_features = matrix.columns).
-void LinearForwardInt8(const float* in, const Int8Matrix& weight, float* out, int64_t rows);
-
-// d_in [rows, in_features] += d_out [rows, out_features] · ŵ: the input gradient through a frozen
-// INT8 weight, as cpu::LinearBackward's d_in. A frozen weight has no gradient of its own.
-void LinearBackwardInputInt8(const float* d_out, const Int8Matrix& weight, float* d_in,
-                             int64_t rows);
 
 }  // namespace fedmoe::kernels::cpu
 

@@ -1,0 +1,37 @@
+// The low-rank branch of a LoRA-adapted linear (Hu et al. 2021), beside a frozen base product:
+//   out += s · (in · Aᵀ) · Bᵀ,  A [rank, in_features], B [out_features, rank], s = α / rank.
+// The forward keeps low = s · in · Aᵀ [rows, rank] for the backward, which is all the branch
+// needs: rank is small, so the kept activation is a sliver of the base's.
+//
+// Backward, with d_low = s · d_out · B:
+//   d_b += d_outᵀ · low,  d_a += d_lowᵀ · in,  d_in += d_low · A
+// A null d_a skips A's gradient (FFA-LoRA freezes A); a null d_in skips the input's.
+//
+// Row-major buffers; the products are Eigen's and thread as cpu::LinearForward's do.
+#ifndef FEDMOE_KERNELS_CPU_LORA_H_
+#define FEDMOE_KERNELS_CPU_LORA_H_
+
+#include <cstdint>
+
+namespace fedmoe::kernels::cpu {
+
+struct LoraShape {
+  int64_t rows = 0;
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+  int64_t rank = 0;
+  float scale = 1.0F;
+};
+
+// low [rows, rank] = s · in · Aᵀ; out [rows, out_features] += low · Bᵀ.
+void LoraForward(const float* in, const float* a, const float* b, float* low, float* out,
+                 const LoraShape& shape);
+
+// d_low [rows, rank] is scratch.
+void LoraBackward(const float* in, const float* a, const float* b, const float* low,
+                  const float* d_out, float* d_in, float* d_a, float* d_b, float* d_low,
+                  const LoraShape& shape);
+
+}  // namespace fedmoe::kernels::cpu
+
+#endif  // FEDMOE_KERNELS_CPU_LORA_H_
