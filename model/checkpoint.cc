@@ -59,11 +59,7 @@ absl::StatusOr<std::vector<std::string>> ShardFiles(const fs::path& index_path) 
 
 }  // namespace
 
-absl::StatusOr<ModelParameters> LoadModel(const fs::path& directory) {
-  absl::StatusOr<MoeConfig> config = LoadMoeConfig(directory / kConfigFile);
-  if (!config.ok()) return config.status();
-  ModelParameters parameters(*config);
-
+absl::StatusOr<std::vector<SafetensorsFile>> OpenWeightFiles(const fs::path& directory) {
   std::vector<SafetensorsFile> files;
   if (storage::PathExists(directory / kIndexFile)) {
     absl::StatusOr<std::vector<std::string>> shards = ShardFiles(directory / kIndexFile);
@@ -78,9 +74,19 @@ absl::StatusOr<ModelParameters> LoadModel(const fs::path& directory) {
     if (!file.ok()) return file.status();
     files.push_back(*std::move(file));
   }
+  return files;
+}
+
+absl::StatusOr<ModelParameters> LoadModel(const fs::path& directory) {
+  absl::StatusOr<MoeConfig> config = LoadMoeConfig(directory / kConfigFile);
+  if (!config.ok()) return config.status();
+  ModelParameters parameters(*config);
+
+  absl::StatusOr<std::vector<SafetensorsFile>> files = OpenWeightFiles(directory);
+  if (!files.ok()) return files.status();
 
   std::set<std::string> loaded;
-  for (const SafetensorsFile& file : files) {
+  for (const SafetensorsFile& file : *files) {
     for (const SafetensorsEntry& entry : file.entries()) {
       if (IsDerivedBuffer(entry.name)) continue;
       const TensorSpec* spec = parameters.layout().Find(entry.name);

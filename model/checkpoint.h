@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -17,6 +18,11 @@ namespace fedmoe::model {
 // tensors, tensors of the wrong shape and tensors the layout has no place for are errors that
 // name the tensor; so are an index that points outside the directory or at a missing shard.
 absl::StatusOr<ModelParameters> LoadModel(const std::filesystem::path& directory);
+
+// The weight files of a model directory, mapped and validated: the shards its index names, or
+// model.safetensors.
+absl::StatusOr<std::vector<SafetensorsFile>> OpenWeightFiles(
+    const std::filesystem::path& directory);
 
 struct SaveOptions {
   DType dtype = DType::kF32;

@@ -5,11 +5,27 @@
 // kernels::cpu::FrozenWeight in one format: fp32, bf16, or weight-only INT8. Norm weights and
 // routers stay fp32: they are a few thousand values per layer, and the router trains (its
 // trained copy lives with the adapters). No fp32 copy of the matrices is ever made.
+//
+// On disk a base is a model directory (config.json and model.safetensors). A bf16 or fp32 base
+// is a plain Hugging Face checkpoint. An INT8 base is a format of fedmoe's own, in the same
+// safetensors container so that any safetensors reader can list it:
+//   - each matrix "X.weight" is I8 [out_features, in_features], the values q;
+//   - beside it, "X.weight_scale" is F32 [out_features, ceil(in_features / group)], the scales,
+//     so that the weight is scale[row, column / group] · q[row, column];
+//   - norms and routers are F32, as in a plain checkpoint;
+//   - __metadata__ holds "fedmoe_weight_format": "int8" and "fedmoe_int8_group_size".
+// Open maps the file and, where the stored format is the one asked for, points the weights into
+// the mapping: nothing is read until used and nothing is copied, so a base is loaded once and
+// shared by the page cache.
 #ifndef FEDMOE_MODEL_FROZEN_BASE_H_
 #define FEDMOE_MODEL_FROZEN_BASE_H_
 
 #include <cstdint>
+#include <filesystem>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -20,6 +36,7 @@
 #include "kernels/cpu/frozen_linear.h"
 #include "kernels/cpu/int8.h"
 #include "model/parameters.h"
+#include "model/safetensors.h"
 
 namespace fedmoe::model {
 
@@ -40,6 +57,20 @@ class FrozenBase {
   static FrozenBase FromParameters(const ModelParameters& parameters, WeightFormat format,
                                    int64_t group_size = 128);
 
+  // Holds the tensors that `fill` writes, one at a time as fp32, in `format`: a base of any size
+  // is built with one tensor's fp32 values in memory at once.
+  using TensorSource = std::function<absl::Status(const TensorSpec& spec, std::span<float> out)>;
+  static absl::StatusOr<FrozenBase> Build(const MoeConfig& config, WeightFormat format,
+                                          int64_t group_size, const TensorSource& fill);
+
+  // Opens the model directory at `directory` as a base in `format` (nullopt: as stored). A
+  // stored format other than the one asked for is converted tensor by tensor (INT8 with
+  // `group_size`). Errors name the file and tensor at fault: a missing or misshapen tensor, a
+  // tensor the layout has no place for, INT8 values without their scales.
+  static absl::StatusOr<FrozenBase> Open(const std::filesystem::path& directory,
+                                         std::optional<WeightFormat> format = std::nullopt,
+                                         int64_t group_size = 128);
+
   FrozenBase(FrozenBase&&) = default;
   FrozenBase& operator=(FrozenBase&&) = default;
 
@@ -52,20 +83,32 @@ class FrozenBase {
   const float* vector(int64_t offset) const { return vectors_.at(offset); }
   // The bytes of every weight held: what the base costs in memory.
   int64_t bytes() const;
+  // INT8's columns per scale; 0 for the other formats.
+  int64_t group_size() const { return group_size_; }
 
  private:
-  FrozenBase(const MoeConfig& config, WeightFormat format);
+  FrozenBase(const MoeConfig& config, WeightFormat format, int64_t group_size);
+  // Converts `values` into this base's format, into storage of its own.
+  void AddMatrix(const TensorSpec& spec, std::span<const float> values);
+  void AddVector(const TensorSpec& spec, std::span<const float> values);
 
   MoeConfig config_;
   ModelLayout layout_;
   WeightFormat format_;
+  int64_t group_size_ = 0;
   std::unordered_map<int64_t, FrozenWeight> matrices_;
   std::unordered_map<int64_t, const float*> vectors_;
   // What the views above point into. Moving a vector keeps its elements' buffers where they are.
   std::vector<kernels::cpu::AlignedFloats> fp32_storage_;
   std::vector<kernels::cpu::AlignedBf16> bf16_storage_;
   std::vector<kernels::cpu::Int8Matrix> int8_storage_;
+  // The mapped files that views point into, when opened from disk.
+  std::vector<SafetensorsFile> files_;
 };
+
+// Writes `base` as a model directory in its own format (above): config.json and
+// model.safetensors, each replaced atomically.
+absl::Status SaveFrozenBase(const FrozenBase& base, const std::filesystem::path& directory);
 
 }  // namespace fedmoe::model
 

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <utility>
@@ -31,7 +32,7 @@ struct DTypeInfo {
 constexpr DTypeInfo kDTypes[] = {
     {"F32", DType::kF32, 4},    {"F16", DType::kF16, 2},       {"BF16", DType::kBF16, 2},
     {"F64", DType::kOther, 8},  {"I64", DType::kOther, 8},     {"I32", DType::kOther, 4},
-    {"I16", DType::kOther, 2},  {"I8", DType::kOther, 1},      {"U64", DType::kOther, 8},
+    {"I16", DType::kOther, 2},  {"I8", DType::kI8, 1},         {"U64", DType::kOther, 8},
     {"U32", DType::kOther, 4},  {"U16", DType::kOther, 2},     {"U8", DType::kOther, 1},
     {"BOOL", DType::kOther, 1}, {"F8_E4M3", DType::kOther, 1}, {"F8_E5M2", DType::kOther, 1},
 };
@@ -43,7 +44,12 @@ const DTypeInfo* FindDType(std::string_view name) {
   return nullptr;
 }
 
-uint64_t DTypeBytes(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
+uint64_t DTypeBytes(DType dtype) {
+  for (const DTypeInfo& info : kDTypes) {
+    if (info.dtype == dtype) return info.bytes;
+  }
+  return 0;
+}
 
 uint64_t ReadLittleEndian64(const std::byte* bytes) {
   uint64_t value = 0;
@@ -295,7 +301,7 @@ const SafetensorsEntry* SafetensorsFile::Find(std::string_view name) const {
 
 absl::Status SafetensorsFile::ReadFloats(const SafetensorsEntry& entry,
                                          std::span<float> out) const {
-  if (entry.dtype == DType::kOther) {
+  if (entry.dtype == DType::kOther || entry.dtype == DType::kI8) {
     return absl::InvalidArgumentError(absl::StrCat(path_.string(), ": tensor \"", entry.name,
                                                    "\" is ", entry.dtype_name,
                                                    "; only F32, F16 and BF16 can be loaded"));
@@ -318,30 +324,41 @@ absl::Status SafetensorsFile::ReadFloats(const SafetensorsEntry& entry,
   return absl::OkStatus();
 }
 
-absl::Status WriteSafetensors(const std::filesystem::path& path,
-                              std::span<const TensorToWrite> tensors, DType dtype,
-                              const std::map<std::string, std::string>& metadata) {
-  if (dtype == DType::kOther) return absl::InvalidArgumentError("can write only F32, F16 or BF16");
+namespace {
+
+// A tensor's header entry, and how to append its bytes to the file.
+struct TensorWriter {
+  std::string_view name;
+  DType dtype;
+  std::span<const int64_t> shape;
+  uint64_t elements;
+  std::function<absl::Status(storage::AtomicFileWriter&)> append;
+};
+
+// The header, then each tensor's bytes, through one atomic file.
+absl::Status WriteTensors(const std::filesystem::path& path, std::span<const TensorWriter> tensors,
+                          const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::set<std::string_view> names;
   uint64_t offset = 0;
-  for (const TensorToWrite& tensor : tensors) {
+  for (const TensorWriter& tensor : tensors) {
     if (!names.insert(tensor.name).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat("duplicate tensor name \"", tensor.name, "\""));
+          absl::StrCat("duplicate tensor name \"", std::string(tensor.name), "\""));
     }
     int64_t elements = 1;
     for (const int64_t dimension : tensor.shape) elements *= dimension;
-    if (elements != static_cast<int64_t>(tensor.values.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor \"", tensor.name, "\" has ",
-                                                     tensor.values.size(),
+    if (static_cast<uint64_t>(elements) != tensor.elements) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor \"", std::string(tensor.name),
+                                                     "\" has ", tensor.elements,
                                                      " values but its shape holds ", elements));
     }
-    const uint64_t bytes = static_cast<uint64_t>(elements) * DTypeBytes(dtype);
-    header[tensor.name] = {{"dtype", DTypeName(dtype)},
-                           {"shape", tensor.shape},
-                           {"data_offsets", {offset, offset + bytes}}};
+    const uint64_t bytes = static_cast<uint64_t>(elements) * DTypeBytes(tensor.dtype);
+    header[std::string(tensor.name)] = {
+        {"dtype", DTypeName(tensor.dtype)},
+        {"shape", std::vector<int64_t>(tensor.shape.begin(), tensor.shape.end())},
+        {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string header_text = header.dump();
@@ -357,27 +374,78 @@ absl::Status WriteSafetensors(const std::filesystem::path& path,
     length[i] = static_cast<char>((header_text.size() >> (8 * i)) & 0xff);
   if (absl::Status status = writer->Append(length); !status.ok()) return status;
   if (absl::Status status = writer->Append(header_text); !status.ok()) return status;
-
-  constexpr size_t kChunkValues = size_t{1} << 20;
-  std::string chunk;
-  for (const TensorToWrite& tensor : tensors) {
-    for (size_t start = 0; start < tensor.values.size(); start += kChunkValues) {
-      const size_t count = std::min(kChunkValues, tensor.values.size() - start);
-      const float* values = tensor.values.data() + start;
-      chunk.resize(count * DTypeBytes(dtype));
-      if (dtype == DType::kF32) {
-        std::memcpy(chunk.data(), values, count * sizeof(float));
-      } else {
-        for (size_t i = 0; i < count; ++i) {
-          const uint16_t bits =
-              dtype == DType::kF16 ? FloatToHalf(values[i]) : FloatToBFloat16(values[i]);
-          std::memcpy(chunk.data() + 2 * i, &bits, sizeof(bits));
-        }
-      }
-      if (absl::Status status = writer->Append(chunk); !status.ok()) return status;
-    }
+  for (const TensorWriter& tensor : tensors) {
+    if (absl::Status status = tensor.append(*writer); !status.ok()) return status;
   }
   return writer->Commit();
+}
+
+}  // namespace
+
+absl::Status WriteSafetensors(const std::filesystem::path& path,
+                              std::span<const TensorToWrite> tensors, DType dtype,
+                              const std::map<std::string, std::string>& metadata) {
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
+    return absl::InvalidArgumentError("can write only F32, F16 or BF16");
+  }
+  std::vector<TensorWriter> writers;
+  for (const TensorToWrite& tensor : tensors) {
+    writers.push_back(
+        {.name = tensor.name,
+         .dtype = dtype,
+         .shape = tensor.shape,
+         .elements = tensor.values.size(),
+         .append = [&tensor, dtype](storage::AtomicFileWriter& writer) -> absl::Status {
+           constexpr size_t kChunkValues = size_t{1} << 20;
+           std::string chunk;
+           for (size_t start = 0; start < tensor.values.size(); start += kChunkValues) {
+             const size_t count = std::min(kChunkValues, tensor.values.size() - start);
+             const float* values = tensor.values.data() + start;
+             chunk.resize(count * DTypeBytes(dtype));
+             if (dtype == DType::kF32) {
+               std::memcpy(chunk.data(), values, count * sizeof(float));
+             } else {
+               for (size_t i = 0; i < count; ++i) {
+                 const uint16_t bits =
+                     dtype == DType::kF16 ? FloatToHalf(values[i]) : FloatToBFloat16(values[i]);
+                 std::memcpy(chunk.data() + 2 * i, &bits, sizeof(bits));
+               }
+             }
+             if (absl::Status status = writer.Append(chunk); !status.ok()) return status;
+           }
+           return absl::OkStatus();
+         }});
+  }
+  return WriteTensors(path, writers, metadata);
+}
+
+absl::Status WriteRawSafetensors(const std::filesystem::path& path,
+                                 std::span<const RawTensorToWrite> tensors,
+                                 const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorWriter> writers;
+  for (const RawTensorToWrite& tensor : tensors) {
+    const uint64_t value_bytes = DTypeBytes(tensor.dtype);
+    if (tensor.dtype == DType::kOther || value_bytes == 0 ||
+        tensor.bytes.size() % value_bytes != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor \"", tensor.name, "\" has ", tensor.bytes.size(),
+                       " bytes, not whole ", std::string(DTypeName(tensor.dtype)), " values"));
+    }
+    writers.push_back({.name = tensor.name,
+                       .dtype = tensor.dtype,
+                       .shape = tensor.shape,
+                       .elements = tensor.bytes.size() / value_bytes,
+                       .append = [&tensor](storage::AtomicFileWriter& writer) {
+                         return writer.Append(
+                             std::string_view(reinterpret_cast<const char*>(tensor.bytes.data()),
+                                              tensor.bytes.size()));
+                       }});
+  }
+  return WriteTensors(path, writers, metadata);
+}
+
+std::span<const std::byte> SafetensorsFile::Bytes(const SafetensorsEntry& entry) const {
+  return {data_ + entry.begin, static_cast<size_t>(entry.end - entry.begin)};
 }
 
 }  // namespace fedmoe::model

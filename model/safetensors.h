@@ -22,9 +22,10 @@
 
 namespace fedmoe::model {
 
-// The element types fedmoe converts from. Other safetensors dtypes (F64, I32, ...) are
-// recognised by the validator and refused when read as floats.
-enum class DType { kF32, kF16, kBF16, kOther };
+// The element types fedmoe converts from, and I8, which holds an INT8 base's weights (read as
+// bytes, never as floats). Other safetensors dtypes (F64, I32, ...) are recognised by the
+// validator and refused when read.
+enum class DType { kF32, kF16, kBF16, kI8, kOther };
 
 std::string_view DTypeName(DType dtype);
 
@@ -65,6 +66,8 @@ class SafetensorsFile {
 
   // Converts an F32, F16 or BF16 tensor to floats. `out` must hold exactly its element count.
   absl::Status ReadFloats(const SafetensorsEntry& entry, std::span<float> out) const;
+  // The tensor's bytes in the mapping, as stored (little-endian). Valid while this file is.
+  std::span<const std::byte> Bytes(const SafetensorsEntry& entry) const;
 
  private:
   SafetensorsFile(std::filesystem::path path, const std::byte* mapping, size_t mapped_bytes,
@@ -92,6 +95,21 @@ struct TensorToWrite {
 absl::Status WriteSafetensors(const std::filesystem::path& path,
                               std::span<const TensorToWrite> tensors, DType dtype,
                               const std::map<std::string, std::string>& metadata = {});
+
+// A tensor given as its stored bytes: `bytes` holds exactly its element count in `dtype`
+// (kOther is refused).
+struct RawTensorToWrite {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::span<const std::byte> bytes;
+};
+
+// WriteSafetensors for tensors that are already in their stored form, each in its own dtype.
+// Same atomicity and errors.
+absl::Status WriteRawSafetensors(const std::filesystem::path& path,
+                                 std::span<const RawTensorToWrite> tensors,
+                                 const std::map<std::string, std::string>& metadata = {});
 
 // IEEE half and bfloat16 conversions used by the reader and the writer.
 float HalfToFloat(uint16_t bits);

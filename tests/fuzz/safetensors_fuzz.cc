@@ -20,6 +20,7 @@ uint64_t DTypeBytes(const fedmoe::model::SafetensorsEntry& entry) {
     case DType::kF16:
     case DType::kBF16:
       return 2;
+    case DType::kI8:  // bytes, not floats: checked through Bytes below
     case DType::kOther:
       return 0;
   }
@@ -47,6 +48,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FEDMOE_FUZZ_CHECK(entry.end <= size, absl::StrCat("entry ", entry.name, " ends past the file"));
     FEDMOE_FUZZ_CHECK(file->Find(entry.name) == &entry,
                       absl::StrCat("Find does not return entry ", entry.name));
+    FEDMOE_FUZZ_CHECK(file->Bytes(entry).size() == entry.end - entry.begin,
+                      absl::StrCat("entry ", entry.name, "'s bytes are not its data_offsets'"));
     const uint64_t element_bytes = DTypeBytes(entry);
     if (element_bytes == 0) continue;
     FEDMOE_FUZZ_CHECK(

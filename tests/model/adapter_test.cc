@@ -10,8 +10,11 @@
 
 #include "gtest/gtest.h"
 #include "model/adapted_model.h"
+#include "model/checkpoint.h"
 #include "model/init.h"
+#include "model/safetensors.h"
 #include "tests/kernels/gradient_check.h"
+#include "tests/testing_temp_dir.h"
 #include "tests/testing_tiny_model.h"
 
 namespace fedmoe::model {
@@ -381,6 +384,99 @@ TEST(AdaptedModelTest, AdaptersOfAnotherModelAreRefused) {
   const absl::Status status = AdaptedForward(base, other, tokens, 1, 3, pass);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("another model config"), std::string::npos);
+}
+
+// A base saved in its own format opens to the same weights: the INT8 file as I8 values with F32
+// scales beside them (the documented format), the bf16 file as a plain checkpoint that
+// LoadModel reads too; and a plain fp32 checkpoint opens as INT8 or bf16 tensor by tensor.
+TEST(FrozenBaseFileTest, SavedBasesOpenToTheSameWeightsInEveryFormat) {
+  testing::TempDir dir;
+  const ModelParameters parameters =
+      InitializeModel(testing::GradientCheckConfig(true, false, 2), 12);
+  ASSERT_TRUE(SaveModel(parameters, dir.path() / "fp32").ok());
+  const std::vector<int32_t> tokens = Tokens(2 * 5, parameters.config().vocab_size, 3);
+  for (const WeightFormat format : {WeightFormat::kInt8, WeightFormat::kBfloat16}) {
+    const std::string name(WeightFormatName(format));
+    const FrozenBase made = FrozenBase::FromParameters(parameters, format, 8);
+    ASSERT_TRUE(SaveFrozenBase(made, dir.path() / name).ok()) << name;
+    absl::StatusOr<FrozenBase> opened = FrozenBase::Open(dir.path() / name);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    EXPECT_EQ(opened->format(), format);
+    EXPECT_EQ(opened->bytes(), made.bytes()) << name;
+    absl::StatusOr<FrozenBase> converted = FrozenBase::Open(dir.path() / "fp32", format, 8);
+    ASSERT_TRUE(converted.ok()) << converted.status();
+    const LoraAdapters adapters = *NewAdapters(made, AllTargets(false));
+    const std::vector<float> expected = AdaptedLogits(made, adapters, tokens, 2, 5);
+    EXPECT_EQ(AdaptedLogits(*opened, adapters, tokens, 2, 5), expected) << name;
+    EXPECT_EQ(AdaptedLogits(*converted, adapters, tokens, 2, 5), expected) << name;
+  }
+  absl::StatusOr<SafetensorsFile> file =
+      SafetensorsFile::Open(dir.path() / "int8" / "model.safetensors");
+  ASSERT_TRUE(file.ok());
+  const SafetensorsEntry* values =
+      file->Find("model.layers.1.block_sparse_moe.experts.2.w2.weight");
+  const SafetensorsEntry* scales =
+      file->Find("model.layers.1.block_sparse_moe.experts.2.w2.weight_scale");
+  ASSERT_NE(values, nullptr);
+  ASSERT_NE(scales, nullptr);
+  EXPECT_EQ(values->dtype_name, "I8");
+  EXPECT_EQ(values->shape, (std::vector<int64_t>{16, 12}));
+  EXPECT_EQ(scales->dtype_name, "F32");
+  EXPECT_EQ(scales->shape, (std::vector<int64_t>{16, 2}));  // ⌈12 / 8⌉ groups per row
+  EXPECT_EQ(file->metadata().at("fedmoe_weight_format"), "int8");
+  EXPECT_EQ(file->metadata().at("fedmoe_int8_group_size"), "8");
+  EXPECT_EQ(file->Find("model.layers.0.input_layernorm.weight")->dtype_name, "F32");
+  // The bf16 base is an ordinary checkpoint.
+  absl::StatusOr<ModelParameters> plain = LoadModel(dir.path() / "bf16");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_NEAR(plain->values()[100], parameters.values()[100],
+              std::abs(parameters.values()[100]) / 128);
+}
+
+TEST(FrozenBaseFileTest, BrokenInt8FilesAreSpecificErrors) {
+  testing::TempDir dir;
+  const ModelParameters parameters =
+      InitializeModel(testing::GradientCheckConfig(false, false, 2), 13);
+  const FrozenBase base = FrozenBase::FromParameters(parameters, WeightFormat::kInt8, 8);
+  ASSERT_TRUE(SaveFrozenBase(base, dir.path()).ok());
+  const std::filesystem::path weights = dir.path() / "model.safetensors";
+  // Rewrite the file without one scale tensor, then with an extra tensor.
+  const auto rewrite = [&](const std::string& drop, bool add_extra) {
+    absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(weights);
+    ASSERT_TRUE(file.ok());
+    std::vector<RawTensorToWrite> tensors;
+    std::vector<std::vector<std::byte>> copies;
+    copies.reserve(file->entries().size() + 1);
+    for (const SafetensorsEntry& entry : file->entries()) {
+      if (entry.name == drop) continue;
+      const std::span<const std::byte> bytes = file->Bytes(entry);
+      copies.emplace_back(bytes.begin(), bytes.end());
+      tensors.push_back({entry.name, entry.dtype, entry.shape, copies.back()});
+    }
+    if (add_extra) {
+      copies.emplace_back(16, std::byte{0});
+      tensors.push_back({"model.layers.9.mystery.weight", DType::kF32, {4}, copies.back()});
+    }
+    ASSERT_TRUE(
+        WriteRawSafetensors(dir.path() / "next.safetensors", tensors, file->metadata()).ok());
+    std::filesystem::rename(dir.path() / "next.safetensors", weights);
+  };
+  rewrite("", true);
+  absl::StatusOr<FrozenBase> opened = FrozenBase::Open(dir.path());
+  ASSERT_FALSE(opened.ok());
+  EXPECT_NE(opened.status().message().find("\"model.layers.9.mystery.weight\" has no place"),
+            std::string::npos)
+      << opened.status();
+  rewrite("model.layers.9.mystery.weight", false);
+  ASSERT_TRUE(FrozenBase::Open(dir.path()).ok());
+  rewrite("model.layers.0.self_attn.q_proj.weight_scale", false);
+  opened = FrozenBase::Open(dir.path());
+  ASSERT_FALSE(opened.ok());
+  EXPECT_NE(opened.status().message().find(
+                "INT8 tensor \"model.layers.0.self_attn.q_proj.weight\" has no "
+                "\"model.layers.0.self_attn.q_proj.weight_scale\" beside it"),
+            std::string::npos)
+      << opened.status();
 }
 
 }  // namespace
