@@ -20,6 +20,7 @@
 #include "model/compute.h"
 #include "model/evaluation.h"
 #include "model/forward.h"
+#include "model/frozen_base.h"
 #include "model/init.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
@@ -324,6 +325,56 @@ int TraceCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+// Copies DIR's tokenizer.json, when it has one, into a model directory made from it.
+absl::Status CopyTokenizer(const std::filesystem::path& from, const std::filesystem::path& to) {
+  const std::filesystem::path tokenizer_file = from / "tokenizer.json";
+  if (!storage::PathExists(tokenizer_file)) return absl::OkStatus();
+  std::error_code error;
+  std::filesystem::copy_file(tokenizer_file, to / "tokenizer.json",
+                             std::filesystem::copy_options::overwrite_existing, error);
+  if (error) {
+    return absl::InternalError(absl::StrCat("cannot copy tokenizer.json: ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
+int QuantizeCommand(const std::vector<std::string>& args) {
+  auto flags =
+      CommandLine::Parse(args, {"model", "out", "group-size", "threads"}, {"int8", "bf16"});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<std::string> model_dir = flags->Require("model");
+  if (!model_dir.ok()) return Fail(model_dir.status());
+  absl::StatusOr<std::string> out = flags->Require("out");
+  if (!out.ok()) return Fail(out.status());
+  if (flags->Has("int8") == flags->Has("bf16")) {
+    return Fail(absl::InvalidArgumentError("give exactly one of --int8 and --bf16"));
+  }
+  const model::WeightFormat format =
+      flags->Has("int8") ? model::WeightFormat::kInt8 : model::WeightFormat::kBfloat16;
+  absl::StatusOr<int64_t> group = flags->IntOr("group-size", 128, 0, int64_t{1} << 20);
+  if (!group.ok()) return Fail(group.status());
+  if (flags->Has("group-size") && format != model::WeightFormat::kInt8) {
+    return Fail(absl::InvalidArgumentError("--group-size applies to --int8 only"));
+  }
+  if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
+  if (std::filesystem::weakly_canonical(*model_dir) == std::filesystem::weakly_canonical(*out)) {
+    return Fail(absl::InvalidArgumentError("--out must not be the --model directory itself"));
+  }
+  absl::StatusOr<uint64_t> source_bytes = model::CheckpointBytes(*model_dir);
+  if (!source_bytes.ok()) return Fail(source_bytes.status());
+  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(*model_dir, format, *group);
+  if (!base.ok()) return Fail(base.status());
+  if (absl::Status status = model::SaveFrozenBase(*base, *out); !status.ok()) return Fail(status);
+  if (absl::Status status = CopyTokenizer(*model_dir, *out); !status.ok()) return Fail(status);
+  std::printf("%s\n", JsonLine({{"format", model::WeightFormatName(format)},
+                                {"group_size", base->group_size()},
+                                {"weight_bytes", base->bytes()},
+                                {"source_bytes", *source_bytes},
+                                {"out", *out}})
+                          .c_str());
+  return 0;
+}
+
 std::string Duration(double seconds) {
   const auto whole = static_cast<int64_t>(std::max(0.0, seconds));
   if (whole >= 3600) return absl::StrFormat("%dh%02dm", whole / 3600, (whole / 60) % 60);
@@ -453,16 +504,7 @@ int TrainCommand(const std::vector<std::string>& args) {
   if (absl::Status status = model::SaveModel(*parameters, out_dir); !status.ok()) {
     return Fail(status);
   }
-  const std::filesystem::path tokenizer_file = std::filesystem::path(model_dir) / "tokenizer.json";
-  if (storage::PathExists(tokenizer_file)) {
-    std::error_code error;
-    std::filesystem::copy_file(tokenizer_file, std::filesystem::path(out_dir) / "tokenizer.json",
-                               std::filesystem::copy_options::overwrite_existing, error);
-    if (error) {
-      return Fail(
-          absl::InternalError(absl::StrCat("cannot copy tokenizer.json: ", error.message())));
-    }
-  }
+  if (absl::Status status = CopyTokenizer(model_dir, out_dir); !status.ok()) return Fail(status);
   std::printf("checkpoint: %s\n", out_dir.c_str());
   const Json summary = {{"steps", result->steps},
                         {"train_loss", NumberOrNull(result->train_loss)},
@@ -493,16 +535,22 @@ const char kModelUsage[] =
       Parameters (total, per token, by role), experts and bytes of a model directory.
   model trace MODEL --text TEXT [--json] [--threads T]
       For each token and layer, the experts the router chose and their weights.
+  model quantize --model DIR (--int8 [--group-size G] | --bf16) --out DIR [--threads T]
+      A frozen base for adapter training and inference: --int8 writes weight-only INT8 (one
+      scale per output row and group of G input columns, default 128; 0 is one per row) in
+      fedmoe's INT8 checkpoint format, --bf16 a plain bf16 checkpoint. Norms and routers stay
+      fp32. Prints one JSON line {"format", "group_size", "weight_bytes", "source_bytes", "out"}.
 )";
 
 int ModelCommand(const std::vector<std::string>& args) {
   if (args.empty()) {
-    return Fail(absl::InvalidArgumentError("model needs eval, init, inspect or trace"));
+    return Fail(absl::InvalidArgumentError("model needs eval, init, inspect, quantize or trace"));
   }
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "eval") return EvalCommand(rest);
   if (args[0] == "init") return InitCommand(rest);
   if (args[0] == "inspect") return InspectCommand(rest);
+  if (args[0] == "quantize") return QuantizeCommand(rest);
   if (args[0] == "trace") return TraceCommand(rest);
   return Fail(absl::InvalidArgumentError(absl::StrCat("unknown model command '", args[0], "'")));
 }

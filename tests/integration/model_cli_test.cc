@@ -1,4 +1,4 @@
-// `fedmoe-client model eval|init|inspect|trace` as real processes (DESIGN §8).
+// `fedmoe-client model eval|init|inspect|quantize|trace` as real processes (DESIGN §8).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -9,6 +9,7 @@
 
 #include "model/checkpoint.h"
 #include "model/evaluation.h"
+#include "model/frozen_base.h"
 #include "model/tokenizer.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
@@ -129,6 +130,54 @@ TEST_F(ModelCliTest, Bf16CheckpointsEvaluateLikeTheirF32Source) {
   ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
   EXPECT_NEAR(Json::parse(bf16.out).at("loss").get<double>(),
               Json::parse(f32.out).at("loss").get<double>(), 1e-2);
+}
+
+// quantize writes a base that opens as what it says: INT8 in fedmoe's format, bf16 as a plain
+// checkpoint, each the size the format promises, with the tokenizer beside it.
+TEST_F(ModelCliTest, QuantizeWritesCompactBasesThatOpenAsTheirFormat) {
+  WriteFile(dir_.path() / "model" / "tokenizer.json", "{}");
+  const std::string int8_dir = (dir_.path() / "int8").string();
+  const CommandResult int8 =
+      Model({"quantize", "--model", model_dir(), "--int8", "--out", int8_dir});
+  ASSERT_EQ(int8.exit_code, 0) << int8.err;
+  ASSERT_EQ(Lines(int8.out), 1);
+  const Json summary = Json::parse(int8.out);
+  EXPECT_EQ(summary.at("format"), "int8");
+  EXPECT_EQ(summary.at("group_size"), 128);
+  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(int8_dir);
+  ASSERT_TRUE(base.ok()) << base.status();
+  EXPECT_EQ(base->format(), model::WeightFormat::kInt8);
+  EXPECT_EQ(base->bytes(), summary.at("weight_bytes").get<int64_t>());
+  // About a quarter of the fp32 checkpoint: a byte per weight and a float per 128 of them.
+  EXPECT_LT(base->bytes(), summary.at("source_bytes").get<int64_t>() * 3 / 10);
+  EXPECT_EQ(ReadFile(std::filesystem::path(int8_dir) / "tokenizer.json"), "{}");
+  // That stand-in is no tokenizer eval could use; the model's bytes are its tokens without one.
+  std::filesystem::remove(dir_.path() / "model" / "tokenizer.json");
+
+  const std::string bf16_dir = (dir_.path() / "bf16").string();
+  ASSERT_EQ(Model({"quantize", "--model", model_dir(), "--bf16", "--out", bf16_dir}).exit_code, 0);
+  const CommandResult f32 = Model({"eval", "--model", model_dir(), "--data", data()});
+  const CommandResult bf16 = Model({"eval", "--model", bf16_dir, "--data", data()});
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
+  EXPECT_NEAR(Json::parse(bf16.out).at("loss").get<double>(),
+              Json::parse(f32.out).at("loss").get<double>(), 1e-2);
+
+  for (const auto& [arguments, message] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--model", model_dir(), "--out", int8_dir}, "exactly one of --int8 and --bf16"},
+           {{"--model", model_dir(), "--bf16", "--group-size", "64", "--out", int8_dir},
+            "--group-size applies to --int8 only"},
+           {{"--model", model_dir(), "--int8", "--out", model_dir()}, "must not be the --model"},
+           {{"--model", int8_dir + "-missing", "--int8", "--out", int8_dir}, "cannot stat"}}) {
+    std::vector<std::string> command = {"quantize"};
+    command.insert(command.end(), arguments.begin(), arguments.end());
+    const CommandResult bad = Model(command);
+    EXPECT_NE(bad.exit_code, 0) << message;
+    EXPECT_EQ(Lines(bad.err), 1) << bad.err;
+    EXPECT_THAT(bad.err, HasSubstr(message));
+  }
+  // The refusals left the written base as it was.
+  EXPECT_TRUE(model::FrozenBase::Open(int8_dir).ok());
 }
 
 TEST_F(ModelCliTest, BadInputGetsOneSpecificLineAndChangesNothing) {
