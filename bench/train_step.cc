@@ -45,6 +45,7 @@
 #include <string_view>
 #include <vector>
 
+#include "bench/child_process.h"
 #include "bench/guarded_main.h"
 #include "bench/train_step_shapes.h"
 #include "kernels/cpu/aligned.h"
@@ -195,33 +196,6 @@ Json BackendStep(Shape shape, int steps, int64_t records, bool private_step,
           {"step_seconds", seconds / steps},
           {"trainable_values", trainable_values},
           {"peak_rss_mib", static_cast<double>(usage.ru_maxrss) / 1024.0}};
-}
-
-// BackendStep in a child process, so that its peak RSS is its own.
-Json InChild(const std::function<Json()>& run) {
-  int pipe_ends[2];
-  if (pipe(pipe_ends) != 0) return {{"error", "pipe failed"}};
-  const pid_t child = fork();
-  if (child == 0) {
-    close(pipe_ends[0]);
-    const std::string line = run().dump();
-    const ssize_t written = write(pipe_ends[1], line.data(), line.size());
-    _exit(written == static_cast<ssize_t>(line.size()) ? 0 : 1);
-  }
-  close(pipe_ends[1]);
-  std::string output;
-  char buffer[4096];
-  for (ssize_t n; (n = read(pipe_ends[0], buffer, sizeof(buffer))) > 0;) {
-    output.append(buffer, static_cast<size_t>(n));
-  }
-  close(pipe_ends[0]);
-  int status = 0;
-  waitpid(child, &status, 0);
-  const Json json = Json::parse(output, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return {{"error", "the child step failed"}};
-  }
-  return json;
 }
 
 int PrivateStepComparison(Shape shape, int steps, int64_t batch_override) {

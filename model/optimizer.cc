@@ -9,10 +9,13 @@
 namespace fedmoe::model {
 
 AdamW::AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOptions options)
+    : AdamW(layout.total_size(), TrainedRanges(layout, trainable), options) {}
+
+AdamW::AdamW(int64_t total_size, std::span<const TrainedRange> ranges, AdamWOptions options)
     : options_(options),
-      first_moment_(static_cast<size_t>(layout.total_size()), 0.0f),
-      second_moment_(static_cast<size_t>(layout.total_size()), 0.0f) {
-  for (const TrainedRange& range : TrainedRanges(layout, trainable)) {
+      first_moment_(static_cast<size_t>(total_size), 0.0f),
+      second_moment_(static_cast<size_t>(total_size), 0.0f) {
+  for (const TrainedRange& range : ranges) {
     ranges_.push_back({range.offset, range.size, range.decay});
   }
 }
@@ -40,8 +43,12 @@ double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Sc
 
 double GradientNorm(const ModelLayout& layout, const TrainableSet& trainable,
                     std::span<const float> gradients) {
+  return GradientNorm(TrainedRanges(layout, trainable), gradients);
+}
+
+double GradientNorm(std::span<const TrainedRange> ranges, std::span<const float> gradients) {
   double squares = 0;
-  for (const TrainedRange& spec : TrainedRanges(layout, trainable)) {
+  for (const TrainedRange& spec : ranges) {
     const float* g = gradients.data() + spec.offset;
     // In double: a float sum over a tensor of a million squares was off by 0.3%. `simd` lets
     // each thread keep vector partial sums; without it the loop was one dependent addition per

@@ -25,6 +25,8 @@ struct AdamWOptions {
 class AdamW {
  public:
   AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOptions options);
+  // Over `ranges` of a buffer of `total_size` values (an adapter buffer's, adapted_model.h).
+  AdamW(int64_t total_size, std::span<const TrainedRange> ranges, AdamWOptions options);
 
   // One update of the trainable tensors at learning rate `lr`, with the gradients scaled down to
   // max_norm when their joint norm, `gradient_norm` (GradientNorm), is above it (clipping inside
@@ -52,6 +54,8 @@ double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Sc
 // The joint L2 norm of the trainable gradients.
 double GradientNorm(const ModelLayout& layout, const TrainableSet& trainable,
                     std::span<const float> gradients);
+// The joint L2 norm of the gradients in `ranges`.
+double GradientNorm(std::span<const TrainedRange> ranges, std::span<const float> gradients);
 
 }  // namespace fedmoe::model
 
