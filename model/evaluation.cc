@@ -10,6 +10,21 @@ namespace fedmoe::model {
 absl::StatusOr<Evaluation> Evaluate(const ModelParameters& parameters,
                                     std::span<const int32_t> tokens, int64_t seq_len,
                                     int64_t batch) {
+  ForwardPass pass;
+  return EvaluateWindows(
+      tokens, seq_len, batch, parameters.config().vocab_size,
+      [&](std::span<const int32_t> chunk, int64_t windows,
+          int64_t length) -> absl::StatusOr<const ForwardPass*> {
+        if (absl::Status status = Forward(parameters, chunk, windows, length, pass); !status.ok()) {
+          return status;
+        }
+        return &pass;
+      });
+}
+
+absl::StatusOr<Evaluation> EvaluateWindows(std::span<const int32_t> tokens, int64_t seq_len,
+                                           int64_t batch, int64_t vocab_size,
+                                           const WindowForward& forward) {
   if (seq_len < 2) {
     return absl::InvalidArgumentError(
         absl::StrCat("--seq-len must be at least 2 (one prediction), got ", seq_len));
@@ -22,17 +37,14 @@ absl::StatusOr<Evaluation> Evaluate(const ModelParameters& parameters,
   const int64_t full_windows = total / seq_len;
   const int64_t tail = total % seq_len;
 
-  ForwardPass pass;
   double loss_sum = 0;
   int64_t predictions = 0;
   auto run = [&](int64_t first_token, int64_t windows, int64_t length) -> absl::Status {
     const std::span<const int32_t> chunk =
         tokens.subspan(static_cast<size_t>(first_token), static_cast<size_t>(windows * length));
-    if (absl::Status status = Forward(parameters, chunk, windows, length, pass); !status.ok()) {
-      return status;
-    }
-    const LossSum sum = CrossEntropy(pass, NextTokenTargets(chunk, windows, length),
-                                     parameters.config().vocab_size);
+    absl::StatusOr<const ForwardPass*> pass = forward(chunk, windows, length);
+    if (!pass.ok()) return pass.status();
+    const LossSum sum = CrossEntropy(**pass, NextTokenTargets(chunk, windows, length), vocab_size);
     loss_sum += sum.total;
     predictions += sum.predictions;
     return absl::OkStatus();

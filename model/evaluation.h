@@ -4,9 +4,11 @@
 #define FEDMOE_MODEL_EVALUATION_H_
 
 #include <cstdint>
+#include <functional>
 #include <span>
 
 #include "absl/status/statusor.h"
+#include "model/forward.h"
 #include "model/parameters.h"
 
 namespace fedmoe::model {
@@ -25,6 +27,17 @@ struct Evaluation {
 absl::StatusOr<Evaluation> Evaluate(const ModelParameters& parameters,
                                     std::span<const int32_t> tokens, int64_t seq_len,
                                     int64_t batch = 8);
+
+// Runs a model over `windows` sequences of `length` tokens ([windows, length], row-major) and
+// returns the pass that holds its logits.
+using WindowForward = std::function<absl::StatusOr<const ForwardPass*>(
+    std::span<const int32_t> tokens, int64_t windows, int64_t length)>;
+
+// Evaluate's windows and mean over any model that `forward` runs (an adapted one,
+// adapted_model.h), with vocabulary `vocab_size`.
+absl::StatusOr<Evaluation> EvaluateWindows(std::span<const int32_t> tokens, int64_t seq_len,
+                                           int64_t batch, int64_t vocab_size,
+                                           const WindowForward& forward);
 
 }  // namespace fedmoe::model
 
