@@ -16,6 +16,7 @@
 #include "client/personal_model.h"
 #include "client/train_options.h"
 #include "config/command_line.h"
+#include "model/adapted_model.h"
 #include "model/checkpoint.h"
 #include "model/compute.h"
 #include "model/evaluation.h"
@@ -114,10 +115,86 @@ absl::StatusOr<std::string> ChosenModel(const CommandLine& flags) {
   return (config->state_dir.models() / absl::StrCat("v", version)).string();
 }
 
+// The model eval and trace run: a plain checkpoint as it is, or a frozen base held compactly
+// with a site's adapters. The base is frozen when --adapter names adapters, when --int8 or
+// --bf16 asks for it, or when the checkpoint is stored in INT8 (which only a frozen base reads).
+class InferenceModel {
+ public:
+  static absl::StatusOr<InferenceModel> Load(const std::string& model_dir,
+                                             const CommandLine& flags) {
+    if (flags.Has("int8") && flags.Has("bf16")) {
+      return absl::InvalidArgumentError("--int8 and --bf16 exclude each other");
+    }
+    std::optional<model::WeightFormat> format;
+    if (flags.Has("int8")) format = model::WeightFormat::kInt8;
+    if (flags.Has("bf16")) format = model::WeightFormat::kBfloat16;
+    const std::optional<std::string> adapter = flags.Get("adapter");
+    // The directory's config first: a wrong directory is named by what it lacks first.
+    if (absl::StatusOr<model::MoeConfig> config =
+            model::LoadMoeConfig(std::filesystem::path(model_dir) / "config.json");
+        !config.ok()) {
+      return config.status();
+    }
+    InferenceModel loaded;
+    if (!format.has_value() && !adapter.has_value()) {
+      absl::StatusOr<model::WeightFormat> stored = model::StoredWeightFormat(model_dir);
+      if (!stored.ok()) return stored.status();
+      if (*stored != model::WeightFormat::kInt8) {
+        absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(model_dir);
+        if (!parameters.ok()) return parameters.status();
+        loaded.plain_.emplace(*std::move(parameters));
+        return loaded;
+      }
+    }
+    absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(model_dir, format);
+    if (!base.ok()) return base.status();
+    loaded.base_.emplace(*std::move(base));
+    if (adapter.has_value()) {
+      absl::StatusOr<model::LoraAdapters> adapters =
+          model::LoadAdaptersFor(*loaded.base_, *adapter);
+      if (!adapters.ok()) return adapters.status();
+      loaded.adapters_.emplace(*std::move(adapters));
+    } else {
+      loaded.adapters_.emplace(model::BaseOnlyAdapters(*loaded.base_));
+    }
+    return loaded;
+  }
+
+  const model::MoeConfig& config() const {
+    return plain_.has_value() ? plain_->config() : base_->config();
+  }
+
+  absl::StatusOr<const model::ForwardPass*> Run(std::span<const int32_t> tokens, int64_t batch,
+                                                int64_t length) {
+    if (plain_.has_value()) {
+      if (absl::Status status = model::Forward(*plain_, tokens, batch, length, plain_pass_);
+          !status.ok()) {
+        return status;
+      }
+      return &plain_pass_;
+    }
+    if (absl::Status status =
+            model::AdaptedForward(*base_, *adapters_, tokens, batch, length, adapted_pass_);
+        !status.ok()) {
+      return status;
+    }
+    return &adapted_pass_.model;
+  }
+
+ private:
+  InferenceModel() = default;
+
+  std::optional<model::ModelParameters> plain_;
+  std::optional<model::FrozenBase> base_;
+  std::optional<model::LoraAdapters> adapters_;
+  model::ForwardPass plain_pass_;
+  model::AdaptedPass adapted_pass_;
+};
+
 int EvalCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(
-      args, {"model", "state-dir", "config", "data", "seq-len", "batch", "threads"},
-      {"personal", "global"});
+      args, {"model", "state-dir", "config", "data", "seq-len", "batch", "threads", "adapter"},
+      {"personal", "global", "int8", "bf16"});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = ChosenModel(*flags);
   if (!model_dir.ok()) return Fail(model_dir.status());
@@ -129,10 +206,10 @@ int EvalCommand(const std::vector<std::string>& args) {
   if (!batch.ok()) return Fail(batch.status());
   if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
 
-  absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(*model_dir);
-  if (!parameters.ok()) return Fail(parameters.status());
+  absl::StatusOr<InferenceModel> inference = InferenceModel::Load(*model_dir, *flags);
+  if (!inference.ok()) return Fail(inference.status());
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
-      model::LoadTokenizer(*model_dir, parameters->config().vocab_size);
+      model::LoadTokenizer(*model_dir, inference->config().vocab_size);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   absl::StatusOr<std::string> text = ReadWholeFile(*data_path);
   if (!text.ok()) return Fail(text.status());
@@ -142,7 +219,10 @@ int EvalCommand(const std::vector<std::string>& args) {
         absl::StrCat(*data_path, ": ", std::string(tokens.status().message()))));
   }
   absl::StatusOr<model::Evaluation> evaluation =
-      model::Evaluate(*parameters, *tokens, *seq_len, *batch);
+      model::EvaluateWindows(*tokens, *seq_len, *batch, inference->config().vocab_size,
+                             [&](std::span<const int32_t> chunk, int64_t windows, int64_t length) {
+                               return inference->Run(chunk, windows, length);
+                             });
   if (!evaluation.ok()) {
     return Fail(
         absl::Status(evaluation.status().code(),
@@ -245,28 +325,28 @@ int InspectCommand(const std::vector<std::string>& args) {
 }
 
 int TraceCommand(const std::vector<std::string>& args) {
-  auto flags = CommandLine::Parse(args, {"model", "state-dir", "config", "text", "threads"},
-                                  {"json", "personal", "global"});
+  auto flags =
+      CommandLine::Parse(args, {"model", "state-dir", "config", "text", "threads", "adapter"},
+                         {"json", "personal", "global", "int8", "bf16"});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = ChosenModel(*flags);
   if (!model_dir.ok()) return Fail(model_dir.status());
   absl::StatusOr<std::string> text = flags->Require("text");
   if (!text.ok()) return Fail(text.status());
   if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
-  absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(*model_dir);
-  if (!parameters.ok()) return Fail(parameters.status());
-  const model::MoeConfig& config = parameters->config();
+  absl::StatusOr<InferenceModel> inference = InferenceModel::Load(*model_dir, *flags);
+  if (!inference.ok()) return Fail(inference.status());
+  const model::MoeConfig& config = inference->config();
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
       model::LoadTokenizer(*model_dir, config.vocab_size);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   absl::StatusOr<std::vector<int32_t>> tokens = (*tokenizer)->Encode(*text);
   if (!tokens.ok()) return Fail(tokens.status());
   if (tokens->empty()) return Fail(absl::InvalidArgumentError("--text has no tokens"));
-  model::ForwardPass pass;
   const auto count = static_cast<int64_t>(tokens->size());
-  if (absl::Status status = model::Forward(*parameters, *tokens, 1, count, pass); !status.ok()) {
-    return Fail(status);
-  }
+  absl::StatusOr<const model::ForwardPass*> ran = inference->Run(*tokens, 1, count);
+  if (!ran.ok()) return Fail(ran.status());
+  const model::ForwardPass& pass = **ran;
 
   const int64_t top_k = config.num_experts_per_tok;
   Json rows = Json::array();
@@ -370,6 +450,49 @@ int QuantizeCommand(const std::vector<std::string>& args) {
                                 {"group_size", base->group_size()},
                                 {"weight_bytes", base->bytes()},
                                 {"source_bytes", *source_bytes},
+                                {"out", *out}})
+                          .c_str());
+  return 0;
+}
+
+int MergeAdapterCommand(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"model", "adapter", "out", "dtype", "threads"}, {});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<std::string> model_dir = flags->Require("model");
+  if (!model_dir.ok()) return Fail(model_dir.status());
+  absl::StatusOr<std::string> adapter = flags->Require("adapter");
+  if (!adapter.ok()) return Fail(adapter.status());
+  absl::StatusOr<std::string> out = flags->Require("out");
+  if (!out.ok()) return Fail(out.status());
+  model::SaveOptions options;
+  const std::string dtype = flags->GetOr("dtype", "f32");
+  if (dtype == "bf16") {
+    options.dtype = model::DType::kBF16;
+  } else if (dtype != "f32") {
+    return Fail(
+        absl::InvalidArgumentError(absl::StrCat("--dtype must be f32 or bf16, not '", dtype, "'")));
+  }
+  if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
+  if (std::filesystem::weakly_canonical(*model_dir) == std::filesystem::weakly_canonical(*out)) {
+    return Fail(absl::InvalidArgumentError("--out must not be the --model directory itself"));
+  }
+  // The base's own weights, exactly: an INT8 base merges as the weights it holds.
+  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(*model_dir);
+  if (!base.ok()) return Fail(base.status());
+  absl::StatusOr<model::LoraAdapters> adapters = model::LoadAdaptersFor(*base, *adapter);
+  if (!adapters.ok()) return Fail(adapters.status());
+  model::ModelParameters merged = model::DecodeBase(*base);
+  if (absl::Status status = model::MergeAdapters(*adapters, merged); !status.ok()) {
+    return Fail(status);
+  }
+  if (absl::Status status = model::SaveModel(merged, *out, options); !status.ok()) {
+    return Fail(status);
+  }
+  if (absl::Status status = CopyTokenizer(*model_dir, *out); !status.ok()) return Fail(status);
+  std::printf("%s\n", JsonLine({{"merged_adapters", adapters->layout().tensors().size()},
+                                {"rank", adapters->config().rank},
+                                {"lora_alpha", adapters->config().alpha},
+                                {"base", *model_dir},
                                 {"out", *out}})
                           .c_str());
   return 0;
@@ -523,9 +646,12 @@ int TrainCommand(const std::vector<std::string>& args) {
 }
 
 const char kModelUsage[] =
-    R"(  model eval MODEL --data FILE [--seq-len N] [--batch B] [--threads T]
+    R"(  model eval MODEL --data FILE [--adapter DIR] [--int8 | --bf16] [--seq-len N] [--batch B]
+        [--threads T]
       Mean next-token loss of FILE's text in windows of N tokens (default 128), as one JSON
-      line {"loss": nats, "tokens": predictions, "model": DIR}.
+      line {"loss": nats, "tokens": predictions, "model": DIR}. --adapter runs the model with
+      a PEFT LoRA adapter directory over it; --int8 or --bf16 holds the base in that format
+      (an INT8 checkpoint from model quantize is held as INT8 without asking).
       MODEL is --model DIR, or an enrolled site's (--state-dir DIR | --config FILE): its
       personal model when it has one, else its newest global model; add --personal or
       --global to choose. A personal model's experts past the global ones are the site's own.
@@ -533,8 +659,12 @@ const char kModelUsage[] =
       A new model from a Mixtral config.json with standard random weights.
   model inspect DIR [--json]
       Parameters (total, per token, by role), experts and bytes of a model directory.
-  model trace MODEL --text TEXT [--json] [--threads T]
-      For each token and layer, the experts the router chose and their weights.
+  model trace MODEL --text TEXT [--adapter DIR] [--int8 | --bf16] [--json] [--threads T]
+      For each token and layer, the experts the router chose and their weights; --adapter,
+      --int8 and --bf16 as for eval.
+  model merge-adapter --model BASE --adapter DIR --out DIR [--dtype f32|bf16]
+      A plain Mixtral checkpoint of BASE with the adapters folded in (W + alpha/r·B·A) and
+      their routers: what the adapted model computes, for tools that load plain checkpoints.
   model quantize --model DIR (--int8 [--group-size G] | --bf16) --out DIR [--threads T]
       A frozen base for adapter training and inference: --int8 writes weight-only INT8 (one
       scale per output row and group of G input columns, default 128; 0 is one per row) in
@@ -544,12 +674,14 @@ const char kModelUsage[] =
 
 int ModelCommand(const std::vector<std::string>& args) {
   if (args.empty()) {
-    return Fail(absl::InvalidArgumentError("model needs eval, init, inspect, quantize or trace"));
+    return Fail(absl::InvalidArgumentError(
+        "model needs eval, init, inspect, merge-adapter, quantize or trace"));
   }
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "eval") return EvalCommand(rest);
   if (args[0] == "init") return InitCommand(rest);
   if (args[0] == "inspect") return InspectCommand(rest);
+  if (args[0] == "merge-adapter") return MergeAdapterCommand(rest);
   if (args[0] == "quantize") return QuantizeCommand(rest);
   if (args[0] == "trace") return TraceCommand(rest);
   return Fail(absl::InvalidArgumentError(absl::StrCat("unknown model command '", args[0], "'")));

@@ -9,6 +9,7 @@
 #include "kernels/cpu/lora.h"
 #include "kernels/cpu/moe_routing.h"
 #include "model/internal/expert_schedule.h"
+#include "model/peft.h"
 
 namespace fedmoe::model {
 namespace {
@@ -258,16 +259,42 @@ absl::Status CheckAdapters(const FrozenBase& base, const LoraAdapters& adapters)
 
 }  // namespace
 
+namespace {
+
+std::span<const float> BaseRouter(const FrozenBase& base, int64_t layer) {
+  return {base.vector(base.layout().layer(layer).router),
+          static_cast<size_t>(base.config().num_local_experts * base.config().hidden_size)};
+}
+
+void CopyRouters(const FrozenBase& base, LoraAdapters& adapters) {
+  for (int64_t i = 0; i < base.config().num_hidden_layers; ++i) {
+    const std::span<const float> router = BaseRouter(base, i);
+    std::copy(router.begin(), router.end(), adapters.at(adapters.layout().layer(i).router));
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<LoraAdapters> NewAdapters(const FrozenBase& base, const LoraConfig& lora) {
   if (absl::Status status = lora.Validate(); !status.ok()) return status;
   LoraAdapters adapters(base.config(), lora);
   InitializeLora(adapters);
-  const int64_t router_size = base.config().num_local_experts * base.config().hidden_size;
-  for (int64_t i = 0; i < base.config().num_hidden_layers; ++i) {
-    const float* router = base.vector(base.layout().layer(i).router);
-    std::copy(router, router + router_size, adapters.at(adapters.layout().layer(i).router));
-  }
+  CopyRouters(base, adapters);
   return adapters;
+}
+
+LoraAdapters BaseOnlyAdapters(const FrozenBase& base) {
+  LoraConfig lora;
+  lora.targets.clear();
+  LoraAdapters adapters(base.config(), lora);
+  CopyRouters(base, adapters);
+  return adapters;
+}
+
+absl::StatusOr<LoraAdapters> LoadAdaptersFor(const FrozenBase& base,
+                                             const std::filesystem::path& directory) {
+  return LoadAdapters(directory, base.config(),
+                      [&base](int64_t layer) { return BaseRouter(base, layer); });
 }
 
 absl::Status AdaptedForward(const FrozenBase& base, const LoraAdapters& adapters,

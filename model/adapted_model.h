@@ -11,6 +11,7 @@
 #define FEDMOE_MODEL_ADAPTED_MODEL_H_
 
 #include <cstdint>
+#include <filesystem>
 #include <span>
 #include <vector>
 
@@ -42,6 +43,15 @@ struct AdaptedPass {
 // A's and B's as InitializeLora sets them, and each router copied from the base: the adapted
 // model then computes exactly what the base does. InvalidArgument when `lora` does not validate.
 absl::StatusOr<LoraAdapters> NewAdapters(const FrozenBase& base, const LoraConfig& lora);
+
+// Adapters with no low-rank branch at all, only the routers copied from the base: the base alone,
+// run through AdaptedForward.
+LoraAdapters BaseOnlyAdapters(const FrozenBase& base);
+
+// Loads a PEFT adapter directory (peft.h) for this base; routers the directory lacks are the
+// base's.
+absl::StatusOr<LoraAdapters> LoadAdaptersFor(const FrozenBase& base,
+                                             const std::filesystem::path& directory);
 
 // Runs the adapted model over tokens [batch, seq_len]; errors as model::Forward's, and
 // InvalidArgument when the adapters were laid out for another model config.

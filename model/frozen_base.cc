@@ -269,6 +269,31 @@ int64_t FrozenBase::bytes() const {
   return total;
 }
 
+absl::StatusOr<WeightFormat> StoredWeightFormat(const std::filesystem::path& directory) {
+  absl::StatusOr<std::vector<SafetensorsFile>> files = OpenWeightFiles(directory);
+  if (!files.ok()) return files.status();
+  for (const SafetensorsFile& file : *files) {
+    if (const SafetensorsEntry* entry = file.Find("model.embed_tokens.weight")) {
+      return StoredFormat(entry->dtype).value_or(WeightFormat::kBfloat16);
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      directory.string(), ": tensor \"model.embed_tokens.weight\" is missing from the checkpoint"));
+}
+
+ModelParameters DecodeBase(const FrozenBase& base) {
+  ModelParameters parameters(base.config());
+  for (const TensorSpec& spec : parameters.layout().tensors()) {
+    std::span<float> out = parameters.tensor(spec);
+    if (IsFrozenMatrix(spec.role)) {
+      cpu::DecodeRows(base.matrix(spec.offset), 0, spec.shape[0], out.data());
+    } else {
+      std::copy(base.vector(spec.offset), base.vector(spec.offset) + spec.size, out.begin());
+    }
+  }
+  return parameters;
+}
+
 absl::Status SaveFrozenBase(const FrozenBase& base, const std::filesystem::path& directory) {
   std::error_code error;
   std::filesystem::create_directories(directory, error);

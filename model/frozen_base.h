@@ -106,6 +106,14 @@ class FrozenBase {
   std::vector<SafetensorsFile> files_;
 };
 
+// The format a model directory's matrices are stored in (its embedding's dtype: F32, BF16, or
+// fedmoe's INT8; F16 reads as bf16 would hold it).
+absl::StatusOr<WeightFormat> StoredWeightFormat(const std::filesystem::path& directory);
+
+// The plain fp32 model whose weights the base holds, decoded (4 bytes per parameter: for
+// writing a merged checkpoint, not for holding a large model).
+ModelParameters DecodeBase(const FrozenBase& base);
+
 // Writes `base` as a model directory in its own format (above): config.json and
 // model.safetensors, each replaced atomically.
 absl::Status SaveFrozenBase(const FrozenBase& base, const std::filesystem::path& directory);

@@ -1,15 +1,20 @@
-// `fedmoe-client model eval|init|inspect|quantize|trace` as real processes (DESIGN §8).
+// `fedmoe-client model eval|init|inspect|merge-adapter|quantize|trace` as real processes (DESIGN
+// §8).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "model/adapted_model.h"
 #include "model/checkpoint.h"
 #include "model/evaluation.h"
 #include "model/frozen_base.h"
+#include "model/peft.h"
 #include "model/tokenizer.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
@@ -178,6 +183,89 @@ TEST_F(ModelCliTest, QuantizeWritesCompactBasesThatOpenAsTheirFormat) {
   }
   // The refusals left the written base as it was.
   EXPECT_TRUE(model::FrozenBase::Open(int8_dir).ok());
+}
+
+// A PEFT adapter directory over the model: eval and trace run the adapted model, and
+// merge-adapter writes the plain checkpoint that computes the same; a compact base evaluates
+// within rounding of the fp32 one.
+TEST_F(ModelCliTest, AdaptersEvaluateTraceAndMergeIntoAPlainCheckpoint) {
+  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(model_dir());
+  ASSERT_TRUE(base.ok()) << base.status();
+  model::LoraConfig lora;
+  lora.rank = 4;
+  lora.alpha = 8;
+  lora.targets = *model::ParseLoraTargets("all");
+  absl::StatusOr<model::LoraAdapters> adapters = model::NewAdapters(*base, lora);
+  ASSERT_TRUE(adapters.ok());
+  std::mt19937 generator(7);
+  std::normal_distribution<float> normal(0.0F, 0.05F);
+  for (const model::AdapterTensor& spec : adapters->layout().tensors()) {
+    if (spec.role == model::AdapterRole::kLoraA) continue;
+    for (float& value : adapters->tensor(spec)) value += normal(generator);
+  }
+  const std::string adapter_dir = (dir_.path() / "adapter").string();
+  ASSERT_TRUE(model::SaveAdapters(*adapters, adapter_dir, model_dir()).ok());
+
+  const auto loss = [&](std::vector<std::string> arguments) {
+    std::vector<std::string> command = {"eval", "--data", data(), "--seq-len", "64"};
+    command.insert(command.end(), arguments.begin(), arguments.end());
+    const CommandResult eval = Model(command);
+    EXPECT_EQ(eval.exit_code, 0) << eval.err;
+    return eval.exit_code == 0 ? Json::parse(eval.out).at("loss").get<double>() : -1.0;
+  };
+  const double plain = loss({"--model", model_dir()});
+  const double adapted = loss({"--model", model_dir(), "--adapter", adapter_dir});
+  EXPECT_GT(std::abs(adapted - plain), 1e-3) << "the adapters changed nothing";
+
+  const std::string merged_dir = (dir_.path() / "merged").string();
+  const CommandResult merge = Model(
+      {"merge-adapter", "--model", model_dir(), "--adapter", adapter_dir, "--out", merged_dir});
+  ASSERT_EQ(merge.exit_code, 0) << merge.err;
+  EXPECT_EQ(Json::parse(merge.out).at("rank"), 4);
+  EXPECT_NEAR(loss({"--model", merged_dir}), adapted, 1e-5 * adapted);
+
+  const CommandResult adapted_trace = Model({"trace", "--model", model_dir(), "--adapter",
+                                             adapter_dir, "--text", "Invoice 1004", "--json"});
+  const CommandResult merged_trace =
+      Model({"trace", "--model", merged_dir, "--text", "Invoice 1004", "--json"});
+  ASSERT_EQ(adapted_trace.exit_code, 0) << adapted_trace.err;
+  ASSERT_EQ(merged_trace.exit_code, 0) << merged_trace.err;
+  const Json adapted_rows = Json::parse(adapted_trace.out).at("tokens");
+  const Json merged_rows = Json::parse(merged_trace.out).at("tokens");
+  ASSERT_EQ(adapted_rows.size(), merged_rows.size());
+  for (size_t i = 0; i < adapted_rows.size(); ++i) {
+    for (size_t layer = 0; layer < 2; ++layer) {
+      EXPECT_EQ(adapted_rows[i]["layers"][layer]["experts"],
+                merged_rows[i]["layers"][layer]["experts"])
+          << "token " << i << " layer " << layer;
+    }
+  }
+
+  // INT8 and bf16 bases, asked for or stored, within rounding of fp32.
+  const double int8 = loss({"--model", model_dir(), "--int8"});
+  EXPECT_NEAR(int8, plain, 0.01 * plain);
+  EXPECT_NEAR(loss({"--model", model_dir(), "--bf16"}), plain, 0.01 * plain);
+  const std::string int8_dir = (dir_.path() / "int8").string();
+  ASSERT_EQ(Model({"quantize", "--model", model_dir(), "--int8", "--out", int8_dir}).exit_code, 0);
+  EXPECT_EQ(loss({"--model", int8_dir}), int8) << "a stored INT8 base is the same INT8 base";
+  EXPECT_NEAR(loss({"--model", int8_dir, "--adapter", adapter_dir}), adapted, 0.01 * adapted);
+
+  for (const auto& [arguments, message] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"eval", "--model", model_dir(), "--data", data(), "--adapter", merged_dir},
+            "adapter_config.json"},
+           {{"eval", "--model", model_dir(), "--data", data(), "--int8", "--bf16"},
+            "--int8 and --bf16 exclude each other"},
+           {{"merge-adapter", "--model", model_dir(), "--adapter", adapter_dir},
+            "--out is required"},
+           {{"merge-adapter", "--model", model_dir(), "--adapter", adapter_dir, "--out",
+             model_dir()},
+            "must not be the --model directory"}}) {
+    const CommandResult bad = Model(arguments);
+    EXPECT_NE(bad.exit_code, 0) << message;
+    EXPECT_EQ(Lines(bad.err), 1) << bad.err;
+    EXPECT_THAT(bad.err, HasSubstr(message));
+  }
 }
 
 TEST_F(ModelCliTest, BadInputGetsOneSpecificLineAndChangesNothing) {
