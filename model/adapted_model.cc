@@ -63,16 +63,40 @@ void Forward(const LoraAdapters& adapters, const AdaptedLinear& linear, const fl
   }
 }
 
+// Where a backward pass puts the adapters' gradients: straight into `gradients`, or under
+// DP-SGD record by record into `per_record` (which adds the clipped sum into `gradients` when it
+// finishes), the rows of a block belonging to the tokens `row_token` names (an expert's slots).
+struct GradientSink {
+  float* gradients;
+  PerRecordClipping* per_record;
+  const int64_t* row_token = nullptr;
+
+  GradientSink ForRows(const int64_t* tokens) const { return {gradients, per_record, tokens}; }
+};
+
 // Its backward: d_in (when not null) += the gradient through both branches, and the adapter's
-// gradients into `gradients` (A's only under plain LoRA). d_low [rows, rank] is scratch.
+// gradients into the sink (A's only under plain LoRA). d_low [rows, rank] is scratch.
 void Backward(const LoraAdapters& adapters, const AdaptedLinear& linear, const float* in,
-              const float* low, const float* d_out, int64_t rows, float* d_in, float* gradients,
-              float* d_low) {
+              const float* low, const float* d_out, int64_t rows, float* d_in,
+              const GradientSink& sink, float* d_low) {
   if (d_in != nullptr) cpu::FrozenLinearBackwardInput(d_out, linear.base, d_in, rows);
-  if (!linear.site.present()) return;
-  cpu::LoraBackward(in, adapters.at(linear.site.a), adapters.at(linear.site.b), low, d_out, d_in,
-                    adapters.config().train_a ? gradients + linear.site.a : nullptr,
-                    gradients + linear.site.b, d_low, ShapeOf(adapters, linear.site, rows));
+  const LoraSite& site = linear.site;
+  if (!site.present()) return;
+  const bool train_a = adapters.config().train_a;
+  const bool direct = sink.per_record == nullptr;
+  const cpu::LoraShape shape = ShapeOf(adapters, site, rows);
+  cpu::LoraBackward(in, adapters.at(site.a), adapters.at(site.b), low, d_out, d_in,
+                    direct && train_a ? sink.gradients + site.a : nullptr,
+                    direct ? sink.gradients + site.b : nullptr, d_low, shape);
+  if (direct) return;
+  // dB = d_outᵀ·low and dA = d_lowᵀ·in are the weight gradients of two linears, B's over the
+  // kept low-rank activation and A's over the input: the per-record norms of linears apply.
+  sink.per_record->AddLinear(sink.gradients + site.b, low, d_out, rows, shape.rank,
+                             shape.out_features, sink.row_token);
+  if (train_a) {
+    sink.per_record->AddLinear(sink.gradients + site.a, in, d_low, rows, shape.in_features,
+                               shape.rank, sink.row_token);
+  }
 }
 
 // The three linears of one SwiGLU MLP (a routed expert, or the shared experts).
@@ -118,15 +142,13 @@ struct MlpScratch {
 };
 
 void MlpBackward(const LoraAdapters& adapters, const AdaptedMlp& mlp, const SavedMlpRows& at,
-                 const float* d_out, float* d_in, float* gradients, const MlpScratch& scratch,
-                 int64_t rows, int64_t inner) {
+                 const float* d_out, float* d_in, const GradientSink& sink,
+                 const MlpScratch& scratch, int64_t rows, int64_t inner) {
   std::fill(scratch.d_act, scratch.d_act + rows * inner, 0.0F);
-  Backward(adapters, mlp.w2, at.act, at.low_w2, d_out, rows, scratch.d_act, gradients,
-           scratch.d_low);
+  Backward(adapters, mlp.w2, at.act, at.low_w2, d_out, rows, scratch.d_act, sink, scratch.d_low);
   cpu::SwiGluBackward(at.gate, at.up, scratch.d_act, scratch.d_gate, scratch.d_up, rows * inner);
-  Backward(adapters, mlp.w1, at.in, at.low_w1, scratch.d_gate, rows, d_in, gradients,
-           scratch.d_low);
-  Backward(adapters, mlp.w3, at.in, at.low_w3, scratch.d_up, rows, d_in, gradients, scratch.d_low);
+  Backward(adapters, mlp.w1, at.in, at.low_w1, scratch.d_gate, rows, d_in, sink, scratch.d_low);
+  Backward(adapters, mlp.w3, at.in, at.low_w3, scratch.d_up, rows, d_in, sink, scratch.d_low);
 }
 
 cpu::AttentionShape AttentionShapeOf(const MoeConfig& config, int64_t batch, int64_t seq_len) {
@@ -353,8 +375,10 @@ absl::StatusOr<LossBreakdown> AdaptedBackward(const FrozenBase& base, const Lora
   const ForwardPass& model = pass.model;
   const int64_t rows = model.rows();
   if (absl::Status status = CheckAdapters(base, adapters); !status.ok()) return status;
-  if (options.per_record != nullptr) {
-    return absl::InvalidArgumentError("per-record clipping does not take adapters yet");
+  PerRecordClipping* const per_record = options.per_record;
+  if (per_record != nullptr && per_record->records().rows() != rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the records lay out ", per_record->records().rows(), " rows for a pass of ", rows));
   }
   if (static_cast<int64_t>(targets.size()) != rows) {
     return absl::InvalidArgumentError(
@@ -373,15 +397,11 @@ absl::StatusOr<LossBreakdown> AdaptedBackward(const FrozenBase& base, const Lora
   const int64_t slots = rows * top_k;
   const int64_t rank = adapters.config().rank;
   BackwardScratch& s = scratch.model;
-  float* const grad = gradients.data();
+  const GradientSink sink{.gradients = gradients.data(), .per_record = per_record};
 
   float* d_logits = Sized(s.d_logits, rows * vocab);
-  float* losses = Sized(s.losses, rows);
-  LossSum sum;
-  sum.predictions =
-      cpu::CrossEntropyBackward(model.logits.data(), targets.data(), d_logits, losses, rows, vocab,
-                                static_cast<float>(1.0 / options.predictions_in_step));
-  for (int64_t row = 0; row < rows; ++row) sum.total += losses[row];
+  const LossSum sum =
+      CrossEntropyGradient(model, targets, vocab, options, d_logits, Sized(s.losses, rows));
   const LossBreakdown loss = LossOf(config, model, sum, options);
   float* d_norm = Zeroed(s.d_norm, rows * hidden);
   cpu::FrozenLinearBackwardInput(d_logits, base.matrix(layout.lm_head()), d_norm, rows);
@@ -418,7 +438,7 @@ absl::StatusOr<LossBreakdown> AdaptedBackward(const FrozenBase& base, const Lora
                    .low_w1 = low.shared_w1.data(),
                    .low_w3 = low.shared_w3.data(),
                    .low_w2 = low.shared_w2.data()},
-                  d_stream, need_moe_input_gradient ? d_n2 : nullptr, grad,
+                  d_stream, need_moe_input_gradient ? d_n2 : nullptr, sink,
                   {.d_act = Sized(s.d_act, rows * shared_inner),
                    .d_gate = Sized(s.d_gate, rows * shared_inner),
                    .d_up = Sized(s.d_up, rows * shared_inner),
@@ -437,7 +457,7 @@ absl::StatusOr<LossBreakdown> AdaptedBackward(const FrozenBase& base, const Lora
     const auto at = [](const AlignedFloats& buffer, int64_t offset) -> const float* {
       return buffer.empty() ? nullptr : buffer.data() + offset;
     };
-    internal::ForEachExpert(layer.permutation, experts, [&](int64_t e) {
+    const auto expert_backward = [&](int64_t e) {
       const int64_t first = layer.permutation.offsets[static_cast<size_t>(e)];
       MlpBackward(
           adapters,
@@ -450,27 +470,38 @@ absl::StatusOr<LossBreakdown> AdaptedBackward(const FrozenBase& base, const Lora
            .low_w3 = at(low.expert_w3, first * rank),
            .low_w2 = at(low.expert_w2, first * rank)},
           d_expert_out + first * hidden,
-          d_expert_in == nullptr ? nullptr : d_expert_in + first * hidden, grad,
+          d_expert_in == nullptr ? nullptr : d_expert_in + first * hidden,
+          sink.ForRows(layer.permutation.slot_token.data() + first),
           {.d_act = d_act + first * inner,
            .d_gate = d_gate + first * inner,
            .d_up = d_up + first * inner,
            .d_low = d_low + first * rank},
           layer.permutation.tokens_for(e), inner);
-    });
+    };
+    if (per_record == nullptr) {
+      internal::ForEachExpert(layer.permutation, experts, expert_backward);
+    } else {
+      // Per-record clipping collects its blocks one at a time.
+      for (int64_t e = 0; e < experts; ++e) {
+        if (layer.permutation.tokens_for(e) > 0) expert_backward(e);
+      }
+    }
     if (need_moe_input_gradient) {
       cpu::GatherByExpertBackward(d_expert_in, layer.permutation, d_n2, rows, top_k, hidden);
     }
-    float* d_probs = nullptr;
-    if (options.balance_coefficient > 0) {
-      d_probs = Sized(s.d_router_probs, rows * experts);
-      LayerBalance(layer, 0, rows, experts, top_k, options.private_experts, balance_scale, d_probs);
-    }
+    float* d_probs =
+        BalanceGradient(layer, experts, top_k, options, balance_scale, s.d_router_probs);
     float* d_router_logits = Sized(s.d_router_logits, rows * experts);
     cpu::RouterTopKBackward(layer.router_probs.data(), layer.expert_index.data(), d_expert_weight,
                             d_probs, d_router_logits, rows, experts, top_k);
     cpu::LinearBackward(layer.moe_norm.data(), adapters.at(sites.router), d_router_logits,
-                        need_moe_input_gradient ? d_n2 : nullptr, grad + sites.router, rows, hidden,
-                        experts);
+                        need_moe_input_gradient ? d_n2 : nullptr,
+                        per_record == nullptr ? sink.gradients + sites.router : nullptr, rows,
+                        hidden, experts);
+    if (per_record != nullptr) {
+      per_record->AddLinear(sink.gradients + sites.router, layer.moe_norm.data(), d_router_logits,
+                            rows, hidden, experts);
+    }
     if (!need_moe_input_gradient) break;
     cpu::RmsNormBackward(layer.residual.data(), base.vector(w.post_attention_layernorm),
                          layer.moe_rstd.data(), d_n2, d_residual, nullptr, rows, hidden);
@@ -480,7 +511,7 @@ absl::StatusOr<LossBreakdown> AdaptedBackward(const FrozenBase& base, const Lora
     const bool need_input_gradient = i > 0;
     float* d_attention = Zeroed(s.d_attention, rows * q_width);
     Backward(adapters, {base.matrix(w.o_proj), sites.o_proj}, layer.attention_output.data(),
-             low.o_proj.data(), d_residual, rows, d_attention, grad, d_low);
+             low.o_proj.data(), d_residual, rows, d_attention, sink, d_low);
     float* d_q = Sized(s.d_q, rows * q_width);
     float* d_k = Sized(s.d_k, rows * kv_width);
     float* d_v = Sized(s.d_v, rows * kv_width);
@@ -492,11 +523,11 @@ absl::StatusOr<LossBreakdown> AdaptedBackward(const FrozenBase& base, const Lora
     float* d_n1 = need_input_gradient ? Zeroed(s.d_norm, rows * hidden) : nullptr;
     const float* n1 = layer.attention_norm.data();
     Backward(adapters, {base.matrix(w.q_proj), sites.q_proj}, n1, low.q_proj.data(), d_q, rows,
-             d_n1, grad, d_low);
+             d_n1, sink, d_low);
     Backward(adapters, {base.matrix(w.k_proj), sites.k_proj}, n1, low.k_proj.data(), d_k, rows,
-             d_n1, grad, d_low);
+             d_n1, sink, d_low);
     Backward(adapters, {base.matrix(w.v_proj), sites.v_proj}, n1, low.v_proj.data(), d_v, rows,
-             d_n1, grad, d_low);
+             d_n1, sink, d_low);
     if (!need_input_gradient) break;
     cpu::RmsNormBackward(layer.input.data(), base.vector(w.input_layernorm),
                          layer.attention_rstd.data(), d_n1, d_stream, nullptr, rows, hidden);

@@ -84,6 +84,54 @@ double LayerBalance(const LayerActivations& layer, int64_t first_row, int64_t ro
   return loss;
 }
 
+LossSum CrossEntropyGradient(const ForwardPass& pass, std::span<const int32_t> targets,
+                             int64_t vocab_size, const BackwardOptions& options, float* d_logits,
+                             float* losses) {
+  const int64_t rows = pass.rows();
+  const PerRecordClipping* per_record = options.per_record;
+  LossSum sum;
+  sum.predictions = cpu::CrossEntropyBackward(
+      pass.logits.data(), targets.data(), d_logits, losses, rows, vocab_size,
+      per_record != nullptr ? 1.0F : static_cast<float>(1.0 / options.predictions_in_step));
+  for (int64_t row = 0; row < rows; ++row) sum.total += losses[row];
+  if (per_record != nullptr) {
+    // Each record's loss is the mean over its own predictions.
+    const RecordRows& records = per_record->records();
+    for (int64_t r = 0; r < records.records(); ++r) {
+      const int64_t first = records.row_begin[static_cast<size_t>(r)];
+      const int64_t last = records.row_begin[static_cast<size_t>(r) + 1];
+      int64_t predictions = 0;
+      for (int64_t row = first; row < last; ++row) predictions += targets[row] >= 0 ? 1 : 0;
+      if (predictions == 0) continue;
+      const float share = 1.0F / static_cast<float>(predictions);
+      for (float* value = d_logits + first * vocab_size; value < d_logits + last * vocab_size;
+           ++value) {
+        *value *= share;
+      }
+    }
+  }
+  return sum;
+}
+
+float* BalanceGradient(const LayerActivations& layer, int64_t experts, int64_t top_k,
+                       const BackwardOptions& options, double scale, AlignedFloats& d_probs) {
+  if (options.balance_coefficient <= 0) return nullptr;
+  const auto rows = static_cast<int64_t>(layer.router_probs.size()) / experts;
+  d_probs.resize(static_cast<size_t>(rows * experts));
+  if (options.per_record == nullptr) {
+    LayerBalance(layer, 0, rows, experts, top_k, options.private_experts, scale, d_probs.data());
+    return d_probs.data();
+  }
+  // Each record's balance term is over its own rows.
+  const RecordRows& records = options.per_record->records();
+  for (int64_t r = 0; r < records.records(); ++r) {
+    const int64_t first = records.row_begin[static_cast<size_t>(r)];
+    LayerBalance(layer, first, records.row_begin[static_cast<size_t>(r) + 1] - first, experts,
+                 top_k, options.private_experts, scale, d_probs.data() + first * experts);
+  }
+  return d_probs.data();
+}
+
 int64_t LowestLayerNeedingGradient(const ModelLayout& layout, const MoeConfig& config,
                                    const TrainableSet& trainable) {
   if (trainable.embeddings) return 0;
@@ -171,27 +219,8 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
 
   // The loss, the output head and the final norm.
   float* d_logits = Sized(s.d_logits, rows * vocab);
-  float* losses = Sized(s.losses, rows);
-  LossSum sum;
-  sum.predictions = cpu::CrossEntropyBackward(
-      pass.logits.data(), targets.data(), d_logits, losses, rows, vocab,
-      per_record != nullptr ? 1.0F : static_cast<float>(1.0 / options.predictions_in_step));
-  for (int64_t row = 0; row < rows; ++row) sum.total += losses[row];
-  if (per_record != nullptr) {
-    // Each record's loss is the mean over its own predictions.
-    const RecordRows& records = per_record->records();
-    for (int64_t r = 0; r < records.records(); ++r) {
-      const int64_t first = records.row_begin[static_cast<size_t>(r)];
-      const int64_t last = records.row_begin[static_cast<size_t>(r) + 1];
-      int64_t predictions = 0;
-      for (int64_t row = first; row < last; ++row) predictions += targets[row] >= 0 ? 1 : 0;
-      if (predictions == 0) continue;
-      const float share = 1.0F / static_cast<float>(predictions);
-      for (float* value = d_logits + first * vocab; value < d_logits + last * vocab; ++value) {
-        *value *= share;
-      }
-    }
-  }
+  const LossSum sum =
+      CrossEntropyGradient(pass, targets, vocab, options, d_logits, Sized(s.losses, rows));
   const LossBreakdown loss = LossOf(config, pass, sum, options);
   const TensorRole head_role =
       config.tie_word_embeddings ? TensorRole::kEmbedding : TensorRole::kOutput;
@@ -316,22 +345,8 @@ absl::StatusOr<LossBreakdown> Backward(const ModelParameters& parameters, const 
     if (need_moe_input_gradient) {
       cpu::GatherByExpertBackward(d_expert_in, layer.permutation, d_n2, rows, top_k, hidden);
     }
-    float* d_probs = nullptr;
-    if (options.balance_coefficient > 0) {
-      d_probs = Sized(s.d_router_probs, rows * experts);
-      if (per_record == nullptr) {
-        LayerBalance(layer, 0, rows, experts, top_k, options.private_experts, balance_scale,
-                     d_probs);
-      } else {
-        // Each record's balance term is over its own rows.
-        const RecordRows& records = per_record->records();
-        for (int64_t r = 0; r < records.records(); ++r) {
-          const int64_t first = records.row_begin[static_cast<size_t>(r)];
-          LayerBalance(layer, first, records.row_begin[static_cast<size_t>(r) + 1] - first, experts,
-                       top_k, options.private_experts, balance_scale, d_probs + first * experts);
-        }
-      }
-    }
+    float* d_probs =
+        BalanceGradient(layer, experts, top_k, options, balance_scale, s.d_router_probs);
     float* d_router_logits = Sized(s.d_router_logits, rows * experts);
     cpu::RouterTopKBackward(layer.router_probs.data(), layer.expert_index.data(), d_expert_weight,
                             d_probs, d_router_logits, rows, experts, top_k);

@@ -98,6 +98,19 @@ double LayerBalance(const LayerActivations& layer, int64_t first_row, int64_t ro
 LossBreakdown LossOf(const MoeConfig& config, const ForwardPass& pass, const LossSum& sum,
                      const BackwardOptions& options);
 
+// The loss head of a backward pass: writes d_logits [rows, vocab] of the cross-entropy, scaled
+// as the loss is (the step's mean, or under options.per_record each record's own mean), and
+// each row's loss into losses [rows]; returns their sum.
+LossSum CrossEntropyGradient(const ForwardPass& pass, std::span<const int32_t> targets,
+                             int64_t vocab_size, const BackwardOptions& options, float* d_logits,
+                             float* losses);
+
+// The balance term's gradient with respect to one layer's router probabilities, scaled by
+// `scale`, into d_probs (sized here): the pass's term, or under options.per_record each
+// record's own over its rows. Null when options.balance_coefficient is 0.
+float* BalanceGradient(const LayerActivations& layer, int64_t experts, int64_t top_k,
+                       const BackwardOptions& options, double scale, AlignedFloats& d_probs);
+
 // The lowest layer holding a tensor that is trained (0 with trainable embeddings, the number of
 // layers when none is): the backward walk stops there.
 int64_t LowestLayerNeedingGradient(const ModelLayout& layout, const MoeConfig& config,

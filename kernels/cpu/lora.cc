@@ -19,9 +19,10 @@ void LoraBackward(const float* in, const float* a, const float* b, const float* 
                   const float* d_out, float* d_in, float* d_a, float* d_b, float* d_low,
                   const LoraShape& shape) {
   const auto gradient = View(d_out, shape.rows, shape.out_features);
-  View(d_b, shape.out_features, shape.rank).noalias() +=
-      gradient.transpose() * View(low, shape.rows, shape.rank);
-  if (d_a == nullptr && d_in == nullptr) return;
+  if (d_b != nullptr) {
+    View(d_b, shape.out_features, shape.rank).noalias() +=
+        gradient.transpose() * View(low, shape.rows, shape.rank);
+  }
   auto low_gradient = View(d_low, shape.rows, shape.rank);
   low_gradient.noalias() = shape.scale * (gradient * View(b, shape.out_features, shape.rank));
   if (d_a != nullptr) {

@@ -5,7 +5,8 @@
 //
 // Backward, with d_low = s · d_out · B:
 //   d_b += d_outᵀ · low,  d_a += d_lowᵀ · in,  d_in += d_low · A
-// A null d_a skips A's gradient (FFA-LoRA freezes A); a null d_in skips the input's.
+// A null d_a skips A's gradient (FFA-LoRA freezes A), a null d_b B's (DP-SGD takes them record by
+// record), a null d_in the input's. d_low is always written: per-record clipping reads it.
 //
 // Row-major buffers; the products are Eigen's and thread as cpu::LinearForward's do.
 #ifndef FEDMOE_KERNELS_CPU_LORA_H_
@@ -27,7 +28,7 @@ struct LoraShape {
 void LoraForward(const float* in, const float* a, const float* b, float* low, float* out,
                  const LoraShape& shape);
 
-// d_low [rows, rank] is scratch.
+// d_low [rows, rank] receives s · d_out · B.
 void LoraBackward(const float* in, const float* a, const float* b, const float* low,
                   const float* d_out, float* d_in, float* d_a, float* d_b, float* d_low,
                   const LoraShape& shape);

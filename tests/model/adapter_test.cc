@@ -151,6 +151,75 @@ INSTANTIATE_TEST_SUITE_P(
                       GradientCase{"plain_attention", true, true, "q_proj,v_proj,o_proj"}),
     [](const ::testing::TestParamInfo<GradientCase>& test) { return test.param.name; });
 
+// DP-SGD over adapters: per-record clipping's sum equals the records' own gradients, each
+// computed alone from its own rows and clipped by hand, and the norms it reports are theirs.
+TEST(AdaptedModelTest, PerRecordClippingOfAdaptersMatchesEachRecordAlone) {
+  const ModelParameters parameters =
+      InitializeModel(testing::GradientCheckConfig(true, false, 2), 31);
+  const FrozenBase base = FrozenBase::FromParameters(parameters, WeightFormat::kInt8, 8);
+  for (const bool train_a : {false, true}) {
+    LoraAdapters adapters = *NewAdapters(base, AllTargets(train_a));
+    Perturb(adapters, 6, 0.2F);
+    const MoeConfig& config = parameters.config();
+    constexpr int64_t kRecords = 3;
+    constexpr int64_t kSeqLen = 5;
+    const std::vector<int32_t> tokens = Tokens(kRecords * kSeqLen, config.vocab_size, 12);
+    const std::vector<int32_t> targets = NextTokenTargets(tokens, kRecords, kSeqLen);
+    BackwardOptions options;
+    options.balance_coefficient = 0.3;
+
+    // Each record alone: its loss is its own mean (predictions_in_step = its predictions).
+    std::vector<std::vector<float>> alone;
+    std::vector<double> norms;
+    for (int64_t r = 0; r < kRecords; ++r) {
+      const std::span<const int32_t> record_tokens(tokens.data() + r * kSeqLen, kSeqLen);
+      const std::span<const int32_t> record_targets(targets.data() + r * kSeqLen, kSeqLen);
+      AdaptedPass pass;
+      ASSERT_TRUE(AdaptedForward(base, adapters, record_tokens, 1, kSeqLen, pass).ok());
+      BackwardOptions own = options;
+      own.predictions_in_step = kSeqLen - 1;
+      std::vector<float> gradient(adapters.values().size(), 0.0F);
+      AdaptedScratch scratch;
+      ASSERT_TRUE(
+          AdaptedBackward(base, adapters, pass, record_targets, own, gradient, scratch).ok());
+      double squares = 0;
+      for (const float g : gradient) squares += double{g} * g;
+      norms.push_back(std::sqrt(squares));
+      alone.push_back(std::move(gradient));
+    }
+    const double clip = norms[1];  // clips the records above it, leaves those below
+    std::vector<double> expected(adapters.values().size(), 0.0);
+    for (int64_t r = 0; r < kRecords; ++r) {
+      const double factor = std::min(1.0, clip / norms[static_cast<size_t>(r)]);
+      for (size_t i = 0; i < expected.size(); ++i) expected[i] += factor * alone[r][i];
+    }
+
+    AdaptedPass pass;
+    ASSERT_TRUE(AdaptedForward(base, adapters, tokens, kRecords, kSeqLen, pass).ok());
+    PerRecordClipping clipping;
+    RecordRows rows;
+    for (int64_t r = 1; r <= kRecords; ++r) rows.row_begin.push_back(r * kSeqLen);
+    clipping.Begin(rows);
+    BackwardOptions clipped = options;
+    clipped.per_record = &clipping;
+    std::vector<float> gradient(adapters.values().size(), 0.0F);
+    AdaptedScratch scratch;
+    ASSERT_TRUE(AdaptedBackward(base, adapters, pass, targets, clipped, gradient, scratch).ok());
+    absl::StatusOr<std::vector<double>> reported = clipping.Finish(clip);
+    ASSERT_TRUE(reported.ok()) << reported.status();
+    for (int64_t r = 0; r < kRecords; ++r) {
+      EXPECT_NEAR((*reported)[r], norms[r], 1e-4 * norms[r]) << "record " << r;
+    }
+    double largest = 0;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      largest = std::max(largest, std::abs(expected[i]));
+      ASSERT_NEAR(gradient[i], expected[i], 1e-5 + 1e-4 * std::abs(expected[i]))
+          << (train_a ? "plain" : "ffa") << " value " << i;
+    }
+    EXPECT_GT(largest, 1e-3);
+  }
+}
+
 // Logits of the plain model, for comparison.
 std::vector<float> PlainLogits(const ModelParameters& parameters,
                                const std::vector<int32_t>& tokens, int64_t batch, int64_t seq_len) {
