@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "model/adapted_model.h"
 #include "model/dp_sgd.h"
 #include "model/training_backend.h"
 #ifdef FEDMOE_TRAIN_WITH_CUDA
@@ -104,7 +105,7 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateBackend(ModelParameters& 
 class PrivateSteps {
  public:
   static absl::StatusOr<std::unique_ptr<PrivateSteps>> Create(
-      const ModelParameters& parameters, const Tokenizer& tokenizer,
+      const MoeConfig& config, std::vector<TrainedRange> trained, const Tokenizer& tokenizer,
       const std::filesystem::path& data_directory, const DataOptions& data_options,
       const TrainOptions& options) {
     const RecordPrivacyOptions& privacy = options.record_privacy;
@@ -139,12 +140,7 @@ class PrivateSteps {
           "DP-SGD trains whole tensors; freezing some experts (a personal model's pass) is not "
           "supported under it");
     }
-    std::vector<std::pair<int64_t, int64_t>> ranges;
-    for (const TensorSpec& spec : parameters.layout().tensors()) {
-      if (options.trainable.Includes(spec.role)) ranges.emplace_back(spec.offset, spec.size);
-    }
-    const int64_t released_values =
-        PrivateReleaseValues(parameters.layout(), parameters.config(), options.trainable);
+    const int64_t released_values = PrivateReleaseValues(config, trained);
     absl::StatusOr<GradientNoise> noise =
         GradientNoise::Create(privacy.noise_multiplier, privacy.clip_norm, released_values);
     if (!noise.ok()) return noise.status();
@@ -154,8 +150,7 @@ class PrivateSteps {
     if (!noising.ok()) return noising.status();
     const auto record_count = static_cast<int64_t>(records->records.size());
     // The run's spend grows step by step from the plan's rate and multiplier.
-    RecordPrivacySpend spend =
-        PlannedRecordPrivacySpend(parameters.layout(), parameters.config(), options, record_count);
+    RecordPrivacySpend spend = PlannedRecordPrivacySpend(released_values, options, record_count);
     spend.steps = 0;
     spend.sampler_total_variation = 0;
     const double rate = spend.sampling_rate;
@@ -164,9 +159,8 @@ class PrivateSteps {
     }
     return std::unique_ptr<PrivateSteps>(new PrivateSteps(
         std::move(records), RecordSampler(record_count, rate, std::move(*sampling)),
-        std::move(*noise), std::move(*noising), std::move(ranges), released_values,
-        rate * static_cast<double>(record_count), data_options.eos_token, parameters.config(),
-        options, spend));
+        std::move(*noise), std::move(*noising), std::move(trained), released_values,
+        rate * static_cast<double>(record_count), data_options.eos_token, config, options, spend));
   }
 
   // One step's gradient into `backend`, before the optimizer takes it. Returns the loss of the
@@ -216,9 +210,9 @@ class PrivateSteps {
 
     const auto scale = static_cast<float>(1.0 / expected_batch_);
     if (absl::Status status = backend.UpdateStepGradients([&](std::span<float> gradients) {
-          for (const auto& [offset, size] : ranges_) {
-            const std::span<float> tensor =
-                gradients.subspan(static_cast<size_t>(offset), static_cast<size_t>(size));
+          for (const TrainedRange& range : ranges_) {
+            const std::span<float> tensor = gradients.subspan(static_cast<size_t>(range.offset),
+                                                              static_cast<size_t>(range.size));
             if (absl::Status added = noise_.AddTo(tensor, noise_random_); !added.ok()) {
               return added;
             }
@@ -262,7 +256,7 @@ class PrivateSteps {
 
  private:
   PrivateSteps(std::shared_ptr<const RecordSet> records, RecordSampler sampler, GradientNoise noise,
-               privacy::SecureRandom noise_random, std::vector<std::pair<int64_t, int64_t>> ranges,
+               privacy::SecureRandom noise_random, std::vector<TrainedRange> ranges,
                int64_t released_values, double expected_batch, int32_t pad, const MoeConfig& config,
                const TrainOptions& options, RecordPrivacySpend spend)
       : records_(std::move(records)),
@@ -287,7 +281,7 @@ class PrivateSteps {
   RecordSampler sampler_;
   GradientNoise noise_;
   privacy::SecureRandom noise_random_;
-  std::vector<std::pair<int64_t, int64_t>> ranges_;
+  std::vector<TrainedRange> ranges_;
   int64_t released_values_;
   double expected_batch_;
   // Fills a record's last window: its rows carry no loss, and causal attention keeps them out
@@ -308,8 +302,13 @@ class PrivateSteps {
 
 RecordPrivacySpend PlannedRecordPrivacySpend(const ModelLayout& layout, const MoeConfig& config,
                                              const TrainOptions& options, int64_t records) {
+  return PlannedRecordPrivacySpend(PrivateReleaseValues(layout, config, options.trainable), options,
+                                   records);
+}
+
+RecordPrivacySpend PlannedRecordPrivacySpend(int64_t released, const TrainOptions& options,
+                                             int64_t records) {
   const RecordPrivacyOptions& privacy = options.record_privacy;
-  const int64_t released = PrivateReleaseValues(layout, config, options.trainable);
   const double expected_batch =
       static_cast<double>(options.batch_size * options.gradient_accumulation);
   return {.unit = privacy.unit,
@@ -331,6 +330,12 @@ int64_t PrivateReleaseValues(const ModelLayout& layout, const MoeConfig& config,
   for (const TensorSpec& spec : layout.tensors()) {
     if (trainable.Includes(spec.role)) values += spec.size;
   }
+  return values;
+}
+
+int64_t PrivateReleaseValues(const MoeConfig& config, std::span<const TrainedRange> trained) {
+  int64_t values = config.num_hidden_layers * config.num_local_experts;
+  for (const TrainedRange& range : trained) values += range.size;
   return values;
 }
 
@@ -360,10 +365,15 @@ absl::StatusOr<double> ValidationLoss(const ModelParameters& parameters, const T
       tokenizer, data_directory, data_options, max_batches);
 }
 
-absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& tokenizer,
-                                  const std::filesystem::path& data_directory,
-                                  const TrainOptions& options, const TrainCallbacks& callbacks) {
-  const MoeConfig& config = parameters.config();
+namespace {
+
+// The loop both Train and TrainAdapters run, over a backend that trains `trained` of its buffer.
+absl::StatusOr<TrainResult> RunTraining(TrainingBackend& backend, const MoeConfig& config,
+                                        std::vector<TrainedRange> trained,
+                                        const Tokenizer& tokenizer,
+                                        const std::filesystem::path& data_directory,
+                                        const TrainOptions& options,
+                                        const TrainCallbacks& callbacks) {
   if (absl::Status status = CheckOptions(config, options); !status.ok()) return status;
   DataOptions data_options;
   data_options.seq_len = options.seq_len;
@@ -376,8 +386,8 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   std::unique_ptr<DataStream> stream;
   std::unique_ptr<PrivateSteps> private_steps;
   if (options.record_privacy.enabled) {
-    absl::StatusOr<std::unique_ptr<PrivateSteps>> steps =
-        PrivateSteps::Create(parameters, tokenizer, data_directory, data_options, options);
+    absl::StatusOr<std::unique_ptr<PrivateSteps>> steps = PrivateSteps::Create(
+        config, std::move(trained), tokenizer, data_directory, data_options, options);
     if (!steps.ok()) return steps.status();
     private_steps = std::move(*steps);
     if (const int64_t truncated = private_steps->spend().truncated_records;
@@ -400,8 +410,6 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   loss_options.private_experts = options.private_experts;
   loss_options.step_share = 1.0 / static_cast<double>(options.gradient_accumulation);
 
-  absl::StatusOr<std::unique_ptr<TrainingBackend>> backend = CreateBackend(parameters, options);
-  if (!backend.ok()) return backend.status();
   std::vector<Batch> micro_batches(static_cast<size_t>(options.gradient_accumulation));
   std::deque<double> recent_losses;
   TrainResult result;
@@ -413,7 +421,7 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
     LossBreakdown step_loss;
     if (private_steps != nullptr) {
       absl::StatusOr<LossBreakdown> loss =
-          private_steps->Accumulate(**backend, loss_options, result.tokens);
+          private_steps->Accumulate(backend, loss_options, result.tokens);
       if (!loss.ok()) return loss.status();
       step_loss = *loss;
     } else {
@@ -427,7 +435,7 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
       }
       loss_options.predictions_in_step = static_cast<double>(std::max<int64_t>(predictions, 1));
       for (const Batch& batch : micro_batches) {
-        absl::StatusOr<LossBreakdown> loss = (*backend)->AccumulateGradients(batch, loss_options);
+        absl::StatusOr<LossBreakdown> loss = backend.AccumulateGradients(batch, loss_options);
         if (!loss.ok()) return loss.status();
         step_loss.cross_entropy += loss->cross_entropy;
         step_loss.balance_per_layer += loss->balance_per_layer * loss_options.step_share;
@@ -438,7 +446,7 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
     // Under DP-SGD the noised gradient is the private release; clipping it again would only
     // shrink the noise's signal further, so the step takes it as it is.
     absl::StatusOr<double> norm =
-        (*backend)->ApplyGradients(lr, private_steps != nullptr ? 0.0 : options.max_gradient_norm);
+        backend.ApplyGradients(lr, private_steps != nullptr ? 0.0 : options.max_gradient_norm);
     if (!norm.ok()) return norm.status();
 
     recent_losses.push_back(step_loss.cross_entropy);
@@ -459,21 +467,20 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
     if (last || (options.eval_every > 0 && (step + 1) % options.eval_every == 0)) {
       const Clock::time_point validation_start = Clock::now();
       absl::StatusOr<double> val =
-          MeanValidationLoss([&](const Batch& batch) { return (*backend)->Evaluate(batch); },
-                             tokenizer, data_directory, data_options, options.eval_batches);
+          MeanValidationLoss([&](const Batch& batch) { return backend.Evaluate(batch); }, tokenizer,
+                             data_directory, data_options, options.eval_batches);
       validation_seconds += SecondsSince(validation_start);
       if (!val.ok()) return val.status();
       result.val_loss = *val;
       if (callbacks.on_validation) callbacks.on_validation(step + 1, *val);
     }
   }
-  if (absl::Status status = (*backend)->CopyParametersTo(parameters); !status.ok()) return status;
   if (private_steps != nullptr) {
     result.expert_slots = private_steps->NoisyExpertSlots();
     result.record_privacy = private_steps->spend();
     result.data = private_steps->counts();
   } else {
-    absl::StatusOr<std::vector<std::vector<int64_t>>> slots = (*backend)->ExpertSlots();
+    absl::StatusOr<std::vector<std::vector<int64_t>>> slots = backend.ExpertSlots();
     if (!slots.ok()) return slots.status();
     result.expert_slots = std::move(*slots);
     result.data = stream->counts();
@@ -484,6 +491,43 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
   result.tokens_per_second =
       static_cast<double>(result.tokens) / (SecondsSince(start) - validation_seconds);
   return result;
+}
+
+}  // namespace
+
+absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& tokenizer,
+                                  const std::filesystem::path& data_directory,
+                                  const TrainOptions& options, const TrainCallbacks& callbacks) {
+  if (absl::Status status = CheckOptions(parameters.config(), options); !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> backend = CreateBackend(parameters, options);
+  if (!backend.ok()) return backend.status();
+  absl::StatusOr<TrainResult> result = RunTraining(
+      **backend, parameters.config(), TrainedRanges(parameters.layout(), options.trainable),
+      tokenizer, data_directory, options, callbacks);
+  if (!result.ok()) return result.status();
+  if (absl::Status status = (*backend)->CopyParametersTo(parameters); !status.ok()) return status;
+  return result;
+}
+
+absl::StatusOr<TrainResult> TrainAdapters(const FrozenBase& base, LoraAdapters& adapters,
+                                          const Tokenizer& tokenizer,
+                                          const std::filesystem::path& data_directory,
+                                          const TrainOptions& options,
+                                          const TrainCallbacks& callbacks) {
+  if (options.device != kernels::Device::kCpu) {
+    return absl::UnimplementedError(
+        "adapter training runs on the CPU in this version (device: cpu); the GPU trains whole "
+        "experts");
+  }
+  BackendOptions backend_options;
+  backend_options.adamw = options.adamw;
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> backend =
+      CreateCpuAdapterBackend(base, adapters, backend_options);
+  if (!backend.ok()) return backend.status();
+  return RunTraining(**backend, base.config(), AdapterTrainedRanges(adapters), tokenizer,
+                     data_directory, options, callbacks);
 }
 
 }  // namespace fedmoe::model

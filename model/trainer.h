@@ -9,12 +9,15 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string_view>
 
 #include "absl/status/statusor.h"
 #include "kernels/device.h"
 #include "model/backward.h"
 #include "model/data.h"
+#include "model/frozen_base.h"
+#include "model/lora.h"
 #include "model/optimizer.h"
 #include "model/parameters.h"
 #include "model/tokenizer.h"
@@ -50,6 +53,8 @@ inline constexpr double kRoutingShareOfClipNorm = 0.25;
 // ([layers, experts]).
 int64_t PrivateReleaseValues(const ModelLayout& layout, const MoeConfig& config,
                              const TrainableSet& trainable);
+// The same for any trained ranges (an adapter buffer's, adapted_model.h).
+int64_t PrivateReleaseValues(const MoeConfig& config, std::span<const TrainedRange> trained);
 
 // What a private run spent, for the site's ledger: `steps` Poisson-subsampled Gaussian steps
 // at rate sampling_rate and multiplier noise_multiplier (the effective one the rounding to the
@@ -121,6 +126,9 @@ struct TrainOptions {
 // trains, and the run starts from it, so that the two cannot disagree.
 RecordPrivacySpend PlannedRecordPrivacySpend(const ModelLayout& layout, const MoeConfig& config,
                                              const TrainOptions& options, int64_t records);
+// The same for a run that releases `released_values` values a step (PrivateReleaseValues).
+RecordPrivacySpend PlannedRecordPrivacySpend(int64_t released_values, const TrainOptions& options,
+                                             int64_t records);
 
 // The warmup a run takes: warmup_steps, or with −1, min(100, steps / 10). Inline: the
 // coordinator resolves a round's warmup with it and does not link the trainer.
@@ -174,6 +182,16 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
                                   const std::filesystem::path& data_directory,
                                   const TrainOptions& options,
                                   const TrainCallbacks& callbacks = {});
+
+// Trains `adapters` over the frozen `base` on the CPU, as Train trains a model: the same loop,
+// data, schedule, validation and DP-SGD (per-record clipping then covers every trained adapter
+// value and router). options.trainable, matmul_precision and proximal are not taken: what
+// trains is the adapters' (AdapterTrainedRanges), and the base's format sets the products.
+absl::StatusOr<TrainResult> TrainAdapters(const FrozenBase& base, LoraAdapters& adapters,
+                                          const Tokenizer& tokenizer,
+                                          const std::filesystem::path& data_directory,
+                                          const TrainOptions& options,
+                                          const TrainCallbacks& callbacks = {});
 
 // Mean cross-entropy over up to max_batches batches of the validation split (all with
 // max_batches ≤ 0); NaN when the split is empty.

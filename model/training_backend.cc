@@ -29,12 +29,7 @@ class CpuTrainingBackend : public TrainingBackend {
         !status.ok()) {
       return status;
     }
-    for (size_t layer = 0; layer < training_pass_.layers.size(); ++layer) {
-      const std::vector<int64_t>& offsets = training_pass_.layers[layer].permutation.offsets;
-      for (size_t expert = 0; expert + 1 < offsets.size(); ++expert) {
-        expert_slots_[layer][expert] += offsets[expert + 1] - offsets[expert];
-      }
-    }
+    AddExpertSlots(training_pass_, expert_slots_);
     return Backward(parameters_, training_pass_, batch.targets, options_.trainable, options,
                     gradients_, scratch_);
   }
@@ -59,23 +54,8 @@ class CpuTrainingBackend : public TrainingBackend {
     absl::StatusOr<std::vector<double>> norms = clipping_.Finish(clip_norm);
     if (!norms.ok()) return norms.status();
     out.record_norms = std::move(*norms);
-    const MoeConfig& config = parameters_.config();
-    const int64_t top_k = config.num_experts_per_tok;
-    std::vector<int64_t> slots(
-        static_cast<size_t>(config.num_hidden_layers * config.num_local_experts));
-    for (int64_t r = 0; r < records.records(); ++r) {
-      const int64_t first = records.row_begin[static_cast<size_t>(r)];
-      const int64_t last = records.row_begin[static_cast<size_t>(r) + 1];
-      std::fill(slots.begin(), slots.end(), 0);
-      for (size_t l = 0; l < training_pass_.layers.size(); ++l) {
-        const std::vector<int32_t>& chosen = training_pass_.layers[l].expert_index;
-        for (int64_t i = first * top_k; i < last * top_k; ++i) {
-          ++slots[l * static_cast<size_t>(config.num_local_experts) +
-                  static_cast<size_t>(chosen[static_cast<size_t>(i)])];
-        }
-      }
-      AddRecordRouting(slots, (last - first) * top_k, routing_scale, out.routing_sum);
-    }
+    AddRecordsRouting(training_pass_, parameters_.config(), records, routing_scale,
+                      out.routing_sum);
     return loss;
   }
 
@@ -143,6 +123,35 @@ class CpuTrainingBackend : public TrainingBackend {
 };
 
 }  // namespace
+
+void AddExpertSlots(const ForwardPass& pass, std::vector<std::vector<int64_t>>& slots) {
+  for (size_t layer = 0; layer < pass.layers.size(); ++layer) {
+    const std::vector<int64_t>& offsets = pass.layers[layer].permutation.offsets;
+    for (size_t expert = 0; expert + 1 < offsets.size(); ++expert) {
+      slots[layer][expert] += offsets[expert + 1] - offsets[expert];
+    }
+  }
+}
+
+void AddRecordsRouting(const ForwardPass& pass, const MoeConfig& config, const RecordRows& records,
+                       double routing_scale, std::vector<double>& routing_sum) {
+  const int64_t top_k = config.num_experts_per_tok;
+  std::vector<int64_t> slots(
+      static_cast<size_t>(config.num_hidden_layers * config.num_local_experts));
+  for (int64_t r = 0; r < records.records(); ++r) {
+    const int64_t first = records.row_begin[static_cast<size_t>(r)];
+    const int64_t last = records.row_begin[static_cast<size_t>(r) + 1];
+    std::fill(slots.begin(), slots.end(), 0);
+    for (size_t l = 0; l < pass.layers.size(); ++l) {
+      const std::vector<int32_t>& chosen = pass.layers[l].expert_index;
+      for (int64_t i = first * top_k; i < last * top_k; ++i) {
+        ++slots[l * static_cast<size_t>(config.num_local_experts) +
+                static_cast<size_t>(chosen[static_cast<size_t>(i)])];
+      }
+    }
+    AddRecordRouting(slots, (last - first) * top_k, routing_scale, routing_sum);
+  }
+}
 
 void AddRecordRouting(std::span<const int64_t> slots, int64_t slots_per_layer, double routing_scale,
                       std::vector<double>& routing_sum) {

@@ -15,6 +15,8 @@
 #include "model/backward.h"
 #include "model/data.h"
 #include "model/forward.h"
+#include "model/frozen_base.h"
+#include "model/lora.h"
 #include "model/optimizer.h"
 #include "model/parameters.h"
 
@@ -64,6 +66,13 @@ struct PrivateBatch {
 void AddRecordRouting(std::span<const int64_t> slots, int64_t slots_per_layer, double routing_scale,
                       std::vector<double>& routing_sum);
 
+// Adds a pass's routed token slots per [layer][expert] into `slots`.
+void AddExpertSlots(const ForwardPass& pass, std::vector<std::vector<int64_t>>& slots);
+
+// Adds each record's routing fractions in a pass (AddRecordRouting) into `routing_sum`.
+void AddRecordsRouting(const ForwardPass& pass, const MoeConfig& config, const RecordRows& records,
+                       double routing_scale, std::vector<double>& routing_sum);
+
 class TrainingBackend {
  public:
   virtual ~TrainingBackend() = default;
@@ -109,6 +118,14 @@ class TrainingBackend {
   // copy elsewhere (a GPU) copies it back; the CPU one trains the caller's parameters in place.
   virtual absl::Status CopyParametersTo(ModelParameters& parameters) = 0;
 };
+
+// Trains `adapters` (every B and router, and A under plain LoRA) in place on the CPU, over a
+// frozen base: adapted_model.h's passes. Both must outlive the backend. The base's format sets
+// the products' arithmetic, so options.matmul_precision is not taken; neither are a trainable
+// set or a proximal term (InvalidArgument). CopyParametersTo is Unimplemented: there are no
+// full parameters to copy.
+absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCpuAdapterBackend(
+    const FrozenBase& base, LoraAdapters& adapters, const BackendOptions& options);
 
 // Trains `parameters` in place on the CPU; they must outlive the backend. Unimplemented for
 // bf16 products on a CPU without them (forward.h).
