@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "client/client_config.h"
 #include "client/model_sync.h"
 #include "client/personal_model.h"
@@ -23,6 +24,7 @@
 #include "model/forward.h"
 #include "model/frozen_base.h"
 #include "model/init.h"
+#include "model/peft.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "storage/file_status.h"
@@ -507,24 +509,113 @@ std::string Duration(double seconds) {
 
 Json NumberOrNull(double value) { return std::isfinite(value) ? Json(value) : Json(nullptr); }
 
+// Progress lines on stdout, data warnings on stderr.
+model::TrainCallbacks ProgressCallbacks(int64_t log_every) {
+  model::TrainCallbacks callbacks;
+  callbacks.on_data_warning = [](std::string_view warning) {
+    std::fprintf(stderr, "fedmoe-client: warning: %s\n", std::string(warning).c_str());
+  };
+  callbacks.on_step = [log_every](const model::StepReport& report) {
+    if (report.step != 1 && report.step != report.steps && report.step % log_every != 0) return;
+    const double eta = report.elapsed_seconds / static_cast<double>(report.step) *
+                       static_cast<double>(report.steps - report.step);
+    std::printf("step %lld/%lld  loss %.4f  balance %.3f  lr %.2e  grad %.3f  tok/s %.0f  eta %s\n",
+                static_cast<long long>(report.step), static_cast<long long>(report.steps),
+                report.loss, report.balance, report.learning_rate, report.gradient_norm,
+                report.tokens_per_second, Duration(eta).c_str());
+    std::fflush(stdout);
+  };
+  callbacks.on_validation = [](int64_t step, double loss) {
+    std::printf("validation at step %lld: loss %.4f\n", static_cast<long long>(step), loss);
+    std::fflush(stdout);
+  };
+  return callbacks;
+}
+
+// The last line of train: what the run did, as JSON.
+Json TrainSummary(const model::TrainResult& result, const model::TrainOptions& options) {
+  return {{"steps", result.steps},
+          {"train_loss", NumberOrNull(result.train_loss)},
+          {"val_loss", NumberOrNull(result.val_loss)},
+          {"tokens_per_second", result.tokens_per_second},
+          {"device", model::DeviceName(options.device)},
+          {"matmul_precision", model::MatMulPrecisionName(options.matmul_precision)},
+          {"tokens", result.tokens},
+          {"files", result.data.files},
+          {"documents", result.data.documents},
+          {"sft_examples", result.data.sft_examples},
+          {"skipped_files", result.data.skipped_files},
+          {"skipped_lines", result.data.skipped_lines}};
+}
+
+// train --lora: adapters over the model held frozen, written to out_dir as PEFT writes them.
+int TrainAdaptersCommand(const std::string& model_dir, const std::string& out_dir,
+                         const CommandLine& flags, const model::TrainOptions& options,
+                         const model::TrainCallbacks& callbacks) {
+  absl::StatusOr<model::FrozenBase> base =
+      model::FrozenBase::Open(model_dir, options.adapters.base_format);
+  if (!base.ok()) return Fail(base.status());
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
+      model::LoadTokenizer(model_dir, base->config().vocab_size);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  absl::StatusOr<model::LoraAdapters> adapters = model::NewAdapters(*base, options.adapters.lora);
+  if (!adapters.ok()) return Fail(adapters.status());
+  const model::LoraConfig& lora = options.adapters.lora;
+  std::printf(
+      "training %s adapters (rank %lld, alpha %g, %s) over a frozen %s base on %d CPU "
+      "threads\n",
+      lora.train_a ? "LoRA" : "FFA-LoRA", static_cast<long long>(lora.rank), lora.alpha,
+      absl::StrJoin(model::LoraTargetNames(lora.targets), ",").c_str(),
+      std::string(model::WeightFormatName(base->format())).c_str(), model::CpuThreads());
+  absl::StatusOr<model::TrainResult> result =
+      model::TrainAdapters(*base, *adapters, **tokenizer, *flags.Get("data"), options, callbacks);
+  if (!result.ok()) return Fail(result.status());
+  if (absl::Status status = model::SaveAdapters(
+          *adapters, out_dir, std::filesystem::absolute(model_dir).lexically_normal().string());
+      !status.ok()) {
+    return Fail(status);
+  }
+  std::printf("adapters: %s\n", out_dir.c_str());
+  int64_t trained_values = 0;
+  for (const model::TrainedRange& range : model::AdapterTrainedRanges(*adapters)) {
+    trained_values += range.size;
+  }
+  // The base's products are fp32 on its decoded weights, whatever the precision setting says.
+  model::TrainOptions reported = options;
+  reported.matmul_precision = model::MatMulPrecision::kFloat32;
+  Json summary = TrainSummary(*result, reported);
+  summary["adapters"] = {{"rank", lora.rank},
+                         {"alpha", lora.alpha},
+                         {"ffa", !lora.train_a},
+                         {"targets", model::LoraTargetNames(lora.targets)},
+                         {"base_format", model::WeightFormatName(base->format())},
+                         {"base_bytes", base->bytes()},
+                         {"trained_values", trained_values}};
+  std::printf("%s\n", JsonLine(summary).c_str());
+  return 0;
+}
+
 }  // namespace
 
 const char kTrainUsage[] =
     R"(  train --model DIR --data DIR --steps N --out DIR [--batch-size B] [--seq-len T]
         [--lr LR] [--seed S] [--threads T] [--log-every K] [--device cpu|cuda|auto]
-        [--config FILE]
+        [--config FILE] [--lora [--int8 | --bf16]]
       Fine-tune DIR's model on the .txt, .md and .jsonl files under --data and write the
       result to --out, on the GPU (cuda) or the CPU; auto, the default, takes the GPU when one
       answers. Settings come from --config (YAML, see deploy/examples/train.yaml), then the
       flags. Prints progress; the last line is JSON
       {"steps", "train_loss", "val_loss", "tokens_per_second", ...}.
+      --lora trains LoRA adapters over DIR held frozen (int8 or bf16 with --int8, --bf16;
+      the config's lora: block sets rank, alpha, targets and FFA) on the CPU, and writes a
+      PEFT adapter directory to --out.
 )";
 
 int TrainCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args,
                                   {"model", "data", "steps", "out", "batch-size", "seq-len", "lr",
                                    "seed", "threads", "log-every", "device", "config"},
-                                  {});
+                                  {"lora", "int8", "bf16"});
   if (!flags.ok()) return Fail(flags.status());
   model::TrainOptions options;
   // Without a config file, as with one that leaves them out: auto, resolved for this machine.
@@ -534,7 +625,25 @@ int TrainCommand(const std::vector<std::string>& args) {
     absl::StatusOr<config::YamlConfigReader> reader = config::YamlConfigReader::FromFile(*path);
     if (!reader.ok()) return Fail(reader.status());
     ReadTrainOptions(*reader, "", &options, &threads, &compute);
+    ReadAdapterTrainingOptions(*reader, "", &options);
     if (absl::Status status = reader->Finish(); !status.ok()) return Fail(status);
+  }
+  if (flags->Has("lora")) options.adapters.enabled = true;
+  if (flags->Has("int8") && flags->Has("bf16")) {
+    return Fail(absl::InvalidArgumentError("--int8 and --bf16 exclude each other"));
+  }
+  if (flags->Has("int8") || flags->Has("bf16")) {
+    if (!options.adapters.enabled) {
+      return Fail(absl::InvalidArgumentError(
+          "--int8 and --bf16 hold a frozen base for --lora; without it every weight trains in "
+          "fp32"));
+    }
+    options.adapters.base_format =
+        flags->Has("int8") ? model::WeightFormat::kInt8 : model::WeightFormat::kBfloat16;
+  }
+  // Adapters train on the CPU: auto means the CPU for them.
+  if (options.adapters.enabled && compute.device_name == "auto" && !flags->Has("device")) {
+    compute.device_name = "cpu";
   }
   const std::optional<std::string> device_flag = flags->Get("device");
   if (device_flag) compute.device_name = *device_flag;
@@ -582,6 +691,9 @@ int TrainCommand(const std::vector<std::string>& args) {
 
   const std::string model_dir = *flags->Get("model");
   const std::string out_dir = *flags->Get("out");
+  model::TrainCallbacks callbacks = ProgressCallbacks(log_every);
+  if (options.adapters.enabled)
+    return TrainAdaptersCommand(model_dir, out_dir, *flags, options, callbacks);
   absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(model_dir);
   if (!parameters.ok()) return Fail(parameters.status());
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
@@ -603,24 +715,6 @@ int TrainCommand(const std::vector<std::string>& args) {
     std::printf("training on %d CPU threads, weight products in %s\n", model::CpuThreads(),
                 precision);
   }
-  model::TrainCallbacks callbacks;
-  callbacks.on_data_warning = [](std::string_view warning) {
-    std::fprintf(stderr, "fedmoe-client: warning: %s\n", std::string(warning).c_str());
-  };
-  callbacks.on_step = [log_every](const model::StepReport& report) {
-    if (report.step != 1 && report.step != report.steps && report.step % log_every != 0) return;
-    const double eta = report.elapsed_seconds / static_cast<double>(report.step) *
-                       static_cast<double>(report.steps - report.step);
-    std::printf("step %lld/%lld  loss %.4f  balance %.3f  lr %.2e  grad %.3f  tok/s %.0f  eta %s\n",
-                static_cast<long long>(report.step), static_cast<long long>(report.steps),
-                report.loss, report.balance, report.learning_rate, report.gradient_norm,
-                report.tokens_per_second, Duration(eta).c_str());
-    std::fflush(stdout);
-  };
-  callbacks.on_validation = [](int64_t step, double loss) {
-    std::printf("validation at step %lld: loss %.4f\n", static_cast<long long>(step), loss);
-    std::fflush(stdout);
-  };
   absl::StatusOr<model::TrainResult> result =
       model::Train(*parameters, **tokenizer, *flags->Get("data"), options, callbacks);
   if (!result.ok()) return Fail(result.status());
@@ -629,19 +723,7 @@ int TrainCommand(const std::vector<std::string>& args) {
   }
   if (absl::Status status = CopyTokenizer(model_dir, out_dir); !status.ok()) return Fail(status);
   std::printf("checkpoint: %s\n", out_dir.c_str());
-  const Json summary = {{"steps", result->steps},
-                        {"train_loss", NumberOrNull(result->train_loss)},
-                        {"val_loss", NumberOrNull(result->val_loss)},
-                        {"tokens_per_second", result->tokens_per_second},
-                        {"device", model::DeviceName(options.device)},
-                        {"matmul_precision", model::MatMulPrecisionName(options.matmul_precision)},
-                        {"tokens", result->tokens},
-                        {"files", result->data.files},
-                        {"documents", result->data.documents},
-                        {"sft_examples", result->data.sft_examples},
-                        {"skipped_files", result->data.skipped_files},
-                        {"skipped_lines", result->data.skipped_lines}};
-  std::printf("%s\n", JsonLine(summary).c_str());
+  std::printf("%s\n", JsonLine(TrainSummary(*result, options)).c_str());
   return 0;
 }
 

@@ -127,6 +127,46 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
   }
 }
 
+void ReadAdapterTrainingOptions(config::YamlConfigReader& reader, const std::string& prefix,
+                                model::TrainOptions* options) {
+  const std::string block = prefix + "lora.";
+  model::AdapterTrainingOptions& adapters = options->adapters;
+  reader.Read(block + "enabled", &adapters.enabled);
+  reader.Read(block + "rank", &adapters.lora.rank);
+  reader.Read(block + "alpha", &adapters.lora.alpha);
+  std::vector<std::string> targets;
+  reader.Read(block + "targets", &targets);
+  if (!targets.empty()) {
+    absl::StatusOr<std::vector<model::LoraModule>> parsed =
+        model::ParseLoraTargets(absl::StrJoin(targets, ","));
+    if (parsed.ok()) {
+      adapters.lora.targets = *std::move(parsed);
+    } else {
+      reader.Invalid(block + "targets", std::string(parsed.status().message()));
+    }
+  }
+  bool ffa = !adapters.lora.train_a;
+  reader.Read(block + "ffa", &ffa);
+  adapters.lora.train_a = !ffa;
+  auto seed = static_cast<int64_t>(adapters.lora.seed);
+  reader.Read(block + "seed", &seed);
+  if (seed < 0) reader.Invalid(block + "seed", "must be at least 0");
+  adapters.lora.seed = static_cast<uint64_t>(seed);
+  if (absl::Status status = adapters.lora.Validate(); !status.ok()) {
+    reader.Invalid(block + "rank", std::string(status.message()));
+  }
+  std::string base_format = "stored";
+  reader.Read(block + "base_format", &base_format);
+  if (base_format == "stored") {
+    adapters.base_format.reset();
+  } else if (absl::StatusOr<model::WeightFormat> format = model::ParseWeightFormat(base_format);
+             format.ok()) {
+    adapters.base_format = *format;
+  } else {
+    reader.Invalid(block + "base_format", "must be stored, fp32, bf16 or int8");
+  }
+}
+
 absl::Status ComputeSettings::Resolve() {
   absl::StatusOr<model::Device> resolved_device = model::ResolveDevice(device_name);
   if (!resolved_device.ok()) return resolved_device.status();

@@ -46,6 +46,11 @@ void ReadTrainOptions(config::YamlConfigReader& reader, const std::string& prefi
                       model::TrainOptions* options, int64_t* threads,
                       ComputeSettings* compute = nullptr);
 
+// Reads train.yaml's lora: block under `prefix` into options->adapters. Only
+// `fedmoe-client train` reads it: a federation's adapters are the round policy's to set.
+void ReadAdapterTrainingOptions(config::YamlConfigReader& reader, const std::string& prefix,
+                                model::TrainOptions* options);
+
 }  // namespace fedmoe::client
 
 #endif  // FEDMOE_CLIENT_TRAIN_OPTIONS_H_

@@ -83,6 +83,16 @@ struct ProximalTerm {
   std::shared_ptr<const ModelParameters> anchor;
 };
 
+// LoRA adapters over a frozen base instead of whole tensors (issue [peft]; TrainAdapters): what
+// trains is then the adapters' B (and A under plain LoRA) and the routers, and `trainable` does
+// not apply. Read from train.yaml's lora: block (client/train_options.h).
+struct AdapterTrainingOptions {
+  bool enabled = false;
+  LoraConfig lora;
+  // The frozen base's format; nullopt holds it as the checkpoint stores it.
+  std::optional<WeightFormat> base_format;
+};
+
 // The defaults below are the one set both vocabularies share: train.yaml (`fedmoe-client train`)
 // and a round policy's `training:` block (coordinator/round/round_policy.cc derives its defaults
 // from a default TrainOptions), under the same key names.
@@ -119,6 +129,8 @@ struct TrainOptions {
   // The last this many experts of each layer are the site's private experts (model/personal.h):
   // the balance loss balances them as a group apart from the global ones (backward.h).
   int64_t private_experts = 0;
+  // `fedmoe-client train` only; a round policy does not read it.
+  AdapterTrainingOptions adapters;
 };
 
 // What a private run of `options` over `records` records will report once all its steps are

@@ -99,8 +99,15 @@ TEST(ExampleConfigTest, TrainExampleLoadsAndStatesTheDefaults) {
   model::TrainOptions options;
   int64_t threads = 7;
   client::ReadTrainOptions(*reader, "", &options, &threads);
+  client::ReadAdapterTrainingOptions(*reader, "", &options);
   ASSERT_TRUE(reader->Finish().ok()) << reader->Finish();
   const model::TrainOptions defaults;
+  EXPECT_FALSE(options.adapters.enabled);
+  EXPECT_EQ(options.adapters.lora.rank, defaults.adapters.lora.rank);
+  EXPECT_EQ(options.adapters.lora.alpha, defaults.adapters.lora.alpha);
+  EXPECT_EQ(options.adapters.lora.targets, defaults.adapters.lora.targets);
+  EXPECT_EQ(options.adapters.lora.train_a, defaults.adapters.lora.train_a);
+  EXPECT_FALSE(options.adapters.base_format.has_value());
   EXPECT_EQ(options.steps, defaults.steps);
   EXPECT_EQ(options.batch_size, defaults.batch_size);
   EXPECT_EQ(options.seq_len, defaults.seq_len);

@@ -31,6 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fedmoe::client::ComputeSettings compute;
   int64_t threads = 0;
   fedmoe::client::ReadTrainOptions(*reader, "", &options, &threads, &compute);
+  fedmoe::client::ReadAdapterTrainingOptions(*reader, "", &options);
   if (reader->Finish().ok()) {
     FEDMOE_FUZZ_CHECK(options.steps >= 1 && options.batch_size >= 1 && options.seq_len >= 2 &&
                           options.learning_rate > 0,

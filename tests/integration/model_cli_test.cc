@@ -268,6 +268,65 @@ TEST_F(ModelCliTest, AdaptersEvaluateTraceAndMergeIntoAPlainCheckpoint) {
   }
 }
 
+// train --lora: FFA-LoRA adapters over the model held as INT8, written as a PEFT directory that
+// eval then runs, lower in loss on the text it trained on than the base alone.
+TEST_F(ModelCliTest, TrainLoraWritesAPeftDirectoryThatLearns) {
+  const std::filesystem::path corpus = dir_.path() / "corpus";
+  std::filesystem::create_directories(corpus);
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "Invoice " + std::to_string(1000 + i % 37) + " is due.\n\n";
+  WriteFile(corpus / "invoices.txt", text);
+  WriteFile(dir_.path() / "lora.yaml", "lora:\n  rank: 4\n  alpha: 8\n  targets: [all]\n");
+  const std::string adapter_dir = (dir_.path() / "adapter").string();
+  const CommandResult train = RunCommand({BinaryPath("fedmoe-client"),
+                                          "train",
+                                          "--model",
+                                          model_dir(),
+                                          "--data",
+                                          corpus.string(),
+                                          "--steps",
+                                          "30",
+                                          "--out",
+                                          adapter_dir,
+                                          "--lora",
+                                          "--int8",
+                                          "--config",
+                                          (dir_.path() / "lora.yaml").string(),
+                                          "--batch-size",
+                                          "4",
+                                          "--seq-len",
+                                          "32",
+                                          "--lr",
+                                          "0.02",
+                                          "--threads",
+                                          "2"});
+  ASSERT_EQ(train.exit_code, 0) << train.err;
+  const std::string trimmed = train.out.substr(0, train.out.find_last_not_of('\n') + 1);
+  const Json summary = Json::parse(trimmed.substr(trimmed.rfind('\n') + 1));
+  EXPECT_EQ(summary.at("steps"), 30);
+  EXPECT_EQ(summary.at("adapters").at("rank"), 4);
+  EXPECT_EQ(summary.at("adapters").at("ffa"), true);
+  EXPECT_EQ(summary.at("adapters").at("base_format"), "int8");
+  EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(adapter_dir) / "adapter_config.json"));
+  EXPECT_TRUE(
+      std::filesystem::exists(std::filesystem::path(adapter_dir) / "adapter_model.safetensors"));
+
+  const std::string data_file = (corpus / "invoices.txt").string();
+  const CommandResult before =
+      Model({"eval", "--model", model_dir(), "--int8", "--data", data_file, "--seq-len", "32"});
+  const CommandResult after = Model({"eval", "--model", model_dir(), "--adapter", adapter_dir,
+                                     "--int8", "--data", data_file, "--seq-len", "32"});
+  ASSERT_EQ(after.exit_code, 0) << after.err;
+  EXPECT_LT(Json::parse(after.out).at("loss").get<double>(),
+            Json::parse(before.out).at("loss").get<double>() - 0.5);
+
+  const CommandResult refused =
+      RunCommand({BinaryPath("fedmoe-client"), "train", "--model", model_dir(), "--data",
+                  corpus.string(), "--steps", "1", "--out", adapter_dir, "--int8"});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_THAT(refused.err, HasSubstr("--int8 and --bf16 hold a frozen base for --lora"));
+}
+
 TEST_F(ModelCliTest, BadInputGetsOneSpecificLineAndChangesNothing) {
   struct Case {
     std::vector<std::string> args;
