@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kernels/cpu/bf16.h"
 #include "kernels/cpu/eigen_maps.h"
 
 namespace fedmoe::kernels::cpu {
@@ -11,41 +12,6 @@ using internal::RowMatrix;
 using internal::View;
 
 }  // namespace
-
-FrozenWeight FrozenWeight::Float32(const float* values, int64_t rows, int64_t columns) {
-  return {.format = WeightFormat::kFloat32, .rows = rows, .columns = columns, .values = values};
-}
-
-FrozenWeight FrozenWeight::Bfloat16(const Bf16* values, int64_t rows, int64_t columns) {
-  return {.format = WeightFormat::kBfloat16, .rows = rows, .columns = columns, .values = values};
-}
-
-FrozenWeight FrozenWeight::Int8(const int8_t* values, const float* scales, int64_t rows,
-                                int64_t columns, int64_t group_size) {
-  return {.format = WeightFormat::kInt8,
-          .rows = rows,
-          .columns = columns,
-          .group_size = group_size,
-          .values = values,
-          .scales = scales};
-}
-
-FrozenWeight FrozenWeight::Int8(const Int8Matrix& matrix) {
-  return Int8(matrix.values.data(), matrix.scales.data(), matrix.rows, matrix.columns,
-              matrix.group_size);
-}
-
-int64_t FrozenWeight::bytes() const {
-  switch (format) {
-    case WeightFormat::kFloat32:
-      return rows * columns * static_cast<int64_t>(sizeof(float));
-    case WeightFormat::kBfloat16:
-      return rows * columns * static_cast<int64_t>(sizeof(Bf16));
-    case WeightFormat::kInt8:
-      return rows * columns + rows * groups_per_row() * static_cast<int64_t>(sizeof(float));
-  }
-  return 0;
-}
 
 void DecodeRows(const FrozenWeight& weight, int64_t first, int64_t count, float* out) {
   const int64_t columns = weight.columns;

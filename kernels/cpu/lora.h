@@ -9,20 +9,17 @@
 // record), a null d_in the input's. d_low is always written: per-record clipping reads it.
 //
 // Row-major buffers; the products are Eigen's and thread as cpu::LinearForward's do.
+// kernels/cuda/lora.h is the GPU twin.
 #ifndef FEDMOE_KERNELS_CPU_LORA_H_
 #define FEDMOE_KERNELS_CPU_LORA_H_
 
 #include <cstdint>
 
+#include "kernels/shared/lora_shape.h"
+
 namespace fedmoe::kernels::cpu {
 
-struct LoraShape {
-  int64_t rows = 0;
-  int64_t in_features = 0;
-  int64_t out_features = 0;
-  int64_t rank = 0;
-  float scale = 1.0F;
-};
+using kernels::LoraShape;
 
 // low [rows, rank] = s · in · Aᵀ; out [rows, out_features] += low · Bᵀ.
 void LoraForward(const float* in, const float* a, const float* b, float* low, float* out,

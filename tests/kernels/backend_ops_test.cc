@@ -5,6 +5,7 @@
 // cuda_kernels_test, which skips the CUDA half without one).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -15,11 +16,17 @@
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/embedding.h"
+#include "kernels/cpu/frozen_linear.h"
+#include "kernels/cpu/int8.h"
+#include "kernels/cpu/lora.h"
 #include "kernels/cpu/moe_routing.h"
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cross_entropy.h"
 #include "kernels/cuda/dense.h"
+#include "kernels/cuda/frozen_linear.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/lora.h"
 #include "kernels/cuda/moe_routing.h"
 #include "kernels/cuda/optimizer.h"
 #include "tests/kernels/cuda_test_support.h"
@@ -68,6 +75,13 @@ class Backend {
   virtual void AdamWUpdate(Floats& parameters, const Floats& gradients, Floats& first,
                            Floats& second, const std::vector<ParameterRange>& ranges,
                            const AdamWStep& step, double norm_squared) = 0;
+  // The frozen products: out = in·ŵᵀ, and d_in += d_out·ŵ. `weight` points at host memory.
+  virtual void FrozenLinear(const FrozenWeight& weight, const Floats& in, const Floats& d_out,
+                            Floats& out, Floats& d_in, int64_t rows) = 0;
+  // LoRA's forward, then its backward (d_a skipped when train_a is false).
+  virtual void Lora(const Floats& in, const Floats& a, const Floats& b, const Floats& d_out,
+                    Floats& low, Floats& out, Floats& d_in, Floats& d_a, Floats& d_b, Floats& d_low,
+                    const LoraShape& shape, bool train_a) = 0;
 };
 
 class CpuBackend final : public Backend {
@@ -135,6 +149,18 @@ class CpuBackend final : public Backend {
                    double norm_squared) override {
     cpu::AdamWUpdate(parameters.data(), gradients.data(), first.data(), second.data(), ranges, step,
                      norm_squared);
+  }
+  void FrozenLinear(const FrozenWeight& weight, const Floats& in, const Floats& d_out, Floats& out,
+                    Floats& d_in, int64_t rows) override {
+    cpu::FrozenLinearForward(in.data(), weight, out.data(), rows);
+    cpu::FrozenLinearBackwardInput(d_out.data(), weight, d_in.data(), rows);
+  }
+  void Lora(const Floats& in, const Floats& a, const Floats& b, const Floats& d_out, Floats& low,
+            Floats& out, Floats& d_in, Floats& d_a, Floats& d_b, Floats& d_low,
+            const LoraShape& shape, bool train_a) override {
+    cpu::LoraForward(in.data(), a.data(), b.data(), low.data(), out.data(), shape);
+    cpu::LoraBackward(in.data(), a.data(), b.data(), low.data(), d_out.data(), d_in.data(),
+                      train_a ? d_a.data() : nullptr, d_b.data(), d_low.data(), shape);
   }
 };
 
@@ -285,6 +311,60 @@ class CudaBackend final : public Backend {
     parameters = Download(device_parameters);
     first = Download(device_first);
     second = Download(device_second);
+  }
+  void FrozenLinear(const FrozenWeight& weight, const Floats& in, const Floats& d_out, Floats& out,
+                    Floats& d_in, int64_t rows) override {
+    absl::StatusOr<cuda::Blas> blas = cuda::Blas::Create();
+    ASSERT_TRUE(blas.ok()) << blas.status();
+    const auto count = static_cast<size_t>(weight.rows * weight.columns);
+    const auto* bytes = static_cast<const uint8_t*>(weight.values);
+    const size_t value_bytes = weight.format == WeightFormat::kFloat32    ? 4
+                               : weight.format == WeightFormat::kBfloat16 ? 2
+                                                                          : 1;
+    auto device_values = Upload(std::vector<uint8_t>(bytes, bytes + count * value_bytes));
+    auto device_scales =
+        Upload(weight.scales == nullptr
+                   ? Floats(1)
+                   : Floats(weight.scales, weight.scales + weight.rows * weight.groups_per_row()));
+    FrozenWeight on_device = weight;
+    on_device.values = device_values.data();
+    on_device.scales = weight.scales == nullptr ? nullptr : device_scales.data();
+    auto device_in = Upload(in), device_d_out = Upload(d_out), device_out = Upload(out),
+         device_d_in = Upload(d_in),
+         scratch = Upload(Floats(
+             std::max<size_t>(1, static_cast<size_t>(cuda::FrozenLinearScratch(on_device)))));
+    EXPECT_TRUE(cuda::FrozenLinearForward(*blas, device_in.data(), on_device, device_out.data(),
+                                          rows, scratch.data())
+                    .ok());
+    EXPECT_TRUE(cuda::FrozenLinearBackwardInput(*blas, device_d_out.data(), on_device,
+                                                device_d_in.data(), rows, scratch.data())
+                    .ok());
+    out = Download(device_out);
+    d_in = Download(device_d_in);
+  }
+  void Lora(const Floats& in, const Floats& a, const Floats& b, const Floats& d_out, Floats& low,
+            Floats& out, Floats& d_in, Floats& d_a, Floats& d_b, Floats& d_low,
+            const LoraShape& shape, bool train_a) override {
+    absl::StatusOr<cuda::Blas> blas = cuda::Blas::Create();
+    ASSERT_TRUE(blas.ok()) << blas.status();
+    auto device_in = Upload(in), device_a = Upload(a), device_b = Upload(b),
+         device_d_out = Upload(d_out), device_low = Upload(low), device_out = Upload(out),
+         device_d_in = Upload(d_in), device_d_a = Upload(d_a), device_d_b = Upload(d_b),
+         device_d_low = Upload(d_low);
+    EXPECT_TRUE(cuda::LoraForward(*blas, device_in.data(), device_a.data(), device_b.data(),
+                                  device_low.data(), device_out.data(), shape)
+                    .ok());
+    EXPECT_TRUE(cuda::LoraBackward(*blas, device_in.data(), device_a.data(), device_b.data(),
+                                   device_low.data(), device_d_out.data(), device_d_in.data(),
+                                   train_a ? device_d_a.data() : nullptr, device_d_b.data(),
+                                   device_d_low.data(), shape)
+                    .ok());
+    low = Download(device_low);
+    out = Download(device_out);
+    d_in = Download(device_d_in);
+    d_a = Download(device_d_a);
+    d_b = Download(device_d_b);
+    d_low = Download(device_d_low);
   }
 };
 
@@ -573,6 +653,112 @@ TEST_P(BackendOpsTest, AdamWClipsDecaysAndLeavesOtherRangesAlone) {
   ExpectNear(second, expected_v, 1e-7, "v");
   // ε sits inside √v̂ + ε in the reference and √v/√(1−β2^t) + ε in the twins: the same.
   ExpectNear(parameters, expected_theta, 1e-6, "theta");
+}
+
+// The frozen products in each format against double loops over the weight decoded here from
+// its definition: the fp32 values, bf16 bits widened, scale · q per group of 32 columns.
+TEST_P(BackendOpsTest, FrozenLinearInEveryFormat) {
+  // 150 output rows: two of the CPU's 64-row tiles and a partial one; 70 columns: a partial group.
+  constexpr int64_t kRows = 5, kIn = 70, kOut = 150, kGroup = 32;
+  const Floats weights = RandomVector(kOut * kIn, 31);
+  const cpu::Int8Matrix int8 = cpu::QuantizeInt8(weights, kOut, kIn, kGroup);
+  std::vector<uint16_t> bf16(weights.size());
+  for (size_t i = 0; i < weights.size(); ++i) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, &weights[i], sizeof(bits));
+    bf16[i] = static_cast<uint16_t>((bits + 0x8000U) >> 16);  // nearest (no ties here)
+  }
+  const Floats in = RandomVector(kRows * kIn, 32), d_out = RandomVector(kRows * kOut, 33);
+  for (const FrozenWeight& weight :
+       {FrozenWeight::Float32(weights.data(), kOut, kIn),
+        FrozenWeight::Bfloat16(bf16.data(), kOut, kIn), FrozenWeight::Int8(int8)}) {
+    std::vector<double> decoded(weights.size());
+    for (int64_t o = 0; o < kOut; ++o) {
+      for (int64_t c = 0; c < kIn; ++c) {
+        const size_t i = static_cast<size_t>(o * kIn + c);
+        if (weight.format == WeightFormat::kFloat32) {
+          decoded[i] = weights[i];
+        } else if (weight.format == WeightFormat::kBfloat16) {
+          const uint32_t bits = uint32_t{bf16[i]} << 16;
+          float value = 0;
+          std::memcpy(&value, &bits, sizeof(value));
+          decoded[i] = value;
+        } else {
+          const int64_t groups = (kIn + kGroup - 1) / kGroup;
+          decoded[i] =
+              double{int8.scales[static_cast<size_t>(o * groups + c / kGroup)]} * int8.values[i];
+        }
+      }
+    }
+    std::vector<double> out(static_cast<size_t>(kRows * kOut)), d_in(in.size(), 0.25);
+    for (int64_t r = 0; r < kRows; ++r) {
+      for (int64_t o = 0; o < kOut; ++o) {
+        for (int64_t c = 0; c < kIn; ++c) {
+          out[r * kOut + o] += double{in[r * kIn + c]} * decoded[o * kIn + c];
+          d_in[r * kIn + c] += double{d_out[r * kOut + o]} * decoded[o * kIn + c];
+        }
+      }
+    }
+    Floats got_out(out.size(), 9.0F), got_d_in(in.size(), 0.25F);
+    backend_->FrozenLinear(weight, in, d_out, got_out, got_d_in, kRows);
+    const std::string format = std::to_string(static_cast<int>(weight.format));
+    ExpectNear(got_out, out, 1e-5, "out, format " + format);
+    ExpectNear(got_d_in, d_in, 1e-5, "d_in (added to what was there), format " + format);
+  }
+}
+
+// LoRA's branch against its formulas: low = s·x·Aᵀ, out += low·Bᵀ; d_b += d_outᵀ·low,
+// d_low = s·d_out·B, d_a += d_lowᵀ·x, d_in += d_low·A; with A frozen, d_a untouched.
+TEST_P(BackendOpsTest, LoraBranchForwardAndBackward) {
+  const LoraShape shape{.rows = 7, .in_features = 20, .out_features = 13, .rank = 3, .scale = 2.5F};
+  const Floats in = RandomVector(static_cast<size_t>(shape.rows * shape.in_features), 41),
+               a = RandomVector(static_cast<size_t>(shape.rank * shape.in_features), 42),
+               b = RandomVector(static_cast<size_t>(shape.out_features * shape.rank), 43),
+               d_out = RandomVector(static_cast<size_t>(shape.rows * shape.out_features), 44),
+               base_out = RandomVector(d_out.size(), 45);
+  std::vector<double> low(static_cast<size_t>(shape.rows * shape.rank)),
+      out(base_out.begin(), base_out.end()), d_low(low.size()), d_a(a.size(), 0.5),
+      d_b(b.size(), 0.5), d_in(in.size(), 0.5);
+  for (int64_t r = 0; r < shape.rows; ++r) {
+    for (int64_t k = 0; k < shape.rank; ++k) {
+      double sum = 0, back = 0;
+      for (int64_t c = 0; c < shape.in_features; ++c) {
+        sum += double{in[r * shape.in_features + c]} * a[k * shape.in_features + c];
+      }
+      for (int64_t o = 0; o < shape.out_features; ++o) {
+        back += double{d_out[r * shape.out_features + o]} * b[o * shape.rank + k];
+      }
+      low[r * shape.rank + k] = shape.scale * sum;
+      d_low[r * shape.rank + k] = shape.scale * back;
+    }
+    for (int64_t o = 0; o < shape.out_features; ++o) {
+      for (int64_t k = 0; k < shape.rank; ++k) {
+        out[r * shape.out_features + o] += low[r * shape.rank + k] * b[o * shape.rank + k];
+        d_b[o * shape.rank + k] +=
+            double{d_out[r * shape.out_features + o]} * low[r * shape.rank + k];
+      }
+    }
+    for (int64_t k = 0; k < shape.rank; ++k) {
+      for (int64_t c = 0; c < shape.in_features; ++c) {
+        d_a[k * shape.in_features + c] += d_low[r * shape.rank + k] * in[r * shape.in_features + c];
+        d_in[r * shape.in_features + c] += d_low[r * shape.rank + k] * a[k * shape.in_features + c];
+      }
+    }
+  }
+  for (const bool train_a : {true, false}) {
+    Floats got_low(low.size()), got_out = base_out, got_d_in(in.size(), 0.5F),
+                                got_d_a(a.size(), 0.5F), got_d_b(b.size(), 0.5F),
+                                got_d_low(low.size());
+    backend_->Lora(in, a, b, d_out, got_low, got_out, got_d_in, got_d_a, got_d_b, got_d_low, shape,
+                   train_a);
+    ExpectNear(got_low, low, 1e-5, "low");
+    ExpectNear(got_out, out, 1e-5, "out (added to)");
+    ExpectNear(got_d_low, d_low, 1e-5, "d_low");
+    ExpectNear(got_d_b, d_b, 1e-5, "d_b (added to)");
+    ExpectNear(got_d_in, d_in, 1e-5, "d_in (added to)");
+    ExpectNear(got_d_a, train_a ? d_a : std::vector<double>(a.size(), 0.5), 1e-5,
+               train_a ? "d_a (added to)" : "d_a untouched with A frozen");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, BackendOpsTest, ::testing::Values(Device::kCpu, Device::kCuda),

@@ -1,7 +1,7 @@
-// Weight-only INT8 against its definition (every value within half a step of the weight, the
-// scales as the formula gives them), and the frozen-weight products in fp32, bf16 and INT8 equal
-// to plain double loops over the decoded weight, on sizes that leave a partial tile and a
-// partial group.
+// Weight-only INT8 against its definition: every value within half a step of the weight, the
+// scales as the formula gives them, and per-group scales against per-row ones on a heavy-tailed
+// weight. The products on INT8 weights are checked with the other formats' in
+// backend_ops_test.cc, on both devices.
 #include "kernels/cpu/int8.h"
 
 #include <gtest/gtest.h>
@@ -10,7 +10,6 @@
 #include <random>
 #include <vector>
 
-#include "kernels/cpu/frozen_linear.h"
 #include "tests/kernels/gradient_check.h"
 
 namespace fedmoe::kernels::cpu {
@@ -78,57 +77,6 @@ TEST(Int8Test, GroupsOf128KeepMoreOfAHeavyTailedWeightThanOneScalePerRow) {
   EXPECT_EQ(RelativeSquaredError(std::vector<float>(16, 0.0F),
                                  QuantizeInt8(std::vector<float>(16, 0.0F), 4, 4, 0)),
             0.0);
-}
-
-// Each format's products against plain double loops over the weight as that format decodes it
-// (for INT8 and bf16, the rounded weight; for fp32, the weight itself).
-TEST(FrozenLinearTest, ProductsInEveryFormatEqualPlainLoopsOverTheDecodedWeight) {
-  // 150 output rows: two whole tiles and a partial one; 70 input columns: a partial group.
-  constexpr int64_t kRows = 5, kIn = 70, kOut = 150;
-  const std::vector<float> weights = RandomVector(kOut * kIn, 4);
-  const Int8Matrix matrix = QuantizeInt8(weights, kOut, kIn, 32);
-  AlignedBf16 rounded(weights.size());
-  ToBf16(weights.data(), rounded.data(), static_cast<int64_t>(weights.size()));
-  const std::vector<float> in = RandomVector(kRows * kIn, 5);
-  const std::vector<float> d_out = RandomVector(kRows * kOut, 6);
-  for (const FrozenWeight& weight :
-       {FrozenWeight::Float32(weights.data(), kOut, kIn),
-        FrozenWeight::Bfloat16(rounded.data(), kOut, kIn), FrozenWeight::Int8(matrix)}) {
-    const int format = static_cast<int>(weight.format);
-    std::vector<float> decoded(weights.size());
-    DecodeRows(weight, 0, kOut, decoded.data());
-    for (size_t i = 0; i < weights.size(); ++i) {
-      // Decoding is within the format's rounding of the weight: bf16 keeps 8 significant bits.
-      const float bound = weight.format == WeightFormat::kFloat32 ? 0.0F
-                          : weight.format == WeightFormat::kBfloat16
-                              ? std::abs(weights[i]) / 256.0F
-                              : 0.5F * matrix.scales[(i / kIn) * 3 + (i % kIn) / 32] * 1.0001F;
-      ASSERT_LE(std::abs(decoded[i] - weights[i]), bound) << format << " at " << i;
-    }
-    std::vector<float> out(kRows * kOut, 9.0F);
-    std::vector<float> d_in(kRows * kIn, 0.25F);
-    FrozenLinearForward(in.data(), weight, out.data(), kRows);
-    FrozenLinearBackwardInput(d_out.data(), weight, d_in.data(), kRows);
-    for (int64_t r = 0; r < kRows; ++r) {
-      for (int64_t o = 0; o < kOut; ++o) {
-        double expected = 0;
-        for (int64_t i = 0; i < kIn; ++i)
-          expected += double{in[r * kIn + i]} * decoded[o * kIn + i];
-        ASSERT_NEAR(out[r * kOut + o], expected, 1e-5 + 1e-5 * std::abs(expected))
-            << format << " " << r << "," << o;
-      }
-      for (int64_t i = 0; i < kIn; ++i) {
-        double expected = 0.25;  // d_in is added into
-        for (int64_t o = 0; o < kOut; ++o) {
-          expected += double{d_out[r * kOut + o]} * decoded[o * kIn + i];
-        }
-        ASSERT_NEAR(d_in[r * kIn + i], expected, 1e-5 + 1e-5 * std::abs(expected))
-            << format << " " << r << "," << i;
-      }
-    }
-  }
-  EXPECT_EQ(FrozenWeight::Int8(matrix).bytes(), matrix.bytes());
-  EXPECT_EQ(FrozenWeight::Bfloat16(rounded.data(), kOut, kIn).bytes(), kOut * kIn * 2);
 }
 
 }  // namespace
