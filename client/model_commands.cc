@@ -237,6 +237,19 @@ int EvalCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+// A written checkpoint's dtype: --dtype f32 (the default) or bf16.
+absl::StatusOr<model::SaveOptions> SaveOptionsOf(const CommandLine& flags) {
+  model::SaveOptions options;
+  const std::string dtype = flags.GetOr("dtype", "f32");
+  if (dtype == "bf16") {
+    options.dtype = model::DType::kBF16;
+  } else if (dtype != "f32") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dtype must be f32 or bf16, not '", dtype, "'"));
+  }
+  return options;
+}
+
 int InitCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args, {"config", "out", "seed", "dtype"}, {});
   if (!flags.ok()) return Fail(flags.status());
@@ -246,19 +259,13 @@ int InitCommand(const std::vector<std::string>& args) {
   if (!out.ok()) return Fail(out.status());
   absl::StatusOr<int64_t> seed = flags->IntOr("seed", 0, 0, std::numeric_limits<int64_t>::max());
   if (!seed.ok()) return Fail(seed.status());
-  model::SaveOptions options;
-  const std::string dtype = flags->GetOr("dtype", "f32");
-  if (dtype == "bf16") {
-    options.dtype = model::DType::kBF16;
-  } else if (dtype != "f32") {
-    return Fail(
-        absl::InvalidArgumentError(absl::StrCat("--dtype must be f32 or bf16, not '", dtype, "'")));
-  }
+  absl::StatusOr<model::SaveOptions> options = SaveOptionsOf(*flags);
+  if (!options.ok()) return Fail(options.status());
   absl::StatusOr<model::MoeConfig> config = model::LoadMoeConfig(*config_path);
   if (!config.ok()) return Fail(config.status());
   const model::ModelParameters parameters =
       model::InitializeModel(*config, static_cast<uint64_t>(*seed));
-  if (absl::Status status = model::SaveModel(parameters, *out, options); !status.ok()) {
+  if (absl::Status status = model::SaveModel(parameters, *out, *options); !status.ok()) {
     return Fail(status);
   }
   std::printf("initialised %lld parameters (seed %lld) in %s\n",
@@ -466,14 +473,8 @@ int MergeAdapterCommand(const std::vector<std::string>& args) {
   if (!adapter.ok()) return Fail(adapter.status());
   absl::StatusOr<std::string> out = flags->Require("out");
   if (!out.ok()) return Fail(out.status());
-  model::SaveOptions options;
-  const std::string dtype = flags->GetOr("dtype", "f32");
-  if (dtype == "bf16") {
-    options.dtype = model::DType::kBF16;
-  } else if (dtype != "f32") {
-    return Fail(
-        absl::InvalidArgumentError(absl::StrCat("--dtype must be f32 or bf16, not '", dtype, "'")));
-  }
+  absl::StatusOr<model::SaveOptions> options = SaveOptionsOf(*flags);
+  if (!options.ok()) return Fail(options.status());
   if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
   if (std::filesystem::weakly_canonical(*model_dir) == std::filesystem::weakly_canonical(*out)) {
     return Fail(absl::InvalidArgumentError("--out must not be the --model directory itself"));
@@ -487,7 +488,7 @@ int MergeAdapterCommand(const std::vector<std::string>& args) {
   if (absl::Status status = model::MergeAdapters(*adapters, merged); !status.ok()) {
     return Fail(status);
   }
-  if (absl::Status status = model::SaveModel(merged, *out, options); !status.ok()) {
+  if (absl::Status status = model::SaveModel(merged, *out, *options); !status.ok()) {
     return Fail(status);
   }
   if (absl::Status status = CopyTokenizer(*model_dir, *out); !status.ok()) return Fail(status);

@@ -36,18 +36,12 @@ class CpuAdapterBackend : public TrainingBackend {
                                                            double clip_norm, double routing_scale,
                                                            PrivateBatch& out) override {
     if (absl::Status status = Forward(batch, training_pass_); !status.ok()) return status;
-    clipping_.Begin(records);
-    BackwardOptions clipped = options;
-    clipped.per_record = &clipping_;
-    absl::StatusOr<LossBreakdown> loss = AdaptedBackward(
-        base_, adapters_, training_pass_, batch.targets, clipped, gradients_, scratch_);
-    if (!loss.ok()) return loss.status();
-    absl::StatusOr<std::vector<double>> norms = clipping_.Finish(clip_norm);
-    if (!norms.ok()) return norms.status();
-    out.record_norms = std::move(*norms);
-    AddRecordsRouting(training_pass_.model, base_.config(), records, routing_scale,
-                      out.routing_sum);
-    return loss;
+    return ClippedBackward(clipping_, records, options, clip_norm, routing_scale,
+                           training_pass_.model, base_.config(), out,
+                           [&](const BackwardOptions& clipped) {
+                             return AdaptedBackward(base_, adapters_, training_pass_, batch.targets,
+                                                    clipped, gradients_, scratch_);
+                           });
   }
 
   absl::Status UpdateStepGradients(

@@ -44,19 +44,11 @@ class CpuTrainingBackend : public TrainingBackend {
         !status.ok()) {
       return status;
     }
-    clipping_.Begin(records);
-    BackwardOptions clipped = options;
-    clipped.per_record = &clipping_;
-    absl::StatusOr<LossBreakdown> loss =
-        Backward(parameters_, training_pass_, batch.targets, options_.trainable, clipped,
-                 gradients_, scratch_);
-    if (!loss.ok()) return loss.status();
-    absl::StatusOr<std::vector<double>> norms = clipping_.Finish(clip_norm);
-    if (!norms.ok()) return norms.status();
-    out.record_norms = std::move(*norms);
-    AddRecordsRouting(training_pass_, parameters_.config(), records, routing_scale,
-                      out.routing_sum);
-    return loss;
+    return ClippedBackward(clipping_, records, options, clip_norm, routing_scale, training_pass_,
+                           parameters_.config(), out, [&](const BackwardOptions& clipped) {
+                             return Backward(parameters_, training_pass_, batch.targets,
+                                             options_.trainable, clipped, gradients_, scratch_);
+                           });
   }
 
   absl::Status UpdateStepGradients(
@@ -123,6 +115,23 @@ class CpuTrainingBackend : public TrainingBackend {
 };
 
 }  // namespace
+
+absl::StatusOr<LossBreakdown> ClippedBackward(
+    PerRecordClipping& clipping, const RecordRows& records, const BackwardOptions& options,
+    double clip_norm, double routing_scale, const ForwardPass& pass, const MoeConfig& config,
+    PrivateBatch& out,
+    const std::function<absl::StatusOr<LossBreakdown>(const BackwardOptions&)>& backward) {
+  clipping.Begin(records);
+  BackwardOptions clipped = options;
+  clipped.per_record = &clipping;
+  absl::StatusOr<LossBreakdown> loss = backward(clipped);
+  if (!loss.ok()) return loss.status();
+  absl::StatusOr<std::vector<double>> norms = clipping.Finish(clip_norm);
+  if (!norms.ok()) return norms.status();
+  out.record_norms = std::move(*norms);
+  AddRecordsRouting(pass, config, records, routing_scale, out.routing_sum);
+  return loss;
+}
 
 void AddExpertSlots(const ForwardPass& pass, std::vector<std::vector<int64_t>>& slots) {
   for (size_t layer = 0; layer < pass.layers.size(); ++layer) {

@@ -73,6 +73,15 @@ void AddExpertSlots(const ForwardPass& pass, std::vector<std::vector<int64_t>>& 
 void AddRecordsRouting(const ForwardPass& pass, const MoeConfig& config, const RecordRows& records,
                        double routing_scale, std::vector<double>& routing_sum);
 
+// DP-SGD's micro-batch around either backend's backward pass: begins `clipping` over `records`,
+// runs `backward` with per-record clipping on, finishes the clipping (its sum goes where the
+// backward pass said), and reports the records' norms and routing fractions into `out`.
+absl::StatusOr<LossBreakdown> ClippedBackward(
+    PerRecordClipping& clipping, const RecordRows& records, const BackwardOptions& options,
+    double clip_norm, double routing_scale, const ForwardPass& pass, const MoeConfig& config,
+    PrivateBatch& out,
+    const std::function<absl::StatusOr<LossBreakdown>(const BackwardOptions&)>& backward);
+
 class TrainingBackend {
  public:
   virtual ~TrainingBackend() = default;

@@ -4,6 +4,10 @@
 #ifndef FEDMOE_TESTS_TESTING_TINY_MODEL_H_
 #define FEDMOE_TESTS_TESTING_TINY_MODEL_H_
 
+#include <cstdint>
+#include <random>
+#include <vector>
+
 #include "model/config.h"
 
 namespace fedmoe::testing {
@@ -45,6 +49,14 @@ inline model::MoeConfig GradientCheckConfig(bool shared, bool tied, int64_t kv_h
   config.max_position_embeddings = 32;
   config.initializer_range = 0.3;
   return config;
+}
+
+// `count` token ids below `vocab`, the same for the same seed.
+inline std::vector<int32_t> RandomTokens(int64_t count, int64_t vocab, uint32_t seed) {
+  std::mt19937 generator(seed);
+  std::vector<int32_t> tokens(static_cast<size_t>(count));
+  for (int32_t& t : tokens) t = static_cast<int32_t>(generator() % static_cast<uint32_t>(vocab));
+  return tokens;
 }
 
 }  // namespace fedmoe::testing

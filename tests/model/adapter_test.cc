@@ -20,13 +20,6 @@
 namespace fedmoe::model {
 namespace {
 
-std::vector<int32_t> Tokens(int64_t count, int64_t vocab, uint32_t seed) {
-  std::mt19937 generator(seed);
-  std::vector<int32_t> tokens(static_cast<size_t>(count));
-  for (int32_t& t : tokens) t = static_cast<int32_t>(generator() % static_cast<uint32_t>(vocab));
-  return tokens;
-}
-
 // B and the routers moved off their starting values, so that every branch carries signal.
 void Perturb(LoraAdapters& adapters, uint32_t seed, float scale) {
   std::mt19937 generator(seed);
@@ -72,7 +65,7 @@ TEST_P(AdapterGradientTest, EveryTrainedTensorMatchesFiniteDifferences) {
   const MoeConfig& config = parameters.config();
   constexpr int64_t kBatch = 2;
   constexpr int64_t kSeqLen = 6;
-  const std::vector<int32_t> tokens = Tokens(kBatch * kSeqLen, config.vocab_size, 4);
+  const std::vector<int32_t> tokens = testing::RandomTokens(kBatch * kSeqLen, config.vocab_size, 4);
   std::vector<int32_t> targets = NextTokenTargets(tokens, kBatch, kSeqLen);
   targets[2] = -1;
   BackwardOptions options;
@@ -163,7 +156,8 @@ TEST(AdaptedModelTest, PerRecordClippingOfAdaptersMatchesEachRecordAlone) {
     const MoeConfig& config = parameters.config();
     constexpr int64_t kRecords = 3;
     constexpr int64_t kSeqLen = 5;
-    const std::vector<int32_t> tokens = Tokens(kRecords * kSeqLen, config.vocab_size, 12);
+    const std::vector<int32_t> tokens =
+        testing::RandomTokens(kRecords * kSeqLen, config.vocab_size, 12);
     const std::vector<int32_t> targets = NextTokenTargets(tokens, kRecords, kSeqLen);
     BackwardOptions options;
     options.balance_coefficient = 0.3;
@@ -251,7 +245,8 @@ TEST(AdaptedModelTest, FreshAdaptersComputeTheBaseAndMergedAdaptersComputeTheAda
       InitializeModel(testing::GradientCheckConfig(true, false, 2), 3);
   const FrozenBase base = FrozenBase::FromParameters(parameters, WeightFormat::kFloat32);
   LoraAdapters adapters = *NewAdapters(base, AllTargets(false));
-  const std::vector<int32_t> tokens = Tokens(2 * 7, parameters.config().vocab_size, 8);
+  const std::vector<int32_t> tokens =
+      testing::RandomTokens(2 * 7, parameters.config().vocab_size, 8);
   const std::vector<float> plain = PlainLogits(parameters, tokens, 2, 7);
   ExpectClose(AdaptedLogits(base, adapters, tokens, 2, 7), plain, 1e-6, "B = 0");
 
@@ -269,7 +264,8 @@ TEST(AdaptedModelTest, FreshAdaptersComputeTheBaseAndMergedAdaptersComputeTheAda
 TEST(AdaptedModelTest, CompactBasesComputeThePlainModelOnTheirDecodedWeights) {
   const ModelParameters parameters =
       InitializeModel(testing::GradientCheckConfig(true, true, 2), 4);
-  const std::vector<int32_t> tokens = Tokens(2 * 5, parameters.config().vocab_size, 2);
+  const std::vector<int32_t> tokens =
+      testing::RandomTokens(2 * 5, parameters.config().vocab_size, 2);
   for (const WeightFormat format : {WeightFormat::kBfloat16, WeightFormat::kInt8}) {
     const FrozenBase base = FrozenBase::FromParameters(parameters, format, 8);
     ModelParameters decoded = parameters;
@@ -463,7 +459,8 @@ TEST(FrozenBaseFileTest, SavedBasesOpenToTheSameWeightsInEveryFormat) {
   const ModelParameters parameters =
       InitializeModel(testing::GradientCheckConfig(true, false, 2), 12);
   ASSERT_TRUE(SaveModel(parameters, dir.path() / "fp32").ok());
-  const std::vector<int32_t> tokens = Tokens(2 * 5, parameters.config().vocab_size, 3);
+  const std::vector<int32_t> tokens =
+      testing::RandomTokens(2 * 5, parameters.config().vocab_size, 3);
   for (const WeightFormat format : {WeightFormat::kInt8, WeightFormat::kBfloat16}) {
     const std::string name(WeightFormatName(format));
     const FrozenBase made = FrozenBase::FromParameters(parameters, format, 8);

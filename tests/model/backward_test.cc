@@ -15,13 +15,6 @@
 namespace fedmoe::model {
 namespace {
 
-std::vector<int32_t> Tokens(int64_t count, int64_t vocab, uint32_t seed) {
-  std::mt19937 generator(seed);
-  std::vector<int32_t> tokens(static_cast<size_t>(count));
-  for (int32_t& t : tokens) t = static_cast<int32_t>(generator() % static_cast<uint32_t>(vocab));
-  return tokens;
-}
-
 struct Case {
   const char* name;
   bool shared;
@@ -39,7 +32,7 @@ TEST_P(ModelGradientTest, EveryTensorMatchesFiniteDifferences) {
   const MoeConfig& config = parameters.config();
   constexpr int64_t kBatch = 2;
   constexpr int64_t kSeqLen = 6;
-  const std::vector<int32_t> tokens = Tokens(kBatch * kSeqLen, config.vocab_size, 4);
+  const std::vector<int32_t> tokens = testing::RandomTokens(kBatch * kSeqLen, config.vocab_size, 4);
   std::vector<int32_t> targets = NextTokenTargets(tokens, kBatch, kSeqLen);
   targets[2] = -1;  // a masked position, as in SFT
   BackwardOptions options;
@@ -110,7 +103,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(BackwardTest, FrozenTensorsGetNoGradientAndAccumulationAddsUp) {
   const ModelParameters parameters =
       InitializeModel(testing::GradientCheckConfig(true, false, 2), 3);
-  const std::vector<int32_t> tokens = Tokens(int64_t{4} * 6, 23, 8);
+  const std::vector<int32_t> tokens = testing::RandomTokens(int64_t{4} * 6, 23, 8);
   const std::vector<int32_t> targets = NextTokenTargets(tokens, 4, 6);
   const TrainableSet default_set;
   BackwardScratch scratch;
@@ -165,7 +158,7 @@ TEST(BackwardTest, Bf16ExpertProductsAgreeWithFp32ToBf16Precision) {
   config.head_dim = 8;
   config.initializer_range = 0.1;
   const ModelParameters parameters = InitializeModel(config, 5);
-  const std::vector<int32_t> tokens = Tokens(int64_t{4} * 16, config.vocab_size, 9);
+  const std::vector<int32_t> tokens = testing::RandomTokens(int64_t{4} * 16, config.vocab_size, 9);
   const std::vector<int32_t> targets = NextTokenTargets(tokens, 4, 16);
   const TrainableSet all = *TrainableSet::Parse("all");
   const BackwardOptions options{.balance_coefficient = 0.02, .predictions_in_step = 60};

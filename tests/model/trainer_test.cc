@@ -46,6 +46,15 @@ TrainOptions Quick(int64_t steps) {
   return options;
 }
 
+// The data Quick trains on, for validation losses.
+DataOptions QuickData() {
+  DataOptions data;
+  data.seq_len = 128;
+  data.batch_size = 8;
+  data.eos_token = 256;
+  return data;
+}
+
 // Both precisions of the expert products train; bf16 skips itself where oneDNN has no bf16
 // product for the CPU.
 class TrainerTest : public ::testing::TestWithParam<MatMulPrecision> {
@@ -67,10 +76,7 @@ class TrainerTest : public ::testing::TestWithParam<MatMulPrecision> {
 TEST_P(TrainerTest, TrainingOnABundledCorpusLowersValidationLoss) {
   ModelParameters parameters = InitializeModel(TinyConfig(), 1);
   const auto tokenizer = MakeByteTokenizer(258);
-  DataOptions data;
-  data.seq_len = 128;
-  data.batch_size = 8;
-  data.eos_token = 256;
+  const DataOptions data = QuickData();
   absl::StatusOr<double> before = ValidationLoss(parameters, *tokenizer, kFinance, data, 8);
   ASSERT_TRUE(before.ok()) << before.status();
   EXPECT_NEAR(*before, std::log(258.0), 0.1) << "an untrained model is near uniform";
@@ -92,10 +98,7 @@ TEST(AdapterTrainingTest, FfaAndPlainLoraLowerValidationLossAndTouchOnlyWhatTrai
   const ModelParameters parameters = InitializeModel(TinyConfig(), 1);
   const FrozenBase base = FrozenBase::FromParameters(parameters, WeightFormat::kInt8);
   const auto tokenizer = MakeByteTokenizer(258);
-  DataOptions data;
-  data.seq_len = 128;
-  data.batch_size = 8;
-  data.eos_token = 256;
+  const DataOptions data = QuickData();
   absl::StatusOr<double> before = ValidationLoss(parameters, *tokenizer, kFinance, data, 8);
   ASSERT_TRUE(before.ok()) << before.status();
   for (const bool train_a : {false, true}) {
