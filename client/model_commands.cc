@@ -464,6 +464,35 @@ int QuantizeCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+int HashCommand(const std::vector<std::string>& args) {
+  auto flags = CommandLine::Parse(args, {"model", "expect", "threads"}, {"int8", "bf16"});
+  if (!flags.ok()) return Fail(flags.status());
+  absl::StatusOr<std::string> model_dir = flags->Require("model");
+  if (!model_dir.ok()) return Fail(model_dir.status());
+  if (flags->Has("int8") && flags->Has("bf16")) {
+    return Fail(absl::InvalidArgumentError("--int8 and --bf16 exclude each other"));
+  }
+  if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
+  std::optional<model::WeightFormat> format;
+  if (flags->Has("int8")) format = model::WeightFormat::kInt8;
+  if (flags->Has("bf16")) format = model::WeightFormat::kBfloat16;
+  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(*model_dir, format);
+  if (!base.ok()) return Fail(base.status());
+  if (auto expected = flags->Get("expect")) {
+    if (absl::Status status = model::CheckBaseContentHash(*base, *expected, *model_dir);
+        !status.ok()) {
+      return Fail(status);
+    }
+  }
+  std::printf("%s\n", JsonLine({{"sha256", model::BaseContentHash(*base)},
+                                {"format", model::WeightFormatName(base->format())},
+                                {"group_size", base->group_size()},
+                                {"weight_bytes", base->bytes()},
+                                {"model", *model_dir}})
+                          .c_str());
+  return 0;
+}
+
 int MergeAdapterCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args, {"model", "adapter", "out", "dtype", "threads"}, {});
   if (!flags.ok()) return Fail(flags.status());
@@ -745,6 +774,10 @@ const char kModelUsage[] =
   model trace MODEL --text TEXT [--adapter DIR] [--int8 | --bf16] [--json] [--threads T]
       For each token and layer, the experts the router chose and their weights; --adapter,
       --int8 and --bf16 as for eval.
+  model hash --model DIR [--int8 | --bf16] [--expect SHA256] [--threads T]
+      The content hash of DIR's weights as a frozen base holds them (as stored, or converted
+      to INT8 or bf16): what a federation names its base by. --expect refuses (exit 1) a base
+      whose hash differs. One JSON line {"sha256", "format", "group_size", "weight_bytes"}.
   model merge-adapter --model BASE --adapter DIR --out DIR [--dtype f32|bf16]
       A plain Mixtral checkpoint of BASE with the adapters folded in (W + alpha/r·B·A) and
       their routers: what the adapted model computes, for tools that load plain checkpoints.
@@ -758,12 +791,13 @@ const char kModelUsage[] =
 int ModelCommand(const std::vector<std::string>& args) {
   if (args.empty()) {
     return Fail(absl::InvalidArgumentError(
-        "model needs eval, init, inspect, merge-adapter, quantize or trace"));
+        "model needs eval, hash, init, inspect, merge-adapter, quantize or trace"));
   }
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "eval") return EvalCommand(rest);
   if (args[0] == "init") return InitCommand(rest);
   if (args[0] == "inspect") return InspectCommand(rest);
+  if (args[0] == "hash") return HashCommand(rest);
   if (args[0] == "merge-adapter") return MergeAdapterCommand(rest);
   if (args[0] == "quantize") return QuantizeCommand(rest);
   if (args[0] == "trace") return TraceCommand(rest);

@@ -1,6 +1,9 @@
 #include "model/frozen_base.h"
 
+#include <openssl/evp.h>
+
 #include <algorithm>
+#include <memory>
 #include <set>
 #include <string>
 
@@ -292,6 +295,58 @@ ModelParameters DecodeBase(const FrozenBase& base) {
     }
   }
   return parameters;
+}
+
+std::string BaseContentHash(const FrozenBase& base) {
+  const std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(),
+                                                                        &EVP_MD_CTX_free);
+  EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr);
+  // Each item length-prefixed, so that no two different sequences of items hash alike.
+  const auto add = [&](const void* data, uint64_t bytes) {
+    unsigned char length[8];
+    for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(bytes >> (8 * i));
+    EVP_DigestUpdate(context.get(), length, sizeof(length));
+    if (bytes > 0) EVP_DigestUpdate(context.get(), data, bytes);
+  };
+  const auto add_text = [&](std::string_view text) { add(text.data(), text.size()); };
+  add_text("fedmoe-base-v1");
+  add_text(base.config().ToJson());
+  add_text(WeightFormatName(base.format()));
+  add_text(absl::StrCat(base.group_size()));
+  for (const TensorSpec& spec : base.layout().tensors()) {
+    add_text(spec.name);
+    if (!IsFrozenMatrix(spec.role)) {
+      add(base.vector(spec.offset), static_cast<uint64_t>(spec.size) * sizeof(float));
+      continue;
+    }
+    const FrozenWeight& weight = base.matrix(spec.offset);
+    const uint64_t value_bytes = weight.format == WeightFormat::kFloat32    ? sizeof(float)
+                                 : weight.format == WeightFormat::kBfloat16 ? sizeof(cpu::Bf16)
+                                                                            : 1;
+    add(weight.values, static_cast<uint64_t>(spec.size) * value_bytes);
+    if (weight.format == WeightFormat::kInt8) {
+      add(weight.scales,
+          static_cast<uint64_t>(weight.rows * weight.groups_per_row()) * sizeof(float));
+    }
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(context.get(), digest, &length);
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i)
+    absl::StrAppend(&hex, absl::Hex(digest[i], absl::kZeroPad2));
+  return hex;
+}
+
+absl::Status CheckBaseContentHash(const FrozenBase& base, std::string_view expected,
+                                  const std::filesystem::path& where) {
+  const std::string actual = BaseContentHash(base);
+  if (actual == expected) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the base at ", where.string(), " held as ", std::string(WeightFormatName(base.format())),
+      " has content hash ", actual, ", not the federation's ", std::string(expected),
+      ": provision the federation's base there (fedmoe-client model hash --model DIR shows a "
+      "base's hash)"));
 }
 
 absl::Status SaveFrozenBase(const FrozenBase& base, const std::filesystem::path& directory) {

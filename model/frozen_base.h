@@ -26,6 +26,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -113,6 +114,19 @@ absl::StatusOr<WeightFormat> StoredWeightFormat(const std::filesystem::path& dir
 // The plain fp32 model whose weights the base holds, decoded (4 bytes per parameter: for
 // writing a merged checkpoint, not for holding a large model).
 ModelParameters DecodeBase(const FrozenBase& base);
+
+// The SHA-256 (hex) of what a base holds, in an order that does not depend on how its files are
+// laid out (shards, header order): a version tag, config.json as MoeConfig::ToJson writes it, the
+// format and INT8 group size, then each tensor of the layout in order, its name and its values as
+// held (a matrix in its format with INT8's scales; norms and routers in fp32), each length-
+// prefixed. Two sites holding the same weights in the same format agree; an INT8 and a bf16 copy
+// of one model do not, since they compute different things. A federation names its base by it.
+std::string BaseContentHash(const FrozenBase& base);
+
+// OK when `base` hashes to `expected`; otherwise FailedPrecondition naming both hashes and where
+// the base was read from.
+absl::Status CheckBaseContentHash(const FrozenBase& base, std::string_view expected,
+                                  const std::filesystem::path& where);
 
 // Writes `base` as a model directory in its own format (above): config.json and
 // model.safetensors, each replaced atomically.

@@ -183,6 +183,18 @@ TEST_F(ModelCliTest, QuantizeWritesCompactBasesThatOpenAsTheirFormat) {
   }
   // The refusals left the written base as it was.
   EXPECT_TRUE(model::FrozenBase::Open(int8_dir).ok());
+
+  // hash: the quantized base is the model held as INT8, and --expect refuses any other.
+  const CommandResult quantized_hash = Model({"hash", "--model", int8_dir});
+  const CommandResult converted_hash = Model({"hash", "--model", model_dir(), "--int8"});
+  ASSERT_EQ(quantized_hash.exit_code, 0) << quantized_hash.err;
+  const std::string sha256 = Json::parse(quantized_hash.out).at("sha256").get<std::string>();
+  EXPECT_EQ(Json::parse(converted_hash.out).at("sha256"), sha256);
+  EXPECT_EQ(Model({"hash", "--model", int8_dir, "--expect", sha256}).exit_code, 0);
+  const CommandResult mismatch = Model({"hash", "--model", model_dir(), "--expect", sha256});
+  EXPECT_NE(mismatch.exit_code, 0);
+  EXPECT_EQ(Lines(mismatch.err), 1) << mismatch.err;
+  EXPECT_THAT(mismatch.err, HasSubstr("not the federation's " + sha256));
 }
 
 // A PEFT adapter directory over the model: eval and trace run the adapted model, and

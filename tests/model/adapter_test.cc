@@ -499,6 +499,43 @@ TEST(FrozenBaseFileTest, SavedBasesOpenToTheSameWeightsInEveryFormat) {
               std::abs(parameters.values()[100]) / 128);
 }
 
+// A base's content hash names its weights as held, whatever the files look like: the same
+// weights from one file or from shards, converted alike, hash alike; another format, or one
+// changed value, does not.
+TEST(FrozenBaseFileTest, ContentHashNamesTheWeightsAsHeld) {
+  testing::TempDir dir;
+  ModelParameters parameters = InitializeModel(testing::GradientCheckConfig(true, false, 2), 14);
+  ASSERT_TRUE(SaveModel(parameters, dir.path() / "single").ok());
+  ASSERT_TRUE(SaveModel(parameters, dir.path() / "sharded", {DType::kF32, 4096}).ok());
+  ASSERT_TRUE(std::filesystem::exists(dir.path() / "sharded" / "model.safetensors.index.json"));
+  const auto hash = [&](const std::string& name, std::optional<WeightFormat> format) {
+    absl::StatusOr<FrozenBase> base = FrozenBase::Open(dir.path() / name, format);
+    EXPECT_TRUE(base.ok()) << base.status();
+    return base.ok() ? BaseContentHash(*base) : std::string();
+  };
+  const std::string int8 = hash("single", WeightFormat::kInt8);
+  EXPECT_EQ(int8.size(), 64U);
+  EXPECT_EQ(hash("sharded", WeightFormat::kInt8), int8);
+  EXPECT_EQ(BaseContentHash(FrozenBase::FromParameters(parameters, WeightFormat::kInt8)), int8);
+  ASSERT_TRUE(SaveFrozenBase(FrozenBase::FromParameters(parameters, WeightFormat::kInt8),
+                             dir.path() / "quantized")
+                  .ok());
+  EXPECT_EQ(hash("quantized", std::nullopt), int8) << "the quantized copy is the same base";
+  EXPECT_NE(hash("single", WeightFormat::kBfloat16), int8);
+  EXPECT_NE(hash("single", std::nullopt), int8);
+  parameters.values()[1000] += 0.5F;
+  EXPECT_NE(BaseContentHash(FrozenBase::FromParameters(parameters, WeightFormat::kInt8)), int8);
+
+  const FrozenBase base = FrozenBase::FromParameters(parameters, WeightFormat::kInt8);
+  EXPECT_TRUE(CheckBaseContentHash(base, BaseContentHash(base), "here").ok());
+  const absl::Status refused = CheckBaseContentHash(base, int8, "/srv/base");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("the base at /srv/base held as int8 has content hash"),
+            std::string::npos)
+      << refused;
+  EXPECT_NE(refused.message().find("not the federation's " + int8), std::string::npos) << refused;
+}
+
 TEST(FrozenBaseFileTest, BrokenInt8FilesAreSpecificErrors) {
   testing::TempDir dir;
   const ModelParameters parameters =
