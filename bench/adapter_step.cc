@@ -160,7 +160,7 @@ AdapterStepResult AdapterSteps(const model::FrozenBase& base, const model::LoraC
   absl::StatusOr<model::LoraAdapters> adapters = model::NewAdapters(base, lora);
   if (!adapters.ok()) std::abort();
   const std::vector<model::TrainedRange> ranges = model::AdapterTrainedRanges(*adapters);
-  model::AdamW optimizer(adapters->layout().total_size(), ranges, {});
+  model::AdamW optimizer(ranges, {});
   AlignedFloats gradients(adapters->values().size());
   const Batch data = RandomBatch(batch, seq_len, base.config().vocab_size);
   model::AdaptedPass pass;

@@ -16,7 +16,7 @@ class CpuAdapterBackend : public TrainingBackend {
       : base_(base),
         adapters_(adapters),
         ranges_(AdapterTrainedRanges(adapters)),
-        optimizer_(adapters.layout().total_size(), ranges_, options.adamw),
+        optimizer_(ranges_, options.adamw),
         gradients_(adapters.values().size(), 0.0F),
         expert_slots_(
             static_cast<size_t>(base.config().num_hidden_layers),

@@ -9,15 +9,16 @@
 namespace fedmoe::model {
 
 AdamW::AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOptions options)
-    : AdamW(layout.total_size(), TrainedRanges(layout, trainable), options) {}
+    : AdamW(TrainedRanges(layout, trainable), options) {}
 
-AdamW::AdamW(int64_t total_size, std::span<const TrainedRange> ranges, AdamWOptions options)
-    : options_(options),
-      first_moment_(static_cast<size_t>(total_size), 0.0f),
-      second_moment_(static_cast<size_t>(total_size), 0.0f) {
+AdamW::AdamW(std::span<const TrainedRange> ranges, AdamWOptions options) : options_(options) {
+  int64_t packed = 0;
   for (const TrainedRange& range : ranges) {
-    ranges_.push_back({range.offset, range.size, range.decay});
+    ranges_.push_back({.parameters = {range.offset, range.size, range.decay}, .moments = packed});
+    packed += range.size;
   }
+  first_moment_.assign(static_cast<size_t>(packed), 0.0f);
+  second_moment_.assign(static_cast<size_t>(packed), 0.0f);
 }
 
 void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, double lr,
@@ -26,8 +27,14 @@ void AdamW::Step(std::span<float> parameters, std::span<const float> gradients, 
   const kernels::AdamWStep step =
       kernels::MakeAdamWStep(options_.beta1, options_.beta2, options_.epsilon,
                              options_.weight_decay, lr, steps_, max_norm);
-  kernels::cpu::AdamWUpdate(parameters.data(), gradients.data(), first_moment_.data(),
-                            second_moment_.data(), ranges_, step, gradient_norm * gradient_norm);
+  // One range at a time, each over its own stretch of the parameters and of the packed moments.
+  for (const MomentRange& range : ranges_) {
+    const kernels::ParameterRange whole{0, range.parameters.size, range.parameters.decay};
+    kernels::cpu::AdamWUpdate(
+        parameters.data() + range.parameters.offset, gradients.data() + range.parameters.offset,
+        first_moment_.data() + range.moments, second_moment_.data() + range.moments, {&whole, 1},
+        step, gradient_norm * gradient_norm);
+  }
 }
 
 double LearningRate(int64_t step, int64_t total, int64_t warmup, double peak, Schedule schedule,

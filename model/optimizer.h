@@ -22,11 +22,13 @@ struct AdamWOptions {
   double weight_decay = 0.01;
 };
 
+// The moments are kept for the trained ranges only, packed one after another: a frozen tensor (an
+// adapter's A, a base's attention) costs the optimizer nothing.
 class AdamW {
  public:
   AdamW(const ModelLayout& layout, const TrainableSet& trainable, AdamWOptions options);
-  // Over `ranges` of a buffer of `total_size` values (an adapter buffer's, adapted_model.h).
-  AdamW(int64_t total_size, std::span<const TrainedRange> ranges, AdamWOptions options);
+  // Over `ranges` of any buffer (an adapter buffer's, adapted_model.h).
+  AdamW(std::span<const TrainedRange> ranges, AdamWOptions options);
 
   // One update of the trainable tensors at learning rate `lr`, with the gradients scaled down to
   // max_norm when their joint norm, `gradient_norm` (GradientNorm), is above it (clipping inside
@@ -36,7 +38,12 @@ class AdamW {
   int64_t steps() const { return steps_; }
 
  private:
-  std::vector<kernels::ParameterRange> ranges_;
+  // Each trained range of the parameters, and where its moments start in the packed buffers.
+  struct MomentRange {
+    kernels::ParameterRange parameters;
+    int64_t moments = 0;
+  };
+  std::vector<MomentRange> ranges_;
   AdamWOptions options_;
   kernels::cpu::AlignedFloats first_moment_;
   kernels::cpu::AlignedFloats second_moment_;
