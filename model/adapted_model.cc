@@ -270,15 +270,6 @@ void MoeBlock(const FrozenBase& base, const LoraAdapters& adapters, int64_t inde
                             rows, top_k, hidden);
 }
 
-absl::Status CheckAdapters(const FrozenBase& base, const LoraAdapters& adapters) {
-  if (adapters.layout().total_size() != LoraLayout(base.config(), adapters.config()).total_size() ||
-      adapters.model_config().num_hidden_layers != base.config().num_hidden_layers ||
-      adapters.model_config().hidden_size != base.config().hidden_size) {
-    return absl::InvalidArgumentError("the adapters were laid out for another model config");
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 namespace {
@@ -296,6 +287,14 @@ void CopyRouters(const FrozenBase& base, LoraAdapters& adapters) {
 }
 
 }  // namespace
+
+absl::Status CheckAdaptersFit(const MoeConfig& model, const LoraAdapters& adapters) {
+  // The config decides every shape of the layout: equal configs, equal layouts.
+  if (adapters.model_config().ToJson() != model.ToJson()) {
+    return absl::InvalidArgumentError("the adapters were laid out for another model config");
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<LoraAdapters> NewAdapters(const FrozenBase& base, const LoraConfig& lora) {
   if (absl::Status status = lora.Validate(); !status.ok()) return status;
@@ -326,7 +325,7 @@ absl::Status AdaptedForward(const FrozenBase& base, const LoraAdapters& adapters
   if (absl::Status status = CheckTokens(config, tokens, batch, seq_len); !status.ok()) {
     return status;
   }
-  if (absl::Status status = CheckAdapters(base, adapters); !status.ok()) return status;
+  if (absl::Status status = CheckAdaptersFit(base.config(), adapters); !status.ok()) return status;
   const ModelLayout& layout = base.layout();
   const int64_t rows = batch * seq_len;
   const int64_t hidden = config.hidden_size;
@@ -374,7 +373,7 @@ absl::StatusOr<LossBreakdown> AdaptedBackward(const FrozenBase& base, const Lora
   const ModelLayout& layout = base.layout();
   const ForwardPass& model = pass.model;
   const int64_t rows = model.rows();
-  if (absl::Status status = CheckAdapters(base, adapters); !status.ok()) return status;
+  if (absl::Status status = CheckAdaptersFit(base.config(), adapters); !status.ok()) return status;
   PerRecordClipping* const per_record = options.per_record;
   if (per_record != nullptr && per_record->records().rows() != rows) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -550,11 +549,7 @@ std::vector<TrainedRange> AdapterTrainedRanges(const LoraAdapters& adapters) {
 
 absl::Status MergeAdapters(const LoraAdapters& adapters, ModelParameters& base_parameters) {
   const MoeConfig& config = base_parameters.config();
-  if (LoraLayout(config, adapters.config()).total_size() != adapters.layout().total_size() ||
-      config.num_hidden_layers != adapters.model_config().num_hidden_layers ||
-      config.hidden_size != adapters.model_config().hidden_size) {
-    return absl::InvalidArgumentError("the adapters were laid out for another model config");
-  }
+  if (absl::Status status = CheckAdaptersFit(config, adapters); !status.ok()) return status;
   const int64_t rank = adapters.config().rank;
   const float scale = adapters.config().scaling();
   // W [out, in] += s · B [out, rank] · A [rank, in], accumulated in double.

@@ -44,6 +44,10 @@ struct AdaptedPass {
 // model then computes exactly what the base does. InvalidArgument when `lora` does not validate.
 absl::StatusOr<LoraAdapters> NewAdapters(const FrozenBase& base, const LoraConfig& lora);
 
+// OK when `adapters` were laid out for a model of exactly this config; the passes, the merge and
+// the adapter backend refuse others with InvalidArgument.
+absl::Status CheckAdaptersFit(const MoeConfig& model, const LoraAdapters& adapters);
+
 // Adapters with no low-rank branch at all, only the routers copied from the base: the base alone,
 // run through AdaptedForward.
 LoraAdapters BaseOnlyAdapters(const FrozenBase& base);

@@ -102,9 +102,8 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCpuAdapterBackend(
   if (options.proximal_coefficient != 0) {
     return absl::InvalidArgumentError("adapter training takes no proximal term");
   }
-  if (adapters.model_config().num_hidden_layers != base.config().num_hidden_layers ||
-      adapters.layout().total_size() != LoraLayout(base.config(), adapters.config()).total_size()) {
-    return absl::InvalidArgumentError("the adapters were laid out for another model config");
+  if (absl::Status status = CheckAdaptersFit(base.config(), adapters); !status.ok()) {
+    return status;
   }
   return std::make_unique<CpuAdapterBackend>(base, adapters, options);
 }
