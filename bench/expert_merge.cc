@@ -128,7 +128,7 @@ absl::StatusOr<nlohmann::json> Federate(const Settings& settings, bool old_desig
   policy.training.set_gradient_accumulation(1);
   const auto sites = static_cast<int64_t>(kDomains.size()) + 1;
   absl::StatusOr<coordinator::PlannedUpdate> planned = coordinator::BuildUpdateSpec(
-      base.layout(), base.config(), policy, v1::ModelManifest(), sites, std::string(32, 'r'));
+      coordinator::GlobalModel(base), policy, v1::ModelManifest(), sites, std::string(32, 'r'));
   if (!planned.ok()) return planned.status();
   v1::UpdateSpec spec = planned->spec;
   if (old_design) {
@@ -184,10 +184,11 @@ absl::StatusOr<nlohmann::json> Federate(const Settings& settings, bool old_desig
     absl::StatusOr<coordinator::MergedUpdate> merged = coordinator::MergeUpdate(
         *decoded, spec, sites, policy.expert_weight_floor, old_design ? 0.0 : sum_noise_stddev);
     if (!merged.ok()) return merged.status();
-    model::ModelParameters next = global;
+    const coordinator::GlobalModel before(global);
+    coordinator::GlobalModel next(global);
     if (absl::Status status = optimizer.Apply(spec, *merged, next); !status.ok()) return status;
-    const double largest = coordinator::LargestTensorChange(spec, global, next);
-    global = std::move(next);
+    const double largest = coordinator::LargestTensorChange(spec, before, next);
+    global = *next.parameters();
     absl::StatusOr<double> loss = HeldOutLoss(global, tokenizer);
     if (!loss.ok()) return loss.status();
     losses.push_back(*loss);

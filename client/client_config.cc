@@ -28,6 +28,9 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   std::string data;
   reader->Read("training.data", &data);
   config.data = data;
+  std::string base;
+  reader->Read("training.base", &base);
+  config.base = base;
   reader->Read("training.threads", &config.threads);
   ReadComputeSettings(*reader, "training.", &config.compute);
   reader->Read("metrics.listen", &config.metrics_listen);
@@ -38,6 +41,9 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   }
   if (!config.data.empty() && !storage::IsDirectory(config.data)) {
     reader->Invalid("training.data", absl::StrCat(config.data.string(), " is not a directory"));
+  }
+  if (!config.base.empty() && !storage::IsDirectory(config.base)) {
+    reader->Invalid("training.base", absl::StrCat(config.base.string(), " is not a directory"));
   }
   config.state_dir.root = state_dir;
   if (!config.client_id.empty()) {
@@ -98,6 +104,12 @@ std::string ClientConfig::ToYaml() const {
       "  # machine. Empty: the daemon takes part in no round.\n"
       "  data: \"",
       data.string(),
+      "\"\n"
+      "  # A federation that trains adapters names its frozen base by content hash; this is\n"
+      "  # where this site holds it (a model directory; `fedmoe-client model hash` shows its\n"
+      "  # hash). Empty: this site takes part only in federations of whole experts.\n"
+      "  base: \"",
+      base.string(),
       "\"\n"
       "  # CPU threads for local training; 0 uses every core.\n"
       "  threads: ",

@@ -51,6 +51,10 @@ struct ClientConfig {
   // The organisation's private training data: a directory of .txt, .md and .jsonl files. It
   // never leaves this machine. Empty: the daemon polls but withdraws from rounds.
   std::filesystem::path data;
+  // A federation of adapters' frozen base (issue [peft]), provisioned at this site once: a model
+  // directory holding the weights the round spec names by content hash, in its format
+  // (`fedmoe-client model hash` prints a base's). Opened once per daemon, memory-mapped.
+  std::filesystem::path base;
   // CPU threads for local training; 0: all cores.
   int64_t threads = 0;
   // Where local training runs and the precision of its weight products (training.device: auto,

@@ -22,11 +22,14 @@
 #include "client/personal_model.h"
 #include "client/record_ledger.h"
 #include "client/round_participant.h"
+#include "client/update.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
 #include "metrics/metrics_server.h"
+#include "model/frozen_base.h"
 #include "pki/certificate.h"
 #include "pki/private_key.h"
+#include "privacy/secure_random.h"
 
 namespace fedmoe::client {
 
@@ -66,10 +69,36 @@ class ClientDaemon {
   // DP-SGD's part of joining: sets the record unit and a device that clips per record, and
   // refuses a round that would take the dataset past the site's record-level budget (or one
   // without DP-SGD when the site has a budget). Returns the dataset's account before the round.
+  // `released_values` is what one private step releases (model::PrivateReleaseValues).
   absl::StatusOr<DatasetAccount> PrepareRecordPrivacy(uint64_t round_id,
-                                                      const model::ModelParameters& global,
+                                                      const model::MoeConfig& model_config,
+                                                      int64_t released_values,
                                                       const model::Tokenizer& tokenizer,
                                                       model::TrainOptions& options);
+  // A frozen base, opened once per daemon and named by its content hash, which costs a pass
+  // over its bytes.
+  struct HeldBase {
+    model::FrozenBase base;
+    std::string content_sha256;
+  };
+  // training.base, opened on first use, when it is the base `adapters` names; otherwise
+  // FailedPrecondition saying which base the federation holds and which this site has.
+  absl::StatusOr<const HeldBase*> BaseFor(const v1::AdapterSpec& adapters);
+  // A round's local training of whole tensors (optionally beside private experts), or of
+  // adapters over `base`, from the version downloaded to `directory`; each returns the plain
+  // update after charging the record-level ledger.
+  absl::StatusOr<PlainUpdate> TrainModelRound(const v1::JoinRoundTask& task,
+                                              const std::filesystem::path& directory,
+                                              privacy::SecureRandom& random);
+  absl::StatusOr<PlainUpdate> TrainAdapterRound(const v1::JoinRoundTask& task,
+                                                const model::FrozenBase& base,
+                                                const std::filesystem::path& directory,
+                                                privacy::SecureRandom& random);
+  void LogTrainingStarted(const v1::JoinRoundTask& task, const model::TrainOptions& options) const;
+  // What both kinds of round do once training is done: status, the log, and the record-level
+  // charge of a DP-SGD run, made before anything derived from the training leaves the process.
+  absl::Status FinishLocalTraining(uint64_t round_id, const model::TrainResult& trained,
+                                   const DatasetAccount& account);
   // Saves the personal model after a round trained it under private experts: the round's base
   // global model plus the private experts and router rows of `trained`.
   absl::Status KeepPrivateExperts(const model::ModelParameters& global,
@@ -117,6 +146,8 @@ class ClientDaemon {
   // Where local training runs: the configured device, or the CPU after a GPU that auto chose
   // could not train the federation's model.
   std::optional<model::Device> training_device_;
+  // training.base once an adapter round opened it.
+  std::optional<HeldBase> held_base_;
   // What status.json and /metrics show of the local progress.
   ClientProgress progress_;
   // The last round's training settings, which a Ditto refresh reuses for its steps.

@@ -9,13 +9,16 @@
 #include "client/model_sync.h"
 #include "client/update.h"
 #include "logging/log.h"
+#include "model/adapted_model.h"
 #include "model/checkpoint.h"
 #include "model/data.h"
+#include "model/peft.h"
 #include "model/personal.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "privacy/ring_encoder.h"
 #include "privacy/secure_random.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::client {
 
@@ -28,6 +31,13 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   if (absl::Status status = CheckRoundAgainstPolicy(config_.privacy_policy, task); !status.ok()) {
     return status;
   }
+  // So does the base an adapter round needs: without it, the round's download is no use.
+  const HeldBase* base = nullptr;
+  if (spec.has_adapters()) {
+    absl::StatusOr<const HeldBase*> held = BaseFor(spec.adapters());
+    if (!held.ok()) return held.status();
+    base = *held;
+  }
   absl::StatusOr<std::filesystem::path> directory =
       SyncModel(*federation_, spec.base_model(), config_.state_dir.models());
   if (!directory.ok()) return directory.status();
@@ -36,102 +46,12 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   progress_.trained_from_version = spec.base_model().version();
   progress_.latest_committed_version =
       std::max(progress_.latest_committed_version, spec.base_model().version());
-  absl::StatusOr<model::ModelParameters> global = model::LoadModel(*directory);
-  if (!global.ok()) return global.status();
-  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
-      model::LoadTokenizer(*directory, global->config().vocab_size);
-  if (!tokenizer.ok()) return tokenizer.status();
   // Clients must draw different batches; the mix is private to this client.
   absl::StatusOr<privacy::SecureRandom> random = privacy::SecureRandom::FromSystem();
   if (!random.ok()) return random.status();
-  // With private experts the round trains the personal model (the global one plus the site's
-  // experts); only its global part is sent.
-  const bool private_experts =
-      config_.personalization.mode == PersonalMode::kPrivateExperts &&
-      config_.personalization.private_training == PrivateExpertsTraining::kWithRound;
-  const PersonalModelStore personal_store(config_.state_dir.personal());
-  std::optional<PersonalModelInfo> held_personal;
-  absl::StatusOr<model::ModelParameters> start =
-      private_experts ? PrivateExpertsStart(config_.personalization, personal_store, *global,
-                                            (*random)(), &held_personal)
-                      : *global;
-  if (!start.ok()) return start.status();
-  model::ModelParameters local = *std::move(start);
-  model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, (*random)());
-  if (private_experts) options.private_experts = config_.personalization.private_experts;
-  // The round sets what is trained and how; this machine sets the arithmetic, for this model.
-  ComputeSettings compute = config_.compute;
-  absl::StatusOr<std::string> fallback = compute.FitToModel(local.config());
-  if (!fallback.ok()) return fallback.status();
-  if (!fallback->empty()) {
-    LogEvent(LogLevel::kWarning, "training_device_fallback")
-        .Field("round_id", task.round_id())
-        .Field("reason", *fallback);
-  }
-  options.device = compute.device;
-  options.matmul_precision = compute.matmul_precision;
-  absl::StatusOr<DatasetAccount> account =
-      PrepareRecordPrivacy(task.round_id(), local, **tokenizer, options);
-  if (!account.ok()) return account.status();
-  training_device_ = options.device;
-  LogEvent(LogLevel::kInfo, "local_training_started")
-      .Field("round_id", task.round_id())
-      .Field("model_version", spec.base_model().version())
-      .Field("steps", options.steps)
-      .Field("device", model::DeviceName(options.device))
-      .Field("matmul_precision", model::MatMulPrecisionName(options.matmul_precision));
-  absl::StatusOr<model::TrainResult> trained =
-      model::Train(local, **tokenizer, config_.data, options);
-  if (!trained.ok()) return trained.status();
-  progress_.train_steps = trained->steps;
-  progress_.train_tokens = trained->tokens;
-  progress_.train_loss = trained->train_loss;
-  progress_.train_seconds = trained->tokens_per_second > 0
-                                ? static_cast<double>(trained->tokens) / trained->tokens_per_second
-                                : 0;
-  // The loss stays here: it goes into the log and status.json, never to the coordinator.
-  LogEvent(LogLevel::kInfo, "local_training_finished")
-      .Field("round_id", task.round_id())
-      .Field("train_loss", trained->train_loss)
-      .Field("tokens", trained->tokens)
-      .Field("tokens_per_second", trained->tokens_per_second);
-
-  // Charged before anything derived from the training exists outside this process: a crash
-  // after this line leaves the round paid for and unsent, never the other way round.
-  if (trained->record_privacy.has_value()) {
-    absl::StatusOr<RecordPrivacyLedger> ledger =
-        RecordPrivacyLedger::Load(config_.state_dir.record_ledger());
-    if (!ledger.ok()) return ledger.status();
-    absl::StatusOr<DatasetAccount> charged =
-        account->With(*trained->record_privacy, task.round_id());
-    if (!charged.ok()) return charged.status();
-    if (absl::Status status = ledger->Record(*charged); !status.ok()) return status;
-    absl::StatusOr<double> epsilon = charged->Epsilon();
-    LogEvent(LogLevel::kInfo, "record_privacy_charged")
-        .Field("round_id", task.round_id())
-        .Field("record_unit", std::string(model::RecordUnitName(charged->unit)))
-        .Field("records", charged->records)
-        .Field("steps", trained->record_privacy->steps)
-        .Field("sampling_rate", trained->record_privacy->sampling_rate)
-        .Field("noise_multiplier", trained->record_privacy->noise_multiplier)
-        .Field("records_clipped", trained->record_privacy->records_clipped)
-        .Field("records_sampled", trained->record_privacy->records_sampled)
-        .Field("record_epsilon", epsilon.ok() ? *epsilon : -1.0)
-        .Field("record_delta", charged->delta);
-    record_privacy_status_ = RecordPrivacyStatus();
-  }
-  last_round_options_ = options;
-  if (private_experts) {
-    if (absl::Status status = KeepPrivateExperts(
-            *global, local, *directory, spec.base_model().version(), held_personal, trained->steps);
-        !status.ok()) {
-      return status;
-    }
-  }
-  // From the global part alone: the private experts and their router rows are not in the model
-  // it reads, and their routed slots are not in the counts.
   absl::StatusOr<PlainUpdate> update =
-      BuildUpdateFromTrained(*global, local, trained->expert_slots, spec);
+      base != nullptr ? TrainAdapterRound(task, base->base, *directory, *random)
+                      : TrainModelRound(task, *directory, *random);
   if (!update.ok()) return update.status();
   // How far clipping cut this site's Δ: the operator's cue to tune privacy.clip_norm.
   LogEvent(LogLevel::kInfo, "update_clipped")
@@ -157,9 +77,203 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<PlainUpdate> ClientDaemon::TrainModelRound(const v1::JoinRoundTask& task,
+                                                          const std::filesystem::path& directory,
+                                                          privacy::SecureRandom& random) {
+  const v1::UpdateSpec& spec = task.update_spec();
+  absl::StatusOr<model::ModelParameters> global = model::LoadModel(directory);
+  if (!global.ok()) return global.status();
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
+      model::LoadTokenizer(directory, global->config().vocab_size);
+  if (!tokenizer.ok()) return tokenizer.status();
+  // With private experts the round trains the personal model (the global one plus the site's
+  // experts); only its global part is sent.
+  const bool private_experts =
+      config_.personalization.mode == PersonalMode::kPrivateExperts &&
+      config_.personalization.private_training == PrivateExpertsTraining::kWithRound;
+  const PersonalModelStore personal_store(config_.state_dir.personal());
+  std::optional<PersonalModelInfo> held_personal;
+  absl::StatusOr<model::ModelParameters> start =
+      private_experts ? PrivateExpertsStart(config_.personalization, personal_store, *global,
+                                            random(), &held_personal)
+                      : *global;
+  if (!start.ok()) return start.status();
+  model::ModelParameters local = *std::move(start);
+  model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, random());
+  if (private_experts) options.private_experts = config_.personalization.private_experts;
+  // The round sets what is trained and how; this machine sets the arithmetic, for this model.
+  ComputeSettings compute = config_.compute;
+  absl::StatusOr<std::string> fallback = compute.FitToModel(local.config());
+  if (!fallback.ok()) return fallback.status();
+  if (!fallback->empty()) {
+    LogEvent(LogLevel::kWarning, "training_device_fallback")
+        .Field("round_id", task.round_id())
+        .Field("reason", *fallback);
+  }
+  options.device = compute.device;
+  options.matmul_precision = compute.matmul_precision;
+  absl::StatusOr<DatasetAccount> account = PrepareRecordPrivacy(
+      task.round_id(), local.config(),
+      model::PrivateReleaseValues(local.layout(), local.config(), options.trainable), **tokenizer,
+      options);
+  if (!account.ok()) return account.status();
+  training_device_ = options.device;
+  LogTrainingStarted(task, options);
+  absl::StatusOr<model::TrainResult> trained =
+      model::Train(local, **tokenizer, config_.data, options);
+  if (!trained.ok()) return trained.status();
+  if (absl::Status status = FinishLocalTraining(task.round_id(), *trained, *account);
+      !status.ok()) {
+    return status;
+  }
+  last_round_options_ = options;
+  if (private_experts) {
+    if (absl::Status status = KeepPrivateExperts(
+            *global, local, directory, spec.base_model().version(), held_personal, trained->steps);
+        !status.ok()) {
+      return status;
+    }
+  }
+  // From the global part alone: the private experts and their router rows are not in the model
+  // it reads, and their routed slots are not in the counts.
+  return BuildUpdateFromTrained(*global, local, trained->expert_slots, spec);
+}
+
+absl::StatusOr<PlainUpdate> ClientDaemon::TrainAdapterRound(const v1::JoinRoundTask& task,
+                                                            const model::FrozenBase& base,
+                                                            const std::filesystem::path& directory,
+                                                            privacy::SecureRandom& random) {
+  const v1::UpdateSpec& spec = task.update_spec();
+  if (config_.personalization.mode == PersonalMode::kPrivateExperts &&
+      config_.personalization.private_training == PrivateExpertsTraining::kWithRound) {
+    return absl::FailedPreconditionError(
+        "personalization.private_training with_round trains private experts beside whole "
+        "global ones; this federation trains adapters, so it cannot (use after_commit or none)");
+  }
+  absl::StatusOr<model::LoraAdapters> global = AdaptersFromSpec(base, spec.adapters(), directory);
+  if (!global.ok()) return global.status();
+  // The coordinator publishes the base's tokenizer with each version.
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
+      model::LoadTokenizer(directory, base.config().vocab_size);
+  if (!tokenizer.ok()) return tokenizer.status();
+  model::LoraAdapters local = *global;
+  model::TrainOptions options = TrainOptionsFromSpec(base.layout(), spec, random());
+  options.adapters.enabled = true;
+  options.adapters.lora = local.config();
+  // Adapter training runs on the CPU, over the base in the format the federation holds it in.
+  if (config_.compute.device != model::Device::kCpu) {
+    LogEvent(LogLevel::kWarning, "training_device_fallback")
+        .Field("round_id", task.round_id())
+        .Field("reason", "adapter training runs on the CPU in this build");
+  }
+  options.device = model::Device::kCpu;
+  options.matmul_precision = model::MatMulPrecision::kFloat32;
+  absl::StatusOr<DatasetAccount> account = PrepareRecordPrivacy(
+      task.round_id(), base.config(),
+      model::PrivateReleaseValues(base.config(), model::AdapterTrainedRanges(local)), **tokenizer,
+      options);
+  if (!account.ok()) return account.status();
+  training_device_ = options.device;
+  LogTrainingStarted(task, options);
+  absl::StatusOr<model::TrainResult> trained =
+      model::TrainAdapters(base, local, **tokenizer, config_.data, options);
+  if (!trained.ok()) return trained.status();
+  if (absl::Status status = FinishLocalTraining(task.round_id(), *trained, *account);
+      !status.ok()) {
+    return status;
+  }
+  return BuildPlainUpdate(*global, local, trained->expert_slots, spec);
+}
+
+absl::StatusOr<const ClientDaemon::HeldBase*> ClientDaemon::BaseFor(
+    const v1::AdapterSpec& adapters) {
+  if (config_.base.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the federation trains adapters over base ", adapters.base_sha256(), " held as ",
+        adapters.base_format(),
+        "; set training.base in client.yaml to this site's copy of it (fedmoe-client model hash "
+        "--model DIR shows a base's hash)"));
+  }
+  if (!held_base_.has_value()) {
+    const absl::Time started = absl::Now();
+    absl::StatusOr<model::FrozenBase> opened = model::FrozenBase::Open(config_.base);
+    if (!opened.ok()) {
+      return absl::Status(opened.status().code(),
+                          absl::StrCat("training.base: ", opened.status().message()));
+    }
+    std::string hash = model::BaseContentHash(*opened);
+    held_base_.emplace(HeldBase{.base = *std::move(opened), .content_sha256 = std::move(hash)});
+    LogEvent(LogLevel::kInfo, "adapter_base_opened")
+        .Field("base", config_.base.string())
+        .Field("base_sha256", held_base_->content_sha256)
+        .Field("base_format", std::string(model::WeightFormatName(held_base_->base.format())))
+        .Field("base_bytes", held_base_->base.bytes())
+        .Field("seconds", absl::ToDoubleSeconds(absl::Now() - started));
+  }
+  if (absl::Status status =
+          model::CheckBaseContentHash(held_base_->content_sha256, held_base_->base.format(),
+                                      adapters.base_sha256(), config_.base);
+      !status.ok()) {
+    return absl::Status(
+        status.code(), absl::StrCat("training.base: ", status.message(),
+                                    "; the federation holds its base as ", adapters.base_format()));
+  }
+  return &*held_base_;
+}
+
+void ClientDaemon::LogTrainingStarted(const v1::JoinRoundTask& task,
+                                      const model::TrainOptions& options) const {
+  LogEvent(LogLevel::kInfo, "local_training_started")
+      .Field("round_id", task.round_id())
+      .Field("model_version", task.update_spec().base_model().version())
+      .Field("adapters", options.adapters.enabled)
+      .Field("steps", options.steps)
+      .Field("device", model::DeviceName(options.device))
+      .Field("matmul_precision", model::MatMulPrecisionName(options.matmul_precision));
+}
+
+absl::Status ClientDaemon::FinishLocalTraining(uint64_t round_id, const model::TrainResult& trained,
+                                               const DatasetAccount& account) {
+  progress_.train_steps = trained.steps;
+  progress_.train_tokens = trained.tokens;
+  progress_.train_loss = trained.train_loss;
+  progress_.train_seconds = trained.tokens_per_second > 0
+                                ? static_cast<double>(trained.tokens) / trained.tokens_per_second
+                                : 0;
+  // The loss stays here: it goes into the log and status.json, never to the coordinator.
+  LogEvent(LogLevel::kInfo, "local_training_finished")
+      .Field("round_id", round_id)
+      .Field("train_loss", trained.train_loss)
+      .Field("tokens", trained.tokens)
+      .Field("tokens_per_second", trained.tokens_per_second);
+  if (!trained.record_privacy.has_value()) return absl::OkStatus();
+  // Charged before anything derived from the training exists outside this process: a crash
+  // after this line leaves the round paid for and unsent, never the other way round.
+  absl::StatusOr<RecordPrivacyLedger> ledger =
+      RecordPrivacyLedger::Load(config_.state_dir.record_ledger());
+  if (!ledger.ok()) return ledger.status();
+  absl::StatusOr<DatasetAccount> charged = account.With(*trained.record_privacy, round_id);
+  if (!charged.ok()) return charged.status();
+  if (absl::Status status = ledger->Record(*charged); !status.ok()) return status;
+  absl::StatusOr<double> epsilon = charged->Epsilon();
+  LogEvent(LogLevel::kInfo, "record_privacy_charged")
+      .Field("round_id", round_id)
+      .Field("record_unit", std::string(model::RecordUnitName(charged->unit)))
+      .Field("records", charged->records)
+      .Field("steps", trained.record_privacy->steps)
+      .Field("sampling_rate", trained.record_privacy->sampling_rate)
+      .Field("noise_multiplier", trained.record_privacy->noise_multiplier)
+      .Field("records_clipped", trained.record_privacy->records_clipped)
+      .Field("records_sampled", trained.record_privacy->records_sampled)
+      .Field("record_epsilon", epsilon.ok() ? *epsilon : -1.0)
+      .Field("record_delta", charged->delta);
+  record_privacy_status_ = RecordPrivacyStatus();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
-    uint64_t round_id, const model::ModelParameters& global, const model::Tokenizer& tokenizer,
-    model::TrainOptions& options) {
+    uint64_t round_id, const model::MoeConfig& model_config, int64_t released_values,
+    const model::Tokenizer& tokenizer, model::TrainOptions& options) {
   const PrivacyPolicy& policy = config_.privacy_policy;
   options.record_privacy.unit = policy.record_unit;
   if (!options.record_privacy.enabled) {
@@ -172,8 +286,8 @@ absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
     return DatasetAccount();
   }
   // Per-record clipping runs in fp32; a configured bf16 is not silently replaced, an automatic
-  // choice is.
-  if (options.matmul_precision != model::MatMulPrecision::kFloat32) {
+  // choice is. (Adapters' products follow their base's format, not this setting.)
+  if (!options.adapters.enabled && options.matmul_precision != model::MatMulPrecision::kFloat32) {
     if (config_.compute.matmul_precision_name == "bf16") {
       return absl::FailedPreconditionError(
           "the round runs DP-SGD, whose per-record clipping needs fp32 products; set "
@@ -184,7 +298,7 @@ absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
   model::DataOptions data_options;
   data_options.seq_len = options.seq_len;
   data_options.validation_fraction = options.validation_fraction;
-  data_options.eos_token = static_cast<int32_t>(global.config().eos_token_id);
+  data_options.eos_token = static_cast<int32_t>(model_config.eos_token_id);
   absl::StatusOr<model::RecordSet> records =
       model::ReadRecords(config_.data, tokenizer, data_options, policy.record_unit);
   if (!records.ok()) return records.status();
@@ -206,7 +320,7 @@ absl::StatusOr<DatasetAccount> ClientDaemon::PrepareRecordPrivacy(
   if (policy.max_record_epsilon > 0) {
     // The round's charge as it will be made: the spend Train reports, computed ahead.
     const model::RecordPrivacySpend planned =
-        model::PlannedRecordPrivacySpend(global.layout(), global.config(), options, record_count);
+        model::PlannedRecordPrivacySpend(released_values, options, record_count);
     absl::StatusOr<DatasetAccount> after = account.With(planned, round_id);
     if (!after.ok()) return after.status();
     absl::StatusOr<double> before_epsilon = account.Epsilon();
@@ -278,6 +392,11 @@ void ClientDaemon::RefreshPersonalModel(uint64_t version) {
         SyncModel(*federation_, manifest, config_.state_dir.models());
     if (!directory.ok()) return directory.status();
     progress_.model_version = std::max(progress_.model_version, version);
+    if (storage::PathExists(*directory / model::kAdapterConfigFile)) {
+      return absl::FailedPreconditionError(
+          "personal models are built over whole global models; this federation publishes "
+          "adapters");
+    }
     return RefreshPersonal(config_.personalization,
                            PersonalModelStore(config_.state_dir.personal()), version, *directory,
                            config_.data, last_round_options_);

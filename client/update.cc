@@ -1,9 +1,15 @@
 #include "client/update.h"
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <span>
+#include <string_view>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "model/adapted_model.h"
 #include "model/personal.h"
 
 namespace fedmoe::client {
@@ -42,12 +48,24 @@ absl::Status CheckNormBudget(const v1::UpdateSpec& spec, int64_t experts_per_tok
   return absl::OkStatus();
 }
 
-}  // namespace
+// A tensor's values and shape.
+struct TensorView {
+  std::span<const float> values;
+  std::span<const int64_t> shape;
+};
+using TensorLookup = absl::FunctionRef<std::optional<TensorView>(std::string_view name)>;
 
-absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& global,
-                                             const model::ModelParameters& local,
-                                             const std::vector<std::vector<int64_t>>& expert_slots,
-                                             const v1::UpdateSpec& spec) {
+// The named tensor of a model's parameters or of adapters.
+template <typename Weights>
+std::optional<TensorView> ViewOf(const Weights& weights, std::string_view name) {
+  const auto* tensor = weights.layout().Find(name);
+  if (tensor == nullptr) return std::nullopt;
+  return TensorView{weights.tensor(*tensor), tensor->shape};
+}
+
+absl::StatusOr<PlainUpdate> BuildPlainUpdateFrom(
+    TensorLookup global, TensorLookup local, int64_t experts_per_token,
+    const std::vector<std::vector<int64_t>>& expert_slots, const v1::UpdateSpec& spec) {
   const v1::UpdateLayout& layout = spec.layout();
   const size_t layers = layout.num_moe_layers();
   const size_t experts = layout.num_experts();
@@ -67,7 +85,6 @@ absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& globa
       !(layout.expert_weights_scale() > 0) || !(layout.histogram_scale() > 0)) {
     return absl::InvalidArgumentError("the update layout is inconsistent");
   }
-  const int64_t experts_per_token = global.config().num_experts_per_tok;
   if (absl::Status status = CheckNormBudget(spec, experts_per_token); !status.ok()) return status;
   std::vector<std::vector<double>> weights(layers, std::vector<double>(experts, 0.0));
   for (size_t l = 0; l < layers; ++l) {
@@ -91,16 +108,18 @@ absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& globa
   factors.reserve(static_cast<size_t>(spec.trainable_tensors_size()));
   uint64_t expected_offset = 0;
   for (const v1::TrainableTensor& wire : spec.trainable_tensors()) {
-    const model::TensorSpec* tensor = global.layout().Find(wire.name());
-    if (tensor == nullptr || local.layout().Find(wire.name()) == nullptr) {
+    const std::optional<TensorView> before = global(wire.name());
+    const std::optional<TensorView> after = local(wire.name());
+    if (!before.has_value() || !after.has_value()) {
       return absl::InvalidArgumentError(absl::StrCat("the model has no tensor ", wire.name()));
     }
-    bool same_shape = static_cast<size_t>(wire.shape_size()) == tensor->shape.size();
-    for (size_t d = 0; same_shape && d < tensor->shape.size(); ++d) {
-      same_shape = wire.shape(static_cast<int>(d)) == static_cast<uint64_t>(tensor->shape[d]);
+    bool same_shape = static_cast<size_t>(wire.shape_size()) == before->shape.size() &&
+                      after->values.size() == before->values.size();
+    for (size_t d = 0; same_shape && d < before->shape.size(); ++d) {
+      same_shape = wire.shape(static_cast<int>(d)) == static_cast<uint64_t>(before->shape[d]);
     }
     if (!same_shape || wire.offset() != expected_offset ||
-        wire.offset() + static_cast<uint64_t>(tensor->size) > layout.delta_values()) {
+        wire.offset() + before->values.size() > layout.delta_values()) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", wire.name(), " does not match the spec's shape or offset"));
     }
@@ -113,11 +132,11 @@ absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& globa
       factor = weights[wire.layer()][wire.expert()];
     }
     factors.push_back(factor);
-    std::span<const float> before = global.tensor(*tensor);
-    std::span<const float> after = local.tensor(*local.layout().Find(wire.name()));
     float* out = update.data() + wire.offset();
-    for (size_t k = 0; k < before.size(); ++k) out[k] = after[k] - before[k];
-    expected_offset += static_cast<uint64_t>(tensor->size);
+    for (size_t k = 0; k < before->values.size(); ++k) {
+      out[k] = after->values[k] - before->values[k];
+    }
+    expected_offset += before->values.size();
   }
   if (expected_offset != layout.delta_values()) {
     return absl::InvalidArgumentError("the spec's tensors do not fill delta_values");
@@ -152,6 +171,26 @@ absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& globa
   return plain;
 }
 
+}  // namespace
+
+absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& global,
+                                             const model::ModelParameters& local,
+                                             const std::vector<std::vector<int64_t>>& expert_slots,
+                                             const v1::UpdateSpec& spec) {
+  return BuildPlainUpdateFrom([&](std::string_view name) { return ViewOf(global, name); },
+                              [&](std::string_view name) { return ViewOf(local, name); },
+                              global.config().num_experts_per_tok, expert_slots, spec);
+}
+
+absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::LoraAdapters& global,
+                                             const model::LoraAdapters& local,
+                                             const std::vector<std::vector<int64_t>>& expert_slots,
+                                             const v1::UpdateSpec& spec) {
+  return BuildPlainUpdateFrom([&](std::string_view name) { return ViewOf(global, name); },
+                              [&](std::string_view name) { return ViewOf(local, name); },
+                              global.model_config().num_experts_per_tok, expert_slots, spec);
+}
+
 absl::StatusOr<PlainUpdate> BuildUpdateFromTrained(
     const model::ModelParameters& global, const model::ModelParameters& local,
     const std::vector<std::vector<int64_t>>& expert_slots, const v1::UpdateSpec& spec) {
@@ -163,6 +202,40 @@ absl::StatusOr<PlainUpdate> BuildUpdateFromTrained(
   return BuildPlainUpdate(global, *global_part,
                           model::GlobalExpertSlots(expert_slots, global.config().num_local_experts),
                           spec);
+}
+
+absl::StatusOr<model::LoraAdapters> AdaptersFromSpec(const model::FrozenBase& base,
+                                                     const v1::AdapterSpec& adapters,
+                                                     const std::filesystem::path& directory) {
+  absl::StatusOr<model::LoraAdapters> loaded = model::LoadAdaptersFor(base, directory);
+  if (!loaded.ok()) return loaded.status();
+  const model::LoraConfig& held = loaded->config();
+  const std::vector<std::string> targets = model::LoraTargetNames(held.targets);
+  if (held.train_a || held.rank != static_cast<int64_t>(adapters.rank()) ||
+      held.alpha != adapters.alpha() || held.seed != adapters.a_seed() ||
+      !std::equal(targets.begin(), targets.end(), adapters.target_modules().begin(),
+                  adapters.target_modules().end())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the adapters at ", directory.string(), " (rank ", held.rank, ", alpha ", held.alpha,
+        ", targets ", absl::StrJoin(targets, ","), ", seed ", held.seed,
+        held.train_a ? ", A trained" : "", ") are not the round's (rank ", adapters.rank(),
+        ", alpha ", adapters.alpha(), ", targets ", absl::StrJoin(adapters.target_modules(), ","),
+        ", seed ", adapters.a_seed(), ")"));
+  }
+  model::LoraAdapters drawn(base.config(), held);
+  model::InitializeLora(drawn);
+  for (const model::AdapterTensor& tensor : drawn.layout().tensors()) {
+    if (tensor.role != model::AdapterRole::kLoraA) continue;
+    const std::span<const float> expected = drawn.tensor(tensor);
+    const std::span<const float> published = loaded->tensor(tensor);
+    if (!std::equal(expected.begin(), expected.end(), published.begin(), published.end())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the published ", tensor.name, " at ", directory.string(),
+                       " is not the draw of the round's seed ", adapters.a_seed(),
+                       ": FFA-LoRA's average is exact only when every site holds that A"));
+    }
+  }
+  return loaded;
 }
 
 model::TrainableSet TrainableFromSpec(const model::ModelLayout& layout,

@@ -9,11 +9,14 @@
 #define FEDMOE_CLIENT_UPDATE_H_
 
 #include <cstdint>
+#include <filesystem>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "fedmoe/v1/federation.pb.h"
 #include "model/backward.h"
+#include "model/frozen_base.h"
+#include "model/lora.h"
 #include "model/parameters.h"
 #include "model/trainer.h"
 #include "privacy/ring_encoder.h"
@@ -36,6 +39,12 @@ absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& globa
                                              const model::ModelParameters& local,
                                              const std::vector<std::vector<int64_t>>& expert_slots,
                                              const v1::UpdateSpec& spec);
+// The same for a round of adapters (spec.adapters()): Δ of the spec's lora_B matrices and
+// routers, from the global adapter version to the locally trained adapters.
+absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::LoraAdapters& global,
+                                             const model::LoraAdapters& local,
+                                             const std::vector<std::vector<int64_t>>& expert_slots,
+                                             const v1::UpdateSpec& spec);
 
 // BuildPlainUpdate for a round that trained `local`, the global model or a personal model with
 // private experts (model/personal.h). For a personal model it reads only the global part and
@@ -44,6 +53,14 @@ absl::StatusOr<PlainUpdate> BuildPlainUpdate(const model::ModelParameters& globa
 absl::StatusOr<PlainUpdate> BuildUpdateFromTrained(
     const model::ModelParameters& global, const model::ModelParameters& local,
     const std::vector<std::vector<int64_t>>& expert_slots, const v1::UpdateSpec& spec);
+
+// The global adapters of a round of adapters (spec.adapters()) over `base`, read from the
+// downloaded version `directory`. FailedPrecondition unless they are the spec's (rank, α,
+// targets, seed) and every A is exactly the draw of the spec's seed: FFA-LoRA's average is exact
+// only when every site holds that A, so a site draws it itself rather than trust the file.
+absl::StatusOr<model::LoraAdapters> AdaptersFromSpec(const model::FrozenBase& base,
+                                                     const v1::AdapterSpec& adapters,
+                                                     const std::filesystem::path& directory);
 
 // The trainable set that trains exactly the spec's tensor roles.
 model::TrainableSet TrainableFromSpec(const model::ModelLayout& layout, const v1::UpdateSpec& spec);

@@ -340,11 +340,15 @@ std::string BaseContentHash(const FrozenBase& base) {
 
 absl::Status CheckBaseContentHash(const FrozenBase& base, std::string_view expected,
                                   const std::filesystem::path& where) {
-  const std::string actual = BaseContentHash(base);
+  return CheckBaseContentHash(BaseContentHash(base), base.format(), expected, where);
+}
+
+absl::Status CheckBaseContentHash(std::string_view actual, WeightFormat format,
+                                  std::string_view expected, const std::filesystem::path& where) {
   if (actual == expected) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
-      "the base at ", where.string(), " held as ", std::string(WeightFormatName(base.format())),
-      " has content hash ", actual, ", not the federation's ", std::string(expected),
+      "the base at ", where.string(), " held as ", std::string(WeightFormatName(format)),
+      " has content hash ", std::string(actual), ", not the federation's ", std::string(expected),
       ": provision the federation's base there (fedmoe-client model hash --model DIR shows a "
       "base's hash)"));
 }

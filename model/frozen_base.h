@@ -127,6 +127,9 @@ std::string BaseContentHash(const FrozenBase& base);
 // the base was read from.
 absl::Status CheckBaseContentHash(const FrozenBase& base, std::string_view expected,
                                   const std::filesystem::path& where);
+// The same for a hash already taken (a daemon hashes its base once) of a base in `format`.
+absl::Status CheckBaseContentHash(std::string_view actual, WeightFormat format,
+                                  std::string_view expected, const std::filesystem::path& where);
 
 // Writes `base` as a model directory in its own format (above): config.json and
 // model.safetensors, each replaced atomically.

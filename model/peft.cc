@@ -19,6 +19,7 @@ using Json = nlohmann::json;
 
 constexpr char kSeedKey[] = "fedmoe_lora_seed";
 constexpr char kTrainAKey[] = "fedmoe_lora_train_a";
+constexpr char kBaseHashKey[] = "fedmoe_base_sha256";
 
 absl::Status Bad(const std::filesystem::path& file, std::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(file.string(), ": ", std::string(why)));
@@ -27,7 +28,7 @@ absl::Status Bad(const std::filesystem::path& file, std::string_view why) {
 }  // namespace
 
 absl::Status SaveAdapters(const LoraAdapters& adapters, const std::filesystem::path& directory,
-                          std::string_view base_model) {
+                          std::string_view base_model, std::string_view base_content_sha256) {
   std::error_code error;
   std::filesystem::create_directories(directory, error);
   if (error) {
@@ -56,15 +57,24 @@ absl::Status SaveAdapters(const LoraAdapters& adapters, const std::filesystem::p
   for (const AdapterTensor& spec : adapters.layout().tensors()) {
     tensors.push_back({spec.name, spec.shape, adapters.tensor(spec)});
   }
-  if (absl::Status status = WriteSafetensors(directory / kAdapterWeightsFile, tensors, DType::kF32,
-                                             {{"format", "pt"},
-                                              {kSeedKey, absl::StrCat(lora.seed)},
-                                              {kTrainAKey, lora.train_a ? "true" : "false"}});
+  std::map<std::string, std::string> metadata = {{"format", "pt"},
+                                                 {kSeedKey, absl::StrCat(lora.seed)},
+                                                 {kTrainAKey, lora.train_a ? "true" : "false"}};
+  if (!base_content_sha256.empty()) metadata[kBaseHashKey] = std::string(base_content_sha256);
+  if (absl::Status status =
+          WriteSafetensors(directory / kAdapterWeightsFile, tensors, DType::kF32, metadata);
       !status.ok()) {
     return status;
   }
   return storage::WriteFileAtomically(directory / kAdapterConfigFile, config.dump(2) + "\n",
                                       readable);
+}
+
+absl::StatusOr<std::string> AdapterBaseContentHash(const std::filesystem::path& directory) {
+  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(directory / kAdapterWeightsFile);
+  if (!file.ok()) return file.status();
+  const auto found = file->metadata().find(kBaseHashKey);
+  return found == file->metadata().end() ? std::string() : found->second;
 }
 
 absl::StatusOr<LoraConfig> ParseAdapterConfig(std::string_view json_text) {

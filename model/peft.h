@@ -31,9 +31,15 @@ inline constexpr char kAdapterConfigFile[] = "adapter_config.json";
 inline constexpr char kAdapterWeightsFile[] = "adapter_model.safetensors";
 
 // Writes the two files into `directory` (created if missing), each atomically.
-// `base_model` goes to base_model_name_or_path: the base's path or name.
+// `base_model` goes to base_model_name_or_path: the base's path or name. A non-empty
+// `base_content_sha256` (frozen_base.h's BaseContentHash) is kept in the weights' metadata, so
+// the adapters name the exact weights they were trained over wherever they are copied.
 absl::Status SaveAdapters(const LoraAdapters& adapters, const std::filesystem::path& directory,
-                          std::string_view base_model);
+                          std::string_view base_model, std::string_view base_content_sha256 = {});
+
+// The base content hash SaveAdapters recorded in the directory's adapter_model.safetensors;
+// empty when it recorded none (adapters from elsewhere).
+absl::StatusOr<std::string> AdapterBaseContentHash(const std::filesystem::path& directory);
 
 // The LoRA settings of adapter_config.json text (its seed 0 and train_a true: the file has no
 // key for them). InvalidArgument names what fedmoe cannot

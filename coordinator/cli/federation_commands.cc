@@ -13,6 +13,7 @@
 #include "config/command_line.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/config.h"
+#include "coordinator/round/global_model.h"
 #include "coordinator/round/privacy_plan.h"
 #include "coordinator/round/round_engine.h"
 #include "fedmoe/v1/admin.grpc.pb.h"
@@ -23,20 +24,13 @@
 namespace fedmoe::coordinator::cli {
 namespace {
 
-// The values of one round's update (before the encoder pads them to a power of two): the
-// initial model's trained tensors, and each MoE layer's expert weights and histogram.
+// The values of one round's update (before the encoder pads them to a power of two).
 absl::StatusOr<int64_t> UpdateValuesOf(const RoundPolicy& policy) {
-  absl::StatusOr<model::MoeConfig> model =
-      model::LoadMoeConfig(policy.initial_model / "config.json");
-  if (!model.ok()) {
+  absl::StatusOr<int64_t> values = PlannedUpdateValues(policy);
+  if (!values.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--values is needed: the config's initial model cannot be read (",
-                     model.status().message(), ")"));
-  }
-  const model::ModelLayout layout(*model);
-  int64_t values = 2 * model->num_hidden_layers * model->num_local_experts;
-  for (const model::TensorSpec& spec : layout.tensors()) {
-    if (policy.trainable.Includes(spec.role)) values += spec.size;
+                     values.status().message(), ")"));
   }
   return values;
 }

@@ -12,6 +12,7 @@
 #include "config/command_line.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/config.h"
+#include "coordinator/round/global_model.h"
 #include "coordinator/round/privacy_plan.h"
 #include "coordinator/service/server.h"
 #include "coordinator/state/backup.h"
@@ -168,15 +169,8 @@ int CheckConfig(const std::vector<std::string>& args) {
     // The noise's share of a round, for the smallest cohort, when the initial model says how
     // many values a round trains.
     const RoundPolicy& policy = config->rounds;
-    if (absl::StatusOr<model::MoeConfig> model =
-            model::LoadMoeConfig(policy.initial_model / "config.json");
-        model.ok()) {
-      int64_t values = 0;
-      const model::ModelLayout layout(*model);
-      for (const model::TensorSpec& spec : layout.tensors()) {
-        if (policy.trainable.Includes(spec.role)) values += spec.size;
-      }
-      if (const std::string warning = NoiseWarning(policy, policy.min_clients, values);
+    if (absl::StatusOr<int64_t> values = PlannedUpdateValues(policy); values.ok()) {
+      if (const std::string warning = NoiseWarning(policy, policy.min_clients, *values);
           !warning.empty()) {
         std::fprintf(stderr, "%s: warning: %s\n", path.c_str(), warning.c_str());
       }

@@ -11,8 +11,7 @@ namespace fedmoe::coordinator {
 
 absl::StatusOr<AggregatedRound> Aggregate(secure_agg::SecAggServer& secagg,
                                           const v1::UpdateSpec& spec, const RoundTerms& terms,
-                                          double expert_weight_floor,
-                                          const model::ModelParameters& global,
+                                          double expert_weight_floor, const GlobalModel& global,
                                           const ServerOptimizer& optimizer) {
   absl::StatusOr<std::vector<uint64_t>> sum = secagg.Finish();
   if (!sum.ok()) return sum.status();

@@ -16,7 +16,6 @@
 #include "coordinator/round/expert_merge.h"
 #include "coordinator/round/privacy_ledger.h"
 #include "fedmoe/v1/federation.pb.h"
-#include "model/parameters.h"
 #include "secure_agg/server/secagg_server.h"
 
 namespace fedmoe::coordinator {
@@ -25,7 +24,7 @@ struct AggregatedRound {
   // The participant ids whose inputs are in the sum.
   std::vector<uint32_t> survivors;
   MergedUpdate merged;
-  model::ModelParameters next;
+  GlobalModel next;
   // The server optimizer after this round: the engine keeps it only if the round commits, so a
   // failed commit leaves FedAdam's moments as they were.
   ServerOptimizer optimizer;
@@ -34,8 +33,7 @@ struct AggregatedRound {
 // `secagg` must have closed its unmask stage; `spec` and `terms` are the round's.
 absl::StatusOr<AggregatedRound> Aggregate(secure_agg::SecAggServer& secagg,
                                           const v1::UpdateSpec& spec, const RoundTerms& terms,
-                                          double expert_weight_floor,
-                                          const model::ModelParameters& global,
+                                          double expert_weight_floor, const GlobalModel& global,
                                           const ServerOptimizer& optimizer);
 
 }  // namespace fedmoe::coordinator

@@ -89,18 +89,19 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
   return merged;
 }
 
-double LargestTensorChange(const v1::UpdateSpec& spec, const model::ModelParameters& before,
-                           const model::ModelParameters& after) {
+double LargestTensorChange(const v1::UpdateSpec& spec, const GlobalModel& before,
+                           const GlobalModel& after) {
   double largest = 0;
   for (const v1::TrainableTensor& wire : spec.trainable_tensors()) {
-    const model::TensorSpec* tensor = before.layout().Find(wire.name());
-    const model::TensorSpec* changed = after.layout().Find(wire.name());
-    if (tensor == nullptr || changed == nullptr || tensor->size != changed->size) continue;
-    const std::span<const float> old_values = before.tensor(*tensor);
-    const std::span<const float> new_values = after.tensor(*changed);
+    const std::optional<std::span<const float>> old_values = before.Tensor(wire.name());
+    const std::optional<std::span<const float>> new_values = after.Tensor(wire.name());
+    if (!old_values.has_value() || !new_values.has_value() ||
+        old_values->size() != new_values->size()) {
+      continue;
+    }
     double squared = 0;
-    for (size_t k = 0; k < old_values.size(); ++k) {
-      const double change = static_cast<double>(new_values[k]) - old_values[k];
+    for (size_t k = 0; k < old_values->size(); ++k) {
+      const double change = static_cast<double>((*new_values)[k]) - (*old_values)[k];
       squared += change * change;
     }
     largest = std::max(largest, std::sqrt(squared));
@@ -115,7 +116,7 @@ void ServerOptimizer::RestoreMoments(std::vector<float> first, std::vector<float
 }
 
 absl::Status ServerOptimizer::Apply(const v1::UpdateSpec& spec, const MergedUpdate& update,
-                                    model::ModelParameters& parameters) {
+                                    GlobalModel& global) {
   const size_t size = update.delta.size();
   if (adaptive() && first_.size() != size) {
     first_.assign(size, 0.0f);
@@ -124,12 +125,12 @@ absl::Status ServerOptimizer::Apply(const v1::UpdateSpec& spec, const MergedUpda
   const double lr = policy_.server_learning_rate;
   for (int i = 0; i < spec.trainable_tensors_size(); ++i) {
     const v1::TrainableTensor& wire = spec.trainable_tensors(i);
-    const model::TensorSpec* tensor = parameters.layout().Find(wire.name());
-    if (tensor == nullptr) {
+    const std::optional<std::span<float>> tensor = global.Tensor(wire.name());
+    if (!tensor.has_value()) {
       return absl::InvalidArgumentError(
           absl::StrCat("the global model has no tensor ", wire.name()));
     }
-    if (wire.offset() + static_cast<uint64_t>(tensor->size) > size) {
+    if (wire.offset() + tensor->size() > size) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", wire.name(), " lies outside the merged update"));
     }
@@ -137,7 +138,7 @@ absl::Status ServerOptimizer::Apply(const v1::UpdateSpec& spec, const MergedUpda
         update.untouched[static_cast<size_t>(i)]) {
       continue;
     }
-    std::span<float> values = parameters.tensor(*tensor);
+    const std::span<float> values = *tensor;
     const float* delta = update.delta.data() + wire.offset();
     if (!adaptive()) {
       for (size_t k = 0; k < values.size(); ++k) values[k] += static_cast<float>(lr * delta[k]);

@@ -18,9 +18,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "coordinator/round/global_model.h"
 #include "coordinator/round/round_policy.h"
 #include "fedmoe/v1/federation.pb.h"
-#include "model/parameters.h"
 
 namespace fedmoe::coordinator {
 
@@ -54,11 +54,11 @@ absl::StatusOr<MergedUpdate> MergeUpdate(std::span<const double> decoded,
 
 // The largest L2 norm of any spec tensor's change from `before` to `after`: how far a round
 // moved the model, at most η·delta_clip_norm without noise. Tensors the models lack count 0.
-double LargestTensorChange(const v1::UpdateSpec& spec, const model::ModelParameters& before,
-                           const model::ModelParameters& after);
+double LargestTensorChange(const v1::UpdateSpec& spec, const GlobalModel& before,
+                           const GlobalModel& after);
 
 // FedAvg (θ += η·Δ) or FedAdam (Reddi et al. 2021: Δ as the pseudo-gradient, θ += η·m/(√v+τ)),
-// applied to the spec's tensors of `parameters`. FedAdam's moments persist with each
+// applied to the spec's tensors of the global model. FedAdam's moments persist with each
 // published version (ModelRepository).
 class ServerOptimizer {
  public:
@@ -66,8 +66,7 @@ class ServerOptimizer {
 
   // Replaces the moments (after a restart); ignored unless their length matches the next Δ.
   void RestoreMoments(std::vector<float> first, std::vector<float> second);
-  absl::Status Apply(const v1::UpdateSpec& spec, const MergedUpdate& update,
-                     model::ModelParameters& parameters);
+  absl::Status Apply(const v1::UpdateSpec& spec, const MergedUpdate& update, GlobalModel& global);
 
   bool adaptive() const { return policy_.server_optimizer == ServerOptimizerKind::kFedAdam; }
   const std::vector<float>& first_moment() const { return first_; }

@@ -103,8 +103,8 @@ int64_t MinimumSurvivors(const SecAggShape& shape) {
 
 absl::StatusOr<std::optional<RoundPlan>> PlanRound(
     uint64_t round_id, const std::vector<std::string>& online, const RoundPolicy& policy,
-    const std::string& federation, const model::ModelParameters& global,
-    const ModelVersionRecord& base, privacy::SecureRandom& random) {
+    const std::string& federation, const GlobalModel& global, const ModelVersionRecord& base,
+    privacy::SecureRandom& random) {
   absl::StatusOr<std::optional<Cohort>> drawn = DrawCohort(online, policy, random);
   if (!drawn.ok()) return drawn.status();
   if (!drawn->has_value()) return std::nullopt;
@@ -117,8 +117,8 @@ absl::StatusOr<std::optional<RoundPlan>> PlanRound(
   if (!graph_seed.ok()) return graph_seed.status();
   absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(base);
   if (!manifest.ok()) return manifest.status();
-  absl::StatusOr<PlannedUpdate> update = BuildUpdateSpec(global.layout(), global.config(), policy,
-                                                         *manifest, cohort_size, *rotation_seed);
+  absl::StatusOr<PlannedUpdate> update =
+      BuildUpdateSpec(global, policy, *manifest, cohort_size, *rotation_seed);
   if (!update.ok()) return update.status();
   absl::StatusOr<std::string> session = SessionId(federation, round_id, update->spec);
   if (!session.ok()) return session.status();

@@ -23,11 +23,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "coordinator/round/global_model.h"
 #include "coordinator/round/privacy_ledger.h"
 #include "coordinator/round/round_policy.h"
 #include "coordinator/state/model_repository.h"
 #include "fedmoe/v1/federation.pb.h"
-#include "model/parameters.h"
 #include "privacy/secure_random.h"
 #include "secure_agg/shared/neighbor_graph.h"
 
@@ -92,8 +92,8 @@ struct RoundPlan {
 // (draw again soon); an error when the round cannot be planned at all.
 absl::StatusOr<std::optional<RoundPlan>> PlanRound(
     uint64_t round_id, const std::vector<std::string>& online, const RoundPolicy& policy,
-    const std::string& federation, const model::ModelParameters& global,
-    const ModelVersionRecord& base, privacy::SecureRandom& random);
+    const std::string& federation, const GlobalModel& global, const ModelVersionRecord& base,
+    privacy::SecureRandom& random);
 
 // Why the planned round must not start under rounds.target_epsilon: its worst case (fewest
 // survivors' RDP, whole cohort's sampler distance) would take the ledger past the target.

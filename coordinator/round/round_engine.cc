@@ -11,6 +11,7 @@
 #include "coordinator/round/privacy_plan.h"
 #include "logging/log.h"
 #include "model/checkpoint.h"
+#include "model/peft.h"
 #include "privacy/secure_random.h"
 #include "storage/file_status.h"
 
@@ -32,6 +33,34 @@ std::string ExpertLoadText(const std::vector<std::vector<double>>& weights) {
     }
   }
   return text;
+}
+
+// Version 1: model.initial itself, or new adapters over it.
+absl::StatusOr<GlobalModel> InitialModel(const RoundPolicy& policy,
+                                         const std::optional<OpenedBase>& base) {
+  if (base.has_value()) return NewAdapterModel(*base, policy.lora);
+  absl::StatusOr<model::ModelParameters> initial = model::LoadModel(policy.initial_model);
+  if (!initial.ok()) return initial.status();
+  return GlobalModel(*std::move(initial));
+}
+
+// A published version, refused when it is not what the policy trains: adapters and whole
+// models do not turn into each other within a federation.
+absl::StatusOr<GlobalModel> PublishedModel(const RoundPolicy& policy,
+                                           const std::optional<OpenedBase>& base,
+                                           const std::filesystem::path& directory) {
+  const bool holds_adapters = storage::PathExists(directory / model::kAdapterConfigFile);
+  if (holds_adapters != policy.adapters) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the published model at ", directory.string(), " is ",
+                     holds_adapters ? "an adapter version" : "a whole model",
+                     ", but model.adapters.enabled is ", policy.adapters ? "true" : "false",
+                     ": a federation trains adapters or whole models from its first version on"));
+  }
+  if (base.has_value()) return LoadAdapterModel(*base, policy.lora, directory);
+  absl::StatusOr<model::ModelParameters> global = model::LoadModel(directory);
+  if (!global.ok()) return global.status();
+  return GlobalModel(*std::move(global));
 }
 
 }  // namespace
@@ -88,30 +117,52 @@ absl::Status RoundEngine::Load() {
       !status.ok()) {
     return status;
   }
-  if (!latest->has_value()) {
-    if (policy_.initial_model.empty()) {
-      paused_reason_ = "no model is published: set model.initial in coordinator.yaml";
-      return absl::OkStatus();
+  if (!latest->has_value() && policy_.initial_model.empty()) {
+    paused_reason_ = "no model is published: set model.initial in coordinator.yaml";
+    return absl::OkStatus();
+  }
+  // An adapter federation's base is opened to be named, and closed before rounds run: the
+  // coordinator keeps the adapters only.
+  std::optional<OpenedBase> base;
+  if (policy_.adapters) {
+    const absl::Time started = Now();
+    absl::StatusOr<OpenedBase> opened = OpenBase(policy_.initial_model);
+    if (!opened.ok()) {
+      return {opened.status().code(), absl::StrCat("model.initial: ", opened.status().message())};
     }
-    absl::StatusOr<model::ModelParameters> initial = model::LoadModel(policy_.initial_model);
+    base.emplace(*std::move(opened));
+    LogEvent(LogLevel::kInfo, "adapter_base_identified")
+        .Field("base", policy_.initial_model.string())
+        .Field("base_sha256", base->identity.content_sha256)
+        .Field("base_format", std::string(model::WeightFormatName(base->identity.format)))
+        .Field("base_bytes", base->base.bytes())
+        .Field("seconds", absl::ToDoubleSeconds(Now() - started));
+  }
+  if (!latest->has_value()) {
+    absl::StatusOr<GlobalModel> initial = InitialModel(policy_, base);
     if (!initial.ok()) {
       return {initial.status().code(), absl::StrCat("model.initial: ", initial.status().message())};
     }
     const std::filesystem::path tokenizer = policy_.initial_model / "tokenizer.json";
     absl::StatusOr<ModelVersionRecord> record = models_.Write(
-        1, *initial, storage::PathExists(tokenizer) ? tokenizer : "", std::nullopt, std::nullopt);
+        1,
+        [&](const std::filesystem::path& directory) {
+          return SaveGlobalModel(*initial, directory);
+        },
+        storage::PathExists(tokenizer) ? tokenizer : "", std::nullopt, std::nullopt);
     if (!record.ok()) return record.status();
     if (absl::Status status = store_->AddInitialModel(*record); !status.ok()) return status;
     LogEvent(LogLevel::kInfo, "model_published")
         .Field("version", record->version)
-        .Field("source", policy_.initial_model.string());
+        .Field("source", policy_.initial_model.string())
+        .Field("adapters", policy_.adapters);
     *latest = *record;
   }
   global_record_ = **latest;
-  absl::StatusOr<model::ModelParameters> global =
-      model::LoadModel(models_.Directory(global_record_));
+  absl::StatusOr<GlobalModel> global =
+      PublishedModel(policy_, base, models_.Directory(global_record_));
   if (!global.ok()) return global.status();
-  global_.emplace(std::move(*global));
+  global_.emplace(*std::move(global));
   if (server_optimizer_.adaptive()) {
     if (auto moments = models_.ReadServerMoments(global_record_); moments.ok()) {
       server_optimizer_.RestoreMoments(std::move(moments->first), std::move(moments->second));
@@ -416,10 +467,13 @@ void RoundEngine::Commit(Round& round) {
   if (aggregated->optimizer.adaptive()) {
     moments.emplace(aggregated->optimizer.first_moment(), aggregated->optimizer.second_moment());
   }
-  absl::StatusOr<ModelVersionRecord> record =
-      models_.Write(round.base.version + 1, aggregated->next,
-                    storage::PathExists(tokenizer) ? tokenizer : std::filesystem::path(),
-                    static_cast<int64_t>(round.id), moments);
+  absl::StatusOr<ModelVersionRecord> record = models_.Write(
+      round.base.version + 1,
+      [&next = aggregated->next](const std::filesystem::path& directory) {
+        return SaveGlobalModel(next, directory);
+      },
+      storage::PathExists(tokenizer) ? tokenizer : std::filesystem::path(),
+      static_cast<int64_t>(round.id), moments);
   if (!record.ok()) return fail(record.status());
   std::vector<std::string> survivors;
   for (uint32_t participant : aggregated->survivors) {

@@ -34,6 +34,7 @@
 #include "coordinator/round/client_presence.h"
 #include "coordinator/round/clock.h"
 #include "coordinator/round/expert_merge.h"
+#include "coordinator/round/global_model.h"
 #include "coordinator/round/planner.h"
 #include "coordinator/round/poll_hub.h"
 #include "coordinator/round/privacy_ledger.h"
@@ -41,7 +42,6 @@
 #include "coordinator/state/model_repository.h"
 #include "coordinator/state/store.h"
 #include "fedmoe/v1/federation.pb.h"
-#include "model/parameters.h"
 #include "pki/certificate.h"
 #include "secure_agg/server/secagg_server.h"
 
@@ -284,7 +284,7 @@ class RoundEngine {
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
 
   // Owned by the driving thread (and Load); the lock guards the fields readers see.
-  std::optional<model::ModelParameters> global_;
+  std::optional<GlobalModel> global_;
   ModelVersionRecord global_record_ ABSL_GUARDED_BY(mutex_);
   PrivacyLedger ledger_ ABSL_GUARDED_BY(mutex_);
   int64_t committed_rounds_ ABSL_GUARDED_BY(mutex_) = 0;

@@ -145,6 +145,31 @@ void ReadRoundPolicy(config::YamlConfigReader& reader, RoundPolicy* policy) {
   std::string initial_model;
   reader.Read("model.initial", &initial_model);
   if (!initial_model.empty()) policy->initial_model = initial_model;
+  reader.Read("model.adapters.enabled", &policy->adapters);
+  reader.Read("model.adapters.rank", &policy->lora.rank);
+  reader.Read("model.adapters.alpha", &policy->lora.alpha);
+  std::vector<std::string> targets;
+  reader.Read("model.adapters.targets", &targets);
+  if (!targets.empty()) {
+    absl::StatusOr<std::vector<model::LoraModule>> parsed =
+        model::ParseLoraTargets(absl::StrJoin(targets, ","));
+    if (parsed.ok()) {
+      policy->lora.targets = *std::move(parsed);
+    } else {
+      reader.Invalid("model.adapters.targets", std::string(parsed.status().message()));
+    }
+  }
+  auto lora_seed = static_cast<int64_t>(policy->lora.seed);
+  reader.Read("model.adapters.seed", &lora_seed);
+  if (lora_seed < 0) reader.Invalid("model.adapters.seed", "must not be negative (0: drawn)");
+  policy->lora.seed = static_cast<uint64_t>(lora_seed);
+  policy->lora.train_a = false;
+  if (absl::Status status = policy->lora.Validate(); !status.ok()) {
+    reader.Invalid("model.adapters.rank", std::string(status.message()));
+  }
+  if (policy->adapters && policy->lora.rank > 4096) {
+    reader.Invalid("model.adapters.rank", "must be at most 4096");
+  }
 
   reader.Read("rounds.min_clients", &policy->min_clients);
   reader.Read("rounds.max_clients", &policy->max_clients);
@@ -291,7 +316,20 @@ std::string RoundPolicyYaml(const RoundPolicy& policy) {
       "  # as version 1 at the first `serve`. Empty: `serve` refuses to start rounds.\n"
       "  initial: \"",
       policy.initial_model.string(),
-      "\"\n\n"
+      "\"\n"
+      "  # LoRA adapters over `initial` held frozen (as stored: `fedmoe-client model quantize`\n"
+      "  # makes an INT8 or bf16 copy), instead of whole experts. Rounds then move only the\n"
+      "  # adapters' B matrices and the routers; sites hold the base (client.yaml training.base).\n"
+      "  adapters:\n    enabled: ",
+      policy.adapters ? "true" : "false", "\n    rank: ", policy.lora.rank,
+      "\n    alpha: ", policy.lora.alpha,
+      "\n    # q_proj, k_proj, v_proj, o_proj, w1, w2, w3; or experts, attention, all\n"
+      "    targets: [",
+      absl::StrJoin(model::LoraTargetNames(policy.lora.targets), ", "),
+      "]\n    # The seed every site draws the frozen A from; 0: drawn at the first publication.\n"
+      "    seed: ",
+      policy.lora.seed,
+      "\n\n"
       "rounds:\n"
       "  # A round starts when this many enrolled clients are polling; each is then selected\n"
       "  # with probability sampling_rate (Poisson sampling, which the accountant assumes).\n"

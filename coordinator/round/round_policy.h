@@ -11,6 +11,7 @@
 #include "absl/time/time.h"
 #include "config/yaml_config.h"
 #include "fedmoe/v1/federation.pb.h"
+#include "model/lora.h"
 #include "model/trainable_set.h"
 #include "proto/privacy_names.h"
 
@@ -32,6 +33,12 @@ v1::LocalTrainingConfig DefaultLocalTraining();
 struct RoundPolicy {
   // The model the federation starts from, published as version 1 at the first `serve`.
   std::filesystem::path initial_model;
+  // Train LoRA adapters over initial_model, held frozen in the format it is stored in, instead of
+  // whole tensors (issue [peft]). Always FFA-LoRA: A frozen, drawn from lora.seed (0: a seed
+  // drawn from OpenSSL when version 1 is published), and only B and the routers train. The
+  // adapters' shape is fixed by version 1; a later start with another refuses to run.
+  bool adapters = false;
+  model::LoraConfig lora;
 
   // Rounds start when at least min_clients enrolled clients are polling; each such client is
   // selected independently with probability sampling_rate (Poisson sampling), and a cohort

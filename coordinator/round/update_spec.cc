@@ -7,19 +7,6 @@
 namespace fedmoe::coordinator {
 namespace {
 
-v1::TrainableTensor::Role WireRole(model::TensorRole role) {
-  switch (role) {
-    case model::TensorRole::kRoutedExpert:
-      return v1::TrainableTensor::ROLE_ROUTED_EXPERT;
-    case model::TensorRole::kSharedExpert:
-      return v1::TrainableTensor::ROLE_SHARED_EXPERT;
-    case model::TensorRole::kRouter:
-      return v1::TrainableTensor::ROLE_ROUTER;
-    default:
-      return v1::TrainableTensor::ROLE_OTHER;
-  }
-}
-
 uint64_t NextPowerOfTwo(uint64_t value) {
   uint64_t power = 1;
   while (power < value) power <<= 1;
@@ -67,21 +54,22 @@ privacy::RingEncoding PlanEncoding(const RoundPolicy& policy, int64_t clients,
   return encoding;
 }
 
-absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const model::ModelLayout& layout,
-                                              const model::MoeConfig& config,
-                                              const RoundPolicy& policy,
+absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const GlobalModel& global, const RoundPolicy& policy,
                                               const v1::ModelManifest& base, int64_t clients,
                                               const std::string& rotation_seed) {
+  const model::MoeConfig& config = global.config();
   PlannedUpdate planned;
   v1::UpdateSpec& spec = planned.spec;
   *spec.mutable_base_model() = base;
+  if (std::optional<v1::AdapterSpec> adapters = global.AdapterSpec()) {
+    *spec.mutable_adapters() = *std::move(adapters);
+  }
   uint64_t offset = 0;
-  for (const model::TensorSpec& tensor : layout.tensors()) {
-    if (!policy.trainable.Includes(tensor.role)) continue;
+  for (const UpdateTensor& tensor : global.UpdateTensors(policy.trainable)) {
     v1::TrainableTensor* out = spec.add_trainable_tensors();
     out->set_name(tensor.name);
     for (int64_t dimension : tensor.shape) out->add_shape(static_cast<uint64_t>(dimension));
-    out->set_role(WireRole(tensor.role));
+    out->set_role(tensor.role);
     out->set_layer(tensor.layer >= 0 ? static_cast<uint32_t>(tensor.layer) : 0);
     out->set_expert(tensor.expert >= 0 ? static_cast<uint32_t>(tensor.expert) : 0);
     out->set_offset(offset);

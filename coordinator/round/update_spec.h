@@ -8,9 +8,9 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "coordinator/round/global_model.h"
 #include "coordinator/round/round_policy.h"
 #include "fedmoe/v1/federation.pb.h"
-#include "model/parameters.h"
 #include "privacy/ring_encoder.h"
 
 namespace fedmoe::coordinator {
@@ -35,11 +35,9 @@ struct PlannedUpdate {
   privacy::RingEncoding encoding;
 };
 
-// The update spec of a round with `clients` participants from `base` (whose layout is given).
+// The update spec of a round with `clients` participants on `global` (published as `base`).
 // `rotation_seed` is 32 fresh public bytes.
-absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const model::ModelLayout& layout,
-                                              const model::MoeConfig& config,
-                                              const RoundPolicy& policy,
+absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const GlobalModel& global, const RoundPolicy& policy,
                                               const v1::ModelManifest& base, int64_t clients,
                                               const std::string& rotation_seed);
 

@@ -17,7 +17,13 @@
 namespace fedmoe::coordinator {
 namespace {
 
-constexpr const char* kClientFiles[] = {"config.json", "model.safetensors", "tokenizer.json"};
+constexpr const char* kClientFiles[] = {"adapter_config.json", "adapter_model.safetensors",
+                                        "config.json", "model.safetensors", "tokenizer.json"};
+
+// The file whose digest names a version: a whole model's weights, or an adapter's.
+bool IsWeightsFile(std::string_view file) {
+  return file == "model.safetensors" || file == "adapter_model.safetensors";
+}
 
 absl::Status CopyFileDurably(const std::filesystem::path& from, const std::filesystem::path& to) {
   std::error_code error;
@@ -32,8 +38,8 @@ absl::Status CopyFileDurably(const std::filesystem::path& from, const std::files
 }  // namespace
 
 absl::StatusOr<ModelVersionRecord> ModelRepository::Write(
-    int64_t version, const model::ModelParameters& parameters,
-    const std::filesystem::path& tokenizer, std::optional<int64_t> round_id,
+    int64_t version, const WeightsWriter& write_weights, const std::filesystem::path& tokenizer,
+    std::optional<int64_t> round_id,
     std::optional<std::pair<std::span<const float>, std::span<const float>>> server_moments) {
   const std::string name = absl::StrCat("v", version);
   const std::filesystem::path partial = root_ / absl::StrCat(".", name, ".partial");
@@ -46,7 +52,7 @@ absl::StatusOr<ModelVersionRecord> ModelRepository::Write(
     return absl::InternalError(
         absl::StrCat("cannot create ", partial.string(), ": ", error.message()));
   }
-  if (absl::Status status = model::SaveModel(parameters, partial); !status.ok()) return status;
+  if (absl::Status status = write_weights(partial); !status.ok()) return status;
   if (!tokenizer.empty()) {
     if (absl::Status status = CopyFileDurably(tokenizer, partial / "tokenizer.json");
         !status.ok()) {
@@ -77,9 +83,9 @@ absl::StatusOr<ModelVersionRecord> ModelRepository::Write(
     if (error) return absl::InternalError(absl::StrCat("cannot stat ", path.string()));
     absl::StrAppend(&record.files, file, " ", size, " ", absl::BytesToHexString(*digest), "\n");
     record.size_bytes += size;
-    if (std::string_view(file) == "model.safetensors") record.weights_sha256 = *digest;
+    if (IsWeightsFile(file)) record.weights_sha256 = *digest;
   }
-  storage::SyncParentDirectory(partial / "config.json");
+  storage::SyncParentDirectory(partial / kClientFiles[0]);
   std::filesystem::remove_all(final_directory, error);
   if (absl::Status status = storage::RenameDurably(partial, final_directory); !status.ok()) {
     return status;

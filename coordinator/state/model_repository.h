@@ -1,6 +1,8 @@
-// The published global models on the coordinator's disk: StateDir::models()/v<N>/, holding
-// config.json, model.safetensors, tokenizer.json when the federation has one, and, for FedAdam,
-// server_optimizer.safetensors (the server's moments, never sent to clients).
+// The published global models on the coordinator's disk: StateDir::models()/v<N>/, holding the
+// weights (config.json and model.safetensors; or, in a federation of adapters, the PEFT
+// directory's adapter_config.json and adapter_model.safetensors), tokenizer.json when the
+// federation has one, and, for FedAdam, server_optimizer.safetensors (the server's moments,
+// never sent to clients).
 //
 // A version is written whole into a hidden partial directory and renamed into place, and only
 // then recorded in the store (DESIGN §6). A crash leaves at worst a directory that no store row
@@ -10,6 +12,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -18,7 +21,6 @@
 #include "absl/status/statusor.h"
 #include "coordinator/state/store.h"
 #include "fedmoe/v1/common.pb.h"
-#include "model/parameters.h"
 
 namespace fedmoe::coordinator {
 
@@ -29,12 +31,16 @@ class ModelRepository {
  public:
   explicit ModelRepository(std::filesystem::path root) : root_(std::move(root)) {}
 
+  // Writes a version's weights into the directory it is given: model::SaveModel, or
+  // model::SaveAdapters.
+  using WeightsWriter = std::function<absl::Status(const std::filesystem::path& directory)>;
+
   // Writes version `version` and returns its record, not yet in the store. `tokenizer` is a
   // tokenizer.json to copy alongside, or empty. `server_moments`, when given, are FedAdam's
   // first and second moments.
   absl::StatusOr<ModelVersionRecord> Write(
-      int64_t version, const model::ModelParameters& parameters,
-      const std::filesystem::path& tokenizer, std::optional<int64_t> round_id,
+      int64_t version, const WeightsWriter& write_weights, const std::filesystem::path& tokenizer,
+      std::optional<int64_t> round_id,
       std::optional<std::pair<std::span<const float>, std::span<const float>>> server_moments);
 
   // Deletes version directories newer than `newest_published` and any partial ones.

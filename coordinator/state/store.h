@@ -99,7 +99,7 @@ enum class CaHolding {
 // A published model version: its files live in StateDir::models() / directory.
 struct ModelVersionRecord {
   int64_t version = 0;
-  // Raw SHA-256 of model.safetensors.
+  // Raw SHA-256 of model.safetensors (adapter_model.safetensors for adapters).
   std::string weights_sha256;
   std::string directory;
   int64_t size_bytes = 0;

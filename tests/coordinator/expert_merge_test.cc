@@ -29,7 +29,7 @@ using testing::TinyMoeConfig;
 v1::UpdateSpec SpecFor(const model::ModelParameters& model, const RoundPolicy& policy,
                        int64_t clients) {
   absl::StatusOr<PlannedUpdate> planned = BuildUpdateSpec(
-      model.layout(), model.config(), policy, v1::ModelManifest(), clients, std::string(32, 's'));
+      GlobalModel(model), policy, v1::ModelManifest(), clients, std::string(32, 's'));
   EXPECT_TRUE(planned.ok()) << planned.status();
   return planned->spec;
 }
@@ -240,16 +240,17 @@ TEST_F(ExpertMergeTest, FedAdamMatchesAHandComputationAcrossARestart) {
 
   testing::TempDir state;
   ModelRepository repository(state.path());
-  model::ModelParameters parameters = model_;
+  GlobalModel global(model_);
   ServerOptimizer before_restart(policy);
   for (int version = 0; version < 2; ++version) {
-    ASSERT_TRUE(before_restart.Apply(spec_, updates[version], parameters).ok());
+    ASSERT_TRUE(before_restart.Apply(spec_, updates[version], global).ok());
     hand_step(updates[version]);
   }
-  absl::StatusOr<ModelVersionRecord> record =
-      repository.Write(3, parameters, {}, 2,
-                       std::pair{std::span<const float>(before_restart.first_moment()),
-                                 std::span<const float>(before_restart.second_moment())});
+  absl::StatusOr<ModelVersionRecord> record = repository.Write(
+      3, [&](const std::filesystem::path& directory) { return SaveGlobalModel(global, directory); },
+      {}, 2,
+      std::pair{std::span<const float>(before_restart.first_moment()),
+                std::span<const float>(before_restart.second_moment())});
   ASSERT_TRUE(record.ok()) << record.status();
 
   ModelRepository reopened(state.path());
@@ -257,8 +258,9 @@ TEST_F(ExpertMergeTest, FedAdamMatchesAHandComputationAcrossARestart) {
   ASSERT_TRUE(moments.ok()) << moments.status();
   ServerOptimizer after_restart(policy);
   after_restart.RestoreMoments(std::move(moments->first), std::move(moments->second));
-  ASSERT_TRUE(after_restart.Apply(spec_, updates[2], parameters).ok());
+  ASSERT_TRUE(after_restart.Apply(spec_, updates[2], global).ok());
   hand_step(updates[2]);
+  const model::ModelParameters& parameters = *global.parameters();
 
   size_t moved = 0;
   for (size_t i = 0; i < theta.size(); ++i) {
@@ -273,7 +275,7 @@ TEST_F(ExpertMergeTest, FedAdamMatchesAHandComputationAcrossARestart) {
   }
 
   // Without the restored moments the third step is another step: the restore is what matters.
-  model::ModelParameters forgetful = model_;
+  GlobalModel forgetful(model_);
   ServerOptimizer fresh(policy);
   ASSERT_TRUE(fresh.Apply(spec_, updates[0], forgetful).ok());
   ASSERT_TRUE(fresh.Apply(spec_, updates[1], forgetful).ok());
@@ -281,7 +283,7 @@ TEST_F(ExpertMergeTest, FedAdamMatchesAHandComputationAcrossARestart) {
   ASSERT_TRUE(amnesiac.Apply(spec_, updates[2], forgetful).ok());
   double largest_gap = 0;
   for (size_t i = 0; i < theta.size(); ++i) {
-    largest_gap = std::max(largest_gap, std::abs(forgetful.values()[i] - theta[i]));
+    largest_gap = std::max(largest_gap, std::abs(forgetful.parameters()->values()[i] - theta[i]));
   }
   EXPECT_GT(largest_gap, 1e-3);
 }
@@ -343,9 +345,10 @@ TEST(ExpertMergeBoundTest, ARoundMovesEveryMergedTensorByAtMostTheClipNormTimesT
   // Layer 0's expert 2 has Σw = 5/2000, above the floor of 0.001: merged from two slivers.
   EXPECT_EQ(merged->experts_untouched, 0);
 
-  model::ModelParameters next = global;
+  GlobalModel next_model(global);
   ServerOptimizer optimizer(policy);
-  ASSERT_TRUE(optimizer.Apply(spec, *merged, next).ok());
+  ASSERT_TRUE(optimizer.Apply(spec, *merged, next_model).ok());
+  const model::ModelParameters& next = *next_model.parameters();
   // Rounding in the ring adds at most √d/γ to the sum; far below the bound's slack here.
   const double bound = policy.server_learning_rate * layout.delta_clip_norm();
   double largest = 0;
@@ -363,7 +366,7 @@ TEST(ExpertMergeBoundTest, ARoundMovesEveryMergedTensorByAtMostTheClipNormTimesT
   // The bound is tight: the pushed expert's weighted mean of clipped deltas reaches it.
   EXPECT_GT(largest, 0.95 * bound);
   // What the coordinator logs for a round is this largest change.
-  EXPECT_NEAR(LargestTensorChange(spec, global, next), largest, 1e-12 * largest);
+  EXPECT_NEAR(LargestTensorChange(spec, GlobalModel(global), next_model), largest, 1e-12 * largest);
 }
 
 TEST(ExpertMergeBoundTest, AClientRefusesBoundsThatDoNotFoldIntoTheClipNormAndMetricsRequests) {

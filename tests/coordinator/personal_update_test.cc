@@ -28,7 +28,7 @@ v1::UpdateSpec Spec(const model::ModelParameters& global, int64_t clients) {
   RoundPolicy policy;
   policy.privacy_mode = v1::PrivacySpec::MODE_NONE;
   absl::StatusOr<PlannedUpdate> planned = BuildUpdateSpec(
-      global.layout(), global.config(), policy, v1::ModelManifest(), clients, std::string(32, 's'));
+      GlobalModel(global), policy, v1::ModelManifest(), clients, std::string(32, 's'));
   EXPECT_TRUE(planned.ok()) << planned.status();
   return planned->spec;
 }
