@@ -225,10 +225,14 @@ int SevenB(const std::vector<WeightFormat>& formats, const std::filesystem::path
       const double peak_bytes = PeakRssMib() * 1024 * 1024;
       const double bound = 1.25 * static_cast<double>(base->bytes()) + 2 * kGiB;
       const double flops = BaseProductFlops(config, kBatch * kSeqLen);
-      // What a round moves: the trained values (B's and routers), encoded for the SecAgg ring
-      // at the default 32 bits (privacy/ring_encoder.h pads them to a power of two).
-      absl::StatusOr<privacy::RingEncoder> encoder = privacy::RingEncoder::Create(
-          static_cast<size_t>(step.trained_values), privacy::RingEncoding{});
+      // What a round moves: the trained values (B's and routers) with each layer's expert
+      // weights and routing histogram, encoded for the SecAgg ring at the default 32 bits,
+      // padded as the coordinator plans it (a multiple of the rotation block, privacy/hadamard.h).
+      const auto plain = static_cast<size_t>(step.trained_values + 2 * config.num_hidden_layers *
+                                                                       config.num_local_experts);
+      privacy::RingEncoding encoding;
+      encoding.rotation_block = privacy::RotationBlockOf(privacy::EncodedLength(plain));
+      absl::StatusOr<privacy::RingEncoder> encoder = privacy::RingEncoder::Create(plain, encoding);
       if (!encoder.ok()) return {{"error", encoder.status().ToString()}};
       constexpr int kRingBits = 32;
       const double update_bytes = static_cast<double>(encoder->encoded_dimension()) * kRingBits / 8;

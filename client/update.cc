@@ -314,6 +314,7 @@ privacy::RingEncoding EncodingFromSpec(const v1::UpdateSpec& spec, int ring_bits
   encoding.rounding_beta = privacy.rounding_beta();
   encoding.ring_bits = ring_bits;
   encoding.rotation_seed = privacy.rotation_seed();
+  encoding.rotation_block = privacy.rotation_block();
   if (privacy.mode() == v1::PrivacySpec::MODE_DISTRIBUTED) {
     encoding.mechanism = privacy.mechanism() == v1::PrivacySpec::MECHANISM_SKELLAM
                              ? privacy::NoiseMechanism::kSkellam

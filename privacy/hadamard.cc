@@ -144,19 +144,51 @@ void FastWalshHadamard(std::span<double> data) {
   WalshHadamardLevels(data.data(), n, block, n);
 }
 
+namespace {
+constexpr size_t kWholeUpTo = size_t{1} << 20;
+}  // namespace
+
+size_t EncodedLength(size_t dimension) {
+  if (dimension <= kWholeUpTo) return std::bit_ceil(std::max<size_t>(dimension, 1));
+  const size_t block = std::bit_floor(dimension / 16);
+  return (dimension + block - 1) / block * block;
+}
+
+size_t RotationBlockOf(size_t encoded_length) {
+  if (encoded_length <= kWholeUpTo) return std::bit_ceil(std::max<size_t>(encoded_length, 1));
+  return std::bit_floor(encoded_length / 16);
+}
+
+size_t PaddedDimension(size_t dimension, size_t block) {
+  const size_t whole = std::bit_ceil(std::max<size_t>(dimension, 1));
+  if (block == 0 || block >= whole) return whole;
+  return (dimension + block - 1) / block * block;
+}
+
 absl::StatusOr<RandomizedHadamard> RandomizedHadamard::Create(size_t dimension,
-                                                              std::string_view seed) {
+                                                              std::string_view seed, size_t block) {
   if (dimension == 0) return absl::InvalidArgumentError("cannot rotate an empty vector");
   if (dimension > (size_t{1} << 40)) {
     return absl::InvalidArgumentError(absl::StrCat("dimension ", dimension, " is too large"));
   }
+  if (block != 0 && (!std::has_single_bit(block) || block < kMinRotationBlock)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rotation block ", block, " is not a power of two of at least ", kMinRotationBlock));
+  }
   absl::StatusOr<SecureRandom> random = SecureRandom::FromSeed(seed, "fedmoe/v1/rotation-signs");
   if (!random.ok()) return random.status();
-  const size_t padded = std::bit_ceil(dimension);
+  const size_t padded = PaddedDimension(dimension, block);
   std::vector<uint64_t> bits((padded + 63) / 64);
   for (uint64_t& word : bits) word = (*random)();
   if (absl::Status status = random->status(); !status.ok()) return status;
-  return RandomizedHadamard(dimension, padded, std::move(bits));
+  return RandomizedHadamard(dimension, padded, std::min(padded, block == 0 ? padded : block),
+                            std::move(bits));
+}
+
+void RandomizedHadamard::TransformBlocks(std::span<double> data) const {
+  for (size_t start = 0; start < data.size(); start += block_) {
+    FastWalshHadamard(data.subspan(start, block_));
+  }
 }
 
 absl::Status RandomizedHadamard::Rotate(std::span<const double> input,
@@ -166,11 +198,11 @@ absl::Status RandomizedHadamard::Rotate(std::span<const double> input,
         absl::StrCat("rotation of dimension ", dimension_, " (padded ", padded_dimension_, ") got ",
                      input.size(), " values in and room for ", output.size()));
   }
-  // 1/√n goes in before the transform: one pass fewer.
-  const double scale = 1.0 / std::sqrt(static_cast<double>(padded_dimension_));
+  // 1/√R goes in before the transform: one pass fewer.
+  const double scale = 1.0 / std::sqrt(static_cast<double>(block_));
   for (size_t i = 0; i < dimension_; ++i) output[i] = ApplySign(i, scale * input[i]);
   for (size_t i = dimension_; i < padded_dimension_; ++i) output[i] = 0.0;
-  FastWalshHadamard(output);
+  TransformBlocks(output);
   return absl::OkStatus();
 }
 
@@ -194,7 +226,7 @@ void RandomizedHadamard::FixedPointBlock(std::span<const float> input, size_t be
                                          double multiplier, int fraction_bits,
                                          std::span<uint64_t> out) const {
   const double scale =
-      std::ldexp(multiplier / std::sqrt(static_cast<double>(padded_dimension_)), fraction_bits);
+      std::ldexp(multiplier / std::sqrt(static_cast<double>(block_)), fraction_bits);
   const size_t inside = begin < dimension_ ? std::min(out.size(), dimension_ - begin) : 0;
   // Truncated, off by less than one unit of 2^-F; as two's complement, whose sums in the
   // transform wrap mod 2^64 exactly as int64 sums would.
@@ -220,9 +252,9 @@ absl::Status RandomizedHadamard::UnrotateInPlace(std::vector<double>& values) co
                                                    " (padded ", padded_dimension_, ") got ",
                                                    values.size(), " values"));
   }
-  // H is symmetric and H·H = n·I, so the inverse of H·D/√n is D·H/√n.
-  FastWalshHadamard(values);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(padded_dimension_));
+  // H is symmetric and H·H = n·I, so the inverse of H·D/√n is D·H/√n, block by block.
+  TransformBlocks(values);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(block_));
   values.resize(dimension_);
   for (size_t i = 0; i < dimension_; ++i) values[i] = ApplySign(i, values[i] * scale);
   return absl::OkStatus();

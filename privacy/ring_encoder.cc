@@ -53,7 +53,7 @@ double SumOfSquares(std::span<const float> values) {
 // The rotation runs in two sweeps over memory: the levels inside blocks of this many
 // coordinates (16 KiB, in L1 cache), then the levels across blocks, a slab of columns at a
 // time copied into a scratch of about kSlabBytes (in L2 cache).
-constexpr size_t kRotationBlock = 2048;
+constexpr size_t kRotationBlock = kMinRotationBlock;
 constexpr size_t kSlabBytes = size_t{1} << 19;
 
 // Fraction bits F of the fixed-point rotation. Every value the transform computes is a signed
@@ -152,7 +152,7 @@ absl::StatusOr<RingEncoder> RingEncoder::Create(size_t dimension, RingEncoding e
     return absl::InvalidArgumentError("a noise mechanism needs a positive noise variance");
   }
   absl::StatusOr<RandomizedHadamard> rotation =
-      RandomizedHadamard::Create(dimension, encoding.rotation_seed);
+      RandomizedHadamard::Create(dimension, encoding.rotation_seed, encoding.rotation_block);
   if (!rotation.ok()) return rotation.status();
   const double widest = LargestScaledNorm(rotation->padded_dimension());
   if (!(encoding.scale * encoding.clip_norm <= widest)) {
@@ -203,6 +203,8 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
       std::clamp<size_t>(std::bit_floor(std::max<size_t>(kSlabBytes / 8 / rows, 1)),
                          std::min<size_t>(8, block), block);
   const size_t slabs = block / slab_width;
+  // The levels across cache blocks stay within each rotation block of this many rows.
+  const size_t group_rows = rotation_.block() / block;
 
   // Every phase runs in shards on all cores, each drawing from its own fork of the caller's
   // stream.
@@ -302,7 +304,7 @@ absl::Status RingEncoder::EncodeInto(std::span<const float> update, SecureRandom
           std::copy_n(encoded.begin() + static_cast<std::ptrdiff_t>(r * block + first_column),
                       slab_width, scratch.begin() + static_cast<std::ptrdiff_t>(r * slab_width));
         }
-        WalshHadamardLevels(scratch.data(), scratch.size(), slab_width, scratch.size());
+        WalshHadamardLevels(scratch.data(), scratch.size(), slab_width, group_rows * slab_width);
         rounded_squares += round_into_rows(scratch, slab_width, layout, stream, [&](size_t r) {
           return encoded.data() + r * block + first_column;
         });

@@ -41,6 +41,9 @@ struct RingEncoding {
   int ring_bits = 32;
   // Seeds the rotation signs; 32 bytes, public, fresh per round.
   std::string rotation_seed = std::string(32, '\0');
+  // R of a block-diagonal rotation (RotationBlockFor), or 0: the whole vector, padded to a
+  // power of two, is one block.
+  uint64_t rotation_block = 0;
 };
 
 class RingEncoder {
@@ -52,7 +55,8 @@ class RingEncoder {
   static double LargestScaledNorm(size_t padded_dimension);
 
   size_t dimension() const { return rotation_.dimension(); }
-  // The length of an encoding: the dimension padded to a power of two.
+  // The length of an encoding: the dimension padded to a power of two, or to a multiple of the
+  // rotation block.
   size_t encoded_dimension() const { return rotation_.padded_dimension(); }
   const RingEncoding& encoding() const { return encoding_; }
 

@@ -19,6 +19,7 @@
 #include "fedmoe/v1/admin.grpc.pb.h"
 #include "logging/log.h"
 #include "model/config.h"
+#include "privacy/hadamard.h"
 #include "privacy/rdp_accountant.h"
 
 namespace fedmoe::coordinator::cli {
@@ -92,8 +93,8 @@ int PlanFederation(const std::string& verb, RoundPolicy policy, const std::strin
     return Fail(
         absl::InvalidArgumentError("--clip-norm must be above 0 and --rounding-beta in [0, 1)"));
   }
-  // Updates are encoded at the next power of two.
-  const auto encoded = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(*values)));
+  // Updates are padded for their rotation (a power of two, or a multiple of a large block).
+  const auto encoded = static_cast<int64_t>(privacy::EncodedLength(static_cast<size_t>(*values)));
   if (verb == "epsilon") {
     absl::StatusOr<double> z = configured && !flags.Has("noise-multiplier")
                                    ? absl::StatusOr<double>(policy.noise_multiplier)

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "coordinator/round/update_spec.h"
+#include "privacy/hadamard.h"
 
 namespace fedmoe::coordinator {
 
@@ -44,9 +45,11 @@ absl::StatusOr<privacy::PrivacyLoss> PlannedEpsilon(const RoundPolicy& policy, i
     return absl::InvalidArgumentError(
         absl::StrCat("a round needs at least 2 clients, not ", clients));
   }
-  if (encoded_values < 1 || (encoded_values & (encoded_values - 1)) != 0) {
+  if (encoded_values < 1 || privacy::EncodedLength(static_cast<size_t>(encoded_values)) !=
+                                static_cast<size_t>(encoded_values)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the encoded length must be a power of two (the update's values rounded up), not ",
+        "the encoded length must be one an update is padded to (a power of two up to 2^20, a "
+        "multiple of its rotation block beyond), not ",
         encoded_values));
   }
   if (!(policy.noise_multiplier > 0)) {

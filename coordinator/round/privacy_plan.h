@@ -31,7 +31,7 @@ double DecodedNoiseStddev(const std::optional<privacy::DistributedRound>& priced
                           const privacy::RingEncoding& encoding);
 
 // ε at the policy's δ after `rounds` rounds of `clients` clients who all survive, with updates
-// `encoded_values` long (a power of two), in the policy's mode, mechanism, ring and noise:
+// `encoded_values` long (an EncodedLength), in the policy's mode, mechanism, ring and noise:
 // what the ledger will say, its samplers' charge included, if every round goes as planned.
 // Dropouts cost more.
 absl::StatusOr<privacy::PrivacyLoss> PlannedEpsilon(const RoundPolicy& policy, int64_t clients,

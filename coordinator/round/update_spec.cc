@@ -3,15 +3,10 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "privacy/hadamard.h"
 
 namespace fedmoe::coordinator {
 namespace {
-
-uint64_t NextPowerOfTwo(uint64_t value) {
-  uint64_t power = 1;
-  while (power < value) power <<= 1;
-  return power;
-}
 
 // The clients' shares add up to z·C·γ over the planned cohort. The spec sends this standard
 // deviation and clients square it, as the coordinator does, so both hold the same variance.
@@ -25,7 +20,8 @@ double LocalNoiseStddev(const RoundPolicy& policy, double scale, int64_t clients
 double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, double clip_norm,
                    double noise_multiplier) {
   const auto n = static_cast<double>(clients);
-  const auto d = static_cast<double>(encoded_values);
+  // A client's energy may sit in one rotation block: its coordinates are then ‖x‖/√R.
+  const auto d = static_cast<double>(privacy::RotationBlockOf(static_cast<size_t>(encoded_values)));
   const double headroom = std::ldexp(1.0, static_cast<int>(ring_bits) - 1) / 9.0 - std::sqrt(n);
   const double spread = clip_norm * std::sqrt(n * n / d + noise_multiplier * noise_multiplier);
   // Wide rings without noise would allow more than the clients' fixed-point rotation holds.
@@ -44,6 +40,8 @@ privacy::RingEncoding PlanEncoding(const RoundPolicy& policy, int64_t clients,
   encoding.rounding_beta = policy.rounding_beta;
   encoding.ring_bits = static_cast<int>(policy.ring_bits);
   encoding.rotation_seed = rotation_seed;
+  const size_t block = privacy::RotationBlockOf(static_cast<size_t>(encoded_values));
+  encoding.rotation_block = block < static_cast<size_t>(encoded_values) ? block : 0;
   if (policy.privacy_mode == v1::PrivacySpec::MODE_DISTRIBUTED) {
     encoding.mechanism = policy.mechanism == v1::PrivacySpec::MECHANISM_SKELLAM
                              ? privacy::NoiseMechanism::kSkellam
@@ -89,7 +87,7 @@ absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const GlobalModel& global, const R
   update->set_metrics_offset(offset + 2 * layers * experts);
   update->set_metrics_values(0);
   update->set_plain_values(offset + 2 * layers * experts);
-  update->set_encoded_values(NextPowerOfTwo(update->plain_values()));
+  update->set_encoded_values(privacy::EncodedLength(update->plain_values()));
   // The three parts of the plain vector share the clip norm C, each with a bound of its own,
   // so that clipping never rescales the expert weights the merge divides by (DESIGN §4.3):
   //   Δ, clipped to C_Δ before the routed blocks are weighted (w_e ≤ 1 keeps them within it);
@@ -142,6 +140,7 @@ absl::StatusOr<PlannedUpdate> BuildUpdateSpec(const GlobalModel& global, const R
   privacy->set_rounding_beta(encoding.rounding_beta);
   privacy->set_rotation_seed(encoding.rotation_seed);
   privacy->set_rotate(true);
+  privacy->set_rotation_block(encoding.rotation_block);
   spec.set_collect_metrics(false);
   return planned;
 }

@@ -18,13 +18,15 @@ namespace fedmoe::coordinator {
 // γ: the largest scale at which the ring sum of `clients` encoded updates (each of L2 norm
 // `clip_norm` before scaling) plus the noise of multiplier z still stays inside
 // (−2^(b−1), 2^(b−1)) with overwhelming probability: nine standard deviations of the
-// per-coordinate sum (signal in the worst, aligned case n·C/√d, noise z·C, rounding √n/2);
-// and no more than the clients' encoders take (RingEncoder::LargestScaledNorm).
+// per-coordinate sum (signal in the worst, aligned case n·C/√R, R the rotation block of
+// `encoded_values` values, noise z·C, rounding √n/2); and no more than the clients' encoders
+// take (RingEncoder::LargestScaledNorm).
 double ChooseScale(int64_t ring_bits, int64_t clients, int64_t encoded_values, double clip_norm,
                    double noise_multiplier);
 
-// The ring encoding of a round of `clients` with this policy and encoded length: γ from
-// ChooseScale and, in distributed DP, each client's share of the noise z·C·γ.
+// The ring encoding of a round of `clients` with this policy and encoded length (an
+// EncodedLength): its rotation block, γ from ChooseScale and, in distributed DP, each client's
+// share of the noise z·C·γ.
 privacy::RingEncoding PlanEncoding(const RoundPolicy& policy, int64_t clients,
                                    int64_t encoded_values, const std::string& rotation_seed);
 

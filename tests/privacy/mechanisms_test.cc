@@ -558,6 +558,78 @@ TEST(RingEncoderTest, RoundingIsUnbiasedAndRespectsItsNormBound) {
   EXPECT_GT(RoundedNormBound(10, 64, 0.0), RoundedNormBound(10, 64, std::exp(-0.5)));
 }
 
+TEST(HadamardTest, ABlockDiagonalRotationKeepsEachBlocksEnergyInItAndInvertsExactly) {
+  const std::string seed(32, 'k');
+  const size_t d = 20000;
+  const size_t block = 4096;
+  auto rotation = RandomizedHadamard::Create(d, seed, block);
+  ASSERT_TRUE(rotation.ok()) << rotation.status();
+  EXPECT_EQ(rotation->padded_dimension(), 5 * block);
+  EXPECT_EQ(rotation->block(), block);
+  // Energy only in the third block stays there, spread over all of it.
+  std::vector<double> x(d, 0.0);
+  SecureRandom random = TestRandom('b');
+  for (size_t i = 2 * block; i < 3 * block; ++i) x[i] = random.UniformDouble() - 0.5;
+  std::vector<double> y(rotation->padded_dimension());
+  ASSERT_TRUE(rotation->Rotate(x, y).ok());
+  double inside = 0;
+  size_t nonzero = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    if (i / block != 2) {
+      ASSERT_EQ(y[i], 0.0) << i;
+      continue;
+    }
+    inside += y[i] * y[i];
+    nonzero += y[i] != 0.0;
+  }
+  const double energy = std::inner_product(x.begin(), x.end(), x.begin(), 0.0);
+  EXPECT_NEAR(inside, energy, 1e-12 * energy);
+  EXPECT_GT(nonzero, block * 9 / 10);
+  // Each block is H·D/√R of its own values: block 2's first coordinate, by hand.
+  double first = 0;
+  std::vector<double> basis(d, 0.0);
+  for (size_t i = 2 * block; i < 3 * block; ++i) {
+    std::fill(basis.begin(), basis.end(), 0.0);
+    basis[i] = 1.0;
+    std::vector<double> column(rotation->padded_dimension());
+    ASSERT_TRUE(rotation->Rotate(basis, column).ok());
+    ASSERT_NEAR(std::abs(column[2 * block]), 1.0 / std::sqrt(static_cast<double>(block)), 1e-15);
+    first += column[2 * block] * x[i];
+  }
+  EXPECT_NEAR(y[2 * block], first, 1e-12);
+  // Dense input round-trips.
+  for (double& v : x) v = random.UniformDouble() - 0.5;
+  ASSERT_TRUE(rotation->Rotate(x, y).ok());
+  std::vector<double> back(d);
+  ASSERT_TRUE(rotation->Unrotate(y, back).ok());
+  for (size_t i = 0; i < d; ++i) ASSERT_NEAR(back[i], x[i], 1e-12) << i;
+  // Blocks that are not powers of two, or below the encoder's cache block, are refused.
+  EXPECT_FALSE(RandomizedHadamard::Create(d, seed, 3000).ok());
+  EXPECT_FALSE(RandomizedHadamard::Create(d, seed, 1024).ok());
+}
+
+TEST(HadamardTest, LargeUpdatesArePaddedByLessThanASixteenthSmallOnesToAPowerOfTwo) {
+  for (size_t d : {size_t{1}, size_t{5}, size_t{1000}, size_t{1} << 20}) {
+    EXPECT_EQ(EncodedLength(d), std::bit_ceil(d)) << d;
+    EXPECT_EQ(RotationBlockOf(EncodedLength(d)), EncodedLength(d)) << d;
+  }
+  // Up to the 7B bench's 35.7M adapter values, and one just past a power of two.
+  for (size_t d : {(size_t{1} << 20) + 1, size_t{1234567}, size_t{35651584} - 1,
+                   size_t{35651584} + 7, (size_t{1} << 30) + 3}) {
+    const size_t encoded = EncodedLength(d);
+    const size_t block = RotationBlockOf(encoded);
+    EXPECT_GE(encoded, d);
+    EXPECT_LE(static_cast<double>(encoded), static_cast<double>(d) * (1 + 1.0 / 16)) << d;
+    EXPECT_LE(encoded, std::bit_ceil(d)) << d;
+    EXPECT_TRUE(std::has_single_bit(block)) << d;
+    EXPECT_GE(block, kMinRotationBlock) << d;
+    EXPECT_EQ(encoded % block, 0u) << d;
+    // What the encoder pads to with that block is the planned length, and planning is stable.
+    EXPECT_EQ(PaddedDimension(d, block), encoded) << d;
+    EXPECT_EQ(EncodedLength(encoded), encoded) << d;
+  }
+}
+
 TEST(RingEncoderTest, NoisedSumDecodesToTheTrueSumWithinThePredictedNoise) {
   // Five clients, each adding noise of variance σ² in scaled units, in a 32-bit ring. The
   // decoded sum's error per coordinate has variance
