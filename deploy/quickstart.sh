@@ -12,6 +12,9 @@
 #   deploy/quickstart.sh              build if needed, run five rounds, summarise, shut down
 #   deploy/quickstart.sh --keep       leave the federation running until Ctrl-C
 #   deploy/quickstart.sh --no-dp-sgd  the same run without DP-SGD, to see what it costs
+#   deploy/quickstart.sh --adapters   federate LoRA adapters (rank 16 on every linear) over an
+#                                     INT8 copy of the base instead of whole experts; personal
+#                                     models, built over whole global models, are then off
 #   deploy/quickstart.sh --personal=MODE
 #                                     each site's personal model: private_experts (the
 #                                     default: 4 private experts per layer, trained after each
@@ -31,16 +34,19 @@ keep=0
 # each site a record-level ε of 7.1 at δ = 0.1/records (`fedmoe-client privacy plan`).
 record_noise=0.75
 personal=private_experts
+adapters=0
 for arg in "$@"; do
   case "$arg" in
     --keep) keep=1 ;;
+    --adapters) adapters=1 ;;
     --no-dp-sgd) record_noise=0 ;;
     --personal=private_experts|--personal=ditto|--personal=none) personal=${arg#--personal=} ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "quickstart: unknown option '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
 rounds=${FEDMOE_ROUNDS:-5}
+((adapters)) && personal=none
 
 say() { printf '\n==> %s\n' "$*"; }
 
@@ -103,6 +109,16 @@ printf 'trainable: [all]\n' >"$work/base-train.yaml"
   --config "$work/base-train.yaml" --steps 400 --batch-size 8 --seq-len 64 --lr 0.01 \
   --log-every 1000 >"$work/base-train.log"
 echo "    base model: $(tail -1 "$work/base-train.log")"
+# What the federation starts from: the base itself, or (--adapters) an INT8 copy held frozen,
+# which every site provisions and the round spec names by content hash.
+initial=$work/base
+adapter_block=""
+if ((adapters)); then
+  initial=$work/base-int8
+  "$bin/fedmoe-client" model quantize --model "$work/base" --int8 --out "$initial" >/dev/null
+  echo "    INT8 base for the adapters: $(json_field sha256 <<<"$("$bin/fedmoe-client" model hash --model "$initial")")"
+  adapter_block=$'  adapters:\n    enabled: true\n    rank: 16\n    alpha: 32\n    targets: [all]\n'
+fi
 
 mtls=127.0.0.1:$(free_port)
 enroll=127.0.0.1:$(free_port)
@@ -113,15 +129,16 @@ say "creating federation 'quickstart' (CA, server and admin certificates) in $st
 "$bin/fedmoe-coordinator" init --federation quickstart --state-dir "$state" \
   --listen "$mtls" --enroll-listen "$enroll" >/dev/null
 # The round policy: every client each round, experts and routers trained, distributed DP.
-python3 - "$state/coordinator.yaml" "$work/base" "$rounds" "$metrics" "$record_noise" <<'PY'
+python3 - "$state/coordinator.yaml" "$initial" "$rounds" "$metrics" "$record_noise" \
+  "$adapter_block" <<'PY'
 import sys
-path, base, rounds, metrics, record_noise = sys.argv[1:]
+path, base, rounds, metrics, record_noise, adapter_block = sys.argv[1:]
 text = open(path).read()
 text = text.replace('listen: "127.0.0.1:9464"', f'listen: "{metrics}"')
 text = text[: text.index("\nmodel:\n")] + f"""
 model:
   initial: {base}
-rounds:
+{adapter_block}rounds:
   min_clients: 3
   max_clients: 3
   sampling_rate: 1.0
@@ -193,6 +210,11 @@ for i in 0 1 2; do
   client_metrics=127.0.0.1:$(free_port)
   sed -i "s|listen: \"127.0.0.1:9465\"|listen: \"$client_metrics\"|" "$work/$org/client.yaml"
   sed -i "s|threads: 0|threads: $share|" "$work/$org/client.yaml"
+  if ((adapters)); then
+    sed -i "s|^  base: \"\"|  base: \"$initial\"|" "$work/$org/client.yaml"
+    grep -q "^  base: \"$initial\"" "$work/$org/client.yaml" ||
+      { echo "quickstart: cannot set $org's base" >&2; exit 1; }
+  fi
   if [[ "$record_noise" != 0 ]]; then
     # Each site's own floor: no round below this σ, and a record-level budget of ε = 8.
     sed -i -e "s|min_record_noise_multiplier: 0|min_record_noise_multiplier: $record_noise|" \
@@ -275,12 +297,22 @@ done
 say "held-out loss per domain, initial vs final global model"
 final_version=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["model_version"])' \
   <<<"$("$bin/fedmoe-coordinator" status --state-dir "$state" --json)")
+# A version is a model, or (--adapters) adapters over the INT8 base: model_args for `eval`.
+version_args() {
+  if ((adapters)); then
+    model_args=(--model "$initial" --adapter "$state/models/v$1")
+  else
+    model_args=(--model "$state/models/v$1")
+  fi
+}
 losses=()
 for domain in "${domains[@]}"; do
-  before=$(json_field loss <<<"$("$bin/fedmoe-client" model eval --model "$state/models/v1" \
+  version_args 1
+  before=$(json_field loss <<<"$("$bin/fedmoe-client" model eval "${model_args[@]}" \
     --data "$work/heldout-$domain.txt" --seq-len 64)")
-  after=$(json_field loss <<<"$("$bin/fedmoe-client" model eval \
-    --model "$state/models/v$final_version" --data "$work/heldout-$domain.txt" --seq-len 64)")
+  version_args "$final_version"
+  after=$(json_field loss <<<"$("$bin/fedmoe-client" model eval "${model_args[@]}" \
+    --data "$work/heldout-$domain.txt" --seq-len 64)")
   printf '    %-12s %.4f -> %.4f nats\n' "$domain" "$before" "$after"
   losses+=("$before" "$after")
 done
@@ -323,11 +355,11 @@ if [[ -n "${FEDMOE_QUICKSTART_OUT:-}" ]]; then
   printf '%s\n' "${domains[@]}" >"$out/domains"
 fi
 
-python3 - "$work/coordinator.log" "$rounds" "${losses[@]}" "$work" "${orgs[@]}" <<'PY'
+python3 - "$work/coordinator.log" "$rounds" "${losses[@]}" "$work" "$adapters" "${orgs[@]}" <<'PY'
 import json, sys
 log, rounds = sys.argv[1], int(sys.argv[2])
 losses = [float(x) for x in sys.argv[3:9]]
-work, orgs = sys.argv[9], sys.argv[10:]
+work, adapters, orgs = sys.argv[9], sys.argv[10] == "1", sys.argv[11:]
 events = []
 for line in open(log):
     try:
@@ -379,7 +411,8 @@ record_epsilon = number(max(finite)) if len(finite) == len(record) else None
 personal = dict(line.split() for line in open(f"{work}/personal-losses") if line.strip())
 personal_after = (round(sum(float(v) for v in personal.values()) / len(personal), 4)
                   if personal else None)
-print(json.dumps({"rounds": rounds, "clients": 3, "loss_before": round(before, 4),
+print(json.dumps({"rounds": rounds, "clients": 3, "adapters": adapters,
+                  "loss_before": round(before, 4),
                   "loss_after": round(after, 4), "personal_loss_after": personal_after,
                   "personal_losses": {d: float(v) for d, v in personal.items()},
                   "losses": {d: [losses[2 * i], losses[2 * i + 1]] for i, d in enumerate(["finance", "it_support", "contracts"])},

@@ -37,8 +37,9 @@ class CheckConfigTest : public ::testing::TestWithParam<BrokenConfig> {
 };
 
 TEST(CheckConfigExamplesTest, TheShippedExamplesPass) {
-  for (const auto& [program, file] :
-       {std::pair{"fedmoe-coordinator", "coordinator.yaml"}, {"fedmoe-client", "client.yaml"}}) {
+  for (const auto& [program, file] : {std::pair{"fedmoe-coordinator", "coordinator.yaml"},
+                                      {"fedmoe-coordinator", "adapter-federation.yaml"},
+                                      {"fedmoe-client", "client.yaml"}}) {
     CommandResult result =
         RunCommand({BinaryPath(program), "--check-config", (kExamples / file).string()});
     EXPECT_EQ(result.exit_code, 0) << result.err;
