@@ -107,7 +107,8 @@ std::string ClientConfig::ToYaml() const {
       "\"\n"
       "  # A federation that trains adapters names its frozen base by content hash; this is\n"
       "  # where this site holds it (a model directory; `fedmoe-client model hash` shows its\n"
-      "  # hash). Empty: this site takes part only in federations of whole experts.\n"
+      "  # hash). Empty: the daemon downloads the coordinator's copy once, checks its hash and\n"
+      "  # keeps it in the state directory (bases/).\n"
       "  base: \"",
       base.string(),
       "\"\n"

@@ -34,6 +34,8 @@ struct ClientStateDir {
   std::filesystem::path record_ledger() const { return root / "record-privacy.json"; }
   // The site's personal model (client/personal_model.h).
   std::filesystem::path personal() const { return root / "personal"; }
+  // Frozen bases downloaded for adapter federations, one directory per content hash.
+  std::filesystem::path bases() const { return root / "bases"; }
 };
 
 struct ClientConfig {
@@ -53,7 +55,8 @@ struct ClientConfig {
   std::filesystem::path data;
   // A federation of adapters' frozen base (issue [peft]), provisioned at this site once: a model
   // directory holding the weights the round spec names by content hash, in its format
-  // (`fedmoe-client model hash` prints a base's). Opened once per daemon, memory-mapped.
+  // (`fedmoe-client model hash` prints a base's). Opened once per daemon, memory-mapped. Empty:
+  // the daemon downloads the base from the coordinator once and keeps it under bases().
   std::filesystem::path base;
   // CPU threads for local training; 0: all cores.
   int64_t threads = 0;

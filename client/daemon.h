@@ -80,9 +80,12 @@ class ClientDaemon {
   struct HeldBase {
     model::FrozenBase base;
     std::string content_sha256;
+    std::filesystem::path directory;
   };
-  // training.base, opened on first use, when it is the base `adapters` names; otherwise
-  // FailedPrecondition saying which base the federation holds and which this site has.
+  // The base `adapters` names: training.base, opened on first use, or without one the
+  // coordinator's copy, downloaded once into the state directory and kept. FailedPrecondition
+  // saying which base the federation holds and which this site has when they differ; DataLoss
+  // when a download does not hash to it (the download is discarded).
   absl::StatusOr<const HeldBase*> BaseFor(const v1::AdapterSpec& adapters);
   // A round's local training of whole tensors (optionally beside private experts), or of
   // adapters over `base`, from the version downloaded to `directory`; each returns the plain

@@ -187,36 +187,87 @@ absl::StatusOr<PlainUpdate> ClientDaemon::TrainAdapterRound(const v1::JoinRoundT
 
 absl::StatusOr<const ClientDaemon::HeldBase*> ClientDaemon::BaseFor(
     const v1::AdapterSpec& adapters) {
-  if (config_.base.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the federation trains adapters over base ", adapters.base_sha256(), " held as ",
-        adapters.base_format(),
-        "; set training.base in client.yaml to this site's copy of it (fedmoe-client model hash "
-        "--model DIR shows a base's hash)"));
+  if (held_base_.has_value() && held_base_->content_sha256 == adapters.base_sha256()) {
+    return &*held_base_;
   }
-  if (!held_base_.has_value()) {
-    const absl::Time started = absl::Now();
-    absl::StatusOr<model::FrozenBase> opened = model::FrozenBase::Open(config_.base);
-    if (!opened.ok()) {
-      return absl::Status(opened.status().code(),
-                          absl::StrCat("training.base: ", opened.status().message()));
-    }
-    std::string hash = model::BaseContentHash(*opened);
-    held_base_.emplace(HeldBase{.base = *std::move(opened), .content_sha256 = std::move(hash)});
-    LogEvent(LogLevel::kInfo, "adapter_base_opened")
-        .Field("base", config_.base.string())
-        .Field("base_sha256", held_base_->content_sha256)
-        .Field("base_format", std::string(model::WeightFormatName(held_base_->base.format())))
-        .Field("base_bytes", held_base_->base.bytes())
-        .Field("seconds", absl::ToDoubleSeconds(absl::Now() - started));
-  }
-  if (absl::Status status =
-          model::CheckBaseContentHash(held_base_->content_sha256, held_base_->base.format(),
-                                      adapters.base_sha256(), config_.base);
-      !status.ok()) {
+  const std::string& wanted = adapters.base_sha256();
+  // training.base, opened and hashed, is another base than the round's.
+  const auto not_the_federations = [&](const std::filesystem::path& where) {
     return absl::Status(
-        status.code(), absl::StrCat("training.base: ", status.message(),
-                                    "; the federation holds its base as ", adapters.base_format()));
+        absl::StatusCode::kFailedPrecondition,
+        absl::StrCat("training.base: ",
+                     model::CheckBaseContentHash(held_base_->content_sha256,
+                                                 held_base_->base.format(), wanted, where)
+                         .message(),
+                     "; the federation holds its base as ", adapters.base_format()));
+  };
+  std::filesystem::path directory = config_.base;
+  const bool download = directory.empty();
+  if (download) {
+    if (adapters.base_files().files_size() == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the federation trains adapters over base ", wanted, " held as ", adapters.base_format(),
+          " and does not serve it; set training.base in client.yaml to this site's copy of it "
+          "(fedmoe-client model hash --model DIR shows a base's hash)"));
+    }
+    // The hash names a directory: it must be nothing but a SHA-256.
+    if (wanted.size() != 64 || !std::all_of(wanted.begin(), wanted.end(), [](char c) {
+          return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+        })) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the round names base \"", wanted, "\", which is not a SHA-256"));
+    }
+    const absl::Time started = absl::Now();
+    absl::StatusOr<std::filesystem::path> synced =
+        SyncBase(*federation_, adapters.base_files(), config_.state_dir.bases() / wanted);
+    if (!synced.ok()) return synced.status();
+    directory = *synced;
+    int64_t bytes = 0;
+    for (const v1::ModelFile& file : adapters.base_files().files()) {
+      bytes += static_cast<int64_t>(file.size_bytes());
+    }
+    LogEvent(LogLevel::kInfo, "adapter_base_downloaded")
+        .Field("base_sha256", wanted)
+        .Field("directory", directory.string())
+        .Field("bytes", bytes)
+        .Field("seconds", absl::ToDoubleSeconds(absl::Now() - started));
+  } else if (held_base_.has_value() && held_base_->directory == directory) {
+    return not_the_federations(directory);
+  }
+  const absl::Time started = absl::Now();
+  absl::StatusOr<model::FrozenBase> opened = model::FrozenBase::Open(directory);
+  if (!opened.ok()) {
+    return absl::Status(opened.status().code(),
+                        absl::StrCat(download ? "the downloaded base: " : "training.base: ",
+                                     opened.status().message()));
+  }
+  std::string hash = model::BaseContentHash(*opened);
+  held_base_.emplace(HeldBase{
+      .base = *std::move(opened), .content_sha256 = std::move(hash), .directory = directory});
+  LogEvent(LogLevel::kInfo, "adapter_base_opened")
+      .Field("base", directory.string())
+      .Field("base_sha256", held_base_->content_sha256)
+      .Field("base_format", std::string(model::WeightFormatName(held_base_->base.format())))
+      .Field("base_bytes", held_base_->base.bytes())
+      .Field("seconds", absl::ToDoubleSeconds(absl::Now() - started));
+  std::error_code error;
+  if (held_base_->content_sha256 != wanted) {
+    if (!download) return not_the_federations(directory);
+    // Every file matched the coordinator's manifest, and yet the weights are not the round's:
+    // the coordinator serves another base than it names. Nothing of it is kept.
+    const std::string served = held_base_->content_sha256;
+    held_base_.reset();
+    std::filesystem::remove_all(config_.state_dir.bases() / wanted, error);
+    return absl::DataLossError(absl::StrCat("the base the coordinator serves hashes to ", served,
+                                            ", not the ", wanted,
+                                            " its rounds name; the download is discarded"));
+  }
+  if (download) {
+    // One downloaded base is kept: an earlier federation's goes.
+    for (const auto& entry :
+         std::filesystem::directory_iterator(config_.state_dir.bases(), error)) {
+      if (entry.path().filename() != wanted) std::filesystem::remove_all(entry.path(), error);
+    }
   }
   return &*held_base_;
 }

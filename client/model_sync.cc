@@ -18,7 +18,8 @@ bool PlainFileName(const std::string& name) {
          name != "." && name != "..";
 }
 
-absl::Status DownloadFile(v1::Federation::StubInterface& stub, uint64_t version,
+// `base`: a file of the frozen base (DownloadModelRequest.base) rather than of `version`.
+absl::Status DownloadFile(v1::Federation::StubInterface& stub, uint64_t version, bool base,
                           const v1::ModelFile& file, const std::filesystem::path& path) {
   std::error_code error;
   uint64_t held =
@@ -30,6 +31,7 @@ absl::Status DownloadFile(v1::Federation::StubInterface& stub, uint64_t version,
   if (held < file.size_bytes()) {
     v1::DownloadModelRequest request;
     request.set_version(version);
+    request.set_base(base);
     request.set_file_name(file.name());
     request.set_offset(held);
     grpc::ClientContext context;
@@ -65,10 +67,44 @@ absl::Status DownloadFile(v1::Federation::StubInterface& stub, uint64_t version,
   if (!digest.ok()) return digest.status();
   if (*digest != file.sha256()) {
     std::filesystem::remove(path, error);
-    return absl::DataLossError(absl::StrCat(file.name(), " of model version ", version,
-                                            " does not match its SHA-256; discarded"));
+    return absl::DataLossError(
+        absl::StrCat(file.name(), " of ",
+                     base ? std::string("the base") : absl::StrCat("model version ", version),
+                     " does not match its SHA-256; discarded"));
   }
   return absl::OkStatus();
+}
+
+// Downloads the manifest's files into <root>/v<version>, by way of a hidden partial directory.
+absl::StatusOr<std::filesystem::path> Sync(v1::Federation::StubInterface& stub,
+                                           const v1::ModelManifest& manifest,
+                                           const std::filesystem::path& models_root, bool base) {
+  const std::filesystem::path final_directory = models_root / absl::StrCat("v", manifest.version());
+  if (storage::PathExists(final_directory)) return final_directory;
+  const std::filesystem::path partial =
+      models_root / absl::StrCat(".v", manifest.version(), ".partial");
+  std::error_code error;
+  std::filesystem::create_directories(partial, error);
+  if (error) {
+    return absl::InternalError(
+        absl::StrCat("cannot create ", partial.string(), ": ", error.message()));
+  }
+  for (const v1::ModelFile& file : manifest.files()) {
+    if (!PlainFileName(file.name()) || file.sha256().size() != 32) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the manifest names an unsafe file: '", file.name(), "'"));
+    }
+    if (absl::Status status =
+            DownloadFile(stub, manifest.version(), base, file, partial / file.name());
+        !status.ok()) {
+      return status;
+    }
+  }
+  storage::SyncParentDirectory(partial / "config.json");
+  if (absl::Status status = storage::RenameDurably(partial, final_directory); !status.ok()) {
+    return status;
+  }
+  return final_directory;
 }
 
 }  // namespace
@@ -90,30 +126,11 @@ uint64_t NewestLocalVersion(const std::filesystem::path& models_root) {
 absl::StatusOr<std::filesystem::path> SyncModel(v1::Federation::StubInterface& stub,
                                                 const v1::ModelManifest& manifest,
                                                 const std::filesystem::path& models_root) {
-  const std::filesystem::path final_directory = models_root / absl::StrCat("v", manifest.version());
-  if (storage::PathExists(final_directory)) return final_directory;
-  const std::filesystem::path partial =
-      models_root / absl::StrCat(".v", manifest.version(), ".partial");
+  const bool held = storage::PathExists(models_root / absl::StrCat("v", manifest.version()));
+  absl::StatusOr<std::filesystem::path> final_directory =
+      Sync(stub, manifest, models_root, /*base=*/false);
+  if (!final_directory.ok() || held) return final_directory;
   std::error_code error;
-  std::filesystem::create_directories(partial, error);
-  if (error) {
-    return absl::InternalError(
-        absl::StrCat("cannot create ", partial.string(), ": ", error.message()));
-  }
-  for (const v1::ModelFile& file : manifest.files()) {
-    if (!PlainFileName(file.name()) || file.sha256().size() != 32) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the manifest names an unsafe file: '", file.name(), "'"));
-    }
-    if (absl::Status status = DownloadFile(stub, manifest.version(), file, partial / file.name());
-        !status.ok()) {
-      return status;
-    }
-  }
-  storage::SyncParentDirectory(partial / "config.json");
-  if (absl::Status status = storage::RenameDurably(partial, final_directory); !status.ok()) {
-    return status;
-  }
   // Keep this version and the one before it; older ones only take space.
   for (const auto& entry : std::filesystem::directory_iterator(models_root, error)) {
     const std::string name = entry.path().filename().string();
@@ -125,6 +142,17 @@ absl::StatusOr<std::filesystem::path> SyncModel(v1::Federation::StubInterface& s
   }
   LogEvent(LogLevel::kInfo, "model_synced").Field("version", manifest.version());
   return final_directory;
+}
+
+absl::StatusOr<std::filesystem::path> SyncBase(v1::Federation::StubInterface& stub,
+                                               const v1::ModelManifest& files,
+                                               const std::filesystem::path& directory) {
+  if (files.files_size() == 0) {
+    return absl::FailedPreconditionError("the coordinator lists no files of its base");
+  }
+  v1::ModelManifest base = files;
+  base.set_version(0);
+  return Sync(stub, base, directory, /*base=*/true);
 }
 
 }  // namespace fedmoe::client

@@ -18,6 +18,12 @@ absl::StatusOr<std::filesystem::path> SyncModel(v1::Federation::StubInterface& s
                                                 const v1::ModelManifest& manifest,
                                                 const std::filesystem::path& models_root);
 
+// An adapter federation's frozen base (AdapterSpec.base_files), downloaded as a version is and
+// resumed the same way, into <directory>/v0, which it returns.
+absl::StatusOr<std::filesystem::path> SyncBase(v1::Federation::StubInterface& stub,
+                                               const v1::ModelManifest& files,
+                                               const std::filesystem::path& directory);
+
 // The newest complete version under `models_root`, or 0.
 uint64_t NewestLocalVersion(const std::filesystem::path& models_root);
 

@@ -1,5 +1,6 @@
 #include "coordinator/round/global_model.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +9,7 @@
 #include "model/adapted_model.h"
 #include "model/checkpoint.h"
 #include "model/peft.h"
+#include "storage/atomic_file.h"
 
 namespace fedmoe::coordinator {
 namespace {
@@ -45,6 +47,38 @@ std::optional<std::span<Values>> FindTensor(State& state, std::string_view name)
         return held.tensor(*tensor);
       },
       state);
+}
+
+// What a site needs of a base directory to open it: config.json, the weights and their shard
+// index, and the tokenizer, in name order.
+absl::StatusOr<v1::ModelManifest> BaseFiles(const std::filesystem::path& directory) {
+  std::vector<std::string> names;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(directory, error)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() &&
+        (name == "config.json" || name == "tokenizer.json" || name.ends_with(".safetensors") ||
+         name == "model.safetensors.index.json")) {
+      names.push_back(name);
+    }
+  }
+  if (error) {
+    return absl::InternalError(
+        absl::StrCat("cannot list ", directory.string(), ": ", error.message()));
+  }
+  std::sort(names.begin(), names.end());
+  v1::ModelManifest manifest;
+  for (const std::string& name : names) {
+    const std::filesystem::path path = directory / name;
+    absl::StatusOr<std::string> digest = storage::FileSha256(path);
+    if (!digest.ok()) return digest.status();
+    v1::ModelFile* file = manifest.add_files();
+    file->set_name(name);
+    file->set_size_bytes(std::filesystem::file_size(path, error));
+    file->set_sha256(*digest);
+    if (error) return absl::InternalError(absl::StrCat("cannot stat ", path.string()));
+  }
+  return manifest;
 }
 
 }  // namespace
@@ -107,6 +141,7 @@ std::optional<v1::AdapterSpec> GlobalModel::AdapterSpec() const {
     spec.add_target_modules(name);
   }
   spec.set_a_seed(lora.seed);
+  *spec.mutable_base_files() = base_->files;
   return spec;
 }
 
@@ -121,9 +156,12 @@ std::optional<std::span<const float>> GlobalModel::Tensor(std::string_view name)
 absl::StatusOr<OpenedBase> OpenBase(const std::filesystem::path& directory) {
   absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(directory);
   if (!base.ok()) return base.status();
+  absl::StatusOr<v1::ModelManifest> files = BaseFiles(directory);
+  if (!files.ok()) return files.status();
   BaseIdentity identity{.content_sha256 = model::BaseContentHash(*base),
                         .format = base->format(),
-                        .directory = directory};
+                        .directory = directory,
+                        .files = *std::move(files)};
   return OpenedBase{.base = *std::move(base), .identity = std::move(identity)};
 }
 

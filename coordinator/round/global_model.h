@@ -32,6 +32,9 @@ struct BaseIdentity {
   model::WeightFormat format = model::WeightFormat::kFloat32;
   // Where the coordinator read it (model.initial); adapter_config.json names it.
   std::filesystem::path directory;
+  // Its files (config.json, the safetensors and their index, tokenizer.json), version 0, for
+  // sites that download the base rather than provision it.
+  v1::ModelManifest files;
 };
 
 // One tensor a round updates, in the update vector's order.
@@ -82,7 +85,8 @@ struct OpenedBase {
   BaseIdentity identity;
 };
 
-// Opens model.initial as stored and hashes it (a pass over its bytes: seconds for a 7B base).
+// Opens model.initial as stored and hashes it, and lists its files with their SHA-256 (two
+// passes over its bytes: seconds for a 7B base).
 absl::StatusOr<OpenedBase> OpenBase(const std::filesystem::path& directory);
 
 // Version 1 of an adapter federation: FFA-LoRA of `lora` over the base (A drawn from lora.seed,

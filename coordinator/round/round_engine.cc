@@ -163,6 +163,7 @@ absl::Status RoundEngine::Load() {
       PublishedModel(policy_, base, models_.Directory(global_record_));
   if (!global.ok()) return global.status();
   global_.emplace(*std::move(global));
+  if (base.has_value()) base_ = base->identity;
   if (server_optimizer_.adaptive()) {
     if (auto moments = models_.ReadServerMoments(global_record_); moments.ok()) {
       server_optimizer_.RestoreMoments(std::move(moments->first), std::move(moments->second));
@@ -178,6 +179,14 @@ absl::Status RoundEngine::Load() {
   committed_rounds_ = counts->committed;
   next_round_at_ = Now();
   return absl::OkStatus();
+}
+
+absl::StatusOr<const BaseIdentity*> RoundEngine::Base() const {
+  if (!base_.has_value()) {
+    return absl::NotFoundError(
+        "this federation trains whole models: it has no frozen base to download");
+  }
+  return &*base_;
 }
 
 void RoundEngine::Start() {

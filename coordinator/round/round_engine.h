@@ -151,6 +151,9 @@ class RoundEngine {
   std::filesystem::path ModelDirectory(const ModelVersionRecord& record) const {
     return models_.Directory(record);
   }
+  // An adapter federation's frozen base, which sites without a copy download; NotFound for a
+  // federation of whole models. Set by Load and unchanged after, so any thread may ask.
+  absl::StatusOr<const BaseIdentity*> Base() const;
   Snapshot snapshot();
 
  private:
@@ -285,6 +288,7 @@ class RoundEngine {
 
   // Owned by the driving thread (and Load); the lock guards the fields readers see.
   std::optional<GlobalModel> global_;
+  std::optional<BaseIdentity> base_;
   ModelVersionRecord global_record_ ABSL_GUARDED_BY(mutex_);
   PrivacyLedger ledger_ ABSL_GUARDED_BY(mutex_);
   int64_t committed_rounds_ ABSL_GUARDED_BY(mutex_) = 0;

@@ -154,25 +154,40 @@ grpc::Status CoordinatorApi::DownloadModel(const grpc::AuthContext& peer,
                                            absl::FunctionRef<bool()> cancelled) {
   absl::StatusOr<Caller> caller = context_.authorizer->AuthorizeClient(peer);
   if (!caller.ok()) return RefuseCall("DownloadModel", caller.status());
-  absl::StatusOr<ModelVersionRecord> record = context_.rounds->Model(request.version());
-  if (!record.ok()) return ToGrpc(record.status());
-  absl::StatusOr<v1::ModelManifest> manifest = ModelRepository::Manifest(*record);
-  if (!manifest.ok()) return ToGrpc(manifest.status());
+  // A version's files, or the frozen base's.
+  v1::ModelManifest manifest;
+  std::filesystem::path directory;
+  std::string what;
+  if (request.base()) {
+    absl::StatusOr<const BaseIdentity*> base = context_.rounds->Base();
+    if (!base.ok()) return RefuseCall("DownloadModel", base.status());
+    manifest = (*base)->files;
+    directory = (*base)->directory;
+    what = "the base";
+  } else {
+    absl::StatusOr<ModelVersionRecord> record = context_.rounds->Model(request.version());
+    if (!record.ok()) return ToGrpc(record.status());
+    absl::StatusOr<v1::ModelManifest> listed = ModelRepository::Manifest(*record);
+    if (!listed.ok()) return ToGrpc(listed.status());
+    manifest = *std::move(listed);
+    directory = context_.rounds->ModelDirectory(*record);
+    what = absl::StrCat("model version ", record->version);
+  }
   const v1::ModelFile* file = nullptr;
-  for (const v1::ModelFile& candidate : manifest->files()) {
+  for (const v1::ModelFile& candidate : manifest.files()) {
     if (candidate.name() == request.file_name()) file = &candidate;
   }
   if (file == nullptr) {
-    return RefuseCall("DownloadModel", absl::NotFoundError(absl::StrCat(
-                                           "model version ", record->version,
-                                           " has no file named '", request.file_name(), "'")));
+    return RefuseCall(
+        "DownloadModel",
+        absl::NotFoundError(absl::StrCat(what, " has no file named '", request.file_name(), "'")));
   }
   if (request.offset() > file->size_bytes()) {
     return RefuseCall("DownloadModel", absl::OutOfRangeError(absl::StrCat(
                                            "offset ", request.offset(), " is past the end of ",
                                            file->name(), " (", file->size_bytes(), " bytes)")));
   }
-  std::ifstream in(context_.rounds->ModelDirectory(*record) / file->name(), std::ios::binary);
+  std::ifstream in(directory / file->name(), std::ios::binary);
   if (!in) return ToGrpc(absl::InternalError(absl::StrCat("cannot open ", file->name())));
   in.seekg(static_cast<std::streamoff>(request.offset()));
   constexpr uint64_t kMaxChunk = uint64_t{1} << 20;

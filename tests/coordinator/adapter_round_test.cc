@@ -40,7 +40,8 @@ class AdapterRoundTest : public ::testing::Test {
     return GlobalModel(*model::NewAdapters(base_, lora_),
                        BaseIdentity{.content_sha256 = model::BaseContentHash(base_),
                                     .format = base_.format(),
-                                    .directory = "/srv/base"});
+                                    .directory = "/srv/base",
+                                    .files = {}});
   }
 
   v1::UpdateSpec Spec(const GlobalModel& global, int64_t clients) const {

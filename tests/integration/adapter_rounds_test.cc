@@ -2,8 +2,9 @@
 // fedmoe-coordinator and fedmoe-client processes over loopback mutual TLS: the round spec names
 // the base by content hash, each site trains FFA-LoRA adapters over its own copy, rounds move
 // only the lora_B matrices and routers, the published versions are PEFT directories that
-// `model eval --adapter` reads, a site holding another base is refused with both hashes, and a
-// coordinator restarted over another base refuses to run.
+// `model eval --adapter` reads, a site holding another base is refused with both hashes, a site
+// with none downloads the coordinator's once, and a coordinator restarted over another base
+// refuses to run.
 #include <gmock/gmock.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
@@ -61,12 +62,14 @@ class AdapterRoundsTest : public CoordinatorFixture {
     return json;
   }
 
-  // A site with `domain`'s corpus that holds its frozen base at `base`.
+  // A site with `domain`'s corpus that holds its frozen base at `base`, or (empty) downloads it.
   void AddSite(const std::string& client_id, const std::string& domain,
                const std::filesystem::path& base) {
     const std::filesystem::path state_dir = EnrollWithCorpus(client_id, domain);
-    ASSERT_TRUE(ReplaceInFile(state_dir / "client.yaml", "  base: \"\"",
-                              absl::StrCat("  base: \"", base.string(), "\"")));
+    if (!base.empty()) {
+      ASSERT_TRUE(ReplaceInFile(state_dir / "client.yaml", "  base: \"\"",
+                                absl::StrCat("  base: \"", base.string(), "\"")));
+    }
     clients_[client_id] = StartClient(state_dir);
   }
 
@@ -103,7 +106,7 @@ TEST_F(AdapterRoundsTest, SitesTrainAdaptersOverTheNamedBaseAndRoundsMoveOnlyBAn
                                  "    targets: [experts, attention]\n    seed: 77\n")}});
   AddSite("bank", "finance", base);
   AddSite("helpdesk", "it_support", base);
-  AddSite("lawfirm", "contracts", base);
+  AddSite("lawfirm", "contracts", "");
   AddSite("insurer", "finance", other);
   ASSERT_TRUE(WaitFor([&] { return Committed() == 2; }, absl::Seconds(400)))
       << coordinator_->Log() << clients_["bank"]->Log();
@@ -119,6 +122,18 @@ TEST_F(AdapterRoundsTest, SitesTrainAdaptersOverTheNamedBaseAndRoundsMoveOnlyBAn
     EXPECT_THAT(round.left_reasons(0), HasSubstr(absl::StrCat("not the federation's ", base_hash)));
   }
   EXPECT_THAT(ReadFile(dir_.path() / "insurer" / "status.json"), HasSubstr(base_hash));
+  // The site without a base downloaded the coordinator's once, file for file.
+  const std::filesystem::path downloaded = dir_.path() / "lawfirm" / "bases" / base_hash / "v0";
+  for (const char* file : {"config.json", "model.safetensors"}) {
+    EXPECT_EQ(ReadFile(downloaded / file), ReadFile(base / file)) << file;
+  }
+  const std::string lawfirm_log = clients_["lawfirm"]->Log();
+  size_t downloads = 0;
+  for (size_t at = lawfirm_log.find("adapter_base_downloaded"); at != std::string::npos;
+       at = lawfirm_log.find("adapter_base_downloaded", at + 1)) {
+    ++downloads;
+  }
+  EXPECT_EQ(downloads, 1u) << lawfirm_log;
 
   // Every version is a PEFT directory over that base; no version holds a base's weights.
   absl::StatusOr<model::FrozenBase> frozen = model::FrozenBase::Open(base);
