@@ -155,7 +155,13 @@ size_t EncodedLength(size_t dimension) {
 }
 
 size_t RotationBlockOf(size_t encoded_length) {
-  if (encoded_length <= kWholeUpTo) return std::bit_ceil(std::max<size_t>(encoded_length, 1));
+  // A length that is a power of two is rotated whole: blocks then save nothing, and a client
+  // that predates rotation_block (and pads to a power of two) would otherwise take the same
+  // length and encode it differently. With blocks the length is never a power of two, so such
+  // a client's own length check refuses the round instead.
+  if (encoded_length <= kWholeUpTo || std::has_single_bit(encoded_length)) {
+    return std::bit_ceil(std::max<size_t>(encoded_length, 1));
+  }
   return std::bit_floor(encoded_length / 16);
 }
 

@@ -42,8 +42,9 @@ inline constexpr size_t kMinRotationBlock = 2048;
 // largest power of two R ≤ dimension/16, so that padding adds less than 1/16.
 size_t EncodedLength(size_t dimension);
 
-// The rotation block of an EncodedLength: the whole length up to 2^20, else the largest power of
-// two ≤ length/16. Planning code that knows only the length derives the block from it.
+// The rotation block of an EncodedLength: the whole length up to 2^20 or when it is a power of
+// two, else the largest power of two ≤ length/16. Planning code that knows only the length
+// derives the block from it.
 size_t RotationBlockOf(size_t encoded_length);
 
 // The dimension padded for a rotation of that block (0: to a power of two).

@@ -144,7 +144,7 @@ int Status(const std::vector<std::string>& args) {
       "version:         %s\n"
       "started:         %s\n"
       "clients:         %u enrolled, %u online (%u polls held), %u revoked\n"
-      "model version:   %llu\n"
+      "model version:   %llu%s\n"
       "rounds:          %llu committed, %llu aborted (round %llu: %s)\n"
       "privacy:         epsilon %.4g spent at delta %.3g%s\n"
       "%s",
@@ -152,6 +152,11 @@ int Status(const std::vector<std::string>& args) {
       Time(response.started_at()).c_str(), response.clients_enrolled(), response.clients_online(),
       response.polls_parked(), response.clients_revoked(),
       static_cast<unsigned long long>(response.model_version()),
+      response.adapter_base_sha256().empty()
+          ? ""
+          : absl::StrCat(" (adapters over base ", response.adapter_base_sha256(), ", held as ",
+                         response.adapter_base_format(), ")")
+                .c_str(),
       static_cast<unsigned long long>(response.rounds_committed()),
       static_cast<unsigned long long>(response.rounds_aborted()),
       static_cast<unsigned long long>(response.current_round_id()),

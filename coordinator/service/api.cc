@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/service/wire.h"
 #include "logging/log.h"
+#include "model/frozen_base.h"
 #include "privacy/rdp_accountant.h"
 
 namespace fedmoe::coordinator {
@@ -344,6 +345,10 @@ absl::StatusOr<v1::GetStatusResponse> CollectStatus(const ServiceContext& contex
   response.set_target_epsilon(context.config->rounds.target_epsilon);
   response.set_rounds_paused_reason(rounds.paused_reason);
   response.set_polls_parked(static_cast<uint32_t>(context.polls->parked()));
+  if (absl::StatusOr<const BaseIdentity*> base = context.rounds->Base(); base.ok()) {
+    response.set_adapter_base_sha256((*base)->content_sha256);
+    response.set_adapter_base_format(std::string(model::WeightFormatName((*base)->format)));
+  }
   return response;
 }
 

@@ -225,7 +225,12 @@ TEST_F(AdapterRoundsTest, SitesTrainAdaptersOverTheNamedBaseAndRoundsMoveOnlyBAn
   ASSERT_TRUE(ReplaceInFile(config_file, absl::StrCat("initial: ", other.string()),
                             absl::StrCat("initial: ", base.string())));
   StartCoordinator();
-  EXPECT_EQ(Status().model_version(), 3u);
+  const v1::GetStatusResponse status = Status();
+  EXPECT_EQ(status.model_version(), 3u);
+  EXPECT_EQ(status.adapter_base_sha256(), base_hash);
+  EXPECT_EQ(status.adapter_base_format(), "int8");
+  EXPECT_THAT(Coordinator({"status"}).out,
+              HasSubstr(absl::StrCat("(adapters over base ", base_hash, ", held as int8)")));
 }
 
 }  // namespace

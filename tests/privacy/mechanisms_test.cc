@@ -627,7 +627,13 @@ TEST(HadamardTest, LargeUpdatesArePaddedByLessThanASixteenthSmallOnesToAPowerOfT
     // What the encoder pads to with that block is the planned length, and planning is stable.
     EXPECT_EQ(PaddedDimension(d, block), encoded) << d;
     EXPECT_EQ(EncodedLength(encoded), encoded) << d;
+    // Blocks only where the length is no power of two: a client that pads to one refuses.
+    EXPECT_EQ(block == encoded, std::has_single_bit(encoded)) << d;
   }
+  // 31.5 blocks of 2^16 pad to 32 of them, a power of two: rotated whole, as before blocks.
+  const size_t power = EncodedLength(size_t{63} << 15);
+  EXPECT_EQ(power, size_t{1} << 21);
+  EXPECT_EQ(RotationBlockOf(power), power);
 }
 
 TEST(RingEncoderTest, NoisedSumDecodesToTheTrueSumWithinThePredictedNoise) {
