@@ -150,8 +150,7 @@ constexpr size_t kWholeUpTo = size_t{1} << 20;
 
 size_t EncodedLength(size_t dimension) {
   if (dimension <= kWholeUpTo) return std::bit_ceil(std::max<size_t>(dimension, 1));
-  const size_t block = std::bit_floor(dimension / 16);
-  return (dimension + block - 1) / block * block;
+  return PaddedDimension(dimension, std::bit_floor(dimension / 16));
 }
 
 size_t RotationBlockOf(size_t encoded_length) {

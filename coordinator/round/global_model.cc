@@ -83,6 +83,35 @@ absl::StatusOr<v1::ModelManifest> BaseFiles(const std::filesystem::path& directo
 
 }  // namespace
 
+std::vector<UpdateTensor> UpdateTensorsOf(const model::LoraLayout& layout) {
+  std::vector<UpdateTensor> tensors;
+  for (const model::AdapterTensor& tensor : layout.tensors()) {
+    if (tensor.role == model::AdapterRole::kLoraA) continue;
+    tensors.push_back({.name = tensor.name,
+                       .shape = tensor.shape,
+                       .role = AdapterTensorRole(tensor),
+                       .layer = tensor.layer,
+                       .expert = tensor.expert,
+                       .size = tensor.size});
+  }
+  return tensors;
+}
+
+std::vector<UpdateTensor> UpdateTensorsOf(const model::ModelLayout& layout,
+                                          const model::TrainableSet& trainable) {
+  std::vector<UpdateTensor> tensors;
+  for (const model::TensorSpec& tensor : layout.tensors()) {
+    if (!trainable.Includes(tensor.role)) continue;
+    tensors.push_back({.name = tensor.name,
+                       .shape = tensor.shape,
+                       .role = ModelTensorRole(tensor.role),
+                       .layer = tensor.layer,
+                       .expert = tensor.expert,
+                       .size = tensor.size});
+  }
+  return tensors;
+}
+
 GlobalModel::GlobalModel(model::ModelParameters parameters) : state_(std::move(parameters)) {}
 
 GlobalModel::GlobalModel(model::LoraAdapters adapters, BaseIdentity base)
@@ -102,30 +131,8 @@ const model::ModelParameters* GlobalModel::parameters() const {
 }
 
 std::vector<UpdateTensor> GlobalModel::UpdateTensors(const model::TrainableSet& trainable) const {
-  std::vector<UpdateTensor> tensors;
-  if (const model::LoraAdapters* held = adapters()) {
-    for (const model::AdapterTensor& tensor : held->layout().tensors()) {
-      if (tensor.role == model::AdapterRole::kLoraA) continue;
-      tensors.push_back({.name = tensor.name,
-                         .shape = tensor.shape,
-                         .role = AdapterTensorRole(tensor),
-                         .layer = tensor.layer,
-                         .expert = tensor.expert,
-                         .size = tensor.size});
-    }
-    return tensors;
-  }
-  for (const model::TensorSpec& tensor :
-       std::get<model::ModelParameters>(state_).layout().tensors()) {
-    if (!trainable.Includes(tensor.role)) continue;
-    tensors.push_back({.name = tensor.name,
-                       .shape = tensor.shape,
-                       .role = ModelTensorRole(tensor.role),
-                       .layer = tensor.layer,
-                       .expert = tensor.expert,
-                       .size = tensor.size});
-  }
-  return tensors;
+  if (const model::LoraAdapters* held = adapters()) return UpdateTensorsOf(held->layout());
+  return UpdateTensorsOf(std::get<model::ModelParameters>(state_).layout(), trainable);
 }
 
 std::optional<v1::AdapterSpec> GlobalModel::AdapterSpec() const {
@@ -214,18 +221,12 @@ absl::StatusOr<int64_t> PlannedUpdateValues(const RoundPolicy& policy) {
   absl::StatusOr<model::MoeConfig> config =
       model::LoadMoeConfig(policy.initial_model / "config.json");
   if (!config.ok()) return config.status();
+  // The same selection a round's spec makes, from the layouts alone (no values allocated).
+  const std::vector<UpdateTensor> tensors =
+      policy.adapters ? UpdateTensorsOf(model::LoraLayout(*config, policy.lora))
+                      : UpdateTensorsOf(model::ModelLayout(*config), policy.trainable);
   int64_t values = 2 * config->num_hidden_layers * config->num_local_experts;
-  if (policy.adapters) {
-    const model::LoraLayout layout(*config, policy.lora);
-    for (const model::AdapterTensor& tensor : layout.tensors()) {
-      if (tensor.role != model::AdapterRole::kLoraA) values += tensor.size;
-    }
-    return values;
-  }
-  const model::ModelLayout layout(*config);
-  for (const model::TensorSpec& tensor : layout.tensors()) {
-    if (policy.trainable.Includes(tensor.role)) values += tensor.size;
-  }
+  for (const UpdateTensor& tensor : tensors) values += tensor.size;
   return values;
 }
 

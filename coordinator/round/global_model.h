@@ -48,6 +48,13 @@ struct UpdateTensor {
   int64_t size = 0;
 };
 
+// What a round updates of adapters (every lora_B, and every router) or of a whole model (the
+// tensors of `trainable`'s roles), in the update vector's order: GlobalModel::UpdateTensors's
+// selection, on a layout alone.
+std::vector<UpdateTensor> UpdateTensorsOf(const model::LoraLayout& layout);
+std::vector<UpdateTensor> UpdateTensorsOf(const model::ModelLayout& layout,
+                                          const model::TrainableSet& trainable);
+
 class GlobalModel {
  public:
   explicit GlobalModel(model::ModelParameters parameters);
