@@ -214,7 +214,9 @@ absl::Status RoundParticipant::UploadMaskedInput(v1::Federation::StubInterface& 
           status_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
           grpc::Status asked = stub.GetRoundStatus(&status_context, request, &round_status);
           if (!asked.ok()) return asked;
-          next = round_status.caller_values_received();
+          next = round_status.caller_completed_stage() >= v1::ROUND_STAGE_MASKED_COLLECTED
+                     ? masked_.size()
+                     : round_status.caller_values_received();
         }
         first_attempt = false;
         return StreamFrom(stub, context, next);

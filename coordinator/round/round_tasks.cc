@@ -110,7 +110,10 @@ v1::RoundStatus RoundEngine::RoundStatusFor(const std::string& client_id, uint64
       const Participant& participant = round_->participants[found->second - 1];
       status.set_caller_selected(true);
       status.set_caller_completed_stage(participant.completed);
-      if (round_->secagg.has_value() && round_->stage == v1::ROUND_STAGE_KEYS_SHARED) {
+      // Also past the stage: a client whose acknowledgement was lost while the stage closed
+      // behind it learns here that its input is in the sum, instead of sending it again into
+      // a closed stage and being dropped.
+      if (round_->secagg.has_value() && round_->stage >= v1::ROUND_STAGE_KEYS_SHARED) {
         status.set_caller_values_received(round_->secagg->ValuesReceived(found->second));
       }
     }

@@ -354,6 +354,12 @@ TEST_F(RoundEngineTest, ALaggardPastADeadlineIsDroppedAndTheOthersCommitWithoutI
   absl::StatusOr<RoundEngine::MaskedUpload> late =
       engine_->BeginMaskedInput(clients_[3].id(), 1, clients_[3].encoded_values());
   EXPECT_THAT(late.status().message(), HasSubstr("dropped"));
+  // A survivor whose acknowledgement was lost as the stage closed asks before sending again,
+  // and hears that its whole input is in the sum; the laggard hears that none of its is.
+  const v1::RoundStatus survivor = engine_->RoundStatusFor(clients_[0].id(), 1);
+  EXPECT_EQ(survivor.caller_completed_stage(), v1::ROUND_STAGE_MASKED_COLLECTED);
+  EXPECT_EQ(survivor.caller_values_received(), clients_[0].encoded_values());
+  EXPECT_EQ(engine_->RoundStatusFor(clients_[3].id(), 1).caller_values_received(), 0u);
   ASSERT_EQ(Act(3), 3);
   engine_->Tick();
   EXPECT_EQ(engine_->snapshot().stage, v1::ROUND_STAGE_COMMITTED);
