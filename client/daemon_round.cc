@@ -160,13 +160,17 @@ absl::StatusOr<PlainUpdate> ClientDaemon::TrainAdapterRound(const v1::JoinRoundT
   model::TrainOptions options = TrainOptionsFromSpec(base.layout(), spec, random());
   options.adapters.enabled = true;
   options.adapters.lora = local.config();
-  // Adapter training runs on the CPU, over the base in the format the federation holds it in.
-  if (config_.compute.device != model::Device::kCpu) {
+  // This machine's device, over the base in the format the federation holds it in; the
+  // products are fp32 on its decoded weights whatever the precision setting.
+  ComputeSettings compute = config_.compute;
+  absl::StatusOr<std::string> fallback = compute.FitToModel(base.config());
+  if (!fallback.ok()) return fallback.status();
+  if (!fallback->empty()) {
     LogEvent(LogLevel::kWarning, "training_device_fallback")
         .Field("round_id", task.round_id())
-        .Field("reason", "adapter training runs on the CPU in this build");
+        .Field("reason", *fallback);
   }
-  options.device = model::Device::kCpu;
+  options.device = compute.device;
   options.matmul_precision = model::MatMulPrecision::kFloat32;
   absl::StatusOr<DatasetAccount> account = PrepareRecordPrivacy(
       task.round_id(), base.config(),

@@ -580,23 +580,30 @@ Json TrainSummary(const model::TrainResult& result, const model::TrainOptions& o
 
 // train --lora: adapters over the model held frozen, written to out_dir as PEFT writes them.
 int TrainAdaptersCommand(const std::string& model_dir, const std::string& out_dir,
-                         const CommandLine& flags, const model::TrainOptions& options,
-                         const model::TrainCallbacks& callbacks) {
+                         const CommandLine& flags, model::TrainOptions options,
+                         ComputeSettings compute, const model::TrainCallbacks& callbacks) {
   absl::StatusOr<model::FrozenBase> base =
       model::FrozenBase::Open(model_dir, options.adapters.base_format);
   if (!base.ok()) return Fail(base.status());
+  absl::StatusOr<std::string> fallback = compute.FitToModel(base->config());
+  if (!fallback.ok()) return Fail(fallback.status());
+  if (!fallback->empty()) std::fprintf(stderr, "%s\n", fallback->c_str());
+  options.device = compute.device;
+  // The base's products are fp32 on its decoded weights, whatever the precision setting says.
+  options.matmul_precision = model::MatMulPrecision::kFloat32;
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
       model::LoadTokenizer(model_dir, base->config().vocab_size);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   absl::StatusOr<model::LoraAdapters> adapters = model::NewAdapters(*base, options.adapters.lora);
   if (!adapters.ok()) return Fail(adapters.status());
   const model::LoraConfig& lora = options.adapters.lora;
-  std::printf(
-      "training %s adapters (rank %lld, alpha %g, %s) over a frozen %s base on %d CPU "
-      "threads\n",
-      lora.train_a ? "LoRA" : "FFA-LoRA", static_cast<long long>(lora.rank), lora.alpha,
-      absl::StrJoin(model::LoraTargetNames(lora.targets), ",").c_str(),
-      std::string(model::WeightFormatName(base->format())).c_str(), model::CpuThreads());
+  const std::string where = options.device == model::Device::kCuda
+                                ? std::string("the GPU")
+                                : absl::StrCat(model::CpuThreads(), " CPU threads");
+  std::printf("training %s adapters (rank %lld, alpha %g, %s) over a frozen %s base on %s\n",
+              lora.train_a ? "LoRA" : "FFA-LoRA", static_cast<long long>(lora.rank), lora.alpha,
+              absl::StrJoin(model::LoraTargetNames(lora.targets), ",").c_str(),
+              std::string(model::WeightFormatName(base->format())).c_str(), where.c_str());
   absl::StatusOr<model::TrainResult> result =
       model::TrainAdapters(*base, *adapters, **tokenizer, *flags.Get("data"), options, callbacks);
   if (!result.ok()) return Fail(result.status());
@@ -610,10 +617,7 @@ int TrainAdaptersCommand(const std::string& model_dir, const std::string& out_di
   for (const model::TrainedRange& range : model::AdapterTrainedRanges(*adapters)) {
     trained_values += range.size;
   }
-  // The base's products are fp32 on its decoded weights, whatever the precision setting says.
-  model::TrainOptions reported = options;
-  reported.matmul_precision = model::MatMulPrecision::kFloat32;
-  Json summary = TrainSummary(*result, reported);
+  Json summary = TrainSummary(*result, options);
   summary["adapters"] = {{"rank", lora.rank},
                          {"alpha", lora.alpha},
                          {"ffa", !lora.train_a},
@@ -637,8 +641,8 @@ const char kTrainUsage[] =
       flags. Prints progress; the last line is JSON
       {"steps", "train_loss", "val_loss", "tokens_per_second", ...}.
       --lora trains LoRA adapters over DIR held frozen (int8 or bf16 with --int8, --bf16;
-      the config's lora: block sets rank, alpha, targets and FFA) on the CPU, and writes a
-      PEFT adapter directory to --out.
+      the config's lora: block sets rank, alpha, targets and FFA) on the device chosen as
+      above (one GPU), and writes a PEFT adapter directory to --out.
 )";
 
 int TrainCommand(const std::vector<std::string>& args) {
@@ -670,10 +674,6 @@ int TrainCommand(const std::vector<std::string>& args) {
     }
     options.adapters.base_format =
         flags->Has("int8") ? model::WeightFormat::kInt8 : model::WeightFormat::kBfloat16;
-  }
-  // Adapters train on the CPU: auto means the CPU for them.
-  if (options.adapters.enabled && compute.device_name == "auto" && !flags->Has("device")) {
-    compute.device_name = "cpu";
   }
   const std::optional<std::string> device_flag = flags->Get("device");
   if (device_flag) compute.device_name = *device_flag;
@@ -723,7 +723,7 @@ int TrainCommand(const std::vector<std::string>& args) {
   const std::string out_dir = *flags->Get("out");
   model::TrainCallbacks callbacks = ProgressCallbacks(log_every);
   if (options.adapters.enabled)
-    return TrainAdaptersCommand(model_dir, out_dir, *flags, options, callbacks);
+    return TrainAdaptersCommand(model_dir, out_dir, *flags, options, compute, callbacks);
   absl::StatusOr<model::ModelParameters> parameters = model::LoadModel(model_dir);
   if (!parameters.ok()) return Fail(parameters.status());
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =

@@ -73,6 +73,16 @@ class CpuAdapterBackend : public TrainingBackend {
     return absl::OkStatus();
   }
 
+  absl::Status CopyAdaptersTo(LoraAdapters& adapters) override {
+    if (adapters.values().size() != adapters_.values().size()) {
+      return absl::InvalidArgumentError("the adapters' layout differs from the trained ones'");
+    }
+    if (&adapters != &adapters_) {
+      std::copy(adapters_.values().begin(), adapters_.values().end(), adapters.values().begin());
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status CopyParametersTo(ModelParameters&) override {
     return absl::UnimplementedError(
         "an adapter backend trains its adapters in place and holds no full parameters");

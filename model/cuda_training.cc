@@ -8,9 +8,10 @@ namespace cuda = kernels::cuda;
 
 namespace internal {
 
-absl::Status CudaTrainingBackend::Initialize(const ModelParameters& parameters) {
+absl::Status CudaTrainingBackend::Initialize(std::span<const float> values,
+                                             const std::vector<TrainedRange>& trained) {
   if (absl::Status selected = cuda::SetDevice(device_); !selected.ok()) return selected;
-  const auto total = static_cast<int64_t>(parameters.values().size());
+  const auto total = static_cast<int64_t>(values.size());
   const int64_t counters = config_.num_hidden_layers * config_.num_local_experts;
   absl::Status status;
   status.Update(Reserve(parameters_, total));
@@ -32,7 +33,7 @@ absl::Status CudaTrainingBackend::Initialize(const ModelParameters& parameters) 
                      " GiB (", status.message(), ")"));
   }
   if (!status.ok()) return status;
-  status.Update(parameters_.CopyFrom(parameters.values()));
+  status.Update(parameters_.CopyFrom(values));
   if (options_.proximal_coefficient > 0) {
     status.Update(proximal_anchor_.CopyFrom(options_.proximal_anchor));
   }
@@ -47,7 +48,7 @@ absl::Status CudaTrainingBackend::Initialize(const ModelParameters& parameters) 
   if (!status.ok()) return status;
 
   std::vector<kernels::ParameterRange> ranges;
-  for (const TrainedRange& range : TrainedRanges(layout_, options_.trainable)) {
+  for (const TrainedRange& range : trained) {
     ranges.push_back({range.offset, range.size, range.decay});
   }
   absl::StatusOr<cuda::DeviceRanges> device_ranges = cuda::DeviceRanges::Create(ranges);
@@ -387,8 +388,8 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
         options.concurrent_expert_products ? cuda::GroupedProducts::kConcurrentStreams
                                            : cuda::GroupedProducts::kGroupedCall);
     if (!blas.ok()) return blas.status();
-    replicas.push_back(std::make_unique<internal::CudaTrainingBackend>(parameters, options, device,
-                                                                       std::move(*blas)));
+    replicas.push_back(std::make_unique<internal::CudaTrainingBackend>(parameters.config(), options,
+                                                                       device, std::move(*blas)));
     if (absl::Status status = replicas.back()->Initialize(parameters); !status.ok()) {
       return status;
     }

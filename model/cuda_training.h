@@ -40,6 +40,16 @@ absl::Status CheckCudaTakesModel(const MoeConfig& config);
 absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaTrainingBackend(
     const ModelParameters& parameters, const BackendOptions& options);
 
+// Trains `adapters` (every B and router, and A under plain LoRA) on one GPU over a frozen base
+// uploaded there in its own format: the CUDA twin of training_backend.h's
+// CreateCpuAdapterBackend, with the same arithmetic (fp32 products over each base weight decoded
+// in turn) and the same refusals. The base need not outlive the backend; `adapters` must, and
+// take the trained values from CopyAdaptersTo. One GPU only (options.devices ≤ 1): the base is
+// what takes the memory, and data parallelism would hold it once per GPU. ResourceExhausted
+// when the base or the adapters' optimizer state does not fit.
+absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCudaAdapterBackend(
+    const FrozenBase& base, LoraAdapters& adapters, const BackendOptions& options);
+
 }  // namespace fedmoe::model
 
 #endif  // FEDMOE_MODEL_CUDA_TRAINING_H_

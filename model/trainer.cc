@@ -516,18 +516,26 @@ absl::StatusOr<TrainResult> TrainAdapters(const FrozenBase& base, LoraAdapters& 
                                           const std::filesystem::path& data_directory,
                                           const TrainOptions& options,
                                           const TrainCallbacks& callbacks) {
-  if (options.device != kernels::Device::kCpu) {
-    return absl::UnimplementedError(
-        "adapter training runs on the CPU in this version (device: cpu); the GPU trains whole "
-        "experts");
-  }
   BackendOptions backend_options;
   backend_options.adamw = options.adamw;
-  absl::StatusOr<std::unique_ptr<TrainingBackend>> backend =
-      CreateCpuAdapterBackend(base, adapters, backend_options);
+  absl::StatusOr<std::unique_ptr<TrainingBackend>> backend;
+  if (options.device == kernels::Device::kCpu) {
+    backend = CreateCpuAdapterBackend(base, adapters, backend_options);
+  } else {
+#ifdef FEDMOE_TRAIN_WITH_CUDA
+    backend_options.devices = 1;
+    backend = CreateCudaAdapterBackend(base, adapters, backend_options);
+#else
+    return NoCudaKernels();
+#endif
+  }
   if (!backend.ok()) return backend.status();
-  return RunTraining(**backend, base.config(), AdapterTrainedRanges(adapters), tokenizer,
-                     data_directory, options, callbacks);
+  absl::StatusOr<TrainResult> result =
+      RunTraining(**backend, base.config(), AdapterTrainedRanges(adapters), tokenizer,
+                  data_directory, options, callbacks);
+  if (!result.ok()) return result.status();
+  if (absl::Status status = (*backend)->CopyAdaptersTo(adapters); !status.ok()) return status;
+  return result;
 }
 
 }  // namespace fedmoe::model

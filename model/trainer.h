@@ -195,10 +195,12 @@ absl::StatusOr<TrainResult> Train(ModelParameters& parameters, const Tokenizer& 
                                   const TrainOptions& options,
                                   const TrainCallbacks& callbacks = {});
 
-// Trains `adapters` over the frozen `base` on the CPU, as Train trains a model: the same loop,
-// data, schedule, validation and DP-SGD (per-record clipping then covers every trained adapter
-// value and router). options.trainable, matmul_precision and proximal are not taken: what
-// trains is the adapters' (AdapterTrainedRanges), and the base's format sets the products.
+// Trains `adapters` over the frozen `base` on options.device (the CPU, or one GPU holding the base
+// in its own format: cuda_training.h's CreateCudaAdapterBackend), as Train trains a model: the
+// same loop, data, schedule, validation and DP-SGD (per-record clipping then covers every
+// trained adapter value and router). options.trainable, matmul_precision and proximal are not
+// taken: what trains is the adapters' (AdapterTrainedRanges), and the base's format sets the
+// products.
 absl::StatusOr<TrainResult> TrainAdapters(const FrozenBase& base, LoraAdapters& adapters,
                                           const Tokenizer& tokenizer,
                                           const std::filesystem::path& data_directory,

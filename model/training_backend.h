@@ -126,6 +126,13 @@ class TrainingBackend {
   // Writes the trained parameters into `parameters` (same config). A backend that trains a
   // copy elsewhere (a GPU) copies it back; the CPU one trains the caller's parameters in place.
   virtual absl::Status CopyParametersTo(ModelParameters& parameters) = 0;
+
+  // Writes the trained adapters into `adapters` (the layout trained): the GPU's adapter backend
+  // copies them back; the CPU's trains the caller's in place. Unimplemented for a backend of
+  // whole parameters.
+  virtual absl::Status CopyAdaptersTo(LoraAdapters& /*adapters*/) {
+    return absl::UnimplementedError("this backend trains whole parameters, not adapters");
+  }
 };
 
 // Trains `adapters` (every B and router, and A under plain LoRA) in place on the CPU, over a

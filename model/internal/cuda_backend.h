@@ -121,16 +121,23 @@ struct ExpertWeights {
 class CudaTrainingBackend : public TrainingBackend {
  public:
   // On GPU `device`, with a cuBLAS handle made there.
-  CudaTrainingBackend(const ModelParameters& parameters, const BackendOptions& options, int device,
+  CudaTrainingBackend(const MoeConfig& config, const BackendOptions& options, int device,
                       cuda::Blas blas)
-      : config_(parameters.config()),
-        layout_(parameters.config()),
+      : config_(config),
+        layout_(config),
         options_(options),
         device_(device),
         blas_(std::move(blas)) {}
+  ~CudaTrainingBackend() override = default;
 
   // Uploads the parameters and allocates what does not depend on the batch's shape.
-  absl::Status Initialize(const ModelParameters& parameters);
+  absl::Status Initialize(const ModelParameters& parameters) {
+    return Initialize(parameters.values(), TrainedRanges(layout_, options_.trainable));
+  }
+
+  // The same for any buffer of trained values (the adapters' buffer: cuda_adapter_backend.h),
+  // of which `trained` are stepped.
+  absl::Status Initialize(std::span<const float> values, const std::vector<TrainedRange>& trained);
 
   absl::StatusOr<LossBreakdown> AccumulateGradients(const Batch& batch,
                                                     const BackwardOptions& options) override;
@@ -171,7 +178,7 @@ class CudaTrainingBackend : public TrainingBackend {
   // parallelism sums across replicas.
   float* gradient_buffer() { return gradients_.data(); }
 
- private:
+ protected:
   bool training_bf16() const { return options_.matmul_precision == MatMulPrecision::kBfloat16; }
 
   float* Parameter(int64_t offset) { return parameters_.data() + offset; }
@@ -265,11 +272,11 @@ class CudaTrainingBackend : public TrainingBackend {
 
   absl::Status ReserveLayer(LayerBuffers& layer, const PassShape& s, bool bf16);
 
-  absl::Status ReserveBackward(const PassShape& s, bool bf16);
+  virtual absl::Status ReserveBackward(const PassShape& s, bool bf16);
 
   // The forward pass's buffers: every layer's for training, the first layer's alone (reused by
   // all) for evaluation.
-  absl::Status ReserveForward(const PassShape& s, bool bf16, bool training);
+  virtual absl::Status ReserveForward(const PassShape& s, bool bf16, bool training);
 
   // A device out of memory for a batch's activations says so, and what to change. The
   // half-grown buffers are let go: kept, they would crowd out the next batch, which may be one
@@ -279,7 +286,7 @@ class CudaTrainingBackend : public TrainingBackend {
   // The forward pass over the uploaded tokens, into buffers ReserveForward sized. Training
   // keeps every layer's activations and counts the routing; evaluation reuses the first
   // layer's buffers for all layers.
-  absl::Status Forward(const PassShape& s, bool bf16, bool training);
+  virtual absl::Status Forward(const PassShape& s, bool bf16, bool training);
 
   cuda::AttentionArithmetic AttentionArithmeticFor(bool bf16) const {
     return bf16 && options_.tensor_core_attention ? cuda::AttentionArithmetic::kTensorFloat32
@@ -307,8 +314,9 @@ class CudaTrainingBackend : public TrainingBackend {
   // copy, into scratch_.balance_gradient [layers, experts].
   absl::StatusOr<double> Balance(const PassShape& s, double scale, int64_t private_experts);
 
-  absl::StatusOr<LossBreakdown> Backward(const PassShape& s, const Batch& batch,
-                                         const BackwardOptions& options, bool bf16);
+  // The loss's gradient into gradients_ after Forward; returns the loss.
+  virtual absl::StatusOr<LossBreakdown> Backward(const PassShape& s, const Batch& batch,
+                                                 const BackwardOptions& options, bool bf16);
 
   // MoE block: out = residual + shared(n2) + Σ_j w_j·expert_j(n2), n2 = rmsnorm(residual), with
   // d_stream the gradient of out. Leaves the gradient of the block's input in d_residual.
