@@ -239,24 +239,7 @@ absl::Status CudaAdapterBackend::AdaptedMoe(int64_t index, const PassShape& s, b
   status.Update(LinearForward(Activation(false, layer.moe_norm.data(), nullptr),
                               Weight(sites.router, false, true), layer.router_logits.data(), s.rows,
                               h, s.experts));
-  status.Update(cuda::RouterTopKForward(layer.router_logits.data(), layer.router_probs.data(),
-                                        layer.expert_index.data(), layer.expert_weight.data(),
-                                        s.rows, s.experts, s.top_k));
-  status.Update(cuda::BuildExpertPermutation(
-      layer.expert_index.data(), s.rows, s.top_k, s.experts, layer.offsets.data(),
-      layer.slot_token.data(), layer.permuted_slot.data(), permutation_scratch_.data()));
-  if (training) {
-    status.Update(cuda::SumColumns(layer.router_probs.data(), s.rows, s.experts,
-                                   column_sum_scratch_.data(),
-                                   probability_sums_.data() + index * s.experts));
-    status.Update(cuda::AddExpertCounts(layer.offsets.data(), s.experts,
-                                        expert_counts_.data() + index * s.experts));
-  }
-  status.Update(cuda::GatherByExpert(layer.moe_norm.data(), layer.slot_token.data(),
-                                     layer.expert_input.data(), nullptr, s.slots, h));
-  layer.host_offsets.resize(static_cast<size_t>(s.experts + 1));
-  status.Update(cuda::CopyDeviceToHost(layer.host_offsets.data(), layer.offsets.data(),
-                                       layer.host_offsets.size() * sizeof(int32_t)));
+  status.Update(RouteToExperts(index, s, /*bf16=*/false, training, layer));
   if (!status.ok()) return status;
 
   // Each expert's MLP over its block of slots: one frozen product and one low-rank branch per

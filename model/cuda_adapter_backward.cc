@@ -25,23 +25,9 @@ absl::StatusOr<LossBreakdown> CudaAdapterBackend::Backward(const PassShape& s, c
   GradientBuffers& g = scratch_;
   const int64_t rows = s.rows;
   const int64_t h = s.hidden;
-  if (absl::Status status = cuda::CrossEntropyBackward(
-          logits_.data(), targets_.data(), g.d_logits.data(), losses_.data(), rows, s.vocab,
-          static_cast<float>(1.0 / options.predictions_in_step));
-      !status.ok()) {
-    return status;
-  }
-  absl::StatusOr<LossSum> sum = SumLosses(batch, rows);
-  if (!sum.ok()) return sum.status();
-  const double balance_scale = options.balance_coefficient * options.step_share /
-                               static_cast<double>(config_.num_hidden_layers);
-  absl::StatusOr<double> balance = Balance(s, balance_scale, options.private_experts);
-  if (!balance.ok()) return balance.status();
-  LossBreakdown loss;
-  loss.cross_entropy = sum->total / options.predictions_in_step;
-  loss.predictions = sum->predictions;
-  loss.balance_per_layer = *balance;
-  loss.balance = options.balance_coefficient * *balance * options.step_share;
+  absl::StatusOr<LossBreakdown> loss = LossGradient(s, batch, options);
+  if (!loss.ok()) return loss.status();
+  const double balance_scale = BalanceScale(options);
 
   // The output head and the final norm are frozen: only their input gradients are taken.
   absl::Status status = g.d_norm.Zero();
@@ -70,7 +56,7 @@ absl::StatusOr<LossBreakdown> CudaAdapterBackend::Backward(const PassShape& s, c
       return block;
     }
   }
-  return loss;
+  return *loss;
 }
 
 absl::Status CudaAdapterBackend::AdaptedMoeBackward(int64_t index, const PassShape& s,

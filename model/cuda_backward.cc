@@ -76,6 +76,27 @@ absl::StatusOr<LossBreakdown> CudaTrainingBackend::AccumulateClippedGradients(
   return step;
 }
 
+absl::StatusOr<LossBreakdown> CudaTrainingBackend::LossGradient(const PassShape& s,
+                                                                const Batch& batch,
+                                                                const BackwardOptions& options) {
+  if (absl::Status status = cuda::CrossEntropyBackward(
+          logits_.data(), targets_.data(), scratch_.d_logits.data(), losses_.data(), s.rows,
+          s.vocab, static_cast<float>(1.0 / options.predictions_in_step));
+      !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<LossSum> sum = SumLosses(batch, s.rows);
+  if (!sum.ok()) return sum.status();
+  absl::StatusOr<double> balance = Balance(s, BalanceScale(options), options.private_experts);
+  if (!balance.ok()) return balance.status();
+  LossBreakdown loss;
+  loss.cross_entropy = sum->total / options.predictions_in_step;
+  loss.predictions = sum->predictions;
+  loss.balance_per_layer = *balance;
+  loss.balance = options.balance_coefficient * *balance * options.step_share;
+  return loss;
+}
+
 absl::StatusOr<LossBreakdown> CudaTrainingBackend::Backward(const PassShape& s, const Batch& batch,
                                                             const BackwardOptions& options,
                                                             bool bf16) {
@@ -84,23 +105,9 @@ absl::StatusOr<LossBreakdown> CudaTrainingBackend::Backward(const PassShape& s, 
   const int64_t h = s.hidden;
 
   // The loss, the output head and the final norm.
-  if (absl::Status status = cuda::CrossEntropyBackward(
-          logits_.data(), targets_.data(), g.d_logits.data(), losses_.data(), rows, s.vocab,
-          static_cast<float>(1.0 / options.predictions_in_step));
-      !status.ok()) {
-    return status;
-  }
-  absl::StatusOr<LossSum> sum = SumLosses(batch, rows);
-  if (!sum.ok()) return sum.status();
-  const double balance_scale = options.balance_coefficient * options.step_share /
-                               static_cast<double>(config_.num_hidden_layers);
-  absl::StatusOr<double> balance = Balance(s, balance_scale, options.private_experts);
-  if (!balance.ok()) return balance.status();
-  LossBreakdown loss;
-  loss.cross_entropy = sum->total / options.predictions_in_step;
-  loss.predictions = sum->predictions;
-  loss.balance_per_layer = *balance;
-  loss.balance = options.balance_coefficient * *balance * options.step_share;
+  absl::StatusOr<LossBreakdown> loss = LossGradient(s, batch, options);
+  if (!loss.ok()) return loss.status();
+  const double balance_scale = BalanceScale(options);
 
   const TensorRole head_role =
       config_.tie_word_embeddings ? TensorRole::kEmbedding : TensorRole::kOutput;
@@ -137,7 +144,7 @@ absl::StatusOr<LossBreakdown> CudaTrainingBackend::Backward(const PassShape& s, 
       return embedding;
     }
   }
-  return loss;
+  return *loss;
 }
 
 absl::Status CudaTrainingBackend::MoeBackward(int64_t index, const PassShape& s, bool bf16,

@@ -75,30 +75,8 @@ absl::Status CudaTrainingBackend::MoeBlock(int64_t index, const PassShape& s, bo
   status.Update(LinearForward(Activation(false, layer.moe_norm.data(), nullptr),
                               Weight(w.router, false, true), layer.router_logits.data(), s.rows,
                               s.hidden, s.experts));
-  status.Update(cuda::RouterTopKForward(layer.router_logits.data(), layer.router_probs.data(),
-                                        layer.expert_index.data(), layer.expert_weight.data(),
-                                        s.rows, s.experts, s.top_k));
-  status.Update(cuda::BuildExpertPermutation(
-      layer.expert_index.data(), s.rows, s.top_k, s.experts, layer.offsets.data(),
-      layer.slot_token.data(), layer.permuted_slot.data(), permutation_scratch_.data()));
-  if (training) {
-    status.Update(cuda::SumColumns(layer.router_probs.data(), s.rows, s.experts,
-                                   column_sum_scratch_.data(),
-                                   probability_sums_.data() + index * s.experts));
-    status.Update(cuda::AddExpertCounts(layer.offsets.data(), s.experts,
-                                        expert_counts_.data() + index * s.experts));
-  }
-  status.Update(cuda::GatherByExpert(layer.moe_norm.data(), layer.slot_token.data(),
-                                     DataIf(!bf16, layer.expert_input),
-                                     DataIf(bf16, layer.expert_input_bf16), s.slots, s.hidden));
+  status.Update(RouteToExperts(index, s, bf16, training, layer));
   if (!status.ok()) return status;
-  // The products' sizes: the one read-back of a layer.
-  layer.host_offsets.resize(static_cast<size_t>(s.experts + 1));
-  if (absl::Status copied = cuda::CopyDeviceToHost(layer.host_offsets.data(), layer.offsets.data(),
-                                                   layer.host_offsets.size() * sizeof(int32_t));
-      !copied.ok()) {
-    return copied;
-  }
 
   const MatrixOperand grouped_in =
       Activation(bf16, layer.expert_input.data(), layer.expert_input_bf16.data());
@@ -139,6 +117,31 @@ absl::Status CudaTrainingBackend::MoeBlock(int64_t index, const PassShape& s, bo
   status.Update(cuda::CombineExpertOutputs(layer.expert_output.data(), layer.expert_weight.data(),
                                            layer.permuted_slot.data(), out, s.rows, s.top_k, h));
   return status;
+}
+
+absl::Status CudaTrainingBackend::RouteToExperts(int64_t index, const PassShape& s, bool bf16,
+                                                 bool training, LayerBuffers& layer) {
+  absl::Status status = cuda::RouterTopKForward(
+      layer.router_logits.data(), layer.router_probs.data(), layer.expert_index.data(),
+      layer.expert_weight.data(), s.rows, s.experts, s.top_k);
+  status.Update(cuda::BuildExpertPermutation(
+      layer.expert_index.data(), s.rows, s.top_k, s.experts, layer.offsets.data(),
+      layer.slot_token.data(), layer.permuted_slot.data(), permutation_scratch_.data()));
+  if (training) {
+    status.Update(cuda::SumColumns(layer.router_probs.data(), s.rows, s.experts,
+                                   column_sum_scratch_.data(),
+                                   probability_sums_.data() + index * s.experts));
+    status.Update(cuda::AddExpertCounts(layer.offsets.data(), s.experts,
+                                        expert_counts_.data() + index * s.experts));
+  }
+  status.Update(cuda::GatherByExpert(layer.moe_norm.data(), layer.slot_token.data(),
+                                     DataIf(!bf16, layer.expert_input),
+                                     DataIf(bf16, layer.expert_input_bf16), s.slots, s.hidden));
+  if (!status.ok()) return status;
+  // The products' sizes: the one read-back of a layer.
+  layer.host_offsets.resize(static_cast<size_t>(s.experts + 1));
+  return cuda::CopyDeviceToHost(layer.host_offsets.data(), layer.offsets.data(),
+                                layer.host_offsets.size() * sizeof(int32_t));
 }
 
 absl::StatusOr<LossSum> CudaTrainingBackend::SumLosses(const Batch& batch, int64_t rows) {

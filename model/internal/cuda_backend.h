@@ -299,6 +299,12 @@ class CudaTrainingBackend : public TrainingBackend {
   absl::Status MoeBlock(int64_t index, const PassShape& s, bool bf16, bool training,
                         LayerBuffers& layer, float* out);
 
+  // A MoE block's routing once its router's logits are in layer.router_logits: the top-k, the
+  // expert permutation, the routing histogram (training), the normed rows gathered by expert,
+  // and each expert's slot offsets read back to size the products.
+  absl::Status RouteToExperts(int64_t index, const PassShape& s, bool bf16, bool training,
+                              LayerBuffers& layer);
+
   static MatrixOperand Offset(MatrixOperand operand, int64_t values) {
     const size_t bytes =
         operand.type == ElementType::kBfloat16 ? sizeof(DeviceBf16) : sizeof(float);
@@ -313,6 +319,18 @@ class CudaTrainingBackend : public TrainingBackend {
   // the probabilities (one value per expert, the same on every row) goes to the device in one
   // copy, into scratch_.balance_gradient [layers, experts].
   absl::StatusOr<double> Balance(const PassShape& s, double scale, int64_t private_experts);
+
+  // The balance term's weight per layer in a step's loss.
+  double BalanceScale(const BackwardOptions& options) const {
+    return options.balance_coefficient * options.step_share /
+           static_cast<double>(config_.num_hidden_layers);
+  }
+
+  // The start of either model's backward pass: the loss's gradient with respect to the logits
+  // into scratch_.d_logits, the balance term's into scratch_.balance_gradient (Balance), and
+  // the loss.
+  absl::StatusOr<LossBreakdown> LossGradient(const PassShape& s, const Batch& batch,
+                                             const BackwardOptions& options);
 
   // The loss's gradient into gradients_ after Forward; returns the loss.
   virtual absl::StatusOr<LossBreakdown> Backward(const PassShape& s, const Batch& batch,

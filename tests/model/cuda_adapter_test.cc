@@ -21,30 +21,16 @@
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "tests/kernels/cuda_test_support.h"
+#include "tests/model/cuda_backend_testing.h"
 
 namespace fedmoe::model {
 namespace {
 
-// Small enough for the simulator, with grouped KV heads, a shared expert and a sliding window
-// shorter than the sequence; head_dim 16, which the CUDA attention takes.
-MoeConfig SmallConfig() {
-  MoeConfig config;
-  config.vocab_size = 96;
-  config.hidden_size = 64;
-  config.intermediate_size = 48;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 16;
-  config.num_local_experts = 6;
-  config.num_experts_per_tok = 2;
-  config.n_shared_experts = 1;
-  config.shared_expert_intermediate_size = 32;
-  config.sliding_window = 9;
-  config.max_position_embeddings = 64;
-  config.eos_token_id = 95;
-  return config;
-}
+using testing::ExpectTensorsNear;
+using testing::LossOptions;
+using testing::RandomBatch;
+
+MoeConfig SmallConfig() { return testing::SmallCudaConfig(); }
 
 // Tied embeddings (the output head is the embedding, decoded twice), top-1 routing, no shared
 // expert, no window.
@@ -75,44 +61,6 @@ void Perturb(LoraAdapters& adapters, uint32_t seed) {
   for (const AdapterTensor& spec : adapters.layout().tensors()) {
     if (spec.role == AdapterRole::kLoraA) continue;
     for (float& value : adapters.tensor(spec)) value += normal(generator);
-  }
-}
-
-Batch RandomBatch(const MoeConfig& config, int64_t batch, int64_t seq_len, uint32_t seed) {
-  std::mt19937 generator(seed);
-  Batch result;
-  result.batch = batch;
-  result.seq_len = seq_len;
-  for (int64_t i = 0; i < batch * seq_len; ++i) {
-    result.tokens.push_back(static_cast<int32_t>(generator() % config.vocab_size));
-  }
-  result.targets = NextTokenTargets(result.tokens, batch, seq_len);
-  result.predictions = batch * (seq_len - 1);
-  return result;
-}
-
-BackwardOptions LossOptions(const Batch& batch) {
-  return {.balance_coefficient = 0.05,
-          .predictions_in_step = static_cast<double>(batch.predictions),
-          .step_share = 1.0};
-}
-
-// Every adapter tensor within tolerance × its largest magnitude; a tensor that is zero on the
-// CPU (a frozen A) must be zero here too.
-void ExpectAdapterTensorsNear(const LoraLayout& layout, const std::vector<float>& actual,
-                              const std::vector<float>& expected, double tolerance,
-                              const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size());
-  for (const AdapterTensor& spec : layout.tensors()) {
-    double scale = 0;
-    for (int64_t i = 0; i < spec.size; ++i) {
-      scale = std::max(scale, std::abs(double{expected[static_cast<size_t>(spec.offset + i)]}));
-    }
-    for (int64_t i = 0; i < spec.size; ++i) {
-      const auto at = static_cast<size_t>(spec.offset + i);
-      ASSERT_NEAR(actual[at], expected[at], tolerance * scale + 1e-12)
-          << what << " of " << spec.name << " at " << i << " (tensor scale " << scale << ")";
-    }
   }
 }
 
@@ -179,7 +127,7 @@ TEST_P(CudaAdapterTest, TwoStepsMatchTheCpuBackend) {
     std::vector<float> cpu_gradients(size), gpu_gradients(size);
     ASSERT_TRUE((*cpu)->CopyGradientsTo(cpu_gradients).ok());
     ASSERT_TRUE((*gpu)->CopyGradientsTo(gpu_gradients).ok());
-    ExpectAdapterTensorsNear(layout, gpu_gradients, cpu_gradients, tolerance, "gradient");
+    ExpectTensorsNear(layout, gpu_gradients, cpu_gradients, tolerance, "gradient");
     // Not a vacuous comparison: every B and router has a gradient; A has one only under plain
     // LoRA.
     for (const AdapterTensor& spec : layout.tensors()) {
@@ -207,9 +155,8 @@ TEST_P(CudaAdapterTest, TwoStepsMatchTheCpuBackend) {
     moved += on_gpu_->values()[i] != initial_->values()[i] ? 1 : 0;
   }
   EXPECT_GT(moved, 0);
-  ExpectAdapterTensorsNear(layout, {on_gpu_->values().begin(), on_gpu_->values().end()},
-                           {on_cpu_->values().begin(), on_cpu_->values().end()}, 0.02,
-                           "trained value");
+  ExpectTensorsNear(layout, {on_gpu_->values().begin(), on_gpu_->values().end()},
+                    {on_cpu_->values().begin(), on_cpu_->values().end()}, 0.02, "trained value");
 
   absl::StatusOr<std::vector<std::vector<int64_t>>> cpu_slots = (*cpu)->ExpertSlots();
   absl::StatusOr<std::vector<std::vector<int64_t>>> gpu_slots = (*gpu)->ExpertSlots();
@@ -273,8 +220,7 @@ TEST_P(CudaAdapterTest, ClippedPerRecordSumsMatchTheCpuBackend) {
   std::vector<float> cpu_gradients(size), gpu_gradients(size);
   ASSERT_TRUE((*cpu)->CopyGradientsTo(cpu_gradients).ok());
   ASSERT_TRUE((*gpu)->CopyGradientsTo(gpu_gradients).ok());
-  ExpectAdapterTensorsNear(initial_->layout(), gpu_gradients, cpu_gradients, 1e-4,
-                           "clipped gradient");
+  ExpectTensorsNear(initial_->layout(), gpu_gradients, cpu_gradients, 1e-4, "clipped gradient");
 }
 
 INSTANTIATE_TEST_SUITE_P(

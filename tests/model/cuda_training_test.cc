@@ -19,6 +19,7 @@
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "tests/kernels/cuda_test_support.h"
+#include "tests/model/cuda_backend_testing.h"
 #ifdef FEDMOE_CUDA_SIM
 #include "kernels/cuda/sim/control.h"
 #endif
@@ -26,70 +27,16 @@
 namespace fedmoe::model {
 namespace {
 
-// Small enough for the simulator, with every feature the step has: grouped KV heads, shared
-// experts, a sliding window shorter than the sequence, tied embeddings off.
-MoeConfig SmallConfig() {
-  MoeConfig config;
-  config.vocab_size = 96;
-  config.hidden_size = 64;
-  config.intermediate_size = 48;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 16;
-  config.num_local_experts = 6;
-  config.num_experts_per_tok = 2;
-  config.n_shared_experts = 1;
-  config.shared_expert_intermediate_size = 32;
-  config.sliding_window = 9;
-  config.max_position_embeddings = 64;
-  config.eos_token_id = 95;
-  return config;
-}
+using testing::ExpectTensorsNear;
+using testing::LossOptions;
+using testing::RandomBatch;
 
-Batch RandomBatch(const MoeConfig& config, int64_t batch, int64_t seq_len, uint32_t seed) {
-  std::mt19937 generator(seed);
-  Batch result;
-  result.batch = batch;
-  result.seq_len = seq_len;
-  for (int64_t i = 0; i < batch * seq_len; ++i) {
-    result.tokens.push_back(static_cast<int32_t>(generator() % config.vocab_size));
-  }
-  result.targets = NextTokenTargets(result.tokens, batch, seq_len);
-  result.predictions = batch * (seq_len - 1);
-  return result;
-}
+MoeConfig SmallConfig() { return testing::SmallCudaConfig(); }
 
 BackendOptions OneGpu() {
   BackendOptions options;
   options.devices = 1;
   return options;
-}
-
-BackwardOptions LossOptions(const Batch& batch) {
-  return {.balance_coefficient = 0.05,
-          .predictions_in_step = static_cast<double>(batch.predictions),
-          .step_share = 1.0};
-}
-
-// Every tensor's values within tolerance × the tensor's largest magnitude (gradients of
-// different tensors differ by orders of magnitude, so a tolerance relative to each is fair to
-// the small ones).
-void ExpectTensorsNear(const ModelLayout& layout, const std::vector<float>& actual,
-                       const std::vector<float>& expected, double tolerance,
-                       const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size());
-  for (const TensorSpec& spec : layout.tensors()) {
-    double scale = 0;
-    for (int64_t i = 0; i < spec.size; ++i) {
-      scale = std::max(scale, std::abs(double{expected[static_cast<size_t>(spec.offset + i)]}));
-    }
-    for (int64_t i = 0; i < spec.size; ++i) {
-      const auto at = static_cast<size_t>(spec.offset + i);
-      ASSERT_NEAR(actual[at], expected[at], tolerance * scale + 1e-12)
-          << what << " of " << spec.name << " at " << i << " (tensor scale " << scale << ")";
-    }
-  }
 }
 
 // The largest |actual − expected| of any tensor, as a fraction of that tensor's largest
