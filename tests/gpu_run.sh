@@ -54,7 +54,7 @@ echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$log"
 
 nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv |
   tee "$out/gpu.csv" | tee -a "$log"
-for binary in cuda_kernels_test cuda_training_test attention train_step; do
+for binary in cuda_kernels_test cuda_training_test cuda_adapter_test attention train_step; do
   if ldd "$bin/$binary" | grep -q 'not found'; then
     ldd "$bin/$binary" | grep 'not found' | tee -a "$log"
     status=1
@@ -62,6 +62,7 @@ for binary in cuda_kernels_test cuda_training_test attention train_step; do
 done
 run "$bin/cuda_kernels_test" --gtest_filter="$filter" --gtest_brief=0
 run "$bin/cuda_training_test" --gtest_filter="$filter" --gtest_brief=0
+run "$bin/cuda_adapter_test" --gtest_filter="$filter" --gtest_brief=0
 run "$bin/attention" --config all --iterations 20
 grep '^{.*"benchmark":"attention"' "$log" >"$out/attention.jsonl"
 for config in small medium; do

@@ -14,21 +14,12 @@
 #include "model/init.h"
 #include "model/safetensors.h"
 #include "tests/kernels/gradient_check.h"
+#include "tests/model/adapter_testing.h"
 #include "tests/testing_temp_dir.h"
 #include "tests/testing_tiny_model.h"
 
 namespace fedmoe::model {
 namespace {
-
-// B and the routers moved off their starting values, so that every branch carries signal.
-void Perturb(LoraAdapters& adapters, uint32_t seed, float scale) {
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> normal(0.0F, scale);
-  for (const AdapterTensor& spec : adapters.layout().tensors()) {
-    if (spec.role == AdapterRole::kLoraA) continue;
-    for (float& value : adapters.tensor(spec)) value += normal(generator);
-  }
-}
 
 LoraConfig AllTargets(bool train_a) {
   LoraConfig lora;
@@ -61,7 +52,7 @@ TEST_P(AdapterGradientTest, EveryTrainedTensorMatchesFiniteDifferences) {
   absl::StatusOr<LoraAdapters> made = NewAdapters(base, lora);
   ASSERT_TRUE(made.ok()) << made.status();
   LoraAdapters& adapters = *made;
-  Perturb(adapters, 5, 0.3F);
+  testing::PerturbAdapters(adapters, 5, 0.3F);
   const MoeConfig& config = parameters.config();
   constexpr int64_t kBatch = 2;
   constexpr int64_t kSeqLen = 6;
@@ -152,7 +143,7 @@ TEST(AdaptedModelTest, PerRecordClippingOfAdaptersMatchesEachRecordAlone) {
   const FrozenBase base = FrozenBase::FromParameters(parameters, WeightFormat::kInt8, 8);
   for (const bool train_a : {false, true}) {
     LoraAdapters adapters = *NewAdapters(base, AllTargets(train_a));
-    Perturb(adapters, 6, 0.2F);
+    testing::PerturbAdapters(adapters, 6, 0.2F);
     const MoeConfig& config = parameters.config();
     constexpr int64_t kRecords = 3;
     constexpr int64_t kSeqLen = 5;
@@ -250,7 +241,7 @@ TEST(AdaptedModelTest, FreshAdaptersComputeTheBaseAndMergedAdaptersComputeTheAda
   const std::vector<float> plain = PlainLogits(parameters, tokens, 2, 7);
   ExpectClose(AdaptedLogits(base, adapters, tokens, 2, 7), plain, 1e-6, "B = 0");
 
-  Perturb(adapters, 9, 0.2F);
+  testing::PerturbAdapters(adapters, 9, 0.2F);
   const std::vector<float> adapted = AdaptedLogits(base, adapters, tokens, 2, 7);
   ModelParameters merged = parameters;
   ASSERT_TRUE(MergeAdapters(adapters, merged).ok());
@@ -275,7 +266,7 @@ TEST(AdaptedModelTest, CompactBasesComputeThePlainModelOnTheirDecodedWeights) {
                                decoded.tensor(spec).data());
     }
     LoraAdapters adapters = *NewAdapters(base, AllTargets(false));
-    Perturb(adapters, 10, 0.2F);
+    testing::PerturbAdapters(adapters, 10, 0.2F);
     ModelParameters merged = decoded;
     ASSERT_TRUE(MergeAdapters(adapters, merged).ok());
     ExpectClose(AdaptedLogits(base, adapters, tokens, 2, 5), PlainLogits(merged, tokens, 2, 5),
@@ -301,7 +292,7 @@ TEST(AdaptedModelTest, FfaAveragingIsExactAndPlainLoraAveragingIsNot) {
     std::vector<LoraAdapters> sites;
     for (int k = 0; k < kSites; ++k) {
       LoraAdapters site = *NewAdapters(base, AllTargets(train_a));
-      Perturb(site, 20 + k, 0.2F);
+      testing::PerturbAdapters(site, 20 + k, 0.2F);
       if (train_a) {  // plain LoRA: each site moved its A too
         std::mt19937 generator(40 + k);
         std::normal_distribution<float> normal(0.0F, 0.2F);

@@ -16,13 +16,13 @@
 #include "model/config.h"
 #include "model/data.h"
 
-namespace fedmoe::model::testing {
+namespace fedmoe::testing {
 
 // Small enough for the simulator, with every feature the step has: grouped KV heads, shared
 // experts, a sliding window shorter than the sequence, tied embeddings off; head_dim 16, which
 // the CUDA attention takes.
-inline MoeConfig SmallCudaConfig() {
-  MoeConfig config;
+inline model::MoeConfig SmallCudaConfig() {
+  model::MoeConfig config;
   config.vocab_size = 96;
   config.hidden_size = 64;
   config.intermediate_size = 48;
@@ -41,21 +41,22 @@ inline MoeConfig SmallCudaConfig() {
 }
 
 // `batch` sequences of `seq_len` random tokens, with their next-token targets.
-inline Batch RandomBatch(const MoeConfig& config, int64_t batch, int64_t seq_len, uint32_t seed) {
+inline model::Batch RandomBatch(const model::MoeConfig& config, int64_t batch, int64_t seq_len,
+                                uint32_t seed) {
   std::mt19937 generator(seed);
-  Batch result;
+  model::Batch result;
   result.batch = batch;
   result.seq_len = seq_len;
   for (int64_t i = 0; i < batch * seq_len; ++i) {
     result.tokens.push_back(static_cast<int32_t>(generator() % config.vocab_size));
   }
-  result.targets = NextTokenTargets(result.tokens, batch, seq_len);
+  result.targets = model::NextTokenTargets(result.tokens, batch, seq_len);
   result.predictions = batch * (seq_len - 1);
   return result;
 }
 
 // One micro-batch that is the whole step, with the balance term on.
-inline BackwardOptions LossOptions(const Batch& batch) {
+inline model::BackwardOptions LossOptions(const model::Batch& batch) {
   return {.balance_coefficient = 0.05,
           .predictions_in_step = static_cast<double>(batch.predictions),
           .step_share = 1.0};
@@ -83,6 +84,6 @@ void ExpectTensorsNear(const Layout& layout, const std::vector<float>& actual,
   }
 }
 
-}  // namespace fedmoe::model::testing
+}  // namespace fedmoe::testing
 
 #endif  // FEDMOE_TESTS_MODEL_CUDA_BACKEND_TESTING_H_
