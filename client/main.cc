@@ -13,6 +13,7 @@
 #include "client/client_config.h"
 #include "client/daemon.h"
 #include "client/enroll.h"
+#include "client/generate_command.h"
 #include "client/model_commands.h"
 #include "client/model_sync.h"
 #include "client/peer_keys.h"
@@ -265,7 +266,8 @@ int Main(int argc, char** argv) {
   pki::RequireTls13ForGrpc();
   RouteGrpcLogsToJson();
   model::RetainFreedMemory();
-  const std::string usage = absl::StrCat(kUsage, kTrainUsage, kModelUsage, kPrivacyUsage);
+  const std::string usage =
+      absl::StrCat(kUsage, kTrainUsage, kModelUsage, kGenerateUsage, kPrivacyUsage);
   return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,
                                 {{"enroll", EnrollCommand},
                                  {"run", RunCommand},

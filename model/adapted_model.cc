@@ -8,6 +8,7 @@
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/lora.h"
 #include "kernels/cpu/moe_routing.h"
+#include "model/internal/adapted_blocks.h"
 #include "model/internal/expert_schedule.h"
 #include "model/peft.h"
 
@@ -16,11 +17,7 @@ namespace {
 
 namespace cpu = kernels::cpu;
 
-template <typename Buffer>
-auto* Sized(Buffer& buffer, int64_t size) {
-  buffer.resize(static_cast<size_t>(size));
-  return buffer.data();
-}
+using internal::Sized;
 
 template <typename Buffer>
 auto* Zeroed(Buffer& buffer, int64_t size) {
@@ -198,9 +195,19 @@ void AttentionBlock(const FrozenBase& base, const LoraAdapters& adapters, int64_
   AddInto(residual, layer.input.data(), rows * hidden);
 }
 
-// The MoE half of a layer: layer.residual → out.
-void MoeBlock(const FrozenBase& base, const LoraAdapters& adapters, int64_t index, int64_t rows,
-              LayerActivations& layer, LoraLayerActivations& low, AlignedFloats& out) {
+}  // namespace
+
+namespace internal {
+
+void AdaptedLinearForward(const LoraAdapters& adapters, const FrozenWeight& base,
+                          const LoraSite& site, const float* in, int64_t rows, AlignedFloats& low,
+                          float* out) {
+  Forward(adapters, {base, site}, in, rows, LowBuffer(adapters, site, rows, low), out);
+}
+
+void AdaptedMoeBlock(const FrozenBase& base, const LoraAdapters& adapters, int64_t index,
+                     int64_t rows, LayerActivations& layer, LoraLayerActivations& low,
+                     AlignedFloats& out) {
   const MoeConfig& config = base.config();
   const LayerOffsets& weights = base.layout().layer(index);
   const LayerSites& sites = adapters.layout().layer(index);
@@ -270,7 +277,7 @@ void MoeBlock(const FrozenBase& base, const LoraAdapters& adapters, int64_t inde
                             rows, top_k, hidden);
 }
 
-}  // namespace
+}  // namespace internal
 
 namespace {
 
@@ -352,7 +359,7 @@ absl::Status AdaptedForward(const FrozenBase& base, const LoraAdapters& adapters
     AlignedFloats& next = i + 1 < config.num_hidden_layers
                               ? model.layers[static_cast<size_t>(i + 1)].input
                               : model.final_input;
-    MoeBlock(base, adapters, i, rows, layer, low, next);
+    internal::AdaptedMoeBlock(base, adapters, i, rows, layer, low, next);
   }
 
   float* final_norm = Sized(model.final_norm, rows * hidden);

@@ -9,6 +9,7 @@
 namespace fedmoe::kernels::cpu {
 
 using internal::ConstStridedMap;
+using internal::RowMatrix;
 using internal::StridedMap;
 using internal::View;
 
@@ -165,6 +166,53 @@ void CausalAttentionBackward(const float* q, const float* k, const float* v, con
             d_s.transpose() * q_head.middleRows(start, rows);
       }
     }
+  }
+}
+
+void CachedAttentionForward(const float* q, const float* k_cache, const float* v_cache, float* out,
+                            int64_t rows, int64_t first_position, const AttentionShape& shape) {
+  const int64_t group = shape.heads / shape.kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+  const int64_t q_width = shape.heads * shape.head_dim;
+  const int64_t kv_width = shape.kv_heads * shape.head_dim;
+  const int64_t last_position = first_position + rows - 1;
+  // The keys some new row sees: the first row's window reaches back furthest.
+  const int64_t first_key = shape.sliding_window > 0
+                                ? std::max<int64_t>(0, first_position - shape.sliding_window + 1)
+                                : 0;
+  const int64_t keys = last_position - first_key + 1;
+
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t head = 0; head < shape.heads; ++head) {
+    const Eigen::Index d = static_cast<Eigen::Index>(shape.head_dim);
+    const int64_t kv_head = head / group;
+    const ConstStridedMap q_head(q + head * shape.head_dim, static_cast<Eigen::Index>(rows), d,
+                                 Eigen::OuterStride<>(q_width));
+    const ConstStridedMap k_head(k_cache + first_key * kv_width + kv_head * shape.head_dim,
+                                 static_cast<Eigen::Index>(keys), d,
+                                 Eigen::OuterStride<>(kv_width));
+    const ConstStridedMap v_head(v_cache + first_key * kv_width + kv_head * shape.head_dim,
+                                 static_cast<Eigen::Index>(keys), d,
+                                 Eigen::OuterStride<>(kv_width));
+    StridedMap out_head(out + head * shape.head_dim, static_cast<Eigen::Index>(rows), d,
+                        Eigen::OuterStride<>(q_width));
+    RowMatrix scores = (q_head * k_head.transpose()) * scale;
+    for (int64_t r = 0; r < rows; ++r) {
+      // Row r is at position first_position + r and sees keys back to its window's start.
+      const int64_t position = first_position + r;
+      const int64_t first_visible =
+          shape.sliding_window > 0 ? std::max<int64_t>(0, position - shape.sliding_window + 1) : 0;
+      const auto begin = static_cast<Eigen::Index>(first_visible - first_key);
+      const auto count = static_cast<Eigen::Index>(position - first_visible + 1);
+      auto row = scores.row(static_cast<Eigen::Index>(r));
+      auto visible = row.segment(begin, count).array();
+      const float max_score = visible.maxCoeff();
+      visible = (visible - max_score).exp();
+      visible /= visible.sum();
+      row.head(begin).setZero();
+      row.tail(static_cast<Eigen::Index>(keys) - begin - count).setZero();
+    }
+    out_head.noalias() = scores * v_head;
   }
 }
 

@@ -31,6 +31,15 @@ void CausalAttentionBackward(const float* q, const float* k, const float* v, con
                              const float* d_out, float* d_q, float* d_k, float* d_v,
                              const AttentionShape& shape);
 
+// Attention of `rows` new queries of one sequence, at positions first_position …
+// first_position + rows − 1, over that sequence's cached keys and values at positions 0 …
+// first_position + rows − 1 (k_cache and v_cache [positions, kv_heads·head_dim], after RoPE):
+// the rows CausalAttentionForward would compute for those positions, without recomputing the
+// ones before. q and out are [rows, heads·head_dim]; shape.batch and shape.seq_len are not
+// read. Parallel over heads.
+void CachedAttentionForward(const float* q, const float* k_cache, const float* v_cache, float* out,
+                            int64_t rows, int64_t first_position, const AttentionShape& shape);
+
 }  // namespace fedmoe::kernels::cpu
 
 #endif  // FEDMOE_KERNELS_CPU_ATTENTION_H_

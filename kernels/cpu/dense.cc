@@ -95,13 +95,13 @@ namespace {
 // Rotates each (i, i + head_dim/2) pair of every head by the position's angle; direction −1
 // rotates back by the same angle, which is RoPE's transpose and so its backward.
 void RotateHalves(float* x, int64_t batch, int64_t seq_len, int64_t heads, const RopeTable& table,
-                  float direction) {
+                  float direction, int64_t first_position = 0) {
   const int64_t head_dim = table.head_dim();
   const int64_t half = head_dim / 2;
   const int64_t rows = batch * seq_len;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t position = row % seq_len;
+    const int64_t position = first_position + row % seq_len;
     const float* cos = table.cos(position);
     const float* sin = table.sin(position);
     for (int64_t head = 0; head < heads; ++head) {
@@ -126,6 +126,11 @@ void RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads, const 
 void RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
                   const RopeTable& table) {
   RotateHalves(d_x, batch, seq_len, heads, table, -1.0f);
+}
+
+void RopeForwardAt(float* x, int64_t rows, int64_t heads, int64_t first_position,
+                   const RopeTable& table) {
+  RotateHalves(x, 1, rows, heads, table, 1.0f, first_position);
 }
 
 namespace {

@@ -62,6 +62,11 @@ void RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads, const 
 void RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
                   const RopeTable& table);
 
+// RopeForward over `rows` consecutive positions of one sequence from first_position on: the new
+// rows of a key-value cache. Needs first_position + rows ≤ table.max_positions().
+void RopeForwardAt(float* x, int64_t rows, int64_t heads, int64_t first_position,
+                   const RopeTable& table);
+
 // out = silu(gate) ⊙ up over n values, where silu(g) = g·sigmoid(g).
 void SwiGluForward(const float* gate, const float* up, float* out, int64_t n);
 // Writes (does not add) d_gate and d_up.

@@ -418,4 +418,74 @@ absl::Status CausalAttentionBackward(const float* q, const float* k, const float
   });
 }
 
+namespace {
+
+constexpr int kCachedAttentionThreads = 128;
+
+// One block per new row and query head: its scores against the keys its window sees go to
+// scratch, then the softmax by block reductions, then each output value as a sum over the keys.
+__global__ void CachedAttentionKernel(const float* __restrict__ q,
+                                      const float* __restrict__ k_cache,
+                                      const float* __restrict__ v_cache, float* __restrict__ out,
+                                      float* __restrict__ scratch, int64_t first_position,
+                                      int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                      int64_t sliding_window, int64_t scores_per_row) {
+  const int64_t row = blockIdx.x;
+  const int64_t head = blockIdx.y;
+  const int64_t position = first_position + row;
+  const int64_t first_key =
+      sliding_window > 0 && position + 1 > sliding_window ? position - sliding_window + 1 : 0;
+  const int64_t keys = position - first_key + 1;
+  const int64_t kv_width = kv_heads * head_dim;
+  const int64_t kv_offset = (head / (heads / kv_heads)) * head_dim;
+  const float* query = q + row * heads * head_dim + head * head_dim;
+  float* scores = scratch + (row * heads + head) * scores_per_row;
+  const float scale = rsqrtf(static_cast<float>(head_dim));
+
+  float largest = -FLT_MAX;
+  for (int64_t j = threadIdx.x; j < keys; j += blockDim.x) {
+    const float* key = k_cache + (first_key + j) * kv_width + kv_offset;
+    float dot = 0.0F;
+    for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * key[d];
+    scores[j] = dot * scale;
+    largest = fmaxf(largest, scores[j]);
+  }
+  largest = BlockMax(largest, -FLT_MAX);
+  float total = 0.0F;
+  for (int64_t j = threadIdx.x; j < keys; j += blockDim.x) {
+    scores[j] = expf(scores[j] - largest);
+    total += scores[j];
+  }
+  // The reduction's synchronisation also makes every thread's scores visible to all.
+  total = BlockSum(total);
+  for (int64_t d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float sum = 0.0F;
+    for (int64_t j = 0; j < keys; ++j)
+      sum += scores[j] * v_cache[(first_key + j) * kv_width + kv_offset + d];
+    out[row * heads * head_dim + head * head_dim + d] = sum / total;
+  }
+}
+
+}  // namespace
+
+int64_t CachedAttentionScratch(int64_t rows, int64_t first_position, const AttentionShape& shape) {
+  return rows * shape.heads * (first_position + rows);
+}
+
+absl::Status CachedAttentionForward(const float* q, const float* k_cache, const float* v_cache,
+                                    float* out, int64_t rows, int64_t first_position,
+                                    const AttentionShape& shape, float* scratch) {
+  if (rows == 0) return absl::OkStatus();
+  // The cache's length stands for the sequence's, which the shape need not carry.
+  AttentionShape cached = shape;
+  cached.batch = 1;
+  cached.seq_len = first_position + rows;
+  if (absl::Status status = CheckAttentionShape(cached); !status.ok()) return status;
+  return Launch("cached attention", CachedAttentionKernel,
+                {dim3(static_cast<unsigned>(rows), static_cast<unsigned>(shape.heads)),
+                 dim3(kCachedAttentionThreads)},
+                q, k_cache, v_cache, out, scratch, first_position, shape.heads, shape.kv_heads,
+                shape.head_dim, shape.sliding_window, first_position + rows);
+}
+
 }  // namespace fedmoe::kernels::cuda

@@ -45,6 +45,17 @@ absl::Status CausalAttentionBackward(const float* q, const float* k, const float
                                      float* d_q, float* d_k, float* d_v, float* scratch,
                                      const AttentionShape& shape, AttentionArithmetic arithmetic);
 
+// The floats of scratch CachedAttentionForward needs for `rows` new rows from first_position.
+int64_t CachedAttentionScratch(int64_t rows, int64_t first_position, const AttentionShape& shape);
+
+// cpu::CachedAttentionForward's twin: `rows` new queries of one sequence at positions
+// first_position … against its cached keys and values (after RoPE), one block per row and head.
+// The scores go through `scratch` (CachedAttentionScratch floats) rather than shared memory, so
+// that a long context does not run out of it.
+absl::Status CachedAttentionForward(const float* q, const float* k_cache, const float* v_cache,
+                                    float* out, int64_t rows, int64_t first_position,
+                                    const AttentionShape& shape, float* scratch);
+
 }  // namespace fedmoe::kernels::cuda
 
 #endif  // FEDMOE_KERNELS_CUDA_ATTENTION_H_

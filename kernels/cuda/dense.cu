@@ -93,7 +93,8 @@ __global__ void AddColumnSumsKernel(const T* __restrict__ partials, int64_t chun
 
 __global__ void RopeRotateKernel(float* __restrict__ x, const float* __restrict__ cos,
                                  const float* __restrict__ sin, int64_t rows, int64_t seq_len,
-                                 int64_t heads, int64_t head_dim, float direction) {
+                                 int64_t heads, int64_t head_dim, float direction,
+                                 int64_t first_position) {
   const int64_t half = head_dim / 2;
   const int64_t pairs = rows * heads * half;
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs;
@@ -101,7 +102,7 @@ __global__ void RopeRotateKernel(float* __restrict__ x, const float* __restrict_
     const int64_t i = p % half;
     const int64_t head = (p / half) % heads;
     const int64_t row = p / (half * heads);
-    const int64_t position = row % seq_len;
+    const int64_t position = first_position + row % seq_len;
     float* values = x + row * heads * head_dim + head * head_dim;
     const float c = cos[position * half + i];
     const float s = direction * sin[position * half + i];
@@ -213,12 +214,12 @@ int64_t PartialChunks(int64_t rows) { return (rows + kRowsPerPartial - 1) / kRow
 
 // direction +1 is RoPE, −1 its transpose.
 absl::Status RopeRotate(float* x, int64_t batch, int64_t seq_len, int64_t heads,
-                        const DeviceRopeTable& table, float direction) {
+                        const DeviceRopeTable& table, float direction, int64_t first_position = 0) {
   const int64_t rows = batch * seq_len;
   const int64_t pairs = rows * heads * (table.head_dim / 2);
   if (pairs == 0) return absl::OkStatus();
   return Launch("rope", RopeRotateKernel, PerElement(pairs), x, table.cos, table.sin, rows, seq_len,
-                heads, table.head_dim, direction);
+                heads, table.head_dim, direction, first_position);
 }
 
 }  // namespace
@@ -264,6 +265,11 @@ absl::Status RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads
 absl::Status RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
                           const DeviceRopeTable& table) {
   return RopeRotate(d_x, batch, seq_len, heads, table, -1.0F);
+}
+
+absl::Status RopeForwardAt(float* x, int64_t rows, int64_t heads, int64_t first_position,
+                           const DeviceRopeTable& table) {
+  return RopeRotate(x, 1, rows, heads, table, 1.0F, first_position);
 }
 
 absl::Status SwiGluForward(const float* gate, const float* up, float* act, DeviceBf16* act_bf16,

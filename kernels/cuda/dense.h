@@ -44,6 +44,10 @@ absl::Status RopeForward(float* x, int64_t batch, int64_t seq_len, int64_t heads
 // The inverse rotation, in place on the gradient (RoPE is orthogonal): cpu::RopeBackward's twin.
 absl::Status RopeBackward(float* d_x, int64_t batch, int64_t seq_len, int64_t heads,
                           const DeviceRopeTable& table);
+// cpu::RopeForwardAt's twin: `rows` consecutive positions of one sequence from first_position,
+// which the table must reach.
+absl::Status RopeForwardAt(float* x, int64_t rows, int64_t heads, int64_t first_position,
+                           const DeviceRopeTable& table);
 
 // act = silu(gate) ⊙ up over n values, into act and/or act_bf16 (either may be null).
 absl::Status SwiGluForward(const float* gate, const float* up, float* act, DeviceBf16* act_bf16,

@@ -1,5 +1,5 @@
-// `fedmoe-client model eval|init|inspect|merge-adapter|quantize|trace` as real processes (DESIGN
-// §8).
+// `fedmoe-client model eval|generate|init|inspect|merge-adapter|quantize|trace` as real processes
+// (DESIGN §8).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -14,6 +14,7 @@
 #include "model/checkpoint.h"
 #include "model/evaluation.h"
 #include "model/frozen_base.h"
+#include "model/generation.h"
 #include "model/peft.h"
 #include "model/tokenizer.h"
 #include "tests/integration/process_harness.h"
@@ -339,6 +340,72 @@ TEST_F(ModelCliTest, TrainLoraWritesAPeftDirectoryThatLearns) {
   EXPECT_THAT(refused.err, HasSubstr("--int8 and --bf16 hold a frozen base for --lora"));
 }
 
+// The last line of a command's stderr, as JSON.
+Json LastErrLine(const std::string& err) {
+  const size_t end = err.find_last_not_of('\n');
+  const size_t start = err.rfind('\n', end);
+  return Json::parse(err.substr(start == std::string::npos ? 0 : start + 1));
+}
+
+TEST_F(ModelCliTest, GenerateStreamsWhatTheLibraryGeneratesAndReportsItsRates) {
+  const std::string prompt = "Invoice 1000 is";
+  const CommandResult greedy = Model({"generate", "--model", model_dir(), "--prompt", prompt,
+                                      "--max-tokens", "12", "--temperature", "0", "--seed", "1"});
+  ASSERT_EQ(greedy.exit_code, 0) << greedy.err;
+  const Json summary = LastErrLine(greedy.err);
+  EXPECT_EQ(summary.at("prompt_tokens").get<int64_t>(), static_cast<int64_t>(prompt.size()));
+  const auto generated = summary.at("generated_tokens").get<int64_t>();
+  EXPECT_GE(generated, 1);
+  EXPECT_LE(generated, 12);
+  EXPECT_EQ(summary.at("finish_reason").get<std::string>(), generated == 12 ? "length" : "stop");
+  EXPECT_GT(summary.at("prefill_tokens_per_second").get<double>(), 0);
+  EXPECT_EQ(summary.at("seed").get<uint64_t>(), 1u);
+
+  // The same model in this process: the same text, streamed then a newline.
+  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(model_dir());
+  ASSERT_TRUE(base.ok()) << base.status();
+  const model::LoraAdapters none = model::BaseOnlyAdapters(*base);
+  absl::StatusOr<model::Generator> generator = model::Generator::Create(*base, none);
+  ASSERT_TRUE(generator.ok());
+  model::GenerationOptions options;
+  options.max_tokens = 12;
+  absl::StatusOr<model::GenerationResult> expected = model::Generate(
+      *generator, *model::MakeByteTokenizer(258), prompt, options, [](std::string_view) {});
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  EXPECT_EQ(greedy.out, expected->text + "\n");
+  EXPECT_EQ(static_cast<int64_t>(expected->tokens.size()), generated);
+
+  // Sampling repeats with its seed, from a file's prompt too, and over an INT8 base.
+  WriteFile(dir_.path() / "prompt.txt", prompt);
+  const std::vector<std::string> sampled = {"generate",
+                                            "--model",
+                                            model_dir(),
+                                            "--prompt-file",
+                                            (dir_.path() / "prompt.txt").string(),
+                                            "--max-tokens",
+                                            "10",
+                                            "--temperature",
+                                            "1.2",
+                                            "--top-p",
+                                            "0.9",
+                                            "--seed",
+                                            "77"};
+  const CommandResult first = Model(sampled);
+  const CommandResult again = Model(sampled);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_EQ(first.out, again.out);
+  std::vector<std::string> int8 = sampled;
+  int8.push_back("--int8");
+  const CommandResult quantized = Model(int8);
+  ASSERT_EQ(quantized.exit_code, 0) << quantized.err;
+  EXPECT_EQ(LastErrLine(quantized.err).at("prompt_tokens").get<int64_t>(),
+            static_cast<int64_t>(prompt.size()));
+
+  const CommandResult help = Model({"generate", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("--max-tokens"));
+}
+
 TEST_F(ModelCliTest, BadInputGetsOneSpecificLineAndChangesNothing) {
   struct Case {
     std::vector<std::string> args;
@@ -379,6 +446,16 @@ TEST_F(ModelCliTest, BadInputGetsOneSpecificLineAndChangesNothing) {
                 "--dtype must be f32 or bf16",
                 2},
            Case{{"trace", "--model", model_dir()}, "--text is required", 2},
+           Case{{"generate", "--model", model_dir()}, "--prompt TEXT or --prompt-file FILE", 2},
+           Case{{"generate", "--model", model_dir(), "--prompt", "a", "--temperature=-1"},
+                "temperature must be a finite number",
+                2},
+           Case{{"generate", "--model", model_dir(), "--prompt", "a", "--top-p", "2"},
+                "top_p must be in (0, 1]",
+                2},
+           Case{{"generate", "--model", model_dir(), "--prompt", std::string(300, 'a')},
+                "the model takes at most 256 (max_position_embeddings)",
+                2},
            Case{{"frobnicate"}, "unknown model command 'frobnicate'", 2},
        }) {
     const CommandResult result = Model(c.args);

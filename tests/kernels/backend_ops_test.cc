@@ -57,6 +57,13 @@ class Backend {
   // direction +1 forward, −1 backward.
   virtual void Rope(Floats& x, int64_t batch, int64_t seq_len, int64_t heads,
                     const cpu::RopeTable& table, int direction) = 0;
+  // RoPE over `rows` consecutive positions of one sequence from first_position.
+  virtual void RopeAt(Floats& x, int64_t rows, int64_t heads, int64_t first_position,
+                      const cpu::RopeTable& table) = 0;
+  // New queries at positions first_position … against a sequence's cached keys and values.
+  virtual void CachedAttention(const Floats& q, const Floats& k_cache, const Floats& v_cache,
+                               Floats& out, int64_t rows, int64_t first_position,
+                               const cpu::AttentionShape& shape) = 0;
   virtual void EmbeddingForward(const Ints& tokens, const Floats& table, Floats& out, int64_t rows,
                                 int64_t width) = 0;
   virtual void EmbeddingBackward(const Ints& tokens, const Floats& d_out, Floats& d_table,
@@ -111,6 +118,16 @@ class CpuBackend final : public Backend {
     } else {
       cpu::RopeBackward(x.data(), batch, seq_len, heads, table);
     }
+  }
+  void RopeAt(Floats& x, int64_t rows, int64_t heads, int64_t first_position,
+              const cpu::RopeTable& table) override {
+    cpu::RopeForwardAt(x.data(), rows, heads, first_position, table);
+  }
+  void CachedAttention(const Floats& q, const Floats& k_cache, const Floats& v_cache, Floats& out,
+                       int64_t rows, int64_t first_position,
+                       const cpu::AttentionShape& shape) override {
+    cpu::CachedAttentionForward(q.data(), k_cache.data(), v_cache.data(), out.data(), rows,
+                                first_position, shape);
   }
   void EmbeddingForward(const Ints& tokens, const Floats& table, Floats& out, int64_t rows,
                         int64_t width) override {
@@ -221,6 +238,31 @@ class CudaBackend final : public Backend {
                      : cuda::RopeBackward(device_x.data(), batch, seq_len, heads, device_table))
                     .ok());
     x = Download(device_x);
+  }
+  void RopeAt(Floats& x, int64_t rows, int64_t heads, int64_t first_position,
+              const cpu::RopeTable& table) override {
+    const auto values = static_cast<size_t>(table.max_positions() * table.head_dim() / 2);
+    auto cos = Upload(Floats(table.cos(0), table.cos(0) + values));
+    auto sin = Upload(Floats(table.sin(0), table.sin(0) + values));
+    auto device_x = Upload(x);
+    const cuda::DeviceRopeTable device_table{
+        .cos = cos.data(), .sin = sin.data(), .head_dim = table.head_dim()};
+    EXPECT_TRUE(
+        cuda::RopeForwardAt(device_x.data(), rows, heads, first_position, device_table).ok());
+    x = Download(device_x);
+  }
+  void CachedAttention(const Floats& q, const Floats& k_cache, const Floats& v_cache, Floats& out,
+                       int64_t rows, int64_t first_position,
+                       const cpu::AttentionShape& shape) override {
+    auto device_q = Upload(q), device_k = Upload(k_cache), device_v = Upload(v_cache),
+         device_out = Upload(out),
+         scratch = Upload(Floats(
+             static_cast<size_t>(cuda::CachedAttentionScratch(rows, first_position, shape))));
+    EXPECT_TRUE(cuda::CachedAttentionForward(device_q.data(), device_k.data(), device_v.data(),
+                                             device_out.data(), rows, first_position, shape,
+                                             scratch.data())
+                    .ok());
+    out = Download(device_out);
   }
   void EmbeddingForward(const Ints& tokens, const Floats& table, Floats& out, int64_t rows,
                         int64_t width) override {
@@ -473,6 +515,76 @@ TEST_P(BackendOpsTest, RopeAndItsTranspose) {
   ExpectNear(rotated, forward, 1e-6, "forward");
   backend_->Rope(unrotated, kBatch, kSeq, kHeads, table, -1);
   ExpectNear(unrotated, backward, 1e-6, "backward");
+}
+
+TEST_P(BackendOpsTest, RopeAtAPositionRotatesByThePosition) {
+  constexpr int64_t kRows = 3, kFirst = 7, kHeads = 2, kHeadDim = 16;
+  constexpr double kTheta = 500000;
+  const cpu::RopeTable table(kFirst + kRows, kHeadDim, kTheta);
+  Floats x = RandomVector(kRows * kHeads * kHeadDim, 8);
+  std::vector<double> expected(x.size());
+  for (int64_t row = 0; row < kRows; ++row) {
+    for (int64_t head = 0; head < kHeads; ++head) {
+      const int64_t base = (row * kHeads + head) * kHeadDim;
+      for (int64_t i = 0; i < kHeadDim / 2; ++i) {
+        const double angle =
+            (kFirst + row) * std::pow(kTheta, -2.0 * static_cast<double>(i) / kHeadDim);
+        const double a = x[base + i], b = x[base + i + kHeadDim / 2];
+        expected[base + i] = a * std::cos(angle) - b * std::sin(angle);
+        expected[base + i + kHeadDim / 2] = b * std::cos(angle) + a * std::sin(angle);
+      }
+    }
+  }
+  backend_->RopeAt(x, kRows, kHeads, kFirst, table);
+  ExpectNear(x, expected, 1e-6, "rotated");
+}
+
+// Prefill (rows from position 0) and decoding (one row, or a few, at the end of a longer
+// cache), with grouped KV heads and a window shorter than the cache.
+TEST_P(BackendOpsTest, CachedAttentionSeesEachRowsWindowOfTheCache) {
+  const cpu::AttentionShape shape{
+      .batch = 1, .seq_len = 0, .heads = 4, .kv_heads = 2, .head_dim = 16, .sliding_window = 5};
+  const int64_t width = shape.heads * shape.head_dim, kv_width = shape.kv_heads * shape.head_dim;
+  const int64_t group = shape.heads / shape.kv_heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(shape.head_dim));
+  struct Case {
+    int64_t rows, first;
+  };
+  for (const Case c : {Case{6, 0}, Case{1, 11}, Case{3, 9}}) {
+    SCOPED_TRACE(::testing::Message() << c.rows << " rows from position " << c.first);
+    const int64_t cached = c.first + c.rows;
+    const Floats q = RandomVector(c.rows * width, 21 + c.first),
+                 k = RandomVector(cached * kv_width, 22 + c.first),
+                 v = RandomVector(cached * kv_width, 23 + c.first);
+    std::vector<double> expected(q.size(), 0);
+    for (int64_t r = 0; r < c.rows; ++r) {
+      const int64_t position = c.first + r;
+      const int64_t first_key = std::max<int64_t>(0, position - shape.sliding_window + 1);
+      for (int64_t h = 0; h < shape.heads; ++h) {
+        const int64_t kv = (h / group) * shape.head_dim;
+        std::vector<double> p;
+        double top = -INFINITY, total = 0;
+        for (int64_t j = first_key; j <= position; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < shape.head_dim; ++d) {
+            dot += double{q[r * width + h * shape.head_dim + d]} * k[j * kv_width + kv + d];
+          }
+          p.push_back(dot * scale);
+          top = std::max(top, p.back());
+        }
+        for (double& value : p) total += value = std::exp(value - top);
+        for (int64_t j = first_key; j <= position; ++j) {
+          for (int64_t d = 0; d < shape.head_dim; ++d) {
+            expected[r * width + h * shape.head_dim + d] +=
+                p[j - first_key] / total * v[j * kv_width + kv + d];
+          }
+        }
+      }
+    }
+    Floats out(q.size());
+    backend_->CachedAttention(q, k, v, out, c.rows, c.first, shape);
+    ExpectNear(out, expected, 1e-5, "out");
+  }
 }
 
 TEST_P(BackendOpsTest, EmbeddingGathersRowsAndAddsRepeatedTokens) {
