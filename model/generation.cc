@@ -36,63 +36,103 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-absl::StatusOr<Generator> Generator::Create(const FrozenBase& base, const LoraAdapters& adapters) {
+KvCache::KvCache(int64_t layers, int64_t kv_width)
+    : kv_width_(kv_width),
+      keys_(static_cast<size_t>(layers)),
+      values_(static_cast<size_t>(layers)) {}
+
+size_t KvCache::bytes() const {
+  return 2 * keys_.size() * static_cast<size_t>(length_ * kv_width_) * sizeof(float);
+}
+
+void KvCache::Truncate(int64_t length) {
+  length_ = std::clamp<int64_t>(length, 0, length_);
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    keys_[layer].resize(static_cast<size_t>(length_ * kv_width_));
+    values_[layer].resize(static_cast<size_t>(length_ * kv_width_));
+  }
+}
+
+void KvCache::CopyPrefix(const KvCache& source, int64_t length) {
+  length_ = std::clamp<int64_t>(length, 0, source.length_);
+  kv_width_ = source.kv_width_;
+  keys_.resize(source.keys_.size());
+  values_.resize(source.values_.size());
+  const auto size = static_cast<std::ptrdiff_t>(length_ * kv_width_);
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    keys_[layer].assign(source.keys_[layer].begin(), source.keys_[layer].begin() + size);
+    values_[layer].assign(source.values_[layer].begin(), source.values_[layer].begin() + size);
+  }
+}
+
+absl::StatusOr<BatchDecoder> BatchDecoder::Create(const FrozenBase& base,
+                                                  const LoraAdapters& adapters) {
   if (absl::Status status = CheckAdaptersFit(base.config(), adapters); !status.ok()) {
     return status;
   }
-  return Generator(base, adapters);
+  return BatchDecoder(base, adapters);
 }
 
-Generator::Generator(const FrozenBase& base, const LoraAdapters& adapters)
+BatchDecoder::BatchDecoder(const FrozenBase& base, const LoraAdapters& adapters)
     : base_(&base),
       adapters_(&adapters),
       rope_(base.config().max_position_embeddings, base.config().head_dim,
-            base.config().rope_theta),
-      keys_(static_cast<size_t>(base.config().num_hidden_layers)),
-      values_(static_cast<size_t>(base.config().num_hidden_layers)) {}
+            base.config().rope_theta) {}
 
-absl::StatusOr<std::span<const float>> Generator::Start(std::span<const int32_t> prompt) {
-  if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
-  length_ = 0;
-  return Run(prompt);
+KvCache BatchDecoder::NewCache() const {
+  return KvCache(base_->config().num_hidden_layers, base_->config().key_value_width());
 }
 
-absl::StatusOr<std::span<const float>> Generator::Append(int32_t token) {
-  if (length_ == 0) return absl::FailedPreconditionError("Append before Start");
-  return Run({&token, 1});
-}
-
-absl::StatusOr<std::span<const float>> Generator::Run(std::span<const int32_t> tokens) {
+absl::Status BatchDecoder::CheckSegments(std::span<const DecodeSegment> segments) const {
   const MoeConfig& config = base_->config();
-  const auto rows = static_cast<int64_t>(tokens.size());
-  const int64_t first = length_;
-  if (first + rows > max_length()) {
-    return absl::InvalidArgumentError(absl::StrCat("the sequence would be ", first + rows,
-                                                   " tokens; the model takes at most ",
-                                                   max_length(), " (max_position_embeddings)"));
-  }
-  for (const int32_t token : tokens) {
-    if (token < 0 || token >= config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "token id ", token, " is outside the vocabulary [0, ", config.vocab_size, ")"));
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const DecodeSegment& segment = segments[s];
+    if (segment.cache == nullptr || segment.tokens.empty()) {
+      return absl::InvalidArgumentError("a decode segment has no tokens");
+    }
+    const int64_t length = segment.cache->length() + static_cast<int64_t>(segment.tokens.size());
+    if (length > max_length()) {
+      return absl::InvalidArgumentError(absl::StrCat("the sequence would be ", length,
+                                                     " tokens; the model takes at most ",
+                                                     max_length(), " (max_position_embeddings)"));
+    }
+    if (segment.cache->kv_width_ != config.key_value_width() ||
+        segment.cache->keys_.size() != static_cast<size_t>(config.num_hidden_layers)) {
+      return absl::InvalidArgumentError("a key-value cache belongs to another model");
+    }
+    for (const int32_t token : segment.tokens) {
+      if (token < 0 || token >= config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", token, " is outside the vocabulary [0, ", config.vocab_size, ")"));
+      }
+    }
+    for (size_t earlier = 0; earlier < s; ++earlier) {
+      if (segments[earlier].cache == segment.cache) {
+        return absl::InvalidArgumentError("a key-value cache appears twice in one step");
+      }
     }
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::span<const float>> BatchDecoder::Step(std::span<const DecodeSegment> segments) {
+  if (absl::Status status = CheckSegments(segments); !status.ok()) return status;
+  const MoeConfig& config = base_->config();
   const ModelLayout& layout = base_->layout();
   const int64_t hidden = config.hidden_size;
   const int64_t q_width = config.query_width();
   const int64_t kv_width = config.key_value_width();
   const auto eps = static_cast<float>(config.rms_norm_eps);
-  const cpu::AttentionShape attention{.batch = 1,
-                                      .seq_len = first + rows,
-                                      .heads = config.num_attention_heads,
-                                      .kv_heads = config.num_key_value_heads,
-                                      .head_dim = config.head_dim,
-                                      .sliding_window = config.sliding_window};
+  tokens_.clear();
+  for (const DecodeSegment& segment : segments) {
+    tokens_.insert(tokens_.end(), segment.tokens.begin(), segment.tokens.end());
+  }
+  const auto rows = static_cast<int64_t>(tokens_.size());
 
   float* x = Sized(stream_, rows * hidden);
   const FrozenWeight& embedding = base_->matrix(layout.embed_tokens());
   for (int64_t row = 0; row < rows; ++row) {
-    cpu::DecodeRows(embedding, tokens[static_cast<size_t>(row)], 1, x + row * hidden);
+    cpu::DecodeRows(embedding, tokens_[static_cast<size_t>(row)], 1, x + row * hidden);
   }
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     const LayerOffsets& w = layout.layer(i);
@@ -109,16 +149,33 @@ absl::StatusOr<std::span<const float>> Generator::Run(std::span<const int32_t> t
                                    low_.k_proj, k);
     internal::AdaptedLinearForward(*adapters_, base_->matrix(w.v_proj), sites.v_proj, norm, rows,
                                    low_.v_proj, v);
-    cpu::RopeForwardAt(q, rows, config.num_attention_heads, first, rope_);
-    cpu::RopeForwardAt(k, rows, config.num_key_value_heads, first, rope_);
-    AlignedFloats& keys = keys_[static_cast<size_t>(i)];
-    AlignedFloats& values = values_[static_cast<size_t>(i)];
-    keys.resize(static_cast<size_t>((first + rows) * kv_width));
-    values.resize(static_cast<size_t>((first + rows) * kv_width));
-    std::copy(k, k + rows * kv_width, keys.begin() + first * kv_width);
-    std::copy(v, v + rows * kv_width, values.begin() + first * kv_width);
     float* attended = Sized(layer_.attention_output, rows * q_width);
-    cpu::CachedAttentionForward(q, keys.data(), values.data(), attended, rows, first, attention);
+    // Position-dependent: each sequence at its own offset, over its own cache.
+    int64_t row = 0;
+    for (const DecodeSegment& segment : segments) {
+      const auto count = static_cast<int64_t>(segment.tokens.size());
+      const int64_t first = segment.cache->length();
+      float* segment_q = q + row * q_width;
+      float* segment_k = k + row * kv_width;
+      float* segment_v = v + row * kv_width;
+      cpu::RopeForwardAt(segment_q, count, config.num_attention_heads, first, rope_);
+      cpu::RopeForwardAt(segment_k, count, config.num_key_value_heads, first, rope_);
+      AlignedFloats& keys = segment.cache->keys_[static_cast<size_t>(i)];
+      AlignedFloats& values = segment.cache->values_[static_cast<size_t>(i)];
+      keys.resize(static_cast<size_t>((first + count) * kv_width));
+      values.resize(static_cast<size_t>((first + count) * kv_width));
+      std::copy(segment_k, segment_k + count * kv_width, keys.begin() + first * kv_width);
+      std::copy(segment_v, segment_v + count * kv_width, values.begin() + first * kv_width);
+      const cpu::AttentionShape attention{.batch = 1,
+                                          .seq_len = first + count,
+                                          .heads = config.num_attention_heads,
+                                          .kv_heads = config.num_key_value_heads,
+                                          .head_dim = config.head_dim,
+                                          .sliding_window = config.sliding_window};
+      cpu::CachedAttentionForward(segment_q, keys.data(), values.data(), attended + row * q_width,
+                                  count, first, attention);
+      row += count;
+    }
     float* residual = Sized(layer_.residual, rows * hidden);
     internal::AdaptedLinearForward(*adapters_, base_->matrix(w.o_proj), sites.o_proj, attended,
                                    rows, low_.o_proj, residual);
@@ -126,15 +183,42 @@ absl::StatusOr<std::span<const float>> Generator::Run(std::span<const int32_t> t
     internal::AdaptedMoeBlock(*base_, *adapters_, i, rows, layer_, low_, next_);
     std::swap(stream_, next_);
   }
-  length_ = first + rows;
 
-  // Only the last row's next token is wanted.
-  const float* last = stream_.data() + (rows - 1) * hidden;
-  cpu::RmsNormForward(last, base_->vector(layout.final_norm()), Sized(final_norm_, hidden),
-                      Sized(final_rstd_, 1), 1, hidden, eps);
+  // Only each sequence's last row's next token is wanted.
+  const auto count = static_cast<int64_t>(segments.size());
+  float* last = Sized(last_rows_, count * hidden);
+  int64_t end = 0;
+  for (int64_t s = 0; s < count; ++s) {
+    const DecodeSegment& segment = segments[static_cast<size_t>(s)];
+    end += static_cast<int64_t>(segment.tokens.size());
+    std::copy(stream_.begin() + (end - 1) * hidden, stream_.begin() + end * hidden,
+              last + s * hidden);
+    segment.cache->length_ += static_cast<int64_t>(segment.tokens.size());
+  }
+  cpu::RmsNormForward(last, base_->vector(layout.final_norm()), Sized(final_norm_, count * hidden),
+                      Sized(final_rstd_, count), count, hidden, eps);
   cpu::FrozenLinearForward(final_norm_.data(), base_->matrix(layout.lm_head()),
-                           Sized(logits_, config.vocab_size), 1);
+                           Sized(logits_, count * config.vocab_size), count);
   return std::span<const float>(logits_.data(), logits_.size());
+}
+
+absl::StatusOr<Generator> Generator::Create(const FrozenBase& base, const LoraAdapters& adapters) {
+  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
+  if (!decoder.ok()) return decoder.status();
+  return Generator(*std::move(decoder));
+}
+
+absl::StatusOr<std::span<const float>> Generator::Start(std::span<const int32_t> prompt) {
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
+  cache_.Truncate(0);
+  const DecodeSegment segment{.cache = &cache_, .tokens = prompt};
+  return decoder_.Step({&segment, 1});
+}
+
+absl::StatusOr<std::span<const float>> Generator::Append(int32_t token) {
+  if (cache_.length() == 0) return absl::FailedPreconditionError("Append before Start");
+  const DecodeSegment segment{.cache = &cache_, .tokens = {&token, 1}};
+  return decoder_.Step({&segment, 1});
 }
 
 absl::Status SamplingOptions::Validate() const {
@@ -180,17 +264,91 @@ int32_t TokenSampler::Next(std::span<const float> logits) {
   return ranked_[kept - 1].second;  // rounding left the draw at the very end
 }
 
+absl::Status GenerationOptions::Validate() const {
+  if (absl::Status status = sampling.Validate(); !status.ok()) return status;
+  if (max_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens must be at least 1, not ", max_tokens));
+  }
+  for (const std::string& text : stop) {
+    if (text.empty()) return absl::InvalidArgumentError("a stop string is empty");
+  }
+  return absl::OkStatus();
+}
+
+TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop)
+    : tokenizer_(&tokenizer), stop_(std::move(stop)) {
+  std::erase_if(stop_, [](const std::string& text) { return text.empty(); });
+  for (const std::string& text : stop_) held_back_ = std::max(held_back_, text.size() - 1);
+}
+
+bool TextStream::CutAtStop() {
+  size_t end = std::string::npos;
+  for (const std::string& text : stop_) {
+    // A stop string can begin up to its length before the text not yet shown.
+    const size_t from = shown_ > text.size() ? shown_ - text.size() : 0;
+    end = std::min(end, text_.find(text, from));
+  }
+  if (end == std::string::npos) return false;
+  text_.resize(end);
+  stopped_ = true;
+  return true;
+}
+
+absl::StatusOr<std::string> TextStream::Add(int32_t token) {
+  if (stopped_) return std::string();
+  tokens_.push_back(token);
+  // The window's first tokens are decoded again with the new one, so that a token that ends a
+  // character (or a tokenizer that treats a text's first token specially) decodes as it does
+  // inside the whole text.
+  absl::StatusOr<std::string> decoded = tokenizer_->Decode(
+      std::span<const int32_t>(tokens_).subspan(window_start_, tokens_.size() - window_start_));
+  if (!decoded.ok()) return decoded.status();
+  if (decoded->size() > window_text_.size() && IncompleteUtf8Tail(*decoded) == 0 &&
+      decoded->starts_with(window_text_)) {
+    text_.append(*decoded, window_text_.size());
+    window_start_ = window_end_;
+    window_end_ = tokens_.size();
+    absl::StatusOr<std::string> window = tokenizer_->Decode(
+        std::span<const int32_t>(tokens_).subspan(window_start_, window_end_ - window_start_));
+    if (!window.ok()) return window.status();
+    window_text_ = *std::move(window);
+  }
+  if (CutAtStop()) {
+    std::string piece = text_.substr(std::min(shown_, text_.size()));
+    shown_ = text_.size();
+    return piece;
+  }
+  if (text_.size() <= shown_ + held_back_) return std::string();
+  size_t boundary = text_.size() - held_back_;
+  // Back to the start of the character the held-back bytes begin inside.
+  while (boundary > shown_ && (static_cast<unsigned char>(text_[boundary]) & 0xC0) == 0x80) {
+    --boundary;
+  }
+  std::string piece = text_.substr(shown_, boundary - shown_);
+  shown_ = boundary;
+  return piece;
+}
+
+absl::StatusOr<std::string> TextStream::Finish() {
+  if (!stopped_ && window_end_ < tokens_.size()) {
+    absl::StatusOr<std::string> decoded = tokenizer_->Decode(
+        std::span<const int32_t>(tokens_).subspan(window_start_, tokens_.size() - window_start_));
+    if (!decoded.ok()) return decoded.status();
+    if (decoded->size() > window_text_.size()) text_.append(*decoded, window_text_.size());
+    window_start_ = window_end_ = tokens_.size();
+    window_text_.clear();
+    CutAtStop();
+  }
+  std::string rest = text_.substr(std::min(shown_, text_.size()));
+  shown_ = text_.size();
+  return rest;
+}
+
 absl::StatusOr<GenerationResult> Generate(Generator& generator, const Tokenizer& tokenizer,
                                           std::string_view prompt, const GenerationOptions& options,
                                           const std::function<void(std::string_view)>& on_text) {
-  if (absl::Status status = options.sampling.Validate(); !status.ok()) return status;
-  if (options.max_tokens < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_tokens must be at least 1, not ", options.max_tokens));
-  }
-  for (const std::string& stop : options.stop) {
-    if (stop.empty()) return absl::InvalidArgumentError("a stop string is empty");
-  }
+  if (absl::Status status = options.Validate(); !status.ok()) return status;
   GenerationResult result;
   absl::StatusOr<std::vector<int32_t>> encoded = tokenizer.Encode(prompt);
   if (!encoded.ok()) return encoded.status();
@@ -203,13 +361,9 @@ absl::StatusOr<GenerationResult> Generate(Generator& generator, const Tokenizer&
   if (!logits.ok()) return logits.status();
   result.prefill_seconds = SecondsSince(start);
 
-  // Text is handed on once it ends on a whole character and can no longer be the start of a
-  // stop string.
-  size_t held_back = 0;
-  for (const std::string& stop : options.stop) held_back = std::max(held_back, stop.size() - 1);
-  size_t sent = 0;
   const auto decode_start = std::chrono::steady_clock::now();
   TokenSampler sampler(options.sampling, options.seed);
+  TextStream stream(tokenizer, options.stop);
   result.finish_reason = "length";
   while (static_cast<int64_t>(result.tokens.size()) < options.max_tokens) {
     const int32_t token = sampler.Next(*logits);
@@ -218,29 +372,12 @@ absl::StatusOr<GenerationResult> Generate(Generator& generator, const Tokenizer&
       result.finish_reason = "stop";
       break;
     }
-    absl::StatusOr<std::string> text = tokenizer.Decode(result.tokens);
-    if (!text.ok()) return text.status();
-    result.text = *std::move(text);
-    size_t end = std::string::npos;
-    for (const std::string& stop : options.stop) {
-      const size_t from = sent > stop.size() ? sent - stop.size() : 0;
-      end = std::min(end, result.text.find(stop, from));
-    }
-    if (end != std::string::npos) {
-      result.text.resize(end);
+    absl::StatusOr<std::string> piece = stream.Add(token);
+    if (!piece.ok()) return piece.status();
+    if (!piece->empty()) on_text(*piece);
+    if (stream.stopped()) {
       result.finish_reason = "stop";
       break;
-    }
-    const size_t ready = result.text.size() - IncompleteUtf8Tail(result.text);
-    if (ready > sent + held_back) {
-      size_t boundary = ready - held_back;
-      // Back to the start of the character the held-back bytes begin inside.
-      while (boundary > sent &&
-             (static_cast<unsigned char>(result.text[boundary]) & 0xC0) == 0x80) {
-        --boundary;
-      }
-      on_text(std::string_view(result.text).substr(sent, boundary - sent));
-      sent = boundary;
     }
     if (static_cast<int64_t>(result.tokens.size()) == options.max_tokens ||
         generator.length() == generator.max_length()) {
@@ -250,7 +387,10 @@ absl::StatusOr<GenerationResult> Generate(Generator& generator, const Tokenizer&
     if (!logits.ok()) return logits.status();
   }
   result.decode_seconds = SecondsSince(decode_start);
-  if (result.text.size() > sent) on_text(std::string_view(result.text).substr(sent));
+  absl::StatusOr<std::string> rest = stream.Finish();
+  if (!rest.ok()) return rest.status();
+  if (!rest->empty()) on_text(*rest);
+  result.text = stream.text();
   return result;
 }
 

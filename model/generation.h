@@ -16,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -25,12 +26,83 @@
 
 namespace fedmoe::model {
 
-// One sequence being generated: its keys and values per layer, and the activations of the rows
-// being added. Not thread-safe; one Generator per concurrent sequence, over a shared base.
-class Generator {
+// One sequence's keys and values per layer, after RoPE: what its next rows attend to. Position
+// i's entries depend only on tokens 0…i, so any prefix of a cache is the cache of that prefix
+// (what the prefix cache reuses).
+class KvCache {
+ public:
+  KvCache(int64_t layers, int64_t kv_width);
+
+  // Tokens held.
+  int64_t length() const { return length_; }
+  // Bytes of keys and values held.
+  size_t bytes() const;
+  // Keeps the first `length` positions (at most length()).
+  void Truncate(int64_t length);
+  // Becomes the first `length` positions (at most source.length()) of `source`, a cache of the
+  // same model.
+  void CopyPrefix(const KvCache& source, int64_t length);
+
+ private:
+  friend class BatchDecoder;
+
+  int64_t kv_width_;
+  // Per layer, [length_, kv_width_], grown as the sequence grows.
+  std::vector<AlignedFloats> keys_, values_;
+  int64_t length_ = 0;
+};
+
+// New tokens for one sequence, to run at the end of its cache.
+struct DecodeSegment {
+  KvCache* cache = nullptr;
+  std::span<const int32_t> tokens;
+};
+
+// Runs the new rows of several sequences through the model in one pass (continuous batching):
+// the products and the MoE block, which treat each row alone, take all rows at once, so a
+// weight read from memory serves every sequence in the step; RoPE and attention run per
+// sequence, at its own positions over its own cache. A step may mix a prompt's rows (prefill)
+// with single decode rows. Not thread-safe; the base and adapters are shared read-only.
+class BatchDecoder {
  public:
   // Over `base` and `adapters` (BaseOnlyAdapters for the base alone), which must outlive it.
   // InvalidArgument when the adapters were laid out for another model.
+  static absl::StatusOr<BatchDecoder> Create(const FrozenBase& base, const LoraAdapters& adapters);
+
+  // An empty cache for this model.
+  KvCache NewCache() const;
+
+  // Runs every segment's tokens at the end of its cache, extends the caches, and returns the
+  // logits [segments, vocab_size]: row s scores the token after segment s's last one.
+  // InvalidArgument, before any cache changes, for a segment with no tokens, a token outside
+  // the vocabulary, a sequence that would pass max_length(), or a cache named twice.
+  absl::StatusOr<std::span<const float>> Step(std::span<const DecodeSegment> segments);
+
+  // The longest sequence the model takes: its max_position_embeddings.
+  int64_t max_length() const { return base_->config().max_position_embeddings; }
+  // The token that ends a sequence; −1 when the model's config names none.
+  int64_t eos_token() const { return base_->config().eos_token_id; }
+  int64_t vocab_size() const { return base_->config().vocab_size; }
+
+ private:
+  BatchDecoder(const FrozenBase& base, const LoraAdapters& adapters);
+
+  absl::Status CheckSegments(std::span<const DecodeSegment> segments) const;
+
+  const FrozenBase* base_;
+  const LoraAdapters* adapters_;
+  kernels::cpu::RopeTable rope_;
+  // The step's activations, reused from call to call.
+  std::vector<int32_t> tokens_;
+  LayerActivations layer_;
+  LoraLayerActivations low_;
+  AlignedFloats stream_, next_, last_rows_, final_norm_, final_rstd_, logits_;
+};
+
+// One sequence generated alone: a BatchDecoder over one cache.
+class Generator {
+ public:
+  // As BatchDecoder::Create.
   static absl::StatusOr<Generator> Create(const FrozenBase& base, const LoraAdapters& adapters);
 
   // Starts a new sequence with `prompt` (at least one token) and returns the logits
@@ -43,28 +115,16 @@ class Generator {
   absl::StatusOr<std::span<const float>> Append(int32_t token);
 
   // Tokens in the sequence so far.
-  int64_t length() const { return length_; }
-  // The longest sequence the model takes: its max_position_embeddings.
-  int64_t max_length() const { return base_->config().max_position_embeddings; }
-  // The token that ends a sequence; −1 when the model's config names none.
-  int64_t eos_token() const { return base_->config().eos_token_id; }
+  int64_t length() const { return cache_.length(); }
+  int64_t max_length() const { return decoder_.max_length(); }
+  int64_t eos_token() const { return decoder_.eos_token(); }
 
  private:
-  Generator(const FrozenBase& base, const LoraAdapters& adapters);
+  explicit Generator(BatchDecoder decoder)
+      : decoder_(std::move(decoder)), cache_(decoder_.NewCache()) {}
 
-  // Runs `tokens` at positions length_ … and returns the last one's logits.
-  absl::StatusOr<std::span<const float>> Run(std::span<const int32_t> tokens);
-
-  const FrozenBase* base_;
-  const LoraAdapters* adapters_;
-  kernels::cpu::RopeTable rope_;
-  // Per layer, [length_, kv_width] after RoPE, grown as the sequence grows.
-  std::vector<AlignedFloats> keys_, values_;
-  int64_t length_ = 0;
-  // The new rows' activations, reused from call to call.
-  LayerActivations layer_;
-  LoraLayerActivations low_;
-  AlignedFloats stream_, next_, final_norm_, final_rstd_, logits_;
+  BatchDecoder decoder_;
+  KvCache cache_;
 };
 
 struct SamplingOptions {
@@ -95,12 +155,53 @@ class TokenSampler {
   std::vector<std::pair<double, int32_t>> ranked_;
 };
 
+// Turns generated tokens into text as it becomes safe to show: pieces end on whole UTF-8
+// characters and never hold the start of a stop string, and the text ends before the first stop
+// string. Decodes only a short window of recent tokens per token (a byte-level BPE token may be
+// part of a character, so single tokens cannot be decoded alone), not the whole text.
+class TextStream {
+ public:
+  // Empty stop strings are ignored.
+  TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop);
+
+  // Adds a generated token (not the end-of-sequence one) and returns the text it makes safe to
+  // show, possibly none. Once a stop string completes, stopped() holds and the text ends
+  // before it. Decode's errors.
+  absl::StatusOr<std::string> Add(int32_t token);
+  // At the end of generation: the text held back so far (a partial character included).
+  absl::StatusOr<std::string> Finish();
+
+  bool stopped() const { return stopped_; }
+  // The text so far, up to a stop string.
+  const std::string& text() const { return text_; }
+
+ private:
+  // Looks for a stop string in the text not yet shown; true (and the text cut) when one is there.
+  bool CutAtStop();
+
+  const Tokenizer* tokenizer_;
+  std::vector<std::string> stop_;
+  size_t held_back_ = 0;
+  std::vector<int32_t> tokens_;
+  // tokens_[window_start_, window_end_) decode to the last whole-character piece added to
+  // text_; later tokens have not made a whole character yet.
+  size_t window_start_ = 0, window_end_ = 0;
+  std::string window_text_;
+  std::string text_;
+  size_t shown_ = 0;
+  bool stopped_ = false;
+};
+
 struct GenerationOptions {
   int64_t max_tokens = 128;
   SamplingOptions sampling;
   uint64_t seed = 0;
   // Generation ends before the first of these strings; it is not part of the text.
   std::vector<std::string> stop;
+
+  // InvalidArgument naming the setting at fault: the sampling's, max_tokens below 1, an empty
+  // stop string.
+  absl::Status Validate() const;
 };
 
 struct GenerationResult {

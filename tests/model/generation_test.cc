@@ -1,12 +1,15 @@
 // Generation (model/generation.h) against the full forward pass it must reproduce: the cached
 // logits of every position against AdaptedForward over the whole sequence, greedy tokens against
-// the full pass's argmax, and the sampler's draws against the softmax they come from; then the
+// the full pass's argmax, batched steps of several sequences against each alone, and the
+// sampler's draws against the softmax they come from; then the text stream's pieces and the
 // generation loop's stop strings, streaming and limits.
 #include "model/generation.h"
 
 #include <cmath>
 #include <map>
+#include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -76,6 +79,175 @@ TEST(GeneratorTest, CachedLogitsEqualTheFullPassAtEveryPosition) {
     ASSERT_TRUE(generator->Start({tokens.begin() + 3, tokens.begin() + 5}).ok());
     EXPECT_EQ(generator->length(), 2);
   }
+}
+
+// Logits row `row` of a step against the full pass's last position over `tokens`.
+void ExpectLastLogits(std::span<const float> logits, int64_t row, const FrozenBase& base,
+                      const LoraAdapters& adapters, const std::vector<int32_t>& tokens) {
+  const int64_t vocab = base.config().vocab_size;
+  const std::vector<float> full = FullLogits(base, adapters, tokens);
+  const float* expected = full.data() + (static_cast<int64_t>(tokens.size()) - 1) * vocab;
+  for (int64_t v = 0; v < vocab; ++v) {
+    ASSERT_NEAR(logits[static_cast<size_t>(row * vocab + v)], expected[v],
+                1e-4 * (1 + std::abs(expected[v])))
+        << "segment " << row << " at length " << tokens.size() << ", token " << v;
+  }
+}
+
+TEST(BatchDecoderTest, AStepOfManySequencesEqualsEachSequenceAlone) {
+  const MoeConfig config = WindowedConfig(23);
+  const FrozenBase base =
+      FrozenBase::FromParameters(InitializeModel(config, 4), WeightFormat::kInt8, 8);
+  LoraAdapters adapters = *NewAdapters(base, EveryLinear());
+  testing::PerturbAdapters(adapters, 3, 0.2F);
+  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
+  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  std::vector<std::vector<int32_t>> texts = {testing::RandomTokens(16, config.vocab_size, 1),
+                                             testing::RandomTokens(16, config.vocab_size, 2),
+                                             testing::RandomTokens(16, config.vocab_size, 3)};
+  std::vector<KvCache> caches;
+  for (int i = 0; i < 3; ++i) caches.push_back(decoder->NewCache());
+  // Each step names how many new tokens each sequence gets (0: it sits the step out): a prompt
+  // alone, then a decode row beside two prompts of other lengths (one past the window), then
+  // decode rows and a prompt's second part.
+  const std::vector<std::vector<size_t>> steps = {{5, 0, 0}, {1, 4, 8}, {1, 1, 1}, {1, 3, 1}};
+  std::vector<size_t> lengths(3, 0);
+  for (const std::vector<size_t>& step : steps) {
+    std::vector<DecodeSegment> segments;
+    std::vector<size_t> in_step;
+    for (size_t i = 0; i < 3; ++i) {
+      if (step[i] == 0) continue;
+      segments.push_back(
+          {.cache = &caches[i],
+           .tokens = std::span<const int32_t>(texts[i]).subspan(lengths[i], step[i])});
+      in_step.push_back(i);
+      lengths[i] += step[i];
+    }
+    absl::StatusOr<std::span<const float>> logits = decoder->Step(segments);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    ASSERT_EQ(logits->size(), segments.size() * static_cast<size_t>(config.vocab_size));
+    for (size_t row = 0; row < in_step.size(); ++row) {
+      const size_t i = in_step[row];
+      EXPECT_EQ(caches[i].length(), static_cast<int64_t>(lengths[i]));
+      ExpectLastLogits(
+          *logits, static_cast<int64_t>(row), base, adapters,
+          {texts[i].begin(), texts[i].begin() + static_cast<std::ptrdiff_t>(lengths[i])});
+    }
+  }
+}
+
+TEST(BatchDecoderTest, ACopiedPrefixContinuesAsTheWholePromptWould) {
+  const MoeConfig config = WindowedConfig(23);
+  const FrozenBase base =
+      FrozenBase::FromParameters(InitializeModel(config, 6), WeightFormat::kFloat32);
+  const LoraAdapters adapters = BaseOnlyAdapters(base);
+  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
+  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  const std::vector<int32_t> shared = testing::RandomTokens(12, config.vocab_size, 8);
+  KvCache first = decoder->NewCache();
+  const DecodeSegment whole{.cache = &first, .tokens = shared};
+  ASSERT_TRUE(decoder->Step({&whole, 1}).ok());
+  EXPECT_EQ(first.bytes(),
+            2 * 12 * static_cast<size_t>(config.num_hidden_layers * config.key_value_width()) *
+                sizeof(float));
+
+  // A second prompt shares the first 9 tokens and goes on differently.
+  std::vector<int32_t> other(shared.begin(), shared.begin() + 9);
+  for (const int32_t token : testing::RandomTokens(4, config.vocab_size, 9)) other.push_back(token);
+  KvCache second = decoder->NewCache();
+  second.CopyPrefix(first, 9);
+  ASSERT_EQ(second.length(), 9);
+  const DecodeSegment rest{.cache = &second, .tokens = std::span<const int32_t>(other).subspan(9)};
+  absl::StatusOr<std::span<const float>> logits = decoder->Step({&rest, 1});
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ExpectLastLogits(*logits, 0, base, adapters, other);
+
+  // Truncating goes back to a prefix too.
+  second.Truncate(5);
+  const DecodeSegment again{.cache = &second,
+                            .tokens = std::span<const int32_t>(other).subspan(5, 8)};
+  logits = decoder->Step({&again, 1});
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ExpectLastLogits(*logits, 0, base, adapters, other);
+}
+
+TEST(BatchDecoderTest, ABadStepIsRefusedBeforeAnyCacheChanges) {
+  const MoeConfig config = WindowedConfig(23);
+  const FrozenBase base =
+      FrozenBase::FromParameters(InitializeModel(config, 6), WeightFormat::kFloat32);
+  const LoraAdapters adapters = BaseOnlyAdapters(base);
+  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
+  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  KvCache cache = decoder->NewCache();
+  const std::vector<int32_t> tokens = {1, 2, 3};
+  const std::vector<int32_t> outside = {4, 23};
+  const DecodeSegment good{.cache = &cache, .tokens = tokens};
+  const std::vector<std::pair<std::vector<DecodeSegment>, std::string>> bad = {
+      {{good, good}, "twice"},
+      {{good, {.cache = &cache, .tokens = {}}}, "no tokens"},
+      {{{.cache = &cache, .tokens = outside}}, "outside the vocabulary"},
+  };
+  for (const auto& [segments, why] : bad) {
+    absl::StatusOr<std::span<const float>> logits = decoder->Step(segments);
+    EXPECT_EQ(logits.status().code(), absl::StatusCode::kInvalidArgument) << why;
+    EXPECT_NE(logits.status().message().find(why), std::string_view::npos)
+        << logits.status().message();
+    EXPECT_EQ(cache.length(), 0);
+  }
+  KvCache foreign(config.num_hidden_layers + 1, config.key_value_width());
+  const DecodeSegment wrong{.cache = &foreign, .tokens = tokens};
+  EXPECT_EQ(decoder->Step({&wrong, 1}).status().code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<int32_t> too_long(41, 1);
+  const DecodeSegment past{.cache = &cache, .tokens = too_long};
+  EXPECT_EQ(decoder->Step({&past, 1}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache.length(), 0);
+}
+
+TEST(TextStreamTest, PiecesEndOnWholeCharactersAndMakeUpTheText) {
+  const std::unique_ptr<Tokenizer> tokenizer = MakeByteTokenizer(258);
+  // Two-, three- and four-byte characters, one byte a token, and a special token (256) that
+  // decodes to nothing.
+  const std::string text = "héllo, 世界 🙂 done";
+  std::vector<int32_t> tokens;
+  for (const char byte : text) tokens.push_back(static_cast<unsigned char>(byte));
+  tokens.insert(tokens.begin() + 3, 256);
+  TextStream stream(*tokenizer, {});
+  std::string streamed;
+  for (const int32_t token : tokens) {
+    absl::StatusOr<std::string> piece = stream.Add(token);
+    ASSERT_TRUE(piece.ok()) << piece.status();
+    if (!piece->empty()) {
+      const auto lead = static_cast<unsigned char>(piece->front());
+      EXPECT_NE(lead & 0xC0, 0x80) << "a piece starts inside a character";
+    }
+    streamed += *piece;
+    // Everything whole so far has been handed on.
+    EXPECT_EQ(streamed, stream.text());
+  }
+  absl::StatusOr<std::string> rest = stream.Finish();
+  ASSERT_TRUE(rest.ok());
+  EXPECT_EQ(streamed + *rest, text);
+
+  // A stop string that spans tokens and a multi-byte character.
+  TextStream stopping(*tokenizer, {"界 🙂", ""});
+  streamed.clear();
+  for (const int32_t token : tokens) {
+    absl::StatusOr<std::string> piece = stopping.Add(token);
+    ASSERT_TRUE(piece.ok());
+    streamed += *piece;
+    if (stopping.stopped()) break;
+  }
+  EXPECT_TRUE(stopping.stopped());
+  EXPECT_EQ(streamed, "héllo, 世");
+  EXPECT_EQ(stopping.text(), "héllo, 世");
+  EXPECT_EQ(*stopping.Finish(), "");
+
+  // A character cut off by the end of generation is handed on as it is.
+  TextStream cut(*tokenizer, {});
+  std::string all;
+  for (const int32_t token : {0x61, 0xE4, 0xB8}) all += *cut.Add(token);
+  all += *cut.Finish();
+  EXPECT_EQ(all, "a\xE4\xB8");
 }
 
 TEST(GeneratorTest, GreedyTokensAreTheFullPassArgmaxPositionByPosition) {
