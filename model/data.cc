@@ -286,14 +286,13 @@ void DataStream::AddText(std::string_view text) {
 
 void DataStream::AddExample(std::string_view prompt, std::string_view response) {
   absl::StatusOr<std::vector<int32_t>> prompt_tokens = tokenizer_.Encode(prompt);
-  absl::StatusOr<std::vector<int32_t>> response_tokens = tokenizer_.Encode(response);
-  if (!prompt_tokens.ok() || !response_tokens.ok()) {
+  absl::StatusOr<std::vector<int32_t>> example =
+      EncodeExample(tokenizer_, prompt, response, options_.eos_token);
+  if (!prompt_tokens.ok() || !example.ok()) {
     Warn(line_number_, "cannot tokenize, line skipped");
     return;
   }
-  std::vector<int32_t> all = *prompt_tokens;
-  all.insert(all.end(), response_tokens->begin(), response_tokens->end());
-  all.push_back(options_.eos_token);
+  std::vector<int32_t> all = *std::move(example);
   const auto prompt_length = static_cast<int64_t>(prompt_tokens->size());
   if (record_set_ != nullptr) {
     // A record keeps its whole response, over as many windows as it takes.
@@ -400,6 +399,62 @@ absl::StatusOr<bool> DataStream::Next(Batch& batch) {
     next_file_ = 0;
     std::shuffle(order_.begin(), order_.end(), random_);
   }
+}
+
+absl::StatusOr<std::vector<int32_t>> EncodeExample(const Tokenizer& tokenizer,
+                                                   std::string_view prompt,
+                                                   std::string_view response, int32_t eos_token) {
+  absl::StatusOr<std::vector<int32_t>> tokens = tokenizer.Encode(prompt);
+  if (!tokens.ok()) return tokens.status();
+  absl::StatusOr<std::vector<int32_t>> response_tokens = tokenizer.Encode(response);
+  if (!response_tokens.ok()) return response_tokens.status();
+  tokens->insert(tokens->end(), response_tokens->begin(), response_tokens->end());
+  tokens->push_back(eos_token);
+  return tokens;
+}
+
+absl::StatusOr<std::vector<int32_t>> EncodeChat(const Tokenizer& tokenizer,
+                                                std::span<const ChatMessage> messages,
+                                                int32_t eos_token) {
+  if (messages.empty()) return absl::InvalidArgumentError("the conversation has no messages");
+  std::vector<int32_t> tokens;
+  // The text of the user turn being gathered (system messages and user messages so far).
+  std::string asking;
+  bool has_user_turn = false;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const ChatMessage& message = messages[i];
+    const auto join = [&asking](std::string_view text) {
+      if (!asking.empty()) asking += "\n\n";
+      asking += text;
+    };
+    if (message.role == "system") {
+      join(message.content);
+    } else if (message.role == "user") {
+      join(message.content);
+      has_user_turn = true;
+    } else if (message.role == "assistant") {
+      if (!has_user_turn) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("message ", i, " is the assistant's with no user turn before it"));
+      }
+      absl::StatusOr<std::vector<int32_t>> example =
+          EncodeExample(tokenizer, asking, message.content, eos_token);
+      if (!example.ok()) return example.status();
+      tokens.insert(tokens.end(), example->begin(), example->end());
+      asking.clear();
+      has_user_turn = false;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("message ", i, " has role \"", message.role,
+                                                     "\"; roles are system, user and assistant"));
+    }
+  }
+  if (!has_user_turn) {
+    return absl::InvalidArgumentError("the conversation must end with a user message");
+  }
+  absl::StatusOr<std::vector<int32_t>> question = tokenizer.Encode(asking);
+  if (!question.ok()) return question.status();
+  tokens.insert(tokens.end(), question->begin(), question->end());
+  return tokens;
 }
 
 }  // namespace fedmoe::model

@@ -33,6 +33,29 @@
 
 namespace fedmoe::model {
 
+// A supervised example's tokens, as training reads a {"prompt", "response"} line: the prompt's,
+// the response's (each encoded alone) and EOS. Also the layout the chat endpoint of `serve`
+// renders a conversation in, so a model fine-tuned on such lines is asked the way it learned.
+absl::StatusOr<std::vector<int32_t>> EncodeExample(const Tokenizer& tokenizer,
+                                                   std::string_view prompt,
+                                                   std::string_view response, int32_t eos_token);
+
+struct ChatMessage {
+  // "system", "user" or "assistant".
+  std::string role;
+  std::string content;
+};
+
+// A conversation as the tokens that ask for the assistant's next reply: each finished exchange
+// (a user turn, then the assistant's) as a supervised example, then the last user turn's tokens.
+// A system message's content goes, with a blank line, before the next user turn's. Consecutive
+// user turns are joined by a blank line. InvalidArgument naming the fault: no messages, an
+// unknown role, an assistant turn with no user turn before it, or a conversation that does not
+// end with a user turn.
+absl::StatusOr<std::vector<int32_t>> EncodeChat(const Tokenizer& tokenizer,
+                                                std::span<const ChatMessage> messages,
+                                                int32_t eos_token);
+
 struct DataOptions {
   int64_t seq_len = 128;
   int64_t batch_size = 8;

@@ -14,7 +14,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "model/data.h"
 #include "model/init.h"
+#include "model/prefix_cache.h"
 #include "tests/model/adapter_testing.h"
 #include "tests/testing_tiny_model.h"
 
@@ -201,6 +203,95 @@ TEST(BatchDecoderTest, ABadStepIsRefusedBeforeAnyCacheChanges) {
   const DecodeSegment past{.cache = &cache, .tokens = too_long};
   EXPECT_EQ(decoder->Step({&past, 1}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(cache.length(), 0);
+}
+
+TEST(PrefixCacheTest, ReusesTheLongestSharedPrefixAndEvictsTheLeastRecentlyUsed) {
+  const MoeConfig config = WindowedConfig(23);
+  const FrozenBase base =
+      FrozenBase::FromParameters(InitializeModel(config, 6), WeightFormat::kFloat32);
+  const LoraAdapters adapters = BaseOnlyAdapters(base);
+  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
+  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  const auto prefilled = [&](const std::vector<int32_t>& prompt) {
+    KvCache cache = decoder->NewCache();
+    const DecodeSegment segment{.cache = &cache, .tokens = prompt};
+    EXPECT_TRUE(decoder->Step({&segment, 1}).ok());
+    return cache;
+  };
+  const std::vector<int32_t> a = testing::RandomTokens(10, config.vocab_size, 1);
+  std::vector<int32_t> b = testing::RandomTokens(10, config.vocab_size, 2);
+  const size_t one_entry = prefilled(a).bytes();
+  PrefixCache cache(2 * one_entry, 4);
+  cache.Remember(a, prefilled(a));
+  cache.Remember(b, prefilled(b));
+  EXPECT_EQ(cache.entries(), 2u);
+  EXPECT_EQ(cache.bytes(), 2 * one_entry);
+
+  // A prompt that shares 7 tokens with a, and one equal to a (its last token must still run).
+  std::vector<int32_t> shares_seven(a.begin(), a.begin() + 7);
+  shares_seven.push_back((a[7] + 1) % 23);
+  shares_seven.push_back(3);
+  KvCache reused = decoder->NewCache();
+  EXPECT_EQ(cache.Reuse(shares_seven, reused), 7);
+  EXPECT_EQ(reused.length(), 7);
+  const DecodeSegment rest{.cache = &reused,
+                           .tokens = std::span<const int32_t>(shares_seven).subspan(7)};
+  absl::StatusOr<std::span<const float>> logits = decoder->Step({&rest, 1});
+  ASSERT_TRUE(logits.ok());
+  ExpectLastLogits(*logits, 0, base, adapters, shares_seven);
+  KvCache same = decoder->NewCache();
+  EXPECT_EQ(cache.Reuse(a, same), 9);
+  KvCache none = decoder->NewCache();
+  EXPECT_EQ(cache.Reuse(std::vector<int32_t>{(a[0] + 1) % 23, 1, 2}, none), 0);
+  EXPECT_EQ(none.length(), 0);
+
+  // A third prompt evicts b, used least recently; a short one is not remembered.
+  const std::vector<int32_t> c = testing::RandomTokens(10, config.vocab_size, 3);
+  cache.Remember(c, prefilled(c));
+  const std::vector<int32_t> short_prompt = {1, 2};
+  cache.Remember(short_prompt, prefilled(short_prompt));
+  EXPECT_EQ(cache.entries(), 2u);
+  KvCache probe = decoder->NewCache();
+  EXPECT_EQ(cache.Reuse(b, probe), 0) << "b was evicted";
+  EXPECT_EQ(cache.Reuse(a, probe), 9);
+  EXPECT_EQ(cache.Reuse(c, probe), 9);
+  // A longer prompt that starts with a replaces it.
+  std::vector<int32_t> longer = a;
+  longer.insert(longer.end(), {4, 5, 6});
+  cache.Remember(longer, prefilled(longer));
+  EXPECT_EQ(cache.Reuse(longer, probe), 12);
+  EXPECT_LE(cache.bytes(), 2 * one_entry);
+}
+
+TEST(EncodeChatTest, AConversationIsLaidOutAsSupervisedExamples) {
+  const std::unique_ptr<Tokenizer> tokenizer = MakeByteTokenizer(258);
+  const auto bytes = [](std::string_view text) {
+    std::vector<int32_t> ids;
+    for (const char c : text) ids.push_back(static_cast<unsigned char>(c));
+    return ids;
+  };
+  const std::vector<ChatMessage> one = {{"user", "hi"}};
+  EXPECT_EQ(*EncodeChat(*tokenizer, one, 257), bytes("hi"));
+  const std::vector<ChatMessage> turns = {
+      {"system", "be brief"}, {"user", "a?"}, {"assistant", "b."}, {"user", "c?"}};
+  std::vector<int32_t> expected = bytes("be brief\n\na?b.");
+  expected.push_back(257);
+  for (const int32_t id : bytes("c?")) expected.push_back(id);
+  EXPECT_EQ(*EncodeChat(*tokenizer, turns, 257), expected);
+  EXPECT_EQ(*EncodeExample(*tokenizer, "a?", "b.", 257),
+            std::vector<int32_t>(expected.begin() + 10, expected.begin() + 15));
+
+  const std::vector<std::pair<std::vector<ChatMessage>, std::string>> bad = {
+      {{}, "no messages"},
+      {{{"assistant", "x"}, {"user", "y"}}, "no user turn before it"},
+      {{{"user", "x"}, {"assistant", "y"}}, "must end with a user message"},
+      {{{"tool", "x"}}, "role \"tool\""}};
+  for (const auto& [messages, why] : bad) {
+    absl::StatusOr<std::vector<int32_t>> tokens = EncodeChat(*tokenizer, messages, 257);
+    EXPECT_EQ(tokens.status().code(), absl::StatusCode::kInvalidArgument) << why;
+    EXPECT_NE(tokens.status().message().find(why), std::string_view::npos)
+        << tokens.status().message();
+  }
 }
 
 TEST(TextStreamTest, PiecesEndOnWholeCharactersAndMakeUpTheText) {
