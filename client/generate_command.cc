@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "client/model_flags.h"
 #include "config/command_line.h"
 #include "model/adapted_model.h"
 #include "model/compute.h"
@@ -25,7 +26,6 @@ using config::CommandLine;
 int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-client", status); }
 
 constexpr int64_t kMaxTokens = int64_t{1} << 20;
-constexpr int64_t kMaxThreads = 1024;
 
 absl::StatusOr<std::string> PromptOf(const CommandLine& flags) {
   const std::optional<std::string> text = flags.Get("prompt");
@@ -91,17 +91,11 @@ int GenerateCommand(const std::vector<std::string>& args) {
     options.seed = std::random_device()() & ((uint64_t{1} << 31) - 1);
   }
   options.stop = flags->GetAll("stop");
-  absl::StatusOr<int64_t> threads = flags->IntOr("threads", 0, 0, kMaxThreads);
-  if (!threads.ok()) return Fail(threads.status());
-  model::SetCpuThreads(static_cast<int>(*threads));
-  if (flags->Has("int8") && flags->Has("bf16")) {
-    return Fail(absl::InvalidArgumentError("--int8 and --bf16 exclude each other"));
-  }
-  std::optional<model::WeightFormat> format;
-  if (flags->Has("int8")) format = model::WeightFormat::kInt8;
-  if (flags->Has("bf16")) format = model::WeightFormat::kBfloat16;
+  if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
+  absl::StatusOr<std::optional<model::WeightFormat>> format = HeldWeightFormat(*flags);
+  if (!format.ok()) return Fail(format.status());
 
-  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(*model_dir, format);
+  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(*model_dir, *format);
   if (!base.ok()) return Fail(base.status());
   absl::StatusOr<model::LoraAdapters> adapters =
       flags->Has("adapter") ? model::LoadAdaptersFor(*base, *flags->Get("adapter"))

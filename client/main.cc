@@ -18,6 +18,7 @@
 #include "client/model_sync.h"
 #include "client/peer_keys.h"
 #include "client/privacy_commands.h"
+#include "client/serve_command.h"
 #include "config/command_line.h"
 #include "logging/grpc_log.h"
 #include "logging/log.h"
@@ -267,7 +268,7 @@ int Main(int argc, char** argv) {
   RouteGrpcLogsToJson();
   model::RetainFreedMemory();
   const std::string usage =
-      absl::StrCat(kUsage, kTrainUsage, kModelUsage, kGenerateUsage, kPrivacyUsage);
+      absl::StrCat(kUsage, kTrainUsage, kModelUsage, kGenerateUsage, kServeUsage, kPrivacyUsage);
   return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,
                                 {{"enroll", EnrollCommand},
                                  {"run", RunCommand},
@@ -283,6 +284,7 @@ int Main(int argc, char** argv) {
                                  {"personal", PersonalCommand},
                                  {"train", TrainCommand},
                                  {"model", ModelCommand},
+                                 {"serve", ServeCommand},
                                  {"privacy", PrivacyCommand}});
 }
 

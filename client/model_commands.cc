@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "client/client_config.h"
 #include "client/generate_command.h"
+#include "client/model_flags.h"
 #include "client/model_sync.h"
 #include "client/personal_model.h"
 #include "client/train_options.h"
@@ -39,19 +40,11 @@ using Json = nlohmann::json;
 // Real inputs are far below these; they only keep a typo from allocating the machine away.
 constexpr int64_t kMaxSeqLen = int64_t{1} << 20;
 constexpr int64_t kMaxBatch = 4096;
-constexpr int64_t kMaxThreads = 1024;
 
 int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-client", status); }
 
 std::string JsonLine(const Json& json) {
   return json.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-
-absl::Status ApplyThreads(const CommandLine& flags) {
-  absl::StatusOr<int64_t> threads = flags.IntOr("threads", 0, 0, kMaxThreads);
-  if (!threads.ok()) return threads.status();
-  model::SetCpuThreads(static_cast<int>(*threads));
-  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
@@ -125,12 +118,9 @@ class InferenceModel {
  public:
   static absl::StatusOr<InferenceModel> Load(const std::string& model_dir,
                                              const CommandLine& flags) {
-    if (flags.Has("int8") && flags.Has("bf16")) {
-      return absl::InvalidArgumentError("--int8 and --bf16 exclude each other");
-    }
-    std::optional<model::WeightFormat> format;
-    if (flags.Has("int8")) format = model::WeightFormat::kInt8;
-    if (flags.Has("bf16")) format = model::WeightFormat::kBfloat16;
+    absl::StatusOr<std::optional<model::WeightFormat>> held = HeldWeightFormat(flags);
+    if (!held.ok()) return held.status();
+    const std::optional<model::WeightFormat> format = *held;
     const std::optional<std::string> adapter = flags.Get("adapter");
     // The directory's config first: a wrong directory is named by what it lacks first.
     if (absl::StatusOr<model::MoeConfig> config =
@@ -470,14 +460,10 @@ int HashCommand(const std::vector<std::string>& args) {
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = flags->Require("model");
   if (!model_dir.ok()) return Fail(model_dir.status());
-  if (flags->Has("int8") && flags->Has("bf16")) {
-    return Fail(absl::InvalidArgumentError("--int8 and --bf16 exclude each other"));
-  }
+  absl::StatusOr<std::optional<model::WeightFormat>> format = HeldWeightFormat(*flags);
+  if (!format.ok()) return Fail(format.status());
   if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
-  std::optional<model::WeightFormat> format;
-  if (flags->Has("int8")) format = model::WeightFormat::kInt8;
-  if (flags->Has("bf16")) format = model::WeightFormat::kBfloat16;
-  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(*model_dir, format);
+  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(*model_dir, *format);
   if (!base.ok()) return Fail(base.status());
   if (auto expected = flags->Get("expect")) {
     if (absl::Status status = model::CheckBaseContentHash(*base, *expected, *model_dir);

@@ -139,6 +139,13 @@ prometheus::MetricFamily Gauge(const std::string& name, const std::string& help,
   return family;
 }
 
+prometheus::MetricFamily Counter(const std::string& name, const std::string& help, double value) {
+  prometheus::MetricFamily family{name, help, prometheus::MetricType::Counter, {}};
+  family.metric.emplace_back();
+  family.metric.back().counter.value = value;
+  return family;
+}
+
 prometheus::MetricFamily Labelled(prometheus::MetricType type, const std::string& name,
                                   const std::string& help, const std::string& label,
                                   const std::vector<std::pair<std::string, double>>& samples) {

@@ -62,6 +62,8 @@ class MetricsServer {
 
 // One unlabelled sample, for collectables that read their numbers at scrape time.
 prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value);
+// One unlabelled counter, read at scrape time.
+prometheus::MetricFamily Counter(const std::string& name, const std::string& help, double value);
 // A family of samples that differ by one label.
 prometheus::MetricFamily Labelled(prometheus::MetricType type, const std::string& name,
                                   const std::string& help, const std::string& label,

@@ -127,7 +127,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(std::shared_ptr<const Serv
   return engine;
 }
 
-Engine::~Engine() {
+Engine::~Engine() { Shutdown(); }
+
+void Engine::Shutdown() {
   {
     absl::MutexLock lock(&mutex_);
     stopping_ = true;
@@ -137,6 +139,7 @@ Engine::~Engine() {
   for (Request& request : queue_) {
     request.completion->Finish("", absl::UnavailableError("the server is shutting down"));
   }
+  queue_.clear();
 }
 
 absl::Status Engine::Publish(std::shared_ptr<const ServedModel> model) {
@@ -206,10 +209,14 @@ absl::StatusOr<std::shared_ptr<Completion>> Engine::Submit(const Prompt& prompt,
   completion->model_id_ = served->id;
   absl::MutexLock lock(&mutex_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
-  if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
+  // Counted against the batch and the queue together: a request the batch has room for is
+  // about to join it, whether or not the engine's thread has taken it yet.
+  if (stats_.active + static_cast<int64_t>(queue_.size()) >=
+      options_.max_batch + options_.max_queue) {
     ++stats_.requests_refused_busy;
-    return absl::ResourceExhaustedError(absl::StrCat("the server is busy: ", queue_.size(),
-                                                     " requests are waiting; try again shortly"));
+    return absl::ResourceExhaustedError(absl::StrCat("the server is busy: ", stats_.active,
+                                                     " requests are generating and ", queue_.size(),
+                                                     " waiting; try again shortly"));
   }
   queue_.push_back(Request{.model = served,
                            .tokens = *std::move(tokens),

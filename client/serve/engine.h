@@ -55,7 +55,7 @@ struct ServedModel {
 struct EngineOptions {
   // Sequences generating at once.
   int64_t max_batch = 16;
-  // Requests waiting to join the batch; Submit refuses more.
+  // Requests waiting for room in the batch; Submit refuses more.
   int64_t max_queue = 64;
   // Prompt tokens prefilled per step, over all prefilling sequences.
   int64_t prefill_chunk = 256;
@@ -145,15 +145,20 @@ class Engine {
   // Starts the engine's thread over `model`. InvalidArgument for bad options.
   static absl::StatusOr<std::unique_ptr<Engine>> Start(std::shared_ptr<const ServedModel> model,
                                                        const EngineOptions& options);
-  // Stops the thread; requests still running end with Unavailable.
+  // Shutdown().
   ~Engine();
+
+  // Stops the thread; requests still running or waiting end with Unavailable, and later ones
+  // are refused with it.
+  void Shutdown();
 
   // Encodes the prompt with the current model's tokenizer and queues the request.
   // `max_tokens_given`: whether the caller chose options.max_tokens (otherwise it is what the
   // context leaves after the prompt, up to max_tokens_limit).
   // InvalidArgument naming the fault: a bad option or conversation, an empty prompt, a prompt
   // over max_prompt_tokens, max_tokens over max_tokens_limit, or a prompt and max_tokens past
-  // the model's context. ResourceExhausted when max_queue requests already wait.
+  // the model's context. ResourceExhausted when the batch is full and max_queue requests
+  // already wait.
   absl::StatusOr<std::shared_ptr<Completion>> Submit(const Prompt& prompt,
                                                      model::GenerationOptions options,
                                                      bool max_tokens_given);

@@ -188,7 +188,7 @@ int FreePort() {
 }
 
 bool ScrapeMetrics(const std::string& address, std::map<std::string, double>& samples,
-                   std::string& error) {
+                   std::string& error, const std::string& bearer) {
   samples.clear();
   const size_t colon = address.rfind(':');
   const int port = std::atoi(address.c_str() + colon + 1);
@@ -202,7 +202,9 @@ bool ScrapeMetrics(const std::string& address, std::map<std::string, double>& sa
     error = "cannot connect to " + address;
     return false;
   }
-  const std::string request = "GET /metrics HTTP/1.0\r\nHost: " + address + "\r\n\r\n";
+  const std::string request = "GET /metrics HTTP/1.0\r\nHost: " + address + "\r\n" +
+                              (bearer.empty() ? "" : "Authorization: Bearer " + bearer + "\r\n") +
+                              "\r\n";
   if (::write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
     ::close(fd);
     error = "cannot send the request";

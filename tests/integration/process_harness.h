@@ -71,9 +71,10 @@ bool ReplaceInFile(const std::filesystem::path& path, const std::string& from,
 // exposition format, independently of the library that produced it: every line is a
 // "# HELP"/"# TYPE" comment or a sample `name{labels} value`, and every sample's family was
 // declared by a # TYPE line. Samples are keyed as printed ("name{label=\"v\"}"). Returns
-// false with `error` set when the request fails or a line is malformed.
+// false with `error` set when the request fails or a line is malformed. `bearer`, when given,
+// is sent as the Authorization header.
 bool ScrapeMetrics(const std::string& address, std::map<std::string, double>& samples,
-                   std::string& error);
+                   std::string& error, const std::string& bearer = "");
 
 }  // namespace fedmoe::testing
 
