@@ -7,7 +7,10 @@
 //
 // The products never hold an fp32 copy of the whole weight: a compact weight is decoded
 // kFrozenTileRows output rows at a time into a small tile, which the fp32 GEMM multiplies. The
-// extra memory is a tile per thread, whatever the model's size.
+// extra memory is a tile per thread, whatever the model's size. A forward product of at most
+// kFusedMaxRows rows (generation's decode steps) takes a matrix-vector product per row over each
+// tile instead of a GEMM, which would first pack (copy) the whole weight: such a product is
+// bound by reading the weights once.
 #ifndef FEDMOE_KERNELS_CPU_FROZEN_LINEAR_H_
 #define FEDMOE_KERNELS_CPU_FROZEN_LINEAR_H_
 
@@ -20,6 +23,8 @@ namespace fedmoe::kernels::cpu {
 
 // Output rows decoded at once by the products.
 inline constexpr int64_t kFrozenTileRows = 64;
+// The most input rows a forward product takes as matrix-vector products.
+inline constexpr int64_t kFusedMaxRows = 8;
 
 using kernels::FrozenWeight;
 using kernels::WeightFormat;

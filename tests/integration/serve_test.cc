@@ -4,16 +4,10 @@
 // goes away cancels its work, the bearer token guards every route but /health, and a stream of
 // malformed requests never brings it down.
 //
-// The HTTP client here is the test's own few lines over a socket, independent of the server's
-// library: a request out, the answer read until the server closes (it never keeps connections
-// alive), the chunked body joined.
-#include <arpa/inet.h>
+// The HTTP client is the test's own few lines over a socket (loopback_http.h), independent of
+// the server's library.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <csignal>
 #include <filesystem>
@@ -26,7 +20,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
+#include "tests/integration/loopback_http.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
 
@@ -48,123 +42,12 @@ constexpr char kModelConfig[] = R"({
   "hidden_act": "silu", "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 2
 })";
 
-struct HttpResponse {
-  int status = 0;
-  std::string headers;
-  std::string body;
-};
-
-// One loopback TCP connection.
-class Connection {
- public:
-  explicit Connection(int port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
-    sockaddr_in peer{};
-    peer.sin_family = AF_INET;
-    peer.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    peer.sin_port = htons(static_cast<uint16_t>(port));
-    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)) == 0;
-  }
-  ~Connection() { Close(); }
-  Connection(const Connection&) = delete;
-  Connection& operator=(const Connection&) = delete;
-
-  bool connected() const { return connected_; }
-  bool Send(std::string_view bytes, bool then_end = true) {
-    size_t sent = 0;
-    while (sent < bytes.size()) {
-      const ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      sent += static_cast<size_t>(n);
-    }
-    // The server then sees the request end, whole or not, instead of waiting for more.
-    if (then_end) ::shutdown(fd_, SHUT_WR);
-    return true;
-  }
-  // What arrives within `timeout`; false at the end of the answer.
-  bool Read(std::string& into, absl::Duration timeout) {
-    pollfd ready{.fd = fd_, .events = POLLIN, .revents = 0};
-    if (::poll(&ready, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) <= 0) return true;
-    char buffer[8192];
-    const ssize_t n = ::recv(fd_, buffer, sizeof(buffer), 0);
-    if (n <= 0) return false;
-    into.append(buffer, static_cast<size_t>(n));
-    return true;
-  }
-  std::string ReadToEnd(absl::Duration timeout) {
-    std::string all;
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline && Read(all, absl::Milliseconds(100))) {
-    }
-    return all;
-  }
-  void Close() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-  bool connected_ = false;
-};
-
 std::string Request(std::string_view method, std::string_view path, std::string_view body,
                     std::string_view token = kToken) {
-  std::string request =
-      absl::StrCat(std::string(method), " ", std::string(path), " HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-  if (!token.empty())
-    absl::StrAppend(&request, "Authorization: Bearer ", std::string(token), "\r\n");
-  if (method == "POST") {
-    absl::StrAppend(&request, "Content-Type: application/json\r\nContent-Length: ", body.size(),
-                    "\r\n");
-  }
-  absl::StrAppend(&request, "\r\n", std::string(body));
-  return request;
+  return HttpRequest(method, path, body, token);
 }
 
-// The chunked transfer coding undone.
-std::string Dechunk(std::string_view chunked) {
-  std::string body;
-  size_t at = 0;
-  while (at < chunked.size()) {
-    const size_t line_end = chunked.find("\r\n", at);
-    if (line_end == std::string_view::npos) break;
-    const size_t size = std::stoul(std::string(chunked.substr(at, line_end - at)), nullptr, 16);
-    if (size == 0) break;
-    body.append(chunked.substr(line_end + 2, size));
-    at = line_end + 2 + size + 2;
-  }
-  return body;
-}
-
-HttpResponse Parse(const std::string& raw) {
-  HttpResponse response;
-  const size_t end = raw.find("\r\n\r\n");
-  if (raw.rfind("HTTP/1.1 ", 0) != 0 || end == std::string::npos) return response;
-  response.status = std::stoi(raw.substr(9, 3));
-  response.headers = raw.substr(0, end);
-  response.body = raw.substr(end + 4);
-  if (response.headers.find("Transfer-Encoding: chunked") != std::string::npos) {
-    response.body = Dechunk(response.body);
-  }
-  return response;
-}
-
-HttpResponse Call(int port, const std::string& request) {
-  Connection connection(port);
-  if (!connection.connected() || !connection.Send(request)) return {};
-  return Parse(connection.ReadToEnd(absl::Seconds(60)));
-}
-
-// The data of each server-sent event.
-std::vector<std::string> Events(const std::string& body) {
-  std::vector<std::string> events;
-  size_t at = 0;
-  for (size_t end; (end = body.find("\n\n", at)) != std::string::npos; at = end + 2) {
-    const std::string event = body.substr(at, end - at);
-    if (event.rfind("data: ", 0) == 0) events.push_back(event.substr(6));
-  }
-  return events;
-}
+HttpResponse Call(int port, const std::string& request) { return HttpCall(port, request); }
 
 // Text as the server's JSON carries it: bytes that are not UTF-8 become U+FFFD.
 std::string AsJsonText(const std::string& bytes) {
@@ -250,7 +133,7 @@ Streamed StreamChat(int port, const json& request) {
   const HttpResponse response = Call(port, Request("POST", "/v1/chat/completions", request.dump()));
   EXPECT_EQ(response.status, 200) << response.body;
   EXPECT_THAT(response.headers, HasSubstr("Content-Type: text/event-stream"));
-  const std::vector<std::string> events = Events(response.body);
+  const std::vector<std::string> events = ServerSentEvents(response.body);
   if (events.empty()) return streamed;
   streamed.ended_with_done = events.back() == "[DONE]";
   for (size_t i = 0; i + 1 < events.size(); ++i) {
@@ -536,7 +419,7 @@ TEST_F(ServeTest, MalformedRequestsNeverBringItDown) {
     Connection connection(port);
     ASSERT_TRUE(connection.connected()) << "the server is gone after request " << i;
     connection.Send(requests[i]);
-    const HttpResponse response = Parse(connection.ReadToEnd(absl::Seconds(30)));
+    const HttpResponse response = ParseHttpResponse(connection.ReadToEnd(absl::Seconds(30)));
     if (response.status != 0) ++answered;
     EXPECT_TRUE(response.status == 0 || response.status == 200 ||
                 (response.status >= 400 && response.status < 500))

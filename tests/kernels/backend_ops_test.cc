@@ -771,51 +771,55 @@ TEST_P(BackendOpsTest, AdamWClipsDecaysAndLeavesOtherRangesAlone) {
 // its definition: the fp32 values, bf16 bits widened, scale · q per group of 32 columns.
 TEST_P(BackendOpsTest, FrozenLinearInEveryFormat) {
   // 150 output rows: two of the CPU's 64-row tiles and a partial one; 70 columns: a partial group.
-  constexpr int64_t kRows = 5, kIn = 70, kOut = 150, kGroup = 32;
-  const Floats weights = RandomVector(kOut * kIn, 31);
-  const cpu::Int8Matrix int8 = cpu::QuantizeInt8(weights, kOut, kIn, kGroup);
-  std::vector<uint16_t> bf16(weights.size());
-  for (size_t i = 0; i < weights.size(); ++i) {
-    uint32_t bits = 0;
-    std::memcpy(&bits, &weights[i], sizeof(bits));
-    bf16[i] = static_cast<uint16_t>((bits + 0x8000U) >> 16);  // nearest (no ties here)
-  }
-  const Floats in = RandomVector(kRows * kIn, 32), d_out = RandomVector(kRows * kOut, 33);
-  for (const FrozenWeight& weight :
-       {FrozenWeight::Float32(weights.data(), kOut, kIn),
-        FrozenWeight::Bfloat16(bf16.data(), kOut, kIn), FrozenWeight::Int8(int8)}) {
-    std::vector<double> decoded(weights.size());
-    for (int64_t o = 0; o < kOut; ++o) {
-      for (int64_t c = 0; c < kIn; ++c) {
-        const size_t i = static_cast<size_t>(o * kIn + c);
-        if (weight.format == WeightFormat::kFloat32) {
-          decoded[i] = weights[i];
-        } else if (weight.format == WeightFormat::kBfloat16) {
-          const uint32_t bits = uint32_t{bf16[i]} << 16;
-          float value = 0;
-          std::memcpy(&value, &bits, sizeof(value));
-          decoded[i] = value;
-        } else {
-          const int64_t groups = (kIn + kGroup - 1) / kGroup;
-          decoded[i] =
-              double{int8.scales[static_cast<size_t>(o * groups + c / kGroup)]} * int8.values[i];
-        }
-      }
+  // 5 input rows take the CPU's fused path (at most kFusedMaxRows), 12 its tiles.
+  for (const int64_t kRows : {int64_t{5}, int64_t{12}}) {
+    constexpr int64_t kIn = 70, kOut = 150, kGroup = 32;
+    const Floats weights = RandomVector(kOut * kIn, 31);
+    const cpu::Int8Matrix int8 = cpu::QuantizeInt8(weights, kOut, kIn, kGroup);
+    std::vector<uint16_t> bf16(weights.size());
+    for (size_t i = 0; i < weights.size(); ++i) {
+      uint32_t bits = 0;
+      std::memcpy(&bits, &weights[i], sizeof(bits));
+      bf16[i] = static_cast<uint16_t>((bits + 0x8000U) >> 16);  // nearest (no ties here)
     }
-    std::vector<double> out(static_cast<size_t>(kRows * kOut)), d_in(in.size(), 0.25);
-    for (int64_t r = 0; r < kRows; ++r) {
+    const Floats in = RandomVector(kRows * kIn, 32), d_out = RandomVector(kRows * kOut, 33);
+    for (const FrozenWeight& weight :
+         {FrozenWeight::Float32(weights.data(), kOut, kIn),
+          FrozenWeight::Bfloat16(bf16.data(), kOut, kIn), FrozenWeight::Int8(int8)}) {
+      std::vector<double> decoded(weights.size());
       for (int64_t o = 0; o < kOut; ++o) {
         for (int64_t c = 0; c < kIn; ++c) {
-          out[r * kOut + o] += double{in[r * kIn + c]} * decoded[o * kIn + c];
-          d_in[r * kIn + c] += double{d_out[r * kOut + o]} * decoded[o * kIn + c];
+          const size_t i = static_cast<size_t>(o * kIn + c);
+          if (weight.format == WeightFormat::kFloat32) {
+            decoded[i] = weights[i];
+          } else if (weight.format == WeightFormat::kBfloat16) {
+            const uint32_t bits = uint32_t{bf16[i]} << 16;
+            float value = 0;
+            std::memcpy(&value, &bits, sizeof(value));
+            decoded[i] = value;
+          } else {
+            const int64_t groups = (kIn + kGroup - 1) / kGroup;
+            decoded[i] =
+                double{int8.scales[static_cast<size_t>(o * groups + c / kGroup)]} * int8.values[i];
+          }
         }
       }
+      std::vector<double> out(static_cast<size_t>(kRows * kOut)), d_in(in.size(), 0.25);
+      for (int64_t r = 0; r < kRows; ++r) {
+        for (int64_t o = 0; o < kOut; ++o) {
+          for (int64_t c = 0; c < kIn; ++c) {
+            out[r * kOut + o] += double{in[r * kIn + c]} * decoded[o * kIn + c];
+            d_in[r * kIn + c] += double{d_out[r * kOut + o]} * decoded[o * kIn + c];
+          }
+        }
+      }
+      Floats got_out(out.size(), 9.0F), got_d_in(in.size(), 0.25F);
+      backend_->FrozenLinear(weight, in, d_out, got_out, got_d_in, kRows);
+      const std::string format =
+          std::to_string(static_cast<int>(weight.format)) + ", rows " + std::to_string(kRows);
+      ExpectNear(got_out, out, 1e-5, "out, format " + format);
+      ExpectNear(got_d_in, d_in, 1e-5, "d_in (added to what was there), format " + format);
     }
-    Floats got_out(out.size(), 9.0F), got_d_in(in.size(), 0.25F);
-    backend_->FrozenLinear(weight, in, d_out, got_out, got_d_in, kRows);
-    const std::string format = std::to_string(static_cast<int>(weight.format));
-    ExpectNear(got_out, out, 1e-5, "out, format " + format);
-    ExpectNear(got_d_in, d_in, 1e-5, "d_in (added to what was there), format " + format);
   }
 }
 
