@@ -96,6 +96,14 @@ void ExpectLastLogits(std::span<const float> logits, int64_t row, const FrozenBa
   }
 }
 
+// The plain fp32 model the cache tests run on, with its decoder.
+struct PlainModel {
+  MoeConfig config = WindowedConfig(23);
+  FrozenBase base = FrozenBase::FromParameters(InitializeModel(config, 6), WeightFormat::kFloat32);
+  LoraAdapters adapters = BaseOnlyAdapters(base);
+  BatchDecoder decoder = *BatchDecoder::Create(base, adapters);
+};
+
 TEST(BatchDecoderTest, AStepOfManySequencesEqualsEachSequenceAlone) {
   const MoeConfig config = WindowedConfig(23);
   const FrozenBase base =
@@ -139,12 +147,11 @@ TEST(BatchDecoderTest, AStepOfManySequencesEqualsEachSequenceAlone) {
 }
 
 TEST(BatchDecoderTest, ACopiedPrefixContinuesAsTheWholePromptWould) {
-  const MoeConfig config = WindowedConfig(23);
-  const FrozenBase base =
-      FrozenBase::FromParameters(InitializeModel(config, 6), WeightFormat::kFloat32);
-  const LoraAdapters adapters = BaseOnlyAdapters(base);
-  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
-  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  PlainModel model;
+  const MoeConfig& config = model.config;
+  const FrozenBase& base = model.base;
+  const LoraAdapters& adapters = model.adapters;
+  BatchDecoder* decoder = &model.decoder;
   const std::vector<int32_t> shared = testing::RandomTokens(12, config.vocab_size, 8);
   KvCache first = decoder->NewCache();
   const DecodeSegment whole{.cache = &first, .tokens = shared};
@@ -174,12 +181,9 @@ TEST(BatchDecoderTest, ACopiedPrefixContinuesAsTheWholePromptWould) {
 }
 
 TEST(BatchDecoderTest, ABadStepIsRefusedBeforeAnyCacheChanges) {
-  const MoeConfig config = WindowedConfig(23);
-  const FrozenBase base =
-      FrozenBase::FromParameters(InitializeModel(config, 6), WeightFormat::kFloat32);
-  const LoraAdapters adapters = BaseOnlyAdapters(base);
-  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
-  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  PlainModel model;
+  const MoeConfig& config = model.config;
+  BatchDecoder* decoder = &model.decoder;
   KvCache cache = decoder->NewCache();
   const std::vector<int32_t> tokens = {1, 2, 3};
   const std::vector<int32_t> outside = {4, 23};
@@ -206,12 +210,11 @@ TEST(BatchDecoderTest, ABadStepIsRefusedBeforeAnyCacheChanges) {
 }
 
 TEST(PrefixCacheTest, ReusesTheLongestSharedPrefixAndEvictsTheLeastRecentlyUsed) {
-  const MoeConfig config = WindowedConfig(23);
-  const FrozenBase base =
-      FrozenBase::FromParameters(InitializeModel(config, 6), WeightFormat::kFloat32);
-  const LoraAdapters adapters = BaseOnlyAdapters(base);
-  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
-  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  PlainModel model;
+  const MoeConfig& config = model.config;
+  const FrozenBase& base = model.base;
+  const LoraAdapters& adapters = model.adapters;
+  BatchDecoder* decoder = &model.decoder;
   const auto prefilled = [&](const std::vector<int32_t>& prompt) {
     KvCache cache = decoder->NewCache();
     const DecodeSegment segment{.cache = &cache, .tokens = prompt};
