@@ -36,6 +36,7 @@ absl::StatusOr<ClientConfig> ClientConfig::Load(const std::filesystem::path& pat
   reader->Read("metrics.listen", &config.metrics_listen);
   PrivacyPolicy::Read(*reader, &config.privacy_policy);
   PersonalizationSettings::Read(*reader, &config.personalization);
+  ServeSettings::Read(*reader, &config.serve);
   if (config.threads < 0 || config.threads > 1024) {
     reader->Invalid("training.threads", "must be between 0 (all cores) and 1024");
   }
@@ -128,7 +129,8 @@ std::string ClientConfig::ToYaml() const {
       "metrics:\n"
       "  # Prometheus /metrics endpoint, host:port; empty turns it off.\n"
       "  listen: \"",
-      metrics_listen, "\"\n\n", privacy_policy.ToYaml(), "\n", personalization.ToYaml());
+      metrics_listen, "\"\n\n", privacy_policy.ToYaml(), "\n", personalization.ToYaml(), "\n",
+      serve.ToYaml());
 }
 
 }  // namespace fedmoe::client

@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "client/personal_model.h"
 #include "client/privacy_policy.h"
+#include "client/serve_host.h"
 #include "client/train_options.h"
 #include "config/command_line.h"
 #include "model/forward.h"
@@ -69,6 +70,8 @@ struct ClientConfig {
   PrivacyPolicy privacy_policy;
   // The site's personal model: private experts, a Ditto copy, or none (personal_model.h).
   PersonalizationSettings personalization;
+  // The OpenAI-compatible server over the newest global model (serve_host.h); off by default.
+  ServeSettings serve;
 
   static absl::StatusOr<ClientConfig> Load(const std::filesystem::path& path);
   std::string ToYaml() const;

@@ -283,6 +283,7 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
           .Field("bytes_sent", progress_.bytes_sent_last_round);
       if (finished.outcome() == v1::ROUND_STAGE_COMMITTED) {
         RefreshPersonalModel(finished.new_model_version());
+        ServeVersion(finished.new_model_version());
       }
       WriteStatus("connected", "");
       return;
@@ -292,6 +293,7 @@ void ClientDaemon::HandleTask(const v1::PollTaskResponse& response) {
       if (response.idle().latest_model_version() > personal_version_) {
         RefreshPersonalModel(response.idle().latest_model_version());
       }
+      ServeVersion(response.idle().latest_model_version());
       // The coordinator held as many polls as it may and said when to come back.
       const absl::Duration delay = NextPollDelay(response.idle(), jitter_);
       if (delay <= absl::ZeroDuration()) return;
@@ -377,6 +379,10 @@ absl::Status ClientDaemon::Run() {
     if (personal->mode == config_.personalization.mode) {
       personal_version_ = personal->global_version;
     }
+  }
+  if (config_.serve.enabled()) {
+    serve_host_ = std::make_unique<ServeHost>(config_.serve, config_.federation);
+    ServeVersion(progress_.model_version);
   }
   LogEvent(LogLevel::kInfo, "daemon_started")
       .Field("client_id", config_.client_id)

@@ -22,6 +22,7 @@
 #include "client/personal_model.h"
 #include "client/record_ledger.h"
 #include "client/round_participant.h"
+#include "client/serve_host.h"
 #include "client/update.h"
 #include "fedmoe/v1/enrollment.grpc.pb.h"
 #include "fedmoe/v1/federation.grpc.pb.h"
@@ -113,6 +114,12 @@ class ClientDaemon {
   // RefreshPersonal), downloading the version first. Tried once per version; a failure is
   // logged, and the site keeps the personal model it has.
   void RefreshPersonalModel(uint64_t version);
+  // Global version `version`'s directory, downloaded if this site does not hold it yet.
+  absl::StatusOr<std::filesystem::path> DownloadVersion(uint64_t version);
+  // Hands global version `version` to the serve: block's server (downloading it first), when
+  // serving is on and it is newer than what is served. Tried once per version; a failure is
+  // logged, and the server keeps the model it serves.
+  void ServeVersion(uint64_t version);
   // The record-level ledger's accounts for status.json, as a JSON array.
   std::string RecordPrivacyStatus() const;
   // A later SecAgg+ stage of the round this client is in: `step` does it, and on success the
@@ -157,6 +164,9 @@ class ClientDaemon {
   std::optional<model::TrainOptions> last_round_options_;
   // The newest global version the personal model was brought to, or tried.
   uint64_t personal_version_ = 0;
+  // The serve: block's server, when it is on, and the newest version handed to it or tried.
+  std::unique_ptr<ServeHost> serve_host_;
+  uint64_t serve_tried_version_ = 0;
   // status.json's record_privacy array, refreshed at each charge or refusal.
   std::string record_privacy_status_ = "[]";
   std::shared_ptr<ClientMetrics> metrics_ = std::make_shared<ClientMetrics>();

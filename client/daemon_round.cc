@@ -428,6 +428,49 @@ absl::Status ClientDaemon::KeepPrivateExperts(const model::ModelParameters& glob
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::filesystem::path> ClientDaemon::DownloadVersion(uint64_t version) {
+  v1::GetModelManifestRequest request;
+  request.set_version(version);
+  v1::ModelManifest manifest;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  if (grpc::Status got = federation_->GetModelManifest(&context, request, &manifest); !got.ok()) {
+    return FromGrpc(got, "GetModelManifest");
+  }
+  absl::StatusOr<std::filesystem::path> directory =
+      SyncModel(*federation_, manifest, config_.state_dir.models());
+  if (!directory.ok()) return directory.status();
+  progress_.model_version = std::max(progress_.model_version, version);
+  return directory;
+}
+
+void ClientDaemon::ServeVersion(uint64_t version) {
+  if (serve_host_ == nullptr || version == 0 || version <= serve_host_->version() ||
+      version <= serve_tried_version_ || federation_ == nullptr) {
+    return;
+  }
+  serve_tried_version_ = version;
+  absl::Status status = [&]() -> absl::Status {
+    const std::filesystem::path held = config_.state_dir.models() / absl::StrCat("v", version);
+    absl::StatusOr<std::filesystem::path> directory =
+        storage::IsDirectory(held) ? absl::StatusOr<std::filesystem::path>(held)
+                                   : DownloadVersion(version);
+    if (!directory.ok()) return directory.status();
+    std::optional<std::filesystem::path> base;
+    if (held_base_.has_value()) {
+      base = held_base_->directory;
+    } else if (!config_.base.empty()) {
+      base = config_.base;
+    }
+    return serve_host_->Offer(version, *directory, base);
+  }();
+  if (!status.ok()) {
+    LogEvent(LogLevel::kWarning, "serve_model_failed")
+        .Field("global_version", static_cast<int64_t>(version))
+        .Error(status);
+  }
+}
+
 void ClientDaemon::RefreshPersonalModel(uint64_t version) {
   if (config_.personalization.mode == PersonalMode::kNone || version <= personal_version_ ||
       federation_ == nullptr) {
@@ -435,18 +478,8 @@ void ClientDaemon::RefreshPersonalModel(uint64_t version) {
   }
   personal_version_ = version;
   absl::Status status = [&]() -> absl::Status {
-    v1::GetModelManifestRequest request;
-    request.set_version(version);
-    v1::ModelManifest manifest;
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    if (grpc::Status got = federation_->GetModelManifest(&context, request, &manifest); !got.ok()) {
-      return FromGrpc(got, "GetModelManifest");
-    }
-    absl::StatusOr<std::filesystem::path> directory =
-        SyncModel(*federation_, manifest, config_.state_dir.models());
+    absl::StatusOr<std::filesystem::path> directory = DownloadVersion(version);
     if (!directory.ok()) return directory.status();
-    progress_.model_version = std::max(progress_.model_version, version);
     if (storage::PathExists(*directory / model::kAdapterConfigFile)) {
       return absl::FailedPreconditionError(
           "personal models are built over whole global models; this federation publishes "

@@ -25,6 +25,7 @@
 #include "privacy/noise.h"
 #include "privacy/rdp_accountant.h"
 #include "tests/integration/coordinator_fixture.h"
+#include "tests/integration/loopback_http.h"
 #include "tests/integration/process_harness.h"
 #include "tests/testing_temp_dir.h"
 
@@ -147,7 +148,15 @@ TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss)
   mode: distributed
   noise_multiplier: 0.001
 )"));
-  AddThreeClients();
+  // The bank also serves the federation's model (the serve: block).
+  const std::filesystem::path bank = EnrollWithCorpus("bank", "finance");
+  const int serve_port = FreePort();
+  ASSERT_TRUE(
+      ReplaceInFile(bank / "client.yaml", "needs token_file.\n  listen: \"\"",
+                    absl::StrCat("needs token_file.\n  listen: \"127.0.0.1:", serve_port, "\"")));
+  clients_["bank"] = StartClient(bank);
+  AddClient("helpdesk", "it_support");
+  AddClient("lawfirm", "contracts");
   ASSERT_TRUE(WaitFor([&] { return Committed() == 2; }, absl::Seconds(240))) << coordinator_->Log();
 
   const v1::ListRoundsResponse rounds = Rounds();
@@ -189,10 +198,43 @@ TEST_F(RoundsTest, TwoRoundsWithThreeClientsCommitLoadableModelsAndLowerTheLoss)
   std::string error;
   ASSERT_TRUE(ScrapeMetrics(client_metrics_["bank"], metrics, error)) << error;
   EXPECT_EQ(metrics["fedmoe_client_rounds_total{outcome=\"committed\"}"], 2);
-  EXPECT_EQ(metrics["fedmoe_client_model_version"], 2);
+  // Version 3 too: the bank downloaded it to serve it.
+  EXPECT_EQ(metrics["fedmoe_client_model_version"], 3);
   EXPECT_GT(metrics["fedmoe_client_tokens_per_second"], 0);
   EXPECT_GT(metrics["fedmoe_client_last_sync_timestamp_seconds"], 1.7e9);
   EXPECT_EQ(metrics["fedmoe_client_connected"], 1);
+
+  // The bank's server followed the versions between requests, and serves the newest, version 3
+  // (which it downloaded for that), as `model generate` generates from it.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return clients_["bank"]->Log().find("\"event\":\"serving\"") != std::string::npos &&
+               clients_["bank"]->Log().find("\"version\":3") != std::string::npos;
+      },
+      absl::Seconds(30)))
+      << clients_["bank"]->Log();
+  EXPECT_THAT(clients_["bank"]->Log(), HasSubstr("\"version\":2"));
+  const HttpResponse served = HttpCall(
+      serve_port,
+      HttpRequest(
+          "POST", "/v1/completions",
+          R"({"model": "acme", "prompt": "The invoice", "max_tokens": 12, "temperature": 0})", ""));
+  ASSERT_EQ(served.status, 200) << served.body;
+  const CommandResult alone = RunCommand(
+      {BinaryPath("fedmoe-client"), "model", "generate", "--model", (bank / "models/v3").string(),
+       "--prompt", "The invoice", "--max-tokens", "12", "--temperature", "0"});
+  ASSERT_EQ(alone.exit_code, 0) << alone.err;
+  google::protobuf::Struct completion;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(served.body, &completion).ok());
+  EXPECT_EQ(completion.fields()
+                .at("choices")
+                .list_value()
+                .values(0)
+                .struct_value()
+                .fields()
+                .at("text")
+                .string_value(),
+            alone.out.substr(0, alone.out.size() - 1));
 
   const std::string client_status = ReadFile(dir_.path() / "bank" / "status.json");
   EXPECT_THAT(client_status, HasSubstr("\"rounds_committed\":2"));
