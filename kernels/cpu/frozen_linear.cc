@@ -1,7 +1,10 @@
 #include "kernels/cpu/frozen_linear.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <bit>
+#include <utility>
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/eigen_maps.h"
@@ -15,6 +18,65 @@ using internal::View;
 // bf16 is the top half of an fp32: inline, so that the loops below vectorise.
 inline float Bf16Value(Bf16 value) {
   return std::bit_cast<float>(static_cast<uint32_t>(value) << 16);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+float HorizontalSum(__m256 v) {
+  __m128 low = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  low = _mm_add_ps(low, _mm_movehl_ps(low, low));
+  return _mm_cvtss_f32(_mm_add_ss(low, _mm_movehdup_ps(low)));
+}
+
+// out = in · ŵᵀ over an INT8 weight for kRows input rows, each weight converted once (eight at a
+// time) and multiplied into every row: the decode steps' products, which a tile would make write
+// and read four bytes per one-byte weight. Needs columns and the group size in multiples of 8.
+template <int kRows>
+void Int8FewRowsForward(const float* in, const FrozenWeight& weight, float* out) {
+  const int64_t columns = weight.columns;
+  const int64_t groups = weight.groups_per_row();
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < weight.rows; ++o) {
+    const int8_t* q = static_cast<const int8_t*>(weight.values) + o * columns;
+    __m256 total[kRows];
+    for (int r = 0; r < kRows; ++r) total[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t begin = g * weight.group_size;
+      const int64_t end = std::min(begin + weight.group_size, columns);
+      __m256 sums[kRows];
+      for (int r = 0; r < kRows; ++r) sums[r] = _mm256_setzero_ps();
+      for (int64_t c = begin; c < end; c += 8) {
+        const __m256 w = _mm256_cvtepi32_ps(
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + c))));
+        for (int r = 0; r < kRows; ++r) {
+          sums[r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(in + r * columns + c), sums[r]);
+        }
+      }
+      const __m256 scale = _mm256_set1_ps(weight.scales[o * groups + g]);
+      for (int r = 0; r < kRows; ++r) total[r] = _mm256_fmadd_ps(scale, sums[r], total[r]);
+    }
+    for (int r = 0; r < kRows; ++r) out[r * weight.rows + o] = HorizontalSum(total[r]);
+  }
+}
+
+template <int... kRows>
+bool Int8FewRowsDispatch(const float* in, const FrozenWeight& weight, float* out, int64_t rows,
+                         std::integer_sequence<int, kRows...>) {
+  return ((rows == kRows + 1 ? (Int8FewRowsForward<kRows + 1>(in, weight, out), true) : false) ||
+          ...);
+}
+#endif
+
+// The INT8 products of at most kFusedMaxRows rows with the vector kernel above; false where it
+// does not apply (no AVX2, or columns or groups not in multiples of 8).
+bool Int8FewRows(const float* in, const FrozenWeight& weight, float* out, int64_t rows) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (weight.format == WeightFormat::kInt8 && weight.columns % 8 == 0 &&
+      weight.group_size % 8 == 0 && rows >= 1 && rows <= kFusedMaxRows) {
+    return Int8FewRowsDispatch(in, weight, out, rows,
+                               std::make_integer_sequence<int, kFusedMaxRows>());
+  }
+#endif
+  return false;
 }
 
 // out = in · ŵᵀ for at most kFusedMaxRows rows: a matrix-vector product per row over each block
@@ -79,7 +141,7 @@ void DecodeRows(const FrozenWeight& weight, int64_t first, int64_t count, float*
 
 void FrozenLinearForward(const float* in, const FrozenWeight& weight, float* out, int64_t rows) {
   if (rows <= kFusedMaxRows) {
-    FewRowsForward(in, weight, out, rows);
+    if (!Int8FewRows(in, weight, out, rows)) FewRowsForward(in, weight, out, rows);
     return;
   }
   const int64_t in_features = weight.columns;

@@ -770,10 +770,13 @@ TEST_P(BackendOpsTest, AdamWClipsDecaysAndLeavesOtherRangesAlone) {
 // The frozen products in each format against double loops over the weight decoded here from
 // its definition: the fp32 values, bf16 bits widened, scale · q per group of 32 columns.
 TEST_P(BackendOpsTest, FrozenLinearInEveryFormat) {
-  // 150 output rows: two of the CPU's 64-row tiles and a partial one; 70 columns: a partial group.
-  // 5 input rows take the CPU's fused path (at most kFusedMaxRows), 12 its tiles.
-  for (const int64_t kRows : {int64_t{5}, int64_t{12}}) {
-    constexpr int64_t kIn = 70, kOut = 150, kGroup = 32;
+  // 150 output rows: two of the CPU's 64-row tiles and a partial one; 70 or 72 columns: a partial
+  // group. On the CPU, 12 input rows take the tiles' GEMM; up to kFusedMaxRows (8) take
+  // matrix-vector products per tile at 70 columns, and at 72 (columns and groups in multiples of
+  // 8) the INT8 vector kernel.
+  for (const auto& [kRows, kIn] :
+       {std::pair<int64_t, int64_t>{5, 70}, {12, 70}, {1, 72}, {5, 72}, {8, 72}}) {
+    constexpr int64_t kOut = 150, kGroup = 32;
     const Floats weights = RandomVector(kOut * kIn, 31);
     const cpu::Int8Matrix int8 = cpu::QuantizeInt8(weights, kOut, kIn, kGroup);
     std::vector<uint16_t> bf16(weights.size());
