@@ -181,7 +181,9 @@ void RunConfig(const Shape& shape, int64_t tokens, int threads, double bandwidth
   for (const std::string format : {"fp32", "bf16", "int8"}) {
     Server server(model_dir, format, threads, directory.path() / (format + ".log"));
     if (server.port() == 0) {
-      Print({{"benchmark", "serve"}, {"config", shape.name}, {"format", format},
+      Print({{"benchmark", "serve"},
+             {"config", shape.name},
+             {"format", format},
              {"error", "the server did not start"}});
       continue;
     }

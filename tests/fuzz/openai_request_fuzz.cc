@@ -16,29 +16,29 @@ using fedmoe::client::serve::CompletionCall;
 using fedmoe::client::serve::Endpoint;
 
 void CheckAccepted(const CompletionCall& call) {
-  FEDMOE_FUZZ_CHECK(call.options.Validate().ok(),
-                    absl::StrCat("accepted options the engine refuses: ",
-                                 call.options.Validate().ToString()));
+  FEDMOE_FUZZ_CHECK(
+      call.options.Validate().ok(),
+      absl::StrCat("accepted options the engine refuses: ", call.options.Validate().ToString()));
   FEDMOE_FUZZ_CHECK(call.options.stop.size() <= 4, "more than four stop strings accepted");
   FEDMOE_FUZZ_CHECK(call.prompt.is_chat == (call.endpoint == Endpoint::kChatCompletions),
                     "a prompt of the other endpoint's kind");
   for (const fedmoe::model::ChatMessage& message : call.prompt.chat) {
-    FEDMOE_FUZZ_CHECK(message.role == "system" || message.role == "user" ||
-                          message.role == "assistant",
-                      absl::StrCat("accepted role ", message.role));
+    FEDMOE_FUZZ_CHECK(
+        message.role == "system" || message.role == "user" || message.role == "assistant",
+        absl::StrCat("accepted role ", message.role));
   }
-  const std::string text =
-      call.prompt.is_chat ? (call.prompt.chat.empty() ? "" : call.prompt.chat.back().content)
-                          : call.prompt.text;
+  const std::string text = call.prompt.is_chat
+                               ? (call.prompt.chat.empty() ? "" : call.prompt.chat.back().content)
+                               : call.prompt.text;
   const fedmoe::client::serve::ResponseHeader header{.id = "cmpl-1", .created = 1, .model = "m"};
   for (const std::string& body :
        {fedmoe::client::serve::CompletionBody(call.endpoint, header, text, "stop", {}),
         fedmoe::client::serve::StreamChunk(call.endpoint, header, text, std::nullopt, true),
         fedmoe::client::serve::ErrorBody({.http_status = 400,
-                                          .message = text,
-                                          .type = "invalid_request_error",
-                                          .param = text,
-                                          .code = ""})}) {
+        .message = text,
+        .type = "invalid_request_error",
+        .param = text,
+        .code = ""})}) {
     FEDMOE_FUZZ_CHECK(!nlohmann::json::parse(body, nullptr, false).is_discarded(),
                       "a response body is not JSON");
   }
