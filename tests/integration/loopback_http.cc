@@ -73,8 +73,8 @@ void Connection::Close() {
 
 std::string HttpRequest(std::string_view method, std::string_view path, std::string_view body,
                         std::string_view token) {
-  std::string request = absl::StrCat(std::string(method), " ", std::string(path),
-                                     " HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+  std::string request =
+      absl::StrCat(std::string(method), " ", std::string(path), " HTTP/1.1\r\nHost: 127.0.0.1\r\n");
   if (!token.empty()) {
     absl::StrAppend(&request, "Authorization: Bearer ", std::string(token), "\r\n");
   }
