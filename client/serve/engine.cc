@@ -200,7 +200,8 @@ absl::StatusOr<std::shared_ptr<Completion>> Engine::Submit(const Prompt& prompt,
                        " and max_tokens ", options.max_tokens, " go past it"));
     }
   } else {
-    options.max_tokens = std::min(token_limit, context + 1 - prompt_tokens);
+    // The caller's default is a cap, as is what the context leaves.
+    options.max_tokens = std::min({options.max_tokens, token_limit, context + 1 - prompt_tokens});
   }
   if (absl::Status status = options.Validate(); !status.ok()) return status;
 

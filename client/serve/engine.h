@@ -153,8 +153,9 @@ class Engine {
   void Shutdown();
 
   // Encodes the prompt with the current model's tokenizer and queues the request.
-  // `max_tokens_given`: whether the caller chose options.max_tokens (otherwise it is what the
-  // context leaves after the prompt, up to max_tokens_limit).
+  // `max_tokens_given`: whether the request chose options.max_tokens. Otherwise
+  // options.max_tokens is a default that is cut to what the context leaves after the prompt
+  // and to max_tokens_limit, instead of being refused past them.
   // InvalidArgument naming the fault: a bad option or conversation, an empty prompt, a prompt
   // over max_prompt_tokens, max_tokens over max_tokens_limit, or a prompt and max_tokens past
   // the model's context. ResourceExhausted when the batch is full and max_queue requests

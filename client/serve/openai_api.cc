@@ -193,7 +193,10 @@ std::optional<ApiError> ParseCompletionCall(std::string_view body, Endpoint endp
   if (std::optional<ApiError> error = ReadPrompt(parsed, endpoint, call.prompt)) return error;
   if (std::optional<ApiError> error = RefuseUnsupported(parsed)) return error;
 
-  call.options.max_tokens = kDefaultCompletionTokens;
+  // Chat's default is what the context leaves (the engine cuts it to that).
+  call.options.max_tokens = endpoint == Endpoint::kCompletions
+                                ? kDefaultCompletionTokens
+                                : std::numeric_limits<int64_t>::max();
   for (const char* name : {"max_tokens", "max_completion_tokens"}) {
     if (std::optional<ApiError> error =
             ReadInteger(parsed, name, 1, call.options.max_tokens, call.max_tokens_given)) {

@@ -286,6 +286,12 @@ TEST_F(ServeTest, RefusalsAreSpecificAndTheServerStaysUp) {
   const HttpResponse ok = Call(
       port, Request("POST", "/v1/completions", R"({"prompt": "still here", "max_tokens": 3})"));
   EXPECT_EQ(ok.status, 200) << ok.body;
+  // Without max_tokens a completion stops at OpenAI's default of 16 tokens.
+  const HttpResponse unbounded =
+      Call(port, Request("POST", "/v1/completions", R"({"prompt": "go", "temperature": 0})"));
+  ASSERT_EQ(unbounded.status, 200) << unbounded.body;
+  const json usage = json::parse(unbounded.body)["usage"];
+  EXPECT_LE(usage["completion_tokens"].get<int>(), 16);
   EXPECT_TRUE(server_->running());
 }
 

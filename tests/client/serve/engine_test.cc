@@ -195,13 +195,16 @@ TEST(EngineTest, TheQueueIsBoundedAndLimitsAreRefusedByName) {
   EXPECT_NE(refusal(Prompt::Chat({{"user", "a"}, {"assistant", "b"}}), Options(4, 0, 0), true)
                 .find("end with a user message"),
             std::string::npos);
-  // Without max_tokens, a request gets what the context leaves, up to the limit.
+  // A default max_tokens the request did not choose is cut to what the context leaves, or kept
+  // when smaller.
   for (const auto& completion : running) Collect(*completion);
-  absl::StatusOr<std::shared_ptr<Completion>> open =
-      (*engine)->Submit(Prompt::Text(std::string(40, 'a')), Options(1, 0.9, 2), false);
-  ASSERT_TRUE(open.ok()) << open.status();
-  const Outcome outcome = Collect(**open);
-  EXPECT_LE(outcome.completion_tokens, 57);
+  for (const auto& [default_tokens, most] : {std::pair<int64_t, int64_t>{1000, 57}, {3, 3}}) {
+    absl::StatusOr<std::shared_ptr<Completion>> open = (*engine)->Submit(
+        Prompt::Text(std::string(40, 'a')), Options(default_tokens, 0.9, 2), false);
+    ASSERT_TRUE(open.ok()) << open.status();
+    const Outcome outcome = Collect(**open);
+    EXPECT_LE(outcome.completion_tokens, most);
+  }
   EXPECT_FALSE(EngineOptions{.max_batch = 0}.Validate().ok());
 }
 
