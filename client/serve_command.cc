@@ -120,10 +120,8 @@ int ServeCommand(const std::vector<std::string>& args) {
   absl::StatusOr<std::unique_ptr<serve::Server>> server =
       serve::Server::Start(**engine, *engine_options, server_options);
   if (!server.ok()) return Fail(server.status());
-  const size_t colon = server_options.listen.rfind(':');
   LogEvent(LogLevel::kInfo, "serving")
-      .Field("address",
-             absl::StrCat(server_options.listen.substr(0, colon), ":", (*server)->port()))
+      .Field("address", (*server)->address())
       .Field("model", (*served)->id)
       .Field("format", std::string(model::WeightFormatName((*served)->base.format())))
       .Field("adapter", adapter.has_value() ? adapter->string() : std::string("none"))

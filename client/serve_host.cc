@@ -149,9 +149,8 @@ absl::Status ServeHost::Offer(uint64_t version, const std::filesystem::path& dir
     return status;
   }
   version_ = version;
-  const size_t colon = settings_.listen.rfind(':');
   LogEvent(LogLevel::kInfo, "serving")
-      .Field("address", absl::StrCat(settings_.listen.substr(0, colon), ":", server_->port()))
+      .Field("address", server_->address())
       .Field("model", id)
       .Field("version", static_cast<int64_t>(version))
       .Field("format", std::string(model::WeightFormatName((*served)->base.format())));

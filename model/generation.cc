@@ -345,6 +345,24 @@ absl::StatusOr<std::string> TextStream::Finish() {
   return rest;
 }
 
+absl::StatusOr<std::string> SequenceContinuation::Next(std::span<const float> logits,
+                                                       int64_t length, int64_t max_length) {
+  const int32_t token = sampler_.Next(logits);
+  tokens_.push_back(token);
+  if (token == eos_token_) {
+    finish_reason_ = "stop";
+    return std::string();
+  }
+  absl::StatusOr<std::string> piece = text_.Add(token);
+  if (!piece.ok()) return piece.status();
+  if (text_.stopped()) {
+    finish_reason_ = "stop";
+  } else if (static_cast<int64_t>(tokens_.size()) == max_tokens_ || length == max_length) {
+    finish_reason_ = "length";
+  }
+  return piece;
+}
+
 absl::StatusOr<GenerationResult> Generate(Generator& generator, const Tokenizer& tokenizer,
                                           std::string_view prompt, const GenerationOptions& options,
                                           const std::function<void(std::string_view)>& on_text) {
@@ -362,35 +380,23 @@ absl::StatusOr<GenerationResult> Generate(Generator& generator, const Tokenizer&
   result.prefill_seconds = SecondsSince(start);
 
   const auto decode_start = std::chrono::steady_clock::now();
-  TokenSampler sampler(options.sampling, options.seed);
-  TextStream stream(tokenizer, options.stop);
-  result.finish_reason = "length";
-  while (static_cast<int64_t>(result.tokens.size()) < options.max_tokens) {
-    const int32_t token = sampler.Next(*logits);
-    result.tokens.push_back(token);
-    if (token == generator.eos_token()) {
-      result.finish_reason = "stop";
-      break;
-    }
-    absl::StatusOr<std::string> piece = stream.Add(token);
+  SequenceContinuation continuation(tokenizer, options, generator.eos_token());
+  for (;;) {
+    absl::StatusOr<std::string> piece =
+        continuation.Next(*logits, generator.length(), generator.max_length());
     if (!piece.ok()) return piece.status();
     if (!piece->empty()) on_text(*piece);
-    if (stream.stopped()) {
-      result.finish_reason = "stop";
-      break;
-    }
-    if (static_cast<int64_t>(result.tokens.size()) == options.max_tokens ||
-        generator.length() == generator.max_length()) {
-      break;
-    }
-    logits = generator.Append(token);
+    if (continuation.done()) break;
+    logits = generator.Append(continuation.last_token());
     if (!logits.ok()) return logits.status();
   }
   result.decode_seconds = SecondsSince(decode_start);
-  absl::StatusOr<std::string> rest = stream.Finish();
+  absl::StatusOr<std::string> rest = continuation.Finish();
   if (!rest.ok()) return rest.status();
   if (!rest->empty()) on_text(*rest);
-  result.text = stream.text();
+  result.tokens = continuation.tokens();
+  result.text = continuation.text();
+  result.finish_reason = continuation.finish_reason();
   return result;
 }
 

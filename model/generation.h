@@ -204,6 +204,46 @@ struct GenerationOptions {
   absl::Status Validate() const;
 };
 
+// One sequence's generation after its prompt, what Generate and the serving engine share: it
+// draws each token from the logits, turns tokens into text (TextStream), and ends the sequence
+// at the end-of-sequence token, a stop string, max_tokens, or the model's context.
+class SequenceContinuation {
+ public:
+  // `options` must be valid (GenerationOptions::Validate); `tokenizer` outlives this.
+  SequenceContinuation(const Tokenizer& tokenizer, const GenerationOptions& options,
+                       int64_t eos_token)
+      : sampler_(options.sampling, options.seed),
+        text_(tokenizer, options.stop),
+        max_tokens_(options.max_tokens),
+        eos_token_(eos_token) {}
+
+  // Draws the token after `logits`, the next-token scores of a sequence now `length` tokens
+  // long in a model that takes `max_length`, and returns the text it makes safe to show. Once
+  // done(), finish_reason() says why and last_token() is not to be run. Decode's errors.
+  absl::StatusOr<std::string> Next(std::span<const float> logits, int64_t length,
+                                   int64_t max_length);
+  // At the end: the text held back so far.
+  absl::StatusOr<std::string> Finish() { return text_.Finish(); }
+
+  bool done() const { return !finish_reason_.empty(); }
+  // "stop" or "length"; empty until done().
+  const std::string& finish_reason() const { return finish_reason_; }
+  // The tokens drawn, the end-of-sequence token or the one that completed a stop string
+  // included.
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  int32_t last_token() const { return tokens_.back(); }
+  // The text so far, up to a stop string.
+  const std::string& text() const { return text_.text(); }
+
+ private:
+  TokenSampler sampler_;
+  TextStream text_;
+  int64_t max_tokens_;
+  int64_t eos_token_;
+  std::vector<int32_t> tokens_;
+  std::string finish_reason_;
+};
+
 struct GenerationResult {
   std::vector<int32_t> prompt_tokens;
   // The tokens generated, the end-of-sequence token or the one that completed a stop string

@@ -100,9 +100,7 @@ struct Engine::Sequence {
   Request request;
   std::shared_ptr<Runtime> runtime;
   model::KvCache cache;
-  model::TokenSampler sampler;
-  model::TextStream text;
-  int64_t generated = 0;
+  model::SequenceContinuation continuation;
   // The token sampled last, which the next step runs; −1 while the prompt is prefilled.
   int32_t next_token = -1;
 
@@ -272,16 +270,13 @@ bool Engine::Admit(std::vector<std::unique_ptr<Sequence>>& batch) {
       stats_.prompt_tokens += static_cast<int64_t>(request.tokens.size());
       stats_.prefix_cache_tokens += reused;
     }
-    const model::SamplingOptions sampling = request.options.sampling;
-    const uint64_t seed = request.options.seed;
-    std::vector<std::string> stop = request.options.stop;
-    const model::Tokenizer& tokenizer = *request.model->tokenizer;
+    model::SequenceContinuation continuation(*request.model->tokenizer, request.options,
+                                             runtime->decoder.eos_token());
     batch.push_back(std::make_unique<Sequence>(Sequence{
         .request = std::move(request),
         .runtime = std::move(runtime),
         .cache = std::move(cache),
-        .sampler = model::TokenSampler(sampling, seed),
-        .text = model::TextStream(tokenizer, std::move(stop)),
+        .continuation = std::move(continuation),
     }));
   }
   return true;
@@ -382,48 +377,40 @@ void Engine::Step(Runtime& runtime, std::vector<Sequence*>& sequences) {
 
 void Engine::Advance(Sequence& sequence, std::span<const float> logits) {
   Completion& completion = *sequence.request.completion;
-  const int32_t token = sequence.sampler.Next(logits);
-  ++sequence.generated;
+  model::SequenceContinuation& continuation = sequence.continuation;
+  absl::StatusOr<std::string> piece =
+      continuation.Next(logits, sequence.cache.length(), sequence.runtime->decoder.max_length());
+  const auto generated = static_cast<int64_t>(continuation.tokens().size());
   {
     absl::MutexLock lock(&completion.mutex_);
-    completion.completion_tokens_ = sequence.generated;
+    completion.completion_tokens_ = generated;
   }
   {
     absl::MutexLock lock(&mutex_);
     ++stats_.generated_tokens;
-    if (sequence.generated == 1) {
+    if (generated == 1) {
       ++stats_.first_tokens;
       stats_.time_to_first_token_seconds_sum +=
           absl::ToDoubleSeconds(absl::Now() - sequence.request.submitted);
     }
   }
-  if (token == sequence.runtime->decoder.eos_token()) {
-    Finish(sequence, "stop");
-    return;
-  }
-  absl::StatusOr<std::string> piece = sequence.text.Add(token);
   if (!piece.ok()) {
     Finish(sequence, "", piece.status());
     return;
   }
   completion.Push(*piece);
-  if (sequence.text.stopped()) {
-    Finish(sequence, "stop");
+  if (continuation.done()) {
+    Finish(sequence, continuation.finish_reason());
     return;
   }
-  if (sequence.generated == sequence.request.options.max_tokens ||
-      sequence.cache.length() == sequence.runtime->decoder.max_length()) {
-    Finish(sequence, "length");
-    return;
-  }
-  sequence.next_token = token;
+  sequence.next_token = continuation.last_token();
 }
 
 void Engine::Finish(Sequence& sequence, std::string reason, absl::Status status) {
   std::shared_ptr<Completion> completion = std::move(sequence.request.completion);
   if (completion == nullptr) return;
   if (status.ok() && reason != "cancelled") {
-    absl::StatusOr<std::string> rest = sequence.text.Finish();
+    absl::StatusOr<std::string> rest = sequence.continuation.Finish();
     if (rest.ok()) {
       completion->Push(*rest);
     } else {

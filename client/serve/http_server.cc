@@ -186,6 +186,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine& engine,
   return server;
 }
 
+std::string Server::address() const {
+  return absl::StrCat(options_.listen.substr(0, options_.listen.rfind(':')), ":", port_);
+}
+
 Server::~Server() {
   if (context_ != nullptr) mg_stop(context_);
 }

@@ -61,6 +61,8 @@ class Server {
   ~Server();
 
   int port() const { return port_; }
+  // host:port as bound: the listen address with port 0 replaced by the port taken.
+  std::string address() const;
 
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
