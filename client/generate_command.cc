@@ -2,12 +2,10 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "client/model_flags.h"
@@ -26,20 +24,6 @@ using config::CommandLine;
 int Fail(const absl::Status& status) { return config::ReportFailure("fedmoe-client", status); }
 
 constexpr int64_t kMaxTokens = int64_t{1} << 20;
-
-absl::StatusOr<std::string> PromptOf(const CommandLine& flags) {
-  const std::optional<std::string> text = flags.Get("prompt");
-  const std::optional<std::string> file = flags.Get("prompt-file");
-  if (text.has_value() == file.has_value()) {
-    return absl::InvalidArgumentError("give the prompt as --prompt TEXT or --prompt-file FILE");
-  }
-  if (text.has_value()) return *text;
-  std::ifstream in(*file, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("--prompt-file ", *file, ": cannot read it"));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
 
 absl::StatusOr<double> DoubleOr(const CommandLine& flags, const std::string& flag,
                                 double fallback) {
@@ -69,7 +53,7 @@ int GenerateCommand(const std::vector<std::string>& args) {
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = flags->Require("model");
   if (!model_dir.ok()) return Fail(model_dir.status());
-  absl::StatusOr<std::string> prompt = PromptOf(*flags);
+  absl::StatusOr<std::string> prompt = TextFlag(*flags, "prompt");
   if (!prompt.ok()) return Fail(prompt.status());
   model::GenerationOptions options;
   absl::StatusOr<int64_t> max_tokens = flags->IntOr("max-tokens", 128, 1, kMaxTokens);

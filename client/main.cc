@@ -13,6 +13,7 @@
 #include "client/client_config.h"
 #include "client/daemon.h"
 #include "client/enroll.h"
+#include "client/explain_command.h"
 #include "client/generate_command.h"
 #include "client/model_commands.h"
 #include "client/model_sync.h"
@@ -267,8 +268,8 @@ int Main(int argc, char** argv) {
   pki::RequireTls13ForGrpc();
   RouteGrpcLogsToJson();
   model::RetainFreedMemory();
-  const std::string usage =
-      absl::StrCat(kUsage, kTrainUsage, kModelUsage, kGenerateUsage, kServeUsage, kPrivacyUsage);
+  const std::string usage = absl::StrCat(kUsage, kTrainUsage, kModelUsage, kExplainUsage,
+                                         kGenerateUsage, kServeUsage, kPrivacyUsage);
   return config::RunSubcommands("fedmoe-client", usage.c_str(), argc, argv,
                                 {{"enroll", EnrollCommand},
                                  {"run", RunCommand},

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/client_config.h"
+#include "client/explain_command.h"
 #include "client/generate_command.h"
 #include "client/model_flags.h"
 #include "client/model_sync.h"
@@ -778,10 +779,12 @@ const char kModelUsage[] =
 int ModelCommand(const std::vector<std::string>& args) {
   if (args.empty()) {
     return Fail(absl::InvalidArgumentError(
-        "model needs eval, generate, hash, init, inspect, merge-adapter, quantize or trace"));
+        "model needs eval, explain, generate, hash, init, inspect, merge-adapter, quantize or "
+        "trace"));
   }
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "eval") return EvalCommand(rest);
+  if (args[0] == "explain") return ExplainCommand(rest);
   if (args[0] == "generate") return GenerateCommand(rest);
   if (args[0] == "init") return InitCommand(rest);
   if (args[0] == "inspect") return InspectCommand(rest);

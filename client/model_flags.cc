@@ -1,5 +1,9 @@
 #include "client/model_flags.h"
 
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
 #include "model/compute.h"
 
 namespace fedmoe::client {
@@ -19,6 +23,23 @@ absl::Status ApplyThreads(const config::CommandLine& flags) {
   if (!threads.ok()) return threads.status();
   model::SetCpuThreads(static_cast<int>(*threads));
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> TextFlag(const config::CommandLine& flags, const std::string& name) {
+  const std::string file_flag = absl::StrCat(name, "-file");
+  const std::optional<std::string> text = flags.Get(name);
+  const std::optional<std::string> file = flags.Get(file_flag);
+  if (text.has_value() == file.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("give the ", name, " as --", name, " TEXT or --", file_flag, " FILE"));
+  }
+  if (text.has_value()) return *text;
+  std::ifstream in(*file, std::ios::binary);
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("--", file_flag, " ", *file, ": cannot read it"));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
 }
 
 }  // namespace fedmoe::client

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "config/command_line.h"
@@ -21,6 +22,10 @@ absl::StatusOr<std::optional<model::WeightFormat>> HeldWeightFormat(
 
 // --threads T (0 or absent: all cores) for the CPU products.
 absl::Status ApplyThreads(const config::CommandLine& flags);
+
+// The text given as --NAME TEXT or --NAME-file FILE (exactly one of the two), e.g. generate's
+// prompt and explain's text.
+absl::StatusOr<std::string> TextFlag(const config::CommandLine& flags, const std::string& name);
 
 }  // namespace fedmoe::client
 
