@@ -59,10 +59,7 @@ class ExplainTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     directory_ = new TempDir();
-    WriteFile(directory_->path() / "config.json", kModelConfig);
-    const CommandResult init = RunCommand({BinaryPath("fedmoe-client"), "model", "init", "--config",
-                                           (directory_->path() / "config.json").string(), "--out",
-                                           model_dir(), "--seed", "7"});
+    const CommandResult init = InitModel(directory_->path(), kModelConfig, 7);
     ASSERT_EQ(init.exit_code, 0) << init.err;
   }
   static void TearDownTestSuite() { delete directory_; }

@@ -95,6 +95,14 @@ CommandResult RunCommand(const std::vector<std::string>& argv, absl::Duration ti
   return result;
 }
 
+CommandResult InitModel(const std::filesystem::path& directory, const std::string& config_json,
+                        int seed) {
+  WriteFile(directory / "config.json", config_json);
+  return RunCommand({BinaryPath("fedmoe-client"), "model", "init", "--config",
+                     (directory / "config.json").string(), "--out", (directory / "model").string(),
+                     "--seed", std::to_string(seed)});
+}
+
 Daemon::Daemon(const std::vector<std::string>& argv, std::filesystem::path log)
     : log_(std::move(log)) {
   pid_ = Spawn(argv, log_, log_);

@@ -29,6 +29,11 @@ struct CommandResult {
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          absl::Duration timeout = absl::Seconds(60));
 
+// `fedmoe-client model init` of a Mixtral config.json's text, with random weights from `seed`,
+// into directory/model (the config is written beside it).
+CommandResult InitModel(const std::filesystem::path& directory, const std::string& config_json,
+                        int seed);
+
 // A background process whose stdout and stderr go to a log file. Killed with SIGKILL when
 // destroyed if still running, so a failing test leaves nothing behind.
 class Daemon {
