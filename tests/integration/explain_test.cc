@@ -205,6 +205,51 @@ TEST_F(ExplainTest, HoldsTheBaseAsAskedAndExplainsAChosenTarget) {
   EXPECT_THAT(ReadFile(page), HasSubstr("weights held as int8"));
 }
 
+// An adapter is explained as the model it makes: the same page numbers as explaining the plain
+// checkpoint `model merge-adapter` writes, and not the base's.
+TEST_F(ExplainTest, AnAdaptedModelIsExplainedAsItsMergedCheckpoint) {
+  const std::filesystem::path corpus = path("corpus");
+  std::filesystem::create_directories(corpus);
+  std::string text;
+  for (int i = 0; i < 100; ++i) text += "Transfer " + std::to_string(100 + i % 17) + " flagged.\n";
+  WriteFile(corpus / "alerts.txt", text);
+  const std::string adapter = path("adapter").string();
+  const std::string client = BinaryPath("fedmoe-client");
+  const CommandResult train =
+      RunCommand({client, "train", "--model", model_dir(), "--data", corpus.string(), "--steps",
+                  "8", "--out", adapter, "--lora", "--batch-size", "4", "--seq-len", "32", "--lr",
+                  "0.05", "--threads", "2"});
+  ASSERT_EQ(train.exit_code, 0) << train.err;
+  const std::string merged = path("merged").string();
+  const CommandResult merge = RunCommand({client, "model", "merge-adapter", "--model", model_dir(),
+                                          "--adapter", adapter, "--out", merged});
+  ASSERT_EQ(merge.exit_code, 0) << merge.err;
+
+  const auto explain = [&](const std::vector<std::string>& model_flags) {
+    std::vector<std::string> argv = {client,     "model",        "explain",
+                                     "--text",   "Transfer 105", "--target",
+                                     " flagged", "--out",        path("adapted.html").string()};
+    argv.insert(argv.end(), model_flags.begin(), model_flags.end());
+    const CommandResult result = RunCommand(argv);
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    return nlohmann::json::parse(result.out);
+  };
+  const nlohmann::json adapted = explain({"--model", model_dir(), "--adapter", adapter});
+  const nlohmann::json plain = explain({"--model", merged});
+  const nlohmann::json base = explain({"--model", model_dir()});
+  EXPECT_NEAR(adapted["target_probability"].get<double>(),
+              plain["target_probability"].get<double>(), 1e-5);
+  EXPECT_GT(std::abs(adapted["target_probability"].get<double>() -
+                     base["target_probability"].get<double>()),
+            1e-4)
+      << "the adapter changed nothing";
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(adapted["top_attributions"][i]["index"], plain["top_attributions"][i]["index"]);
+    EXPECT_NEAR(adapted["top_attributions"][i]["attribution"].get<double>(),
+                plain["top_attributions"][i]["attribution"].get<double>(), 1e-4);
+  }
+}
+
 TEST_F(ExplainTest, RefusesBadRequestsWithOneSpecificLine) {
   const std::string page = path("refused.html").string();
   const std::string explain = BinaryPath("fedmoe-client");
