@@ -243,7 +243,7 @@ absl::StatusOr<model::SaveOptions> SaveOptionsOf(const CommandLine& flags) {
 }
 
 int InitCommand(const std::vector<std::string>& args) {
-  auto flags = CommandLine::Parse(args, {"config", "out", "seed", "dtype"}, {});
+  auto flags = CommandLine::Parse(args, {"config", "out", "seed", "dtype", "group-size"}, {});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> config_path = flags->Require("config");
   if (!config_path.ok()) return Fail(config_path.status());
@@ -251,10 +251,35 @@ int InitCommand(const std::vector<std::string>& args) {
   if (!out.ok()) return Fail(out.status());
   absl::StatusOr<int64_t> seed = flags->IntOr("seed", 0, 0, std::numeric_limits<int64_t>::max());
   if (!seed.ok()) return Fail(seed.status());
-  absl::StatusOr<model::SaveOptions> options = SaveOptionsOf(*flags);
+  absl::StatusOr<int64_t> group = flags->IntOr("group-size", 128, 0, int64_t{1} << 20);
+  if (!group.ok()) return Fail(group.status());
+  const std::string dtype = flags->GetOr("dtype", "f32");
+  if (dtype != "f32" && dtype != "bf16" && dtype != "int8") {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--dtype must be f32, bf16 or int8, not '", dtype, "'")));
+  }
+  const bool int8 = dtype == "int8";
+  if (flags->Has("group-size") && !int8) {
+    return Fail(absl::InvalidArgumentError("--group-size applies to --dtype int8 only"));
+  }
+  absl::StatusOr<model::SaveOptions> options =
+      int8 ? absl::StatusOr<model::SaveOptions>(model::SaveOptions()) : SaveOptionsOf(*flags);
   if (!options.ok()) return Fail(options.status());
   absl::StatusOr<model::MoeConfig> config = model::LoadMoeConfig(*config_path);
   if (!config.ok()) return Fail(config.status());
+  if (int8) {
+    // Straight into INT8, one tensor at a time: a model far larger than memory in fp32 fits.
+    absl::StatusOr<model::FrozenBase> base = model::InitializeBase(
+        *config, model::WeightFormat::kInt8, *group, static_cast<uint64_t>(*seed));
+    if (!base.ok()) return Fail(base.status());
+    if (absl::Status status = model::SaveFrozenBase(*base, *out); !status.ok()) {
+      return Fail(status);
+    }
+    std::printf("initialised %lld parameters (seed %lld) as INT8 in %s\n",
+                static_cast<long long>(base->layout().total_size()), static_cast<long long>(*seed),
+                out->c_str());
+    return 0;
+  }
   const model::ModelParameters parameters =
       model::InitializeModel(*config, static_cast<uint64_t>(*seed));
   if (absl::Status status = model::SaveModel(parameters, *out, *options); !status.ok()) {
@@ -755,8 +780,10 @@ const char kModelUsage[] =
       MODEL is --model DIR, or an enrolled site's (--state-dir DIR | --config FILE): its
       personal model when it has one, else its newest global model; add --personal or
       --global to choose. A personal model's experts past the global ones are the site's own.
-  model init --config FILE --out DIR [--seed S] [--dtype f32|bf16]
-      A new model from a Mixtral config.json with standard random weights.
+  model init --config FILE --out DIR [--seed S] [--dtype f32|bf16|int8] [--group-size G]
+      A new model from a Mixtral config.json with standard random weights. --dtype int8
+      writes the same model as a frozen INT8 base (as model quantize would, with G columns per
+      scale, default 128), never holding it in fp32.
   model inspect DIR [--json]
       Parameters (total, per token, by role), experts and bytes of a model directory.
   model trace MODEL --text TEXT [--adapter DIR] [--int8 | --bf16] [--json] [--threads T]

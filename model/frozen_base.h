@@ -58,8 +58,8 @@ class FrozenBase {
   static FrozenBase FromParameters(const ModelParameters& parameters, WeightFormat format,
                                    int64_t group_size = 128);
 
-  // Holds the tensors that `fill` writes, one at a time as fp32, in `format`: a base of any size
-  // is built with one tensor's fp32 values in memory at once.
+  // Holds the tensors that `fill` writes, one at a time in the layout's order as fp32, in
+  // `format`: a base of any size is built with one tensor's fp32 values in memory at once.
   using TensorSource = std::function<absl::Status(const TensorSpec& spec, std::span<float> out)>;
   static absl::StatusOr<FrozenBase> Build(const MoeConfig& config, WeightFormat format,
                                           int64_t group_size, const TensorSource& fill);

@@ -138,6 +138,25 @@ TEST_F(ModelCliTest, Bf16CheckpointsEvaluateLikeTheirF32Source) {
               Json::parse(f32.out).at("loss").get<double>(), 1e-2);
 }
 
+// init --dtype int8 writes, without an fp32 copy, the base that quantizing the fp32 model of the
+// same seed holds: the same content hash.
+TEST_F(ModelCliTest, InitStraightToInt8IsTheQuantizedModelOfTheSameSeed) {
+  const std::string int8_dir = (dir_.path() / "init-int8").string();
+  const CommandResult init = Model({"init", "--config", (dir_.path() / "config.json").string(),
+                                    "--out", int8_dir, "--seed", "5", "--dtype", "int8"});
+  ASSERT_EQ(init.exit_code, 0) << init.err;
+  EXPECT_THAT(init.out, HasSubstr("as INT8"));
+  const CommandResult direct = Model({"hash", "--model", int8_dir});
+  const CommandResult quantized = Model({"hash", "--model", model_dir(), "--int8"});
+  ASSERT_EQ(direct.exit_code, 0) << direct.err;
+  EXPECT_EQ(Json::parse(direct.out).at("format"), "int8");
+  EXPECT_EQ(Json::parse(direct.out).at("sha256"), Json::parse(quantized.out).at("sha256"));
+  EXPECT_THAT(Model({"init", "--config", (dir_.path() / "config.json").string(), "--out", int8_dir,
+                     "--group-size", "64"})
+                  .err,
+              HasSubstr("--group-size applies to --dtype int8 only"));
+}
+
 // quantize writes a base that opens as what it says: INT8 in fedmoe's format, bf16 as a plain
 // checkpoint, each the size the format promises, with the tokenizer beside it.
 TEST_F(ModelCliTest, QuantizeWritesCompactBasesThatOpenAsTheirFormat) {
@@ -443,7 +462,7 @@ TEST_F(ModelCliTest, BadInputGetsOneSpecificLineAndChangesNothing) {
                 2},
            Case{{"init", "--config", (dir_.path() / "config.json").string(), "--out",
                  (dir_.path() / "never").string(), "--dtype", "f8"},
-                "--dtype must be f32 or bf16",
+                "--dtype must be f32, bf16 or int8, not 'f8'",
                 2},
            Case{{"trace", "--model", model_dir()}, "--text is required", 2},
            Case{{"generate", "--model", model_dir()}, "--prompt TEXT or --prompt-file FILE", 2},

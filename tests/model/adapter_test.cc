@@ -490,6 +490,25 @@ TEST(FrozenBaseFileTest, SavedBasesOpenToTheSameWeightsInEveryFormat) {
               std::abs(parameters.values()[100]) / 128);
 }
 
+// A base initialised straight into a format is the fp32 initialisation converted: the same
+// content hash in every format, and a different seed is a different base.
+TEST(FrozenBaseFileTest, InitializingABaseInItsFormatIsInitializingThenConverting) {
+  const MoeConfig config = testing::GradientCheckConfig(true, false, 2);
+  const ModelParameters parameters = InitializeModel(config, 9);
+  for (const WeightFormat format :
+       {WeightFormat::kFloat32, WeightFormat::kBfloat16, WeightFormat::kInt8}) {
+    absl::StatusOr<FrozenBase> direct = InitializeBase(config, format, 8, 9);
+    ASSERT_TRUE(direct.ok()) << direct.status();
+    EXPECT_EQ(BaseContentHash(*direct),
+              BaseContentHash(FrozenBase::FromParameters(parameters, format, 8)))
+        << WeightFormatName(format);
+  }
+  absl::StatusOr<FrozenBase> other = InitializeBase(config, WeightFormat::kInt8, 8, 10);
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(BaseContentHash(*other),
+            BaseContentHash(FrozenBase::FromParameters(parameters, WeightFormat::kInt8, 8)));
+}
+
 // A base's content hash names its weights as held, whatever the files look like: the same
 // weights from one file or from shards, converted alike, hash alike; another format, or one
 // changed value, does not.
