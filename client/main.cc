@@ -20,6 +20,7 @@
 #include "client/peer_keys.h"
 #include "client/privacy_commands.h"
 #include "client/serve_command.h"
+#include "client/train_command.h"
 #include "config/command_line.h"
 #include "logging/grpc_log.h"
 #include "logging/log.h"

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/compute.h"
+#include "storage/file_status.h"
 
 namespace fedmoe::client {
 
@@ -22,6 +23,22 @@ absl::Status ApplyThreads(const config::CommandLine& flags) {
   absl::StatusOr<int64_t> threads = flags.IntOr("threads", 0, 0, kMaxThreads);
   if (!threads.ok()) return threads.status();
   model::SetCpuThreads(static_cast<int>(*threads));
+  return absl::OkStatus();
+}
+
+std::string JsonLine(const nlohmann::json& json) {
+  return json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+absl::Status CopyTokenizer(const std::filesystem::path& from, const std::filesystem::path& to) {
+  const std::filesystem::path tokenizer_file = from / "tokenizer.json";
+  if (!storage::PathExists(tokenizer_file)) return absl::OkStatus();
+  std::error_code error;
+  std::filesystem::copy_file(tokenizer_file, to / "tokenizer.json",
+                             std::filesystem::copy_options::overwrite_existing, error);
+  if (error) {
+    return absl::InternalError(absl::StrCat("cannot copy tokenizer.json: ", error.message()));
+  }
   return absl::OkStatus();
 }
 

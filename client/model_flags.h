@@ -4,6 +4,8 @@
 #define FEDMOE_CLIENT_MODEL_FLAGS_H_
 
 #include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -14,6 +16,9 @@
 namespace fedmoe::client {
 
 inline constexpr int64_t kMaxThreads = 1024;
+// Real inputs are far below these; they only keep a typo from allocating the machine away.
+inline constexpr int64_t kMaxSeqLen = int64_t{1} << 20;
+inline constexpr int64_t kMaxBatch = 4096;
 
 // --int8 or --bf16: the format to hold the base in; nullopt (as stored) when neither.
 // InvalidArgument when both are given.
@@ -22,6 +27,12 @@ absl::StatusOr<std::optional<model::WeightFormat>> HeldWeightFormat(
 
 // --threads T (0 or absent: all cores) for the CPU products.
 absl::Status ApplyThreads(const config::CommandLine& flags);
+
+// One JSON line of a command's summary; bytes that are not UTF-8 become U+FFFD.
+std::string JsonLine(const nlohmann::json& json);
+
+// Copies `from`'s tokenizer.json, when it has one, into a model directory made from it.
+absl::Status CopyTokenizer(const std::filesystem::path& from, const std::filesystem::path& to);
 
 // The text given as --NAME TEXT or --NAME-file FILE (exactly one of the two), e.g. generate's
 // prompt and explain's text.

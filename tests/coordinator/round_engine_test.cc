@@ -28,6 +28,7 @@
 #include "pki/spiffe_id.h"
 #include "secure_agg/client/secagg_client.h"
 #include "secure_agg/shared/packing.h"
+#include "tests/testing_temp_dir.h"
 #include "tests/testing_tiny_model.h"
 
 namespace fedmoe::coordinator {
@@ -167,11 +168,7 @@ class EngineClient {
 class RoundEngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = std::filesystem::path(::testing::TempDir()) /
-            absl::StrCat("round_engine_", ::testing::UnitTest::GetInstance()->random_seed(), "_",
-                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(root_);
-    std::filesystem::create_directories(root_);
+    root_ = directory_.path();
     config_.federation = "engine.test";
     config_.state_dir.root = root_ / "state";
     std::filesystem::create_directories(config_.state_dir.models());
@@ -244,6 +241,8 @@ class RoundEngineTest : public ::testing::Test {
     return rounds.ok() && !rounds->empty() ? rounds->front() : RoundRecord{};
   }
 
+  // Removed when the test ends, whatever its outcome.
+  testing::TempDir directory_;
   std::filesystem::path root_;
   CoordinatorConfig config_;
   FakeClock clock_;
