@@ -28,12 +28,20 @@ float HorizontalSum(__m256 v) {
 }
 
 // out = in · ŵᵀ over an INT8 weight for kRows input rows, each weight converted once (eight at a
-// time) and multiplied into every row: the decode steps' products, which a tile would make write
-// and read four bytes per one-byte weight. Needs columns and the group size in multiples of 8.
+// time) and multiplied into every row's sums, with no tile: the decode steps' products, which a
+// tile would make write and read four bytes per one-byte weight. A chain of FMAs into one sum
+// waits out each FMA's latency (4–5 cycles), which held one row to about 2 weights a cycle; with
+// fewer than four rows, each row's sums run as kChains independent chains over consecutive
+// blocks of 8 columns. Needs columns and the group size in multiples of 8.
 template <int kRows>
 void Int8FewRowsForward(const float* in, const FrozenWeight& weight, float* out) {
+  constexpr int kChains = kRows >= 4 ? 1 : 4 / kRows;
   const int64_t columns = weight.columns;
   const int64_t groups = weight.groups_per_row();
+  const auto convert = [](const int8_t* at) {
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(at))));
+  };
 #pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < weight.rows; ++o) {
     const int8_t* q = static_cast<const int8_t*>(weight.values) + o * columns;
@@ -42,17 +50,32 @@ void Int8FewRowsForward(const float* in, const FrozenWeight& weight, float* out)
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t begin = g * weight.group_size;
       const int64_t end = std::min(begin + weight.group_size, columns);
-      __m256 sums[kRows];
-      for (int r = 0; r < kRows; ++r) sums[r] = _mm256_setzero_ps();
-      for (int64_t c = begin; c < end; c += 8) {
-        const __m256 w = _mm256_cvtepi32_ps(
-            _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + c))));
+      __m256 sums[kRows][kChains];
+      for (int r = 0; r < kRows; ++r) {
+        for (int j = 0; j < kChains; ++j) sums[r][j] = _mm256_setzero_ps();
+      }
+      int64_t c = begin;
+      for (; c + 8 * kChains <= end; c += 8 * kChains) {
+        for (int j = 0; j < kChains; ++j) {
+          const __m256 w = convert(q + c + 8 * j);
+          for (int r = 0; r < kRows; ++r) {
+            sums[r][j] =
+                _mm256_fmadd_ps(w, _mm256_loadu_ps(in + r * columns + c + 8 * j), sums[r][j]);
+          }
+        }
+      }
+      for (; c < end; c += 8) {
+        const __m256 w = convert(q + c);
         for (int r = 0; r < kRows; ++r) {
-          sums[r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(in + r * columns + c), sums[r]);
+          sums[r][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(in + r * columns + c), sums[r][0]);
         }
       }
       const __m256 scale = _mm256_set1_ps(weight.scales[o * groups + g]);
-      for (int r = 0; r < kRows; ++r) total[r] = _mm256_fmadd_ps(scale, sums[r], total[r]);
+      for (int r = 0; r < kRows; ++r) {
+        __m256 sum = sums[r][0];
+        for (int j = 1; j < kChains; ++j) sum = _mm256_add_ps(sum, sums[r][j]);
+        total[r] = _mm256_fmadd_ps(scale, sum, total[r]);
+      }
     }
     for (int r = 0; r < kRows; ++r) out[r * weight.rows + o] = HorizontalSum(total[r]);
   }

@@ -772,10 +772,17 @@ TEST_P(BackendOpsTest, AdamWClipsDecaysAndLeavesOtherRangesAlone) {
 TEST_P(BackendOpsTest, FrozenLinearInEveryFormat) {
   // 150 output rows: two of the CPU's 64-row tiles and a partial one; 70 or 72 columns: a partial
   // group. On the CPU, 12 input rows take the tiles' GEMM; up to kFusedMaxRows (8) take
-  // matrix-vector products per tile at 70 columns, and at 72 (columns and groups in multiples of
-  // 8) the INT8 vector kernel.
-  for (const auto& [kRows, kIn] :
-       {std::pair<int64_t, int64_t>{5, 70}, {12, 70}, {1, 72}, {5, 72}, {8, 72}}) {
+  // matrix-vector products per tile at 70 columns, and at 72 or 88 (columns and groups in
+  // multiples of 8) the INT8 vector kernel, whose 1, 2 and 3 rows run 4, 2 and 1 chains of sums
+  // over blocks of 32, 16 and 8 columns, with a group's last 8 or 24 columns left over.
+  for (const auto& [kRows, kIn] : {std::pair<int64_t, int64_t>{5, 70},
+                                   {12, 70},
+                                   {1, 72},
+                                   {1, 88},
+                                   {2, 88},
+                                   {3, 72},
+                                   {5, 72},
+                                   {8, 72}}) {
     constexpr int64_t kOut = 150, kGroup = 32;
     const Floats weights = RandomVector(kOut * kIn, 31);
     const cpu::Int8Matrix int8 = cpu::QuantizeInt8(weights, kOut, kIn, kGroup);
