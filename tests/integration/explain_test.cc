@@ -71,12 +71,11 @@ class ExplainTest : public ::testing::Test {
   // asked to print.
   static CommandResult Browse(const std::string& chromium, const std::vector<std::string>& what,
                               const std::string& address) {
-    std::vector<std::string> argv = {chromium,
-                                     "--headless",
-                                     "--no-sandbox",
-                                     "--disable-gpu",
-                                     "--no-first-run",
-                                     "--hide-scrollbars",
+    std::vector<std::string> argv = {chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                                     "--no-first-run", "--hide-scrollbars",
+                                     // Containers often give /dev/shm 64 MB, which a renderer
+                                     // can outgrow.
+                                     "--disable-dev-shm-usage",
                                      "--user-data-dir=" + path("profile").string()};
     argv.insert(argv.end(), what.begin(), what.end());
     argv.push_back(address);
