@@ -141,8 +141,7 @@ int ExplainCommand(const std::vector<std::string>& args) {
                                   {"target", input.target_label},
                                   {"target_probability", explanation->target_probability},
                                   {"top_attributions", top}};
-  std::printf("%s\n",
-              summary.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  std::printf("%s\n", JsonLine(summary).c_str());
   return 0;
 }
 
