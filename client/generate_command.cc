@@ -12,6 +12,7 @@
 #include "config/command_line.h"
 #include "model/adapted_model.h"
 #include "model/compute.h"
+#include "model/device_decoder.h"
 #include "model/frozen_base.h"
 #include "model/generation.h"
 #include "model/tokenizer.h"
@@ -35,20 +36,21 @@ absl::StatusOr<double> DoubleOr(const CommandLine& flags, const std::string& fla
 const char kGenerateUsage[] =
     R"(  model generate --model DIR (--prompt TEXT | --prompt-file FILE) [--adapter DIR]
         [--int8 | --bf16] [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
-        [--stop TEXT]... [--threads T]
+        [--stop TEXT]... [--device auto|cpu|cuda] [--threads T]
       Generates text after the prompt with DIR's model (with a PEFT adapter directory over
       it; --int8 or --bf16 holds the base in that format) and streams it to stdout as it
-      comes. Sampling: temperature T (default 0.8; 0 is greedy) over the most likely tokens
+      comes, on the GPU when one answers (--device auto, the default) or where --device says. Sampling: temperature T (default 0.8; 0 is greedy) over the most likely tokens
       whose probabilities reach P (default 0.95), seeded by S (default: drawn, and reported).
       Ends at N tokens (default 128), the model's end-of-sequence token, or before the first
       --stop string. The last line on stderr is JSON {"prompt_tokens", "generated_tokens",
-      "prefill_tokens_per_second", "decode_tokens_per_second", "finish_reason", "seed"}.
+      "prefill_tokens_per_second", "decode_tokens_per_second", "finish_reason", "seed",
+      "device"}.
 )";
 
 int GenerateCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args,
                                   {"model", "adapter", "prompt", "prompt-file", "max-tokens",
-                                   "temperature", "top-p", "seed", "stop", "threads"},
+                                   "temperature", "top-p", "seed", "stop", "device", "threads"},
                                   {"int8", "bf16"});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = flags->Require("model");
@@ -76,6 +78,8 @@ int GenerateCommand(const std::vector<std::string>& args) {
   }
   options.stop = flags->GetAll("stop");
   if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
+  absl::StatusOr<model::Device> device = DeviceFlag(*flags);
+  if (!device.ok()) return Fail(device.status());
   absl::StatusOr<std::optional<model::WeightFormat>> format = HeldWeightFormat(*flags);
   if (!format.ok()) return Fail(format.status());
 
@@ -88,11 +92,13 @@ int GenerateCommand(const std::vector<std::string>& args) {
   absl::StatusOr<std::unique_ptr<model::Tokenizer>> tokenizer =
       model::LoadTokenizer(*model_dir, base->config().vocab_size);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
-  absl::StatusOr<model::Generator> generator = model::Generator::Create(*base, *adapters);
-  if (!generator.ok()) return Fail(generator.status());
+  absl::StatusOr<std::unique_ptr<model::Decoder>> decoder =
+      model::CreateDecoder(*base, *adapters, *device);
+  if (!decoder.ok()) return Fail(decoder.status());
+  model::Generator generator(*std::move(decoder));
 
   absl::StatusOr<model::GenerationResult> result =
-      model::Generate(*generator, **tokenizer, *prompt, options, [](std::string_view piece) {
+      model::Generate(generator, **tokenizer, *prompt, options, [](std::string_view piece) {
         std::fwrite(piece.data(), 1, piece.size(), stdout);
         std::fflush(stdout);
       });
@@ -110,7 +116,8 @@ int GenerateCommand(const std::vector<std::string>& args) {
       {"prefill_tokens_per_second", rate(result->prompt_tokens.size(), result->prefill_seconds)},
       {"decode_tokens_per_second", rate(decoded, result->decode_seconds)},
       {"finish_reason", result->finish_reason},
-      {"seed", options.seed}};
+      {"seed", options.seed},
+      {"device", std::string(generator.device())}};
   std::fprintf(stderr, "%s\n", summary.dump().c_str());
   return 0;
 }

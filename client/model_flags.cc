@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/compute.h"
+#include "model/device_decoder.h"
 #include "storage/file_status.h"
 
 namespace fedmoe::client {
@@ -24,6 +25,16 @@ absl::Status ApplyThreads(const config::CommandLine& flags) {
   if (!threads.ok()) return threads.status();
   model::SetCpuThreads(static_cast<int>(*threads));
   return absl::OkStatus();
+}
+
+absl::StatusOr<model::Device> DeviceFlag(const config::CommandLine& flags) {
+  return model::ResolveDevice(flags.Get("device").value_or("auto"));
+}
+
+serve::EngineOptions::DecoderFactory DecoderOn(model::Device device) {
+  return [device](const model::FrozenBase& base, const model::LoraAdapters& adapters) {
+    return model::CreateDecoder(base, adapters, device);
+  };
 }
 
 std::string JsonLine(const nlohmann::json& json) {

@@ -1,5 +1,5 @@
 // Flags that every command over a model directory reads the same way: the format the base is
-// held in (--int8, --bf16) and the CPU threads (--threads).
+// held in (--int8, --bf16), the CPU threads (--threads) and the device (--device).
 #ifndef FEDMOE_CLIENT_MODEL_FLAGS_H_
 #define FEDMOE_CLIENT_MODEL_FLAGS_H_
 
@@ -10,7 +10,9 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "client/serve/engine.h"
 #include "config/command_line.h"
+#include "model/compute.h"
 #include "model/frozen_base.h"
 
 namespace fedmoe::client {
@@ -27,6 +29,12 @@ absl::StatusOr<std::optional<model::WeightFormat>> HeldWeightFormat(
 
 // --threads T (0 or absent: all cores) for the CPU products.
 absl::Status ApplyThreads(const config::CommandLine& flags);
+
+// --device auto|cpu|cuda (absent: auto), resolved for this machine (model::ResolveDevice).
+absl::StatusOr<model::Device> DeviceFlag(const config::CommandLine& flags);
+
+// A decoder factory for the serving engine on `device` (model/device_decoder.h).
+serve::EngineOptions::DecoderFactory DecoderOn(model::Device device);
 
 // One JSON line of a command's summary; bytes that are not UTF-8 become U+FFFD.
 std::string JsonLine(const nlohmann::json& json);

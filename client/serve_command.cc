@@ -53,7 +53,8 @@ absl::StatusOr<serve::EngineOptions> EngineOptionsOf(const CommandLine& flags) {
 const char kServeUsage[] =
     R"(  serve --model DIR [--adapter DIR] [--int8 | --bf16] [--listen HOST:PORT] [--model-name NAME]
         [--token-file FILE] [--max-batch N] [--max-queue N] [--prefill-chunk N]
-        [--max-prompt-tokens N] [--max-tokens-limit N] [--prefix-cache-mb MB] [--threads T]
+        [--max-prompt-tokens N] [--max-tokens-limit N] [--prefix-cache-mb MB]
+        [--device auto|cpu|cuda] [--threads T]
       Serves DIR's model (with a PEFT adapter directory over it; --int8 or --bf16 holds the
       base in that format) over an OpenAI-compatible HTTP API until SIGTERM or SIGINT:
       POST /v1/completions and /v1/chat/completions (stream: true for server-sent events),
@@ -65,15 +66,16 @@ const char kServeUsage[] =
       prefixes come from a cache of --prefix-cache-mb (default 256; 0 turns it off). Prompts
       over --max-prompt-tokens and max_tokens over --max-tokens-limit (default: the model's
       context) get 400. Requests name the model as NAME (default: DIR's last component).
+      Decodes on the GPU when one answers (--device auto, the default) or where --device says.
       Logs one JSON line {"event":"serving","address":...} once it listens.
 )";
 
 int ServeCommand(const std::vector<std::string>& args) {
-  auto flags = CommandLine::Parse(
-      args,
-      {"model", "adapter", "listen", "model-name", "token-file", "max-batch", "max-queue",
-       "prefill-chunk", "max-prompt-tokens", "max-tokens-limit", "prefix-cache-mb", "threads"},
-      {"int8", "bf16"});
+  auto flags = CommandLine::Parse(args,
+                                  {"model", "adapter", "listen", "model-name", "token-file",
+                                   "max-batch", "max-queue", "prefill-chunk", "max-prompt-tokens",
+                                   "max-tokens-limit", "prefix-cache-mb", "device", "threads"},
+                                  {"int8", "bf16"});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = flags->Require("model");
   if (!model_dir.ok()) return Fail(model_dir.status());
@@ -91,6 +93,9 @@ int ServeCommand(const std::vector<std::string>& args) {
     return Fail(status);
   }
   if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
+  absl::StatusOr<model::Device> device = DeviceFlag(*flags);
+  if (!device.ok()) return Fail(device.status());
+  engine_options->make_decoder = DecoderOn(*device);
   absl::StatusOr<std::optional<model::WeightFormat>> format = HeldWeightFormat(*flags);
   if (!format.ok()) return Fail(format.status());
   const std::filesystem::path directory(*model_dir);
@@ -124,6 +129,7 @@ int ServeCommand(const std::vector<std::string>& args) {
       .Field("address", (*server)->address())
       .Field("model", (*served)->id)
       .Field("format", std::string(model::WeightFormatName((*served)->base.format())))
+      .Field("device", std::string(model::DeviceName(*device)))
       .Field("adapter", adapter.has_value() ? adapter->string() : std::string("none"))
       .Field("max_batch", (*engine_options).max_batch)
       .Field("auth", server_options.bearer_token.empty() ? "none" : "bearer");

@@ -3,7 +3,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "client/model_flags.h"
 #include "logging/log.h"
+#include "model/compute.h"
 #include "storage/file_status.h"
 
 namespace fedmoe::client {
@@ -22,6 +24,11 @@ void ServeSettings::Read(config::YamlConfigReader& reader, ServeSettings* settin
   settings->token_file = token_file;
   reader.Read("serve.model_name", &settings->model_name);
   reader.Read("serve.format", &settings->format);
+  reader.Read("serve.device", &settings->device);
+  if (settings->device != "auto" && settings->device != "cpu" && settings->device != "cuda") {
+    reader.Invalid("serve.device",
+                   absl::StrCat("unknown device '", settings->device, "' (auto, cpu or cuda)"));
+  }
   std::string adapter;
   reader.Read("serve.adapter", &adapter);
   settings->adapter = adapter;
@@ -87,6 +94,11 @@ std::string ServeSettings::ToYaml() const {
       "  format: \"",
       format,
       "\"\n"
+      "  # Where decoding runs: auto (the GPU when one answers; it shares the GPU with local\n"
+      "  # training), cpu or cuda.\n"
+      "  device: \"",
+      device,
+      "\"\n"
       "  # A PEFT adapter directory of this site's own over the global model; empty: none.\n"
       "  adapter: \"",
       adapter.string(),
@@ -130,6 +142,9 @@ absl::Status ServeHost::Offer(uint64_t version, const std::filesystem::path& dir
       adapter_version ? *base : directory, adapter, settings_.weight_format(), id);
   if (!served.ok()) return served.status();
   if (engine_ == nullptr) {
+    absl::StatusOr<model::Device> device = model::ResolveDevice(settings_.device);
+    if (!device.ok()) return device.status();
+    settings_.engine.make_decoder = DecoderOn(*device);
     absl::StatusOr<std::unique_ptr<serve::Engine>> engine =
         serve::Engine::Start(*served, settings_.engine);
     if (!engine.ok()) return engine.status();

@@ -30,6 +30,8 @@ struct ServeSettings {
   std::string format;
   // A PEFT adapter of the site's own over the global model (whole-model federations).
   std::filesystem::path adapter;
+  // Where decoding runs: "auto" (the GPU when one answers), "cpu" or "cuda".
+  std::string device = "auto";
   serve::EngineOptions engine;
 
   bool enabled() const { return !listen.empty(); }

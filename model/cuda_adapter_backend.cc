@@ -202,6 +202,14 @@ absl::Status CudaAdapterBackend::Forward(const PassShape& s, bool /*bf16*/, bool
 
 absl::Status CudaAdapterBackend::AdaptedAttention(int64_t index, const PassShape& s,
                                                   LayerBuffers& layer, LowBuffers& low) {
+  absl::Status status = AdaptedQkv(index, s, layer, low);
+  status.Update(RotateAndAttend(s, layer, cuda::AttentionArithmetic::kFloat32));
+  status.Update(AdaptedAttentionOutput(index, s, layer, low));
+  return status;
+}
+
+absl::Status CudaAdapterBackend::AdaptedQkv(int64_t index, const PassShape& s, LayerBuffers& layer,
+                                            LowBuffers& low) {
   const LayerOffsets& w = layout_.layer(index);
   const LayerSites& sites = sites_.layer(index);
   absl::Status status = cuda::RmsNormForward(
@@ -214,15 +222,15 @@ absl::Status CudaAdapterBackend::AdaptedAttention(int64_t index, const PassShape
                        layer.k.data()));
   status.Update(Linear(w.v_proj, sites.v_proj, n1, s.rows, LowAt(low.v_proj, sites.v_proj, 0),
                        layer.v.data()));
-  status.Update(cuda::RopeForward(layer.q.data(), s.batch, s.seq_len, config_.num_attention_heads,
-                                  RopeTable()));
-  status.Update(cuda::RopeForward(layer.k.data(), s.batch, s.seq_len, config_.num_key_value_heads,
-                                  RopeTable()));
-  status.Update(cuda::CausalAttentionForward(layer.q.data(), layer.k.data(), layer.v.data(),
-                                             layer.attention_output.data(), layer.logsumexp.data(),
-                                             s.attention, cuda::AttentionArithmetic::kFloat32));
-  status.Update(Linear(w.o_proj, sites.o_proj, layer.attention_output.data(), s.rows,
-                       LowAt(low.o_proj, sites.o_proj, 0), layer.residual.data()));
+  return status;
+}
+
+absl::Status CudaAdapterBackend::AdaptedAttentionOutput(int64_t index, const PassShape& s,
+                                                        LayerBuffers& layer, LowBuffers& low) {
+  const LayerOffsets& w = layout_.layer(index);
+  const LayerSites& sites = sites_.layer(index);
+  absl::Status status = Linear(w.o_proj, sites.o_proj, layer.attention_output.data(), s.rows,
+                               LowAt(low.o_proj, sites.o_proj, 0), layer.residual.data());
   status.Update(cuda::AddInto(layer.residual.data(), layer.input.data(), s.rows * s.hidden));
   return status;
 }

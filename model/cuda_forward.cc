@@ -32,6 +32,18 @@ absl::Status CudaTrainingBackend::Forward(const PassShape& s, bool bf16, bool tr
   return status;
 }
 
+absl::Status CudaTrainingBackend::RotateAndAttend(const PassShape& s, LayerBuffers& layer,
+                                                  cuda::AttentionArithmetic arithmetic) {
+  absl::Status status = cuda::RopeForward(layer.q.data(), s.batch, s.seq_len,
+                                          config_.num_attention_heads, RopeTable());
+  status.Update(cuda::RopeForward(layer.k.data(), s.batch, s.seq_len, config_.num_key_value_heads,
+                                  RopeTable()));
+  status.Update(cuda::CausalAttentionForward(layer.q.data(), layer.k.data(), layer.v.data(),
+                                             layer.attention_output.data(), layer.logsumexp.data(),
+                                             s.attention, arithmetic));
+  return status;
+}
+
 absl::Status CudaTrainingBackend::AttentionBlock(const LayerOffsets& w, const PassShape& s,
                                                  bool bf16, LayerBuffers& layer) {
   const auto eps = static_cast<float>(config_.rms_norm_eps);
@@ -46,13 +58,7 @@ absl::Status CudaTrainingBackend::AttentionBlock(const LayerOffsets& w, const Pa
                               s.kv_width));
   status.Update(LinearForward(n1, Weight(w.v_proj, bf16, true), layer.v.data(), s.rows, s.hidden,
                               s.kv_width));
-  status.Update(cuda::RopeForward(layer.q.data(), s.batch, s.seq_len, config_.num_attention_heads,
-                                  RopeTable()));
-  status.Update(cuda::RopeForward(layer.k.data(), s.batch, s.seq_len, config_.num_key_value_heads,
-                                  RopeTable()));
-  status.Update(cuda::CausalAttentionForward(layer.q.data(), layer.k.data(), layer.v.data(),
-                                             layer.attention_output.data(), layer.logsumexp.data(),
-                                             s.attention, AttentionArithmeticFor(bf16)));
+  status.Update(RotateAndAttend(s, layer, AttentionArithmeticFor(bf16)));
   if (bf16) {
     status.Update(cuda::RoundToBf16(layer.attention_output.data(),
                                     layer.attention_output_bf16.data(), s.rows * s.q_width));

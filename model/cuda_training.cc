@@ -178,6 +178,43 @@ absl::Status CudaTrainingBackend::LinearBackward(MatrixOperand in, MatrixOperand
   return status;
 }
 
+PassShape CudaTrainingBackend::PassShapeOf(int64_t batch, int64_t seq_len) const {
+  PassShape shape;
+  shape.batch = batch;
+  shape.seq_len = seq_len;
+  shape.rows = batch * seq_len;
+  shape.top_k = config_.num_experts_per_tok;
+  shape.slots = shape.rows * shape.top_k;
+  shape.hidden = config_.hidden_size;
+  shape.q_width = config_.query_width();
+  shape.kv_width = config_.key_value_width();
+  shape.experts = config_.num_local_experts;
+  shape.inner = config_.intermediate_size;
+  shape.shared = config_.shared_inner_size();
+  shape.vocab = config_.vocab_size;
+  shape.attention = {.batch = batch,
+                     .seq_len = seq_len,
+                     .heads = config_.num_attention_heads,
+                     .kv_heads = config_.num_key_value_heads,
+                     .head_dim = config_.head_dim,
+                     .sliding_window = config_.sliding_window};
+  return shape;
+}
+
+absl::Status CudaTrainingBackend::UploadRope(int64_t positions) {
+  const kernels::cpu::RopeTable table(positions, config_.head_dim, config_.rope_theta);
+  const int64_t values = positions * (config_.head_dim / 2);
+  absl::Status status = Reserve(rope_cos_, values);
+  status.Update(Reserve(rope_sin_, values));
+  if (!status.ok()) return status;
+  status.Update(cuda::CopyHostToDevice(rope_cos_.data(), table.cos(0),
+                                       static_cast<size_t>(values) * sizeof(float)));
+  status.Update(cuda::CopyHostToDevice(rope_sin_.data(), table.sin(0),
+                                       static_cast<size_t>(values) * sizeof(float)));
+  rope_positions_ = status.ok() ? positions : 0;
+  return status;
+}
+
 absl::StatusOr<PassShape> CudaTrainingBackend::Prepare(const Batch& batch) {
   if (absl::Status status = CheckTokens(config_, batch.tokens, batch.batch, batch.seq_len);
       !status.ok()) {
@@ -193,25 +230,7 @@ absl::StatusOr<PassShape> CudaTrainingBackend::Prepare(const Batch& batch) {
                                                      i, " is outside the vocabulary"));
     }
   }
-  PassShape shape;
-  shape.batch = batch.batch;
-  shape.seq_len = batch.seq_len;
-  shape.rows = batch.batch * batch.seq_len;
-  shape.top_k = config_.num_experts_per_tok;
-  shape.slots = shape.rows * shape.top_k;
-  shape.hidden = config_.hidden_size;
-  shape.q_width = config_.query_width();
-  shape.kv_width = config_.key_value_width();
-  shape.experts = config_.num_local_experts;
-  shape.inner = config_.intermediate_size;
-  shape.shared = config_.shared_inner_size();
-  shape.vocab = config_.vocab_size;
-  shape.attention = {.batch = shape.batch,
-                     .seq_len = shape.seq_len,
-                     .heads = config_.num_attention_heads,
-                     .kv_heads = config_.num_key_value_heads,
-                     .head_dim = config_.head_dim,
-                     .sliding_window = config_.sliding_window};
+  const PassShape shape = PassShapeOf(batch.batch, batch.seq_len);
   if (absl::Status status = cuda::CheckAttentionShape(shape.attention); !status.ok()) {
     return status;
   }
@@ -231,18 +250,7 @@ absl::StatusOr<PassShape> CudaTrainingBackend::Prepare(const Batch& batch) {
                                        batch.tokens.size() * sizeof(int32_t)));
   status.Update(cuda::CopyHostToDevice(targets_.data(), batch.targets.data(),
                                        batch.targets.size() * sizeof(int32_t)));
-  if (shape.seq_len != rope_positions_) {
-    const kernels::cpu::RopeTable table(shape.seq_len, config_.head_dim, config_.rope_theta);
-    const int64_t values = shape.seq_len * (config_.head_dim / 2);
-    status.Update(Reserve(rope_cos_, values));
-    status.Update(Reserve(rope_sin_, values));
-    if (!status.ok()) return status;
-    status.Update(cuda::CopyHostToDevice(rope_cos_.data(), table.cos(0),
-                                         static_cast<size_t>(values) * sizeof(float)));
-    status.Update(cuda::CopyHostToDevice(rope_sin_.data(), table.sin(0),
-                                         static_cast<size_t>(values) * sizeof(float)));
-    rope_positions_ = status.ok() ? shape.seq_len : 0;
-  }
+  if (shape.seq_len != rope_positions_) status.Update(UploadRope(shape.seq_len));
   if (!status.ok()) return status;
   return shape;
 }

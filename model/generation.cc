@@ -36,55 +36,72 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-KvCache::KvCache(int64_t layers, int64_t kv_width)
-    : kv_width_(kv_width),
-      keys_(static_cast<size_t>(layers)),
-      values_(static_cast<size_t>(layers)) {}
+// The CPU's keys and values: per layer, [length, kv_width], grown as the sequence grows.
+class HostKvStore final : public KvStore {
+ public:
+  HostKvStore(int64_t layers, int64_t kv_width)
+      : kv_width_(kv_width),
+        keys_(static_cast<size_t>(layers)),
+        values_(static_cast<size_t>(layers)) {}
 
-size_t KvCache::bytes() const {
-  return 2 * keys_.size() * static_cast<size_t>(length_ * kv_width_) * sizeof(float);
-}
+  absl::StatusOr<std::unique_ptr<KvStore>> CopyPrefix(int64_t length) const override {
+    auto copy = std::make_unique<HostKvStore>(static_cast<int64_t>(keys_.size()), kv_width_);
+    const auto size = static_cast<std::ptrdiff_t>(length * kv_width_);
+    for (size_t layer = 0; layer < keys_.size(); ++layer) {
+      copy->keys_[layer].assign(keys_[layer].begin(), keys_[layer].begin() + size);
+      copy->values_[layer].assign(values_[layer].begin(), values_[layer].begin() + size);
+    }
+    return copy;
+  }
+
+  void Truncate(int64_t length) override {
+    for (size_t layer = 0; layer < keys_.size(); ++layer) {
+      keys_[layer].resize(static_cast<size_t>(length * kv_width_));
+      values_[layer].resize(static_cast<size_t>(length * kv_width_));
+    }
+  }
+
+  // Layer `layer`'s keys and values, grown to `length` positions.
+  std::pair<float*, float*> Layer(int64_t layer, int64_t length) {
+    AlignedFloats& keys = keys_[static_cast<size_t>(layer)];
+    AlignedFloats& values = values_[static_cast<size_t>(layer)];
+    keys.resize(static_cast<size_t>(length * kv_width_));
+    values.resize(static_cast<size_t>(length * kv_width_));
+    return {keys.data(), values.data()};
+  }
+
+ private:
+  int64_t kv_width_;
+  std::vector<AlignedFloats> keys_, values_;
+};
 
 void KvCache::Truncate(int64_t length) {
   length_ = std::clamp<int64_t>(length, 0, length_);
-  for (size_t layer = 0; layer < keys_.size(); ++layer) {
-    keys_[layer].resize(static_cast<size_t>(length_ * kv_width_));
-    values_[layer].resize(static_cast<size_t>(length_ * kv_width_));
+  store_->Truncate(length_);
+}
+
+absl::StatusOr<KvCache> KvCache::Prefix(int64_t length) const {
+  length = std::clamp<int64_t>(length, 0, length_);
+  absl::StatusOr<std::unique_ptr<KvStore>> store = store_->CopyPrefix(length);
+  if (!store.ok()) return store.status();
+  KvCache prefix(*std::move(store), layers_, kv_width_);
+  prefix.length_ = length;
+  return prefix;
+}
+
+absl::StatusOr<std::span<const float>> Decoder::Step(std::span<const DecodeSegment> segments) {
+  if (absl::Status status = CheckSegments(segments); !status.ok()) return status;
+  if (segments.empty()) return std::span<const float>();
+  absl::StatusOr<std::span<const float>> logits = Run(segments);
+  if (!logits.ok()) return logits.status();
+  for (const DecodeSegment& segment : segments) {
+    segment.cache->set_length(segment.cache->length() +
+                              static_cast<int64_t>(segment.tokens.size()));
   }
+  return logits;
 }
 
-void KvCache::CopyPrefix(const KvCache& source, int64_t length) {
-  length_ = std::clamp<int64_t>(length, 0, source.length_);
-  kv_width_ = source.kv_width_;
-  keys_.resize(source.keys_.size());
-  values_.resize(source.values_.size());
-  const auto size = static_cast<std::ptrdiff_t>(length_ * kv_width_);
-  for (size_t layer = 0; layer < keys_.size(); ++layer) {
-    keys_[layer].assign(source.keys_[layer].begin(), source.keys_[layer].begin() + size);
-    values_[layer].assign(source.values_[layer].begin(), source.values_[layer].begin() + size);
-  }
-}
-
-absl::StatusOr<BatchDecoder> BatchDecoder::Create(const FrozenBase& base,
-                                                  const LoraAdapters& adapters) {
-  if (absl::Status status = CheckAdaptersFit(base.config(), adapters); !status.ok()) {
-    return status;
-  }
-  return BatchDecoder(base, adapters);
-}
-
-BatchDecoder::BatchDecoder(const FrozenBase& base, const LoraAdapters& adapters)
-    : base_(&base),
-      adapters_(&adapters),
-      rope_(base.config().max_position_embeddings, base.config().head_dim,
-            base.config().rope_theta) {}
-
-KvCache BatchDecoder::NewCache() const {
-  return KvCache(base_->config().num_hidden_layers, base_->config().key_value_width());
-}
-
-absl::Status BatchDecoder::CheckSegments(std::span<const DecodeSegment> segments) const {
-  const MoeConfig& config = base_->config();
+absl::Status Decoder::CheckSegments(std::span<const DecodeSegment> segments) const {
   for (size_t s = 0; s < segments.size(); ++s) {
     const DecodeSegment& segment = segments[s];
     if (segment.cache == nullptr || segment.tokens.empty()) {
@@ -96,14 +113,17 @@ absl::Status BatchDecoder::CheckSegments(std::span<const DecodeSegment> segments
                                                      " tokens; the model takes at most ",
                                                      max_length(), " (max_position_embeddings)"));
     }
-    if (segment.cache->kv_width_ != config.key_value_width() ||
-        segment.cache->keys_.size() != static_cast<size_t>(config.num_hidden_layers)) {
-      return absl::InvalidArgumentError("a key-value cache belongs to another model");
+    if (!Owns(segment.cache->store()) || segment.cache->kv_width() != config_.key_value_width() ||
+        segment.cache->layers() != config_.num_hidden_layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a key-value cache belongs to another model or device (this decoder runs "
+                       "on the ",
+                       std::string(device()), ")"));
     }
     for (const int32_t token : segment.tokens) {
-      if (token < 0 || token >= config.vocab_size) {
+      if (token < 0 || token >= config_.vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "token id ", token, " is outside the vocabulary [0, ", config.vocab_size, ")"));
+            "token id ", token, " is outside the vocabulary [0, ", config_.vocab_size, ")"));
       }
     }
     for (size_t earlier = 0; earlier < s; ++earlier) {
@@ -115,8 +135,32 @@ absl::Status BatchDecoder::CheckSegments(std::span<const DecodeSegment> segments
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::span<const float>> BatchDecoder::Step(std::span<const DecodeSegment> segments) {
-  if (absl::Status status = CheckSegments(segments); !status.ok()) return status;
+absl::StatusOr<std::unique_ptr<BatchDecoder>> BatchDecoder::Create(const FrozenBase& base,
+                                                                   const LoraAdapters& adapters) {
+  if (absl::Status status = CheckAdaptersFit(base.config(), adapters); !status.ok()) {
+    return status;
+  }
+  return std::unique_ptr<BatchDecoder>(new BatchDecoder(base, adapters));
+}
+
+BatchDecoder::BatchDecoder(const FrozenBase& base, const LoraAdapters& adapters)
+    : Decoder(base.config()),
+      base_(&base),
+      adapters_(&adapters),
+      rope_(base.config().max_position_embeddings, base.config().head_dim,
+            base.config().rope_theta) {}
+
+KvCache BatchDecoder::NewCache() const {
+  const MoeConfig& config = base_->config();
+  return KvCache(std::make_unique<HostKvStore>(config.num_hidden_layers, config.key_value_width()),
+                 config.num_hidden_layers, config.key_value_width());
+}
+
+bool BatchDecoder::Owns(const KvStore& store) const {
+  return dynamic_cast<const HostKvStore*>(&store) != nullptr;
+}
+
+absl::StatusOr<std::span<const float>> BatchDecoder::Run(std::span<const DecodeSegment> segments) {
   const MoeConfig& config = base_->config();
   const ModelLayout& layout = base_->layout();
   const int64_t hidden = config.hidden_size;
@@ -160,20 +204,18 @@ absl::StatusOr<std::span<const float>> BatchDecoder::Step(std::span<const Decode
       float* segment_v = v + row * kv_width;
       cpu::RopeForwardAt(segment_q, count, config.num_attention_heads, first, rope_);
       cpu::RopeForwardAt(segment_k, count, config.num_key_value_heads, first, rope_);
-      AlignedFloats& keys = segment.cache->keys_[static_cast<size_t>(i)];
-      AlignedFloats& values = segment.cache->values_[static_cast<size_t>(i)];
-      keys.resize(static_cast<size_t>((first + count) * kv_width));
-      values.resize(static_cast<size_t>((first + count) * kv_width));
-      std::copy(segment_k, segment_k + count * kv_width, keys.begin() + first * kv_width);
-      std::copy(segment_v, segment_v + count * kv_width, values.begin() + first * kv_width);
+      auto [keys, values] =
+          static_cast<HostKvStore&>(segment.cache->store()).Layer(i, first + count);
+      std::copy(segment_k, segment_k + count * kv_width, keys + first * kv_width);
+      std::copy(segment_v, segment_v + count * kv_width, values + first * kv_width);
       const cpu::AttentionShape attention{.batch = 1,
                                           .seq_len = first + count,
                                           .heads = config.num_attention_heads,
                                           .kv_heads = config.num_key_value_heads,
                                           .head_dim = config.head_dim,
                                           .sliding_window = config.sliding_window};
-      cpu::CachedAttentionForward(segment_q, keys.data(), values.data(), attended + row * q_width,
-                                  count, first, attention);
+      cpu::CachedAttentionForward(segment_q, keys, values, attended + row * q_width, count, first,
+                                  attention);
       row += count;
     }
     float* residual = Sized(layer_.residual, rows * hidden);
@@ -193,7 +235,6 @@ absl::StatusOr<std::span<const float>> BatchDecoder::Step(std::span<const Decode
     end += static_cast<int64_t>(segment.tokens.size());
     std::copy(stream_.begin() + (end - 1) * hidden, stream_.begin() + end * hidden,
               last + s * hidden);
-    segment.cache->length_ += static_cast<int64_t>(segment.tokens.size());
   }
   cpu::RmsNormForward(last, base_->vector(layout.final_norm()), Sized(final_norm_, count * hidden),
                       Sized(final_rstd_, count), count, hidden, eps);
@@ -203,7 +244,7 @@ absl::StatusOr<std::span<const float>> BatchDecoder::Step(std::span<const Decode
 }
 
 absl::StatusOr<Generator> Generator::Create(const FrozenBase& base, const LoraAdapters& adapters) {
-  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
+  absl::StatusOr<std::unique_ptr<BatchDecoder>> decoder = BatchDecoder::Create(base, adapters);
   if (!decoder.ok()) return decoder.status();
   return Generator(*std::move(decoder));
 }
@@ -212,13 +253,13 @@ absl::StatusOr<std::span<const float>> Generator::Start(std::span<const int32_t>
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
   cache_.Truncate(0);
   const DecodeSegment segment{.cache = &cache_, .tokens = prompt};
-  return decoder_.Step({&segment, 1});
+  return decoder_->Step({&segment, 1});
 }
 
 absl::StatusOr<std::span<const float>> Generator::Append(int32_t token) {
   if (cache_.length() == 0) return absl::FailedPreconditionError("Append before Start");
   const DecodeSegment segment{.cache = &cache_, .tokens = {&token, 1}};
-  return decoder_.Step({&segment, 1});
+  return decoder_->Step({&segment, 1});
 }
 
 absl::Status SamplingOptions::Validate() const {

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <random>
 #include <span>
 #include <string>
@@ -26,29 +27,50 @@
 
 namespace fedmoe::model {
 
+// Where one sequence's keys and values live: host memory (BatchDecoder's) or a GPU's
+// (cuda_generation.h). Each decoder makes its own kind and takes no other.
+class KvStore {
+ public:
+  virtual ~KvStore() = default;
+  // A new store holding the first `length` positions of this one (which holds at least that
+  // many). ResourceExhausted when its memory runs out.
+  virtual absl::StatusOr<std::unique_ptr<KvStore>> CopyPrefix(int64_t length) const = 0;
+  // Lets go of what lies past the first `length` positions.
+  virtual void Truncate(int64_t length) = 0;
+};
+
 // One sequence's keys and values per layer, after RoPE: what its next rows attend to. Position
 // i's entries depend only on tokens 0…i, so any prefix of a cache is the cache of that prefix
-// (what the prefix cache reuses).
+// (what the prefix cache reuses). Made by a decoder's NewCache; movable, not copyable.
 class KvCache {
  public:
-  KvCache(int64_t layers, int64_t kv_width);
+  KvCache(std::unique_ptr<KvStore> store, int64_t layers, int64_t kv_width)
+      : store_(std::move(store)), layers_(layers), kv_width_(kv_width) {}
 
   // Tokens held.
   int64_t length() const { return length_; }
-  // Bytes of keys and values held.
-  size_t bytes() const;
+  // Bytes of keys and values held (fp32, every layer).
+  size_t bytes() const { return BytesFor(length_); }
+  // The bytes `length` positions take.
+  size_t BytesFor(int64_t length) const {
+    return 2 * static_cast<size_t>(layers_ * length * kv_width_) * sizeof(float);
+  }
   // Keeps the first `length` positions (at most length()).
   void Truncate(int64_t length);
-  // Becomes the first `length` positions (at most source.length()) of `source`, a cache of the
-  // same model.
-  void CopyPrefix(const KvCache& source, int64_t length);
+  // A cache of the first `length` positions (at most length()) in the same kind of memory; the
+  // store's errors.
+  absl::StatusOr<KvCache> Prefix(int64_t length) const;
+
+  int64_t layers() const { return layers_; }
+  int64_t kv_width() const { return kv_width_; }
+  // For decoders: the memory, and the length once a step has written new positions.
+  KvStore& store() const { return *store_; }
+  void set_length(int64_t length) { length_ = length; }
 
  private:
-  friend class BatchDecoder;
-
+  std::unique_ptr<KvStore> store_;
+  int64_t layers_;
   int64_t kv_width_;
-  // Per layer, [length_, kv_width_], grown as the sequence grows.
-  std::vector<AlignedFloats> keys_, values_;
   int64_t length_ = 0;
 };
 
@@ -62,32 +84,65 @@ struct DecodeSegment {
 // the products and the MoE block, which treat each row alone, take all rows at once, so a
 // weight read from memory serves every sequence in the step; RoPE and attention run per
 // sequence, at its own positions over its own cache. A step may mix a prompt's rows (prefill)
-// with single decode rows. Not thread-safe; the base and adapters are shared read-only.
-class BatchDecoder {
+// with single decode rows. The CPU's (BatchDecoder) and a GPU's (cuda_generation.h) compute the
+// same arithmetic. Not thread-safe; the base and adapters are shared read-only and outlive it.
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+
+  // An empty cache for this decoder.
+  virtual KvCache NewCache() const = 0;
+
+  // Runs every segment's tokens at the end of its cache, extends the caches, and returns the
+  // logits [segments, vocab_size]: row s scores the token after segment s's last one; the span
+  // lives until the next step. InvalidArgument, before any cache changes, for a segment with no
+  // tokens, a token outside the vocabulary, a sequence that would pass max_length(), a cache
+  // this decoder did not make, or a cache named twice. A device's errors otherwise, after which
+  // the step's caches are to be dropped.
+  absl::StatusOr<std::span<const float>> Step(std::span<const DecodeSegment> segments);
+
+  // Where the products run: "cpu" or "cuda".
+  virtual std::string_view device() const = 0;
+
+  // The longest sequence the model takes: its max_position_embeddings.
+  int64_t max_length() const { return config_.max_position_embeddings; }
+  // The token that ends a sequence; −1 when the model's config names none.
+  int64_t eos_token() const { return config_.eos_token_id; }
+  int64_t vocab_size() const { return config_.vocab_size; }
+
+ protected:
+  explicit Decoder(const MoeConfig& config) : config_(config) {}
+
+  // Whether `store` is of the kind NewCache makes.
+  virtual bool Owns(const KvStore& store) const = 0;
+  // Step's work on checked segments whose caches still have their old lengths: writes each
+  // segment's new positions into its store and returns the logits.
+  virtual absl::StatusOr<std::span<const float>> Run(std::span<const DecodeSegment> segments) = 0;
+
+  const MoeConfig& config() const { return config_; }
+
+ private:
+  absl::Status CheckSegments(std::span<const DecodeSegment> segments) const;
+
+  MoeConfig config_;
+};
+
+// The CPU's decoder, on kernels/cpu over the base in its own format.
+class BatchDecoder final : public Decoder {
  public:
   // Over `base` and `adapters` (BaseOnlyAdapters for the base alone), which must outlive it.
   // InvalidArgument when the adapters were laid out for another model.
-  static absl::StatusOr<BatchDecoder> Create(const FrozenBase& base, const LoraAdapters& adapters);
+  static absl::StatusOr<std::unique_ptr<BatchDecoder>> Create(const FrozenBase& base,
+                                                              const LoraAdapters& adapters);
 
-  // An empty cache for this model.
-  KvCache NewCache() const;
-
-  // Runs every segment's tokens at the end of its cache, extends the caches, and returns the
-  // logits [segments, vocab_size]: row s scores the token after segment s's last one.
-  // InvalidArgument, before any cache changes, for a segment with no tokens, a token outside
-  // the vocabulary, a sequence that would pass max_length(), or a cache named twice.
-  absl::StatusOr<std::span<const float>> Step(std::span<const DecodeSegment> segments);
-
-  // The longest sequence the model takes: its max_position_embeddings.
-  int64_t max_length() const { return base_->config().max_position_embeddings; }
-  // The token that ends a sequence; −1 when the model's config names none.
-  int64_t eos_token() const { return base_->config().eos_token_id; }
-  int64_t vocab_size() const { return base_->config().vocab_size; }
+  KvCache NewCache() const override;
+  std::string_view device() const override { return "cpu"; }
 
  private:
   BatchDecoder(const FrozenBase& base, const LoraAdapters& adapters);
 
-  absl::Status CheckSegments(std::span<const DecodeSegment> segments) const;
+  bool Owns(const KvStore& store) const override;
+  absl::StatusOr<std::span<const float>> Run(std::span<const DecodeSegment> segments) override;
 
   const FrozenBase* base_;
   const LoraAdapters* adapters_;
@@ -99,11 +154,14 @@ class BatchDecoder {
   AlignedFloats stream_, next_, last_rows_, final_norm_, final_rstd_, logits_;
 };
 
-// One sequence generated alone: a BatchDecoder over one cache.
+// One sequence generated alone: a decoder over one cache.
 class Generator {
  public:
-  // As BatchDecoder::Create.
+  // On the CPU, as BatchDecoder::Create.
   static absl::StatusOr<Generator> Create(const FrozenBase& base, const LoraAdapters& adapters);
+  // Over any decoder (a GPU's: cuda_generation.h).
+  explicit Generator(std::unique_ptr<Decoder> decoder)
+      : decoder_(std::move(decoder)), cache_(decoder_->NewCache()) {}
 
   // Starts a new sequence with `prompt` (at least one token) and returns the logits
   // [vocab_size] of the token after it. InvalidArgument for an empty prompt, a token outside the
@@ -116,14 +174,12 @@ class Generator {
 
   // Tokens in the sequence so far.
   int64_t length() const { return cache_.length(); }
-  int64_t max_length() const { return decoder_.max_length(); }
-  int64_t eos_token() const { return decoder_.eos_token(); }
+  int64_t max_length() const { return decoder_->max_length(); }
+  int64_t eos_token() const { return decoder_->eos_token(); }
+  std::string_view device() const { return decoder_->device(); }
 
  private:
-  explicit Generator(BatchDecoder decoder)
-      : decoder_(std::move(decoder)), cache_(decoder_.NewCache()) {}
-
-  BatchDecoder decoder_;
+  std::unique_ptr<Decoder> decoder_;
   KvCache cache_;
 };
 

@@ -27,8 +27,11 @@ int64_t PrefixCache::Reuse(std::span<const int32_t> prompt, KvCache& cache) {
     }
   }
   if (best == nullptr) return 0;
+  // A device out of memory for the copy is a miss: the prompt's rows are computed instead.
+  absl::StatusOr<KvCache> prefix = best->cache.Prefix(static_cast<int64_t>(best_length));
+  if (!prefix.ok()) return 0;
   best->last_used = ++clock_;
-  cache.CopyPrefix(best->cache, static_cast<int64_t>(best_length));
+  cache = *std::move(prefix);
   return static_cast<int64_t>(best_length);
 }
 
@@ -44,10 +47,12 @@ void PrefixCache::Remember(std::span<const int32_t> prompt, const KvCache& cache
   std::erase_if(entries_, [&](const Entry& entry) {
     return CommonPrefix(entry.tokens, prompt) == entry.tokens.size();
   });
-  Entry entry{.tokens = {prompt.begin(), prompt.end()}, .cache = cache, .last_used = ++clock_};
-  entry.cache.Truncate(length);
-  if (entry.cache.bytes() > capacity_bytes_) return;
-  entries_.push_back(std::move(entry));
+  if (cache.BytesFor(length) > capacity_bytes_) return;
+  absl::StatusOr<KvCache> prefix = cache.Prefix(length);
+  if (!prefix.ok()) return;  // a device out of memory remembers nothing
+  entries_.push_back(Entry{.tokens = {prompt.begin(), prompt.end()},
+                           .cache = *std::move(prefix),
+                           .last_used = ++clock_});
   while (bytes() > capacity_bytes_) {
     entries_.erase(
         std::min_element(entries_.begin(), entries_.end(),

@@ -92,7 +92,7 @@ void Completion::Finish(std::string reason, absl::Status status) {
 // A served model as the engine's thread uses it: its decoder and its prefix cache.
 struct Engine::Runtime {
   std::shared_ptr<const ServedModel> model;
-  model::BatchDecoder decoder;
+  std::unique_ptr<model::Decoder> decoder;
   model::PrefixCache prefix_cache;
 };
 
@@ -113,14 +113,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(std::shared_ptr<const Serv
                                                       const EngineOptions& options) {
   if (absl::Status status = options.Validate(); !status.ok()) return status;
   std::unique_ptr<Engine> engine(new Engine(options));
-  // The decoder refuses adapters of another model here rather than at the first request.
-  absl::StatusOr<model::BatchDecoder> decoder =
-      model::BatchDecoder::Create(model->base, model->adapters);
-  if (!decoder.ok()) return decoder.status();
-  {
-    absl::MutexLock lock(&engine->mutex_);
-    engine->model_ = std::move(model);
-  }
+  if (absl::Status status = engine->Publish(std::move(model)); !status.ok()) return status;
   engine->thread_ = std::thread([raw = engine.get()] { raw->Loop(); });
   return engine;
 }
@@ -140,19 +133,30 @@ void Engine::Shutdown() {
   queue_.clear();
 }
 
+absl::StatusOr<std::shared_ptr<Engine::Runtime>> Engine::NewRuntime(
+    std::shared_ptr<const ServedModel> model) {
+  absl::StatusOr<std::unique_ptr<model::Decoder>> decoder =
+      options_.make_decoder ? options_.make_decoder(model->base, model->adapters)
+                            : model::BatchDecoder::Create(model->base, model->adapters);
+  if (!decoder.ok()) return decoder.status();
+  return std::make_shared<Runtime>(
+      Runtime{.model = std::move(model),
+              .decoder = *std::move(decoder),
+              .prefix_cache = model::PrefixCache(options_.prefix_cache_bytes)});
+}
+
 absl::Status Engine::Publish(std::shared_ptr<const ServedModel> model) {
-  if (absl::Status status = model::CheckAdaptersFit(model->base.config(), model->adapters);
-      !status.ok()) {
-    return status;
-  }
+  // The decoder refuses adapters of another model here rather than at the first request.
+  absl::StatusOr<std::shared_ptr<Runtime>> runtime = NewRuntime(std::move(model));
+  if (!runtime.ok()) return runtime.status();
   absl::MutexLock lock(&mutex_);
-  model_ = std::move(model);
+  published_ = *std::move(runtime);
   return absl::OkStatus();
 }
 
 std::shared_ptr<const ServedModel> Engine::model() const {
   absl::MutexLock lock(&mutex_);
-  return model_;
+  return published_->model;
 }
 
 EngineStats Engine::stats() const {
@@ -165,7 +169,12 @@ EngineStats Engine::stats() const {
 absl::StatusOr<std::shared_ptr<Completion>> Engine::Submit(const Prompt& prompt,
                                                            model::GenerationOptions options,
                                                            bool max_tokens_given) {
-  const std::shared_ptr<const ServedModel> served = this->model();
+  std::shared_ptr<Runtime> runtime;
+  {
+    absl::MutexLock lock(&mutex_);
+    runtime = published_;
+  }
+  const std::shared_ptr<const ServedModel>& served = runtime->model;
   const model::MoeConfig& config = served->base.config();
   absl::StatusOr<std::vector<int32_t>> tokens =
       prompt.is_chat ? model::EncodeChat(*served->tokenizer, prompt.chat,
@@ -217,28 +226,12 @@ absl::StatusOr<std::shared_ptr<Completion>> Engine::Submit(const Prompt& prompt,
                                                      " requests are generating and ", queue_.size(),
                                                      " waiting; try again shortly"));
   }
-  queue_.push_back(Request{.model = served,
+  queue_.push_back(Request{.runtime = std::move(runtime),
                            .tokens = *std::move(tokens),
                            .options = std::move(options),
                            .completion = completion,
                            .submitted = absl::Now()});
   return completion;
-}
-
-std::shared_ptr<Engine::Runtime> Engine::RuntimeFor(
-    const std::shared_ptr<const ServedModel>& model) {
-  std::erase_if(runtimes_, [](const auto& weak) { return weak.expired(); });
-  for (const std::weak_ptr<Runtime>& weak : runtimes_) {
-    std::shared_ptr<Runtime> runtime = weak.lock();
-    if (runtime != nullptr && runtime->model == model) return runtime;
-  }
-  // Create checked these adapters when the model was published or the engine started.
-  auto runtime = std::make_shared<Runtime>(
-      Runtime{.model = model,
-              .decoder = *model::BatchDecoder::Create(model->base, model->adapters),
-              .prefix_cache = model::PrefixCache(options_.prefix_cache_bytes)});
-  runtimes_.push_back(runtime);
-  return runtime;
 }
 
 bool Engine::Admit(std::vector<std::unique_ptr<Sequence>>& batch) {
@@ -258,8 +251,8 @@ bool Engine::Admit(std::vector<std::unique_ptr<Sequence>>& batch) {
     stats_.active = static_cast<int64_t>(batch.size() + admitted.size());
   }
   for (Request& request : admitted) {
-    std::shared_ptr<Runtime> runtime = RuntimeFor(request.model);
-    model::KvCache cache = runtime->decoder.NewCache();
+    std::shared_ptr<Runtime> runtime = std::move(request.runtime);
+    model::KvCache cache = runtime->decoder->NewCache();
     const int64_t reused = runtime->prefix_cache.Reuse(request.tokens, cache);
     {
       absl::MutexLock lock(&request.completion->mutex_);
@@ -270,8 +263,8 @@ bool Engine::Admit(std::vector<std::unique_ptr<Sequence>>& batch) {
       stats_.prompt_tokens += static_cast<int64_t>(request.tokens.size());
       stats_.prefix_cache_tokens += reused;
     }
-    model::SequenceContinuation continuation(*request.model->tokenizer, request.options,
-                                             runtime->decoder.eos_token());
+    model::SequenceContinuation continuation(*runtime->model->tokenizer, request.options,
+                                             runtime->decoder->eos_token());
     batch.push_back(std::make_unique<Sequence>(Sequence{
         .request = std::move(request),
         .runtime = std::move(runtime),
@@ -284,18 +277,19 @@ bool Engine::Admit(std::vector<std::unique_ptr<Sequence>>& batch) {
 
 void Engine::Loop() {
   std::vector<std::unique_ptr<Sequence>> batch;
-  // Keeps the current model's runtime (and its prefix cache) while no request uses it.
-  std::shared_ptr<Runtime> current;
   while (Admit(batch)) {
     std::erase_if(batch, [this](const std::unique_ptr<Sequence>& sequence) {
       if (!sequence->request.completion->cancelled_.load()) return false;
       Finish(*sequence, "cancelled");
       return true;
     });
-    const std::shared_ptr<const ServedModel> served = model();
-    if (current == nullptr || current->model != served) current = RuntimeFor(served);
     // One step per model: sequences submitted before a Publish finish on their model.
     std::vector<Runtime*> runtimes;
+    std::shared_ptr<Runtime> published;
+    {
+      absl::MutexLock lock(&mutex_);
+      published = published_;
+    }
     for (const auto& sequence : batch) {
       if (std::find(runtimes.begin(), runtimes.end(), sequence->runtime.get()) == runtimes.end()) {
         runtimes.push_back(sequence->runtime.get());
@@ -311,12 +305,13 @@ void Engine::Loop() {
     std::erase_if(batch, [](const std::unique_ptr<Sequence>& sequence) {
       return sequence->request.completion == nullptr;
     });
-    size_t cached_bytes = 0;
-    for (const std::weak_ptr<Runtime>& weak : runtimes_) {
-      if (const std::shared_ptr<Runtime> runtime = weak.lock()) {
-        cached_bytes += runtime->prefix_cache.bytes();
-      }
+    // The published model keeps its prefix cache while no request uses it; older models' go
+    // with their last request.
+    if (std::find(runtimes.begin(), runtimes.end(), published.get()) == runtimes.end()) {
+      runtimes.push_back(published.get());
     }
+    size_t cached_bytes = 0;
+    for (const Runtime* runtime : runtimes) cached_bytes += runtime->prefix_cache.bytes();
     absl::MutexLock lock(&mutex_);
     stats_.active = static_cast<int64_t>(batch.size());
     stats_.prefix_cache_bytes = cached_bytes;
@@ -355,7 +350,7 @@ void Engine::Step(Runtime& runtime, std::vector<Sequence*>& sequences) {
                                                static_cast<size_t>(take))});
   }
   if (segments.empty()) return;
-  absl::StatusOr<std::span<const float>> logits = runtime.decoder.Step(segments);
+  absl::StatusOr<std::span<const float>> logits = runtime.decoder->Step(segments);
   {
     absl::MutexLock lock(&mutex_);
     ++stats_.steps;
@@ -364,7 +359,7 @@ void Engine::Step(Runtime& runtime, std::vector<Sequence*>& sequences) {
     for (Sequence* sequence : stepped) Finish(*sequence, "", logits.status());
     return;
   }
-  const auto vocab = static_cast<size_t>(runtime.decoder.vocab_size());
+  const auto vocab = static_cast<size_t>(runtime.decoder->vocab_size());
   for (size_t row = 0; row < stepped.size(); ++row) {
     Sequence& sequence = *stepped[row];
     if (sequence.next_token < 0) {
@@ -379,7 +374,7 @@ void Engine::Advance(Sequence& sequence, std::span<const float> logits) {
   Completion& completion = *sequence.request.completion;
   model::SequenceContinuation& continuation = sequence.continuation;
   absl::StatusOr<std::string> piece =
-      continuation.Next(logits, sequence.cache.length(), sequence.runtime->decoder.max_length());
+      continuation.Next(logits, sequence.cache.length(), sequence.runtime->decoder->max_length());
   const auto generated = static_cast<int64_t>(continuation.tokens().size());
   {
     absl::MutexLock lock(&completion.mutex_);

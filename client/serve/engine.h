@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -65,6 +66,11 @@ struct EngineOptions {
   int64_t max_prompt_tokens = 0;
   // The most tokens one request may ask for; 0: the model's context.
   int64_t max_tokens_limit = 0;
+  // Makes each served model's decoder; empty: the CPU's (model::BatchDecoder). `serve --device`
+  // passes a GPU's (model/device_decoder.h).
+  using DecoderFactory = std::function<absl::StatusOr<std::unique_ptr<model::Decoder>>(
+      const model::FrozenBase&, const model::LoraAdapters&)>;
+  DecoderFactory make_decoder = nullptr;
 
   absl::Status Validate() const;
 };
@@ -142,7 +148,8 @@ struct EngineStats {
 
 class Engine {
  public:
-  // Starts the engine's thread over `model`. InvalidArgument for bad options.
+  // Starts the engine's thread over `model`. InvalidArgument for bad options; the decoder's
+  // errors (adapters of another model, a GPU that cannot hold the base).
   static absl::StatusOr<std::unique_ptr<Engine>> Start(std::shared_ptr<const ServedModel> model,
                                                        const EngineOptions& options);
   // Shutdown().
@@ -165,7 +172,9 @@ class Engine {
                                                      bool max_tokens_given);
 
   // Serves `model` to requests submitted from now on; requests already submitted finish on
-  // theirs. InvalidArgument when its adapters were laid out for another model.
+  // theirs. The decoder's errors, the current model kept: InvalidArgument when its adapters
+  // were laid out for another model, ResourceExhausted when a GPU cannot hold it beside the
+  // model still finishing requests.
   absl::Status Publish(std::shared_ptr<const ServedModel> model);
   std::shared_ptr<const ServedModel> model() const;
   EngineStats stats() const;
@@ -177,7 +186,8 @@ class Engine {
   struct Runtime;
   struct Sequence;
   struct Request {
-    std::shared_ptr<const ServedModel> model;
+    // The model published when it was submitted, with its decoder.
+    std::shared_ptr<Runtime> runtime;
     std::vector<int32_t> tokens;
     model::GenerationOptions options;
     std::shared_ptr<Completion> completion;
@@ -189,7 +199,8 @@ class Engine {
   void Loop();
   // Moves waiting requests into the batch; false when the engine is stopping.
   bool Admit(std::vector<std::unique_ptr<Sequence>>& batch);
-  std::shared_ptr<Runtime> RuntimeFor(const std::shared_ptr<const ServedModel>& model);
+  // A model's decoder and prefix cache.
+  absl::StatusOr<std::shared_ptr<Runtime>> NewRuntime(std::shared_ptr<const ServedModel> model);
   // One step over the sequences of one model.
   void Step(Runtime& runtime, std::vector<Sequence*>& sequences);
   // Samples the token after a sequence's logits and hands its text on, finishing the sequence
@@ -199,12 +210,12 @@ class Engine {
 
   const EngineOptions options_;
   mutable absl::Mutex mutex_;
-  std::shared_ptr<const ServedModel> model_ ABSL_GUARDED_BY(mutex_);
+  // The current model with its decoder and prefix cache, made where it was published so that
+  // a failure reaches the publisher.
+  std::shared_ptr<Runtime> published_ ABSL_GUARDED_BY(mutex_);
   std::deque<Request> queue_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   EngineStats stats_ ABSL_GUARDED_BY(mutex_);
-  // Engine thread only.
-  std::vector<std::weak_ptr<Runtime>> runtimes_;
   std::thread thread_;
 };
 

@@ -14,6 +14,7 @@
 #define FEDMOE_MODEL_INTERNAL_CUDA_ADAPTER_BACKEND_H_
 
 #include <cstdint>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -57,7 +58,7 @@ struct LowBuffers {
 
 class CudaAdapterBackend final : public CudaTrainingBackend {
  public:
-  CudaAdapterBackend(DeviceBase base, LoraAdapters& adapters, const BackendOptions& options,
+  CudaAdapterBackend(DeviceBase base, const LoraAdapters& adapters, const BackendOptions& options,
                      int device, cuda::Blas blas)
       : CudaTrainingBackend(adapters.model_config(), options, device, std::move(blas)),
         base_(std::move(base)),
@@ -75,6 +76,19 @@ class CudaAdapterBackend final : public CudaTrainingBackend {
 
   absl::Status CopyAdaptersTo(LoraAdapters& adapters) override;
 
+  // A sequence in a decode step: its new tokens, and its cached keys and values on the device.
+  struct DecodeSequence {
+    std::span<const int32_t> tokens;
+    // Positions cached before the step.
+    int64_t first = 0;
+    // Per layer, room for [first + tokens.size(), kv_width] on the device.
+    std::vector<float*> keys, values;
+  };
+  // generation.h's decode step on the device (cuda_generation.cc): runs every sequence's tokens
+  // at the end of its cache, writes their keys and values there, and copies each sequence's
+  // last row's logits to `logits` [sequences, vocab] on the host.
+  absl::Status Decode(std::span<const DecodeSequence> sequences, std::span<float> logits);
+
  private:
   absl::Status ReserveForward(const PassShape& s, bool bf16, bool training) override;
   absl::Status ReserveBackward(const PassShape& s, bool bf16) override;
@@ -86,6 +100,11 @@ class CudaAdapterBackend final : public CudaTrainingBackend {
   // half (layer.residual → out).
   absl::Status AdaptedAttention(int64_t index, const PassShape& s, LayerBuffers& layer,
                                 LowBuffers& low);
+  // The attention half's ends, which training and decoding share: the norm and the q, k and v
+  // products, before RoPE; and the o product with the residual, after attention.
+  absl::Status AdaptedQkv(int64_t index, const PassShape& s, LayerBuffers& layer, LowBuffers& low);
+  absl::Status AdaptedAttentionOutput(int64_t index, const PassShape& s, LayerBuffers& layer,
+                                      LowBuffers& low);
   absl::Status AdaptedMoe(int64_t index, const PassShape& s, bool training, LayerBuffers& layer,
                           LowBuffers& low, float* out);
   // Their backward passes; need_input_gradient as in CudaTrainingBackend::MoeBackward.
@@ -138,11 +157,13 @@ class CudaAdapterBackend final : public CudaTrainingBackend {
   bool AttentionAdapted() const;
 
   DeviceBase base_;
-  LoraAdapters& adapters_;
+  const LoraAdapters& adapters_;
   LoraLayout sites_;
   LoraConfig lora_;
   DeviceArray<float> decoded_;  // one base weight in fp32
   DeviceArray<float> d_low_;    // [max(slots, rows), rank]
+  // Decoding: each sequence's last row, and cached attention's scores.
+  DeviceArray<float> last_rows_, cached_attention_scratch_;
   std::vector<LowBuffers> lows_;
 };
 

@@ -267,6 +267,11 @@ class CudaTrainingBackend : public TrainingBackend {
     return blas_.GroupedMatMul(problems_, accumulate);
   }
 
+  // The widths of a pass over `batch` sequences of `seq_len` tokens.
+  PassShape PassShapeOf(int64_t batch, int64_t seq_len) const;
+  // RoPE's cos and sin tables for positions [0, positions) to the device.
+  absl::Status UploadRope(int64_t positions);
+
   // Checks the batch, uploads its tokens and targets, and sizes the forward buffers.
   absl::StatusOr<PassShape> Prepare(const Batch& batch);
 
@@ -295,6 +300,10 @@ class CudaTrainingBackend : public TrainingBackend {
 
   absl::Status AttentionBlock(const LayerOffsets& w, const PassShape& s, bool bf16,
                               LayerBuffers& layer);
+  // RoPE on layer.q and layer.k, then causal attention into layer.attention_output: the middle
+  // of both models' attention blocks.
+  absl::Status RotateAndAttend(const PassShape& s, LayerBuffers& layer,
+                               cuda::AttentionArithmetic arithmetic);
 
   absl::Status MoeBlock(int64_t index, const PassShape& s, bool bf16, bool training,
                         LayerBuffers& layer, float* out);

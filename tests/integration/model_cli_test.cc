@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/device.h"
 #include "model/adapted_model.h"
 #include "model/checkpoint.h"
 #include "model/evaluation.h"
@@ -379,6 +380,10 @@ TEST_F(ModelCliTest, GenerateStreamsWhatTheLibraryGeneratesAndReportsItsRates) {
   EXPECT_EQ(summary.at("finish_reason").get<std::string>(), generated == 12 ? "length" : "stop");
   EXPECT_GT(summary.at("prefill_tokens_per_second").get<double>(), 0);
   EXPECT_EQ(summary.at("seed").get<uint64_t>(), 1u);
+  // --device auto: the GPU where one answers (the text below must then still be the CPU's).
+  const absl::StatusOr<int> gpus = kernels::CudaDeviceCount();
+  EXPECT_EQ(summary.at("device").get<std::string>(),
+            kernels::CudaCompiledIn() && gpus.ok() && *gpus > 0 ? "cuda" : "cpu");
 
   // The same model in this process: the same text, streamed then a newline.
   absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(model_dir());
@@ -474,6 +479,9 @@ TEST_F(ModelCliTest, BadInputGetsOneSpecificLineAndChangesNothing) {
                 2},
            Case{{"generate", "--model", model_dir(), "--prompt", std::string(300, 'a')},
                 "the model takes at most 256 (max_position_embeddings)",
+                2},
+           Case{{"generate", "--model", model_dir(), "--prompt", "a", "--device", "gpu"},
+                "unknown device 'gpu': expected cpu, cuda or auto",
                 2},
            Case{{"frobnicate"}, "unknown model command 'frobnicate'", 2},
        }) {

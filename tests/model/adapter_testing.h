@@ -1,4 +1,5 @@
-// What the adapter tests share (adapter_test.cc, cuda_adapter_test.cc, generation_test.cc).
+// What the adapter tests share (adapter_test.cc, cuda_adapter_test.cc, generation_test.cc,
+// cuda_generation_test.cc).
 #ifndef FEDMOE_TESTS_MODEL_ADAPTER_TESTING_H_
 #define FEDMOE_TESTS_MODEL_ADAPTER_TESTING_H_
 
@@ -18,6 +19,16 @@ inline void PerturbAdapters(model::LoraAdapters& adapters, uint32_t seed, float 
     if (spec.role == model::AdapterRole::kLoraA) continue;
     for (float& value : adapters.tensor(spec)) value += normal(generator);
   }
+}
+
+// Rank-3 LoRA on every linear of the model, from a fixed seed.
+inline model::LoraConfig EveryLinearLora() {
+  model::LoraConfig lora;
+  lora.rank = 3;
+  lora.alpha = 6;
+  lora.targets = *model::ParseLoraTargets("all");
+  lora.seed = 5;
+  return lora;
 }
 
 }  // namespace fedmoe::testing

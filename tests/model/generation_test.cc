@@ -23,15 +23,6 @@
 namespace fedmoe::model {
 namespace {
 
-LoraConfig EveryLinear() {
-  LoraConfig lora;
-  lora.rank = 3;
-  lora.alpha = 6;
-  lora.targets = *ParseLoraTargets("all");
-  lora.seed = 5;
-  return lora;
-}
-
 // Grouped KV heads, a shared expert and a window shorter than the sequences below.
 MoeConfig WindowedConfig(int64_t vocab) {
   MoeConfig config = testing::GradientCheckConfig(true, false, 2);
@@ -57,7 +48,7 @@ TEST(GeneratorTest, CachedLogitsEqualTheFullPassAtEveryPosition) {
   for (const WeightFormat format : {WeightFormat::kFloat32, WeightFormat::kInt8}) {
     SCOPED_TRACE(std::string(WeightFormatName(format)));
     const FrozenBase base = FrozenBase::FromParameters(parameters, format, 8);
-    LoraAdapters adapters = *NewAdapters(base, EveryLinear());
+    LoraAdapters adapters = *NewAdapters(base, testing::EveryLinearLora());
     testing::PerturbAdapters(adapters, 2, 0.2F);
     absl::StatusOr<Generator> generator = Generator::Create(base, adapters);
     ASSERT_TRUE(generator.ok()) << generator.status();
@@ -101,22 +92,22 @@ struct PlainModel {
   MoeConfig config = WindowedConfig(23);
   FrozenBase base = FrozenBase::FromParameters(InitializeModel(config, 6), WeightFormat::kFloat32);
   LoraAdapters adapters = BaseOnlyAdapters(base);
-  BatchDecoder decoder = *BatchDecoder::Create(base, adapters);
+  std::unique_ptr<BatchDecoder> decoder = *BatchDecoder::Create(base, adapters);
 };
 
 TEST(BatchDecoderTest, AStepOfManySequencesEqualsEachSequenceAlone) {
   const MoeConfig config = WindowedConfig(23);
   const FrozenBase base =
       FrozenBase::FromParameters(InitializeModel(config, 4), WeightFormat::kInt8, 8);
-  LoraAdapters adapters = *NewAdapters(base, EveryLinear());
+  LoraAdapters adapters = *NewAdapters(base, testing::EveryLinearLora());
   testing::PerturbAdapters(adapters, 3, 0.2F);
-  absl::StatusOr<BatchDecoder> decoder = BatchDecoder::Create(base, adapters);
+  absl::StatusOr<std::unique_ptr<BatchDecoder>> decoder = BatchDecoder::Create(base, adapters);
   ASSERT_TRUE(decoder.ok()) << decoder.status();
   std::vector<std::vector<int32_t>> texts = {testing::RandomTokens(16, config.vocab_size, 1),
                                              testing::RandomTokens(16, config.vocab_size, 2),
                                              testing::RandomTokens(16, config.vocab_size, 3)};
   std::vector<KvCache> caches;
-  for (int i = 0; i < 3; ++i) caches.push_back(decoder->NewCache());
+  for (int i = 0; i < 3; ++i) caches.push_back((*decoder)->NewCache());
   // Each step names how many new tokens each sequence gets (0: it sits the step out): a prompt
   // alone, then a decode row beside two prompts of other lengths (one past the window), then
   // decode rows and a prompt's second part.
@@ -133,7 +124,7 @@ TEST(BatchDecoderTest, AStepOfManySequencesEqualsEachSequenceAlone) {
       in_step.push_back(i);
       lengths[i] += step[i];
     }
-    absl::StatusOr<std::span<const float>> logits = decoder->Step(segments);
+    absl::StatusOr<std::span<const float>> logits = (*decoder)->Step(segments);
     ASSERT_TRUE(logits.ok()) << logits.status();
     ASSERT_EQ(logits->size(), segments.size() * static_cast<size_t>(config.vocab_size));
     for (size_t row = 0; row < in_step.size(); ++row) {
@@ -151,7 +142,7 @@ TEST(BatchDecoderTest, ACopiedPrefixContinuesAsTheWholePromptWould) {
   const MoeConfig& config = model.config;
   const FrozenBase& base = model.base;
   const LoraAdapters& adapters = model.adapters;
-  BatchDecoder* decoder = &model.decoder;
+  BatchDecoder* decoder = model.decoder.get();
   const std::vector<int32_t> shared = testing::RandomTokens(12, config.vocab_size, 8);
   KvCache first = decoder->NewCache();
   const DecodeSegment whole{.cache = &first, .tokens = shared};
@@ -163,9 +154,11 @@ TEST(BatchDecoderTest, ACopiedPrefixContinuesAsTheWholePromptWould) {
   // A second prompt shares the first 9 tokens and goes on differently.
   std::vector<int32_t> other(shared.begin(), shared.begin() + 9);
   for (const int32_t token : testing::RandomTokens(4, config.vocab_size, 9)) other.push_back(token);
-  KvCache second = decoder->NewCache();
-  second.CopyPrefix(first, 9);
+  absl::StatusOr<KvCache> prefix = first.Prefix(9);
+  ASSERT_TRUE(prefix.ok()) << prefix.status();
+  KvCache second = *std::move(prefix);
   ASSERT_EQ(second.length(), 9);
+  EXPECT_EQ(first.length(), 12);
   const DecodeSegment rest{.cache = &second, .tokens = std::span<const int32_t>(other).subspan(9)};
   absl::StatusOr<std::span<const float>> logits = decoder->Step({&rest, 1});
   ASSERT_TRUE(logits.ok()) << logits.status();
@@ -183,7 +176,7 @@ TEST(BatchDecoderTest, ACopiedPrefixContinuesAsTheWholePromptWould) {
 TEST(BatchDecoderTest, ABadStepIsRefusedBeforeAnyCacheChanges) {
   PlainModel model;
   const MoeConfig& config = model.config;
-  BatchDecoder* decoder = &model.decoder;
+  BatchDecoder* decoder = model.decoder.get();
   KvCache cache = decoder->NewCache();
   const std::vector<int32_t> tokens = {1, 2, 3};
   const std::vector<int32_t> outside = {4, 23};
@@ -200,7 +193,13 @@ TEST(BatchDecoderTest, ABadStepIsRefusedBeforeAnyCacheChanges) {
         << logits.status().message();
     EXPECT_EQ(cache.length(), 0);
   }
-  KvCache foreign(config.num_hidden_layers + 1, config.key_value_width());
+  // A cache of a model with one more layer.
+  MoeConfig deeper_config = config;
+  ++deeper_config.num_hidden_layers;
+  const FrozenBase deeper =
+      FrozenBase::FromParameters(InitializeModel(deeper_config, 6), WeightFormat::kFloat32);
+  const LoraAdapters deeper_adapters = BaseOnlyAdapters(deeper);
+  KvCache foreign = (*BatchDecoder::Create(deeper, deeper_adapters))->NewCache();
   const DecodeSegment wrong{.cache = &foreign, .tokens = tokens};
   EXPECT_EQ(decoder->Step({&wrong, 1}).status().code(), absl::StatusCode::kInvalidArgument);
   const std::vector<int32_t> too_long(41, 1);
@@ -214,7 +213,7 @@ TEST(PrefixCacheTest, ReusesTheLongestSharedPrefixAndEvictsTheLeastRecentlyUsed)
   const MoeConfig& config = model.config;
   const FrozenBase& base = model.base;
   const LoraAdapters& adapters = model.adapters;
-  BatchDecoder* decoder = &model.decoder;
+  BatchDecoder* decoder = model.decoder.get();
   const auto prefilled = [&](const std::vector<int32_t>& prompt) {
     KvCache cache = decoder->NewCache();
     const DecodeSegment segment{.cache = &cache, .tokens = prompt};
@@ -348,7 +347,7 @@ TEST(GeneratorTest, GreedyTokensAreTheFullPassArgmaxPositionByPosition) {
   const MoeConfig config = WindowedConfig(258);
   const FrozenBase base =
       FrozenBase::FromParameters(InitializeModel(config, 9), WeightFormat::kInt8, 8);
-  LoraAdapters adapters = *NewAdapters(base, EveryLinear());
+  LoraAdapters adapters = *NewAdapters(base, testing::EveryLinearLora());
   testing::PerturbAdapters(adapters, 4, 0.2F);
   const std::unique_ptr<Tokenizer> tokenizer = MakeByteTokenizer(config.vocab_size);
   absl::StatusOr<Generator> generator = Generator::Create(base, adapters);
