@@ -11,7 +11,10 @@
 // no format needs the model in fp32 on the way. A format whose weights would take more than 60%
 // of this machine's memory is reported as skipped, with its size, rather than measured from swap.
 //
-//   build/bin/serve [--config small|medium] [--tokens N] [--threads T]
+// --device cuda runs the server's decoding on the GPU (its lines say "device"); the bandwidth
+// bound is then not reported, since the copy measured is the host's.
+//
+//   build/bin/serve [--config small|medium] [--tokens N] [--threads T] [--device cpu|cuda]
 #include <unistd.h>
 
 #include <algorithm>
@@ -139,7 +142,7 @@ double Percentile(std::vector<double> values, double fraction) {
 
 class Server {
  public:
-  Server(const std::string& model, std::string_view format, int threads,
+  Server(const std::string& model, std::string_view format, int threads, const std::string& device,
          const std::filesystem::path& log) {
     std::vector<std::string> argv = {testing::BinaryPath("fedmoe-client"),
                                      "serve",
@@ -150,7 +153,9 @@ class Server {
                                      "--max-batch",
                                      "16",
                                      "--threads",
-                                     std::to_string(threads)};
+                                     std::to_string(threads),
+                                     "--device",
+                                     device};
     if (format != "fp32") argv.push_back(absl::StrCat("--", std::string(format)));
     daemon_ = std::make_unique<testing::Daemon>(argv, log);
     const std::regex serving(R"re("event":"serving","address":"127\.0\.0\.1:(\d+)")re");
@@ -177,7 +182,9 @@ double PhysicalMemoryBytes() {
   return static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
 }
 
-void RunConfig(const Shape& shape, int64_t tokens, int threads, double bandwidth) {
+void RunConfig(const Shape& shape, int64_t tokens, int threads, const std::string& device,
+               double bandwidth) {
+  const bool on_cpu = device == "cpu";
   const model::MoeConfig config = ConfigOf(shape);
   const testing::TempDir directory;
   const std::string prompt = Text(32, 1);
@@ -205,7 +212,8 @@ void RunConfig(const Shape& shape, int64_t tokens, int threads, double bandwidth
         return;
       }
     }
-    Server server(model_dir.string(), format, threads, directory.path() / (format + ".log"));
+    Server server(model_dir.string(), format, threads, device,
+                  directory.path() / (format + ".log"));
     if (server.port() == 0) {
       Print({{"benchmark", "serve"},
              {"config", shape.name},
@@ -223,15 +231,17 @@ void RunConfig(const Shape& shape, int64_t tokens, int threads, double bandwidth
     if (format == "fp32") fp32_rate = rate;
     if (format == "bf16") bf16_rate = rate;
     const double bytes = ActiveWeightBytes(config, format);
-    Print({{"benchmark", "serve_decode_batch1"},
-           {"config", shape.name},
-           {"format", format},
-           {"decode_tokens_per_second", rate},
-           {"vs_fp32", fp32_rate > 0 ? json(rate / fp32_rate) : json(nullptr)},
-           {"vs_bf16", bf16_rate > 0 ? json(rate / bf16_rate) : json(nullptr)},
-           {"active_weight_bytes_per_token", bytes},
-           {"bandwidth_bound_tokens_per_second", bandwidth / bytes},
-           {"fraction_of_bandwidth_bound", rate * bytes / bandwidth}});
+    Print(
+        {{"benchmark", "serve_decode_batch1"},
+         {"config", shape.name},
+         {"format", format},
+         {"device", device},
+         {"decode_tokens_per_second", rate},
+         {"vs_fp32", fp32_rate > 0 ? json(rate / fp32_rate) : json(nullptr)},
+         {"vs_bf16", bf16_rate > 0 ? json(rate / bf16_rate) : json(nullptr)},
+         {"active_weight_bytes_per_token", bytes},
+         {"bandwidth_bound_tokens_per_second", on_cpu ? json(bandwidth / bytes) : json(nullptr)},
+         {"fraction_of_bandwidth_bound", on_cpu ? json(rate * bytes / bandwidth) : json(nullptr)}});
     if (format != "int8") continue;
 
     for (const int clients : {1, 4, 16}) {
@@ -256,6 +266,7 @@ void RunConfig(const Shape& shape, int64_t tokens, int threads, double bandwidth
       Print({{"benchmark", "serve_concurrent_streams"},
              {"config", shape.name},
              {"format", format},
+             {"device", device},
              {"clients", clients},
              {"tokens_per_stream", tokens},
              {"aggregate_tokens_per_second", static_cast<double>(total) / Seconds(start, end)},
@@ -273,6 +284,7 @@ void RunConfig(const Shape& shape, int64_t tokens, int threads, double bandwidth
     Print({{"benchmark", "serve_prefix_cache"},
            {"config", shape.name},
            {"format", format},
+           {"device", device},
            {"shared_prefix_tokens", 512},
            {"time_to_first_token_unseen_seconds", Percentile(unseen, 0.5)},
            {"time_to_first_token_cached_seconds", Percentile(cached, 0.5)},
@@ -287,6 +299,7 @@ int main(int argc, char** argv) {
   std::string config = "small";
   int64_t tokens = 64;
   int threads = static_cast<int>(std::thread::hardware_concurrency());
+  std::string device = "cpu";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--config" && i + 1 < argc) {
@@ -295,9 +308,13 @@ int main(int argc, char** argv) {
       tokens = std::max<int64_t>(2, std::atoll(argv[++i]));
     } else if (arg == "--threads" && i + 1 < argc) {
       threads = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--device" && i + 1 < argc &&
+               (std::strcmp(argv[i + 1], "cpu") == 0 || std::strcmp(argv[i + 1], "cuda") == 0)) {
+      device = argv[++i];
     } else {
       std::fprintf(stderr,
-                   "usage: serve [--config small|medium] [--tokens N] [--threads T]\n"
+                   "usage: serve [--config small|medium] [--tokens N] [--threads T] "
+                   "[--device cpu|cuda]\n"
                    "Drives fedmoe-client serve over loopback HTTP; prints JSON lines.\n");
       return arg == "--help" || arg == "-h" ? 0 : 2;
     }
@@ -308,7 +325,7 @@ int main(int argc, char** argv) {
                         {"gb_per_second", bandwidth / 1e9}});
   for (const fedmoe::bench::Shape& shape : fedmoe::bench::kShapes) {
     if (shape.name != config) continue;
-    fedmoe::bench::RunConfig(shape, tokens, threads, bandwidth);
+    fedmoe::bench::RunConfig(shape, tokens, threads, device, bandwidth);
   }
   return 0;
 }

@@ -17,7 +17,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build="$root/build-gpu-bundle"
 bundle="$root/gpu-bundle"
-targets=(cuda_kernels_test cuda_training_test cuda_adapter_test attention train_step privacy_encode)
+targets=(cuda_kernels_test cuda_training_test cuda_adapter_test attention train_step privacy_encode
+  fedmoe-client serve)
 
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFEDMOE_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DFEDMOE_NATIVE=OFF -DFEDMOE_MARCH=x86-64-v3 \

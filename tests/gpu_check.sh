@@ -13,5 +13,6 @@ arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -
 cmake -S "$root" -B "$root/build-gpu" -DCMAKE_BUILD_TYPE=Release -DFEDMOE_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="${arch:-90}" -DFEDMOE_SANITIZE= -DFEDMOE_WERROR=ON
 cmake --build "$root/build-gpu" -j"$(nproc)" \
-  --target cuda_kernels_test cuda_training_test cuda_adapter_test attention train_step
+  --target cuda_kernels_test cuda_training_test cuda_adapter_test attention train_step \
+  fedmoe-client serve
 exec "$root/tests/gpu_run.sh" "$root/build-gpu/bin" "$@"

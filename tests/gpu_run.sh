@@ -7,7 +7,9 @@
 # building there; tests/gpu_bundle.sh packs it as gpu-bundle/run.sh beside prebuilt binaries and
 # a lib.tar.xz of the libraries a CUDA-only machine lacks, which it unpacks. CUDA's own libraries
 # come from the toolkit, else from the wheels PyTorch brings. Then bench/privacy_encode where the
-# bundle has it (#7's encoding against masking on the host's cores). Writes gpu_check.log,
+# bundle has it (#7's encoding against masking on the host's cores), and bench/serve --device
+# cuda for small (#30's generation on the GPU: cuda_adapter_test holds its decoder to the CPU's
+# first). Writes gpu_check.log, serve.jsonl,
 # gpu.csv, train_step.jsonl and privacy_encode.jsonl to $OUT (or ./gpu-check) and exits
 # non-zero if a test or a bench failed. attention.jsonl too. Everything is also in
 # gpu_check.log as it happens, so a run cut short keeps what it measured. Each train_step line
@@ -86,6 +88,12 @@ for text in open(sys.argv[1]):
     for kernel in profile["kernels"][:20]:
         print(f'  {kernel["seconds"] * 1e3:9.2f} ms {kernel["calls"]:6d}  {kernel["name"]}')
 SUMMARY
+# #30: decoding on the GPU over real HTTP, beside the same server on the host's cores.
+if [[ -x $bin/serve && -x $bin/fedmoe-client ]]; then
+  run "$bin/serve" --device cuda --config small
+  run "$bin/serve" --device cpu --config small
+  grep '^{.*"benchmark":"serve' "$log" >"$out/serve.jsonl"
+fi
 # #7's ratio on this host's cores: the encoding uses them all, the masking one.
 if [[ -x $bin/privacy_encode ]]; then
   nproc | tee -a "$log"
