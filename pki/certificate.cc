@@ -6,6 +6,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include <array>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "pki/private_key.h"
@@ -203,7 +205,11 @@ bool CertificateMatchesHost(const Certificate& certificate, const std::string& h
 }
 
 absl::StatusOr<std::string> NormalizeFingerprint(std::string_view fingerprint) {
-  std::string out;
+  // The digits gather in a fixed buffer: GCC 12 misreads the move of a std::string grown by
+  // push_back into a StatusOr as an out-of-bounds copy (-Warray-bounds) once the standard
+  // headers come first, as the precompiled ones do.
+  std::array<char, 2 * SHA256_DIGEST_LENGTH> digits{};
+  size_t count = 0;
   for (char c : fingerprint) {
     if (c == ':') continue;
     const char lower = absl::ascii_tolower(static_cast<unsigned char>(c));
@@ -211,13 +217,14 @@ absl::StatusOr<std::string> NormalizeFingerprint(std::string_view fingerprint) {
       return absl::InvalidArgumentError(
           "CA fingerprint must be 64 hex digits (SHA-256), optionally separated by ':'");
     }
-    out.push_back(lower);
+    if (count < digits.size()) digits[count] = lower;
+    ++count;
   }
-  if (out.size() != size_t{2} * SHA256_DIGEST_LENGTH) {
-    return absl::InvalidArgumentError(absl::StrCat("CA fingerprint has ", out.size(),
-                                                   " hex digits; a SHA-256 fingerprint has 64"));
+  if (count != digits.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CA fingerprint has ", count, " hex digits; a SHA-256 fingerprint has 64"));
   }
-  return out;
+  return std::string(digits.begin(), digits.end());
 }
 
 bool FingerprintsEqual(std::string_view a, std::string_view b) {

@@ -68,4 +68,12 @@ absl::Status SetDevice(int device) {
 
 absl::Status Synchronize() { return FromCuda(cudaDeviceSynchronize(), "device synchronize"); }
 
+bool IsSimulator() {
+#ifdef FEDMOE_CUDA_SIM
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace fedmoe::kernels::cuda

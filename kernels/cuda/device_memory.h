@@ -31,6 +31,10 @@ absl::Status SetDevice(int device);
 // Waits for the device's queued work and reports an error raised by any of it.
 absl::Status Synchronize();
 
+// Whether these kernels run on the CPU simulator of CUDA (kernels/cuda/sim) rather than a GPU:
+// what lets one test binary's objects serve both libraries.
+bool IsSimulator();
+
 // A typed device array. Move-only; freed on destruction.
 template <typename T>
 class DeviceArray {

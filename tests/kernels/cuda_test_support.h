@@ -1,9 +1,10 @@
 // What the CUDA kernel tests share: whether a device (or the simulator) is there, and copies
 // to and from it that fail the test on error.
 //
-// Each CUDA test source is built twice: into cuda_sim_test against the CPU simulator
-// (FEDMOE_CUDA_SIM), which always runs, and, where nvcc is found, into cuda_kernels_test against
-// the GPU, which skips itself without one.
+// Each CUDA test source is compiled once and linked twice: into cuda_sim_test against the CPU
+// simulator, which always runs, and, where nvcc is found, into cuda_kernels_test against the
+// GPU, which skips itself without one. So the sources ask which at run time
+// (kernels::cuda::IsSimulator), not with the simulator's macro.
 #ifndef FEDMOE_TESTS_KERNELS_CUDA_TEST_SUPPORT_H_
 #define FEDMOE_TESTS_KERNELS_CUDA_TEST_SUPPORT_H_
 
@@ -20,14 +21,11 @@ namespace fedmoe::testing {
 
 // OK when the kernels can run here; else why not (the GPU build on a machine without a GPU).
 inline absl::Status CudaAvailability() {
-#ifdef FEDMOE_CUDA_SIM
-  return absl::OkStatus();
-#else
+  if (kernels::cuda::IsSimulator()) return absl::OkStatus();
   const absl::StatusOr<int> count = kernels::CudaDeviceCount();
   if (!count.ok()) return count.status();
   if (*count == 0) return absl::UnavailableError("no CUDA device");
   return absl::OkStatus();
-#endif
 }
 
 #define FEDMOE_REQUIRE_CUDA()                                                                    \

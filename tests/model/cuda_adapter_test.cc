@@ -4,8 +4,8 @@
 // TrainAdapters on both devices. The CPU backend is itself checked against finite differences
 // (adapter_test.cc), so agreement here is agreement with the loss's true gradient.
 //
-// Built twice: cuda_adapter_sim_test runs the CUDA backend on the CPU simulator of CUDA
-// (always), cuda_adapter_test on a GPU (skipping itself without one).
+// Compiled once and linked twice: cuda_adapter_sim_test runs the CUDA backend on the CPU
+// simulator of CUDA (always), cuda_adapter_test on a GPU (skipping itself without one).
 #include <algorithm>
 #include <cmath>
 #include <memory>

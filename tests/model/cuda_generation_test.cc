@@ -3,8 +3,9 @@
 // decode rows, caches that grow past their first capacity and past the attention window,
 // copied prefixes and the prefix cache, truncation, greedy generation, and the refusals.
 //
-// Built twice, like the CUDA backends' tests: into cuda_adapter_sim_test on the CPU simulator
-// of CUDA (always), and into cuda_adapter_test on a GPU (skipping itself without one).
+// Compiled once and linked twice, like the CUDA backends' tests: into cuda_adapter_sim_test on
+// the CPU simulator of CUDA (always), and into cuda_adapter_test on a GPU (skipping itself
+// without one).
 #include <cmath>
 #include <memory>
 #include <span>

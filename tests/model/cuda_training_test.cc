@@ -2,8 +2,8 @@
 // gradient, the optimizer step, the routing histogram and evaluation, in fp32 and in bf16
 // products; then the whole training loop (trainer.h) on both devices.
 //
-// Built twice: cuda_training_sim_test runs the CUDA backend on the CPU simulator of CUDA
-// (always), cuda_training_test on a GPU (skipping itself without one).
+// Compiled once and linked twice: cuda_training_sim_test runs the CUDA backend on the CPU
+// simulator of CUDA (always), cuda_training_test on a GPU (skipping itself without one).
 #include "model/cuda_training.h"
 
 #include <algorithm>
@@ -20,9 +20,6 @@
 #include "model/trainer.h"
 #include "tests/kernels/cuda_test_support.h"
 #include "tests/model/cuda_backend_testing.h"
-#ifdef FEDMOE_CUDA_SIM
-#include "kernels/cuda/sim/control.h"
-#endif
 
 namespace fedmoe::model {
 namespace {
@@ -443,49 +440,6 @@ TEST(CudaTrainingErrorsTest, BadBatchesAreRefusedAndTheBackendKeepsWorking) {
   EXPECT_TRUE(std::isfinite(loss->cross_entropy));
 }
 
-#ifdef FEDMOE_CUDA_SIM
-// A device too small for the model, then for a batch, says which and what to change, and the
-// backend goes on with a batch that fits. (The simulator can shrink its devices; a GPU cannot.)
-TEST(CudaTrainingErrorsTest, RunningOutOfDeviceMemoryIsAClearErrorAndLosesNothing) {
-  struct CapacityReset {
-    ~CapacityReset() { cuda_sim::SetDeviceMemoryCapacity(0); }
-  } reset;
-  const MoeConfig config = SmallConfig();
-  const ModelParameters parameters = InitializeModel(config, 3);
-  // fp32 weights, gradient and two moments.
-  const size_t state = parameters.values().size() * 4 * sizeof(float);
-  cuda_sim::SetDeviceMemoryCapacity(state / 2);
-  absl::StatusOr<std::unique_ptr<TrainingBackend>> refused =
-      CreateCudaTrainingBackend(parameters, OneGpu());
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(refused.status().message().find("GPU 0 cannot hold the model"), std::string::npos)
-      << refused.status();
-
-  // Room for the model and a small batch, not for 64 sequences of 60 tokens.
-  cuda_sim::SetDeviceMemoryCapacity(state + (size_t{4} << 20));
-  absl::StatusOr<std::unique_ptr<TrainingBackend>> gpu =
-      CreateCudaTrainingBackend(parameters, OneGpu());
-  ASSERT_TRUE(gpu.ok()) << gpu.status();
-  const Batch small = RandomBatch(config, 1, 8, 1);
-  ASSERT_TRUE((*gpu)->AccumulateGradients(small, LossOptions(small)).ok());
-  const Batch large = RandomBatch(config, 64, 60, 2);
-  absl::StatusOr<LossBreakdown> too_large = (*gpu)->AccumulateGradients(large, LossOptions(large));
-  EXPECT_EQ(too_large.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(too_large.status().message().find(
-                "GPU 0 has no room for the activations of 64 sequences of 60 tokens; lower "
-                "batch_size or seq_len"),
-            std::string::npos)
-      << too_large.status();
-  EXPECT_EQ((*gpu)->Evaluate(large).status().code(), absl::StatusCode::kResourceExhausted);
-  // The step's gradient from the small batch is still there, and the backend still trains.
-  std::vector<float> gradients(parameters.values().size());
-  ASSERT_TRUE((*gpu)->CopyGradientsTo(gradients).ok());
-  EXPECT_TRUE(std::any_of(gradients.begin(), gradients.end(), [](float g) { return g != 0; }));
-  EXPECT_TRUE((*gpu)->AccumulateGradients(small, LossOptions(small)).ok());
-  EXPECT_TRUE((*gpu)->ApplyGradients(kLearningRate, kMaxNorm).ok());
-}
-#endif
-
 TEST(CudaTrainingErrorsTest, AModelTheKernelsDoNotTakeIsRefusedAtCreation) {
   FEDMOE_REQUIRE_CUDA();
   MoeConfig config = SmallConfig();
@@ -502,10 +456,10 @@ TEST(CudaTrainingErrorsTest, AModelTheKernelsDoNotTakeIsRefusedAtCreation) {
 // between them trains as gradient accumulation over its two halves on the CPU, step for step.
 TEST(CudaDataParallelTest, TwoGpusMatchGradientAccumulationOverTheHalves) {
   FEDMOE_REQUIRE_CUDA();
-#ifndef FEDMOE_CUDA_SIM
-  const absl::StatusOr<int> gpus = kernels::CudaDeviceCount();
-  if (!gpus.ok() || *gpus < 2) GTEST_SKIP() << "needs two GPUs";
-#endif
+  if (!kernels::cuda::IsSimulator()) {
+    const absl::StatusOr<int> gpus = kernels::CudaDeviceCount();
+    if (!gpus.ok() || *gpus < 2) GTEST_SKIP() << "needs two GPUs";
+  }
   const MoeConfig config = SmallConfig();
   ModelParameters cpu_parameters = InitializeModel(config, 5);
   const ModelParameters initial = cpu_parameters;
