@@ -56,7 +56,9 @@ echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$log"
 
 nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv |
   tee "$out/gpu.csv" | tee -a "$log"
-for binary in cuda_kernels_test cuda_training_test cuda_adapter_test attention train_step; do
+for binary in cuda_kernels_test cuda_training_test cuda_adapter_test attention train_step \
+  fedmoe-client serve; do
+  [[ -x $bin/$binary ]] || continue
   if ldd "$bin/$binary" | grep -q 'not found'; then
     ldd "$bin/$binary" | grep 'not found' | tee -a "$log"
     status=1
