@@ -113,6 +113,16 @@ TEST(CheckConfigClientTest, TheClientNamesTheProblemWithItsLine) {
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.err, HasSubstr(": training.threads: must be between 0 (all cores) and 1024"));
   EXPECT_THAT(result.err, HasSubstr(": training.thread: unknown key"));
+
+  // Where the daemon's server decodes: a device it does not know is named with the choices.
+  text = ReadFile(kExamples / "client.yaml");
+  const size_t device = text.find("  device: \"auto\"");
+  ASSERT_NE(device, std::string::npos);
+  text.replace(device, 16, "  device: \"gpu\"");
+  WriteFile(file, text);
+  result = RunCommand({BinaryPath("fedmoe-client"), "--check-config", file.string()});
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.err, HasSubstr(": serve.device: unknown device 'gpu' (auto, cpu or cuda)"));
 }
 
 TEST(CheckConfigFileTest, AMissingFileIsOneClearLine) {
