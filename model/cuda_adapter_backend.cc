@@ -133,6 +133,14 @@ absl::Status CudaAdapterBackend::ReserveForward(const PassShape& s, bool bf16, b
   return status;
 }
 
+void CudaAdapterBackend::ReleaseActivations() {
+  CudaTrainingBackend::ReleaseActivations();
+  for (LowBuffers& low : lows_) low = LowBuffers();
+  d_low_ = DeviceArray<float>();
+  last_rows_ = DeviceArray<float>();
+  cached_attention_scratch_ = DeviceArray<float>();
+}
+
 absl::Status CudaAdapterBackend::ReserveBackward(const PassShape& s, bool bf16) {
   absl::Status status = CudaTrainingBackend::ReserveBackward(s, bf16);
   status.Update(Reserve(d_low_, std::max(s.slots, s.rows) * lora_.rank));

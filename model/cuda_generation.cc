@@ -50,6 +50,8 @@ absl::Status CudaAdapterBackend::Decode(std::span<const DecodeSequence> sequence
   status.Update(Reserve(permutation_scratch_, cuda::ExpertPermutationScratch(s.slots, s.experts)));
   status.Update(Reserve(cached_attention_scratch_, attention_scratch));
   if (!status.ok()) {
+    // The half-grown buffers go, so that a smaller step fits again.
+    ReleaseActivations();
     return absl::ResourceExhaustedError(absl::StrCat("the GPU has no room for a decode step of ",
                                                      rows, " tokens over ", count,
                                                      " sequences: ", status.message()));

@@ -338,8 +338,7 @@ absl::Status CudaTrainingBackend::ReserveForward(const PassShape& s, bool bf16, 
   return status;
 }
 
-absl::Status CudaTrainingBackend::BatchTooLarge(const PassShape& s, const absl::Status& status) {
-  if (!absl::IsResourceExhausted(status)) return status;
+void CudaTrainingBackend::ReleaseActivations() {
   for (LayerBuffers& layer : layers_) layer = LayerBuffers();
   scratch_ = GradientBuffers();
   tokens_ = DeviceArray<int32_t>();
@@ -351,6 +350,11 @@ absl::Status CudaTrainingBackend::BatchTooLarge(const PassShape& s, const absl::
     *buffer = DeviceArray<float>();
   }
   rope_positions_ = 0;
+}
+
+absl::Status CudaTrainingBackend::BatchTooLarge(const PassShape& s, const absl::Status& status) {
+  if (!absl::IsResourceExhausted(status)) return status;
+  ReleaseActivations();
   return absl::ResourceExhaustedError(absl::StrCat(
       "GPU ", device_, " has no room for the activations of ", s.batch, " sequences of ", s.seq_len,
       " tokens; lower batch_size or seq_len, or raise gradient_accumulation (", status.message(),

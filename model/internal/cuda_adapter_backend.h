@@ -92,6 +92,7 @@ class CudaAdapterBackend final : public CudaTrainingBackend {
  private:
   absl::Status ReserveForward(const PassShape& s, bool bf16, bool training) override;
   absl::Status ReserveBackward(const PassShape& s, bool bf16) override;
+  void ReleaseActivations() override;
   absl::Status Forward(const PassShape& s, bool bf16, bool training) override;
   absl::StatusOr<LossBreakdown> Backward(const PassShape& s, const Batch& batch,
                                          const BackwardOptions& options, bool bf16) override;

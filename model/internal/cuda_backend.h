@@ -287,6 +287,8 @@ class CudaTrainingBackend : public TrainingBackend {
   // half-grown buffers are let go: kept, they would crowd out the next batch, which may be one
   // that fit before. The model, its gradient and optimizer state stay.
   absl::Status BatchTooLarge(const PassShape& s, const absl::Status& status);
+  // Lets go of every buffer a pass's shape sized (BatchTooLarge's release).
+  virtual void ReleaseActivations();
 
   // The forward pass over the uploaded tokens, into buffers ReserveForward sized. Training
   // keeps every layer's activations and counts the routing; evaluation reuses the first
