@@ -39,8 +39,9 @@ const char kGenerateUsage[] =
         [--stop TEXT]... [--device auto|cpu|cuda] [--threads T]
       Generates text after the prompt with DIR's model (with a PEFT adapter directory over
       it; --int8 or --bf16 holds the base in that format) and streams it to stdout as it
-      comes, on the GPU when one answers (--device auto, the default) or where --device says. Sampling: temperature T (default 0.8; 0 is greedy) over the most likely tokens
-      whose probabilities reach P (default 0.95), seeded by S (default: drawn, and reported).
+      comes, on the GPU when one answers (--device auto, the default) or where --device says.
+      Sampling: temperature T (default 0.8; 0 is greedy) over the most likely tokens whose
+      probabilities reach P (default 0.95), seeded by S (default: drawn, and reported).
       Ends at N tokens (default 128), the model's end-of-sequence token, or before the first
       --stop string. The last line on stderr is JSON {"prompt_tokens", "generated_tokens",
       "prefill_tokens_per_second", "decode_tokens_per_second", "finish_reason", "seed",

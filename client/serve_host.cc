@@ -25,9 +25,10 @@ void ServeSettings::Read(config::YamlConfigReader& reader, ServeSettings* settin
   reader.Read("serve.model_name", &settings->model_name);
   reader.Read("serve.format", &settings->format);
   reader.Read("serve.device", &settings->device);
-  if (settings->device != "auto" && settings->device != "cpu" && settings->device != "cuda") {
-    reader.Invalid("serve.device",
-                   absl::StrCat("unknown device '", settings->device, "' (auto, cpu or cuda)"));
+  // Resolved as training.device is, so that a device this host lacks is named at load too.
+  if (const absl::StatusOr<model::Device> device = model::ResolveDevice(settings->device);
+      !device.ok()) {
+    reader.Invalid("serve.device", std::string(device.status().message()));
   }
   std::string adapter;
   reader.Read("serve.adapter", &adapter);

@@ -52,7 +52,8 @@ function(fedmoe_precompile target)
   target_precompile_headers(${target} PRIVATE ${FEDMOE_PCH_HEADERS} ${FEDMOE_PCH_EXTRA} ${ARGN})
 endfunction()
 
-# The same with gRPC's and protobuf's headers and the generated protos' `headers`.
+# Adds gRPC's and protobuf's headers to a target's precompiled ones, and the generated proto
+# headers given after the target.
 function(fedmoe_precompile_grpc target)
   if(FEDMOE_PCH)
     target_precompile_headers(${target} PRIVATE <google/protobuf/message.h> <grpcpp/grpcpp.h> ${ARGN})

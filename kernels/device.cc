@@ -28,6 +28,11 @@ bool CudaCompiledIn() {
 #endif
 }
 
+absl::Status NoCudaKernels() {
+  return absl::FailedPreconditionError(
+      "this build has no CUDA kernels (nvcc was not found when it was built); use --device cpu");
+}
+
 absl::StatusOr<int> CudaDeviceCount() {
 #ifdef FEDMOE_HAVE_CUDA
   int count = 0;

@@ -17,6 +17,10 @@ std::string_view DeviceName(Device device);
 // Whether this binary contains the CUDA kernels.
 bool CudaCompiledIn();
 
+// FailedPrecondition for CUDA asked of a build without the CUDA kernels, saying why and what to
+// use instead.
+absl::Status NoCudaKernels();
+
 // The number of usable CUDA devices. A binary built without CUDA, a machine without a driver,
 // and a driver that reports an error are all "no GPU": the error comes back as a status that
 // says which, so callers can log why the GPU is not used.

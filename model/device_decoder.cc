@@ -1,5 +1,7 @@
 #include "model/device_decoder.h"
 
+#include "kernels/device.h"
+
 #ifdef FEDMOE_TRAIN_WITH_CUDA
 #include "model/cuda_generation.h"
 #endif
@@ -17,8 +19,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> CreateDecoder(const FrozenBase& base,
 #ifdef FEDMOE_TRAIN_WITH_CUDA
   return CreateCudaDecoder(base, adapters);
 #else
-  return absl::FailedPreconditionError(
-      "this build has no CUDA kernels (nvcc was not found when it was built); use --device cpu");
+  return kernels::NoCudaKernels();
 #endif
 }
 

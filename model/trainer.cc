@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/device.h"
 #include "model/adapted_model.h"
 #include "model/dp_sgd.h"
 #include "model/training_backend.h"
@@ -70,13 +71,6 @@ absl::StatusOr<double> MeanValidationLoss(
                          : std::numeric_limits<double>::quiet_NaN();
 }
 
-#ifndef FEDMOE_TRAIN_WITH_CUDA
-absl::Status NoCudaKernels() {
-  return absl::FailedPreconditionError(
-      "this build has no CUDA kernels (nvcc was not found when it was built); use --device cpu");
-}
-#endif
-
 absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateBackend(ModelParameters& parameters,
                                                                const TrainOptions& options) {
   BackendOptions backend_options;
@@ -96,7 +90,7 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateBackend(ModelParameters& 
 #ifdef FEDMOE_TRAIN_WITH_CUDA
   return CreateCudaTrainingBackend(parameters, backend_options);
 #else
-  return NoCudaKernels();
+  return kernels::NoCudaKernels();
 #endif
 }
 
@@ -345,7 +339,7 @@ absl::Status CheckDeviceTakesModel(kernels::Device device, const MoeConfig& conf
   return CheckCudaTakesModel(config);
 #else
   (void)config;
-  return NoCudaKernels();
+  return kernels::NoCudaKernels();
 #endif
 }
 
@@ -526,7 +520,7 @@ absl::StatusOr<TrainResult> TrainAdapters(const FrozenBase& base, LoraAdapters& 
     backend_options.devices = 1;
     backend = CreateCudaAdapterBackend(base, adapters, backend_options);
 #else
-    return NoCudaKernels();
+    return kernels::NoCudaKernels();
 #endif
   }
   if (!backend.ok()) return backend.status();

@@ -122,7 +122,8 @@ TEST(CheckConfigClientTest, TheClientNamesTheProblemWithItsLine) {
   WriteFile(file, text);
   result = RunCommand({BinaryPath("fedmoe-client"), "--check-config", file.string()});
   EXPECT_EQ(result.exit_code, 1);
-  EXPECT_THAT(result.err, HasSubstr(": serve.device: unknown device 'gpu' (auto, cpu or cuda)"));
+  EXPECT_THAT(result.err,
+              HasSubstr(": serve.device: unknown device 'gpu': expected cpu, cuda or auto"));
 }
 
 TEST(CheckConfigFileTest, AMissingFileIsOneClearLine) {
