@@ -1,11 +1,12 @@
 // `fedmoe-client serve` driven over loopback HTTP (issue [serve]), one JSON line per result:
 //   - the machine's copy bandwidth, STREAM's way (the bound batch-1 decoding is held to);
-//   - per weight format (fp32, bf16, INT8): batch-1 decode tokens/s, the weight bytes a token
-//     reads, and the fraction of the bandwidth bound (bandwidth ÷ bytes per token) reached;
-//   - for INT8: aggregate tokens/s with 1, 4 and 16 concurrent streaming clients, with p50 and
-//     p99 time to first token;
-//   - for INT8: time to first token on a 512-token prefix the prefix cache holds, against the
-//     same prompt length unseen.
+//   - per format (fp32, bf16, INT8, and "w8a8": INT8 with int8 activations, serve's --int8
+//     --int8-activations): batch-1 decode tokens/s, the weight bytes a token reads, and the
+//     fraction of the bandwidth bound (bandwidth ÷ bytes per token) reached;
+//   - for INT8 and w8a8: aggregate tokens/s with 1, 4 and 16 concurrent streaming clients, with
+//     p50 and p99 time to first token;
+//   - for INT8 and w8a8: time to first token on a 512-token prefix the prefix cache holds,
+//     against the same prompt length unseen.
 // The model is random weights (model init's, seed 5) in the shape of train_step's `small` or
 // `medium` (4.7B parameters), written straight in each format (model::InitializeBase), so that
 // no format needs the model in fp32 on the way. A format whose weights would take more than 60%
@@ -80,7 +81,7 @@ double ActiveWeightBytes(const model::MoeConfig& config, std::string_view format
   const double routers = static_cast<double>(config.num_hidden_layers) * h *
                          static_cast<double>(config.num_local_experts) * 4;
   // INT8 carries an fp32 scale per 128 values.
-  const double per_value = format == "fp32" ? 4 : format == "bf16" ? 2 : 1 + 4.0 / 128;
+  const double per_value = format == "fp32" ? 4 : format == "bf16" ? 2 : 1 + 4.0 / 128;  // INT8
   return matrices * per_value + routers;
 }
 
@@ -156,7 +157,11 @@ class Server {
                                      std::to_string(threads),
                                      "--device",
                                      device};
-    if (format != "fp32") argv.push_back(absl::StrCat("--", std::string(format)));
+    if (format == "w8a8") {
+      argv.insert(argv.end(), {"--int8", "--int8-activations"});
+    } else if (format != "fp32") {
+      argv.push_back(absl::StrCat("--", std::string(format)));
+    }
     daemon_ = std::make_unique<testing::Daemon>(argv, log);
     const std::regex serving(R"re("event":"serving","address":"127\.0\.0\.1:(\d+)")re");
     testing::WaitFor(
@@ -188,11 +193,13 @@ void RunConfig(const Shape& shape, int64_t tokens, int threads, const std::strin
   const model::MoeConfig config = ConfigOf(shape);
   const testing::TempDir directory;
   const std::string prompt = Text(32, 1);
-  double fp32_rate = 0, bf16_rate = 0;
-  for (const std::string format : {"fp32", "bf16", "int8"}) {
-    const model::WeightFormat weight_format = *model::ParseWeightFormat(format);
+  double fp32_rate = 0, bf16_rate = 0, int8_rate = 0;
+  for (const std::string format : {"fp32", "bf16", "int8", "w8a8"}) {
+    // w8a8 serves the INT8 checkpoint, its inputs quantized as it runs.
+    const std::string stored = format == "w8a8" ? "int8" : format;
+    const model::WeightFormat weight_format = *model::ParseWeightFormat(stored);
     const double parameters = static_cast<double>(model::ModelLayout(config).total_size());
-    const double held_bytes = parameters * (format == "fp32" ? 4 : format == "bf16" ? 2 : 1);
+    const double held_bytes = parameters * (stored == "fp32" ? 4 : stored == "bf16" ? 2 : 1);
     if (held_bytes > 0.6 * PhysicalMemoryBytes()) {
       Print(
           {{"benchmark", "serve_decode_batch1"},
@@ -202,8 +209,8 @@ void RunConfig(const Shape& shape, int64_t tokens, int threads, const std::strin
                                     PhysicalMemoryBytes() / 1e9, " GB")}});
       continue;
     }
-    const std::filesystem::path model_dir = directory.path() / format;
-    {
+    const std::filesystem::path model_dir = directory.path() / stored;
+    if (format != "w8a8") {
       absl::StatusOr<model::FrozenBase> base = model::InitializeBase(config, weight_format, 128, 5);
       const absl::Status saved =
           base.ok() ? model::SaveFrozenBase(*base, model_dir) : base.status();
@@ -230,7 +237,8 @@ void RunConfig(const Shape& shape, int64_t tokens, int threads, const std::strin
     const double rate = Percentile(rates, 0.5);
     if (format == "fp32") fp32_rate = rate;
     if (format == "bf16") bf16_rate = rate;
-    const double bytes = ActiveWeightBytes(config, format);
+    if (format == "int8") int8_rate = rate;
+    const double bytes = ActiveWeightBytes(config, stored);
     Print(
         {{"benchmark", "serve_decode_batch1"},
          {"config", shape.name},
@@ -239,10 +247,11 @@ void RunConfig(const Shape& shape, int64_t tokens, int threads, const std::strin
          {"decode_tokens_per_second", rate},
          {"vs_fp32", fp32_rate > 0 ? json(rate / fp32_rate) : json(nullptr)},
          {"vs_bf16", bf16_rate > 0 ? json(rate / bf16_rate) : json(nullptr)},
+         {"vs_int8", int8_rate > 0 ? json(rate / int8_rate) : json(nullptr)},
          {"active_weight_bytes_per_token", bytes},
          {"bandwidth_bound_tokens_per_second", on_cpu ? json(bandwidth / bytes) : json(nullptr)},
          {"fraction_of_bandwidth_bound", on_cpu ? json(rate * bytes / bandwidth) : json(nullptr)}});
-    if (format != "int8") continue;
+    if (stored != "int8") continue;
 
     for (const int clients : {1, 4, 16}) {
       std::vector<Timed> runs(static_cast<size_t>(clients));

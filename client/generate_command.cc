@@ -35,24 +35,26 @@ absl::StatusOr<double> DoubleOr(const CommandLine& flags, const std::string& fla
 
 const char kGenerateUsage[] =
     R"(  model generate --model DIR (--prompt TEXT | --prompt-file FILE) [--adapter DIR]
-        [--int8 | --bf16] [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
-        [--stop TEXT]... [--device auto|cpu|cuda] [--threads T]
+        [--int8 [--int8-activations] | --bf16] [--max-tokens N] [--temperature T] [--top-p P]
+        [--seed S] [--stop TEXT]... [--device auto|cpu|cuda] [--threads T]
       Generates text after the prompt with DIR's model (with a PEFT adapter directory over
-      it; --int8 or --bf16 holds the base in that format) and streams it to stdout as it
-      comes, on the GPU when one answers (--device auto, the default) or where --device says.
+      it; --int8 or --bf16 holds the base in that format, and --int8-activations has an INT8
+      base quantize each product's input per token too, for faster decoding) and streams it
+      to stdout as it comes, on the GPU when one answers (--device auto, the default) or
+      where --device says.
       Sampling: temperature T (default 0.8; 0 is greedy) over the most likely tokens whose
       probabilities reach P (default 0.95), seeded by S (default: drawn, and reported).
       Ends at N tokens (default 128), the model's end-of-sequence token, or before the first
       --stop string. The last line on stderr is JSON {"prompt_tokens", "generated_tokens",
       "prefill_tokens_per_second", "decode_tokens_per_second", "finish_reason", "seed",
-      "device"}.
+      "device", "format"}.
 )";
 
 int GenerateCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(args,
                                   {"model", "adapter", "prompt", "prompt-file", "max-tokens",
                                    "temperature", "top-p", "seed", "stop", "device", "threads"},
-                                  {"int8", "bf16"});
+                                  {"int8", "bf16", "int8-activations"});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = flags->Require("model");
   if (!model_dir.ok()) return Fail(model_dir.status());
@@ -81,10 +83,10 @@ int GenerateCommand(const std::vector<std::string>& args) {
   if (absl::Status status = ApplyThreads(*flags); !status.ok()) return Fail(status);
   absl::StatusOr<model::Device> device = DeviceFlag(*flags);
   if (!device.ok()) return Fail(device.status());
-  absl::StatusOr<std::optional<model::WeightFormat>> format = HeldWeightFormat(*flags);
-  if (!format.ok()) return Fail(format.status());
+  absl::StatusOr<model::HeldFormat> held = HeldFormatFlags(*flags);
+  if (!held.ok()) return Fail(held.status());
 
-  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(*model_dir, *format);
+  absl::StatusOr<model::FrozenBase> base = model::OpenForInference(*model_dir, *held);
   if (!base.ok()) return Fail(base.status());
   absl::StatusOr<model::LoraAdapters> adapters =
       flags->Has("adapter") ? model::LoadAdaptersFor(*base, *flags->Get("adapter"))
@@ -118,7 +120,8 @@ int GenerateCommand(const std::vector<std::string>& args) {
       {"decode_tokens_per_second", rate(decoded, result->decode_seconds)},
       {"finish_reason", result->finish_reason},
       {"seed", options.seed},
-      {"device", std::string(generator.device())}};
+      {"device", std::string(generator.device())},
+      {"format", model::HeldFormatName(*base)}};
   std::fprintf(stderr, "%s\n", summary.dump().c_str());
   return 0;
 }

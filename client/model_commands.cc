@@ -100,15 +100,15 @@ absl::StatusOr<std::string> ChosenModel(const CommandLine& flags) {
 }
 
 // The model eval and trace run: a plain checkpoint as it is, or a frozen base held compactly
-// with a site's adapters. The base is frozen when --adapter names adapters, when --int8 or
-// --bf16 asks for it, or when the checkpoint is stored in INT8 (which only a frozen base reads).
+// with a site's adapters. The base is frozen when --adapter names adapters, when --int8, --bf16
+// or --int8-activations asks for it, or when the checkpoint is stored in INT8 (which only a
+// frozen base reads).
 class InferenceModel {
  public:
   static absl::StatusOr<InferenceModel> Load(const std::string& model_dir,
                                              const CommandLine& flags) {
-    absl::StatusOr<std::optional<model::WeightFormat>> held = HeldWeightFormat(flags);
+    absl::StatusOr<model::HeldFormat> held = HeldFormatFlags(flags);
     if (!held.ok()) return held.status();
-    const std::optional<model::WeightFormat> format = *held;
     const std::optional<std::string> adapter = flags.Get("adapter");
     // The directory's config first: a wrong directory is named by what it lacks first.
     if (absl::StatusOr<model::MoeConfig> config =
@@ -117,7 +117,7 @@ class InferenceModel {
       return config.status();
     }
     InferenceModel loaded;
-    if (!format.has_value() && !adapter.has_value()) {
+    if (!held->weights.has_value() && !held->int8_activations && !adapter.has_value()) {
       absl::StatusOr<model::WeightFormat> stored = model::StoredWeightFormat(model_dir);
       if (!stored.ok()) return stored.status();
       if (*stored != model::WeightFormat::kInt8) {
@@ -127,7 +127,7 @@ class InferenceModel {
         return loaded;
       }
     }
-    absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(model_dir, format);
+    absl::StatusOr<model::FrozenBase> base = model::OpenForInference(model_dir, *held);
     if (!base.ok()) return base.status();
     loaded.base_.emplace(*std::move(base));
     if (adapter.has_value()) {
@@ -175,7 +175,7 @@ class InferenceModel {
 int EvalCommand(const std::vector<std::string>& args) {
   auto flags = CommandLine::Parse(
       args, {"model", "state-dir", "config", "data", "seq-len", "batch", "threads", "adapter"},
-      {"personal", "global", "int8", "bf16"});
+      {"personal", "global", "int8", "bf16", "int8-activations"});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = ChosenModel(*flags);
   if (!model_dir.ok()) return Fail(model_dir.status());
@@ -340,7 +340,7 @@ int InspectCommand(const std::vector<std::string>& args) {
 int TraceCommand(const std::vector<std::string>& args) {
   auto flags =
       CommandLine::Parse(args, {"model", "state-dir", "config", "text", "threads", "adapter"},
-                         {"json", "personal", "global", "int8", "bf16"});
+                         {"json", "personal", "global", "int8", "bf16", "int8-activations"});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = ChosenModel(*flags);
   if (!model_dir.ok()) return Fail(model_dir.status());
@@ -520,12 +520,14 @@ int MergeAdapterCommand(const std::vector<std::string>& args) {
 }  // namespace
 
 const char kModelUsage[] =
-    R"(  model eval MODEL --data FILE [--adapter DIR] [--int8 | --bf16] [--seq-len N] [--batch B]
-        [--threads T]
+    R"(  model eval MODEL --data FILE [--adapter DIR] [--int8 [--int8-activations] | --bf16]
+        [--seq-len N] [--batch B] [--threads T]
       Mean next-token loss of FILE's text in windows of N tokens (default 128), as one JSON
       line {"loss": nats, "tokens": predictions, "model": DIR}. --adapter runs the model with
       a PEFT LoRA adapter directory over it; --int8 or --bf16 holds the base in that format
-      (an INT8 checkpoint from model quantize is held as INT8 without asking).
+      (an INT8 checkpoint from model quantize is held as INT8 without asking), and
+      --int8-activations has an INT8 base quantize each product's input per token too, as
+      generate and serve may.
       MODEL is --model DIR, or an enrolled site's (--state-dir DIR | --config FILE): its
       personal model when it has one, else its newest global model; add --personal or
       --global to choose. A personal model's experts past the global ones are the site's own.
@@ -535,9 +537,10 @@ const char kModelUsage[] =
       scale, default 128), never holding it in fp32.
   model inspect DIR [--json]
       Parameters (total, per token, by role), experts and bytes of a model directory.
-  model trace MODEL --text TEXT [--adapter DIR] [--int8 | --bf16] [--json] [--threads T]
+  model trace MODEL --text TEXT [--adapter DIR] [--int8 [--int8-activations] | --bf16] [--json]
+        [--threads T]
       For each token and layer, the experts the router chose and their weights; --adapter,
-      --int8 and --bf16 as for eval.
+      --int8, --int8-activations and --bf16 as for eval.
   model hash --model DIR [--int8 | --bf16] [--expect SHA256] [--threads T]
       The content hash of DIR's weights as a frozen base holds them (as stored, or converted
       to INT8 or bf16): what a federation names its base by. --expect refuses (exit 1) a base

@@ -20,6 +20,12 @@ absl::StatusOr<std::optional<model::WeightFormat>> HeldWeightFormat(
   return std::nullopt;
 }
 
+absl::StatusOr<model::HeldFormat> HeldFormatFlags(const config::CommandLine& flags) {
+  absl::StatusOr<std::optional<model::WeightFormat>> weights = HeldWeightFormat(flags);
+  if (!weights.ok()) return weights.status();
+  return model::HeldFormat{.weights = *weights, .int8_activations = flags.Has("int8-activations")};
+}
+
 absl::Status ApplyThreads(const config::CommandLine& flags) {
   absl::StatusOr<int64_t> threads = flags.IntOr("threads", 0, 0, kMaxThreads);
   if (!threads.ok()) return threads.status();

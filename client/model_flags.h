@@ -27,6 +27,10 @@ inline constexpr int64_t kMaxBatch = 4096;
 absl::StatusOr<std::optional<model::WeightFormat>> HeldWeightFormat(
     const config::CommandLine& flags);
 
+// How to hold the base for inference: HeldWeightFormat's, and --int8-activations (an INT8
+// base's products quantize their input too; refused when the opened base is not INT8).
+absl::StatusOr<model::HeldFormat> HeldFormatFlags(const config::CommandLine& flags);
+
 // --threads T (0 or absent: all cores) for the CPU products.
 absl::Status ApplyThreads(const config::CommandLine& flags);
 

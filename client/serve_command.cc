@@ -51,12 +51,12 @@ absl::StatusOr<serve::EngineOptions> EngineOptionsOf(const CommandLine& flags) {
 }  // namespace
 
 const char kServeUsage[] =
-    R"(  serve --model DIR [--adapter DIR] [--int8 | --bf16] [--listen HOST:PORT] [--model-name NAME]
-        [--token-file FILE] [--max-batch N] [--max-queue N] [--prefill-chunk N]
+    R"(  serve --model DIR [--adapter DIR] [--int8 [--int8-activations] | --bf16] [--listen HOST:PORT]
+        [--model-name NAME] [--token-file FILE] [--max-batch N] [--max-queue N] [--prefill-chunk N]
         [--max-prompt-tokens N] [--max-tokens-limit N] [--prefix-cache-mb MB]
         [--device auto|cpu|cuda] [--threads T]
       Serves DIR's model (with a PEFT adapter directory over it; --int8 or --bf16 holds the
-      base in that format) over an OpenAI-compatible HTTP API until SIGTERM or SIGINT:
+      base in that format, and --int8-activations quantizes an INT8 base's inputs too) over an OpenAI-compatible HTTP API until SIGTERM or SIGINT:
       POST /v1/completions and /v1/chat/completions (stream: true for server-sent events),
       GET /v1/models, /health and /metrics. Listens on 127.0.0.1:8080 unless told otherwise;
       another address needs --token-file, a 0600 file whose token every request but /health
@@ -75,7 +75,7 @@ int ServeCommand(const std::vector<std::string>& args) {
                                   {"model", "adapter", "listen", "model-name", "token-file",
                                    "max-batch", "max-queue", "prefill-chunk", "max-prompt-tokens",
                                    "max-tokens-limit", "prefix-cache-mb", "device", "threads"},
-                                  {"int8", "bf16"});
+                                  {"int8", "bf16", "int8-activations"});
   if (!flags.ok()) return Fail(flags.status());
   absl::StatusOr<std::string> model_dir = flags->Require("model");
   if (!model_dir.ok()) return Fail(model_dir.status());
@@ -96,8 +96,8 @@ int ServeCommand(const std::vector<std::string>& args) {
   absl::StatusOr<model::Device> device = DeviceFlag(*flags);
   if (!device.ok()) return Fail(device.status());
   engine_options->make_decoder = DecoderOn(*device);
-  absl::StatusOr<std::optional<model::WeightFormat>> format = HeldWeightFormat(*flags);
-  if (!format.ok()) return Fail(format.status());
+  absl::StatusOr<model::HeldFormat> held = HeldFormatFlags(*flags);
+  if (!held.ok()) return Fail(held.status());
   const std::filesystem::path directory(*model_dir);
   std::string name =
       flags->Get("model-name")
@@ -107,7 +107,7 @@ int ServeCommand(const std::vector<std::string>& args) {
   if (const std::optional<std::string> adapter_dir = flags->Get("adapter")) adapter = *adapter_dir;
 
   absl::StatusOr<std::shared_ptr<const serve::ServedModel>> served =
-      serve::ServedModel::Load(directory, adapter, *format, name);
+      serve::ServedModel::Load(directory, adapter, *held, name);
   if (!served.ok()) return Fail(served.status());
   absl::StatusOr<std::unique_ptr<serve::Engine>> engine =
       serve::Engine::Start(*served, *engine_options);
@@ -128,7 +128,7 @@ int ServeCommand(const std::vector<std::string>& args) {
   LogEvent(LogLevel::kInfo, "serving")
       .Field("address", (*server)->address())
       .Field("model", (*served)->id)
-      .Field("format", std::string(model::WeightFormatName((*served)->base.format())))
+      .Field("format", model::HeldFormatName((*served)->base))
       .Field("device", std::string(model::DeviceName(*device)))
       .Field("adapter", adapter.has_value() ? adapter->string() : std::string("none"))
       .Field("max_batch", (*engine_options).max_batch)

@@ -28,6 +28,8 @@ struct ServeSettings {
   std::string model_name;
   // The format the model is held in to serve: "" (as stored), "bf16" or "int8".
   std::string format;
+  // An INT8 model's products quantize their input too (model::FrozenBase::QuantizeActivations).
+  bool int8_activations = false;
   // A PEFT adapter of the site's own over the global model (whole-model federations).
   std::filesystem::path adapter;
   // Where decoding runs: "auto" (the GPU when one answers), "cpu" or "cuda".
@@ -35,7 +37,7 @@ struct ServeSettings {
   serve::EngineOptions engine;
 
   bool enabled() const { return !listen.empty(); }
-  std::optional<model::WeightFormat> weight_format() const;
+  model::HeldFormat held_format() const;
   static void Read(config::YamlConfigReader& reader, ServeSettings* settings);
   std::string ToYaml() const;
 };

@@ -48,6 +48,17 @@ FrozenBase::FrozenBase(const MoeConfig& config, WeightFormat format, int64_t gro
       format_(format),
       group_size_(format == WeightFormat::kInt8 ? std::max<int64_t>(group_size, 0) : 0) {}
 
+absl::Status FrozenBase::QuantizeActivations() {
+  if (format_ != WeightFormat::kInt8) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("int8 activations need the base held in INT8 (--int8), not ",
+                     std::string(WeightFormatName(format_))));
+  }
+  for (auto& [offset, matrix] : matrices_) matrix.int8_activations = true;
+  int8_activations_ = true;
+  return absl::OkStatus();
+}
+
 void FrozenBase::AddVector(const TensorSpec& spec, std::span<const float> values) {
   vectors_[spec.offset] = fp32_storage_.emplace_back(values.begin(), values.end()).data();
 }
@@ -270,6 +281,20 @@ int64_t FrozenBase::bytes() const {
     if (!IsFrozenMatrix(spec.role)) total += spec.size * static_cast<int64_t>(sizeof(float));
   }
   return total;
+}
+
+absl::StatusOr<FrozenBase> OpenForInference(const std::filesystem::path& directory,
+                                            const HeldFormat& held) {
+  absl::StatusOr<FrozenBase> base = FrozenBase::Open(directory, held.weights);
+  if (!base.ok() || !held.int8_activations) return base;
+  if (absl::Status status = base->QuantizeActivations(); !status.ok()) return status;
+  return base;
+}
+
+std::string HeldFormatName(const FrozenBase& base) {
+  std::string name(WeightFormatName(base.format()));
+  if (base.int8_activations()) name += " with int8 activations";
+  return name;
 }
 
 absl::StatusOr<WeightFormat> StoredWeightFormat(const std::filesystem::path& directory) {

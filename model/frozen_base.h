@@ -31,6 +31,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/cpu/aligned.h"
 #include "kernels/cpu/bf16.h"
@@ -87,6 +88,14 @@ class FrozenBase {
   // INT8's columns per scale; 0 for the other formats.
   int64_t group_size() const { return group_size_; }
 
+  // Makes every product on this INT8 base quantize its input to int8 too, per token and group
+  // of group_size() columns (dynamic activation quantization, kernels/shared/frozen_weight.h):
+  // faster decoding, for inference only. The weights, and so BaseContentHash, do not change.
+  // FailedPrecondition for a base held in another format. Training never asks for it, since its
+  // backward pass is the weight-only product's.
+  absl::Status QuantizeActivations();
+  bool int8_activations() const { return int8_activations_; }
+
  private:
   FrozenBase(const MoeConfig& config, WeightFormat format, int64_t group_size);
   // Converts `values` into this base's format, into storage of its own.
@@ -97,6 +106,7 @@ class FrozenBase {
   ModelLayout layout_;
   WeightFormat format_;
   int64_t group_size_ = 0;
+  bool int8_activations_ = false;
   std::unordered_map<int64_t, FrozenWeight> matrices_;
   std::unordered_map<int64_t, const float*> vectors_;
   // What the views above point into. Moving a vector keeps its elements' buffers where they are.
@@ -106,6 +116,21 @@ class FrozenBase {
   // The mapped files that views point into, when opened from disk.
   std::vector<SafetensorsFile> files_;
 };
+
+// How a base is held for inference: its matrices' format (nullopt: as stored) and, for INT8,
+// whether its products quantize their input too (FrozenBase::QuantizeActivations).
+struct HeldFormat {
+  std::optional<WeightFormat> weights;
+  bool int8_activations = false;
+};
+
+// FrozenBase::Open in held.weights, then QuantizeActivations when held.int8_activations (so a
+// base that is not INT8 is refused with FailedPrecondition).
+absl::StatusOr<FrozenBase> OpenForInference(const std::filesystem::path& directory,
+                                            const HeldFormat& held);
+
+// "fp32", "bf16", "int8", or "int8 with int8 activations": what a log line or summary says.
+std::string HeldFormatName(const FrozenBase& base);
 
 // The format a model directory's matrices are stored in (its embedding's dtype: F32, BF16, or
 // fedmoe's INT8; F16 reads as bf16 would hold it).

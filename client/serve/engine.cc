@@ -10,8 +10,8 @@ namespace fedmoe::client::serve {
 
 absl::StatusOr<std::shared_ptr<const ServedModel>> ServedModel::Load(
     const std::filesystem::path& directory, const std::optional<std::filesystem::path>& adapter,
-    std::optional<model::WeightFormat> format, std::string id) {
-  absl::StatusOr<model::FrozenBase> base = model::FrozenBase::Open(directory, format);
+    const model::HeldFormat& held, std::string id) {
+  absl::StatusOr<model::FrozenBase> base = model::OpenForInference(directory, held);
   if (!base.ok()) return base.status();
   // Adapters hold their own copy of the layout, so the base may move after they are read.
   absl::StatusOr<model::LoraAdapters> adapters =

@@ -46,11 +46,11 @@ struct ServedModel {
   model::LoraAdapters adapters;
   std::unique_ptr<model::Tokenizer> tokenizer;
 
-  // Opens DIR's checkpoint in `format` (as stored when nullopt) with the PEFT adapter directory
-  // `adapter` over it when given. The checkpoint's errors.
+  // Opens DIR's checkpoint held as `held` says (model::OpenForInference) with the PEFT adapter
+  // directory `adapter` over it when given. The checkpoint's errors.
   static absl::StatusOr<std::shared_ptr<const ServedModel>> Load(
       const std::filesystem::path& directory, const std::optional<std::filesystem::path>& adapter,
-      std::optional<model::WeightFormat> format, std::string id);
+      const model::HeldFormat& held, std::string id);
 };
 
 struct EngineOptions {

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <utility>
+#include <vector>
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/eigen_maps.h"
@@ -102,6 +104,137 @@ bool Int8FewRows(const float* in, const FrozenWeight& weight, float* out, int64_
   return false;
 }
 
+// An input quantized for a product with int8 activations: each row per group of the weight's
+// group size, as kernels/shared/frozen_weight.h's QuantizeActivation rounds.
+struct QuantizedRows {
+  std::vector<int8_t> values;  // [rows, columns]
+  std::vector<float> scales;   // [rows, groups]
+};
+
+void QuantizeRows(const float* in, int64_t rows, const FrozenWeight& weight,
+                  QuantizedRows& quantized) {
+  const int64_t columns = weight.columns;
+  const int64_t groups = weight.groups_per_row();
+  quantized.values.resize(static_cast<size_t>(rows * columns));
+  quantized.scales.resize(static_cast<size_t>(rows * groups));
+#pragma omp parallel for schedule(static) if (rows * columns > 65536)
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t begin = g * weight.group_size;
+      const int64_t end = std::min(begin + weight.group_size, columns);
+      const float* x = in + row * columns;
+      float largest = 0.0F;
+#pragma omp simd reduction(max : largest)
+      for (int64_t c = begin; c < end; ++c) largest = std::max(largest, std::abs(x[c]));
+      const float inverse = kernels::ActivationInverseScale(largest);
+      quantized.scales[static_cast<size_t>(row * groups + g)] = kernels::ActivationScale(largest);
+      int8_t* q = quantized.values.data() + row * columns;
+#pragma omp simd
+      for (int64_t c = begin; c < end; ++c) q[c] = kernels::QuantizeActivation(x[c], inverse);
+    }
+  }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// kRows input rows against output row `o` of the weight, 32 columns at a time in integers:
+// maddubs multiplies unsigned by signed bytes, so each pair is taken as |w| · (x with w's sign),
+// which is w · x. A pair of products is at most 2 · 127 · 127 = 32258 and does not saturate its
+// 16 bits, since neither side is ever −128. Each group's integer sums are scaled once into fp32.
+// Needs columns and the group size in multiples of 32.
+template <int kRows>
+void Int8ActivationRows(const int8_t* w, const float* w_scales, const QuantizedRows& input,
+                        int64_t first_row, const FrozenWeight& weight, float* out, int64_t o) {
+  const int64_t columns = weight.columns;
+  const int64_t groups = weight.groups_per_row();
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 total[kRows];
+  for (int r = 0; r < kRows; ++r) total[r] = _mm256_setzero_ps();
+  const int8_t* x[kRows];
+  const float* x_scales[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    x[r] = input.values.data() + (first_row + r) * columns;
+    x_scales[r] = input.scales.data() + (first_row + r) * groups;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t begin = g * weight.group_size;
+    const int64_t end = std::min(begin + weight.group_size, columns);
+    __m256i sums[kRows];
+    for (int r = 0; r < kRows; ++r) sums[r] = _mm256_setzero_si256();
+    for (int64_t c = begin; c < end; c += 32) {
+      const __m256i values = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c));
+      const __m256i magnitudes = _mm256_abs_epi8(values);
+      for (int r = 0; r < kRows; ++r) {
+        const __m256i signed_inputs = _mm256_sign_epi8(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[r] + c)), values);
+        const __m256i pairs = _mm256_maddubs_epi16(magnitudes, signed_inputs);
+        sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(pairs, ones));
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      total[r] = _mm256_fmadd_ps(_mm256_set1_ps(w_scales[g] * x_scales[r][g]),
+                                 _mm256_cvtepi32_ps(sums[r]), total[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) out[(first_row + r) * weight.rows + o] = HorizontalSum(total[r]);
+}
+#endif
+
+// out = in · ŵᵀ with the input quantized too (FrozenWeight::int8_activations): each output row's
+// int8 values are read once per block of rows, from memory once and from cache after.
+void Int8ActivationForward(const float* in, const FrozenWeight& weight, float* out, int64_t rows) {
+  QuantizedRows input;
+  QuantizeRows(in, rows, weight, input);
+  const int64_t columns = weight.columns;
+  const int64_t groups = weight.groups_per_row();
+#if defined(__AVX2__) && defined(__FMA__)
+  if (columns % 32 == 0 && weight.group_size % 32 == 0) {
+    constexpr int64_t kRowBlock = 4;
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < weight.rows; ++o) {
+      const int8_t* w = static_cast<const int8_t*>(weight.values) + o * columns;
+      const float* w_scales = weight.scales + o * groups;
+      int64_t r = 0;
+      for (; r + kRowBlock <= rows; r += kRowBlock) {
+        Int8ActivationRows<kRowBlock>(w, w_scales, input, r, weight, out, o);
+      }
+      switch (rows - r) {
+        case 3:
+          Int8ActivationRows<3>(w, w_scales, input, r, weight, out, o);
+          break;
+        case 2:
+          Int8ActivationRows<2>(w, w_scales, input, r, weight, out, o);
+          break;
+        case 1:
+          Int8ActivationRows<1>(w, w_scales, input, r, weight, out, o);
+          break;
+        default:
+          break;
+      }
+    }
+    return;
+  }
+#endif
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < weight.rows; ++o) {
+    const int8_t* w = static_cast<const int8_t*>(weight.values) + o * columns;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int8_t* x = input.values.data() + r * columns;
+      float total = 0.0F;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t begin = g * weight.group_size;
+        const int64_t end = std::min(begin + weight.group_size, columns);
+        int32_t sum = 0;
+        for (int64_t c = begin; c < end; ++c) {
+          sum += static_cast<int32_t>(w[c]) * static_cast<int32_t>(x[c]);
+        }
+        total += weight.scales[o * groups + g] * input.scales[static_cast<size_t>(r * groups + g)] *
+                 static_cast<float>(sum);
+      }
+      out[r * weight.rows + o] = total;
+    }
+  }
+}
+
 // out = in · ŵᵀ for at most kFusedMaxRows rows: a matrix-vector product per row over each block
 // of kFrozenTileRows output rows (decoded into a tile when compact, read in place when fp32),
 // so the block is read from memory once and from cache by the other rows. Small products are
@@ -163,6 +296,10 @@ void DecodeRows(const FrozenWeight& weight, int64_t first, int64_t count, float*
 }
 
 void FrozenLinearForward(const float* in, const FrozenWeight& weight, float* out, int64_t rows) {
+  if (weight.format == WeightFormat::kInt8 && weight.int8_activations) {
+    Int8ActivationForward(in, weight, out, rows);
+    return;
+  }
   if (rows <= kFusedMaxRows) {
     if (!Int8FewRows(in, weight, out, rows)) FewRowsForward(in, weight, out, rows);
     return;

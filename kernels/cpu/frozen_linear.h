@@ -12,6 +12,11 @@
 // tile instead of a GEMM, which would first pack (copy) the whole weight: such a product is
 // bound by reading the weights once. With AVX2, an INT8 one converts each weight once straight
 // into every row's sums, without a tile.
+//
+// An INT8 weight marked int8_activations (kernels/shared/frozen_weight.h) takes its forward
+// product, of any number of rows, in integers: the input quantized per row and group, then
+// int8 · int8 sums per group, each scaled once into fp32. Decoding is then bound by reading the
+// weights rather than by converting them to fp32 on two cores.
 #ifndef FEDMOE_KERNELS_CPU_FROZEN_LINEAR_H_
 #define FEDMOE_KERNELS_CPU_FROZEN_LINEAR_H_
 

@@ -6,6 +6,7 @@
 #ifndef FEDMOE_KERNELS_SHARED_FROZEN_WEIGHT_H_
 #define FEDMOE_KERNELS_SHARED_FROZEN_WEIGHT_H_
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -23,6 +24,11 @@ struct FrozenWeight {
   int64_t group_size = 0;
   const void* values = nullptr;
   const float* scales = nullptr;
+  // INT8 only: forward products quantize their input too, per row and group of group_size
+  // columns (QuantizeActivation below), and multiply in integers: dynamic activation quantization
+  // for inference, where the int8 products are what decoding is bound by. The gradient products
+  // ignore it. FrozenBase::QuantizeActivations sets it on a whole base.
+  bool int8_activations = false;
 
   static FrozenWeight Float32(const float* values, int64_t rows, int64_t columns) {
     return {WeightFormat::kFloat32, rows, columns, 0, values, nullptr};
@@ -80,6 +86,20 @@ FEDMOE_HOST_DEVICE inline float DecodeValue(const FrozenWeight& weight, int64_t 
              static_cast<float>(static_cast<const int8_t*>(weight.values)[index]);
   }
   return 0.0F;
+}
+
+// Dynamic activation quantization's rounding, shared so that the CPU and the GPU round alike:
+// a group of an input row whose largest magnitude is `largest` has scale largest / 127 and
+// values round-half-even(value · (127 / largest)) in [−127, 127] (−128 never occurs, which the
+// CPU's sign trick needs); a group of zeros has scale 0 and zeros. `inverse` is 127 / largest,
+// or 0 for a group of zeros.
+FEDMOE_HOST_DEVICE inline float ActivationInverseScale(float largest) {
+  return largest > 0.0F ? 127.0F / largest : 0.0F;
+}
+FEDMOE_HOST_DEVICE inline float ActivationScale(float largest) { return largest / 127.0F; }
+FEDMOE_HOST_DEVICE inline int8_t QuantizeActivation(float value, float inverse) {
+  const float level = rintf(value * inverse);
+  return static_cast<int8_t>(level > 127.0F ? 127.0F : level < -127.0F ? -127.0F : level);
 }
 
 }  // namespace fedmoe::kernels

@@ -195,6 +195,15 @@ constexpr int warpSize = 32;
 inline void __syncthreads() { fedmoe::cuda_sim::SyncThreads(); }
 inline void __syncwarp(unsigned /*mask*/ = 0xffffffffU) { fedmoe::cuda_sim::SyncWarp(); }
 
+// The four signed bytes of a and of b multiplied pairwise, summed, and added to c.
+inline int __dp4a(int a, int b, int c) {
+  for (int byte = 0; byte < 4; ++byte) {
+    c += static_cast<int>(static_cast<int8_t>(static_cast<unsigned>(a) >> (8 * byte))) *
+         static_cast<int>(static_cast<int8_t>(static_cast<unsigned>(b) >> (8 * byte)));
+  }
+  return c;
+}
+
 template <typename T>
 T __shfl_sync(unsigned /*mask*/, T value, int source_lane, int width = 32) {
   const unsigned lane = fedmoe::cuda_sim::LaneOf();
