@@ -124,6 +124,21 @@ TEST(CheckConfigClientTest, TheClientNamesTheProblemWithItsLine) {
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.err,
               HasSubstr(": serve.device: unknown device 'gpu': expected cpu, cuda or auto"));
+
+  // Int8 activations with a format that is not INT8 are refused before anything loads.
+  text = ReadFile(kExamples / "client.yaml");
+  for (const auto& [from, to] : {std::pair<std::string, std::string>{
+                                     "  format: \"\"\n  # With", "  format: \"bf16\"\n  # With"},
+                                 {"  int8_activations: false", "  int8_activations: true"}}) {
+    const size_t where = text.find(from);
+    ASSERT_NE(where, std::string::npos) << from;
+    text.replace(where, from.size(), to);
+  }
+  WriteFile(file, text);
+  result = RunCommand({BinaryPath("fedmoe-client"), "--check-config", file.string()});
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.err, HasSubstr(": serve.int8_activations: needs an INT8 model (serve.format "
+                                    "int8), not format 'bf16'"));
 }
 
 TEST(CheckConfigFileTest, AMissingFileIsOneClearLine) {

@@ -187,6 +187,20 @@ TEST_F(ModelCliTest, QuantizeWritesCompactBasesThatOpenAsTheirFormat) {
   ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
   EXPECT_NEAR(Json::parse(bf16.out).at("loss").get<double>(),
               Json::parse(f32.out).at("loss").get<double>(), 1e-2);
+  // The INT8 base with int8 activations: the same model, its inputs quantized as it runs (on
+  // the model's bytes, without the stand-in tokenizer quantize copied).
+  std::filesystem::remove(std::filesystem::path(int8_dir) / "tokenizer.json");
+  const CommandResult activations =
+      Model({"eval", "--model", int8_dir, "--int8-activations", "--data", data()});
+  ASSERT_EQ(activations.exit_code, 0) << activations.err;
+  EXPECT_NEAR(Json::parse(activations.out).at("loss").get<double>(),
+              Json::parse(f32.out).at("loss").get<double>(), 2e-2);
+  const CommandResult not_int8 =
+      Model({"eval", "--model", bf16_dir, "--int8-activations", "--data", data()});
+  EXPECT_NE(not_int8.exit_code, 0);
+  EXPECT_EQ(Lines(not_int8.err), 1) << not_int8.err;
+  EXPECT_THAT(not_int8.err, HasSubstr("int8 activations need the base held in INT8 (--int8), "
+                                      "not bf16"));
 
   for (const auto& [arguments, message] :
        std::vector<std::pair<std::vector<std::string>, std::string>>{
@@ -424,6 +438,12 @@ TEST_F(ModelCliTest, GenerateStreamsWhatTheLibraryGeneratesAndReportsItsRates) {
   ASSERT_EQ(quantized.exit_code, 0) << quantized.err;
   EXPECT_EQ(LastErrLine(quantized.err).at("prompt_tokens").get<int64_t>(),
             static_cast<int64_t>(prompt.size()));
+  EXPECT_EQ(LastErrLine(quantized.err).at("format").get<std::string>(), "int8");
+  int8.push_back("--int8-activations");
+  const CommandResult activations = Model(int8);
+  ASSERT_EQ(activations.exit_code, 0) << activations.err;
+  EXPECT_EQ(LastErrLine(activations.err).at("format").get<std::string>(),
+            "int8 with int8 activations");
 
   const CommandResult help = Model({"generate", "--help"});
   EXPECT_EQ(help.exit_code, 0);

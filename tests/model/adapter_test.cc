@@ -252,6 +252,58 @@ TEST(AdaptedModelTest, FreshAdaptersComputeTheBaseAndMergedAdaptersComputeTheAda
   EXPECT_GT(moved, 1e-2) << "the adapters changed nothing";
 }
 
+// Int8 activations are a way to run an INT8 base, not another base: opened for inference it
+// keeps its weights and content hash, every matrix is marked, its logits stay near the
+// weight-only ones without equalling them (about 1% of their norm on this random model, whose
+// rows of 16 are each one group of a single scale), and a base in another format is refused by
+// name.
+TEST(FrozenBaseFileTest, Int8ActivationsRunTheSameInt8Base) {
+  testing::TempDir dir;
+  const ModelParameters parameters =
+      InitializeModel(testing::GradientCheckConfig(true, true, 2), 15);
+  ASSERT_TRUE(SaveModel(parameters, dir.path() / "model").ok());
+  absl::StatusOr<FrozenBase> weight_only =
+      OpenForInference(dir.path() / "model", {.weights = WeightFormat::kInt8});
+  ASSERT_TRUE(weight_only.ok()) << weight_only.status();
+  absl::StatusOr<FrozenBase> quantized = OpenForInference(
+      dir.path() / "model", {.weights = WeightFormat::kInt8, .int8_activations = true});
+  ASSERT_TRUE(quantized.ok()) << quantized.status();
+  EXPECT_FALSE(weight_only->int8_activations());
+  EXPECT_TRUE(quantized->int8_activations());
+  EXPECT_EQ(HeldFormatName(*weight_only), "int8");
+  EXPECT_EQ(HeldFormatName(*quantized), "int8 with int8 activations");
+  EXPECT_EQ(BaseContentHash(*quantized), BaseContentHash(*weight_only));
+  for (const TensorSpec& spec : quantized->layout().tensors()) {
+    if (IsFrozenMatrix(spec.role)) {
+      EXPECT_TRUE(quantized->matrix(spec.offset).int8_activations) << spec.name;
+    }
+  }
+  const std::vector<int32_t> tokens =
+      testing::RandomTokens(2 * 6, parameters.config().vocab_size, 3);
+  const std::vector<float> exact =
+      AdaptedLogits(*weight_only, BaseOnlyAdapters(*weight_only), tokens, 2, 6);
+  const std::vector<float> approximate =
+      AdaptedLogits(*quantized, BaseOnlyAdapters(*quantized), tokens, 2, 6);
+  double error = 0, total = 0;
+  for (size_t i = 0; i < exact.size(); ++i) {
+    error += (approximate[i] - exact[i]) * (approximate[i] - exact[i]);
+    total += exact[i] * exact[i];
+  }
+  EXPECT_GT(error, 0) << "the inputs were not quantized";
+  EXPECT_LT(std::sqrt(error / total), 0.03);
+
+  for (const std::optional<WeightFormat> other :
+       {std::optional<WeightFormat>(WeightFormat::kBfloat16),
+        std::optional<WeightFormat>(std::nullopt)}) {
+    absl::StatusOr<FrozenBase> refused =
+        OpenForInference(dir.path() / "model", {.weights = other, .int8_activations = true});
+    ASSERT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(refused.status().message().find("int8 activations need the base held in INT8"),
+              std::string::npos)
+        << refused.status();
+  }
+}
+
 TEST(AdaptedModelTest, CompactBasesComputeThePlainModelOnTheirDecodedWeights) {
   const ModelParameters parameters =
       InitializeModel(testing::GradientCheckConfig(true, true, 2), 4);
