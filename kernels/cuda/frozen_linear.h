@@ -3,7 +3,8 @@
 // and scales are device pointers. A compact weight is decoded into fp32 scratch of its own size
 // by one kernel (kernels/shared/frozen_weight.h's DecodeValue, the CPU tiles' arithmetic), then
 // multiplied by cuBLAS: one weight's fp32 copy at a time, never the base's. An fp32 weight is
-// multiplied as it is.
+// multiplied as it is. An INT8 weight with int8 activations takes its forward product as the
+// CPU does: the input rows quantized into the scratch, then int8 · int8 sums per group (dp4a).
 #ifndef FEDMOE_KERNELS_CUDA_FROZEN_LINEAR_H_
 #define FEDMOE_KERNELS_CUDA_FROZEN_LINEAR_H_
 
@@ -15,7 +16,7 @@
 
 namespace fedmoe::kernels::cuda {
 
-// The fp32 scratch the products need for this weight, in floats (0 for an fp32 weight).
+// The scratch the products need for this weight, in floats (0 for an fp32 weight).
 int64_t FrozenLinearScratch(const FrozenWeight& weight);
 
 // out [weight.rows, weight.columns] = the decoded weight.
