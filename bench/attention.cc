@@ -143,12 +143,12 @@ Json Run(const NamedShape& named, int iterations) {
                {"batch", shape.batch},       {"seq_len", shape.seq_len},
                {"heads", shape.heads},       {"kv_heads", shape.kv_heads},
                {"head_dim", shape.head_dim}, {"iterations", iterations}};
-#ifdef FEDMOE_CUDA_SIM
-  base["gpu"] = "CPU simulator of CUDA (timings mean nothing)";
-#else
-  const absl::StatusOr<std::string> gpu = kernels::CudaDeviceName(0);
-  base["gpu"] = gpu.ok() ? *gpu : std::string(gpu.status().message());
-#endif
+  if (kernels::cuda::IsSimulator()) {
+    base["gpu"] = "CPU simulator of CUDA (timings mean nothing)";
+  } else {
+    const absl::StatusOr<std::string> gpu = kernels::CudaDeviceName(0);
+    base["gpu"] = gpu.ok() ? *gpu : std::string(gpu.status().message());
+  }
   absl::StatusOr<Buffers> buffers = Allocate(shape);
   if (!buffers.ok()) {
     base["error"] = std::string(buffers.status().message());
@@ -195,12 +195,7 @@ Json Run(const NamedShape& named, int iterations) {
 }
 
 int Main(int argc, char** argv) {
-  std::string config =
-#ifdef FEDMOE_CUDA_SIM
-      "tiny";
-#else
-      "all";
-#endif
+  std::string config = kernels::cuda::IsSimulator() ? "tiny" : "all";
   int iterations = 10;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -213,12 +208,12 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
-#ifndef FEDMOE_CUDA_SIM
-  if (absl::StatusOr<kernels::Device> gpu = kernels::ResolveDevice("cuda"); !gpu.ok()) {
-    std::fprintf(stderr, "attention: %s\n", std::string(gpu.status().message()).c_str());
-    return 1;
+  if (!kernels::cuda::IsSimulator()) {
+    if (absl::StatusOr<kernels::Device> gpu = kernels::ResolveDevice("cuda"); !gpu.ok()) {
+      std::fprintf(stderr, "attention: %s\n", std::string(gpu.status().message()).c_str());
+      return 1;
+    }
   }
-#endif
   bool ran = false;
   bool failed = false;
   for (const NamedShape& named : kShapes) {

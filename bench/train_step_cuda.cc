@@ -50,12 +50,12 @@ Json CudaTrainStep(const Shape& shape, int steps, const CudaStepChoices& choices
                {"expert_products", choices.concurrent_expert_products
                                        ? "one cublasGemmEx each, on concurrent streams"
                                        : "one grouped cuBLAS call"}});
-#ifdef FEDMOE_CUDA_SIM
-  line["gpu"] = "CPU simulator of CUDA (timings mean nothing)";
-#else
-  const absl::StatusOr<std::string> gpu = kernels::CudaDeviceName(0);
-  line["gpu"] = gpu.ok() ? *gpu : std::string(gpu.status().message());
-#endif
+  if (kernels::cuda::IsSimulator()) {
+    line["gpu"] = "CPU simulator of CUDA (timings mean nothing)";
+  } else {
+    const absl::StatusOr<std::string> gpu = kernels::CudaDeviceName(0);
+    line["gpu"] = gpu.ok() ? *gpu : std::string(gpu.status().message());
+  }
   const model::ModelParameters parameters = model::InitializeModel(config, 1);
   line["parameters"] = parameters.layout().total_size();
   const Clock::time_point created = Clock::now();
