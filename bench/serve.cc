@@ -81,7 +81,7 @@ double ActiveWeightBytes(const model::MoeConfig& config, std::string_view format
   const double routers = static_cast<double>(config.num_hidden_layers) * h *
                          static_cast<double>(config.num_local_experts) * 4;
   // INT8 carries an fp32 scale per 128 values.
-  const double per_value = format == "fp32" ? 4 : format == "bf16" ? 2 : 1 + 4.0 / 128;  // INT8
+  const double per_value = format == "fp32" ? 4 : format == "bf16" ? 2 : 1 + 4.0 / 128;
   return matrices * per_value + routers;
 }
 

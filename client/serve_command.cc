@@ -51,12 +51,13 @@ absl::StatusOr<serve::EngineOptions> EngineOptionsOf(const CommandLine& flags) {
 }  // namespace
 
 const char kServeUsage[] =
-    R"(  serve --model DIR [--adapter DIR] [--int8 [--int8-activations] | --bf16] [--listen HOST:PORT]
-        [--model-name NAME] [--token-file FILE] [--max-batch N] [--max-queue N] [--prefill-chunk N]
-        [--max-prompt-tokens N] [--max-tokens-limit N] [--prefix-cache-mb MB]
-        [--device auto|cpu|cuda] [--threads T]
+    R"(  serve --model DIR [--adapter DIR] [--int8 [--int8-activations] | --bf16]
+        [--listen HOST:PORT] [--model-name NAME] [--token-file FILE] [--max-batch N]
+        [--max-queue N] [--prefill-chunk N] [--max-prompt-tokens N] [--max-tokens-limit N]
+        [--prefix-cache-mb MB] [--device auto|cpu|cuda] [--threads T]
       Serves DIR's model (with a PEFT adapter directory over it; --int8 or --bf16 holds the
-      base in that format, and --int8-activations quantizes an INT8 base's inputs too) over an OpenAI-compatible HTTP API until SIGTERM or SIGINT:
+      base in that format, and --int8-activations quantizes an INT8 base's inputs too) over
+      an OpenAI-compatible HTTP API until SIGTERM or SIGINT:
       POST /v1/completions and /v1/chat/completions (stream: true for server-sent events),
       GET /v1/models, /health and /metrics. Listens on 127.0.0.1:8080 unless told otherwise;
       another address needs --token-file, a 0600 file whose token every request but /health

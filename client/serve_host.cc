@@ -10,22 +10,30 @@
 
 namespace fedmoe::client {
 
-model::HeldFormat ServeSettings::held_format() const {
-  model::HeldFormat held{.weights = std::nullopt, .int8_activations = int8_activations};
-  if (absl::StatusOr<model::WeightFormat> parsed = model::ParseWeightFormat(format); parsed.ok()) {
-    held.weights = *parsed;
-  }
-  return held;
-}
-
 void ServeSettings::Read(config::YamlConfigReader& reader, ServeSettings* settings) {
   reader.Read("serve.listen", &settings->listen);
   std::string token_file;
   reader.Read("serve.token_file", &token_file);
   settings->token_file = token_file;
   reader.Read("serve.model_name", &settings->model_name);
-  reader.Read("serve.format", &settings->format);
-  reader.Read("serve.int8_activations", &settings->int8_activations);
+  std::string format;
+  reader.Read("serve.format", &format);
+  if (!format.empty()) {
+    absl::StatusOr<model::WeightFormat> parsed = model::ParseWeightFormat(format);
+    if (parsed.ok()) {
+      settings->held.weights = *parsed;
+    } else {
+      reader.Invalid("serve.format", absl::StrCat(std::string(parsed.status().message()),
+                                                  " (or empty: as stored)"));
+    }
+  }
+  reader.Read("serve.int8_activations", &settings->held.int8_activations);
+  if (settings->held.int8_activations && settings->held.weights.has_value() &&
+      *settings->held.weights != model::WeightFormat::kInt8) {
+    reader.Invalid(
+        "serve.int8_activations",
+        absl::StrCat("needs an INT8 model (serve.format int8), not format '", format, "'"));
+  }
   reader.Read("serve.device", &settings->device);
   // Resolved as training.device is, so that a device this host lacks is named at load too.
   if (const absl::StatusOr<model::Device> device = model::ResolveDevice(settings->device);
@@ -49,16 +57,6 @@ void ServeSettings::Read(config::YamlConfigReader& reader, ServeSettings* settin
   }
   if (absl::Status status = settings->engine.Validate(); !status.ok()) {
     reader.Invalid("serve", std::string(status.message()));
-  }
-  if (!settings->format.empty() && settings->format != "fp32" && settings->format != "bf16" &&
-      settings->format != "int8") {
-    reader.Invalid("serve.format", absl::StrCat("unknown format '", settings->format,
-                                                "' (empty: as stored; fp32, bf16, int8)"));
-  }
-  if (settings->int8_activations && !settings->format.empty() && settings->format != "int8") {
-    reader.Invalid("serve.int8_activations",
-                   absl::StrCat("needs an INT8 model (serve.format int8), not format '",
-                                settings->format, "'"));
   }
   if (!settings->adapter.empty() && !storage::IsDirectory(settings->adapter)) {
     reader.Invalid("serve.adapter",
@@ -100,12 +98,12 @@ std::string ServeSettings::ToYaml() const {
       "\"\n"
       "  # Hold the model as fp32, bf16 or int8 to serve it; empty: as stored.\n"
       "  format: \"",
-      format,
+      held.weights.has_value() ? std::string(model::WeightFormatName(*held.weights)) : "",
       "\"\n"
       "  # With format int8 (or an INT8 model): quantize each product's input to int8 per token\n"
       "  # too, for faster decoding on the CPU.\n"
       "  int8_activations: ",
-      int8_activations ? "true" : "false",
+      held.int8_activations ? "true" : "false",
       "\n"
       "  # Where decoding runs: auto (the GPU when one answers; it shares the GPU with local\n"
       "  # training), cpu or cuda.\n"
@@ -151,8 +149,8 @@ absl::Status ServeHost::Offer(uint64_t version, const std::filesystem::path& dir
     adapter = settings_.adapter;
   }
   const std::string id = settings_.model_name.empty() ? federation_ : settings_.model_name;
-  absl::StatusOr<std::shared_ptr<const serve::ServedModel>> served = serve::ServedModel::Load(
-      adapter_version ? *base : directory, adapter, settings_.held_format(), id);
+  absl::StatusOr<std::shared_ptr<const serve::ServedModel>> served =
+      serve::ServedModel::Load(adapter_version ? *base : directory, adapter, settings_.held, id);
   if (!served.ok()) return served.status();
   if (engine_ == nullptr) {
     absl::StatusOr<model::Device> device = model::ResolveDevice(settings_.device);

@@ -26,10 +26,9 @@ struct ServeSettings {
   std::filesystem::path token_file;
   // The name requests give as "model"; empty: the federation's name.
   std::string model_name;
-  // The format the model is held in to serve: "" (as stored), "bf16" or "int8".
-  std::string format;
-  // An INT8 model's products quantize their input too (model::FrozenBase::QuantizeActivations).
-  bool int8_activations = false;
+  // How the model is held to serve: serve.format (absent: as stored) and serve.int8_activations
+  // (an INT8 model's products quantize their input too, model::FrozenBase::QuantizeActivations).
+  model::HeldFormat held;
   // A PEFT adapter of the site's own over the global model (whole-model federations).
   std::filesystem::path adapter;
   // Where decoding runs: "auto" (the GPU when one answers), "cpu" or "cuda".
@@ -37,7 +36,6 @@ struct ServeSettings {
   serve::EngineOptions engine;
 
   bool enabled() const { return !listen.empty(); }
-  model::HeldFormat held_format() const;
   static void Read(config::YamlConfigReader& reader, ServeSettings* settings);
   std::string ToYaml() const;
 };

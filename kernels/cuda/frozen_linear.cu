@@ -128,6 +128,9 @@ absl::Status Int8ActivationForward(const float* in, const FrozenWeight& weight, 
   const QuantizedLayout layout(weight);
   const int64_t scratch_bytes = FrozenLinearScratch(weight) * static_cast<int64_t>(sizeof(float));
   const int64_t chunk = std::min(rows, scratch_bytes / layout.bytes_per_row());
+  if (chunk < 1) {
+    return absl::InternalError("the product's scratch holds no quantized input row");
+  }
   auto* values = reinterpret_cast<int8_t*>(scratch);
   // The scales start 4-byte aligned, since the stride is a multiple of 4.
   auto* scales = reinterpret_cast<float*>(values + chunk * layout.stride);

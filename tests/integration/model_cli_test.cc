@@ -195,6 +195,11 @@ TEST_F(ModelCliTest, QuantizeWritesCompactBasesThatOpenAsTheirFormat) {
   ASSERT_EQ(activations.exit_code, 0) << activations.err;
   EXPECT_NEAR(Json::parse(activations.out).at("loss").get<double>(),
               Json::parse(f32.out).at("loss").get<double>(), 2e-2);
+  const CommandResult weight_only = Model({"eval", "--model", int8_dir, "--data", data()});
+  ASSERT_EQ(weight_only.exit_code, 0) << weight_only.err;
+  EXPECT_NE(Json::parse(activations.out).at("loss").get<double>(),
+            Json::parse(weight_only.out).at("loss").get<double>())
+      << "--int8-activations reached no product";
   const CommandResult not_int8 =
       Model({"eval", "--model", bf16_dir, "--int8-activations", "--data", data()});
   EXPECT_NE(not_int8.exit_code, 0);
