@@ -23,8 +23,8 @@ packages=(
   libsqlite3-dev sqlite3 libyaml-cpp-dev
   # the Prometheus /metrics and /health endpoint of both programs
   prometheus-cpp-dev libcivetweb-dev
-  # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev
+  # tests and benchmarks; Boost.Context switches the CUDA simulator's threads
+  libgtest-dev libgmock-dev libbenchmark-dev libboost-context-dev
   # style and analysis
   clang-format clang-tidy
   # fuzzing (tests/fuzz.sh): clang with libFuzzer and the sanitizer runtimes, and clang's OpenMP

@@ -6,10 +6,10 @@
 #define FEDMOE_SIM_ASAN 0
 #endif
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/context/fiber.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -59,13 +59,15 @@ cudaError_t Record(cudaError_t error) {
   std::abort();
 }
 
-// Each simulated GPU thread is a fiber (ucontext) with its own stack, all on the launching
-// OS thread: a block's threads run one at a time, each until it waits at a barrier or returns,
-// and a barrier opens once every thread of its block (or warp) that has not returned waits at
-// it, as an exited GPU thread no longer counts. Fibers cost a context switch where OS threads
-// cost a scheduler round trip per thread per barrier: a training step's few thousand blocks
-// went from seconds to milliseconds. Threads that wait at different barriers (a
-// __syncthreads inside divergent code) abort the run, as the GPU would hang or misbehave.
+// Each simulated GPU thread is a fiber with its own stack, all on the launching OS thread: a
+// block's threads run one at a time, each until it waits at a barrier or returns, and a barrier
+// opens once every thread of its block (or warp) that has not returned waits at it, as an exited
+// GPU thread no longer counts. Fibers cost a context switch where OS threads cost a scheduler
+// round trip per thread per barrier: a training step's few thousand blocks went from seconds to
+// milliseconds. The switch is Boost.Context's, which saves registers only: glibc's swapcontext
+// also saves the signal mask, a system call each way, and that call took about 90% of the
+// simulated tests' time. Threads that wait at different barriers (a __syncthreads inside
+// divergent code) abort the run, as the GPU would hang or misbehave.
 
 // Fiber stacks, kept across launches (one launch at a time, see LaunchMutex): mapped on demand,
 // with a guard page below each, so an overflow faults instead of corrupting a neighbour.
@@ -169,8 +171,13 @@ class GridRun {
  private:
   enum class State { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kDone };
   struct Fiber {
-    ucontext_t context;
+    // The thread where it waits; empty before it starts and once it has returned.
+    boost::context::fiber context;
     State state = State::kRunnable;
+  };
+  // The stacks are FiberStacks', reused launch after launch, so a finished fiber frees nothing.
+  struct KeepStack {
+    void deallocate(boost::context::stack_context& /*stack*/) noexcept {}
   };
 
   void RunBlock() {
@@ -195,16 +202,16 @@ class GridRun {
     }
   }
 
-  // Apart from RunBlock's loop: getcontext returns twice, which a caller's locals may not
-  // survive.
   void PrepareFiber(unsigned t) {
     Fiber& fiber = fibers_[t];
     fiber.state = State::kRunnable;
-    if (getcontext(&fiber.context) != 0) Fail("getcontext failed");
-    fiber.context.uc_stack.ss_sp = Stacks().Stack(t);
-    fiber.context.uc_stack.ss_size = FiberStacks::kStackBytes;
-    fiber.context.uc_link = &scheduler_;
-    makecontext(&fiber.context, &GridRun::FiberMain, 0);
+    char* bottom = static_cast<char*>(Stacks().Stack(t));
+    boost::context::stack_context stack;
+    stack.size = FiberStacks::kStackBytes;
+    stack.sp = bottom + FiberStacks::kStackBytes;  // stacks grow down from here
+    fiber.context = boost::context::fiber(
+        std::allocator_arg, boost::context::preallocated(stack.sp, stack.size, stack), KeepStack{},
+        [this](boost::context::fiber&& scheduler) { return FiberMain(std::move(scheduler)); });
   }
 
   // Opens the block barrier when every live thread waits at it, and each warp's when every
@@ -238,8 +245,9 @@ class GridRun {
     running_ = t;
     thread_index = dim3(t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y));
     void* fake_stack = nullptr;
-    StartSwitch(&fake_stack, fibers_[t].context.uc_stack.ss_sp, FiberStacks::kStackBytes);
-    if (swapcontext(&scheduler_, &fibers_[t].context) != 0) Fail("swapcontext failed");
+    StartSwitch(&fake_stack, Stacks().Stack(t), FiberStacks::kStackBytes);
+    // Returns the thread as it waits at a barrier, or empty once it has returned.
+    fibers_[t].context = std::move(fibers_[t].context).resume();
     FinishSwitch(fake_stack, nullptr, nullptr);
   }
 
@@ -248,18 +256,20 @@ class GridRun {
     fiber.state = barrier;
     void* fake_stack = nullptr;
     StartSwitch(&fake_stack, scheduler_stack_, scheduler_stack_bytes_);
-    if (swapcontext(&fiber.context, &scheduler_) != 0) Fail("swapcontext failed");
+    // The scheduler resumes this thread once its barrier opens, and hands over where it is then.
+    scheduler_ = std::move(scheduler_).resume();
     FinishSwitch(fake_stack, nullptr, nullptr);
   }
 
-  static void FiberMain() {
-    GridRun* run = current_;
+  boost::context::fiber FiberMain(boost::context::fiber&& scheduler) {
     // The first switch onto this stack; it tells AddressSanitizer where the scheduler's is.
-    FinishSwitch(nullptr, &run->scheduler_stack_, &run->scheduler_stack_bytes_);
-    (*run->body_)();
-    run->fibers_[run->running_].state = State::kDone;
-    // Returning resumes uc_link, the scheduler; this stack's fake frames die with the fiber.
-    StartSwitch(nullptr, run->scheduler_stack_, run->scheduler_stack_bytes_);
+    FinishSwitch(nullptr, &scheduler_stack_, &scheduler_stack_bytes_);
+    scheduler_ = std::move(scheduler);
+    (*body_)();
+    fibers_[running_].state = State::kDone;
+    // Returning resumes the scheduler; this stack's fake frames die with the fiber.
+    StartSwitch(nullptr, scheduler_stack_, scheduler_stack_bytes_);
+    return std::move(scheduler_);
   }
 
   // AddressSanitizer must hear of every switch between stacks, or it takes the fiber's frames
@@ -294,7 +304,8 @@ class GridRun {
   size_t dynamic_shared_bytes_;
   std::vector<unsigned char> dynamic_shared_;
   std::vector<Fiber> fibers_;
-  ucontext_t scheduler_{};
+  // Inside a running fiber: the scheduler, suspended where it resumed that fiber.
+  boost::context::fiber scheduler_;
   const void* scheduler_stack_ = nullptr;
   size_t scheduler_stack_bytes_ = 0;
   unsigned running_ = 0;
