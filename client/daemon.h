@@ -98,6 +98,10 @@ class ClientDaemon {
                                                 const model::FrozenBase& base,
                                                 const std::filesystem::path& directory,
                                                 privacy::SecureRandom& random);
+  // The site's compute settings fitted to `config` (a device that cannot hold it falls back, and
+  // the round's log says why).
+  absl::StatusOr<ComputeSettings> ComputeForRound(uint64_t round_id,
+                                                  const model::MoeConfig& config) const;
   void LogTrainingStarted(const v1::JoinRoundTask& task, const model::TrainOptions& options) const;
   // What both kinds of round do once training is done: status, the log, and the record-level
   // charge of a DP-SGD run, made before anything derived from the training leaves the process.

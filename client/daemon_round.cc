@@ -77,6 +77,19 @@ absl::Status ClientDaemon::JoinRound(const v1::JoinRoundTask& task) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<ComputeSettings> ClientDaemon::ComputeForRound(
+    uint64_t round_id, const model::MoeConfig& config) const {
+  ComputeSettings compute = config_.compute;
+  absl::StatusOr<std::string> fallback = compute.FitToModel(config);
+  if (!fallback.ok()) return fallback.status();
+  if (!fallback->empty()) {
+    LogEvent(LogLevel::kWarning, "training_device_fallback")
+        .Field("round_id", round_id)
+        .Field("reason", *fallback);
+  }
+  return compute;
+}
+
 absl::StatusOr<PlainUpdate> ClientDaemon::TrainModelRound(const v1::JoinRoundTask& task,
                                                           const std::filesystem::path& directory,
                                                           privacy::SecureRandom& random) {
@@ -102,16 +115,10 @@ absl::StatusOr<PlainUpdate> ClientDaemon::TrainModelRound(const v1::JoinRoundTas
   model::TrainOptions options = TrainOptionsFromSpec(global->layout(), spec, random());
   if (private_experts) options.private_experts = config_.personalization.private_experts;
   // The round sets what is trained and how; this machine sets the arithmetic, for this model.
-  ComputeSettings compute = config_.compute;
-  absl::StatusOr<std::string> fallback = compute.FitToModel(local.config());
-  if (!fallback.ok()) return fallback.status();
-  if (!fallback->empty()) {
-    LogEvent(LogLevel::kWarning, "training_device_fallback")
-        .Field("round_id", task.round_id())
-        .Field("reason", *fallback);
-  }
-  options.device = compute.device;
-  options.matmul_precision = compute.matmul_precision;
+  absl::StatusOr<ComputeSettings> compute = ComputeForRound(task.round_id(), local.config());
+  if (!compute.ok()) return compute.status();
+  options.device = compute->device;
+  options.matmul_precision = compute->matmul_precision;
   absl::StatusOr<DatasetAccount> account = PrepareRecordPrivacy(
       task.round_id(), local.config(),
       model::PrivateReleaseValues(local.layout(), local.config(), options.trainable), **tokenizer,
@@ -162,15 +169,9 @@ absl::StatusOr<PlainUpdate> ClientDaemon::TrainAdapterRound(const v1::JoinRoundT
   options.adapters.lora = local.config();
   // This machine's device, over the base in the format the federation holds it in; the
   // products are fp32 on its decoded weights whatever the precision setting.
-  ComputeSettings compute = config_.compute;
-  absl::StatusOr<std::string> fallback = compute.FitToModel(base.config());
-  if (!fallback.ok()) return fallback.status();
-  if (!fallback->empty()) {
-    LogEvent(LogLevel::kWarning, "training_device_fallback")
-        .Field("round_id", task.round_id())
-        .Field("reason", *fallback);
-  }
-  options.device = compute.device;
+  absl::StatusOr<ComputeSettings> compute = ComputeForRound(task.round_id(), base.config());
+  if (!compute.ok()) return compute.status();
+  options.device = compute->device;
   options.matmul_precision = model::MatMulPrecision::kFloat32;
   absl::StatusOr<DatasetAccount> account = PrepareRecordPrivacy(
       task.round_id(), base.config(),
