@@ -306,12 +306,16 @@ void Engine::Loop() {
       return sequence->request.completion == nullptr;
     });
     // The published model keeps its prefix cache while no request uses it; older models' go
-    // with their last request.
-    if (std::find(runtimes.begin(), runtimes.end(), published.get()) == runtimes.end()) {
-      runtimes.push_back(published.get());
+    // with their last request, which the erase above may just have freed, so the count reads
+    // only the models the remaining batch still holds.
+    std::vector<const Runtime*> held = {published.get()};
+    for (const auto& sequence : batch) {
+      if (std::find(held.begin(), held.end(), sequence->runtime.get()) == held.end()) {
+        held.push_back(sequence->runtime.get());
+      }
     }
     size_t cached_bytes = 0;
-    for (const Runtime* runtime : runtimes) cached_bytes += runtime->prefix_cache.bytes();
+    for (const Runtime* runtime : held) cached_bytes += runtime->prefix_cache.bytes();
     absl::MutexLock lock(&mutex_);
     stats_.active = static_cast<int64_t>(batch.size());
     stats_.prefix_cache_bytes = cached_bytes;
